@@ -1,0 +1,99 @@
+// shardflow: the command-line front end. Every subcommand runs under MPI (a singleton
+// without mpiexec/srun). Errors are printed once (by rank 0, or by the failing rank when
+// rank 0 did not fail) and every rank exits non-zero; when only some ranks failed, the
+// job is aborted so that no rank hangs waiting for one that already failed.
+#include <mpi.h>
+
+#include <Kokkos_Core.hpp>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "command.hpp"
+#include "core/error.hpp"
+
+namespace shardflow::app {
+
+std::vector<Command>& commands() {
+  static std::vector<Command> c;
+  return c;
+}
+
+int world_rank() {
+  int init = 0, r = 0;
+  MPI_Initialized(&init);
+  if (init) MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+namespace {
+
+/// Waits up to `seconds` for every rank to reach the same failure point. Returns true when
+/// all did (a collective failure: clean exit possible), false otherwise.
+bool all_ranks_failed(double seconds) {
+  MPI_Request req;
+  MPI_Ibarrier(MPI_COMM_WORLD, &req);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  int done = 0;
+  while (!done && std::chrono::steady_clock::now() < deadline) {
+    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+    if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return done != 0;
+}
+
+}  // namespace
+}  // namespace shardflow::app
+
+int main(int argc, char** argv) {
+  using namespace shardflow;
+  MPI_Init(&argc, &argv);
+  const int rank = app::world_rank();
+  CLI::App cli{"shardflow: sharded large-model training on MPI ranks (Kokkos kernels, MPI/NCCL collectives)"};
+  cli.require_subcommand(1);
+  std::function<int()> runner;
+  for (auto& c : app::commands()) {
+    CLI::App* sub = cli.add_subcommand(c.name, c.description);
+    auto make = c.setup;
+    auto run_holder = std::make_shared<std::function<int()>>();
+    *run_holder = make(*sub);
+    sub->callback([run_holder, &runner] { runner = *run_holder; });
+  }
+  int rc = 0;
+  bool failed = false;
+  std::string message;
+  try {
+    try {
+      cli.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+      if (rank == 0) rc = cli.exit(e);
+      else rc = e.get_exit_code();
+      MPI_Finalize();
+      return rc;
+    }
+    Kokkos::initialize(argc, argv);
+    try {
+      rc = runner ? runner() : 0;
+    } catch (...) {
+      Kokkos::finalize();
+      throw;
+    }
+    Kokkos::finalize();
+  } catch (const std::exception& e) {
+    failed = true;
+    message = e.what();
+  }
+  if (failed) {
+    bool collective = app::all_ranks_failed(3.0);
+    if (rank == 0 || !collective) {
+      if (collective) std::fprintf(stderr, "shardflow: error: %s\n", message.c_str());
+      else std::fprintf(stderr, "shardflow: error on rank %d: %s\n", rank, message.c_str());
+      std::fflush(stderr);
+    }
+    if (!collective) MPI_Abort(MPI_COMM_WORLD, 1);
+    MPI_Finalize();
+    return 1;
+  }
+  MPI_Finalize();
+  return rc;
+}

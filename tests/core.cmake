@@ -1,0 +1,3 @@
+shardflow_add_test(test_mesh_shape)
+shardflow_add_test(test_layout)
+shardflow_add_test(test_mesh MPI)
