@@ -57,12 +57,9 @@ void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typen
         const int64_t i = r / s, row = r % s;
         Scalar m = probs(i, row, 0);
         for (int64_t j = 1; j <= row; ++j) m = probs(i, row, j) > m ? probs(i, row, j) : m;
+        for (int64_t j = 0; j <= row; ++j) probs(i, row, j) = math::exp(probs(i, row, j) - m);
         Scalar sum = 0;
-        for (int64_t j = 0; j <= row; ++j) {
-          const Scalar e = math::exp(probs(i, row, j) - m);
-          probs(i, row, j) = e;
-          sum += e;
-        }
+        for (int64_t j = 0; j <= row; ++j) sum += probs(i, row, j);
         const Scalar inv = Scalar(1) / sum;
         for (int64_t j = 0; j <= row; ++j) probs(i, row, j) *= inv;
         for (int64_t j = row + 1; j < s; ++j) probs(i, row, j) = Scalar(0);
