@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <climits>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -96,7 +97,22 @@ std::string node_type_word(const toml::node& n) {
   }
 }
 
+/// The shortest decimal text that reads back as exactly x.
+std::string shortest_double(double x) {
+  char buf[64];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, x);
+    if (std::strtod(buf, nullptr) == x) break;
+  }
+  return buf;
+}
+
+/// A value as written in TOML: strings double-quoted, numbers in their shortest form.
 std::string node_text(const toml::node& n) {
+  if (auto s = n.value_exact<std::string>()) return "\"" + *s + "\"";
+  if (auto i = n.value_exact<int64_t>()) return std::to_string(*i);
+  if (auto f = n.value_exact<double>()) return shortest_double(*f);
+  if (auto b = n.value_exact<bool>()) return *b ? "true" : "false";
   std::ostringstream os;
   n.visit([&](const auto& v) { os << v; });
   return os.str();
