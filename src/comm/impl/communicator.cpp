@@ -1,0 +1,379 @@
+// Backend-independent parts of the communication layer: names, Request, CollectivePlan,
+// the Communicator base and its one-shot calls, Collective, CommSet.
+#include <climits>
+
+#include "comm/comm_set.hpp"
+#include "comm/communicator.hpp"
+#include "core/error.hpp"
+#include "core/mpi_check.hpp"
+
+namespace shardflow::comm {
+
+namespace detail {
+std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm, const std::string& name);
+#ifdef SHARDFLOW_HAVE_NCCL
+std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm, const std::string& name);
+#endif
+}  // namespace detail
+
+// ---- names -------------------------------------------------------------------------------
+std::string backend_name(Backend b) { return b == Backend::Mpi ? "mpi" : "nccl"; }
+
+Backend parse_backend(const std::string& name) {
+  if (name == "mpi") return Backend::Mpi;
+  if (name == "nccl") return Backend::Nccl;
+  throw InputError("unknown communication backend '" + name + "' (expected mpi or nccl)");
+}
+
+std::string reduce_op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum: return "sum";
+    case ReduceOp::Mean: return "mean";
+    case ReduceOp::Max: return "max";
+  }
+  return "?";
+}
+
+std::string collective_name(CollectiveKind k) {
+  switch (k) {
+    case CollectiveKind::AllGather: return "all_gather";
+    case CollectiveKind::ReduceScatter: return "reduce_scatter";
+    case CollectiveKind::AllReduce: return "all_reduce";
+    case CollectiveKind::Broadcast: return "broadcast";
+    case CollectiveKind::Send: return "send";
+    case CollectiveKind::Recv: return "recv";
+    case CollectiveKind::AllToAll: return "all_to_all";
+    case CollectiveKind::AllToAllv: return "all_to_allv";
+  }
+  return "?";
+}
+
+bool nccl_built() {
+#ifdef SHARDFLOW_HAVE_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
+// ---- Request -----------------------------------------------------------------------------
+Request& Request::operator=(Request&& o) noexcept {
+  if (this != &o) {
+    if (pending_) {
+      try {
+        pending_->wait();
+      } catch (...) {
+      }
+    }
+    pending_ = o.pending_;
+    owned_ = std::move(o.owned_);
+    o.pending_ = nullptr;
+  }
+  return *this;
+}
+
+Request::~Request() {
+  if (pending_) {
+    try {
+      pending_->wait();
+    } catch (...) {  // a destructor cannot report; wait() would have thrown it
+    }
+  }
+}
+
+bool Request::test() {
+  if (!pending_) return true;
+  if (!pending_->test()) return false;
+  pending_ = nullptr;
+  return true;
+}
+
+void Request::wait() {
+  if (!pending_) return;
+  detail::Pending* p = pending_;
+  pending_ = nullptr;  // even if wait throws, the operation is no longer in flight here
+  p->wait();
+}
+
+// ---- CollectivePlan ----------------------------------------------------------------------
+CollectivePlan CollectivePlan::all_gather(DType t, std::size_t count) {
+  CollectivePlan p;
+  p.kind = CollectiveKind::AllGather;
+  p.dtype = t;
+  p.count = count;
+  return p;
+}
+CollectivePlan CollectivePlan::reduce_scatter(DType t, std::size_t count, ReduceOp op) {
+  CollectivePlan p;
+  p.kind = CollectiveKind::ReduceScatter;
+  p.dtype = t;
+  p.count = count;
+  p.op = op;
+  return p;
+}
+CollectivePlan CollectivePlan::all_reduce(DType t, std::size_t count, ReduceOp op) {
+  CollectivePlan p;
+  p.kind = CollectiveKind::AllReduce;
+  p.dtype = t;
+  p.count = count;
+  p.op = op;
+  return p;
+}
+CollectivePlan CollectivePlan::broadcast(DType t, std::size_t count, int root) {
+  CollectivePlan p;
+  p.kind = CollectiveKind::Broadcast;
+  p.dtype = t;
+  p.count = count;
+  p.root = root;
+  return p;
+}
+CollectivePlan CollectivePlan::send(DType t, std::size_t count, int peer, int tag) {
+  CollectivePlan p;
+  p.kind = CollectiveKind::Send;
+  p.dtype = t;
+  p.count = count;
+  p.root = peer;
+  p.tag = tag;
+  return p;
+}
+CollectivePlan CollectivePlan::recv(DType t, std::size_t count, int peer, int tag) {
+  CollectivePlan p = send(t, count, peer, tag);
+  p.kind = CollectiveKind::Recv;
+  return p;
+}
+CollectivePlan CollectivePlan::all_to_all(DType t, std::size_t count) {
+  CollectivePlan p;
+  p.kind = CollectiveKind::AllToAll;
+  p.dtype = t;
+  p.count = count;
+  return p;
+}
+
+namespace {
+std::vector<std::size_t> prefix(const std::vector<std::size_t>& counts) {
+  std::vector<std::size_t> d(counts.size(), 0);
+  for (std::size_t i = 1; i < counts.size(); ++i) d[i] = d[i - 1] + counts[i - 1];
+  return d;
+}
+std::size_t extent_of(const std::vector<std::size_t>& counts, const std::vector<std::size_t>& displs) {
+  std::size_t e = 0;
+  for (std::size_t i = 0; i < counts.size(); ++i)
+    if (counts[i] > 0) e = std::max(e, displs[i] + counts[i]);
+  return e;
+}
+}  // namespace
+
+CollectivePlan CollectivePlan::all_to_allv(DType t, std::vector<std::size_t> send_counts,
+                                           std::vector<std::size_t> recv_counts, std::vector<std::size_t> send_displs,
+                                           std::vector<std::size_t> recv_displs) {
+  CollectivePlan p;
+  p.kind = CollectiveKind::AllToAllv;
+  p.dtype = t;
+  if (send_displs.empty()) send_displs = prefix(send_counts);
+  if (recv_displs.empty()) recv_displs = prefix(recv_counts);
+  p.send_counts = std::move(send_counts);
+  p.recv_counts = std::move(recv_counts);
+  p.send_displs = std::move(send_displs);
+  p.recv_displs = std::move(recv_displs);
+  return p;
+}
+
+std::size_t CollectivePlan::send_elems(int n, int rank) const {
+  const auto un = static_cast<std::size_t>(n);
+  switch (kind) {
+    case CollectiveKind::AllGather: return count;
+    case CollectiveKind::ReduceScatter: return count * un;
+    case CollectiveKind::AllReduce: return count;
+    case CollectiveKind::Broadcast: return rank == root ? count : 0;
+    case CollectiveKind::Send: return count;
+    case CollectiveKind::Recv: return 0;
+    case CollectiveKind::AllToAll: return count * un;
+    case CollectiveKind::AllToAllv: return extent_of(send_counts, send_displs);
+  }
+  return 0;
+}
+
+std::size_t CollectivePlan::recv_elems(int n, int rank) const {
+  const auto un = static_cast<std::size_t>(n);
+  switch (kind) {
+    case CollectiveKind::AllGather: return count * un;
+    case CollectiveKind::ReduceScatter: return count;
+    case CollectiveKind::AllReduce: return count;
+    case CollectiveKind::Broadcast: return count;
+    case CollectiveKind::Send: return 0;
+    case CollectiveKind::Recv: return count;
+    case CollectiveKind::AllToAll: return count * un;
+    case CollectiveKind::AllToAllv: return extent_of(recv_counts, recv_displs);
+  }
+  return 0;
+}
+
+void CollectivePlan::validate(int n, int rank) const {
+  const std::string what = collective_name(kind) + " (" + dtype_name(dtype) + ")";
+  constexpr std::size_t int_max = static_cast<std::size_t>(INT_MAX);
+  const bool reduces = kind == CollectiveKind::AllReduce || kind == CollectiveKind::ReduceScatter;
+  if (reduces) {
+    SHARDFLOW_REQUIRE_INPUT(!(op == ReduceOp::Mean && !is_floating(dtype)), what,
+                            ": reduction 'mean' is not defined for the integer dtype ", dtype_name(dtype));
+  }
+  if (kind == CollectiveKind::Broadcast || kind == CollectiveKind::Send || kind == CollectiveKind::Recv) {
+    SHARDFLOW_REQUIRE_INPUT(root >= 0 && root < n, what, ": ", kind == CollectiveKind::Broadcast ? "root " : "peer ",
+                            root, " is not a rank of a group of ", n);
+    SHARDFLOW_REQUIRE_INPUT(tag >= 0 && tag <= 32767, what, ": tag ", tag, " is outside [0, 32767]");
+  }
+  if (kind == CollectiveKind::AllToAllv) {
+    const auto un = static_cast<std::size_t>(n);
+    SHARDFLOW_REQUIRE_INPUT(send_counts.size() == un && recv_counts.size() == un && send_displs.size() == un &&
+                                recv_displs.size() == un,
+                            what, ": counts/displacements have lengths ", send_counts.size(), "/", send_displs.size(),
+                            " (send) and ", recv_counts.size(), "/", recv_displs.size(),
+                            " (recv) but the group has ", n, " ranks");
+    for (std::size_t i = 0; i < un; ++i) {
+      SHARDFLOW_REQUIRE_INPUT(send_counts[i] <= int_max && recv_counts[i] <= int_max && send_displs[i] <= int_max &&
+                                  recv_displs[i] <= int_max,
+                              what, ": count or displacement for peer ", i, " exceeds the int range of MPI");
+    }
+  } else {
+    SHARDFLOW_REQUIRE_INPUT(count * static_cast<std::size_t>(n) <= int_max, what, ": count ", count, " x ", n,
+                            " ranks exceeds the int range of MPI");
+  }
+  (void)rank;
+}
+
+std::string CollectivePlan::to_string() const {
+  std::string s = collective_name(kind) + "(" + dtype_name(dtype);
+  if (kind == CollectiveKind::AllReduce || kind == CollectiveKind::ReduceScatter) s += ", " + reduce_op_name(op);
+  if (kind == CollectiveKind::AllToAllv) {
+    std::size_t tot = 0;
+    for (auto c : send_counts) tot += c;
+    s += ", send total " + std::to_string(tot);
+  } else {
+    s += ", count " + std::to_string(count);
+  }
+  if (kind == CollectiveKind::Broadcast) s += ", root " + std::to_string(root);
+  if (kind == CollectiveKind::Send || kind == CollectiveKind::Recv)
+    s += ", peer " + std::to_string(root) + ", tag " + std::to_string(tag);
+  return s + ")";
+}
+
+// ---- Communicator ------------------------------------------------------------------------
+Communicator::Communicator(MPI_Comm comm, std::string name) : mpi_comm_(comm), name_(std::move(name)) {
+  SHARDFLOW_REQUIRE(comm != MPI_COMM_NULL, "Communicator '", name_, "': MPI communicator is MPI_COMM_NULL");
+  CHECK_MPI(MPI_Comm_size(comm, &size_));
+  CHECK_MPI(MPI_Comm_rank(comm, &rank_));
+}
+
+void Communicator::barrier() const { CHECK_MPI(MPI_Barrier(mpi_comm_)); }
+
+Request Communicator::start(const CollectivePlan& plan, const void* send, void* recv) {
+  plan.validate(size_, rank_);
+  auto impl = bind(plan, send, recv);
+  impl->start();
+  return Request(std::unique_ptr<detail::Pending>(std::move(impl)));
+}
+
+Request Communicator::all_gather(const void* send, void* recv, std::size_t count, DType t) {
+  return start(CollectivePlan::all_gather(t, count), send, recv);
+}
+Request Communicator::reduce_scatter(const void* send, void* recv, std::size_t count, DType t, ReduceOp op) {
+  return start(CollectivePlan::reduce_scatter(t, count, op), send, recv);
+}
+Request Communicator::all_reduce(const void* send, void* recv, std::size_t count, DType t, ReduceOp op) {
+  return start(CollectivePlan::all_reduce(t, count, op), send, recv);
+}
+Request Communicator::broadcast(const void* send, void* recv, std::size_t count, DType t, int root) {
+  return start(CollectivePlan::broadcast(t, count, root), send, recv);
+}
+Request Communicator::send(const void* buf, std::size_t count, DType t, int peer, int tag) {
+  return start(CollectivePlan::send(t, count, peer, tag), buf, nullptr);
+}
+Request Communicator::recv(void* buf, std::size_t count, DType t, int peer, int tag) {
+  return start(CollectivePlan::recv(t, count, peer, tag), nullptr, buf);
+}
+Request Communicator::all_to_all(const void* send, void* recv, std::size_t count, DType t) {
+  return start(CollectivePlan::all_to_all(t, count), send, recv);
+}
+Request Communicator::all_to_allv(const void* send, void* recv, const CollectivePlan& plan) {
+  SHARDFLOW_REQUIRE_INPUT(plan.kind == CollectiveKind::AllToAllv, "all_to_allv on communicator '", name_,
+                          "' was given a ", collective_name(plan.kind), " plan");
+  return start(plan, send, recv);
+}
+
+// ---- Collective --------------------------------------------------------------------------
+Collective::Collective(Communicator& comm, CollectivePlan plan, const void* send, void* recv)
+    : comm_(&comm), plan_(std::move(plan)) {
+  plan_.validate(comm.size(), comm.rank());
+  impl_ = comm.bind(plan_, send, recv);
+}
+
+Collective::~Collective() {
+  if (impl_) {
+    try {
+      impl_->wait();
+    } catch (...) {
+    }
+  }
+}
+
+Request Collective::start() {
+  SHARDFLOW_REQUIRE(impl_->test(), "Collective ", plan_.to_string(), " on '", comm_->name(),
+                    "' started while its previous run is still pending");
+  impl_->start();
+  return Request(impl_.get());
+}
+
+void Collective::rebind(const void* send, void* recv) {
+  SHARDFLOW_REQUIRE(impl_->test(), "Collective ", plan_.to_string(), " on '", comm_->name(),
+                    "' rebound while a run is pending");
+  impl_->rebind(send, recv);
+}
+
+std::unique_ptr<Communicator> make_communicator(Backend backend, MPI_Comm comm, const std::string& name) {
+  if (backend == Backend::Mpi) return detail::make_mpi_communicator(comm, name);
+#ifdef SHARDFLOW_HAVE_NCCL
+  return detail::make_nccl_communicator(comm, name);
+#else
+  throw Error("communicator '" + name + "': backend nccl requested but shardflow was built without NCCL");
+#endif
+}
+
+// ---- CommSet -----------------------------------------------------------------------------
+namespace {
+std::string group_name(const std::vector<std::string>& axes) {
+  std::string s;
+  for (const auto& a : axes) s += (s.empty() ? "" : "+") + a;
+  return s.empty() ? "self" : s;
+}
+}  // namespace
+
+CommSet::CommSet(const Mesh& mesh, Backend backend) : mesh_(&mesh), backend_(backend) {
+  const auto& names = mesh.shape().axis_names();
+  const int k = static_cast<int>(names.size());
+  // Every non-empty subset, in a fixed order on every rank (creation is collective).
+  for (int mask = 1; mask < (1 << k); ++mask) {
+    std::vector<std::string> axes;
+    for (int a = 0; a < k; ++a)
+      if (mask & (1 << a)) axes.push_back(names[static_cast<size_t>(a)]);
+    comms_[axes] = make_communicator(backend, mesh.comm(axes), group_name(axes));
+  }
+  comms_[{}] = make_communicator(backend, mesh.comm(std::vector<std::string>{}), "self");
+  world_ = make_communicator(backend, mesh.world(), "world");
+}
+
+Communicator& CommSet::axis(const std::string& name) const {
+  SHARDFLOW_REQUIRE_INPUT(mesh_->shape().has_axis(name), "CommSet: the mesh ", mesh_->shape().to_string(),
+                          " has no axis '", name, "'");
+  return *comms_.at({name});
+}
+
+Communicator& CommSet::group(const std::vector<std::string>& axes) const {
+  for (const auto& a : axes)
+    SHARDFLOW_REQUIRE_INPUT(mesh_->shape().has_axis(a), "CommSet: the mesh ", mesh_->shape().to_string(),
+                            " has no axis '", a, "'");
+  auto key = mesh_->canonical_axes(axes);
+  auto it = comms_.find(key);
+  SHARDFLOW_REQUIRE_INPUT(it != comms_.end(), "CommSet: no communicator for the axis group '", group_name(axes), "'");
+  return *it->second;
+}
+
+}  // namespace shardflow::comm

@@ -1,0 +1,2 @@
+# Communication layer, resharding and the xlstm-jax primitives.
+shardflow_add_test(test_comm_mpi MPI LABELS comm)
