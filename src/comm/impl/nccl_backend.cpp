@@ -41,8 +41,8 @@ int pick_device() {
   MPI_Comm local = MPI_COMM_NULL;
   CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
   int lrank = 0;
-  MPI_Comm_rank(local, &lrank);
-  MPI_Comm_free(&local);
+  CHECK_MPI(MPI_Comm_rank(local, &lrank));
+  CHECK_MPI(MPI_Comm_free(&local));
   return lrank % ndev;
 }
 
