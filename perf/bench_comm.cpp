@@ -239,8 +239,16 @@ void bench_reshard(CommSet& comms, std::size_t bytes, int rounds) {
     rc.push_back(static_cast<int>(plan.recv_counts[uq]));
     rd.push_back(static_cast<int>(plan.recv_displs[uq]));
   }
-  std::vector<float> rsend(static_cast<std::size_t>(op.plan().send_elems())),
-      rrecv(static_cast<std::size_t>(op.plan().recv_elems()));
+  // the raw peer moves every piece, the kept one included, through MPI_Alltoallv
+  const int keep = static_cast<int>(op.plan().local_piece().numel());
+  const auto ume = static_cast<std::size_t>(me);
+  sc[ume] = rc[ume] = keep;
+  for (int q = me + 1; q < n; ++q) {
+    sd[static_cast<std::size_t>(q)] += keep;
+    rd[static_cast<std::size_t>(q)] += keep;
+  }
+  std::vector<float> rsend(static_cast<std::size_t>(op.plan().send_elems() + keep)),
+      rrecv(static_cast<std::size_t>(op.plan().recv_elems() + keep));
   using CV = shard::Resharder<float>::ConstView;
   using V = shard::Resharder<float>::View;
   Result r;

@@ -7,6 +7,8 @@
 //   Resharder<T>  (operation)  the plan bound to a world communicator and persistent
 //                              staging buffers: pack (kernels::pack_box), exchange, unpack
 //                              (kernels::unpack_box), step after step without allocating.
+//                              The piece a rank keeps is copied src -> dst directly
+//                              (kernels::copy_box) while the exchange is in flight.
 //   reshard(...)               the one-shot convenience.
 //
 // Replicas: a piece held by several ranks of the source layout is sent by exactly one of
@@ -39,10 +41,14 @@ class ReshardPlan {
   const Layout& from() const { return from_; }
   const Layout& to() const { return to_; }
   int rank() const { return rank_; }
-  /// Pieces this rank sends / receives, ascending by peer (at most one per peer).
+  /// Pieces this rank sends to / receives from other ranks, ascending by peer (at most one
+  /// per peer).
   const std::vector<ReshardPiece>& sends() const { return sends_; }
   const std::vector<ReshardPiece>& recvs() const { return recvs_; }
-  /// Elements in the staging buffers (sum of the pieces).
+  /// The piece this rank keeps (copied from its source box into its target box without
+  /// staging or communication); empty extents when none.
+  const Box& local_piece() const { return local_; }
+  /// Elements in the staging buffers (sum of the pieces, the local piece excluded).
   std::int64_t send_elems() const { return send_elems_; }
   std::int64_t recv_elems() const { return recv_elems_; }
   /// The all_to_allv of the exchange (counts and displacements by peer).
@@ -54,7 +60,7 @@ class ReshardPlan {
   Layout from_, to_;
   int rank_;
   std::vector<ReshardPiece> sends_, recvs_;
-  std::vector<std::size_t> send_displs_, recv_displs_;
+  Box local_;
   std::int64_t send_elems_ = 0, recv_elems_ = 0;
 };
 
@@ -75,32 +81,40 @@ class Resharder {
 
   const ReshardPlan& plan() const { return plan_; }
 
-  /// Packs `src` (this rank's box of `from`, row-major) and starts the exchange.
-  comm::Request start(ConstView src) {
-    const Layout& from = plan_.from();
-    const Box mine = from.box(plan_.rank());
+  /// Packs `src` (this rank's box of `from`, row-major), starts the exchange, and copies
+  /// the piece this rank keeps straight into `dst` (this rank's box of `to`, row-major)
+  /// while the exchange is in flight. Complete it with finish().
+  comm::Request start(ConstView src, View dst) {
+    const Box mine = plan_.from().box(plan_.rank()), theirs = plan_.to().box(plan_.rank());
     SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(src.extent(0)) >= mine.numel(), "reshard: source has ",
                             src.extent(0), " elements but rank ", plan_.rank(), " holds ", mine.numel(), " of ",
-                            from.to_string());
+                            plan_.from().to_string());
+    SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(dst.extent(0)) >= theirs.numel(), "reshard: destination has ",
+                            dst.extent(0), " elements but rank ", plan_.rank(), " holds ", theirs.numel(), " of ",
+                            plan_.to().to_string());
     std::size_t off = 0;
     for (const auto& piece : plan_.sends()) {
-      kernels::pack_box<ExecSpace, T>(exec_, src, mine.extent, relative(piece.box, mine), View(send_.data(), send_.extent(0)),
-                                      off);
+      kernels::pack_box<ExecSpace, T>(exec_, src, mine.extent, relative(piece.box, mine),
+                                      View(send_.data(), send_.extent(0)), off);
       off += static_cast<std::size_t>(piece.box.numel());
     }
     exec_.fence();
-    return exchange_.start();
+    comm::Request req = exchange_.start();
+    const Box& keep = plan_.local_piece();
+    if (keep.numel() > 0) {
+      kernels::copy_box(exec_, src, kernels::StridedBox::row_major(mine.extent, relative(keep, mine)), dst,
+                        kernels::StridedBox::row_major(theirs.extent, relative(keep, theirs)));
+      exec_.fence();
+    }
+    dst_ = dst;
+    return req;
   }
 
-  /// Waits for the exchange started by start() and unpacks into `dst` (this rank's box of
-  /// `to`, row-major).
-  void finish(comm::Request& req, View dst) {
+  /// Waits for the exchange started by start() and unpacks what arrived into its `dst`.
+  void finish(comm::Request& req) {
     req.wait();
-    const Layout& to = plan_.to();
-    const Box mine = to.box(plan_.rank());
-    SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(dst.extent(0)) >= mine.numel(), "reshard: destination has ",
-                            dst.extent(0), " elements but rank ", plan_.rank(), " holds ", mine.numel(), " of ",
-                            to.to_string());
+    View dst = dst_;
+    const Box mine = plan_.to().box(plan_.rank());
     std::size_t off = 0;
     for (const auto& piece : plan_.recvs()) {
       kernels::unpack_box<ExecSpace, T>(exec_, ConstView(recv_.data(), recv_.extent(0)), off, dst, mine.extent,
@@ -111,8 +125,8 @@ class Resharder {
   }
 
   void run(ConstView src, View dst) {
-    comm::Request r = start(src);
-    finish(r, dst);
+    comm::Request r = start(src, dst);
+    finish(r);
   }
 
  private:
@@ -133,6 +147,7 @@ class Resharder {
   ReshardPlan plan_;
   ExecSpace exec_;
   Kokkos::View<T*, memory_space> send_, recv_;
+  View dst_;
   comm::Collective exchange_;
 };
 

@@ -26,7 +26,11 @@ ReshardPlan::ReshardPlan(const Layout& from, const Layout& to, int rank) : from_
     for (int p = 0; p < n; ++p) {
       if (!to.holds(p) || sender(from, rank, p) != rank) continue;
       Box piece = Box::intersect(mine, to.box(p));
-      if (piece.numel() > 0) sends_.push_back({p, piece});
+      if (piece.numel() == 0) continue;
+      if (p == rank)
+        local_ = piece;
+      else
+        sends_.push_back({p, piece});
     }
   }
   // Receives: each distinct source shard intersected with my box of `to`.
@@ -38,12 +42,15 @@ ReshardPlan::ReshardPlan(const Layout& from, const Layout& to, int rank) : from_
       if (piece.numel() > 0) by_peer.emplace_back(sender(from, owner, rank), piece);
     }
     std::sort(by_peer.begin(), by_peer.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (auto& pb : by_peer) recvs_.push_back({pb.first, pb.second});
+    for (auto& pb : by_peer)
+      if (pb.first != rank) recvs_.push_back({pb.first, pb.second});
   }
+  if (local_.ndim() == 0) local_ = Box{Shape(from.ndim(), 0), Shape(from.ndim(), 0)};
   for (const auto& s : sends_) send_elems_ += s.box.numel();
   for (const auto& r : recvs_) recv_elems_ += r.box.numel();
-  SHARDFLOW_REQUIRE(recv_elems_ == to.local_numel(rank), "reshard: internal error: rank ", rank, " receives ",
-                    recv_elems_, " elements for a box of ", to.local_numel(rank));
+  SHARDFLOW_REQUIRE(recv_elems_ + local_.numel() == to.local_numel(rank), "reshard: internal error: rank ", rank,
+                    " receives ", recv_elems_, " + keeps ", local_.numel(), " elements for a box of ",
+                    to.local_numel(rank));
 }
 
 comm::CollectivePlan ReshardPlan::exchange_plan(DType t) const {
