@@ -335,6 +335,32 @@ TEST(Comm, ErrorsNameTheValue) {
   EXPECT_TRUE(test::all_ranks(true));
 }
 
+// A persistent operation cannot be restarted while its previous run is pending.
+TEST(Comm, RestartWhilePendingThrows) {
+  Fixture f;
+  Communicator& c = f.comms.world();
+  if (c.size() < 2) GTEST_SKIP() << "needs two ranks";
+  std::vector<std::int64_t> buf(16, 0), src(16);
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<std::int64_t>(i * i);
+  if (c.rank() == 0) {
+    Collective op(c, CollectivePlan::recv(DType::I64, 16, 1, 3), nullptr, buf.data());
+    Request r = op.start();
+    EXPECT_FALSE(r.test());  // rank 1 sends only after the barrier
+    try {
+      op.start();
+      ADD_FAILURE() << "restart while pending did not throw";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("pending"), std::string::npos) << e.what();
+    }
+    c.barrier();
+    r.wait();
+    EXPECT_EQ(buf, src);
+  } else {
+    c.barrier();
+    if (c.rank() == 1) c.send(src.data(), 16, DType::I64, 0, 3).wait();
+  }
+}
+
 TEST(Comm, DefaultRequestIsComplete) {
   Request r;
   EXPECT_TRUE(r.test());
