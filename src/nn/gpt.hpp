@@ -1,0 +1,105 @@
+#pragma once
+// The single-process reference GPT of MODEL.md: the whole forward and backward on one
+// rank, built from the kernels in nn/kernels.hpp, with every parameter and gradient named
+// exactly as in MODEL.md and stored in one flat buffer each (in MODEL.md's order).
+// The sharded training step (the lead's compiler) calls the same kernels per layer and per
+// micro-batch; this class is its serial reference, its benchmark and its test oracle.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "layout/layout.hpp"
+#include "nn/kernels.hpp"
+
+namespace shardflow::nn {
+
+/// Model sizes (MODEL.md): V, S, H, A, F, L. The quickstart values are the defaults.
+struct GptConfig {
+  int64_t vocab = 256;
+  int64_t seq = 64;
+  int64_t hidden = 128;
+  int64_t heads = 4;
+  int64_t ffn = 344;
+  int64_t layers = 4;
+  int64_t head_dim() const { return hidden / heads; }
+  /// Throws InputError naming the field and value (sizes >= 1, heads divides hidden).
+  void validate() const;
+};
+
+/// One parameter: MODEL.md name, shape, place in the flat buffer, weight-decay flag.
+struct ParamInfo {
+  std::string name;
+  Shape shape;
+  int64_t offset = 0;
+  int64_t numel = 0;
+  bool weight_decay = false;
+};
+
+/// The parameters in MODEL.md order (embed, pos_embed, per layer attn_norm, attn.qkv,
+/// attn.out, mlp_norm, mlp.gate_up, mlp.down, then final_norm, lm_head).
+std::vector<ParamInfo> gpt_parameters(const GptConfig& cfg);
+int64_t gpt_num_params(const GptConfig& cfg);
+/// Parameters that take part in matmuls: L·(4H² + 3FH) + V·H (lm_head; the embeddings are
+/// gathers and the gains elementwise).
+int64_t gpt_matmul_params(const GptConfig& cfg);
+/// Model FLOPs of one forward + backward over `tokens` tokens:
+///   6 · gpt_matmul_params · tokens + 12 · L · S · H · tokens
+/// (the second term: QKᵀ and P·V, 4·S·H per token and layer forward, twice that backward,
+/// counted over the full S×S square as is customary).
+double gpt_model_flops(const GptConfig& cfg, int64_t tokens);
+
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+class GptModel {
+ public:
+  using V = ViewTypes<Scalar, Exec>;
+  /// Allocates parameters (zero), gradients (zero) and the activation workspace for up to
+  /// `max_batch` sequences per call.
+  GptModel(GptConfig cfg, int64_t max_batch);
+
+  const GptConfig& config() const { return cfg_; }
+  int64_t max_batch() const { return max_batch_; }
+  const std::vector<ParamInfo>& parameters() const { return params_info_; }
+  /// Throws Error naming the parameter when there is none of that name.
+  const ParamInfo& info(const std::string& name) const;
+  typename V::Vec param(const std::string& name) const;
+  typename V::Vec grad(const std::string& name) const;
+  typename V::Vec params_flat() const { return params_; }
+  typename V::Vec grads_flat() const { return grads_; }
+
+  /// Initialises every parameter with nn::Init (seed-determined, mesh-independent).
+  void init(uint64_t seed);
+
+  /// Forward and backward over b = inputs.extent(0) / S sequences (inputs and targets
+  /// [b·S], row t = sequence·S + position). Returns the mean loss over the b·S positions.
+  /// Gradients: grads (+)= grad_scale · ∂(Σ_t loss_t)/∂θ; grad_scale < 0 means 1/(b·S),
+  /// i.e. the gradient of this micro-batch's mean loss.
+  double forward_backward(typename V::CTokens inputs, typename V::CTokens targets, bool accumulate = false,
+                          double grad_scale = -1.0);
+  /// The mean loss only.
+  double forward(typename V::CTokens inputs, typename V::CTokens targets);
+
+ private:
+  int64_t check_batch(typename V::CTokens inputs, typename V::CTokens targets) const;
+  void run_forward(typename V::CTokens inputs, int64_t b);
+  typename V::Mat mat(const std::string& name) const;
+  typename V::Mat gmat(const std::string& name) const;
+  typename V::Mat buf(const typename V::OwnedVec& flat, int64_t rows, int64_t cols) const;
+
+  GptConfig cfg_;
+  int64_t max_batch_;
+  std::vector<ParamInfo> params_info_;
+  typename V::OwnedVec params_, grads_;
+  struct LayerActs {
+    typename V::OwnedVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
+  };
+  std::vector<LayerActs> acts_;
+  typename V::OwnedVec x_final, nf, rstdf, logits, row_max, stats;
+  // backward scratch
+  typename V::OwnedVec dx, dn, dh, dgu, datt, dqkv, dprobs;
+  typename Embedding<Scalar, Exec>::Scratch embed_scratch_;
+};
+
+extern template class GptModel<float>;
+extern template class GptModel<double>;
+
+}  // namespace shardflow::nn

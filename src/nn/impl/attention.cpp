@@ -1,0 +1,126 @@
+// Causal multi-head attention: per (sequence, head) gemms on windows of the row-major
+// activations (LayoutRight subviews keep a leading dimension, which the BLAS TPL passes as
+// lda/ldb/ldc), and a numerically stable softmax (row max subtracted) in between.
+#include <cmath>
+
+#include "nn/impl/gemm.hpp"
+#include "nn/impl/math.hpp"
+#include "nn/kernels.hpp"
+
+namespace shardflow::nn {
+
+namespace {
+struct AttnDims {
+  int64_t t, s, b, a, d;
+};
+template <class QKV, class P>
+AttnDims attn_dims(const char* op, const QKV& qkv, int64_t heads, const P& probs) {
+  AttnDims g{};
+  g.t = static_cast<int64_t>(qkv.extent(0));
+  g.s = static_cast<int64_t>(probs.extent(1));
+  g.a = heads;
+  SHARDFLOW_REQUIRE(heads > 0 && static_cast<int64_t>(qkv.extent(1)) % (3 * heads) == 0, op, ": qkv has ",
+                    qkv.extent(1), " columns, not a multiple of 3 · heads = ", 3 * heads);
+  g.d = static_cast<int64_t>(qkv.extent(1)) / (3 * heads);
+  SHARDFLOW_REQUIRE(g.s > 0 && probs.extent(2) == probs.extent(1) && g.t % g.s == 0, op, ": qkv has ", g.t,
+                    " rows, probs is [", probs.extent(0), ", ", probs.extent(1), ", ", probs.extent(2),
+                    "]; want T = b · S rows and probs [>= b · heads, S, S]");
+  g.b = g.t / g.s;
+  SHARDFLOW_REQUIRE(static_cast<int64_t>(probs.extent(0)) >= g.b * g.a, op, ": probs holds ", probs.extent(0),
+                    " (sequence, head) pairs but the micro-batch needs ", g.b * g.a);
+  return g;
+}
+using Range = Kokkos::pair<int64_t, int64_t>;
+}  // namespace
+
+template <class Scalar, class Exec>
+void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs,
+                                      typename V::Mat out) {
+  const AttnDims g = attn_dims("Attention::forward", qkv, heads, probs);
+  SHARDFLOW_REQUIRE(static_cast<int64_t>(out.extent(0)) == g.t && static_cast<int64_t>(out.extent(1)) == g.a * g.d,
+                    "Attention::forward: out is [", out.extent(0), ", ", out.extent(1), "], want [", g.t, ", ",
+                    g.a * g.d, "]");
+  const double scale = 1.0 / std::sqrt(static_cast<double>(g.d));
+  const int64_t hd = g.a * g.d;
+  for (int64_t bi = 0; bi < g.b; ++bi) {
+    const Range rows(bi * g.s, (bi + 1) * g.s);
+    for (int64_t a = 0; a < g.a; ++a) {
+      auto q = Kokkos::subview(qkv, rows, Range(a * g.d, (a + 1) * g.d));
+      auto k = Kokkos::subview(qkv, rows, Range(hd + a * g.d, hd + (a + 1) * g.d));
+      auto p = Kokkos::subview(probs, bi * g.a + a, Kokkos::ALL, Kokkos::ALL);
+      detail::gemm("N", "T", scale, q, k, 0.0, p);
+    }
+  }
+  const int64_t s = g.s;
+  Kokkos::parallel_for(
+      "nn::attn_softmax", Kokkos::RangePolicy<Exec>(0, g.b * g.a * g.s), KOKKOS_LAMBDA(const int64_t r) {
+        const int64_t i = r / s, row = r % s;
+        Scalar m = probs(i, row, 0);
+        for (int64_t j = 1; j <= row; ++j) m = probs(i, row, j) > m ? probs(i, row, j) : m;
+        Scalar sum = 0;
+        for (int64_t j = 0; j <= row; ++j) {
+          const Scalar e = math::exp(probs(i, row, j) - m);
+          probs(i, row, j) = e;
+          sum += e;
+        }
+        const Scalar inv = Scalar(1) / sum;
+        for (int64_t j = 0; j <= row; ++j) probs(i, row, j) *= inv;
+        for (int64_t j = row + 1; j < s; ++j) probs(i, row, j) = Scalar(0);
+      });
+  for (int64_t bi = 0; bi < g.b; ++bi) {
+    const Range rows(bi * g.s, (bi + 1) * g.s);
+    for (int64_t a = 0; a < g.a; ++a) {
+      auto v = Kokkos::subview(qkv, rows, Range(2 * hd + a * g.d, 2 * hd + (a + 1) * g.d));
+      auto p = Kokkos::subview(probs, bi * g.a + a, Kokkos::ALL, Kokkos::ALL);
+      auto o = Kokkos::subview(out, rows, Range(a * g.d, (a + 1) * g.d));
+      detail::gemm("N", "N", 1.0, p, v, 0.0, o);
+    }
+  }
+}
+
+template <class Scalar, class Exec>
+void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat qkv, typename V::CTen3 probs,
+                                       int64_t heads, typename V::Mat dprobs, typename V::Mat dqkv,
+                                       bool accumulate) {
+  const AttnDims g = attn_dims("Attention::backward", qkv, heads, probs);
+  SHARDFLOW_REQUIRE(static_cast<int64_t>(dout.extent(0)) == g.t && static_cast<int64_t>(dout.extent(1)) == g.a * g.d,
+                    "Attention::backward: dout is [", dout.extent(0), ", ", dout.extent(1), "], want [", g.t, ", ",
+                    g.a * g.d, "]");
+  SHARDFLOW_REQUIRE(dqkv.extent(0) == qkv.extent(0) && dqkv.extent(1) == qkv.extent(1),
+                    "Attention::backward: dqkv is [", dqkv.extent(0), ", ", dqkv.extent(1), "] but qkv is [",
+                    qkv.extent(0), ", ", qkv.extent(1), "]");
+  SHARDFLOW_REQUIRE(static_cast<int64_t>(dprobs.extent(0)) == g.s && static_cast<int64_t>(dprobs.extent(1)) == g.s,
+                    "Attention::backward: dprobs scratch is [", dprobs.extent(0), ", ", dprobs.extent(1), "], want [",
+                    g.s, ", ", g.s, "]");
+  const double scale = 1.0 / std::sqrt(static_cast<double>(g.d));
+  const double beta = accumulate ? 1.0 : 0.0;
+  const int64_t hd = g.a * g.d, s = g.s;
+  for (int64_t bi = 0; bi < g.b; ++bi) {
+    const Range rows(bi * g.s, (bi + 1) * g.s);
+    for (int64_t a = 0; a < g.a; ++a) {
+      const Range cq(a * g.d, (a + 1) * g.d), ck(hd + a * g.d, hd + (a + 1) * g.d),
+          cv(2 * hd + a * g.d, 2 * hd + (a + 1) * g.d);
+      auto p = Kokkos::subview(probs, bi * g.a + a, Kokkos::ALL, Kokkos::ALL);
+      auto dout_h = Kokkos::subview(dout, rows, cq);
+      // dV = Pᵀ · dO ; dP = dO · Vᵀ
+      detail::gemm("T", "N", 1.0, p, dout_h, beta, Kokkos::subview(dqkv, rows, cv));
+      detail::gemm("N", "T", 1.0, dout_h, Kokkos::subview(qkv, rows, cv), 0.0, dprobs);
+      // dS = P ⊙ (dP − rowsum(P ⊙ dP)), zero above the diagonal because P is.
+      Kokkos::parallel_for(
+          "nn::attn_softmax_bwd", Kokkos::RangePolicy<Exec>(0, s), KOKKOS_LAMBDA(const int64_t row) {
+            Scalar dot = 0;
+            for (int64_t j = 0; j <= row; ++j) dot += p(row, j) * dprobs(row, j);
+            for (int64_t j = 0; j <= row; ++j) dprobs(row, j) = p(row, j) * (dprobs(row, j) - dot);
+            for (int64_t j = row + 1; j < s; ++j) dprobs(row, j) = Scalar(0);
+          });
+      // dQ = scale · dS · K ; dK = scale · dSᵀ · Q
+      detail::gemm("N", "N", scale, dprobs, Kokkos::subview(qkv, rows, ck), beta, Kokkos::subview(dqkv, rows, cq));
+      detail::gemm("T", "N", scale, dprobs, Kokkos::subview(qkv, rows, cq), beta, Kokkos::subview(dqkv, rows, ck));
+    }
+  }
+}
+
+template struct Attention<float>;
+template struct Attention<double>;
+
+}  // namespace shardflow::nn

@@ -1,0 +1,162 @@
+// RMSNorm, SwiGLU, residual adds and position embeddings: the row-wise and elementwise
+// kernels of the model. Reductions along a row run sequentially inside one work item, and
+// reductions over rows (the gain and position gradients) run in row order per column, so
+// results are bitwise reproducible on any backend.
+#include "nn/impl/math.hpp"
+#include "nn/kernels.hpp"
+#include "core/error.hpp"
+
+namespace shardflow::nn {
+
+namespace {
+template <class A, class B>
+void require_same_shape(const char* op, const char* an, const A& a, const char* bn, const B& b) {
+  SHARDFLOW_REQUIRE(a.extent(0) == b.extent(0) && a.extent(1) == b.extent(1), op, ": ", an, " is [", a.extent(0),
+                    ", ", a.extent(1), "] but ", bn, " is [", b.extent(0), ", ", b.extent(1), "]");
+}
+}  // namespace
+
+// ---- RmsNorm ----------------------------------------------------------------------------
+template <class Scalar, class Exec>
+void RmsNorm<Scalar, Exec>::forward(typename V::CMat x, typename V::CVec g, typename V::Mat y, typename V::Vec rstd,
+                                    double eps) {
+  require_same_shape("RmsNorm::forward", "x", x, "y", y);
+  SHARDFLOW_REQUIRE(g.extent(0) == x.extent(1) && rstd.extent(0) == x.extent(0), "RmsNorm::forward: x is [",
+                    x.extent(0), ", ", x.extent(1), "], gain has ", g.extent(0), " elements, rstd has ",
+                    rstd.extent(0));
+  const int64_t h = static_cast<int64_t>(x.extent(1));
+  const double inv_h = 1.0 / static_cast<double>(h);
+  Kokkos::parallel_for(
+      "nn::rmsnorm_fwd", Kokkos::RangePolicy<Exec>(0, x.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
+        double ss = 0;
+        for (int64_t j = 0; j < h; ++j) ss += static_cast<double>(x(t, j)) * static_cast<double>(x(t, j));
+        const Scalar r = static_cast<Scalar>(1.0 / math::sqrt(ss * inv_h + eps));
+        rstd(t) = r;
+        for (int64_t j = 0; j < h; ++j) y(t, j) = x(t, j) * r * g(j);
+      });
+}
+
+template <class Scalar, class Exec>
+void RmsNorm<Scalar, Exec>::backward(typename V::CMat dy, typename V::CMat x, typename V::CVec g,
+                                     typename V::CVec rstd, typename V::Mat dx, typename V::Vec dg,
+                                     bool accumulate_dx, bool accumulate_dg) {
+  require_same_shape("RmsNorm::backward", "dy", dy, "x", x);
+  require_same_shape("RmsNorm::backward", "dx", dx, "x", x);
+  SHARDFLOW_REQUIRE(g.extent(0) == x.extent(1) && dg.extent(0) == x.extent(1) && rstd.extent(0) == x.extent(0),
+                    "RmsNorm::backward: x is [", x.extent(0), ", ", x.extent(1), "], gain has ", g.extent(0),
+                    ", dgain ", dg.extent(0), ", rstd ", rstd.extent(0), " elements");
+  const int64_t h = static_cast<int64_t>(x.extent(1));
+  const double inv_h = 1.0 / static_cast<double>(h);
+  Kokkos::parallel_for(
+      "nn::rmsnorm_bwd_x", Kokkos::RangePolicy<Exec>(0, x.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
+        double c = 0;
+        for (int64_t j = 0; j < h; ++j)
+          c += static_cast<double>(g(j)) * static_cast<double>(dy(t, j)) * static_cast<double>(x(t, j));
+        const double r = rstd(t);
+        const Scalar k = static_cast<Scalar>(r * r * r * c * inv_h);
+        const Scalar rs = static_cast<Scalar>(r);
+        if (accumulate_dx)
+          for (int64_t j = 0; j < h; ++j) dx(t, j) += rs * g(j) * dy(t, j) - k * x(t, j);
+        else
+          for (int64_t j = 0; j < h; ++j) dx(t, j) = rs * g(j) * dy(t, j) - k * x(t, j);
+      });
+  const int64_t rows = static_cast<int64_t>(x.extent(0));
+  Kokkos::parallel_for(
+      "nn::rmsnorm_bwd_g", Kokkos::RangePolicy<Exec>(0, h), KOKKOS_LAMBDA(const int64_t j) {
+        Scalar s = accumulate_dg ? dg(j) : Scalar(0);
+        for (int64_t t = 0; t < rows; ++t) s += dy(t, j) * x(t, j) * rstd(t);
+        dg(j) = s;
+      });
+}
+
+// ---- SwiGlu -----------------------------------------------------------------------------
+template <class Scalar, class Exec>
+void SwiGlu<Scalar, Exec>::forward(typename V::CMat gu, typename V::Mat h) {
+  SHARDFLOW_REQUIRE(gu.extent(0) == h.extent(0) && gu.extent(1) == 2 * h.extent(1), "SwiGlu::forward: gu is [",
+                    gu.extent(0), ", ", gu.extent(1), "] but h is [", h.extent(0), ", ", h.extent(1),
+                    "]; want gu [T, 2F], h [T, F]");
+  const int64_t f = static_cast<int64_t>(h.extent(1));
+  Kokkos::parallel_for(
+      "nn::swiglu_fwd", Kokkos::RangePolicy<Exec>(0, h.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
+        for (int64_t j = 0; j < f; ++j) {
+          const Scalar z = gu(t, j);
+          h(t, j) = z * math::sigmoid(z) * gu(t, f + j);
+        }
+      });
+}
+
+template <class Scalar, class Exec>
+void SwiGlu<Scalar, Exec>::backward(typename V::CMat dh, typename V::CMat gu, typename V::Mat dgu) {
+  require_same_shape("SwiGlu::backward", "dgu", dgu, "gu", gu);
+  SHARDFLOW_REQUIRE(gu.extent(0) == dh.extent(0) && gu.extent(1) == 2 * dh.extent(1), "SwiGlu::backward: gu is [",
+                    gu.extent(0), ", ", gu.extent(1), "] but dh is [", dh.extent(0), ", ", dh.extent(1), "]");
+  const int64_t f = static_cast<int64_t>(dh.extent(1));
+  Kokkos::parallel_for(
+      "nn::swiglu_bwd", Kokkos::RangePolicy<Exec>(0, dh.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
+        for (int64_t j = 0; j < f; ++j) {
+          const Scalar z = gu(t, j), u = gu(t, f + j), d = dh(t, j);
+          const Scalar s = math::sigmoid(z);
+          dgu(t, j) = d * u * s * (Scalar(1) + z * (Scalar(1) - s));
+          dgu(t, f + j) = d * z * s;
+        }
+      });
+}
+
+// ---- Residual ---------------------------------------------------------------------------
+template <class Scalar, class Exec>
+void Residual<Scalar, Exec>::add(typename V::Mat x, typename V::CMat y) {
+  require_same_shape("Residual::add", "x", x, "y", y);
+  const int64_t n = static_cast<int64_t>(x.extent(1));
+  Kokkos::parallel_for(
+      "nn::residual_add", Kokkos::RangePolicy<Exec>(0, x.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
+        for (int64_t j = 0; j < n; ++j) x(t, j) += y(t, j);
+      });
+}
+
+template <class Scalar, class Exec>
+void Residual<Scalar, Exec>::copy(typename V::CMat x, typename V::Mat y) {
+  require_same_shape("Residual::copy", "x", x, "y", y);
+  Kokkos::deep_copy(Exec(), y, x);
+}
+
+// ---- PositionEmbedding ------------------------------------------------------------------
+template <class Scalar, class Exec>
+void PositionEmbedding<Scalar, Exec>::forward(typename V::CMat pos, typename V::Mat x) {
+  const int64_t s = static_cast<int64_t>(pos.extent(0)), h = static_cast<int64_t>(pos.extent(1));
+  SHARDFLOW_REQUIRE(s > 0 && x.extent(1) == pos.extent(1) && static_cast<int64_t>(x.extent(0)) % s == 0,
+                    "PositionEmbedding::forward: pos is [", pos.extent(0), ", ", pos.extent(1), "] but x is [",
+                    x.extent(0), ", ", x.extent(1), "]; want x [b·S, H]");
+  Kokkos::parallel_for(
+      "nn::pos_embed_fwd", Kokkos::RangePolicy<Exec>(0, x.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
+        const int64_t p = t % s;
+        for (int64_t j = 0; j < h; ++j) x(t, j) += pos(p, j);
+      });
+}
+
+template <class Scalar, class Exec>
+void PositionEmbedding<Scalar, Exec>::backward(typename V::CMat dx, typename V::Mat dpos, bool accumulate) {
+  const int64_t s = static_cast<int64_t>(dpos.extent(0)), h = static_cast<int64_t>(dpos.extent(1));
+  SHARDFLOW_REQUIRE(s > 0 && dx.extent(1) == dpos.extent(1) && static_cast<int64_t>(dx.extent(0)) % s == 0,
+                    "PositionEmbedding::backward: dpos is [", dpos.extent(0), ", ", dpos.extent(1), "] but dx is [",
+                    dx.extent(0), ", ", dx.extent(1), "]; want dx [b·S, H]");
+  const int64_t b = static_cast<int64_t>(dx.extent(0)) / s;
+  Kokkos::parallel_for(
+      "nn::pos_embed_bwd", Kokkos::RangePolicy<Exec>(0, s), KOKKOS_LAMBDA(const int64_t p) {
+        for (int64_t j = 0; j < h; ++j) {
+          Scalar acc = accumulate ? dpos(p, j) : Scalar(0);
+          for (int64_t q = 0; q < b; ++q) acc += dx(q * s + p, j);
+          dpos(p, j) = acc;
+        }
+      });
+}
+
+template struct RmsNorm<float>;
+template struct RmsNorm<double>;
+template struct SwiGlu<float>;
+template struct SwiGlu<double>;
+template struct Residual<float>;
+template struct Residual<double>;
+template struct PositionEmbedding<float>;
+template struct PositionEmbedding<double>;
+
+}  // namespace shardflow::nn

@@ -1,0 +1,165 @@
+#pragma once
+// Forward and backward kernels of the reference GPT (docs/model.md, MODEL.md), one class
+// template per op, each with static forward/backward functions on Kokkos Views.
+//
+// Conventions (all ops):
+//  * Activations are row-major matrices of T = b * S rows (row t = sequence * S + position)
+//    for a micro-batch of any size b; the kernels keep no state. What a backward needs
+//    from its forward is passed explicitly (the saved activations named in each op).
+//  * Shards: every op works on the local piece the caller owns, stored contiguously.
+//    - Linear: w may be any row slice of a weight (column-parallel: y gets the matching
+//      output features) or any column slice (row-parallel: x is the matching input
+//      features and y is a partial sum that the caller all-reduces).
+//    - Attention: a contiguous range of heads; qkv holds [Q_local | K_local | V_local]
+//      column blocks, which is what Linear produces from the head-aware shard of the
+//      stacked qkv weight (rows of those heads in the Q, K and V blocks, in that order).
+//    - SwiGlu: gu holds [gate_local | up_local], likewise from a gate_up shard.
+//    - CrossEntropy: a vocabulary slice [v0, v0 + Vl) of the logits, as separable steps
+//      with the caller's all-reduces between them.
+//    - Embedding: a vocabulary slice [v0, v0 + Vl) of the table (rows outside give zero).
+//  * `accumulate = true` adds into the output (gradient accumulation over micro-batches,
+//    residual adds); false overwrites it.
+//  * All reductions run in a fixed order: the same inputs give bitwise identical outputs.
+//  * Shape mismatches throw shardflow::Error naming the op, the operand and the extents.
+#include <cstdint>
+
+#include "nn/types.hpp"
+
+namespace shardflow::nn {
+
+/// y = x · wᵀ for x [T, in], w [out, in], y [T, out] (KokkosBlas::gemm).
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+struct Linear {
+  using V = ViewTypes<Scalar, Exec>;
+  /// y (+)= x · wᵀ
+  static void forward(typename V::CMat x, typename V::CMat w, typename V::Mat y, bool accumulate = false);
+  /// dx (+)= dy · w           (dy [T, out], w [out, in], dx [T, in])
+  static void backward_input(typename V::CMat dy, typename V::CMat w, typename V::Mat dx, bool accumulate = false);
+  /// dw (+)= dyᵀ · x          (dy [T, out], x [T, in], dw [out, in])
+  static void backward_weight(typename V::CMat dy, typename V::CMat x, typename V::Mat dw, bool accumulate = false);
+};
+
+/// rmsnorm(x, g) = x / sqrt(mean(x², last axis) + eps) ⊙ g, over full rows of H.
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+struct RmsNorm {
+  using V = ViewTypes<Scalar, Exec>;
+  static constexpr double default_eps = 1e-5;
+  /// y = rmsnorm(x, g); saves rstd[t] = 1 / sqrt(mean(x[t]²) + eps).
+  static void forward(typename V::CMat x, typename V::CVec g, typename V::Mat y, typename V::Vec rstd,
+                      double eps = default_eps);
+  /// dx (+)= ∂/∂x, dg (+)= ∂/∂g (summed over rows in row order), given dy, x, g, rstd.
+  static void backward(typename V::CMat dy, typename V::CMat x, typename V::CVec g, typename V::CVec rstd,
+                       typename V::Mat dx, typename V::Vec dg, bool accumulate_dx = false,
+                       bool accumulate_dg = false);
+};
+
+/// h = silu(g) ⊙ u for gu = [g | u] ([T, 2F] → [T, F]); silu(z) = z · sigmoid(z).
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+struct SwiGlu {
+  using V = ViewTypes<Scalar, Exec>;
+  static void forward(typename V::CMat gu, typename V::Mat h);
+  /// dgu = ∂/∂gu given dh and the saved gu.
+  static void backward(typename V::CMat dh, typename V::CMat gu, typename V::Mat dgu);
+};
+
+/// Elementwise helpers (residual stream).
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+struct Residual {
+  using V = ViewTypes<Scalar, Exec>;
+  /// x += y (the residual add after a row-parallel partial sum has been all-reduced).
+  static void add(typename V::Mat x, typename V::CMat y);
+  /// y = x
+  static void copy(typename V::CMat x, typename V::Mat y);
+};
+
+/// Causal multi-head self-attention on a contiguous range of heads:
+///   o[a] = softmax(q[a] · k[a]ᵀ / sqrt(D) + causal mask) · v[a].
+/// qkv [T, 3·A_l·D] holds [Q | K | V] for the A_l local heads, head a in columns
+/// [a·D, (a+1)·D) of each block; out [T, A_l·D] is concat_heads(o). The score and context
+/// products run as one gemm per (sequence, head) on row/column windows of qkv, out, dout
+/// and dqkv (LayoutRight views with a leading dimension), so nothing is repacked.
+/// Saved for the backward: qkv itself and probs [b·A_l, S, S] (zero above the diagonal).
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+struct Attention {
+  using V = ViewTypes<Scalar, Exec>;
+  /// Forward for b = T / S sequences, S = probs.extent(1); probs needs at least b·A_l
+  /// entries in its first extent (a workspace sized for the largest micro-batch is fine).
+  static void forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs, typename V::Mat out);
+  /// dqkv (+)= ∂/∂qkv given dout [T, A_l·D], the saved qkv and probs; dprobs [S, S] is
+  /// scratch.
+  static void backward(typename V::CMat dout, typename V::CMat qkv, typename V::CTen3 probs, int64_t heads,
+                       typename V::Mat dprobs, typename V::Mat dqkv, bool accumulate = false);
+};
+
+/// Cross-entropy of logits [T, V] against targets [T], as separable steps so that the
+/// vocabulary can be sharded. With logits holding the slice [v0, v0 + Vl):
+///   1. local_max                → caller all-reduces row_max with MAX
+///   2. local_sumexp_target      → caller all-reduces stats [T, 2] with SUM
+///   3. loss_and_grad            → every shard gets the same per-row losses and the
+///                                 gradient of its own logit slice.
+/// The plain (unsharded) loss is the same steps with v0 = 0 and no communication.
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+struct CrossEntropy {
+  using V = ViewTypes<Scalar, Exec>;
+  /// row_max[t] = max_v logits[t, v] over the local slice.
+  static void local_max(typename V::CMat logits, typename V::Vec row_max);
+  /// stats[t, 0] = Σ_v exp(logits[t, v] − row_max[t]) over the local slice;
+  /// stats[t, 1] = logits[t, targets[t] − v0] if the target is in the slice, else 0.
+  static void local_sumexp_target(typename V::CMat logits, typename V::CVec row_max, typename V::CTokens targets,
+                                  int64_t v0, typename V::Mat stats);
+  /// Returns Σ_t loss_t with loss_t = log(stats[t,0]) + row_max[t] − stats[t,1] (summed in
+  /// double, row order), and writes dlogits = grad_scale · (softmax − onehot(target)) for
+  /// the local slice. dlogits may be the same memory as logits.
+  static double loss_and_grad(typename V::CMat logits, typename V::CVec row_max, typename V::CMat stats,
+                              typename V::CTokens targets, int64_t v0, double grad_scale, typename V::Mat dlogits);
+  /// Σ_t loss_t only (no gradient).
+  static double loss(typename V::CVec row_max, typename V::CMat stats);
+  /// The unsharded loss: the three steps with v0 = 0. row_max [T] and stats [T, 2] are
+  /// scratch. Returns Σ_t loss_t; skips the gradient when dlogits has no rows.
+  static double forward_backward(typename V::CMat logits, typename V::CTokens targets, double grad_scale,
+                                 typename V::Mat dlogits, typename V::Vec row_max, typename V::Mat stats);
+};
+
+/// Token embedding: x[t, :] (+)= table[tokens[t] − v0, :] for a vocabulary slice
+/// [v0, v0 + Vl) of the table (rows whose token lies outside the slice get zero).
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+struct Embedding {
+  using V = ViewTypes<Scalar, Exec>;
+  /// Scratch of the deterministic scatter-add: per-row counts and offsets [Vl + 1], a
+  /// cursor [Vl] and the positions grouped by row [T].
+  struct Scratch {
+    Kokkos::View<int64_t*, typename V::memory_space> offsets, cursor, order;
+    Scratch() = default;
+    Scratch(int64_t vocab_rows, int64_t max_rows);
+  };
+  static void forward(typename V::CTokens tokens, typename V::CMat table, int64_t v0, typename V::Mat x,
+                      bool accumulate = false);
+  /// dtable[v, :] (+)= Σ_{t : tokens[t] = v0 + v} dx[t, :], summed in increasing t for
+  /// every v (no atomics on floating point; bitwise reproducible).
+  static void backward(typename V::CTokens tokens, typename V::CMat dx, int64_t v0, typename V::Mat dtable,
+                       Scratch& scratch, bool accumulate = false);
+};
+
+/// Learned absolute positions: x[t, :] += pos[t mod S, :] with S = pos.extent(0).
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+struct PositionEmbedding {
+  using V = ViewTypes<Scalar, Exec>;
+  static void forward(typename V::CMat pos, typename V::Mat x);
+  /// dpos[s, :] (+)= Σ_b dx[b·S + s, :], summed in increasing b.
+  static void backward(typename V::CMat dx, typename V::Mat dpos, bool accumulate = false);
+};
+
+#define SHARDFLOW_NN_EXTERN(Op)                 \
+  extern template struct Op<float>;             \
+  extern template struct Op<double>;
+SHARDFLOW_NN_EXTERN(Linear)
+SHARDFLOW_NN_EXTERN(RmsNorm)
+SHARDFLOW_NN_EXTERN(SwiGlu)
+SHARDFLOW_NN_EXTERN(Residual)
+SHARDFLOW_NN_EXTERN(Attention)
+SHARDFLOW_NN_EXTERN(CrossEntropy)
+SHARDFLOW_NN_EXTERN(Embedding)
+SHARDFLOW_NN_EXTERN(PositionEmbedding)
+#undef SHARDFLOW_NN_EXTERN
+
+}  // namespace shardflow::nn

@@ -1,0 +1,274 @@
+// The reference GPT: forward against a plain-loop transcription of MODEL.md, every
+// parameter's gradient against central finite differences (f64, tiny config), parameter
+// names and shapes, f32 against f64, micro-batch accumulation, bitwise determinism.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <set>
+#include <vector>
+
+#include "core/error.hpp"
+#include "nn/gpt.hpp"
+#include "nn/init.hpp"
+#include "nn/nn_test_util.hpp"
+
+namespace {
+using namespace shardflow::test::nn;
+using shardflow::nn::GptConfig;
+using shardflow::nn::GptModel;
+using Vd = std::vector<double>;
+
+GptConfig tiny() {
+  GptConfig c;
+  c.vocab = 7;
+  c.seq = 4;
+  c.hidden = 8;
+  c.heads = 2;
+  c.ffn = 6;
+  c.layers = 2;
+  return c;
+}
+
+/// Parameters with more spread than the 0.02 init so every path matters numerically.
+template <class Scalar>
+void randomise(GptModel<Scalar>& m, uint64_t seed) {
+  for (const auto& p : m.parameters()) {
+    shardflow::nn::Init<Scalar>::fill(m.param(p.name), seed, p.name + "#test", p.shape, 0.4);
+    if (shardflow::nn::is_norm_gain(p.name)) {
+      auto v = m.param(p.name);
+      for (size_t i = 0; i < v.extent(0); ++i)
+        v(i) = static_cast<Scalar>(1.0 + 0.5 * shardflow::nn::init_value(seed, p.name + "#gain", int64_t(i), 1.0));
+    }
+  }
+}
+
+// y[t, o] = Σ_i x[t, i] w[o, i]
+Vd matmul_t(const Vd& x, const double* w, int64_t rows, int64_t in, int64_t out) {
+  Vd y(static_cast<size_t>(rows * out));
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t o = 0; o < out; ++o) {
+      double s = 0;
+      for (int64_t i = 0; i < in; ++i) s += x[t * in + i] * w[o * in + i];
+      y[t * out + o] = s;
+    }
+  return y;
+}
+Vd rmsnorm(const Vd& x, const double* g, int64_t rows, int64_t h) {
+  Vd y(x.size());
+  for (int64_t t = 0; t < rows; ++t) {
+    double ms = 0;
+    for (int64_t j = 0; j < h; ++j) ms += x[t * h + j] * x[t * h + j];
+    const double r = 1.0 / std::sqrt(ms / h + 1e-5);
+    for (int64_t j = 0; j < h; ++j) y[t * h + j] = x[t * h + j] * r * g[j];
+  }
+  return y;
+}
+
+/// MODEL.md's forward, transcribed with plain loops.
+double reference_loss(const GptModel<double>& m, const std::vector<int32_t>& in, const std::vector<int32_t>& tg) {
+  const GptConfig& c = m.config();
+  const int64_t T = static_cast<int64_t>(in.size()), S = c.seq, H = c.hidden, A = c.heads, D = H / A, F = c.ffn;
+  auto P = [&](const std::string& n) { return m.param(n).data(); };
+  Vd x(static_cast<size_t>(T * H));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < H; ++j) x[t * H + j] = P("embed.weight")[in[t] * H + j] + P("pos_embed.weight")[(t % S) * H + j];
+  for (int64_t l = 0; l < c.layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    Vd n = rmsnorm(x, P(p + "attn_norm.weight"), T, H);
+    Vd qkv = matmul_t(n, P(p + "attn.qkv.weight"), T, H, 3 * H);
+    Vd o(static_cast<size_t>(T * H));
+    for (int64_t b = 0; b < T / S; ++b)
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t i = 0; i < S; ++i) {
+          Vd sc(static_cast<size_t>(i + 1));
+          double mx = -1e300, z = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            double d = 0;
+            for (int64_t e = 0; e < D; ++e) d += qkv[(b * S + i) * 3 * H + a * D + e] * qkv[(b * S + j) * 3 * H + H + a * D + e];
+            sc[j] = d / std::sqrt(double(D));
+            mx = std::max(mx, sc[j]);
+          }
+          for (auto& v : sc) z += (v = std::exp(v - mx));
+          for (int64_t e = 0; e < D; ++e) {
+            double s = 0;
+            for (int64_t j = 0; j <= i; ++j) s += sc[j] / z * qkv[(b * S + j) * 3 * H + 2 * H + a * D + e];
+            o[(b * S + i) * H + a * D + e] = s;
+          }
+        }
+    Vd ao = matmul_t(o, P(p + "attn.out.weight"), T, H, H);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += ao[i];
+    n = rmsnorm(x, P(p + "mlp_norm.weight"), T, H);
+    Vd gu = matmul_t(n, P(p + "mlp.gate_up.weight"), T, H, 2 * F);
+    Vd hh(static_cast<size_t>(T * F));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < F; ++j) {
+        const double g = gu[t * 2 * F + j];
+        hh[t * F + j] = g / (1 + std::exp(-g)) * gu[t * 2 * F + F + j];
+      }
+    Vd dn = matmul_t(hh, P(p + "mlp.down.weight"), T, F, H);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += dn[i];
+  }
+  Vd n = rmsnorm(x, P("final_norm.weight"), T, H);
+  Vd lg = matmul_t(n, P("lm_head.weight"), T, H, c.vocab);
+  double loss = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    double mx = -1e300, z = 0;
+    for (int64_t v = 0; v < c.vocab; ++v) mx = std::max(mx, lg[t * c.vocab + v]);
+    for (int64_t v = 0; v < c.vocab; ++v) z += std::exp(lg[t * c.vocab + v] - mx);
+    loss += std::log(z) + mx - lg[t * c.vocab + tg[t]];
+  }
+  return loss / double(T);
+}
+
+struct Tokens {
+  HTok in, tg;
+  std::vector<int32_t> vin, vtg;
+};
+Tokens make_tokens(int64_t n, int32_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Tokens t{rand_tokens(n, vocab, rng), rand_tokens(n, vocab, rng), {}, {}};
+  for (int64_t i = 0; i < n; ++i) {
+    t.vin.push_back(t.in(i));
+    t.vtg.push_back(t.tg(i));
+  }
+  return t;
+}
+
+TEST(NnGpt, ParameterNamesShapesAndDecayFlags) {
+  GptConfig c;  // quickstart
+  const auto ps = shardflow::nn::gpt_parameters(c);
+  ASSERT_EQ(ps.size(), size_t(2 + 6 * c.layers + 2));
+  EXPECT_EQ(ps[0].name, "embed.weight");
+  EXPECT_EQ(ps[0].shape, (shardflow::Shape{256, 128}));
+  EXPECT_FALSE(ps[0].weight_decay);
+  EXPECT_EQ(ps[1].name, "pos_embed.weight");
+  EXPECT_FALSE(ps[1].weight_decay);
+  EXPECT_EQ(ps[2].name, "layers.0.attn_norm.weight");
+  EXPECT_FALSE(ps[2].weight_decay);
+  EXPECT_EQ(ps[3].name, "layers.0.attn.qkv.weight");
+  EXPECT_EQ(ps[3].shape, (shardflow::Shape{384, 128}));
+  EXPECT_TRUE(ps[3].weight_decay);
+  EXPECT_EQ(ps[4].name, "layers.0.attn.out.weight");
+  EXPECT_EQ(ps[5].name, "layers.0.mlp_norm.weight");
+  EXPECT_EQ(ps[6].name, "layers.0.mlp.gate_up.weight");
+  EXPECT_EQ(ps[6].shape, (shardflow::Shape{688, 128}));
+  EXPECT_EQ(ps[7].name, "layers.0.mlp.down.weight");
+  EXPECT_EQ(ps[7].shape, (shardflow::Shape{128, 344}));
+  EXPECT_EQ(ps[ps.size() - 2].name, "final_norm.weight");
+  EXPECT_EQ(ps.back().name, "lm_head.weight");
+  EXPECT_TRUE(ps.back().weight_decay);
+  int64_t off = 0;
+  for (const auto& p : ps) {
+    EXPECT_EQ(p.offset, off);
+    off += p.numel;
+  }
+  EXPECT_EQ(off, shardflow::nn::gpt_num_params(c));
+  GptConfig bad = c;
+  bad.heads = 3;
+  EXPECT_THROW(bad.validate(), shardflow::InputError);
+}
+
+TEST(NnGpt, ForwardMatchesPlainLoopTranscriptionOfModelMd) {
+  GptModel<double> m(tiny(), 3);
+  randomise(m, 5);
+  Tokens tk = make_tokens(3 * 4, 7, 6);
+  const double loss = m.forward(tk.in, tk.tg);
+  EXPECT_NEAR(loss, reference_loss(m, tk.vin, tk.vtg), 1e-12);
+  EXPECT_EQ(m.forward_backward(tk.in, tk.tg), loss);
+}
+
+TEST(NnGpt, EveryGradientMatchesFiniteDifferences) {
+  GptModel<double> m(tiny(), 2);
+  randomise(m, 7);
+  Tokens tk = make_tokens(2 * 4, 7, 8);
+  m.forward_backward(tk.in, tk.tg);
+  // keep a copy of the analytic gradients; the finite differences call forward only
+  HVec g("g", m.grads_flat().extent(0));
+  Kokkos::deep_copy(g, m.grads_flat());
+  for (const auto& p : m.parameters()) {
+    HVec gp(g.data() + p.offset, static_cast<size_t>(p.numel));
+    check_fd(p.name.c_str(), m.param(p.name), gp, [&] { return m.forward(tk.in, tk.tg); }, 1e-6);
+  }
+}
+
+TEST(NnGpt, MicroBatchAccumulationEqualsFullBatch) {
+  GptModel<double> full(tiny(), 4), micro(tiny(), 2);
+  randomise(full, 9);
+  Kokkos::deep_copy(micro.params_flat(), full.params_flat());
+  Tokens tk = make_tokens(4 * 4, 7, 10);
+  const double loss = full.forward_backward(tk.in, tk.tg);
+  double sum = 0;
+  for (int k = 0; k < 2; ++k) {
+    HTok in(tk.in.data() + k * 8, 8), tg(tk.tg.data() + k * 8, 8);
+    sum += micro.forward_backward(in, tg, /*accumulate=*/k > 0, 1.0 / 16);
+  }
+  EXPECT_NEAR(sum / 2, loss, 1e-13);
+  EXPECT_LT(max_abs_diff(micro.grads_flat(), full.grads_flat()), 1e-13);
+}
+
+TEST(NnGpt, FloatAgreesWithDouble) {
+  GptConfig c = tiny();
+  c.hidden = 16;
+  c.seq = 8;
+  GptModel<double> md(c, 2);
+  GptModel<float> mf(c, 2);
+  md.init(11);
+  mf.init(11);
+  for (size_t i = 0; i < md.params_flat().extent(0); ++i)
+    ASSERT_EQ(static_cast<float>(md.params_flat()(i)), mf.params_flat()(i)) << "init differs at " << i;
+  Tokens tk = make_tokens(16, 7, 12);
+  const double ld = md.forward_backward(tk.in, tk.tg);
+  const double lf = mf.forward_backward(tk.in, tk.tg);
+  EXPECT_NEAR(lf, ld, 1e-5 * ld);
+  EXPECT_NEAR(ld, std::log(7.0), 0.05);  // small init: near-uniform predictions
+  double gmax = 0;
+  for (size_t i = 0; i < md.grads_flat().extent(0); ++i) gmax = std::max(gmax, std::abs(md.grads_flat()(i)));
+  for (size_t i = 0; i < md.grads_flat().extent(0); ++i)
+    ASSERT_NEAR(mf.grads_flat()(i), md.grads_flat()(i), 1e-4 * gmax) << "gradient element " << i;
+}
+
+TEST(NnGpt, TwoRunsAreBitwiseIdentical) {
+  GptConfig c = tiny();
+  c.vocab = 256;
+  c.seq = 16;
+  c.hidden = 32;
+  c.heads = 4;
+  c.ffn = 40;
+  GptModel<float> a(c, 3), b(c, 3);
+  a.init(42);
+  b.init(42);
+  Tokens tk = make_tokens(3 * 16, 256, 13);
+  for (int i = 0; i < 3 * 16; i += 5) tk.in(i) = 32;  // repeated tokens
+  const double la = a.forward_backward(tk.in, tk.tg);
+  const double lb = b.forward_backward(tk.in, tk.tg);
+  EXPECT_EQ(la, lb);
+  ASSERT_EQ(a.grads_flat().extent(0), b.grads_flat().extent(0));
+  EXPECT_EQ(0, std::memcmp(a.grads_flat().data(), b.grads_flat().data(), sizeof(float) * a.grads_flat().extent(0)));
+  EXPECT_EQ(a.forward_backward(tk.in, tk.tg), la);  // same object again
+  EXPECT_EQ(0, std::memcmp(a.grads_flat().data(), b.grads_flat().data(), sizeof(float) * a.grads_flat().extent(0)));
+}
+
+TEST(NnGpt, RejectsBadBatches) {
+  GptModel<float> m(tiny(), 2);
+  Tokens tk = make_tokens(12, 7, 14);  // 3 sequences > max_batch 2
+  EXPECT_THROW(m.forward(tk.in, tk.tg), shardflow::Error);
+  Tokens t2 = make_tokens(8, 7, 15);
+  t2.in(3) = 7;  // outside the vocabulary
+  EXPECT_THROW(m.forward(t2.in, t2.tg), shardflow::Error);
+  EXPECT_THROW(m.param("layers.9.attn.qkv.weight"), shardflow::Error);
+}
+
+TEST(NnGpt, ModelFlopsFormula) {
+  GptConfig c;
+  c.hidden = 256;
+  c.heads = 4;
+  c.ffn = 688;
+  c.layers = 4;
+  c.seq = 128;
+  EXPECT_EQ(shardflow::nn::gpt_matmul_params(c), 4 * (4 * 256 * 256 + 3 * 688 * 256) + 256 * 256);
+  EXPECT_DOUBLE_EQ(shardflow::nn::gpt_model_flops(c, 1024),
+                   6.0 * 3227648 * 1024 + 12.0 * 4 * 128 * 256 * 1024);
+}
+
+}  // namespace
