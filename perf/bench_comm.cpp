@@ -114,12 +114,13 @@ void bench_collectives(CommSet& comms, std::size_t bytes, int rounds) {
     }
     Collective op(c, CollectivePlan::all_reduce(DType::F32, elems, ReduceOp::Sum), send.data(), recv.data());
     Result r;
-    time_pair(r, iters, rounds, [&] { op.start().wait(); },
-              [&] {
-                MPI_Request q;
-                MPI_Iallreduce(send.data(), recv.data(), static_cast<int>(elems), MPI_FLOAT, MPI_SUM, mc, &q);
-                MPI_Wait(&q, MPI_STATUS_IGNORE);
-              });
+    time_pair(
+        r, iters, rounds, [&] { op.start().wait(); },
+        [&] {
+          MPI_Request q;
+          MPI_Iallreduce(send.data(), recv.data(), static_cast<int>(elems), MPI_FLOAT, MPI_SUM, mc, &q);
+          MPI_Wait(&q, MPI_STATUS_IGNORE);
+        });
     r.wrong += count_wrong(recv, want);
     std::fill(recv.begin(), recv.end(), 0.f);
     op.start().wait();
@@ -133,13 +134,14 @@ void bench_collectives(CommSet& comms, std::size_t bytes, int rounds) {
       for (std::size_t i = 0; i < block; ++i) want[static_cast<std::size_t>(q) * block + i] = value(q, i);
     Collective op(c, CollectivePlan::all_gather(DType::F32, block), send.data(), recv.data());
     Result r;
-    time_pair(r, iters, rounds, [&] { op.start().wait(); },
-              [&] {
-                MPI_Request q;
-                MPI_Iallgather(send.data(), static_cast<int>(block), MPI_FLOAT, recv.data(), static_cast<int>(block),
-                               MPI_FLOAT, mc, &q);
-                MPI_Wait(&q, MPI_STATUS_IGNORE);
-              });
+    time_pair(
+        r, iters, rounds, [&] { op.start().wait(); },
+        [&] {
+          MPI_Request q;
+          MPI_Iallgather(send.data(), static_cast<int>(block), MPI_FLOAT, recv.data(), static_cast<int>(block),
+                         MPI_FLOAT, mc, &q);
+          MPI_Wait(&q, MPI_STATUS_IGNORE);
+        });
     r.wrong += count_wrong(recv, want);
     std::fill(recv.begin(), recv.end(), 0.f);
     op.start().wait();
@@ -153,12 +155,13 @@ void bench_collectives(CommSet& comms, std::size_t bytes, int rounds) {
       want[i] = static_cast<float>(n * (n + 1) / 2 * static_cast<int>((static_cast<std::size_t>(me) * block + i) % 17));
     Collective op(c, CollectivePlan::reduce_scatter(DType::F32, block, ReduceOp::Sum), send.data(), recv.data());
     Result r;
-    time_pair(r, iters, rounds, [&] { op.start().wait(); },
-              [&] {
-                MPI_Request q;
-                MPI_Ireduce_scatter_block(send.data(), recv.data(), static_cast<int>(block), MPI_FLOAT, MPI_SUM, mc, &q);
-                MPI_Wait(&q, MPI_STATUS_IGNORE);
-              });
+    time_pair(
+        r, iters, rounds, [&] { op.start().wait(); },
+        [&] {
+          MPI_Request q;
+          MPI_Ireduce_scatter_block(send.data(), recv.data(), static_cast<int>(block), MPI_FLOAT, MPI_SUM, mc, &q);
+          MPI_Wait(&q, MPI_STATUS_IGNORE);
+        });
     r.wrong += count_wrong(recv, want);
     std::fill(recv.begin(), recv.end(), 0.f);
     op.start().wait();
@@ -173,13 +176,14 @@ void bench_collectives(CommSet& comms, std::size_t bytes, int rounds) {
         want[static_cast<std::size_t>(q) * block + i] = value(q, static_cast<std::size_t>(me) * block + i);
     Collective op(c, CollectivePlan::all_to_all(DType::F32, block), send.data(), recv.data());
     Result r;
-    time_pair(r, iters, rounds, [&] { op.start().wait(); },
-              [&] {
-                MPI_Request q;
-                MPI_Ialltoall(send.data(), static_cast<int>(block), MPI_FLOAT, recv.data(), static_cast<int>(block),
-                              MPI_FLOAT, mc, &q);
-                MPI_Wait(&q, MPI_STATUS_IGNORE);
-              });
+    time_pair(
+        r, iters, rounds, [&] { op.start().wait(); },
+        [&] {
+          MPI_Request q;
+          MPI_Ialltoall(send.data(), static_cast<int>(block), MPI_FLOAT, recv.data(), static_cast<int>(block),
+                        MPI_FLOAT, mc, &q);
+          MPI_Wait(&q, MPI_STATUS_IGNORE);
+        });
     r.wrong += count_wrong(recv, want);
     std::fill(recv.begin(), recv.end(), 0.f);
     op.start().wait();
@@ -194,13 +198,14 @@ void bench_collectives(CommSet& comms, std::size_t bytes, int rounds) {
     }
     Collective op(c, CollectivePlan::broadcast(DType::F32, elems, 0), send.data(), recv.data());
     Result r;
-    time_pair(r, iters, rounds, [&] { op.start().wait(); },
-              [&] {
-                MPI_Request q;
-                if (me == 0) std::memcpy(recv.data(), send.data(), bytes);
-                MPI_Ibcast(recv.data(), static_cast<int>(elems), MPI_FLOAT, 0, mc, &q);
-                MPI_Wait(&q, MPI_STATUS_IGNORE);
-              });
+    time_pair(
+        r, iters, rounds, [&] { op.start().wait(); },
+        [&] {
+          MPI_Request q;
+          if (me == 0) std::memcpy(recv.data(), send.data(), bytes);
+          MPI_Ibcast(recv.data(), static_cast<int>(elems), MPI_FLOAT, 0, mc, &q);
+          MPI_Wait(&q, MPI_STATUS_IGNORE);
+        });
     r.wrong += count_wrong(recv, want);
     std::fill(recv.begin(), recv.end(), 0.f);
     op.start().wait();
@@ -252,13 +257,14 @@ void bench_reshard(CommSet& comms, std::size_t bytes, int rounds) {
   using CV = shard::Resharder<float>::ConstView;
   using V = shard::Resharder<float>::View;
   Result r;
-  time_pair(r, iterations(bytes), rounds, [&] { op.run(CV(src.data(), src.size()), V(dst.data(), dst.size())); },
-            [&] {
-              MPI_Request q;
-              MPI_Ialltoallv(rsend.data(), sc.data(), sd.data(), MPI_FLOAT, rrecv.data(), rc.data(), rd.data(),
-                             MPI_FLOAT, comms.world().mpi_comm(), &q);
-              MPI_Wait(&q, MPI_STATUS_IGNORE);
-            });
+  time_pair(
+      r, iterations(bytes), rounds, [&] { op.run(CV(src.data(), src.size()), V(dst.data(), dst.size())); },
+      [&] {
+        MPI_Request q;
+        MPI_Ialltoallv(rsend.data(), sc.data(), sd.data(), MPI_FLOAT, rrecv.data(), rc.data(), rd.data(), MPI_FLOAT,
+                       comms.world().mpi_comm(), &q);
+        MPI_Wait(&q, MPI_STATUS_IGNORE);
+      });
   r.wrong += count_wrong(dst, want);
   const double nn = static_cast<double>(n);
   print_row("reshard", bytes, (nn - 1) / nn, r);
@@ -275,15 +281,19 @@ int main(int argc, char** argv) {
   int rounds = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--min-bytes") min_bytes = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (a == "--max-bytes") max_bytes = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (a == "--rounds") rounds = std::atoi(argv[i + 1]);
+    if (a == "--min-bytes")
+      min_bytes = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (a == "--max-bytes")
+      max_bytes = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (a == "--rounds")
+      rounds = std::atoi(argv[i + 1]);
   }
   {
     Mesh mesh(MeshShape({"data"}, {g_size}));
     CommSet comms(mesh, Backend::Mpi);
     if (g_rank == 0) {
-      std::printf("# bench_comm: %d ranks, f32, median of per-iteration times (%d rounds); backend mpi vs raw MPI\n", g_size, rounds);
+      std::printf("# bench_comm: %d ranks, f32, median of per-iteration times (%d rounds); backend mpi vs raw MPI\n",
+                  g_size, rounds);
       std::printf("%-15s %10s %10s %8s %8s %10s %8s %8s %6s %7s\n", "# op", "size(B)", "fw(us)", "algbw", "busbw",
                   "raw(us)", "algbw", "busbw", "ratio", "#wrong");
     }

@@ -92,10 +92,18 @@ TEST(Reshard, RandomLayoutPairsRoundTripExactly) {
             << "a rank receives more than its target box";
         ASSERT_LE(plan.send_elems(), a.local_numel(mesh.rank()) * mesh.size());
         switch (trial % 4) {
-          case 0: check_pair<float>(comms.world(), a, b); break;
-          case 1: check_pair<std::int64_t>(comms.world(), a, b); break;
-          case 2: check_pair<bf16>(comms.world(), a, b); break;
-          default: check_pair<double>(comms.world(), a, b); break;
+          case 0:
+            check_pair<float>(comms.world(), a, b);
+            break;
+          case 1:
+            check_pair<std::int64_t>(comms.world(), a, b);
+            break;
+          case 2:
+            check_pair<bf16>(comms.world(), a, b);
+            break;
+          default:
+            check_pair<double>(comms.world(), a, b);
+            break;
         }
         // and back, through a persistent operation run twice
         shard::Resharder<float> back(comms.world(), shard::ReshardPlan(b, a, mesh.rank()), exec);

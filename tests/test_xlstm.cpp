@@ -19,9 +19,7 @@ namespace {
 
 /// Exact test values: k/64 with |k| < 256 (exact in bf16 and f16; sums of four and their
 /// means are exact in f32). `salt` distinguishes tensors and ranks.
-float val(std::int64_t flat, int salt) {
-  return static_cast<float>((flat * 37 + salt * 101) % 511 - 255) / 64.0f;
-}
+float val(std::int64_t flat, int salt) { return static_cast<float>((flat * 37 + salt * 101) % 511 - 255) / 64.0f; }
 
 std::vector<float> full_tensor(const Shape& s, int salt) {
   std::vector<float> v(static_cast<std::size_t>(numel(s)));
@@ -68,10 +66,10 @@ TEST(Xlstm, ShardParamsPicksTheLargestDivisibleDimensionAndSlices) {
   auto add = [&](const std::string& name, Shape s, int salt) {
     params.push_back(replicated_param(name, s, ms, full_tensor(s, salt)));
   };
-  add("tie", {4 * nf, 4 * nf}, 1);          // equal extents: the later dimension
-  add("odd", {16 * nf + 1, 4 * nf}, 2);     // 16nf+1 divisible only when nf == 1
-  add("none", {7, 9}, 3);                   // divisible only when nf == 1 (then the 9)
-  add("small", {2, 3}, 4);                  // 6 <= min_weight_size: stays
+  add("tie", {4 * nf, 4 * nf}, 1);       // equal extents: the later dimension
+  add("odd", {16 * nf + 1, 4 * nf}, 2);  // 16nf+1 divisible only when nf == 1
+  add("none", {7, 9}, 3);                // divisible only when nf == 1 (then the 9)
+  add("small", {2, 3}, 4);               // 6 <= min_weight_size: stays
   {
     Layout l({8 * nf, 3}, PartitionSpec{{"fsdp"}, {}}, ms);  // already over fsdp: stays
     params.push_back(ShardedParam{"pre", l, slice(full_tensor({8 * nf, 3}, 5), {8 * nf, 3}, l.box(e.rank()))});
@@ -153,16 +151,17 @@ TEST(Xlstm, ShardModuleParamsRoundTripAndMeanGradients) {
     for (std::size_t i = 0; i < init.size(); ++i) {
       EXPECT_TRUE(full[i].layout.spec().is_replicated());
       ASSERT_EQ(full[i].data.size(), init[i].data.size());
-      for (std::size_t k = 0; k < init[i].data.size(); ++k)
-        EXPECT_EQ(full[i].data[k], round_to(gd, init[i].data[k]));
+      for (std::size_t k = 0; k < init[i].data.size(); ++k) EXPECT_EQ(full[i].data[k], round_to(gd, init[i].data[k]));
     }
     // an optimizer step on the shards shows up in the next gather
     for (auto& v : mod.sharded()[2].data) v += 1.0f;
     const ParamList& again = mod.gather();
-    for (std::size_t k = 0; k < init[2].data.size(); ++k) EXPECT_EQ(again[2].data[k], round_to(gd, init[2].data[k] + 1.0f));
+    for (std::size_t k = 0; k < init[2].data.size(); ++k)
+      EXPECT_EQ(again[2].data[k], round_to(gd, init[2].data[k] + 1.0f));
     // gradients of the gathered params: rank-dependent; shards get the mean over fsdp
     ParamList grads = full;
-    for (std::size_t i = 0; i < grads.size(); ++i) grads[i].data = full_tensor(grads[i].layout.global_shape(), e.rank());
+    for (std::size_t i = 0; i < grads.size(); ++i)
+      grads[i].data = full_tensor(grads[i].layout.global_shape(), e.rank());
     ParamList sg = mod.scatter_grads(grads);
     const auto members = ms.group_ranks(e.rank(), {"fsdp"});
     for (std::size_t i = 0; i < sg.size(); ++i) {

@@ -74,7 +74,8 @@ class Resharder {
 
   /// `world` must have the mesh's ranks in mesh order (CommSet::world()).
   Resharder(comm::Communicator& world, ReshardPlan plan, ExecSpace exec = ExecSpace())
-      : plan_(std::move(plan)), exec_(exec),
+      : plan_(std::move(plan)),
+        exec_(exec),
         send_("shardflow::reshard::send", static_cast<std::size_t>(plan_.send_elems())),
         recv_("shardflow::reshard::recv", static_cast<std::size_t>(plan_.recv_elems())),
         exchange_(check_comm(world, plan_), plan_.exchange_plan(dtype_of<T>()), send_.data(), recv_.data()) {}
@@ -131,11 +132,10 @@ class Resharder {
 
  private:
   static comm::Communicator& check_comm(comm::Communicator& c, const ReshardPlan& p) {
-    SHARDFLOW_REQUIRE_INPUT(c.size() == p.from().mesh().size(), "reshard: communicator '", c.name(), "' has ",
-                            c.size(), " ranks but the mesh ", p.from().mesh().to_string(), " has ",
-                            p.from().mesh().size());
-    SHARDFLOW_REQUIRE_INPUT(c.rank() == p.rank(), "reshard: plan built for rank ", p.rank(), " used on rank ",
-                            c.rank(), " of '", c.name(), "'");
+    SHARDFLOW_REQUIRE_INPUT(c.size() == p.from().mesh().size(), "reshard: communicator '", c.name(), "' has ", c.size(),
+                            " ranks but the mesh ", p.from().mesh().to_string(), " has ", p.from().mesh().size());
+    SHARDFLOW_REQUIRE_INPUT(c.rank() == p.rank(), "reshard: plan built for rank ", p.rank(), " used on rank ", c.rank(),
+                            " of '", c.name(), "'");
     return c;
   }
   static Box relative(const Box& b, const Box& frame) {

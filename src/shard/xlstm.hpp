@@ -124,8 +124,7 @@ class ShardedModuleParams {
   GatheredParams gathered_;
 };
 
-ShardedModuleParams shard_module_params(const ParamList& init, const comm::CommSet& comms,
-                                        const std::string& axis_name,
+ShardedModuleParams shard_module_params(const ParamList& init, const comm::CommSet& comms, const std::string& axis_name,
                                         std::int64_t min_weight_size = std::int64_t(1) << 18,
                                         DType gather_dtype = DType::F32, DType grad_scatter_dtype = DType::F32);
 

@@ -12,10 +12,12 @@ int ReshardPlan::sender(const Layout& from, int holder, int dest) {
 }
 
 ReshardPlan::ReshardPlan(const Layout& from, const Layout& to, int rank) : from_(from), to_(to), rank_(rank) {
-  SHARDFLOW_REQUIRE_INPUT(from.global_shape() == to.global_shape(), "reshard: global shapes differ: ",
-                          shape_to_string(from.global_shape()), " vs ", shape_to_string(to.global_shape()));
-  SHARDFLOW_REQUIRE_INPUT(from.mesh() == to.mesh(), "reshard: layouts are on different meshes: ",
-                          from.mesh().to_string(), " vs ", to.mesh().to_string());
+  SHARDFLOW_REQUIRE_INPUT(from.global_shape() == to.global_shape(),
+                          "reshard: global shapes differ: ", shape_to_string(from.global_shape()), " vs ",
+                          shape_to_string(to.global_shape()));
+  SHARDFLOW_REQUIRE_INPUT(from.mesh() == to.mesh(),
+                          "reshard: layouts are on different meshes: ", from.mesh().to_string(), " vs ",
+                          to.mesh().to_string());
   const int n = from.mesh().size();
   SHARDFLOW_REQUIRE_INPUT(rank >= 0 && rank < n, "reshard: rank ", rank, " is not in the mesh ",
                           from.mesh().to_string());

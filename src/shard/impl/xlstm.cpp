@@ -23,11 +23,20 @@ using MView = Kokkos::View<T*, Exec::memory_space, Kokkos::MemoryTraits<Kokkos::
 template <class F>
 void with_float_type(DType t, const char* what, F&& f) {
   switch (t) {
-    case DType::F32: f(float{}); return;
-    case DType::F64: f(double{}); return;
-    case DType::BF16: f(bf16{}); return;
-    case DType::F16: f(f16{}); return;
-    default: break;
+    case DType::F32:
+      f(float{});
+      return;
+    case DType::F64:
+      f(double{});
+      return;
+    case DType::BF16:
+      f(bf16{});
+      return;
+    case DType::F16:
+      f(f16{});
+      return;
+    default:
+      break;
   }
   throw InputError(std::string(what) + ": dtype " + dtype_name(t) + " is not a floating dtype (f32, f64, bf16, f16)");
 }
@@ -56,8 +65,8 @@ void require_mpi(const comm::Communicator& c, const char* what) {
 
 // ---- container ---------------------------------------------------------------------------
 ShardedParam replicated_param(std::string name, Shape shape, const MeshShape& mesh, std::vector<float> data) {
-  SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(data.size()) == numel(shape), "parameter '", name, "': ",
-                          data.size(), " values for shape ", shape_to_string(shape));
+  SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(data.size()) == numel(shape), "parameter '", name,
+                          "': ", data.size(), " values for shape ", shape_to_string(shape));
   Layout l = Layout::replicated(shape, mesh);
   return ShardedParam{std::move(name), std::move(l), std::move(data)};
 }
@@ -128,8 +137,8 @@ struct GatherWithMeanGrads::Impl {
   std::unique_ptr<comm::Collective> gather, scatter;
 };
 
-GatherWithMeanGrads::GatherWithMeanGrads(comm::Communicator& axis_comm, Shape local_shape, int axis,
-                                         DType gather_dtype, DType grad_scatter_dtype)
+GatherWithMeanGrads::GatherWithMeanGrads(comm::Communicator& axis_comm, Shape local_shape, int axis, DType gather_dtype,
+                                         DType grad_scatter_dtype)
     : local_(std::move(local_shape)), impl_(std::make_unique<Impl>()) {
   require_mpi(axis_comm, "gather_array_with_mean_grads");
   SHARDFLOW_REQUIRE_INPUT(axis >= 0 && axis < static_cast<int>(local_.size()), "gather_array_with_mean_grads: axis ",
@@ -155,8 +164,8 @@ GatherWithMeanGrads::GatherWithMeanGrads(comm::Communicator& axis_comm, Shape lo
   m.s_full.resize(m.full_numel * ss);
   if (!m.leading) m.s_send.resize(m.full_numel * ss);
   m.s_recv.resize(m.local_numel * ss);
-  m.gather = std::make_unique<comm::Collective>(axis_comm, comm::CollectivePlan::all_gather(gather_dtype, m.local_numel),
-                                                m.g_send.data(), m.g_recv.data());
+  m.gather = std::make_unique<comm::Collective>(
+      axis_comm, comm::CollectivePlan::all_gather(gather_dtype, m.local_numel), m.g_send.data(), m.g_recv.data());
   const void* scatter_in = m.leading ? m.s_full.data() : m.s_send.data();
   m.scatter = std::make_unique<comm::Collective>(
       axis_comm, comm::CollectivePlan::reduce_scatter(grad_scatter_dtype, m.local_numel, comm::ReduceOp::Mean),
@@ -241,9 +250,9 @@ GatheredParams::GatheredParams(const ParamList& sharded, const comm::CommSet& co
       continue;
     }
     const auto ud = static_cast<std::size_t>(d);
-    SHARDFLOW_REQUIRE_INPUT(p.layout.spec()[ud].size() == 1, "gather_params: parameter '", p.name, "' splits dimension ",
-                            d, " over several axes ", p.layout.spec().to_string(), "; gathering '", axis_name,
-                            "' alone needs it to be the dimension's only axis");
+    SHARDFLOW_REQUIRE_INPUT(p.layout.spec()[ud].size() == 1, "gather_params: parameter '", p.name,
+                            "' splits dimension ", d, " over several axes ", p.layout.spec().to_string(),
+                            "; gathering '", axis_name, "' alone needs it to be the dimension's only axis");
     SHARDFLOW_REQUIRE_INPUT(p.layout.global_shape()[ud] % c.size() == 0, "gather_params: parameter '", p.name,
                             "' has extent ", p.layout.global_shape()[ud], " on dimension ", d,
                             ", not divisible by the size ", c.size(), " of axis '", axis_name, "'");
@@ -251,7 +260,8 @@ GatheredParams::GatheredParams(const ParamList& sharded, const comm::CommSet& co
     spec[ud].clear();
     Layout full(p.layout.global_shape(), spec, p.layout.mesh(), p.layout.pinned());
     auto op = std::make_unique<GatherWithMeanGrads>(c, p.layout.local_shape(rank), d, gather_dtype, grad_scatter_dtype);
-    gathered_.push_back(ShardedParam{p.name, full, std::vector<float>(static_cast<std::size_t>(full.local_numel(rank)))});
+    gathered_.push_back(
+        ShardedParam{p.name, full, std::vector<float>(static_cast<std::size_t>(full.local_numel(rank)))});
     sharded_meta_.push_back(std::move(meta));
     ops_.push_back(std::move(op));
   }
@@ -309,8 +319,8 @@ GatheredParams gather_params(const ParamList& sharded, const comm::CommSet& comm
 
 // ---- shard_module_params -----------------------------------------------------------------
 ShardedModuleParams::ShardedModuleParams(const ParamList& init, const comm::CommSet& comms,
-                                         const std::string& axis_name, std::int64_t min_weight_size,
-                                         DType gather_dtype, DType grad_scatter_dtype)
+                                         const std::string& axis_name, std::int64_t min_weight_size, DType gather_dtype,
+                                         DType grad_scatter_dtype)
     : sharded_(shard_params(init, comms.mesh().rank(), axis_name, min_weight_size)),
       gathered_(sharded_, comms, axis_name, gather_dtype, grad_scatter_dtype) {}
 
@@ -319,9 +329,8 @@ const ParamList& ShardedModuleParams::gather() {
   return gathered_.params();
 }
 
-ShardedModuleParams shard_module_params(const ParamList& init, const comm::CommSet& comms,
-                                        const std::string& axis_name, std::int64_t min_weight_size,
-                                        DType gather_dtype, DType grad_scatter_dtype) {
+ShardedModuleParams shard_module_params(const ParamList& init, const comm::CommSet& comms, const std::string& axis_name,
+                                        std::int64_t min_weight_size, DType gather_dtype, DType grad_scatter_dtype) {
   return ShardedModuleParams(init, comms, axis_name, min_weight_size, gather_dtype, grad_scatter_dtype);
 }
 
