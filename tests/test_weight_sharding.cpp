@@ -38,10 +38,11 @@ TEST(WeightSharding, StackedQkvShardHoldsExactlyItsHeadsQkvRows) {
     auto shard = s.shard(w, dev, n);
     ASSERT_EQ(shard.shape, (Shape{3 * heads * D, K}));
     int64_t r = 0;
-    for (int block = 0; block < 3; ++block)          // Q, K, V
-      for (int a = head0; a < head0 + heads; ++a)    // this device's heads
+    for (int block = 0; block < 3; ++block)        // Q, K, V
+      for (int a = head0; a < head0 + heads; ++a)  // this device's heads
         for (int d = 0; d < D; ++d, ++r)
-          EXPECT_EQ(row(shard, r), row(w, block * H + a * D + d)) << "device " << dev << " block " << block << " head " << a;
+          EXPECT_EQ(row(shard, r), row(w, block * H + a * D + d))
+              << "device " << dev << " block " << block << " head " << a;
     head0 += heads;
   }
 }
@@ -170,8 +171,14 @@ TEST(WeightSharding, RandomRoundTrips) {
     Shape shape;
     WeightSharding s = WeightSharding::replicate();
     switch (kind) {
-      case 0: shape = {small(rng), small(rng)}; s = WeightSharding::rowwise(); break;
-      case 1: shape = {small(rng), small(rng), small(rng)}; s = WeightSharding::columnwise(); break;
+      case 0:
+        shape = {small(rng), small(rng)};
+        s = WeightSharding::rowwise();
+        break;
+      case 1:
+        shape = {small(rng), small(rng), small(rng)};
+        s = WeightSharding::columnwise();
+        break;
       case 2: {
         shape = shardflow::test::random_shape(rng, 4, 7);
         s = WeightSharding::axiswise(std::uniform_int_distribution<int>(0, static_cast<int>(shape.size()) - 1)(rng));
@@ -189,9 +196,18 @@ TEST(WeightSharding, RandomRoundTrips) {
         s = WeightSharding::head_aware_columnwise(A, D);
         break;
       }
-      case 5: shape = {2 * small(rng), small(rng)}; s = WeightSharding::gate_up(0); break;
-      case 6: shape = {std::max(n, small(rng)), small(rng), small(rng)}; s = WeightSharding::expert_parallel(); break;
-      case 7: shape = shardflow::test::random_shape(rng, 3, 5); s = WeightSharding::replicate(); break;
+      case 5:
+        shape = {2 * small(rng), small(rng)};
+        s = WeightSharding::gate_up(0);
+        break;
+      case 6:
+        shape = {std::max(n, small(rng)), small(rng), small(rng)};
+        s = WeightSharding::expert_parallel();
+        break;
+      case 7:
+        shape = shardflow::test::random_shape(rng, 3, 5);
+        s = WeightSharding::replicate();
+        break;
     }
     std::mt19937 data_rng(static_cast<unsigned>(iter));
     auto w = shardflow::test::random_tensor(shape, data_rng);
@@ -205,7 +221,8 @@ TEST(WeightSharding, RandomRoundTrips) {
     if (!s.is_replicate()) {
       EXPECT_EQ(total, w.numel()) << s.to_string() << " " << shape_to_string(shape);
     }
-    EXPECT_EQ(s.unshard(shards, shape), w) << s.to_string() << " on " << n << " devices, shape " << shape_to_string(shape);
+    EXPECT_EQ(s.unshard(shards, shape), w)
+        << s.to_string() << " on " << n << " devices, shape " << shape_to_string(shape);
     ++checked;
   }
   EXPECT_EQ(checked, 400);
@@ -222,7 +239,7 @@ TEST(WeightSharding, BadInputNamesTheNumbers) {
     EXPECT_NE(m.find("3 heads"), std::string::npos) << m;
   }
   EXPECT_THROW(WeightSharding::head_aware_columnwise(2, 4).shard(iota_tensor({3, 8}), 0, 3), InputError);
-  EXPECT_THROW(qkv.shard(iota_tensor({35, 5}), 0, 2), InputError);  // not 3*A*D rows
+  EXPECT_THROW(qkv.shard(iota_tensor({35, 5}), 0, 2), InputError);                        // not 3*A*D rows
   EXPECT_THROW(WeightSharding::gate_up(0).shard(iota_tensor({5, 2}), 0, 2), InputError);  // odd
   EXPECT_THROW(WeightSharding::columnwise().shard(iota_tensor({5}), 0, 2), InputError);   // rank 1
   EXPECT_THROW(WeightSharding::axiswise(2).shard(iota_tensor({5, 2}), 0, 2), InputError);
