@@ -197,6 +197,17 @@ TEST(Deck, WorldSizeCheck) {
   } catch (const InputError& e) {
     EXPECT_EQ(std::string(e.what()), "deck.toml:2: [mesh] data=2 x tensor=2 has 4 devices but the job has 2 ranks");
   }
+  Deck t = parse_deck("[train]\nglobal_batch = 4\n[mesh]\ntensor = 2\n", "t.toml", "/decks");
+  EXPECT_THROW(check_world_size(t, 1), InputError);
+  try {
+    check_world_size(t, 4);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "t.toml:4: [mesh] data=1 x tensor=2 has 2 devices but the job has 4 ranks");
+  }
+  Deck none = parse_deck("", "empty.toml", "/decks");
+  EXPECT_NO_THROW(check_world_size(none, 1));
+  EXPECT_THROW(check_world_size(none, 2), InputError);
 }
 
 TEST(Deck, FilesAndRelativePaths) {

@@ -249,3 +249,38 @@ TEST(WeightSharding, BadInputNamesTheNumbers) {
   EXPECT_THROW(WeightSharding::stacked_qkv(0, 4), InputError);
   EXPECT_THROW(WeightSharding::axiswise(-1), InputError);
 }
+
+TEST(HostTensor, BoxCopiesAgainstElementLoops) {
+  // extract_box / insert_box against a naive per-element index computation.
+  std::mt19937 rng(5);
+  for (int iter = 0; iter < 200; ++iter) {
+    Shape shape = shardflow::test::random_shape(rng, 4, 6);
+    auto t = shardflow::test::iota_tensor(shape);
+    Box b{Shape(shape.size()), Shape(shape.size())};
+    for (size_t d = 0; d < shape.size(); ++d) {
+      b.offset[d] = std::uniform_int_distribution<int64_t>(0, shape[d] - 1)(rng);
+      b.extent[d] = std::uniform_int_distribution<int64_t>(0, shape[d] - b.offset[d])(rng);
+    }
+    auto piece = extract_box(t, b);
+    ASSERT_EQ(piece.shape, b.extent);
+    const Shape ts = row_major_strides(shape), ps = row_major_strides(b.extent);
+    for (int64_t i = 0; i < piece.numel(); ++i) {
+      int64_t src = 0;
+      for (size_t d = 0; d < shape.size(); ++d) src += ((i / ps[d]) % b.extent[d] + b.offset[d]) * ts[d];
+      ASSERT_EQ(piece.data[static_cast<size_t>(i)], t.data[static_cast<size_t>(src)]) << b.to_string();
+    }
+    HostTensor<float> zero(shape);
+    insert_box(zero, b, piece);
+    for (int64_t j = 0; j < zero.numel(); ++j) {
+      bool inside = true;
+      for (size_t d = 0; d < shape.size(); ++d) {
+        const int64_t c = (j / ts[d]) % shape[d];
+        inside = inside && c >= b.offset[d] && c < b.offset[d] + b.extent[d];
+      }
+      ASSERT_EQ(zero.data[static_cast<size_t>(j)], inside ? t.data[static_cast<size_t>(j)] : 0.0f) << b.to_string();
+    }
+  }
+  EXPECT_THROW(extract_box(shardflow::test::iota_tensor({3, 3}), Box{{2, 0}, {2, 3}}), Error);
+  EXPECT_THROW((HostTensor<float>({2, 2}, std::vector<float>(3))), InputError);
+  EXPECT_THROW(reshape(shardflow::test::iota_tensor({2, 3}), {4}), InputError);
+}

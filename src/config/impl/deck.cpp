@@ -441,8 +441,14 @@ Deck load_deck(const std::string& path, const std::vector<std::string>& override
 
 void check_world_size(const Deck& deck, int world_size) {
   const int n = deck.mesh.size();
-  SHARDFLOW_REQUIRE_INPUT(n == world_size, deck.where("mesh.data"), ": [mesh] ", deck.mesh.to_mesh_shape().to_string(),
-                          " has ", n, " devices but the job has ", world_size, " ranks");
+  std::string at = deck.path.empty() ? std::string("<deck>") : deck.path;
+  for (const char* key : {"mesh.data", "mesh.fsdp", "mesh.pipeline", "mesh.expert", "mesh.tensor"})
+    if (deck.origin.count(key)) {
+      at = deck.where(key);
+      break;
+    }
+  SHARDFLOW_REQUIRE_INPUT(n == world_size, at, ": [mesh] ", deck.mesh.to_mesh_shape().to_string(), " has ", n,
+                          " devices but the job has ", world_size, " ranks");
 }
 
 std::string deck_to_toml(const Deck& d) {
