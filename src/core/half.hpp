@@ -48,12 +48,12 @@ KOKKOS_INLINE_FUNCTION float f32_from_bits(std::uint32_t u) {
 
 /// f32 bit pattern -> bf16 bit pattern, round to nearest even.
 KOKKOS_INLINE_FUNCTION std::uint16_t bf16_bits_from_f32_bits(std::uint32_t u) {
-  if ((u & 0x7fffffffu) > 0x7f800000u)  // NaN: keep sign and top payload bits, set quiet bit
-    return static_cast<std::uint16_t>((u >> 16) | 0x0040u);
   // Adding 0x7fff plus the lowest kept bit rounds half to even; a carry out of the
   // mantissa bumps the exponent (up to Inf for the largest finite values), as it should.
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<std::uint16_t>(u >> 16);
+  const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  // NaN: keep sign and top payload bits, set the quiet bit (a select, so loops vectorise)
+  const std::uint32_t nan = (u >> 16) | 0x0040u;
+  return static_cast<std::uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 /// f32 bit pattern -> f16 bit pattern, round to nearest even.
