@@ -1,10 +1,14 @@
 // `shardflow train DECK`: trains the reference GPT on the deck's mesh and strategy.
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+
+#include <KokkosBlas3_gemm.hpp>
+#include <Kokkos_Core.hpp>
 
 #include "command.hpp"
 #include "comm/comm_set.hpp"
@@ -23,7 +27,25 @@ struct TrainOptions {
   std::vector<std::string> overrides;
   std::string summary, trace_dir, dump_graph;
   bool quiet = false;
+  double peak_gflops = 0;  // per-rank peak for model-FLOPs utilisation; 0: measure sgemm
 };
+
+/// Single-core sgemm rate (GFLOP/s) through the same KokkosBlas path the model uses.
+double measure_sgemm_gflops() {
+  const int n = 512;
+  Kokkos::View<float**, Kokkos::LayoutRight> a("a", n, n), b("b", n, n), c("c", n, n);
+  Kokkos::deep_copy(a, 1.0f);
+  Kokkos::deep_copy(b, 0.5f);
+  KokkosBlas::gemm("N", "T", 1.0f, a, b, 0.0f, c);  // warm-up
+  double best = 1e30;
+  for (int r = 0; r < 5; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    KokkosBlas::gemm("N", "T", 1.0f, a, b, 0.0f, c);
+    Kokkos::fence();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return 2.0 * n * n * n / best / 1e9;
+}
 
 int64_t max_rss_bytes() {
   rusage ru{};
@@ -66,6 +88,11 @@ int run_train(const TrainOptions& o) {
     SHARDFLOW_REQUIRE_INPUT(os.good(), "--dump-graph: cannot write '", path, "'");
     trainer.graph().dump(os);
   }
+  double peak = o.peak_gflops;
+  if (peak <= 0) {
+    double local = measure_sgemm_gflops();
+    MPI_Allreduce(&local, &peak, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+  }
   graph::ChromeTraceObserver tracer(rank);
   if (!o.trace_dir.empty()) trainer.executor().add_observer(&tracer);
 
@@ -88,13 +115,15 @@ int run_train(const TrainOptions& o) {
     total_time += st.step_time_s;
     final_loss = st.loss;
     // slowest rank's time and the largest footprint decide what the job sees
-    double t_local[2] = {st.step_time_s, st.comm_wait_s}, t_max[2];
-    MPI_Allreduce(t_local, t_max, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    double t_local[3] = {st.step_time_s, st.comm_wait_s, st.compute_s}, t_max[3];
+    MPI_Allreduce(t_local, t_max, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     int64_t rss = max_rss_bytes(), rss_max = 0;
     MPI_Allreduce(&rss, &rss_max, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
     const double tps = static_cast<double>(deck.train.global_batch * deck.model.seq) / t_max[0];
     steps.push_back({{"step", st.step}, {"loss", st.loss}, {"step_time_s", t_max[0]}, {"tokens_per_s", tps},
-                     {"comm_wait_s", t_max[1]}, {"grad_norm", st.grad_norm}});
+                     {"comm_wait_s", t_max[1]}, {"compute_s", t_max[2]},
+                     {"mfu", trainer.model_flops_per_step() / t_max[0] / (peak * 1e9 * world)},
+                     {"grad_norm", st.grad_norm}});
     if (rank == 0 && !o.quiet) {
       const double eta = total_time / static_cast<double>(st.step - 0) * static_cast<double>(total - st.step);
       std::printf("step %*lld/%lld  loss %.4f  %8.0f tok/s  step %.3fs  comm-wait %4.1f%%  peak/rank %s  eta %s\n",
@@ -125,6 +154,24 @@ int run_train(const TrainOptions& o) {
     j["peak_memory_bytes"] = peaks;
     j["model_state_bytes"] = states;
     j["model_flops_per_step"] = trainer.model_flops_per_step();
+    j["peak_gflops_per_rank"] = peak;
+    j["peak_gflops_source"] = o.peak_gflops > 0 ? "--peak-gflops" : "measured single-core sgemm";
+    // steady state: the median over the steps after the first (warm-up) one
+    std::vector<double> times;
+    for (size_t i = 1; i < steps.size(); ++i) times.push_back(steps[i]["step_time_s"].get<double>());
+    if (times.empty() && !steps.empty()) times.push_back(steps[0]["step_time_s"].get<double>());
+    if (!times.empty()) {
+      std::nth_element(times.begin(), times.begin() + static_cast<long>(times.size() / 2), times.end());
+      const double med = times[times.size() / 2];
+      j["median_step_time_s"] = med;
+      j["tokens_per_s"] = static_cast<double>(deck.train.global_batch * deck.model.seq) / med;
+      j["mfu"] = trainer.model_flops_per_step() / med / (peak * 1e9 * world);
+    }
+    const auto tot = trainer.executor().totals();
+    j["breakdown_s"] = {{"total", tot.total_s}, {"compute", tot.compute_s}, {"comm_wait", tot.comm_wait_s},
+                        {"other", std::max(0.0, tot.total_s - tot.compute_s - tot.comm_wait_s)}};
+    j["memory_bytes_rank0"] = {{"params", mem.params}, {"grads", mem.grads}, {"optimizer", mem.optimizer},
+                               {"transient", mem.transient}, {"activations", mem.activations}};
     std::ofstream os(o.summary);
     SHARDFLOW_REQUIRE_INPUT(os.good(), "--summary: cannot write '", o.summary, "'");
     os << j.dump(2) << "\n";
@@ -142,6 +189,8 @@ app::CommandRegistration reg("train", "train the reference GPT on a deck (run un
                                sub.add_option("--trace", o->trace_dir, "write Chrome traces (one per rank) to DIR");
                                sub.add_option("--dump-graph", o->dump_graph, "write the step's task graph (DOT)");
                                sub.add_flag("--quiet", o->quiet, "no progress lines");
+                               sub.add_option("--peak-gflops", o->peak_gflops,
+                                              "per-rank peak GFLOP/s for MFU (default: measured sgemm rate)");
                                return [o] { return run_train(*o); };
                              });
 
