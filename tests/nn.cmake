@@ -8,3 +8,4 @@ set_tests_properties(test_nn_gpt PROPERTIES ENVIRONMENT "OPENBLAS_NUM_THREADS=1"
 shardflow_add_test(test_optim SOURCES nn/test_optim.cpp)
 shardflow_add_test(test_nn_data MPI SOURCES nn/test_nn_data.cpp)
 target_compile_definitions(test_nn_data PRIVATE SHARDFLOW_CORPUS_PATH="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")
+target_compile_definitions(test_nn_gpt PRIVATE SHARDFLOW_CORPUS_PATH="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")

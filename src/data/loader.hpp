@@ -5,8 +5,10 @@
 // global batch of any step, and data-parallel replica r of R takes the contiguous slice of
 // sequences given by the project's uneven rule (the first B mod R replicas get one extra).
 //
-// Offset j of step n: x = Philox4x32-10(counter = (j, n, 0xDA7A), key = mix64(seed)) as a
-// 64-bit word, offset = floor(x · (len − S) / 2⁶⁴) (Lemire's multiply-shift range map).
+// Offset j (0-based) of step n: with the 64-bit counter halves lo = j and
+// hi = n XOR (0xDA7A · 2⁴⁸) and key = mix64(seed) (nn/philox.hpp), x = the first 64 bits of
+// Philox4x32-10, and offset = floor(x · (len − S) / 2⁶⁴) (Lemire's multiply-shift range
+// map; exact, no modulo). The trainer passes its optimizer step number as n (1, 2, ...).
 #include <cstdint>
 #include <string>
 #include <vector>

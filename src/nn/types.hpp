@@ -35,12 +35,4 @@ struct ViewTypes {
   using OwnedTokens = Kokkos::View<int32_t*, memory_space>;
 };
 
-/// An unmanaged row-major [rows, cols] window onto the first rows*cols elements of a flat
-/// buffer (workspaces are flat and reused for different shapes).
-template <class Scalar, class MemSpace>
-Kokkos::View<Scalar**, Kokkos::LayoutRight, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> as_mat(
-    const Kokkos::View<Scalar*, MemSpace>& flat, int64_t rows, int64_t cols) {
-  return {flat.data(), static_cast<size_t>(rows), static_cast<size_t>(cols)};
-}
-
 }  // namespace shardflow::nn

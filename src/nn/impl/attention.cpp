@@ -1,6 +1,7 @@
 // Causal multi-head attention: per (sequence, head) gemms on windows of the row-major
 // activations (LayoutRight subviews keep a leading dimension, which the BLAS TPL passes as
 // lda/ldb/ldc), and a numerically stable softmax (row max subtracted) in between.
+#include <algorithm>
 #include <cmath>
 
 #include "nn/impl/gemm.hpp"
@@ -31,6 +32,9 @@ AttnDims attn_dims(const char* op, const QKV& qkv, int64_t heads, const P& probs
   return g;
 }
 using Range = Kokkos::pair<int64_t, int64_t>;
+/// Query rows per causal block: a block of rows [r0, r1) only multiplies keys [0, r1), so
+/// the products skip most of the masked upper triangle (S = 128: 3/4 of the square).
+constexpr int64_t kCausalBlock = 64;
 }  // namespace
 
 template <class Scalar, class Exec>
@@ -42,13 +46,17 @@ void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typen
                     g.a * g.d, "]");
   const double scale = 1.0 / std::sqrt(static_cast<double>(g.d));
   const int64_t hd = g.a * g.d;
+  const int64_t nblk = (g.s + kCausalBlock - 1) / kCausalBlock;
   for (int64_t bi = 0; bi < g.b; ++bi) {
-    const Range rows(bi * g.s, (bi + 1) * g.s);
     for (int64_t a = 0; a < g.a; ++a) {
-      auto q = Kokkos::subview(qkv, rows, Range(a * g.d, (a + 1) * g.d));
-      auto k = Kokkos::subview(qkv, rows, Range(hd + a * g.d, hd + (a + 1) * g.d));
-      auto p = Kokkos::subview(probs, bi * g.a + a, Kokkos::ALL, Kokkos::ALL);
-      detail::gemm("N", "T", scale, q, k, 0.0, p);
+      for (int64_t blk = 0; blk < nblk; ++blk) {
+        // query rows [r0, r1) of this block see keys [0, r1) only
+        const int64_t r0 = blk * kCausalBlock, r1 = std::min(g.s, r0 + kCausalBlock);
+        auto q = Kokkos::subview(qkv, Range(bi * g.s + r0, bi * g.s + r1), Range(a * g.d, (a + 1) * g.d));
+        auto k = Kokkos::subview(qkv, Range(bi * g.s, bi * g.s + r1), Range(hd + a * g.d, hd + (a + 1) * g.d));
+        auto p = Kokkos::subview(probs, bi * g.a + a, Range(r0, r1), Range(0, r1));
+        detail::gemm("N", "T", scale, q, k, 0.0, p);
+      }
     }
   }
   const int64_t s = g.s;
@@ -57,23 +65,22 @@ void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typen
         const int64_t i = r / s, row = r % s;
         Scalar m = probs(i, row, 0);
         for (int64_t j = 1; j <= row; ++j) m = probs(i, row, j) > m ? probs(i, row, j) : m;
+        for (int64_t j = 0; j <= row; ++j) probs(i, row, j) = math::exp(probs(i, row, j) - m);
         Scalar sum = 0;
-        for (int64_t j = 0; j <= row; ++j) {
-          const Scalar e = math::exp(probs(i, row, j) - m);
-          probs(i, row, j) = e;
-          sum += e;
-        }
+        for (int64_t j = 0; j <= row; ++j) sum += probs(i, row, j);
         const Scalar inv = Scalar(1) / sum;
         for (int64_t j = 0; j <= row; ++j) probs(i, row, j) *= inv;
         for (int64_t j = row + 1; j < s; ++j) probs(i, row, j) = Scalar(0);
       });
   for (int64_t bi = 0; bi < g.b; ++bi) {
-    const Range rows(bi * g.s, (bi + 1) * g.s);
     for (int64_t a = 0; a < g.a; ++a) {
-      auto v = Kokkos::subview(qkv, rows, Range(2 * hd + a * g.d, 2 * hd + (a + 1) * g.d));
-      auto p = Kokkos::subview(probs, bi * g.a + a, Kokkos::ALL, Kokkos::ALL);
-      auto o = Kokkos::subview(out, rows, Range(a * g.d, (a + 1) * g.d));
-      detail::gemm("N", "N", 1.0, p, v, 0.0, o);
+      for (int64_t blk = 0; blk < nblk; ++blk) {
+        const int64_t r0 = blk * kCausalBlock, r1 = std::min(g.s, r0 + kCausalBlock);
+        auto v = Kokkos::subview(qkv, Range(bi * g.s, bi * g.s + r1), Range(2 * hd + a * g.d, 2 * hd + (a + 1) * g.d));
+        auto p = Kokkos::subview(probs, bi * g.a + a, Range(r0, r1), Range(0, r1));
+        auto o = Kokkos::subview(out, Range(bi * g.s + r0, bi * g.s + r1), Range(a * g.d, (a + 1) * g.d));
+        detail::gemm("N", "N", 1.0, p, v, 0.0, o);
+      }
     }
   }
 }
@@ -94,28 +101,38 @@ void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat q
                     g.s, ", ", g.s, "]");
   const double scale = 1.0 / std::sqrt(static_cast<double>(g.d));
   const double beta = accumulate ? 1.0 : 0.0;
-  const int64_t hd = g.a * g.d, s = g.s;
+  const int64_t hd = g.a * g.d;
+  const int64_t nblk = (g.s + kCausalBlock - 1) / kCausalBlock;
   for (int64_t bi = 0; bi < g.b; ++bi) {
-    const Range rows(bi * g.s, (bi + 1) * g.s);
+    const int64_t base = bi * g.s;
     for (int64_t a = 0; a < g.a; ++a) {
       const Range cq(a * g.d, (a + 1) * g.d), ck(hd + a * g.d, hd + (a + 1) * g.d),
           cv(2 * hd + a * g.d, 2 * hd + (a + 1) * g.d);
-      auto p = Kokkos::subview(probs, bi * g.a + a, Kokkos::ALL, Kokkos::ALL);
-      auto dout_h = Kokkos::subview(dout, rows, cq);
-      // dV = Pᵀ · dO ; dP = dO · Vᵀ
-      detail::gemm("T", "N", 1.0, p, dout_h, beta, Kokkos::subview(dqkv, rows, cv));
-      detail::gemm("N", "T", 1.0, dout_h, Kokkos::subview(qkv, rows, cv), 0.0, dprobs);
-      // dS = P ⊙ (dP − rowsum(P ⊙ dP)), zero above the diagonal because P is.
-      Kokkos::parallel_for(
-          "nn::attn_softmax_bwd", Kokkos::RangePolicy<Exec>(0, s), KOKKOS_LAMBDA(const int64_t row) {
-            Scalar dot = 0;
-            for (int64_t j = 0; j <= row; ++j) dot += p(row, j) * dprobs(row, j);
-            for (int64_t j = 0; j <= row; ++j) dprobs(row, j) = p(row, j) * (dprobs(row, j) - dot);
-            for (int64_t j = row + 1; j < s; ++j) dprobs(row, j) = Scalar(0);
-          });
-      // dQ = scale · dS · K ; dK = scale · dSᵀ · Q
-      detail::gemm("N", "N", scale, dprobs, Kokkos::subview(qkv, rows, ck), beta, Kokkos::subview(dqkv, rows, cq));
-      detail::gemm("T", "N", scale, dprobs, Kokkos::subview(qkv, rows, cq), beta, Kokkos::subview(dqkv, rows, ck));
+      // Query blocks last to first: the last one covers every key row, so its dK and dV
+      // products set (or, accumulating, add to) all of them; earlier blocks add to a prefix.
+      for (int64_t blk = nblk - 1; blk >= 0; --blk) {
+        const int64_t r0 = blk * kCausalBlock, r1 = std::min(g.s, r0 + kCausalBlock);
+        const double beta_kv = (blk == nblk - 1) ? beta : 1.0;
+        const Range qrows(base + r0, base + r1), krows(base, base + r1);
+        auto p = Kokkos::subview(probs, bi * g.a + a, Range(r0, r1), Range(0, r1));
+        auto dp = Kokkos::subview(dprobs, Range(r0, r1), Range(0, r1));
+        auto dout_h = Kokkos::subview(dout, qrows, cq);
+        // dV = Pᵀ · dO ; dP = dO · Vᵀ
+        detail::gemm("T", "N", 1.0, p, dout_h, beta_kv, Kokkos::subview(dqkv, krows, cv));
+        detail::gemm("N", "T", 1.0, dout_h, Kokkos::subview(qkv, krows, cv), 0.0, dp);
+        // dS = P ⊙ (dP − rowsum(P ⊙ dP)), zero above the diagonal because P is.
+        Kokkos::parallel_for(
+            "nn::attn_softmax_bwd", Kokkos::RangePolicy<Exec>(0, r1 - r0), KOKKOS_LAMBDA(const int64_t i) {
+              const int64_t row = r0 + i;
+              Scalar dot = 0;
+              for (int64_t j = 0; j <= row; ++j) dot += p(i, j) * dp(i, j);
+              for (int64_t j = 0; j <= row; ++j) dp(i, j) = p(i, j) * (dp(i, j) - dot);
+              for (int64_t j = row + 1; j < r1; ++j) dp(i, j) = Scalar(0);
+            });
+        // dQ = scale · dS · K ; dK = scale · dSᵀ · Q
+        detail::gemm("N", "N", scale, dp, Kokkos::subview(qkv, krows, ck), beta, Kokkos::subview(dqkv, qrows, cq));
+        detail::gemm("T", "N", scale, dp, Kokkos::subview(qkv, qrows, cq), beta_kv, Kokkos::subview(dqkv, krows, ck));
+      }
     }
   }
 }

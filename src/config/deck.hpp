@@ -1,0 +1,89 @@
+#pragma once
+// The input deck: a TOML file with the sections [mesh], [model], [train], [strategy] and
+// [checkpoint] (docs/strategies.md has the key table). Every key has a default; unknown
+// sections and keys, wrong types and bad values are InputErrors that name the key, the
+// value and the deck's file:line. `--set section.key=value` overrides any key; the value is
+// parsed with the key's type.
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/dtype.hpp"
+#include "mesh/mesh_shape.hpp"
+#include "model/model_config.hpp"
+
+namespace shardflow {
+
+struct MeshSection {
+  int data = 1;
+  int fsdp = 1;
+  int tensor = 1;
+  int pipeline = 1;
+  int expert = 1;
+  int size() const { return data * fsdp * tensor * pipeline * expert; }
+  /// Axes data, fsdp, pipeline, expert, tensor with size > 1 (data always, even of size 1).
+  MeshShape to_mesh_shape() const;
+};
+
+struct TrainSection {
+  int64_t steps = 200;
+  int64_t global_batch = 16;
+  int64_t micro_batches = 1;
+  double lr = 3e-3;
+  int64_t warmup = 20;
+  int64_t seed = 1234;
+  /// The corpus file; a relative path in the deck is resolved against the deck's directory.
+  std::string data;
+};
+
+enum class PipelineSchedule { GPipe, OneFOneB };
+std::string schedule_name(PipelineSchedule s);
+
+struct StrategySection {
+  int zero_stage = 0;
+  int64_t fsdp_min_weight_size = 1024;
+  DType gather_dtype = DType::F32;
+  DType grad_scatter_dtype = DType::F32;
+  int prefetch = 1;
+  PipelineSchedule schedule = PipelineSchedule::OneFOneB;
+  bool sequence_parallel = false;
+};
+
+struct CheckpointSection {
+  std::string dir = "checkpoints";  // resolved against the deck's directory when relative
+  int64_t every = 0;                // 0: only at the end
+  int64_t keep = 2;
+  bool async = false;
+};
+
+struct Deck {
+  std::string path;  // the deck file ("" for text parsed without a file)
+  MeshSection mesh;
+  ModelConfig model;
+  TrainSection train;
+  StrategySection strategy;
+  CheckpointSection checkpoint;
+  /// "section.key" → where its value came from ("deck.toml:12" or "--set train.lr=...").
+  std::map<std::string, std::string> origin;
+
+  /// Where `key` ("section.key") was set, or the deck path when it was left at its default.
+  std::string where(const std::string& key) const;
+  /// Data-parallel size: data × fsdp × expert (every such rank takes its own batch slice).
+  int64_t data_parallel_size() const { return int64_t{mesh.data} * mesh.fsdp * mesh.expert; }
+  /// Sequences per micro-batch on one rank.
+  int64_t micro_batch_size() const { return train.global_batch / (data_parallel_size() * train.micro_batches); }
+};
+
+/// Reads and validates a deck file. Overrides are "section.key=value".
+Deck load_deck(const std::string& path, const std::vector<std::string>& overrides = {});
+/// Parses deck text; `source` names it in errors, relative paths resolve against base_dir.
+Deck parse_deck(const std::string& text, const std::string& source, const std::string& base_dir = ".",
+                const std::vector<std::string>& overrides = {});
+/// Throws InputError when the deck's mesh does not have exactly world_size devices,
+/// naming the mesh, both numbers and the deck's [mesh] location.
+void check_world_size(const Deck& deck, int world_size);
+/// The deck as TOML text (every key, with its effective value).
+std::string deck_to_toml(const Deck& deck);
+
+}  // namespace shardflow

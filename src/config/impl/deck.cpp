@@ -1,0 +1,477 @@
+#include "config/deck.hpp"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "model/model_description.hpp"
+
+namespace shardflow {
+
+namespace {
+
+enum class KeyType { Int, Float, Bool, String };
+
+struct KeySpec {
+  const char* section;
+  const char* key;
+  KeyType type;
+};
+
+const std::vector<KeySpec>& schema() {
+  static const std::vector<KeySpec> s{
+      {"mesh", "data", KeyType::Int},
+      {"mesh", "fsdp", KeyType::Int},
+      {"mesh", "tensor", KeyType::Int},
+      {"mesh", "pipeline", KeyType::Int},
+      {"mesh", "expert", KeyType::Int},
+      {"model", "vocab", KeyType::Int},
+      {"model", "seq", KeyType::Int},
+      {"model", "hidden", KeyType::Int},
+      {"model", "heads", KeyType::Int},
+      {"model", "ffn", KeyType::Int},
+      {"model", "layers", KeyType::Int},
+      {"model", "experts", KeyType::Int},
+      {"model", "top_k", KeyType::Int},
+      {"model", "moe_every", KeyType::Int},
+      {"train", "steps", KeyType::Int},
+      {"train", "global_batch", KeyType::Int},
+      {"train", "micro_batches", KeyType::Int},
+      {"train", "lr", KeyType::Float},
+      {"train", "warmup", KeyType::Int},
+      {"train", "seed", KeyType::Int},
+      {"train", "data", KeyType::String},
+      {"strategy", "zero_stage", KeyType::Int},
+      {"strategy", "fsdp_min_weight_size", KeyType::Int},
+      {"strategy", "gather_dtype", KeyType::String},
+      {"strategy", "grad_scatter_dtype", KeyType::String},
+      {"strategy", "prefetch", KeyType::Int},
+      {"strategy", "schedule", KeyType::String},
+      {"strategy", "sequence_parallel", KeyType::Bool},
+      {"checkpoint", "dir", KeyType::String},
+      {"checkpoint", "every", KeyType::Int},
+      {"checkpoint", "keep", KeyType::Int},
+      {"checkpoint", "async", KeyType::Bool},
+  };
+  return s;
+}
+
+const std::vector<std::string>& sections() {
+  static const std::vector<std::string> s{"mesh", "model", "train", "strategy", "checkpoint"};
+  return s;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + v[i];
+  return s;
+}
+
+std::vector<std::string> keys_of(const std::string& section) {
+  std::vector<std::string> out;
+  for (const auto& k : schema())
+    if (section == k.section) out.emplace_back(k.key);
+  return out;
+}
+
+const KeySpec* find_key(const std::string& section, const std::string& key) {
+  for (const auto& k : schema())
+    if (section == k.section && key == k.key) return &k;
+  return nullptr;
+}
+
+const char* type_word(KeyType t) {
+  switch (t) {
+    case KeyType::Int:
+      return "an integer";
+    case KeyType::Float:
+      return "a number";
+    case KeyType::Bool:
+      return "a boolean (true or false)";
+    case KeyType::String:
+      return "a string";
+  }
+  return "?";
+}
+
+std::string node_type_word(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a floating-point number";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    default:
+      return "a date/time";
+  }
+}
+
+/// The shortest decimal text that reads back as exactly x.
+std::string shortest_double(double x) {
+  char buf[64];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, x);
+    if (std::strtod(buf, nullptr) == x) break;
+  }
+  return buf;
+}
+
+/// A value as written in TOML: strings double-quoted, numbers in their shortest form.
+std::string node_text(const toml::node& n) {
+  if (auto s = n.value_exact<std::string>()) return "\"" + *s + "\"";
+  if (auto i = n.value_exact<int64_t>()) return std::to_string(*i);
+  if (auto f = n.value_exact<double>()) return shortest_double(*f);
+  if (auto b = n.value_exact<bool>()) return *b ? "true" : "false";
+  std::ostringstream os;
+  n.visit([&](const auto& v) { os << v; });
+  return os.str();
+}
+
+/// One parsed value, with where it came from.
+struct Value {
+  KeyType type;
+  int64_t i = 0;
+  double f = 0;
+  bool b = false;
+  std::string s;
+  std::string text;   // as written, for messages
+  std::string where;  // "file:line" or "--set ..."
+  bool from_deck = false;
+};
+
+class DeckBuilder {
+ public:
+  DeckBuilder(std::string source, std::string base_dir) : source_(std::move(source)), base_dir_(std::move(base_dir)) {}
+
+  void read_table(const toml::table& root) {
+    for (const auto& [sec_key, sec_node] : root) {
+      const std::string sec(sec_key.str());
+      const std::string at = loc(sec_node);
+      SHARDFLOW_REQUIRE_INPUT(std::find(sections().begin(), sections().end(), sec) != sections().end(), at,
+                              ": unknown section [", sec, "] (known sections: ", join(sections()), ")");
+      const toml::table* tbl = sec_node.as_table();
+      SHARDFLOW_REQUIRE_INPUT(tbl != nullptr, at, ": '", sec, "' must be a section [", sec, "], not ",
+                              node_type_word(sec_node));
+      for (const auto& [key_key, node] : *tbl) {
+        const std::string key(key_key.str());
+        const std::string kat = loc(node);
+        const KeySpec* spec = find_key(sec, key);
+        SHARDFLOW_REQUIRE_INPUT(spec != nullptr, kat, ": unknown key '", sec, ".", key, "' (known keys of [", sec,
+                                "]: ", join(keys_of(sec)), ")");
+        Value v;
+        v.type = spec->type;
+        v.text = node_text(node);
+        v.where = kat;
+        v.from_deck = true;
+        bool ok = false;
+        switch (spec->type) {
+          case KeyType::Int:
+            if (auto x = node.value_exact<int64_t>()) v.i = *x, ok = true;
+            break;
+          case KeyType::Float:
+            if (node.is_integer())
+              v.f = static_cast<double>(*node.value_exact<int64_t>()), ok = true;
+            else if (auto x = node.value_exact<double>())
+              v.f = *x, ok = true;
+            break;
+          case KeyType::Bool:
+            if (auto x = node.value_exact<bool>()) v.b = *x, ok = true;
+            break;
+          case KeyType::String:
+            if (auto x = node.value_exact<std::string>()) v.s = *x, ok = true;
+            break;
+        }
+        SHARDFLOW_REQUIRE_INPUT(ok, kat, ": ", sec, ".", key, " = ", v.text, " has the wrong type: expected ",
+                                type_word(spec->type), ", got ", node_type_word(node));
+        values_[sec + "." + key] = v;
+      }
+    }
+  }
+
+  void apply_override(const std::string& text) {
+    const std::string at = "--set " + text;
+    const auto eq = text.find('=');
+    SHARDFLOW_REQUIRE_INPUT(eq != std::string::npos, at, ": expected section.key=value");
+    const std::string full = text.substr(0, eq);
+    std::string val = text.substr(eq + 1);
+    const auto dot = full.find('.');
+    SHARDFLOW_REQUIRE_INPUT(dot != std::string::npos, at, ": expected section.key=value");
+    const std::string sec = full.substr(0, dot), key = full.substr(dot + 1);
+    SHARDFLOW_REQUIRE_INPUT(std::find(sections().begin(), sections().end(), sec) != sections().end(), at,
+                            ": unknown section [", sec, "] (known sections: ", join(sections()), ")");
+    const KeySpec* spec = find_key(sec, key);
+    SHARDFLOW_REQUIRE_INPUT(spec != nullptr, at, ": unknown key '", full, "' (known keys of [", sec,
+                            "]: ", join(keys_of(sec)), ")");
+    Value v;
+    v.type = spec->type;
+    v.text = val;
+    v.where = at;
+    auto bad = [&]() {
+      throw InputError(
+          detail::concat(at, ": ", full, " = ", val, " has the wrong type: expected ", type_word(spec->type)));
+    };
+    switch (spec->type) {
+      case KeyType::Int: {
+        if (val.empty()) bad();
+        char* end = nullptr;
+        errno = 0;
+        const long long x = std::strtoll(val.c_str(), &end, 10);
+        if (errno != 0 || end != val.c_str() + val.size()) bad();
+        v.i = x;
+        break;
+      }
+      case KeyType::Float: {
+        if (val.empty()) bad();
+        char* end = nullptr;
+        const double x = std::strtod(val.c_str(), &end);
+        if (end != val.c_str() + val.size() || !std::isfinite(x)) bad();
+        v.f = x;
+        break;
+      }
+      case KeyType::Bool:
+        if (val == "true")
+          v.b = true;
+        else if (val == "false")
+          v.b = false;
+        else
+          bad();
+        break;
+      case KeyType::String:
+        if (val.size() >= 2 && (val.front() == '"' || val.front() == '\'') && val.back() == val.front())
+          val = val.substr(1, val.size() - 2);
+        v.s = val;
+        break;
+    }
+    values_[full] = v;
+  }
+
+  Deck build() {
+    Deck d;
+    d.path = source_;
+    for (const auto& kv : values_) d.origin[kv.first] = kv.second.where;
+    // [mesh]
+    get_int("mesh.data", d.mesh.data, 1);
+    get_int("mesh.fsdp", d.mesh.fsdp, 1);
+    get_int("mesh.tensor", d.mesh.tensor, 1);
+    get_int("mesh.pipeline", d.mesh.pipeline, 1);
+    get_int("mesh.expert", d.mesh.expert, 1);
+    // [model]
+    get_i64("model.vocab", d.model.vocab, 1);
+    get_i64("model.seq", d.model.seq, 1);
+    get_i64("model.hidden", d.model.hidden, 1);
+    get_i64("model.heads", d.model.heads, 1);
+    get_i64("model.ffn", d.model.ffn, 1);
+    get_i64("model.layers", d.model.layers, 1);
+    get_i64("model.experts", d.model.experts, 0);
+    get_i64("model.top_k", d.model.top_k, 0);
+    get_i64("model.moe_every", d.model.moe_every, 0);
+    SHARDFLOW_REQUIRE_INPUT(d.model.hidden % d.model.heads == 0, loc_of("model.heads"),
+                            ": model.heads = ", d.model.heads, " does not divide model.hidden = ", d.model.hidden);
+    try {
+      d.model.validate();
+    } catch (const InputError& e) {
+      throw InputError(loc_of("model.experts") + ": " + e.what());
+    }
+    // [train]
+    get_i64("train.steps", d.train.steps, 0);
+    get_i64("train.global_batch", d.train.global_batch, 1);
+    get_i64("train.micro_batches", d.train.micro_batches, 1);
+    if (auto* v = find("train.lr")) {
+      SHARDFLOW_REQUIRE_INPUT(v->f > 0, v->where, ": train.lr = ", v->text, " must be > 0");
+      d.train.lr = v->f;
+    }
+    get_i64("train.warmup", d.train.warmup, 0);
+    get_i64("train.seed", d.train.seed, 0);
+    d.train.data = path_value("train.data", "");
+    const int64_t dp = d.data_parallel_size();
+    SHARDFLOW_REQUIRE_INPUT(d.train.global_batch % (dp * d.train.micro_batches) == 0, loc_of("train.global_batch"),
+                            ": train.global_batch = ", d.train.global_batch,
+                            " is not divisible by data-parallel size x micro_batches = ", dp, " x ",
+                            d.train.micro_batches, " = ", dp * d.train.micro_batches,
+                            " (data-parallel size = mesh.data x mesh.fsdp x mesh.expert)");
+    // [strategy]
+    get_int("strategy.zero_stage", d.strategy.zero_stage, 0);
+    if (auto* v = find("strategy.zero_stage"))
+      SHARDFLOW_REQUIRE_INPUT(v->i <= 3, v->where, ": strategy.zero_stage = ", v->text, " must be in 0..3");
+    get_i64("strategy.fsdp_min_weight_size", d.strategy.fsdp_min_weight_size, 0);
+    d.strategy.gather_dtype = float_dtype("strategy.gather_dtype", d.strategy.gather_dtype);
+    d.strategy.grad_scatter_dtype = float_dtype("strategy.grad_scatter_dtype", d.strategy.grad_scatter_dtype);
+    get_int("strategy.prefetch", d.strategy.prefetch, 0);
+    if (auto* v = find("strategy.schedule")) {
+      if (v->s == "gpipe")
+        d.strategy.schedule = PipelineSchedule::GPipe;
+      else if (v->s == "1f1b")
+        d.strategy.schedule = PipelineSchedule::OneFOneB;
+      else
+        throw InputError(v->where + ": strategy.schedule = " + v->text + " must be \"gpipe\" or \"1f1b\"");
+    }
+    if (auto* v = find("strategy.sequence_parallel")) d.strategy.sequence_parallel = v->b;
+    // [checkpoint]
+    d.checkpoint.dir = path_value("checkpoint.dir", d.checkpoint.dir);
+    get_i64("checkpoint.every", d.checkpoint.every, 0);
+    get_i64("checkpoint.keep", d.checkpoint.keep, 1);
+    if (auto* v = find("checkpoint.async")) d.checkpoint.async = v->b;
+    // The model must shard on the mesh (tensor <= heads, pipeline <= layers, experts).
+    try {
+      ModelDescription(d.model).check_mesh(d.mesh.to_mesh_shape());
+    } catch (const InputError& e) {
+      throw InputError(loc_of("mesh.tensor", "mesh.pipeline", "mesh.expert") + ": mesh " +
+                       d.mesh.to_mesh_shape().to_string() + " cannot shard model " + d.model.to_string() + ": " +
+                       e.what());
+    }
+    return d;
+  }
+
+ private:
+  std::string loc(const toml::node& n) const {
+    const auto& src = n.source();
+    if (src.begin.line == 0) return source_;
+    return source_ + ":" + std::to_string(src.begin.line);
+  }
+  const Value* find(const std::string& key) const {
+    auto it = values_.find(key);
+    return it == values_.end() ? nullptr : &it->second;
+  }
+  template <typename... K>
+  std::string loc_of(const std::string& key, const K&... more) const {
+    if (auto* v = find(key)) return v->where;
+    if constexpr (sizeof...(more) > 0) return loc_of(more...);
+    return source_;
+  }
+  void get_i64(const std::string& key, int64_t& out, int64_t min) {
+    if (auto* v = find(key)) {
+      SHARDFLOW_REQUIRE_INPUT(v->i >= min, v->where, ": ", key, " = ", v->text, " must be >= ", min);
+      out = v->i;
+    }
+  }
+  void get_int(const std::string& key, int& out, int64_t min) {
+    int64_t x = out;
+    get_i64(key, x, min);
+    if (auto* v = find(key))
+      SHARDFLOW_REQUIRE_INPUT(x <= INT_MAX, v->where, ": ", key, " = ", v->text, " is too large");
+    out = static_cast<int>(x);
+  }
+  DType float_dtype(const std::string& key, DType def) {
+    auto* v = find(key);
+    if (!v) return def;
+    if (v->s == "f32") return DType::F32;
+    if (v->s == "bf16") return DType::BF16;
+    if (v->s == "f16") return DType::F16;
+    throw InputError(v->where + ": " + key + " = " + v->text + " must be one of \"f32\", \"bf16\", \"f16\"");
+  }
+  std::string path_value(const std::string& key, const std::string& def) {
+    auto* v = find(key);
+    if (!v) return def.empty() ? def : resolve(def);
+    if (v->s.empty() || !v->from_deck) return v->s;  // --set paths are taken as given
+    return resolve(v->s);
+  }
+  std::string resolve(const std::string& p) const {
+    std::filesystem::path path(p);
+    if (path.is_absolute()) return path.lexically_normal().string();
+    return (std::filesystem::path(base_dir_) / path).lexically_normal().string();
+  }
+
+  std::string source_;
+  std::string base_dir_;
+  std::map<std::string, Value> values_;
+};
+
+}  // namespace
+
+std::string schedule_name(PipelineSchedule s) { return s == PipelineSchedule::GPipe ? "gpipe" : "1f1b"; }
+
+MeshShape MeshSection::to_mesh_shape() const {
+  std::vector<std::string> names{"data"};
+  std::vector<int> sizes{data};
+  const std::pair<const char*, int> rest[] = {
+      {"fsdp", fsdp}, {"pipeline", pipeline}, {"expert", expert}, {"tensor", tensor}};
+  for (const auto& a : rest)
+    if (a.second > 1) {
+      names.emplace_back(a.first);
+      sizes.push_back(a.second);
+    }
+  return MeshShape(names, sizes);
+}
+
+std::string Deck::where(const std::string& key) const {
+  auto it = origin.find(key);
+  return it == origin.end() ? (path.empty() ? std::string("<deck>") : path) : it->second;
+}
+
+Deck parse_deck(const std::string& text, const std::string& source, const std::string& base_dir,
+                const std::vector<std::string>& overrides) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    const auto& b = e.source().begin;
+    throw InputError(detail::concat(source, ":", b.line, ":", b.column, ": TOML syntax error: ", e.description()));
+  }
+  DeckBuilder builder(source, base_dir);
+  builder.read_table(root);
+  for (const auto& o : overrides) builder.apply_override(o);
+  return builder.build();
+}
+
+Deck load_deck(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path, std::ios::binary);
+  SHARDFLOW_REQUIRE_INPUT(in.good(), "cannot open input deck '", path, "'");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  return parse_deck(ss.str(), path, dir, overrides);
+}
+
+void check_world_size(const Deck& deck, int world_size) {
+  const int n = deck.mesh.size();
+  std::string at = deck.path.empty() ? std::string("<deck>") : deck.path;
+  for (const char* key : {"mesh.data", "mesh.fsdp", "mesh.pipeline", "mesh.expert", "mesh.tensor"})
+    if (deck.origin.count(key)) {
+      at = deck.where(key);
+      break;
+    }
+  SHARDFLOW_REQUIRE_INPUT(n == world_size, at, ": [mesh] ", deck.mesh.to_mesh_shape().to_string(), " has ", n,
+                          " devices but the job has ", world_size, " ranks");
+}
+
+std::string deck_to_toml(const Deck& d) {
+  std::ostringstream os;
+  os << "[mesh]\ndata = " << d.mesh.data << "\nfsdp = " << d.mesh.fsdp << "\ntensor = " << d.mesh.tensor
+     << "\npipeline = " << d.mesh.pipeline << "\nexpert = " << d.mesh.expert << "\n\n";
+  os << "[model]\nvocab = " << d.model.vocab << "\nseq = " << d.model.seq << "\nhidden = " << d.model.hidden
+     << "\nheads = " << d.model.heads << "\nffn = " << d.model.ffn << "\nlayers = " << d.model.layers
+     << "\nexperts = " << d.model.experts << "\ntop_k = " << d.model.top_k << "\nmoe_every = " << d.model.moe_every
+     << "\n\n";
+  os << "[train]\nsteps = " << d.train.steps << "\nglobal_batch = " << d.train.global_batch
+     << "\nmicro_batches = " << d.train.micro_batches << "\nlr = " << toml::value<double>(d.train.lr)
+     << "\nwarmup = " << d.train.warmup << "\nseed = " << d.train.seed
+     << "\ndata = " << toml::value<std::string>(d.train.data) << "\n\n";
+  os << "[strategy]\nzero_stage = " << d.strategy.zero_stage
+     << "\nfsdp_min_weight_size = " << d.strategy.fsdp_min_weight_size << "\ngather_dtype = \""
+     << dtype_name(d.strategy.gather_dtype) << "\"\ngrad_scatter_dtype = \""
+     << dtype_name(d.strategy.grad_scatter_dtype) << "\"\nprefetch = " << d.strategy.prefetch << "\nschedule = \""
+     << schedule_name(d.strategy.schedule)
+     << "\"\nsequence_parallel = " << (d.strategy.sequence_parallel ? "true" : "false") << "\n\n";
+  os << "[checkpoint]\ndir = " << toml::value<std::string>(d.checkpoint.dir) << "\nevery = " << d.checkpoint.every
+     << "\nkeep = " << d.checkpoint.keep << "\nasync = " << (d.checkpoint.async ? "true" : "false") << "\n";
+  return os.str();
+}
+
+}  // namespace shardflow

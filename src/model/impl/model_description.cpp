@@ -1,0 +1,199 @@
+#include "model/model_description.hpp"
+
+#include <algorithm>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "strategy/sharding_strategy.hpp"
+
+namespace shardflow {
+
+// ---- ModelConfig ---------------------------------------------------------------------------
+
+void ModelConfig::validate() const {
+  const std::pair<const char*, int64_t> positive[] = {{"vocab", vocab}, {"seq", seq}, {"hidden", hidden},
+                                                      {"heads", heads}, {"ffn", ffn}, {"layers", layers}};
+  for (const auto& kv : positive)
+    SHARDFLOW_REQUIRE_INPUT(kv.second > 0, "model.", kv.first, " = ", kv.second, " must be > 0");
+  SHARDFLOW_REQUIRE_INPUT(hidden % heads == 0, "model.heads = ", heads, " does not divide model.hidden = ", hidden);
+  SHARDFLOW_REQUIRE_INPUT(experts >= 0, "model.experts = ", experts, " must be >= 0");
+  SHARDFLOW_REQUIRE_INPUT(top_k >= 0, "model.top_k = ", top_k, " must be >= 0");
+  SHARDFLOW_REQUIRE_INPUT(moe_every >= 0, "model.moe_every = ", moe_every, " must be >= 0");
+  if (experts == 0) {
+    SHARDFLOW_REQUIRE_INPUT(top_k == 0 && moe_every == 0, "model.top_k = ", top_k, " and model.moe_every = ", moe_every,
+                            " need model.experts > 0 (the model is dense with experts = 0)");
+  } else {
+    SHARDFLOW_REQUIRE_INPUT(top_k >= 1 && top_k <= experts, "model.top_k = ", top_k,
+                            " must be in [1, model.experts = ", experts, "]");
+    SHARDFLOW_REQUIRE_INPUT(moe_every >= 1 && moe_every <= layers, "model.moe_every = ", moe_every,
+                            " must be in [1, model.layers = ", layers, "] when model.experts = ", experts);
+  }
+}
+
+std::string ModelConfig::to_string() const {
+  std::ostringstream os;
+  os << "V=" << vocab << " S=" << seq << " H=" << hidden << " A=" << heads << " F=" << ffn << " L=" << layers;
+  if (experts > 0) os << " E=" << experts << " top_k=" << top_k << " moe_every=" << moe_every;
+  return os.str();
+}
+
+std::string tensor_role_name(TensorRole r) {
+  switch (r) {
+    case TensorRole::Param:
+      return "param";
+    case TensorRole::Grad:
+      return "grad";
+    case TensorRole::OptimizerState:
+      return "optimizer_state";
+  }
+  throw Error("tensor_role_name: invalid role");
+}
+
+// ---- ModelDescription ------------------------------------------------------------------------
+
+ModelDescription::ModelDescription(ModelConfig config) : config_(config) {
+  config_.validate();
+  const int64_t V = config_.vocab, S = config_.seq, H = config_.hidden, F = config_.ffn, E = config_.experts;
+  const int A = static_cast<int>(config_.heads), D = static_cast<int>(config_.head_dim());
+  auto add = [&](std::string name, Shape shape, ParamKind kind, int layer, bool decay) {
+    ParamInfo p;
+    p.name = std::move(name);
+    p.shape = std::move(shape);
+    p.kind = kind;
+    p.layer = layer;
+    p.weight_decay = decay;
+    WeightView v = WeightSharding::tensor_parallel(kind, A, D).view(p.shape, "tensor");
+    p.view_shape = v.view_shape;
+    p.tensor_split_dim = v.split_dim;
+    params_.push_back(std::move(p));
+  };
+  add("embed.weight", {V, H}, ParamKind::Embedding, -1, false);
+  add("pos_embed.weight", {S, H}, ParamKind::PosEmbedding, -1, false);
+  for (int l = 0; l < static_cast<int>(config_.layers); ++l) {
+    const std::string pre = "layers." + std::to_string(l) + ".";
+    add(pre + "attn_norm.weight", {H}, ParamKind::NormGain, l, false);
+    add(pre + "attn.qkv.weight", {3 * H, H}, ParamKind::StackedQkv, l, true);
+    add(pre + "attn.out.weight", {H, H}, ParamKind::AttentionOut, l, true);
+    add(pre + "mlp_norm.weight", {H}, ParamKind::NormGain, l, false);
+    if (config_.is_moe_layer(l)) {
+      add(pre + "mlp.router.weight", {E, H}, ParamKind::Router, l, true);
+      add(pre + "mlp.experts.gate_up.weight", {E, 2 * F, H}, ParamKind::ExpertGateUp, l, true);
+      add(pre + "mlp.experts.down.weight", {E, H, F}, ParamKind::ExpertDown, l, true);
+    } else {
+      add(pre + "mlp.gate_up.weight", {2 * F, H}, ParamKind::GateUp, l, true);
+      add(pre + "mlp.down.weight", {H, F}, ParamKind::Down, l, true);
+    }
+  }
+  add("final_norm.weight", {H}, ParamKind::NormGain, -1, false);
+  add("lm_head.weight", {V, H}, ParamKind::LmHead, -1, true);
+}
+
+const ParamInfo& ModelDescription::param(const std::string& name) const {
+  for (const auto& p : params_)
+    if (p.name == name) return p;
+  throw InputError("model has no parameter named '" + name + "'");
+}
+
+int64_t ModelDescription::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& p : params_) n += p.numel();
+  return n;
+}
+
+int ModelDescription::stage_of(const ParamInfo& p, int stages) const {
+  if (stages <= 1) return 0;
+  PipelineParallelStrategy pp("pipeline", -1, stages);
+  if (p.layer >= 0) return pp.stage_of_layer(p.layer, static_cast<int>(config_.layers));
+  pp.assign_layers_to_stages(static_cast<int>(config_.layers));  // validates stages <= layers
+  if (p.kind == ParamKind::Embedding || p.kind == ParamKind::PosEmbedding) return 0;
+  return stages - 1;
+}
+
+namespace {
+bool is_expert_kind(ParamKind k) { return k == ParamKind::ExpertGateUp || k == ParamKind::ExpertDown; }
+int axis_size(const MeshShape& m, const std::string& a) { return m.axis_size_or_1(a); }
+}  // namespace
+
+ParamSharding ModelDescription::sharding(const ParamInfo& p, const MeshShape& mesh, const StrategyOptions& options,
+                                         TensorRole role) const {
+  SHARDFLOW_REQUIRE_INPUT(options.zero_stage >= 0 && options.zero_stage <= 3,
+                          "strategy.zero_stage = ", options.zero_stage, " must be in 0..3");
+  ParamSharding s;
+  s.view_shape = p.view_shape;
+  s.spec = PartitionSpec::replicated(p.view_shape.size());
+  std::vector<std::string> rules;
+  std::vector<bool> split(p.view_shape.size(), false);
+
+  const int tp = axis_size(mesh, "tensor");
+  if (tp > 1 && p.tensor_split_dim >= 0) {
+    WeightSharding ws =
+        WeightSharding::tensor_parallel(p.kind, static_cast<int>(config_.heads), static_cast<int>(config_.head_dim()));
+    try {
+      ws.validate(p.shape, tp);
+    } catch (const InputError& e) {
+      throw InputError(p.name + ": tensor axis of size " + std::to_string(tp) + ": " + e.what());
+    }
+    const auto d = static_cast<size_t>(p.tensor_split_dim);
+    s.spec[d].push_back("tensor");
+    split[d] = true;
+    rules.push_back("tensor: " + ws.resolve().to_string() + " (view dim " + std::to_string(d) + ")");
+  }
+  const int ep = axis_size(mesh, "expert");
+  if (ep > 1) {
+    SHARDFLOW_REQUIRE_INPUT(config_.is_moe(), "mesh has an expert axis of size ", ep,
+                            " but the model has no experts (model.experts = 0)");
+    if (is_expert_kind(p.kind)) {
+      SHARDFLOW_REQUIRE_INPUT(ep <= config_.experts, p.name, ": expert axis of size ", ep, " but only ",
+                              config_.experts, " experts");
+      s.spec[0].push_back("expert");
+      split[0] = true;
+      rules.push_back("expert: experts (view dim 0)");
+    }
+  }
+  const int pp = axis_size(mesh, "pipeline");
+  if (pp > 1) {
+    const int stage = stage_of(p, pp);
+    s.pinned["pipeline"] = stage;
+    rules.push_back("pipeline: stage " + std::to_string(stage));
+  }
+  std::vector<std::string> zero_axes;
+  if (axis_size(mesh, "data") > 1) {
+    const int need = role == TensorRole::Param ? 3 : role == TensorRole::Grad ? 2 : 1;
+    if (options.zero_stage >= need) zero_axes.push_back("data");
+  }
+  if (axis_size(mesh, "fsdp") > 1) zero_axes.push_back("fsdp");
+  if (!zero_axes.empty()) {
+    FSDPStrategy fsdp("fsdp", -1, options.fsdp_min_weight_size);
+    if (fsdp.should_shard_weight(p.view_shape)) {
+      const int64_t n = mesh.group_size(zero_axes);
+      int d = FSDPStrategy::choose_shard_dim(p.view_shape, n, split);
+      if (d < 0) d = FSDPStrategy::choose_shard_dim(p.view_shape, n);
+      auto& dim_axes = s.spec[static_cast<size_t>(d)];
+      dim_axes.insert(dim_axes.end(), zero_axes.begin(), zero_axes.end());
+      std::string names;
+      for (const auto& a : zero_axes) names += (names.empty() ? "" : ",") + a;
+      rules.push_back("zero(" + names + "): view dim " + std::to_string(d));
+    } else {
+      rules.push_back("zero: replicated (" + std::to_string(p.numel()) + " < fsdp_min_weight_size " +
+                      std::to_string(options.fsdp_min_weight_size) + ")");
+    }
+  }
+  for (size_t i = 0; i < rules.size(); ++i) s.rule += (i ? "; " : "") + rules[i];
+  if (s.rule.empty()) s.rule = "replicated";
+  s.spec.validate(mesh);
+  return s;
+}
+
+int64_t ModelDescription::max_local_numel(const ParamInfo& p, const MeshShape& mesh, const StrategyOptions& options,
+                                          TensorRole role) const {
+  Layout l = sharding(p, mesh, options, role).layout(mesh);
+  int64_t best = 0;
+  for (int r = 0; r < mesh.size(); ++r) best = std::max(best, l.local_numel(r));
+  return best;
+}
+
+void ModelDescription::check_mesh(const MeshShape& mesh) const {
+  for (const auto& p : params_) sharding(p, mesh);
+}
+
+}  // namespace shardflow

@@ -1,0 +1,37 @@
+#pragma once
+// ModelConfig: the sizes of the reference byte-level GPT (MODEL.md), plus the optional
+// mixture-of-experts extension (experts, top_k, moe_every; 0 = dense).
+#include <cstdint>
+#include <string>
+
+namespace shardflow {
+
+struct ModelConfig {
+  int64_t vocab = 256;   // V
+  int64_t seq = 64;      // S
+  int64_t hidden = 128;  // H
+  int64_t heads = 4;     // A (D = H / A)
+  int64_t ffn = 344;     // F
+  int64_t layers = 4;    // L
+  /// Mixture of experts: `experts` experts per MoE layer, each token routed to `top_k`;
+  /// layer l is an MoE layer when (l + 1) % moe_every == 0. All 0 for the dense model.
+  int64_t experts = 0;
+  int64_t top_k = 0;
+  int64_t moe_every = 0;
+
+  int64_t head_dim() const { return hidden / heads; }
+  bool is_moe() const { return experts > 0; }
+  bool is_moe_layer(int64_t layer) const { return experts > 0 && moe_every > 0 && (layer + 1) % moe_every == 0; }
+  /// Throws InputError naming the key and value ("model.heads = 5 does not divide
+  /// model.hidden = 128", "model.layers = 0 must be > 0", ...).
+  void validate() const;
+  /// V=256 S=64 H=128 A=4 F=344 L=4 (MODEL.md quickstart).
+  static ModelConfig quickstart() { return ModelConfig{}; }
+  std::string to_string() const;
+  bool operator==(const ModelConfig& o) const {
+    return vocab == o.vocab && seq == o.seq && hidden == o.hidden && heads == o.heads && ffn == o.ffn &&
+           layers == o.layers && experts == o.experts && top_k == o.top_k && moe_every == o.moe_every;
+  }
+};
+
+}  // namespace shardflow

@@ -1,0 +1,268 @@
+#include "planner/planner.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "strategy/sharding_strategy.hpp"
+
+namespace shardflow {
+
+double zero_model_state_bytes(double psi, int64_t n, int stage) {
+  SHARDFLOW_REQUIRE_INPUT(n >= 1, "ZeRO: data-parallel size ", n, " must be >= 1");
+  SHARDFLOW_REQUIRE_INPUT(stage >= 0 && stage <= 3, "ZeRO: stage ", stage, " must be in 0..3");
+  const double N = static_cast<double>(n);
+  const double p = stage >= 3 ? 2 * psi / N : 2 * psi;
+  const double g = stage >= 2 ? 2 * psi / N : 2 * psi;
+  const double o = stage >= 1 ? 12 * psi / N : 12 * psi;
+  return p + g + o;
+}
+
+double layer_activation_bytes(int64_t seq, int64_t micro_batch, int64_t hidden, int64_t heads, int tensor,
+                              bool sequence_parallel) {
+  const double s = static_cast<double>(seq), b = static_cast<double>(micro_batch), h = static_cast<double>(hidden),
+               a = static_cast<double>(heads), t = tensor;
+  if (tensor <= 1) return s * b * h * (34.0 + 5.0 * a * s / h);
+  if (sequence_parallel) return s * b * h * (34.0 + 5.0 * a * s / h) / t;
+  return s * b * h * (10.0 + 24.0 / t + 5.0 * a * s / (h * t));
+}
+
+ModelConfig llama_like_model(const std::string& model_size, int64_t seq) {
+  SHARDFLOW_REQUIRE_INPUT(seq >= 1, "sequence length ", seq, " must be >= 1");
+  TransformerDims d = llama_like_dims(model_size);
+  ModelConfig m;
+  m.vocab = d.vocab;
+  m.seq = seq;
+  m.hidden = d.hidden;
+  m.heads = d.heads;
+  m.ffn = d.ffn;
+  m.layers = d.layers;
+  return m;
+}
+
+MeshShape parse_mesh_text(const std::string& text) {
+  std::vector<std::string> names;
+  std::vector<int> sizes;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto eq = item.find('=');
+    SHARDFLOW_REQUIRE_INPUT(eq != std::string::npos, "mesh '", text, "': expected axis=size, got '", item, "'");
+    const std::string name = item.substr(0, eq), val = item.substr(eq + 1);
+    char* end = nullptr;
+    const long v = std::strtol(val.c_str(), &end, 10);
+    SHARDFLOW_REQUIRE_INPUT(!val.empty() && end == val.c_str() + val.size(), "mesh '", text, "': size '", val,
+                            "' of axis '", name, "' is not an integer");
+    names.push_back(name);
+    sizes.push_back(static_cast<int>(v));
+  }
+  SHARDFLOW_REQUIRE_INPUT(!names.empty(), "mesh '", text, "' names no axis");
+  return MeshShape(names, sizes);
+}
+
+namespace {
+
+/// The mesh with data and fsdp merged into one data axis of size data x fsdp.
+MeshShape zero_mesh(const MeshShape& m) {
+  std::vector<std::string> names{"data"};
+  std::vector<int> sizes{m.axis_size_or_1("data") * m.axis_size_or_1("fsdp")};
+  for (const auto& a : {"pipeline", "expert", "tensor"})
+    if (m.has_axis(a)) {
+      names.emplace_back(a);
+      sizes.push_back(m.axis_size(a));
+    }
+  return MeshShape(names, sizes);
+}
+
+std::string stage_text(const ParamSharding& s) {
+  auto it = s.pinned.find("pipeline");
+  return it == s.pinned.end() ? "" : "stage " + std::to_string(it->second);
+}
+
+}  // namespace
+
+Plan make_plan(const PlanInput& in) {
+  SHARDFLOW_REQUIRE_INPUT(in.devices >= 1, "plan: device count ", in.devices, " must be >= 1");
+  SHARDFLOW_REQUIRE_INPUT(in.micro_batch_size >= 1, "plan: micro-batch size ", in.micro_batch_size, " must be >= 1");
+  SHARDFLOW_REQUIRE_INPUT(in.micro_batches >= 1, "plan: micro-batches ", in.micro_batches, " must be >= 1");
+  Plan plan;
+  plan.input = in;
+  ModelDescription model(in.model);
+  plan.parameter_count = model.parameter_count();
+  TransformerDims dims{in.model.vocab, in.model.hidden, in.model.layers, in.model.heads, in.model.ffn};
+  DeviceMeshManager mgr;
+  plan.recommendation = mgr.plan_transformer_mesh(in.devices, dims, static_cast<double>(plan.parameter_count),
+                                                  in.model.seq, in.gpus_per_node, in.memory_per_device_gib);
+  // The transformer rule may pick more tensor parallelism than the model has heads.
+  if (in.mesh) {
+    plan.mesh = *in.mesh;
+  } else {
+    plan.mesh = plan.recommendation.mesh;
+  }
+  model.check_mesh(plan.mesh);
+
+  for (const auto& p : model.params()) {
+    if (!in.all_layers && p.layer > 0) continue;
+    ParamSharding s = model.sharding(p, plan.mesh, in.options);
+    PlanParam row;
+    row.name = p.name;
+    if (!in.all_layers && p.layer == 0) row.name.replace(0, std::string("layers.0.").size(), "layers.{l}.");
+    row.shape = p.shape;
+    row.kind = param_kind_name(p.kind);
+    row.view_shape = s.view_shape;
+    row.spec = s.spec.to_string();
+    row.pinned = in.all_layers || p.layer < 0 ? stage_text(s) : (s.pinned.count("pipeline") ? "by layer" : "");
+    Layout l = s.layout(plan.mesh);
+    int64_t best = -1;
+    for (int r = 0; r < plan.mesh.size(); ++r)
+      if (l.holds(r) && l.local_numel(r) > best) {
+        best = l.local_numel(r);
+        row.max_local_view_shape = l.local_shape(r);
+      }
+    row.rule = s.rule;
+    plan.params.push_back(row);
+  }
+
+  // Memory: ZeRO group = data x fsdp, exact per-rank counts from the layouts.
+  const MeshShape zm = zero_mesh(plan.mesh);
+  plan.zero_group = zm.axis_size("data");
+  const int tp = plan.mesh.axis_size_or_1("tensor"), pp = plan.mesh.axis_size_or_1("pipeline");
+  const int64_t stage_layers = split_extent(in.model.layers, pp, 0);
+  int64_t in_flight = 1;
+  if (pp > 1)
+    in_flight = in.schedule == PipelineSchedule::GPipe ? in.micro_batches : std::min<int64_t>(pp, in.micro_batches);
+  const double act = static_cast<double>(in_flight * stage_layers) *
+                     layer_activation_bytes(in.model.seq, in.micro_batch_size, in.model.hidden, in.model.heads, tp,
+                                            in.sequence_parallel);
+  const char* names[] = {"DP", "ZeRO-1", "ZeRO-2", "ZeRO-3"};
+  for (int stage = 0; stage <= 3; ++stage) {
+    StrategyOptions o = in.options;
+    o.zero_stage = stage;
+    o.fsdp_min_weight_size = 0;  // the ZeRO paper's accounting shards every tensor
+    std::vector<double> pr(static_cast<size_t>(zm.size())), gr(pr.size()), opt(pr.size());
+    for (const auto& p : model.params()) {
+      const Layout lp = model.sharding(p, zm, o, TensorRole::Param).layout(zm);
+      const Layout lg = model.sharding(p, zm, o, TensorRole::Grad).layout(zm);
+      const Layout lo = model.sharding(p, zm, o, TensorRole::OptimizerState).layout(zm);
+      for (int r = 0; r < zm.size(); ++r) {
+        pr[static_cast<size_t>(r)] += static_cast<double>(lp.local_numel(r));
+        gr[static_cast<size_t>(r)] += static_cast<double>(lg.local_numel(r));
+        opt[static_cast<size_t>(r)] += static_cast<double>(lo.local_numel(r));
+      }
+    }
+    PlanMemory m;
+    m.strategy = names[stage];
+    m.stage = stage;
+    double best = -1;
+    for (size_t r = 0; r < pr.size(); ++r) {
+      const double total = 2 * pr[r] + 2 * gr[r] + 12 * opt[r];
+      if (total > best) {
+        best = total;
+        m.params = 2 * pr[r];
+        m.grads = 2 * gr[r];
+        m.optimizer = 12 * opt[r];
+      }
+    }
+    m.activations = act;
+    plan.memory.push_back(m);
+  }
+  return plan;
+}
+
+namespace {
+std::string fmt_gb(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3f", bytes / 1e9);
+  return buf;
+}
+std::string pad(std::string s, size_t w) {
+  if (s.size() < w) s += std::string(w - s.size(), ' ');
+  return s;
+}
+}  // namespace
+
+std::string plan_to_text(const Plan& plan) {
+  const auto& in = plan.input;
+  std::ostringstream os;
+  os << "model: " << in.model_label << ": " << in.model.to_string() << ", " << plan.parameter_count << " parameters\n";
+  os << "devices: " << in.devices << " (" << in.gpus_per_node << " per node, " << in.memory_per_device_gib
+     << " GiB each)\n";
+  os << "recommended mesh: " << plan.recommendation.mesh.to_string() << "\n  " << plan.recommendation.rationale << "\n";
+  if (plan.mesh != plan.recommendation.mesh) os << "mesh used below: " << plan.mesh.to_string() << "\n";
+  os << "zero_stage " << in.options.zero_stage << ", fsdp_min_weight_size " << in.options.fsdp_min_weight_size
+     << "\n\n";
+  size_t wn = 4, ws = 5, wv = 4, wp = 4;
+  for (const auto& p : plan.params) {
+    wn = std::max(wn, p.name.size());
+    ws = std::max(ws, shape_to_string(p.shape).size());
+    wv = std::max(wv, shape_to_string(p.view_shape).size());
+    wp = std::max(wp, p.spec.size());
+  }
+  os << pad("name", wn) << "  " << pad("shape", ws) << "  " << pad("view", wv) << "  " << pad("spec", wp)
+     << "  largest local view  placement\n";
+  for (const auto& p : plan.params)
+    os << pad(p.name, wn) << "  " << pad(shape_to_string(p.shape), ws) << "  " << pad(shape_to_string(p.view_shape), wv)
+       << "  " << pad(p.spec, wp) << "  " << pad(shape_to_string(p.max_local_view_shape), 18) << "  " << p.pinned
+       << "\n";
+  os << "\nmemory per device (GB = 1e9 bytes; ZeRO group N = data x fsdp = " << plan.zero_group
+     << "; mixed-precision Adam 2+2+12 bytes per parameter):\n";
+  os << pad("strategy", 9) << pad("params", 12) << pad("grads", 12) << pad("optimizer", 12) << pad("activations", 13)
+     << "total\n";
+  for (const auto& m : plan.memory)
+    os << pad(m.strategy, 9) << pad(fmt_gb(m.params), 12) << pad(fmt_gb(m.grads), 12) << pad(fmt_gb(m.optimizer), 12)
+       << pad(fmt_gb(m.activations), 13) << fmt_gb(m.total()) << "\n";
+  return os.str();
+}
+
+std::string plan_to_json(const Plan& plan) {
+  using nlohmann::json;
+  const auto& in = plan.input;
+  auto mesh_json = [](const MeshShape& m) {
+    json j = json::object();
+    for (int i = 0; i < m.ndim(); ++i) j[m.axis_names()[static_cast<size_t>(i)]] = m.sizes()[static_cast<size_t>(i)];
+    return j;
+  };
+  json j;
+  j["model"] = {{"label", in.model_label},   {"vocab", in.model.vocab},     {"seq", in.model.seq},
+                {"hidden", in.model.hidden}, {"heads", in.model.heads},     {"ffn", in.model.ffn},
+                {"layers", in.model.layers}, {"experts", in.model.experts}, {"parameters", plan.parameter_count}};
+  j["devices"] = in.devices;
+  j["gpus_per_node"] = in.gpus_per_node;
+  j["memory_per_device_gib"] = in.memory_per_device_gib;
+  j["recommended_mesh"] = mesh_json(plan.recommendation.mesh);
+  j["recommendation"] = {
+      {"tensor", plan.recommendation.tensor},           {"pipeline", plan.recommendation.pipeline},
+      {"replicas", plan.recommendation.replicas},       {"shard_states", plan.recommendation.shard_states},
+      {"state_bytes", plan.recommendation.state_bytes}, {"activation_bytes", plan.recommendation.activation_bytes},
+      {"rationale", plan.recommendation.rationale}};
+  j["mesh"] = mesh_json(plan.mesh);
+  j["zero_stage"] = in.options.zero_stage;
+  j["zero_group"] = plan.zero_group;
+  json params = json::array();
+  for (const auto& p : plan.params)
+    params.push_back({{"name", p.name},
+                      {"shape", p.shape},
+                      {"kind", p.kind},
+                      {"view_shape", p.view_shape},
+                      {"spec", p.spec},
+                      {"placement", p.pinned},
+                      {"max_local_view_shape", p.max_local_view_shape},
+                      {"rule", p.rule}});
+  j["parameters"] = params;
+  json mem = json::array();
+  for (const auto& m : plan.memory)
+    mem.push_back({{"strategy", m.strategy},
+                   {"zero_stage", m.stage},
+                   {"params_bytes", m.params},
+                   {"grads_bytes", m.grads},
+                   {"optimizer_bytes", m.optimizer},
+                   {"activation_bytes", m.activations},
+                   {"total_bytes", m.total()},
+                   {"total_gb", m.total() / 1e9}});
+  j["memory_per_device"] = mem;
+  return j.dump(2);
+}
+
+}  // namespace shardflow

@@ -1,0 +1,90 @@
+#pragma once
+// The planner behind `shardflow plan`: recommends a mesh (DeviceMeshManager's transformer
+// rule), lists every parameter's default partition spec on the mesh, and estimates the
+// memory per device for plain data parallelism and ZeRO-1/2/3.
+//
+// Model states follow the ZeRO paper for mixed-precision Adam (K = 12): fp16 parameters
+// 2Ψ, fp16 gradients 2Ψ, fp32 master weights + momentum + variance 12Ψ, so with N
+// data-parallel ranks: DP 16Ψ, ZeRO-1 4Ψ + 12Ψ/N, ZeRO-2 2Ψ + 14Ψ/N, ZeRO-3 16Ψ/N.
+// For a concrete model on a mesh, Ψ is counted exactly per rank from the layouts (the
+// rank holding the most), with the data and fsdp axes merged into one ZeRO group of N.
+//
+// Activations (Korthikanti et al. 2022, 2-byte activations, no recomputation), per layer
+// and micro-batch of b sequences of length s, hidden h, a heads, tensor parallel t:
+//   no tensor parallelism      s·b·h·(34 + 5·a·s/h)
+//   tensor parallel t          s·b·h·(10 + 24/t + 5·a·s/(h·t))
+//   + sequence parallel        s·b·h·(34 + 5·a·s/h) / t
+// times the layers of the first stage (ceil(L/p)) times the micro-batches it holds at
+// once: 1 without pipelining, min(p, m) with 1F1B, m with GPipe (m micro-batches).
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config/deck.hpp"
+#include "mesh/device_mesh_manager.hpp"
+#include "model/model_description.hpp"
+
+namespace shardflow {
+
+/// Model-state bytes per device for ZeRO stage 0 (plain DP) .. 3 with Ψ parameters on n ranks.
+double zero_model_state_bytes(double psi, int64_t n, int stage);
+
+/// Activation bytes of one layer for one micro-batch (formula above).
+double layer_activation_bytes(int64_t seq, int64_t micro_batch, int64_t hidden, int64_t heads, int tensor,
+                              bool sequence_parallel);
+
+struct PlanInput {
+  ModelConfig model;
+  std::string model_label;  // "deck", "7B (LLaMA-like)", ...
+  int devices = 1;
+  int gpus_per_node = 8;
+  double memory_per_device_gib = 80.0;
+  std::optional<MeshShape> mesh;  // use this mesh instead of the recommended one
+  StrategyOptions options;
+  int64_t micro_batch_size = 1;
+  int64_t micro_batches = 1;
+  PipelineSchedule schedule = PipelineSchedule::OneFOneB;
+  bool sequence_parallel = false;
+  bool all_layers = false;  // list layers.{l} parameters of every layer, not only layer 0
+};
+
+struct PlanParam {
+  std::string name;
+  Shape shape;
+  std::string kind;
+  Shape view_shape;
+  std::string spec;
+  std::string pinned;  // "stage 2" or ""
+  Shape max_local_view_shape;
+  std::string rule;
+};
+
+struct PlanMemory {
+  std::string strategy;  // "DP", "ZeRO-1", ...
+  int stage = 0;
+  double params = 0, grads = 0, optimizer = 0, activations = 0;  // bytes per device (max over ranks)
+  double total() const { return params + grads + optimizer + activations; }
+};
+
+struct Plan {
+  PlanInput input;
+  TransformerMeshPlan recommendation;
+  MeshShape mesh;  // the mesh the specs and memory are for
+  int64_t parameter_count = 0;
+  int64_t zero_group = 1;  // N: data x fsdp
+  std::vector<PlanParam> params;
+  std::vector<PlanMemory> memory;
+};
+
+/// Builds the plan; throws InputError when the model cannot be sharded on the mesh.
+Plan make_plan(const PlanInput& input);
+std::string plan_to_text(const Plan& plan);
+/// A JSON object (nlohmann-json, 2-space indent).
+std::string plan_to_json(const Plan& plan);
+/// A MODEL.md-shaped model with LLaMA-like sizes for a model size ("7B", "350M", "2e9").
+ModelConfig llama_like_model(const std::string& model_size, int64_t seq);
+/// Parses "data=4,tensor=2" into a MeshShape (InputError naming the text otherwise).
+MeshShape parse_mesh_text(const std::string& text);
+
+}  // namespace shardflow

@@ -1,0 +1,228 @@
+// The TOML input deck: the shipped decks, defaults, overrides, and every kind of error
+// naming the key, the value and file:line.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "config/deck.hpp"
+#include "core/error.hpp"
+
+using namespace shardflow;
+
+namespace {
+std::string error_of(const std::string& text, const std::vector<std::string>& sets = {}) {
+  try {
+    parse_deck(text, "deck.toml", "/decks", sets);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "<no InputError>";
+}
+const std::string kSource = SHARDFLOW_SOURCE_DIR;
+}  // namespace
+
+TEST(Deck, QuickstartDeck) {
+  Deck d = load_deck(kSource + "/inputs/quickstart.toml");
+  EXPECT_EQ(d.mesh.data, 2);
+  EXPECT_EQ(d.mesh.size(), 2);
+  EXPECT_EQ(d.mesh.to_mesh_shape().to_string(), "data=2");
+  EXPECT_EQ(d.model, ModelConfig::quickstart());
+  EXPECT_EQ(d.train.steps, 200);
+  EXPECT_EQ(d.train.global_batch, 16);
+  EXPECT_DOUBLE_EQ(d.train.lr, 3e-3);
+  EXPECT_EQ(d.train.warmup, 20);
+  EXPECT_EQ(d.train.seed, 1234);
+  EXPECT_EQ(d.train.data, (std::filesystem::path(kSource) / "inputs" / "corpus.txt").lexically_normal().string());
+  EXPECT_EQ(d.micro_batch_size(), 8);
+  EXPECT_EQ(d.strategy.schedule, PipelineSchedule::OneFOneB);
+  EXPECT_EQ(d.where("train.lr"), kSource + "/inputs/quickstart.toml:18");
+  EXPECT_NO_THROW(check_world_size(d, 2));
+}
+
+TEST(Deck, BenchDeck) {
+  Deck d = load_deck(kSource + "/inputs/bench.toml");
+  EXPECT_EQ(d.model.hidden, 256);
+  EXPECT_EQ(d.model.heads, 4);
+  EXPECT_EQ(d.model.ffn, 688);
+  EXPECT_EQ(d.model.layers, 4);
+  EXPECT_EQ(d.model.vocab, 256);
+  EXPECT_EQ(d.model.seq, 128);
+  EXPECT_EQ(d.train.global_batch, 8);
+}
+
+TEST(Deck, DefaultsAndAllKeys) {
+  Deck d = parse_deck("", "empty.toml", "/work/run");
+  EXPECT_EQ(d.mesh.size(), 1);
+  EXPECT_EQ(d.model, ModelConfig::quickstart());
+  EXPECT_EQ(d.checkpoint.dir, "/work/run/checkpoints");
+  EXPECT_EQ(d.strategy.zero_stage, 0);
+  const std::string text = R"([mesh]
+data = 2
+fsdp = 2
+tensor = 2
+pipeline = 2
+expert = 1
+[model]
+vocab = 300
+seq = 32
+hidden = 64
+heads = 2
+ffn = 100
+layers = 4
+experts = 0
+top_k = 0
+moe_every = 0
+[train]
+steps = 5
+global_batch = 32
+micro_batches = 4
+lr = 1
+warmup = 0
+seed = 7
+data = "/abs/corpus.bin"
+[strategy]
+zero_stage = 3
+fsdp_min_weight_size = 0
+gather_dtype = "bf16"
+grad_scatter_dtype = "f16"
+prefetch = 0
+schedule = "gpipe"
+sequence_parallel = true
+[checkpoint]
+dir = "ckpt"
+every = 10
+keep = 3
+async = true
+)";
+  d = parse_deck(text, "all.toml", "/runs/a");
+  EXPECT_EQ(d.mesh.to_mesh_shape().to_string(), "data=2 x fsdp=2 x pipeline=2 x tensor=2");
+  EXPECT_EQ(d.model.vocab, 300);
+  EXPECT_DOUBLE_EQ(d.train.lr, 1.0);  // an integer is accepted for a float key
+  EXPECT_EQ(d.train.data, "/abs/corpus.bin");
+  EXPECT_EQ(d.micro_batch_size(), 2);  // 32 / (2*2) / 4
+  EXPECT_EQ(d.strategy.gather_dtype, DType::BF16);
+  EXPECT_EQ(d.strategy.grad_scatter_dtype, DType::F16);
+  EXPECT_EQ(d.strategy.schedule, PipelineSchedule::GPipe);
+  EXPECT_TRUE(d.strategy.sequence_parallel);
+  EXPECT_EQ(d.checkpoint.dir, "/runs/a/ckpt");
+  EXPECT_TRUE(d.checkpoint.async);
+  // Round trip through the TOML writer.
+  Deck again = parse_deck(deck_to_toml(d), "again.toml", "/elsewhere");
+  EXPECT_EQ(again.mesh.size(), d.mesh.size());
+  EXPECT_EQ(again.model, d.model);
+  EXPECT_EQ(again.train.global_batch, d.train.global_batch);
+  EXPECT_DOUBLE_EQ(again.train.lr, d.train.lr);
+  EXPECT_EQ(again.train.data, d.train.data);
+  EXPECT_EQ(again.checkpoint.dir, d.checkpoint.dir);
+  EXPECT_EQ(again.strategy.schedule, d.strategy.schedule);
+  EXPECT_EQ(again.strategy.zero_stage, 3);
+}
+
+TEST(Deck, ErrorsNameKeyValueAndLine) {
+  EXPECT_EQ(error_of("[mesh]\ndata = 1\n[meshh]\ndata = 2\n"),
+            "deck.toml:3: unknown section [meshh] (known sections: mesh, model, train, strategy, checkpoint)");
+  std::string m = error_of("[model]\nhidden = 128\nhiden = 3\n");
+  EXPECT_EQ(m.rfind("deck.toml:3: unknown key 'model.hiden'", 0), 0u) << m;
+  EXPECT_EQ(error_of("[model]\nhidden = \"big\"\n"),
+            "deck.toml:2: model.hidden = \"big\" has the wrong type: expected an integer, got a string");
+  EXPECT_EQ(error_of("[train]\nlr = \"fast\"\n"),
+            "deck.toml:2: train.lr = \"fast\" has the wrong type: expected a number, got a string");
+  EXPECT_EQ(
+      error_of("[strategy]\nsequence_parallel = 1\n"),
+      "deck.toml:2: strategy.sequence_parallel = 1 has the wrong type: expected a boolean (true or false), got an "
+      "integer");
+  EXPECT_EQ(error_of("[mesh]\ndata = 2\n[train]\nglobal_batch = 10\nmicro_batches = 2\n"),
+            "deck.toml:4: train.global_batch = 10 is not divisible by data-parallel size x micro_batches = 2 x 2 = 4 "
+            "(data-parallel size = mesh.data x mesh.fsdp x mesh.expert)");
+  EXPECT_EQ(error_of("[model]\nhidden = 128\n\nheads = 5\n"),
+            "deck.toml:4: model.heads = 5 does not divide model.hidden = 128");
+  EXPECT_EQ(error_of("[mesh]\ndata = 0\n"), "deck.toml:2: mesh.data = 0 must be >= 1");
+  EXPECT_EQ(error_of("[mesh]\ntensor = -2\n"), "deck.toml:2: mesh.tensor = -2 must be >= 1");
+  EXPECT_EQ(error_of("[model]\nlayers = 0\n"), "deck.toml:2: model.layers = 0 must be >= 1");
+  EXPECT_EQ(error_of("[strategy]\nzero_stage = 5\n"), "deck.toml:2: strategy.zero_stage = 5 must be in 0..3");
+  EXPECT_EQ(error_of("[strategy]\nschedule = \"zigzag\"\n"),
+            "deck.toml:2: strategy.schedule = \"zigzag\" must be \"gpipe\" or \"1f1b\"");
+  EXPECT_EQ(error_of("[strategy]\ngather_dtype = \"f64\"\n"),
+            "deck.toml:2: strategy.gather_dtype = \"f64\" must be one of \"f32\", \"bf16\", \"f16\"");
+  EXPECT_EQ(error_of("[train]\nlr = -0.1\n"), "deck.toml:2: train.lr = -0.1 must be > 0");
+  EXPECT_EQ(error_of("mesh = 3\n"), "deck.toml:1: 'mesh' must be a section [mesh], not an integer");
+  m = error_of("[mesh]\ndata = = 2\n");
+  EXPECT_EQ(m.rfind("deck.toml:2:", 0), 0u) << m;
+  EXPECT_NE(m.find("TOML syntax error"), std::string::npos) << m;
+  // The mesh must shard the model: more tensor devices than heads.
+  m = error_of("[mesh]\ntensor = 8\n[train]\nglobal_batch = 8\n");
+  EXPECT_EQ(m.rfind("deck.toml:2: mesh data=1 x tensor=8 cannot shard model", 0), 0u) << m;
+  EXPECT_NE(m.find("8 devices but only 4 heads"), std::string::npos) << m;
+  m = error_of("[mesh]\npipeline = 5\n[train]\nglobal_batch = 5\n");
+  EXPECT_NE(m.find("5 stages but only 4 layers"), std::string::npos) << m;
+  m = error_of("[model]\nexperts = 2\n");
+  EXPECT_NE(m.find("model.top_k = 0"), std::string::npos) << m;
+}
+
+TEST(Deck, Overrides) {
+  const std::string base = "[mesh]\ndata = 2\n[train]\nglobal_batch = 8\n";
+  Deck d = parse_deck(base, "deck.toml", "/decks",
+                      {"train.lr=1e-4", "mesh.data=4", "train.data=local.txt", "strategy.sequence_parallel=true",
+                       "strategy.schedule=gpipe", "model.heads=8"});
+  EXPECT_DOUBLE_EQ(d.train.lr, 1e-4);
+  EXPECT_EQ(d.mesh.data, 4);
+  EXPECT_EQ(d.train.data, "local.txt");  // --set paths are taken as given
+  EXPECT_TRUE(d.strategy.sequence_parallel);
+  EXPECT_EQ(d.strategy.schedule, PipelineSchedule::GPipe);
+  EXPECT_EQ(d.model.heads, 8);
+  EXPECT_EQ(d.where("mesh.data"), "--set mesh.data=4");
+  EXPECT_EQ(error_of(base, {"model.hidden=abc"}),
+            "--set model.hidden=abc: model.hidden = abc has the wrong type: expected an integer");
+  EXPECT_EQ(error_of(base, {"strategy.async=true"}).rfind("--set strategy.async=true: unknown key 'strategy.async'", 0),
+            0u);
+  EXPECT_EQ(error_of(base, {"foo.bar=1"}).rfind("--set foo.bar=1: unknown section [foo]", 0), 0u);
+  EXPECT_EQ(error_of(base, {"lr=1"}), "--set lr=1: expected section.key=value");
+  EXPECT_EQ(error_of(base, {"train.lr"}), "--set train.lr: expected section.key=value");
+  EXPECT_EQ(
+      error_of(base, {"checkpoint.async=yes"}),
+      "--set checkpoint.async=yes: checkpoint.async = yes has the wrong type: expected a boolean (true or false)");
+  // An override that breaks a cross-key rule is reported at the override.
+  EXPECT_EQ(error_of(base, {"train.global_batch=7"}).rfind("--set train.global_batch=7: train.global_batch = 7", 0),
+            0u);
+}
+
+TEST(Deck, WorldSizeCheck) {
+  Deck d = parse_deck("[mesh]\ndata = 2\ntensor = 2\n[train]\nglobal_batch = 8\n", "deck.toml", "/decks");
+  EXPECT_NO_THROW(check_world_size(d, 4));
+  try {
+    check_world_size(d, 2);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "deck.toml:2: [mesh] data=2 x tensor=2 has 4 devices but the job has 2 ranks");
+  }
+  Deck t = parse_deck("[train]\nglobal_batch = 4\n[mesh]\ntensor = 2\n", "t.toml", "/decks");
+  EXPECT_THROW(check_world_size(t, 1), InputError);
+  try {
+    check_world_size(t, 4);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "t.toml:4: [mesh] data=1 x tensor=2 has 2 devices but the job has 4 ranks");
+  }
+  Deck none = parse_deck("", "empty.toml", "/decks");
+  EXPECT_NO_THROW(check_world_size(none, 1));
+  EXPECT_THROW(check_world_size(none, 2), InputError);
+}
+
+TEST(Deck, FilesAndRelativePaths) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("shardflow_deck_test_" + std::to_string(::getpid()));
+  fs::create_directories(dir / "sub");
+  { std::ofstream(dir / "sub" / "d.toml") << "[train]\ndata = \"../corpus.txt\"\n[checkpoint]\ndir = \"/tmp/abs\"\n"; }
+  Deck d = load_deck((dir / "sub" / "d.toml").string());
+  EXPECT_EQ(d.train.data, (dir / "corpus.txt").string());
+  EXPECT_EQ(d.checkpoint.dir, "/tmp/abs");
+  fs::remove_all(dir);
+  try {
+    load_deck("/nonexistent/deck.toml");
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/deck.toml"), std::string::npos);
+  }
+}
