@@ -203,8 +203,8 @@ TYPED_TEST(CommTyped, BroadcastSendRecvAllToAll) {
       for (int j = 0; j < n; ++j) {
         auto theirs = rank_data<T>(mem[static_cast<std::size_t>(j)], blk * static_cast<std::size_t>(n), 5);
         for (std::size_t k = 0; k < blk; ++k)
-          ASSERT_TRUE(same_bits(recv[static_cast<std::size_t>(j) * blk + k],
-                                theirs[static_cast<std::size_t>(me) * blk + k]));
+          ASSERT_TRUE(
+              same_bits(recv[static_cast<std::size_t>(j) * blk + k], theirs[static_cast<std::size_t>(me) * blk + k]));
       }
     }
     {  // all_to_allv: rank i sends (i + 2j) % 5 + j elements to rank j
@@ -241,7 +241,8 @@ TEST(Comm, PersistentCollectiveRunsManySteps) {
   std::vector<float> send(count), recv(count);
   Collective op(c, CollectivePlan::all_reduce(DType::F32, count, ReduceOp::Mean), send.data(), recv.data());
   for (int step = 0; step < 5; ++step) {
-    for (std::size_t k = 0; k < count; ++k) send[k] = static_cast<float>(c.rank() * 16 + step + static_cast<int>(k % 8));
+    for (std::size_t k = 0; k < count; ++k)
+      send[k] = static_cast<float>(c.rank() * 16 + step + static_cast<int>(k % 8));
     Request r = op.start();
     while (!r.test()) {
     }
@@ -272,8 +273,7 @@ TEST(Comm, SixteenBitAllReduceIsIdenticalOnEveryRank) {
     }
     std::vector<std::uint16_t> in16(count), out16(count);
     std::vector<float> in32 = vals[static_cast<std::size_t>(c.rank())], out32(count);
-    for (std::size_t k = 0; k < count; ++k)
-      in16[k] = t == DType::BF16 ? bf16(in32[k]).bits : f16(in32[k]).bits;
+    for (std::size_t k = 0; k < count; ++k) in16[k] = t == DType::BF16 ? bf16(in32[k]).bits : f16(in32[k]).bits;
     const void* in = t == DType::F32 ? static_cast<const void*>(in32.data()) : in16.data();
     void* out = t == DType::F32 ? static_cast<void*>(out32.data()) : out16.data();
     c.all_reduce(in, out, count, t, ReduceOp::Sum).wait();
@@ -283,7 +283,7 @@ TEST(Comm, SixteenBitAllReduceIsIdenticalOnEveryRank) {
         s += v[k];
         a += std::fabs(v[k]);
       }
-      const double got = t == DType::F32   ? out32[k]
+      const double got = t == DType::F32    ? out32[k]
                          : t == DType::BF16 ? static_cast<float>(bf16::from_bits(out16[k]))
                                             : static_cast<float>(f16::from_bits(out16[k]));
       const double ulp16 = t == DType::BF16 ? std::ldexp(1.0, -7) : std::ldexp(1.0, -10);
@@ -293,7 +293,8 @@ TEST(Comm, SixteenBitAllReduceIsIdenticalOnEveryRank) {
     // every rank holds the same bits
     const std::size_t bytes = count * dtype_size(t);
     std::vector<char> all(bytes * static_cast<std::size_t>(n));
-    MPI_Allgather(out, static_cast<int>(bytes), MPI_CHAR, all.data(), static_cast<int>(bytes), MPI_CHAR, MPI_COMM_WORLD);
+    MPI_Allgather(out, static_cast<int>(bytes), MPI_CHAR, all.data(), static_cast<int>(bytes), MPI_CHAR,
+                  MPI_COMM_WORLD);
     for (int r = 1; r < n; ++r)
       ASSERT_EQ(std::memcmp(all.data(), all.data() + static_cast<std::size_t>(r) * bytes, bytes), 0)
           << dtype_name(t) << ": rank " << r << " differs from rank 0";
@@ -317,8 +318,9 @@ TEST(Comm, ErrorsNameTheValue) {
   std::vector<std::int32_t> a(8), b(8 * static_cast<std::size_t>(n));
   EXPECT_NE(message_of([&] { c.all_reduce(a.data(), b.data(), 8, DType::I32, ReduceOp::Mean); }).find("i32"),
             std::string::npos);
-  EXPECT_NE(message_of([&] { c.broadcast(a.data(), b.data(), 8, DType::I32, n + 3); }).find("root " + std::to_string(n + 3)),
-            std::string::npos);
+  EXPECT_NE(
+      message_of([&] { c.broadcast(a.data(), b.data(), 8, DType::I32, n + 3); }).find("root " + std::to_string(n + 3)),
+      std::string::npos);
   EXPECT_NE(message_of([&] { c.send(a.data(), 8, DType::I32, -1); }).find("peer -1"), std::string::npos);
   auto bad = CollectivePlan::all_to_allv(DType::I32, std::vector<std::size_t>(static_cast<std::size_t>(n) + 1, 1),
                                          std::vector<std::size_t>(static_cast<std::size_t>(n) + 1, 1));
@@ -333,6 +335,32 @@ TEST(Comm, ErrorsNameTheValue) {
             std::string::npos);
 #endif
   EXPECT_TRUE(test::all_ranks(true));
+}
+
+// A persistent operation cannot be restarted while its previous run is pending.
+TEST(Comm, RestartWhilePendingThrows) {
+  Fixture f;
+  Communicator& c = f.comms.world();
+  if (c.size() < 2) GTEST_SKIP() << "needs two ranks";
+  std::vector<std::int64_t> buf(16, 0), src(16);
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<std::int64_t>(i * i);
+  if (c.rank() == 0) {
+    Collective op(c, CollectivePlan::recv(DType::I64, 16, 1, 3), nullptr, buf.data());
+    Request r = op.start();
+    EXPECT_FALSE(r.test());  // rank 1 sends only after the barrier
+    try {
+      op.start();
+      ADD_FAILURE() << "restart while pending did not throw";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("pending"), std::string::npos) << e.what();
+    }
+    c.barrier();
+    r.wait();
+    EXPECT_EQ(buf, src);
+  } else {
+    c.barrier();
+    if (c.rank() == 1) c.send(src.data(), 16, DType::I64, 0, 3).wait();
+  }
 }
 
 TEST(Comm, DefaultRequestIsComplete) {

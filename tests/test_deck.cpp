@@ -1,10 +1,10 @@
 // The TOML input deck: the shipped decks, defaults, overrides, and every kind of error
 // naming the key, the value and file:line.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 #include "config/deck.hpp"
 #include "core/error.hpp"
@@ -129,13 +129,15 @@ TEST(Deck, ErrorsNameKeyValueAndLine) {
             "deck.toml:2: model.hidden = \"big\" has the wrong type: expected an integer, got a string");
   EXPECT_EQ(error_of("[train]\nlr = \"fast\"\n"),
             "deck.toml:2: train.lr = \"fast\" has the wrong type: expected a number, got a string");
-  EXPECT_EQ(error_of("[strategy]\nsequence_parallel = 1\n"),
-            "deck.toml:2: strategy.sequence_parallel = 1 has the wrong type: expected a boolean (true or false), got an "
-            "integer");
+  EXPECT_EQ(
+      error_of("[strategy]\nsequence_parallel = 1\n"),
+      "deck.toml:2: strategy.sequence_parallel = 1 has the wrong type: expected a boolean (true or false), got an "
+      "integer");
   EXPECT_EQ(error_of("[mesh]\ndata = 2\n[train]\nglobal_batch = 10\nmicro_batches = 2\n"),
             "deck.toml:4: train.global_batch = 10 is not divisible by data-parallel size x micro_batches = 2 x 2 = 4 "
             "(data-parallel size = mesh.data x mesh.fsdp x mesh.expert)");
-  EXPECT_EQ(error_of("[model]\nhidden = 128\n\nheads = 5\n"), "deck.toml:4: model.heads = 5 does not divide model.hidden = 128");
+  EXPECT_EQ(error_of("[model]\nhidden = 128\n\nheads = 5\n"),
+            "deck.toml:4: model.heads = 5 does not divide model.hidden = 128");
   EXPECT_EQ(error_of("[mesh]\ndata = 0\n"), "deck.toml:2: mesh.data = 0 must be >= 1");
   EXPECT_EQ(error_of("[mesh]\ntensor = -2\n"), "deck.toml:2: mesh.tensor = -2 must be >= 1");
   EXPECT_EQ(error_of("[model]\nlayers = 0\n"), "deck.toml:2: model.layers = 0 must be >= 1");
@@ -173,14 +175,17 @@ TEST(Deck, Overrides) {
   EXPECT_EQ(d.where("mesh.data"), "--set mesh.data=4");
   EXPECT_EQ(error_of(base, {"model.hidden=abc"}),
             "--set model.hidden=abc: model.hidden = abc has the wrong type: expected an integer");
-  EXPECT_EQ(error_of(base, {"strategy.async=true"}).rfind("--set strategy.async=true: unknown key 'strategy.async'", 0), 0u);
+  EXPECT_EQ(error_of(base, {"strategy.async=true"}).rfind("--set strategy.async=true: unknown key 'strategy.async'", 0),
+            0u);
   EXPECT_EQ(error_of(base, {"foo.bar=1"}).rfind("--set foo.bar=1: unknown section [foo]", 0), 0u);
   EXPECT_EQ(error_of(base, {"lr=1"}), "--set lr=1: expected section.key=value");
   EXPECT_EQ(error_of(base, {"train.lr"}), "--set train.lr: expected section.key=value");
-  EXPECT_EQ(error_of(base, {"checkpoint.async=yes"}),
-            "--set checkpoint.async=yes: checkpoint.async = yes has the wrong type: expected a boolean (true or false)");
+  EXPECT_EQ(
+      error_of(base, {"checkpoint.async=yes"}),
+      "--set checkpoint.async=yes: checkpoint.async = yes has the wrong type: expected a boolean (true or false)");
   // An override that breaks a cross-key rule is reported at the override.
-  EXPECT_EQ(error_of(base, {"train.global_batch=7"}).rfind("--set train.global_batch=7: train.global_batch = 7", 0), 0u);
+  EXPECT_EQ(error_of(base, {"train.global_batch=7"}).rfind("--set train.global_batch=7: train.global_batch = 7", 0),
+            0u);
 }
 
 TEST(Deck, WorldSizeCheck) {
@@ -192,15 +197,24 @@ TEST(Deck, WorldSizeCheck) {
   } catch (const InputError& e) {
     EXPECT_EQ(std::string(e.what()), "deck.toml:2: [mesh] data=2 x tensor=2 has 4 devices but the job has 2 ranks");
   }
+  Deck t = parse_deck("[train]\nglobal_batch = 4\n[mesh]\ntensor = 2\n", "t.toml", "/decks");
+  EXPECT_THROW(check_world_size(t, 1), InputError);
+  try {
+    check_world_size(t, 4);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "t.toml:4: [mesh] data=1 x tensor=2 has 2 devices but the job has 4 ranks");
+  }
+  Deck none = parse_deck("", "empty.toml", "/decks");
+  EXPECT_NO_THROW(check_world_size(none, 1));
+  EXPECT_THROW(check_world_size(none, 2), InputError);
 }
 
 TEST(Deck, FilesAndRelativePaths) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / ("shardflow_deck_test_" + std::to_string(::getpid()));
   fs::create_directories(dir / "sub");
-  {
-    std::ofstream(dir / "sub" / "d.toml") << "[train]\ndata = \"../corpus.txt\"\n[checkpoint]\ndir = \"/tmp/abs\"\n";
-  }
+  { std::ofstream(dir / "sub" / "d.toml") << "[train]\ndata = \"../corpus.txt\"\n[checkpoint]\ndir = \"/tmp/abs\"\n"; }
   Deck d = load_deck((dir / "sub" / "d.toml").string());
   EXPECT_EQ(d.train.data, (dir / "corpus.txt").string());
   EXPECT_EQ(d.checkpoint.dir, "/tmp/abs");

@@ -29,7 +29,7 @@ TEST(ModelDescription, QuickstartParametersFollowModelMd) {
   EXPECT_EQ(ps[0].shape, (Shape{256, 128}));
   EXPECT_EQ(ps[1].name, "pos_embed.weight");
   EXPECT_EQ(ps[1].shape, (Shape{64, 128}));
-  const char* per_layer[] = {"attn_norm.weight", "attn.qkv.weight", "attn.out.weight",
+  const char* per_layer[] = {"attn_norm.weight", "attn.qkv.weight",    "attn.out.weight",
                              "mlp_norm.weight",  "mlp.gate_up.weight", "mlp.down.weight"};
   const Shape shapes[] = {{128}, {384, 128}, {128, 128}, {128}, {688, 128}, {128, 344}};
   for (int l = 0; l < 4; ++l)

@@ -58,8 +58,8 @@ TEST(FSDPStrategy, DimensionRule) {
   EXPECT_EQ(FSDPStrategy::choose_shard_dim({8, 8}, 4), 0);
   EXPECT_EQ(FSDPStrategy::choose_shard_dim({9, 6, 12}, 3), 2);
   EXPECT_EQ(FSDPStrategy::choose_shard_dim({10, 7, 3}, 5), 0);
-  EXPECT_EQ(FSDPStrategy::choose_shard_dim({7, 12, 9}, 4), 1);   // only 12 divisible
-  EXPECT_EQ(FSDPStrategy::choose_shard_dim({7, 9, 9}, 4), 1);    // none divisible → largest, first of ties
+  EXPECT_EQ(FSDPStrategy::choose_shard_dim({7, 12, 9}, 4), 1);  // only 12 divisible
+  EXPECT_EQ(FSDPStrategy::choose_shard_dim({7, 9, 9}, 4), 1);   // none divisible → largest, first of ties
   EXPECT_EQ(FSDPStrategy::choose_shard_dim({16, 12}, 4, {true, false}), 1);  // excluded dim skipped
   EXPECT_EQ(FSDPStrategy::choose_shard_dim({16}, 4, {true}), -1);
   FSDPStrategy fsdp("fsdp", -1, 100);
@@ -122,15 +122,14 @@ TEST(PipelineParallelStrategy, CommunicationPatterns) {
   // A stage layout: only that stage's ranks hold the tensor, whole.
   MeshShape mesh({"data", "pipeline"}, {2, 3});
   Layout l = pp.get_stage_layout({4, 4}, mesh, 1);
-  for (int r = 0; r < mesh.size(); ++r)
-    EXPECT_EQ(l.holds(r), mesh.coord(r, "pipeline") == 1) << r;
+  for (int r = 0; r < mesh.size(); ++r) EXPECT_EQ(l.holds(r), mesh.coord(r, "pipeline") == 1) << r;
   EXPECT_THROW(pp.get_stage_layout({4, 4}, MeshShape({"pipeline"}, {2}), 0), InputError);
 }
 
 TEST(ShardingStrategy, EveryStrategyReassemblesOnRandomShapesAndMeshes) {
   std::mt19937 rng(7);
-  const std::vector<std::vector<std::string>> axis_sets{{"data"}, {"fsdp"}, {"tensor"}, {"data", "tensor"},
-                                                        {"data", "fsdp", "tensor"}, {"pipeline", "data"}};
+  const std::vector<std::vector<std::string>> axis_sets{
+      {"data"}, {"fsdp"}, {"tensor"}, {"data", "tensor"}, {"data", "fsdp", "tensor"}, {"pipeline", "data"}};
   int cases = 0;
   for (int iter = 0; iter < 300; ++iter) {
     const auto& names = axis_sets[static_cast<size_t>(iter) % axis_sets.size()];
@@ -144,7 +143,8 @@ TEST(ShardingStrategy, EveryStrategyReassemblesOnRandomShapesAndMeshes) {
     if (mesh.has_axis("data")) check_all_ranks(DataParallelStrategy("data"), mesh, t, "DP " + what);
     if (mesh.has_axis("fsdp")) check_all_ranks(FSDPStrategy("fsdp", -1, 8), mesh, t, "FSDP " + what);
     if (mesh.has_axis("tensor")) check_all_ranks(TensorParallelStrategy("tensor"), mesh, t, "TP " + what);
-    if (mesh.has_axis("pipeline")) check_all_ranks(PipelineParallelStrategy("pipeline", -1, mesh.axis_size("pipeline")), mesh, t, "PP " + what);
+    if (mesh.has_axis("pipeline"))
+      check_all_ranks(PipelineParallelStrategy("pipeline", -1, mesh.axis_size("pipeline")), mesh, t, "PP " + what);
     if (mesh.has_axis("tensor") && mesh.has_axis("fsdp") && mesh.has_axis("data")) {
       ShardingConfig sc;
       sc.data_parallel_size = mesh.axis_size("data");
@@ -168,7 +168,7 @@ TEST(ShardingStrategy, EveryStrategyReassemblesOnRandomShapesAndMeshes) {
 TEST(ShardingStrategy, MeshAxisMustMatch) {
   MeshShape mesh({"data", "tensor"}, {2, 2});
   auto t = shardflow::test::iota_tensor({4, 4});
-  EXPECT_THROW(DataParallelStrategy("data", 1).apply_sharding(t, mesh, 0), InputError);   // data is axis 0
+  EXPECT_THROW(DataParallelStrategy("data", 1).apply_sharding(t, mesh, 0), InputError);  // data is axis 0
   EXPECT_THROW(DataParallelStrategy("fsdp").apply_sharding(t, mesh, 0), InputError);     // not in mesh
   EXPECT_THROW(DataParallelStrategy("model"), InputError);                               // unknown axis name
   const std::string m = message_of([] { DataParallelStrategy("model"); });
@@ -193,7 +193,8 @@ TEST(MultiDimensionalStrategy, CombinedSpecsByName) {
                                {"fsdp", std::make_shared<FSDPStrategy>("fsdp")},
                                {"tp", std::make_shared<TensorParallelStrategy>("tensor")}},
                               cfg);
-  EXPECT_EQ(md.get_combined_partition_spec("x", DimNames{"batch", "sequence", "hidden"}), P("('data', None, 'tensor')"));
+  EXPECT_EQ(md.get_combined_partition_spec("x", DimNames{"batch", "sequence", "hidden"}),
+            P("('data', None, 'tensor')"));
   // TP and FSDP both claim dim 0 → composed, tensor most significant.
   EXPECT_EQ(md.get_combined_partition_spec("w", DimNames{"hidden", "in_features"}), P("(('tensor', 'fsdp'), None)"));
   EXPECT_EQ(md.get_combined_partition_spec("w", DimNames{"out_features", "in_features"}), P("('fsdp', None)"));
@@ -250,13 +251,16 @@ TEST(MultiDimensionalStrategy, ConflictsAreClearErrors) {
   EXPECT_NE(m.find("'pipeline'"), std::string::npos) << m;
   // Pipeline stages differ from the axis size.
   auto cfg_pp = config_for({"pipeline"}, {2});
-  EXPECT_THROW(MultiDimensionalStrategy({{"pp", std::make_shared<PipelineParallelStrategy>("pipeline", -1, 3)}}, cfg_pp),
-               InputError);
+  EXPECT_THROW(
+      MultiDimensionalStrategy({{"pp", std::make_shared<PipelineParallelStrategy>("pipeline", -1, 3)}}, cfg_pp),
+      InputError);
   // The same axis on two dimensions from two non-DP/FSDP strategies.
   MultiDimensionalStrategy ok({{"dp", std::make_shared<DataParallelStrategy>("data")},
                                {"tp", std::make_shared<TensorParallelStrategy>("tensor")}},
                               cfg);
-  m = message_of([&] { ok.resolve_sharding_conflicts("w", {{"dp", P("('tensor', None)")}, {"tp", P("(None, 'tensor')")}}); });
+  m = message_of([&] {
+    ok.resolve_sharding_conflicts("w", {{"dp", P("('tensor', None)")}, {"tp", P("(None, 'tensor')")}});
+  });
   EXPECT_NE(m.find("tensor 'w'"), std::string::npos) << m;
   EXPECT_NE(m.find("'dp'"), std::string::npos) << m;
   EXPECT_NE(m.find("'tp'"), std::string::npos) << m;

@@ -63,8 +63,8 @@ TEST(StrategyMpi, ShardsReassembleOnEveryMesh) {
           auto mine = s->apply_sharding(t, mesh);
           ASSERT_EQ(mine.shape, l.local_shape(mesh.rank()));
           auto shards = allgather_shards(mine, l, mesh.world());
-          shardflow::test::expect_reassembles(l, t, shards,
-                                              s->type_name() + " " + shape_to_string(shape) + " on " + mesh.shape().to_string());
+          shardflow::test::expect_reassembles(
+              l, t, shards, s->type_name() + " " + shape_to_string(shape) + " on " + mesh.shape().to_string());
         }
         ++checked;
       }

@@ -38,10 +38,11 @@ TEST(WeightSharding, StackedQkvShardHoldsExactlyItsHeadsQkvRows) {
     auto shard = s.shard(w, dev, n);
     ASSERT_EQ(shard.shape, (Shape{3 * heads * D, K}));
     int64_t r = 0;
-    for (int block = 0; block < 3; ++block)          // Q, K, V
-      for (int a = head0; a < head0 + heads; ++a)    // this device's heads
+    for (int block = 0; block < 3; ++block)        // Q, K, V
+      for (int a = head0; a < head0 + heads; ++a)  // this device's heads
         for (int d = 0; d < D; ++d, ++r)
-          EXPECT_EQ(row(shard, r), row(w, block * H + a * D + d)) << "device " << dev << " block " << block << " head " << a;
+          EXPECT_EQ(row(shard, r), row(w, block * H + a * D + d))
+              << "device " << dev << " block " << block << " head " << a;
     head0 += heads;
   }
 }
@@ -170,8 +171,14 @@ TEST(WeightSharding, RandomRoundTrips) {
     Shape shape;
     WeightSharding s = WeightSharding::replicate();
     switch (kind) {
-      case 0: shape = {small(rng), small(rng)}; s = WeightSharding::rowwise(); break;
-      case 1: shape = {small(rng), small(rng), small(rng)}; s = WeightSharding::columnwise(); break;
+      case 0:
+        shape = {small(rng), small(rng)};
+        s = WeightSharding::rowwise();
+        break;
+      case 1:
+        shape = {small(rng), small(rng), small(rng)};
+        s = WeightSharding::columnwise();
+        break;
       case 2: {
         shape = shardflow::test::random_shape(rng, 4, 7);
         s = WeightSharding::axiswise(std::uniform_int_distribution<int>(0, static_cast<int>(shape.size()) - 1)(rng));
@@ -189,9 +196,18 @@ TEST(WeightSharding, RandomRoundTrips) {
         s = WeightSharding::head_aware_columnwise(A, D);
         break;
       }
-      case 5: shape = {2 * small(rng), small(rng)}; s = WeightSharding::gate_up(0); break;
-      case 6: shape = {std::max(n, small(rng)), small(rng), small(rng)}; s = WeightSharding::expert_parallel(); break;
-      case 7: shape = shardflow::test::random_shape(rng, 3, 5); s = WeightSharding::replicate(); break;
+      case 5:
+        shape = {2 * small(rng), small(rng)};
+        s = WeightSharding::gate_up(0);
+        break;
+      case 6:
+        shape = {std::max(n, small(rng)), small(rng), small(rng)};
+        s = WeightSharding::expert_parallel();
+        break;
+      case 7:
+        shape = shardflow::test::random_shape(rng, 3, 5);
+        s = WeightSharding::replicate();
+        break;
     }
     std::mt19937 data_rng(static_cast<unsigned>(iter));
     auto w = shardflow::test::random_tensor(shape, data_rng);
@@ -205,7 +221,8 @@ TEST(WeightSharding, RandomRoundTrips) {
     if (!s.is_replicate()) {
       EXPECT_EQ(total, w.numel()) << s.to_string() << " " << shape_to_string(shape);
     }
-    EXPECT_EQ(s.unshard(shards, shape), w) << s.to_string() << " on " << n << " devices, shape " << shape_to_string(shape);
+    EXPECT_EQ(s.unshard(shards, shape), w)
+        << s.to_string() << " on " << n << " devices, shape " << shape_to_string(shape);
     ++checked;
   }
   EXPECT_EQ(checked, 400);
@@ -222,7 +239,7 @@ TEST(WeightSharding, BadInputNamesTheNumbers) {
     EXPECT_NE(m.find("3 heads"), std::string::npos) << m;
   }
   EXPECT_THROW(WeightSharding::head_aware_columnwise(2, 4).shard(iota_tensor({3, 8}), 0, 3), InputError);
-  EXPECT_THROW(qkv.shard(iota_tensor({35, 5}), 0, 2), InputError);  // not 3*A*D rows
+  EXPECT_THROW(qkv.shard(iota_tensor({35, 5}), 0, 2), InputError);                        // not 3*A*D rows
   EXPECT_THROW(WeightSharding::gate_up(0).shard(iota_tensor({5, 2}), 0, 2), InputError);  // odd
   EXPECT_THROW(WeightSharding::columnwise().shard(iota_tensor({5}), 0, 2), InputError);   // rank 1
   EXPECT_THROW(WeightSharding::axiswise(2).shard(iota_tensor({5, 2}), 0, 2), InputError);
@@ -231,4 +248,39 @@ TEST(WeightSharding, BadInputNamesTheNumbers) {
   EXPECT_THROW(WeightSharding::expert_parallel().shard(iota_tensor({2, 2}), 0, 3), InputError);
   EXPECT_THROW(WeightSharding::stacked_qkv(0, 4), InputError);
   EXPECT_THROW(WeightSharding::axiswise(-1), InputError);
+}
+
+TEST(HostTensor, BoxCopiesAgainstElementLoops) {
+  // extract_box / insert_box against a naive per-element index computation.
+  std::mt19937 rng(5);
+  for (int iter = 0; iter < 200; ++iter) {
+    Shape shape = shardflow::test::random_shape(rng, 4, 6);
+    auto t = shardflow::test::iota_tensor(shape);
+    Box b{Shape(shape.size()), Shape(shape.size())};
+    for (size_t d = 0; d < shape.size(); ++d) {
+      b.offset[d] = std::uniform_int_distribution<int64_t>(0, shape[d] - 1)(rng);
+      b.extent[d] = std::uniform_int_distribution<int64_t>(0, shape[d] - b.offset[d])(rng);
+    }
+    auto piece = extract_box(t, b);
+    ASSERT_EQ(piece.shape, b.extent);
+    const Shape ts = row_major_strides(shape), ps = row_major_strides(b.extent);
+    for (int64_t i = 0; i < piece.numel(); ++i) {
+      int64_t src = 0;
+      for (size_t d = 0; d < shape.size(); ++d) src += ((i / ps[d]) % b.extent[d] + b.offset[d]) * ts[d];
+      ASSERT_EQ(piece.data[static_cast<size_t>(i)], t.data[static_cast<size_t>(src)]) << b.to_string();
+    }
+    HostTensor<float> zero(shape);
+    insert_box(zero, b, piece);
+    for (int64_t j = 0; j < zero.numel(); ++j) {
+      bool inside = true;
+      for (size_t d = 0; d < shape.size(); ++d) {
+        const int64_t c = (j / ts[d]) % shape[d];
+        inside = inside && c >= b.offset[d] && c < b.offset[d] + b.extent[d];
+      }
+      ASSERT_EQ(zero.data[static_cast<size_t>(j)], inside ? t.data[static_cast<size_t>(j)] : 0.0f) << b.to_string();
+    }
+  }
+  EXPECT_THROW(extract_box(shardflow::test::iota_tensor({3, 3}), Box{{2, 0}, {2, 3}}), Error);
+  EXPECT_THROW((HostTensor<float>({2, 2}, std::vector<float>(3))), InputError);
+  EXPECT_THROW(reshape(shardflow::test::iota_tensor({2, 3}), {4}), InputError);
 }

@@ -1,7 +1,8 @@
 #pragma once
 // CommSet: one Communicator for each mesh axis and each group of axes (every non-empty
 // subset, built from Mesh::comm(axes)), plus one over the whole mesh whose ranks are the
-// mesh ranks ("world"), all with one backend. Construction is collective over the mesh.
+// mesh ranks ("world"), all with one backend. Construction is collective over the mesh;
+// the CommSet must not outlive the Mesh.
 #include <map>
 #include <memory>
 #include <string>

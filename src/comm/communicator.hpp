@@ -51,8 +51,7 @@ class Communicator {
   MPI_Comm mpi_comm() const { return mpi_comm_; }
 
   /// Binds a validated plan to buffers (backend-specific memory). Used by Collective.
-  virtual std::unique_ptr<detail::CollectiveImpl> bind(const CollectivePlan& plan, const void* send,
-                                                       void* recv) = 0;
+  virtual std::unique_ptr<detail::CollectiveImpl> bind(const CollectivePlan& plan, const void* send, void* recv) = 0;
 
   // ---- one-shot, non-blocking calls (each binds a plan and starts it) ----------------
   Request all_gather(const void* send, void* recv, std::size_t count, DType t);

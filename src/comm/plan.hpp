@@ -25,8 +25,8 @@ struct CollectivePlan {
   DType dtype = DType::F32;
   ReduceOp op = ReduceOp::Sum;
   std::size_t count = 0;
-  int root = 0;  // broadcast root; peer of send/recv
-  int tag = 0;   // send/recv
+  int root = 0;                                                                 // broadcast root; peer of send/recv
+  int tag = 0;                                                                  // send/recv
   std::vector<std::size_t> send_counts, send_displs, recv_counts, recv_displs;  // all_to_allv
 
   static CollectivePlan all_gather(DType t, std::size_t count);
@@ -37,8 +37,8 @@ struct CollectivePlan {
   static CollectivePlan recv(DType t, std::size_t count, int peer, int tag = 0);
   static CollectivePlan all_to_all(DType t, std::size_t count);
   /// Displacements default to the exclusive prefix sums of the counts when left empty.
-  static CollectivePlan all_to_allv(DType t, std::vector<std::size_t> send_counts,
-                                    std::vector<std::size_t> recv_counts, std::vector<std::size_t> send_displs = {},
+  static CollectivePlan all_to_allv(DType t, std::vector<std::size_t> send_counts, std::vector<std::size_t> recv_counts,
+                                    std::vector<std::size_t> send_displs = {},
                                     std::vector<std::size_t> recv_displs = {});
 
   /// Elements the send / recv buffer must hold on rank `rank` of a group of `n`.

@@ -62,11 +62,11 @@ struct TransformerMeshPlan {
   MeshShape mesh;
   int tensor = 1;
   int pipeline = 1;
-  int replicas = 1;            // size of the data or fsdp axis
-  bool shard_states = false;   // true: replicas form an `fsdp` axis (ZeRO-3)
-  double state_bytes = 0;      // per device
-  double activation_bytes = 0; // per device, one sequence
-  double memory_bytes = 0;     // the budget M
+  int replicas = 1;             // size of the data or fsdp axis
+  bool shard_states = false;    // true: replicas form an `fsdp` axis (ZeRO-3)
+  double state_bytes = 0;       // per device
+  double activation_bytes = 0;  // per device, one sequence
+  double memory_bytes = 0;      // the budget M
   std::string rationale;
 };
 

@@ -47,8 +47,8 @@ enum class TensorRole { Param, Grad, OptimizerState };
 std::string tensor_role_name(TensorRole r);
 
 struct StrategyOptions {
-  int zero_stage = 0;                  // 0..3
-  int64_t fsdp_min_weight_size = 1024; // smaller tensors stay replicated over the ZeRO group
+  int zero_stage = 0;                   // 0..3
+  int64_t fsdp_min_weight_size = 1024;  // smaller tensors stay replicated over the ZeRO group
 };
 
 /// A parameter's default sharding: spec over its view shape, plus stage pinning.

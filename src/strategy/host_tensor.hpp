@@ -79,8 +79,8 @@ HostTensor<T> extract_box(const HostTensor<T>& t, const Box& box) {
 /// Writes `piece` (shape box.extent) into `t` at `box`.
 template <typename T>
 void insert_box(HostTensor<T>& t, const Box& box, const HostTensor<T>& piece) {
-  SHARDFLOW_REQUIRE(piece.shape == box.extent, "insert_box: piece of shape ", shape_to_string(piece.shape),
-                    " for box ", box.to_string());
+  SHARDFLOW_REQUIRE(piece.shape == box.extent, "insert_box: piece of shape ", shape_to_string(piece.shape), " for box ",
+                    box.to_string());
   detail::for_each_box_run(t.shape, box, [&](int64_t src, int64_t dst, int64_t run) {
     for (int64_t k = 0; k < run; ++k) t.data[static_cast<size_t>(src + k)] = piece.data[static_cast<size_t>(dst + k)];
   });
@@ -89,8 +89,8 @@ void insert_box(HostTensor<T>& t, const Box& box, const HostTensor<T>& piece) {
 /// The same row-major data viewed with another shape of equal element count.
 template <typename T>
 HostTensor<T> reshape(HostTensor<T> t, Shape s) {
-  SHARDFLOW_REQUIRE_INPUT(shardflow::numel(s) == t.numel(), "cannot view a tensor of shape ",
-                          shape_to_string(t.shape), " as ", shape_to_string(s));
+  SHARDFLOW_REQUIRE_INPUT(shardflow::numel(s) == t.numel(), "cannot view a tensor of shape ", shape_to_string(t.shape),
+                          " as ", shape_to_string(s));
   t.shape = std::move(s);
   return t;
 }

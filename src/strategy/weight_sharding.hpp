@@ -58,7 +58,17 @@ struct WeightView {
 
 class WeightSharding {
  public:
-  enum class Kind { Replicate, Rowwise, Columnwise, Axiswise, StackedQkv, HeadAwareColumnwise, GateUp, ExpertParallel, TensorParallel };
+  enum class Kind {
+    Replicate,
+    Rowwise,
+    Columnwise,
+    Axiswise,
+    StackedQkv,
+    HeadAwareColumnwise,
+    GateUp,
+    ExpertParallel,
+    TensorParallel
+  };
 
   static WeightSharding replicate();
   static WeightSharding rowwise();
@@ -123,8 +133,9 @@ class WeightSharding {
     WeightView v = view(weight_shape, "tensor");
     HostTensor<T> full(v.view_shape);
     for (int i = 0; i < n; ++i) {
-      SHARDFLOW_REQUIRE_INPUT(shards[static_cast<size_t>(i)].shape == shard_shape(weight_shape, i, n), "unshard: shard ",
-                              i, " has shape ", shape_to_string(shards[static_cast<size_t>(i)].shape), ", expected ",
+      SHARDFLOW_REQUIRE_INPUT(shards[static_cast<size_t>(i)].shape == shard_shape(weight_shape, i, n),
+                              "unshard: shard ", i, " has shape ",
+                              shape_to_string(shards[static_cast<size_t>(i)].shape), ", expected ",
                               shape_to_string(shard_shape(weight_shape, i, n)));
       Box b = view_box(weight_shape, i, n);
       insert_box(full, b, reshape(shards[static_cast<size_t>(i)], b.extent));

@@ -1,9 +1,10 @@
 // Backend-independent parts of the communication layer: names, Request, CollectivePlan,
 // the Communicator base and its one-shot calls, Collective, CommSet.
+#include "comm/communicator.hpp"
+
 #include <climits>
 
 #include "comm/comm_set.hpp"
-#include "comm/communicator.hpp"
 #include "core/error.hpp"
 #include "core/mpi_check.hpp"
 
@@ -27,23 +28,34 @@ Backend parse_backend(const std::string& name) {
 
 std::string reduce_op_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return "sum";
-    case ReduceOp::Mean: return "mean";
-    case ReduceOp::Max: return "max";
+    case ReduceOp::Sum:
+      return "sum";
+    case ReduceOp::Mean:
+      return "mean";
+    case ReduceOp::Max:
+      return "max";
   }
   return "?";
 }
 
 std::string collective_name(CollectiveKind k) {
   switch (k) {
-    case CollectiveKind::AllGather: return "all_gather";
-    case CollectiveKind::ReduceScatter: return "reduce_scatter";
-    case CollectiveKind::AllReduce: return "all_reduce";
-    case CollectiveKind::Broadcast: return "broadcast";
-    case CollectiveKind::Send: return "send";
-    case CollectiveKind::Recv: return "recv";
-    case CollectiveKind::AllToAll: return "all_to_all";
-    case CollectiveKind::AllToAllv: return "all_to_allv";
+    case CollectiveKind::AllGather:
+      return "all_gather";
+    case CollectiveKind::ReduceScatter:
+      return "reduce_scatter";
+    case CollectiveKind::AllReduce:
+      return "all_reduce";
+    case CollectiveKind::Broadcast:
+      return "broadcast";
+    case CollectiveKind::Send:
+      return "send";
+    case CollectiveKind::Recv:
+      return "recv";
+    case CollectiveKind::AllToAll:
+      return "all_to_all";
+    case CollectiveKind::AllToAllv:
+      return "all_to_allv";
   }
   return "?";
 }
@@ -181,14 +193,22 @@ CollectivePlan CollectivePlan::all_to_allv(DType t, std::vector<std::size_t> sen
 std::size_t CollectivePlan::send_elems(int n, int rank) const {
   const auto un = static_cast<std::size_t>(n);
   switch (kind) {
-    case CollectiveKind::AllGather: return count;
-    case CollectiveKind::ReduceScatter: return count * un;
-    case CollectiveKind::AllReduce: return count;
-    case CollectiveKind::Broadcast: return rank == root ? count : 0;
-    case CollectiveKind::Send: return count;
-    case CollectiveKind::Recv: return 0;
-    case CollectiveKind::AllToAll: return count * un;
-    case CollectiveKind::AllToAllv: return extent_of(send_counts, send_displs);
+    case CollectiveKind::AllGather:
+      return count;
+    case CollectiveKind::ReduceScatter:
+      return count * un;
+    case CollectiveKind::AllReduce:
+      return count;
+    case CollectiveKind::Broadcast:
+      return rank == root ? count : 0;
+    case CollectiveKind::Send:
+      return count;
+    case CollectiveKind::Recv:
+      return 0;
+    case CollectiveKind::AllToAll:
+      return count * un;
+    case CollectiveKind::AllToAllv:
+      return extent_of(send_counts, send_displs);
   }
   return 0;
 }
@@ -196,14 +216,22 @@ std::size_t CollectivePlan::send_elems(int n, int rank) const {
 std::size_t CollectivePlan::recv_elems(int n, int rank) const {
   const auto un = static_cast<std::size_t>(n);
   switch (kind) {
-    case CollectiveKind::AllGather: return count * un;
-    case CollectiveKind::ReduceScatter: return count;
-    case CollectiveKind::AllReduce: return count;
-    case CollectiveKind::Broadcast: return count;
-    case CollectiveKind::Send: return 0;
-    case CollectiveKind::Recv: return count;
-    case CollectiveKind::AllToAll: return count * un;
-    case CollectiveKind::AllToAllv: return extent_of(recv_counts, recv_displs);
+    case CollectiveKind::AllGather:
+      return count * un;
+    case CollectiveKind::ReduceScatter:
+      return count;
+    case CollectiveKind::AllReduce:
+      return count;
+    case CollectiveKind::Broadcast:
+      return count;
+    case CollectiveKind::Send:
+      return 0;
+    case CollectiveKind::Recv:
+      return count;
+    case CollectiveKind::AllToAll:
+      return count * un;
+    case CollectiveKind::AllToAllv:
+      return extent_of(recv_counts, recv_displs);
   }
   return 0;
 }
@@ -223,11 +251,10 @@ void CollectivePlan::validate(int n, int rank) const {
   }
   if (kind == CollectiveKind::AllToAllv) {
     const auto un = static_cast<std::size_t>(n);
-    SHARDFLOW_REQUIRE_INPUT(send_counts.size() == un && recv_counts.size() == un && send_displs.size() == un &&
-                                recv_displs.size() == un,
-                            what, ": counts/displacements have lengths ", send_counts.size(), "/", send_displs.size(),
-                            " (send) and ", recv_counts.size(), "/", recv_displs.size(),
-                            " (recv) but the group has ", n, " ranks");
+    SHARDFLOW_REQUIRE_INPUT(
+        send_counts.size() == un && recv_counts.size() == un && send_displs.size() == un && recv_displs.size() == un,
+        what, ": counts/displacements have lengths ", send_counts.size(), "/", send_displs.size(), " (send) and ",
+        recv_counts.size(), "/", recv_displs.size(), " (recv) but the group has ", n, " ranks");
     for (std::size_t i = 0; i < un; ++i) {
       SHARDFLOW_REQUIRE_INPUT(send_counts[i] <= int_max && recv_counts[i] <= int_max && send_displs[i] <= int_max &&
                                   recv_displs[i] <= int_max,

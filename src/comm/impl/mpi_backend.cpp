@@ -20,12 +20,18 @@ namespace {
 
 MPI_Datatype mpi_type(DType t) {
   switch (t) {
-    case DType::F32: return MPI_FLOAT;
-    case DType::F64: return MPI_DOUBLE;
-    case DType::BF16: return MPI_UINT16_T;  // moved as bits; never reduced in 16 bit
-    case DType::F16: return MPI_UINT16_T;
-    case DType::I32: return MPI_INT32_T;
-    case DType::I64: return MPI_INT64_T;
+    case DType::F32:
+      return MPI_FLOAT;
+    case DType::F64:
+      return MPI_DOUBLE;
+    case DType::BF16:
+      return MPI_UINT16_T;  // moved as bits; never reduced in 16 bit
+    case DType::F16:
+      return MPI_UINT16_T;
+    case DType::I32:
+      return MPI_INT32_T;
+    case DType::I64:
+      return MPI_INT64_T;
   }
   throw Error("mpi_type: invalid DType value " + std::to_string(static_cast<int>(t)));
 }
@@ -91,8 +97,8 @@ class MpiCollective final : public CollectiveImpl {
       case CollectiveKind::AllReduce:
         if (wide_) {
           widen_to_f32(send_, p.dtype, acc_.data(), p.count);
-          CHECK_MPI(MPI_Ireduce_scatter(acc_.data(), block_.data(), rcounts_.data(), MPI_FLOAT, mpi_op(p.op), comm_,
-                                        &req_));
+          CHECK_MPI(
+              MPI_Ireduce_scatter(acc_.data(), block_.data(), rcounts_.data(), MPI_FLOAT, mpi_op(p.op), comm_, &req_));
         } else {
           const void* sb = (send_ == recv_) ? MPI_IN_PLACE : send_;
           CHECK_MPI(MPI_Iallreduce(sb, recv_, cnt, dt, mpi_op(p.op), comm_, &req_));
@@ -176,7 +182,7 @@ class MpiCollective final : public CollectiveImpl {
   bool wide_ = false;
   int phase_ = 0;  // 0: idle/complete; 1, 2: the MPI request of that phase is in flight
   MPI_Request req_ = MPI_REQUEST_NULL;
-  std::vector<float> acc_, block_;                      // f32 scratch of 16-bit reductions
+  std::vector<float> acc_, block_;                          // f32 scratch of 16-bit reductions
   std::vector<int> scounts_, sdispls_, rcounts_, rdispls_;  // int arrays MPI wants
 };
 

@@ -21,12 +21,18 @@ namespace {
 
 ncclDataType_t nccl_type(DType t) {
   switch (t) {
-    case DType::F32: return ncclFloat32;
-    case DType::F64: return ncclFloat64;
-    case DType::BF16: return ncclBfloat16;
-    case DType::F16: return ncclFloat16;
-    case DType::I32: return ncclInt32;
-    case DType::I64: return ncclInt64;
+    case DType::F32:
+      return ncclFloat32;
+    case DType::F64:
+      return ncclFloat64;
+    case DType::BF16:
+      return ncclBfloat16;
+    case DType::F16:
+      return ncclFloat16;
+    case DType::I32:
+      return ncclInt32;
+    case DType::I64:
+      return ncclInt64;
   }
   throw Error("nccl_type: invalid DType value " + std::to_string(static_cast<int>(t)));
 }
@@ -41,8 +47,8 @@ int pick_device() {
   MPI_Comm local = MPI_COMM_NULL;
   CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
   int lrank = 0;
-  MPI_Comm_rank(local, &lrank);
-  MPI_Comm_free(&local);
+  CHECK_MPI(MPI_Comm_rank(local, &lrank));
+  CHECK_MPI(MPI_Comm_free(&local));
   return lrank % ndev;
 }
 
@@ -78,14 +84,20 @@ class NcclCollective final : public CollectiveImpl {
  public:
   NcclCollective(ncclComm_t comm, cudaStream_t stream, int n, int rank, const CollectivePlan& plan, const void* send,
                  void* recv)
-      : comm_(comm), stream_(stream), n_(n), rank_(rank), plan_(plan), send_(send), recv_(recv),
+      : comm_(comm),
+        stream_(stream),
+        n_(n),
+        rank_(rank),
+        plan_(plan),
+        send_(send),
+        recv_(recv),
         esize_(dtype_size(plan.dtype)) {
     CHECK_CUDA(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     const bool reduces = plan.kind == CollectiveKind::AllReduce || plan.kind == CollectiveKind::ReduceScatter;
     wide_ = reduces && is_16bit(plan.dtype);
     const auto un = static_cast<std::size_t>(n);
     if (wide_ && plan.kind == CollectiveKind::AllReduce) {
-      block_count_ = (plan.count + un - 1) / un;  // padded equal blocks (NCCL needs them)
+      block_count_ = (plan.count + un - 1) / un;               // padded equal blocks (NCCL needs them)
       acc_ = DeviceBuffer(block_count_ * un * sizeof(float));  // zeroed padding stays zero
       block_ = DeviceBuffer(block_count_ * sizeof(float));
       if (block_count_ * un != plan.count) stage_ = DeviceBuffer(block_count_ * un * esize_);
@@ -133,8 +145,8 @@ class NcclCollective final : public CollectiveImpl {
       case CollectiveKind::ReduceScatter:
         if (wide_) {
           cuda_widen_to_f32(send_, p.dtype, acc_.as<float>(), p.count * static_cast<std::size_t>(n_), stream_);
-          CHECK_NCCL(ncclReduceScatter(acc_.as<float>(), block_.as<float>(), p.count, ncclFloat32, nccl_op(p.op),
-                                       comm_, stream_));
+          CHECK_NCCL(ncclReduceScatter(acc_.as<float>(), block_.as<float>(), p.count, ncclFloat32, nccl_op(p.op), comm_,
+                                       stream_));
           cuda_narrow_from_f32(block_.as<float>(), divisor, p.dtype, recv_, p.count, stream_);
         } else {
           CHECK_NCCL(ncclReduceScatter(send_, recv_, p.count, dt, nccl_op(p.op), comm_, stream_));

@@ -29,24 +29,38 @@ struct KeySpec {
 
 const std::vector<KeySpec>& schema() {
   static const std::vector<KeySpec> s{
-      {"mesh", "data", KeyType::Int},           {"mesh", "fsdp", KeyType::Int},
-      {"mesh", "tensor", KeyType::Int},         {"mesh", "pipeline", KeyType::Int},
-      {"mesh", "expert", KeyType::Int},         {"model", "vocab", KeyType::Int},
-      {"model", "seq", KeyType::Int},           {"model", "hidden", KeyType::Int},
-      {"model", "heads", KeyType::Int},         {"model", "ffn", KeyType::Int},
-      {"model", "layers", KeyType::Int},        {"model", "experts", KeyType::Int},
-      {"model", "top_k", KeyType::Int},         {"model", "moe_every", KeyType::Int},
-      {"train", "steps", KeyType::Int},         {"train", "global_batch", KeyType::Int},
-      {"train", "micro_batches", KeyType::Int}, {"train", "lr", KeyType::Float},
-      {"train", "warmup", KeyType::Int},        {"train", "seed", KeyType::Int},
-      {"train", "data", KeyType::String},       {"strategy", "zero_stage", KeyType::Int},
+      {"mesh", "data", KeyType::Int},
+      {"mesh", "fsdp", KeyType::Int},
+      {"mesh", "tensor", KeyType::Int},
+      {"mesh", "pipeline", KeyType::Int},
+      {"mesh", "expert", KeyType::Int},
+      {"model", "vocab", KeyType::Int},
+      {"model", "seq", KeyType::Int},
+      {"model", "hidden", KeyType::Int},
+      {"model", "heads", KeyType::Int},
+      {"model", "ffn", KeyType::Int},
+      {"model", "layers", KeyType::Int},
+      {"model", "experts", KeyType::Int},
+      {"model", "top_k", KeyType::Int},
+      {"model", "moe_every", KeyType::Int},
+      {"train", "steps", KeyType::Int},
+      {"train", "global_batch", KeyType::Int},
+      {"train", "micro_batches", KeyType::Int},
+      {"train", "lr", KeyType::Float},
+      {"train", "warmup", KeyType::Int},
+      {"train", "seed", KeyType::Int},
+      {"train", "data", KeyType::String},
+      {"strategy", "zero_stage", KeyType::Int},
       {"strategy", "fsdp_min_weight_size", KeyType::Int},
       {"strategy", "gather_dtype", KeyType::String},
       {"strategy", "grad_scatter_dtype", KeyType::String},
-      {"strategy", "prefetch", KeyType::Int},   {"strategy", "schedule", KeyType::String},
+      {"strategy", "prefetch", KeyType::Int},
+      {"strategy", "schedule", KeyType::String},
       {"strategy", "sequence_parallel", KeyType::Bool},
-      {"checkpoint", "dir", KeyType::String},   {"checkpoint", "every", KeyType::Int},
-      {"checkpoint", "keep", KeyType::Int},     {"checkpoint", "async", KeyType::Bool},
+      {"checkpoint", "dir", KeyType::String},
+      {"checkpoint", "every", KeyType::Int},
+      {"checkpoint", "keep", KeyType::Int},
+      {"checkpoint", "async", KeyType::Bool},
   };
   return s;
 }
@@ -77,23 +91,34 @@ const KeySpec* find_key(const std::string& section, const std::string& key) {
 
 const char* type_word(KeyType t) {
   switch (t) {
-    case KeyType::Int: return "an integer";
-    case KeyType::Float: return "a number";
-    case KeyType::Bool: return "a boolean (true or false)";
-    case KeyType::String: return "a string";
+    case KeyType::Int:
+      return "an integer";
+    case KeyType::Float:
+      return "a number";
+    case KeyType::Bool:
+      return "a boolean (true or false)";
+    case KeyType::String:
+      return "a string";
   }
   return "?";
 }
 
 std::string node_type_word(const toml::node& n) {
   switch (n.type()) {
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a floating-point number";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    default: return "a date/time";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a floating-point number";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    default:
+      return "a date/time";
   }
 }
 
@@ -160,8 +185,10 @@ class DeckBuilder {
             if (auto x = node.value_exact<int64_t>()) v.i = *x, ok = true;
             break;
           case KeyType::Float:
-            if (node.is_integer()) v.f = static_cast<double>(*node.value_exact<int64_t>()), ok = true;
-            else if (auto x = node.value_exact<double>()) v.f = *x, ok = true;
+            if (node.is_integer())
+              v.f = static_cast<double>(*node.value_exact<int64_t>()), ok = true;
+            else if (auto x = node.value_exact<double>())
+              v.f = *x, ok = true;
             break;
           case KeyType::Bool:
             if (auto x = node.value_exact<bool>()) v.b = *x, ok = true;
@@ -196,7 +223,8 @@ class DeckBuilder {
     v.text = val;
     v.where = at;
     auto bad = [&]() {
-      throw InputError(detail::concat(at, ": ", full, " = ", val, " has the wrong type: expected ", type_word(spec->type)));
+      throw InputError(
+          detail::concat(at, ": ", full, " = ", val, " has the wrong type: expected ", type_word(spec->type)));
     };
     switch (spec->type) {
       case KeyType::Int: {
@@ -217,9 +245,12 @@ class DeckBuilder {
         break;
       }
       case KeyType::Bool:
-        if (val == "true") v.b = true;
-        else if (val == "false") v.b = false;
-        else bad();
+        if (val == "true")
+          v.b = true;
+        else if (val == "false")
+          v.b = false;
+        else
+          bad();
         break;
       case KeyType::String:
         if (val.size() >= 2 && (val.front() == '"' || val.front() == '\'') && val.back() == val.front())
@@ -250,8 +281,8 @@ class DeckBuilder {
     get_i64("model.experts", d.model.experts, 0);
     get_i64("model.top_k", d.model.top_k, 0);
     get_i64("model.moe_every", d.model.moe_every, 0);
-    SHARDFLOW_REQUIRE_INPUT(d.model.hidden % d.model.heads == 0, loc_of("model.heads"), ": model.heads = ",
-                            d.model.heads, " does not divide model.hidden = ", d.model.hidden);
+    SHARDFLOW_REQUIRE_INPUT(d.model.hidden % d.model.heads == 0, loc_of("model.heads"),
+                            ": model.heads = ", d.model.heads, " does not divide model.hidden = ", d.model.hidden);
     try {
       d.model.validate();
     } catch (const InputError& e) {
@@ -283,9 +314,12 @@ class DeckBuilder {
     d.strategy.grad_scatter_dtype = float_dtype("strategy.grad_scatter_dtype", d.strategy.grad_scatter_dtype);
     get_int("strategy.prefetch", d.strategy.prefetch, 0);
     if (auto* v = find("strategy.schedule")) {
-      if (v->s == "gpipe") d.strategy.schedule = PipelineSchedule::GPipe;
-      else if (v->s == "1f1b") d.strategy.schedule = PipelineSchedule::OneFOneB;
-      else throw InputError(v->where + ": strategy.schedule = " + v->text + " must be \"gpipe\" or \"1f1b\"");
+      if (v->s == "gpipe")
+        d.strategy.schedule = PipelineSchedule::GPipe;
+      else if (v->s == "1f1b")
+        d.strategy.schedule = PipelineSchedule::OneFOneB;
+      else
+        throw InputError(v->where + ": strategy.schedule = " + v->text + " must be \"gpipe\" or \"1f1b\"");
     }
     if (auto* v = find("strategy.sequence_parallel")) d.strategy.sequence_parallel = v->b;
     // [checkpoint]
@@ -365,7 +399,8 @@ std::string schedule_name(PipelineSchedule s) { return s == PipelineSchedule::GP
 MeshShape MeshSection::to_mesh_shape() const {
   std::vector<std::string> names{"data"};
   std::vector<int> sizes{data};
-  const std::pair<const char*, int> rest[] = {{"fsdp", fsdp}, {"pipeline", pipeline}, {"expert", expert}, {"tensor", tensor}};
+  const std::pair<const char*, int> rest[] = {
+      {"fsdp", fsdp}, {"pipeline", pipeline}, {"expert", expert}, {"tensor", tensor}};
   for (const auto& a : rest)
     if (a.second > 1) {
       names.emplace_back(a.first);
@@ -406,8 +441,14 @@ Deck load_deck(const std::string& path, const std::vector<std::string>& override
 
 void check_world_size(const Deck& deck, int world_size) {
   const int n = deck.mesh.size();
-  SHARDFLOW_REQUIRE_INPUT(n == world_size, deck.where("mesh.data"), ": [mesh] ", deck.mesh.to_mesh_shape().to_string(),
-                          " has ", n, " devices but the job has ", world_size, " ranks");
+  std::string at = deck.path.empty() ? std::string("<deck>") : deck.path;
+  for (const char* key : {"mesh.data", "mesh.fsdp", "mesh.pipeline", "mesh.expert", "mesh.tensor"})
+    if (deck.origin.count(key)) {
+      at = deck.where(key);
+      break;
+    }
+  SHARDFLOW_REQUIRE_INPUT(n == world_size, at, ": [mesh] ", deck.mesh.to_mesh_shape().to_string(), " has ", n,
+                          " devices but the job has ", world_size, " ranks");
 }
 
 std::string deck_to_toml(const Deck& d) {
@@ -420,12 +461,13 @@ std::string deck_to_toml(const Deck& d) {
      << "\n\n";
   os << "[train]\nsteps = " << d.train.steps << "\nglobal_batch = " << d.train.global_batch
      << "\nmicro_batches = " << d.train.micro_batches << "\nlr = " << toml::value<double>(d.train.lr)
-     << "\nwarmup = " << d.train.warmup << "\nseed = " << d.train.seed << "\ndata = " << toml::value<std::string>(d.train.data)
-     << "\n\n";
-  os << "[strategy]\nzero_stage = " << d.strategy.zero_stage << "\nfsdp_min_weight_size = "
-     << d.strategy.fsdp_min_weight_size << "\ngather_dtype = \"" << dtype_name(d.strategy.gather_dtype)
-     << "\"\ngrad_scatter_dtype = \"" << dtype_name(d.strategy.grad_scatter_dtype) << "\"\nprefetch = "
-     << d.strategy.prefetch << "\nschedule = \"" << schedule_name(d.strategy.schedule)
+     << "\nwarmup = " << d.train.warmup << "\nseed = " << d.train.seed
+     << "\ndata = " << toml::value<std::string>(d.train.data) << "\n\n";
+  os << "[strategy]\nzero_stage = " << d.strategy.zero_stage
+     << "\nfsdp_min_weight_size = " << d.strategy.fsdp_min_weight_size << "\ngather_dtype = \""
+     << dtype_name(d.strategy.gather_dtype) << "\"\ngrad_scatter_dtype = \""
+     << dtype_name(d.strategy.grad_scatter_dtype) << "\"\nprefetch = " << d.strategy.prefetch << "\nschedule = \""
+     << schedule_name(d.strategy.schedule)
      << "\"\nsequence_parallel = " << (d.strategy.sequence_parallel ? "true" : "false") << "\n\n";
   os << "[checkpoint]\ndir = " << toml::value<std::string>(d.checkpoint.dir) << "\nevery = " << d.checkpoint.every
      << "\nkeep = " << d.checkpoint.keep << "\nasync = " << (d.checkpoint.async ? "true" : "false") << "\n";

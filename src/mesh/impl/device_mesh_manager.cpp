@@ -24,8 +24,8 @@ double parse_model_size(const std::string& text) {
   }
   char* end = nullptr;
   const double v = std::strtod(num.c_str(), &end);
-  SHARDFLOW_REQUIRE_INPUT(!num.empty() && end == num.c_str() + num.size() && std::isfinite(v) && v > 0,
-                          "model size '", text, "' is not a positive number of parameters (expected e.g. 7B, 350M, 2e9)");
+  SHARDFLOW_REQUIRE_INPUT(!num.empty() && end == num.c_str() + num.size() && std::isfinite(v) && v > 0, "model size '",
+                          text, "' is not a positive number of parameters (expected e.g. 7B, 350M, 2e9)");
   return v * scale;
 }
 
@@ -75,7 +75,8 @@ Mesh DeviceMeshManager::bind(MPI_Comm world) const { return Mesh(shape_, world);
 
 std::vector<int> DeviceMeshManager::get_optimal_mesh_shape(int device_count, int dimensions) const {
   SHARDFLOW_REQUIRE_INPUT(device_count >= 1, "get_optimal_mesh_shape: device count ", device_count, " must be >= 1");
-  SHARDFLOW_REQUIRE_INPUT(dimensions >= 1, "get_optimal_mesh_shape: number of dimensions ", dimensions, " must be >= 1");
+  SHARDFLOW_REQUIRE_INPUT(dimensions >= 1, "get_optimal_mesh_shape: number of dimensions ", dimensions,
+                          " must be >= 1");
   std::vector<int> best, cur;
   double best_cost = 0;
   // Non-increasing factorisations, largest factor first.
@@ -119,8 +120,8 @@ std::string gb(double bytes) {
 }  // namespace
 
 TransformerMeshPlan DeviceMeshManager::plan_transformer_mesh(int device_count, const TransformerDims& dims,
-                                                             double params, int64_t sequence_length,
-                                                             int gpus_per_node, double memory_per_device_gib) const {
+                                                             double params, int64_t sequence_length, int gpus_per_node,
+                                                             double memory_per_device_gib) const {
   SHARDFLOW_REQUIRE_INPUT(device_count >= 1, "optimize_for_transformer: device count ", device_count, " must be >= 1");
   SHARDFLOW_REQUIRE_INPUT(gpus_per_node >= 1, "optimize_for_transformer: gpus per node ", gpus_per_node,
                           " must be >= 1");
@@ -147,18 +148,22 @@ TransformerMeshPlan DeviceMeshManager::plan_transformer_mesh(int device_count, c
   for (int t : divisors(device_count))
     if (gpus_per_node % t == 0) tensor_options.push_back(t);
   plan.tensor = tensor_options.back();
+  bool tensor_fits = false;
   for (int t : tensor_options)
     if (fits(t, 1, 1)) {
       plan.tensor = t;
+      tensor_fits = true;
       break;
     }
   std::vector<int> pipe_options;
   for (int p : divisors(device_count / plan.tensor))
     if (p <= dims.layers) pipe_options.push_back(p);
   plan.pipeline = pipe_options.back();
+  bool pipeline_fits = false;
   for (int p : pipe_options)
     if (fits(plan.tensor, p, 1)) {
       plan.pipeline = p;
+      pipeline_fits = true;
       break;
     }
   plan.replicas = device_count / (plan.tensor * plan.pipeline);
@@ -167,12 +172,11 @@ TransformerMeshPlan DeviceMeshManager::plan_transformer_mesh(int device_count, c
     plan.shard_states = false;
     plan.state_bytes = states(mp);
   } else {
-    SHARDFLOW_REQUIRE_INPUT(fits(plan.tensor, plan.pipeline, plan.replicas), "a model of ", params,
-                            " parameters does not fit on ", device_count, " devices of ", memory_per_device_gib,
-                            " GiB: with tensor=", plan.tensor, ", pipeline=", plan.pipeline, " and its states sharded over ",
-                            plan.replicas, " replicas it still needs ",
-                            gb(states(mp * plan.replicas) + act(plan.tensor, plan.pipeline)), " per device, more than ",
-                            gb(M));
+    SHARDFLOW_REQUIRE_INPUT(
+        fits(plan.tensor, plan.pipeline, plan.replicas), "a model of ", params, " parameters does not fit on ",
+        device_count, " devices of ", memory_per_device_gib, " GiB: with tensor=", plan.tensor,
+        ", pipeline=", plan.pipeline, " and its states sharded over ", plan.replicas, " replicas it still needs ",
+        gb(states(mp * plan.replicas) + act(plan.tensor, plan.pipeline)), " per device, more than ", gb(M));
     plan.shard_states = true;
     plan.state_bytes = states(mp * plan.replicas);
   }
@@ -198,9 +202,15 @@ TransformerMeshPlan DeviceMeshManager::plan_transformer_mesh(int device_count, c
   }
   plan.mesh = MeshShape(names, sizes);
   std::ostringstream os;
-  os << "tensor=" << plan.tensor << " (smallest divisor of " << gpus_per_node << " gpus per node that fits), pipeline="
-     << plan.pipeline << ", " << (plan.shard_states ? "fsdp=" : "data=") << plan.replicas << "; per device: states "
-     << gb(plan.state_bytes) << " + activations " << gb(plan.activation_bytes) << " of " << gb(M);
+  os << "tensor=" << plan.tensor
+     << (tensor_fits ? " (the smallest divisor of " : " (no divisor fits: the largest divisor of ") << gpus_per_node
+     << " gpus per node" << (tensor_fits ? " that fits" : "") << "), pipeline=" << plan.pipeline
+     << (plan.pipeline == 1 ? ""
+         : pipeline_fits    ? " (the smallest that fits)"
+                            : " (no stage count fits: the largest)")
+     << ", " << (plan.shard_states ? "fsdp=" : "data=") << plan.replicas
+     << (plan.shard_states ? " (model states sharded, ZeRO-3)" : "") << "; per device: states " << gb(plan.state_bytes)
+     << " + activations " << gb(plan.activation_bytes) << " of " << gb(M);
   plan.rationale = os.str();
   return plan;
 }

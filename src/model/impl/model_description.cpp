@@ -11,8 +11,8 @@ namespace shardflow {
 // ---- ModelConfig ---------------------------------------------------------------------------
 
 void ModelConfig::validate() const {
-  const std::pair<const char*, int64_t> positive[] = {{"vocab", vocab}, {"seq", seq},       {"hidden", hidden},
-                                                      {"heads", heads}, {"ffn", ffn},       {"layers", layers}};
+  const std::pair<const char*, int64_t> positive[] = {{"vocab", vocab}, {"seq", seq}, {"hidden", hidden},
+                                                      {"heads", heads}, {"ffn", ffn}, {"layers", layers}};
   for (const auto& kv : positive)
     SHARDFLOW_REQUIRE_INPUT(kv.second > 0, "model.", kv.first, " = ", kv.second, " must be > 0");
   SHARDFLOW_REQUIRE_INPUT(hidden % heads == 0, "model.heads = ", heads, " does not divide model.hidden = ", hidden);
@@ -20,11 +20,11 @@ void ModelConfig::validate() const {
   SHARDFLOW_REQUIRE_INPUT(top_k >= 0, "model.top_k = ", top_k, " must be >= 0");
   SHARDFLOW_REQUIRE_INPUT(moe_every >= 0, "model.moe_every = ", moe_every, " must be >= 0");
   if (experts == 0) {
-    SHARDFLOW_REQUIRE_INPUT(top_k == 0 && moe_every == 0, "model.top_k = ", top_k, " and model.moe_every = ",
-                            moe_every, " need model.experts > 0 (the model is dense with experts = 0)");
+    SHARDFLOW_REQUIRE_INPUT(top_k == 0 && moe_every == 0, "model.top_k = ", top_k, " and model.moe_every = ", moe_every,
+                            " need model.experts > 0 (the model is dense with experts = 0)");
   } else {
-    SHARDFLOW_REQUIRE_INPUT(top_k >= 1 && top_k <= experts, "model.top_k = ", top_k, " must be in [1, model.experts = ",
-                            experts, "]");
+    SHARDFLOW_REQUIRE_INPUT(top_k >= 1 && top_k <= experts, "model.top_k = ", top_k,
+                            " must be in [1, model.experts = ", experts, "]");
     SHARDFLOW_REQUIRE_INPUT(moe_every >= 1 && moe_every <= layers, "model.moe_every = ", moe_every,
                             " must be in [1, model.layers = ", layers, "] when model.experts = ", experts);
   }
@@ -39,9 +39,12 @@ std::string ModelConfig::to_string() const {
 
 std::string tensor_role_name(TensorRole r) {
   switch (r) {
-    case TensorRole::Param: return "param";
-    case TensorRole::Grad: return "grad";
-    case TensorRole::OptimizerState: return "optimizer_state";
+    case TensorRole::Param:
+      return "param";
+    case TensorRole::Grad:
+      return "grad";
+    case TensorRole::OptimizerState:
+      return "optimizer_state";
   }
   throw Error("tensor_role_name: invalid role");
 }
@@ -113,8 +116,8 @@ int axis_size(const MeshShape& m, const std::string& a) { return m.axis_size_or_
 
 ParamSharding ModelDescription::sharding(const ParamInfo& p, const MeshShape& mesh, const StrategyOptions& options,
                                          TensorRole role) const {
-  SHARDFLOW_REQUIRE_INPUT(options.zero_stage >= 0 && options.zero_stage <= 3, "strategy.zero_stage = ",
-                          options.zero_stage, " must be in 0..3");
+  SHARDFLOW_REQUIRE_INPUT(options.zero_stage >= 0 && options.zero_stage <= 3,
+                          "strategy.zero_stage = ", options.zero_stage, " must be in 0..3");
   ParamSharding s;
   s.view_shape = p.view_shape;
   s.spec = PartitionSpec::replicated(p.view_shape.size());
@@ -123,8 +126,8 @@ ParamSharding ModelDescription::sharding(const ParamInfo& p, const MeshShape& me
 
   const int tp = axis_size(mesh, "tensor");
   if (tp > 1 && p.tensor_split_dim >= 0) {
-    WeightSharding ws = WeightSharding::tensor_parallel(p.kind, static_cast<int>(config_.heads),
-                                                        static_cast<int>(config_.head_dim()));
+    WeightSharding ws =
+        WeightSharding::tensor_parallel(p.kind, static_cast<int>(config_.heads), static_cast<int>(config_.head_dim()));
     try {
       ws.validate(p.shape, tp);
     } catch (const InputError& e) {

@@ -191,7 +191,8 @@ std::string plan_to_text(const Plan& plan) {
      << " GiB each)\n";
   os << "recommended mesh: " << plan.recommendation.mesh.to_string() << "\n  " << plan.recommendation.rationale << "\n";
   if (plan.mesh != plan.recommendation.mesh) os << "mesh used below: " << plan.mesh.to_string() << "\n";
-  os << "zero_stage " << in.options.zero_stage << ", fsdp_min_weight_size " << in.options.fsdp_min_weight_size << "\n\n";
+  os << "zero_stage " << in.options.zero_stage << ", fsdp_min_weight_size " << in.options.fsdp_min_weight_size
+     << "\n\n";
   size_t wn = 4, ws = 5, wv = 4, wp = 4;
   for (const auto& p : plan.params) {
     wn = std::max(wn, p.name.size());
@@ -203,7 +204,8 @@ std::string plan_to_text(const Plan& plan) {
      << "  largest local view  placement\n";
   for (const auto& p : plan.params)
     os << pad(p.name, wn) << "  " << pad(shape_to_string(p.shape), ws) << "  " << pad(shape_to_string(p.view_shape), wv)
-       << "  " << pad(p.spec, wp) << "  " << pad(shape_to_string(p.max_local_view_shape), 18) << "  " << p.pinned << "\n";
+       << "  " << pad(p.spec, wp) << "  " << pad(shape_to_string(p.max_local_view_shape), 18) << "  " << p.pinned
+       << "\n";
   os << "\nmemory per device (GB = 1e9 bytes; ZeRO group N = data x fsdp = " << plan.zero_group
      << "; mixed-precision Adam 2+2+12 bytes per parameter):\n";
   os << pad("strategy", 9) << pad("params", 12) << pad("grads", 12) << pad("optimizer", 12) << pad("activations", 13)
@@ -223,20 +225,18 @@ std::string plan_to_json(const Plan& plan) {
     return j;
   };
   json j;
-  j["model"] = {{"label", in.model_label},     {"vocab", in.model.vocab},   {"seq", in.model.seq},
-                {"hidden", in.model.hidden},   {"heads", in.model.heads},   {"ffn", in.model.ffn},
-                {"layers", in.model.layers},   {"experts", in.model.experts}, {"parameters", plan.parameter_count}};
+  j["model"] = {{"label", in.model_label},   {"vocab", in.model.vocab},     {"seq", in.model.seq},
+                {"hidden", in.model.hidden}, {"heads", in.model.heads},     {"ffn", in.model.ffn},
+                {"layers", in.model.layers}, {"experts", in.model.experts}, {"parameters", plan.parameter_count}};
   j["devices"] = in.devices;
   j["gpus_per_node"] = in.gpus_per_node;
   j["memory_per_device_gib"] = in.memory_per_device_gib;
   j["recommended_mesh"] = mesh_json(plan.recommendation.mesh);
-  j["recommendation"] = {{"tensor", plan.recommendation.tensor},
-                         {"pipeline", plan.recommendation.pipeline},
-                         {"replicas", plan.recommendation.replicas},
-                         {"shard_states", plan.recommendation.shard_states},
-                         {"state_bytes", plan.recommendation.state_bytes},
-                         {"activation_bytes", plan.recommendation.activation_bytes},
-                         {"rationale", plan.recommendation.rationale}};
+  j["recommendation"] = {
+      {"tensor", plan.recommendation.tensor},           {"pipeline", plan.recommendation.pipeline},
+      {"replicas", plan.recommendation.replicas},       {"shard_states", plan.recommendation.shard_states},
+      {"state_bytes", plan.recommendation.state_bytes}, {"activation_bytes", plan.recommendation.activation_bytes},
+      {"rationale", plan.recommendation.rationale}};
   j["mesh"] = mesh_json(plan.mesh);
   j["zero_stage"] = in.options.zero_stage;
   j["zero_group"] = plan.zero_group;

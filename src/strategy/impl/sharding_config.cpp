@@ -8,8 +8,7 @@
 namespace shardflow {
 
 int ShardingConfig::get_total_device_count() const {
-  return data_parallel_size * tensor_parallel_size * pipeline_parallel_size * fsdp_parallel_size *
-         expert_parallel_size;
+  return data_parallel_size * tensor_parallel_size * pipeline_parallel_size * fsdp_parallel_size * expert_parallel_size;
 }
 
 void ShardingConfig::validate() const {
@@ -18,7 +17,8 @@ void ShardingConfig::validate() const {
                                                {"pipeline_parallel_size", pipeline_parallel_size},
                                                {"fsdp_parallel_size", fsdp_parallel_size},
                                                {"expert_parallel_size", expert_parallel_size}};
-  for (const auto& s : sizes) SHARDFLOW_REQUIRE_INPUT(s.second >= 1, "ShardingConfig: ", s.first, " = ", s.second, " must be >= 1");
+  for (const auto& s : sizes)
+    SHARDFLOW_REQUIRE_INPUT(s.second >= 1, "ShardingConfig: ", s.first, " = ", s.second, " must be >= 1");
   SHARDFLOW_REQUIRE_INPUT(fsdp_min_weight_size >= 0, "ShardingConfig: fsdp_min_weight_size = ", fsdp_min_weight_size,
                           " must be >= 0");
 }

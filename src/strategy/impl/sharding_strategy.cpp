@@ -11,8 +11,8 @@ namespace shardflow {
 ShardingStrategy::ShardingStrategy(std::string axis_name, int mesh_axis)
     : axis_name_(std::move(axis_name)), mesh_axis_(mesh_axis) {
   const auto& known = known_axis_names();
-  SHARDFLOW_REQUIRE_INPUT(std::find(known.begin(), known.end(), axis_name_) != known.end(), "sharding strategy: unknown mesh axis '",
-                          axis_name_, "'");
+  SHARDFLOW_REQUIRE_INPUT(std::find(known.begin(), known.end(), axis_name_) != known.end(),
+                          "sharding strategy: unknown mesh axis '", axis_name_, "'");
   SHARDFLOW_REQUIRE_INPUT(mesh_axis_ >= -1, "sharding strategy on axis '", axis_name_, "': mesh_axis ", mesh_axis_,
                           " must be >= 0 (or -1 to look it up)");
 }
@@ -126,7 +126,9 @@ PartitionSpec TensorParallelStrategy::get_tensor_spec(const Shape& shape, const 
   return s;
 }
 
-PartitionSpec TensorParallelStrategy::get_attention_qkv_spec() const { return PartitionSpec{{}, {axis_name()}, {}, {}}; }
+PartitionSpec TensorParallelStrategy::get_attention_qkv_spec() const {
+  return PartitionSpec{{}, {axis_name()}, {}, {}};
+}
 
 PartitionSpec TensorParallelStrategy::get_attention_output_spec() const { return PartitionSpec{{}, {axis_name()}, {}}; }
 
@@ -153,13 +155,14 @@ std::vector<int> PipelineParallelStrategy::assign_layers_to_stages(int num_layer
   SHARDFLOW_REQUIRE_INPUT(num_layers >= num_stages_, "pipeline: ", num_stages_, " stages but only ", num_layers,
                           " layers (every stage needs at least one layer)");
   std::vector<int> out(static_cast<size_t>(num_stages_));
-  for (int s = 0; s < num_stages_; ++s) out[static_cast<size_t>(s)] = static_cast<int>(split_extent(num_layers, num_stages_, s));
+  for (int s = 0; s < num_stages_; ++s)
+    out[static_cast<size_t>(s)] = static_cast<int>(split_extent(num_layers, num_stages_, s));
   return out;
 }
 
 int PipelineParallelStrategy::stage_of_layer(int layer, int num_layers) const {
-  SHARDFLOW_REQUIRE_INPUT(layer >= 0 && layer < num_layers, "pipeline: layer ", layer, " out of range [0, ",
-                          num_layers, ")");
+  SHARDFLOW_REQUIRE_INPUT(layer >= 0 && layer < num_layers, "pipeline: layer ", layer, " out of range [0, ", num_layers,
+                          ")");
   auto counts = assign_layers_to_stages(num_layers);
   int first = 0;
   for (int s = 0; s < num_stages_; ++s) {
@@ -207,10 +210,13 @@ std::map<std::string, std::string> PipelineParallelStrategy::get_sharding_constr
 // ---- MultiDimensionalStrategy ---------------------------------------------------------------
 
 namespace {
-std::string describe(const MultiDimensionalStrategy::Entry& e) { return "'" + e.first + "' (" + e.second->type_name() + ")"; }
+std::string describe(const MultiDimensionalStrategy::Entry& e) {
+  return "'" + e.first + "' (" + e.second->type_name() + ")";
+}
 bool dp_fsdp_pair(const ShardingStrategy& a, const ShardingStrategy& b) {
   auto t1 = a.type_name(), t2 = b.type_name();
-  return (t1 == "DataParallelStrategy" && t2 == "FSDPStrategy") || (t1 == "FSDPStrategy" && t2 == "DataParallelStrategy");
+  return (t1 == "DataParallelStrategy" && t2 == "FSDPStrategy") ||
+         (t1 == "FSDPStrategy" && t2 == "DataParallelStrategy");
 }
 }  // namespace
 
@@ -224,12 +230,13 @@ MultiDimensionalStrategy::MultiDimensionalStrategy(std::vector<Entry> strategies
                             " does not have");
     if (a.second->mesh_axis() >= 0)
       SHARDFLOW_REQUIRE_INPUT(a.second->mesh_axis() == mesh_.axis_index(a.second->axis_name()),
-                              "multi-dimensional strategy: strategy ", describe(a), " gives axis '", a.second->axis_name(),
-                              "' index ", a.second->mesh_axis(), " but it is axis ", mesh_.axis_index(a.second->axis_name()),
-                              " of mesh ", mesh_.to_string());
+                              "multi-dimensional strategy: strategy ", describe(a), " gives axis '",
+                              a.second->axis_name(), "' index ", a.second->mesh_axis(), " but it is axis ",
+                              mesh_.axis_index(a.second->axis_name()), " of mesh ", mesh_.to_string());
     for (size_t j = 0; j < i; ++j) {
       const auto& b = strategies_[j];
-      SHARDFLOW_REQUIRE_INPUT(a.first != b.first, "multi-dimensional strategy: two strategies are named '", a.first, "'");
+      SHARDFLOW_REQUIRE_INPUT(a.first != b.first, "multi-dimensional strategy: two strategies are named '", a.first,
+                              "'");
       SHARDFLOW_REQUIRE_INPUT(a.second->type_name() != b.second->type_name(), "conflicting strategies ", describe(b),
                               " and ", describe(a), ": two strategies of the same type");
       SHARDFLOW_REQUIRE_INPUT(a.second->axis_name() != b.second->axis_name() || dp_fsdp_pair(*a.second, *b.second),
@@ -259,8 +266,9 @@ PartitionSpec MultiDimensionalStrategy::resolve_sharding_conflicts(
                             p.second.to_string(), " with ", p.second.ndim(), " dimensions, others ", nd);
     order.emplace_back(&find(p.first), &p.second);
   }
-  std::stable_sort(order.begin(), order.end(),
-                   [](const auto& x, const auto& y) { return x.first->second->priority() > y.first->second->priority(); });
+  std::stable_sort(order.begin(), order.end(), [](const auto& x, const auto& y) {
+    return x.first->second->priority() > y.first->second->priority();
+  });
   PartitionSpec out = PartitionSpec::replicated(nd);
   std::map<std::string, std::pair<const Entry*, size_t>> owner;  // axis → (strategy, dim)
   for (const auto& [entry, spec] : order) {
@@ -271,7 +279,8 @@ PartitionSpec MultiDimensionalStrategy::resolve_sharding_conflicts(
           if (it->second.second == d) continue;  // the same claim again
           SHARDFLOW_REQUIRE_INPUT(dp_fsdp_pair(*it->second.first->second, *entry->second), "tensor '", tensor_name,
                                   "': strategies ", describe(*it->second.first), " and ", describe(*entry),
-                                  " both split mesh axis '", axis, "' (dimensions ", it->second.second, " and ", d, ")");
+                                  " both split mesh axis '", axis, "' (dimensions ", it->second.second, " and ", d,
+                                  ")");
           continue;  // FSDP (higher priority) keeps the axis; the data claim is dropped
         }
         owner[axis] = {entry, d};

@@ -6,17 +6,28 @@ namespace shardflow {
 
 std::string param_kind_name(ParamKind k) {
   switch (k) {
-    case ParamKind::Embedding: return "embedding";
-    case ParamKind::PosEmbedding: return "pos_embedding";
-    case ParamKind::NormGain: return "norm_gain";
-    case ParamKind::StackedQkv: return "stacked_qkv";
-    case ParamKind::AttentionOut: return "attention_out";
-    case ParamKind::GateUp: return "gate_up";
-    case ParamKind::Down: return "down";
-    case ParamKind::LmHead: return "lm_head";
-    case ParamKind::Router: return "router";
-    case ParamKind::ExpertGateUp: return "expert_gate_up";
-    case ParamKind::ExpertDown: return "expert_down";
+    case ParamKind::Embedding:
+      return "embedding";
+    case ParamKind::PosEmbedding:
+      return "pos_embedding";
+    case ParamKind::NormGain:
+      return "norm_gain";
+    case ParamKind::StackedQkv:
+      return "stacked_qkv";
+    case ParamKind::AttentionOut:
+      return "attention_out";
+    case ParamKind::GateUp:
+      return "gate_up";
+    case ParamKind::Down:
+      return "down";
+    case ParamKind::LmHead:
+      return "lm_head";
+    case ParamKind::Router:
+      return "router";
+    case ParamKind::ExpertGateUp:
+      return "expert_gate_up";
+    case ParamKind::ExpertDown:
+      return "expert_down";
   }
   throw Error("param_kind_name: invalid ParamKind " + std::to_string(static_cast<int>(k)));
 }
@@ -52,35 +63,50 @@ WeightSharding WeightSharding::tensor_parallel(ParamKind kind, int num_heads, in
 WeightSharding WeightSharding::resolve() const {
   if (kind_ != Kind::TensorParallel) return *this;
   switch (param_kind_) {
-    case ParamKind::StackedQkv: return stacked_qkv(heads_, head_dim_);
-    case ParamKind::AttentionOut: return head_aware_columnwise(heads_, head_dim_);
-    case ParamKind::GateUp: return gate_up(0);
-    case ParamKind::Down: return columnwise();
+    case ParamKind::StackedQkv:
+      return stacked_qkv(heads_, head_dim_);
+    case ParamKind::AttentionOut:
+      return head_aware_columnwise(heads_, head_dim_);
+    case ParamKind::GateUp:
+      return gate_up(0);
+    case ParamKind::Down:
+      return columnwise();
     case ParamKind::Embedding:
-    case ParamKind::LmHead: return rowwise();
+    case ParamKind::LmHead:
+      return rowwise();
     case ParamKind::PosEmbedding:
     case ParamKind::NormGain:
-    case ParamKind::Router: return replicate();
-    case ParamKind::ExpertGateUp: return gate_up(1);
-    case ParamKind::ExpertDown: return axiswise(2);
+    case ParamKind::Router:
+      return replicate();
+    case ParamKind::ExpertGateUp:
+      return gate_up(1);
+    case ParamKind::ExpertDown:
+      return axiswise(2);
   }
   throw Error("WeightSharding::resolve: invalid ParamKind");
 }
 
 std::string WeightSharding::to_string() const {
   switch (kind_) {
-    case Kind::Replicate: return "replicate";
-    case Kind::Rowwise: return "rowwise";
-    case Kind::Columnwise: return "columnwise";
-    case Kind::Axiswise: return "axiswise(axis=" + std::to_string(axis_) + ")";
+    case Kind::Replicate:
+      return "replicate";
+    case Kind::Rowwise:
+      return "rowwise";
+    case Kind::Columnwise:
+      return "columnwise";
+    case Kind::Axiswise:
+      return "axiswise(axis=" + std::to_string(axis_) + ")";
     case Kind::StackedQkv:
       return "stacked_qkv(num_heads=" + std::to_string(heads_) + ", head_dim=" + std::to_string(head_dim_) + ")";
     case Kind::HeadAwareColumnwise:
       return "head_aware_columnwise(num_heads=" + std::to_string(heads_) + ", head_dim=" + std::to_string(head_dim_) +
              ")";
-    case Kind::GateUp: return "gate_up(axis=" + std::to_string(axis_) + ")";
-    case Kind::ExpertParallel: return "expert_parallel";
-    case Kind::TensorParallel: return "tensor_parallel(" + param_kind_name(param_kind_) + ") = " + resolve().to_string();
+    case Kind::GateUp:
+      return "gate_up(axis=" + std::to_string(axis_) + ")";
+    case Kind::ExpertParallel:
+      return "expert_parallel";
+    case Kind::TensorParallel:
+      return "tensor_parallel(" + param_kind_name(param_kind_) + ") = " + resolve().to_string();
   }
   throw Error("WeightSharding::to_string: invalid kind");
 }
@@ -107,10 +133,15 @@ ViewPlan make_view(const WeightSharding& s, const Shape& w) {
                             shape_to_string(w));
   };
   switch (s.kind()) {
-    case WeightSharding::Kind::Replicate: return identity_view(w, -1);
+    case WeightSharding::Kind::Replicate:
+      return identity_view(w, -1);
     case WeightSharding::Kind::Rowwise:
-    case WeightSharding::Kind::ExpertParallel: need_rank(1); return identity_view(w, 0);
-    case WeightSharding::Kind::Columnwise: need_rank(2); return identity_view(w, 1);
+    case WeightSharding::Kind::ExpertParallel:
+      need_rank(1);
+      return identity_view(w, 0);
+    case WeightSharding::Kind::Columnwise:
+      need_rank(2);
+      return identity_view(w, 1);
     case WeightSharding::Kind::Axiswise:
       SHARDFLOW_REQUIRE_INPUT(s.axis() < nd, name, ": axis ", s.axis(), " is out of range for weight ",
                               shape_to_string(w));
@@ -147,7 +178,8 @@ ViewPlan make_view(const WeightSharding& s, const Shape& w) {
       p.split_dim = ax + 1;
       return p;
     }
-    case WeightSharding::Kind::TensorParallel: return make_view(s.resolve(), w);
+    case WeightSharding::Kind::TensorParallel:
+      return make_view(s.resolve(), w);
   }
   throw Error("WeightSharding: invalid kind");
 }

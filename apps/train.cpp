@@ -1,0 +1,197 @@
+// `shardflow train DECK`: trains the reference GPT on the deck's mesh and strategy.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include <KokkosBlas3_gemm.hpp>
+#include <Kokkos_Core.hpp>
+
+#include "command.hpp"
+#include "comm/comm_set.hpp"
+#include "config/deck.hpp"
+#include "core/error.hpp"
+#include "graph/observer.hpp"
+#include "mesh/mesh.hpp"
+#include "train/trainer.hpp"
+
+namespace {
+
+using namespace shardflow;
+
+struct TrainOptions {
+  std::string deck;
+  std::vector<std::string> overrides;
+  std::string summary, trace_dir, dump_graph;
+  bool quiet = false;
+  double peak_gflops = 0;  // per-rank peak for model-FLOPs utilisation; 0: measure sgemm
+};
+
+/// Single-core sgemm rate (GFLOP/s) through the same KokkosBlas path the model uses.
+double measure_sgemm_gflops() {
+  const int n = 512;
+  Kokkos::View<float**, Kokkos::LayoutRight> a("a", n, n), b("b", n, n), c("c", n, n);
+  Kokkos::deep_copy(a, 1.0f);
+  Kokkos::deep_copy(b, 0.5f);
+  KokkosBlas::gemm("N", "T", 1.0f, a, b, 0.0f, c);  // warm-up
+  double best = 1e30;
+  for (int r = 0; r < 5; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    KokkosBlas::gemm("N", "T", 1.0f, a, b, 0.0f, c);
+    Kokkos::fence();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return 2.0 * n * n * n / best / 1e9;
+}
+
+int64_t max_rss_bytes() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
+}
+
+std::string human_bytes(double b) {
+  const char* u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int i = 0;
+  while (b >= 1024 && i < 4) {
+    b /= 1024;
+    ++i;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f %s", b, u[i]);
+  return buf;
+}
+
+std::string human_time(double s) {
+  char buf[32];
+  if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
+  else std::snprintf(buf, sizeof buf, "%dh%02dm", static_cast<int>(s) / 3600, (static_cast<int>(s) / 60) % 60);
+  return buf;
+}
+
+int run_train(const TrainOptions& o) {
+  const int rank = app::world_rank();
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  Deck deck = load_deck(o.deck, o.overrides);
+  check_world_size(deck, world);
+  Mesh mesh(deck.mesh.to_mesh_shape());
+  comm::CommSet comms(mesh, comm::Backend::Mpi);
+  train::Trainer trainer(deck, mesh, comms);
+  if (!o.dump_graph.empty()) {
+    const std::string path = world > 1 ? o.dump_graph + ".rank" + std::to_string(rank) : o.dump_graph;
+    std::ofstream os(path);
+    SHARDFLOW_REQUIRE_INPUT(os.good(), "--dump-graph: cannot write '", path, "'");
+    trainer.graph().dump(os);
+  }
+  double peak = o.peak_gflops;
+  if (peak <= 0) {
+    double local = measure_sgemm_gflops();
+    MPI_Allreduce(&local, &peak, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+  }
+  graph::ChromeTraceObserver tracer(rank);
+  if (!o.trace_dir.empty()) trainer.executor().add_observer(&tracer);
+
+  const auto mem = trainer.memory();
+  if (rank == 0 && !o.quiet) {
+    std::printf("shardflow train: %s | mesh %s | %d ranks | zero_stage %d | %s\n", o.deck.c_str(),
+                mesh.shape().to_string().c_str(), world, deck.strategy.zero_stage, deck.model.to_string().c_str());
+    std::printf("per-rank model state: params %s, grads %s, optimizer %s; transient %s; activations %s\n",
+                human_bytes(static_cast<double>(mem.params)).c_str(), human_bytes(static_cast<double>(mem.grads)).c_str(),
+                human_bytes(static_cast<double>(mem.optimizer)).c_str(),
+                human_bytes(static_cast<double>(mem.transient)).c_str(),
+                human_bytes(static_cast<double>(mem.activations)).c_str());
+    std::fflush(stdout);
+  }
+  nlohmann::json steps = nlohmann::json::array();
+  double total_time = 0, final_loss = 0;
+  const int64_t total = deck.train.steps;
+  for (int64_t s = trainer.step(); s < total; s = trainer.step()) {
+    auto st = trainer.train_step();
+    total_time += st.step_time_s;
+    final_loss = st.loss;
+    // slowest rank's time and the largest footprint decide what the job sees
+    double t_local[3] = {st.step_time_s, st.comm_wait_s, st.compute_s}, t_max[3];
+    MPI_Allreduce(t_local, t_max, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    int64_t rss = max_rss_bytes(), rss_max = 0;
+    MPI_Allreduce(&rss, &rss_max, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
+    const double tps = static_cast<double>(deck.train.global_batch * deck.model.seq) / t_max[0];
+    steps.push_back({{"step", st.step}, {"loss", st.loss}, {"step_time_s", t_max[0]}, {"tokens_per_s", tps},
+                     {"comm_wait_s", t_max[1]}, {"compute_s", t_max[2]},
+                     {"mfu", trainer.model_flops_per_step() / t_max[0] / (peak * 1e9 * world)},
+                     {"grad_norm", st.grad_norm}});
+    if (rank == 0 && !o.quiet) {
+      const double eta = total_time / static_cast<double>(st.step - 0) * static_cast<double>(total - st.step);
+      std::printf("step %*lld/%lld  loss %.4f  %8.0f tok/s  step %.3fs  comm-wait %4.1f%%  peak/rank %s  eta %s\n",
+                  static_cast<int>(std::to_string(total).size()), static_cast<long long>(st.step),
+                  static_cast<long long>(total), st.loss, tps, t_max[0], 100.0 * t_max[1] / std::max(t_max[0], 1e-12),
+                  human_bytes(static_cast<double>(rss_max)).c_str(), human_time(eta).c_str());
+      std::fflush(stdout);
+    }
+  }
+  if (!o.trace_dir.empty()) tracer.write(o.trace_dir + "/trace.rank" + std::to_string(rank) + ".json");
+  std::vector<int64_t> peaks(static_cast<size_t>(world));
+  int64_t rss = max_rss_bytes();
+  MPI_Gather(&rss, 1, MPI_INT64_T, peaks.data(), 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+  std::vector<int64_t> states(static_cast<size_t>(world));
+  int64_t ms = mem.model_state();
+  MPI_Gather(&ms, 1, MPI_INT64_T, states.data(), 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+  if (rank == 0 && !o.summary.empty()) {
+    nlohmann::json j;
+    j["deck"] = o.deck;
+    j["world_size"] = world;
+    nlohmann::json m;
+    for (size_t i = 0; i < mesh.shape().axis_names().size(); ++i)
+      m[mesh.shape().axis_names()[i]] = mesh.shape().sizes()[i];
+    j["mesh"] = m;
+    j["zero_stage"] = deck.strategy.zero_stage;
+    j["steps"] = steps;
+    j["final_loss"] = final_loss;
+    j["peak_memory_bytes"] = peaks;
+    j["model_state_bytes"] = states;
+    j["model_flops_per_step"] = trainer.model_flops_per_step();
+    j["peak_gflops_per_rank"] = peak;
+    j["peak_gflops_source"] = o.peak_gflops > 0 ? "--peak-gflops" : "measured single-core sgemm";
+    // steady state: the median over the steps after the first (warm-up) one
+    std::vector<double> times;
+    for (size_t i = 1; i < steps.size(); ++i) times.push_back(steps[i]["step_time_s"].get<double>());
+    if (times.empty() && !steps.empty()) times.push_back(steps[0]["step_time_s"].get<double>());
+    if (!times.empty()) {
+      std::nth_element(times.begin(), times.begin() + static_cast<long>(times.size() / 2), times.end());
+      const double med = times[times.size() / 2];
+      j["median_step_time_s"] = med;
+      j["tokens_per_s"] = static_cast<double>(deck.train.global_batch * deck.model.seq) / med;
+      j["mfu"] = trainer.model_flops_per_step() / med / (peak * 1e9 * world);
+    }
+    const auto tot = trainer.executor().totals();
+    j["breakdown_s"] = {{"total", tot.total_s}, {"compute", tot.compute_s}, {"comm_wait", tot.comm_wait_s},
+                        {"other", std::max(0.0, tot.total_s - tot.compute_s - tot.comm_wait_s)}};
+    j["memory_bytes_rank0"] = {{"params", mem.params}, {"grads", mem.grads}, {"optimizer", mem.optimizer},
+                               {"transient", mem.transient}, {"activations", mem.activations}};
+    std::ofstream os(o.summary);
+    SHARDFLOW_REQUIRE_INPUT(os.good(), "--summary: cannot write '", o.summary, "'");
+    os << j.dump(2) << "\n";
+  }
+  return 0;
+}
+
+app::CommandRegistration reg("train", "train the reference GPT on a deck (run under mpiexec -n N or srun)",
+                             [](CLI::App& sub) {
+                               auto o = std::make_shared<TrainOptions>();
+                               sub.add_option("deck", o->deck, "input deck (TOML)")->required();
+                               sub.add_option("--set", o->overrides, "override a deck key: section.key=value")
+                                   ->take_all();
+                               sub.add_option("--summary", o->summary, "write a JSON summary to FILE");
+                               sub.add_option("--trace", o->trace_dir, "write Chrome traces (one per rank) to DIR");
+                               sub.add_option("--dump-graph", o->dump_graph, "write the step's task graph (DOT)");
+                               sub.add_flag("--quiet", o->quiet, "no progress lines");
+                               sub.add_option("--peak-gflops", o->peak_gflops,
+                                              "per-rank peak GFLOP/s for MFU (default: measured sgemm rate)");
+                               return [o] { return run_train(*o); };
+                             });
+
+}  // namespace

@@ -1,0 +1,165 @@
+#pragma once
+// Resharding: move a tensor from one Layout to another on the same mesh with one
+// all_to_allv. No rank ever holds more of the tensor than its two layouts give it.
+//
+//   ReshardPlan   (plan)       built once per layout pair on each rank: which boxes go to and
+//                              come from which peer, and the all_to_allv counts.
+//   Resharder<T>  (operation)  the plan bound to a world communicator and persistent
+//                              staging buffers: pack (kernels::pack_box), exchange, unpack
+//                              (kernels::unpack_box), step after step without allocating.
+//                              The piece a rank keeps is copied src -> dst directly
+//                              (kernels::copy_box) while the exchange is in flight.
+//   reshard(...)               the one-shot convenience.
+//
+// Replicas: a piece held by several ranks of the source layout is sent by exactly one of
+// them: the destination itself when it holds the piece, else replica (dest % replicas).
+// Ranks of the communicator must be the mesh ranks (CommSet::world()).
+#include <Kokkos_Core.hpp>
+#include <cstdint>
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "core/error.hpp"
+#include "core/half.hpp"
+#include "kernels/pack.hpp"
+#include "layout/layout.hpp"
+
+namespace shardflow::shard {
+
+/// One box (global coordinates) sent to or received from a peer.
+struct ReshardPiece {
+  int peer = 0;
+  Box box;
+};
+
+class ReshardPlan {
+ public:
+  /// Throws InputError when the layouts differ in global shape or mesh (naming both), or
+  /// when `rank` is not a rank of the mesh.
+  ReshardPlan(const Layout& from, const Layout& to, int rank);
+
+  const Layout& from() const { return from_; }
+  const Layout& to() const { return to_; }
+  int rank() const { return rank_; }
+  /// Pieces this rank sends to / receives from other ranks, ascending by peer (at most one
+  /// per peer).
+  const std::vector<ReshardPiece>& sends() const { return sends_; }
+  const std::vector<ReshardPiece>& recvs() const { return recvs_; }
+  /// The piece this rank keeps (copied from its source box into its target box without
+  /// staging or communication); empty extents when none.
+  const Box& local_piece() const { return local_; }
+  /// Elements in the staging buffers (sum of the pieces, the local piece excluded).
+  std::int64_t send_elems() const { return send_elems_; }
+  std::int64_t recv_elems() const { return recv_elems_; }
+  /// The all_to_allv of the exchange (counts and displacements by peer).
+  comm::CollectivePlan exchange_plan(DType t) const;
+  /// The rank that sends piece `shard_of_from_rank`'s data to `dest` (replica choice).
+  static int sender(const Layout& from, int holder, int dest);
+
+ private:
+  Layout from_, to_;
+  int rank_;
+  std::vector<ReshardPiece> sends_, recvs_;
+  Box local_;
+  std::int64_t send_elems_ = 0, recv_elems_ = 0;
+};
+
+/// The operation: a plan bound to a communicator and persistent staging buffers.
+template <class T, class ExecSpace = Kokkos::DefaultHostExecutionSpace>
+class Resharder {
+ public:
+  using memory_space = typename ExecSpace::memory_space;
+  using ConstView = Kokkos::View<const T*, memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  using View = Kokkos::View<T*, memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+
+  /// `world` must have the mesh's ranks in mesh order (CommSet::world()).
+  Resharder(comm::Communicator& world, ReshardPlan plan, ExecSpace exec = ExecSpace())
+      : plan_(std::move(plan)),
+        exec_(exec),
+        send_("shardflow::reshard::send", static_cast<std::size_t>(plan_.send_elems())),
+        recv_("shardflow::reshard::recv", static_cast<std::size_t>(plan_.recv_elems())),
+        exchange_(check_comm(world, plan_), plan_.exchange_plan(dtype_of<T>()), send_.data(), recv_.data()) {}
+
+  const ReshardPlan& plan() const { return plan_; }
+
+  /// Packs `src` (this rank's box of `from`, row-major), starts the exchange, and copies
+  /// the piece this rank keeps straight into `dst` (this rank's box of `to`, row-major)
+  /// while the exchange is in flight. Complete it with finish().
+  comm::Request start(ConstView src, View dst) {
+    const Box mine = plan_.from().box(plan_.rank()), theirs = plan_.to().box(plan_.rank());
+    SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(src.extent(0)) >= mine.numel(), "reshard: source has ",
+                            src.extent(0), " elements but rank ", plan_.rank(), " holds ", mine.numel(), " of ",
+                            plan_.from().to_string());
+    SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(dst.extent(0)) >= theirs.numel(), "reshard: destination has ",
+                            dst.extent(0), " elements but rank ", plan_.rank(), " holds ", theirs.numel(), " of ",
+                            plan_.to().to_string());
+    std::size_t off = 0;
+    for (const auto& piece : plan_.sends()) {
+      kernels::pack_box<ExecSpace, T>(exec_, src, mine.extent, relative(piece.box, mine),
+                                      View(send_.data(), send_.extent(0)), off);
+      off += static_cast<std::size_t>(piece.box.numel());
+    }
+    exec_.fence();
+    comm::Request req = exchange_.start();
+    const Box& keep = plan_.local_piece();
+    if (keep.numel() > 0) {
+      kernels::copy_box(exec_, src, kernels::StridedBox::row_major(mine.extent, relative(keep, mine)), dst,
+                        kernels::StridedBox::row_major(theirs.extent, relative(keep, theirs)));
+      exec_.fence();
+    }
+    dst_ = dst;
+    return req;
+  }
+
+  /// Waits for the exchange started by start() and unpacks what arrived into its `dst`.
+  void finish(comm::Request& req) {
+    req.wait();
+    View dst = dst_;
+    const Box mine = plan_.to().box(plan_.rank());
+    std::size_t off = 0;
+    for (const auto& piece : plan_.recvs()) {
+      kernels::unpack_box<ExecSpace, T>(exec_, ConstView(recv_.data(), recv_.extent(0)), off, dst, mine.extent,
+                                        relative(piece.box, mine));
+      off += static_cast<std::size_t>(piece.box.numel());
+    }
+    exec_.fence();
+  }
+
+  void run(ConstView src, View dst) {
+    comm::Request r = start(src, dst);
+    finish(r);
+  }
+
+ private:
+  static comm::Communicator& check_comm(comm::Communicator& c, const ReshardPlan& p) {
+    SHARDFLOW_REQUIRE_INPUT(c.size() == p.from().mesh().size(), "reshard: communicator '", c.name(), "' has ", c.size(),
+                            " ranks but the mesh ", p.from().mesh().to_string(), " has ", p.from().mesh().size());
+    SHARDFLOW_REQUIRE_INPUT(c.rank() == p.rank(), "reshard: plan built for rank ", p.rank(), " used on rank ", c.rank(),
+                            " of '", c.name(), "'");
+    return c;
+  }
+  static Box relative(const Box& b, const Box& frame) {
+    Box r = b;
+    for (std::size_t d = 0; d < r.ndim(); ++d) r.offset[d] -= frame.offset[d];
+    return r;
+  }
+
+  ReshardPlan plan_;
+  ExecSpace exec_;
+  Kokkos::View<T*, memory_space> send_, recv_;
+  View dst_;
+  comm::Collective exchange_;
+};
+
+/// One-shot reshard of this rank's box of `from` into its box of `to` (host vectors).
+template <class T>
+std::vector<T> reshard(comm::Communicator& world, const std::vector<T>& local, const Layout& from, const Layout& to) {
+  Resharder<T> op(world, ReshardPlan(from, to, world.rank()));
+  std::vector<T> out(static_cast<std::size_t>(to.local_numel(world.rank())));
+  using CV = typename Resharder<T>::ConstView;
+  using V = typename Resharder<T>::View;
+  op.run(CV(local.data(), local.size()), V(out.data(), out.size()));
+  return out;
+}
+
+}  // namespace shardflow::shard

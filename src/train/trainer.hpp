@@ -1,0 +1,100 @@
+#pragma once
+// Trainer: compiles (deck, mesh, strategy) into this rank's task graph for one training
+// step of the reference GPT (MODEL.md) and runs it step after step.
+//
+// Data parallelism runs over the mesh axes `data` and `fsdp` (the "dp group"); every dp
+// rank takes its contiguous slice of the global batch and splits it into
+// train.micro_batches micro-batches. strategy.zero_stage selects what is sharded over the
+// "shard group" (the fsdp axis when the mesh has one of size > 1, else the data axis):
+//   0  DP      parameters, gradients and optimizer state replicated; gradients all-reduced
+//              (mean over the dp group) as soon as each layer's last backward is done.
+//   1  ZeRO-1  optimizer state sharded: each rank updates its shard, then all-gathers the
+//              parameters.
+//   2  ZeRO-2  + gradients reduce-scattered (mean) into shards.
+//   3  ZeRO-3 / FSDP  + parameters sharded at rest and all-gathered per layer (in
+//              strategy.gather_dtype) ahead of use with strategy.prefetch layers of
+//              look-ahead, freed after use (a ring of prefetch + 1 buffers); gradients
+//              reduce-scattered per micro-batch (in strategy.grad_scatter_dtype).
+// With both data and fsdp axes (HSDP) the shards are over fsdp and the sharded gradients
+// are additionally all-reduced (mean) over data. Tensors with fewer than
+// strategy.fsdp_min_weight_size elements stay replicated. Shards split dimension 0 with
+// the project's uneven rule (the first rows % n shards get one more row), so every shard
+// is a contiguous block and each gathered tensor needs no repacking.
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/comm_set.hpp"
+#include "config/deck.hpp"
+#include "graph/executor.hpp"
+#include "graph/task_graph.hpp"
+#include "layout/layout.hpp"
+#include "mesh/mesh.hpp"
+
+namespace shardflow::train {
+
+struct StepStats {
+  int64_t step = 0;           // 1-based step just completed
+  double loss = 0;            // mean cross-entropy over the global batch
+  double step_time_s = 0;     // wall time of the step on this rank
+  double compute_s = 0;       // inside compute tasks
+  double comm_wait_s = 0;     // waiting on communication with nothing to compute
+  double tokens_per_s = 0;    // global tokens / step time
+  double grad_norm = 0;       // global L2 norm before clipping
+};
+
+/// A tensor of the training state as this rank holds it: its layout over the mesh and
+/// the local box's data (row-major), for checkpoints.
+struct StateTensor {
+  std::string name;  // parameter name, or "<name>.adam_m" / "<name>.adam_v"
+  Layout layout;
+  float* data = nullptr;
+  int64_t numel = 0;  // local elements (box numel)
+};
+
+struct MemoryStats {
+  int64_t params = 0, grads = 0, optimizer = 0;  // persistent bytes this rank holds
+  int64_t transient = 0;                          // gather/reduce buffers, staging
+  int64_t activations = 0;                        // saved activations and backward scratch
+  int64_t model_state() const { return params + grads + optimizer; }
+};
+
+class Trainer {
+ public:
+  /// Builds the graph and initialises the parameters from the deck's seed. Collective over
+  /// the mesh. Throws InputError for a deck this mesh or strategy cannot run.
+  Trainer(const Deck& deck, const Mesh& mesh, comm::CommSet& comms);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  /// Runs the next step (1, 2, ...). Collective.
+  StepStats train_step();
+  /// Steps completed.
+  int64_t step() const;
+  /// Sets the number of completed steps (after restoring a checkpoint).
+  void set_step(int64_t completed);
+
+  /// The whole parameter `name` on every rank (collective over the mesh).
+  std::vector<float> gather_parameter(const std::string& name);
+  /// Parameter names in MODEL.md order.
+  std::vector<std::string> parameter_names() const;
+
+  /// Parameters and AdamW moments as this rank holds them (for checkpoints): the layout of
+  /// each and a pointer to the local data, which stays valid for the trainer's lifetime.
+  std::vector<StateTensor> state_tensors();
+
+  graph::TaskGraph& graph();
+  graph::Executor& executor();
+  MemoryStats memory() const;
+  /// Model FLOPs of one step (forward + backward over the global batch).
+  double model_flops_per_step() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shardflow::train
