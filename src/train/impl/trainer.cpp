@@ -839,8 +839,8 @@ void Trainer::Impl::build_graph() {
     if (grp.fwd && !first_stage) {
       auto* c = pp_comm;
       const int peer = stage - 1;
-      recv = graph.emplace_comm({pp_key, "recv", "x" + mbs, T * H, "f32", peer}, [c, xbuf, peer, T, H] {
-        return as_poller(c->recv(xbuf, static_cast<size_t>(T * H), DType::F32, peer));
+      recv = graph.emplace_comm({pp_key, "recv", "x" + mbs, Tr * H, "f32", peer}, [c, xbuf, peer, n = Tr * H] {
+        return as_poller(c->recv(xbuf, static_cast<size_t>(n), DType::F32, peer));
       });
       recv.name("recv x" + mbs);
       if (j >= K) {
@@ -851,8 +851,8 @@ void Trainer::Impl::build_graph() {
     if (!grp.fwd && !last_stage) {
       auto* c = pp_comm;
       const int peer = stage + 1;
-      recv = graph.emplace_comm({pp_key, "recv", "dx" + mbs, T * H, "f32", peer}, [c, dxbuf, peer, T, H] {
-        return as_poller(c->recv(dxbuf, static_cast<size_t>(T * H), DType::F32, peer));
+      recv = graph.emplace_comm({pp_key, "recv", "dx" + mbs, Tr * H, "f32", peer}, [c, dxbuf, peer, n = Tr * H] {
+        return as_poller(c->recv(dxbuf, static_cast<size_t>(n), DType::F32, peer));
       });
       recv.name("recv dx" + mbs);
       if (j >= K) {
@@ -1138,8 +1138,8 @@ void Trainer::Impl::build_graph() {
       if (!last_stage) {
         auto* c = pp_comm;
         const int peer = stage + 1;
-        Task s = graph.emplace_comm({pp_key, "send", "x" + mbs, T * H, "f32", peer}, [c, xbuf, peer, T, H] {
-          return as_poller(c->send(xbuf, static_cast<size_t>(T * H), DType::F32, peer));
+        Task s = graph.emplace_comm({pp_key, "send", "x" + mbs, Tr * H, "f32", peer}, [c, xbuf, peer, n = Tr * H] {
+          return as_poller(c->send(xbuf, static_cast<size_t>(n), DType::F32, peer));
         });
         s.name("send x" + mbs);
         last.precede(s);
@@ -1151,8 +1151,8 @@ void Trainer::Impl::build_graph() {
       if (!first_stage) {
         auto* c = pp_comm;
         const int peer = stage - 1;
-        Task s = graph.emplace_comm({pp_key, "send", "dx" + mbs, T * H, "f32", peer}, [c, dxbuf, peer, T, H] {
-          return as_poller(c->send(dxbuf, static_cast<size_t>(T * H), DType::F32, peer));
+        Task s = graph.emplace_comm({pp_key, "send", "dx" + mbs, Tr * H, "f32", peer}, [c, dxbuf, peer, n = Tr * H] {
+          return as_poller(c->send(dxbuf, static_cast<size_t>(n), DType::F32, peer));
         });
         s.name("send dx" + mbs);
         last.precede(s);
