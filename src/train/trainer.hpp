@@ -37,7 +37,9 @@ namespace shardflow::train {
 
 struct StepStats {
   int64_t step = 0;           // 1-based step just completed
-  double loss = 0;            // mean cross-entropy over the global batch
+  double loss = 0;            // mean cross-entropy over the global batch (+ aux_loss for MoE)
+  double aux_loss = 0;        // MoE load-balancing loss (mean over the batch's sequences), 0 when dense
+  int64_t dropped = 0;        // MoE expert choices dropped by the capacity rule this step
   double step_time_s = 0;     // wall time of the step on this rank
   double compute_s = 0;       // inside compute tasks
   double comm_wait_s = 0;     // waiting on communication with nothing to compute
