@@ -142,6 +142,7 @@ TEST_P(Moe, MatchesOneRankAndIsBitwiseReproducible) {
   for (size_t i = 0; i < ref.dropped.size(); ++i) dropped += ref.dropped[i];
   EXPECT_GT(dropped, 0) << "the capacity rule never dropped a choice: it is untested";
   for (double a : ref.aux) EXPECT_GT(a, 0.0);
+  EXPECT_LT(ref.losses.back(), ref.losses.front() - 0.5) << "the MoE model does not learn";
   const std::string text = deck_text(c.mesh, c.zero, c.micro, c.extra, kMoe);
   TrainRun a = run_training(text, MPI_COMM_WORLD);
   expect_close(a, ref, c.name);
