@@ -1,7 +1,8 @@
 // bench_executor: scheduling overhead per (nearly) empty task of graph::Executor against
 // oneTBB's flow_graph on the same DAG, in the same run.
 //
-// Each task's body only stamps its position in the run order (`order[i] = ++tick (atomic)`), the
+// Each timed sample runs a graph back to back until about 2000 tasks ran. Each task's body
+// only stamps its position in the run order (`order[i] = ++tick (atomic)`), the
 // same body for both; the cost per task is run time / tasks. Both graphs are built once
 // and run many times (the way the trainer uses them); runs alternate between the two so
 // that load from other processes hits both alike, and the median run counts. TBB runs
@@ -117,10 +118,11 @@ struct Stamps {
     std::fill(order.begin(), order.end(), 0);
     tick.store(0);
   }
-  // failures: tasks not stamped exactly once (tick != n or a zero stamp), edges out of order
-  int64_t wrong(const Dag& d) const {
-    int64_t w = tick.load() == d.n ? 0 : 1;
-    for (auto v : order) w += v == 0 ? 1 : 0;
+  // after `runs` runs since reset(): failures are a wrong task count, a task the last run
+  // did not stamp, an edge whose ends were stamped out of order
+  int64_t wrong(const Dag& d, int runs) const {
+    int64_t w = tick.load() == int64_t{runs} * d.n ? 0 : 1;
+    for (auto v : order) w += v <= int64_t{runs - 1} * d.n ? 1 : 0;
     for (auto& e : d.edges)
       if (order[static_cast<size_t>(e.first)] >= order[static_cast<size_t>(e.second)]) ++w;
     return w;
@@ -176,14 +178,16 @@ struct Sample {
   double wall_ns = 0, cpu_ns = 0;  // per task
 };
 
+// `runs` back-to-back runs of a graph of n tasks, timed together (small graphs would
+// otherwise measure the clocks)
 template <class F>
-Sample time_run(F&& f, int n) {
+Sample time_run(F&& f, int n, int runs) {
   const double c0 = thread_cpu_seconds();
   const auto t0 = Clock::now();
-  f();
+  for (int r = 0; r < runs; ++r) f();
   const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
   const double cpu = thread_cpu_seconds() - c0;
-  return {wall * 1e9 / n, cpu * 1e9 / n};
+  return {wall * 1e9 / n / runs, cpu * 1e9 / n / runs};
 }
 
 double median(std::vector<double> v) {
@@ -220,7 +224,7 @@ int main(int argc, char** argv) {
   std::vector<Dag> dags = {chain(2000 * k), fan(2000 * k), layered(50 * k, 40, 3, 7u), step_shape(6 * k, 6 * k)};
 
   tbb::task_arena one(1);
-  std::printf("# bench_executor: ns per empty task, median of %d runs (runs alternate), wall and thread-CPU time\n",
+  std::printf("# bench_executor: ns per empty task, median of %d samples (alternating), wall and thread-CPU time\n",
               o.reps);
   std::printf("# %-8s %6s %6s | %9s %9s | %9s %9s | %9s | %11s %11s | %6s\n", "shape", "tasks", "edges", "sf wall",
               "sf cpu", "tbb1 wall", "tbb1 cpu", "tbbN wall", "sf/tbb1 wall", "sf/tbb1 cpu", "#wrong");
@@ -232,6 +236,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<TbbRunner> tb1;
     one.execute([&] { tb1 = std::make_unique<TbbRunner>(d, s); });
     TbbRunner tbn(d, s);
+    const int inner = std::max(1, 2000 / d.n);
     int64_t wrong = 0;
     std::vector<double> sw, sc, tw, tc, tn;
     auto sf_run = [&] { sf.run(); };
@@ -244,19 +249,19 @@ int main(int argc, char** argv) {
     }
     for (int r = 0; r < o.reps; ++r) {
       s.reset();
-      auto a = time_run(sf_run, d.n);
-      wrong += s.wrong(d);
+      auto a = time_run(sf_run, d.n, inner);
+      wrong += s.wrong(d, inner);
       s.reset();
-      auto b = time_run(tb_run1, d.n);
-      wrong += s.wrong(d);
+      auto b = time_run(tb_run1, d.n, inner);
+      wrong += s.wrong(d, inner);
       sw.push_back(a.wall_ns);
       sc.push_back(a.cpu_ns);
       tw.push_back(b.wall_ns);
       tc.push_back(b.cpu_ns);
       if (r % 4 == 0) {
         s.reset();
-        auto c = time_run(tb_runn, d.n);
-        wrong += s.wrong(d);
+        auto c = time_run(tb_runn, d.n, inner);
+        wrong += s.wrong(d, inner);
         tn.push_back(c.wall_ns);
       }
     }
