@@ -116,8 +116,12 @@ def main():
                         str(a.steps), "--warmup-steps", str(a.warmup), "--peak-gflops", str(peak), "--summary", j,
                         "--quiet"], log)
                 else:
+                    # `shardflow train` saves a checkpoint at the end: into a scratch directory
+                    ck = os.path.join(out, "ckpt-scratch")
+                    shutil.rmtree(ck, ignore_errors=True)
                     sh(mpi + [app, "train", a.deck, "--set"] + (dp_set if kind == "dp" else fsdp_set) +
-                       ["--summary", j, "--quiet"], log)
+                       ["checkpoint.dir=" + ck, "--summary", j, "--quiet"], log)
+                    shutil.rmtree(ck, ignore_errors=True)
                 with open(j) as f:
                     runs[kind].append(json.load(f))
         # per run: the median step after the warm-up; across rounds: the best (least disturbed) run
