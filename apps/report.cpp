@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -180,22 +181,24 @@ std::vector<std::string> make_plots(const ReportOptions& o, const fs::path& dir,
       os << r->name << " " << r->compute_s * 1e3 << " " << r->comm_s * 1e3 << " " << r->other_s * 1e3 << "\n";
   }
   const std::string xr = "set xrange [" + fmt_double(base.ranks * 0.8, 2) + ":" + fmt_double(max_ranks * 1.25, 2) +
-                         "]\nset logscale x 2\nset xtics (" + [&] {
+                         "]\nset logscale x 2\nset xtics (" +
+                         [&] {
                            std::string t;
                            for (int64_t n = 1; n <= max_ranks; n *= 2) t += (t.empty() ? "" : ", ") + std::to_string(n);
                            return t;
-                         }() + ")\n";
+                         }() +
+                         ")\n";
   std::ostringstream thr, eff, brk;
   thr << "set title " << gp_quote("throughput, " + scaling + " scaling") << "\n"
-      << "set xlabel 'ranks'\nset ylabel 'tokens/s'\nset key left top\nset grid\n" << xr
-      << "set yrange [0:*]\nplot " << gp_quote((pd / "ideal.dat").string())
+      << "set xlabel 'ranks'\nset ylabel 'tokens/s'\nset key left top\nset grid\n"
+      << xr << "set yrange [0:*]\nplot " << gp_quote((pd / "ideal.dat").string())
       << " using 1:2 with lines dt 2 lc rgb 'gray40' title " << gp_quote("ideal (from " + base.name + ")");
   for (const auto& [f, file] : series)
     thr << ", " << gp_quote(file) << " using 1:2 with linespoints pt 7 ps 1.2 title " << gp_quote(f);
   thr << "\n";
   eff << "set title " << gp_quote("parallel efficiency, " + scaling + " scaling") << "\n"
-      << "set xlabel 'ranks'\nset ylabel 'efficiency'\nset key left bottom\nset grid\n" << xr
-      << "set yrange [0:1.2]\nplot 1 with lines dt 2 lc rgb 'gray40' title 'ideal'";
+      << "set xlabel 'ranks'\nset ylabel 'efficiency'\nset key left bottom\nset grid\n"
+      << xr << "set yrange [0:1.2]\nplot 1 with lines dt 2 lc rgb 'gray40' title 'ideal'";
   for (const auto& [f, file] : series)
     eff << ", " << gp_quote(file) << " using 1:3 with linespoints pt 7 ps 1.2 title " << gp_quote(f);
   eff << "\n";
@@ -214,7 +217,8 @@ std::vector<std::string> make_plots(const ReportOptions& o, const fs::path& dir,
     os << "# written by `shardflow report` for study '" << study << "'\n"
        << "set terminal pngcairo size 640,440 noenhanced font ',10'\nset datafile separator whitespace\n";
     const std::string parts[3] = {thr.str(), eff.str(), brk.str()};
-    for (int i = 0; i < 3; ++i) os << "reset\nset output " << gp_quote(pngs[static_cast<size_t>(i)]) << "\n" << parts[i];
+    for (int i = 0; i < 3; ++i)
+      os << "reset\nset output " << gp_quote(pngs[static_cast<size_t>(i)]) << "\n" << parts[i];
     os << "reset\nset terminal pngcairo size 1500,440 noenhanced font ',10'\nset output " << gp_quote(pngs[3])
        << "\nset multiplot layout 1,3 title " << gp_quote("shardflow study '" + study + "'") << "\n";
     for (const auto& p : parts) os << p << "reset\n";
@@ -273,12 +277,11 @@ int run_report(const ReportOptions& o) {
   std::vector<Row*> ok;
   for (auto& r : rows)
     if (r.ok()) ok.push_back(&r);
-  SHARDFLOW_REQUIRE_INPUT(!ok.empty(), "study '", name, "' in ", dir.string(), " has no finished run yet:\n  ",
-                          [&] {
-                            std::string t;
-                            for (const auto& p : problems) t += p + "\n  ";
-                            return t;
-                          }());
+  SHARDFLOW_REQUIRE_INPUT(!ok.empty(), "study '", name, "' in ", dir.string(), " has no finished run yet:\n  ", [&] {
+    std::string t;
+    for (const auto& p : problems) t += p + "\n  ";
+    return t;
+  }());
   Row* base = ok.front();
   for (Row* r : ok)
     if (o.baseline.empty() ? r->ranks < base->ranks : r->name == o.baseline) base = r;
@@ -293,6 +296,7 @@ int run_report(const ReportOptions& o) {
   {
     std::ofstream csv(dir / "report.csv");
     SHARDFLOW_REQUIRE_INPUT(csv.good(), "cannot write ", (dir / "report.csv").string());
+    csv << std::setprecision(15);
     csv << "name,status,ranks,nodes,mesh,zero_stage,global_batch,steps,median_step_time_s,tokens_per_s,"
            "tokens_per_s_per_rank,speedup,ideal_tokens_per_s,efficiency,mfu,peak_gflops_per_rank,"
            "compute_s_per_step,comm_wait_s_per_step,other_s_per_step,peak_memory_bytes_per_rank,"
@@ -303,8 +307,8 @@ int run_report(const ReportOptions& o) {
       if (r.ok())
         csv << r.step_s << "," << r.tokens_per_s << "," << r.tokens_per_s / static_cast<double>(r.ranks) << ","
             << r.speedup << "," << r.ideal << "," << r.efficiency << "," << r.mfu << "," << r.peak_gflops << ","
-            << r.compute_s << "," << r.comm_s << "," << r.other_s << "," << r.peak_mem << "," << r.model_state
-            << "," << r.final_loss;
+            << r.compute_s << "," << r.comm_s << "," << r.other_s << "," << r.peak_mem << "," << r.model_state << ","
+            << r.final_loss;
       else
         csv << ",,,,,,,,,,,,,";
       csv << "," << r.job_id << "," << r.summary << "\n";
@@ -321,9 +325,8 @@ int run_report(const ReportOptions& o) {
   txt << "MFU against the per-rank peak " << fmt_double(base->peak_gflops, 1) << " GFLOP/s ("
       << (base->peak_source.empty() ? "stated in the summaries" : base->peak_source) << ")\n\n";
   char line[400];
-  std::snprintf(line, sizeof line, "%-18s %5s %-20s %9s %10s %8s %7s %6s %9s %9s %9s %10s\n", "config", "ranks",
-                "mesh", "step_ms", "tokens/s", "speedup", "effic.", "MFU", "comp_ms", "comm_ms", "other_ms",
-                "peak_mem");
+  std::snprintf(line, sizeof line, "%-18s %5s %-20s %9s %10s %8s %7s %6s %9s %9s %9s %10s\n", "config", "ranks", "mesh",
+                "step_ms", "tokens/s", "speedup", "effic.", "MFU", "comp_ms", "comm_ms", "other_ms", "peak_mem");
   txt << line;
   for (const auto& r : rows) {
     if (!r.ok()) {
@@ -361,8 +364,9 @@ app::CommandRegistration reg("report", "collect a study's run records into a CSV
                              [](CLI::App& sub) {
                                auto o = std::make_shared<ReportOptions>();
                                sub.add_option("dir", o->dir, "study directory (made by shardflow submit)")->required();
-                               sub.add_option("--baseline", o->baseline,
-                                              "configuration the efficiency is measured against (default: fewest ranks)");
+                               sub.add_option(
+                                   "--baseline", o->baseline,
+                                   "configuration the efficiency is measured against (default: fewest ranks)");
                                sub.add_flag("--no-plots", o->no_plots, "write the CSV and the statement only");
                                sub.add_option("--gnuplot", o->gnuplot, "the gnuplot command (default: gnuplot)");
                                return [o] { return run_report(*o); };

@@ -4,6 +4,7 @@
 // configurations in DIR/study.json and DIR/study.csv, for `shardflow report DIR`.
 // docs/slurm.md describes the sweep file; inputs/sweep_dp.toml is an example.
 #include <sys/stat.h>
+#include <toml++/toml.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,7 +18,6 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "command.hpp"
 #include "config/deck.hpp"
@@ -81,12 +81,17 @@ class SweepReader {
     Study s;
     for (auto&& [k, v] : root) {
       const std::string key(k.str());
-      if (key == "study") read_study(v, s);
-      else if (key == "slurm") read_slurm(v, s.slurm);
-      else if (key == "config") read_configs(v, s);
-      else if (key == "sweep") read_generator(v, s);
-      else throw InputError(detail::concat("sweep ", loc(file_, v), ": unknown section [", key,
-                                           "] (known: study, slurm, sweep, config)"));
+      if (key == "study")
+        read_study(v, s);
+      else if (key == "slurm")
+        read_slurm(v, s.slurm);
+      else if (key == "config")
+        read_configs(v, s);
+      else if (key == "sweep")
+        read_generator(v, s);
+      else
+        throw InputError(detail::concat("sweep ", loc(file_, v), ": unknown section [", key,
+                                        "] (known: study, slurm, sweep, config)"));
     }
     SHARDFLOW_REQUIRE_INPUT(!s.configs.empty(), "sweep ", file_,
                             ": no configurations (add [[config]] tables or a [sweep] section)");
@@ -142,34 +147,48 @@ class SweepReader {
   void read_study(const toml::node& n, Study& s) {
     for (auto&& [k, v] : table(n, "[study]")) {
       const std::string key(k.str());
-      if (key == "name") s.name = str(v, "study.name");
-      else if (key == "dir") s.dir = str(v, "study.dir");
+      if (key == "name")
+        s.name = str(v, "study.name");
+      else if (key == "dir")
+        s.dir = str(v, "study.dir");
       else if (key == "scaling") {
         s.scaling = str(v, "study.scaling");
         SHARDFLOW_REQUIRE_INPUT(s.scaling == "strong" || s.scaling == "weak", "sweep ", loc(file_, v),
                                 ": study.scaling = '", s.scaling, "' must be 'strong' or 'weak'");
-      } else if (key == "steps") s.steps = integer(v, "study.steps", 1);
-      else if (key == "set") s.sets = strings(v, "study.set");
-      else unknown("study", key, v, "name, dir, scaling, steps, set");
+      } else if (key == "steps")
+        s.steps = integer(v, "study.steps", 1);
+      else if (key == "set")
+        s.sets = strings(v, "study.set");
+      else
+        unknown("study", key, v, "name, dir, scaling, steps, set");
     }
   }
 
   void read_slurm(const toml::node& n, SlurmSettings& sl) {
     for (auto&& [k, v] : table(n, "[slurm]")) {
       const std::string key(k.str());
-      if (key == "partition") sl.partition = str(v, "slurm.partition");
-      else if (key == "time") sl.time = str(v, "slurm.time");
-      else if (key == "cpus_per_task") sl.cpus_per_task = integer(v, "slurm.cpus_per_task", 1);
-      else if (key == "gpus_per_task") sl.gpus_per_task = integer(v, "slurm.gpus_per_task", 0);
-      else if (key == "ranks_per_node") sl.ranks_per_node = integer(v, "slurm.ranks_per_node", 0);
-      else if (key == "signal_lead_s") sl.signal_lead_s = integer(v, "slurm.signal_lead_s", 0);
-      else if (key == "cpu_bind") sl.cpu_bind = str(v, "slurm.cpu_bind");
+      if (key == "partition")
+        sl.partition = str(v, "slurm.partition");
+      else if (key == "time")
+        sl.time = str(v, "slurm.time");
+      else if (key == "cpus_per_task")
+        sl.cpus_per_task = integer(v, "slurm.cpus_per_task", 1);
+      else if (key == "gpus_per_task")
+        sl.gpus_per_task = integer(v, "slurm.gpus_per_task", 0);
+      else if (key == "ranks_per_node")
+        sl.ranks_per_node = integer(v, "slurm.ranks_per_node", 0);
+      else if (key == "signal_lead_s")
+        sl.signal_lead_s = integer(v, "slurm.signal_lead_s", 0);
+      else if (key == "cpu_bind")
+        sl.cpu_bind = str(v, "slurm.cpu_bind");
       else if (key == "launcher") {
         sl.launcher = str(v, "slurm.launcher");
         SHARDFLOW_REQUIRE_INPUT(sl.launcher == "srun" || sl.launcher == "mpiexec", "sweep ", loc(file_, v),
                                 ": slurm.launcher = '", sl.launcher, "' must be 'srun' or 'mpiexec'");
-      } else if (key == "peak_gflops") sl.peak_gflops = number(v, "slurm.peak_gflops");
-      else if (key == "sbatch") sl.sbatch_options = strings(v, "slurm.sbatch");
+      } else if (key == "peak_gflops")
+        sl.peak_gflops = number(v, "slurm.peak_gflops");
+      else if (key == "sbatch")
+        sl.sbatch_options = strings(v, "slurm.sbatch");
       else
         unknown("slurm", key, v,
                 "partition, time, cpus_per_task, gpus_per_task, ranks_per_node, signal_lead_s, cpu_bind, "
@@ -181,9 +200,8 @@ class SweepReader {
     std::map<std::string, int64_t> m;
     for (auto&& [k, v] : table(n, "mesh")) {
       const std::string axis(k.str());
-      SHARDFLOW_REQUIRE_INPUT(std::find(kAxes.begin(), kAxes.end(), axis) != kAxes.end(), "sweep ",
-                              loc(file_, v), ": mesh axis '", axis,
-                              "' is not one of data, fsdp, tensor, pipeline, expert");
+      SHARDFLOW_REQUIRE_INPUT(std::find(kAxes.begin(), kAxes.end(), axis) != kAxes.end(), "sweep ", loc(file_, v),
+                              ": mesh axis '", axis, "' is not one of data, fsdp, tensor, pipeline, expert");
       m[axis] = integer(v, "mesh." + axis, 1);
     }
     return m;
@@ -198,12 +216,18 @@ class SweepReader {
       c.where = loc(file_, e);
       for (auto&& [k, v] : *e.as_table()) {
         const std::string key(k.str());
-        if (key == "name") c.name = str(v, "config.name");
-        else if (key == "ranks") c.ranks = integer(v, "config.ranks", 1);
-        else if (key == "nodes") c.nodes = integer(v, "config.nodes", 1);
-        else if (key == "mesh") c.mesh = mesh(v);
-        else if (key == "set") c.sets = strings(v, "config.set");
-        else unknown("config", key, v, "name, ranks, nodes, mesh, set");
+        if (key == "name")
+          c.name = str(v, "config.name");
+        else if (key == "ranks")
+          c.ranks = integer(v, "config.ranks", 1);
+        else if (key == "nodes")
+          c.nodes = integer(v, "config.nodes", 1);
+        else if (key == "mesh")
+          c.mesh = mesh(v);
+        else if (key == "set")
+          c.sets = strings(v, "config.set");
+        else
+          unknown("config", key, v, "name, ranks, nodes, mesh, set");
       }
       s.configs.push_back(std::move(c));
     }
@@ -218,15 +242,18 @@ class SweepReader {
     const std::string where = loc(file_, n);
     for (auto&& [k, v] : table(n, "[sweep]")) {
       const std::string key(k.str());
-      if (key == "ranks") ranks = ints(v, "sweep.ranks");
-      else if (key == "nodes") nodes = ints(v, "sweep.nodes");
+      if (key == "ranks")
+        ranks = ints(v, "sweep.ranks");
+      else if (key == "nodes")
+        nodes = ints(v, "sweep.nodes");
       else if (key == "axis") {
         axis = str(v, "sweep.axis");
-        SHARDFLOW_REQUIRE_INPUT(std::find(kAxes.begin(), kAxes.end(), axis) != kAxes.end(), "sweep ",
-                                loc(file_, v), ": sweep.axis = '", axis,
-                                "' is not one of data, fsdp, tensor, pipeline, expert");
-      } else if (key == "set") sets = strings(v, "sweep.set");
-      else unknown("sweep", key, v, "ranks, nodes, axis, set");
+        SHARDFLOW_REQUIRE_INPUT(std::find(kAxes.begin(), kAxes.end(), axis) != kAxes.end(), "sweep ", loc(file_, v),
+                                ": sweep.axis = '", axis, "' is not one of data, fsdp, tensor, pipeline, expert");
+      } else if (key == "set")
+        sets = strings(v, "sweep.set");
+      else
+        unknown("sweep", key, v, "ranks, nodes, axis, set");
     }
     SHARDFLOW_REQUIRE_INPUT(ranks.empty() != nodes.empty(), "sweep ", where,
                             ": [sweep] needs exactly one of ranks = [...] or nodes = [...]");
@@ -289,8 +316,8 @@ void resolve(Study& s, const std::string& deck_path, const fs::path& dir) {
     int64_t product = 1;
     for (auto& [axis, size] : c.mesh) product *= size;
     if (c.ranks == 0) c.ranks = product;
-    SHARDFLOW_REQUIRE_INPUT(product == c.ranks, "sweep ", c.where, ": the mesh ", mesh_label(c.mesh), " has ",
-                            product, " devices but the configuration has ranks = ", c.ranks);
+    SHARDFLOW_REQUIRE_INPUT(product == c.ranks, "sweep ", c.where, ": the mesh ", mesh_label(c.mesh), " has ", product,
+                            " devices but the configuration has ranks = ", c.ranks);
     if (c.name.empty()) c.name = "n" + std::to_string(c.ranks) + "-" + mesh_label(c.mesh);
     SHARDFLOW_REQUIRE_INPUT(safe_name(c.name), "sweep ", c.where, ": configuration name '", c.name,
                             "' may only hold letters, digits, '-', '_' and '.'");
@@ -312,26 +339,21 @@ void resolve(Study& s, const std::string& deck_path, const fs::path& dir) {
     sets.insert(sets.end(), s.sets.begin(), s.sets.end());
     sets.insert(sets.end(), c.sets.begin(), c.sets.end());
     // weak scaling: the batch per data-parallel rank stays that of the first configuration
-    Deck with = load_deck(deck_path, sets);
-    if (s.scaling == "weak") {
-      if (base_dp == 0) base_dp = with.data_parallel_size();
-      const int64_t gb = with.train.global_batch * with.data_parallel_size();
-      SHARDFLOW_REQUIRE_INPUT(gb % base_dp == 0, "sweep ", c.where, ": weak scaling cannot scale global_batch ",
-                              with.train.global_batch, " by ", with.data_parallel_size(), "/", base_dp);
-      sets.push_back("train.global_batch=" + std::to_string(gb / base_dp));
-      with = load_deck(deck_path, sets);
-    }
+    Deck with;
     try {
+      with = load_deck(deck_path, sets);
+      if (s.scaling == "weak") {
+        if (base_dp == 0) base_dp = with.data_parallel_size();
+        const int64_t gb = with.train.global_batch * with.data_parallel_size();
+        SHARDFLOW_REQUIRE_INPUT(gb % base_dp == 0, "weak scaling cannot scale global_batch ", with.train.global_batch,
+                                " by ", with.data_parallel_size(), "/", base_dp);
+        sets.push_back("train.global_batch=" + std::to_string(gb / base_dp));
+        with = load_deck(deck_path, sets);
+      }
       check_world_size(with, static_cast<int>(c.ranks));
-      (void)with.micro_batch_size();
     } catch (const InputError& e) {
       throw InputError(detail::concat("sweep ", c.where, ": configuration '", c.name, "': ", e.what()));
     }
-    SHARDFLOW_REQUIRE_INPUT(
-        with.train.global_batch % (with.data_parallel_size() * with.train.micro_batches) == 0, "sweep ", c.where,
-        ": configuration '", c.name, "': train.global_batch = ", with.train.global_batch,
-        " is not divisible by data-parallel size ", with.data_parallel_size(), " x micro_batches ",
-        with.train.micro_batches);
     c.global_batch = with.train.global_batch;
     c.sets = sets;
   }
@@ -341,8 +363,10 @@ void resolve(Study& s, const std::string& deck_path, const fs::path& dir) {
 std::string sh_quote(const std::string& s) {
   std::string out = "'";
   for (char ch : s) {
-    if (ch == '\'') out += "'\\''";
-    else out += ch;
+    if (ch == '\'')
+      out += "'\\''";
+    else
+      out += ch;
   }
   return out + "'";
 }
@@ -454,8 +478,9 @@ fs::path find_batch_dir(const std::string& option) {
       if (p == p.root_path()) break;
     }
   }
-  throw InputError("cannot find batch/shardflow_job.sh above the executable or the current directory; "
-                   "pass --batch-dir DIR or set SHARDFLOW_HOME to the shardflow source tree");
+  throw InputError(
+      "cannot find batch/shardflow_job.sh above the executable or the current directory; "
+      "pass --batch-dir DIR or set SHARDFLOW_HOME to the shardflow source tree");
 }
 
 std::string run_capture(const std::string& cmd, int& status) {
@@ -505,9 +530,10 @@ int run_submit(const SubmitOptions& o) {
   for (auto& g : groups) render_script(s, g, dir, deck, bin);
 
   if (o.dry_run) {
-    std::printf("# shardflow submit --dry-run: study '%s' (%s scaling), %zu configuration(s) in %zu job array(s); "
-                "study directory %s\n",
-                s.name.c_str(), s.scaling.c_str(), s.configs.size(), groups.size(), dir.string().c_str());
+    std::printf(
+        "# shardflow submit --dry-run: study '%s' (%s scaling), %zu configuration(s) in %zu job array(s); "
+        "study directory %s\n",
+        s.name.c_str(), s.scaling.c_str(), s.configs.size(), groups.size(), dir.string().c_str());
     for (const auto& g : groups) std::printf("\n# ===== %s\n%s", g.file.c_str(), g.script.c_str());
     return 0;
   }
@@ -522,9 +548,13 @@ int run_submit(const SubmitOptions& o) {
     SHARDFLOW_REQUIRE_INPUT(os.good(), "cannot write '", g.file, "'");
     os << g.script;
   }
-  nlohmann::json study = {{"study", s.name},     {"scaling", s.scaling}, {"deck", deck},
-                          {"sweep", fs::absolute(o.sweep).string()},     {"steps", s.steps},
-                          {"dir", dir.string()}, {"configs", nlohmann::json::array()}};
+  nlohmann::json study = {{"study", s.name},
+                          {"scaling", s.scaling},
+                          {"deck", deck},
+                          {"sweep", fs::absolute(o.sweep).string()},
+                          {"steps", s.steps},
+                          {"dir", dir.string()},
+                          {"configs", nlohmann::json::array()}};
   auto write_records = [&] {
     study["configs"] = nlohmann::json::array();
     for (const auto& g : groups)
@@ -536,8 +566,8 @@ int run_submit(const SubmitOptions& o) {
     for (const auto& g : groups)
       for (size_t i : g.members) {
         const auto& c = s.configs[i];
-        csv << c.name << "," << c.ranks << "," << c.nodes << "," << mesh_label(c.mesh) << "," << c.global_batch
-            << "," << s.steps << "," << c.job_id << "," << g.file << "," << c.run_dir << "," << c.output << "\n";
+        csv << c.name << "," << c.ranks << "," << c.nodes << "," << mesh_label(c.mesh) << "," << c.global_batch << ","
+            << s.steps << "," << c.job_id << "," << g.file << "," << c.run_dir << "," << c.output << "\n";
       }
   };
   for (auto& g : groups) {
@@ -546,7 +576,8 @@ int run_submit(const SubmitOptions& o) {
     std::string out = run_capture(cmd, status);
     while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
     const std::string id = out.substr(0, out.find(';'));
-    const bool numeric = !id.empty() && std::all_of(id.begin(), id.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+    const bool numeric =
+        !id.empty() && std::all_of(id.begin(), id.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
     if (status != 0 || !numeric) {
       write_records();  // what was submitted so far stays on record
       throw InputError(detail::concat("sbatch failed for ", g.file, " (status ", status, "): ", out));
@@ -565,18 +596,18 @@ int run_submit(const SubmitOptions& o) {
   return 0;
 }
 
-app::CommandRegistration reg("submit", "build Slurm job arrays for a scaling study (a deck and a sweep) and submit them",
-                             [](CLI::App& sub) {
-                               auto o = std::make_shared<SubmitOptions>();
-                               sub.add_option("deck", o->deck, "input deck (TOML)")->required();
-                               sub.add_option("--sweep", o->sweep, "sweep description (TOML)")->required();
-                               sub.add_option("--dir", o->dir, "study directory (default: study.dir, else studies/NAME)");
-                               sub.add_flag("--dry-run", o->dry_run, "print the sbatch scripts; write and submit nothing");
-                               sub.add_option("--batch-dir", o->batch_dir,
-                                              "directory with shardflow_job.sh (default: found from the executable)");
-                               sub.add_option("--bin", o->bin, "shardflow binary the jobs run (default: this one)");
-                               sub.add_option("--sbatch", o->sbatch, "the sbatch command (default: sbatch)");
-                               return [o] { return run_submit(*o); };
-                             });
+app::CommandRegistration reg(
+    "submit", "build Slurm job arrays for a scaling study (a deck and a sweep) and submit them", [](CLI::App& sub) {
+      auto o = std::make_shared<SubmitOptions>();
+      sub.add_option("deck", o->deck, "input deck (TOML)")->required();
+      sub.add_option("--sweep", o->sweep, "sweep description (TOML)")->required();
+      sub.add_option("--dir", o->dir, "study directory (default: study.dir, else studies/NAME)");
+      sub.add_flag("--dry-run", o->dry_run, "print the sbatch scripts; write and submit nothing");
+      sub.add_option("--batch-dir", o->batch_dir,
+                     "directory with shardflow_job.sh (default: found from the executable)");
+      sub.add_option("--bin", o->bin, "shardflow binary the jobs run (default: this one)");
+      sub.add_option("--sbatch", o->sbatch, "the sbatch command (default: sbatch)");
+      return [o] { return run_submit(*o); };
+    });
 
 }  // namespace

@@ -54,8 +54,10 @@ shardflow_launcher() {
   local ntasks="${SLURM_NTASKS:-1}"
   case "${SHARDFLOW_LAUNCHER:-srun}" in
     srun)
-      # --kill-on-bad-exit: one failing rank ends the step instead of leaving the rest waiting
-      _cmd=(srun --ntasks="$ntasks" --kill-on-bad-exit=1)
+      # no --kill-on-bad-exit: exit 99 ("checkpointed") is non-zero, and the first rank to
+      # exit must not kill the others while they finish their checkpoint; a rank that fails
+      # alone aborts the job itself (MPI_Abort in apps/main.cpp)
+      _cmd=(srun --ntasks="$ntasks" --kill-on-bad-exit=0)
       [[ -n "${SLURM_CPUS_PER_TASK:-}" ]] && _cmd+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
       [[ "${SHARDFLOW_CPU_BIND:-cores}" != "none" ]] && _cmd+=(--cpu-bind="${SHARDFLOW_CPU_BIND:-cores}")
       if [[ "${SLURM_GPUS_ON_NODE:-0}" != "0" && -n "${SLURM_GPUS_ON_NODE:-}" ]]; then

@@ -10,7 +10,8 @@ set(_slurm_env
   SLURM_CONF=${SHARDFLOW_SLURM_DIR}/slurm.conf
   SHARDFLOW_HOME=${PROJECT_SOURCE_DIR}
   SHARDFLOW_BIN=$<TARGET_FILE:shardflow_cli>
-  SLURM_TEST_WORK=${_slurm_work})
+  SLURM_TEST_WORK=${_slurm_work}
+  SHARDFLOW_CPU_BIND=none)  # the test Slurm has TaskPlugin=task/none: no binding
 
 # Without Slurm: submit --dry-run, sweep errors, the written array scripts run locally
 # under mpiexec, and report on their summaries.

@@ -3,6 +3,10 @@
 # Environment from CTest: SLURM_CONF, SHARDFLOW_BIN, SHARDFLOW_HOME, SLURM_TEST_WORK.
 set -uo pipefail
 export PATH="$PATH:/usr/sbin"
+# Bitwise comparisons need the same BLAS threading in the mpiexec reference as in the job
+# (shardflow_job.sh gives each rank SLURM_CPUS_PER_TASK = 1 thread): OpenBLAS's threaded
+# gemm rounds differently.
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 skip() {
   echo "SKIP: $*"

@@ -28,7 +28,7 @@ grep -q -- '--ntasks=2$' <<<"$out" || fail "no --ntasks=2"
 grep -q -- '--signal=B:USR1@30$' <<<"$out" || fail "no preemption signal line"
 grep -q -- "--set 'mesh.fsdp=2'" <<<"$out" || fail "the fsdp configuration is missing"
 grep -q -- "--set 'train.steps=5'" <<<"$out" || fail "study.steps is not passed"
-awk '/^# ===== /{n++; next} {print > (FILENAME "." n)}' FILENAME="$w/script" <<<"$out"
+awk -v base="$w/script" '/^# ===== /{n++; next} n {print > (base "." n)}' <<<"$out"
 for f in "$w"/script.1 "$w"/script.2; do bash -n "$f" || fail "$f is not valid bash"; done
 
 # ---- bad sweeps name the problem ------------------------------------------------------
