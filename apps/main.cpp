@@ -4,6 +4,8 @@
 // job is aborted so that no rank hangs waiting for one that already failed.
 #include <mpi.h>
 
+#include "core/threads.hpp"
+
 #include <Kokkos_Core.hpp>
 #include <chrono>
 #include <cstdio>
@@ -48,6 +50,7 @@ bool all_ranks_failed(double seconds) {
 int main(int argc, char** argv) {
   using namespace shardflow;
   MPI_Init(&argc, &argv);
+  shardflow::limit_blas_threads();
   const int rank = app::world_rank();
   CLI::App cli{"shardflow: sharded large-model training on MPI ranks (Kokkos kernels, MPI/NCCL collectives)"};
   cli.require_subcommand(1);

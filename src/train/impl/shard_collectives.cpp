@@ -45,22 +45,70 @@ void cast_in(const void* src, float* dst, int64_t n, DType from) {
 }
 
 namespace {
-void add_in(const void* src, float* dst, int64_t n, DType from, Kokkos::View<float*>& tmp) {
-  if (tmp.extent(0) < static_cast<size_t>(n)) tmp = Kokkos::View<float*>("shardflow::train::acc_tmp", n);
-  float* t = tmp.data();
-  cast_in(src, t, n, from);
-  Kokkos::parallel_for("shardflow::train::accumulate", Kokkos::RangePolicy<Kokkos::DefaultExecutionSpace>(0, n),
-                       KOKKOS_LAMBDA(int64_t i) { dst[i] += t[i]; });
+constexpr int kF32 = 0, kBF16 = 1, kF16 = 2;
+int dtype_code(DType t) {
+  if (t == DType::F32) return kF32;
+  if (t == DType::BF16) return kBF16;
+  if (t == DType::F16) return kF16;
+  throw Error("training collectives move f32, bf16 or f16, not " + dtype_name(t));
 }
 }  // namespace
 
-ShardGather::ShardGather(comm::Communicator& c, int64_t rows, int64_t cols, DType dtype, const float* shard,
-                         float* full)
-    : comm_(&c), rows_(rows), cols_(cols), n_(c.size()), me_(c.rank()), dtype_(dtype), shard_(shard), full_(full) {
+void pack_rows(const float* src, int64_t src_rows, int64_t src_r0, void* dst, int64_t dst_rows, int64_t dst_r0,
+               int64_t outer, int64_t nrows, int64_t inner, DType to) {
+  const int code = dtype_code(to);
+  const int64_t per = nrows * inner, n = outer * per;
+  if (n == 0) return;
+  float* df = static_cast<float*>(dst);
+  auto* dh = static_cast<std::uint16_t*>(dst);
+  Kokkos::parallel_for(
+      "shardflow::train::pack_rows", Kokkos::RangePolicy<Kokkos::DefaultExecutionSpace>(0, n),
+      KOKKOS_LAMBDA(int64_t k) {
+        const int64_t o = k / per, rem = k - o * per, r = rem / inner, i = rem - r * inner;
+        const float v = src[(o * src_rows + src_r0 + r) * inner + i];
+        const int64_t d = (o * dst_rows + dst_r0 + r) * inner + i;
+        if (code == kF32) df[d] = v;
+        else if (code == kBF16) dh[d] = bf16(v).bits;
+        else dh[d] = f16(v).bits;
+      });
+}
+
+void unpack_rows(const void* src, int64_t src_rows, int64_t src_r0, float* dst, int64_t dst_rows, int64_t dst_r0,
+                 int64_t outer, int64_t nrows, int64_t inner, DType from, bool accumulate) {
+  const int code = dtype_code(from);
+  const int64_t per = nrows * inner, n = outer * per;
+  if (n == 0) return;
+  const float* sf = static_cast<const float*>(src);
+  const auto* sh = static_cast<const std::uint16_t*>(src);
+  Kokkos::parallel_for(
+      "shardflow::train::unpack_rows", Kokkos::RangePolicy<Kokkos::DefaultExecutionSpace>(0, n),
+      KOKKOS_LAMBDA(int64_t k) {
+        const int64_t o = k / per, rem = k - o * per, r = rem / inner, i = rem - r * inner;
+        const int64_t s = (o * src_rows + src_r0 + r) * inner + i;
+        const float v = code == kF32    ? sf[s]
+                        : code == kBF16 ? static_cast<float>(bf16::from_bits(sh[s]))
+                                        : static_cast<float>(f16::from_bits(sh[s]));
+        const int64_t d = (o * dst_rows + dst_r0 + r) * inner + i;
+        if (accumulate) dst[d] += v;
+        else dst[d] = v;
+      });
+}
+
+ShardGather::ShardGather(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype,
+                         const float* shard, float* full)
+    : comm_(&c),
+      outer_(outer),
+      rows_(rows),
+      cols_(inner),
+      n_(c.size()),
+      me_(c.rank()),
+      dtype_(dtype),
+      shard_(shard),
+      full_(full) {
   const int64_t block_rows = (rows + n_ - 1) / n_;
-  block_ = block_rows * cols;
-  const bool aliased = shard >= full && shard < full + rows * cols;
-  direct_ = dtype == DType::F32 && rows % n_ == 0 && !aliased;
+  block_ = outer * block_rows * inner;
+  const bool aliased = shard >= full && shard < full + outer * rows * inner;
+  direct_ = dtype == DType::F32 && rows % n_ == 0 && outer == 1 && !aliased;
   const size_t es = dtype_size(dtype);
   const void* send = shard;
   void* recv = full;
@@ -77,28 +125,28 @@ ShardGather::ShardGather(comm::Communicator& c, int64_t rows, int64_t cols, DTyp
 int64_t ShardGather::staging_bytes() const { return static_cast<int64_t>(send_.extent(0) + recv_.extent(0)); }
 
 std::function<bool()> ShardGather::start() {
-  if (!direct_) {
-    const int64_t my = split_extent(rows_, n_, me_) * cols_;
-    cast_out(shard_, send_.data(), my, dtype_);
-  }
+  if (!direct_) cast_out(shard_, send_.data(), outer_ * split_extent(rows_, n_, me_) * cols_, dtype_);
   auto req = std::make_shared<comm::Request>(coll_->start());
   return [this, req] {
     if (!req->test()) return false;
     if (!direct_) {
       const size_t es = dtype_size(dtype_);
-      for (int64_t i = 0; i < n_; ++i)
-        cast_in(recv_.data() + static_cast<size_t>(i * block_) * es, full_ + split_offset(rows_, n_, i) * cols_,
-                split_extent(rows_, n_, i) * cols_, dtype_);
+      for (int64_t i = 0; i < n_; ++i) {
+        const int64_t ri = split_extent(rows_, n_, i);
+        unpack_rows(recv_.data() + static_cast<size_t>(i * block_) * es, ri, 0, full_, rows_,
+                    split_offset(rows_, n_, i), outer_, ri, cols_, dtype_, false);
+      }
     }
     return true;
   };
 }
 
-ShardReduceScatter::ShardReduceScatter(comm::Communicator& c, int64_t rows, int64_t cols, DType dtype,
-                                       const float* full, float* shard_out, bool accumulate)
+ShardReduceScatter::ShardReduceScatter(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner,
+                                       DType dtype, const float* full, float* shard_out, bool accumulate)
     : comm_(&c),
+      outer_(outer),
       rows_(rows),
-      cols_(cols),
+      cols_(inner),
       n_(c.size()),
       me_(c.rank()),
       dtype_(dtype),
@@ -106,8 +154,8 @@ ShardReduceScatter::ShardReduceScatter(comm::Communicator& c, int64_t rows, int6
       out_(shard_out),
       accumulate_(accumulate) {
   const int64_t block_rows = (rows + n_ - 1) / n_;
-  block_ = block_rows * cols;
-  direct_ = dtype == DType::F32 && rows % n_ == 0 && !accumulate;
+  block_ = outer * block_rows * inner;
+  direct_ = dtype == DType::F32 && rows % n_ == 0 && outer == 1 && !accumulate;
   const size_t es = dtype_size(dtype);
   const void* send = full;
   void* recv = shard_out;
@@ -129,18 +177,18 @@ std::function<bool()> ShardReduceScatter::start() {
   if (!direct_) {
     const size_t es = dtype_size(dtype_);
     if (rows_ % n_ != 0) Kokkos::deep_copy(send_, char(0));  // padding rows contribute zeros
-    for (int64_t i = 0; i < n_; ++i)
-      cast_out(full_ + split_offset(rows_, n_, i) * cols_, send_.data() + static_cast<size_t>(i * block_) * es,
-               split_extent(rows_, n_, i) * cols_, dtype_);
+    for (int64_t i = 0; i < n_; ++i) {
+      const int64_t ri = split_extent(rows_, n_, i);
+      pack_rows(full_, rows_, split_offset(rows_, n_, i), send_.data() + static_cast<size_t>(i * block_) * es, ri, 0,
+                outer_, ri, cols_, dtype_);
+    }
   }
   auto req = std::make_shared<comm::Request>(coll_->start());
-  auto tmp = std::make_shared<Kokkos::View<float*>>();
-  return [this, req, tmp] {
+  return [this, req] {
     if (!req->test()) return false;
     if (!direct_) {
-      const int64_t my = split_extent(rows_, n_, me_) * cols_;
-      if (accumulate_) add_in(recv_.data(), out_, my, dtype_, *tmp);
-      else cast_in(recv_.data(), out_, my, dtype_);
+      const int64_t my = split_extent(rows_, n_, me_);
+      unpack_rows(recv_.data(), my, 0, out_, my, 0, outer_, my, cols_, dtype_, accumulate_);
     }
     return true;
   };

@@ -1,6 +1,9 @@
 #pragma once
-// Dim-0 shard collectives of the training step: all-gather and reduce-scatter of a
-// [rows, cols] f32 tensor split by rows with the uneven rule, moved in a chosen dtype.
+// Shard collectives of the training step: all-gather and reduce-scatter of an f32 tensor
+// seen as [outer, rows, inner] (any view dimension of a row-major tensor: outer is the
+// product of the extents before it, inner of those after it), split along `rows` with the
+// uneven rule, moved in a chosen dtype. A shard is the box [outer, rows_i, inner], stored
+// contiguously (row-major over the box). With outer = 1 this is the plain dim-0 split.
 // The comm layer's collectives take equal blocks, so uneven shards travel in blocks of
 // ceil(rows / n) rows; packing (pad, cast) happens when an operation starts and unpacking
 // (unpad, cast) when it completes, inside the comm task, so the step needs no extra tasks.
@@ -22,16 +25,29 @@ void cast_out(const float* src, void* dst, int64_t n, DType to);
 /// Copies n elements of dtype `from` into floats.
 void cast_in(const void* src, float* dst, int64_t n, DType from);
 
+/// Strided box copy with a cast, for tensors seen as [outer, rows, inner]:
+///   dst[(o·dst_rows + dst_r0 + r)·inner + i] (+)= src[(o·src_rows + src_r0 + r)·inner + i]
+/// for o < outer, r < nrows, i < inner. pack_rows reads floats and writes dtype `to`;
+/// unpack_rows reads dtype `from` and writes (or, with accumulate, adds to) floats.
+void pack_rows(const float* src, int64_t src_rows, int64_t src_r0, void* dst, int64_t dst_rows, int64_t dst_r0,
+               int64_t outer, int64_t nrows, int64_t inner, DType to);
+void unpack_rows(const void* src, int64_t src_rows, int64_t src_r0, float* dst, int64_t dst_rows, int64_t dst_r0,
+                 int64_t outer, int64_t nrows, int64_t inner, DType from, bool accumulate);
+
 class ShardGather {
  public:
   /// shard: this rank's rows (split_extent rows of `rows`); full: rows * cols floats.
-  ShardGather(comm::Communicator& c, int64_t rows, int64_t cols, DType dtype, const float* shard, float* full);
+  ShardGather(comm::Communicator& c, int64_t rows, int64_t cols, DType dtype, const float* shard, float* full)
+      : ShardGather(c, 1, rows, cols, dtype, shard, full) {}
+  /// shard: this rank's box [outer, split_extent(rows), inner]; full: outer * rows * inner.
+  ShardGather(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype, const float* shard,
+              float* full);
   std::function<bool()> start();
   int64_t staging_bytes() const;
 
  private:
   comm::Communicator* comm_;
-  int64_t rows_, cols_, n_, me_, block_;
+  int64_t outer_, rows_, cols_, n_, me_, block_;
   DType dtype_;
   const float* shard_;
   float* full_;
@@ -45,13 +61,17 @@ class ShardReduceScatter {
   /// full: rows * cols floats (this rank's contribution); shard_out: this rank's rows.
   /// The result is the mean over the communicator. With accumulate, shard_out += result.
   ShardReduceScatter(comm::Communicator& c, int64_t rows, int64_t cols, DType dtype, const float* full,
-                     float* shard_out, bool accumulate);
+                     float* shard_out, bool accumulate)
+      : ShardReduceScatter(c, 1, rows, cols, dtype, full, shard_out, accumulate) {}
+  /// full: outer * rows * inner; shard_out: this rank's box [outer, split_extent(rows), inner].
+  ShardReduceScatter(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype,
+                     const float* full, float* shard_out, bool accumulate);
   std::function<bool()> start();
   int64_t staging_bytes() const;
 
  private:
   comm::Communicator* comm_;
-  int64_t rows_, cols_, n_, me_, block_;
+  int64_t outer_, rows_, cols_, n_, me_, block_;
   DType dtype_;
   const float* full_;
   float* out_;

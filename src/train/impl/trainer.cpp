@@ -1,7 +1,5 @@
 #include "train/trainer.hpp"
 
-#include <sys/resource.h>
-
 #include <Kokkos_Core.hpp>
 #include <algorithm>
 #include <chrono>
@@ -12,10 +10,12 @@
 #include "core/error.hpp"
 #include "data/loader.hpp"
 #include "graph/verify.hpp"
+#include "model/model_description.hpp"
 #include "nn/gpt.hpp"
 #include "nn/init.hpp"
 #include "nn/kernels.hpp"
 #include "optim/adamw.hpp"
+#include "strategy/sharding_strategy.hpp"
 #include "train/impl/shard_collectives.hpp"
 
 namespace shardflow::train {
@@ -40,6 +40,39 @@ std::function<bool()> as_poller(comm::Request r) {
 
 int64_t view_bytes(const FVec& v) { return static_cast<int64_t>(v.extent(0) * sizeof(float)); }
 
+int64_t prod(const Shape& s, size_t b, size_t e) {
+  int64_t n = 1;
+  for (size_t d = b; d < e; ++d) n *= s[d];
+  return n;
+}
+
+/// Copies between a row-major tensor of `shape` and the row-major data of one of its
+/// boxes (host memory): to_box: box = tensor[b]; else tensor[b] = box.
+void box_copy(const float* src, const Shape& shape, const Box& b, float* dst, bool to_box) {
+  const int64_t n = b.numel();
+  if (n == 0) return;
+  const Shape st = row_major_strides(shape);
+  const size_t nd = shape.size();
+  std::vector<int64_t> idx(nd, 0);
+  for (int64_t k = 0; k < n; ++k) {
+    int64_t off = 0;
+    for (size_t d = 0; d < nd; ++d) off += (b.offset[d] + idx[d]) * st[d];
+    if (to_box) dst[k] = src[off];
+    else dst[off] = src[k];
+    for (size_t d = nd; d-- > 0;) {
+      if (++idx[d] < b.extent[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+std::vector<std::string> sized_axes(const MeshShape& shape, std::initializer_list<const char*> names) {
+  std::vector<std::string> out;
+  for (const char* a : names)
+    if (shape.axis_size_or_1(a) > 1) out.push_back(a);
+  return out;
+}
+
 }  // namespace
 
 struct Trainer::Impl {
@@ -48,29 +81,47 @@ struct Trainer::Impl {
   const Mesh* mesh;
   comm::CommSet* comms;
   nn::GptConfig cfg;
+  ModelDescription desc;
   optim::AdamWConfig opt;
   int zero = 0;
-  std::vector<std::string> dp_axes, shard_axes, repl_axes;
+  std::vector<std::string> dp_axes, shard_axes, repl_axes, norm_axes, loss_axes;
   comm::Communicator* dp_comm = nullptr;
   comm::Communicator* shard_comm = nullptr;
   comm::Communicator* repl_comm = nullptr;
-  int dp_size = 1, shard_size = 1, repl_size = 1;
+  comm::Communicator* tp_comm = nullptr;
+  comm::Communicator* pp_comm = nullptr;
+  comm::Communicator* norm_comm = nullptr;
+  comm::Communicator* loss_comm = nullptr;
+  int dp_size = 1, shard_size = 1, repl_size = 1, shard_index = 0;
+  int tp = 1, tc = 0;         // tensor-parallel size and this rank's coordinate
+  int pp = 1, stage = 0;      // pipeline stages and this rank's stage
+  int layer_begin = 0, layer_end = 0;  // this stage's layers [begin, end)
+  bool first_stage = true, last_stage = true;
+  int act_slots = 1;                   // micro-batches whose activations a stage holds at once
+  int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0;  // local heads, head columns, ffn, vocab slice
   int64_t micro = 1, mb_seqs = 1, local_seqs = 1, tokens_mb = 1;
   data::Slice slice;
   std::unique_ptr<data::DataLoader> loader;
 
   // ---- parameters -------------------------------------------------------------------
+  // Each parameter is held as its tensor-parallel box of the view shape (ModelDescription),
+  // stored row-major over the box; ZeRO splits one more view dimension `dz` of that box,
+  // seen as [O, R, I] (O: extents before dz, R: dz, I: extents after).
   struct Param {
     std::string name;
-    Shape shape;
-    int64_t rows = 0, cols = 0, numel = 0;
+    Shape shape, view;
+    int dt = -1;        // view dim split by the tensor axis (-1: replicated over tensor)
+    Shape lext, loff;   // tensor-parallel box of the view
+    int64_t lnumel = 0;
     bool decay = false;
-    int unit = 0;
+    int unit = 0, stage = 0;
+    bool here = true;   // this rank's stage holds it
     bool sharded = false;
-    int64_t row0 = 0, nrows = 0;
-    FVec param, grad, gshard, m, v;
+    int dz = -1;
+    int64_t O = 1, R = 1, I = 1, r0 = 0, nr = 0;
+    FVec param, grad, gshard, m, v, pshard, gtmp;
     int64_t slot_off = -1;
-    int64_t shard_numel() const { return nrows * cols; }
+    int64_t shard_numel() const { return O * nr * I; }
   };
   std::vector<Param> params;
   std::map<std::string, int> index;
@@ -82,15 +133,16 @@ struct Trainer::Impl {
   struct Acts {
     FVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
   };
-  std::vector<Acts> acts;
-  FVec x, dx, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
+  std::vector<std::vector<Acts>> acts;  // [local layer][slot]
+  std::vector<FVec> xs, dxs;            // residual stream and its gradient, per slot
+  FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
   std::vector<TVec> inputs, targets;
   std::unique_ptr<nn::Embedding<float, Exec>::Scratch> escratch;
 
   // ---- step state ------------------------------------------------------------------------
   int64_t completed = 0;
   double loss_local = 0, loss_global = 0;
-  double sq_sharded_local = 0, sq_sharded = 0, sq_repl = 0, grad_norm = 0;
+  double sq_local = 0, sq_total = 0, grad_norm = 0;
   graph::TaskGraph graph{"train_step"};
   graph::Executor executor;
   std::vector<std::unique_ptr<detail::ShardGather>> gathers;
@@ -104,22 +156,39 @@ struct Trainer::Impl {
   void build_graph();
   void init_params();
 
-  // pointers to a unit's parameters / gradients for a use
-  float* pptr(const Param& p, int slot) { return (zero == 3 && p.sharded) ? pslots[slot].data() + p.slot_off : p.param.data(); }
-  float* gptr(const Param& p, int gslot) { return (zero == 3 && p.sharded) ? gslots[gslot].data() + p.slot_off : p.grad.data(); }
-  const Param& P(const std::string& n) const { return params[static_cast<size_t>(index.at(n))]; }
+  float* pptr(const Param& p, int slot) {
+    return (zero == 3 && p.sharded) ? pslots[static_cast<size_t>(slot)].data() + p.slot_off : p.param.data();
+  }
+  float* gptr(const Param& p, int gslot) {
+    return (zero == 3 && p.sharded) ? gslots[static_cast<size_t>(gslot)].data() + p.slot_off : p.grad.data();
+  }
+  bool accum(const Param& p, bool acc) const { return acc && !(zero == 3 && p.sharded); }
   Param& P(const std::string& n) { return params[static_cast<size_t>(index.at(n))]; }
+  Param& U(int unit, int k) { return params[static_cast<size_t>(units[static_cast<size_t>(unit)][static_cast<size_t>(k)])]; }
+  Acts& act(int l, int slot) { return acts[static_cast<size_t>(l - layer_begin)][static_cast<size_t>(slot)]; }
+  float* shard_param_ptr(Param& p) { return p.O > 1 ? p.pshard.data() : p.param.data() + p.r0 * p.I; }
+  Layout param_layout(const Param& p, bool optimizer_state) const;
 
-  // compute
-  void embed_fwd(int j, int slot);
-  void layer_fwd(int l, int slot);
-  void head(int j, int slot, int gslot, bool acc);
-  void layer_bwd(int l, int slot, int gslot, bool acc);
-  void embed_bwd(int j, int gslot, bool acc);
-  void norm_and_update();
+  // compute (segments separated by the tensor-parallel all-reduces)
+  void embed_fwd_a(int j, int xs_slot, int slot);
+  void embed_fwd_b(int xs_slot, int slot);
+  void layer_fwd_attn(int l, int xs_slot, int slot);
+  void layer_fwd_mlp(int l, int xs_slot, int slot);
+  void layer_fwd_end(int l, int xs_slot);
+  void head_a(int xs_slot, int slot);
+  void head_b(int j);
+  void head_c(int j, int slot, int gslot, bool acc);
+  void head_d(int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_end(int l, int xs_slot, int slot, int gslot, bool acc);
+  void embed_bwd(int j, int xs_slot, int gslot, bool acc);
+  void norm_local();
+  void update();
 };
 
-Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), mesh(&m), comms(&c) {
+Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c)
+    : deck(d), mesh(&m), comms(&c), desc(d.model) {
   cfg.vocab = deck.model.vocab;
   cfg.seq = deck.model.seq;
   cfg.hidden = deck.model.hidden;
@@ -129,9 +198,13 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), m
   cfg.validate();
   SHARDFLOW_REQUIRE_INPUT(!deck.model.is_moe(), "model.experts = ", deck.model.experts,
                           ": mixture-of-experts layers are not supported by this training step yet");
-  for (const char* axis : {"tensor", "pipeline", "expert"})
-    SHARDFLOW_REQUIRE_INPUT(m.shape().axis_size_or_1(axis) == 1, "mesh.", axis, " = ",
-                            m.shape().axis_size_or_1(axis), ": this training step supports the data and fsdp axes");
+  SHARDFLOW_REQUIRE_INPUT(m.shape().axis_size_or_1("expert") == 1, "mesh.expert = ",
+                          m.shape().axis_size_or_1("expert"),
+                          ": the expert axis needs a mixture-of-experts model, which this training step does not run yet");
+  SHARDFLOW_REQUIRE_INPUT(!deck.strategy.sequence_parallel,
+                          "strategy.sequence_parallel = true is not supported by this training step yet (",
+                          deck.where("strategy.sequence_parallel"), ")");
+  desc.check_mesh(m.shape());
   opt.lr = deck.train.lr;
   opt.warmup = deck.train.warmup;
   opt.validate();
@@ -157,6 +230,7 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), m
 
 void Trainer::Impl::setup_groups() {
   const auto& shape = mesh->shape();
+  const int me = mesh->rank();
   for (const char* a : {"data", "fsdp"})
     if (shape.has_axis(a)) dp_axes.push_back(a);
   dp_size = shape.group_size(dp_axes);
@@ -168,9 +242,44 @@ void Trainer::Impl::setup_groups() {
     if (std::find(shard_axes.begin(), shard_axes.end(), a) == shard_axes.end()) repl_axes.push_back(a);
   shard_size = shape.group_size(shard_axes);
   repl_size = shape.group_size(repl_axes);
+  if (!shard_axes.empty()) shard_index = shape.group_index(me, mesh->canonical_axes(shard_axes));
   if (!dp_axes.empty()) dp_comm = &comms->group(dp_axes);
   if (!shard_axes.empty()) shard_comm = &comms->group(shard_axes);
   if (!repl_axes.empty()) repl_comm = &comms->group(repl_axes);
+  tp = shape.axis_size_or_1("tensor");
+  if (tp > 1) {
+    tp_comm = &comms->axis("tensor");
+    tc = shape.coord(me, "tensor");
+  }
+  pp = shape.axis_size_or_1("pipeline");
+  if (pp > 1) {
+    pp_comm = &comms->axis("pipeline");
+    stage = shape.coord(me, "pipeline");
+  }
+  // the gradient norm: every element counted once over shards, tensor slices and stages
+  norm_axes = shard_axes;
+  for (const auto& a : sized_axes(shape, {"pipeline", "tensor"})) norm_axes.push_back(a);
+  if (!norm_axes.empty() && shape.group_size(norm_axes) > 1) norm_comm = &comms->group(norm_axes);
+  // the loss: summed over the batch slices, from the last stage
+  loss_axes = sized_axes(shape, {"data", "fsdp", "pipeline"});
+  if (!loss_axes.empty()) loss_comm = &comms->group(loss_axes);
+
+  const int L = static_cast<int>(cfg.layers);
+  PipelineParallelStrategy pps("pipeline", -1, pp);
+  const auto counts = pps.assign_layers_to_stages(L);
+  layer_begin = 0;
+  for (int s = 0; s < stage; ++s) layer_begin += counts[static_cast<size_t>(s)];
+  layer_end = layer_begin + counts[static_cast<size_t>(stage)];
+  first_stage = stage == 0;
+  last_stage = stage == pp - 1;
+
+  const int64_t A = cfg.heads, D = cfg.head_dim();
+  A_l = split_extent(A, tp, tc);
+  H_l = A_l * D;
+  F_l = split_extent(cfg.ffn, tp, tc);
+  V_l = split_extent(cfg.vocab, tp, tc);
+  v0 = split_offset(cfg.vocab, tp, tc);
+
   micro = deck.train.micro_batches;
   const int64_t B = deck.train.global_batch;
   SHARDFLOW_REQUIRE_INPUT(micro >= 1, "train.micro_batches = ", micro, " must be >= 1");
@@ -180,40 +289,70 @@ void Trainer::Impl::setup_groups() {
   local_seqs = B / dp_size;
   mb_seqs = local_seqs / micro;
   tokens_mb = mb_seqs * cfg.seq;
-  slice = data::replica_slice(B, dp_size, dp_axes.empty() ? 0 : shape.group_index(mesh->rank(), mesh->canonical_axes(dp_axes)));
+  slice = data::replica_slice(B, dp_size, dp_axes.empty() ? 0 : shape.group_index(me, mesh->canonical_axes(dp_axes)));
+  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1) act_slots = static_cast<int>(micro);
+  else act_slots = static_cast<int>(std::min<int64_t>(pp - stage, micro));
 }
 
 void Trainer::Impl::setup_params() {
-  const auto infos = nn::gpt_parameters(cfg);
   const int L = static_cast<int>(cfg.layers);
   units.assign(static_cast<size_t>(L + 2), {});
   std::vector<int64_t> unit_numel(static_cast<size_t>(L + 2), 0);
-  for (const auto& info : infos) {
+  for (const auto& info : desc.params()) {
     Param p;
     p.name = info.name;
     p.shape = info.shape;
-    p.numel = info.numel;
-    p.rows = info.shape[0];
-    p.cols = p.numel / std::max<int64_t>(1, p.rows);
+    p.view = info.view_shape;
+    p.dt = tp > 1 ? info.tensor_split_dim : -1;
+    p.lext = p.view;
+    p.loff.assign(p.view.size(), 0);
+    if (p.dt >= 0) {
+      const auto d = static_cast<size_t>(p.dt);
+      p.lext[d] = split_extent(p.view[d], tp, tc);
+      p.loff[d] = split_offset(p.view[d], tp, tc);
+    }
+    p.lnumel = numel(p.lext);
     p.decay = info.weight_decay;
-    if (p.name.rfind("layers.", 0) == 0) p.unit = 1 + std::stoi(p.name.substr(7));
-    else if (p.name == "embed.weight" || p.name == "pos_embed.weight") p.unit = 0;
-    else p.unit = L + 1;
-    p.sharded = zero >= 1 && shard_size > 1 && p.numel >= deck.strategy.fsdp_min_weight_size;
-    const int me = shard_axes.empty() ? 0 : mesh->shape().group_index(mesh->rank(), mesh->canonical_axes(shard_axes));
-    p.row0 = p.sharded ? split_offset(p.rows, shard_size, me) : 0;
-    p.nrows = p.sharded ? split_extent(p.rows, shard_size, me) : p.rows;
-    const std::string nm = p.name;
-    const bool shard_store = zero == 3 && p.sharded;
-    p.param = FVec(nm, static_cast<size_t>(shard_store ? p.shard_numel() : p.numel));
-    p.grad = FVec(nm + ".grad", static_cast<size_t>(shard_store ? p.shard_numel() : p.numel));
-    if (zero == 2 && p.sharded) p.gshard = FVec(nm + ".grad_shard", static_cast<size_t>(p.shard_numel()));
-    const int64_t opt_n = p.sharded ? p.shard_numel() : p.numel;
-    p.m = FVec(nm + ".adam_m", static_cast<size_t>(opt_n));
-    p.v = FVec(nm + ".adam_v", static_cast<size_t>(opt_n));
-    if (shard_store) {
-      p.slot_off = unit_numel[static_cast<size_t>(p.unit)];
-      unit_numel[static_cast<size_t>(p.unit)] += p.numel;
+    p.unit = info.layer >= 0 ? 1 + info.layer
+                              : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
+    p.stage = desc.stage_of(info, pp);
+    p.here = p.stage == stage;
+    if (zero >= 1 && shard_size > 1 && info.numel() >= deck.strategy.fsdp_min_weight_size) {
+      std::vector<bool> excluded(p.view.size(), false);
+      if (p.dt >= 0) excluded[static_cast<size_t>(p.dt)] = true;
+      p.dz = FSDPStrategy::choose_shard_dim(p.view, shard_size, excluded);
+      p.sharded = p.dz >= 0;
+    }
+    if (p.sharded) {
+      const auto d = static_cast<size_t>(p.dz);
+      p.O = prod(p.lext, 0, d);
+      p.R = p.lext[d];
+      p.I = prod(p.lext, d + 1, p.lext.size());
+      p.r0 = split_offset(p.R, shard_size, shard_index);
+      p.nr = split_extent(p.R, shard_size, shard_index);
+    } else {
+      p.O = 1;
+      p.R = p.lext.empty() ? 1 : p.lext[0];
+      p.I = p.R > 0 ? p.lnumel / p.R : 0;
+      p.r0 = 0;
+      p.nr = p.R;
+    }
+    if (p.here) {
+      const std::string nm = p.name;
+      const bool shard_store = zero == 3 && p.sharded;
+      const auto local = static_cast<size_t>(shard_store ? p.shard_numel() : p.lnumel);
+      p.param = FVec(nm, local);
+      p.grad = FVec(nm + ".grad", local);
+      if (zero == 2 && p.sharded) p.gshard = FVec(nm + ".grad_shard", static_cast<size_t>(p.shard_numel()));
+      const auto opt_n = static_cast<size_t>(p.sharded ? p.shard_numel() : p.lnumel);
+      p.m = FVec(nm + ".adam_m", opt_n);
+      p.v = FVec(nm + ".adam_v", opt_n);
+      if (p.sharded && zero <= 2 && p.O > 1) p.pshard = FVec(nm + ".param_shard", static_cast<size_t>(p.shard_numel()));
+      if (p.sharded && zero == 1 && p.O > 1) p.gtmp = FVec(nm + ".grad_shard", static_cast<size_t>(p.shard_numel()));
+      if (shard_store) {
+        p.slot_off = unit_numel[static_cast<size_t>(p.unit)];
+        unit_numel[static_cast<size_t>(p.unit)] += p.lnumel;
+      }
     }
     index[p.name] = static_cast<int>(params.size());
     units[static_cast<size_t>(p.unit)].push_back(static_cast<int>(params.size()));
@@ -229,170 +368,278 @@ void Trainer::Impl::setup_params() {
 }
 
 void Trainer::Impl::setup_acts() {
-  const int64_t T = tokens_mb, H = cfg.hidden, F = cfg.ffn, S = cfg.seq, A = cfg.heads, Vv = cfg.vocab;
+  const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
   auto mk = [](const char* n, int64_t c) { return FVec(std::string(n), static_cast<size_t>(c)); };
-  for (int64_t l = 0; l < cfg.layers; ++l) {
-    Acts a;
-    a.x_in = mk("x_in", T * H);
-    a.n1 = mk("n1", T * H);
-    a.rstd1 = mk("rstd1", T);
-    a.qkv = mk("qkv", T * 3 * H);
-    a.probs = mk("probs", mb_seqs * A * S * S);
-    a.att = mk("att", T * H);
-    a.x_mid = mk("x_mid", T * H);
-    a.n2 = mk("n2", T * H);
-    a.rstd2 = mk("rstd2", T);
-    a.gu = mk("gu", T * 2 * F);
-    a.h = mk("h", T * F);
-    acts.push_back(a);
+  for (int l = layer_begin; l < layer_end; ++l) {
+    std::vector<Acts> per;
+    for (int s = 0; s < act_slots; ++s) {
+      Acts a;
+      a.x_in = mk("x_in", T * H);
+      a.n1 = mk("n1", T * H);
+      a.rstd1 = mk("rstd1", T);
+      a.qkv = mk("qkv", T * 3 * H_l);
+      a.probs = mk("probs", mb_seqs * A_l * S * S);
+      a.att = mk("att", T * H_l);
+      a.x_mid = mk("x_mid", T * H);
+      a.n2 = mk("n2", T * H);
+      a.rstd2 = mk("rstd2", T);
+      a.gu = mk("gu", T * 2 * F_l);
+      a.h = mk("h", T * F_l);
+      per.push_back(a);
+    }
+    acts.push_back(per);
   }
-  x = mk("x", T * H);
-  dx = mk("dx", T * H);
+  for (int s = 0; s < act_slots; ++s) {
+    xs.push_back(mk("x", T * H));
+    dxs.push_back(mk("dx", T * H));
+  }
+  ybuf = mk("y", T * H);
   dn = mk("dn", T * H);
-  dh = mk("dh", T * F);
-  dgu = mk("dgu", T * 2 * F);
-  datt = mk("datt", T * H);
-  dqkv = mk("dqkv", T * 3 * H);
+  dh = mk("dh", T * F_l);
+  dgu = mk("dgu", T * 2 * F_l);
+  datt = mk("datt", T * H_l);
+  dqkv = mk("dqkv", T * 3 * H_l);
   dprobs = mk("dprobs", S * S);
-  nf = mk("nf", T * H);
-  rstdf = mk("rstdf", T);
-  logits = mk("logits", T * Vv);
-  row_max = mk("row_max", T);
-  stats = mk("stats", T * 2);
+  if (last_stage) {
+    nf = mk("nf", T * H);
+    rstdf = mk("rstdf", T);
+    logits = mk("logits", T * V_l);
+    row_max = mk("row_max", T);
+    stats = mk("stats", T * 2);
+  }
   for (int64_t j = 0; j < micro; ++j) {
     inputs.emplace_back("inputs", static_cast<size_t>(T));
     targets.emplace_back("targets", static_cast<size_t>(T));
   }
-  escratch = std::make_unique<nn::Embedding<float, Exec>::Scratch>(Vv, T);
+  if (first_stage) escratch = std::make_unique<nn::Embedding<float, Exec>::Scratch>(V_l, T);
 }
 
 void Trainer::Impl::init_params() {
   for (auto& p : params) {
-    Box box{Shape(p.shape.size(), 0), p.shape};
+    if (!p.here) continue;
+    // the whole tensor from the seed (mesh-independent), then this rank's box of the view
+    FVec full("shardflow::train::init", static_cast<size_t>(numel(p.shape)));
+    nn::Init<float, Exec>::fill(vec(full.data(), numel(p.shape)), static_cast<uint64_t>(deck.train.seed), p.name,
+                                p.shape);
+    auto hfull = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), full);
+    Box box{p.loff, p.lext};
     if (zero == 3 && p.sharded) {
-      box.offset[0] = p.row0;
-      box.extent[0] = p.nrows;
+      box.offset[static_cast<size_t>(p.dz)] += p.r0;
+      box.extent[static_cast<size_t>(p.dz)] = p.nr;
     }
-    nn::Init<float, Exec>::fill_box(vec(p.param.data(), static_cast<int64_t>(p.param.extent(0))),
-                                    static_cast<uint64_t>(deck.train.seed), p.name, p.shape, box);
+    auto hp = Kokkos::create_mirror_view(p.param);
+    box_copy(hfull.data(), p.view, box, hp.data(), true);
+    Kokkos::deep_copy(p.param, hp);
   }
 }
 
-// ---- compute tasks ------------------------------------------------------------------------
-
-void Trainer::Impl::embed_fwd(int j, int slot) {
-  const int64_t T = tokens_mb, H = cfg.hidden;
-  const Param& e = P("embed.weight");
-  const Param& pe = P("pos_embed.weight");
-  nn::Embedding<float, Exec>::forward(inputs[static_cast<size_t>(j)], cmat(pptr(e, slot), cfg.vocab, H), 0,
-                                      mat(x.data(), T, H));
-  nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(pe, slot), cfg.seq, H), mat(x.data(), T, H));
+Layout Trainer::Impl::param_layout(const Param& p, bool optimizer_state) const {
+  PartitionSpec spec = PartitionSpec::replicated(p.view.size());
+  if (p.dt >= 0) spec[static_cast<size_t>(p.dt)] = {"tensor"};
+  if (p.sharded && (optimizer_state || zero == 3)) spec[static_cast<size_t>(p.dz)] = mesh->canonical_axes(shard_axes);
+  std::map<std::string, int> pinned;
+  if (pp > 1) pinned["pipeline"] = p.stage;
+  return Layout(p.view, spec, mesh->shape(), pinned);
 }
 
-void Trainer::Impl::layer_fwd(int l, int slot) {
+// ---- compute tasks ------------------------------------------------------------------------
+// Tensor parallelism (Megatron): qkv, gate_up and lm_head hold output rows of the local
+// heads / ffn columns / vocabulary slice; attn.out and mlp.down hold the matching input
+// columns and produce partial sums (ybuf) that the tensor all-reduce completes; the
+// residual stream, the norms and their gains are replicated over the tensor axis.
+
+void Trainer::Impl::embed_fwd_a(int j, int xs_slot, int slot) {
+  const Param& e = P("embed.weight");
+  nn::Embedding<float, Exec>::forward(inputs[static_cast<size_t>(j)], cmat(pptr(e, slot), V_l, cfg.hidden), v0,
+                                      mat(xs[static_cast<size_t>(xs_slot)].data(), tokens_mb, cfg.hidden));
+}
+
+void Trainer::Impl::embed_fwd_b(int xs_slot, int slot) {
+  const Param& pe = P("pos_embed.weight");
+  nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(pe, slot), cfg.seq, cfg.hidden),
+                                              mat(xs[static_cast<size_t>(xs_slot)].data(), tokens_mb, cfg.hidden));
+}
+
+void Trainer::Impl::layer_fwd_attn(int l, int xs_slot, int slot) {
   using namespace nn;
-  const int64_t T = tokens_mb, H = cfg.hidden, F = cfg.ffn, A = cfg.heads, S = cfg.seq;
-  const auto& u = units[static_cast<size_t>(l + 1)];
-  const Param &g1 = params[u[0]], &wqkv = params[u[1]], &wout = params[u[2]], &g2 = params[u[3]],
-              &wgu = params[u[4]], &wdown = params[u[5]];
-  Acts& a = acts[static_cast<size_t>(l)];
-  Residual<float, Exec>::copy(cmat(x.data(), T, H), mat(a.x_in.data(), T, H));
+  const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
+  const Param &g1 = U(l + 1, 0), &wqkv = U(l + 1, 1), &wout = U(l + 1, 2);
+  Acts& a = act(l, xs_slot);
+  float* x = xs[static_cast<size_t>(xs_slot)].data();
+  Residual<float, Exec>::copy(cmat(x, T, H), mat(a.x_in.data(), T, H));
   RmsNorm<float, Exec>::forward(cmat(a.x_in.data(), T, H), cvec(pptr(g1, slot), H), mat(a.n1.data(), T, H),
                                 vec(a.rstd1.data(), T));
-  Linear<float, Exec>::forward(cmat(a.n1.data(), T, H), cmat(pptr(wqkv, slot), 3 * H, H), mat(a.qkv.data(), T, 3 * H));
-  VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A), static_cast<size_t>(S), static_cast<size_t>(S));
-  Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H), A, probs, mat(a.att.data(), T, H));
+  Linear<float, Exec>::forward(cmat(a.n1.data(), T, H), cmat(pptr(wqkv, slot), 3 * H_l, H),
+                               mat(a.qkv.data(), T, 3 * H_l));
+  VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
+  Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l));
+  Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(pptr(wout, slot), H, H_l), mat(ybuf.data(), T, H));
+}
+
+void Trainer::Impl::layer_fwd_mlp(int l, int xs_slot, int slot) {
+  using namespace nn;
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  const Param &g2 = U(l + 1, 3), &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
+  Acts& a = act(l, xs_slot);
   Residual<float, Exec>::copy(cmat(a.x_in.data(), T, H), mat(a.x_mid.data(), T, H));
-  Linear<float, Exec>::forward(cmat(a.att.data(), T, H), cmat(pptr(wout, slot), H, H), mat(a.x_mid.data(), T, H), true);
+  Residual<float, Exec>::add(mat(a.x_mid.data(), T, H), cmat(ybuf.data(), T, H));
   RmsNorm<float, Exec>::forward(cmat(a.x_mid.data(), T, H), cvec(pptr(g2, slot), H), mat(a.n2.data(), T, H),
                                 vec(a.rstd2.data(), T));
-  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(wgu, slot), 2 * F, H), mat(a.gu.data(), T, 2 * F));
-  SwiGlu<float, Exec>::forward(cmat(a.gu.data(), T, 2 * F), mat(a.h.data(), T, F));
-  Residual<float, Exec>::copy(cmat(a.x_mid.data(), T, H), mat(x.data(), T, H));
-  Linear<float, Exec>::forward(cmat(a.h.data(), T, F), cmat(pptr(wdown, slot), H, F), mat(x.data(), T, H), true);
+  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(wgu, slot), 2 * F_l, H),
+                               mat(a.gu.data(), T, 2 * F_l));
+  SwiGlu<float, Exec>::forward(cmat(a.gu.data(), T, 2 * F_l), mat(a.h.data(), T, F_l));
+  Linear<float, Exec>::forward(cmat(a.h.data(), T, F_l), cmat(pptr(wdown, slot), H, F_l), mat(ybuf.data(), T, H));
 }
 
-void Trainer::Impl::head(int j, int slot, int gslot, bool acc) {
+void Trainer::Impl::layer_fwd_end(int l, int xs_slot) {
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  float* x = xs[static_cast<size_t>(xs_slot)].data();
+  nn::Residual<float, Exec>::copy(cmat(act(l, xs_slot).x_mid.data(), T, H), mat(x, T, H));
+  nn::Residual<float, Exec>::add(mat(x, T, H), cmat(ybuf.data(), T, H));
+}
+
+void Trainer::Impl::head_a(int xs_slot, int slot) {
   using namespace nn;
-  const int64_t T = tokens_mb, H = cfg.hidden, Vv = cfg.vocab;
+  const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& gf = P("final_norm.weight");
   const Param& lm = P("lm_head.weight");
-  RmsNorm<float, Exec>::forward(cmat(x.data(), T, H), cvec(pptr(gf, slot), H), mat(nf.data(), T, H),
-                                vec(rstdf.data(), T));
-  Linear<float, Exec>::forward(cmat(nf.data(), T, H), cmat(pptr(lm, slot), Vv, H), mat(logits.data(), T, Vv));
-  const double scale = 1.0 / static_cast<double>(local_seqs * cfg.seq);
-  loss_local += CrossEntropy<float, Exec>::forward_backward(
-      cmat(logits.data(), T, Vv), targets[static_cast<size_t>(j)], scale, mat(logits.data(), T, Vv),
-      vec(row_max.data(), T), mat(stats.data(), T, 2));
-  // backward through lm_head and the final norm
-  Linear<float, Exec>::backward_input(cmat(logits.data(), T, Vv), cmat(pptr(lm, slot), Vv, H), mat(dn.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(logits.data(), T, Vv), cmat(nf.data(), T, H),
-                                       mat(gptr(lm, gslot), Vv, H), acc && !(zero == 3 && lm.sharded));
-  RmsNorm<float, Exec>::backward(cmat(dn.data(), T, H), cmat(x.data(), T, H), cvec(pptr(gf, slot), H),
-                                 cvec(rstdf.data(), T), mat(dx.data(), T, H), vec(gptr(gf, gslot), H), false,
-                                 acc && !(zero == 3 && gf.sharded));
+  RmsNorm<float, Exec>::forward(cmat(xs[static_cast<size_t>(xs_slot)].data(), T, H), cvec(pptr(gf, slot), H),
+                                mat(nf.data(), T, H), vec(rstdf.data(), T));
+  Linear<float, Exec>::forward(cmat(nf.data(), T, H), cmat(pptr(lm, slot), V_l, H), mat(logits.data(), T, V_l));
+  CrossEntropy<float, Exec>::local_max(cmat(logits.data(), T, V_l), vec(row_max.data(), T));
 }
 
-void Trainer::Impl::layer_bwd(int l, int slot, int gslot, bool acc) {
+void Trainer::Impl::head_b(int j) {
+  const int64_t T = tokens_mb;
+  nn::CrossEntropy<float, Exec>::local_sumexp_target(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
+                                                     targets[static_cast<size_t>(j)], v0, mat(stats.data(), T, 2));
+}
+
+void Trainer::Impl::head_c(int j, int slot, int gslot, bool acc) {
   using namespace nn;
-  const int64_t T = tokens_mb, H = cfg.hidden, F = cfg.ffn, A = cfg.heads, S = cfg.seq;
-  const auto& u = units[static_cast<size_t>(l + 1)];
-  const Param &g1 = params[u[0]], &wqkv = params[u[1]], &wout = params[u[2]], &g2 = params[u[3]],
-              &wgu = params[u[4]], &wdown = params[u[5]];
-  auto A_ = [&](const Param& p) { return acc && !(zero == 3 && p.sharded); };
-  Acts& a = acts[static_cast<size_t>(l)];
-  Linear<float, Exec>::backward_input(cmat(dx.data(), T, H), cmat(pptr(wdown, slot), H, F), mat(dh.data(), T, F));
-  Linear<float, Exec>::backward_weight(cmat(dx.data(), T, H), cmat(a.h.data(), T, F), mat(gptr(wdown, gslot), H, F),
-                                       A_(wdown));
-  SwiGlu<float, Exec>::backward(cmat(dh.data(), T, F), cmat(a.gu.data(), T, 2 * F), mat(dgu.data(), T, 2 * F));
-  Linear<float, Exec>::backward_input(cmat(dgu.data(), T, 2 * F), cmat(pptr(wgu, slot), 2 * F, H), mat(dn.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(dgu.data(), T, 2 * F), cmat(a.n2.data(), T, H),
-                                       mat(gptr(wgu, gslot), 2 * F, H), A_(wgu));
-  RmsNorm<float, Exec>::backward(cmat(dn.data(), T, H), cmat(a.x_mid.data(), T, H), cvec(pptr(g2, slot), H),
-                                 cvec(a.rstd2.data(), T), mat(dx.data(), T, H), vec(gptr(g2, gslot), H), true, A_(g2));
-  Linear<float, Exec>::backward_input(cmat(dx.data(), T, H), cmat(pptr(wout, slot), H, H), mat(datt.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(dx.data(), T, H), cmat(a.att.data(), T, H), mat(gptr(wout, gslot), H, H),
-                                       A_(wout));
-  VT::CTen3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A), static_cast<size_t>(S), static_cast<size_t>(S));
-  Attention<float, Exec>::backward(cmat(datt.data(), T, H), cmat(a.qkv.data(), T, 3 * H), probs, A,
-                                   mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H));
-  Linear<float, Exec>::backward_input(cmat(dqkv.data(), T, 3 * H), cmat(pptr(wqkv, slot), 3 * H, H),
-                                      mat(dn.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(dqkv.data(), T, 3 * H), cmat(a.n1.data(), T, H),
-                                       mat(gptr(wqkv, gslot), 3 * H, H), A_(wqkv));
-  RmsNorm<float, Exec>::backward(cmat(dn.data(), T, H), cmat(a.x_in.data(), T, H), cvec(pptr(g1, slot), H),
-                                 cvec(a.rstd1.data(), T), mat(dx.data(), T, H), vec(gptr(g1, gslot), H), true, A_(g1));
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  const Param& lm = P("lm_head.weight");
+  const double scale = 1.0 / static_cast<double>(local_seqs * cfg.seq);
+  loss_local += CrossEntropy<float, Exec>::loss_and_grad(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
+                                                         cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)], v0,
+                                                         scale, mat(logits.data(), T, V_l));
+  Linear<float, Exec>::backward_input(cmat(logits.data(), T, V_l), cmat(pptr(lm, slot), V_l, H), mat(dn.data(), T, H));
+  Linear<float, Exec>::backward_weight(cmat(logits.data(), T, V_l), cmat(nf.data(), T, H),
+                                       mat(gptr(lm, gslot), V_l, H), accum(lm, acc));
 }
 
-void Trainer::Impl::embed_bwd(int j, int gslot, bool acc) {
+void Trainer::Impl::head_d(int xs_slot, int slot, int gslot, bool acc) {
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  const Param& gf = P("final_norm.weight");
+  nn::RmsNorm<float, Exec>::backward(cmat(dn.data(), T, H), cmat(xs[static_cast<size_t>(xs_slot)].data(), T, H),
+                                     cvec(pptr(gf, slot), H), cvec(rstdf.data(), T),
+                                     mat(dxs[static_cast<size_t>(xs_slot)].data(), T, H), vec(gptr(gf, gslot), H),
+                                     false, accum(gf, acc));
+}
+
+void Trainer::Impl::layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc) {
+  using namespace nn;
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  const Param &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
+  Acts& a = act(l, xs_slot);
+  const float* dx = dxs[static_cast<size_t>(xs_slot)].data();
+  Linear<float, Exec>::backward_input(cmat(dx, T, H), cmat(pptr(wdown, slot), H, F_l), mat(dh.data(), T, F_l));
+  Linear<float, Exec>::backward_weight(cmat(dx, T, H), cmat(a.h.data(), T, F_l), mat(gptr(wdown, gslot), H, F_l),
+                                       accum(wdown, acc));
+  SwiGlu<float, Exec>::backward(cmat(dh.data(), T, F_l), cmat(a.gu.data(), T, 2 * F_l), mat(dgu.data(), T, 2 * F_l));
+  Linear<float, Exec>::backward_input(cmat(dgu.data(), T, 2 * F_l), cmat(pptr(wgu, slot), 2 * F_l, H),
+                                      mat(dn.data(), T, H));
+  Linear<float, Exec>::backward_weight(cmat(dgu.data(), T, 2 * F_l), cmat(a.n2.data(), T, H),
+                                       mat(gptr(wgu, gslot), 2 * F_l, H), accum(wgu, acc));
+}
+
+void Trainer::Impl::layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc) {
+  using namespace nn;
+  const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
+  const Param &wqkv = U(l + 1, 1), &wout = U(l + 1, 2), &g2 = U(l + 1, 3);
+  Acts& a = act(l, xs_slot);
+  float* dx = dxs[static_cast<size_t>(xs_slot)].data();
+  RmsNorm<float, Exec>::backward(cmat(dn.data(), T, H), cmat(a.x_mid.data(), T, H), cvec(pptr(g2, slot), H),
+                                 cvec(a.rstd2.data(), T), mat(dx, T, H), vec(gptr(g2, gslot), H), true, accum(g2, acc));
+  Linear<float, Exec>::backward_input(cmat(dx, T, H), cmat(pptr(wout, slot), H, H_l), mat(datt.data(), T, H_l));
+  Linear<float, Exec>::backward_weight(cmat(dx, T, H), cmat(a.att.data(), T, H_l), mat(gptr(wout, gslot), H, H_l),
+                                       accum(wout, acc));
+  VT::CTen3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
+  Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, 3 * H_l), probs, A_l,
+                                   mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H_l));
+  Linear<float, Exec>::backward_input(cmat(dqkv.data(), T, 3 * H_l), cmat(pptr(wqkv, slot), 3 * H_l, H),
+                                      mat(dn.data(), T, H));
+  Linear<float, Exec>::backward_weight(cmat(dqkv.data(), T, 3 * H_l), cmat(a.n1.data(), T, H),
+                                       mat(gptr(wqkv, gslot), 3 * H_l, H), accum(wqkv, acc));
+}
+
+void Trainer::Impl::layer_bwd_end(int l, int xs_slot, int slot, int gslot, bool acc) {
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  const Param& g1 = U(l + 1, 0);
+  Acts& a = act(l, xs_slot);
+  nn::RmsNorm<float, Exec>::backward(cmat(dn.data(), T, H), cmat(a.x_in.data(), T, H), cvec(pptr(g1, slot), H),
+                                     cvec(a.rstd1.data(), T), mat(dxs[static_cast<size_t>(xs_slot)].data(), T, H),
+                                     vec(gptr(g1, gslot), H), true, accum(g1, acc));
+}
+
+void Trainer::Impl::embed_bwd(int j, int xs_slot, int gslot, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& e = P("embed.weight");
   const Param& pe = P("pos_embed.weight");
-  nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx.data(), T, H), 0,
-                                       mat(gptr(e, gslot), cfg.vocab, H), *escratch, acc && !(zero == 3 && e.sharded));
-  nn::PositionEmbedding<float, Exec>::backward(cmat(dx.data(), T, H), mat(gptr(pe, gslot), cfg.seq, H),
-                                               acc && !(zero == 3 && pe.sharded));
+  const float* dx = dxs[static_cast<size_t>(xs_slot)].data();
+  nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0,
+                                       mat(gptr(e, gslot), V_l, H), *escratch, accum(e, acc));
+  nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gslot), cfg.seq, H), accum(pe, acc));
 }
 
-void Trainer::Impl::norm_and_update() {
-  const double total = sq_sharded + sq_repl;
-  grad_norm = std::sqrt(total);
-  const auto st = optim::make_step(opt, completed + 1, total);
+void Trainer::Impl::norm_local() {
+  // Each element once: a tensor-replicated parameter counts on tensor coordinate 0 only, a
+  // parameter replicated over the shard group on shard index 0 only.
+  double sq = 0;
   for (auto& p : params) {
-    float* pp = p.param.data();
-    const float* gg = p.grad.data();
-    int64_t n = p.numel;
+    if (!p.here) continue;
+    const float* g = p.grad.data();
+    int64_t n = p.lnumel;
     if (p.sharded) {
       n = p.shard_numel();
       if (zero == 1) {
-        pp += p.row0 * p.cols;
-        gg += p.row0 * p.cols;
+        if (p.O > 1) {
+          detail::pack_rows(p.grad.data(), p.R, p.r0, p.gtmp.data(), p.nr, 0, p.O, p.nr, p.I, DType::F32);
+          g = p.gtmp.data();
+        } else {
+          g = p.grad.data() + p.r0 * p.I;
+        }
       } else if (zero == 2) {
-        pp += p.row0 * p.cols;
-        gg = p.gshard.data();
+        g = p.gshard.data();
+      }
+    } else if (shard_size > 1 && shard_index != 0) {
+      continue;
+    }
+    if (p.dt < 0 && tc != 0) continue;
+    sq += optim::AdamW<float, Exec>::sum_of_squares(cvec(g, n));
+  }
+  sq_local = sq;
+  sq_total = sq;
+}
+
+void Trainer::Impl::update() {
+  grad_norm = std::sqrt(sq_total);
+  const auto st = optim::make_step(opt, completed + 1, sq_total);
+  for (auto& p : params) {
+    if (!p.here) continue;
+    float* pp_ = p.param.data();
+    const float* gg = p.grad.data();
+    int64_t n = p.lnumel;
+    if (p.sharded) {
+      n = p.shard_numel();
+      if (zero == 1 || zero == 2) {
+        if (p.O > 1) detail::pack_rows(p.param.data(), p.R, p.r0, p.pshard.data(), p.nr, 0, p.O, p.nr, p.I, DType::F32);
+        pp_ = shard_param_ptr(p);
+        if (zero == 1) gg = p.O > 1 ? p.gtmp.data() : p.grad.data() + p.r0 * p.I;
+        else gg = p.gshard.data();
       }
     }
-    optim::AdamW<float, Exec>::update(vec(pp, n), cvec(gg, n), vec(p.m.data(), n), vec(p.v.data(), n), st, p.decay);
+    optim::AdamW<float, Exec>::update(vec(pp_, n), cvec(gg, n), vec(p.m.data(), n), vec(p.v.data(), n), st, p.decay);
   }
 }
 
@@ -403,10 +650,14 @@ void Trainer::Impl::build_graph() {
   const int L = static_cast<int>(cfg.layers);
   const int P_ = deck.strategy.prefetch;
   const int nslots = P_ + 1;
+  const int K = act_slots;
   const DType gdt = deck.strategy.gather_dtype, sdt = deck.strategy.grad_scatter_dtype;
   const std::string dp_key = dp_axes.empty() ? "" : graph::comm_key(*mesh, dp_axes);
   const std::string sh_key = shard_axes.empty() ? "" : graph::comm_key(*mesh, shard_axes);
   const std::string rp_key = repl_axes.empty() ? "" : graph::comm_key(*mesh, repl_axes);
+  const std::string tp_key = tp > 1 ? graph::comm_key(*mesh, {"tensor"}) : "";
+  const std::string pp_key = pp > 1 ? graph::comm_key(*mesh, {"pipeline"}) : "";
+  const int64_t T = tokens_mb, H = cfg.hidden;
 
   Task last;
   auto chain = [&](Task t) {
@@ -414,7 +665,26 @@ void Trainer::Impl::build_graph() {
     last = t;
   };
 
-  // The uses of each micro-batch: F0, F1..FL, H, BL..B1, B0 (kind, unit).
+  // The schedule of this stage: forward (F) and backward (B) groups of micro-batches.
+  struct Group {
+    bool fwd;
+    int mb;
+  };
+  std::vector<Group> order;
+  const int m = static_cast<int>(micro);
+  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1) {
+    for (int j = 0; j < m; ++j) order.push_back({true, j});
+    for (int j = 0; j < m; ++j) order.push_back({false, j});
+  } else {  // 1F1B: p − s − 1 warm-up forwards, then one forward / one backward
+    const int w = std::min(pp - stage - 1, m);
+    for (int j = 0; j < w; ++j) order.push_back({true, j});
+    for (int j = 0; j < m; ++j) {
+      if (w + j < m) order.push_back({true, w + j});
+      order.push_back({false, j});
+    }
+  }
+
+  // The uses of parameters, in timeline order: F = [Fe] Fl.. [Hd], B = Bl.. [Be].
   enum Kind { Fe, Fl, Hd, Bl, Be };
   struct Use {
     Kind kind;
@@ -424,23 +694,30 @@ void Trainer::Impl::build_graph() {
     int gslot = 0;
   };
   std::vector<Use> uses;
-  int nback = 0;
-  for (int j = 0; j < micro; ++j) {
-    uses.push_back({Fe, 0, j});
-    for (int l = 0; l < L; ++l) uses.push_back({Fl, l + 1, j});
-    uses.push_back({Hd, L + 1, j});
-    for (int l = L - 1; l >= 0; --l) uses.push_back({Bl, l + 1, j});
-    uses.push_back({Be, 0, j});
+  std::vector<std::pair<size_t, size_t>> group_uses;
+  for (const auto& g : order) {
+    const size_t b = uses.size();
+    if (g.fwd) {
+      if (first_stage) uses.push_back({Fe, 0, g.mb});
+      for (int l = layer_begin; l < layer_end; ++l) uses.push_back({Fl, l + 1, g.mb});
+      if (last_stage) uses.push_back({Hd, L + 1, g.mb});
+    } else {
+      for (int l = layer_end - 1; l >= layer_begin; --l) uses.push_back({Bl, l + 1, g.mb});
+      if (first_stage) uses.push_back({Be, 0, g.mb});
+    }
+    group_uses.emplace_back(b, uses.size());
   }
+  auto is_bwd = [](Kind k) { return k == Hd || k == Bl || k == Be; };
   std::vector<int> gather_use;  // gather index -> use index
+  int nback = 0;
   for (size_t k = 0; k < uses.size(); ++k) {
     if (uses[k].kind != Be) {
       uses[k].gather = static_cast<int>(gather_use.size());
       gather_use.push_back(static_cast<int>(k));
     }
-    if (uses[k].kind == Hd || uses[k].kind == Bl || uses[k].kind == Be) uses[k].gslot = nback++ % 2;
+    if (is_bwd(uses[k].kind)) uses[k].gslot = nback++ % 2;
   }
-  std::vector<Task> compute_of_use(uses.size());
+  std::vector<Task> first_of_use(uses.size()), last_of_use(uses.size());
   std::vector<std::vector<Task>> gathers_of(gather_use.size());
   std::vector<std::vector<Task>> grad_comm_of_use(uses.size());  // stage-3 reduce-scatters (slot readers)
   std::vector<Task> grad_sync;                                   // everything the optimizer waits for
@@ -460,15 +737,15 @@ void Trainer::Impl::build_graph() {
       for (int pi : units[static_cast<size_t>(u.unit)]) {
         Param& p = params[static_cast<size_t>(pi)];
         if (!p.sharded) continue;
-        gathers.push_back(std::make_unique<detail::ShardGather>(*shard_comm, p.rows, p.cols, gdt, p.param.data(),
+        gathers.push_back(std::make_unique<detail::ShardGather>(*shard_comm, p.O, p.R, p.I, gdt, p.param.data(),
                                                                 pslots[static_cast<size_t>(slot)].data() + p.slot_off));
         auto* op = gathers.back().get();
         staging += op->staging_bytes();
-        Task t = graph.emplace_comm({sh_key, "all_gather", p.name + "@use" + std::to_string(g), p.numel, dtype_name(gdt)},
+        Task t = graph.emplace_comm({sh_key, "all_gather", p.name + "@use" + std::to_string(g), p.lnumel, dtype_name(gdt)},
                                     [op] { return op->start(); });
         t.name("gather " + p.name + " #" + std::to_string(g));
         // the slot is free once the use that last held it has run
-        if (g >= nslots) compute_of_use[static_cast<size_t>(gather_use[static_cast<size_t>(g - nslots)])].precede(t);
+        if (g >= nslots) last_of_use[static_cast<size_t>(gather_use[static_cast<size_t>(g - nslots)])].precede(t);
         gathers_of[static_cast<size_t>(g)].push_back(t);
       }
     }
@@ -482,164 +759,305 @@ void Trainer::Impl::build_graph() {
     t.name("all_reduce " + what);
     return t;
   };
+  // Tensor-parallel all-reduce (sum or max) between two compute segments of a use.
+  auto tp_reduce = [&](float* buf, int64_t n, comm::ReduceOp op, const std::string& what) {
+    auto* c = tp_comm;
+    Task t = graph.emplace_comm({tp_key, "all_reduce", what, n, "f32"}, [c, buf, n, op] {
+      return as_poller(c->all_reduce(buf, buf, static_cast<size_t>(n), DType::F32, op));
+    });
+    t.name("all_reduce " + what);
+    return t;
+  };
 
-  Task start = graph.emplace([this] {
-    loss_local = 0;
-  }).name("step.begin");
+  Task start = graph.emplace([this] { loss_local = 0; }).name("step.begin");
   chain(start);
   if (zero == 3) emplace_gathers_upto(P_);
 
-  for (size_t k = 0; k < uses.size(); ++k) {
-    const Use u = uses[k];
-    const int j = u.mb;
-    const bool acc = j > 0;
-    const int slot = u.gather >= 0 ? u.gather % nslots : 0;
-    if (zero == 3 && u.gather >= 0) emplace_gathers_upto(u.gather + P_);
-    Task c;
+  std::vector<Task> f_last(static_cast<size_t>(m)), b_last(static_cast<size_t>(m));
+  std::vector<Task> send_x(static_cast<size_t>(m)), send_dx(static_cast<size_t>(m));
+  for (size_t gi = 0; gi < order.size(); ++gi) {
+    const Group grp = order[gi];
+    const int j = grp.mb;
+    const int xsl = j % K;
     const std::string mbs = ".mb" + std::to_string(j);
-    switch (u.kind) {
-      case Fe: c = graph.emplace([this, j, slot] { embed_fwd(j, slot); }).name("fwd.embed" + mbs); break;
-      case Fl: {
-        const int l = u.unit - 1;
-        c = graph.emplace([this, l, slot] { layer_fwd(l, slot); }).name("fwd.layer" + std::to_string(l) + mbs);
-        break;
-      }
-      case Hd: {
-        const int gs = u.gslot;
-        c = graph.emplace([this, j, slot, gs, acc] { head(j, slot, gs, acc); }).name("loss+head" + mbs);
-        break;
-      }
-      case Bl: {
-        const int l = u.unit - 1, gs = u.gslot;
-        c = graph.emplace([this, l, slot, gs, acc] { layer_bwd(l, slot, gs, acc); })
-                .name("bwd.layer" + std::to_string(l) + mbs);
-        break;
-      }
-      case Be: {
-        const int gs = u.gslot;
-        c = graph.emplace([this, j, gs, acc] { embed_bwd(j, gs, acc); }).name("bwd.embed" + mbs);
-        break;
+    float* xbuf = xs[static_cast<size_t>(xsl)].data();
+    float* dxbuf = dxs[static_cast<size_t>(xsl)].data();
+    // pipeline: receive this group's input into its slot once the slot's last users are done
+    Task recv;
+    if (grp.fwd && !first_stage) {
+      auto* c = pp_comm;
+      const int peer = stage - 1;
+      recv = graph.emplace_comm({pp_key, "recv", "x" + mbs, T * H, "f32", peer}, [c, xbuf, peer, T, H] {
+        return as_poller(c->recv(xbuf, static_cast<size_t>(T * H), DType::F32, peer));
+      });
+      recv.name("recv x" + mbs);
+      if (j >= K) {
+        f_last[static_cast<size_t>(j - K)].precede(recv);
+        if (send_x[static_cast<size_t>(j - K)].valid()) send_x[static_cast<size_t>(j - K)].precede(recv);
       }
     }
-    chain(c);
-    compute_of_use[k] = c;
-    if (zero == 3 && u.gather >= 0)
-      for (auto& g : gathers_of[static_cast<size_t>(u.gather)]) g.precede(c);
-    // a backward use reuses the grad slot of the backward use two before it
-    if (zero == 3 && (u.kind == Hd || u.kind == Bl || u.kind == Be)) {
-      for (size_t q = k; q-- > 0;) {
-        const Use& w = uses[q];
-        if ((w.kind == Hd || w.kind == Bl || w.kind == Be) && w.gslot == u.gslot) {
-          for (auto& t : grad_comm_of_use[q]) t.precede(c);
+    if (!grp.fwd && !last_stage) {
+      auto* c = pp_comm;
+      const int peer = stage + 1;
+      recv = graph.emplace_comm({pp_key, "recv", "dx" + mbs, T * H, "f32", peer}, [c, dxbuf, peer, T, H] {
+        return as_poller(c->recv(dxbuf, static_cast<size_t>(T * H), DType::F32, peer));
+      });
+      recv.name("recv dx" + mbs);
+      if (j >= K) {
+        b_last[static_cast<size_t>(j - K)].precede(recv);
+        if (send_dx[static_cast<size_t>(j - K)].valid()) send_dx[static_cast<size_t>(j - K)].precede(recv);
+      }
+    }
+    bool group_first = true;
+    for (size_t k = group_uses[gi].first; k < group_uses[gi].second; ++k) {
+      const Use u = uses[k];
+      const bool acc = j > 0;
+      const int slot = u.gather >= 0 ? u.gather % nslots : 0;
+      const int gs = u.gslot;
+      if (zero == 3 && u.gather >= 0) emplace_gathers_upto(u.gather + P_);
+      std::vector<Task> segs;  // compute segments of this use, tensor all-reduces between
+      auto seg = [&](graph::ComputeFn fn, const std::string& name) {
+        Task c = graph.emplace(std::move(fn)).name(name);
+        chain(c);
+        segs.push_back(c);
+        return c;
+      };
+      // emplace an all-reduce after the last segment; the next segment waits for it
+      Task pending_ar;
+      auto after = [&](Task c) {
+        if (pending_ar.valid()) {
+          pending_ar.precede(c);
+          pending_ar = Task();
+        }
+      };
+      auto ar = [&](float* buf, int64_t n, comm::ReduceOp op, const std::string& what) {
+        if (tp == 1) return;
+        pending_ar = tp_reduce(buf, n, op, what + mbs);
+        segs.back().precede(pending_ar);
+      };
+      auto step = [&](graph::ComputeFn fn, const std::string& name) { after(seg(std::move(fn), name)); };
+      const std::string ls = u.unit >= 1 && u.unit <= L ? std::to_string(u.unit - 1) : "";
+      switch (u.kind) {
+        case Fe:
+          if (tp > 1) {
+            step([this, j, xsl, slot] { embed_fwd_a(j, xsl, slot); }, "fwd.embed" + mbs);
+            ar(xbuf, T * H, comm::ReduceOp::Sum, "embed");
+            step([this, xsl, slot] { embed_fwd_b(xsl, slot); }, "fwd.pos_embed" + mbs);
+          } else {
+            step([this, j, xsl, slot] {
+              embed_fwd_a(j, xsl, slot);
+              embed_fwd_b(xsl, slot);
+            }, "fwd.embed" + mbs);
+          }
+          break;
+        case Fl: {
+          const int l = u.unit - 1;
+          if (tp > 1) {
+            step([this, l, xsl, slot] { layer_fwd_attn(l, xsl, slot); }, "fwd.layer" + ls + ".attn" + mbs);
+            ar(ybuf.data(), T * H, comm::ReduceOp::Sum, "layers." + ls + ".attn.out");
+            step([this, l, xsl, slot] { layer_fwd_mlp(l, xsl, slot); }, "fwd.layer" + ls + ".mlp" + mbs);
+            ar(ybuf.data(), T * H, comm::ReduceOp::Sum, "layers." + ls + ".mlp.down");
+            step([this, l, xsl] { layer_fwd_end(l, xsl); }, "fwd.layer" + ls + ".residual" + mbs);
+          } else {
+            step(
+                [this, l, xsl, slot] {
+                  layer_fwd_attn(l, xsl, slot);
+                  layer_fwd_mlp(l, xsl, slot);
+                  layer_fwd_end(l, xsl);
+                },
+                "fwd.layer" + ls + mbs);
+          }
           break;
         }
+        case Hd:
+          if (tp > 1) {
+            step([this, xsl, slot] { head_a(xsl, slot); }, "head.logits" + mbs);
+            ar(row_max.data(), T, comm::ReduceOp::Max, "loss.row_max");
+            step([this, j] { head_b(j); }, "head.sumexp" + mbs);
+            ar(stats.data(), 2 * T, comm::ReduceOp::Sum, "loss.stats");
+            step([this, j, slot, gs, acc] { head_c(j, slot, gs, acc); }, "loss+head" + mbs);
+            ar(dn.data(), T * H, comm::ReduceOp::Sum, "lm_head.dx");
+            step([this, xsl, slot, gs, acc] { head_d(xsl, slot, gs, acc); }, "bwd.final_norm" + mbs);
+          } else {
+            step(
+                [this, j, xsl, slot, gs, acc] {
+                  head_a(xsl, slot);
+                  head_b(j);
+                  head_c(j, slot, gs, acc);
+                  head_d(xsl, slot, gs, acc);
+                },
+                "loss+head" + mbs);
+          }
+          break;
+        case Bl: {
+          const int l = u.unit - 1;
+          if (tp > 1) {
+            step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); }, "bwd.layer" + ls + ".mlp" + mbs);
+            ar(dn.data(), T * H, comm::ReduceOp::Sum, "layers." + ls + ".mlp.dx");
+            step([this, l, xsl, slot, gs, acc] { layer_bwd_attn(l, xsl, slot, gs, acc); },
+                 "bwd.layer" + ls + ".attn" + mbs);
+            ar(dn.data(), T * H, comm::ReduceOp::Sum, "layers." + ls + ".attn.dx");
+            step([this, l, xsl, slot, gs, acc] { layer_bwd_end(l, xsl, slot, gs, acc); },
+                 "bwd.layer" + ls + ".attn_norm" + mbs);
+          } else {
+            step(
+                [this, l, xsl, slot, gs, acc] {
+                  layer_bwd_mlp(l, xsl, slot, gs, acc);
+                  layer_bwd_attn(l, xsl, slot, gs, acc);
+                  layer_bwd_end(l, xsl, slot, gs, acc);
+                },
+                "bwd.layer" + ls + mbs);
+          }
+          break;
+        }
+        case Be:
+          step([this, j, xsl, gs, acc] { embed_bwd(j, xsl, gs, acc); }, "bwd.embed" + mbs);
+          break;
       }
-    }
-    if (!(u.kind == Hd || u.kind == Bl || u.kind == Be)) continue;
-    const bool last_mb = j == micro - 1;
-    for (int pi : units[static_cast<size_t>(u.unit)]) {
-      Param& p = params[static_cast<size_t>(pi)];
-      if (zero == 3 && p.sharded) {
-        scatters.push_back(std::make_unique<detail::ShardReduceScatter>(
-            *shard_comm, p.rows, p.cols, sdt, gslots[static_cast<size_t>(u.gslot)].data() + p.slot_off,
-            p.grad.data(), acc));
-        auto* op = scatters.back().get();
-        staging += op->staging_bytes();
-        Task t = graph.emplace_comm({sh_key, "reduce_scatter", p.name + ".grad" + mbs, p.numel, dtype_name(sdt)},
-                                    [op] { return op->start(); });
-        t.name("reduce_scatter " + p.name + mbs);
-        c.precede(t);
-        grad_comm_of_use[k].push_back(t);
-        if (last_mb) {
+      first_of_use[k] = segs.front();
+      last_of_use[k] = segs.back();
+      Task c0 = segs.front(), c = segs.back();
+      if (group_first) {
+        group_first = false;
+        if (recv.valid()) recv.precede(c0);
+        // the slot's buffers are written again only after the sends that read them are done:
+        // the embedding writes x on the first stage, the head writes dx on the last stage
+        if (j >= K && grp.fwd) {
+          if (first_stage && send_x[static_cast<size_t>(j - K)].valid()) send_x[static_cast<size_t>(j - K)].precede(c0);
+          if (last_stage && send_dx[static_cast<size_t>(j - K)].valid()) send_dx[static_cast<size_t>(j - K)].precede(c0);
+        }
+      }
+      if (zero == 3 && u.gather >= 0)
+        for (auto& g : gathers_of[static_cast<size_t>(u.gather)]) g.precede(c0);
+      // a backward use reuses the grad slot of the backward use two before it
+      if (zero == 3 && is_bwd(u.kind)) {
+        for (size_t q = k; q-- > 0;) {
+          const Use& w = uses[q];
+          if (is_bwd(w.kind) && w.gslot == u.gslot) {
+            for (auto& t : grad_comm_of_use[q]) t.precede(c0);
+            break;
+          }
+        }
+      }
+      if (!is_bwd(u.kind)) continue;
+      const bool last_mb = j == micro - 1;
+      for (int pi : units[static_cast<size_t>(u.unit)]) {
+        Param& p = params[static_cast<size_t>(pi)];
+        if (zero == 3 && p.sharded) {
+          scatters.push_back(std::make_unique<detail::ShardReduceScatter>(
+              *shard_comm, p.O, p.R, p.I, sdt, gslots[static_cast<size_t>(u.gslot)].data() + p.slot_off,
+              p.grad.data(), acc));
+          auto* op = scatters.back().get();
+          staging += op->staging_bytes();
+          Task t = graph.emplace_comm({sh_key, "reduce_scatter", p.name + ".grad" + mbs, p.lnumel, dtype_name(sdt)},
+                                      [op] { return op->start(); });
+          t.name("reduce_scatter " + p.name + mbs);
+          c.precede(t);
+          grad_comm_of_use[k].push_back(t);
+          if (last_mb) {
+            if (repl_size > 1) {
+              Task a = all_reduce_task(repl_comm, rp_key, p.grad.data(), p.shard_numel(), p.name + ".grad_shard");
+              t.precede(a);
+              grad_sync.push_back(a);
+            } else {
+              grad_sync.push_back(t);
+            }
+          }
+          continue;
+        }
+        if (!last_mb || dp_size == 1) continue;
+        if (zero == 2 && p.sharded) {
+          scatters.push_back(std::make_unique<detail::ShardReduceScatter>(*shard_comm, p.O, p.R, p.I, sdt,
+                                                                          p.grad.data(), p.gshard.data(), false));
+          auto* op = scatters.back().get();
+          staging += op->staging_bytes();
+          Task t = graph.emplace_comm({sh_key, "reduce_scatter", p.name + ".grad", p.lnumel, dtype_name(sdt)},
+                                      [op] { return op->start(); });
+          t.name("reduce_scatter " + p.name);
+          c.precede(t);
           if (repl_size > 1) {
-            Task a = all_reduce_task(repl_comm, rp_key, p.grad.data(), p.shard_numel(), p.name + ".grad_shard");
+            Task a = all_reduce_task(repl_comm, rp_key, p.gshard.data(), p.shard_numel(), p.name + ".grad_shard");
             t.precede(a);
             grad_sync.push_back(a);
           } else {
             grad_sync.push_back(t);
           }
-        }
-        continue;
-      }
-      if (!last_mb || dp_size == 1) continue;
-      if (zero == 2 && p.sharded) {
-        scatters.push_back(std::make_unique<detail::ShardReduceScatter>(*shard_comm, p.rows, p.cols, sdt,
-                                                                        p.grad.data(), p.gshard.data(), false));
-        auto* op = scatters.back().get();
-        staging += op->staging_bytes();
-        Task t = graph.emplace_comm({sh_key, "reduce_scatter", p.name + ".grad", p.numel, dtype_name(sdt)},
-                                    [op] { return op->start(); });
-        t.name("reduce_scatter " + p.name);
-        c.precede(t);
-        if (repl_size > 1) {
-          Task a = all_reduce_task(repl_comm, rp_key, p.gshard.data(), p.shard_numel(), p.name + ".grad_shard");
-          t.precede(a);
-          grad_sync.push_back(a);
         } else {
-          grad_sync.push_back(t);
+          Task a = all_reduce_task(dp_comm, dp_key, p.grad.data(), p.lnumel, p.name + ".grad");
+          c.precede(a);
+          grad_sync.push_back(a);
         }
-      } else {
-        Task a = all_reduce_task(dp_comm, dp_key, p.grad.data(), p.numel, p.name + ".grad");
-        c.precede(a);
-        grad_sync.push_back(a);
+      }
+    }
+    // pipeline: pass this group's output on
+    if (grp.fwd) {
+      f_last[static_cast<size_t>(j)] = last;
+      if (!last_stage) {
+        auto* c = pp_comm;
+        const int peer = stage + 1;
+        Task s = graph.emplace_comm({pp_key, "send", "x" + mbs, T * H, "f32", peer}, [c, xbuf, peer, T, H] {
+          return as_poller(c->send(xbuf, static_cast<size_t>(T * H), DType::F32, peer));
+        });
+        s.name("send x" + mbs);
+        last.precede(s);
+        send_x[static_cast<size_t>(j)] = s;
+      }
+    } else {
+      b_last[static_cast<size_t>(j)] = last;
+      if (!first_stage) {
+        auto* c = pp_comm;
+        const int peer = stage - 1;
+        Task s = graph.emplace_comm({pp_key, "send", "dx" + mbs, T * H, "f32", peer}, [c, dxbuf, peer, T, H] {
+          return as_poller(c->send(dxbuf, static_cast<size_t>(T * H), DType::F32, peer));
+        });
+        s.name("send dx" + mbs);
+        last.precede(s);
+        send_dx[static_cast<size_t>(j)] = s;
       }
     }
   }
 
-  // Loss: the global sum over the dp group.
+  // Loss: the global sum over the batch slices (and from the last stage to every stage).
   Task loss_sum;
-  if (dp_size > 1) {
-    loss_sum = graph.emplace_comm({dp_key, "all_reduce", "loss", 1, "f64"}, [this] {
-      return as_poller(dp_comm->all_reduce(&loss_local, &loss_global, 1, DType::F64, comm::ReduceOp::Sum));
+  if (loss_comm != nullptr) {
+    const std::string key = graph::comm_key(*mesh, loss_axes);
+    loss_sum = graph.emplace_comm({key, "all_reduce", "loss", 1, "f64"}, [this] {
+      return as_poller(loss_comm->all_reduce(&loss_local, &loss_global, 1, DType::F64, comm::ReduceOp::Sum));
     });
     loss_sum.name("all_reduce loss");
     last.precede(loss_sum);
   }
 
-  // Global gradient norm: sharded squares summed over the shard group, replicated ones local.
-  Task norm_local = graph.emplace([this] {
-    double sh = 0, rp = 0;
-    for (auto& p : params) {
-      if (p.sharded) {
-        const float* g = zero == 1 ? p.grad.data() + p.row0 * p.cols : (zero == 2 ? p.gshard.data() : p.grad.data());
-        sh += optim::AdamW<float, Exec>::sum_of_squares(cvec(g, p.shard_numel()));
-      } else {
-        rp += optim::AdamW<float, Exec>::sum_of_squares(cvec(p.grad.data(), p.numel));
-      }
-    }
-    sq_sharded_local = sh;
-    sq_sharded = sh;
-    sq_repl = rp;
-  }).name("grad_norm.local");
-  chain(norm_local);
-  for (auto& t : grad_sync) t.precede(norm_local);
-  Task norm_ready = norm_local;
-  bool any_sharded = false;
-  for (auto& p : params) any_sharded = any_sharded || p.sharded;
-  if (any_sharded && shard_size > 1) {
-    Task t = graph.emplace_comm({sh_key, "all_reduce", "grad_norm_sq", 1, "f64"}, [this] {
-      return as_poller(shard_comm->all_reduce(&sq_sharded_local, &sq_sharded, 1, DType::F64, comm::ReduceOp::Sum));
+  // Global gradient norm over shards, tensor slices and stages.
+  Task norm = graph.emplace([this] { norm_local(); }).name("grad_norm.local");
+  chain(norm);
+  for (auto& t : grad_sync) t.precede(norm);
+  Task norm_ready = norm;
+  if (norm_comm != nullptr) {
+    const std::string key = graph::comm_key(*mesh, norm_axes);
+    Task t = graph.emplace_comm({key, "all_reduce", "grad_norm_sq", 1, "f64"}, [this] {
+      return as_poller(norm_comm->all_reduce(&sq_local, &sq_total, 1, DType::F64, comm::ReduceOp::Sum));
     });
     t.name("all_reduce grad_norm_sq");
-    norm_local.precede(t);
+    norm.precede(t);
     norm_ready = t;
   }
-  Task update = graph.emplace([this] { norm_and_update(); }).name("adamw");
-  chain(update);
-  norm_ready.precede(update);
+  Task upd = graph.emplace([this] { update(); }).name("adamw");
+  chain(upd);
+  norm_ready.precede(upd);
   if (zero == 1 || zero == 2) {
     for (auto& p : params) {
-      if (!p.sharded) continue;
-      gathers.push_back(std::make_unique<detail::ShardGather>(*shard_comm, p.rows, p.cols, DType::F32,
-                                                              p.param.data() + p.row0 * p.cols, p.param.data()));
+      if (!p.sharded || !p.here) continue;
+      gathers.push_back(
+          std::make_unique<detail::ShardGather>(*shard_comm, p.O, p.R, p.I, DType::F32, shard_param_ptr(p), p.param.data()));
       auto* op = gathers.back().get();
       staging += op->staging_bytes();
-      Task t = graph.emplace_comm({sh_key, "all_gather", p.name, p.numel, "f32"}, [op] { return op->start(); });
+      Task t = graph.emplace_comm({sh_key, "all_gather", p.name, p.lnumel, "f32"}, [op] { return op->start(); });
       t.name("gather " + p.name);
-      update.precede(t);
+      upd.precede(t);
     }
   }
-  if (loss_sum.valid()) loss_sum.precede(update);
+  if (loss_sum.valid()) loss_sum.precede(upd);
 }
 
 // ---- Trainer ---------------------------------------------------------------------------------
@@ -663,7 +1081,7 @@ StepStats Trainer::train_step() {
     Kokkos::deep_copy(I.targets[static_cast<size_t>(j)], ht);
   }
   auto rs = I.executor.run(I.graph);
-  if (I.dp_size == 1) I.loss_global = I.loss_local;
+  if (I.loss_comm == nullptr) I.loss_global = I.loss_local;
   I.completed = step;
   StepStats s;
   s.step = step;
@@ -690,31 +1108,37 @@ std::vector<float> Trainer::gather_parameter(const std::string& name) {
   auto it = I.index.find(name);
   SHARDFLOW_REQUIRE(it != I.index.end(), "no parameter named '", name, "'");
   auto& p = I.params[static_cast<size_t>(it->second)];
-  std::vector<float> out(static_cast<size_t>(p.numel));
-  if (I.zero == 3 && p.sharded) {
-    detail::ShardGather g(*I.shard_comm, p.rows, p.cols, DType::F32, p.param.data(), out.data());
-    auto poll = g.start();
-    while (!poll()) {
-    }
-  } else {
+  const Layout lay = I.param_layout(p, false);
+  const int world = I.mesh->shape().size();
+  int64_t most = 1;
+  for (int r = 0; r < world; ++r) most = std::max(most, lay.local_numel(r));
+  // every rank contributes its box (padded to the largest), then assembles the whole tensor
+  std::vector<float> send(static_cast<size_t>(most), 0.0f), recv(static_cast<size_t>(most * world));
+  const int64_t mine = lay.local_numel(I.mesh->rank());
+  if (mine > 0) {
     auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), p.param);
-    std::copy(h.data(), h.data() + p.numel, out.begin());
+    std::copy(h.data(), h.data() + mine, send.begin());
   }
+  auto req = I.comms->world().all_gather(send.data(), recv.data(), static_cast<size_t>(most), DType::F32);
+  req.wait();
+  std::vector<float> out(static_cast<size_t>(numel(p.shape)));
+  for (int r = 0; r < world; ++r)
+    if (lay.local_numel(r) > 0)
+      box_copy(recv.data() + static_cast<size_t>(r) * static_cast<size_t>(most), lay.global_shape(), lay.box(r),
+               out.data(), false);
   return out;
 }
 
 std::vector<StateTensor> Trainer::state_tensors() {
   auto& I = *impl_;
   std::vector<StateTensor> out;
-  const auto& shape = I.mesh->shape();
+  const int me = I.mesh->rank();
   for (auto& p : I.params) {
-    PartitionSpec spec = PartitionSpec::replicated(p.shape.size());
-    if (p.sharded) spec[0] = I.mesh->canonical_axes(I.shard_axes);
-    Layout opt_layout(p.shape, spec, shape);
-    Layout par_layout = (I.zero == 3) ? opt_layout : Layout::replicated(p.shape, shape);
-    out.push_back({p.name, par_layout, p.param.data(), par_layout.local_numel(I.mesh->rank())});
-    out.push_back({p.name + ".adam_m", opt_layout, p.m.data(), opt_layout.local_numel(I.mesh->rank())});
-    out.push_back({p.name + ".adam_v", opt_layout, p.v.data(), opt_layout.local_numel(I.mesh->rank())});
+    Layout opt_layout = I.param_layout(p, true);
+    Layout par_layout = I.param_layout(p, false);
+    out.push_back({p.name, par_layout, p.here ? p.param.data() : nullptr, par_layout.local_numel(me)});
+    out.push_back({p.name + ".adam_m", opt_layout, p.here ? p.m.data() : nullptr, opt_layout.local_numel(me)});
+    out.push_back({p.name + ".adam_v", opt_layout, p.here ? p.v.data() : nullptr, opt_layout.local_numel(me)});
   }
   return out;
 }
@@ -726,17 +1150,20 @@ MemoryStats Trainer::memory() const {
   const auto& I = *impl_;
   MemoryStats m;
   for (const auto& p : I.params) {
-    m.params += view_bytes(p.param);
-    m.grads += view_bytes(p.grad) + view_bytes(p.gshard);
+    m.params += view_bytes(p.param) + view_bytes(p.pshard);
+    m.grads += view_bytes(p.grad) + view_bytes(p.gshard) + view_bytes(p.gtmp);
     m.optimizer += view_bytes(p.m) + view_bytes(p.v);
   }
   for (const auto& s : I.pslots) m.transient += view_bytes(s);
   for (const auto& s : I.gslots) m.transient += view_bytes(s);
   m.transient += I.staging;
-  for (const auto& a : I.acts)
-    for (const FVec* v : {&a.x_in, &a.n1, &a.rstd1, &a.qkv, &a.probs, &a.att, &a.x_mid, &a.n2, &a.rstd2, &a.gu, &a.h})
-      m.activations += view_bytes(*v);
-  for (const FVec* v : {&I.x, &I.dx, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.nf, &I.rstdf, &I.logits,
+  for (const auto& per : I.acts)
+    for (const auto& a : per)
+      for (const FVec* v : {&a.x_in, &a.n1, &a.rstd1, &a.qkv, &a.probs, &a.att, &a.x_mid, &a.n2, &a.rstd2, &a.gu, &a.h})
+        m.activations += view_bytes(*v);
+  for (const auto& v : I.xs) m.activations += view_bytes(v);
+  for (const auto& v : I.dxs) m.activations += view_bytes(v);
+  for (const FVec* v : {&I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.nf, &I.rstdf, &I.logits,
                         &I.row_max, &I.stats})
     m.activations += view_bytes(*v);
   return m;

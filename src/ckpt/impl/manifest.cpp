@@ -1,0 +1,253 @@
+#include "ckpt/manifest.hpp"
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "core/error.hpp"
+
+namespace shardflow::ckpt {
+
+using nlohmann::json;
+
+namespace {
+
+std::string hex32(std::uint32_t v) {
+  char b[16];
+  std::snprintf(b, sizeof b, "%08x", v);
+  return b;
+}
+std::string to_hex(const std::vector<std::uint8_t>& v) {
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  s.reserve(v.size() * 2);
+  for (auto c : v) {
+    s.push_back(d[c >> 4]);
+    s.push_back(d[c & 15]);
+  }
+  return s;
+}
+int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+std::vector<std::uint8_t> from_hex(const std::string& s, const std::string& where, const std::string& what) {
+  SHARDFLOW_REQUIRE_INPUT(s.size() % 2 == 0, where, ": ", what, " is not a hex string");
+  std::vector<std::uint8_t> v(s.size() / 2);
+  for (size_t i = 0; i < v.size(); ++i) {
+    int a = hexval(s[2 * i]), b = hexval(s[2 * i + 1]);
+    SHARDFLOW_REQUIRE_INPUT(a >= 0 && b >= 0, where, ": ", what, " is not a hex string");
+    v[i] = static_cast<std::uint8_t>(a * 16 + b);
+  }
+  return v;
+}
+std::uint32_t parse_hex32(const std::string& s, const std::string& where, const std::string& what) {
+  SHARDFLOW_REQUIRE_INPUT(s.size() == 8, where, ": ", what, " checksum '", s, "' is not 8 hex digits");
+  std::uint32_t v = 0;
+  for (char c : s) {
+    int h = hexval(c);
+    SHARDFLOW_REQUIRE_INPUT(h >= 0, where, ": ", what, " checksum '", s, "' is not 8 hex digits");
+    v = v * 16 + static_cast<std::uint32_t>(h);
+  }
+  return v;
+}
+
+}  // namespace
+
+std::int64_t row_numel(const Shape& extent) {
+  std::int64_t n = 1;
+  for (size_t d = 1; d < extent.size(); ++d) n *= extent[d];
+  return n;
+}
+
+std::int64_t block_rows_for(const Shape& extent, std::size_t elem_size, std::int64_t block_bytes) {
+  if (extent.empty()) return 1;
+  const std::int64_t row_bytes = row_numel(extent) * static_cast<std::int64_t>(elem_size);
+  std::int64_t r = row_bytes > 0 ? block_bytes / row_bytes : extent[0];
+  return r < 1 ? 1 : r;
+}
+
+std::int64_t num_blocks(const Shape& extent, std::int64_t block_rows) {
+  if (extent.empty()) return 1;
+  if (extent[0] == 0) return 0;
+  return (extent[0] + block_rows - 1) / block_rows;
+}
+
+bool is_safe_relative_path(const std::string& p) {
+  if (p.empty() || p[0] == '/' || p.find('\\') != std::string::npos || p.find('\0') != std::string::npos) return false;
+  std::istringstream is(p);
+  std::string part;
+  while (std::getline(is, part, '/'))
+    if (part.empty() || part == "." || part == "..") return false;
+  return p.back() != '/';
+}
+
+bool is_valid_tensor_name(const std::string& name) {
+  return !name.empty() && name.find('/') == std::string::npos && name != "." && name != ".." &&
+         name.find('\0') == std::string::npos;
+}
+
+std::string Manifest::to_json() const {
+  json j;
+  j["format"] = "shardflow-checkpoint";
+  j["version"] = kVersion;
+  j["step"] = step;
+  j["world_size"] = world_size;
+  j["created"] = created;
+  j["checksum"] = "crc32c";
+  json m;
+  m["ints"] = meta.ints;
+  m["reals"] = meta.reals;
+  m["strings"] = meta.strings;
+  json blobs = json::object();
+  for (auto& [k, v] : meta.blobs) blobs[k] = to_hex(v);
+  m["blobs"] = blobs;
+  j["metadata"] = m;
+  json ts = json::array();
+  for (const auto& t : tensors) {
+    json jt;
+    jt["name"] = t.name;
+    jt["shape"] = t.shape;
+    jt["dtype"] = dtype_name(t.dtype);
+    json lay;
+    lay["spec"] = t.spec;
+    lay["mesh_axes"] = t.mesh.axis_names();
+    lay["mesh_sizes"] = t.mesh.sizes();
+    lay["tensor_adjacent"] = t.mesh.tensor_adjacent();
+    lay["pinned"] = t.pinned;
+    jt["layout"] = lay;
+    json shards = json::array();
+    for (const auto& s : t.shards) {
+      json js;
+      js["offset"] = s.box.offset;
+      js["extent"] = s.box.extent;
+      js["file"] = s.file;
+      js["dataset"] = s.dataset;
+      js["writer"] = s.writer;
+      js["block_rows"] = s.block_rows;
+      json crcs = json::array();
+      for (auto c : s.crc32c) crcs.push_back(hex32(c));
+      js["crc32c"] = crcs;
+      shards.push_back(js);
+    }
+    jt["shards"] = shards;
+    ts.push_back(jt);
+  }
+  j["tensors"] = ts;
+  return j.dump(1) + "\n";
+}
+
+Manifest Manifest::parse(const std::string& text, const std::string& where) {
+  Manifest m;
+  try {
+    json j = json::parse(text);
+    SHARDFLOW_REQUIRE_INPUT(j.at("format").get<std::string>() == "shardflow-checkpoint", where,
+                            ": not a shardflow checkpoint manifest (format '", j.at("format").get<std::string>(), "')");
+    int version = j.at("version").get<int>();
+    SHARDFLOW_REQUIRE_INPUT(version == kVersion, where, ": manifest version ", version, " is not supported (expected ",
+                            kVersion, ")");
+    SHARDFLOW_REQUIRE_INPUT(j.value("checksum", std::string("crc32c")) == "crc32c", where, ": unknown checksum '",
+                            j.value("checksum", std::string()), "'");
+    m.step = j.at("step").get<std::int64_t>();
+    m.world_size = j.at("world_size").get<int>();
+    m.created = j.value("created", std::string());
+    const json& md = j.at("metadata");
+    m.meta.step = m.step;
+    m.meta.ints = md.value("ints", json::object()).get<std::map<std::string, std::int64_t>>();
+    m.meta.reals = md.value("reals", json::object()).get<std::map<std::string, double>>();
+    m.meta.strings = md.value("strings", json::object()).get<std::map<std::string, std::string>>();
+    const json blobs = md.value("blobs", json::object());
+    for (auto& [k, v] : blobs.items())
+      m.meta.blobs[k] = from_hex(v.get<std::string>(), where, "blob '" + k + "'");
+    for (const json& jt : j.at("tensors")) {
+      TensorRecord t;
+      t.name = jt.at("name").get<std::string>();
+      t.shape = jt.at("shape").get<Shape>();
+      t.dtype = parse_dtype(jt.at("dtype").get<std::string>());
+      const json& lay = jt.at("layout");
+      t.spec = lay.at("spec").get<std::string>();
+      t.mesh = MeshShape(lay.at("mesh_axes").get<std::vector<std::string>>(), lay.at("mesh_sizes").get<std::vector<int>>(),
+                         lay.value("tensor_adjacent", true));
+      t.pinned = lay.value("pinned", json::object()).get<std::map<std::string, int>>();
+      for (const json& js : jt.at("shards")) {
+        ShardRecord s;
+        s.box.offset = js.at("offset").get<Shape>();
+        s.box.extent = js.at("extent").get<Shape>();
+        s.file = js.at("file").get<std::string>();
+        s.dataset = js.at("dataset").get<std::string>();
+        s.writer = js.value("writer", -1);
+        s.block_rows = js.at("block_rows").get<std::int64_t>();
+        for (const json& c : js.at("crc32c"))
+          s.crc32c.push_back(parse_hex32(c.get<std::string>(), where, "tensor '" + t.name + "'"));
+        t.shards.push_back(std::move(s));
+      }
+      m.tensors.push_back(std::move(t));
+    }
+  } catch (const json::exception& e) {
+    throw InputError(detail::concat(where, ": malformed manifest: ", e.what()));
+  }
+  return m;
+}
+
+void Manifest::validate(const std::string& where) const {
+  SHARDFLOW_REQUIRE_INPUT(world_size >= 1, where, ": world_size ", world_size, " < 1");
+  std::set<std::string> names;
+  for (const auto& t : tensors) {
+    SHARDFLOW_REQUIRE_INPUT(is_valid_tensor_name(t.name), where, ": invalid tensor name '", t.name, "'");
+    SHARDFLOW_REQUIRE_INPUT(names.insert(t.name).second, where, ": tensor '", t.name, "' listed twice");
+    for (auto e : t.shape)
+      SHARDFLOW_REQUIRE_INPUT(e >= 0, where, ": tensor '", t.name, "' has negative extent in shape ",
+                              shape_to_string(t.shape));
+    for (const auto& s : t.shards) {
+      SHARDFLOW_REQUIRE_INPUT(s.box.offset.size() == t.shape.size() && s.box.extent.size() == t.shape.size(), where,
+                              ": tensor '", t.name, "': shard box ", s.box.to_string(), " does not have the rank of shape ",
+                              shape_to_string(t.shape));
+      for (size_t d = 0; d < t.shape.size(); ++d)
+        SHARDFLOW_REQUIRE_INPUT(s.box.offset[d] >= 0 && s.box.extent[d] >= 0 &&
+                                    s.box.offset[d] + s.box.extent[d] <= t.shape[d],
+                                where, ": tensor '", t.name, "': shard box ", s.box.to_string(), " leaves shape ",
+                                shape_to_string(t.shape));
+      SHARDFLOW_REQUIRE_INPUT(is_safe_relative_path(s.file), where, ": tensor '", t.name, "': shard file path '", s.file,
+                              "' escapes the checkpoint directory (absolute, '..' or empty components are refused)");
+      SHARDFLOW_REQUIRE_INPUT(s.dataset == "/" + t.name, where, ": tensor '", t.name, "': dataset '", s.dataset,
+                              "' in file '", s.file, "' is not '/", t.name, "'");
+      SHARDFLOW_REQUIRE_INPUT(s.block_rows >= 1, where, ": tensor '", t.name, "': block_rows ", s.block_rows, " < 1");
+      const std::int64_t nb = num_blocks(s.box.extent, s.block_rows);
+      SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(s.crc32c.size()) == nb, where, ": tensor '", t.name,
+                              "': shard in file '", s.file, "' has ", s.crc32c.size(), " checksums for ", nb, " blocks");
+    }
+  }
+}
+
+const TensorRecord* Manifest::find(const std::string& name) const {
+  for (const auto& t : tensors)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+std::string coverage_problem(const TensorRecord& t) {
+  const Box whole{Shape(t.shape.size(), 0), t.shape};
+  std::int64_t covered = 0;
+  for (size_t i = 0; i < t.shards.size(); ++i) {
+    const Box& a = t.shards[i].box;
+    if (!whole.contains(a) && a.numel() > 0)
+      return detail::concat("shard ", a.to_string(), " in '", t.shards[i].file, "' leaves shape ",
+                            shape_to_string(t.shape));
+    covered += a.numel();
+    for (size_t j = i + 1; j < t.shards.size(); ++j) {
+      Box x = Box::intersect(a, t.shards[j].box);
+      if (!x.empty())
+        return detail::concat("shards ", a.to_string(), " in '", t.shards[i].file, "' and ", t.shards[j].box.to_string(),
+                              " in '", t.shards[j].file, "' overlap in ", x.to_string());
+    }
+  }
+  const std::int64_t total = numel(t.shape);
+  if (covered != total)
+    return detail::concat("shards cover ", covered, " of ", total, " elements of shape ", shape_to_string(t.shape));
+  return {};
+}
+
+}  // namespace shardflow::ckpt

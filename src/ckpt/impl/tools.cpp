@@ -1,0 +1,177 @@
+#include "ckpt/tools.hpp"
+
+#include <filesystem>
+#include <sstream>
+
+#include "ckpt/checkpoint.hpp"
+#include "ckpt/impl/ckpt_internal.hpp"
+#include "ckpt/impl/hdf5_util.hpp"
+#include "core/mpi_check.hpp"
+
+namespace shardflow::ckpt {
+
+namespace fs = std::filesystem;
+using ::shardflow::detail::concat;
+
+std::string describe(const std::string& path) {
+  const std::string dir = resolve_checkpoint_dir(path);
+  Manifest m = read_manifest(dir);
+  std::ostringstream os;
+  os << "checkpoint " << dir << "\n";
+  os << "  step " << m.step << ", saved by " << m.world_size << " ranks at " << m.created << "\n";
+  for (auto& [k, v] : m.meta.ints) os << "  int    " << k << " = " << v << "\n";
+  for (auto& [k, v] : m.meta.reals) os << "  real   " << k << " = " << v << "\n";
+  for (auto& [k, v] : m.meta.strings) {
+    std::string first = v.substr(0, v.find('\n'));
+    if (first.size() > 60) first = first.substr(0, 60);
+    os << "  string " << k << " = \"" << first << (first.size() < v.size() ? "...\"" : "\"") << " (" << v.size()
+       << " bytes)\n";
+  }
+  for (auto& [k, v] : m.meta.blobs) os << "  blob   " << k << " (" << v.size() << " bytes)\n";
+  std::int64_t total = 0;
+  for (const auto& t : m.tensors) {
+    std::int64_t bytes = numel(t.shape) * static_cast<std::int64_t>(dtype_size(t.dtype));
+    total += bytes;
+    os << "  " << t.name << "  " << dtype_name(t.dtype) << " " << shape_to_string(t.shape) << "  layout "
+       << (t.spec.empty() ? std::string("?") : t.spec) << " on " << t.mesh.to_string() << "  " << t.shards.size()
+       << " shard(s), " << bytes << " bytes\n";
+  }
+  os << "  " << m.tensors.size() << " tensors, " << total << " bytes\n";
+  return os.str();
+}
+
+VerifyReport verify(MPI_Comm comm, const std::string& path) {
+  int rank = 0, size = 1;
+  CHECK_MPI(MPI_Comm_rank(comm, &rank));
+  CHECK_MPI(MPI_Comm_size(comm, &size));
+  std::string err, dir, text;
+  if (rank == 0) {
+    try {
+      dir = resolve_checkpoint_dir(path);
+      text = detail::read_text_file(detail::join(dir, "manifest.json"));
+    } catch (const Error& e) {
+      err = e.what();
+    }
+  }
+  detail::agree(comm, err);
+  dir = detail::bcast_string(comm, dir, 0);
+  text = detail::bcast_string(comm, text, 0);
+  const std::string where = detail::join(dir, "manifest.json");
+  VerifyReport rep;
+  rep.dir = dir;
+  Manifest m;
+  try {
+    m = Manifest::parse(text, where);
+    m.validate(where);
+  } catch (const Error& e) {
+    rep.problems.push_back(e.what());
+    return rep;
+  }
+  rep.tensors = static_cast<std::int64_t>(m.tensors.size());
+  std::vector<std::string> mine;
+  if (rank == 0)
+    for (const auto& t : m.tensors) {
+      std::string p = coverage_problem(t);
+      if (!p.empty()) mine.push_back(concat("tensor '", t.name, "': ", p));
+    }
+  std::int64_t counts[3] = {0, 0, 0};  // shards, blocks, bytes
+  {
+    std::lock_guard<std::recursive_mutex> lock(h5::mutex());
+    h5::init();
+    detail::FileCache files(dir);
+    std::vector<unsigned char> buf;
+    std::int64_t k = 0;
+    for (const auto& t : m.tensors)
+      for (const auto& s : t.shards) {
+        if (k++ % size != rank) continue;
+        try {
+          h5::Handle ds = detail::open_shard_dataset(files, t, s);
+          const std::int64_t nb = num_blocks(s.box.extent, s.block_rows);
+          for (std::int64_t b = 0; b < nb; ++b) {  // one block at a time: bounded memory
+            detail::read_blocks(ds, t, s, b, b + 1, buf, dir);
+            counts[1] += 1;
+            counts[2] += static_cast<std::int64_t>(buf.size());
+          }
+          counts[0] += 1;
+        } catch (const Error& e) {
+          mine.push_back(e.what());
+        }
+      }
+  }
+  std::int64_t sums[3];
+  CHECK_MPI(MPI_Allreduce(counts, sums, 3, MPI_INT64_T, MPI_SUM, comm));
+  rep.shards = sums[0];
+  rep.blocks = sums[1];
+  rep.bytes = sums[2];
+  // every rank's problems to every rank, in rank order
+  std::string joined;
+  for (auto& p : mine) joined += p + '\n';
+  for (int r = 0; r < size; ++r) {
+    std::string s = detail::bcast_string(comm, joined, r);
+    std::istringstream is(s);
+    std::string line;
+    while (std::getline(is, line))
+      if (!line.empty()) rep.problems.push_back(line);
+  }
+  return rep;
+}
+
+void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_h5) {
+  int rank = 0;
+  CHECK_MPI(MPI_Comm_rank(comm, &rank));
+  std::string err;
+  if (rank == 0) {
+    std::string tmp = out_h5 + ".tmp";
+    try {
+      const std::string dir = resolve_checkpoint_dir(path);
+      Manifest m = read_manifest(dir);
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      std::lock_guard<std::recursive_mutex> lock(h5::mutex());
+      h5::init();
+      h5::Handle out = h5::file_create(tmp);
+      {
+        h5::Handle root(CHECK_HDF5(H5Gopen2(out, "/", H5P_DEFAULT)), H5Gclose);
+        h5::write_attr_i64(root, "step", {static_cast<long long>(m.step)});
+        for (auto& [k, v] : m.meta.ints) h5::write_attr_i64(root, k, {static_cast<long long>(v)});
+        for (auto& [k, v] : m.meta.reals) h5::write_attr_f64(root, k, v);
+        for (auto& [k, v] : m.meta.strings) h5::write_attr_string(root, k, v);
+        root.close();
+      }
+      for (const auto& t : m.tensors) {
+        // the gather path onto this rank alone: a replicated layout on the trivial mesh
+        const DType dt = is_floating(t.dtype) ? DType::F32 : DType::I64;
+        std::vector<unsigned char> data(static_cast<size_t>(numel(t.shape)) * dtype_size(dt));
+        TensorState ts{t.name, Layout::replicated(t.shape, MeshShape()), dt, data.data()};
+        RestoreOptions ro;
+        ro.allow_extra = true;
+        restore(MPI_COMM_SELF, dir, {ts}, ro);
+        h5::Handle space;
+        if (t.shape.empty()) {
+          space = h5::Handle(CHECK_HDF5(H5Screate(H5S_SCALAR)), H5Sclose);
+        } else {
+          std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
+          space = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
+        }
+        h5::Handle ftype = h5::file_type(dt);
+        h5::Handle ds(CHECK_HDF5(H5Dcreate2(out, ("/" + t.name).c_str(), ftype, space, H5P_DEFAULT, H5P_DEFAULT,
+                                            H5P_DEFAULT)),
+                      H5Dclose);
+        if (!data.empty()) CHECK_HDF5(H5Dwrite(ds, ftype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()));
+        h5::write_attr_string(ds, "saved_dtype", dtype_name(t.dtype));
+        ds.close();
+      }
+      out.close();
+      detail::fsync_path(tmp, false);
+      fs::rename(tmp, out_h5, ec);
+      SHARDFLOW_REQUIRE_INPUT(!ec, "ckpt consolidate: cannot rename '", tmp, "' to '", out_h5, "': ", ec.message());
+    } catch (const Error& e) {
+      err = e.what();
+      std::error_code ec;
+      fs::remove(tmp, ec);
+    }
+  }
+  detail::agree(comm, err);
+}
+
+}  // namespace shardflow::ckpt

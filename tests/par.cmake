@@ -1,0 +1,4 @@
+# Tensor, pipeline and composed parallelism in the training step vs one rank (np 1, 2, 4:
+# each mesh case runs at its own rank count).
+shardflow_add_test(test_train_parallel MPI TIMEOUT 900 LABELS train)
+target_compile_definitions(test_train_parallel PRIVATE SHARDFLOW_CORPUS="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")

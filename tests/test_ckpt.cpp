@@ -1,0 +1,583 @@
+// HDF5 sharded checkpoints (MPI, np 1/2/4): save a synthetic sharded state on one layout,
+// restore it exactly onto many other layouts, meshes, world sizes and dtypes; metadata
+// round trips; async saves; retention; every corruption case refused on every rank with
+// a message naming the tensor and the file, leaving the caller's buffers untouched;
+// verify and consolidate (read back with HDF5 and with h5dump).
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <nlohmann/json.hpp>
+#include <mpi.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <unistd.h>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "ckpt/checkpoint.hpp"
+#include "ckpt/tools.hpp"
+#include "core/error.hpp"
+#include "core/half.hpp"
+#include "support/test_util.hpp"
+
+namespace {
+using namespace shardflow;
+using namespace shardflow::ckpt;
+namespace fs = std::filesystem;
+using shardflow::test::world_rank;
+using shardflow::test::world_size;
+
+// ---- a synthetic model --------------------------------------------------------------------
+struct Spec {
+  std::string name;
+  Shape shape;
+  DType dtype;
+};
+const std::vector<Spec>& model() {
+  static const std::vector<Spec> m = {
+      {"embed.weight", {37, 12}, DType::F32},          {"layers.0.attn.qkv.weight", {18, 6, 4}, DType::F32},
+      {"layers.0.mlp_norm.weight", {13}, DType::BF16}, {"adam.m.embed.weight", {37, 12}, DType::F16},
+      {"counter", {}, DType::I64},                     {"big", {300, 70}, DType::F64},
+      {"empty", {0, 5}, DType::F32},
+  };
+  return m;
+}
+
+/// The value of element `g` (global row-major index) of tensor `t`, exact in every dtype.
+double value_of(size_t t, std::int64_t g) { return static_cast<double>((static_cast<std::int64_t>(t) * 131 + g * 7) % 251) - 125; }
+
+/// Local buffer of a tensor for `rank` under `layout` (fill with values, or a sentinel).
+std::vector<unsigned char> make_local(size_t t, const Layout& layout, DType dt, int rank, bool sentinel) {
+  const Box b = layout.holds(rank) ? layout.box(rank) : Box{Shape(layout.ndim(), 0), Shape(layout.ndim(), 0)};
+  const std::int64_t n = layout.holds(rank) ? b.numel() : 0;
+  std::vector<unsigned char> out(static_cast<size_t>(n) * dtype_size(dt));
+  const Shape gs = row_major_strides(layout.global_shape());
+  std::vector<std::int64_t> idx(b.ndim(), 0);
+  for (std::int64_t e = 0; e < n; ++e) {
+    std::int64_t g = 0;
+    for (size_t d = 0; d < b.ndim(); ++d) g += (b.offset[d] + idx[d]) * gs[d];
+    double v = sentinel ? 999.0 : value_of(t, g);
+    unsigned char* p = out.data() + static_cast<size_t>(e) * dtype_size(dt);
+    switch (dt) {
+      case DType::F32: { float f = static_cast<float>(v); std::memcpy(p, &f, 4); break; }
+      case DType::F64: std::memcpy(p, &v, 8); break;
+      case DType::BF16: { bf16 h = to_bf16(static_cast<float>(v)); std::memcpy(p, &h, 2); break; }
+      case DType::F16: { f16 h = to_f16(static_cast<float>(v)); std::memcpy(p, &h, 2); break; }
+      case DType::I32: { std::int32_t i = static_cast<std::int32_t>(v); std::memcpy(p, &i, 4); break; }
+      case DType::I64: { std::int64_t i = static_cast<std::int64_t>(v); std::memcpy(p, &i, 8); break; }
+    }
+    for (int d = static_cast<int>(b.ndim()) - 1; d >= 0; --d) {
+      if (++idx[static_cast<size_t>(d)] < b.extent[static_cast<size_t>(d)]) break;
+      idx[static_cast<size_t>(d)] = 0;
+    }
+  }
+  return out;
+}
+
+/// A full state: layouts from `spec_of`, buffers per tensor.
+struct State {
+  std::vector<Layout> layouts;
+  std::vector<DType> dtypes;
+  std::vector<std::vector<unsigned char>> bufs;
+  std::vector<TensorState> tensors() {
+    std::vector<TensorState> v;
+    for (size_t i = 0; i < bufs.size(); ++i)
+      v.push_back(TensorState{model()[i].name, layouts[i], dtypes[i], bufs[i].empty() ? nullptr : bufs[i].data()});
+    return v;
+  }
+};
+
+using SpecFn = std::function<PartitionSpec(size_t tensor, const Shape& shape)>;
+
+State make_state(const MeshShape& mesh, const SpecFn& spec_of, int rank, bool sentinel,
+                 const std::vector<DType>* dtypes = nullptr) {
+  State s;
+  for (size_t i = 0; i < model().size(); ++i) {
+    const Spec& m = model()[i];
+    s.layouts.emplace_back(m.shape, spec_of(i, m.shape), mesh);
+    s.dtypes.push_back(dtypes ? (*dtypes)[i] : m.dtype);
+    s.bufs.push_back(make_local(i, s.layouts.back(), s.dtypes.back(), rank, sentinel));
+  }
+  return s;
+}
+
+/// Layout families on a mesh with axes a0 (and a1): each tensor gets a spec by `variant`.
+SpecFn spec_family(const MeshShape& mesh, int variant) {
+  std::vector<std::string> ax = mesh.axis_names();
+  return [ax, variant](size_t t, const Shape& shape) {
+    PartitionSpec p = PartitionSpec::replicated(shape.size());
+    if (shape.empty() || ax.empty()) return p;
+    const size_t nd = shape.size();
+    switch ((variant + static_cast<int>(t)) % 5) {
+      case 0: break;  // replicated
+      case 1: p[0] = {ax[0]}; break;
+      case 2: p[nd - 1] = ax; break;  // all axes on the last dimension
+      case 3:
+        p[0] = {ax.back()};
+        if (nd > 1 && ax.size() > 1) p[1] = {ax.front()};
+        break;
+      case 4: p[0] = std::vector<std::string>(ax.rbegin(), ax.rend()); break;
+    }
+    return p;
+  };
+}
+
+std::vector<MeshShape> meshes_for(int n) {
+  std::vector<MeshShape> out;
+  out.emplace_back(std::vector<std::string>{"data"}, std::vector<int>{n});
+  for (auto f : test::factorisations(n, 2)) {
+    out.emplace_back(std::vector<std::string>{"data", "fsdp"}, f);
+    out.emplace_back(std::vector<std::string>{"tensor", "pipeline"}, f);
+  }
+  return out;
+}
+
+std::string shared_tmpdir(MPI_Comm comm, const std::string& tag) {
+  std::string d;
+  int r = 0;
+  MPI_Comm_rank(comm, &r);
+  if (r == 0) {
+    d = (fs::temp_directory_path() / ("sf_ckpt_" + tag + "_" + std::to_string(::getpid()))).string();
+    fs::remove_all(d);
+    fs::create_directories(d);
+  }
+  long long n = static_cast<long long>(d.size());
+  MPI_Bcast(&n, 1, MPI_LONG_LONG, 0, comm);
+  d.resize(static_cast<size_t>(n));
+  MPI_Bcast(d.data(), static_cast<int>(n), MPI_CHAR, 0, comm);
+  return d;
+}
+
+void expect_state_equals(State& got, const State& want, const std::string& what) {
+  for (size_t i = 0; i < got.bufs.size(); ++i)
+    ASSERT_EQ(got.bufs[i], want.bufs[i]) << what << ": tensor " << model()[i].name << " layout "
+                                         << got.layouts[i].to_string() << " on rank " << world_rank();
+}
+
+Metadata sample_meta(std::int64_t step) {
+  Metadata m;
+  m.step = step;
+  m.ints["data_position"] = 123456789012345LL;
+  m.reals["loss"] = 2.718281828459045;
+  m.strings["deck"] = "[model]\nhidden = 128\nname = \"gpt \\\"q\\\"\"\n";
+  m.blobs["rng"] = {0, 1, 2, 255, 128, 7};
+  return m;
+}
+
+// ---- tests ------------------------------------------------------------------------------
+TEST(Checkpoint, RestoresOntoEveryLayout) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "layouts");
+  MeshShape save_mesh = meshes_for(n).back();
+  State saved = make_state(save_mesh, spec_family(save_mesh, 2), rank, false);
+  Checkpointer ck(MPI_COMM_WORLD, root);
+  const std::string dir = ck.save(saved.tensors(), sample_meta(7));
+  EXPECT_EQ(fs::path(dir).filename(), "step-00000007");
+  int combos = 0;
+  for (const MeshShape& mesh : meshes_for(n))
+    for (int v = 0; v < 5; ++v) {
+      State want = make_state(mesh, spec_family(mesh, v), rank, false);
+      State got = make_state(mesh, spec_family(mesh, v), rank, true);
+      Metadata md = restore(MPI_COMM_WORLD, root, got.tensors());
+      EXPECT_EQ(md, sample_meta(7));
+      expect_state_equals(got, want, "mesh " + mesh.to_string() + " variant " + std::to_string(v));
+      ++combos;
+    }
+  EXPECT_GE(combos, 5);
+  VerifyReport rep = verify(MPI_COMM_WORLD, root);
+  EXPECT_TRUE(rep.ok()) << (rep.problems.empty() ? "" : rep.problems[0]);
+  EXPECT_EQ(rep.tensors, static_cast<std::int64_t>(model().size()));
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+TEST(Checkpoint, ReplicasWriteEachShardOnce) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "replicas");
+  MeshShape mesh({"data"}, {n});
+  State s = make_state(mesh, [](size_t, const Shape& sh) { return PartitionSpec::replicated(sh.size()); }, rank, false);
+  Checkpointer ck(MPI_COMM_WORLD, root);
+  const std::string dir = ck.save(s.tensors(), sample_meta(1));
+  Manifest m = read_manifest(dir);
+  std::set<int> writers;
+  for (const auto& t : m.tensors) {
+    EXPECT_EQ(t.shards.size(), numel(t.shape) > 0 ? 1u : 0u) << t.name;
+    for (const auto& sh : t.shards) writers.insert(sh.writer);
+  }
+  if (n > 1) {
+    EXPECT_GT(writers.size(), 1u) << "replicas should share the writing";
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+TEST(Checkpoint, ConvertsDtypesOnRestore) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "dtypes");
+  MeshShape mesh({"fsdp"}, {n});
+  State saved = make_state(mesh, spec_family(mesh, 1), rank, false);
+  Checkpointer(MPI_COMM_WORLD, root).save(saved.tensors(), sample_meta(3));
+  // restore every float tensor as bf16 and as f32: values are small integers, exact in all
+  for (DType target : {DType::BF16, DType::F32}) {
+    std::vector<DType> dts;
+    for (const auto& m : model()) dts.push_back(is_floating(m.dtype) ? target : m.dtype);
+    State want = make_state(mesh, spec_family(mesh, 3), rank, false, &dts);
+    State got = make_state(mesh, spec_family(mesh, 3), rank, true, &dts);
+    restore(MPI_COMM_WORLD, root, got.tensors());
+    expect_state_equals(got, want, "as " + dtype_name(target));
+  }
+  // integers cannot become floats
+  std::vector<DType> bad;
+  for (const auto& m : model()) bad.push_back(m.dtype == DType::I64 ? DType::F32 : m.dtype);
+  State got = make_state(mesh, spec_family(mesh, 3), rank, true, &bad);
+  EXPECT_THROW(restore(MPI_COMM_WORLD, root, got.tensors()), InputError);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+TEST(Checkpoint, AcrossWorldSizes) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "worlds");
+  // save on a sub-communicator of ceil(n/2) ranks (n = 1: itself), restore on all n
+  const int sub_n = (n + 1) / 2;
+  MPI_Comm sub;
+  MPI_Comm_split(MPI_COMM_WORLD, rank < sub_n ? 0 : 1, rank, &sub);
+  if (rank < sub_n) {
+    MeshShape m({"data"}, {sub_n});
+    State s = make_state(m, spec_family(m, 1), rank, false);
+    Checkpointer(sub, root).save(s.tensors(), sample_meta(10));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  for (const MeshShape& mesh : meshes_for(n)) {
+    State want = make_state(mesh, spec_family(mesh, 4), rank, false);
+    State got = make_state(mesh, spec_family(mesh, 4), rank, true);
+    restore(MPI_COMM_WORLD, root, got.tensors());
+    expect_state_equals(got, want, "saved on " + std::to_string(sub_n) + ", restored on " + mesh.to_string());
+  }
+  // and back: save on all n, restore on the sub-communicator and on rank 0 alone
+  Checkpointer(MPI_COMM_WORLD, root).save(
+      make_state(meshes_for(n).back(), spec_family(meshes_for(n).back(), 0), rank, false).tensors(), sample_meta(11));
+  if (rank < sub_n) {
+    MeshShape m({"tensor"}, {sub_n});
+    State want = make_state(m, spec_family(m, 2), rank, false);
+    State got = make_state(m, spec_family(m, 2), rank, true);
+    restore(sub, root, got.tensors());
+    expect_state_equals(got, want, "restored on the sub-communicator");
+  }
+  if (rank == 0) {
+    State want = make_state(MeshShape(), spec_family(MeshShape(), 0), 0, false);
+    State got = make_state(MeshShape(), spec_family(MeshShape(), 0), 0, true);
+    Metadata md = restore(MPI_COMM_SELF, root, got.tensors());
+    EXPECT_EQ(md.step, 11);
+    expect_state_equals(got, want, "restored on one rank");
+  }
+  MPI_Comm_free(&sub);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+TEST(Checkpoint, AsyncSaveSnapshotsAndCommitsOnWait) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "async");
+  MeshShape mesh({"data", "fsdp"}, {1, n});
+  SaveOptions o;
+  o.async = true;
+  o.keep = 2;
+  Checkpointer ck(MPI_COMM_WORLD, root, o);
+  State s = make_state(mesh, spec_family(mesh, 1), rank, false);
+  const State original = s;
+  ck.save(s.tensors(), sample_meta(1));
+  EXPECT_TRUE(ck.pending());
+  for (auto& b : s.bufs) std::fill(b.begin(), b.end(), 0x5a);  // training goes on
+  ck.save(s.tensors(), sample_meta(2));  // waits for and commits step 1 first
+  EXPECT_TRUE(fs::exists(fs::path(root) / "step-00000001" / "manifest.json"));
+  ck.wait();
+  EXPECT_FALSE(ck.pending());
+  State got = make_state(mesh, spec_family(mesh, 1), rank, true);
+  restore(MPI_COMM_WORLD, (fs::path(root) / "step-00000001").string(), got.tensors());
+  expect_state_equals(got, original, "async snapshot of step 1");
+  Metadata md = restore(MPI_COMM_WORLD, root, got.tensors());
+  EXPECT_EQ(md.step, 2);
+  EXPECT_EQ(got.bufs, s.bufs);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+TEST(Checkpoint, RetentionKeepsTheNewest) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "keep");
+  MeshShape mesh({"data"}, {n});
+  SaveOptions o;
+  o.keep = 2;
+  Checkpointer ck(MPI_COMM_WORLD, root, o);
+  State s = make_state(mesh, spec_family(mesh, 0), rank, false);
+  for (int step : {5, 6, 8, 9}) ck.save(s.tensors(), sample_meta(step));
+  std::vector<std::string> left = list_checkpoints(root);
+  ASSERT_EQ(left.size(), 2u);
+  EXPECT_EQ(fs::path(left[0]).filename(), "step-00000008");
+  EXPECT_EQ(fs::path(left[1]).filename(), "step-00000009");
+  EXPECT_EQ(fs::path(resolve_checkpoint_dir(root)).filename(), "step-00000009");
+  // saving a step that exists is refused on every rank, and nothing changes
+  EXPECT_THROW(ck.save(s.tensors(), sample_meta(9)), InputError);
+  EXPECT_EQ(list_checkpoints(root).size(), 2u);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+// ---- corruption -------------------------------------------------------------------------
+
+/// Saves a fresh checkpoint, lets rank 0 damage it, and checks that restore refuses it on
+/// every rank with a message containing every string of `must_name`, buffers untouched.
+void expect_refused(const std::string& tag, const std::function<void(const std::string& dir, const Manifest&)>& damage,
+                    const std::vector<std::string>& must_name, bool rename_model = false) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, tag);
+  MeshShape mesh({"data", "tensor"}, {n, 1});
+  State s = make_state(mesh, spec_family(mesh, 1), rank, false);
+  const std::string dir = Checkpointer(MPI_COMM_WORLD, root).save(s.tensors(), sample_meta(4));
+  if (rank == 0) damage(dir, read_manifest(dir));
+  MPI_Barrier(MPI_COMM_WORLD);
+  MeshShape other({"fsdp"}, {n});
+  State got = make_state(other, spec_family(other, 2), rank, true);
+  const State untouched = got;
+  std::vector<TensorState> ts = got.tensors();
+  if (rename_model) ts[1].name = "layers.0.attn.qkv_renamed.weight";
+  try {
+    restore(MPI_COMM_WORLD, root, ts);
+    ADD_FAILURE() << tag << ": restore accepted a damaged checkpoint";
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    for (const auto& s2 : must_name) EXPECT_NE(msg.find(s2), std::string::npos) << tag << ": '" << s2 << "' not in: " << msg;
+  }
+  EXPECT_EQ(got.bufs, untouched.bufs) << tag << ": buffers modified";
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+const ShardRecord& shard_of(const Manifest& m, const std::string& tensor) {
+  for (const auto& t : m.tensors)
+    if (t.name == tensor) return t.shards.at(0);
+  throw std::runtime_error("no tensor " + tensor);
+}
+
+TEST(CheckpointCorruption, FlippedByte) {
+  expect_refused("flip", [](const std::string& dir, const Manifest& m) {
+    const ShardRecord& s = shard_of(m, "big");
+    const std::string file = (fs::path(dir) / s.file).string();
+    hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "/big", H5P_DEFAULT);
+    haddr_t off = H5Dget_offset(d);
+    H5Dclose(d);
+    H5Fclose(f);
+    std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekg(static_cast<std::streamoff>(off + 1000));
+    char c = 0;
+    io.read(&c, 1);
+    c ^= 0x10;
+    io.seekp(static_cast<std::streamoff>(off + 1000));
+    io.write(&c, 1);
+  }, {"'big'", "shard-", "checksum"});
+}
+
+TEST(CheckpointCorruption, TruncatedShardFile) {
+  expect_refused("trunc", [](const std::string& dir, const Manifest& m) {
+    const std::string file = (fs::path(dir) / shard_of(m, "big").file).string();
+    fs::resize_file(file, fs::file_size(file) / 2);
+  }, {"shard-", ".h5"});
+}
+
+TEST(CheckpointCorruption, MissingShardFile) {
+  expect_refused("missing", [](const std::string& dir, const Manifest& m) {
+    fs::remove(fs::path(dir) / shard_of(m, "embed.weight").file);
+  }, {"'embed.weight'", "shard-", "missing"});
+}
+
+TEST(CheckpointCorruption, DifferentModel) {
+  expect_refused("model", [](const std::string&, const Manifest&) {}, {"qkv_renamed", "manifest.json"}, true);
+  // a shape change is named as well
+  expect_refused("shape", [](const std::string& dir, const Manifest&) {
+    const std::string mf = (fs::path(dir) / "manifest.json").string();
+    std::ifstream in(mf);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string t = ss.str();
+    in.close();
+    nlohmann::json j = nlohmann::json::parse(t);
+    for (auto& jt : j["tensors"])
+      if (jt["name"] == "layers.0.mlp_norm.weight") jt["shape"] = std::vector<int>{14};
+    t = j.dump(1);
+    std::ofstream(mf, std::ios::trunc) << t;
+  }, {"'layers.0.mlp_norm.weight'", "[14]", "[13]"});
+}
+
+TEST(CheckpointCorruption, DatasetOfWrongShape) {
+  expect_refused("dsshape", [](const std::string& dir, const Manifest& m) {
+    const std::string file = (fs::path(dir) / shard_of(m, "layers.0.attn.qkv.weight").file).string();
+    hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Ldelete(f, "/layers.0.attn.qkv.weight", H5P_DEFAULT);
+    hsize_t dims[2] = {5, 5};
+    hid_t sp = H5Screate_simple(2, dims, nullptr);
+    hid_t d = H5Dcreate2(f, "/layers.0.attn.qkv.weight", H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dclose(d);
+    H5Sclose(sp);
+    H5Fclose(f);
+  }, {"'layers.0.attn.qkv.weight'", "shard-", "[5, 5]"});
+}
+
+TEST(CheckpointCorruption, PathEscapingTheCheckpoint) {
+  for (const std::string bad : {"../shard-0.h5", "/etc/passwd", "sub/../../x.h5"}) {
+    expect_refused("escape", [bad](const std::string& dir, const Manifest&) {
+      const std::string mf = (fs::path(dir) / "manifest.json").string();
+      std::ifstream in(mf);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      std::string t = ss.str();
+      in.close();
+      auto pos = t.find("\"file\": \"shard-0.h5\"");
+      ASSERT_NE(pos, std::string::npos);
+      t.replace(pos, 20, "\"file\": \"" + bad + "\"");
+      std::ofstream(mf, std::ios::trunc) << t;
+    }, {bad, "escapes", "tensor '"});
+  }
+}
+
+TEST(CheckpointCorruption, VerifyReportsEveryProblem) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "verify");
+  MeshShape mesh({"data"}, {n});
+  State s = make_state(mesh, spec_family(mesh, 1), rank, false);
+  SaveOptions o;
+  o.block_bytes = 4096;  // many blocks
+  const std::string dir = Checkpointer(MPI_COMM_WORLD, root, o).save(s.tensors(), sample_meta(4));
+  VerifyReport good = verify(MPI_COMM_WORLD, root);
+  EXPECT_TRUE(good.ok());
+  EXPECT_GT(good.blocks, good.shards);
+  if (rank == 0) {
+    Manifest m = read_manifest(dir);
+    const std::string file = (fs::path(dir) / shard_of(m, "big").file).string();
+    hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "/big", H5P_DEFAULT);
+    haddr_t off = H5Dget_offset(d);
+    H5Dclose(d);
+    H5Fclose(f);
+    std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(static_cast<std::streamoff>(off + 5));
+    io.put('\x7f');
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  VerifyReport bad = verify(MPI_COMM_WORLD, root);
+  ASSERT_EQ(bad.problems.size(), 1u);
+  EXPECT_NE(bad.problems[0].find("'big'"), std::string::npos) << bad.problems[0];
+  EXPECT_NE(bad.problems[0].find("block 0"), std::string::npos) << bad.problems[0];
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+TEST(CheckpointTools, ConsolidateReadableByHdf5AndH5dump) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "consolidate");
+  MeshShape mesh({"data", "fsdp"}, {n, 1});
+  State s = make_state(mesh, spec_family(mesh, 3), rank, false);
+  Checkpointer(MPI_COMM_WORLD, root).save(s.tensors(), sample_meta(12));
+  const std::string out = (fs::path(root) / "full.h5").string();
+  consolidate(MPI_COMM_WORLD, root, out);
+  if (rank == 0) {
+    hid_t f = H5Fopen(out.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    for (size_t i = 0; i < model().size(); ++i) {
+      const Spec& m = model()[i];
+      hid_t d = H5Dopen2(f, ("/" + m.name).c_str(), H5P_DEFAULT);
+      ASSERT_GE(d, 0) << m.name;
+      hid_t sp = H5Dget_space(d);
+      int nd = H5Sget_simple_extent_ndims(sp);
+      std::vector<hsize_t> dims(static_cast<size_t>(nd));
+      if (nd) H5Sget_simple_extent_dims(sp, dims.data(), nullptr);
+      EXPECT_EQ(Shape(dims.begin(), dims.end()), m.shape) << m.name;
+      const std::int64_t cnt = numel(m.shape);
+      if (m.dtype == DType::I64) {
+        std::vector<long long> v(static_cast<size_t>(cnt));
+        if (cnt) H5Dread(d, H5T_NATIVE_LLONG, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data());
+        for (std::int64_t g = 0; g < cnt; ++g) EXPECT_EQ(v[static_cast<size_t>(g)], static_cast<long long>(value_of(i, g)));
+      } else {
+        hid_t ty = H5Dget_type(d);
+        EXPECT_TRUE(H5Tequal(ty, H5T_IEEE_F32LE) > 0) << m.name;
+        H5Tclose(ty);
+        std::vector<float> v(static_cast<size_t>(cnt));
+        if (cnt) H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data());
+        for (std::int64_t g = 0; g < cnt; ++g)
+          ASSERT_EQ(v[static_cast<size_t>(g)], static_cast<float>(value_of(i, g))) << m.name << " at " << g;
+      }
+      H5Sclose(sp);
+      H5Dclose(d);
+    }
+    hid_t a = H5Aopen_by_name(f, "/", "step", H5P_DEFAULT, H5P_DEFAULT);
+    long long step = 0;
+    H5Aread(a, H5T_NATIVE_LLONG, &step);
+    H5Aclose(a);
+    EXPECT_EQ(step, 12);
+    H5Fclose(f);
+    // h5dump (hdf5-tools) reads it without shardflow
+    const std::string cmd = "h5dump -d /embed.weight -A 0 " + out + " 2>&1; h5dump -a /data_position " + out + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string text;
+    char buf[4096];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, got);
+    int rc = pclose(p);
+    if (rc != 0 && text.find("not found") != std::string::npos && text.find("h5dump") != std::string::npos) {
+      GTEST_SKIP() << "h5dump is not installed";
+    }
+    EXPECT_EQ(rc, 0) << text;
+    EXPECT_NE(text.find("DATASET \"/embed.weight\""), std::string::npos) << text.substr(0, 2000);
+    EXPECT_NE(text.find("H5T_IEEE_F32LE"), std::string::npos);
+    EXPECT_NE(text.find("DATASPACE  SIMPLE { ( 37, 12 )"), std::string::npos) << text.substr(0, 2000);
+    EXPECT_NE(text.find("123456789012345"), std::string::npos) << text.substr(0, 2000);
+    // first values of embed.weight: value_of(0, g) = (7 g) % 251 - 125
+    EXPECT_NE(text.find("(0,0): -125, -118, -111"), std::string::npos) << text.substr(0, 2000);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+TEST(CheckpointTools, DescribeNamesEverything) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "describe");
+  MeshShape mesh({"data"}, {n});
+  State s = make_state(mesh, spec_family(mesh, 1), rank, false);
+  Checkpointer(MPI_COMM_WORLD, root).save(s.tensors(), sample_meta(21));
+  if (rank == 0) {
+    std::string d = describe(root);
+    EXPECT_NE(d.find("step 21"), std::string::npos) << d;
+    for (const auto& m : model()) EXPECT_NE(d.find(m.name), std::string::npos) << d;
+    EXPECT_NE(d.find("data_position = 123456789012345"), std::string::npos) << d;
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+TEST(Checkpoint, RefusesBadRequests) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "bad");
+  MeshShape mesh({"data"}, {n});
+  State s = make_state(mesh, spec_family(mesh, 1), rank, false);
+  Checkpointer ck(MPI_COMM_WORLD, root);
+  auto ts = s.tensors();
+  ts[0].name = "a/b";
+  EXPECT_THROW(ck.save(ts, sample_meta(1)), InputError);
+  ts = s.tensors();
+  ts[1].name = ts[0].name;
+  EXPECT_THROW(ck.save(ts, sample_meta(1)), InputError);
+  EXPECT_THROW(restore(MPI_COMM_WORLD, root, s.tensors()), InputError);  // nothing saved yet
+  EXPECT_TRUE(list_checkpoints(root).empty());
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+}  // namespace
