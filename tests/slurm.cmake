@@ -24,7 +24,7 @@ set_tests_properties(slurm_start PROPERTIES LABELS slurm FIXTURES_SETUP slurm SK
 add_test(NAME slurm_stop COMMAND ${PROJECT_SOURCE_DIR}/scripts/slurm/stop.sh ${SHARDFLOW_SLURM_DIR})
 set_tests_properties(slurm_stop PROPERTIES LABELS slurm FIXTURES_CLEANUP slurm TIMEOUT 60)
 
-foreach(t train_job sweep preempt bad_deck)
+foreach(t train_job sweep bad_deck requeue chain preempt)
   add_test(NAME slurm_${t} COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/slurm/test_${t}.sh)
   # RESOURCE_LOCK: one Slurm test at a time, they share the test Slurm's 4 CPUs
   set_tests_properties(slurm_${t} PROPERTIES LABELS slurm FIXTURES_REQUIRED slurm SKIP_RETURN_CODE 77
