@@ -4,12 +4,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include <KokkosBlas3_gemm.hpp>
 #include <Kokkos_Core.hpp>
 
+#include <csignal>
+
+#include "ckpt/checkpoint.hpp"
 #include "command.hpp"
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
@@ -22,8 +26,15 @@ namespace {
 
 using namespace shardflow;
 
+// SIGUSR1 / SIGTERM (Slurm's warning before preemption or the time limit): finish the
+// current step, save a checkpoint, exit with kExitCheckpointed so the batch script requeues.
+constexpr int kExitCheckpointed = 99;
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
 struct TrainOptions {
   std::string deck;
+  std::string resume;
   std::vector<std::string> overrides;
   std::string summary, trace_dir, dump_graph;
   bool quiet = false;
@@ -82,6 +93,59 @@ int run_train(const TrainOptions& o) {
   Mesh mesh(deck.mesh.to_mesh_shape());
   comm::CommSet comms(mesh, comm::Backend::Mpi);
   train::Trainer trainer(deck, mesh, comms);
+  auto ckpt_tensors = [&trainer] {
+    std::vector<ckpt::TensorState> ts;
+    for (auto& t : trainer.state_tensors()) ts.push_back({t.name, t.layout, DType::F32, t.data});
+    return ts;
+  };
+  if (!o.resume.empty()) {
+    const std::string path = o.resume == "latest" ? deck.checkpoint.dir : o.resume;
+    const auto meta = ckpt::restore(mesh.world(), path, ckpt_tensors());
+    trainer.set_step(meta.step);
+    if (rank == 0 && !o.quiet)
+      std::printf("resumed from %s at step %lld\n", ckpt::resolve_checkpoint_dir(path).c_str(),
+                  static_cast<long long>(meta.step));
+  }
+  if (o.resume.empty() && std::filesystem::is_directory(deck.checkpoint.dir)) {
+    const auto existing = ckpt::list_checkpoints(deck.checkpoint.dir);
+    SHARDFLOW_REQUIRE_INPUT(existing.empty(), "checkpoint.dir '", deck.checkpoint.dir, "' already holds ",
+                            existing.size(), " checkpoint(s) (newest: ", existing.back(),
+                            "): continue with --resume latest, or start afresh with another directory "
+                            "(--set checkpoint.dir=...)");
+  }
+  ckpt::SaveOptions save_opts;
+  save_opts.keep = static_cast<int>(deck.checkpoint.keep);
+  save_opts.async = deck.checkpoint.async;
+  std::unique_ptr<ckpt::Checkpointer> checkpointer;
+  int64_t last_saved = -1;
+  double last_loss = 0;
+  auto save = [&] {
+    if (trainer.step() == last_saved) return;
+    if (!checkpointer) checkpointer = std::make_unique<ckpt::Checkpointer>(mesh.world(), deck.checkpoint.dir, save_opts);
+    ckpt::Metadata meta;
+    meta.step = trainer.step();
+    meta.ints["data_position"] = trainer.step();  // the loader is counter-based: the next step's index
+    meta.ints["seed"] = deck.train.seed;
+    for (const auto& kv : std::map<std::string, int64_t>{{"model.vocab", deck.model.vocab},
+                                                         {"model.seq", deck.model.seq},
+                                                         {"model.hidden", deck.model.hidden},
+                                                         {"model.heads", deck.model.heads},
+                                                         {"model.ffn", deck.model.ffn},
+                                                         {"model.layers", deck.model.layers},
+                                                         {"world_size", world}})
+      meta.ints[kv.first] = kv.second;
+    meta.reals["loss"] = last_loss;
+    meta.strings["deck"] = deck_to_toml(deck);
+    meta.strings["mesh"] = mesh.shape().to_string();
+    const std::string dir = checkpointer->save(ckpt_tensors(), meta);
+    last_saved = trainer.step();
+    if (rank == 0 && !o.quiet) {
+      std::printf("checkpoint %s%s\n", dir.c_str(), save_opts.async ? " (writing in the background)" : "");
+      std::fflush(stdout);
+    }
+  };
+  std::signal(SIGUSR1, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
   if (!o.dump_graph.empty()) {
     const std::string path = world > 1 ? o.dump_graph + ".rank" + std::to_string(rank) : o.dump_graph;
     std::ofstream os(path);
@@ -109,11 +173,13 @@ int run_train(const TrainOptions& o) {
   }
   nlohmann::json steps = nlohmann::json::array();
   double total_time = 0, final_loss = 0;
+  int64_t steps_run = 0;
   const int64_t total = deck.train.steps;
   for (int64_t s = trainer.step(); s < total; s = trainer.step()) {
     auto st = trainer.train_step();
     total_time += st.step_time_s;
     final_loss = st.loss;
+    last_loss = st.loss;
     // slowest rank's time and the largest footprint decide what the job sees
     double t_local[3] = {st.step_time_s, st.comm_wait_s, st.compute_s}, t_max[3];
     MPI_Allreduce(t_local, t_max, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
@@ -125,14 +191,28 @@ int run_train(const TrainOptions& o) {
                      {"mfu", trainer.model_flops_per_step() / t_max[0] / (peak * 1e9 * world)},
                      {"grad_norm", st.grad_norm}});
     if (rank == 0 && !o.quiet) {
-      const double eta = total_time / static_cast<double>(st.step - 0) * static_cast<double>(total - st.step);
+      const double eta = total_time / static_cast<double>(++steps_run) * static_cast<double>(total - st.step);
       std::printf("step %*lld/%lld  loss %.4f  %8.0f tok/s  step %.3fs  comm-wait %4.1f%%  peak/rank %s  eta %s\n",
                   static_cast<int>(std::to_string(total).size()), static_cast<long long>(st.step),
                   static_cast<long long>(total), st.loss, tps, t_max[0], 100.0 * t_max[1] / std::max(t_max[0], 1e-12),
                   human_bytes(static_cast<double>(rss_max)).c_str(), human_time(eta).c_str());
       std::fflush(stdout);
     }
+    if (deck.checkpoint.every > 0 && trainer.step() % deck.checkpoint.every == 0) save();
+    int sig = static_cast<int>(g_stop_signal), any_sig = 0;
+    MPI_Allreduce(&sig, &any_sig, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (any_sig) {
+      save();
+      if (checkpointer) checkpointer->wait();
+      if (rank == 0)
+        std::printf("stopped by signal %d after step %lld; checkpoint saved, exiting with %d (requeue me)\n", any_sig,
+                    static_cast<long long>(trainer.step()), kExitCheckpointed);
+      std::fflush(stdout);
+      return kExitCheckpointed;
+    }
   }
+  if (trainer.step() > 0) save();
+  if (checkpointer) checkpointer->wait();
   if (!o.trace_dir.empty()) tracer.write(o.trace_dir + "/trace.rank" + std::to_string(rank) + ".json");
   std::vector<int64_t> peaks(static_cast<size_t>(world));
   int64_t rss = max_rss_bytes();
@@ -189,6 +269,9 @@ app::CommandRegistration reg("train", "train the reference GPT on a deck (run un
                                sub.add_option("--trace", o->trace_dir, "write Chrome traces (one per rank) to DIR");
                                sub.add_option("--dump-graph", o->dump_graph, "write the step's task graph (DOT)");
                                sub.add_flag("--quiet", o->quiet, "no progress lines");
+                               sub.add_option("--resume", o->resume,
+                                              "restore a checkpoint (a step directory, a checkpoint root, or "
+                                              "'latest' for the deck's checkpoint.dir) onto this mesh first");
                                sub.add_option("--peak-gflops", o->peak_gflops,
                                               "per-rank peak GFLOP/s for MFU (default: measured sgemm rate)");
                                return [o] { return run_train(*o); };

@@ -8,4 +8,6 @@ scripts/setup.sh
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$(nproc)" --target shardflow_cli
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
-exec mpiexec -n 2 build/release/apps/shardflow train inputs/quickstart.toml --summary build/release/quickstart_summary.json "$@"
+rm -rf build/release/quickstart-checkpoints
+exec mpiexec -n 2 build/release/apps/shardflow train inputs/quickstart.toml --summary build/release/quickstart_summary.json \
+  --set checkpoint.dir=build/release/quickstart-checkpoints "$@"

@@ -1,6 +1,7 @@
 # Runs `shardflow train` on the quickstart deck for STEPS steps on 2 ranks and checks that
 # the final loss (from --summary) is below MAX_LOSS and below the first step's loss.
-execute_process(COMMAND ${MPIEXEC} -n 2 ${APP} train ${DECK} --set train.steps=${STEPS} --summary ${OUT}
+file(REMOVE_RECURSE ${CKPT})
+execute_process(COMMAND ${MPIEXEC} -n 2 ${APP} train ${DECK} --set train.steps=${STEPS} checkpoint.dir=${CKPT} --summary ${OUT}
   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("${out}")
 if(NOT rc EQUAL 0)
