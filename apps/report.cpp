@@ -319,9 +319,9 @@ int run_report(const ReportOptions& o) {
   txt << "study '" << name << "' (" << scaling << " scaling): " << ok.size() << " of " << rows.size()
       << " configuration(s) finished; baseline " << base->name << " (" << base->ranks << " rank(s), "
       << fmt_double(base->tokens_per_s, 0) << " tokens/s)\n";
-  txt << (scaling == "strong"
-              ? "strong scaling, fixed global batch: efficiency E(N) = T(b)*N(b) / (T(N)*N), step times T\n"
-              : "weak scaling, fixed batch per data-parallel rank: efficiency E(N) = T(b) / T(N), step times T\n");
+  txt << "efficiency E(N) = (tokens/s at N / N) / (tokens/s at b / b), b = " << base->name
+      << (scaling == "strong" ? "; strong scaling (fixed global batch): = T(b)*N(b) / (T(N)*N) in step times T\n"
+                              : "; weak scaling (fixed batch per data-parallel rank): = T(b) / T(N) in step times T\n");
   txt << "MFU against the per-rank peak " << fmt_double(base->peak_gflops, 1) << " GFLOP/s ("
       << (base->peak_source.empty() ? "stated in the summaries" : base->peak_source) << ")\n\n";
   char line[400];

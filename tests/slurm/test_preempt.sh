@@ -2,7 +2,8 @@
 # Preemption: `scancel --signal=USR1 --batch` in mid-run → the ranks checkpoint and exit 99
 # → the job requeues itself → the requeued job (SLURM_RESTART_COUNT=1) resumes from the
 # latest checkpoint → every step after the resume, and the final loss, equal the
-# uninterrupted run's bitwise (losses and gradient norms, so the parameters agree too).
+# uninterrupted run's bitwise (losses, gradient norms, and the final checkpoint's
+# parameters and optimizer state).
 # Needs `shardflow train --resume` and its signal contract (docs/slurm.md); skips without.
 source "$(dirname "$0")/lib.sh"
 require_slurm
@@ -10,7 +11,7 @@ require_slurm
   skip "shardflow train has no --resume yet (checkpoint/restart is not on this branch); the preemption test needs it"
 w="$(work_dir preempt)"
 deck="$SHARDFLOW_HOME/tests/slurm/tiny.toml"
-steps=40
+steps=150
 common=(--set "train.steps=$steps" --set checkpoint.every=0)
 
 mpiexec -n 2 "$SHARDFLOW_BIN" train "$deck" --quiet "${common[@]}" --set "checkpoint.dir=$w/ckpt-ref" \
@@ -47,4 +48,23 @@ summary="$w/summary-$jid.json"
 first="$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['steps'][0]['step'])" "$summary")"
 ((first > 1)) || fail "the resumed run started at step $first: it did not resume"
 n="$(compare_steps "$w/ref.json" "$summary" "$first")" || fail "the resumed run differs from the uninterrupted run"
-echo "PASS: job $jid preempted, requeued, resumed at step $first; $n steps equal the uninterrupted run's bitwise"
+# the final parameters and AdamW moments: both final checkpoints, consolidated, bitwise equal
+"$SHARDFLOW_BIN" ckpt consolidate "$w/ckpt-ref" "$w/ref.h5" >/dev/null || fail "cannot consolidate $w/ckpt-ref"
+"$SHARDFLOW_BIN" ckpt consolidate "$w/ckpt-job" "$w/job.h5" >/dev/null || fail "cannot consolidate $w/ckpt-job"
+"$PY" - "$w/ref.h5" "$w/job.h5" <<'PY' || fail "the final checkpoint of the preempted run differs from the uninterrupted run's"
+import sys
+import h5py
+import numpy as np
+with h5py.File(sys.argv[1], "r") as a, h5py.File(sys.argv[2], "r") as b:
+    names = []
+    a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    other = []
+    b.visititems(lambda n, o: other.append(n) if isinstance(o, h5py.Dataset) else None)
+    assert sorted(names) == sorted(other) and names, (len(names), len(other))
+    assert a.attrs["step"] == b.attrs["step"], (a.attrs["step"], b.attrs["step"])
+    for n in names:
+        x, y = a[n][()], b[n][()]
+        assert x.shape == y.shape and np.array_equal(x, y), "tensor %s differs (max |diff| %g)" % (n, np.max(np.abs(x - y)))
+    print("%d tensors equal at step %d" % (len(names), a.attrs["step"]))
+PY
+echo "PASS: job $jid preempted, requeued, resumed at step $first; $n steps and the final parameters equal the uninterrupted run's bitwise"
