@@ -79,43 +79,52 @@ struct ShardJob {
   DType dtype = DType::F32;
   const unsigned char* data = nullptr;
   std::size_t bytes = 0;
-  std::vector<unsigned char> owned;  // async: the snapshot `data` points into
+  detail::HostBuffer owned;  // async: the snapshot `data` points into
   // results
   std::int64_t block_rows = 1;
   std::vector<std::uint32_t> crc;
 };
 
-/// Writes the jobs into `path` (one HDF5 file), computing block checksums; fsyncs it.
+/// Writes the jobs into `path` (one HDF5 file); fsyncs it. Each checksum block is
+/// checksummed and written right after, while it is still in cache.
 void write_shard_file(const std::string& path, std::vector<ShardJob>& jobs, std::int64_t block_bytes) {
   std::lock_guard<std::recursive_mutex> lock(h5::mutex());
   h5::init();
+  h5::Handle file = h5::file_create(path);
   for (auto& j : jobs) {
     const std::size_t esize = dtype_size(j.dtype);
     j.block_rows = block_rows_for(j.box.extent, esize, block_bytes);
     const std::int64_t nb = num_blocks(j.box.extent, j.block_rows);
-    const std::size_t block_bytes_exact = static_cast<std::size_t>(j.block_rows * row_numel(j.box.extent)) * esize;
+    const std::int64_t row = row_numel(j.box.extent);
+    const std::size_t row_bytes = static_cast<std::size_t>(row) * esize;
     j.crc.resize(static_cast<size_t>(nb));
-    for (std::int64_t b = 0; b < nb; ++b) {
-      std::size_t off = static_cast<std::size_t>(b) * block_bytes_exact;
-      std::size_t len = std::min(block_bytes_exact, j.bytes - off);
-      j.crc[static_cast<size_t>(b)] = crc32c(j.data + off, len);
-    }
-  }
-  h5::Handle file = h5::file_create(path);
-  for (auto& j : jobs) {
     h5::Handle space;
-    if (j.box.extent.empty()) {
-      space = h5::Handle(CHECK_HDF5(H5Screate(H5S_SCALAR)), H5Sclose);
-    } else {
-      std::vector<hsize_t> dims(j.box.extent.begin(), j.box.extent.end());
-      space = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
-    }
+    std::vector<hsize_t> dims(j.box.extent.begin(), j.box.extent.end());
+    if (dims.empty()) space = h5::Handle(CHECK_HDF5(H5Screate(H5S_SCALAR)), H5Sclose);
+    else space = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
     h5::Handle ftype = h5::file_type(j.dtype);
     h5::Handle ds(CHECK_HDF5(H5Dcreate2(file, ("/" + j.name).c_str(), ftype, space, H5P_DEFAULT, H5P_DEFAULT,
                                         H5P_DEFAULT)),
                   H5Dclose);
     h5::Handle mtype = h5::memory_type(j.dtype);
-    CHECK_HDF5(H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, j.data));
+    if (dims.empty()) {
+      j.crc[0] = crc32c(j.data, j.bytes);
+      CHECK_HDF5(H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, j.data));
+    }
+    for (std::int64_t b = 0; b < nb && !dims.empty(); ++b) {
+      const std::int64_t r0 = b * j.block_rows;
+      const std::int64_t r1 = std::min(j.box.extent[0], r0 + j.block_rows);
+      const unsigned char* p = j.data + static_cast<std::size_t>(r0) * row_bytes;
+      const std::size_t len = static_cast<std::size_t>(r1 - r0) * row_bytes;
+      j.crc[static_cast<size_t>(b)] = crc32c(p, len);
+      std::vector<hsize_t> start(dims.size(), 0), cnt(dims);
+      start[0] = static_cast<hsize_t>(r0);
+      cnt[0] = static_cast<hsize_t>(r1 - r0);
+      CHECK_HDF5(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, cnt.data(), nullptr));
+      hsize_t n = static_cast<hsize_t>((r1 - r0) * row);
+      h5::Handle mspace(CHECK_HDF5(H5Screate_simple(1, &n, nullptr)), H5Sclose);
+      CHECK_HDF5(H5Dwrite(ds, mtype, mspace, space, H5P_DEFAULT, p));
+    }
     h5::write_attr_string(ds, "tensor", j.name);
     h5::write_attr_string(ds, "dtype", dtype_name(j.dtype));
     h5::write_attr_i64(ds, "offset", std::vector<long long>(j.box.offset.begin(), j.box.offset.end()));
@@ -278,7 +287,8 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
   const std::int64_t block_bytes = opts_.block_bytes;
   if (opts_.async) {
     for (auto& j : p->jobs) {  // snapshot: training may modify its buffers from now on
-      j.owned.assign(j.data, j.data + j.bytes);
+      j.owned = detail::HostBuffer(j.bytes);
+      std::memcpy(j.owned.data(), j.data, j.bytes);
       j.data = j.owned.data();
     }
     Pending* raw = p.get();
@@ -478,7 +488,7 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
   detail::agree(comm, err);
 
   // read every needed block into staging buffers, verifying checksums
-  std::vector<std::vector<unsigned char>> staging(tensors.size());
+  std::vector<detail::HostBuffer> staging(tensors.size());
   try {
     std::lock_guard<std::recursive_mutex> lock(h5::mutex());
     h5::init();
@@ -489,7 +499,7 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
       const TensorRecord& r = *recs[i];
       if (!t.layout.holds(rank) || t.layout.local_numel(rank) == 0) continue;
       const Box need = t.layout.box(rank);
-      staging[i].resize(static_cast<size_t>(need.numel()) * dtype_size(t.dtype));
+      staging[i] = detail::HostBuffer(static_cast<size_t>(need.numel()) * dtype_size(t.dtype));
       std::int64_t got = 0;
       for (const ShardRecord& s : r.shards) {
         const Box x = Box::intersect(need, s.box);
@@ -501,6 +511,20 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
           const std::int64_t r_hi = r_lo + x.extent[0];
           b_lo = r_lo / s.block_rows;
           b_hi = (r_hi + s.block_rows - 1) / s.block_rows;
+        }
+        // fast path: whole rows, block-aligned, same dtype: read straight into the staging buffer
+        bool direct = r.dtype == t.dtype;
+        for (size_t d = 1; d < x.ndim() && direct; ++d)
+          direct = x.extent[d] == s.box.extent[d] && x.extent[d] == need.extent[d];
+        if (direct && !s.box.extent.empty())
+          direct = b_lo * s.block_rows == x.offset[0] - s.box.offset[0] &&
+                   std::min(s.box.extent[0], b_hi * s.block_rows) == x.offset[0] - s.box.offset[0] + x.extent[0];
+        if (direct) {
+          const std::size_t row_bytes = static_cast<std::size_t>(row_numel(need.extent)) * dtype_size(t.dtype);
+          const std::size_t at = need.extent.empty() ? 0 : static_cast<std::size_t>(x.offset[0] - need.offset[0]) * row_bytes;
+          detail::read_blocks_into(ds, r, s, b_lo, b_hi, staging[i].data() + at, dir);
+          got += x.numel();
+          continue;
         }
         const std::int64_t first_row = detail::read_blocks(ds, r, s, b_lo, b_hi, buf, dir);
         // the rows read form an array of shape [rows, extent[1:]] starting at shard row first_row

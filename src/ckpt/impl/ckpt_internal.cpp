@@ -1,6 +1,7 @@
 #include "ckpt/impl/ckpt_internal.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <Kokkos_Core.hpp>
@@ -81,6 +82,32 @@ std::string read_text_file(const std::string& path) {
 
 std::string join(const std::string& dir, const std::string& rel) { return (fs::path(dir) / rel).string(); }
 
+HostBuffer::HostBuffer(std::size_t bytes) : n_(bytes) {
+  if (bytes == 0) return;
+  constexpr std::size_t kHuge = std::size_t(2) << 20;
+  mapped_ = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* p = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  SHARDFLOW_REQUIRE(p != MAP_FAILED, "ckpt: cannot allocate a host buffer of ", bytes, " bytes: ", std::strerror(errno));
+#ifdef MADV_HUGEPAGE
+  ::madvise(p, mapped_, MADV_HUGEPAGE);  // a hint: fine when refused
+#endif
+  p_ = static_cast<unsigned char*>(p);
+}
+HostBuffer::~HostBuffer() {
+  if (p_) ::munmap(p_, mapped_);
+}
+HostBuffer::HostBuffer(HostBuffer&& o) noexcept
+    : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)), mapped_(std::exchange(o.mapped_, 0)) {}
+HostBuffer& HostBuffer::operator=(HostBuffer&& o) noexcept {
+  if (this != &o) {
+    if (p_) ::munmap(p_, mapped_);
+    p_ = std::exchange(o.p_, nullptr);
+    n_ = std::exchange(o.n_, 0);
+    mapped_ = std::exchange(o.mapped_, 0);
+  }
+  return *this;
+}
+
 hid_t FileCache::open(const std::string& rel, const std::string& tensor) {
   auto it = files_.find(rel);
   if (it != files_.end()) return it->second.id();
@@ -123,45 +150,58 @@ h5::Handle open_shard_dataset(FileCache& files, const TensorRecord& t, const Sha
 
 std::int64_t read_blocks(hid_t dataset, const TensorRecord& t, const ShardRecord& s, std::int64_t b_lo,
                          std::int64_t b_hi, std::vector<unsigned char>& out, const std::string& dir) {
+  const Shape& ext = s.box.extent;
+  const std::int64_t n0 = ext.empty() ? 1 : ext[0];
+  const std::int64_t r_lo = b_lo * s.block_rows;
+  const std::int64_t r_hi = std::min(n0, b_hi * s.block_rows);
+  out.resize(static_cast<size_t>((r_hi - r_lo) * row_numel(ext)) * dtype_size(t.dtype));
+  return read_blocks_into(dataset, t, s, b_lo, b_hi, out.data(), dir);
+}
+
+std::int64_t read_blocks_into(hid_t dataset, const TensorRecord& t, const ShardRecord& s, std::int64_t b_lo,
+                              std::int64_t b_hi, unsigned char* out, const std::string& dir) {
   const std::size_t esize = dtype_size(t.dtype);
   const Shape& ext = s.box.extent;
   const std::int64_t n0 = ext.empty() ? 1 : ext[0];
   const std::int64_t row = row_numel(ext);
   const std::int64_t r_lo = b_lo * s.block_rows;
-  const std::int64_t r_hi = std::min(n0, b_hi * s.block_rows);
-  const std::int64_t count = (r_hi - r_lo) * row;
-  out.resize(static_cast<size_t>(count) * esize);
   const std::string where = ::shardflow::detail::concat("checkpoint ", dir, ": tensor '", t.name, "': file '",
                                                         join(dir, s.file), "' dataset '", s.dataset, "'");
-  try {
-    h5::Handle mtype = h5::memory_type(t.dtype);
-    if (ext.empty()) {
-      CHECK_HDF5(H5Dread(dataset, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()));
-    } else if (count > 0) {
-      h5::Handle fspace(CHECK_HDF5(H5Dget_space(dataset)), H5Sclose);
-      std::vector<hsize_t> start(ext.size(), 0), cnt(ext.begin(), ext.end());
-      start[0] = static_cast<hsize_t>(r_lo);
-      cnt[0] = static_cast<hsize_t>(r_hi - r_lo);
-      CHECK_HDF5(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, cnt.data(), nullptr));
-      hsize_t n = static_cast<hsize_t>(count);
-      h5::Handle mspace(CHECK_HDF5(H5Screate_simple(1, &n, nullptr)), H5Sclose);
-      CHECK_HDF5(H5Dread(dataset, mtype, mspace, fspace, H5P_DEFAULT, out.data()));
-    }
-  } catch (const Error& e) {
-    throw InputError(::shardflow::detail::concat(where, ": read of rows [", r_lo, ", ", r_hi, ") failed: ", e.what()));
-  }
   const std::size_t row_bytes = static_cast<std::size_t>(row) * esize;
+  h5::Handle mtype;
+  h5::Handle fspace;
+  try {
+    mtype = h5::memory_type(t.dtype);
+    if (!ext.empty()) fspace = h5::Handle(CHECK_HDF5(H5Dget_space(dataset)), H5Sclose);
+  } catch (const Error& e) {
+    throw InputError(::shardflow::detail::concat(where, ": ", e.what()));
+  }
+  // block by block: each block is checksummed right after it is read, while in cache
   for (std::int64_t b = b_lo; b < b_hi; ++b) {
-    const std::int64_t a = b * s.block_rows - r_lo;
-    const std::int64_t e = std::min(n0, (b + 1) * s.block_rows) - r_lo;
-    const std::uint32_t got = crc32c(out.data() + static_cast<size_t>(a) * row_bytes,
-                                     static_cast<size_t>(e - a) * row_bytes);
+    const std::int64_t a = b * s.block_rows;
+    const std::int64_t e = std::min(n0, (b + 1) * s.block_rows);
+    unsigned char* dst = out + static_cast<size_t>(a - r_lo) * row_bytes;
+    try {
+      if (ext.empty()) {
+        CHECK_HDF5(H5Dread(dataset, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst));
+      } else if (e > a && row > 0) {
+        std::vector<hsize_t> start(ext.size(), 0), cnt(ext.begin(), ext.end());
+        start[0] = static_cast<hsize_t>(a);
+        cnt[0] = static_cast<hsize_t>(e - a);
+        CHECK_HDF5(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start.data(), nullptr, cnt.data(), nullptr));
+        hsize_t n = static_cast<hsize_t>((e - a) * row);
+        h5::Handle mspace(CHECK_HDF5(H5Screate_simple(1, &n, nullptr)), H5Sclose);
+        CHECK_HDF5(H5Dread(dataset, mtype, mspace, fspace, H5P_DEFAULT, dst));
+      }
+    } catch (const Error& err) {
+      throw InputError(::shardflow::detail::concat(where, ": read of rows [", a, ", ", e, ") failed: ", err.what()));
+    }
+    const std::uint32_t got = crc32c(dst, static_cast<size_t>(e - a) * row_bytes);
     const std::uint32_t want = s.crc32c[static_cast<size_t>(b)];
     if (got != want) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "stored %08x, computed %08x", want, got);
-      throw InputError(::shardflow::detail::concat(where, ": checksum mismatch in block ", b, " (rows [",
-                                                   b * s.block_rows, ", ", std::min(n0, (b + 1) * s.block_rows),
+      throw InputError(::shardflow::detail::concat(where, ": checksum mismatch in block ", b, " (rows [", a, ", ", e,
                                                    ")): ", buf, "; the file is corrupt"));
     }
   }

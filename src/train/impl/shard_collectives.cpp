@@ -142,7 +142,8 @@ std::function<bool()> ShardGather::start() {
 }
 
 ShardReduceScatter::ShardReduceScatter(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner,
-                                       DType dtype, const float* full, float* shard_out, bool accumulate)
+                                       DType dtype, const float* full, float* shard_out, bool accumulate,
+                                       comm::ReduceOp op)
     : comm_(&c),
       outer_(outer),
       rows_(rows),
@@ -166,7 +167,7 @@ ShardReduceScatter::ShardReduceScatter(comm::Communicator& c, int64_t outer, int
     recv = recv_.data();
   }
   coll_ = std::make_unique<comm::Collective>(
-      c, comm::CollectivePlan::reduce_scatter(dtype, static_cast<size_t>(block_), comm::ReduceOp::Mean), send, recv);
+      c, comm::CollectivePlan::reduce_scatter(dtype, static_cast<size_t>(block_), op), send, recv);
 }
 
 int64_t ShardReduceScatter::staging_bytes() const {

@@ -99,6 +99,8 @@ struct Trainer::Impl {
   bool first_stage = true, last_stage = true;
   int act_slots = 1;                   // micro-batches whose activations a stage holds at once
   int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0;  // local heads, head columns, ffn, vocab slice
+  bool sp = false;                                    // sequence parallel over the tensor axis
+  int64_t Tr = 0, t0 = 0;  // residual-stream rows this rank holds: [t0, t0 + Tr) of the micro-batch's T
   int64_t micro = 1, mb_seqs = 1, local_seqs = 1, tokens_mb = 1;
   data::Slice slice;
   std::unique_ptr<data::DataLoader> loader;
@@ -114,6 +116,7 @@ struct Trainer::Impl {
     Shape lext, loff;   // tensor-parallel box of the view
     int64_t lnumel = 0;
     bool decay = false;
+    bool gain = false;  // norm gain: its gradient is a partial sum over tensor ranks under sp
     int unit = 0, stage = 0;
     bool here = true;   // this rank's stage holds it
     bool sharded = false;
@@ -134,7 +137,8 @@ struct Trainer::Impl {
     FVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
   };
   std::vector<std::vector<Acts>> acts;  // [local layer][slot]
-  std::vector<FVec> xs, dxs;            // residual stream and its gradient, per slot
+  std::vector<FVec> xs, dxs;            // residual stream and its gradient, per slot (Tr rows)
+  FVec yl, dnl, dxfull;                 // sequence parallel: reduce-scattered rows, gathered dx
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
   std::vector<TVec> inputs, targets;
   std::unique_ptr<nn::Embedding<float, Exec>::Scratch> escratch;
@@ -172,16 +176,20 @@ struct Trainer::Impl {
   // compute (segments separated by the tensor-parallel all-reduces)
   void embed_fwd_a(int j, int xs_slot, int slot);
   void embed_fwd_b(int xs_slot, int slot);
+  void layer_fwd_norm1(int l, int xs_slot, int slot);
   void layer_fwd_attn(int l, int xs_slot, int slot);
+  void layer_fwd_norm2(int l, int xs_slot, int slot);
   void layer_fwd_mlp(int l, int xs_slot, int slot);
   void layer_fwd_end(int l, int xs_slot);
-  void head_a(int xs_slot, int slot);
+  void head_norm(int xs_slot, int slot);
+  void head_a(int slot);
   void head_b(int j);
   void head_c(int j, int slot, int gslot, bool acc);
   void head_d(int xs_slot, int slot, int gslot, bool acc);
   void layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_norm2(int l, int xs_slot, int slot, int gslot, bool acc);
   void layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc);
-  void layer_bwd_end(int l, int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_norm1(int l, int xs_slot, int slot, int gslot, bool acc);
   void embed_bwd(int j, int xs_slot, int gslot, bool acc);
   void norm_local();
   void update();
@@ -201,9 +209,6 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c)
   SHARDFLOW_REQUIRE_INPUT(m.shape().axis_size_or_1("expert") == 1, "mesh.expert = ",
                           m.shape().axis_size_or_1("expert"),
                           ": the expert axis needs a mixture-of-experts model, which this training step does not run yet");
-  SHARDFLOW_REQUIRE_INPUT(!deck.strategy.sequence_parallel,
-                          "strategy.sequence_parallel = true is not supported by this training step yet (",
-                          deck.where("strategy.sequence_parallel"), ")");
   desc.check_mesh(m.shape());
   opt.lr = deck.train.lr;
   opt.warmup = deck.train.warmup;
@@ -289,6 +294,11 @@ void Trainer::Impl::setup_groups() {
   local_seqs = B / dp_size;
   mb_seqs = local_seqs / micro;
   tokens_mb = mb_seqs * cfg.seq;
+  sp = deck.strategy.sequence_parallel && tp > 1;
+  SHARDFLOW_REQUIRE_INPUT(!sp || tokens_mb >= tp, "strategy.sequence_parallel: a micro-batch has ", tokens_mb,
+                          " tokens, fewer than the ", tp, " tensor ranks that split them");
+  Tr = sp ? split_extent(tokens_mb, tp, tc) : tokens_mb;
+  t0 = sp ? split_offset(tokens_mb, tp, tc) : 0;
   slice = data::replica_slice(B, dp_size, dp_axes.empty() ? 0 : shape.group_index(me, mesh->canonical_axes(dp_axes)));
   if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1) act_slots = static_cast<int>(micro);
   else act_slots = static_cast<int>(std::min<int64_t>(pp - stage, micro));
@@ -313,6 +323,7 @@ void Trainer::Impl::setup_params() {
     }
     p.lnumel = numel(p.lext);
     p.decay = info.weight_decay;
+    p.gain = info.kind == ParamKind::NormGain;
     p.unit = info.layer >= 0 ? 1 + info.layer
                               : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
     p.stage = desc.stage_of(info, pp);
@@ -374,15 +385,15 @@ void Trainer::Impl::setup_acts() {
     std::vector<Acts> per;
     for (int s = 0; s < act_slots; ++s) {
       Acts a;
-      a.x_in = mk("x_in", T * H);
+      a.x_in = mk("x_in", Tr * H);
       a.n1 = mk("n1", T * H);
-      a.rstd1 = mk("rstd1", T);
+      a.rstd1 = mk("rstd1", Tr);
       a.qkv = mk("qkv", T * 3 * H_l);
       a.probs = mk("probs", mb_seqs * A_l * S * S);
       a.att = mk("att", T * H_l);
-      a.x_mid = mk("x_mid", T * H);
+      a.x_mid = mk("x_mid", Tr * H);
       a.n2 = mk("n2", T * H);
-      a.rstd2 = mk("rstd2", T);
+      a.rstd2 = mk("rstd2", Tr);
       a.gu = mk("gu", T * 2 * F_l);
       a.h = mk("h", T * F_l);
       per.push_back(a);
@@ -390,8 +401,13 @@ void Trainer::Impl::setup_acts() {
     acts.push_back(per);
   }
   for (int s = 0; s < act_slots; ++s) {
-    xs.push_back(mk("x", T * H));
-    dxs.push_back(mk("dx", T * H));
+    xs.push_back(mk("x", Tr * H));
+    dxs.push_back(mk("dx", Tr * H));
+  }
+  if (sp) {
+    yl = mk("y_rows", Tr * H);
+    dnl = mk("dn_rows", Tr * H);
+    dxfull = mk("dx_full", T * H);
   }
   ybuf = mk("y", T * H);
   dn = mk("dn", T * H);
@@ -402,7 +418,7 @@ void Trainer::Impl::setup_acts() {
   dprobs = mk("dprobs", S * S);
   if (last_stage) {
     nf = mk("nf", T * H);
-    rstdf = mk("rstdf", T);
+    rstdf = mk("rstdf", Tr);
     logits = mk("logits", T * V_l);
     row_max = mk("row_max", T);
     stats = mk("stats", T * 2);
@@ -445,13 +461,23 @@ Layout Trainer::Impl::param_layout(const Param& p, bool optimizer_state) const {
 // ---- compute tasks ------------------------------------------------------------------------
 // Tensor parallelism (Megatron): qkv, gate_up and lm_head hold output rows of the local
 // heads / ffn columns / vocabulary slice; attn.out and mlp.down hold the matching input
-// columns and produce partial sums (ybuf) that the tensor all-reduce completes; the
-// residual stream, the norms and their gains are replicated over the tensor axis.
+// columns and produce partial sums (ybuf, dn) that a tensor collective completes. Without
+// sequence parallelism the residual stream, the norms and their gains are replicated over
+// the tensor axis and the collective is an all-reduce. With it, the residual stream (x,
+// dx, x_in, x_mid, rstd) holds this rank's rows [t0, t0 + Tr) of the T tokens: norms write
+// their rows into the full n1 / n2 / nf, which an all-gather completes, and the partial
+// sums are reduce-scattered back to rows (yl, dnl); dx is all-gathered into dxfull before
+// the row-parallel backward.
 
 void Trainer::Impl::embed_fwd_a(int j, int xs_slot, int slot) {
   const Param& e = P("embed.weight");
-  nn::Embedding<float, Exec>::forward(inputs[static_cast<size_t>(j)], cmat(pptr(e, slot), V_l, cfg.hidden), v0,
-                                      mat(xs[static_cast<size_t>(xs_slot)].data(), tokens_mb, cfg.hidden));
+  const int64_t H = cfg.hidden;
+  float* out = sp ? ybuf.data() : xs[static_cast<size_t>(xs_slot)].data();
+  nn::Embedding<float, Exec>::forward(inputs[static_cast<size_t>(j)], cmat(pptr(e, slot), V_l, H), v0,
+                                      mat(out, tokens_mb, H));
+  if (sp && tc == 0)  // positions join the partial sums once
+    nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(P("pos_embed.weight"), slot), cfg.seq, H),
+                                                mat(out, tokens_mb, H));
 }
 
 void Trainer::Impl::embed_fwd_b(int xs_slot, int slot) {
@@ -460,15 +486,21 @@ void Trainer::Impl::embed_fwd_b(int xs_slot, int slot) {
                                               mat(xs[static_cast<size_t>(xs_slot)].data(), tokens_mb, cfg.hidden));
 }
 
+void Trainer::Impl::layer_fwd_norm1(int l, int xs_slot, int slot) {
+  using namespace nn;
+  const int64_t H = cfg.hidden;
+  const Param& g1 = U(l + 1, 0);
+  Acts& a = act(l, xs_slot);
+  Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
+  RmsNorm<float, Exec>::forward(cmat(a.x_in.data(), Tr, H), cvec(pptr(g1, slot), H), mat(a.n1.data() + t0 * H, Tr, H),
+                                vec(a.rstd1.data(), Tr));
+}
+
 void Trainer::Impl::layer_fwd_attn(int l, int xs_slot, int slot) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
-  const Param &g1 = U(l + 1, 0), &wqkv = U(l + 1, 1), &wout = U(l + 1, 2);
+  const Param &wqkv = U(l + 1, 1), &wout = U(l + 1, 2);
   Acts& a = act(l, xs_slot);
-  float* x = xs[static_cast<size_t>(xs_slot)].data();
-  Residual<float, Exec>::copy(cmat(x, T, H), mat(a.x_in.data(), T, H));
-  RmsNorm<float, Exec>::forward(cmat(a.x_in.data(), T, H), cvec(pptr(g1, slot), H), mat(a.n1.data(), T, H),
-                                vec(a.rstd1.data(), T));
   Linear<float, Exec>::forward(cmat(a.n1.data(), T, H), cmat(pptr(wqkv, slot), 3 * H_l, H),
                                mat(a.qkv.data(), T, 3 * H_l));
   VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
@@ -476,15 +508,22 @@ void Trainer::Impl::layer_fwd_attn(int l, int xs_slot, int slot) {
   Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(pptr(wout, slot), H, H_l), mat(ybuf.data(), T, H));
 }
 
+void Trainer::Impl::layer_fwd_norm2(int l, int xs_slot, int slot) {
+  using namespace nn;
+  const int64_t H = cfg.hidden;
+  const Param& g2 = U(l + 1, 3);
+  Acts& a = act(l, xs_slot);
+  Residual<float, Exec>::copy(cmat(a.x_in.data(), Tr, H), mat(a.x_mid.data(), Tr, H));
+  Residual<float, Exec>::add(mat(a.x_mid.data(), Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
+  RmsNorm<float, Exec>::forward(cmat(a.x_mid.data(), Tr, H), cvec(pptr(g2, slot), H), mat(a.n2.data() + t0 * H, Tr, H),
+                                vec(a.rstd2.data(), Tr));
+}
+
 void Trainer::Impl::layer_fwd_mlp(int l, int xs_slot, int slot) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
-  const Param &g2 = U(l + 1, 3), &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
+  const Param &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
   Acts& a = act(l, xs_slot);
-  Residual<float, Exec>::copy(cmat(a.x_in.data(), T, H), mat(a.x_mid.data(), T, H));
-  Residual<float, Exec>::add(mat(a.x_mid.data(), T, H), cmat(ybuf.data(), T, H));
-  RmsNorm<float, Exec>::forward(cmat(a.x_mid.data(), T, H), cvec(pptr(g2, slot), H), mat(a.n2.data(), T, H),
-                                vec(a.rstd2.data(), T));
   Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(wgu, slot), 2 * F_l, H),
                                mat(a.gu.data(), T, 2 * F_l));
   SwiGlu<float, Exec>::forward(cmat(a.gu.data(), T, 2 * F_l), mat(a.h.data(), T, F_l));
@@ -492,19 +531,23 @@ void Trainer::Impl::layer_fwd_mlp(int l, int xs_slot, int slot) {
 }
 
 void Trainer::Impl::layer_fwd_end(int l, int xs_slot) {
-  const int64_t T = tokens_mb, H = cfg.hidden;
+  const int64_t H = cfg.hidden;
   float* x = xs[static_cast<size_t>(xs_slot)].data();
-  nn::Residual<float, Exec>::copy(cmat(act(l, xs_slot).x_mid.data(), T, H), mat(x, T, H));
-  nn::Residual<float, Exec>::add(mat(x, T, H), cmat(ybuf.data(), T, H));
+  nn::Residual<float, Exec>::copy(cmat(act(l, xs_slot).x_mid.data(), Tr, H), mat(x, Tr, H));
+  nn::Residual<float, Exec>::add(mat(x, Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
 }
 
-void Trainer::Impl::head_a(int xs_slot, int slot) {
+void Trainer::Impl::head_norm(int xs_slot, int slot) {
+  const int64_t H = cfg.hidden;
+  const Param& gf = P("final_norm.weight");
+  nn::RmsNorm<float, Exec>::forward(cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), cvec(pptr(gf, slot), H),
+                                    mat(nf.data() + t0 * H, Tr, H), vec(rstdf.data(), Tr));
+}
+
+void Trainer::Impl::head_a(int slot) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
-  const Param& gf = P("final_norm.weight");
   const Param& lm = P("lm_head.weight");
-  RmsNorm<float, Exec>::forward(cmat(xs[static_cast<size_t>(xs_slot)].data(), T, H), cvec(pptr(gf, slot), H),
-                                mat(nf.data(), T, H), vec(rstdf.data(), T));
   Linear<float, Exec>::forward(cmat(nf.data(), T, H), cmat(pptr(lm, slot), V_l, H), mat(logits.data(), T, V_l));
   CrossEntropy<float, Exec>::local_max(cmat(logits.data(), T, V_l), vec(row_max.data(), T));
 }
@@ -529,12 +572,12 @@ void Trainer::Impl::head_c(int j, int slot, int gslot, bool acc) {
 }
 
 void Trainer::Impl::head_d(int xs_slot, int slot, int gslot, bool acc) {
-  const int64_t T = tokens_mb, H = cfg.hidden;
+  const int64_t H = cfg.hidden;
   const Param& gf = P("final_norm.weight");
-  nn::RmsNorm<float, Exec>::backward(cmat(dn.data(), T, H), cmat(xs[static_cast<size_t>(xs_slot)].data(), T, H),
-                                     cvec(pptr(gf, slot), H), cvec(rstdf.data(), T),
-                                     mat(dxs[static_cast<size_t>(xs_slot)].data(), T, H), vec(gptr(gf, gslot), H),
-                                     false, accum(gf, acc));
+  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H),
+                                     cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), cvec(pptr(gf, slot), H),
+                                     cvec(rstdf.data(), Tr), mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H),
+                                     vec(gptr(gf, gslot), H), false, accum(gf, acc));
 }
 
 void Trainer::Impl::layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc) {
@@ -542,7 +585,7 @@ void Trainer::Impl::layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool 
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
   Acts& a = act(l, xs_slot);
-  const float* dx = dxs[static_cast<size_t>(xs_slot)].data();
+  const float* dx = sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
   Linear<float, Exec>::backward_input(cmat(dx, T, H), cmat(pptr(wdown, slot), H, F_l), mat(dh.data(), T, F_l));
   Linear<float, Exec>::backward_weight(cmat(dx, T, H), cmat(a.h.data(), T, F_l), mat(gptr(wdown, gslot), H, F_l),
                                        accum(wdown, acc));
@@ -553,14 +596,22 @@ void Trainer::Impl::layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool 
                                        mat(gptr(wgu, gslot), 2 * F_l, H), accum(wgu, acc));
 }
 
+void Trainer::Impl::layer_bwd_norm2(int l, int xs_slot, int slot, int gslot, bool acc) {
+  const int64_t H = cfg.hidden;
+  const Param& g2 = U(l + 1, 3);
+  Acts& a = act(l, xs_slot);
+  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(a.x_mid.data(), Tr, H),
+                                     cvec(pptr(g2, slot), H), cvec(a.rstd2.data(), Tr),
+                                     mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H), vec(gptr(g2, gslot), H),
+                                     true, accum(g2, acc));
+}
+
 void Trainer::Impl::layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
-  const Param &wqkv = U(l + 1, 1), &wout = U(l + 1, 2), &g2 = U(l + 1, 3);
+  const Param &wqkv = U(l + 1, 1), &wout = U(l + 1, 2);
   Acts& a = act(l, xs_slot);
-  float* dx = dxs[static_cast<size_t>(xs_slot)].data();
-  RmsNorm<float, Exec>::backward(cmat(dn.data(), T, H), cmat(a.x_mid.data(), T, H), cvec(pptr(g2, slot), H),
-                                 cvec(a.rstd2.data(), T), mat(dx, T, H), vec(gptr(g2, gslot), H), true, accum(g2, acc));
+  const float* dx = sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
   Linear<float, Exec>::backward_input(cmat(dx, T, H), cmat(pptr(wout, slot), H, H_l), mat(datt.data(), T, H_l));
   Linear<float, Exec>::backward_weight(cmat(dx, T, H), cmat(a.att.data(), T, H_l), mat(gptr(wout, gslot), H, H_l),
                                        accum(wout, acc));
@@ -573,20 +624,21 @@ void Trainer::Impl::layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool
                                        mat(gptr(wqkv, gslot), 3 * H_l, H), accum(wqkv, acc));
 }
 
-void Trainer::Impl::layer_bwd_end(int l, int xs_slot, int slot, int gslot, bool acc) {
-  const int64_t T = tokens_mb, H = cfg.hidden;
+void Trainer::Impl::layer_bwd_norm1(int l, int xs_slot, int slot, int gslot, bool acc) {
+  const int64_t H = cfg.hidden;
   const Param& g1 = U(l + 1, 0);
   Acts& a = act(l, xs_slot);
-  nn::RmsNorm<float, Exec>::backward(cmat(dn.data(), T, H), cmat(a.x_in.data(), T, H), cvec(pptr(g1, slot), H),
-                                     cvec(a.rstd1.data(), T), mat(dxs[static_cast<size_t>(xs_slot)].data(), T, H),
-                                     vec(gptr(g1, gslot), H), true, accum(g1, acc));
+  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(a.x_in.data(), Tr, H),
+                                     cvec(pptr(g1, slot), H), cvec(a.rstd1.data(), Tr),
+                                     mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H), vec(gptr(g1, gslot), H),
+                                     true, accum(g1, acc));
 }
 
 void Trainer::Impl::embed_bwd(int j, int xs_slot, int gslot, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& e = P("embed.weight");
   const Param& pe = P("pos_embed.weight");
-  const float* dx = dxs[static_cast<size_t>(xs_slot)].data();
+  const float* dx = sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
   nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0,
                                        mat(gptr(e, gslot), V_l, H), *escratch, accum(e, acc));
   nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gslot), cfg.seq, H), accum(pe, acc));
@@ -787,8 +839,8 @@ void Trainer::Impl::build_graph() {
     if (grp.fwd && !first_stage) {
       auto* c = pp_comm;
       const int peer = stage - 1;
-      recv = graph.emplace_comm({pp_key, "recv", "x" + mbs, T * H, "f32", peer}, [c, xbuf, peer, T, H] {
-        return as_poller(c->recv(xbuf, static_cast<size_t>(T * H), DType::F32, peer));
+      recv = graph.emplace_comm({pp_key, "recv", "x" + mbs, Tr * H, "f32", peer}, [c, xbuf, peer, n = Tr * H] {
+        return as_poller(c->recv(xbuf, static_cast<size_t>(n), DType::F32, peer));
       });
       recv.name("recv x" + mbs);
       if (j >= K) {
@@ -799,8 +851,8 @@ void Trainer::Impl::build_graph() {
     if (!grp.fwd && !last_stage) {
       auto* c = pp_comm;
       const int peer = stage + 1;
-      recv = graph.emplace_comm({pp_key, "recv", "dx" + mbs, T * H, "f32", peer}, [c, dxbuf, peer, T, H] {
-        return as_poller(c->recv(dxbuf, static_cast<size_t>(T * H), DType::F32, peer));
+      recv = graph.emplace_comm({pp_key, "recv", "dx" + mbs, Tr * H, "f32", peer}, [c, dxbuf, peer, n = Tr * H] {
+        return as_poller(c->recv(dxbuf, static_cast<size_t>(n), DType::F32, peer));
       });
       recv.name("recv dx" + mbs);
       if (j >= K) {
@@ -809,59 +861,110 @@ void Trainer::Impl::build_graph() {
       }
     }
     bool group_first = true;
+    Task pending;  // a tensor collective the next compute segment (or the send) waits for
     for (size_t k = group_uses[gi].first; k < group_uses[gi].second; ++k) {
       const Use u = uses[k];
       const bool acc = j > 0;
       const int slot = u.gather >= 0 ? u.gather % nslots : 0;
       const int gs = u.gslot;
       if (zero == 3 && u.gather >= 0) emplace_gathers_upto(u.gather + P_);
-      std::vector<Task> segs;  // compute segments of this use, tensor all-reduces between
-      auto seg = [&](graph::ComputeFn fn, const std::string& name) {
+      std::vector<Task> segs;  // compute segments of this use, tensor collectives between
+      auto step = [&](graph::ComputeFn fn, const std::string& name) {
         Task c = graph.emplace(std::move(fn)).name(name);
         chain(c);
-        segs.push_back(c);
-        return c;
-      };
-      // emplace an all-reduce after the last segment; the next segment waits for it
-      Task pending_ar;
-      auto after = [&](Task c) {
-        if (pending_ar.valid()) {
-          pending_ar.precede(c);
-          pending_ar = Task();
+        if (pending.valid()) {
+          pending.precede(c);
+          pending = Task();
         }
+        segs.push_back(c);
+      };
+      // a collective after the work so far (this use's last segment, else the step's last
+      // compute task and this group's receive)
+      auto comm_then = [&](Task t) {
+        if (!segs.empty()) {
+          segs.back().precede(t);
+        } else {
+          if (last.valid()) last.precede(t);
+          if (group_first && recv.valid()) recv.precede(t);
+        }
+        pending = t;
       };
       auto ar = [&](float* buf, int64_t n, comm::ReduceOp op, const std::string& what) {
-        if (tp == 1) return;
-        pending_ar = tp_reduce(buf, n, op, what + mbs);
-        segs.back().precede(pending_ar);
+        comm_then(tp_reduce(buf, n, op, what + mbs));
       };
-      auto step = [&](graph::ComputeFn fn, const std::string& name) { after(seg(std::move(fn), name)); };
+      auto ag = [&](const float* rows, float* full, const std::string& what) {  // rows [Tr, H] -> full [T, H]
+        gathers.push_back(std::make_unique<detail::ShardGather>(*tp_comm, 1, T, H, DType::F32, rows, full));
+        auto* op = gathers.back().get();
+        staging += op->staging_bytes();
+        Task t = graph.emplace_comm({tp_key, "all_gather", what + mbs, T * H, "f32"}, [op] { return op->start(); });
+        t.name("all_gather " + what + mbs);
+        comm_then(t);
+      };
+      auto rs = [&](const float* full, float* rows, const std::string& what) {  // partial [T, H] -> summed rows
+        scatters.push_back(std::make_unique<detail::ShardReduceScatter>(*tp_comm, 1, T, H, DType::F32, full, rows,
+                                                                        false, comm::ReduceOp::Sum));
+        auto* op = scatters.back().get();
+        staging += op->staging_bytes();
+        Task t =
+            graph.emplace_comm({tp_key, "reduce_scatter", what + mbs, T * H, "f32"}, [op] { return op->start(); });
+        t.name("reduce_scatter " + what + mbs);
+        comm_then(t);
+      };
       const std::string ls = u.unit >= 1 && u.unit <= L ? std::to_string(u.unit - 1) : "";
+      const std::string lp = "layers." + ls;
       switch (u.kind) {
         case Fe:
-          if (tp > 1) {
+          if (sp) {
+            step([this, j, xsl, slot] { embed_fwd_a(j, xsl, slot); }, "fwd.embed" + mbs);
+            rs(ybuf.data(), xbuf, "embed");
+          } else if (tp > 1) {
             step([this, j, xsl, slot] { embed_fwd_a(j, xsl, slot); }, "fwd.embed" + mbs);
             ar(xbuf, T * H, comm::ReduceOp::Sum, "embed");
             step([this, xsl, slot] { embed_fwd_b(xsl, slot); }, "fwd.pos_embed" + mbs);
           } else {
-            step([this, j, xsl, slot] {
-              embed_fwd_a(j, xsl, slot);
-              embed_fwd_b(xsl, slot);
-            }, "fwd.embed" + mbs);
+            step(
+                [this, j, xsl, slot] {
+                  embed_fwd_a(j, xsl, slot);
+                  embed_fwd_b(xsl, slot);
+                },
+                "fwd.embed" + mbs);
           }
           break;
         case Fl: {
           const int l = u.unit - 1;
-          if (tp > 1) {
+          Acts& a = act(l, xsl);
+          if (sp) {
+            step([this, l, xsl, slot] { layer_fwd_norm1(l, xsl, slot); }, "fwd.layer" + ls + ".attn_norm" + mbs);
+            ag(a.n1.data() + t0 * H, a.n1.data(), lp + ".attn_norm.out");
             step([this, l, xsl, slot] { layer_fwd_attn(l, xsl, slot); }, "fwd.layer" + ls + ".attn" + mbs);
-            ar(ybuf.data(), T * H, comm::ReduceOp::Sum, "layers." + ls + ".attn.out");
+            rs(ybuf.data(), yl.data(), lp + ".attn.out");
+            step([this, l, xsl, slot] { layer_fwd_norm2(l, xsl, slot); }, "fwd.layer" + ls + ".mlp_norm" + mbs);
+            ag(a.n2.data() + t0 * H, a.n2.data(), lp + ".mlp_norm.out");
             step([this, l, xsl, slot] { layer_fwd_mlp(l, xsl, slot); }, "fwd.layer" + ls + ".mlp" + mbs);
-            ar(ybuf.data(), T * H, comm::ReduceOp::Sum, "layers." + ls + ".mlp.down");
+            rs(ybuf.data(), yl.data(), lp + ".mlp.down");
+            step([this, l, xsl] { layer_fwd_end(l, xsl); }, "fwd.layer" + ls + ".residual" + mbs);
+          } else if (tp > 1) {
+            step(
+                [this, l, xsl, slot] {
+                  layer_fwd_norm1(l, xsl, slot);
+                  layer_fwd_attn(l, xsl, slot);
+                },
+                "fwd.layer" + ls + ".attn" + mbs);
+            ar(ybuf.data(), T * H, comm::ReduceOp::Sum, lp + ".attn.out");
+            step(
+                [this, l, xsl, slot] {
+                  layer_fwd_norm2(l, xsl, slot);
+                  layer_fwd_mlp(l, xsl, slot);
+                },
+                "fwd.layer" + ls + ".mlp" + mbs);
+            ar(ybuf.data(), T * H, comm::ReduceOp::Sum, lp + ".mlp.down");
             step([this, l, xsl] { layer_fwd_end(l, xsl); }, "fwd.layer" + ls + ".residual" + mbs);
           } else {
             step(
                 [this, l, xsl, slot] {
+                  layer_fwd_norm1(l, xsl, slot);
                   layer_fwd_attn(l, xsl, slot);
+                  layer_fwd_norm2(l, xsl, slot);
                   layer_fwd_mlp(l, xsl, slot);
                   layer_fwd_end(l, xsl);
                 },
@@ -871,17 +974,30 @@ void Trainer::Impl::build_graph() {
         }
         case Hd:
           if (tp > 1) {
-            step([this, xsl, slot] { head_a(xsl, slot); }, "head.logits" + mbs);
+            if (sp) {
+              step([this, xsl, slot] { head_norm(xsl, slot); }, "head.final_norm" + mbs);
+              ag(nf.data() + t0 * H, nf.data(), "final_norm.out");
+              step([this, slot] { head_a(slot); }, "head.logits" + mbs);
+            } else {
+              step(
+                  [this, xsl, slot] {
+                    head_norm(xsl, slot);
+                    head_a(slot);
+                  },
+                  "head.logits" + mbs);
+            }
             ar(row_max.data(), T, comm::ReduceOp::Max, "loss.row_max");
             step([this, j] { head_b(j); }, "head.sumexp" + mbs);
             ar(stats.data(), 2 * T, comm::ReduceOp::Sum, "loss.stats");
             step([this, j, slot, gs, acc] { head_c(j, slot, gs, acc); }, "loss+head" + mbs);
-            ar(dn.data(), T * H, comm::ReduceOp::Sum, "lm_head.dx");
+            if (sp) rs(dn.data(), dnl.data(), "lm_head.dx");
+            else ar(dn.data(), T * H, comm::ReduceOp::Sum, "lm_head.dx");
             step([this, xsl, slot, gs, acc] { head_d(xsl, slot, gs, acc); }, "bwd.final_norm" + mbs);
           } else {
             step(
                 [this, j, xsl, slot, gs, acc] {
-                  head_a(xsl, slot);
+                  head_norm(xsl, slot);
+                  head_a(slot);
                   head_b(j);
                   head_c(j, slot, gs, acc);
                   head_d(xsl, slot, gs, acc);
@@ -891,26 +1007,44 @@ void Trainer::Impl::build_graph() {
           break;
         case Bl: {
           const int l = u.unit - 1;
-          if (tp > 1) {
+          if (sp) {
+            ag(dxbuf, dxfull.data(), lp + ".dx");
             step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); }, "bwd.layer" + ls + ".mlp" + mbs);
-            ar(dn.data(), T * H, comm::ReduceOp::Sum, "layers." + ls + ".mlp.dx");
+            rs(dn.data(), dnl.data(), lp + ".mlp_norm.dout");
+            step([this, l, xsl, slot, gs, acc] { layer_bwd_norm2(l, xsl, slot, gs, acc); },
+                 "bwd.layer" + ls + ".mlp_norm" + mbs);
+            ag(dxbuf, dxfull.data(), lp + ".mlp.dx");
             step([this, l, xsl, slot, gs, acc] { layer_bwd_attn(l, xsl, slot, gs, acc); },
                  "bwd.layer" + ls + ".attn" + mbs);
-            ar(dn.data(), T * H, comm::ReduceOp::Sum, "layers." + ls + ".attn.dx");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_end(l, xsl, slot, gs, acc); },
+            rs(dn.data(), dnl.data(), lp + ".attn_norm.dout");
+            step([this, l, xsl, slot, gs, acc] { layer_bwd_norm1(l, xsl, slot, gs, acc); },
+                 "bwd.layer" + ls + ".attn_norm" + mbs);
+          } else if (tp > 1) {
+            step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); }, "bwd.layer" + ls + ".mlp" + mbs);
+            ar(dn.data(), T * H, comm::ReduceOp::Sum, lp + ".mlp_norm.dout");
+            step(
+                [this, l, xsl, slot, gs, acc] {
+                  layer_bwd_norm2(l, xsl, slot, gs, acc);
+                  layer_bwd_attn(l, xsl, slot, gs, acc);
+                },
+                "bwd.layer" + ls + ".attn" + mbs);
+            ar(dn.data(), T * H, comm::ReduceOp::Sum, lp + ".attn_norm.dout");
+            step([this, l, xsl, slot, gs, acc] { layer_bwd_norm1(l, xsl, slot, gs, acc); },
                  "bwd.layer" + ls + ".attn_norm" + mbs);
           } else {
             step(
                 [this, l, xsl, slot, gs, acc] {
                   layer_bwd_mlp(l, xsl, slot, gs, acc);
+                  layer_bwd_norm2(l, xsl, slot, gs, acc);
                   layer_bwd_attn(l, xsl, slot, gs, acc);
-                  layer_bwd_end(l, xsl, slot, gs, acc);
+                  layer_bwd_norm1(l, xsl, slot, gs, acc);
                 },
                 "bwd.layer" + ls + mbs);
           }
           break;
         }
         case Be:
+          if (sp) ag(dxbuf, dxfull.data(), "embed.dx");
           step([this, j, xsl, gs, acc] { embed_bwd(j, xsl, gs, acc); }, "bwd.embed" + mbs);
           break;
       }
@@ -943,6 +1077,15 @@ void Trainer::Impl::build_graph() {
       const bool last_mb = j == micro - 1;
       for (int pi : units[static_cast<size_t>(u.unit)]) {
         Param& p = params[static_cast<size_t>(pi)];
+        Task ready = c;
+        // sequence parallel: a norm gain's gradient sums over this rank's rows only
+        if (sp && p.gain && ((zero == 3 && p.sharded) || last_mb)) {
+          float* g = zero == 3 && p.sharded ? gslots[static_cast<size_t>(u.gslot)].data() + p.slot_off : p.grad.data();
+          ready = tp_reduce(g, p.lnumel, comm::ReduceOp::Sum, p.name + ".grad_rows" + mbs);
+          c.precede(ready);
+          if (zero == 3 && p.sharded) grad_comm_of_use[k].push_back(ready);
+          else if (dp_size == 1) grad_sync.push_back(ready);
+        }
         if (zero == 3 && p.sharded) {
           scatters.push_back(std::make_unique<detail::ShardReduceScatter>(
               *shard_comm, p.O, p.R, p.I, sdt, gslots[static_cast<size_t>(u.gslot)].data() + p.slot_off,
@@ -952,7 +1095,7 @@ void Trainer::Impl::build_graph() {
           Task t = graph.emplace_comm({sh_key, "reduce_scatter", p.name + ".grad" + mbs, p.lnumel, dtype_name(sdt)},
                                       [op] { return op->start(); });
           t.name("reduce_scatter " + p.name + mbs);
-          c.precede(t);
+          ready.precede(t);
           grad_comm_of_use[k].push_back(t);
           if (last_mb) {
             if (repl_size > 1) {
@@ -974,7 +1117,7 @@ void Trainer::Impl::build_graph() {
           Task t = graph.emplace_comm({sh_key, "reduce_scatter", p.name + ".grad", p.lnumel, dtype_name(sdt)},
                                       [op] { return op->start(); });
           t.name("reduce_scatter " + p.name);
-          c.precede(t);
+          ready.precede(t);
           if (repl_size > 1) {
             Task a = all_reduce_task(repl_comm, rp_key, p.gshard.data(), p.shard_numel(), p.name + ".grad_shard");
             t.precede(a);
@@ -984,7 +1127,7 @@ void Trainer::Impl::build_graph() {
           }
         } else {
           Task a = all_reduce_task(dp_comm, dp_key, p.grad.data(), p.lnumel, p.name + ".grad");
-          c.precede(a);
+          ready.precede(a);
           grad_sync.push_back(a);
         }
       }
@@ -995,11 +1138,12 @@ void Trainer::Impl::build_graph() {
       if (!last_stage) {
         auto* c = pp_comm;
         const int peer = stage + 1;
-        Task s = graph.emplace_comm({pp_key, "send", "x" + mbs, T * H, "f32", peer}, [c, xbuf, peer, T, H] {
-          return as_poller(c->send(xbuf, static_cast<size_t>(T * H), DType::F32, peer));
+        Task s = graph.emplace_comm({pp_key, "send", "x" + mbs, Tr * H, "f32", peer}, [c, xbuf, peer, n = Tr * H] {
+          return as_poller(c->send(xbuf, static_cast<size_t>(n), DType::F32, peer));
         });
         s.name("send x" + mbs);
         last.precede(s);
+        if (pending.valid()) pending.precede(s);
         send_x[static_cast<size_t>(j)] = s;
       }
     } else {
@@ -1007,11 +1151,12 @@ void Trainer::Impl::build_graph() {
       if (!first_stage) {
         auto* c = pp_comm;
         const int peer = stage - 1;
-        Task s = graph.emplace_comm({pp_key, "send", "dx" + mbs, T * H, "f32", peer}, [c, dxbuf, peer, T, H] {
-          return as_poller(c->send(dxbuf, static_cast<size_t>(T * H), DType::F32, peer));
+        Task s = graph.emplace_comm({pp_key, "send", "dx" + mbs, Tr * H, "f32", peer}, [c, dxbuf, peer, n = Tr * H] {
+          return as_poller(c->send(dxbuf, static_cast<size_t>(n), DType::F32, peer));
         });
         s.name("send dx" + mbs);
         last.precede(s);
+        if (pending.valid()) pending.precede(s);
         send_dx[static_cast<size_t>(j)] = s;
       }
     }
@@ -1163,7 +1308,7 @@ MemoryStats Trainer::memory() const {
         m.activations += view_bytes(*v);
   for (const auto& v : I.xs) m.activations += view_bytes(v);
   for (const auto& v : I.dxs) m.activations += view_bytes(v);
-  for (const FVec* v : {&I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.nf, &I.rstdf, &I.logits,
+  for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.nf, &I.rstdf, &I.logits,
                         &I.row_max, &I.stats})
     m.activations += view_bytes(*v);
   return m;

@@ -1,0 +1,212 @@
+// bench_ckpt: checkpoint save / restore throughput against raw sequential POSIX write /
+// read of the same bytes to the same file system in the same run, and the blocking time of
+// an async save against a sync save (nccl-tests manner: every row checks its own restored
+// data and reports #wrong).
+//
+//   mpiexec -n R bench_ckpt [--dir D] [--mib-per-rank N] [--tensors K] [--iters I]
+//
+// Each of K f32 tensors [rows, 1024] is split along rows over a `data` mesh of R ranks, so
+// every rank holds N MiB. raw write: each rank write()s N MiB to its own file in 8 MiB
+// chunks, fsyncs it and the directory; raw read reads it back. save: Checkpointer::save
+// (sync, including checksums, manifest, fsyncs and the atomic commit). restore-same: the
+// same layout; restore-reshard: the tensors split along columns instead (every rank reads
+// a slice of every saved shard). Reads come from the page cache for raw and shardflow
+// alike. Times are the best of I iterations, max over ranks.
+#include <fcntl.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <Kokkos_Core.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "ckpt/checkpoint.hpp"
+
+namespace {
+using namespace shardflow;
+namespace fs = std::filesystem;
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+double max_over_ranks(double t) {
+  double m = 0;
+  MPI_Allreduce(&t, &m, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return m;
+}
+
+template <class F>
+double timed(F&& f) {
+  MPI_Barrier(MPI_COMM_WORLD);
+  double t0 = now();
+  f();
+  double t = now() - t0;
+  return max_over_ranks(t);
+}
+
+void die(const char* what, const std::string& path) {
+  std::fprintf(stderr, "bench_ckpt: %s '%s': %s\n", what, path.c_str(), std::strerror(errno));
+  MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
+void raw_write(const std::string& path, const std::vector<float>& data) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) die("cannot create", path);
+  const char* p = reinterpret_cast<const char*>(data.data());
+  size_t left = data.size() * sizeof(float);
+  while (left) {
+    ssize_t w = ::write(fd, p, std::min<size_t>(left, 8u << 20));
+    if (w <= 0) die("write failed on", path);
+    p += w;
+    left -= static_cast<size_t>(w);
+  }
+  if (::fsync(fd) != 0) die("fsync failed on", path);
+  ::close(fd);
+  int dfd = ::open(fs::path(path).parent_path().c_str(), O_RDONLY | O_DIRECTORY);
+  ::fsync(dfd);
+  ::close(dfd);
+}
+
+void raw_read(const std::string& path, std::vector<float>& data) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) die("cannot open", path);
+  char* p = reinterpret_cast<char*>(data.data());
+  size_t left = data.size() * sizeof(float);
+  while (left) {
+    ssize_t r = ::read(fd, p, std::min<size_t>(left, 8u << 20));
+    if (r <= 0) die("read failed on", path);
+    p += r;
+    left -= static_cast<size_t>(r);
+  }
+  ::close(fd);
+}
+
+float value(int t, std::int64_t row, std::int64_t col) { return static_cast<float>((row * 1031 + col * 7 + t * 13) % 65521); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  Kokkos::initialize(argc, argv);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  std::string dir = (fs::temp_directory_path() / "shardflow_bench_ckpt").string();
+  double mib = 64;
+  int ntensors = 8, iters = 3;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    if (a == "--dir") dir = argv[i + 1];
+    else if (a == "--mib-per-rank") mib = std::atof(argv[i + 1]);
+    else if (a == "--tensors") ntensors = std::atoi(argv[i + 1]);
+    else if (a == "--iters") iters = std::atoi(argv[i + 1]);
+    else {
+      if (rank == 0) std::fprintf(stderr, "bench_ckpt: unknown option '%s'\n", a.c_str());
+      MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+  }
+  int failures = 0;
+  {
+    const std::int64_t cols = 1024;
+    const std::int64_t rows_per_rank =
+        std::max<std::int64_t>(1, static_cast<std::int64_t>(mib * (1 << 20) / ntensors / (cols * 4)));
+    const std::int64_t rows = rows_per_rank * size;
+    MeshShape mesh({"data"}, {size});
+    std::vector<Layout> by_rows, by_cols;
+    std::vector<std::vector<float>> bufs, back;
+    for (int t = 0; t < ntensors; ++t) {
+      by_rows.emplace_back(Shape{rows, cols}, PartitionSpec{{"data"}, {}}, mesh);
+      by_cols.emplace_back(Shape{rows, cols}, PartitionSpec{{}, {"data"}}, mesh);
+      Box b = by_rows.back().box(rank);
+      std::vector<float> v(static_cast<size_t>(b.numel()));
+      for (std::int64_t r = 0; r < b.extent[0]; ++r)
+        for (std::int64_t c = 0; c < cols; ++c) v[static_cast<size_t>(r * cols + c)] = value(t, b.offset[0] + r, c);
+      bufs.push_back(std::move(v));
+    }
+    auto states = [&](std::vector<Layout>& lay, std::vector<std::vector<float>>& data) {
+      std::vector<ckpt::TensorState> ts;
+      for (int t = 0; t < ntensors; ++t)
+        ts.push_back(ckpt::TensorState{"t" + std::to_string(t), lay[static_cast<size_t>(t)], DType::F32,
+                                       data[static_cast<size_t>(t)].data()});
+      return ts;
+    };
+    auto check = [&](std::vector<Layout>& lay, std::vector<std::vector<float>>& data) {
+      long long wrong = 0;
+      for (int t = 0; t < ntensors; ++t) {
+        Box b = lay[static_cast<size_t>(t)].box(rank);
+        for (std::int64_t r = 0; r < b.extent[0]; ++r)
+          for (std::int64_t c = 0; c < b.extent[1]; ++c)
+            wrong += data[static_cast<size_t>(t)][static_cast<size_t>(r * b.extent[1] + c)] !=
+                     value(t, b.offset[0] + r, b.offset[1] + c);
+      }
+      long long all = 0;
+      MPI_Allreduce(&wrong, &all, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+      return all;
+    };
+    const double bytes_all = static_cast<double>(rows) * cols * 4 * ntensors;
+    if (rank == 0) {
+      fs::remove_all(dir);
+      fs::create_directories(dir);
+      std::printf("# bench_ckpt: %d ranks, %d tensors of [%lld, %lld] f32, %.1f MiB per rank, %.1f MiB total, dir %s\n",
+                  size, ntensors, static_cast<long long>(rows), static_cast<long long>(cols),
+                  bytes_all / size / (1 << 20), bytes_all / (1 << 20), dir.c_str());
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    std::vector<float> flat;
+    for (auto& v : bufs) flat.insert(flat.end(), v.begin(), v.end());
+    std::vector<float> flat_back(flat.size());
+    const std::string raw = (fs::path(dir) / ("raw-" + std::to_string(rank) + ".bin")).string();
+    double t_rw = 1e30, t_rr = 1e30, t_save = 1e30, t_same = 1e30, t_resh = 1e30, t_async = 1e30, t_wait = 1e30;
+    long long wrong = 0;
+    std::int64_t step = 0;
+    for (int it = 0; it < iters; ++it) {
+      t_rw = std::min(t_rw, timed([&] { raw_write(raw, flat); }));
+      t_rr = std::min(t_rr, timed([&] { raw_read(raw, flat_back); }));
+      if (rank == 0) fs::remove(raw);
+      const std::string root = (fs::path(dir) / "ckpt").string();
+      ckpt::SaveOptions o;
+      o.keep = 1;
+      ckpt::Checkpointer ck(MPI_COMM_WORLD, root, o);
+      ckpt::Metadata m;
+      m.step = step++;
+      t_save = std::min(t_save, timed([&] { ck.save(states(by_rows, bufs), m); }));
+      back.assign(static_cast<size_t>(ntensors), {});
+      for (int t = 0; t < ntensors; ++t) back[static_cast<size_t>(t)].assign(bufs[static_cast<size_t>(t)].size(), -1.f);
+      t_same = std::min(t_same, timed([&] { ckpt::restore(MPI_COMM_WORLD, root, states(by_rows, back)); }));
+      wrong += check(by_rows, back);
+      for (int t = 0; t < ntensors; ++t)
+        back[static_cast<size_t>(t)].assign(static_cast<size_t>(by_cols[static_cast<size_t>(t)].local_numel(rank)), -1.f);
+      t_resh = std::min(t_resh, timed([&] { ckpt::restore(MPI_COMM_WORLD, root, states(by_cols, back)); }));
+      wrong += check(by_cols, back);
+      ckpt::SaveOptions oa = o;
+      oa.async = true;
+      ckpt::Checkpointer cka(MPI_COMM_WORLD, root, oa);
+      m.step = step++;
+      t_async = std::min(t_async, timed([&] { cka.save(states(by_rows, bufs), m); }));
+      t_wait = std::min(t_wait, timed([&] { cka.wait(); }));
+    }
+    if (rank == 0) {
+      auto gbs = [&](double t) { return bytes_all / t / 1e9; };
+      std::printf("# %-22s %10s %9s %8s\n", "operation", "time_ms", "GB/s", "ratio");
+      std::printf("  %-22s %10.1f %9.3f %8s\n", "raw write+fsync", t_rw * 1e3, gbs(t_rw), "1.00");
+      std::printf("  %-22s %10.1f %9.3f %8.2f\n", "save (sync)", t_save * 1e3, gbs(t_save), t_rw / t_save);
+      std::printf("  %-22s %10.1f %9.3f %8s\n", "raw read", t_rr * 1e3, gbs(t_rr), "1.00");
+      std::printf("  %-22s %10.1f %9.3f %8.2f\n", "restore same layout", t_same * 1e3, gbs(t_same), t_rr / t_same);
+      std::printf("  %-22s %10.1f %9.3f %8.2f\n", "restore resharded", t_resh * 1e3, gbs(t_resh), t_rr / t_resh);
+      std::printf("  %-22s %10.1f %9s %8.2f   (blocking time / sync save time)\n", "async save: blocking", t_async * 1e3,
+                  "-", t_async / t_save);
+      std::printf("  %-22s %10.1f %9s %8s\n", "async save: wait()", t_wait * 1e3, "-", "-");
+      std::printf("# #wrong %lld\n", wrong);
+      fs::remove_all(dir);
+    }
+    failures = wrong != 0;
+  }
+  Kokkos::finalize();
+  MPI_Finalize();
+  return failures;
+}
