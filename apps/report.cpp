@@ -322,8 +322,20 @@ int run_report(const ReportOptions& o) {
   txt << "efficiency E(N) = (tokens/s at N / N) / (tokens/s at b / b), b = " << base->name
       << (scaling == "strong" ? "; strong scaling (fixed global batch): = T(b)*N(b) / (T(N)*N) in step times T\n"
                               : "; weak scaling (fixed batch per data-parallel rank): = T(b) / T(N) in step times T\n");
-  txt << "MFU against the per-rank peak " << fmt_double(base->peak_gflops, 1) << " GFLOP/s ("
-      << (base->peak_source.empty() ? "stated in the summaries" : base->peak_source) << ")\n\n";
+  double peak_lo = base->peak_gflops, peak_hi = base->peak_gflops;
+  for (const Row* r : ok) {
+    peak_lo = std::min(peak_lo, r->peak_gflops);
+    peak_hi = std::max(peak_hi, r->peak_gflops);
+  }
+  if (peak_hi <= 1.2 * peak_lo) {
+    txt << "MFU against the per-rank peak " << fmt_double(base->peak_gflops, 1) << " GFLOP/s ("
+        << (base->peak_source.empty() ? "stated in the summaries" : base->peak_source) << ")\n\n";
+  } else {
+    txt << "warning: the runs used different per-rank peaks (" << fmt_double(peak_lo, 1) << " to "
+        << fmt_double(peak_hi, 1) << " GFLOP/s, " << (base->peak_source.empty() ? "as stated" : base->peak_source)
+        << "; a shared or loaded machine), so their MFU values do not compare: state one peak with "
+           "slurm.peak_gflops in the sweep (--peak-gflops)\n\n";
+  }
   char line[400];
   std::snprintf(line, sizeof line, "%-18s %5s %-20s %9s %10s %8s %7s %6s %9s %9s %9s %10s\n", "config", "ranks", "mesh",
                 "step_ms", "tokens/s", "speedup", "effic.", "MFU", "comp_ms", "comm_ms", "other_ms", "peak_mem");

@@ -20,6 +20,9 @@
 # The contract with `shardflow train` (apps/train.cpp): on SIGUSR1 or SIGTERM it finishes
 # the current step, saves a checkpoint and exits with code 99 ("checkpointed, requeue me").
 # Exit 0 means the run is complete; anything else is a failure and fails the job.
+# SIGUSR1 (the --signal=B:USR1@LEAD warning, or scancel --signal=USR1 --batch) makes the job
+# requeue itself after exit 99; SIGTERM (scancel, preemption) only checkpoints: a cancelled
+# job stays cancelled, and a preempted one comes back when PreemptMode=REQUEUE says so.
 
 SHARDFLOW_EXIT_CHECKPOINTED=99
 
@@ -135,6 +138,13 @@ shardflow_run_train() {
   trap - USR1 TERM
   _shardflow_step_pid=""
   if [[ $rc -eq $SHARDFLOW_EXIT_CHECKPOINTED ]]; then
+    # SIGTERM comes from scancel, from preemption (where PreemptMode decides whether Slurm
+    # requeues the job) or at the time limit itself: keep the checkpoint, let Slurm decide.
+    # (`scontrol requeue` would even bring back a cancelled job.)
+    if [[ "$_shardflow_signalled" == TERM ]]; then
+      echo "shardflow job: checkpointed after SIGTERM (scancel, preemption or the time limit); not requeueing"
+      return 0
+    fi
     if [[ "${SHARDFLOW_ON_SIGNAL:-requeue}" == "requeue" && -n "${SLURM_JOB_ID:-}" ]]; then
       echo "shardflow job: checkpointed after SIG${_shardflow_signalled:-?}; requeueing job ${SLURM_JOB_ID}"
       scontrol requeue "${SLURM_JOB_ID}" || {

@@ -3,7 +3,8 @@
 # contract (tests/slurm/fake_train.sh): `scancel --signal=USR1 --batch` in mid-run → the
 # batch shell forwards SIGUSR1 through srun to both ranks → they checkpoint and exit 99 →
 # the job requeues itself → the requeued job (SLURM_RESTART_COUNT=1) passes --resume latest
-# and runs exactly the remaining steps.
+# and runs exactly the remaining steps. And a plain `scancel` (SIGTERM to the same shell)
+# also checkpoints, but leaves the job CANCELLED: no requeue.
 source "$(dirname "$0")/lib.sh"
 require_slurm
 w="$(work_dir requeue)"
@@ -40,4 +41,25 @@ got = [x["step"] for x in s["steps"]]
 assert got == list(range(ck + 1, 31)), (ck, got)
 assert s["world_size"] == 2
 PY
-echo "PASS: job $jid checkpointed at step $ck on SIGUSR1, requeued itself and resumed for steps $((ck + 1))-30"
+echo "ok: job $jid checkpointed at step $ck on SIGUSR1, requeued itself and resumed for steps $((ck + 1))-30"
+
+# ---- scancel: checkpoint, but stay cancelled --------------------------------------------
+mkdir -p "$w/state2"
+jid2="$(sbatch --parsable --ntasks=2 --chdir="$w" --time=00:05:00 \
+  --export=ALL,SHARDFLOW_RUN_DIR="$w",SHARDFLOW_BIN="$SHARDFLOW_HOME/tests/slurm/fake_train.sh",FAKE_STATE="$w/state2",FAKE_STEPS=30 \
+  "$SHARDFLOW_HOME/batch/train.sbatch" deck.toml)" || fail "sbatch failed"
+out2="$w/shardflow-train-$jid2.out"
+t0=$SECONDS
+until grep -q "^step 3/30" "$out2" 2>/dev/null; do
+  ((SECONDS - t0 < 30)) || { show_output "$out2"; fail "job $jid2 made no progress"; }
+  sleep 0.1
+done
+scancel "$jid2" || fail "scancel $jid2 failed"
+state="$(wait_job "$jid2" 30)"
+sleep 3  # a requeue would show at once as Restarts=1 and a pending job
+show_output "$out2"
+[[ "$(job_field "$jid2" JobState)" == CANCELLED ]] || fail "job $jid2 is $(job_field "$jid2" JobState) after scancel"
+[[ "$(job_field "$jid2" Restarts)" == 0 ]] || fail "the cancelled job $jid2 was requeued"
+grep -q "SIGTERM: checkpoint at step" "$out2" || fail "the ranks did not checkpoint on scancel's SIGTERM"
+grep -q "checkpointed after SIGTERM (scancel, preemption or the time limit); not requeueing" "$out2" || fail "the job body did not see the cancellation"
+echo "PASS: SIGUSR1 -> checkpoint, requeue, resume (job $jid); scancel -> checkpoint, stays cancelled (job $jid2, $state)"
