@@ -15,6 +15,7 @@ namespace {
 
 struct CkptArgs {
   std::string dir, out;
+  bool all = false;
 };
 
 shardflow::app::CommandRegistration reg(
@@ -27,9 +28,10 @@ shardflow::app::CommandRegistration reg(
           "verify", "check every checksum, every dataset, and that every tensor is covered exactly once");
       verify->add_option("dir", args->dir, "checkpoint root or step directory")->required();
       CLI::App* cons = sub.add_subcommand(
-          "consolidate", "write one HDF5 file with one f32 dataset per tensor at its full shape (plus metadata)");
+          "consolidate", "write one HDF5 file with one f32 dataset per parameter at its full MODEL.md shape (plus metadata)");
       cons->add_option("dir", args->dir, "checkpoint root or step directory")->required();
       cons->add_option("out", args->out, "output .h5 file")->required();
+      cons->add_flag("--all", args->all, "also write the optimizer moments (model checkpoints write parameters only)");
       return [args, inspect, verify, cons]() -> int {
         const int rank = shardflow::app::world_rank();
         if (inspect->parsed()) {
@@ -47,7 +49,7 @@ shardflow::app::CommandRegistration reg(
           }
           return r.ok() ? 0 : 1;
         }
-        shardflow::ckpt::consolidate(MPI_COMM_WORLD, args->dir, args->out);
+        shardflow::ckpt::consolidate(MPI_COMM_WORLD, args->dir, args->out, args->all);
         if (rank == 0) std::printf("wrote %s\n", args->out.c_str());
         return 0;
       };

@@ -20,6 +20,7 @@
 #include "core/error.hpp"
 #include "graph/observer.hpp"
 #include "mesh/mesh.hpp"
+#include "nn/gpt.hpp"
 #include "train/trainer.hpp"
 
 namespace {
@@ -113,6 +114,22 @@ int run_train(const TrainOptions& o) {
                             "): continue with --resume latest, or start afresh with another directory "
                             "(--set checkpoint.dir=...)");
   }
+  nn::GptConfig gcfg;
+  gcfg.vocab = deck.model.vocab;
+  gcfg.seq = deck.model.seq;
+  gcfg.hidden = deck.model.hidden;
+  gcfg.heads = deck.model.heads;
+  gcfg.ffn = deck.model.ffn;
+  gcfg.layers = deck.model.layers;
+  // Every trained parameter with its MODEL.md shape (others, e.g. MoE experts, as laid out).
+  std::map<std::string, Shape> model_shapes;
+  {
+    std::map<std::string, Shape> gpt;
+    for (const auto& p : nn::gpt_parameters(gcfg)) gpt[p.name] = p.shape;
+    std::map<std::string, Shape> laid_out;
+    for (const auto& t : trainer.state_tensors()) laid_out[t.name] = t.layout.global_shape();
+    for (const auto& n : trainer.parameter_names()) model_shapes[n] = gpt.count(n) ? gpt[n] : laid_out[n];
+  }
   ckpt::SaveOptions save_opts;
   save_opts.keep = static_cast<int>(deck.checkpoint.keep);
   save_opts.async = deck.checkpoint.async;
@@ -137,6 +154,7 @@ int run_train(const TrainOptions& o) {
     meta.reals["loss"] = last_loss;
     meta.strings["deck"] = deck_to_toml(deck);
     meta.strings["mesh"] = mesh.shape().to_string();
+    for (const auto& kv : model_shapes) meta.strings["model_shape:" + kv.first] = shape_to_string(kv.second);
     const std::string dir = checkpointer->save(ckpt_tensors(), meta);
     last_saved = trainer.step();
     if (rank == 0 && !o.quiet) {

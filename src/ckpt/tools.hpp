@@ -30,6 +30,15 @@ VerifyReport verify(MPI_Comm comm, const std::string& path);
 /// named exactly as the tensor, f32 for floating tensors (i64 for integer ones), and root
 /// attributes `step` plus every int/real/string metadata entry. Written to a temporary
 /// name and renamed, so `out_h5` is never half-written.
-void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_h5);
+///
+/// Model checkpoints written by `shardflow train` name their parameters in metadata strings
+/// "model_shape:<tensor>" = "[d0, d1, ...]" (the tensor's shape in MODEL.md; a tensor may be
+/// saved over a view of it, e.g. qkv as [3, A, D, H]). When such entries exist, only those
+/// tensors are written (at that shape) unless `include_all`, which adds every other tensor
+/// (optimizer moments) at its saved shape.
+void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_h5, bool include_all = false);
+
+/// Parses "[d0, d1, ...]" (shape_to_string's format); InputError naming `what` otherwise.
+Shape parse_shape(const std::string& text, const std::string& what);
 
 }  // namespace shardflow::ckpt

@@ -49,7 +49,7 @@ VerifyReport verify(MPI_Comm comm, const std::string& path) {
     try {
       dir = resolve_checkpoint_dir(path);
       text = detail::read_text_file(detail::join(dir, "manifest.json"));
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       err = e.what();
     }
   }
@@ -63,7 +63,7 @@ VerifyReport verify(MPI_Comm comm, const std::string& path) {
   try {
     m = Manifest::parse(text, where);
     m.validate(where);
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     rep.problems.push_back(e.what());
     return rep;
   }
@@ -93,7 +93,7 @@ VerifyReport verify(MPI_Comm comm, const std::string& path) {
             counts[2] += static_cast<std::int64_t>(buf.size());
           }
           counts[0] += 1;
-        } catch (const Error& e) {
+        } catch (const std::exception& e) {
           mine.push_back(e.what());
         }
       }
@@ -116,7 +116,26 @@ VerifyReport verify(MPI_Comm comm, const std::string& path) {
   return rep;
 }
 
-void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_h5) {
+Shape parse_shape(const std::string& text, const std::string& what) {
+  Shape out;
+  std::string t = text;
+  SHARDFLOW_REQUIRE_INPUT(t.size() >= 2 && t.front() == '[' && t.back() == ']', what, ": malformed shape '", text, "'");
+  std::istringstream is(t.substr(1, t.size() - 2));
+  std::string item;
+  while (std::getline(is, item, ',')) {
+    try {
+      size_t used = 0;
+      long long v = std::stoll(item, &used);
+      SHARDFLOW_REQUIRE_INPUT(v >= 0, what, ": negative extent in shape '", text, "'");
+      out.push_back(v);
+    } catch (const std::logic_error&) {
+      throw InputError(what + ": malformed shape '" + text + "'");
+    }
+  }
+  return out;
+}
+
+void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_h5, bool include_all) {
   int rank = 0;
   CHECK_MPI(MPI_Comm_rank(comm, &rank));
   std::string err;
@@ -135,10 +154,20 @@ void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_
         h5::write_attr_i64(root, "step", {static_cast<long long>(m.step)});
         for (auto& [k, v] : m.meta.ints) h5::write_attr_i64(root, k, {static_cast<long long>(v)});
         for (auto& [k, v] : m.meta.reals) h5::write_attr_f64(root, k, v);
-        for (auto& [k, v] : m.meta.strings) h5::write_attr_string(root, k, v);
+        for (auto& [k, v] : m.meta.strings)
+          if (k.rfind("model_shape:", 0) != 0) h5::write_attr_string(root, k, v);
         root.close();
       }
+      std::map<std::string, Shape> model_shapes;
+      for (auto& [k, v] : m.meta.strings)
+        if (k.rfind("model_shape:", 0) == 0) model_shapes[k.substr(12)] = parse_shape(v, dir + " metadata " + k);
       for (const auto& t : m.tensors) {
+        auto ms = model_shapes.find(t.name);
+        if (!model_shapes.empty() && !include_all && ms == model_shapes.end()) continue;
+        const Shape out_shape = ms == model_shapes.end() ? t.shape : ms->second;
+        SHARDFLOW_REQUIRE_INPUT(numel(out_shape) == numel(t.shape), dir, ": tensor '", t.name, "' saved as ",
+                                shape_to_string(t.shape), " cannot be written as model shape ",
+                                shape_to_string(out_shape));
         // the gather path onto this rank alone: a replicated layout on the trivial mesh
         const DType dt = is_floating(t.dtype) ? DType::F32 : DType::I64;
         std::vector<unsigned char> data(static_cast<size_t>(numel(t.shape)) * dtype_size(dt));
@@ -147,10 +176,10 @@ void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_
         ro.allow_extra = true;
         restore(MPI_COMM_SELF, dir, {ts}, ro);
         h5::Handle space;
-        if (t.shape.empty()) {
+        if (out_shape.empty()) {
           space = h5::Handle(CHECK_HDF5(H5Screate(H5S_SCALAR)), H5Sclose);
         } else {
-          std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
+          std::vector<hsize_t> dims(out_shape.begin(), out_shape.end());
           space = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
         }
         h5::Handle ftype = h5::file_type(dt);
@@ -165,7 +194,7 @@ void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_
       detail::fsync_path(tmp, false);
       fs::rename(tmp, out_h5, ec);
       SHARDFLOW_REQUIRE_INPUT(!ec, "ckpt consolidate: cannot rename '", tmp, "' to '", out_h5, "': ", ec.message());
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       err = e.what();
       std::error_code ec;
       fs::remove(tmp, ec);
