@@ -11,7 +11,7 @@ require_slurm
   skip "shardflow train has no --resume yet (checkpoint/restart is not on this branch); the preemption test needs it"
 w="$(work_dir preempt)"
 deck="$SHARDFLOW_HOME/tests/slurm/tiny.toml"
-steps=150
+steps=80
 common=(--set "train.steps=$steps" --set checkpoint.every=0)
 
 mpiexec -n 2 "$SHARDFLOW_BIN" train "$deck" --quiet "${common[@]}" --set "checkpoint.dir=$w/ckpt-ref" \
