@@ -11,7 +11,7 @@ require_slurm
 w="$(work_dir requeue)"
 mkdir -p "$w/state"
 jid="$(sbatch --parsable --ntasks=2 --chdir="$w" --time=00:05:00 \
-  --export=ALL,SHARDFLOW_RUN_DIR="$w",SHARDFLOW_BIN="$SHARDFLOW_HOME/tests/slurm/fake_train.sh",FAKE_STATE="$w/state",FAKE_STEPS=30 \
+  "--export=ALL,SHARDFLOW_RUN_DIR=$w,SHARDFLOW_BIN=$SHARDFLOW_HOME/tests/slurm/fake_train.sh,FAKE_STATE=$w/state,FAKE_STEPS=30" \
   "$SHARDFLOW_HOME/batch/train.sbatch" deck.toml --set a=b)" || fail "sbatch failed"
 out="$w/shardflow-train-$jid.out"
 t0=$SECONDS
@@ -47,7 +47,7 @@ echo "ok: job $jid checkpointed at step $ck on SIGUSR1, requeued itself and resu
 # ---- scancel: checkpoint, but stay cancelled --------------------------------------------
 mkdir -p "$w/state2"
 jid2="$(sbatch --parsable --ntasks=2 --chdir="$w" --time=00:05:00 \
-  --export=ALL,SHARDFLOW_RUN_DIR="$w",SHARDFLOW_BIN="$SHARDFLOW_HOME/tests/slurm/fake_train.sh",FAKE_STATE="$w/state2",FAKE_STEPS=30 \
+  "--export=ALL,SHARDFLOW_RUN_DIR=$w,SHARDFLOW_BIN=$SHARDFLOW_HOME/tests/slurm/fake_train.sh,FAKE_STATE=$w/state2,FAKE_STEPS=30" \
   "$SHARDFLOW_HOME/batch/train.sbatch" deck.toml)" || fail "sbatch failed"
 out2="$w/shardflow-train-$jid2.out"
 t0=$SECONDS
