@@ -31,13 +31,7 @@ ckpt::Metadata checkpoint_metadata(const Deck& deck, const Mesh& mesh, train::Tr
   meta.strings["deck"] = deck_to_toml(deck);
   meta.strings["mesh"] = mesh.shape().to_string();
   // Every trained parameter with its MODEL.md shape (others, e.g. MoE experts, as laid out).
-  nn::GptConfig g;
-  g.vocab = deck.model.vocab;
-  g.seq = deck.model.seq;
-  g.hidden = deck.model.hidden;
-  g.heads = deck.model.heads;
-  g.ffn = deck.model.ffn;
-  g.layers = deck.model.layers;
+  const auto g = nn::GptConfig::from(deck.model);
   std::map<std::string, Shape> gpt, laid_out;
   for (const auto& p : nn::gpt_parameters(g)) gpt[p.name] = p.shape;
   for (const auto& t : trainer.state_tensors()) laid_out[t.name] = t.layout.global_shape();
