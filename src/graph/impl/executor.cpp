@@ -1,117 +1,202 @@
 #include "graph/executor.hpp"
 
-#include <algorithm>
-#include <functional>
 #include <string>
 
 #include "core/error.hpp"
 
 namespace shardflow::graph {
 
+namespace {
+
+int lowest_bit(uint64_t w) { return __builtin_ctzll(w); }
+
+// What the run is doing since the last clock read; time is charged to it at the next change.
+enum class Activity { Other, Compute, Wait };
+
+}  // namespace
+
+// The scheduler, per run:
+//  - ready compute tasks live in a two-level bitset (one bit per task id, one summary bit
+//    per 64-task word), so "the smallest ready id" (the deterministic order) costs a few
+//    word scans instead of heap operations;
+//  - comm tasks wait in a flat per-communicator array indexed by sequence number and are
+//    issued strictly in that order;
+//  - the clock is read only when the activity changes (compute -> comm issue/poll -> wait),
+//    or around every task when observers are attached (they need each task's times), so a
+//    run of consecutive compute tasks costs no clock reads;
+//  - per-graph state (predecessor counts, communicator sequence sizes) is gathered in one
+//    pass over the nodes; all scratch is reused across runs.
 RunStats Executor::run(TaskGraph& g) {
   const size_t n = g.size();
   const size_t nkeys = g.comm_keys().size();
+  const bool observed = !observers_.empty();
   RunStats st;
-  auto t_run0 = Clock::now();
+  const auto t_run0 = Clock::now();
   for (auto* o : observers_) o->on_run_begin(g);
+  TaskNode* const nodes = n > 0 ? &g.node(0) : nullptr;
 
-  pending_.assign(n, 0);
-  ready_compute_.clear();
-  comm_ready_.resize(nkeys);
-  comm_next_.assign(nkeys, 0);
-  for (size_t k = 0; k < nkeys; ++k) comm_ready_[k].assign(g.comm_sequence(g.comm_keys()[k]).size(), -1);
+  // ---- per-run state, one pass over the graph ----------------------------------------------
+  pending_.resize(n);
+  const size_t nwords = (n + 63) / 64;
+  ready_bits_.assign(nwords, 0);
+  ready_summary_.assign((nwords + 63) / 64, 0);
+  ready_count_ = 0;
+  comm_end_.assign(nkeys, 0);
+  for (size_t i = 0; i < n; ++i) {
+    pending_[i] = static_cast<int>(nodes[i].pred.size());
+    if (nodes[i].kind == TaskKind::Comm) ++comm_end_[static_cast<size_t>(nodes[i].comm_key)];
+  }
+  comm_base_.resize(nkeys);
+  comm_next_.resize(nkeys);
+  int ncomm = 0;
+  for (size_t k = 0; k < nkeys; ++k) {
+    comm_base_[k] = comm_next_[k] = ncomm;
+    ncomm += comm_end_[k];
+    comm_end_[k] = ncomm;
+  }
+  comm_slots_.assign(static_cast<size_t>(ncomm), -1);
+  inflight_.clear();
 
-  struct InFlight {
-    int task;
-    std::function<bool()> done;
+  // ---- time accounting -----------------------------------------------------------------------
+  Activity activity = Activity::Other;
+  Clock::time_point t_mark = t_run0;
+  double* const bucket_of[] = {nullptr, &st.compute_s, &st.comm_wait_s};
+  // Charges the time since the last read to the current activity and switches; reads the
+  // clock only on a change (or always when `force`). Returns the time of the switch.
+  auto switch_to = [&](Activity a, bool force) {
+    if (a == activity && !force) return t_mark;
+    const auto now = Clock::now();
+    if (double* b = bucket_of[static_cast<int>(activity)]) *b += std::chrono::duration<double>(now - t_mark).count();
+    t_mark = now;
+    activity = a;
+    return now;
   };
-  std::vector<InFlight> inflight;
-  inflight.reserve(16);
-  size_t completed = 0;
-  auto heap_cmp = std::greater<int>();
 
-  std::function<void(int)> complete;  // defined below
+  // ---- ready sets ------------------------------------------------------------------------------
+  auto push_ready = [&](int id) {
+    const size_t w = static_cast<size_t>(id) >> 6;
+    ready_bits_[w] |= uint64_t{1} << (id & 63);
+    ready_summary_[w >> 6] |= uint64_t{1} << (w & 63);
+    ++ready_count_;
+  };
+  auto pop_ready = [&]() {
+    size_t s = 0;
+    while (ready_summary_[s] == 0) ++s;
+    const size_t w = (s << 6) + static_cast<size_t>(lowest_bit(ready_summary_[s]));
+    const int id = static_cast<int>((w << 6) + static_cast<size_t>(lowest_bit(ready_bits_[w])));
+    ready_bits_[w] &= ready_bits_[w] - 1;
+    if (ready_bits_[w] == 0) ready_summary_[s] &= ~(uint64_t{1} << (w & 63));
+    --ready_count_;
+    return id;
+  };
   auto issue_ready_comms = [&](size_t k) {
-    auto& rk = comm_ready_[k];
-    while (comm_next_[k] < static_cast<int>(rk.size()) && rk[static_cast<size_t>(comm_next_[k])] >= 0) {
-      int id = rk[static_cast<size_t>(comm_next_[k])];
-      ++comm_next_[k];
-      auto t = Clock::now();
+    int& next = comm_next_[k];
+    while (next < comm_end_[k] && comm_slots_[static_cast<size_t>(next)] >= 0) {
+      const int id = comm_slots_[static_cast<size_t>(next)];
+      ++next;
+      const auto t = switch_to(Activity::Other, observed);
       for (auto* o : observers_) o->on_task_begin(g, id, t);
-      auto poller = g.node(id).start();
-      inflight.push_back({id, std::move(poller)});
+      inflight_.push_back({id, nodes[id].start()});
       ++st.comm_tasks;
     }
   };
-  auto make_ready = [&](int id) {
-    auto& node = g.node(id);
-    if (node.kind == TaskKind::Compute) {
-      ready_compute_.push_back(id);
-      std::push_heap(ready_compute_.begin(), ready_compute_.end(), heap_cmp);
-    } else {
-      comm_ready_[static_cast<size_t>(node.comm_key)][static_cast<size_t>(node.comm_seq)] = id;
-      issue_ready_comms(static_cast<size_t>(node.comm_key));
+  size_t completed = 0;
+  auto complete = [&](int id) {
+    ++completed;
+    for (int s : nodes[id].succ) {
+      if (--pending_[static_cast<size_t>(s)] != 0) continue;
+      const TaskNode& sn = nodes[s];
+      if (sn.kind == TaskKind::Compute) {
+        push_ready(s);
+      } else {
+        const size_t k = static_cast<size_t>(sn.comm_key);
+        comm_slots_[static_cast<size_t>(comm_base_[k] + sn.comm_seq)] = s;
+        issue_ready_comms(k);
+      }
     }
   };
-  complete = [&](int id) {
-    ++completed;
-    ++st.tasks;
-    for (int s : g.node(id).succ)
-      if (--pending_[static_cast<size_t>(s)] == 0) make_ready(s);
-  };
+  // Tests every in-flight operation once (in issue order) and completes the finished ones;
+  // operations their successors issue are appended and tested from the next poll on.
   auto poll = [&]() {
     bool progressed = false;
-    for (size_t i = 0; i < inflight.size();) {
-      if (inflight[i].done()) {
-        int id = inflight[i].task;
-        inflight.erase(inflight.begin() + static_cast<long>(i));
-        auto t = Clock::now();
-        for (auto* o : observers_) o->on_task_end(g, id, t);
-        complete(id);
+    const size_t scan = inflight_.size();
+    size_t keep = 0;
+    for (size_t i = 0; i < scan; ++i) {
+      if (inflight_[i].done()) {
+        const int id = inflight_[i].task;
+        if (observed) {
+          const auto t = Clock::now();
+          for (auto* o : observers_) o->on_task_end(g, id, t);
+        }
+        complete(id);  // may append to inflight_
         progressed = true;
       } else {
-        ++i;
+        if (keep != i) inflight_[keep] = std::move(inflight_[i]);
+        ++keep;
       }
+    }
+    if (keep != scan) {
+      for (size_t i = scan; i < inflight_.size(); ++i) inflight_[keep++] = std::move(inflight_[i]);
+      inflight_.resize(keep);
     }
     return progressed;
   };
 
-  for (size_t i = 0; i < n; ++i) pending_[i] = static_cast<int>(g.node(static_cast<int>(i)).pred.size());
-  for (size_t i = 0; i < n; ++i)
-    if (pending_[i] == 0) make_ready(static_cast<int>(i));
+  try {
+    for (size_t i = 0; i < n; ++i)
+      if (pending_[i] == 0) {
+        if (nodes[i].kind == TaskKind::Compute) {
+          push_ready(static_cast<int>(i));
+        } else {
+          const size_t k = static_cast<size_t>(nodes[i].comm_key);
+          comm_slots_[static_cast<size_t>(comm_base_[k] + nodes[i].comm_seq)] = static_cast<int>(i);
+          issue_ready_comms(k);
+        }
+      }
 
-  while (completed < n) {
-    if (!inflight.empty() && poll() && completed == n) break;
-    if (!ready_compute_.empty()) {
-      std::pop_heap(ready_compute_.begin(), ready_compute_.end(), heap_cmp);
-      int id = ready_compute_.back();
-      ready_compute_.pop_back();
-      auto t0 = Clock::now();
-      for (auto* o : observers_) o->on_task_begin(g, id, t0);
-      g.node(id).compute();
-      auto t1 = Clock::now();
-      for (auto* o : observers_) o->on_task_end(g, id, t1);
-      st.compute_s += std::chrono::duration<double>(t1 - t0).count();
-      complete(id);
-      continue;
+    while (completed < n) {
+      if (!inflight_.empty()) {
+        switch_to(Activity::Other, false);
+        if (poll() && completed == n) break;
+      }
+      if (ready_count_ > 0) {
+        const int id = pop_ready();
+        if (observed) {
+          const auto t0 = switch_to(Activity::Compute, true);
+          for (auto* o : observers_) o->on_task_begin(g, id, t0);
+          nodes[id].compute();
+          const auto t1 = switch_to(Activity::Other, true);
+          for (auto* o : observers_) o->on_task_end(g, id, t1);
+        } else {
+          switch_to(Activity::Compute, false);
+          nodes[id].compute();
+        }
+        complete(id);
+        continue;
+      }
+      if (inflight_.empty()) {
+        std::string stuck;
+        for (size_t i = 0; i < n && stuck.size() < 400; ++i)
+          if (pending_[i] > 0) stuck += " '" + nodes[i].name + "'";
+        for (size_t k = 0; k < nkeys; ++k)
+          if (comm_next_[k] < comm_end_[k])
+            stuck += " (communicator '" + g.comm_keys()[k] + "' waits for collective #" +
+                     std::to_string(comm_next_[k] - comm_base_[k]) + ")";
+        throw Error("executor: graph '" + g.name() + "' cannot make progress; waiting tasks:" + stuck);
+      }
+      const auto w0 = switch_to(Activity::Wait, false);
+      while (!poll()) {
+      }
+      const auto w1 = switch_to(Activity::Other, false);
+      for (auto* o : observers_) o->on_wait(w0, w1);
     }
-    if (inflight.empty()) {
-      std::string stuck;
-      for (size_t i = 0; i < n && stuck.size() < 400; ++i)
-        if (pending_[i] > 0) stuck += " '" + g.node(static_cast<int>(i)).name + "'";
-      for (size_t k = 0; k < nkeys; ++k)
-        if (comm_next_[k] < static_cast<int>(comm_ready_[k].size()))
-          stuck += " (communicator '" + g.comm_keys()[k] + "' waits for collective #" + std::to_string(comm_next_[k]) + ")";
-      throw Error("executor: graph '" + g.name() + "' cannot make progress; waiting tasks:" + stuck);
-    }
-    auto w0 = Clock::now();
-    while (!poll()) {
-    }
-    auto w1 = Clock::now();
-    st.comm_wait_s += std::chrono::duration<double>(w1 - w0).count();
-    for (auto* o : observers_) o->on_wait(w0, w1);
+  } catch (...) {
+    inflight_.clear();  // as before: pending requests are completed by their destructors
+    throw;
   }
-  st.total_s = std::chrono::duration<double>(Clock::now() - t_run0).count();
+  switch_to(Activity::Other, true);
+  st.tasks = static_cast<int64_t>(completed);
+  st.total_s = std::chrono::duration<double>(t_mark - t_run0).count();
   for (auto* o : observers_) o->on_run_end(g);
   totals_.total_s += st.total_s;
   totals_.compute_s += st.compute_s;
