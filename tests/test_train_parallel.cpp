@@ -24,10 +24,9 @@ namespace {
 // S = 15, H = 30.
 std::string deck_text(const std::string& mesh, int zero, int micro, const std::string& extra = "",
                       const std::string& model_extra = "") {
-  return "[mesh]\n" + mesh +
-         "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" + model_extra +
-         "[train]\nsteps = 20\nglobal_batch = 8\nmicro_batches = " +
-         std::to_string(micro) + "\nlr = 3e-3\nwarmup = 5\nseed = 11\ndata = \"" SHARDFLOW_CORPUS "\"\n" +
+  return "[mesh]\n" + mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" +
+         model_extra + "[train]\nsteps = 20\nglobal_batch = 8\nmicro_batches = " + std::to_string(micro) +
+         "\nlr = 3e-3\nwarmup = 5\nseed = 11\ndata = \"" SHARDFLOW_CORPUS "\"\n" +
          "[strategy]\nzero_stage = " + std::to_string(zero) + "\nprefetch = 1\n" +
          (extra.find("fsdp_min_weight_size") == std::string::npos ? "fsdp_min_weight_size = 64\n" : "") + extra;
 }

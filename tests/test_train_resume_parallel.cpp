@@ -30,10 +30,10 @@ struct Config {
 };
 
 std::string deck_text(const Config& c) {
-  return "[mesh]\n" + c.mesh +
-         "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" + c.model_extra +
-         "[train]\nsteps = 6\nglobal_batch = 8\nmicro_batches = 2\nlr = 3e-3\nwarmup = 2\nseed = 5\ndata = \"" SHARDFLOW_CORPUS
-         "\"\n[strategy]\nfsdp_min_weight_size = 64\nzero_stage = " +
+  return "[mesh]\n" + c.mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" +
+         c.model_extra +
+         "[train]\nsteps = 6\nglobal_batch = 8\nmicro_batches = 2\nlr = 3e-3\nwarmup = 2\nseed = 5\ndata = "
+         "\"" SHARDFLOW_CORPUS "\"\n[strategy]\nfsdp_min_weight_size = 64\nzero_stage = " +
          std::to_string(c.zero) + "\n" + c.extra;
 }
 
