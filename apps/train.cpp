@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -95,10 +96,12 @@ int run_train(const TrainOptions& o) {
   comm::CommSet comms(mesh, comm::Backend::Mpi);
   train::Trainer trainer(deck, mesh, comms);
   auto ckpt_tensors = [&trainer] { return app::checkpoint_tensors(trainer); };
+  int64_t resumed_at = -1;
   if (!o.resume.empty()) {
     const std::string path = o.resume == "latest" ? deck.checkpoint.dir : o.resume;
     const auto meta = ckpt::restore(mesh.world(), path, ckpt_tensors());
     trainer.set_step(meta.step);
+    resumed_at = meta.step;
     if (rank == 0 && !o.quiet)
       std::printf("resumed from %s at step %lld\n", ckpt::resolve_checkpoint_dir(path).c_str(),
                   static_cast<long long>(meta.step));
@@ -114,7 +117,7 @@ int run_train(const TrainOptions& o) {
   save_opts.keep = static_cast<int>(deck.checkpoint.keep);
   save_opts.async = deck.checkpoint.async;
   std::unique_ptr<ckpt::Checkpointer> checkpointer;
-  int64_t last_saved = -1;
+  int64_t last_saved = resumed_at;  // never re-save the checkpoint we resumed from
   double last_loss = 0;
   auto save = [&] {
     if (trainer.step() == last_saved) return;
@@ -212,6 +215,9 @@ int run_train(const TrainOptions& o) {
       m[mesh.shape().axis_names()[i]] = mesh.shape().sizes()[i];
     j["mesh"] = m;
     j["zero_stage"] = deck.strategy.zero_stage;
+    j["resumed_from_step"] = resumed_at >= 0 ? nlohmann::json(resumed_at) : nlohmann::json(nullptr);
+    const char* restarts = std::getenv("SLURM_RESTART_COUNT");
+    j["restart_count"] = restarts ? std::atoi(restarts) : 0;
     j["steps"] = steps;
     j["final_loss"] = final_loss;
     j["peak_memory_bytes"] = peaks;

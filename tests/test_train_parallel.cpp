@@ -174,12 +174,18 @@ TEST(TrainParallel, StateTensorsDescribeTheLocalBoxes) {
     mesh = "data = 1\nfsdp = 2\ntensor = 2";
     zero = 3;
   }
-  for (int variant = 0; variant < (n == 4 ? 2 : 1); ++variant) {
-    if (variant == 1) {
+  for (int variant = 0; variant < (n == 1 ? 1 : n == 2 ? 2 : 3); ++variant) {
+    std::string model_extra;
+    if (variant == 1) {  // expert weights split over the expert axis, ZeRO-3 on fsdp at 4 ranks
+      mesh = n == 4 ? "data = 1\nfsdp = 2\nexpert = 2" : "data = 1\nexpert = 2";
+      zero = n == 4 ? 3 : 0;
+      model_extra = kMoe;
+    }
+    if (variant == 2) {
       mesh = "data = 1\npipeline = 2\ntensor = 2";
       zero = 0;
     }
-    Deck deck = parse_deck(deck_text(mesh, zero, 1), "test-deck");
+    Deck deck = parse_deck(deck_text(mesh, zero, 1, "", model_extra), "test-deck");
     Mesh m(deck.mesh.to_mesh_shape(), MPI_COMM_WORLD);
     comm::CommSet comms(m, comm::Backend::Mpi);
     train::Trainer t(deck, m, comms);
