@@ -42,13 +42,14 @@ status=0
 for h in "${harnesses[@]}"; do
   corpus="$build/corpus/$h"
   artifacts="$build/artifacts/$h"
+  rm -rf "$artifacts"
   mkdir -p "$corpus" "$artifacts" "$here/tests/fuzz/regressions/$h"
   echo "fuzz.sh: fuzzing '$h' for ${secs}s"
   set +e
   (cd "$build" && "./tests/fuzz_$h" "$corpus" "$here/tests/fuzz/seeds/$h" "$here/tests/fuzz/regressions/$h" \
       -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=16384 \
       -print_final_stats=1 -artifact_prefix="$artifacts/" ${FUZZ_FLAGS:-}) 2>&1 | tee "$build/fuzz_$h.log" | \
-      grep -E '^(#[0-9]+ +(DONE|INITED)|stat::|==[0-9]+==ERROR|SUMMARY|.*runtime error|artifact_prefix|Test unit written)' || true
+      grep -E '^(#[0-9]+ +(DONE|INITED)|stat::|==[0-9]+==ERROR|SUMMARY|.*runtime error|artifact_prefix|Test unit written)'
   rc=${PIPESTATUS[0]}
   set -e
   found=0

@@ -86,6 +86,12 @@ void write_all(const fs::path& p, const void* data, std::size_t size) {
   }
 }
 
+// SHARDFLOW_FUZZ_VERBOSE=1 prints why each input was rejected.
+void note(const char* what, const Error& e) {
+  static const bool verbose = std::getenv("SHARDFLOW_FUZZ_VERBOSE") != nullptr;
+  if (verbose) std::fprintf(stderr, "  %s: %s\n", what, e.what());
+}
+
 void remove_tmp() {
   if (g_state) {
     std::error_code ec;
@@ -137,7 +143,8 @@ Outcome fuzz_manifest(const std::uint8_t* data, std::size_t size) {
   try {
     m = Manifest::parse(text, "fuzz/manifest.json");
     m.validate("fuzz/manifest.json");
-  } catch (const Error&) {
+  } catch (const Error& e) {
+    note("manifest", e);
     return Outcome::Rejected;
   }
   for (const auto& t : m.tensors) (void)coverage_problem(t);
@@ -181,15 +188,18 @@ Outcome fuzz_checkpoint(const std::uint8_t* data, std::size_t size, bool* restor
       for (size_t i = 0; i < out.size(); ++i) same = same && out[i].bytes == s.tensors[i].bytes;
       *restored_ok = same;
     }
-  } catch (const Error&) {
+  } catch (const Error& e) {
+    note("restore", e);
   }
   try {
     (void)verify(MPI_COMM_SELF, s.work.string());
-  } catch (const Error&) {
+  } catch (const Error& e) {
+    note("verify", e);
   }
   try {
     (void)describe(s.work.string());
-  } catch (const Error&) {
+  } catch (const Error& e) {
+    note("describe", e);
   }
   return outcome;
 }
@@ -220,9 +230,9 @@ void write_seeds(const std::string& dir) {
   }
   const std::string two_text = two.to_json();
   write_all(mdir / "two_rank_manifest.json", two_text.data(), two_text.size());
-  const std::string cm = "m" + manifest;  // 'm' is even: replaces manifest.json
+  const std::string cm = "0" + manifest;  // '0' (0x30) is even: replaces manifest.json
   write_all(cdir / "saved_manifest", cm.data(), cm.size());
-  const std::string cs = "s" + shard;  // 's' is odd: replaces shard-0.h5
+  const std::string cs = "1" + shard;  // '1' (0x31) is odd: replaces shard-0.h5
   write_all(cdir / "saved_shard", cs.data(), cs.size());
 }
 

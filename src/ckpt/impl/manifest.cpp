@@ -1,6 +1,7 @@
 #include "ckpt/manifest.hpp"
 
 #include <cstdio>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -55,6 +56,40 @@ std::uint32_t parse_hex32(const std::string& s, const std::string& where, const 
   return v;
 }
 
+// Strict integer reads: nlohmann's get<int>() on a float (or an out-of-range integer)
+// converts with static_cast, which is undefined behaviour for 1e300 (found by fuzzing).
+constexpr std::int64_t kMaxElements = std::int64_t(1) << 56;
+
+template <typename T>
+T get_int(const json& v, const std::string& where, const std::string& what) {
+  SHARDFLOW_REQUIRE_INPUT(v.is_number_integer(), where, ": ", what, " is not an integer: ", v.dump());
+  bool ok;
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<std::uint64_t>();
+    ok = u <= static_cast<std::uint64_t>(std::numeric_limits<T>::max());
+  } else {
+    const auto i = v.get<std::int64_t>();
+    ok = i >= static_cast<std::int64_t>(std::numeric_limits<T>::min()) &&
+         i <= static_cast<std::int64_t>(std::numeric_limits<T>::max());
+  }
+  SHARDFLOW_REQUIRE_INPUT(ok, where, ": ", what, " ", v.dump(), " is out of range");
+  return v.is_number_unsigned() ? static_cast<T>(v.get<std::uint64_t>()) : static_cast<T>(v.get<std::int64_t>());
+}
+template <typename T>
+std::vector<T> get_int_array(const json& v, const std::string& where, const std::string& what) {
+  SHARDFLOW_REQUIRE_INPUT(v.is_array(), where, ": ", what, " is not an array: ", v.dump());
+  std::vector<T> out;
+  for (const json& e : v) out.push_back(get_int<T>(e, where, what));
+  return out;
+}
+template <typename T>
+std::map<std::string, T> get_int_map(const json& v, const std::string& where, const std::string& what) {
+  SHARDFLOW_REQUIRE_INPUT(v.is_object(), where, ": ", what, " is not an object: ", v.dump());
+  std::map<std::string, T> out;
+  for (auto& [k, e] : v.items()) out[k] = get_int<T>(e, where, what + " '" + k + "'");
+  return out;
+}
+
 }  // namespace
 
 std::int64_t row_numel(const Shape& extent) {
@@ -73,7 +108,7 @@ std::int64_t block_rows_for(const Shape& extent, std::size_t elem_size, std::int
 std::int64_t num_blocks(const Shape& extent, std::int64_t block_rows) {
   if (extent.empty()) return 1;
   if (extent[0] == 0) return 0;
-  return (extent[0] + block_rows - 1) / block_rows;
+  return (extent[0] - 1) / block_rows + 1;  // no overflow for any block_rows >= 1
 }
 
 bool is_safe_relative_path(const std::string& p) {
@@ -146,17 +181,17 @@ Manifest Manifest::parse(const std::string& text, const std::string& where) {
     json j = json::parse(text);
     SHARDFLOW_REQUIRE_INPUT(j.at("format").get<std::string>() == "shardflow-checkpoint", where,
                             ": not a shardflow checkpoint manifest (format '", j.at("format").get<std::string>(), "')");
-    int version = j.at("version").get<int>();
+    const int version = get_int<int>(j.at("version"), where, "version");
     SHARDFLOW_REQUIRE_INPUT(version == kVersion, where, ": manifest version ", version, " is not supported (expected ",
                             kVersion, ")");
     SHARDFLOW_REQUIRE_INPUT(j.value("checksum", std::string("crc32c")) == "crc32c", where, ": unknown checksum '",
                             j.value("checksum", std::string()), "'");
-    m.step = j.at("step").get<std::int64_t>();
-    m.world_size = j.at("world_size").get<int>();
+    m.step = get_int<std::int64_t>(j.at("step"), where, "step");
+    m.world_size = get_int<int>(j.at("world_size"), where, "world_size");
     m.created = j.value("created", std::string());
     const json& md = j.at("metadata");
     m.meta.step = m.step;
-    m.meta.ints = md.value("ints", json::object()).get<std::map<std::string, std::int64_t>>();
+    m.meta.ints = get_int_map<std::int64_t>(md.value("ints", json::object()), where, "metadata int");
     m.meta.reals = md.value("reals", json::object()).get<std::map<std::string, double>>();
     m.meta.strings = md.value("strings", json::object()).get<std::map<std::string, std::string>>();
     const json blobs = md.value("blobs", json::object());
@@ -165,21 +200,22 @@ Manifest Manifest::parse(const std::string& text, const std::string& where) {
     for (const json& jt : j.at("tensors")) {
       TensorRecord t;
       t.name = jt.at("name").get<std::string>();
-      t.shape = jt.at("shape").get<Shape>();
+      t.shape = get_int_array<std::int64_t>(jt.at("shape"), where, "tensor '" + t.name + "' shape");
       t.dtype = parse_dtype(jt.at("dtype").get<std::string>());
       const json& lay = jt.at("layout");
       t.spec = lay.at("spec").get<std::string>();
-      t.mesh = MeshShape(lay.at("mesh_axes").get<std::vector<std::string>>(), lay.at("mesh_sizes").get<std::vector<int>>(),
+      t.mesh = MeshShape(lay.at("mesh_axes").get<std::vector<std::string>>(),
+                         get_int_array<int>(lay.at("mesh_sizes"), where, "tensor '" + t.name + "' mesh_sizes"),
                          lay.value("tensor_adjacent", true));
-      t.pinned = lay.value("pinned", json::object()).get<std::map<std::string, int>>();
+      t.pinned = get_int_map<int>(lay.value("pinned", json::object()), where, "tensor '" + t.name + "' pinned axis");
       for (const json& js : jt.at("shards")) {
         ShardRecord s;
-        s.box.offset = js.at("offset").get<Shape>();
-        s.box.extent = js.at("extent").get<Shape>();
+        s.box.offset = get_int_array<std::int64_t>(js.at("offset"), where, "tensor '" + t.name + "' shard offset");
+        s.box.extent = get_int_array<std::int64_t>(js.at("extent"), where, "tensor '" + t.name + "' shard extent");
         s.file = js.at("file").get<std::string>();
         s.dataset = js.at("dataset").get<std::string>();
-        s.writer = js.value("writer", -1);
-        s.block_rows = js.at("block_rows").get<std::int64_t>();
+        s.writer = js.contains("writer") ? get_int<int>(js.at("writer"), where, "tensor '" + t.name + "' shard writer") : -1;
+        s.block_rows = get_int<std::int64_t>(js.at("block_rows"), where, "tensor '" + t.name + "' block_rows");
         for (const json& c : js.at("crc32c"))
           s.crc32c.push_back(parse_hex32(c.get<std::string>(), where, "tensor '" + t.name + "'"));
         t.shards.push_back(std::move(s));
@@ -198,23 +234,33 @@ void Manifest::validate(const std::string& where) const {
   for (const auto& t : tensors) {
     SHARDFLOW_REQUIRE_INPUT(is_valid_tensor_name(t.name), where, ": invalid tensor name '", t.name, "'");
     SHARDFLOW_REQUIRE_INPUT(names.insert(t.name).second, where, ": tensor '", t.name, "' listed twice");
-    for (auto e : t.shape)
+    // Bounded extents and element counts keep every size and byte computation of the
+    // reader (offsets, numel * element size, block arithmetic) free of overflow.
+    std::int64_t total = 1;
+    for (auto e : t.shape) {
       SHARDFLOW_REQUIRE_INPUT(e >= 0, where, ": tensor '", t.name, "' has negative extent in shape ",
                               shape_to_string(t.shape));
+      SHARDFLOW_REQUIRE_INPUT(e <= kMaxElements, where, ": tensor '", t.name, "' has extent ", e, " > ", kMaxElements,
+                              " in shape ", shape_to_string(t.shape));
+      total = e == 0 || total <= kMaxElements / e ? total * e : kMaxElements + 1;
+    }
+    SHARDFLOW_REQUIRE_INPUT(total <= kMaxElements, where, ": tensor '", t.name, "' of shape ", shape_to_string(t.shape),
+                            " has more than ", kMaxElements, " elements");
     for (const auto& s : t.shards) {
       SHARDFLOW_REQUIRE_INPUT(s.box.offset.size() == t.shape.size() && s.box.extent.size() == t.shape.size(), where,
                               ": tensor '", t.name, "': shard box ", s.box.to_string(), " does not have the rank of shape ",
                               shape_to_string(t.shape));
       for (size_t d = 0; d < t.shape.size(); ++d)
-        SHARDFLOW_REQUIRE_INPUT(s.box.offset[d] >= 0 && s.box.extent[d] >= 0 &&
-                                    s.box.offset[d] + s.box.extent[d] <= t.shape[d],
+        SHARDFLOW_REQUIRE_INPUT(s.box.offset[d] >= 0 && s.box.extent[d] >= 0 && s.box.extent[d] <= t.shape[d] &&
+                                    s.box.offset[d] <= t.shape[d] - s.box.extent[d],
                                 where, ": tensor '", t.name, "': shard box ", s.box.to_string(), " leaves shape ",
                                 shape_to_string(t.shape));
       SHARDFLOW_REQUIRE_INPUT(is_safe_relative_path(s.file), where, ": tensor '", t.name, "': shard file path '", s.file,
                               "' escapes the checkpoint directory (absolute, '..' or empty components are refused)");
       SHARDFLOW_REQUIRE_INPUT(s.dataset == "/" + t.name, where, ": tensor '", t.name, "': dataset '", s.dataset,
                               "' in file '", s.file, "' is not '/", t.name, "'");
-      SHARDFLOW_REQUIRE_INPUT(s.block_rows >= 1, where, ": tensor '", t.name, "': block_rows ", s.block_rows, " < 1");
+      SHARDFLOW_REQUIRE_INPUT(s.block_rows >= 1 && s.block_rows <= kMaxElements, where, ": tensor '", t.name,
+                              "': block_rows ", s.block_rows, " is not in [1, ", kMaxElements, "]");
       const std::int64_t nb = num_blocks(s.box.extent, s.block_rows);
       SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(s.crc32c.size()) == nb, where, ": tensor '", t.name,
                               "': shard in file '", s.file, "' has ", s.crc32c.size(), " checksums for ", nb, " blocks");
