@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "comm/comm_set.hpp"
@@ -88,8 +89,8 @@ int run(const Options& o) {
         auto s = start[i];
         n.start = [s] {
           auto poll = s();
-          while (!poll()) {
-          }
+          for (int spins = 0; !poll();)  // the executor's wait: spin, then yield the core
+            if (++spins > 64) std::this_thread::yield();
           return std::function<bool()>([] { return true; });
         };
       } else if (m == ComputeOnly) {
