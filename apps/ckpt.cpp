@@ -10,12 +10,14 @@
 #include "ckpt/checkpoint.hpp"
 #include "ckpt/tools.hpp"
 #include "command.hpp"
+#include "train_state.hpp"
 
 namespace {
 
 struct CkptArgs {
   std::string dir, out;
   bool all = false;
+  std::vector<std::string> overrides;
 };
 
 shardflow::app::CommandRegistration reg(
@@ -32,7 +34,13 @@ shardflow::app::CommandRegistration reg(
       cons->add_option("dir", args->dir, "checkpoint root or step directory")->required();
       cons->add_option("out", args->out, "output .h5 file")->required();
       cons->add_flag("--all", args->all, "also write the optimizer moments (model checkpoints write parameters only)");
-      return [args, inspect, verify, cons]() -> int {
+      CLI::App* reshard = sub.add_subcommand(
+          "reshard", "rewrite a checkpoint for another mesh or strategy (run on the new mesh's number of ranks)");
+      reshard->add_option("dir", args->dir, "checkpoint root or step directory")->required();
+      reshard->add_option("out", args->out, "new checkpoint root")->required();
+      reshard->add_option("--set", args->overrides, "deck overrides, e.g. mesh.data=1 mesh.fsdp=4 strategy.zero_stage=3")
+          ->take_all();
+      return [args, inspect, verify, cons, reshard]() -> int {
         const int rank = shardflow::app::world_rank();
         if (inspect->parsed()) {
           std::string text = shardflow::ckpt::describe(args->dir);
@@ -48,6 +56,11 @@ shardflow::app::CommandRegistration reg(
                          static_cast<long long>(r.blocks), static_cast<long long>(r.bytes));
           }
           return r.ok() ? 0 : 1;
+        }
+        if (reshard->parsed()) {
+          shardflow::app::reshard_checkpoint(args->dir, args->out, args->overrides);
+          if (rank == 0) std::printf("resharded %s into %s\n", args->dir.c_str(), args->out.c_str());
+          return 0;
         }
         shardflow::ckpt::consolidate(MPI_COMM_WORLD, args->dir, args->out, args->all);
         if (rank == 0) std::printf("wrote %s\n", args->out.c_str());

@@ -33,13 +33,7 @@ int run_eval(const EvalOptions& o) {
   SHARDFLOW_REQUIRE_INPUT(deck_it != manifest.meta.strings.end(), "checkpoint ", dir,
                           " has no deck in its metadata: it was not written by `shardflow train`");
   const Deck deck = parse_deck(deck_it->second, dir + "/manifest.json (deck)");
-  nn::GptConfig cfg;
-  cfg.vocab = deck.model.vocab;
-  cfg.seq = deck.model.seq;
-  cfg.hidden = deck.model.hidden;
-  cfg.heads = deck.model.heads;
-  cfg.ffn = deck.model.ffn;
-  cfg.layers = deck.model.layers;
+  const auto cfg = nn::GptConfig::from(deck.model);
   nn::GptModel<float> model(cfg, o.batch);
 
   // Every rank restores a full copy of each parameter (replicated layout over this job).

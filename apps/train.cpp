@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -15,12 +16,12 @@
 
 #include "ckpt/checkpoint.hpp"
 #include "command.hpp"
+#include "train_state.hpp"
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
 #include "core/error.hpp"
 #include "graph/observer.hpp"
 #include "mesh/mesh.hpp"
-#include "nn/gpt.hpp"
 #include "train/trainer.hpp"
 
 namespace {
@@ -94,15 +95,13 @@ int run_train(const TrainOptions& o) {
   Mesh mesh(deck.mesh.to_mesh_shape());
   comm::CommSet comms(mesh, comm::Backend::Mpi);
   train::Trainer trainer(deck, mesh, comms);
-  auto ckpt_tensors = [&trainer] {
-    std::vector<ckpt::TensorState> ts;
-    for (auto& t : trainer.state_tensors()) ts.push_back({t.name, t.layout, DType::F32, t.data});
-    return ts;
-  };
+  auto ckpt_tensors = [&trainer] { return app::checkpoint_tensors(trainer); };
+  int64_t resumed_at = -1;
   if (!o.resume.empty()) {
     const std::string path = o.resume == "latest" ? deck.checkpoint.dir : o.resume;
     const auto meta = ckpt::restore(mesh.world(), path, ckpt_tensors());
     trainer.set_step(meta.step);
+    resumed_at = meta.step;
     if (rank == 0 && !o.quiet)
       std::printf("resumed from %s at step %lld\n", ckpt::resolve_checkpoint_dir(path).c_str(),
                   static_cast<long long>(meta.step));
@@ -114,47 +113,16 @@ int run_train(const TrainOptions& o) {
                             "): continue with --resume latest, or start afresh with another directory "
                             "(--set checkpoint.dir=...)");
   }
-  nn::GptConfig gcfg;
-  gcfg.vocab = deck.model.vocab;
-  gcfg.seq = deck.model.seq;
-  gcfg.hidden = deck.model.hidden;
-  gcfg.heads = deck.model.heads;
-  gcfg.ffn = deck.model.ffn;
-  gcfg.layers = deck.model.layers;
-  // Every trained parameter with its MODEL.md shape (others, e.g. MoE experts, as laid out).
-  std::map<std::string, Shape> model_shapes;
-  {
-    std::map<std::string, Shape> gpt;
-    for (const auto& p : nn::gpt_parameters(gcfg)) gpt[p.name] = p.shape;
-    std::map<std::string, Shape> laid_out;
-    for (const auto& t : trainer.state_tensors()) laid_out[t.name] = t.layout.global_shape();
-    for (const auto& n : trainer.parameter_names()) model_shapes[n] = gpt.count(n) ? gpt[n] : laid_out[n];
-  }
   ckpt::SaveOptions save_opts;
   save_opts.keep = static_cast<int>(deck.checkpoint.keep);
   save_opts.async = deck.checkpoint.async;
   std::unique_ptr<ckpt::Checkpointer> checkpointer;
-  int64_t last_saved = -1;
+  int64_t last_saved = resumed_at;  // never re-save the checkpoint we resumed from
   double last_loss = 0;
   auto save = [&] {
     if (trainer.step() == last_saved) return;
     if (!checkpointer) checkpointer = std::make_unique<ckpt::Checkpointer>(mesh.world(), deck.checkpoint.dir, save_opts);
-    ckpt::Metadata meta;
-    meta.step = trainer.step();
-    meta.ints["data_position"] = trainer.step();  // the loader is counter-based: the next step's index
-    meta.ints["seed"] = deck.train.seed;
-    for (const auto& kv : std::map<std::string, int64_t>{{"model.vocab", deck.model.vocab},
-                                                         {"model.seq", deck.model.seq},
-                                                         {"model.hidden", deck.model.hidden},
-                                                         {"model.heads", deck.model.heads},
-                                                         {"model.ffn", deck.model.ffn},
-                                                         {"model.layers", deck.model.layers},
-                                                         {"world_size", world}})
-      meta.ints[kv.first] = kv.second;
-    meta.reals["loss"] = last_loss;
-    meta.strings["deck"] = deck_to_toml(deck);
-    meta.strings["mesh"] = mesh.shape().to_string();
-    for (const auto& kv : model_shapes) meta.strings["model_shape:" + kv.first] = shape_to_string(kv.second);
+    const auto meta = app::checkpoint_metadata(deck, mesh, trainer, last_loss);
     const std::string dir = checkpointer->save(ckpt_tensors(), meta);
     last_saved = trainer.step();
     if (rank == 0 && !o.quiet) {
@@ -247,6 +215,9 @@ int run_train(const TrainOptions& o) {
       m[mesh.shape().axis_names()[i]] = mesh.shape().sizes()[i];
     j["mesh"] = m;
     j["zero_stage"] = deck.strategy.zero_stage;
+    j["resumed_from_step"] = resumed_at >= 0 ? nlohmann::json(resumed_at) : nlohmann::json(nullptr);
+    const char* restarts = std::getenv("SLURM_RESTART_COUNT");
+    j["restart_count"] = restarts ? std::atoi(restarts) : 0;
     j["steps"] = steps;
     j["final_loss"] = final_loss;
     j["peak_memory_bytes"] = peaks;

@@ -158,18 +158,26 @@ int main(int argc, char** argv) {
       if (rank == 0) std::fprintf(stderr, "bench_par runs on 2 ranks (mpiexec -n 2), not %d\n", size);
       MPI_Abort(MPI_COMM_WORLD, 2);
     }
-    // the one-rank reference on rank 0, broadcast
-    std::vector<double> ref(static_cast<size_t>(steps));
-    Result one;
+    // the one-rank references (dense and MoE) on rank 0, broadcast
+    const std::vector<std::string> moe = {"model.experts=4", "model.top_k=2", "model.moe_every=2"};
+    std::vector<double> ref(static_cast<size_t>(steps)), ref_moe(static_cast<size_t>(steps));
+    Result one, one_moe;
     if (rank == 0) {
       one = run("1 rank", deck, {"mesh.data=1"}, steps, MPI_COMM_SELF);
       ref = one.losses;
+      std::vector<std::string> sets = moe;
+      sets.push_back("mesh.data=1");
+      one_moe = run("1 rank MoE", deck, sets, steps, MPI_COMM_SELF);
+      ref_moe = one_moe.losses;
     }
     MPI_Bcast(ref.data(), steps, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    MPI_Bcast(ref_moe.data(), steps, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     MPI_Bcast(&one.step_s, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    MPI_Bcast(&one_moe.step_s, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     struct MeshCase {
       std::string name;
       std::vector<std::string> sets;
+      bool moe = false;
     };
     const std::vector<MeshCase> cases = {
         {"dp2", {"mesh.data=2"}},
@@ -179,20 +187,25 @@ int main(int argc, char** argv) {
         {"pp2 gpipe m=4", {"mesh.pipeline=2", "strategy.schedule=gpipe", "train.micro_batches=4"}},
         {"pp2 1f1b m=4", {"mesh.pipeline=2", "strategy.schedule=1f1b", "train.micro_batches=4"}},
         {"pp2 1f1b m=8", {"mesh.pipeline=2", "strategy.schedule=1f1b", "train.micro_batches=8"}},
+        {"MoE dp2", {"mesh.data=2"}, true},
+        {"MoE ep2", {"mesh.expert=2"}, true},
     };
     std::vector<Result> results;
     int wrong = 0;
     for (const auto& c : cases) {
-      Result r = run(c.name, deck, c.sets, steps, MPI_COMM_WORLD);
+      std::vector<std::string> sets = c.sets;
+      if (c.moe) sets.insert(sets.end(), moe.begin(), moe.end());
+      Result r = run(c.name, deck, sets, steps, MPI_COMM_WORLD);
+      const auto& want = c.moe ? ref_moe : ref;
       for (int s = 0; s < steps; ++s)
-        r.wrong += std::abs(r.losses[static_cast<size_t>(s)] - ref[static_cast<size_t>(s)]) >
-                   1e-5 * std::abs(ref[static_cast<size_t>(s)]);
+        r.wrong += std::abs(r.losses[static_cast<size_t>(s)] - want[static_cast<size_t>(s)]) >
+                   1e-5 * std::abs(want[static_cast<size_t>(s)]);
       wrong += r.wrong;
       results.push_back(r);
     }
     if (rank == 0) {
-      std::printf("bench_par: %s, %d steps (median of steps 2..%d), 1-rank step %.3f s\n", deck.c_str(), steps, steps,
-                  one.step_s);
+      std::printf("bench_par: %s, %d steps (median of steps 2..%d), 1-rank step %.3f s (MoE model: %.3f s)\n",
+                  deck.c_str(), steps, steps, one.step_s, one_moe.step_s);
       std::printf("%-16s %9s %9s %8s %8s %9s %9s %11s %11s %9s %9s %7s\n", "mesh", "step_s", "tok/s", "compute",
                   "wait", "bubble", "(p-1)/m", "tp_B/layer", "8bsh(t-1)/t", "mem_MiB", "plan_MiB", "#wrong");
       for (const auto& r : results) {

@@ -9,7 +9,7 @@ PKGS=(
   libtrilinos-kokkos-dev libtrilinos-kokkos-kernels-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libfmt-dev libspdlog-dev
-  python3 python3-numpy python3-h5py
+  python3 python3-numpy python3-h5py gnuplot-nox
 )
 if [[ "${1:-}" == "--slurm" ]]; then
   PKGS+=(slurm-wlm munge)

@@ -5,3 +5,5 @@ target_compile_definitions(test_train_parallel PRIVATE SHARDFLOW_CORPUS="${PROJE
 # Checkpoints saved on tensor / sequence / pipeline / composed meshes restore on any other.
 shardflow_add_test(test_train_resume_parallel MPI TIMEOUT 900 LABELS train)
 target_compile_definitions(test_train_resume_parallel PRIVATE SHARDFLOW_CORPUS="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")
+# The MoE router rules, its backward against finite differences, and the row kernels.
+shardflow_add_test(test_train_moe LABELS train)

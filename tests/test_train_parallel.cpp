@@ -22,9 +22,10 @@ namespace {
 
 // Small model: 3 heads (2 + 1 on two tensor ranks), F = 42, 3 layers (2 + 1 on two stages),
 // S = 15, H = 30.
-std::string deck_text(const std::string& mesh, int zero, int micro, const std::string& extra = "") {
+std::string deck_text(const std::string& mesh, int zero, int micro, const std::string& extra = "",
+                      const std::string& model_extra = "") {
   return "[mesh]\n" + mesh +
-         "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n"
+         "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" + model_extra +
          "[train]\nsteps = 20\nglobal_batch = 8\nmicro_batches = " +
          std::to_string(micro) + "\nlr = 3e-3\nwarmup = 5\nseed = 11\ndata = \"" SHARDFLOW_CORPUS "\"\n" +
          "[strategy]\nzero_stage = " + std::to_string(zero) + "\nprefetch = 1\n" +
@@ -32,7 +33,8 @@ std::string deck_text(const std::string& mesh, int zero, int micro, const std::s
 }
 
 struct TrainRun {
-  std::vector<double> losses;
+  std::vector<double> losses, aux;
+  std::vector<int64_t> dropped;
   std::map<std::string, std::vector<float>> params;
 };
 
@@ -42,7 +44,12 @@ TrainRun run_training(const std::string& text, MPI_Comm world, int steps = 20) {
   comm::CommSet comms(mesh, comm::Backend::Mpi);
   train::Trainer t(deck, mesh, comms);
   TrainRun r;
-  for (int s = 0; s < steps; ++s) r.losses.push_back(t.train_step().loss);
+  for (int s = 0; s < steps; ++s) {
+    const auto st = t.train_step();
+    r.losses.push_back(st.loss);
+    r.aux.push_back(st.aux_loss);
+    r.dropped.push_back(st.dropped);
+  }
   for (const auto& n : t.parameter_names()) r.params[n] = t.gather_parameter(n);
   return r;
 }
@@ -114,6 +121,47 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"pp2_tp2_sp", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 2, "sequence_parallel = true\n"},
                       Case{"pp2_tp2_gpipe", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 2, kGPipe}),
     [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });
+
+// Mixture of experts: 4 experts, top-2, layer 1 of 3 is an MoE layer; the reference is the
+// one-rank MoE model. The capacity rule is per sequence, so every mesh drops the same
+// choices: the dropped counts must match exactly.
+const char* kMoe = "experts = 4\ntop_k = 2\nmoe_every = 2\n";
+
+const TrainRun& moe_reference() {
+  static TrainRun ref = run_training(deck_text("data = 1", 0, 1, "", kMoe), MPI_COMM_SELF);
+  return ref;
+}
+
+class Moe : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Moe, MatchesOneRankAndIsBitwiseReproducible) {
+  const Case c = GetParam();
+  if (test::world_size() != c.ranks) GTEST_SKIP() << "runs on " << c.ranks << " ranks";
+  const auto& ref = moe_reference();
+  int64_t dropped = 0;
+  for (size_t i = 0; i < ref.dropped.size(); ++i) dropped += ref.dropped[i];
+  EXPECT_GT(dropped, 0) << "the capacity rule never dropped a choice: it is untested";
+  for (double a : ref.aux) EXPECT_GT(a, 0.0);
+  EXPECT_LT(ref.losses.back(), ref.losses.front() - 0.5) << "the MoE model does not learn";
+  const std::string text = deck_text(c.mesh, c.zero, c.micro, c.extra, kMoe);
+  TrainRun a = run_training(text, MPI_COMM_WORLD);
+  expect_close(a, ref, c.name);
+  EXPECT_EQ(a.dropped, ref.dropped) << c.name;
+  for (size_t i = 0; i < ref.aux.size(); ++i) EXPECT_NEAR(a.aux[i], ref.aux[i], 1e-5 * ref.aux[i]) << c.name;
+  TrainRun b = run_training(text, MPI_COMM_WORLD);
+  EXPECT_EQ(a.losses, b.losses) << c.name << ": not bitwise reproducible";
+  for (const auto& kv : a.params) EXPECT_EQ(kv.second, b.params.at(kv.first)) << c.name << " " << kv.first;
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, Moe,
+                         ::testing::Values(Case{"one_micro2", 1, "data = 1", 0, 2, ""},
+                                           Case{"ep2", 2, "data = 1\nexpert = 2", 0, 1, ""},
+                                           Case{"ep2_micro2", 2, "data = 1\nexpert = 2", 0, 2, ""},
+                                           Case{"dp2", 2, "data = 2", 0, 1, ""},
+                                           Case{"dp2_ep2", 4, "data = 2\nexpert = 2", 0, 1, ""},
+                                           Case{"fsdp2_ep2", 4, "data = 1\nfsdp = 2\nexpert = 2", 3, 2, ""},
+                                           Case{"pp2_ep2", 4, "data = 1\npipeline = 2\nexpert = 2", 0, 2, k1F1B}),
+                         [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });
 
 // state_tensors(): each parameter's Layout (over ModelDescription's view shape) says which
 // box of the whole parameter this rank's data pointer holds.

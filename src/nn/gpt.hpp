@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "layout/layout.hpp"
+#include "model/model_config.hpp"
 #include "nn/kernels.hpp"
 
 namespace shardflow::nn {
@@ -24,6 +25,8 @@ struct GptConfig {
   int64_t head_dim() const { return hidden / heads; }
   /// Throws InputError naming the field and value (sizes >= 1, heads divides hidden).
   void validate() const;
+  /// The dense sizes of a deck's [model] section.
+  static GptConfig from(const ModelConfig& m) { return GptConfig{m.vocab, m.seq, m.hidden, m.heads, m.ffn, m.layers}; }
 };
 
 /// One parameter: MODEL.md name, shape, place in the flat buffer, weight-decay flag.

@@ -17,9 +17,18 @@
 //              reduce-scattered per micro-batch (in strategy.grad_scatter_dtype).
 // With both data and fsdp axes (HSDP) the shards are over fsdp and the sharded gradients
 // are additionally all-reduced (mean) over data. Tensors with fewer than
-// strategy.fsdp_min_weight_size elements stay replicated. Shards split dimension 0 with
-// the project's uneven rule (the first rows % n shards get one more row), so every shard
-// is a contiguous block and each gathered tensor needs no repacking.
+// strategy.fsdp_min_weight_size elements stay replicated. ZeRO splits one dimension of the
+// parameter's view shape (ModelDescription) with the project's uneven rule, so every shard
+// is one box of the view, stored row-major.
+//
+// The other axes (docs/parallelism.md): `tensor` (Megatron tensor parallelism: head-aware
+// qkv, rowwise attn.out / mlp.down followed by tensor all-reduces, vocabulary-parallel
+// embedding and cross-entropy; with strategy.sequence_parallel the residual stream is split
+// by token rows with all-gather / reduce-scatter around each block), `pipeline` (layers in
+// stages, strategy.schedule gpipe or 1f1b over train.micro_batches, activations and their
+// gradients as send/recv comm tasks) and `expert` (mixture-of-experts layers: experts split
+// over the axis, all_to_allv dispatch and return; the axis is also a batch axis). Any
+// combination composes in the one graph.
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
@@ -37,7 +46,9 @@ namespace shardflow::train {
 
 struct StepStats {
   int64_t step = 0;           // 1-based step just completed
-  double loss = 0;            // mean cross-entropy over the global batch
+  double loss = 0;            // mean cross-entropy over the global batch (+ aux_loss for MoE)
+  double aux_loss = 0;        // MoE load-balancing loss (mean over the batch's sequences), 0 when dense
+  int64_t dropped = 0;        // MoE expert choices dropped by the capacity rule this step
   double step_time_s = 0;     // wall time of the step on this rank
   double compute_s = 0;       // inside compute tasks
   double comm_wait_s = 0;     // waiting on communication with nothing to compute

@@ -11,6 +11,8 @@ assert [s["step"] for s in resumed] == [4, 5, 6], resumed
 for r in resumed:
     ref = full[r["step"] - 1]["loss"]
     assert abs(r["loss"] - ref) <= 1e-5 * ref, (r["step"], r["loss"], ref)
+resumed2 = json.load(open(f"{work}/resumed2.json"))["steps"]
+assert [r["loss"] for r in resumed2] == [r["loss"] for r in resumed], (resumed2, resumed)
 e1 = json.load(open(f"{work}/eval1.json"))
 e3 = json.load(open(f"{work}/eval3.json"))
 assert e1["step"] == 6 and e1["sequences"] == e3["sequences"], (e1, e3)

@@ -258,7 +258,7 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
       j.data = static_cast<const unsigned char*>(t.data);
       p->jobs.push_back(std::move(j));
     }
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     err = e.what();
   }
   detail::agree(comm_, err);
@@ -273,7 +273,7 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
       tmp = detail::join(root_, ".tmp-" + step_dir_name(meta.step) + "-" + random_nonce());
       fs::create_directory(tmp, ec);
       SHARDFLOW_REQUIRE(!ec, "checkpoint save: cannot create '", tmp, "': ", ec.message());
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       err = e.what();
     }
   }
@@ -443,7 +443,7 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
     try {
       dir = resolve_checkpoint_dir(path);
       text = detail::read_text_file(detail::join(dir, "manifest.json"));
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       err = e.what();
     }
   }
@@ -482,7 +482,7 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
       for (const auto& r : m.tensors)
         SHARDFLOW_REQUIRE_INPUT(asked.count(r.name), where, ": holds tensor '", r.name,
                                 "' that the model does not have (a different model?)");
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     err = e.what();
   }
   detail::agree(comm, err);
@@ -543,7 +543,7 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
       SHARDFLOW_REQUIRE_INPUT(got == need.numel(), "checkpoint ", dir, ": tensor '", t.name, "': saved shards provide ",
                               got, " of the ", need.numel(), " elements of box ", need.to_string());
     }
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     err = e.what();
   }
   detail::agree(comm, err);

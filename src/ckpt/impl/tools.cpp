@@ -49,7 +49,7 @@ VerifyReport verify(MPI_Comm comm, const std::string& path) {
     try {
       dir = resolve_checkpoint_dir(path);
       text = detail::read_text_file(detail::join(dir, "manifest.json"));
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       err = e.what();
     }
   }
@@ -63,7 +63,7 @@ VerifyReport verify(MPI_Comm comm, const std::string& path) {
   try {
     m = Manifest::parse(text, where);
     m.validate(where);
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     rep.problems.push_back(e.what());
     return rep;
   }
@@ -93,7 +93,7 @@ VerifyReport verify(MPI_Comm comm, const std::string& path) {
             counts[2] += static_cast<std::int64_t>(buf.size());
           }
           counts[0] += 1;
-        } catch (const Error& e) {
+        } catch (const std::exception& e) {
           mine.push_back(e.what());
         }
       }
@@ -194,7 +194,7 @@ void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_
       detail::fsync_path(tmp, false);
       fs::rename(tmp, out_h5, ec);
       SHARDFLOW_REQUIRE_INPUT(!ec, "ckpt consolidate: cannot rename '", tmp, "' to '", out_h5, "': ", ec.message());
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       err = e.what();
       std::error_code ec;
       fs::remove(tmp, ec);

@@ -14,6 +14,7 @@
 #include "nn/gpt.hpp"
 #include "nn/init.hpp"
 #include "nn/kernels.hpp"
+#include "nn/moe.hpp"
 #include "optim/adamw.hpp"
 #include "strategy/sharding_strategy.hpp"
 #include "train/impl/shard_collectives.hpp"
@@ -100,6 +101,16 @@ struct Trainer::Impl {
   int act_slots = 1;                   // micro-batches whose activations a stage holds at once
   int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0;  // local heads, head columns, ffn, vocab slice
   bool sp = false;                                    // sequence parallel over the tensor axis
+  int ep = 1, ec = 0;                                 // expert-parallel size and coordinate
+  int64_t E_l = 0, e0 = 0;                            // this rank's experts [e0, e0 + E_l)
+  std::vector<int> expert_owner;                      // expert -> expert coordinate
+  comm::Communicator* ep_comm = nullptr;
+  nn::MoeConfig moe;
+  // expert weights are not replicated over the expert axis: their data-parallel groups
+  std::vector<std::string> dpx_axes, replx_axes;
+  comm::Communicator* dpx_comm = nullptr;
+  comm::Communicator* replx_comm = nullptr;
+  int dpx_size = 1, replx_size = 1;
   int64_t Tr = 0, t0 = 0;  // residual-stream rows this rank holds: [t0, t0 + Tr) of the micro-batch's T
   int64_t micro = 1, mb_seqs = 1, local_seqs = 1, tokens_mb = 1;
   data::Slice slice;
@@ -117,6 +128,8 @@ struct Trainer::Impl {
     int64_t lnumel = 0;
     bool decay = false;
     bool gain = false;  // norm gain: its gradient is a partial sum over tensor ranks under sp
+    bool expert = false;  // an expert weight [E, ...], split over the expert axis on view dim 0
+    int de = -1;          // view dim split by the expert axis
     int unit = 0, stage = 0;
     bool here = true;   // this rank's stage holds it
     bool sharded = false;
@@ -137,6 +150,20 @@ struct Trainer::Impl {
     FVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
   };
   std::vector<std::vector<Acts>> acts;  // [local layer][slot]
+  // An MoE layer's routing and dispatch state for one micro-batch in flight. Dispatch rows
+  // are ordered by expert (so by owning rank), then by choice a = t·k + j.
+  struct MoeState {
+    nn::MoeRouting route;
+    FVec logits, gate;                    // [T, E], [T·k]
+    Kokkos::View<int64_t*> slot;          // [T·k] dispatch row of each choice, -1 dropped
+    std::vector<int32_t> send_ec, recv_ec;  // [ep, E] rows per (peer, expert) sent / received
+    std::vector<size_t> send_rows, recv_rows;  // per peer
+    FVec xsend, ysend;                    // [T·k, H] rows sent out / combined back (dy in backward)
+    FVec xr, yr, gu, h;                   // received rows [N, H], expert activations, outputs (dX)
+    int64_t nrecv = 0;
+  };
+  std::vector<std::vector<MoeState>> moes;  // [local layer][slot]; empty for dense layers
+  FVec moe_dgate, moe_dh, moe_dgu, moe_dlogits;  // MoE backward scratch
   std::vector<FVec> xs, dxs;            // residual stream and its gradient, per slot (Tr rows)
   FVec yl, dnl, dxfull;                 // sequence parallel: reduce-scattered rows, gathered dx
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
@@ -145,7 +172,8 @@ struct Trainer::Impl {
 
   // ---- step state ------------------------------------------------------------------------
   int64_t completed = 0;
-  double loss_local = 0, loss_global = 0;
+  // summed over the batch: [cross-entropy, MoE load-balancing loss, dropped MoE choices]
+  double sums_local[3] = {0, 0, 0}, sums_global[3] = {0, 0, 0};
   double sq_local = 0, sq_total = 0, grad_norm = 0;
   graph::TaskGraph graph{"train_step"};
   graph::Executor executor;
@@ -193,6 +221,15 @@ struct Trainer::Impl {
   void embed_bwd(int j, int xs_slot, int gslot, bool acc);
   void norm_local();
   void update();
+  bool is_moe_layer(int l) const { return deck.model.is_moe_layer(l); }
+  MoeState& ms(int l, int slot) { return moes[static_cast<size_t>(l - layer_begin)][static_cast<size_t>(slot)]; }
+  void moe_route_fwd(int l, int xs_slot, int slot);
+  void moe_recv_counts(int l, int xs_slot);
+  void moe_experts_fwd(int l, int xs_slot, int slot);
+  void moe_combine(int l, int xs_slot);
+  void moe_combine_bwd(int l, int xs_slot);
+  void moe_experts_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
+  void moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
 };
 
 Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c)
@@ -204,11 +241,9 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c)
   cfg.ffn = deck.model.ffn;
   cfg.layers = deck.model.layers;
   cfg.validate();
-  SHARDFLOW_REQUIRE_INPUT(!deck.model.is_moe(), "model.experts = ", deck.model.experts,
-                          ": mixture-of-experts layers are not supported by this training step yet");
-  SHARDFLOW_REQUIRE_INPUT(m.shape().axis_size_or_1("expert") == 1, "mesh.expert = ",
-                          m.shape().axis_size_or_1("expert"),
-                          ": the expert axis needs a mixture-of-experts model, which this training step does not run yet");
+  SHARDFLOW_REQUIRE_INPUT(!deck.model.is_moe() || m.shape().axis_size_or_1("tensor") == 1, "model.experts = ",
+                          deck.model.experts, " with mesh.tensor = ", m.shape().axis_size_or_1("tensor"),
+                          ": mixture-of-experts layers run with tensor = 1 (experts split over the expert axis)");
   desc.check_mesh(m.shape());
   opt.lr = deck.train.lr;
   opt.warmup = deck.train.warmup;
@@ -236,15 +271,23 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c)
 void Trainer::Impl::setup_groups() {
   const auto& shape = mesh->shape();
   const int me = mesh->rank();
-  for (const char* a : {"data", "fsdp"})
+  for (const char* a : {"data", "fsdp", "expert"})  // expert ranks take their own batch slices
     if (shape.has_axis(a)) dp_axes.push_back(a);
   dp_size = shape.group_size(dp_axes);
+  for (const auto& a : dp_axes)
+    if (a != "expert") dpx_axes.push_back(a);
+  dpx_size = shape.group_size(dpx_axes);
+  if (!dpx_axes.empty()) dpx_comm = &comms->group(dpx_axes);
   if (zero >= 1) {
     if (shape.axis_size_or_1("fsdp") > 1) shard_axes = {"fsdp"};
     else if (shape.axis_size_or_1("data") > 1) shard_axes = {"data"};
   }
   for (const auto& a : dp_axes)
     if (std::find(shard_axes.begin(), shard_axes.end(), a) == shard_axes.end()) repl_axes.push_back(a);
+  for (const auto& a : repl_axes)
+    if (a != "expert") replx_axes.push_back(a);
+  replx_size = shape.group_size(replx_axes);
+  if (!replx_axes.empty()) replx_comm = &comms->group(replx_axes);
   shard_size = shape.group_size(shard_axes);
   repl_size = shape.group_size(repl_axes);
   if (!shard_axes.empty()) shard_index = shape.group_index(me, mesh->canonical_axes(shard_axes));
@@ -256,6 +299,21 @@ void Trainer::Impl::setup_groups() {
     tp_comm = &comms->axis("tensor");
     tc = shape.coord(me, "tensor");
   }
+  ep = shape.axis_size_or_1("expert");
+  if (ep > 1) {
+    ep_comm = &comms->axis("expert");
+    ec = shape.coord(me, "expert");
+  }
+  if (deck.model.is_moe()) {
+    const int64_t E = deck.model.experts;
+    E_l = split_extent(E, ep, ec);
+    e0 = split_offset(E, ep, ec);
+    for (int r = 0; r < ep; ++r)
+      for (int64_t e = 0; e < split_extent(E, ep, r); ++e) expert_owner.push_back(r);
+    moe.experts = E;
+    moe.top_k = deck.model.top_k;
+    moe.seq = cfg.seq;
+  }
   pp = shape.axis_size_or_1("pipeline");
   if (pp > 1) {
     pp_comm = &comms->axis("pipeline");
@@ -263,10 +321,10 @@ void Trainer::Impl::setup_groups() {
   }
   // the gradient norm: every element counted once over shards, tensor slices and stages
   norm_axes = shard_axes;
-  for (const auto& a : sized_axes(shape, {"pipeline", "tensor"})) norm_axes.push_back(a);
+  for (const auto& a : sized_axes(shape, {"pipeline", "expert", "tensor"})) norm_axes.push_back(a);
   if (!norm_axes.empty() && shape.group_size(norm_axes) > 1) norm_comm = &comms->group(norm_axes);
   // the loss: summed over the batch slices, from the last stage
-  loss_axes = sized_axes(shape, {"data", "fsdp", "pipeline"});
+  loss_axes = sized_axes(shape, {"data", "fsdp", "pipeline", "expert"});
   if (!loss_axes.empty()) loss_comm = &comms->group(loss_axes);
 
   const int L = static_cast<int>(cfg.layers);
@@ -321,9 +379,15 @@ void Trainer::Impl::setup_params() {
       p.lext[d] = split_extent(p.view[d], tp, tc);
       p.loff[d] = split_offset(p.view[d], tp, tc);
     }
-    p.lnumel = numel(p.lext);
     p.decay = info.weight_decay;
     p.gain = info.kind == ParamKind::NormGain;
+    p.expert = info.kind == ParamKind::ExpertGateUp || info.kind == ParamKind::ExpertDown;
+    if (p.expert && ep > 1) {
+      p.de = 0;
+      p.lext[0] = E_l;
+      p.loff[0] = e0;
+    }
+    p.lnumel = numel(p.lext);
     p.unit = info.layer >= 0 ? 1 + info.layer
                               : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
     p.stage = desc.stage_of(info, pp);
@@ -331,6 +395,7 @@ void Trainer::Impl::setup_params() {
     if (zero >= 1 && shard_size > 1 && info.numel() >= deck.strategy.fsdp_min_weight_size) {
       std::vector<bool> excluded(p.view.size(), false);
       if (p.dt >= 0) excluded[static_cast<size_t>(p.dt)] = true;
+      if (p.de >= 0) excluded[static_cast<size_t>(p.de)] = true;
       p.dz = FSDPStrategy::choose_shard_dim(p.view, shard_size, excluded);
       p.sharded = p.dz >= 0;
     }
@@ -400,6 +465,42 @@ void Trainer::Impl::setup_acts() {
     }
     acts.push_back(per);
   }
+  for (int l = layer_begin; l < layer_end; ++l) {
+    std::vector<MoeState> per;
+    if (is_moe_layer(l)) {
+      const int64_t k = moe.top_k, E = moe.experts, N = T * k, Nmax = ep * N, F = cfg.ffn;
+      for (int s = 0; s < act_slots; ++s) {
+        MoeState m;
+        m.logits = mk("router_logits", T * E);
+        m.gate = mk("gates", N);
+        m.slot = Kokkos::View<int64_t*>("moe_slot", static_cast<size_t>(N));
+        m.send_ec.assign(static_cast<size_t>(ep * E), 0);
+        m.recv_ec.assign(static_cast<size_t>(ep * E), 0);
+        m.send_rows.assign(static_cast<size_t>(ep), 0);
+        m.recv_rows.assign(static_cast<size_t>(ep), 0);
+        m.xsend = mk("moe_x_send", N * H);
+        if (ep > 1) {
+          m.xr = mk("moe_x_recv", Nmax * H);
+          m.yr = mk("moe_y_recv", Nmax * H);
+          m.ysend = mk("moe_y_send", N * H);
+        } else {  // one rank: the dispatch buffers are the experts' own
+          m.xr = m.xsend;
+          m.yr = mk("moe_y", N * H);
+          m.ysend = m.yr;
+        }
+        m.gu = mk("moe_gu", Nmax * 2 * F);
+        m.h = mk("moe_h", Nmax * F);
+        per.push_back(m);
+      }
+      if (moe_dgate.extent(0) == 0) {
+        moe_dgate = mk("moe_dgate", N);
+        moe_dh = mk("moe_dh", Nmax * F);
+        moe_dgu = mk("moe_dgu", Nmax * 2 * F);
+        moe_dlogits = mk("moe_dlogits", T * E);
+      }
+    }
+    moes.push_back(per);
+  }
   for (int s = 0; s < act_slots; ++s) {
     xs.push_back(mk("x", Tr * H));
     dxs.push_back(mk("dx", Tr * H));
@@ -452,6 +553,7 @@ void Trainer::Impl::init_params() {
 Layout Trainer::Impl::param_layout(const Param& p, bool optimizer_state) const {
   PartitionSpec spec = PartitionSpec::replicated(p.view.size());
   if (p.dt >= 0) spec[static_cast<size_t>(p.dt)] = {"tensor"};
+  if (p.de >= 0) spec[static_cast<size_t>(p.de)] = {"expert"};
   if (p.sharded && (optimizer_state || zero == 3)) spec[static_cast<size_t>(p.dz)] = mesh->canonical_axes(shard_axes);
   std::map<std::string, int> pinned;
   if (pp > 1) pinned["pipeline"] = p.stage;
@@ -563,7 +665,7 @@ void Trainer::Impl::head_c(int j, int slot, int gslot, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& lm = P("lm_head.weight");
   const double scale = 1.0 / static_cast<double>(local_seqs * cfg.seq);
-  loss_local += CrossEntropy<float, Exec>::loss_and_grad(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
+  sums_local[0] += CrossEntropy<float, Exec>::loss_and_grad(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
                                                          cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)], v0,
                                                          scale, mat(logits.data(), T, V_l));
   Linear<float, Exec>::backward_input(cmat(logits.data(), T, V_l), cmat(pptr(lm, slot), V_l, H), mat(dn.data(), T, H));
@@ -644,12 +746,168 @@ void Trainer::Impl::embed_bwd(int j, int xs_slot, int gslot, bool acc) {
   nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gslot), cfg.seq, H), accum(pe, acc));
 }
 
+// ---- mixture of experts (tensor = 1) ------------------------------------------------------
+// After the mlp norm: router logits, the routing decisions (host), dispatch of the kept
+// choices' rows ordered by expert (so by owning expert rank), all_to_allv to the experts,
+// each local expert's SwiGLU FFN on its rows from every source, all_to_allv back, and the
+// gated combine into the residual stream. The backward runs the conjugates in reverse.
+
+void Trainer::Impl::moe_route_fwd(int l, int xs_slot, int slot) {
+  using namespace nn;
+  const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
+  MoeState& m = ms(l, xs_slot);
+  Acts& a = act(l, xs_slot);
+  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(U(l + 1, 4), slot), E, H), mat(m.logits.data(), T, E));
+  auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m.logits);
+  m.route = moe_route(hl.data(), T, moe);
+  sums_local[1] += m.route.aux;
+  sums_local[2] += static_cast<double>(m.route.dropped);
+  std::vector<int64_t> start(static_cast<size_t>(E + 1), 0);
+  for (int64_t c = 0; c < T * k; ++c)
+    if (m.route.kept[static_cast<size_t>(c)]) ++start[static_cast<size_t>(m.route.expert[static_cast<size_t>(c)] + 1)];
+  std::fill(m.send_ec.begin(), m.send_ec.end(), 0);
+  std::fill(m.send_rows.begin(), m.send_rows.end(), 0);
+  for (int64_t e = 0; e < E; ++e) {
+    const int r = expert_owner[static_cast<size_t>(e)];
+    const int64_t n = start[static_cast<size_t>(e + 1)];
+    m.send_ec[static_cast<size_t>(r * E + e)] = static_cast<int32_t>(n);
+    m.send_rows[static_cast<size_t>(r)] += static_cast<size_t>(n);
+  }
+  for (int64_t e = 0; e < E; ++e) start[static_cast<size_t>(e + 1)] += start[static_cast<size_t>(e)];
+  auto hs = Kokkos::create_mirror_view(m.slot);
+  auto hg = Kokkos::create_mirror_view(m.gate);
+  for (int64_t c = 0; c < T * k; ++c) {
+    hg(c) = m.route.gate[static_cast<size_t>(c)];
+    hs(c) = m.route.kept[static_cast<size_t>(c)] ? start[static_cast<size_t>(m.route.expert[static_cast<size_t>(c)])]++
+                                                 : -1;
+  }
+  Kokkos::deep_copy(m.slot, hs);
+  Kokkos::deep_copy(m.gate, hg);
+  MoeRows<float, Exec>::dispatch(cmat(a.n2.data(), T, H), m.slot, k, mat(m.xsend.data(), T * k, H));
+  if (ep == 1) {
+    m.recv_ec = m.send_ec;
+    moe_recv_counts(l, xs_slot);
+  }
+}
+
+void Trainer::Impl::moe_recv_counts(int l, int xs_slot) {
+  MoeState& m = ms(l, xs_slot);
+  const int64_t E = moe.experts;
+  m.nrecv = 0;
+  for (int r = 0; r < ep; ++r) {
+    size_t n = 0;
+    for (int64_t e = 0; e < E; ++e) n += static_cast<size_t>(m.recv_ec[static_cast<size_t>(r * E + e)]);
+    m.recv_rows[static_cast<size_t>(r)] = n;
+    m.nrecv += static_cast<int64_t>(n);
+  }
+  SHARDFLOW_REQUIRE(m.nrecv * cfg.hidden <= static_cast<int64_t>(m.xr.extent(0)), "MoE layer ", l, ": ", m.nrecv,
+                    " rows received, more than the dispatch buffer holds");
+}
+
+void Trainer::Impl::moe_experts_fwd(int l, int xs_slot, int slot) {
+  using namespace nn;
+  const int64_t H = cfg.hidden, F = cfg.ffn, E = moe.experts;
+  MoeState& m = ms(l, xs_slot);
+  const float* wgu = pptr(U(l + 1, 5), slot);
+  const float* wd = pptr(U(l + 1, 6), slot);
+  int64_t row = 0;
+  for (int r = 0; r < ep; ++r)
+    for (int64_t e = e0; e < e0 + E_l; ++e) {
+      const int64_t n = m.recv_ec[static_cast<size_t>(r * E + e)];
+      if (n == 0) continue;
+      Linear<float, Exec>::forward(cmat(m.xr.data() + row * H, n, H), cmat(wgu + (e - e0) * 2 * F * H, 2 * F, H),
+                                   mat(m.gu.data() + row * 2 * F, n, 2 * F));
+      SwiGlu<float, Exec>::forward(cmat(m.gu.data() + row * 2 * F, n, 2 * F), mat(m.h.data() + row * F, n, F));
+      Linear<float, Exec>::forward(cmat(m.h.data() + row * F, n, F), cmat(wd + (e - e0) * H * F, H, F),
+                                   mat(m.yr.data() + row * H, n, H));
+      row += n;
+    }
+}
+
+void Trainer::Impl::moe_combine(int l, int xs_slot) {
+  const int64_t T = tokens_mb, H = cfg.hidden, k = moe.top_k;
+  MoeState& m = ms(l, xs_slot);
+  float* x = xs[static_cast<size_t>(xs_slot)].data();
+  nn::Residual<float, Exec>::copy(cmat(act(l, xs_slot).x_mid.data(), T, H), mat(x, T, H));
+  nn::MoeRows<float, Exec>::combine(cmat(m.ysend.data(), T * k, H), m.slot, cvec(m.gate.data(), T * k), k,
+                                    mat(x, T, H), true);
+}
+
+void Trainer::Impl::moe_combine_bwd(int l, int xs_slot) {
+  const int64_t T = tokens_mb, H = cfg.hidden, k = moe.top_k;
+  MoeState& m = ms(l, xs_slot);
+  const float* dx = dxs[static_cast<size_t>(xs_slot)].data();
+  nn::MoeRows<float, Exec>::gate_grad(cmat(dx, T, H), cmat(m.ysend.data(), T * k, H), m.slot, k,
+                                      vec(moe_dgate.data(), T * k));
+  nn::MoeRows<float, Exec>::combine_backward(cmat(dx, T, H), m.slot, cvec(m.gate.data(), T * k), k,
+                                             mat(m.ysend.data(), T * k, H));
+}
+
+void Trainer::Impl::moe_experts_bwd(int l, int xs_slot, int slot, int gslot, bool acc) {
+  using namespace nn;
+  const int64_t H = cfg.hidden, F = cfg.ffn, E = moe.experts;
+  MoeState& m = ms(l, xs_slot);
+  const Param &pgu = U(l + 1, 5), &pd = U(l + 1, 6);
+  const float* wgu = pptr(pgu, slot);
+  const float* wd = pptr(pd, slot);
+  float* dwgu = gptr(pgu, gslot);
+  float* dwd = gptr(pd, gslot);
+  // experts that received no rows add nothing: start from zero, then always accumulate
+  if (!accum(pgu, acc)) Kokkos::deep_copy(vec(dwgu, pgu.lnumel), 0.0f);
+  if (!accum(pd, acc)) Kokkos::deep_copy(vec(dwd, pd.lnumel), 0.0f);
+  int64_t row = 0;
+  for (int r = 0; r < ep; ++r)
+    for (int64_t e = e0; e < e0 + E_l; ++e) {
+      const int64_t n = m.recv_ec[static_cast<size_t>(r * E + e)];
+      if (n == 0) continue;
+      float* dy = m.yr.data() + row * H;  // dy in, dX out
+      Linear<float, Exec>::backward_input(cmat(dy, n, H), cmat(wd + (e - e0) * H * F, H, F), mat(moe_dh.data(), n, F));
+      Linear<float, Exec>::backward_weight(cmat(dy, n, H), cmat(m.h.data() + row * F, n, F),
+                                           mat(dwd + (e - e0) * H * F, H, F), true);
+      SwiGlu<float, Exec>::backward(cmat(moe_dh.data(), n, F), cmat(m.gu.data() + row * 2 * F, n, 2 * F),
+                                    mat(moe_dgu.data(), n, 2 * F));
+      Linear<float, Exec>::backward_weight(cmat(moe_dgu.data(), n, 2 * F), cmat(m.xr.data() + row * H, n, H),
+                                           mat(dwgu + (e - e0) * 2 * F * H, 2 * F, H), true);
+      Linear<float, Exec>::backward_input(cmat(moe_dgu.data(), n, 2 * F), cmat(wgu + (e - e0) * 2 * F * H, 2 * F, H),
+                                          mat(dy, n, H));
+      row += n;
+    }
+}
+
+void Trainer::Impl::moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc) {
+  using namespace nn;
+  const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
+  MoeState& m = ms(l, xs_slot);
+  Acts& a = act(l, xs_slot);
+  const Param& wr = U(l + 1, 4);
+  const float* dxr = ep > 1 ? m.xsend.data() : m.yr.data();  // the experts' dX, back in dispatch order
+  MoeRows<float, Exec>::dispatch_backward(cmat(dxr, T * k, H), m.slot, k, mat(dn.data(), T, H), false);
+  auto hdg = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), moe_dgate);
+  auto hdl = Kokkos::create_mirror_view(moe_dlogits);
+  moe_route_backward(m.route, hdg.data(), 1.0 / static_cast<double>(local_seqs), moe, hdl.data());
+  Kokkos::deep_copy(moe_dlogits, hdl);
+  Linear<float, Exec>::backward_input(cmat(moe_dlogits.data(), T, E), cmat(pptr(wr, slot), E, H), mat(dn.data(), T, H),
+                                      true);
+  Linear<float, Exec>::backward_weight(cmat(moe_dlogits.data(), T, E), cmat(a.n2.data(), T, H),
+                                       mat(gptr(wr, gslot), E, H), accum(wr, acc));
+}
+
 void Trainer::Impl::norm_local() {
   // Each element once: a tensor-replicated parameter counts on tensor coordinate 0 only, a
   // parameter replicated over the shard group on shard index 0 only.
   double sq = 0;
   for (auto& p : params) {
     if (!p.here) continue;
+    if (p.expert && ep > 1) {
+      // an expert's gradient sums the tokens of all ep batch slices of its expert group,
+      // each scaled for its own slice's mean: 1/ep makes it the mean over the group
+      FVec gv = zero == 2 && p.sharded ? p.gshard : p.grad;
+      const float f = 1.0f / static_cast<float>(ep);
+      float* gp = gv.data();
+      Kokkos::parallel_for("shardflow::train::expert_grad_scale",
+                           Kokkos::RangePolicy<Exec>(0, static_cast<int64_t>(gv.extent(0))),
+                           KOKKOS_LAMBDA(int64_t i) { gp[i] *= f; });
+    }
     const float* g = p.grad.data();
     int64_t n = p.lnumel;
     if (p.sharded) {
@@ -668,6 +926,7 @@ void Trainer::Impl::norm_local() {
       continue;
     }
     if (p.dt < 0 && tc != 0) continue;
+    if (!p.expert && ec != 0) continue;
     sq += optim::AdamW<float, Exec>::sum_of_squares(cvec(g, n));
   }
   sq_local = sq;
@@ -707,6 +966,9 @@ void Trainer::Impl::build_graph() {
   const std::string dp_key = dp_axes.empty() ? "" : graph::comm_key(*mesh, dp_axes);
   const std::string sh_key = shard_axes.empty() ? "" : graph::comm_key(*mesh, shard_axes);
   const std::string rp_key = repl_axes.empty() ? "" : graph::comm_key(*mesh, repl_axes);
+  const std::string dpx_key = dpx_axes.empty() ? "" : graph::comm_key(*mesh, dpx_axes);
+  const std::string rpx_key = replx_axes.empty() ? "" : graph::comm_key(*mesh, replx_axes);
+  const std::string ep_key = ep > 1 ? graph::comm_key(*mesh, {"expert"}) : "";
   const std::string tp_key = tp > 1 ? graph::comm_key(*mesh, {"tensor"}) : "";
   const std::string pp_key = pp > 1 ? graph::comm_key(*mesh, {"pipeline"}) : "";
   const int64_t T = tokens_mb, H = cfg.hidden;
@@ -821,7 +1083,7 @@ void Trainer::Impl::build_graph() {
     return t;
   };
 
-  Task start = graph.emplace([this] { loss_local = 0; }).name("step.begin");
+  Task start = graph.emplace([this] { sums_local[0] = sums_local[1] = sums_local[2] = 0; }).name("step.begin");
   chain(start);
   if (zero == 3) emplace_gathers_upto(P_);
 
@@ -910,6 +1172,32 @@ void Trainer::Impl::build_graph() {
         t.name("reduce_scatter " + what + mbs);
         comm_then(t);
       };
+      auto ep_counts = [&](MoeState* mst, const std::string& what) {
+        auto* c = ep_comm;
+        const int64_t E = moe.experts;
+        Task t = graph.emplace_comm({ep_key, "all_to_all", what + mbs, E, "i32"}, [c, mst, E] {
+          return as_poller(c->all_to_all(mst->send_ec.data(), mst->recv_ec.data(), static_cast<size_t>(E), DType::I32));
+        });
+        t.name("all_to_all " + what + mbs);
+        comm_then(t);
+      };
+      // rows of the dispatch order to the experts (out) or back (!out)
+      auto ep_a2a = [&](MoeState* mst, bool out, const float* send, float* rbuf, const std::string& what) {
+        auto* c = ep_comm;
+        const int n = ep;
+        Task t = graph.emplace_comm({ep_key, "all_to_allv", what + mbs, T * moe.top_k * H, "f32"},
+                                    [c, mst, out, send, rbuf, n, H] {
+                                      std::vector<size_t> sc(static_cast<size_t>(n)), rc(static_cast<size_t>(n));
+                                      for (size_t r = 0; r < static_cast<size_t>(n); ++r) {
+                                        sc[r] = (out ? mst->send_rows[r] : mst->recv_rows[r]) * static_cast<size_t>(H);
+                                        rc[r] = (out ? mst->recv_rows[r] : mst->send_rows[r]) * static_cast<size_t>(H);
+                                      }
+                                      return as_poller(c->all_to_allv(
+                                          send, rbuf, comm::CollectivePlan::all_to_allv(DType::F32, sc, rc)));
+                                    });
+        t.name("all_to_allv " + what + mbs);
+        comm_then(t);
+      };
       const std::string ls = u.unit >= 1 && u.unit <= L ? std::to_string(u.unit - 1) : "";
       const std::string lp = "layers." + ls;
       switch (u.kind) {
@@ -933,7 +1221,36 @@ void Trainer::Impl::build_graph() {
         case Fl: {
           const int l = u.unit - 1;
           Acts& a = act(l, xsl);
-          if (sp) {
+          if (is_moe_layer(l)) {
+            MoeState* mst = &ms(l, xsl);
+            if (ep > 1) {
+              step(
+                  [this, l, xsl, slot] {
+                    layer_fwd_norm1(l, xsl, slot);
+                    layer_fwd_attn(l, xsl, slot);
+                    layer_fwd_norm2(l, xsl, slot);
+                    moe_route_fwd(l, xsl, slot);
+                  },
+                  "fwd.layer" + ls + ".route" + mbs);
+              ep_counts(mst, lp + ".experts.counts");
+              step([this, l, xsl] { moe_recv_counts(l, xsl); }, "fwd.layer" + ls + ".plan" + mbs);
+              ep_a2a(mst, true, mst->xsend.data(), mst->xr.data(), lp + ".experts.dispatch");
+              step([this, l, xsl, slot] { moe_experts_fwd(l, xsl, slot); }, "fwd.layer" + ls + ".experts" + mbs);
+              ep_a2a(mst, false, mst->yr.data(), mst->ysend.data(), lp + ".experts.return");
+              step([this, l, xsl] { moe_combine(l, xsl); }, "fwd.layer" + ls + ".combine" + mbs);
+            } else {
+              step(
+                  [this, l, xsl, slot] {
+                    layer_fwd_norm1(l, xsl, slot);
+                    layer_fwd_attn(l, xsl, slot);
+                    layer_fwd_norm2(l, xsl, slot);
+                    moe_route_fwd(l, xsl, slot);
+                    moe_experts_fwd(l, xsl, slot);
+                    moe_combine(l, xsl);
+                  },
+                  "fwd.layer" + ls + mbs);
+            }
+          } else if (sp) {
             step([this, l, xsl, slot] { layer_fwd_norm1(l, xsl, slot); }, "fwd.layer" + ls + ".attn_norm" + mbs);
             ag(a.n1.data() + t0 * H, a.n1.data(), lp + ".attn_norm.out");
             step([this, l, xsl, slot] { layer_fwd_attn(l, xsl, slot); }, "fwd.layer" + ls + ".attn" + mbs);
@@ -1007,7 +1324,31 @@ void Trainer::Impl::build_graph() {
           break;
         case Bl: {
           const int l = u.unit - 1;
-          if (sp) {
+          if (is_moe_layer(l)) {
+            MoeState* mst = &ms(l, xsl);
+            auto rest = [this, l, xsl, slot, gs, acc] {
+              moe_router_bwd(l, xsl, slot, gs, acc);
+              layer_bwd_norm2(l, xsl, slot, gs, acc);
+              layer_bwd_attn(l, xsl, slot, gs, acc);
+              layer_bwd_norm1(l, xsl, slot, gs, acc);
+            };
+            if (ep > 1) {
+              step([this, l, xsl] { moe_combine_bwd(l, xsl); }, "bwd.layer" + ls + ".combine" + mbs);
+              ep_a2a(mst, true, mst->ysend.data(), mst->yr.data(), lp + ".experts.dy");
+              step([this, l, xsl, slot, gs, acc] { moe_experts_bwd(l, xsl, slot, gs, acc); },
+                   "bwd.layer" + ls + ".experts" + mbs);
+              ep_a2a(mst, false, mst->yr.data(), mst->xsend.data(), lp + ".experts.dx");
+              step(rest, "bwd.layer" + ls + ".router" + mbs);
+            } else {
+              step(
+                  [this, l, xsl, slot, gs, acc, rest] {
+                    moe_combine_bwd(l, xsl);
+                    moe_experts_bwd(l, xsl, slot, gs, acc);
+                    rest();
+                  },
+                  "bwd.layer" + ls + mbs);
+            }
+          } else if (sp) {
             ag(dxbuf, dxfull.data(), lp + ".dx");
             step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); }, "bwd.layer" + ls + ".mlp" + mbs);
             rs(dn.data(), dnl.data(), lp + ".mlp_norm.dout");
@@ -1078,13 +1419,19 @@ void Trainer::Impl::build_graph() {
       for (int pi : units[static_cast<size_t>(u.unit)]) {
         Param& p = params[static_cast<size_t>(pi)];
         Task ready = c;
+        // expert weights are synchronised over the data-parallel axes other than expert
+        comm::Communicator* pdp = p.expert ? dpx_comm : dp_comm;
+        comm::Communicator* prp = p.expert ? replx_comm : repl_comm;
+        const int pdp_size = p.expert ? dpx_size : dp_size, prp_size = p.expert ? replx_size : repl_size;
+        const std::string& pdp_key = p.expert ? dpx_key : dp_key;
+        const std::string& prp_key = p.expert ? rpx_key : rp_key;
         // sequence parallel: a norm gain's gradient sums over this rank's rows only
         if (sp && p.gain && ((zero == 3 && p.sharded) || last_mb)) {
           float* g = zero == 3 && p.sharded ? gslots[static_cast<size_t>(u.gslot)].data() + p.slot_off : p.grad.data();
           ready = tp_reduce(g, p.lnumel, comm::ReduceOp::Sum, p.name + ".grad_rows" + mbs);
           c.precede(ready);
           if (zero == 3 && p.sharded) grad_comm_of_use[k].push_back(ready);
-          else if (dp_size == 1) grad_sync.push_back(ready);
+          else if (pdp_size == 1) grad_sync.push_back(ready);
         }
         if (zero == 3 && p.sharded) {
           scatters.push_back(std::make_unique<detail::ShardReduceScatter>(
@@ -1098,8 +1445,8 @@ void Trainer::Impl::build_graph() {
           ready.precede(t);
           grad_comm_of_use[k].push_back(t);
           if (last_mb) {
-            if (repl_size > 1) {
-              Task a = all_reduce_task(repl_comm, rp_key, p.grad.data(), p.shard_numel(), p.name + ".grad_shard");
+            if (prp_size > 1) {
+              Task a = all_reduce_task(prp, prp_key, p.grad.data(), p.shard_numel(), p.name + ".grad_shard");
               t.precede(a);
               grad_sync.push_back(a);
             } else {
@@ -1108,7 +1455,7 @@ void Trainer::Impl::build_graph() {
           }
           continue;
         }
-        if (!last_mb || dp_size == 1) continue;
+        if (!last_mb || pdp_size == 1) continue;
         if (zero == 2 && p.sharded) {
           scatters.push_back(std::make_unique<detail::ShardReduceScatter>(*shard_comm, p.O, p.R, p.I, sdt,
                                                                           p.grad.data(), p.gshard.data(), false));
@@ -1118,15 +1465,15 @@ void Trainer::Impl::build_graph() {
                                       [op] { return op->start(); });
           t.name("reduce_scatter " + p.name);
           ready.precede(t);
-          if (repl_size > 1) {
-            Task a = all_reduce_task(repl_comm, rp_key, p.gshard.data(), p.shard_numel(), p.name + ".grad_shard");
+          if (prp_size > 1) {
+            Task a = all_reduce_task(prp, prp_key, p.gshard.data(), p.shard_numel(), p.name + ".grad_shard");
             t.precede(a);
             grad_sync.push_back(a);
           } else {
             grad_sync.push_back(t);
           }
         } else {
-          Task a = all_reduce_task(dp_comm, dp_key, p.grad.data(), p.lnumel, p.name + ".grad");
+          Task a = all_reduce_task(pdp, pdp_key, p.grad.data(), p.lnumel, p.name + ".grad");
           ready.precede(a);
           grad_sync.push_back(a);
         }
@@ -1166,8 +1513,8 @@ void Trainer::Impl::build_graph() {
   Task loss_sum;
   if (loss_comm != nullptr) {
     const std::string key = graph::comm_key(*mesh, loss_axes);
-    loss_sum = graph.emplace_comm({key, "all_reduce", "loss", 1, "f64"}, [this] {
-      return as_poller(loss_comm->all_reduce(&loss_local, &loss_global, 1, DType::F64, comm::ReduceOp::Sum));
+    loss_sum = graph.emplace_comm({key, "all_reduce", "loss", 3, "f64"}, [this] {
+      return as_poller(loss_comm->all_reduce(sums_local, sums_global, 3, DType::F64, comm::ReduceOp::Sum));
     });
     loss_sum.name("all_reduce loss");
     last.precede(loss_sum);
@@ -1226,11 +1573,13 @@ StepStats Trainer::train_step() {
     Kokkos::deep_copy(I.targets[static_cast<size_t>(j)], ht);
   }
   auto rs = I.executor.run(I.graph);
-  if (I.loss_comm == nullptr) I.loss_global = I.loss_local;
+  if (I.loss_comm == nullptr) std::copy(I.sums_local, I.sums_local + 3, I.sums_global);
   I.completed = step;
   StepStats s;
   s.step = step;
-  s.loss = I.loss_global / static_cast<double>(I.deck.train.global_batch * I.cfg.seq);
+  s.aux_loss = I.sums_global[1] / static_cast<double>(I.deck.train.global_batch);
+  s.dropped = static_cast<int64_t>(I.sums_global[2]);
+  s.loss = I.sums_global[0] / static_cast<double>(I.deck.train.global_batch * I.cfg.seq) + s.aux_loss;
   s.step_time_s = rs.total_s;
   s.compute_s = rs.compute_s;
   s.comm_wait_s = rs.comm_wait_s;
@@ -1306,6 +1655,14 @@ MemoryStats Trainer::memory() const {
     for (const auto& a : per)
       for (const FVec* v : {&a.x_in, &a.n1, &a.rstd1, &a.qkv, &a.probs, &a.att, &a.x_mid, &a.n2, &a.rstd2, &a.gu, &a.h})
         m.activations += view_bytes(*v);
+  for (const auto& per : I.moes)
+    for (const auto& s : per) {
+      for (const FVec* v : {&s.logits, &s.gate, &s.xsend, &s.gu, &s.h, &s.yr}) m.activations += view_bytes(*v);
+      if (I.ep > 1)
+        for (const FVec* v : {&s.xr, &s.ysend}) m.activations += view_bytes(*v);
+      m.activations += static_cast<int64_t>(s.slot.extent(0) * sizeof(int64_t));
+    }
+  for (const FVec* v : {&I.moe_dgate, &I.moe_dh, &I.moe_dgu, &I.moe_dlogits}) m.activations += view_bytes(*v);
   for (const auto& v : I.xs) m.activations += view_bytes(v);
   for (const auto& v : I.dxs) m.activations += view_bytes(v);
   for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.nf, &I.rstdf, &I.logits,

@@ -1,0 +1,67 @@
+#include "train_state.hpp"
+
+#include <map>
+
+#include "comm/comm_set.hpp"
+#include "core/error.hpp"
+#include "nn/gpt.hpp"
+
+namespace shardflow::app {
+
+std::vector<ckpt::TensorState> checkpoint_tensors(train::Trainer& trainer) {
+  std::vector<ckpt::TensorState> ts;
+  for (auto& t : trainer.state_tensors()) ts.push_back({t.name, t.layout, DType::F32, t.data});
+  return ts;
+}
+
+ckpt::Metadata checkpoint_metadata(const Deck& deck, const Mesh& mesh, train::Trainer& trainer, double loss) {
+  ckpt::Metadata meta;
+  meta.step = trainer.step();
+  meta.ints["data_position"] = trainer.step();  // the loader is counter-based: the next step's index
+  meta.ints["seed"] = deck.train.seed;
+  for (const auto& kv : std::map<std::string, int64_t>{{"model.vocab", deck.model.vocab},
+                                                       {"model.seq", deck.model.seq},
+                                                       {"model.hidden", deck.model.hidden},
+                                                       {"model.heads", deck.model.heads},
+                                                       {"model.ffn", deck.model.ffn},
+                                                       {"model.layers", deck.model.layers},
+                                                       {"world_size", mesh.size()}})
+    meta.ints[kv.first] = kv.second;
+  meta.reals["loss"] = loss;
+  meta.strings["deck"] = deck_to_toml(deck);
+  meta.strings["mesh"] = mesh.shape().to_string();
+  // Every trained parameter with its MODEL.md shape (others, e.g. MoE experts, as laid out).
+  const auto g = nn::GptConfig::from(deck.model);
+  std::map<std::string, Shape> gpt, laid_out;
+  for (const auto& p : nn::gpt_parameters(g)) gpt[p.name] = p.shape;
+  for (const auto& t : trainer.state_tensors()) laid_out[t.name] = t.layout.global_shape();
+  for (const auto& n : trainer.parameter_names())
+    meta.strings["model_shape:" + n] = shape_to_string(gpt.count(n) ? gpt[n] : laid_out[n]);
+  return meta;
+}
+
+}  // namespace shardflow::app
+
+namespace shardflow::app {
+
+void reshard_checkpoint(const std::string& dir, const std::string& out, const std::vector<std::string>& overrides) {
+  const std::string step_dir = ckpt::resolve_checkpoint_dir(dir);
+  const auto manifest = ckpt::read_manifest(step_dir);
+  auto it = manifest.meta.strings.find("deck");
+  SHARDFLOW_REQUIRE_INPUT(it != manifest.meta.strings.end(), "checkpoint ", step_dir,
+                          " has no deck in its metadata: it was not written by `shardflow train`");
+  const Deck deck = parse_deck(it->second, step_dir + "/manifest.json (deck)", ".", overrides);
+  int world = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  check_world_size(deck, world);
+  Mesh mesh(deck.mesh.to_mesh_shape());
+  comm::CommSet comms(mesh, comm::Backend::Mpi);
+  train::Trainer trainer(deck, mesh, comms);  // its layouts are the target layouts
+  const auto meta = ckpt::restore(mesh.world(), step_dir, checkpoint_tensors(trainer));
+  trainer.set_step(meta.step);
+  const double loss = meta.reals.count("loss") ? meta.reals.at("loss") : 0.0;
+  ckpt::Checkpointer cp(mesh.world(), out);
+  cp.save(checkpoint_tensors(trainer), checkpoint_metadata(deck, mesh, trainer, loss));
+}
+
+}  // namespace shardflow::app

@@ -1,0 +1,27 @@
+#pragma once
+// What `shardflow train` puts into a checkpoint, shared by `train` and `ckpt reshard`.
+#include <vector>
+
+#include "ckpt/checkpoint.hpp"
+#include "config/deck.hpp"
+#include "mesh/mesh.hpp"
+#include "train/trainer.hpp"
+
+namespace shardflow::app {
+
+/// The trainer's parameters and AdamW moments as checkpoint tensors (this rank's boxes).
+std::vector<ckpt::TensorState> checkpoint_tensors(train::Trainer& trainer);
+
+/// Step, data position, seed, model sizes, world size, loss, the deck (TOML), the mesh, and
+/// each parameter's MODEL.md shape ("model_shape:<name>", which `ckpt consolidate` uses).
+ckpt::Metadata checkpoint_metadata(const Deck& deck, const Mesh& mesh, train::Trainer& trainer, double loss);
+
+}  // namespace shardflow::app
+
+namespace shardflow::app {
+/// `shardflow ckpt reshard DIR OUT --set k=v ...`: restores the checkpoint DIR (a root or a
+/// step directory) onto the layouts of its own deck with the overrides applied (another mesh,
+/// another ZeRO stage ...), on this job's ranks (their number must match the new mesh), and
+/// saves it as a new checkpoint root OUT. Collective.
+void reshard_checkpoint(const std::string& dir, const std::string& out, const std::vector<std::string>& overrides);
+}  // namespace shardflow::app
