@@ -4,7 +4,7 @@
 
 #include "comm/comm_set.hpp"
 #include "core/error.hpp"
-#include "nn/gpt.hpp"
+#include "model/model_description.hpp"
 
 namespace shardflow::app {
 
@@ -30,13 +30,10 @@ ckpt::Metadata checkpoint_metadata(const Deck& deck, const Mesh& mesh, train::Tr
   meta.reals["loss"] = loss;
   meta.strings["deck"] = deck_to_toml(deck);
   meta.strings["mesh"] = mesh.shape().to_string();
-  // Every trained parameter with its MODEL.md shape (others, e.g. MoE experts, as laid out).
-  const auto g = nn::GptConfig::from(deck.model);
-  std::map<std::string, Shape> gpt, laid_out;
-  for (const auto& p : nn::gpt_parameters(g)) gpt[p.name] = p.shape;
-  for (const auto& t : trainer.state_tensors()) laid_out[t.name] = t.layout.global_shape();
-  for (const auto& n : trainer.parameter_names())
-    meta.strings["model_shape:" + n] = shape_to_string(gpt.count(n) ? gpt[n] : laid_out[n]);
+  // Every trained parameter with its shape in the model description (MODEL.md's [out, in];
+  // it may be saved over a view of it, e.g. qkv as [3, A, D, H]).
+  const ModelDescription desc(deck.model);
+  for (const auto& n : trainer.parameter_names()) meta.strings["model_shape:" + n] = shape_to_string(desc.param(n).shape);
   return meta;
 }
 

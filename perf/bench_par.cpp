@@ -147,9 +147,12 @@ int main(int argc, char** argv) {
     int steps = 6;
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
-      if (a == "--steps" && i + 1 < argc) steps = std::stoi(argv[++i]);
-      else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
-      else deck = a;
+      if (a == "--steps" && i + 1 < argc)
+        steps = std::stoi(argv[++i]);
+      else if (a == "--json" && i + 1 < argc)
+        json_path = argv[++i];
+      else
+        deck = a;
     }
     int rank = 0, size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -206,8 +209,8 @@ int main(int argc, char** argv) {
     if (rank == 0) {
       std::printf("bench_par: %s, %d steps (median of steps 2..%d), 1-rank step %.3f s (MoE model: %.3f s)\n",
                   deck.c_str(), steps, steps, one.step_s, one_moe.step_s);
-      std::printf("%-16s %9s %9s %8s %8s %9s %9s %11s %11s %9s %9s %7s\n", "mesh", "step_s", "tok/s", "compute",
-                  "wait", "bubble", "(p-1)/m", "tp_B/layer", "8bsh(t-1)/t", "mem_MiB", "plan_MiB", "#wrong");
+      std::printf("%-16s %9s %9s %8s %8s %9s %9s %11s %11s %9s %9s %7s\n", "mesh", "step_s", "tok/s", "compute", "wait",
+                  "bubble", "(p-1)/m", "tp_B/layer", "8bsh(t-1)/t", "mem_MiB", "plan_MiB", "#wrong");
       for (const auto& r : results) {
         const bool pp = r.pipeline > 1;
         const double bubble = r.compute_frac > 0 ? r.wait_frac / r.compute_frac : 0;
@@ -215,8 +218,7 @@ int main(int argc, char** argv) {
                     r.step_s, r.tokens_per_s, 100 * r.compute_frac, 100 * r.wait_frac,
                     pp ? std::to_string(bubble).substr(0, 5).c_str() : "-",
                     pp ? std::to_string(double(r.pipeline - 1) / double(r.micro)).substr(0, 5).c_str() : "-",
-                    r.tp_bytes_layer, r.tp_bytes_analytic, r.mem_bytes / 1048576.0, r.plan_bytes / 1048576.0,
-                    r.wrong);
+                    r.tp_bytes_layer, r.tp_bytes_analytic, r.mem_bytes / 1048576.0, r.plan_bytes / 1048576.0, r.wrong);
       }
       std::printf("#wrong total: %d\n", wrong);
       if (!json_path.empty()) {

@@ -31,3 +31,10 @@ set_tests_properties(ckpt_cli_verify_np_2 PROPERTIES FIXTURES_REQUIRED ckpt_cli_
   PASS_REGULAR_EXPRESSION ": OK \\(3 tensors")
 set_tests_properties(ckpt_cli_consolidate PROPERTIES FIXTURES_REQUIRED ckpt_cli_saved FIXTURES_SETUP ckpt_cli_full LABELS "unit")
 set_tests_properties(ckpt_cli_h5dump PROPERTIES FIXTURES_REQUIRED ckpt_cli_full LABELS "unit")
+
+# ckpt reshard through the command line (train on 2 ranks, reshard onto 4, compare)
+add_test(NAME ckpt_cli_reshard
+  COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
+    -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DWORK=${CMAKE_CURRENT_BINARY_DIR}/ckpt_reshard
+    -P ${CMAKE_CURRENT_SOURCE_DIR}/ckpt/reshard_cli.cmake)
+set_tests_properties(ckpt_cli_reshard PROPERTIES LABELS "mpi;ckpt" TIMEOUT 600 PROCESSORS 4)

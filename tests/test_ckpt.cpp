@@ -330,6 +330,27 @@ TEST(Checkpoint, RetentionKeepsTheNewest) {
   if (rank == 0) fs::remove_all(root);
 }
 
+// The first save died after renaming its directory but before writing `latest`: the root
+// still restores, from the newest step directory.
+TEST(Checkpoint, RootWithoutLatestUsesNewestStep) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "nolatest");
+  MeshShape mesh({"data"}, {n});
+  State s = make_state(mesh, spec_family(mesh, 1), rank, false);
+  Checkpointer ck(MPI_COMM_WORLD, root);
+  ck.save(s.tensors(), sample_meta(3));
+  ck.save(s.tensors(), sample_meta(4));
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove(fs::path(root) / "latest");
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT_EQ(fs::path(resolve_checkpoint_dir(root)).filename(), "step-00000004");
+  State got = make_state(mesh, spec_family(mesh, 1), rank, true);
+  EXPECT_EQ(restore(MPI_COMM_WORLD, root, got.tensors()).step, 4);
+  expect_state_equals(got, s, "without latest");
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
 // ---- corruption -------------------------------------------------------------------------
 
 /// Saves a fresh checkpoint, lets rank 0 damage it, and checks that restore refuses it on

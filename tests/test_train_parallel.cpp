@@ -24,10 +24,9 @@ namespace {
 // S = 15, H = 30.
 std::string deck_text(const std::string& mesh, int zero, int micro, const std::string& extra = "",
                       const std::string& model_extra = "") {
-  return "[mesh]\n" + mesh +
-         "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" + model_extra +
-         "[train]\nsteps = 20\nglobal_batch = 8\nmicro_batches = " +
-         std::to_string(micro) + "\nlr = 3e-3\nwarmup = 5\nseed = 11\ndata = \"" SHARDFLOW_CORPUS "\"\n" +
+  return "[mesh]\n" + mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" +
+         model_extra + "[train]\nsteps = 20\nglobal_batch = 8\nmicro_batches = " + std::to_string(micro) +
+         "\nlr = 3e-3\nwarmup = 5\nseed = 11\ndata = \"" SHARDFLOW_CORPUS "\"\n" +
          "[strategy]\nzero_stage = " + std::to_string(zero) + "\nprefetch = 1\n" +
          (extra.find("fsdp_min_weight_size") == std::string::npos ? "fsdp_min_weight_size = 64\n" : "") + extra;
 }
@@ -174,12 +173,18 @@ TEST(TrainParallel, StateTensorsDescribeTheLocalBoxes) {
     mesh = "data = 1\nfsdp = 2\ntensor = 2";
     zero = 3;
   }
-  for (int variant = 0; variant < (n == 4 ? 2 : 1); ++variant) {
-    if (variant == 1) {
+  for (int variant = 0; variant < (n == 1 ? 1 : n == 2 ? 2 : 3); ++variant) {
+    std::string model_extra;
+    if (variant == 1) {  // expert weights split over the expert axis, ZeRO-3 on fsdp at 4 ranks
+      mesh = n == 4 ? "data = 1\nfsdp = 2\nexpert = 2" : "data = 1\nexpert = 2";
+      zero = n == 4 ? 3 : 0;
+      model_extra = kMoe;
+    }
+    if (variant == 2) {
       mesh = "data = 1\npipeline = 2\ntensor = 2";
       zero = 0;
     }
-    Deck deck = parse_deck(deck_text(mesh, zero, 1), "test-deck");
+    Deck deck = parse_deck(deck_text(mesh, zero, 1, "", model_extra), "test-deck");
     Mesh m(deck.mesh.to_mesh_shape(), MPI_COMM_WORLD);
     comm::CommSet comms(m, comm::Backend::Mpi);
     train::Trainer t(deck, m, comms);

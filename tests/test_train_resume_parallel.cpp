@@ -26,13 +26,14 @@ struct Config {
   std::string mesh;
   int zero;
   std::string extra;
+  std::string model_extra = "";
 };
 
 std::string deck_text(const Config& c) {
-  return "[mesh]\n" + c.mesh +
-         "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n"
-         "[train]\nsteps = 6\nglobal_batch = 8\nmicro_batches = 2\nlr = 3e-3\nwarmup = 2\nseed = 5\ndata = \"" SHARDFLOW_CORPUS
-         "\"\n[strategy]\nfsdp_min_weight_size = 64\nzero_stage = " +
+  return "[mesh]\n" + c.mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" +
+         c.model_extra +
+         "[train]\nsteps = 6\nglobal_batch = 8\nmicro_batches = 2\nlr = 3e-3\nwarmup = 2\nseed = 5\ndata = "
+         "\"" SHARDFLOW_CORPUS "\"\n[strategy]\nfsdp_min_weight_size = 64\nzero_stage = " +
          std::to_string(c.zero) + "\n" + c.extra;
 }
 
@@ -86,19 +87,7 @@ std::string scratch_dir(const std::string& tag) {
 
 }  // namespace
 
-TEST(TrainResumeParallel, TensorPipelineCheckpointsRestoreOnAnyMesh) {
-  const int n = test::world_size();
-  std::vector<Config> configs = {{1, "one", "data = 1", 0, ""}};
-  if (n >= 2) {
-    configs.push_back({2, "tp2", "data = 1\ntensor = 2", 0, ""});
-    configs.push_back({2, "pp2", "data = 1\npipeline = 2", 0, ""});
-    configs.push_back({2, "tp2_sp", "data = 1\ntensor = 2", 0, "sequence_parallel = true\n"});
-  }
-  if (n >= 4) {
-    configs.push_back({4, "fsdp2_tp2", "data = 1\nfsdp = 2\ntensor = 2", 3, ""});
-    configs.push_back({4, "pp2_tp2", "data = 1\npipeline = 2\ntensor = 2", 0, ""});
-    configs.push_back({4, "dp2_pp2_z1", "data = 2\npipeline = 2", 1, ""});
-  }
+void check_round_trips(const std::vector<Config>& configs) {
   const auto ref = run(configs[0], 0, kTotal, "", "");
   for (size_t a = 0; a < configs.size(); ++a) {
     const std::string dir = scratch_dir(configs[a].name);
@@ -122,4 +111,33 @@ TEST(TrainResumeParallel, TensorPipelineCheckpointsRestoreOnAnyMesh) {
     }
     if (test::world_rank() == 0) std::filesystem::remove_all(dir);
   }
+}
+
+TEST(TrainResumeParallel, TensorPipelineCheckpointsRestoreOnAnyMesh) {
+  const int n = test::world_size();
+  std::vector<Config> configs = {{1, "one", "data = 1", 0, ""}};
+  if (n >= 2) {
+    configs.push_back({2, "tp2", "data = 1\ntensor = 2", 0, ""});
+    configs.push_back({2, "pp2", "data = 1\npipeline = 2", 0, ""});
+    configs.push_back({2, "tp2_sp", "data = 1\ntensor = 2", 0, "sequence_parallel = true\n"});
+  }
+  if (n >= 4) {
+    configs.push_back({4, "fsdp2_tp2", "data = 1\nfsdp = 2\ntensor = 2", 3, ""});
+    configs.push_back({4, "pp2_tp2", "data = 1\npipeline = 2\ntensor = 2", 0, ""});
+    configs.push_back({4, "dp2_pp2_z1", "data = 2\npipeline = 2", 1, ""});
+  }
+  check_round_trips(configs);
+}
+
+// Expert weights (split over the expert axis) and their moments round-trip too.
+TEST(TrainResumeParallel, ExpertCheckpointsRestoreOnAnyMesh) {
+  const int n = test::world_size();
+  const std::string moe = "experts = 4\ntop_k = 2\nmoe_every = 2\n";
+  std::vector<Config> configs = {{1, "moe_one", "data = 1", 0, "", moe}};
+  if (n >= 2) {
+    configs.push_back({2, "moe_ep2", "data = 1\nexpert = 2", 0, "", moe});
+    configs.push_back({2, "moe_dp2_z1", "data = 2", 1, "", moe});
+  }
+  if (n >= 4) configs.push_back({4, "moe_fsdp2_ep2", "data = 1\nfsdp = 2\nexpert = 2", 3, "", moe});
+  check_round_trips(configs);
 }

@@ -92,7 +92,9 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
                  const RestoreOptions& options = {});
 
 /// The step directory `path` designates: itself when it holds manifest.json, else the
-/// target of its `latest` pointer. Throws InputError naming the path otherwise.
+/// target of its `latest` pointer, else (no pointer yet: a save was interrupted between
+/// the directory rename and the pointer update) the newest committed step directory.
+/// Throws InputError naming the path otherwise.
 std::string resolve_checkpoint_dir(const std::string& path);
 /// Reads and validates <step_dir>/manifest.json (InputError naming the file).
 Manifest read_manifest(const std::string& step_dir);

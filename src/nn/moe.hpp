@@ -50,8 +50,7 @@ MoeRouting moe_route(const float* logits, int64_t tokens, const MoeConfig& c);
 
 /// dlogits [T, E] (host, overwritten) of  Σ_a dgate[a] · gate[a] + aux_scale · Σ_seq aux,
 /// given dgate [T, k] (zero for dropped choices).
-void moe_route_backward(const MoeRouting& r, const float* dgate, double aux_scale, const MoeConfig& c,
-                        float* dlogits);
+void moe_route_backward(const MoeRouting& r, const float* dgate, double aux_scale, const MoeConfig& c, float* dlogits);
 
 /// Row kernels. A choice a = t · k + j of token t is sent as row slot[a] of the dispatch
 /// buffers (slot[a] < 0: dropped).
@@ -65,8 +64,7 @@ struct MoeRows {
   static void combine(typename V::CMat y, Index slot, typename V::CVec gate, int64_t k, typename V::Mat out,
                       bool accumulate);
   /// dy[slot[a], :] = gate[a] · dout[a / k, :] for every kept choice a.
-  static void combine_backward(typename V::CMat dout, Index slot, typename V::CVec gate, int64_t k,
-                               typename V::Mat dy);
+  static void combine_backward(typename V::CMat dout, Index slot, typename V::CVec gate, int64_t k, typename V::Mat dy);
   /// dgate[a] = dout[a / k, :] · y[slot[a], :]  (0 for dropped choices), summed in column order.
   static void gate_grad(typename V::CMat dout, typename V::CMat y, Index slot, int64_t k, typename V::Vec dgate);
   /// dx[t, :] (+)= Σ_j dxr[slot[t·k + j], :] over kept choices, j in order.

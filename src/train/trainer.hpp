@@ -45,15 +45,15 @@
 namespace shardflow::train {
 
 struct StepStats {
-  int64_t step = 0;           // 1-based step just completed
-  double loss = 0;            // mean cross-entropy over the global batch (+ aux_loss for MoE)
-  double aux_loss = 0;        // MoE load-balancing loss (mean over the batch's sequences), 0 when dense
-  int64_t dropped = 0;        // MoE expert choices dropped by the capacity rule this step
-  double step_time_s = 0;     // wall time of the step on this rank
-  double compute_s = 0;       // inside compute tasks
-  double comm_wait_s = 0;     // waiting on communication with nothing to compute
-  double tokens_per_s = 0;    // global tokens / step time
-  double grad_norm = 0;       // global L2 norm before clipping
+  int64_t step = 0;         // 1-based step just completed
+  double loss = 0;          // mean cross-entropy over the global batch (+ aux_loss for MoE)
+  double aux_loss = 0;      // MoE load-balancing loss (mean over the batch's sequences), 0 when dense
+  int64_t dropped = 0;      // MoE expert choices dropped by the capacity rule this step
+  double step_time_s = 0;   // wall time of the step on this rank
+  double compute_s = 0;     // inside compute tasks
+  double comm_wait_s = 0;   // waiting on communication with nothing to compute
+  double tokens_per_s = 0;  // global tokens / step time
+  double grad_norm = 0;     // global L2 norm before clipping
 };
 
 /// A tensor of the training state as this rank holds it: its layout over the mesh and
@@ -67,8 +67,8 @@ struct StateTensor {
 
 struct MemoryStats {
   int64_t params = 0, grads = 0, optimizer = 0;  // persistent bytes this rank holds
-  int64_t transient = 0;                          // gather/reduce buffers, staging
-  int64_t activations = 0;                        // saved activations and backward scratch
+  int64_t transient = 0;                         // gather/reduce buffers, staging
+  int64_t activations = 0;                       // saved activations and backward scratch
   int64_t model_state() const { return params + grads + optimizer; }
 };
 

@@ -400,8 +400,15 @@ std::string resolve_checkpoint_dir(const std::string& path) {
   SHARDFLOW_REQUIRE_INPUT(fs::is_directory(path, ec), "checkpoint: '", path, "' is not a directory");
   if (fs::is_regular_file(detail::join(path, "manifest.json"), ec)) return path;
   const std::string latest = detail::join(path, "latest");
-  SHARDFLOW_REQUIRE_INPUT(fs::is_regular_file(latest, ec), "checkpoint: '", path,
-                          "' holds neither manifest.json nor a 'latest' pointer");
+  if (!fs::is_regular_file(latest, ec)) {
+    // A crash between the directory rename and the pointer update of the first save leaves
+    // a complete step directory and no pointer: step directories only ever appear complete
+    // (renamed from a finished temporary directory), so the newest one is the checkpoint.
+    std::vector<std::string> done = list_checkpoints(path);
+    SHARDFLOW_REQUIRE_INPUT(!done.empty(), "checkpoint: '", path,
+                            "' holds neither manifest.json, nor a 'latest' pointer, nor a step-* checkpoint");
+    return done.back();
+  }
   std::string name = detail::read_text_file(latest);
   while (!name.empty() && (name.back() == '\n' || name.back() == '\r' || name.back() == ' ')) name.pop_back();
   SHARDFLOW_REQUIRE_INPUT(parse_step_dir_name(name, nullptr), "checkpoint: '", latest, "' does not name a step directory: '",

@@ -49,15 +49,24 @@ void Handle::close() {
   }
 }
 
-Handle file_create(const std::string& path) {
+namespace {
+// POSIX I/O; file locks where the file system has them, no error where it has not (Lustre,
+// some NFS): a shard file has one writer and is read only after its checkpoint commits.
+Handle file_access() {
   Handle fapl(CHECK_HDF5(H5Pcreate(H5P_FILE_ACCESS)), H5Pclose);
   CHECK_HDF5(H5Pset_fapl_sec2(fapl));
+  CHECK_HDF5(H5Pset_file_locking(fapl, 1, 1));
+  return fapl;
+}
+}  // namespace
+
+Handle file_create(const std::string& path) {
+  Handle fapl = file_access();
   return Handle(CHECK_HDF5(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl)), H5Fclose);
 }
 
 Handle file_open_read(const std::string& path) {
-  Handle fapl(CHECK_HDF5(H5Pcreate(H5P_FILE_ACCESS)), H5Pclose);
-  CHECK_HDF5(H5Pset_fapl_sec2(fapl));
+  Handle fapl = file_access();
   return Handle(CHECK_HDF5(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl)), H5Fclose);
 }
 

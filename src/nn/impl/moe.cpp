@@ -8,7 +8,8 @@
 namespace shardflow::nn {
 
 int64_t MoeConfig::capacity() const {
-  return static_cast<int64_t>(std::ceil(capacity_factor * static_cast<double>(seq * top_k) / static_cast<double>(experts)));
+  return static_cast<int64_t>(
+      std::ceil(capacity_factor * static_cast<double>(seq * top_k) / static_cast<double>(experts)));
 }
 
 MoeRouting moe_route(const float* logits, int64_t tokens, const MoeConfig& c) {
@@ -71,8 +72,7 @@ MoeRouting moe_route(const float* logits, int64_t tokens, const MoeConfig& c) {
   return r;
 }
 
-void moe_route_backward(const MoeRouting& r, const float* dgate, double aux_scale, const MoeConfig& c,
-                        float* dlogits) {
+void moe_route_backward(const MoeRouting& r, const float* dgate, double aux_scale, const MoeConfig& c, float* dlogits) {
   const int64_t E = c.experts, k = c.top_k, S = c.seq, T = r.tokens;
   std::vector<double> dp(static_cast<size_t>(E));
   for (int64_t t = 0; t < T; ++t) {

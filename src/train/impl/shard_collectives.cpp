@@ -12,15 +12,16 @@ void cast_out(const float* src, void* dst, int64_t n, DType to) {
   using Policy = Kokkos::RangePolicy<Kokkos::DefaultExecutionSpace>;
   if (to == DType::F32) {
     float* d = static_cast<float*>(dst);
-    Kokkos::parallel_for("shardflow::train::copy_f32", Policy(0, n), KOKKOS_LAMBDA(int64_t i) { d[i] = src[i]; });
+    Kokkos::parallel_for(
+        "shardflow::train::copy_f32", Policy(0, n), KOKKOS_LAMBDA(int64_t i) { d[i] = src[i]; });
   } else if (to == DType::BF16) {
     auto* d = static_cast<std::uint16_t*>(dst);
-    Kokkos::parallel_for("shardflow::train::cast_bf16", Policy(0, n),
-                         KOKKOS_LAMBDA(int64_t i) { d[i] = bf16(src[i]).bits; });
+    Kokkos::parallel_for(
+        "shardflow::train::cast_bf16", Policy(0, n), KOKKOS_LAMBDA(int64_t i) { d[i] = bf16(src[i]).bits; });
   } else if (to == DType::F16) {
     auto* d = static_cast<std::uint16_t*>(dst);
-    Kokkos::parallel_for("shardflow::train::cast_f16", Policy(0, n),
-                         KOKKOS_LAMBDA(int64_t i) { d[i] = f16(src[i]).bits; });
+    Kokkos::parallel_for(
+        "shardflow::train::cast_f16", Policy(0, n), KOKKOS_LAMBDA(int64_t i) { d[i] = f16(src[i]).bits; });
   } else {
     throw Error("training collectives move f32, bf16 or f16, not " + dtype_name(to));
   }
@@ -30,15 +31,18 @@ void cast_in(const void* src, float* dst, int64_t n, DType from) {
   using Policy = Kokkos::RangePolicy<Kokkos::DefaultExecutionSpace>;
   if (from == DType::F32) {
     const float* s = static_cast<const float*>(src);
-    Kokkos::parallel_for("shardflow::train::copy_f32", Policy(0, n), KOKKOS_LAMBDA(int64_t i) { dst[i] = s[i]; });
+    Kokkos::parallel_for(
+        "shardflow::train::copy_f32", Policy(0, n), KOKKOS_LAMBDA(int64_t i) { dst[i] = s[i]; });
   } else if (from == DType::BF16) {
     const auto* s = static_cast<const std::uint16_t*>(src);
-    Kokkos::parallel_for("shardflow::train::uncast_bf16", Policy(0, n),
-                         KOKKOS_LAMBDA(int64_t i) { dst[i] = static_cast<float>(bf16::from_bits(s[i])); });
+    Kokkos::parallel_for(
+        "shardflow::train::uncast_bf16", Policy(0, n),
+        KOKKOS_LAMBDA(int64_t i) { dst[i] = static_cast<float>(bf16::from_bits(s[i])); });
   } else if (from == DType::F16) {
     const auto* s = static_cast<const std::uint16_t*>(src);
-    Kokkos::parallel_for("shardflow::train::uncast_f16", Policy(0, n),
-                         KOKKOS_LAMBDA(int64_t i) { dst[i] = static_cast<float>(f16::from_bits(s[i])); });
+    Kokkos::parallel_for(
+        "shardflow::train::uncast_f16", Policy(0, n),
+        KOKKOS_LAMBDA(int64_t i) { dst[i] = static_cast<float>(f16::from_bits(s[i])); });
   } else {
     throw Error("training collectives move f32, bf16 or f16, not " + dtype_name(from));
   }
@@ -67,9 +71,12 @@ void pack_rows(const float* src, int64_t src_rows, int64_t src_r0, void* dst, in
         const int64_t o = k / per, rem = k - o * per, r = rem / inner, i = rem - r * inner;
         const float v = src[(o * src_rows + src_r0 + r) * inner + i];
         const int64_t d = (o * dst_rows + dst_r0 + r) * inner + i;
-        if (code == kF32) df[d] = v;
-        else if (code == kBF16) dh[d] = bf16(v).bits;
-        else dh[d] = f16(v).bits;
+        if (code == kF32)
+          df[d] = v;
+        else if (code == kBF16)
+          dh[d] = bf16(v).bits;
+        else
+          dh[d] = f16(v).bits;
       });
 }
 
@@ -89,8 +96,10 @@ void unpack_rows(const void* src, int64_t src_rows, int64_t src_r0, float* dst, 
                         : code == kBF16 ? static_cast<float>(bf16::from_bits(sh[s]))
                                         : static_cast<float>(f16::from_bits(sh[s]));
         const int64_t d = (o * dst_rows + dst_r0 + r) * inner + i;
-        if (accumulate) dst[d] += v;
-        else dst[d] = v;
+        if (accumulate)
+          dst[d] += v;
+        else
+          dst[d] = v;
       });
 }
 
@@ -141,9 +150,8 @@ std::function<bool()> ShardGather::start() {
   };
 }
 
-ShardReduceScatter::ShardReduceScatter(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner,
-                                       DType dtype, const float* full, float* shard_out, bool accumulate,
-                                       comm::ReduceOp op)
+ShardReduceScatter::ShardReduceScatter(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype,
+                                       const float* full, float* shard_out, bool accumulate, comm::ReduceOp op)
     : comm_(&c),
       outer_(outer),
       rows_(rows),
@@ -170,9 +178,7 @@ ShardReduceScatter::ShardReduceScatter(comm::Communicator& c, int64_t outer, int
       c, comm::CollectivePlan::reduce_scatter(dtype, static_cast<size_t>(block_), op), send, recv);
 }
 
-int64_t ShardReduceScatter::staging_bytes() const {
-  return static_cast<int64_t>(send_.extent(0) + recv_.extent(0));
-}
+int64_t ShardReduceScatter::staging_bytes() const { return static_cast<int64_t>(send_.extent(0) + recv_.extent(0)); }
 
 std::function<bool()> ShardReduceScatter::start() {
   if (!direct_) {

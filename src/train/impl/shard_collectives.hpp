@@ -65,9 +65,8 @@ class ShardReduceScatter {
       : ShardReduceScatter(c, 1, rows, cols, dtype, full, shard_out, accumulate) {}
   /// full: outer * rows * inner; shard_out: this rank's box [outer, split_extent(rows), inner].
   /// op: Mean (gradients over data-parallel replicas) or Sum (partial sums).
-  ShardReduceScatter(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype,
-                     const float* full, float* shard_out, bool accumulate,
-                     comm::ReduceOp op = comm::ReduceOp::Mean);
+  ShardReduceScatter(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype, const float* full,
+                     float* shard_out, bool accumulate, comm::ReduceOp op = comm::ReduceOp::Mean);
   std::function<bool()> start();
   int64_t staging_bytes() const;
 

@@ -58,8 +58,10 @@ void box_copy(const float* src, const Shape& shape, const Box& b, float* dst, bo
   for (int64_t k = 0; k < n; ++k) {
     int64_t off = 0;
     for (size_t d = 0; d < nd; ++d) off += (b.offset[d] + idx[d]) * st[d];
-    if (to_box) dst[k] = src[off];
-    else dst[off] = src[k];
+    if (to_box)
+      dst[k] = src[off];
+    else
+      dst[off] = src[k];
     for (size_t d = nd; d-- > 0;) {
       if (++idx[d] < b.extent[d]) break;
       idx[d] = 0;
@@ -94,16 +96,16 @@ struct Trainer::Impl {
   comm::Communicator* norm_comm = nullptr;
   comm::Communicator* loss_comm = nullptr;
   int dp_size = 1, shard_size = 1, repl_size = 1, shard_index = 0;
-  int tp = 1, tc = 0;         // tensor-parallel size and this rank's coordinate
-  int pp = 1, stage = 0;      // pipeline stages and this rank's stage
+  int tp = 1, tc = 0;                  // tensor-parallel size and this rank's coordinate
+  int pp = 1, stage = 0;               // pipeline stages and this rank's stage
   int layer_begin = 0, layer_end = 0;  // this stage's layers [begin, end)
   bool first_stage = true, last_stage = true;
-  int act_slots = 1;                   // micro-batches whose activations a stage holds at once
+  int act_slots = 1;                                   // micro-batches whose activations a stage holds at once
   int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0;  // local heads, head columns, ffn, vocab slice
-  bool sp = false;                                    // sequence parallel over the tensor axis
-  int ep = 1, ec = 0;                                 // expert-parallel size and coordinate
-  int64_t E_l = 0, e0 = 0;                            // this rank's experts [e0, e0 + E_l)
-  std::vector<int> expert_owner;                      // expert -> expert coordinate
+  bool sp = false;                                     // sequence parallel over the tensor axis
+  int ep = 1, ec = 0;                                  // expert-parallel size and coordinate
+  int64_t E_l = 0, e0 = 0;                             // this rank's experts [e0, e0 + E_l)
+  std::vector<int> expert_owner;                       // expert -> expert coordinate
   comm::Communicator* ep_comm = nullptr;
   nn::MoeConfig moe;
   // expert weights are not replicated over the expert axis: their data-parallel groups
@@ -123,15 +125,15 @@ struct Trainer::Impl {
   struct Param {
     std::string name;
     Shape shape, view;
-    int dt = -1;        // view dim split by the tensor axis (-1: replicated over tensor)
-    Shape lext, loff;   // tensor-parallel box of the view
+    int dt = -1;       // view dim split by the tensor axis (-1: replicated over tensor)
+    Shape lext, loff;  // tensor-parallel box of the view
     int64_t lnumel = 0;
     bool decay = false;
-    bool gain = false;  // norm gain: its gradient is a partial sum over tensor ranks under sp
+    bool gain = false;    // norm gain: its gradient is a partial sum over tensor ranks under sp
     bool expert = false;  // an expert weight [E, ...], split over the expert axis on view dim 0
     int de = -1;          // view dim split by the expert axis
     int unit = 0, stage = 0;
-    bool here = true;   // this rank's stage holds it
+    bool here = true;  // this rank's stage holds it
     bool sharded = false;
     int dz = -1;
     int64_t O = 1, R = 1, I = 1, r0 = 0, nr = 0;
@@ -154,18 +156,18 @@ struct Trainer::Impl {
   // are ordered by expert (so by owning rank), then by choice a = t·k + j.
   struct MoeState {
     nn::MoeRouting route;
-    FVec logits, gate;                    // [T, E], [T·k]
-    Kokkos::View<int64_t*> slot;          // [T·k] dispatch row of each choice, -1 dropped
-    std::vector<int32_t> send_ec, recv_ec;  // [ep, E] rows per (peer, expert) sent / received
+    FVec logits, gate;                         // [T, E], [T·k]
+    Kokkos::View<int64_t*> slot;               // [T·k] dispatch row of each choice, -1 dropped
+    std::vector<int32_t> send_ec, recv_ec;     // [ep, E] rows per (peer, expert) sent / received
     std::vector<size_t> send_rows, recv_rows;  // per peer
-    FVec xsend, ysend;                    // [T·k, H] rows sent out / combined back (dy in backward)
-    FVec xr, yr, gu, h;                   // received rows [N, H], expert activations, outputs (dX)
+    FVec xsend, ysend;                         // [T·k, H] rows sent out / combined back (dy in backward)
+    FVec xr, yr, gu, h;                        // received rows [N, H], expert activations, outputs (dX)
     int64_t nrecv = 0;
   };
-  std::vector<std::vector<MoeState>> moes;  // [local layer][slot]; empty for dense layers
+  std::vector<std::vector<MoeState>> moes;       // [local layer][slot]; empty for dense layers
   FVec moe_dgate, moe_dh, moe_dgu, moe_dlogits;  // MoE backward scratch
-  std::vector<FVec> xs, dxs;            // residual stream and its gradient, per slot (Tr rows)
-  FVec yl, dnl, dxfull;                 // sequence parallel: reduce-scattered rows, gathered dx
+  std::vector<FVec> xs, dxs;                     // residual stream and its gradient, per slot (Tr rows)
+  FVec yl, dnl, dxfull;                          // sequence parallel: reduce-scattered rows, gathered dx
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
   std::vector<TVec> inputs, targets;
   std::unique_ptr<nn::Embedding<float, Exec>::Scratch> escratch;
@@ -196,7 +198,9 @@ struct Trainer::Impl {
   }
   bool accum(const Param& p, bool acc) const { return acc && !(zero == 3 && p.sharded); }
   Param& P(const std::string& n) { return params[static_cast<size_t>(index.at(n))]; }
-  Param& U(int unit, int k) { return params[static_cast<size_t>(units[static_cast<size_t>(unit)][static_cast<size_t>(k)])]; }
+  Param& U(int unit, int k) {
+    return params[static_cast<size_t>(units[static_cast<size_t>(unit)][static_cast<size_t>(k)])];
+  }
   Acts& act(int l, int slot) { return acts[static_cast<size_t>(l - layer_begin)][static_cast<size_t>(slot)]; }
   float* shard_param_ptr(Param& p) { return p.O > 1 ? p.pshard.data() : p.param.data() + p.r0 * p.I; }
   Layout param_layout(const Param& p, bool optimizer_state) const;
@@ -232,8 +236,7 @@ struct Trainer::Impl {
   void moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
 };
 
-Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c)
-    : deck(d), mesh(&m), comms(&c), desc(d.model) {
+Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), mesh(&m), comms(&c), desc(d.model) {
   cfg.vocab = deck.model.vocab;
   cfg.seq = deck.model.seq;
   cfg.hidden = deck.model.hidden;
@@ -241,8 +244,9 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c)
   cfg.ffn = deck.model.ffn;
   cfg.layers = deck.model.layers;
   cfg.validate();
-  SHARDFLOW_REQUIRE_INPUT(!deck.model.is_moe() || m.shape().axis_size_or_1("tensor") == 1, "model.experts = ",
-                          deck.model.experts, " with mesh.tensor = ", m.shape().axis_size_or_1("tensor"),
+  SHARDFLOW_REQUIRE_INPUT(!deck.model.is_moe() || m.shape().axis_size_or_1("tensor") == 1,
+                          "model.experts = ", deck.model.experts,
+                          " with mesh.tensor = ", m.shape().axis_size_or_1("tensor"),
                           ": mixture-of-experts layers run with tensor = 1 (experts split over the expert axis)");
   desc.check_mesh(m.shape());
   opt.lr = deck.train.lr;
@@ -251,17 +255,15 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c)
   zero = deck.strategy.zero_stage;
   SHARDFLOW_REQUIRE_INPUT(zero >= 0 && zero <= 3, "strategy.zero_stage = ", zero, " must be 0, 1, 2 or 3 (",
                           deck.where("strategy.zero_stage"), ")");
-  SHARDFLOW_REQUIRE_INPUT(!(zero == 0 && m.shape().axis_size_or_1("fsdp") > 1), "mesh.fsdp = ",
-                          m.shape().axis_size_or_1("fsdp"),
-                          " shards the model, which needs strategy.zero_stage >= 1 (it is 0; ",
-                          deck.where("strategy.zero_stage"), ")");
-  SHARDFLOW_REQUIRE_INPUT(deck.strategy.prefetch >= 0, "strategy.prefetch = ", deck.strategy.prefetch,
-                          " must be >= 0");
+  SHARDFLOW_REQUIRE_INPUT(
+      !(zero == 0 && m.shape().axis_size_or_1("fsdp") > 1), "mesh.fsdp = ", m.shape().axis_size_or_1("fsdp"),
+      " shards the model, which needs strategy.zero_stage >= 1 (it is 0; ", deck.where("strategy.zero_stage"), ")");
+  SHARDFLOW_REQUIRE_INPUT(deck.strategy.prefetch >= 0, "strategy.prefetch = ", deck.strategy.prefetch, " must be >= 0");
   setup_groups();
   setup_params();
   setup_acts();
-  loader = std::make_unique<data::DataLoader>(data::Corpus::load(deck.train.data), static_cast<uint64_t>(deck.train.seed),
-                                              deck.train.global_batch, cfg.seq);
+  loader = std::make_unique<data::DataLoader>(data::Corpus::load(deck.train.data),
+                                              static_cast<uint64_t>(deck.train.seed), deck.train.global_batch, cfg.seq);
   init_params();
   build_graph();
   graph.validate();
@@ -279,8 +281,10 @@ void Trainer::Impl::setup_groups() {
   dpx_size = shape.group_size(dpx_axes);
   if (!dpx_axes.empty()) dpx_comm = &comms->group(dpx_axes);
   if (zero >= 1) {
-    if (shape.axis_size_or_1("fsdp") > 1) shard_axes = {"fsdp"};
-    else if (shape.axis_size_or_1("data") > 1) shard_axes = {"data"};
+    if (shape.axis_size_or_1("fsdp") > 1)
+      shard_axes = {"fsdp"};
+    else if (shape.axis_size_or_1("data") > 1)
+      shard_axes = {"data"};
   }
   for (const auto& a : dp_axes)
     if (std::find(shard_axes.begin(), shard_axes.end(), a) == shard_axes.end()) repl_axes.push_back(a);
@@ -358,8 +362,10 @@ void Trainer::Impl::setup_groups() {
   Tr = sp ? split_extent(tokens_mb, tp, tc) : tokens_mb;
   t0 = sp ? split_offset(tokens_mb, tp, tc) : 0;
   slice = data::replica_slice(B, dp_size, dp_axes.empty() ? 0 : shape.group_index(me, mesh->canonical_axes(dp_axes)));
-  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1) act_slots = static_cast<int>(micro);
-  else act_slots = static_cast<int>(std::min<int64_t>(pp - stage, micro));
+  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1)
+    act_slots = static_cast<int>(micro);
+  else
+    act_slots = static_cast<int>(std::min<int64_t>(pp - stage, micro));
 }
 
 void Trainer::Impl::setup_params() {
@@ -388,8 +394,9 @@ void Trainer::Impl::setup_params() {
       p.loff[0] = e0;
     }
     p.lnumel = numel(p.lext);
-    p.unit = info.layer >= 0 ? 1 + info.layer
-                              : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
+    p.unit = info.layer >= 0
+                 ? 1 + info.layer
+                 : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
     p.stage = desc.stage_of(info, pp);
     p.here = p.stage == stage;
     if (zero >= 1 && shard_size > 1 && info.numel() >= deck.strategy.fsdp_min_weight_size) {
@@ -666,11 +673,11 @@ void Trainer::Impl::head_c(int j, int slot, int gslot, bool acc) {
   const Param& lm = P("lm_head.weight");
   const double scale = 1.0 / static_cast<double>(local_seqs * cfg.seq);
   sums_local[0] += CrossEntropy<float, Exec>::loss_and_grad(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
-                                                         cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)], v0,
-                                                         scale, mat(logits.data(), T, V_l));
+                                                            cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)],
+                                                            v0, scale, mat(logits.data(), T, V_l));
   Linear<float, Exec>::backward_input(cmat(logits.data(), T, V_l), cmat(pptr(lm, slot), V_l, H), mat(dn.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(logits.data(), T, V_l), cmat(nf.data(), T, H),
-                                       mat(gptr(lm, gslot), V_l, H), accum(lm, acc));
+  Linear<float, Exec>::backward_weight(cmat(logits.data(), T, V_l), cmat(nf.data(), T, H), mat(gptr(lm, gslot), V_l, H),
+                                       accum(lm, acc));
 }
 
 void Trainer::Impl::head_d(int xs_slot, int slot, int gslot, bool acc) {
@@ -741,8 +748,8 @@ void Trainer::Impl::embed_bwd(int j, int xs_slot, int gslot, bool acc) {
   const Param& e = P("embed.weight");
   const Param& pe = P("pos_embed.weight");
   const float* dx = sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
-  nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0,
-                                       mat(gptr(e, gslot), V_l, H), *escratch, accum(e, acc));
+  nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0, mat(gptr(e, gslot), V_l, H),
+                                       *escratch, accum(e, acc));
   nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gslot), cfg.seq, H), accum(pe, acc));
 }
 
@@ -757,7 +764,8 @@ void Trainer::Impl::moe_route_fwd(int l, int xs_slot, int slot) {
   const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
   MoeState& m = ms(l, xs_slot);
   Acts& a = act(l, xs_slot);
-  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(U(l + 1, 4), slot), E, H), mat(m.logits.data(), T, E));
+  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(U(l + 1, 4), slot), E, H),
+                               mat(m.logits.data(), T, E));
   auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m.logits);
   m.route = moe_route(hl.data(), T, moe);
   sums_local[1] += m.route.aux;
@@ -829,8 +837,8 @@ void Trainer::Impl::moe_combine(int l, int xs_slot) {
   MoeState& m = ms(l, xs_slot);
   float* x = xs[static_cast<size_t>(xs_slot)].data();
   nn::Residual<float, Exec>::copy(cmat(act(l, xs_slot).x_mid.data(), T, H), mat(x, T, H));
-  nn::MoeRows<float, Exec>::combine(cmat(m.ysend.data(), T * k, H), m.slot, cvec(m.gate.data(), T * k), k,
-                                    mat(x, T, H), true);
+  nn::MoeRows<float, Exec>::combine(cmat(m.ysend.data(), T * k, H), m.slot, cvec(m.gate.data(), T * k), k, mat(x, T, H),
+                                    true);
 }
 
 void Trainer::Impl::moe_combine_bwd(int l, int xs_slot) {
@@ -904,9 +912,9 @@ void Trainer::Impl::norm_local() {
       FVec gv = zero == 2 && p.sharded ? p.gshard : p.grad;
       const float f = 1.0f / static_cast<float>(ep);
       float* gp = gv.data();
-      Kokkos::parallel_for("shardflow::train::expert_grad_scale",
-                           Kokkos::RangePolicy<Exec>(0, static_cast<int64_t>(gv.extent(0))),
-                           KOKKOS_LAMBDA(int64_t i) { gp[i] *= f; });
+      Kokkos::parallel_for(
+          "shardflow::train::expert_grad_scale", Kokkos::RangePolicy<Exec>(0, static_cast<int64_t>(gv.extent(0))),
+          KOKKOS_LAMBDA(int64_t i) { gp[i] *= f; });
     }
     const float* g = p.grad.data();
     int64_t n = p.lnumel;
@@ -946,8 +954,10 @@ void Trainer::Impl::update() {
       if (zero == 1 || zero == 2) {
         if (p.O > 1) detail::pack_rows(p.param.data(), p.R, p.r0, p.pshard.data(), p.nr, 0, p.O, p.nr, p.I, DType::F32);
         pp_ = shard_param_ptr(p);
-        if (zero == 1) gg = p.O > 1 ? p.gtmp.data() : p.grad.data() + p.r0 * p.I;
-        else gg = p.gshard.data();
+        if (zero == 1)
+          gg = p.O > 1 ? p.gtmp.data() : p.grad.data() + p.r0 * p.I;
+        else
+          gg = p.gshard.data();
       }
     }
     optim::AdamW<float, Exec>::update(vec(pp_, n), cvec(gg, n), vec(p.m.data(), n), vec(p.v.data(), n), st, p.decay);
@@ -1055,8 +1065,9 @@ void Trainer::Impl::build_graph() {
                                                                 pslots[static_cast<size_t>(slot)].data() + p.slot_off));
         auto* op = gathers.back().get();
         staging += op->staging_bytes();
-        Task t = graph.emplace_comm({sh_key, "all_gather", p.name + "@use" + std::to_string(g), p.lnumel, dtype_name(gdt)},
-                                    [op] { return op->start(); });
+        Task t =
+            graph.emplace_comm({sh_key, "all_gather", p.name + "@use" + std::to_string(g), p.lnumel, dtype_name(gdt)},
+                               [op] { return op->start(); });
         t.name("gather " + p.name + " #" + std::to_string(g));
         // the slot is free once the use that last held it has run
         if (g >= nslots) last_of_use[static_cast<size_t>(gather_use[static_cast<size_t>(g - nslots)])].precede(t);
@@ -1167,8 +1178,7 @@ void Trainer::Impl::build_graph() {
                                                                         false, comm::ReduceOp::Sum));
         auto* op = scatters.back().get();
         staging += op->staging_bytes();
-        Task t =
-            graph.emplace_comm({tp_key, "reduce_scatter", what + mbs, T * H, "f32"}, [op] { return op->start(); });
+        Task t = graph.emplace_comm({tp_key, "reduce_scatter", what + mbs, T * H, "f32"}, [op] { return op->start(); });
         t.name("reduce_scatter " + what + mbs);
         comm_then(t);
       };
@@ -1185,16 +1195,15 @@ void Trainer::Impl::build_graph() {
       auto ep_a2a = [&](MoeState* mst, bool out, const float* send, float* rbuf, const std::string& what) {
         auto* c = ep_comm;
         const int n = ep;
-        Task t = graph.emplace_comm({ep_key, "all_to_allv", what + mbs, T * moe.top_k * H, "f32"},
-                                    [c, mst, out, send, rbuf, n, H] {
-                                      std::vector<size_t> sc(static_cast<size_t>(n)), rc(static_cast<size_t>(n));
-                                      for (size_t r = 0; r < static_cast<size_t>(n); ++r) {
-                                        sc[r] = (out ? mst->send_rows[r] : mst->recv_rows[r]) * static_cast<size_t>(H);
-                                        rc[r] = (out ? mst->recv_rows[r] : mst->send_rows[r]) * static_cast<size_t>(H);
-                                      }
-                                      return as_poller(c->all_to_allv(
-                                          send, rbuf, comm::CollectivePlan::all_to_allv(DType::F32, sc, rc)));
-                                    });
+        Task t = graph.emplace_comm(
+            {ep_key, "all_to_allv", what + mbs, T * moe.top_k * H, "f32"}, [c, mst, out, send, rbuf, n, H] {
+              std::vector<size_t> sc(static_cast<size_t>(n)), rc(static_cast<size_t>(n));
+              for (size_t r = 0; r < static_cast<size_t>(n); ++r) {
+                sc[r] = (out ? mst->send_rows[r] : mst->recv_rows[r]) * static_cast<size_t>(H);
+                rc[r] = (out ? mst->recv_rows[r] : mst->send_rows[r]) * static_cast<size_t>(H);
+              }
+              return as_poller(c->all_to_allv(send, rbuf, comm::CollectivePlan::all_to_allv(DType::F32, sc, rc)));
+            });
         t.name("all_to_allv " + what + mbs);
         comm_then(t);
       };
@@ -1307,8 +1316,10 @@ void Trainer::Impl::build_graph() {
             step([this, j] { head_b(j); }, "head.sumexp" + mbs);
             ar(stats.data(), 2 * T, comm::ReduceOp::Sum, "loss.stats");
             step([this, j, slot, gs, acc] { head_c(j, slot, gs, acc); }, "loss+head" + mbs);
-            if (sp) rs(dn.data(), dnl.data(), "lm_head.dx");
-            else ar(dn.data(), T * H, comm::ReduceOp::Sum, "lm_head.dx");
+            if (sp)
+              rs(dn.data(), dnl.data(), "lm_head.dx");
+            else
+              ar(dn.data(), T * H, comm::ReduceOp::Sum, "lm_head.dx");
             step([this, xsl, slot, gs, acc] { head_d(xsl, slot, gs, acc); }, "bwd.final_norm" + mbs);
           } else {
             step(
@@ -1350,7 +1361,8 @@ void Trainer::Impl::build_graph() {
             }
           } else if (sp) {
             ag(dxbuf, dxfull.data(), lp + ".dx");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); }, "bwd.layer" + ls + ".mlp" + mbs);
+            step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); },
+                 "bwd.layer" + ls + ".mlp" + mbs);
             rs(dn.data(), dnl.data(), lp + ".mlp_norm.dout");
             step([this, l, xsl, slot, gs, acc] { layer_bwd_norm2(l, xsl, slot, gs, acc); },
                  "bwd.layer" + ls + ".mlp_norm" + mbs);
@@ -1361,7 +1373,8 @@ void Trainer::Impl::build_graph() {
             step([this, l, xsl, slot, gs, acc] { layer_bwd_norm1(l, xsl, slot, gs, acc); },
                  "bwd.layer" + ls + ".attn_norm" + mbs);
           } else if (tp > 1) {
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); }, "bwd.layer" + ls + ".mlp" + mbs);
+            step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); },
+                 "bwd.layer" + ls + ".mlp" + mbs);
             ar(dn.data(), T * H, comm::ReduceOp::Sum, lp + ".mlp_norm.dout");
             step(
                 [this, l, xsl, slot, gs, acc] {
@@ -1399,7 +1412,8 @@ void Trainer::Impl::build_graph() {
         // the embedding writes x on the first stage, the head writes dx on the last stage
         if (j >= K && grp.fwd) {
           if (first_stage && send_x[static_cast<size_t>(j - K)].valid()) send_x[static_cast<size_t>(j - K)].precede(c0);
-          if (last_stage && send_dx[static_cast<size_t>(j - K)].valid()) send_dx[static_cast<size_t>(j - K)].precede(c0);
+          if (last_stage && send_dx[static_cast<size_t>(j - K)].valid())
+            send_dx[static_cast<size_t>(j - K)].precede(c0);
         }
       }
       if (zero == 3 && u.gather >= 0)
@@ -1430,13 +1444,15 @@ void Trainer::Impl::build_graph() {
           float* g = zero == 3 && p.sharded ? gslots[static_cast<size_t>(u.gslot)].data() + p.slot_off : p.grad.data();
           ready = tp_reduce(g, p.lnumel, comm::ReduceOp::Sum, p.name + ".grad_rows" + mbs);
           c.precede(ready);
-          if (zero == 3 && p.sharded) grad_comm_of_use[k].push_back(ready);
-          else if (pdp_size == 1) grad_sync.push_back(ready);
+          if (zero == 3 && p.sharded)
+            grad_comm_of_use[k].push_back(ready);
+          else if (pdp_size == 1)
+            grad_sync.push_back(ready);
         }
         if (zero == 3 && p.sharded) {
           scatters.push_back(std::make_unique<detail::ShardReduceScatter>(
-              *shard_comm, p.O, p.R, p.I, sdt, gslots[static_cast<size_t>(u.gslot)].data() + p.slot_off,
-              p.grad.data(), acc));
+              *shard_comm, p.O, p.R, p.I, sdt, gslots[static_cast<size_t>(u.gslot)].data() + p.slot_off, p.grad.data(),
+              acc));
           auto* op = scatters.back().get();
           staging += op->staging_bytes();
           Task t = graph.emplace_comm({sh_key, "reduce_scatter", p.name + ".grad" + mbs, p.lnumel, dtype_name(sdt)},
@@ -1540,8 +1556,8 @@ void Trainer::Impl::build_graph() {
   if (zero == 1 || zero == 2) {
     for (auto& p : params) {
       if (!p.sharded || !p.here) continue;
-      gathers.push_back(
-          std::make_unique<detail::ShardGather>(*shard_comm, p.O, p.R, p.I, DType::F32, shard_param_ptr(p), p.param.data()));
+      gathers.push_back(std::make_unique<detail::ShardGather>(*shard_comm, p.O, p.R, p.I, DType::F32,
+                                                              shard_param_ptr(p), p.param.data()));
       auto* op = gathers.back().get();
       staging += op->staging_bytes();
       Task t = graph.emplace_comm({sh_key, "all_gather", p.name, p.lnumel, "f32"}, [op] { return op->start(); });
@@ -1665,8 +1681,8 @@ MemoryStats Trainer::memory() const {
   for (const FVec* v : {&I.moe_dgate, &I.moe_dh, &I.moe_dgu, &I.moe_dlogits}) m.activations += view_bytes(*v);
   for (const auto& v : I.xs) m.activations += view_bytes(v);
   for (const auto& v : I.dxs) m.activations += view_bytes(v);
-  for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.nf, &I.rstdf, &I.logits,
-                        &I.row_max, &I.stats})
+  for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.nf,
+                        &I.rstdf, &I.logits, &I.row_max, &I.stats})
     m.activations += view_bytes(*v);
   return m;
 }
