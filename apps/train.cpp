@@ -176,12 +176,19 @@ int run_train(const TrainOptions& o) {
                      {"comm_wait_s", t_max[1]}, {"compute_s", t_max[2]},
                      {"mfu", trainer.model_flops_per_step() / t_max[0] / (peak * 1e9 * world)},
                      {"grad_norm", st.grad_norm}});
+    if (deck.model.is_moe()) {
+      steps.back()["aux_loss"] = st.aux_loss;
+      steps.back()["dropped_tokens"] = st.dropped;
+    }
     if (rank == 0 && !o.quiet) {
       const double eta = total_time / static_cast<double>(++steps_run) * static_cast<double>(total - st.step);
       std::printf("step %*lld/%lld  loss %.4f  %8.0f tok/s  step %.3fs  comm-wait %4.1f%%  peak/rank %s  eta %s\n",
                   static_cast<int>(std::to_string(total).size()), static_cast<long long>(st.step),
                   static_cast<long long>(total), st.loss, tps, t_max[0], 100.0 * t_max[1] / std::max(t_max[0], 1e-12),
                   human_bytes(static_cast<double>(rss_max)).c_str(), human_time(eta).c_str());
+      if (deck.model.is_moe())
+        std::printf("      moe: aux loss %.4f, dropped %lld token choices\n", st.aux_loss,
+                    static_cast<long long>(st.dropped));
       std::fflush(stdout);
     }
     if (deck.checkpoint.every > 0 && trainer.step() % deck.checkpoint.every == 0) save();

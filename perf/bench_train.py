@@ -133,6 +133,8 @@ def main():
             tokens = x["steps"][0]["tokens_per_s"] * x["steps"][0]["step_time_s"]
             res[kind] = {"median_step_time_s": meds[best], "median_step_time_s_all_rounds": meds,
                          "tokens_per_s": tokens / meds[best], "final_loss": x["final_loss"]}
+            if kind == "torch":
+                res[kind]["median_step_cpu_s"] = x["median_step_cpu_s"]
             if kind != "torch":
                 res[kind].update({"mfu": x["model_flops_per_step"] / meds[best] / (x["peak_gflops_per_rank"] * 1e9 * a.np),
                                   "peak_gflops_per_rank": x["peak_gflops_per_rank"],
@@ -159,6 +161,17 @@ def main():
                       ["--steps", str(max(3, a.steps // 2)), "--warmup", str(a.warmup)], log)
             R["overlap"][kind] = o
             print(o, flush=True)
+            for line in o.splitlines():
+                f = line.split()
+                if f and f[0] in ("full", "blocking", "compute", "comm") and "CPU" in line:
+                    R["overlap"].setdefault("cpu_ms", {}).setdefault(kind, {})[f[0]] = float(f[-2].rstrip(")"))
+        cpu = R["overlap"].get("cpu_ms", {})
+        if "train" in R and "dp" in cpu and "fsdp" in cpu:
+            # load-robust ratios: process CPU time per step (busiest rank), full mode
+            tc = R["train"]["torch"]["median_step_cpu_s"] * 1e3
+            R["train"]["ratios"]["cpu_time_torch_over_dp"] = tc / cpu["dp"]["full"]
+            R["train"]["ratios"]["cpu_time_fsdp_over_dp"] = cpu["fsdp"]["full"] / cpu["dp"]["full"]
+            print(json.dumps(R["train"]["ratios"], indent=2), flush=True)
 
     if "executor" not in a.skip:
         R["loads"]["executor"] = load()

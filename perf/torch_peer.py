@@ -13,7 +13,9 @@ a global L2 norm of 1.0, linear warm-up then constant learning rate.
 Timing matches the shardflow app: each rank times its step (data already in memory,
 forward + backward + DDP all-reduce + clip + AdamW); the slowest rank's time counts; the
 summary JSON has the same keys (steps[].step_time_s, median_step_time_s over the steps
-after the warm-up, tokens_per_s, mfu when --peak-gflops is given).
+after the warm-up, tokens_per_s, mfu when --peak-gflops is given), plus the process CPU
+time of each step (steps[].cpu_s, the largest rank's; median_step_cpu_s), which a loaded
+machine disturbs much less than wall time.
 
 Thread settings: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS must be 1 before
 torch is imported (torch.set_num_threads does not bound OpenBLAS); the script sets them
@@ -161,6 +163,7 @@ def worker(rank, args, cfg, corpus_path, port, result_path):
         x = torch.from_numpy(seqs[:, :S].copy())
         y = torch.from_numpy(seqs[:, 1:].copy())
         dist.barrier()
+        c0 = time.process_time()  # CPU time of the whole process (gloo's threads included)
         t0 = time.perf_counter()
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
@@ -169,11 +172,14 @@ def worker(rank, args, cfg, corpus_path, port, result_path):
         opt.step()
         sched.step()
         dt = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         t_max[0] = dt
         dist.all_reduce(t_max, op=dist.ReduceOp.MAX)
+        c_max = torch.tensor([cpu], dtype=torch.float64)
+        dist.all_reduce(c_max, op=dist.ReduceOp.MAX)
         lsum = loss.detach().clone()
         dist.all_reduce(lsum)
-        steps.append({"step": step, "loss": lsum.item() / args.nproc, "step_time_s": t_max.item(),
+        steps.append({"step": step, "loss": lsum.item() / args.nproc, "step_time_s": t_max.item(), "cpu_s": c_max.item(),
                       "tokens_per_s": B * S / t_max.item(), "grad_norm": gnorm.item()})
         if rank == 0 and not args.quiet:
             print(f"torch step {step}/{args.steps} loss {steps[-1]['loss']:.4f} {steps[-1]['tokens_per_s']:8.0f} tok/s "
@@ -183,11 +189,13 @@ def worker(rank, args, cfg, corpus_path, port, result_path):
     if rank == 0:
         times = sorted(s["step_time_s"] for s in steps[args.warmup_steps:]) or [steps[-1]["step_time_s"]]
         med = times[len(times) // 2]
+        cpus = sorted(s["cpu_s"] for s in steps[args.warmup_steps:])
         flops = model_flops_per_step(V, S, H, A, F_, L, B * S)
         out = {
             "peer": f"pytorch {torch.__version__} DDP gloo, {args.nproc} processes x 1 thread",
             "world_size": args.nproc, "steps": steps, "warmup_steps": args.warmup_steps,
             "final_loss": steps[-1]["loss"], "median_step_time_s": med, "tokens_per_s": B * S / med,
+            "median_step_cpu_s": cpus[len(cpus) // 2],
             "model_flops_per_step": flops,
             "torch_sgemm_gflops_per_rank": min(p.item() for p in peaks),
             "n_params": sum(p.numel() for p in model.parameters()),

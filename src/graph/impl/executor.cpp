@@ -1,6 +1,7 @@
 #include "graph/executor.hpp"
 
 #include <string>
+#include <thread>
 
 #include "core/error.hpp"
 
@@ -9,6 +10,9 @@ namespace shardflow::graph {
 namespace {
 
 int lowest_bit(uint64_t w) { return __builtin_ctzll(w); }
+
+// Polls of a wait before the executor starts yielding the core between polls.
+constexpr int kSpinPolls = 64;
 
 // What the run is doing since the last clock read; time is charged to it at the next change.
 enum class Activity { Other, Compute, Wait };
@@ -24,6 +28,7 @@ enum class Activity { Other, Compute, Wait };
 //  - the clock is read only when the activity changes (compute -> comm issue/poll -> wait),
 //    or around every task when observers are attached (they need each task's times), so a
 //    run of consecutive compute tasks costs no clock reads;
+//  - a wait spins kSpinPolls polls, then yields between polls;
 //  - per-graph state (predecessor counts, communicator sequence sizes) is gathered in one
 //    pass over the nodes; all scratch is reused across runs.
 RunStats Executor::run(TaskGraph& g) {
@@ -185,8 +190,10 @@ RunStats Executor::run(TaskGraph& g) {
         throw Error("executor: graph '" + g.name() + "' cannot make progress; waiting tasks:" + stuck);
       }
       const auto w0 = switch_to(Activity::Wait, false);
-      while (!poll()) {
-      }
+      // Spin briefly, then yield the core between polls: on an oversubscribed core the
+      // rank this one waits for may need it (costs nothing when the core is free).
+      for (int spins = 0; !poll();)
+        if (++spins > kSpinPolls) std::this_thread::yield();
       const auto w1 = switch_to(Activity::Other, false);
       for (auto* o : observers_) o->on_wait(w0, w1);
     }
