@@ -137,7 +137,7 @@ void cleanup() {
   g_state = nullptr;
 }
 
-Outcome fuzz_manifest(const std::uint8_t* data, std::size_t size) {
+Outcome fuzz_manifest(const std::uint8_t* data, std::size_t size, std::string* why) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   Manifest m;
   try {
@@ -145,6 +145,7 @@ Outcome fuzz_manifest(const std::uint8_t* data, std::size_t size) {
     m.validate("fuzz/manifest.json");
   } catch (const Error& e) {
     note("manifest", e);
+    if (why) *why = e.what();
     return Outcome::Rejected;
   }
   for (const auto& t : m.tensors) (void)coverage_problem(t);
@@ -165,7 +166,7 @@ Outcome fuzz_manifest(const std::uint8_t* data, std::size_t size) {
   return Outcome::Accepted;
 }
 
-Outcome fuzz_checkpoint(const std::uint8_t* data, std::size_t size, bool* restored_ok) {
+Outcome fuzz_checkpoint(const std::uint8_t* data, std::size_t size, bool* restored_ok, std::string* why) {
   if (restored_ok) *restored_ok = false;
   if (size < 1) return Outcome::Rejected;
   State& s = *g_state;
@@ -190,6 +191,7 @@ Outcome fuzz_checkpoint(const std::uint8_t* data, std::size_t size, bool* restor
     }
   } catch (const Error& e) {
     note("restore", e);
+    if (why) *why = e.what();
   }
   try {
     (void)verify(MPI_COMM_SELF, s.work.string());

@@ -21,13 +21,16 @@ void init_checkpoint_harness();
 
 /// Manifest text -> Manifest::parse, validate, coverage_problem per tensor; an accepted
 /// manifest must survive a to_json/parse round trip unchanged (aborts otherwise).
-Outcome fuzz_manifest(const std::uint8_t* data, std::size_t size);
+/// `why` (optional) receives the rejection message.
+Outcome fuzz_manifest(const std::uint8_t* data, std::size_t size, std::string* why = nullptr);
 
 /// data[0] picks the file the rest of the input replaces in a copy of the pristine
 /// checkpoint: even -> manifest.json, odd -> shard-0.h5. Then restore (onto the saved
 /// layout and dtypes), verify and describe run on it. Accepted means restore succeeded.
-/// `restored_ok` (optional) is set when restore succeeded and every value equals the saved one.
-Outcome fuzz_checkpoint(const std::uint8_t* data, std::size_t size, bool* restored_ok = nullptr);
+/// `restored_ok` (optional) is set when restore succeeded and every value equals the saved one;
+/// `why` (optional) receives restore's rejection message.
+Outcome fuzz_checkpoint(const std::uint8_t* data, std::size_t size, bool* restored_ok = nullptr,
+                        std::string* why = nullptr);
 
 /// Writes the seed inputs of both harnesses: <dir>/manifest/*, <dir>/checkpoint/*.
 void write_seeds(const std::string& dir);

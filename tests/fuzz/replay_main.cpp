@@ -1,7 +1,11 @@
 // Replays every stored fuzz input (tests/fuzz/seeds/<harness>/*, tests/fuzz/regressions/
 // <harness>/*) through the harness bodies of fuzz_entry.cpp, in the ordinary (g++) build.
 // Passes when nothing crashes, every seed is accepted, and the checkpoint seeds restore
-// the saved values exactly. `test_fuzz_replay --write-seeds DIR` writes the seed inputs.
+// the saved values exactly. A regression input X may come with X.expect: a text that the
+// rejection message must contain (so the test fails when the fix is undone, even where the
+// original failure was undefined behaviour that only a sanitizer sees).
+// `test_fuzz_replay [DIR]` replays DIR (default: the source tree's tests/fuzz);
+// `test_fuzz_replay --write-seeds DIR` writes the seed inputs.
 #include <mpi.h>
 
 #include <Kokkos_Core.hpp>
@@ -23,7 +27,8 @@ std::vector<fs::path> files_in(const fs::path& dir) {
   std::vector<fs::path> out;
   if (fs::is_directory(dir))
     for (const auto& e : fs::directory_iterator(dir))
-      if (e.is_regular_file() && e.path().filename().string()[0] != '.') out.push_back(e.path());
+      if (e.is_regular_file() && e.path().filename().string()[0] != '.' && e.path().extension() != ".expect")
+        out.push_back(e.path());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -52,13 +57,27 @@ int main(int argc, char** argv) {
           for (const auto& f : files_in(root / kind / harness)) {
             const auto bytes = read_bytes(f);
             bool restored_ok = false;
-            const Outcome o = harness == "manifest" ? shardflow::fuzz::fuzz_manifest(bytes.data(), bytes.size())
-                                                    : shardflow::fuzz::fuzz_checkpoint(bytes.data(), bytes.size(), &restored_ok);
+            std::string why;
+            const Outcome o = harness == "manifest"
+                                  ? shardflow::fuzz::fuzz_manifest(bytes.data(), bytes.size(), &why)
+                                  : shardflow::fuzz::fuzz_checkpoint(bytes.data(), bytes.size(), &restored_ok, &why);
             ++total;
             std::printf("%-10s %-11s %-40s %s\n", harness.c_str(), kind.c_str(), f.filename().c_str(), name(o));
             if (kind == "seeds" && o != Outcome::Accepted) {
               std::printf("  FAIL: a seed must be accepted\n");
               ++failures;
+            }
+            fs::path expect = f;
+            expect += ".expect";
+            if (fs::exists(expect)) {
+              const auto e = read_bytes(expect);
+              std::string text(e.begin(), e.end());
+              while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+              if (o != Outcome::Rejected || why.find(text) == std::string::npos) {
+                std::printf("  FAIL: expected a rejection containing '%s', got: %s\n", text.c_str(),
+                            o == Outcome::Rejected ? why.c_str() : "accepted");
+                ++failures;
+              }
             }
             if (kind == "seeds" && harness == "checkpoint" && !restored_ok) {
               std::printf("  FAIL: the seed checkpoint did not restore the saved values\n");
