@@ -56,6 +56,16 @@ int main(int argc, char** argv) {
       int total = 0;
       for (const std::string harness : {"manifest", "checkpoint"}) {
         for (const std::string kind : {"seeds", "regressions", "hdf5_known"}) {
+#if defined(__SANITIZE_ADDRESS__)
+          // HDF5 1.10.8 itself over-reads a heap buffer on these inputs (docs/fuzzing.md);
+          // AddressSanitizer's interceptors report that inside the uninstrumented library.
+          // They are replayed in every non-ASan build, where shardflow rejects them cleanly.
+          if (kind == "hdf5_known") {
+            std::printf("%-10s %-11s skipped under AddressSanitizer (a known HDF5 1.10.8 over-read)\n",
+                        harness.c_str(), kind.c_str());
+            continue;
+          }
+#endif
           for (const auto& f : files_in(root / kind / harness)) {
             const auto bytes = read_bytes(f);
             bool restored_ok = false;
