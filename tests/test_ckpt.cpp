@@ -452,6 +452,44 @@ TEST(Checkpoint, RootWithoutLatestUsesNewestStep) {
   if (rank == 0) fs::remove_all(root);
 }
 
+// A save killed while writing leaves .tmp-step-N behind; saving step N again replaces what
+// it holds (shard files of other ranks, even a manifest) and commits only the new files.
+TEST(Checkpoint, LeftoverOfAnInterruptedSaveIsReplaced) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "leftover");
+  MeshShape mesh({"data"}, {n});
+  State s = make_state(mesh, spec_family(mesh, 1), rank, false);
+  if (rank == 0) {
+    const fs::path tmp = fs::path(root) / ".tmp-step-00000003";
+    fs::create_directories(tmp);
+    for (const char* junk : {"shard-0.h5", "shard-99.h5", "manifest.json"}) std::ofstream(tmp / junk) << "junk";
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  for (const bool async : {false, true}) {
+    SaveOptions o;
+    o.async = async;
+    Checkpointer ck(MPI_COMM_WORLD, root, o);
+    const std::string dir = ck.save(s.tensors(), sample_meta(async ? 4 : 3));
+    ck.wait();
+    std::set<std::string> want{"manifest.json"}, got;
+    for (const auto& f : read_manifest(dir).files) want.insert(f.name);
+    for (const auto& e : fs::directory_iterator(dir)) got.insert(e.path().filename().string());
+    EXPECT_EQ(got, want);
+    State back = make_state(mesh, spec_family(mesh, 1), rank, true);
+    restore(MPI_COMM_WORLD, dir, back.tensors());
+    expect_state_equals(back, s, async ? "async" : "sync");
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0 && !async) {  // a leftover for the async save too
+      const fs::path tmp = fs::path(root) / ".tmp-step-00000004";
+      fs::create_directories(tmp);
+      std::ofstream(tmp / "shard-0.h5") << "junk";
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
 // ---- corruption -------------------------------------------------------------------------
 
 /// Saves a fresh checkpoint, lets rank 0 damage it, and checks that restore refuses it on
@@ -751,6 +789,11 @@ TEST(Checkpoint, RefusesBadRequests) {
   EXPECT_THROW(ck.save(ts, sample_meta(1)), InputError);
   EXPECT_THROW(restore(MPI_COMM_WORLD, root, s.tensors()), InputError);  // nothing saved yet
   EXPECT_TRUE(list_checkpoints(root).empty());
+  // a refused save leaves nothing behind (sync saves report request errors at commit)
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) {
+    for (const auto& e : fs::directory_iterator(root)) ADD_FAILURE() << "left behind: " << e.path();
+  }
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(root);
 }

@@ -184,27 +184,26 @@ json records_to_json(const std::vector<ShardJob>& jobs, const FileRecord& file, 
   return out;
 }
 
-/// Gathers one string per rank onto `root`.
-std::vector<std::string> gather_strings(MPI_Comm comm, const std::string& s, int root) {
+/// Rank 0 receives one string from every rank (its own included), in rank order; the others
+/// return after sending (an empty vector).
+std::vector<std::string> send_to_root(MPI_Comm comm, const std::string& s) {
+  constexpr int kTag = 7301;
   const int size = comm_size(comm), rank = comm_rank(comm);
-  int n = static_cast<int>(s.size());
-  std::vector<int> sizes(static_cast<size_t>(size)), displs(static_cast<size_t>(size));
-  CHECK_MPI(MPI_Gather(&n, 1, MPI_INT, sizes.data(), 1, MPI_INT, root, comm));
-  std::string all;
-  if (rank == root) {
-    int total = 0;
-    for (int r = 0; r < size; ++r) {
-      displs[static_cast<size_t>(r)] = total;
-      total += sizes[static_cast<size_t>(r)];
-    }
-    all.resize(static_cast<size_t>(total));
-  }
-  CHECK_MPI(MPI_Gatherv(s.data(), n, MPI_CHAR, all.data(), sizes.data(), displs.data(), MPI_CHAR, root, comm));
   std::vector<std::string> out;
-  if (rank == root)
-    for (int r = 0; r < size; ++r)
-      out.push_back(all.substr(static_cast<size_t>(displs[static_cast<size_t>(r)]),
-                               static_cast<size_t>(sizes[static_cast<size_t>(r)])));
+  if (rank != 0) {
+    CHECK_MPI(MPI_Send(s.data(), static_cast<int>(s.size()), MPI_CHAR, 0, kTag, comm));
+    return out;
+  }
+  out.push_back(s);
+  for (int r = 1; r < size; ++r) {
+    MPI_Status st;
+    CHECK_MPI(MPI_Probe(r, kTag, comm, &st));
+    int n = 0;
+    CHECK_MPI(MPI_Get_count(&st, MPI_CHAR, &n));
+    std::string m(static_cast<size_t>(n), '\0');
+    CHECK_MPI(MPI_Recv(m.data(), n, MPI_CHAR, r, kTag, comm, MPI_STATUS_IGNORE));
+    out.push_back(std::move(m));
+  }
   return out;
 }
 
@@ -238,22 +237,33 @@ struct Checkpointer::Pending {
 };
 
 Checkpointer::Checkpointer(MPI_Comm comm, std::string root, SaveOptions options)
-    : comm_(comm), root_(std::move(root)), opts_(options) {
+    : root_(std::move(root)), opts_(options) {
   SHARDFLOW_REQUIRE_INPUT(!root_.empty(), "Checkpointer: empty checkpoint directory");
   SHARDFLOW_REQUIRE_INPUT(opts_.keep >= 0, "Checkpointer: keep = ", opts_.keep, " must be >= 0");
   SHARDFLOW_REQUIRE_INPUT(opts_.block_bytes >= 1, "Checkpointer: block_bytes = ", opts_.block_bytes, " must be >= 1");
+  // a communicator of its own: the shard records travel point to point on it, apart from
+  // any message of the caller's
+  CHECK_MPI(MPI_Comm_dup(comm, &comm_));
   std::string err;
   if (comm_rank(comm_) == 0) {
     std::error_code ec;
     fs::create_directories(root_, ec);
     if (ec || !fs::is_directory(root_)) err = concat("Checkpointer: cannot create directory '", root_, "': ", ec.message());
   }
-  detail::agree(comm_, err);
+  try {
+    detail::agree(comm_, err);
+  } catch (...) {
+    MPI_Comm_free(&comm_);
+    throw;
+  }
 }
 
 Checkpointer::~Checkpointer() {
   if (pending_) pending_->join();
   if (cleaner_.joinable()) cleaner_.join();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Comm_free(&comm_);
 }
 
 bool Checkpointer::pending() const { return pending_ != nullptr; }
@@ -306,27 +316,42 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
   } catch (const std::exception& e) {
     err = e.what();
   }
-  // rank 0 prepares the temporary directory: a fixed name per step (one writer per root), so
-  // that no broadcast is needed; a leftover of an interrupted save of this step is replaced
+  // The temporary directory has a fixed name per step (one writer per root), so no broadcast
+  // is needed. Sync mode: no collective before the writes either; every rank creates the
+  // directory (racing mkdirs are fine) and writes its file, request errors and an existing
+  // step directory are reported by every rank at commit, before anything becomes visible,
+  // and rank 0 removes leftovers of an interrupted save of this step from the directory.
+  // Async mode: save() must throw such errors itself, so all agree first.
   p->tmp_dir = detail::join(root_, ".tmp-" + step_dir_name(meta.step));
-  if (rank == 0 && err.empty()) {
+  if (err.empty()) {
     try {
       std::error_code ec;
-      SHARDFLOW_REQUIRE_INPUT(!fs::exists(p->final_dir, ec), "checkpoint save: '", p->final_dir,
-                              "' exists already (a checkpoint of step ", meta.step, ")");
-      fs::remove_all(p->tmp_dir, ec);
-      fs::create_directory(p->tmp_dir, ec);
-      SHARDFLOW_REQUIRE(!ec, "checkpoint save: cannot create '", p->tmp_dir, "': ", ec.message());
+      if (rank == 0)
+        SHARDFLOW_REQUIRE_INPUT(!fs::exists(p->final_dir, ec), "checkpoint save: '", p->final_dir,
+                                "' exists already (a checkpoint of step ", meta.step, ")");
+      if (!opts_.async) {
+        fs::create_directories(p->tmp_dir, ec);
+        SHARDFLOW_REQUIRE(fs::is_directory(p->tmp_dir), "checkpoint save: cannot create '", p->tmp_dir, "': ",
+                          ec.message());
+        fs::remove(detail::join(p->tmp_dir, p->file_name), ec);  // a leftover of an interrupted save
+      } else if (rank == 0) {
+        fs::remove_all(p->tmp_dir, ec);  // a leftover of an interrupted save
+        fs::create_directory(p->tmp_dir, ec);
+        SHARDFLOW_REQUIRE(!ec, "checkpoint save: cannot create '", p->tmp_dir, "': ", ec.message());
+      }
     } catch (const std::exception& e) {
       err = e.what();
     }
   }
-  try {
-    detail::agree(comm_, err);
-  } catch (...) {
-    if (rank == 0) remove_quietly(p->tmp_dir);
-    throw;
+  if (opts_.async) {
+    try {
+      detail::agree(comm_, err);
+    } catch (...) {
+      if (rank == 0) remove_quietly(p->tmp_dir);
+      throw;
+    }
   }
+  p->error = err;  // sync mode: reported at commit
   p->skeleton.step = meta.step;
   p->skeleton.world_size = size;
   p->skeleton.meta = meta;
@@ -369,7 +394,7 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
     return pending_->final_dir;
   }
   try {
-    if (!p->jobs.empty()) p->file = write_shard_file(path, p->file_name, p->jobs, block_bytes);
+    if (p->error.empty() && !p->jobs.empty()) p->file = write_shard_file(path, p->file_name, p->jobs, block_bytes);
   } catch (const std::exception& e) {
     p->error = e.what();
   }
@@ -387,7 +412,7 @@ void Checkpointer::wait() {
 
 void Checkpointer::commit(Pending& p) {
   const int rank = comm_rank(comm_);
-  // The critical path: (1) rank 0 gathers every rank's shard records (or write error);
+  // The critical path: (1) rank 0 receives every rank's shard records (or error);
   // (2) every rank fsyncs its shard file while rank 0 writes and fsyncs the manifest and the
   // temporary directory; (3) all agree that everything is durable; (4) rank 0 renames the
   // directory into place, fsyncs the root, renames the `latest` file prepared during the
@@ -395,7 +420,8 @@ void Checkpointer::commit(Pending& p) {
   // Retention deletes in the background (renamed to .trash-* first, synchronously).
   json mine = records_to_json(p.jobs, p.file, rank);
   if (!p.error.empty()) mine["error"] = p.error;
-  std::vector<std::string> recs = gather_strings(comm_, mine.dump(), 0);
+  // point to point rather than a gather: no rank waits for rank 0 here
+  std::vector<std::string> recs = send_to_root(comm_, mine.dump());
 
   std::string err;
   std::thread shard_sync;
@@ -418,9 +444,11 @@ void Checkpointer::commit(Pending& p) {
       m.created = utc_now();
       for (size_t r = 0; r < recs.size(); ++r) {
         const json rec = json::parse(recs[r]);
-        if (rec.contains("error"))
-          throw Error(concat("checkpoint save to '", p.tmp_dir, "' failed on rank ", r, ": ",
-                             rec.at("error").get<std::string>()));
+        if (rec.contains("error")) {
+          const std::string e = rec.at("error").get<std::string>();
+          if (e.rfind("checkpoint save: ", 0) == 0) throw InputError(e);  // the request
+          throw Error(concat("checkpoint save to '", p.tmp_dir, "' failed on rank ", r, ": ", e));
+        }
         if (rec.at("shards").empty()) continue;
         const int writer = rec.at("writer").get<int>();
         FileRecord f;
@@ -444,6 +472,16 @@ void Checkpointer::commit(Pending& p) {
         }
       }
       m.validate(p.tmp_dir);
+      std::error_code ec;
+      SHARDFLOW_REQUIRE_INPUT(!fs::exists(p.final_dir, ec), "checkpoint save: '", p.final_dir,
+                              "' exists already (a checkpoint of step ", p.step, ")");
+      // leftovers of an interrupted save of this step (files of ranks that write none now)
+      std::set<std::string> ours;
+      for (const auto& f : m.files) ours.insert(f.name);
+      std::vector<std::string> stale;
+      for (const auto& e : fs::directory_iterator(p.tmp_dir, ec))
+        if (!ours.count(e.path().filename().string())) stale.push_back(e.path().string());
+      for (const auto& x : stale) remove_quietly(x);
       for (const auto& t : m.tensors) {
         std::string problem = coverage_problem(t);
         SHARDFLOW_REQUIRE(problem.empty(), "checkpoint save: tensor '", t.name, "': ", problem,
