@@ -21,6 +21,9 @@ std::uint32_t crc32c_portable(const void* data, std::size_t n, std::uint32_t crc
 /// bytes): crc[k] = crc32c(p[k], n, crc[k]) for k = 0, 1, 2.
 void crc32c_x3(const void* const p[3], std::size_t n, std::uint32_t crc[3]);
 
+/// The CRC-32C of A followed by B from crc32c(A) and crc32c(B) (|B| = len_b bytes).
+std::uint32_t crc32c_combine(std::uint32_t crc_a, std::uint32_t crc_b, std::size_t len_b);
+
 /// A byte range [offset, offset + length) of a file.
 struct ByteRange {
   std::int64_t offset = 0, length = 0;

@@ -39,6 +39,26 @@ const Tables& tables() {
   return tb;
 }
 
+// GF(2) arithmetic modulo the (reflected) polynomial, for combining CRCs.
+std::uint32_t gf2_mul(std::uint32_t a, std::uint32_t b) {
+  std::uint32_t r = 0;
+  for (int i = 0; i < 32; ++i) {
+    if (a & 0x80000000u) r ^= b;
+    a <<= 1;
+    b = (b & 1) ? (b >> 1) ^ kPoly : b >> 1;
+  }
+  return r;
+}
+std::uint32_t x8n(std::size_t len) {  // x^(8*len) mod P
+  std::uint32_t result = 0x80000000u, power = 0x00800000u;
+  while (len) {
+    if (len & 1) result = gf2_mul(result, power);
+    power = gf2_mul(power, power);
+    len >>= 1;
+  }
+  return result;
+}
+
 std::uint32_t portable_raw(const unsigned char* p, std::size_t n, std::uint32_t c) {
   const auto& t = tables().t;
   while (n >= 8) {
@@ -73,33 +93,11 @@ __attribute__((target("sse4.2"))) std::uint32_t hw_1(const unsigned char* p, std
   return c;
 }
 
-// GF(2) helpers to shift a CRC state over `len` zero bytes: crc_shift(c, len) is the state
-// after feeding len zero bytes to state c (without pre/post inversion).
-std::uint32_t gf2_multiply(std::uint32_t a, std::uint32_t b) {  // reflected, mod the polynomial
-  std::uint32_t r = 0;
-  for (int i = 0; i < 32; ++i) {
-    if (a & 0x80000000u) r ^= b;
-    a <<= 1;
-    b = (b & 1) ? (b >> 1) ^ kPoly : b >> 1;
-  }
-  return r;
-}
-std::uint32_t x_pow_8n(std::size_t len) {  // x^(8*len) mod P, reflected representation
-  std::uint32_t result = 0x80000000u;         // x^0
-  std::uint32_t power = 0x00800000u;          // x^8
-  while (len) {
-    if (len & 1) result = gf2_multiply(result, power);
-    power = gf2_multiply(power, power);
-    len >>= 1;
-  }
-  return result;
-}
-
 __attribute__((target("sse4.2"))) std::uint32_t hw_raw(const unsigned char* p, std::size_t n, std::uint32_t c) {
   constexpr std::size_t kLane = 8192;  // bytes per stream per round
   if (n < 3 * kLane) return hw_1(p, n, c);
-  static const std::uint32_t shift_lane = x_pow_8n(kLane);
-  static const std::uint32_t shift_2lanes = x_pow_8n(2 * kLane);
+  static const std::uint32_t shift_lane = x8n(kLane);
+  static const std::uint32_t shift_2lanes = x8n(2 * kLane);
   while (n >= 3 * kLane) {
     std::uint64_t a = c, b = 0, d = 0;
     const unsigned char* pa = p;
@@ -115,7 +113,7 @@ __attribute__((target("sse4.2"))) std::uint32_t hw_raw(const unsigned char* p, s
       d = _mm_crc32_u64(d, vd);
     }
     // state after a|b|d = shift(a, 2 lanes) ^ shift(b, 1 lane) ^ d (CRC linearity)
-    c = gf2_multiply(static_cast<std::uint32_t>(a), shift_2lanes) ^ gf2_multiply(static_cast<std::uint32_t>(b), shift_lane) ^
+    c = gf2_mul(static_cast<std::uint32_t>(a), shift_2lanes) ^ gf2_mul(static_cast<std::uint32_t>(b), shift_lane) ^
         static_cast<std::uint32_t>(d);
     p += 3 * kLane;
     n -= 3 * kLane;
@@ -162,6 +160,11 @@ std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc) {
   if (have_sse42()) return ~hw_raw(static_cast<const unsigned char*>(data), n, ~crc);
 #endif
   return crc32c_portable(data, n, crc);
+}
+
+std::uint32_t crc32c_combine(std::uint32_t crc_a, std::uint32_t crc_b, std::size_t len_b) {
+  // CRC linearity: the pre/post inversions of A's and B's CRCs cancel out
+  return gf2_mul(crc_a, x8n(len_b)) ^ crc_b;
 }
 
 void crc32c_x3(const void* const p[3], std::size_t n, std::uint32_t crc[3]) {
