@@ -97,6 +97,7 @@ TEST_P(Parallel, MatchesOneRankAndIsBitwiseReproducible) {
 
 const char* kGPipe = "schedule = \"gpipe\"\n";
 const char* k1F1B = "schedule = \"1f1b\"\n";
+const char* kSp = "sequence_parallel = true\n";
 
 INSTANTIATE_TEST_SUITE_P(
     Meshes, Parallel,
@@ -159,7 +160,16 @@ INSTANTIATE_TEST_SUITE_P(Meshes, Moe,
                                            Case{"dp2", 2, "data = 2", 0, 1, ""},
                                            Case{"dp2_ep2", 4, "data = 2\nexpert = 2", 0, 1, ""},
                                            Case{"fsdp2_ep2", 4, "data = 1\nfsdp = 2\nexpert = 2", 3, 2, ""},
-                                           Case{"pp2_ep2", 4, "data = 1\npipeline = 2\nexpert = 2", 0, 2, k1F1B}),
+                                           Case{"pp2_ep2", 4, "data = 1\npipeline = 2\nexpert = 2", 0, 2, k1F1B},
+                                           // tensor parallelism inside the experts (F split) and the router
+                                           Case{"tp2", 2, "data = 1\ntensor = 2", 0, 1, ""},
+                                           Case{"tp2_micro2", 2, "data = 1\ntensor = 2", 0, 2, ""},
+                                           Case{"tp2_sp", 2, "data = 1\ntensor = 2", 0, 2, kSp},
+                                           Case{"ep2_tp2", 4, "data = 1\nexpert = 2\ntensor = 2", 0, 1, ""},
+                                           Case{"ep2_tp2_sp", 4, "data = 1\nexpert = 2\ntensor = 2", 0, 2, kSp},
+                                           Case{"dp2_tp2_zero1", 4, "data = 2\ntensor = 2", 1, 2, ""},
+                                           Case{"fsdp2_tp2", 4, "data = 1\nfsdp = 2\ntensor = 2", 3, 1, ""},
+                                           Case{"pp2_tp2", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 2, k1F1B}),
                          [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });
 
 // state_tensors(): each parameter's Layout (over ModelDescription's view shape) says which
@@ -173,7 +183,7 @@ TEST(TrainParallel, StateTensorsDescribeTheLocalBoxes) {
     mesh = "data = 1\nfsdp = 2\ntensor = 2";
     zero = 3;
   }
-  for (int variant = 0; variant < (n == 1 ? 1 : n == 2 ? 2 : 3); ++variant) {
+  for (int variant = 0; variant < (n == 1 ? 1 : 4); ++variant) {
     std::string model_extra;
     if (variant == 1) {  // expert weights split over the expert axis, ZeRO-3 on fsdp at 4 ranks
       mesh = n == 4 ? "data = 1\nfsdp = 2\nexpert = 2" : "data = 1\nexpert = 2";
@@ -181,8 +191,14 @@ TEST(TrainParallel, StateTensorsDescribeTheLocalBoxes) {
       model_extra = kMoe;
     }
     if (variant == 2) {
-      mesh = "data = 1\npipeline = 2\ntensor = 2";
+      mesh = n == 4 ? "data = 1\npipeline = 2\ntensor = 2" : "data = 1\npipeline = 2";
       zero = 0;
+      model_extra.clear();
+    }
+    if (variant == 3) {  // expert weights split on F over tensor (and on E over expert at 4 ranks)
+      mesh = n == 4 ? "data = 1\nexpert = 2\ntensor = 2" : "data = 1\ntensor = 2";
+      zero = 0;
+      model_extra = kMoe;
     }
     Deck deck = parse_deck(deck_text(mesh, zero, 1, "", model_extra), "test-deck");
     Mesh m(deck.mesh.to_mesh_shape(), MPI_COMM_WORLD);
@@ -217,6 +233,24 @@ TEST(TrainParallel, StateTensorsDescribeTheLocalBoxes) {
       EXPECT_EQ(bad, 0) << mesh << ": " << st.name << " box " << b.to_string();
     }
   }
+}
+
+// model.capacity_factor and model.aux_loss_coef reach the router: a capacity of S·k never
+// drops a choice, and the aux loss of the first step (same parameters, same routing) scales
+// with the coefficient.
+TEST(TrainParallel, MoeCapacityFactorAndAuxCoefficientFromTheDeck) {
+  auto first_step = [](const std::string& keys) {
+    return run_training(deck_text("data = 1", 0, 1, "", std::string(kMoe) + keys), MPI_COMM_SELF, 1);
+  };
+  const TrainRun base = first_step("");
+  ASSERT_GT(base.dropped[0], 0);
+  const TrainRun roomy = first_step("capacity_factor = 2.0\n");  // C = ceil(2 * 15 * 2 / 4) = 15 < S k = 30
+  EXPECT_LT(roomy.dropped[0], base.dropped[0]);
+  EXPECT_EQ(first_step("capacity_factor = 4.0\n").dropped[0], 0);  // C = 30 = S k
+  const TrainRun strong = first_step("aux_loss_coef = 0.05\n");
+  EXPECT_NEAR(strong.aux[0], 5.0 * base.aux[0], 1e-12 * strong.aux[0]);
+  EXPECT_EQ(strong.dropped[0], base.dropped[0]);
+  EXPECT_EQ(first_step("aux_loss_coef = 0\n").aux[0], 0.0);
 }
 
 TEST(TrainParallel, UnsupportedDecksAreRefusedOnEveryRank) {

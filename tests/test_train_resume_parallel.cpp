@@ -129,7 +129,8 @@ TEST(TrainResumeParallel, TensorPipelineCheckpointsRestoreOnAnyMesh) {
   check_round_trips(configs);
 }
 
-// Expert weights (split over the expert axis) and their moments round-trip too.
+// Expert weights (split over the expert axis, and on F over the tensor axis) and their
+// moments round-trip too.
 TEST(TrainResumeParallel, ExpertCheckpointsRestoreOnAnyMesh) {
   const int n = test::world_size();
   const std::string moe = "experts = 4\ntop_k = 2\nmoe_every = 2\n";
@@ -137,7 +138,12 @@ TEST(TrainResumeParallel, ExpertCheckpointsRestoreOnAnyMesh) {
   if (n >= 2) {
     configs.push_back({2, "moe_ep2", "data = 1\nexpert = 2", 0, "", moe});
     configs.push_back({2, "moe_dp2_z1", "data = 2", 1, "", moe});
+    // expert weights split on F over tensor
+    configs.push_back({2, "moe_tp2_sp", "data = 1\ntensor = 2", 0, "sequence_parallel = true\n", moe});
   }
-  if (n >= 4) configs.push_back({4, "moe_fsdp2_ep2", "data = 1\nfsdp = 2\nexpert = 2", 3, "", moe});
+  if (n >= 4) {
+    configs.push_back({4, "moe_fsdp2_ep2", "data = 1\nfsdp = 2\nexpert = 2", 3, "", moe});
+    configs.push_back({4, "moe_ep2_tp2", "data = 1\nexpert = 2\ntensor = 2", 0, "", moe});
+  }
   check_round_trips(configs);
 }

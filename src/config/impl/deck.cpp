@@ -43,6 +43,8 @@ const std::vector<KeySpec>& schema() {
       {"model", "experts", KeyType::Int},
       {"model", "top_k", KeyType::Int},
       {"model", "moe_every", KeyType::Int},
+      {"model", "capacity_factor", KeyType::Float},
+      {"model", "aux_loss_coef", KeyType::Float},
       {"train", "steps", KeyType::Int},
       {"train", "global_batch", KeyType::Int},
       {"train", "micro_batches", KeyType::Int},
@@ -281,6 +283,18 @@ class DeckBuilder {
     get_i64("model.experts", d.model.experts, 0);
     get_i64("model.top_k", d.model.top_k, 0);
     get_i64("model.moe_every", d.model.moe_every, 0);
+    // MoE capacity factor (> 0) and load-balancing coefficient (>= 0); a dense model keeps the defaults
+    auto moe_float = [&](const char* key, double& out, double lowest, bool strict, double dflt) {
+      const Value* v = find(key);
+      if (v == nullptr) return;
+      SHARDFLOW_REQUIRE_INPUT(std::isfinite(v->f) && (strict ? v->f > lowest : v->f >= lowest), v->where, ": ", key,
+                              " = ", v->text, " must be a finite number ", strict ? "> " : ">= ", lowest);
+      SHARDFLOW_REQUIRE_INPUT(d.model.experts > 0 || v->f == dflt, v->where, ": ", key, " = ", v->text,
+                              " needs model.experts > 0 (the model is dense with experts = 0)");
+      out = v->f;
+    };
+    moe_float("model.capacity_factor", d.model.capacity_factor, 0.0, true, ModelConfig::default_capacity_factor);
+    moe_float("model.aux_loss_coef", d.model.aux_loss_coef, 0.0, false, ModelConfig::default_aux_loss_coef);
     SHARDFLOW_REQUIRE_INPUT(d.model.hidden % d.model.heads == 0, loc_of("model.heads"),
                             ": model.heads = ", d.model.heads, " does not divide model.hidden = ", d.model.hidden);
     try {
@@ -458,7 +472,8 @@ std::string deck_to_toml(const Deck& d) {
   os << "[model]\nvocab = " << d.model.vocab << "\nseq = " << d.model.seq << "\nhidden = " << d.model.hidden
      << "\nheads = " << d.model.heads << "\nffn = " << d.model.ffn << "\nlayers = " << d.model.layers
      << "\nexperts = " << d.model.experts << "\ntop_k = " << d.model.top_k << "\nmoe_every = " << d.model.moe_every
-     << "\n\n";
+     << "\ncapacity_factor = " << toml::value<double>(d.model.capacity_factor)
+     << "\naux_loss_coef = " << toml::value<double>(d.model.aux_loss_coef) << "\n\n";
   os << "[train]\nsteps = " << d.train.steps << "\nglobal_batch = " << d.train.global_batch
      << "\nmicro_batches = " << d.train.micro_batches << "\nlr = " << toml::value<double>(d.train.lr)
      << "\nwarmup = " << d.train.warmup << "\nseed = " << d.train.seed

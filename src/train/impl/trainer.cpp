@@ -39,6 +39,15 @@ std::function<bool()> as_poller(comm::Request r) {
   return [req] { return req->test(); };
 }
 
+/// y = x · wᵀ backward: dx (+)= dy · w (skipped when dx is null), dw (+)= dyᵀ · x, for dy
+/// [rows, out], x [rows, in], w and dw [out, in].
+void linear_bwd(const float* dy, const float* x, const float* w, float* dw, int64_t rows, int64_t out, int64_t in,
+                float* dx, bool acc_dx, bool acc_w) {
+  if (dx != nullptr)
+    nn::Linear<float, Exec>::backward_input(cmat(dy, rows, out), cmat(w, out, in), mat(dx, rows, in), acc_dx);
+  nn::Linear<float, Exec>::backward_weight(cmat(dy, rows, out), cmat(x, rows, in), mat(dw, out, in), acc_w);
+}
+
 int64_t view_bytes(const FVec& v) { return static_cast<int64_t>(v.extent(0) * sizeof(float)); }
 
 int64_t prod(const Shape& s, size_t b, size_t e) {
@@ -208,6 +217,11 @@ struct Trainer::Impl {
   // compute (segments separated by the tensor-parallel all-reduces)
   void embed_fwd_a(int j, int xs_slot, int slot);
   void embed_fwd_b(int xs_slot, int slot);
+  void norm_fwd(const Param& g, const float* x, float* out, float* rstd, int slot);
+  void norm_bwd(const Param& g, const float* x, const float* rstd, int xs_slot, int slot, int gslot, bool acc,
+                bool acc_dx);
+  void linear_backward(const float* dy, const float* x, const Param& w, int slot, int gslot, bool acc, int64_t rows,
+                       int64_t out, int64_t in, float* dx, bool acc_dx);
   void layer_fwd_norm1(int l, int xs_slot, int slot);
   void layer_fwd_attn(int l, int xs_slot, int slot);
   void layer_fwd_norm2(int l, int xs_slot, int slot);
@@ -219,9 +233,8 @@ struct Trainer::Impl {
   void head_c(int j, int slot, int gslot, bool acc);
   void head_d(int xs_slot, int slot, int gslot, bool acc);
   void layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc);
-  void layer_bwd_norm2(int l, int xs_slot, int slot, int gslot, bool acc);
   void layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc);
-  void layer_bwd_norm1(int l, int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_norm(int l, bool mlp, int xs_slot, int slot, int gslot, bool acc);
   void embed_bwd(int j, int xs_slot, int gslot, bool acc);
   void norm_local();
   void update();
@@ -232,6 +245,9 @@ struct Trainer::Impl {
   void moe_experts_fwd(int l, int xs_slot, int slot);
   void moe_combine(int l, int xs_slot);
   void moe_combine_bwd(int l, int xs_slot);
+  const float* dx_full(int xs_slot) const {  // the whole micro-batch's dx (all-gathered under sp)
+    return sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
+  }
   void moe_experts_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
   void moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
 };
@@ -244,10 +260,6 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), m
   cfg.ffn = deck.model.ffn;
   cfg.layers = deck.model.layers;
   cfg.validate();
-  SHARDFLOW_REQUIRE_INPUT(!deck.model.is_moe() || m.shape().axis_size_or_1("tensor") == 1,
-                          "model.experts = ", deck.model.experts,
-                          " with mesh.tensor = ", m.shape().axis_size_or_1("tensor"),
-                          ": mixture-of-experts layers run with tensor = 1 (experts split over the expert axis)");
   desc.check_mesh(m.shape());
   opt.lr = deck.train.lr;
   opt.warmup = deck.train.warmup;
@@ -317,6 +329,8 @@ void Trainer::Impl::setup_groups() {
     moe.experts = E;
     moe.top_k = deck.model.top_k;
     moe.seq = cfg.seq;
+    moe.capacity_factor = deck.model.capacity_factor;
+    moe.aux_coef = deck.model.aux_loss_coef;
   }
   pp = shape.axis_size_or_1("pipeline");
   if (pp > 1) {
@@ -475,7 +489,7 @@ void Trainer::Impl::setup_acts() {
   for (int l = layer_begin; l < layer_end; ++l) {
     std::vector<MoeState> per;
     if (is_moe_layer(l)) {
-      const int64_t k = moe.top_k, E = moe.experts, N = T * k, Nmax = ep * N, F = cfg.ffn;
+      const int64_t k = moe.top_k, E = moe.experts, N = T * k, Nmax = ep * N, F = F_l;
       for (int s = 0; s < act_slots; ++s) {
         MoeState m;
         m.logits = mk("router_logits", T * E);
@@ -595,14 +609,32 @@ void Trainer::Impl::embed_fwd_b(int xs_slot, int slot) {
                                               mat(xs[static_cast<size_t>(xs_slot)].data(), tokens_mb, cfg.hidden));
 }
 
-void Trainer::Impl::layer_fwd_norm1(int l, int xs_slot, int slot) {
-  using namespace nn;
+// rmsnorm of this rank's residual rows x [Tr, H] into rows [t0, t0 + Tr) of `out` [T, H]
+void Trainer::Impl::norm_fwd(const Param& g, const float* x, float* out, float* rstd, int slot) {
   const int64_t H = cfg.hidden;
-  const Param& g1 = U(l + 1, 0);
+  nn::RmsNorm<float, Exec>::forward(cmat(x, Tr, H), cvec(pptr(g, slot), H), mat(out + t0 * H, Tr, H), vec(rstd, Tr));
+}
+
+// dx (+)= the rmsnorm backward of this rank's rows of dn (dnl under sp), gain gradient (+)=
+void Trainer::Impl::norm_bwd(const Param& g, const float* x, const float* rstd, int xs_slot, int slot, int gslot,
+                             bool acc, bool acc_dx) {
+  const int64_t H = cfg.hidden;
+  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(x, Tr, H), cvec(pptr(g, slot), H),
+                                     cvec(rstd, Tr), mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H),
+                                     vec(gptr(g, gslot), H), acc_dx, accum(g, acc));
+}
+
+// linear_bwd for the parameter w (its gather slot, gradient slot and accumulation rule)
+void Trainer::Impl::linear_backward(const float* dy, const float* x, const Param& w, int slot, int gslot, bool acc,
+                                    int64_t rows, int64_t out, int64_t in, float* dx, bool acc_dx) {
+  linear_bwd(dy, x, pptr(w, slot), gptr(w, gslot), rows, out, in, dx, acc_dx, accum(w, acc));
+}
+
+void Trainer::Impl::layer_fwd_norm1(int l, int xs_slot, int slot) {
+  const int64_t H = cfg.hidden;
   Acts& a = act(l, xs_slot);
-  Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
-  RmsNorm<float, Exec>::forward(cmat(a.x_in.data(), Tr, H), cvec(pptr(g1, slot), H), mat(a.n1.data() + t0 * H, Tr, H),
-                                vec(a.rstd1.data(), Tr));
+  nn::Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
+  norm_fwd(U(l + 1, 0), a.x_in.data(), a.n1.data(), a.rstd1.data(), slot);
 }
 
 void Trainer::Impl::layer_fwd_attn(int l, int xs_slot, int slot) {
@@ -618,14 +650,11 @@ void Trainer::Impl::layer_fwd_attn(int l, int xs_slot, int slot) {
 }
 
 void Trainer::Impl::layer_fwd_norm2(int l, int xs_slot, int slot) {
-  using namespace nn;
   const int64_t H = cfg.hidden;
-  const Param& g2 = U(l + 1, 3);
   Acts& a = act(l, xs_slot);
-  Residual<float, Exec>::copy(cmat(a.x_in.data(), Tr, H), mat(a.x_mid.data(), Tr, H));
-  Residual<float, Exec>::add(mat(a.x_mid.data(), Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
-  RmsNorm<float, Exec>::forward(cmat(a.x_mid.data(), Tr, H), cvec(pptr(g2, slot), H), mat(a.n2.data() + t0 * H, Tr, H),
-                                vec(a.rstd2.data(), Tr));
+  nn::Residual<float, Exec>::copy(cmat(a.x_in.data(), Tr, H), mat(a.x_mid.data(), Tr, H));
+  nn::Residual<float, Exec>::add(mat(a.x_mid.data(), Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
+  norm_fwd(U(l + 1, 3), a.x_mid.data(), a.n2.data(), a.rstd2.data(), slot);
 }
 
 void Trainer::Impl::layer_fwd_mlp(int l, int xs_slot, int slot) {
@@ -647,10 +676,7 @@ void Trainer::Impl::layer_fwd_end(int l, int xs_slot) {
 }
 
 void Trainer::Impl::head_norm(int xs_slot, int slot) {
-  const int64_t H = cfg.hidden;
-  const Param& gf = P("final_norm.weight");
-  nn::RmsNorm<float, Exec>::forward(cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), cvec(pptr(gf, slot), H),
-                                    mat(nf.data() + t0 * H, Tr, H), vec(rstdf.data(), Tr));
+  norm_fwd(P("final_norm.weight"), xs[static_cast<size_t>(xs_slot)].data(), nf.data(), rstdf.data(), slot);
 }
 
 void Trainer::Impl::head_a(int slot) {
@@ -675,89 +701,63 @@ void Trainer::Impl::head_c(int j, int slot, int gslot, bool acc) {
   sums_local[0] += CrossEntropy<float, Exec>::loss_and_grad(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
                                                             cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)],
                                                             v0, scale, mat(logits.data(), T, V_l));
-  Linear<float, Exec>::backward_input(cmat(logits.data(), T, V_l), cmat(pptr(lm, slot), V_l, H), mat(dn.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(logits.data(), T, V_l), cmat(nf.data(), T, H), mat(gptr(lm, gslot), V_l, H),
-                                       accum(lm, acc));
+  linear_backward(logits.data(), nf.data(), lm, slot, gslot, acc, T, V_l, H, dn.data(), false);
 }
 
 void Trainer::Impl::head_d(int xs_slot, int slot, int gslot, bool acc) {
-  const int64_t H = cfg.hidden;
-  const Param& gf = P("final_norm.weight");
-  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H),
-                                     cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), cvec(pptr(gf, slot), H),
-                                     cvec(rstdf.data(), Tr), mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H),
-                                     vec(gptr(gf, gslot), H), false, accum(gf, acc));
+  norm_bwd(P("final_norm.weight"), xs[static_cast<size_t>(xs_slot)].data(), rstdf.data(), xs_slot, slot, gslot, acc,
+           false);
 }
 
 void Trainer::Impl::layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc) {
-  using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
-  const Param &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
   Acts& a = act(l, xs_slot);
-  const float* dx = sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
-  Linear<float, Exec>::backward_input(cmat(dx, T, H), cmat(pptr(wdown, slot), H, F_l), mat(dh.data(), T, F_l));
-  Linear<float, Exec>::backward_weight(cmat(dx, T, H), cmat(a.h.data(), T, F_l), mat(gptr(wdown, gslot), H, F_l),
-                                       accum(wdown, acc));
-  SwiGlu<float, Exec>::backward(cmat(dh.data(), T, F_l), cmat(a.gu.data(), T, 2 * F_l), mat(dgu.data(), T, 2 * F_l));
-  Linear<float, Exec>::backward_input(cmat(dgu.data(), T, 2 * F_l), cmat(pptr(wgu, slot), 2 * F_l, H),
-                                      mat(dn.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(dgu.data(), T, 2 * F_l), cmat(a.n2.data(), T, H),
-                                       mat(gptr(wgu, gslot), 2 * F_l, H), accum(wgu, acc));
-}
-
-void Trainer::Impl::layer_bwd_norm2(int l, int xs_slot, int slot, int gslot, bool acc) {
-  const int64_t H = cfg.hidden;
-  const Param& g2 = U(l + 1, 3);
-  Acts& a = act(l, xs_slot);
-  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(a.x_mid.data(), Tr, H),
-                                     cvec(pptr(g2, slot), H), cvec(a.rstd2.data(), Tr),
-                                     mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H), vec(gptr(g2, gslot), H),
-                                     true, accum(g2, acc));
+  linear_backward(dx_full(xs_slot), a.h.data(), U(l + 1, 5), slot, gslot, acc, T, H, F_l, dh.data(), false);
+  nn::SwiGlu<float, Exec>::backward(cmat(dh.data(), T, F_l), cmat(a.gu.data(), T, 2 * F_l), mat(dgu.data(), T, 2 * F_l));
+  linear_backward(dgu.data(), a.n2.data(), U(l + 1, 4), slot, gslot, acc, T, 2 * F_l, H, dn.data(), false);
 }
 
 void Trainer::Impl::layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc) {
-  using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
-  const Param &wqkv = U(l + 1, 1), &wout = U(l + 1, 2);
   Acts& a = act(l, xs_slot);
-  const float* dx = sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
-  Linear<float, Exec>::backward_input(cmat(dx, T, H), cmat(pptr(wout, slot), H, H_l), mat(datt.data(), T, H_l));
-  Linear<float, Exec>::backward_weight(cmat(dx, T, H), cmat(a.att.data(), T, H_l), mat(gptr(wout, gslot), H, H_l),
-                                       accum(wout, acc));
+  linear_backward(dx_full(xs_slot), a.att.data(), U(l + 1, 2), slot, gslot, acc, T, H, H_l, datt.data(), false);
   VT::CTen3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
-  Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, 3 * H_l), probs, A_l,
-                                   mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H_l));
-  Linear<float, Exec>::backward_input(cmat(dqkv.data(), T, 3 * H_l), cmat(pptr(wqkv, slot), 3 * H_l, H),
-                                      mat(dn.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(dqkv.data(), T, 3 * H_l), cmat(a.n1.data(), T, H),
-                                       mat(gptr(wqkv, gslot), 3 * H_l, H), accum(wqkv, acc));
+  nn::Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, 3 * H_l), probs, A_l,
+                                       mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H_l));
+  linear_backward(dqkv.data(), a.n1.data(), U(l + 1, 1), slot, gslot, acc, T, 3 * H_l, H, dn.data(), false);
 }
 
-void Trainer::Impl::layer_bwd_norm1(int l, int xs_slot, int slot, int gslot, bool acc) {
-  const int64_t H = cfg.hidden;
-  const Param& g1 = U(l + 1, 0);
+// the attention norm (mlp = false) or the mlp norm: dx += its backward
+void Trainer::Impl::layer_bwd_norm(int l, bool mlp, int xs_slot, int slot, int gslot, bool acc) {
   Acts& a = act(l, xs_slot);
-  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(a.x_in.data(), Tr, H),
-                                     cvec(pptr(g1, slot), H), cvec(a.rstd1.data(), Tr),
-                                     mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H), vec(gptr(g1, gslot), H),
-                                     true, accum(g1, acc));
+  norm_bwd(U(l + 1, mlp ? 3 : 0), (mlp ? a.x_mid : a.x_in).data(), (mlp ? a.rstd2 : a.rstd1).data(), xs_slot, slot,
+           gslot, acc, true);
 }
 
 void Trainer::Impl::embed_bwd(int j, int xs_slot, int gslot, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& e = P("embed.weight");
   const Param& pe = P("pos_embed.weight");
-  const float* dx = sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
+  const float* dx = dx_full(xs_slot);
   nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0, mat(gptr(e, gslot), V_l, H),
                                        *escratch, accum(e, acc));
   nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gslot), cfg.seq, H), accum(pe, acc));
 }
 
-// ---- mixture of experts (tensor = 1) ------------------------------------------------------
+// ---- mixture of experts ------------------------------------------------------------------
 // After the mlp norm: router logits, the routing decisions (host), dispatch of the kept
 // choices' rows ordered by expert (so by owning expert rank), all_to_allv to the experts,
 // each local expert's SwiGLU FFN on its rows from every source, all_to_allv back, and the
-// gated combine into the residual stream. The backward runs the conjugates in reverse.
+// gated combine into ybuf, which joins the residual stream like the dense MLP's output.
+// The backward runs the conjugates in reverse.
+// With tensor parallelism (Megatron's MoE): every tensor rank holds the whole normalised
+// input (all-gathered under sp), so the router and the routing decisions are the same on
+// all of them; each expert's FFN is split like the dense MLP (gate_up rows and down columns
+// of F: this rank's F_l), so the expert outputs, and the combine in ybuf, are partial sums
+// that the tensor all-reduce (reduce-scatter under sp) completes, as for the dense MLP.
+// Backward: dgate = dx · y is a partial sum too (all-reduced over tensor, T·k values), the
+// experts' dX is partial and joins dn, which the tensor collective completes; the router's
+// own input gradient joins dn on tensor rank 0 only.
 
 void Trainer::Impl::moe_route_fwd(int l, int xs_slot, int slot) {
   using namespace nn;
@@ -814,7 +814,7 @@ void Trainer::Impl::moe_recv_counts(int l, int xs_slot) {
 
 void Trainer::Impl::moe_experts_fwd(int l, int xs_slot, int slot) {
   using namespace nn;
-  const int64_t H = cfg.hidden, F = cfg.ffn, E = moe.experts;
+  const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
   MoeState& m = ms(l, xs_slot);
   const float* wgu = pptr(U(l + 1, 5), slot);
   const float* wd = pptr(U(l + 1, 6), slot);
@@ -835,16 +835,14 @@ void Trainer::Impl::moe_experts_fwd(int l, int xs_slot, int slot) {
 void Trainer::Impl::moe_combine(int l, int xs_slot) {
   const int64_t T = tokens_mb, H = cfg.hidden, k = moe.top_k;
   MoeState& m = ms(l, xs_slot);
-  float* x = xs[static_cast<size_t>(xs_slot)].data();
-  nn::Residual<float, Exec>::copy(cmat(act(l, xs_slot).x_mid.data(), T, H), mat(x, T, H));
-  nn::MoeRows<float, Exec>::combine(cmat(m.ysend.data(), T * k, H), m.slot, cvec(m.gate.data(), T * k), k, mat(x, T, H),
-                                    true);
+  nn::MoeRows<float, Exec>::combine(cmat(m.ysend.data(), T * k, H), m.slot, cvec(m.gate.data(), T * k), k,
+                                    mat(ybuf.data(), T, H), false);
 }
 
 void Trainer::Impl::moe_combine_bwd(int l, int xs_slot) {
   const int64_t T = tokens_mb, H = cfg.hidden, k = moe.top_k;
   MoeState& m = ms(l, xs_slot);
-  const float* dx = dxs[static_cast<size_t>(xs_slot)].data();
+  const float* dx = dx_full(xs_slot);
   nn::MoeRows<float, Exec>::gate_grad(cmat(dx, T, H), cmat(m.ysend.data(), T * k, H), m.slot, k,
                                       vec(moe_dgate.data(), T * k));
   nn::MoeRows<float, Exec>::combine_backward(cmat(dx, T, H), m.slot, cvec(m.gate.data(), T * k), k,
@@ -853,7 +851,7 @@ void Trainer::Impl::moe_combine_bwd(int l, int xs_slot) {
 
 void Trainer::Impl::moe_experts_bwd(int l, int xs_slot, int slot, int gslot, bool acc) {
   using namespace nn;
-  const int64_t H = cfg.hidden, F = cfg.ffn, E = moe.experts;
+  const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
   MoeState& m = ms(l, xs_slot);
   const Param &pgu = U(l + 1, 5), &pd = U(l + 1, 6);
   const float* wgu = pptr(pgu, slot);
@@ -869,35 +867,28 @@ void Trainer::Impl::moe_experts_bwd(int l, int xs_slot, int slot, int gslot, boo
       const int64_t n = m.recv_ec[static_cast<size_t>(r * E + e)];
       if (n == 0) continue;
       float* dy = m.yr.data() + row * H;  // dy in, dX out
-      Linear<float, Exec>::backward_input(cmat(dy, n, H), cmat(wd + (e - e0) * H * F, H, F), mat(moe_dh.data(), n, F));
-      Linear<float, Exec>::backward_weight(cmat(dy, n, H), cmat(m.h.data() + row * F, n, F),
-                                           mat(dwd + (e - e0) * H * F, H, F), true);
+      linear_bwd(dy, m.h.data() + row * F, wd + (e - e0) * H * F, dwd + (e - e0) * H * F, n, H, F, moe_dh.data(),
+                 false, true);
       SwiGlu<float, Exec>::backward(cmat(moe_dh.data(), n, F), cmat(m.gu.data() + row * 2 * F, n, 2 * F),
                                     mat(moe_dgu.data(), n, 2 * F));
-      Linear<float, Exec>::backward_weight(cmat(moe_dgu.data(), n, 2 * F), cmat(m.xr.data() + row * H, n, H),
-                                           mat(dwgu + (e - e0) * 2 * F * H, 2 * F, H), true);
-      Linear<float, Exec>::backward_input(cmat(moe_dgu.data(), n, 2 * F), cmat(wgu + (e - e0) * 2 * F * H, 2 * F, H),
-                                          mat(dy, n, H));
+      linear_bwd(moe_dgu.data(), m.xr.data() + row * H, wgu + (e - e0) * 2 * F * H, dwgu + (e - e0) * 2 * F * H, n,
+                 2 * F, H, dy, false, true);
       row += n;
     }
 }
 
 void Trainer::Impl::moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc) {
-  using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
   MoeState& m = ms(l, xs_slot);
-  Acts& a = act(l, xs_slot);
-  const Param& wr = U(l + 1, 4);
   const float* dxr = ep > 1 ? m.xsend.data() : m.yr.data();  // the experts' dX, back in dispatch order
-  MoeRows<float, Exec>::dispatch_backward(cmat(dxr, T * k, H), m.slot, k, mat(dn.data(), T, H), false);
+  nn::MoeRows<float, Exec>::dispatch_backward(cmat(dxr, T * k, H), m.slot, k, mat(dn.data(), T, H), false);
   auto hdg = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), moe_dgate);
   auto hdl = Kokkos::create_mirror_view(moe_dlogits);
   moe_route_backward(m.route, hdg.data(), 1.0 / static_cast<double>(local_seqs), moe, hdl.data());
   Kokkos::deep_copy(moe_dlogits, hdl);
-  Linear<float, Exec>::backward_input(cmat(moe_dlogits.data(), T, E), cmat(pptr(wr, slot), E, H), mat(dn.data(), T, H),
-                                      true);
-  Linear<float, Exec>::backward_weight(cmat(moe_dlogits.data(), T, E), cmat(a.n2.data(), T, H),
-                                       mat(gptr(wr, gslot), E, H), accum(wr, acc));
+  // the router is replicated over tensor: its input gradient joins the partial dn once
+  linear_backward(moe_dlogits.data(), act(l, xs_slot).n2.data(), U(l + 1, 4), slot, gslot, acc, T, E, H,
+                  tc == 0 ? dn.data() : nullptr, true);
 }
 
 void Trainer::Impl::norm_local() {
@@ -1134,33 +1125,50 @@ void Trainer::Impl::build_graph() {
       }
     }
     bool group_first = true;
-    Task pending;  // a tensor collective the next compute segment (or the send) waits for
+    std::vector<Task> pending;  // collectives the next compute segment (or the send) waits for
     for (size_t k = group_uses[gi].first; k < group_uses[gi].second; ++k) {
       const Use u = uses[k];
       const bool acc = j > 0;
       const int slot = u.gather >= 0 ? u.gather % nslots : 0;
       const int gs = u.gslot;
       if (zero == 3 && u.gather >= 0) emplace_gathers_upto(u.gather + P_);
-      std::vector<Task> segs;  // compute segments of this use, tensor collectives between
-      auto step = [&](graph::ComputeFn fn, const std::string& name) {
-        Task c = graph.emplace(std::move(fn)).name(name);
+      const std::string ls = u.unit >= 1 && u.unit <= L ? std::to_string(u.unit - 1) : "";
+      const std::string lp = "layers." + ls;
+      const std::string prefix = u.kind == Fl ? "fwd.layer" + ls + "." : u.kind == Bl ? "bwd.layer" + ls + "."
+                                 : u.kind == Hd                        ? "head."
+                                 : u.kind == Fe                        ? "fwd."
+                                                                       : "bwd.";
+      std::vector<Task> segs;  // compute segments of this use, collectives between
+      // Compute is gathered into one segment until a collective needs what it wrote.
+      std::vector<graph::ComputeFn> work;
+      std::string work_name;
+      auto run = [&](graph::ComputeFn fn, const std::string& part) {
+        work.push_back(std::move(fn));
+        work_name += (work_name.empty() ? "" : "+") + part;
+      };
+      auto flush = [&] {
+        if (work.empty()) return;
+        Task c = graph.emplace([fns = std::move(work)] {
+                        for (const auto& f : fns) f();
+                      }).name(prefix + work_name + mbs);
+        work.clear();
+        work_name.clear();
         chain(c);
-        if (pending.valid()) {
-          pending.precede(c);
-          pending = Task();
-        }
+        for (auto& t : pending) t.precede(c);
+        pending.clear();
         segs.push_back(c);
       };
       // a collective after the work so far (this use's last segment, else the step's last
       // compute task and this group's receive)
       auto comm_then = [&](Task t) {
+        flush();
         if (!segs.empty()) {
           segs.back().precede(t);
         } else {
           if (last.valid()) last.precede(t);
           if (group_first && recv.valid()) recv.precede(t);
         }
-        pending = t;
+        pending.push_back(t);
       };
       auto ar = [&](float* buf, int64_t n, comm::ReduceOp op, const std::string& what) {
         comm_then(tp_reduce(buf, n, op, what + mbs));
@@ -1207,201 +1215,94 @@ void Trainer::Impl::build_graph() {
         t.name("all_to_allv " + what + mbs);
         comm_then(t);
       };
-      const std::string ls = u.unit >= 1 && u.unit <= L ? std::to_string(u.unit - 1) : "";
-      const std::string lp = "layers." + ls;
+      // the partial sums of a row-parallel block: all-reduced, or reduce-scattered to this
+      // rank's rows under sequence parallelism
+      auto tp_sum = [&](float* full, float* rows, const std::string& what) {
+        if (sp)
+          rs(full, rows, what);
+        else if (tp > 1)
+          ar(full, T * H, comm::ReduceOp::Sum, what);
+      };
+      auto dx_gather = [&](const std::string& what) {  // sp: the whole dx before a row-parallel backward
+        if (sp) ag(dxbuf, dxfull.data(), what);
+      };
       switch (u.kind) {
         case Fe:
-          if (sp) {
-            step([this, j, xsl, slot] { embed_fwd_a(j, xsl, slot); }, "fwd.embed" + mbs);
+          run([this, j, xsl, slot] { embed_fwd_a(j, xsl, slot); }, "embed");
+          if (sp) {  // the positions joined the partial sums on tensor rank 0
             rs(ybuf.data(), xbuf, "embed");
-          } else if (tp > 1) {
-            step([this, j, xsl, slot] { embed_fwd_a(j, xsl, slot); }, "fwd.embed" + mbs);
-            ar(xbuf, T * H, comm::ReduceOp::Sum, "embed");
-            step([this, xsl, slot] { embed_fwd_b(xsl, slot); }, "fwd.pos_embed" + mbs);
           } else {
-            step(
-                [this, j, xsl, slot] {
-                  embed_fwd_a(j, xsl, slot);
-                  embed_fwd_b(xsl, slot);
-                },
-                "fwd.embed" + mbs);
+            if (tp > 1) ar(xbuf, T * H, comm::ReduceOp::Sum, "embed");
+            run([this, xsl, slot] { embed_fwd_b(xsl, slot); }, "pos_embed");
           }
           break;
         case Fl: {
           const int l = u.unit - 1;
           Acts& a = act(l, xsl);
+          run([this, l, xsl, slot] { layer_fwd_norm1(l, xsl, slot); }, "attn_norm");
+          if (sp) ag(a.n1.data() + t0 * H, a.n1.data(), lp + ".attn_norm.out");
+          run([this, l, xsl, slot] { layer_fwd_attn(l, xsl, slot); }, "attn");
+          tp_sum(ybuf.data(), yl.data(), lp + ".attn.out");
+          run([this, l, xsl, slot] { layer_fwd_norm2(l, xsl, slot); }, "mlp_norm");
+          if (sp) ag(a.n2.data() + t0 * H, a.n2.data(), lp + ".mlp_norm.out");
           if (is_moe_layer(l)) {
             MoeState* mst = &ms(l, xsl);
+            run([this, l, xsl, slot] { moe_route_fwd(l, xsl, slot); }, "route");
             if (ep > 1) {
-              step(
-                  [this, l, xsl, slot] {
-                    layer_fwd_norm1(l, xsl, slot);
-                    layer_fwd_attn(l, xsl, slot);
-                    layer_fwd_norm2(l, xsl, slot);
-                    moe_route_fwd(l, xsl, slot);
-                  },
-                  "fwd.layer" + ls + ".route" + mbs);
               ep_counts(mst, lp + ".experts.counts");
-              step([this, l, xsl] { moe_recv_counts(l, xsl); }, "fwd.layer" + ls + ".plan" + mbs);
+              run([this, l, xsl] { moe_recv_counts(l, xsl); }, "plan");
               ep_a2a(mst, true, mst->xsend.data(), mst->xr.data(), lp + ".experts.dispatch");
-              step([this, l, xsl, slot] { moe_experts_fwd(l, xsl, slot); }, "fwd.layer" + ls + ".experts" + mbs);
-              ep_a2a(mst, false, mst->yr.data(), mst->ysend.data(), lp + ".experts.return");
-              step([this, l, xsl] { moe_combine(l, xsl); }, "fwd.layer" + ls + ".combine" + mbs);
-            } else {
-              step(
-                  [this, l, xsl, slot] {
-                    layer_fwd_norm1(l, xsl, slot);
-                    layer_fwd_attn(l, xsl, slot);
-                    layer_fwd_norm2(l, xsl, slot);
-                    moe_route_fwd(l, xsl, slot);
-                    moe_experts_fwd(l, xsl, slot);
-                    moe_combine(l, xsl);
-                  },
-                  "fwd.layer" + ls + mbs);
             }
-          } else if (sp) {
-            step([this, l, xsl, slot] { layer_fwd_norm1(l, xsl, slot); }, "fwd.layer" + ls + ".attn_norm" + mbs);
-            ag(a.n1.data() + t0 * H, a.n1.data(), lp + ".attn_norm.out");
-            step([this, l, xsl, slot] { layer_fwd_attn(l, xsl, slot); }, "fwd.layer" + ls + ".attn" + mbs);
-            rs(ybuf.data(), yl.data(), lp + ".attn.out");
-            step([this, l, xsl, slot] { layer_fwd_norm2(l, xsl, slot); }, "fwd.layer" + ls + ".mlp_norm" + mbs);
-            ag(a.n2.data() + t0 * H, a.n2.data(), lp + ".mlp_norm.out");
-            step([this, l, xsl, slot] { layer_fwd_mlp(l, xsl, slot); }, "fwd.layer" + ls + ".mlp" + mbs);
-            rs(ybuf.data(), yl.data(), lp + ".mlp.down");
-            step([this, l, xsl] { layer_fwd_end(l, xsl); }, "fwd.layer" + ls + ".residual" + mbs);
-          } else if (tp > 1) {
-            step(
-                [this, l, xsl, slot] {
-                  layer_fwd_norm1(l, xsl, slot);
-                  layer_fwd_attn(l, xsl, slot);
-                },
-                "fwd.layer" + ls + ".attn" + mbs);
-            ar(ybuf.data(), T * H, comm::ReduceOp::Sum, lp + ".attn.out");
-            step(
-                [this, l, xsl, slot] {
-                  layer_fwd_norm2(l, xsl, slot);
-                  layer_fwd_mlp(l, xsl, slot);
-                },
-                "fwd.layer" + ls + ".mlp" + mbs);
-            ar(ybuf.data(), T * H, comm::ReduceOp::Sum, lp + ".mlp.down");
-            step([this, l, xsl] { layer_fwd_end(l, xsl); }, "fwd.layer" + ls + ".residual" + mbs);
+            run([this, l, xsl, slot] { moe_experts_fwd(l, xsl, slot); }, "experts");
+            if (ep > 1) ep_a2a(mst, false, mst->yr.data(), mst->ysend.data(), lp + ".experts.return");
+            run([this, l, xsl] { moe_combine(l, xsl); }, "combine");
+            tp_sum(ybuf.data(), yl.data(), lp + ".experts.out");
           } else {
-            step(
-                [this, l, xsl, slot] {
-                  layer_fwd_norm1(l, xsl, slot);
-                  layer_fwd_attn(l, xsl, slot);
-                  layer_fwd_norm2(l, xsl, slot);
-                  layer_fwd_mlp(l, xsl, slot);
-                  layer_fwd_end(l, xsl);
-                },
-                "fwd.layer" + ls + mbs);
+            run([this, l, xsl, slot] { layer_fwd_mlp(l, xsl, slot); }, "mlp");
+            tp_sum(ybuf.data(), yl.data(), lp + ".mlp.down");
           }
+          run([this, l, xsl] { layer_fwd_end(l, xsl); }, "residual");
           break;
         }
         case Hd:
-          if (tp > 1) {
-            if (sp) {
-              step([this, xsl, slot] { head_norm(xsl, slot); }, "head.final_norm" + mbs);
-              ag(nf.data() + t0 * H, nf.data(), "final_norm.out");
-              step([this, slot] { head_a(slot); }, "head.logits" + mbs);
-            } else {
-              step(
-                  [this, xsl, slot] {
-                    head_norm(xsl, slot);
-                    head_a(slot);
-                  },
-                  "head.logits" + mbs);
-            }
-            ar(row_max.data(), T, comm::ReduceOp::Max, "loss.row_max");
-            step([this, j] { head_b(j); }, "head.sumexp" + mbs);
-            ar(stats.data(), 2 * T, comm::ReduceOp::Sum, "loss.stats");
-            step([this, j, slot, gs, acc] { head_c(j, slot, gs, acc); }, "loss+head" + mbs);
-            if (sp)
-              rs(dn.data(), dnl.data(), "lm_head.dx");
-            else
-              ar(dn.data(), T * H, comm::ReduceOp::Sum, "lm_head.dx");
-            step([this, xsl, slot, gs, acc] { head_d(xsl, slot, gs, acc); }, "bwd.final_norm" + mbs);
-          } else {
-            step(
-                [this, j, xsl, slot, gs, acc] {
-                  head_norm(xsl, slot);
-                  head_a(slot);
-                  head_b(j);
-                  head_c(j, slot, gs, acc);
-                  head_d(xsl, slot, gs, acc);
-                },
-                "loss+head" + mbs);
-          }
+          run([this, xsl, slot] { head_norm(xsl, slot); }, "final_norm");
+          if (sp) ag(nf.data() + t0 * H, nf.data(), "final_norm.out");
+          run([this, slot] { head_a(slot); }, "logits");
+          if (tp > 1) ar(row_max.data(), T, comm::ReduceOp::Max, "loss.row_max");
+          run([this, j] { head_b(j); }, "sumexp");
+          if (tp > 1) ar(stats.data(), 2 * T, comm::ReduceOp::Sum, "loss.stats");
+          run([this, j, slot, gs, acc] { head_c(j, slot, gs, acc); }, "loss");
+          tp_sum(dn.data(), dnl.data(), "lm_head.dx");
+          run([this, xsl, slot, gs, acc] { head_d(xsl, slot, gs, acc); }, "final_norm_bwd");
           break;
         case Bl: {
           const int l = u.unit - 1;
+          dx_gather(lp + ".dx");
           if (is_moe_layer(l)) {
             MoeState* mst = &ms(l, xsl);
-            auto rest = [this, l, xsl, slot, gs, acc] {
-              moe_router_bwd(l, xsl, slot, gs, acc);
-              layer_bwd_norm2(l, xsl, slot, gs, acc);
-              layer_bwd_attn(l, xsl, slot, gs, acc);
-              layer_bwd_norm1(l, xsl, slot, gs, acc);
-            };
-            if (ep > 1) {
-              step([this, l, xsl] { moe_combine_bwd(l, xsl); }, "bwd.layer" + ls + ".combine" + mbs);
-              ep_a2a(mst, true, mst->ysend.data(), mst->yr.data(), lp + ".experts.dy");
-              step([this, l, xsl, slot, gs, acc] { moe_experts_bwd(l, xsl, slot, gs, acc); },
-                   "bwd.layer" + ls + ".experts" + mbs);
-              ep_a2a(mst, false, mst->yr.data(), mst->xsend.data(), lp + ".experts.dx");
-              step(rest, "bwd.layer" + ls + ".router" + mbs);
-            } else {
-              step(
-                  [this, l, xsl, slot, gs, acc, rest] {
-                    moe_combine_bwd(l, xsl);
-                    moe_experts_bwd(l, xsl, slot, gs, acc);
-                    rest();
-                  },
-                  "bwd.layer" + ls + mbs);
-            }
-          } else if (sp) {
-            ag(dxbuf, dxfull.data(), lp + ".dx");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".mlp" + mbs);
-            rs(dn.data(), dnl.data(), lp + ".mlp_norm.dout");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_norm2(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".mlp_norm" + mbs);
-            ag(dxbuf, dxfull.data(), lp + ".mlp.dx");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_attn(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".attn" + mbs);
-            rs(dn.data(), dnl.data(), lp + ".attn_norm.dout");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_norm1(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".attn_norm" + mbs);
-          } else if (tp > 1) {
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".mlp" + mbs);
-            ar(dn.data(), T * H, comm::ReduceOp::Sum, lp + ".mlp_norm.dout");
-            step(
-                [this, l, xsl, slot, gs, acc] {
-                  layer_bwd_norm2(l, xsl, slot, gs, acc);
-                  layer_bwd_attn(l, xsl, slot, gs, acc);
-                },
-                "bwd.layer" + ls + ".attn" + mbs);
-            ar(dn.data(), T * H, comm::ReduceOp::Sum, lp + ".attn_norm.dout");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_norm1(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".attn_norm" + mbs);
+            run([this, l, xsl] { moe_combine_bwd(l, xsl); }, "combine");
+            if (tp > 1) ar(moe_dgate.data(), T * moe.top_k, comm::ReduceOp::Sum, lp + ".experts.dgate");
+            if (ep > 1) ep_a2a(mst, true, mst->ysend.data(), mst->yr.data(), lp + ".experts.dy");
+            run([this, l, xsl, slot, gs, acc] { moe_experts_bwd(l, xsl, slot, gs, acc); }, "experts");
+            if (ep > 1) ep_a2a(mst, false, mst->yr.data(), mst->xsend.data(), lp + ".experts.dx");
+            run([this, l, xsl, slot, gs, acc] { moe_router_bwd(l, xsl, slot, gs, acc); }, "router");
           } else {
-            step(
-                [this, l, xsl, slot, gs, acc] {
-                  layer_bwd_mlp(l, xsl, slot, gs, acc);
-                  layer_bwd_norm2(l, xsl, slot, gs, acc);
-                  layer_bwd_attn(l, xsl, slot, gs, acc);
-                  layer_bwd_norm1(l, xsl, slot, gs, acc);
-                },
-                "bwd.layer" + ls + mbs);
+            run([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); }, "mlp");
           }
+          tp_sum(dn.data(), dnl.data(), lp + ".mlp_norm.dout");
+          run([this, l, xsl, slot, gs, acc] { layer_bwd_norm(l, true, xsl, slot, gs, acc); }, "mlp_norm");
+          dx_gather(lp + ".mlp.dx");
+          run([this, l, xsl, slot, gs, acc] { layer_bwd_attn(l, xsl, slot, gs, acc); }, "attn");
+          tp_sum(dn.data(), dnl.data(), lp + ".attn_norm.dout");
+          run([this, l, xsl, slot, gs, acc] { layer_bwd_norm(l, false, xsl, slot, gs, acc); }, "attn_norm");
           break;
         }
         case Be:
-          if (sp) ag(dxbuf, dxfull.data(), "embed.dx");
-          step([this, j, xsl, gs, acc] { embed_bwd(j, xsl, gs, acc); }, "bwd.embed" + mbs);
+          dx_gather("embed.dx");
+          run([this, j, xsl, gs, acc] { embed_bwd(j, xsl, gs, acc); }, "embed");
           break;
       }
+      flush();
       first_of_use[k] = segs.front();
       last_of_use[k] = segs.back();
       Task c0 = segs.front(), c = segs.back();
@@ -1506,7 +1407,7 @@ void Trainer::Impl::build_graph() {
         });
         s.name("send x" + mbs);
         last.precede(s);
-        if (pending.valid()) pending.precede(s);
+        for (auto& t : pending) t.precede(s);
         send_x[static_cast<size_t>(j)] = s;
       }
     } else {
@@ -1519,7 +1420,7 @@ void Trainer::Impl::build_graph() {
         });
         s.name("send dx" + mbs);
         last.precede(s);
-        if (pending.valid()) pending.precede(s);
+        for (auto& t : pending) t.precede(s);
         send_dx[static_cast<size_t>(j)] = s;
       }
     }
