@@ -12,6 +12,7 @@
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
 #include "core/error.hpp"
+#include "graph/observer.hpp"
 #include "mesh/mesh.hpp"
 #include "support/test_util.hpp"
 #include "train/trainer.hpp"
@@ -251,6 +252,67 @@ TEST(TrainParallel, MoeCapacityFactorAndAuxCoefficientFromTheDeck) {
   EXPECT_NEAR(strong.aux[0], 5.0 * base.aux[0], 1e-12 * strong.aux[0]);
   EXPECT_EQ(strong.dropped[0], base.dropped[0]);
   EXPECT_EQ(first_step("aux_loss_coef = 0\n").aux[0], 0.0);
+}
+
+// Pipeline receives are posted as early as their buffers allow: a receive waits for nothing
+// but the copy that emptied its ring slot (micro-batch j − K), and the executor issues it
+// right after that copy, before any other compute, K groups ahead of its consumer; the
+// receives of the first K micro-batches are issued before the step computes anything.
+struct IssueOrder : graph::Observer {
+  std::vector<int> begun;  // task ids in the order they started (comm: issued)
+  void on_run_begin(const graph::TaskGraph&) override { begun.clear(); }
+  void on_task_begin(const graph::TaskGraph&, int task, graph::Clock::time_point) override { begun.push_back(task); }
+};
+
+TEST(TrainParallel, PipelineReceivesArePostedEarly) {
+  const int n = test::world_size();
+  if (n == 1) GTEST_SKIP() << "needs a pipeline";
+  const std::string mesh = n == 2 ? "data = 1\npipeline = 2" : "data = 2\npipeline = 2";
+  const int micro = n == 2 ? 4 : 2;
+  for (const char* schedule : {k1F1B, kGPipe}) {
+    Deck deck = parse_deck(deck_text(mesh, 0, micro, schedule), "test-deck");
+    Mesh m(deck.mesh.to_mesh_shape(), MPI_COMM_WORLD);
+    comm::CommSet comms(m, comm::Backend::Mpi);
+    train::Trainer t(deck, m, comms);
+    IssueOrder obs;
+    t.executor().add_observer(&obs);
+    t.train_step();
+    const graph::TaskGraph& g = t.graph();
+    std::vector<size_t> pos(g.size());
+    for (size_t i = 0; i < obs.begun.size(); ++i) pos[static_cast<size_t>(obs.begun[i])] = i;
+    auto is_compute = [&](int id) { return g.node(id).kind == graph::TaskKind::Compute; };
+    size_t first_work = obs.begun.size();  // the first compute after step.begin
+    for (size_t i = 0; i < obs.begun.size(); ++i)
+      if (is_compute(obs.begun[i]) && g.node(obs.begun[i]).name != "step.begin") {
+        first_work = i;
+        break;
+      }
+    int recvs = 0, early = 0;
+    for (int id = 0; id < static_cast<int>(g.size()); ++id) {
+      const auto& nd = g.node(id);
+      if (nd.kind != graph::TaskKind::Comm || nd.desc.kind != "recv") continue;
+      ++recvs;
+      const std::string dir = nd.desc.tensor.substr(0, nd.desc.tensor.find('.'));  // x or dx
+      if (nd.pred.empty()) {
+        EXPECT_LT(pos[static_cast<size_t>(id)], first_work) << schedule << nd.name;
+        continue;
+      }
+      ++early;
+      ASSERT_EQ(nd.pred.size(), 1u) << schedule << nd.name << ": waits for more than its ring slot";
+      const auto& cp = g.node(nd.pred[0]);
+      EXPECT_EQ(cp.kind, graph::TaskKind::Compute) << nd.name;
+      EXPECT_EQ(cp.name.rfind("recv." + dir + ".mb", 0), 0u) << nd.name << " waits for " << cp.name;
+      // issued right after the copy: no other compute starts in between
+      for (size_t i = pos[static_cast<size_t>(nd.pred[0])] + 1; i < pos[static_cast<size_t>(id)]; ++i)
+        EXPECT_FALSE(is_compute(obs.begun[i])) << schedule << nd.name << " issued after " << g.node(obs.begun[i]).name;
+    }
+    // each stage receives every micro-batch once (x or dx)
+    EXPECT_EQ(recvs, micro) << schedule;
+    if (n == 2 && std::string(schedule) == k1F1B) {  // 1F1B with m = 4 > K on both stages
+      EXPECT_GT(early, 0) << "rank " << m.rank();
+    }
+    t.executor().clear_observers();
+  }
 }
 
 TEST(TrainParallel, UnsupportedDecksAreRefusedOnEveryRank) {

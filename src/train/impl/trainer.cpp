@@ -176,6 +176,7 @@ struct Trainer::Impl {
   std::vector<std::vector<MoeState>> moes;       // [local layer][slot]; empty for dense layers
   FVec moe_dgate, moe_dh, moe_dgu, moe_dlogits;  // MoE backward scratch
   std::vector<FVec> xs, dxs;                     // residual stream and its gradient, per slot (Tr rows)
+  std::vector<FVec> rxs, rdxs;                   // pipeline receive rings: x from the previous stage, dx from the next
   FVec yl, dnl, dxfull;                          // sequence parallel: reduce-scattered rows, gathered dx
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
   std::vector<TVec> inputs, targets;
@@ -525,6 +526,8 @@ void Trainer::Impl::setup_acts() {
   for (int s = 0; s < act_slots; ++s) {
     xs.push_back(mk("x", Tr * H));
     dxs.push_back(mk("dx", Tr * H));
+    if (!first_stage) rxs.push_back(mk("x_recv", Tr * H));
+    if (!last_stage) rdxs.push_back(mk("dx_recv", Tr * H));
   }
   if (sp) {
     yl = mk("y_rows", Tr * H);
@@ -1089,8 +1092,30 @@ void Trainer::Impl::build_graph() {
   chain(start);
   if (zero == 3) emplace_gathers_upto(P_);
 
-  std::vector<Task> f_last(static_cast<size_t>(m)), b_last(static_cast<size_t>(m));
+  // Pipeline receives land in rings of K slots (rx from the previous stage, rdx from the
+  // next) and are posted as soon as their slot is free: the receive of micro-batch j waits
+  // only for the copy that moved micro-batch j − K out of the slot, so it is issued (in the
+  // pipeline communicator's order) right after that copy, K groups ahead of its consumer,
+  // and the transfer overlaps the compute in between. Micro-batches 0..K−1 are posted at
+  // the start of the step. A receive depends on compute only, never on another transfer.
   std::vector<Task> send_x(static_cast<size_t>(m)), send_dx(static_cast<size_t>(m));
+  std::vector<Task> recv_x(static_cast<size_t>(m)), recv_dx(static_cast<size_t>(m));
+  auto post_recv = [&](bool fwd, int mb) {
+    auto* c = pp_comm;
+    const int peer = fwd ? stage - 1 : stage + 1;
+    float* ring = (fwd ? rxs : rdxs)[static_cast<size_t>(mb % K)].data();
+    const std::string what = (fwd ? "x.mb" : "dx.mb") + std::to_string(mb);
+    Task t = graph.emplace_comm({pp_key, "recv", what, Tr * H, "f32", peer}, [c, ring, peer, n = Tr * H] {
+      return as_poller(c->recv(ring, static_cast<size_t>(n), DType::F32, peer));
+    });
+    t.name("recv " + what);
+    (fwd ? recv_x : recv_dx)[static_cast<size_t>(mb)] = t;
+    return t;
+  };
+  for (int jj = 0; jj < std::min(K, m); ++jj) {
+    if (!first_stage) post_recv(true, jj);
+    if (!last_stage) post_recv(false, jj);
+  }
   for (size_t gi = 0; gi < order.size(); ++gi) {
     const Group grp = order[gi];
     const int j = grp.mb;
@@ -1098,31 +1123,22 @@ void Trainer::Impl::build_graph() {
     const std::string mbs = ".mb" + std::to_string(j);
     float* xbuf = xs[static_cast<size_t>(xsl)].data();
     float* dxbuf = dxs[static_cast<size_t>(xsl)].data();
-    // pipeline: receive this group's input into its slot once the slot's last users are done
-    Task recv;
-    if (grp.fwd && !first_stage) {
-      auto* c = pp_comm;
-      const int peer = stage - 1;
-      recv = graph.emplace_comm({pp_key, "recv", "x" + mbs, Tr * H, "f32", peer}, [c, xbuf, peer, n = Tr * H] {
-        return as_poller(c->recv(xbuf, static_cast<size_t>(n), DType::F32, peer));
-      });
-      recv.name("recv x" + mbs);
+    // pipeline: move the received input from its ring slot into the group's buffer (once the
+    // send that read the buffer for micro-batch j − K is done), then post the receive of
+    // micro-batch j + K into the freed ring slot
+    if (grp.fwd ? !first_stage : !last_stage) {
+      const float* ring = (grp.fwd ? rxs : rdxs)[static_cast<size_t>(xsl)].data();
+      float* dst = grp.fwd ? xbuf : dxbuf;
+      Task cp = graph.emplace([this, ring, dst] {
+                       nn::Residual<float, Exec>::copy(cmat(ring, Tr, cfg.hidden), mat(dst, Tr, cfg.hidden));
+                     }).name((grp.fwd ? "recv.x" : "recv.dx") + mbs);
+      chain(cp);
+      (grp.fwd ? recv_x : recv_dx)[static_cast<size_t>(j)].precede(cp);
       if (j >= K) {
-        f_last[static_cast<size_t>(j - K)].precede(recv);
-        if (send_x[static_cast<size_t>(j - K)].valid()) send_x[static_cast<size_t>(j - K)].precede(recv);
+        Task prev_send = (grp.fwd ? send_x : send_dx)[static_cast<size_t>(j - K)];
+        if (prev_send.valid()) prev_send.precede(cp);
       }
-    }
-    if (!grp.fwd && !last_stage) {
-      auto* c = pp_comm;
-      const int peer = stage + 1;
-      recv = graph.emplace_comm({pp_key, "recv", "dx" + mbs, Tr * H, "f32", peer}, [c, dxbuf, peer, n = Tr * H] {
-        return as_poller(c->recv(dxbuf, static_cast<size_t>(n), DType::F32, peer));
-      });
-      recv.name("recv dx" + mbs);
-      if (j >= K) {
-        b_last[static_cast<size_t>(j - K)].precede(recv);
-        if (send_dx[static_cast<size_t>(j - K)].valid()) send_dx[static_cast<size_t>(j - K)].precede(recv);
-      }
+      if (j + K < m) post_recv(grp.fwd, j + K).succeed(cp);
     }
     bool group_first = true;
     std::vector<Task> pending;  // collectives the next compute segment (or the send) waits for
@@ -1164,9 +1180,8 @@ void Trainer::Impl::build_graph() {
         flush();
         if (!segs.empty()) {
           segs.back().precede(t);
-        } else {
-          if (last.valid()) last.precede(t);
-          if (group_first && recv.valid()) recv.precede(t);
+        } else if (last.valid()) {
+          last.precede(t);
         }
         pending.push_back(t);
       };
@@ -1308,7 +1323,6 @@ void Trainer::Impl::build_graph() {
       Task c0 = segs.front(), c = segs.back();
       if (group_first) {
         group_first = false;
-        if (recv.valid()) recv.precede(c0);
         // the slot's buffers are written again only after the sends that read them are done:
         // the embedding writes x on the first stage, the head writes dx on the last stage
         if (j >= K && grp.fwd) {
@@ -1398,7 +1412,6 @@ void Trainer::Impl::build_graph() {
     }
     // pipeline: pass this group's output on
     if (grp.fwd) {
-      f_last[static_cast<size_t>(j)] = last;
       if (!last_stage) {
         auto* c = pp_comm;
         const int peer = stage + 1;
@@ -1411,7 +1424,6 @@ void Trainer::Impl::build_graph() {
         send_x[static_cast<size_t>(j)] = s;
       }
     } else {
-      b_last[static_cast<size_t>(j)] = last;
       if (!first_stage) {
         auto* c = pp_comm;
         const int peer = stage - 1;
@@ -1582,6 +1594,8 @@ MemoryStats Trainer::memory() const {
   for (const FVec* v : {&I.moe_dgate, &I.moe_dh, &I.moe_dgu, &I.moe_dlogits}) m.activations += view_bytes(*v);
   for (const auto& v : I.xs) m.activations += view_bytes(v);
   for (const auto& v : I.dxs) m.activations += view_bytes(v);
+  for (const auto& v : I.rxs) m.activations += view_bytes(v);
+  for (const auto& v : I.rdxs) m.activations += view_bytes(v);
   for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.nf,
                         &I.rstdf, &I.logits, &I.row_max, &I.stats})
     m.activations += view_bytes(*v);
