@@ -56,7 +56,9 @@ struct AdamW {
   using V = nn::ViewTypes<Scalar, Exec>;
   /// Σ g² (accumulated in double, fixed order).
   static double sum_of_squares(typename V::CVec g);
-  /// One update of a shard: p, m, v updated in place from g; all four of equal length.
+  /// One update of a shard: p, m, v updated in place from g; all four of equal length. The
+  /// arithmetic is elementwise in Scalar (IEEE, no contraction), the step scalars rounded once
+  /// from double, so any split of a tensor into shards updates bitwise like the whole.
   static void update(typename V::Vec p, typename V::CVec g, typename V::Vec m, typename V::Vec v,
                      const AdamWStep& s, bool weight_decay);
 };

@@ -48,12 +48,79 @@ AdamWStep make_step(const AdamWConfig& cfg, int64_t step, double global_sq_norm)
   return s;
 }
 
+namespace {
+
+/// Elements per work item: host spaces take a block each, so that the inner loop over plain
+/// pointers vectorises; a device space takes one element per thread (coalesced).
+template <class Exec>
+constexpr int64_t block_size() {
+  return Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename Exec::memory_space>::accessible ? 4096 : 1;
+}
+
+#if KOKKOS_VERSION >= 30700
+template <class T>
+KOKKOS_INLINE_FUNCTION T sqrt_of(T x) { return Kokkos::sqrt(x); }
+#else
+template <class T>
+KOKKOS_INLINE_FUNCTION T sqrt_of(T x) { return Kokkos::Experimental::sqrt(x); }
+#endif
+
+/// Σ g[i]² over [lo, hi), eight double accumulators summed pairwise: a fixed order, so the
+/// result depends only on the data and the block boundaries, never on the schedule.
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION double block_sum_of_squares(const Scalar* __restrict__ g, int64_t lo, int64_t hi) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+  int64_t i = lo;
+  for (; i + 8 <= hi; i += 8) {
+    const double x0 = g[i], x1 = g[i + 1], x2 = g[i + 2], x3 = g[i + 3];
+    const double x4 = g[i + 4], x5 = g[i + 5], x6 = g[i + 6], x7 = g[i + 7];
+    a0 += x0 * x0; a1 += x1 * x1; a2 += x2 * x2; a3 += x3 * x3;
+    a4 += x4 * x4; a5 += x5 * x5; a6 += x6 * x6; a7 += x7 * x7;
+  }
+  for (; i < hi; ++i) {
+    const double x = g[i];
+    a0 += x * x;
+  }
+  return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+}
+
+/// The scalars of one update in the working precision of the tensor.
+template <class Scalar>
+struct UpdateScalars {
+  Scalar gs, b1, one_minus_b1, b2, one_minus_b2, eps, lr_over_bias1, inv_bias2, decay;
+};
+
+/// The update of elements [lo, hi): each element on its own, in Scalar arithmetic (IEEE,
+/// no contraction), so a shard updates bitwise as the same elements of the whole tensor.
+template <class Scalar>
+KOKKOS_INLINE_FUNCTION void block_update(Scalar* __restrict__ p, const Scalar* __restrict__ g,
+                                         Scalar* __restrict__ m, Scalar* __restrict__ v, int64_t lo, int64_t hi,
+                                         const UpdateScalars<Scalar>& c) {
+  for (int64_t i = lo; i < hi; ++i) {
+    const Scalar gi = c.gs * g[i];
+    const Scalar mi = c.b1 * m[i] + c.one_minus_b1 * gi;
+    const Scalar vi = c.b2 * v[i] + c.one_minus_b2 * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    const Scalar denom = sqrt_of(vi * c.inv_bias2) + c.eps;
+    p[i] = p[i] * c.decay - (c.lr_over_bias1 * mi) / denom;
+  }
+}
+
+}  // namespace
+
 template <class Scalar, class Exec>
 double AdamW<Scalar, Exec>::sum_of_squares(typename V::CVec g) {
+  constexpr int64_t bs = block_size<Exec>();
+  const int64_t n = static_cast<int64_t>(g.extent(0));
+  const Scalar* gp = g.data();
   double total = 0;
   Kokkos::parallel_reduce(
-      "optim::sum_of_squares", Kokkos::RangePolicy<Exec>(0, g.extent(0)),
-      KOKKOS_LAMBDA(const int64_t i, double& acc) { acc += static_cast<double>(g(i)) * static_cast<double>(g(i)); },
+      "optim::sum_of_squares", Kokkos::RangePolicy<Exec>(0, (n + bs - 1) / bs),
+      KOKKOS_LAMBDA(const int64_t b, double& acc) {
+        const int64_t lo = b * bs, hi = lo + bs < n ? lo + bs : n;
+        acc += block_sum_of_squares(gp, lo, hi);
+      },
       total);
   return total;
 }
@@ -65,22 +132,27 @@ void AdamW<Scalar, Exec>::update(typename V::Vec p, typename V::CVec g, typename
                     "AdamW::update: param has ", p.extent(0), " elements, grad ", g.extent(0), ", m ", m.extent(0),
                     ", v ", v.extent(0));
   SHARDFLOW_REQUIRE(s.step >= 1, "AdamW::update: step must be >= 1, got ", s.step);
-  const double decay = weight_decay ? 1.0 - s.lr * s.weight_decay : 1.0;
-  const double gs = s.grad_scale, b1 = s.beta1, b2 = s.beta2, eps = s.eps, lr = s.lr;
-  const double inv_bias1 = 1.0 / s.bias1, inv_bias2 = 1.0 / s.bias2;
+  // The per-step scalars are formed in double on the host and rounded once to Scalar.
+  UpdateScalars<Scalar> c;
+  c.gs = static_cast<Scalar>(s.grad_scale);
+  c.b1 = static_cast<Scalar>(s.beta1);
+  c.one_minus_b1 = static_cast<Scalar>(1.0 - s.beta1);
+  c.b2 = static_cast<Scalar>(s.beta2);
+  c.one_minus_b2 = static_cast<Scalar>(1.0 - s.beta2);
+  c.eps = static_cast<Scalar>(s.eps);
+  c.lr_over_bias1 = static_cast<Scalar>(s.lr / s.bias1);
+  c.inv_bias2 = static_cast<Scalar>(1.0 / s.bias2);
+  c.decay = static_cast<Scalar>(weight_decay ? 1.0 - s.lr * s.weight_decay : 1.0);
+  constexpr int64_t bs = block_size<Exec>();
+  const int64_t n = static_cast<int64_t>(p.extent(0));
+  Scalar* pp = p.data();
+  const Scalar* gp = g.data();
+  Scalar* mp = m.data();
+  Scalar* vp = v.data();
   Kokkos::parallel_for(
-      "optim::adamw_update", Kokkos::RangePolicy<Exec>(0, p.extent(0)), KOKKOS_LAMBDA(const int64_t i) {
-        const double gi = gs * static_cast<double>(g(i));
-        const double mi = b1 * static_cast<double>(m(i)) + (1.0 - b1) * gi;
-        const double vi = b2 * static_cast<double>(v(i)) + (1.0 - b2) * gi * gi;
-        m(i) = static_cast<Scalar>(mi);
-        v(i) = static_cast<Scalar>(vi);
-#if KOKKOS_VERSION >= 30700
-        const double denom = Kokkos::sqrt(vi * inv_bias2) + eps;
-#else
-        const double denom = Kokkos::Experimental::sqrt(vi * inv_bias2) + eps;
-#endif
-        p(i) = static_cast<Scalar>(static_cast<double>(p(i)) * decay - lr * (mi * inv_bias1) / denom);
+      "optim::adamw_update", Kokkos::RangePolicy<Exec>(0, (n + bs - 1) / bs), KOKKOS_LAMBDA(const int64_t b) {
+        const int64_t lo = b * bs, hi = lo + bs < n ? lo + bs : n;
+        block_update(pp, gp, mp, vp, lo, hi, c);
       });
 }
 

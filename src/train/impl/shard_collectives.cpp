@@ -1,5 +1,7 @@
 #include "train/impl/shard_collectives.hpp"
 
+#include <type_traits>
+
 #include "comm/plan.hpp"
 #include "comm/request.hpp"
 #include "core/error.hpp"
@@ -58,49 +60,108 @@ int dtype_code(DType t) {
 }
 }  // namespace
 
+namespace {
+
+/// Runs op(o, r, i0, i1) over every row run (o, r) of an [outer, nrows, inner] box: a host
+/// space takes one whole contiguous run of `inner` elements per work item (a plain loop that
+/// vectorises, and no division per element); a device space takes one element per thread.
+template <class Op>
+void for_each_row_run(const char* name, int64_t outer, int64_t nrows, int64_t inner, const Op& op) {
+  using Exec = Kokkos::DefaultExecutionSpace;
+  if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, Exec::memory_space>::accessible) {
+    Kokkos::parallel_for(
+        name, Kokkos::RangePolicy<Exec>(0, outer * nrows), KOKKOS_LAMBDA(int64_t k) {
+          const int64_t o = k / nrows;
+          op(o, k - o * nrows, int64_t(0), inner);
+        });
+  } else {
+    const int64_t per = nrows * inner;
+    Kokkos::parallel_for(
+        name, Kokkos::RangePolicy<Exec>(0, outer * per), KOKKOS_LAMBDA(int64_t k) {
+          const int64_t o = k / per, rem = k - o * per, r = rem / inner, i = rem - r * inner;
+          op(o, r, i, i + 1);
+        });
+  }
+}
+
+/// f32 -> wire dtype (Code), one element.
+template <int Code, class Out>
+KOKKOS_INLINE_FUNCTION Out to_wire(float v) {
+  if constexpr (Code == kF32)
+    return v;
+  else if constexpr (Code == kBF16)
+    return bf16(v).bits;
+  else
+    return f16(v).bits;
+}
+template <int Code, class In>
+KOKKOS_INLINE_FUNCTION float from_wire(In v) {
+  if constexpr (Code == kF32)
+    return v;
+  else if constexpr (Code == kBF16)
+    return static_cast<float>(bf16::from_bits(v));
+  else
+    return static_cast<float>(f16::from_bits(v));
+}
+
+template <int Code>
+void pack_rows_as(const float* src, int64_t src_rows, int64_t src_r0, void* dst, int64_t dst_rows, int64_t dst_r0,
+                  int64_t outer, int64_t nrows, int64_t inner) {
+  using Out = std::conditional_t<Code == kF32, float, std::uint16_t>;
+  Out* d = static_cast<Out*>(dst);
+  for_each_row_run("shardflow::train::pack_rows", outer, nrows, inner,
+                   KOKKOS_LAMBDA(int64_t o, int64_t r, int64_t i0, int64_t i1) {
+                     const float* __restrict__ s = src + (o * src_rows + src_r0 + r) * inner;
+                     Out* __restrict__ t = d + (o * dst_rows + dst_r0 + r) * inner;
+                     for (int64_t i = i0; i < i1; ++i) t[i] = to_wire<Code, Out>(s[i]);
+                   });
+}
+
+template <int Code>
+void unpack_rows_as(const void* src, int64_t src_rows, int64_t src_r0, float* dst, int64_t dst_rows,
+                    int64_t dst_r0, int64_t outer, int64_t nrows, int64_t inner, bool accumulate) {
+  using In = std::conditional_t<Code == kF32, float, std::uint16_t>;
+  const In* sp = static_cast<const In*>(src);
+  if (accumulate)
+    for_each_row_run("shardflow::train::unpack_rows_add", outer, nrows, inner,
+                     KOKKOS_LAMBDA(int64_t o, int64_t r, int64_t i0, int64_t i1) {
+                       const In* __restrict__ s = sp + (o * src_rows + src_r0 + r) * inner;
+                       float* __restrict__ t = dst + (o * dst_rows + dst_r0 + r) * inner;
+                       for (int64_t i = i0; i < i1; ++i) t[i] += from_wire<Code, In>(s[i]);
+                     });
+  else
+    for_each_row_run("shardflow::train::unpack_rows", outer, nrows, inner,
+                     KOKKOS_LAMBDA(int64_t o, int64_t r, int64_t i0, int64_t i1) {
+                       const In* __restrict__ s = sp + (o * src_rows + src_r0 + r) * inner;
+                       float* __restrict__ t = dst + (o * dst_rows + dst_r0 + r) * inner;
+                       for (int64_t i = i0; i < i1; ++i) t[i] = from_wire<Code, In>(s[i]);
+                     });
+}
+
+}  // namespace
+
 void pack_rows(const float* src, int64_t src_rows, int64_t src_r0, void* dst, int64_t dst_rows, int64_t dst_r0,
                int64_t outer, int64_t nrows, int64_t inner, DType to) {
   const int code = dtype_code(to);
-  const int64_t per = nrows * inner, n = outer * per;
-  if (n == 0) return;
-  float* df = static_cast<float*>(dst);
-  auto* dh = static_cast<std::uint16_t*>(dst);
-  Kokkos::parallel_for(
-      "shardflow::train::pack_rows", Kokkos::RangePolicy<Kokkos::DefaultExecutionSpace>(0, n),
-      KOKKOS_LAMBDA(int64_t k) {
-        const int64_t o = k / per, rem = k - o * per, r = rem / inner, i = rem - r * inner;
-        const float v = src[(o * src_rows + src_r0 + r) * inner + i];
-        const int64_t d = (o * dst_rows + dst_r0 + r) * inner + i;
-        if (code == kF32)
-          df[d] = v;
-        else if (code == kBF16)
-          dh[d] = bf16(v).bits;
-        else
-          dh[d] = f16(v).bits;
-      });
+  if (outer * nrows * inner == 0) return;
+  if (code == kF32)
+    pack_rows_as<kF32>(src, src_rows, src_r0, dst, dst_rows, dst_r0, outer, nrows, inner);
+  else if (code == kBF16)
+    pack_rows_as<kBF16>(src, src_rows, src_r0, dst, dst_rows, dst_r0, outer, nrows, inner);
+  else
+    pack_rows_as<kF16>(src, src_rows, src_r0, dst, dst_rows, dst_r0, outer, nrows, inner);
 }
 
 void unpack_rows(const void* src, int64_t src_rows, int64_t src_r0, float* dst, int64_t dst_rows, int64_t dst_r0,
                  int64_t outer, int64_t nrows, int64_t inner, DType from, bool accumulate) {
   const int code = dtype_code(from);
-  const int64_t per = nrows * inner, n = outer * per;
-  if (n == 0) return;
-  const float* sf = static_cast<const float*>(src);
-  const auto* sh = static_cast<const std::uint16_t*>(src);
-  Kokkos::parallel_for(
-      "shardflow::train::unpack_rows", Kokkos::RangePolicy<Kokkos::DefaultExecutionSpace>(0, n),
-      KOKKOS_LAMBDA(int64_t k) {
-        const int64_t o = k / per, rem = k - o * per, r = rem / inner, i = rem - r * inner;
-        const int64_t s = (o * src_rows + src_r0 + r) * inner + i;
-        const float v = code == kF32    ? sf[s]
-                        : code == kBF16 ? static_cast<float>(bf16::from_bits(sh[s]))
-                                        : static_cast<float>(f16::from_bits(sh[s]));
-        const int64_t d = (o * dst_rows + dst_r0 + r) * inner + i;
-        if (accumulate)
-          dst[d] += v;
-        else
-          dst[d] = v;
-      });
+  if (outer * nrows * inner == 0) return;
+  if (code == kF32)
+    unpack_rows_as<kF32>(src, src_rows, src_r0, dst, dst_rows, dst_r0, outer, nrows, inner, accumulate);
+  else if (code == kBF16)
+    unpack_rows_as<kBF16>(src, src_rows, src_r0, dst, dst_rows, dst_r0, outer, nrows, inner, accumulate);
+  else
+    unpack_rows_as<kF16>(src, src_rows, src_r0, dst, dst_rows, dst_r0, outer, nrows, inner, accumulate);
 }
 
 ShardGather::ShardGather(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype,
