@@ -1410,31 +1410,19 @@ void Trainer::Impl::build_graph() {
         }
       }
     }
-    // pipeline: pass this group's output on
-    if (grp.fwd) {
-      if (!last_stage) {
-        auto* c = pp_comm;
-        const int peer = stage + 1;
-        Task s = graph.emplace_comm({pp_key, "send", "x" + mbs, Tr * H, "f32", peer}, [c, xbuf, peer, n = Tr * H] {
-          return as_poller(c->send(xbuf, static_cast<size_t>(n), DType::F32, peer));
-        });
-        s.name("send x" + mbs);
-        last.precede(s);
-        for (auto& t : pending) t.precede(s);
-        send_x[static_cast<size_t>(j)] = s;
-      }
-    } else {
-      if (!first_stage) {
-        auto* c = pp_comm;
-        const int peer = stage - 1;
-        Task s = graph.emplace_comm({pp_key, "send", "dx" + mbs, Tr * H, "f32", peer}, [c, dxbuf, peer, n = Tr * H] {
-          return as_poller(c->send(dxbuf, static_cast<size_t>(n), DType::F32, peer));
-        });
-        s.name("send dx" + mbs);
-        last.precede(s);
-        for (auto& t : pending) t.precede(s);
-        send_dx[static_cast<size_t>(j)] = s;
-      }
+    // pipeline: pass this group's output on (x to the next stage, dx to the previous one)
+    if (grp.fwd ? !last_stage : !first_stage) {
+      auto* c = pp_comm;
+      const int peer = grp.fwd ? stage + 1 : stage - 1;
+      const float* out = grp.fwd ? xbuf : dxbuf;
+      const std::string what = (grp.fwd ? "x" : "dx") + mbs;
+      Task s = graph.emplace_comm({pp_key, "send", what, Tr * H, "f32", peer}, [c, out, peer, n = Tr * H] {
+        return as_poller(c->send(out, static_cast<size_t>(n), DType::F32, peer));
+      });
+      s.name("send " + what);
+      last.precede(s);
+      for (auto& t : pending) t.precede(s);
+      (grp.fwd ? send_x : send_dx)[static_cast<size_t>(j)] = s;
     }
   }
 
