@@ -204,6 +204,25 @@ TEST(Deck, MoeKeys) {
   }
 }
 
+// strategy.virtual_stages (interleaved 1F1B) and the rules it needs, named at its line.
+TEST(Deck, VirtualStages) {
+  const std::string pp = "[mesh]\npipeline = 2\n[train]\nglobal_batch = 8\nmicro_batches = 4\n[strategy]\n";
+  EXPECT_EQ(parse_deck(pp, "deck.toml", "/decks").strategy.virtual_stages, 1);
+  Deck d = parse_deck(pp + "virtual_stages = 2\n", "deck.toml", "/decks");
+  EXPECT_EQ(d.strategy.virtual_stages, 2);
+  EXPECT_EQ(parse_deck(deck_to_toml(d), "again.toml", "/decks").strategy.virtual_stages, 2);
+  EXPECT_EQ(error_of(pp + "virtual_stages = 0\n"), "deck.toml:7: strategy.virtual_stages = 0 must be >= 1");
+  EXPECT_EQ(error_of("[strategy]\nvirtual_stages = 2\n"),
+            "deck.toml:2: strategy.virtual_stages = 2 needs mesh.pipeline > 1");
+  EXPECT_EQ(error_of(pp + "virtual_stages = 2\nschedule = \"gpipe\"\n"),
+            "deck.toml:7: strategy.virtual_stages = 2 interleaves the 1f1b schedule, not gpipe");
+  EXPECT_EQ(error_of(pp + "virtual_stages = 2\n", {"train.micro_batches=2", "mesh.pipeline=4"}),
+            "deck.toml:7: strategy.virtual_stages = 2 needs train.micro_batches = 2 to be a multiple of "
+            "mesh.pipeline = 4");
+  EXPECT_EQ(error_of(pp + "virtual_stages = 3\n"),
+            "deck.toml:7: strategy.virtual_stages = 3: mesh.pipeline = 2 x 3 chunks but only model.layers = 4");
+}
+
 TEST(Deck, Overrides) {
   const std::string base = "[mesh]\ndata = 2\n[train]\nglobal_batch = 8\n";
   Deck d = parse_deck(base, "deck.toml", "/decks",

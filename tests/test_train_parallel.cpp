@@ -24,8 +24,9 @@ namespace {
 // Small model: 3 heads (2 + 1 on two tensor ranks), F = 42, 3 layers (2 + 1 on two stages),
 // S = 15, H = 30.
 std::string deck_text(const std::string& mesh, int zero, int micro, const std::string& extra = "",
-                      const std::string& model_extra = "") {
-  return "[mesh]\n" + mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" +
+                      const std::string& model_extra = "", int layers = 3) {
+  return "[mesh]\n" + mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = " +
+         std::to_string(layers) + "\n" +
          model_extra + "[train]\nsteps = 20\nglobal_batch = 8\nmicro_batches = " + std::to_string(micro) +
          "\nlr = 3e-3\nwarmup = 5\nseed = 11\ndata = \"" SHARDFLOW_CORPUS "\"\n" +
          "[strategy]\nzero_stage = " + std::to_string(zero) + "\nprefetch = 1\n" +
@@ -173,6 +174,44 @@ INSTANTIATE_TEST_SUITE_P(Meshes, Moe,
                                            Case{"pp2_tp2", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 2, k1F1B}),
                          [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });
 
+// Interleaved 1F1B (strategy.virtual_stages = 2): 4 layers in 2 x 2 chunks of one layer,
+// chunk c on stage c mod 2 (layers 0 and 2 on stage 0, 1 and 3 on stage 1), against the
+// one-rank 4-layer model (dense, and MoE with layers 1 and 3 of experts).
+const char* kV2 = "schedule = \"1f1b\"\nvirtual_stages = 2\n";
+const char* kV2Sp = "schedule = \"1f1b\"\nvirtual_stages = 2\nsequence_parallel = true\n";
+
+class Interleaved : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Interleaved, MatchesOneRankAndIsBitwiseReproducible) {
+  const Case c = GetParam();
+  if (test::world_size() != c.ranks) GTEST_SKIP() << "runs on " << c.ranks << " ranks";
+  const bool moe = std::string(c.name).find("moe") != std::string::npos;
+  const std::string model_extra = moe ? kMoe : "";
+  static std::map<std::string, TrainRun> refs;
+  if (!refs.count(model_extra))
+    refs[model_extra] = run_training(deck_text("data = 1", 0, 1, "", model_extra, 4), MPI_COMM_SELF);
+  const TrainRun& ref = refs[model_extra];
+  const std::string text = deck_text(c.mesh, c.zero, c.micro, c.extra, model_extra, 4);
+  TrainRun a = run_training(text, MPI_COMM_WORLD);
+  expect_close(a, ref, c.name);
+  if (moe) {
+    EXPECT_EQ(a.dropped, ref.dropped) << c.name;
+  }
+  TrainRun b = run_training(text, MPI_COMM_WORLD);
+  EXPECT_EQ(a.losses, b.losses) << c.name << ": not bitwise reproducible";
+  for (const auto& kv : a.params) EXPECT_EQ(kv.second, b.params.at(kv.first)) << c.name << " " << kv.first;
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, Interleaved,
+                         ::testing::Values(Case{"pp2_v2_m2", 2, "data = 1\npipeline = 2", 0, 2, kV2},
+                                           Case{"pp2_v2_m4", 2, "data = 1\npipeline = 2", 0, 4, kV2},
+                                           Case{"moe_pp2_v2_m4", 2, "data = 1\npipeline = 2", 0, 4, kV2},
+                                           Case{"pp2_v2_tp2_sp", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 4, kV2Sp},
+                                           Case{"pp2_v2_dp2", 4, "data = 2\npipeline = 2", 0, 2, kV2},
+                                           Case{"pp2_v2_fsdp2", 4, "data = 1\nfsdp = 2\npipeline = 2", 3, 2, kV2},
+                                           Case{"moe_pp2_v2_ep2", 4, "data = 1\npipeline = 2\nexpert = 2", 0, 2, kV2}),
+                         [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });
+
 // state_tensors(): each parameter's Layout (over ModelDescription's view shape) says which
 // box of the whole parameter this rank's data pointer holds.
 TEST(TrainParallel, StateTensorsDescribeTheLocalBoxes) {
@@ -255,9 +294,10 @@ TEST(TrainParallel, MoeCapacityFactorAndAuxCoefficientFromTheDeck) {
 }
 
 // Pipeline receives are posted as early as their buffers allow: a receive waits for nothing
-// but the copy that emptied its ring slot (micro-batch j − K), and the executor issues it
-// right after that copy, before any other compute, K groups ahead of its consumer; the
-// receives of the first K micro-batches are issued before the step computes anything.
+// but the copy that emptied its ring slot (micro-batch j − K; interleaved, possibly a later
+// copy when an earlier message from the same peer waited for it), and the executor issues
+// it right after that copy, before any other compute; the receives of the first K
+// micro-batches are issued before the step computes anything.
 struct IssueOrder : graph::Observer {
   std::vector<int> begun;  // task ids in the order they started (comm: issued)
   void on_run_begin(const graph::TaskGraph&) override { begun.clear(); }
@@ -269,8 +309,8 @@ TEST(TrainParallel, PipelineReceivesArePostedEarly) {
   if (n == 1) GTEST_SKIP() << "needs a pipeline";
   const std::string mesh = n == 2 ? "data = 1\npipeline = 2" : "data = 2\npipeline = 2";
   const int micro = n == 2 ? 4 : 2;
-  for (const char* schedule : {k1F1B, kGPipe}) {
-    Deck deck = parse_deck(deck_text(mesh, 0, micro, schedule), "test-deck");
+  for (const char* schedule : {k1F1B, kGPipe, kV2}) {
+    Deck deck = parse_deck(deck_text(mesh, 0, micro, schedule, "", 4), "test-deck");
     Mesh m(deck.mesh.to_mesh_shape(), MPI_COMM_WORLD);
     comm::CommSet comms(m, comm::Backend::Mpi);
     train::Trainer t(deck, m, comms);
@@ -301,13 +341,18 @@ TEST(TrainParallel, PipelineReceivesArePostedEarly) {
       ASSERT_EQ(nd.pred.size(), 1u) << schedule << nd.name << ": waits for more than its ring slot";
       const auto& cp = g.node(nd.pred[0]);
       EXPECT_EQ(cp.kind, graph::TaskKind::Compute) << nd.name;
-      EXPECT_EQ(cp.name.rfind("recv." + dir + ".mb", 0), 0u) << nd.name << " waits for " << cp.name;
+      EXPECT_EQ(cp.name.rfind("recv.", 0), 0u) << nd.name << " waits for " << cp.name;
+      if (std::string(schedule) != kV2) {  // one direction per peer: its own ring's copy
+        EXPECT_EQ(cp.name.rfind("recv." + dir + ".", 0), 0u) << nd.name << " waits for " << cp.name;
+      }
       // issued right after the copy: no other compute starts in between
       for (size_t i = pos[static_cast<size_t>(nd.pred[0])] + 1; i < pos[static_cast<size_t>(id)]; ++i)
         EXPECT_FALSE(is_compute(obs.begun[i])) << schedule << nd.name << " issued after " << g.node(obs.begun[i]).name;
     }
-    // each stage receives every micro-batch once (x or dx)
-    EXPECT_EQ(recvs, micro) << schedule;
+    // each stage receives every micro-batch once per chunk boundary it sits on: once without
+    // interleaving; with chunks 0, 2 on stage 0 and 1, 3 on stage 1, three times
+    const bool v2 = std::string(schedule) == kV2;
+    EXPECT_EQ(recvs, v2 ? 3 * micro : micro) << schedule;
     if (n == 2 && std::string(schedule) == k1F1B) {  // 1F1B with m = 4 > K on both stages
       EXPECT_GT(early, 0) << "rank " << m.rank();
     }

@@ -58,6 +58,7 @@ const std::vector<KeySpec>& schema() {
       {"strategy", "grad_scatter_dtype", KeyType::String},
       {"strategy", "prefetch", KeyType::Int},
       {"strategy", "schedule", KeyType::String},
+      {"strategy", "virtual_stages", KeyType::Int},
       {"strategy", "sequence_parallel", KeyType::Bool},
       {"checkpoint", "dir", KeyType::String},
       {"checkpoint", "every", KeyType::Int},
@@ -336,6 +337,19 @@ class DeckBuilder {
         throw InputError(v->where + ": strategy.schedule = " + v->text + " must be \"gpipe\" or \"1f1b\"");
     }
     if (auto* v = find("strategy.sequence_parallel")) d.strategy.sequence_parallel = v->b;
+    get_int("strategy.virtual_stages", d.strategy.virtual_stages, 1);
+    if (const Value* v = find("strategy.virtual_stages"); v != nullptr && d.strategy.virtual_stages > 1) {
+      const int vs = d.strategy.virtual_stages, p = d.mesh.pipeline;
+      SHARDFLOW_REQUIRE_INPUT(p > 1, v->where, ": strategy.virtual_stages = ", vs, " needs mesh.pipeline > 1");
+      SHARDFLOW_REQUIRE_INPUT(d.strategy.schedule == PipelineSchedule::OneFOneB, v->where,
+                              ": strategy.virtual_stages = ", vs, " interleaves the 1f1b schedule, not ",
+                              schedule_name(d.strategy.schedule));
+      SHARDFLOW_REQUIRE_INPUT(d.train.micro_batches % p == 0, v->where, ": strategy.virtual_stages = ", vs,
+                              " needs train.micro_batches = ", d.train.micro_batches,
+                              " to be a multiple of mesh.pipeline = ", p);
+      SHARDFLOW_REQUIRE_INPUT(int64_t{p} * vs <= d.model.layers, v->where, ": strategy.virtual_stages = ", vs,
+                              ": mesh.pipeline = ", p, " x ", vs, " chunks but only model.layers = ", d.model.layers);
+    }
     // [checkpoint]
     d.checkpoint.dir = path_value("checkpoint.dir", d.checkpoint.dir);
     get_i64("checkpoint.every", d.checkpoint.every, 0);
@@ -482,8 +496,8 @@ std::string deck_to_toml(const Deck& d) {
      << "\nfsdp_min_weight_size = " << d.strategy.fsdp_min_weight_size << "\ngather_dtype = \""
      << dtype_name(d.strategy.gather_dtype) << "\"\ngrad_scatter_dtype = \""
      << dtype_name(d.strategy.grad_scatter_dtype) << "\"\nprefetch = " << d.strategy.prefetch << "\nschedule = \""
-     << schedule_name(d.strategy.schedule)
-     << "\"\nsequence_parallel = " << (d.strategy.sequence_parallel ? "true" : "false") << "\n\n";
+     << schedule_name(d.strategy.schedule) << "\"\nvirtual_stages = " << d.strategy.virtual_stages
+     << "\nsequence_parallel = " << (d.strategy.sequence_parallel ? "true" : "false") << "\n\n";
   os << "[checkpoint]\ndir = " << toml::value<std::string>(d.checkpoint.dir) << "\nevery = " << d.checkpoint.every
      << "\nkeep = " << d.checkpoint.keep << "\nasync = " << (d.checkpoint.async ? "true" : "false") << "\n";
   return os.str();

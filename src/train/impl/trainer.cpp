@@ -107,9 +107,33 @@ struct Trainer::Impl {
   int dp_size = 1, shard_size = 1, repl_size = 1, shard_index = 0;
   int tp = 1, tc = 0;                  // tensor-parallel size and this rank's coordinate
   int pp = 1, stage = 0;               // pipeline stages and this rank's stage
-  int layer_begin = 0, layer_end = 0;  // this stage's layers [begin, end)
-  bool first_stage = true, last_stage = true;
-  int act_slots = 1;                                   // micro-batches whose activations a stage holds at once
+  bool first_stage = true, last_stage = true;  // stage 0 (embeddings), stage p − 1 (head, loss)
+  // Pipeline chunks: the layers are assigned to p·v chunks (v = strategy.virtual_stages);
+  // chunk c lives on stage c mod p as this stage's virtual stage c / p. A chunk holds the
+  // activations of `slots` micro-batches at once, in slots [slot_base, slot_base + slots)
+  // of the per-rank slot arrays (xs, dxs, the receive rings, the layers' activations).
+  struct Chunk {
+    int gc = 0;                          // global chunk index
+    int layer_begin = 0, layer_end = 0;  // its layers [begin, end)
+    int slots = 1, slot_base = 0;
+  };
+  int vstages = 1, nchunks = 1;  // virtual stages per rank, chunks in the pipeline (p·v)
+  std::vector<Chunk> chunks;     // this rank's, by virtual stage
+  std::vector<int> layer_chunk;  // global layer -> global chunk
+  std::vector<int> local_layer;  // global layer -> index into acts / moes (-1: elsewhere)
+  int total_slots = 1;
+  // One group of the schedule: the forward or backward of micro-batch mb through chunk vc.
+  struct Group {
+    bool fwd;
+    int vc;
+    int mb;
+  };
+  std::vector<Group> order;  // this stage's schedule
+  std::vector<Group> schedule(int pipeline_stage) const;
+  int slot_of(int vc, int mb) const {
+    const Chunk& c = chunks[static_cast<size_t>(vc)];
+    return c.slot_base + mb % c.slots;
+  }
   int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0;  // local heads, head columns, ffn, vocab slice
   bool sp = false;                                     // sequence parallel over the tensor axis
   int ep = 1, ec = 0;                                  // expert-parallel size and coordinate
@@ -211,7 +235,9 @@ struct Trainer::Impl {
   Param& U(int unit, int k) {
     return params[static_cast<size_t>(units[static_cast<size_t>(unit)][static_cast<size_t>(k)])];
   }
-  Acts& act(int l, int slot) { return acts[static_cast<size_t>(l - layer_begin)][static_cast<size_t>(slot)]; }
+  Acts& act(int l, int slot) {
+    return acts[static_cast<size_t>(local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];
+  }
   float* shard_param_ptr(Param& p) { return p.O > 1 ? p.pshard.data() : p.param.data() + p.r0 * p.I; }
   Layout param_layout(const Param& p, bool optimizer_state) const;
 
@@ -240,7 +266,9 @@ struct Trainer::Impl {
   void norm_local();
   void update();
   bool is_moe_layer(int l) const { return deck.model.is_moe_layer(l); }
-  MoeState& ms(int l, int slot) { return moes[static_cast<size_t>(l - layer_begin)][static_cast<size_t>(slot)]; }
+  MoeState& ms(int l, int slot) {
+    return moes[static_cast<size_t>(local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];
+  }
   void moe_route_fwd(int l, int xs_slot, int slot);
   void moe_recv_counts(int l, int xs_slot);
   void moe_experts_fwd(int l, int xs_slot, int slot);
@@ -347,13 +375,57 @@ void Trainer::Impl::setup_groups() {
   if (!loss_axes.empty()) loss_comm = &comms->group(loss_axes);
 
   const int L = static_cast<int>(cfg.layers);
-  PipelineParallelStrategy pps("pipeline", -1, pp);
-  const auto counts = pps.assign_layers_to_stages(L);
-  layer_begin = 0;
-  for (int s = 0; s < stage; ++s) layer_begin += counts[static_cast<size_t>(s)];
-  layer_end = layer_begin + counts[static_cast<size_t>(stage)];
   first_stage = stage == 0;
   last_stage = stage == pp - 1;
+  micro = deck.train.micro_batches;
+  SHARDFLOW_REQUIRE_INPUT(micro >= 1, "train.micro_batches = ", micro, " must be >= 1");
+  vstages = deck.strategy.virtual_stages;
+  SHARDFLOW_REQUIRE_INPUT(vstages >= 1, "strategy.virtual_stages = ", vstages, " must be >= 1");
+  if (vstages > 1) {  // interleaved 1F1B
+    const std::string at = " (" + deck.where("strategy.virtual_stages") + ")";
+    SHARDFLOW_REQUIRE_INPUT(pp > 1, "strategy.virtual_stages = ", vstages, " needs mesh.pipeline > 1", at);
+    SHARDFLOW_REQUIRE_INPUT(deck.strategy.schedule == PipelineSchedule::OneFOneB, "strategy.virtual_stages = ",
+                            vstages, " interleaves the 1f1b schedule, not ", schedule_name(deck.strategy.schedule),
+                            at);
+    SHARDFLOW_REQUIRE_INPUT(micro % pp == 0, "strategy.virtual_stages = ", vstages, ": train.micro_batches = ", micro,
+                            " must be a multiple of mesh.pipeline = ", pp, at);
+    SHARDFLOW_REQUIRE_INPUT(pp * vstages <= L, "strategy.virtual_stages = ", vstages, ": mesh.pipeline = ", pp, " x ",
+                            vstages, " chunks but only model.layers = ", L, at);
+  }
+  nchunks = pp * vstages;
+  PipelineParallelStrategy pps("pipeline", -1, nchunks);
+  const auto counts = pps.assign_layers_to_stages(L);
+  std::vector<int> chunk_begin(static_cast<size_t>(nchunks) + 1, 0);
+  for (int c = 0; c < nchunks; ++c) {
+    chunk_begin[static_cast<size_t>(c) + 1] = chunk_begin[static_cast<size_t>(c)] + counts[static_cast<size_t>(c)];
+    for (int l = chunk_begin[static_cast<size_t>(c)]; l < chunk_begin[static_cast<size_t>(c) + 1]; ++l)
+      layer_chunk.push_back(c);
+  }
+  local_layer.assign(static_cast<size_t>(L), -1);
+  int nlocal = 0;
+  for (int vc = 0; vc < vstages; ++vc) {
+    Chunk c;
+    c.gc = vc * pp + stage;
+    c.layer_begin = chunk_begin[static_cast<size_t>(c.gc)];
+    c.layer_end = chunk_begin[static_cast<size_t>(c.gc) + 1];
+    for (int l = c.layer_begin; l < c.layer_end; ++l) local_layer[static_cast<size_t>(l)] = nlocal++;
+    chunks.push_back(c);
+  }
+  // slots: the most micro-batches of a chunk between their forward and their backward
+  order = schedule(stage);
+  std::vector<int> live(static_cast<size_t>(vstages), 0);
+  for (auto& c : chunks) c.slots = 1;
+  for (const auto& g : order) {
+    int& n = live[static_cast<size_t>(g.vc)];
+    n += g.fwd ? 1 : -1;
+    auto& c = chunks[static_cast<size_t>(g.vc)];
+    c.slots = std::max(c.slots, n);
+  }
+  total_slots = 0;
+  for (auto& c : chunks) {
+    c.slot_base = total_slots;
+    total_slots += c.slots;
+  }
 
   const int64_t A = cfg.heads, D = cfg.head_dim();
   A_l = split_extent(A, tp, tc);
@@ -362,9 +434,7 @@ void Trainer::Impl::setup_groups() {
   V_l = split_extent(cfg.vocab, tp, tc);
   v0 = split_offset(cfg.vocab, tp, tc);
 
-  micro = deck.train.micro_batches;
   const int64_t B = deck.train.global_batch;
-  SHARDFLOW_REQUIRE_INPUT(micro >= 1, "train.micro_batches = ", micro, " must be >= 1");
   SHARDFLOW_REQUIRE_INPUT(B % (dp_size * micro) == 0, "train.global_batch = ", B,
                           " is not divisible by the data-parallel size ", dp_size, " x train.micro_batches ", micro,
                           " (", deck.where("train.global_batch"), ")");
@@ -377,10 +447,34 @@ void Trainer::Impl::setup_groups() {
   Tr = sp ? split_extent(tokens_mb, tp, tc) : tokens_mb;
   t0 = sp ? split_offset(tokens_mb, tp, tc) : 0;
   slice = data::replica_slice(B, dp_size, dp_axes.empty() ? 0 : shape.group_index(me, mesh->canonical_axes(dp_axes)));
-  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1)
-    act_slots = static_cast<int>(micro);
-  else
-    act_slots = static_cast<int>(std::min<int64_t>(pp - stage, micro));
+}
+
+// The groups a pipeline stage runs, in order (any stage's: receivers post their receives in
+// the order the sender sends).
+//   gpipe: F0 … F(m−1), then B0 … B(m−1).
+//   1f1b:  p − s − 1 warm-up forwards, then one forward / one backward, then the drain.
+//   interleaved 1f1b (v > 1, Narayanan et al. 2021, as in Megatron-LM): the k-th forward
+//          runs chunk (k / p) mod v of micro-batch (k / (p·v))·p + k mod p, the k-th backward
+//          chunk v − 1 − (k / p) mod v of the same micro-batch; (p − s − 1)·2 + (v − 1)·p
+//          warm-up forwards (at most m·v), then one forward / one backward, then the drain.
+std::vector<Trainer::Impl::Group> Trainer::Impl::schedule(int s) const {
+  std::vector<Group> out;
+  const int m = static_cast<int>(micro), v = vstages;
+  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1) {
+    for (int j = 0; j < m; ++j) out.push_back({true, 0, j});
+    for (int j = 0; j < m; ++j) out.push_back({false, 0, j});
+    return out;
+  }
+  const int total = m * v;
+  const int w = v == 1 ? std::min(pp - s - 1, m) : std::min((pp - s - 1) * 2 + (v - 1) * pp, total);
+  auto fwd = [&](int k) { return Group{true, (k / pp) % v, (k / (pp * v)) * pp + k % pp}; };
+  auto bwd = [&](int k) { return Group{false, v - 1 - (k / pp) % v, (k / (pp * v)) * pp + k % pp}; };
+  for (int k = 0; k < w; ++k) out.push_back(fwd(k));
+  for (int k = 0; k < total; ++k) {
+    if (w + k < total) out.push_back(fwd(w + k));
+    out.push_back(bwd(k));
+  }
+  return out;
 }
 
 void Trainer::Impl::setup_params() {
@@ -412,7 +506,7 @@ void Trainer::Impl::setup_params() {
     p.unit = info.layer >= 0
                  ? 1 + info.layer
                  : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
-    p.stage = desc.stage_of(info, pp);
+    p.stage = info.layer >= 0 ? layer_chunk[static_cast<size_t>(info.layer)] % pp : desc.stage_of(info, pp);
     p.here = p.stage == stage;
     if (zero >= 1 && shard_size > 1 && info.numel() >= deck.strategy.fsdp_min_weight_size) {
       std::vector<bool> excluded(p.view.size(), false);
@@ -468,10 +562,20 @@ void Trainer::Impl::setup_params() {
 void Trainer::Impl::setup_acts() {
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
   auto mk = [](const char* n, int64_t c) { return FVec(std::string(n), static_cast<size_t>(c)); };
-  for (int l = layer_begin; l < layer_end; ++l) {
-    std::vector<Acts> per;
-    for (int s = 0; s < act_slots; ++s) {
-      Acts a;
+  // per local layer, total_slots entries of which the layer's chunk allocates its own range
+  std::vector<std::pair<int, int>> local;  // (global layer, chunk) in local order
+  for (int vc = 0; vc < vstages; ++vc)
+    for (int l = chunks[static_cast<size_t>(vc)].layer_begin; l < chunks[static_cast<size_t>(vc)].layer_end; ++l)
+      local.emplace_back(l, vc);
+  auto in_chunk = [&](int vc, int s) {
+    const Chunk& c = chunks[static_cast<size_t>(vc)];
+    return s >= c.slot_base && s < c.slot_base + c.slots;
+  };
+  for (const auto& [l, vc] : local) {
+    std::vector<Acts> per(static_cast<size_t>(total_slots));
+    for (int s = 0; s < total_slots; ++s) {
+      if (!in_chunk(vc, s)) continue;
+      Acts& a = per[static_cast<size_t>(s)];
       a.x_in = mk("x_in", Tr * H);
       a.n1 = mk("n1", T * H);
       a.rstd1 = mk("rstd1", Tr);
@@ -483,16 +587,17 @@ void Trainer::Impl::setup_acts() {
       a.rstd2 = mk("rstd2", Tr);
       a.gu = mk("gu", T * 2 * F_l);
       a.h = mk("h", T * F_l);
-      per.push_back(a);
     }
     acts.push_back(per);
   }
-  for (int l = layer_begin; l < layer_end; ++l) {
+  for (const auto& [l, vc] : local) {
     std::vector<MoeState> per;
     if (is_moe_layer(l)) {
       const int64_t k = moe.top_k, E = moe.experts, N = T * k, Nmax = ep * N, F = F_l;
-      for (int s = 0; s < act_slots; ++s) {
-        MoeState m;
+      per.resize(static_cast<size_t>(total_slots));
+      for (int s = 0; s < total_slots; ++s) {
+        if (!in_chunk(vc, s)) continue;
+        MoeState& m = per[static_cast<size_t>(s)];
         m.logits = mk("router_logits", T * E);
         m.gate = mk("gates", N);
         m.slot = Kokkos::View<int64_t*>("moe_slot", static_cast<size_t>(N));
@@ -512,7 +617,6 @@ void Trainer::Impl::setup_acts() {
         }
         m.gu = mk("moe_gu", Nmax * 2 * F);
         m.h = mk("moe_h", Nmax * F);
-        per.push_back(m);
       }
       if (moe_dgate.extent(0) == 0) {
         moe_dgate = mk("moe_dgate", N);
@@ -523,11 +627,15 @@ void Trainer::Impl::setup_acts() {
     }
     moes.push_back(per);
   }
-  for (int s = 0; s < act_slots; ++s) {
-    xs.push_back(mk("x", Tr * H));
-    dxs.push_back(mk("dx", Tr * H));
-    if (!first_stage) rxs.push_back(mk("x_recv", Tr * H));
-    if (!last_stage) rdxs.push_back(mk("dx_recv", Tr * H));
+  for (int vc = 0; vc < vstages; ++vc) {
+    const Chunk& c = chunks[static_cast<size_t>(vc)];
+    for (int s = 0; s < c.slots; ++s) {
+      xs.push_back(mk("x", Tr * H));
+      dxs.push_back(mk("dx", Tr * H));
+      // receive rings: x from the previous chunk, dx from the next one
+      rxs.push_back(c.gc > 0 ? mk("x_recv", Tr * H) : FVec());
+      rdxs.push_back(c.gc < nchunks - 1 ? mk("dx_recv", Tr * H) : FVec());
+    }
   }
   if (sp) {
     yl = mk("y_rows", Tr * H);
@@ -965,7 +1073,6 @@ void Trainer::Impl::build_graph() {
   const int L = static_cast<int>(cfg.layers);
   const int P_ = deck.strategy.prefetch;
   const int nslots = P_ + 1;
-  const int K = act_slots;
   const DType gdt = deck.strategy.gather_dtype, sdt = deck.strategy.grad_scatter_dtype;
   const std::string dp_key = dp_axes.empty() ? "" : graph::comm_key(*mesh, dp_axes);
   const std::string sh_key = shard_axes.empty() ? "" : graph::comm_key(*mesh, shard_axes);
@@ -983,24 +1090,7 @@ void Trainer::Impl::build_graph() {
     last = t;
   };
 
-  // The schedule of this stage: forward (F) and backward (B) groups of micro-batches.
-  struct Group {
-    bool fwd;
-    int mb;
-  };
-  std::vector<Group> order;
   const int m = static_cast<int>(micro);
-  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1) {
-    for (int j = 0; j < m; ++j) order.push_back({true, j});
-    for (int j = 0; j < m; ++j) order.push_back({false, j});
-  } else {  // 1F1B: p − s − 1 warm-up forwards, then one forward / one backward
-    const int w = std::min(pp - stage - 1, m);
-    for (int j = 0; j < w; ++j) order.push_back({true, j});
-    for (int j = 0; j < m; ++j) {
-      if (w + j < m) order.push_back({true, w + j});
-      order.push_back({false, j});
-    }
-  }
 
   // The uses of parameters, in timeline order: F = [Fe] Fl.. [Hd], B = Bl.. [Be].
   enum Kind { Fe, Fl, Hd, Bl, Be };
@@ -1015,13 +1105,14 @@ void Trainer::Impl::build_graph() {
   std::vector<std::pair<size_t, size_t>> group_uses;
   for (const auto& g : order) {
     const size_t b = uses.size();
+    const Chunk& ch = chunks[static_cast<size_t>(g.vc)];
     if (g.fwd) {
-      if (first_stage) uses.push_back({Fe, 0, g.mb});
-      for (int l = layer_begin; l < layer_end; ++l) uses.push_back({Fl, l + 1, g.mb});
-      if (last_stage) uses.push_back({Hd, L + 1, g.mb});
+      if (ch.gc == 0) uses.push_back({Fe, 0, g.mb});
+      for (int l = ch.layer_begin; l < ch.layer_end; ++l) uses.push_back({Fl, l + 1, g.mb});
+      if (ch.gc == nchunks - 1) uses.push_back({Hd, L + 1, g.mb});
     } else {
-      for (int l = layer_end - 1; l >= layer_begin; --l) uses.push_back({Bl, l + 1, g.mb});
-      if (first_stage) uses.push_back({Be, 0, g.mb});
+      for (int l = ch.layer_end - 1; l >= ch.layer_begin; --l) uses.push_back({Bl, l + 1, g.mb});
+      if (ch.gc == 0) uses.push_back({Be, 0, g.mb});
     }
     group_uses.emplace_back(b, uses.size());
   }
@@ -1039,6 +1130,9 @@ void Trainer::Impl::build_graph() {
   std::vector<std::vector<Task>> gathers_of(gather_use.size());
   std::vector<std::vector<Task>> grad_comm_of_use(uses.size());  // stage-3 reduce-scatters (slot readers)
   std::vector<Task> grad_sync;                                   // everything the optimizer waits for
+  // ZeRO-3: a parameter's per-micro-batch reduce-scatters add into the same shard when they
+  // complete, so each waits for the previous one (completion order is not issue order)
+  std::vector<Task> last_scatter(params.size());
   int next_gather = 0;
 
   auto has_sharded = [&](int unit) {
@@ -1092,53 +1186,94 @@ void Trainer::Impl::build_graph() {
   chain(start);
   if (zero == 3) emplace_gathers_upto(P_);
 
-  // Pipeline receives land in rings of K slots (rx from the previous stage, rdx from the
-  // next) and are posted as soon as their slot is free: the receive of micro-batch j waits
-  // only for the copy that moved micro-batch j − K out of the slot, so it is issued (in the
-  // pipeline communicator's order) right after that copy, K groups ahead of its consumer,
-  // and the transfer overlaps the compute in between. Micro-batches 0..K−1 are posted at
-  // the start of the step. A receive depends on compute only, never on another transfer.
-  std::vector<Task> send_x(static_cast<size_t>(m)), send_dx(static_cast<size_t>(m));
-  std::vector<Task> recv_x(static_cast<size_t>(m)), recv_dx(static_cast<size_t>(m));
-  auto post_recv = [&](bool fwd, int mb) {
-    auto* c = pp_comm;
-    const int peer = fwd ? stage - 1 : stage + 1;
-    float* ring = (fwd ? rxs : rdxs)[static_cast<size_t>(mb % K)].data();
-    const std::string what = (fwd ? "x.mb" : "dx.mb") + std::to_string(mb);
-    Task t = graph.emplace_comm({pp_key, "recv", what, Tr * H, "f32", peer}, [c, ring, peer, n = Tr * H] {
-      return as_poller(c->recv(ring, static_cast<size_t>(n), DType::F32, peer));
-    });
-    t.name("recv " + what);
-    (fwd ? recv_x : recv_dx)[static_cast<size_t>(mb)] = t;
-    return t;
+  // Pipeline receives land in rings (rx: x from the previous chunk, rdx: dx from the next),
+  // one slot per activation slot, and are posted as soon as their slot is free: the receive
+  // of micro-batch j of a chunk with K slots waits only for the copy that moved micro-batch
+  // j − K out of the slot, so it is issued right after that copy, K groups of the chunk
+  // ahead of its consumer, and the transfer overlaps the compute in between. Receives from
+  // one peer are posted in the order the peer sends (point-to-point order; with p = 2 both
+  // neighbours are one rank), each as soon as its slot and its predecessors allow. A
+  // receive depends on compute only, never on another transfer.
+  const int prev_stage = (stage - 1 + pp) % pp, next_stage = (stage + 1) % pp;
+  auto gidx = [m](int vc, int mb) { return static_cast<size_t>(vc * m + mb); };
+  // what a pipeline message carries: x or dx of micro-batch mb for (global) chunk dest
+  auto msg_name = [this](bool fwd, int dest, int mb) {
+    return std::string(fwd ? "x" : "dx") + (vstages > 1 ? ".c" + std::to_string(dest) : "") + ".mb" +
+           std::to_string(mb);
   };
-  for (int jj = 0; jj < std::min(K, m); ++jj) {
-    if (!first_stage) post_recv(true, jj);
-    if (!last_stage) post_recv(false, jj);
-  }
+  std::vector<Task> send_x(static_cast<size_t>(vstages * m)), send_dx(send_x.size());
+  std::vector<Task> recv_x(send_x.size()), recv_dx(send_x.size());  // posted receives
+  std::vector<Task> copied_x(send_x.size()), copied_dx(send_x.size());  // copies out of the rings
+  struct Msg {
+    bool fwd;  // x (into a forward group) or dx (into a backward group)
+    int vc, mb;
+  };
+  std::map<int, std::vector<Msg>> inbox;  // peer stage -> what it sends this stage, in its order
+  std::map<int, size_t> posted;           // peer stage -> messages posted so far
+  if (pp > 1)
+    for (int q : {prev_stage, next_stage}) {
+      if (inbox.count(q)) continue;
+      auto& box = inbox[q];
+      posted[q] = 0;
+      for (const Group& g : schedule(q)) {
+        const int gq = g.vc * pp + q;  // the sender's chunk
+        if (g.fwd && gq < nchunks - 1 && (gq + 1) % pp == stage) box.push_back({true, (gq + 1) / pp, g.mb});
+        if (!g.fwd && gq > 0 && (gq - 1) % pp == stage) box.push_back({false, (gq - 1) / pp, g.mb});
+      }
+    }
+  // posts what the copy `after` (none at the start) lets through; each receive posted here
+  // waits for that copy (the one that emptied its slot, or a later one)
+  auto post_ready = [&](Task after) {
+    for (auto& [q, box] : inbox) {
+      size_t& k = posted[q];
+      for (; k < box.size(); ++k) {
+        const Msg& msg = box[k];
+        const int K = chunks[static_cast<size_t>(msg.vc)].slots;
+        // the copy that empties the slot: not emplaced yet, so later messages from q wait too
+        if (msg.mb >= K && !(msg.fwd ? copied_x : copied_dx)[gidx(msg.vc, msg.mb - K)].valid()) break;
+        auto* c = pp_comm;
+        float* ring = (msg.fwd ? rxs : rdxs)[static_cast<size_t>(slot_of(msg.vc, msg.mb))].data();
+        const std::string what = msg_name(msg.fwd, msg.vc * pp + stage, msg.mb);
+        const int peer = q;
+        Task t = graph.emplace_comm({pp_key, "recv", what, Tr * H, "f32", peer}, [c, ring, peer, n = Tr * H] {
+          return as_poller(c->recv(ring, static_cast<size_t>(n), DType::F32, peer));
+        });
+        t.name("recv " + what);
+        if (after.valid()) after.precede(t);
+        (msg.fwd ? recv_x : recv_dx)[gidx(msg.vc, msg.mb)] = t;
+      }
+    }
+  };
+  post_ready(Task());
   for (size_t gi = 0; gi < order.size(); ++gi) {
     const Group grp = order[gi];
     const int j = grp.mb;
-    const int xsl = j % K;
-    const std::string mbs = ".mb" + std::to_string(j);
+    const Chunk& ch = chunks[static_cast<size_t>(grp.vc)];
+    const int K = ch.slots;
+    const int xsl = slot_of(grp.vc, j);
+    const std::string mbs = (vstages > 1 ? ".v" + std::to_string(grp.vc) : "") + ".mb" + std::to_string(j);
     float* xbuf = xs[static_cast<size_t>(xsl)].data();
     float* dxbuf = dxs[static_cast<size_t>(xsl)].data();
     // pipeline: move the received input from its ring slot into the group's buffer (once the
-    // send that read the buffer for micro-batch j − K is done), then post the receive of
-    // micro-batch j + K into the freed ring slot
-    if (grp.fwd ? !first_stage : !last_stage) {
+    // send that read the buffer for micro-batch j − K is done), then post the receives that
+    // the freed ring slot lets through
+    if (grp.fwd ? ch.gc > 0 : ch.gc < nchunks - 1) {
+      Task rv = (grp.fwd ? recv_x : recv_dx)[gidx(grp.vc, j)];
+      SHARDFLOW_REQUIRE(rv.valid(), "pipeline schedule: stage ", stage, " needs ", grp.fwd ? "x" : "dx", mbs,
+                        " before its receive can be posted (the sender's order and this stage's slots disagree)");
       const float* ring = (grp.fwd ? rxs : rdxs)[static_cast<size_t>(xsl)].data();
       float* dst = grp.fwd ? xbuf : dxbuf;
       Task cp = graph.emplace([this, ring, dst] {
                        nn::Residual<float, Exec>::copy(cmat(ring, Tr, cfg.hidden), mat(dst, Tr, cfg.hidden));
                      }).name((grp.fwd ? "recv.x" : "recv.dx") + mbs);
       chain(cp);
-      (grp.fwd ? recv_x : recv_dx)[static_cast<size_t>(j)].precede(cp);
+      rv.precede(cp);
       if (j >= K) {
-        Task prev_send = (grp.fwd ? send_x : send_dx)[static_cast<size_t>(j - K)];
+        Task prev_send = (grp.fwd ? send_x : send_dx)[gidx(grp.vc, j - K)];
         if (prev_send.valid()) prev_send.precede(cp);
       }
-      if (j + K < m) post_recv(grp.fwd, j + K).succeed(cp);
+      (grp.fwd ? copied_x : copied_dx)[gidx(grp.vc, j)] = cp;
+      post_ready(cp);
     }
     bool group_first = true;
     std::vector<Task> pending;  // collectives the next compute segment (or the send) waits for
@@ -1326,9 +1461,8 @@ void Trainer::Impl::build_graph() {
         // the slot's buffers are written again only after the sends that read them are done:
         // the embedding writes x on the first stage, the head writes dx on the last stage
         if (j >= K && grp.fwd) {
-          if (first_stage && send_x[static_cast<size_t>(j - K)].valid()) send_x[static_cast<size_t>(j - K)].precede(c0);
-          if (last_stage && send_dx[static_cast<size_t>(j - K)].valid())
-            send_dx[static_cast<size_t>(j - K)].precede(c0);
+          if (ch.gc == 0 && send_x[gidx(grp.vc, j - K)].valid()) send_x[gidx(grp.vc, j - K)].precede(c0);
+          if (ch.gc == nchunks - 1 && send_dx[gidx(grp.vc, j - K)].valid()) send_dx[gidx(grp.vc, j - K)].precede(c0);
         }
       }
       if (zero == 3 && u.gather >= 0)
@@ -1374,6 +1508,9 @@ void Trainer::Impl::build_graph() {
                                       [op] { return op->start(); });
           t.name("reduce_scatter " + p.name + mbs);
           ready.precede(t);
+          Task& prev = last_scatter[static_cast<size_t>(pi)];
+          if (prev.valid()) prev.precede(t);
+          prev = t;
           grad_comm_of_use[k].push_back(t);
           if (last_mb) {
             if (prp_size > 1) {
@@ -1410,19 +1547,19 @@ void Trainer::Impl::build_graph() {
         }
       }
     }
-    // pipeline: pass this group's output on (x to the next stage, dx to the previous one)
-    if (grp.fwd ? !last_stage : !first_stage) {
+    // pipeline: pass this group's output on (x to the next chunk's stage, dx to the previous)
+    if (grp.fwd ? ch.gc < nchunks - 1 : ch.gc > 0) {
       auto* c = pp_comm;
-      const int peer = grp.fwd ? stage + 1 : stage - 1;
+      const int peer = grp.fwd ? next_stage : prev_stage;
       const float* out = grp.fwd ? xbuf : dxbuf;
-      const std::string what = (grp.fwd ? "x" : "dx") + mbs;
+      const std::string what = msg_name(grp.fwd, grp.fwd ? ch.gc + 1 : ch.gc - 1, j);
       Task s = graph.emplace_comm({pp_key, "send", what, Tr * H, "f32", peer}, [c, out, peer, n = Tr * H] {
         return as_poller(c->send(out, static_cast<size_t>(n), DType::F32, peer));
       });
       s.name("send " + what);
       last.precede(s);
       for (auto& t : pending) t.precede(s);
-      (grp.fwd ? send_x : send_dx)[static_cast<size_t>(j)] = s;
+      (grp.fwd ? send_x : send_dx)[gidx(grp.vc, j)] = s;
     }
   }
 
