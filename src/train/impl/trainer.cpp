@@ -1488,6 +1488,17 @@ void Trainer::Impl::build_graph() {
         const int pdp_size = p.expert ? dpx_size : dp_size, prp_size = p.expert ? replx_size : repl_size;
         const std::string& pdp_key = p.expert ? dpx_key : dp_key;
         const std::string& prp_key = p.expert ? rpx_key : rp_key;
+        // the gradient shard is complete after the reduce-scatter t, and its mean over the
+        // replicas of the shard group (HSDP) when there are any
+        auto shard_done = [&](Task t, float* shard) {
+          if (prp_size > 1) {
+            Task a = all_reduce_task(prp, prp_key, shard, p.shard_numel(), p.name + ".grad_shard");
+            t.precede(a);
+            grad_sync.push_back(a);
+          } else {
+            grad_sync.push_back(t);
+          }
+        };
         // sequence parallel: a norm gain's gradient sums over this rank's rows only
         if (sp && p.gain && ((zero == 3 && p.sharded) || last_mb)) {
           float* g = zero == 3 && p.sharded ? gslots[static_cast<size_t>(u.gslot)].data() + p.slot_off : p.grad.data();
@@ -1512,15 +1523,7 @@ void Trainer::Impl::build_graph() {
           if (prev.valid()) prev.precede(t);
           prev = t;
           grad_comm_of_use[k].push_back(t);
-          if (last_mb) {
-            if (prp_size > 1) {
-              Task a = all_reduce_task(prp, prp_key, p.grad.data(), p.shard_numel(), p.name + ".grad_shard");
-              t.precede(a);
-              grad_sync.push_back(a);
-            } else {
-              grad_sync.push_back(t);
-            }
-          }
+          if (last_mb) shard_done(t, p.grad.data());
           continue;
         }
         if (!last_mb || pdp_size == 1) continue;
@@ -1533,13 +1536,7 @@ void Trainer::Impl::build_graph() {
                                       [op] { return op->start(); });
           t.name("reduce_scatter " + p.name);
           ready.precede(t);
-          if (prp_size > 1) {
-            Task a = all_reduce_task(prp, prp_key, p.gshard.data(), p.shard_numel(), p.name + ".grad_shard");
-            t.precede(a);
-            grad_sync.push_back(a);
-          } else {
-            grad_sync.push_back(t);
-          }
+          shard_done(t, p.gshard.data());
         } else {
           Task a = all_reduce_task(pdp, pdp_key, p.grad.data(), p.lnumel, p.name + ".grad");
           ready.precede(a);
