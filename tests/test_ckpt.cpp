@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/checksum.hpp"
 #include "ckpt/tools.hpp"
 #include "core/error.hpp"
 #include "core/half.hpp"
@@ -171,28 +172,122 @@ Metadata sample_meta(std::int64_t step) {
 }
 
 // ---- tests ------------------------------------------------------------------------------
+// With the default 1 MiB blocks (one tile per shard here) and with 64-byte blocks: many
+// row blocks and column tiles per shard, so that every restore reads partial tiles.
 TEST(Checkpoint, RestoresOntoEveryLayout) {
   const int n = world_size(), rank = world_rank();
-  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "layouts");
-  MeshShape save_mesh = meshes_for(n).back();
-  State saved = make_state(save_mesh, spec_family(save_mesh, 2), rank, false);
-  Checkpointer ck(MPI_COMM_WORLD, root);
-  const std::string dir = ck.save(saved.tensors(), sample_meta(7));
-  EXPECT_EQ(fs::path(dir).filename(), "step-00000007");
-  int combos = 0;
-  for (const MeshShape& mesh : meshes_for(n))
-    for (int v = 0; v < 5; ++v) {
-      State want = make_state(mesh, spec_family(mesh, v), rank, false);
-      State got = make_state(mesh, spec_family(mesh, v), rank, true);
-      Metadata md = restore(MPI_COMM_WORLD, root, got.tensors());
-      EXPECT_EQ(md, sample_meta(7));
-      expect_state_equals(got, want, "mesh " + mesh.to_string() + " variant " + std::to_string(v));
-      ++combos;
+  for (const std::int64_t block_bytes : {std::int64_t(1) << 20, std::int64_t(64)}) {
+    const std::string tag = "block_bytes " + std::to_string(block_bytes);
+    const std::string root = shared_tmpdir(MPI_COMM_WORLD, "layouts");
+    MeshShape save_mesh = meshes_for(n).back();
+    State saved = make_state(save_mesh, spec_family(save_mesh, 2), rank, false);
+    SaveOptions o;
+    o.block_bytes = block_bytes;
+    Checkpointer ck(MPI_COMM_WORLD, root, o);
+    const std::string dir = ck.save(saved.tensors(), sample_meta(7));
+    EXPECT_EQ(fs::path(dir).filename(), "step-00000007");
+    if (block_bytes == 64) {  // the 2-d and 3-d shards have several column tiles
+      std::int64_t tiled = 0;
+      for (const auto& t : read_manifest(dir).tensors)
+        for (const auto& sh : t.shards) tiled += sh.col_blocks() > 1;
+      EXPECT_GT(tiled, 0);
     }
-  EXPECT_GE(combos, 5);
-  VerifyReport rep = verify(MPI_COMM_WORLD, root);
-  EXPECT_TRUE(rep.ok()) << (rep.problems.empty() ? "" : rep.problems[0]);
-  EXPECT_EQ(rep.tensors, static_cast<std::int64_t>(model().size()));
+    int combos = 0;
+    for (const MeshShape& mesh : meshes_for(n))
+      for (int v = 0; v < 5; ++v) {
+        State want = make_state(mesh, spec_family(mesh, v), rank, false);
+        State got = make_state(mesh, spec_family(mesh, v), rank, true);
+        Metadata md = restore(MPI_COMM_WORLD, root, got.tensors());
+        EXPECT_EQ(md, sample_meta(7));
+        expect_state_equals(got, want, tag + " mesh " + mesh.to_string() + " variant " + std::to_string(v));
+        ++combos;
+      }
+    EXPECT_GE(combos, 5);
+    VerifyReport rep = verify(MPI_COMM_WORLD, root);
+    EXPECT_TRUE(rep.ok()) << (rep.problems.empty() ? "" : rep.problems[0]);
+    EXPECT_EQ(rep.tensors, static_cast<std::int64_t>(model().size()));
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0) fs::remove_all(root);
+  }
+}
+
+/// Bytes this process has read with read()/pread() so far (/proc/self/io rchar; -1 when
+/// the kernel does not provide it).
+long long rchar() {
+  std::ifstream in("/proc/self/io");
+  std::string key;
+  long long v = -1;
+  while (in >> key >> v)
+    if (key == "rchar:") return v;
+  return -1;
+}
+
+// A tensor saved split by rows and restored split by columns (tensor-parallel column
+// weights): each rank reads only the column tiles it needs, 1/n of the tensor, from every
+// row shard; the bytes counted by restore match what the process read from files.
+TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "columns");
+  MeshShape mesh({"tensor"}, {n});
+  const Shape shape{64, 4096};  // f32: 16 KiB rows, 4 KiB column tiles, 1 MiB in all
+  const std::int64_t total = 64 * 4096 * 4;
+  Layout rows(shape, PartitionSpec{{"tensor"}, {}}, mesh), cols(shape, PartitionSpec{{}, {"tensor"}}, mesh);
+  auto fill = [&](const Layout& l, bool sentinel) {
+    std::vector<float> v(static_cast<size_t>(l.local_numel(rank)));
+    const Box b = l.box(rank);
+    for (std::int64_t r = 0; r < b.extent[0]; ++r)
+      for (std::int64_t c = 0; c < b.extent[1]; ++c)
+        v[static_cast<size_t>(r * b.extent[1] + c)] =
+            sentinel ? -1.f : static_cast<float>((b.offset[0] + r) * 4096 + b.offset[1] + c);
+    return v;
+  };
+  std::vector<float> saved = fill(rows, false);
+  const std::string dir = Checkpointer(MPI_COMM_WORLD, root).save({TensorState{"w", rows, DType::F32, saved.data()}},
+                                                                    sample_meta(1));
+  for (const auto& sh : read_manifest(dir).tensors.at(0).shards) EXPECT_EQ(sh.cols_per_block(), 1024);
+
+  std::vector<float> got = fill(cols, true);
+  RestoreStats st;
+  RestoreOptions ro;
+  ro.stats = &st;
+  const long long before = rchar();
+  restore(MPI_COMM_WORLD, root, {TensorState{"w", cols, DType::F32, got.data()}}, ro);
+  const long long after = rchar();
+  EXPECT_EQ(got, fill(cols, false));
+  EXPECT_EQ(st.bytes_read, total / n) << "rank " << rank;
+  if (before >= 0 && after >= 0) {
+    // what the process read: the data, plus the files' metadata (checksum and HDF5) and,
+    // on rank 0, the manifest: a few KiB per file
+    EXPECT_GE(after - before, total / n);
+    EXPECT_LE(after - before, total / n + 64 * 1024 * n) << "rank " << rank;
+  }
+  // restoring the saved layout reads exactly this rank's rows
+  std::vector<float> same = fill(rows, true);
+  restore(MPI_COMM_WORLD, root, {TensorState{"w", rows, DType::F32, same.data()}}, ro);
+  EXPECT_EQ(same, saved);
+  EXPECT_EQ(st.bytes_read, total / n);
+
+  // a damaged byte in the last column tile is found by the rank reading those columns
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) {
+    const ShardRecord& sh = read_manifest(dir).tensors.at(0).shards.at(0);
+    std::fstream io((fs::path(dir) / sh.file).string(), std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(static_cast<std::streamoff>(sh.file_offset + (2 * 4096 + 4095) * 4));  // row 2, last column
+    io.put('\x55');
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  std::vector<float> bad = fill(cols, true);
+  const std::vector<float> untouched = bad;
+  try {
+    restore(MPI_COMM_WORLD, root, {TensorState{"w", cols, DType::F32, bad.data()}});
+    ADD_FAILURE() << "a damaged column tile was accepted";
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("'w'"), std::string::npos) << msg;
+    const std::string tile = "checksum mismatch in block 3 (rows [0, " + std::to_string(64 / n) + "), columns [3072, 4096))";
+    EXPECT_NE(msg.find(tile), std::string::npos) << msg;
+  }
+  EXPECT_EQ(bad, untouched);
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(root);
 }
@@ -326,6 +421,12 @@ TEST(Checkpoint, RetentionKeepsTheNewest) {
   // saving a step that exists is refused on every rank, and nothing changes
   EXPECT_THROW(ck.save(s.tensors(), sample_meta(9)), InputError);
   EXPECT_EQ(list_checkpoints(root).size(), 2u);
+  ck.wait();  // retired checkpoints are deleted in the background: finish before removing the root
+  if (rank == 0) {
+    for (const auto& e : fs::directory_iterator(root)) {
+      EXPECT_NE(e.path().filename().string().rfind(".trash-", 0), 0u) << e.path();
+    }
+  }
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(root);
 }
@@ -347,6 +448,44 @@ TEST(Checkpoint, RootWithoutLatestUsesNewestStep) {
   State got = make_state(mesh, spec_family(mesh, 1), rank, true);
   EXPECT_EQ(restore(MPI_COMM_WORLD, root, got.tensors()).step, 4);
   expect_state_equals(got, s, "without latest");
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
+// A save killed while writing leaves .tmp-step-N behind; saving step N again replaces what
+// it holds (shard files of other ranks, even a manifest) and commits only the new files.
+TEST(Checkpoint, LeftoverOfAnInterruptedSaveIsReplaced) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "leftover");
+  MeshShape mesh({"data"}, {n});
+  State s = make_state(mesh, spec_family(mesh, 1), rank, false);
+  if (rank == 0) {
+    const fs::path tmp = fs::path(root) / ".tmp-step-00000003";
+    fs::create_directories(tmp);
+    for (const char* junk : {"shard-0.h5", "shard-99.h5", "manifest.json"}) std::ofstream(tmp / junk) << "junk";
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  for (const bool async : {false, true}) {
+    SaveOptions o;
+    o.async = async;
+    Checkpointer ck(MPI_COMM_WORLD, root, o);
+    const std::string dir = ck.save(s.tensors(), sample_meta(async ? 4 : 3));
+    ck.wait();
+    std::set<std::string> want{"manifest.json"}, got;
+    for (const auto& f : read_manifest(dir).files) want.insert(f.name);
+    for (const auto& e : fs::directory_iterator(dir)) got.insert(e.path().filename().string());
+    EXPECT_EQ(got, want);
+    State back = make_state(mesh, spec_family(mesh, 1), rank, true);
+    restore(MPI_COMM_WORLD, dir, back.tensors());
+    expect_state_equals(back, s, async ? "async" : "sync");
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0 && !async) {  // a leftover for the async save too
+      const fs::path tmp = fs::path(root) / ".tmp-step-00000004";
+      fs::create_directories(tmp);
+      std::ofstream(tmp / "shard-0.h5") << "junk";
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(root);
 }
@@ -448,7 +587,60 @@ TEST(CheckpointCorruption, DatasetOfWrongShape) {
     H5Dclose(d);
     H5Sclose(sp);
     H5Fclose(f);
+    // give the manifest the changed file's size and metadata checksum, so that the check
+    // of the dataset itself is reached (it would be refused as damaged metadata otherwise)
+    Manifest m2 = read_manifest(dir);
+    const std::string rel = shard_of(m, "layers.0.attn.qkv.weight").file;
+    for (auto& fr : m2.files)
+      if (fr.name == rel) {
+        fr.size = static_cast<std::int64_t>(fs::file_size(file));
+        fr.meta_crc32c = file_crc32c_outside(file, fr.size, m2.data_ranges(rel));
+      }
+    const std::string mf = (fs::path(dir) / "manifest.json").string();
+    std::ofstream(mf, std::ios::trunc) << m2.to_json();
   }, {"'layers.0.attn.qkv.weight'", "shard-", "[5, 5]"});
+}
+
+// Damage to a shard file's HDF5 structure (any byte outside the raw data) or a changed size
+// is found with plain reads before HDF5 parses the file.
+TEST(CheckpointCorruption, DamagedMetadataRefusedBeforeHdf5) {
+  for (const std::int64_t at : {std::int64_t(0), std::int64_t(40), std::int64_t(-1)}) {
+    expect_refused("meta", [at](const std::string& dir, const Manifest& m) {
+      const ShardRecord& s = shard_of(m, "big");
+      const std::string file = (fs::path(dir) / s.file).string();
+      // a byte outside every data range: `at`, or the last such byte of the file (HDF5
+      // metadata written after the datasets' data)
+      const auto ranges = m.data_ranges(s.file);
+      auto in_data = [&](std::int64_t q) {
+        for (const auto& r : ranges)
+          if (q >= r.offset && q < r.offset + r.length) return true;
+        return false;
+      };
+      std::int64_t pos = at >= 0 ? at : static_cast<std::int64_t>(fs::file_size(file)) - 1;
+      while (at < 0 && pos > 0 && in_data(pos)) --pos;
+      ASSERT_FALSE(in_data(pos)) << pos;
+      std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
+      io.seekg(static_cast<std::streamoff>(pos));
+      char c = 0;
+      io.read(&c, 1);
+      c ^= 0x01;
+      io.seekp(static_cast<std::streamoff>(pos));
+      io.write(&c, 1);
+    }, {"shard-", ".h5", "metadata checksum mismatch", "tensor '"});
+  }
+  expect_refused("grown", [](const std::string& dir, const Manifest& m) {
+    std::ofstream((fs::path(dir) / shard_of(m, "big").file).string(), std::ios::app | std::ios::binary) << 'x';
+  }, {"shard-", ".h5", "size", "tensor '"});
+}
+
+TEST(CheckpointCorruption, OldFormatRefusedWithReason) {
+  expect_refused("v1", [](const std::string& dir, const Manifest&) {
+    const std::string mf = (fs::path(dir) / "manifest.json").string();
+    nlohmann::json j = nlohmann::json::parse(std::ifstream(mf));
+    j["version"] = 1;
+    j.erase("files");
+    std::ofstream(mf, std::ios::trunc) << j.dump(1);
+  }, {"manifest.json", "version 1 is no longer read"});
 }
 
 TEST(CheckpointCorruption, PathEscapingTheCheckpoint) {
@@ -597,6 +789,11 @@ TEST(Checkpoint, RefusesBadRequests) {
   EXPECT_THROW(ck.save(ts, sample_meta(1)), InputError);
   EXPECT_THROW(restore(MPI_COMM_WORLD, root, s.tensors()), InputError);  // nothing saved yet
   EXPECT_TRUE(list_checkpoints(root).empty());
+  // a refused save leaves nothing behind (sync saves report request errors at commit)
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) {
+    for (const auto& e : fs::directory_iterator(root)) ADD_FAILURE() << "left behind: " << e.path();
+  }
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(root);
 }

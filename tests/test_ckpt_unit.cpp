@@ -1,13 +1,21 @@
 // Checkpoint building blocks: CRC-32C (published check values, hardware vs table on
 // random data and lengths, chaining), the manifest (JSON round trip, validation errors,
-// coverage checking, path safety, checksum block arithmetic).
+// coverage checking, path safety, checksum block and tile arithmetic, shard-file records),
+// the three-stream tile CRC, and the metadata checksum of a file with ranges left out.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "ckpt/checksum.hpp"
+#include "ckpt/impl/ckpt_internal.hpp"
 #include "ckpt/manifest.hpp"
 #include "core/error.hpp"
 
@@ -49,6 +57,99 @@ TEST(Crc32c, FastPathEqualsTableOnRandomData) {
   EXPECT_NE(crc32c(buf.data(), 150000), whole);
 }
 
+TEST(Crc32c, ThreeStreamsEqualThreeCrcs) {
+  std::mt19937 rng(5);
+  std::vector<unsigned char> buf(3 * 5000);
+  for (auto& b : buf) b = static_cast<unsigned char>(rng());
+  for (size_t n : {size_t(0), size_t(1), size_t(7), size_t(8), size_t(4096), size_t(4999)}) {
+    const void* const p[3] = {buf.data(), buf.data() + 5000, buf.data() + 10000};
+    std::uint32_t c[3] = {0, 0x1234u, 0xffffffffu};
+    const std::uint32_t want[3] = {crc32c(p[0], n, 0), crc32c(p[1], n, 0x1234u), crc32c(p[2], n, 0xffffffffu)};
+    crc32c_x3(p, n, c);
+    EXPECT_EQ(c[0], want[0]) << n;
+    EXPECT_EQ(c[1], want[1]) << n;
+    EXPECT_EQ(c[2], want[2]) << n;
+  }
+}
+
+TEST(Crc32c, Combine) {
+  std::mt19937 rng(3);
+  std::vector<unsigned char> buf(70000);
+  for (auto& b : buf) b = static_cast<unsigned char>(rng());
+  for (size_t split : {size_t(0), size_t(1), size_t(4096), size_t(69999), size_t(70000)})
+    EXPECT_EQ(crc32c_combine(crc32c(buf.data(), split), crc32c(buf.data() + split, buf.size() - split),
+                             buf.size() - split),
+              crc32c(buf.data(), buf.size()))
+        << split;
+}
+
+// Tile checksums (three tiles at a time, the rest split in row thirds and combined) equal
+// the CRC of each tile's bytes gathered in row-major order.
+TEST(Crc32c, TilesEqualGatheredBytes) {
+  std::mt19937 rng(17);
+  for (int trial = 0; trial < 60; ++trial) {
+    const std::int64_t rows = 1 + static_cast<std::int64_t>(rng() % 9), cols = 1 + static_cast<std::int64_t>(rng() % 40);
+    const std::int64_t inner = 1 + static_cast<std::int64_t>(rng() % 3), bc = 1 + static_cast<std::int64_t>(rng() % 12);
+    const std::size_t es = 4;
+    const ckpt::detail::TileGeometry g = ckpt::detail::tile_geometry({rows, cols, inner}, es, rows, bc);
+    std::vector<unsigned char> a(static_cast<size_t>(rows * cols * inner) * es);
+    for (auto& b : a) b = static_cast<unsigned char>(rng());
+    // all tiles, then a column sub-range read into a narrower buffer
+    const std::int64_t j0 = static_cast<std::int64_t>(rng() % static_cast<unsigned>(g.col_blocks));
+    for (const std::int64_t jl : {std::int64_t(0), j0}) {
+      const std::int64_t jh = jl == 0 ? g.col_blocks : std::min(g.col_blocks, jl + 1 + static_cast<std::int64_t>(rng() % 4));
+      const std::int64_t c0 = jl * bc, c1 = std::min(cols, jh * bc);
+      const std::size_t stride = static_cast<size_t>(c1 - c0) * g.col_bytes;
+      std::vector<unsigned char> sub(static_cast<size_t>(rows) * stride);
+      for (std::int64_t r = 0; r < rows; ++r)
+        std::memcpy(sub.data() + static_cast<size_t>(r) * stride, a.data() + static_cast<size_t>(r) * g.row_bytes +
+                    static_cast<size_t>(c0) * g.col_bytes, stride);
+      std::vector<std::uint32_t> got(static_cast<size_t>(jh - jl));
+      ckpt::detail::tile_crcs(g, sub.data(), stride, rows, c0, jl, jh, got.data());
+      for (std::int64_t j = jl; j < jh; ++j) {
+        std::string bytes;
+        const std::int64_t ca = j * bc, ce = std::min(cols, ca + bc);
+        for (std::int64_t r = 0; r < rows; ++r)
+          bytes.append(reinterpret_cast<const char*>(a.data()) + static_cast<size_t>(r) * g.row_bytes +
+                           static_cast<size_t>(ca) * g.col_bytes,
+                       static_cast<size_t>(ce - ca) * g.col_bytes);
+        ASSERT_EQ(got[static_cast<size_t>(j - jl)], crc32c(bytes.data(), bytes.size()))
+            << "rows " << rows << " cols " << cols << " inner " << inner << " block_cols " << bc << " tile " << j;
+      }
+    }
+  }
+}
+
+TEST(Crc32c, FileWithRangesLeftOut) {
+  std::mt19937 rng(11);
+  std::string bytes(3u << 20, '\0');  // > the 1 MiB read buffer
+  for (auto& c : bytes) c = static_cast<char>(rng());
+  char name[] = "/tmp/shardflow_crc_file_XXXXXX";
+  const int fd = mkstemp(name);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  ::close(fd);
+  const std::int64_t n = static_cast<std::int64_t>(bytes.size());
+  const std::vector<ByteRange> skip = {{0, 10}, {100, 1}, {101, 5}, {2000000, 700000}, {n - 3, 3}};
+  std::string kept;
+  std::int64_t pos = 0;
+  for (const auto& r : skip) {
+    kept += bytes.substr(static_cast<size_t>(pos), static_cast<size_t>(r.offset - pos));
+    pos = r.offset + r.length;
+  }
+  EXPECT_EQ(file_crc32c_outside(name, n, skip), crc32c(kept.data(), kept.size()));
+  EXPECT_EQ(file_crc32c_outside(name, n, {}), crc32c(bytes.data(), bytes.size()));
+  EXPECT_EQ(file_crc32c_outside(name, 1000, {}), crc32c(bytes.data(), 1000));
+  try {
+    file_crc32c_outside(name, n + 1, skip);  // the file is shorter than the manifest says
+    ADD_FAILURE() << "a short file was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+  }
+  std::remove(name);
+  EXPECT_THROW(file_crc32c_outside(name, 1, {}), Error);
+}
+
 Manifest sample() {
   Manifest m;
   m.step = 42;
@@ -67,6 +168,8 @@ Manifest sample() {
   t.mesh = MeshShape({"data"}, {2});
   ShardRecord a{Box{{0, 0}, {3, 3}}, "shard-0.h5", "/w", 2, {0xdeadbeef, 1}, 0};
   ShardRecord b{Box{{3, 0}, {2, 3}}, "shard-1.h5", "/w", 2, {7}, 1};
+  a.file_offset = 100;  // 18 bytes of bf16
+  b.file_offset = 100;
   t.shards = {a, b};
   m.tensors.push_back(t);
   TensorRecord s;
@@ -75,7 +178,9 @@ Manifest sample() {
   s.spec = "PartitionSpec()";
   s.mesh = MeshShape({"data"}, {2});
   s.shards = {ShardRecord{Box{}, "shard-0.h5", "/scalar", 1, {3}, 0}};
+  s.shards[0].file_offset = 118;  // 8 bytes, right after w's
   m.tensors.push_back(s);
+  m.files = {FileRecord{"shard-0.h5", 1000, 0xabcdef01u}, FileRecord{"shard-1.h5", 112, 5}};
   return m;
 }
 
@@ -88,6 +193,12 @@ TEST(Manifest, JsonRoundTrip) {
   ASSERT_EQ(back.tensors.size(), 2u);
   EXPECT_EQ(back.tensors[0].shards[0].crc32c[0], 0xdeadbeefu);
   EXPECT_EQ(back.tensors[0].mesh, m.tensors[0].mesh);
+  EXPECT_EQ(back.tensors[0].shards[0].file_offset, 100);
+  EXPECT_EQ(back.tensors[0].shards[0].cols_per_block(), 3);
+  ASSERT_EQ(back.files.size(), 2u);
+  EXPECT_EQ(back.files[0].meta_crc32c, 0xabcdef01u);
+  EXPECT_EQ(back.files[1].size, 112);
+  EXPECT_EQ(back.data_ranges("shard-0.h5"), (std::vector<ByteRange>{{100, 18}, {118, 8}}));
   EXPECT_TRUE(coverage_problem(back.tensors[0]).empty());
   EXPECT_TRUE(coverage_problem(back.tensors[1]).empty());
 }
@@ -120,6 +231,44 @@ TEST(Manifest, ValidationNamesTensorAndValue) {
   m = sample();
   m.tensors[0].shards[0].dataset = "/other";
   expect_bad(m, "/other");
+  // shard files: a record for each, data inside it, not overlapping, none without shards
+  m = sample();
+  m.files.pop_back();
+  expect_bad(m, "'shard-1.h5' has no entry");
+  m = sample();
+  m.files[1].size = 111;
+  expect_bad(m, "outside file 'shard-1.h5' of 111 bytes");
+  m = sample();
+  m.tensors[1].shards[0].file_offset = 110;
+  expect_bad(m, "overlap");
+  m = sample();
+  m.tensors[1].shards[0].file_offset = -1;
+  expect_bad(m, "'scalar'");
+  m = sample();
+  m.files.push_back(FileRecord{"shard-9.h5", 10, 0});
+  expect_bad(m, "'shard-9.h5' holds no shard");
+  m = sample();
+  m.files.push_back(m.files[0]);
+  expect_bad(m, "listed twice");
+  m = sample();
+  m.tensors[0].shards[0].block_cols = 2;  // 2 column tiles: 4 checksums needed
+  expect_bad(m, "checksums");
+  m.tensors[0].shards[0].crc32c = {1, 2, 3, 4};
+  m.validate("ok");
+  m = sample();
+  m.tensors[1].shards[0].block_cols = 2;  // a 0-d shard has one column tile
+  expect_bad(m, "block_cols");
+  // version 1 (no file records) is refused with the reason
+  {
+    nlohmann::json j = nlohmann::json::parse(sample().to_json());
+    j["version"] = 1;
+    try {
+      Manifest::parse(j.dump(), "old/manifest.json");
+      ADD_FAILURE() << "a version 1 manifest was accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("version 1 is no longer read"), std::string::npos) << e.what();
+    }
+  }
   EXPECT_THROW(Manifest::parse("{not json", "f"), InputError);
   EXPECT_THROW(Manifest::parse("{\"format\": \"other\"}", "f"), InputError);
 }
@@ -151,6 +300,19 @@ TEST(Manifest, PathsAndBlocks) {
   EXPECT_EQ(block_rows_for({10, 1 << 20}, 4, 1024), 1);  // a row larger than a block
   EXPECT_EQ(num_blocks({}, 1), 1);
   EXPECT_EQ(num_blocks({0, 3}, 1), 0);
+  // column tiles
+  EXPECT_EQ(block_cols_for({100, 256}, 4, 4096), 256);  // a row narrower than a tile: one tile
+  EXPECT_EQ(block_cols_for({100, 2048}, 4, 4096), 1024);
+  EXPECT_EQ(block_cols_for({100, 2000}, 4, 4095), 1024);  // rounded up to whole columns
+  EXPECT_EQ(block_cols_for({10, 8, 16}, 4, 4096), 8);     // a column is 64 bytes
+  EXPECT_EQ(block_cols_for({10, 100, 16}, 4, 256), 4);
+  EXPECT_EQ(block_cols_for({7}, 8, 4096), 1);
+  EXPECT_EQ(block_cols_for({}, 8, 4096), 1);
+  EXPECT_EQ(num_blocks({100, 2048}, 256, 1024), 1 * 2);
+  EXPECT_EQ(num_blocks({100, 2049}, 10, 1024), 10 * 3);
+  EXPECT_EQ(num_blocks({100, 0}, 10, 1024), 10);  // rows without bytes: one tile each
+  EXPECT_EQ(num_blocks({0, 5}, 10, 2), 0);
+  EXPECT_EQ(num_blocks({}, 1, 1), 1);
 }
 
 }  // namespace

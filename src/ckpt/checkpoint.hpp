@@ -9,13 +9,14 @@
 // (replicas take turns tensor by tensor), into that rank's file shard-<rank>.h5 of a
 // temporary directory; then rank 0 writes manifest.json, fsyncs, renames the directory to
 // step-XXXXXXXX and atomically replaces the `latest` pointer. A crash at any point leaves
-// the previous `latest` intact. Retention (`keep`) deletes the oldest committed checkpoints,
-// never the newest. Async mode copies the shards to host buffers, returns, and writes in a
+// the previous `latest` intact. Retention (`keep`) retires the oldest committed checkpoints
+// (never the newest): renamed away at once, deleted in the background. Async mode copies the shards to host buffers, returns, and writes in a
 // background thread; the next save(), wait() (both collective) finishes and commits it.
 //
-// Restore (collective, any mesh, any world size): each rank reads, from whichever files
-// hold them, only the checksum blocks of the saved shards that overlap the box its new
-// layout needs, verifies their CRC-32C, converts the dtype when asked to (float types among
+// Restore (collective, any mesh, any world size): each rank checks the size and metadata
+// checksum of every shard file it needs before HDF5 opens it, reads (HDF5 hyperslabs) only
+// the checksum tiles (row blocks x column ranges) of the saved shards that overlap the box
+// its new layout needs, verifies their CRC-32C, converts the dtype when asked to (float types among
 // themselves), and only when every rank has everything does anyone write the caller's
 // buffers. Every failure is reported on every rank, naming the tensor and the file.
 //
@@ -26,6 +27,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ckpt/manifest.hpp"
@@ -64,7 +66,9 @@ class Checkpointer {
   /// local shards; committed by the next save()/wait(). Throws InputError (on every rank)
   /// when a tensor is invalid, the step directory exists already, or a write failed.
   std::string save(const std::vector<TensorState>& tensors, const Metadata& meta);
-  /// Collective. Finishes and commits a pending async save (no-op when none).
+  /// Collective. Finishes and commits a pending async save (no-op when none), and finishes
+  /// deleting the checkpoints that retention retired (renamed to .trash-* at once, deleted
+  /// in the background; the next save and the destructor wait for that too).
   void wait();
   bool pending() const;
   const std::string& root() const { return root_; }
@@ -72,16 +76,27 @@ class Checkpointer {
  private:
   struct Pending;
   void commit(Pending& p);
+  void retire(std::int64_t newest_step);  // rank 0: retention and leftovers
   MPI_Comm comm_;
   std::string root_;
   SaveOptions opts_;
   std::unique_ptr<Pending> pending_;
+  std::thread cleaner_;  // rank 0: deletes retired checkpoints in the background
+};
+
+/// What a restore read on this rank.
+struct RestoreStats {
+  /// Bytes of tensor data read from the shard files (whole checksum tiles overlapping the
+  /// boxes this rank needs; the files' metadata checks and HDF5's own reads not counted).
+  std::int64_t bytes_read = 0;
 };
 
 struct RestoreOptions {
   /// Accept checkpoints holding tensors the caller does not ask for (otherwise refused as
   /// "a different model").
   bool allow_extra = false;
+  /// When set, filled in on success.
+  RestoreStats* stats = nullptr;
 };
 
 /// Collective. Restores `tensors` (their layouts may differ from the saved ones, on any

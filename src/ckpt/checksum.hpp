@@ -5,6 +5,8 @@
 // Uses the SSE4.2 crc32 instruction when the CPU has it, a table otherwise.
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace shardflow::ckpt {
 
@@ -14,5 +16,25 @@ std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc = 0);
 
 /// The table-driven implementation (for tests: must equal crc32c on every input).
 std::uint32_t crc32c_portable(const void* data, std::size_t n, std::uint32_t crc = 0);
+
+/// Three independent CRC-32Cs of `n` bytes each, interleaved (as fast as one CRC of 3n
+/// bytes): crc[k] = crc32c(p[k], n, crc[k]) for k = 0, 1, 2.
+void crc32c_x3(const void* const p[3], std::size_t n, std::uint32_t crc[3]);
+
+/// The CRC-32C of A followed by B from crc32c(A) and crc32c(B) (|B| = len_b bytes).
+std::uint32_t crc32c_combine(std::uint32_t crc_a, std::uint32_t crc_b, std::size_t len_b);
+
+/// A byte range [offset, offset + length) of a file.
+struct ByteRange {
+  std::int64_t offset = 0, length = 0;
+  bool operator==(const ByteRange& o) const { return offset == o.offset && length == o.length; }
+};
+
+/// CRC-32C of the first `size` bytes of file `path` with the ranges `skip` left out (the
+/// bytes outside them, in file order), read with plain POSIX I/O. `skip` must be sorted,
+/// non-overlapping and inside [0, size). Throws Error naming the file when it cannot be
+/// opened or holds fewer than `size` bytes. This is the metadata checksum of a shard file
+/// (skip = the raw data of its datasets).
+std::uint32_t file_crc32c_outside(const std::string& path, std::int64_t size, const std::vector<ByteRange>& skip);
 
 }  // namespace shardflow::ckpt

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/checksum.hpp"
 #include "core/dtype.hpp"
 #include "layout/layout.hpp"
 #include "mesh/mesh_shape.hpp"
@@ -26,9 +27,13 @@ struct Metadata {
   }
 };
 
-/// One saved shard: a box of the tensor stored as one dataset of one file. The data is
-/// checksummed in blocks of `block_rows` rows of the box's first dimension (a 0-d tensor
-/// is one block), one CRC-32C per block, so that a partial read can still be verified.
+/// One saved shard: a box of the tensor stored as one contiguous dataset of one file. The
+/// data is checksummed in tiles, one CRC-32C per tile, so that a partial read can still be
+/// verified: tile (i, j) is rows [i*block_rows, (i+1)*block_rows) of the box's first
+/// dimension times indices [j*block_cols, (j+1)*block_cols) of its second (clipped to the
+/// box), all further dimensions whole, its elements in row-major order; crc32c[i*ncols + j]
+/// where ncols = number of column tiles. A 0-d box is one tile; 0-d and 1-d boxes have one
+/// column tile (block_cols 1).
 struct ShardRecord {
   Box box;
   std::string file;     // relative to the step directory
@@ -36,8 +41,27 @@ struct ShardRecord {
   std::int64_t block_rows = 1;
   std::vector<std::uint32_t> crc32c;
   int writer = -1;  // the rank that wrote it
+  /// Indices of the second dimension per tile; 0 = the whole extent (one column tile).
+  std::int64_t block_cols = 0;
+  /// Byte offset of the dataset's contiguous raw data in its file; -1 when it has none
+  /// (an empty box). The data is [file_offset, file_offset + numel * dtype size).
+  std::int64_t file_offset = -1;
   std::int64_t numel() const { return box.numel(); }
+  /// block_cols as stored: >= 1 (the second extent, or 1, when block_cols is 0).
+  std::int64_t cols_per_block() const;
+  /// Number of column tiles (1 for 0-d and 1-d boxes).
+  std::int64_t col_blocks() const;
 };
+
+/// One shard file: its size and the CRC-32C of its bytes outside the raw data of its
+/// datasets (the HDF5 superblock, object headers, B-trees, heaps, free space), checked with
+/// plain POSIX reads before HDF5 parses the file (see file_metadata_crc32c).
+struct FileRecord {
+  std::string name;  // relative to the step directory
+  std::int64_t size = 0;
+  std::uint32_t meta_crc32c = 0;
+};
+
 
 struct TensorRecord {
   std::string name;
@@ -50,12 +74,16 @@ struct TensorRecord {
 };
 
 struct Manifest {
-  static constexpr int kVersion = 1;
+  /// 2: shard files carry a size and metadata checksum ("files"), shards a file_offset and
+  /// column tiles (block_cols). Version 1 manifests are refused (their shard files cannot be
+  /// checked before HDF5 parses them).
+  static constexpr int kVersion = 2;
   std::int64_t step = 0;
   int world_size = 1;
   std::string created;  // UTC time, ISO 8601
   Metadata meta;
   std::vector<TensorRecord> tensors;
+  std::vector<FileRecord> files;  // every file a shard names, once
 
   std::string to_json() const;
   /// Parses manifest text; throws InputError naming `where` on malformed content.
@@ -63,15 +91,25 @@ struct Manifest {
   /// Throws InputError naming `where` and the tensor on: duplicate or invalid tensor
   /// names, shard boxes outside the shape or of the wrong rank, unsafe file paths
   /// (absolute, "..", empty), dataset names other than "/<tensor name>", or a checksum
-  /// count that does not match the box. (Coverage is checked by coverage_problem.)
+  /// count that does not match the box, a shard file without a file record (or a record
+  /// without shards), a data range outside its file or overlapping another. (Coverage is
+  /// checked by coverage_problem.)
   void validate(const std::string& where) const;
   const TensorRecord* find(const std::string& name) const;
+  const FileRecord* find_file(const std::string& name) const;
+  /// The raw data ranges of every shard stored in `file`, sorted by offset.
+  std::vector<ByteRange> data_ranges(const std::string& file) const;
 };
 
 /// Rows of the first dimension per checksum block: about block_bytes per block, >= 1.
 std::int64_t block_rows_for(const Shape& extent, std::size_t elem_size, std::int64_t block_bytes);
-/// Number of checksum blocks of a box with that extent.
+/// Indices of the second dimension per checksum tile: tiles about `run_bytes` wide (a
+/// tile's row segment), at most the extent (1 for 0-d and 1-d boxes).
+std::int64_t block_cols_for(const Shape& extent, std::size_t elem_size, std::int64_t run_bytes);
+/// Number of row blocks of a box with that extent (one column tile per row block).
 std::int64_t num_blocks(const Shape& extent, std::int64_t block_rows);
+/// Number of checksum tiles of a box: row blocks x column tiles (block_cols 0: whole width).
+std::int64_t num_blocks(const Shape& extent, std::int64_t block_rows, std::int64_t block_cols);
 /// Elements per row of the first dimension (1 for 0-d and 1-d boxes... of 1-d: 1).
 std::int64_t row_numel(const Shape& extent);
 

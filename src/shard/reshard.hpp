@@ -7,6 +7,10 @@
 //   Resharder<T>  (operation)  the plan bound to a world communicator and persistent
 //                              staging buffers: pack (kernels::pack_box), exchange, unpack
 //                              (kernels::unpack_box), step after step without allocating.
+//                              A side whose pieces are each one contiguous run of the rank's
+//                              box (e.g. rows moving between row splits) skips its staging:
+//                              the exchange reads the source or writes the destination in
+//                              place.
 //                              The piece a rank keeps is copied src -> dst directly
 //                              (kernels::copy_box) while the exchange is in flight.
 //   reshard(...)               the one-shot convenience.
@@ -76,9 +80,20 @@ class Resharder {
   Resharder(comm::Communicator& world, ReshardPlan plan, ExecSpace exec = ExecSpace())
       : plan_(std::move(plan)),
         exec_(exec),
-        send_("shardflow::reshard::send", static_cast<std::size_t>(plan_.send_elems())),
-        recv_("shardflow::reshard::recv", static_cast<std::size_t>(plan_.recv_elems())),
-        exchange_(check_comm(world, plan_), plan_.exchange_plan(dtype_of<T>()), send_.data(), recv_.data()) {}
+        send_offsets_(runs_in_frame(plan_.sends(), plan_.from().box(plan_.rank()))),
+        recv_offsets_(runs_in_frame(plan_.recvs(), plan_.to().box(plan_.rank()))),
+        send_("shardflow::reshard::send",
+              send_offsets_.empty() ? static_cast<std::size_t>(plan_.send_elems()) : std::size_t(0)),
+        recv_("shardflow::reshard::recv",
+              recv_offsets_.empty() ? static_cast<std::size_t>(plan_.recv_elems()) : std::size_t(0)),
+        exchange_(check_comm(world, plan_), direct_plan(plan_, send_offsets_, recv_offsets_), send_.data(),
+                  recv_.data()) {}
+
+  /// True when the exchange reads the source in place (every piece sent is one contiguous
+  /// run of this rank's source box: no pack) / writes the destination in place (every piece
+  /// received is one contiguous run of its target box: no unpack).
+  bool direct_send() const { return !send_offsets_.empty(); }
+  bool direct_recv() const { return !recv_offsets_.empty(); }
 
   const ReshardPlan& plan() const { return plan_; }
 
@@ -93,13 +108,17 @@ class Resharder {
     SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(dst.extent(0)) >= theirs.numel(), "reshard: destination has ",
                             dst.extent(0), " elements but rank ", plan_.rank(), " holds ", theirs.numel(), " of ",
                             plan_.to().to_string());
-    std::size_t off = 0;
-    for (const auto& piece : plan_.sends()) {
-      kernels::pack_box<ExecSpace, T>(exec_, src, mine.extent, relative(piece.box, mine),
-                                      View(send_.data(), send_.extent(0)), off);
-      off += static_cast<std::size_t>(piece.box.numel());
+    if (!direct_send()) {
+      std::size_t off = 0;
+      for (const auto& piece : plan_.sends()) {
+        kernels::pack_box<ExecSpace, T>(exec_, src, mine.extent, relative(piece.box, mine),
+                                        View(send_.data(), send_.extent(0)), off);
+        off += static_cast<std::size_t>(piece.box.numel());
+      }
+      exec_.fence();
     }
-    exec_.fence();
+    exchange_.rebind(direct_send() ? static_cast<const void*>(src.data()) : send_.data(),
+                     direct_recv() ? static_cast<void*>(dst.data()) : recv_.data());
     comm::Request req = exchange_.start();
     const Box& keep = plan_.local_piece();
     if (keep.numel() > 0) {
@@ -114,6 +133,7 @@ class Resharder {
   /// Waits for the exchange started by start() and unpacks what arrived into its `dst`.
   void finish(comm::Request& req) {
     req.wait();
+    if (direct_recv()) return;  // the exchange wrote the pieces into place
     View dst = dst_;
     const Box mine = plan_.to().box(plan_.rank());
     std::size_t off = 0;
@@ -138,6 +158,28 @@ class Resharder {
                             " of '", c.name(), "'");
     return c;
   }
+  /// Where each piece starts in its frame (the rank's box, row-major) when every piece is
+  /// one contiguous run of it; empty otherwise (and when there are no pieces).
+  static std::vector<std::size_t> runs_in_frame(const std::vector<ReshardPiece>& pieces, const Box& frame) {
+    std::vector<std::size_t> offsets;
+    for (const auto& piece : pieces) {
+      const auto sb = kernels::StridedBox::row_major(frame.extent, relative(piece.box, frame)).simplified();
+      if (sb.ndim != 1 || sb.stride[0] != 1) return {};
+      offsets.push_back(static_cast<std::size_t>(sb.offset));
+    }
+    return offsets;
+  }
+  /// The plan's exchange with displacements into the source / destination themselves on
+  /// the direct sides.
+  static comm::CollectivePlan direct_plan(const ReshardPlan& p, const std::vector<std::size_t>& send_at,
+                                          const std::vector<std::size_t>& recv_at) {
+    comm::CollectivePlan x = p.exchange_plan(dtype_of<T>());
+    for (std::size_t i = 0; i < send_at.size(); ++i)
+      x.send_displs[static_cast<std::size_t>(p.sends()[i].peer)] = send_at[i];
+    for (std::size_t i = 0; i < recv_at.size(); ++i)
+      x.recv_displs[static_cast<std::size_t>(p.recvs()[i].peer)] = recv_at[i];
+    return x;
+  }
   static Box relative(const Box& b, const Box& frame) {
     Box r = b;
     for (std::size_t d = 0; d < r.ndim(); ++d) r.offset[d] -= frame.offset[d];
@@ -146,6 +188,7 @@ class Resharder {
 
   ReshardPlan plan_;
   ExecSpace exec_;
+  std::vector<std::size_t> send_offsets_, recv_offsets_;  // direct paths (see direct_send())
   Kokkos::View<T*, memory_space> send_, recv_;
   View dst_;
   comm::Collective exchange_;

@@ -226,10 +226,14 @@ void write_seeds(const std::string& dir) {
     b.box = Box{{3, 0}, {3, 5}};
     b.file = "shard-1.h5";
     b.writer = 1;
-    a.crc32c.resize(static_cast<size_t>(num_blocks(a.box.extent, a.block_rows)), 0x12345678u);
-    b.crc32c.resize(static_cast<size_t>(num_blocks(b.box.extent, b.block_rows)), 0x9abcdef0u);
+    a.crc32c.resize(static_cast<size_t>(num_blocks(a.box.extent, a.block_rows, a.cols_per_block())), 0x12345678u);
+    b.crc32c.resize(static_cast<size_t>(num_blocks(b.box.extent, b.block_rows, b.cols_per_block())), 0x9abcdef0u);
     t.shards = {a, b};
   }
+  FileRecord second = two.files.at(0);
+  second.name = "shard-1.h5";
+  second.meta_crc32c = 0x0badf00du;
+  two.files.push_back(second);
   const std::string two_text = two.to_json();
   write_all(mdir / "two_rank_manifest.json", two_text.data(), two_text.size());
   const std::string cm = "0" + manifest;  // '0' (0x30) is even: replaces manifest.json

@@ -81,97 +81,129 @@ struct ShardJob {
   std::size_t bytes = 0;
   detail::HostBuffer owned;  // async: the snapshot `data` points into
   // results
-  std::int64_t block_rows = 1;
+  std::int64_t block_rows = 1, block_cols = 1, file_offset = -1;
   std::vector<std::uint32_t> crc;
 };
 
-/// Writes the jobs into `path` (one HDF5 file); fsyncs it. Each checksum block is
-/// checksummed and written right after, while it is still in cache.
-void write_shard_file(const std::string& path, std::vector<ShardJob>& jobs, std::int64_t block_bytes) {
+/// Widest row segment of a checksum tile: tiles this wide let a restore that splits the
+/// second dimension read (and verify) only the columns it needs, in runs long enough for
+/// efficient reads; narrower when block_bytes is smaller.
+constexpr std::int64_t kTileRunBytes = 4096;
+
+/// Writes the jobs into `path` (one HDF5 file, contiguous datasets, no timestamps: the same
+/// state gives the same bytes); each row block's tiles are checksummed right before the
+/// block is written, while in cache. Then computes the file's size and metadata checksum
+/// (every byte outside the datasets' raw data), reading it back from the page cache.
+FileRecord write_shard_file(const std::string& path, const std::string& rel, std::vector<ShardJob>& jobs,
+                            std::int64_t block_bytes) {
   std::lock_guard<std::recursive_mutex> lock(h5::mutex());
   h5::init();
   h5::Handle file = h5::file_create(path);
+  h5::Handle dcpl(CHECK_HDF5(H5Pcreate(H5P_DATASET_CREATE)), H5Pclose);
+  CHECK_HDF5(H5Pset_layout(dcpl, H5D_CONTIGUOUS));
+  CHECK_HDF5(H5Pset_obj_track_times(dcpl, 0));
   for (auto& j : jobs) {
     const std::size_t esize = dtype_size(j.dtype);
-    j.block_rows = block_rows_for(j.box.extent, esize, block_bytes);
-    const std::int64_t nb = num_blocks(j.box.extent, j.block_rows);
-    const std::int64_t row = row_numel(j.box.extent);
-    const std::size_t row_bytes = static_cast<std::size_t>(row) * esize;
-    j.crc.resize(static_cast<size_t>(nb));
+    j.block_cols = block_cols_for(j.box.extent, esize, std::min(kTileRunBytes, block_bytes));
+    const detail::TileGeometry g0 = detail::tile_geometry(j.box.extent, esize, 1, j.block_cols);
+    j.block_rows = j.box.extent.empty() ? 1 : block_rows_for(Shape{g0.n0, j.block_cols}, g0.col_bytes, block_bytes);
+    const detail::TileGeometry g = detail::tile_geometry(j.box.extent, esize, j.block_rows, j.block_cols);
+    j.crc.assign(static_cast<size_t>(num_blocks(j.box.extent, j.block_rows, j.block_cols)), 0u);
     h5::Handle space;
     std::vector<hsize_t> dims(j.box.extent.begin(), j.box.extent.end());
     if (dims.empty()) space = h5::Handle(CHECK_HDF5(H5Screate(H5S_SCALAR)), H5Sclose);
     else space = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
     h5::Handle ftype = h5::file_type(j.dtype);
-    h5::Handle ds(CHECK_HDF5(H5Dcreate2(file, ("/" + j.name).c_str(), ftype, space, H5P_DEFAULT, H5P_DEFAULT,
-                                        H5P_DEFAULT)),
+    h5::Handle ds(CHECK_HDF5(H5Dcreate2(file, ("/" + j.name).c_str(), ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)),
                   H5Dclose);
     h5::Handle mtype = h5::memory_type(j.dtype);
     if (dims.empty()) {
       j.crc[0] = crc32c(j.data, j.bytes);
       CHECK_HDF5(H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, j.data));
     }
-    for (std::int64_t b = 0; b < nb && !dims.empty(); ++b) {
+    for (std::int64_t b = 0; b < g.row_blocks && !dims.empty() && j.bytes > 0; ++b) {
       const std::int64_t r0 = b * j.block_rows;
-      const std::int64_t r1 = std::min(j.box.extent[0], r0 + j.block_rows);
-      const unsigned char* p = j.data + static_cast<std::size_t>(r0) * row_bytes;
-      const std::size_t len = static_cast<std::size_t>(r1 - r0) * row_bytes;
-      j.crc[static_cast<size_t>(b)] = crc32c(p, len);
+      const std::int64_t r1 = std::min(g.n0, r0 + j.block_rows);
+      const unsigned char* p = j.data + static_cast<std::size_t>(r0) * g.row_bytes;
+      detail::tile_crcs(g, p, g.row_bytes, r1 - r0, 0, 0, g.col_blocks, j.crc.data() + b * g.col_blocks);
       std::vector<hsize_t> start(dims.size(), 0), cnt(dims);
       start[0] = static_cast<hsize_t>(r0);
       cnt[0] = static_cast<hsize_t>(r1 - r0);
       CHECK_HDF5(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, cnt.data(), nullptr));
-      hsize_t n = static_cast<hsize_t>((r1 - r0) * row);
+      hsize_t n = static_cast<hsize_t>((r1 - r0) * row_numel(j.box.extent));
       h5::Handle mspace(CHECK_HDF5(H5Screate_simple(1, &n, nullptr)), H5Sclose);
       CHECK_HDF5(H5Dwrite(ds, mtype, mspace, space, H5P_DEFAULT, p));
     }
     h5::write_attr_string(ds, "tensor", j.name);
     h5::write_attr_string(ds, "dtype", dtype_name(j.dtype));
     h5::write_attr_i64(ds, "offset", std::vector<long long>(j.box.offset.begin(), j.box.offset.end()));
+    if (j.bytes > 0) {
+      const haddr_t at = H5Dget_offset(ds);
+      SHARDFLOW_REQUIRE(at != HADDR_UNDEF, "checkpoint save: dataset '/", j.name, "' in '", path,
+                        "' has no contiguous storage");
+      SHARDFLOW_REQUIRE(H5Dget_storage_size(ds) == j.bytes, "checkpoint save: dataset '/", j.name, "' in '", path,
+                        "' stores ", H5Dget_storage_size(ds), " bytes, not ", j.bytes);
+      j.file_offset = static_cast<std::int64_t>(at);
+    }
     ds.close();
   }
   CHECK_HDF5(H5Fflush(file, H5F_SCOPE_GLOBAL));
   file.close();
-  detail::fsync_path(path, false);
+  FileRecord rec;
+  rec.name = rel;
+  std::error_code ec;
+  rec.size = static_cast<std::int64_t>(fs::file_size(path, ec));
+  SHARDFLOW_REQUIRE(!ec, "checkpoint save: cannot stat '", path, "': ", ec.message());
+  std::vector<ByteRange> data;
+  for (const auto& j : jobs)
+    if (j.file_offset >= 0) data.push_back(ByteRange{j.file_offset, static_cast<std::int64_t>(j.bytes)});
+  std::sort(data.begin(), data.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
+  rec.meta_crc32c = file_crc32c_outside(path, rec.size, data);
+  return rec;  // the caller fsyncs it
 }
 
-json records_to_json(const std::vector<ShardJob>& jobs, const std::string& file, int rank) {
+json records_to_json(const std::vector<ShardJob>& jobs, const FileRecord& file, int rank) {
   json a = json::array();
   for (const auto& j : jobs) {
     json r;
     r["tensor"] = j.tensor;
     r["offset"] = j.box.offset;
     r["extent"] = j.box.extent;
-    r["file"] = file;
     r["block_rows"] = j.block_rows;
+    r["block_cols"] = j.block_cols;
+    r["file_offset"] = j.file_offset;
     r["crc"] = j.crc;
-    r["writer"] = rank;
     a.push_back(r);
   }
-  return a;
+  json out;
+  out["shards"] = a;
+  out["writer"] = rank;
+  out["file"] = file.name;
+  out["size"] = file.size;
+  out["meta_crc"] = file.meta_crc32c;
+  return out;
 }
 
-/// Gathers one string per rank onto `root`.
-std::vector<std::string> gather_strings(MPI_Comm comm, const std::string& s, int root) {
+/// Rank 0 receives one string from every rank (its own included), in rank order; the others
+/// return after sending (an empty vector).
+std::vector<std::string> send_to_root(MPI_Comm comm, const std::string& s) {
+  constexpr int kTag = 7301;
   const int size = comm_size(comm), rank = comm_rank(comm);
-  int n = static_cast<int>(s.size());
-  std::vector<int> sizes(static_cast<size_t>(size)), displs(static_cast<size_t>(size));
-  CHECK_MPI(MPI_Gather(&n, 1, MPI_INT, sizes.data(), 1, MPI_INT, root, comm));
-  std::string all;
-  if (rank == root) {
-    int total = 0;
-    for (int r = 0; r < size; ++r) {
-      displs[static_cast<size_t>(r)] = total;
-      total += sizes[static_cast<size_t>(r)];
-    }
-    all.resize(static_cast<size_t>(total));
-  }
-  CHECK_MPI(MPI_Gatherv(s.data(), n, MPI_CHAR, all.data(), sizes.data(), displs.data(), MPI_CHAR, root, comm));
   std::vector<std::string> out;
-  if (rank == root)
-    for (int r = 0; r < size; ++r)
-      out.push_back(all.substr(static_cast<size_t>(displs[static_cast<size_t>(r)]),
-                               static_cast<size_t>(sizes[static_cast<size_t>(r)])));
+  if (rank != 0) {
+    CHECK_MPI(MPI_Send(s.data(), static_cast<int>(s.size()), MPI_CHAR, 0, kTag, comm));
+    return out;
+  }
+  out.push_back(s);
+  for (int r = 1; r < size; ++r) {
+    MPI_Status st;
+    CHECK_MPI(MPI_Probe(r, kTag, comm, &st));
+    int n = 0;
+    CHECK_MPI(MPI_Get_count(&st, MPI_CHAR, &n));
+    std::string m(static_cast<size_t>(n), '\0');
+    CHECK_MPI(MPI_Recv(m.data(), n, MPI_CHAR, r, kTag, comm, MPI_STATUS_IGNORE));
+    out.push_back(std::move(m));
+  }
   return out;
 }
 
@@ -189,26 +221,49 @@ struct Checkpointer::Pending {
   std::string tmp_dir, final_dir, file_name;
   Manifest skeleton;  // tensors without shards; rank 0 fills them in
   std::vector<ShardJob> jobs;
+  FileRecord file;      // of this rank's shard file (when it wrote one)
+  bool synced = false;  // the shard file is fsynced already (async: by the background thread)
   std::thread thread;
   std::string error;  // of the local write
+  // rank 0: the `latest` pointer's temporary file, written and fsynced off the critical
+  // path while the shards are written
+  std::string latest_tmp;
+  std::thread latest_thread;
+  std::string latest_error;
+  void join() {
+    if (thread.joinable()) thread.join();
+    if (latest_thread.joinable()) latest_thread.join();
+  }
 };
 
 Checkpointer::Checkpointer(MPI_Comm comm, std::string root, SaveOptions options)
-    : comm_(comm), root_(std::move(root)), opts_(options) {
+    : root_(std::move(root)), opts_(options) {
   SHARDFLOW_REQUIRE_INPUT(!root_.empty(), "Checkpointer: empty checkpoint directory");
   SHARDFLOW_REQUIRE_INPUT(opts_.keep >= 0, "Checkpointer: keep = ", opts_.keep, " must be >= 0");
   SHARDFLOW_REQUIRE_INPUT(opts_.block_bytes >= 1, "Checkpointer: block_bytes = ", opts_.block_bytes, " must be >= 1");
+  // a communicator of its own: the shard records travel point to point on it, apart from
+  // any message of the caller's
+  CHECK_MPI(MPI_Comm_dup(comm, &comm_));
   std::string err;
   if (comm_rank(comm_) == 0) {
     std::error_code ec;
     fs::create_directories(root_, ec);
     if (ec || !fs::is_directory(root_)) err = concat("Checkpointer: cannot create directory '", root_, "': ", ec.message());
   }
-  detail::agree(comm_, err);
+  try {
+    detail::agree(comm_, err);
+  } catch (...) {
+    MPI_Comm_free(&comm_);
+    throw;
+  }
 }
 
 Checkpointer::~Checkpointer() {
-  if (pending_ && pending_->thread.joinable()) pending_->thread.join();
+  if (pending_) pending_->join();
+  if (cleaner_.joinable()) cleaner_.join();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Comm_free(&comm_);
 }
 
 bool Checkpointer::pending() const { return pending_ != nullptr; }
@@ -261,27 +316,59 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
   } catch (const std::exception& e) {
     err = e.what();
   }
-  detail::agree(comm_, err);
-
-  // rank 0 prepares the temporary directory
-  std::string tmp;
-  if (rank == 0) {
+  // The temporary directory has a fixed name per step (one writer per root), so no broadcast
+  // is needed. Sync mode: no collective before the writes either; every rank creates the
+  // directory (racing mkdirs are fine) and writes its file, request errors and an existing
+  // step directory are reported by every rank at commit, before anything becomes visible,
+  // and rank 0 removes leftovers of an interrupted save of this step from the directory.
+  // Async mode: save() must throw such errors itself, so all agree first.
+  p->tmp_dir = detail::join(root_, ".tmp-" + step_dir_name(meta.step));
+  if (err.empty()) {
     try {
       std::error_code ec;
-      SHARDFLOW_REQUIRE_INPUT(!fs::exists(p->final_dir, ec), "checkpoint save: '", p->final_dir,
-                              "' exists already (a checkpoint of step ", meta.step, ")");
-      tmp = detail::join(root_, ".tmp-" + step_dir_name(meta.step) + "-" + random_nonce());
-      fs::create_directory(tmp, ec);
-      SHARDFLOW_REQUIRE(!ec, "checkpoint save: cannot create '", tmp, "': ", ec.message());
+      if (rank == 0)
+        SHARDFLOW_REQUIRE_INPUT(!fs::exists(p->final_dir, ec), "checkpoint save: '", p->final_dir,
+                                "' exists already (a checkpoint of step ", meta.step, ")");
+      if (!opts_.async) {
+        fs::create_directories(p->tmp_dir, ec);
+        SHARDFLOW_REQUIRE(fs::is_directory(p->tmp_dir), "checkpoint save: cannot create '", p->tmp_dir, "': ",
+                          ec.message());
+        fs::remove(detail::join(p->tmp_dir, p->file_name), ec);  // a leftover of an interrupted save
+      } else if (rank == 0) {
+        fs::remove_all(p->tmp_dir, ec);  // a leftover of an interrupted save
+        fs::create_directory(p->tmp_dir, ec);
+        SHARDFLOW_REQUIRE(!ec, "checkpoint save: cannot create '", p->tmp_dir, "': ", ec.message());
+      }
     } catch (const std::exception& e) {
       err = e.what();
     }
   }
-  detail::agree(comm_, err);
-  p->tmp_dir = detail::bcast_string(comm_, tmp, 0);
+  if (opts_.async) {
+    try {
+      detail::agree(comm_, err);
+    } catch (...) {
+      if (rank == 0) remove_quietly(p->tmp_dir);
+      throw;
+    }
+  }
+  p->error = err;  // sync mode: reported at commit
   p->skeleton.step = meta.step;
   p->skeleton.world_size = size;
   p->skeleton.meta = meta;
+  if (rank == 0) {  // the new `latest`, ready to be renamed over the old one at commit
+    p->latest_tmp = detail::join(root_, ".latest-" + step_dir_name(meta.step));
+    Pending* raw = p.get();
+    const std::string content = step_dir_name(meta.step) + "\n";
+    raw->latest_thread = std::thread([raw, content] {
+      try {
+        std::error_code ec;
+        fs::remove(raw->latest_tmp, ec);
+        detail::write_file_durably(raw->latest_tmp, content);
+      } catch (const std::exception& e) {
+        raw->latest_error = e.what();
+      }
+    });
+  }
 
   const std::string path = detail::join(p->tmp_dir, p->file_name);
   const std::int64_t block_bytes = opts_.block_bytes;
@@ -294,7 +381,11 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
     Pending* raw = p.get();
     raw->thread = std::thread([raw, path, block_bytes] {
       try {
-        if (!raw->jobs.empty()) write_shard_file(path, raw->jobs, block_bytes);
+        if (!raw->jobs.empty()) {
+          raw->file = write_shard_file(path, raw->file_name, raw->jobs, block_bytes);
+          detail::fsync_path(path, false);  // in the background too
+        }
+        raw->synced = true;
       } catch (const std::exception& e) {
         raw->error = e.what();
       }
@@ -303,7 +394,7 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
     return pending_->final_dir;
   }
   try {
-    if (!p->jobs.empty()) write_shard_file(path, p->jobs, block_bytes);
+    if (p->error.empty() && !p->jobs.empty()) p->file = write_shard_file(path, p->file_name, p->jobs, block_bytes);
   } catch (const std::exception& e) {
     p->error = e.what();
   }
@@ -312,6 +403,7 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
 }
 
 void Checkpointer::wait() {
+  if (cleaner_.joinable()) cleaner_.join();
   if (!pending_) return;
   std::unique_ptr<Pending> p = std::move(pending_);
   if (p->thread.joinable()) p->thread.join();
@@ -320,37 +412,76 @@ void Checkpointer::wait() {
 
 void Checkpointer::commit(Pending& p) {
   const int rank = comm_rank(comm_);
-  // 1. every rank's file is written and fsynced (or the save fails everywhere)
-  std::string err = p.error.empty() ? std::string() : concat("checkpoint save to '", p.tmp_dir, "' failed: ", p.error);
-  try {
-    detail::agree(comm_, err);
-  } catch (...) {
-    if (rank == 0) remove_quietly(p.tmp_dir);
-    throw;
+  // The critical path: (1) rank 0 receives every rank's shard records (or error);
+  // (2) every rank fsyncs its shard file while rank 0 writes and fsyncs the manifest and the
+  // temporary directory; (3) all agree that everything is durable; (4) rank 0 renames the
+  // directory into place, fsyncs the root, renames the `latest` file prepared during the
+  // save over the old one and fsyncs the root again; (5) all agree on the outcome.
+  // Retention deletes in the background (renamed to .trash-* first, synchronously).
+  json mine = records_to_json(p.jobs, p.file, rank);
+  if (!p.error.empty()) mine["error"] = p.error;
+  // point to point rather than a gather: no rank waits for rank 0 here
+  std::vector<std::string> recs = send_to_root(comm_, mine.dump());
+
+  std::string err;
+  std::thread shard_sync;
+  std::string shard_sync_error;
+  if (p.error.empty() && !p.synced && !p.jobs.empty()) {
+    const std::string path = detail::join(p.tmp_dir, p.file_name);
+    auto sync = [path, &shard_sync_error] {
+      try {
+        detail::fsync_path(path, false);
+      } catch (const std::exception& e) {
+        shard_sync_error = e.what();
+      }
+    };
+    if (rank == 0) shard_sync = std::thread(sync);  // rank 0 has the manifest to write meanwhile
+    else sync();
   }
-  // 2. rank 0 gathers the shard records, writes the manifest and commits
-  std::vector<std::string> recs =
-      gather_strings(comm_, records_to_json(p.jobs, p.file_name, rank).dump(), 0);
-  err.clear();
   if (rank == 0) {
     try {
       Manifest m = p.skeleton;
       m.created = utc_now();
-      for (const auto& text : recs) {
-        for (const json& r : json::parse(text)) {
+      for (size_t r = 0; r < recs.size(); ++r) {
+        const json rec = json::parse(recs[r]);
+        if (rec.contains("error")) {
+          const std::string e = rec.at("error").get<std::string>();
+          if (e.rfind("checkpoint save: ", 0) == 0) throw InputError(e);  // the request
+          throw Error(concat("checkpoint save to '", p.tmp_dir, "' failed on rank ", r, ": ", e));
+        }
+        if (rec.at("shards").empty()) continue;
+        const int writer = rec.at("writer").get<int>();
+        FileRecord f;
+        f.name = rec.at("file").get<std::string>();
+        f.size = rec.at("size").get<std::int64_t>();
+        f.meta_crc32c = rec.at("meta_crc").get<std::uint32_t>();
+        m.files.push_back(f);
+        for (const json& sr : rec.at("shards")) {
           ShardRecord s;
-          const size_t ti = r.at("tensor").get<size_t>();
-          s.box.offset = r.at("offset").get<Shape>();
-          s.box.extent = r.at("extent").get<Shape>();
-          s.file = r.at("file").get<std::string>();
+          const size_t ti = sr.at("tensor").get<size_t>();
+          s.box.offset = sr.at("offset").get<Shape>();
+          s.box.extent = sr.at("extent").get<Shape>();
+          s.file = f.name;
           s.dataset = "/" + m.tensors.at(ti).name;
-          s.block_rows = r.at("block_rows").get<std::int64_t>();
-          s.crc32c = r.at("crc").get<std::vector<std::uint32_t>>();
-          s.writer = r.at("writer").get<int>();
+          s.block_rows = sr.at("block_rows").get<std::int64_t>();
+          s.block_cols = sr.at("block_cols").get<std::int64_t>();
+          s.file_offset = sr.at("file_offset").get<std::int64_t>();
+          s.crc32c = sr.at("crc").get<std::vector<std::uint32_t>>();
+          s.writer = writer;
           m.tensors.at(ti).shards.push_back(std::move(s));
         }
       }
       m.validate(p.tmp_dir);
+      std::error_code ec;
+      SHARDFLOW_REQUIRE_INPUT(!fs::exists(p.final_dir, ec), "checkpoint save: '", p.final_dir,
+                              "' exists already (a checkpoint of step ", p.step, ")");
+      // leftovers of an interrupted save of this step (files of ranks that write none now)
+      std::set<std::string> ours;
+      for (const auto& f : m.files) ours.insert(f.name);
+      std::vector<std::string> stale;
+      for (const auto& e : fs::directory_iterator(p.tmp_dir, ec))
+        if (!ours.count(e.path().filename().string())) stale.push_back(e.path().string());
+      for (const auto& x : stale) remove_quietly(x);
       for (const auto& t : m.tensors) {
         std::string problem = coverage_problem(t);
         SHARDFLOW_REQUIRE(problem.empty(), "checkpoint save: tensor '", t.name, "': ", problem,
@@ -358,39 +489,69 @@ void Checkpointer::commit(Pending& p) {
       }
       detail::write_file_durably(detail::join(p.tmp_dir, "manifest.json"), m.to_json());
       detail::fsync_path(p.tmp_dir, true);
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+  }
+  if (shard_sync.joinable()) shard_sync.join();
+  if (err.empty() && !shard_sync_error.empty())
+    err = concat("checkpoint save to '", p.tmp_dir, "' failed: ", shard_sync_error);
+  if (p.latest_thread.joinable()) p.latest_thread.join();
+  if (err.empty() && !p.latest_error.empty()) err = concat("checkpoint save: ", p.latest_error);
+  try {
+    detail::agree(comm_, err);
+  } catch (...) {
+    if (rank == 0) {
+      remove_quietly(p.tmp_dir);
+      remove_quietly(p.latest_tmp);
+    }
+    throw;
+  }
+
+  if (rank == 0) {
+    try {
       std::error_code ec;
       fs::rename(p.tmp_dir, p.final_dir, ec);
       SHARDFLOW_REQUIRE(!ec, "checkpoint save: cannot rename '", p.tmp_dir, "' to '", p.final_dir, "': ", ec.message());
-      detail::fsync_path(root_, true);
-      // the latest pointer: write a temporary file, fsync, rename over
-      const std::string latest_tmp = detail::join(root_, ".latest-" + random_nonce());
-      detail::write_file_durably(latest_tmp, step_dir_name(p.step) + "\n");
-      fs::rename(latest_tmp, detail::join(root_, "latest"), ec);
+      detail::fsync_path(root_, true);  // the step directory is in place before `latest` names it
+      fs::rename(p.latest_tmp, detail::join(root_, "latest"), ec);
       SHARDFLOW_REQUIRE(!ec, "checkpoint save: cannot update '", detail::join(root_, "latest"), "': ", ec.message());
       detail::fsync_path(root_, true);
-      // retention, and leftovers of interrupted saves
-      std::vector<std::string> done = list_checkpoints(root_);
-      if (opts_.keep > 0 && static_cast<int>(done.size()) > opts_.keep) {
-        const std::string newest = step_dir_name(p.step);
-        for (size_t i = 0; i + static_cast<size_t>(opts_.keep) < done.size(); ++i) {
-          if (fs::path(done[i]).filename() == newest) continue;
-          const std::string trash = detail::join(root_, ".trash-" + fs::path(done[i]).filename().string() + "-" + random_nonce());
-          fs::rename(done[i], trash, ec);
-          if (!ec) remove_quietly(trash);
-        }
-      }
-      for (const auto& e : fs::directory_iterator(root_, ec)) {
-        const std::string n = e.path().filename().string();
-        if ((n.rfind(".tmp-", 0) == 0 || n.rfind(".trash-", 0) == 0 || n.rfind(".latest-", 0) == 0) &&
-            e.path().string() != p.tmp_dir)
-          remove_quietly(e.path().string());
-      }
     } catch (const std::exception& e) {
       err = e.what();
       remove_quietly(p.tmp_dir);
+      remove_quietly(p.latest_tmp);
     }
+    if (err.empty()) retire(p.step);
   }
   detail::agree(comm_, err);
+}
+
+void Checkpointer::retire(std::int64_t newest_step) {
+  // retention, and leftovers of interrupted saves: renamed out of sight now (fast), deleted
+  // by a background thread that the next save or the destructor joins
+  if (cleaner_.joinable()) cleaner_.join();
+  std::vector<std::string> trash;
+  std::error_code ec;
+  std::vector<std::string> done = list_checkpoints(root_);
+  if (opts_.keep > 0 && static_cast<int>(done.size()) > opts_.keep) {
+    const std::string newest = step_dir_name(newest_step);
+    for (size_t i = 0; i + static_cast<size_t>(opts_.keep) < done.size(); ++i) {
+      if (fs::path(done[i]).filename() == newest) continue;
+      const std::string t = detail::join(root_, ".trash-" + fs::path(done[i]).filename().string() + "-" + random_nonce());
+      fs::rename(done[i], t, ec);
+      if (!ec) trash.push_back(t);
+    }
+  }
+  for (const auto& e : fs::directory_iterator(root_, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind(".tmp-", 0) == 0 || n.rfind(".trash-", 0) == 0 || n.rfind(".latest-", 0) == 0)
+      if (std::find(trash.begin(), trash.end(), e.path().string()) == trash.end()) trash.push_back(e.path().string());
+  }
+  if (!trash.empty())
+    cleaner_ = std::thread([trash] {
+      for (const auto& t : trash) remove_quietly(t);
+    });
 }
 
 // ---- restore ----------------------------------------------------------------------------
@@ -494,12 +655,13 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
   }
   detail::agree(comm, err);
 
-  // read every needed block into staging buffers, verifying checksums
+  // read the checksum tiles overlapping every needed box into staging buffers, verifying them
   std::vector<detail::HostBuffer> staging(tensors.size());
+  std::int64_t bytes_read = 0;
   try {
     std::lock_guard<std::recursive_mutex> lock(h5::mutex());
     h5::init();
-    detail::FileCache files(dir);
+    detail::FileCache files(dir, m);
     std::vector<unsigned char> buf;
     for (size_t i = 0; i < tensors.size(); ++i) {
       const TensorState& t = tensors[i];
@@ -512,39 +674,28 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
         const Box x = Box::intersect(need, s.box);
         if (x.empty()) continue;
         h5::Handle ds = detail::open_shard_dataset(files, r, s);
-        std::int64_t b_lo = 0, b_hi = 1;
-        if (!s.box.extent.empty()) {
-          const std::int64_t r_lo = x.offset[0] - s.box.offset[0];
-          const std::int64_t r_hi = r_lo + x.extent[0];
-          b_lo = r_lo / s.block_rows;
-          b_hi = (r_hi + s.block_rows - 1) / s.block_rows;
+        const size_t nd = x.ndim();
+        Box want{x.offset, x.extent};  // x in the shard's coordinates
+        Shape at_need(nd), zero(nd, 0);  // x in the need box's coordinates
+        for (size_t d = 0; d < nd; ++d) {
+          want.offset[d] = x.offset[d] - s.box.offset[d];
+          at_need[d] = x.offset[d] - need.offset[d];
         }
-        // fast path: whole rows, block-aligned, same dtype: read straight into the staging buffer
-        bool direct = r.dtype == t.dtype;
-        for (size_t d = 1; d < x.ndim() && direct; ++d)
-          direct = x.extent[d] == s.box.extent[d] && x.extent[d] == need.extent[d];
-        if (direct && !s.box.extent.empty())
-          direct = b_lo * s.block_rows == x.offset[0] - s.box.offset[0] &&
-                   std::min(s.box.extent[0], b_hi * s.block_rows) == x.offset[0] - s.box.offset[0] + x.extent[0];
+        const Box rb = detail::tile_cover(r, s, want);
+        // fast path: the tiles are exactly the overlap, same dtype, and dimensions from the
+        // third on whole in the need box: HDF5 reads straight into the staging buffer
+        bool direct = r.dtype == t.dtype && rb.offset == want.offset && rb.extent == want.extent;
+        for (size_t d = 2; d < nd && direct; ++d) direct = need.extent[d] == x.extent[d];
         if (direct) {
-          const std::size_t row_bytes = static_cast<std::size_t>(row_numel(need.extent)) * dtype_size(t.dtype);
-          const std::size_t at = need.extent.empty() ? 0 : static_cast<std::size_t>(x.offset[0] - need.offset[0]) * row_bytes;
-          detail::read_blocks_into(ds, r, s, b_lo, b_hi, staging[i].data() + at, dir);
-          got += x.numel();
-          continue;
+          bytes_read += detail::read_tiles(ds, r, s, rb, staging[i].data(), need.extent, at_need, dir);
+        } else {
+          buf.resize(static_cast<size_t>(rb.numel()) * dtype_size(r.dtype));
+          bytes_read += detail::read_tiles(ds, r, s, rb, buf.data(), rb.extent, zero, dir);
+          Box in_read{want.offset, want.extent};
+          for (size_t d = 0; d < nd; ++d) in_read.offset[d] -= rb.offset[d];
+          detail::copy_convert(buf.data(), r.dtype, rb.extent, in_read, staging[i].data(), t.dtype, need.extent,
+                               Box{at_need, x.extent});
         }
-        const std::int64_t first_row = detail::read_blocks(ds, r, s, b_lo, b_hi, buf, dir);
-        // the rows read form an array of shape [rows, extent[1:]] starting at shard row first_row
-        Shape read_shape = s.box.extent;
-        Box in_read{x.offset, x.extent};
-        for (size_t d = 0; d < x.ndim(); ++d) in_read.offset[d] = x.offset[d] - s.box.offset[d];
-        if (!read_shape.empty()) {
-          read_shape[0] = std::min(s.box.extent[0], b_hi * s.block_rows) - first_row;
-          in_read.offset[0] -= first_row;
-        }
-        Box in_need{x.offset, x.extent};
-        for (size_t d = 0; d < x.ndim(); ++d) in_need.offset[d] = x.offset[d] - need.offset[d];
-        detail::copy_convert(buf.data(), r.dtype, read_shape, in_read, staging[i].data(), t.dtype, need.extent, in_need);
         got += x.numel();
       }
       SHARDFLOW_REQUIRE_INPUT(got == need.numel(), "checkpoint ", dir, ": tensor '", t.name, "': saved shards provide ",
@@ -554,6 +705,7 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
     err = e.what();
   }
   detail::agree(comm, err);
+  if (options.stats) options.stats->bytes_read = bytes_read;
 
   // everything is here on every rank: now the caller's buffers
   for (size_t i = 0; i < tensors.size(); ++i)

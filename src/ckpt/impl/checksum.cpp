@@ -1,7 +1,14 @@
 #include "ckpt/checksum.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstring>
+
+#include "core/error.hpp"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <nmmintrin.h>
@@ -30,6 +37,26 @@ struct Tables {
 const Tables& tables() {
   static const Tables tb;
   return tb;
+}
+
+// GF(2) arithmetic modulo the (reflected) polynomial, for combining CRCs.
+std::uint32_t gf2_mul(std::uint32_t a, std::uint32_t b) {
+  std::uint32_t r = 0;
+  for (int i = 0; i < 32; ++i) {
+    if (a & 0x80000000u) r ^= b;
+    a <<= 1;
+    b = (b & 1) ? (b >> 1) ^ kPoly : b >> 1;
+  }
+  return r;
+}
+std::uint32_t x8n(std::size_t len) {  // x^(8*len) mod P
+  std::uint32_t result = 0x80000000u, power = 0x00800000u;
+  while (len) {
+    if (len & 1) result = gf2_mul(result, power);
+    power = gf2_mul(power, power);
+    len >>= 1;
+  }
+  return result;
 }
 
 std::uint32_t portable_raw(const unsigned char* p, std::size_t n, std::uint32_t c) {
@@ -66,33 +93,11 @@ __attribute__((target("sse4.2"))) std::uint32_t hw_1(const unsigned char* p, std
   return c;
 }
 
-// GF(2) helpers to shift a CRC state over `len` zero bytes: crc_shift(c, len) is the state
-// after feeding len zero bytes to state c (without pre/post inversion).
-std::uint32_t gf2_multiply(std::uint32_t a, std::uint32_t b) {  // reflected, mod the polynomial
-  std::uint32_t r = 0;
-  for (int i = 0; i < 32; ++i) {
-    if (a & 0x80000000u) r ^= b;
-    a <<= 1;
-    b = (b & 1) ? (b >> 1) ^ kPoly : b >> 1;
-  }
-  return r;
-}
-std::uint32_t x_pow_8n(std::size_t len) {  // x^(8*len) mod P, reflected representation
-  std::uint32_t result = 0x80000000u;         // x^0
-  std::uint32_t power = 0x00800000u;          // x^8
-  while (len) {
-    if (len & 1) result = gf2_multiply(result, power);
-    power = gf2_multiply(power, power);
-    len >>= 1;
-  }
-  return result;
-}
-
 __attribute__((target("sse4.2"))) std::uint32_t hw_raw(const unsigned char* p, std::size_t n, std::uint32_t c) {
   constexpr std::size_t kLane = 8192;  // bytes per stream per round
   if (n < 3 * kLane) return hw_1(p, n, c);
-  static const std::uint32_t shift_lane = x_pow_8n(kLane);
-  static const std::uint32_t shift_2lanes = x_pow_8n(2 * kLane);
+  static const std::uint32_t shift_lane = x8n(kLane);
+  static const std::uint32_t shift_2lanes = x8n(2 * kLane);
   while (n >= 3 * kLane) {
     std::uint64_t a = c, b = 0, d = 0;
     const unsigned char* pa = p;
@@ -108,7 +113,7 @@ __attribute__((target("sse4.2"))) std::uint32_t hw_raw(const unsigned char* p, s
       d = _mm_crc32_u64(d, vd);
     }
     // state after a|b|d = shift(a, 2 lanes) ^ shift(b, 1 lane) ^ d (CRC linearity)
-    c = gf2_multiply(static_cast<std::uint32_t>(a), shift_2lanes) ^ gf2_multiply(static_cast<std::uint32_t>(b), shift_lane) ^
+    c = gf2_mul(static_cast<std::uint32_t>(a), shift_2lanes) ^ gf2_mul(static_cast<std::uint32_t>(b), shift_lane) ^
         static_cast<std::uint32_t>(d);
     p += 3 * kLane;
     n -= 3 * kLane;
@@ -116,6 +121,28 @@ __attribute__((target("sse4.2"))) std::uint32_t hw_raw(const unsigned char* p, s
   return hw_1(p, n, c);
 }
 
+__attribute__((target("sse4.2"))) void hw_x3(const unsigned char* const p[3], std::size_t n, std::uint32_t c[3]) {
+  std::uint64_t a = c[0], b = c[1], d = c[2];
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    std::uint64_t va, vb, vd;
+    std::memcpy(&va, p[0] + i, 8);
+    std::memcpy(&vb, p[1] + i, 8);
+    std::memcpy(&vd, p[2] + i, 8);
+    a = _mm_crc32_u64(a, va);
+    b = _mm_crc32_u64(b, vb);
+    d = _mm_crc32_u64(d, vd);
+  }
+  std::uint32_t a32 = static_cast<std::uint32_t>(a), b32 = static_cast<std::uint32_t>(b), d32 = static_cast<std::uint32_t>(d);
+  for (; i < n; ++i) {
+    a32 = _mm_crc32_u8(a32, p[0][i]);
+    b32 = _mm_crc32_u8(b32, p[1][i]);
+    d32 = _mm_crc32_u8(d32, p[2][i]);
+  }
+  c[0] = a32;
+  c[1] = b32;
+  c[2] = d32;
+}
 bool have_sse42() {
   static const bool v = __builtin_cpu_supports("sse4.2");
   return v;
@@ -133,6 +160,56 @@ std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc) {
   if (have_sse42()) return ~hw_raw(static_cast<const unsigned char*>(data), n, ~crc);
 #endif
   return crc32c_portable(data, n, crc);
+}
+
+std::uint32_t crc32c_combine(std::uint32_t crc_a, std::uint32_t crc_b, std::size_t len_b) {
+  // CRC linearity: the pre/post inversions of A's and B's CRCs cancel out
+  return gf2_mul(crc_a, x8n(len_b)) ^ crc_b;
+}
+
+void crc32c_x3(const void* const p[3], std::size_t n, std::uint32_t crc[3]) {
+#ifdef SHARDFLOW_CRC32C_X86
+  if (have_sse42()) {
+    const unsigned char* const q[3] = {static_cast<const unsigned char*>(p[0]), static_cast<const unsigned char*>(p[1]),
+                                       static_cast<const unsigned char*>(p[2])};
+    std::uint32_t c[3] = {~crc[0], ~crc[1], ~crc[2]};
+    hw_x3(q, n, c);
+    for (int k = 0; k < 3; ++k) crc[k] = ~c[k];
+    return;
+  }
+#endif
+  for (int k = 0; k < 3; ++k) crc[k] = crc32c_portable(p[k], n, crc[k]);
+}
+
+std::uint32_t file_crc32c_outside(const std::string& path, std::int64_t size, const std::vector<ByteRange>& skip) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    throw Error(::shardflow::detail::concat("cannot open '", path, "' to check it: ", std::strerror(errno)));
+  std::vector<unsigned char> buf(std::size_t(1) << 20);
+  std::uint32_t crc = 0;
+  std::int64_t pos = 0;
+  size_t k = 0;
+  std::string failure;
+  while (pos < size && failure.empty()) {
+    while (k < skip.size() && skip[k].offset + skip[k].length <= pos) ++k;
+    if (k < skip.size() && skip[k].offset <= pos) {  // inside a skipped range
+      pos = skip[k].offset + skip[k].length;
+      continue;
+    }
+    std::int64_t end = k < skip.size() ? std::min(size, skip[k].offset) : size;
+    end = std::min<std::int64_t>(end, pos + static_cast<std::int64_t>(buf.size()));
+    const ssize_t r = ::pread(fd, buf.data(), static_cast<size_t>(end - pos), static_cast<off_t>(pos));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) failure = ::shardflow::detail::concat("read of '", path, "' at byte ", pos, " failed: ", std::strerror(errno));
+    else if (r == 0) failure = ::shardflow::detail::concat("'", path, "' ends at byte ", pos, ", before ", size);
+    else {
+      crc = crc32c(buf.data(), static_cast<size_t>(r), crc);
+      pos += r;
+    }
+  }
+  ::close(fd);
+  if (!failure.empty()) throw Error(failure);
+  return crc;
 }
 
 }  // namespace shardflow::ckpt

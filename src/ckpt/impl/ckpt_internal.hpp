@@ -49,31 +49,52 @@ class HostBuffer {
 /// Open shard files of one step directory, by relative path (each opened once).
 class FileCache {
  public:
-  explicit FileCache(std::string dir) : dir_(std::move(dir)) {}
-  /// Opens (once) `rel`; throws InputError naming the tensor and the file when it is
-  /// missing or not a readable HDF5 file (e.g. truncated).
+  FileCache(std::string dir, const Manifest& manifest) : dir_(std::move(dir)), manifest_(&manifest) {}
+  /// Opens (once) `rel`. Before HDF5 sees the file, checks with plain POSIX reads that its
+  /// size and metadata checksum (every byte outside the raw data of its datasets) are the
+  /// manifest's. Throws InputError naming the tensor and the file when it is missing, has
+  /// another size, fails that checksum, or is not a readable HDF5 file.
   hid_t open(const std::string& rel, const std::string& tensor);
   const std::string& dir() const { return dir_; }
 
  private:
   std::string dir_;
+  const Manifest* manifest_;
   std::map<std::string, h5::Handle> files_;
+  std::map<std::string, std::string> failed_;  // rel -> why (a damaged file is checked once)
 };
 
-/// Checks that the shard's dataset exists with the recorded extent and dtype (InputError
-/// naming tensor and file otherwise); returns it open.
+/// Checks that the shard's dataset exists with the recorded extent, dtype and raw data
+/// offset (InputError naming tensor and file otherwise); returns it open.
 h5::Handle open_shard_dataset(FileCache& files, const TensorRecord& t, const ShardRecord& s);
 
-/// Reads whole checksum blocks [b_lo, b_hi) of a shard (rows [b_lo*R, min(b_hi*R, n0)) of
-/// its first dimension, all of the others) into `out` (raw bytes, row-major) and verifies
-/// each block's CRC-32C (InputError naming tensor, file, block on mismatch). Returns the
-/// first row read.
-std::int64_t read_blocks(hid_t dataset, const TensorRecord& t, const ShardRecord& s, std::int64_t b_lo,
-                         std::int64_t b_hi, std::vector<unsigned char>& out, const std::string& dir);
+/// The checksum tiles of a shard box (see ShardRecord).
+struct TileGeometry {
+  std::int64_t n0 = 1, n1 = 1;  // rows (first dimension; 1 when 0-d), columns (second; 1 when < 2-d)
+  std::int64_t block_rows = 1, block_cols = 1;
+  std::int64_t row_blocks = 1, col_blocks = 1;
+  std::size_t col_bytes = 0;  // bytes of one column (all further dimensions)
+  std::size_t row_bytes = 0;  // n1 * col_bytes
+};
+TileGeometry tile_geometry(const Shape& extent, std::size_t elem_size, std::int64_t block_rows, std::int64_t block_cols);
+TileGeometry tile_geometry(const TensorRecord& t, const ShardRecord& s);
 
-/// Same, into `out`, which must hold the rows read (returns the first row read).
-std::int64_t read_blocks_into(hid_t dataset, const TensorRecord& t, const ShardRecord& s, std::int64_t b_lo,
-                              std::int64_t b_hi, unsigned char* out, const std::string& dir);
+/// CRC-32C of column tiles j_lo..j_hi-1 over `rows` rows (of one row block): row r starts at
+/// base + r*stride with the byte of shard column col0 (<= j_lo*block_cols). out[j - j_lo].
+void tile_crcs(const TileGeometry& g, const unsigned char* base, std::size_t stride, std::int64_t rows,
+               std::int64_t col0, std::int64_t j_lo, std::int64_t j_hi, std::uint32_t* out);
+
+/// The smallest box of whole checksum tiles holding `want` (shard-local, non-empty): rows
+/// and columns rounded out to tile bounds, further dimensions whole.
+Box tile_cover(const TensorRecord& t, const ShardRecord& s, const Box& want);
+
+/// Reads the shard-local box `rb` (from tile_cover) of the shard's dataset with one HDF5
+/// hyperslab read per row block and verifies every tile's CRC-32C (InputError naming
+/// tensor, file and tile on mismatch). The data lands in `mem`, a row-major array of shape
+/// `mem_shape` (the manifest's dtype), at `mem_start`; dimensions from the third on must be
+/// whole in `mem` (mem_shape[d] == rb.extent[d], mem_start[d] == 0). Returns the bytes read.
+std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord& s, const Box& rb, unsigned char* mem,
+                        const Shape& mem_shape, const Shape& mem_start, const std::string& dir);
 
 /// Copies box `src_box` of a row-major array `src` (shape src_shape, dtype st) into box
 /// `dst_box` of a row-major array `dst` (shape dst_shape, dtype dt), converting elements.

@@ -1,5 +1,6 @@
 #include "ckpt/manifest.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -111,6 +112,40 @@ std::int64_t num_blocks(const Shape& extent, std::int64_t block_rows) {
   return (extent[0] - 1) / block_rows + 1;  // no overflow for any block_rows >= 1
 }
 
+namespace {
+// Column tiles of a box for block_cols (0: whole width); 1 for 0-d/1-d boxes and for an
+// empty second dimension (the row blocks then hold no bytes, as in format 1).
+std::int64_t col_tiles(const Shape& extent, std::int64_t block_cols) {
+  if (extent.size() < 2 || extent[1] == 0 || block_cols <= 0) return 1;
+  return (extent[1] - 1) / block_cols + 1;
+}
+}  // namespace
+
+std::int64_t num_blocks(const Shape& extent, std::int64_t block_rows, std::int64_t block_cols) {
+  const std::int64_t rows = num_blocks(extent, block_rows);
+  const std::int64_t cols = col_tiles(extent, block_cols);
+  // both are <= kMaxElements-bounded extents; the product of two extents of one valid box
+  // is bounded by its element count (<= 2^56) unless a dimension is 0, handled above
+  return rows == 0 ? 0 : rows * cols;
+}
+
+std::int64_t block_cols_for(const Shape& extent, std::size_t elem_size, std::int64_t run_bytes) {
+  if (extent.size() < 2 || extent[1] == 0) return 1;
+  std::int64_t col_bytes = static_cast<std::int64_t>(elem_size);
+  for (size_t d = 2; d < extent.size(); ++d) col_bytes *= extent[d];
+  if (col_bytes <= 0) return extent[1];
+  const std::int64_t c = (run_bytes + col_bytes - 1) / col_bytes;
+  return c < 1 ? 1 : (c > extent[1] ? extent[1] : c);
+}
+
+std::int64_t ShardRecord::cols_per_block() const {
+  if (box.extent.size() < 2) return 1;
+  if (block_cols > 0) return block_cols;
+  return box.extent[1] > 0 ? box.extent[1] : 1;
+}
+
+std::int64_t ShardRecord::col_blocks() const { return col_tiles(box.extent, cols_per_block()); }
+
 bool is_safe_relative_path(const std::string& p) {
   if (p.empty() || p[0] == '/' || p.find('\\') != std::string::npos || p.find('\0') != std::string::npos) return false;
   std::istringstream is(p);
@@ -163,6 +198,8 @@ std::string Manifest::to_json() const {
       js["dataset"] = s.dataset;
       js["writer"] = s.writer;
       js["block_rows"] = s.block_rows;
+      js["block_cols"] = s.cols_per_block();
+      js["file_offset"] = s.file_offset;
       json crcs = json::array();
       for (auto c : s.crc32c) crcs.push_back(hex32(c));
       js["crc32c"] = crcs;
@@ -172,6 +209,15 @@ std::string Manifest::to_json() const {
     ts.push_back(jt);
   }
   j["tensors"] = ts;
+  json fs = json::array();
+  for (const auto& f : files) {
+    json jf;
+    jf["name"] = f.name;
+    jf["size"] = f.size;
+    jf["meta_crc32c"] = hex32(f.meta_crc32c);
+    fs.push_back(jf);
+  }
+  j["files"] = fs;
   return j.dump(1) + "\n";
 }
 
@@ -182,6 +228,10 @@ Manifest Manifest::parse(const std::string& text, const std::string& where) {
     SHARDFLOW_REQUIRE_INPUT(j.at("format").get<std::string>() == "shardflow-checkpoint", where,
                             ": not a shardflow checkpoint manifest (format '", j.at("format").get<std::string>(), "')");
     const int version = get_int<int>(j.at("version"), where, "version");
+    SHARDFLOW_REQUIRE_INPUT(version != 1, where,
+                            ": manifest version 1 is no longer read: its shard files carry no size and metadata "
+                            "checksum, so they cannot be checked before HDF5 parses them (format ", kVersion,
+                            " does); restore it with the shardflow that wrote it and save it again");
     SHARDFLOW_REQUIRE_INPUT(version == kVersion, where, ": manifest version ", version, " is not supported (expected ",
                             kVersion, ")");
     SHARDFLOW_REQUIRE_INPUT(j.value("checksum", std::string("crc32c")) == "crc32c", where, ": unknown checksum '",
@@ -216,11 +266,21 @@ Manifest Manifest::parse(const std::string& text, const std::string& where) {
         s.dataset = js.at("dataset").get<std::string>();
         s.writer = js.contains("writer") ? get_int<int>(js.at("writer"), where, "tensor '" + t.name + "' shard writer") : -1;
         s.block_rows = get_int<std::int64_t>(js.at("block_rows"), where, "tensor '" + t.name + "' block_rows");
+        s.block_cols = get_int<std::int64_t>(js.at("block_cols"), where, "tensor '" + t.name + "' block_cols");
+        SHARDFLOW_REQUIRE_INPUT(s.block_cols >= 1, where, ": tensor '", t.name, "': block_cols ", s.block_cols, " < 1");
+        s.file_offset = get_int<std::int64_t>(js.at("file_offset"), where, "tensor '" + t.name + "' file_offset");
         for (const json& c : js.at("crc32c"))
           s.crc32c.push_back(parse_hex32(c.get<std::string>(), where, "tensor '" + t.name + "'"));
         t.shards.push_back(std::move(s));
       }
       m.tensors.push_back(std::move(t));
+    }
+    for (const json& jf : j.at("files")) {
+      FileRecord f;
+      f.name = jf.at("name").get<std::string>();
+      f.size = get_int<std::int64_t>(jf.at("size"), where, "file '" + f.name + "' size");
+      f.meta_crc32c = parse_hex32(jf.at("meta_crc32c").get<std::string>(), where, "file '" + f.name + "' metadata");
+      m.files.push_back(std::move(f));
     }
   } catch (const json::exception& e) {
     throw InputError(detail::concat(where, ": malformed manifest: ", e.what()));
@@ -230,7 +290,17 @@ Manifest Manifest::parse(const std::string& text, const std::string& where) {
 
 void Manifest::validate(const std::string& where) const {
   SHARDFLOW_REQUIRE_INPUT(world_size >= 1, where, ": world_size ", world_size, " < 1");
-  std::set<std::string> names;
+  std::map<std::string, const FileRecord*> file_index;
+  std::map<std::string, std::vector<ByteRange>> ranges;  // per file, from its shards
+  for (const auto& f : files) {
+    SHARDFLOW_REQUIRE_INPUT(is_safe_relative_path(f.name), where, ": file path '", f.name,
+                            "' escapes the checkpoint directory (absolute, '..' or empty components are refused)");
+    SHARDFLOW_REQUIRE_INPUT(file_index.emplace(f.name, &f).second, where, ": file '", f.name, "' listed twice");
+    SHARDFLOW_REQUIRE_INPUT(f.size >= 0 && f.size <= kMaxElements, where, ": file '", f.name, "' has size ", f.size,
+                            " outside [0, ", kMaxElements, "]");
+    ranges[f.name];
+  }
+  std::set<std::string> names, used;
   for (const auto& t : tensors) {
     SHARDFLOW_REQUIRE_INPUT(is_valid_tensor_name(t.name), where, ": invalid tensor name '", t.name, "'");
     SHARDFLOW_REQUIRE_INPUT(names.insert(t.name).second, where, ": tensor '", t.name, "' listed twice");
@@ -261,11 +331,54 @@ void Manifest::validate(const std::string& where) const {
                               "' in file '", s.file, "' is not '/", t.name, "'");
       SHARDFLOW_REQUIRE_INPUT(s.block_rows >= 1 && s.block_rows <= kMaxElements, where, ": tensor '", t.name,
                               "': block_rows ", s.block_rows, " is not in [1, ", kMaxElements, "]");
-      const std::int64_t nb = num_blocks(s.box.extent, s.block_rows);
+      SHARDFLOW_REQUIRE_INPUT(s.block_cols >= 0 && s.block_cols <= kMaxElements &&
+                                  (s.box.extent.size() >= 2 || s.block_cols <= 1),
+                              where, ": tensor '", t.name, "': block_cols ", s.block_cols, " is not in [1, ",
+                              s.box.extent.size() >= 2 ? kMaxElements : 1, "]");
+      const std::int64_t nb = num_blocks(s.box.extent, s.block_rows, s.cols_per_block());
       SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(s.crc32c.size()) == nb, where, ": tensor '", t.name,
                               "': shard in file '", s.file, "' has ", s.crc32c.size(), " checksums for ", nb, " blocks");
+      auto fi = file_index.find(s.file);
+      const FileRecord* f = fi == file_index.end() ? nullptr : fi->second;
+      SHARDFLOW_REQUIRE_INPUT(f != nullptr, where, ": tensor '", t.name, "': shard file '", s.file,
+                              "' has no entry in \"files\" (size and metadata checksum)");
+      const std::int64_t bytes = s.numel() * static_cast<std::int64_t>(dtype_size(t.dtype));
+      if (bytes == 0) {
+        SHARDFLOW_REQUIRE_INPUT(s.file_offset == -1, where, ": tensor '", t.name, "': empty shard in file '", s.file,
+                                "' has file_offset ", s.file_offset, " (must be -1)");
+      } else {
+        SHARDFLOW_REQUIRE_INPUT(s.file_offset >= 0 && s.file_offset <= f->size && bytes <= f->size - s.file_offset,
+                                where, ": tensor '", t.name, "': data [", s.file_offset, ", +", bytes,
+                                ") of the shard lies outside file '", s.file, "' of ", f->size, " bytes");
+        ranges[s.file].push_back(ByteRange{s.file_offset, bytes});
+      }
+      used.insert(s.file);
     }
   }
+  for (auto& [name, r] : ranges) {
+    SHARDFLOW_REQUIRE_INPUT(used.count(name), where, ": file '", name, "' holds no shard");
+    std::sort(r.begin(), r.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
+    for (size_t i = 1; i < r.size(); ++i)
+      SHARDFLOW_REQUIRE_INPUT(r[i - 1].offset + r[i - 1].length <= r[i].offset, where, ": file '", name,
+                              "': data ranges [", r[i - 1].offset, ", +", r[i - 1].length, ") and [", r[i].offset, ", +",
+                              r[i].length, ") overlap");
+  }
+}
+
+const FileRecord* Manifest::find_file(const std::string& name) const {
+  for (const auto& f : files)
+    if (f.name == name) return &f;
+  return nullptr;
+}
+
+std::vector<ByteRange> Manifest::data_ranges(const std::string& file) const {
+  std::vector<ByteRange> r;
+  for (const auto& t : tensors)
+    for (const auto& s : t.shards)
+      if (s.file == file && s.file_offset >= 0)
+        r.push_back(ByteRange{s.file_offset, s.numel() * static_cast<std::int64_t>(dtype_size(t.dtype))});
+  std::sort(r.begin(), r.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
+  return r;
 }
 
 const TensorRecord* Manifest::find(const std::string& name) const {

@@ -1,5 +1,7 @@
 #include "ckpt/tools.hpp"
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <sstream>
 
@@ -37,6 +39,11 @@ std::string describe(const std::string& path) {
        << " shard(s), " << bytes << " bytes\n";
   }
   os << "  " << m.tensors.size() << " tensors, " << total << " bytes\n";
+  for (const auto& f : m.files) {
+    char crc[16];
+    std::snprintf(crc, sizeof crc, "%08x", f.meta_crc32c);
+    os << "  file " << f.name << "  " << f.size << " bytes, metadata crc32c " << crc << "\n";
+  }
   return os.str();
 }
 
@@ -78,7 +85,7 @@ VerifyReport verify(MPI_Comm comm, const std::string& path) {
   {
     std::lock_guard<std::recursive_mutex> lock(h5::mutex());
     h5::init();
-    detail::FileCache files(dir);
+    detail::FileCache files(dir, m);
     std::vector<unsigned char> buf;
     std::int64_t k = 0;
     for (const auto& t : m.tensors)
@@ -86,11 +93,17 @@ VerifyReport verify(MPI_Comm comm, const std::string& path) {
         if (k++ % size != rank) continue;
         try {
           h5::Handle ds = detail::open_shard_dataset(files, t, s);
-          const std::int64_t nb = num_blocks(s.box.extent, s.block_rows);
-          for (std::int64_t b = 0; b < nb; ++b) {  // one block at a time: bounded memory
-            detail::read_blocks(ds, t, s, b, b + 1, buf, dir);
-            counts[1] += 1;
-            counts[2] += static_cast<std::int64_t>(buf.size());
+          const detail::TileGeometry g = detail::tile_geometry(t, s);
+          const size_t nd = s.box.extent.size();
+          for (std::int64_t b = 0; b < g.row_blocks; ++b) {  // one row block at a time: bounded memory
+            Box rb{Shape(nd, 0), s.box.extent};
+            if (nd) {
+              rb.offset[0] = b * g.block_rows;
+              rb.extent[0] = std::min(g.n0, rb.offset[0] + g.block_rows) - rb.offset[0];
+            }
+            buf.resize(static_cast<size_t>(rb.numel()) * dtype_size(t.dtype));
+            counts[2] += detail::read_tiles(ds, t, s, rb, buf.data(), rb.extent, Shape(nd, 0), dir);
+            counts[1] += g.col_blocks;
           }
           counts[0] += 1;
         } catch (const std::exception& e) {

@@ -62,24 +62,21 @@ int dtype_code(DType t) {
 
 namespace {
 
-/// Runs op(o, r, i0, i1) over every row run (o, r) of an [outer, nrows, inner] box: a host
-/// space takes one whole contiguous run of `inner` elements per work item (a plain loop that
-/// vectorises, and no division per element); a device space takes one element per thread.
+/// Runs op(o, i0, i1) over the slabs o of an [outer, nrows, inner] box: rows r0 .. r0 + nrows
+/// of slab o are one contiguous run of nrows * inner elements on both sides (the box spans
+/// whole rows), so a host space takes one run per work item (a plain loop that vectorises,
+/// no division per element); a device space takes one element per thread.
 template <class Op>
-void for_each_row_run(const char* name, int64_t outer, int64_t nrows, int64_t inner, const Op& op) {
+void for_each_slab_run(const char* name, int64_t outer, int64_t run, const Op& op) {
   using Exec = Kokkos::DefaultExecutionSpace;
   if constexpr (Kokkos::SpaceAccessibility<Kokkos::HostSpace, Exec::memory_space>::accessible) {
     Kokkos::parallel_for(
-        name, Kokkos::RangePolicy<Exec>(0, outer * nrows), KOKKOS_LAMBDA(int64_t k) {
-          const int64_t o = k / nrows;
-          op(o, k - o * nrows, int64_t(0), inner);
-        });
+        name, Kokkos::RangePolicy<Exec>(0, outer), KOKKOS_LAMBDA(int64_t o) { op(o, int64_t(0), run); });
   } else {
-    const int64_t per = nrows * inner;
     Kokkos::parallel_for(
-        name, Kokkos::RangePolicy<Exec>(0, outer * per), KOKKOS_LAMBDA(int64_t k) {
-          const int64_t o = k / per, rem = k - o * per, r = rem / inner, i = rem - r * inner;
-          op(o, r, i, i + 1);
+        name, Kokkos::RangePolicy<Exec>(0, outer * run), KOKKOS_LAMBDA(int64_t k) {
+          const int64_t o = k / run, i = k - o * run;
+          op(o, i, i + 1);
         });
   }
 }
@@ -109,12 +106,12 @@ void pack_rows_as(const float* src, int64_t src_rows, int64_t src_r0, void* dst,
                   int64_t outer, int64_t nrows, int64_t inner) {
   using Out = std::conditional_t<Code == kF32, float, std::uint16_t>;
   Out* d = static_cast<Out*>(dst);
-  for_each_row_run("shardflow::train::pack_rows", outer, nrows, inner,
-                   KOKKOS_LAMBDA(int64_t o, int64_t r, int64_t i0, int64_t i1) {
-                     const float* __restrict__ s = src + (o * src_rows + src_r0 + r) * inner;
-                     Out* __restrict__ t = d + (o * dst_rows + dst_r0 + r) * inner;
-                     for (int64_t i = i0; i < i1; ++i) t[i] = to_wire<Code, Out>(s[i]);
-                   });
+  for_each_slab_run("shardflow::train::pack_rows", outer, nrows * inner,
+                    KOKKOS_LAMBDA(int64_t o, int64_t i0, int64_t i1) {
+                      const float* __restrict__ s = src + (o * src_rows + src_r0) * inner;
+                      Out* __restrict__ t = d + (o * dst_rows + dst_r0) * inner;
+                      for (int64_t i = i0; i < i1; ++i) t[i] = to_wire<Code, Out>(s[i]);
+                    });
 }
 
 template <int Code>
@@ -123,19 +120,19 @@ void unpack_rows_as(const void* src, int64_t src_rows, int64_t src_r0, float* ds
   using In = std::conditional_t<Code == kF32, float, std::uint16_t>;
   const In* sp = static_cast<const In*>(src);
   if (accumulate)
-    for_each_row_run("shardflow::train::unpack_rows_add", outer, nrows, inner,
-                     KOKKOS_LAMBDA(int64_t o, int64_t r, int64_t i0, int64_t i1) {
-                       const In* __restrict__ s = sp + (o * src_rows + src_r0 + r) * inner;
-                       float* __restrict__ t = dst + (o * dst_rows + dst_r0 + r) * inner;
-                       for (int64_t i = i0; i < i1; ++i) t[i] += from_wire<Code, In>(s[i]);
-                     });
+    for_each_slab_run("shardflow::train::unpack_rows_add", outer, nrows * inner,
+                      KOKKOS_LAMBDA(int64_t o, int64_t i0, int64_t i1) {
+                        const In* __restrict__ s = sp + (o * src_rows + src_r0) * inner;
+                        float* __restrict__ t = dst + (o * dst_rows + dst_r0) * inner;
+                        for (int64_t i = i0; i < i1; ++i) t[i] += from_wire<Code, In>(s[i]);
+                      });
   else
-    for_each_row_run("shardflow::train::unpack_rows", outer, nrows, inner,
-                     KOKKOS_LAMBDA(int64_t o, int64_t r, int64_t i0, int64_t i1) {
-                       const In* __restrict__ s = sp + (o * src_rows + src_r0 + r) * inner;
-                       float* __restrict__ t = dst + (o * dst_rows + dst_r0 + r) * inner;
-                       for (int64_t i = i0; i < i1; ++i) t[i] = from_wire<Code, In>(s[i]);
-                     });
+    for_each_slab_run("shardflow::train::unpack_rows", outer, nrows * inner,
+                      KOKKOS_LAMBDA(int64_t o, int64_t i0, int64_t i1) {
+                        const In* __restrict__ s = sp + (o * src_rows + src_r0) * inner;
+                        float* __restrict__ t = dst + (o * dst_rows + dst_r0) * inner;
+                        for (int64_t i = i0; i < i1; ++i) t[i] = from_wire<Code, In>(s[i]);
+                      });
 }
 
 }  // namespace

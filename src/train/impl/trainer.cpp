@@ -1146,6 +1146,12 @@ void Trainer::Impl::build_graph() {
       const Use& u = uses[static_cast<size_t>(gather_use[static_cast<size_t>(g)])];
       if (!has_sharded(u.unit)) continue;
       const int slot = g % nslots;
+      // The previous gather into this slot fetched the same unit (e.g. the last layer's
+      // forward, then the head, then its backward): the parameters do not change within a
+      // step, so the slot still holds them. Its tasks preceded that earlier use, which
+      // precedes this one; the next gather into the slot waits for this use as usual.
+      if (g >= nslots && uses[static_cast<size_t>(gather_use[static_cast<size_t>(g - nslots)])].unit == u.unit)
+        continue;
       for (int pi : units[static_cast<size_t>(u.unit)]) {
         Param& p = params[static_cast<size_t>(pi)];
         if (!p.sharded) continue;
