@@ -205,7 +205,8 @@ int main(int argc, char** argv) {
   Kokkos::initialize(argc, argv);
   int failures = 0;
   {
-    std::printf("# bench_pack: execution space %s, f32 source%s\n", Exec::name(),
+    std::printf("# bench_pack: execution space %s (host run copy: %s), f32 source%s\n", Exec::name(),
+                kernels::detail::host_copy_impl(),
                 o.cast.empty() ? "" : (", packed as " + o.cast + " (GB/s counts f32 bytes; memcpy moves the packed bytes)").c_str());
     if (o.cast.empty()) failures = run_rows<float>(o);
     else if (o.cast == "bf16") failures = run_rows<bf16>(o);

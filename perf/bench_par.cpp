@@ -1,11 +1,13 @@
 // bench_par: the training step on every 2-rank mesh of a deck (default inputs/bench.toml):
-// step time and tokens/s, the pipeline bubble measured against (p − 1)/m, tensor-parallel
+// step time and tokens/s, the pipeline bubble measured against (p − 1)/(v·m) (v virtual
+// stages of interleaved 1F1B, 1 otherwise), tensor-parallel
 // bytes per layer in the compiled DAG against 8·b·s·h·(t − 1)/t elements, and per-rank
 // memory next to the planner's estimate. Every mesh checks its own results: its per-step
 // losses must match the one-rank run of the same deck to 1e-5 relative (#wrong counts the
 // steps that do not).
 //
-//   mpiexec -n 2 bench_par [deck] [--steps N] [--json FILE]
+//   mpiexec -n 2 bench_par [deck] [--steps N] [--json FILE] [--only SUBSTRING]
+// (--only: just the meshes whose name contains SUBSTRING, e.g. "pp2")
 #include <mpi.h>
 
 #include <Kokkos_Core.hpp>
@@ -56,7 +58,7 @@ struct Result {
   double tp_bytes_layer = 0, tp_bytes_analytic = 0, tp_comm_s_layer = 0;
   double mem_bytes = 0, plan_bytes = 0;
   int wrong = 0;
-  int64_t pipeline = 1, micro = 1;
+  int64_t pipeline = 1, micro = 1, virtual_stages = 1;
 };
 
 double median(std::vector<double> v) {
@@ -77,6 +79,7 @@ Result run(const std::string& name, const std::string& deck_path, const std::vec
   r.name = name;
   r.pipeline = deck.mesh.pipeline;
   r.micro = deck.train.micro_batches;
+  r.virtual_stages = deck.strategy.virtual_stages;
   int world_size = 1;
   MPI_Comm_size(world, &world_size);
   std::vector<double> times, comp, wait;
@@ -143,7 +146,7 @@ int main(int argc, char** argv) {
   Kokkos::initialize(argc, argv);
   int rc = 0;
   try {
-    std::string deck = SHARDFLOW_BENCH_DECK, json_path;
+    std::string deck = SHARDFLOW_BENCH_DECK, json_path, only;
     int steps = 6;
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -151,6 +154,8 @@ int main(int argc, char** argv) {
         steps = std::stoi(argv[++i]);
       else if (a == "--json" && i + 1 < argc)
         json_path = argv[++i];
+      else if (a == "--only" && i + 1 < argc)
+        only = argv[++i];
       else
         deck = a;
     }
@@ -190,12 +195,17 @@ int main(int argc, char** argv) {
         {"pp2 gpipe m=4", {"mesh.pipeline=2", "strategy.schedule=gpipe", "train.micro_batches=4"}},
         {"pp2 1f1b m=4", {"mesh.pipeline=2", "strategy.schedule=1f1b", "train.micro_batches=4"}},
         {"pp2 1f1b m=8", {"mesh.pipeline=2", "strategy.schedule=1f1b", "train.micro_batches=8"}},
+        {"pp2 1f1b v2 m=4",
+         {"mesh.pipeline=2", "strategy.schedule=1f1b", "strategy.virtual_stages=2", "train.micro_batches=4"}},
+        {"pp2 1f1b v2 m=8",
+         {"mesh.pipeline=2", "strategy.schedule=1f1b", "strategy.virtual_stages=2", "train.micro_batches=8"}},
         {"MoE dp2", {"mesh.data=2"}, true},
         {"MoE ep2", {"mesh.expert=2"}, true},
     };
     std::vector<Result> results;
     int wrong = 0;
     for (const auto& c : cases) {
+      if (c.name.find(only) == std::string::npos) continue;
       std::vector<std::string> sets = c.sets;
       if (c.moe) sets.insert(sets.end(), moe.begin(), moe.end());
       Result r = run(c.name, deck, sets, steps, MPI_COMM_WORLD);
@@ -210,14 +220,15 @@ int main(int argc, char** argv) {
       std::printf("bench_par: %s, %d steps (median of steps 2..%d), 1-rank step %.3f s (MoE model: %.3f s)\n",
                   deck.c_str(), steps, steps, one.step_s, one_moe.step_s);
       std::printf("%-16s %9s %9s %8s %8s %9s %9s %11s %11s %9s %9s %7s\n", "mesh", "step_s", "tok/s", "compute", "wait",
-                  "bubble", "(p-1)/m", "tp_B/layer", "8bsh(t-1)/t", "mem_MiB", "plan_MiB", "#wrong");
+                  "bubble", "(p-1)/vm", "tp_B/layer", "8bsh(t-1)/t", "mem_MiB", "plan_MiB", "#wrong");
       for (const auto& r : results) {
         const bool pp = r.pipeline > 1;
         const double bubble = r.compute_frac > 0 ? r.wait_frac / r.compute_frac : 0;
         std::printf("%-16s %9.3f %9.0f %7.1f%% %7.1f%% %9s %9s %11.0f %11.0f %9.2f %9.2f %7d\n", r.name.c_str(),
                     r.step_s, r.tokens_per_s, 100 * r.compute_frac, 100 * r.wait_frac,
                     pp ? std::to_string(bubble).substr(0, 5).c_str() : "-",
-                    pp ? std::to_string(double(r.pipeline - 1) / double(r.micro)).substr(0, 5).c_str() : "-",
+                    pp ? std::to_string(double(r.pipeline - 1) / double(r.virtual_stages * r.micro)).substr(0, 5).c_str()
+                       : "-",
                     r.tp_bytes_layer, r.tp_bytes_analytic, r.mem_bytes / 1048576.0, r.plan_bytes / 1048576.0, r.wrong);
       }
       std::printf("#wrong total: %d\n", wrong);

@@ -161,6 +161,68 @@ TEST(Deck, ErrorsNameKeyValueAndLine) {
   EXPECT_NE(m.find("model.top_k = 0"), std::string::npos) << m;
 }
 
+// The MoE capacity factor and load-balancing coefficient: read, round-tripped, validated
+// with the key, the value and the line, and refused on a dense model.
+TEST(Deck, MoeKeys) {
+  const std::string moe = "[model]\nexperts = 4\ntop_k = 2\nmoe_every = 2\n";
+  Deck d = parse_deck(moe, "deck.toml", "/decks");
+  EXPECT_DOUBLE_EQ(d.model.capacity_factor, 1.25);
+  EXPECT_DOUBLE_EQ(d.model.aux_loss_coef, 0.01);
+  d = parse_deck(moe + "capacity_factor = 2\naux_loss_coef = 0.05\n", "deck.toml", "/decks");
+  EXPECT_DOUBLE_EQ(d.model.capacity_factor, 2.0);
+  EXPECT_DOUBLE_EQ(d.model.aux_loss_coef, 0.05);
+  Deck again = parse_deck(deck_to_toml(d), "again.toml", "/elsewhere");
+  EXPECT_EQ(again.model, d.model);
+  d = parse_deck(moe, "deck.toml", "/decks", {"model.aux_loss_coef=0"});
+  EXPECT_EQ(d.model.aux_loss_coef, 0.0);
+  EXPECT_EQ(error_of(moe + "capacity_factor = 0\n"), "deck.toml:5: model.capacity_factor = 0 must be a finite number > 0");
+  EXPECT_EQ(error_of(moe + "capacity_factor = -1.5\n"),
+            "deck.toml:5: model.capacity_factor = -1.5 must be a finite number > 0");
+  EXPECT_EQ(error_of(moe + "capacity_factor = inf\n"),
+            "deck.toml:5: model.capacity_factor = inf must be a finite number > 0");
+  EXPECT_EQ(error_of(moe + "aux_loss_coef = -0.01\n"),
+            "deck.toml:5: model.aux_loss_coef = -0.01 must be a finite number >= 0");
+  EXPECT_EQ(error_of(moe, {"model.capacity_factor=nan"}).rfind("--set model.capacity_factor=nan:", 0), 0u);
+  EXPECT_EQ(error_of("[model]\ncapacity_factor = 2\n"),
+            "deck.toml:2: model.capacity_factor = 2 needs model.experts > 0 (the model is dense with experts = 0)");
+  EXPECT_EQ(error_of("[model]\naux_loss_coef = 0.5\n"),
+            "deck.toml:2: model.aux_loss_coef = 0.5 needs model.experts > 0 (the model is dense with experts = 0)");
+  // the defaults written out for a dense model read back
+  Deck dense = parse_deck("", "empty.toml", "/decks");
+  EXPECT_EQ(parse_deck(deck_to_toml(dense), "again.toml", "/decks").model, dense.model);
+  // ModelConfig::validate names the key too (for configs built in code)
+  ModelConfig c;
+  c.experts = 4;
+  c.top_k = 1;
+  c.moe_every = 1;
+  c.capacity_factor = 0;
+  try {
+    c.validate();
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "model.capacity_factor = 0 must be a finite number > 0");
+  }
+}
+
+// strategy.virtual_stages (interleaved 1F1B) and the rules it needs, named at its line.
+TEST(Deck, VirtualStages) {
+  const std::string pp = "[mesh]\npipeline = 2\n[train]\nglobal_batch = 8\nmicro_batches = 4\n[strategy]\n";
+  EXPECT_EQ(parse_deck(pp, "deck.toml", "/decks").strategy.virtual_stages, 1);
+  Deck d = parse_deck(pp + "virtual_stages = 2\n", "deck.toml", "/decks");
+  EXPECT_EQ(d.strategy.virtual_stages, 2);
+  EXPECT_EQ(parse_deck(deck_to_toml(d), "again.toml", "/decks").strategy.virtual_stages, 2);
+  EXPECT_EQ(error_of(pp + "virtual_stages = 0\n"), "deck.toml:7: strategy.virtual_stages = 0 must be >= 1");
+  EXPECT_EQ(error_of("[strategy]\nvirtual_stages = 2\n"),
+            "deck.toml:2: strategy.virtual_stages = 2 needs mesh.pipeline > 1");
+  EXPECT_EQ(error_of(pp + "virtual_stages = 2\nschedule = \"gpipe\"\n"),
+            "deck.toml:7: strategy.virtual_stages = 2 interleaves the 1f1b schedule, not gpipe");
+  EXPECT_EQ(error_of(pp + "virtual_stages = 2\n", {"train.micro_batches=2", "mesh.pipeline=4"}),
+            "deck.toml:7: strategy.virtual_stages = 2 needs train.micro_batches = 2 to be a multiple of "
+            "mesh.pipeline = 4");
+  EXPECT_EQ(error_of(pp + "virtual_stages = 3\n"),
+            "deck.toml:7: strategy.virtual_stages = 3: mesh.pipeline = 2 x 3 chunks but only model.layers = 4");
+}
+
 TEST(Deck, Overrides) {
   const std::string base = "[mesh]\ndata = 2\n[train]\nglobal_batch = 8\n";
   Deck d = parse_deck(base, "deck.toml", "/decks",

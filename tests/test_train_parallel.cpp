@@ -12,6 +12,7 @@
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
 #include "core/error.hpp"
+#include "graph/observer.hpp"
 #include "mesh/mesh.hpp"
 #include "support/test_util.hpp"
 #include "train/trainer.hpp"
@@ -23,8 +24,9 @@ namespace {
 // Small model: 3 heads (2 + 1 on two tensor ranks), F = 42, 3 layers (2 + 1 on two stages),
 // S = 15, H = 30.
 std::string deck_text(const std::string& mesh, int zero, int micro, const std::string& extra = "",
-                      const std::string& model_extra = "") {
-  return "[mesh]\n" + mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" +
+                      const std::string& model_extra = "", int layers = 3) {
+  return "[mesh]\n" + mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = " +
+         std::to_string(layers) + "\n" +
          model_extra + "[train]\nsteps = 20\nglobal_batch = 8\nmicro_batches = " + std::to_string(micro) +
          "\nlr = 3e-3\nwarmup = 5\nseed = 11\ndata = \"" SHARDFLOW_CORPUS "\"\n" +
          "[strategy]\nzero_stage = " + std::to_string(zero) + "\nprefetch = 1\n" +
@@ -97,6 +99,7 @@ TEST_P(Parallel, MatchesOneRankAndIsBitwiseReproducible) {
 
 const char* kGPipe = "schedule = \"gpipe\"\n";
 const char* k1F1B = "schedule = \"1f1b\"\n";
+const char* kSp = "sequence_parallel = true\n";
 
 INSTANTIATE_TEST_SUITE_P(
     Meshes, Parallel,
@@ -159,7 +162,54 @@ INSTANTIATE_TEST_SUITE_P(Meshes, Moe,
                                            Case{"dp2", 2, "data = 2", 0, 1, ""},
                                            Case{"dp2_ep2", 4, "data = 2\nexpert = 2", 0, 1, ""},
                                            Case{"fsdp2_ep2", 4, "data = 1\nfsdp = 2\nexpert = 2", 3, 2, ""},
-                                           Case{"pp2_ep2", 4, "data = 1\npipeline = 2\nexpert = 2", 0, 2, k1F1B}),
+                                           Case{"pp2_ep2", 4, "data = 1\npipeline = 2\nexpert = 2", 0, 2, k1F1B},
+                                           // tensor parallelism inside the experts (F split) and the router
+                                           Case{"tp2", 2, "data = 1\ntensor = 2", 0, 1, ""},
+                                           Case{"tp2_micro2", 2, "data = 1\ntensor = 2", 0, 2, ""},
+                                           Case{"tp2_sp", 2, "data = 1\ntensor = 2", 0, 2, kSp},
+                                           Case{"ep2_tp2", 4, "data = 1\nexpert = 2\ntensor = 2", 0, 1, ""},
+                                           Case{"ep2_tp2_sp", 4, "data = 1\nexpert = 2\ntensor = 2", 0, 2, kSp},
+                                           Case{"dp2_tp2_zero1", 4, "data = 2\ntensor = 2", 1, 2, ""},
+                                           Case{"fsdp2_tp2", 4, "data = 1\nfsdp = 2\ntensor = 2", 3, 1, ""},
+                                           Case{"pp2_tp2", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 2, k1F1B}),
+                         [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });
+
+// Interleaved 1F1B (strategy.virtual_stages = 2): 4 layers in 2 x 2 chunks of one layer,
+// chunk c on stage c mod 2 (layers 0 and 2 on stage 0, 1 and 3 on stage 1), against the
+// one-rank 4-layer model (dense, and MoE with layers 1 and 3 of experts).
+const char* kV2 = "schedule = \"1f1b\"\nvirtual_stages = 2\n";
+const char* kV2Sp = "schedule = \"1f1b\"\nvirtual_stages = 2\nsequence_parallel = true\n";
+
+class Interleaved : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Interleaved, MatchesOneRankAndIsBitwiseReproducible) {
+  const Case c = GetParam();
+  if (test::world_size() != c.ranks) GTEST_SKIP() << "runs on " << c.ranks << " ranks";
+  const bool moe = std::string(c.name).find("moe") != std::string::npos;
+  const std::string model_extra = moe ? kMoe : "";
+  static std::map<std::string, TrainRun> refs;
+  if (!refs.count(model_extra))
+    refs[model_extra] = run_training(deck_text("data = 1", 0, 1, "", model_extra, 4), MPI_COMM_SELF);
+  const TrainRun& ref = refs[model_extra];
+  const std::string text = deck_text(c.mesh, c.zero, c.micro, c.extra, model_extra, 4);
+  TrainRun a = run_training(text, MPI_COMM_WORLD);
+  expect_close(a, ref, c.name);
+  if (moe) {
+    EXPECT_EQ(a.dropped, ref.dropped) << c.name;
+  }
+  TrainRun b = run_training(text, MPI_COMM_WORLD);
+  EXPECT_EQ(a.losses, b.losses) << c.name << ": not bitwise reproducible";
+  for (const auto& kv : a.params) EXPECT_EQ(kv.second, b.params.at(kv.first)) << c.name << " " << kv.first;
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, Interleaved,
+                         ::testing::Values(Case{"pp2_v2_m2", 2, "data = 1\npipeline = 2", 0, 2, kV2},
+                                           Case{"pp2_v2_m4", 2, "data = 1\npipeline = 2", 0, 4, kV2},
+                                           Case{"moe_pp2_v2_m4", 2, "data = 1\npipeline = 2", 0, 4, kV2},
+                                           Case{"pp2_v2_tp2_sp", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 4, kV2Sp},
+                                           Case{"pp2_v2_dp2", 4, "data = 2\npipeline = 2", 0, 2, kV2},
+                                           Case{"pp2_v2_fsdp2", 4, "data = 1\nfsdp = 2\npipeline = 2", 3, 2, kV2},
+                                           Case{"moe_pp2_v2_ep2", 4, "data = 1\npipeline = 2\nexpert = 2", 0, 2, kV2}),
                          [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });
 
 // state_tensors(): each parameter's Layout (over ModelDescription's view shape) says which
@@ -173,7 +223,7 @@ TEST(TrainParallel, StateTensorsDescribeTheLocalBoxes) {
     mesh = "data = 1\nfsdp = 2\ntensor = 2";
     zero = 3;
   }
-  for (int variant = 0; variant < (n == 1 ? 1 : n == 2 ? 2 : 3); ++variant) {
+  for (int variant = 0; variant < (n == 1 ? 1 : 4); ++variant) {
     std::string model_extra;
     if (variant == 1) {  // expert weights split over the expert axis, ZeRO-3 on fsdp at 4 ranks
       mesh = n == 4 ? "data = 1\nfsdp = 2\nexpert = 2" : "data = 1\nexpert = 2";
@@ -181,8 +231,14 @@ TEST(TrainParallel, StateTensorsDescribeTheLocalBoxes) {
       model_extra = kMoe;
     }
     if (variant == 2) {
-      mesh = "data = 1\npipeline = 2\ntensor = 2";
+      mesh = n == 4 ? "data = 1\npipeline = 2\ntensor = 2" : "data = 1\npipeline = 2";
       zero = 0;
+      model_extra.clear();
+    }
+    if (variant == 3) {  // expert weights split on F over tensor (and on E over expert at 4 ranks)
+      mesh = n == 4 ? "data = 1\nexpert = 2\ntensor = 2" : "data = 1\ntensor = 2";
+      zero = 0;
+      model_extra = kMoe;
     }
     Deck deck = parse_deck(deck_text(mesh, zero, 1, "", model_extra), "test-deck");
     Mesh m(deck.mesh.to_mesh_shape(), MPI_COMM_WORLD);
@@ -216,6 +272,91 @@ TEST(TrainParallel, StateTensorsDescribeTheLocalBoxes) {
       }
       EXPECT_EQ(bad, 0) << mesh << ": " << st.name << " box " << b.to_string();
     }
+  }
+}
+
+// model.capacity_factor and model.aux_loss_coef reach the router: a capacity of S·k never
+// drops a choice, and the aux loss of the first step (same parameters, same routing) scales
+// with the coefficient.
+TEST(TrainParallel, MoeCapacityFactorAndAuxCoefficientFromTheDeck) {
+  auto first_step = [](const std::string& keys) {
+    return run_training(deck_text("data = 1", 0, 1, "", std::string(kMoe) + keys), MPI_COMM_SELF, 1);
+  };
+  const TrainRun base = first_step("");
+  ASSERT_GT(base.dropped[0], 0);
+  const TrainRun roomy = first_step("capacity_factor = 2.0\n");  // C = ceil(2 * 15 * 2 / 4) = 15 < S k = 30
+  EXPECT_LT(roomy.dropped[0], base.dropped[0]);
+  EXPECT_EQ(first_step("capacity_factor = 4.0\n").dropped[0], 0);  // C = 30 = S k
+  const TrainRun strong = first_step("aux_loss_coef = 0.05\n");
+  EXPECT_NEAR(strong.aux[0], 5.0 * base.aux[0], 1e-12 * strong.aux[0]);
+  EXPECT_EQ(strong.dropped[0], base.dropped[0]);
+  EXPECT_EQ(first_step("aux_loss_coef = 0\n").aux[0], 0.0);
+}
+
+// Pipeline receives are posted as early as their buffers allow: a receive waits for nothing
+// but the copy that emptied its ring slot (micro-batch j − K; interleaved, possibly a later
+// copy when an earlier message from the same peer waited for it), and the executor issues
+// it right after that copy, before any other compute; the receives of the first K
+// micro-batches are issued before the step computes anything.
+struct IssueOrder : graph::Observer {
+  std::vector<int> begun;  // task ids in the order they started (comm: issued)
+  void on_run_begin(const graph::TaskGraph&) override { begun.clear(); }
+  void on_task_begin(const graph::TaskGraph&, int task, graph::Clock::time_point) override { begun.push_back(task); }
+};
+
+TEST(TrainParallel, PipelineReceivesArePostedEarly) {
+  const int n = test::world_size();
+  if (n == 1) GTEST_SKIP() << "needs a pipeline";
+  const std::string mesh = n == 2 ? "data = 1\npipeline = 2" : "data = 2\npipeline = 2";
+  const int micro = n == 2 ? 4 : 2;
+  for (const char* schedule : {k1F1B, kGPipe, kV2}) {
+    Deck deck = parse_deck(deck_text(mesh, 0, micro, schedule, "", 4), "test-deck");
+    Mesh m(deck.mesh.to_mesh_shape(), MPI_COMM_WORLD);
+    comm::CommSet comms(m, comm::Backend::Mpi);
+    train::Trainer t(deck, m, comms);
+    IssueOrder obs;
+    t.executor().add_observer(&obs);
+    t.train_step();
+    const graph::TaskGraph& g = t.graph();
+    std::vector<size_t> pos(g.size());
+    for (size_t i = 0; i < obs.begun.size(); ++i) pos[static_cast<size_t>(obs.begun[i])] = i;
+    auto is_compute = [&](int id) { return g.node(id).kind == graph::TaskKind::Compute; };
+    size_t first_work = obs.begun.size();  // the first compute after step.begin
+    for (size_t i = 0; i < obs.begun.size(); ++i)
+      if (is_compute(obs.begun[i]) && g.node(obs.begun[i]).name != "step.begin") {
+        first_work = i;
+        break;
+      }
+    int recvs = 0, early = 0;
+    for (int id = 0; id < static_cast<int>(g.size()); ++id) {
+      const auto& nd = g.node(id);
+      if (nd.kind != graph::TaskKind::Comm || nd.desc.kind != "recv") continue;
+      ++recvs;
+      const std::string dir = nd.desc.tensor.substr(0, nd.desc.tensor.find('.'));  // x or dx
+      if (nd.pred.empty()) {
+        EXPECT_LT(pos[static_cast<size_t>(id)], first_work) << schedule << nd.name;
+        continue;
+      }
+      ++early;
+      ASSERT_EQ(nd.pred.size(), 1u) << schedule << nd.name << ": waits for more than its ring slot";
+      const auto& cp = g.node(nd.pred[0]);
+      EXPECT_EQ(cp.kind, graph::TaskKind::Compute) << nd.name;
+      EXPECT_EQ(cp.name.rfind("recv.", 0), 0u) << nd.name << " waits for " << cp.name;
+      if (std::string(schedule) != kV2) {  // one direction per peer: its own ring's copy
+        EXPECT_EQ(cp.name.rfind("recv." + dir + ".", 0), 0u) << nd.name << " waits for " << cp.name;
+      }
+      // issued right after the copy: no other compute starts in between
+      for (size_t i = pos[static_cast<size_t>(nd.pred[0])] + 1; i < pos[static_cast<size_t>(id)]; ++i)
+        EXPECT_FALSE(is_compute(obs.begun[i])) << schedule << nd.name << " issued after " << g.node(obs.begun[i]).name;
+    }
+    // each stage receives every micro-batch once per chunk boundary it sits on: once without
+    // interleaving; with chunks 0, 2 on stage 0 and 1, 3 on stage 1, three times
+    const bool v2 = std::string(schedule) == kV2;
+    EXPECT_EQ(recvs, v2 ? 3 * micro : micro) << schedule;
+    if (n == 2 && std::string(schedule) == k1F1B) {  // 1F1B with m = 4 > K on both stages
+      EXPECT_GT(early, 0) << "rank " << m.rank();
+    }
+    t.executor().clear_observers();
   }
 }
 

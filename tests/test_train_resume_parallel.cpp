@@ -27,10 +27,12 @@ struct Config {
   int zero;
   std::string extra;
   std::string model_extra = "";
+  int layers = 3;
 };
 
 std::string deck_text(const Config& c) {
-  return "[mesh]\n" + c.mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 3\n" +
+  return "[mesh]\n" + c.mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = " +
+         std::to_string(c.layers) + "\n" +
          c.model_extra +
          "[train]\nsteps = 6\nglobal_batch = 8\nmicro_batches = 2\nlr = 3e-3\nwarmup = 2\nseed = 5\ndata = "
          "\"" SHARDFLOW_CORPUS "\"\n[strategy]\nfsdp_min_weight_size = 64\nzero_stage = " +
@@ -129,7 +131,8 @@ TEST(TrainResumeParallel, TensorPipelineCheckpointsRestoreOnAnyMesh) {
   check_round_trips(configs);
 }
 
-// Expert weights (split over the expert axis) and their moments round-trip too.
+// Expert weights (split over the expert axis, and on F over the tensor axis) and their
+// moments round-trip too.
 TEST(TrainResumeParallel, ExpertCheckpointsRestoreOnAnyMesh) {
   const int n = test::world_size();
   const std::string moe = "experts = 4\ntop_k = 2\nmoe_every = 2\n";
@@ -137,7 +140,25 @@ TEST(TrainResumeParallel, ExpertCheckpointsRestoreOnAnyMesh) {
   if (n >= 2) {
     configs.push_back({2, "moe_ep2", "data = 1\nexpert = 2", 0, "", moe});
     configs.push_back({2, "moe_dp2_z1", "data = 2", 1, "", moe});
+    // expert weights split on F over tensor
+    configs.push_back({2, "moe_tp2_sp", "data = 1\ntensor = 2", 0, "sequence_parallel = true\n", moe});
   }
-  if (n >= 4) configs.push_back({4, "moe_fsdp2_ep2", "data = 1\nfsdp = 2\nexpert = 2", 3, "", moe});
+  if (n >= 4) {
+    configs.push_back({4, "moe_fsdp2_ep2", "data = 1\nfsdp = 2\nexpert = 2", 3, "", moe});
+    configs.push_back({4, "moe_ep2_tp2", "data = 1\nexpert = 2\ntensor = 2", 0, "", moe});
+  }
+  check_round_trips(configs);
+}
+
+// Interleaved 1F1B places layers 0, 2 on stage 0 and 1, 3 on stage 1 (their Layouts pinned
+// there): its checkpoints restore on meshes without interleaving and back.
+TEST(TrainResumeParallel, InterleavedCheckpointsRestoreOnAnyMesh) {
+  const int n = test::world_size();
+  if (n < 2) GTEST_SKIP() << "needs a pipeline";
+  const std::string v2 = "schedule = \"1f1b\"\nvirtual_stages = 2\n";
+  std::vector<Config> configs = {{1, "l4_one", "data = 1", 0, "", "", 4},
+                                 {2, "l4_pp2_v2", "data = 1\npipeline = 2", 0, v2, "", 4},
+                                 {2, "l4_pp2", "data = 1\npipeline = 2", 0, "", "", 4}};
+  if (n >= 4) configs.push_back({4, "l4_pp2_v2_tp2", "data = 1\npipeline = 2\ntensor = 2", 0, v2, "", 4});
   check_round_trips(configs);
 }

@@ -47,6 +47,9 @@ struct StrategySection {
   DType grad_scatter_dtype = DType::F32;
   int prefetch = 1;
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;
+  /// Virtual stages per pipeline rank: > 1 interleaves the 1f1b schedule (layers in
+  /// mesh.pipeline × virtual_stages chunks, chunk c on stage c mod pipeline).
+  int virtual_stages = 1;
   bool sequence_parallel = false;
 };
 

@@ -12,7 +12,8 @@
 // Speed: the two boxes are first simplified jointly (dimensions of extent 1 dropped,
 // dimensions merged where both sides are contiguous across them). On host spaces a work
 // item is a chunk of innermost runs, walked with an odometer (no divisions per run), and
-// each run is one memcpy when both sides are contiguous and of the same type. On device
+// when both sides are contiguous and of the same type the runs along the second-innermost
+// dimension are one call of detail::host_copy_runs (AVX2 where the CPU has it). On device
 // spaces a work item is one element, so consecutive threads touch consecutive addresses.
 //
 // Views are 1-D and contiguous (LayoutRight/LayoutLeft, managed or unmanaged); element
@@ -26,6 +27,7 @@
 
 #include "core/error.hpp"
 #include "core/half.hpp"
+#include "kernels/host_copy.hpp"
 #include "kernels/strided_box.hpp"
 #include "layout/layout.hpp"
 
@@ -72,29 +74,6 @@ inline BoxPair simplify_pair(const StridedBox& s, const StridedBox& d) {
     p.dst_stride[0] = 1;
   }
   return p;
-}
-
-/// Host byte copy tuned for runs: runs under 256 bytes are copied inline in 32-byte blocks
-/// (a library memcpy call per 64-byte run costs as much as the copy); longer runs go to
-/// memcpy.
-inline void host_copy_bytes(char* __restrict__ d, const char* __restrict__ s, std::size_t n) {
-  if (n >= 256) {
-    std::memcpy(d, s, n);
-    return;
-  }
-  while (n >= 32) {
-    __builtin_memcpy(d, s, 32);
-    d += 32;
-    s += 32;
-    n -= 32;
-  }
-  if (n >= 16) {
-    __builtin_memcpy(d, s, 16);
-    d += 16;
-    s += 16;
-    n -= 16;
-  }
-  if (n) std::memcpy(d, s, n);
 }
 
 struct HostTag {};    // work item = a chunk of runs
@@ -161,10 +140,9 @@ struct BoxCopy {
 #if !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
     if constexpr (std::is_same<S, D>::value) {
       if (ss == 1 && ds == 1) {
-        const std::size_t bytes = static_cast<std::size_t>(run) * sizeof(S);
-        for (std::int64_t i = 0; i < cnt; ++i)
-          host_copy_bytes(reinterpret_cast<char*>(dst + d + i * d2), reinterpret_cast<const char*>(src + s + i * s2),
-                          bytes);
+        host_copy_runs(reinterpret_cast<char*>(dst + d), reinterpret_cast<const char*>(src + s), cnt,
+                       static_cast<std::size_t>(run) * sizeof(S), d2 * static_cast<std::int64_t>(sizeof(S)),
+                       s2 * static_cast<std::int64_t>(sizeof(S)));
         return;
       }
     }

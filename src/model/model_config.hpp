@@ -18,6 +18,12 @@ struct ModelConfig {
   int64_t experts = 0;
   int64_t top_k = 0;
   int64_t moe_every = 0;
+  /// MoE capacity per sequence and expert: C = ceil(capacity_factor · S · top_k / E) choices.
+  double capacity_factor = 1.25;
+  /// Coefficient of the sequence-wise load-balancing loss (docs/parallelism.md).
+  double aux_loss_coef = 0.01;
+  static constexpr double default_capacity_factor = 1.25;
+  static constexpr double default_aux_loss_coef = 0.01;
 
   int64_t head_dim() const { return hidden / heads; }
   bool is_moe() const { return experts > 0; }
@@ -30,7 +36,8 @@ struct ModelConfig {
   std::string to_string() const;
   bool operator==(const ModelConfig& o) const {
     return vocab == o.vocab && seq == o.seq && hidden == o.hidden && heads == o.heads && ffn == o.ffn &&
-           layers == o.layers && experts == o.experts && top_k == o.top_k && moe_every == o.moe_every;
+           layers == o.layers && experts == o.experts && top_k == o.top_k && moe_every == o.moe_every &&
+           capacity_factor == o.capacity_factor && aux_loss_coef == o.aux_loss_coef;
   }
 };
 

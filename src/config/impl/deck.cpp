@@ -43,6 +43,8 @@ const std::vector<KeySpec>& schema() {
       {"model", "experts", KeyType::Int},
       {"model", "top_k", KeyType::Int},
       {"model", "moe_every", KeyType::Int},
+      {"model", "capacity_factor", KeyType::Float},
+      {"model", "aux_loss_coef", KeyType::Float},
       {"train", "steps", KeyType::Int},
       {"train", "global_batch", KeyType::Int},
       {"train", "micro_batches", KeyType::Int},
@@ -56,6 +58,7 @@ const std::vector<KeySpec>& schema() {
       {"strategy", "grad_scatter_dtype", KeyType::String},
       {"strategy", "prefetch", KeyType::Int},
       {"strategy", "schedule", KeyType::String},
+      {"strategy", "virtual_stages", KeyType::Int},
       {"strategy", "sequence_parallel", KeyType::Bool},
       {"checkpoint", "dir", KeyType::String},
       {"checkpoint", "every", KeyType::Int},
@@ -281,6 +284,18 @@ class DeckBuilder {
     get_i64("model.experts", d.model.experts, 0);
     get_i64("model.top_k", d.model.top_k, 0);
     get_i64("model.moe_every", d.model.moe_every, 0);
+    // MoE capacity factor (> 0) and load-balancing coefficient (>= 0); a dense model keeps the defaults
+    auto moe_float = [&](const char* key, double& out, double lowest, bool strict, double dflt) {
+      const Value* v = find(key);
+      if (v == nullptr) return;
+      SHARDFLOW_REQUIRE_INPUT(std::isfinite(v->f) && (strict ? v->f > lowest : v->f >= lowest), v->where, ": ", key,
+                              " = ", v->text, " must be a finite number ", strict ? "> " : ">= ", lowest);
+      SHARDFLOW_REQUIRE_INPUT(d.model.experts > 0 || v->f == dflt, v->where, ": ", key, " = ", v->text,
+                              " needs model.experts > 0 (the model is dense with experts = 0)");
+      out = v->f;
+    };
+    moe_float("model.capacity_factor", d.model.capacity_factor, 0.0, true, ModelConfig::default_capacity_factor);
+    moe_float("model.aux_loss_coef", d.model.aux_loss_coef, 0.0, false, ModelConfig::default_aux_loss_coef);
     SHARDFLOW_REQUIRE_INPUT(d.model.hidden % d.model.heads == 0, loc_of("model.heads"),
                             ": model.heads = ", d.model.heads, " does not divide model.hidden = ", d.model.hidden);
     try {
@@ -322,6 +337,19 @@ class DeckBuilder {
         throw InputError(v->where + ": strategy.schedule = " + v->text + " must be \"gpipe\" or \"1f1b\"");
     }
     if (auto* v = find("strategy.sequence_parallel")) d.strategy.sequence_parallel = v->b;
+    get_int("strategy.virtual_stages", d.strategy.virtual_stages, 1);
+    if (const Value* v = find("strategy.virtual_stages"); v != nullptr && d.strategy.virtual_stages > 1) {
+      const int vs = d.strategy.virtual_stages, p = d.mesh.pipeline;
+      SHARDFLOW_REQUIRE_INPUT(p > 1, v->where, ": strategy.virtual_stages = ", vs, " needs mesh.pipeline > 1");
+      SHARDFLOW_REQUIRE_INPUT(d.strategy.schedule == PipelineSchedule::OneFOneB, v->where,
+                              ": strategy.virtual_stages = ", vs, " interleaves the 1f1b schedule, not ",
+                              schedule_name(d.strategy.schedule));
+      SHARDFLOW_REQUIRE_INPUT(d.train.micro_batches % p == 0, v->where, ": strategy.virtual_stages = ", vs,
+                              " needs train.micro_batches = ", d.train.micro_batches,
+                              " to be a multiple of mesh.pipeline = ", p);
+      SHARDFLOW_REQUIRE_INPUT(int64_t{p} * vs <= d.model.layers, v->where, ": strategy.virtual_stages = ", vs,
+                              ": mesh.pipeline = ", p, " x ", vs, " chunks but only model.layers = ", d.model.layers);
+    }
     // [checkpoint]
     d.checkpoint.dir = path_value("checkpoint.dir", d.checkpoint.dir);
     get_i64("checkpoint.every", d.checkpoint.every, 0);
@@ -458,7 +486,8 @@ std::string deck_to_toml(const Deck& d) {
   os << "[model]\nvocab = " << d.model.vocab << "\nseq = " << d.model.seq << "\nhidden = " << d.model.hidden
      << "\nheads = " << d.model.heads << "\nffn = " << d.model.ffn << "\nlayers = " << d.model.layers
      << "\nexperts = " << d.model.experts << "\ntop_k = " << d.model.top_k << "\nmoe_every = " << d.model.moe_every
-     << "\n\n";
+     << "\ncapacity_factor = " << toml::value<double>(d.model.capacity_factor)
+     << "\naux_loss_coef = " << toml::value<double>(d.model.aux_loss_coef) << "\n\n";
   os << "[train]\nsteps = " << d.train.steps << "\nglobal_batch = " << d.train.global_batch
      << "\nmicro_batches = " << d.train.micro_batches << "\nlr = " << toml::value<double>(d.train.lr)
      << "\nwarmup = " << d.train.warmup << "\nseed = " << d.train.seed
@@ -467,8 +496,8 @@ std::string deck_to_toml(const Deck& d) {
      << "\nfsdp_min_weight_size = " << d.strategy.fsdp_min_weight_size << "\ngather_dtype = \""
      << dtype_name(d.strategy.gather_dtype) << "\"\ngrad_scatter_dtype = \""
      << dtype_name(d.strategy.grad_scatter_dtype) << "\"\nprefetch = " << d.strategy.prefetch << "\nschedule = \""
-     << schedule_name(d.strategy.schedule)
-     << "\"\nsequence_parallel = " << (d.strategy.sequence_parallel ? "true" : "false") << "\n\n";
+     << schedule_name(d.strategy.schedule) << "\"\nvirtual_stages = " << d.strategy.virtual_stages
+     << "\nsequence_parallel = " << (d.strategy.sequence_parallel ? "true" : "false") << "\n\n";
   os << "[checkpoint]\ndir = " << toml::value<std::string>(d.checkpoint.dir) << "\nevery = " << d.checkpoint.every
      << "\nkeep = " << d.checkpoint.keep << "\nasync = " << (d.checkpoint.async ? "true" : "false") << "\n";
   return os.str();

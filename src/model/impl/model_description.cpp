@@ -1,6 +1,7 @@
 #include "model/model_description.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -19,8 +20,15 @@ void ModelConfig::validate() const {
   SHARDFLOW_REQUIRE_INPUT(experts >= 0, "model.experts = ", experts, " must be >= 0");
   SHARDFLOW_REQUIRE_INPUT(top_k >= 0, "model.top_k = ", top_k, " must be >= 0");
   SHARDFLOW_REQUIRE_INPUT(moe_every >= 0, "model.moe_every = ", moe_every, " must be >= 0");
+  SHARDFLOW_REQUIRE_INPUT(std::isfinite(capacity_factor) && capacity_factor > 0, "model.capacity_factor = ",
+                          capacity_factor, " must be a finite number > 0");
+  SHARDFLOW_REQUIRE_INPUT(std::isfinite(aux_loss_coef) && aux_loss_coef >= 0, "model.aux_loss_coef = ", aux_loss_coef,
+                          " must be a finite number >= 0");
   if (experts == 0) {
     SHARDFLOW_REQUIRE_INPUT(top_k == 0 && moe_every == 0, "model.top_k = ", top_k, " and model.moe_every = ", moe_every,
+                            " need model.experts > 0 (the model is dense with experts = 0)");
+    SHARDFLOW_REQUIRE_INPUT(capacity_factor == default_capacity_factor && aux_loss_coef == default_aux_loss_coef,
+                            "model.capacity_factor = ", capacity_factor, " and model.aux_loss_coef = ", aux_loss_coef,
                             " need model.experts > 0 (the model is dense with experts = 0)");
   } else {
     SHARDFLOW_REQUIRE_INPUT(top_k >= 1 && top_k <= experts, "model.top_k = ", top_k,
@@ -33,7 +41,9 @@ void ModelConfig::validate() const {
 std::string ModelConfig::to_string() const {
   std::ostringstream os;
   os << "V=" << vocab << " S=" << seq << " H=" << hidden << " A=" << heads << " F=" << ffn << " L=" << layers;
-  if (experts > 0) os << " E=" << experts << " top_k=" << top_k << " moe_every=" << moe_every;
+  if (experts > 0)
+    os << " E=" << experts << " top_k=" << top_k << " moe_every=" << moe_every << " capacity_factor=" << capacity_factor
+       << " aux_loss_coef=" << aux_loss_coef;
   return os.str();
 }
 

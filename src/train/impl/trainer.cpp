@@ -39,6 +39,15 @@ std::function<bool()> as_poller(comm::Request r) {
   return [req] { return req->test(); };
 }
 
+/// y = x · wᵀ backward: dx (+)= dy · w (skipped when dx is null), dw (+)= dyᵀ · x, for dy
+/// [rows, out], x [rows, in], w and dw [out, in].
+void linear_bwd(const float* dy, const float* x, const float* w, float* dw, int64_t rows, int64_t out, int64_t in,
+                float* dx, bool acc_dx, bool acc_w) {
+  if (dx != nullptr)
+    nn::Linear<float, Exec>::backward_input(cmat(dy, rows, out), cmat(w, out, in), mat(dx, rows, in), acc_dx);
+  nn::Linear<float, Exec>::backward_weight(cmat(dy, rows, out), cmat(x, rows, in), mat(dw, out, in), acc_w);
+}
+
 int64_t view_bytes(const FVec& v) { return static_cast<int64_t>(v.extent(0) * sizeof(float)); }
 
 int64_t prod(const Shape& s, size_t b, size_t e) {
@@ -98,9 +107,33 @@ struct Trainer::Impl {
   int dp_size = 1, shard_size = 1, repl_size = 1, shard_index = 0;
   int tp = 1, tc = 0;                  // tensor-parallel size and this rank's coordinate
   int pp = 1, stage = 0;               // pipeline stages and this rank's stage
-  int layer_begin = 0, layer_end = 0;  // this stage's layers [begin, end)
-  bool first_stage = true, last_stage = true;
-  int act_slots = 1;                                   // micro-batches whose activations a stage holds at once
+  bool first_stage = true, last_stage = true;  // stage 0 (embeddings), stage p − 1 (head, loss)
+  // Pipeline chunks: the layers are assigned to p·v chunks (v = strategy.virtual_stages);
+  // chunk c lives on stage c mod p as this stage's virtual stage c / p. A chunk holds the
+  // activations of `slots` micro-batches at once, in slots [slot_base, slot_base + slots)
+  // of the per-rank slot arrays (xs, dxs, the receive rings, the layers' activations).
+  struct Chunk {
+    int gc = 0;                          // global chunk index
+    int layer_begin = 0, layer_end = 0;  // its layers [begin, end)
+    int slots = 1, slot_base = 0;
+  };
+  int vstages = 1, nchunks = 1;  // virtual stages per rank, chunks in the pipeline (p·v)
+  std::vector<Chunk> chunks;     // this rank's, by virtual stage
+  std::vector<int> layer_chunk;  // global layer -> global chunk
+  std::vector<int> local_layer;  // global layer -> index into acts / moes (-1: elsewhere)
+  int total_slots = 1;
+  // One group of the schedule: the forward or backward of micro-batch mb through chunk vc.
+  struct Group {
+    bool fwd;
+    int vc;
+    int mb;
+  };
+  std::vector<Group> order;  // this stage's schedule
+  std::vector<Group> schedule(int pipeline_stage) const;
+  int slot_of(int vc, int mb) const {
+    const Chunk& c = chunks[static_cast<size_t>(vc)];
+    return c.slot_base + mb % c.slots;
+  }
   int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0;  // local heads, head columns, ffn, vocab slice
   bool sp = false;                                     // sequence parallel over the tensor axis
   int ep = 1, ec = 0;                                  // expert-parallel size and coordinate
@@ -167,6 +200,7 @@ struct Trainer::Impl {
   std::vector<std::vector<MoeState>> moes;       // [local layer][slot]; empty for dense layers
   FVec moe_dgate, moe_dh, moe_dgu, moe_dlogits;  // MoE backward scratch
   std::vector<FVec> xs, dxs;                     // residual stream and its gradient, per slot (Tr rows)
+  std::vector<FVec> rxs, rdxs;                   // pipeline receive rings: x from the previous stage, dx from the next
   FVec yl, dnl, dxfull;                          // sequence parallel: reduce-scattered rows, gathered dx
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
   std::vector<TVec> inputs, targets;
@@ -201,13 +235,20 @@ struct Trainer::Impl {
   Param& U(int unit, int k) {
     return params[static_cast<size_t>(units[static_cast<size_t>(unit)][static_cast<size_t>(k)])];
   }
-  Acts& act(int l, int slot) { return acts[static_cast<size_t>(l - layer_begin)][static_cast<size_t>(slot)]; }
+  Acts& act(int l, int slot) {
+    return acts[static_cast<size_t>(local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];
+  }
   float* shard_param_ptr(Param& p) { return p.O > 1 ? p.pshard.data() : p.param.data() + p.r0 * p.I; }
   Layout param_layout(const Param& p, bool optimizer_state) const;
 
   // compute (segments separated by the tensor-parallel all-reduces)
   void embed_fwd_a(int j, int xs_slot, int slot);
   void embed_fwd_b(int xs_slot, int slot);
+  void norm_fwd(const Param& g, const float* x, float* out, float* rstd, int slot);
+  void norm_bwd(const Param& g, const float* x, const float* rstd, int xs_slot, int slot, int gslot, bool acc,
+                bool acc_dx);
+  void linear_backward(const float* dy, const float* x, const Param& w, int slot, int gslot, bool acc, int64_t rows,
+                       int64_t out, int64_t in, float* dx, bool acc_dx);
   void layer_fwd_norm1(int l, int xs_slot, int slot);
   void layer_fwd_attn(int l, int xs_slot, int slot);
   void layer_fwd_norm2(int l, int xs_slot, int slot);
@@ -219,19 +260,23 @@ struct Trainer::Impl {
   void head_c(int j, int slot, int gslot, bool acc);
   void head_d(int xs_slot, int slot, int gslot, bool acc);
   void layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc);
-  void layer_bwd_norm2(int l, int xs_slot, int slot, int gslot, bool acc);
   void layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc);
-  void layer_bwd_norm1(int l, int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_norm(int l, bool mlp, int xs_slot, int slot, int gslot, bool acc);
   void embed_bwd(int j, int xs_slot, int gslot, bool acc);
   void norm_local();
   void update();
   bool is_moe_layer(int l) const { return deck.model.is_moe_layer(l); }
-  MoeState& ms(int l, int slot) { return moes[static_cast<size_t>(l - layer_begin)][static_cast<size_t>(slot)]; }
+  MoeState& ms(int l, int slot) {
+    return moes[static_cast<size_t>(local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];
+  }
   void moe_route_fwd(int l, int xs_slot, int slot);
   void moe_recv_counts(int l, int xs_slot);
   void moe_experts_fwd(int l, int xs_slot, int slot);
   void moe_combine(int l, int xs_slot);
   void moe_combine_bwd(int l, int xs_slot);
+  const float* dx_full(int xs_slot) const {  // the whole micro-batch's dx (all-gathered under sp)
+    return sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
+  }
   void moe_experts_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
   void moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
 };
@@ -244,10 +289,6 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), m
   cfg.ffn = deck.model.ffn;
   cfg.layers = deck.model.layers;
   cfg.validate();
-  SHARDFLOW_REQUIRE_INPUT(!deck.model.is_moe() || m.shape().axis_size_or_1("tensor") == 1,
-                          "model.experts = ", deck.model.experts,
-                          " with mesh.tensor = ", m.shape().axis_size_or_1("tensor"),
-                          ": mixture-of-experts layers run with tensor = 1 (experts split over the expert axis)");
   desc.check_mesh(m.shape());
   opt.lr = deck.train.lr;
   opt.warmup = deck.train.warmup;
@@ -317,6 +358,8 @@ void Trainer::Impl::setup_groups() {
     moe.experts = E;
     moe.top_k = deck.model.top_k;
     moe.seq = cfg.seq;
+    moe.capacity_factor = deck.model.capacity_factor;
+    moe.aux_coef = deck.model.aux_loss_coef;
   }
   pp = shape.axis_size_or_1("pipeline");
   if (pp > 1) {
@@ -332,13 +375,57 @@ void Trainer::Impl::setup_groups() {
   if (!loss_axes.empty()) loss_comm = &comms->group(loss_axes);
 
   const int L = static_cast<int>(cfg.layers);
-  PipelineParallelStrategy pps("pipeline", -1, pp);
-  const auto counts = pps.assign_layers_to_stages(L);
-  layer_begin = 0;
-  for (int s = 0; s < stage; ++s) layer_begin += counts[static_cast<size_t>(s)];
-  layer_end = layer_begin + counts[static_cast<size_t>(stage)];
   first_stage = stage == 0;
   last_stage = stage == pp - 1;
+  micro = deck.train.micro_batches;
+  SHARDFLOW_REQUIRE_INPUT(micro >= 1, "train.micro_batches = ", micro, " must be >= 1");
+  vstages = deck.strategy.virtual_stages;
+  SHARDFLOW_REQUIRE_INPUT(vstages >= 1, "strategy.virtual_stages = ", vstages, " must be >= 1");
+  if (vstages > 1) {  // interleaved 1F1B
+    const std::string at = " (" + deck.where("strategy.virtual_stages") + ")";
+    SHARDFLOW_REQUIRE_INPUT(pp > 1, "strategy.virtual_stages = ", vstages, " needs mesh.pipeline > 1", at);
+    SHARDFLOW_REQUIRE_INPUT(deck.strategy.schedule == PipelineSchedule::OneFOneB, "strategy.virtual_stages = ",
+                            vstages, " interleaves the 1f1b schedule, not ", schedule_name(deck.strategy.schedule),
+                            at);
+    SHARDFLOW_REQUIRE_INPUT(micro % pp == 0, "strategy.virtual_stages = ", vstages, ": train.micro_batches = ", micro,
+                            " must be a multiple of mesh.pipeline = ", pp, at);
+    SHARDFLOW_REQUIRE_INPUT(pp * vstages <= L, "strategy.virtual_stages = ", vstages, ": mesh.pipeline = ", pp, " x ",
+                            vstages, " chunks but only model.layers = ", L, at);
+  }
+  nchunks = pp * vstages;
+  PipelineParallelStrategy pps("pipeline", -1, nchunks);
+  const auto counts = pps.assign_layers_to_stages(L);
+  std::vector<int> chunk_begin(static_cast<size_t>(nchunks) + 1, 0);
+  for (int c = 0; c < nchunks; ++c) {
+    chunk_begin[static_cast<size_t>(c) + 1] = chunk_begin[static_cast<size_t>(c)] + counts[static_cast<size_t>(c)];
+    for (int l = chunk_begin[static_cast<size_t>(c)]; l < chunk_begin[static_cast<size_t>(c) + 1]; ++l)
+      layer_chunk.push_back(c);
+  }
+  local_layer.assign(static_cast<size_t>(L), -1);
+  int nlocal = 0;
+  for (int vc = 0; vc < vstages; ++vc) {
+    Chunk c;
+    c.gc = vc * pp + stage;
+    c.layer_begin = chunk_begin[static_cast<size_t>(c.gc)];
+    c.layer_end = chunk_begin[static_cast<size_t>(c.gc) + 1];
+    for (int l = c.layer_begin; l < c.layer_end; ++l) local_layer[static_cast<size_t>(l)] = nlocal++;
+    chunks.push_back(c);
+  }
+  // slots: the most micro-batches of a chunk between their forward and their backward
+  order = schedule(stage);
+  std::vector<int> live(static_cast<size_t>(vstages), 0);
+  for (auto& c : chunks) c.slots = 1;
+  for (const auto& g : order) {
+    int& n = live[static_cast<size_t>(g.vc)];
+    n += g.fwd ? 1 : -1;
+    auto& c = chunks[static_cast<size_t>(g.vc)];
+    c.slots = std::max(c.slots, n);
+  }
+  total_slots = 0;
+  for (auto& c : chunks) {
+    c.slot_base = total_slots;
+    total_slots += c.slots;
+  }
 
   const int64_t A = cfg.heads, D = cfg.head_dim();
   A_l = split_extent(A, tp, tc);
@@ -347,9 +434,7 @@ void Trainer::Impl::setup_groups() {
   V_l = split_extent(cfg.vocab, tp, tc);
   v0 = split_offset(cfg.vocab, tp, tc);
 
-  micro = deck.train.micro_batches;
   const int64_t B = deck.train.global_batch;
-  SHARDFLOW_REQUIRE_INPUT(micro >= 1, "train.micro_batches = ", micro, " must be >= 1");
   SHARDFLOW_REQUIRE_INPUT(B % (dp_size * micro) == 0, "train.global_batch = ", B,
                           " is not divisible by the data-parallel size ", dp_size, " x train.micro_batches ", micro,
                           " (", deck.where("train.global_batch"), ")");
@@ -362,10 +447,34 @@ void Trainer::Impl::setup_groups() {
   Tr = sp ? split_extent(tokens_mb, tp, tc) : tokens_mb;
   t0 = sp ? split_offset(tokens_mb, tp, tc) : 0;
   slice = data::replica_slice(B, dp_size, dp_axes.empty() ? 0 : shape.group_index(me, mesh->canonical_axes(dp_axes)));
-  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1)
-    act_slots = static_cast<int>(micro);
-  else
-    act_slots = static_cast<int>(std::min<int64_t>(pp - stage, micro));
+}
+
+// The groups a pipeline stage runs, in order (any stage's: receivers post their receives in
+// the order the sender sends).
+//   gpipe: F0 … F(m−1), then B0 … B(m−1).
+//   1f1b:  p − s − 1 warm-up forwards, then one forward / one backward, then the drain.
+//   interleaved 1f1b (v > 1, Narayanan et al. 2021, as in Megatron-LM): the k-th forward
+//          runs chunk (k / p) mod v of micro-batch (k / (p·v))·p + k mod p, the k-th backward
+//          chunk v − 1 − (k / p) mod v of the same micro-batch; (p − s − 1)·2 + (v − 1)·p
+//          warm-up forwards (at most m·v), then one forward / one backward, then the drain.
+std::vector<Trainer::Impl::Group> Trainer::Impl::schedule(int s) const {
+  std::vector<Group> out;
+  const int m = static_cast<int>(micro), v = vstages;
+  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1) {
+    for (int j = 0; j < m; ++j) out.push_back({true, 0, j});
+    for (int j = 0; j < m; ++j) out.push_back({false, 0, j});
+    return out;
+  }
+  const int total = m * v;
+  const int w = v == 1 ? std::min(pp - s - 1, m) : std::min((pp - s - 1) * 2 + (v - 1) * pp, total);
+  auto fwd = [&](int k) { return Group{true, (k / pp) % v, (k / (pp * v)) * pp + k % pp}; };
+  auto bwd = [&](int k) { return Group{false, v - 1 - (k / pp) % v, (k / (pp * v)) * pp + k % pp}; };
+  for (int k = 0; k < w; ++k) out.push_back(fwd(k));
+  for (int k = 0; k < total; ++k) {
+    if (w + k < total) out.push_back(fwd(w + k));
+    out.push_back(bwd(k));
+  }
+  return out;
 }
 
 void Trainer::Impl::setup_params() {
@@ -397,7 +506,7 @@ void Trainer::Impl::setup_params() {
     p.unit = info.layer >= 0
                  ? 1 + info.layer
                  : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
-    p.stage = desc.stage_of(info, pp);
+    p.stage = info.layer >= 0 ? layer_chunk[static_cast<size_t>(info.layer)] % pp : desc.stage_of(info, pp);
     p.here = p.stage == stage;
     if (zero >= 1 && shard_size > 1 && info.numel() >= deck.strategy.fsdp_min_weight_size) {
       std::vector<bool> excluded(p.view.size(), false);
@@ -453,10 +562,20 @@ void Trainer::Impl::setup_params() {
 void Trainer::Impl::setup_acts() {
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
   auto mk = [](const char* n, int64_t c) { return FVec(std::string(n), static_cast<size_t>(c)); };
-  for (int l = layer_begin; l < layer_end; ++l) {
-    std::vector<Acts> per;
-    for (int s = 0; s < act_slots; ++s) {
-      Acts a;
+  // per local layer, total_slots entries of which the layer's chunk allocates its own range
+  std::vector<std::pair<int, int>> local;  // (global layer, chunk) in local order
+  for (int vc = 0; vc < vstages; ++vc)
+    for (int l = chunks[static_cast<size_t>(vc)].layer_begin; l < chunks[static_cast<size_t>(vc)].layer_end; ++l)
+      local.emplace_back(l, vc);
+  auto in_chunk = [&](int vc, int s) {
+    const Chunk& c = chunks[static_cast<size_t>(vc)];
+    return s >= c.slot_base && s < c.slot_base + c.slots;
+  };
+  for (const auto& [l, vc] : local) {
+    std::vector<Acts> per(static_cast<size_t>(total_slots));
+    for (int s = 0; s < total_slots; ++s) {
+      if (!in_chunk(vc, s)) continue;
+      Acts& a = per[static_cast<size_t>(s)];
       a.x_in = mk("x_in", Tr * H);
       a.n1 = mk("n1", T * H);
       a.rstd1 = mk("rstd1", Tr);
@@ -468,16 +587,17 @@ void Trainer::Impl::setup_acts() {
       a.rstd2 = mk("rstd2", Tr);
       a.gu = mk("gu", T * 2 * F_l);
       a.h = mk("h", T * F_l);
-      per.push_back(a);
     }
     acts.push_back(per);
   }
-  for (int l = layer_begin; l < layer_end; ++l) {
+  for (const auto& [l, vc] : local) {
     std::vector<MoeState> per;
     if (is_moe_layer(l)) {
-      const int64_t k = moe.top_k, E = moe.experts, N = T * k, Nmax = ep * N, F = cfg.ffn;
-      for (int s = 0; s < act_slots; ++s) {
-        MoeState m;
+      const int64_t k = moe.top_k, E = moe.experts, N = T * k, Nmax = ep * N, F = F_l;
+      per.resize(static_cast<size_t>(total_slots));
+      for (int s = 0; s < total_slots; ++s) {
+        if (!in_chunk(vc, s)) continue;
+        MoeState& m = per[static_cast<size_t>(s)];
         m.logits = mk("router_logits", T * E);
         m.gate = mk("gates", N);
         m.slot = Kokkos::View<int64_t*>("moe_slot", static_cast<size_t>(N));
@@ -497,7 +617,6 @@ void Trainer::Impl::setup_acts() {
         }
         m.gu = mk("moe_gu", Nmax * 2 * F);
         m.h = mk("moe_h", Nmax * F);
-        per.push_back(m);
       }
       if (moe_dgate.extent(0) == 0) {
         moe_dgate = mk("moe_dgate", N);
@@ -508,9 +627,15 @@ void Trainer::Impl::setup_acts() {
     }
     moes.push_back(per);
   }
-  for (int s = 0; s < act_slots; ++s) {
-    xs.push_back(mk("x", Tr * H));
-    dxs.push_back(mk("dx", Tr * H));
+  for (int vc = 0; vc < vstages; ++vc) {
+    const Chunk& c = chunks[static_cast<size_t>(vc)];
+    for (int s = 0; s < c.slots; ++s) {
+      xs.push_back(mk("x", Tr * H));
+      dxs.push_back(mk("dx", Tr * H));
+      // receive rings: x from the previous chunk, dx from the next one
+      rxs.push_back(c.gc > 0 ? mk("x_recv", Tr * H) : FVec());
+      rdxs.push_back(c.gc < nchunks - 1 ? mk("dx_recv", Tr * H) : FVec());
+    }
   }
   if (sp) {
     yl = mk("y_rows", Tr * H);
@@ -595,14 +720,32 @@ void Trainer::Impl::embed_fwd_b(int xs_slot, int slot) {
                                               mat(xs[static_cast<size_t>(xs_slot)].data(), tokens_mb, cfg.hidden));
 }
 
-void Trainer::Impl::layer_fwd_norm1(int l, int xs_slot, int slot) {
-  using namespace nn;
+// rmsnorm of this rank's residual rows x [Tr, H] into rows [t0, t0 + Tr) of `out` [T, H]
+void Trainer::Impl::norm_fwd(const Param& g, const float* x, float* out, float* rstd, int slot) {
   const int64_t H = cfg.hidden;
-  const Param& g1 = U(l + 1, 0);
+  nn::RmsNorm<float, Exec>::forward(cmat(x, Tr, H), cvec(pptr(g, slot), H), mat(out + t0 * H, Tr, H), vec(rstd, Tr));
+}
+
+// dx (+)= the rmsnorm backward of this rank's rows of dn (dnl under sp), gain gradient (+)=
+void Trainer::Impl::norm_bwd(const Param& g, const float* x, const float* rstd, int xs_slot, int slot, int gslot,
+                             bool acc, bool acc_dx) {
+  const int64_t H = cfg.hidden;
+  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(x, Tr, H), cvec(pptr(g, slot), H),
+                                     cvec(rstd, Tr), mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H),
+                                     vec(gptr(g, gslot), H), acc_dx, accum(g, acc));
+}
+
+// linear_bwd for the parameter w (its gather slot, gradient slot and accumulation rule)
+void Trainer::Impl::linear_backward(const float* dy, const float* x, const Param& w, int slot, int gslot, bool acc,
+                                    int64_t rows, int64_t out, int64_t in, float* dx, bool acc_dx) {
+  linear_bwd(dy, x, pptr(w, slot), gptr(w, gslot), rows, out, in, dx, acc_dx, accum(w, acc));
+}
+
+void Trainer::Impl::layer_fwd_norm1(int l, int xs_slot, int slot) {
+  const int64_t H = cfg.hidden;
   Acts& a = act(l, xs_slot);
-  Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
-  RmsNorm<float, Exec>::forward(cmat(a.x_in.data(), Tr, H), cvec(pptr(g1, slot), H), mat(a.n1.data() + t0 * H, Tr, H),
-                                vec(a.rstd1.data(), Tr));
+  nn::Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
+  norm_fwd(U(l + 1, 0), a.x_in.data(), a.n1.data(), a.rstd1.data(), slot);
 }
 
 void Trainer::Impl::layer_fwd_attn(int l, int xs_slot, int slot) {
@@ -618,14 +761,11 @@ void Trainer::Impl::layer_fwd_attn(int l, int xs_slot, int slot) {
 }
 
 void Trainer::Impl::layer_fwd_norm2(int l, int xs_slot, int slot) {
-  using namespace nn;
   const int64_t H = cfg.hidden;
-  const Param& g2 = U(l + 1, 3);
   Acts& a = act(l, xs_slot);
-  Residual<float, Exec>::copy(cmat(a.x_in.data(), Tr, H), mat(a.x_mid.data(), Tr, H));
-  Residual<float, Exec>::add(mat(a.x_mid.data(), Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
-  RmsNorm<float, Exec>::forward(cmat(a.x_mid.data(), Tr, H), cvec(pptr(g2, slot), H), mat(a.n2.data() + t0 * H, Tr, H),
-                                vec(a.rstd2.data(), Tr));
+  nn::Residual<float, Exec>::copy(cmat(a.x_in.data(), Tr, H), mat(a.x_mid.data(), Tr, H));
+  nn::Residual<float, Exec>::add(mat(a.x_mid.data(), Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
+  norm_fwd(U(l + 1, 3), a.x_mid.data(), a.n2.data(), a.rstd2.data(), slot);
 }
 
 void Trainer::Impl::layer_fwd_mlp(int l, int xs_slot, int slot) {
@@ -647,10 +787,7 @@ void Trainer::Impl::layer_fwd_end(int l, int xs_slot) {
 }
 
 void Trainer::Impl::head_norm(int xs_slot, int slot) {
-  const int64_t H = cfg.hidden;
-  const Param& gf = P("final_norm.weight");
-  nn::RmsNorm<float, Exec>::forward(cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), cvec(pptr(gf, slot), H),
-                                    mat(nf.data() + t0 * H, Tr, H), vec(rstdf.data(), Tr));
+  norm_fwd(P("final_norm.weight"), xs[static_cast<size_t>(xs_slot)].data(), nf.data(), rstdf.data(), slot);
 }
 
 void Trainer::Impl::head_a(int slot) {
@@ -675,89 +812,63 @@ void Trainer::Impl::head_c(int j, int slot, int gslot, bool acc) {
   sums_local[0] += CrossEntropy<float, Exec>::loss_and_grad(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
                                                             cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)],
                                                             v0, scale, mat(logits.data(), T, V_l));
-  Linear<float, Exec>::backward_input(cmat(logits.data(), T, V_l), cmat(pptr(lm, slot), V_l, H), mat(dn.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(logits.data(), T, V_l), cmat(nf.data(), T, H), mat(gptr(lm, gslot), V_l, H),
-                                       accum(lm, acc));
+  linear_backward(logits.data(), nf.data(), lm, slot, gslot, acc, T, V_l, H, dn.data(), false);
 }
 
 void Trainer::Impl::head_d(int xs_slot, int slot, int gslot, bool acc) {
-  const int64_t H = cfg.hidden;
-  const Param& gf = P("final_norm.weight");
-  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H),
-                                     cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), cvec(pptr(gf, slot), H),
-                                     cvec(rstdf.data(), Tr), mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H),
-                                     vec(gptr(gf, gslot), H), false, accum(gf, acc));
+  norm_bwd(P("final_norm.weight"), xs[static_cast<size_t>(xs_slot)].data(), rstdf.data(), xs_slot, slot, gslot, acc,
+           false);
 }
 
 void Trainer::Impl::layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc) {
-  using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
-  const Param &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
   Acts& a = act(l, xs_slot);
-  const float* dx = sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
-  Linear<float, Exec>::backward_input(cmat(dx, T, H), cmat(pptr(wdown, slot), H, F_l), mat(dh.data(), T, F_l));
-  Linear<float, Exec>::backward_weight(cmat(dx, T, H), cmat(a.h.data(), T, F_l), mat(gptr(wdown, gslot), H, F_l),
-                                       accum(wdown, acc));
-  SwiGlu<float, Exec>::backward(cmat(dh.data(), T, F_l), cmat(a.gu.data(), T, 2 * F_l), mat(dgu.data(), T, 2 * F_l));
-  Linear<float, Exec>::backward_input(cmat(dgu.data(), T, 2 * F_l), cmat(pptr(wgu, slot), 2 * F_l, H),
-                                      mat(dn.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(dgu.data(), T, 2 * F_l), cmat(a.n2.data(), T, H),
-                                       mat(gptr(wgu, gslot), 2 * F_l, H), accum(wgu, acc));
-}
-
-void Trainer::Impl::layer_bwd_norm2(int l, int xs_slot, int slot, int gslot, bool acc) {
-  const int64_t H = cfg.hidden;
-  const Param& g2 = U(l + 1, 3);
-  Acts& a = act(l, xs_slot);
-  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(a.x_mid.data(), Tr, H),
-                                     cvec(pptr(g2, slot), H), cvec(a.rstd2.data(), Tr),
-                                     mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H), vec(gptr(g2, gslot), H),
-                                     true, accum(g2, acc));
+  linear_backward(dx_full(xs_slot), a.h.data(), U(l + 1, 5), slot, gslot, acc, T, H, F_l, dh.data(), false);
+  nn::SwiGlu<float, Exec>::backward(cmat(dh.data(), T, F_l), cmat(a.gu.data(), T, 2 * F_l), mat(dgu.data(), T, 2 * F_l));
+  linear_backward(dgu.data(), a.n2.data(), U(l + 1, 4), slot, gslot, acc, T, 2 * F_l, H, dn.data(), false);
 }
 
 void Trainer::Impl::layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc) {
-  using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
-  const Param &wqkv = U(l + 1, 1), &wout = U(l + 1, 2);
   Acts& a = act(l, xs_slot);
-  const float* dx = sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
-  Linear<float, Exec>::backward_input(cmat(dx, T, H), cmat(pptr(wout, slot), H, H_l), mat(datt.data(), T, H_l));
-  Linear<float, Exec>::backward_weight(cmat(dx, T, H), cmat(a.att.data(), T, H_l), mat(gptr(wout, gslot), H, H_l),
-                                       accum(wout, acc));
+  linear_backward(dx_full(xs_slot), a.att.data(), U(l + 1, 2), slot, gslot, acc, T, H, H_l, datt.data(), false);
   VT::CTen3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
-  Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, 3 * H_l), probs, A_l,
-                                   mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H_l));
-  Linear<float, Exec>::backward_input(cmat(dqkv.data(), T, 3 * H_l), cmat(pptr(wqkv, slot), 3 * H_l, H),
-                                      mat(dn.data(), T, H));
-  Linear<float, Exec>::backward_weight(cmat(dqkv.data(), T, 3 * H_l), cmat(a.n1.data(), T, H),
-                                       mat(gptr(wqkv, gslot), 3 * H_l, H), accum(wqkv, acc));
+  nn::Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, 3 * H_l), probs, A_l,
+                                       mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H_l));
+  linear_backward(dqkv.data(), a.n1.data(), U(l + 1, 1), slot, gslot, acc, T, 3 * H_l, H, dn.data(), false);
 }
 
-void Trainer::Impl::layer_bwd_norm1(int l, int xs_slot, int slot, int gslot, bool acc) {
-  const int64_t H = cfg.hidden;
-  const Param& g1 = U(l + 1, 0);
+// the attention norm (mlp = false) or the mlp norm: dx += its backward
+void Trainer::Impl::layer_bwd_norm(int l, bool mlp, int xs_slot, int slot, int gslot, bool acc) {
   Acts& a = act(l, xs_slot);
-  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(a.x_in.data(), Tr, H),
-                                     cvec(pptr(g1, slot), H), cvec(a.rstd1.data(), Tr),
-                                     mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H), vec(gptr(g1, gslot), H),
-                                     true, accum(g1, acc));
+  norm_bwd(U(l + 1, mlp ? 3 : 0), (mlp ? a.x_mid : a.x_in).data(), (mlp ? a.rstd2 : a.rstd1).data(), xs_slot, slot,
+           gslot, acc, true);
 }
 
 void Trainer::Impl::embed_bwd(int j, int xs_slot, int gslot, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& e = P("embed.weight");
   const Param& pe = P("pos_embed.weight");
-  const float* dx = sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
+  const float* dx = dx_full(xs_slot);
   nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0, mat(gptr(e, gslot), V_l, H),
                                        *escratch, accum(e, acc));
   nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gslot), cfg.seq, H), accum(pe, acc));
 }
 
-// ---- mixture of experts (tensor = 1) ------------------------------------------------------
+// ---- mixture of experts ------------------------------------------------------------------
 // After the mlp norm: router logits, the routing decisions (host), dispatch of the kept
 // choices' rows ordered by expert (so by owning expert rank), all_to_allv to the experts,
 // each local expert's SwiGLU FFN on its rows from every source, all_to_allv back, and the
-// gated combine into the residual stream. The backward runs the conjugates in reverse.
+// gated combine into ybuf, which joins the residual stream like the dense MLP's output.
+// The backward runs the conjugates in reverse.
+// With tensor parallelism (Megatron's MoE): every tensor rank holds the whole normalised
+// input (all-gathered under sp), so the router and the routing decisions are the same on
+// all of them; each expert's FFN is split like the dense MLP (gate_up rows and down columns
+// of F: this rank's F_l), so the expert outputs, and the combine in ybuf, are partial sums
+// that the tensor all-reduce (reduce-scatter under sp) completes, as for the dense MLP.
+// Backward: dgate = dx · y is a partial sum too (all-reduced over tensor, T·k values), the
+// experts' dX is partial and joins dn, which the tensor collective completes; the router's
+// own input gradient joins dn on tensor rank 0 only.
 
 void Trainer::Impl::moe_route_fwd(int l, int xs_slot, int slot) {
   using namespace nn;
@@ -814,7 +925,7 @@ void Trainer::Impl::moe_recv_counts(int l, int xs_slot) {
 
 void Trainer::Impl::moe_experts_fwd(int l, int xs_slot, int slot) {
   using namespace nn;
-  const int64_t H = cfg.hidden, F = cfg.ffn, E = moe.experts;
+  const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
   MoeState& m = ms(l, xs_slot);
   const float* wgu = pptr(U(l + 1, 5), slot);
   const float* wd = pptr(U(l + 1, 6), slot);
@@ -835,16 +946,14 @@ void Trainer::Impl::moe_experts_fwd(int l, int xs_slot, int slot) {
 void Trainer::Impl::moe_combine(int l, int xs_slot) {
   const int64_t T = tokens_mb, H = cfg.hidden, k = moe.top_k;
   MoeState& m = ms(l, xs_slot);
-  float* x = xs[static_cast<size_t>(xs_slot)].data();
-  nn::Residual<float, Exec>::copy(cmat(act(l, xs_slot).x_mid.data(), T, H), mat(x, T, H));
-  nn::MoeRows<float, Exec>::combine(cmat(m.ysend.data(), T * k, H), m.slot, cvec(m.gate.data(), T * k), k, mat(x, T, H),
-                                    true);
+  nn::MoeRows<float, Exec>::combine(cmat(m.ysend.data(), T * k, H), m.slot, cvec(m.gate.data(), T * k), k,
+                                    mat(ybuf.data(), T, H), false);
 }
 
 void Trainer::Impl::moe_combine_bwd(int l, int xs_slot) {
   const int64_t T = tokens_mb, H = cfg.hidden, k = moe.top_k;
   MoeState& m = ms(l, xs_slot);
-  const float* dx = dxs[static_cast<size_t>(xs_slot)].data();
+  const float* dx = dx_full(xs_slot);
   nn::MoeRows<float, Exec>::gate_grad(cmat(dx, T, H), cmat(m.ysend.data(), T * k, H), m.slot, k,
                                       vec(moe_dgate.data(), T * k));
   nn::MoeRows<float, Exec>::combine_backward(cmat(dx, T, H), m.slot, cvec(m.gate.data(), T * k), k,
@@ -853,7 +962,7 @@ void Trainer::Impl::moe_combine_bwd(int l, int xs_slot) {
 
 void Trainer::Impl::moe_experts_bwd(int l, int xs_slot, int slot, int gslot, bool acc) {
   using namespace nn;
-  const int64_t H = cfg.hidden, F = cfg.ffn, E = moe.experts;
+  const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
   MoeState& m = ms(l, xs_slot);
   const Param &pgu = U(l + 1, 5), &pd = U(l + 1, 6);
   const float* wgu = pptr(pgu, slot);
@@ -869,35 +978,28 @@ void Trainer::Impl::moe_experts_bwd(int l, int xs_slot, int slot, int gslot, boo
       const int64_t n = m.recv_ec[static_cast<size_t>(r * E + e)];
       if (n == 0) continue;
       float* dy = m.yr.data() + row * H;  // dy in, dX out
-      Linear<float, Exec>::backward_input(cmat(dy, n, H), cmat(wd + (e - e0) * H * F, H, F), mat(moe_dh.data(), n, F));
-      Linear<float, Exec>::backward_weight(cmat(dy, n, H), cmat(m.h.data() + row * F, n, F),
-                                           mat(dwd + (e - e0) * H * F, H, F), true);
+      linear_bwd(dy, m.h.data() + row * F, wd + (e - e0) * H * F, dwd + (e - e0) * H * F, n, H, F, moe_dh.data(),
+                 false, true);
       SwiGlu<float, Exec>::backward(cmat(moe_dh.data(), n, F), cmat(m.gu.data() + row * 2 * F, n, 2 * F),
                                     mat(moe_dgu.data(), n, 2 * F));
-      Linear<float, Exec>::backward_weight(cmat(moe_dgu.data(), n, 2 * F), cmat(m.xr.data() + row * H, n, H),
-                                           mat(dwgu + (e - e0) * 2 * F * H, 2 * F, H), true);
-      Linear<float, Exec>::backward_input(cmat(moe_dgu.data(), n, 2 * F), cmat(wgu + (e - e0) * 2 * F * H, 2 * F, H),
-                                          mat(dy, n, H));
+      linear_bwd(moe_dgu.data(), m.xr.data() + row * H, wgu + (e - e0) * 2 * F * H, dwgu + (e - e0) * 2 * F * H, n,
+                 2 * F, H, dy, false, true);
       row += n;
     }
 }
 
 void Trainer::Impl::moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc) {
-  using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
   MoeState& m = ms(l, xs_slot);
-  Acts& a = act(l, xs_slot);
-  const Param& wr = U(l + 1, 4);
   const float* dxr = ep > 1 ? m.xsend.data() : m.yr.data();  // the experts' dX, back in dispatch order
-  MoeRows<float, Exec>::dispatch_backward(cmat(dxr, T * k, H), m.slot, k, mat(dn.data(), T, H), false);
+  nn::MoeRows<float, Exec>::dispatch_backward(cmat(dxr, T * k, H), m.slot, k, mat(dn.data(), T, H), false);
   auto hdg = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), moe_dgate);
   auto hdl = Kokkos::create_mirror_view(moe_dlogits);
   moe_route_backward(m.route, hdg.data(), 1.0 / static_cast<double>(local_seqs), moe, hdl.data());
   Kokkos::deep_copy(moe_dlogits, hdl);
-  Linear<float, Exec>::backward_input(cmat(moe_dlogits.data(), T, E), cmat(pptr(wr, slot), E, H), mat(dn.data(), T, H),
-                                      true);
-  Linear<float, Exec>::backward_weight(cmat(moe_dlogits.data(), T, E), cmat(a.n2.data(), T, H),
-                                       mat(gptr(wr, gslot), E, H), accum(wr, acc));
+  // the router is replicated over tensor: its input gradient joins the partial dn once
+  linear_backward(moe_dlogits.data(), act(l, xs_slot).n2.data(), U(l + 1, 4), slot, gslot, acc, T, E, H,
+                  tc == 0 ? dn.data() : nullptr, true);
 }
 
 void Trainer::Impl::norm_local() {
@@ -971,7 +1073,6 @@ void Trainer::Impl::build_graph() {
   const int L = static_cast<int>(cfg.layers);
   const int P_ = deck.strategy.prefetch;
   const int nslots = P_ + 1;
-  const int K = act_slots;
   const DType gdt = deck.strategy.gather_dtype, sdt = deck.strategy.grad_scatter_dtype;
   const std::string dp_key = dp_axes.empty() ? "" : graph::comm_key(*mesh, dp_axes);
   const std::string sh_key = shard_axes.empty() ? "" : graph::comm_key(*mesh, shard_axes);
@@ -989,24 +1090,7 @@ void Trainer::Impl::build_graph() {
     last = t;
   };
 
-  // The schedule of this stage: forward (F) and backward (B) groups of micro-batches.
-  struct Group {
-    bool fwd;
-    int mb;
-  };
-  std::vector<Group> order;
   const int m = static_cast<int>(micro);
-  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1) {
-    for (int j = 0; j < m; ++j) order.push_back({true, j});
-    for (int j = 0; j < m; ++j) order.push_back({false, j});
-  } else {  // 1F1B: p − s − 1 warm-up forwards, then one forward / one backward
-    const int w = std::min(pp - stage - 1, m);
-    for (int j = 0; j < w; ++j) order.push_back({true, j});
-    for (int j = 0; j < m; ++j) {
-      if (w + j < m) order.push_back({true, w + j});
-      order.push_back({false, j});
-    }
-  }
 
   // The uses of parameters, in timeline order: F = [Fe] Fl.. [Hd], B = Bl.. [Be].
   enum Kind { Fe, Fl, Hd, Bl, Be };
@@ -1021,13 +1105,14 @@ void Trainer::Impl::build_graph() {
   std::vector<std::pair<size_t, size_t>> group_uses;
   for (const auto& g : order) {
     const size_t b = uses.size();
+    const Chunk& ch = chunks[static_cast<size_t>(g.vc)];
     if (g.fwd) {
-      if (first_stage) uses.push_back({Fe, 0, g.mb});
-      for (int l = layer_begin; l < layer_end; ++l) uses.push_back({Fl, l + 1, g.mb});
-      if (last_stage) uses.push_back({Hd, L + 1, g.mb});
+      if (ch.gc == 0) uses.push_back({Fe, 0, g.mb});
+      for (int l = ch.layer_begin; l < ch.layer_end; ++l) uses.push_back({Fl, l + 1, g.mb});
+      if (ch.gc == nchunks - 1) uses.push_back({Hd, L + 1, g.mb});
     } else {
-      for (int l = layer_end - 1; l >= layer_begin; --l) uses.push_back({Bl, l + 1, g.mb});
-      if (first_stage) uses.push_back({Be, 0, g.mb});
+      for (int l = ch.layer_end - 1; l >= ch.layer_begin; --l) uses.push_back({Bl, l + 1, g.mb});
+      if (ch.gc == 0) uses.push_back({Be, 0, g.mb});
     }
     group_uses.emplace_back(b, uses.size());
   }
@@ -1045,6 +1130,9 @@ void Trainer::Impl::build_graph() {
   std::vector<std::vector<Task>> gathers_of(gather_use.size());
   std::vector<std::vector<Task>> grad_comm_of_use(uses.size());  // stage-3 reduce-scatters (slot readers)
   std::vector<Task> grad_sync;                                   // everything the optimizer waits for
+  // ZeRO-3: a parameter's per-micro-batch reduce-scatters add into the same shard when they
+  // complete, so each waits for the previous one (completion order is not issue order)
+  std::vector<Task> last_scatter(params.size());
   int next_gather = 0;
 
   auto has_sharded = [&](int unit) {
@@ -1058,6 +1146,12 @@ void Trainer::Impl::build_graph() {
       const Use& u = uses[static_cast<size_t>(gather_use[static_cast<size_t>(g)])];
       if (!has_sharded(u.unit)) continue;
       const int slot = g % nslots;
+      // The previous gather into this slot fetched the same unit (e.g. the last layer's
+      // forward, then the head, then its backward): the parameters do not change within a
+      // step, so the slot still holds them. Its tasks preceded that earlier use, which
+      // precedes this one; the next gather into the slot waits for this use as usual.
+      if (g >= nslots && uses[static_cast<size_t>(gather_use[static_cast<size_t>(g - nslots)])].unit == u.unit)
+        continue;
       for (int pi : units[static_cast<size_t>(u.unit)]) {
         Param& p = params[static_cast<size_t>(pi)];
         if (!p.sharded) continue;
@@ -1098,69 +1192,139 @@ void Trainer::Impl::build_graph() {
   chain(start);
   if (zero == 3) emplace_gathers_upto(P_);
 
-  std::vector<Task> f_last(static_cast<size_t>(m)), b_last(static_cast<size_t>(m));
-  std::vector<Task> send_x(static_cast<size_t>(m)), send_dx(static_cast<size_t>(m));
+  // Pipeline receives land in rings (rx: x from the previous chunk, rdx: dx from the next),
+  // one slot per activation slot, and are posted as soon as their slot is free: the receive
+  // of micro-batch j of a chunk with K slots waits only for the copy that moved micro-batch
+  // j − K out of the slot, so it is issued right after that copy, K groups of the chunk
+  // ahead of its consumer, and the transfer overlaps the compute in between. Receives from
+  // one peer are posted in the order the peer sends (point-to-point order; with p = 2 both
+  // neighbours are one rank), each as soon as its slot and its predecessors allow. A
+  // receive depends on compute only, never on another transfer.
+  const int prev_stage = (stage - 1 + pp) % pp, next_stage = (stage + 1) % pp;
+  auto gidx = [m](int vc, int mb) { return static_cast<size_t>(vc * m + mb); };
+  // what a pipeline message carries: x or dx of micro-batch mb for (global) chunk dest
+  auto msg_name = [this](bool fwd, int dest, int mb) {
+    return std::string(fwd ? "x" : "dx") + (vstages > 1 ? ".c" + std::to_string(dest) : "") + ".mb" +
+           std::to_string(mb);
+  };
+  std::vector<Task> send_x(static_cast<size_t>(vstages * m)), send_dx(send_x.size());
+  std::vector<Task> recv_x(send_x.size()), recv_dx(send_x.size());  // posted receives
+  std::vector<Task> copied_x(send_x.size()), copied_dx(send_x.size());  // copies out of the rings
+  struct Msg {
+    bool fwd;  // x (into a forward group) or dx (into a backward group)
+    int vc, mb;
+  };
+  std::map<int, std::vector<Msg>> inbox;  // peer stage -> what it sends this stage, in its order
+  std::map<int, size_t> posted;           // peer stage -> messages posted so far
+  if (pp > 1)
+    for (int q : {prev_stage, next_stage}) {
+      if (inbox.count(q)) continue;
+      auto& box = inbox[q];
+      posted[q] = 0;
+      for (const Group& g : schedule(q)) {
+        const int gq = g.vc * pp + q;  // the sender's chunk
+        if (g.fwd && gq < nchunks - 1 && (gq + 1) % pp == stage) box.push_back({true, (gq + 1) / pp, g.mb});
+        if (!g.fwd && gq > 0 && (gq - 1) % pp == stage) box.push_back({false, (gq - 1) / pp, g.mb});
+      }
+    }
+  // posts what the copy `after` (none at the start) lets through; each receive posted here
+  // waits for that copy (the one that emptied its slot, or a later one)
+  auto post_ready = [&](Task after) {
+    for (auto& [q, box] : inbox) {
+      size_t& k = posted[q];
+      for (; k < box.size(); ++k) {
+        const Msg& msg = box[k];
+        const int K = chunks[static_cast<size_t>(msg.vc)].slots;
+        // the copy that empties the slot: not emplaced yet, so later messages from q wait too
+        if (msg.mb >= K && !(msg.fwd ? copied_x : copied_dx)[gidx(msg.vc, msg.mb - K)].valid()) break;
+        auto* c = pp_comm;
+        float* ring = (msg.fwd ? rxs : rdxs)[static_cast<size_t>(slot_of(msg.vc, msg.mb))].data();
+        const std::string what = msg_name(msg.fwd, msg.vc * pp + stage, msg.mb);
+        const int peer = q;
+        Task t = graph.emplace_comm({pp_key, "recv", what, Tr * H, "f32", peer}, [c, ring, peer, n = Tr * H] {
+          return as_poller(c->recv(ring, static_cast<size_t>(n), DType::F32, peer));
+        });
+        t.name("recv " + what);
+        if (after.valid()) after.precede(t);
+        (msg.fwd ? recv_x : recv_dx)[gidx(msg.vc, msg.mb)] = t;
+      }
+    }
+  };
+  post_ready(Task());
   for (size_t gi = 0; gi < order.size(); ++gi) {
     const Group grp = order[gi];
     const int j = grp.mb;
-    const int xsl = j % K;
-    const std::string mbs = ".mb" + std::to_string(j);
+    const Chunk& ch = chunks[static_cast<size_t>(grp.vc)];
+    const int K = ch.slots;
+    const int xsl = slot_of(grp.vc, j);
+    const std::string mbs = (vstages > 1 ? ".v" + std::to_string(grp.vc) : "") + ".mb" + std::to_string(j);
     float* xbuf = xs[static_cast<size_t>(xsl)].data();
     float* dxbuf = dxs[static_cast<size_t>(xsl)].data();
-    // pipeline: receive this group's input into its slot once the slot's last users are done
-    Task recv;
-    if (grp.fwd && !first_stage) {
-      auto* c = pp_comm;
-      const int peer = stage - 1;
-      recv = graph.emplace_comm({pp_key, "recv", "x" + mbs, Tr * H, "f32", peer}, [c, xbuf, peer, n = Tr * H] {
-        return as_poller(c->recv(xbuf, static_cast<size_t>(n), DType::F32, peer));
-      });
-      recv.name("recv x" + mbs);
+    // pipeline: move the received input from its ring slot into the group's buffer (once the
+    // send that read the buffer for micro-batch j − K is done), then post the receives that
+    // the freed ring slot lets through
+    if (grp.fwd ? ch.gc > 0 : ch.gc < nchunks - 1) {
+      Task rv = (grp.fwd ? recv_x : recv_dx)[gidx(grp.vc, j)];
+      SHARDFLOW_REQUIRE(rv.valid(), "pipeline schedule: stage ", stage, " needs ", grp.fwd ? "x" : "dx", mbs,
+                        " before its receive can be posted (the sender's order and this stage's slots disagree)");
+      const float* ring = (grp.fwd ? rxs : rdxs)[static_cast<size_t>(xsl)].data();
+      float* dst = grp.fwd ? xbuf : dxbuf;
+      Task cp = graph.emplace([this, ring, dst] {
+                       nn::Residual<float, Exec>::copy(cmat(ring, Tr, cfg.hidden), mat(dst, Tr, cfg.hidden));
+                     }).name((grp.fwd ? "recv.x" : "recv.dx") + mbs);
+      chain(cp);
+      rv.precede(cp);
       if (j >= K) {
-        f_last[static_cast<size_t>(j - K)].precede(recv);
-        if (send_x[static_cast<size_t>(j - K)].valid()) send_x[static_cast<size_t>(j - K)].precede(recv);
+        Task prev_send = (grp.fwd ? send_x : send_dx)[gidx(grp.vc, j - K)];
+        if (prev_send.valid()) prev_send.precede(cp);
       }
-    }
-    if (!grp.fwd && !last_stage) {
-      auto* c = pp_comm;
-      const int peer = stage + 1;
-      recv = graph.emplace_comm({pp_key, "recv", "dx" + mbs, Tr * H, "f32", peer}, [c, dxbuf, peer, n = Tr * H] {
-        return as_poller(c->recv(dxbuf, static_cast<size_t>(n), DType::F32, peer));
-      });
-      recv.name("recv dx" + mbs);
-      if (j >= K) {
-        b_last[static_cast<size_t>(j - K)].precede(recv);
-        if (send_dx[static_cast<size_t>(j - K)].valid()) send_dx[static_cast<size_t>(j - K)].precede(recv);
-      }
+      (grp.fwd ? copied_x : copied_dx)[gidx(grp.vc, j)] = cp;
+      post_ready(cp);
     }
     bool group_first = true;
-    Task pending;  // a tensor collective the next compute segment (or the send) waits for
+    std::vector<Task> pending;  // collectives the next compute segment (or the send) waits for
     for (size_t k = group_uses[gi].first; k < group_uses[gi].second; ++k) {
       const Use u = uses[k];
       const bool acc = j > 0;
       const int slot = u.gather >= 0 ? u.gather % nslots : 0;
       const int gs = u.gslot;
       if (zero == 3 && u.gather >= 0) emplace_gathers_upto(u.gather + P_);
-      std::vector<Task> segs;  // compute segments of this use, tensor collectives between
-      auto step = [&](graph::ComputeFn fn, const std::string& name) {
-        Task c = graph.emplace(std::move(fn)).name(name);
+      const std::string ls = u.unit >= 1 && u.unit <= L ? std::to_string(u.unit - 1) : "";
+      const std::string lp = "layers." + ls;
+      const std::string prefix = u.kind == Fl ? "fwd.layer" + ls + "." : u.kind == Bl ? "bwd.layer" + ls + "."
+                                 : u.kind == Hd                        ? "head."
+                                 : u.kind == Fe                        ? "fwd."
+                                                                       : "bwd.";
+      std::vector<Task> segs;  // compute segments of this use, collectives between
+      // Compute is gathered into one segment until a collective needs what it wrote.
+      std::vector<graph::ComputeFn> work;
+      std::string work_name;
+      auto run = [&](graph::ComputeFn fn, const std::string& part) {
+        work.push_back(std::move(fn));
+        work_name += (work_name.empty() ? "" : "+") + part;
+      };
+      auto flush = [&] {
+        if (work.empty()) return;
+        Task c = graph.emplace([fns = std::move(work)] {
+                        for (const auto& f : fns) f();
+                      }).name(prefix + work_name + mbs);
+        work.clear();
+        work_name.clear();
         chain(c);
-        if (pending.valid()) {
-          pending.precede(c);
-          pending = Task();
-        }
+        for (auto& t : pending) t.precede(c);
+        pending.clear();
         segs.push_back(c);
       };
       // a collective after the work so far (this use's last segment, else the step's last
       // compute task and this group's receive)
       auto comm_then = [&](Task t) {
+        flush();
         if (!segs.empty()) {
           segs.back().precede(t);
-        } else {
-          if (last.valid()) last.precede(t);
-          if (group_first && recv.valid()) recv.precede(t);
+        } else if (last.valid()) {
+          last.precede(t);
         }
-        pending = t;
+        pending.push_back(t);
       };
       auto ar = [&](float* buf, int64_t n, comm::ReduceOp op, const std::string& what) {
         comm_then(tp_reduce(buf, n, op, what + mbs));
@@ -1207,213 +1371,104 @@ void Trainer::Impl::build_graph() {
         t.name("all_to_allv " + what + mbs);
         comm_then(t);
       };
-      const std::string ls = u.unit >= 1 && u.unit <= L ? std::to_string(u.unit - 1) : "";
-      const std::string lp = "layers." + ls;
+      // the partial sums of a row-parallel block: all-reduced, or reduce-scattered to this
+      // rank's rows under sequence parallelism
+      auto tp_sum = [&](float* full, float* rows, const std::string& what) {
+        if (sp)
+          rs(full, rows, what);
+        else if (tp > 1)
+          ar(full, T * H, comm::ReduceOp::Sum, what);
+      };
+      auto dx_gather = [&](const std::string& what) {  // sp: the whole dx before a row-parallel backward
+        if (sp) ag(dxbuf, dxfull.data(), what);
+      };
       switch (u.kind) {
         case Fe:
-          if (sp) {
-            step([this, j, xsl, slot] { embed_fwd_a(j, xsl, slot); }, "fwd.embed" + mbs);
+          run([this, j, xsl, slot] { embed_fwd_a(j, xsl, slot); }, "embed");
+          if (sp) {  // the positions joined the partial sums on tensor rank 0
             rs(ybuf.data(), xbuf, "embed");
-          } else if (tp > 1) {
-            step([this, j, xsl, slot] { embed_fwd_a(j, xsl, slot); }, "fwd.embed" + mbs);
-            ar(xbuf, T * H, comm::ReduceOp::Sum, "embed");
-            step([this, xsl, slot] { embed_fwd_b(xsl, slot); }, "fwd.pos_embed" + mbs);
           } else {
-            step(
-                [this, j, xsl, slot] {
-                  embed_fwd_a(j, xsl, slot);
-                  embed_fwd_b(xsl, slot);
-                },
-                "fwd.embed" + mbs);
+            if (tp > 1) ar(xbuf, T * H, comm::ReduceOp::Sum, "embed");
+            run([this, xsl, slot] { embed_fwd_b(xsl, slot); }, "pos_embed");
           }
           break;
         case Fl: {
           const int l = u.unit - 1;
           Acts& a = act(l, xsl);
+          run([this, l, xsl, slot] { layer_fwd_norm1(l, xsl, slot); }, "attn_norm");
+          if (sp) ag(a.n1.data() + t0 * H, a.n1.data(), lp + ".attn_norm.out");
+          run([this, l, xsl, slot] { layer_fwd_attn(l, xsl, slot); }, "attn");
+          tp_sum(ybuf.data(), yl.data(), lp + ".attn.out");
+          run([this, l, xsl, slot] { layer_fwd_norm2(l, xsl, slot); }, "mlp_norm");
+          if (sp) ag(a.n2.data() + t0 * H, a.n2.data(), lp + ".mlp_norm.out");
           if (is_moe_layer(l)) {
             MoeState* mst = &ms(l, xsl);
+            run([this, l, xsl, slot] { moe_route_fwd(l, xsl, slot); }, "route");
             if (ep > 1) {
-              step(
-                  [this, l, xsl, slot] {
-                    layer_fwd_norm1(l, xsl, slot);
-                    layer_fwd_attn(l, xsl, slot);
-                    layer_fwd_norm2(l, xsl, slot);
-                    moe_route_fwd(l, xsl, slot);
-                  },
-                  "fwd.layer" + ls + ".route" + mbs);
               ep_counts(mst, lp + ".experts.counts");
-              step([this, l, xsl] { moe_recv_counts(l, xsl); }, "fwd.layer" + ls + ".plan" + mbs);
+              run([this, l, xsl] { moe_recv_counts(l, xsl); }, "plan");
               ep_a2a(mst, true, mst->xsend.data(), mst->xr.data(), lp + ".experts.dispatch");
-              step([this, l, xsl, slot] { moe_experts_fwd(l, xsl, slot); }, "fwd.layer" + ls + ".experts" + mbs);
-              ep_a2a(mst, false, mst->yr.data(), mst->ysend.data(), lp + ".experts.return");
-              step([this, l, xsl] { moe_combine(l, xsl); }, "fwd.layer" + ls + ".combine" + mbs);
-            } else {
-              step(
-                  [this, l, xsl, slot] {
-                    layer_fwd_norm1(l, xsl, slot);
-                    layer_fwd_attn(l, xsl, slot);
-                    layer_fwd_norm2(l, xsl, slot);
-                    moe_route_fwd(l, xsl, slot);
-                    moe_experts_fwd(l, xsl, slot);
-                    moe_combine(l, xsl);
-                  },
-                  "fwd.layer" + ls + mbs);
             }
-          } else if (sp) {
-            step([this, l, xsl, slot] { layer_fwd_norm1(l, xsl, slot); }, "fwd.layer" + ls + ".attn_norm" + mbs);
-            ag(a.n1.data() + t0 * H, a.n1.data(), lp + ".attn_norm.out");
-            step([this, l, xsl, slot] { layer_fwd_attn(l, xsl, slot); }, "fwd.layer" + ls + ".attn" + mbs);
-            rs(ybuf.data(), yl.data(), lp + ".attn.out");
-            step([this, l, xsl, slot] { layer_fwd_norm2(l, xsl, slot); }, "fwd.layer" + ls + ".mlp_norm" + mbs);
-            ag(a.n2.data() + t0 * H, a.n2.data(), lp + ".mlp_norm.out");
-            step([this, l, xsl, slot] { layer_fwd_mlp(l, xsl, slot); }, "fwd.layer" + ls + ".mlp" + mbs);
-            rs(ybuf.data(), yl.data(), lp + ".mlp.down");
-            step([this, l, xsl] { layer_fwd_end(l, xsl); }, "fwd.layer" + ls + ".residual" + mbs);
-          } else if (tp > 1) {
-            step(
-                [this, l, xsl, slot] {
-                  layer_fwd_norm1(l, xsl, slot);
-                  layer_fwd_attn(l, xsl, slot);
-                },
-                "fwd.layer" + ls + ".attn" + mbs);
-            ar(ybuf.data(), T * H, comm::ReduceOp::Sum, lp + ".attn.out");
-            step(
-                [this, l, xsl, slot] {
-                  layer_fwd_norm2(l, xsl, slot);
-                  layer_fwd_mlp(l, xsl, slot);
-                },
-                "fwd.layer" + ls + ".mlp" + mbs);
-            ar(ybuf.data(), T * H, comm::ReduceOp::Sum, lp + ".mlp.down");
-            step([this, l, xsl] { layer_fwd_end(l, xsl); }, "fwd.layer" + ls + ".residual" + mbs);
+            run([this, l, xsl, slot] { moe_experts_fwd(l, xsl, slot); }, "experts");
+            if (ep > 1) ep_a2a(mst, false, mst->yr.data(), mst->ysend.data(), lp + ".experts.return");
+            run([this, l, xsl] { moe_combine(l, xsl); }, "combine");
+            tp_sum(ybuf.data(), yl.data(), lp + ".experts.out");
           } else {
-            step(
-                [this, l, xsl, slot] {
-                  layer_fwd_norm1(l, xsl, slot);
-                  layer_fwd_attn(l, xsl, slot);
-                  layer_fwd_norm2(l, xsl, slot);
-                  layer_fwd_mlp(l, xsl, slot);
-                  layer_fwd_end(l, xsl);
-                },
-                "fwd.layer" + ls + mbs);
+            run([this, l, xsl, slot] { layer_fwd_mlp(l, xsl, slot); }, "mlp");
+            tp_sum(ybuf.data(), yl.data(), lp + ".mlp.down");
           }
+          run([this, l, xsl] { layer_fwd_end(l, xsl); }, "residual");
           break;
         }
         case Hd:
-          if (tp > 1) {
-            if (sp) {
-              step([this, xsl, slot] { head_norm(xsl, slot); }, "head.final_norm" + mbs);
-              ag(nf.data() + t0 * H, nf.data(), "final_norm.out");
-              step([this, slot] { head_a(slot); }, "head.logits" + mbs);
-            } else {
-              step(
-                  [this, xsl, slot] {
-                    head_norm(xsl, slot);
-                    head_a(slot);
-                  },
-                  "head.logits" + mbs);
-            }
-            ar(row_max.data(), T, comm::ReduceOp::Max, "loss.row_max");
-            step([this, j] { head_b(j); }, "head.sumexp" + mbs);
-            ar(stats.data(), 2 * T, comm::ReduceOp::Sum, "loss.stats");
-            step([this, j, slot, gs, acc] { head_c(j, slot, gs, acc); }, "loss+head" + mbs);
-            if (sp)
-              rs(dn.data(), dnl.data(), "lm_head.dx");
-            else
-              ar(dn.data(), T * H, comm::ReduceOp::Sum, "lm_head.dx");
-            step([this, xsl, slot, gs, acc] { head_d(xsl, slot, gs, acc); }, "bwd.final_norm" + mbs);
-          } else {
-            step(
-                [this, j, xsl, slot, gs, acc] {
-                  head_norm(xsl, slot);
-                  head_a(slot);
-                  head_b(j);
-                  head_c(j, slot, gs, acc);
-                  head_d(xsl, slot, gs, acc);
-                },
-                "loss+head" + mbs);
-          }
+          run([this, xsl, slot] { head_norm(xsl, slot); }, "final_norm");
+          if (sp) ag(nf.data() + t0 * H, nf.data(), "final_norm.out");
+          run([this, slot] { head_a(slot); }, "logits");
+          if (tp > 1) ar(row_max.data(), T, comm::ReduceOp::Max, "loss.row_max");
+          run([this, j] { head_b(j); }, "sumexp");
+          if (tp > 1) ar(stats.data(), 2 * T, comm::ReduceOp::Sum, "loss.stats");
+          run([this, j, slot, gs, acc] { head_c(j, slot, gs, acc); }, "loss");
+          tp_sum(dn.data(), dnl.data(), "lm_head.dx");
+          run([this, xsl, slot, gs, acc] { head_d(xsl, slot, gs, acc); }, "final_norm_bwd");
           break;
         case Bl: {
           const int l = u.unit - 1;
+          dx_gather(lp + ".dx");
           if (is_moe_layer(l)) {
             MoeState* mst = &ms(l, xsl);
-            auto rest = [this, l, xsl, slot, gs, acc] {
-              moe_router_bwd(l, xsl, slot, gs, acc);
-              layer_bwd_norm2(l, xsl, slot, gs, acc);
-              layer_bwd_attn(l, xsl, slot, gs, acc);
-              layer_bwd_norm1(l, xsl, slot, gs, acc);
-            };
-            if (ep > 1) {
-              step([this, l, xsl] { moe_combine_bwd(l, xsl); }, "bwd.layer" + ls + ".combine" + mbs);
-              ep_a2a(mst, true, mst->ysend.data(), mst->yr.data(), lp + ".experts.dy");
-              step([this, l, xsl, slot, gs, acc] { moe_experts_bwd(l, xsl, slot, gs, acc); },
-                   "bwd.layer" + ls + ".experts" + mbs);
-              ep_a2a(mst, false, mst->yr.data(), mst->xsend.data(), lp + ".experts.dx");
-              step(rest, "bwd.layer" + ls + ".router" + mbs);
-            } else {
-              step(
-                  [this, l, xsl, slot, gs, acc, rest] {
-                    moe_combine_bwd(l, xsl);
-                    moe_experts_bwd(l, xsl, slot, gs, acc);
-                    rest();
-                  },
-                  "bwd.layer" + ls + mbs);
-            }
-          } else if (sp) {
-            ag(dxbuf, dxfull.data(), lp + ".dx");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".mlp" + mbs);
-            rs(dn.data(), dnl.data(), lp + ".mlp_norm.dout");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_norm2(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".mlp_norm" + mbs);
-            ag(dxbuf, dxfull.data(), lp + ".mlp.dx");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_attn(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".attn" + mbs);
-            rs(dn.data(), dnl.data(), lp + ".attn_norm.dout");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_norm1(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".attn_norm" + mbs);
-          } else if (tp > 1) {
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".mlp" + mbs);
-            ar(dn.data(), T * H, comm::ReduceOp::Sum, lp + ".mlp_norm.dout");
-            step(
-                [this, l, xsl, slot, gs, acc] {
-                  layer_bwd_norm2(l, xsl, slot, gs, acc);
-                  layer_bwd_attn(l, xsl, slot, gs, acc);
-                },
-                "bwd.layer" + ls + ".attn" + mbs);
-            ar(dn.data(), T * H, comm::ReduceOp::Sum, lp + ".attn_norm.dout");
-            step([this, l, xsl, slot, gs, acc] { layer_bwd_norm1(l, xsl, slot, gs, acc); },
-                 "bwd.layer" + ls + ".attn_norm" + mbs);
+            run([this, l, xsl] { moe_combine_bwd(l, xsl); }, "combine");
+            if (tp > 1) ar(moe_dgate.data(), T * moe.top_k, comm::ReduceOp::Sum, lp + ".experts.dgate");
+            if (ep > 1) ep_a2a(mst, true, mst->ysend.data(), mst->yr.data(), lp + ".experts.dy");
+            run([this, l, xsl, slot, gs, acc] { moe_experts_bwd(l, xsl, slot, gs, acc); }, "experts");
+            if (ep > 1) ep_a2a(mst, false, mst->yr.data(), mst->xsend.data(), lp + ".experts.dx");
+            run([this, l, xsl, slot, gs, acc] { moe_router_bwd(l, xsl, slot, gs, acc); }, "router");
           } else {
-            step(
-                [this, l, xsl, slot, gs, acc] {
-                  layer_bwd_mlp(l, xsl, slot, gs, acc);
-                  layer_bwd_norm2(l, xsl, slot, gs, acc);
-                  layer_bwd_attn(l, xsl, slot, gs, acc);
-                  layer_bwd_norm1(l, xsl, slot, gs, acc);
-                },
-                "bwd.layer" + ls + mbs);
+            run([this, l, xsl, slot, gs, acc] { layer_bwd_mlp(l, xsl, slot, gs, acc); }, "mlp");
           }
+          tp_sum(dn.data(), dnl.data(), lp + ".mlp_norm.dout");
+          run([this, l, xsl, slot, gs, acc] { layer_bwd_norm(l, true, xsl, slot, gs, acc); }, "mlp_norm");
+          dx_gather(lp + ".mlp.dx");
+          run([this, l, xsl, slot, gs, acc] { layer_bwd_attn(l, xsl, slot, gs, acc); }, "attn");
+          tp_sum(dn.data(), dnl.data(), lp + ".attn_norm.dout");
+          run([this, l, xsl, slot, gs, acc] { layer_bwd_norm(l, false, xsl, slot, gs, acc); }, "attn_norm");
           break;
         }
         case Be:
-          if (sp) ag(dxbuf, dxfull.data(), "embed.dx");
-          step([this, j, xsl, gs, acc] { embed_bwd(j, xsl, gs, acc); }, "bwd.embed" + mbs);
+          dx_gather("embed.dx");
+          run([this, j, xsl, gs, acc] { embed_bwd(j, xsl, gs, acc); }, "embed");
           break;
       }
+      flush();
       first_of_use[k] = segs.front();
       last_of_use[k] = segs.back();
       Task c0 = segs.front(), c = segs.back();
       if (group_first) {
         group_first = false;
-        if (recv.valid()) recv.precede(c0);
         // the slot's buffers are written again only after the sends that read them are done:
         // the embedding writes x on the first stage, the head writes dx on the last stage
         if (j >= K && grp.fwd) {
-          if (first_stage && send_x[static_cast<size_t>(j - K)].valid()) send_x[static_cast<size_t>(j - K)].precede(c0);
-          if (last_stage && send_dx[static_cast<size_t>(j - K)].valid())
-            send_dx[static_cast<size_t>(j - K)].precede(c0);
+          if (ch.gc == 0 && send_x[gidx(grp.vc, j - K)].valid()) send_x[gidx(grp.vc, j - K)].precede(c0);
+          if (ch.gc == nchunks - 1 && send_dx[gidx(grp.vc, j - K)].valid()) send_dx[gidx(grp.vc, j - K)].precede(c0);
         }
       }
       if (zero == 3 && u.gather >= 0)
@@ -1439,6 +1494,17 @@ void Trainer::Impl::build_graph() {
         const int pdp_size = p.expert ? dpx_size : dp_size, prp_size = p.expert ? replx_size : repl_size;
         const std::string& pdp_key = p.expert ? dpx_key : dp_key;
         const std::string& prp_key = p.expert ? rpx_key : rp_key;
+        // the gradient shard is complete after the reduce-scatter t, and its mean over the
+        // replicas of the shard group (HSDP) when there are any
+        auto shard_done = [&](Task t, float* shard) {
+          if (prp_size > 1) {
+            Task a = all_reduce_task(prp, prp_key, shard, p.shard_numel(), p.name + ".grad_shard");
+            t.precede(a);
+            grad_sync.push_back(a);
+          } else {
+            grad_sync.push_back(t);
+          }
+        };
         // sequence parallel: a norm gain's gradient sums over this rank's rows only
         if (sp && p.gain && ((zero == 3 && p.sharded) || last_mb)) {
           float* g = zero == 3 && p.sharded ? gslots[static_cast<size_t>(u.gslot)].data() + p.slot_off : p.grad.data();
@@ -1459,16 +1525,11 @@ void Trainer::Impl::build_graph() {
                                       [op] { return op->start(); });
           t.name("reduce_scatter " + p.name + mbs);
           ready.precede(t);
+          Task& prev = last_scatter[static_cast<size_t>(pi)];
+          if (prev.valid()) prev.precede(t);
+          prev = t;
           grad_comm_of_use[k].push_back(t);
-          if (last_mb) {
-            if (prp_size > 1) {
-              Task a = all_reduce_task(prp, prp_key, p.grad.data(), p.shard_numel(), p.name + ".grad_shard");
-              t.precede(a);
-              grad_sync.push_back(a);
-            } else {
-              grad_sync.push_back(t);
-            }
-          }
+          if (last_mb) shard_done(t, p.grad.data());
           continue;
         }
         if (!last_mb || pdp_size == 1) continue;
@@ -1481,13 +1542,7 @@ void Trainer::Impl::build_graph() {
                                       [op] { return op->start(); });
           t.name("reduce_scatter " + p.name);
           ready.precede(t);
-          if (prp_size > 1) {
-            Task a = all_reduce_task(prp, prp_key, p.gshard.data(), p.shard_numel(), p.name + ".grad_shard");
-            t.precede(a);
-            grad_sync.push_back(a);
-          } else {
-            grad_sync.push_back(t);
-          }
+          shard_done(t, p.gshard.data());
         } else {
           Task a = all_reduce_task(pdp, pdp_key, p.grad.data(), p.lnumel, p.name + ".grad");
           ready.precede(a);
@@ -1495,33 +1550,19 @@ void Trainer::Impl::build_graph() {
         }
       }
     }
-    // pipeline: pass this group's output on
-    if (grp.fwd) {
-      f_last[static_cast<size_t>(j)] = last;
-      if (!last_stage) {
-        auto* c = pp_comm;
-        const int peer = stage + 1;
-        Task s = graph.emplace_comm({pp_key, "send", "x" + mbs, Tr * H, "f32", peer}, [c, xbuf, peer, n = Tr * H] {
-          return as_poller(c->send(xbuf, static_cast<size_t>(n), DType::F32, peer));
-        });
-        s.name("send x" + mbs);
-        last.precede(s);
-        if (pending.valid()) pending.precede(s);
-        send_x[static_cast<size_t>(j)] = s;
-      }
-    } else {
-      b_last[static_cast<size_t>(j)] = last;
-      if (!first_stage) {
-        auto* c = pp_comm;
-        const int peer = stage - 1;
-        Task s = graph.emplace_comm({pp_key, "send", "dx" + mbs, Tr * H, "f32", peer}, [c, dxbuf, peer, n = Tr * H] {
-          return as_poller(c->send(dxbuf, static_cast<size_t>(n), DType::F32, peer));
-        });
-        s.name("send dx" + mbs);
-        last.precede(s);
-        if (pending.valid()) pending.precede(s);
-        send_dx[static_cast<size_t>(j)] = s;
-      }
+    // pipeline: pass this group's output on (x to the next chunk's stage, dx to the previous)
+    if (grp.fwd ? ch.gc < nchunks - 1 : ch.gc > 0) {
+      auto* c = pp_comm;
+      const int peer = grp.fwd ? next_stage : prev_stage;
+      const float* out = grp.fwd ? xbuf : dxbuf;
+      const std::string what = msg_name(grp.fwd, grp.fwd ? ch.gc + 1 : ch.gc - 1, j);
+      Task s = graph.emplace_comm({pp_key, "send", what, Tr * H, "f32", peer}, [c, out, peer, n = Tr * H] {
+        return as_poller(c->send(out, static_cast<size_t>(n), DType::F32, peer));
+      });
+      s.name("send " + what);
+      last.precede(s);
+      for (auto& t : pending) t.precede(s);
+      (grp.fwd ? send_x : send_dx)[gidx(grp.vc, j)] = s;
     }
   }
 
@@ -1681,6 +1722,8 @@ MemoryStats Trainer::memory() const {
   for (const FVec* v : {&I.moe_dgate, &I.moe_dh, &I.moe_dgu, &I.moe_dlogits}) m.activations += view_bytes(*v);
   for (const auto& v : I.xs) m.activations += view_bytes(v);
   for (const auto& v : I.dxs) m.activations += view_bytes(v);
+  for (const auto& v : I.rxs) m.activations += view_bytes(v);
+  for (const auto& v : I.rdxs) m.activations += view_bytes(v);
   for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.nf,
                         &I.rstdf, &I.logits, &I.row_max, &I.stats})
     m.activations += view_bytes(*v);

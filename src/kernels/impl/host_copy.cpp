@@ -1,0 +1,97 @@
+#include "kernels/host_copy.hpp"
+
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SHARDFLOW_HOST_COPY_AVX2 1
+#endif
+
+namespace shardflow::kernels::detail {
+
+namespace {
+
+/// A run copied inline in 32-byte blocks below 256 bytes, by memcpy from 256 bytes.
+inline void copy_run_generic(char* __restrict__ d, const char* __restrict__ s, std::size_t n) {
+  if (n >= 256) {
+    std::memcpy(d, s, n);
+    return;
+  }
+  while (n >= 32) {
+    __builtin_memcpy(d, s, 32);
+    d += 32;
+    s += 32;
+    n -= 32;
+  }
+  if (n >= 16) {
+    __builtin_memcpy(d, s, 16);
+    d += 16;
+    s += 16;
+    n -= 16;
+  }
+  if (n) std::memcpy(d, s, n);
+}
+
+void copy_runs_generic(char* dst, const char* src, std::int64_t cnt, std::size_t bytes, std::int64_t dst_step,
+                       std::int64_t src_step) {
+  for (std::int64_t i = 0; i < cnt; ++i) copy_run_generic(dst + i * dst_step, src + i * src_step, bytes);
+}
+
+#ifdef SHARDFLOW_HOST_COPY_AVX2
+__attribute__((target("avx2"))) void copy_runs_avx2(char* dst, const char* src, std::int64_t cnt, std::size_t bytes,
+                                                    std::int64_t dst_step, std::int64_t src_step) {
+  if (bytes < 32) {
+    copy_runs_generic(dst, src, cnt, bytes, dst_step, src_step);
+    return;
+  }
+  for (std::int64_t r = 0; r < cnt; ++r) {
+    const char* a = src + r * src_step;
+    char* b = dst + r * dst_step;
+    std::size_t i = 0;
+    for (; i + 128 <= bytes; i += 128) {
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 32));
+      const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 64));
+      const __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 96));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), x0);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 32), x1);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 64), x2);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 96), x3);
+    }
+    for (; i + 32 <= bytes; i += 32)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
+    if (i < bytes) {  // the last 32 bytes again, overlapping what is already copied
+      const std::size_t t = bytes - 32;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + t), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + t)));
+    }
+  }
+}
+#endif
+
+using CopyRuns = void (*)(char*, const char*, std::int64_t, std::size_t, std::int64_t, std::int64_t);
+
+CopyRuns pick() {
+#ifdef SHARDFLOW_HOST_COPY_AVX2
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) return copy_runs_avx2;
+#endif
+  return copy_runs_generic;
+}
+
+const CopyRuns g_copy_runs = pick();
+
+}  // namespace
+
+void host_copy_runs(char* dst, const char* src, std::int64_t cnt, std::size_t bytes, std::int64_t dst_step,
+                    std::int64_t src_step) {
+  g_copy_runs(dst, src, cnt, bytes, dst_step, src_step);
+}
+
+const char* host_copy_impl() {
+#ifdef SHARDFLOW_HOST_COPY_AVX2
+  if (g_copy_runs == copy_runs_avx2) return "avx2";
+#endif
+  return "generic";
+}
+
+}  // namespace shardflow::kernels::detail
