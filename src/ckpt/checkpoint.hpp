@@ -7,18 +7,20 @@
 //
 // Save (collective): every distinct shard is written once, by one of the ranks holding it
 // (replicas take turns tensor by tensor), into that rank's file shard-<rank>.h5 of a
-// temporary directory; then rank 0 writes manifest.json, fsyncs, renames the directory to
-// step-XXXXXXXX and atomically replaces the `latest` pointer. A crash at any point leaves
-// the previous `latest` intact. Retention (`keep`) retires the oldest committed checkpoints
-// (never the newest): renamed away at once, deleted in the background. Async mode copies the shards to host buffers, returns, and writes in a
+// temporary directory, with per-tile data checksums and the file's metadata checksum;
+// then the ranks fsync their files while rank 0 writes and fsyncs manifest.json, renames
+// the directory to step-XXXXXXXX and atomically replaces the `latest` pointer. A crash at
+// any point leaves the previous `latest` intact. Retention (`keep`) retires the oldest
+// committed checkpoints (never the newest): renamed away at once, deleted in the
+// background. Async mode copies the shards to host buffers, returns, and writes in a
 // background thread; the next save(), wait() (both collective) finishes and commits it.
 //
 // Restore (collective, any mesh, any world size): each rank checks the size and metadata
 // checksum of every shard file it needs before HDF5 opens it, reads (HDF5 hyperslabs) only
 // the checksum tiles (row blocks x column ranges) of the saved shards that overlap the box
-// its new layout needs, verifies their CRC-32C, converts the dtype when asked to (float types among
-// themselves), and only when every rank has everything does anyone write the caller's
-// buffers. Every failure is reported on every rank, naming the tensor and the file.
+// its new layout needs, verifies their CRC-32C, converts the dtype when asked to (float
+// types among themselves), and only when every rank has everything does anyone write the
+// caller's buffers. Every failure is reported on every rank, naming the tensor and the file.
 //
 // One writer per checkpoint root at a time. Files are opened per rank with HDF5's sec2
 // driver (independent POSIX I/O; no MPI-IO), so any shared or local file system works.
