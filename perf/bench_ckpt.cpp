@@ -229,8 +229,9 @@ int main(int argc, char** argv) {
                   t_meta * 1e3, "-", t_meta / t_save, meta_bytes);
       std::printf("  %-22s %10.1f %9.3f %8s\n", "raw read", t_rr * 1e3, gbs(t_rr), "1.00");
       std::printf("  %-22s %10.1f %9.3f %8.2f\n", "restore same layout", t_same * 1e3, gbs(t_same), t_rr / t_same);
-      std::printf("  %-22s %10.1f %9.3f %8.2f   (read %.3f of the tensor bytes)\n", "restore resharded", t_resh * 1e3,
-                  gbs(t_resh), t_rr / t_resh, static_cast<double>(resh_read) / bytes_all);
+      std::printf("  %-22s %10.1f %9.3f %8.2f   (bytes read by all ranks / tensor bytes: %.3f; whole rows: %d)\n",
+                  "restore resharded", t_resh * 1e3, gbs(t_resh), t_rr / t_resh,
+                  static_cast<double>(resh_read) / bytes_all, size);
       std::printf("  %-22s %10.1f %9s %8.2f   (blocking time / sync save time)\n", "async save: blocking", t_async * 1e3,
                   "-", t_async / t_save);
       std::printf("  %-22s %10.1f %9s %8s\n", "async save: wait()", t_wait * 1e3, "-", "-");

@@ -85,10 +85,13 @@ struct ShardJob {
   std::vector<std::uint32_t> crc;
 };
 
-/// Widest row segment of a checksum tile: tiles this wide let a restore that splits the
-/// second dimension read (and verify) only the columns it needs, in runs long enough for
-/// efficient reads; narrower when block_bytes is smaller.
+/// Row segment of a checksum tile: tiles this wide (4 KiB, narrower when block_bytes is
+/// smaller) let a restore that splits the second dimension read (and verify) only the
+/// columns it needs, in runs long enough for efficient reads. At most kMaxColTiles tiles
+/// per row (wider tiles for very wide rows), so the manifest holds at most that many
+/// checksums per row block.
 constexpr std::int64_t kTileRunBytes = 4096;
+constexpr std::int64_t kMaxColTiles = 16;
 
 /// Writes the jobs into `path` (one HDF5 file, contiguous datasets, no timestamps: the same
 /// state gives the same bytes); each row block's tiles are checksummed right before the
@@ -104,9 +107,11 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
   CHECK_HDF5(H5Pset_obj_track_times(dcpl, 0));
   for (auto& j : jobs) {
     const std::size_t esize = dtype_size(j.dtype);
-    j.block_cols = block_cols_for(j.box.extent, esize, std::min(kTileRunBytes, block_bytes));
-    const detail::TileGeometry g0 = detail::tile_geometry(j.box.extent, esize, 1, j.block_cols);
-    j.block_rows = j.box.extent.empty() ? 1 : block_rows_for(Shape{g0.n0, j.block_cols}, g0.col_bytes, block_bytes);
+    // a row block is about block_bytes (checksummed right before it is written, in cache),
+    // cut into column tiles
+    const std::int64_t row_bytes = row_numel(j.box.extent) * static_cast<std::int64_t>(esize);
+    j.block_cols = block_cols_for(j.box.extent, esize, std::max(std::min(kTileRunBytes, block_bytes), row_bytes / kMaxColTiles));
+    j.block_rows = j.box.extent.empty() ? 1 : block_rows_for(j.box.extent, esize, block_bytes);
     const detail::TileGeometry g = detail::tile_geometry(j.box.extent, esize, j.block_rows, j.block_cols);
     j.crc.assign(static_cast<size_t>(num_blocks(j.box.extent, j.block_rows, j.block_cols)), 0u);
     h5::Handle space;

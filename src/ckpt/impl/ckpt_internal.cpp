@@ -279,13 +279,18 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
                                         static_cast<std::size_t>(mem_start[1])) * g.col_bytes
                                      : nd == 1 ? static_cast<std::size_t>(mem_start[0]) * g.col_bytes : 0;
   const bool empty = s.numel() == 0 || rb.numel() == 0;
+  // rows of the read adjacent in memory: each row block lands as one contiguous run (a 1-d
+  // memory space, which HDF5 copies fastest); else an N-d hyperslab of the memory array
+  const bool adjacent = nd < 2 || (mem_shape[1] == rb.extent[1] && mem_start[1] == 0);
   h5::Handle mtype, fspace, mspace;
   try {
     mtype = h5::memory_type(t.dtype);
     if (nd && !empty) {
       fspace = h5::Handle(CHECK_HDF5(H5Dget_space(dataset)), H5Sclose);
-      std::vector<hsize_t> md(mem_shape.begin(), mem_shape.end());
-      mspace = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(nd), md.data(), nullptr)), H5Sclose);
+      if (!adjacent) {
+        std::vector<hsize_t> md(mem_shape.begin(), mem_shape.end());
+        mspace = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(nd), md.data(), nullptr)), H5Sclose);
+      }
     }
   } catch (const Error& e) {
     throw InputError(concat(where, ": ", e.what()));
@@ -310,8 +315,15 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
             mstart[1] = static_cast<hsize_t>(mem_start[1]);
           }
           CHECK_HDF5(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, fstart.data(), nullptr, cnt.data(), nullptr));
-          CHECK_HDF5(H5Sselect_hyperslab(mspace, H5S_SELECT_SET, mstart.data(), nullptr, cnt.data(), nullptr));
-          CHECK_HDF5(H5Dread(dataset, mtype, mspace, fspace, H5P_DEFAULT, mem));
+          if (adjacent) {
+            hsize_t n = 1;
+            for (auto c : cnt) n *= c;
+            h5::Handle run(CHECK_HDF5(H5Screate_simple(1, &n, nullptr)), H5Sclose);
+            CHECK_HDF5(H5Dread(dataset, mtype, run, fspace, H5P_DEFAULT, dst));
+          } else {
+            CHECK_HDF5(H5Sselect_hyperslab(mspace, H5S_SELECT_SET, mstart.data(), nullptr, cnt.data(), nullptr));
+            CHECK_HDF5(H5Dread(dataset, mtype, mspace, fspace, H5P_DEFAULT, mem));
+          }
         }
       } catch (const Error& err) {
         throw InputError(concat(where, ": read of rows [", ra, ", ", re, ") failed: ", err.what()));
