@@ -201,6 +201,7 @@ int main(int argc, char** argv) {
          {"mesh.pipeline=2", "strategy.schedule=1f1b", "strategy.virtual_stages=2", "train.micro_batches=8"}},
         {"MoE dp2", {"mesh.data=2"}, true},
         {"MoE ep2", {"mesh.expert=2"}, true},
+        {"MoE tp2", {"mesh.tensor=2"}, true},
     };
     std::vector<Result> results;
     int wrong = 0;

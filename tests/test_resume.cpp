@@ -11,6 +11,7 @@
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
 #include "mesh/mesh.hpp"
+#include "support/resume_run.hpp"
 #include "support/test_util.hpp"
 #include "train/trainer.hpp"
 
@@ -40,53 +41,14 @@ std::string deck_text(const Config& c) {
          zero + "\n";
 }
 
-std::vector<ckpt::TensorState> states(train::Trainer& t) {
-  std::vector<ckpt::TensorState> ts;
-  for (auto& s : t.state_tensors()) ts.push_back({s.name, s.layout, DType::F32, s.data});
-  return ts;
-}
-
-/// Runs config c on the first c.ranks ranks of the world (the others only take part in the
-/// communicator split): `from_step` > 0 restores `dir` first; steps up to `to_step`; saves
-/// at kSaveAt into `save_dir` when given. Returns the losses of the steps run (rank 0 of
-/// the sub-job has them; broadcast to the world).
+/// Runs config c: `from_step` > 0 restores `dir` first; steps up to `to_step`; saves at
+/// kSaveAt into `save_dir` when given. Returns the losses of the steps run.
 std::vector<double> run(const Config& c, int from_step, int to_step, const std::string& dir,
                         const std::string& save_dir) {
-  const int me = test::world_rank();
-  MPI_Comm sub;
-  MPI_Comm_split(MPI_COMM_WORLD, me < c.ranks ? 0 : 1, me, &sub);
-  std::vector<double> losses(static_cast<size_t>(to_step - from_step), 0.0);
-  if (me < c.ranks) {
-    Deck deck = parse_deck(deck_text(c), c.name());
-    Mesh mesh(deck.mesh.to_mesh_shape(), sub);
-    comm::CommSet comms(mesh, comm::Backend::Mpi);
-    train::Trainer t(deck, mesh, comms);
-    if (from_step > 0) {
-      auto meta = ckpt::restore(mesh.world(), dir, states(t));
-      EXPECT_EQ(meta.step, from_step);
-      t.set_step(meta.step);
-    }
-    for (int s = from_step; s < to_step; ++s) {
-      losses[static_cast<size_t>(s - from_step)] = t.train_step().loss;
-      if (!save_dir.empty() && t.step() == kSaveAt) {
-        ckpt::Checkpointer cp(mesh.world(), save_dir);
-        ckpt::Metadata meta;
-        meta.step = t.step();
-        cp.save(states(t), meta);
-      }
-    }
-  }
-  MPI_Bcast(losses.data(), static_cast<int>(losses.size()), MPI_DOUBLE, 0, MPI_COMM_WORLD);
-  MPI_Comm_free(&sub);
-  return losses;
+  return test::run_resumable({deck_text(c), c.name(), c.ranks, from_step, to_step, dir, save_dir, kSaveAt});
 }
 
-std::string scratch_dir(const std::string& tag) {
-  std::string d = ::testing::TempDir() + "/shardflow_resume_" + std::to_string(test::world_size()) + "_" + tag;
-  if (test::world_rank() == 0) std::filesystem::remove_all(d);
-  MPI_Barrier(MPI_COMM_WORLD);
-  return d;
-}
+std::string scratch_dir(const std::string& tag) { return test::fresh_scratch_dir("shardflow_resume", tag); }
 
 }  // namespace
 

@@ -81,6 +81,7 @@ struct Case {
   int zero;
   int micro;
   const char* extra;
+  int layers = 0;  // 0: the suite's model
 };
 
 class Parallel : public ::testing::TestWithParam<Case> {};
@@ -176,7 +177,8 @@ INSTANTIATE_TEST_SUITE_P(Meshes, Moe,
 
 // Interleaved 1F1B (strategy.virtual_stages = 2): 4 layers in 2 x 2 chunks of one layer,
 // chunk c on stage c mod 2 (layers 0 and 2 on stage 0, 1 and 3 on stage 1), against the
-// one-rank 4-layer model (dense, and MoE with layers 1 and 3 of experts).
+// one-rank 4-layer model (dense, and MoE with layers 1 and 3 of experts); 8 layers on
+// 4 x 2 chunks; plain 1F1B on 4 stages.
 const char* kV2 = "schedule = \"1f1b\"\nvirtual_stages = 2\n";
 const char* kV2Sp = "schedule = \"1f1b\"\nvirtual_stages = 2\nsequence_parallel = true\n";
 
@@ -187,11 +189,12 @@ TEST_P(Interleaved, MatchesOneRankAndIsBitwiseReproducible) {
   if (test::world_size() != c.ranks) GTEST_SKIP() << "runs on " << c.ranks << " ranks";
   const bool moe = std::string(c.name).find("moe") != std::string::npos;
   const std::string model_extra = moe ? kMoe : "";
+  const int layers = c.layers > 0 ? c.layers : 4;
   static std::map<std::string, TrainRun> refs;
-  if (!refs.count(model_extra))
-    refs[model_extra] = run_training(deck_text("data = 1", 0, 1, "", model_extra, 4), MPI_COMM_SELF);
-  const TrainRun& ref = refs[model_extra];
-  const std::string text = deck_text(c.mesh, c.zero, c.micro, c.extra, model_extra, 4);
+  const std::string key = model_extra + std::to_string(layers);
+  if (!refs.count(key)) refs[key] = run_training(deck_text("data = 1", 0, 1, "", model_extra, layers), MPI_COMM_SELF);
+  const TrainRun& ref = refs[key];
+  const std::string text = deck_text(c.mesh, c.zero, c.micro, c.extra, model_extra, layers);
   TrainRun a = run_training(text, MPI_COMM_WORLD);
   expect_close(a, ref, c.name);
   if (moe) {
@@ -209,7 +212,11 @@ INSTANTIATE_TEST_SUITE_P(Meshes, Interleaved,
                                            Case{"pp2_v2_tp2_sp", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 4, kV2Sp},
                                            Case{"pp2_v2_dp2", 4, "data = 2\npipeline = 2", 0, 2, kV2},
                                            Case{"pp2_v2_fsdp2", 4, "data = 1\nfsdp = 2\npipeline = 2", 3, 2, kV2},
-                                           Case{"moe_pp2_v2_ep2", 4, "data = 1\npipeline = 2\nexpert = 2", 0, 2, kV2}),
+                                           Case{"moe_pp2_v2_ep2", 4, "data = 1\npipeline = 2\nexpert = 2", 0, 2, kV2},
+                                           // four stages: x and dx come from two different peers
+                                           Case{"pp4_m4", 4, "data = 1\npipeline = 4", 0, 4, k1F1B},
+                                           Case{"pp4_v2_m4_l8", 4, "data = 1\npipeline = 4", 0, 4, kV2, 8},
+                                           Case{"pp4_v2_m8_l8", 4, "data = 1\npipeline = 4", 0, 8, kV2, 8}),
                          [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });
 
 // state_tensors(): each parameter's Layout (over ModelDescription's view shape) says which

@@ -25,10 +25,12 @@
 // qkv, rowwise attn.out / mlp.down followed by tensor all-reduces, vocabulary-parallel
 // embedding and cross-entropy; with strategy.sequence_parallel the residual stream is split
 // by token rows with all-gather / reduce-scatter around each block), `pipeline` (layers in
-// stages, strategy.schedule gpipe or 1f1b over train.micro_batches, activations and their
-// gradients as send/recv comm tasks) and `expert` (mixture-of-experts layers: experts split
-// over the axis, all_to_allv dispatch and return; the axis is also a batch axis). Any
-// combination composes in the one graph.
+// stages, strategy.schedule gpipe or 1f1b over train.micro_batches, interleaved 1f1b with
+// strategy.virtual_stages > 1; activations and their gradients as send/recv comm tasks,
+// receives posted as early as their buffers allow) and `expert` (mixture-of-experts layers:
+// experts split over the axis, all_to_allv dispatch and return; the axis is also a batch
+// axis; with `tensor` each expert's FFN is split on F like the dense MLP). Any combination
+// composes in the one graph.
 #include <cstdint>
 #include <iosfwd>
 #include <memory>

@@ -60,6 +60,10 @@ class ShardReduceScatter {
  public:
   /// full: rows * cols floats (this rank's contribution); shard_out: this rank's rows.
   /// The result is the mean over the communicator. With accumulate, shard_out += result.
+  /// The result is written (or added) when the operation completes, inside the poller
+  /// start() returns: two in flight on the same shard_out must complete in issue order
+  /// (the trainer makes each wait for the previous one), or a non-accumulating first one
+  /// can overwrite what an accumulating second one added.
   ShardReduceScatter(comm::Communicator& c, int64_t rows, int64_t cols, DType dtype, const float* full,
                      float* shard_out, bool accumulate)
       : ShardReduceScatter(c, 1, rows, cols, dtype, full, shard_out, accumulate) {}
