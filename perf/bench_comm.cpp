@@ -86,7 +86,9 @@ void print_row(const char* op, std::size_t bytes, double factor, const Result& r
 
 int iterations(std::size_t bytes) {
   const std::size_t target = std::size_t(64) << 20;  // ~64 MiB moved per round
-  return static_cast<int>(std::clamp<std::size_t>(target / std::max<std::size_t>(bytes, 1), 3, 100));
+  // at least 10 samples per round: a 64 MiB collective takes tens of ms and 3 samples left
+  // single outliers in the median
+  return static_cast<int>(std::clamp<std::size_t>(target / std::max<std::size_t>(bytes, 1), 10, 100));
 }
 
 long count_wrong(const std::vector<float>& got, const std::vector<float>& want) {
