@@ -244,7 +244,8 @@ TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
   std::vector<float> saved = fill(rows, false);
   const std::string dir = Checkpointer(MPI_COMM_WORLD, root).save({TensorState{"w", rows, DType::F32, saved.data()}},
                                                                     sample_meta(1));
-  for (const auto& sh : read_manifest(dir).tensors.at(0).shards) EXPECT_EQ(sh.cols_per_block(), 1024);
+  const Manifest saved_manifest = read_manifest(dir);  // named: .at() on a temporary would dangle
+  for (const auto& sh : saved_manifest.tensors.at(0).shards) EXPECT_EQ(sh.cols_per_block(), 1024);
 
   std::vector<float> got = fill(cols, true);
   RestoreStats st;
@@ -270,7 +271,7 @@ TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
   // a damaged byte in the last column tile is found by the rank reading those columns
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) {
-    const ShardRecord& sh = read_manifest(dir).tensors.at(0).shards.at(0);
+    const ShardRecord sh = read_manifest(dir).tensors.at(0).shards.at(0);  // a copy: the manifest is a temporary
     std::fstream io((fs::path(dir) / sh.file).string(), std::ios::in | std::ios::out | std::ios::binary);
     io.seekp(static_cast<std::streamoff>(sh.file_offset + (2 * 4096 + 4095) * 4));  // row 2, last column
     io.put('\x55');
