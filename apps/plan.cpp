@@ -38,17 +38,8 @@ int run_plan(const PlanOptions& o) {
   SHARDFLOW_REQUIRE_INPUT(o.sets.empty() || !o.deck.empty(), "plan: --set needs a deck");
   PlanInput in;
   if (!o.deck.empty()) {
-    Deck deck = load_deck(o.deck, o.sets);
-    in.model = deck.model;
+    in = plan_input(load_deck(o.deck, o.sets));
     in.model_label = "deck " + o.deck;
-    in.devices = deck.mesh.size();
-    in.mesh = deck.mesh.to_mesh_shape();
-    in.options.zero_stage = deck.strategy.zero_stage;
-    in.options.fsdp_min_weight_size = deck.strategy.fsdp_min_weight_size;
-    in.micro_batch_size = deck.micro_batch_size();
-    in.micro_batches = deck.train.micro_batches;
-    in.schedule = deck.strategy.schedule;
-    in.sequence_parallel = deck.strategy.sequence_parallel;
   } else if (!o.model_size.empty() || !o.params.empty()) {
     const std::string size = o.model_size.empty() ? o.params : o.model_size;
     in.model = llama_like_model(size, o.seq > 0 ? o.seq : 2048);

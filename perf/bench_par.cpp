@@ -123,17 +123,7 @@ Result run(const std::string& name, const std::string& deck_path, const std::vec
   double mine = static_cast<double>(mem.model_state() + mem.activations), most = 0;
   MPI_Allreduce(&mine, &most, 1, MPI_DOUBLE, MPI_MAX, world);
   r.mem_bytes = most;
-  PlanInput in;
-  in.model = deck.model;
-  in.devices = deck.mesh.size();
-  in.mesh = deck.mesh.to_mesh_shape();
-  in.options.zero_stage = deck.strategy.zero_stage;
-  in.options.fsdp_min_weight_size = deck.strategy.fsdp_min_weight_size;
-  in.micro_batch_size = deck.micro_batch_size();
-  in.micro_batches = deck.train.micro_batches;
-  in.schedule = deck.strategy.schedule;
-  in.sequence_parallel = deck.strategy.sequence_parallel;
-  const Plan plan = make_plan(in);
+  const Plan plan = make_plan(plan_input(deck));
   for (const auto& pm : plan.memory)
     if (pm.stage == deck.strategy.zero_stage) r.plan_bytes = pm.total();
   return r;

@@ -78,6 +78,9 @@ struct Plan {
 };
 
 /// Builds the plan; throws InputError when the model cannot be sharded on the mesh.
+/// The planner's input for a deck: its model, mesh, ZeRO stage, fsdp_min_weight_size,
+/// micro-batching, schedule and sequence parallelism (model_label "deck").
+PlanInput plan_input(const Deck& deck);
 Plan make_plan(const PlanInput& input);
 std::string plan_to_text(const Plan& plan);
 /// A JSON object (nlohmann-json, 2-space indent).

@@ -83,6 +83,21 @@ std::string stage_text(const ParamSharding& s) {
 
 }  // namespace
 
+PlanInput plan_input(const Deck& deck) {
+  PlanInput in;
+  in.model = deck.model;
+  in.model_label = "deck";
+  in.devices = deck.mesh.size();
+  in.mesh = deck.mesh.to_mesh_shape();
+  in.options.zero_stage = deck.strategy.zero_stage;
+  in.options.fsdp_min_weight_size = deck.strategy.fsdp_min_weight_size;
+  in.micro_batch_size = deck.micro_batch_size();
+  in.micro_batches = deck.train.micro_batches;
+  in.schedule = deck.strategy.schedule;
+  in.sequence_parallel = deck.strategy.sequence_parallel;
+  return in;
+}
+
 Plan make_plan(const PlanInput& in) {
   SHARDFLOW_REQUIRE_INPUT(in.devices >= 1, "plan: device count ", in.devices, " must be >= 1");
   SHARDFLOW_REQUIRE_INPUT(in.micro_batch_size >= 1, "plan: micro-batch size ", in.micro_batch_size, " must be >= 1");
