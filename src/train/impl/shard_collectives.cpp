@@ -10,46 +10,6 @@
 
 namespace shardflow::train::detail {
 
-void cast_out(const float* src, void* dst, int64_t n, DType to) {
-  using Policy = Kokkos::RangePolicy<Kokkos::DefaultExecutionSpace>;
-  if (to == DType::F32) {
-    float* d = static_cast<float*>(dst);
-    Kokkos::parallel_for(
-        "shardflow::train::copy_f32", Policy(0, n), KOKKOS_LAMBDA(int64_t i) { d[i] = src[i]; });
-  } else if (to == DType::BF16) {
-    auto* d = static_cast<std::uint16_t*>(dst);
-    Kokkos::parallel_for(
-        "shardflow::train::cast_bf16", Policy(0, n), KOKKOS_LAMBDA(int64_t i) { d[i] = bf16(src[i]).bits; });
-  } else if (to == DType::F16) {
-    auto* d = static_cast<std::uint16_t*>(dst);
-    Kokkos::parallel_for(
-        "shardflow::train::cast_f16", Policy(0, n), KOKKOS_LAMBDA(int64_t i) { d[i] = f16(src[i]).bits; });
-  } else {
-    throw Error("training collectives move f32, bf16 or f16, not " + dtype_name(to));
-  }
-}
-
-void cast_in(const void* src, float* dst, int64_t n, DType from) {
-  using Policy = Kokkos::RangePolicy<Kokkos::DefaultExecutionSpace>;
-  if (from == DType::F32) {
-    const float* s = static_cast<const float*>(src);
-    Kokkos::parallel_for(
-        "shardflow::train::copy_f32", Policy(0, n), KOKKOS_LAMBDA(int64_t i) { dst[i] = s[i]; });
-  } else if (from == DType::BF16) {
-    const auto* s = static_cast<const std::uint16_t*>(src);
-    Kokkos::parallel_for(
-        "shardflow::train::uncast_bf16", Policy(0, n),
-        KOKKOS_LAMBDA(int64_t i) { dst[i] = static_cast<float>(bf16::from_bits(s[i])); });
-  } else if (from == DType::F16) {
-    const auto* s = static_cast<const std::uint16_t*>(src);
-    Kokkos::parallel_for(
-        "shardflow::train::uncast_f16", Policy(0, n),
-        KOKKOS_LAMBDA(int64_t i) { dst[i] = static_cast<float>(f16::from_bits(s[i])); });
-  } else {
-    throw Error("training collectives move f32, bf16 or f16, not " + dtype_name(from));
-  }
-}
-
 namespace {
 constexpr int kF32 = 0, kBF16 = 1, kF16 = 2;
 int dtype_code(DType t) {
@@ -159,6 +119,13 @@ void unpack_rows(const void* src, int64_t src_rows, int64_t src_r0, float* dst, 
     unpack_rows_as<kBF16>(src, src_rows, src_r0, dst, dst_rows, dst_r0, outer, nrows, inner, accumulate);
   else
     unpack_rows_as<kF16>(src, src_rows, src_r0, dst, dst_rows, dst_r0, outer, nrows, inner, accumulate);
+}
+
+// A flat copy is a box of one slab: one contiguous run of n elements.
+void cast_out(const float* src, void* dst, int64_t n, DType to) { pack_rows(src, 1, 0, dst, 1, 0, 1, 1, n, to); }
+
+void cast_in(const void* src, float* dst, int64_t n, DType from) {
+  unpack_rows(src, 1, 0, dst, 1, 0, 1, 1, n, from, false);
 }
 
 ShardGather::ShardGather(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype,
