@@ -22,3 +22,8 @@ add_test(NAME checkpoint_workflow_cli
     -DCHECKER=${CMAKE_CURRENT_SOURCE_DIR}/support/check_resume_cli.py
     -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_resume_cli.cmake)
 set_tests_properties(checkpoint_workflow_cli PROPERTIES LABELS "mpi;ckpt" TIMEOUT 600 PROCESSORS 4)
+# The golden losses of the quickstart deck on 23 meshes (bitwise; tests/golden/).
+shardflow_add_test(test_golden_losses MPI TIMEOUT 900)
+target_compile_definitions(test_golden_losses PRIVATE
+  SHARDFLOW_QUICKSTART_DECK="${PROJECT_SOURCE_DIR}/inputs/quickstart.toml"
+  SHARDFLOW_GOLDEN_FILE="${PROJECT_SOURCE_DIR}/tests/golden/quickstart_losses.txt")
