@@ -1,6 +1,5 @@
 // The model description: MODEL.md names, shapes, order and count; kinds and view shapes;
-// default specs under DP, TP, PP, FSDP/ZeRO and compositions; every layout tiles its
-// parameter exactly once; bad configs and meshes throw naming the values.
+// bad configs throw naming the values (the layouts: test_layout_plan_specs.cpp).
 #include <gtest/gtest.h>
 
 #include "core/error.hpp"
@@ -10,7 +9,6 @@
 using namespace shardflow;
 
 namespace {
-PartitionSpec P(const std::string& s) { return PartitionSpec::parse(s); }
 std::string message_of(const std::function<void()>& f) {
   try {
     f();
@@ -72,87 +70,6 @@ TEST(ModelDescription, KindsViewsAndDecay) {
   EXPECT_THROW(m.param("layers.9.attn.qkv.weight"), InputError);
 }
 
-TEST(ModelDescription, DefaultSpecsPerStrategy) {
-  ModelDescription m(ModelConfig::quickstart());
-  auto spec = [&](const std::string& name, const MeshShape& mesh, StrategyOptions o = {},
-                  TensorRole role = TensorRole::Param) { return m.sharding(m.param(name), mesh, o, role).spec; };
-  // DP: everything replicated.
-  MeshShape dp({"data"}, {2});
-  for (const auto& p : m.params()) EXPECT_TRUE(m.sharding(p, dp).spec.is_replicated()) << p.name;
-  // TP.
-  MeshShape tp({"data", "tensor"}, {2, 2});
-  EXPECT_EQ(spec("layers.0.attn.qkv.weight", tp), P("(None, 'tensor', None, None)"));
-  EXPECT_EQ(spec("layers.0.attn.out.weight", tp), P("(None, 'tensor', None)"));
-  EXPECT_EQ(spec("layers.0.mlp.gate_up.weight", tp), P("(None, 'tensor', None)"));
-  EXPECT_EQ(spec("layers.0.mlp.down.weight", tp), P("(None, 'tensor')"));
-  EXPECT_EQ(spec("embed.weight", tp), P("('tensor', None)"));
-  EXPECT_EQ(spec("lm_head.weight", tp), P("('tensor', None)"));
-  EXPECT_EQ(spec("pos_embed.weight", tp), P("(None, None)"));
-  EXPECT_EQ(spec("layers.0.attn_norm.weight", tp), P("(None,)"));
-  // PP: pinned to the stage.
-  MeshShape pp({"pipeline"}, {2});
-  EXPECT_EQ(m.sharding(m.param("layers.1.attn.qkv.weight"), pp).pinned.at("pipeline"), 0);
-  EXPECT_EQ(m.sharding(m.param("layers.2.attn.qkv.weight"), pp).pinned.at("pipeline"), 1);
-  EXPECT_EQ(m.sharding(m.param("embed.weight"), pp).pinned.at("pipeline"), 0);
-  EXPECT_EQ(m.sharding(m.param("pos_embed.weight"), pp).pinned.at("pipeline"), 0);
-  EXPECT_EQ(m.sharding(m.param("final_norm.weight"), pp).pinned.at("pipeline"), 1);
-  EXPECT_EQ(m.sharding(m.param("lm_head.weight"), pp).pinned.at("pipeline"), 1);
-  // FSDP axis: the FSDP rule on the view; small tensors replicated.
-  MeshShape fsdp({"fsdp"}, {2});
-  EXPECT_EQ(spec("embed.weight", fsdp), P("('fsdp', None)"));
-  EXPECT_EQ(spec("layers.0.attn.qkv.weight", fsdp), P("(None, None, None, 'fsdp')"));
-  EXPECT_EQ(spec("layers.0.mlp.down.weight", fsdp), P("(None, 'fsdp')"));
-  EXPECT_EQ(spec("layers.0.attn_norm.weight", fsdp), P("(None,)"));
-  StrategyOptions all;
-  all.fsdp_min_weight_size = 0;
-  EXPECT_EQ(spec("layers.0.attn_norm.weight", fsdp, all), P("('fsdp',)"));
-  // ZeRO stages over the data axis: which roles are sharded.
-  for (int stage = 0; stage <= 3; ++stage) {
-    StrategyOptions o;
-    o.zero_stage = stage;
-    EXPECT_EQ(!spec("embed.weight", dp, o, TensorRole::OptimizerState).is_replicated(), stage >= 1) << stage;
-    EXPECT_EQ(!spec("embed.weight", dp, o, TensorRole::Grad).is_replicated(), stage >= 2) << stage;
-    EXPECT_EQ(!spec("embed.weight", dp, o, TensorRole::Param).is_replicated(), stage >= 3) << stage;
-  }
-  // Composition: tensor splits heads; ZeRO-3 over (data, fsdp) takes the largest other dim.
-  MeshShape all_axes({"data", "fsdp", "pipeline", "tensor"}, {2, 2, 2, 2});
-  StrategyOptions z3;
-  z3.zero_stage = 3;
-  auto s = m.sharding(m.param("layers.3.attn.qkv.weight"), all_axes, z3);
-  EXPECT_EQ(s.spec, P("(None, 'tensor', None, ('data', 'fsdp'))"));
-  EXPECT_EQ(s.pinned.at("pipeline"), 1);
-  EXPECT_EQ(spec("embed.weight", all_axes, z3), P("('tensor', ('data', 'fsdp'))"));
-}
-
-TEST(ModelDescription, EveryLayoutTilesItsParameterOnce) {
-  const std::vector<MeshShape> meshes{MeshShape({"data"}, {3}),
-                                      MeshShape({"tensor"}, {3}),
-                                      MeshShape({"data", "tensor"}, {2, 4}),
-                                      MeshShape({"fsdp", "tensor"}, {3, 2}),
-                                      MeshShape({"data", "fsdp", "pipeline", "tensor"}, {2, 2, 2, 2}),
-                                      MeshShape({"data", "pipeline"}, {2, 3})};
-  ModelConfig c = ModelConfig::quickstart();
-  c.hidden = 96;  // 4 heads of 24
-  c.ffn = 250;
-  c.layers = 3;
-  ModelDescription m(c);
-  for (const auto& mesh : meshes)
-    for (int stage = 0; stage <= 3; ++stage)
-      for (TensorRole role : {TensorRole::Param, TensorRole::Grad, TensorRole::OptimizerState}) {
-        StrategyOptions o;
-        o.zero_stage = stage;
-        o.fsdp_min_weight_size = 100;
-        for (const auto& p : m.params()) {
-          Layout l = m.sharding(p, mesh, o, role).layout(mesh);
-          auto full = shardflow::test::iota_tensor(l.global_shape());
-          std::vector<HostTensor<float>> shards;
-          for (int r = 0; r < mesh.size(); ++r) shards.push_back(extract_box(full, l.box(r)));
-          shardflow::test::expect_reassembles(l, full, shards, p.name + " on " + mesh.to_string());
-          EXPECT_EQ(numel(l.global_shape()), p.numel());
-        }
-      }
-}
-
 TEST(ModelDescription, MixtureOfExperts) {
   ModelConfig c = ModelConfig::quickstart();
   c.experts = 4;
@@ -166,11 +83,6 @@ TEST(ModelDescription, MixtureOfExperts) {
   EXPECT_EQ(e.view_shape, (Shape{4, 2, 344, 128}));
   EXPECT_EQ(m.param("layers.3.mlp.router.weight").shape, (Shape{4, 128}));
   EXPECT_EQ(m.param("layers.3.mlp.experts.down.weight").shape, (Shape{4, 128, 344}));
-  MeshShape mesh({"expert", "tensor"}, {2, 2});
-  EXPECT_EQ(m.sharding(e, mesh).spec, P("('expert', None, 'tensor', None)"));
-  EXPECT_EQ(m.sharding(m.param("layers.3.mlp.experts.down.weight"), mesh).spec, P("('expert', None, 'tensor')"));
-  EXPECT_TRUE(m.sharding(m.param("layers.3.mlp.router.weight"), mesh).spec.is_replicated());
-  EXPECT_THROW(m.check_mesh(MeshShape({"expert"}, {8})), InputError);  // 8 > 4 experts
 }
 
 TEST(ModelDescription, BadConfigsAndMeshesNameTheValues) {
@@ -190,17 +102,4 @@ TEST(ModelDescription, BadConfigsAndMeshesNameTheValues) {
   c.top_k = 5;
   c.moe_every = 1;
   EXPECT_NE(message_of([&] { c.validate(); }).find("model.top_k = 5"), std::string::npos);
-
-  ModelDescription m(ModelConfig::quickstart());
-  std::string msg = message_of([&] { m.check_mesh(MeshShape({"tensor"}, {8})); });
-  EXPECT_NE(msg.find("8 devices"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("4 heads"), std::string::npos) << msg;
-  msg = message_of([&] { m.check_mesh(MeshShape({"pipeline"}, {5})); });
-  EXPECT_NE(msg.find("5 stages"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("4 layers"), std::string::npos) << msg;
-  msg = message_of([&] { m.check_mesh(MeshShape({"expert"}, {2})); });
-  EXPECT_NE(msg.find("model.experts = 0"), std::string::npos) << msg;
-  StrategyOptions o;
-  o.zero_stage = 4;
-  EXPECT_THROW(m.sharding(m.params()[0], MeshShape({"data"}, {2}), o), InputError);
 }

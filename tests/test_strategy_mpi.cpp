@@ -11,6 +11,7 @@
 #include "core/error.hpp"
 #include "mesh/device_mesh_manager.hpp"
 #include "model/model_description.hpp"
+#include "parallel/layout_plan.hpp"
 #include "strategy/sharding_strategy.hpp"
 #include "strategy_test_util.hpp"
 #include "support/test_util.hpp"
@@ -81,8 +82,12 @@ TEST(StrategyMpi, ModelParametersReassembleOnTheRanks) {
   ModelDescription model(c);
   for (const auto& sizes : shardflow::test::factorisations(world, 2)) {
     Mesh mesh = bind_mesh(create_device_mesh(sizes, {"fsdp", "tensor"}));
-    for (const auto& p : model.params()) {
-      Layout l = model.sharding(p, mesh.shape()).layout(mesh.shape());
+    StrategyOptions z3;
+    z3.zero_stage = 3;
+    const parallel::LayoutPlan plan(model, mesh.shape(), z3);
+    for (const auto& pl : plan.params()) {
+      const ParamInfo& p = pl.info;
+      Layout l = plan.layout(pl, TensorRole::Param);
       std::mt19937 rng(static_cast<unsigned>(p.numel()));
       auto full = shardflow::test::random_tensor(l.global_shape(), rng);
       auto mine = extract_box(full, l.box(mesh.rank()));

@@ -27,3 +27,15 @@ shardflow_add_test(test_golden_losses MPI TIMEOUT 900)
 target_compile_definitions(test_golden_losses PRIVATE
   SHARDFLOW_QUICKSTART_DECK="${PROJECT_SOURCE_DIR}/inputs/quickstart.toml"
   SHARDFLOW_GOLDEN_FILE="${PROJECT_SOURCE_DIR}/tests/golden/quickstart_losses.txt")
+# The layout plan agrees with what the trainer allocates, on every rank of 51 meshes.
+shardflow_add_test(test_layout_plan MPI TIMEOUT 300)
+target_compile_definitions(test_layout_plan PRIVATE SHARDFLOW_CORPUS="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")
+# `plan DECK --json` predicts exactly the model-state bytes `train --summary` reports (rank 0).
+add_test(NAME plan_matches_train_np_4
+  COMMAND ${SHARDFLOW_SYSTEM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/support/check_plan_vs_train.py
+    ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:shardflow_cli> ${PROJECT_SOURCE_DIR}/inputs/quickstart.toml
+    ${CMAKE_CURRENT_BINARY_DIR}/plan_vs_train)
+set_tests_properties(plan_matches_train_np_4 PROPERTIES LABELS "mpi;train" TIMEOUT 600 PROCESSORS 4)
+# The distributed step on 10 meshes against the independent serial model (nn::GptModel + serial AdamW).
+shardflow_add_test(test_serial_reference MPI TIMEOUT 600)
+target_compile_definitions(test_serial_reference PRIVATE SHARDFLOW_CORPUS="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")

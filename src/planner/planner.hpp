@@ -3,6 +3,10 @@
 // rule), lists every parameter's default partition spec on the mesh, and estimates the
 // memory per device for plain data parallelism and ZeRO-1/2/3.
 //
+// Layouts (the parameter rows) come from parallel::LayoutPlan, the layout decider the trainer
+// uses. For a deck (`shardflow plan DECK`), the memory rows count exactly the f32 buffers
+// the trainer allocates on rank 0 for each ZeRO stage on the deck's mesh (the same numbers
+// as `train --summary`'s memory_bytes_rank0). For a model given by size:
 // Model states follow the ZeRO paper for mixed-precision Adam (K = 12): fp16 parameters
 // 2Ψ, fp16 gradients 2Ψ, fp32 master weights + momentum + variance 12Ψ, so with N
 // data-parallel ranks: DP 16Ψ, ZeRO-1 4Ψ + 12Ψ/N, ZeRO-2 2Ψ + 14Ψ/N, ZeRO-3 16Ψ/N.
@@ -47,6 +51,11 @@ struct PlanInput {
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;
   bool sequence_parallel = false;
   bool all_layers = false;  // list layers.{l} parameters of every layer, not only layer 0
+  int virtual_stages = 1;
+  /// The deck's own configuration: memory rows count the trainer's f32 buffers exactly (from
+  /// the LayoutPlan the trainer uses), for rank 0 like `train --summary`'s memory_bytes_rank0.
+  /// Otherwise (a model given by size) the rows are the ZeRO paper's mixed-precision estimate.
+  bool exact_state = false;
 };
 
 struct PlanParam {
@@ -63,6 +72,9 @@ struct PlanParam {
 struct PlanMemory {
   std::string strategy;  // "DP", "ZeRO-1", ...
   int stage = 0;
+  bool configured = false;       // the deck's own zero_stage
+  std::string accounting;        // "f32 trainer buffers, rank 0" or "mixed-precision Adam (ZeRO paper), largest rank"
+  double max_rank_state = 0;     // largest params + grads + optimizer over the ranks
   double params = 0, grads = 0, optimizer = 0, activations = 0;  // bytes per device (max over ranks)
   double total() const { return params + grads + optimizer + activations; }
 };

@@ -14,6 +14,7 @@
 
 #include "core/error.hpp"
 #include "model/model_description.hpp"
+#include "parallel/layout_plan.hpp"
 
 namespace shardflow {
 
@@ -355,9 +356,19 @@ class DeckBuilder {
     get_i64("checkpoint.every", d.checkpoint.every, 0);
     get_i64("checkpoint.keep", d.checkpoint.keep, 1);
     if (auto* v = find("checkpoint.async")) d.checkpoint.async = v->b;
-    // The model must shard on the mesh (tensor <= heads, pipeline <= layers, experts).
+    // The model must shard on the mesh (tensor <= heads, pipeline <= layers, experts): the
+    // layout plan the trainer will use decides.
+    {
+      const MeshShape shape = d.mesh.to_mesh_shape();
+      SHARDFLOW_REQUIRE_INPUT(!(d.strategy.zero_stage == 0 && shape.axis_size_or_1("fsdp") > 1),
+                              loc_of("strategy.zero_stage", "mesh.fsdp"), ": mesh.fsdp = ", shape.axis_size_or_1("fsdp"),
+                              " shards the model, which needs strategy.zero_stage >= 1 (it is 0)");
+    }
     try {
-      ModelDescription(d.model).check_mesh(d.mesh.to_mesh_shape());
+      StrategyOptions so;
+      so.zero_stage = d.strategy.zero_stage;
+      so.fsdp_min_weight_size = d.strategy.fsdp_min_weight_size;
+      parallel::LayoutPlan(ModelDescription(d.model), d.mesh.to_mesh_shape(), so, d.strategy.virtual_stages);
     } catch (const InputError& e) {
       throw InputError(loc_of("mesh.tensor", "mesh.pipeline", "mesh.expert") + ": mesh " +
                        d.mesh.to_mesh_shape().to_string() + " cannot shard model " + d.model.to_string() + ": " +

@@ -1,5 +1,7 @@
 #include "planner/planner.hpp"
 
+#include "parallel/layout_plan.hpp"
+
 #include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -76,9 +78,9 @@ MeshShape zero_mesh(const MeshShape& m) {
   return MeshShape(names, sizes);
 }
 
-std::string stage_text(const ParamSharding& s) {
-  auto it = s.pinned.find("pipeline");
-  return it == s.pinned.end() ? "" : "stage " + std::to_string(it->second);
+std::string stage_text(const Layout& l) {
+  auto it = l.pinned().find("pipeline");
+  return it == l.pinned().end() ? "" : "stage " + std::to_string(it->second);
 }
 
 }  // namespace
@@ -95,6 +97,8 @@ PlanInput plan_input(const Deck& deck) {
   in.micro_batches = deck.train.micro_batches;
   in.schedule = deck.strategy.schedule;
   in.sequence_parallel = deck.strategy.sequence_parallel;
+  in.virtual_stages = deck.strategy.virtual_stages;
+  in.exact_state = true;
   return in;
 }
 
@@ -116,33 +120,33 @@ Plan make_plan(const PlanInput& in) {
   } else {
     plan.mesh = plan.recommendation.mesh;
   }
-  model.check_mesh(plan.mesh);
+  // the layouts: the plan the trainer would use (FSDP on a size-only plan means ZeRO-3)
+  StrategyOptions spec_options = in.options;
+  if (!in.exact_state && spec_options.zero_stage == 0 && plan.mesh.axis_size_or_1("fsdp") > 1)
+    spec_options.zero_stage = 3;
+  const parallel::LayoutPlan layouts(model, plan.mesh, spec_options, in.virtual_stages);
 
-  for (const auto& p : model.params()) {
-    if (!in.all_layers && p.layer > 0) continue;
-    ParamSharding s = model.sharding(p, plan.mesh, in.options);
+  for (const auto& p : layouts.params()) {
+    if (!in.all_layers && p.info.layer > 0) continue;
     PlanParam row;
-    row.name = p.name;
-    if (!in.all_layers && p.layer == 0) row.name.replace(0, std::string("layers.0.").size(), "layers.{l}.");
-    row.shape = p.shape;
-    row.kind = param_kind_name(p.kind);
-    row.view_shape = s.view_shape;
-    row.spec = s.spec.to_string();
-    row.pinned = in.all_layers || p.layer < 0 ? stage_text(s) : (s.pinned.count("pipeline") ? "by layer" : "");
-    Layout l = s.layout(plan.mesh);
+    row.name = p.info.name;
+    if (!in.all_layers && p.info.layer == 0) row.name.replace(0, std::string("layers.0.").size(), "layers.{l}.");
+    row.shape = p.info.shape;
+    row.kind = param_kind_name(p.info.kind);
+    row.view_shape = p.info.view_shape;
+    const Layout l = layouts.layout(p, TensorRole::OptimizerState);
+    row.spec = l.spec().to_string();
+    row.pinned = in.all_layers || p.info.layer < 0 ? stage_text(l) : (l.pinned().count("pipeline") ? "by layer" : "");
     int64_t best = -1;
     for (int r = 0; r < plan.mesh.size(); ++r)
       if (l.holds(r) && l.local_numel(r) > best) {
         best = l.local_numel(r);
         row.max_local_view_shape = l.local_shape(r);
       }
-    row.rule = s.rule;
+    row.rule = layouts.rule(p);
     plan.params.push_back(row);
   }
 
-  // Memory: ZeRO group = data x fsdp, exact per-rank counts from the layouts.
-  const MeshShape zm = zero_mesh(plan.mesh);
-  plan.zero_group = zm.axis_size("data");
   const int tp = plan.mesh.axis_size_or_1("tensor"), pp = plan.mesh.axis_size_or_1("pipeline");
   const int64_t stage_layers = split_extent(in.model.layers, pp, 0);
   int64_t in_flight = 1;
@@ -152,24 +156,55 @@ Plan make_plan(const PlanInput& in) {
                      layer_activation_bytes(in.model.seq, in.micro_batch_size, in.model.hidden, in.model.heads, tp,
                                             in.sequence_parallel);
   const char* names[] = {"DP", "ZeRO-1", "ZeRO-2", "ZeRO-3"};
+  if (in.exact_state) {
+    // the deck's mesh, each ZeRO stage the mesh allows: the trainer's f32 buffers
+    const auto zero_axes = parallel::AxisGroups::make(plan.mesh, 1).zero;  // the group ZeRO stages shard over
+    plan.zero_group = zero_axes.empty() ? 1 : plan.mesh.group_size(zero_axes);
+    for (int stage = 0; stage <= 3; ++stage) {
+      if (stage == 0 && plan.mesh.axis_size_or_1("fsdp") > 1) continue;  // fsdp needs ZeRO
+      StrategyOptions o = in.options;
+      o.zero_stage = stage;
+      const parallel::LayoutPlan lp(model, plan.mesh, o, in.virtual_stages);
+      const auto b0 = lp.state_bytes(0);
+      PlanMemory m;
+      m.strategy = names[stage];
+      m.stage = stage;
+      m.configured = stage == in.options.zero_stage;
+      m.accounting = "f32 trainer buffers, rank 0";
+      m.params = static_cast<double>(b0.params);
+      m.grads = static_cast<double>(b0.grads);
+      m.optimizer = static_cast<double>(b0.optimizer);
+      for (int r = 0; r < plan.mesh.size(); ++r)
+        m.max_rank_state = std::max(m.max_rank_state, static_cast<double>(lp.state_bytes(r).total()));
+      m.activations = act;
+      plan.memory.push_back(m);
+    }
+    return plan;
+  }
+  // a model given by size: data and fsdp as one ZeRO group, mixed-precision Adam
+  const MeshShape zm = zero_mesh(plan.mesh);
+  plan.zero_group = zm.axis_size("data");
   for (int stage = 0; stage <= 3; ++stage) {
     StrategyOptions o = in.options;
     o.zero_stage = stage;
     o.fsdp_min_weight_size = 0;  // the ZeRO paper's accounting shards every tensor
+    const parallel::LayoutPlan lp(model, zm, o, in.virtual_stages);
     std::vector<double> pr(static_cast<size_t>(zm.size())), gr(pr.size()), opt(pr.size());
-    for (const auto& p : model.params()) {
-      const Layout lp = model.sharding(p, zm, o, TensorRole::Param).layout(zm);
-      const Layout lg = model.sharding(p, zm, o, TensorRole::Grad).layout(zm);
-      const Layout lo = model.sharding(p, zm, o, TensorRole::OptimizerState).layout(zm);
+    for (const auto& p : lp.params()) {
+      const Layout l_par = lp.layout(p, TensorRole::Param);
+      const Layout l_grad = lp.layout(p, TensorRole::Grad);
+      const Layout l_opt = lp.layout(p, TensorRole::OptimizerState);
       for (int r = 0; r < zm.size(); ++r) {
-        pr[static_cast<size_t>(r)] += static_cast<double>(lp.local_numel(r));
-        gr[static_cast<size_t>(r)] += static_cast<double>(lg.local_numel(r));
-        opt[static_cast<size_t>(r)] += static_cast<double>(lo.local_numel(r));
+        pr[static_cast<size_t>(r)] += static_cast<double>(l_par.local_numel(r));
+        gr[static_cast<size_t>(r)] += static_cast<double>(l_grad.local_numel(r));
+        opt[static_cast<size_t>(r)] += static_cast<double>(l_opt.local_numel(r));
       }
     }
     PlanMemory m;
     m.strategy = names[stage];
     m.stage = stage;
+    m.configured = stage == in.options.zero_stage;
+    m.accounting = "mixed-precision Adam (ZeRO paper), largest rank";
     double best = -1;
     for (size_t r = 0; r < pr.size(); ++r) {
       const double total = 2 * pr[r] + 2 * gr[r] + 12 * opt[r];
@@ -180,6 +215,7 @@ Plan make_plan(const PlanInput& in) {
         m.optimizer = 12 * opt[r];
       }
     }
+    m.max_rank_state = best;
     m.activations = act;
     plan.memory.push_back(m);
   }
@@ -221,12 +257,16 @@ std::string plan_to_text(const Plan& plan) {
     os << pad(p.name, wn) << "  " << pad(shape_to_string(p.shape), ws) << "  " << pad(shape_to_string(p.view_shape), wv)
        << "  " << pad(p.spec, wp) << "  " << pad(shape_to_string(p.max_local_view_shape), 18) << "  " << p.pinned
        << "\n";
-  os << "\nmemory per device (GB = 1e9 bytes; ZeRO group N = data x fsdp = " << plan.zero_group
-     << "; mixed-precision Adam 2+2+12 bytes per parameter):\n";
+  if (in.exact_state)
+    os << "\nmemory per device (GB = 1e9 bytes; ZeRO group N = " << plan.zero_group
+       << "; the trainer's f32 buffers on rank 0; * = the deck's zero_stage):\n";
+  else
+    os << "\nmemory per device (GB = 1e9 bytes; ZeRO group N = data x fsdp = " << plan.zero_group
+       << "; mixed-precision Adam 2+2+12 bytes per parameter):\n";
   os << pad("strategy", 9) << pad("params", 12) << pad("grads", 12) << pad("optimizer", 12) << pad("activations", 13)
      << "total\n";
   for (const auto& m : plan.memory)
-    os << pad(m.strategy, 9) << pad(fmt_gb(m.params), 12) << pad(fmt_gb(m.grads), 12) << pad(fmt_gb(m.optimizer), 12)
+    os << pad(m.strategy + (m.configured && in.exact_state ? "*" : ""), 9) << pad(fmt_gb(m.params), 12) << pad(fmt_gb(m.grads), 12) << pad(fmt_gb(m.optimizer), 12)
        << pad(fmt_gb(m.activations), 13) << fmt_gb(m.total()) << "\n";
   return os.str();
 }
@@ -270,6 +310,9 @@ std::string plan_to_json(const Plan& plan) {
   for (const auto& m : plan.memory)
     mem.push_back({{"strategy", m.strategy},
                    {"zero_stage", m.stage},
+                   {"configured", m.configured},
+                   {"accounting", m.accounting},
+                   {"max_rank_state_bytes", m.max_rank_state},
                    {"params_bytes", m.params},
                    {"grads_bytes", m.grads},
                    {"optimizer_bytes", m.optimizer},

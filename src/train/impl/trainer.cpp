@@ -16,7 +16,9 @@
 #include "nn/kernels.hpp"
 #include "nn/moe.hpp"
 #include "optim/adamw.hpp"
-#include "strategy/sharding_strategy.hpp"
+#include "compile/schedule.hpp"
+#include "parallel/axes.hpp"
+#include "parallel/layout_plan.hpp"
 #include "train/impl/shard_collectives.hpp"
 
 namespace shardflow::train {
@@ -78,13 +80,6 @@ void box_copy(const float* src, const Shape& shape, const Box& b, float* dst, bo
   }
 }
 
-std::vector<std::string> sized_axes(const MeshShape& shape, std::initializer_list<const char*> names) {
-  std::vector<std::string> out;
-  for (const char* a : names)
-    if (shape.axis_size_or_1(a) > 1) out.push_back(a);
-  return out;
-}
-
 }  // namespace
 
 struct Trainer::Impl {
@@ -94,6 +89,8 @@ struct Trainer::Impl {
   comm::CommSet* comms;
   nn::GptConfig cfg;
   ModelDescription desc;
+  // where every parameter, gradient and optimizer state lives (the only layout decider)
+  std::unique_ptr<parallel::LayoutPlan> plan;
   optim::AdamWConfig opt;
   int zero = 0;
   std::vector<std::string> dp_axes, shard_axes, repl_axes, norm_axes, loss_axes;
@@ -289,7 +286,6 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), m
   cfg.ffn = deck.model.ffn;
   cfg.layers = deck.model.layers;
   cfg.validate();
-  desc.check_mesh(m.shape());
   opt.lr = deck.train.lr;
   opt.warmup = deck.train.warmup;
   opt.validate();
@@ -314,69 +310,8 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), m
 void Trainer::Impl::setup_groups() {
   const auto& shape = mesh->shape();
   const int me = mesh->rank();
-  for (const char* a : {"data", "fsdp", "expert"})  // expert ranks take their own batch slices
-    if (shape.has_axis(a)) dp_axes.push_back(a);
-  dp_size = shape.group_size(dp_axes);
-  for (const auto& a : dp_axes)
-    if (a != "expert") dpx_axes.push_back(a);
-  dpx_size = shape.group_size(dpx_axes);
-  if (!dpx_axes.empty()) dpx_comm = &comms->group(dpx_axes);
-  if (zero >= 1) {
-    if (shape.axis_size_or_1("fsdp") > 1)
-      shard_axes = {"fsdp"};
-    else if (shape.axis_size_or_1("data") > 1)
-      shard_axes = {"data"};
-  }
-  for (const auto& a : dp_axes)
-    if (std::find(shard_axes.begin(), shard_axes.end(), a) == shard_axes.end()) repl_axes.push_back(a);
-  for (const auto& a : repl_axes)
-    if (a != "expert") replx_axes.push_back(a);
-  replx_size = shape.group_size(replx_axes);
-  if (!replx_axes.empty()) replx_comm = &comms->group(replx_axes);
-  shard_size = shape.group_size(shard_axes);
-  repl_size = shape.group_size(repl_axes);
-  if (!shard_axes.empty()) shard_index = shape.group_index(me, mesh->canonical_axes(shard_axes));
-  if (!dp_axes.empty()) dp_comm = &comms->group(dp_axes);
-  if (!shard_axes.empty()) shard_comm = &comms->group(shard_axes);
-  if (!repl_axes.empty()) repl_comm = &comms->group(repl_axes);
-  tp = shape.axis_size_or_1("tensor");
-  if (tp > 1) {
-    tp_comm = &comms->axis("tensor");
-    tc = shape.coord(me, "tensor");
-  }
-  ep = shape.axis_size_or_1("expert");
-  if (ep > 1) {
-    ep_comm = &comms->axis("expert");
-    ec = shape.coord(me, "expert");
-  }
-  if (deck.model.is_moe()) {
-    const int64_t E = deck.model.experts;
-    E_l = split_extent(E, ep, ec);
-    e0 = split_offset(E, ep, ec);
-    for (int r = 0; r < ep; ++r)
-      for (int64_t e = 0; e < split_extent(E, ep, r); ++e) expert_owner.push_back(r);
-    moe.experts = E;
-    moe.top_k = deck.model.top_k;
-    moe.seq = cfg.seq;
-    moe.capacity_factor = deck.model.capacity_factor;
-    moe.aux_coef = deck.model.aux_loss_coef;
-  }
-  pp = shape.axis_size_or_1("pipeline");
-  if (pp > 1) {
-    pp_comm = &comms->axis("pipeline");
-    stage = shape.coord(me, "pipeline");
-  }
-  // the gradient norm: every element counted once over shards, tensor slices and stages
-  norm_axes = shard_axes;
-  for (const auto& a : sized_axes(shape, {"pipeline", "expert", "tensor"})) norm_axes.push_back(a);
-  if (!norm_axes.empty() && shape.group_size(norm_axes) > 1) norm_comm = &comms->group(norm_axes);
-  // the loss: summed over the batch slices, from the last stage
-  loss_axes = sized_axes(shape, {"data", "fsdp", "pipeline", "expert"});
-  if (!loss_axes.empty()) loss_comm = &comms->group(loss_axes);
-
   const int L = static_cast<int>(cfg.layers);
-  first_stage = stage == 0;
-  last_stage = stage == pp - 1;
+  pp = shape.axis_size_or_1(axis::pipeline);
   micro = deck.train.micro_batches;
   SHARDFLOW_REQUIRE_INPUT(micro >= 1, "train.micro_batches = ", micro, " must be >= 1");
   vstages = deck.strategy.virtual_stages;
@@ -392,15 +327,67 @@ void Trainer::Impl::setup_groups() {
     SHARDFLOW_REQUIRE_INPUT(pp * vstages <= L, "strategy.virtual_stages = ", vstages, ": mesh.pipeline = ", pp, " x ",
                             vstages, " chunks but only model.layers = ", L, at);
   }
-  nchunks = pp * vstages;
-  PipelineParallelStrategy pps("pipeline", -1, nchunks);
-  const auto counts = pps.assign_layers_to_stages(L);
-  std::vector<int> chunk_begin(static_cast<size_t>(nchunks) + 1, 0);
-  for (int c = 0; c < nchunks; ++c) {
-    chunk_begin[static_cast<size_t>(c) + 1] = chunk_begin[static_cast<size_t>(c)] + counts[static_cast<size_t>(c)];
-    for (int l = chunk_begin[static_cast<size_t>(c)]; l < chunk_begin[static_cast<size_t>(c) + 1]; ++l)
-      layer_chunk.push_back(c);
+  StrategyOptions so;
+  so.zero_stage = zero;
+  so.fsdp_min_weight_size = deck.strategy.fsdp_min_weight_size;
+  plan = std::make_unique<parallel::LayoutPlan>(desc, shape, so, vstages);
+  const parallel::AxisGroups& groups = plan->groups();
+  dp_axes = groups.batch;
+  dpx_axes = groups.batch_dense;
+  shard_axes = groups.zero;
+  repl_axes = groups.replica;
+  replx_axes = groups.replica_dense;
+  norm_axes = groups.norm;
+  loss_axes = groups.loss;
+  dp_size = shape.group_size(dp_axes);
+  dpx_size = shape.group_size(dpx_axes);
+  if (!dpx_axes.empty()) dpx_comm = &comms->group(dpx_axes);
+  replx_size = shape.group_size(replx_axes);
+  if (!replx_axes.empty()) replx_comm = &comms->group(replx_axes);
+  shard_size = shape.group_size(shard_axes);
+  repl_size = shape.group_size(repl_axes);
+  if (!shard_axes.empty()) shard_index = shape.group_index(me, shard_axes);
+  if (!dp_axes.empty()) dp_comm = &comms->group(dp_axes);
+  if (!shard_axes.empty()) shard_comm = &comms->group(shard_axes);
+  if (!repl_axes.empty()) repl_comm = &comms->group(repl_axes);
+  tp = shape.axis_size_or_1(axis::tensor);
+  if (tp > 1) {
+    tp_comm = &comms->axis(axis::tensor);
+    tc = shape.coord(me, axis::tensor);
   }
+  ep = shape.axis_size_or_1(axis::expert);
+  if (ep > 1) {
+    ep_comm = &comms->axis(axis::expert);
+    ec = shape.coord(me, axis::expert);
+  }
+  if (deck.model.is_moe()) {
+    const int64_t E = deck.model.experts;
+    E_l = split_extent(E, ep, ec);
+    e0 = split_offset(E, ep, ec);
+    for (int r = 0; r < ep; ++r)
+      for (int64_t e = 0; e < split_extent(E, ep, r); ++e) expert_owner.push_back(r);
+    moe.experts = E;
+    moe.top_k = deck.model.top_k;
+    moe.seq = cfg.seq;
+    moe.capacity_factor = deck.model.capacity_factor;
+    moe.aux_coef = deck.model.aux_loss_coef;
+  }
+  if (pp > 1) {
+    pp_comm = &comms->axis(axis::pipeline);
+    stage = shape.coord(me, axis::pipeline);
+  }
+  // the gradient norm: every element counted once over shards, tensor slices and stages
+  if (!norm_axes.empty() && shape.group_size(norm_axes) > 1) norm_comm = &comms->group(norm_axes);
+  // the loss: summed over the batch slices, from the last stage
+  if (!loss_axes.empty()) loss_comm = &comms->group(loss_axes);
+
+  first_stage = stage == 0;
+  last_stage = stage == pp - 1;
+  nchunks = plan->chunks();
+  layer_chunk = plan->layer_chunk();
+  std::vector<int> chunk_begin(static_cast<size_t>(nchunks) + 1, 0);
+  for (int l = 0; l < L; ++l) ++chunk_begin[static_cast<size_t>(layer_chunk[static_cast<size_t>(l)]) + 1];
+  for (int c = 0; c < nchunks; ++c) chunk_begin[static_cast<size_t>(c) + 1] += chunk_begin[static_cast<size_t>(c)];
   local_layer.assign(static_cast<size_t>(L), -1);
   int nlocal = 0;
   for (int vc = 0; vc < vstages; ++vc) {
@@ -413,13 +400,11 @@ void Trainer::Impl::setup_groups() {
   }
   // slots: the most micro-batches of a chunk between their forward and their backward
   order = schedule(stage);
-  std::vector<int> live(static_cast<size_t>(vstages), 0);
-  for (auto& c : chunks) c.slots = 1;
-  for (const auto& g : order) {
-    int& n = live[static_cast<size_t>(g.vc)];
-    n += g.fwd ? 1 : -1;
-    auto& c = chunks[static_cast<size_t>(g.vc)];
-    c.slots = std::max(c.slots, n);
+  {
+    std::vector<compile::PipelineStep> steps;
+    for (const auto& g : order) steps.push_back({g.fwd, g.vc, g.mb});
+    const auto slots = compile::in_flight(steps, vstages);
+    for (int vc = 0; vc < vstages; ++vc) chunks[static_cast<size_t>(vc)].slots = slots[static_cast<size_t>(vc)];
   }
   total_slots = 0;
   for (auto& c : chunks) {
@@ -450,30 +435,11 @@ void Trainer::Impl::setup_groups() {
 }
 
 // The groups a pipeline stage runs, in order (any stage's: receivers post their receives in
-// the order the sender sends).
-//   gpipe: F0 … F(m−1), then B0 … B(m−1).
-//   1f1b:  p − s − 1 warm-up forwards, then one forward / one backward, then the drain.
-//   interleaved 1f1b (v > 1, Narayanan et al. 2021, as in Megatron-LM): the k-th forward
-//          runs chunk (k / p) mod v of micro-batch (k / (p·v))·p + k mod p, the k-th backward
-//          chunk v − 1 − (k / p) mod v of the same micro-batch; (p − s − 1)·2 + (v − 1)·p
-//          warm-up forwards (at most m·v), then one forward / one backward, then the drain.
+// the order the sender sends): compile::pipeline_schedule (src/compile/schedule.hpp).
 std::vector<Trainer::Impl::Group> Trainer::Impl::schedule(int s) const {
   std::vector<Group> out;
-  const int m = static_cast<int>(micro), v = vstages;
-  if (deck.strategy.schedule == PipelineSchedule::GPipe && pp > 1) {
-    for (int j = 0; j < m; ++j) out.push_back({true, 0, j});
-    for (int j = 0; j < m; ++j) out.push_back({false, 0, j});
-    return out;
-  }
-  const int total = m * v;
-  const int w = v == 1 ? std::min(pp - s - 1, m) : std::min((pp - s - 1) * 2 + (v - 1) * pp, total);
-  auto fwd = [&](int k) { return Group{true, (k / pp) % v, (k / (pp * v)) * pp + k % pp}; };
-  auto bwd = [&](int k) { return Group{false, v - 1 - (k / pp) % v, (k / (pp * v)) * pp + k % pp}; };
-  for (int k = 0; k < w; ++k) out.push_back(fwd(k));
-  for (int k = 0; k < total; ++k) {
-    if (w + k < total) out.push_back(fwd(w + k));
-    out.push_back(bwd(k));
-  }
+  for (const auto& st : compile::pipeline_schedule(deck.strategy.schedule, pp, s, static_cast<int>(micro), vstages))
+    out.push_back({st.forward, st.chunk, st.micro_batch});
   return out;
 }
 
@@ -481,12 +447,13 @@ void Trainer::Impl::setup_params() {
   const int L = static_cast<int>(cfg.layers);
   units.assign(static_cast<size_t>(L + 2), {});
   std::vector<int64_t> unit_numel(static_cast<size_t>(L + 2), 0);
-  for (const auto& info : desc.params()) {
+  for (const auto& pl : plan->params()) {
+    const ParamInfo& info = pl.info;
     Param p;
     p.name = info.name;
     p.shape = info.shape;
     p.view = info.view_shape;
-    p.dt = tp > 1 ? info.tensor_split_dim : -1;
+    p.dt = pl.tensor_dim;
     p.lext = p.view;
     p.loff.assign(p.view.size(), 0);
     if (p.dt >= 0) {
@@ -496,25 +463,18 @@ void Trainer::Impl::setup_params() {
     }
     p.decay = info.weight_decay;
     p.gain = info.kind == ParamKind::NormGain;
-    p.expert = info.kind == ParamKind::ExpertGateUp || info.kind == ParamKind::ExpertDown;
-    if (p.expert && ep > 1) {
-      p.de = 0;
+    p.expert = pl.is_expert_weight;
+    p.de = pl.expert_dim;
+    if (p.de >= 0) {
       p.lext[0] = E_l;
       p.loff[0] = e0;
     }
     p.lnumel = numel(p.lext);
-    p.unit = info.layer >= 0
-                 ? 1 + info.layer
-                 : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
-    p.stage = info.layer >= 0 ? layer_chunk[static_cast<size_t>(info.layer)] % pp : desc.stage_of(info, pp);
+    p.unit = pl.unit;
+    p.stage = pl.stage;
     p.here = p.stage == stage;
-    if (zero >= 1 && shard_size > 1 && info.numel() >= deck.strategy.fsdp_min_weight_size) {
-      std::vector<bool> excluded(p.view.size(), false);
-      if (p.dt >= 0) excluded[static_cast<size_t>(p.dt)] = true;
-      if (p.de >= 0) excluded[static_cast<size_t>(p.de)] = true;
-      p.dz = FSDPStrategy::choose_shard_dim(p.view, shard_size, excluded);
-      p.sharded = p.dz >= 0;
-    }
+    p.dz = pl.zero_dim;
+    p.sharded = pl.zero_sharded();
     if (p.sharded) {
       const auto d = static_cast<size_t>(p.dz);
       p.O = prod(p.lext, 0, d);
@@ -683,13 +643,7 @@ void Trainer::Impl::init_params() {
 }
 
 Layout Trainer::Impl::param_layout(const Param& p, bool optimizer_state) const {
-  PartitionSpec spec = PartitionSpec::replicated(p.view.size());
-  if (p.dt >= 0) spec[static_cast<size_t>(p.dt)] = {"tensor"};
-  if (p.de >= 0) spec[static_cast<size_t>(p.de)] = {"expert"};
-  if (p.sharded && (optimizer_state || zero == 3)) spec[static_cast<size_t>(p.dz)] = mesh->canonical_axes(shard_axes);
-  std::map<std::string, int> pinned;
-  if (pp > 1) pinned["pipeline"] = p.stage;
-  return Layout(p.view, spec, mesh->shape(), pinned);
+  return plan->layout(plan->param(p.name), optimizer_state ? TensorRole::OptimizerState : TensorRole::Param);
 }
 
 // ---- compute tasks ------------------------------------------------------------------------

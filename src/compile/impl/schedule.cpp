@@ -1,0 +1,48 @@
+#include "compile/schedule.hpp"
+
+#include <algorithm>
+
+#include "core/error.hpp"
+
+namespace shardflow::compile {
+
+std::vector<PipelineStep> pipeline_schedule(PipelineSchedule kind, int stages, int stage, int micro_batches,
+                                            int virtual_stages) {
+  const int p = stages, m = micro_batches, v = virtual_stages;
+  SHARDFLOW_REQUIRE_INPUT(p >= 1, "pipeline schedule: mesh.pipeline = ", p, " must be >= 1");
+  SHARDFLOW_REQUIRE_INPUT(stage >= 0 && stage < p, "pipeline schedule: stage ", stage, " is outside [0, ", p, ")");
+  SHARDFLOW_REQUIRE_INPUT(m >= 1, "pipeline schedule: train.micro_batches = ", m, " must be >= 1");
+  SHARDFLOW_REQUIRE_INPUT(v >= 1, "pipeline schedule: strategy.virtual_stages = ", v, " must be >= 1");
+  SHARDFLOW_REQUIRE_INPUT(v == 1 || m % p == 0, "pipeline schedule: interleaved 1f1b needs train.micro_batches = ",
+                          m, " to be a multiple of mesh.pipeline = ", p);
+  std::vector<PipelineStep> out;
+  if (kind == PipelineSchedule::GPipe && p > 1) {
+    for (int j = 0; j < m; ++j) out.push_back({true, 0, j});
+    for (int j = 0; j < m; ++j) out.push_back({false, 0, j});
+    return out;
+  }
+  const int total = m * v;
+  const int w = v == 1 ? std::min(p - stage - 1, m) : std::min((p - stage - 1) * 2 + (v - 1) * p, total);
+  auto fwd = [&](int k) { return PipelineStep{true, (k / p) % v, (k / (p * v)) * p + k % p}; };
+  auto bwd = [&](int k) { return PipelineStep{false, v - 1 - (k / p) % v, (k / (p * v)) * p + k % p}; };
+  for (int k = 0; k < w; ++k) out.push_back(fwd(k));
+  for (int k = 0; k < total; ++k) {
+    if (w + k < total) out.push_back(fwd(w + k));
+    out.push_back(bwd(k));
+  }
+  return out;
+}
+
+std::vector<int> in_flight(const std::vector<PipelineStep>& steps, int virtual_stages) {
+  std::vector<int> live(static_cast<size_t>(virtual_stages), 0), most(static_cast<size_t>(virtual_stages), 1);
+  for (const auto& s : steps) {
+    SHARDFLOW_REQUIRE(s.chunk >= 0 && s.chunk < virtual_stages, "in_flight: step of virtual stage ", s.chunk,
+                      " outside [0, ", virtual_stages, ")");
+    int& n = live[static_cast<size_t>(s.chunk)];
+    n += s.forward ? 1 : -1;
+    most[static_cast<size_t>(s.chunk)] = std::max(most[static_cast<size_t>(s.chunk)], n);
+  }
+  return most;
+}
+
+}  // namespace shardflow::compile

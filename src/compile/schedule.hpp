@@ -1,0 +1,46 @@
+#pragma once
+// Pipeline schedules as pure functions: the order in which one pipeline stage runs the
+// forward and backward of each micro-batch through each of its chunks. They know nothing of
+// layers, buffers or communicators (Megatron-Core's lesson: a schedule takes a step, not a
+// model), so they are tested alone and any compiler or simulator can use them.
+//
+// Nomenclature
+//   stages p       ranks along the `pipeline` axis; `stage` s in [0, p).
+//   chunks         with v virtual stages (interleaved 1F1B) the layers form p·v chunks;
+//                  chunk c runs on stage c mod p as that stage's virtual stage c / p.
+//   PipelineStep   {forward?, virtual stage of this stage, micro-batch}.
+//
+//   gpipe:            F0 … F(m−1), then B0 … B(m−1).
+//   1f1b:             p − s − 1 warm-up forwards (at most m), then one forward / one
+//                     backward, then the drain.
+//   interleaved 1f1b (v > 1, Narayanan et al. 2021, as in Megatron-LM): the k-th forward
+//                     runs virtual stage (k / p) mod v of micro-batch (k / (p·v))·p + k mod p,
+//                     the k-th backward virtual stage v − 1 − (k / p) mod v of the same
+//                     micro-batch; (p − s − 1)·2 + (v − 1)·p warm-up forwards (at most m·v).
+#include <vector>
+
+#include "config/deck.hpp"
+
+namespace shardflow::compile {
+
+struct PipelineStep {
+  bool forward = true;
+  int chunk = 0;  // this stage's virtual stage (0 … v − 1)
+  int micro_batch = 0;
+  bool operator==(const PipelineStep& o) const {
+    return forward == o.forward && chunk == o.chunk && micro_batch == o.micro_batch;
+  }
+};
+
+/// The steps stage `stage` of `stages` runs, in order. With one stage every schedule is
+/// 1F1B's degenerate form (forward then backward of each micro-batch); gpipe with one stage
+/// is all forwards then all backwards. Throws InputError for sizes < 1, stage outside
+/// [0, stages), or an interleaved schedule whose micro-batches are not a multiple of stages.
+std::vector<PipelineStep> pipeline_schedule(PipelineSchedule kind, int stages, int stage, int micro_batches,
+                                            int virtual_stages = 1);
+
+/// For each virtual stage, the most micro-batches between their forward and their backward at
+/// any point of `steps` (at least 1): how many activation slots that chunk needs.
+std::vector<int> in_flight(const std::vector<PipelineStep>& steps, int virtual_stages);
+
+}  // namespace shardflow::compile

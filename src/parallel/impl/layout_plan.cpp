@@ -1,0 +1,148 @@
+#include "parallel/layout_plan.hpp"
+
+#include "core/error.hpp"
+#include "parallel/axes.hpp"
+#include "strategy/sharding_strategy.hpp"
+#include "strategy/weight_sharding.hpp"
+
+namespace shardflow::parallel {
+
+namespace {
+bool is_expert_kind(ParamKind k) { return k == ParamKind::ExpertGateUp || k == ParamKind::ExpertDown; }
+int64_t prod(const Shape& s, size_t b, size_t e) {
+  int64_t n = 1;
+  for (size_t d = b; d < e; ++d) n *= s[d];
+  return n;
+}
+}  // namespace
+
+LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, const StrategyOptions& options,
+                       int virtual_stages)
+    : model_(model.config()), mesh_(mesh), options_(options), groups_(AxisGroups::make(mesh, options.zero_stage)) {
+  const ModelConfig& cfg = model_;
+  const int tp = mesh.axis_size_or_1(axis::tensor), ep = mesh.axis_size_or_1(axis::expert);
+  const int pp = mesh.axis_size_or_1(axis::pipeline);
+  SHARDFLOW_REQUIRE_INPUT(!(options.zero_stage == 0 && mesh.axis_size_or_1(axis::fsdp) > 1), "mesh.fsdp = ",
+                          mesh.axis_size_or_1(axis::fsdp),
+                          " shards the model, which needs strategy.zero_stage >= 1 (it is 0)");
+  SHARDFLOW_REQUIRE_INPUT(options.fsdp_min_weight_size >= 0, "strategy.fsdp_min_weight_size = ",
+                          options.fsdp_min_weight_size, " must be >= 0");
+  SHARDFLOW_REQUIRE_INPUT(virtual_stages >= 1, "strategy.virtual_stages = ", virtual_stages, " must be >= 1");
+  if (ep > 1)
+    SHARDFLOW_REQUIRE_INPUT(cfg.is_moe(), "mesh has an expert axis of size ", ep,
+                            " but the model has no experts (model.experts = 0)");
+  // pipeline: L layers over p·v chunks (PipelineParallelStrategy's rule), chunk c on stage c mod p
+  const int L = static_cast<int>(cfg.layers);
+  chunks_ = pp * virtual_stages;
+  PipelineParallelStrategy pps(axis::pipeline, -1, chunks_);
+  const auto counts = pps.assign_layers_to_stages(L);  // InputError when a chunk would be empty
+  for (int c = 0; c < chunks_; ++c)
+    for (int k = 0; k < counts[static_cast<size_t>(c)]; ++k) layer_chunk_.push_back(c);
+
+  const int64_t zero_n = groups_.zero.empty() ? 1 : mesh.group_size(groups_.zero);
+  for (const auto& info : model.params()) {
+    ParamPlacement p;
+    p.info = info;
+    p.is_expert_weight = is_expert_kind(info.kind);
+    if (tp > 1 && info.tensor_split_dim >= 0) {
+      WeightSharding ws = WeightSharding::tensor_parallel(info.kind, static_cast<int>(cfg.heads),
+                                                          static_cast<int>(cfg.head_dim()));
+      try {
+        ws.validate(info.shape, tp);
+      } catch (const InputError& e) {
+        throw InputError(info.name + ": tensor axis of size " + std::to_string(tp) + ": " + e.what());
+      }
+      p.tensor_dim = info.tensor_split_dim;
+    }
+    if (p.is_expert_weight && ep > 1) {
+      SHARDFLOW_REQUIRE_INPUT(ep <= cfg.experts, info.name, ": expert axis of size ", ep, " but only ", cfg.experts,
+                              " experts");
+      p.expert_dim = 0;
+    }
+    p.unit = info.layer >= 0 ? 1 + info.layer
+                             : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
+    p.stage = info.layer >= 0 ? layer_chunk_[static_cast<size_t>(info.layer)] % pp : model.stage_of(info, pp);
+    if (zero_n > 1 && info.numel() >= options.fsdp_min_weight_size) {
+      std::vector<bool> excluded(info.view_shape.size(), false);
+      if (p.tensor_dim >= 0) excluded[static_cast<size_t>(p.tensor_dim)] = true;
+      if (p.expert_dim >= 0) excluded[static_cast<size_t>(p.expert_dim)] = true;
+      p.zero_dim = FSDPStrategy::choose_shard_dim(info.view_shape, zero_n, excluded);
+    }
+    index_[info.name] = params_.size();
+    params_.push_back(std::move(p));
+  }
+}
+
+const ParamPlacement& LayoutPlan::param(const std::string& name) const {
+  auto it = index_.find(name);
+  SHARDFLOW_REQUIRE_INPUT(it != index_.end(), "no parameter named '", name, "' in the model");
+  return params_[it->second];
+}
+
+PartitionSpec LayoutPlan::spec(const ParamPlacement& p, TensorRole role) const {
+  PartitionSpec s = PartitionSpec::replicated(p.info.view_shape.size());
+  if (p.tensor_dim >= 0) s[static_cast<size_t>(p.tensor_dim)] = {axis::tensor};
+  if (p.expert_dim >= 0) s[static_cast<size_t>(p.expert_dim)] = {axis::expert};
+  const int need = role == TensorRole::Param ? 3 : role == TensorRole::Grad ? 2 : 1;
+  if (p.zero_sharded() && options_.zero_stage >= need) s[static_cast<size_t>(p.zero_dim)] = groups_.zero;
+  return s;
+}
+
+Layout LayoutPlan::layout(const ParamPlacement& p, TensorRole role) const {
+  std::map<std::string, int> pinned;
+  if (mesh_.axis_size_or_1(axis::pipeline) > 1) pinned[axis::pipeline] = p.stage;
+  return Layout(p.info.view_shape, spec(p, role), mesh_, pinned);
+}
+
+std::string LayoutPlan::rule(const ParamPlacement& p) const {
+  std::vector<std::string> r;
+  if (p.tensor_dim >= 0) {
+    WeightSharding ws = WeightSharding::tensor_parallel(p.info.kind, static_cast<int>(model_.heads),
+                                                        static_cast<int>(model_.head_dim()));
+    r.push_back("tensor: " + ws.resolve().to_string() + " (view dim " + std::to_string(p.tensor_dim) + ")");
+  }
+  if (p.expert_dim >= 0) r.push_back("expert: experts (view dim 0)");
+  if (mesh_.axis_size_or_1(axis::pipeline) > 1) r.push_back("pipeline: stage " + std::to_string(p.stage));
+  if (!groups_.zero.empty()) {
+    if (p.zero_sharded())
+      r.push_back("zero(" + group_key(groups_.zero) + "): view dim " + std::to_string(p.zero_dim));
+    else if (p.info.numel() < options_.fsdp_min_weight_size)
+      r.push_back("zero: replicated (" + std::to_string(p.info.numel()) + " < fsdp_min_weight_size " +
+                  std::to_string(options_.fsdp_min_weight_size) + ")");
+    else
+      r.push_back("zero: replicated (no view dim left to split)");
+  }
+  std::string out;
+  for (size_t i = 0; i < r.size(); ++i) out += (i ? "; " : "") + r[i];
+  return out.empty() ? "replicated" : out;
+}
+
+// Mirrors the buffers Trainer::Impl::setup_params allocates (src/train/impl/trainer.cpp);
+// a test holds that the two agree on every rank of every mesh the suite trains.
+StateBytes LayoutPlan::state_bytes(int rank) const {
+  StateBytes b;
+  const int z = options_.zero_stage;
+  for (const auto& p : params_) {
+    const Layout tensor_box = layout(p, TensorRole::Param);  // zero split only at stage 3
+    if (!tensor_box.holds(rank)) continue;
+    const Layout opt = layout(p, TensorRole::OptimizerState);
+    const int64_t shard = opt.local_numel(rank);
+    // the tensor/expert box, or at ZeRO-3 its shard (the Param role is zero-split only there)
+    const int64_t local = tensor_box.local_numel(rank);
+    // dims before the zero dim are not zero-split: O = their product over the tensor box
+    const Box box = tensor_box.box(rank);
+    const bool outer = p.zero_sharded() && prod(box.extent, 0, static_cast<size_t>(p.zero_dim)) > 1;
+    int64_t params = local, grads = local;
+    if (p.zero_sharded()) {
+      if (z == 2) grads += shard;                 // the reduce-scattered gradient shard beside the full gradient
+      if (z <= 2 && outer) params += shard;       // contiguous parameter shard for the update
+      if (z == 1 && outer) grads += shard;        // contiguous gradient shard for the update
+    }
+    b.params += params * 4;
+    b.grads += grads * 4;
+    b.optimizer += 2 * shard * 4;
+  }
+  return b;
+}
+
+}  // namespace shardflow::parallel

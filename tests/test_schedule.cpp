@@ -1,0 +1,124 @@
+// Pipeline schedules (src/compile/schedule.hpp) alone: each stage runs every forward and
+// backward exactly once, a backward after its forward; 1F1B warms up p − s − 1 forwards
+// and keeps at most p micro-batches in flight; the interleaved order matches Megatron's on a
+// hand-written case; and executing every stage's order against the cross-stage dependencies
+// (forward of chunk c needs chunk c − 1's, backward of c needs c + 1's) never deadlocks.
+#include <gtest/gtest.h>
+
+#include <set>
+#include <tuple>
+
+#include "compile/schedule.hpp"
+#include "core/error.hpp"
+
+using namespace shardflow;
+using compile::PipelineStep;
+
+namespace {
+
+// Runs all stages' orders round-robin, each step once its inputs exist; true when all finish.
+bool runs_to_completion(PipelineSchedule kind, int p, int m, int v) {
+  std::vector<std::vector<PipelineStep>> order;
+  for (int s = 0; s < p; ++s) order.push_back(compile::pipeline_schedule(kind, p, s, m, v));
+  std::vector<size_t> next(static_cast<size_t>(p), 0);
+  std::set<std::tuple<bool, int, int>> done;  // (forward, global chunk, micro-batch)
+  const int chunks = p * v;
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int s = 0; s < p; ++s) {
+      auto& k = next[static_cast<size_t>(s)];
+      if (k == order[static_cast<size_t>(s)].size()) continue;
+      const PipelineStep st = order[static_cast<size_t>(s)][k];
+      const int gc = st.chunk * p + s;
+      bool ready;
+      if (st.forward)
+        ready = gc == 0 || done.count({true, gc - 1, st.micro_batch});
+      else
+        ready = done.count({true, gc, st.micro_batch}) &&
+                (gc == chunks - 1 || done.count({false, gc + 1, st.micro_batch}));
+      if (!ready) continue;
+      done.insert({st.forward, gc, st.micro_batch});
+      ++k;
+      progress = true;
+    }
+  }
+  for (int s = 0; s < p; ++s)
+    if (next[static_cast<size_t>(s)] != order[static_cast<size_t>(s)].size()) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST(Schedule, EveryStepOnceAndBackwardAfterForward) {
+  for (auto kind : {PipelineSchedule::GPipe, PipelineSchedule::OneFOneB})
+    for (int p : {1, 2, 3, 4})
+      for (int v : {1, 2, 3})
+        for (int m : {1, 2, 4, 8, 12}) {
+          if (v > 1 && (kind == PipelineSchedule::GPipe || m % p != 0)) continue;
+          for (int s = 0; s < p; ++s) {
+            const auto steps = compile::pipeline_schedule(kind, p, s, m, v);
+            const int vv = kind == PipelineSchedule::GPipe ? 1 : v;
+            ASSERT_EQ(steps.size(), static_cast<size_t>(2 * m * vv)) << p << " " << v << " " << m;
+            std::set<std::pair<int, int>> fwd, bwd;
+            for (const auto& st : steps) {
+              ASSERT_GE(st.micro_batch, 0);
+              ASSERT_LT(st.micro_batch, m);
+              if (st.forward) {
+                EXPECT_TRUE(fwd.insert({st.chunk, st.micro_batch}).second);
+              } else {
+                EXPECT_TRUE(fwd.count({st.chunk, st.micro_batch})) << "backward before forward";
+                EXPECT_TRUE(bwd.insert({st.chunk, st.micro_batch}).second);
+              }
+            }
+            EXPECT_EQ(fwd.size(), bwd.size());
+          }
+        }
+}
+
+TEST(Schedule, OneFOneBWarmUpAndInFlight) {
+  const int p = 4, m = 8;
+  for (int s = 0; s < p; ++s) {
+    const auto steps = compile::pipeline_schedule(PipelineSchedule::OneFOneB, p, s, m);
+    int warm = 0;
+    while (steps[static_cast<size_t>(warm)].forward) ++warm;
+    EXPECT_EQ(warm, p - s - 1 + 1) << "stage " << s;  // the warm-up, then the first 1F of 1F1B
+    EXPECT_EQ(compile::in_flight(steps, 1)[0], p - s) << "stage " << s;
+  }
+  const auto g = compile::pipeline_schedule(PipelineSchedule::GPipe, p, 0, m);
+  EXPECT_EQ(compile::in_flight(g, 1)[0], m);
+}
+
+TEST(Schedule, InterleavedMatchesMegatronOnAHandWrittenCase) {
+  // p = 2, v = 2, m = 2, stage 0: four warm-up forwards (chunks 0, 0, 1, 1), then the
+  // backwards from the last chunk back.
+  const std::vector<PipelineStep> want = {{true, 0, 0},  {true, 0, 1},  {true, 1, 0},  {true, 1, 1},
+                                          {false, 1, 0}, {false, 1, 1}, {false, 0, 0}, {false, 0, 1}};
+  EXPECT_EQ(compile::pipeline_schedule(PipelineSchedule::OneFOneB, 2, 0, 2, 2), want);
+  // stage 1: two warm-up forwards, then 1F1B
+  const std::vector<PipelineStep> want1 = {{true, 0, 0},  {true, 0, 1},  {true, 1, 0},  {false, 1, 0},
+                                           {true, 1, 1},  {false, 1, 1}, {false, 0, 0}, {false, 0, 1}};
+  EXPECT_EQ(compile::pipeline_schedule(PipelineSchedule::OneFOneB, 2, 1, 2, 2), want1);
+}
+
+TEST(Schedule, NoScheduleDeadlocks) {
+  for (auto kind : {PipelineSchedule::GPipe, PipelineSchedule::OneFOneB})
+    for (int p : {1, 2, 3, 4})
+      for (int m : {1, 2, 4, 8})
+        EXPECT_TRUE(runs_to_completion(kind, p, m, 1)) << schedule_name(kind) << " p " << p << " m " << m;
+  for (int p : {2, 3, 4})
+    for (int v : {2, 3})
+      for (int m : {p, 2 * p, 4 * p})
+        EXPECT_TRUE(runs_to_completion(PipelineSchedule::OneFOneB, p, m, v)) << "p " << p << " v " << v << " m " << m;
+}
+
+TEST(Schedule, BadSizesNameTheValue) {
+  EXPECT_THROW(compile::pipeline_schedule(PipelineSchedule::OneFOneB, 0, 0, 4), InputError);
+  EXPECT_THROW(compile::pipeline_schedule(PipelineSchedule::OneFOneB, 2, 2, 4), InputError);
+  EXPECT_THROW(compile::pipeline_schedule(PipelineSchedule::OneFOneB, 2, 0, 0), InputError);
+  try {
+    compile::pipeline_schedule(PipelineSchedule::OneFOneB, 2, 0, 3, 2);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.micro_batches = 3"), std::string::npos) << e.what();
+  }
+}
