@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "core/error.hpp"
-#include "mesh/device_mesh_manager.hpp"
+#include "strategy/device_mesh_manager.hpp"
 #include "strategy/sharding_config.hpp"
 
 using namespace shardflow;

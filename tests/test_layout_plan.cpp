@@ -9,6 +9,7 @@
 
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
+#include "core/error.hpp"
 #include "mesh/mesh.hpp"
 #include "parallel/layout_plan.hpp"
 #include "support/test_util.hpp"

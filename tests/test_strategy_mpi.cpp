@@ -9,7 +9,7 @@
 #include <random>
 
 #include "core/error.hpp"
-#include "mesh/device_mesh_manager.hpp"
+#include "strategy/device_mesh_manager.hpp"
 #include "model/model_description.hpp"
 #include "parallel/layout_plan.hpp"
 #include "strategy/sharding_strategy.hpp"

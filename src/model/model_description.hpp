@@ -17,7 +17,7 @@
 
 #include "layout/layout.hpp"
 #include "model/model_config.hpp"
-#include "strategy/weight_sharding.hpp"
+#include "model/param_kind.hpp"
 
 namespace shardflow {
 

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "config/deck.hpp"
-#include "mesh/device_mesh_manager.hpp"
+#include "strategy/device_mesh_manager.hpp"
 #include "model/model_description.hpp"
 
 namespace shardflow {

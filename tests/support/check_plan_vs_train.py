@@ -2,10 +2,11 @@
 """`shardflow plan DECK --json` reports, for the deck's own configuration, exactly the per-rank
 parameter, gradient and optimizer bytes that `shardflow train --summary` reports in
 memory_bytes_rank0 (issue 11). Usage: check_plan_vs_train.py MPIEXEC APP DECK WORKDIR"""
-import json, os, subprocess, sys
+import json, os, shutil, subprocess, sys
 
 mpiexec, app, deck, work = sys.argv[1:5]
-os.makedirs(work, exist_ok=True)
+shutil.rmtree(work, ignore_errors=True)  # a rerun starts afresh (train refuses a used checkpoint.dir)
+os.makedirs(work)
 CASES = [  # (ranks, overrides)
     (2, ["mesh.data=2"]),
     (2, ["mesh.data=2", "strategy.zero_stage=1"]),

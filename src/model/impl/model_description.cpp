@@ -5,7 +5,8 @@
 #include <sstream>
 
 #include "core/error.hpp"
-#include "strategy/sharding_strategy.hpp"
+#include "strategy/sharding_strategy.hpp"  // PipelineParallelStrategy (stage_of)
+#include "strategy/weight_sharding.hpp"    // the per-kind view shapes
 
 namespace shardflow {
 

@@ -4,33 +4,6 @@
 
 namespace shardflow {
 
-std::string param_kind_name(ParamKind k) {
-  switch (k) {
-    case ParamKind::Embedding:
-      return "embedding";
-    case ParamKind::PosEmbedding:
-      return "pos_embedding";
-    case ParamKind::NormGain:
-      return "norm_gain";
-    case ParamKind::StackedQkv:
-      return "stacked_qkv";
-    case ParamKind::AttentionOut:
-      return "attention_out";
-    case ParamKind::GateUp:
-      return "gate_up";
-    case ParamKind::Down:
-      return "down";
-    case ParamKind::LmHead:
-      return "lm_head";
-    case ParamKind::Router:
-      return "router";
-    case ParamKind::ExpertGateUp:
-      return "expert_gate_up";
-    case ParamKind::ExpertDown:
-      return "expert_down";
-  }
-  throw Error("param_kind_name: invalid ParamKind " + std::to_string(static_cast<int>(k)));
-}
 
 WeightSharding WeightSharding::replicate() { return WeightSharding(Kind::Replicate, 0, 0, 0); }
 WeightSharding WeightSharding::rowwise() { return WeightSharding(Kind::Rowwise, 0, 0, 0); }

@@ -1,4 +1,4 @@
-#include "mesh/device_mesh_manager.hpp"
+#include "strategy/device_mesh_manager.hpp"
 
 #include <algorithm>
 #include <cctype>
