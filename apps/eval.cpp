@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "comm/control.hpp"
 #include "ckpt/checkpoint.hpp"
 #include "command.hpp"
 #include "config/deck.hpp"
@@ -24,8 +25,7 @@ struct EvalOptions {
 
 int run_eval(const EvalOptions& o) {
   const int rank = app::world_rank();
-  int world = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  const int world = comm::Control::world().size();
   SHARDFLOW_REQUIRE_INPUT(o.batch >= 1, "--batch ", o.batch, " must be >= 1");
   const std::string dir = ckpt::resolve_checkpoint_dir(o.resume);
   const auto manifest = ckpt::read_manifest(dir);
@@ -73,8 +73,7 @@ int run_eval(const EvalOptions& o) {
     auto tg_b = Kokkos::subview(tg, std::make_pair<size_t, size_t>(0, static_cast<size_t>(b * S)));
     sum += model.forward(in_b, tg_b) * static_cast<double>(b * S);
   }
-  double total = 0;
-  MPI_Allreduce(&sum, &total, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  const double total = comm::Control::world().sum(sum);
   const double loss = total / static_cast<double>(nseq * S);
   if (rank == 0) {
     std::printf("eval: checkpoint %s (step %lld) on %s: loss %.6f over %lld sequences (%lld tokens)\n", dir.c_str(),

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "command.hpp"
+#include "comm/control.hpp"
 #include "core/error.hpp"
 
 namespace shardflow::app {
@@ -21,35 +22,15 @@ std::vector<Command>& commands() {
   return c;
 }
 
-int world_rank() {
-  int init = 0, r = 0;
-  MPI_Initialized(&init);
-  if (init) MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+int world_rank() { return comm::world_rank(); }
 
 namespace {
-
-/// Waits up to `seconds` for every rank to reach the same failure point. Returns true when
-/// all did (a collective failure: clean exit possible), false otherwise.
-bool all_ranks_failed(double seconds) {
-  MPI_Request req;
-  MPI_Ibarrier(MPI_COMM_WORLD, &req);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  int done = 0;
-  while (!done && std::chrono::steady_clock::now() < deadline) {
-    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-    if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return done != 0;
-}
-
 }  // namespace
 }  // namespace shardflow::app
 
 int main(int argc, char** argv) {
   using namespace shardflow;
-  MPI_Init(&argc, &argv);
+  comm::mpi_init(argc, argv);
   shardflow::limit_blas_threads();
   const int rank = app::world_rank();
   CLI::App cli{"shardflow: sharded large-model training on MPI ranks (Kokkos kernels, MPI/NCCL collectives)"};
@@ -71,7 +52,7 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
       if (rank == 0) rc = cli.exit(e);
       else rc = e.get_exit_code();
-      MPI_Finalize();
+      comm::mpi_finalize();
       return rc;
     }
     Kokkos::initialize(argc, argv);
@@ -87,16 +68,16 @@ int main(int argc, char** argv) {
     message = e.what();
   }
   if (failed) {
-    bool collective = app::all_ranks_failed(3.0);
+    bool collective = comm::all_ranks_arrive(3.0);
     if (rank == 0 || !collective) {
       if (collective) std::fprintf(stderr, "shardflow: error: %s\n", message.c_str());
       else std::fprintf(stderr, "shardflow: error on rank %d: %s\n", rank, message.c_str());
       std::fflush(stderr);
     }
-    if (!collective) MPI_Abort(MPI_COMM_WORLD, 1);
-    MPI_Finalize();
+    if (!collective) comm::mpi_abort(1);
+    comm::mpi_finalize();
     return 1;
   }
-  MPI_Finalize();
+  comm::mpi_finalize();
   return rc;
 }

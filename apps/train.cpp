@@ -17,6 +17,7 @@
 #include "ckpt/checkpoint.hpp"
 #include "command.hpp"
 #include "train_state.hpp"
+#include "comm/control.hpp"
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
 #include "core/error.hpp"
@@ -88,8 +89,8 @@ std::string human_time(double s) {
 
 int run_train(const TrainOptions& o) {
   const int rank = app::world_rank();
-  int world = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  const comm::Control control = comm::Control::world();
+  const int world = control.size();
   Deck deck = load_deck(o.deck, o.overrides);
   check_world_size(deck, world);
   Mesh mesh(deck.mesh.to_mesh_shape());
@@ -141,7 +142,7 @@ int run_train(const TrainOptions& o) {
   double peak = o.peak_gflops;
   if (peak <= 0) {
     double local = measure_sgemm_gflops();
-    MPI_Allreduce(&local, &peak, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+    peak = control.min(local);
   }
   graph::ChromeTraceObserver tracer(rank);
   if (!o.trace_dir.empty()) trainer.executor().add_observer(&tracer);
@@ -168,9 +169,9 @@ int run_train(const TrainOptions& o) {
     last_loss = st.loss;
     // slowest rank's time and the largest footprint decide what the job sees
     double t_local[3] = {st.step_time_s, st.comm_wait_s, st.compute_s}, t_max[3];
-    MPI_Allreduce(t_local, t_max, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    int64_t rss = max_rss_bytes(), rss_max = 0;
-    MPI_Allreduce(&rss, &rss_max, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
+    std::copy(t_local, t_local + 3, t_max);
+    control.max(t_max, 3);
+    const int64_t rss_max = control.max(static_cast<int64_t>(max_rss_bytes()));
     const double tps = static_cast<double>(deck.train.global_batch * deck.model.seq) / t_max[0];
     steps.push_back({{"step", st.step}, {"loss", st.loss}, {"step_time_s", t_max[0]}, {"tokens_per_s", tps},
                      {"comm_wait_s", t_max[1]}, {"compute_s", t_max[2]},
@@ -192,8 +193,7 @@ int run_train(const TrainOptions& o) {
       std::fflush(stdout);
     }
     if (deck.checkpoint.every > 0 && trainer.step() % deck.checkpoint.every == 0) save();
-    int sig = static_cast<int>(g_stop_signal), any_sig = 0;
-    MPI_Allreduce(&sig, &any_sig, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    const int any_sig = control.max(static_cast<int>(g_stop_signal));
     if (any_sig) {
       save();
       if (checkpointer) checkpointer->wait();
@@ -207,12 +207,8 @@ int run_train(const TrainOptions& o) {
   if (trainer.step() > 0) save();
   if (checkpointer) checkpointer->wait();
   if (!o.trace_dir.empty()) tracer.write(o.trace_dir + "/trace.rank" + std::to_string(rank) + ".json");
-  std::vector<int64_t> peaks(static_cast<size_t>(world));
-  int64_t rss = max_rss_bytes();
-  MPI_Gather(&rss, 1, MPI_INT64_T, peaks.data(), 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
-  std::vector<int64_t> states(static_cast<size_t>(world));
-  int64_t ms = mem.model_state();
-  MPI_Gather(&ms, 1, MPI_INT64_T, states.data(), 1, MPI_INT64_T, 0, MPI_COMM_WORLD);
+  const std::vector<int64_t> peaks = control.gather(static_cast<int64_t>(max_rss_bytes()), 0);
+  const std::vector<int64_t> states = control.gather(static_cast<int64_t>(mem.model_state()), 0);
   if (rank == 0 && !o.summary.empty()) {
     nlohmann::json j;
     j["deck"] = o.deck;

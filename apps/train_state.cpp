@@ -2,6 +2,7 @@
 
 #include <map>
 
+#include "comm/control.hpp"
 #include "comm/comm_set.hpp"
 #include "core/error.hpp"
 #include "model/model_description.hpp"
@@ -48,8 +49,7 @@ void reshard_checkpoint(const std::string& dir, const std::string& out, const st
   SHARDFLOW_REQUIRE_INPUT(it != manifest.meta.strings.end(), "checkpoint ", step_dir,
                           " has no deck in its metadata: it was not written by `shardflow train`");
   const Deck deck = parse_deck(it->second, step_dir + "/manifest.json (deck)", ".", overrides);
-  int world = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  const int world = comm::Control::world().size();
   check_world_size(deck, world);
   Mesh mesh(deck.mesh.to_mesh_shape());
   comm::CommSet comms(mesh, comm::Backend::Mpi);

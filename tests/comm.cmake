@@ -7,3 +7,5 @@ if(SHARDFLOW_ENABLE_NCCL)
   shardflow_add_test(test_comm_nccl MPI NP 1 LABELS gpu)
   set_tests_properties(test_comm_nccl_np_1 PROPERTIES SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]")
 endif()
+# comm::Control: the control-plane messages the checkpoints, verify and the CLI use.
+shardflow_add_test(test_control MPI)

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "ckpt/manifest.hpp"
+#include "comm/control.hpp"
 #include "core/dtype.hpp"
 #include "layout/layout.hpp"
 
@@ -79,7 +80,7 @@ class Checkpointer {
   struct Pending;
   void commit(Pending& p);
   void retire(std::int64_t newest_step);  // rank 0: retention and leftovers
-  MPI_Comm comm_;
+  comm::Control control_;  // a private duplicate of the caller's communicator
   std::string root_;
   SaveOptions opts_;
   std::unique_ptr<Pending> pending_;

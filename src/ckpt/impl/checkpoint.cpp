@@ -26,16 +26,8 @@ using nlohmann::json;
 
 namespace {
 
-int comm_rank(MPI_Comm c) {
-  int r = 0;
-  CHECK_MPI(MPI_Comm_rank(c, &r));
-  return r;
-}
-int comm_size(MPI_Comm c) {
-  int s = 0;
-  CHECK_MPI(MPI_Comm_size(c, &s));
-  return s;
-}
+int comm_rank(MPI_Comm c) { return comm::Control(c).rank(); }
+int comm_size(MPI_Comm c) { return comm::Control(c).size(); }
 
 std::string step_dir_name(std::int64_t step) {
   char b[32];
@@ -189,29 +181,6 @@ json records_to_json(const std::vector<ShardJob>& jobs, const FileRecord& file, 
   return out;
 }
 
-/// Rank 0 receives one string from every rank (its own included), in rank order; the others
-/// return after sending (an empty vector).
-std::vector<std::string> send_to_root(MPI_Comm comm, const std::string& s) {
-  constexpr int kTag = 7301;
-  const int size = comm_size(comm), rank = comm_rank(comm);
-  std::vector<std::string> out;
-  if (rank != 0) {
-    CHECK_MPI(MPI_Send(s.data(), static_cast<int>(s.size()), MPI_CHAR, 0, kTag, comm));
-    return out;
-  }
-  out.push_back(s);
-  for (int r = 1; r < size; ++r) {
-    MPI_Status st;
-    CHECK_MPI(MPI_Probe(r, kTag, comm, &st));
-    int n = 0;
-    CHECK_MPI(MPI_Get_count(&st, MPI_CHAR, &n));
-    std::string m(static_cast<size_t>(n), '\0');
-    CHECK_MPI(MPI_Recv(m.data(), n, MPI_CHAR, r, kTag, comm, MPI_STATUS_IGNORE));
-    out.push_back(std::move(m));
-  }
-  return out;
-}
-
 void remove_quietly(const std::string& p) {
   std::error_code ec;
   fs::remove_all(p, ec);
@@ -242,40 +211,31 @@ struct Checkpointer::Pending {
 };
 
 Checkpointer::Checkpointer(MPI_Comm comm, std::string root, SaveOptions options)
-    : root_(std::move(root)), opts_(options) {
+    : control_(comm::Control::duplicate(comm)), root_(std::move(root)), opts_(options) {
   SHARDFLOW_REQUIRE_INPUT(!root_.empty(), "Checkpointer: empty checkpoint directory");
   SHARDFLOW_REQUIRE_INPUT(opts_.keep >= 0, "Checkpointer: keep = ", opts_.keep, " must be >= 0");
   SHARDFLOW_REQUIRE_INPUT(opts_.block_bytes >= 1, "Checkpointer: block_bytes = ", opts_.block_bytes, " must be >= 1");
-  // a communicator of its own: the shard records travel point to point on it, apart from
-  // any message of the caller's
-  CHECK_MPI(MPI_Comm_dup(comm, &comm_));
+  // control_ is a communicator of its own: the shard records travel point to point on it,
+  // apart from any message of the caller's
   std::string err;
-  if (comm_rank(comm_) == 0) {
+  if (comm_rank(control_.handle()) == 0) {
     std::error_code ec;
     fs::create_directories(root_, ec);
     if (ec || !fs::is_directory(root_)) err = concat("Checkpointer: cannot create directory '", root_, "': ", ec.message());
   }
-  try {
-    detail::agree(comm_, err);
-  } catch (...) {
-    MPI_Comm_free(&comm_);
-    throw;
-  }
+  detail::agree(control_.handle(), err);
 }
 
 Checkpointer::~Checkpointer() {
   if (pending_) pending_->join();
   if (cleaner_.joinable()) cleaner_.join();
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized) MPI_Comm_free(&comm_);
 }
 
 bool Checkpointer::pending() const { return pending_ != nullptr; }
 
 std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Metadata& meta) {
   wait();
-  const int rank = comm_rank(comm_), size = comm_size(comm_);
+  const int rank = comm_rank(control_.handle()), size = comm_size(control_.handle());
   auto p = std::make_unique<Pending>();
   p->step = meta.step;
   p->final_dir = detail::join(root_, step_dir_name(meta.step));
@@ -350,7 +310,7 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
   }
   if (opts_.async) {
     try {
-      detail::agree(comm_, err);
+      detail::agree(control_.handle(), err);
     } catch (...) {
       if (rank == 0) remove_quietly(p->tmp_dir);
       throw;
@@ -416,7 +376,7 @@ void Checkpointer::wait() {
 }
 
 void Checkpointer::commit(Pending& p) {
-  const int rank = comm_rank(comm_);
+  const int rank = comm_rank(control_.handle());
   // The critical path: (1) rank 0 receives every rank's shard records (or error);
   // (2) every rank fsyncs its shard file while rank 0 writes and fsyncs the manifest and the
   // temporary directory; (3) all agree that everything is durable; (4) rank 0 renames the
@@ -426,7 +386,7 @@ void Checkpointer::commit(Pending& p) {
   json mine = records_to_json(p.jobs, p.file, rank);
   if (!p.error.empty()) mine["error"] = p.error;
   // point to point rather than a gather: no rank waits for rank 0 here
-  std::vector<std::string> recs = send_to_root(comm_, mine.dump());
+  std::vector<std::string> recs = control_.gather(mine.dump(), 0);
 
   std::string err;
   std::thread shard_sync;
@@ -504,7 +464,7 @@ void Checkpointer::commit(Pending& p) {
   if (p.latest_thread.joinable()) p.latest_thread.join();
   if (err.empty() && !p.latest_error.empty()) err = concat("checkpoint save: ", p.latest_error);
   try {
-    detail::agree(comm_, err);
+    detail::agree(control_.handle(), err);
   } catch (...) {
     if (rank == 0) {
       remove_quietly(p.tmp_dir);
@@ -529,7 +489,7 @@ void Checkpointer::commit(Pending& p) {
     }
     if (err.empty()) retire(p.step);
   }
-  detail::agree(comm_, err);
+  detail::agree(control_.handle(), err);
 }
 
 void Checkpointer::retire(std::int64_t newest_step) {

@@ -15,32 +15,17 @@
 #include "ckpt/checksum.hpp"
 #include "core/half.hpp"
 #include "core/mpi_check.hpp"
+#include "comm/control.hpp"
 #include "kernels/pack.hpp"
 
 namespace shardflow::ckpt::detail {
 
 namespace fs = std::filesystem;
 
-void agree(MPI_Comm comm, const std::string& local_error) {
-  int rank = 0;
-  CHECK_MPI(MPI_Comm_rank(comm, &rank));
-  int mine = local_error.empty() ? INT_MAX : rank, first = INT_MAX;
-  CHECK_MPI(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
-  if (first == INT_MAX) return;
-  std::string msg = bcast_string(comm, local_error, first);
-  int size = 1;
-  CHECK_MPI(MPI_Comm_size(comm, &size));
-  if (size > 1) msg = ::shardflow::detail::concat(msg, " (rank ", first, ")");
-  throw InputError(msg);
-}
+void agree(MPI_Comm comm, const std::string& local_error) { comm::Control(comm).agree(local_error); }
 
 std::string bcast_string(MPI_Comm comm, const std::string& s, int root) {
-  long long n = static_cast<long long>(s.size());
-  CHECK_MPI(MPI_Bcast(&n, 1, MPI_LONG_LONG, root, comm));
-  std::string out = s;
-  out.resize(static_cast<size_t>(n));
-  if (n > 0) CHECK_MPI(MPI_Bcast(out.data(), static_cast<int>(n), MPI_CHAR, root, comm));
-  return out;
+  return comm::Control(comm).broadcast(s, root);
 }
 
 void fsync_path(const std::string& path, bool directory) {

@@ -1,5 +1,7 @@
 #include "ckpt/tools.hpp"
 
+#include "comm/control.hpp"
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -48,9 +50,8 @@ std::string describe(const std::string& path) {
 }
 
 VerifyReport verify(MPI_Comm comm, const std::string& path) {
-  int rank = 0, size = 1;
-  CHECK_MPI(MPI_Comm_rank(comm, &rank));
-  CHECK_MPI(MPI_Comm_size(comm, &size));
+  const comm::Control control(comm);
+  const int rank = control.rank(), size = control.size();
   std::string err, dir, text;
   if (rank == 0) {
     try {
@@ -111,8 +112,8 @@ VerifyReport verify(MPI_Comm comm, const std::string& path) {
         }
       }
   }
-  std::int64_t sums[3];
-  CHECK_MPI(MPI_Allreduce(counts, sums, 3, MPI_INT64_T, MPI_SUM, comm));
+  std::int64_t sums[3] = {counts[0], counts[1], counts[2]};
+  control.sum(sums, 3);
   rep.shards = sums[0];
   rep.blocks = sums[1];
   rep.bytes = sums[2];
@@ -149,8 +150,7 @@ Shape parse_shape(const std::string& text, const std::string& what) {
 }
 
 void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_h5, bool include_all) {
-  int rank = 0;
-  CHECK_MPI(MPI_Comm_rank(comm, &rank));
+  const int rank = comm::Control(comm).rank();
   std::string err;
   if (rank == 0) {
     std::string tmp = out_h5 + ".tmp";

@@ -1,5 +1,7 @@
 #include "graph/verify.hpp"
 
+#include "comm/control.hpp"
+
 #include <algorithm>
 #include <sstream>
 
@@ -51,23 +53,7 @@ std::vector<std::string> split_lines(const std::string& s) {
 
 /// Gathers one string from every rank of `comm` (in comm rank order).
 std::vector<std::string> allgather_strings(const std::string& mine, MPI_Comm comm) {
-  int n = 0;
-  CHECK_MPI(MPI_Comm_size(comm, &n));
-  int len = static_cast<int>(mine.size());
-  std::vector<int> lens(static_cast<size_t>(n)), displs(static_cast<size_t>(n));
-  CHECK_MPI(MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm));
-  int total = 0;
-  for (int i = 0; i < n; ++i) {
-    displs[static_cast<size_t>(i)] = total;
-    total += lens[static_cast<size_t>(i)];
-  }
-  std::string all(static_cast<size_t>(total), '\0');
-  CHECK_MPI(MPI_Allgatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, comm));
-  std::vector<std::string> out;
-  for (int i = 0; i < n; ++i)
-    out.push_back(all.substr(static_cast<size_t>(displs[static_cast<size_t>(i)]),
-                             static_cast<size_t>(lens[static_cast<size_t>(i)])));
-  return out;
+  return comm::Control(comm).all_gather(mine);
 }
 
 std::string describe(const CollectiveDesc& d) {
@@ -175,14 +161,10 @@ void verify(const TaskGraph& g, const Mesh& mesh) {
     }
   }
   // Agree on the outcome: the lowest failing rank's message goes to everyone.
-  int failing = error.empty() ? shape.size() : me, first = 0;
-  CHECK_MPI(MPI_Allreduce(&failing, &first, 1, MPI_INT, MPI_MIN, mesh.world()));
+  const comm::Control world(mesh.world());
+  const int first = world.min(error.empty() ? shape.size() : me);
   if (first == shape.size()) return;
-  int len = static_cast<int>(error.size());
-  CHECK_MPI(MPI_Bcast(&len, 1, MPI_INT, first, mesh.world()));
-  error.resize(static_cast<size_t>(len));
-  CHECK_MPI(MPI_Bcast(error.data(), len, MPI_CHAR, first, mesh.world()));
-  throw Error(error);
+  throw Error(world.broadcast(error, first));
 }
 
 }  // namespace shardflow::graph
