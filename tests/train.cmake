@@ -39,3 +39,12 @@ set_tests_properties(plan_matches_train_np_4 PROPERTIES LABELS "mpi;train" TIMEO
 # The distributed step on 10 meshes against the independent serial model (nn::GptModel + serial AdamW).
 shardflow_add_test(test_serial_reference MPI TIMEOUT 600)
 target_compile_definitions(test_serial_reference PRIVATE SHARDFLOW_CORPUS="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")
+# The seeds' examples train through ShardingConfig / ParallelismConfig and agree with the deck path.
+foreach(_ex quick_start tensor_parallel)
+  add_test(NAME seed_example_${_ex}_np_2 COMMAND ${MPIEXEC_EXECUTABLE} -n 2 $<TARGET_FILE:seed_examples> ${_ex}
+    ${PROJECT_SOURCE_DIR}/inputs/quickstart.toml)
+  set_tests_properties(seed_example_${_ex}_np_2 PROPERTIES LABELS "mpi;train" TIMEOUT 300 PROCESSORS 2)
+endforeach()
+add_test(NAME seed_example_multi_dim_np_4 COMMAND ${MPIEXEC_EXECUTABLE} -n 4 $<TARGET_FILE:seed_examples> multi_dim
+  ${PROJECT_SOURCE_DIR}/inputs/quickstart.toml)
+set_tests_properties(seed_example_multi_dim_np_4 PROPERTIES LABELS "mpi;train" TIMEOUT 300 PROCESSORS 4)

@@ -11,6 +11,7 @@
 
 #include "core/dtype.hpp"
 #include "mesh/mesh_shape.hpp"
+#include "strategy/sharding_config.hpp"
 #include "model/model_config.hpp"
 
 namespace shardflow {
@@ -77,6 +78,12 @@ struct Deck {
   /// Sequences per micro-batch on one rank.
   int64_t micro_batch_size() const { return train.global_batch / (data_parallel_size() * train.micro_batches); }
 };
+
+/// The deck `base` on the mesh of a ParallelismConfig (the seeds' API: Quick Start, Tensor
+/// Parallel Setup, Multi-Dimensional Parallelism). sharding_config.fsdp_enabled selects
+/// ZeRO-3 when base's zero_stage is 0, and fsdp_min_weight_size is taken from it. The result
+/// is validated like a deck file (InputError naming the key and the value).
+Deck deck_from_parallelism_config(const ParallelismConfig& config, const Deck& base);
 
 /// Reads and validates a deck file. Overrides are "section.key=value".
 Deck load_deck(const std::string& path, const std::vector<std::string>& overrides = {});

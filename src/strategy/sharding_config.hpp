@@ -45,8 +45,11 @@ struct ParallelismConfig {
   bool is_valid() const;
   /// Why is_valid() is false ("" when valid).
   std::string invalid_reason() const;
-  /// The MeshShape (throws InputError when invalid).
+  /// The MeshShape (throws InputError when invalid). Artifex's axis name "model" is the
+  /// tensor-parallel axis: it becomes `tensor`.
   MeshShape to_mesh_shape() const;
+  /// mesh_axis_names with "model" read as "tensor".
+  std::vector<std::string> canonical_axis_names() const;
 };
 
 }  // namespace shardflow

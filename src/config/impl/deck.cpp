@@ -15,6 +15,8 @@
 #include "core/error.hpp"
 #include "model/model_description.hpp"
 #include "parallel/layout_plan.hpp"
+#include "strategy/sharding_config.hpp"
+#include "mesh/axes.hpp"
 
 namespace shardflow {
 
@@ -436,16 +438,41 @@ class DeckBuilder {
 std::string schedule_name(PipelineSchedule s) { return s == PipelineSchedule::GPipe ? "gpipe" : "1f1b"; }
 
 MeshShape MeshSection::to_mesh_shape() const {
-  std::vector<std::string> names{"data"};
-  std::vector<int> sizes{data};
-  const std::pair<const char*, int> rest[] = {
-      {"fsdp", fsdp}, {"pipeline", pipeline}, {"expert", expert}, {"tensor", tensor}};
-  for (const auto& a : rest)
-    if (a.second > 1) {
-      names.emplace_back(a.first);
-      sizes.push_back(a.second);
-    }
-  return MeshShape(names, sizes);
+  // the seeds' path: a ShardingConfig, its ParallelismConfig, that config's mesh; a deck's
+  // mesh always has a data axis (of size 1 when nothing else is data parallel)
+  ShardingConfig sc;
+  sc.data_parallel_size = data;
+  sc.fsdp_parallel_size = fsdp;
+  sc.tensor_parallel_size = tensor;
+  sc.pipeline_parallel_size = pipeline;
+  sc.expert_parallel_size = expert;
+  ParallelismConfig pc = ParallelismConfig::from_sharding_config(sc);
+  if (pc.mesh_axis_names.front() != axis::data) {
+    pc.mesh_axis_names.insert(pc.mesh_axis_names.begin(), axis::data);
+    pc.mesh_shape.insert(pc.mesh_shape.begin(), 1);
+  }
+  return pc.to_mesh_shape();
+}
+
+Deck deck_from_parallelism_config(const ParallelismConfig& config, const Deck& base) {
+  const MeshShape shape = config.to_mesh_shape();  // InputError naming what is wrong
+  Deck d = base;
+  d.mesh = MeshSection{};
+  for (int i = 0; i < shape.ndim(); ++i) {
+    const std::string& n = shape.axis_names()[static_cast<size_t>(i)];
+    const int s = shape.sizes()[static_cast<size_t>(i)];
+    if (n == axis::data) d.mesh.data = s;
+    if (n == axis::fsdp) d.mesh.fsdp = s;
+    if (n == axis::tensor) d.mesh.tensor = s;
+    if (n == axis::pipeline) d.mesh.pipeline = s;
+    if (n == axis::expert) d.mesh.expert = s;
+  }
+  const ShardingConfig& sc = config.sharding_config;
+  // FSDP on: ZeRO-3 over the fsdp axis, or over data when there is no fsdp axis
+  if (sc.fsdp_enabled && d.strategy.zero_stage == 0) d.strategy.zero_stage = 3;
+  d.strategy.fsdp_min_weight_size = sc.fsdp_min_weight_size;
+  // every deck rule applies: the same validation as a deck file
+  return parse_deck(deck_to_toml(d), "ParallelismConfig(" + shape.to_string() + ")", ".");
 }
 
 std::string Deck::where(const std::string& key) const {

@@ -1,5 +1,7 @@
 #include "mesh/mesh_shape.hpp"
 
+#include "mesh/axes.hpp"
+
 #include <algorithm>
 
 #include "core/error.hpp"
@@ -7,7 +9,7 @@
 namespace shardflow {
 
 const std::vector<std::string>& known_axis_names() {
-  static const std::vector<std::string> names{"data", "fsdp", "tensor", "pipeline", "expert"};
+  static const std::vector<std::string> names{axis::data, axis::fsdp, axis::tensor, axis::pipeline, axis::expert};
   return names;
 }
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "core/error.hpp"
-#include "parallel/axes.hpp"
+#include "mesh/axes.hpp"
 
 namespace shardflow::parallel {
 

@@ -1,7 +1,7 @@
 #include "parallel/layout_plan.hpp"
 
 #include "core/error.hpp"
-#include "parallel/axes.hpp"
+#include "mesh/axes.hpp"
 #include "strategy/sharding_strategy.hpp"
 #include "strategy/weight_sharding.hpp"
 

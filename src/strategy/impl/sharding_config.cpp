@@ -1,5 +1,7 @@
 #include "strategy/sharding_config.hpp"
 
+#include "mesh/axes.hpp"
+
 #include <algorithm>
 #include <cmath>
 
@@ -61,11 +63,17 @@ ParallelismConfig ParallelismConfig::from_sharding_config(const ShardingConfig& 
   return p;
 }
 
+std::vector<std::string> ParallelismConfig::canonical_axis_names() const {
+  std::vector<std::string> out;
+  for (const auto& n : mesh_axis_names) out.push_back(axis::canonical(n));
+  return out;
+}
+
 std::string ParallelismConfig::invalid_reason() const {
   if (mesh_shape.size() != mesh_axis_names.size())
     return detail::concat("mesh has ", mesh_shape.size(), " sizes but ", mesh_axis_names.size(), " axis names");
   try {
-    MeshShape m(mesh_axis_names, mesh_shape);
+    MeshShape m(canonical_axis_names(), mesh_shape);
     sharding_config.validate();
     if (m.size() != sharding_config.get_total_device_count())
       return detail::concat("mesh ", m.to_string(), " has ", m.size(), " devices but the sharding config needs ",
@@ -81,7 +89,7 @@ bool ParallelismConfig::is_valid() const { return invalid_reason().empty(); }
 MeshShape ParallelismConfig::to_mesh_shape() const {
   const std::string why = invalid_reason();
   SHARDFLOW_REQUIRE_INPUT(why.empty(), "invalid parallelism config: ", why);
-  return MeshShape(mesh_axis_names, mesh_shape);
+  return MeshShape(canonical_axis_names(), mesh_shape);
 }
 
 }  // namespace shardflow

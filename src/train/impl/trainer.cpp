@@ -17,7 +17,7 @@
 #include "nn/moe.hpp"
 #include "optim/adamw.hpp"
 #include "compile/schedule.hpp"
-#include "parallel/axes.hpp"
+#include "mesh/axes.hpp"
 #include "parallel/layout_plan.hpp"
 #include "train/impl/shard_collectives.hpp"
 
