@@ -4,14 +4,26 @@
 // replica leader, every replica holding identical data).
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "core/error.hpp"
 #include "layout/layout.hpp"
 #include "strategy/host_tensor.hpp"
 
 namespace shardflow::test {
+
+/// The message of the InputError that f throws, or "<no InputError>".
+inline std::string message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "<no InputError>";
+}
 
 /// A tensor whose element i holds a distinct value (i + 0.5) * scale, so any misplaced
 /// element is detected.

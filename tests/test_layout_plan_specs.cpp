@@ -12,14 +12,7 @@ using parallel::LayoutPlan;
 
 namespace {
 PartitionSpec P(const std::string& s) { return PartitionSpec::parse(s); }
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "<no InputError>";
-}
+using shardflow::test::message_of;
 StrategyOptions zero(int stage, int64_t min_size = 1024) {
   StrategyOptions o;
   o.zero_stage = stage;

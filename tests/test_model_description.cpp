@@ -9,14 +9,7 @@
 using namespace shardflow;
 
 namespace {
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "<no InputError>";
-}
+using shardflow::test::message_of;
 }  // namespace
 
 TEST(ModelDescription, QuickstartParametersFollowModelMd) {

@@ -24,14 +24,7 @@ void check_all_ranks(const S& strategy, const MeshShape& mesh, const HostTensor<
   shardflow::test::expect_reassembles(l, t, shards, what);
 }
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "<no InputError>";
-}
+using shardflow::test::message_of;
 }  // namespace
 
 TEST(DataParallelStrategy, SplitsBatchOnly) {
