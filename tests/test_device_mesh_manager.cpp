@@ -177,7 +177,11 @@ TEST(ParallelismConfig, FromShardingConfig) {
   EXPECT_NE(p.invalid_reason().find("needs 8"), std::string::npos) << p.invalid_reason();
   EXPECT_THROW(p.to_mesh_shape(), InputError);
   p.mesh_shape = {2, 4};
+  // Artifex's "model" axis is the tensor axis (issue 11)
   p.mesh_axis_names = {"data", "model"};
+  EXPECT_TRUE(p.is_valid()) << p.invalid_reason();
+  EXPECT_EQ(p.to_mesh_shape().to_string(), "data=2 x tensor=4");
+  p.mesh_axis_names = {"data", "modle"};
   EXPECT_FALSE(p.is_valid());
-  EXPECT_NE(p.invalid_reason().find("'model'"), std::string::npos);
+  EXPECT_NE(p.invalid_reason().find("'modle'"), std::string::npos) << p.invalid_reason();
 }
