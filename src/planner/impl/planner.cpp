@@ -1,5 +1,6 @@
 #include "planner/planner.hpp"
 
+#include "mesh/axes.hpp"
 #include "parallel/layout_plan.hpp"
 
 #include <algorithm>
@@ -68,9 +69,9 @@ namespace {
 
 /// The mesh with data and fsdp merged into one data axis of size data x fsdp.
 MeshShape zero_mesh(const MeshShape& m) {
-  std::vector<std::string> names{"data"};
-  std::vector<int> sizes{m.axis_size_or_1("data") * m.axis_size_or_1("fsdp")};
-  for (const auto& a : {"pipeline", "expert", "tensor"})
+  std::vector<std::string> names{axis::data};
+  std::vector<int> sizes{m.axis_size_or_1(axis::data) * m.axis_size_or_1(axis::fsdp)};
+  for (const auto& a : {axis::pipeline, axis::expert, axis::tensor})
     if (m.has_axis(a)) {
       names.emplace_back(a);
       sizes.push_back(m.axis_size(a));
@@ -79,7 +80,7 @@ MeshShape zero_mesh(const MeshShape& m) {
 }
 
 std::string stage_text(const Layout& l) {
-  auto it = l.pinned().find("pipeline");
+  auto it = l.pinned().find(axis::pipeline);
   return it == l.pinned().end() ? "" : "stage " + std::to_string(it->second);
 }
 
@@ -122,7 +123,7 @@ Plan make_plan(const PlanInput& in) {
   }
   // the layouts: the plan the trainer would use (FSDP on a size-only plan means ZeRO-3)
   StrategyOptions spec_options = in.options;
-  if (!in.exact_state && spec_options.zero_stage == 0 && plan.mesh.axis_size_or_1("fsdp") > 1)
+  if (!in.exact_state && spec_options.zero_stage == 0 && plan.mesh.axis_size_or_1(axis::fsdp) > 1)
     spec_options.zero_stage = 3;
   const parallel::LayoutPlan layouts(model, plan.mesh, spec_options, in.virtual_stages);
 
@@ -136,7 +137,7 @@ Plan make_plan(const PlanInput& in) {
     row.view_shape = p.info.view_shape;
     const Layout l = layouts.layout(p, TensorRole::OptimizerState);
     row.spec = l.spec().to_string();
-    row.pinned = in.all_layers || p.info.layer < 0 ? stage_text(l) : (l.pinned().count("pipeline") ? "by layer" : "");
+    row.pinned = in.all_layers || p.info.layer < 0 ? stage_text(l) : (l.pinned().count(axis::pipeline) ? "by layer" : "");
     int64_t best = -1;
     for (int r = 0; r < plan.mesh.size(); ++r)
       if (l.holds(r) && l.local_numel(r) > best) {
@@ -147,7 +148,7 @@ Plan make_plan(const PlanInput& in) {
     plan.params.push_back(row);
   }
 
-  const int tp = plan.mesh.axis_size_or_1("tensor"), pp = plan.mesh.axis_size_or_1("pipeline");
+  const int tp = plan.mesh.axis_size_or_1(axis::tensor), pp = plan.mesh.axis_size_or_1(axis::pipeline);
   const int64_t stage_layers = split_extent(in.model.layers, pp, 0);
   int64_t in_flight = 1;
   if (pp > 1)
@@ -161,7 +162,7 @@ Plan make_plan(const PlanInput& in) {
     const auto zero_axes = parallel::AxisGroups::make(plan.mesh, 1).zero;  // the group ZeRO stages shard over
     plan.zero_group = zero_axes.empty() ? 1 : plan.mesh.group_size(zero_axes);
     for (int stage = 0; stage <= 3; ++stage) {
-      if (stage == 0 && plan.mesh.axis_size_or_1("fsdp") > 1) continue;  // fsdp needs ZeRO
+      if (stage == 0 && plan.mesh.axis_size_or_1(axis::fsdp) > 1) continue;  // fsdp needs ZeRO
       StrategyOptions o = in.options;
       o.zero_stage = stage;
       const parallel::LayoutPlan lp(model, plan.mesh, o, in.virtual_stages);
@@ -183,7 +184,7 @@ Plan make_plan(const PlanInput& in) {
   }
   // a model given by size: data and fsdp as one ZeRO group, mixed-precision Adam
   const MeshShape zm = zero_mesh(plan.mesh);
-  plan.zero_group = zm.axis_size("data");
+  plan.zero_group = zm.axis_size(axis::data);
   for (int stage = 0; stage <= 3; ++stage) {
     StrategyOptions o = in.options;
     o.zero_stage = stage;

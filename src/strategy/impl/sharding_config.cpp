@@ -46,18 +46,18 @@ ParallelismConfig ParallelismConfig::from_sharding_config(const ShardingConfig& 
   config.validate();
   ParallelismConfig p;
   p.sharding_config = config;
-  const std::pair<const char*, int> axes[] = {{"data", config.data_parallel_size},
-                                              {"fsdp", config.fsdp_parallel_size},
-                                              {"pipeline", config.pipeline_parallel_size},
-                                              {"expert", config.expert_parallel_size},
-                                              {"tensor", config.tensor_parallel_size}};
+  const std::pair<const char*, int> axes[] = {{axis::data, config.data_parallel_size},
+                                              {axis::fsdp, config.fsdp_parallel_size},
+                                              {axis::pipeline, config.pipeline_parallel_size},
+                                              {axis::expert, config.expert_parallel_size},
+                                              {axis::tensor, config.tensor_parallel_size}};
   for (const auto& a : axes)
     if (a.second > 1) {
       p.mesh_axis_names.emplace_back(a.first);
       p.mesh_shape.push_back(a.second);
     }
   if (p.mesh_shape.empty()) {
-    p.mesh_axis_names = {"data"};
+    p.mesh_axis_names = {axis::data};
     p.mesh_shape = {1};
   }
   return p;

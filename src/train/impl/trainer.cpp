@@ -293,7 +293,7 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), m
   SHARDFLOW_REQUIRE_INPUT(zero >= 0 && zero <= 3, "strategy.zero_stage = ", zero, " must be 0, 1, 2 or 3 (",
                           deck.where("strategy.zero_stage"), ")");
   SHARDFLOW_REQUIRE_INPUT(
-      !(zero == 0 && m.shape().axis_size_or_1("fsdp") > 1), "mesh.fsdp = ", m.shape().axis_size_or_1("fsdp"),
+      !(zero == 0 && m.shape().axis_size_or_1(axis::fsdp) > 1), "mesh.fsdp = ", m.shape().axis_size_or_1(axis::fsdp),
       " shards the model, which needs strategy.zero_stage >= 1 (it is 0; ", deck.where("strategy.zero_stage"), ")");
   SHARDFLOW_REQUIRE_INPUT(deck.strategy.prefetch >= 0, "strategy.prefetch = ", deck.strategy.prefetch, " must be >= 0");
   setup_groups();
@@ -1033,9 +1033,9 @@ void Trainer::Impl::build_graph() {
   const std::string rp_key = repl_axes.empty() ? "" : graph::comm_key(*mesh, repl_axes);
   const std::string dpx_key = dpx_axes.empty() ? "" : graph::comm_key(*mesh, dpx_axes);
   const std::string rpx_key = replx_axes.empty() ? "" : graph::comm_key(*mesh, replx_axes);
-  const std::string ep_key = ep > 1 ? graph::comm_key(*mesh, {"expert"}) : "";
-  const std::string tp_key = tp > 1 ? graph::comm_key(*mesh, {"tensor"}) : "";
-  const std::string pp_key = pp > 1 ? graph::comm_key(*mesh, {"pipeline"}) : "";
+  const std::string ep_key = ep > 1 ? graph::comm_key(*mesh, {axis::expert}) : "";
+  const std::string tp_key = tp > 1 ? graph::comm_key(*mesh, {axis::tensor}) : "";
+  const std::string pp_key = pp > 1 ? graph::comm_key(*mesh, {axis::pipeline}) : "";
   const int64_t T = tokens_mb, H = cfg.hidden;
 
   Task last;
