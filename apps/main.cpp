@@ -4,6 +4,7 @@
 // job is aborted so that no rank hangs waiting for one that already failed.
 #include <mpi.h>
 
+#include "core/blas.hpp"
 #include "core/threads.hpp"
 
 #include <Kokkos_Core.hpp>
@@ -49,6 +50,7 @@ bool all_ranks_failed(double seconds) {
 
 int main(int argc, char** argv) {
   using namespace shardflow;
+  shardflow::ensure_best_blas_kernel(argc, argv);  // may re-execute: before MPI_Init
   MPI_Init(&argc, &argv);
   shardflow::limit_blas_threads();
   const int rank = app::world_rank();
