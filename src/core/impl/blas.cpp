@@ -317,7 +317,9 @@ const BlasInfo& blas_info() {
     const BlasVerification v = verify_blas();
     b.verified = v.ok;
     b.max_rel_error = v.max_rel_error;
-    if (!v.ok) warn("BLAS kernel " + b.kernel + " FAILED verification: " + v.detail);
+    const bool loaded = lookup<SgemmFn>("sgemm_") != nullptr;
+    if (!loaded) b.library = "no BLAS loaded in this process";
+    if (!v.ok && loaded) warn("BLAS kernel " + b.kernel + " FAILED verification: " + v.detail);
     // Single-thread 512^3 sgemm, best of 5 after a warm-up.
     auto sgemm = lookup<SgemmFn>("sgemm_");
     if (sgemm != nullptr) {
