@@ -4,6 +4,7 @@
 // job is aborted so that no rank hangs waiting for one that already failed.
 #include <mpi.h>
 
+#include "core/blas.hpp"
 #include "core/threads.hpp"
 
 #include <Kokkos_Core.hpp>
@@ -30,6 +31,7 @@ namespace {
 
 int main(int argc, char** argv) {
   using namespace shardflow;
+  shardflow::ensure_best_blas_kernel(argc, argv);  // may re-execute: before MPI_Init
   comm::mpi_init(argc, argv);
   shardflow::limit_blas_threads();
   const int rank = app::world_rank();

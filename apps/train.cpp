@@ -20,6 +20,7 @@
 #include "comm/control.hpp"
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
+#include "core/blas.hpp"
 #include "core/error.hpp"
 #include "graph/observer.hpp"
 #include "mesh/mesh.hpp"
@@ -151,6 +152,7 @@ int run_train(const TrainOptions& o) {
   if (rank == 0 && !o.quiet) {
     std::printf("shardflow train: %s | mesh %s | %d ranks | zero_stage %d | %s\n", o.deck.c_str(),
                 mesh.shape().to_string().c_str(), world, deck.strategy.zero_stage, deck.model.to_string().c_str());
+    std::printf("%s\n", blas_info().summary().c_str());
     std::printf("per-rank model state: params %s, grads %s, optimizer %s; transient %s; activations %s\n",
                 human_bytes(static_cast<double>(mem.params)).c_str(), human_bytes(static_cast<double>(mem.grads)).c_str(),
                 human_bytes(static_cast<double>(mem.optimizer)).c_str(),

@@ -4,6 +4,7 @@
 #include <Kokkos_Core.hpp>
 
 #include "command.hpp"
+#include "core/blas.hpp"
 
 namespace {
 shardflow::app::CommandRegistration reg("version", "print the version and the enabled backends", [](CLI::App&) {
@@ -21,6 +22,14 @@ shardflow::app::CommandRegistration reg("version", "print the version and the en
 #else
     std::printf("nccl: disabled\n");
 #endif
+    const shardflow::BlasInfo& b = shardflow::blas_info();
+    std::printf("blas: %s\n", b.library.c_str());
+    std::printf("blas kernel: %s\n", b.kernel.c_str());
+    std::printf("blas kernel source: %s\n", b.source.c_str());
+    std::printf("cpu: %s (%s): %s\n", b.cpu.brand.c_str(), b.cpu.vendor.c_str(), b.cpu.to_string().c_str());
+    std::printf("blas verification: %s (max relative error %.2g, bound %.0e)\n", b.verified ? "ok" : "FAILED",
+                b.max_rel_error, shardflow::kBlasVerifyTolerance);
+    std::printf("sgemm: %.1f GFLOP/s (one thread, 512^3)\n", b.sgemm_gflops);
     return 0;
   };
 });

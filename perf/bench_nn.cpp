@@ -29,6 +29,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/blas.hpp"
 #include "data/loader.hpp"
 #include "nn/gpt.hpp"
 #include "optim/adamw.hpp"
@@ -117,6 +118,7 @@ struct Sgemm {
 }  // namespace
 
 int main(int argc, char** argv) {
+  shardflow::ensure_best_blas_kernel(argc, argv);  // may re-execute: first thing
   // One BLAS thread per rank: OpenBLAS reads this when it is loaded, so set it and restart.
   if (std::getenv("OPENBLAS_NUM_THREADS") == nullptr) {
     setenv("OPENBLAS_NUM_THREADS", "1", 1);

@@ -38,6 +38,7 @@
 
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
+#include "core/blas.hpp"
 #include "core/error.hpp"
 #include "mesh/mesh.hpp"
 #include "train/trainer.hpp"
@@ -177,6 +178,7 @@ int run(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  shardflow::ensure_best_blas_kernel(argc, argv);  // may re-execute: first thing
   MPI_Init(&argc, &argv);
   int rc = 0;
   {

@@ -21,6 +21,7 @@
 
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
+#include "core/blas.hpp"
 #include "graph/observer.hpp"
 #include "mesh/mesh.hpp"
 #include "planner/planner.hpp"
@@ -132,6 +133,7 @@ Result run(const std::string& name, const std::string& deck_path, const std::vec
 }  // namespace
 
 int main(int argc, char** argv) {
+  shardflow::ensure_best_blas_kernel(argc, argv);  // may re-execute: first thing
   MPI_Init(&argc, &argv);
   Kokkos::initialize(argc, argv);
   int rc = 0;

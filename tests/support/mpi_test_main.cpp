@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include "core/blas.hpp"
 #include "core/threads.hpp"
 
 #include <Kokkos_Core.hpp>
@@ -25,6 +26,7 @@ class RankFailurePrinter : public testing::EmptyTestEventListener {
 }  // namespace
 
 int main(int argc, char** argv) {
+  shardflow::ensure_best_blas_kernel(argc, argv);  // may re-execute: before MPI_Init
   MPI_Init(&argc, &argv);
   shardflow::limit_blas_threads();
   int rank = 0;
