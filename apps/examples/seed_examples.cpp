@@ -19,6 +19,7 @@
 #include "comm/comm_set.hpp"
 #include "comm/control.hpp"
 #include "config/deck.hpp"
+#include "core/blas.hpp"
 #include "core/error.hpp"
 #include "mesh/mesh.hpp"
 #include "strategy/device_mesh_manager.hpp"
@@ -82,6 +83,7 @@ std::vector<std::string> as_deck_keys(const std::string& example, int devices) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ensure_best_blas_kernel(argc, argv);  // may re-execute: before MPI_Init
   comm::mpi_init(argc, argv);
   Kokkos::initialize(argc, argv);
   int rc = 0;
