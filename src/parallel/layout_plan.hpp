@@ -34,7 +34,6 @@ struct ParamPlacement {
   int tensor_dim = -1, expert_dim = -1, zero_dim = -1;
   int unit = 0, stage = 0;
   bool zero_sharded() const { return zero_dim >= 0; }
-  bool expert() const { return expert_dim >= 0 || is_expert_weight; }
   bool is_expert_weight = false;  // an expert weight [E, ...] (split over `expert` when it has size > 1)
 };
 

@@ -26,8 +26,6 @@ using nlohmann::json;
 
 namespace {
 
-int comm_rank(MPI_Comm c) { return comm::Control(c).rank(); }
-int comm_size(MPI_Comm c) { return comm::Control(c).size(); }
 
 std::string step_dir_name(std::int64_t step) {
   char b[32];
@@ -218,7 +216,7 @@ Checkpointer::Checkpointer(MPI_Comm comm, std::string root, SaveOptions options)
   // control_ is a communicator of its own: the shard records travel point to point on it,
   // apart from any message of the caller's
   std::string err;
-  if (comm_rank(control_.handle()) == 0) {
+  if (control_.rank() == 0) {
     std::error_code ec;
     fs::create_directories(root_, ec);
     if (ec || !fs::is_directory(root_)) err = concat("Checkpointer: cannot create directory '", root_, "': ", ec.message());
@@ -235,7 +233,7 @@ bool Checkpointer::pending() const { return pending_ != nullptr; }
 
 std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Metadata& meta) {
   wait();
-  const int rank = comm_rank(control_.handle()), size = comm_size(control_.handle());
+  const int rank = control_.rank(), size = control_.size();
   auto p = std::make_unique<Pending>();
   p->step = meta.step;
   p->final_dir = detail::join(root_, step_dir_name(meta.step));
@@ -376,7 +374,7 @@ void Checkpointer::wait() {
 }
 
 void Checkpointer::commit(Pending& p) {
-  const int rank = comm_rank(control_.handle());
+  const int rank = control_.rank();
   // The critical path: (1) rank 0 receives every rank's shard records (or error);
   // (2) every rank fsyncs its shard file while rank 0 writes and fsyncs the manifest and the
   // temporary directory; (3) all agree that everything is durable; (4) rank 0 renames the
@@ -569,7 +567,8 @@ std::vector<std::string> list_checkpoints(const std::string& root) {
 
 Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<TensorState>& tensors,
                  const RestoreOptions& options) {
-  const int rank = comm_rank(comm), size = comm_size(comm);
+  const comm::Control control(comm);
+  const int rank = control.rank(), size = control.size();
   // rank 0 finds the checkpoint and reads the manifest; everyone parses the same text
   std::string err, dir, text;
   if (rank == 0) {
