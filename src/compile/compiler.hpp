@@ -1,0 +1,27 @@
+#pragma once
+// The step compiler: one rank's training step as a StepProgram (task graph + buffer plan),
+// for any rank of any mesh, without MPI and without allocating the step's memory.
+//
+//   compile_step(deck, plan, rank)
+//     = make_step_shape      (compile/step_shape.hpp: what this rank holds and runs)
+//     + plan_buffers         (every array of the step, sized)
+//     + the emitters         (compile/impl/emit_*.cpp), in the step's order:
+//         pipeline   receive rings posted as early as their slots free, sends      (emit_pipeline)
+//         zero       ZeRO-3 gathers ahead of use, reduce-scatters, ZeRO-1/2 gathers (emit_zero)
+//         block      each use's compute segments and, between them, the tensor/
+//                    sequence-parallel conjugate pairs and the expert dispatch     (emit_block)
+//         gradients  per-parameter gradient sync, loss and norm reductions, AdamW  (emit_step)
+//
+// The trainer binds the program to live communicators and buffers (train/impl/bind.cpp),
+// `shardflow compile` summarises it (compile/summary.hpp).
+#include "compile/step_program.hpp"
+
+namespace shardflow::compile {
+
+/// The deck's LayoutPlan on `mesh` (the one every consumer of a deck uses).
+parallel::LayoutPlan layout_plan(const Deck& deck, const MeshShape& mesh);
+
+/// Rank `rank`'s step. Throws InputError naming the deck key for a step that cannot be built.
+StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank);
+
+}  // namespace shardflow::compile

@@ -1,0 +1,178 @@
+// The buffer plan of a rank's step: every array the trainer allocates, with its size and
+// class, decided from the StepShape alone (so `shardflow compile` counts what `train` holds).
+#include <algorithm>
+
+#include "compile/step_program.hpp"
+#include "core/error.hpp"
+
+namespace shardflow::compile {
+
+const char* buffer_class_name(BufferClass c) {
+  switch (c) {
+    case BufferClass::Params: return "params";
+    case BufferClass::Grads: return "grads";
+    case BufferClass::Optimizer: return "optimizer";
+    case BufferClass::Transient: return "transient";
+    case BufferClass::Activations: return "activations";
+    case BufferClass::Inputs: return "inputs";
+    case BufferClass::Scalars: return "scalars";
+  }
+  return "?";
+}
+
+int64_t BufferSpec::bytes() const { return numel * static_cast<int64_t>(dtype_size(dtype)); }
+
+int BufferPlan::add(std::string name, int64_t numel, DType dtype, BufferClass cls) {
+  specs.push_back({std::move(name), numel, dtype, cls});
+  return static_cast<int>(specs.size()) - 1;
+}
+
+int64_t BufferPlan::bytes(BufferClass c) const {
+  int64_t b = 0;
+  for (const auto& s : specs)
+    if (s.cls == c) b += s.bytes();
+  return b;
+}
+
+namespace {
+
+void plan_params(const StepShape& s, BufferPlan& b) {
+  const int zero = s.zero;
+  for (const auto& p : s.params) {
+    ParamBuffers pb;
+    if (p.here) {
+      const std::string& nm = p.name;
+      const int64_t local = p.shard_stored(zero) ? p.shard_numel() : p.lnumel;
+      pb.param = b.add(nm, local, DType::F32, BufferClass::Params);
+      pb.grad = b.add(nm + ".grad", local, DType::F32, BufferClass::Grads);
+      if (zero == 2 && p.sharded) pb.grad_shard = b.add(nm + ".grad_shard", p.shard_numel(), DType::F32, BufferClass::Grads);
+      const int64_t opt_n = p.sharded ? p.shard_numel() : p.lnumel;
+      pb.adam_m = b.add(nm + ".adam_m", opt_n, DType::F32, BufferClass::Optimizer);
+      pb.adam_v = b.add(nm + ".adam_v", opt_n, DType::F32, BufferClass::Optimizer);
+      if (p.sharded && zero <= 2 && p.O > 1)
+        pb.param_shard = b.add(nm + ".param_shard", p.shard_numel(), DType::F32, BufferClass::Params);
+      if (p.sharded && zero == 1 && p.O > 1)
+        pb.grad_tmp = b.add(nm + ".grad_shard", p.shard_numel(), DType::F32, BufferClass::Grads);
+    }
+    b.params.push_back(pb);
+  }
+  if (zero == 3) {
+    const int64_t n = std::max<int64_t>(1, s.ring_numel);
+    for (int r = 0; r <= s.prefetch; ++r)
+      b.gather_ring.push_back(b.add("param_ring." + std::to_string(r), n, DType::F32, BufferClass::Transient));
+    for (int r = 0; r < 2; ++r)
+      b.grad_ring.push_back(b.add("grad_ring." + std::to_string(r), n, DType::F32, BufferClass::Transient));
+  }
+}
+
+void plan_acts(const StepShape& s, BufferPlan& b) {
+  const int64_t T = s.tokens_mb, H = s.hidden, S = s.seq, Tr = s.Tr;
+  auto act = [&](const char* n, int64_t c) { return b.add(n, c, DType::F32, BufferClass::Activations); };
+  std::vector<std::pair<int, int>> local;  // (global layer, virtual stage) in local-layer order
+  for (int vc = 0; vc < s.vstages; ++vc)
+    for (int l = s.chunks[static_cast<size_t>(vc)].layer_begin; l < s.chunks[static_cast<size_t>(vc)].layer_end; ++l)
+      local.emplace_back(l, vc);
+  auto in_chunk = [&](int vc, int slot) {
+    const ChunkShape& c = s.chunks[static_cast<size_t>(vc)];
+    return slot >= c.slot_base && slot < c.slot_base + c.slots;
+  };
+  for (const auto& [l, vc] : local) {
+    std::vector<ActBuffers> per(static_cast<size_t>(s.total_slots));
+    for (int k = 0; k < s.total_slots; ++k) {
+      if (!in_chunk(vc, k)) continue;
+      ActBuffers& a = per[static_cast<size_t>(k)];
+      a.x_in = act("x_in", Tr * H);
+      a.n1 = act("n1", T * H);
+      a.rstd1 = act("rstd1", Tr);
+      a.qkv = act("qkv", T * 3 * s.H_l);
+      a.probs = act("probs", s.mb_seqs * s.A_l * S * S);
+      a.att = act("att", T * s.H_l);
+      a.x_mid = act("x_mid", Tr * H);
+      a.n2 = act("n2", T * H);
+      a.rstd2 = act("rstd2", Tr);
+      a.gu = act("gu", T * 2 * s.F_l);
+      a.h = act("h", T * s.F_l);
+    }
+    b.acts.push_back(std::move(per));
+  }
+  for (const auto& [l, vc] : local) {
+    std::vector<MoeBuffers> per;
+    if (s.moe_layer(l)) {
+      const int64_t k = s.top_k, E = s.experts, N = T * k, Nmax = s.ep * N, F = s.F_l;
+      per.resize(static_cast<size_t>(s.total_slots));
+      for (int q = 0; q < s.total_slots; ++q) {
+        if (!in_chunk(vc, q)) continue;
+        MoeBuffers& m = per[static_cast<size_t>(q)];
+        m.logits = act("router_logits", T * E);
+        m.gate = act("gates", N);
+        m.choice_row = b.add("moe_slot", N, DType::I64, BufferClass::Activations);
+        m.x_send = act("moe_x_send", N * H);
+        if (s.ep > 1) {
+          m.x_recv = act("moe_x_recv", Nmax * H);
+          m.y_recv = act("moe_y_recv", Nmax * H);
+          m.y_send = act("moe_y_send", N * H);
+        } else {  // one rank: the dispatch buffers are the experts' own
+          m.x_recv = m.x_send;
+          m.y_recv = act("moe_y", N * H);
+          m.y_send = m.y_recv;
+        }
+        m.gu = act("moe_gu", Nmax * 2 * F);
+        m.h = act("moe_h", Nmax * F);
+      }
+      if (b.moe_dgate < 0) {
+        b.moe_dgate = act("moe_dgate", N);
+        b.moe_dh = act("moe_dh", Nmax * F);
+        b.moe_dgu = act("moe_dgu", Nmax * 2 * F);
+        b.moe_dlogits = act("moe_dlogits", T * E);
+      }
+    }
+    b.moes.push_back(std::move(per));
+  }
+  for (int vc = 0; vc < s.vstages; ++vc) {
+    const ChunkShape& c = s.chunks[static_cast<size_t>(vc)];
+    for (int k = 0; k < c.slots; ++k) {
+      b.x.push_back(act("x", Tr * H));
+      b.dx.push_back(act("dx", Tr * H));
+      b.x_recv.push_back(c.gc > 0 ? act("x_recv", Tr * H) : -1);
+      b.dx_recv.push_back(c.gc < s.nchunks - 1 ? act("dx_recv", Tr * H) : -1);
+    }
+  }
+  if (s.sp) {
+    b.y_rows = act("y_rows", Tr * H);
+    b.dn_rows = act("dn_rows", Tr * H);
+    b.dx_full = act("dx_full", T * H);
+  }
+  b.y = act("y", T * H);
+  b.dn = act("dn", T * H);
+  b.dh = act("dh", T * s.F_l);
+  b.dgu = act("dgu", T * 2 * s.F_l);
+  b.datt = act("datt", T * s.H_l);
+  b.dqkv = act("dqkv", T * 3 * s.H_l);
+  b.dprobs = act("dprobs", S * S);
+  if (s.last_stage) {
+    b.nf = act("nf", T * H);
+    b.rstdf = act("rstdf", Tr);
+    b.logits = act("logits", T * s.V_l);
+    b.row_max = act("row_max", T);
+    b.stats = act("stats", T * 2);
+  }
+  for (int64_t j = 0; j < s.micro; ++j) {
+    b.inputs.push_back(b.add("inputs", T, DType::I32, BufferClass::Inputs));
+    b.targets.push_back(b.add("targets", T, DType::I32, BufferClass::Inputs));
+  }
+  b.loss_local = b.add("loss_sums", 3, DType::F64, BufferClass::Scalars);
+  b.loss_global = b.add("loss_sums_global", 3, DType::F64, BufferClass::Scalars);
+  b.norm_local = b.add("grad_norm_sq", 1, DType::F64, BufferClass::Scalars);
+  b.norm_total = b.add("grad_norm_sq_global", 1, DType::F64, BufferClass::Scalars);
+}
+
+}  // namespace
+
+BufferPlan plan_buffers(const StepShape& s) {
+  BufferPlan b;
+  plan_params(s, b);
+  plan_acts(s, b);
+  return b;
+}
+
+}  // namespace shardflow::compile

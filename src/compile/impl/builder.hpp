@@ -1,0 +1,128 @@
+#pragma once
+// StepBuilder: the state the step compiler's emitters share while they write one rank's
+// StepProgram. Each emitter lives in its own file (emit_*.cpp); see compile/compiler.hpp.
+//
+// Nomenclature
+//   use        one unit's parameters used by one group of the schedule: the forward of the
+//              embeddings (Fe), of a layer (Fl), the head with the loss and its backward (Hd),
+//              a layer's backward (Bl), the embeddings' backward (Be). ZeRO-3 gathers a
+//              unit's parameters into a gather-ring slot before each use (Be reuses Fe's).
+//   segment    a compute task of a use: kernels run back to back until a collective needs
+//              what they wrote; the collective's result is waited for by the next segment.
+//   last       the step's last compute task: compute tasks run in one chain.
+#include <map>
+#include <string>
+#include <vector>
+
+#include "compile/step_program.hpp"
+
+namespace shardflow::compile::detail {
+
+constexpr int kNone = -1;
+
+class StepBuilder {
+ public:
+  StepBuilder(StepProgram& prog) : prog_(prog), s(prog.shape), b(prog.buffers) {}
+  void build();
+
+ private:
+  StepProgram& prog_;
+  const StepShape& s;
+  const BufferPlan& b;
+
+  // ---- emission ----------------------------------------------------------------------------
+  int emit_compute(std::vector<ComputeOp> ops, std::string name);
+  int emit_comm(CommOp op, std::string name);
+  void edge(int before, int after) {
+    if (before != kNone && after != kNone) prog_.edges.emplace_back(before, after);
+  }
+  void chain(int t) {
+    edge(last_, t);
+    last_ = t;
+  }
+  int last_ = kNone;
+
+  // collectives (emit_step.cpp)
+  CommOp all_reduce(const parallel::Axes& axes, BufRef buf, int64_t n, comm::ReduceOp op, DType dt,
+                    const std::string& what, BufRef out = {});
+  CommOp shard_gather(const parallel::Axes& axes, int64_t outer, int64_t rows, int64_t inner, DType dt, BufRef shard,
+                      BufRef full, int64_t count, const std::string& what);
+  CommOp shard_scatter(const parallel::Axes& axes, int64_t outer, int64_t rows, int64_t inner, DType dt, BufRef full,
+                       BufRef shard, bool accumulate, comm::ReduceOp op, int64_t count, const std::string& what);
+
+  // ---- uses (emit_step.cpp) ------------------------------------------------------------------
+  enum Kind { Fe, Fl, Hd, Bl, Be };
+  static bool is_bwd(Kind k) { return k == Hd || k == Bl || k == Be; }
+  struct Use {
+    Kind kind;
+    int unit;
+    int mb;
+    int gather = -1;  // index into the gather list (ZeRO-3), -1 when no parameters are needed
+    int gslot = 0;
+  };
+  std::vector<Use> uses_;
+  std::vector<std::pair<size_t, size_t>> group_uses_;
+  std::vector<int> gather_use_;  // gather index -> use index
+  std::vector<int> first_of_use_, last_of_use_;
+  std::vector<int> grad_sync_;  // everything the optimizer waits for
+  void plan_uses();
+  void emit_group(size_t gi);
+  void emit_loss_norm_update();
+
+  // ---- ZeRO (emit_zero.cpp) --------------------------------------------------------------------
+  std::vector<std::vector<int>> gathers_of_;       // gather index -> its all-gathers
+  std::vector<std::vector<int>> grad_comm_of_use_;  // ZeRO-3 reduce-scatters reading a grad-ring slot
+  std::vector<int> last_scatter_;                   // per parameter: its previous ZeRO-3 reduce-scatter
+  int next_gather_ = 0;
+  bool unit_has_sharded(int unit) const;
+  void emit_gathers_upto(int upto);
+  void emit_use_waits(size_t k, int first_segment);
+  void emit_grad_sync(size_t k, int last_segment, const std::string& mbs);
+  void emit_zero12_gathers(int update);
+
+  // ---- pipeline (emit_pipeline.cpp) ------------------------------------------------------------
+  struct Msg {
+    bool fwd;  // x (into a forward group) or dx (into a backward group)
+    int vc, mb;
+  };
+  std::vector<int> send_x_, send_dx_, recv_x_, recv_dx_, copied_x_, copied_dx_;  // [vc · m + mb]
+  std::map<int, std::vector<Msg>> inbox_;  // peer stage -> what it sends this stage, in its order
+  std::map<int, size_t> posted_;           // peer stage -> messages posted so far
+  size_t gidx(int vc, int mb) const { return static_cast<size_t>(vc * static_cast<int>(s.micro) + mb); }
+  std::string msg_name(bool fwd, int dest_chunk, int mb) const;
+  void pipeline_begin();
+  void post_ready(int after);
+  void emit_recv_copy(size_t gi);
+  void emit_send(size_t gi, const std::vector<int>& pending);
+
+  // ---- blocks (emit_block.cpp) -----------------------------------------------------------------
+  // One use under construction: its compute so far, its segments, and the collectives the
+  // next segment waits for.
+  struct UseCtx {
+    std::string prefix, mbs;
+    std::vector<ComputeOp> work;
+    std::string work_name;
+    std::vector<int> segs;
+    std::vector<int>* pending;
+  };
+  void run(UseCtx& u, ComputeOp op, const char* part);
+  void flush(UseCtx& u);
+  void comm_then(UseCtx& u, int t);
+  void tp_all_reduce(UseCtx& u, BufRef buf, int64_t n, comm::ReduceOp op, const std::string& what);
+  void tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what);
+  void tp_reduce_scatter(UseCtx& u, BufRef full, BufRef rows, const std::string& what);
+  void tp_sum(UseCtx& u, int full, int rows, const std::string& what);
+  void dx_gather(UseCtx& u, int xsl, const std::string& what);
+  void ep_counts(UseCtx& u, int layer, int xsl, const std::string& what);
+  void ep_rows(UseCtx& u, int layer, int xsl, bool out, int src, int dst, const std::string& what);
+  void emit_use_compute(UseCtx& u, const Use& use, int xsl);
+
+  const ActBuffers& act(int l, int slot) const {
+    return b.acts[static_cast<size_t>(s.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];
+  }
+  const MoeBuffers& moe(int l, int slot) const {
+    return b.moes[static_cast<size_t>(s.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];
+  }
+};
+
+}  // namespace shardflow::compile::detail

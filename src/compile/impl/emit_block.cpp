@@ -1,0 +1,205 @@
+// The block program of one use (MODEL.md): compute segments, and between them the region
+// transitions of tensor, sequence and expert parallelism, each as its forward/backward
+// conjugate pair:
+//   tensor       column-parallel in, row-parallel out: the partial sums are all-reduced
+//                (forward: attn.out, mlp.down, embedding; backward: the inputs' gradients dn).
+//   sequence     the residual stream holds this rank's rows: a norm's rows are all-gathered
+//                before the column-parallel block (backward: dx all-gathered before the
+//                row-parallel backward), the partial sums reduce-scattered back to rows.
+//   expert       dispatch rows to the experts' ranks and return them (all_to_allv, counts
+//                first); backward sends dy the same way and dX back.
+// Tensor parallelism (Megatron): qkv, gate_up and lm_head hold output rows of the local
+// heads / ffn columns / vocabulary slice; attn.out and mlp.down hold the matching input
+// columns. The cross-entropy over the vocabulary slices all-reduces the row maxima and
+// (Σ exp, target logit).
+#include "compile/impl/builder.hpp"
+#include "mesh/axes.hpp"
+
+namespace shardflow::compile::detail {
+
+void StepBuilder::run(UseCtx& u, ComputeOp op, const char* part) {
+  u.work.push_back(op);
+  u.work_name += (u.work_name.empty() ? "" : "+") + std::string(part);
+}
+
+// Compute is gathered into one segment until a collective needs what it wrote.
+void StepBuilder::flush(UseCtx& u) {
+  if (u.work.empty()) return;
+  const int c = emit_compute(std::move(u.work), u.prefix + u.work_name + u.mbs);
+  u.work.clear();
+  u.work_name.clear();
+  chain(c);
+  for (int t : *u.pending) edge(t, c);
+  u.pending->clear();
+  u.segs.push_back(c);
+}
+
+// a collective t (already emitted) after the work so far (this use's last segment, else the
+// step's last compute task); the next segment waits for it
+void StepBuilder::comm_then(UseCtx& u, int t) {
+  flush(u);
+  if (!u.segs.empty())
+    edge(u.segs.back(), t);
+  else
+    edge(last_, t);
+  u.pending->push_back(t);
+}
+
+void StepBuilder::tp_all_reduce(UseCtx& u, BufRef buf, int64_t n, comm::ReduceOp op, const std::string& what) {
+  const std::string w = what + u.mbs;
+  comm_then(u, emit_comm(all_reduce(s.groups.tensor, buf, n, op, DType::F32, w), "all_reduce " + w));
+}
+
+void StepBuilder::tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what) {
+  const std::string w = what + u.mbs;
+  const int64_t T = s.tokens_mb, H = s.hidden;
+  comm_then(u, emit_comm(shard_gather(s.groups.tensor, 1, T, H, DType::F32, rows, full, T * H, w), "all_gather " + w));
+}
+
+void StepBuilder::tp_reduce_scatter(UseCtx& u, BufRef full, BufRef rows, const std::string& what) {
+  const std::string w = what + u.mbs;
+  const int64_t T = s.tokens_mb, H = s.hidden;
+  comm_then(u, emit_comm(shard_scatter(s.groups.tensor, 1, T, H, DType::F32, full, rows, false, comm::ReduceOp::Sum,
+                                       T * H, w),
+                         "reduce_scatter " + w));
+}
+
+// the partial sums of a row-parallel block: all-reduced, or reduce-scattered to this rank's
+// rows under sequence parallelism
+void StepBuilder::tp_sum(UseCtx& u, int full, int rows, const std::string& what) {
+  if (s.sp)
+    tp_reduce_scatter(u, {full}, {rows}, what);
+  else if (s.tp > 1)
+    tp_all_reduce(u, {full}, s.tokens_mb * s.hidden, comm::ReduceOp::Sum, what);
+}
+
+// sequence parallel: the whole dx before a row-parallel backward
+void StepBuilder::dx_gather(UseCtx& u, int xsl, const std::string& what) {
+  if (s.sp) tp_all_gather(u, {b.dx[static_cast<size_t>(xsl)]}, {b.dx_full}, what);
+}
+
+void StepBuilder::ep_counts(UseCtx& u, int layer, int xsl, const std::string& what) {
+  CommOp c;
+  c.kind = comm::CollectiveKind::AllToAll;
+  c.axes = s.groups.expert;
+  const std::string w = what + u.mbs;
+  c.desc = {parallel::group_key(c.axes), "all_to_all", w, s.experts, "i32"};
+  c.dtype = DType::I32;
+  c.count = s.experts;
+  c.moe_layer = layer;
+  c.moe_slot = xsl;
+  comm_then(u, emit_comm(std::move(c), "all_to_all " + w));
+}
+
+// rows of the dispatch order to the experts (out) or back (!out)
+void StepBuilder::ep_rows(UseCtx& u, int layer, int xsl, bool out, int src, int dst, const std::string& what) {
+  CommOp c;
+  c.kind = comm::CollectiveKind::AllToAllv;
+  c.axes = s.groups.expert;
+  const std::string w = what + u.mbs;
+  c.desc = {parallel::group_key(c.axes), "all_to_allv", w, s.tokens_mb * s.top_k * s.hidden, "f32"};
+  c.src = {src};
+  c.dst = {dst};
+  c.count = s.tokens_mb * s.top_k * s.hidden;
+  c.moe_layer = layer;
+  c.moe_slot = xsl;
+  c.moe_out = out;
+  comm_then(u, emit_comm(std::move(c), "all_to_allv " + w));
+}
+
+void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
+  const int j = use.mb;
+  const int slot = use.gather >= 0 ? use.gather % (s.prefetch + 1) : 0;
+  const int gs = use.gslot;
+  const bool acc = j > 0;
+  const int64_t T = s.tokens_mb, H = s.hidden;
+  const bool tp = s.tp > 1, ep = s.ep > 1;
+  auto op = [&](StepOp o, int layer = -1) {
+    ComputeOp c{o};
+    c.layer = layer;
+    c.mb = j;
+    c.act_slot = xsl;
+    c.pslot = slot;
+    c.gslot = gs;
+    c.acc = acc;
+    return c;
+  };
+  const int l = use.unit - 1;
+  const std::string lp = "layers." + std::to_string(l);
+  switch (use.kind) {
+    case Fe:
+      run(u, op(StepOp::Embed), "embed");
+      if (s.sp) {  // the positions joined the partial sums on tensor rank 0
+        tp_reduce_scatter(u, {b.y}, {b.x[static_cast<size_t>(xsl)]}, "embed");
+      } else {
+        if (tp) tp_all_reduce(u, {b.x[static_cast<size_t>(xsl)]}, T * H, comm::ReduceOp::Sum, "embed");
+        run(u, op(StepOp::PosEmbed), "pos_embed");
+      }
+      break;
+    case Fl: {
+      const ActBuffers& a = act(l, xsl);
+      run(u, op(StepOp::AttnNorm, l), "attn_norm");
+      if (s.sp) tp_all_gather(u, {a.n1, s.t0 * H}, {a.n1}, lp + ".attn_norm.out");
+      run(u, op(StepOp::Attn, l), "attn");
+      tp_sum(u, b.y, b.y_rows, lp + ".attn.out");
+      run(u, op(StepOp::MlpNorm, l), "mlp_norm");
+      if (s.sp) tp_all_gather(u, {a.n2, s.t0 * H}, {a.n2}, lp + ".mlp_norm.out");
+      if (s.moe_layer(l)) {
+        const MoeBuffers& m = moe(l, xsl);
+        run(u, op(StepOp::MoeRoute, l), "route");
+        if (ep) {
+          ep_counts(u, l, xsl, lp + ".experts.counts");
+          run(u, op(StepOp::MoePlan, l), "plan");
+          ep_rows(u, l, xsl, true, m.x_send, m.x_recv, lp + ".experts.dispatch");
+        }
+        run(u, op(StepOp::MoeExperts, l), "experts");
+        if (ep) ep_rows(u, l, xsl, false, m.y_recv, m.y_send, lp + ".experts.return");
+        run(u, op(StepOp::MoeCombine, l), "combine");
+        tp_sum(u, b.y, b.y_rows, lp + ".experts.out");
+      } else {
+        run(u, op(StepOp::Mlp, l), "mlp");
+        tp_sum(u, b.y, b.y_rows, lp + ".mlp.down");
+      }
+      run(u, op(StepOp::Residual, l), "residual");
+      break;
+    }
+    case Hd:
+      run(u, op(StepOp::FinalNorm), "final_norm");
+      if (s.sp) tp_all_gather(u, {b.nf, s.t0 * H}, {b.nf}, "final_norm.out");
+      run(u, op(StepOp::Logits), "logits");
+      if (tp) tp_all_reduce(u, {b.row_max}, T, comm::ReduceOp::Max, "loss.row_max");
+      run(u, op(StepOp::SumExp), "sumexp");
+      if (tp) tp_all_reduce(u, {b.stats}, 2 * T, comm::ReduceOp::Sum, "loss.stats");
+      run(u, op(StepOp::Loss), "loss");
+      tp_sum(u, b.dn, b.dn_rows, "lm_head.dx");
+      run(u, op(StepOp::FinalNormBwd), "final_norm_bwd");
+      break;
+    case Bl: {
+      dx_gather(u, xsl, lp + ".dx");
+      if (s.moe_layer(l)) {
+        const MoeBuffers& m = moe(l, xsl);
+        run(u, op(StepOp::MoeCombineBwd, l), "combine");
+        if (tp) tp_all_reduce(u, {b.moe_dgate}, T * s.top_k, comm::ReduceOp::Sum, lp + ".experts.dgate");
+        if (ep) ep_rows(u, l, xsl, true, m.y_send, m.y_recv, lp + ".experts.dy");
+        run(u, op(StepOp::MoeExpertsBwd, l), "experts");
+        if (ep) ep_rows(u, l, xsl, false, m.y_recv, m.x_send, lp + ".experts.dx");
+        run(u, op(StepOp::MoeRouterBwd, l), "router");
+      } else {
+        run(u, op(StepOp::MlpBwd, l), "mlp");
+      }
+      tp_sum(u, b.dn, b.dn_rows, lp + ".mlp_norm.dout");
+      run(u, op(StepOp::MlpNormBwd, l), "mlp_norm");
+      dx_gather(u, xsl, lp + ".mlp.dx");
+      run(u, op(StepOp::AttnBwd, l), "attn");
+      tp_sum(u, b.dn, b.dn_rows, lp + ".attn_norm.dout");
+      run(u, op(StepOp::AttnNormBwd, l), "attn_norm");
+      break;
+    }
+    case Be:
+      dx_gather(u, xsl, "embed.dx");
+      run(u, op(StepOp::EmbedBwd), "embed");
+      break;
+  }
+}
+
+}  // namespace shardflow::compile::detail

@@ -1,0 +1,141 @@
+// ZeRO and gradient sync: ZeRO-3 gathers of each use's parameters into the gather ring,
+// prefetch uses ahead; after a backward use, each parameter's gradient sync (ZeRO-3
+// reduce-scatter per micro-batch, ZeRO-2 reduce-scatter or a data-parallel all-reduce after
+// the last micro-batch, HSDP's all-reduce of the shard over the replicas); ZeRO-1/2's
+// parameter all-gather after the update.
+#include "compile/impl/builder.hpp"
+
+namespace shardflow::compile::detail {
+
+bool StepBuilder::unit_has_sharded(int unit) const {
+  for (int pi : s.units[static_cast<size_t>(unit)])
+    if (s.params[static_cast<size_t>(pi)].sharded) return true;
+  return false;
+}
+
+void StepBuilder::emit_gathers_upto(int upto) {
+  const int nslots = s.prefetch + 1;
+  for (; next_gather_ <= upto && next_gather_ < static_cast<int>(gather_use_.size()); ++next_gather_) {
+    const int g = next_gather_;
+    const Use& u = uses_[static_cast<size_t>(gather_use_[static_cast<size_t>(g)])];
+    if (!unit_has_sharded(u.unit)) continue;
+    const int slot = g % nslots;
+    // The previous gather into this slot fetched the same unit (e.g. the last layer's
+    // forward, then the head, then its backward): the parameters do not change within a
+    // step, so the slot still holds them. Its tasks preceded that earlier use, which
+    // precedes this one; the next gather into the slot waits for this use as usual.
+    if (g >= nslots && uses_[static_cast<size_t>(gather_use_[static_cast<size_t>(g - nslots)])].unit == u.unit) continue;
+    for (int pi : s.units[static_cast<size_t>(u.unit)]) {
+      const ParamShape& p = s.params[static_cast<size_t>(pi)];
+      if (!p.sharded) continue;
+      const int t = emit_comm(
+          shard_gather(s.groups.zero, p.O, p.R, p.I, s.gather_dtype, {b.params[static_cast<size_t>(pi)].param},
+                       {b.gather_ring[static_cast<size_t>(slot)], p.ring_offset}, p.lnumel,
+                       p.name + "@use" + std::to_string(g)),
+          "gather " + p.name + " #" + std::to_string(g));
+      // the slot is free once the use that last held it has run
+      if (g >= nslots) edge(last_of_use_[static_cast<size_t>(gather_use_[static_cast<size_t>(g - nslots)])], t);
+      gathers_of_[static_cast<size_t>(g)].push_back(t);
+    }
+  }
+}
+
+// What use k's first segment waits for besides the chain: its parameters' gathers, and for
+// a backward use the reduce-scatters of the use two before it that read its grad-ring slot.
+void StepBuilder::emit_use_waits(size_t k, int first_segment) {
+  const Use& u = uses_[k];
+  if (s.zero != 3) return;
+  if (u.gather >= 0)
+    for (int g : gathers_of_[static_cast<size_t>(u.gather)]) edge(g, first_segment);
+  if (!is_bwd(u.kind)) return;
+  for (size_t q = k; q-- > 0;) {
+    const Use& w = uses_[q];
+    if (is_bwd(w.kind) && w.gslot == u.gslot) {
+      for (int t : grad_comm_of_use_[q]) edge(t, first_segment);
+      break;
+    }
+  }
+}
+
+void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& mbs) {
+  const Use u = uses_[k];
+  const bool acc = u.mb > 0;
+  const bool last_mb = u.mb == s.micro - 1;
+  const parallel::AxisGroups& g = s.groups;
+  for (int pi : s.units[static_cast<size_t>(u.unit)]) {
+    const ParamShape& p = s.params[static_cast<size_t>(pi)];
+    const ParamBuffers& pb = b.params[static_cast<size_t>(pi)];
+    int ready = last_segment;
+    // expert weights are synchronised over the data-parallel axes other than expert
+    const parallel::Axes& pdp = p.expert ? g.batch_dense : g.batch;
+    const parallel::Axes& prp = p.expert ? g.replica_dense : g.replica;
+    const int pdp_size = p.expert ? s.dpx_size : s.dp_size, prp_size = p.expert ? s.replx_size : s.repl_size;
+    // the gradient shard is complete after the reduce-scatter t, and its mean over the
+    // replicas of the shard group (HSDP) when there are any
+    auto shard_done = [&](int t, int shard) {
+      if (prp_size > 1) {
+        const int a = emit_comm(
+            all_reduce(prp, {shard}, p.shard_numel(), comm::ReduceOp::Mean, DType::F32, p.name + ".grad_shard"),
+            "all_reduce " + p.name + ".grad_shard");
+        edge(t, a);
+        grad_sync_.push_back(a);
+      } else {
+        grad_sync_.push_back(t);
+      }
+    };
+    const bool ring = p.shard_stored(s.zero);
+    // sequence parallel: a norm gain's gradient sums over this rank's rows only
+    if (s.sp && p.gain && (ring || last_mb)) {
+      const BufRef grad = ring ? BufRef{b.grad_ring[static_cast<size_t>(u.gslot)], p.ring_offset} : BufRef{pb.grad};
+      const std::string what = p.name + ".grad_rows" + mbs;
+      ready = emit_comm(all_reduce(g.tensor, grad, p.lnumel, comm::ReduceOp::Sum, DType::F32, what),
+                        "all_reduce " + what);
+      edge(last_segment, ready);
+      if (ring)
+        grad_comm_of_use_[k].push_back(ready);
+      else if (pdp_size == 1)
+        grad_sync_.push_back(ready);
+    }
+    if (ring) {
+      const int t = emit_comm(shard_scatter(g.zero, p.O, p.R, p.I, s.scatter_dtype,
+                                            {b.grad_ring[static_cast<size_t>(u.gslot)], p.ring_offset}, {pb.grad},
+                                            acc, comm::ReduceOp::Mean, p.lnumel, p.name + ".grad" + mbs),
+                              "reduce_scatter " + p.name + mbs);
+      edge(ready, t);
+      // two reduce-scatters into one shard add when they complete: in issue order
+      int& prev = last_scatter_[static_cast<size_t>(pi)];
+      edge(prev, t);
+      prev = t;
+      grad_comm_of_use_[k].push_back(t);
+      if (last_mb) shard_done(t, pb.grad);
+      continue;
+    }
+    if (!last_mb || pdp_size == 1) continue;
+    if (s.zero == 2 && p.sharded) {
+      const int t = emit_comm(shard_scatter(g.zero, p.O, p.R, p.I, s.scatter_dtype, {pb.grad}, {pb.grad_shard}, false,
+                                            comm::ReduceOp::Mean, p.lnumel, p.name + ".grad"),
+                              "reduce_scatter " + p.name);
+      edge(ready, t);
+      shard_done(t, pb.grad_shard);
+    } else {
+      const int a = emit_comm(all_reduce(pdp, {pb.grad}, p.lnumel, comm::ReduceOp::Mean, DType::F32, p.name + ".grad"),
+                              "all_reduce " + p.name + ".grad");
+      edge(ready, a);
+      grad_sync_.push_back(a);
+    }
+  }
+}
+
+void StepBuilder::emit_zero12_gathers(int update) {
+  for (size_t pi = 0; pi < s.params.size(); ++pi) {
+    const ParamShape& p = s.params[pi];
+    if (!p.sharded || !p.here) continue;
+    const ParamBuffers& pb = b.params[pi];
+    const BufRef shard = p.O > 1 ? BufRef{pb.param_shard} : BufRef{pb.param, p.r0 * p.I};
+    const int t = emit_comm(shard_gather(s.groups.zero, p.O, p.R, p.I, DType::F32, shard, {pb.param}, p.lnumel, p.name),
+                            "gather " + p.name);
+    edge(update, t);
+  }
+}
+
+}  // namespace shardflow::compile::detail

@@ -1,0 +1,115 @@
+#pragma once
+// StepShape: what one rank of one mesh computes in a training step, derived from the deck,
+// the LayoutPlan and the rank alone (no MPI, no memory: any rank of any mesh). The step
+// compiler (compile/compiler.hpp) emits its tasks from it, the trainer sizes its kernels'
+// operands from it, and `shardflow compile` prints it.
+//
+// Nomenclature
+//   chunk         a run of layers of a pipeline stage (LayoutPlan::layer_chunk); this rank
+//                 runs its stage's v chunks, chunk vc being global chunk vc·p + stage.
+//   act slot      one micro-batch's activations of a chunk, alive from its forward to its
+//                 backward; a chunk with `slots` act slots uses [slot_base, slot_base + slots)
+//                 of the rank's act slots (compile::in_flight decides how many).
+//   gather ring   ZeRO-3: prefetch + 1 buffers, each holding one unit's gathered parameters
+//                 (a parameter at offset `ring_offset` of its unit).
+//   grad ring     ZeRO-3: 2 buffers for one unit's full gradients before their reduce-scatter.
+//   box           a parameter as this rank holds it after the tensor and expert splits (lext
+//                 at loff of the view); ZeRO splits view dim dz of the box, seen as [O, R, I],
+//                 into rows [r0, r0 + nr).
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "compile/schedule.hpp"
+#include "config/deck.hpp"
+#include "core/dtype.hpp"
+#include "layout/layout.hpp"
+#include "parallel/layout_plan.hpp"
+
+namespace shardflow::compile {
+
+/// One parameter as this rank holds it.
+struct ParamShape {
+  std::string name;
+  Shape shape, view;
+  int dt = -1;       // view dim split over tensor (-1: replicated over tensor)
+  Shape lext, loff;  // the box of the view after the tensor and expert splits
+  int64_t lnumel = 0;
+  bool decay = false;
+  bool gain = false;    // norm gain: under sequence parallelism its gradient is a partial sum over tensor
+  bool expert = false;  // an expert weight [E, ...]
+  int de = -1;          // view dim split over expert
+  int unit = 0, stage = 0;
+  bool here = true;      // this rank's pipeline stage holds it
+  bool sharded = false;  // ZeRO splits it (zero_dim >= 0)
+  int dz = -1;
+  int64_t O = 1, R = 1, I = 1, r0 = 0, nr = 0;
+  int64_t ring_offset = -1;  // ZeRO-3: offset in its unit's gather/grad ring buffer
+  int64_t shard_numel() const { return O * nr * I; }
+  /// Stored as its ZeRO shard (ZeRO-3 and sharded).
+  bool shard_stored(int zero) const { return zero == 3 && sharded; }
+};
+
+struct ChunkShape {
+  int gc = 0;                          // global chunk index
+  int layer_begin = 0, layer_end = 0;  // its layers [begin, end)
+  int slots = 1, slot_base = 0;        // its act slots
+};
+
+struct StepShape {
+  int rank = 0, world = 1;
+  MeshShape mesh;
+  parallel::AxisGroups groups;
+  // model
+  int64_t vocab = 0, seq = 0, hidden = 0, heads = 0, head_dim = 0, ffn = 0;
+  int layers = 0;
+  int64_t experts = 0, top_k = 0, moe_every = 0;
+  bool moe_layer(int l) const { return experts > 0 && moe_every > 0 && (l + 1) % moe_every == 0; }
+  // strategy
+  int zero = 0, prefetch = 1;
+  DType gather_dtype = DType::F32, scatter_dtype = DType::F32;
+  PipelineSchedule schedule = PipelineSchedule::OneFOneB;
+  // tensor / sequence parallel
+  int tp = 1, tc = 0;
+  bool sp = false;
+  int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0;  // local heads, head columns, ffn, vocab slice
+  // expert parallel
+  int ep = 1, ec = 0;
+  int64_t E_l = 0, e0 = 0;        // this rank's experts [e0, e0 + E_l)
+  std::vector<int> expert_owner;  // expert -> expert coordinate
+  // pipeline
+  int pp = 1, stage = 0;
+  bool first_stage = true, last_stage = true;
+  int vstages = 1, nchunks = 1;
+  std::vector<ChunkShape> chunks;  // this rank's, by virtual stage
+  std::vector<int> layer_chunk;    // global layer -> global chunk
+  std::vector<int> local_layer;    // global layer -> local layer index (-1: on another stage)
+  int total_slots = 1;
+  std::vector<PipelineStep> order;  // this stage's schedule
+  int slot_of(int vc, int mb) const {
+    const ChunkShape& c = chunks[static_cast<size_t>(vc)];
+    return c.slot_base + mb % c.slots;
+  }
+  // batch
+  int64_t global_batch = 0, micro = 1, mb_seqs = 1, local_seqs = 1, tokens_mb = 1;
+  int64_t Tr = 0, t0 = 0;  // residual-stream rows this rank holds: [t0, t0 + Tr) of tokens_mb
+  // data-parallel groups
+  int dp_size = 1, dpx_size = 1, shard_size = 1, shard_index = 0, repl_size = 1, replx_size = 1;
+  // parameters, in ModelDescription order
+  std::vector<ParamShape> params;
+  std::map<std::string, int> index;
+  std::vector<std::vector<int>> units;  // unit -> parameter indices
+  int64_t ring_numel = 0;               // ZeRO-3: one ring buffer (the largest unit on this rank)
+  const ParamShape& param(const std::string& n) const { return params[static_cast<size_t>(index.at(n))]; }
+};
+
+/// The strategy options of a deck (zero stage, fsdp_min_weight_size) as the LayoutPlan takes them.
+StrategyOptions strategy_options(const Deck& deck);
+
+/// Rank `rank`'s step. `plan` must be the deck's (LayoutPlan(ModelDescription(deck.model),
+/// mesh, strategy_options(deck), deck.strategy.virtual_stages)). Throws InputError naming
+/// the deck key and value when the step cannot be built (batch not divisible, ...).
+StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank);
+
+}  // namespace shardflow::compile

@@ -1,0 +1,437 @@
+// The block program of MODEL.md as this rank runs it: the kernels each ComputeOp of the
+// StepProgram calls, on the buffers the trainer bound (trainer_impl.hpp).
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.hpp"
+#include "train/impl/trainer_impl.hpp"
+
+namespace shardflow::train {
+
+using namespace kern;
+
+namespace {
+/// y = x · wᵀ backward: dx (+)= dy · w (skipped when dx is null), dw (+)= dyᵀ · x, for dy
+/// [rows, out], x [rows, in], w and dw [out, in].
+void linear_bwd(const float* dy, const float* x, const float* w, float* dw, int64_t rows, int64_t out, int64_t in,
+                float* dx, bool acc_dx, bool acc_w) {
+  if (dx != nullptr)
+    nn::Linear<float, Exec>::backward_input(cmat(dy, rows, out), cmat(w, out, in), mat(dx, rows, in), acc_dx);
+  nn::Linear<float, Exec>::backward_weight(cmat(dy, rows, out), cmat(x, rows, in), mat(dw, out, in), acc_w);
+}
+}  // namespace
+
+void Trainer::Impl::run_op(const compile::ComputeOp& o) {
+  using compile::StepOp;
+  const int l = o.layer, j = o.mb, x = o.act_slot, s = o.pslot, g = o.gslot;
+  const bool a = o.acc;
+  switch (o.op) {
+    case StepOp::Begin: sums_local[0] = sums_local[1] = sums_local[2] = 0; return;
+    case StepOp::Copy:
+      nn::Residual<float, Exec>::copy(cmat(F(o.src), Tr, cfg.hidden), mat(F(o.dst), Tr, cfg.hidden));
+      return;
+    case StepOp::Embed: embed_fwd_a(j, x, s); return;
+    case StepOp::PosEmbed: embed_fwd_b(x, s); return;
+    case StepOp::AttnNorm: layer_fwd_norm1(l, x, s); return;
+    case StepOp::Attn: layer_fwd_attn(l, x, s); return;
+    case StepOp::MlpNorm: layer_fwd_norm2(l, x, s); return;
+    case StepOp::Mlp: layer_fwd_mlp(l, x, s); return;
+    case StepOp::Residual: layer_fwd_end(l, x); return;
+    case StepOp::MoeRoute: moe_route_fwd(l, x, s); return;
+    case StepOp::MoePlan: moe_recv_counts(l, x); return;
+    case StepOp::MoeExperts: moe_experts_fwd(l, x, s); return;
+    case StepOp::MoeCombine: moe_combine(l, x); return;
+    case StepOp::FinalNorm: head_norm(x, s); return;
+    case StepOp::Logits: head_a(s); return;
+    case StepOp::SumExp: head_b(j); return;
+    case StepOp::Loss: head_c(j, s, g, a); return;
+    case StepOp::FinalNormBwd: head_d(x, s, g, a); return;
+    case StepOp::MoeCombineBwd: moe_combine_bwd(l, x); return;
+    case StepOp::MoeExpertsBwd: moe_experts_bwd(l, x, s, g, a); return;
+    case StepOp::MoeRouterBwd: moe_router_bwd(l, x, s, g, a); return;
+    case StepOp::MlpBwd: layer_bwd_mlp(l, x, s, g, a); return;
+    case StepOp::MlpNormBwd: layer_bwd_norm(l, true, x, s, g, a); return;
+    case StepOp::AttnBwd: layer_bwd_attn(l, x, s, g, a); return;
+    case StepOp::AttnNormBwd: layer_bwd_norm(l, false, x, s, g, a); return;
+    case StepOp::EmbedBwd: embed_bwd(j, x, g, a); return;
+    case StepOp::GradNormLocal: norm_local(); return;
+    case StepOp::AdamW: update(); return;
+  }
+  throw Error("run_op: unknown step op " + std::to_string(static_cast<int>(o.op)));
+}
+
+// ---- compute tasks ------------------------------------------------------------------------
+// Tensor parallelism (Megatron): qkv, gate_up and lm_head hold output rows of the local
+// heads / ffn columns / vocabulary slice; attn.out and mlp.down hold the matching input
+// columns and produce partial sums (ybuf, dn) that a tensor collective completes. Without
+// sequence parallelism the residual stream, the norms and their gains are replicated over
+// the tensor axis and the collective is an all-reduce. With it, the residual stream (x,
+// dx, x_in, x_mid, rstd) holds this rank's rows [t0, t0 + Tr) of the T tokens: norms write
+// their rows into the full n1 / n2 / nf, which an all-gather completes, and the partial
+// sums are reduce-scattered back to rows (yl, dnl); dx is all-gathered into dxfull before
+// the row-parallel backward.
+
+void Trainer::Impl::embed_fwd_a(int j, int xs_slot, int slot) {
+  const Param& e = P("embed.weight");
+  const int64_t H = cfg.hidden;
+  float* out = sp ? ybuf.data() : xs[static_cast<size_t>(xs_slot)].data();
+  nn::Embedding<float, Exec>::forward(inputs[static_cast<size_t>(j)], cmat(pptr(e, slot), V_l, H), v0,
+                                      mat(out, tokens_mb, H));
+  if (sp && tc == 0)  // positions join the partial sums once
+    nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(P("pos_embed.weight"), slot), cfg.seq, H),
+                                                mat(out, tokens_mb, H));
+}
+
+void Trainer::Impl::embed_fwd_b(int xs_slot, int slot) {
+  const Param& pe = P("pos_embed.weight");
+  nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(pe, slot), cfg.seq, cfg.hidden),
+                                              mat(xs[static_cast<size_t>(xs_slot)].data(), tokens_mb, cfg.hidden));
+}
+
+// rmsnorm of this rank's residual rows x [Tr, H] into rows [t0, t0 + Tr) of `out` [T, H]
+void Trainer::Impl::norm_fwd(const Param& g, const float* x, float* out, float* rstd, int slot) {
+  const int64_t H = cfg.hidden;
+  nn::RmsNorm<float, Exec>::forward(cmat(x, Tr, H), cvec(pptr(g, slot), H), mat(out + t0 * H, Tr, H), vec(rstd, Tr));
+}
+
+// dx (+)= the rmsnorm backward of this rank's rows of dn (dnl under sp), gain gradient (+)=
+void Trainer::Impl::norm_bwd(const Param& g, const float* x, const float* rstd, int xs_slot, int slot, int gslot,
+                             bool acc, bool acc_dx) {
+  const int64_t H = cfg.hidden;
+  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(x, Tr, H), cvec(pptr(g, slot), H),
+                                     cvec(rstd, Tr), mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H),
+                                     vec(gptr(g, gslot), H), acc_dx, accum(g, acc));
+}
+
+// linear_bwd for the parameter w (its gather slot, gradient slot and accumulation rule)
+void Trainer::Impl::linear_backward(const float* dy, const float* x, const Param& w, int slot, int gslot, bool acc,
+                                    int64_t rows, int64_t out, int64_t in, float* dx, bool acc_dx) {
+  linear_bwd(dy, x, pptr(w, slot), gptr(w, gslot), rows, out, in, dx, acc_dx, accum(w, acc));
+}
+
+void Trainer::Impl::layer_fwd_norm1(int l, int xs_slot, int slot) {
+  const int64_t H = cfg.hidden;
+  Acts& a = act(l, xs_slot);
+  nn::Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
+  norm_fwd(U(l + 1, 0), a.x_in.data(), a.n1.data(), a.rstd1.data(), slot);
+}
+
+void Trainer::Impl::layer_fwd_attn(int l, int xs_slot, int slot) {
+  using namespace nn;
+  const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
+  const Param &wqkv = U(l + 1, 1), &wout = U(l + 1, 2);
+  Acts& a = act(l, xs_slot);
+  Linear<float, Exec>::forward(cmat(a.n1.data(), T, H), cmat(pptr(wqkv, slot), 3 * H_l, H),
+                               mat(a.qkv.data(), T, 3 * H_l));
+  VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
+  Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l));
+  Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(pptr(wout, slot), H, H_l), mat(ybuf.data(), T, H));
+}
+
+void Trainer::Impl::layer_fwd_norm2(int l, int xs_slot, int slot) {
+  const int64_t H = cfg.hidden;
+  Acts& a = act(l, xs_slot);
+  nn::Residual<float, Exec>::copy(cmat(a.x_in.data(), Tr, H), mat(a.x_mid.data(), Tr, H));
+  nn::Residual<float, Exec>::add(mat(a.x_mid.data(), Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
+  norm_fwd(U(l + 1, 3), a.x_mid.data(), a.n2.data(), a.rstd2.data(), slot);
+}
+
+void Trainer::Impl::layer_fwd_mlp(int l, int xs_slot, int slot) {
+  using namespace nn;
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  const Param &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
+  Acts& a = act(l, xs_slot);
+  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(wgu, slot), 2 * F_l, H),
+                               mat(a.gu.data(), T, 2 * F_l));
+  SwiGlu<float, Exec>::forward(cmat(a.gu.data(), T, 2 * F_l), mat(a.h.data(), T, F_l));
+  Linear<float, Exec>::forward(cmat(a.h.data(), T, F_l), cmat(pptr(wdown, slot), H, F_l), mat(ybuf.data(), T, H));
+}
+
+void Trainer::Impl::layer_fwd_end(int l, int xs_slot) {
+  const int64_t H = cfg.hidden;
+  float* x = xs[static_cast<size_t>(xs_slot)].data();
+  nn::Residual<float, Exec>::copy(cmat(act(l, xs_slot).x_mid.data(), Tr, H), mat(x, Tr, H));
+  nn::Residual<float, Exec>::add(mat(x, Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
+}
+
+void Trainer::Impl::head_norm(int xs_slot, int slot) {
+  norm_fwd(P("final_norm.weight"), xs[static_cast<size_t>(xs_slot)].data(), nf.data(), rstdf.data(), slot);
+}
+
+void Trainer::Impl::head_a(int slot) {
+  using namespace nn;
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  const Param& lm = P("lm_head.weight");
+  Linear<float, Exec>::forward(cmat(nf.data(), T, H), cmat(pptr(lm, slot), V_l, H), mat(logits.data(), T, V_l));
+  CrossEntropy<float, Exec>::local_max(cmat(logits.data(), T, V_l), vec(row_max.data(), T));
+}
+
+void Trainer::Impl::head_b(int j) {
+  const int64_t T = tokens_mb;
+  nn::CrossEntropy<float, Exec>::local_sumexp_target(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
+                                                     targets[static_cast<size_t>(j)], v0, mat(stats.data(), T, 2));
+}
+
+void Trainer::Impl::head_c(int j, int slot, int gslot, bool acc) {
+  using namespace nn;
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  const Param& lm = P("lm_head.weight");
+  const double scale = 1.0 / static_cast<double>(local_seqs * cfg.seq);
+  sums_local[0] += CrossEntropy<float, Exec>::loss_and_grad(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
+                                                            cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)],
+                                                            v0, scale, mat(logits.data(), T, V_l));
+  linear_backward(logits.data(), nf.data(), lm, slot, gslot, acc, T, V_l, H, dn.data(), false);
+}
+
+void Trainer::Impl::head_d(int xs_slot, int slot, int gslot, bool acc) {
+  norm_bwd(P("final_norm.weight"), xs[static_cast<size_t>(xs_slot)].data(), rstdf.data(), xs_slot, slot, gslot, acc,
+           false);
+}
+
+void Trainer::Impl::layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc) {
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  Acts& a = act(l, xs_slot);
+  linear_backward(dx_full(xs_slot), a.h.data(), U(l + 1, 5), slot, gslot, acc, T, H, F_l, dh.data(), false);
+  nn::SwiGlu<float, Exec>::backward(cmat(dh.data(), T, F_l), cmat(a.gu.data(), T, 2 * F_l), mat(dgu.data(), T, 2 * F_l));
+  linear_backward(dgu.data(), a.n2.data(), U(l + 1, 4), slot, gslot, acc, T, 2 * F_l, H, dn.data(), false);
+}
+
+void Trainer::Impl::layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc) {
+  const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
+  Acts& a = act(l, xs_slot);
+  linear_backward(dx_full(xs_slot), a.att.data(), U(l + 1, 2), slot, gslot, acc, T, H, H_l, datt.data(), false);
+  VT::CTen3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
+  nn::Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, 3 * H_l), probs, A_l,
+                                       mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H_l));
+  linear_backward(dqkv.data(), a.n1.data(), U(l + 1, 1), slot, gslot, acc, T, 3 * H_l, H, dn.data(), false);
+}
+
+// the attention norm (mlp = false) or the mlp norm: dx += its backward
+void Trainer::Impl::layer_bwd_norm(int l, bool mlp, int xs_slot, int slot, int gslot, bool acc) {
+  Acts& a = act(l, xs_slot);
+  norm_bwd(U(l + 1, mlp ? 3 : 0), (mlp ? a.x_mid : a.x_in).data(), (mlp ? a.rstd2 : a.rstd1).data(), xs_slot, slot,
+           gslot, acc, true);
+}
+
+void Trainer::Impl::embed_bwd(int j, int xs_slot, int gslot, bool acc) {
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  const Param& e = P("embed.weight");
+  const Param& pe = P("pos_embed.weight");
+  const float* dx = dx_full(xs_slot);
+  nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0, mat(gptr(e, gslot), V_l, H),
+                                       *escratch, accum(e, acc));
+  nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gslot), cfg.seq, H), accum(pe, acc));
+}
+
+// ---- mixture of experts ------------------------------------------------------------------
+// After the mlp norm: router logits, the routing decisions (host), dispatch of the kept
+// choices' rows ordered by expert (so by owning expert rank), all_to_allv to the experts,
+// each local expert's SwiGLU FFN on its rows from every source, all_to_allv back, and the
+// gated combine into ybuf, which joins the residual stream like the dense MLP's output.
+// The backward runs the conjugates in reverse.
+// With tensor parallelism (Megatron's MoE): every tensor rank holds the whole normalised
+// input (all-gathered under sp), so the router and the routing decisions are the same on
+// all of them; each expert's FFN is split like the dense MLP (gate_up rows and down columns
+// of F: this rank's F_l), so the expert outputs, and the combine in ybuf, are partial sums
+// that the tensor all-reduce (reduce-scatter under sp) completes, as for the dense MLP.
+// Backward: dgate = dx · y is a partial sum too (all-reduced over tensor, T·k values), the
+// experts' dX is partial and joins dn, which the tensor collective completes; the router's
+// own input gradient joins dn on tensor rank 0 only.
+
+void Trainer::Impl::moe_route_fwd(int l, int xs_slot, int slot) {
+  using namespace nn;
+  const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
+  MoeState& m = ms(l, xs_slot);
+  Acts& a = act(l, xs_slot);
+  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(U(l + 1, 4), slot), E, H),
+                               mat(m.logits.data(), T, E));
+  auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m.logits);
+  m.route = moe_route(hl.data(), T, moe);
+  sums_local[1] += m.route.aux;
+  sums_local[2] += static_cast<double>(m.route.dropped);
+  std::vector<int64_t> start(static_cast<size_t>(E + 1), 0);
+  for (int64_t c = 0; c < T * k; ++c)
+    if (m.route.kept[static_cast<size_t>(c)]) ++start[static_cast<size_t>(m.route.expert[static_cast<size_t>(c)] + 1)];
+  std::fill(m.send_ec.begin(), m.send_ec.end(), 0);
+  std::fill(m.send_rows.begin(), m.send_rows.end(), 0);
+  for (int64_t e = 0; e < E; ++e) {
+    const int r = prog.shape.expert_owner[static_cast<size_t>(e)];
+    const int64_t n = start[static_cast<size_t>(e + 1)];
+    m.send_ec[static_cast<size_t>(r * E + e)] = static_cast<int32_t>(n);
+    m.send_rows[static_cast<size_t>(r)] += static_cast<size_t>(n);
+  }
+  for (int64_t e = 0; e < E; ++e) start[static_cast<size_t>(e + 1)] += start[static_cast<size_t>(e)];
+  auto hs = Kokkos::create_mirror_view(m.slot);
+  auto hg = Kokkos::create_mirror_view(m.gate);
+  for (int64_t c = 0; c < T * k; ++c) {
+    hg(c) = m.route.gate[static_cast<size_t>(c)];
+    hs(c) = m.route.kept[static_cast<size_t>(c)] ? start[static_cast<size_t>(m.route.expert[static_cast<size_t>(c)])]++
+                                                 : -1;
+  }
+  Kokkos::deep_copy(m.slot, hs);
+  Kokkos::deep_copy(m.gate, hg);
+  MoeRows<float, Exec>::dispatch(cmat(a.n2.data(), T, H), m.slot, k, mat(m.xsend.data(), T * k, H));
+  if (ep == 1) {
+    m.recv_ec = m.send_ec;
+    moe_recv_counts(l, xs_slot);
+  }
+}
+
+void Trainer::Impl::moe_recv_counts(int l, int xs_slot) {
+  MoeState& m = ms(l, xs_slot);
+  const int64_t E = moe.experts;
+  m.nrecv = 0;
+  for (int r = 0; r < ep; ++r) {
+    size_t n = 0;
+    for (int64_t e = 0; e < E; ++e) n += static_cast<size_t>(m.recv_ec[static_cast<size_t>(r * E + e)]);
+    m.recv_rows[static_cast<size_t>(r)] = n;
+    m.nrecv += static_cast<int64_t>(n);
+  }
+  SHARDFLOW_REQUIRE(m.nrecv * cfg.hidden <= static_cast<int64_t>(m.xr.extent(0)), "MoE layer ", l, ": ", m.nrecv,
+                    " rows received, more than the dispatch buffer holds");
+}
+
+void Trainer::Impl::moe_experts_fwd(int l, int xs_slot, int slot) {
+  using namespace nn;
+  const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
+  MoeState& m = ms(l, xs_slot);
+  const float* wgu = pptr(U(l + 1, 5), slot);
+  const float* wd = pptr(U(l + 1, 6), slot);
+  int64_t row = 0;
+  for (int r = 0; r < ep; ++r)
+    for (int64_t e = e0; e < e0 + E_l; ++e) {
+      const int64_t n = m.recv_ec[static_cast<size_t>(r * E + e)];
+      if (n == 0) continue;
+      Linear<float, Exec>::forward(cmat(m.xr.data() + row * H, n, H), cmat(wgu + (e - e0) * 2 * F * H, 2 * F, H),
+                                   mat(m.gu.data() + row * 2 * F, n, 2 * F));
+      SwiGlu<float, Exec>::forward(cmat(m.gu.data() + row * 2 * F, n, 2 * F), mat(m.h.data() + row * F, n, F));
+      Linear<float, Exec>::forward(cmat(m.h.data() + row * F, n, F), cmat(wd + (e - e0) * H * F, H, F),
+                                   mat(m.yr.data() + row * H, n, H));
+      row += n;
+    }
+}
+
+void Trainer::Impl::moe_combine(int l, int xs_slot) {
+  const int64_t T = tokens_mb, H = cfg.hidden, k = moe.top_k;
+  MoeState& m = ms(l, xs_slot);
+  nn::MoeRows<float, Exec>::combine(cmat(m.ysend.data(), T * k, H), m.slot, cvec(m.gate.data(), T * k), k,
+                                    mat(ybuf.data(), T, H), false);
+}
+
+void Trainer::Impl::moe_combine_bwd(int l, int xs_slot) {
+  const int64_t T = tokens_mb, H = cfg.hidden, k = moe.top_k;
+  MoeState& m = ms(l, xs_slot);
+  const float* dx = dx_full(xs_slot);
+  nn::MoeRows<float, Exec>::gate_grad(cmat(dx, T, H), cmat(m.ysend.data(), T * k, H), m.slot, k,
+                                      vec(moe_dgate.data(), T * k));
+  nn::MoeRows<float, Exec>::combine_backward(cmat(dx, T, H), m.slot, cvec(m.gate.data(), T * k), k,
+                                             mat(m.ysend.data(), T * k, H));
+}
+
+void Trainer::Impl::moe_experts_bwd(int l, int xs_slot, int slot, int gslot, bool acc) {
+  using namespace nn;
+  const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
+  MoeState& m = ms(l, xs_slot);
+  const Param &pgu = U(l + 1, 5), &pd = U(l + 1, 6);
+  const float* wgu = pptr(pgu, slot);
+  const float* wd = pptr(pd, slot);
+  float* dwgu = gptr(pgu, gslot);
+  float* dwd = gptr(pd, gslot);
+  // experts that received no rows add nothing: start from zero, then always accumulate
+  if (!accum(pgu, acc)) Kokkos::deep_copy(vec(dwgu, pgu.lnumel), 0.0f);
+  if (!accum(pd, acc)) Kokkos::deep_copy(vec(dwd, pd.lnumel), 0.0f);
+  int64_t row = 0;
+  for (int r = 0; r < ep; ++r)
+    for (int64_t e = e0; e < e0 + E_l; ++e) {
+      const int64_t n = m.recv_ec[static_cast<size_t>(r * E + e)];
+      if (n == 0) continue;
+      float* dy = m.yr.data() + row * H;  // dy in, dX out
+      linear_bwd(dy, m.h.data() + row * F, wd + (e - e0) * H * F, dwd + (e - e0) * H * F, n, H, F, moe_dh.data(),
+                 false, true);
+      SwiGlu<float, Exec>::backward(cmat(moe_dh.data(), n, F), cmat(m.gu.data() + row * 2 * F, n, 2 * F),
+                                    mat(moe_dgu.data(), n, 2 * F));
+      linear_bwd(moe_dgu.data(), m.xr.data() + row * H, wgu + (e - e0) * 2 * F * H, dwgu + (e - e0) * 2 * F * H, n,
+                 2 * F, H, dy, false, true);
+      row += n;
+    }
+}
+
+void Trainer::Impl::moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc) {
+  const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
+  MoeState& m = ms(l, xs_slot);
+  const float* dxr = ep > 1 ? m.xsend.data() : m.yr.data();  // the experts' dX, back in dispatch order
+  nn::MoeRows<float, Exec>::dispatch_backward(cmat(dxr, T * k, H), m.slot, k, mat(dn.data(), T, H), false);
+  auto hdg = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), moe_dgate);
+  auto hdl = Kokkos::create_mirror_view(moe_dlogits);
+  moe_route_backward(m.route, hdg.data(), 1.0 / static_cast<double>(local_seqs), moe, hdl.data());
+  Kokkos::deep_copy(moe_dlogits, hdl);
+  // the router is replicated over tensor: its input gradient joins the partial dn once
+  linear_backward(moe_dlogits.data(), act(l, xs_slot).n2.data(), U(l + 1, 4), slot, gslot, acc, T, E, H,
+                  tc == 0 ? dn.data() : nullptr, true);
+}
+
+void Trainer::Impl::norm_local() {
+  // Each element once: a tensor-replicated parameter counts on tensor coordinate 0 only, a
+  // parameter replicated over the shard group on shard index 0 only.
+  double sq = 0;
+  for (auto& p : params) {
+    if (!p.here) continue;
+    if (p.expert && ep > 1) {
+      // an expert's gradient sums the tokens of all ep batch slices of its expert group,
+      // each scaled for its own slice's mean: 1/ep makes it the mean over the group
+      FVec gv = zero == 2 && p.sharded ? p.gshard : p.grad;
+      const float f = 1.0f / static_cast<float>(ep);
+      float* gp = gv.data();
+      Kokkos::parallel_for(
+          "shardflow::train::expert_grad_scale", Kokkos::RangePolicy<Exec>(0, static_cast<int64_t>(gv.extent(0))),
+          KOKKOS_LAMBDA(int64_t i) { gp[i] *= f; });
+    }
+    const float* g = p.grad.data();
+    int64_t n = p.lnumel;
+    if (p.sharded) {
+      n = p.shard_numel();
+      if (zero == 1) {
+        if (p.O > 1) {
+          detail::pack_rows(p.grad.data(), p.R, p.r0, p.gtmp.data(), p.nr, 0, p.O, p.nr, p.I, DType::F32);
+          g = p.gtmp.data();
+        } else {
+          g = p.grad.data() + p.r0 * p.I;
+        }
+      } else if (zero == 2) {
+        g = p.gshard.data();
+      }
+    } else if (shard_size > 1 && shard_index != 0) {
+      continue;
+    }
+    if (p.dt < 0 && tc != 0) continue;
+    if (!p.expert && ec != 0) continue;
+    sq += optim::AdamW<float, Exec>::sum_of_squares(cvec(g, n));
+  }
+  sq_local = sq;
+  sq_total = sq;
+}
+
+void Trainer::Impl::update() {
+  grad_norm = std::sqrt(sq_total);
+  const auto st = optim::make_step(opt, completed + 1, sq_total);
+  for (auto& p : params) {
+    if (!p.here) continue;
+    float* pp_ = p.param.data();
+    const float* gg = p.grad.data();
+    int64_t n = p.lnumel;
+    if (p.sharded) {
+      n = p.shard_numel();
+      if (zero == 1 || zero == 2) {
+        if (p.O > 1) detail::pack_rows(p.param.data(), p.R, p.r0, p.pshard.data(), p.nr, 0, p.O, p.nr, p.I, DType::F32);
+        pp_ = shard_param_ptr(p);
+        if (zero == 1)
+          gg = p.O > 1 ? p.gtmp.data() : p.grad.data() + p.r0 * p.I;
+        else
+          gg = p.gshard.data();
+      }
+    }
+    optim::AdamW<float, Exec>::update(vec(pp_, n), cvec(gg, n), vec(p.m.data(), n), vec(p.v.data(), n), st, p.decay);
+  }
+}
+
+}  // namespace shardflow::train

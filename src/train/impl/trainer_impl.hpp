@@ -1,0 +1,175 @@
+#pragma once
+// The trainer's state: the compiled StepProgram (compile/compiler.hpp) bound to this rank's
+// buffers and communicators, the block program's kernels (step_kernels.cpp), the data
+// loader and the step statistics. Binding: trainer.cpp; kernels: step_kernels.cpp.
+#include <Kokkos_Core.hpp>
+#include <map>
+#include <memory>
+
+#include "compile/compiler.hpp"
+#include "data/loader.hpp"
+#include "model/model_description.hpp"
+#include "nn/gpt.hpp"
+#include "nn/kernels.hpp"
+#include "nn/moe.hpp"
+#include "optim/adamw.hpp"
+#include "parallel/layout_plan.hpp"
+#include "train/impl/shard_collectives.hpp"
+#include "train/trainer.hpp"
+
+namespace shardflow::train {
+
+namespace kern {
+using Exec = Kokkos::DefaultExecutionSpace;
+using VT = nn::ViewTypes<float, Exec>;
+using FVec = Kokkos::View<float*>;
+using TVec = Kokkos::View<int32_t*>;
+using LVec = Kokkos::View<int64_t*>;
+inline VT::Mat mat(float* p, int64_t r, int64_t c) { return VT::Mat(p, static_cast<size_t>(r), static_cast<size_t>(c)); }
+inline VT::CMat cmat(const float* p, int64_t r, int64_t c) {
+  return VT::CMat(p, static_cast<size_t>(r), static_cast<size_t>(c));
+}
+inline VT::Vec vec(float* p, int64_t n) { return VT::Vec(p, static_cast<size_t>(n)); }
+inline VT::CVec cvec(const float* p, int64_t n) { return VT::CVec(p, static_cast<size_t>(n)); }
+}  // namespace kern
+
+struct Trainer::Impl {
+  using Exec = kern::Exec;
+  using FVec = kern::FVec;
+  using TVec = kern::TVec;
+
+  // ---- configuration --------------------------------------------------------------
+  Deck deck;
+  const Mesh* mesh;
+  comm::CommSet* comms;
+  nn::GptConfig cfg;
+  ModelDescription desc;
+  std::unique_ptr<parallel::LayoutPlan> plan;  // the only layout decider
+  compile::StepProgram prog;                   // this rank's step, as compiled
+  optim::AdamWConfig opt;
+  nn::MoeConfig moe;
+  // the StepShape's numbers the kernels use (prog.shape)
+  int zero = 0, tp = 1, tc = 0, ep = 1, ec = 0, shard_size = 1, shard_index = 0;
+  bool sp = false, first_stage = true, last_stage = true;
+  int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0, E_l = 0, e0 = 0, Tr = 0, t0 = 0;
+  int64_t micro = 1, mb_seqs = 1, local_seqs = 1, tokens_mb = 1;
+  data::Slice slice;
+  std::unique_ptr<data::DataLoader> loader;
+
+  // ---- buffers (prog.buffers, allocated) ------------------------------------------------
+  std::vector<FVec> fbuf;                 // f32 buffers by id
+  std::vector<TVec> ibuf;                 // i32
+  std::vector<kern::LVec> lbuf;           // i64
+  float* F(int id) const { return fbuf[static_cast<size_t>(id)].data(); }
+  float* F(const compile::BufRef& r) const { return F(r.buf) + r.off; }
+  void* resolve(const compile::BufRef& r);  // any dtype
+
+  // A parameter as this rank holds it (compile::ParamShape) and its buffers.
+  struct Param : compile::ParamShape {
+    FVec param, grad, gshard, m, v, pshard, gtmp;
+  };
+  std::vector<Param> params;
+  std::map<std::string, int> index;
+  std::vector<std::vector<int>> units;  // unit -> param indices
+  std::vector<FVec> pslots, gslots;     // ZeRO-3 gather ring and grad ring
+
+  struct Acts {
+    FVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
+  };
+  std::vector<std::vector<Acts>> acts;  // [local layer][act slot]
+  // An MoE layer's routing and dispatch state for one micro-batch in flight. Dispatch rows
+  // are ordered by expert (so by owning rank), then by choice a = t·k + j.
+  struct MoeState {
+    nn::MoeRouting route;
+    FVec logits, gate;                         // [T, E], [T·k]
+    kern::LVec slot;                           // [T·k] dispatch row of each choice, -1 dropped
+    std::vector<int32_t> send_ec, recv_ec;     // [ep, E] rows per (peer, expert) sent / received
+    std::vector<size_t> send_rows, recv_rows;  // per peer
+    FVec xsend, ysend;                         // [T·k, H] rows sent out / combined back (dy in backward)
+    FVec xr, yr, gu, h;                        // received rows [N, H], expert activations, outputs (dX)
+    int64_t nrecv = 0;
+  };
+  std::vector<std::vector<MoeState>> moes;  // [local layer][act slot]; empty for dense layers
+  FVec moe_dgate, moe_dh, moe_dgu, moe_dlogits;
+  std::vector<FVec> xs, dxs, rxs, rdxs;  // per act slot: residual stream, its gradient, receive rings
+  FVec yl, dnl, dxfull;                  // sequence parallel: reduce-scattered rows, gathered dx
+  FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
+  std::vector<TVec> inputs, targets;
+  std::unique_ptr<nn::Embedding<float, Exec>::Scratch> escratch;
+
+  // ---- step state ------------------------------------------------------------------------
+  int64_t completed = 0;
+  // summed over the batch: [cross-entropy, MoE load-balancing loss, dropped MoE choices]
+  double sums_local[3] = {0, 0, 0}, sums_global[3] = {0, 0, 0};
+  double sq_local = 0, sq_total = 0, grad_norm = 0;
+  bool loss_reduced = false;  // the loss sums travel over the loss group
+  graph::TaskGraph graph{"train_step"};
+  graph::Executor executor;
+  std::vector<std::unique_ptr<detail::ShardGather>> gathers;
+  std::vector<std::unique_ptr<detail::ShardReduceScatter>> scatters;
+  int64_t staging = 0;
+
+  Impl(const Deck& d, const Mesh& m, comm::CommSet& c);
+  void allocate();
+  void bind();
+  graph::CommStartFn bind_comm(const compile::TaskSpec& t);
+  void init_params();
+
+  // ---- the block program (step_kernels.cpp) ---------------------------------------------
+  void run_op(const compile::ComputeOp& op);
+  float* pptr(const Param& p, int slot) {
+    return p.shard_stored(zero) ? pslots[static_cast<size_t>(slot)].data() + p.ring_offset : p.param.data();
+  }
+  float* gptr(const Param& p, int gslot) {
+    return p.shard_stored(zero) ? gslots[static_cast<size_t>(gslot)].data() + p.ring_offset : p.grad.data();
+  }
+  bool accum(const Param& p, bool acc) const { return acc && !p.shard_stored(zero); }
+  Param& P(const std::string& n) { return params[static_cast<size_t>(index.at(n))]; }
+  Param& U(int unit, int k) {
+    return params[static_cast<size_t>(units[static_cast<size_t>(unit)][static_cast<size_t>(k)])];
+  }
+  Acts& act(int l, int slot) {
+    return acts[static_cast<size_t>(prog.shape.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];
+  }
+  MoeState& ms(int l, int slot) {
+    return moes[static_cast<size_t>(prog.shape.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];
+  }
+  float* shard_param_ptr(Param& p) { return p.O > 1 ? p.pshard.data() : p.param.data() + p.r0 * p.I; }
+  Layout param_layout(const Param& p, bool optimizer_state) const;
+  const float* dx_full(int xs_slot) const {  // the whole micro-batch's dx (all-gathered under sp)
+    return sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
+  }
+
+  void embed_fwd_a(int j, int xs_slot, int slot);
+  void embed_fwd_b(int xs_slot, int slot);
+  void norm_fwd(const Param& g, const float* x, float* out, float* rstd, int slot);
+  void norm_bwd(const Param& g, const float* x, const float* rstd, int xs_slot, int slot, int gslot, bool acc,
+                bool acc_dx);
+  void linear_backward(const float* dy, const float* x, const Param& w, int slot, int gslot, bool acc, int64_t rows,
+                       int64_t out, int64_t in, float* dx, bool acc_dx);
+  void layer_fwd_norm1(int l, int xs_slot, int slot);
+  void layer_fwd_attn(int l, int xs_slot, int slot);
+  void layer_fwd_norm2(int l, int xs_slot, int slot);
+  void layer_fwd_mlp(int l, int xs_slot, int slot);
+  void layer_fwd_end(int l, int xs_slot);
+  void head_norm(int xs_slot, int slot);
+  void head_a(int slot);
+  void head_b(int j);
+  void head_c(int j, int slot, int gslot, bool acc);
+  void head_d(int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_norm(int l, bool mlp, int xs_slot, int slot, int gslot, bool acc);
+  void embed_bwd(int j, int xs_slot, int gslot, bool acc);
+  void moe_route_fwd(int l, int xs_slot, int slot);
+  void moe_recv_counts(int l, int xs_slot);
+  void moe_experts_fwd(int l, int xs_slot, int slot);
+  void moe_combine(int l, int xs_slot);
+  void moe_combine_bwd(int l, int xs_slot);
+  void moe_experts_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
+  void moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
+  void norm_local();
+  void update();
+};
+
+}  // namespace shardflow::train
