@@ -1,0 +1,50 @@
+#pragma once
+// What a compiled step contains, counted: tasks, kernel calls, the collectives on each
+// group of axes (count and bytes), and the buffers by class. `shardflow compile` prints it;
+// the simulator and the tests read it.
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "compile/step_program.hpp"
+#include "graph/task_graph.hpp"
+
+namespace shardflow::compile {
+
+/// Collectives of one kind on one group of axes.
+struct CollectiveCount {
+  std::string group;  // "tensor", "data+fsdp", ...
+  std::string kind;   // all_reduce, all_gather, reduce_scatter, send, recv, all_to_all, all_to_allv
+  int64_t count = 0;
+  int64_t bytes = 0;  // Σ CommOp::tensor_bytes (all_to_allv: the dispatch capacity, an upper bound)
+};
+
+struct ProgramSummary {
+  int rank = 0, world = 1;
+  std::string mesh;
+  std::vector<std::pair<std::string, int>> coords;  // axis -> this rank's coordinate
+  int stage = 0, stages = 1;
+  std::vector<std::pair<int, int>> layers;  // this rank's chunks' layers [begin, end)
+  int64_t tasks = 0, compute_tasks = 0, comm_tasks = 0, kernel_calls = 0, edges = 0;
+  std::vector<CollectiveCount> collectives;  // by group (first use), then kind
+  int64_t buffers = 0;
+  int64_t params_bytes = 0, grads_bytes = 0, optimizer_bytes = 0, transient_bytes = 0, staging_bytes = 0,
+          activation_bytes = 0, input_bytes = 0;
+  int64_t model_state_bytes() const { return params_bytes + grads_bytes + optimizer_bytes; }
+};
+
+ProgramSummary summarize(const StepProgram& prog);
+/// A human-readable report (what `shardflow compile` prints).
+std::string summary_text(const ProgramSummary& s);
+/// The same as JSON (`shardflow compile --json`).
+std::string summary_json(const ProgramSummary& s);
+
+/// The program as a TaskGraph whose tasks do nothing (for DOT and the verify checks).
+graph::TaskGraph unbound_graph(const StepProgram& prog);
+
+/// The collectives of `key`'s communicator in issue order as "kind tensor count dtype"
+/// (send/recv: with the peer), what the verify pass compares between ranks.
+std::vector<std::string> collective_sequence(const StepProgram& prog, const std::string& key);
+
+}  // namespace shardflow::compile
