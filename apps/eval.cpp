@@ -2,6 +2,7 @@
 // model on a byte file cut into consecutive sequences of S+1 bytes (a trailing partial
 // sequence is ignored). Any number of ranks: the checkpoint is restored through the gather
 // path into a full copy of the parameters on every rank, and the ranks split the sequences.
+// The model is the trainer's compiled forward (StepMode::Evaluate), so MoE checkpoints work.
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -12,7 +13,9 @@
 #include "config/deck.hpp"
 #include "core/error.hpp"
 #include "data/loader.hpp"
-#include "nn/gpt.hpp"
+#include "comm/comm_set.hpp"
+#include "mesh/mesh.hpp"
+#include "train/trainer.hpp"
 
 namespace {
 
@@ -32,46 +35,71 @@ int run_eval(const EvalOptions& o) {
   auto deck_it = manifest.meta.strings.find("deck");
   SHARDFLOW_REQUIRE_INPUT(deck_it != manifest.meta.strings.end(), "checkpoint ", dir,
                           " has no deck in its metadata: it was not written by `shardflow train`");
-  const Deck deck = parse_deck(deck_it->second, dir + "/manifest.json (deck)");
-  const auto cfg = nn::GptConfig::from(deck.model);
-  nn::GptModel<float> model(cfg, o.batch);
+  const Deck saved = parse_deck(deck_it->second, dir + "/manifest.json (deck)");
+  // The checkpoint's model through the trainer's own compiled forward (MODEL.md once: dense
+  // and MoE alike), one rank per model copy: every rank holds the whole model and the ranks
+  // split the sequences. Batches of --batch sequences, the last one of what is left.
+  auto eval_deck = [&](int64_t batch) {
+    Deck d = saved;
+    d.mesh = MeshSection{};
+    d.strategy.zero_stage = 0;
+    d.strategy.virtual_stages = 1;
+    d.strategy.sequence_parallel = false;
+    d.train.micro_batches = 1;
+    d.train.global_batch = batch;
+    return d;
+  };
+  const Mesh self(eval_deck(1).mesh.to_mesh_shape(), MPI_COMM_SELF);
+  comm::CommSet comms(self, comm::Backend::Mpi);
+  train::Trainer model(eval_deck(o.batch), self, comms, /*evaluate=*/true);
 
   // Every rank restores a full copy of each parameter (replicated layout over this job).
   MeshShape job({"data"}, {world});
   std::vector<ckpt::TensorState> wanted;
-  for (const auto& p : model.parameters()) {
-    const auto* rec = manifest.find(p.name);
-    SHARDFLOW_REQUIRE_INPUT(rec, "checkpoint ", dir, " has no tensor '", p.name, "'");
-    SHARDFLOW_REQUIRE_INPUT(numel(rec->shape) == p.numel, "checkpoint ", dir, ": tensor '", p.name, "' has ",
-                            numel(rec->shape), " elements, the model needs ", p.numel);
-    wanted.push_back({p.name, Layout::replicated(rec->shape, job), DType::F32, model.param(p.name).data()});
+  std::vector<train::StateTensor> params;
+  for (const auto& t : model.state_tensors()) {
+    if (t.name.size() > 7 && (t.name.rfind(".adam_m") == t.name.size() - 7 || t.name.rfind(".adam_v") == t.name.size() - 7))
+      continue;  // optimizer moments are not needed here
+    const auto* rec = manifest.find(t.name);
+    SHARDFLOW_REQUIRE_INPUT(rec, "checkpoint ", dir, " has no tensor '", t.name, "'");
+    SHARDFLOW_REQUIRE_INPUT(numel(rec->shape) == t.numel, "checkpoint ", dir, ": tensor '", t.name, "' has ",
+                            numel(rec->shape), " elements, the model needs ", t.numel);
+    wanted.push_back({t.name, Layout::replicated(rec->shape, job), DType::F32, t.data});
+    params.push_back(t);
   }
   ckpt::RestoreOptions ro;
-  ro.allow_extra = true;  // optimizer moments are not needed here
+  ro.allow_extra = true;
   ckpt::restore(MPI_COMM_WORLD, dir, wanted, ro);
 
   const auto corpus = data::Corpus::load(o.tokens);
-  const int64_t S = cfg.seq, nseq = corpus.size() / (S + 1);
+  const int64_t S = saved.model.seq, nseq = corpus.size() / (S + 1);
   SHARDFLOW_REQUIRE_INPUT(nseq >= 1, "--tokens ", o.tokens, " has ", corpus.size(), " bytes, fewer than one sequence of ",
                           S + 1);
   const auto mine = data::replica_slice(nseq, world, rank);
-  Kokkos::View<int32_t*> in("in", static_cast<size_t>(o.batch * S)), tg("tg", static_cast<size_t>(o.batch * S));
+  std::unique_ptr<train::Trainer> tail;  // the last, smaller batch
   double sum = 0;
   for (int64_t first = mine.begin; first < mine.begin + mine.count; first += o.batch) {
     const int64_t b = std::min(o.batch, mine.begin + mine.count - first);
-    auto hi = Kokkos::create_mirror_view(in);
-    auto ht = Kokkos::create_mirror_view(tg);
+    train::Trainer* m = &model;
+    if (b < o.batch) {
+      tail = std::make_unique<train::Trainer>(eval_deck(b), self, comms, true);
+      size_t k = 0;
+      for (const auto& t : tail->state_tensors()) {
+        if (k < params.size() && t.name == params[k].name) {
+          std::copy(params[k].data, params[k].data + t.numel, t.data);
+          ++k;
+        }
+      }
+      m = tail.get();
+    }
+    std::vector<int32_t> in(static_cast<size_t>(b * S)), tg(static_cast<size_t>(b * S));
     for (int64_t i = 0; i < b; ++i)
       for (int64_t s = 0; s < S; ++s) {
         const size_t off = static_cast<size_t>((first + i) * (S + 1) + s);
-        hi(i * S + s) = corpus.bytes()[off];
-        ht(i * S + s) = corpus.bytes()[off + 1];
+        in[static_cast<size_t>(i * S + s)] = corpus.bytes()[off];
+        tg[static_cast<size_t>(i * S + s)] = corpus.bytes()[off + 1];
       }
-    Kokkos::deep_copy(in, hi);
-    Kokkos::deep_copy(tg, ht);
-    auto in_b = Kokkos::subview(in, std::make_pair<size_t, size_t>(0, static_cast<size_t>(b * S)));
-    auto tg_b = Kokkos::subview(tg, std::make_pair<size_t, size_t>(0, static_cast<size_t>(b * S)));
-    sum += model.forward(in_b, tg_b) * static_cast<double>(b * S);
+    sum += m->evaluate(in, tg);
   }
   const double total = comm::Control::world().sum(sum);
   const double loss = total / static_cast<double>(nseq * S);

@@ -48,3 +48,14 @@ endforeach()
 add_test(NAME seed_example_multi_dim_np_4 COMMAND ${MPIEXEC_EXECUTABLE} -n 4 $<TARGET_FILE:seed_examples> multi_dim
   ${PROJECT_SOURCE_DIR}/inputs/quickstart.toml)
 set_tests_properties(seed_example_multi_dim_np_4 PROPERTIES LABELS "mpi;train" TIMEOUT 300 PROCESSORS 4)
+# The evaluation step (the compiled forwards, `shardflow eval`) against the training forward
+# and the serial model, dense and MoE, on 9 meshes.
+shardflow_add_test(test_evaluate MPI TIMEOUT 300)
+target_compile_definitions(test_evaluate PRIVATE SHARDFLOW_CORPUS="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")
+# `shardflow eval` on an MoE checkpoint (expert = 2) on 1 and 3 ranks.
+add_test(NAME eval_moe_checkpoint_cli
+  COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
+    -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DCORPUS=${PROJECT_SOURCE_DIR}/inputs/corpus.txt
+    -DWORK=${CMAKE_CURRENT_BINARY_DIR}/eval_moe -DPYTHON=${SHARDFLOW_SYSTEM_PYTHON}
+    -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_eval_moe.cmake)
+set_tests_properties(eval_moe_checkpoint_cli PROPERTIES LABELS "mpi;ckpt" TIMEOUT 300 PROCESSORS 3)

@@ -22,6 +22,7 @@ namespace shardflow::compile {
 parallel::LayoutPlan layout_plan(const Deck& deck, const MeshShape& mesh);
 
 /// Rank `rank`'s step. Throws InputError naming the deck key for a step that cannot be built.
-StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank);
+StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank,
+                         StepMode mode = StepMode::Train);
 
 }  // namespace shardflow::compile

@@ -110,6 +110,7 @@ enum class StepOp : uint8_t {
   Logits,         // logits = nf · lm_headᵀ, row maxima
   SumExp,         // Σ exp, target logit
   Loss,           // cross-entropy and its gradient; dn = lm_head backward
+  LossValue,      // cross-entropy only (StepMode::Evaluate)
   FinalNormBwd,   // dx = final norm backward
   MoeCombineBwd,  // gate gradients, dy of the experts
   MoeExpertsBwd,  // the experts' backward (dX in place of dy)

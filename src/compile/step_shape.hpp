@@ -57,8 +57,13 @@ struct ChunkShape {
   int slots = 1, slot_base = 0;        // its act slots
 };
 
+/// Train: forward, backward, gradient sync, optimizer. Evaluate: the forwards and the loss
+/// only (`shardflow eval`: the same block program, no gradients).
+enum class StepMode : uint8_t { Train, Evaluate };
+
 struct StepShape {
   int rank = 0, world = 1;
+  bool evaluate = false;  // StepMode::Evaluate
   MeshShape mesh;
   parallel::AxisGroups groups;
   // model
@@ -110,6 +115,7 @@ StrategyOptions strategy_options(const Deck& deck);
 /// Rank `rank`'s step. `plan` must be the deck's (LayoutPlan(ModelDescription(deck.model),
 /// mesh, strategy_options(deck), deck.strategy.virtual_stages)). Throws InputError naming
 /// the deck key and value when the step cannot be built (batch not divisible, ...).
-StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank);
+StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank,
+                          StepMode mode = StepMode::Train);
 
 }  // namespace shardflow::compile

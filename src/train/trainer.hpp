@@ -79,12 +79,19 @@ class Trainer {
   /// Builds the graph and initialises the parameters from the deck's seed. Collective over
   /// the mesh. Throws InputError for a deck this mesh or strategy cannot run.
   Trainer(const Deck& deck, const Mesh& mesh, comm::CommSet& comms);
+  /// With evaluate = true the step is the forwards and the loss only (no gradients, no
+  /// update; the deck's train.data is not read): use evaluate(), not train_step().
+  Trainer(const Deck& deck, const Mesh& mesh, comm::CommSet& comms, bool evaluate);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
   /// Runs the next step (1, 2, ...). Collective.
   StepStats train_step();
+  /// The summed cross-entropy of the model on one global batch (train.global_batch
+  /// sequences of model.seq tokens, row-major; every rank passes the whole batch and takes
+  /// its slice), without changing anything. Collective. Needs a trainer built to evaluate.
+  double evaluate(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets);
   /// Steps completed.
   int64_t step() const;
   /// Sets the number of completed steps (after restoring a checkpoint).

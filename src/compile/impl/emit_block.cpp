@@ -170,6 +170,10 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       if (tp) tp_all_reduce(u, {b.row_max}, T, comm::ReduceOp::Max, "loss.row_max");
       run(u, op(StepOp::SumExp), "sumexp");
       if (tp) tp_all_reduce(u, {b.stats}, 2 * T, comm::ReduceOp::Sum, "loss.stats");
+      if (s.evaluate) {
+        run(u, op(StepOp::LossValue), "loss");
+        break;
+      }
       run(u, op(StepOp::Loss), "loss");
       tp_sum(u, b.dn, b.dn_rows, "lm_head.dx");
       run(u, op(StepOp::FinalNormBwd), "final_norm_bwd");

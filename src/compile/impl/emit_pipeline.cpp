@@ -31,7 +31,7 @@ void StepBuilder::pipeline_begin() {
         const int gq = g.chunk * s.pp + q;  // the sender's chunk
         if (g.forward && gq < s.nchunks - 1 && (gq + 1) % s.pp == s.stage)
           box.push_back({true, (gq + 1) / s.pp, g.micro_batch});
-        if (!g.forward && gq > 0 && (gq - 1) % s.pp == s.stage) box.push_back({false, (gq - 1) / s.pp, g.micro_batch});
+        if (!g.forward && !s.evaluate && gq > 0 && (gq - 1) % s.pp == s.stage) box.push_back({false, (gq - 1) / s.pp, g.micro_batch});
       }
     }
   }

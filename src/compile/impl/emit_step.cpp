@@ -17,9 +17,9 @@ parallel::LayoutPlan layout_plan(const Deck& deck, const MeshShape& mesh) {
                               deck.strategy.virtual_stages);
 }
 
-StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank) {
+StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode) {
   StepProgram prog;
-  prog.shape = make_step_shape(deck, plan, rank);
+  prog.shape = make_step_shape(deck, plan, rank, mode);
   prog.buffers = plan_buffers(prog.shape);
   detail::StepBuilder(prog).build();
   return prog;
@@ -185,7 +185,7 @@ void StepBuilder::emit_group(size_t gi) {
       }
     }
     emit_use_waits(k, c0);
-    if (is_bwd(u.kind)) emit_grad_sync(k, c, mbs);
+    if (is_bwd(u.kind) && !s.evaluate) emit_grad_sync(k, c, mbs);
   }
   if (grp.forward ? ch.gc < s.nchunks - 1 : ch.gc > 0) emit_send(gi, pending);
 }
@@ -200,6 +200,7 @@ void StepBuilder::emit_loss_norm_update() {
                          "all_reduce loss");
     edge(last_, loss_sum);
   }
+  if (s.evaluate) return;  // no gradients, no update
   const int norm = emit_compute({ComputeOp{StepOp::GradNormLocal}}, "grad_norm.local");
   chain(norm);
   for (int t : grad_sync_) edge(t, norm);

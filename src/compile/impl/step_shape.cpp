@@ -50,6 +50,9 @@ void shape_pipeline(const Deck& deck, const parallel::LayoutPlan& plan, StepShap
   }
   s.order = pipeline_schedule(s.schedule, s.pp, s.stage, static_cast<int>(s.micro), s.vstages);
   const auto slots = in_flight(s.order, s.vstages);
+  if (s.evaluate)  // the forwards only, in the schedule's order
+    s.order.erase(std::remove_if(s.order.begin(), s.order.end(), [](const PipelineStep& st) { return !st.forward; }),
+                  s.order.end());
   s.total_slots = 0;
   for (int vc = 0; vc < s.vstages; ++vc) {
     ChunkShape& c = s.chunks[static_cast<size_t>(vc)];
@@ -126,8 +129,9 @@ StrategyOptions strategy_options(const Deck& deck) {
   return so;
 }
 
-StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank) {
+StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode) {
   StepShape s;
+  s.evaluate = mode == StepMode::Evaluate;
   const MeshShape& shape = plan.mesh();
   SHARDFLOW_REQUIRE_INPUT(rank >= 0 && rank < shape.size(), "rank ", rank, " is outside mesh ", shape.to_string(),
                           " of ", shape.size(), " devices");

@@ -27,6 +27,7 @@ const char* step_op_name(StepOp op) {
     case StepOp::Logits: return "logits";
     case StepOp::SumExp: return "sumexp";
     case StepOp::Loss: return "loss";
+    case StepOp::LossValue: return "loss_value";
     case StepOp::FinalNormBwd: return "final_norm_bwd";
     case StepOp::MoeCombineBwd: return "moe_combine_bwd";
     case StepOp::MoeExpertsBwd: return "moe_experts_bwd";

@@ -45,6 +45,7 @@ void Trainer::Impl::run_op(const compile::ComputeOp& o) {
     case StepOp::Logits: head_a(s); return;
     case StepOp::SumExp: head_b(j); return;
     case StepOp::Loss: head_c(j, s, g, a); return;
+    case StepOp::LossValue: head_loss_value(j); return;
     case StepOp::FinalNormBwd: head_d(x, s, g, a); return;
     case StepOp::MoeCombineBwd: moe_combine_bwd(l, x); return;
     case StepOp::MoeExpertsBwd: moe_experts_bwd(l, x, s, g, a); return;
@@ -181,6 +182,14 @@ void Trainer::Impl::head_c(int j, int slot, int gslot, bool acc) {
                                                             cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)],
                                                             v0, scale, mat(logits.data(), T, V_l));
   linear_backward(logits.data(), nf.data(), lm, slot, gslot, acc, T, V_l, H, dn.data(), false);
+}
+
+// the cross-entropy of micro-batch j only (evaluation: its gradient lands in logits, unused)
+void Trainer::Impl::head_loss_value(int j) {
+  const int64_t T = tokens_mb;
+  sums_local[0] += nn::CrossEntropy<float, Exec>::loss_and_grad(
+      cmat(logits.data(), T, V_l), cvec(row_max.data(), T), cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)],
+      v0, 1.0, mat(logits.data(), T, V_l));
 }
 
 void Trainer::Impl::head_d(int xs_slot, int slot, int gslot, bool acc) {

@@ -53,7 +53,8 @@ void box_copy(const float* src, const Shape& shape, const Box& b, float* dst, bo
 
 }  // namespace
 
-Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), mesh(&m), comms(&c), desc(d.model) {
+Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluate)
+    : deck(d), mesh(&m), comms(&c), desc(d.model) {
   cfg.vocab = deck.model.vocab;
   cfg.seq = deck.model.seq;
   cfg.hidden = deck.model.hidden;
@@ -71,7 +72,8 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), m
       !(zero == 0 && m.shape().axis_size_or_1(axis::fsdp) > 1), "mesh.fsdp = ", m.shape().axis_size_or_1(axis::fsdp),
       " shards the model, which needs strategy.zero_stage >= 1 (it is 0; ", deck.where("strategy.zero_stage"), ")");
   plan = std::make_unique<parallel::LayoutPlan>(compile::layout_plan(deck, m.shape()));
-  prog = compile::compile_step(deck, *plan, m.rank());
+  prog = compile::compile_step(deck, *plan, m.rank(),
+                               evaluate ? compile::StepMode::Evaluate : compile::StepMode::Train);
   const compile::StepShape& s = prog.shape;
   tp = s.tp;
   tc = s.tc;
@@ -106,8 +108,10 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c) : deck(d), m
   slice = data::replica_slice(s.global_batch, s.dp_size,
                               batch.empty() ? 0 : m.shape().group_index(m.rank(), m.canonical_axes(batch)));
   allocate();
-  loader = std::make_unique<data::DataLoader>(data::Corpus::load(deck.train.data),
-                                              static_cast<uint64_t>(deck.train.seed), deck.train.global_batch, cfg.seq);
+  if (!evaluate)
+    loader = std::make_unique<data::DataLoader>(data::Corpus::load(deck.train.data),
+                                                static_cast<uint64_t>(deck.train.seed), deck.train.global_batch,
+                                                cfg.seq);
   init_params();
   bind();
   graph.validate();
@@ -338,11 +342,37 @@ Layout Trainer::Impl::param_layout(const Param& p, bool optimizer_state) const {
 // ---- Trainer ---------------------------------------------------------------------------------
 
 Trainer::Trainer(const Deck& deck, const Mesh& mesh, comm::CommSet& comms)
-    : impl_(std::make_unique<Impl>(deck, mesh, comms)) {}
+    : impl_(std::make_unique<Impl>(deck, mesh, comms, false)) {}
+Trainer::Trainer(const Deck& deck, const Mesh& mesh, comm::CommSet& comms, bool evaluate)
+    : impl_(std::make_unique<Impl>(deck, mesh, comms, evaluate)) {}
 Trainer::~Trainer() = default;
+
+double Trainer::evaluate(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets) {
+  auto& I = *impl_;
+  SHARDFLOW_REQUIRE(I.prog.shape.evaluate, "Trainer::evaluate: this trainer was built to train");
+  const int64_t S = I.cfg.seq, n = I.deck.train.global_batch * S;
+  SHARDFLOW_REQUIRE(static_cast<int64_t>(inputs.size()) == n && static_cast<int64_t>(targets.size()) == n,
+                    "Trainer::evaluate: a global batch is ", n, " tokens (train.global_batch x model.seq), got ",
+                    inputs.size(), " inputs and ", targets.size(), " targets");
+  for (int64_t j = 0; j < I.micro; ++j) {
+    auto hi = Kokkos::create_mirror_view(I.inputs[static_cast<size_t>(j)]);
+    auto ht = Kokkos::create_mirror_view(I.targets[static_cast<size_t>(j)]);
+    const int64_t first = (I.slice.begin + j * I.mb_seqs) * S;
+    for (int64_t t = 0; t < I.tokens_mb; ++t) {
+      hi(t) = inputs[static_cast<size_t>(first + t)];
+      ht(t) = targets[static_cast<size_t>(first + t)];
+    }
+    Kokkos::deep_copy(I.inputs[static_cast<size_t>(j)], hi);
+    Kokkos::deep_copy(I.targets[static_cast<size_t>(j)], ht);
+  }
+  I.executor.run(I.graph);
+  if (!I.loss_reduced) std::copy(I.sums_local, I.sums_local + 3, I.sums_global);
+  return I.sums_global[0];
+}
 
 StepStats Trainer::train_step() {
   auto& I = *impl_;
+  SHARDFLOW_REQUIRE(!I.prog.shape.evaluate, "Trainer::train_step: this trainer was built to evaluate");
   const int64_t step = I.completed + 1;
   for (int64_t j = 0; j < I.micro; ++j) {
     auto b = I.loader->slice(step, I.slice.begin + j * I.mb_seqs, I.mb_seqs);

@@ -109,7 +109,7 @@ struct Trainer::Impl {
   std::vector<std::unique_ptr<detail::ShardReduceScatter>> scatters;
   int64_t staging = 0;
 
-  Impl(const Deck& d, const Mesh& m, comm::CommSet& c);
+  Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluate);
   void allocate();
   void bind();
   graph::CommStartFn bind_comm(const compile::TaskSpec& t);
@@ -157,6 +157,7 @@ struct Trainer::Impl {
   void head_b(int j);
   void head_c(int j, int slot, int gslot, bool acc);
   void head_d(int xs_slot, int slot, int gslot, bool acc);
+  void head_loss_value(int j);
   void layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc);
   void layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc);
   void layer_bwd_norm(int l, bool mlp, int xs_slot, int slot, int gslot, bool acc);
