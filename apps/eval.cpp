@@ -14,7 +14,7 @@
 #include "core/error.hpp"
 #include "data/loader.hpp"
 #include "comm/comm_set.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "train/trainer.hpp"
 
 namespace {

@@ -23,7 +23,7 @@
 #include "core/blas.hpp"
 #include "core/error.hpp"
 #include "graph/observer.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "train/trainer.hpp"
 
 namespace {

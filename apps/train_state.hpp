@@ -4,7 +4,7 @@
 
 #include "ckpt/checkpoint.hpp"
 #include "config/deck.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "train/trainer.hpp"
 
 namespace shardflow::app {

@@ -40,7 +40,7 @@
 #include "config/deck.hpp"
 #include "core/blas.hpp"
 #include "core/error.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "train/trainer.hpp"
 
 namespace {

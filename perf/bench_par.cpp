@@ -23,7 +23,7 @@
 #include "config/deck.hpp"
 #include "core/blas.hpp"
 #include "graph/observer.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "planner/planner.hpp"
 #include "train/trainer.hpp"
 

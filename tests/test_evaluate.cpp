@@ -15,7 +15,7 @@
 #include "config/deck.hpp"
 #include "core/error.hpp"
 #include "data/loader.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "nn/gpt.hpp"
 #include "support/test_util.hpp"
 #include "train/trainer.hpp"

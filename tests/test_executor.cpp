@@ -7,7 +7,7 @@
 #include "core/error.hpp"
 #include "graph/executor.hpp"
 #include "graph/verify.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "support/test_util.hpp"
 
 using namespace shardflow;

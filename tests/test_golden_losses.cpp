@@ -25,7 +25,7 @@
 
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "support/test_util.hpp"
 #include "train/trainer.hpp"
 

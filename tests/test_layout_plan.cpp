@@ -10,7 +10,7 @@
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
 #include "core/error.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "parallel/layout_plan.hpp"
 #include "support/test_util.hpp"
 #include "train/trainer.hpp"

@@ -2,7 +2,7 @@
 #include <mpi.h>
 
 #include "core/error.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "support/test_util.hpp"
 
 using namespace shardflow;

@@ -14,7 +14,7 @@
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
 #include "data/loader.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "nn/gpt.hpp"
 #include "optim/adamw.hpp"
 #include "support/test_util.hpp"

@@ -13,7 +13,7 @@
 #include "config/deck.hpp"
 #include "core/error.hpp"
 #include "graph/observer.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "support/test_util.hpp"
 #include "train/trainer.hpp"
 

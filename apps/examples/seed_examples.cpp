@@ -21,7 +21,7 @@
 #include "config/deck.hpp"
 #include "core/blas.hpp"
 #include "core/error.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "strategy/device_mesh_manager.hpp"
 #include "strategy/sharding_config.hpp"
 #include "strategy/sharding_strategy.hpp"

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 
 namespace shardflow::comm {
 

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "graph/task_graph.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 
 namespace shardflow::graph {
 

@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "mesh/mesh_shape.hpp"
 #include "strategy/sharding_config.hpp"
 

@@ -19,7 +19,7 @@
 
 #include "layout/layout.hpp"
 #include "layout/partition_spec.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "strategy/host_tensor.hpp"
 #include "strategy/sharding_config.hpp"
 

@@ -42,7 +42,7 @@
 #include "graph/executor.hpp"
 #include "graph/task_graph.hpp"
 #include "layout/layout.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 
 namespace shardflow::train {
 

@@ -11,7 +11,7 @@
 #include "ckpt/checkpoint.hpp"
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 #include "support/test_util.hpp"
 #include "train/trainer.hpp"
 

@@ -16,7 +16,7 @@
 #include "ckpt/checksum.hpp"
 #include "ckpt/impl/ckpt_internal.hpp"
 #include "ckpt/impl/hdf5_util.hpp"
-#include "core/mpi_check.hpp"
+#include "comm/mpi_check.hpp"
 
 namespace shardflow::ckpt {
 

@@ -14,7 +14,7 @@
 
 #include "ckpt/checksum.hpp"
 #include "core/half.hpp"
-#include "core/mpi_check.hpp"
+#include "comm/mpi_check.hpp"
 #include "comm/control.hpp"
 #include "kernels/pack.hpp"
 

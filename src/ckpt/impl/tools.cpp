@@ -10,7 +10,7 @@
 #include "ckpt/checkpoint.hpp"
 #include "ckpt/impl/ckpt_internal.hpp"
 #include "ckpt/impl/hdf5_util.hpp"
-#include "core/mpi_check.hpp"
+#include "comm/mpi_check.hpp"
 
 namespace shardflow::ckpt {
 

@@ -6,7 +6,7 @@
 
 #include "comm/comm_set.hpp"
 #include "core/error.hpp"
-#include "core/mpi_check.hpp"
+#include "comm/mpi_check.hpp"
 
 namespace shardflow::comm {
 

@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "core/error.hpp"
-#include "core/mpi_check.hpp"
+#include "comm/mpi_check.hpp"
 
 namespace shardflow::comm {
 

@@ -12,7 +12,7 @@
 #include "comm/communicator.hpp"
 #include "comm/impl/convert.hpp"
 #include "core/error.hpp"
-#include "core/mpi_check.hpp"
+#include "comm/mpi_check.hpp"
 #include "layout/layout.hpp"
 
 namespace shardflow::comm::detail {

@@ -14,7 +14,7 @@
 #include "comm/impl/cuda_kernels.hpp"
 #include "comm/impl/nccl_check.hpp"
 #include "core/error.hpp"
-#include "core/mpi_check.hpp"
+#include "comm/mpi_check.hpp"
 
 namespace shardflow::comm::detail {
 namespace {

@@ -1,9 +1,9 @@
-#include "mesh/mesh.hpp"
+#include "comm/mesh.hpp"
 
 #include <algorithm>
 
 #include "core/error.hpp"
-#include "core/mpi_check.hpp"
+#include "comm/mpi_check.hpp"
 
 namespace shardflow {
 

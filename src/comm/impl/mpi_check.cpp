@@ -1,4 +1,4 @@
-#include "core/mpi_check.hpp"
+#include "comm/mpi_check.hpp"
 
 namespace shardflow::detail {
 
