@@ -44,7 +44,6 @@ TEST(ModelDescription, KindsViewsAndDecay) {
   auto& qkv = m.param("layers.1.attn.qkv.weight");
   EXPECT_EQ(qkv.kind, ParamKind::StackedQkv);
   EXPECT_EQ(qkv.view_shape, (Shape{3, 4, 32, 128}));
-  EXPECT_EQ(qkv.tensor_split_dim, 1);
   EXPECT_TRUE(qkv.weight_decay);
   auto& out = m.param("layers.0.attn.out.weight");
   EXPECT_EQ(out.kind, ParamKind::AttentionOut);

@@ -284,3 +284,18 @@ TEST(HostTensor, BoxCopiesAgainstElementLoops) {
   EXPECT_THROW((HostTensor<float>({2, 2}, std::vector<float>(3))), InputError);
   EXPECT_THROW(reshape(shardflow::test::iota_tensor({2, 3}), {4}), InputError);
 }
+
+// The model's view of each kind (model/param_kind.hpp) is the view the kind's per-weight
+// strategy splits: the LayoutPlan refuses a plan where they differ.
+TEST(WeightSharding, ModelViewsAreTheStrategiesViews) {
+  const int64_t A = 4, D = 32, H = 128, F = 344, V = 256, S = 64, E = 4;
+  const std::vector<std::pair<ParamKind, Shape>> kinds = {
+      {ParamKind::Embedding, {V, H}},      {ParamKind::PosEmbedding, {S, H}}, {ParamKind::NormGain, {H}},
+      {ParamKind::StackedQkv, {3 * H, H}}, {ParamKind::AttentionOut, {H, H}}, {ParamKind::GateUp, {2 * F, H}},
+      {ParamKind::Down, {H, F}},           {ParamKind::LmHead, {V, H}},       {ParamKind::Router, {E, H}},
+      {ParamKind::ExpertGateUp, {E, 2 * F, H}}, {ParamKind::ExpertDown, {E, H, F}}};
+  for (const auto& [kind, shape] : kinds)
+    EXPECT_EQ(view_shape(kind, shape, A, D),
+              WeightSharding::tensor_parallel(kind, static_cast<int>(A), static_cast<int>(D)).view(shape, "tensor").view_shape)
+        << param_kind_name(kind);
+}

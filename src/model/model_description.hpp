@@ -27,8 +27,7 @@ struct ParamInfo {
   ParamKind kind = ParamKind::NormGain;
   int layer = -1;             // -1 for embed, pos_embed, final_norm, lm_head
   bool weight_decay = false;  // MODEL.md: 2-D tensors other than embed/pos_embed
-  Shape view_shape;
-  int tensor_split_dim = -1;  // view dimension split by the tensor axis (-1: none)
+  Shape view_shape;  // view_shape(kind, shape, ...): what the splits act on
   int64_t numel() const { return shardflow::numel(shape); }
 };
 
@@ -49,8 +48,6 @@ class ModelDescription {
   /// InputError naming the name when unknown.
   const ParamInfo& param(const std::string& name) const;
   int64_t parameter_count() const;
-  /// Pipeline stage of a parameter for `stages` stages (0 when stages == 1).
-  int stage_of(const ParamInfo& p, int stages) const;
  private:
   ModelConfig config_;
   std::vector<ParamInfo> params_;

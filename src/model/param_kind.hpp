@@ -1,7 +1,10 @@
 #pragma once
 // ParamKind: what a model parameter is (its role tag), as the layout plan, the per-weight
 // strategies and the checkpoints see it.
+#include <cstdint>
 #include <string>
+
+#include "layout/layout.hpp"
 
 namespace shardflow {
 
@@ -20,5 +23,13 @@ enum class ParamKind {
   ExpertDown,    // [E, H, F]
 };
 std::string param_kind_name(ParamKind k);
+
+/// The fixed reshaping of a parameter of this kind that every split acts on (its *view
+/// shape*), mesh-independent so that any two meshes can reshard between each other:
+///   stacked qkv [3H, H] -> [3, A, D, H]; attention out [H, H] -> [H, A, D];
+///   gate_up [2F, H] -> [2, F, H]; expert gate_up [E, 2F, H] -> [E, 2, F, H]; others unchanged.
+/// (The per-weight strategies, WeightSharding::tensor_parallel, split these views; a test
+/// holds the two equal for every kind.)
+Shape view_shape(ParamKind kind, const Shape& shape, int64_t heads, int64_t head_dim);
 
 }  // namespace shardflow

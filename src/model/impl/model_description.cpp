@@ -6,8 +6,6 @@
 
 #include "mesh/axes.hpp"
 #include "core/error.hpp"
-#include "strategy/sharding_strategy.hpp"  // PipelineParallelStrategy (stage_of)
-#include "strategy/weight_sharding.hpp"    // the per-kind view shapes
 
 namespace shardflow {
 
@@ -74,9 +72,7 @@ ModelDescription::ModelDescription(ModelConfig config) : config_(config) {
     p.kind = kind;
     p.layer = layer;
     p.weight_decay = decay;
-    WeightView v = WeightSharding::tensor_parallel(kind, A, D).view(p.shape, axis::tensor);
-    p.view_shape = v.view_shape;
-    p.tensor_split_dim = v.split_dim;
+    p.view_shape = view_shape(kind, p.shape, A, D);
     params_.push_back(std::move(p));
   };
   add("embed.weight", {V, H}, ParamKind::Embedding, -1, false);
@@ -112,13 +108,5 @@ int64_t ModelDescription::parameter_count() const {
   return n;
 }
 
-int ModelDescription::stage_of(const ParamInfo& p, int stages) const {
-  if (stages <= 1) return 0;
-  PipelineParallelStrategy pp(axis::pipeline, -1, stages);
-  if (p.layer >= 0) return pp.stage_of_layer(p.layer, static_cast<int>(config_.layers));
-  pp.assign_layers_to_stages(static_cast<int>(config_.layers));  // validates stages <= layers
-  if (p.kind == ParamKind::Embedding || p.kind == ParamKind::PosEmbedding) return 0;
-  return stages - 1;
-}
 
 }  // namespace shardflow

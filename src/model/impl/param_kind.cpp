@@ -32,4 +32,14 @@ std::string param_kind_name(ParamKind k) {
   throw Error("param_kind_name: invalid ParamKind " + std::to_string(static_cast<int>(k)));
 }
 
+Shape view_shape(ParamKind kind, const Shape& s, int64_t heads, int64_t head_dim) {
+  switch (kind) {
+    case ParamKind::StackedQkv: return {3, heads, head_dim, s.at(1)};
+    case ParamKind::AttentionOut: return {s.at(0), heads, head_dim};
+    case ParamKind::GateUp: return {2, s.at(0) / 2, s.at(1)};
+    case ParamKind::ExpertGateUp: return {s.at(0), 2, s.at(1) / 2, s.at(2)};
+    default: return s;
+  }
+}
+
 }  // namespace shardflow

@@ -44,15 +44,21 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
     ParamPlacement p;
     p.info = info;
     p.is_expert_weight = is_expert_kind(info.kind);
-    if (tp > 1 && info.tensor_split_dim >= 0) {
-      WeightSharding ws = WeightSharding::tensor_parallel(info.kind, static_cast<int>(cfg.heads),
-                                                          static_cast<int>(cfg.head_dim()));
+    // the tensor axis: the per-weight strategy of the parameter's kind (Modular MAX's
+    // stacked_qkv, head_aware_columnwise, gate_up, rowwise, columnwise, ...) over the view
+    const WeightSharding ws =
+        WeightSharding::tensor_parallel(info.kind, static_cast<int>(cfg.heads), static_cast<int>(cfg.head_dim()));
+    const WeightView wv = ws.view(info.shape, axis::tensor);
+    SHARDFLOW_REQUIRE(wv.view_shape == info.view_shape, info.name, ": the model's view ",
+                      shape_to_string(info.view_shape), " and ", ws.resolve().to_string(), "'s ",
+                      shape_to_string(wv.view_shape), " differ");
+    if (tp > 1 && wv.split_dim >= 0) {
       try {
         ws.validate(info.shape, tp);
       } catch (const InputError& e) {
         throw InputError(info.name + ": tensor axis of size " + std::to_string(tp) + ": " + e.what());
       }
-      p.tensor_dim = info.tensor_split_dim;
+      p.tensor_dim = wv.split_dim;
     }
     if (p.is_expert_weight && ep > 1) {
       SHARDFLOW_REQUIRE_INPUT(ep <= cfg.experts, info.name, ": expert axis of size ", ep, " but only ", cfg.experts,
@@ -61,7 +67,10 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
     }
     p.unit = info.layer >= 0 ? 1 + info.layer
                              : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
-    p.stage = info.layer >= 0 ? layer_chunk_[static_cast<size_t>(info.layer)] % pp : model.stage_of(info, pp);
+    // a layer's stage is its chunk's; the embeddings go first, the head last
+    p.stage = info.layer >= 0 ? layer_chunk_[static_cast<size_t>(info.layer)] % pp
+              : (info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0
+                                                                                             : pp - 1;
     if (zero_n > 1 && info.numel() >= options.fsdp_min_weight_size) {
       std::vector<bool> excluded(info.view_shape.size(), false);
       if (p.tensor_dim >= 0) excluded[static_cast<size_t>(p.tensor_dim)] = true;
