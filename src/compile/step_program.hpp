@@ -6,12 +6,12 @@
 //
 // Nomenclature
 //   buffer        a named 1-D array of the step (a parameter, a gradient, an activation of one
-//                 act slot, a ring, a pipeline receive ring slot, ...) with its element count,
+//                 act slot, a ring buffer, a pipeline receive buffer, ...) with its element count,
 //                 dtype and class (what `train --summary` counts it as). Buffers are numbered;
 //                 several roles may name one buffer (aliases: one expert rank's dispatch).
 //   BufRef        a buffer and an element offset into it.
 //   ComputeOp     one kernel call of the block program (StepOp) with its operands' indices:
-//                 layer, micro-batch, act slot, gather-ring slot, grad-ring slot.
+//                 layer, micro-batch, act slot, gather-ring and grad-ring buffer.
 //   TaskSpec      a compute task (ComputeOps run in order) or a communication task (CommOp).
 //   edge          (a, b): task a runs before task b, in the order the compiler added them.
 // Tasks are numbered in emission order; the collectives of one communicator are issued in
@@ -94,7 +94,7 @@ BufferPlan plan_buffers(const StepShape& shape);
 /// The kernel calls of the block program (MODEL.md), in the order a step uses them.
 enum class StepOp : uint8_t {
   Begin,          // zero the step's loss sums
-  Copy,           // dst[0, n) = src[0, n) (a pipeline receive ring slot into the act slot)
+  Copy,           // dst[0, n) = src[0, n) (a pipeline receive buffer into the act slot)
   Embed,          // token embedding (vocabulary slice) of micro-batch mb (+ positions on tensor rank 0 under sp)
   PosEmbed,       // x += positions
   AttnNorm,       // x_in = x; n1 rows = rmsnorm(x_in)
@@ -131,8 +131,8 @@ struct ComputeOp {
   int layer = -1;     // global layer
   int mb = -1;        // micro-batch
   int act_slot = -1;  // act slot of (chunk, micro-batch)
-  int pslot = 0;      // gather-ring slot holding the parameters (ZeRO-3)
-  int gslot = 0;      // grad-ring slot receiving the gradients (ZeRO-3)
+  int ring = 0;       // which gather-ring buffer holds the parameters (ZeRO-3)
+  int grad_ring = 0;  // which grad-ring buffer receives the gradients (ZeRO-3)
   bool acc = false;   // accumulate gradients (micro-batch > 0)
   BufRef src, dst;    // Copy
   int64_t n = 0;      // Copy

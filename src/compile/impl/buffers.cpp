@@ -72,9 +72,9 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
   for (int vc = 0; vc < s.vstages; ++vc)
     for (int l = s.chunks[static_cast<size_t>(vc)].layer_begin; l < s.chunks[static_cast<size_t>(vc)].layer_end; ++l)
       local.emplace_back(l, vc);
-  auto in_chunk = [&](int vc, int slot) {
+  auto in_chunk = [&](int vc, int k) {
     const ChunkShape& c = s.chunks[static_cast<size_t>(vc)];
-    return slot >= c.slot_base && slot < c.slot_base + c.slots;
+    return k >= c.slot_base && k < c.slot_base + c.slots;
   };
   for (const auto& [l, vc] : local) {
     std::vector<ActBuffers> per(static_cast<size_t>(s.total_slots));

@@ -58,7 +58,7 @@ class StepBuilder {
     int unit;
     int mb;
     int gather = -1;  // index into the gather list (ZeRO-3), -1 when no parameters are needed
-    int gslot = 0;
+    int grad_ring = 0;
   };
   std::vector<Use> uses_;
   std::vector<std::pair<size_t, size_t>> group_uses_;

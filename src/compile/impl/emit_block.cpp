@@ -109,8 +109,8 @@ void StepBuilder::ep_rows(UseCtx& u, int layer, int xsl, bool out, int src, int 
 
 void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
   const int j = use.mb;
-  const int slot = use.gather >= 0 ? use.gather % (s.prefetch + 1) : 0;
-  const int gs = use.gslot;
+  const int ring = use.gather >= 0 ? use.gather % (s.prefetch + 1) : 0;
+  const int gs = use.grad_ring;
   const bool acc = j > 0;
   const int64_t T = s.tokens_mb, H = s.hidden;
   const bool tp = s.tp > 1, ep = s.ep > 1;
@@ -119,8 +119,8 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
     c.layer = layer;
     c.mb = j;
     c.act_slot = xsl;
-    c.pslot = slot;
-    c.gslot = gs;
+    c.ring = ring;
+    c.grad_ring = gs;
     c.acc = acc;
     return c;
   };

@@ -1,10 +1,10 @@
 // Pipeline send/recv. Receives land in rings (x_recv: x from the previous chunk, dx_recv:
-// dx from the next), one ring slot per act slot, and are posted as soon as their slot is
+// dx from the next), one receive buffer per act slot, and are posted as soon as their slot is
 // free: the receive of micro-batch j of a chunk with K slots waits only for the copy that
-// moved micro-batch j − K out of the slot, so it is issued right after that copy, K groups
+// moved micro-batch j − K out of the act slot, so it is issued right after that copy, K groups
 // of the chunk ahead of its consumer, and the transfer overlaps the compute in between.
 // Receives from one peer are posted in the order the peer sends (point-to-point order; with
-// p = 2 both neighbours are one rank), each as soon as its slot and its predecessors allow.
+// p = 2 both neighbours are one rank), each as soon as its act slot and its predecessors allow.
 // A receive depends on compute only, never on another transfer.
 #include "compile/impl/builder.hpp"
 #include "core/error.hpp"
@@ -39,7 +39,7 @@ void StepBuilder::pipeline_begin() {
 }
 
 // posts what the copy `after` (none at the start) lets through; each receive posted here
-// waits for that copy (the one that emptied its slot, or a later one)
+// waits for that copy (the one that emptied its act slot, or a later one)
 void StepBuilder::post_ready(int after) {
   const int64_t n = s.Tr * s.hidden;
   for (auto& [q, box] : inbox_) {
@@ -47,15 +47,15 @@ void StepBuilder::post_ready(int after) {
     for (; k < box.size(); ++k) {
       const Msg& msg = box[k];
       const int K = s.chunks[static_cast<size_t>(msg.vc)].slots;
-      // the copy that empties the slot: not emitted yet, so later messages from q wait too
+      // the copy that empties the act slot: not emitted yet, so later messages from q wait too
       if (msg.mb >= K && (msg.fwd ? copied_x_ : copied_dx_)[gidx(msg.vc, msg.mb - K)] == kNone) break;
-      const int slot = s.slot_of(msg.vc, msg.mb);
+      const int act_slot = s.slot_of(msg.vc, msg.mb);
       CommOp c;
       c.kind = comm::CollectiveKind::Recv;
       c.axes = {axis::pipeline};
       const std::string what = msg_name(msg.fwd, msg.vc * s.pp + s.stage, msg.mb);
       c.desc = {parallel::group_key(c.axes), "recv", what, n, "f32", q};
-      c.dst = {(msg.fwd ? b.x_recv : b.dx_recv)[static_cast<size_t>(slot)]};
+      c.dst = {(msg.fwd ? b.x_recv : b.dx_recv)[static_cast<size_t>(act_slot)]};
       c.count = n;
       c.peer = q;
       const int t = emit_comm(std::move(c), "recv " + what);
@@ -67,7 +67,7 @@ void StepBuilder::post_ready(int after) {
 
 // move the received input from its ring slot into the group's act slot (once the send that
 // read the act slot for micro-batch j − K is done), then post the receives that the freed
-// ring slot lets through
+// receive buffer lets through
 void StepBuilder::emit_recv_copy(size_t gi) {
   const PipelineStep grp = s.order[gi];
   const int j = grp.micro_batch, vc = grp.chunk;

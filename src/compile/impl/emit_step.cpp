@@ -131,7 +131,7 @@ void StepBuilder::plan_uses() {
       uses_[k].gather = static_cast<int>(gather_use_.size());
       gather_use_.push_back(static_cast<int>(k));
     }
-    if (is_bwd(uses_[k].kind)) uses_[k].gslot = nback++ % 2;
+    if (is_bwd(uses_[k].kind)) uses_[k].grad_ring = nback++ % 2;
   }
   first_of_use_.assign(uses_.size(), kNone);
   last_of_use_.assign(uses_.size(), kNone);
@@ -177,7 +177,7 @@ void StepBuilder::emit_group(size_t gi) {
     last_of_use_[k] = c;
     if (group_first) {
       group_first = false;
-      // the slot's buffers are written again only after the sends that read them are done:
+      // the act slot's buffers are written again only after the sends that read them are done:
       // the embedding writes x on the first stage, the head writes dx on the last stage
       if (j >= K && grp.forward) {
         if (ch.gc == 0) edge(send_x_[gidx(grp.chunk, j - K)], c0);

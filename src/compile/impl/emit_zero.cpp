@@ -19,21 +19,21 @@ void StepBuilder::emit_gathers_upto(int upto) {
     const int g = next_gather_;
     const Use& u = uses_[static_cast<size_t>(gather_use_[static_cast<size_t>(g)])];
     if (!unit_has_sharded(u.unit)) continue;
-    const int slot = g % nslots;
-    // The previous gather into this slot fetched the same unit (e.g. the last layer's
+    const int ring = g % nslots;
+    // The previous gather into this ring buffer fetched the same unit (e.g. the last layer's
     // forward, then the head, then its backward): the parameters do not change within a
-    // step, so the slot still holds them. Its tasks preceded that earlier use, which
-    // precedes this one; the next gather into the slot waits for this use as usual.
+    // step, so the buffer still holds them. Its tasks preceded that earlier use, which
+    // precedes this one; the next gather into the buffer waits for this use as usual.
     if (g >= nslots && uses_[static_cast<size_t>(gather_use_[static_cast<size_t>(g - nslots)])].unit == u.unit) continue;
     for (int pi : s.units[static_cast<size_t>(u.unit)]) {
       const ParamShape& p = s.params[static_cast<size_t>(pi)];
       if (!p.sharded) continue;
       const int t = emit_comm(
           shard_gather(s.groups.zero, p.O, p.R, p.I, s.gather_dtype, {b.params[static_cast<size_t>(pi)].param},
-                       {b.gather_ring[static_cast<size_t>(slot)], p.ring_offset}, p.lnumel,
+                       {b.gather_ring[static_cast<size_t>(ring)], p.ring_offset}, p.lnumel,
                        p.name + "@use" + std::to_string(g)),
           "gather " + p.name + " #" + std::to_string(g));
-      // the slot is free once the use that last held it has run
+      // the buffer is free once the use that last held it has run
       if (g >= nslots) edge(last_of_use_[static_cast<size_t>(gather_use_[static_cast<size_t>(g - nslots)])], t);
       gathers_of_[static_cast<size_t>(g)].push_back(t);
     }
@@ -41,7 +41,7 @@ void StepBuilder::emit_gathers_upto(int upto) {
 }
 
 // What use k's first segment waits for besides the chain: its parameters' gathers, and for
-// a backward use the reduce-scatters of the use two before it that read its grad-ring slot.
+// a backward use the reduce-scatters of the use two before it that read its grad-ring ring.
 void StepBuilder::emit_use_waits(size_t k, int first_segment) {
   const Use& u = uses_[k];
   if (s.zero != 3) return;
@@ -50,7 +50,7 @@ void StepBuilder::emit_use_waits(size_t k, int first_segment) {
   if (!is_bwd(u.kind)) return;
   for (size_t q = k; q-- > 0;) {
     const Use& w = uses_[q];
-    if (is_bwd(w.kind) && w.gslot == u.gslot) {
+    if (is_bwd(w.kind) && w.grad_ring == u.grad_ring) {
       for (int t : grad_comm_of_use_[q]) edge(t, first_segment);
       break;
     }
@@ -86,7 +86,7 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
     const bool ring = p.shard_stored(s.zero);
     // sequence parallel: a norm gain's gradient sums over this rank's rows only
     if (s.sp && p.gain && (ring || last_mb)) {
-      const BufRef grad = ring ? BufRef{b.grad_ring[static_cast<size_t>(u.gslot)], p.ring_offset} : BufRef{pb.grad};
+      const BufRef grad = ring ? BufRef{b.grad_ring[static_cast<size_t>(u.grad_ring)], p.ring_offset} : BufRef{pb.grad};
       const std::string what = p.name + ".grad_rows" + mbs;
       ready = emit_comm(all_reduce(g.tensor, grad, p.lnumel, comm::ReduceOp::Sum, DType::F32, what),
                         "all_reduce " + what);
@@ -98,7 +98,7 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
     }
     if (ring) {
       const int t = emit_comm(shard_scatter(g.zero, p.O, p.R, p.I, s.scatter_dtype,
-                                            {b.grad_ring[static_cast<size_t>(u.gslot)], p.ring_offset}, {pb.grad},
+                                            {b.grad_ring[static_cast<size_t>(u.grad_ring)], p.ring_offset}, {pb.grad},
                                             acc, comm::ReduceOp::Mean, p.lnumel, p.name + ".grad" + mbs),
                               "reduce_scatter " + p.name + mbs);
       edge(ready, t);

@@ -23,7 +23,7 @@ void linear_bwd(const float* dy, const float* x, const float* w, float* dw, int6
 
 void Trainer::Impl::run_op(const compile::ComputeOp& o) {
   using compile::StepOp;
-  const int l = o.layer, j = o.mb, x = o.act_slot, s = o.pslot, g = o.gslot;
+  const int l = o.layer, j = o.mb, x = o.act_slot, s = o.ring, g = o.grad_ring;
   const bool a = o.acc;
   switch (o.op) {
     case StepOp::Begin: sums_local[0] = sums_local[1] = sums_local[2] = 0; return;
@@ -72,98 +72,98 @@ void Trainer::Impl::run_op(const compile::ComputeOp& o) {
 // sums are reduce-scattered back to rows (yl, dnl); dx is all-gathered into dxfull before
 // the row-parallel backward.
 
-void Trainer::Impl::embed_fwd_a(int j, int xs_slot, int slot) {
+void Trainer::Impl::embed_fwd_a(int j, int act_slot, int ring) {
   const Param& e = P("embed.weight");
   const int64_t H = cfg.hidden;
-  float* out = sp ? ybuf.data() : xs[static_cast<size_t>(xs_slot)].data();
-  nn::Embedding<float, Exec>::forward(inputs[static_cast<size_t>(j)], cmat(pptr(e, slot), V_l, H), v0,
+  float* out = sp ? ybuf.data() : xs[static_cast<size_t>(act_slot)].data();
+  nn::Embedding<float, Exec>::forward(inputs[static_cast<size_t>(j)], cmat(pptr(e, ring), V_l, H), v0,
                                       mat(out, tokens_mb, H));
   if (sp && tc == 0)  // positions join the partial sums once
-    nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(P("pos_embed.weight"), slot), cfg.seq, H),
+    nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(P("pos_embed.weight"), ring), cfg.seq, H),
                                                 mat(out, tokens_mb, H));
 }
 
-void Trainer::Impl::embed_fwd_b(int xs_slot, int slot) {
+void Trainer::Impl::embed_fwd_b(int act_slot, int ring) {
   const Param& pe = P("pos_embed.weight");
-  nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(pe, slot), cfg.seq, cfg.hidden),
-                                              mat(xs[static_cast<size_t>(xs_slot)].data(), tokens_mb, cfg.hidden));
+  nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(pe, ring), cfg.seq, cfg.hidden),
+                                              mat(xs[static_cast<size_t>(act_slot)].data(), tokens_mb, cfg.hidden));
 }
 
 // rmsnorm of this rank's residual rows x [Tr, H] into rows [t0, t0 + Tr) of `out` [T, H]
-void Trainer::Impl::norm_fwd(const Param& g, const float* x, float* out, float* rstd, int slot) {
+void Trainer::Impl::norm_fwd(const Param& g, const float* x, float* out, float* rstd, int ring) {
   const int64_t H = cfg.hidden;
-  nn::RmsNorm<float, Exec>::forward(cmat(x, Tr, H), cvec(pptr(g, slot), H), mat(out + t0 * H, Tr, H), vec(rstd, Tr));
+  nn::RmsNorm<float, Exec>::forward(cmat(x, Tr, H), cvec(pptr(g, ring), H), mat(out + t0 * H, Tr, H), vec(rstd, Tr));
 }
 
 // dx (+)= the rmsnorm backward of this rank's rows of dn (dnl under sp), gain gradient (+)=
-void Trainer::Impl::norm_bwd(const Param& g, const float* x, const float* rstd, int xs_slot, int slot, int gslot,
+void Trainer::Impl::norm_bwd(const Param& g, const float* x, const float* rstd, int act_slot, int ring, int gring,
                              bool acc, bool acc_dx) {
   const int64_t H = cfg.hidden;
-  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(x, Tr, H), cvec(pptr(g, slot), H),
-                                     cvec(rstd, Tr), mat(dxs[static_cast<size_t>(xs_slot)].data(), Tr, H),
-                                     vec(gptr(g, gslot), H), acc_dx, accum(g, acc));
+  nn::RmsNorm<float, Exec>::backward(cmat(sp ? dnl.data() : dn.data(), Tr, H), cmat(x, Tr, H), cvec(pptr(g, ring), H),
+                                     cvec(rstd, Tr), mat(dxs[static_cast<size_t>(act_slot)].data(), Tr, H),
+                                     vec(gptr(g, gring), H), acc_dx, accum(g, acc));
 }
 
-// linear_bwd for the parameter w (its gather slot, gradient slot and accumulation rule)
-void Trainer::Impl::linear_backward(const float* dy, const float* x, const Param& w, int slot, int gslot, bool acc,
+// linear_bwd for the parameter w (its gather ring, gradient ring and accumulation rule)
+void Trainer::Impl::linear_backward(const float* dy, const float* x, const Param& w, int ring, int gring, bool acc,
                                     int64_t rows, int64_t out, int64_t in, float* dx, bool acc_dx) {
-  linear_bwd(dy, x, pptr(w, slot), gptr(w, gslot), rows, out, in, dx, acc_dx, accum(w, acc));
+  linear_bwd(dy, x, pptr(w, ring), gptr(w, gring), rows, out, in, dx, acc_dx, accum(w, acc));
 }
 
-void Trainer::Impl::layer_fwd_norm1(int l, int xs_slot, int slot) {
+void Trainer::Impl::layer_fwd_norm1(int l, int act_slot, int ring) {
   const int64_t H = cfg.hidden;
-  Acts& a = act(l, xs_slot);
-  nn::Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(xs_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
-  norm_fwd(U(l + 1, 0), a.x_in.data(), a.n1.data(), a.rstd1.data(), slot);
+  Acts& a = act(l, act_slot);
+  nn::Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(act_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
+  norm_fwd(U(l + 1, 0), a.x_in.data(), a.n1.data(), a.rstd1.data(), ring);
 }
 
-void Trainer::Impl::layer_fwd_attn(int l, int xs_slot, int slot) {
+void Trainer::Impl::layer_fwd_attn(int l, int act_slot, int ring) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
   const Param &wqkv = U(l + 1, 1), &wout = U(l + 1, 2);
-  Acts& a = act(l, xs_slot);
-  Linear<float, Exec>::forward(cmat(a.n1.data(), T, H), cmat(pptr(wqkv, slot), 3 * H_l, H),
+  Acts& a = act(l, act_slot);
+  Linear<float, Exec>::forward(cmat(a.n1.data(), T, H), cmat(pptr(wqkv, ring), 3 * H_l, H),
                                mat(a.qkv.data(), T, 3 * H_l));
   VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
   Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l));
-  Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(pptr(wout, slot), H, H_l), mat(ybuf.data(), T, H));
+  Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(pptr(wout, ring), H, H_l), mat(ybuf.data(), T, H));
 }
 
-void Trainer::Impl::layer_fwd_norm2(int l, int xs_slot, int slot) {
+void Trainer::Impl::layer_fwd_norm2(int l, int act_slot, int ring) {
   const int64_t H = cfg.hidden;
-  Acts& a = act(l, xs_slot);
+  Acts& a = act(l, act_slot);
   nn::Residual<float, Exec>::copy(cmat(a.x_in.data(), Tr, H), mat(a.x_mid.data(), Tr, H));
   nn::Residual<float, Exec>::add(mat(a.x_mid.data(), Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
-  norm_fwd(U(l + 1, 3), a.x_mid.data(), a.n2.data(), a.rstd2.data(), slot);
+  norm_fwd(U(l + 1, 3), a.x_mid.data(), a.n2.data(), a.rstd2.data(), ring);
 }
 
-void Trainer::Impl::layer_fwd_mlp(int l, int xs_slot, int slot) {
+void Trainer::Impl::layer_fwd_mlp(int l, int act_slot, int ring) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
-  Acts& a = act(l, xs_slot);
-  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(wgu, slot), 2 * F_l, H),
+  Acts& a = act(l, act_slot);
+  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(wgu, ring), 2 * F_l, H),
                                mat(a.gu.data(), T, 2 * F_l));
   SwiGlu<float, Exec>::forward(cmat(a.gu.data(), T, 2 * F_l), mat(a.h.data(), T, F_l));
-  Linear<float, Exec>::forward(cmat(a.h.data(), T, F_l), cmat(pptr(wdown, slot), H, F_l), mat(ybuf.data(), T, H));
+  Linear<float, Exec>::forward(cmat(a.h.data(), T, F_l), cmat(pptr(wdown, ring), H, F_l), mat(ybuf.data(), T, H));
 }
 
-void Trainer::Impl::layer_fwd_end(int l, int xs_slot) {
+void Trainer::Impl::layer_fwd_end(int l, int act_slot) {
   const int64_t H = cfg.hidden;
-  float* x = xs[static_cast<size_t>(xs_slot)].data();
-  nn::Residual<float, Exec>::copy(cmat(act(l, xs_slot).x_mid.data(), Tr, H), mat(x, Tr, H));
+  float* x = xs[static_cast<size_t>(act_slot)].data();
+  nn::Residual<float, Exec>::copy(cmat(act(l, act_slot).x_mid.data(), Tr, H), mat(x, Tr, H));
   nn::Residual<float, Exec>::add(mat(x, Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
 }
 
-void Trainer::Impl::head_norm(int xs_slot, int slot) {
-  norm_fwd(P("final_norm.weight"), xs[static_cast<size_t>(xs_slot)].data(), nf.data(), rstdf.data(), slot);
+void Trainer::Impl::head_norm(int act_slot, int ring) {
+  norm_fwd(P("final_norm.weight"), xs[static_cast<size_t>(act_slot)].data(), nf.data(), rstdf.data(), ring);
 }
 
-void Trainer::Impl::head_a(int slot) {
+void Trainer::Impl::head_a(int ring) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& lm = P("lm_head.weight");
-  Linear<float, Exec>::forward(cmat(nf.data(), T, H), cmat(pptr(lm, slot), V_l, H), mat(logits.data(), T, V_l));
+  Linear<float, Exec>::forward(cmat(nf.data(), T, H), cmat(pptr(lm, ring), V_l, H), mat(logits.data(), T, V_l));
   CrossEntropy<float, Exec>::local_max(cmat(logits.data(), T, V_l), vec(row_max.data(), T));
 }
 
@@ -173,7 +173,7 @@ void Trainer::Impl::head_b(int j) {
                                                      targets[static_cast<size_t>(j)], v0, mat(stats.data(), T, 2));
 }
 
-void Trainer::Impl::head_c(int j, int slot, int gslot, bool acc) {
+void Trainer::Impl::head_c(int j, int ring, int gring, bool acc) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& lm = P("lm_head.weight");
@@ -181,7 +181,7 @@ void Trainer::Impl::head_c(int j, int slot, int gslot, bool acc) {
   sums_local[0] += CrossEntropy<float, Exec>::loss_and_grad(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
                                                             cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)],
                                                             v0, scale, mat(logits.data(), T, V_l));
-  linear_backward(logits.data(), nf.data(), lm, slot, gslot, acc, T, V_l, H, dn.data(), false);
+  linear_backward(logits.data(), nf.data(), lm, ring, gring, acc, T, V_l, H, dn.data(), false);
 }
 
 // the cross-entropy of micro-batch j only (evaluation: its gradient lands in logits, unused)
@@ -192,44 +192,44 @@ void Trainer::Impl::head_loss_value(int j) {
       v0, 1.0, mat(logits.data(), T, V_l));
 }
 
-void Trainer::Impl::head_d(int xs_slot, int slot, int gslot, bool acc) {
-  norm_bwd(P("final_norm.weight"), xs[static_cast<size_t>(xs_slot)].data(), rstdf.data(), xs_slot, slot, gslot, acc,
+void Trainer::Impl::head_d(int act_slot, int ring, int gring, bool acc) {
+  norm_bwd(P("final_norm.weight"), xs[static_cast<size_t>(act_slot)].data(), rstdf.data(), act_slot, ring, gring, acc,
            false);
 }
 
-void Trainer::Impl::layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc) {
+void Trainer::Impl::layer_bwd_mlp(int l, int act_slot, int ring, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
-  Acts& a = act(l, xs_slot);
-  linear_backward(dx_full(xs_slot), a.h.data(), U(l + 1, 5), slot, gslot, acc, T, H, F_l, dh.data(), false);
+  Acts& a = act(l, act_slot);
+  linear_backward(dx_full(act_slot), a.h.data(), U(l + 1, 5), ring, gring, acc, T, H, F_l, dh.data(), false);
   nn::SwiGlu<float, Exec>::backward(cmat(dh.data(), T, F_l), cmat(a.gu.data(), T, 2 * F_l), mat(dgu.data(), T, 2 * F_l));
-  linear_backward(dgu.data(), a.n2.data(), U(l + 1, 4), slot, gslot, acc, T, 2 * F_l, H, dn.data(), false);
+  linear_backward(dgu.data(), a.n2.data(), U(l + 1, 4), ring, gring, acc, T, 2 * F_l, H, dn.data(), false);
 }
 
-void Trainer::Impl::layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc) {
+void Trainer::Impl::layer_bwd_attn(int l, int act_slot, int ring, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
-  Acts& a = act(l, xs_slot);
-  linear_backward(dx_full(xs_slot), a.att.data(), U(l + 1, 2), slot, gslot, acc, T, H, H_l, datt.data(), false);
+  Acts& a = act(l, act_slot);
+  linear_backward(dx_full(act_slot), a.att.data(), U(l + 1, 2), ring, gring, acc, T, H, H_l, datt.data(), false);
   VT::CTen3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
   nn::Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, 3 * H_l), probs, A_l,
                                        mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H_l));
-  linear_backward(dqkv.data(), a.n1.data(), U(l + 1, 1), slot, gslot, acc, T, 3 * H_l, H, dn.data(), false);
+  linear_backward(dqkv.data(), a.n1.data(), U(l + 1, 1), ring, gring, acc, T, 3 * H_l, H, dn.data(), false);
 }
 
 // the attention norm (mlp = false) or the mlp norm: dx += its backward
-void Trainer::Impl::layer_bwd_norm(int l, bool mlp, int xs_slot, int slot, int gslot, bool acc) {
-  Acts& a = act(l, xs_slot);
-  norm_bwd(U(l + 1, mlp ? 3 : 0), (mlp ? a.x_mid : a.x_in).data(), (mlp ? a.rstd2 : a.rstd1).data(), xs_slot, slot,
-           gslot, acc, true);
+void Trainer::Impl::layer_bwd_norm(int l, bool mlp, int act_slot, int ring, int gring, bool acc) {
+  Acts& a = act(l, act_slot);
+  norm_bwd(U(l + 1, mlp ? 3 : 0), (mlp ? a.x_mid : a.x_in).data(), (mlp ? a.rstd2 : a.rstd1).data(), act_slot, ring,
+           gring, acc, true);
 }
 
-void Trainer::Impl::embed_bwd(int j, int xs_slot, int gslot, bool acc) {
+void Trainer::Impl::embed_bwd(int j, int act_slot, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& e = P("embed.weight");
   const Param& pe = P("pos_embed.weight");
-  const float* dx = dx_full(xs_slot);
-  nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0, mat(gptr(e, gslot), V_l, H),
+  const float* dx = dx_full(act_slot);
+  nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0, mat(gptr(e, gring), V_l, H),
                                        *escratch, accum(e, acc));
-  nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gslot), cfg.seq, H), accum(pe, acc));
+  nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gring), cfg.seq, H), accum(pe, acc));
 }
 
 // ---- mixture of experts ------------------------------------------------------------------
@@ -247,12 +247,12 @@ void Trainer::Impl::embed_bwd(int j, int xs_slot, int gslot, bool acc) {
 // experts' dX is partial and joins dn, which the tensor collective completes; the router's
 // own input gradient joins dn on tensor rank 0 only.
 
-void Trainer::Impl::moe_route_fwd(int l, int xs_slot, int slot) {
+void Trainer::Impl::moe_route_fwd(int l, int act_slot, int ring) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
-  MoeState& m = ms(l, xs_slot);
-  Acts& a = act(l, xs_slot);
-  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(U(l + 1, 4), slot), E, H),
+  MoeState& m = ms(l, act_slot);
+  Acts& a = act(l, act_slot);
+  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(U(l + 1, 4), ring), E, H),
                                mat(m.logits.data(), T, E));
   auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m.logits);
   m.route = moe_route(hl.data(), T, moe);
@@ -270,24 +270,24 @@ void Trainer::Impl::moe_route_fwd(int l, int xs_slot, int slot) {
     m.send_rows[static_cast<size_t>(r)] += static_cast<size_t>(n);
   }
   for (int64_t e = 0; e < E; ++e) start[static_cast<size_t>(e + 1)] += start[static_cast<size_t>(e)];
-  auto hs = Kokkos::create_mirror_view(m.slot);
+  auto hs = Kokkos::create_mirror_view(m.choice_row);
   auto hg = Kokkos::create_mirror_view(m.gate);
   for (int64_t c = 0; c < T * k; ++c) {
     hg(c) = m.route.gate[static_cast<size_t>(c)];
     hs(c) = m.route.kept[static_cast<size_t>(c)] ? start[static_cast<size_t>(m.route.expert[static_cast<size_t>(c)])]++
                                                  : -1;
   }
-  Kokkos::deep_copy(m.slot, hs);
+  Kokkos::deep_copy(m.choice_row, hs);
   Kokkos::deep_copy(m.gate, hg);
-  MoeRows<float, Exec>::dispatch(cmat(a.n2.data(), T, H), m.slot, k, mat(m.xsend.data(), T * k, H));
+  MoeRows<float, Exec>::dispatch(cmat(a.n2.data(), T, H), m.choice_row, k, mat(m.xsend.data(), T * k, H));
   if (ep == 1) {
     m.recv_ec = m.send_ec;
-    moe_recv_counts(l, xs_slot);
+    moe_recv_counts(l, act_slot);
   }
 }
 
-void Trainer::Impl::moe_recv_counts(int l, int xs_slot) {
-  MoeState& m = ms(l, xs_slot);
+void Trainer::Impl::moe_recv_counts(int l, int act_slot) {
+  MoeState& m = ms(l, act_slot);
   const int64_t E = moe.experts;
   m.nrecv = 0;
   for (int r = 0; r < ep; ++r) {
@@ -300,12 +300,12 @@ void Trainer::Impl::moe_recv_counts(int l, int xs_slot) {
                     " rows received, more than the dispatch buffer holds");
 }
 
-void Trainer::Impl::moe_experts_fwd(int l, int xs_slot, int slot) {
+void Trainer::Impl::moe_experts_fwd(int l, int act_slot, int ring) {
   using namespace nn;
   const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
-  MoeState& m = ms(l, xs_slot);
-  const float* wgu = pptr(U(l + 1, 5), slot);
-  const float* wd = pptr(U(l + 1, 6), slot);
+  MoeState& m = ms(l, act_slot);
+  const float* wgu = pptr(U(l + 1, 5), ring);
+  const float* wd = pptr(U(l + 1, 6), ring);
   int64_t row = 0;
   for (int r = 0; r < ep; ++r)
     for (int64_t e = e0; e < e0 + E_l; ++e) {
@@ -320,32 +320,32 @@ void Trainer::Impl::moe_experts_fwd(int l, int xs_slot, int slot) {
     }
 }
 
-void Trainer::Impl::moe_combine(int l, int xs_slot) {
+void Trainer::Impl::moe_combine(int l, int act_slot) {
   const int64_t T = tokens_mb, H = cfg.hidden, k = moe.top_k;
-  MoeState& m = ms(l, xs_slot);
-  nn::MoeRows<float, Exec>::combine(cmat(m.ysend.data(), T * k, H), m.slot, cvec(m.gate.data(), T * k), k,
+  MoeState& m = ms(l, act_slot);
+  nn::MoeRows<float, Exec>::combine(cmat(m.ysend.data(), T * k, H), m.choice_row, cvec(m.gate.data(), T * k), k,
                                     mat(ybuf.data(), T, H), false);
 }
 
-void Trainer::Impl::moe_combine_bwd(int l, int xs_slot) {
+void Trainer::Impl::moe_combine_bwd(int l, int act_slot) {
   const int64_t T = tokens_mb, H = cfg.hidden, k = moe.top_k;
-  MoeState& m = ms(l, xs_slot);
-  const float* dx = dx_full(xs_slot);
-  nn::MoeRows<float, Exec>::gate_grad(cmat(dx, T, H), cmat(m.ysend.data(), T * k, H), m.slot, k,
+  MoeState& m = ms(l, act_slot);
+  const float* dx = dx_full(act_slot);
+  nn::MoeRows<float, Exec>::gate_grad(cmat(dx, T, H), cmat(m.ysend.data(), T * k, H), m.choice_row, k,
                                       vec(moe_dgate.data(), T * k));
-  nn::MoeRows<float, Exec>::combine_backward(cmat(dx, T, H), m.slot, cvec(m.gate.data(), T * k), k,
+  nn::MoeRows<float, Exec>::combine_backward(cmat(dx, T, H), m.choice_row, cvec(m.gate.data(), T * k), k,
                                              mat(m.ysend.data(), T * k, H));
 }
 
-void Trainer::Impl::moe_experts_bwd(int l, int xs_slot, int slot, int gslot, bool acc) {
+void Trainer::Impl::moe_experts_bwd(int l, int act_slot, int ring, int gring, bool acc) {
   using namespace nn;
   const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
-  MoeState& m = ms(l, xs_slot);
+  MoeState& m = ms(l, act_slot);
   const Param &pgu = U(l + 1, 5), &pd = U(l + 1, 6);
-  const float* wgu = pptr(pgu, slot);
-  const float* wd = pptr(pd, slot);
-  float* dwgu = gptr(pgu, gslot);
-  float* dwd = gptr(pd, gslot);
+  const float* wgu = pptr(pgu, ring);
+  const float* wd = pptr(pd, ring);
+  float* dwgu = gptr(pgu, gring);
+  float* dwd = gptr(pd, gring);
   // experts that received no rows add nothing: start from zero, then always accumulate
   if (!accum(pgu, acc)) Kokkos::deep_copy(vec(dwgu, pgu.lnumel), 0.0f);
   if (!accum(pd, acc)) Kokkos::deep_copy(vec(dwd, pd.lnumel), 0.0f);
@@ -365,17 +365,17 @@ void Trainer::Impl::moe_experts_bwd(int l, int xs_slot, int slot, int gslot, boo
     }
 }
 
-void Trainer::Impl::moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc) {
+void Trainer::Impl::moe_router_bwd(int l, int act_slot, int ring, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
-  MoeState& m = ms(l, xs_slot);
+  MoeState& m = ms(l, act_slot);
   const float* dxr = ep > 1 ? m.xsend.data() : m.yr.data();  // the experts' dX, back in dispatch order
-  nn::MoeRows<float, Exec>::dispatch_backward(cmat(dxr, T * k, H), m.slot, k, mat(dn.data(), T, H), false);
+  nn::MoeRows<float, Exec>::dispatch_backward(cmat(dxr, T * k, H), m.choice_row, k, mat(dn.data(), T, H), false);
   auto hdg = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), moe_dgate);
   auto hdl = Kokkos::create_mirror_view(moe_dlogits);
   moe_route_backward(m.route, hdg.data(), 1.0 / static_cast<double>(local_seqs), moe, hdl.data());
   Kokkos::deep_copy(moe_dlogits, hdl);
   // the router is replicated over tensor: its input gradient joins the partial dn once
-  linear_backward(moe_dlogits.data(), act(l, xs_slot).n2.data(), U(l + 1, 4), slot, gslot, acc, T, E, H,
+  linear_backward(moe_dlogits.data(), act(l, act_slot).n2.data(), U(l + 1, 4), ring, gring, acc, T, E, H,
                   tc == 0 ? dn.data() : nullptr, true);
 }
 

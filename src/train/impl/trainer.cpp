@@ -152,8 +152,8 @@ void Trainer::Impl::allocate() {
     p.gtmp = f(pb.grad_tmp);
     params.push_back(std::move(p));
   }
-  for (int id : b.gather_ring) pslots.push_back(f(id));
-  for (int id : b.grad_ring) gslots.push_back(f(id));
+  for (int id : b.gather_ring) gather_ring.push_back(f(id));
+  for (int id : b.grad_ring) grad_ring.push_back(f(id));
   for (const auto& per : b.acts) {
     std::vector<Acts> out(per.size());
     for (size_t k = 0; k < per.size(); ++k) {
@@ -172,7 +172,7 @@ void Trainer::Impl::allocate() {
       MoeState& m = out[k];
       m.logits = f(mb.logits);
       m.gate = f(mb.gate);
-      m.slot = lbuf[static_cast<size_t>(mb.choice_row)];
+      m.choice_row = lbuf[static_cast<size_t>(mb.choice_row)];
       m.xsend = f(mb.x_send);
       m.xr = f(mb.x_recv);
       m.yr = f(mb.y_recv);
@@ -461,8 +461,8 @@ MemoryStats Trainer::memory() const {
     m.grads += view_bytes(p.grad) + view_bytes(p.gshard) + view_bytes(p.gtmp);
     m.optimizer += view_bytes(p.m) + view_bytes(p.v);
   }
-  for (const auto& s : I.pslots) m.transient += view_bytes(s);
-  for (const auto& s : I.gslots) m.transient += view_bytes(s);
+  for (const auto& s : I.gather_ring) m.transient += view_bytes(s);
+  for (const auto& s : I.grad_ring) m.transient += view_bytes(s);
   m.transient += I.staging;
   for (const auto& per : I.acts)
     for (const auto& a : per)
@@ -473,7 +473,7 @@ MemoryStats Trainer::memory() const {
       for (const FVec* v : {&s.logits, &s.gate, &s.xsend, &s.gu, &s.h, &s.yr}) m.activations += view_bytes(*v);
       if (I.ep > 1)
         for (const FVec* v : {&s.xr, &s.ysend}) m.activations += view_bytes(*v);
-      m.activations += static_cast<int64_t>(s.slot.extent(0) * sizeof(int64_t));
+      m.activations += static_cast<int64_t>(s.choice_row.extent(0) * sizeof(int64_t));
     }
   for (const FVec* v : {&I.moe_dgate, &I.moe_dh, &I.moe_dgu, &I.moe_dlogits}) m.activations += view_bytes(*v);
   for (const auto& v : I.xs) m.activations += view_bytes(v);

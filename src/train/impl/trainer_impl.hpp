@@ -71,27 +71,27 @@ struct Trainer::Impl {
   std::vector<Param> params;
   std::map<std::string, int> index;
   std::vector<std::vector<int>> units;  // unit -> param indices
-  std::vector<FVec> pslots, gslots;     // ZeRO-3 gather ring and grad ring
+  std::vector<FVec> gather_ring, grad_ring;     // ZeRO-3 gather ring and grad ring
 
   struct Acts {
     FVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
   };
-  std::vector<std::vector<Acts>> acts;  // [local layer][act slot]
+  std::vector<std::vector<Acts>> acts;  // [local layer][act ring]
   // An MoE layer's routing and dispatch state for one micro-batch in flight. Dispatch rows
   // are ordered by expert (so by owning rank), then by choice a = t·k + j.
   struct MoeState {
     nn::MoeRouting route;
     FVec logits, gate;                         // [T, E], [T·k]
-    kern::LVec slot;                           // [T·k] dispatch row of each choice, -1 dropped
+    kern::LVec choice_row;                           // [T·k] dispatch row of each choice, -1 dropped
     std::vector<int32_t> send_ec, recv_ec;     // [ep, E] rows per (peer, expert) sent / received
     std::vector<size_t> send_rows, recv_rows;  // per peer
     FVec xsend, ysend;                         // [T·k, H] rows sent out / combined back (dy in backward)
     FVec xr, yr, gu, h;                        // received rows [N, H], expert activations, outputs (dX)
     int64_t nrecv = 0;
   };
-  std::vector<std::vector<MoeState>> moes;  // [local layer][act slot]; empty for dense layers
+  std::vector<std::vector<MoeState>> moes;  // [local layer][act ring]; empty for dense layers
   FVec moe_dgate, moe_dh, moe_dgu, moe_dlogits;
-  std::vector<FVec> xs, dxs, rxs, rdxs;  // per act slot: residual stream, its gradient, receive rings
+  std::vector<FVec> xs, dxs, rxs, rdxs;  // per act ring: residual stream, its gradient, receive rings
   FVec yl, dnl, dxfull;                  // sequence parallel: reduce-scattered rows, gathered dx
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
   std::vector<TVec> inputs, targets;
@@ -117,58 +117,58 @@ struct Trainer::Impl {
 
   // ---- the block program (step_kernels.cpp) ---------------------------------------------
   void run_op(const compile::ComputeOp& op);
-  float* pptr(const Param& p, int slot) {
-    return p.shard_stored(zero) ? pslots[static_cast<size_t>(slot)].data() + p.ring_offset : p.param.data();
+  float* pptr(const Param& p, int ring) {
+    return p.shard_stored(zero) ? gather_ring[static_cast<size_t>(ring)].data() + p.ring_offset : p.param.data();
   }
-  float* gptr(const Param& p, int gslot) {
-    return p.shard_stored(zero) ? gslots[static_cast<size_t>(gslot)].data() + p.ring_offset : p.grad.data();
+  float* gptr(const Param& p, int gring) {
+    return p.shard_stored(zero) ? grad_ring[static_cast<size_t>(gring)].data() + p.ring_offset : p.grad.data();
   }
   bool accum(const Param& p, bool acc) const { return acc && !p.shard_stored(zero); }
   Param& P(const std::string& n) { return params[static_cast<size_t>(index.at(n))]; }
   Param& U(int unit, int k) {
     return params[static_cast<size_t>(units[static_cast<size_t>(unit)][static_cast<size_t>(k)])];
   }
-  Acts& act(int l, int slot) {
-    return acts[static_cast<size_t>(prog.shape.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];
+  Acts& act(int l, int act_slot) {
+    return acts[static_cast<size_t>(prog.shape.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(act_slot)];
   }
-  MoeState& ms(int l, int slot) {
-    return moes[static_cast<size_t>(prog.shape.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];
+  MoeState& ms(int l, int act_slot) {
+    return moes[static_cast<size_t>(prog.shape.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(act_slot)];
   }
   float* shard_param_ptr(Param& p) { return p.O > 1 ? p.pshard.data() : p.param.data() + p.r0 * p.I; }
   Layout param_layout(const Param& p, bool optimizer_state) const;
-  const float* dx_full(int xs_slot) const {  // the whole micro-batch's dx (all-gathered under sp)
-    return sp ? dxfull.data() : dxs[static_cast<size_t>(xs_slot)].data();
+  const float* dx_full(int act_slot) const {  // the whole micro-batch's dx (all-gathered under sp)
+    return sp ? dxfull.data() : dxs[static_cast<size_t>(act_slot)].data();
   }
 
-  void embed_fwd_a(int j, int xs_slot, int slot);
-  void embed_fwd_b(int xs_slot, int slot);
-  void norm_fwd(const Param& g, const float* x, float* out, float* rstd, int slot);
-  void norm_bwd(const Param& g, const float* x, const float* rstd, int xs_slot, int slot, int gslot, bool acc,
+  void embed_fwd_a(int j, int act_slot, int ring);
+  void embed_fwd_b(int act_slot, int ring);
+  void norm_fwd(const Param& g, const float* x, float* out, float* rstd, int ring);
+  void norm_bwd(const Param& g, const float* x, const float* rstd, int act_slot, int ring, int gring, bool acc,
                 bool acc_dx);
-  void linear_backward(const float* dy, const float* x, const Param& w, int slot, int gslot, bool acc, int64_t rows,
+  void linear_backward(const float* dy, const float* x, const Param& w, int ring, int gring, bool acc, int64_t rows,
                        int64_t out, int64_t in, float* dx, bool acc_dx);
-  void layer_fwd_norm1(int l, int xs_slot, int slot);
-  void layer_fwd_attn(int l, int xs_slot, int slot);
-  void layer_fwd_norm2(int l, int xs_slot, int slot);
-  void layer_fwd_mlp(int l, int xs_slot, int slot);
-  void layer_fwd_end(int l, int xs_slot);
-  void head_norm(int xs_slot, int slot);
-  void head_a(int slot);
+  void layer_fwd_norm1(int l, int act_slot, int ring);
+  void layer_fwd_attn(int l, int act_slot, int ring);
+  void layer_fwd_norm2(int l, int act_slot, int ring);
+  void layer_fwd_mlp(int l, int act_slot, int ring);
+  void layer_fwd_end(int l, int act_slot);
+  void head_norm(int act_slot, int ring);
+  void head_a(int ring);
   void head_b(int j);
-  void head_c(int j, int slot, int gslot, bool acc);
-  void head_d(int xs_slot, int slot, int gslot, bool acc);
+  void head_c(int j, int ring, int gring, bool acc);
+  void head_d(int act_slot, int ring, int gring, bool acc);
   void head_loss_value(int j);
-  void layer_bwd_mlp(int l, int xs_slot, int slot, int gslot, bool acc);
-  void layer_bwd_attn(int l, int xs_slot, int slot, int gslot, bool acc);
-  void layer_bwd_norm(int l, bool mlp, int xs_slot, int slot, int gslot, bool acc);
-  void embed_bwd(int j, int xs_slot, int gslot, bool acc);
-  void moe_route_fwd(int l, int xs_slot, int slot);
-  void moe_recv_counts(int l, int xs_slot);
-  void moe_experts_fwd(int l, int xs_slot, int slot);
-  void moe_combine(int l, int xs_slot);
-  void moe_combine_bwd(int l, int xs_slot);
-  void moe_experts_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
-  void moe_router_bwd(int l, int xs_slot, int slot, int gslot, bool acc);
+  void layer_bwd_mlp(int l, int act_slot, int ring, int gring, bool acc);
+  void layer_bwd_attn(int l, int act_slot, int ring, int gring, bool acc);
+  void layer_bwd_norm(int l, bool mlp, int act_slot, int ring, int gring, bool acc);
+  void embed_bwd(int j, int act_slot, int gring, bool acc);
+  void moe_route_fwd(int l, int act_slot, int ring);
+  void moe_recv_counts(int l, int act_slot);
+  void moe_experts_fwd(int l, int act_slot, int ring);
+  void moe_combine(int l, int act_slot);
+  void moe_combine_bwd(int l, int act_slot);
+  void moe_experts_bwd(int l, int act_slot, int ring, int gring, bool acc);
+  void moe_router_bwd(int l, int act_slot, int ring, int gring, bool acc);
   void norm_local();
   void update();
 };
