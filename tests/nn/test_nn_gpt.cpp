@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "model/model_description.hpp"
 #include "nn/gpt.hpp"
 #include "nn/init.hpp"
 #include "data/loader.hpp"
@@ -312,3 +313,21 @@ TEST(NnGpt, AdamWTrainingOnTheCorpusLowersTheLoss) {
 }
 
 }  // namespace
+
+// The serial reference keeps its own parameter list (so that a mistake in the model spec
+// cannot hide in both), and it is the model spec's list: names, shapes and decay flags.
+TEST(NnGpt, ParametersAreTheModelDescriptions) {
+  for (int64_t layers : {1, 4}) {
+    shardflow::ModelConfig mc = shardflow::ModelConfig::quickstart();
+    mc.layers = layers;
+    const shardflow::ModelDescription desc(mc);
+    const auto ps = shardflow::nn::gpt_parameters(GptConfig::from(mc));
+    ASSERT_EQ(ps.size(), desc.params().size());
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const auto& d = desc.params()[i];
+      EXPECT_EQ(ps[i].name, d.name);
+      EXPECT_EQ(ps[i].shape, d.shape) << d.name;
+      EXPECT_EQ(ps[i].weight_decay, d.weight_decay) << d.name;
+    }
+  }
+}
