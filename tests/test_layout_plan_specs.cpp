@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "parallel/layout_plan.hpp"
+#include "strategy/sharding_strategy.hpp"
 #include "strategy_test_util.hpp"
 
 using namespace shardflow;
@@ -137,4 +138,33 @@ TEST(LayoutPlanSpecs, MeshesThatCannotShardNameTheNumbers) {
   EXPECT_THROW(LayoutPlan(m, MeshShape({"data"}, {2}), zero(4)), InputError);
   msg = message_of([&] { LayoutPlan(m, MeshShape({"fsdp"}, {2}), zero(0)); });
   EXPECT_NE(msg.find("mesh.fsdp = 2"), std::string::npos) << msg;
+}
+
+// The seeds' strategies decide: the plan's tensor specs are TensorParallelStrategy's (its
+// attention specs for qkv and attn.out), its ZeRO dimension is FSDPStrategy's rule, and the
+// two are merged by MultiDimensionalStrategy::resolve_sharding_conflicts.
+TEST(LayoutPlanSpecs, TheSeedStrategiesDecide) {
+  ModelDescription m(ModelConfig::quickstart());
+  const MeshShape mesh({"fsdp", "tensor"}, {2, 2});
+  LayoutPlan plan(m, mesh, zero(3));
+  const TensorParallelStrategy tps("tensor");
+  EXPECT_EQ(plan.spec(plan.param("layers.0.attn.qkv.weight"), TensorRole::Grad)[1],
+            tps.get_attention_qkv_spec()[1]);
+  EXPECT_EQ(plan.spec(plan.param("layers.0.attn.out.weight"), TensorRole::Grad)[1],
+            tps.get_attention_output_spec()[1]);
+  for (const auto& p : plan.params()) {
+    const PartitionSpec t = tps.get_weight_spec(p.info.kind, p.info.shape, 4, 32, mesh);
+    const PartitionSpec got = plan.spec(p, TensorRole::Param);
+    std::vector<bool> excluded(t.ndim());
+    for (size_t d = 0; d < t.ndim(); ++d) {
+      excluded[d] = !t[d].empty();
+      if (!t[d].empty()) {
+        EXPECT_EQ(got[d][0], "tensor") << p.info.name;
+      }
+    }
+    const FSDPStrategy fsdp("fsdp", -1, 1024);
+    const int zd = fsdp.should_shard_weight(p.info.shape) ? FSDPStrategy::choose_shard_dim(p.info.view_shape, 2, excluded)
+                                                           : -1;
+    EXPECT_EQ(p.zero_dim, zd) << p.info.name;
+  }
 }

@@ -21,6 +21,7 @@
 #include "layout/partition_spec.hpp"
 #include "comm/mesh.hpp"
 #include "strategy/host_tensor.hpp"
+#include "model/param_kind.hpp"
 #include "strategy/sharding_config.hpp"
 
 namespace shardflow {
@@ -126,6 +127,14 @@ class TensorParallelStrategy : public ShardingStrategy {
   PartitionSpec get_attention_output_spec() const;
   /// [out, in]: (None, axis) when shard_dimension is "in_features", else (axis, None).
   PartitionSpec get_linear_weight_spec() const;
+  /// A model parameter of kind `kind` (Megatron's table, as Modular MAX's per-weight
+  /// strategies, WeightSharding::tensor_parallel): the spec over its view shape (qkv
+  /// (None, axis, None, None) = get_attention_qkv_spec(), attn.out (None, axis, None) =
+  /// get_attention_output_spec(), gate_up on F, down on its input columns, embeddings and
+  /// lm_head on the vocabulary, norms, positions and the router replicated). Throws
+  /// InputError when the axis cannot split the weight (heads or rows fewer than devices).
+  PartitionSpec get_weight_spec(ParamKind kind, const Shape& weight_shape, int num_heads, int head_dim,
+                                const MeshShape& mesh) const;
   std::map<std::string, std::string> get_sharding_constraints() const override;
 
  private:

@@ -2,6 +2,8 @@
 
 #include "core/error.hpp"
 #include "mesh/axes.hpp"
+#include <memory>
+
 #include "strategy/sharding_strategy.hpp"
 #include "strategy/weight_sharding.hpp"
 
@@ -9,6 +11,52 @@ namespace shardflow::parallel {
 
 namespace {
 bool is_expert_kind(ParamKind k) { return k == ParamKind::ExpertGateUp || k == ParamKind::ExpertDown; }
+// The seeds' strategies for this mesh, composed as a ParallelismConfig composes them: data
+// parallelism on `data`, FSDP/ZeRO on the zero axis, tensor parallelism on `tensor`,
+// pipelining on `pipeline` (each where the axis has size > 1). The LayoutPlan asks them for
+// each parameter's proposals and the MultiDimensionalStrategy merges those.
+struct SeedStrategies {
+  std::shared_ptr<const TensorParallelStrategy> tensor;
+  std::shared_ptr<const FSDPStrategy> zero;
+  std::unique_ptr<MultiDimensionalStrategy> combined;
+};
+SeedStrategies seed_strategies(const MeshShape& mesh, const AxisGroups& g, const StrategyOptions& o, int stages) {
+  SeedStrategies s;
+  std::vector<MultiDimensionalStrategy::Entry> e;
+  if (mesh.axis_size_or_1(axis::data) > 1) e.emplace_back("data", std::make_shared<DataParallelStrategy>(axis::data));
+  if (!g.zero.empty() && mesh.group_size(g.zero) > 1) {
+    s.zero = std::make_shared<FSDPStrategy>(g.zero.front(), -1, o.fsdp_min_weight_size);
+    e.emplace_back("zero", s.zero);
+  }
+  if (mesh.axis_size_or_1(axis::tensor) > 1) {
+    s.tensor = std::make_shared<TensorParallelStrategy>(axis::tensor);
+    e.emplace_back("tensor", s.tensor);
+  }
+  if (mesh.axis_size_or_1(axis::pipeline) > 1)
+    e.emplace_back("pipeline", std::make_shared<PipelineParallelStrategy>(axis::pipeline, -1, stages));
+  if (e.empty()) return s;
+  ParallelismConfig pc;
+  pc.mesh_axis_names = mesh.axis_names();
+  pc.mesh_shape = mesh.sizes();
+  ShardingConfig& sc = pc.sharding_config;
+  sc.data_parallel_size = mesh.axis_size_or_1(axis::data);
+  sc.fsdp_parallel_size = mesh.axis_size_or_1(axis::fsdp);
+  sc.tensor_parallel_size = mesh.axis_size_or_1(axis::tensor);
+  sc.pipeline_parallel_size = mesh.axis_size_or_1(axis::pipeline);
+  sc.expert_parallel_size = mesh.axis_size_or_1(axis::expert);
+  sc.fsdp_enabled = o.zero_stage >= 1;
+  sc.fsdp_min_weight_size = o.fsdp_min_weight_size;
+  s.combined = std::make_unique<MultiDimensionalStrategy>(std::move(e), pc);
+  return s;
+}
+
+int dim_with(const PartitionSpec& spec, const std::string& axis_name) {
+  for (size_t d = 0; d < spec.ndim(); ++d)
+    for (const auto& a : spec[d])
+      if (a == axis_name) return static_cast<int>(d);
+  return -1;
+}
+
 int64_t prod(const Shape& s, size_t b, size_t e) {
   int64_t n = 1;
   for (size_t d = b; d < e; ++d) n *= s[d];
@@ -39,26 +87,29 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
   for (int c = 0; c < chunks_; ++c)
     for (int k = 0; k < counts[static_cast<size_t>(c)]; ++k) layer_chunk_.push_back(c);
 
-  const int64_t zero_n = groups_.zero.empty() ? 1 : mesh.group_size(groups_.zero);
+  const SeedStrategies seeds = seed_strategies(mesh, groups_, options, pp);
   for (const auto& info : model.params()) {
     ParamPlacement p;
     p.info = info;
     p.is_expert_weight = is_expert_kind(info.kind);
-    // the tensor axis: the per-weight strategy of the parameter's kind (Modular MAX's
-    // stacked_qkv, head_aware_columnwise, gate_up, rowwise, columnwise, ...) over the view
+    // the kind's view is the per-weight strategy's view (Modular MAX's stacked_qkv,
+    // head_aware_columnwise, gate_up, rowwise, columnwise, ...)
     const WeightSharding ws =
         WeightSharding::tensor_parallel(info.kind, static_cast<int>(cfg.heads), static_cast<int>(cfg.head_dim()));
     const WeightView wv = ws.view(info.shape, axis::tensor);
     SHARDFLOW_REQUIRE(wv.view_shape == info.view_shape, info.name, ": the model's view ",
                       shape_to_string(info.view_shape), " and ", ws.resolve().to_string(), "'s ",
                       shape_to_string(wv.view_shape), " differ");
-    if (tp > 1 && wv.split_dim >= 0) {
+    std::vector<std::pair<std::string, PartitionSpec>> proposed;
+    PartitionSpec tensor_spec = PartitionSpec::replicated(info.view_shape.size());
+    if (seeds.tensor) {
       try {
-        ws.validate(info.shape, tp);
+        tensor_spec = seeds.tensor->get_weight_spec(info.kind, info.shape, static_cast<int>(cfg.heads),
+                                                    static_cast<int>(cfg.head_dim()), mesh);
       } catch (const InputError& e) {
         throw InputError(info.name + ": tensor axis of size " + std::to_string(tp) + ": " + e.what());
       }
-      p.tensor_dim = wv.split_dim;
+      proposed.emplace_back("tensor", tensor_spec);
     }
     if (p.is_expert_weight && ep > 1) {
       SHARDFLOW_REQUIRE_INPUT(ep <= cfg.experts, info.name, ": expert axis of size ", ep, " but only ", cfg.experts,
@@ -71,11 +122,22 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
     p.stage = info.layer >= 0 ? layer_chunk_[static_cast<size_t>(info.layer)] % pp
               : (info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0
                                                                                              : pp - 1;
-    if (zero_n > 1 && info.numel() >= options.fsdp_min_weight_size) {
+    // ZeRO: the FSDP strategy's dimension rule (xlstm-jax) among the view dims the tensor
+    // and expert splits left
+    if (seeds.zero && seeds.zero->should_shard_weight(info.shape)) {
       std::vector<bool> excluded(info.view_shape.size(), false);
-      if (p.tensor_dim >= 0) excluded[static_cast<size_t>(p.tensor_dim)] = true;
+      for (size_t d = 0; d < excluded.size(); ++d) excluded[d] = !tensor_spec[d].empty();
       if (p.expert_dim >= 0) excluded[static_cast<size_t>(p.expert_dim)] = true;
-      p.zero_dim = FSDPStrategy::choose_shard_dim(info.view_shape, zero_n, excluded);
+      const int d = FSDPStrategy::choose_shard_dim(info.view_shape, mesh.group_size(groups_.zero), excluded);
+      PartitionSpec z = PartitionSpec::replicated(info.view_shape.size());
+      if (d >= 0) z[static_cast<size_t>(d)] = {seeds.zero->axis_name()};
+      proposed.emplace_back("zero", z);
+    }
+    // the MultiDimensionalStrategy merges the proposals (and refuses a conflict)
+    if (!proposed.empty()) {
+      const PartitionSpec merged = seeds.combined->resolve_sharding_conflicts(info.name, proposed);
+      p.tensor_dim = dim_with(merged, axis::tensor);
+      if (seeds.zero) p.zero_dim = dim_with(merged, seeds.zero->axis_name());
     }
     index_[info.name] = params_.size();
     params_.push_back(std::move(p));

@@ -1,4 +1,5 @@
 #include "strategy/sharding_strategy.hpp"
+#include "strategy/weight_sharding.hpp"
 
 #include <algorithm>
 
@@ -135,6 +136,15 @@ PartitionSpec TensorParallelStrategy::get_attention_output_spec() const { return
 PartitionSpec TensorParallelStrategy::get_linear_weight_spec() const {
   if (shard_dimension_ == "in_features") return PartitionSpec{{}, {axis_name()}};
   return PartitionSpec{{axis_name()}, {}};
+}
+
+PartitionSpec TensorParallelStrategy::get_weight_spec(ParamKind kind, const Shape& weight_shape, int num_heads,
+                                                      int head_dim, const MeshShape& mesh) const {
+  check_mesh(mesh);
+  const WeightSharding ws = WeightSharding::tensor_parallel(kind, num_heads, head_dim);
+  const WeightView v = ws.view(weight_shape, axis_name());
+  if (v.split_dim >= 0) ws.validate(weight_shape, mesh.axis_size(axis_name()));
+  return v.spec;
 }
 
 std::map<std::string, std::string> TensorParallelStrategy::get_sharding_constraints() const {
