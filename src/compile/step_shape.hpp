@@ -42,13 +42,13 @@ struct ParamShape {
   int de = -1;          // view dim split over expert
   int unit = 0, stage = 0;
   bool here = true;      // this rank's pipeline stage holds it
-  bool sharded = false;  // ZeRO splits it (zero_dim >= 0)
+  bool zero_split = false;  // ZeRO splits it (zero_dim >= 0)
   int dz = -1;
   int64_t O = 1, R = 1, I = 1, r0 = 0, nr = 0;
   int64_t ring_offset = -1;  // ZeRO-3: offset in its unit's gather/grad ring buffer
   int64_t shard_numel() const { return O * nr * I; }
-  /// Stored as its ZeRO shard (ZeRO-3 and sharded).
-  bool shard_stored(int zero) const { return zero == 3 && sharded; }
+  /// Stored as its ZeRO shard (ZeRO-3 and zero_split).
+  bool shard_stored(int zero) const { return zero == 3 && zero_split; }
 };
 
 struct ChunkShape {

@@ -45,13 +45,13 @@ void plan_params(const StepShape& s, BufferPlan& b) {
       const int64_t local = p.shard_stored(zero) ? p.shard_numel() : p.lnumel;
       pb.param = b.add(nm, local, DType::F32, BufferClass::Params);
       pb.grad = b.add(nm + ".grad", local, DType::F32, BufferClass::Grads);
-      if (zero == 2 && p.sharded) pb.grad_shard = b.add(nm + ".grad_shard", p.shard_numel(), DType::F32, BufferClass::Grads);
-      const int64_t opt_n = p.sharded ? p.shard_numel() : p.lnumel;
+      if (zero == 2 && p.zero_split) pb.grad_shard = b.add(nm + ".grad_shard", p.shard_numel(), DType::F32, BufferClass::Grads);
+      const int64_t opt_n = p.zero_split ? p.shard_numel() : p.lnumel;
       pb.adam_m = b.add(nm + ".adam_m", opt_n, DType::F32, BufferClass::Optimizer);
       pb.adam_v = b.add(nm + ".adam_v", opt_n, DType::F32, BufferClass::Optimizer);
-      if (p.sharded && zero <= 2 && p.O > 1)
+      if (p.zero_split && zero <= 2 && p.O > 1)
         pb.param_shard = b.add(nm + ".param_shard", p.shard_numel(), DType::F32, BufferClass::Params);
-      if (p.sharded && zero == 1 && p.O > 1)
+      if (p.zero_split && zero == 1 && p.O > 1)
         pb.grad_tmp = b.add(nm + ".grad_shard", p.shard_numel(), DType::F32, BufferClass::Grads);
     }
     b.params.push_back(pb);

@@ -9,7 +9,7 @@ namespace shardflow::compile::detail {
 
 bool StepBuilder::unit_has_sharded(int unit) const {
   for (int pi : s.units[static_cast<size_t>(unit)])
-    if (s.params[static_cast<size_t>(pi)].sharded) return true;
+    if (s.params[static_cast<size_t>(pi)].zero_split) return true;
   return false;
 }
 
@@ -27,7 +27,7 @@ void StepBuilder::emit_gathers_upto(int upto) {
     if (g >= nslots && uses_[static_cast<size_t>(gather_use_[static_cast<size_t>(g - nslots)])].unit == u.unit) continue;
     for (int pi : s.units[static_cast<size_t>(u.unit)]) {
       const ParamShape& p = s.params[static_cast<size_t>(pi)];
-      if (!p.sharded) continue;
+      if (!p.zero_split) continue;
       const int t = emit_comm(
           shard_gather(s.groups.zero, p.O, p.R, p.I, s.gather_dtype, {b.params[static_cast<size_t>(pi)].param},
                        {b.gather_ring[static_cast<size_t>(ring)], p.ring_offset}, p.lnumel,
@@ -111,7 +111,7 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
       continue;
     }
     if (!last_mb || pdp_size == 1) continue;
-    if (s.zero == 2 && p.sharded) {
+    if (s.zero == 2 && p.zero_split) {
       const int t = emit_comm(shard_scatter(g.zero, p.O, p.R, p.I, s.scatter_dtype, {pb.grad}, {pb.grad_shard}, false,
                                             comm::ReduceOp::Mean, p.lnumel, p.name + ".grad"),
                               "reduce_scatter " + p.name);
@@ -129,7 +129,7 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
 void StepBuilder::emit_zero12_gathers(int update) {
   for (size_t pi = 0; pi < s.params.size(); ++pi) {
     const ParamShape& p = s.params[pi];
-    if (!p.sharded || !p.here) continue;
+    if (!p.zero_split || !p.here) continue;
     const ParamBuffers& pb = b.params[pi];
     const BufRef shard = p.O > 1 ? BufRef{pb.param_shard} : BufRef{pb.param, p.r0 * p.I};
     const int t = emit_comm(shard_gather(s.groups.zero, p.O, p.R, p.I, DType::F32, shard, {pb.param}, p.lnumel, p.name),

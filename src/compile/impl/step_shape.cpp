@@ -94,8 +94,8 @@ void shape_params(const parallel::LayoutPlan& plan, StepShape& s) {
     p.stage = pl.stage;
     p.here = p.stage == s.stage;
     p.dz = pl.zero_dim;
-    p.sharded = pl.zero_sharded();
-    if (p.sharded) {
+    p.zero_split = pl.zero_sharded();
+    if (p.zero_split) {
       const auto d = static_cast<size_t>(p.dz);
       p.O = prod(p.lext, 0, d);
       p.R = p.lext[d];
@@ -150,9 +150,7 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   s.experts = mc.experts;
   s.top_k = mc.top_k;
   s.moe_every = mc.moe_every;
-  s.zero = deck.strategy.zero_stage;
-  SHARDFLOW_REQUIRE_INPUT(s.zero >= 0 && s.zero <= 3, "strategy.zero_stage = ", s.zero, " must be 0, 1, 2 or 3 (",
-                          deck.where("strategy.zero_stage"), ")");
+  s.zero = deck.strategy.zero_stage;  // 0..3: the LayoutPlan (AxisGroups) refused anything else
   s.prefetch = deck.strategy.prefetch;
   SHARDFLOW_REQUIRE_INPUT(s.prefetch >= 0, "strategy.prefetch = ", s.prefetch, " must be >= 0 (",
                           deck.where("strategy.prefetch"), ")");

@@ -388,7 +388,7 @@ void Trainer::Impl::norm_local() {
     if (p.expert && ep > 1) {
       // an expert's gradient sums the tokens of all ep batch slices of its expert group,
       // each scaled for its own slice's mean: 1/ep makes it the mean over the group
-      FVec gv = zero == 2 && p.sharded ? p.gshard : p.grad;
+      FVec gv = zero == 2 && p.zero_split ? p.gshard : p.grad;
       const float f = 1.0f / static_cast<float>(ep);
       float* gp = gv.data();
       Kokkos::parallel_for(
@@ -397,7 +397,7 @@ void Trainer::Impl::norm_local() {
     }
     const float* g = p.grad.data();
     int64_t n = p.lnumel;
-    if (p.sharded) {
+    if (p.zero_split) {
       n = p.shard_numel();
       if (zero == 1) {
         if (p.O > 1) {
@@ -428,7 +428,7 @@ void Trainer::Impl::update() {
     float* pp_ = p.param.data();
     const float* gg = p.grad.data();
     int64_t n = p.lnumel;
-    if (p.sharded) {
+    if (p.zero_split) {
       n = p.shard_numel();
       if (zero == 1 || zero == 2) {
         if (p.O > 1) detail::pack_rows(p.param.data(), p.R, p.r0, p.pshard.data(), p.nr, 0, p.O, p.nr, p.I, DType::F32);

@@ -66,11 +66,8 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluat
   opt.warmup = deck.train.warmup;
   opt.validate();
   zero = deck.strategy.zero_stage;
-  SHARDFLOW_REQUIRE_INPUT(zero >= 0 && zero <= 3, "strategy.zero_stage = ", zero, " must be 0, 1, 2 or 3 (",
-                          deck.where("strategy.zero_stage"), ")");
-  SHARDFLOW_REQUIRE_INPUT(
-      !(zero == 0 && m.shape().axis_size_or_1(axis::fsdp) > 1), "mesh.fsdp = ", m.shape().axis_size_or_1(axis::fsdp),
-      " shards the model, which needs strategy.zero_stage >= 1 (it is 0; ", deck.where("strategy.zero_stage"), ")");
+  // the LayoutPlan validates the mesh against the model and the strategy (zero stage,
+  // fsdp without ZeRO, tensor/pipeline/expert sizes), the step shape the batch and schedule
   plan = std::make_unique<parallel::LayoutPlan>(compile::layout_plan(deck, m.shape()));
   prog = compile::compile_step(deck, *plan, m.rank(),
                                evaluate ? compile::StepMode::Evaluate : compile::StepMode::Train);
@@ -325,7 +322,7 @@ void Trainer::Impl::init_params() {
                                 p.shape);
     auto hfull = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), full);
     Box box{p.loff, p.lext};
-    if (zero == 3 && p.sharded) {
+    if (zero == 3 && p.zero_split) {
       box.offset[static_cast<size_t>(p.dz)] += p.r0;
       box.extent[static_cast<size_t>(p.dz)] = p.nr;
     }
