@@ -3,13 +3,7 @@
 # finite loss below the untrained model's ln(256) = 5.55.
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
-function(run)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  message("${out}")
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${err}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_run.cmake)
 run(${MPIEXEC} -n 2 ${APP} train ${DECK} --quiet --set train.steps=4 checkpoint.every=4 model.layers=2 model.hidden=64
     model.ffn=172 train.global_batch=8 model.experts=4 model.top_k=2 model.moe_every=1 mesh.data=1 mesh.expert=2
     checkpoint.dir=${WORK}/run)

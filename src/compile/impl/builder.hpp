@@ -45,10 +45,19 @@ class StepBuilder {
   // collectives (emit_step.cpp)
   CommOp all_reduce(const parallel::Axes& axes, BufRef buf, int64_t n, comm::ReduceOp op, DType dt,
                     const std::string& what, BufRef out = {});
+  CommOp shard_collective(comm::CollectiveKind kind, const parallel::Axes& axes, int64_t outer, int64_t rows,
+                         int64_t inner, DType dt, BufRef src, BufRef dst, bool accumulate, comm::ReduceOp op,
+                         int64_t count, const std::string& what);
   CommOp shard_gather(const parallel::Axes& axes, int64_t outer, int64_t rows, int64_t inner, DType dt, BufRef shard,
-                      BufRef full, int64_t count, const std::string& what);
+                      BufRef full, int64_t count, const std::string& what) {
+    return shard_collective(comm::CollectiveKind::AllGather, axes, outer, rows, inner, dt, shard, full, false,
+                            comm::ReduceOp::Sum, count, what);
+  }
   CommOp shard_scatter(const parallel::Axes& axes, int64_t outer, int64_t rows, int64_t inner, DType dt, BufRef full,
-                       BufRef shard, bool accumulate, comm::ReduceOp op, int64_t count, const std::string& what);
+                       BufRef shard, bool accumulate, comm::ReduceOp op, int64_t count, const std::string& what) {
+    return shard_collective(comm::CollectiveKind::ReduceScatter, axes, outer, rows, inner, dt, full, shard, accumulate,
+                            op, count, what);
+  }
 
   // ---- uses (emit_step.cpp) ------------------------------------------------------------------
   enum Kind { Fe, Fl, Hd, Bl, Be };

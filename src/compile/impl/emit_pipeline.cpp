@@ -12,6 +12,20 @@
 
 namespace shardflow::compile::detail {
 
+namespace {
+// x or dx of one micro-batch to (send) or from (recv) the neighbour stage `peer`
+CommOp pipeline_message(bool send, const std::string& what, BufRef buf, int64_t n, int peer) {
+  CommOp c;
+  c.kind = send ? comm::CollectiveKind::Send : comm::CollectiveKind::Recv;
+  c.axes = {axis::pipeline};
+  c.desc = {parallel::group_key(c.axes), send ? "send" : "recv", what, n, "f32", peer};
+  (send ? c.src : c.dst) = buf;
+  c.count = n;
+  c.peer = peer;
+  return c;
+}
+}  // namespace
+
 // what a pipeline message carries: x or dx of micro-batch mb for (global) chunk dest
 std::string StepBuilder::msg_name(bool fwd, int dest_chunk, int mb) const {
   return std::string(fwd ? "x" : "dx") + (s.vstages > 1 ? ".c" + std::to_string(dest_chunk) : "") + ".mb" +
@@ -50,15 +64,9 @@ void StepBuilder::post_ready(int after) {
       // the copy that empties the act slot: not emitted yet, so later messages from q wait too
       if (msg.mb >= K && (msg.fwd ? copied_x_ : copied_dx_)[gidx(msg.vc, msg.mb - K)] == kNone) break;
       const int act_slot = s.slot_of(msg.vc, msg.mb);
-      CommOp c;
-      c.kind = comm::CollectiveKind::Recv;
-      c.axes = {axis::pipeline};
       const std::string what = msg_name(msg.fwd, msg.vc * s.pp + s.stage, msg.mb);
-      c.desc = {parallel::group_key(c.axes), "recv", what, n, "f32", q};
-      c.dst = {(msg.fwd ? b.x_recv : b.dx_recv)[static_cast<size_t>(act_slot)]};
-      c.count = n;
-      c.peer = q;
-      const int t = emit_comm(std::move(c), "recv " + what);
+      const BufRef ring{(msg.fwd ? b.x_recv : b.dx_recv)[static_cast<size_t>(act_slot)]};
+      const int t = emit_comm(pipeline_message(false, what, ring, n, q), "recv " + what);
       edge(after, t);
       (msg.fwd ? recv_x_ : recv_dx_)[gidx(msg.vc, msg.mb)] = t;
     }
@@ -98,15 +106,9 @@ void StepBuilder::emit_send(size_t gi, const std::vector<int>& pending) {
   const int xsl = s.slot_of(vc, j);
   const int64_t n = s.Tr * s.hidden;
   const int peer = grp.forward ? (s.stage + 1) % s.pp : (s.stage - 1 + s.pp) % s.pp;
-  CommOp c;
-  c.kind = comm::CollectiveKind::Send;
-  c.axes = {axis::pipeline};
   const std::string what = msg_name(grp.forward, grp.forward ? ch.gc + 1 : ch.gc - 1, j);
-  c.desc = {parallel::group_key(c.axes), "send", what, n, "f32", peer};
-  c.src = {(grp.forward ? b.x : b.dx)[static_cast<size_t>(xsl)]};
-  c.count = n;
-  c.peer = peer;
-  const int t = emit_comm(std::move(c), "send " + what);
+  const BufRef out{(grp.forward ? b.x : b.dx)[static_cast<size_t>(xsl)]};
+  const int t = emit_comm(pipeline_message(true, what, out, n, peer), "send " + what);
   edge(last_, t);
   for (int p : pending) edge(p, t);
   (grp.forward ? send_x_ : send_dx_)[gidx(vc, j)] = t;

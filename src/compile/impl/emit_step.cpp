@@ -69,42 +69,29 @@ CommOp StepBuilder::all_reduce(const parallel::Axes& axes, BufRef buf, int64_t n
   return c;
 }
 
-CommOp StepBuilder::shard_gather(const parallel::Axes& axes, int64_t outer, int64_t rows, int64_t inner, DType dt,
-                                 BufRef shard, BufRef full, int64_t count, const std::string& what) {
+// A shard all-gather (shard -> full) or reduce-scatter (full -> shard) of a tensor seen as
+// [outer, rows, inner] split on rows over `axes` (train/impl/shard_collectives.hpp); the f32
+// data moves in place when n divides rows, outer is 1 and the buffers neither alias (gather)
+// nor accumulate (scatter), else through staging buffers.
+CommOp StepBuilder::shard_collective(comm::CollectiveKind kind, const parallel::Axes& axes, int64_t outer,
+                                     int64_t rows, int64_t inner, DType dt, BufRef src, BufRef dst, bool accumulate,
+                                     comm::ReduceOp op, int64_t count, const std::string& what) {
+  const bool gather = kind == comm::CollectiveKind::AllGather;
   CommOp c;
-  c.kind = comm::CollectiveKind::AllGather;
+  c.kind = kind;
   c.axes = axes;
-  c.desc = {parallel::group_key(axes), "all_gather", what, count, dtype_name(dt)};
-  c.dtype = dt;
-  c.src = shard;
-  c.dst = full;
-  c.outer = outer;
-  c.rows = rows;
-  c.inner = inner;
-  const int64_t n = s.mesh.group_size(axes);
-  const bool aliased = shard.buf == full.buf;
-  c.staging_bytes = shard_staging(outer, rows, inner, dt, n, dt == DType::F32 && rows % n == 0 && outer == 1 && !aliased);
-  return c;
-}
-
-CommOp StepBuilder::shard_scatter(const parallel::Axes& axes, int64_t outer, int64_t rows, int64_t inner, DType dt,
-                                  BufRef full, BufRef shard, bool accumulate, comm::ReduceOp op, int64_t count,
-                                  const std::string& what) {
-  CommOp c;
-  c.kind = comm::CollectiveKind::ReduceScatter;
-  c.axes = axes;
-  c.desc = {parallel::group_key(axes), "reduce_scatter", what, count, dtype_name(dt)};
+  c.desc = {parallel::group_key(axes), gather ? "all_gather" : "reduce_scatter", what, count, dtype_name(dt)};
   c.op = op;
   c.dtype = dt;
-  c.src = full;
-  c.dst = shard;
+  c.src = src;
+  c.dst = dst;
   c.outer = outer;
   c.rows = rows;
   c.inner = inner;
   c.accumulate = accumulate;
   const int64_t n = s.mesh.group_size(axes);
-  c.staging_bytes =
-      shard_staging(outer, rows, inner, dt, n, dt == DType::F32 && rows % n == 0 && outer == 1 && !accumulate);
+  const bool blocked = gather ? src.buf == dst.buf : accumulate;
+  c.staging_bytes = shard_staging(outer, rows, inner, dt, n, dt == DType::F32 && rows % n == 0 && outer == 1 && !blocked);
   return c;
 }
 

@@ -239,23 +239,27 @@ graph::CommStartFn Trainer::Impl::bind_comm(const compile::TaskSpec& t) {
       const comm::ReduceOp op = o.op;
       return [c, src, dst, n, dt, op] { return as_poller(c->all_reduce(src, dst, n, dt, op)); };
     }
-    case K::AllGather: {
-      gathers.push_back(
-          std::make_unique<detail::ShardGather>(*c, o.outer, o.rows, o.inner, o.dtype, F(o.src), F(o.dst)));
-      auto* op = gathers.back().get();
-      SHARDFLOW_REQUIRE(op->staging_bytes() == o.staging_bytes, "step program: '", t.name, "' needs ",
-                        op->staging_bytes(), " staging bytes, the compiler counted ", o.staging_bytes);
-      staging += op->staging_bytes();
-      return [op] { return op->start(); };
-    }
+    case K::AllGather:
     case K::ReduceScatter: {
-      scatters.push_back(std::make_unique<detail::ShardReduceScatter>(*c, o.outer, o.rows, o.inner, o.dtype, F(o.src),
-                                                                      F(o.dst), o.accumulate, o.op));
-      auto* op = scatters.back().get();
-      SHARDFLOW_REQUIRE(op->staging_bytes() == o.staging_bytes, "step program: '", t.name, "' needs ",
-                        op->staging_bytes(), " staging bytes, the compiler counted ", o.staging_bytes);
-      staging += op->staging_bytes();
-      return [op] { return op->start(); };
+      std::function<std::function<bool()>()> start;
+      int64_t bytes = 0;
+      if (o.kind == K::AllGather) {
+        gathers.push_back(
+            std::make_unique<detail::ShardGather>(*c, o.outer, o.rows, o.inner, o.dtype, F(o.src), F(o.dst)));
+        auto* op = gathers.back().get();
+        bytes = op->staging_bytes();
+        start = [op] { return op->start(); };
+      } else {
+        scatters.push_back(std::make_unique<detail::ShardReduceScatter>(*c, o.outer, o.rows, o.inner, o.dtype,
+                                                                        F(o.src), F(o.dst), o.accumulate, o.op));
+        auto* op = scatters.back().get();
+        bytes = op->staging_bytes();
+        start = [op] { return op->start(); };
+      }
+      SHARDFLOW_REQUIRE(bytes == o.staging_bytes, "step program: '", t.name, "' needs ", bytes,
+                        " staging bytes, the compiler counted ", o.staging_bytes);
+      staging += bytes;
+      return start;
     }
     case K::Send: {
       const float* buf = F(o.src);
