@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/control.hpp"
 #include "ckpt/checkpoint.hpp"
 #include "ckpt/checksum.hpp"
 
@@ -97,7 +98,7 @@ float value(int t, std::int64_t row, std::int64_t col) { return static_cast<floa
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  shardflow::comm::mpi_init(argc, argv);
   Kokkos::initialize(argc, argv);
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

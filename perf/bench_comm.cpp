@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/control.hpp"
 #include "comm/comm_set.hpp"
 #include "shard/reshard.hpp"
 
@@ -275,7 +276,7 @@ void bench_reshard(CommSet& comms, std::size_t bytes, int rounds) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  shardflow::comm::mpi_init(argc, argv);
   Kokkos::initialize(argc, argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);

@@ -36,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/control.hpp"
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
 #include "core/blas.hpp"
@@ -179,7 +180,7 @@ int run(const Options& o) {
 
 int main(int argc, char** argv) {
   shardflow::ensure_best_blas_kernel(argc, argv);  // may re-execute: first thing
-  MPI_Init(&argc, &argv);
+  shardflow::comm::mpi_init(argc, argv);
   int rc = 0;
   {
     Kokkos::ScopeGuard kokkos(argc, argv);

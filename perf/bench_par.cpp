@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/control.hpp"
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
 #include "core/blas.hpp"
@@ -134,7 +135,7 @@ Result run(const std::string& name, const std::string& deck_path, const std::vec
 
 int main(int argc, char** argv) {
   shardflow::ensure_best_blas_kernel(argc, argv);  // may re-execute: first thing
-  MPI_Init(&argc, &argv);
+  shardflow::comm::mpi_init(argc, argv);
   Kokkos::initialize(argc, argv);
   int rc = 0;
   try {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include "comm/control.hpp"
 #include "core/blas.hpp"
 #include "core/threads.hpp"
 
@@ -27,7 +28,7 @@ class RankFailurePrinter : public testing::EmptyTestEventListener {
 
 int main(int argc, char** argv) {
   shardflow::ensure_best_blas_kernel(argc, argv);  // may re-execute: before MPI_Init
-  MPI_Init(&argc, &argv);
+  shardflow::comm::mpi_init(argc, argv);
   shardflow::limit_blas_threads();
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -3,6 +3,10 @@
 #include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <unistd.h>
+#include <cstring>
+#include <cstdio>
+#include <cerrno>
 #include <thread>
 #include <utility>
 
@@ -144,7 +148,28 @@ bool mpi_finalized() {
   return f != 0;
 }
 
-void mpi_init(int& argc, char**& argv) { CHECK_MPI(MPI_Init(&argc, &argv)); }
+void mpi_init(int& argc, char**& argv) {
+  // Debian's MPICH runs over UCX, whose memory hooks by default rewrite the first bytes of
+  // libc's mmap/munmap/brk in place ("bistro" mode; /proc/PID/maps shows libc's text split
+  // into one-page pieces). A thread inside mmap while the hooks are written or removed
+  // dies of a general protection fault at mmap+0: seen twice at process exit (ckpt verify
+  // on 2 ranks, eval on 3) in full-suite runs, dmesg "general protection fault ... in
+  // libc.so.6[1019a0...]", 0x1019a0 being mmap. The hooks serve UCX's registration cache
+  // for RDMA transports; with them off UCX registers memory per transfer. A user who wants
+  // them (InfiniBand, large messages) sets UCX_MEM_EVENTS=yes: it is never overridden.
+  // UCX reads its configuration when its libraries load, before main(): so the variable is
+  // set and the program re-executed (before MPI_Init, like the BLAS kernel choice).
+  if (std::getenv("UCX_MEM_EVENTS") == nullptr && argv != nullptr && argv[0] != nullptr) {
+    setenv("UCX_MEM_EVENTS", "no", 1);
+    char self[4096];
+    const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);  // keeps the program's name in ps
+    if (n > 0) self[n] = '\0';
+    execv(n > 0 ? self : "/proc/self/exe", argv);
+    std::fprintf(stderr, "shardflow: warning: could not re-execute /proc/self/exe with UCX_MEM_EVENTS=no (%s)\n",
+                 std::strerror(errno));
+  }
+  CHECK_MPI(MPI_Init(&argc, &argv));
+}
 
 void mpi_finalize() {
   int init = 0;
