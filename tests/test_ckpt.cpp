@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <set>
 #include <unistd.h>
 #include <cstring>
@@ -800,3 +801,38 @@ TEST(Checkpoint, RefusesBadRequests) {
 }
 
 }  // namespace
+
+// consolidate never overwrites: not its earlier output, not the checkpoint's own files
+// (issue 15 item 1: `ckpt consolidate ck ck/latest` used to replace `latest`).
+TEST(CheckpointTools, ConsolidateRefusesAnExistingOutput) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "consolidate_existing");
+  MeshShape mesh({"data", "fsdp"}, {n, 1});
+  State s = make_state(mesh, spec_family(mesh, 3), rank, false);
+  Checkpointer(MPI_COMM_WORLD, root).save(s.tensors(), sample_meta(12));
+  const std::string out = (fs::path(root) / "full.h5").string();
+  consolidate(MPI_COMM_WORLD, root, out);
+  const std::string latest = (fs::path(root) / "latest").string();
+  for (const std::string& target : {out, latest}) {
+    std::string before;
+    if (rank == 0) {
+      std::ifstream f(target, std::ios::binary);
+      before.assign(std::istreambuf_iterator<char>(f), {});
+    }
+    try {
+      consolidate(MPI_COMM_WORLD, root, target);
+      ADD_FAILURE() << "consolidate overwrote " << target;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("exists already"), std::string::npos) << e.what();
+    }
+    if (rank == 0) {
+      std::ifstream f(target, std::ios::binary);
+      EXPECT_EQ(std::string(std::istreambuf_iterator<char>(f), {}), before) << target;
+      for (const auto& e : fs::directory_iterator(root))
+        EXPECT_EQ(e.path().string().find("shardflow-tmp"), std::string::npos) << e.path();
+    }
+  }
+  EXPECT_TRUE(verify(MPI_COMM_WORLD, root).problems.empty());
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}

@@ -288,3 +288,13 @@ TEST(Deck, FilesAndRelativePaths) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/deck.toml"), std::string::npos);
   }
 }
+
+// A directory given as the deck is refused, naming it (it used to parse as an empty deck).
+TEST(Deck, DirectoryIsNotADeck) {
+  try {
+    load_deck("/tmp");
+    FAIL() << "a directory parsed as a deck";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'/tmp' is a directory"), std::string::npos) << e.what();
+  }
+}

@@ -131,6 +131,13 @@ TEST(NnData, ErrorsNameTheFileAndSizes) {
     EXPECT_NE(w.find("10"), std::string::npos) << w;
   }
   EXPECT_NO_THROW(DataLoader(Corpus(std::vector<uint8_t>(10), "ok.txt"), 1, 2, 8));
+  // a directory is named as one (it used to fail with "basic_filebuf::underflow ... Is a directory")
+  try {
+    Corpus::load("/tmp");
+    FAIL();
+  } catch (const shardflow::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'/tmp' is a directory"), std::string::npos) << e.what();
+  }
 }
 
 TEST(NnData, ShippedCorpusLoads) {

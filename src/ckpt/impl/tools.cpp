@@ -1,5 +1,7 @@
 #include "ckpt/tools.hpp"
 
+#include <unistd.h>
+
 #include "comm/control.hpp"
 
 #include <algorithm>
@@ -153,12 +155,19 @@ void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_
   const int rank = comm::Control(comm).rank();
   std::string err;
   if (rank == 0) {
-    std::string tmp = out_h5 + ".tmp";
+    // a name of our own beside the output: never a file the user has
+    const std::string tmp = out_h5 + ".shardflow-tmp-" + std::to_string(::getpid());
+    bool made_tmp = false;
     try {
+      // never overwrite: the output could be the checkpoint's own files, or anything else
+      std::error_code ec;
+      SHARDFLOW_REQUIRE_INPUT(!fs::exists(fs::symlink_status(out_h5, ec)), "ckpt consolidate: '", out_h5,
+                              "' exists already; give a path that does not exist (nothing was written)");
+      SHARDFLOW_REQUIRE_INPUT(!fs::exists(fs::symlink_status(tmp, ec)), "ckpt consolidate: the temporary file '", tmp,
+                              "' exists already (nothing was written)");
       const std::string dir = resolve_checkpoint_dir(path);
       Manifest m = read_manifest(dir);
-      std::error_code ec;
-      fs::remove(tmp, ec);
+      made_tmp = true;
       std::lock_guard<std::recursive_mutex> lock(h5::mutex());
       h5::init();
       h5::Handle out = h5::file_create(tmp);
@@ -205,12 +214,14 @@ void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_
       }
       out.close();
       detail::fsync_path(tmp, false);
-      fs::rename(tmp, out_h5, ec);
-      SHARDFLOW_REQUIRE_INPUT(!ec, "ckpt consolidate: cannot rename '", tmp, "' to '", out_h5, "': ", ec.message());
+      // link, not rename: fails instead of replacing an output that appeared meanwhile
+      fs::create_hard_link(tmp, out_h5, ec);
+      SHARDFLOW_REQUIRE_INPUT(!ec, "ckpt consolidate: cannot create '", out_h5, "' from '", tmp, "': ", ec.message());
+      fs::remove(tmp, ec);
     } catch (const std::exception& e) {
       err = e.what();
       std::error_code ec;
-      fs::remove(tmp, ec);
+      if (made_tmp) fs::remove(tmp, ec);
     }
   }
   detail::agree(comm, err);

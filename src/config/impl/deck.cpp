@@ -496,6 +496,9 @@ Deck parse_deck(const std::string& text, const std::string& source, const std::s
 }
 
 Deck load_deck(const std::string& path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  SHARDFLOW_REQUIRE_INPUT(!std::filesystem::is_directory(path, ec), "input deck '", path,
+                          "' is a directory, not a TOML file");
   std::ifstream in(path, std::ios::binary);
   SHARDFLOW_REQUIRE_INPUT(in.good(), "cannot open input deck '", path, "'");
   std::ostringstream ss;

@@ -1,6 +1,8 @@
 // Byte corpus, mesh-independent batch draw, replica slicing.
 #include "data/loader.hpp"
 
+#include <filesystem>
+
 #include <fstream>
 #include <iterator>
 
@@ -23,6 +25,9 @@ uint64_t mul_high(uint64_t a, uint64_t b) {
 Corpus::Corpus(std::vector<uint8_t> bytes, std::string name) : bytes_(std::move(bytes)), name_(std::move(name)) {}
 
 Corpus Corpus::load(const std::string& path) {
+  std::error_code ec;
+  SHARDFLOW_REQUIRE_INPUT(!std::filesystem::is_directory(path, ec), "corpus file '", path,
+                          "' is a directory, not a file of bytes (train.data or --tokens)");
   std::ifstream in(path, std::ios::binary);
   SHARDFLOW_REQUIRE_INPUT(in.good(), "corpus file '", path, "' cannot be opened (missing or unreadable)");
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
