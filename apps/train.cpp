@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <unistd.h>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -88,12 +89,56 @@ std::string human_time(double s) {
   return buf;
 }
 
+// Every path the run will write is checked, and created, before step 1 on every rank that
+// writes it, and the ranks agree on the first failure: no training is lost to a path that
+// would only fail at the end (issue 15 item 3).
+void check_output_paths(const TrainOptions& o, const Deck& deck, const comm::Control& control) {
+  namespace fs = std::filesystem;
+  std::string err;
+  auto writable_file = [](const std::string& what, const std::string& path) {
+    std::error_code ec;
+    SHARDFLOW_REQUIRE_INPUT(!fs::is_directory(path, ec), what, " '", path, "' is a directory");
+    const bool existed = fs::exists(path, ec);
+    { std::ofstream probe(path, std::ios::app); SHARDFLOW_REQUIRE_INPUT(probe.good(), what, ": cannot write '", path, "'"); }
+    if (!existed) fs::remove(path, ec);
+  };
+  auto make_dir = [](const std::string& what, const std::string& dir) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    SHARDFLOW_REQUIRE_INPUT(!ec && fs::is_directory(dir, ec), what, " '", dir, "' cannot be created: ",
+                            ec ? ec.message() : std::string("a file is in the way"));
+    const std::string probe = (fs::path(dir) / (".shardflow-probe-" + std::to_string(::getpid()))).string();
+    { std::ofstream f(probe); SHARDFLOW_REQUIRE_INPUT(f.good(), what, " '", dir, "' is not writable"); }
+    fs::remove(probe, ec);
+  };
+  try {
+    if (control.rank() == 0) {
+      if (!o.summary.empty()) writable_file("--summary", o.summary);
+      if (!o.dump_graph.empty() && control.size() == 1) writable_file("--dump-graph", o.dump_graph);
+      if (deck.train.steps > 0) {
+        make_dir("checkpoint.dir", deck.checkpoint.dir);
+        std::error_code ec;
+        const std::string latest = (fs::path(deck.checkpoint.dir) / "latest").string();
+        SHARDFLOW_REQUIRE_INPUT(!fs::is_directory(latest, ec), "checkpoint.dir '", deck.checkpoint.dir,
+                                "': its 'latest' is a directory, not the pointer file shardflow writes");
+      }
+    }
+    if (!o.trace_dir.empty()) make_dir("--trace", o.trace_dir);  // every rank writes its own trace
+    if (!o.dump_graph.empty() && control.size() > 1)
+      writable_file("--dump-graph", o.dump_graph + ".rank" + std::to_string(control.rank()));
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  control.agree(err);
+}
+
 int run_train(const TrainOptions& o) {
   const int rank = app::world_rank();
   const comm::Control control = comm::Control::world();
   const int world = control.size();
   Deck deck = load_deck(o.deck, o.overrides);
   check_world_size(deck, world);
+  check_output_paths(o, deck, control);
   Mesh mesh(deck.mesh.to_mesh_shape());
   comm::CommSet comms(mesh, comm::Backend::Mpi);
   train::Trainer trainer(deck, mesh, comms);

@@ -59,3 +59,9 @@ add_test(NAME eval_moe_checkpoint_cli
     -DWORK=${CMAKE_CURRENT_BINARY_DIR}/eval_moe -DPYTHON=${SHARDFLOW_SYSTEM_PYTHON}
     -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_eval_moe.cmake)
 set_tests_properties(eval_moe_checkpoint_cli PROPERTIES LABELS "mpi;ckpt" TIMEOUT 300 PROCESSORS 3)
+# Output paths (summary, trace, checkpoint.dir, its latest) are refused before step 1.
+add_test(NAME output_paths_checked_first_np_2
+  COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
+    -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DWORK=${CMAKE_CURRENT_BINARY_DIR}/output_paths
+    -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_output_paths.cmake)
+set_tests_properties(output_paths_checked_first_np_2 PROPERTIES LABELS "mpi;train" TIMEOUT 300 PROCESSORS 2)
