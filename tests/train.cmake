@@ -65,3 +65,9 @@ add_test(NAME output_paths_checked_first_np_2
     -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DWORK=${CMAKE_CURRENT_BINARY_DIR}/output_paths
     -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_output_paths.cmake)
 set_tests_properties(output_paths_checked_first_np_2 PROPERTIES LABELS "mpi;train" TIMEOUT 300 PROCESSORS 2)
+# Steps that cannot fit in memory are refused before anything is allocated.
+add_test(NAME oversized_steps_refused_np_2
+  COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
+    -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DWORK=${CMAKE_CURRENT_BINARY_DIR}/oversized
+    -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_sizes_refused.cmake)
+set_tests_properties(oversized_steps_refused_np_2 PROPERTIES LABELS "mpi;train" TIMEOUT 300 PROCESSORS 2)

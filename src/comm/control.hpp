@@ -55,6 +55,10 @@ class Control {
   /// Every rank's value on `root`, in rank order; other ranks get an empty vector.
   std::vector<std::int64_t> gather(std::int64_t v, int root = 0) const;
 
+  /// How many ranks of this communicator share this rank's node (its shared-memory group).
+  /// Collective.
+  int node_ranks() const;
+
   /// Collective: when any rank passes a non-empty error, every rank throws InputError with
   /// the lowest such rank's message (followed by " (rank r)" on a group of several ranks).
   void agree(const std::string& local_error) const;

@@ -36,6 +36,9 @@ struct TrainSection {
   int64_t seed = 1234;
   /// The corpus file; a relative path in the deck is resolved against the deck's directory.
   std::string data;
+  /// Memory one rank may use, GiB; 0: the node's available memory (MemAvailable) shared by
+  /// the ranks on the node. A step whose compiled buffers exceed it is refused up front.
+  double memory_limit_gib = 0;
 };
 
 enum class PipelineSchedule { GPipe, OneFOneB };

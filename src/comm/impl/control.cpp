@@ -148,6 +148,15 @@ bool mpi_finalized() {
   return f != 0;
 }
 
+int Control::node_ranks() const {
+  MPI_Comm node = MPI_COMM_NULL;
+  CHECK_MPI(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  int n = 1;
+  CHECK_MPI(MPI_Comm_size(node, &n));
+  CHECK_MPI(MPI_Comm_free(&node));
+  return n;
+}
+
 void mpi_init(int& argc, char**& argv) {
   // Debian's MPICH runs over UCX, whose memory hooks by default rewrite the first bytes of
   // libc's mmap/munmap/brk in place ("bistro" mode; /proc/PID/maps shows libc's text split

@@ -55,6 +55,7 @@ const std::vector<KeySpec>& schema() {
       {"train", "warmup", KeyType::Int},
       {"train", "seed", KeyType::Int},
       {"train", "data", KeyType::String},
+      {"train", "memory_limit_gib", KeyType::Float},
       {"strategy", "zero_stage", KeyType::Int},
       {"strategy", "fsdp_min_weight_size", KeyType::Int},
       {"strategy", "gather_dtype", KeyType::String},
@@ -317,6 +318,11 @@ class DeckBuilder {
     get_i64("train.warmup", d.train.warmup, 0);
     get_i64("train.seed", d.train.seed, 0);
     d.train.data = path_value("train.data", "");
+    if (auto* v = find("train.memory_limit_gib")) {
+      SHARDFLOW_REQUIRE_INPUT(std::isfinite(v->f) && v->f >= 0, v->where, ": train.memory_limit_gib = ", v->text,
+                              " must be a finite number >= 0 (0: the node's available memory)");
+      d.train.memory_limit_gib = v->f;
+    }
     const int64_t dp = d.data_parallel_size();
     SHARDFLOW_REQUIRE_INPUT(d.train.global_batch % (dp * d.train.micro_batches) == 0, loc_of("train.global_batch"),
                             ": train.global_batch = ", d.train.global_batch,
@@ -532,7 +538,8 @@ std::string deck_to_toml(const Deck& d) {
   os << "[train]\nsteps = " << d.train.steps << "\nglobal_batch = " << d.train.global_batch
      << "\nmicro_batches = " << d.train.micro_batches << "\nlr = " << toml::value<double>(d.train.lr)
      << "\nwarmup = " << d.train.warmup << "\nseed = " << d.train.seed
-     << "\ndata = " << toml::value<std::string>(d.train.data) << "\n\n";
+     << "\ndata = " << toml::value<std::string>(d.train.data)
+     << "\nmemory_limit_gib = " << toml::value<double>(d.train.memory_limit_gib) << "\n\n";
   os << "[strategy]\nzero_stage = " << d.strategy.zero_stage
      << "\nfsdp_min_weight_size = " << d.strategy.fsdp_min_weight_size << "\ngather_dtype = \""
      << dtype_name(d.strategy.gather_dtype) << "\"\ngrad_scatter_dtype = \""

@@ -7,7 +7,10 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <cstdio>
+#include <fstream>
 
+#include "comm/control.hpp"
 #include "comm/plan.hpp"
 #include "comm/request.hpp"
 #include "core/error.hpp"
@@ -104,6 +107,7 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluat
   const auto& batch = s.groups.batch;
   slice = data::replica_slice(s.global_batch, s.dp_size,
                               batch.empty() ? 0 : m.shape().group_index(m.rank(), m.canonical_axes(batch)));
+  check_memory();
   allocate();
   if (!evaluate)
     loader = std::make_unique<data::DataLoader>(data::Corpus::load(deck.train.data),
@@ -113,6 +117,74 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluat
   bind();
   graph.validate();
   graph::verify(graph, m);
+}
+
+namespace {
+// MemAvailable of /proc/meminfo in bytes, 0 when unknown
+double available_memory_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  double kib = 0;
+  std::string unit;
+  while (f >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024.0;
+  return 0;
+}
+std::string gib(double bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f GiB", bytes / 1073741824.0);
+  return b;
+}
+}  // namespace
+
+// Refuses, before anything is allocated, a step whose compiled buffers do not fit the memory
+// a rank has (train.memory_limit_gib, else the node's MemAvailable shared by its ranks),
+// naming the part that is largest and the deck keys that size it. Collective.
+void Trainer::Impl::check_memory() {
+  const compile::BufferPlan& b = prog.buffers;
+  double part[5] = {0, 0, 0, 0, 0};  // params, grads, optimizer, transient (+ staging), activations (+ inputs)
+  for (const auto& spec : b.specs) {
+    const double bytes = static_cast<double>(spec.numel) * static_cast<double>(dtype_size(spec.dtype));
+    switch (spec.cls) {
+      case compile::BufferClass::Params: part[0] += bytes; break;
+      case compile::BufferClass::Grads: part[1] += bytes; break;
+      case compile::BufferClass::Optimizer: part[2] += bytes; break;
+      case compile::BufferClass::Transient: part[3] += bytes; break;
+      default: part[4] += bytes; break;
+    }
+  }
+  for (const auto& t : prog.tasks)
+    if (t.is_comm) part[3] += static_cast<double>(t.comm.staging_bytes);
+  const double need = part[0] + part[1] + part[2] + part[3] + part[4];
+  const comm::Control control(mesh->world());
+  const int local = control.node_ranks();
+  double limit = deck.train.memory_limit_gib * 1073741824.0;
+  std::string source = "train.memory_limit_gib = " + std::to_string(deck.train.memory_limit_gib) + " (" +
+                       deck.where("train.memory_limit_gib") + ")";
+  if (limit <= 0) {
+    const double avail = available_memory_bytes();
+    limit = avail / local;
+    source = "the node's available memory " + gib(avail) + " shared by its " + std::to_string(local) +
+             " rank(s); set train.memory_limit_gib to change it";
+  }
+  std::string err;
+  if (limit > 0 && need > limit) {
+    const char* names[5] = {"parameters", "gradients", "optimizer state", "gather/reduce rings and staging",
+                            "activations"};
+    const char* keys[5] = {"model.hidden / model.layers / model.ffn / model.vocab, or shard them (mesh, strategy.zero_stage)",
+                           "model.hidden / model.layers / model.ffn / model.vocab, or shard them (strategy.zero_stage >= 2)",
+                           "model.hidden / model.layers, or shard them (strategy.zero_stage >= 1)",
+                           "strategy.prefetch, strategy.zero_stage",
+                           "model.seq, train.global_batch (per micro-batch: train.micro_batches), model.hidden"};
+    int big = 0;
+    for (int k = 1; k < 5; ++k)
+      if (part[k] > part[big]) big = k;
+    err = "rank " + std::to_string(mesh->rank()) + "'s step needs " + gib(need) + " (parameters " + gib(part[0]) +
+          ", gradients " + gib(part[1]) + ", optimizer " + gib(part[2]) + ", rings and staging " + gib(part[3]) +
+          ", activations " + gib(part[4]) + ") but may use " + gib(limit) + " (" + source + "). The largest part is " +
+          names[big] + ": " + keys[big] + " (" + deck.path + ")";
+  }
+  control.agree(err);
 }
 
 // Allocates every buffer of the plan and hands each to the kernels' names for it.

@@ -110,6 +110,7 @@ struct Trainer::Impl {
   int64_t staging = 0;
 
   Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluate);
+  void check_memory();
   void allocate();
   void bind();
   graph::CommStartFn bind_comm(const compile::TaskSpec& t);

@@ -1,0 +1,23 @@
+# Sizes that cannot fit are refused before anything is allocated (issue 15 item 5): the
+# step's compiled buffers are counted against train.memory_limit_gib (else the node's
+# available memory shared by its ranks), and the message names the largest part and keys.
+set(BASE ${MPIEXEC} -n 2 ${APP} train ${DECK} --set train.steps=2 checkpoint.dir=${WORK}/ck)
+function(expect_refused part)
+  string(TIMESTAMP t0 "%s")
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 60)
+  string(TIMESTAMP t1 "%s")
+  math(EXPR secs "${t1} - ${t0}")
+  if(rc EQUAL 0 OR out MATCHES "step 1/")
+    message(FATAL_ERROR "not refused up front (${rc}):\n${out}\n${err}")
+  endif()
+  if(NOT err MATCHES "The largest part is ${part}")
+    message(FATAL_ERROR "the message does not name ${part}:\n${err}")
+  endif()
+  if(secs GREATER 10)
+    message(FATAL_ERROR "refused only after ${secs} s")
+  endif()
+  message("refused in ${secs} s: ${part}")
+endfunction()
+expect_refused("activations" ${BASE} model.seq=1000000)
+expect_refused("optimizer state" ${BASE} model.hidden=65536 model.heads=64)
+expect_refused("activations" ${BASE} train.memory_limit_gib=0.01)
