@@ -48,8 +48,8 @@ void reshard_checkpoint(const std::string& dir, const std::string& out, const st
   auto it = manifest.meta.strings.find("deck");
   SHARDFLOW_REQUIRE_INPUT(it != manifest.meta.strings.end(), "checkpoint ", step_dir,
                           " has no deck in its metadata: it was not written by `shardflow train`");
-  const Deck deck = parse_deck(it->second, step_dir + "/manifest.json (deck)", ".", overrides);
   const int world = comm::Control::world().size();
+  const Deck deck = parse_deck(it->second, step_dir + "/manifest.json (deck)", ".", overrides, world);
   check_world_size(deck, world);
   Mesh mesh(deck.mesh.to_mesh_shape());
   comm::CommSet comms(mesh, comm::Backend::Mpi);

@@ -298,3 +298,19 @@ TEST(Deck, DirectoryIsNotADeck) {
     EXPECT_NE(std::string(e.what()).find("'/tmp' is a directory"), std::string::npos) << e.what();
   }
 }
+
+// A mesh of the wrong size for the job is the error reported, before what it makes of the
+// batch (mesh.data = 3 on 2 ranks used to say the batch of 16 is not divisible by 3).
+TEST(Deck, JobSizeIsCheckedFirst) {
+  const std::string text = "[mesh]\ndata = 3\n[train]\nglobal_batch = 16\n";
+  try {
+    parse_deck(text, "job.toml", ".", {}, 2);
+    FAIL() << "a 3-device mesh passed for 2 ranks";
+  } catch (const InputError& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("has 3 devices but the job has 2 ranks"), std::string::npos) << w;
+    EXPECT_NE(w.find("job.toml:2"), std::string::npos) << w;
+  }
+  EXPECT_THROW(parse_deck(text, "job.toml", ".", {}, 0), InputError);  // still refused (the batch) without a job size
+  EXPECT_NO_THROW(parse_deck("[mesh]\ndata = 2\n[train]\nglobal_batch = 16\n", "job.toml", ".", {}, 2));
+}

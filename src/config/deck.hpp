@@ -88,11 +88,13 @@ struct Deck {
 /// is validated like a deck file (InputError naming the key and the value).
 Deck deck_from_parallelism_config(const ParallelismConfig& config, const Deck& base);
 
-/// Reads and validates a deck file. Overrides are "section.key=value".
-Deck load_deck(const std::string& path, const std::vector<std::string>& overrides = {});
+/// Reads and validates a deck file. Overrides are "section.key=value". With world_size > 0
+/// the mesh must have that many devices (check_world_size), checked before anything else
+/// is validated.
+Deck load_deck(const std::string& path, const std::vector<std::string>& overrides = {}, int world_size = 0);
 /// Parses deck text; `source` names it in errors, relative paths resolve against base_dir.
 Deck parse_deck(const std::string& text, const std::string& source, const std::string& base_dir = ".",
-                const std::vector<std::string>& overrides = {});
+                const std::vector<std::string>& overrides = {}, int world_size = 0);
 /// Throws InputError when the deck's mesh does not have exactly world_size devices,
 /// naming the mesh, both numbers and the deck's [mesh] location.
 void check_world_size(const Deck& deck, int world_size);

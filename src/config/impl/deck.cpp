@@ -268,7 +268,7 @@ class DeckBuilder {
     values_[full] = v;
   }
 
-  Deck build() {
+  Deck build(int world_size) {
     Deck d;
     d.path = source_;
     for (const auto& kv : values_) d.origin[kv.first] = kv.second.where;
@@ -278,6 +278,9 @@ class DeckBuilder {
     get_int("mesh.tensor", d.mesh.tensor, 1);
     get_int("mesh.pipeline", d.mesh.pipeline, 1);
     get_int("mesh.expert", d.mesh.expert, 1);
+    // the job's size first: a mesh of the wrong size is the error to report, not what it
+    // makes of the batch or the model
+    if (world_size > 0) check_world_size(d, world_size);
     // [model]
     get_i64("model.vocab", d.model.vocab, 1);
     get_i64("model.seq", d.model.seq, 1);
@@ -487,7 +490,7 @@ std::string Deck::where(const std::string& key) const {
 }
 
 Deck parse_deck(const std::string& text, const std::string& source, const std::string& base_dir,
-                const std::vector<std::string>& overrides) {
+                const std::vector<std::string>& overrides, int world_size) {
   toml::table root;
   try {
     root = toml::parse(text, source);
@@ -498,10 +501,10 @@ Deck parse_deck(const std::string& text, const std::string& source, const std::s
   DeckBuilder builder(source, base_dir);
   builder.read_table(root);
   for (const auto& o : overrides) builder.apply_override(o);
-  return builder.build();
+  return builder.build(world_size);
 }
 
-Deck load_deck(const std::string& path, const std::vector<std::string>& overrides) {
+Deck load_deck(const std::string& path, const std::vector<std::string>& overrides, int world_size) {
   std::error_code ec;
   SHARDFLOW_REQUIRE_INPUT(!std::filesystem::is_directory(path, ec), "input deck '", path,
                           "' is a directory, not a TOML file");
@@ -511,7 +514,7 @@ Deck load_deck(const std::string& path, const std::vector<std::string>& override
   ss << in.rdbuf();
   std::string dir = std::filesystem::path(path).parent_path().string();
   if (dir.empty()) dir = ".";
-  return parse_deck(ss.str(), path, dir, overrides);
+  return parse_deck(ss.str(), path, dir, overrides, world_size);
 }
 
 void check_world_size(const Deck& deck, int world_size) {
