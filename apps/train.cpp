@@ -165,17 +165,42 @@ int run_train(const TrainOptions& o) {
   save_opts.async = deck.checkpoint.async;
   std::unique_ptr<ckpt::Checkpointer> checkpointer;
   int64_t last_saved = resumed_at;  // never re-save the checkpoint we resumed from
+  int64_t last_committed = resumed_at;  // the newest checkpoint known to be committed
+  std::string in_flight;                // an async save not yet committed
+  int64_t in_flight_step = -1;
   double last_loss = 0;
+  // an async save is committed by the next save() or wait(): say so when it lands
+  auto landed = [&] {
+    if (in_flight.empty()) return;
+    last_committed = in_flight_step;
+    if (rank == 0 && !o.quiet) {
+      std::printf("checkpoint %s committed\n", in_flight.c_str());
+      std::fflush(stdout);
+    }
+    in_flight.clear();
+  };
   auto save = [&] {
     if (trainer.step() == last_saved) return;
     if (!checkpointer) checkpointer = std::make_unique<ckpt::Checkpointer>(mesh.world(), deck.checkpoint.dir, save_opts);
     const auto meta = app::checkpoint_metadata(deck, mesh, trainer, last_loss);
     const std::string dir = checkpointer->save(ckpt_tensors(), meta);
+    landed();
     last_saved = trainer.step();
+    if (save_opts.async) {
+      in_flight = dir;
+      in_flight_step = last_saved;
+    } else {
+      last_committed = last_saved;
+    }
     if (rank == 0 && !o.quiet) {
       std::printf("checkpoint %s%s\n", dir.c_str(), save_opts.async ? " (writing in the background)" : "");
       std::fflush(stdout);
     }
+  };
+  auto wait_saves = [&] {
+    if (!checkpointer) return;
+    checkpointer->wait();
+    landed();
   };
   std::signal(SIGUSR1, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
@@ -243,7 +268,7 @@ int run_train(const TrainOptions& o) {
     const int any_sig = control.max(static_cast<int>(g_stop_signal));
     if (any_sig) {
       save();
-      if (checkpointer) checkpointer->wait();
+      wait_saves();
       if (rank == 0)
         std::printf("stopped by signal %d after step %lld; checkpoint saved, exiting with %d (requeue me)\n", any_sig,
                     static_cast<long long>(trainer.step()), kExitCheckpointed);
@@ -252,7 +277,7 @@ int run_train(const TrainOptions& o) {
     }
   }
   if (trainer.step() > 0) save();
-  if (checkpointer) checkpointer->wait();
+  wait_saves();
   if (!o.trace_dir.empty()) tracer.write(o.trace_dir + "/trace.rank" + std::to_string(rank) + ".json");
   const std::vector<int64_t> peaks = control.gather(static_cast<int64_t>(max_rss_bytes()), 0);
   const std::vector<int64_t> states = control.gather(static_cast<int64_t>(mem.model_state()), 0);
@@ -266,6 +291,7 @@ int run_train(const TrainOptions& o) {
     j["mesh"] = m;
     j["zero_stage"] = deck.strategy.zero_stage;
     j["resumed_from_step"] = resumed_at >= 0 ? nlohmann::json(resumed_at) : nlohmann::json(nullptr);
+    j["last_committed_step"] = last_committed >= 0 ? nlohmann::json(last_committed) : nlohmann::json(nullptr);
     const char* restarts = std::getenv("SLURM_RESTART_COUNT");
     j["restart_count"] = restarts ? std::atoi(restarts) : 0;
     j["steps"] = steps;

@@ -71,3 +71,9 @@ add_test(NAME oversized_steps_refused_np_2
     -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DWORK=${CMAKE_CURRENT_BINARY_DIR}/oversized
     -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_sizes_refused.cmake)
 set_tests_properties(oversized_steps_refused_np_2 PROPERTIES LABELS "mpi;train" TIMEOUT 300 PROCESSORS 2)
+# Async checkpoints say when they are committed; the summary names the last committed step.
+add_test(NAME async_commit_confirmed_np_2
+  COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
+    -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DWORK=${CMAKE_CURRENT_BINARY_DIR}/async_commit
+    -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_async_commit.cmake)
+set_tests_properties(async_commit_confirmed_np_2 PROPERTIES LABELS "mpi;ckpt" TIMEOUT 300 PROCESSORS 2)
