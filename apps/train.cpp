@@ -136,8 +136,7 @@ int run_train(const TrainOptions& o) {
   const int rank = app::world_rank();
   const comm::Control control = comm::Control::world();
   const int world = control.size();
-  Deck deck = load_deck(o.deck, o.overrides, world);
-  check_world_size(deck, world);
+  Deck deck = load_deck(o.deck, o.overrides, world);  // the job's size checked first
   check_output_paths(o, deck, control);
   Mesh mesh(deck.mesh.to_mesh_shape());
   comm::CommSet comms(mesh, comm::Backend::Mpi);

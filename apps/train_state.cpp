@@ -50,7 +50,6 @@ void reshard_checkpoint(const std::string& dir, const std::string& out, const st
                           " has no deck in its metadata: it was not written by `shardflow train`");
   const int world = comm::Control::world().size();
   const Deck deck = parse_deck(it->second, step_dir + "/manifest.json (deck)", ".", overrides, world);
-  check_world_size(deck, world);
   Mesh mesh(deck.mesh.to_mesh_shape());
   comm::CommSet comms(mesh, comm::Backend::Mpi);
   train::Trainer trainer(deck, mesh, comms);  // its layouts are the target layouts
