@@ -1,12 +1,9 @@
 #include "comm/control.hpp"
+#include "core/process.hpp"
 
 #include <chrono>
 #include <climits>
 #include <cstdlib>
-#include <unistd.h>
-#include <cstring>
-#include <cstdio>
-#include <cerrno>
 #include <thread>
 #include <utility>
 
@@ -170,12 +167,7 @@ void mpi_init(int& argc, char**& argv) {
   // set and the program re-executed (before MPI_Init, like the BLAS kernel choice).
   if (std::getenv("UCX_MEM_EVENTS") == nullptr && argv != nullptr && argv[0] != nullptr) {
     setenv("UCX_MEM_EVENTS", "no", 1);
-    char self[4096];
-    const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);  // keeps the program's name in ps
-    if (n > 0) self[n] = '\0';
-    execv(n > 0 ? self : "/proc/self/exe", argv);
-    std::fprintf(stderr, "shardflow: warning: could not re-execute /proc/self/exe with UCX_MEM_EVENTS=no (%s)\n",
-                 std::strerror(errno));
+    reexec_self(argv, "with UCX_MEM_EVENTS=no");
   }
   CHECK_MPI(MPI_Init(&argc, &argv));
 }

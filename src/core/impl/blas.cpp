@@ -1,4 +1,5 @@
 #include "core/blas.hpp"
+#include "core/process.hpp"
 
 #include <cpuid.h>
 #include <dlfcn.h>
@@ -68,12 +69,6 @@ std::string trim(std::string s) {
 void warn(const std::string& what) {
   std::fprintf(stderr, "shardflow: warning: %s\n", what.c_str());
   std::fflush(stderr);
-}
-
-/// execv of this program with the current environment; returns only when execv failed.
-void reexec(char** argv, const std::string& why) {
-  execv("/proc/self/exe", argv);
-  warn("could not re-execute /proc/self/exe (" + why + "): " + std::strerror(errno));
 }
 
 double elapsed_s(std::chrono::steady_clock::time_point t0) {
@@ -255,7 +250,7 @@ void ensure_best_blas_kernel(int /*argc*/, char** argv) {
     setenv("SHARDFLOW_BLAS_FALLBACK", fallback.c_str(), 1);
     unsetenv("SHARDFLOW_BLAS_REEXEC");
     unsetenv("SHARDFLOW_BLAS_SOURCE");
-    reexec(argv, "fallback after a failed verification");
+    reexec_self(argv, "fallback after a failed verification");
     warn("carrying on with the unverified BLAS kernel " + std::string(coretype) + "; results may be wrong");
     return;
   }
@@ -276,7 +271,7 @@ void ensure_best_blas_kernel(int /*argc*/, char** argv) {
   setenv("OPENBLAS_CORETYPE", best.c_str(), 1);
   setenv("SHARDFLOW_BLAS_REEXEC", best.c_str(), 1);
   setenv("SHARDFLOW_BLAS_SOURCE", source.c_str(), 1);
-  reexec(argv, "to load OpenBLAS with OPENBLAS_CORETYPE=" + best);
+  reexec_self(argv, "to load OpenBLAS with OPENBLAS_CORETYPE=" + best);
   warn("carrying on with the slow BLAS kernel " + loaded + " (best for this CPU: " + best + ")");
   if (coretype != nullptr)
     setenv("OPENBLAS_CORETYPE", coretype, 1);
