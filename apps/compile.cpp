@@ -54,7 +54,9 @@ int run_compile(const CompileOptions& o) {
   const parallel::LayoutPlan plan = compile::layout_plan(deck, mesh);
   const compile::StepProgram prog = compile::compile_step(deck, plan, o.rank);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const compile::ProgramSummary sum = compile::summarize(prog);
+  compile::ProgramSummary sum = compile::summarize(prog);
+  sum.model = deck.model.to_string();
+  sum.compile_seconds = secs;
   if (!o.dump_graph.empty()) {
     std::ofstream f(o.dump_graph);
     SHARDFLOW_REQUIRE_INPUT(f.good(), "compile: cannot write --dump-graph ", o.dump_graph);
@@ -64,14 +66,7 @@ int run_compile(const CompileOptions& o) {
   if (shardflow::app::world_rank() == 0) {
     std::string text;
     if (o.json) {
-      text = compile::summary_json(sum);
-      // the compile time and the deck after the dump, as extra keys
-      text.pop_back();  // '}'
-      while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-      char extra[160];
-      std::snprintf(extra, sizeof extra, ",\n  \"compile_seconds\": %.6f,\n  \"model\": \"%s\"\n}\n", secs,
-                    deck.model.to_string().c_str());
-      text += extra;
+      text = compile::summary_json(sum) + "\n";
     } else {
       char head[256];
       std::snprintf(head, sizeof head, "shardflow compile: %s, model %s, compiled in %.3f s\n", path.c_str(),

@@ -82,8 +82,6 @@ struct BufferPlan {
 
   int add(std::string name, int64_t numel, DType dtype, BufferClass cls);
   const BufferSpec& spec(int id) const { return specs.at(static_cast<size_t>(id)); }
-  /// Bytes of every buffer of class c (each buffer once, aliases included once).
-  int64_t bytes(BufferClass c) const;
 };
 
 /// The buffers rank shape.rank's step uses.
@@ -169,5 +167,10 @@ struct StepProgram {
   std::vector<TaskSpec> tasks;
   std::vector<std::pair<int, int>> edges;  // (before, after), in emission order (duplicates possible)
 };
+
+/// Bytes of the step's buffers of class c (each buffer once, aliases once), and for
+/// Transient also the staging its shard collectives allocate. In double: a deck far too big
+/// for any machine can pass int64 here, and the trainer must still refuse it with numbers.
+double step_bytes(const StepProgram& prog, BufferClass c);
 
 }  // namespace shardflow::compile

@@ -32,6 +32,9 @@ struct ProgramSummary {
   int64_t params_bytes = 0, grads_bytes = 0, optimizer_bytes = 0, transient_bytes = 0, staging_bytes = 0,
           activation_bytes = 0, input_bytes = 0;
   int64_t model_state_bytes() const { return params_bytes + grads_bytes + optimizer_bytes; }
+  // set by the caller when known (printed when set)
+  std::string model;            // e.g. ModelConfig::to_string()
+  double compile_seconds = -1;  // how long compile_step took
 };
 
 ProgramSummary summarize(const StepProgram& prog);

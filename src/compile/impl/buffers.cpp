@@ -27,13 +27,6 @@ int BufferPlan::add(std::string name, int64_t numel, DType dtype, BufferClass cl
   return static_cast<int>(specs.size()) - 1;
 }
 
-int64_t BufferPlan::bytes(BufferClass c) const {
-  int64_t b = 0;
-  for (const auto& s : specs)
-    if (s.cls == c) b += s.bytes();
-  return b;
-}
-
 namespace {
 
 void plan_params(const StepShape& s, BufferPlan& b) {

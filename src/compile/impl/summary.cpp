@@ -1,6 +1,7 @@
 #include "compile/summary.hpp"
 
 #include <nlohmann/json.hpp>
+#include <cstdint>
 #include <set>
 #include <sstream>
 
@@ -43,6 +44,21 @@ const char* step_op_name(StepOp op) {
   return "?";
 }
 
+double step_bytes(const StepProgram& prog, BufferClass c) {
+  double b = 0;
+  for (const auto& s : prog.buffers.specs)
+    if (s.cls == c) b += static_cast<double>(s.numel) * static_cast<double>(dtype_size(s.dtype));
+  if (c == BufferClass::Transient)
+    for (const auto& t : prog.tasks)
+      if (t.is_comm) b += static_cast<double>(t.comm.staging_bytes);
+  return b;
+}
+
+namespace {
+// byte counts of a step that fits a machine are exact in double; larger ones saturate
+int64_t exact_bytes(double b) { return b < 9.0e18 ? static_cast<int64_t>(b) : INT64_MAX; }
+}  // namespace
+
 ProgramSummary summarize(const StepProgram& prog) {
   const StepShape& sh = prog.shape;
   ProgramSummary s;
@@ -81,12 +97,12 @@ ProgramSummary summarize(const StepProgram& prog) {
   s.edges = static_cast<int64_t>(edges.size());
   const BufferPlan& b = prog.buffers;
   s.buffers = static_cast<int64_t>(b.specs.size());
-  s.params_bytes = b.bytes(BufferClass::Params);
-  s.grads_bytes = b.bytes(BufferClass::Grads);
-  s.optimizer_bytes = b.bytes(BufferClass::Optimizer);
-  s.transient_bytes = b.bytes(BufferClass::Transient) + s.staging_bytes;
-  s.activation_bytes = b.bytes(BufferClass::Activations);
-  s.input_bytes = b.bytes(BufferClass::Inputs);
+  s.params_bytes = exact_bytes(step_bytes(prog, BufferClass::Params));
+  s.grads_bytes = exact_bytes(step_bytes(prog, BufferClass::Grads));
+  s.optimizer_bytes = exact_bytes(step_bytes(prog, BufferClass::Optimizer));
+  s.transient_bytes = exact_bytes(step_bytes(prog, BufferClass::Transient));  // rings + staging
+  s.activation_bytes = exact_bytes(step_bytes(prog, BufferClass::Activations));
+  s.input_bytes = exact_bytes(step_bytes(prog, BufferClass::Inputs));
   return s;
 }
 
@@ -158,6 +174,8 @@ std::string summary_json(const ProgramSummary& s) {
     colls.push_back({{"group", c.group}, {"kind", c.kind}, {"count", c.count}, {"bytes", c.bytes}});
   j["collectives"] = colls;
   j["buffers"] = s.buffers;
+  if (!s.model.empty()) j["model"] = s.model;
+  if (s.compile_seconds >= 0) j["compile_seconds"] = s.compile_seconds;
   j["memory_bytes"] = {{"params", s.params_bytes},
                        {"grads", s.grads_bytes},
                        {"optimizer", s.optimizer_bytes},

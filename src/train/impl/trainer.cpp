@@ -141,20 +141,12 @@ std::string gib(double bytes) {
 // a rank has (train.memory_limit_gib, else the node's MemAvailable shared by its ranks),
 // naming the part that is largest and the deck keys that size it. Collective.
 void Trainer::Impl::check_memory() {
-  const compile::BufferPlan& b = prog.buffers;
-  double part[5] = {0, 0, 0, 0, 0};  // params, grads, optimizer, transient (+ staging), activations (+ inputs)
-  for (const auto& spec : b.specs) {
-    const double bytes = static_cast<double>(spec.numel) * static_cast<double>(dtype_size(spec.dtype));
-    switch (spec.cls) {
-      case compile::BufferClass::Params: part[0] += bytes; break;
-      case compile::BufferClass::Grads: part[1] += bytes; break;
-      case compile::BufferClass::Optimizer: part[2] += bytes; break;
-      case compile::BufferClass::Transient: part[3] += bytes; break;
-      default: part[4] += bytes; break;
-    }
-  }
-  for (const auto& t : prog.tasks)
-    if (t.is_comm) part[3] += static_cast<double>(t.comm.staging_bytes);
+  using compile::BufferClass;
+  auto bytes = [this](BufferClass c) { return compile::step_bytes(prog, c); };
+  // params, grads, optimizer, transient (rings + staging), activations (+ inputs and scalars)
+  const double part[5] = {bytes(BufferClass::Params), bytes(BufferClass::Grads), bytes(BufferClass::Optimizer),
+                          bytes(BufferClass::Transient),
+                          bytes(BufferClass::Activations) + bytes(BufferClass::Inputs) + bytes(BufferClass::Scalars)};
   const double need = part[0] + part[1] + part[2] + part[3] + part[4];
   const comm::Control control(mesh->world());
   const int local = control.node_ranks();
