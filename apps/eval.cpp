@@ -5,6 +5,7 @@
 // The model is the trainer's compiled forward (StepMode::Evaluate), so MoE checkpoints work.
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "comm/control.hpp"
@@ -53,19 +54,25 @@ int run_eval(const EvalOptions& o) {
   comm::CommSet comms(self, comm::Backend::Mpi);
   train::Trainer model(eval_deck(o.batch), self, comms, /*evaluate=*/true);
 
+  // a trainer's parameters (its state without the optimizer moments), in MODEL.md order
+  auto parameters = [](train::Trainer& t) {
+    const auto names = t.parameter_names();
+    const std::set<std::string> wanted_names(names.begin(), names.end());
+    std::vector<train::StateTensor> out;
+    for (auto& s : t.state_tensors())
+      if (wanted_names.count(s.name)) out.push_back(s);
+    return out;
+  };
   // Every rank restores a full copy of each parameter (replicated layout over this job).
   MeshShape job({"data"}, {world});
   std::vector<ckpt::TensorState> wanted;
-  std::vector<train::StateTensor> params;
-  for (const auto& t : model.state_tensors()) {
-    if (t.name.size() > 7 && (t.name.rfind(".adam_m") == t.name.size() - 7 || t.name.rfind(".adam_v") == t.name.size() - 7))
-      continue;  // optimizer moments are not needed here
+  const std::vector<train::StateTensor> params = parameters(model);
+  for (const auto& t : params) {
     const auto* rec = manifest.find(t.name);
     SHARDFLOW_REQUIRE_INPUT(rec, "checkpoint ", dir, " has no tensor '", t.name, "'");
     SHARDFLOW_REQUIRE_INPUT(numel(rec->shape) == t.numel, "checkpoint ", dir, ": tensor '", t.name, "' has ",
                             numel(rec->shape), " elements, the model needs ", t.numel);
     wanted.push_back({t.name, Layout::replicated(rec->shape, job), DType::F32, t.data});
-    params.push_back(t);
   }
   ckpt::RestoreOptions ro;
   ro.allow_extra = true;
@@ -83,13 +90,8 @@ int run_eval(const EvalOptions& o) {
     train::Trainer* m = &model;
     if (b < o.batch) {
       tail = std::make_unique<train::Trainer>(eval_deck(b), self, comms, true);
-      size_t k = 0;
-      for (const auto& t : tail->state_tensors()) {
-        if (k < params.size() && t.name == params[k].name) {
-          std::copy(params[k].data, params[k].data + t.numel, t.data);
-          ++k;
-        }
-      }
+      const auto to = parameters(*tail);  // the same tensors, one rank, whole
+      for (size_t k = 0; k < params.size(); ++k) std::copy(params[k].data, params[k].data + to[k].numel, to[k].data);
       m = tail.get();
     }
     std::vector<int32_t> in(static_cast<size_t>(b * S)), tg(static_cast<size_t>(b * S));
