@@ -52,28 +52,21 @@ set_tests_properties(seed_example_multi_dim_np_4 PROPERTIES LABELS "mpi;train" T
 # and the serial model, dense and MoE, on 9 meshes.
 shardflow_add_test(test_evaluate MPI TIMEOUT 300)
 target_compile_definitions(test_evaluate PRIVATE SHARDFLOW_CORPUS="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")
+# shardflow_cli_script_test(NAME SCRIPT NP LABEL): a CLI test script of support/ run with
+# the app, the quickstart deck, the corpus, Debian's python and a work directory of its own.
+function(shardflow_cli_script_test name script np label)
+  add_test(NAME ${name}
+    COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
+      -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DCORPUS=${PROJECT_SOURCE_DIR}/inputs/corpus.txt
+      -DWORK=${CMAKE_CURRENT_BINARY_DIR}/${name} -DPYTHON=${SHARDFLOW_SYSTEM_PYTHON}
+      -P ${CMAKE_CURRENT_SOURCE_DIR}/support/${script})
+  set_tests_properties(${name} PROPERTIES LABELS "mpi;${label}" TIMEOUT 300 PROCESSORS ${np})
+endfunction()
 # `shardflow eval` on an MoE checkpoint (expert = 2) on 1 and 3 ranks.
-add_test(NAME eval_moe_checkpoint_cli
-  COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
-    -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DCORPUS=${PROJECT_SOURCE_DIR}/inputs/corpus.txt
-    -DWORK=${CMAKE_CURRENT_BINARY_DIR}/eval_moe -DPYTHON=${SHARDFLOW_SYSTEM_PYTHON}
-    -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_eval_moe.cmake)
-set_tests_properties(eval_moe_checkpoint_cli PROPERTIES LABELS "mpi;ckpt" TIMEOUT 300 PROCESSORS 3)
+shardflow_cli_script_test(eval_moe_checkpoint_cli check_eval_moe.cmake 3 ckpt)
 # Output paths (summary, trace, checkpoint.dir, its latest) are refused before step 1.
-add_test(NAME output_paths_checked_first_np_2
-  COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
-    -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DWORK=${CMAKE_CURRENT_BINARY_DIR}/output_paths
-    -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_output_paths.cmake)
-set_tests_properties(output_paths_checked_first_np_2 PROPERTIES LABELS "mpi;train" TIMEOUT 300 PROCESSORS 2)
+shardflow_cli_script_test(output_paths_checked_first_np_2 check_output_paths.cmake 2 train)
 # Steps that cannot fit in memory are refused before anything is allocated.
-add_test(NAME oversized_steps_refused_np_2
-  COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
-    -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DWORK=${CMAKE_CURRENT_BINARY_DIR}/oversized
-    -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_sizes_refused.cmake)
-set_tests_properties(oversized_steps_refused_np_2 PROPERTIES LABELS "mpi;train" TIMEOUT 300 PROCESSORS 2)
+shardflow_cli_script_test(oversized_steps_refused_np_2 check_sizes_refused.cmake 2 train)
 # Async checkpoints say when they are committed; the summary names the last committed step.
-add_test(NAME async_commit_confirmed_np_2
-  COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
-    -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DWORK=${CMAKE_CURRENT_BINARY_DIR}/async_commit
-    -P ${CMAKE_CURRENT_SOURCE_DIR}/support/check_async_commit.cmake)
-set_tests_properties(async_commit_confirmed_np_2 PROPERTIES LABELS "mpi;ckpt" TIMEOUT 300 PROCESSORS 2)
+shardflow_cli_script_test(async_commit_confirmed_np_2 check_async_commit.cmake 2 ckpt)
