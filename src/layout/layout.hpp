@@ -28,6 +28,8 @@ int64_t split_extent(int64_t d, int64_t n, int64_t i);
 /// Offset of shard i of n along a dimension of extent d (the uneven rule).
 int64_t split_offset(int64_t d, int64_t n, int64_t i);
 int64_t numel(const Shape& s);
+/// Product of the extents s[begin, end) (the [outer, rows, inner] view of one dimension).
+int64_t numel(const Shape& s, size_t begin, size_t end);
 std::string shape_to_string(const Shape& s);
 /// Row-major strides (in elements) of a shape.
 Shape row_major_strides(const Shape& s);

@@ -9,12 +9,6 @@ namespace shardflow::compile {
 
 namespace {
 
-int64_t prod(const Shape& s, size_t b, size_t e) {
-  int64_t n = 1;
-  for (size_t d = b; d < e; ++d) n *= s[d];
-  return n;
-}
-
 // The pipeline: this rank's chunks, its schedule and the act slots each chunk needs.
 void shape_pipeline(const Deck& deck, const parallel::LayoutPlan& plan, StepShape& s) {
   const int L = s.layers;
@@ -97,9 +91,9 @@ void shape_params(const parallel::LayoutPlan& plan, StepShape& s) {
     p.zero_split = pl.zero_sharded();
     if (p.zero_split) {
       const auto d = static_cast<size_t>(p.dz);
-      p.O = prod(p.lext, 0, d);
+      p.O = numel(p.lext, 0, d);
       p.R = p.lext[d];
-      p.I = prod(p.lext, d + 1, p.lext.size());
+      p.I = numel(p.lext, d + 1, p.lext.size());
       p.r0 = split_offset(p.R, s.shard_size, s.shard_index);
       p.nr = split_extent(p.R, s.shard_size, s.shard_index);
     } else {

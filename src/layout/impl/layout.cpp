@@ -10,9 +10,11 @@ int64_t split_extent(int64_t d, int64_t n, int64_t i) { return d / n + (i < d % 
 
 int64_t split_offset(int64_t d, int64_t n, int64_t i) { return i * (d / n) + std::min(i, d % n); }
 
-int64_t numel(const Shape& s) {
+int64_t numel(const Shape& s) { return numel(s, 0, s.size()); }
+
+int64_t numel(const Shape& s, size_t begin, size_t end) {
   int64_t p = 1;
-  for (auto e : s) p *= e;
+  for (size_t d = begin; d < end; ++d) p *= s[d];
   return p;
 }
 

@@ -57,11 +57,6 @@ int dim_with(const PartitionSpec& spec, const std::string& axis_name) {
   return -1;
 }
 
-int64_t prod(const Shape& s, size_t b, size_t e) {
-  int64_t n = 1;
-  for (size_t d = b; d < e; ++d) n *= s[d];
-  return n;
-}
 }  // namespace
 
 LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, const StrategyOptions& options,
@@ -202,7 +197,7 @@ StateBytes LayoutPlan::state_bytes(int rank) const {
     const int64_t local = tensor_box.local_numel(rank);
     // dims before the zero dim are not zero-split: O = their product over the tensor box
     const Box box = tensor_box.box(rank);
-    const bool outer = p.zero_sharded() && prod(box.extent, 0, static_cast<size_t>(p.zero_dim)) > 1;
+    const bool outer = p.zero_sharded() && numel(box.extent, 0, static_cast<size_t>(p.zero_dim)) > 1;
     int64_t params = local, grads = local;
     if (p.zero_sharded()) {
       if (z == 2) grads += shard;                 // the reduce-scattered gradient shard beside the full gradient
