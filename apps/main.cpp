@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include "core/blas.hpp"
+#include "core/process.hpp"
 #include "core/threads.hpp"
 
 #include <Kokkos_Core.hpp>
@@ -78,8 +79,10 @@ int main(int argc, char** argv) {
     }
     if (!collective) comm::mpi_abort(1);
     comm::mpi_finalize();
+    shardflow::keep_output_open_past_exit();
     return 1;
   }
   comm::mpi_finalize();
+  if (rc != 0) shardflow::keep_output_open_past_exit();  // so that mpiexec reports it
   return rc;
 }

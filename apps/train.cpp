@@ -16,6 +16,7 @@
 #include <csignal>
 
 #include "ckpt/checkpoint.hpp"
+#include "ckpt/lock.hpp"
 #include "command.hpp"
 #include "train_state.hpp"
 #include "comm/control.hpp"
@@ -138,6 +139,23 @@ int run_train(const TrainOptions& o) {
   const int world = control.size();
   Deck deck = load_deck(o.deck, o.overrides, world);  // the job's size checked first
   check_output_paths(o, deck, control);
+  // one run per checkpoint directory: claimed before the restore reads it or a step runs
+  std::unique_ptr<ckpt::RootLock> lock;
+  if (deck.train.steps > 0) {
+    std::string err;
+    if (rank == 0) {
+      try {
+        ckpt::LockOptions lo;
+        if (const char* hb = std::getenv("SHARDFLOW_LOCK_HEARTBEAT_S")) lo.heartbeat_s = std::atof(hb);
+        SHARDFLOW_REQUIRE_INPUT(lo.heartbeat_s > 0, "SHARDFLOW_LOCK_HEARTBEAT_S='",
+                                std::getenv("SHARDFLOW_LOCK_HEARTBEAT_S"), "' is not a positive number of seconds");
+        lock = std::make_unique<ckpt::RootLock>(deck.checkpoint.dir, lo);
+      } catch (const std::exception& e) {
+        err = e.what();
+      }
+    }
+    control.agree(err);
+  }
   Mesh mesh(deck.mesh.to_mesh_shape());
   comm::CommSet comms(mesh, comm::Backend::Mpi);
   train::Trainer trainer(deck, mesh, comms);
@@ -145,12 +163,30 @@ int run_train(const TrainOptions& o) {
   int64_t resumed_at = -1;
   if (!o.resume.empty()) {
     const std::string path = o.resume == "latest" ? deck.checkpoint.dir : o.resume;
-    const auto meta = ckpt::restore(mesh.world(), path, ckpt_tensors());
+    ckpt::RestoreStats restored;
+    ckpt::RestoreOptions ro;
+    ro.stats = &restored;
+    const auto meta = ckpt::restore(mesh.world(), path, ckpt_tensors(), ro);
     trainer.set_step(meta.step);
     resumed_at = meta.step;
     if (rank == 0 && !o.quiet)
-      std::printf("resumed from %s at step %lld\n", ckpt::resolve_checkpoint_dir(path).c_str(),
-                  static_cast<long long>(meta.step));
+      std::printf("resumed from %s at step %lld\n", restored.step_dir.c_str(), static_cast<long long>(meta.step));
+    // saving into a directory that holds a later step would mix two histories (and stop at
+    // "step-N exists already" later): refused now, before a step runs
+    std::string err;
+    if (rank == 0 && std::filesystem::is_directory(deck.checkpoint.dir)) {
+      const auto existing = ckpt::list_checkpoints(deck.checkpoint.dir);
+      if (!existing.empty()) {
+        const std::string newest = std::filesystem::path(existing.back()).filename().string();
+        const long long newest_step = std::atoll(newest.c_str() + 5);  // step-XXXXXXXX
+        if (newest_step > meta.step)
+          err = detail::concat("checkpoint.dir '", deck.checkpoint.dir, "' holds ", newest, ", later than the step ",
+                               meta.step, " resumed from '", restored.step_dir,
+                               "': saving there would mix two histories. Resume from its latest "
+                               "(--resume latest), or train into another directory (--set checkpoint.dir=...)");
+      }
+    }
+    control.agree(err);
   }
   if (o.resume.empty() && std::filesystem::is_directory(deck.checkpoint.dir)) {
     const auto existing = ckpt::list_checkpoints(deck.checkpoint.dir);
@@ -180,6 +216,15 @@ int run_train(const TrainOptions& o) {
   };
   auto save = [&] {
     if (trainer.step() == last_saved) return;
+    std::string lost;  // never save into a directory whose lock another run took over
+    if (lock) {
+      try {
+        lock->check();
+      } catch (const std::exception& e) {
+        lost = e.what();
+      }
+    }
+    control.agree(lost);
     if (!checkpointer) checkpointer = std::make_unique<ckpt::Checkpointer>(mesh.world(), deck.checkpoint.dir, save_opts);
     const auto meta = app::checkpoint_metadata(deck, mesh, trainer, last_loss);
     const std::string dir = checkpointer->save(ckpt_tensors(), meta);

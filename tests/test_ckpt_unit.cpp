@@ -262,6 +262,7 @@ TEST(Manifest, ValidationNamesTensorAndValue) {
   {
     nlohmann::json j = nlohmann::json::parse(sample().to_json());
     j["version"] = 1;
+    j.erase("manifest_crc32c");  // version 1 had no checksum of its own
     try {
       Manifest::parse(j.dump(), "old/manifest.json");
       ADD_FAILURE() << "a version 1 manifest was accepted";
@@ -271,6 +272,39 @@ TEST(Manifest, ValidationNamesTensorAndValue) {
   }
   EXPECT_THROW(Manifest::parse("{not json", "f"), InputError);
   EXPECT_THROW(Manifest::parse("{\"format\": \"other\"}", "f"), InputError);
+}
+
+// The manifest's own checksum: an edit (a dtype changed, a tensor dropped) is reported as an
+// edit of the manifest, not later as damage of the shard files it describes (issue 15 item
+// 7); the same content laid out differently, or a manifest of the same format written
+// before the checksum existed, is read.
+TEST(Manifest, SelfChecksumCatchesEdits) {
+  const std::string text = sample().to_json();
+  const nlohmann::json j = nlohmann::json::parse(text);
+  ASSERT_TRUE(j.contains("manifest_crc32c"));
+  auto refused = [](const nlohmann::json& edited, const char* what) {
+    try {
+      Manifest::parse(edited.dump(), "ck/manifest.json");
+      ADD_FAILURE() << what << ": accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("ck/manifest.json: the manifest does not match its own checksum"),
+                std::string::npos)
+          << what << ": " << e.what();
+    }
+  };
+  nlohmann::json dtype = j;
+  dtype["tensors"][0]["dtype"] = dtype["tensors"][0]["dtype"] == "f32" ? "bf16" : "f32";
+  refused(dtype, "dtype changed");
+  nlohmann::json dropped = j;
+  dropped["tensors"].erase(1);
+  refused(dropped, "tensor dropped");
+  nlohmann::json step = j;
+  step["step"] = 8;
+  refused(step, "step changed");
+  EXPECT_EQ(Manifest::parse(j.dump(4), "f").step, sample().step);  // another layout, same content
+  nlohmann::json older = j;
+  older.erase("manifest_crc32c");
+  EXPECT_EQ(Manifest::parse(older.dump(), "f").step, sample().step);
 }
 
 TEST(Manifest, CoverageFindsGapsAndOverlaps) {

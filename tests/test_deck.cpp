@@ -179,7 +179,7 @@ TEST(Deck, MoeKeys) {
   EXPECT_EQ(error_of(moe + "capacity_factor = -1.5\n"),
             "deck.toml:5: model.capacity_factor = -1.5 must be a finite number > 0");
   EXPECT_EQ(error_of(moe + "capacity_factor = inf\n"),
-            "deck.toml:5: model.capacity_factor = inf must be a finite number > 0");
+            "deck.toml:5: model.capacity_factor = inf is not a finite number");
   EXPECT_EQ(error_of(moe + "aux_loss_coef = -0.01\n"),
             "deck.toml:5: model.aux_loss_coef = -0.01 must be a finite number >= 0");
   EXPECT_EQ(error_of(moe, {"model.capacity_factor=nan"}).rfind("--set model.capacity_factor=nan:", 0), 0u);
@@ -241,6 +241,10 @@ TEST(Deck, Overrides) {
             0u);
   EXPECT_EQ(error_of(base, {"foo.bar=1"}).rfind("--set foo.bar=1: unknown section [foo]", 0), 0u);
   EXPECT_EQ(error_of(base, {"lr=1"}), "--set lr=1: expected section.key=value");
+  // a number that is not finite is called that, not a wrong type (issue 15 item 7)
+  EXPECT_EQ(error_of(base, {"train.lr=nan"}), "--set train.lr=nan: train.lr = nan is not a finite number");
+  EXPECT_EQ(error_of(base, {"train.lr=-inf"}), "--set train.lr=-inf: train.lr = -inf is not a finite number");
+  EXPECT_EQ(error_of("[train]\nlr = nan\n"), "deck.toml:2: train.lr = nan is not a finite number");
   EXPECT_EQ(error_of(base, {"train.lr"}), "--set train.lr: expected section.key=value");
   EXPECT_EQ(
       error_of(base, {"checkpoint.async=yes"}),

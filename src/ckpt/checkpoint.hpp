@@ -92,6 +92,8 @@ struct RestoreStats {
   /// Bytes of tensor data read from the shard files (whole checksum tiles overlapping the
   /// boxes this rank needs; the files' metadata checks and HDF5's own reads not counted).
   std::int64_t bytes_read = 0;
+  /// The step directory restored (what `path` resolved to when the restore began).
+  std::string step_dir;
 };
 
 struct RestoreOptions {

@@ -30,6 +30,10 @@ std::string concat(Args&&... args) {
                                       const char* file, int line);
 }  // namespace detail
 
+/// `text` made safe to quote in a message: at most `max` bytes (then "..."), every byte
+/// outside printable ASCII shown as '?'. For echoing what a user's file holds.
+std::string printable(const std::string& text, std::size_t max = 64);
+
 /// Throws Error(concat(args...)) unless cond holds.
 #define SHARDFLOW_REQUIRE(cond, ...)                                         \
   do {                                                                       \

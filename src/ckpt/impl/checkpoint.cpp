@@ -1,5 +1,6 @@
 #include "ckpt/checkpoint.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -83,6 +85,38 @@ struct ShardJob {
 constexpr std::int64_t kTileRunBytes = 4096;
 constexpr std::int64_t kMaxColTiles = 16;
 
+/// Disk space held back while HDF5 writes a shard file: a file of `bytes` allocated in the
+/// same directory before the shard file is created, released (deleted) the moment a write
+/// fails, before any HDF5 handle is closed. HDF5 1.10's H5Fclose flushes the file's
+/// metadata; when that flush fails (a full disk), the file's ID stays registered with its
+/// shared state freed, and HDF5's termination in MPI_Finalize crashes on it (SIGSEGV in
+/// H5F__close_cb, 3 of 20 runs that filled a 14.8 MB tmpfs). With the reserve released the
+/// closes have room to succeed. Also the early, clear refusal when the space is not there.
+class SpaceReserve {
+ public:
+  SpaceReserve(std::string path, std::int64_t bytes, const std::string& for_file) : path_(std::move(path)) {
+    const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    SHARDFLOW_REQUIRE(fd >= 0, "checkpoint save: cannot create '", path_, "': ", std::strerror(errno));
+    const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(bytes));
+    ::close(fd);
+    if (rc != 0) {
+      ::unlink(path_.c_str());
+      throw Error(concat("checkpoint save: cannot write '", for_file, "': ", std::strerror(rc), " (reserving ", bytes,
+                         " bytes for its metadata failed)"));
+    }
+  }
+  ~SpaceReserve() { release(); }
+  SpaceReserve(const SpaceReserve&) = delete;
+  SpaceReserve& operator=(const SpaceReserve&) = delete;
+  void release() noexcept {
+    if (!path_.empty()) ::unlink(path_.c_str());
+    path_.clear();
+  }
+
+ private:
+  std::string path_;
+};
+
 /// Writes the jobs into `path` (one HDF5 file, contiguous datasets, no timestamps: the same
 /// state gives the same bytes); each row block's tiles are checksummed right before the
 /// block is written, while in cache. Then computes the file's size and metadata checksum
@@ -91,59 +125,87 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
                             std::int64_t block_bytes) {
   std::lock_guard<std::recursive_mutex> lock(h5::mutex());
   h5::init();
-  h5::Handle file = h5::file_create(path);
-  h5::Handle dcpl(CHECK_HDF5(H5Pcreate(H5P_DATASET_CREATE)), H5Pclose);
-  CHECK_HDF5(H5Pset_layout(dcpl, H5D_CONTIGUOUS));
-  CHECK_HDF5(H5Pset_obj_track_times(dcpl, 0));
-  for (auto& j : jobs) {
-    const std::size_t esize = dtype_size(j.dtype);
-    // a row block is about block_bytes (checksummed right before it is written, in cache),
-    // cut into column tiles
-    const std::int64_t row_bytes = row_numel(j.box.extent) * static_cast<std::int64_t>(esize);
-    j.block_cols = block_cols_for(j.box.extent, esize, std::max(std::min(kTileRunBytes, block_bytes), row_bytes / kMaxColTiles));
-    j.block_rows = j.box.extent.empty() ? 1 : block_rows_for(j.box.extent, esize, block_bytes);
-    const detail::TileGeometry g = detail::tile_geometry(j.box.extent, esize, j.block_rows, j.block_cols);
-    j.crc.assign(static_cast<size_t>(num_blocks(j.box.extent, j.block_rows, j.block_cols)), 0u);
-    h5::Handle space;
-    std::vector<hsize_t> dims(j.box.extent.begin(), j.box.extent.end());
-    if (dims.empty()) space = h5::Handle(CHECK_HDF5(H5Screate(H5S_SCALAR)), H5Sclose);
-    else space = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
-    h5::Handle ftype = h5::file_type(j.dtype);
-    h5::Handle ds(CHECK_HDF5(H5Dcreate2(file, ("/" + j.name).c_str(), ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)),
-                  H5Dclose);
-    h5::Handle mtype = h5::memory_type(j.dtype);
-    if (dims.empty()) {
-      j.crc[0] = crc32c(j.data, j.bytes);
-      CHECK_HDF5(H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, j.data));
-    }
-    for (std::int64_t b = 0; b < g.row_blocks && !dims.empty() && j.bytes > 0; ++b) {
-      const std::int64_t r0 = b * j.block_rows;
-      const std::int64_t r1 = std::min(g.n0, r0 + j.block_rows);
-      const unsigned char* p = j.data + static_cast<std::size_t>(r0) * g.row_bytes;
-      detail::tile_crcs(g, p, g.row_bytes, r1 - r0, 0, 0, g.col_blocks, j.crc.data() + b * g.col_blocks);
-      std::vector<hsize_t> start(dims.size(), 0), cnt(dims);
-      start[0] = static_cast<hsize_t>(r0);
-      cnt[0] = static_cast<hsize_t>(r1 - r0);
-      CHECK_HDF5(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, cnt.data(), nullptr));
-      hsize_t n = static_cast<hsize_t>((r1 - r0) * row_numel(j.box.extent));
-      h5::Handle mspace(CHECK_HDF5(H5Screate_simple(1, &n, nullptr)), H5Sclose);
-      CHECK_HDF5(H5Dwrite(ds, mtype, mspace, space, H5P_DEFAULT, p));
-    }
-    h5::write_attr_string(ds, "tensor", j.name);
-    h5::write_attr_string(ds, "dtype", dtype_name(j.dtype));
-    h5::write_attr_i64(ds, "offset", std::vector<long long>(j.box.offset.begin(), j.box.offset.end()));
-    if (j.bytes > 0) {
-      const haddr_t at = H5Dget_offset(ds);
-      SHARDFLOW_REQUIRE(at != HADDR_UNDEF, "checkpoint save: dataset '/", j.name, "' in '", path,
-                        "' has no contiguous storage");
-      SHARDFLOW_REQUIRE(H5Dget_storage_size(ds) == j.bytes, "checkpoint save: dataset '/", j.name, "' in '", path,
-                        "' stores ", H5Dget_storage_size(ds), " bytes, not ", j.bytes);
-      j.file_offset = static_cast<std::int64_t>(at);
-    }
-    ds.close();
+  // A clear refusal when the shard cannot fit (the reserve below catches what others fill
+  // meanwhile): data bytes plus HDF5's metadata (well under 4 KiB a dataset).
+  const std::string dir = fs::path(path).parent_path().string();
+  const std::int64_t reserve_bytes = std::max<std::int64_t>(1 << 20, 16384 * static_cast<std::int64_t>(jobs.size()));
+  {
+    std::int64_t data_bytes = 0;
+    for (const auto& j : jobs) data_bytes += static_cast<std::int64_t>(j.bytes);
+    std::error_code ec;
+    const auto sp = fs::space(dir.empty() ? std::string(".") : dir, ec);
+    const std::int64_t need = data_bytes + reserve_bytes + 4096 * static_cast<std::int64_t>(jobs.size());
+    if (!ec && static_cast<std::int64_t>(sp.available) < need)
+      throw Error(concat("checkpoint save: cannot write '", path, "': ", std::strerror(ENOSPC), " (", need,
+                         " bytes needed, ", sp.available, " available)"));
   }
-  CHECK_HDF5(H5Fflush(file, H5F_SCOPE_GLOBAL));
-  file.close();
+  SpaceReserve reserve(path + ".reserve", reserve_bytes, path);
+  h5::Handle file;
+  try {
+    file = h5::file_create(path);
+    h5::Handle dcpl(CHECK_HDF5(H5Pcreate(H5P_DATASET_CREATE)), H5Pclose);
+    CHECK_HDF5(H5Pset_layout(dcpl, H5D_CONTIGUOUS));
+    CHECK_HDF5(H5Pset_obj_track_times(dcpl, 0));
+    for (auto& j : jobs) {
+      h5::Handle ds;  // outlives the try below: closed only after the reserve is released
+      try {
+        const std::size_t esize = dtype_size(j.dtype);
+        // a row block is about block_bytes (checksummed right before it is written, in cache),
+        // cut into column tiles
+        const std::int64_t row_bytes = row_numel(j.box.extent) * static_cast<std::int64_t>(esize);
+        j.block_cols = block_cols_for(j.box.extent, esize, std::max(std::min(kTileRunBytes, block_bytes), row_bytes / kMaxColTiles));
+        j.block_rows = j.box.extent.empty() ? 1 : block_rows_for(j.box.extent, esize, block_bytes);
+        const detail::TileGeometry g = detail::tile_geometry(j.box.extent, esize, j.block_rows, j.block_cols);
+        j.crc.assign(static_cast<size_t>(num_blocks(j.box.extent, j.block_rows, j.block_cols)), 0u);
+        h5::Handle space;
+        std::vector<hsize_t> dims(j.box.extent.begin(), j.box.extent.end());
+        if (dims.empty()) space = h5::Handle(CHECK_HDF5(H5Screate(H5S_SCALAR)), H5Sclose);
+        else space = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
+        h5::Handle ftype = h5::file_type(j.dtype);
+        ds = h5::Handle(CHECK_HDF5(H5Dcreate2(file, ("/" + j.name).c_str(), ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)),
+                        H5Dclose);
+        h5::Handle mtype = h5::memory_type(j.dtype);
+        if (dims.empty()) {
+          j.crc[0] = crc32c(j.data, j.bytes);
+          CHECK_HDF5(H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, j.data));
+        }
+        for (std::int64_t b = 0; b < g.row_blocks && !dims.empty() && j.bytes > 0; ++b) {
+          const std::int64_t r0 = b * j.block_rows;
+          const std::int64_t r1 = std::min(g.n0, r0 + j.block_rows);
+          const unsigned char* p = j.data + static_cast<std::size_t>(r0) * g.row_bytes;
+          detail::tile_crcs(g, p, g.row_bytes, r1 - r0, 0, 0, g.col_blocks, j.crc.data() + b * g.col_blocks);
+          std::vector<hsize_t> start(dims.size(), 0), cnt(dims);
+          start[0] = static_cast<hsize_t>(r0);
+          cnt[0] = static_cast<hsize_t>(r1 - r0);
+          CHECK_HDF5(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, cnt.data(), nullptr));
+          hsize_t n = static_cast<hsize_t>((r1 - r0) * row_numel(j.box.extent));
+          h5::Handle mspace(CHECK_HDF5(H5Screate_simple(1, &n, nullptr)), H5Sclose);
+          CHECK_HDF5(H5Dwrite(ds, mtype, mspace, space, H5P_DEFAULT, p));
+        }
+        h5::write_attr_string(ds, "tensor", j.name);
+        h5::write_attr_string(ds, "dtype", dtype_name(j.dtype));
+        h5::write_attr_i64(ds, "offset", std::vector<long long>(j.box.offset.begin(), j.box.offset.end()));
+        if (j.bytes > 0) {
+          const haddr_t at = H5Dget_offset(ds);
+          SHARDFLOW_REQUIRE(at != HADDR_UNDEF, "checkpoint save: dataset '/", j.name, "' in '", path,
+                            "' has no contiguous storage");
+          SHARDFLOW_REQUIRE(H5Dget_storage_size(ds) == j.bytes, "checkpoint save: dataset '/", j.name, "' in '", path,
+                            "' stores ", H5Dget_storage_size(ds), " bytes, not ", j.bytes);
+          j.file_offset = static_cast<std::int64_t>(at);
+        }
+        ds.close();
+      } catch (...) {
+        reserve.release();
+        throw;
+      }
+    }
+    CHECK_HDF5(H5Fflush(file, H5F_SCOPE_GLOBAL));
+    reserve.release();
+    file.close();
+  } catch (...) {
+    reserve.release();
+    throw;
+  }
   FileRecord rec;
   rec.name = rel;
   std::error_code ec;
@@ -524,7 +586,11 @@ std::string resolve_checkpoint_dir(const std::string& path) {
   SHARDFLOW_REQUIRE_INPUT(fs::is_directory(path, ec), "checkpoint: '", path, "' is not a directory");
   if (fs::is_regular_file(detail::join(path, "manifest.json"), ec)) return path;
   const std::string latest = detail::join(path, "latest");
-  if (!fs::is_regular_file(latest, ec)) {
+  const auto latest_status = fs::symlink_status(latest, ec);
+  SHARDFLOW_REQUIRE_INPUT(!fs::is_symlink(latest_status), "checkpoint: '", latest,
+                          "' is a symbolic link; shardflow writes it as a regular file naming a step directory "
+                          "(not followed)");
+  if (!fs::exists(latest_status)) {
     // A crash between the directory rename and the pointer update of the first save leaves
     // a complete step directory and no pointer: step directories only ever appear complete
     // (renamed from a finished temporary directory), so the newest one is the checkpoint.
@@ -533,10 +599,22 @@ std::string resolve_checkpoint_dir(const std::string& path) {
                             "' holds neither manifest.json, nor a 'latest' pointer, nor a step-* checkpoint");
     return done.back();
   }
-  std::string name = detail::read_text_file(latest);
+  SHARDFLOW_REQUIRE_INPUT(fs::is_regular_file(latest_status), "checkpoint: '", latest,
+                          "' is not a regular file (shardflow writes it as one, naming a step directory)");
+  SHARDFLOW_REQUIRE_INPUT(fs::hard_link_count(latest, ec) == 1, "checkpoint: '", latest,
+                          "' has other names (a hard link); shardflow writes it as a file of its own (not read)");
+  std::string name;
+  {
+    std::ifstream in(latest, std::ios::binary);
+    SHARDFLOW_REQUIRE_INPUT(in.good(), "checkpoint: cannot read '", latest, "'");
+    name.resize(64);  // a pointer is "step-XXXXXXXX\n": never read (or echo) more
+    in.read(name.data(), static_cast<std::streamsize>(name.size()));
+    name.resize(static_cast<size_t>(in.gcount()));
+  }
   while (!name.empty() && (name.back() == '\n' || name.back() == '\r' || name.back() == ' ')) name.pop_back();
-  SHARDFLOW_REQUIRE_INPUT(parse_step_dir_name(name, nullptr), "checkpoint: '", latest, "' does not name a step directory: '",
-                          name, "'");
+  SHARDFLOW_REQUIRE_INPUT(parse_step_dir_name(name, nullptr), "checkpoint: '", latest,
+                          "' does not name a step directory (step-XXXXXXXX); it starts with '", printable(name, 40),
+                          "'");
   const std::string dir = detail::join(path, name);
   SHARDFLOW_REQUIRE_INPUT(fs::is_regular_file(detail::join(dir, "manifest.json"), ec), "checkpoint: '", latest,
                           "' points to '", dir, "', which holds no manifest.json");
@@ -669,7 +747,10 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
     err = e.what();
   }
   detail::agree(comm, err);
-  if (options.stats) options.stats->bytes_read = bytes_read;
+  if (options.stats) {
+    options.stats->bytes_read = bytes_read;
+    options.stats->step_dir = dir;
+  }
 
   // everything is here on every rank: now the caller's buffers
   for (size_t i = 0; i < tensors.size(); ++i)

@@ -1,5 +1,7 @@
 #include "ckpt/impl/hdf5_util.hpp"
 
+#include <cstring>
+#include <regex>
 #include <sstream>
 
 namespace shardflow::ckpt::h5 {
@@ -26,6 +28,14 @@ std::string error_stack_message() {
 void throw_hdf5_error(const char* call, const char* file, int line) {
   std::string msg = error_stack_message();
   H5Eclear2(H5E_DEFAULT);
+  // A failed system call (a full disk, a quota, an I/O error) is what the user can act on:
+  // say that, with the file, instead of HDF5's dozen-entry stack.
+  static const std::regex sys_error("(H5FD__\\w+): [^;]*filename = '([^']*)'[^;]*errno = ([0-9]+)");
+  std::smatch m;
+  if (std::regex_search(msg, m, sys_error)) {
+    const int e = std::stoi(m[3].str());
+    msg = ::shardflow::detail::concat(std::strerror(e), " (errno ", e, " in ", m[1].str(), " on '", m[2].str(), "')");
+  }
   ::shardflow::detail::throw_library_error("HDF5", call, msg, file, line);
 }
 

@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "ckpt/checksum.hpp"
 #include "core/error.hpp"
 
 namespace shardflow::ckpt {
@@ -46,6 +47,13 @@ std::vector<std::uint8_t> from_hex(const std::string& s, const std::string& wher
   }
   return v;
 }
+/// CRC-32C of the compact dump of `j` (keys sorted, the shortest round-trip numbers: parsing
+/// and dumping again gives the same text).
+std::uint32_t crc32c_of_json(const json& j) {
+  const std::string text = j.dump();
+  return crc32c(text.data(), text.size());
+}
+
 std::uint32_t parse_hex32(const std::string& s, const std::string& where, const std::string& what) {
   SHARDFLOW_REQUIRE_INPUT(s.size() == 8, where, ": ", what, " checksum '", s, "' is not 8 hex digits");
   std::uint32_t v = 0;
@@ -218,6 +226,9 @@ std::string Manifest::to_json() const {
     fs.push_back(jf);
   }
   j["files"] = fs;
+  // the manifest's own checksum: an edit (a dtype changed, a tensor dropped) or damage is
+  // reported as such, not later as damage of the shard files it describes
+  j["manifest_crc32c"] = hex32(crc32c_of_json(j));
   return j.dump(1) + "\n";
 }
 
@@ -225,6 +236,20 @@ Manifest Manifest::parse(const std::string& text, const std::string& where) {
   Manifest m;
   try {
     json j = json::parse(text);
+    if (j.is_object() && j.contains("manifest_crc32c")) {  // absent in manifests of shardflow before 2026-12
+      const std::uint32_t stored = parse_hex32(j.at("manifest_crc32c").get<std::string>(), where, "manifest");
+      json body = j;
+      body.erase("manifest_crc32c");
+      const std::uint32_t computed = crc32c_of_json(body);
+      if (stored != computed) {
+        char b[64];
+        std::snprintf(b, sizeof b, "stored %08x, computed %08x", stored, computed);
+        throw InputError(::shardflow::detail::concat(
+            where, ": the manifest does not match its own checksum (", b,
+            "): it was edited or damaged after the checkpoint was written, so neither it nor the shard files it "
+            "describes can be trusted; restore an earlier checkpoint"));
+      }
+    }
     SHARDFLOW_REQUIRE_INPUT(j.at("format").get<std::string>() == "shardflow-checkpoint", where,
                             ": not a shardflow checkpoint manifest (format '", j.at("format").get<std::string>(), "')");
     const int version = get_int<int>(j.at("version"), where, "version");

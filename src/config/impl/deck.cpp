@@ -12,6 +12,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <unistd.h>
+
 #include "core/error.hpp"
 #include "model/model_description.hpp"
 #include "parallel/layout_plan.hpp"
@@ -196,6 +198,8 @@ class DeckBuilder {
               v.f = static_cast<double>(*node.value_exact<int64_t>()), ok = true;
             else if (auto x = node.value_exact<double>())
               v.f = *x, ok = true;
+            SHARDFLOW_REQUIRE_INPUT(!ok || std::isfinite(v.f), kat, ": ", sec, ".", key, " = ", v.text,
+                                    " is not a finite number");
             break;
           case KeyType::Bool:
             if (auto x = node.value_exact<bool>()) v.b = *x, ok = true;
@@ -247,7 +251,8 @@ class DeckBuilder {
         if (val.empty()) bad();
         char* end = nullptr;
         const double x = std::strtod(val.c_str(), &end);
-        if (end != val.c_str() + val.size() || !std::isfinite(x)) bad();
+        if (end != val.c_str() + val.size()) bad();
+        SHARDFLOW_REQUIRE_INPUT(std::isfinite(x), at, ": ", full, " = ", val, " is not a finite number");
         v.f = x;
         break;
       }
@@ -367,6 +372,16 @@ class DeckBuilder {
     get_i64("checkpoint.every", d.checkpoint.every, 0);
     get_i64("checkpoint.keep", d.checkpoint.keep, 1);
     if (auto* v = find("checkpoint.async")) d.checkpoint.async = v->b;
+    if (world_size > 0) check_fits_at_all(d, world_size);
+    // The corpus must hold one sequence and its next-token target (MODEL.md's sampler).
+    if (!d.train.data.empty()) {
+      std::error_code ec;
+      const auto bytes = std::filesystem::file_size(d.train.data, ec);
+      if (!ec)
+        SHARDFLOW_REQUIRE_INPUT(static_cast<int64_t>(bytes) >= d.model.seq + 2, loc_of("model.seq", "train.data"),
+                                ": model.seq = ", d.model.seq, " needs a corpus of at least model.seq + 2 = ",
+                                d.model.seq + 2, " bytes, but train.data '", d.train.data, "' holds ", bytes);
+    }
     // The model must shard on the mesh (tensor <= heads, pipeline <= layers, experts): the
     // layout plan the trainer will use decides.
     {
@@ -403,6 +418,43 @@ class DeckBuilder {
     if (auto* v = find(key)) return v->where;
     if constexpr (sizeof...(more) > 0) return loc_of(more...);
     return source_;
+  }
+  /// Where the first of `keys` given by --set is, else where the first given at all is.
+  std::string loc_overridden_first(std::initializer_list<const char*> keys) const {
+    for (const char* k : keys)
+      if (auto* v = find(k); v && v->where.rfind("--set", 0) == 0) return v->where;
+    for (const char* k : keys)
+      if (auto* v = find(k)) return v->where;
+    return source_;
+  }
+  // A job whose model cannot fit even fully sharded is refused in O(1), before anything
+  // the size of the model (the layout plan's per-layer records, then the buffers) is built:
+  // at least 16 bytes a parameter (f32 weight, gradient and two Adam moments) spread over
+  // all ranks, against the memory of this node (or train.memory_limit_gib). The trainer's
+  // exact check (every buffer of the compiled step) follows once the plan exists.
+  void check_fits_at_all(const Deck& d, int world_size) const {
+    const double V = static_cast<double>(d.model.vocab), S = static_cast<double>(d.model.seq);
+    const double H = static_cast<double>(d.model.hidden), F = static_cast<double>(d.model.ffn);
+    const double L = static_cast<double>(d.model.layers);
+    const double embed = (V + S) * H, blocks = L * (4 * H * H + 3 * H * F);  // MoE layers hold more
+    const double bytes = 16 * (embed + blocks) / world_size;
+    double limit = d.train.memory_limit_gib * 1024.0 * 1024.0 * 1024.0;
+    if (limit <= 0) limit = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+    if (!(bytes > limit)) return;
+    char b[160];
+    std::snprintf(b, sizeof b, "%.3g parameters need at least %.3g GiB per rank even fully sharded over the job's %d ranks",
+                  embed + blocks, bytes / (1024.0 * 1024.0 * 1024.0), world_size);
+    const bool blocks_big = blocks >= embed;
+    const std::string keys = blocks_big ? detail::concat("model.layers = ", d.model.layers, ", model.hidden = ",
+                                                         d.model.hidden, ", model.ffn = ", d.model.ffn)
+                                        : detail::concat("model.vocab = ", d.model.vocab, ", model.seq = ", d.model.seq,
+                                                         ", model.hidden = ", d.model.hidden);
+    throw InputError(detail::concat(
+        blocks_big ? loc_overridden_first({"model.layers", "model.hidden", "model.ffn"})
+                   : loc_overridden_first({"model.vocab", "model.hidden", "model.seq"}),
+        ": ", keys, ": ", b, " (16 bytes a parameter: f32 weight, gradient, two Adam moments), more than ",
+        d.train.memory_limit_gib > 0 ? "train.memory_limit_gib = " : "this node's memory of ",
+        limit / (1024.0 * 1024.0 * 1024.0), " GiB"));
   }
   void get_i64(const std::string& key, int64_t& out, int64_t min) {
     if (auto* v = find(key)) {
