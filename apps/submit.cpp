@@ -173,8 +173,15 @@ class SweepReader {
         sl.time = str(v, "slurm.time");
       else if (key == "cpus_per_task")
         sl.cpus_per_task = integer(v, "slurm.cpus_per_task", 1);
-      else if (key == "gpus_per_task")
+      else if (key == "gpus_per_task") {
         sl.gpus_per_task = integer(v, "slurm.gpus_per_task", 0);
+        if (sl.gpus_per_task > 0 && app::world_rank() == 0)
+          std::fprintf(stderr,
+                       "shardflow submit: warning: %s: slurm.gpus_per_task = %lld asks for GPUs, but `shardflow "
+                       "train` runs on the host CPUs with MPI (the CUDA/NCCL paths are not used by training yet): "
+                       "the GPUs would stay idle\n",
+                       loc(file_, v).c_str(), static_cast<long long>(sl.gpus_per_task));
+      }
       else if (key == "ranks_per_node")
         sl.ranks_per_node = integer(v, "slurm.ranks_per_node", 0);
       else if (key == "signal_lead_s")

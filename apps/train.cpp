@@ -133,11 +133,40 @@ void check_output_paths(const TrainOptions& o, const Deck& deck, const comm::Con
   control.agree(err);
 }
 
+// `shardflow train` computes on the host CPUs and communicates with MPI: the CUDA and NCCL
+// paths compile and link but are not wired into training. A job that was given GPUs says
+// so instead of leaving them idle in silence (issue 15 item 8).
+std::string gpus_given() {
+  std::string given;
+  for (const char* var : {"SLURM_GPUS_ON_NODE", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES",
+                          "ROCR_VISIBLE_DEVICES"}) {
+    const char* v = std::getenv(var);
+    if (!v || !*v) continue;
+    const std::string s = v;
+    if (s == "0" && std::string(var) == "SLURM_GPUS_ON_NODE") continue;
+    if (s == "-1" || s == "NoDevFiles" || s == "none") continue;
+    given += (given.empty() ? "" : ", ") + std::string(var) + "=" + printable(s, 40);
+  }
+  return given;
+}
+
 int run_train(const TrainOptions& o) {
+  // first of all: a preemption signal that arrives while the job starts (the deck, the
+  // restore) is acted on after the first step, instead of killing this rank with the
+  // default action while the others wait for it
+  std::signal(SIGUSR1, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
   const int rank = app::world_rank();
   const comm::Control control = comm::Control::world();
   const int world = control.size();
   Deck deck = load_deck(o.deck, o.overrides, world);  // the job's size checked first
+  if (const std::string g = gpus_given(); !g.empty() && rank == 0) {
+    std::fprintf(stderr,
+                 "shardflow train: warning: this job was given GPUs (%s), but training runs on the host CPUs with "
+                 "MPI: the CUDA/NCCL paths are built but not used by `train` yet, so the GPUs stay idle\n",
+                 g.c_str());
+    std::fflush(stderr);
+  }
   check_output_paths(o, deck, control);
   // one run per checkpoint directory: claimed before the restore reads it or a step runs
   std::unique_ptr<ckpt::RootLock> lock;
@@ -246,8 +275,6 @@ int run_train(const TrainOptions& o) {
     checkpointer->wait();
     landed();
   };
-  std::signal(SIGUSR1, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
   if (!o.dump_graph.empty()) {
     const std::string path = world > 1 ? o.dump_graph + ".rank" + std::to_string(rank) : o.dump_graph;
     std::ofstream os(path);
