@@ -419,12 +419,16 @@ class DeckBuilder {
     if constexpr (sizeof...(more) > 0) return loc_of(more...);
     return source_;
   }
-  /// Where the first of `keys` given by --set is, else where the first given at all is.
+  /// Where the largest of the integer `keys` is given, --set before the deck (the value
+  /// that makes a size absurd is the one to point at); the deck when none is given.
   std::string loc_overridden_first(std::initializer_list<const char*> keys) const {
-    for (const char* k : keys)
-      if (auto* v = find(k); v && v->where.rfind("--set", 0) == 0) return v->where;
-    for (const char* k : keys)
-      if (auto* v = find(k)) return v->where;
+    for (bool overrides : {true, false}) {
+      const Value* best = nullptr;
+      for (const char* k : keys)
+        if (auto* v = find(k); v && (!overrides || v->where.rfind("--set", 0) == 0) && (!best || v->i > best->i))
+          best = v;
+      if (best) return best->where;
+    }
     return source_;
   }
   // A job whose model cannot fit even fully sharded is refused in O(1), before anything
