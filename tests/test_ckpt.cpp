@@ -522,6 +522,19 @@ void expect_refused(const std::string& tag, const std::function<void(const std::
   if (rank == 0) fs::remove_all(root);
 }
 
+/// `text` (a manifest, edited) with a valid manifest_crc32c: the checksum catches edits and
+/// damage, not a crafted manifest (anyone can compute a CRC), so the checks behind it must
+/// still refuse what a consistent-looking manifest says.
+std::string with_valid_checksum(const std::string& text) {
+  nlohmann::json j = nlohmann::json::parse(text);
+  j.erase("manifest_crc32c");
+  const std::string body = j.dump();
+  char b[16];
+  std::snprintf(b, sizeof b, "%08x", shardflow::ckpt::crc32c(body.data(), body.size()));
+  j["manifest_crc32c"] = b;
+  return j.dump(1);
+}
+
 const ShardRecord& shard_of(const Manifest& m, const std::string& tensor) {
   for (const auto& t : m.tensors)
     if (t.name == tensor) return t.shards.at(0);
@@ -573,7 +586,7 @@ TEST(CheckpointCorruption, DifferentModel) {
     nlohmann::json j = nlohmann::json::parse(t);
     for (auto& jt : j["tensors"])
       if (jt["name"] == "layers.0.mlp_norm.weight") jt["shape"] = std::vector<int>{14};
-    t = j.dump(1);
+    t = with_valid_checksum(j.dump(1));
     std::ofstream(mf, std::ios::trunc) << t;
   }, {"'layers.0.mlp_norm.weight'", "[14]", "[13]"});
 }
@@ -641,6 +654,7 @@ TEST(CheckpointCorruption, OldFormatRefusedWithReason) {
     nlohmann::json j = nlohmann::json::parse(std::ifstream(mf));
     j["version"] = 1;
     j.erase("files");
+    j.erase("manifest_crc32c");  // version 1 had none
     std::ofstream(mf, std::ios::trunc) << j.dump(1);
   }, {"manifest.json", "version 1 is no longer read"});
 }
@@ -657,7 +671,7 @@ TEST(CheckpointCorruption, PathEscapingTheCheckpoint) {
       auto pos = t.find("\"file\": \"shard-0.h5\"");
       ASSERT_NE(pos, std::string::npos);
       t.replace(pos, 20, "\"file\": \"" + bad + "\"");
-      std::ofstream(mf, std::ios::trunc) << t;
+      std::ofstream(mf, std::ios::trunc) << with_valid_checksum(t);
     }, {bad, "escapes", "tensor '"});
   }
 }
