@@ -46,23 +46,6 @@ bool parse_step_dir_name(const std::string& name, std::int64_t* step) {
   return true;
 }
 
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char b[32];
-  std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return b;
-}
-
-std::string random_nonce() {
-  std::random_device rd;
-  std::uniform_int_distribution<unsigned long long> d;
-  char b[32];
-  std::snprintf(b, sizeof b, "%llx-%d", d(rd) & 0xffffffffffULL, static_cast<int>(::getpid()));
-  return b;
-}
-
 /// One shard this rank writes.
 struct ShardJob {
   std::size_t tensor = 0;
@@ -466,7 +449,7 @@ void Checkpointer::commit(Pending& p) {
   if (rank == 0) {
     try {
       Manifest m = p.skeleton;
-      m.created = utc_now();
+      m.created = detail::utc_now();
       for (size_t r = 0; r < recs.size(); ++r) {
         const json rec = json::parse(recs[r]);
         if (rec.contains("error")) {
@@ -563,7 +546,7 @@ void Checkpointer::retire(std::int64_t newest_step) {
     const std::string newest = step_dir_name(newest_step);
     for (size_t i = 0; i + static_cast<size_t>(opts_.keep) < done.size(); ++i) {
       if (fs::path(done[i]).filename() == newest) continue;
-      const std::string t = detail::join(root_, ".trash-" + fs::path(done[i]).filename().string() + "-" + random_nonce());
+      const std::string t = detail::join(root_, ".trash-" + fs::path(done[i]).filename().string() + "-" + detail::random_nonce());
       fs::rename(done[i], t, ec);
       if (!ec) trash.push_back(t);
     }

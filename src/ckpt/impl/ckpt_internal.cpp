@@ -7,6 +7,9 @@
 #include <Kokkos_Core.hpp>
 #include <cerrno>
 #include <climits>
+#include <cstdio>
+#include <ctime>
+#include <random>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -66,6 +69,23 @@ std::string read_text_file(const std::string& path) {
 }
 
 std::string join(const std::string& dir, const std::string& rel) { return (fs::path(dir) / rel).string(); }
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char b[32];
+  std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return b;
+}
+
+std::string random_nonce() {
+  std::random_device rd;
+  std::uniform_int_distribution<unsigned long long> d;
+  char b[32];
+  std::snprintf(b, sizeof b, "%llx-%d", d(rd) & 0xffffffffffULL, static_cast<int>(::getpid()));
+  return b;
+}
 
 HostBuffer::HostBuffer(std::size_t bytes) : n_(bytes) {
   if (bytes == 0) return;

@@ -23,6 +23,10 @@ void fsync_path(const std::string& path, bool directory);
 void write_file_durably(const std::string& path, const std::string& content);
 std::string read_text_file(const std::string& path);
 std::string join(const std::string& dir, const std::string& rel);
+/// The current time, UTC, as 2026-12-02T22:09:31Z.
+std::string utc_now();
+/// A random name part: 40 random bits in hex and this process's id.
+std::string random_nonce();
 
 /// A large zero-initialised host buffer from anonymous memory with transparent huge pages
 /// requested: no memset, and ~500x fewer page faults than a std::vector of the same size.

@@ -18,6 +18,7 @@
 #include <random>
 #include <sstream>
 
+#include "ckpt/impl/ckpt_internal.hpp"
 #include "core/error.hpp"
 
 namespace shardflow::ckpt {
@@ -68,22 +69,6 @@ ProcessStat process_stat(long pid) {
   return ps;
 }
 std::string process_start(long pid) { return process_stat(pid).start; }
-
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char b[32];
-  std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return b;
-}
-
-std::string random_token() {
-  std::random_device rd;
-  char b[64];
-  std::snprintf(b, sizeof b, "%08x%08x-%ld", rd(), rd(), static_cast<long>(::getpid()));
-  return b;
-}
 
 struct Record {
   bool readable = false;
@@ -184,7 +169,7 @@ RootLock::RootLock(const std::string& root, LockOptions options) : opts_(std::mo
       std::fflush(stdout);
     };
   path_ = (root.empty() ? std::string(".") : root) + "/.lock";
-  token_ = random_token();
+  token_ = detail::random_nonce();
   const char* job = std::getenv("SLURM_JOB_ID");
   const char* restart = std::getenv("SLURM_RESTART_COUNT");
   nlohmann::json j = {{"token", token_},
@@ -195,7 +180,7 @@ RootLock::RootLock(const std::string& root, LockOptions options) : opts_(std::mo
                       {"pid_start", process_start(::getpid())},
                       {"slurm_job_id", job ? std::string(job) : std::string()},
                       {"slurm_restart_count", restart ? std::atol(restart) : 0L},
-                      {"started", utc_now()},
+                      {"started", detail::utc_now()},
                       {"heartbeat_s", opts_.heartbeat_s},
                       {"program", "shardflow train"}};
   record_ = j.dump(1) + "\n";
