@@ -161,6 +161,43 @@ TEST(Compile, AgreementCheckFindsAMissingCollective) {
   EXPECT_NE(why.find("communicator"), std::string::npos) << why;
 }
 
+// Full recomputation (issue 12): every group still agrees on its collectives (the re-run
+// forward's tensor/sequence-parallel collectives included), and a rank's activations shrink
+// by exactly the per-layer sets it no longer keeps: each dense layer keeps only its input
+// per act slot, and one scratch set serves them all.
+TEST(Compile, FullRecomputeKeepsOnlyEachLayersInput) {
+  for (const auto& c : cases()) {
+    bool moe = false;
+    for (const auto& kv : c.sets) moe = moe || kv.rfind("model.experts", 0) == 0;
+    if (moe) continue;  // refused by the deck
+    std::vector<std::string> sets = c.sets;
+    sets.push_back("strategy.recompute=\"full\"");
+    const auto none = compile_all(deck_with(c.sets));
+    const auto full = compile_all(deck_with(sets));
+    EXPECT_EQ(disagreement(full), "") << c.label << " + recompute full";
+    for (size_t r = 0; r < full.size(); ++r) {
+      const compile::StepShape& sh = full[r].shape;
+      int64_t kept_sets = 0;  // (layer, act slot) pairs of this rank
+      for (const auto& per : full[r].buffers.acts)
+        for (const auto& a : per) kept_sets += a.x_in >= 0;
+      const int64_t T = sh.tokens_mb, H = sh.hidden, Tr = sh.Tr, S = sh.seq;
+      const int64_t set = 4 * (T * H + Tr + T * 3 * sh.H_l + sh.mb_seqs * sh.A_l * S * S + T * sh.H_l + Tr * H +
+                               T * H + Tr + T * 2 * sh.F_l + T * sh.F_l);
+      const double saved = compile::step_bytes(none[r], compile::BufferClass::Activations) -
+                           compile::step_bytes(full[r], compile::BufferClass::Activations);
+      EXPECT_EQ(saved, static_cast<double>((kept_sets - 1) * set)) << c.label << " rank " << r;
+      EXPECT_EQ(compile::step_bytes(none[r], compile::BufferClass::Params),
+                compile::step_bytes(full[r], compile::BufferClass::Params));
+    }
+  }
+  try {
+    deck_with({"model.experts=4", "model.top_k=2", "model.moe_every=2", "strategy.recompute=\"full\""});
+    ADD_FAILURE() << "recompute with MoE accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("not available for MoE models yet"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Compile, ModelStateEqualsTheLayoutPlanOnEveryRank) {
   for (const auto& c : cases()) {
     const Deck d = deck_with(c.sets);

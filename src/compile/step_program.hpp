@@ -132,6 +132,7 @@ struct ComputeOp {
   int ring = 0;       // which gather-ring buffer holds the parameters (ZeRO-3)
   int grad_ring = 0;  // which grad-ring buffer receives the gradients (ZeRO-3)
   bool acc = false;   // accumulate gradients (micro-batch > 0)
+  bool recompute = false;  // AttnNorm: re-run from the kept layer input (x_in), not from x
   BufRef src, dst;    // Copy
   int64_t n = 0;      // Copy
 };

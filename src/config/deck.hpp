@@ -43,6 +43,11 @@ struct TrainSection {
 
 enum class PipelineSchedule { GPipe, OneFOneB };
 std::string schedule_name(PipelineSchedule s);
+/// Activation recomputation: none keeps every activation of a layer for its backward; full
+/// keeps only the layer's input and re-runs its forward (and its tensor/sequence-parallel
+/// collectives) at the start of its backward (Megatron's full recomputation).
+enum class Recompute { None, Full };
+std::string recompute_name(Recompute r);
 
 struct StrategySection {
   int zero_stage = 0;
@@ -55,6 +60,7 @@ struct StrategySection {
   /// mesh.pipeline × virtual_stages chunks, chunk c on stage c mod pipeline).
   int virtual_stages = 1;
   bool sequence_parallel = false;
+  Recompute recompute = Recompute::None;
 };
 
 struct CheckpointSection {

@@ -10,3 +10,7 @@ expect_refused("model.seq = 1000000 needs a corpus of at least" ${BASE} model.se
 expect_refused("The largest part is optimizer state" ${BASE} model.hidden=8192 model.heads=64)
 expect_refused("parameters need at least .* GiB per rank even fully sharded" ${BASE} model.hidden=65536 model.heads=64)
 expect_refused("The largest part is activations" ${BASE} train.memory_limit_gib=0.01)
+# Full activation recomputation (issue 12) is named when activations are the largest part,
+# and the refused configuration then trains under the same budget.
+expect_refused("The largest part is activations: strategy.recompute = .full." ${BASE} train.memory_limit_gib=0.03)
+run(${BASE} train.memory_limit_gib=0.03 strategy.recompute="full")

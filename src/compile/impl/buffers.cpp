@@ -69,22 +69,38 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
     const ChunkShape& c = s.chunks[static_cast<size_t>(vc)];
     return k >= c.slot_base && k < c.slot_base + c.slots;
   };
+  // Full recomputation: a dense layer keeps only its input per act slot; everything else
+  // lives in one scratch set that every dense layer's forward and re-run forward write and
+  // its backward reads. Compute tasks run in emission order (one chain), and a layer's re-run
+  // forward is emitted right before its backward, so no other layer writes the scratch in
+  // between.
+  ActBuffers scratch;
+  auto fill = [&](ActBuffers& a) {
+    a.n1 = act("n1", T * H);
+    a.rstd1 = act("rstd1", Tr);
+    a.qkv = act("qkv", T * 3 * s.H_l);
+    a.probs = act("probs", s.mb_seqs * s.A_l * S * S);
+    a.att = act("att", T * s.H_l);
+    a.x_mid = act("x_mid", Tr * H);
+    a.n2 = act("n2", T * H);
+    a.rstd2 = act("rstd2", Tr);
+    a.gu = act("gu", T * 2 * s.F_l);
+    a.h = act("h", T * s.F_l);
+  };
   for (const auto& [l, vc] : local) {
     std::vector<ActBuffers> per(static_cast<size_t>(s.total_slots));
+    const bool shared = s.recompute && !s.moe_layer(l);
     for (int k = 0; k < s.total_slots; ++k) {
       if (!in_chunk(vc, k)) continue;
       ActBuffers& a = per[static_cast<size_t>(k)];
-      a.x_in = act("x_in", Tr * H);
-      a.n1 = act("n1", T * H);
-      a.rstd1 = act("rstd1", Tr);
-      a.qkv = act("qkv", T * 3 * s.H_l);
-      a.probs = act("probs", s.mb_seqs * s.A_l * S * S);
-      a.att = act("att", T * s.H_l);
-      a.x_mid = act("x_mid", Tr * H);
-      a.n2 = act("n2", T * H);
-      a.rstd2 = act("rstd2", Tr);
-      a.gu = act("gu", T * 2 * s.F_l);
-      a.h = act("h", T * s.F_l);
+      if (shared) {
+        if (scratch.n1 < 0) fill(scratch);
+        a = scratch;
+        a.x_in = act("x_in", Tr * H);
+      } else {  // the order of the buffers without recomputation, as before it existed
+        a.x_in = act("x_in", Tr * H);
+        fill(a);
+      }
     }
     b.acts.push_back(std::move(per));
   }

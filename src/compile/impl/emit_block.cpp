@@ -179,6 +179,21 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       run(u, op(StepOp::FinalNormBwd), "final_norm_bwd");
       break;
     case Bl: {
+      if (s.recompute && !s.moe_layer(l)) {
+        // full recomputation: the layer's forward again, from its kept input, into the
+        // scratch activations its backward reads; the row-parallel sums the backward needs
+        // (attn.out, for the mlp norm) are summed again, mlp.down's (the layer's output) is not
+        const ActBuffers& a = act(l, xsl);
+        ComputeOp norm1 = op(StepOp::AttnNorm, l);
+        norm1.recompute = true;
+        run(u, norm1, "recompute.attn_norm");
+        if (s.sp) tp_all_gather(u, {a.n1, s.t0 * H}, {a.n1}, lp + ".recompute.attn_norm.out");
+        run(u, op(StepOp::Attn, l), "recompute.attn");
+        tp_sum(u, b.y, b.y_rows, lp + ".recompute.attn.out");
+        run(u, op(StepOp::MlpNorm, l), "recompute.mlp_norm");
+        if (s.sp) tp_all_gather(u, {a.n2, s.t0 * H}, {a.n2}, lp + ".recompute.mlp_norm.out");
+        run(u, op(StepOp::Mlp, l), "recompute.mlp");
+      }
       dx_gather(u, xsl, lp + ".dx");
       if (s.moe_layer(l)) {
         const MoeBuffers& m = moe(l, xsl);

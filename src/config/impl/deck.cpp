@@ -66,6 +66,7 @@ const std::vector<KeySpec>& schema() {
       {"strategy", "schedule", KeyType::String},
       {"strategy", "virtual_stages", KeyType::Int},
       {"strategy", "sequence_parallel", KeyType::Bool},
+      {"strategy", "recompute", KeyType::String},
       {"checkpoint", "dir", KeyType::String},
       {"checkpoint", "every", KeyType::Int},
       {"checkpoint", "keep", KeyType::Int},
@@ -354,6 +355,17 @@ class DeckBuilder {
         throw InputError(v->where + ": strategy.schedule = " + v->text + " must be \"gpipe\" or \"1f1b\"");
     }
     if (auto* v = find("strategy.sequence_parallel")) d.strategy.sequence_parallel = v->b;
+    if (auto* v = find("strategy.recompute")) {
+      if (v->s == "none")
+        d.strategy.recompute = Recompute::None;
+      else if (v->s == "full")
+        d.strategy.recompute = Recompute::Full;
+      else
+        throw InputError(v->where + ": strategy.recompute = " + v->text + " must be \"none\" or \"full\"");
+      SHARDFLOW_REQUIRE_INPUT(d.strategy.recompute == Recompute::None || d.model.experts == 0, v->where,
+                              ": strategy.recompute = ", v->text, " is not available for MoE models yet (model.experts = ",
+                              d.model.experts, "): their routing and expert dispatch are not re-run");
+    }
     get_int("strategy.virtual_stages", d.strategy.virtual_stages, 1);
     if (const Value* v = find("strategy.virtual_stages"); v != nullptr && d.strategy.virtual_stages > 1) {
       const int vs = d.strategy.virtual_stages, p = d.mesh.pipeline;
@@ -501,6 +513,7 @@ class DeckBuilder {
 }  // namespace
 
 std::string schedule_name(PipelineSchedule s) { return s == PipelineSchedule::GPipe ? "gpipe" : "1f1b"; }
+std::string recompute_name(Recompute r) { return r == Recompute::Full ? "full" : "none"; }
 
 MeshShape MeshSection::to_mesh_shape() const {
   // the seeds' path: a ShardingConfig, its ParallelismConfig, that config's mesh; a deck's
@@ -604,7 +617,8 @@ std::string deck_to_toml(const Deck& d) {
      << dtype_name(d.strategy.gather_dtype) << "\"\ngrad_scatter_dtype = \""
      << dtype_name(d.strategy.grad_scatter_dtype) << "\"\nprefetch = " << d.strategy.prefetch << "\nschedule = \""
      << schedule_name(d.strategy.schedule) << "\"\nvirtual_stages = " << d.strategy.virtual_stages
-     << "\nsequence_parallel = " << (d.strategy.sequence_parallel ? "true" : "false") << "\n\n";
+     << "\nsequence_parallel = " << (d.strategy.sequence_parallel ? "true" : "false") << "\nrecompute = \""
+     << recompute_name(d.strategy.recompute) << "\"\n\n";
   os << "[checkpoint]\ndir = " << toml::value<std::string>(d.checkpoint.dir) << "\nevery = " << d.checkpoint.every
      << "\nkeep = " << d.checkpoint.keep << "\nasync = " << (d.checkpoint.async ? "true" : "false") << "\n";
   return os.str();

@@ -32,7 +32,7 @@ void Trainer::Impl::run_op(const compile::ComputeOp& o) {
       return;
     case StepOp::Embed: embed_fwd_a(j, x, s); return;
     case StepOp::PosEmbed: embed_fwd_b(x, s); return;
-    case StepOp::AttnNorm: layer_fwd_norm1(l, x, s); return;
+    case StepOp::AttnNorm: layer_fwd_norm1(l, x, s, o.recompute); return;
     case StepOp::Attn: layer_fwd_attn(l, x, s); return;
     case StepOp::MlpNorm: layer_fwd_norm2(l, x, s); return;
     case StepOp::Mlp: layer_fwd_mlp(l, x, s); return;
@@ -110,10 +110,11 @@ void Trainer::Impl::linear_backward(const float* dy, const float* x, const Param
   linear_bwd(dy, x, pptr(w, ring), gptr(w, gring), rows, out, in, dx, acc_dx, accum(w, acc));
 }
 
-void Trainer::Impl::layer_fwd_norm1(int l, int act_slot, int ring) {
+void Trainer::Impl::layer_fwd_norm1(int l, int act_slot, int ring, bool recompute) {
   const int64_t H = cfg.hidden;
   Acts& a = act(l, act_slot);
-  nn::Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(act_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
+  if (!recompute)  // a re-run forward starts from the kept input
+    nn::Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(act_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
   norm_fwd(U(l + 1, 0), a.x_in.data(), a.n1.data(), a.rstd1.data(), ring);
 }
 

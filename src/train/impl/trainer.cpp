@@ -5,6 +5,7 @@
 
 #include <Kokkos_Core.hpp>
 #include <algorithm>
+#include <set>
 #include <chrono>
 #include <map>
 #include <cstdio>
@@ -130,9 +131,12 @@ double available_memory_bytes() {
     if (key == "MemAvailable:") return kib * 1024.0;
   return 0;
 }
-std::string gib(double bytes) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.2f GiB", bytes / 1073741824.0);
+std::string gib(double bytes) {  // GiB, with MiB for small sizes (three significant digits)
+  char b[48];
+  if (bytes < 1073741824.0)
+    std::snprintf(b, sizeof b, "%.3g MiB", bytes / 1048576.0);
+  else
+    std::snprintf(b, sizeof b, "%.2f GiB", bytes / 1073741824.0);
   return b;
 }
 }  // namespace
@@ -167,7 +171,10 @@ void Trainer::Impl::check_memory() {
                            "model.hidden / model.layers / model.ffn / model.vocab, or shard them (strategy.zero_stage >= 2)",
                            "model.hidden / model.layers, or shard them (strategy.zero_stage >= 1)",
                            "strategy.prefetch, strategy.zero_stage",
-                           "model.seq, train.global_batch (per micro-batch: train.micro_batches), model.hidden"};
+                           deck.strategy.recompute == Recompute::None && deck.model.experts == 0
+                               ? "strategy.recompute = \"full\" (keeps only each layer's input), or model.seq, "
+                                 "train.global_batch (per micro-batch: train.micro_batches), model.hidden"
+                               : "model.seq, train.global_batch (per micro-batch: train.micro_batches), model.hidden"};
     int big = 0;
     for (int k = 1; k < 5; ++k)
       if (part[k] > part[big]) big = k;
@@ -529,10 +536,11 @@ MemoryStats Trainer::memory() const {
   for (const auto& s : I.gather_ring) m.transient += view_bytes(s);
   for (const auto& s : I.grad_ring) m.transient += view_bytes(s);
   m.transient += I.staging;
+  std::set<const float*> counted;  // full recomputation: the layers share one scratch set
   for (const auto& per : I.acts)
     for (const auto& a : per)
       for (const FVec* v : {&a.x_in, &a.n1, &a.rstd1, &a.qkv, &a.probs, &a.att, &a.x_mid, &a.n2, &a.rstd2, &a.gu, &a.h})
-        m.activations += view_bytes(*v);
+        if (v->data() == nullptr || counted.insert(v->data()).second) m.activations += view_bytes(*v);
   for (const auto& per : I.moes)
     for (const auto& s : per) {
       for (const FVec* v : {&s.logits, &s.gate, &s.xsend, &s.gu, &s.h, &s.yr}) m.activations += view_bytes(*v);
