@@ -165,7 +165,7 @@ TEST(Compile, AgreementCheckFindsAMissingCollective) {
 // forward's tensor/sequence-parallel collectives included), and a rank's activations shrink
 // by exactly the per-layer sets it no longer keeps: each dense layer keeps only its input
 // per act slot, and one scratch set serves them all.
-TEST(Compile, FullRecomputeKeepsOnlyEachLayersInput) {
+TEST(Compile, RecomputeKeepsOnlyWhatItShould) {
   for (const auto& c : cases()) {
     bool moe = false;
     for (const auto& kv : c.sets) moe = moe || kv.rfind("model.experts", 0) == 0;
@@ -188,6 +188,24 @@ TEST(Compile, FullRecomputeKeepsOnlyEachLayersInput) {
       EXPECT_EQ(saved, static_cast<double>((kept_sets - 1) * set)) << c.label << " rank " << r;
       EXPECT_EQ(compile::step_bytes(none[r], compile::BufferClass::Params),
                 compile::step_bytes(full[r], compile::BufferClass::Params));
+    }
+  }
+  // selective: every layer (MoE ones too) shares one attention-probabilities buffer
+  for (const auto& c : cases()) {
+    std::vector<std::string> sets = c.sets;
+    sets.push_back("strategy.recompute=\"selective\"");
+    const auto none = compile_all(deck_with(c.sets));
+    const auto sel = compile_all(deck_with(sets));
+    EXPECT_EQ(disagreement(sel), "") << c.label << " + recompute selective";
+    for (size_t r = 0; r < sel.size(); ++r) {
+      const compile::StepShape& sh = sel[r].shape;
+      int64_t pairs = 0;
+      for (const auto& per : sel[r].buffers.acts)
+        for (const auto& a : per) pairs += a.x_in >= 0;
+      const double probs = 4.0 * static_cast<double>(sh.mb_seqs * sh.A_l * sh.seq * sh.seq);
+      const double saved = compile::step_bytes(none[r], compile::BufferClass::Activations) -
+                           compile::step_bytes(sel[r], compile::BufferClass::Activations);
+      EXPECT_EQ(saved, static_cast<double>(pairs - 1) * probs) << c.label << " rank " << r;
     }
   }
   try {

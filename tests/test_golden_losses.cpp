@@ -166,11 +166,13 @@ TEST(GoldenLosses, QuickstartBitwise) {
   }
 }
 
-// Full activation recomputation (strategy.recompute = "full", issue 12) re-runs each dense
-// layer's forward, collectives included, from its kept input before its backward: the same
-// kernels on the same inputs, so every dense case must give the very same golden losses.
-TEST(GoldenLosses, FullRecomputeIsBitwiseTheSame) {
-  if (std::getenv("SHARDFLOW_GOLDEN_RECORD") != nullptr) GTEST_SKIP() << "recording";
+// Activation recomputation (strategy.recompute, issue 12) runs the same kernels on the same
+// inputs again, so it must give the very same golden losses: full re-runs each dense layer's
+// forward, collectives included, from its kept input before its backward (every dense case);
+// selective recomputes the attention probabilities before each attention backward (every
+// case, MoE included).
+void expect_recompute_bitwise(const char* mode) {
+  if (std::getenv("SHARDFLOW_GOLDEN_RECORD") != nullptr) return;  // recording
   const int world = test::world_size();
   const std::string kernel = blas_kernel();
   const auto g = golden();
@@ -180,11 +182,11 @@ TEST(GoldenLosses, FullRecomputeIsBitwiseTheSame) {
     if (c.ranks != world) continue;
     bool moe = false;
     for (const auto& kv : c.set) moe = moe || kv.rfind("model.experts", 0) == 0;
-    if (moe) continue;  // recomputation is not available for MoE models yet (refused by the deck)
+    if (moe && std::string(mode) == "full") continue;  // not available for MoE models yet (refused by the deck)
     ++ran;
-    Case full = c;
-    full.set.push_back("strategy.recompute=\"full\"");
-    const auto got = run(full);
+    Case with_mode = c;
+    with_mode.set.push_back(std::string("strategy.recompute=\"") + mode + "\"");
+    const auto got = run(with_mode);
     for (const auto& [k, per_case] : g) {
       if (exact && k != kernel) continue;
       auto it = per_case.find(c.name);
@@ -192,14 +194,18 @@ TEST(GoldenLosses, FullRecomputeIsBitwiseTheSame) {
       ASSERT_EQ(it->second.size(), got.size()) << c.name;
       for (size_t i = 0; i < got.size(); ++i) {
         if (exact)
-          EXPECT_EQ(got[i], it->second[i]) << c.name << " + recompute full, step " << i + 1 << ": got " << std::hexfloat
-                                           << got[i] << ", golden " << it->second[i] << std::defaultfloat;
+          EXPECT_EQ(got[i], it->second[i]) << c.name << " + recompute " << mode << ", step " << i + 1 << ": got "
+                                           << std::hexfloat << got[i] << ", golden " << it->second[i]
+                                           << std::defaultfloat;
         else
-          EXPECT_NEAR(got[i], it->second[i], 1e-5 * std::abs(it->second[i])) << c.name << " + recompute full";
+          EXPECT_NEAR(got[i], it->second[i], 1e-5 * std::abs(it->second[i])) << c.name << " + recompute " << mode;
       }
     }
   }
-  EXPECT_GT(ran, 0) << "no dense golden case for world size " << world;
+  EXPECT_GT(ran, 0) << "no golden case for world size " << world;
 }
+
+TEST(GoldenLosses, FullRecomputeIsBitwiseTheSame) { expect_recompute_bitwise("full"); }
+TEST(GoldenLosses, SelectiveRecomputeIsBitwiseTheSame) { expect_recompute_bitwise("selective"); }
 
 }  // namespace

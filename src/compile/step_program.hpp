@@ -115,6 +115,7 @@ enum class StepOp : uint8_t {
   MoeRouterBwd,   // dn = dispatch backward + router backward
   MlpBwd,         // dn = mlp backward
   MlpNormBwd,     // dx += mlp norm backward
+  AttnCore,       // probs (and att, the same values) again from the kept qkv (selective recomputation)
   AttnBwd,        // dn = attention backward
   AttnNormBwd,    // dx += attention norm backward
   EmbedBwd,       // embedding and position gradients

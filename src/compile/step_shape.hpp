@@ -78,7 +78,7 @@ struct StepShape {
   // tensor / sequence parallel
   int tp = 1, tc = 0;
   bool sp = false;
-  bool recompute = false;  // strategy.recompute = "full": a layer keeps only its input (x_in)
+  Recompute recompute = Recompute::None;  // strategy.recompute (None in evaluation steps)
   int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0;  // local heads, head columns, ffn, vocab slice
   // expert parallel
   int ep = 1, ec = 0;

@@ -43,10 +43,12 @@ struct TrainSection {
 
 enum class PipelineSchedule { GPipe, OneFOneB };
 std::string schedule_name(PipelineSchedule s);
-/// Activation recomputation: none keeps every activation of a layer for its backward; full
-/// keeps only the layer's input and re-runs its forward (and its tensor/sequence-parallel
-/// collectives) at the start of its backward (Megatron's full recomputation).
-enum class Recompute { None, Full };
+/// Activation recomputation: none keeps every activation of a layer for its backward;
+/// selective keeps everything but the attention probabilities and recomputes them (the
+/// attention core, from the kept q, k, v) right before the attention backward (Korthikanti
+/// et al. 2022); full keeps only the layer's input and re-runs its forward (and its
+/// tensor/sequence-parallel collectives) at the start of its backward (Megatron's full).
+enum class Recompute { None, Selective, Full };
 std::string recompute_name(Recompute r);
 
 struct StrategySection {

@@ -13,4 +13,5 @@ expect_refused("The largest part is activations" ${BASE} train.memory_limit_gib=
 # Full activation recomputation (issue 12) is named when activations are the largest part,
 # and the refused configuration then trains under the same budget.
 expect_refused("The largest part is activations: strategy.recompute = .full." ${BASE} train.memory_limit_gib=0.03)
-run(${BASE} train.memory_limit_gib=0.03 strategy.recompute="full")
+file(REMOVE_RECURSE ${WORK}/ck_recompute)
+run(${BASE} train.memory_limit_gib=0.03 strategy.recompute="full" checkpoint.dir=${WORK}/ck_recompute)

@@ -75,11 +75,18 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
   // forward is emitted right before its backward, so no other layer writes the scratch in
   // between.
   ActBuffers scratch;
-  auto fill = [&](ActBuffers& a) {
+  // Selective recomputation: the attention probabilities (the largest activation, b·A·S² a
+  // layer) are one buffer for all layers, recomputed before each attention backward.
+  auto fill = [&](ActBuffers& a, bool own_probs) {
     a.n1 = act("n1", T * H);
     a.rstd1 = act("rstd1", Tr);
     a.qkv = act("qkv", T * 3 * s.H_l);
-    a.probs = act("probs", s.mb_seqs * s.A_l * S * S);
+    if (own_probs) {
+      a.probs = act("probs", s.mb_seqs * s.A_l * S * S);
+    } else {
+      if (scratch.probs < 0) scratch.probs = act("probs", s.mb_seqs * s.A_l * S * S);
+      a.probs = scratch.probs;
+    }
     a.att = act("att", T * s.H_l);
     a.x_mid = act("x_mid", Tr * H);
     a.n2 = act("n2", T * H);
@@ -89,17 +96,18 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
   };
   for (const auto& [l, vc] : local) {
     std::vector<ActBuffers> per(static_cast<size_t>(s.total_slots));
-    const bool shared = s.recompute && !s.moe_layer(l);
+    const bool dense = !s.moe_layer(l);
+    const bool shared = s.recompute == Recompute::Full && dense;
     for (int k = 0; k < s.total_slots; ++k) {
       if (!in_chunk(vc, k)) continue;
       ActBuffers& a = per[static_cast<size_t>(k)];
       if (shared) {
-        if (scratch.n1 < 0) fill(scratch);
+        if (scratch.n1 < 0) fill(scratch, true);
         a = scratch;
         a.x_in = act("x_in", Tr * H);
       } else {  // the order of the buffers without recomputation, as before it existed
         a.x_in = act("x_in", Tr * H);
-        fill(a);
+        fill(a, s.recompute != Recompute::Selective);
       }
     }
     b.acts.push_back(std::move(per));

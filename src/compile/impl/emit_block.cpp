@@ -179,7 +179,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       run(u, op(StepOp::FinalNormBwd), "final_norm_bwd");
       break;
     case Bl: {
-      if (s.recompute && !s.moe_layer(l)) {
+      if (s.recompute == Recompute::Full && !s.moe_layer(l)) {
         // full recomputation: the layer's forward again, from its kept input, into the
         // scratch activations its backward reads; the row-parallel sums the backward needs
         // (attn.out, for the mlp norm) are summed again, mlp.down's (the layer's output) is not
@@ -209,6 +209,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       tp_sum(u, b.dn, b.dn_rows, lp + ".mlp_norm.dout");
       run(u, op(StepOp::MlpNormBwd, l), "mlp_norm");
       dx_gather(u, xsl, lp + ".mlp.dx");
+      if (s.recompute == Recompute::Selective) run(u, op(StepOp::AttnCore, l), "recompute.attn_core");
       run(u, op(StepOp::AttnBwd, l), "attn");
       tp_sum(u, b.dn, b.dn_rows, lp + ".attn_norm.dout");
       run(u, op(StepOp::AttnNormBwd, l), "attn_norm");

@@ -190,7 +190,7 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   s.mb_seqs = s.local_seqs / s.micro;
   s.tokens_mb = s.mb_seqs * s.seq;
   s.sp = deck.strategy.sequence_parallel && s.tp > 1;
-  s.recompute = deck.strategy.recompute == Recompute::Full && !s.evaluate;
+  s.recompute = s.evaluate ? Recompute::None : deck.strategy.recompute;
   SHARDFLOW_REQUIRE_INPUT(!s.sp || s.tokens_mb >= s.tp, "strategy.sequence_parallel: a micro-batch has ", s.tokens_mb,
                           " tokens, fewer than the ", s.tp, " tensor ranks that split them");
   s.Tr = s.sp ? split_extent(s.tokens_mb, s.tp, s.tc) : s.tokens_mb;

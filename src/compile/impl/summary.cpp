@@ -35,6 +35,7 @@ const char* step_op_name(StepOp op) {
     case StepOp::MoeRouterBwd: return "moe_router_bwd";
     case StepOp::MlpBwd: return "mlp_bwd";
     case StepOp::MlpNormBwd: return "mlp_norm_bwd";
+    case StepOp::AttnCore: return "attn_core";
     case StepOp::AttnBwd: return "attn_bwd";
     case StepOp::AttnNormBwd: return "attn_norm_bwd";
     case StepOp::EmbedBwd: return "embed_bwd";

@@ -358,13 +358,16 @@ class DeckBuilder {
     if (auto* v = find("strategy.recompute")) {
       if (v->s == "none")
         d.strategy.recompute = Recompute::None;
+      else if (v->s == "selective")
+        d.strategy.recompute = Recompute::Selective;
       else if (v->s == "full")
         d.strategy.recompute = Recompute::Full;
       else
-        throw InputError(v->where + ": strategy.recompute = " + v->text + " must be \"none\" or \"full\"");
-      SHARDFLOW_REQUIRE_INPUT(d.strategy.recompute == Recompute::None || d.model.experts == 0, v->where,
+        throw InputError(v->where + ": strategy.recompute = " + v->text +
+                         " must be \"none\", \"selective\" or \"full\"");
+      SHARDFLOW_REQUIRE_INPUT(d.strategy.recompute != Recompute::Full || d.model.experts == 0, v->where,
                               ": strategy.recompute = ", v->text, " is not available for MoE models yet (model.experts = ",
-                              d.model.experts, "): their routing and expert dispatch are not re-run");
+                              d.model.experts, "): their routing and expert dispatch are not re-run (\"selective\" is)");
     }
     get_int("strategy.virtual_stages", d.strategy.virtual_stages, 1);
     if (const Value* v = find("strategy.virtual_stages"); v != nullptr && d.strategy.virtual_stages > 1) {
@@ -513,7 +516,9 @@ class DeckBuilder {
 }  // namespace
 
 std::string schedule_name(PipelineSchedule s) { return s == PipelineSchedule::GPipe ? "gpipe" : "1f1b"; }
-std::string recompute_name(Recompute r) { return r == Recompute::Full ? "full" : "none"; }
+std::string recompute_name(Recompute r) {
+  return r == Recompute::Full ? "full" : r == Recompute::Selective ? "selective" : "none";
+}
 
 MeshShape MeshSection::to_mesh_shape() const {
   // the seeds' path: a ShardingConfig, its ParallelismConfig, that config's mesh; a deck's

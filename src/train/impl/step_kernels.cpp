@@ -52,6 +52,7 @@ void Trainer::Impl::run_op(const compile::ComputeOp& o) {
     case StepOp::MoeRouterBwd: moe_router_bwd(l, x, s, g, a); return;
     case StepOp::MlpBwd: layer_bwd_mlp(l, x, s, g, a); return;
     case StepOp::MlpNormBwd: layer_bwd_norm(l, true, x, s, g, a); return;
+    case StepOp::AttnCore: layer_attn_core(l, x); return;
     case StepOp::AttnBwd: layer_bwd_attn(l, x, s, g, a); return;
     case StepOp::AttnNormBwd: layer_bwd_norm(l, false, x, s, g, a); return;
     case StepOp::EmbedBwd: embed_bwd(j, x, g, a); return;
@@ -128,6 +129,14 @@ void Trainer::Impl::layer_fwd_attn(int l, int act_slot, int ring) {
   VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
   Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l));
   Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(pptr(wout, ring), H, H_l), mat(ybuf.data(), T, H));
+}
+
+// selective recomputation: the attention core again (probs, and att with the same values)
+void Trainer::Impl::layer_attn_core(int l, int act_slot) {
+  const int64_t T = tokens_mb, S = cfg.seq;
+  Acts& a = act(l, act_slot);
+  VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
+  nn::Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l));
 }
 
 void Trainer::Impl::layer_fwd_norm2(int l, int act_slot, int ring) {

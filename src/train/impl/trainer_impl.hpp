@@ -149,6 +149,7 @@ struct Trainer::Impl {
   void linear_backward(const float* dy, const float* x, const Param& w, int ring, int gring, bool acc, int64_t rows,
                        int64_t out, int64_t in, float* dx, bool acc_dx);
   void layer_fwd_norm1(int l, int act_slot, int ring, bool recompute);
+  void layer_attn_core(int l, int act_slot);
   void layer_fwd_attn(int l, int act_slot, int ring);
   void layer_fwd_norm2(int l, int act_slot, int ring);
   void layer_fwd_mlp(int l, int act_slot, int ring);
