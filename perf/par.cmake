@@ -5,3 +5,9 @@ add_executable(bench_par ${CMAKE_CURRENT_LIST_DIR}/bench_par.cpp)
 target_link_libraries(bench_par PRIVATE shardflow)
 shardflow_target_options(bench_par)
 target_compile_definitions(bench_par PRIVATE SHARDFLOW_BENCH_DECK="${PROJECT_SOURCE_DIR}/inputs/bench.toml")
+# Activation recomputation: step time of none / selective / full against the analytic extra
+# FLOPs, activation bytes, losses bitwise equal. Run: mpiexec -n 2 bench_recompute --set mesh.data=2
+add_executable(bench_recompute ${CMAKE_CURRENT_LIST_DIR}/bench_recompute.cpp)
+target_link_libraries(bench_recompute PRIVATE shardflow)
+shardflow_target_options(bench_recompute)
+target_compile_definitions(bench_recompute PRIVATE SHARDFLOW_BENCH_DECK="${PROJECT_SOURCE_DIR}/inputs/bench.toml")
