@@ -161,51 +161,47 @@ TEST(Compile, AgreementCheckFindsAMissingCollective) {
   EXPECT_NE(why.find("communicator"), std::string::npos) << why;
 }
 
-// Full recomputation (issue 12): every group still agrees on its collectives (the re-run
-// forward's tensor/sequence-parallel collectives included), and a rank's activations shrink
-// by exactly the per-layer sets it no longer keeps: each dense layer keeps only its input
-// per act slot, and one scratch set serves them all.
+namespace {
+// (layer, act slot) pairs a rank holds activations for
+int64_t layer_slot_pairs(const compile::StepProgram& p) {
+  int64_t n = 0;
+  for (const auto& per : p.buffers.acts)
+    for (const auto& a : per) n += a.x_in >= 0;
+  return n;
+}
+}  // namespace
+
+// Recomputation (issue 12): every group still agrees on its collectives (a re-run forward's
+// tensor/sequence-parallel collectives included), and a rank's activations shrink by exactly
+// what it no longer keeps. Full: each dense layer keeps only its input per act slot, one
+// scratch set serves them all. Selective: one attention-probabilities buffer for all layers
+// (MoE ones too).
 TEST(Compile, RecomputeKeepsOnlyWhatItShould) {
-  for (const auto& c : cases()) {
-    bool moe = false;
-    for (const auto& kv : c.sets) moe = moe || kv.rfind("model.experts", 0) == 0;
-    if (moe) continue;  // refused by the deck
-    std::vector<std::string> sets = c.sets;
-    sets.push_back("strategy.recompute=\"full\"");
-    const auto none = compile_all(deck_with(c.sets));
-    const auto full = compile_all(deck_with(sets));
-    EXPECT_EQ(disagreement(full), "") << c.label << " + recompute full";
-    for (size_t r = 0; r < full.size(); ++r) {
-      const compile::StepShape& sh = full[r].shape;
-      int64_t kept_sets = 0;  // (layer, act slot) pairs of this rank
-      for (const auto& per : full[r].buffers.acts)
-        for (const auto& a : per) kept_sets += a.x_in >= 0;
-      const int64_t T = sh.tokens_mb, H = sh.hidden, Tr = sh.Tr, S = sh.seq;
-      const int64_t set = 4 * (T * H + Tr + T * 3 * sh.H_l + sh.mb_seqs * sh.A_l * S * S + T * sh.H_l + Tr * H +
-                               T * H + Tr + T * 2 * sh.F_l + T * sh.F_l);
-      const double saved = compile::step_bytes(none[r], compile::BufferClass::Activations) -
-                           compile::step_bytes(full[r], compile::BufferClass::Activations);
-      EXPECT_EQ(saved, static_cast<double>((kept_sets - 1) * set)) << c.label << " rank " << r;
-      EXPECT_EQ(compile::step_bytes(none[r], compile::BufferClass::Params),
-                compile::step_bytes(full[r], compile::BufferClass::Params));
-    }
-  }
-  // selective: every layer (MoE ones too) shares one attention-probabilities buffer
-  for (const auto& c : cases()) {
-    std::vector<std::string> sets = c.sets;
-    sets.push_back("strategy.recompute=\"selective\"");
-    const auto none = compile_all(deck_with(c.sets));
-    const auto sel = compile_all(deck_with(sets));
-    EXPECT_EQ(disagreement(sel), "") << c.label << " + recompute selective";
-    for (size_t r = 0; r < sel.size(); ++r) {
-      const compile::StepShape& sh = sel[r].shape;
-      int64_t pairs = 0;
-      for (const auto& per : sel[r].buffers.acts)
-        for (const auto& a : per) pairs += a.x_in >= 0;
-      const double probs = 4.0 * static_cast<double>(sh.mb_seqs * sh.A_l * sh.seq * sh.seq);
-      const double saved = compile::step_bytes(none[r], compile::BufferClass::Activations) -
-                           compile::step_bytes(sel[r], compile::BufferClass::Activations);
-      EXPECT_EQ(saved, static_cast<double>(pairs - 1) * probs) << c.label << " rank " << r;
+  for (const char* mode : {"full", "selective"}) {
+    const bool full = std::string(mode) == "full";
+    for (const auto& c : cases()) {
+      bool moe = false;
+      for (const auto& kv : c.sets) moe = moe || kv.rfind("model.experts", 0) == 0;
+      if (moe && full) continue;  // refused by the deck
+      std::vector<std::string> sets = c.sets;
+      sets.push_back(std::string("strategy.recompute=\"") + mode + "\"");
+      const auto none = compile_all(deck_with(c.sets));
+      const auto with = compile_all(deck_with(sets));
+      EXPECT_EQ(disagreement(with), "") << c.label << " + recompute " << mode;
+      for (size_t r = 0; r < with.size(); ++r) {
+        const compile::StepShape& sh = with[r].shape;
+        const int64_t T = sh.tokens_mb, H = sh.hidden, Tr = sh.Tr, S = sh.seq;
+        const int64_t probs = sh.mb_seqs * sh.A_l * S * S;
+        const int64_t per_pair = full ? T * H + Tr + T * 3 * sh.H_l + probs + T * sh.H_l + Tr * H + T * H + Tr +
+                                            T * 2 * sh.F_l + T * sh.F_l
+                                      : probs;
+        const double saved = compile::step_bytes(none[r], compile::BufferClass::Activations) -
+                             compile::step_bytes(with[r], compile::BufferClass::Activations);
+        EXPECT_EQ(saved, 4.0 * static_cast<double>((layer_slot_pairs(with[r]) - 1) * per_pair))
+            << c.label << " + recompute " << mode << ", rank " << r;
+        EXPECT_EQ(compile::step_bytes(none[r], compile::BufferClass::Params),
+                  compile::step_bytes(with[r], compile::BufferClass::Params));
+      }
     }
   }
   try {
