@@ -3,7 +3,8 @@
 #   signal_exit_code   SIGTERM/SIGUSR1 to mpiexec and to the batch script: exit 99, 10/10
 #   checkpoint_lock    two runs on one checkpoint.dir, a killed holder, a remote holder
 #   full_disk          saves that fill a tmpfs: a clear error, no crash, the last commit kept
-#   bad_inputs         oversized decks, bad `latest` pointers, an edited manifest, idle GPUs
+#   bad_inputs         oversized decks, bad `latest` pointers, an edited manifest, consolidate
+#                      onto existing files, idle GPUs
 find_program(SHARDFLOW_FAULT_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
 if(NOT SHARDFLOW_FAULT_PYTHON)
   find_program(SHARDFLOW_FAULT_PYTHON NAMES python3)

@@ -70,6 +70,20 @@ rc, out, err, _ = run(resume)
 check(rc == 0 and "resumed from " + step_dir + " at step 2" in out,
       f"the repaired checkpoint resumes, and the resume line names the step directory restored ({rc})")
 
+# `ckpt consolidate` onto existing paths (the checkpoint's own files, any file): refused,
+# and nothing changes (issue 15 item 1)
+before = {p: open(p, "rb").read() for p in (pointer, manifest, os.path.join(step_dir, "shard-0.h5"))}
+other = os.path.join(a.work, "precious.txt")
+with open(other, "w") as f:
+    f.write("keep me")
+for target in (pointer, manifest, os.path.join(step_dir, "shard-0.h5"), other):
+    rc, out, err, secs = run([a.app, "ckpt", "consolidate", ck, target])
+    check(rc != 0 and "exists" in err, f"consolidate onto {os.path.basename(target)} is refused: {err.strip()[-120:]}")
+check(all(open(p, "rb").read() == b for p, b in before.items()) and open(other).read() == "keep me",
+      "no file was touched")
+rc, out, err, _ = run(resume)
+check(rc == 0, "the checkpoint still resumes")
+
 # GPUs given to a run that computes on the CPUs: said on stderr
 env = dict(os.environ, SLURM_GPUS_ON_NODE="4", CUDA_VISIBLE_DEVICES="0,1,2,3")
 rc, out, err, _ = run(train_cmd(a, 2, "train.steps=1", "checkpoint.dir=" + os.path.join(a.work, "gpu")), env=env)
