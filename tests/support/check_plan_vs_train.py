@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`shardflow plan DECK --json` reports, for the deck's own configuration, exactly the per-rank
-parameter, gradient and optimizer bytes that `shardflow train --summary` reports in
-memory_bytes_rank0 (issue 11). Usage: check_plan_vs_train.py MPIEXEC APP DECK WORKDIR"""
+parameter, gradient, optimizer and activation bytes that `shardflow train --summary` reports
+in memory_bytes_rank0 (issue 11; activations, with recomputation, issue 12). Usage: check_plan_vs_train.py MPIEXEC APP DECK WORKDIR"""
 import json, os, shutil, subprocess, sys
 
 mpiexec, app, deck, work = sys.argv[1:5]
@@ -18,6 +18,9 @@ CASES = [  # (ranks, overrides)
     (4, ["mesh.data=2", "mesh.fsdp=2", "strategy.zero_stage=3"]),  # HSDP
     (4, ["mesh.data=2", "mesh.tensor=2", "strategy.zero_stage=2"]),
     (4, ["mesh.data=1", "mesh.fsdp=2", "mesh.pipeline=2", "strategy.zero_stage=3", "train.micro_batches=2"]),
+    (2, ["mesh.data=2", "strategy.recompute=\"full\""]),
+    (2, ["mesh.data=1", "mesh.tensor=2", "strategy.sequence_parallel=true", "strategy.recompute=\"selective\""]),
+    (4, ["mesh.data=1", "mesh.pipeline=2", "mesh.tensor=2", "train.micro_batches=4", "strategy.recompute=\"full\""]),
 ]
 bad = 0
 for i, (n, sets) in enumerate(CASES):
@@ -36,8 +39,11 @@ for i, (n, sets) in enumerate(CASES):
         bad += 1
         continue
     row = rows[0]
-    diff = {k: (row[k + "_bytes"], got[k]) for k in ("params", "grads", "optimizer") if row[k + "_bytes"] != got[k]}
-    print(("ok  " if not diff else "FAIL"), " ".join(sets), {k: got[k] for k in ("params", "grads", "optimizer")},
+    # plan --json field -> train --summary memory_bytes_rank0 field
+    fields = {"params_bytes": "params", "grads_bytes": "grads", "optimizer_bytes": "optimizer",
+              "activation_bytes": "activations"}
+    diff = {k: (row[k], got[v]) for k, v in fields.items() if row[k] != got[v]}
+    print(("ok  " if not diff else "FAIL"), " ".join(sets), {v: got[v] for v in fields.values()},
           diff if diff else "")
     bad += bool(diff)
 print(f"{len(CASES) - bad} passed, {bad} failed")
