@@ -26,6 +26,8 @@ struct PlanOptions {
   int zero_stage = -1;
   int64_t micro_batch_size = 0;
   int64_t micro_batches = 0;
+  std::string recompute;
+  bool sequence_parallel = false;
   bool all_layers = false;
   bool json = false;
 };
@@ -76,6 +78,23 @@ int run_plan(const PlanOptions& o) {
   if (o.micro_batch_size > 0) in.micro_batch_size = o.micro_batch_size;
   if (o.micro_batches > 0) in.micro_batches = o.micro_batches;
   in.all_layers = o.all_layers;
+  if (!o.recompute.empty()) {
+    SHARDFLOW_REQUIRE_INPUT(o.deck.empty(), "plan: --recompute is for a model given by size; for a deck use --set "
+                                            "strategy.recompute=", o.recompute);
+    if (o.recompute == "none")
+      in.recompute = Recompute::None;
+    else if (o.recompute == "selective")
+      in.recompute = Recompute::Selective;
+    else if (o.recompute == "full")
+      in.recompute = Recompute::Full;
+    else
+      throw InputError("plan: --recompute " + o.recompute + " must be none, selective or full");
+  }
+  if (o.sequence_parallel) {
+    SHARDFLOW_REQUIRE_INPUT(o.deck.empty(), "plan: --sequence-parallel is for a model given by size; for a deck use "
+                                            "--set strategy.sequence_parallel=true");
+    in.sequence_parallel = true;
+  }
   Plan plan = make_plan(in);
   // A deck on its own mesh: the activations are the compiled step's (rank 0's f32 buffers,
   // what `train --summary` reports as memory_bytes_rank0.activations), so recomputation,
@@ -115,6 +134,10 @@ shardflow::app::CommandRegistration reg(
       sub.add_option("--mesh", o->mesh, "use this mesh instead of the recommended one, e.g. data=4,tensor=2");
       sub.add_option("--zero-stage", o->zero_stage, "ZeRO stage 0..3 for the partition specs");
       sub.add_option("--micro-batch-size", o->micro_batch_size, "sequences per micro-batch (activation memory)");
+      sub.add_option("--recompute", o->recompute,
+                     "activation recomputation for a model given by size: none, selective, full (activation memory)");
+      sub.add_flag("--sequence-parallel", o->sequence_parallel,
+                   "sequence parallelism for a model given by size (activation memory)");
       sub.add_option("--micro-batches", o->micro_batches, "micro-batches per step (activation memory)");
       sub.add_flag("--all-layers", o->all_layers, "list the parameters of every layer, not only layers.{l}");
       sub.add_flag("--json", o->json, "print a JSON object");

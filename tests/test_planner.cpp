@@ -35,6 +35,13 @@ TEST(Planner, ActivationFormula) {
                    2048.0 * 2 * 4096 * (10 + 24.0 / 4 + 5.0 * 32 * 2048 / (4096 * 4)));
   EXPECT_DOUBLE_EQ(layer_activation_bytes(2048, 2, 4096, 32, 4, true),
                    2048.0 * 2 * 4096 * (34 + 5.0 * 32 * 2048 / 4096) / 4);
+  // recomputation (Korthikanti et al. 2022, Table 2): selective drops 5as/h, full keeps 2sbh
+  EXPECT_DOUBLE_EQ(layer_activation_bytes(2048, 2, 4096, 32, 4, true, Recompute::Selective),
+                   34.0 * 2048 * 2 * 4096 / 4);
+  EXPECT_DOUBLE_EQ(layer_activation_bytes(2048, 2, 4096, 32, 4, false, Recompute::Selective),
+                   2048.0 * 2 * 4096 * (10 + 24.0 / 4));
+  EXPECT_DOUBLE_EQ(layer_activation_bytes(2048, 2, 4096, 32, 4, false, Recompute::Full), 2.0 * 2048 * 2 * 4096);
+  EXPECT_DOUBLE_EQ(layer_activation_bytes(2048, 2, 4096, 32, 4, true, Recompute::Full), 2.0 * 2048 * 2 * 4096 / 4);
 }
 
 TEST(Planner, DataParallelMeshMatchesTheFormulaExactly) {

@@ -34,9 +34,13 @@ namespace shardflow {
 /// Model-state bytes per device for ZeRO stage 0 (plain DP) .. 3 with Ψ parameters on n ranks.
 double zero_model_state_bytes(double psi, int64_t n, int stage);
 
-/// Activation bytes of one layer for one micro-batch (formula above).
+/// Activation bytes of one layer for one micro-batch, 16-bit activations (Korthikanti et
+/// al. 2022, Table 2): without recomputation s·b·h·(34 + 5as/h), with tensor parallelism
+/// s·b·h·(10 + 24/t + 5as/(ht)), with sequence parallelism too s·b·h·(34 + 5as/h)/t;
+/// selective recomputation drops the 5as/h term; full keeps only the layer input, 2·s·b·h
+/// (divided by t under sequence parallelism).
 double layer_activation_bytes(int64_t seq, int64_t micro_batch, int64_t hidden, int64_t heads, int tensor,
-                              bool sequence_parallel);
+                              bool sequence_parallel, Recompute recompute = Recompute::None);
 
 struct PlanInput {
   ModelConfig model;
@@ -50,6 +54,7 @@ struct PlanInput {
   int64_t micro_batches = 1;
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;
   bool sequence_parallel = false;
+  Recompute recompute = Recompute::None;
   bool all_layers = false;  // list layers.{l} parameters of every layer, not only layer 0
   int virtual_stages = 1;
   /// The deck's own configuration: memory rows count the trainer's f32 buffers exactly (from

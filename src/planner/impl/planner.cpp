@@ -24,12 +24,14 @@ double zero_model_state_bytes(double psi, int64_t n, int stage) {
 }
 
 double layer_activation_bytes(int64_t seq, int64_t micro_batch, int64_t hidden, int64_t heads, int tensor,
-                              bool sequence_parallel) {
+                              bool sequence_parallel, Recompute recompute) {
   const double s = static_cast<double>(seq), b = static_cast<double>(micro_batch), h = static_cast<double>(hidden),
                a = static_cast<double>(heads), t = tensor;
-  if (tensor <= 1) return s * b * h * (34.0 + 5.0 * a * s / h);
-  if (sequence_parallel) return s * b * h * (34.0 + 5.0 * a * s / h) / t;
-  return s * b * h * (10.0 + 24.0 / t + 5.0 * a * s / (h * t));
+  const double core = recompute == Recompute::None ? 5.0 * a * s / h : 0.0;  // the attention probabilities
+  if (recompute == Recompute::Full) return 2.0 * s * b * h / (sequence_parallel && tensor > 1 ? t : 1.0);
+  if (tensor <= 1) return s * b * h * (34.0 + core);
+  if (sequence_parallel) return s * b * h * (34.0 + core) / t;
+  return s * b * h * (10.0 + 24.0 / t + core / t);
 }
 
 ModelConfig llama_like_model(const std::string& model_size, int64_t seq) {
@@ -98,6 +100,7 @@ PlanInput plan_input(const Deck& deck) {
   in.micro_batches = deck.train.micro_batches;
   in.schedule = deck.strategy.schedule;
   in.sequence_parallel = deck.strategy.sequence_parallel;
+  in.recompute = deck.strategy.recompute;
   in.virtual_stages = deck.strategy.virtual_stages;
   in.exact_state = true;
   return in;
@@ -155,7 +158,7 @@ Plan make_plan(const PlanInput& in) {
     in_flight = in.schedule == PipelineSchedule::GPipe ? in.micro_batches : std::min<int64_t>(pp, in.micro_batches);
   const double act = static_cast<double>(in_flight * stage_layers) *
                      layer_activation_bytes(in.model.seq, in.micro_batch_size, in.model.hidden, in.model.heads, tp,
-                                            in.sequence_parallel);
+                                            in.sequence_parallel, in.recompute);
   const char* names[] = {"DP", "ZeRO-1", "ZeRO-2", "ZeRO-3"};
   if (in.exact_state) {
     // the deck's mesh, each ZeRO stage the mesh allows: the trainer's f32 buffers
