@@ -59,10 +59,10 @@ wait_job() {
 }
 
 # show_output FILE...: the job outputs, for the test log.
-show_output() {
+show_output() {  # the last 80 lines of each file (a long run's step lines say little)
   for f in "$@"; do
-    echo "---- $f"
-    cat "$f" 2>/dev/null || echo "(missing)"
+    echo "---- $f ($(wc -l <"$f" 2>/dev/null || echo 0) lines; the last 80)"
+    tail -n 80 "$f" 2>/dev/null || echo "(missing)"
   done
 }
 

@@ -11,7 +11,9 @@ require_slurm
   skip "shardflow train has no --resume yet (checkpoint/restart is not on this branch); the preemption test needs it"
 w="$(work_dir preempt)"
 deck="$SHARDFLOW_HOME/tests/slurm/tiny.toml"
-steps=80
+# enough steps (about 2 ms each here) that the run is still going when the signal comes:
+# with 80 the job could finish between the poll that saw step 3 and the signal
+steps=1500
 common=(--set "train.steps=$steps" --set checkpoint.every=0)
 
 mpiexec -n 2 "$SHARDFLOW_BIN" train "$deck" --quiet "${common[@]}" --set "checkpoint.dir=$w/ckpt-ref" \
