@@ -190,6 +190,7 @@ int run_train(const TrainOptions& o) {
   train::Trainer trainer(deck, mesh, comms);
   auto ckpt_tensors = [&trainer] { return app::checkpoint_tensors(trainer); };
   int64_t resumed_at = -1;
+  std::string resumed_from;
   if (!o.resume.empty()) {
     const std::string path = o.resume == "latest" ? deck.checkpoint.dir : o.resume;
     ckpt::RestoreStats restored;
@@ -198,31 +199,32 @@ int run_train(const TrainOptions& o) {
     const auto meta = ckpt::restore(mesh.world(), path, ckpt_tensors(), ro);
     trainer.set_step(meta.step);
     resumed_at = meta.step;
+    resumed_from = restored.step_dir;
     if (rank == 0 && !o.quiet)
-      std::printf("resumed from %s at step %lld\n", restored.step_dir.c_str(), static_cast<long long>(meta.step));
-    // saving into a directory that holds a later step would mix two histories (and stop at
-    // "step-N exists already" later): refused now, before a step runs
+      std::printf("resumed from %s at step %lld\n", resumed_from.c_str(), static_cast<long long>(meta.step));
+  }
+  // What checkpoint.dir already holds: nothing for a fresh run, and nothing later than the
+  // step resumed from (saving there would mix two histories, and stop at "step-N exists
+  // already" later): refused now, before a step runs.
+  {
     std::string err;
     if (rank == 0 && std::filesystem::is_directory(deck.checkpoint.dir)) {
       const auto existing = ckpt::list_checkpoints(deck.checkpoint.dir);
-      if (!existing.empty()) {
-        const std::string newest = std::filesystem::path(existing.back()).filename().string();
-        const long long newest_step = std::atoll(newest.c_str() + 5);  // step-XXXXXXXX
-        if (newest_step > meta.step)
-          err = detail::concat("checkpoint.dir '", deck.checkpoint.dir, "' holds ", newest, ", later than the step ",
-                               meta.step, " resumed from '", restored.step_dir,
-                               "': saving there would mix two histories. Resume from its latest "
-                               "(--resume latest), or train into another directory (--set checkpoint.dir=...)");
-      }
+      const std::string newest = existing.empty() ? "" : std::filesystem::path(existing.back()).filename().string();
+      int64_t newest_step = -1;
+      if (!existing.empty()) ckpt::parse_step_dir_name(newest, &newest_step);
+      if (resumed_at < 0 && !existing.empty())
+        err = detail::concat("checkpoint.dir '", deck.checkpoint.dir, "' already holds ", existing.size(),
+                             " checkpoint(s) (newest: ", existing.back(),
+                             "): continue with --resume latest, or start afresh with another directory "
+                             "(--set checkpoint.dir=...)");
+      else if (newest_step > resumed_at)
+        err = detail::concat("checkpoint.dir '", deck.checkpoint.dir, "' holds ", newest, ", later than the step ",
+                             resumed_at, " resumed from '", resumed_from,
+                             "': saving there would mix two histories. Resume from its latest "
+                             "(--resume latest), or train into another directory (--set checkpoint.dir=...)");
     }
     control.agree(err);
-  }
-  if (o.resume.empty() && std::filesystem::is_directory(deck.checkpoint.dir)) {
-    const auto existing = ckpt::list_checkpoints(deck.checkpoint.dir);
-    SHARDFLOW_REQUIRE_INPUT(existing.empty(), "checkpoint.dir '", deck.checkpoint.dir, "' already holds ",
-                            existing.size(), " checkpoint(s) (newest: ", existing.back(),
-                            "): continue with --resume latest, or start afresh with another directory "
-                            "(--set checkpoint.dir=...)");
   }
   ckpt::SaveOptions save_opts;
   save_opts.keep = static_cast<int>(deck.checkpoint.keep);

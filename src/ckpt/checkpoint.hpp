@@ -118,6 +118,9 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
 std::string resolve_checkpoint_dir(const std::string& path);
 /// Reads and validates <step_dir>/manifest.json (InputError naming the file).
 Manifest read_manifest(const std::string& step_dir);
+/// Whether `name` is a step directory's name ("step-" and its step in decimal digits, as
+/// step-00000042); the step into *step when step is not null.
+bool parse_step_dir_name(const std::string& name, std::int64_t* step);
 /// Committed checkpoints (step directories holding a manifest) under root, oldest first.
 std::vector<std::string> list_checkpoints(const std::string& root);
 

@@ -69,8 +69,4 @@ class RootLock {
   std::thread heart_;
 };
 
-/// The holder a lock file names, in words ("process 1234 on node7 (Slurm job 55, restart 0),
-/// since 2026-12-02T10:00:00Z"); the file's raw content is never echoed.
-std::string describe_lock_holder(const std::string& lock_file);
-
 }  // namespace shardflow::ckpt

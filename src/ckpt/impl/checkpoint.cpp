@@ -35,16 +35,6 @@ std::string step_dir_name(std::int64_t step) {
   return b;
 }
 
-bool parse_step_dir_name(const std::string& name, std::int64_t* step) {
-  if (name.size() < 6 || name.compare(0, 5, "step-") != 0) return false;
-  std::int64_t v = 0;
-  for (size_t i = 5; i < name.size(); ++i) {
-    if (name[i] < '0' || name[i] > '9' || i > 5 + 17) return false;
-    v = v * 10 + (name[i] - '0');
-  }
-  if (step) *step = v;
-  return true;
-}
 
 /// One shard this rank writes.
 struct ShardJob {
@@ -123,64 +113,60 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
                          " bytes needed, ", sp.available, " available)"));
   }
   SpaceReserve reserve(path + ".reserve", reserve_bytes, path);
-  h5::Handle file;
+  // The handles that write (the file, a dataset) live outside the try: on a failure the
+  // reserve is released before their destructors close them.
+  h5::Handle file, ds;
   try {
     file = h5::file_create(path);
     h5::Handle dcpl(CHECK_HDF5(H5Pcreate(H5P_DATASET_CREATE)), H5Pclose);
     CHECK_HDF5(H5Pset_layout(dcpl, H5D_CONTIGUOUS));
     CHECK_HDF5(H5Pset_obj_track_times(dcpl, 0));
     for (auto& j : jobs) {
-      h5::Handle ds;  // outlives the try below: closed only after the reserve is released
-      try {
-        const std::size_t esize = dtype_size(j.dtype);
-        // a row block is about block_bytes (checksummed right before it is written, in cache),
-        // cut into column tiles
-        const std::int64_t row_bytes = row_numel(j.box.extent) * static_cast<std::int64_t>(esize);
-        j.block_cols = block_cols_for(j.box.extent, esize, std::max(std::min(kTileRunBytes, block_bytes), row_bytes / kMaxColTiles));
-        j.block_rows = j.box.extent.empty() ? 1 : block_rows_for(j.box.extent, esize, block_bytes);
-        const detail::TileGeometry g = detail::tile_geometry(j.box.extent, esize, j.block_rows, j.block_cols);
-        j.crc.assign(static_cast<size_t>(num_blocks(j.box.extent, j.block_rows, j.block_cols)), 0u);
-        h5::Handle space;
-        std::vector<hsize_t> dims(j.box.extent.begin(), j.box.extent.end());
-        if (dims.empty()) space = h5::Handle(CHECK_HDF5(H5Screate(H5S_SCALAR)), H5Sclose);
-        else space = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
-        h5::Handle ftype = h5::file_type(j.dtype);
-        ds = h5::Handle(CHECK_HDF5(H5Dcreate2(file, ("/" + j.name).c_str(), ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)),
-                        H5Dclose);
-        h5::Handle mtype = h5::memory_type(j.dtype);
-        if (dims.empty()) {
-          j.crc[0] = crc32c(j.data, j.bytes);
-          CHECK_HDF5(H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, j.data));
-        }
-        for (std::int64_t b = 0; b < g.row_blocks && !dims.empty() && j.bytes > 0; ++b) {
-          const std::int64_t r0 = b * j.block_rows;
-          const std::int64_t r1 = std::min(g.n0, r0 + j.block_rows);
-          const unsigned char* p = j.data + static_cast<std::size_t>(r0) * g.row_bytes;
-          detail::tile_crcs(g, p, g.row_bytes, r1 - r0, 0, 0, g.col_blocks, j.crc.data() + b * g.col_blocks);
-          std::vector<hsize_t> start(dims.size(), 0), cnt(dims);
-          start[0] = static_cast<hsize_t>(r0);
-          cnt[0] = static_cast<hsize_t>(r1 - r0);
-          CHECK_HDF5(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, cnt.data(), nullptr));
-          hsize_t n = static_cast<hsize_t>((r1 - r0) * row_numel(j.box.extent));
-          h5::Handle mspace(CHECK_HDF5(H5Screate_simple(1, &n, nullptr)), H5Sclose);
-          CHECK_HDF5(H5Dwrite(ds, mtype, mspace, space, H5P_DEFAULT, p));
-        }
-        h5::write_attr_string(ds, "tensor", j.name);
-        h5::write_attr_string(ds, "dtype", dtype_name(j.dtype));
-        h5::write_attr_i64(ds, "offset", std::vector<long long>(j.box.offset.begin(), j.box.offset.end()));
-        if (j.bytes > 0) {
-          const haddr_t at = H5Dget_offset(ds);
-          SHARDFLOW_REQUIRE(at != HADDR_UNDEF, "checkpoint save: dataset '/", j.name, "' in '", path,
-                            "' has no contiguous storage");
-          SHARDFLOW_REQUIRE(H5Dget_storage_size(ds) == j.bytes, "checkpoint save: dataset '/", j.name, "' in '", path,
-                            "' stores ", H5Dget_storage_size(ds), " bytes, not ", j.bytes);
-          j.file_offset = static_cast<std::int64_t>(at);
-        }
-        ds.close();
-      } catch (...) {
-        reserve.release();
-        throw;
+      const std::size_t esize = dtype_size(j.dtype);
+      // a row block is about block_bytes (checksummed right before it is written, in cache),
+      // cut into column tiles
+      const std::int64_t row_bytes = row_numel(j.box.extent) * static_cast<std::int64_t>(esize);
+      j.block_cols = block_cols_for(j.box.extent, esize, std::max(std::min(kTileRunBytes, block_bytes), row_bytes / kMaxColTiles));
+      j.block_rows = j.box.extent.empty() ? 1 : block_rows_for(j.box.extent, esize, block_bytes);
+      const detail::TileGeometry g = detail::tile_geometry(j.box.extent, esize, j.block_rows, j.block_cols);
+      j.crc.assign(static_cast<size_t>(num_blocks(j.box.extent, j.block_rows, j.block_cols)), 0u);
+      h5::Handle space;
+      std::vector<hsize_t> dims(j.box.extent.begin(), j.box.extent.end());
+      if (dims.empty()) space = h5::Handle(CHECK_HDF5(H5Screate(H5S_SCALAR)), H5Sclose);
+      else space = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
+      h5::Handle ftype = h5::file_type(j.dtype);
+      ds = h5::Handle(CHECK_HDF5(H5Dcreate2(file, ("/" + j.name).c_str(), ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)),
+                      H5Dclose);
+      h5::Handle mtype = h5::memory_type(j.dtype);
+      if (dims.empty()) {
+        j.crc[0] = crc32c(j.data, j.bytes);
+        CHECK_HDF5(H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, j.data));
       }
+      for (std::int64_t b = 0; b < g.row_blocks && !dims.empty() && j.bytes > 0; ++b) {
+        const std::int64_t r0 = b * j.block_rows;
+        const std::int64_t r1 = std::min(g.n0, r0 + j.block_rows);
+        const unsigned char* p = j.data + static_cast<std::size_t>(r0) * g.row_bytes;
+        detail::tile_crcs(g, p, g.row_bytes, r1 - r0, 0, 0, g.col_blocks, j.crc.data() + b * g.col_blocks);
+        std::vector<hsize_t> start(dims.size(), 0), cnt(dims);
+        start[0] = static_cast<hsize_t>(r0);
+        cnt[0] = static_cast<hsize_t>(r1 - r0);
+        CHECK_HDF5(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, cnt.data(), nullptr));
+        hsize_t n = static_cast<hsize_t>((r1 - r0) * row_numel(j.box.extent));
+        h5::Handle mspace(CHECK_HDF5(H5Screate_simple(1, &n, nullptr)), H5Sclose);
+        CHECK_HDF5(H5Dwrite(ds, mtype, mspace, space, H5P_DEFAULT, p));
+      }
+      h5::write_attr_string(ds, "tensor", j.name);
+      h5::write_attr_string(ds, "dtype", dtype_name(j.dtype));
+      h5::write_attr_i64(ds, "offset", std::vector<long long>(j.box.offset.begin(), j.box.offset.end()));
+      if (j.bytes > 0) {
+        const haddr_t at = H5Dget_offset(ds);
+        SHARDFLOW_REQUIRE(at != HADDR_UNDEF, "checkpoint save: dataset '/", j.name, "' in '", path,
+                          "' has no contiguous storage");
+        SHARDFLOW_REQUIRE(H5Dget_storage_size(ds) == j.bytes, "checkpoint save: dataset '/", j.name, "' in '", path,
+                          "' stores ", H5Dget_storage_size(ds), " bytes, not ", j.bytes);
+        j.file_offset = static_cast<std::int64_t>(at);
+      }
+      ds.close();
     }
     CHECK_HDF5(H5Fflush(file, H5F_SCOPE_GLOBAL));
     reserve.release();
@@ -563,6 +549,17 @@ void Checkpointer::retire(std::int64_t newest_step) {
 }
 
 // ---- restore ----------------------------------------------------------------------------
+
+bool parse_step_dir_name(const std::string& name, std::int64_t* step) {
+  if (name.size() < 6 || name.compare(0, 5, "step-") != 0) return false;
+  std::int64_t v = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9' || i > 5 + 17) return false;
+    v = v * 10 + (name[i] - '0');
+  }
+  if (step) *step = v;
+  return true;
+}
 
 std::string resolve_checkpoint_dir(const std::string& path) {
   std::error_code ec;

@@ -160,8 +160,6 @@ std::string gone_without_waiting(const Record& r) {
 
 }  // namespace
 
-std::string describe_lock_holder(const std::string& lock_file) { return describe(read_record(lock_file)); }
-
 RootLock::RootLock(const std::string& root, LockOptions options) : opts_(std::move(options)) {
   if (!opts_.log)
     opts_.log = [](const std::string& m) {
