@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "command.hpp"
-#include "compile/compiler.hpp"
 #include "config/deck.hpp"
 #include "core/error.hpp"
 #include "planner/planner.hpp"
@@ -40,10 +39,8 @@ int run_plan(const PlanOptions& o) {
                           ") already describes the model; drop --model/--params");
   SHARDFLOW_REQUIRE_INPUT(o.sets.empty() || !o.deck.empty(), "plan: --set needs a deck");
   PlanInput in;
-  std::unique_ptr<Deck> deck;
   if (!o.deck.empty()) {
-    deck = std::make_unique<Deck>(load_deck(o.deck, o.sets));
-    in = plan_input(*deck);
+    in = plan_input(load_deck(o.deck, o.sets));
     in.model_label = "deck " + o.deck;
   } else if (!o.model_size.empty() || !o.params.empty()) {
     const std::string size = o.model_size.empty() ? o.params : o.model_size;
@@ -81,14 +78,8 @@ int run_plan(const PlanOptions& o) {
   if (!o.recompute.empty()) {
     SHARDFLOW_REQUIRE_INPUT(o.deck.empty(), "plan: --recompute is for a model given by size; for a deck use --set "
                                             "strategy.recompute=", o.recompute);
-    if (o.recompute == "none")
-      in.recompute = Recompute::None;
-    else if (o.recompute == "selective")
-      in.recompute = Recompute::Selective;
-    else if (o.recompute == "full")
-      in.recompute = Recompute::Full;
-    else
-      throw InputError("plan: --recompute " + o.recompute + " must be none, selective or full");
+    SHARDFLOW_REQUIRE_INPUT(recompute_from_name(o.recompute, &in.recompute), "plan: --recompute ", o.recompute,
+                            " must be none, selective or full");
   }
   if (o.sequence_parallel) {
     SHARDFLOW_REQUIRE_INPUT(o.deck.empty(), "plan: --sequence-parallel is for a model given by size; for a deck use "
@@ -96,17 +87,6 @@ int run_plan(const PlanOptions& o) {
     in.sequence_parallel = true;
   }
   Plan plan = make_plan(in);
-  // A deck on its own mesh: the activations are the compiled step's (rank 0's f32 buffers,
-  // what `train --summary` reports as memory_bytes_rank0.activations), so recomputation,
-  // micro-batches and the pipeline schedule count exactly as the trainer allocates them.
-  if (deck && in.exact_state && plan.mesh == deck->mesh.to_mesh_shape()) {
-    for (auto& m : plan.memory) {
-      Deck d = *deck;
-      d.strategy.zero_stage = m.stage;
-      const compile::StepProgram prog = compile::compile_step(d, compile::layout_plan(d, plan.mesh), 0);
-      m.activations = compile::step_bytes(prog, compile::BufferClass::Activations);
-    }
-  }
   if (shardflow::app::world_rank() == 0) {
     const std::string text = o.json ? plan_to_json(plan) + "\n" : plan_to_text(plan);
     std::fputs(text.c_str(), stdout);

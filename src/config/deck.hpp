@@ -50,6 +50,9 @@ std::string schedule_name(PipelineSchedule s);
 /// tensor/sequence-parallel collectives) at the start of its backward (Megatron's full).
 enum class Recompute { None, Selective, Full };
 std::string recompute_name(Recompute r);
+/// The Recompute that recompute_name gives `name` ("none", "selective", "full"); false for
+/// any other name.
+bool recompute_from_name(const std::string& name, Recompute* out);
 
 struct StrategySection {
   int zero_stage = 0;

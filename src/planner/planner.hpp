@@ -61,6 +61,9 @@ struct PlanInput {
   /// the LayoutPlan the trainer uses), for rank 0 like `train --summary`'s memory_bytes_rank0.
   /// Otherwise (a model given by size) the rows are the ZeRO paper's mixed-precision estimate.
   bool exact_state = false;
+  /// The deck itself (plan_input): on its own mesh, each row's activations are its compiled
+  /// step's, rank 0 (what `train --summary` reports as memory_bytes_rank0.activations).
+  std::optional<Deck> deck;
 };
 
 struct PlanParam {

@@ -126,6 +126,20 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
   };
   const int l = use.unit - 1;
   const std::string lp = "layers." + std::to_string(l);
+  // A layer's forward from its attention norm to its MLP norm; `again`: its re-run from the
+  // kept input under full recomputation (the same ops and collectives, named apart).
+  auto attention_to_mlp_norm = [&](bool again) {
+    const ActBuffers& a = act(l, xsl);
+    const std::string cp = again ? lp + ".recompute" : lp;
+    ComputeOp norm1 = op(StepOp::AttnNorm, l);
+    norm1.recompute = again;
+    run(u, norm1, again ? "recompute.attn_norm" : "attn_norm");
+    if (s.sp) tp_all_gather(u, {a.n1, s.t0 * H}, {a.n1}, cp + ".attn_norm.out");
+    run(u, op(StepOp::Attn, l), again ? "recompute.attn" : "attn");
+    tp_sum(u, b.y, b.y_rows, cp + ".attn.out");
+    run(u, op(StepOp::MlpNorm, l), again ? "recompute.mlp_norm" : "mlp_norm");
+    if (s.sp) tp_all_gather(u, {a.n2, s.t0 * H}, {a.n2}, cp + ".mlp_norm.out");
+  };
   switch (use.kind) {
     case Fe:
       run(u, op(StepOp::Embed), "embed");
@@ -137,13 +151,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       }
       break;
     case Fl: {
-      const ActBuffers& a = act(l, xsl);
-      run(u, op(StepOp::AttnNorm, l), "attn_norm");
-      if (s.sp) tp_all_gather(u, {a.n1, s.t0 * H}, {a.n1}, lp + ".attn_norm.out");
-      run(u, op(StepOp::Attn, l), "attn");
-      tp_sum(u, b.y, b.y_rows, lp + ".attn.out");
-      run(u, op(StepOp::MlpNorm, l), "mlp_norm");
-      if (s.sp) tp_all_gather(u, {a.n2, s.t0 * H}, {a.n2}, lp + ".mlp_norm.out");
+      attention_to_mlp_norm(false);
       if (s.moe_layer(l)) {
         const MoeBuffers& m = moe(l, xsl);
         run(u, op(StepOp::MoeRoute, l), "route");
@@ -183,15 +191,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
         // full recomputation: the layer's forward again, from its kept input, into the
         // scratch activations its backward reads; the row-parallel sums the backward needs
         // (attn.out, for the mlp norm) are summed again, mlp.down's (the layer's output) is not
-        const ActBuffers& a = act(l, xsl);
-        ComputeOp norm1 = op(StepOp::AttnNorm, l);
-        norm1.recompute = true;
-        run(u, norm1, "recompute.attn_norm");
-        if (s.sp) tp_all_gather(u, {a.n1, s.t0 * H}, {a.n1}, lp + ".recompute.attn_norm.out");
-        run(u, op(StepOp::Attn, l), "recompute.attn");
-        tp_sum(u, b.y, b.y_rows, lp + ".recompute.attn.out");
-        run(u, op(StepOp::MlpNorm, l), "recompute.mlp_norm");
-        if (s.sp) tp_all_gather(u, {a.n2, s.t0 * H}, {a.n2}, lp + ".recompute.mlp_norm.out");
+        attention_to_mlp_norm(true);
         run(u, op(StepOp::Mlp, l), "recompute.mlp");
       }
       dx_gather(u, xsl, lp + ".dx");

@@ -356,13 +356,7 @@ class DeckBuilder {
     }
     if (auto* v = find("strategy.sequence_parallel")) d.strategy.sequence_parallel = v->b;
     if (auto* v = find("strategy.recompute")) {
-      if (v->s == "none")
-        d.strategy.recompute = Recompute::None;
-      else if (v->s == "selective")
-        d.strategy.recompute = Recompute::Selective;
-      else if (v->s == "full")
-        d.strategy.recompute = Recompute::Full;
-      else
+      if (!recompute_from_name(v->s, &d.strategy.recompute))
         throw InputError(v->where + ": strategy.recompute = " + v->text +
                          " must be \"none\", \"selective\" or \"full\"");
       SHARDFLOW_REQUIRE_INPUT(d.strategy.recompute != Recompute::Full || d.model.experts == 0, v->where,
@@ -518,6 +512,14 @@ class DeckBuilder {
 std::string schedule_name(PipelineSchedule s) { return s == PipelineSchedule::GPipe ? "gpipe" : "1f1b"; }
 std::string recompute_name(Recompute r) {
   return r == Recompute::Full ? "full" : r == Recompute::Selective ? "selective" : "none";
+}
+bool recompute_from_name(const std::string& name, Recompute* out) {
+  for (Recompute r : {Recompute::None, Recompute::Selective, Recompute::Full})
+    if (recompute_name(r) == name) {
+      *out = r;
+      return true;
+    }
+  return false;
 }
 
 MeshShape MeshSection::to_mesh_shape() const {

@@ -1,5 +1,7 @@
 #include "planner/planner.hpp"
 
+#include "compile/compiler.hpp"
+
 #include "mesh/axes.hpp"
 #include "parallel/layout_plan.hpp"
 
@@ -103,6 +105,7 @@ PlanInput plan_input(const Deck& deck) {
   in.recompute = deck.strategy.recompute;
   in.virtual_stages = deck.strategy.virtual_stages;
   in.exact_state = true;
+  in.deck = deck;
   return in;
 }
 
@@ -181,6 +184,14 @@ Plan make_plan(const PlanInput& in) {
       for (int r = 0; r < plan.mesh.size(); ++r)
         m.max_rank_state = std::max(m.max_rank_state, static_cast<double>(lp.state_bytes(r).total()));
       m.activations = act;
+      // the deck on its own mesh: the compiled step's activations, so recomputation,
+      // micro-batches and the pipeline schedule count exactly as the trainer allocates them
+      if (in.deck && plan.mesh == in.deck->mesh.to_mesh_shape()) {
+        Deck d = *in.deck;
+        d.strategy.zero_stage = stage;
+        const compile::StepProgram prog = compile::compile_step(d, compile::layout_plan(d, plan.mesh), 0);
+        m.activations = compile::step_bytes(prog, compile::BufferClass::Activations);
+      }
       plan.memory.push_back(m);
     }
     return plan;
