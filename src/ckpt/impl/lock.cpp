@@ -68,7 +68,6 @@ ProcessStat process_stat(long pid) {
   }
   return ps;
 }
-std::string process_start(long pid) { return process_stat(pid).start; }
 
 struct Record {
   bool readable = false;
@@ -152,8 +151,7 @@ std::string gone_without_waiting(const Record& r) {
   if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) return concat("process ", pid, " is gone");
   const ProcessStat ps = process_stat(pid);
   if (ps.state == "Z" || ps.state == "X") return concat("process ", pid, " has exited");
-  const std::string start = ps.start;
-  if (!start.empty() && start != j.value("pid_start", std::string()))
+  if (!ps.start.empty() && ps.start != j.value("pid_start", std::string()))
     return concat("process ", pid, " is another program now (a different start time)");
   return "";
 }
@@ -175,7 +173,7 @@ RootLock::RootLock(const std::string& root, LockOptions options) : opts_(std::mo
                       {"boot_id", first_line("/proc/sys/kernel/random/boot_id")},
                       {"pid_ns", pid_namespace()},
                       {"pid", static_cast<long>(::getpid())},
-                      {"pid_start", process_start(::getpid())},
+                      {"pid_start", process_stat(::getpid()).start},
                       {"slurm_job_id", job ? std::string(job) : std::string()},
                       {"slurm_restart_count", restart ? std::atol(restart) : 0L},
                       {"started", detail::utc_now()},
