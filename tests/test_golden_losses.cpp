@@ -121,6 +121,29 @@ std::map<std::string, std::map<std::string, Losses>> golden() {
   return g;
 }
 
+// `got` (the losses of golden case `name`, run as `label`) against the golden losses: bitwise
+// for the running kernel when it has lines, else within 1e-5 of every recorded kernel's.
+void expect_golden(const std::map<std::string, std::map<std::string, Losses>>& g, const std::string& kernel,
+                   bool exact, const std::string& name, const Losses& got, const std::string& label) {
+  for (const auto& [k, per_case] : g) {
+    if (exact && k != kernel) continue;
+    auto it = per_case.find(name);
+    ASSERT_NE(it, per_case.end()) << "case " << name << " (kernel " << k << ") is missing from "
+                                  << SHARDFLOW_GOLDEN_FILE;
+    ASSERT_EQ(it->second.size(), got.size()) << label;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (exact) {
+        EXPECT_EQ(got[i], it->second[i]) << label << " step " << i + 1 << " (kernel " << k << "): got "
+                                         << std::hexfloat << got[i] << ", golden " << it->second[i]
+                                         << std::defaultfloat;
+      } else {
+        EXPECT_NEAR(got[i], it->second[i], 1e-5 * std::abs(it->second[i]))
+            << label << " step " << i + 1 << " against kernel " << k;
+      }
+    }
+  }
+}
+
 TEST(GoldenLosses, QuickstartBitwise) {
   const int world = test::world_size();
   const bool record = std::getenv("SHARDFLOW_GOLDEN_RECORD") != nullptr;
@@ -143,23 +166,7 @@ TEST(GoldenLosses, QuickstartBitwise) {
       }
       continue;
     }
-    for (const auto& [k, per_case] : g) {
-      if (exact && k != kernel) continue;
-      auto it = per_case.find(c.name);
-      ASSERT_NE(it, per_case.end()) << "case " << c.name << " (kernel " << k << ") is missing from "
-                                    << SHARDFLOW_GOLDEN_FILE;
-      ASSERT_EQ(it->second.size(), got.size()) << c.name;
-      for (size_t i = 0; i < got.size(); ++i) {
-        if (exact) {
-          EXPECT_EQ(got[i], it->second[i]) << c.name << " step " << i + 1 << " (kernel " << k << "): got "
-                                           << std::hexfloat << got[i] << ", golden " << it->second[i]
-                                           << std::defaultfloat;
-        } else {
-          EXPECT_NEAR(got[i], it->second[i], 1e-5 * std::abs(it->second[i]))
-              << c.name << " step " << i + 1 << " against kernel " << k;
-        }
-      }
-    }
+    expect_golden(g, kernel, exact, c.name, got, c.name);
   }
   if (world == 1 || world == 2 || world == 4) {
     EXPECT_GT(ran, 0) << "no golden case for world size " << world;
@@ -187,20 +194,7 @@ void expect_recompute_bitwise(const char* mode) {
     Case with_mode = c;
     with_mode.set.push_back(std::string("strategy.recompute=\"") + mode + "\"");
     const auto got = run(with_mode);
-    for (const auto& [k, per_case] : g) {
-      if (exact && k != kernel) continue;
-      auto it = per_case.find(c.name);
-      ASSERT_NE(it, per_case.end()) << c.name;
-      ASSERT_EQ(it->second.size(), got.size()) << c.name;
-      for (size_t i = 0; i < got.size(); ++i) {
-        if (exact)
-          EXPECT_EQ(got[i], it->second[i]) << c.name << " + recompute " << mode << ", step " << i + 1 << ": got "
-                                           << std::hexfloat << got[i] << ", golden " << it->second[i]
-                                           << std::defaultfloat;
-        else
-          EXPECT_NEAR(got[i], it->second[i], 1e-5 * std::abs(it->second[i])) << c.name << " + recompute " << mode;
-      }
-    }
+    expect_golden(g, kernel, exact, c.name, got, std::string(c.name) + " + recompute " + mode);
   }
   EXPECT_GT(ran, 0) << "no golden case for world size " << world;
 }
