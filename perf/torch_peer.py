@@ -1,6 +1,11 @@
-#!/usr/bin/python3
-"""PyTorch peer of `shardflow train`: MODEL.md's byte-level GPT, trained with
-DistributedDataParallel over gloo, N processes x 1 thread, on the same corpus and sizes.
+#!/usr/bin/env python3
+"""PyTorch peer of `shardflow train`: MODEL.md's byte-level GPT, trained on N processes x
+1 thread over gloo, on the same corpus and sizes, in one of three modes (--mode):
+  ddp      DistributedDataParallel, eager
+  compile  DistributedDataParallel wrapped in torch.compile (inductor's C++ backend)
+  fsdp2    FSDP2: fully_shard on every block and on the root (parameters, gradients and
+           AdamW state sharded: the peer of shardflow's ZeRO-3)
+Run it with a current PyTorch from PyPI, in the venv perf/peer_env.sh creates.
 
 It is the reference that perf/bench_train.py compares shardflow's tokens/s against.
 The model follows /work/shared/MODEL.md exactly: byte embeddings + learned positions,
@@ -21,7 +26,8 @@ Thread settings: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS must be 
 torch is imported (torch.set_num_threads does not bound OpenBLAS); the script sets them
 and re-executes itself when they are not.
 
-Usage: torch_peer.py --deck inputs/bench.toml --nproc 2 --steps 20 --summary peer.json
+Usage: $(perf/peer_env.sh) perf/torch_peer.py --deck inputs/bench.toml --nproc 2 --mode ddp \
+           --steps 20 --summary peer.json
 """
 import argparse
 import json
@@ -107,6 +113,9 @@ class Gpt(nn.Module):
         return F.cross_entropy(logits.reshape(B * S, -1), tokens_out.reshape(B * S))
 
 
+MODES = {"ddp": "DDP eager", "compile": "DDP + torch.compile", "fsdp2": "FSDP2 (fully_shard per block)"}
+
+
 def param_groups(model):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -144,8 +153,20 @@ def worker(rank, args, cfg, corpus_path, port, result_path):
     assert B % args.nproc == 0, f"global_batch {B} is not divisible by {args.nproc} processes"
     local = B // args.nproc
     torch.manual_seed(cfg["seed"])  # same initial weights on every rank (DDP broadcasts rank 0's anyway)
-    model = DDP(Gpt(V, S, H, A, F_, L))
-    opt = torch.optim.AdamW(param_groups(model.module), lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-8)
+    net = Gpt(V, S, H, A, F_, L)
+    n_params = sum(p.numel() for p in net.parameters())
+    if args.mode == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+        for layer in net.layers:
+            fully_shard(layer)
+        fully_shard(net)
+        model = net
+    else:
+        model = DDP(net)
+        if args.mode == "compile":
+            model = torch.compile(model)
+    # built after fully_shard: FSDP2 replaces the parameters by sharded DTensors
+    opt = torch.optim.AdamW(param_groups(net), lr=cfg["lr"], betas=(0.9, 0.95), eps=1e-8)
     warmup = max(0, cfg["warmup"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) if warmup > 0 else 1.0)
 
@@ -167,8 +188,10 @@ def worker(rank, args, cfg, corpus_path, port, result_path):
         t0 = time.perf_counter()
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()  # DDP all-reduces (averages) the gradients, bucketed, during backward
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        loss.backward()  # DDP all-reduces / FSDP2 reduce-scatters (averaging) the gradients during backward
+        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor
+            gnorm = gnorm.full_tensor()
         opt.step()
         sched.step()
         dt = time.perf_counter() - t0
@@ -192,13 +215,14 @@ def worker(rank, args, cfg, corpus_path, port, result_path):
         cpus = sorted(s["cpu_s"] for s in steps[args.warmup_steps:])
         flops = model_flops_per_step(V, S, H, A, F_, L, B * S)
         out = {
-            "peer": f"pytorch {torch.__version__} DDP gloo, {args.nproc} processes x 1 thread",
+            "peer": f"pytorch {torch.__version__} {MODES[args.mode]}, gloo, {args.nproc} processes x 1 thread",
+            "mode": args.mode, "torch_version": torch.__version__,
             "world_size": args.nproc, "steps": steps, "warmup_steps": args.warmup_steps,
             "final_loss": steps[-1]["loss"], "median_step_time_s": med, "tokens_per_s": B * S / med,
             "median_step_cpu_s": cpus[len(cpus) // 2],
             "model_flops_per_step": flops,
             "torch_sgemm_gflops_per_rank": min(p.item() for p in peaks),
-            "n_params": sum(p.numel() for p in model.parameters()),
+            "n_params": n_params,
         }
         if args.peak_gflops > 0:
             out["mfu"] = flops / med / (args.peak_gflops * 1e9 * args.nproc)
@@ -224,6 +248,7 @@ def main():
     ap.add_argument("--deck", required=True, help="shardflow input deck (TOML): sizes, batch, lr, seed, corpus")
     ap.add_argument("--set", nargs="*", default=[], help="override section.key=value (model/train keys)")
     ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--mode", choices=sorted(MODES), default="ddp")
     ap.add_argument("--steps", type=int, default=0, help="default: the deck's train.steps")
     ap.add_argument("--warmup-steps", type=int, default=1, help="steps left out of the median")
     ap.add_argument("--peak-gflops", type=float, default=0.0, help="per-rank sgemm rate for MFU")
@@ -239,7 +264,7 @@ def main():
     mp.spawn(worker, args=(args, cfg, corpus, args.port, args.summary), nprocs=args.nproc, join=True)
     with open(args.summary) as f:
         s = json.load(f)
-    print(f"torch peer: {s['tokens_per_s']:.0f} tokens/s, median step {s['median_step_time_s'] * 1e3:.1f} ms, "
+    print(f"torch peer ({s['peer']}): {s['tokens_per_s']:.0f} tokens/s, median step {s['median_step_time_s'] * 1e3:.1f} ms, "
           f"final loss {s['final_loss']:.4f}")
 
 

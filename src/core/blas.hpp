@@ -75,7 +75,7 @@ struct BlasInfo {
   std::string source;   ///< "detected by OpenBLAS", "chosen by shardflow for avx512_bf16 ...",
                         ///< "OPENBLAS_CORETYPE set in the environment", or the fallback's story
   CpuFeatures cpu;
-  double sgemm_gflops = 0;  ///< single-thread 512^3 sgemm, best of 5
+  double sgemm_gflops = 0;  ///< single-thread 512^3 sgemm, best call over >= 50 ms
   bool verified = false;
   double max_rel_error = 0;
   /// One line for run headers: "blas Cooperlake (detected by OpenBLAS) | 93.1 GFLOP/s
@@ -83,7 +83,7 @@ struct BlasInfo {
   std::string summary() const;
 };
 
-/// Measured once per process (about 50 ms at the slowest core), then cached.
+/// Measured once per process (about 60 ms; longer at a slow core), then cached.
 const BlasInfo& blas_info();
 
 }  // namespace shardflow
