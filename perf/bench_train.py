@@ -18,8 +18,9 @@ measured in the same run:
 
 Runs happen one after the other (never concurrently), in rounds that alternate shardflow
 and the peers; each configuration's best round counts (the 2-core VMs this runs on lose up
-to a third of a core's rate for seconds at a time). The machine's load (uptime) is recorded
-before each run; numbers taken at load > 1.5 per the two cores are flagged.
+to a third of a core's rate for seconds at a time). The cores other processes keep busy
+(from /proc/stat over one second) are recorded before each run; runs that started with
+more than 0.3 of a core busy are flagged.
 
 Usage: perf/bench_train.py [--build build/release] [--deck inputs/bench.toml] [--np 2]
                            [--steps 20] [--warmup 3] [--rounds 2] [--out perf-results]
@@ -38,9 +39,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def load():
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
+def load(window_s=1.0):
+    """Cores kept busy by other processes just before a run: (non-idle jiffies) / (all
+    jiffies) over window_s, times the core count. The 1-minute load average is no use here:
+    it still counts the previous run for a minute after it ended."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+    t0, i0 = snap()
+    time.sleep(window_s)
+    t1, i1 = snap()
+    return round((1.0 - (i1 - i0) / max(1, t1 - t0)) * os.cpu_count(), 2)
 
 
 def sh(cmd, log, env=None, check=True):
@@ -94,10 +104,13 @@ def sgemm_table(app, py, log):
     """Single-core 512^3 sgemm GFLOP/s: shardflow by default, each OpenBLAS core the CPU runs,
     PyTorch's MKL. Same size and timing rule (best call over >= 50 ms after a warm-up)."""
     def shardflow_rate(env):
-        _, o = sh([app, "version"], log, env=env)
-        kernel = next((l.split(":", 1)[1].strip() for l in o.splitlines() if l.startswith("blas kernel:")), "?")
-        rate = next((float(l.split()[1]) for l in o.splitlines() if l.startswith("sgemm:")), 0.0)
-        return kernel, rate
+        best = ("?", 0.0)
+        for _ in range(3):  # best of three processes: a core of these VMs can run slow for seconds
+            _, o = sh([app, "version"], log, env=env)
+            kernel = next((l.split(":", 1)[1].strip() for l in o.splitlines() if l.startswith("blas kernel:")), "?")
+            rate = next((float(l.split()[1]) for l in o.splitlines() if l.startswith("sgemm:")), 0.0)
+            best = max(best, (kernel, rate), key=lambda x: x[1])
+        return best
     env_default = {"OPENBLAS_CORETYPE": os.environ["OPENBLAS_CORETYPE"]} if "OPENBLAS_CORETYPE" in os.environ else {}
     saved = os.environ.pop("OPENBLAS_CORETYPE", None)
     try:
@@ -112,8 +125,7 @@ def sgemm_table(app, py, log):
     finally:
         if saved is not None:
             os.environ["OPENBLAS_CORETYPE"] = saved
-    _, o = sh([py, "-c", TORCH_SGEMM], log)
-    rows["PyTorch (MKL)"] = float(o.strip().splitlines()[-1])
+    rows["PyTorch (MKL)"] = max(float(sh([py, "-c", TORCH_SGEMM], log)[1].strip().splitlines()[-1]) for _ in range(3))
     best = max(rows, key=rows.get)
     return {"gflops": rows, "best": best, "default_over_best": rate / rows[best]}
 
@@ -248,9 +260,10 @@ def main():
         print(o, flush=True)
 
     R["loads"]["end"] = load()
-    busy = {k: v for k, v in R["loads"].items() if v > 1.5}
+    busy = {k: v for k, v in R["loads"].items() if v > 0.3}
     if busy:
-        print(f"bench_train: WARNING load above 1.5 during {sorted(busy)}: numbers are disturbed", flush=True)
+        print(f"bench_train: WARNING other processes kept more than 0.3 of a core busy before {sorted(busy)}: "
+              "those numbers are disturbed", flush=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(R, f, indent=2)
     print(f"bench_train: results in {out}/results.json, commands and outputs in {log}")

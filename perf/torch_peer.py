@@ -253,7 +253,7 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=1, help="steps left out of the median")
     ap.add_argument("--peak-gflops", type=float, default=0.0, help="per-rank sgemm rate for MFU")
     ap.add_argument("--summary", required=True)
-    ap.add_argument("--port", type=int, default=29517)
+    ap.add_argument("--port", type=int, default=0, help="rendezvous port (default: a free one)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     cfg, corpus = load_deck(args.deck, args.set)
@@ -261,6 +261,13 @@ def main():
         args.steps = cfg["steps"]
     if args.steps <= args.warmup_steps:
         ap.error(f"--steps {args.steps} must exceed --warmup-steps {args.warmup_steps}")
+    if args.port == 0:
+        # a fresh port per run: back-to-back runs on a fixed port can meet the previous
+        # run's sockets (seen: gloo aborting with "terminate called without an active exception")
+        import socket
+        with socket.socket() as so:
+            so.bind(("127.0.0.1", 0))
+            args.port = so.getsockname()[1]
     mp.spawn(worker, args=(args, cfg, corpus, args.port, args.summary), nprocs=args.nproc, join=True)
     with open(args.summary) as f:
         s = json.load(f)
