@@ -221,11 +221,25 @@ def main():
             "zero3_step_over_dp_step": res["fsdp"]["median_step_time_s"] / res["dp"]["median_step_time_s"],
             "zero3_model_state_over_dp": max(res["fsdp"]["model_state_bytes"]) / max(res["dp"]["model_state_bytes"]),
         }
+        # the same ratios round by round: each round's runs are minutes apart at most, so the
+        # slow swings of these VMs' core rates (seen: a config's median step 122-153 ms from
+        # one round to the next) cancel better than between the best rounds
+        def per_round(a_kind, b_kind):
+            ta, tb = res[a_kind]["median_step_time_s_all_rounds"], res[b_kind]["median_step_time_s_all_rounds"]
+            v = [tb[i] / ta[i] for i in range(a.rounds)]
+            return {"median": statistics.median(v), "min": min(v), "max": max(v), "rounds": v}
+        res["ratios_by_round"] = {
+            "dp_vs_torch_ddp_eager": per_round("dp", "ddp"),
+            "dp_vs_torch_ddp_compile": per_round("dp", "compile"),
+            "zero3_vs_torch_fsdp2": per_round("fsdp", "fsdp2"),
+        }
         R["train"] = res
         print(json.dumps({k: {kk: v for kk, v in res[k].items() if kk in ("tokens_per_s", "mfu",
                                                                           "median_step_time_s_all_rounds")}
                           for k in kinds}, indent=2), flush=True)
         print(json.dumps(res["ratios"], indent=2), flush=True)
+        print(json.dumps({k: {kk: round(vv, 3) for kk, vv in v.items() if kk != "rounds"}
+                          for k, v in res["ratios_by_round"].items()}, indent=2), flush=True)
 
     if "overlap" not in a.skip:
         R["overlap"] = {}
