@@ -185,6 +185,12 @@ int run_train(const TrainOptions& o) {
     }
     control.agree(err);
   }
+  // measured before the trainer exists, so that its buffers are not in the trainer's peak
+  double peak = o.peak_gflops;
+  if (peak <= 0) {
+    double local = measure_sgemm_gflops();
+    peak = control.min(local);
+  }
   Mesh mesh(deck.mesh.to_mesh_shape());
   comm::CommSet comms(mesh, comm::Backend::Mpi);
   train::Trainer trainer(deck, mesh, comms);
@@ -198,6 +204,7 @@ int run_train(const TrainOptions& o) {
     ro.stats = &restored;
     const auto meta = ckpt::restore(mesh.world(), path, ckpt_tensors(), ro);
     trainer.set_step(meta.step);
+    trainer.check_measured_memory();  // the restore's staging came on top of the buffers
     resumed_at = meta.step;
     resumed_from = restored.step_dir;
     if (rank == 0 && !o.quiet)
@@ -283,11 +290,6 @@ int run_train(const TrainOptions& o) {
     SHARDFLOW_REQUIRE_INPUT(os.good(), "--dump-graph: cannot write '", path, "'");
     trainer.graph().dump(os);
   }
-  double peak = o.peak_gflops;
-  if (peak <= 0) {
-    double local = measure_sgemm_gflops();
-    peak = control.min(local);
-  }
   graph::ChromeTraceObserver tracer(rank);
   if (!o.trace_dir.empty()) trainer.executor().add_observer(&tracer);
 
@@ -309,6 +311,7 @@ int run_train(const TrainOptions& o) {
   const int64_t total = deck.train.steps;
   for (int64_t s = trainer.step(); s < total; s = trainer.step()) {
     auto st = trainer.train_step();
+    trainer.check_measured_memory();  // with train.memory_limit_gib: stop cleanly past it
     total_time += st.step_time_s;
     final_loss = st.loss;
     last_loss = st.loss;
@@ -354,6 +357,12 @@ int run_train(const TrainOptions& o) {
   if (!o.trace_dir.empty()) tracer.write(o.trace_dir + "/trace.rank" + std::to_string(rank) + ".json");
   const std::vector<int64_t> peaks = control.gather(static_cast<int64_t>(max_rss_bytes()), 0);
   const std::vector<int64_t> states = control.gather(static_cast<int64_t>(mem.model_state()), 0);
+  // the framework's own allocations (core/memory.hpp) against the compiled step's prediction
+  const std::vector<int64_t> measured = control.gather(trainer.measured_peak_bytes(), 0);
+  const std::vector<int64_t> predicted =
+      control.gather(trainer.predicted_peak_bytes(
+                         resumed_at >= 0, save_opts.async ? ckpt::save_bytes(ckpt_tensors(), rank) : 0),
+                     0);
   if (rank == 0 && !o.summary.empty()) {
     nlohmann::json j;
     j["deck"] = o.deck;
@@ -371,6 +380,8 @@ int run_train(const TrainOptions& o) {
     j["final_loss"] = final_loss;
     j["peak_memory_bytes"] = peaks;
     j["model_state_bytes"] = states;
+    j["memory_measured_peak_bytes"] = measured;
+    j["memory_predicted_peak_bytes"] = predicted;
     j["model_flops_per_step"] = trainer.model_flops_per_step();
     j["peak_gflops_per_rank"] = peak;
     j["peak_gflops_source"] = o.peak_gflops > 0 ? "--peak-gflops" : "measured single-core sgemm";

@@ -87,6 +87,10 @@ class Checkpointer {
   std::thread cleaner_;  // rank 0: deletes retired checkpoints in the background
 };
 
+/// The bytes `rank` writes when `tensors` are saved (each replicated box is written by one
+/// of its replicas, in turns): what an async save copies before it returns.
+std::int64_t save_bytes(const std::vector<TensorState>& tensors, int rank);
+
 /// What a restore read on this rank.
 struct RestoreStats {
   /// Bytes of tensor data read from the shard files (whole checksum tiles overlapping the

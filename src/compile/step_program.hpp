@@ -52,7 +52,7 @@ struct BufRef {
 /// shard), its gradient, the ZeRO-2 gradient shard, the AdamW moments, and the ZeRO-1/2
 /// staging of the parameter and gradient shard when the shard is not contiguous (O > 1).
 struct ParamBuffers {
-  int param = -1, grad = -1, grad_shard = -1, adam_m = -1, adam_v = -1, param_shard = -1, grad_tmp = -1;
+  int param = -1, grad = -1, adam_m = -1, adam_v = -1;
 };
 /// What a layer's forward keeps for its backward, per act slot.
 struct ActBuffers {
@@ -68,7 +68,10 @@ struct MoeBuffers {
 struct BufferPlan {
   std::vector<BufferSpec> specs;
   std::vector<ParamBuffers> params;           // StepShape::params order
-  std::vector<int> gather_ring, grad_ring;    // ZeRO-3
+  std::vector<int> gather_ring, grad_ring;    // ZeRO-3 gathers; ZeRO-2/3 gradients
+  /// ZeRO-1: the gradient shard of one parameter whose shard is not contiguous (dims
+  /// before the ZeRO dim), packed for the norm; one buffer for all of them, in turn.
+  int grad_pack = -1;
   std::vector<std::vector<ActBuffers>> acts;  // [local layer][act slot] (-1s for another chunk's slots)
   std::vector<std::vector<MoeBuffers>> moes;  // [local layer][act slot]; empty for a dense layer
   int moe_dgate = -1, moe_dh = -1, moe_dgu = -1, moe_dlogits = -1;

@@ -45,10 +45,13 @@ struct ParamShape {
   bool zero_split = false;  // ZeRO splits it (zero_dim >= 0)
   int dz = -1;
   int64_t O = 1, R = 1, I = 1, r0 = 0, nr = 0;
-  int64_t ring_offset = -1;  // ZeRO-3: offset in its unit's gather/grad ring buffer
+  int64_t ring_offset = -1;  // ZeRO-2/3: offset in its unit's grad ring (and ZeRO-3 gather ring) buffer
   int64_t shard_numel() const { return O * nr * I; }
-  /// Stored as its ZeRO shard (ZeRO-3 and zero_split).
+  /// The parameter is stored as its ZeRO shard (ZeRO-3 and zero_split).
   bool shard_stored(int zero) const { return zero == 3 && zero_split; }
+  /// Its gradient is held only as its ZeRO shard (ZeRO-2 and 3, zero_split): the backward
+  /// writes the full gradient into the grad ring, whose reduce-scatter adds it into the shard.
+  bool grad_shard_stored(int zero) const { return zero >= 2 && zero_split; }
 };
 
 struct ChunkShape {
@@ -106,7 +109,7 @@ struct StepShape {
   std::vector<ParamShape> params;
   std::map<std::string, int> index;
   std::vector<std::vector<int>> units;  // unit -> parameter indices
-  int64_t ring_numel = 0;               // ZeRO-3: one ring buffer (the largest unit on this rank)
+  int64_t ring_numel = 0;               // ZeRO-2/3: one ring buffer (the largest unit on this rank)
   const ParamShape& param(const std::string& n) const { return params[static_cast<size_t>(index.at(n))]; }
 };
 

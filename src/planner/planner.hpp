@@ -85,6 +85,11 @@ struct PlanMemory {
   double max_rank_state = 0;     // largest params + grads + optimizer over the ranks
   double params = 0, grads = 0, optimizer = 0, activations = 0;  // bytes per device (max over ranks)
   double total() const { return params + grads + optimizer + activations; }
+  /// A deck on its own mesh: what `train --summary` reports as memory_predicted_peak_bytes
+  /// (compile::predict_peak, a fresh run with sync saves) for the ranks listed (every rank
+  /// up to 64 ranks, else rank 0 only).
+  std::vector<int> predicted_peak_ranks;
+  std::vector<int64_t> predicted_peak_bytes;
 };
 
 struct Plan {

@@ -109,6 +109,17 @@ class Trainer {
   graph::TaskGraph& graph();
   graph::Executor& executor();
   MemoryStats memory() const;
+  /// The most bytes the framework held at once since this trainer was constructed (Kokkos
+  /// allocations and checkpoint staging, core/memory.hpp; what other code in the process
+  /// allocated meanwhile counts too), or -1 when a Kokkos tools library owns the callbacks.
+  int64_t measured_peak_bytes() const;
+  /// With train.memory_limit_gib set: throws InputError on every rank (collective) when the
+  /// measured peak has passed it, naming the largest parts and a configuration that fits.
+  void check_measured_memory() const;
+  /// The same, predicted from the compiled step (compile::predict_peak): the buffers and
+  /// staging, plus the largest of initialisation, a restore (resuming) and an async save's
+  /// snapshot (its bytes: ckpt::save_bytes of the saved tensors; 0 for sync saves).
+  int64_t predicted_peak_bytes(bool resuming, int64_t async_snapshot_bytes) const;
   /// Model FLOPs of one step (forward + backward over the global batch).
   double model_flops_per_step() const;
 

@@ -20,7 +20,10 @@ for trial in range(5):
     d = os.path.join(a.work, f"together{trial}")
     both = [start(train_cmd(a, 1, "train.steps=6", "checkpoint.every=2", "checkpoint.dir=" + d)) for _ in range(2)]
     res = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in both]
-    ok = sorted(r[0] for r in res) == [0, 1] and sum("is in use by process" in r[2] for r in res) == 1
+    # the loser is refused by the lock, or, when the machine is so loaded that it started
+    # only after the winner had finished, by the committed checkpoints it finds (both say so)
+    ok = sorted(r[0] for r in res) == [0, 1] and sum(
+        "is in use by process" in r[2] or "continue with --resume latest" in r[2] for r in res) == 1
     check(ok and latest(d) == "step-00000006" and steps(d) == ["step-00000004", "step-00000006"],  # the deck keeps 2
           f"trial {trial + 1}: two runs started together: one trained, one was refused ({[r[0] for r in res]}, "
           f"{steps(d)})")

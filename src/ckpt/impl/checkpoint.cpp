@@ -28,6 +28,14 @@ using nlohmann::json;
 
 namespace {
 
+/// Whether `rank` writes the box it holds of tensors[i]: replicas take turns, the i-th
+/// tensor is written by replica i mod (number of replicas).
+bool writes_box(const TensorState& t, size_t i, int rank) {
+  if (!t.layout.holds(rank) || t.layout.local_numel(rank) == 0) return false;
+  const std::vector<int> reps = t.layout.replicas(rank);
+  return reps[i % reps.size()] == rank;
+}
+
 
 std::string step_dir_name(std::int64_t step) {
   char b[32];
@@ -294,10 +302,7 @@ std::string Checkpointer::save(const std::vector<TensorState>& tensors, const Me
       rec.mesh = t.layout.mesh();
       rec.pinned = t.layout.pinned();
       p->skeleton.tensors.push_back(std::move(rec));
-      if (local == 0) continue;
-      // replicas take turns: the i-th tensor is written by replica i mod (number of replicas)
-      std::vector<int> reps = t.layout.replicas(rank);
-      if (reps[i % reps.size()] != rank) continue;
+      if (!writes_box(t, i, rank)) continue;
       ShardJob j;
       j.tensor = i;
       j.name = t.name;
@@ -621,6 +626,14 @@ std::vector<std::string> list_checkpoints(const std::string& root) {
   std::vector<std::string> out;
   for (auto& [s, p] : v) out.push_back(p);
   return out;
+}
+
+std::int64_t save_bytes(const std::vector<TensorState>& tensors, int rank) {
+  std::int64_t b = 0;
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (writes_box(tensors[i], i, rank))
+      b += tensors[i].layout.local_numel(rank) * static_cast<std::int64_t>(dtype_size(tensors[i].dtype));
+  return b;
 }
 
 Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<TensorState>& tensors,

@@ -1,4 +1,5 @@
 #include "ckpt/impl/ckpt_internal.hpp"
+#include "core/memory.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -97,15 +98,22 @@ HostBuffer::HostBuffer(std::size_t bytes) : n_(bytes) {
   ::madvise(p, mapped_, MADV_HUGEPAGE);  // a hint: fine when refused
 #endif
   p_ = static_cast<unsigned char*>(p);
+  memory::note_alloc(p_, static_cast<std::int64_t>(bytes));
 }
 HostBuffer::~HostBuffer() {
-  if (p_) ::munmap(p_, mapped_);
+  if (p_) {
+    memory::note_free(p_);
+    ::munmap(p_, mapped_);
+  }
 }
 HostBuffer::HostBuffer(HostBuffer&& o) noexcept
     : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)), mapped_(std::exchange(o.mapped_, 0)) {}
 HostBuffer& HostBuffer::operator=(HostBuffer&& o) noexcept {
   if (this != &o) {
-    if (p_) ::munmap(p_, mapped_);
+    if (p_) {
+      memory::note_free(p_);
+      ::munmap(p_, mapped_);
+    }
     p_ = std::exchange(o.p_, nullptr);
     n_ = std::exchange(o.n_, 0);
     mapped_ = std::exchange(o.mapped_, 0);

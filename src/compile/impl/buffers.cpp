@@ -31,28 +31,32 @@ namespace {
 
 void plan_params(const StepShape& s, BufferPlan& b) {
   const int zero = s.zero;
+  int64_t pack = 0;
   for (const auto& p : s.params) {
     ParamBuffers pb;
     if (p.here) {
       const std::string& nm = p.name;
       const int64_t local = p.shard_stored(zero) ? p.shard_numel() : p.lnumel;
       pb.param = b.add(nm, local, DType::F32, BufferClass::Params);
-      pb.grad = b.add(nm + ".grad", local, DType::F32, BufferClass::Grads);
-      if (zero == 2 && p.zero_split) pb.grad_shard = b.add(nm + ".grad_shard", p.shard_numel(), DType::F32, BufferClass::Grads);
+      pb.grad = b.add(nm + ".grad", p.grad_shard_stored(zero) ? p.shard_numel() : p.lnumel, DType::F32,
+                      BufferClass::Grads);
       const int64_t opt_n = p.zero_split ? p.shard_numel() : p.lnumel;
       pb.adam_m = b.add(nm + ".adam_m", opt_n, DType::F32, BufferClass::Optimizer);
       pb.adam_v = b.add(nm + ".adam_v", opt_n, DType::F32, BufferClass::Optimizer);
-      if (p.zero_split && zero <= 2 && p.O > 1)
-        pb.param_shard = b.add(nm + ".param_shard", p.shard_numel(), DType::F32, BufferClass::Params);
-      if (p.zero_split && zero == 1 && p.O > 1)
-        pb.grad_tmp = b.add(nm + ".grad_shard", p.shard_numel(), DType::F32, BufferClass::Grads);
+      // ZeRO-1/2 update their rows of the full parameter in place (a shard that is not
+      // contiguous, dims before the ZeRO dim, runs by run) and gather from there
+      if (p.zero_split && zero == 1 && p.O > 1) pack = std::max(pack, p.shard_numel());
     }
     b.params.push_back(pb);
   }
-  if (zero == 3) {
+  if (pack > 0) b.grad_pack = b.add("grad_shard_pack", pack, DType::F32, BufferClass::Transient);
+  if (zero >= 2) {
     const int64_t n = std::max<int64_t>(1, s.ring_numel);
-    for (int r = 0; r <= s.prefetch; ++r)
-      b.gather_ring.push_back(b.add("param_ring." + std::to_string(r), n, DType::F32, BufferClass::Transient));
+    if (zero == 3)
+      for (int r = 0; r <= s.prefetch; ++r)
+        b.gather_ring.push_back(b.add("param_ring." + std::to_string(r), n, DType::F32, BufferClass::Transient));
+    // ZeRO-2 and 3: the backward of a unit writes its full gradients here, and their
+    // reduce-scatters add them into the gradient shards (two units in flight)
     for (int r = 0; r < 2; ++r)
       b.grad_ring.push_back(b.add("grad_ring." + std::to_string(r), n, DType::F32, BufferClass::Transient));
   }

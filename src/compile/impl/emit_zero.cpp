@@ -1,8 +1,9 @@
 // ZeRO and gradient sync: ZeRO-3 gathers of each use's parameters into the gather ring,
-// prefetch uses ahead; after a backward use, each parameter's gradient sync (ZeRO-3
-// reduce-scatter per micro-batch, ZeRO-2 reduce-scatter or a data-parallel all-reduce after
-// the last micro-batch, HSDP's all-reduce of the shard over the replicas); ZeRO-1/2's
-// parameter all-gather after the update.
+// prefetch uses ahead; after a backward use, each parameter's gradient sync (ZeRO-2/3:
+// reduce-scatter of the grad ring into the gradient shard per micro-batch, so the full
+// gradient is never held; otherwise a data-parallel all-reduce after the last
+// micro-batch; HSDP's all-reduce of the shard over the replicas); ZeRO-1/2's parameter
+// all-gather after the update.
 #include "compile/impl/builder.hpp"
 
 namespace shardflow::compile::detail {
@@ -44,8 +45,8 @@ void StepBuilder::emit_gathers_upto(int upto) {
 // a backward use the reduce-scatters of the use two before it that read its grad-ring ring.
 void StepBuilder::emit_use_waits(size_t k, int first_segment) {
   const Use& u = uses_[k];
-  if (s.zero != 3) return;
-  if (u.gather >= 0)
+  if (s.zero < 2) return;
+  if (s.zero == 3 && u.gather >= 0)
     for (int g : gathers_of_[static_cast<size_t>(u.gather)]) edge(g, first_segment);
   if (!is_bwd(u.kind)) return;
   for (size_t q = k; q-- > 0;) {
@@ -83,7 +84,7 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
         grad_sync_.push_back(t);
       }
     };
-    const bool ring = p.shard_stored(s.zero);
+    const bool ring = p.grad_shard_stored(s.zero);
     // sequence parallel: a norm gain's gradient sums over this rank's rows only
     if (s.sp && p.gain && (ring || last_mb)) {
       const BufRef grad = ring ? BufRef{b.grad_ring[static_cast<size_t>(u.grad_ring)], p.ring_offset} : BufRef{pb.grad};
@@ -111,18 +112,10 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
       continue;
     }
     if (!last_mb || pdp_size == 1) continue;
-    if (s.zero == 2 && p.zero_split) {
-      const int t = emit_comm(shard_scatter(g.zero, p.O, p.R, p.I, s.scatter_dtype, {pb.grad}, {pb.grad_shard}, false,
-                                            comm::ReduceOp::Mean, p.lnumel, p.name + ".grad"),
-                              "reduce_scatter " + p.name);
-      edge(ready, t);
-      shard_done(t, pb.grad_shard);
-    } else {
-      const int a = emit_comm(all_reduce(pdp, {pb.grad}, p.lnumel, comm::ReduceOp::Mean, DType::F32, p.name + ".grad"),
-                              "all_reduce " + p.name + ".grad");
-      edge(ready, a);
-      grad_sync_.push_back(a);
-    }
+    const int a = emit_comm(all_reduce(pdp, {pb.grad}, p.lnumel, comm::ReduceOp::Mean, DType::F32, p.name + ".grad"),
+                            "all_reduce " + p.name + ".grad");
+    edge(ready, a);
+    grad_sync_.push_back(a);
   }
 }
 
@@ -131,7 +124,8 @@ void StepBuilder::emit_zero12_gathers(int update) {
     const ParamShape& p = s.params[pi];
     if (!p.zero_split || !p.here) continue;
     const ParamBuffers& pb = b.params[pi];
-    const BufRef shard = p.O > 1 ? BufRef{pb.param_shard} : BufRef{pb.param, p.r0 * p.I};
+    // the shard is this rank's rows of the parameter itself (updated in place)
+    const BufRef shard{pb.param, p.r0 * p.I};
     const int t = emit_comm(shard_gather(s.groups.zero, p.O, p.R, p.I, DType::F32, shard, {pb.param}, p.lnumel, p.name),
                             "gather " + p.name);
     edge(update, t);

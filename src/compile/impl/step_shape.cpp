@@ -103,7 +103,7 @@ void shape_params(const parallel::LayoutPlan& plan, StepShape& s) {
       p.r0 = 0;
       p.nr = p.R;
     }
-    if (p.here && p.shard_stored(s.zero)) {
+    if (p.here && p.grad_shard_stored(s.zero)) {
       p.ring_offset = unit_numel[static_cast<size_t>(p.unit)];
       unit_numel[static_cast<size_t>(p.unit)] += p.lnumel;
     }
@@ -111,7 +111,7 @@ void shape_params(const parallel::LayoutPlan& plan, StepShape& s) {
     s.units[static_cast<size_t>(p.unit)].push_back(static_cast<int>(s.params.size()));
     s.params.push_back(std::move(p));
   }
-  s.ring_numel = s.zero == 3 ? *std::max_element(unit_numel.begin(), unit_numel.end()) : 0;
+  s.ring_numel = s.zero >= 2 ? *std::max_element(unit_numel.begin(), unit_numel.end()) : 0;
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "compile/summary.hpp"
 
 #include <nlohmann/json.hpp>
+#include <algorithm>
 #include <cstdint>
 #include <set>
 #include <sstream>
@@ -59,6 +60,29 @@ namespace {
 // byte counts of a step that fits a machine are exact in double; larger ones saturate
 int64_t exact_bytes(double b) { return b < 9.0e18 ? static_cast<int64_t>(b) : INT64_MAX; }
 }  // namespace
+
+int64_t PeakPrediction::peak() const {
+  return buffers + staging + std::max({init, restore_staging, save_snapshot});
+}
+
+PeakPrediction predict_peak(const StepProgram& prog, bool resuming, int64_t async_snapshot_bytes) {
+  PeakPrediction p;
+  for (const auto& spec : prog.buffers.specs) p.buffers += spec.bytes();
+  for (const auto& t : prog.tasks)
+    if (t.is_comm) p.staging += t.comm.staging_bytes;
+  int64_t state = 0;
+  for (size_t i = 0; i < prog.shape.params.size(); ++i) {
+    const ParamShape& ps = prog.shape.params[i];
+    if (!ps.here) continue;
+    p.init = std::max(p.init, numel(ps.shape) * static_cast<int64_t>(sizeof(float)));
+    const ParamBuffers& pb = prog.buffers.params[i];
+    for (int id : {pb.param, pb.adam_m, pb.adam_v})
+      if (id >= 0) state += prog.buffers.specs[static_cast<size_t>(id)].bytes();
+  }
+  if (resuming) p.restore_staging = state;
+  p.save_snapshot = async_snapshot_bytes;
+  return p;
+}
 
 ProgramSummary summarize(const StepProgram& prog) {
   const StepShape& sh = prog.shape;

@@ -195,15 +195,9 @@ StateBytes LayoutPlan::state_bytes(int rank) const {
     const int64_t shard = opt.local_numel(rank);
     // the tensor/expert box, or at ZeRO-3 its shard (the Param role is zero-split only there)
     const int64_t local = tensor_box.local_numel(rank);
-    // dims before the zero dim are not zero-split: O = their product over the tensor box
-    const Box box = tensor_box.box(rank);
-    const bool outer = p.zero_sharded() && numel(box.extent, 0, static_cast<size_t>(p.zero_dim)) > 1;
     int64_t params = local, grads = local;
-    if (p.zero_sharded()) {
-      if (z == 2) grads += shard;                 // the reduce-scattered gradient shard beside the full gradient
-      if (z <= 2 && outer) params += shard;       // contiguous parameter shard for the update
-      if (z == 1 && outer) grads += shard;        // contiguous gradient shard for the update
-    }
+    // ZeRO-2: only the gradient shard (the full gradient passes through the grad ring)
+    if (p.zero_sharded() && z == 2) grads = shard;
     b.params += params * 4;
     b.grads += grads * 4;
     b.optimizer += 2 * shard * 4;

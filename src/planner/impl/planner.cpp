@@ -1,6 +1,7 @@
 #include "planner/planner.hpp"
 
 #include "compile/compiler.hpp"
+#include "compile/summary.hpp"
 
 #include "mesh/axes.hpp"
 #include "parallel/layout_plan.hpp"
@@ -189,8 +190,15 @@ Plan make_plan(const PlanInput& in) {
       if (in.deck && plan.mesh == in.deck->mesh.to_mesh_shape()) {
         Deck d = *in.deck;
         d.strategy.zero_stage = stage;
-        const compile::StepProgram prog = compile::compile_step(d, compile::layout_plan(d, plan.mesh), 0);
+        const parallel::LayoutPlan dlp = compile::layout_plan(d, plan.mesh);
+        const compile::StepProgram prog = compile::compile_step(d, dlp, 0);
         m.activations = compile::step_bytes(prog, compile::BufferClass::Activations);
+        const int nr = plan.mesh.size() <= 64 ? plan.mesh.size() : 1;
+        for (int r = 0; r < nr; ++r) {
+          m.predicted_peak_ranks.push_back(r);
+          m.predicted_peak_bytes.push_back(
+              compile::predict_peak(r == 0 ? prog : compile::compile_step(d, dlp, r), false, 0).peak());
+        }
       }
       plan.memory.push_back(m);
     }
@@ -322,7 +330,7 @@ std::string plan_to_json(const Plan& plan) {
                       {"rule", p.rule}});
   j["parameters"] = params;
   json mem = json::array();
-  for (const auto& m : plan.memory)
+  for (const auto& m : plan.memory) {
     mem.push_back({{"strategy", m.strategy},
                    {"zero_stage", m.stage},
                    {"configured", m.configured},
@@ -334,6 +342,11 @@ std::string plan_to_json(const Plan& plan) {
                    {"activation_bytes", m.activations},
                    {"total_bytes", m.total()},
                    {"total_gb", m.total() / 1e9}});
+    if (!m.predicted_peak_bytes.empty()) {
+      mem.back()["memory_predicted_peak_bytes"] = m.predicted_peak_bytes;
+      mem.back()["memory_predicted_peak_ranks"] = m.predicted_peak_ranks;
+    }
+  }
   j["memory_per_device"] = mem;
   return j.dump(2);
 }

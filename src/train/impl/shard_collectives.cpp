@@ -159,7 +159,13 @@ ShardGather::ShardGather(comm::Communicator& c, int64_t outer, int64_t rows, int
 int64_t ShardGather::staging_bytes() const { return static_cast<int64_t>(send_.extent(0) + recv_.extent(0)); }
 
 std::function<bool()> ShardGather::start() {
-  if (!direct_) cast_out(shard_, send_.data(), outer_ * split_extent(rows_, n_, me_) * cols_, dtype_);
+  if (!direct_) {
+    const int64_t my = split_extent(rows_, n_, me_);
+    if (shard_ >= full_ && shard_ < full_ + outer_ * rows_ * cols_)  // the shard is my rows of full: O runs
+      pack_rows(full_, rows_, split_offset(rows_, n_, me_), send_.data(), my, 0, outer_, my, cols_, dtype_);
+    else
+      cast_out(shard_, send_.data(), outer_ * my * cols_, dtype_);
+  }
   auto req = std::make_shared<comm::Request>(coll_->start());
   return [this, req] {
     if (!req->test()) return false;

@@ -398,7 +398,7 @@ void Trainer::Impl::norm_local() {
     if (p.expert && ep > 1) {
       // an expert's gradient sums the tokens of all ep batch slices of its expert group,
       // each scaled for its own slice's mean: 1/ep makes it the mean over the group
-      FVec gv = zero == 2 && p.zero_split ? p.gshard : p.grad;
+      FVec gv = p.grad;
       const float f = 1.0f / static_cast<float>(ep);
       float* gp = gv.data();
       Kokkos::parallel_for(
@@ -411,14 +411,12 @@ void Trainer::Impl::norm_local() {
       n = p.shard_numel();
       if (zero == 1) {
         if (p.O > 1) {
-          detail::pack_rows(p.grad.data(), p.R, p.r0, p.gtmp.data(), p.nr, 0, p.O, p.nr, p.I, DType::F32);
-          g = p.gtmp.data();
+          detail::pack_rows(p.grad.data(), p.R, p.r0, grad_pack.data(), p.nr, 0, p.O, p.nr, p.I, DType::F32);
+          g = grad_pack.data();
         } else {
           g = p.grad.data() + p.r0 * p.I;
         }
-      } else if (zero == 2) {
-        g = p.gshard.data();
-      }
+      }  // ZeRO-2/3: p.grad is the shard
     } else if (shard_size > 1 && shard_index != 0) {
       continue;
     }
@@ -435,21 +433,23 @@ void Trainer::Impl::update() {
   const auto st = optim::make_step(opt, completed + 1, sq_total);
   for (auto& p : params) {
     if (!p.here) continue;
-    float* pp_ = p.param.data();
-    const float* gg = p.grad.data();
-    int64_t n = p.lnumel;
-    if (p.zero_split) {
-      n = p.shard_numel();
-      if (zero == 1 || zero == 2) {
-        if (p.O > 1) detail::pack_rows(p.param.data(), p.R, p.r0, p.pshard.data(), p.nr, 0, p.O, p.nr, p.I, DType::F32);
-        pp_ = shard_param_ptr(p);
-        if (zero == 1)
-          gg = p.O > 1 ? p.gtmp.data() : p.grad.data() + p.r0 * p.I;
-        else
-          gg = p.gshard.data();
+    if (p.zero_split && (zero == 1 || zero == 2)) {
+      // this rank's rows of the full parameter, in place: O runs of nr·I elements (one run
+      // when the ZeRO dim is the first); the gradient is the same rows of the full gradient
+      // (ZeRO-1) or the contiguous shard (ZeRO-2), the moments are contiguous shards. The
+      // update is elementwise, so runs update bitwise as one packed shard would.
+      const int64_t run = p.nr * p.I;
+      for (int64_t o = 0; o < p.O; ++o) {
+        const int64_t at = (o * p.R + p.r0) * p.I, packed = o * run;
+        const float* gg = zero == 1 ? p.grad.data() + at : p.grad.data() + packed;
+        optim::AdamW<float, Exec>::update(vec(p.param.data() + at, run), cvec(gg, run), vec(p.m.data() + packed, run),
+                                          vec(p.v.data() + packed, run), st, p.decay);
       }
+      continue;
     }
-    optim::AdamW<float, Exec>::update(vec(pp_, n), cvec(gg, n), vec(p.m.data(), n), vec(p.v.data(), n), st, p.decay);
+    const int64_t n = p.zero_split ? p.shard_numel() : p.lnumel;
+    optim::AdamW<float, Exec>::update(vec(p.param.data(), n), cvec(p.grad.data(), n), vec(p.m.data(), n),
+                                      vec(p.v.data(), n), st, p.decay);
   }
 }
 

@@ -15,6 +15,8 @@
 #include "comm/plan.hpp"
 #include "comm/request.hpp"
 #include "core/error.hpp"
+#include "compile/summary.hpp"
+#include "core/memory.hpp"
 #include "graph/verify.hpp"
 #include "mesh/axes.hpp"
 #include "nn/init.hpp"
@@ -59,6 +61,8 @@ void box_copy(const float* src, const Shape& shape, const Box& b, float* dst, bo
 
 Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluate)
     : deck(d), mesh(&m), comms(&c), desc(d.model) {
+  memory::install_tracker();
+  memory_baseline = memory::reset_peak();
   cfg.vocab = deck.model.vocab;
   cfg.seq = deck.model.seq;
   cfg.hidden = deck.model.hidden;
@@ -141,48 +145,140 @@ std::string gib(double bytes) {  // GiB, with MiB for small sizes (three signifi
 }
 }  // namespace
 
-// Refuses, before anything is allocated, a step whose compiled buffers do not fit the memory
-// a rank has (train.memory_limit_gib, else the node's MemAvailable shared by its ranks),
-// naming the part that is largest and the deck keys that size it. Collective.
-void Trainer::Impl::check_memory() {
-  using compile::BufferClass;
-  auto bytes = [this](BufferClass c) { return compile::step_bytes(prog, c); };
-  // params, grads, optimizer, transient (rings + staging), activations (+ inputs and scalars)
-  const double part[5] = {bytes(BufferClass::Params), bytes(BufferClass::Grads), bytes(BufferClass::Optimizer),
-                          bytes(BufferClass::Transient),
-                          bytes(BufferClass::Activations) + bytes(BufferClass::Inputs) + bytes(BufferClass::Scalars)};
-  const double need = part[0] + part[1] + part[2] + part[3] + part[4];
-  const comm::Control control(mesh->world());
-  const int local = control.node_ranks();
+namespace {
+/// The peak (compile::predict_peak of a fresh run) of the worst of `ranks` for deck d, or
+/// -1 when this mesh or strategy cannot run d.
+double predicted_peak(const Deck& d, const std::vector<int>& ranks) {
+  try {
+    const parallel::LayoutPlan lp = compile::layout_plan(d, d.mesh.to_mesh_shape());
+    double worst = 0;
+    for (int r : ranks)
+      worst = std::max(worst, static_cast<double>(compile::predict_peak(compile::compile_step(d, lp, r), false, 0).peak()));
+    return worst;
+  } catch (const InputError&) {
+    return -1;
+  }
+}
+}  // namespace
+
+// A configuration of the same model on the same ranks whose predicted peak fits `limit`:
+// higher ZeRO stages, the ZeRO group over fsdp, full recomputation and more micro-batches,
+// alone and together, in that order (the planner's compile of each candidate). Checks every
+// rank up to 64 ranks, else this one. "" when none fits.
+std::string Trainer::Impl::configuration_that_fits(double limit) const {
+  const int world = deck.mesh.size();
+  std::vector<int> ranks;
+  if (world <= 64) {
+    for (int r = 0; r < world; ++r) ranks.push_back(r);
+  } else {
+    ranks.push_back(mesh->rank());
+  }
+  struct Candidate {
+    Deck d;
+    std::string sets;
+  };
+  std::vector<Candidate> meshes;  // the mesh and stage changes first
+  const int group = deck.mesh.fsdp > 1 ? deck.mesh.fsdp : deck.mesh.data;
+  for (int z = deck.strategy.zero_stage + 1; z <= 3 && group > 1; ++z) {
+    Candidate c{deck, "strategy.zero_stage=" + std::to_string(z)};
+    c.d.strategy.zero_stage = z;
+    meshes.push_back(c);
+  }
+  if (deck.mesh.data > 1 && deck.mesh.fsdp == 1) {
+    Candidate c{deck, "mesh.data=1 mesh.fsdp=" + std::to_string(deck.mesh.data) + " strategy.zero_stage=3"};
+    c.d.mesh.fsdp = deck.mesh.data;
+    c.d.mesh.data = 1;
+    c.d.strategy.zero_stage = 3;
+    meshes.push_back(c);
+  }
+  std::vector<Candidate> all = meshes;
+  std::vector<Candidate> base{{deck, ""}};
+  base.insert(base.end(), meshes.begin(), meshes.end());
+  auto join = [](const std::string& a, const std::string& b) { return a.empty() ? b : a + " " + b; };
+  if (deck.strategy.recompute != Recompute::Full && deck.model.experts == 0)
+    for (const auto& b : base) {
+      Candidate c{b.d, join(b.sets, "strategy.recompute=\"full\"")};
+      c.d.strategy.recompute = Recompute::Full;
+      all.push_back(c);
+    }
+  const size_t with_recompute = all.size();
+  for (int64_t f : {2, 4}) {
+    const int64_t m = deck.train.micro_batches * f;
+    for (size_t i = 0; i < with_recompute; ++i) {
+      Candidate c{all[i].d, join(all[i].sets, "train.micro_batches=" + std::to_string(m))};
+      c.d.train.micro_batches = m;
+      all.push_back(c);
+    }
+  }
+  for (const auto& c : all) {
+    const double p = predicted_peak(c.d, ranks);
+    if (p >= 0 && p <= limit) return "--set " + c.sets + " (predicted peak " + gib(p) + ")";
+  }
+  return "";
+}
+
+// The memory a rank may use: train.memory_limit_gib, else the node's MemAvailable shared by
+// its ranks (0: unknown). `source` says which.
+double Trainer::Impl::memory_limit(std::string* source) const {
   double limit = deck.train.memory_limit_gib * 1073741824.0;
-  std::string source = "train.memory_limit_gib = " + std::to_string(deck.train.memory_limit_gib) + " (" +
-                       deck.where("train.memory_limit_gib") + ")";
+  *source = "train.memory_limit_gib = " + std::to_string(deck.train.memory_limit_gib) + " (" +
+            deck.where("train.memory_limit_gib") + ")";
   if (limit <= 0) {
+    const comm::Control control(mesh->world());
+    const int local = control.node_ranks();
     const double avail = available_memory_bytes();
     limit = avail / local;
-    source = "the node's available memory " + gib(avail) + " shared by its " + std::to_string(local) +
-             " rank(s); set train.memory_limit_gib to change it";
+    *source = "the node's available memory " + gib(avail) + " shared by its " + std::to_string(local) +
+              " rank(s); set train.memory_limit_gib to change it";
   }
+  return limit;
+}
+
+std::string Trainer::Impl::memory_message(const std::string& what, double bytes, double limit,
+                                          const std::string& source) const {
+  using compile::BufferClass;
+  auto b = [this](BufferClass c) { return compile::step_bytes(prog, c); };
+  const compile::PeakPrediction pp = compile::predict_peak(prog, false, 0);
+  // params, grads, optimizer, rings + staging, activations (+ inputs and scalars), initialisation
+  const double part[6] = {b(BufferClass::Params), b(BufferClass::Grads), b(BufferClass::Optimizer),
+                          b(BufferClass::Transient) + static_cast<double>(pp.staging),
+                          b(BufferClass::Activations) + b(BufferClass::Inputs) + b(BufferClass::Scalars),
+                          static_cast<double>(pp.init)};
+  const char* names[6] = {"parameters", "gradients", "optimizer state", "gather/reduce rings and staging",
+                          "activations", "one whole parameter while initialising"};
+  const char* keys[6] = {"model.hidden / model.layers / model.ffn / model.vocab, or shard them (mesh, strategy.zero_stage)",
+                         "model.hidden / model.layers / model.ffn / model.vocab, or shard them (strategy.zero_stage >= 2)",
+                         "model.hidden / model.layers, or shard them (strategy.zero_stage >= 1)",
+                         "strategy.prefetch, strategy.zero_stage",
+                         deck.strategy.recompute == Recompute::None && deck.model.experts == 0
+                             ? "strategy.recompute = \"full\" (keeps only each layer's input), or model.seq, "
+                               "train.global_batch (per micro-batch: train.micro_batches), model.hidden"
+                             : "model.seq, train.global_batch (per micro-batch: train.micro_batches), model.hidden",
+                         "model.vocab / model.hidden (the largest parameter)"};
+  int big = 0;
+  for (int k = 1; k < 6; ++k)
+    if (part[k] > part[big]) big = k;
+  const std::string fits = configuration_that_fits(limit);
+  return "rank " + std::to_string(mesh->rank()) + "'s " + what + " " + gib(bytes) + " (parameters " + gib(part[0]) +
+         ", gradients " + gib(part[1]) + ", optimizer " + gib(part[2]) + ", rings and staging " + gib(part[3]) +
+         ", activations " + gib(part[4]) + ", initialisation " + gib(part[5]) + ") but may use " + gib(limit) + " (" +
+         source + "). The largest part is " + names[big] + ": " + keys[big] + " (" + deck.path + "). " +
+         (fits.empty() ? std::string("No ZeRO stage, fsdp mesh, full recomputation or micro-batching of this model "
+                                     "fits on these ranks")
+                       : "This would fit: " + fits);
+}
+
+// Refuses, before anything is allocated, a step whose predicted peak (compile::predict_peak:
+// the compiled buffers, the collectives' staging and the initialisation) does not fit the
+// memory a rank has, naming the largest part, the deck keys that size it and a
+// configuration that fits. Collective.
+void Trainer::Impl::check_memory() {
+  std::string source;
+  const double limit = memory_limit(&source);
+  const double need = static_cast<double>(compile::predict_peak(prog, false, 0).peak());
   std::string err;
-  if (limit > 0 && need > limit) {
-    const char* names[5] = {"parameters", "gradients", "optimizer state", "gather/reduce rings and staging",
-                            "activations"};
-    const char* keys[5] = {"model.hidden / model.layers / model.ffn / model.vocab, or shard them (mesh, strategy.zero_stage)",
-                           "model.hidden / model.layers / model.ffn / model.vocab, or shard them (strategy.zero_stage >= 2)",
-                           "model.hidden / model.layers, or shard them (strategy.zero_stage >= 1)",
-                           "strategy.prefetch, strategy.zero_stage",
-                           deck.strategy.recompute == Recompute::None && deck.model.experts == 0
-                               ? "strategy.recompute = \"full\" (keeps only each layer's input), or model.seq, "
-                                 "train.global_batch (per micro-batch: train.micro_batches), model.hidden"
-                               : "model.seq, train.global_batch (per micro-batch: train.micro_batches), model.hidden"};
-    int big = 0;
-    for (int k = 1; k < 5; ++k)
-      if (part[k] > part[big]) big = k;
-    err = "rank " + std::to_string(mesh->rank()) + "'s step needs " + gib(need) + " (parameters " + gib(part[0]) +
-          ", gradients " + gib(part[1]) + ", optimizer " + gib(part[2]) + ", rings and staging " + gib(part[3]) +
-          ", activations " + gib(part[4]) + ") but may use " + gib(limit) + " (" + source + "). The largest part is " +
-          names[big] + ": " + keys[big] + " (" + deck.path + ")";
-  }
+  if (limit > 0 && need > limit) err = memory_message("step needs", need, limit, source);
+  const comm::Control control(mesh->world());
   control.agree(err);
 }
 
@@ -213,15 +309,13 @@ void Trainer::Impl::allocate() {
     const compile::ParamBuffers& pb = b.params[pi];
     p.param = f(pb.param);
     p.grad = f(pb.grad);
-    p.gshard = f(pb.grad_shard);
     p.m = f(pb.adam_m);
     p.v = f(pb.adam_v);
-    p.pshard = f(pb.param_shard);
-    p.gtmp = f(pb.grad_tmp);
     params.push_back(std::move(p));
   }
   for (int id : b.gather_ring) gather_ring.push_back(f(id));
   for (int id : b.grad_ring) grad_ring.push_back(f(id));
+  grad_pack = f(b.grad_pack);
   for (const auto& per : b.acts) {
     std::vector<Acts> out(per.size());
     for (size_t k = 0; k < per.size(); ++k) {
@@ -529,12 +623,13 @@ MemoryStats Trainer::memory() const {
   const auto& I = *impl_;
   MemoryStats m;
   for (const auto& p : I.params) {
-    m.params += view_bytes(p.param) + view_bytes(p.pshard);
-    m.grads += view_bytes(p.grad) + view_bytes(p.gshard) + view_bytes(p.gtmp);
+    m.params += view_bytes(p.param);
+    m.grads += view_bytes(p.grad);
     m.optimizer += view_bytes(p.m) + view_bytes(p.v);
   }
   for (const auto& s : I.gather_ring) m.transient += view_bytes(s);
   for (const auto& s : I.grad_ring) m.transient += view_bytes(s);
+  m.transient += view_bytes(I.grad_pack);
   m.transient += I.staging;
   std::set<const float*> counted;  // full recomputation: the layers share one scratch set
   for (const auto& per : I.acts)
@@ -557,6 +652,26 @@ MemoryStats Trainer::memory() const {
                         &I.rstdf, &I.logits, &I.row_max, &I.stats})
     m.activations += view_bytes(*v);
   return m;
+}
+
+void Trainer::check_measured_memory() const {
+  const auto& I = *impl_;
+  if (I.deck.train.memory_limit_gib <= 0 || !memory::tracking()) return;
+  std::string source;
+  const double limit = I.memory_limit(&source);
+  const double got = static_cast<double>(measured_peak_bytes());
+  std::string err;
+  if (got > limit) err = I.memory_message("allocations reached (measured)", got, limit, source);
+  comm::Control(I.mesh->world()).agree(err);
+}
+
+int64_t Trainer::measured_peak_bytes() const {
+  if (!memory::tracking()) return -1;
+  return memory::peak_bytes() - impl_->memory_baseline;
+}
+
+int64_t Trainer::predicted_peak_bytes(bool resuming, int64_t async_snapshot_bytes) const {
+  return compile::predict_peak(impl_->prog, resuming, async_snapshot_bytes).peak();
 }
 
 double Trainer::model_flops_per_step() const {

@@ -66,12 +66,13 @@ struct Trainer::Impl {
 
   // A parameter as this rank holds it (compile::ParamShape) and its buffers.
   struct Param : compile::ParamShape {
-    FVec param, grad, gshard, m, v, pshard, gtmp;
+    FVec param, grad, m, v;
   };
   std::vector<Param> params;
   std::map<std::string, int> index;
   std::vector<std::vector<int>> units;  // unit -> param indices
-  std::vector<FVec> gather_ring, grad_ring;     // ZeRO-3 gather ring and grad ring
+  std::vector<FVec> gather_ring, grad_ring;     // ZeRO-3 gather ring, ZeRO-2/3 grad ring
+  FVec grad_pack;                               // ZeRO-1: a non-contiguous gradient shard, packed for the norm
 
   struct Acts {
     FVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
@@ -108,9 +109,13 @@ struct Trainer::Impl {
   std::vector<std::unique_ptr<detail::ShardGather>> gathers;
   std::vector<std::unique_ptr<detail::ShardReduceScatter>> scatters;
   int64_t staging = 0;
+  int64_t memory_baseline = 0;  // bytes tracked (core/memory.hpp) when this trainer began
 
   Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluate);
   void check_memory();
+  double memory_limit(std::string* source) const;
+  std::string memory_message(const std::string& what, double bytes, double limit, const std::string& source) const;
+  std::string configuration_that_fits(double limit) const;
   void allocate();
   void bind();
   graph::CommStartFn bind_comm(const compile::TaskSpec& t);
@@ -122,9 +127,9 @@ struct Trainer::Impl {
     return p.shard_stored(zero) ? gather_ring[static_cast<size_t>(ring)].data() + p.ring_offset : p.param.data();
   }
   float* gptr(const Param& p, int gring) {
-    return p.shard_stored(zero) ? grad_ring[static_cast<size_t>(gring)].data() + p.ring_offset : p.grad.data();
+    return p.grad_shard_stored(zero) ? grad_ring[static_cast<size_t>(gring)].data() + p.ring_offset : p.grad.data();
   }
-  bool accum(const Param& p, bool acc) const { return acc && !p.shard_stored(zero); }
+  bool accum(const Param& p, bool acc) const { return acc && !p.grad_shard_stored(zero); }
   Param& P(const std::string& n) { return params[static_cast<size_t>(index.at(n))]; }
   Param& U(int unit, int k) {
     return params[static_cast<size_t>(units[static_cast<size_t>(unit)][static_cast<size_t>(k)])];
@@ -135,7 +140,6 @@ struct Trainer::Impl {
   MoeState& ms(int l, int act_slot) {
     return moes[static_cast<size_t>(prog.shape.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(act_slot)];
   }
-  float* shard_param_ptr(Param& p) { return p.O > 1 ? p.pshard.data() : p.param.data() + p.r0 * p.I; }
   Layout param_layout(const Param& p, bool optimizer_state) const;
   const float* dx_full(int act_slot) const {  // the whole micro-batch's dx (all-gathered under sp)
     return sp ? dxfull.data() : dxs[static_cast<size_t>(act_slot)].data();
