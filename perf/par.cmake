@@ -11,3 +11,9 @@ add_executable(bench_recompute ${CMAKE_CURRENT_LIST_DIR}/bench_recompute.cpp)
 target_link_libraries(bench_recompute PRIVATE shardflow)
 shardflow_target_options(bench_recompute)
 target_compile_definitions(bench_recompute PRIVATE SHARDFLOW_BENCH_DECK="${PROJECT_SOURCE_DIR}/inputs/bench.toml")
+# bench_memory: each ZeRO stage's per-rank model state vs the ZeRO paper's formulas, and
+# the measured allocation peak vs the compiled prediction. Run: mpiexec -n 4 bench_memory
+add_executable(bench_memory ${CMAKE_CURRENT_LIST_DIR}/bench_memory.cpp)
+target_link_libraries(bench_memory PRIVATE shardflow)
+shardflow_target_options(bench_memory)
+target_compile_definitions(bench_memory PRIVATE SHARDFLOW_BENCH_DECK="${PROJECT_SOURCE_DIR}/inputs/bench.toml")
