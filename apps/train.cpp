@@ -202,9 +202,10 @@ int run_train(const TrainOptions& o) {
     ckpt::RestoreStats restored;
     ckpt::RestoreOptions ro;
     ro.stats = &restored;
+    ro.in_place = true;  // the trainer's buffers hold only the initial values; a failed restore ends the run
     const auto meta = ckpt::restore(mesh.world(), path, ckpt_tensors(), ro);
     trainer.set_step(meta.step);
-    trainer.check_measured_memory();  // the restore's staging came on top of the buffers
+    trainer.check_measured_memory();  // what the restore read (in place) and HDF5 held meanwhile
     resumed_at = meta.step;
     resumed_from = restored.step_dir;
     if (rank == 0 && !o.quiet)
@@ -361,7 +362,7 @@ int run_train(const TrainOptions& o) {
   const std::vector<int64_t> measured = control.gather(trainer.measured_peak_bytes(), 0);
   const std::vector<int64_t> predicted =
       control.gather(trainer.predicted_peak_bytes(
-                         resumed_at >= 0, save_opts.async ? ckpt::save_bytes(ckpt_tensors(), rank) : 0),
+                         false, save_opts.async ? ckpt::save_bytes(ckpt_tensors(), rank) : 0),
                      0);
   if (rank == 0 && !o.summary.empty()) {
     nlohmann::json j;

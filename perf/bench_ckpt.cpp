@@ -171,6 +171,7 @@ int main(int argc, char** argv) {
     std::vector<float> flat_back(flat.size());
     const std::string raw = (fs::path(dir) / ("raw-" + std::to_string(rank) + ".bin")).string();
     double t_rw = 1e30, t_rr = 1e30, t_save = 1e30, t_same = 1e30, t_resh = 1e30, t_async = 1e30, t_wait = 1e30;
+    double t_same_ip = 1e30, t_resh_ip = 1e30;
     double t_meta = 1e30;
     long long meta_bytes = 0, resh_read = 0;
     long long wrong = 0;
@@ -207,6 +208,17 @@ int main(int argc, char** argv) {
       for (int t = 0; t < ntensors; ++t) back[static_cast<size_t>(t)].assign(bufs[static_cast<size_t>(t)].size(), -1.f);
       t_same = std::min(t_same, timed([&] { ckpt::restore(MPI_COMM_WORLD, root, states(by_rows, back)); }));
       wrong += check(by_rows, back);
+      {  // in place (what train --resume does): no staging copy
+        ckpt::RestoreOptions ip;
+        ip.in_place = true;
+        for (auto& v : back) std::fill(v.begin(), v.end(), -1.f);
+        t_same_ip = std::min(t_same_ip, timed([&] { ckpt::restore(MPI_COMM_WORLD, root, states(by_rows, back), ip); }));
+        wrong += check(by_rows, back);
+        for (int t = 0; t < ntensors; ++t)
+          back[static_cast<size_t>(t)].assign(static_cast<size_t>(by_cols[static_cast<size_t>(t)].local_numel(rank)), -1.f);
+        t_resh_ip = std::min(t_resh_ip, timed([&] { ckpt::restore(MPI_COMM_WORLD, root, states(by_cols, back), ip); }));
+        wrong += check(by_cols, back);
+      }
       for (int t = 0; t < ntensors; ++t)
         back[static_cast<size_t>(t)].assign(static_cast<size_t>(by_cols[static_cast<size_t>(t)].local_numel(rank)), -1.f);
       ckpt::RestoreStats rst;
@@ -233,6 +245,10 @@ int main(int argc, char** argv) {
                   t_meta * 1e3, "-", t_meta / t_save, meta_bytes);
       std::printf("  %-22s %10.1f %9.3f %8s\n", "raw read", t_rr * 1e3, gbs(t_rr), "1.00");
       std::printf("  %-22s %10.1f %9.3f %8.2f\n", "restore same layout", t_same * 1e3, gbs(t_same), t_rr / t_same);
+      std::printf("  %-22s %10.1f %9.3f %8.2f   (in place: no staging copy; what train --resume does)\n",
+                  "restore same, in place", t_same_ip * 1e3, gbs(t_same_ip), t_rr / t_same_ip);
+      std::printf("  %-22s %10.1f %9.3f %8.2f\n", "restore resh., in place", t_resh_ip * 1e3, gbs(t_resh_ip),
+                  t_rr / t_resh_ip);
       std::printf("  %-22s %10.1f %9.3f %8.2f   (bytes read by all ranks / tensor bytes: %.3f; whole rows: %d)\n",
                   "restore resharded", t_resh * 1e3, gbs(t_resh), t_rr / t_resh,
                   static_cast<double>(resh_read) / bytes_all, size);

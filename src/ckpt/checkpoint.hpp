@@ -106,12 +106,19 @@ struct RestoreOptions {
   bool allow_extra = false;
   /// When set, filled in on success.
   RestoreStats* stats = nullptr;
+  /// Read straight into the caller's buffers instead of staging everything first. Every
+  /// byte is still checked before the call returns and a failure still throws on every
+  /// rank, but the buffers then hold part of the checkpoint: for callers whose buffers
+  /// hold nothing to keep (`train --resume`: freshly initialised parameters). Saves the
+  /// staging memory (the rank's whole state) and a copy of it.
+  bool in_place = false;
 };
 
 /// Collective. Restores `tensors` (their layouts may differ from the saved ones, on any
 /// mesh of the communicator's size) from `path`: a checkpoint root (follows `latest`) or a
 /// step directory. Returns the saved metadata. Throws InputError on every rank, naming the
-/// tensor and the file, and leaves every caller buffer untouched, when anything is wrong.
+/// tensor and the file, and leaves every caller buffer untouched (unless options.in_place),
+/// when anything is wrong.
 Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<TensorState>& tensors,
                  const RestoreOptions& options = {});
 

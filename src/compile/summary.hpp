@@ -42,18 +42,21 @@ ProgramSummary summarize(const StepProgram& prog);
 /// The most bytes a rank's framework allocations hold at once (what core/memory.hpp
 /// measures in `train`): every buffer of the plan and the collectives' staging for the
 /// whole run, plus the largest set-up or checkpoint transient on top of them: one whole
-/// parameter while the parameters are initialised, the restore's staging of the rank's
-/// state tensors (resuming), or an async save's snapshot of what the rank writes
-/// (ckpt::save_bytes; 0 for sync saves, which write from the buffers).
+/// parameter while the parameters are initialised, a staged restore's copy of the rank's
+/// state (0 for an in-place restore, which `train --resume` does), or an async save's
+/// snapshot of what the rank writes (ckpt::save_bytes; 0 for sync saves, which write from
+/// the buffers).
 struct PeakPrediction {
   int64_t buffers = 0;          // Σ BufferPlan
   int64_t staging = 0;          // Σ CommOp::staging_bytes
   int64_t init = 0;             // the largest whole parameter (initialisation)
-  int64_t restore_staging = 0;  // the rank's parameters and moments (restore stages them)
+  int64_t restore_staging = 0;  // a staged restore's copy of the rank's state
   int64_t save_snapshot = 0;    // an async save's copy of what this rank writes
   int64_t peak() const;
 };
-PeakPrediction predict_peak(const StepProgram& prog, bool resuming, int64_t async_snapshot_bytes);
+PeakPrediction predict_peak(const StepProgram& prog, int64_t restore_staging_bytes, int64_t async_snapshot_bytes);
+/// The rank's parameters and AdamW moments: what a staged restore copies.
+int64_t state_bytes(const StepProgram& prog);
 /// A human-readable report (what `shardflow compile` prints).
 std::string summary_text(const ProgramSummary& s);
 /// The same as JSON (`shardflow compile --json`).

@@ -117,9 +117,10 @@ class Trainer {
   /// measured peak has passed it, naming the largest parts and a configuration that fits.
   void check_measured_memory() const;
   /// The same, predicted from the compiled step (compile::predict_peak): the buffers and
-  /// staging, plus the largest of initialisation, a restore (resuming) and an async save's
-  /// snapshot (its bytes: ckpt::save_bytes of the saved tensors; 0 for sync saves).
-  int64_t predicted_peak_bytes(bool resuming, int64_t async_snapshot_bytes) const;
+  /// staging, plus the largest of initialisation, a staged restore's copy of the state
+  /// (staged_restore; `train --resume` restores in place) and an async save's snapshot (its
+  /// bytes: ckpt::save_bytes of the saved tensors; 0 for sync saves).
+  int64_t predicted_peak_bytes(bool staged_restore, int64_t async_snapshot_bytes) const;
   /// Model FLOPs of one step (forward + backward over the global batch).
   double model_flops_per_step() const;
 

@@ -703,7 +703,11 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
       const TensorRecord& r = *recs[i];
       if (!t.layout.holds(rank) || t.layout.local_numel(rank) == 0) continue;
       const Box need = t.layout.box(rank);
-      staging[i] = detail::HostBuffer(static_cast<size_t>(need.numel()) * dtype_size(t.dtype));
+      unsigned char* dst = static_cast<unsigned char*>(t.data);
+      if (!options.in_place) {
+        staging[i] = detail::HostBuffer(static_cast<size_t>(need.numel()) * dtype_size(t.dtype));
+        dst = staging[i].data();
+      }
       std::int64_t got = 0;
       for (const ShardRecord& s : r.shards) {
         const Box x = Box::intersect(need, s.box);
@@ -722,13 +726,13 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
         bool direct = r.dtype == t.dtype && rb.offset == want.offset && rb.extent == want.extent;
         for (size_t d = 2; d < nd && direct; ++d) direct = need.extent[d] == x.extent[d];
         if (direct) {
-          bytes_read += detail::read_tiles(ds, r, s, rb, staging[i].data(), need.extent, at_need, dir);
+          bytes_read += detail::read_tiles(ds, r, s, rb, dst, need.extent, at_need, dir);
         } else {
           buf.resize(static_cast<size_t>(rb.numel()) * dtype_size(r.dtype));
           bytes_read += detail::read_tiles(ds, r, s, rb, buf.data(), rb.extent, zero, dir);
           Box in_read{want.offset, want.extent};
           for (size_t d = 0; d < nd; ++d) in_read.offset[d] -= rb.offset[d];
-          detail::copy_convert(buf.data(), r.dtype, rb.extent, in_read, staging[i].data(), t.dtype, need.extent,
+          detail::copy_convert(buf.data(), r.dtype, rb.extent, in_read, dst, t.dtype, need.extent,
                                Box{at_need, x.extent});
         }
         got += x.numel();
@@ -745,7 +749,7 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
     options.stats->step_dir = dir;
   }
 
-  // everything is here on every rank: now the caller's buffers
+  // everything is here on every rank: now the caller's buffers (in place: already there)
   for (size_t i = 0; i < tensors.size(); ++i)
     if (!staging[i].empty()) std::memcpy(tensors[i].data, staging[i].data(), staging[i].size());
   return m.meta;

@@ -65,21 +65,25 @@ int64_t PeakPrediction::peak() const {
   return buffers + staging + std::max({init, restore_staging, save_snapshot});
 }
 
-PeakPrediction predict_peak(const StepProgram& prog, bool resuming, int64_t async_snapshot_bytes) {
-  PeakPrediction p;
-  for (const auto& spec : prog.buffers.specs) p.buffers += spec.bytes();
-  for (const auto& t : prog.tasks)
-    if (t.is_comm) p.staging += t.comm.staging_bytes;
+int64_t state_bytes(const StepProgram& prog) {
   int64_t state = 0;
   for (size_t i = 0; i < prog.shape.params.size(); ++i) {
-    const ParamShape& ps = prog.shape.params[i];
-    if (!ps.here) continue;
-    p.init = std::max(p.init, numel(ps.shape) * static_cast<int64_t>(sizeof(float)));
+    if (!prog.shape.params[i].here) continue;
     const ParamBuffers& pb = prog.buffers.params[i];
     for (int id : {pb.param, pb.adam_m, pb.adam_v})
       if (id >= 0) state += prog.buffers.specs[static_cast<size_t>(id)].bytes();
   }
-  if (resuming) p.restore_staging = state;
+  return state;
+}
+
+PeakPrediction predict_peak(const StepProgram& prog, int64_t restore_staging_bytes, int64_t async_snapshot_bytes) {
+  PeakPrediction p;
+  for (const auto& spec : prog.buffers.specs) p.buffers += spec.bytes();
+  for (const auto& t : prog.tasks)
+    if (t.is_comm) p.staging += t.comm.staging_bytes;
+  for (const ParamShape& ps : prog.shape.params)
+    if (ps.here) p.init = std::max(p.init, numel(ps.shape) * static_cast<int64_t>(sizeof(float)));
+  p.restore_staging = restore_staging_bytes;
   p.save_snapshot = async_snapshot_bytes;
   return p;
 }

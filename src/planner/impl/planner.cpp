@@ -197,7 +197,7 @@ Plan make_plan(const PlanInput& in) {
         for (int r = 0; r < nr; ++r) {
           m.predicted_peak_ranks.push_back(r);
           m.predicted_peak_bytes.push_back(
-              compile::predict_peak(r == 0 ? prog : compile::compile_step(d, dlp, r), false, 0).peak());
+              compile::predict_peak(r == 0 ? prog : compile::compile_step(d, dlp, r), 0, 0).peak());
         }
       }
       plan.memory.push_back(m);

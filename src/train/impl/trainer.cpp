@@ -153,7 +153,7 @@ double predicted_peak(const Deck& d, const std::vector<int>& ranks) {
     const parallel::LayoutPlan lp = compile::layout_plan(d, d.mesh.to_mesh_shape());
     double worst = 0;
     for (int r : ranks)
-      worst = std::max(worst, static_cast<double>(compile::predict_peak(compile::compile_step(d, lp, r), false, 0).peak()));
+      worst = std::max(worst, static_cast<double>(compile::predict_peak(compile::compile_step(d, lp, r), 0, 0).peak()));
     return worst;
   } catch (const InputError&) {
     return -1;
@@ -238,7 +238,7 @@ std::string Trainer::Impl::memory_message(const std::string& what, double bytes,
                                           const std::string& source) const {
   using compile::BufferClass;
   auto b = [this](BufferClass c) { return compile::step_bytes(prog, c); };
-  const compile::PeakPrediction pp = compile::predict_peak(prog, false, 0);
+  const compile::PeakPrediction pp = compile::predict_peak(prog, 0, 0);
   // params, grads, optimizer, rings + staging, activations (+ inputs and scalars), initialisation
   const double part[6] = {b(BufferClass::Params), b(BufferClass::Grads), b(BufferClass::Optimizer),
                           b(BufferClass::Transient) + static_cast<double>(pp.staging),
@@ -275,7 +275,7 @@ std::string Trainer::Impl::memory_message(const std::string& what, double bytes,
 void Trainer::Impl::check_memory() {
   std::string source;
   const double limit = memory_limit(&source);
-  const double need = static_cast<double>(compile::predict_peak(prog, false, 0).peak());
+  const double need = static_cast<double>(compile::predict_peak(prog, 0, 0).peak());
   std::string err;
   if (limit > 0 && need > limit) err = memory_message("step needs", need, limit, source);
   const comm::Control control(mesh->world());
@@ -670,8 +670,10 @@ int64_t Trainer::measured_peak_bytes() const {
   return memory::peak_bytes() - impl_->memory_baseline;
 }
 
-int64_t Trainer::predicted_peak_bytes(bool resuming, int64_t async_snapshot_bytes) const {
-  return compile::predict_peak(impl_->prog, resuming, async_snapshot_bytes).peak();
+int64_t Trainer::predicted_peak_bytes(bool staged_restore, int64_t async_snapshot_bytes) const {
+  return compile::predict_peak(impl_->prog, staged_restore ? compile::state_bytes(impl_->prog) : 0,
+                               async_snapshot_bytes)
+      .peak();
 }
 
 double Trainer::model_flops_per_step() const {
