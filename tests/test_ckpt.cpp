@@ -268,6 +268,16 @@ TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
   restore(MPI_COMM_WORLD, root, {TensorState{"w", rows, DType::F32, same.data()}}, ro);
   EXPECT_EQ(same, saved);
   EXPECT_EQ(st.bytes_read, total / n);
+  // in place (what train --resume does): the same data and the same bytes read, both layouts
+  RestoreOptions ip = ro;
+  ip.in_place = true;
+  std::vector<float> same_ip = fill(rows, true), cols_ip = fill(cols, true);
+  restore(MPI_COMM_WORLD, root, {TensorState{"w", rows, DType::F32, same_ip.data()}}, ip);
+  EXPECT_EQ(same_ip, saved);
+  EXPECT_EQ(st.bytes_read, total / n);
+  restore(MPI_COMM_WORLD, root, {TensorState{"w", cols, DType::F32, cols_ip.data()}}, ip);
+  EXPECT_EQ(cols_ip, fill(cols, false));
+  EXPECT_EQ(st.bytes_read, total / n);
 
   // a damaged byte in the last column tile is found by the rank reading those columns
   MPI_Barrier(MPI_COMM_WORLD);
@@ -290,6 +300,17 @@ TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
     EXPECT_NE(msg.find(tile), std::string::npos) << msg;
   }
   EXPECT_EQ(bad, untouched);
+  // in place, the damage is found the same way, and every rank throws
+  try {
+    RestoreOptions ipb;
+    ipb.in_place = true;
+    restore(MPI_COMM_WORLD, root, {TensorState{"w", cols, DType::F32, bad.data()}}, ipb);
+    ADD_FAILURE() << "a damaged column tile was accepted in place";
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    const std::string tile = "checksum mismatch in block 3 (rows [0, " + std::to_string(64 / n) + "), columns [3072, 4096))";
+    EXPECT_NE(msg.find(tile), std::string::npos) << msg;
+  }
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(root);
 }
