@@ -16,6 +16,7 @@
 
 #include "ckpt/checksum.hpp"
 #include "ckpt/impl/ckpt_internal.hpp"
+#include "ckpt/lock.hpp"
 #include "ckpt/manifest.hpp"
 #include "core/error.hpp"
 
@@ -350,3 +351,34 @@ TEST(Manifest, PathsAndBlocks) {
 }
 
 }  // namespace
+
+// A takeover is seen by the next check(), not only at the next heartbeat: with a 10 s
+// heartbeat (the default), a run taken over just before a save used to save anyway (seen
+// on a fast machine in fault_checkpoint_lock). Here the heartbeat is 1000 s.
+TEST(RootLock, CheckSeesATakeoverBeforeTheNextHeartbeat) {
+  char tmpl[] = "/tmp/shardflow_lock_unit_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string root = tmpl;
+  {
+    shardflow::ckpt::LockOptions o;
+    o.heartbeat_s = 1000;
+    shardflow::ckpt::RootLock lock(root, o);
+    EXPECT_NO_THROW(lock.check());
+    nlohmann::json other = nlohmann::json::parse(lock.record());
+    other["token"] = "thief";
+    other["host"] = "another-node";
+    {
+      std::ofstream f(lock.path() + ".new");
+      f << other.dump();
+    }
+    ASSERT_EQ(std::rename((lock.path() + ".new").c_str(), lock.path().c_str()), 0);
+    try {
+      lock.check();
+      ADD_FAILURE() << "a taken-over lock passed check()";
+    } catch (const shardflow::InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("was taken over by"), std::string::npos) << e.what();
+    }
+  }
+  std::remove((root + "/.lock").c_str());
+  ::rmdir(root.c_str());
+}

@@ -52,13 +52,17 @@ class RootLock {
   RootLock& operator=(const RootLock&) = delete;
 
   /// Throws InputError when another run took the lock over (it judged this one dead).
-  void check() const;
+  /// Re-reads the lock file, so a takeover since the last heartbeat is seen too.
+  void check();
   const std::string& path() const { return path_; }
   /// The record this process wrote (JSON).
   const std::string& record() const { return record_; }
 
  private:
   void beat();
+  /// Reads the lock file: whether it still holds this process's token (else marks the
+  /// lock lost, naming the new holder); touches its mtime when `touch` and still ours.
+  bool still_ours(bool touch);
   std::string path_, record_, token_;
   LockOptions opts_;
   std::atomic<bool> lost_{false};

@@ -263,7 +263,9 @@ RootLock::RootLock(const std::string& root, LockOptions options) : opts_(std::mo
   });
 }
 
-void RootLock::beat() {
+void RootLock::beat() { still_ours(true); }
+
+bool RootLock::still_ours(bool touch) {
   const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   const Record r = fd >= 0 ? read_record(fd) : Record{};
   if (r.token() != token_) {  // taken over (judged dead) or removed
@@ -271,14 +273,16 @@ void RootLock::beat() {
     std::lock_guard<std::mutex> g(mu_);
     if (!lost_) lost_to_ = fd >= 0 ? describe(r) : std::string("nobody (the lock file was removed)");
     lost_ = true;
-    return;
+    return false;
   }
-  ::futimens(fd, nullptr);  // the same inode whose token we read: never another run's file
+  if (touch) ::futimens(fd, nullptr);  // the same inode whose token we read: never another run's file
   ::close(fd);
+  return true;
 }
 
-void RootLock::check() const {
-  if (!lost_) return;
+void RootLock::check() {
+  // the heartbeat sees a takeover within one interval; a save must not wait for that
+  if (!lost_ && still_ours(false)) return;
   std::lock_guard<std::mutex> g(mu_);
   throw InputError(concat("the lock of this run on its checkpoint directory ('", path_, "') was taken over by ",
                           lost_to_, ", which judged this run dead: not saving into a directory that another run "
