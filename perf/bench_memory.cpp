@@ -23,6 +23,7 @@
 #include "config/deck.hpp"
 #include "core/blas.hpp"
 #include "core/threads.hpp"
+#include "bench_deck_args.hpp"
 #include "train/trainer.hpp"
 
 using namespace shardflow;
@@ -34,24 +35,15 @@ int main(int argc, char** argv) {
   Kokkos::initialize(argc, argv);
   int rc = 0;
   try {
-    std::string deck_path = SHARDFLOW_BENCH_DECK;
-    std::vector<std::string> sets;
     int steps = 2;
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      if (a == "--steps" && i + 1 < argc)
-        steps = std::stoi(argv[++i]);
-      else if (a == "--set")
-        while (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) sets.push_back(argv[++i]);
-      else
-        deck_path = a;
-    }
+    const perf::DeckArgs args = perf::parse_deck_args(argc, argv, SHARDFLOW_BENCH_DECK, {{"--steps", &steps}});
+    const std::string& deck_path = args.deck;
     const comm::Control control = comm::Control::world();
     const int n = control.size();
     double state[4] = {0, 0, 0, 0}, measured[4] = {0, 0, 0, 0}, predicted[4] = {0, 0, 0, 0};
     std::string model;
     for (int z = 0; z <= 3; ++z) {
-      std::vector<std::string> s = sets;
+      std::vector<std::string> s = args.sets;
       s.push_back("mesh.data=" + std::to_string(n));
       s.push_back("strategy.zero_stage=" + std::to_string(z));
       s.push_back("strategy.fsdp_min_weight_size=0");  // the paper's accounting shards every tensor

@@ -25,6 +25,7 @@
 #include "config/deck.hpp"
 #include "core/blas.hpp"
 #include "core/threads.hpp"
+#include "bench_deck_args.hpp"
 #include "train/trainer.hpp"
 
 using namespace shardflow;
@@ -54,20 +55,11 @@ int main(int argc, char** argv) {
   Kokkos::initialize(argc, argv);
   int rc = 0;
   try {
-    std::string deck_path = SHARDFLOW_BENCH_DECK;
-    std::vector<std::string> sets;
     int steps = 3, rounds = 5;
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      if (a == "--steps" && i + 1 < argc)
-        steps = std::stoi(argv[++i]);
-      else if (a == "--rounds" && i + 1 < argc)
-        rounds = std::stoi(argv[++i]);
-      else if (a == "--set")
-        while (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) sets.push_back(argv[++i]);
-      else
-        deck_path = a;
-    }
+    const perf::DeckArgs args =
+        perf::parse_deck_args(argc, argv, SHARDFLOW_BENCH_DECK, {{"--steps", &steps}, {"--rounds", &rounds}});
+    const std::string& deck_path = args.deck;
+    const std::vector<std::string>& sets = args.sets;
     const comm::Control control = comm::Control::world();
     const int rank = control.rank();
     std::vector<Mode> modes;

@@ -49,8 +49,7 @@ struct BufRef {
 };
 
 /// A parameter's buffers (-1: not held): the parameter (its tensor box, or its ZeRO-3
-/// shard), its gradient, the ZeRO-2 gradient shard, the AdamW moments, and the ZeRO-1/2
-/// staging of the parameter and gradient shard when the shard is not contiguous (O > 1).
+/// shard), its gradient (its ZeRO-2/3 shard), and the AdamW moments (their ZeRO shard).
 struct ParamBuffers {
   int param = -1, grad = -1, adam_m = -1, adam_v = -1;
 };

@@ -1,5 +1,4 @@
 #include "ckpt/impl/ckpt_internal.hpp"
-#include "core/memory.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -18,6 +17,7 @@
 
 #include "ckpt/checksum.hpp"
 #include "core/half.hpp"
+#include "core/memory.hpp"
 #include "comm/mpi_check.hpp"
 #include "comm/control.hpp"
 #include "kernels/pack.hpp"
