@@ -204,7 +204,7 @@ int run_train(const TrainOptions& o) {
     ro.stats = &restored;
     ro.in_place = true;  // the trainer's buffers hold only the initial values; a failed restore ends the run
     const auto meta = ckpt::restore(mesh.world(), path, ckpt_tensors(), ro);
-    trainer.set_step(meta.step);
+    app::restore_trainer_state(trainer, meta);
     trainer.check_measured_memory();  // what the restore read (in place) and HDF5 held meanwhile
     resumed_at = meta.step;
     resumed_from = restored.step_dir;
@@ -296,8 +296,9 @@ int run_train(const TrainOptions& o) {
 
   const auto mem = trainer.memory();
   if (rank == 0 && !o.quiet) {
-    std::printf("shardflow train: %s | mesh %s | %d ranks | zero_stage %d | %s\n", o.deck.c_str(),
-                mesh.shape().to_string().c_str(), world, deck.strategy.zero_stage, deck.model.to_string().c_str());
+    std::printf("shardflow train: %s | mesh %s | %d ranks | zero_stage %d | precision %s | %s\n", o.deck.c_str(),
+                mesh.shape().to_string().c_str(), world, deck.strategy.zero_stage,
+                dtype_name(deck.train.precision).c_str(), deck.model.to_string().c_str());
     std::printf("%s\n", blas_info().summary().c_str());
     std::printf("per-rank model state: params %s, grads %s, optimizer %s; transient %s; activations %s\n",
                 human_bytes(static_cast<double>(mem.params)).c_str(), human_bytes(static_cast<double>(mem.grads)).c_str(),
@@ -326,6 +327,10 @@ int run_train(const TrainOptions& o) {
                      {"comm_wait_s", t_max[1]}, {"compute_s", t_max[2]},
                      {"mfu", trainer.model_flops_per_step() / t_max[0] / (peak * 1e9 * world)},
                      {"grad_norm", st.grad_norm}});
+    if (deck.train.precision == DType::F16) {
+      steps.back()["loss_scale"] = st.loss_scale;
+      steps.back()["skipped"] = st.skipped;
+    }
     if (deck.model.is_moe()) {
       steps.back()["aux_loss"] = st.aux_loss;
       steps.back()["dropped_tokens"] = st.dropped;
@@ -336,6 +341,9 @@ int run_train(const TrainOptions& o) {
                   static_cast<int>(std::to_string(total).size()), static_cast<long long>(st.step),
                   static_cast<long long>(total), st.loss, tps, t_max[0], 100.0 * t_max[1] / std::max(t_max[0], 1e-12),
                   human_bytes(static_cast<double>(rss_max)).c_str(), human_time(eta).c_str());
+      if (st.skipped)
+        std::printf("      f16: gradients not finite at loss scale %g: step skipped, scale now %g\n", st.loss_scale,
+                    trainer.loss_scale_state().scale);
       if (deck.model.is_moe())
         std::printf("      moe: aux loss %.4f, dropped %lld token choices\n", st.aux_loss,
                     static_cast<long long>(st.dropped));
@@ -383,6 +391,12 @@ int run_train(const TrainOptions& o) {
     j["model_state_bytes"] = states;
     j["memory_measured_peak_bytes"] = measured;
     j["memory_predicted_peak_bytes"] = predicted;
+    j["precision"] = dtype_name(deck.train.precision);
+    if (deck.train.precision == DType::F16) {
+      const auto ls = trainer.loss_scale_state();
+      j["loss_scale_final"] = ls.scale;
+      j["skipped_steps"] = ls.skipped_steps;
+    }
     j["model_flops_per_step"] = trainer.model_flops_per_step();
     j["peak_gflops_per_rank"] = peak;
     j["peak_gflops_source"] = o.peak_gflops > 0 ? "--peak-gflops" : "measured single-core sgemm";

@@ -29,6 +29,12 @@ ckpt::Metadata checkpoint_metadata(const Deck& deck, const Mesh& mesh, train::Tr
                                                        {"world_size", mesh.size()}})
     meta.ints[kv.first] = kv.second;
   meta.reals["loss"] = loss;
+  if (deck.train.precision == DType::F16) {  // dynamic loss scaling continues where it was
+    const auto ls = trainer.loss_scale_state();
+    meta.reals["loss_scale"] = ls.scale;
+    meta.ints["loss_scale_clean_steps"] = ls.clean_steps;
+    meta.ints["skipped_steps"] = ls.skipped_steps;
+  }
   meta.strings["deck"] = deck_to_toml(deck);
   meta.strings["mesh"] = mesh.shape().to_string();
   // Every trained parameter with its shape in the model description (MODEL.md's [out, in];
@@ -36,6 +42,19 @@ ckpt::Metadata checkpoint_metadata(const Deck& deck, const Mesh& mesh, train::Tr
   const ModelDescription desc(deck.model);
   for (const auto& n : trainer.parameter_names()) meta.strings["model_shape:" + n] = shape_to_string(desc.param(n).shape);
   return meta;
+}
+
+void restore_trainer_state(train::Trainer& trainer, const ckpt::Metadata& meta) {
+  trainer.set_step(meta.step);
+  auto scale = meta.reals.find("loss_scale");
+  if (scale == meta.reals.end()) return;
+  train::LossScaleState ls;
+  ls.scale = scale->second;
+  auto clean = meta.ints.find("loss_scale_clean_steps");
+  auto skipped = meta.ints.find("skipped_steps");
+  ls.clean_steps = clean == meta.ints.end() ? 0 : clean->second;
+  ls.skipped_steps = skipped == meta.ints.end() ? 0 : skipped->second;
+  trainer.set_loss_scale_state(ls);
 }
 
 }  // namespace shardflow::app
@@ -54,7 +73,7 @@ void reshard_checkpoint(const std::string& dir, const std::string& out, const st
   comm::CommSet comms(mesh, comm::Backend::Mpi);
   train::Trainer trainer(deck, mesh, comms);  // its layouts are the target layouts
   const auto meta = ckpt::restore(mesh.world(), step_dir, checkpoint_tensors(trainer));
-  trainer.set_step(meta.step);
+  restore_trainer_state(trainer, meta);
   const double loss = meta.reals.count("loss") ? meta.reals.at("loss") : 0.0;
   ckpt::Checkpointer cp(mesh.world(), out);
   cp.save(checkpoint_tensors(trainer), checkpoint_metadata(deck, mesh, trainer, loss));

@@ -14,7 +14,13 @@ std::vector<ckpt::TensorState> checkpoint_tensors(train::Trainer& trainer);
 
 /// Step, data position, seed, model sizes, world size, loss, the deck (TOML), the mesh, and
 /// each parameter's MODEL.md shape ("model_shape:<name>", which `ckpt consolidate` uses).
+/// With train.precision = f16 also the loss scale's state (loss_scale, loss_scale_clean_steps,
+/// skipped_steps).
 ckpt::Metadata checkpoint_metadata(const Deck& deck, const Mesh& mesh, train::Trainer& trainer, double loss);
+
+/// Continues the trainer from restored metadata: its step and, for an f16 run from an f16
+/// checkpoint, the loss scale (a checkpoint of another precision leaves the deck's start).
+void restore_trainer_state(train::Trainer& trainer, const ckpt::Metadata& meta);
 
 }  // namespace shardflow::app
 

@@ -82,6 +82,7 @@ struct StepShape {
   int tp = 1, tc = 0;
   bool sp = false;
   Recompute recompute = Recompute::None;  // strategy.recompute (None in evaluation steps)
+  DType precision = DType::F32;            // train.precision (matmul operands, kept activations)
   int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0;  // local heads, head columns, ffn, vocab slice
   // expert parallel
   int ep = 1, ec = 0;

@@ -39,6 +39,14 @@ struct TrainSection {
   /// Memory one rank may use, GiB; 0: the node's available memory (MemAvailable) shared by
   /// the ranks on the node. A step whose compiled buffers exceed it is refused up front.
   double memory_limit_gib = 0;
+  /// Mixed precision: F32 (everything in f32), BF16 or F16: every matmul operand and the
+  /// kept activations qkv, probs, att, gu, h in that 16-bit type, f32 accumulation, f32
+  /// master weights, gradients and optimizer state (docs/memory.md).
+  DType precision = DType::F32;
+  /// F16 only: the dynamic loss scale's start; it halves on a step whose gradients are not
+  /// finite (the step is skipped) and doubles after loss_scale_window clean steps.
+  double loss_scale = 65536;
+  int64_t loss_scale_window = 1000;
 };
 
 enum class PipelineSchedule { GPipe, OneFOneB };

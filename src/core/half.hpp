@@ -154,6 +154,15 @@ KOKKOS_INLINE_FUNCTION float to_f32(bf16 h) { return static_cast<float>(h); }
 /// f16 -> f32, exact.
 KOKKOS_INLINE_FUNCTION float to_f32(f16 h) { return static_cast<float>(h); }
 
+/// x rounded to the nearest value of the 16-bit type `to` (round to nearest even, as the
+/// conversions above), kept in f32: what a mixed-precision step stores and multiplies. Any
+/// `to` other than BF16 and F16 returns x unchanged.
+KOKKOS_INLINE_FUNCTION float round_to(float x, DType to) {
+  if (to == DType::BF16) return static_cast<float>(bf16(x));
+  if (to == DType::F16) return static_cast<float>(f16(x));
+  return x;
+}
+
 /// Element conversion used by the kernels: Convert<From, To>::apply(x). Same-type is the
 /// identity; 16-bit types go through float; other arithmetic types use static_cast.
 template <class From, class To>

@@ -23,6 +23,7 @@
 //  * Shape mismatches throw shardflow::Error naming the op, the operand and the extents.
 #include <cstdint>
 
+#include "core/dtype.hpp"
 #include "nn/types.hpp"
 
 namespace shardflow::nn {
@@ -84,11 +85,16 @@ struct Attention {
   using V = ViewTypes<Scalar, Exec>;
   /// Forward for b = T / S sequences, S = probs.extent(1); probs needs at least b·A_l
   /// entries in its first extent (a workspace sized for the largest micro-batch is fine).
-  static void forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs, typename V::Mat out);
+  /// With round16 = BF16 or F16 (mixed precision) the probabilities are rounded to that
+  /// type before they multiply v, as a 16-bit step stores them.
+  static void forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs, typename V::Mat out,
+                      DType round16 = DType::F32);
   /// dqkv (+)= ∂/∂qkv given dout [T, A_l·D], the saved qkv and probs; dprobs [S, S] is
-  /// scratch.
+  /// scratch. With round16 = BF16 or F16 the score gradient is rounded to that type before
+  /// its two products (every gemm operand of a mixed-precision step is 16-bit).
   static void backward(typename V::CMat dout, typename V::CMat qkv, typename V::CTen3 probs, int64_t heads,
-                       typename V::Mat dprobs, typename V::Mat dqkv, bool accumulate = false);
+                       typename V::Mat dprobs, typename V::Mat dqkv, bool accumulate = false,
+                       DType round16 = DType::F32);
 };
 
 /// Cross-entropy of logits [T, V] against targets [T], as separable steps so that the

@@ -55,7 +55,17 @@ struct StepStats {
   double compute_s = 0;     // inside compute tasks
   double comm_wait_s = 0;   // waiting on communication with nothing to compute
   double tokens_per_s = 0;  // global tokens / step time
-  double grad_norm = 0;     // global L2 norm before clipping
+  double grad_norm = 0;     // global L2 norm before clipping (of the unscaled gradients)
+  double loss_scale = 1;    // train.precision = f16: the loss scale this step used (else 1)
+  bool skipped = false;     // f16: the gradients were not finite, no update (the scale halved)
+};
+
+/// Dynamic loss scaling's state (train.precision = f16), kept in checkpoints so that a
+/// resumed run continues exactly.
+struct LossScaleState {
+  double scale = 1;
+  int64_t clean_steps = 0;    // clean steps since the scale last changed
+  int64_t skipped_steps = 0;  // steps skipped for non-finite gradients, in all
 };
 
 /// A tensor of the training state as this rank holds it: its layout over the mesh and
@@ -96,6 +106,11 @@ class Trainer {
   int64_t step() const;
   /// Sets the number of completed steps (after restoring a checkpoint).
   void set_step(int64_t completed);
+  /// The loss scale's state (scale 1 and no counts unless train.precision = f16).
+  LossScaleState loss_scale_state() const;
+  /// Continues from a saved state (after restoring a checkpoint of an f16 run); ignored
+  /// unless this run is f16.
+  void set_loss_scale_state(const LossScaleState& s);
 
   /// The whole parameter `name` on every rank (collective over the mesh).
   std::vector<float> gather_parameter(const std::string& name);

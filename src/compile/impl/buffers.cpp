@@ -81,22 +81,32 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
   ActBuffers scratch;
   // Selective recomputation: the attention probabilities (the largest activation, b·A·S² a
   // layer) are one buffer for all layers, recomputed before each attention backward.
-  auto fill = [&](ActBuffers& a, bool own_probs) {
+  // Mixed precision: what a layer keeps per act slot for its backward (qkv, probs, att, gu,
+  // h) is stored in the 16-bit type; its kernels compute in the f32 work set below and
+  // round into it. The residual stream, the norm outputs (n1, n2: all-gathered under sp) and
+  // the recomputation scratch stay f32 (their values are rounded where they feed a matmul).
+  bool any16 = false;
+  auto kept = [&](const char* n, int64_t c, bool per_slot) {
+    if (s.precision == DType::F32 || !per_slot) return act(n, c);
+    any16 = true;
+    return b.add(n, c, s.precision, BufferClass::Activations);
+  };
+  auto fill = [&](ActBuffers& a, bool own_probs, bool per_slot) {
     a.n1 = act("n1", T * H);
     a.rstd1 = act("rstd1", Tr);
-    a.qkv = act("qkv", T * 3 * s.H_l);
+    a.qkv = kept("qkv", T * 3 * s.H_l, per_slot);
     if (own_probs) {
-      a.probs = act("probs", s.mb_seqs * s.A_l * S * S);
+      a.probs = kept("probs", s.mb_seqs * s.A_l * S * S, per_slot);
     } else {
       if (scratch.probs < 0) scratch.probs = act("probs", s.mb_seqs * s.A_l * S * S);
       a.probs = scratch.probs;
     }
-    a.att = act("att", T * s.H_l);
+    a.att = kept("att", T * s.H_l, per_slot);
     a.x_mid = act("x_mid", Tr * H);
     a.n2 = act("n2", T * H);
     a.rstd2 = act("rstd2", Tr);
-    a.gu = act("gu", T * 2 * s.F_l);
-    a.h = act("h", T * s.F_l);
+    a.gu = kept("gu", T * 2 * s.F_l, per_slot);
+    a.h = kept("h", T * s.F_l, per_slot);
   };
   for (const auto& [l, vc] : local) {
     std::vector<ActBuffers> per(static_cast<size_t>(s.total_slots));
@@ -106,12 +116,12 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
       if (!in_chunk(vc, k)) continue;
       ActBuffers& a = per[static_cast<size_t>(k)];
       if (shared) {
-        if (scratch.n1 < 0) fill(scratch, true);
+        if (scratch.n1 < 0) fill(scratch, true, false);
         a = scratch;
         a.x_in = act("x_in", Tr * H);
       } else {  // the order of the buffers without recomputation, as before it existed
         a.x_in = act("x_in", Tr * H);
-        fill(a, s.recompute != Recompute::Selective);
+        fill(a, s.recompute != Recompute::Selective, true);
       }
     }
     b.acts.push_back(std::move(per));
@@ -170,6 +180,22 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
   b.datt = act("datt", T * s.H_l);
   b.dqkv = act("dqkv", T * 3 * s.H_l);
   b.dprobs = act("dprobs", S * S);
+  if (any16) {  // the f32 work set of the 16-bit kept activations
+    b.work.qkv = act("qkv_work", T * 3 * s.H_l);
+    b.work.probs = act("probs_work", s.mb_seqs * s.A_l * S * S);
+    b.work.att = act("att_work", T * s.H_l);
+    b.work.gu = act("gu_work", T * 2 * s.F_l);
+    b.work.h = act("h_work", T * s.F_l);
+  }
+  if (s.precision != DType::F32) {
+    // a matmul's weight operand rounded to 16 bits (one weight at a time), and its output
+    // gradient when that is the residual stream's gradient (which stays f32)
+    int64_t w = 0;
+    for (const auto& p : s.params)
+      if (p.here) w = std::max(w, p.lnumel);
+    b.w16 = b.add("weight_16bit", std::max<int64_t>(1, w), DType::F32, BufferClass::Transient);
+    b.dy16 = act("dy_16bit", T * H);
+  }
   if (s.last_stage) {
     b.nf = act("nf", T * H);
     b.rstdf = act("rstdf", Tr);

@@ -191,6 +191,7 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   s.tokens_mb = s.mb_seqs * s.seq;
   s.sp = deck.strategy.sequence_parallel && s.tp > 1;
   s.recompute = s.evaluate ? Recompute::None : deck.strategy.recompute;
+  s.precision = deck.train.precision;
   SHARDFLOW_REQUIRE_INPUT(!s.sp || s.tokens_mb >= s.tp, "strategy.sequence_parallel: a micro-batch has ", s.tokens_mb,
                           " tokens, fewer than the ", s.tp, " tensor ranks that split them");
   s.Tr = s.sp ? split_extent(s.tokens_mb, s.tp, s.tc) : s.tokens_mb;

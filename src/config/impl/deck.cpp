@@ -58,6 +58,9 @@ const std::vector<KeySpec>& schema() {
       {"train", "seed", KeyType::Int},
       {"train", "data", KeyType::String},
       {"train", "memory_limit_gib", KeyType::Float},
+      {"train", "precision", KeyType::String},
+      {"train", "loss_scale", KeyType::Float},
+      {"train", "loss_scale_window", KeyType::Int},
       {"strategy", "zero_stage", KeyType::Int},
       {"strategy", "fsdp_min_weight_size", KeyType::Int},
       {"strategy", "gather_dtype", KeyType::String},
@@ -332,6 +335,13 @@ class DeckBuilder {
                               " must be a finite number >= 0 (0: the node's available memory)");
       d.train.memory_limit_gib = v->f;
     }
+    d.train.precision = float_dtype("train.precision", d.train.precision);
+    if (auto* v = find("train.loss_scale")) {
+      SHARDFLOW_REQUIRE_INPUT(std::isfinite(v->f) && v->f >= 1, v->where, ": train.loss_scale = ", v->text,
+                              " must be a finite number >= 1");
+      d.train.loss_scale = v->f;
+    }
+    get_i64("train.loss_scale_window", d.train.loss_scale_window, 1);
     const int64_t dp = d.data_parallel_size();
     SHARDFLOW_REQUIRE_INPUT(d.train.global_batch % (dp * d.train.micro_batches) == 0, loc_of("train.global_batch"),
                             ": train.global_batch = ", d.train.global_batch,
@@ -618,7 +628,9 @@ std::string deck_to_toml(const Deck& d) {
      << "\nmicro_batches = " << d.train.micro_batches << "\nlr = " << toml::value<double>(d.train.lr)
      << "\nwarmup = " << d.train.warmup << "\nseed = " << d.train.seed
      << "\ndata = " << toml::value<std::string>(d.train.data)
-     << "\nmemory_limit_gib = " << toml::value<double>(d.train.memory_limit_gib) << "\n\n";
+     << "\nmemory_limit_gib = " << toml::value<double>(d.train.memory_limit_gib) << "\nprecision = \""
+     << dtype_name(d.train.precision) << "\"\nloss_scale = " << toml::value<double>(d.train.loss_scale)
+     << "\nloss_scale_window = " << d.train.loss_scale_window << "\n\n";
   os << "[strategy]\nzero_stage = " << d.strategy.zero_stage
      << "\nfsdp_min_weight_size = " << d.strategy.fsdp_min_weight_size << "\ngather_dtype = \""
      << dtype_name(d.strategy.gather_dtype) << "\"\ngrad_scatter_dtype = \""

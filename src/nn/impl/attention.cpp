@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/half.hpp"
 #include "nn/impl/gemm.hpp"
 #include "nn/impl/math.hpp"
 #include "nn/kernels.hpp"
@@ -39,7 +40,7 @@ constexpr int64_t kCausalBlock = 64;
 
 template <class Scalar, class Exec>
 void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs,
-                                      typename V::Mat out) {
+                                      typename V::Mat out, DType round16) {
   const AttnDims g = attn_dims("Attention::forward", qkv, heads, probs);
   SHARDFLOW_REQUIRE(static_cast<int64_t>(out.extent(0)) == g.t && static_cast<int64_t>(out.extent(1)) == g.a * g.d,
                     "Attention::forward: out is [", out.extent(0), ", ", out.extent(1), "], want [", g.t, ", ",
@@ -70,6 +71,9 @@ void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typen
         for (int64_t j = 0; j <= row; ++j) sum += probs(i, row, j);
         const Scalar inv = Scalar(1) / sum;
         for (int64_t j = 0; j <= row; ++j) probs(i, row, j) *= inv;
+        if (round16 != DType::F32)
+          for (int64_t j = 0; j <= row; ++j)
+            probs(i, row, j) = static_cast<Scalar>(round_to(static_cast<float>(probs(i, row, j)), round16));
         for (int64_t j = row + 1; j < s; ++j) probs(i, row, j) = Scalar(0);
       });
   for (int64_t bi = 0; bi < g.b; ++bi) {
@@ -88,7 +92,7 @@ void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typen
 template <class Scalar, class Exec>
 void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat qkv, typename V::CTen3 probs,
                                        int64_t heads, typename V::Mat dprobs, typename V::Mat dqkv,
-                                       bool accumulate) {
+                                       bool accumulate, DType round16) {
   const AttnDims g = attn_dims("Attention::backward", qkv, heads, probs);
   SHARDFLOW_REQUIRE(static_cast<int64_t>(dout.extent(0)) == g.t && static_cast<int64_t>(dout.extent(1)) == g.a * g.d,
                     "Attention::backward: dout is [", dout.extent(0), ", ", dout.extent(1), "], want [", g.t, ", ",
@@ -127,6 +131,9 @@ void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat q
               Scalar dot = 0;
               for (int64_t j = 0; j <= row; ++j) dot += p(i, j) * dp(i, j);
               for (int64_t j = 0; j <= row; ++j) dp(i, j) = p(i, j) * (dp(i, j) - dot);
+              if (round16 != DType::F32)
+                for (int64_t j = 0; j <= row; ++j)
+                  dp(i, j) = static_cast<Scalar>(round_to(static_cast<float>(dp(i, j)), round16));
               for (int64_t j = row + 1; j < r1; ++j) dp(i, j) = Scalar(0);
             });
         // dQ = scale · dS · K ; dK = scale · dSᵀ · Q

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "core/half.hpp"
 #include "train/impl/trainer_impl.hpp"
 
 namespace shardflow::train {
@@ -20,6 +21,80 @@ void linear_bwd(const float* dy, const float* x, const float* w, float* dw, int6
   nn::Linear<float, Exec>::backward_weight(cmat(dy, rows, out), cmat(x, rows, in), mat(dw, out, in), acc_w);
 }
 }  // namespace
+
+// ---- mixed precision ------------------------------------------------------------------------
+// train.precision = bf16 / f16 (docs/memory.md): every matmul operand is a 16-bit value
+// (weights rounded per use into w16, activations and gradients rounded where they are made),
+// products accumulate in f32 (the gemm), and what a layer keeps for its backward (qkv, probs,
+// att, gu, h) is stored in 16 bits (pack16 in the forward, unpack16 in the backward). The
+// rounding is round-to-nearest-even (core/half.hpp), the same on every rank and every split.
+
+void Trainer::Impl::round16(float* p, int64_t n) const {
+  if (prec == DType::F32 || n <= 0) return;
+  const DType d = prec;
+  Kokkos::parallel_for(
+      "shardflow::train::round16", Kokkos::RangePolicy<Exec>(0, n), KOKKOS_LAMBDA(int64_t i) { p[i] = round_to(p[i], d); });
+}
+
+void Trainer::Impl::pack16(float* p, const kern::HVec& h, int64_t n) const {
+  if (prec == DType::F32 || n <= 0) return;
+  if (h.data() == nullptr) {  // kept in f32 (recomputation scratch): round only
+    round16(p, n);
+    return;
+  }
+  uint16_t* q = h.data();
+  if (prec == DType::BF16) {
+    Kokkos::parallel_for(
+        "shardflow::train::pack_bf16", Kokkos::RangePolicy<Exec>(0, n), KOKKOS_LAMBDA(int64_t i) {
+          const bf16 v(p[i]);
+          q[i] = v.bits;
+          p[i] = static_cast<float>(v);
+        });
+  } else {
+    Kokkos::parallel_for(
+        "shardflow::train::pack_f16", Kokkos::RangePolicy<Exec>(0, n), KOKKOS_LAMBDA(int64_t i) {
+          const f16 v(p[i]);
+          q[i] = v.bits;
+          p[i] = static_cast<float>(v);
+        });
+  }
+}
+
+void Trainer::Impl::unpack16(const kern::HVec& h, float* p, int64_t n) const {
+  if (h.data() == nullptr || n <= 0) return;
+  const uint16_t* q = h.data();
+  if (prec == DType::BF16) {
+    Kokkos::parallel_for(
+        "shardflow::train::unpack_bf16", Kokkos::RangePolicy<Exec>(0, n),
+        KOKKOS_LAMBDA(int64_t i) { p[i] = static_cast<float>(bf16::from_bits(q[i])); });
+  } else {
+    Kokkos::parallel_for(
+        "shardflow::train::unpack_f16", Kokkos::RangePolicy<Exec>(0, n),
+        KOKKOS_LAMBDA(int64_t i) { p[i] = static_cast<float>(f16::from_bits(q[i])); });
+  }
+}
+
+const float* Trainer::Impl::weight16(const Param& w, int ring, int64_t off, int64_t n) {
+  const float* src = pptr(w, ring) + off;
+  if (prec == DType::F32) return src;
+  SHARDFLOW_REQUIRE(n <= static_cast<int64_t>(w16.extent(0)), "mixed precision: weight '", w.name, "' needs ", n,
+                    " elements of the 16-bit weight buffer, which holds ", w16.extent(0));
+  float* dst = w16.data();
+  const DType d = prec;
+  Kokkos::parallel_for(
+      "shardflow::train::weight16", Kokkos::RangePolicy<Exec>(0, n),
+      KOKKOS_LAMBDA(int64_t i) { dst[i] = round_to(src[i], d); });
+  return dst;
+}
+
+const float* Trainer::Impl::dy_rounded(const float* dy, int64_t n) {
+  if (prec == DType::F32) return dy;
+  float* dst = dy16.data();
+  const DType d = prec;
+  Kokkos::parallel_for(
+      "shardflow::train::dy16", Kokkos::RangePolicy<Exec>(0, n), KOKKOS_LAMBDA(int64_t i) { dst[i] = round_to(dy[i], d); });
+  return dst;
+}
 
 void Trainer::Impl::run_op(const compile::ComputeOp& o) {
   using compile::StepOp;
@@ -94,6 +169,7 @@ void Trainer::Impl::embed_fwd_b(int act_slot, int ring) {
 void Trainer::Impl::norm_fwd(const Param& g, const float* x, float* out, float* rstd, int ring) {
   const int64_t H = cfg.hidden;
   nn::RmsNorm<float, Exec>::forward(cmat(x, Tr, H), cvec(pptr(g, ring), H), mat(out + t0 * H, Tr, H), vec(rstd, Tr));
+  round16(out + t0 * H, Tr * H);  // a matmul's input (the other rows: the ranks that made them)
 }
 
 // dx (+)= the rmsnorm backward of this rank's rows of dn (dnl under sp), gain gradient (+)=
@@ -108,7 +184,8 @@ void Trainer::Impl::norm_bwd(const Param& g, const float* x, const float* rstd, 
 // linear_bwd for the parameter w (its gather ring, gradient ring and accumulation rule)
 void Trainer::Impl::linear_backward(const float* dy, const float* x, const Param& w, int ring, int gring, bool acc,
                                     int64_t rows, int64_t out, int64_t in, float* dx, bool acc_dx) {
-  linear_bwd(dy, x, pptr(w, ring), gptr(w, gring), rows, out, in, dx, acc_dx, accum(w, acc));
+  const float* wr = dx != nullptr ? weight16(w, ring, 0, out * in) : pptr(w, ring);
+  linear_bwd(dy, x, wr, gptr(w, gring), rows, out, in, dx, acc_dx, accum(w, acc));
 }
 
 void Trainer::Impl::layer_fwd_norm1(int l, int act_slot, int ring, bool recompute) {
@@ -124,19 +201,26 @@ void Trainer::Impl::layer_fwd_attn(int l, int act_slot, int ring) {
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
   const Param &wqkv = U(l + 1, 1), &wout = U(l + 1, 2);
   Acts& a = act(l, act_slot);
-  Linear<float, Exec>::forward(cmat(a.n1.data(), T, H), cmat(pptr(wqkv, ring), 3 * H_l, H),
+  Linear<float, Exec>::forward(cmat(a.n1.data(), T, H), cmat(weight16(wqkv, ring, 0, 3 * H_l * H), 3 * H_l, H),
                                mat(a.qkv.data(), T, 3 * H_l));
+  pack16(a.qkv.data(), a.qkv16, T * 3 * H_l);
   VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
-  Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l));
-  Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(pptr(wout, ring), H, H_l), mat(ybuf.data(), T, H));
+  Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l), prec);
+  pack16(a.probs.data(), a.probs16, mb_seqs * A_l * S * S);
+  pack16(a.att.data(), a.att16, T * H_l);
+  Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(weight16(wout, ring, 0, H * H_l), H, H_l),
+                               mat(ybuf.data(), T, H));
 }
 
 // selective recomputation: the attention core again (probs, and att with the same values)
 void Trainer::Impl::layer_attn_core(int l, int act_slot) {
   const int64_t T = tokens_mb, S = cfg.seq;
   Acts& a = act(l, act_slot);
+  unpack16(a.qkv16, a.qkv.data(), T * 3 * H_l);
   VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
-  nn::Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l));
+  nn::Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l), prec);
+  pack16(a.probs.data(), a.probs16, mb_seqs * A_l * S * S);
+  pack16(a.att.data(), a.att16, T * H_l);
 }
 
 void Trainer::Impl::layer_fwd_norm2(int l, int act_slot, int ring) {
@@ -152,10 +236,13 @@ void Trainer::Impl::layer_fwd_mlp(int l, int act_slot, int ring) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
   Acts& a = act(l, act_slot);
-  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(wgu, ring), 2 * F_l, H),
+  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(weight16(wgu, ring, 0, 2 * F_l * H), 2 * F_l, H),
                                mat(a.gu.data(), T, 2 * F_l));
+  pack16(a.gu.data(), a.gu16, T * 2 * F_l);
   SwiGlu<float, Exec>::forward(cmat(a.gu.data(), T, 2 * F_l), mat(a.h.data(), T, F_l));
-  Linear<float, Exec>::forward(cmat(a.h.data(), T, F_l), cmat(pptr(wdown, ring), H, F_l), mat(ybuf.data(), T, H));
+  pack16(a.h.data(), a.h16, T * F_l);
+  Linear<float, Exec>::forward(cmat(a.h.data(), T, F_l), cmat(weight16(wdown, ring, 0, H * F_l), H, F_l),
+                               mat(ybuf.data(), T, H));
 }
 
 void Trainer::Impl::layer_fwd_end(int l, int act_slot) {
@@ -173,7 +260,8 @@ void Trainer::Impl::head_a(int ring) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& lm = P("lm_head.weight");
-  Linear<float, Exec>::forward(cmat(nf.data(), T, H), cmat(pptr(lm, ring), V_l, H), mat(logits.data(), T, V_l));
+  Linear<float, Exec>::forward(cmat(nf.data(), T, H), cmat(weight16(lm, ring, 0, V_l * H), V_l, H),
+                               mat(logits.data(), T, V_l));
   CrossEntropy<float, Exec>::local_max(cmat(logits.data(), T, V_l), vec(row_max.data(), T));
 }
 
@@ -187,10 +275,12 @@ void Trainer::Impl::head_c(int j, int ring, int gring, bool acc) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& lm = P("lm_head.weight");
-  const double scale = 1.0 / static_cast<double>(local_seqs * cfg.seq);
+  // f16: the loss gradient is multiplied by the loss scale (update() divides it out)
+  const double scale = loss_scale / static_cast<double>(local_seqs * cfg.seq);
   sums_local[0] += CrossEntropy<float, Exec>::loss_and_grad(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
                                                             cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)],
                                                             v0, scale, mat(logits.data(), T, V_l));
+  round16(logits.data(), T * V_l);
   linear_backward(logits.data(), nf.data(), lm, ring, gring, acc, T, V_l, H, dn.data(), false);
 }
 
@@ -210,18 +300,28 @@ void Trainer::Impl::head_d(int act_slot, int ring, int gring, bool acc) {
 void Trainer::Impl::layer_bwd_mlp(int l, int act_slot, int ring, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   Acts& a = act(l, act_slot);
-  linear_backward(dx_full(act_slot), a.h.data(), U(l + 1, 5), ring, gring, acc, T, H, F_l, dh.data(), false);
+  unpack16(a.h16, a.h.data(), T * F_l);
+  unpack16(a.gu16, a.gu.data(), T * 2 * F_l);
+  linear_backward(dy_rounded(dx_full(act_slot), T * H), a.h.data(), U(l + 1, 5), ring, gring, acc, T, H, F_l,
+                  dh.data(), false);
   nn::SwiGlu<float, Exec>::backward(cmat(dh.data(), T, F_l), cmat(a.gu.data(), T, 2 * F_l), mat(dgu.data(), T, 2 * F_l));
+  round16(dgu.data(), T * 2 * F_l);
   linear_backward(dgu.data(), a.n2.data(), U(l + 1, 4), ring, gring, acc, T, 2 * F_l, H, dn.data(), false);
 }
 
 void Trainer::Impl::layer_bwd_attn(int l, int act_slot, int ring, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
   Acts& a = act(l, act_slot);
-  linear_backward(dx_full(act_slot), a.att.data(), U(l + 1, 2), ring, gring, acc, T, H, H_l, datt.data(), false);
+  unpack16(a.att16, a.att.data(), T * H_l);
+  unpack16(a.qkv16, a.qkv.data(), T * 3 * H_l);
+  unpack16(a.probs16, a.probs.data(), mb_seqs * A_l * S * S);
+  linear_backward(dy_rounded(dx_full(act_slot), T * H), a.att.data(), U(l + 1, 2), ring, gring, acc, T, H, H_l,
+                  datt.data(), false);
+  round16(datt.data(), T * H_l);
   VT::CTen3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
   nn::Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, 3 * H_l), probs, A_l,
-                                       mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H_l));
+                                       mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H_l), false, prec);
+  round16(dqkv.data(), T * 3 * H_l);
   linear_backward(dqkv.data(), a.n1.data(), U(l + 1, 1), ring, gring, acc, T, 3 * H_l, H, dn.data(), false);
 }
 
@@ -262,7 +362,7 @@ void Trainer::Impl::moe_route_fwd(int l, int act_slot, int ring) {
   const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
   MoeState& m = ms(l, act_slot);
   Acts& a = act(l, act_slot);
-  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(pptr(U(l + 1, 4), ring), E, H),
+  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(weight16(U(l + 1, 4), ring, 0, E * H), E, H),
                                mat(m.logits.data(), T, E));
   auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m.logits);
   m.route = moe_route(hl.data(), T, moe);
@@ -314,17 +414,20 @@ void Trainer::Impl::moe_experts_fwd(int l, int act_slot, int ring) {
   using namespace nn;
   const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
   MoeState& m = ms(l, act_slot);
-  const float* wgu = pptr(U(l + 1, 5), ring);
-  const float* wd = pptr(U(l + 1, 6), ring);
+  const Param &pgu = U(l + 1, 5), &pd = U(l + 1, 6);
   int64_t row = 0;
   for (int r = 0; r < ep; ++r)
     for (int64_t e = e0; e < e0 + E_l; ++e) {
       const int64_t n = m.recv_ec[static_cast<size_t>(r * E + e)];
       if (n == 0) continue;
-      Linear<float, Exec>::forward(cmat(m.xr.data() + row * H, n, H), cmat(wgu + (e - e0) * 2 * F * H, 2 * F, H),
+      Linear<float, Exec>::forward(cmat(m.xr.data() + row * H, n, H),
+                                   cmat(weight16(pgu, ring, (e - e0) * 2 * F * H, 2 * F * H), 2 * F, H),
                                    mat(m.gu.data() + row * 2 * F, n, 2 * F));
+      round16(m.gu.data() + row * 2 * F, n * 2 * F);  // as a dense layer keeps it
       SwiGlu<float, Exec>::forward(cmat(m.gu.data() + row * 2 * F, n, 2 * F), mat(m.h.data() + row * F, n, F));
-      Linear<float, Exec>::forward(cmat(m.h.data() + row * F, n, F), cmat(wd + (e - e0) * H * F, H, F),
+      round16(m.h.data() + row * F, n * F);
+      Linear<float, Exec>::forward(cmat(m.h.data() + row * F, n, F),
+                                   cmat(weight16(pd, ring, (e - e0) * H * F, H * F), H, F),
                                    mat(m.yr.data() + row * H, n, H));
       row += n;
     }
@@ -352,8 +455,6 @@ void Trainer::Impl::moe_experts_bwd(int l, int act_slot, int ring, int gring, bo
   const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
   MoeState& m = ms(l, act_slot);
   const Param &pgu = U(l + 1, 5), &pd = U(l + 1, 6);
-  const float* wgu = pptr(pgu, ring);
-  const float* wd = pptr(pd, ring);
   float* dwgu = gptr(pgu, gring);
   float* dwd = gptr(pd, gring);
   // experts that received no rows add nothing: start from zero, then always accumulate
@@ -365,12 +466,14 @@ void Trainer::Impl::moe_experts_bwd(int l, int act_slot, int ring, int gring, bo
       const int64_t n = m.recv_ec[static_cast<size_t>(r * E + e)];
       if (n == 0) continue;
       float* dy = m.yr.data() + row * H;  // dy in, dX out
-      linear_bwd(dy, m.h.data() + row * F, wd + (e - e0) * H * F, dwd + (e - e0) * H * F, n, H, F, moe_dh.data(),
-                 false, true);
+      round16(dy, n * H);
+      linear_bwd(dy, m.h.data() + row * F, weight16(pd, ring, (e - e0) * H * F, H * F), dwd + (e - e0) * H * F, n, H,
+                 F, moe_dh.data(), false, true);
       SwiGlu<float, Exec>::backward(cmat(moe_dh.data(), n, F), cmat(m.gu.data() + row * 2 * F, n, 2 * F),
                                     mat(moe_dgu.data(), n, 2 * F));
-      linear_bwd(moe_dgu.data(), m.xr.data() + row * H, wgu + (e - e0) * 2 * F * H, dwgu + (e - e0) * 2 * F * H, n,
-                 2 * F, H, dy, false, true);
+      round16(moe_dgu.data(), n * 2 * F);
+      linear_bwd(moe_dgu.data(), m.xr.data() + row * H, weight16(pgu, ring, (e - e0) * 2 * F * H, 2 * F * H),
+                 dwgu + (e - e0) * 2 * F * H, n, 2 * F, H, dy, false, true);
       row += n;
     }
 }
@@ -384,6 +487,7 @@ void Trainer::Impl::moe_router_bwd(int l, int act_slot, int ring, int gring, boo
   auto hdl = Kokkos::create_mirror_view(moe_dlogits);
   moe_route_backward(m.route, hdg.data(), 1.0 / static_cast<double>(local_seqs), moe, hdl.data());
   Kokkos::deep_copy(moe_dlogits, hdl);
+  round16(moe_dlogits.data(), T * E);
   // the router is replicated over tensor: its input gradient joins the partial dn once
   linear_backward(moe_dlogits.data(), act(l, act_slot).n2.data(), U(l + 1, 4), ring, gring, acc, T, E, H,
                   tc == 0 ? dn.data() : nullptr, true);
@@ -429,8 +533,31 @@ void Trainer::Impl::norm_local() {
 }
 
 void Trainer::Impl::update() {
-  grad_norm = std::sqrt(sq_total);
-  const auto st = optim::make_step(opt, completed + 1, sq_total);
+  // f16 dynamic loss scaling: the gradients are loss_scale times the true ones. A step whose
+  // global norm is not finite (an overflow anywhere: sq_total is the same on every rank) is
+  // skipped and the scale halves; loss_scale_window clean steps double it.
+  double sq = sq_total;
+  step_skipped = false;
+  if (prec == DType::F16) {
+    if (!std::isfinite(sq)) {
+      step_skipped = true;
+      ++skipped_steps;
+      scale_clean = 0;
+      loss_scale = std::max(1.0, loss_scale / 2);
+      grad_norm = std::sqrt(sq);
+      return;
+    }
+    sq /= loss_scale * loss_scale;
+  }
+  grad_norm = std::sqrt(sq);
+  auto st = optim::make_step(opt, completed + 1, sq);
+  if (prec == DType::F16) {
+    st.grad_scale /= loss_scale;
+    if (++scale_clean >= deck.train.loss_scale_window) {
+      scale_clean = 0;
+      loss_scale *= 2;
+    }
+  }
   for (auto& p : params) {
     if (!p.here) continue;
     if (p.zero_split && (zero == 1 || zero == 2)) {

@@ -34,6 +34,7 @@ std::function<bool()> as_poller(comm::Request r) {
 }
 
 int64_t view_bytes(const FVec& v) { return static_cast<int64_t>(v.extent(0) * sizeof(float)); }
+int64_t view_bytes(const kern::HVec& v) { return static_cast<int64_t>(v.extent(0) * sizeof(uint16_t)); }
 
 /// Copies between a row-major tensor of `shape` and the row-major data of one of its
 /// boxes (host memory): to_box: box = tensor[b]; else tensor[b] = box.
@@ -289,6 +290,7 @@ void Trainer::Impl::allocate() {
   fbuf.resize(n);
   ibuf.resize(n);
   lbuf.resize(n);
+  hbuf.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const auto& sp_ = b.specs[i];
     const auto count = static_cast<size_t>(sp_.numel);
@@ -296,6 +298,8 @@ void Trainer::Impl::allocate() {
       case DType::F32: fbuf[i] = FVec(sp_.name, count); break;
       case DType::I32: ibuf[i] = TVec(sp_.name, count); break;
       case DType::I64: lbuf[i] = kern::LVec(sp_.name, count); break;
+      case DType::BF16:
+      case DType::F16: hbuf[i] = kern::HVec(sp_.name, count); break;
       default: break;  // f64 scalars: the step state's own members (resolve)
     }
   }
@@ -320,8 +324,27 @@ void Trainer::Impl::allocate() {
     std::vector<Acts> out(per.size());
     for (size_t k = 0; k < per.size(); ++k) {
       const compile::ActBuffers& a = per[k];
-      out[k] = {f(a.x_in), f(a.n1), f(a.rstd1), f(a.qkv), f(a.probs), f(a.att), f(a.x_mid), f(a.n2), f(a.rstd2),
-                f(a.gu), f(a.h)};
+      // a 16-bit kept activation computes in the f32 work buffer of its kind
+      auto kept = [&](int id, int work, FVec& f32, kern::HVec& h16) {
+        if (id >= 0 && b.spec(id).dtype != DType::F32) {
+          f32 = f(work);
+          h16 = hbuf[static_cast<size_t>(id)];
+        } else {
+          f32 = f(id);
+        }
+      };
+      Acts& o = out[k];
+      o.x_in = f(a.x_in);
+      o.n1 = f(a.n1);
+      o.rstd1 = f(a.rstd1);
+      o.x_mid = f(a.x_mid);
+      o.n2 = f(a.n2);
+      o.rstd2 = f(a.rstd2);
+      kept(a.qkv, b.work.qkv, o.qkv, o.qkv16);
+      kept(a.probs, b.work.probs, o.probs, o.probs16);
+      kept(a.att, b.work.att, o.att, o.att16);
+      kept(a.gu, b.work.gu, o.gu, o.gu16);
+      kept(a.h, b.work.h, o.h, o.h16);
     }
     acts.push_back(std::move(out));
   }
@@ -373,6 +396,10 @@ void Trainer::Impl::allocate() {
   logits = f(b.logits);
   row_max = f(b.row_max);
   stats = f(b.stats);
+  prec = s.precision;
+  loss_scale = prec == DType::F16 ? deck.train.loss_scale : 1.0;
+  w16 = f(b.w16);
+  dy16 = f(b.dy16);
   for (int id : b.inputs) inputs.push_back(ibuf[static_cast<size_t>(id)]);
   for (int id : b.targets) targets.push_back(ibuf[static_cast<size_t>(id)]);
   if (first_stage) escratch = std::make_unique<nn::Embedding<float, Exec>::Scratch>(V_l, tokens_mb);
@@ -551,11 +578,14 @@ StepStats Trainer::train_step() {
     Kokkos::deep_copy(I.inputs[static_cast<size_t>(j)], hi);
     Kokkos::deep_copy(I.targets[static_cast<size_t>(j)], ht);
   }
+  const double scale_used = I.loss_scale;
   auto rs = I.executor.run(I.graph);
   if (!I.loss_reduced) std::copy(I.sums_local, I.sums_local + 3, I.sums_global);
   I.completed = step;
   StepStats s;
   s.step = step;
+  s.loss_scale = scale_used;
+  s.skipped = I.step_skipped;
   s.aux_loss = I.sums_global[1] / static_cast<double>(I.deck.train.global_batch);
   s.dropped = static_cast<int64_t>(I.sums_global[2]);
   s.loss = I.sums_global[0] / static_cast<double>(I.deck.train.global_batch * I.cfg.seq) + s.aux_loss;
@@ -569,6 +599,20 @@ StepStats Trainer::train_step() {
 
 int64_t Trainer::step() const { return impl_->completed; }
 void Trainer::set_step(int64_t c) { impl_->completed = c; }
+
+LossScaleState Trainer::loss_scale_state() const {
+  return {impl_->loss_scale, impl_->scale_clean, impl_->skipped_steps};
+}
+
+void Trainer::set_loss_scale_state(const LossScaleState& s) {
+  if (impl_->prec != DType::F16) return;
+  SHARDFLOW_REQUIRE_INPUT(std::isfinite(s.scale) && s.scale >= 1 && s.clean_steps >= 0 && s.skipped_steps >= 0,
+                          "loss scale state: scale ", s.scale, ", clean steps ", s.clean_steps, ", skipped steps ",
+                          s.skipped_steps, " is not a valid state (scale >= 1, counts >= 0)");
+  impl_->loss_scale = s.scale;
+  impl_->scale_clean = s.clean_steps;
+  impl_->skipped_steps = s.skipped_steps;
+}
 
 std::vector<std::string> Trainer::parameter_names() const {
   std::vector<std::string> n;
@@ -636,6 +680,11 @@ MemoryStats Trainer::memory() const {
     for (const auto& a : per)
       for (const FVec* v : {&a.x_in, &a.n1, &a.rstd1, &a.qkv, &a.probs, &a.att, &a.x_mid, &a.n2, &a.rstd2, &a.gu, &a.h})
         if (v->data() == nullptr || counted.insert(v->data()).second) m.activations += view_bytes(*v);
+  for (const auto& per : I.acts)  // mixed precision's 16-bit kept activations (one set per slot)
+    for (const auto& a : per)
+      for (const kern::HVec* v : {&a.qkv16, &a.probs16, &a.att16, &a.gu16, &a.h16}) m.activations += view_bytes(*v);
+  m.transient += view_bytes(I.w16);
+  m.activations += view_bytes(I.dy16);
   for (const auto& per : I.moes)
     for (const auto& s : per) {
       for (const FVec* v : {&s.logits, &s.gate, &s.xsend, &s.gu, &s.h, &s.yr}) m.activations += view_bytes(*v);

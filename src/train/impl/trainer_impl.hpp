@@ -25,6 +25,7 @@ using VT = nn::ViewTypes<float, Exec>;
 using FVec = Kokkos::View<float*>;
 using TVec = Kokkos::View<int32_t*>;
 using LVec = Kokkos::View<int64_t*>;
+using HVec = Kokkos::View<uint16_t*>;  // 16-bit storage (bf16 or f16 bits, train.precision)
 inline VT::Mat mat(float* p, int64_t r, int64_t c) { return VT::Mat(p, static_cast<size_t>(r), static_cast<size_t>(c)); }
 inline VT::CMat cmat(const float* p, int64_t r, int64_t c) {
   return VT::CMat(p, static_cast<size_t>(r), static_cast<size_t>(c));
@@ -60,6 +61,7 @@ struct Trainer::Impl {
   std::vector<FVec> fbuf;                 // f32 buffers by id
   std::vector<TVec> ibuf;                 // i32
   std::vector<kern::LVec> lbuf;           // i64
+  std::vector<kern::HVec> hbuf;           // bf16 / f16 (mixed precision's kept activations)
   float* F(int id) const { return fbuf[static_cast<size_t>(id)].data(); }
   float* F(const compile::BufRef& r) const { return F(r.buf) + r.off; }
   void* resolve(const compile::BufRef& r);  // any dtype
@@ -76,6 +78,9 @@ struct Trainer::Impl {
 
   struct Acts {
     FVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
+    // Mixed precision: the 16-bit copies kept for the backward (empty when the activation is
+    // kept in f32); qkv .. h above are then the shared f32 work set (prog.buffers.work).
+    kern::HVec qkv16, probs16, att16, gu16, h16;
   };
   std::vector<std::vector<Acts>> acts;  // [local layer][act ring]
   // An MoE layer's routing and dispatch state for one micro-batch in flight. Dispatch rows
@@ -95,6 +100,19 @@ struct Trainer::Impl {
   std::vector<FVec> xs, dxs, rxs, rdxs;  // per act ring: residual stream, its gradient, receive rings
   FVec yl, dnl, dxfull;                  // sequence parallel: reduce-scattered rows, gathered dx
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
+  // ---- mixed precision (train.precision) ---------------------------------------------------
+  DType prec = DType::F32;  // F32: every round16 below is a no-op and nothing is packed
+  FVec w16, dy16;           // a weight rounded for its matmul; a rounded copy of the residual's dx
+  // dynamic loss scaling (F16): the scale the loss gradient is multiplied by, clean steps
+  // since it last changed, steps skipped for non-finite gradients
+  double loss_scale = 1;
+  int64_t scale_clean = 0, skipped_steps = 0;
+  bool step_skipped = false;
+  void round16(float* p, int64_t n) const;                         // in place
+  void pack16(float* p, const kern::HVec& h, int64_t n) const;     // round p in place and keep it in h
+  void unpack16(const kern::HVec& h, float* p, int64_t n) const;   // p = h (exact)
+  const float* weight16(const Param& w, int ring, int64_t off, int64_t n);  // w's [off, off+n) rounded
+  const float* dy_rounded(const float* dy, int64_t n);             // dy rounded into dy16
   std::vector<TVec> inputs, targets;
   std::unique_ptr<nn::Embedding<float, Exec>::Scratch> escratch;
 
