@@ -1,6 +1,6 @@
 # Memory you can trust and a memory budget (issue 12 items 4-5), label `memory`:
-#   prediction  measured vs predicted peak of `train` on 14 strategies, schedules,
-#               recompute and checkpoint modes and a resumed run; `plan --json` agrees
+#   prediction  measured vs predicted peak of `train` on 18 strategies, schedules,
+#               recompute, precision and checkpoint modes and a resumed run; `plan --json` agrees
 #   budget      refused before step 1 with a configuration that fits (which then trains
 #               under the budget), and a resumed run stopped cleanly past it
 find_program(SHARDFLOW_MEMORY_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
@@ -17,3 +17,6 @@ function(shardflow_memory_test name)
 endfunction()
 shardflow_memory_test(prediction)
 shardflow_memory_test(budget)
+# precision: 200 steps of bf16 and f16 against f32, checkpoints across precisions and
+# meshes, an f16 run resumed bit for bit with its loss scale (issue 12 item 2)
+shardflow_memory_test(precision)

@@ -1,7 +1,7 @@
 """Memory you can trust (issue 12 item 4): `shardflow train --summary` reports, per rank,
 the framework's measured allocation peak (core/memory.hpp: every Kokkos allocation and the
 checkpoint staging) and the compiled step's prediction (compile::predict_peak). For every
-strategy, schedule, recompute mode and checkpoint mode below, on the quickstart deck, the
+strategy, schedule, recompute mode, precision and checkpoint mode below, on the quickstart deck, the
 prediction is within 10% of the measurement on every rank."""
 import json
 import os
@@ -28,6 +28,12 @@ CASES = [
     ("dp2 async checkpoint", ["mesh.data=2", "checkpoint.async=true"]),
     ("fsdp2 zero3 bf16 comm", ["mesh.data=1", "mesh.fsdp=2", "strategy.zero_stage=3", "strategy.gather_dtype=\"bf16\"",
                                "strategy.grad_scatter_dtype=\"bf16\""]),
+    ("dp2 precision bf16", ["mesh.data=2", "train.precision=\"bf16\""]),
+    ("pp2 1f1b m4 precision f16", ["mesh.data=1", "mesh.pipeline=2", "train.micro_batches=4", "train.precision=\"f16\""]),
+    ("fsdp2 zero3 full recompute bf16", ["mesh.data=1", "mesh.fsdp=2", "strategy.zero_stage=3",
+                                         "strategy.recompute=\"full\"", "train.precision=\"bf16\""]),
+    ("tp2 sp selective bf16", ["mesh.data=1", "mesh.tensor=2", "strategy.sequence_parallel=true",
+                               "strategy.recompute=\"selective\"", "train.precision=\"bf16\""]),
 ]
 
 

@@ -188,13 +188,12 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
     b.work.h = act("h_work", T * s.F_l);
   }
   if (s.precision != DType::F32) {
-    // a matmul's weight operand rounded to 16 bits (one weight at a time), and its output
-    // gradient when that is the residual stream's gradient (which stays f32)
+    // a matmul's weight operand rounded to 16 bits, one weight at a time: a ZeRO-3 weight is
+    // rounded in its gather ring (a copy the step discards), any other one into this buffer
     int64_t w = 0;
     for (const auto& p : s.params)
-      if (p.here) w = std::max(w, p.lnumel);
-    b.w16 = b.add("weight_16bit", std::max<int64_t>(1, w), DType::F32, BufferClass::Transient);
-    b.dy16 = act("dy_16bit", T * H);
+      if (p.here && !p.shard_stored(s.zero)) w = std::max(w, p.lnumel);
+    if (w > 0) b.w16 = b.add("weight_16bit", w, DType::F32, BufferClass::Transient);
   }
   if (s.last_stage) {
     b.nf = act("nf", T * H);

@@ -75,11 +75,14 @@ void Trainer::Impl::unpack16(const kern::HVec& h, float* p, int64_t n) const {
 }
 
 const float* Trainer::Impl::weight16(const Param& w, int ring, int64_t off, int64_t n) {
-  const float* src = pptr(w, ring) + off;
+  float* src = pptr(w, ring) + off;
   if (prec == DType::F32) return src;
-  SHARDFLOW_REQUIRE(n <= static_cast<int64_t>(w16.extent(0)), "mixed precision: weight '", w.name, "' needs ", n,
-                    " elements of the 16-bit weight buffer, which holds ", w16.extent(0));
-  float* dst = w16.data();
+  // a gathered ZeRO-3 weight is this step's copy: round it where it is (idempotent, so a
+  // second use, a later micro-batch, or a bf16 gather changes nothing)
+  const bool in_ring = w.shard_stored(zero);
+  SHARDFLOW_REQUIRE(in_ring || n <= static_cast<int64_t>(w16.extent(0)), "mixed precision: weight '", w.name,
+                    "' needs ", n, " elements of the 16-bit weight buffer, which holds ", w16.extent(0));
+  float* dst = in_ring ? src : w16.data();
   const DType d = prec;
   Kokkos::parallel_for(
       "shardflow::train::weight16", Kokkos::RangePolicy<Exec>(0, n),
@@ -89,7 +92,8 @@ const float* Trainer::Impl::weight16(const Param& w, int ring, int64_t off, int6
 
 const float* Trainer::Impl::dy_rounded(const float* dy, int64_t n) {
   if (prec == DType::F32) return dy;
-  float* dst = dy16.data();
+  // dn is free here: each backward op writes it with its last matmul, after dy's last use
+  float* dst = dn.data();
   const DType d = prec;
   Kokkos::parallel_for(
       "shardflow::train::dy16", Kokkos::RangePolicy<Exec>(0, n), KOKKOS_LAMBDA(int64_t i) { dst[i] = round_to(dy[i], d); });

@@ -399,7 +399,6 @@ void Trainer::Impl::allocate() {
   prec = s.precision;
   loss_scale = prec == DType::F16 ? deck.train.loss_scale : 1.0;
   w16 = f(b.w16);
-  dy16 = f(b.dy16);
   for (int id : b.inputs) inputs.push_back(ibuf[static_cast<size_t>(id)]);
   for (int id : b.targets) targets.push_back(ibuf[static_cast<size_t>(id)]);
   if (first_stage) escratch = std::make_unique<nn::Embedding<float, Exec>::Scratch>(V_l, tokens_mb);
@@ -684,7 +683,6 @@ MemoryStats Trainer::memory() const {
     for (const auto& a : per)
       for (const kern::HVec* v : {&a.qkv16, &a.probs16, &a.att16, &a.gu16, &a.h16}) m.activations += view_bytes(*v);
   m.transient += view_bytes(I.w16);
-  m.activations += view_bytes(I.dy16);
   for (const auto& per : I.moes)
     for (const auto& s : per) {
       for (const FVec* v : {&s.logits, &s.gate, &s.xsend, &s.gu, &s.h, &s.yr}) m.activations += view_bytes(*v);

@@ -102,7 +102,7 @@ struct Trainer::Impl {
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
   // ---- mixed precision (train.precision) ---------------------------------------------------
   DType prec = DType::F32;  // F32: every round16 below is a no-op and nothing is packed
-  FVec w16, dy16;           // a weight rounded for its matmul; a rounded copy of the residual's dx
+  FVec w16;                 // a weight rounded for its matmul (one not in the gather ring)
   // dynamic loss scaling (F16): the scale the loss gradient is multiplied by, clean steps
   // since it last changed, steps skipped for non-finite gradients
   double loss_scale = 1;
@@ -112,7 +112,7 @@ struct Trainer::Impl {
   void pack16(float* p, const kern::HVec& h, int64_t n) const;     // round p in place and keep it in h
   void unpack16(const kern::HVec& h, float* p, int64_t n) const;   // p = h (exact)
   const float* weight16(const Param& w, int ring, int64_t off, int64_t n);  // w's [off, off+n) rounded
-  const float* dy_rounded(const float* dy, int64_t n);             // dy rounded into dy16
+  const float* dy_rounded(const float* dy, int64_t n);             // dy rounded into dn (free until the op's last matmul)
   std::vector<TVec> inputs, targets;
   std::unique_ptr<nn::Embedding<float, Exec>::Scratch> escratch;
 
