@@ -25,4 +25,9 @@ parallel::LayoutPlan layout_plan(const Deck& deck, const MeshShape& mesh);
 StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank,
                          StepMode mode = StepMode::Train);
 
+/// Pools the staging of prog's shard collectives (StepProgram::staging_slots): chains each
+/// staged all-gather / reduce-scatter after the previous one of its communicator and kind
+/// and sizes one buffer per such pool. compile_step calls it.
+void pool_staging(StepProgram& prog);
+
 }  // namespace shardflow::compile

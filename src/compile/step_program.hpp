@@ -156,6 +156,7 @@ struct CommOp {
   int moe_layer = -1, moe_slot = -1;       // all_to_all(v): whose dispatch counts
   bool moe_out = false;                    // all_to_allv: to the experts (true) or back
   int64_t staging_bytes = 0;               // pack/cast buffers the operation needs
+  int staging_slot = -1;                   // StepProgram::staging_slots entry they live in (-1: none)
   /// Bytes of the tensor the collective moves (desc.count elements of the wire dtype).
   int64_t tensor_bytes() const;
 };
@@ -172,6 +173,11 @@ struct StepProgram {
   BufferPlan buffers;
   std::vector<TaskSpec> tasks;
   std::vector<std::pair<int, int>> edges;  // (before, after), in emission order (duplicates possible)
+  /// Staging of the shard collectives, pooled: the staged all-gathers of one communicator
+  /// share one buffer, as do its staged reduce-scatters; each waits for the previous one of
+  /// its pool to complete (an edge), so one at a time uses it. Bytes of each pool.
+  std::vector<int64_t> staging_slots;
+  int64_t staging_total() const;  // Σ staging_slots
 };
 
 /// Bytes of the step's buffers of class c (each buffer once, aliases once), and for

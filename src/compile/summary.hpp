@@ -48,7 +48,7 @@ ProgramSummary summarize(const StepProgram& prog);
 /// the buffers).
 struct PeakPrediction {
   int64_t buffers = 0;          // Σ BufferPlan
-  int64_t staging = 0;          // Σ CommOp::staging_bytes
+  int64_t staging = 0;          // the pooled staging (StepProgram::staging_total)
   int64_t init = 0;             // the largest whole parameter (initialisation)
   int64_t restore_staging = 0;  // a staged restore's copy of the rank's state
   int64_t save_snapshot = 0;    // an async save's copy of what this rank writes

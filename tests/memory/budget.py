@@ -54,6 +54,17 @@ if m:
         common.check(0 < meas <= limit * GIB, f"its measured peak {meas} bytes is below the budget {limit * GIB:.0f} "
                                               f"(DP's predicted peak {dp_peak})")
 
+# the "done when": ZeRO-3 + full recomputation + bf16 trains under the budget DP was
+# refused at, its measured peak below it
+Z3 = ["mesh.data=1", "mesh.fsdp=2", "strategy.zero_stage=3", 'strategy.recompute="full"', 'train.precision="bf16"']
+rc, log3, z3, _ = train("zero3_full_bf16", ["train.memory_limit_gib=%.6f" % limit] + Z3)
+common.check(rc == 0, f"ZeRO-3 + full recompute + bf16 trains under memory_limit_gib {limit:.4f} (rc {rc}) {log3[-400:]}")
+if z3:
+    meas = max(z3["memory_measured_peak_bytes"])
+    common.check(0 < meas <= limit * GIB, f"ZeRO-3 + full recompute + bf16: measured peak {meas} bytes, budget "
+                                          f"{limit * GIB:.0f}, DP's predicted peak {dp_peak}, DP's measured peak "
+                                          f"{max(dp['memory_measured_peak_bytes'])}")
+
 # 2. the step fits, an async save's snapshot of the state does not
 rc, log, first, ck = train("first", [])
 common.check(rc == 0 and common.latest(ck) is not None, f"a first run commits a checkpoint (rc {rc})")

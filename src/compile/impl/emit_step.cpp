@@ -1,6 +1,9 @@
 // The step compiler's driver: the uses of the schedule, each group's tasks in order, and the
 // end of the step (loss sum, gradient norm, AdamW). Emission primitives and the collective
 // descriptors every emitter uses are here too.
+#include <algorithm>
+#include <map>
+
 #include "compile/compiler.hpp"
 #include "compile/impl/builder.hpp"
 #include "core/error.hpp"
@@ -22,7 +25,40 @@ StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int
   prog.shape = make_step_shape(deck, plan, rank, mode);
   prog.buffers = plan_buffers(prog.shape);
   detail::StepBuilder(prog).build();
+  pool_staging(prog);
   return prog;
+}
+
+int64_t StepProgram::staging_total() const {
+  int64_t t = 0;
+  for (int64_t b : staging_slots) t += b;
+  return t;
+}
+
+// One staging buffer per (communicator, all-gather or reduce-scatter): the staged shard
+// collectives of a pool are chained in emission order (the previous one completes before the
+// next starts). Edges run forward in emission order and each communicator's collectives are
+// issued in that order on every rank, so the step stays acyclic and deadlock-free.
+void pool_staging(StepProgram& prog) {
+  std::map<std::pair<std::string, int>, std::pair<int, int>> pools;  // key -> (last task, slot)
+  for (int i = 0; i < static_cast<int>(prog.tasks.size()); ++i) {
+    CommOp& c = prog.tasks[static_cast<size_t>(i)].comm;
+    if (!prog.tasks[static_cast<size_t>(i)].is_comm || c.staging_bytes == 0) continue;
+    SHARDFLOW_REQUIRE(c.kind == comm::CollectiveKind::AllGather || c.kind == comm::CollectiveKind::ReduceScatter,
+                      "step compiler: only shard collectives stage, not task ", i);
+    const auto key = std::make_pair(parallel::group_key(c.axes), static_cast<int>(c.kind));
+    auto it = pools.find(key);
+    if (it == pools.end()) {
+      it = pools.emplace(key, std::make_pair(i, static_cast<int>(prog.staging_slots.size()))).first;
+      prog.staging_slots.push_back(0);
+    } else {
+      prog.edges.emplace_back(it->second.first, i);
+      it->second.first = i;
+    }
+    c.staging_slot = it->second.second;
+    int64_t& slot = prog.staging_slots[static_cast<size_t>(c.staging_slot)];
+    slot = std::max(slot, c.staging_bytes);
+  }
 }
 
 namespace detail {

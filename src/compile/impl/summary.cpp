@@ -50,9 +50,7 @@ double step_bytes(const StepProgram& prog, BufferClass c) {
   double b = 0;
   for (const auto& s : prog.buffers.specs)
     if (s.cls == c) b += static_cast<double>(s.numel) * static_cast<double>(dtype_size(s.dtype));
-  if (c == BufferClass::Transient)
-    for (const auto& t : prog.tasks)
-      if (t.is_comm) b += static_cast<double>(t.comm.staging_bytes);
+  if (c == BufferClass::Transient) b += static_cast<double>(prog.staging_total());
   return b;
 }
 
@@ -79,8 +77,7 @@ int64_t state_bytes(const StepProgram& prog) {
 PeakPrediction predict_peak(const StepProgram& prog, int64_t restore_staging_bytes, int64_t async_snapshot_bytes) {
   PeakPrediction p;
   for (const auto& spec : prog.buffers.specs) p.buffers += spec.bytes();
-  for (const auto& t : prog.tasks)
-    if (t.is_comm) p.staging += t.comm.staging_bytes;
+  p.staging = prog.staging_total();
   for (const ParamShape& ps : prog.shape.params)
     if (ps.here) p.init = std::max(p.init, numel(ps.shape) * static_cast<int64_t>(sizeof(float)));
   p.restore_staging = restore_staging_bytes;
@@ -100,6 +97,7 @@ ProgramSummary summarize(const StepProgram& prog) {
   s.stages = sh.pp;
   for (const auto& c : sh.chunks) s.layers.emplace_back(c.layer_begin, c.layer_end);
   s.tasks = static_cast<int64_t>(prog.tasks.size());
+  s.staging_bytes = prog.staging_total();
   for (const auto& t : prog.tasks) {
     if (!t.is_comm) {
       ++s.compute_tasks;
@@ -107,7 +105,6 @@ ProgramSummary summarize(const StepProgram& prog) {
       continue;
     }
     ++s.comm_tasks;
-    s.staging_bytes += t.comm.staging_bytes;
     const std::string& g = t.comm.desc.comm;
     const std::string& k = t.comm.desc.kind;
     auto it = std::find_if(s.collectives.begin(), s.collectives.end(),

@@ -129,7 +129,7 @@ void cast_in(const void* src, float* dst, int64_t n, DType from) {
 }
 
 ShardGather::ShardGather(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype,
-                         const float* shard, float* full)
+                         const float* shard, float* full, char* arena)
     : comm_(&c),
       outer_(outer),
       rows_(rows),
@@ -147,8 +147,14 @@ ShardGather::ShardGather(comm::Communicator& c, int64_t outer, int64_t rows, int
   const void* send = shard;
   void* recv = full;
   if (!direct_) {
-    send_ = Kokkos::View<char*>("shardflow::train::gather_send", static_cast<size_t>(block_) * es);
-    recv_ = Kokkos::View<char*>("shardflow::train::gather_recv", static_cast<size_t>(block_ * n_) * es);
+    const size_t sb = static_cast<size_t>(block_) * es, rb = static_cast<size_t>(block_ * n_) * es;
+    if (arena != nullptr) {  // unmanaged views of the pooled staging
+      send_ = Kokkos::View<char*>(arena, sb);
+      recv_ = Kokkos::View<char*>(arena + sb, rb);
+    } else {
+      send_ = Kokkos::View<char*>("shardflow::train::gather_send", sb);
+      recv_ = Kokkos::View<char*>("shardflow::train::gather_recv", rb);
+    }
     send = send_.data();
     recv = recv_.data();
   }
@@ -182,7 +188,8 @@ std::function<bool()> ShardGather::start() {
 }
 
 ShardReduceScatter::ShardReduceScatter(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype,
-                                       const float* full, float* shard_out, bool accumulate, comm::ReduceOp op)
+                                       const float* full, float* shard_out, bool accumulate, comm::ReduceOp op,
+                                       char* arena)
     : comm_(&c),
       outer_(outer),
       rows_(rows),
@@ -200,8 +207,14 @@ ShardReduceScatter::ShardReduceScatter(comm::Communicator& c, int64_t outer, int
   const void* send = full;
   void* recv = shard_out;
   if (!direct_) {
-    send_ = Kokkos::View<char*>("shardflow::train::rs_send", static_cast<size_t>(block_ * n_) * es);
-    recv_ = Kokkos::View<char*>("shardflow::train::rs_recv", static_cast<size_t>(block_) * es);
+    const size_t sb = static_cast<size_t>(block_ * n_) * es, rb = static_cast<size_t>(block_) * es;
+    if (arena != nullptr) {  // unmanaged views of the pooled staging
+      send_ = Kokkos::View<char*>(arena, sb);
+      recv_ = Kokkos::View<char*>(arena + sb, rb);
+    } else {
+      send_ = Kokkos::View<char*>("shardflow::train::rs_send", sb);
+      recv_ = Kokkos::View<char*>("shardflow::train::rs_recv", rb);
+    }
     send = send_.data();
     recv = recv_.data();
   }

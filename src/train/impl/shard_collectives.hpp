@@ -40,8 +40,11 @@ class ShardGather {
   ShardGather(comm::Communicator& c, int64_t rows, int64_t cols, DType dtype, const float* shard, float* full)
       : ShardGather(c, 1, rows, cols, dtype, shard, full) {}
   /// shard: this rank's box [outer, split_extent(rows), inner]; full: outer * rows * inner.
+  /// arena: where the staging lives (staging_bytes() of it; pooled with the collectives that
+  /// cannot be in flight at the same time, compile::StepProgram::staging_slots), or null to
+  /// allocate its own.
   ShardGather(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype, const float* shard,
-              float* full);
+              float* full, char* arena = nullptr);
   std::function<bool()> start();
   int64_t staging_bytes() const;
 
@@ -69,8 +72,10 @@ class ShardReduceScatter {
       : ShardReduceScatter(c, 1, rows, cols, dtype, full, shard_out, accumulate) {}
   /// full: outer * rows * inner; shard_out: this rank's box [outer, split_extent(rows), inner].
   /// op: Mean (gradients over data-parallel replicas) or Sum (partial sums).
+  /// arena: as for ShardGather.
   ShardReduceScatter(comm::Communicator& c, int64_t outer, int64_t rows, int64_t inner, DType dtype, const float* full,
-                     float* shard_out, bool accumulate, comm::ReduceOp op = comm::ReduceOp::Mean);
+                     float* shard_out, bool accumulate, comm::ReduceOp op = comm::ReduceOp::Mean,
+                     char* arena = nullptr);
   std::function<bool()> start();
   int64_t staging_bytes() const;
 

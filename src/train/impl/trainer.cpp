@@ -202,6 +202,16 @@ std::string Trainer::Impl::configuration_that_fits(double limit) const {
       c.d.strategy.recompute = Recompute::Full;
       all.push_back(c);
     }
+  if (deck.train.precision == DType::F32) {  // 16-bit kept activations (train.precision)
+    const size_t n = all.size();
+    std::vector<Candidate> plain = base;
+    plain.insert(plain.end(), all.begin() + static_cast<long>(meshes.size()), all.begin() + static_cast<long>(n));
+    for (const auto& b : plain) {
+      Candidate c{b.d, join(b.sets, "train.precision=\"bf16\"")};
+      c.d.train.precision = DType::BF16;
+      all.push_back(c);
+    }
+  }
   const size_t with_recompute = all.size();
   for (int64_t f : {2, 4}) {
     const int64_t m = deck.train.micro_batches * f;
@@ -264,8 +274,8 @@ std::string Trainer::Impl::memory_message(const std::string& what, double bytes,
          ", gradients " + gib(part[1]) + ", optimizer " + gib(part[2]) + ", rings and staging " + gib(part[3]) +
          ", activations " + gib(part[4]) + ", initialisation " + gib(part[5]) + ") but may use " + gib(limit) + " (" +
          source + "). The largest part is " + names[big] + ": " + keys[big] + " (" + deck.path + "). " +
-         (fits.empty() ? std::string("No ZeRO stage, fsdp mesh, full recomputation or micro-batching of this model "
-                                     "fits on these ranks")
+         (fits.empty() ? std::string("No ZeRO stage, fsdp mesh, full recomputation, bf16 or micro-batching of this "
+                                     "model fits on these ranks")
                        : "This would fit: " + fits);
 }
 
@@ -417,6 +427,18 @@ void* Trainer::Impl::resolve(const compile::BufRef& r) {
 }
 
 // A collective of the program on this rank's communicator for its axes.
+// The pooled staging a shard collective lives in (allocated on first use, at its pool's size).
+char* Trainer::Impl::arena(const compile::CommOp& o) {
+  if (o.staging_slot < 0) return nullptr;
+  const auto k = static_cast<size_t>(o.staging_slot);
+  if (staging_pool.size() < prog.staging_slots.size()) staging_pool.resize(prog.staging_slots.size());
+  if (staging_pool[k].data() == nullptr) {
+    staging_pool[k] = Kokkos::View<char*>("shardflow::train::staging", static_cast<size_t>(prog.staging_slots[k]));
+    staging += prog.staging_slots[k];
+  }
+  return staging_pool[k].data();
+}
+
 graph::CommStartFn Trainer::Impl::bind_comm(const compile::TaskSpec& t) {
   using K = comm::CollectiveKind;
   const compile::CommOp& o = t.comm;
@@ -435,21 +457,20 @@ graph::CommStartFn Trainer::Impl::bind_comm(const compile::TaskSpec& t) {
       std::function<std::function<bool()>()> start;
       int64_t bytes = 0;
       if (o.kind == K::AllGather) {
-        gathers.push_back(
-            std::make_unique<detail::ShardGather>(*c, o.outer, o.rows, o.inner, o.dtype, F(o.src), F(o.dst)));
+        gathers.push_back(std::make_unique<detail::ShardGather>(*c, o.outer, o.rows, o.inner, o.dtype, F(o.src),
+                                                                F(o.dst), arena(o)));
         auto* op = gathers.back().get();
         bytes = op->staging_bytes();
         start = [op] { return op->start(); };
       } else {
-        scatters.push_back(std::make_unique<detail::ShardReduceScatter>(*c, o.outer, o.rows, o.inner, o.dtype,
-                                                                        F(o.src), F(o.dst), o.accumulate, o.op));
+        scatters.push_back(std::make_unique<detail::ShardReduceScatter>(
+            *c, o.outer, o.rows, o.inner, o.dtype, F(o.src), F(o.dst), o.accumulate, o.op, arena(o)));
         auto* op = scatters.back().get();
         bytes = op->staging_bytes();
         start = [op] { return op->start(); };
       }
       SHARDFLOW_REQUIRE(bytes == o.staging_bytes, "step program: '", t.name, "' needs ", bytes,
                         " staging bytes, the compiler counted ", o.staging_bytes);
-      staging += bytes;
       return start;
     }
     case K::Send: {

@@ -126,7 +126,8 @@ struct Trainer::Impl {
   graph::Executor executor;
   std::vector<std::unique_ptr<detail::ShardGather>> gathers;
   std::vector<std::unique_ptr<detail::ShardReduceScatter>> scatters;
-  int64_t staging = 0;
+  std::vector<Kokkos::View<char*>> staging_pool;  // prog.staging_slots, allocated
+  int64_t staging = 0;                             // their bytes
   int64_t memory_baseline = 0;  // bytes tracked (core/memory.hpp) when this trainer began
 
   Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluate);
@@ -137,6 +138,7 @@ struct Trainer::Impl {
   void allocate();
   void bind();
   graph::CommStartFn bind_comm(const compile::TaskSpec& t);
+  char* arena(const compile::CommOp& o);
   void init_params();
 
   // ---- the block program (step_kernels.cpp) ---------------------------------------------
