@@ -32,7 +32,8 @@ std::uint32_t u_of(float f) {
   return u;
 }
 std::uint16_t b16(std::uint32_t u) { return bf16(f_of(u)).bits; }
-std::uint16_t h16(std::uint32_t u) { return f16(f_of(u)).bits; }
+std::uint16_t h16(std::uint32_t u) { return f16(f_of(u)).bits; }  // F16C in hardware where built with it
+std::uint16_t h16_portable(std::uint32_t u) { return shardflow::half_detail::f16_bits_from_f32_bits(u); }
 
 // ---- independent references ------------------------------------------------------------
 // Value of a finite f16 bit pattern by the definition of binary16.
@@ -249,6 +250,7 @@ TEST(F16, AgainstReference) {
     float x = f_of(u);
     if (std::isnan(x)) continue;
     ASSERT_EQ(h16(u), ref_f16(x)) << "f32 0x" << std::hex << u;
+    ASSERT_EQ(h16_portable(u), ref_f16(x)) << "portable, f32 0x" << std::hex << u;
   }
 }
 
@@ -264,9 +266,19 @@ TEST(Bf16, AgainstReference) {
 __attribute__((target("f16c"))) std::uint16_t hw_f16(float x) {
   return static_cast<std::uint16_t>(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT));
 }
+__attribute__((target("f16c"))) float hw_f32(std::uint16_t h) { return _cvtsh_ss(h); }
 TEST(F16, AgainstF16CHardware) {
   if (!__builtin_cpu_supports("f16c")) GTEST_SKIP() << "CPU has no F16C";
-  for (std::uint32_t u : stress_inputs()) ASSERT_EQ(h16(u), hw_f16(f_of(u))) << "f32 0x" << std::hex << u;
+  for (std::uint32_t u : stress_inputs()) {
+    ASSERT_EQ(h16(u), hw_f16(f_of(u))) << "f32 0x" << std::hex << u;
+    ASSERT_EQ(h16_portable(u), hw_f16(f_of(u))) << "portable, f32 0x" << std::hex << u;
+  }
+  // widening, every f16 value, NaNs included (the portable code is what a GPU build runs)
+  for (std::uint32_t b = 0; b < 65536; ++b) {
+    const auto h = static_cast<std::uint16_t>(b);
+    ASSERT_EQ(shardflow::half_detail::f32_bits_from_f16_bits(h), u_of(hw_f32(h))) << "f16 0x" << std::hex << b;
+    ASSERT_EQ(u_of(static_cast<float>(f16::from_bits(h))), u_of(hw_f32(h))) << "f16 0x" << std::hex << b;
+  }
 }
 #endif
 

@@ -18,6 +18,14 @@
 
 #include "core/dtype.hpp"
 
+// x86 hosts with F16C (-march=native on any CPU since Ivy Bridge) convert f16 in hardware:
+// the same IEEE rounding, overflow, subnormals and NaN rules as the portable code below,
+// which test_half checks bit for bit over all 2^16 f16 values and f32 boundaries.
+#if defined(__F16C__) && !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
+#include <immintrin.h>
+#define SHARDFLOW_HALF_F16C 1
+#endif
+
 namespace shardflow {
 
 namespace half_detail {
@@ -127,10 +135,15 @@ struct f16 {
   std::uint16_t bits;
 
   f16() = default;
+#ifdef SHARDFLOW_HALF_F16C
+  explicit f16(float f) : bits(static_cast<std::uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT))) {}
+  explicit operator float() const { return _cvtsh_ss(bits); }
+#else
   KOKKOS_INLINE_FUNCTION explicit f16(float f) : bits(half_detail::f16_bits_from_f32_bits(half_detail::f32_bits(f))) {}
   KOKKOS_INLINE_FUNCTION explicit operator float() const {
     return half_detail::f32_from_bits(half_detail::f32_bits_from_f16_bits(bits));
   }
+#endif
   KOKKOS_INLINE_FUNCTION static f16 from_bits(std::uint16_t b) {
     f16 r;
     r.bits = b;
