@@ -6,7 +6,9 @@
 //    core), selective the attention core alone (QKᵀ and P·V: 4·b·s²·h a layer);
 //  - each rank's activation bytes per mode (train --summary's memory_bytes_rank0.activations),
 //    against the per-layer f32 set the compiler allocates;
-//  - #wrong: steps whose loss differs from none's (recomputation must be bitwise the same).
+//  - #wrong: steps whose loss differs from none's (recomputation must be bitwise the same);
+//  - train.precision bf16 and f16 (no recomputation) against f32: step time, activation
+//    bytes, and how far their losses are from f32's (16-bit rounding: close, not equal).
 //
 //   mpiexec -n N bench_recompute [deck] [--set k=v ...] [--steps S] [--rounds R]
 #include <mpi.h>
@@ -14,6 +16,7 @@
 #include <Kokkos_Core.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -63,11 +66,13 @@ int main(int argc, char** argv) {
     const comm::Control control = comm::Control::world();
     const int rank = control.rank();
     std::vector<Mode> modes;
-    for (const char* m : {"none", "selective", "full"}) {
+    for (const char* m : {"none", "selective", "full", "bf16", "f16"}) {
       Mode md;
       md.name = m;
       std::vector<std::string> s = sets;
-      s.push_back(std::string("strategy.recompute=\"") + m + "\"");
+      const bool precision = std::string(m) == "bf16" || std::string(m) == "f16";
+      s.push_back(precision ? std::string("train.precision=\"") + m + "\""
+                            : std::string("strategy.recompute=\"") + m + "\"");
       md.deck = std::make_unique<Deck>(load_deck(deck_path, s, control.size()));
       md.mesh = std::make_unique<Mesh>(md.deck->mesh.to_mesh_shape());
       md.comms = std::make_unique<comm::CommSet>(*md.mesh, comm::Backend::Mpi);
@@ -92,8 +97,8 @@ int main(int argc, char** argv) {
     const double total = modes[0].trainer->model_flops_per_step();
     const double t_none = median(modes[0].times);
     long wrong = 0;
-    for (auto& md : modes)
-      for (size_t i = 0; i < md.losses.size(); ++i) wrong += md.losses[i] != modes[0].losses[i];
+    for (size_t k = 0; k < 3; ++k)
+      for (size_t i = 0; i < modes[k].losses.size(); ++i) wrong += modes[k].losses[i] != modes[0].losses[i];
     std::vector<double> acts;
     for (auto& md : modes) acts.push_back(control.max(static_cast<double>(md.trainer->memory().activations)));
     if (rank == 0) {
@@ -104,7 +109,7 @@ int main(int argc, char** argv) {
                   layer_mm, core, L);
       std::printf("# %-10s %10s %9s %14s %12s %14s %10s\n", "recompute", "step_ms", "overhead", "analytic_extra",
                   "meas/anal", "activations_B", "vs_none");
-      for (size_t k = 0; k < modes.size(); ++k) {
+      for (size_t k = 0; k < 3; ++k) {
         const double t = median(modes[k].times);
         const double extra = k == 0 ? 0 : k == 1 ? L * core / total : L * (layer_mm + core) / total;
         const double over = t / t_none - 1;
@@ -114,6 +119,17 @@ int main(int argc, char** argv) {
                     100 * extra, ratio, acts[k], acts[k] / acts[0]);
       }
       std::printf("# #wrong %ld (steps whose loss differs from none's, bitwise)\n", wrong);
+      std::printf("# %-10s %10s %9s %14s %10s %16s\n", "precision", "step_ms", "vs_f32", "activations_B", "vs_f32",
+                  "max_loss_rel_diff");
+      std::printf("  %-10s %10.2f %9.3f %14.0f %10.3f %16s\n", "f32", t_none * 1e3, 1.0, acts[0], 1.0, "0");
+      for (size_t k = 3; k < modes.size(); ++k) {
+        double diff = 0;
+        for (size_t i = 0; i < modes[k].losses.size(); ++i)
+          diff = std::max(diff, std::abs(modes[k].losses[i] - modes[0].losses[i]) / modes[0].losses[i]);
+        const double t = median(modes[k].times);
+        std::printf("  %-10s %10.2f %9.3f %14.0f %10.3f %16.2e\n", modes[k].name, t * 1e3, t / t_none, acts[k],
+                    acts[k] / acts[0], diff);
+      }
     }
     if (wrong) rc = 1;
   } catch (const std::exception& e) {
