@@ -8,7 +8,11 @@
 //    against the per-layer f32 set the compiler allocates;
 //  - #wrong: steps whose loss differs from none's (recomputation must be bitwise the same);
 //  - train.precision bf16 and f16 (no recomputation) against f32: step time, activation
-//    bytes, and how far their losses are from f32's (16-bit rounding: close, not equal).
+//    bytes, and how far their losses are from f32's (16-bit rounding: close, not equal);
+//  - what one layer keeps for its backward per micro-batch (rank 0's compiled buffers: the
+//    act slot of its first layer, buffers shared with another layer excluded) in f32 and
+//    bf16, against Korthikanti et al. 2022's 16-bit formulas: s·b·h·(34 + 5·a·s/h) without
+//    recomputation, 34·s·b·h selective, 2·s·b·h full (the layer input alone).
 //
 //   mpiexec -n N bench_recompute [deck] [--set k=v ...] [--steps S] [--rounds R]
 #include <mpi.h>
@@ -23,6 +27,7 @@
 #include <vector>
 
 #include "comm/comm_set.hpp"
+#include "compile/compiler.hpp"
 #include "comm/control.hpp"
 #include "comm/mesh.hpp"
 #include "config/deck.hpp"
@@ -43,6 +48,24 @@ struct Mode {
   std::unique_ptr<train::Trainer> trainer;
   std::vector<double> losses, times;
 };
+
+// Bytes the first local layer of `rank` keeps for its backward in one act slot: its act
+// buffers that no other layer shares (full recomputation's scratch set and selective's
+// probabilities are shared: they are the step's, not the layer's).
+double layer_kept_bytes(const Deck& d, int rank) {
+  const compile::StepProgram prog = compile::compile_step(d, compile::layout_plan(d, d.mesh.to_mesh_shape()), rank);
+  const auto& acts = prog.buffers.acts;
+  if (acts.size() < 2) return -1;
+  auto ids = [](const compile::ActBuffers& a) {
+    return std::vector<int>{a.x_in, a.n1, a.rstd1, a.qkv, a.probs, a.att, a.x_mid, a.n2, a.rstd2, a.gu, a.h};
+  };
+  const std::vector<int> mine = ids(acts[0][0]), next = ids(acts[1][0]);
+  double b = 0;
+  for (int id : mine)
+    if (id >= 0 && std::find(next.begin(), next.end(), id) == next.end())
+      b += static_cast<double>(prog.buffers.spec(id).bytes());
+  return b;
+}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -129,6 +152,22 @@ int main(int argc, char** argv) {
         const double t = median(modes[k].times);
         std::printf("  %-10s %10.2f %9.3f %14.0f %10.3f %16.2e\n", modes[k].name, t * 1e3, t / t_none, acts[k],
                     acts[k] / acts[0], diff);
+      }
+    }
+    if (rank == 0) {
+      const double sb = static_cast<double>(d.micro_batch_size()) * S;
+      const double a = static_cast<double>(d.model.heads);
+      const double korth[3] = {sb * H * (34 + 5 * a * S / H), 34 * sb * H, 2 * sb * H};
+      std::printf("# one layer's kept bytes per micro-batch (rank 0) vs Korthikanti et al. (16-bit), s·b = %.0f\n", sb);
+      std::printf("# %-10s %14s %14s %14s %10s %10s\n", "recompute", "f32_B", "bf16_B", "korthikanti_B", "f32/K",
+                  "bf16/K");
+      for (size_t k = 0; k < 3; ++k) {
+        Deck f = *modes[k].deck;
+        const double b32 = layer_kept_bytes(f, 0);
+        f.train.precision = DType::BF16;
+        const double b16 = layer_kept_bytes(f, 0);
+        std::printf("  %-10s %14.0f %14.0f %14.0f %10.3f %10.3f\n", modes[k].name, b32, b16, korth[k], b32 / korth[k],
+                    b16 / korth[k]);
       }
     }
     if (wrong) rc = 1;

@@ -59,8 +59,11 @@ namespace {
 int64_t exact_bytes(double b) { return b < 9.0e18 ? static_cast<int64_t>(b) : INT64_MAX; }
 }  // namespace
 
+// The trainer allocates the buffers, initialises the parameters (one whole parameter at a
+// time), then binds the collectives (their pooled staging); a restore or an async save comes
+// after that.
 int64_t PeakPrediction::peak() const {
-  return buffers + staging + std::max({init, restore_staging, save_snapshot});
+  return buffers + std::max(init, staging + std::max(restore_staging, save_snapshot));
 }
 
 int64_t state_bytes(const StepProgram& prog) {

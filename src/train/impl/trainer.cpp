@@ -252,7 +252,7 @@ std::string Trainer::Impl::memory_message(const std::string& what, double bytes,
   const compile::PeakPrediction pp = compile::predict_peak(prog, 0, 0);
   // params, grads, optimizer, rings + staging, activations (+ inputs and scalars), initialisation
   const double part[6] = {b(BufferClass::Params), b(BufferClass::Grads), b(BufferClass::Optimizer),
-                          b(BufferClass::Transient) + static_cast<double>(pp.staging),
+                          b(BufferClass::Transient),  // rings and the pooled staging
                           b(BufferClass::Activations) + b(BufferClass::Inputs) + b(BufferClass::Scalars),
                           static_cast<double>(pp.init)};
   const char* names[6] = {"parameters", "gradients", "optimizer state", "gather/reduce rings and staging",
