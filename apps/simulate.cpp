@@ -1,0 +1,72 @@
+// `shardflow simulate [DECK] --cluster NAME|FILE [--devices N] [--set k=v ...] [--json] [--trace FILE]`:
+// compiles the deck's step for one rank per pipeline stage and replays it on a cluster's
+// hardware model (sim/simulator.hpp, docs/simulate.md): step time, throughput, MFU, the
+// pipeline bubble, the communication each axis leaves exposed, memory per device and
+// whether it fits. Runs in one process, without MPI communication.
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "command.hpp"
+#include "config/deck.hpp"
+#include "core/error.hpp"
+#include "sim/simulator.hpp"
+
+namespace {
+
+struct SimulateOptions {
+  std::string deck, cluster, trace;
+  std::vector<std::string> sets;
+  int devices = 0;
+  bool json = false;
+};
+
+int run_simulate(const SimulateOptions& o) {
+  using namespace shardflow;
+  const std::string path = o.deck.empty() ? "(defaults)" : o.deck;
+  const std::string defaults = deck_to_toml(Deck{});
+  auto load = [&](const std::vector<std::string>& sets) {
+    return o.deck.empty() ? parse_deck(defaults, path, ".", sets) : load_deck(path, sets);
+  };
+  std::vector<std::string> sets = o.sets;
+  Deck deck = load(sets);
+  if (o.devices != 0) {
+    SHARDFLOW_REQUIRE_INPUT(o.devices >= 1, "simulate: --devices ", o.devices, " must be >= 1");
+    const int others = deck.mesh.size() / deck.mesh.data;
+    SHARDFLOW_REQUIRE_INPUT(o.devices % others == 0, "simulate: --devices ", o.devices,
+                            " is not a multiple of the deck's non-data axes (", others, " devices in ",
+                            deck.mesh.to_mesh_shape().to_string(), "); set the mesh with --set mesh.<axis>=N");
+    if (o.devices != deck.mesh.size()) {
+      sets.push_back("mesh.data=" + std::to_string(o.devices / others));
+      deck = load(sets);
+    }
+  }
+  const sim::Cluster cluster = sim::load_cluster(o.cluster);
+  sim::SimOptions so;
+  so.trace_file = o.trace;
+  const sim::SimResult r = sim::simulate(deck, cluster, so);
+  if (app::world_rank() == 0) {
+    const std::string text = o.json ? sim::sim_json(r) + "\n" : sim::sim_text(r);
+    std::fputs(text.c_str(), stdout);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+shardflow::app::CommandRegistration reg(
+    "simulate", "simulate the compiled step on a cluster model: step time, MFU, bubble, exposed comm, memory",
+    [](CLI::App& sub) {
+      auto o = std::make_shared<SimulateOptions>();
+      sub.add_option("deck", o->deck, "input deck (TOML); default: the default deck");
+      sub.add_option("--cluster", o->cluster,
+                     "cluster model: a name (a100-80gb, h100-80gb, h200: inputs/clusters) or a TOML file")
+          ->required();
+      sub.add_option("--set", o->sets, "override a deck key: section.key=value (repeatable)");
+      sub.add_option("--devices", o->devices, "grow (or shrink) the deck's data axis to this many devices in all");
+      sub.add_flag("--json", o->json, "print a JSON object");
+      sub.add_option("--trace", o->trace, "write a Chrome trace of the simulated step (one process per stage)");
+      return [o]() { return run_simulate(*o); };
+    });
+
+}  // namespace

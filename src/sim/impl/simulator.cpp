@@ -1,0 +1,495 @@
+// The event simulation of compiled steps (sim/simulator.hpp): kernel and collective costs on
+// a cluster model, and the replay of one representative rank per pipeline stage.
+#include "sim/simulator.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "compile/compiler.hpp"
+#include "compile/summary.hpp"
+#include "core/error.hpp"
+#include "nn/gpt.hpp"
+#include "parallel/axis_groups.hpp"
+
+namespace shardflow::sim {
+
+namespace {
+
+using compile::StepOp;
+using compile::StepShape;
+
+struct Cost {
+  double seconds = 0, flops = 0;
+};
+
+// ---- kernels ------------------------------------------------------------------------------
+
+struct KernelModel {
+  const Cluster& c;
+  const StepShape& s;
+  DType mm;     // GEMM operand type
+  double elem;  // bytes per activation element
+  double seconds = 0, flops = 0;
+
+  void gemm(double m, double n, double k, double count = 1) {
+    if (m <= 0 || n <= 0 || k <= 0 || count <= 0) return;
+    seconds += count * c.gemm_seconds(m, n, k, mm);
+    flops += count * 2 * m * n * k;
+  }
+  void bytes(double b) { seconds += c.bytes_seconds(b); }
+  // a linear layer's forward (y = x·wᵀ, x [rows, in]) or its backward (dx and dw)
+  void linear_fwd(double rows, double out, double in) { gemm(rows, out, in); }
+  void linear_bwd(double rows, double out, double in) {
+    gemm(rows, in, out);
+    gemm(out, in, rows);
+  }
+  // the attention core of b sequences × A heads: QKᵀ, softmax, P·V (full S × S, as the model
+  // FLOPs count it)
+  void core_fwd() {
+    const double b = static_cast<double>(s.mb_seqs), A = static_cast<double>(s.A_l), S = static_cast<double>(s.seq),
+                 D = static_cast<double>(s.head_dim);
+    gemm(S, S, D, b * A);
+    gemm(S, D, S, b * A);
+    bytes(b * A * S * S * elem * 3);
+  }
+  void core_bwd() {
+    const double b = static_cast<double>(s.mb_seqs), A = static_cast<double>(s.A_l), S = static_cast<double>(s.seq),
+                 D = static_cast<double>(s.head_dim);
+    gemm(S, D, S, 4 * b * A);  // dV, dP, dQ, dK
+    bytes(b * A * S * S * elem * 4);
+  }
+};
+
+double param_elems(const StepShape& s) {
+  double n = 0;
+  for (const auto& p : s.params)
+    if (p.here) n += static_cast<double>(p.zero_split && s.zero >= 1 ? p.shard_numel() : p.lnumel);
+  return n;
+}
+
+Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec& t) {
+  KernelModel k{c, s, s.precision, static_cast<double>(dtype_size(s.precision))};
+  const double T = static_cast<double>(s.tokens_mb), H = static_cast<double>(s.hidden),
+               Hl = static_cast<double>(s.H_l), Fl = static_cast<double>(s.F_l), Vl = static_cast<double>(s.V_l),
+               Tr = static_cast<double>(s.Tr), e = k.elem;
+  const double E = static_cast<double>(s.experts), topk = static_cast<double>(s.top_k);
+  for (const compile::ComputeOp& o : t.ops) {
+    switch (o.op) {
+      case StepOp::Begin: break;
+      case StepOp::Copy: k.bytes(2.0 * static_cast<double>(o.n) * 4); break;
+      case StepOp::Embed: k.bytes(T * H * 4 * 2); break;
+      case StepOp::PosEmbed: k.bytes(T * H * 4 * 3); break;
+      case StepOp::AttnNorm: k.bytes(Tr * H * 4 * 4 + Tr * H * e); break;
+      case StepOp::Attn:
+        k.linear_fwd(T, 3 * Hl, H);
+        k.core_fwd();
+        k.linear_fwd(T, H, Hl);
+        break;
+      case StepOp::MlpNorm: k.bytes(Tr * H * 4 * 5 + Tr * H * e); break;
+      case StepOp::Mlp:
+        if (s.moe_layer(o.layer)) break;
+        k.linear_fwd(T, 2 * Fl, H);
+        k.bytes(T * Fl * e * 3);
+        k.linear_fwd(T, H, Fl);
+        break;
+      case StepOp::Residual: k.bytes(Tr * H * 4 * 3); break;
+      case StepOp::MoeRoute: k.linear_fwd(T, E, H); k.bytes(T * topk * H * e * 2); break;
+      case StepOp::MoePlan: break;
+      case StepOp::MoeExperts:  // the routed rows, as if the experts were balanced
+        k.linear_fwd(T * topk, 2 * Fl, H);
+        k.bytes(T * topk * Fl * e * 3);
+        k.linear_fwd(T * topk, H, Fl);
+        break;
+      case StepOp::MoeCombine: k.bytes(T * topk * H * e * 2); break;
+      case StepOp::FinalNorm: k.bytes(Tr * H * 4 * 3); break;
+      case StepOp::Logits: k.linear_fwd(T, Vl, H); k.bytes(T * Vl * 4); break;
+      case StepOp::SumExp: k.bytes(T * Vl * 4); break;
+      case StepOp::Loss: k.bytes(T * Vl * 4 * 2); k.linear_bwd(T, Vl, H); break;
+      case StepOp::LossValue: k.bytes(T * Vl * 4); break;
+      case StepOp::FinalNormBwd: k.bytes(Tr * H * 4 * 5); break;
+      case StepOp::MoeCombineBwd: k.bytes(T * topk * H * e * 3); break;
+      case StepOp::MoeExpertsBwd:
+        k.linear_bwd(T * topk, H, Fl);
+        k.bytes(T * topk * Fl * e * 5);
+        k.linear_bwd(T * topk, 2 * Fl, H);
+        break;
+      case StepOp::MoeRouterBwd: k.linear_bwd(T, E, H); k.bytes(T * topk * H * e * 2); break;
+      case StepOp::MlpBwd:
+        k.linear_bwd(T, H, Fl);
+        k.bytes(T * Fl * e * 5);
+        k.linear_bwd(T, 2 * Fl, H);
+        break;
+      case StepOp::MlpNormBwd:
+      case StepOp::AttnNormBwd: k.bytes(Tr * H * 4 * 6); break;
+      case StepOp::AttnCore: k.core_fwd(); break;
+      case StepOp::AttnBwd:
+        k.linear_bwd(T, H, Hl);
+        k.core_bwd();
+        k.linear_bwd(T, 3 * Hl, H);
+        break;
+      case StepOp::EmbedBwd: k.bytes(T * H * 4 * 3); break;
+      case StepOp::GradNormLocal: k.bytes(param_elems(s) * 4); break;
+      case StepOp::AdamW: k.bytes(param_elems(s) * 4 * 7); break;
+    }
+  }
+  return {k.seconds, k.flops};
+}
+
+// ---- collectives ------------------------------------------------------------------------------
+
+// a ring over n ranks moving `factor` × bytes through each rank's link
+double ring_seconds(const Link& l, double n, double bytes, double steps, double factor) {
+  if (n <= 1) return 0;
+  return (l.latency_us + steps * l.hop_latency_us) * 1e-6 + factor * bytes / (l.bandwidth_gbs * 1e9 * l.efficiency);
+}
+
+struct GroupInfo {
+  int n = 1, nodes = 1, local = 1;
+};
+
+double collective_seconds(const Cluster& c, const GroupInfo& g, comm::CollectiveKind kind, double bytes) {
+  using K = comm::CollectiveKind;
+  const double n = g.n;
+  if (g.n <= 1) return 0;
+  auto flat = [&](const Link& l, double m, double b, K k) {
+    switch (k) {
+      case K::AllReduce: return ring_seconds(l, m, b, 2 * (m - 1), 2 * (m - 1) / m);
+      case K::AllGather:
+      case K::ReduceScatter: return ring_seconds(l, m, b, m - 1, (m - 1) / m);
+      default: return ring_seconds(l, m, b, m - 1, (m - 1) / m);  // all-to-all(v), broadcast
+    }
+  };
+  if (g.nodes <= 1) return flat(c.intra, n, bytes, kind);
+  if (c.inter_algo == "ring" || g.local <= 1) return flat(c.inter, n, bytes, kind);
+  // hierarchical: the node's ranks each drive their own network link on 1/local of the bytes
+  const double L = g.local, N = g.nodes;
+  switch (kind) {
+    case K::AllReduce:
+      return flat(c.intra, L, bytes, K::ReduceScatter) + flat(c.inter, N, bytes / L, K::AllReduce) +
+             flat(c.intra, L, bytes, K::AllGather);
+    case K::AllGather:
+    case K::ReduceScatter: return flat(c.inter, N, bytes / L, kind) + flat(c.intra, L, bytes, kind);
+    default: return flat(c.inter, n, bytes, kind);
+  }
+}
+
+// ---- the replay -------------------------------------------------------------------------------
+
+struct Role {
+  int rank = 0, stage = 0;
+  compile::StepProgram prog;
+  std::vector<double> dur, flops, start, end;
+  std::vector<std::vector<int>> preds;
+  std::vector<int> chain_prev;    // the previous task of its compute chain / communicator / p2p channel (-1)
+  std::vector<int> partner;       // p2p: the matching task's index on its role
+  std::vector<int> partner_role;  // p2p: the peer's stage
+  std::vector<std::string> key;  // communicator key of a comm task
+  std::vector<bool> p2p;
+};
+
+}  // namespace
+
+SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const MeshShape mesh = deck.mesh.to_mesh_shape();
+  const parallel::LayoutPlan plan = compile::layout_plan(deck, mesh);
+  const int pp = mesh.axis_size_or_1("pipeline");
+  // one representative per stage: every other coordinate 0
+  std::vector<Role> roles(static_cast<size_t>(pp));
+  for (int st = 0; st < pp; ++st) {
+    std::vector<int> co(static_cast<size_t>(mesh.ndim()), 0);
+    if (pp > 1) co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
+    Role& r = roles[static_cast<size_t>(st)];
+    r.rank = mesh.rank_of(co);
+    r.stage = st;
+    r.prog = compile::compile_step(deck, plan, r.rank);
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+  std::map<std::string, GroupInfo> groups;  // by communicator key, for representative rank's group
+  auto group_of = [&](int rank, const parallel::Axes& axes) {
+    const std::string key = parallel::group_key(axes) + "@" + std::to_string(rank);
+    auto it = groups.find(key);
+    if (it != groups.end()) return it->second;
+    GroupInfo g;
+    const std::vector<int> members = mesh.group_ranks(rank, axes);
+    std::set<int> nodes;
+    for (int m : members) nodes.insert(cluster.node_of(m));
+    g.n = static_cast<int>(members.size());
+    g.nodes = static_cast<int>(nodes.size());
+    g.local = std::max(1, g.n / g.nodes);
+    groups.emplace(key, g);
+    return g;
+  };
+  // costs, dependencies and chains
+  using K = comm::CollectiveKind;
+  for (Role& r : roles) {
+    const auto& tasks = r.prog.tasks;
+    const size_t n = tasks.size();
+    r.dur.assign(n, 0);
+    r.flops.assign(n, 0);
+    r.start.assign(n, -1);
+    r.end.assign(n, -1);
+    r.preds.assign(n, {});
+    r.chain_prev.assign(n, -1);
+    r.partner.assign(n, -1);
+    r.partner_role.assign(n, -1);
+    r.key.assign(n, "");
+    r.p2p.assign(n, false);
+    for (const auto& [a, b] : r.prog.edges) r.preds[static_cast<size_t>(b)].push_back(a);
+    int last_compute = -1;
+    std::map<std::string, int> last_on;
+    for (size_t i = 0; i < n; ++i) {
+      const compile::TaskSpec& t = tasks[i];
+      if (!t.is_comm) {
+        const Cost c = compute_cost(cluster, r.prog.shape, t);
+        r.dur[i] = c.seconds;
+        r.flops[i] = c.flops;
+        r.chain_prev[i] = last_compute;
+        last_compute = static_cast<int>(i);
+        continue;
+      }
+      const compile::CommOp& o = t.comm;
+      r.key[i] = parallel::group_key(o.axes);
+      const double bytes = static_cast<double>(o.tensor_bytes());
+      if (o.kind == K::Send || o.kind == K::Recv) {
+        r.p2p[i] = true;
+        const std::vector<int> members = mesh.group_ranks(r.rank, o.axes);
+        const int peer_rank = members.at(static_cast<size_t>(o.peer));
+        const bool same_node = cluster.node_of(peer_rank) == cluster.node_of(r.rank);
+        const Link& l = same_node ? cluster.intra : cluster.inter;
+        r.dur[i] = l.latency_us * 1e-6 + bytes / (l.bandwidth_gbs * 1e9 * l.efficiency);
+        r.partner_role[i] = mesh.coord(peer_rank, "pipeline");
+        const std::string channel = (o.kind == K::Send ? "send>" : "recv<") + std::to_string(r.partner_role[i]);
+        auto it = last_on.find(channel);
+        r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
+        last_on[channel] = static_cast<int>(i);
+        continue;
+      }
+      r.dur[i] = collective_seconds(cluster, group_of(r.rank, o.axes), o.kind, bytes);
+      auto it = last_on.find(r.key[i]);
+      r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
+      last_on[r.key[i]] = static_cast<int>(i);
+    }
+  }
+  // match pipeline sends and receives: the k-th send a -> b meets b's k-th receive from a
+  {
+    std::map<std::pair<int, int>, std::vector<int>> sends, recvs;  // (from, to) -> task indices
+    for (Role& r : roles)
+      for (size_t i = 0; i < r.prog.tasks.size(); ++i) {
+        if (!r.p2p[i]) continue;
+        if (r.prog.tasks[i].comm.kind == K::Send)
+          sends[{r.stage, r.partner_role[i]}].push_back(static_cast<int>(i));
+        else
+          recvs[{r.partner_role[i], r.stage}].push_back(static_cast<int>(i));
+      }
+    for (const auto& [pair, s] : sends) {
+      const auto& rv = recvs[pair];
+      SHARDFLOW_REQUIRE(rv.size() == s.size(), "simulate: stage ", pair.first, " sends ", s.size(),
+                        " messages to stage ", pair.second, ", which receives ", rv.size());
+      for (size_t k = 0; k < s.size(); ++k) {
+        roles[static_cast<size_t>(pair.first)].partner[static_cast<size_t>(s[k])] = rv[k];
+        roles[static_cast<size_t>(pair.second)].partner[static_cast<size_t>(rv[k])] = s[k];
+      }
+    }
+    for (const auto& [pair, rv] : recvs)
+      SHARDFLOW_REQUIRE(sends.count(pair) || rv.empty(), "simulate: stage ", pair.second, " receives ", rv.size(),
+                        " messages from stage ", pair.first, ", which sends none");
+  }
+  // longest paths over the step's dependencies, the compute chain, each communicator's
+  // order and each pipeline channel's order; a send and its receive start together when
+  // both are posted (a worklist of tasks whose inputs are all known)
+  std::vector<std::vector<std::vector<int>>> succ(roles.size());
+  std::vector<std::vector<int>> indeg(roles.size());
+  std::vector<std::vector<double>> ready(roles.size());
+  std::vector<std::pair<int, int>> work;
+  size_t remaining = 0;
+  for (size_t q = 0; q < roles.size(); ++q) {
+    const Role& r = roles[q];
+    const size_t n = r.prog.tasks.size();
+    remaining += n;
+    succ[q].assign(n, {});
+    indeg[q].assign(n, 0);
+    ready[q].assign(n, -1);
+    for (size_t i = 0; i < n; ++i) {
+      for (int p : r.preds[i]) succ[q][static_cast<size_t>(p)].push_back(static_cast<int>(i));
+      if (r.chain_prev[i] >= 0) succ[q][static_cast<size_t>(r.chain_prev[i])].push_back(static_cast<int>(i));
+      indeg[q][i] = static_cast<int>(r.preds[i].size()) + (r.chain_prev[i] >= 0 ? 1 : 0);
+      if (indeg[q][i] == 0) work.emplace_back(static_cast<int>(q), static_cast<int>(i));
+    }
+  }
+  auto finish = [&](size_t q, size_t i, double begin, double d) {
+    Role& r = roles[q];
+    r.start[i] = begin;
+    r.end[i] = begin + d;
+    --remaining;
+    for (int t : succ[q][i])
+      if (--indeg[q][static_cast<size_t>(t)] == 0) work.emplace_back(static_cast<int>(q), t);
+  };
+  while (!work.empty()) {
+    const auto [qi, ii] = work.back();
+    work.pop_back();
+    const auto q = static_cast<size_t>(qi), i = static_cast<size_t>(ii);
+    Role& r = roles[q];
+    double at = 0;
+    for (int p : r.preds[i]) at = std::max(at, r.end[static_cast<size_t>(p)]);
+    if (r.chain_prev[i] >= 0) at = std::max(at, r.end[static_cast<size_t>(r.chain_prev[i])]);
+    if (!r.p2p[i]) {
+      finish(q, i, at, r.dur[i]);
+      continue;
+    }
+    ready[q][i] = at;
+    const auto qo = static_cast<size_t>(r.partner_role[i]);
+    const auto j = static_cast<size_t>(r.partner[i]);
+    if (ready[qo][j] < 0) continue;  // the partner finishes both when it is posted
+    const double begin = std::max(at, ready[qo][j]);
+    const double d = std::max(r.dur[i], roles[qo].dur[j]);
+    finish(q, i, begin, d);
+    finish(qo, j, begin, d);
+  }
+  SHARDFLOW_REQUIRE(remaining == 0, "simulate: ", remaining,
+                    " tasks of the step wait on each other: the compiled program would deadlock");
+  // results
+  SimResult res;
+  res.cluster = cluster.name;
+  res.mesh = mesh.to_string();
+  res.model = deck.model.to_string();
+  res.devices = mesh.size();
+  res.roles = static_cast<int>(roles.size());
+  double step = 0, flops = 0;
+  for (const Role& r : roles) {
+    for (size_t i = 0; i < r.end.size(); ++i) step = std::max(step, r.end[i]);
+    for (double f : r.flops) flops += f;
+  }
+  res.step_time_s = step;
+  const double tokens = static_cast<double>(deck.train.global_batch * deck.model.seq);
+  res.tokens_per_s = step > 0 ? tokens / step : 0;
+  res.achieved_tflops_per_gpu = step > 0 ? flops / static_cast<double>(roles.size()) / step / 1e12 : 0;
+  const double model_flops = nn::gpt_model_flops(nn::GptConfig::from(deck.model), deck.train.global_batch * deck.model.seq);
+  res.model_tflops_per_gpu = step > 0 ? model_flops / static_cast<double>(res.devices) / step / 1e12 : 0;
+  res.mfu = res.model_tflops_per_gpu * 1e12 / cluster.peak_flops(deck.train.precision);
+  // exposed communication: the idle time before each compute task, charged to the
+  // dependency that arrived last when that is a communication task
+  for (const Role& r : roles) {
+    std::map<std::string, double> exposed, busy;
+    double prev_end = 0, pipeline_wait = 0;
+    for (size_t i = 0; i < r.prog.tasks.size(); ++i) {
+      if (r.prog.tasks[i].is_comm) {
+        busy[r.key[i]] += r.end[i] - r.start[i];
+        continue;
+      }
+      const double gap = r.start[i] - prev_end;
+      prev_end = r.end[i];
+      if (gap <= 1e-15) continue;
+      int binding = -1;
+      for (int p : r.preds[i])
+        if (binding < 0 || r.end[static_cast<size_t>(p)] > r.end[static_cast<size_t>(binding)]) binding = p;
+      if (binding < 0 || !r.prog.tasks[static_cast<size_t>(binding)].is_comm) continue;
+      exposed[r.key[static_cast<size_t>(binding)]] += gap;
+      if (r.p2p[static_cast<size_t>(binding)]) pipeline_wait += gap;
+    }
+    for (const auto& [k, v] : exposed) res.exposed_comm_s[k] = std::max(res.exposed_comm_s[k], v);
+    for (const auto& [k, v] : busy) res.comm_busy_s[k] = std::max(res.comm_busy_s[k], v);
+    if (step > 0) res.bubble_fraction = std::max(res.bubble_fraction, pipeline_wait / step);
+  }
+  // memory: the stage with the largest predicted peak
+  for (const Role& r : roles) {
+    const compile::PeakPrediction pp_ = compile::predict_peak(r.prog, 0, 0);
+    const double peak = static_cast<double>(pp_.peak());
+    if (peak <= res.memory.peak) continue;
+    using compile::BufferClass;
+    auto b = [&](BufferClass c) { return compile::step_bytes(r.prog, c); };
+    res.memory = {b(BufferClass::Params), b(BufferClass::Grads), b(BufferClass::Optimizer),
+                  b(BufferClass::Activations) + b(BufferClass::Inputs) + b(BufferClass::Scalars),
+                  b(BufferClass::Transient), peak};
+  }
+  res.fits = res.memory.peak <= cluster.memory_gib * 1073741824.0;
+  const auto t2 = std::chrono::steady_clock::now();
+  res.compile_s = std::chrono::duration<double>(t1 - t0).count();
+  res.simulate_s = std::chrono::duration<double>(t2 - t1).count();
+  if (!options.trace_file.empty()) {
+    nlohmann::json ev = nlohmann::json::array();
+    for (const Role& r : roles) {
+      ev.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", r.stage},
+                    {"args", {{"name", "stage " + std::to_string(r.stage) + " (rank " + std::to_string(r.rank) + ")"}}}});
+      std::map<std::string, int> tid{{"compute", 0}};
+      for (size_t i = 0; i < r.prog.tasks.size(); ++i) {
+        const std::string lane = r.prog.tasks[i].is_comm ? r.key[i] : "compute";
+        auto it = tid.find(lane);
+        if (it == tid.end()) {
+          it = tid.emplace(lane, static_cast<int>(tid.size())).first;
+          ev.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", r.stage}, {"tid", it->second},
+                        {"args", {{"name", lane}}}});
+        }
+        ev.push_back({{"name", r.prog.tasks[i].name}, {"ph", "X"}, {"pid", r.stage}, {"tid", it->second},
+                      {"ts", r.start[i] * 1e6}, {"dur", (r.end[i] - r.start[i]) * 1e6}});
+      }
+    }
+    std::ofstream f(options.trace_file);
+    SHARDFLOW_REQUIRE_INPUT(f.good(), "--trace: cannot write ", options.trace_file);
+    f << nlohmann::json{{"traceEvents", ev}, {"displayTimeUnit", "ms"}}.dump() << "\n";
+    SHARDFLOW_REQUIRE_INPUT(f.good(), "--trace: writing ", options.trace_file, " failed");
+  }
+  return res;
+}
+
+std::string sim_json(const SimResult& r) {
+  nlohmann::json j;
+  j["cluster"] = r.cluster;
+  j["mesh"] = r.mesh;
+  j["model"] = r.model;
+  j["devices"] = r.devices;
+  j["stages_simulated"] = r.roles;
+  j["step_time_s"] = r.step_time_s;
+  j["tokens_per_s"] = r.tokens_per_s;
+  j["achieved_tflops_per_gpu"] = r.achieved_tflops_per_gpu;
+  j["model_tflops_per_gpu"] = r.model_tflops_per_gpu;
+  j["mfu"] = r.mfu;
+  j["bubble_fraction"] = r.bubble_fraction;
+  j["exposed_comm_s"] = r.exposed_comm_s;
+  j["comm_busy_s"] = r.comm_busy_s;
+  j["memory_bytes_per_device"] = {{"params", r.memory.params},       {"grads", r.memory.grads},
+                                  {"optimizer", r.memory.optimizer}, {"activations", r.memory.activations},
+                                  {"transient", r.memory.transient}, {"peak", r.memory.peak}};
+  j["fits"] = r.fits;
+  j["compile_s"] = r.compile_s;
+  j["simulate_s"] = r.simulate_s;
+  return j.dump(2);
+}
+
+std::string sim_text(const SimResult& r) {
+  std::ostringstream os;
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "simulated on %s: %d devices, mesh %s, model %s (%d stage%s compiled in %.3f s, simulated in %.3f s)\n",
+                r.cluster.c_str(), r.devices, r.mesh.c_str(), r.model.c_str(), r.roles, r.roles == 1 ? "" : "s",
+                r.compile_s, r.simulate_s);
+  os << line;
+  std::snprintf(line, sizeof line,
+                "step %.4f s, %.0f tokens/s, %.1f TFLOP/s per GPU executed, %.1f model TFLOP/s per GPU, MFU %.3f, "
+                "pipeline bubble %.3f\n",
+                r.step_time_s, r.tokens_per_s, r.achieved_tflops_per_gpu, r.model_tflops_per_gpu, r.mfu,
+                r.bubble_fraction);
+  os << line;
+  for (const auto& [k, v] : r.comm_busy_s) {
+    const auto e = r.exposed_comm_s.count(k) ? r.exposed_comm_s.at(k) : 0.0;
+    std::snprintf(line, sizeof line, "  %-24s busy %.4f s, exposed %.4f s\n", k.c_str(), v, e);
+    os << line;
+  }
+  const double g = 1073741824.0;
+  std::snprintf(line, sizeof line,
+                "memory per device (largest stage): params %.2f GiB, grads %.2f, optimizer %.2f, activations %.2f, "
+                "transient %.2f, peak %.2f GiB: %s\n",
+                r.memory.params / g, r.memory.grads / g, r.memory.optimizer / g, r.memory.activations / g,
+                r.memory.transient / g, r.memory.peak / g, r.fits ? "fits" : "does NOT fit");
+  os << line;
+  return os.str();
+}
+
+}  // namespace shardflow::sim

@@ -1,0 +1,59 @@
+#pragma once
+// `shardflow simulate`: the compiled step (compile::StepProgram, the program `train` runs)
+// of one representative rank per pipeline stage, replayed as an event simulation on a
+// cluster's hardware model (sim/cluster.hpp). docs/simulate.md describes the model.
+//
+//  * Each representative rank runs its tasks as the trainer's executor does: compute tasks
+//    one after another in emission order; each communicator's collectives one after another
+//    in emission order, each as soon as its dependencies are done; a pipeline send and its
+//    receive (the k-th send from stage a to b meets b's k-th receive from a, MPI's order
+//    for one tag) transfer when both are posted.
+//  * A compute task costs the sum of its kernels: GEMMs at the cluster's efficiency for their
+//    size and the step's precision, everything else by the bytes it moves. A collective costs
+//    a ring (inside a node) or a hierarchical ring (a group over several nodes) on the links
+//    its group spans; a send / receive the link between the two ranks.
+//  * Ranks that differ only in their data, fsdp, tensor or expert coordinates are taken to
+//    run the same program at the same time (the uneven rule makes them differ by one row at
+//    most), so one rank stands for its stage.
+#include <map>
+#include <string>
+#include <vector>
+
+#include "config/deck.hpp"
+#include "sim/cluster.hpp"
+
+namespace shardflow::sim {
+
+struct SimOptions {
+  std::string trace_file;  // write a Chrome trace of the simulated step (one process per stage)
+};
+
+struct MemoryEstimate {
+  double params = 0, grads = 0, optimizer = 0, activations = 0, transient = 0, peak = 0;  // bytes
+};
+
+struct SimResult {
+  std::string cluster, mesh, model;
+  int devices = 0, roles = 0;  // roles: representative ranks simulated (one per stage)
+  double step_time_s = 0, tokens_per_s = 0;
+  double achieved_tflops_per_gpu = 0;  // FLOPs executed (recomputation included) / s / GPU
+  double model_tflops_per_gpu = 0;     // the model's FLOPs (gpt_model_flops) / s / GPU
+  double mfu = 0;                      // model FLOPs / (step time · devices · peak of the precision)
+  double bubble_fraction = 0;          // the largest share of a stage's step spent waiting on the pipeline
+  std::map<std::string, double> exposed_comm_s;  // per communicator (mesh axes joined by '+'): compute waiting on it, the worst stage
+  std::map<std::string, double> comm_busy_s;     // per communicator: time its collectives take, the worst stage
+  MemoryEstimate memory;  // the stage with the largest predicted peak (compile::predict_peak)
+  bool fits = false;      // memory.peak <= the device's memory
+  double compile_s = 0, simulate_s = 0;
+};
+
+/// Simulates the deck's step (its mesh as given) on `cluster`. Throws InputError for a deck
+/// the compiler refuses or a mesh larger than the cluster model allows.
+SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& options = {});
+
+/// The result as JSON (the fields of SimResult, memory as memory_bytes_per_device).
+std::string sim_json(const SimResult& r);
+/// A few lines for people.
+std::string sim_text(const SimResult& r);
+
+}  // namespace shardflow::sim
