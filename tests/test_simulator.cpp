@@ -1,0 +1,189 @@
+// The simulator (src/sim/): cluster files, the cost model on hand-checkable cases, and the
+// replay's pipeline bubble and exposed communication.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "compile/compiler.hpp"
+#include "compile/summary.hpp"
+#include "config/deck.hpp"
+#include "core/error.hpp"
+#include "sim/cluster.hpp"
+#include "sim/simulator.hpp"
+
+using namespace shardflow;
+
+namespace {
+
+// A cluster whose numbers make the arithmetic easy; links as given.
+std::string cluster_text(double intra_gbs, double inter_gbs, int devices_per_node, double latency_us = 0,
+                         const std::string& extra_device = "") {
+  std::ostringstream os;
+  os << "name = \"test\"\n[device]\npeak_tflops = { f32 = 10.0, bf16 = 100.0, f16 = 100.0 }\nmemory_gib = 16.0\n"
+     << "memory_bandwidth_gbs = 1000.0\nelementwise_efficiency = 1.0\n"
+     << extra_device << "[node]\ndevices = " << devices_per_node << "\n[link.intra]\nbandwidth_gbs = " << intra_gbs
+     << "\nlatency_us = " << latency_us << "\nhop_latency_us = " << latency_us
+     << "\nefficiency = 1.0\n[link.inter]\nbandwidth_gbs = " << inter_gbs << "\nlatency_us = " << latency_us
+     << "\nhop_latency_us = " << latency_us << "\nefficiency = 1.0\n";
+  return os.str();
+}
+
+std::string deck_text(const std::string& mesh, const std::string& train_extra = "",
+                      const std::string& strategy = "", int layers = 4) {
+  return "[mesh]\n" + mesh + "\n[model]\nvocab = 256\nseq = 128\nhidden = 256\nheads = 4\nffn = 688\nlayers = " +
+         std::to_string(layers) + "\n[train]\nsteps = 1\nglobal_batch = 16\n" + train_extra + "[strategy]\n" + strategy;
+}
+
+Deck deck_of(const std::string& text) { return parse_deck(text, "test-deck"); }
+
+}  // namespace
+
+TEST(ClusterFiles, BundledOnesLoadWithTheirDatasheetNumbers) {
+  setenv("SHARDFLOW_CLUSTERS", SHARDFLOW_CLUSTERS_DIR, 1);
+  const sim::Cluster a = sim::load_cluster("a100-80gb");
+  EXPECT_EQ(a.peak_bf16, 312.0);
+  EXPECT_EQ(a.memory_bandwidth_gbs, 2039.0);
+  EXPECT_EQ(a.devices_per_node, 8);
+  EXPECT_EQ(a.inter.bandwidth_gbs, 25.0);
+  const sim::Cluster h = sim::load_cluster("h100-80gb");
+  EXPECT_EQ(h.peak_bf16, 989.5);
+  EXPECT_EQ(h.intra.bandwidth_gbs, 450.0);
+  const sim::Cluster h2 = sim::load_cluster("h200");
+  EXPECT_EQ(h2.memory_bandwidth_gbs, 4800.0);
+  EXPECT_NEAR(h2.memory_gib, 131.3, 1e-9);
+  // a path works too, and every bundled file cites a datasheet
+  for (const char* n : {"a100-80gb", "h100-80gb", "h200"}) {
+    const std::string path = std::string(SHARDFLOW_CLUSTERS_DIR) + "/" + n + ".toml";
+    EXPECT_EQ(sim::load_cluster(path).name, n);
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    EXPECT_NE(ss.str().find("datasheet"), std::string::npos) << n;
+  }
+}
+
+TEST(ClusterFiles, BadValuesAreRefusedByName) {
+  auto refused = [](const std::string& text, const std::string& what) {
+    try {
+      (void)sim::parse_cluster(text, "bad.toml");
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("bad.toml"), std::string::npos) << e.what();
+    }
+  };
+  refused(cluster_text(0, 10, 8), "bandwidth_gbs");
+  refused(cluster_text(10, 10, 0), "devices");
+  refused(cluster_text(10, 10, 8, 0, "gemm_efficiency = [[100, 0.5], [50, 0.6]]\n"), "gemm_efficiency");
+  refused(cluster_text(10, 10, 8, 0, "gemm_efficiency = [[100, 1.5]]\n"), "gemm_efficiency");
+  refused("name = \"x\"\n", "[device]");
+  refused("name = ", "bad.toml");
+  try {
+    (void)sim::load_cluster("no-such-cluster");
+    ADD_FAILURE() << "an unknown name was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("no-such-cluster"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CostModel, GemmEfficiencyInterpolatesInLogSize) {
+  const sim::Cluster c = sim::parse_cluster(
+      cluster_text(10, 10, 8, 0, "gemm_efficiency = [[100, 0.1], [10000, 0.9]]\n"), "t.toml");
+  EXPECT_NEAR(c.gemm_fraction(1000, 1000, 1000), 0.5, 1e-12);  // size 1000: halfway in log
+  EXPECT_NEAR(c.gemm_fraction(10, 10, 10), 0.1, 1e-12);        // clamped below
+  EXPECT_NEAR(c.gemm_fraction(1e6, 1e6, 1e6), 0.9, 1e-12);     // and above
+  // 2·m·n·k FLOPs at peak × fraction
+  EXPECT_NEAR(c.gemm_seconds(1000, 1000, 1000, DType::BF16), 2e9 / (100e12 * 0.5), 1e-18);
+  EXPECT_NEAR(c.gemm_seconds(1000, 1000, 1000, DType::F32), 2e9 / (10e12 * 0.5), 1e-18);
+  EXPECT_NEAR(c.bytes_seconds(1e9), 1e-3, 1e-15);
+}
+
+// Every cost of a one-device step is a GEMM at peak or bytes at the memory bandwidth: twice
+// both rates, half the step.
+TEST(Simulate, OneDeviceScalesWithTheDevice) {
+  const Deck d = deck_of(deck_text("data = 1"));
+  const sim::Cluster slow = sim::parse_cluster(cluster_text(10, 10, 8), "slow.toml");
+  std::string fast_text = cluster_text(10, 10, 8);
+  fast_text.replace(fast_text.find("f32 = 10.0, bf16 = 100.0, f16 = 100.0"), 37, "f32 = 20.0, bf16 = 200.0, f16 = 200.0");
+  fast_text.replace(fast_text.find("memory_bandwidth_gbs = 1000.0"), 29, "memory_bandwidth_gbs = 2000.0");
+  const sim::Cluster fast = sim::parse_cluster(fast_text, "fast.toml");
+  const sim::SimResult a = sim::simulate(d, slow), b = sim::simulate(d, fast);
+  ASSERT_GT(a.step_time_s, 0);
+  EXPECT_NEAR(b.step_time_s, a.step_time_s / 2, 1e-12 * a.step_time_s);
+  EXPECT_EQ(a.bubble_fraction, 0);
+  EXPECT_TRUE(a.exposed_comm_s.empty());
+  // the model FLOPs of the deck over one device and the step time
+  EXPECT_NEAR(a.mfu * 10e12 * a.step_time_s, a.model_tflops_per_gpu * 1e12 * a.step_time_s, 1e-6);
+  // memory is the compiled step's prediction
+  const auto prog = compile::compile_step(d, compile::layout_plan(d, d.mesh.to_mesh_shape()), 0);
+  EXPECT_EQ(a.memory.peak, static_cast<double>(compile::predict_peak(prog, 0, 0).peak()));
+  EXPECT_TRUE(a.fits);
+}
+
+// Data parallelism over two nodes without latency: the data axis is busy exactly the ring
+// all-reduce time of every gradient, 2·(n−1)/n · bytes / bandwidth, and a slower link
+// leaves more of it exposed.
+TEST(Simulate, DataParallelAllReduceCostsTheRingFormula) {
+  const Deck d = deck_of(deck_text("data = 2"));
+  const sim::Cluster c = sim::parse_cluster(cluster_text(100, 1, 1), "t.toml");  // one device per node
+  const sim::SimResult r = sim::simulate(d, c);
+  const auto prog = compile::compile_step(d, compile::layout_plan(d, d.mesh.to_mesh_shape()), 0);
+  double bytes = 0;
+  for (const auto& t : prog.tasks)
+    if (t.is_comm && t.comm.kind == comm::CollectiveKind::AllReduce &&
+        t.comm.axes == parallel::Axes{"data"})
+      bytes += static_cast<double>(t.comm.tensor_bytes());
+  ASSERT_GT(bytes, 1e6);
+  ASSERT_TRUE(r.comm_busy_s.count("data"));
+  EXPECT_NEAR(r.comm_busy_s.at("data"), bytes / 1e9, 1e-9 * bytes / 1e9);  // 2·(1/2)·bytes / (1 GB/s)
+  EXPECT_GT(r.exposed_comm_s.at("data"), 0);
+  const sim::SimResult slower = sim::simulate(d, sim::parse_cluster(cluster_text(100, 0.5, 1), "t.toml"));
+  EXPECT_GT(slower.step_time_s, r.step_time_s);
+  EXPECT_GT(slower.exposed_comm_s.at("data"), r.exposed_comm_s.at("data"));
+  // inside one node (fast link) the same all-reduces cost 100 times less
+  const sim::SimResult node = sim::simulate(d, sim::parse_cluster(cluster_text(100, 1, 2), "t.toml"));
+  EXPECT_NEAR(node.comm_busy_s.at("data"), bytes / 100e9, 1e-9 * bytes / 100e9);
+}
+
+// The pipeline bubble of 1F1B and GPipe on p stages and m micro-batches is about
+// (p − 1) / (m + p − 1) when the links are free; interleaving shrinks it.
+TEST(Simulate, PipelineBubbleFollowsTheSchedule) {
+  const sim::Cluster c = sim::parse_cluster(cluster_text(1e6, 1e6, 8), "t.toml");
+  auto bubble = [&](int m, const std::string& strategy) {
+    const Deck d = deck_of(deck_text("data = 1\npipeline = 2", "micro_batches = " + std::to_string(m) + "\n",
+                                     strategy, 16));
+    return sim::simulate(d, c).bubble_fraction;
+  };
+  for (int m : {4, 8, 16}) {
+    const double ideal = 1.0 / (m + 1);
+    const double b1 = bubble(m, "schedule = \"1f1b\"\n"), bg = bubble(m, "schedule = \"gpipe\"\n");
+    EXPECT_NEAR(b1, ideal, 0.2 * ideal) << "1f1b m=" << m;
+    EXPECT_NEAR(bg, ideal, 0.2 * ideal) << "gpipe m=" << m;
+    const double bi = bubble(m, "schedule = \"1f1b\"\nvirtual_stages = 2\n");
+    EXPECT_LT(bi, b1) << "interleaved m=" << m;
+  }
+  EXPECT_LT(bubble(16, "schedule = \"1f1b\"\n"), bubble(4, "schedule = \"1f1b\"\n"));
+}
+
+TEST(Simulate, TraceHasEveryTaskOfEveryStage) {
+  const Deck d = deck_of(deck_text("data = 1\npipeline = 2", "micro_batches = 4\n"));
+  const sim::Cluster c = sim::parse_cluster(cluster_text(100, 10, 8, 5), "t.toml");
+  sim::SimOptions o;
+  o.trace_file = ::testing::TempDir() + "sim_trace.json";
+  const sim::SimResult r = sim::simulate(d, c, o);
+  std::ifstream f(o.trace_file);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string t = ss.str();
+  size_t tasks = 0;
+  const MeshShape mesh = d.mesh.to_mesh_shape();
+  const auto plan = compile::layout_plan(d, mesh);
+  for (int st = 0; st < 2; ++st) tasks += compile::compile_step(d, plan, mesh.rank_of({0, st})).tasks.size();
+  size_t events = 0;
+  for (size_t at = t.find("\"ph\":\"X\""); at != std::string::npos; at = t.find("\"ph\":\"X\"", at + 1)) ++events;
+  EXPECT_EQ(events, tasks);
+  EXPECT_EQ(r.roles, 2);
+}
