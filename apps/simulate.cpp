@@ -11,7 +11,13 @@
 #include "command.hpp"
 #include "config/deck.hpp"
 #include "core/error.hpp"
+#include "sim/calibrate.hpp"
 #include "sim/simulator.hpp"
+
+#include <filesystem>
+#include <fstream>
+
+#include <mpi.h>
 
 namespace {
 
@@ -42,6 +48,21 @@ int run_simulate(const SimulateOptions& o) {
       deck = load(sets);
     }
   }
+  if (o.cluster == "local" && !std::filesystem::exists(sim::local_cluster_path())) {
+    // calibrating on first use (one process: the link is estimated, the file says so)
+    const std::string text = sim::calibrate_local(MPI_COMM_WORLD);
+    if (app::world_rank() == 0) {
+      const std::filesystem::path p(sim::local_cluster_path());
+      std::error_code ec;
+      std::filesystem::create_directories(p.parent_path(), ec);
+      std::ofstream f(p);
+      SHARDFLOW_REQUIRE_INPUT(f.good(), "simulate --cluster local: cannot write ", p.string());
+      f << text;
+      std::fprintf(stderr, "simulate: calibrated this machine into %s (`shardflow calibrate` to redo it)\n",
+                   p.string().c_str());
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
   const sim::Cluster cluster = sim::load_cluster(o.cluster);
   sim::SimOptions so;
   so.trace_file = o.trace;
@@ -60,7 +81,7 @@ shardflow::app::CommandRegistration reg(
       auto o = std::make_shared<SimulateOptions>();
       sub.add_option("deck", o->deck, "input deck (TOML); default: the default deck");
       sub.add_option("--cluster", o->cluster,
-                     "cluster model: a name (a100-80gb, h100-80gb, h200: inputs/clusters) or a TOML file")
+                     "cluster model: a name (a100-80gb, h100-80gb, h200: inputs/clusters; local: this machine, calibrated on first use) or a TOML file")
           ->required();
       sub.add_option("--set", o->sets, "override a deck key: section.key=value (repeatable)");
       sub.add_option("--devices", o->devices, "grow (or shrink) the deck's data axis to this many devices in all");

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "sim/calibrate.hpp"
 
 #ifndef SHARDFLOW_CLUSTER_DIR
 #define SHARDFLOW_CLUSTER_DIR ""
@@ -163,6 +164,11 @@ Cluster load_cluster(const std::string& name_or_file) {
   if (is_path) {
     SHARDFLOW_REQUIRE_INPUT(fs::exists(name_or_file), "--cluster ", name_or_file, ": no such file");
     return read(name_or_file);
+  }
+  if (name_or_file == "local") {  // `shardflow calibrate`'s file
+    const fs::path p = local_cluster_path();
+    SHARDFLOW_REQUIRE_INPUT(fs::exists(p), "--cluster local: ", p.string(), " does not exist: run `shardflow calibrate`");
+    return read(p);
   }
   std::vector<fs::path> dirs;
   if (const char* env = std::getenv("SHARDFLOW_CLUSTERS")) dirs.emplace_back(env);

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""The simulator against real runs on this machine (issue 13 item 3): calibrates this machine
+(`mpiexec -n 2 shardflow calibrate`), then, in paired rounds, trains the bench deck on 2 ranks
+in several configurations and simulates the same decks with `--cluster` set to the calibrated
+file. Reports each configuration's simulated / measured median step time per round, the
+calibration's sgemm peak, and the sgemm rate `train` measured in the same run (this VM's
+cores change speed by tens of percent between runs: compare the two).
+
+  python3 perf/bench_simulate.py [--app build/release/apps/shardflow] [--rounds 3] [--steps 12]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+p = argparse.ArgumentParser()
+p.add_argument("--app", default=os.path.join(ROOT, "build", "release", "apps", "shardflow"))
+p.add_argument("--deck", default=os.path.join(ROOT, "inputs", "bench.toml"))
+p.add_argument("--mpiexec", default="mpiexec")
+p.add_argument("--rounds", type=int, default=3)
+p.add_argument("--steps", type=int, default=12)
+a = p.parse_args()
+
+CONFIGS = [
+    ("dp2", ["mesh.data=2"]),
+    ("pp2 1f1b m4", ["mesh.data=1", "mesh.pipeline=2", "train.micro_batches=4"]),
+    ("tp2", ["mesh.data=1", "mesh.tensor=2"]),
+    ("fsdp2 zero3", ["mesh.data=1", "mesh.fsdp=2", "strategy.zero_stage=3"]),
+    ("dp2 full recompute", ["mesh.data=2", 'strategy.recompute="full"']),
+]
+work = tempfile.mkdtemp(prefix="shardflow-bench-simulate-")
+cluster = os.path.join(work, "local.toml")
+subprocess.run([a.mpiexec, "-n", "2", a.app, "calibrate", "--output", cluster], check=True, capture_output=True)
+peak = [l for l in open(cluster) if l.startswith("peak_tflops")][0].split("f32 = ")[1].split(",")[0]
+print(f"# bench_simulate: {a.deck}, 2 ranks, {a.rounds} rounds x {a.steps} steps; calibrated sgemm peak "
+      f"{float(peak) * 1e3:.1f} GFLOP/s ({cluster})")
+print(f"# {'config':<20} {'round':>5} {'measured_ms':>12} {'simulated_ms':>13} {'sim/meas':>9} {'train_sgemm_GF':>15}")
+ratios = {name: [] for name, _ in CONFIGS}
+for r in range(a.rounds):
+    for name, sets in CONFIGS:
+        ck = os.path.join(work, "ck")
+        shutil.rmtree(ck, ignore_errors=True)
+        js = os.path.join(work, "train.json")
+        subprocess.run([a.mpiexec, "-n", "2", a.app, "train", a.deck, "--set", f"train.steps={a.steps}"] + sets +
+                       [f"checkpoint.dir={ck}", "--quiet", "--summary", js], check=True, capture_output=True)
+        t = json.load(open(js))
+        sim = subprocess.run([a.app, "simulate", a.deck, "--cluster", cluster, "--json", "--set"] + sets,
+                             check=True, capture_output=True, text=True)
+        s = json.loads(sim.stdout)
+        m, q = t["median_step_time_s"], s["step_time_s"]
+        ratios[name].append(q / m)
+        print(f"  {name:<20} {r + 1:>5} {m * 1e3:12.1f} {q * 1e3:13.1f} {q / m:9.3f} {t['peak_gflops_per_rank']:15.1f}",
+              flush=True)
+print("# median sim/measured per config: " + ", ".join(f"{n} {statistics.median(v):.3f}" for n, v in ratios.items()))
+shutil.rmtree(work, ignore_errors=True)

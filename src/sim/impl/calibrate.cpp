@@ -1,0 +1,232 @@
+// `shardflow calibrate` (sim/calibrate.hpp): this machine's GEMM curve, memory bandwidth,
+// elementwise efficiency and MPI link, written as a cluster file.
+#include "sim/calibrate.hpp"
+
+#include <unistd.h>
+
+#include <Kokkos_Core.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "core/blas.hpp"
+#include "core/error.hpp"
+#include "nn/kernels.hpp"
+#include "optim/adamw.hpp"
+
+namespace shardflow::sim {
+
+namespace {
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// best time of fn over at least `reps` calls and `min_s` seconds
+template <class F>
+double best_of(F&& fn, int reps, double min_s) {
+  double best = 1e30;
+  const double t_end = now() + min_s;
+  for (int r = 0; r < reps || now() < t_end; ++r) {
+    const double t = now();
+    fn();
+    best = std::min(best, now() - t);
+    if (r > 10000) break;
+  }
+  return best;
+}
+
+double mem_total_gib() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  while (f >> key >> kb) {
+    if (key == "MemTotal:") return kb / 1048576.0;
+    std::string unit;
+    f >> unit;
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string local_cluster_path() {
+  if (const char* d = std::getenv("SHARDFLOW_CLUSTERS"); d != nullptr && *d != 0) return std::string(d) + "/local.toml";
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x != nullptr && *x != 0) return std::string(x) + "/shardflow/local.toml";
+  const char* home = std::getenv("HOME");
+  return std::string(home != nullptr && *home != 0 ? home : ".") + "/.cache/shardflow/local.toml";
+}
+
+std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  const int reps = options.quick ? 3 : 10;
+  const double min_s = options.quick ? 0.02 : 0.1;
+  std::ostringstream os;
+  if (rank == 0) {
+    using V = nn::ViewTypes<float, Kokkos::DefaultExecutionSpace>;
+    // GEMM by size, through the model's gemm path
+    std::vector<std::pair<int, double>> rate;
+    double peak = 0;
+    for (int n : {32, 64, 128, 256, 512, 1024}) {
+      Kokkos::View<float**, Kokkos::LayoutRight> x("x", n, n), w("w", n, n), y("y", n, n);
+      Kokkos::deep_copy(x, 0.5f);
+      Kokkos::deep_copy(w, 0.25f);
+      // the three products of a linear layer: forward (x·wᵀ), input gradient (dy·w) and
+      // weight gradient (dyᵀ·x), as the step runs them
+      const double t =
+          best_of([&] { nn::Linear<float>::forward(typename V::CMat(x), typename V::CMat(w), y); }, reps, min_s) +
+          best_of([&] { nn::Linear<float>::backward_input(typename V::CMat(x), typename V::CMat(w), y); }, reps,
+                  min_s) +
+          best_of([&] { nn::Linear<float>::backward_weight(typename V::CMat(x), typename V::CMat(w), y); }, reps,
+                  min_s);
+      const double r = 3 * 2.0 * n * n * n / t;
+      rate.emplace_back(n, r);
+      peak = std::max(peak, r);
+    }
+    // memory: memcpy of 64 MiB, and the residual add on the same bytes
+    const size_t n = size_t{16} << 20;  // floats
+    Kokkos::View<float*> a("a", n), b("b", n);
+    Kokkos::deep_copy(a, 1.0f);
+    Kokkos::deep_copy(b, 2.0f);
+    const double tc = best_of([&] { std::memcpy(b.data(), a.data(), n * sizeof(float)); }, reps, min_s);
+    const double bw = 2.0 * static_cast<double>(n * sizeof(float)) / tc;  // read + write
+    // the model's non-GEMM kernels at a micro-batch of the bench deck's size (512 tokens,
+    // H = 256, F = 688, 4 heads of 128 positions), each charged the bytes the simulator
+    // counts for it: their total over their total time, against memcpy
+    const int64_t T = 512, H = 256, F = 688, A = 4, S = 128;
+    Kokkos::View<float**, Kokkos::LayoutRight> gu("gu", T, 2 * F), hh("h", T, F), xs("x", T, H), ns("n", T, H);
+    Kokkos::View<float*> g("g", H), rstd("rstd", T);
+    Kokkos::View<float**, Kokkos::LayoutRight> qkv("qkv", T, 3 * H), att("att", T, H);
+    Kokkos::View<float***, Kokkos::LayoutRight> probs("probs", T / S * A, S, S);
+    Kokkos::deep_copy(gu, 0.3f);
+    Kokkos::deep_copy(xs, 0.7f);
+    Kokkos::deep_copy(g, 1.0f);
+    Kokkos::deep_copy(qkv, 0.01f);
+    const size_t pn = size_t{1} << 20;
+    Kokkos::View<float*> pp("p", pn), pg("g", pn), pm("m", pn), pv("v", pn);
+    Kokkos::deep_copy(pg, 1e-3f);
+    optim::AdamWStep st;
+    st.step = 1;
+    st.lr = 1e-3;
+    double bytes = 0, secs = 0;
+    // SwiGLU: T·F·3 elements
+    secs += best_of([&] { nn::SwiGlu<float>::forward(gu, hh); }, reps, min_s);
+    bytes += static_cast<double>(T * F) * 4 * 3;
+    // RmsNorm: 5 · T·H elements
+    secs += best_of([&] { nn::RmsNorm<float>::forward(xs, g, ns, rstd); }, reps, min_s);
+    bytes += static_cast<double>(T * H) * 4 * 5;
+    // the attention core's softmax and its two products, less the products' GEMM time at the peak
+    const double tcore = best_of([&] { nn::Attention<float>::forward(qkv, A, probs, att); }, reps, min_s);
+    const double core_gemm = 2.0 * (T / S) * A * 2.0 * S * S * (H / A) / peak;
+    secs += std::max(0.0, tcore - core_gemm);
+    bytes += static_cast<double>((T / S) * A * S * S) * 4 * 3;
+    // AdamW: 7 · n elements
+    secs += best_of([&] { optim::AdamW<float>::update(pp, pg, pm, pv, st, true); }, reps, min_s);
+    bytes += static_cast<double>(pn) * 4 * 7;
+    const double elem_eff = std::min(1.0, bytes / secs / bw);
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    const int devices = static_cast<int>(std::max(1L, cpus));
+    const BlasInfo& bi = blas_info();
+    char date[32];
+    const std::time_t tt = std::time(nullptr);
+    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&tt));
+    os << "# This machine, measured by `shardflow calibrate` on " << date << ".\n";
+    os << "# " << bi.summary() << "\n";
+    os << "name = \"local\"\n";
+    os << "description = \"" << (bi.cpu.brand.empty() ? std::string("this machine") : bi.cpu.brand) << ", "
+       << devices << " cores, one rank per core\"\n\n[device]\n";
+    os << "# f32: the best single-core rate of the model's gemm path (nn::Linear forward, input and weight\n"
+       << "# gradients, each size's three products together) over square sizes 32-1024.\n"
+       << "# bf16 / f16 run the same sgemm on 16-bit values here (docs/parallelism.md, mixed precision).\n";
+    char line[256];
+    std::snprintf(line, sizeof line, "peak_tflops = { f32 = %.6f, bf16 = %.6f, f16 = %.6f }\n", peak / 1e12,
+                  peak / 1e12, peak / 1e12);
+    os << line;
+    std::snprintf(line, sizeof line, "memory_gib = %.3f  # MemTotal shared by the cores\n",
+                  mem_total_gib() / devices);
+    os << line;
+    std::snprintf(line, sizeof line, "memory_bandwidth_gbs = %.3f  # memcpy of 64 MiB, read + write bytes\n",
+                  bw / 1e9);
+    os << line;
+    os << "# each size's rate / the peak\ngemm_efficiency = [";
+    for (size_t i = 0; i < rate.size(); ++i) {
+      std::snprintf(line, sizeof line, "%s[%d, %.4f]", i ? ", " : "", rate[i].first,
+                    std::max(1e-4, rate[i].second / peak));
+      os << line;
+    }
+    os << "]\n";
+    std::snprintf(line, sizeof line,
+                  "elementwise_efficiency = %.4f  # SwiGLU, RmsNorm, softmax, AdamW: bytes as simulated / time, "
+                  "against memcpy\n\n",
+                  std::max(1e-3, elem_eff));
+    os << line;
+    std::snprintf(line, sizeof line, "[node]\ndevices = %d\n\n", devices);
+    os << line;
+  }
+  // the link between ranks 0 and 1
+  double lat_us = 0, link_gbs = 0;
+  std::string how;
+  if (size >= 2) {
+    std::vector<char> buf(size_t{16} << 20);
+    auto pingpong = [&](int bytes, int iters) {
+      MPI_Barrier(comm);
+      const double t = now();
+      for (int i = 0; i < iters; ++i) {
+        if (rank == 0) {
+          MPI_Send(buf.data(), bytes, MPI_BYTE, 1, 7, comm);
+          MPI_Recv(buf.data(), bytes, MPI_BYTE, 1, 7, comm, MPI_STATUS_IGNORE);
+        } else if (rank == 1) {
+          MPI_Recv(buf.data(), bytes, MPI_BYTE, 0, 7, comm, MPI_STATUS_IGNORE);
+          MPI_Send(buf.data(), bytes, MPI_BYTE, 0, 7, comm);
+        }
+      }
+      return (now() - t) / iters / 2;  // one way
+    };
+    (void)pingpong(8, 10);
+    lat_us = pingpong(8, options.quick ? 200 : 2000) * 1e6;
+    double best = 1e30;
+    for (int r = 0; r < (options.quick ? 3 : 10); ++r) best = std::min(best, pingpong(16 << 20, 1));
+    link_gbs = static_cast<double>(16 << 20) / best / 1e9;
+    how = "MPI ping-pong between ranks 0 and 1: 8 B for the latency, 16 MiB for the bandwidth";
+  }
+  if (rank == 0) {
+    char line[512];
+    if (size < 2) {
+      // no peer: MPI's shared-memory transport copies through a shared buffer (two copies)
+      double bw = 0;
+      std::istringstream in(os.str());
+      std::string l;
+      while (std::getline(in, l))
+        if (l.rfind("memory_bandwidth_gbs = ", 0) == 0) bw = std::atof(l.c_str() + 23);
+      link_gbs = bw / 2 / 2;  // a copy moves each byte twice (read + write), two copies
+      lat_us = 1.0;
+      how = "ESTIMATED, not measured (one process, no peer): half a memcpy's rate, 1 us; run "
+            "`mpiexec -n 2 shardflow calibrate` to measure MPI";
+    }
+    std::snprintf(line, sizeof line,
+                  "[link.intra]\n# %s\nbandwidth_gbs = %.4f\nlatency_us = %.3f\nhop_latency_us = %.3f\nefficiency = 1.0\n\n",
+                  how.c_str(), link_gbs, lat_us, lat_us);
+    os << line;
+    std::snprintf(line, sizeof line,
+                  "[link.inter]\n# one node: no network here; the same as inside the node\nbandwidth_gbs = %.4f\n"
+                  "latency_us = %.3f\nhop_latency_us = %.3f\nefficiency = 1.0\n\n[collectives]\nintra = \"ring\"\n"
+                  "inter = \"ring\"\n",
+                  link_gbs, lat_us, lat_us);
+    os << line;
+  }
+  // every rank returns rank 0's text
+  std::string text = os.str();
+  int len = static_cast<int>(text.size());
+  MPI_Bcast(&len, 1, MPI_INT, 0, comm);
+  text.resize(static_cast<size_t>(len));
+  MPI_Bcast(text.data(), len, MPI_CHAR, 0, comm);
+  return text;
+}
+
+}  // namespace shardflow::sim
