@@ -26,6 +26,8 @@ struct SimulateOptions {
   std::vector<std::string> sets;
   int devices = 0;
   bool json = false;
+  bool search = false;
+  int top = 10;
 };
 
 int run_simulate(const SimulateOptions& o) {
@@ -64,6 +66,17 @@ int run_simulate(const SimulateOptions& o) {
     MPI_Barrier(MPI_COMM_WORLD);
   }
   const sim::Cluster cluster = sim::load_cluster(o.cluster);
+  if (o.search) {
+    sim::SearchOptions sopt;
+    sopt.top = o.top;
+    const sim::SearchResult sr = sim::search(deck, cluster, deck.mesh.size(), sopt);
+    if (app::world_rank() == 0) {
+      const std::string text = o.json ? sim::search_json(sr) + "\n" : sim::search_text(sr);
+      std::fputs(text.c_str(), stdout);
+      std::fflush(stdout);
+    }
+    return 0;
+  }
   sim::SimOptions so;
   so.trace_file = o.trace;
   const sim::SimResult r = sim::simulate(deck, cluster, so);
@@ -87,6 +100,10 @@ shardflow::app::CommandRegistration reg(
       sub.add_option("--devices", o->devices, "grow (or shrink) the deck's data axis to this many devices in all");
       sub.add_flag("--json", o->json, "print a JSON object");
       sub.add_option("--trace", o->trace, "write a Chrome trace of the simulated step (one process per stage)");
+      sub.add_flag("--search", o->search,
+                   "search every valid configuration of the model and batch on the devices (--devices, else the "
+                   "deck's mesh size), prune by memory, rank by simulated tokens/s");
+      sub.add_option("--top", o->top, "--search: how many configurations to print (default 10)");
       return [o]() { return run_simulate(*o); };
     });
 

@@ -11,3 +11,10 @@ add_test(NAME simulate_korthikanti_table5
   COMMAND ${SHARDFLOW_SIM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/sim/korthikanti.py --app $<TARGET_FILE:shardflow_cli>
     --csv ${CMAKE_CURRENT_SOURCE_DIR}/sim/korthikanti2022_table5.csv --max-mean 0.10 --max-row 0.15)
 set_tests_properties(simulate_korthikanti_table5 PROPERTIES LABELS "sim" TIMEOUT 300)
+# `simulate --search` through the CLI: the 22B model of Table 5 on one DGX A100 (about 600
+# configurations in 2 s)
+add_test(NAME simulate_search_cli
+  COMMAND $<TARGET_FILE:shardflow_cli> simulate ${CMAKE_CURRENT_SOURCE_DIR}/sim/gpt22b_dgx.toml --cluster a100-80gb
+    --search --top 3)
+set_tests_properties(simulate_search_cli PROPERTIES LABELS "sim" TIMEOUT 120
+  PASS_REGULAR_EXPRESSION "searched [0-9]+ configurations.*1\\. +[0-9]+ tokens/s")

@@ -187,3 +187,33 @@ TEST(Simulate, TraceHasEveryTaskOfEveryStage) {
   EXPECT_EQ(events, tasks);
   EXPECT_EQ(r.roles, 2);
 }
+
+// --search: the counts add up, the list is sorted and each entry's --set reproduces it; a
+// device too small for any configuration leaves nothing.
+TEST(Search, RanksValidConfigurationsThatFit) {
+  const Deck d = deck_of(deck_text("data = 4"));
+  const sim::Cluster c = sim::parse_cluster(cluster_text(100, 10, 4, 5), "t.toml");
+  sim::SearchOptions o;
+  o.top = 5;
+  const sim::SearchResult r = sim::search(d, c, 4, o);
+  EXPECT_GT(r.enumerated, 50);
+  EXPECT_EQ(r.enumerated, r.invalid + r.pruned_memory + r.simulated);
+  ASSERT_EQ(r.best.size(), 5u);
+  for (size_t i = 1; i < r.best.size(); ++i)
+    EXPECT_GE(r.best[i - 1].result.tokens_per_s, r.best[i].result.tokens_per_s);
+  for (const auto& cand : r.best) {
+    std::vector<std::string> sets;
+    std::istringstream in(cand.sets);
+    for (std::string kv; in >> kv;) sets.push_back(kv);
+    const Deck again = parse_deck(deck_text("data = 4"), "test-deck", ".", sets);
+    EXPECT_DOUBLE_EQ(sim::simulate(again, c).tokens_per_s, cand.result.tokens_per_s) << cand.sets;
+    EXPECT_TRUE(cand.result.fits);
+  }
+  // nothing fits in 1 MiB
+  std::string tiny = cluster_text(100, 10, 4, 5);
+  tiny.replace(tiny.find("memory_gib = 16.0"), 17, "memory_gib = 0.001");
+  const sim::SearchResult none = sim::search(d, sim::parse_cluster(tiny, "tiny.toml"), 4, o);
+  EXPECT_TRUE(none.best.empty());
+  EXPECT_EQ(none.simulated, 0);
+  EXPECT_EQ(none.pruned_memory, none.enumerated - none.invalid);
+}

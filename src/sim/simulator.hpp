@@ -51,6 +51,31 @@ struct SimResult {
 /// the compiler refuses or a mesh larger than the cluster model allows.
 SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& options = {});
 
+/// `simulate --search`: every valid configuration of the deck's model, global batch and
+/// precision on `devices` devices, pruned by memory, simulated, ranked by tokens/s.
+struct SearchOptions {
+  int top = 10;
+};
+struct SearchCandidate {
+  std::string sets;  // the --set overrides that give it (mesh, strategy, micro-batches)
+  SimResult result;
+};
+struct SearchResult {
+  std::vector<SearchCandidate> best;  // the fastest that fit, fastest first (at most top)
+  int enumerated = 0;      // configurations generated
+  int invalid = 0;         // refused by the compiler (e.g. virtual stages that do not divide the layers)
+  std::map<std::string, int> invalid_reasons;  // the compiler's message (its first 160 characters) -> count
+  int pruned_memory = 0;   // predicted peak above the device's memory (first and last stage compiled)
+  int simulated = 0;
+  double seconds = 0;
+};
+/// Enumerates tensor (divides the heads, at most a node), pipeline (at most the layers),
+/// the rest as data with ZeRO 0/1/2 or as fsdp with ZeRO 3, micro-batch size 1/2/4/8,
+/// interleaving 1-4, recompute none/selective/full and sequence parallelism (tensor > 1).
+SearchResult search(const Deck& base, const Cluster& cluster, int devices, const SearchOptions& options = {});
+std::string search_text(const SearchResult& r);
+std::string search_json(const SearchResult& r);
+
 /// The result as JSON (the fields of SimResult, memory as memory_bytes_per_device).
 std::string sim_json(const SimResult& r);
 /// A few lines for people.

@@ -493,3 +493,155 @@ std::string sim_text(const SimResult& r) {
 }
 
 }  // namespace shardflow::sim
+
+namespace shardflow::sim {
+
+namespace {
+std::vector<int> divisors(int n) {
+  std::vector<int> d;
+  for (int i = 1; i <= n; ++i)
+    if (n % i == 0) d.push_back(i);
+  return d;
+}
+}  // namespace
+
+SearchResult search(const Deck& base, const Cluster& cluster, int devices, const SearchOptions& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  SHARDFLOW_REQUIRE_INPUT(devices >= 1, "simulate --search: --devices ", devices, " must be >= 1");
+  SearchResult out;
+  std::vector<SearchCandidate> fits;
+  const double capacity = cluster.memory_gib * 1073741824.0;
+  const ModelConfig& m = base.model;
+  const bool moe = m.experts > 0;
+  for (int t : divisors(devices)) {
+    if (t > cluster.devices_per_node || m.heads % t != 0) continue;
+    for (int p : divisors(devices / t)) {
+      if (p > m.layers) continue;
+      const int d = devices / (t * p);
+      struct DataLayout {
+        int data, fsdp, zero;
+      };
+      std::vector<DataLayout> layouts;
+      if (d == 1) {
+        layouts.push_back({1, 1, 0});
+      } else {
+        for (int z : {0, 1, 2}) layouts.push_back({d, 1, z});
+        layouts.push_back({1, d, 3});
+      }
+      for (const DataLayout& dl : layouts) {
+        if (base.train.global_batch % d != 0) continue;
+        const int64_t per_replica = base.train.global_batch / d;
+        for (int64_t mbs : {1, 2, 4, 8}) {
+          if (per_replica % mbs != 0) continue;
+          const int64_t micro = per_replica / mbs;
+          for (int v : {1, 2, 3, 4}) {
+            if (v > 1 && (p == 1 || m.layers % (p * v) != 0)) continue;
+            for (Recompute rc : {Recompute::None, Recompute::Selective, Recompute::Full}) {
+              if (rc == Recompute::Full && moe) continue;
+              for (bool sp : {false, true}) {
+                if (sp && t == 1) continue;
+                ++out.enumerated;
+                Deck dk = base;
+                dk.mesh.data = dl.data;
+                dk.mesh.fsdp = dl.fsdp;
+                dk.mesh.tensor = t;
+                dk.mesh.pipeline = p;
+                dk.mesh.expert = 1;
+                dk.strategy.zero_stage = dl.zero;
+                dk.strategy.virtual_stages = v;
+                dk.strategy.schedule = PipelineSchedule::OneFOneB;
+                dk.strategy.recompute = rc;
+                dk.strategy.sequence_parallel = sp;
+                dk.train.micro_batches = micro;
+                std::ostringstream sets;
+                sets << "mesh.data=" << dl.data << " mesh.fsdp=" << dl.fsdp << " mesh.tensor=" << t
+                     << " mesh.pipeline=" << p << " strategy.zero_stage=" << dl.zero
+                     << " train.micro_batches=" << micro << " strategy.virtual_stages=" << v
+                     << " strategy.recompute=" << recompute_name(rc)
+                     << " strategy.sequence_parallel=" << (sp ? "true" : "false");
+                try {
+                  // memory first: the first and the last stage (the largest in practice)
+                  const MeshShape mesh = dk.mesh.to_mesh_shape();
+                  const parallel::LayoutPlan plan = compile::layout_plan(dk, mesh);
+                  bool over = false;
+                  for (int st : {0, p - 1}) {
+                    std::vector<int> co(static_cast<size_t>(mesh.ndim()), 0);
+                    if (p > 1) co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
+                    const auto prog = compile::compile_step(dk, plan, mesh.rank_of(co));
+                    if (static_cast<double>(compile::predict_peak(prog, 0, 0).peak()) > capacity) over = true;
+                    if (p == 1) break;
+                  }
+                  if (over) {
+                    ++out.pruned_memory;
+                    continue;
+                  }
+                  SimResult r = simulate(dk, cluster);
+                  ++out.simulated;
+                  if (r.fits) fits.push_back({sets.str(), std::move(r)});
+                } catch (const InputError& e) {
+                  ++out.invalid;
+                  ++out.invalid_reasons[std::string(e.what()).substr(0, 160)];
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  std::sort(fits.begin(), fits.end(), [](const SearchCandidate& a, const SearchCandidate& b) {
+    return a.result.tokens_per_s > b.result.tokens_per_s;
+  });
+  if (static_cast<int>(fits.size()) > options.top) fits.resize(static_cast<size_t>(std::max(0, options.top)));
+  out.best = std::move(fits);
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+std::string search_text(const SearchResult& r) {
+  std::ostringstream os;
+  char line[768];
+  std::snprintf(line, sizeof line,
+                "searched %d configurations in %.2f s (%.1f per second): %d refused by the compiler, %d over the "
+                "device's memory, %d simulated\n",
+                r.enumerated, r.seconds, r.seconds > 0 ? r.enumerated / r.seconds : 0.0, r.invalid, r.pruned_memory,
+                r.simulated);
+  os << line;
+  for (size_t i = 0; i < r.best.size(); ++i) {
+    const SimResult& s = r.best[i].result;
+    std::snprintf(line, sizeof line,
+                  "%2zu. %9.0f tokens/s  step %.3f s  MFU %.3f  bubble %.3f  peak %.1f GiB\n    --set %s\n", i + 1,
+                  s.tokens_per_s, s.step_time_s, s.mfu, s.bubble_fraction, s.memory.peak / 1073741824.0,
+                  r.best[i].sets.c_str());
+    os << line;
+  }
+  if (r.best.empty()) os << "no configuration fits\n";
+  if (!r.invalid_reasons.empty()) {
+    os << "refused by the compiler, most common first:\n";
+    std::vector<std::pair<int, std::string>> v;
+    for (const auto& [k, n] : r.invalid_reasons) v.emplace_back(n, k);
+    std::sort(v.rbegin(), v.rend());
+    for (size_t i = 0; i < v.size() && i < 3; ++i) os << "  " << v[i].first << " x " << v[i].second << "\n";
+  }
+  return os.str();
+}
+
+std::string search_json(const SearchResult& r) {
+  nlohmann::json j;
+  j["enumerated"] = r.enumerated;
+  j["invalid"] = r.invalid;
+  j["pruned_memory"] = r.pruned_memory;
+  j["simulated"] = r.simulated;
+  j["seconds"] = r.seconds;
+  j["configurations_per_second"] = r.seconds > 0 ? r.enumerated / r.seconds : 0.0;
+  nlohmann::json best = nlohmann::json::array();
+  for (const auto& c : r.best) {
+    nlohmann::json e = nlohmann::json::parse(sim_json(c.result));
+    e["sets"] = c.sets;
+    best.push_back(e);
+  }
+  j["best"] = best;
+  return j.dump(2);
+}
+
+}  // namespace shardflow::sim
