@@ -217,3 +217,17 @@ TEST(Search, RanksValidConfigurationsThatFit) {
   EXPECT_EQ(none.simulated, 0);
   EXPECT_EQ(none.pruned_memory, none.enumerated - none.invalid);
 }
+
+// [node] comm_on_compute_core (CPU ranks): collectives run on the compute stream, so all of
+// their time is exposed and the step is longer than with overlap.
+TEST(Simulate, CommunicationOnTheComputeCoreIsAllExposed) {
+  const Deck d = deck_of(deck_text("data = 2"));
+  std::string text = cluster_text(100, 1, 1, 5);
+  const sim::SimResult overlap = sim::simulate(d, sim::parse_cluster(text, "t.toml"));
+  text.replace(text.find("[node]\ndevices = 1\n"), 19, "[node]\ndevices = 1\ncomm_on_compute_core = true\n");
+  const sim::SimResult core = sim::simulate(d, sim::parse_cluster(text, "t.toml"));
+  EXPECT_NEAR(core.exposed_comm_s.at("data"), core.comm_busy_s.at("data"), 1e-12);
+  EXPECT_NEAR(core.comm_busy_s.at("data"), overlap.comm_busy_s.at("data"), 1e-12);
+  EXPECT_LT(overlap.exposed_comm_s.at("data"), overlap.comm_busy_s.at("data"));
+  EXPECT_GT(core.step_time_s, overlap.step_time_s);
+}

@@ -25,6 +25,10 @@ struct Cluster {
   double memory_gib = 0, memory_bandwidth_gbs = 0, elementwise_efficiency = 1;
   std::vector<std::pair<double, double>> gemm_efficiency;  // (cube root of m·n·k, fraction of peak), ascending
   int devices_per_node = 1;
+  /// Communication runs on the core that computes (CPU ranks: MPI copies the bytes while the
+  /// executor polls between tasks), so collectives take their time out of the compute
+  /// stream instead of overlapping it. [node] comm_on_compute_core; default false (GPUs).
+  bool comm_on_compute_core = false;
   Link intra, inter;
   std::string intra_algo = "ring", inter_algo = "hierarchical";
 

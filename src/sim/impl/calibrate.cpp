@@ -166,7 +166,10 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
                   "against memcpy\n\n",
                   std::max(1e-3, elem_eff));
     os << line;
-    std::snprintf(line, sizeof line, "[node]\ndevices = %d\n\n", devices);
+    std::snprintf(line, sizeof line,
+                  "[node]\ndevices = %d\n# MPI moves the bytes with the core that computes (no copy engine)\n"
+                  "comm_on_compute_core = true\n\n",
+                  devices);
     os << line;
   }
   // the link between ranks 0 and 1

@@ -137,6 +137,10 @@ Cluster parse_cluster(const std::string& text, const std::string& where) {
   SHARDFLOW_REQUIRE_INPUT(dpn >= 1 && dpn == std::floor(dpn), where, ": [node] devices = ", dpn,
                           " must be a whole number >= 1");
   c.devices_per_node = static_cast<int>(dpn);
+  if (const auto* v = node.get("comm_on_compute_core")) {
+    SHARDFLOW_REQUIRE_INPUT(v->is_boolean(), where, ": [node] comm_on_compute_core must be true or false");
+    c.comm_on_compute_core = *v->value<bool>();
+  }
   c.intra = link(root, "intra", where);
   c.inter = link(root, "inter", where);
   if (const auto* coll = root.get_as<toml::table>("collectives")) {

@@ -273,11 +273,62 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
         continue;
       }
       r.dur[i] = collective_seconds(cluster, group_of(r.rank, o.axes), o.kind, bytes);
+      // a shard collective's pack and unpack through its staging (the copies, both ways)
+      r.dur[i] += cluster.bytes_seconds(2.0 * static_cast<double>(o.staging_bytes));
+      if (cluster.comm_on_compute_core) continue;  // chained on the compute stream below
       auto it = last_on.find(r.key[i]);
       r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
       last_on[r.key[i]] = static_cast<int>(i);
     }
   }
+  // Communication on the compute core: the stream runs what the executor's thread runs, in
+  // its order: before each compute task (emission order) every collective whose inputs are
+  // done, earliest emitted first (the executor issues them and progresses them while it
+  // polls). Pipeline sends and receives stay off the stream.
+  if (cluster.comm_on_compute_core)
+    for (Role& r : roles) {
+      const size_t n = r.prog.tasks.size();
+      std::vector<std::vector<int>> succs(n);
+      std::vector<int> left(n, 0);
+      for (size_t i = 0; i < n; ++i) {
+        left[i] = static_cast<int>(r.preds[i].size());
+        for (int p : r.preds[i]) succs[static_cast<size_t>(p)].push_back(static_cast<int>(i));
+      }
+      std::set<int> ready_comm;  // off-stream or collective tasks whose inputs are placed
+      std::vector<bool> placed(n, false);
+      for (size_t i = 0; i < n; ++i)
+        if (r.prog.tasks[i].is_comm && left[i] == 0) ready_comm.insert(static_cast<int>(i));
+      int last = -1;
+      auto place = [&](int i) {
+        placed[static_cast<size_t>(i)] = true;
+        if (!r.p2p[static_cast<size_t>(i)]) {
+          r.chain_prev[static_cast<size_t>(i)] = last;
+          last = i;
+        }
+        for (int t : succs[static_cast<size_t>(i)])
+          if (--left[static_cast<size_t>(t)] == 0 && r.prog.tasks[static_cast<size_t>(t)].is_comm) ready_comm.insert(t);
+      };
+      size_t next = 0;  // the next compute task in emission order
+      size_t placed_n = 0;
+      while (placed_n < n) {
+        bool moved = false;
+        while (!ready_comm.empty()) {
+          const int i = *ready_comm.begin();
+          ready_comm.erase(ready_comm.begin());
+          place(i);
+          ++placed_n;
+          moved = true;
+        }
+        while (next < n && r.prog.tasks[next].is_comm) ++next;
+        if (next < n && left[next] == 0) {
+          place(static_cast<int>(next));
+          ++placed_n;
+          ++next;
+          moved = true;
+        }
+        if (!moved) break;  // what is left waits on another stage (the replay resolves it)
+      }
+    }
   // match pipeline sends and receives: the k-th send a -> b meets b's k-th receive from a
   {
     std::map<std::pair<int, int>, std::vector<int>> sends, recvs;  // (from, to) -> task indices
@@ -353,8 +404,18 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
     finish(q, i, begin, d);
     finish(qo, j, begin, d);
   }
-  SHARDFLOW_REQUIRE(remaining == 0, "simulate: ", remaining,
-                    " tasks of the step wait on each other: the compiled program would deadlock");
+  if (remaining != 0) {
+    std::string first;
+    for (size_t q = 0; q < roles.size() && first.empty(); ++q)
+      for (size_t i = 0; i < roles[q].prog.tasks.size(); ++i)
+        if (roles[q].end[i] < 0) {
+          first = "stage " + std::to_string(q) + " task " + std::to_string(i) + " '" + roles[q].prog.tasks[i].name +
+                  "' (chained after " + std::to_string(roles[q].chain_prev[i]) + ")";
+          break;
+        }
+    throw Error("simulate: " + std::to_string(remaining) + " tasks of the step wait on each other, the first " +
+                first + ": the compiled program would deadlock");
+  }
   // results
   SimResult res;
   res.cluster = cluster.name;
@@ -379,11 +440,14 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
   for (const Role& r : roles) {
     std::map<std::string, double> exposed, busy;
     double prev_end = 0, pipeline_wait = 0;
+    std::vector<size_t> stream;  // the compute stream's tasks in the order they ran
     for (size_t i = 0; i < r.prog.tasks.size(); ++i) {
-      if (r.prog.tasks[i].is_comm) {
-        busy[r.key[i]] += r.end[i] - r.start[i];
-        continue;
-      }
+      if (r.prog.tasks[i].is_comm) busy[r.key[i]] += r.end[i] - r.start[i];
+      if (!r.prog.tasks[i].is_comm || (cluster.comm_on_compute_core && !r.p2p[i])) stream.push_back(i);
+    }
+    std::stable_sort(stream.begin(), stream.end(), [&](size_t x, size_t y) { return r.start[x] < r.start[y]; });
+    for (size_t i : stream) {
+      if (r.prog.tasks[i].is_comm) exposed[r.key[i]] += r.end[i] - r.start[i];  // it held the compute stream
       const double gap = r.start[i] - prev_end;
       prev_end = r.end[i];
       if (gap <= 1e-15) continue;
@@ -472,7 +536,7 @@ std::string sim_text(const SimResult& r) {
                 r.compile_s, r.simulate_s);
   os << line;
   std::snprintf(line, sizeof line,
-                "step %.4f s, %.0f tokens/s, %.1f TFLOP/s per GPU executed, %.1f model TFLOP/s per GPU, MFU %.3f, "
+                "step %.4g s, %.0f tokens/s, %.4g TFLOP/s per GPU executed, %.4g model TFLOP/s per GPU, MFU %.3f, "
                 "pipeline bubble %.3f\n",
                 r.step_time_s, r.tokens_per_s, r.achieved_tflops_per_gpu, r.model_tflops_per_gpu, r.mfu,
                 r.bubble_fraction);
