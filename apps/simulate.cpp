@@ -1,6 +1,6 @@
 // `shardflow simulate [DECK] --cluster NAME|FILE [--devices N] [--set k=v ...] [--json] [--trace FILE]`:
 // compiles the deck's step for one rank per pipeline stage and replays it on a cluster's
-// hardware model (sim/simulator.hpp, docs/simulate.md): step time, throughput, MFU, the
+// hardware model (sim/simulator.hpp, docs/simulator.md): step time, throughput, MFU, the
 // pipeline bubble, the communication each axis leaves exposed, memory per device and
 // whether it fits. Runs in one process, without MPI communication.
 #include <cstdio>

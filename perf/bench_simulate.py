@@ -36,6 +36,9 @@ CONFIGS = [
     ("tp2", ["mesh.data=1", "mesh.tensor=2"]),
     ("fsdp2 zero3", ["mesh.data=1", "mesh.fsdp=2", "strategy.zero_stage=3"]),
     ("dp2 full recompute", ["mesh.data=2", 'strategy.recompute="full"']),
+    ("pp2 interleaved v2", ["mesh.data=1", "mesh.pipeline=2", "train.micro_batches=4", "strategy.virtual_stages=2"]),
+    ("ep2 moe", ["mesh.data=1", "mesh.expert=2", "model.experts=4", "model.top_k=2", "model.moe_every=2"]),
+    ("dp2 bf16", ["mesh.data=2", 'train.precision="bf16"']),
 ]
 work = tempfile.mkdtemp(prefix="shardflow-bench-simulate-")
 cluster = os.path.join(work, "local.toml")

@@ -1,5 +1,5 @@
 #pragma once
-// A cluster's hardware model for `shardflow simulate` (docs/simulate.md): per device the
+// A cluster's hardware model for `shardflow simulate` (docs/simulator.md): per device the
 // peak FLOP/s per dtype, a GEMM efficiency curve by problem size, the memory bandwidth and
 // capacity; devices per node; per link level (inside a node, across nodes) the bandwidth,
 // latency and efficiency; the collective algorithm per level. Read from TOML files

@@ -1,7 +1,7 @@
 #pragma once
 // `shardflow simulate`: the compiled step (compile::StepProgram, the program `train` runs)
 // of one representative rank per pipeline stage, replayed as an event simulation on a
-// cluster's hardware model (sim/cluster.hpp). docs/simulate.md describes the model.
+// cluster's hardware model (sim/cluster.hpp). docs/simulator.md describes the model.
 //
 //  * Each representative rank runs its tasks as the trainer's executor does: compute tasks
 //    one after another in emission order; each communicator's collectives one after another

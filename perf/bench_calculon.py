@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""`shardflow simulate` beside Calculon (Isaev et al., SC23), the analytical simulator users
+would pick today, on the eight published step times of Korthikanti et al. 2022 Table 5
+(tests/sim/korthikanti2022_table5.csv). Both run here, in the same session: Calculon from a
+checkout of its public repository (never part of shardflow: clone it yourself,
+`git clone https://github.com/calculon-ai/calculon`), with its own validation inputs for
+this table (models/*.json, validation/seqsel/tab5/*.json, systems/a100_80g.json);
+shardflow with the decks tests/sim/korthikanti.py builds and the bundled a100-80gb model.
+Prints one table: each tool's predicted time, error and wall time per configuration.
+
+  python3 perf/bench_calculon.py --calculon DIR [--app build/release/apps/shardflow] [--repeat 3]
+"""
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+p = argparse.ArgumentParser()
+p.add_argument("--calculon", required=True, help="a checkout of github.com/calculon-ai/calculon")
+p.add_argument("--app", default=os.path.join(ROOT, "build", "release", "apps", "shardflow"))
+p.add_argument("--csv", default=os.path.join(ROOT, "tests", "sim", "korthikanti2022_table5.csv"))
+p.add_argument("--repeat", type=int, default=3, help="best wall time of this many runs per tool and row")
+a = p.parse_args()
+
+sys.path.insert(0, a.calculon)
+import calculon  # noqa: E402
+from calculon.llm import Llm  # noqa: E402
+from calculon.system import System  # noqa: E402
+
+CALCULON_MODEL = {"22B": "megatron-22B", "175B": "gpt3-175B", "530B": "turing-530B", "1T": "megatron-1T"}
+CALCULON_MODE = {"full": "full", "selective": "seqsel"}
+
+rows = list(csv.DictReader(line for line in open(a.csv) if not line.startswith("#")))
+syst = System(calculon.io.read_json_file(os.path.join(a.calculon, "systems", "a100_80g.json")))
+logger = logging.getLogger("calculon")
+work = tempfile.mkdtemp(prefix="shardflow-calculon-")
+
+# shardflow's decks: the same mapping as tests/sim/korthikanti.py
+def deck(r):
+    h = int(r["hidden"])
+    sel = r["recompute"] == "selective"
+    return (f"[mesh]\ndata = 1\ntensor = {r['tp']}\npipeline = {r['pp']}\n[model]\nvocab = 51200\nseq = 2048\n"
+            f"hidden = {h}\nheads = {r['heads']}\nffn = {int(round(8 * h / 3 / 64)) * 64}\nlayers = {r['layers']}\n"
+            f"[train]\nsteps = 1\nglobal_batch = {r['global_batch']}\n"
+            f"micro_batches = {int(r['global_batch']) // int(r['micro_batch'])}\nprecision = \"f16\"\n"
+            f"[strategy]\nschedule = \"1f1b\"\nvirtual_stages = {r['interleave']}\nrecompute = \"{r['recompute']}\"\n"
+            f"sequence_parallel = {'true' if sel else 'false'}\n")
+
+print("# shardflow simulate (a100-80gb) and Calculon (systems/a100_80g.json) against Korthikanti et al. 2022 "
+      f"Table 5; wall time: best of {a.repeat} runs per tool and row")
+print(f"# {'model':>5} {'recompute':<9} {'published_s':>11} {'shardflow_s':>11} {'error':>7} {'calculon_s':>10} "
+      f"{'error':>7} {'shardflow_wall_s':>16} {'calculon_wall_s':>15}")
+errs = {"shardflow": [], "calculon": []}
+walls = {"shardflow": [], "calculon": []}
+for r in rows:
+    pub = float(r["iteration_s"])
+    path = os.path.join(work, f"{r['model']}_{r['recompute']}.toml")
+    open(path, "w").write(deck(r))
+    best_sf, sf = 1e30, None
+    for _ in range(a.repeat):
+        t0 = time.perf_counter()
+        out = subprocess.run([a.app, "simulate", path, "--cluster", "a100-80gb", "--json"], check=True,
+                             capture_output=True, text=True).stdout
+        best_sf = min(best_sf, time.perf_counter() - t0)
+        sf = json.loads(out)["step_time_s"]
+    m, mode = CALCULON_MODEL[r["model"]], CALCULON_MODE[r["recompute"]]
+    app = Llm.Application(calculon.io.read_json_file(os.path.join(a.calculon, "models", f"{m}.json")))
+    exe = Llm.Execution.from_json(
+        calculon.io.read_json_file(os.path.join(a.calculon, "validation", "seqsel", "tab5", f"{m}_{mode}.json")))
+    best_c, ca = 1e30, None
+    for _ in range(a.repeat):
+        t0 = time.perf_counter()
+        mt = Llm(app, logger)
+        mt.compile(syst, exe)
+        mt.run(syst)
+        ca = mt.get_stats_json(False)["total_time"]
+        best_c = min(best_c, time.perf_counter() - t0)
+    e_sf, e_c = sf / pub - 1, ca / pub - 1
+    errs["shardflow"].append(abs(e_sf))
+    errs["calculon"].append(abs(e_c))
+    walls["shardflow"].append(best_sf)
+    walls["calculon"].append(best_c)
+    print(f"  {r['model']:>5} {r['recompute']:<9} {pub:11.2f} {sf:11.2f} {100 * e_sf:+6.1f}% {ca:10.2f} "
+          f"{100 * e_c:+6.1f}% {best_sf:16.3f} {best_c:15.4f}", flush=True)
+for tool in ("shardflow", "calculon"):
+    e = errs[tool]
+    print(f"# {tool}: mean |error| {100 * sum(e) / len(e):.1f} %, max {100 * max(e):.1f} %, "
+          f"wall {sum(walls[tool]):.3f} s for the {len(e)} rows")
