@@ -8,7 +8,7 @@ this table (models/*.json, validation/seqsel/tab5/*.json, systems/a100_80g.json)
 shardflow with the decks tests/sim/korthikanti.py builds and the bundled a100-80gb model.
 Prints one table: each tool's predicted time, error and wall time per configuration.
 
-  python3 perf/bench_calculon.py --calculon DIR [--app build/release/apps/shardflow] [--repeat 3]
+  $(perf/calculon_env.sh) perf/bench_calculon.py --calculon DIR [--app build/release/apps/shardflow] [--repeat 3]
 """
 import argparse
 import csv
