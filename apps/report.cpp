@@ -3,6 +3,9 @@
 // or weak-scaling efficiency (DIR/report.txt, also printed), and draws PNG plots with
 // gnuplot: throughput against ranks with the ideal line, parallel efficiency, and the
 // per-step time breakdown (compute / communication wait / other) per configuration.
+// `--simulate CLUSTER [--extend N,...]` predicts every configuration with the simulator
+// (sim/simulator.hpp) beside its measurement, and each family at rank counts beyond the
+// study's, in the CSV, the statement and the throughput plot.
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -16,7 +19,9 @@
 #include <sstream>
 
 #include "command.hpp"
+#include "config/deck.hpp"
 #include "core/error.hpp"
+#include "sim/simulator.hpp"
 
 namespace {
 
@@ -27,6 +32,8 @@ using nlohmann::json;
 struct ReportOptions {
   std::string dir, baseline, gnuplot = "gnuplot";
   bool no_plots = false;
+  std::string simulate;             // a cluster (simulate --cluster): predict every configuration
+  std::vector<int64_t> extend;      // --simulate: predict each family at these rank counts too
 };
 
 struct Row {
@@ -35,6 +42,8 @@ struct Row {
   double step_s = 0, tokens_per_s = 0, mfu = 0, peak_gflops = 0, compute_s = 0, comm_s = 0, other_s = 0;
   double final_loss = 0, speedup = 0, ideal = 0, efficiency = 0;
   int64_t peak_mem = 0, model_state = 0;
+  double predicted_step_s = 0, predicted_tokens_per_s = 0;  // report --simulate
+  std::vector<std::string> sets;                            // the configuration's deck overrides
   bool ok() const { return status == "ok"; }
 };
 
@@ -145,7 +154,8 @@ std::string gp_quote(const std::string& s) {
 
 /// Writes the plot data and the gnuplot script; runs gnuplot. Returns the PNGs written.
 std::vector<std::string> make_plots(const ReportOptions& o, const fs::path& dir, const std::string& study,
-                                    const std::string& scaling, const std::vector<Row>& rows, const Row& base) {
+                                    const std::string& scaling, const std::vector<Row>& rows, const Row& base,
+                                    const std::vector<Row>& extended) {
   const fs::path pd = dir / "plots";
   fs::create_directories(pd);
   std::vector<const Row*> ok;
@@ -156,6 +166,24 @@ std::vector<std::string> make_plots(const ReportOptions& o, const fs::path& dir,
   for (const Row* r : ok) fam[r->family].push_back(r);
   int64_t max_ranks = 1;
   for (const Row* r : ok) max_ranks = std::max(max_ranks, r->ranks);
+  // report --simulate: the predicted throughput per family, measured points and extensions
+  std::map<std::string, std::vector<const Row*>> pred;
+  for (const auto& r : rows)
+    if (r.predicted_tokens_per_s > 0) pred[r.family].push_back(&r);
+  for (const auto& r : extended) {
+    pred[r.family].push_back(&r);
+    max_ranks = std::max(max_ranks, r.ranks);
+  }
+  std::vector<std::pair<std::string, std::string>> pred_series;
+  for (auto& [f, v] : pred) {
+    std::stable_sort(v.begin(), v.end(), [](const Row* a, const Row* b) { return a->ranks < b->ranks; });
+    std::string file = (pd / ("predicted_" + f + ".dat")).string();
+    std::replace(file.begin() + static_cast<long>(pd.string().size()), file.end(), '+', '_');
+    std::ofstream os(file);
+    os << "# ranks predicted_tokens_per_s name\n";
+    for (const Row* r : v) os << r->ranks << " " << r->predicted_tokens_per_s << " " << r->name << "\n";
+    pred_series.emplace_back(f, file);
+  }
   std::vector<std::pair<std::string, std::string>> series;  // family, data file
   for (auto& [f, v] : fam) {
     if (f == "serial" && fam.size() > 1) continue;  // the one-rank run is every family's start
@@ -195,6 +223,9 @@ std::vector<std::string> make_plots(const ReportOptions& o, const fs::path& dir,
       << " using 1:2 with lines dt 2 lc rgb 'gray40' title " << gp_quote("ideal (from " + base.name + ")");
   for (const auto& [f, file] : series)
     thr << ", " << gp_quote(file) << " using 1:2 with linespoints pt 7 ps 1.2 title " << gp_quote(f);
+  for (const auto& [f, file] : pred_series)
+    thr << ", " << gp_quote(file) << " using 1:2 with linespoints dt 3 pt 6 ps 1.0 title "
+        << gp_quote(f + " predicted (" + o.simulate + ")");
   thr << "\n";
   eff << "set title " << gp_quote("parallel efficiency, " + scaling + " scaling") << "\n"
       << "set xlabel 'ranks'\nset ylabel 'efficiency'\nset key left bottom\nset grid\n"
@@ -258,6 +289,7 @@ int run_report(const ReportOptions& o) {
     r.job_id = c.value("job_id", std::string());
     r.mesh = mesh_text(c.at("mesh"), " ", false);
     r.family = family_of(c.at("mesh"));
+    for (const auto& kv : c.value("sets", json::array())) r.sets.push_back(kv.get<std::string>());
     const fs::path s = find_summary(c.at("run_dir").get<std::string>(), r.job_id);
     if (s.empty()) {
       problems.push_back(r.name + ": no summary in " + c.at("run_dir").get<std::string>() + " (job " + r.job_id +
@@ -293,6 +325,55 @@ int run_report(const ReportOptions& o) {
     r->efficiency = r->tokens_per_s / r->ideal;
   }
 
+  // --simulate: each configuration's deck (the study's deck with its overrides) on a cluster
+  // model, and each family grown along its first axis to the --extend rank counts
+  std::vector<std::string> predictions;
+  std::vector<Row> extended;  // predicted only (kept apart: `ok` and `base` point into rows)
+  if (!o.simulate.empty()) {
+    const sim::Cluster cluster = sim::load_cluster(o.simulate);
+    const std::string deck_path = study.at("deck").get<std::string>();
+    for (auto& r : rows) {
+      try {
+        const Deck d = load_deck(deck_path, r.sets, static_cast<int>(r.ranks));
+        const sim::SimResult p = sim::simulate(d, cluster);
+        r.predicted_step_s = p.step_time_s;
+        r.predicted_tokens_per_s = p.tokens_per_s;
+      } catch (const std::exception& e) {
+        predictions.push_back(r.name + ": not simulated: " + e.what());
+      }
+    }
+    std::map<std::string, const Row*> largest;  // per family, its largest configuration
+    for (const auto& r : rows)
+      if (r.family != "serial" && (!largest.count(r.family) || r.ranks > largest[r.family]->ranks))
+        largest[r.family] = &r;
+    for (const auto& [fam, r] : largest) {
+      const std::string axis = fam.substr(0, fam.find('+'));
+      for (int64_t n : o.extend) {
+        if (n <= r->ranks) continue;
+        try {
+          std::vector<std::string> sets = r->sets;
+          Deck d = load_deck(deck_path, sets);
+          const int64_t others = d.mesh.size() / d.mesh.to_mesh_shape().axis_size(axis);
+          SHARDFLOW_REQUIRE_INPUT(n % others == 0, n, " ranks is not a multiple of the other axes' ", others);
+          sets.push_back("mesh." + axis + "=" + std::to_string(n / others));
+          d = load_deck(deck_path, sets, static_cast<int>(n));
+          const sim::SimResult p = sim::simulate(d, cluster);
+          Row x;
+          x.name = fam + "@" + std::to_string(n);
+          x.family = fam;
+          x.ranks = n;
+          x.mesh = d.mesh.to_mesh_shape().to_string();
+          x.status = "predicted";
+          x.predicted_step_s = p.step_time_s;
+          x.predicted_tokens_per_s = p.tokens_per_s;
+          extended.push_back(x);
+        } catch (const std::exception& e) {
+          predictions.push_back(fam + " at " + std::to_string(n) + " ranks: not simulated: " + e.what());
+        }
+      }
+    }
+  }
+
   {
     std::ofstream csv(dir / "report.csv");
     SHARDFLOW_REQUIRE_INPUT(csv.good(), "cannot write ", (dir / "report.csv").string());
@@ -300,8 +381,13 @@ int run_report(const ReportOptions& o) {
     csv << "name,status,ranks,nodes,mesh,zero_stage,global_batch,steps,median_step_time_s,tokens_per_s,"
            "tokens_per_s_per_rank,speedup,ideal_tokens_per_s,efficiency,mfu,peak_gflops_per_rank,"
            "compute_s_per_step,comm_wait_s_per_step,other_s_per_step,peak_memory_bytes_per_rank,"
-           "model_state_bytes_per_rank,final_loss,job_id,summary\n";
-    for (const auto& r : rows) {
+           "model_state_bytes_per_rank,final_loss,job_id,summary,predicted_step_time_s,predicted_tokens_per_s,"
+           "predicted_over_measured\n";
+    std::vector<const Row*> all;
+    for (const auto& r : rows) all.push_back(&r);
+    for (const auto& r : extended) all.push_back(&r);
+    for (const Row* rp : all) {
+      const Row& r = *rp;
       csv << r.name << "," << r.status << "," << r.ranks << "," << r.nodes << "," << r.mesh << "," << r.zero_stage
           << "," << r.global_batch << "," << r.steps << ",";
       if (r.ok())
@@ -311,7 +397,14 @@ int run_report(const ReportOptions& o) {
             << r.final_loss;
       else
         csv << ",,,,,,,,,,,,,";
-      csv << "," << r.job_id << "," << r.summary << "\n";
+      csv << "," << r.job_id << "," << r.summary << ",";
+      if (r.predicted_step_s > 0) {
+        csv << r.predicted_step_s << "," << r.predicted_tokens_per_s << ",";
+        if (r.ok()) csv << r.predicted_step_s / r.step_s;
+      } else {
+        csv << ",,";
+      }
+      csv << "\n";
     }
   }
 
@@ -360,6 +453,24 @@ int run_report(const ReportOptions& o) {
         << ")\n";
   }
   for (const auto& p : problems) txt << "missing: " << p << "\n";
+  if (!o.simulate.empty()) {
+    txt << "\npredicted by `shardflow simulate --cluster " << o.simulate << "` (docs/simulator.md):\n";
+    std::vector<const Row*> all;
+    for (const auto& r : rows) all.push_back(&r);
+    for (const auto& r : extended) all.push_back(&r);
+    for (const Row* rp : all) {
+      const Row& r = *rp;
+      if (r.predicted_step_s <= 0) continue;
+      std::snprintf(line, sizeof line, "%-18s %5lld %-26s predicted step %9.1f ms, %10.0f tokens/s", r.name.c_str(),
+                    static_cast<long long>(r.ranks), r.mesh.c_str(), r.predicted_step_s * 1e3,
+                    r.predicted_tokens_per_s);
+      txt << line;
+      if (r.ok()) txt << "; measured " << fmt_double(r.step_s * 1e3, 1) << " ms (predicted / measured "
+                      << fmt_double(r.predicted_step_s / r.step_s, 3) << ")";
+      txt << "\n";
+    }
+    for (const auto& p : predictions) txt << p << "\n";
+  }
   {
     std::ofstream os(dir / "report.txt");
     os << txt.str();
@@ -367,7 +478,8 @@ int run_report(const ReportOptions& o) {
   std::printf("%s", txt.str().c_str());
   std::printf("wrote %s and %s\n", (dir / "report.csv").string().c_str(), (dir / "report.txt").string().c_str());
   if (!o.no_plots) {
-    for (const auto& png : make_plots(o, dir, name, scaling, rows, *base)) std::printf("wrote %s\n", png.c_str());
+    for (const auto& png : make_plots(o, dir, name, scaling, rows, *base, extended))
+      std::printf("wrote %s\n", png.c_str());
   }
   return 0;
 }
@@ -381,6 +493,13 @@ app::CommandRegistration reg("report", "collect a study's run records into a CSV
                                    "configuration the efficiency is measured against (default: fewest ranks)");
                                sub.add_flag("--no-plots", o->no_plots, "write the CSV and the statement only");
                                sub.add_option("--gnuplot", o->gnuplot, "the gnuplot command (default: gnuplot)");
+                               sub.add_option("--simulate", o->simulate,
+                                              "predict every configuration on a cluster model (simulate --cluster: "
+                                              "a100-80gb, h100-80gb, h200, local or a file) beside the measurement");
+                               sub.add_option("--extend", o->extend,
+                                              "with --simulate: also predict each family at these rank counts "
+                                              "(grown along its first axis)")
+                                   ->delimiter(',');
                                return [o] { return run_report(*o); };
                              });
 

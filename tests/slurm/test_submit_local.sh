@@ -81,4 +81,20 @@ for t in "${tasks[@]}"; do
 done
 "$SHARDFLOW_BIN" report "$w/study" --no-plots || fail "report failed"
 "$PY" "$here/check_report.py" "$w/study" 5 n1-data1 n2-data2 n2-fsdp2 || fail "the report does not match the records"
+# --simulate: every configuration predicted beside its measurement, each family extended
+"$SHARDFLOW_BIN" report "$w/study" --no-plots --simulate "$SHARDFLOW_HOME/inputs/clusters/a100-80gb.toml" \
+  --extend 4,8 >"$w/report-sim.txt" || { cat "$w/report-sim.txt"; fail "report --simulate failed"; }
+"$PY" - "$w/study/report.csv" <<'CHECK' || fail "report --simulate: the CSV lacks the predictions"
+import csv, sys
+rows = {r["name"]: r for r in csv.DictReader(open(sys.argv[1]))}
+for n in ("n1-data1", "n2-data2", "n2-fsdp2"):
+    r = rows[n]
+    assert float(r["predicted_step_time_s"]) > 0 and float(r["predicted_tokens_per_s"]) > 0, n
+    assert abs(float(r["predicted_over_measured"]) * float(r["median_step_time_s"]) - float(r["predicted_step_time_s"])) < 1e-9, n
+for n in ("data@4", "data@8", "fsdp@4", "fsdp@8"):
+    assert rows[n]["status"] == "predicted" and float(rows[n]["predicted_step_time_s"]) > 0, n
+    assert int(rows[n]["ranks"]) == int(n.split("@")[1]), n
+print("report --simulate: predictions for 3 configurations and 4 extensions")
+CHECK
+grep -q "predicted / measured" "$w/report-sim.txt" || fail "report --simulate: no predicted / measured in the statement"
 echo "PASS"
