@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "command.hpp"
+#include "deck_devices.hpp"
 #include "compile/compiler.hpp"
 #include "compile/summary.hpp"
 #include "config/deck.hpp"
@@ -28,25 +29,8 @@ struct CompileOptions {
 
 int run_compile(const CompileOptions& o) {
   using namespace shardflow;
-  // no deck: the defaults (the quickstart model on one device)
   const std::string path = o.deck.empty() ? "(defaults)" : o.deck;
-  const std::string defaults = deck_to_toml(Deck{});
-  auto load = [&](const std::vector<std::string>& sets) {
-    return o.deck.empty() ? parse_deck(defaults, path, ".", sets) : load_deck(path, sets);
-  };
-  std::vector<std::string> sets = o.sets;
-  Deck deck = load(sets);
-  if (o.devices != 0) {
-    SHARDFLOW_REQUIRE_INPUT(o.devices >= 1, "compile: --devices ", o.devices, " must be >= 1");
-    const int others = deck.mesh.size() / deck.mesh.data;
-    SHARDFLOW_REQUIRE_INPUT(o.devices % others == 0, "compile: --devices ", o.devices,
-                            " is not a multiple of the deck's non-data axes (", others, " devices in ",
-                            deck.mesh.to_mesh_shape().to_string(), "); set the mesh with --set mesh.<axis>=N");
-    if (o.devices != deck.mesh.size()) {
-      sets.push_back("mesh.data=" + std::to_string(o.devices / others));
-      deck = load(sets);
-    }
-  }
+  const Deck deck = app::load_deck_on_devices(o.deck, o.sets, o.devices, "compile");
   const MeshShape mesh = deck.mesh.to_mesh_shape();
   SHARDFLOW_REQUIRE_INPUT(o.rank >= 0 && o.rank < mesh.size(), "compile: --rank ", o.rank, " is outside mesh ",
                           mesh.to_string(), " of ", mesh.size(), " devices");

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "command.hpp"
+#include "deck_devices.hpp"
 #include "config/deck.hpp"
 #include "core/error.hpp"
 #include "sim/calibrate.hpp"
@@ -32,24 +33,7 @@ struct SimulateOptions {
 
 int run_simulate(const SimulateOptions& o) {
   using namespace shardflow;
-  const std::string path = o.deck.empty() ? "(defaults)" : o.deck;
-  const std::string defaults = deck_to_toml(Deck{});
-  auto load = [&](const std::vector<std::string>& sets) {
-    return o.deck.empty() ? parse_deck(defaults, path, ".", sets) : load_deck(path, sets);
-  };
-  std::vector<std::string> sets = o.sets;
-  Deck deck = load(sets);
-  if (o.devices != 0) {
-    SHARDFLOW_REQUIRE_INPUT(o.devices >= 1, "simulate: --devices ", o.devices, " must be >= 1");
-    const int others = deck.mesh.size() / deck.mesh.data;
-    SHARDFLOW_REQUIRE_INPUT(o.devices % others == 0, "simulate: --devices ", o.devices,
-                            " is not a multiple of the deck's non-data axes (", others, " devices in ",
-                            deck.mesh.to_mesh_shape().to_string(), "); set the mesh with --set mesh.<axis>=N");
-    if (o.devices != deck.mesh.size()) {
-      sets.push_back("mesh.data=" + std::to_string(o.devices / others));
-      deck = load(sets);
-    }
-  }
+  const Deck deck = app::load_deck_on_devices(o.deck, o.sets, o.devices, "simulate");
   if (o.cluster == "local" && !std::filesystem::exists(sim::local_cluster_path())) {
     // calibrating on first use (one process: the link is estimated, the file says so)
     const std::string text = sim::calibrate_local(MPI_COMM_WORLD);

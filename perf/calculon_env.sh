@@ -8,19 +8,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${SHARDFLOW_CALCULON_VENV:-$root/perf/.venv-calculon}
-stamp="$venv/.shardflow-calculon-numpy-pandas-psutil"
-if [[ ! -f "$stamp" ]]; then
-  echo "calculon_env: creating $venv with numpy, pandas and psutil from PyPI (first use)" >&2
-  python3 -m venv "$venv" >&2 || {
-    if [[ $(id -u) -eq 0 ]]; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >&2
-      python3 -m venv "$venv" >&2
-    else
-      echo "calculon_env: python3 -m venv failed; install python3-venv" >&2; exit 1
-    fi
-  }
-  "$venv/bin/python" -m pip install -q --upgrade pip >&2
-  "$venv/bin/python" -m pip install -q numpy pandas psutil >&2
-  touch "$stamp"
-fi
-echo "$venv/bin/python"
+# shellcheck source=perf/venv_lib.sh
+source "$root/perf/venv_lib.sh"
+ensure_venv "$venv" calculon-numpy-pandas-psutil numpy pandas psutil

@@ -11,20 +11,6 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${SHARDFLOW_PEER_VENV:-$root/perf/.venv}
 torch_req=${SHARDFLOW_PEER_TORCH:-torch==2.15.0}
-stamp="$venv/.shardflow-peer-$(echo "$torch_req" | tr -c 'A-Za-z0-9.=' '_')"
-if [[ ! -f "$stamp" ]]; then
-  echo "peer_env: creating $venv with $torch_req from PyPI (first use; several GB)" >&2
-  python3 -m venv "$venv" >&2 || {
-    # Debian's python3 without python3-venv: install it (root) and retry.
-    if [[ $(id -u) -eq 0 ]]; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >&2
-      python3 -m venv "$venv" >&2
-    else
-      echo "peer_env: python3 -m venv failed; install python3-venv" >&2; exit 1
-    fi
-  }
-  "$venv/bin/python" -m pip install -q --upgrade pip >&2
-  "$venv/bin/python" -m pip install -q "$torch_req" numpy >&2
-  touch "$stamp"
-fi
-echo "$venv/bin/python"
+# shellcheck source=perf/venv_lib.sh
+source "$root/perf/venv_lib.sh"
+ensure_venv "$venv" "peer-$(echo "$torch_req" | tr -c 'A-Za-z0-9.=' '_')" "$torch_req" numpy

@@ -41,7 +41,7 @@ def close(name, got, want, rel):
 
 
 DP = ["mesh.data=2"]
-BF16, F16, F32 = 'train.precision="bf16"', 'train.precision="f16"', 'train.precision="f32"'
+F16 = 'train.precision="f16"'
 
 # 1. 200 steps in each precision
 final = {}
@@ -64,22 +64,25 @@ if "f32" in final:
 # 2. f32 master weights: bf16 -> f32 on another mesh, f32 -> bf16 on another mesh
 FSDP = ["mesh.data=1", "mesh.fsdp=2", "strategy.zero_stage=3"]
 TP = ["mesh.data=1", "mesh.tensor=2"]
-src, ck = train("bf16-source", DP + [BF16], 10, every=10)
-if src:
-    same, _ = train("bf16-to-f32-dp2", DP + [F32], 20, extra=["--resume", os.path.join(ck, "step-00000010")],
-                    ck=os.path.join(a.work, "ck-a"))
-    other, _ = train("bf16-to-f32-fsdp2", FSDP + [F32], 20, extra=["--resume", os.path.join(ck, "step-00000010")],
-                     ck=os.path.join(a.work, "ck-b"))
-    if same and other:
-        close("bf16 checkpoint resumed as f32 on fsdp2 vs on dp2", losses(other), losses(same), 1e-5)
-src, ck = train("f32-source", DP + [F32], 10, every=10)
-if src:
-    same, _ = train("f32-to-bf16-dp2", DP + [BF16], 20, extra=["--resume", os.path.join(ck, "step-00000010")],
-                    ck=os.path.join(a.work, "ck-c"))
-    other, _ = train("f32-to-bf16-tp2", TP + [BF16], 20, extra=["--resume", os.path.join(ck, "step-00000010")],
-                     ck=os.path.join(a.work, "ck-d"))
-    if same and other:
-        close("f32 checkpoint resumed as bf16 on tp2 vs on dp2", losses(other), losses(same), 1e-3)
+
+
+def cross(src_prec, dst_prec, other, other_name, rel):
+    """A checkpoint of a src_prec run resumed as dst_prec on dp2 and on another mesh."""
+    src, ck = train(f"{src_prec}-source", DP + [f'train.precision="{src_prec}"'], 10, every=10)
+    if not src:
+        return
+    step = os.path.join(ck, "step-00000010")
+    dst = f'train.precision="{dst_prec}"'
+    same, _ = train(f"{src_prec}-to-{dst_prec}-dp2", DP + [dst], 20, extra=["--resume", step],
+                    ck=os.path.join(a.work, f"ck-{src_prec}-dp2"))
+    moved, _ = train(f"{src_prec}-to-{dst_prec}-{other_name}", other + [dst], 20, extra=["--resume", step],
+                     ck=os.path.join(a.work, f"ck-{src_prec}-{other_name}"))
+    if same and moved:
+        close(f"{src_prec} checkpoint resumed as {dst_prec} on {other_name} vs on dp2", losses(moved), losses(same), rel)
+
+
+cross("bf16", "f32", FSDP, "fsdp2", 1e-5)
+cross("f32", "bf16", TP, "tp2", 1e-3)
 
 # 3. f16 resumes exactly: the loss scale's state is in the checkpoint (a small window makes
 #    the scale change within the run, a large start makes it skip steps first)
