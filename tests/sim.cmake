@@ -1,6 +1,6 @@
 # The simulator (src/sim/, `shardflow simulate`): its cost model and replay on hand-checkable
 # cases, and its step times against Korthikanti et al. 2022's published Table 5 on the
-# bundled a100-80gb model (fails above 10 % mean or 15 % on a row; measured: 5.3 % / 8.8 %).
+# bundled a100-80gb model (fails above 10 % mean or 15 % on a row; measured: 4.7 % / 8.8 %).
 shardflow_add_test(test_simulator LABELS sim)
 target_compile_definitions(test_simulator PRIVATE SHARDFLOW_CLUSTERS_DIR="${PROJECT_SOURCE_DIR}/inputs/clusters")
 find_program(SHARDFLOW_SIM_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
