@@ -5,13 +5,9 @@
 #   full_disk          saves that fill a tmpfs: a clear error, no crash, the last commit kept
 #   bad_inputs         oversized decks, bad `latest` pointers, an edited manifest, consolidate
 #                      onto existing files, idle GPUs
-find_program(SHARDFLOW_FAULT_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
-if(NOT SHARDFLOW_FAULT_PYTHON)
-  find_program(SHARDFLOW_FAULT_PYTHON NAMES python3)
-endif()
 function(shardflow_fault_test name np)
   add_test(NAME fault_${name}_np_${np}
-    COMMAND ${SHARDFLOW_FAULT_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/fault/${name}.py
+    COMMAND ${SHARDFLOW_SYSTEM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/fault/${name}.py
       --app $<TARGET_FILE:shardflow_cli> --mpiexec ${MPIEXEC_EXECUTABLE}
       --deck ${PROJECT_SOURCE_DIR}/inputs/quickstart.toml --source ${PROJECT_SOURCE_DIR}
       --work ${CMAKE_CURRENT_BINARY_DIR}/fault_${name})

@@ -3,13 +3,9 @@
 #               recompute, precision and checkpoint modes and a resumed run; `plan --json` agrees
 #   budget      refused before step 1 with a configuration that fits (which then trains
 #               under the budget), and a resumed run stopped cleanly past it
-find_program(SHARDFLOW_MEMORY_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
-if(NOT SHARDFLOW_MEMORY_PYTHON)
-  find_program(SHARDFLOW_MEMORY_PYTHON NAMES python3)
-endif()
 function(shardflow_memory_test name)
   add_test(NAME memory_${name}_np_2
-    COMMAND ${SHARDFLOW_MEMORY_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/memory/${name}.py
+    COMMAND ${SHARDFLOW_SYSTEM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/memory/${name}.py
       --app $<TARGET_FILE:shardflow_cli> --mpiexec ${MPIEXEC_EXECUTABLE}
       --deck ${PROJECT_SOURCE_DIR}/inputs/quickstart.toml --source ${PROJECT_SOURCE_DIR}
       --work ${CMAKE_CURRENT_BINARY_DIR}/memory_${name})

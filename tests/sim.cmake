@@ -3,12 +3,8 @@
 # bundled a100-80gb model (fails above 10 % mean or 15 % on a row; measured: 4.7 % / 8.8 %).
 shardflow_add_test(test_simulator LABELS sim)
 target_compile_definitions(test_simulator PRIVATE SHARDFLOW_CLUSTERS_DIR="${PROJECT_SOURCE_DIR}/inputs/clusters")
-find_program(SHARDFLOW_SIM_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
-if(NOT SHARDFLOW_SIM_PYTHON)
-  find_program(SHARDFLOW_SIM_PYTHON NAMES python3)
-endif()
 add_test(NAME simulate_korthikanti_table5
-  COMMAND ${SHARDFLOW_SIM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/sim/korthikanti.py --app $<TARGET_FILE:shardflow_cli>
+  COMMAND ${SHARDFLOW_SYSTEM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/sim/korthikanti.py --app $<TARGET_FILE:shardflow_cli>
     --csv ${CMAKE_CURRENT_SOURCE_DIR}/sim/korthikanti2022_table5.csv --max-mean 0.10 --max-row 0.15)
 set_tests_properties(simulate_korthikanti_table5 PROPERTIES LABELS "sim" TIMEOUT 300)
 # `simulate --search` through the CLI: the 22B model of Table 5 on one DGX A100 (about 600

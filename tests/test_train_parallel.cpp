@@ -82,6 +82,7 @@ struct Case {
   int micro;
   const char* extra;
   int layers = 0;  // 0: the suite's model
+  const char* precision = "f32";  // train.precision (the Precision suite)
 };
 
 class Parallel : public ::testing::TestWithParam<Case> {};
@@ -227,17 +228,7 @@ std::string with_train(std::string text, const std::string& keys) {
   return text.insert(at + 8, keys);
 }
 
-struct PrecisionCase {
-  const char* name;
-  int ranks;
-  const char* mesh;
-  int zero;
-  int micro;
-  const char* extra;
-  const char* precision;
-};
-
-class Precision : public ::testing::TestWithParam<PrecisionCase> {};
+class Precision : public ::testing::TestWithParam<Case> {};
 
 TrainRun precision_reference(const std::string& precision) {
   static std::map<std::string, TrainRun> refs;
@@ -248,7 +239,7 @@ TrainRun precision_reference(const std::string& precision) {
 }
 
 TEST_P(Precision, MatchesOneRankOfTheSamePrecision) {
-  const PrecisionCase c = GetParam();
+  const Case c = GetParam();
   if (test::world_size() != c.ranks) GTEST_SKIP() << "runs on " << c.ranks << " ranks";
   const TrainRun ref = precision_reference(c.precision);
   const std::string text =
@@ -267,18 +258,18 @@ const char* kFull = "recompute = \"full\"\n";
 
 INSTANTIATE_TEST_SUITE_P(
     Meshes, Precision,
-    ::testing::Values(PrecisionCase{"bf16_fsdp2", 2, "data = 1\nfsdp = 2", 3, 1, "", "bf16"},
-                      PrecisionCase{"bf16_tp2", 2, "data = 1\ntensor = 2", 0, 1, "", "bf16"},
-                      PrecisionCase{"bf16_pp2", 2, "data = 1\npipeline = 2", 0, 4, k1F1B, "bf16"},
-                      PrecisionCase{"bf16_tp2_sp", 2, "data = 1\ntensor = 2", 0, 2, kSp, "bf16"},
-                      PrecisionCase{"bf16_dp2_zero1", 2, "data = 2", 1, 2, "", "bf16"},
-                      PrecisionCase{"bf16_fsdp2_selective", 2, "data = 1\nfsdp = 2", 3, 2, kSelective, "bf16"},
-                      PrecisionCase{"bf16_fsdp2_full", 2, "data = 1\nfsdp = 2", 3, 2, kFull, "bf16"},
-                      PrecisionCase{"f16_dp2", 2, "data = 2", 0, 1, "", "f16"},
-                      PrecisionCase{"f16_tp2", 2, "data = 1\ntensor = 2", 0, 2, "", "f16"},
-                      PrecisionCase{"bf16_fsdp2_tp2", 4, "data = 1\nfsdp = 2\ntensor = 2", 3, 1, "", "bf16"},
-                      PrecisionCase{"bf16_pp2_tp2", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 4, k1F1B, "bf16"}),
-    [](const ::testing::TestParamInfo<PrecisionCase>& pinfo) { return std::string(pinfo.param.name); });
+    ::testing::Values(Case{"bf16_fsdp2", 2, "data = 1\nfsdp = 2", 3, 1, "", 0, "bf16"},
+                      Case{"bf16_tp2", 2, "data = 1\ntensor = 2", 0, 1, "", 0, "bf16"},
+                      Case{"bf16_pp2", 2, "data = 1\npipeline = 2", 0, 4, k1F1B, 0, "bf16"},
+                      Case{"bf16_tp2_sp", 2, "data = 1\ntensor = 2", 0, 2, kSp, 0, "bf16"},
+                      Case{"bf16_dp2_zero1", 2, "data = 2", 1, 2, "", 0, "bf16"},
+                      Case{"bf16_fsdp2_selective", 2, "data = 1\nfsdp = 2", 3, 2, kSelective, 0, "bf16"},
+                      Case{"bf16_fsdp2_full", 2, "data = 1\nfsdp = 2", 3, 2, kFull, 0, "bf16"},
+                      Case{"f16_dp2", 2, "data = 2", 0, 1, "", 0, "f16"},
+                      Case{"f16_tp2", 2, "data = 1\ntensor = 2", 0, 2, "", 0, "f16"},
+                      Case{"bf16_fsdp2_tp2", 4, "data = 1\nfsdp = 2\ntensor = 2", 3, 1, "", 0, "bf16"},
+                      Case{"bf16_pp2_tp2", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 4, k1F1B, 0, "bf16"}),
+    [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });
 
 TEST(Precision, SixteenBitsRoundButStayCloseToF32) {
   if (test::world_size() != 1) GTEST_SKIP() << "one rank";

@@ -10,11 +10,6 @@ shardflow_add_test(test_resume MPI TIMEOUT 900)
 target_compile_definitions(test_resume PRIVATE SHARDFLOW_CORPUS="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")
 # The checkpoint workflow through the CLI: save on 2 ranks, resume on 4 with another
 # mesh and ZeRO stage, eval on 1 and 3 ranks, consolidate and read with h5py.
-# Debian's python3 (with python3-h5py from scripts/setup.sh), not a python earlier on PATH
-find_program(SHARDFLOW_SYSTEM_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
-if(NOT SHARDFLOW_SYSTEM_PYTHON)
-  find_program(SHARDFLOW_SYSTEM_PYTHON NAMES python3)
-endif()
 add_test(NAME checkpoint_workflow_cli
   COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>
     -DDECK=${PROJECT_SOURCE_DIR}/inputs/quickstart.toml -DCORPUS=${PROJECT_SOURCE_DIR}/inputs/corpus.txt
