@@ -93,9 +93,11 @@ rc, out, err, secs = run(train_cmd(a, 2, f"train.steps={step + 2}", "checkpoint.
 check(rc == 0 and "Slurm requeued job 555" in out and secs < 30,
       f"a requeued job takes its earlier run's lock over at once ({secs:.1f} s) {err.strip()[-150:]}")
 
-# 5. a run whose lock another run took over stops before its next save
+# 5. a run whose lock another run took over stops before its next save (the first save is
+#    400 steps away, so that the takeover below lands before it even on a fast machine:
+#    with 40 a clean-clone CI run once saved first, legitimately, and failed the check)
 step = int(latest(ck)[5:])
-p = start(train_cmd(a, 2, "train.steps=1000000", "checkpoint.every=40", "checkpoint.dir=" + ck,
+p = start(train_cmd(a, 2, "train.steps=1000000", "checkpoint.every=400", "checkpoint.dir=" + ck,
                     extra=["--resume", "latest"]), env=fast)
 try:
     wait_for_line(p, "loss")
