@@ -24,6 +24,7 @@ ckpt::Metadata checkpoint_metadata(const Deck& deck, const Mesh& mesh, train::Tr
                                                        {"model.seq", deck.model.seq},
                                                        {"model.hidden", deck.model.hidden},
                                                        {"model.heads", deck.model.heads},
+                                                       {"model.kv_heads", deck.model.kv_head_count()},
                                                        {"model.ffn", deck.model.ffn},
                                                        {"model.layers", deck.model.layers},
                                                        {"world_size", mesh.size()}})

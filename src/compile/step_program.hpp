@@ -78,6 +78,7 @@ struct BufferPlan {
   int y_rows = -1, dn_rows = -1, dx_full = -1;  // sequence parallel
   int y = -1, dn = -1, dh = -1, dgu = -1, datt = -1, dqkv = -1, dprobs = -1;
   ActBuffers work;          // mixed precision: f32 work set of the 16-bit kept activations (qkv .. h)
+  int rope = -1;             // llama: the RoPE table [S, D] (cos of the D/2 frequencies, then sin)
   int w16 = -1;              // mixed precision: a weight rounded to 16 bits (not one in the gather ring)
   int nf = -1, rstdf = -1, logits = -1, row_max = -1, stats = -1;  // the head (last stage)
   std::vector<int> inputs, targets;                                 // per micro-batch (i32 tokens)

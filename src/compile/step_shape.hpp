@@ -37,7 +37,11 @@ struct ParamShape {
   Shape lext, loff;  // the box of the view after the tensor and expert splits
   int64_t lnumel = 0;
   bool decay = false;
-  bool gain = false;    // norm gain: under sequence parallelism its gradient is a partial sum over tensor
+  bool gain = false;    // norm gain
+  /// Replicated over tensor with a gradient that is a partial sum over tensor (all-reduced
+  /// there): a norm gain under sequence parallelism, or a key/value weight whose kv heads
+  /// the tensor split cannot align with the query heads (kv_heads_aligned).
+  bool tensor_partial = false;
   bool expert = false;  // an expert weight [E, ...]
   int de = -1;          // view dim split over expert
   int unit = 0, stage = 0;
@@ -71,6 +75,9 @@ struct StepShape {
   parallel::AxisGroups groups;
   // model
   int64_t vocab = 0, seq = 0, hidden = 0, heads = 0, head_dim = 0, ffn = 0;
+  bool llama = false;        // model.family = llama: RoPE, grouped-query attention, no position table
+  int64_t kv_heads = 0;      // K (= heads for the gpt)
+  double rope_theta = 10000.0;
   int layers = 0;
   int64_t experts = 0, top_k = 0, moe_every = 0;
   bool moe_layer(int l) const { return experts > 0 && moe_every > 0 && (l + 1) % moe_every == 0; }
@@ -84,6 +91,10 @@ struct StepShape {
   Recompute recompute = Recompute::None;  // strategy.recompute (None in evaluation steps)
   DType precision = DType::F32;            // train.precision (matmul operands, kept activations)
   int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0;  // local heads, head columns, ffn, vocab slice
+  int64_t a0 = 0;           // first local head
+  int64_t K_l = 0, k0 = 0;  // local key/value heads [k0, k0 + K_l) (all K when replicated over tensor)
+  /// Columns of the local q|k|v activation: (A_l + 2·K_l) · D (3·H_l for the gpt).
+  int64_t qkv_cols() const { return (A_l + 2 * K_l) * head_dim; }
   // expert parallel
   int ep = 1, ec = 0;
   int64_t E_l = 0, e0 = 0;        // this rank's experts [e0, e0 + E_l)

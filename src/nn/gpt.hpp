@@ -15,6 +15,8 @@
 namespace shardflow::nn {
 
 /// Model sizes (MODEL.md): V, S, H, A, F, L. The quickstart values are the defaults.
+/// llama = true is docs/model.md's Llama: RoPE (rope_theta) instead of the position table,
+/// kv_heads key/value heads (0: as many as heads), q and kv projections apart.
 struct GptConfig {
   int64_t vocab = 256;
   int64_t seq = 64;
@@ -22,11 +24,19 @@ struct GptConfig {
   int64_t heads = 4;
   int64_t ffn = 344;
   int64_t layers = 4;
+  bool llama = false;
+  int64_t kv_heads = 0;
+  double rope_theta = 10000.0;
   int64_t head_dim() const { return hidden / heads; }
+  int64_t kv_count() const { return kv_heads > 0 ? kv_heads : heads; }
+  /// Columns of the q|k|v activation: (A + 2K) · D.
+  int64_t qkv_cols() const { return (heads + 2 * kv_count()) * head_dim(); }
   /// Throws InputError naming the field and value (sizes >= 1, heads divides hidden).
   void validate() const;
-  /// The dense sizes of a deck's [model] section.
-  static GptConfig from(const ModelConfig& m) { return GptConfig{m.vocab, m.seq, m.hidden, m.heads, m.ffn, m.layers}; }
+  /// The dense sizes and the family of a deck's [model] section.
+  static GptConfig from(const ModelConfig& m) {
+    return GptConfig{m.vocab, m.seq, m.hidden, m.heads, m.ffn, m.layers, m.is_llama(), m.kv_head_count(), m.rope_theta};
+  }
 };
 
 /// One parameter: MODEL.md name, shape, place in the flat buffer, weight-decay flag.
@@ -42,8 +52,8 @@ struct ParamInfo {
 /// attn.out, mlp_norm, mlp.gate_up, mlp.down, then final_norm, lm_head).
 std::vector<ParamInfo> gpt_parameters(const GptConfig& cfg);
 int64_t gpt_num_params(const GptConfig& cfg);
-/// Parameters that take part in matmuls: L·(4H² + 3FH) + V·H (lm_head; the embeddings are
-/// gathers and the gains elementwise).
+/// Parameters that take part in matmuls: L·(2H² + 2·K·D·H + 3FH) + V·H (K·D = H for the
+/// gpt: L·(4H² + 3FH) + V·H; lm_head; the embeddings are gathers and the gains elementwise).
 int64_t gpt_matmul_params(const GptConfig& cfg);
 /// Model FLOPs of one forward + backward over `tokens` tokens:
 ///   6 · gpt_matmul_params · tokens + 12 · L · S · H · tokens
@@ -83,6 +93,8 @@ class GptModel {
 
  private:
   int64_t check_batch(typename V::CTokens inputs, typename V::CTokens targets) const;
+  /// Query head a uses kv head a / (A / K).
+  KvMap kv_map() const { return KvMap{cfg_.kv_count(), cfg_.heads / cfg_.kv_count(), 0, 0}; }
   void run_forward(typename V::CTokens inputs, int64_t b);
   typename V::Mat mat(const std::string& name) const;
   typename V::Mat gmat(const std::string& name) const;
@@ -96,7 +108,7 @@ class GptModel {
     typename V::OwnedVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
   };
   std::vector<LayerActs> acts_;
-  typename V::OwnedVec x_final, nf, rstdf, logits, row_max, stats;
+  typename V::OwnedVec x_final, nf, rstdf, logits, row_max, stats, rope;
   // backward scratch
   typename V::OwnedVec dx, dn, dh, dgu, datt, dqkv, dprobs;
   typename Embedding<Scalar, Exec>::Scratch embed_scratch_;

@@ -73,12 +73,24 @@ struct Residual {
   static void copy(typename V::CMat x, typename V::Mat y);
 };
 
-/// Causal multi-head self-attention on a contiguous range of heads:
-///   o[a] = softmax(q[a] · k[a]ᵀ / sqrt(D) + causal mask) · v[a].
-/// qkv [T, 3·A_l·D] holds [Q | K | V] for the A_l local heads, head a in columns
-/// [a·D, (a+1)·D) of each block; out [T, A_l·D] is concat_heads(o). The score and context
-/// products run as one gemm per (sequence, head) on row/column windows of qkv, out, dout
-/// and dqkv (LayoutRight views with a leading dimension), so nothing is repacked.
+/// Which key/value head each local query head uses (grouped-query attention, Llama): local
+/// query head a (global a0 + a) uses global kv head (a0 + a) / group, the local kv head
+/// (a0 + a) / group − k0 of the kv_heads local ones. The default (kv_heads = 0) is multi-head
+/// attention: as many kv heads as query heads, head a with head a.
+struct KvMap {
+  int64_t kv_heads = 0, group = 1, a0 = 0, k0 = 0;
+  bool is_mha(int64_t heads) const { return kv_heads == 0 || (kv_heads == heads && group == 1 && a0 == k0); }
+  int64_t kv_of(int64_t a) const { return kv_heads == 0 ? a : (a0 + a) / group - k0; }
+};
+
+/// Causal self-attention on a contiguous range of query heads:
+///   o[a] = softmax(q[a] · k[kv(a)]ᵀ / sqrt(D) + causal mask) · v[kv(a)].
+/// qkv [T, (A_l + 2·K_l)·D] holds [Q | K | V]: the A_l local query heads, then the K_l local
+/// key heads, then the K_l value heads (K_l = A_l, kv(a) = a for multi-head attention: qkv
+/// [T, 3·A_l·D]); head a in columns [a·D, (a+1)·D) of its block. out [T, A_l·D] is
+/// concat_heads(o). The score and context products run as one gemm per (sequence, head) on
+/// row/column windows of qkv, out, dout and dqkv (LayoutRight views with a leading
+/// dimension), so nothing is repacked.
 /// Saved for the backward: qkv itself and probs [b·A_l, S, S] (zero above the diagonal).
 template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
 struct Attention {
@@ -88,13 +100,32 @@ struct Attention {
   /// With round16 = BF16 or F16 (mixed precision) the probabilities are rounded to that
   /// type before they multiply v, as a 16-bit step stores them.
   static void forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs, typename V::Mat out,
-                      DType round16 = DType::F32);
+                      DType round16 = DType::F32, KvMap kv = {});
   /// dqkv (+)= ∂/∂qkv given dout [T, A_l·D], the saved qkv and probs; dprobs [S, S] is
   /// scratch. With round16 = BF16 or F16 the score gradient is rounded to that type before
-  /// its two products (every gemm operand of a mixed-precision step is 16-bit).
+  /// its two products (every gemm operand of a mixed-precision step is 16-bit). A kv head
+  /// shared by several query heads sums their contributions in increasing query head order;
+  /// a local kv head no local query head uses gets zero (or keeps its value, accumulating).
   static void backward(typename V::CMat dout, typename V::CMat qkv, typename V::CTen3 probs, int64_t heads,
                        typename V::Mat dprobs, typename V::Mat dqkv, bool accumulate = false,
-                       DType round16 = DType::F32);
+                       DType round16 = DType::F32, KvMap kv = {});
+};
+
+/// Rotary position embeddings (Llama; the rotate-half pairing): on each of the first
+/// `rot_heads` D-column blocks of x [T, ≥ rot_heads·D] (the query and key heads of a q|k|v
+/// activation), for row t at position p = pos0 + (t mod S) and i in [0, D/2):
+///   (x_i, x_{i+D/2}) ← (x_i·cos φ − x_{i+D/2}·sin φ, x_{i+D/2}·cos φ + x_i·sin φ),
+///   φ = p · θ^(−2i/D).
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+struct Rope {
+  using V = ViewTypes<Scalar, Exec>;
+  /// table [P, D]: cos φ(p, i) in columns [0, D/2), sin φ(p, i) in [D/2, D), for positions
+  /// p in [0, P) (computed in double, then rounded: the same on every rank).
+  static void table(double theta, typename V::Mat table);
+  /// x rotated in place; S is the sequence length (rows t and t + S share positions).
+  static void forward(typename V::Mat x, int64_t rot_heads, int64_t S, typename V::CMat table, int64_t pos0 = 0);
+  /// The backward (the inverse rotation, in place) of forward on dx.
+  static void backward(typename V::Mat dx, int64_t rot_heads, int64_t S, typename V::CMat table, int64_t pos0 = 0);
 };
 
 /// Cross-entropy of logits [T, V] against targets [T], as separable steps so that the
@@ -163,6 +194,7 @@ SHARDFLOW_NN_EXTERN(RmsNorm)
 SHARDFLOW_NN_EXTERN(SwiGlu)
 SHARDFLOW_NN_EXTERN(Residual)
 SHARDFLOW_NN_EXTERN(Attention)
+SHARDFLOW_NN_EXTERN(Rope)
 SHARDFLOW_NN_EXTERN(CrossEntropy)
 SHARDFLOW_NN_EXTERN(Embedding)
 SHARDFLOW_NN_EXTERN(PositionEmbedding)

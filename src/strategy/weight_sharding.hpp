@@ -42,6 +42,15 @@ struct WeightView {
   std::vector<int> weight_dim_of;
 };
 
+/// Grouped-query attention under tensor parallelism: query head a uses key/value head
+/// a / (heads / kv_heads). True when splitting the heads and the kv heads over `tensor`
+/// devices with the uneven rule gives every device exactly the kv heads its query heads use
+/// (then the key/value weight is split with grouped_kv); false when some device would need a
+/// kv head another device holds (then the key/value weight is replicated over the tensor
+/// axis, every device computes all K key/value heads, and its gradient is a partial sum that
+/// the tensor axis all-reduces).
+bool kv_heads_aligned(int64_t heads, int64_t kv_heads, int tensor);
+
 class WeightSharding {
  public:
   enum class Kind {
@@ -51,6 +60,8 @@ class WeightSharding {
     Axiswise,
     StackedQkv,
     HeadAwareColumnwise,
+    HeadAwareRowwise,
+    GroupedKv,
     GateUp,
     ExpertParallel,
     TensorParallel
@@ -63,6 +74,11 @@ class WeightSharding {
   /// Throws InputError unless num_heads >= 1 and head_dim >= 1.
   static WeightSharding stacked_qkv(int num_heads, int head_dim);
   static WeightSharding head_aware_columnwise(int num_heads, int head_dim);
+  /// A query projection [A·D, in]: view [A, D, in], whole heads per device (split on A).
+  static WeightSharding head_aware_rowwise(int num_heads, int head_dim);
+  /// A stacked key/value projection [2·K·D, in] (K block, V block): view [2, K, D, in],
+  /// whole key/value heads per device (split on K); K is read from the weight's shape.
+  static WeightSharding grouped_kv(int head_dim);
   /// The gate and up halves of dimension `axis` are split separately.
   static WeightSharding gate_up(int axis = 0);
   static WeightSharding expert_parallel();
@@ -70,7 +86,8 @@ class WeightSharding {
   /// head_aware_columnwise, gate_up → gate_up(0), down → columnwise, token embedding and
   /// LM head → rowwise (vocabulary parallel), position table, router and norm gains →
   /// replicate, expert gate_up [E, 2F, H] → gate_up(1), expert down [E, H, F] → axiswise(2)
-  /// (inside each expert; the expert axis splits dimension 0 separately).
+  /// (inside each expert; the expert axis splits dimension 0 separately), query →
+  /// head_aware_rowwise, key/value → grouped_kv.
   static WeightSharding tensor_parallel(ParamKind kind, int num_heads = 0, int head_dim = 0);
 
   Kind kind() const { return kind_; }
@@ -80,6 +97,8 @@ class WeightSharding {
   bool is_axiswise() const { return kind_ == Kind::Axiswise; }
   bool is_stacked_qkv() const { return kind_ == Kind::StackedQkv; }
   bool is_head_aware_columnwise() const { return kind_ == Kind::HeadAwareColumnwise; }
+  bool is_head_aware_rowwise() const { return kind_ == Kind::HeadAwareRowwise; }
+  bool is_grouped_kv() const { return kind_ == Kind::GroupedKv; }
   bool is_gate_up() const { return kind_ == Kind::GateUp; }
   bool is_expert_parallel() const { return kind_ == Kind::ExpertParallel; }
   bool is_tensor_parallel() const { return kind_ == Kind::TensorParallel; }

@@ -94,7 +94,7 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
   auto fill = [&](ActBuffers& a, bool own_probs, bool per_slot) {
     a.n1 = act("n1", T * H);
     a.rstd1 = act("rstd1", Tr);
-    a.qkv = kept("qkv", T * 3 * s.H_l, per_slot);
+    a.qkv = kept("qkv", T * s.qkv_cols(), per_slot);
     if (own_probs) {
       a.probs = kept("probs", s.mb_seqs * s.A_l * S * S, per_slot);
     } else {
@@ -178,10 +178,10 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
   b.dh = act("dh", T * s.F_l);
   b.dgu = act("dgu", T * 2 * s.F_l);
   b.datt = act("datt", T * s.H_l);
-  b.dqkv = act("dqkv", T * 3 * s.H_l);
+  b.dqkv = act("dqkv", T * s.qkv_cols());
   b.dprobs = act("dprobs", S * S);
   if (any16) {  // the f32 work set of the 16-bit kept activations
-    b.work.qkv = act("qkv_work", T * 3 * s.H_l);
+    b.work.qkv = act("qkv_work", T * s.qkv_cols());
     b.work.probs = act("probs_work", s.mb_seqs * s.A_l * S * S);
     b.work.att = act("att_work", T * s.H_l);
     b.work.gu = act("gu_work", T * 2 * s.F_l);
@@ -195,6 +195,7 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
       if (p.here && !p.shard_stored(s.zero)) w = std::max(w, p.lnumel);
     if (w > 0) b.w16 = b.add("weight_16bit", w, DType::F32, BufferClass::Transient);
   }
+  if (s.llama) b.rope = act("rope_table", S * s.head_dim);  // cos | sin per position
   if (s.last_stage) {
     b.nf = act("nf", T * H);
     b.rstdf = act("rstdf", Tr);

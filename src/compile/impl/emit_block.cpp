@@ -147,7 +147,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
         tp_reduce_scatter(u, {b.y}, {b.x[static_cast<size_t>(xsl)]}, "embed");
       } else {
         if (tp) tp_all_reduce(u, {b.x[static_cast<size_t>(xsl)]}, T * H, comm::ReduceOp::Sum, "embed");
-        run(u, op(StepOp::PosEmbed), "pos_embed");
+        if (!s.llama) run(u, op(StepOp::PosEmbed), "pos_embed");  // llama: RoPE, in attention
       }
       break;
     case Fl: {

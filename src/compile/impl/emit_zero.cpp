@@ -85,8 +85,9 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
       }
     };
     const bool ring = p.grad_shard_stored(s.zero);
-    // sequence parallel: a norm gain's gradient sums over this rank's rows only
-    if (s.sp && p.gain && (ring || last_mb)) {
+    // sequence parallel: a norm gain's gradient sums over this rank's rows only; a key/value
+    // weight replicated over tensor: over this rank's query heads only
+    if (p.tensor_partial && (ring || last_mb)) {
       const BufRef grad = ring ? BufRef{b.grad_ring[static_cast<size_t>(u.grad_ring)], p.ring_offset} : BufRef{pb.grad};
       const std::string what = p.name + ".grad_rows" + mbs;
       ready = emit_comm(all_reduce(g.tensor, grad, p.lnumel, comm::ReduceOp::Sum, DType::F32, what),

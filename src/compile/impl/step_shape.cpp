@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.hpp"
+#include "strategy/weight_sharding.hpp"
 #include "mesh/axes.hpp"
 
 namespace shardflow::compile {
@@ -77,6 +78,7 @@ void shape_params(const parallel::LayoutPlan& plan, StepShape& s) {
     }
     p.decay = info.weight_decay;
     p.gain = info.kind == ParamKind::NormGain;
+    p.tensor_partial = (p.gain && s.sp) || (info.kind == ParamKind::KeyValue && s.tp > 1 && p.dt < 0);
     p.expert = pl.is_expert_weight;
     p.de = pl.expert_dim;
     if (p.de >= 0) {
@@ -140,6 +142,9 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   s.heads = mc.heads;
   s.head_dim = mc.head_dim();
   s.ffn = mc.ffn;
+  s.llama = mc.is_llama();
+  s.kv_heads = mc.kv_head_count();
+  s.rope_theta = mc.rope_theta;
   s.layers = static_cast<int>(mc.layers);
   s.experts = mc.experts;
   s.top_k = mc.top_k;
@@ -177,6 +182,14 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
 
   s.A_l = split_extent(s.heads, s.tp, s.tc);
   s.H_l = s.A_l * s.head_dim;
+  s.a0 = split_offset(s.heads, s.tp, s.tc);
+  if (!s.llama || kv_heads_aligned(s.heads, s.kv_heads, s.tp)) {
+    s.K_l = split_extent(s.kv_heads, s.tp, s.tc);
+    s.k0 = split_offset(s.kv_heads, s.tp, s.tc);
+  } else {
+    s.K_l = s.kv_heads;
+    s.k0 = 0;
+  }
   s.F_l = split_extent(s.ffn, s.tp, s.tc);
   s.V_l = split_extent(s.vocab, s.tp, s.tc);
   s.v0 = split_offset(s.vocab, s.tp, s.tc);

@@ -39,6 +39,9 @@ const std::vector<KeySpec>& schema() {
       {"mesh", "tensor", KeyType::Int},
       {"mesh", "pipeline", KeyType::Int},
       {"mesh", "expert", KeyType::Int},
+      {"model", "family", KeyType::String},
+      {"model", "kv_heads", KeyType::Int},
+      {"model", "rope_theta", KeyType::Float},
       {"model", "vocab", KeyType::Int},
       {"model", "seq", KeyType::Int},
       {"model", "hidden", KeyType::Int},
@@ -291,6 +294,21 @@ class DeckBuilder {
     // makes of the batch or the model
     if (world_size > 0) check_world_size(d, world_size);
     // [model]
+    if (auto* v = find("model.family")) {
+      try {
+        d.model.family = parse_model_family(v->s);
+      } catch (const InputError& e) {
+        throw InputError(v->where + ": " + e.what());
+      }
+    }
+    get_i64("model.kv_heads", d.model.kv_heads, 0);
+    if (auto* v = find("model.rope_theta")) {
+      SHARDFLOW_REQUIRE_INPUT(std::isfinite(v->f) && v->f > 1, v->where, ": model.rope_theta = ", v->text,
+                              " must be a finite number > 1");
+      SHARDFLOW_REQUIRE_INPUT(d.model.is_llama(), v->where, ": model.rope_theta = ", v->text,
+                              " needs model.family = \"llama\" (the gpt has learned positions)");
+      d.model.rope_theta = v->f;
+    }
     get_i64("model.vocab", d.model.vocab, 1);
     get_i64("model.seq", d.model.seq, 1);
     get_i64("model.hidden", d.model.hidden, 1);
@@ -317,7 +335,9 @@ class DeckBuilder {
     try {
       d.model.validate();
     } catch (const InputError& e) {
-      throw InputError(loc_of("model.experts") + ": " + e.what());
+      const std::string msg = e.what();
+      const bool kv = msg.find("kv_heads") != std::string::npos || msg.find("llama") != std::string::npos;
+      throw InputError((kv ? loc_of("model.kv_heads", "model.family") : loc_of("model.experts")) + ": " + msg);
     }
     // [train]
     get_i64("train.steps", d.train.steps, 0);
@@ -619,7 +639,11 @@ std::string deck_to_toml(const Deck& d) {
   std::ostringstream os;
   os << "[mesh]\ndata = " << d.mesh.data << "\nfsdp = " << d.mesh.fsdp << "\ntensor = " << d.mesh.tensor
      << "\npipeline = " << d.mesh.pipeline << "\nexpert = " << d.mesh.expert << "\n\n";
-  os << "[model]\nvocab = " << d.model.vocab << "\nseq = " << d.model.seq << "\nhidden = " << d.model.hidden
+  os << "[model]\nfamily = \"" << model_family_name(d.model.family) << "\"\n";
+  if (d.model.is_llama())
+    os << "kv_heads = " << d.model.kv_head_count() << "\nrope_theta = " << toml::value<double>(d.model.rope_theta)
+       << "\n";
+  os << "vocab = " << d.model.vocab << "\nseq = " << d.model.seq << "\nhidden = " << d.model.hidden
      << "\nheads = " << d.model.heads << "\nffn = " << d.model.ffn << "\nlayers = " << d.model.layers
      << "\nexperts = " << d.model.experts << "\ntop_k = " << d.model.top_k << "\nmoe_every = " << d.model.moe_every
      << "\ncapacity_factor = " << toml::value<double>(d.model.capacity_factor)

@@ -11,12 +11,35 @@ namespace shardflow {
 
 // ---- ModelConfig ---------------------------------------------------------------------------
 
+std::string model_family_name(ModelFamily f) { return f == ModelFamily::Llama ? "llama" : "gpt"; }
+
+ModelFamily parse_model_family(const std::string& s) {
+  if (s == "gpt") return ModelFamily::Gpt;
+  if (s == "llama") return ModelFamily::Llama;
+  throw InputError("model.family = \"" + s + "\" is not a model family (gpt, llama)");
+}
+
 void ModelConfig::validate() const {
   const std::pair<const char*, int64_t> positive[] = {{"vocab", vocab}, {"seq", seq}, {"hidden", hidden},
                                                       {"heads", heads}, {"ffn", ffn}, {"layers", layers}};
   for (const auto& kv : positive)
     SHARDFLOW_REQUIRE_INPUT(kv.second > 0, "model.", kv.first, " = ", kv.second, " must be > 0");
   SHARDFLOW_REQUIRE_INPUT(hidden % heads == 0, "model.heads = ", heads, " does not divide model.hidden = ", hidden);
+  SHARDFLOW_REQUIRE_INPUT(kv_heads >= 0 && kv_heads <= heads, "model.kv_heads = ", kv_heads,
+                          " must be in [1, model.heads = ", heads, "] (0: model.heads)");
+  SHARDFLOW_REQUIRE_INPUT(heads % kv_head_count() == 0, "model.kv_heads = ", kv_heads,
+                          " does not divide model.heads = ", heads);
+  SHARDFLOW_REQUIRE_INPUT(std::isfinite(rope_theta) && rope_theta > 1, "model.rope_theta = ", rope_theta,
+                          " must be a finite number > 1");
+  if (!is_llama()) {
+    SHARDFLOW_REQUIRE_INPUT(kv_head_count() == heads, "model.kv_heads = ", kv_heads,
+                            " needs model.family = \"llama\" (the gpt has one key/value head per head)");
+    SHARDFLOW_REQUIRE_INPUT(rope_theta == default_rope_theta, "model.rope_theta = ", rope_theta,
+                            " needs model.family = \"llama\" (the gpt has learned positions)");
+  } else {
+    SHARDFLOW_REQUIRE_INPUT(head_dim() % 2 == 0, "model.family = \"llama\": the head size model.hidden / model.heads = ",
+                            head_dim(), " must be even (RoPE rotates pairs)");
+  }
   SHARDFLOW_REQUIRE_INPUT(experts >= 0, "model.experts = ", experts, " must be >= 0");
   SHARDFLOW_REQUIRE_INPUT(top_k >= 0, "model.top_k = ", top_k, " must be >= 0");
   SHARDFLOW_REQUIRE_INPUT(moe_every >= 0, "model.moe_every = ", moe_every, " must be >= 0");
@@ -40,7 +63,9 @@ void ModelConfig::validate() const {
 
 std::string ModelConfig::to_string() const {
   std::ostringstream os;
+  if (is_llama()) os << "llama ";
   os << "V=" << vocab << " S=" << seq << " H=" << hidden << " A=" << heads << " F=" << ffn << " L=" << layers;
+  if (is_llama()) os << " K=" << kv_head_count() << " theta=" << rope_theta;
   if (experts > 0)
     os << " E=" << experts << " top_k=" << top_k << " moe_every=" << moe_every << " capacity_factor=" << capacity_factor
        << " aux_loss_coef=" << aux_loss_coef;
@@ -75,12 +100,19 @@ ModelDescription::ModelDescription(ModelConfig config) : config_(config) {
     p.view_shape = view_shape(kind, p.shape, A, D);
     params_.push_back(std::move(p));
   };
+  const int64_t K = config_.kv_head_count();
+  const bool llama = config_.is_llama();
   add("embed.weight", {V, H}, ParamKind::Embedding, -1, false);
-  add("pos_embed.weight", {S, H}, ParamKind::PosEmbedding, -1, false);
+  if (!llama) add("pos_embed.weight", {S, H}, ParamKind::PosEmbedding, -1, false);
   for (int l = 0; l < static_cast<int>(config_.layers); ++l) {
     const std::string pre = "layers." + std::to_string(l) + ".";
     add(pre + "attn_norm.weight", {H}, ParamKind::NormGain, l, false);
-    add(pre + "attn.qkv.weight", {3 * H, H}, ParamKind::StackedQkv, l, true);
+    if (llama) {
+      add(pre + "attn.q.weight", {H, H}, ParamKind::Query, l, true);
+      add(pre + "attn.kv.weight", {2 * K * D, H}, ParamKind::KeyValue, l, true);
+    } else {
+      add(pre + "attn.qkv.weight", {3 * H, H}, ParamKind::StackedQkv, l, true);
+    }
     add(pre + "attn.out.weight", {H, H}, ParamKind::AttentionOut, l, true);
     add(pre + "mlp_norm.weight", {H}, ParamKind::NormGain, l, false);
     if (config_.is_moe_layer(l)) {

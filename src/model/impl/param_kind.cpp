@@ -14,6 +14,10 @@ std::string param_kind_name(ParamKind k) {
       return "norm_gain";
     case ParamKind::StackedQkv:
       return "stacked_qkv";
+    case ParamKind::Query:
+      return "query";
+    case ParamKind::KeyValue:
+      return "key_value";
     case ParamKind::AttentionOut:
       return "attention_out";
     case ParamKind::GateUp:
@@ -36,6 +40,8 @@ Shape view_shape(ParamKind kind, const Shape& s, int64_t heads, int64_t head_dim
   switch (kind) {
     case ParamKind::StackedQkv: return {3, heads, head_dim, s.at(1)};
     case ParamKind::AttentionOut: return {s.at(0), heads, head_dim};
+    case ParamKind::Query: return {heads, head_dim, s.at(1)};
+    case ParamKind::KeyValue: return {2, s.at(0) / (2 * head_dim), head_dim, s.at(1)};
     case ParamKind::GateUp: return {2, s.at(0) / 2, s.at(1)};
     case ParamKind::ExpertGateUp: return {s.at(0), 2, s.at(1) / 2, s.at(2)};
     default: return s;

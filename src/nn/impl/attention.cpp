@@ -14,16 +14,25 @@ namespace shardflow::nn {
 namespace {
 struct AttnDims {
   int64_t t, s, b, a, d;
+  int64_t kvh;       // local kv heads
+  int64_t ko, vo;    // first column of the K and V blocks
 };
 template <class QKV, class P>
-AttnDims attn_dims(const char* op, const QKV& qkv, int64_t heads, const P& probs) {
+AttnDims attn_dims(const char* op, const QKV& qkv, int64_t heads, const P& probs, const KvMap& kv) {
   AttnDims g{};
   g.t = static_cast<int64_t>(qkv.extent(0));
   g.s = static_cast<int64_t>(probs.extent(1));
   g.a = heads;
-  SHARDFLOW_REQUIRE(heads > 0 && static_cast<int64_t>(qkv.extent(1)) % (3 * heads) == 0, op, ": qkv has ",
-                    qkv.extent(1), " columns, not a multiple of 3 · heads = ", 3 * heads);
-  g.d = static_cast<int64_t>(qkv.extent(1)) / (3 * heads);
+  g.kvh = kv.kv_heads > 0 ? kv.kv_heads : heads;
+  const int64_t blocks = heads + 2 * g.kvh;
+  SHARDFLOW_REQUIRE(heads > 0 && static_cast<int64_t>(qkv.extent(1)) % blocks == 0, op, ": qkv has ", qkv.extent(1),
+                    " columns, not a multiple of heads + 2 · kv_heads = ", blocks);
+  g.d = static_cast<int64_t>(qkv.extent(1)) / blocks;
+  SHARDFLOW_REQUIRE(kv.kv_of(0) >= 0 && kv.kv_of(heads - 1) < g.kvh, op, ": query heads [", kv.a0, ", ",
+                    kv.a0 + heads, ") in groups of ", kv.group, " need kv heads outside the local [", kv.k0, ", ",
+                    kv.k0 + g.kvh, ")");
+  g.ko = heads * g.d;
+  g.vo = g.ko + g.kvh * g.d;
   SHARDFLOW_REQUIRE(g.s > 0 && probs.extent(2) == probs.extent(1) && g.t % g.s == 0, op, ": qkv has ", g.t,
                     " rows, probs is [", probs.extent(0), ", ", probs.extent(1), ", ", probs.extent(2),
                     "]; want T = b · S rows and probs [>= b · heads, S, S]");
@@ -40,21 +49,21 @@ constexpr int64_t kCausalBlock = 64;
 
 template <class Scalar, class Exec>
 void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs,
-                                      typename V::Mat out, DType round16) {
-  const AttnDims g = attn_dims("Attention::forward", qkv, heads, probs);
+                                      typename V::Mat out, DType round16, KvMap kv) {
+  const AttnDims g = attn_dims("Attention::forward", qkv, heads, probs, kv);
   SHARDFLOW_REQUIRE(static_cast<int64_t>(out.extent(0)) == g.t && static_cast<int64_t>(out.extent(1)) == g.a * g.d,
                     "Attention::forward: out is [", out.extent(0), ", ", out.extent(1), "], want [", g.t, ", ",
                     g.a * g.d, "]");
   const double scale = 1.0 / std::sqrt(static_cast<double>(g.d));
-  const int64_t hd = g.a * g.d;
   const int64_t nblk = (g.s + kCausalBlock - 1) / kCausalBlock;
   for (int64_t bi = 0; bi < g.b; ++bi) {
     for (int64_t a = 0; a < g.a; ++a) {
+      const int64_t kc = g.ko + kv.kv_of(a) * g.d;
       for (int64_t blk = 0; blk < nblk; ++blk) {
         // query rows [r0, r1) of this block see keys [0, r1) only
         const int64_t r0 = blk * kCausalBlock, r1 = std::min(g.s, r0 + kCausalBlock);
         auto q = Kokkos::subview(qkv, Range(bi * g.s + r0, bi * g.s + r1), Range(a * g.d, (a + 1) * g.d));
-        auto k = Kokkos::subview(qkv, Range(bi * g.s, bi * g.s + r1), Range(hd + a * g.d, hd + (a + 1) * g.d));
+        auto k = Kokkos::subview(qkv, Range(bi * g.s, bi * g.s + r1), Range(kc, kc + g.d));
         auto p = Kokkos::subview(probs, bi * g.a + a, Range(r0, r1), Range(0, r1));
         detail::gemm("N", "T", scale, q, k, 0.0, p);
       }
@@ -78,9 +87,10 @@ void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typen
       });
   for (int64_t bi = 0; bi < g.b; ++bi) {
     for (int64_t a = 0; a < g.a; ++a) {
+      const int64_t vc = g.vo + kv.kv_of(a) * g.d;
       for (int64_t blk = 0; blk < nblk; ++blk) {
         const int64_t r0 = blk * kCausalBlock, r1 = std::min(g.s, r0 + kCausalBlock);
-        auto v = Kokkos::subview(qkv, Range(bi * g.s, bi * g.s + r1), Range(2 * hd + a * g.d, 2 * hd + (a + 1) * g.d));
+        auto v = Kokkos::subview(qkv, Range(bi * g.s, bi * g.s + r1), Range(vc, vc + g.d));
         auto p = Kokkos::subview(probs, bi * g.a + a, Range(r0, r1), Range(0, r1));
         auto o = Kokkos::subview(out, Range(bi * g.s + r0, bi * g.s + r1), Range(a * g.d, (a + 1) * g.d));
         detail::gemm("N", "N", 1.0, p, v, 0.0, o);
@@ -92,8 +102,8 @@ void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typen
 template <class Scalar, class Exec>
 void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat qkv, typename V::CTen3 probs,
                                        int64_t heads, typename V::Mat dprobs, typename V::Mat dqkv,
-                                       bool accumulate, DType round16) {
-  const AttnDims g = attn_dims("Attention::backward", qkv, heads, probs);
+                                       bool accumulate, DType round16, KvMap kv) {
+  const AttnDims g = attn_dims("Attention::backward", qkv, heads, probs, kv);
   SHARDFLOW_REQUIRE(static_cast<int64_t>(dout.extent(0)) == g.t && static_cast<int64_t>(dout.extent(1)) == g.a * g.d,
                     "Attention::backward: dout is [", dout.extent(0), ", ", dout.extent(1), "], want [", g.t, ", ",
                     g.a * g.d, "]");
@@ -105,18 +115,23 @@ void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat q
                     g.s, ", ", g.s, "]");
   const double scale = 1.0 / std::sqrt(static_cast<double>(g.d));
   const double beta = accumulate ? 1.0 : 0.0;
-  const int64_t hd = g.a * g.d;
+  // Grouped-query attention: several query heads add into one kv head's dK and dV, so the
+  // kv columns start from zero (unless accumulating) and every product adds.
+  const bool mha = kv.is_mha(heads);
+  if (!mha && !accumulate)
+    Kokkos::deep_copy(Kokkos::subview(dqkv, Kokkos::ALL(), Range(g.ko, g.vo + g.kvh * g.d)), Scalar(0));
   const int64_t nblk = (g.s + kCausalBlock - 1) / kCausalBlock;
   for (int64_t bi = 0; bi < g.b; ++bi) {
     const int64_t base = bi * g.s;
     for (int64_t a = 0; a < g.a; ++a) {
-      const Range cq(a * g.d, (a + 1) * g.d), ck(hd + a * g.d, hd + (a + 1) * g.d),
-          cv(2 * hd + a * g.d, 2 * hd + (a + 1) * g.d);
+      const int64_t kh = kv.kv_of(a);
+      const Range cq(a * g.d, (a + 1) * g.d), ck(g.ko + kh * g.d, g.ko + (kh + 1) * g.d),
+          cv(g.vo + kh * g.d, g.vo + (kh + 1) * g.d);
       // Query blocks last to first: the last one covers every key row, so its dK and dV
       // products set (or, accumulating, add to) all of them; earlier blocks add to a prefix.
       for (int64_t blk = nblk - 1; blk >= 0; --blk) {
         const int64_t r0 = blk * kCausalBlock, r1 = std::min(g.s, r0 + kCausalBlock);
-        const double beta_kv = (blk == nblk - 1) ? beta : 1.0;
+        const double beta_kv = (mha && blk == nblk - 1) ? beta : 1.0;
         const Range qrows(base + r0, base + r1), krows(base, base + r1);
         auto p = Kokkos::subview(probs, bi * g.a + a, Range(r0, r1), Range(0, r1));
         auto dp = Kokkos::subview(dprobs, Range(r0, r1), Range(0, r1));
@@ -144,7 +159,63 @@ void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat q
   }
 }
 
+// ---- rotary position embeddings ---------------------------------------------------------------
+
+template <class Scalar, class Exec>
+void Rope<Scalar, Exec>::table(double theta, typename V::Mat table) {
+  const int64_t P = static_cast<int64_t>(table.extent(0)), D = static_cast<int64_t>(table.extent(1));
+  SHARDFLOW_REQUIRE(D > 0 && D % 2 == 0, "Rope::table: head size ", D, " must be even and > 0");
+  SHARDFLOW_REQUIRE(std::isfinite(theta) && theta > 1, "Rope::table: theta ", theta, " must be a finite number > 1");
+  auto h = Kokkos::create_mirror_view(table);
+  const int64_t half = D / 2;
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      const double phi = static_cast<double>(p) * std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(D));
+      h(p, i) = static_cast<Scalar>(std::cos(phi));
+      h(p, half + i) = static_cast<Scalar>(std::sin(phi));
+    }
+  Kokkos::deep_copy(table, h);
+}
+
+namespace {
+template <class Scalar, class Exec, class X, class Tb>
+void rope_rotate(const char* op, X x, int64_t rot_heads, int64_t S, Tb table, int64_t pos0, Scalar sign) {
+  const int64_t T = static_cast<int64_t>(x.extent(0)), D = static_cast<int64_t>(table.extent(1));
+  SHARDFLOW_REQUIRE(D > 0 && D % 2 == 0 && rot_heads >= 0 && rot_heads * D <= static_cast<int64_t>(x.extent(1)), op,
+                    ": ", rot_heads, " heads of ", D, " columns do not fit x [", x.extent(0), ", ", x.extent(1), "]");
+  SHARDFLOW_REQUIRE(S > 0 && T % S == 0 && pos0 >= 0 && pos0 + S <= static_cast<int64_t>(table.extent(0)), op, ": ",
+                    T, " rows of sequences of ", S, " from position ", pos0, " need a table of >= ", pos0 + S,
+                    " positions, it has ", table.extent(0));
+  const int64_t half = D / 2;
+  Kokkos::parallel_for(
+      op, Kokkos::RangePolicy<Exec>(0, T * rot_heads), KOKKOS_LAMBDA(const int64_t r) {
+        const int64_t t = r / rot_heads, c = (r % rot_heads) * D, p = pos0 + t % S;
+        for (int64_t i = 0; i < half; ++i) {
+          const Scalar cs = table(p, i), sn = sign * table(p, half + i);
+          const Scalar a = x(t, c + i), b = x(t, c + half + i);
+          x(t, c + i) = a * cs - b * sn;
+          x(t, c + half + i) = b * cs + a * sn;
+        }
+      });
+}
+}  // namespace
+
+template <class Scalar, class Exec>
+void Rope<Scalar, Exec>::forward(typename V::Mat x, int64_t rot_heads, int64_t S, typename V::CMat table,
+                                 int64_t pos0) {
+  rope_rotate<Scalar, Exec>("nn::rope_fwd", x, rot_heads, S, table, pos0, Scalar(1));
+}
+
+template <class Scalar, class Exec>
+void Rope<Scalar, Exec>::backward(typename V::Mat dx, int64_t rot_heads, int64_t S, typename V::CMat table,
+                                  int64_t pos0) {
+  // the rotation is orthogonal: its transpose is the rotation by −φ
+  rope_rotate<Scalar, Exec>("nn::rope_bwd", dx, rot_heads, S, table, pos0, Scalar(-1));
+}
+
 template struct Attention<float>;
 template struct Attention<double>;
+template struct Rope<float>;
+template struct Rope<double>;
 
 }  // namespace shardflow::nn

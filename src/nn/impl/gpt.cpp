@@ -14,6 +14,10 @@ void GptConfig::validate() const {
                           ", got ", heads);
   SHARDFLOW_REQUIRE_INPUT(ffn >= 1, "model: ffn must be >= 1, got ", ffn);
   SHARDFLOW_REQUIRE_INPUT(layers >= 1, "model: layers must be >= 1, got ", layers);
+  SHARDFLOW_REQUIRE_INPUT(kv_heads >= 0 && kv_heads <= heads && heads % kv_count() == 0,
+                          "model: kv_heads must divide heads = ", heads, ", got ", kv_heads);
+  SHARDFLOW_REQUIRE_INPUT(llama || kv_count() == heads, "model: kv_heads = ", kv_heads, " needs the llama family");
+  SHARDFLOW_REQUIRE_INPUT(!llama || head_dim() % 2 == 0, "model: llama needs an even head size, got ", head_dim());
 }
 
 std::vector<ParamInfo> gpt_parameters(const GptConfig& cfg) {
@@ -32,11 +36,16 @@ std::vector<ParamInfo> gpt_parameters(const GptConfig& cfg) {
   };
   const int64_t h = cfg.hidden, f = cfg.ffn;
   add("embed.weight", {cfg.vocab, h});
-  add("pos_embed.weight", {cfg.seq, h});
+  if (!cfg.llama) add("pos_embed.weight", {cfg.seq, h});
   for (int64_t l = 0; l < cfg.layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     add(p + "attn_norm.weight", {h});
-    add(p + "attn.qkv.weight", {3 * h, h});
+    if (cfg.llama) {
+      add(p + "attn.q.weight", {h, h});
+      add(p + "attn.kv.weight", {2 * cfg.kv_count() * cfg.head_dim(), h});
+    } else {
+      add(p + "attn.qkv.weight", {3 * h, h});
+    }
     add(p + "attn.out.weight", {h, h});
     add(p + "mlp_norm.weight", {h});
     add(p + "mlp.gate_up.weight", {2 * f, h});
@@ -54,7 +63,9 @@ int64_t gpt_num_params(const GptConfig& cfg) {
 }
 
 int64_t gpt_matmul_params(const GptConfig& cfg) {
-  return cfg.layers * (4 * cfg.hidden * cfg.hidden + 3 * cfg.ffn * cfg.hidden) + cfg.vocab * cfg.hidden;
+  const int64_t kvd = cfg.kv_count() * cfg.head_dim();
+  return cfg.layers * (2 * cfg.hidden * cfg.hidden + 2 * kvd * cfg.hidden + 3 * cfg.ffn * cfg.hidden) +
+         cfg.vocab * cfg.hidden;
 }
 
 double gpt_model_flops(const GptConfig& cfg, int64_t tokens) {
@@ -71,14 +82,14 @@ GptModel<Scalar, Exec>::GptModel(GptConfig cfg, int64_t max_batch)
   const int64_t total = params_info_.back().offset + params_info_.back().numel;
   params_ = typename V::OwnedVec("nn::gpt_params", static_cast<size_t>(total));
   grads_ = typename V::OwnedVec("nn::gpt_grads", static_cast<size_t>(total));
-  const int64_t t = max_batch * cfg.seq, h = cfg.hidden, f = cfg.ffn, s = cfg.seq;
+  const int64_t t = max_batch * cfg.seq, h = cfg.hidden, f = cfg.ffn, s = cfg.seq, c = cfg.qkv_cols();
   auto alloc = [](const char* label, int64_t n) { return typename V::OwnedVec(std::string(label), static_cast<size_t>(n)); };
   acts_.resize(static_cast<size_t>(cfg.layers));
   for (auto& a : acts_) {
     a.x_in = alloc("nn::x_in", t * h);
     a.n1 = alloc("nn::n1", t * h);
     a.rstd1 = alloc("nn::rstd1", t);
-    a.qkv = alloc("nn::qkv", t * 3 * h);
+    a.qkv = alloc("nn::qkv", t * c);
     a.probs = alloc("nn::probs", max_batch * cfg.heads * s * s);
     a.att = alloc("nn::att", t * h);
     a.x_mid = alloc("nn::x_mid", t * h);
@@ -98,7 +109,11 @@ GptModel<Scalar, Exec>::GptModel(GptConfig cfg, int64_t max_batch)
   dh = alloc("nn::dh", t * f);
   dgu = alloc("nn::dgu", t * 2 * f);
   datt = alloc("nn::datt", t * h);
-  dqkv = alloc("nn::dqkv", t * 3 * h);
+  dqkv = alloc("nn::dqkv", t * c);
+  if (cfg.llama) {
+    rope = alloc("nn::rope", s * cfg.head_dim());
+    Rope<Scalar, Exec>::table(cfg.rope_theta, buf(rope, s, cfg.head_dim()));
+  }
   dprobs = alloc("nn::dprobs", s * s);
   embed_scratch_ = typename Embedding<Scalar, Exec>::Scratch(cfg.vocab, t);
 }
@@ -175,19 +190,26 @@ void GptModel<Scalar, Exec>::run_forward(typename V::CTokens inputs, int64_t b) 
   const int64_t t = b * cfg_.seq, h = cfg_.hidden, f = cfg_.ffn;
   auto x0 = buf(cfg_.layers > 0 ? acts_[0].x_in : x_final, t, h);
   Embedding<Scalar, Exec>::forward(inputs, mat("embed.weight"), 0, x0);
-  PositionEmbedding<Scalar, Exec>::forward(mat("pos_embed.weight"), x0);
+  if (!cfg_.llama) PositionEmbedding<Scalar, Exec>::forward(mat("pos_embed.weight"), x0);
+  const int64_t c = cfg_.qkv_cols();
   for (int64_t l = 0; l < cfg_.layers; ++l) {
     auto& a = acts_[static_cast<size_t>(l)];
     const std::string p = "layers." + std::to_string(l) + ".";
-    auto x_in = buf(a.x_in, t, h), n1 = buf(a.n1, t, h), qkv = buf(a.qkv, t, 3 * h), att = buf(a.att, t, h);
+    auto x_in = buf(a.x_in, t, h), n1 = buf(a.n1, t, h), qkv = buf(a.qkv, t, c), att = buf(a.att, t, h);
     auto x_mid = buf(a.x_mid, t, h), n2 = buf(a.n2, t, h), gu = buf(a.gu, t, 2 * f), hh = buf(a.h, t, f);
     auto x_next = buf(l + 1 < cfg_.layers ? acts_[static_cast<size_t>(l + 1)].x_in : x_final, t, h);
     typename V::Vec rstd1(a.rstd1.data(), static_cast<size_t>(t)), rstd2(a.rstd2.data(), static_cast<size_t>(t));
     typename V::Ten3 probs(a.probs.data(), static_cast<size_t>(b * cfg_.heads), static_cast<size_t>(cfg_.seq),
                            static_cast<size_t>(cfg_.seq));
     Norm::forward(x_in, param(p + "attn_norm.weight"), n1, rstd1);
-    Lin::forward(n1, mat(p + "attn.qkv.weight"), qkv);
-    Attention<Scalar, Exec>::forward(qkv, cfg_.heads, probs, att);
+    if (cfg_.llama) {
+      Lin::forward(n1, mat(p + "attn.q.weight"), Kokkos::subview(qkv, Kokkos::ALL(), Kokkos::pair<int64_t, int64_t>(0, h)));
+      Lin::forward(n1, mat(p + "attn.kv.weight"), Kokkos::subview(qkv, Kokkos::ALL(), Kokkos::pair<int64_t, int64_t>(h, c)));
+      Rope<Scalar, Exec>::forward(qkv, cfg_.heads + cfg_.kv_count(), cfg_.seq, buf(rope, cfg_.seq, cfg_.head_dim()));
+    } else {
+      Lin::forward(n1, mat(p + "attn.qkv.weight"), qkv);
+    }
+    Attention<Scalar, Exec>::forward(qkv, cfg_.heads, probs, att, DType::F32, kv_map());
     Residual<Scalar, Exec>::copy(x_in, x_mid);
     Lin::forward(att, mat(p + "attn.out.weight"), x_mid, /*accumulate=*/true);
     Norm::forward(x_mid, param(p + "mlp_norm.weight"), n2, rstd2);
@@ -234,15 +256,16 @@ double GptModel<Scalar, Exec>::forward_backward(typename V::CTokens inputs, type
   typename V::Vec rf(rstdf.data(), static_cast<size_t>(t));
   Norm::backward(dnm, buf(x_final, t, h), param("final_norm.weight"), rf, dxm, grad("final_norm.weight"), false,
                  acc);
+  const int64_t c = cfg_.qkv_cols();
   for (int64_t l = cfg_.layers - 1; l >= 0; --l) {
     auto& a = acts_[static_cast<size_t>(l)];
     const std::string p = "layers." + std::to_string(l) + ".";
-    auto x_in = buf(a.x_in, t, h), n1 = buf(a.n1, t, h), qkv = buf(a.qkv, t, 3 * h), att = buf(a.att, t, h);
+    auto x_in = buf(a.x_in, t, h), n1 = buf(a.n1, t, h), qkv = buf(a.qkv, t, c), att = buf(a.att, t, h);
     auto x_mid = buf(a.x_mid, t, h), n2 = buf(a.n2, t, h), gu = buf(a.gu, t, 2 * f), hh = buf(a.h, t, f);
     typename V::Vec rstd1(a.rstd1.data(), static_cast<size_t>(t)), rstd2(a.rstd2.data(), static_cast<size_t>(t));
     typename V::CTen3 probs(a.probs.data(), static_cast<size_t>(b * cfg_.heads), static_cast<size_t>(cfg_.seq),
                             static_cast<size_t>(cfg_.seq));
-    auto dhm = buf(dh, t, f), dgum = buf(dgu, t, 2 * f), dattm = buf(datt, t, h), dqkvm = buf(dqkv, t, 3 * h);
+    auto dhm = buf(dh, t, f), dgum = buf(dgu, t, 2 * f), dattm = buf(datt, t, h), dqkvm = buf(dqkv, t, c);
     // x_next = x_mid + h · downᵀ
     Lin::backward_weight(dxm, hh, gmat(p + "mlp.down.weight"), acc);
     Lin::backward_input(dxm, mat(p + "mlp.down.weight"), dhm);
@@ -253,13 +276,25 @@ double GptModel<Scalar, Exec>::forward_backward(typename V::CTokens inputs, type
     // x_mid = x_in + att · outᵀ
     Lin::backward_weight(dxm, att, gmat(p + "attn.out.weight"), acc);
     Lin::backward_input(dxm, mat(p + "attn.out.weight"), dattm);
-    Attention<Scalar, Exec>::backward(dattm, qkv, probs, cfg_.heads, buf(dprobs, cfg_.seq, cfg_.seq), dqkvm);
-    Lin::backward_weight(dqkvm, n1, gmat(p + "attn.qkv.weight"), acc);
-    Lin::backward_input(dqkvm, mat(p + "attn.qkv.weight"), dnm);
+    Attention<Scalar, Exec>::backward(dattm, qkv, probs, cfg_.heads, buf(dprobs, cfg_.seq, cfg_.seq), dqkvm, false,
+                                      DType::F32, kv_map());
+    if (cfg_.llama) {
+      Rope<Scalar, Exec>::backward(dqkvm, cfg_.heads + cfg_.kv_count(), cfg_.seq, buf(rope, cfg_.seq, cfg_.head_dim()));
+      using Cols = Kokkos::pair<int64_t, int64_t>;
+      auto dq = Kokkos::subview(dqkvm, Kokkos::ALL(), Cols(0, h));
+      auto dkv = Kokkos::subview(dqkvm, Kokkos::ALL(), Cols(h, c));
+      Lin::backward_weight(dq, n1, gmat(p + "attn.q.weight"), acc);
+      Lin::backward_weight(dkv, n1, gmat(p + "attn.kv.weight"), acc);
+      Lin::backward_input(dq, mat(p + "attn.q.weight"), dnm);
+      Lin::backward_input(dkv, mat(p + "attn.kv.weight"), dnm, /*accumulate=*/true);
+    } else {
+      Lin::backward_weight(dqkvm, n1, gmat(p + "attn.qkv.weight"), acc);
+      Lin::backward_input(dqkvm, mat(p + "attn.qkv.weight"), dnm);
+    }
     Norm::backward(dnm, x_in, param(p + "attn_norm.weight"), rstd1, dxm, grad(p + "attn_norm.weight"), true, acc);
   }
   Embedding<Scalar, Exec>::backward(inputs, dxm, 0, gmat("embed.weight"), embed_scratch_, acc);
-  PositionEmbedding<Scalar, Exec>::backward(dxm, gmat("pos_embed.weight"), acc);
+  if (!cfg_.llama) PositionEmbedding<Scalar, Exec>::backward(dxm, gmat("pos_embed.weight"), acc);
   return loss_sum / static_cast<double>(t);
 }
 

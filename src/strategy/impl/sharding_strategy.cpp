@@ -143,6 +143,13 @@ PartitionSpec TensorParallelStrategy::get_weight_spec(ParamKind kind, const Shap
   check_mesh(mesh);
   const WeightSharding ws = WeightSharding::tensor_parallel(kind, num_heads, head_dim);
   const WeightView v = ws.view(weight_shape, axis_name());
+  if (kind == ParamKind::KeyValue) {
+    // grouped-query attention: split the kv heads only where each device's query heads use
+    // exactly its kv heads; otherwise every device keeps all of them (kv_heads_aligned)
+    const int64_t kv = v.view_shape.at(1);
+    if (!kv_heads_aligned(num_heads, kv, mesh.axis_size(axis_name())))
+      return PartitionSpec::replicated(v.view_shape.size());
+  }
   if (v.split_dim >= 0) ws.validate(weight_shape, mesh.axis_size(axis_name()));
   return v.spec;
 }

@@ -22,6 +22,30 @@ WeightSharding WeightSharding::head_aware_columnwise(int num_heads, int head_dim
                           " and head_dim ", head_dim, " must both be >= 1");
   return WeightSharding(Kind::HeadAwareColumnwise, 1, num_heads, head_dim);
 }
+WeightSharding WeightSharding::head_aware_rowwise(int num_heads, int head_dim) {
+  SHARDFLOW_REQUIRE_INPUT(num_heads >= 1 && head_dim >= 1, "head_aware_rowwise: num_heads ", num_heads,
+                          " and head_dim ", head_dim, " must both be >= 1");
+  return WeightSharding(Kind::HeadAwareRowwise, 0, num_heads, head_dim);
+}
+WeightSharding WeightSharding::grouped_kv(int head_dim) {
+  SHARDFLOW_REQUIRE_INPUT(head_dim >= 1, "grouped_kv: head_dim ", head_dim, " must be >= 1");
+  return WeightSharding(Kind::GroupedKv, 1, 0, head_dim);
+}
+
+bool kv_heads_aligned(int64_t heads, int64_t kv_heads, int tensor) {
+  SHARDFLOW_REQUIRE(heads >= 1 && kv_heads >= 1 && heads % kv_heads == 0 && tensor >= 1, "kv_heads_aligned: heads ",
+                    heads, ", kv_heads ", kv_heads, ", tensor ", tensor);
+  const int64_t group = heads / kv_heads;
+  if (tensor > kv_heads) return false;
+  for (int r = 0; r < tensor; ++r) {
+    const int64_t a0 = split_offset(heads, tensor, r), a1 = a0 + split_extent(heads, tensor, r);
+    const int64_t k0 = split_offset(kv_heads, tensor, r), k1 = k0 + split_extent(kv_heads, tensor, r);
+    // the kv heads of query heads [a0, a1) are [a0 / group, (a1 - 1) / group]
+    if (a1 <= a0 || a0 / group != k0 || (a1 - 1) / group + 1 != k1) return false;
+  }
+  return true;
+}
+
 WeightSharding WeightSharding::gate_up(int axis) {
   SHARDFLOW_REQUIRE_INPUT(axis >= 0, "gate_up: axis ", axis, " is negative");
   return WeightSharding(Kind::GateUp, axis, 0, 0);
@@ -40,6 +64,10 @@ WeightSharding WeightSharding::resolve() const {
       return stacked_qkv(heads_, head_dim_);
     case ParamKind::AttentionOut:
       return head_aware_columnwise(heads_, head_dim_);
+    case ParamKind::Query:
+      return head_aware_rowwise(heads_, head_dim_);
+    case ParamKind::KeyValue:
+      return grouped_kv(head_dim_);
     case ParamKind::GateUp:
       return gate_up(0);
     case ParamKind::Down:
@@ -74,6 +102,11 @@ std::string WeightSharding::to_string() const {
     case Kind::HeadAwareColumnwise:
       return "head_aware_columnwise(num_heads=" + std::to_string(heads_) + ", head_dim=" + std::to_string(head_dim_) +
              ")";
+    case Kind::HeadAwareRowwise:
+      return "head_aware_rowwise(num_heads=" + std::to_string(heads_) + ", head_dim=" + std::to_string(head_dim_) +
+             ")";
+    case Kind::GroupedKv:
+      return "grouped_kv(head_dim=" + std::to_string(head_dim_) + ")";
     case Kind::GateUp:
       return "gate_up(axis=" + std::to_string(axis_) + ")";
     case Kind::ExpertParallel:
@@ -131,6 +164,18 @@ ViewPlan make_view(const WeightSharding& s, const Shape& w) {
                               a * hd, "] but got ", shape_to_string(w));
       return ViewPlan{{w[0], a, hd}, 1, {0, 1, 1}};
     }
+    case WeightSharding::Kind::HeadAwareRowwise: {
+      const int64_t a = s.num_heads(), hd = s.head_dim();
+      SHARDFLOW_REQUIRE_INPUT(nd == 2 && w[0] == a * hd, name, " needs a weight of shape [", a, " * ", hd, " = ",
+                              a * hd, ", K] but got ", shape_to_string(w));
+      return ViewPlan{{a, hd, w[1]}, 0, {0, 0, 1}};
+    }
+    case WeightSharding::Kind::GroupedKv: {
+      const int64_t hd = s.head_dim();
+      SHARDFLOW_REQUIRE_INPUT(nd == 2 && w[0] > 0 && w[0] % (2 * hd) == 0, name,
+                              " needs a weight of shape [2 * kv_heads * ", hd, ", K] but got ", shape_to_string(w));
+      return ViewPlan{{2, w[0] / (2 * hd), hd, w[1]}, 1, {0, 0, 0, 1}};
+    }
     case WeightSharding::Kind::GateUp: {
       const int ax = s.axis();
       SHARDFLOW_REQUIRE_INPUT(ax < nd, name, ": axis ", ax, " is out of range for weight ", shape_to_string(w));
@@ -165,7 +210,10 @@ void WeightSharding::validate(const Shape& weight_shape, int num_devices) const 
   if (p.split_dim < 0) return;
   const WeightSharding r = resolve();
   const int64_t extent = p.view_shape[static_cast<size_t>(p.split_dim)];
-  if (r.is_stacked_qkv() || r.is_head_aware_columnwise()) {
+  if (r.is_grouped_kv()) {
+    SHARDFLOW_REQUIRE_INPUT(num_devices <= extent, to_string(), ": ", num_devices, " devices but only ", extent,
+                            " key/value heads in weight ", shape_to_string(weight_shape));
+  } else if (r.is_stacked_qkv() || r.is_head_aware_columnwise() || r.is_head_aware_rowwise()) {
     SHARDFLOW_REQUIRE_INPUT(num_devices <= r.num_heads(), to_string(), ": ", num_devices, " devices but only ",
                             r.num_heads(), " heads (each device needs at least one head)");
   } else if (r.is_expert_parallel()) {

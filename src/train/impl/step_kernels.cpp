@@ -158,7 +158,7 @@ void Trainer::Impl::embed_fwd_a(int j, int act_slot, int ring) {
   float* out = sp ? ybuf.data() : xs[static_cast<size_t>(act_slot)].data();
   nn::Embedding<float, Exec>::forward(inputs[static_cast<size_t>(j)], cmat(pptr(e, ring), V_l, H), v0,
                                       mat(out, tokens_mb, H));
-  if (sp && tc == 0)  // positions join the partial sums once
+  if (sp && tc == 0 && !llama)  // positions join the partial sums once
     nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(P("pos_embed.weight"), ring), cfg.seq, H),
                                                 mat(out, tokens_mb, H));
 }
@@ -197,19 +197,70 @@ void Trainer::Impl::layer_fwd_norm1(int l, int act_slot, int ring, bool recomput
   Acts& a = act(l, act_slot);
   if (!recompute)  // a re-run forward starts from the kept input
     nn::Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(act_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
-  norm_fwd(U(l + 1, 0), a.x_in.data(), a.n1.data(), a.rstd1.data(), ring);
+  norm_fwd(lw(l, 0), a.x_in.data(), a.n1.data(), a.rstd1.data(), ring);
+}
+
+// qkv = n1 · [q | kv]ᵀ for this rank's heads, then (llama) RoPE on the query and key heads;
+// the gpt's stacked qkv weight is one matmul, the llama's q and kv weights write the column
+// blocks [0, H_l) and [H_l, QKV_l) of the same activation
+void Trainer::Impl::qkv_forward(int l, int act_slot, int ring) {
+  using Lin = nn::Linear<float, Exec>;
+  using Cols = Kokkos::pair<int64_t, int64_t>;
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  Acts& a = act(l, act_slot);
+  const auto n1 = cmat(a.n1.data(), T, H);
+  const auto qkv = mat(a.qkv.data(), T, QKV_l);
+  if (!llama) {
+    Lin::forward(n1, cmat(weight16(lw(l, 1), ring, 0, QKV_l * H), QKV_l, H), qkv);
+    return;
+  }
+  const int64_t KV = QKV_l - H_l;
+  Lin::forward(n1, cmat(weight16(lw(l, 1), ring, 0, H_l * H), H_l, H), Kokkos::subview(qkv, Kokkos::ALL(), Cols(0, H_l)));
+  Lin::forward(n1, cmat(weight16(kv_weight(l), ring, 0, KV * H), KV, H),
+               Kokkos::subview(qkv, Kokkos::ALL(), Cols(H_l, QKV_l)));
+  nn::Rope<float, Exec>::forward(qkv, rot_heads, cfg.seq, cmat(rope.data(), cfg.seq, cfg.head_dim()));
+}
+
+// the conjugate of qkv_forward on dqkv (in place: RoPE's inverse rotation, then the 16-bit
+// rounding of a matmul operand): the weight gradients and dn = dqkv · [q | kv]
+void Trainer::Impl::qkv_backward(int l, int act_slot, int ring, int gring, bool acc) {
+  using Cols = Kokkos::pair<int64_t, int64_t>;
+  const int64_t T = tokens_mb, H = cfg.hidden;
+  Acts& a = act(l, act_slot);
+  if (llama) nn::Rope<float, Exec>::backward(mat(dqkv.data(), T, QKV_l), rot_heads, cfg.seq,
+                                             cmat(rope.data(), cfg.seq, cfg.head_dim()));
+  round16(dqkv.data(), T * QKV_l);
+  if (!llama) {
+    linear_backward(dqkv.data(), a.n1.data(), lw(l, 1), ring, gring, acc, T, QKV_l, H, dn.data(), false);
+    return;
+  }
+  const auto d = cmat(dqkv.data(), T, QKV_l);
+  const auto n1 = cmat(a.n1.data(), T, H);
+  const int64_t KV = QKV_l - H_l;
+  struct Part {
+    Param* w;
+    Cols cols;
+    int64_t rows;
+  };
+  const Part parts[2] = {{&lw(l, 1), Cols(0, H_l), H_l}, {&kv_weight(l), Cols(H_l, QKV_l), KV}};
+  for (int i = 0; i < 2; ++i) {
+    const Part& p = parts[i];
+    const auto dy = Kokkos::subview(d, Kokkos::ALL(), p.cols);
+    nn::Linear<float, Exec>::backward_input(dy, cmat(weight16(*p.w, ring, 0, p.rows * H), p.rows, H),
+                                            mat(dn.data(), T, H), i > 0);
+    nn::Linear<float, Exec>::backward_weight(dy, n1, mat(gptr(*p.w, gring), p.rows, H), accum(*p.w, acc));
+  }
 }
 
 void Trainer::Impl::layer_fwd_attn(int l, int act_slot, int ring) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
-  const Param &wqkv = U(l + 1, 1), &wout = U(l + 1, 2);
+  const Param& wout = lw(l, 2);
   Acts& a = act(l, act_slot);
-  Linear<float, Exec>::forward(cmat(a.n1.data(), T, H), cmat(weight16(wqkv, ring, 0, 3 * H_l * H), 3 * H_l, H),
-                               mat(a.qkv.data(), T, 3 * H_l));
-  pack16(a.qkv.data(), a.qkv16, T * 3 * H_l);
+  qkv_forward(l, act_slot, ring);
+  pack16(a.qkv.data(), a.qkv16, T * QKV_l);
   VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
-  Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l), prec);
+  Attention<float, Exec>::forward(cmat(a.qkv.data(), T, QKV_l), A_l, probs, mat(a.att.data(), T, H_l), prec, kvmap);
   pack16(a.probs.data(), a.probs16, mb_seqs * A_l * S * S);
   pack16(a.att.data(), a.att16, T * H_l);
   Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(weight16(wout, ring, 0, H * H_l), H, H_l),
@@ -220,9 +271,10 @@ void Trainer::Impl::layer_fwd_attn(int l, int act_slot, int ring) {
 void Trainer::Impl::layer_attn_core(int l, int act_slot) {
   const int64_t T = tokens_mb, S = cfg.seq;
   Acts& a = act(l, act_slot);
-  unpack16(a.qkv16, a.qkv.data(), T * 3 * H_l);
+  unpack16(a.qkv16, a.qkv.data(), T * QKV_l);
   VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
-  nn::Attention<float, Exec>::forward(cmat(a.qkv.data(), T, 3 * H_l), A_l, probs, mat(a.att.data(), T, H_l), prec);
+  nn::Attention<float, Exec>::forward(cmat(a.qkv.data(), T, QKV_l), A_l, probs, mat(a.att.data(), T, H_l), prec,
+                                      kvmap);
   pack16(a.probs.data(), a.probs16, mb_seqs * A_l * S * S);
   pack16(a.att.data(), a.att16, T * H_l);
 }
@@ -232,13 +284,13 @@ void Trainer::Impl::layer_fwd_norm2(int l, int act_slot, int ring) {
   Acts& a = act(l, act_slot);
   nn::Residual<float, Exec>::copy(cmat(a.x_in.data(), Tr, H), mat(a.x_mid.data(), Tr, H));
   nn::Residual<float, Exec>::add(mat(a.x_mid.data(), Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
-  norm_fwd(U(l + 1, 3), a.x_mid.data(), a.n2.data(), a.rstd2.data(), ring);
+  norm_fwd(lw(l, 3), a.x_mid.data(), a.n2.data(), a.rstd2.data(), ring);
 }
 
 void Trainer::Impl::layer_fwd_mlp(int l, int act_slot, int ring) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
-  const Param &wgu = U(l + 1, 4), &wdown = U(l + 1, 5);
+  const Param &wgu = lw(l, 4), &wdown = lw(l, 5);
   Acts& a = act(l, act_slot);
   Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(weight16(wgu, ring, 0, 2 * F_l * H), 2 * F_l, H),
                                mat(a.gu.data(), T, 2 * F_l));
@@ -306,43 +358,43 @@ void Trainer::Impl::layer_bwd_mlp(int l, int act_slot, int ring, int gring, bool
   Acts& a = act(l, act_slot);
   unpack16(a.h16, a.h.data(), T * F_l);
   unpack16(a.gu16, a.gu.data(), T * 2 * F_l);
-  linear_backward(dy_rounded(dx_full(act_slot), T * H), a.h.data(), U(l + 1, 5), ring, gring, acc, T, H, F_l,
+  linear_backward(dy_rounded(dx_full(act_slot), T * H), a.h.data(), lw(l, 5), ring, gring, acc, T, H, F_l,
                   dh.data(), false);
   nn::SwiGlu<float, Exec>::backward(cmat(dh.data(), T, F_l), cmat(a.gu.data(), T, 2 * F_l), mat(dgu.data(), T, 2 * F_l));
   round16(dgu.data(), T * 2 * F_l);
-  linear_backward(dgu.data(), a.n2.data(), U(l + 1, 4), ring, gring, acc, T, 2 * F_l, H, dn.data(), false);
+  linear_backward(dgu.data(), a.n2.data(), lw(l, 4), ring, gring, acc, T, 2 * F_l, H, dn.data(), false);
 }
 
 void Trainer::Impl::layer_bwd_attn(int l, int act_slot, int ring, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
   Acts& a = act(l, act_slot);
   unpack16(a.att16, a.att.data(), T * H_l);
-  unpack16(a.qkv16, a.qkv.data(), T * 3 * H_l);
+  unpack16(a.qkv16, a.qkv.data(), T * QKV_l);
   unpack16(a.probs16, a.probs.data(), mb_seqs * A_l * S * S);
-  linear_backward(dy_rounded(dx_full(act_slot), T * H), a.att.data(), U(l + 1, 2), ring, gring, acc, T, H, H_l,
+  linear_backward(dy_rounded(dx_full(act_slot), T * H), a.att.data(), lw(l, 2), ring, gring, acc, T, H, H_l,
                   datt.data(), false);
   round16(datt.data(), T * H_l);
   VT::CTen3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
-  nn::Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, 3 * H_l), probs, A_l,
-                                       mat(dprobs.data(), S, S), mat(dqkv.data(), T, 3 * H_l), false, prec);
-  round16(dqkv.data(), T * 3 * H_l);
-  linear_backward(dqkv.data(), a.n1.data(), U(l + 1, 1), ring, gring, acc, T, 3 * H_l, H, dn.data(), false);
+  nn::Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, QKV_l), probs, A_l,
+                                       mat(dprobs.data(), S, S), mat(dqkv.data(), T, QKV_l), false, prec, kvmap);
+  qkv_backward(l, act_slot, ring, gring, acc);
 }
 
 // the attention norm (mlp = false) or the mlp norm: dx += its backward
 void Trainer::Impl::layer_bwd_norm(int l, bool mlp, int act_slot, int ring, int gring, bool acc) {
   Acts& a = act(l, act_slot);
-  norm_bwd(U(l + 1, mlp ? 3 : 0), (mlp ? a.x_mid : a.x_in).data(), (mlp ? a.rstd2 : a.rstd1).data(), act_slot, ring,
+  norm_bwd(lw(l, mlp ? 3 : 0), (mlp ? a.x_mid : a.x_in).data(), (mlp ? a.rstd2 : a.rstd1).data(), act_slot, ring,
            gring, acc, true);
 }
 
 void Trainer::Impl::embed_bwd(int j, int act_slot, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& e = P("embed.weight");
-  const Param& pe = P("pos_embed.weight");
   const float* dx = dx_full(act_slot);
   nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0, mat(gptr(e, gring), V_l, H),
                                        *escratch, accum(e, acc));
+  if (llama) return;  // RoPE has no parameters
+  const Param& pe = P("pos_embed.weight");
   nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gring), cfg.seq, H), accum(pe, acc));
 }
 
@@ -366,7 +418,7 @@ void Trainer::Impl::moe_route_fwd(int l, int act_slot, int ring) {
   const int64_t T = tokens_mb, H = cfg.hidden, E = moe.experts, k = moe.top_k;
   MoeState& m = ms(l, act_slot);
   Acts& a = act(l, act_slot);
-  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(weight16(U(l + 1, 4), ring, 0, E * H), E, H),
+  Linear<float, Exec>::forward(cmat(a.n2.data(), T, H), cmat(weight16(lw(l, 4), ring, 0, E * H), E, H),
                                mat(m.logits.data(), T, E));
   auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), m.logits);
   m.route = moe_route(hl.data(), T, moe);
@@ -418,7 +470,7 @@ void Trainer::Impl::moe_experts_fwd(int l, int act_slot, int ring) {
   using namespace nn;
   const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
   MoeState& m = ms(l, act_slot);
-  const Param &pgu = U(l + 1, 5), &pd = U(l + 1, 6);
+  const Param &pgu = lw(l, 5), &pd = lw(l, 6);
   int64_t row = 0;
   for (int r = 0; r < ep; ++r)
     for (int64_t e = e0; e < e0 + E_l; ++e) {
@@ -458,7 +510,7 @@ void Trainer::Impl::moe_experts_bwd(int l, int act_slot, int ring, int gring, bo
   using namespace nn;
   const int64_t H = cfg.hidden, F = F_l, E = moe.experts;
   MoeState& m = ms(l, act_slot);
-  const Param &pgu = U(l + 1, 5), &pd = U(l + 1, 6);
+  const Param &pgu = lw(l, 5), &pd = lw(l, 6);
   float* dwgu = gptr(pgu, gring);
   float* dwd = gptr(pd, gring);
   // experts that received no rows add nothing: start from zero, then always accumulate
@@ -493,7 +545,7 @@ void Trainer::Impl::moe_router_bwd(int l, int act_slot, int ring, int gring, boo
   Kokkos::deep_copy(moe_dlogits, hdl);
   round16(moe_dlogits.data(), T * E);
   // the router is replicated over tensor: its input gradient joins the partial dn once
-  linear_backward(moe_dlogits.data(), act(l, act_slot).n2.data(), U(l + 1, 4), ring, gring, acc, T, E, H,
+  linear_backward(moe_dlogits.data(), act(l, act_slot).n2.data(), lw(l, 4), ring, gring, acc, T, E, H,
                   tc == 0 ? dn.data() : nullptr, true);
 }
 

@@ -64,12 +64,7 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluat
     : deck(d), mesh(&m), comms(&c), desc(d.model) {
   memory::install_tracker();
   memory_baseline = memory::reset_peak();
-  cfg.vocab = deck.model.vocab;
-  cfg.seq = deck.model.seq;
-  cfg.hidden = deck.model.hidden;
-  cfg.heads = deck.model.heads;
-  cfg.ffn = deck.model.ffn;
-  cfg.layers = deck.model.layers;
+  cfg = nn::GptConfig::from(deck.model);
   cfg.validate();
   opt.lr = deck.train.lr;
   opt.warmup = deck.train.warmup;
@@ -92,6 +87,10 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluat
   last_stage = s.last_stage;
   A_l = s.A_l;
   H_l = s.H_l;
+  llama = s.llama;
+  QKV_l = s.qkv_cols();
+  rot_heads = s.A_l + s.K_l;
+  kvmap = nn::KvMap{s.K_l, s.heads / s.kv_heads, s.a0, s.k0};
   F_l = s.F_l;
   V_l = s.V_l;
   v0 = s.v0;
@@ -401,6 +400,8 @@ void Trainer::Impl::allocate() {
   datt = f(b.datt);
   dqkv = f(b.dqkv);
   dprobs = f(b.dprobs);
+  rope = f(b.rope);
+  if (b.rope >= 0) nn::Rope<float, Exec>::table(cfg.rope_theta, kern::mat(rope.data(), cfg.seq, cfg.head_dim()));
   nf = f(b.nf);
   rstdf = f(b.rstdf);
   logits = f(b.logits);
@@ -716,7 +717,7 @@ MemoryStats Trainer::memory() const {
   for (const auto& v : I.dxs) m.activations += view_bytes(v);
   for (const auto& v : I.rxs) m.activations += view_bytes(v);
   for (const auto& v : I.rdxs) m.activations += view_bytes(v);
-  for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.nf,
+  for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.rope, &I.nf,
                         &I.rstdf, &I.logits, &I.row_max, &I.stats})
     m.activations += view_bytes(*v);
   return m;

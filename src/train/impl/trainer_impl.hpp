@@ -53,6 +53,10 @@ struct Trainer::Impl {
   int zero = 0, tp = 1, tc = 0, ep = 1, ec = 0, shard_size = 1, shard_index = 0;
   bool sp = false, first_stage = true, last_stage = true;
   int64_t A_l = 0, H_l = 0, F_l = 0, V_l = 0, v0 = 0, E_l = 0, e0 = 0, Tr = 0, t0 = 0;
+  bool llama = false;   // model.family = llama: q and kv projections, RoPE, no position table
+  int64_t QKV_l = 0;    // columns of the local q|k|v activation, (A_l + 2·K_l)·D
+  int64_t rot_heads = 0;  // llama: the query and key heads RoPE rotates, A_l + K_l
+  nn::KvMap kvmap;      // which local kv head each local query head uses
   int64_t micro = 1, mb_seqs = 1, local_seqs = 1, tokens_mb = 1;
   data::Slice slice;
   std::unique_ptr<data::DataLoader> loader;
@@ -100,6 +104,7 @@ struct Trainer::Impl {
   std::vector<FVec> xs, dxs, rxs, rdxs;  // per act ring: residual stream, its gradient, receive rings
   FVec yl, dnl, dxfull;                  // sequence parallel: reduce-scattered rows, gathered dx
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
+  FVec rope;  // llama: the RoPE table [S, D]
   // ---- mixed precision (train.precision) ---------------------------------------------------
   DType prec = DType::F32;  // F32: every round16 below is a no-op and nothing is packed
   FVec w16;                 // a weight rounded for its matmul (one not in the gather ring)
@@ -154,6 +159,13 @@ struct Trainer::Impl {
   Param& U(int unit, int k) {
     return params[static_cast<size_t>(units[static_cast<size_t>(unit)][static_cast<size_t>(k)])];
   }
+  /// Layer l's parameter k in the gpt's order (0 attn_norm, 1 attn.qkv or attn.q, 2 attn.out,
+  /// 3 mlp_norm, 4 gate_up or router, 5 down or expert gate_up, 6 expert down); the llama's
+  /// attn.kv (between attn.q and attn.out) is kv_weight(l).
+  Param& lw(int l, int k) { return U(l + 1, k + (llama && k >= 2 ? 1 : 0)); }
+  Param& kv_weight(int l) { return U(l + 1, 2); }
+  void qkv_forward(int l, int act_slot, int ring);  // n1 → qkv (q|k|v projections, RoPE on llama)
+  void qkv_backward(int l, int act_slot, int ring, int gring, bool acc);  // dqkv → weight gradients, dn
   Acts& act(int l, int act_slot) {
     return acts[static_cast<size_t>(prog.shape.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(act_slot)];
   }
