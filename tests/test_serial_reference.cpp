@@ -27,9 +27,10 @@ namespace {
 constexpr int kSteps = 12;
 
 // 3 heads (uneven on 2 tensor ranks), F = 42, 4 layers, S = 15, H = 30, 8 sequences.
-std::string deck_text(const std::string& mesh, int zero, int micro, const std::string& extra = "") {
-  return "[mesh]\n" + mesh +
-         "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = 4\n[train]\nsteps = 12\n"
+std::string deck_text(const std::string& mesh, int zero, int micro, const std::string& extra = "",
+                      const std::string& model = "hidden = 30\nheads = 3\n") {
+  return "[mesh]\n" + mesh + "\n[model]\nvocab = 256\nseq = 15\n" + model +
+         "ffn = 42\nlayers = 4\n[train]\nsteps = 12\n"
          "global_batch = 8\nmicro_batches = " +
          std::to_string(micro) + "\nlr = 3e-3\nwarmup = 4\nseed = 7\ndata = \"" SHARDFLOW_CORPUS "\"\n" +
          "[strategy]\nzero_stage = " + std::to_string(zero) + "\nprefetch = 1\nfsdp_min_weight_size = 64\n" + extra;
@@ -96,7 +97,28 @@ struct Case {
   std::string mesh;
   int zero, micro;
   std::string extra;
+  std::string model = "hidden = 30\nheads = 3\n";
 };
+
+void expect_equal_to_serial(const Case& c) {
+  const Deck deck = parse_deck(deck_text(c.mesh, c.zero, c.micro, c.extra, c.model), "serial-reference");
+  const TrainedRun ref = serial(deck);
+  const TrainedRun got = distributed(deck);
+  const std::string what = deck.model.to_string() + " on " + deck.mesh.to_mesh_shape().to_string() + " zero " +
+                           std::to_string(c.zero) + " m " + std::to_string(c.micro) + " " + c.extra;
+  ASSERT_EQ(got.losses.size(), ref.losses.size());
+  for (size_t i = 0; i < ref.losses.size(); ++i)
+    EXPECT_NEAR(got.losses[i], ref.losses[i], 1e-5 * std::abs(ref.losses[i])) << what << " step " << i + 1;
+  EXPECT_LT(ref.losses.back(), ref.losses.front());  // the reference itself learns
+  ASSERT_EQ(got.params.size(), ref.params.size()) << what;
+  for (const auto& [name, want] : ref.params) {
+    const auto& g = got.params.at(name);
+    ASSERT_EQ(g.size(), want.size()) << what << " " << name;
+    double worst = 0;
+    for (size_t i = 0; i < g.size(); ++i) worst = std::max(worst, std::abs(double(g[i]) - double(want[i])));
+    EXPECT_LE(worst, 1e-4) << what << " parameter " << name;
+  }
+}
 
 TEST(SerialReference, EveryMeshEqualsTheSerialModel) {
   const std::vector<Case> cases = {
@@ -115,23 +137,7 @@ TEST(SerialReference, EveryMeshEqualsTheSerialModel) {
   for (const auto& c : cases) {
     if (c.ranks != test::world_size()) continue;
     ++ran;
-    const Deck deck = parse_deck(deck_text(c.mesh, c.zero, c.micro, c.extra), "serial-reference");
-    const TrainedRun ref = serial(deck);
-    const TrainedRun got = distributed(deck);
-    const std::string what = deck.mesh.to_mesh_shape().to_string() + " zero " + std::to_string(c.zero) + " m " +
-                             std::to_string(c.micro);
-    ASSERT_EQ(got.losses.size(), ref.losses.size());
-    for (size_t i = 0; i < ref.losses.size(); ++i)
-      EXPECT_NEAR(got.losses[i], ref.losses[i], 1e-5 * std::abs(ref.losses[i])) << what << " step " << i + 1;
-    EXPECT_LT(ref.losses.back(), ref.losses.front());  // the reference itself learns
-    ASSERT_EQ(got.params.size(), ref.params.size()) << what;
-    for (const auto& [name, want] : ref.params) {
-      const auto& g = got.params.at(name);
-      ASSERT_EQ(g.size(), want.size()) << what << " " << name;
-      double worst = 0;
-      for (size_t i = 0; i < g.size(); ++i) worst = std::max(worst, std::abs(double(g[i]) - double(want[i])));
-      EXPECT_LE(worst, 1e-4) << what << " parameter " << name;
-    }
+    expect_equal_to_serial(c);
   }
   if (test::world_size() <= 4) {
     EXPECT_GT(ran, 0);
@@ -139,3 +145,40 @@ TEST(SerialReference, EveryMeshEqualsTheSerialModel) {
 }
 
 }  // namespace
+
+// The Llama family (docs/model.md): RoPE and grouped-query attention through every strategy.
+// heads 4 with kv_heads 1, 2 and 4 on two tensor ranks (1: replicated over tensor, 2 and 4:
+// split), heads 6 with kv_heads 3 (query heads [0,3) and [3,6) use kv heads {0,1} and {1,2}:
+// replicated), and heads 3 = kv_heads (uneven MHA split).
+TEST(SerialReference, EveryLlamaMeshEqualsTheSerialModel) {
+  auto llama = [](int heads, int kv) {
+    const int hidden = heads == 3 ? 30 : heads == 6 ? 36 : 32;
+    return "family = \"llama\"\nhidden = " + std::to_string(hidden) + "\nheads = " + std::to_string(heads) +
+           "\nkv_heads = " + std::to_string(kv) + "\nrope_theta = 500.0\n";
+  };
+  const std::vector<Case> cases = {
+      {1, "data = 1", 0, 2, "", llama(4, 2)},
+      {2, "data = 2", 0, 1, "", llama(4, 2)},
+      {2, "fsdp = 2", 3, 2, "", llama(4, 1)},
+      {2, "data = 2", 1, 1, "recompute = \"full\"\n", llama(4, 2)},
+      {2, "tensor = 2", 0, 1, "", llama(4, 1)},
+      {2, "tensor = 2", 0, 1, "", llama(4, 2)},
+      {2, "tensor = 2", 0, 2, "sequence_parallel = true\n", llama(4, 4)},
+      {2, "tensor = 2", 0, 1, "sequence_parallel = true\n", llama(6, 3)},
+      {2, "tensor = 2", 0, 1, "recompute = \"selective\"\n", llama(3, 3)},
+      {2, "pipeline = 2", 0, 4, "schedule = \"1f1b\"\n", llama(4, 2)},
+      {4, "data = 2\ntensor = 2", 2, 1, "", llama(4, 1)},
+      {4, "tensor = 4", 0, 1, "", llama(4, 2)},
+      {4, "fsdp = 2\ntensor = 2", 3, 1, "", llama(6, 3)},
+      {4, "tensor = 2\npipeline = 2", 0, 2, "virtual_stages = 2\n", llama(4, 2)},
+  };
+  int ran = 0;
+  for (const auto& c : cases) {
+    if (c.ranks != test::world_size()) continue;
+    ++ran;
+    expect_equal_to_serial(c);
+  }
+  if (test::world_size() <= 4) {
+    EXPECT_GT(ran, 0);
+  }
+}

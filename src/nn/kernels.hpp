@@ -100,7 +100,7 @@ struct Attention {
   /// With round16 = BF16 or F16 (mixed precision) the probabilities are rounded to that
   /// type before they multiply v, as a 16-bit step stores them.
   static void forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs, typename V::Mat out,
-                      DType round16 = DType::F32, KvMap kv = {});
+                      DType round16 = DType::F32, const KvMap& kv = KvMap{});
   /// dqkv (+)= ∂/∂qkv given dout [T, A_l·D], the saved qkv and probs; dprobs [S, S] is
   /// scratch. With round16 = BF16 or F16 the score gradient is rounded to that type before
   /// its two products (every gemm operand of a mixed-precision step is 16-bit). A kv head
@@ -108,7 +108,7 @@ struct Attention {
   /// a local kv head no local query head uses gets zero (or keeps its value, accumulating).
   static void backward(typename V::CMat dout, typename V::CMat qkv, typename V::CTen3 probs, int64_t heads,
                        typename V::Mat dprobs, typename V::Mat dqkv, bool accumulate = false,
-                       DType round16 = DType::F32, KvMap kv = {});
+                       DType round16 = DType::F32, const KvMap& kv = KvMap{});
 };
 
 /// Rotary position embeddings (Llama; the rotate-half pairing): on each of the first

@@ -49,7 +49,7 @@ constexpr int64_t kCausalBlock = 64;
 
 template <class Scalar, class Exec>
 void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs,
-                                      typename V::Mat out, DType round16, KvMap kv) {
+                                      typename V::Mat out, DType round16, const KvMap& kv) {
   const AttnDims g = attn_dims("Attention::forward", qkv, heads, probs, kv);
   SHARDFLOW_REQUIRE(static_cast<int64_t>(out.extent(0)) == g.t && static_cast<int64_t>(out.extent(1)) == g.a * g.d,
                     "Attention::forward: out is [", out.extent(0), ", ", out.extent(1), "], want [", g.t, ", ",
@@ -102,7 +102,7 @@ void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typen
 template <class Scalar, class Exec>
 void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat qkv, typename V::CTen3 probs,
                                        int64_t heads, typename V::Mat dprobs, typename V::Mat dqkv,
-                                       bool accumulate, DType round16, KvMap kv) {
+                                       bool accumulate, DType round16, const KvMap& kv) {
   const AttnDims g = attn_dims("Attention::backward", qkv, heads, probs, kv);
   SHARDFLOW_REQUIRE(static_cast<int64_t>(dout.extent(0)) == g.t && static_cast<int64_t>(dout.extent(1)) == g.a * g.d,
                     "Attention::backward: dout is [", dout.extent(0), ", ", dout.extent(1), "], want [", g.t, ", ",

@@ -1,0 +1,332 @@
+// The Llama family (docs/model.md) in the serial reference: the forward against a plain-loop
+// transcription of docs/model.md (RoPE by its direct formula, grouped-query attention),
+// every parameter's gradient against central finite differences (f64), RoPE's backward as
+// the transpose of its forward, grouped-query attention equal to multi-head attention with
+// duplicated key/value heads, and head-range shards of GQA attention equal to the unsharded.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/error.hpp"
+#include "nn/gpt.hpp"
+#include "nn/init.hpp"
+#include "nn/kernels.hpp"
+#include "nn/nn_test_util.hpp"
+
+namespace {
+using namespace shardflow::test::nn;
+using shardflow::nn::Attention;
+using shardflow::nn::GptConfig;
+using shardflow::nn::GptModel;
+using shardflow::nn::KvMap;
+using shardflow::nn::Rope;
+using Vd = std::vector<double>;
+
+GptConfig tiny_llama(int64_t heads = 4, int64_t kv = 2) {
+  GptConfig c;
+  c.llama = true;
+  c.vocab = 7;
+  c.seq = 5;
+  c.hidden = 16;  // D = 4
+  c.heads = heads;
+  c.kv_heads = kv;
+  c.ffn = 6;
+  c.layers = 2;
+  c.rope_theta = 50.0;  // large angles at these short positions
+  return c;
+}
+
+template <class Scalar>
+void randomise(GptModel<Scalar>& m, uint64_t seed) {
+  for (const auto& p : m.parameters()) {
+    shardflow::nn::Init<Scalar>::fill(m.param(p.name), seed, p.name + "#test", p.shape, 0.4);
+    if (shardflow::nn::is_norm_gain(p.name)) {
+      auto v = m.param(p.name);
+      for (size_t i = 0; i < v.extent(0); ++i)
+        v(i) = static_cast<Scalar>(1.0 + 0.5 * shardflow::nn::init_value(seed, p.name + "#gain", int64_t(i), 1.0));
+    }
+  }
+}
+
+Vd matmul_t(const Vd& x, const double* w, int64_t rows, int64_t in, int64_t out) {
+  Vd y(static_cast<size_t>(rows * out));
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t o = 0; o < out; ++o) {
+      double s = 0;
+      for (int64_t i = 0; i < in; ++i) s += x[t * in + i] * w[o * in + i];
+      y[t * out + o] = s;
+    }
+  return y;
+}
+Vd rmsnorm(const Vd& x, const double* g, int64_t rows, int64_t h) {
+  Vd y(x.size());
+  for (int64_t t = 0; t < rows; ++t) {
+    double ms = 0;
+    for (int64_t j = 0; j < h; ++j) ms += x[t * h + j] * x[t * h + j];
+    const double r = 1.0 / std::sqrt(ms / h + 1e-5);
+    for (int64_t j = 0; j < h; ++j) y[t * h + j] = x[t * h + j] * r * g[j];
+  }
+  return y;
+}
+// RoPE by its definition on one head vector v[0..D) at position p (rotate-half pairs)
+void rope_direct(double* v, int64_t D, int64_t p, double theta) {
+  for (int64_t i = 0; i < D / 2; ++i) {
+    const double phi = double(p) / std::pow(theta, 2.0 * double(i) / double(D));
+    const double a = v[i], b = v[i + D / 2];
+    v[i] = a * std::cos(phi) - b * std::sin(phi);
+    v[i + D / 2] = b * std::cos(phi) + a * std::sin(phi);
+  }
+}
+
+/// docs/model.md's Llama forward, transcribed with plain loops.
+double reference_loss(const GptModel<double>& m, const std::vector<int32_t>& in, const std::vector<int32_t>& tg) {
+  const GptConfig& c = m.config();
+  const int64_t T = static_cast<int64_t>(in.size()), S = c.seq, H = c.hidden, A = c.heads, D = H / A, F = c.ffn;
+  const int64_t K = c.kv_count(), G = A / K;
+  auto P = [&](const std::string& n) { return m.param(n).data(); };
+  Vd x(static_cast<size_t>(T * H));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < H; ++j) x[t * H + j] = P("embed.weight")[in[t] * H + j];
+  for (int64_t l = 0; l < c.layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    Vd n = rmsnorm(x, P(p + "attn_norm.weight"), T, H);
+    Vd q = matmul_t(n, P(p + "attn.q.weight"), T, H, H);
+    Vd kv = matmul_t(n, P(p + "attn.kv.weight"), T, H, 2 * K * D);  // [k heads | v heads]
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t a = 0; a < A; ++a) rope_direct(&q[t * H + a * D], D, t % S, c.rope_theta);
+      for (int64_t g = 0; g < K; ++g) rope_direct(&kv[t * 2 * K * D + g * D], D, t % S, c.rope_theta);
+    }
+    Vd o(static_cast<size_t>(T * H));
+    for (int64_t b = 0; b < T / S; ++b)
+      for (int64_t a = 0; a < A; ++a) {
+        const int64_t g = a / G;
+        for (int64_t i = 0; i < S; ++i) {
+          Vd sc(static_cast<size_t>(i + 1));
+          double mx = -1e300, z = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            double d = 0;
+            for (int64_t e = 0; e < D; ++e) d += q[(b * S + i) * H + a * D + e] * kv[(b * S + j) * 2 * K * D + g * D + e];
+            sc[j] = d / std::sqrt(double(D));
+            mx = std::max(mx, sc[j]);
+          }
+          for (auto& v : sc) z += (v = std::exp(v - mx));
+          for (int64_t e = 0; e < D; ++e) {
+            double s = 0;
+            for (int64_t j = 0; j <= i; ++j) s += sc[j] / z * kv[(b * S + j) * 2 * K * D + K * D + g * D + e];
+            o[(b * S + i) * H + a * D + e] = s;
+          }
+        }
+      }
+    Vd ao = matmul_t(o, P(p + "attn.out.weight"), T, H, H);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += ao[i];
+    n = rmsnorm(x, P(p + "mlp_norm.weight"), T, H);
+    Vd gu = matmul_t(n, P(p + "mlp.gate_up.weight"), T, H, 2 * F);
+    Vd hh(static_cast<size_t>(T * F));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < F; ++j) {
+        const double g = gu[t * 2 * F + j];
+        hh[t * F + j] = g / (1 + std::exp(-g)) * gu[t * 2 * F + F + j];
+      }
+    Vd dn = matmul_t(hh, P(p + "mlp.down.weight"), T, F, H);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += dn[i];
+  }
+  Vd n = rmsnorm(x, P("final_norm.weight"), T, H);
+  Vd lg = matmul_t(n, P("lm_head.weight"), T, H, c.vocab);
+  double loss = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    double mx = -1e300, z = 0;
+    for (int64_t v = 0; v < c.vocab; ++v) mx = std::max(mx, lg[t * c.vocab + v]);
+    for (int64_t v = 0; v < c.vocab; ++v) z += std::exp(lg[t * c.vocab + v] - mx);
+    loss += std::log(z) + mx - lg[t * c.vocab + tg[t]];
+  }
+  return loss / double(T);
+}
+
+struct Tokens {
+  HTok in, tg;
+  std::vector<int32_t> vin, vtg;
+};
+Tokens make_tokens(int64_t n, int32_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Tokens t{rand_tokens(n, vocab, rng), rand_tokens(n, vocab, rng), {}, {}};
+  for (int64_t i = 0; i < n; ++i) {
+    t.vin.push_back(t.in(i));
+    t.vtg.push_back(t.tg(i));
+  }
+  return t;
+}
+
+TEST(NnLlama, ParametersFollowDocsModelMd) {
+  const auto ps = shardflow::nn::gpt_parameters(tiny_llama(4, 2));
+  std::vector<std::string> names;
+  for (const auto& p : ps) names.push_back(p.name);
+  EXPECT_EQ(names.front(), "embed.weight");
+  EXPECT_EQ(names[1], "layers.0.attn_norm.weight");
+  EXPECT_EQ(names[2], "layers.0.attn.q.weight");
+  EXPECT_EQ(names[3], "layers.0.attn.kv.weight");
+  EXPECT_EQ(names[4], "layers.0.attn.out.weight");
+  EXPECT_EQ(names.back(), "lm_head.weight");
+  EXPECT_EQ(ps[3].shape, (shardflow::Shape{2 * 2 * 4, 16}));  // [2·K·D, H]
+  for (const auto& p : ps) EXPECT_EQ(p.name.find("pos_embed"), std::string::npos);
+  // L·(2H² + 2·K·D·H + 3FH) + V·H
+  EXPECT_EQ(shardflow::nn::gpt_matmul_params(tiny_llama(4, 2)), 2 * (2 * 256 + 2 * 8 * 16 + 3 * 6 * 16) + 7 * 16);
+}
+
+TEST(NnLlama, ForwardMatchesPlainLoopTranscriptionOfDocsModelMd) {
+  for (int64_t kv : {1, 2, 4}) {
+    GptModel<double> m(tiny_llama(4, kv), 3);
+    randomise(m, 5);
+    Tokens tk = make_tokens(3 * 5, 7, 6);
+    const double loss = m.forward(tk.in, tk.tg);
+    EXPECT_NEAR(loss, reference_loss(m, tk.vin, tk.vtg), 1e-12) << "kv_heads " << kv;
+    EXPECT_EQ(m.forward_backward(tk.in, tk.tg), loss);
+  }
+}
+
+TEST(NnLlama, EveryGradientMatchesFiniteDifferences) {
+  for (int64_t kv : {1, 2}) {
+    GptModel<double> m(tiny_llama(4, kv), 2);
+    randomise(m, 7);
+    Tokens tk = make_tokens(2 * 5, 7, 8);
+    m.forward_backward(tk.in, tk.tg);
+    HVec g("g", m.grads_flat().extent(0));
+    Kokkos::deep_copy(g, m.grads_flat());
+    for (const auto& p : m.parameters()) {
+      HVec gp(g.data() + p.offset, static_cast<size_t>(p.numel));
+      check_fd((p.name + " kv_heads " + std::to_string(kv)).c_str(), m.param(p.name), gp,
+               [&] { return m.forward(tk.in, tk.tg); }, 1e-6);
+    }
+  }
+}
+
+TEST(NnLlama, RopeMatchesItsFormulaAndItsBackwardIsTheTranspose) {
+  const int64_t S = 6, D = 8, heads = 3, T = 2 * S, cols = 5 * D;  // two rotated heads of five
+  const double theta = 10000.0;
+  HMat table("table", S + 3, D);
+  Rope<double>::table(theta, table);
+  std::mt19937_64 rng(3);
+  HMat x = rand_mat(T, cols, rng), y = rand_mat(T, cols, rng);
+  HMat rx("rx", T, cols), ry("ry", T, cols);
+  Kokkos::deep_copy(rx, x);
+  Kokkos::deep_copy(ry, y);
+  Rope<double>::forward(rx, heads, S, table, 2);  // positions from 2
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < cols; c += D) {
+      std::vector<double> v(&x(t, c), &x(t, c) + D);
+      if (c / D < heads) rope_direct(v.data(), D, 2 + t % S, theta);
+      for (int64_t e = 0; e < D; ++e) ASSERT_NEAR(rx(t, c + e), v[e], 1e-14) << "row " << t << " column " << c + e;
+    }
+  // <R x, y> = <x, Rᵀ y>
+  Rope<double>::backward(ry, heads, S, table, 2);
+  EXPECT_NEAR(dot(rx, y), dot(x, ry), 1e-12 * std::abs(dot(x, ry)) + 1e-12);
+  // and Rᵀ R = I
+  Rope<double>::backward(rx, heads, S, table, 2);
+  EXPECT_LT(max_abs_diff(rx, x), 1e-14);
+}
+
+// GQA equals MHA whose every query head has its own copy of its group's key/value head:
+// the forward bit for bit, the kv gradients as the sums of the copies' gradients.
+TEST(NnLlama, GroupedQueryAttentionIsMhaWithSharedKvHeads) {
+  const int64_t S = 7, D = 4, A = 4, K = 2, G = A / K, b = 2, T = b * S;
+  std::mt19937_64 rng(11);
+  HMat gqa = rand_mat(T, (A + 2 * K) * D, rng);
+  HMat mha("mha", T, 3 * A * D);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t c = 0; c < A * D; ++c) mha(t, c) = gqa(t, c);
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t e = 0; e < D; ++e) {
+        mha(t, A * D + a * D + e) = gqa(t, A * D + (a / G) * D + e);
+        mha(t, 2 * A * D + a * D + e) = gqa(t, (A + K) * D + (a / G) * D + e);
+      }
+  }
+  using Ten3 = Kokkos::View<double***, Kokkos::LayoutRight, Kokkos::HostSpace>;
+  Ten3 pg("pg", b * A, S, S), pm("pm", b * A, S, S);
+  HMat og("og", T, A * D), om("om", T, A * D);
+  const KvMap map{K, G, 0, 0};
+  Attention<double>::forward(gqa, A, pg, og, shardflow::DType::F32, map);
+  Attention<double>::forward(mha, A, pm, om);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < A * D; ++c) ASSERT_EQ(og(t, c), om(t, c)) << "row " << t << " column " << c;
+  HMat dout = rand_mat(T, A * D, rng), dp("dp", S, S);
+  HMat dg("dg", T, (A + 2 * K) * D), dm("dm", T, 3 * A * D);
+  Attention<double>::backward(dout, gqa, pg, A, dp, dg, false, shardflow::DType::F32, map);
+  Attention<double>::backward(dout, mha, pm, A, dp, dm);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t c = 0; c < A * D; ++c) ASSERT_EQ(dg(t, c), dm(t, c)) << "dq row " << t << " column " << c;
+    for (int64_t g = 0; g < K; ++g)
+      for (int64_t e = 0; e < D; ++e)
+        for (int64_t blk : {int64_t(1), int64_t(2)}) {  // dK, dV
+          double want = 0;
+          for (int64_t a = g * G; a < (g + 1) * G; ++a) want += dm(t, blk * A * D + a * D + e);
+          EXPECT_NEAR(dg(t, (blk == 1 ? A : A + K) * D + g * D + e), want, 1e-13);
+        }
+  }
+}
+
+// Tensor parallelism's pieces: a contiguous range of query heads with the kv heads it uses
+// (aligned: its own kv range; replicated: all K) gives the unsharded output's columns, and
+// its dK/dV summed over the ranges gives the unsharded kv gradients.
+TEST(NnLlama, HeadRangeShardsOfGqaEqualUnsharded) {
+  const int64_t S = 5, D = 2, A = 6, K = 3, G = A / K, b = 1, T = b * S;
+  std::mt19937_64 rng(13);
+  HMat qkv = rand_mat(T, (A + 2 * K) * D, rng), dout = rand_mat(T, A * D, rng);
+  using Ten3 = Kokkos::View<double***, Kokkos::LayoutRight, Kokkos::HostSpace>;
+  Ten3 p("p", b * A, S, S);
+  HMat out("out", T, A * D), dqkv("dqkv", T, (A + 2 * K) * D), dp("dp", S, S);
+  const KvMap full{K, G, 0, 0};
+  Attention<double>::forward(qkv, A, p, out, shardflow::DType::F32, full);
+  Attention<double>::backward(dout, qkv, p, A, dp, dqkv, false, shardflow::DType::F32, full);
+  // two ranks: heads [0, 3) and [3, 6) use kv heads {0, 1} and {1, 2}: not aligned, so each
+  // holds all K kv heads
+  HMat dkv_sum("dkv_sum", T, 2 * K * D);
+  for (int r = 0; r < 2; ++r) {
+    const int64_t a0 = 3 * r, Al = 3;
+    HMat local("local", T, (Al + 2 * K) * D);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t c = 0; c < Al * D; ++c) local(t, c) = qkv(t, a0 * D + c);
+      for (int64_t c = 0; c < 2 * K * D; ++c) local(t, Al * D + c) = qkv(t, A * D + c);
+    }
+    Ten3 pl("pl", b * Al, S, S);
+    HMat ol("ol", T, Al * D), dl("dl", T, (Al + 2 * K) * D), doutl("doutl", T, Al * D);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < Al * D; ++c) doutl(t, c) = dout(t, a0 * D + c);
+    const KvMap m{K, G, a0, 0};
+    Attention<double>::forward(local, Al, pl, ol, shardflow::DType::F32, m);
+    Attention<double>::backward(doutl, local, pl, Al, dp, dl, false, shardflow::DType::F32, m);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t c = 0; c < Al * D; ++c) {
+        EXPECT_NEAR(ol(t, c), out(t, a0 * D + c), 1e-14);
+        EXPECT_NEAR(dl(t, c), dqkv(t, a0 * D + c), 1e-14);
+      }
+      for (int64_t c = 0; c < 2 * K * D; ++c) dkv_sum(t, c) += dl(t, Al * D + c);
+    }
+  }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < 2 * K * D; ++c) EXPECT_NEAR(dkv_sum(t, c), dqkv(t, A * D + c), 1e-13);
+  // a query range whose kv heads lie outside the local ones is refused, naming the heads
+  HMat bad("bad", T, (3 + 2) * D);
+  Ten3 pb("pb", 3, S, S);
+  HMat ob("ob", T, 3 * D);
+  EXPECT_THROW(Attention<double>::forward(bad, 3, pb, ob, shardflow::DType::F32, KvMap{1, G, 3, 0}),
+               shardflow::Error);
+}
+
+TEST(NnLlama, FloatAgreesWithDouble) {
+  GptConfig c = tiny_llama(4, 2);
+  c.seq = 8;
+  GptModel<double> md(c, 2);
+  GptModel<float> mf(c, 2);
+  md.init(11);
+  mf.init(11);
+  Tokens tk = make_tokens(16, 7, 12);
+  const double ld = md.forward_backward(tk.in, tk.tg);
+  const double lf = mf.forward_backward(tk.in, tk.tg);
+  EXPECT_NEAR(lf, ld, 1e-5 * ld);
+  double gmax = 0;
+  for (size_t i = 0; i < md.grads_flat().extent(0); ++i) gmax = std::max(gmax, std::abs(md.grads_flat()(i)));
+  for (size_t i = 0; i < md.grads_flat().extent(0); ++i)
+    ASSERT_NEAR(mf.grads_flat()(i), md.grads_flat()(i), 1e-4 * gmax) << "gradient element " << i;
+}
+
+}  // namespace
