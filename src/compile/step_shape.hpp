@@ -112,10 +112,16 @@ struct StepShape {
     const ChunkShape& c = chunks[static_cast<size_t>(vc)];
     return c.slot_base + mb % c.slots;
   }
+  // context parallel: the sequence of every micro-batch is split into 2·cp chunks of
+  // seq / (2·cp) positions; context rank cc holds chunks cc and 2·cp − 1 − cc (load balance
+  // for causal attention), seq_local = seq / cp positions of each of its sequences
+  int cp = 1, cc = 0;
+  int64_t seq_local = 0;
   // batch
-  int64_t global_batch = 0, micro = 1, mb_seqs = 1, local_seqs = 1, tokens_mb = 1;
+  int64_t global_batch = 0, micro = 1, mb_seqs = 1, local_seqs = 1, tokens_mb = 1;  // tokens_mb = mb_seqs · seq_local
   int64_t Tr = 0, t0 = 0;  // residual-stream rows this rank holds: [t0, t0 + Tr) of tokens_mb
   // data-parallel groups
+  int sample_size = 1;  // ranks the global batch's sequences are split over (samples)
   int dp_size = 1, dpx_size = 1, shard_size = 1, shard_index = 0, repl_size = 1, replx_size = 1;
   // parameters, in ModelDescription order
   std::vector<ParamShape> params;

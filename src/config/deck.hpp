@@ -22,8 +22,9 @@ struct MeshSection {
   int tensor = 1;
   int pipeline = 1;
   int expert = 1;
-  int size() const { return data * fsdp * tensor * pipeline * expert; }
-  /// Axes data, fsdp, pipeline, expert, tensor with size > 1 (data always, even of size 1).
+  int context = 1;
+  int size() const { return data * fsdp * tensor * pipeline * expert * context; }
+  /// Axes data, fsdp, pipeline, expert, context, tensor with size > 1 (data always, even of size 1).
   MeshShape to_mesh_shape() const;
 };
 

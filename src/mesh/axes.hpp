@@ -9,6 +9,8 @@ inline constexpr const char* fsdp = "fsdp";
 inline constexpr const char* tensor = "tensor";
 inline constexpr const char* pipeline = "pipeline";
 inline constexpr const char* expert = "expert";
+/// Context parallelism: the sequence of every micro-batch is split over it (ring attention).
+inline constexpr const char* context = "context";
 /// Artifex calls the tensor-parallel axis "model"; decks and ParallelismConfig accept it as `tensor`.
 inline constexpr const char* model_alias = "model";
 

@@ -73,6 +73,15 @@ struct Residual {
   static void copy(typename V::CMat x, typename V::Mat y);
 };
 
+/// Context parallelism, load-balanced for causal attention: a sequence of S positions is cut
+/// into 2·cp chunks of C = S/(2·cp); context rank c holds chunks c and 2·cp − 1 − c, as its
+/// local rows u in [0, S/cp) (chunk c first). The position of local row u; cp = 1: u.
+KOKKOS_INLINE_FUNCTION int64_t context_position(int64_t u, int64_t seq_local, int cp, int c) {
+  if (cp <= 1) return u;
+  const int64_t C = seq_local / 2;
+  return u < C ? c * C + u : (2 * cp - 1 - c) * C + (u - C);
+}
+
 /// Which key/value head each local query head uses (grouped-query attention, Llama): local
 /// query head a (global a0 + a) uses global kv head (a0 + a) / group, the local kv head
 /// (a0 + a) / group − k0 of the kv_heads local ones. The default (kv_heads = 0) is multi-head
@@ -111,9 +120,50 @@ struct Attention {
                        DType round16 = DType::F32, const KvMap& kv = KvMap{});
 };
 
+/// Ring attention (context parallelism): this context rank's query rows against one key/value
+/// block at a time, the block of context rank k_rank (all ranks' blocks pass around the ring),
+/// with an online softmax, as in Liu et al.'s ring attention and FlashAttention-2.
+/// Operands, for b sequences of S_l = S/cp local rows each (T = b·S_l; context_position):
+///   qkv  [T, ≥ A_l·D]: the local q|k|v activation; its query columns [0, A_l·D) are used;
+///   kv   [T, 2·K_l·D]: a key/value block (K_l key heads, then K_l value heads) of the same
+///        b sequences, at k_rank's positions;
+///   m, l [b·A_l·S_l] running row maxima and sums, index (sequence·A_l + head)·S_l + row;
+///   acc  [T, A_l·D] the unnormalised output;
+///   scratch [≥ 2·C·C] with C = S_l / 2 (one chunk).
+/// A (query chunk, key chunk) pair is whole (the key chunk comes first), causal on its
+/// diagonal (the same chunk), or skipped (the key chunk comes later): the load balance makes
+/// every rank's work the same.
+template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
+struct RingAttention {
+  using V = ViewTypes<Scalar, Exec>;
+  /// m = −∞, l = 0, acc = 0.
+  static void init(typename V::Vec m, typename V::Vec l, typename V::Mat acc);
+  /// The online-softmax update of m, l and acc with the block of k_rank (seq_local = S_l).
+  /// With round16 the exponentials that multiply v are rounded to that type (a 16-bit
+  /// step's probabilities).
+  static void forward_block(typename V::CMat qkv, int64_t heads, typename V::CMat kv, const KvMap& map,
+                            int64_t seq_local, int cp, int q_rank, int k_rank, typename V::Vec m, typename V::Vec l,
+                            typename V::Mat acc, typename V::Vec scratch, DType round16 = DType::F32);
+  /// acc /= l (the output, in place) and lse = m + log l (kept for the backward).
+  static void finish(typename V::CVec m, typename V::CVec l, int64_t heads, int64_t seq_local, typename V::Mat acc,
+                     typename V::Vec lse);
+  /// dvec = Σ over each head's columns of dout ⊙ out (FlashAttention-2's D), indexed as m.
+  static void backward_prep(typename V::CMat dout, typename V::CMat out, int64_t heads, int64_t seq_local,
+                            typename V::Vec dvec);
+  /// k_rank's block's share of the gradients: dqkv's query columns += its dQ, dkv += its
+  /// dK | dV (both start at zero before the first block). P is recomputed from lse; with
+  /// round16, P and the score gradient are rounded before their products.
+  static void backward_block(typename V::CMat dout, typename V::CMat qkv, int64_t heads, typename V::CMat kv,
+                             const KvMap& map, int64_t seq_local, int cp, int q_rank, int k_rank,
+                             typename V::CVec lse, typename V::CVec dvec, typename V::Mat dqkv, typename V::Mat dkv,
+                             typename V::Vec scratch, DType round16 = DType::F32);
+};
+
 /// Rotary position embeddings (Llama; the rotate-half pairing): on each of the first
 /// `rot_heads` D-column blocks of x [T, ≥ rot_heads·D] (the query and key heads of a q|k|v
-/// activation), for row t at position p = pos0 + (t mod S) and i in [0, D/2):
+/// activation), for row t at position p = context_position(t mod S, S, cp, cc) (S: the
+/// positions of a sequence this rank holds; p = t mod S without context parallelism) and
+/// i in [0, D/2):
 ///   (x_i, x_{i+D/2}) ← (x_i·cos φ − x_{i+D/2}·sin φ, x_{i+D/2}·cos φ + x_i·sin φ),
 ///   φ = p · θ^(−2i/D).
 template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
@@ -122,10 +172,11 @@ struct Rope {
   /// table [P, D]: cos φ(p, i) in columns [0, D/2), sin φ(p, i) in [D/2, D), for positions
   /// p in [0, P) (computed in double, then rounded: the same on every rank).
   static void table(double theta, typename V::Mat table);
-  /// x rotated in place; S is the sequence length (rows t and t + S share positions).
-  static void forward(typename V::Mat x, int64_t rot_heads, int64_t S, typename V::CMat table, int64_t pos0 = 0);
+  /// x rotated in place; rows t and t + S share positions; table covers every position.
+  static void forward(typename V::Mat x, int64_t rot_heads, int64_t S, typename V::CMat table, int cp = 1, int cc = 0);
   /// The backward (the inverse rotation, in place) of forward on dx.
-  static void backward(typename V::Mat dx, int64_t rot_heads, int64_t S, typename V::CMat table, int64_t pos0 = 0);
+  static void backward(typename V::Mat dx, int64_t rot_heads, int64_t S, typename V::CMat table, int cp = 1,
+                       int cc = 0);
 };
 
 /// Cross-entropy of logits [T, V] against targets [T], as separable steps so that the
@@ -177,13 +228,16 @@ struct Embedding {
                        Scratch& scratch, bool accumulate = false);
 };
 
-/// Learned absolute positions: x[t, :] += pos[t mod S, :] with S = pos.extent(0).
+/// Learned absolute positions: x[t, :] += pos[t mod S, :] with S = pos.extent(0); under
+/// context parallelism (context rank cc of cp) x holds S/cp positions of each sequence and
+/// row t gets pos[context_position(t mod S/cp, S/cp, cp, cc)].
 template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
 struct PositionEmbedding {
   using V = ViewTypes<Scalar, Exec>;
-  static void forward(typename V::CMat pos, typename V::Mat x);
-  /// dpos[s, :] (+)= Σ_b dx[b·S + s, :], summed in increasing b.
-  static void backward(typename V::CMat dx, typename V::Mat dpos, bool accumulate = false);
+  static void forward(typename V::CMat pos, typename V::Mat x, int cp = 1, int cc = 0);
+  /// dpos[p, :] (+)= Σ_b dx[b·S/cp + u, :] for the local positions p of rows u, summed in
+  /// increasing b; the other positions get zero (keep their value, accumulating).
+  static void backward(typename V::CMat dx, typename V::Mat dpos, bool accumulate = false, int cp = 1, int cc = 0);
 };
 
 #define SHARDFLOW_NN_EXTERN(Op)                 \
@@ -195,6 +249,7 @@ SHARDFLOW_NN_EXTERN(SwiGlu)
 SHARDFLOW_NN_EXTERN(Residual)
 SHARDFLOW_NN_EXTERN(Attention)
 SHARDFLOW_NN_EXTERN(Rope)
+SHARDFLOW_NN_EXTERN(RingAttention)
 SHARDFLOW_NN_EXTERN(CrossEntropy)
 SHARDFLOW_NN_EXTERN(Embedding)
 SHARDFLOW_NN_EXTERN(PositionEmbedding)

@@ -16,6 +16,8 @@ struct ShardingConfig {
   /// Devices of a separate `fsdp` axis (parameters sharded, batch split). 1: no such axis.
   int fsdp_parallel_size = 1;
   int expert_parallel_size = 1;
+  /// Devices of a `context` axis: every sequence split over them (ring attention). 1: none.
+  int context_parallel_size = 1;
   /// FSDP on: parameters are sharded over the `fsdp` axis, or over the `data` axis when
   /// fsdp_parallel_size is 1 (ZeRO-3 on the data-parallel ranks).
   bool fsdp_enabled = false;

@@ -201,27 +201,29 @@ TEST(NnLlama, EveryGradientMatchesFiniteDifferences) {
 }
 
 TEST(NnLlama, RopeMatchesItsFormulaAndItsBackwardIsTheTranspose) {
-  const int64_t S = 6, D = 8, heads = 3, T = 2 * S, cols = 5 * D;  // two rotated heads of five
+  // three rotated heads of five; context rank 1 of 2: local positions 3..5 and 6..8 of 12
+  const int64_t S = 6, D = 8, heads = 3, T = 2 * S, cols = 5 * D;
   const double theta = 10000.0;
-  HMat table("table", S + 3, D);
+  HMat table("table", 2 * S, D);
   Rope<double>::table(theta, table);
   std::mt19937_64 rng(3);
   HMat x = rand_mat(T, cols, rng), y = rand_mat(T, cols, rng);
   HMat rx("rx", T, cols), ry("ry", T, cols);
   Kokkos::deep_copy(rx, x);
   Kokkos::deep_copy(ry, y);
-  Rope<double>::forward(rx, heads, S, table, 2);  // positions from 2
+  Rope<double>::forward(rx, heads, S, table, 2, 1);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < cols; c += D) {
       std::vector<double> v(&x(t, c), &x(t, c) + D);
-      if (c / D < heads) rope_direct(v.data(), D, 2 + t % S, theta);
+      const int64_t u = t % S, pos = u < 3 ? 3 + u : 6 + (u - 3);
+      if (c / D < heads) rope_direct(v.data(), D, pos, theta);
       for (int64_t e = 0; e < D; ++e) ASSERT_NEAR(rx(t, c + e), v[e], 1e-14) << "row " << t << " column " << c + e;
     }
   // <R x, y> = <x, Rᵀ y>
-  Rope<double>::backward(ry, heads, S, table, 2);
+  Rope<double>::backward(ry, heads, S, table, 2, 1);
   EXPECT_NEAR(dot(rx, y), dot(x, ry), 1e-12 * std::abs(dot(x, ry)) + 1e-12);
   // and Rᵀ R = I
-  Rope<double>::backward(rx, heads, S, table, 2);
+  Rope<double>::backward(rx, heads, S, table, 2, 1);
   EXPECT_LT(max_abs_diff(rx, x), 1e-14);
 }
 
@@ -330,3 +332,71 @@ TEST(NnLlama, FloatAgreesWithDouble) {
 }
 
 }  // namespace
+
+namespace {
+// Ring attention: cp context ranks simulated in one process. Each holds the rows of its two
+// chunks (context_position); its queries meet every rank's key/value block, in ring order;
+// the outputs, dQ and the dK/dV summed over the query ranks equal unsharded attention's.
+void check_ring(int cp, int64_t A, int64_t K, shardflow::DType round16, double tol) {
+  using shardflow::nn::RingAttention;
+  using shardflow::nn::context_position;
+  using Ten3 = Kokkos::View<double***, Kokkos::LayoutRight, Kokkos::HostSpace>;
+  const int64_t D = 4, b = 2, S = 4 * cp, Sl = S / cp, T = b * S, Tl = b * Sl, W = (A + 2 * K) * D;
+  std::mt19937_64 rng(static_cast<uint64_t>(17 + cp + A + K));
+  HMat qkv = rand_mat(T, W, rng), dout = rand_mat(T, A * D, rng);
+  const KvMap full{K, A / K, 0, 0};
+  Ten3 probs("probs", b * A, S, S);
+  HMat out("out", T, A * D), dqkv("dqkv", T, W), dps("dps", S, S);
+  Attention<double>::forward(qkv, A, probs, out, round16, full);
+  Attention<double>::backward(dout, qkv, probs, A, dps, dqkv, false, round16, full);
+  auto row_of = [&](int c, int64_t t) { return (t / Sl) * S + context_position(t % Sl, Sl, cp, c); };
+  std::vector<HMat> lq, lkv, lout, ldq, ldkv, ldout;
+  std::vector<HVec> lse;
+  for (int c = 0; c < cp; ++c) {
+    HMat q("q", Tl, W), kv("kv", Tl, 2 * K * D), o("o", Tl, A * D), dq("dq", Tl, W), dkv("dkv", Tl, 2 * K * D),
+        dO("dO", Tl, A * D);
+    for (int64_t t = 0; t < Tl; ++t) {
+      for (int64_t j = 0; j < W; ++j) q(t, j) = qkv(row_of(c, t), j);
+      for (int64_t j = 0; j < 2 * K * D; ++j) kv(t, j) = qkv(row_of(c, t), A * D + j);
+      for (int64_t j = 0; j < A * D; ++j) dO(t, j) = dout(row_of(c, t), j);
+    }
+    lq.push_back(q), lkv.push_back(kv), lout.push_back(o), ldq.push_back(dq), ldkv.push_back(dkv), ldout.push_back(dO);
+    lse.push_back(HVec("lse", b * A * Sl));
+  }
+  HVec m("m", b * A * Sl), l("l", b * A * Sl), dvec("dvec", b * A * Sl), scratch("scratch", 2 * (Sl / 2) * (Sl / 2));
+  for (int c = 0; c < cp; ++c) {
+    RingAttention<double>::init(m, l, lout[c]);
+    for (int r = 0; r < cp; ++r) {
+      const int k = ((c - r) % cp + cp) % cp;
+      RingAttention<double>::forward_block(lq[c], A, lkv[k], full, Sl, cp, c, k, m, l, lout[c], scratch, round16);
+    }
+    RingAttention<double>::finish(m, l, A, Sl, lout[c], lse[c]);
+    for (int64_t t = 0; t < Tl; ++t)
+      for (int64_t j = 0; j < A * D; ++j)
+        ASSERT_NEAR(lout[c](t, j), out(row_of(c, t), j), tol) << "cp " << cp << " rank " << c << " row " << t;
+  }
+  for (int c = 0; c < cp; ++c) {
+    RingAttention<double>::backward_prep(ldout[c], lout[c], A, Sl, dvec);
+    for (int r = 0; r < cp; ++r) {
+      const int k = ((c - r) % cp + cp) % cp;
+      RingAttention<double>::backward_block(ldout[c], lq[c], A, lkv[k], full, Sl, cp, c, k, lse[c], dvec, ldq[c],
+                                            ldkv[k], scratch, round16);
+    }
+  }
+  for (int c = 0; c < cp; ++c)
+    for (int64_t t = 0; t < Tl; ++t) {
+      for (int64_t j = 0; j < A * D; ++j)
+        ASSERT_NEAR(ldq[c](t, j), dqkv(row_of(c, t), j), tol) << "dq cp " << cp << " rank " << c << " row " << t;
+      for (int64_t j = 0; j < 2 * K * D; ++j)
+        ASSERT_NEAR(ldkv[c](t, j), dqkv(row_of(c, t), A * D + j), tol)
+            << "dkv cp " << cp << " rank " << c << " row " << t << " column " << j;
+    }
+}
+}  // namespace
+
+TEST(NnRingAttention, ContextRanksTogetherEqualUnshardedAttention) {
+  check_ring(2, 4, 4, shardflow::DType::F32, 1e-12);  // MHA
+  check_ring(2, 4, 2, shardflow::DType::F32, 1e-12);  // GQA
+  check_ring(3, 2, 1, shardflow::DType::F32, 1e-12);
+  check_ring(4, 4, 2, shardflow::DType::F32, 1e-12);
+}

@@ -160,6 +160,7 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   SHARDFLOW_REQUIRE_INPUT(s.micro >= 1, "train.micro_batches = ", s.micro, " must be >= 1");
 
   const parallel::AxisGroups& g = s.groups;
+  s.sample_size = shape.group_size(g.samples);
   s.dp_size = shape.group_size(g.batch);
   s.dpx_size = shape.group_size(g.batch_dense);
   s.shard_size = shape.group_size(g.zero);
@@ -196,12 +197,20 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
 
   s.global_batch = deck.train.global_batch;
   const int64_t B = s.global_batch;
-  SHARDFLOW_REQUIRE_INPUT(B % (s.dp_size * s.micro) == 0, "train.global_batch = ", B,
-                          " is not divisible by the data-parallel size ", s.dp_size, " x train.micro_batches ", s.micro,
-                          " (", deck.where("train.global_batch"), ")");
-  s.local_seqs = B / s.dp_size;
+  SHARDFLOW_REQUIRE_INPUT(B % (s.sample_size * s.micro) == 0, "train.global_batch = ", B,
+                          " is not divisible by the data-parallel size ", s.sample_size, " x train.micro_batches ",
+                          s.micro, " (", deck.where("train.global_batch"), ")");
+  s.local_seqs = B / s.sample_size;
   s.mb_seqs = s.local_seqs / s.micro;
-  s.tokens_mb = s.mb_seqs * s.seq;
+  s.cp = shape.axis_size_or_1(axis::context);
+  if (s.cp > 1) s.cc = shape.coord(rank, axis::context);
+  SHARDFLOW_REQUIRE_INPUT(s.seq % (2 * s.cp) == 0, "mesh.context = ", s.cp, " splits each sequence into 2 x ", s.cp,
+                          " chunks, which model.seq = ", s.seq, " does not divide (", deck.where("mesh.context"), ")");
+  SHARDFLOW_REQUIRE_INPUT(s.cp == 1 || s.experts == 0, "mesh.context = ", s.cp,
+                          " with a mixture of experts (model.experts = ", s.experts,
+                          ") is not supported: the load-balancing loss needs whole sequences");
+  s.seq_local = s.seq / s.cp;
+  s.tokens_mb = s.mb_seqs * s.seq_local;
   s.sp = deck.strategy.sequence_parallel && s.tp > 1;
   s.recompute = s.evaluate ? Recompute::None : deck.strategy.recompute;
   s.precision = deck.train.precision;

@@ -39,6 +39,7 @@ const std::vector<KeySpec>& schema() {
       {"mesh", "tensor", KeyType::Int},
       {"mesh", "pipeline", KeyType::Int},
       {"mesh", "expert", KeyType::Int},
+      {"mesh", "context", KeyType::Int},
       {"model", "family", KeyType::String},
       {"model", "kv_heads", KeyType::Int},
       {"model", "rope_theta", KeyType::Float},
@@ -290,6 +291,7 @@ class DeckBuilder {
     get_int("mesh.tensor", d.mesh.tensor, 1);
     get_int("mesh.pipeline", d.mesh.pipeline, 1);
     get_int("mesh.expert", d.mesh.expert, 1);
+    get_int("mesh.context", d.mesh.context, 1);
     // the job's size first: a mesh of the wrong size is the error to report, not what it
     // makes of the batch or the model
     if (world_size > 0) check_world_size(d, world_size);
@@ -561,6 +563,7 @@ MeshShape MeshSection::to_mesh_shape() const {
   sc.tensor_parallel_size = tensor;
   sc.pipeline_parallel_size = pipeline;
   sc.expert_parallel_size = expert;
+  sc.context_parallel_size = context;
   ParallelismConfig pc = ParallelismConfig::from_sharding_config(sc);
   if (pc.mesh_axis_names.front() != axis::data) {
     pc.mesh_axis_names.insert(pc.mesh_axis_names.begin(), axis::data);
@@ -581,6 +584,7 @@ Deck deck_from_parallelism_config(const ParallelismConfig& config, const Deck& b
     if (n == axis::tensor) d.mesh.tensor = s;
     if (n == axis::pipeline) d.mesh.pipeline = s;
     if (n == axis::expert) d.mesh.expert = s;
+    if (n == axis::context) d.mesh.context = s;
   }
   const ShardingConfig& sc = config.sharding_config;
   // FSDP on: ZeRO-3 over the fsdp axis, or over data when there is no fsdp axis
@@ -626,7 +630,7 @@ Deck load_deck(const std::string& path, const std::vector<std::string>& override
 void check_world_size(const Deck& deck, int world_size) {
   const int n = deck.mesh.size();
   std::string at = deck.path.empty() ? std::string("<deck>") : deck.path;
-  for (const char* key : {"mesh.data", "mesh.fsdp", "mesh.pipeline", "mesh.expert", "mesh.tensor"})
+  for (const char* key : {"mesh.data", "mesh.fsdp", "mesh.pipeline", "mesh.expert", "mesh.context", "mesh.tensor"})
     if (deck.origin.count(key)) {
       at = deck.where(key);
       break;
@@ -638,7 +642,8 @@ void check_world_size(const Deck& deck, int world_size) {
 std::string deck_to_toml(const Deck& d) {
   std::ostringstream os;
   os << "[mesh]\ndata = " << d.mesh.data << "\nfsdp = " << d.mesh.fsdp << "\ntensor = " << d.mesh.tensor
-     << "\npipeline = " << d.mesh.pipeline << "\nexpert = " << d.mesh.expert << "\n\n";
+     << "\npipeline = " << d.mesh.pipeline << "\nexpert = " << d.mesh.expert << "\ncontext = " << d.mesh.context
+     << "\n\n";
   os << "[model]\nfamily = \"" << model_family_name(d.model.family) << "\"\n";
   if (d.model.is_llama())
     os << "kv_heads = " << d.model.kv_head_count() << "\nrope_theta = " << toml::value<double>(d.model.rope_theta)

@@ -9,7 +9,8 @@
 namespace shardflow {
 
 const std::vector<std::string>& known_axis_names() {
-  static const std::vector<std::string> names{axis::data, axis::fsdp, axis::tensor, axis::pipeline, axis::expert};
+  static const std::vector<std::string> names{axis::data,     axis::fsdp,   axis::tensor,
+                                                       axis::pipeline, axis::expert, axis::context};
   return names;
 }
 

@@ -179,17 +179,18 @@ void Rope<Scalar, Exec>::table(double theta, typename V::Mat table) {
 
 namespace {
 template <class Scalar, class Exec, class X, class Tb>
-void rope_rotate(const char* op, X x, int64_t rot_heads, int64_t S, Tb table, int64_t pos0, Scalar sign) {
+void rope_rotate(const char* op, X x, int64_t rot_heads, int64_t S, Tb table, int cp, int cc, Scalar sign) {
   const int64_t T = static_cast<int64_t>(x.extent(0)), D = static_cast<int64_t>(table.extent(1));
   SHARDFLOW_REQUIRE(D > 0 && D % 2 == 0 && rot_heads >= 0 && rot_heads * D <= static_cast<int64_t>(x.extent(1)), op,
                     ": ", rot_heads, " heads of ", D, " columns do not fit x [", x.extent(0), ", ", x.extent(1), "]");
-  SHARDFLOW_REQUIRE(S > 0 && T % S == 0 && pos0 >= 0 && pos0 + S <= static_cast<int64_t>(table.extent(0)), op, ": ",
-                    T, " rows of sequences of ", S, " from position ", pos0, " need a table of >= ", pos0 + S,
-                    " positions, it has ", table.extent(0));
+  SHARDFLOW_REQUIRE(S > 0 && T % S == 0 && cp >= 1 && cc >= 0 && cc < cp && (cp == 1 || S % 2 == 0) &&
+                        S * cp <= static_cast<int64_t>(table.extent(0)),
+                    op, ": ", T, " rows of sequences of ", S, " positions (context rank ", cc, " of ", cp,
+                    ") need a table of >= ", S * cp, " positions, it has ", table.extent(0));
   const int64_t half = D / 2;
   Kokkos::parallel_for(
       op, Kokkos::RangePolicy<Exec>(0, T * rot_heads), KOKKOS_LAMBDA(const int64_t r) {
-        const int64_t t = r / rot_heads, c = (r % rot_heads) * D, p = pos0 + t % S;
+        const int64_t t = r / rot_heads, c = (r % rot_heads) * D, p = context_position(t % S, S, cp, cc);
         for (int64_t i = 0; i < half; ++i) {
           const Scalar cs = table(p, i), sn = sign * table(p, half + i);
           const Scalar a = x(t, c + i), b = x(t, c + half + i);
@@ -201,16 +202,16 @@ void rope_rotate(const char* op, X x, int64_t rot_heads, int64_t S, Tb table, in
 }  // namespace
 
 template <class Scalar, class Exec>
-void Rope<Scalar, Exec>::forward(typename V::Mat x, int64_t rot_heads, int64_t S, typename V::CMat table,
-                                 int64_t pos0) {
-  rope_rotate<Scalar, Exec>("nn::rope_fwd", x, rot_heads, S, table, pos0, Scalar(1));
+void Rope<Scalar, Exec>::forward(typename V::Mat x, int64_t rot_heads, int64_t S, typename V::CMat table, int cp,
+                                 int cc) {
+  rope_rotate<Scalar, Exec>("nn::rope_fwd", x, rot_heads, S, table, cp, cc, Scalar(1));
 }
 
 template <class Scalar, class Exec>
-void Rope<Scalar, Exec>::backward(typename V::Mat dx, int64_t rot_heads, int64_t S, typename V::CMat table,
-                                  int64_t pos0) {
+void Rope<Scalar, Exec>::backward(typename V::Mat dx, int64_t rot_heads, int64_t S, typename V::CMat table, int cp,
+                                  int cc) {
   // the rotation is orthogonal: its transpose is the rotation by −φ
-  rope_rotate<Scalar, Exec>("nn::rope_bwd", dx, rot_heads, S, table, pos0, Scalar(-1));
+  rope_rotate<Scalar, Exec>("nn::rope_bwd", dx, rot_heads, S, table, cp, cc, Scalar(-1));
 }
 
 template struct Attention<float>;

@@ -140,30 +140,40 @@ void Residual<Scalar, Exec>::copy(typename V::CMat x, typename V::Mat y) {
 
 // ---- PositionEmbedding ------------------------------------------------------------------
 template <class Scalar, class Exec>
-void PositionEmbedding<Scalar, Exec>::forward(typename V::CMat pos, typename V::Mat x) {
-  const int64_t s = static_cast<int64_t>(pos.extent(0)), h = static_cast<int64_t>(pos.extent(1));
+void PositionEmbedding<Scalar, Exec>::forward(typename V::CMat pos, typename V::Mat x, int cp, int cc) {
+  const int64_t S = static_cast<int64_t>(pos.extent(0)), h = static_cast<int64_t>(pos.extent(1));
+  SHARDFLOW_REQUIRE(cp >= 1 && cc >= 0 && cc < cp && S % (cp > 1 ? 2 * cp : 1) == 0, "PositionEmbedding::forward: ",
+                    S, " positions cannot be split for context rank ", cc, " of ", cp);
+  const int64_t s = S / cp;
   SHARDFLOW_REQUIRE(s > 0 && x.extent(1) == pos.extent(1) && static_cast<int64_t>(x.extent(0)) % s == 0,
                     "PositionEmbedding::forward: pos is [", pos.extent(0), ", ", pos.extent(1), "] but x is [",
-                    x.extent(0), ", ", x.extent(1), "]; want x [b·S, H]");
+                    x.extent(0), ", ", x.extent(1), "]; want x [b·S/cp, H]");
   Kokkos::parallel_for(
       "nn::pos_embed_fwd", Kokkos::RangePolicy<Exec>(0, x.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
-        const int64_t p = t % s;
+        const int64_t p = context_position(t % s, s, cp, cc);
         for (int64_t j = 0; j < h; ++j) x(t, j) += pos(p, j);
       });
 }
 
 template <class Scalar, class Exec>
-void PositionEmbedding<Scalar, Exec>::backward(typename V::CMat dx, typename V::Mat dpos, bool accumulate) {
-  const int64_t s = static_cast<int64_t>(dpos.extent(0)), h = static_cast<int64_t>(dpos.extent(1));
+void PositionEmbedding<Scalar, Exec>::backward(typename V::CMat dx, typename V::Mat dpos, bool accumulate, int cp,
+                                               int cc) {
+  const int64_t S = static_cast<int64_t>(dpos.extent(0)), h = static_cast<int64_t>(dpos.extent(1));
+  SHARDFLOW_REQUIRE(cp >= 1 && cc >= 0 && cc < cp && S % (cp > 1 ? 2 * cp : 1) == 0, "PositionEmbedding::backward: ",
+                    S, " positions cannot be split for context rank ", cc, " of ", cp);
+  const int64_t s = S / cp;
   SHARDFLOW_REQUIRE(s > 0 && dx.extent(1) == dpos.extent(1) && static_cast<int64_t>(dx.extent(0)) % s == 0,
                     "PositionEmbedding::backward: dpos is [", dpos.extent(0), ", ", dpos.extent(1), "] but dx is [",
-                    dx.extent(0), ", ", dx.extent(1), "]; want dx [b·S, H]");
+                    dx.extent(0), ", ", dx.extent(1), "]; want dx [b·S/cp, H]");
   const int64_t b = static_cast<int64_t>(dx.extent(0)) / s;
+  // the positions this context rank does not hold get nothing (zero unless accumulating)
+  if (cp > 1 && !accumulate) Kokkos::deep_copy(dpos, Scalar(0));
   Kokkos::parallel_for(
-      "nn::pos_embed_bwd", Kokkos::RangePolicy<Exec>(0, s), KOKKOS_LAMBDA(const int64_t p) {
+      "nn::pos_embed_bwd", Kokkos::RangePolicy<Exec>(0, s), KOKKOS_LAMBDA(const int64_t u) {
+        const int64_t p = context_position(u, s, cp, cc);
         for (int64_t j = 0; j < h; ++j) {
           Scalar acc = accumulate ? dpos(p, j) : Scalar(0);
-          for (int64_t q = 0; q < b; ++q) acc += dx(q * s + p, j);
+          for (int64_t q = 0; q < b; ++q) acc += dx(q * s + u, j);
           dpos(p, j) = acc;
         }
       });

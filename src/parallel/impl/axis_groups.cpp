@@ -36,7 +36,9 @@ AxisGroups AxisGroups::make(const MeshShape& mesh, int zero_stage) {
                           " must be 0, 1, 2 or 3");
   AxisGroups g;
   for (const char* a : {axis::data, axis::fsdp, axis::expert})
-    if (mesh.has_axis(a)) g.batch.push_back(a);
+    if (mesh.has_axis(a)) g.samples.push_back(a);
+  g.batch = g.samples;
+  if (mesh.axis_size_or_1(axis::context) > 1) g.batch.push_back(axis::context);
   g.batch_dense = without(g.batch, {axis::expert});
   if (zero_stage >= 1) {
     if (mesh.axis_size_or_1(axis::fsdp) > 1)
@@ -49,10 +51,11 @@ AxisGroups AxisGroups::make(const MeshShape& mesh, int zero_stage) {
   g.tensor = sized(mesh, {axis::tensor});
   g.pipeline = sized(mesh, {axis::pipeline});
   g.expert = sized(mesh, {axis::expert});
+  g.context = sized(mesh, {axis::context});
   g.norm = g.zero;
   for (const auto& a : sized(mesh, {axis::pipeline, axis::expert, axis::tensor})) g.norm.push_back(a);
-  g.loss = sized(mesh, {axis::data, axis::fsdp, axis::pipeline, axis::expert});
-  for (Axes* a : {&g.batch, &g.batch_dense, &g.zero, &g.replica, &g.replica_dense, &g.norm, &g.loss})
+  g.loss = sized(mesh, {axis::data, axis::fsdp, axis::pipeline, axis::expert, axis::context});
+  for (Axes* a : {&g.samples, &g.batch, &g.batch_dense, &g.zero, &g.replica, &g.replica_dense, &g.norm, &g.loss})
     *a = canonical(mesh, *a);
   return g;
 }

@@ -44,6 +44,7 @@ SeedStrategies seed_strategies(const MeshShape& mesh, const AxisGroups& g, const
   sc.tensor_parallel_size = mesh.axis_size_or_1(axis::tensor);
   sc.pipeline_parallel_size = mesh.axis_size_or_1(axis::pipeline);
   sc.expert_parallel_size = mesh.axis_size_or_1(axis::expert);
+  sc.context_parallel_size = mesh.axis_size_or_1(axis::context);
   sc.fsdp_enabled = o.zero_stage >= 1;
   sc.fsdp_min_weight_size = o.fsdp_min_weight_size;
   s.combined = std::make_unique<MultiDimensionalStrategy>(std::move(e), pc);

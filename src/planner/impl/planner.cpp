@@ -76,7 +76,7 @@ namespace {
 MeshShape zero_mesh(const MeshShape& m) {
   std::vector<std::string> names{axis::data};
   std::vector<int> sizes{m.axis_size_or_1(axis::data) * m.axis_size_or_1(axis::fsdp)};
-  for (const auto& a : {axis::pipeline, axis::expert, axis::tensor})
+  for (const auto& a : {axis::pipeline, axis::expert, axis::context, axis::tensor})
     if (m.has_axis(a)) {
       names.emplace_back(a);
       sizes.push_back(m.axis_size(a));

@@ -10,7 +10,8 @@
 namespace shardflow {
 
 int ShardingConfig::get_total_device_count() const {
-  return data_parallel_size * tensor_parallel_size * pipeline_parallel_size * fsdp_parallel_size * expert_parallel_size;
+  return data_parallel_size * tensor_parallel_size * pipeline_parallel_size * fsdp_parallel_size *
+         expert_parallel_size * context_parallel_size;
 }
 
 void ShardingConfig::validate() const {
@@ -18,7 +19,8 @@ void ShardingConfig::validate() const {
                                                {"tensor_parallel_size", tensor_parallel_size},
                                                {"pipeline_parallel_size", pipeline_parallel_size},
                                                {"fsdp_parallel_size", fsdp_parallel_size},
-                                               {"expert_parallel_size", expert_parallel_size}};
+                                               {"expert_parallel_size", expert_parallel_size},
+                                               {"context_parallel_size", context_parallel_size}};
   for (const auto& s : sizes)
     SHARDFLOW_REQUIRE_INPUT(s.second >= 1, "ShardingConfig: ", s.first, " = ", s.second, " must be >= 1");
   SHARDFLOW_REQUIRE_INPUT(fsdp_min_weight_size >= 0, "ShardingConfig: fsdp_min_weight_size = ", fsdp_min_weight_size,
@@ -50,6 +52,7 @@ ParallelismConfig ParallelismConfig::from_sharding_config(const ShardingConfig& 
                                               {axis::fsdp, config.fsdp_parallel_size},
                                               {axis::pipeline, config.pipeline_parallel_size},
                                               {axis::expert, config.expert_parallel_size},
+                                              {axis::context, config.context_parallel_size},
                                               {axis::tensor, config.tensor_parallel_size}};
   for (const auto& a : axes)
     if (a.second > 1) {

@@ -109,8 +109,8 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluat
     moe.capacity_factor = deck.model.capacity_factor;
     moe.aux_coef = deck.model.aux_loss_coef;
   }
-  const auto& batch = s.groups.batch;
-  slice = data::replica_slice(s.global_batch, s.dp_size,
+  const auto& batch = s.groups.samples;
+  slice = data::replica_slice(s.global_batch, s.sample_size,
                               batch.empty() ? 0 : m.shape().group_index(m.rank(), m.canonical_axes(batch)));
   check_memory();
   allocate();
