@@ -28,8 +28,8 @@ constexpr int kSteps = 12;
 
 // 3 heads (uneven on 2 tensor ranks), F = 42, 4 layers, S = 15, H = 30, 8 sequences.
 std::string deck_text(const std::string& mesh, int zero, int micro, const std::string& extra = "",
-                      const std::string& model = "hidden = 30\nheads = 3\n") {
-  return "[mesh]\n" + mesh + "\n[model]\nvocab = 256\nseq = 15\n" + model +
+                      const std::string& model = "seq = 15\nhidden = 30\nheads = 3\n") {
+  return "[mesh]\n" + mesh + "\n[model]\nvocab = 256\n" + model +
          "ffn = 42\nlayers = 4\n[train]\nsteps = 12\n"
          "global_batch = 8\nmicro_batches = " +
          std::to_string(micro) + "\nlr = 3e-3\nwarmup = 4\nseed = 7\ndata = \"" SHARDFLOW_CORPUS "\"\n" +
@@ -97,7 +97,7 @@ struct Case {
   std::string mesh;
   int zero, micro;
   std::string extra;
-  std::string model = "hidden = 30\nheads = 3\n";
+  std::string model = "seq = 15\nhidden = 30\nheads = 3\n";
 };
 
 void expect_equal_to_serial(const Case& c) {
@@ -153,7 +153,7 @@ TEST(SerialReference, EveryMeshEqualsTheSerialModel) {
 TEST(SerialReference, EveryLlamaMeshEqualsTheSerialModel) {
   auto llama = [](int heads, int kv) {
     const int hidden = heads == 3 ? 30 : heads == 6 ? 36 : 32;
-    return "family = \"llama\"\nhidden = " + std::to_string(hidden) + "\nheads = " + std::to_string(heads) +
+    return "seq = 16\nfamily = \"llama\"\nhidden = " + std::to_string(hidden) + "\nheads = " + std::to_string(heads) +
            "\nkv_heads = " + std::to_string(kv) + "\nrope_theta = 500.0\n";
   };
   const std::vector<Case> cases = {
@@ -171,6 +171,15 @@ TEST(SerialReference, EveryLlamaMeshEqualsTheSerialModel) {
       {4, "tensor = 4", 0, 1, "", llama(4, 2)},
       {4, "fsdp = 2\ntensor = 2", 3, 1, "", llama(6, 3)},
       {4, "tensor = 2\npipeline = 2", 0, 2, "virtual_stages = 2\n", llama(4, 2)},
+      // context parallelism (ring attention): alone and with data, ZeRO-3, tensor, pipeline
+      {2, "context = 2", 0, 1, "", llama(4, 2)},
+      {2, "context = 2", 0, 2, "recompute = \"full\"\n", llama(4, 1)},
+      {2, "context = 2", 0, 1, "", "seq = 16\nhidden = 30\nheads = 3\n"},  // the gpt
+      {4, "context = 4", 0, 1, "", llama(4, 2)},
+      {4, "data = 2\ncontext = 2", 1, 1, "", llama(4, 2)},
+      {4, "fsdp = 2\ncontext = 2", 3, 2, "", llama(4, 2)},
+      {4, "context = 2\ntensor = 2", 0, 1, "sequence_parallel = true\n", llama(4, 1)},
+      {4, "pipeline = 2\ncontext = 2", 0, 4, "schedule = \"1f1b\"\n", llama(4, 2)},
   };
   int ran = 0;
   for (const auto& c : cases) {

@@ -57,6 +57,7 @@ struct ParamBuffers {
 struct ActBuffers {
   int x_in = -1, n1 = -1, rstd1 = -1, qkv = -1, probs = -1, att = -1, x_mid = -1, n2 = -1, rstd2 = -1, gu = -1,
       h = -1;
+  int lse = -1;  // context parallel: the attention rows' log-sum-exp (instead of probs)
 };
 /// An MoE layer's routing and dispatch state per act slot. x_recv aliases x_send and
 /// y_send aliases y_recv when the expert axis has one rank.
@@ -79,6 +80,11 @@ struct BufferPlan {
   int y = -1, dn = -1, dh = -1, dgu = -1, datt = -1, dqkv = -1, dprobs = -1;
   ActBuffers work;          // mixed precision: f32 work set of the 16-bit kept activations (qkv .. h)
   int rope = -1;             // llama: the RoPE table [S, D] (cos of the D/2 frequencies, then sin)
+  /// Context parallel (ring attention): key/value blocks in flight [T, 2·K_l·D] (two, the one
+  /// computed on and the one arriving), their gradients likewise and this rank's own when it
+  /// comes home; the online softmax's row maxima and sums, the backward's D, the chunk scratch.
+  int kv_ring[2] = {-1, -1}, dkv_ring[2] = {-1, -1}, dkv_home = -1;
+  int ring_m = -1, ring_l = -1, ring_dvec = -1, ring_scratch = -1;
   int w16 = -1;              // mixed precision: a weight rounded to 16 bits (not one in the gather ring)
   int nf = -1, rstdf = -1, logits = -1, row_max = -1, stats = -1;  // the head (last stage)
   std::vector<int> inputs, targets;                                 // per micro-batch (i32 tokens)
@@ -101,7 +107,9 @@ enum class StepOp : uint8_t {
   Embed,          // token embedding (vocabulary slice) of micro-batch mb (+ positions on tensor rank 0 under sp)
   PosEmbed,       // x += positions
   AttnNorm,       // x_in = x; n1 rows = rmsnorm(x_in)
-  Attn,           // qkv, attention, y = attn.out partial sums
+  Attn,           // qkv, attention, y = attn.out partial sums (context parallel: qkv, own kv block, ring init)
+  AttnRing,       // context parallel: the online-softmax update with ring block `step`
+  AttnOut,        // context parallel: normalise, lse, y = attn.out partial sums
   MlpNorm,        // x_mid = x_in + y; n2 rows = rmsnorm(x_mid)
   Mlp,            // gate_up, SwiGLU, y = mlp.down partial sums
   Residual,       // x = x_mid + y
@@ -121,7 +129,9 @@ enum class StepOp : uint8_t {
   MlpBwd,         // dn = mlp backward
   MlpNormBwd,     // dx += mlp norm backward
   AttnCore,       // probs (and att, the same values) again from the kept qkv (selective recomputation)
-  AttnBwd,        // dn = attention backward
+  AttnBwd,        // dn = attention backward (context parallel: datt, D, own kv block, zero dq and dkv)
+  AttnRingBwd,    // context parallel: ring block `step`'s dQ, dK, dV
+  AttnQkvBwd,     // context parallel: dkv home into dqkv; dn = the qkv projections' backward
   AttnNormBwd,    // dx += attention norm backward
   EmbedBwd,       // embedding and position gradients
   GradNormLocal,  // this rank's share of the squared gradient norm
@@ -139,6 +149,7 @@ struct ComputeOp {
   int grad_ring = 0;  // which grad-ring buffer receives the gradients (ZeRO-3)
   bool acc = false;   // accumulate gradients (micro-batch > 0)
   bool recompute = false;  // AttnNorm: re-run from the kept layer input (x_in), not from x
+  int step = -1;      // AttnRing / AttnRingBwd: the ring step (block of context rank cc − step)
   BufRef src, dst;    // Copy
   int64_t n = 0;      // Copy
 };

@@ -91,11 +91,17 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
     any16 = true;
     return b.add(n, c, s.precision, BufferClass::Activations);
   };
+  // Context parallel: no probabilities are kept (the ring backward recomputes them from the
+  // rows' log-sum-exp, which is kept instead).
+  const bool ring = s.cp > 1;
+  const int64_t stats = s.mb_seqs * s.A_l * s.seq_local;  // one value per (sequence, head, row)
   auto fill = [&](ActBuffers& a, bool own_probs, bool per_slot) {
     a.n1 = act("n1", T * H);
     a.rstd1 = act("rstd1", Tr);
     a.qkv = kept("qkv", T * s.qkv_cols(), per_slot);
-    if (own_probs) {
+    if (ring) {
+      a.lse = act("lse", stats);
+    } else if (own_probs) {
       a.probs = kept("probs", s.mb_seqs * s.A_l * S * S, per_slot);
     } else {
       if (scratch.probs < 0) scratch.probs = act("probs", s.mb_seqs * s.A_l * S * S);
@@ -179,10 +185,23 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
   b.dgu = act("dgu", T * 2 * s.F_l);
   b.datt = act("datt", T * s.H_l);
   b.dqkv = act("dqkv", T * s.qkv_cols());
-  b.dprobs = act("dprobs", S * S);
+  if (ring) {
+    const int64_t kv = T * 2 * s.K_l * s.head_dim, C = s.seq_local / 2;
+    for (int i = 0; i < 2; ++i) {
+      b.kv_ring[i] = act("kv_ring", kv);
+      b.dkv_ring[i] = act("dkv_ring", kv);
+    }
+    b.dkv_home = act("dkv_home", kv);
+    b.ring_m = act("ring_max", stats);
+    b.ring_l = act("ring_sum", stats);
+    b.ring_dvec = act("ring_dvec", stats);
+    b.ring_scratch = act("ring_scratch", 2 * C * C);
+  } else {
+    b.dprobs = act("dprobs", S * S);
+  }
   if (any16) {  // the f32 work set of the 16-bit kept activations
     b.work.qkv = act("qkv_work", T * s.qkv_cols());
-    b.work.probs = act("probs_work", s.mb_seqs * s.A_l * S * S);
+    if (!ring) b.work.probs = act("probs_work", s.mb_seqs * s.A_l * S * S);
     b.work.att = act("att_work", T * s.H_l);
     b.work.gu = act("gu_work", T * 2 * s.F_l);
     b.work.h = act("h_work", T * s.F_l);

@@ -10,6 +10,7 @@
 //   segment    a compute task of a use: kernels run back to back until a collective needs
 //              what they wrote; the collective's result is waited for by the next segment.
 //   last       the step's last compute task: compute tasks run in one chain.
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -125,6 +126,12 @@ class StepBuilder {
   void ep_counts(UseCtx& u, int layer, int xsl, const std::string& what);
   void ep_rows(UseCtx& u, int layer, int xsl, bool out, int src, int dst, const std::string& what);
   void emit_use_compute(UseCtx& u, const Use& use, int xsl);
+  // context parallel (emit_block.cpp): the ring steps of a layer's attention forward and
+  // backward; `step_op` makes the ComputeOp of one ring step
+  int ring_message(bool send, int buf, const std::string& what);
+  void ring_forward(UseCtx& u, const std::function<ComputeOp(int)>& step_op, const std::string& what);
+  void ring_backward(UseCtx& u, const std::function<ComputeOp(int)>& step_op, const std::string& what);
+  int ring_reader_[6] = {kNone, kNone, kNone, kNone, kNone, kNone};  // last send reading each ring buffer
 
   const ActBuffers& act(int l, int slot) const {
     return b.acts[static_cast<size_t>(s.local_layer[static_cast<size_t>(l)])][static_cast<size_t>(slot)];

@@ -107,6 +107,94 @@ void StepBuilder::ep_rows(UseCtx& u, int layer, int xsl, bool out, int src, int 
   comm_then(u, emit_comm(std::move(c), "all_to_allv " + w));
 }
 
+// ---- context parallelism: ring attention ------------------------------------------------------
+// The key/value blocks travel to the next context rank (cc + 1) and arrive from the previous
+// one, as compiled send/recv tasks on the `context` communicator. Two buffers alternate:
+// step r computes on kv_ring[r % 2] while the block of step r + 1 arrives in the other one.
+// A receive waits until the compute and the send that last read its buffer are done.
+
+int StepBuilder::ring_message(bool send, int buf, const std::string& what) {
+  CommOp c;
+  c.kind = send ? comm::CollectiveKind::Send : comm::CollectiveKind::Recv;
+  c.axes = s.groups.context;
+  c.peer = send ? (s.cc + 1) % s.cp : (s.cc + s.cp - 1) % s.cp;
+  c.count = s.tokens_mb * 2 * s.K_l * s.head_dim;
+  c.desc = {parallel::group_key(c.axes), send ? "send" : "recv", what, c.count, "f32", c.peer};
+  (send ? c.src : c.dst) = {buf};
+  return emit_comm(std::move(c), std::string(send ? "send " : "recv ") + what);
+}
+
+// which of kv_ring[0..1], dkv_ring[0..1], dkv_home a buffer is (for ring_reader_)
+namespace {
+int ring_slot(const BufferPlan& b, int buf) {
+  const int ids[5] = {b.kv_ring[0], b.kv_ring[1], b.dkv_ring[0], b.dkv_ring[1], b.dkv_home};
+  for (int i = 0; i < 5; ++i)
+    if (ids[i] == buf) return i;
+  return 5;
+}
+}  // namespace
+
+void StepBuilder::ring_forward(UseCtx& u, const std::function<ComputeOp(int)>& step_op, const std::string& what) {
+  flush(u);  // the qkv segment wrote this rank's own block into kv_ring[0]
+  int have = u.segs.back();  // the task after which step r's block is in its buffer
+  int prev = have;           // the compute before step r
+  for (int r = 0; r < s.cp; ++r) {
+    const int cur = b.kv_ring[r % 2], nxt = b.kv_ring[(r + 1) % 2];
+    int recv = kNone;
+    if (r + 1 < s.cp) {
+      const std::string w = what + ".kv" + std::to_string(r + 1) + u.mbs;
+      const int send = ring_message(true, cur, w);
+      edge(have, send);
+      recv = ring_message(false, nxt, w);
+      edge(prev, recv);
+      edge(ring_reader_[ring_slot(b, nxt)], recv);
+      ring_reader_[ring_slot(b, cur)] = send;
+    }
+    const int c = emit_compute({step_op(r)}, u.prefix + what + ".ring" + std::to_string(r) + u.mbs);
+    chain(c);
+    edge(have, c);
+    u.segs.push_back(c);
+    prev = c;
+    have = recv;
+  }
+}
+
+void StepBuilder::ring_backward(UseCtx& u, const std::function<ComputeOp(int)>& step_op, const std::string& what) {
+  flush(u);  // datt, D, own block in kv_ring[0], zero dkv_ring[0]
+  int have_kv = u.segs.back(), have_dkv = have_kv, prev = have_kv;
+  for (int r = 0; r < s.cp; ++r) {
+    const int kcur = b.kv_ring[r % 2], knxt = b.kv_ring[(r + 1) % 2];
+    const int dcur = b.dkv_ring[r % 2], dnxt = r + 1 < s.cp ? b.dkv_ring[(r + 1) % 2] : b.dkv_home;
+    int kv_recv = kNone;
+    if (r + 1 < s.cp) {  // the next block's keys and values, while this one computes
+      const std::string w = what + ".kv" + std::to_string(r + 1) + u.mbs;
+      const int send = ring_message(true, kcur, w);
+      edge(have_kv, send);
+      kv_recv = ring_message(false, knxt, w);
+      edge(prev, kv_recv);
+      edge(ring_reader_[ring_slot(b, knxt)], kv_recv);
+      ring_reader_[ring_slot(b, kcur)] = send;
+    }
+    const int c = emit_compute({step_op(r)}, u.prefix + what + ".ring_bwd" + std::to_string(r) + u.mbs);
+    chain(c);
+    edge(have_kv, c);
+    edge(have_dkv, c);
+    u.segs.push_back(c);
+    // the block's gradient so far goes on with the block (after the last step: home)
+    const std::string w = what + ".dkv" + std::to_string(r + 1) + u.mbs;
+    const int send = ring_message(true, dcur, w);
+    edge(c, send);
+    const int recv = ring_message(false, dnxt, w);
+    edge(prev, recv);
+    edge(ring_reader_[ring_slot(b, dnxt)], recv);
+    ring_reader_[ring_slot(b, dcur)] = send;
+    prev = c;
+    have_kv = kv_recv;
+    have_dkv = recv;
+  }
+  u.pending->push_back(have_dkv);  // the next segment reads dkv_home
+}
+
 void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
   const int j = use.mb;
   const int ring = use.gather >= 0 ? use.gather % (s.prefetch + 1) : 0;
@@ -136,6 +224,17 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
     run(u, norm1, again ? "recompute.attn_norm" : "attn_norm");
     if (s.sp) tp_all_gather(u, {a.n1, s.t0 * H}, {a.n1}, cp + ".attn_norm.out");
     run(u, op(StepOp::Attn, l), again ? "recompute.attn" : "attn");
+    if (s.cp > 1) {
+      ring_forward(
+          u,
+          [&](int r) {
+            ComputeOp c = op(StepOp::AttnRing, l);
+            c.step = r;
+            return c;
+          },
+          cp + ".attn");
+      run(u, op(StepOp::AttnOut, l), again ? "recompute.attn_out" : "attn_out");
+    }
     tp_sum(u, b.y, b.y_rows, cp + ".attn.out");
     run(u, op(StepOp::MlpNorm, l), again ? "recompute.mlp_norm" : "mlp_norm");
     if (s.sp) tp_all_gather(u, {a.n2, s.t0 * H}, {a.n2}, cp + ".mlp_norm.out");
@@ -209,8 +308,19 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       tp_sum(u, b.dn, b.dn_rows, lp + ".mlp_norm.dout");
       run(u, op(StepOp::MlpNormBwd, l), "mlp_norm");
       dx_gather(u, xsl, lp + ".mlp.dx");
-      if (s.recompute == Recompute::Selective) run(u, op(StepOp::AttnCore, l), "recompute.attn_core");
+      if (s.recompute == Recompute::Selective && s.cp == 1) run(u, op(StepOp::AttnCore, l), "recompute.attn_core");
       run(u, op(StepOp::AttnBwd, l), "attn");
+      if (s.cp > 1) {
+        ring_backward(
+            u,
+            [&](int r) {
+              ComputeOp c = op(StepOp::AttnRingBwd, l);
+              c.step = r;
+              return c;
+            },
+            lp + ".attn");
+        run(u, op(StepOp::AttnQkvBwd, l), "attn_qkv");
+      }
       tp_sum(u, b.dn, b.dn_rows, lp + ".attn_norm.dout");
       run(u, op(StepOp::AttnNormBwd, l), "attn_norm");
       break;

@@ -204,7 +204,7 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   s.mb_seqs = s.local_seqs / s.micro;
   s.cp = shape.axis_size_or_1(axis::context);
   if (s.cp > 1) s.cc = shape.coord(rank, axis::context);
-  SHARDFLOW_REQUIRE_INPUT(s.seq % (2 * s.cp) == 0, "mesh.context = ", s.cp, " splits each sequence into 2 x ", s.cp,
+  SHARDFLOW_REQUIRE_INPUT(s.cp == 1 || s.seq % (2 * s.cp) == 0, "mesh.context = ", s.cp, " splits each sequence into 2 x ", s.cp,
                           " chunks, which model.seq = ", s.seq, " does not divide (", deck.where("mesh.context"), ")");
   SHARDFLOW_REQUIRE_INPUT(s.cp == 1 || s.experts == 0, "mesh.context = ", s.cp,
                           " with a mixture of experts (model.experts = ", s.experts,

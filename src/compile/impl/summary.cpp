@@ -38,6 +38,10 @@ const char* step_op_name(StepOp op) {
     case StepOp::MlpNormBwd: return "mlp_norm_bwd";
     case StepOp::AttnCore: return "attn_core";
     case StepOp::AttnBwd: return "attn_bwd";
+    case StepOp::AttnRingBwd: return "attn_ring_bwd";
+    case StepOp::AttnQkvBwd: return "attn_qkv_bwd";
+    case StepOp::AttnRing: return "attn_ring";
+    case StepOp::AttnOut: return "attn_out";
     case StepOp::AttnNormBwd: return "attn_norm_bwd";
     case StepOp::EmbedBwd: return "embed_bwd";
     case StepOp::GradNormLocal: return "grad_norm_local";

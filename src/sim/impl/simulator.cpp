@@ -59,6 +59,21 @@ struct KernelModel {
     gemm(S, D, S, b * A);
     bytes(b * A * S * S * elem * 3);
   }
+  // context parallel: one ring step's (query chunk, key chunk) pairs of C × C, `pairs` of
+  // them for each of b sequences × A heads (3 with this rank's own block, else 2)
+  void ring_fwd(double pairs) {
+    const double b = static_cast<double>(s.mb_seqs), A = static_cast<double>(s.A_l),
+                 C = static_cast<double>(s.seq_local) / 2, D = static_cast<double>(s.head_dim);
+    gemm(C, C, D, pairs * b * A);
+    gemm(C, D, C, pairs * b * A);
+    bytes(pairs * b * A * C * C * elem * 3);
+  }
+  void ring_bwd(double pairs) {
+    const double b = static_cast<double>(s.mb_seqs), A = static_cast<double>(s.A_l),
+                 C = static_cast<double>(s.seq_local) / 2, D = static_cast<double>(s.head_dim);
+    gemm(C, C, D, 5 * pairs * b * A);  // S again, dV, dP, dQ, dK
+    bytes(pairs * b * A * C * C * elem * 5);
+  }
   void core_bwd() {
     const double b = static_cast<double>(s.mb_seqs), A = static_cast<double>(s.A_l), S = static_cast<double>(s.seq),
                  D = static_cast<double>(s.head_dim);
@@ -80,6 +95,8 @@ Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec&
                Hl = static_cast<double>(s.H_l), Fl = static_cast<double>(s.F_l), Vl = static_cast<double>(s.V_l),
                Tr = static_cast<double>(s.Tr), e = k.elem;
   const double E = static_cast<double>(s.experts), topk = static_cast<double>(s.top_k);
+  const double QKV = static_cast<double>(s.qkv_cols()), stats = static_cast<double>(s.mb_seqs * s.A_l * s.seq_local);
+  const bool ring = s.cp > 1;
   for (const compile::ComputeOp& o : t.ops) {
     switch (o.op) {
       case StepOp::Begin: break;
@@ -88,10 +105,18 @@ Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec&
       case StepOp::PosEmbed: k.bytes(T * H * 4 * 3); break;
       case StepOp::AttnNorm: k.bytes(Tr * H * 4 * 4 + Tr * H * e); break;
       case StepOp::Attn:
-        k.linear_fwd(T, 3 * Hl, H);
+        k.linear_fwd(T, QKV, H);
+        if (ring) {  // own block out, the softmax state and the output zeroed
+          k.bytes(T * (QKV - Hl) * 4 * 2 + stats * 8 + T * Hl * 4);
+          break;
+        }
         k.core_fwd();
         k.linear_fwd(T, H, Hl);
         break;
+      case StepOp::AttnRing: k.ring_fwd(o.step == 0 ? 3 : 2); break;
+      case StepOp::AttnOut: k.bytes(T * Hl * 4 * 2 + stats * 4); k.linear_fwd(T, H, Hl); break;
+      case StepOp::AttnRingBwd: k.ring_bwd(o.step == 0 ? 3 : 2); break;
+      case StepOp::AttnQkvBwd: k.bytes(T * (QKV - Hl) * 4 * 2); k.linear_bwd(T, QKV, H); break;
       case StepOp::MlpNorm: k.bytes(Tr * H * 4 * 5 + Tr * H * e); break;
       case StepOp::Mlp:
         if (s.moe_layer(o.layer)) break;
@@ -131,8 +156,12 @@ Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec&
       case StepOp::AttnCore: k.core_fwd(); break;
       case StepOp::AttnBwd:
         k.linear_bwd(T, H, Hl);
+        if (ring) {  // D, own block out, dq and dkv zeroed
+          k.bytes(T * Hl * 4 * 2 + T * QKV * 4 + T * (QKV - Hl) * 4 * 3);
+          break;
+        }
         k.core_bwd();
-        k.linear_bwd(T, 3 * Hl, H);
+        k.linear_bwd(T, QKV, H);
         break;
       case StepOp::EmbedBwd: k.bytes(T * H * 4 * 3); break;
       case StepOp::GradNormLocal: k.bytes(param_elems(s) * 4); break;

@@ -113,6 +113,10 @@ void Trainer::Impl::run_op(const compile::ComputeOp& o) {
     case StepOp::PosEmbed: embed_fwd_b(x, s); return;
     case StepOp::AttnNorm: layer_fwd_norm1(l, x, s, o.recompute); return;
     case StepOp::Attn: layer_fwd_attn(l, x, s); return;
+    case StepOp::AttnRing: ring_fwd_step(l, x, o.step); return;
+    case StepOp::AttnOut: ring_fwd_out(l, x, s); return;
+    case StepOp::AttnRingBwd: ring_bwd_step(l, x, o.step); return;
+    case StepOp::AttnQkvBwd: ring_bwd_qkv(l, x, s, g, a); return;
     case StepOp::MlpNorm: layer_fwd_norm2(l, x, s); return;
     case StepOp::Mlp: layer_fwd_mlp(l, x, s); return;
     case StepOp::Residual: layer_fwd_end(l, x); return;
@@ -160,13 +164,14 @@ void Trainer::Impl::embed_fwd_a(int j, int act_slot, int ring) {
                                       mat(out, tokens_mb, H));
   if (sp && tc == 0 && !llama)  // positions join the partial sums once
     nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(P("pos_embed.weight"), ring), cfg.seq, H),
-                                                mat(out, tokens_mb, H));
+                                                mat(out, tokens_mb, H), cp, cc);
 }
 
 void Trainer::Impl::embed_fwd_b(int act_slot, int ring) {
   const Param& pe = P("pos_embed.weight");
   nn::PositionEmbedding<float, Exec>::forward(cmat(pptr(pe, ring), cfg.seq, cfg.hidden),
-                                              mat(xs[static_cast<size_t>(act_slot)].data(), tokens_mb, cfg.hidden));
+                                              mat(xs[static_cast<size_t>(act_slot)].data(), tokens_mb, cfg.hidden), cp,
+                                              cc);
 }
 
 // rmsnorm of this rank's residual rows x [Tr, H] into rows [t0, t0 + Tr) of `out` [T, H]
@@ -218,7 +223,7 @@ void Trainer::Impl::qkv_forward(int l, int act_slot, int ring) {
   Lin::forward(n1, cmat(weight16(lw(l, 1), ring, 0, H_l * H), H_l, H), Kokkos::subview(qkv, Kokkos::ALL(), Cols(0, H_l)));
   Lin::forward(n1, cmat(weight16(kv_weight(l), ring, 0, KV * H), KV, H),
                Kokkos::subview(qkv, Kokkos::ALL(), Cols(H_l, QKV_l)));
-  nn::Rope<float, Exec>::forward(qkv, rot_heads, cfg.seq, cmat(rope.data(), cfg.seq, cfg.head_dim()));
+  nn::Rope<float, Exec>::forward(qkv, rot_heads, seq_local, cmat(rope.data(), cfg.seq, cfg.head_dim()), cp, cc);
 }
 
 // the conjugate of qkv_forward on dqkv (in place: RoPE's inverse rotation, then the 16-bit
@@ -227,8 +232,9 @@ void Trainer::Impl::qkv_backward(int l, int act_slot, int ring, int gring, bool 
   using Cols = Kokkos::pair<int64_t, int64_t>;
   const int64_t T = tokens_mb, H = cfg.hidden;
   Acts& a = act(l, act_slot);
-  if (llama) nn::Rope<float, Exec>::backward(mat(dqkv.data(), T, QKV_l), rot_heads, cfg.seq,
-                                             cmat(rope.data(), cfg.seq, cfg.head_dim()));
+  if (llama)
+    nn::Rope<float, Exec>::backward(mat(dqkv.data(), T, QKV_l), rot_heads, seq_local,
+                                    cmat(rope.data(), cfg.seq, cfg.head_dim()), cp, cc);
   round16(dqkv.data(), T * QKV_l);
   if (!llama) {
     linear_backward(dqkv.data(), a.n1.data(), lw(l, 1), ring, gring, acc, T, QKV_l, H, dn.data(), false);
@@ -259,6 +265,12 @@ void Trainer::Impl::layer_fwd_attn(int l, int act_slot, int ring) {
   Acts& a = act(l, act_slot);
   qkv_forward(l, act_slot, ring);
   pack16(a.qkv.data(), a.qkv16, T * QKV_l);
+  if (cp > 1) {  // ring attention: this rank's block first (AttnRing steps, then AttnOut)
+    own_kv(l, act_slot, kv_ring[0].data());
+    nn::RingAttention<float, Exec>::init(vec(ring_m.data(), mb_seqs * A_l * seq_local),
+                                         vec(ring_l.data(), mb_seqs * A_l * seq_local), mat(a.att.data(), T, H_l));
+    return;
+  }
   VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
   Attention<float, Exec>::forward(cmat(a.qkv.data(), T, QKV_l), A_l, probs, mat(a.att.data(), T, H_l), prec, kvmap);
   pack16(a.probs.data(), a.probs16, mb_seqs * A_l * S * S);
@@ -332,7 +344,9 @@ void Trainer::Impl::head_c(int j, int ring, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& lm = P("lm_head.weight");
   // f16: the loss gradient is multiplied by the loss scale (update() divides it out)
-  const double scale = loss_scale / static_cast<double>(local_seqs * cfg.seq);
+  // context parallel: this rank's tokens are 1/cp of its sequences', and the gradients are
+  // averaged over batch + context, so the context ranks' shares are scaled to sum
+  const double scale = loss_scale * cp / static_cast<double>(local_seqs * cfg.seq);
   sums_local[0] += CrossEntropy<float, Exec>::loss_and_grad(cmat(logits.data(), T, V_l), cvec(row_max.data(), T),
                                                             cmat(stats.data(), T, 2), targets[static_cast<size_t>(j)],
                                                             v0, scale, mat(logits.data(), T, V_l));
@@ -370,6 +384,10 @@ void Trainer::Impl::layer_bwd_attn(int l, int act_slot, int ring, int gring, boo
   Acts& a = act(l, act_slot);
   unpack16(a.att16, a.att.data(), T * H_l);
   unpack16(a.qkv16, a.qkv.data(), T * QKV_l);
+  if (cp > 1) {
+    ring_bwd_begin(l, act_slot, ring, gring, acc);
+    return;
+  }
   unpack16(a.probs16, a.probs.data(), mb_seqs * A_l * S * S);
   linear_backward(dy_rounded(dx_full(act_slot), T * H), a.att.data(), lw(l, 2), ring, gring, acc, T, H, H_l,
                   datt.data(), false);
@@ -377,6 +395,77 @@ void Trainer::Impl::layer_bwd_attn(int l, int act_slot, int ring, int gring, boo
   VT::CTen3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
   nn::Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, QKV_l), probs, A_l,
                                        mat(dprobs.data(), S, S), mat(dqkv.data(), T, QKV_l), false, prec, kvmap);
+  qkv_backward(l, act_slot, ring, gring, acc);
+}
+
+// ---- context parallelism: ring attention ------------------------------------------------------
+// The compiled ring (compile/impl/emit_block.cpp) moves the key/value blocks: step r computes
+// with the block of context rank cc − r in kv_ring[r % 2]; the backward's dK|dV of that block
+// travels with it in dkv_ring[r % 2] and arrives home in dkv_home after the last step.
+
+int64_t Trainer::Impl::token_row(int64_t t) const {
+  return (t / seq_local) * cfg.seq + nn::context_position(t % seq_local, seq_local, cp, cc);
+}
+
+void Trainer::Impl::own_kv(int l, int act_slot, float* dst) {
+  const int64_t W = QKV_l, off = H_l, n = QKV_l - H_l;
+  const float* q = act(l, act_slot).qkv.data();
+  Kokkos::parallel_for(
+      "shardflow::train::own_kv", Kokkos::RangePolicy<Exec>(0, tokens_mb * n),
+      KOKKOS_LAMBDA(int64_t i) { dst[i] = q[(i / n) * W + off + i % n]; });
+}
+
+void Trainer::Impl::ring_fwd_step(int l, int act_slot, int step) {
+  const int64_t T = tokens_mb, stats = mb_seqs * A_l * seq_local;
+  Acts& a = act(l, act_slot);
+  const int k_rank = (cc - step + cp) % cp;
+  nn::RingAttention<float, Exec>::forward_block(
+      cmat(a.qkv.data(), T, QKV_l), A_l, cmat(kv_ring[step % 2].data(), T, QKV_l - H_l), kvmap, seq_local, cp, cc,
+      k_rank, vec(ring_m.data(), stats), vec(ring_l.data(), stats), mat(a.att.data(), T, H_l),
+      vec(ring_scratch.data(), static_cast<int64_t>(ring_scratch.extent(0))), prec);
+}
+
+void Trainer::Impl::ring_fwd_out(int l, int act_slot, int ring) {
+  const int64_t T = tokens_mb, H = cfg.hidden, stats = mb_seqs * A_l * seq_local;
+  Acts& a = act(l, act_slot);
+  nn::RingAttention<float, Exec>::finish(cvec(ring_m.data(), stats), cvec(ring_l.data(), stats), A_l, seq_local,
+                                         mat(a.att.data(), T, H_l), vec(a.lse.data(), stats));
+  pack16(a.att.data(), a.att16, T * H_l);
+  nn::Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(weight16(lw(l, 2), ring, 0, H * H_l), H, H_l),
+                                   mat(ybuf.data(), T, H));
+}
+
+void Trainer::Impl::ring_bwd_begin(int l, int act_slot, int ring, int gring, bool acc) {
+  const int64_t T = tokens_mb, H = cfg.hidden, stats = mb_seqs * A_l * seq_local;
+  Acts& a = act(l, act_slot);
+  linear_backward(dy_rounded(dx_full(act_slot), T * H), a.att.data(), lw(l, 2), ring, gring, acc, T, H, H_l,
+                  datt.data(), false);
+  round16(datt.data(), T * H_l);
+  nn::RingAttention<float, Exec>::backward_prep(cmat(datt.data(), T, H_l), cmat(a.att.data(), T, H_l), A_l, seq_local,
+                                                vec(ring_dvec.data(), stats));
+  Kokkos::deep_copy(dqkv, 0.0f);
+  own_kv(l, act_slot, kv_ring[0].data());
+  Kokkos::deep_copy(dkv_ring[0], 0.0f);
+}
+
+void Trainer::Impl::ring_bwd_step(int l, int act_slot, int step) {
+  const int64_t T = tokens_mb, KV = QKV_l - H_l, stats = mb_seqs * A_l * seq_local;
+  Acts& a = act(l, act_slot);
+  const int k_rank = (cc - step + cp) % cp;
+  nn::RingAttention<float, Exec>::backward_block(
+      cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, QKV_l), A_l, cmat(kv_ring[step % 2].data(), T, KV), kvmap,
+      seq_local, cp, cc, k_rank, cvec(a.lse.data(), stats), cvec(ring_dvec.data(), stats),
+      mat(dqkv.data(), T, QKV_l), mat(dkv_ring[step % 2].data(), T, KV),
+      vec(ring_scratch.data(), static_cast<int64_t>(ring_scratch.extent(0))), prec);
+}
+
+void Trainer::Impl::ring_bwd_qkv(int l, int act_slot, int ring, int gring, bool acc) {
+  const int64_t W = QKV_l, off = H_l, n = QKV_l - H_l;
+  float* d = dqkv.data();
+  const float* home = dkv_home.data();
+  Kokkos::parallel_for(
+      "shardflow::train::dkv_home", Kokkos::RangePolicy<Exec>(0, tokens_mb * n),
+      KOKKOS_LAMBDA(int64_t i) { d[(i / n) * W + off + i % n] = home[i]; });
   qkv_backward(l, act_slot, ring, gring, acc);
 }
 
@@ -395,7 +484,8 @@ void Trainer::Impl::embed_bwd(int j, int act_slot, int gring, bool acc) {
                                        *escratch, accum(e, acc));
   if (llama) return;  // RoPE has no parameters
   const Param& pe = P("pos_embed.weight");
-  nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gring), cfg.seq, H), accum(pe, acc));
+  nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gring), cfg.seq, H), accum(pe, acc), cp,
+                                               cc);
 }
 
 // ---- mixture of experts ------------------------------------------------------------------

@@ -91,6 +91,9 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluat
   QKV_l = s.qkv_cols();
   rot_heads = s.A_l + s.K_l;
   kvmap = nn::KvMap{s.K_l, s.heads / s.kv_heads, s.a0, s.k0};
+  cp = s.cp;
+  cc = s.cc;
+  seq_local = s.seq_local;
   F_l = s.F_l;
   V_l = s.V_l;
   v0 = s.v0;
@@ -349,6 +352,7 @@ void Trainer::Impl::allocate() {
       o.x_mid = f(a.x_mid);
       o.n2 = f(a.n2);
       o.rstd2 = f(a.rstd2);
+      o.lse = f(a.lse);
       kept(a.qkv, b.work.qkv, o.qkv, o.qkv16);
       kept(a.probs, b.work.probs, o.probs, o.probs16);
       kept(a.att, b.work.att, o.att, o.att16);
@@ -401,6 +405,15 @@ void Trainer::Impl::allocate() {
   dqkv = f(b.dqkv);
   dprobs = f(b.dprobs);
   rope = f(b.rope);
+  for (int i = 0; i < 2; ++i) {
+    kv_ring[i] = f(b.kv_ring[i]);
+    dkv_ring[i] = f(b.dkv_ring[i]);
+  }
+  dkv_home = f(b.dkv_home);
+  ring_m = f(b.ring_m);
+  ring_l = f(b.ring_l);
+  ring_dvec = f(b.ring_dvec);
+  ring_scratch = f(b.ring_scratch);
   if (b.rope >= 0) nn::Rope<float, Exec>::table(cfg.rope_theta, kern::mat(rope.data(), cfg.seq, cfg.head_dim()));
   nf = f(b.nf);
   rstdf = f(b.rstdf);
@@ -573,8 +586,8 @@ double Trainer::evaluate(const std::vector<int32_t>& inputs, const std::vector<i
     auto ht = Kokkos::create_mirror_view(I.targets[static_cast<size_t>(j)]);
     const int64_t first = (I.slice.begin + j * I.mb_seqs) * S;
     for (int64_t t = 0; t < I.tokens_mb; ++t) {
-      hi(t) = inputs[static_cast<size_t>(first + t)];
-      ht(t) = targets[static_cast<size_t>(first + t)];
+      hi(t) = inputs[static_cast<size_t>(first + I.token_row(t))];
+      ht(t) = targets[static_cast<size_t>(first + I.token_row(t))];
     }
     Kokkos::deep_copy(I.inputs[static_cast<size_t>(j)], hi);
     Kokkos::deep_copy(I.targets[static_cast<size_t>(j)], ht);
@@ -593,8 +606,8 @@ StepStats Trainer::train_step() {
     auto hi = Kokkos::create_mirror_view(I.inputs[static_cast<size_t>(j)]);
     auto ht = Kokkos::create_mirror_view(I.targets[static_cast<size_t>(j)]);
     for (int64_t t = 0; t < I.tokens_mb; ++t) {
-      hi(t) = b.inputs[static_cast<size_t>(t)];
-      ht(t) = b.targets[static_cast<size_t>(t)];
+      hi(t) = b.inputs[static_cast<size_t>(I.token_row(t))];
+      ht(t) = b.targets[static_cast<size_t>(I.token_row(t))];
     }
     Kokkos::deep_copy(I.inputs[static_cast<size_t>(j)], hi);
     Kokkos::deep_copy(I.targets[static_cast<size_t>(j)], ht);
@@ -699,7 +712,8 @@ MemoryStats Trainer::memory() const {
   std::set<const float*> counted;  // full recomputation: the layers share one scratch set
   for (const auto& per : I.acts)
     for (const auto& a : per)
-      for (const FVec* v : {&a.x_in, &a.n1, &a.rstd1, &a.qkv, &a.probs, &a.att, &a.x_mid, &a.n2, &a.rstd2, &a.gu, &a.h})
+      for (const FVec* v :
+           {&a.x_in, &a.n1, &a.rstd1, &a.qkv, &a.probs, &a.att, &a.x_mid, &a.n2, &a.rstd2, &a.gu, &a.h, &a.lse})
         if (v->data() == nullptr || counted.insert(v->data()).second) m.activations += view_bytes(*v);
   for (const auto& per : I.acts)  // mixed precision's 16-bit kept activations (one set per slot)
     for (const auto& a : per)
@@ -717,7 +731,8 @@ MemoryStats Trainer::memory() const {
   for (const auto& v : I.dxs) m.activations += view_bytes(v);
   for (const auto& v : I.rxs) m.activations += view_bytes(v);
   for (const auto& v : I.rdxs) m.activations += view_bytes(v);
-  for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.rope, &I.nf,
+  for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.rope, &I.kv_ring[0], &I.kv_ring[1], &I.dkv_ring[0],
+                        &I.dkv_ring[1], &I.dkv_home, &I.ring_m, &I.ring_l, &I.ring_dvec, &I.ring_scratch, &I.nf,
                         &I.rstdf, &I.logits, &I.row_max, &I.stats})
     m.activations += view_bytes(*v);
   return m;

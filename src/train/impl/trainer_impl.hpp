@@ -82,6 +82,7 @@ struct Trainer::Impl {
 
   struct Acts {
     FVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
+    FVec lse;  // context parallel: the attention rows' log-sum-exp
     // Mixed precision: the 16-bit copies kept for the backward (empty when the activation is
     // kept in f32); qkv .. h above are then the shared f32 work set (prog.buffers.work).
     kern::HVec qkv16, probs16, att16, gu16, h16;
@@ -105,6 +106,17 @@ struct Trainer::Impl {
   FVec yl, dnl, dxfull;                  // sequence parallel: reduce-scattered rows, gathered dx
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
   FVec rope;  // llama: the RoPE table [S, D]
+  // context parallel (ring attention): the StepProgram's ring buffers
+  int cp = 1, cc = 0;
+  int64_t seq_local = 0;
+  FVec kv_ring[2], dkv_ring[2], dkv_home, ring_m, ring_l, ring_dvec, ring_scratch;
+  int64_t token_row(int64_t t) const;  // micro-batch row t's token in its sequences (b·S + position)
+  void own_kv(int l, int act_slot, float* dst);  // this rank's key/value columns of qkv into dst
+  void ring_fwd_step(int l, int act_slot, int step);
+  void ring_fwd_out(int l, int act_slot, int ring);
+  void ring_bwd_begin(int l, int act_slot, int ring, int gring, bool acc);
+  void ring_bwd_step(int l, int act_slot, int step);
+  void ring_bwd_qkv(int l, int act_slot, int ring, int gring, bool acc);
   // ---- mixed precision (train.precision) ---------------------------------------------------
   DType prec = DType::F32;  // F32: every round16 below is a no-op and nothing is packed
   FVec w16;                 // a weight rounded for its matmul (one not in the gather ring)
