@@ -29,10 +29,11 @@ struct Config {
   std::string extra;
   std::string model_extra = "";
   int layers = 3;
+  int seq = 15;
 };
 
 std::string deck_text(const Config& c) {
-  return "[mesh]\n" + c.mesh + "\n[model]\nvocab = 256\nseq = 15\nhidden = 30\nheads = 3\nffn = 42\nlayers = " +
+  return "[mesh]\n" + c.mesh + "\n[model]\nvocab = 256\nseq = " + std::to_string(c.seq) + "\nhidden = 30\nheads = 3\nffn = 42\nlayers = " +
          std::to_string(c.layers) + "\n" +
          c.model_extra +
          "[train]\nsteps = 6\nglobal_batch = 8\nmicro_batches = 2\nlr = 3e-3\nwarmup = 2\nseed = 5\ndata = "
@@ -123,4 +124,23 @@ TEST(TrainResumeParallel, InterleavedCheckpointsRestoreOnAnyMesh) {
                                  {2, "l4_pp2", "data = 1\npipeline = 2", 0, "", "", 4}};
   if (n >= 4) configs.push_back({4, "l4_pp2_v2_tp2", "data = 1\npipeline = 2\ntensor = 2", 0, v2, "", 4});
   check_round_trips(configs);
+}
+
+// The Llama family (RoPE, 3 query heads sharing 1 kv head) and context parallelism: a
+// checkpoint saved on context x tensor ranks restores on one rank, on data-parallel ranks and
+// on context ranks alone, and continues as the uninterrupted run does.
+TEST(TrainResumeParallel, LlamaContextCheckpointsRestoreOnAnyMesh) {
+  const int n = test::world_size();
+  const std::string llama = "family = \"llama\"\nkv_heads = 1\n";
+  const Config one{1, "llama_one", "data = 1", 0, "", llama, 3, 16};
+  const Config dp2{2, "llama_dp2", "data = 2", 1, "", llama, 3, 16};
+  const Config cp2{2, "llama_cp2", "data = 1\ncontext = 2", 0, "", llama, 3, 16};
+  const Config cp2_tp2{4, "llama_cp2_tp2", "data = 1\ncontext = 2\ntensor = 2", 0, "sequence_parallel = true\n",
+                       llama, 3, 16};
+  if (n >= 4)
+    check_round_trips({cp2_tp2, one, dp2, cp2});
+  else if (n >= 2)
+    check_round_trips({cp2, one, dp2});
+  else
+    check_round_trips({one});
 }
