@@ -1,7 +1,7 @@
 """Memory you can trust (issue 12 item 4): `shardflow train --summary` reports, per rank,
 the framework's measured allocation peak (core/memory.hpp: every Kokkos allocation and the
 checkpoint staging) and the compiled step's prediction (compile::predict_peak). For every
-strategy, schedule, recompute mode, precision and checkpoint mode below, on the quickstart deck, the
+strategy, schedule, recompute mode, precision, checkpoint mode and model family below, on the quickstart deck, the
 prediction is within 10% of the measurement on every rank."""
 import json
 import os
@@ -34,6 +34,11 @@ CASES = [
                                          "strategy.recompute=\"full\"", "train.precision=\"bf16\""]),
     ("tp2 sp selective bf16", ["mesh.data=1", "mesh.tensor=2", "strategy.sequence_parallel=true",
                                "strategy.recompute=\"selective\"", "train.precision=\"bf16\""]),
+    # the Llama family (issue 16): GQA split and replicated over tensor, context parallelism
+    ("llama tp2 kv1", ["model.family=\"llama\"", "model.kv_heads=1", "mesh.data=1", "mesh.tensor=2"]),
+    ("llama cp2", ["model.family=\"llama\"", "model.kv_heads=2", "mesh.data=1", "mesh.context=2"]),
+    ("llama cp2 bf16 full recompute", ["model.family=\"llama\"", "model.kv_heads=2", "mesh.data=1", "mesh.context=2",
+                                       "train.precision=\"bf16\"", "strategy.recompute=\"full\""]),
 ]
 
 
