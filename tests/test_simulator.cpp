@@ -231,3 +231,31 @@ TEST(Simulate, CommunicationOnTheComputeCoreIsAllExposed) {
   EXPECT_LT(overlap.exposed_comm_s.at("data"), overlap.comm_busy_s.at("data"));
   EXPECT_GT(core.step_time_s, overlap.step_time_s);
 }
+
+// The Llama family and context parallelism go through the same compiled step: on c context
+// ranks each rank's attention work is its share of the causal square (3 of the (2c)² chunk
+// pairs for its own block, 2 for every other), its ring messages are the key/value blocks
+// (c − 1 per layer and micro-batch forward, 2c − 1 backward, 2·K·D columns), and a fast
+// link hides them behind the blocks' compute.
+TEST(Simulate, LlamaContextParallelRingIsCostedAndHidden) {
+  const std::string llama = "family = \"llama\"\nkv_heads = 2\n";
+  std::string text = deck_text("data = 1\ncontext = 2");
+  text.insert(text.find("vocab"), llama);
+  const Deck d = deck_of(text);
+  const sim::Cluster c = sim::parse_cluster(cluster_text(1000, 1000, 8), "t.toml");
+  const sim::SimResult r = sim::simulate(d, c);
+  ASSERT_GT(r.step_time_s, 0);
+  ASSERT_TRUE(r.comm_busy_s.count("context"));
+  // bytes: tokens_mb · 2·K·D · 4 per message, (1 + 3) messages per layer on 2 ranks, 4
+  // layers; the busy time counts each message's send and its receive
+  const double T = 16.0 * 128 / 2, bytes = T * 2 * 2 * 64 * 4, msgs = 2 * 4.0 * (1 + 3);
+  EXPECT_NEAR(r.comm_busy_s.at("context"), msgs * bytes / 1000e9, 1e-3 * msgs * bytes / 1000e9);
+  // a fast link: forward kv blocks hide behind compute, backward dK|dV cannot (it follows its block's compute)
+  EXPECT_LT(r.exposed_comm_s.at("context"), r.comm_busy_s.at("context"));
+  // one rank runs the whole sequence: the two context ranks are each faster
+  std::string one = text;
+  one.replace(one.find("context = 2"), 11, "context = 1");
+  const sim::SimResult r1 = sim::simulate(deck_of(one), c);
+  EXPECT_LT(r.step_time_s, r1.step_time_s);
+  EXPECT_GT(r.step_time_s, r1.step_time_s / 2);  // the ring's diagonal pairs are whole C x C products
+}

@@ -294,7 +294,9 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
         const bool same_node = cluster.node_of(peer_rank) == cluster.node_of(r.rank);
         const Link& l = same_node ? cluster.intra : cluster.inter;
         r.dur[i] = l.latency_us * 1e-6 + bytes / (l.bandwidth_gbs * 1e9 * l.efficiency);
-        r.partner_role[i] = mesh.coord(peer_rank, "pipeline");
+        // a pipeline peer is its stage's role; a context peer (the ring) is symmetric with
+        // this rank: its own role, whose k-th receive stands for the peer's
+        r.partner_role[i] = pp > 1 ? mesh.coord(peer_rank, "pipeline") : r.stage;
         const std::string channel = (o.kind == K::Send ? "send>" : "recv<") + std::to_string(r.partner_role[i]);
         auto it = last_on.find(channel);
         r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
