@@ -3,6 +3,7 @@
 // (forward) and FlashAttention-2's backward (P recomputed from the saved log-sum-exp).
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "core/half.hpp"
 #include "nn/impl/gemm.hpp"
@@ -51,6 +52,35 @@ void require_stats(const char* op, const RingDims& g, const Vw& v, const char* n
 
 // the global chunk of local chunk lc (0 or 1) of context rank r
 inline int64_t chunk_of(int r, int lc, int cp) { return lc == 0 ? r : 2 * cp - 1 - r; }
+
+// Row reductions in eight fixed lanes (lane j % 8, then the lanes in order): the same result
+// whatever the machine, and loops GCC vectorises without reassociating (an ordered scalar
+// sum would keep the exponentials beside it scalar too).
+template <class Row>
+KOKKOS_INLINE_FUNCTION auto row_max(const Row& r, int64_t n) {
+  using S = std::remove_cv_t<std::remove_reference_t<decltype(r(0))>>;
+  S lane[8];
+  for (int k = 0; k < 8; ++k) lane[k] = r(0);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int k = 0; k < 8; ++k) lane[k] = r(j + k) > lane[k] ? r(j + k) : lane[k];
+  for (; j < n; ++j) lane[0] = r(j) > lane[0] ? r(j) : lane[0];
+  S m = lane[0];
+  for (int k = 1; k < 8; ++k) m = lane[k] > m ? lane[k] : m;
+  return m;
+}
+template <class Row>
+KOKKOS_INLINE_FUNCTION auto row_sum(const Row& r, int64_t n) {
+  using S = std::remove_cv_t<std::remove_reference_t<decltype(r(0))>>;
+  S lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int k = 0; k < 8; ++k) lane[k] += r(j + k);
+  for (; j < n; ++j) lane[0] += r(j);
+  S s = 0;
+  for (int k = 0; k < 8; ++k) s += lane[k];
+  return s;
+}
 }  // namespace
 
 template <class Scalar, class Exec>
@@ -96,18 +126,17 @@ void RingAttention<Scalar, Exec>::forward_block(typename V::CMat qkv, int64_t he
           Kokkos::parallel_for(
               "nn::ring_attn_online_softmax", Kokkos::RangePolicy<Exec>(0, C), KOKKOS_LAMBDA(const int64_t i) {
                 const int64_t lim = diag ? i + 1 : C;
-                Scalar mx = sc(i, 0);
-                for (int64_t j = 1; j < lim; ++j) mx = sc(i, j) > mx ? sc(i, j) : mx;
+                auto row = Kokkos::subview(sc, i, Kokkos::ALL());
+                const Scalar mx = row_max(row, lim);
                 const Scalar mo = m(base + i);
                 const Scalar mn = mo > mx ? mo : mx;
                 const Scalar corr = mo == ninf ? Scalar(0) : math::exp(mo - mn);
-                Scalar sum = 0;
-                for (int64_t j = 0; j < lim; ++j) {
-                  const Scalar p = math::exp(sc(i, j) - mn);
-                  sum += p;
-                  sc(i, j) = round16 == DType::F32 ? p : static_cast<Scalar>(round_to(static_cast<float>(p), round16));
-                }
-                for (int64_t j = lim; j < C; ++j) sc(i, j) = Scalar(0);
+                for (int64_t j = 0; j < lim; ++j) row(j) = math::exp(row(j) - mn);
+                const Scalar sum = row_sum(row, lim);
+                if (round16 != DType::F32)
+                  for (int64_t j = 0; j < lim; ++j)
+                    row(j) = static_cast<Scalar>(round_to(static_cast<float>(row(j)), round16));
+                for (int64_t j = lim; j < C; ++j) row(j) = Scalar(0);
                 l(base + i) = l(base + i) * corr + sum;
                 m(base + i) = mn;
                 for (int64_t e = 0; e < d; ++e) o(i, e) *= corr;
@@ -198,10 +227,10 @@ void RingAttention<Scalar, Exec>::backward_block(typename V::CMat dout, typename
               "nn::ring_attn_bwd_p", Kokkos::RangePolicy<Exec>(0, C), KOKKOS_LAMBDA(const int64_t i) {
                 const int64_t lim = diag ? i + 1 : C;
                 const Scalar z = lse(base + i);
-                for (int64_t j = 0; j < lim; ++j) {
-                  const Scalar e = math::exp(p(i, j) - z);
-                  p(i, j) = round16 == DType::F32 ? e : static_cast<Scalar>(round_to(static_cast<float>(e), round16));
-                }
+                for (int64_t j = 0; j < lim; ++j) p(i, j) = math::exp(p(i, j) - z);
+                if (round16 != DType::F32)
+                  for (int64_t j = 0; j < lim; ++j)
+                    p(i, j) = static_cast<Scalar>(round_to(static_cast<float>(p(i, j)), round16));
                 for (int64_t j = lim; j < C; ++j) p(i, j) = Scalar(0);
               });
           // dV += Pᵀ dO ; dP = dO Vᵀ ; dS = P ⊙ (dP − D)
@@ -210,10 +239,10 @@ void RingAttention<Scalar, Exec>::backward_block(typename V::CMat dout, typename
           Kokkos::parallel_for(
               "nn::ring_attn_bwd_ds", Kokkos::RangePolicy<Exec>(0, C), KOKKOS_LAMBDA(const int64_t i) {
                 const Scalar dv = dvec(base + i);
-                for (int64_t j = 0; j < C; ++j) {
-                  const Scalar s = p(i, j) * (dp(i, j) - dv);
-                  dp(i, j) = round16 == DType::F32 ? s : static_cast<Scalar>(round_to(static_cast<float>(s), round16));
-                }
+                for (int64_t j = 0; j < C; ++j) dp(i, j) = p(i, j) * (dp(i, j) - dv);
+                if (round16 != DType::F32)
+                  for (int64_t j = 0; j < C; ++j)
+                    dp(i, j) = static_cast<Scalar>(round_to(static_cast<float>(dp(i, j)), round16));
               });
           // dQ += scale · dS K ; dK += scale · dSᵀ Q
           detail::gemm("N", "N", scale, dp, k, 1.0, Kokkos::subview(dqkv, qrows, ch));
