@@ -528,3 +528,17 @@ TEST(Precision, LlamaOnContextRanksMatchesOneRankInBf16) {
   TrainRun b = run_training(text, MPI_COMM_WORLD);
   EXPECT_EQ(a.losses, b.losses) << "not bitwise reproducible";
 }
+
+// A Llama MoE (GQA: 3 query heads sharing 1 kv head; layer 1 of 3 has 4 experts, top-2) on
+// the expert axis, and with tensor parallelism (the kv weight replicated over tensor), equals
+// one rank of the same model.
+TEST(TrainParallel, LlamaMixtureOfExpertsMatchesOneRank) {
+  const int n = test::world_size();
+  if (n != 2 && n != 4) GTEST_SKIP() << "runs on 2 and 4 ranks";
+  const std::string model = std::string(kMoe) + "family = \"llama\"\nkv_heads = 1\n";
+  const TrainRun ref = run_training(deck_text("data = 1", 0, 1, "", model), MPI_COMM_SELF);
+  EXPECT_LT(ref.losses.back(), ref.losses.front());
+  const std::string mesh = n == 2 ? "data = 1\nexpert = 2" : "data = 1\nexpert = 2\ntensor = 2";
+  TrainRun a = run_training(deck_text(mesh, 0, 2, "", model), MPI_COMM_WORLD);
+  expect_close(a, ref, "llama moe " + mesh);
+}
