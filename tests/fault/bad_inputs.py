@@ -30,6 +30,17 @@ refused("model.seq longer than the corpus",
         "model.seq = 1000000 needs a corpus of at least", "corpus.txt' holds")
 refused("train.lr = nan", train_cmd(a, 2, "checkpoint.dir=" + ck, "train.lr=nan"),
         "--set train.lr=nan: train.lr = nan is not a finite number")
+# the Llama family and the context axis (issue 16)
+refused("model.family = mistral", train_cmd(a, 2, "checkpoint.dir=" + ck, 'model.family="mistral"'),
+        'model.family = "mistral" is not a model family (gpt, llama)')
+refused("model.kv_heads not dividing the heads",
+        train_cmd(a, 2, "checkpoint.dir=" + ck, 'model.family="llama"', "model.kv_heads=3"),
+        "--set model.kv_heads=3: model.kv_heads = 3 does not divide model.heads = 4")
+refused("model.kv_heads on the gpt", train_cmd(a, 2, "checkpoint.dir=" + ck, "model.kv_heads=2"),
+        "model.kv_heads = 2 needs model.family")
+refused("mesh.context not dividing the sequence",
+        train_cmd(a, 2, "checkpoint.dir=" + ck, "mesh.data=1", "mesh.context=2", "model.seq=66"),
+        "mesh.context = 2 splits each sequence into 2 x 2 chunks, which model.seq = 66 does not divide")
 
 # a checkpoint to spoil
 rc, out, err, _ = run(train_cmd(a, 2, "train.steps=2", "checkpoint.dir=" + ck))
