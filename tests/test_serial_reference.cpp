@@ -180,6 +180,12 @@ TEST(SerialReference, EveryLlamaMeshEqualsTheSerialModel) {
       {4, "fsdp = 2\ncontext = 2", 3, 2, "", llama(4, 2)},
       {4, "context = 2\ntensor = 2", 0, 1, "sequence_parallel = true\n", llama(4, 1)},
       {4, "pipeline = 2\ncontext = 2", 0, 4, "schedule = \"1f1b\"\n", llama(4, 2)},
+      // the head tied to the embedding (model.tie_embeddings)
+      {1, "data = 1", 0, 2, "", llama(4, 2) + "tie_embeddings = true\n"},
+      {2, "data = 2", 1, 2, "", llama(4, 2) + "tie_embeddings = true\n"},
+      {2, "tensor = 2", 0, 1, "sequence_parallel = true\n", llama(4, 2) + "tie_embeddings = true\n"},
+      {2, "context = 2", 0, 1, "", llama(4, 2) + "tie_embeddings = true\n"},
+      {4, "data = 2\ntensor = 2", 1, 1, "", llama(4, 1) + "tie_embeddings = true\n"},
   };
   int ran = 0;
   for (const auto& c : cases) {

@@ -78,6 +78,7 @@ struct StepShape {
   bool llama = false;        // model.family = llama: RoPE, grouped-query attention, no position table
   int64_t kv_heads = 0;      // K (= heads for the gpt)
   double rope_theta = 10000.0;
+  bool tied = false;         // model.tie_embeddings: the head is embed.weight
   int layers = 0;
   int64_t experts = 0, top_k = 0, moe_every = 0;
   bool moe_layer(int l) const { return experts > 0 && moe_every > 0 && (l + 1) % moe_every == 0; }

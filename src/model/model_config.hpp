@@ -28,6 +28,8 @@ struct ModelConfig {
   /// Llama: the RoPE base θ (frequencies θ^(-2i/D)).
   double rope_theta = 10000.0;
   static constexpr double default_rope_theta = 10000.0;
+  /// Llama: the head reuses embed.weight (no lm_head.weight).
+  bool tie_embeddings = false;
   /// Mixture of experts: `experts` experts per MoE layer, each token routed to `top_k`;
   /// layer l is an MoE layer when (l + 1) % moe_every == 0. All 0 for the dense model.
   int64_t experts = 0;
@@ -54,6 +56,7 @@ struct ModelConfig {
   std::string to_string() const;
   bool operator==(const ModelConfig& o) const {
     return family == o.family && kv_head_count() == o.kv_head_count() && rope_theta == o.rope_theta &&
+           tie_embeddings == o.tie_embeddings &&
            vocab == o.vocab && seq == o.seq && hidden == o.hidden && heads == o.heads && ffn == o.ffn &&
            layers == o.layers && experts == o.experts && top_k == o.top_k && moe_every == o.moe_every &&
            capacity_factor == o.capacity_factor && aux_loss_coef == o.aux_loss_coef;

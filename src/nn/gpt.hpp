@@ -27,6 +27,7 @@ struct GptConfig {
   bool llama = false;
   int64_t kv_heads = 0;
   double rope_theta = 10000.0;
+  bool tie_embeddings = false;  // llama: the head is embed.weight
   int64_t head_dim() const { return hidden / heads; }
   int64_t kv_count() const { return kv_heads > 0 ? kv_heads : heads; }
   /// Columns of the q|k|v activation: (A + 2K) · D.
@@ -35,7 +36,8 @@ struct GptConfig {
   void validate() const;
   /// The dense sizes and the family of a deck's [model] section.
   static GptConfig from(const ModelConfig& m) {
-    return GptConfig{m.vocab, m.seq, m.hidden, m.heads, m.ffn, m.layers, m.is_llama(), m.kv_head_count(), m.rope_theta};
+    return GptConfig{m.vocab,    m.seq,           m.hidden,          m.heads,       m.ffn,
+                     m.layers,   m.is_llama(),    m.kv_head_count(), m.rope_theta,  m.tie_embeddings};
   }
 };
 
@@ -94,6 +96,7 @@ class GptModel {
  private:
   int64_t check_batch(typename V::CTokens inputs, typename V::CTokens targets) const;
   /// Query head a uses kv head a / (A / K).
+  const char* head_name() const { return cfg_.tie_embeddings ? "embed.weight" : "lm_head.weight"; }
   KvMap kv_map() const { return KvMap{cfg_.kv_count(), cfg_.heads / cfg_.kv_count(), 0, 0}; }
   void run_forward(typename V::CTokens inputs, int64_t b);
   typename V::Mat mat(const std::string& name) const;

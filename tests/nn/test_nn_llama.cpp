@@ -185,8 +185,15 @@ TEST(NnLlama, ForwardMatchesPlainLoopTranscriptionOfDocsModelMd) {
 }
 
 TEST(NnLlama, EveryGradientMatchesFiniteDifferences) {
-  for (int64_t kv : {1, 2}) {
-    GptModel<double> m(tiny_llama(4, kv), 2);
+  for (int64_t kv : {1, 2, -2}) {  // -2: kv_heads 2 with the head tied to the embedding
+    GptConfig c = tiny_llama(4, kv < 0 ? -kv : kv);
+    c.tie_embeddings = kv < 0;
+    if (c.tie_embeddings) {
+      bool has_head = false;
+      for (const auto& p : shardflow::nn::gpt_parameters(c)) has_head = has_head || p.name == "lm_head.weight";
+      EXPECT_FALSE(has_head);
+    }
+    GptModel<double> m(c, 2);
     randomise(m, 7);
     Tokens tk = make_tokens(2 * 5, 7, 8);
     m.forward_backward(tk.in, tk.tg);

@@ -135,7 +135,11 @@ int ring_slot(const BufferPlan& b, int buf) {
 }  // namespace
 
 void StepBuilder::ring_forward(UseCtx& u, const std::function<ComputeOp(int)>& step_op, const std::string& what) {
-  flush(u);  // the qkv segment wrote this rank's own block into kv_ring[0]
+  // the qkv segment writes this rank's own block into kv_ring[0]: not before the last send
+  // that reads it (an earlier layer's or micro-batch's) has completed
+  const int reader = ring_reader_[ring_slot(b, b.kv_ring[0])];
+  if (reader != kNone) u.pending->push_back(reader);
+  flush(u);
   int have = u.segs.back();  // the task after which step r's block is in its buffer
   int prev = have;           // the compute before step r
   for (int r = 0; r < s.cp; ++r) {
@@ -160,7 +164,13 @@ void StepBuilder::ring_forward(UseCtx& u, const std::function<ComputeOp(int)>& s
 }
 
 void StepBuilder::ring_backward(UseCtx& u, const std::function<ComputeOp(int)>& step_op, const std::string& what) {
-  flush(u);  // datt, D, own block in kv_ring[0], zero dkv_ring[0]
+  // this segment writes the own block into kv_ring[0] and zeroes dkv_ring[0]: after the last
+  // sends that read them
+  for (int buf : {b.kv_ring[0], b.dkv_ring[0]}) {
+    const int reader = ring_reader_[ring_slot(b, buf)];
+    if (reader != kNone) u.pending->push_back(reader);
+  }
+  flush(u);
   int have_kv = u.segs.back(), have_dkv = have_kv, prev = have_kv;
   for (int r = 0; r < s.cp; ++r) {
     const int kcur = b.kv_ring[r % 2], knxt = b.kv_ring[(r + 1) % 2];

@@ -145,6 +145,7 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   s.llama = mc.is_llama();
   s.kv_heads = mc.kv_head_count();
   s.rope_theta = mc.rope_theta;
+  s.tied = mc.tie_embeddings;
   s.layers = static_cast<int>(mc.layers);
   s.experts = mc.experts;
   s.top_k = mc.top_k;
@@ -210,6 +211,10 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
                           " with a mixture of experts (model.experts = ", s.experts,
                           ") is not supported: the load-balancing loss needs whole sequences");
   s.seq_local = s.seq / s.cp;
+  SHARDFLOW_REQUIRE_INPUT(!s.tied || (s.pp == 1 && s.zero <= 1), "model.tie_embeddings = true needs mesh.pipeline = 1 "
+                          "and strategy.zero_stage <= 1 (the mesh has pipeline = ", s.pp, ", zero_stage = ", s.zero,
+                          "): the table serves the first and the last stage, and from ZeRO-2 on its gradient lives "
+                          "only in the embeddings' gradient ring (", deck.where("model.tie_embeddings"), ")");
   s.tokens_mb = s.mb_seqs * s.seq_local;
   s.sp = deck.strategy.sequence_parallel && s.tp > 1;
   s.recompute = s.evaluate ? Recompute::None : deck.strategy.recompute;

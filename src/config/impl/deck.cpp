@@ -43,6 +43,7 @@ const std::vector<KeySpec>& schema() {
       {"model", "family", KeyType::String},
       {"model", "kv_heads", KeyType::Int},
       {"model", "rope_theta", KeyType::Float},
+      {"model", "tie_embeddings", KeyType::Bool},
       {"model", "vocab", KeyType::Int},
       {"model", "seq", KeyType::Int},
       {"model", "hidden", KeyType::Int},
@@ -311,6 +312,7 @@ class DeckBuilder {
                               " needs model.family = \"llama\" (the gpt has learned positions)");
       d.model.rope_theta = v->f;
     }
+    if (auto* v = find("model.tie_embeddings")) d.model.tie_embeddings = v->b;
     get_i64("model.vocab", d.model.vocab, 1);
     get_i64("model.seq", d.model.seq, 1);
     get_i64("model.hidden", d.model.hidden, 1);
@@ -339,7 +341,11 @@ class DeckBuilder {
     } catch (const InputError& e) {
       const std::string msg = e.what();
       const bool kv = msg.find("kv_heads") != std::string::npos || msg.find("llama") != std::string::npos;
-      throw InputError((kv ? loc_of("model.kv_heads", "model.family") : loc_of("model.experts")) + ": " + msg);
+      const bool tie = msg.find("tie_embeddings") != std::string::npos;
+      throw InputError((tie  ? loc_of("model.tie_embeddings")
+                        : kv ? loc_of("model.kv_heads", "model.family")
+                             : loc_of("model.experts")) +
+                       ": " + msg);
     }
     // [train]
     get_i64("train.steps", d.train.steps, 0);
@@ -647,7 +653,7 @@ std::string deck_to_toml(const Deck& d) {
   os << "[model]\nfamily = \"" << model_family_name(d.model.family) << "\"\n";
   if (d.model.is_llama())
     os << "kv_heads = " << d.model.kv_head_count() << "\nrope_theta = " << toml::value<double>(d.model.rope_theta)
-       << "\n";
+       << "\ntie_embeddings = " << (d.model.tie_embeddings ? "true" : "false") << "\n";
   os << "vocab = " << d.model.vocab << "\nseq = " << d.model.seq << "\nhidden = " << d.model.hidden
      << "\nheads = " << d.model.heads << "\nffn = " << d.model.ffn << "\nlayers = " << d.model.layers
      << "\nexperts = " << d.model.experts << "\ntop_k = " << d.model.top_k << "\nmoe_every = " << d.model.moe_every

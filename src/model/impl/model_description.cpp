@@ -36,6 +36,8 @@ void ModelConfig::validate() const {
                             " needs model.family = \"llama\" (the gpt has one key/value head per head)");
     SHARDFLOW_REQUIRE_INPUT(rope_theta == default_rope_theta, "model.rope_theta = ", rope_theta,
                             " needs model.family = \"llama\" (the gpt has learned positions)");
+    SHARDFLOW_REQUIRE_INPUT(!tie_embeddings, "model.tie_embeddings = true needs model.family = \"llama\" (MODEL.md's "
+                                             "gpt has an untied lm_head)");
   } else {
     SHARDFLOW_REQUIRE_INPUT(head_dim() % 2 == 0, "model.family = \"llama\": the head size model.hidden / model.heads = ",
                             head_dim(), " must be even (RoPE rotates pairs)");
@@ -65,7 +67,7 @@ std::string ModelConfig::to_string() const {
   std::ostringstream os;
   if (is_llama()) os << "llama ";
   os << "V=" << vocab << " S=" << seq << " H=" << hidden << " A=" << heads << " F=" << ffn << " L=" << layers;
-  if (is_llama()) os << " K=" << kv_head_count() << " theta=" << rope_theta;
+  if (is_llama()) os << " K=" << kv_head_count() << " theta=" << rope_theta << (tie_embeddings ? " tied" : "");
   if (experts > 0)
     os << " E=" << experts << " top_k=" << top_k << " moe_every=" << moe_every << " capacity_factor=" << capacity_factor
        << " aux_loss_coef=" << aux_loss_coef;
@@ -125,7 +127,7 @@ ModelDescription::ModelDescription(ModelConfig config) : config_(config) {
     }
   }
   add("final_norm.weight", {H}, ParamKind::NormGain, -1, false);
-  add("lm_head.weight", {V, H}, ParamKind::LmHead, -1, true);
+  if (!config_.tie_embeddings) add("lm_head.weight", {V, H}, ParamKind::LmHead, -1, true);
 }
 
 const ParamInfo& ModelDescription::param(const std::string& name) const {

@@ -18,6 +18,7 @@ void GptConfig::validate() const {
                           "model: kv_heads must divide heads = ", heads, ", got ", kv_heads);
   SHARDFLOW_REQUIRE_INPUT(llama || kv_count() == heads, "model: kv_heads = ", kv_heads, " needs the llama family");
   SHARDFLOW_REQUIRE_INPUT(!llama || head_dim() % 2 == 0, "model: llama needs an even head size, got ", head_dim());
+  SHARDFLOW_REQUIRE_INPUT(llama || !tie_embeddings, "model: tie_embeddings needs the llama family");
 }
 
 std::vector<ParamInfo> gpt_parameters(const GptConfig& cfg) {
@@ -52,7 +53,7 @@ std::vector<ParamInfo> gpt_parameters(const GptConfig& cfg) {
     add(p + "mlp.down.weight", {h, f});
   }
   add("final_norm.weight", {h});
-  add("lm_head.weight", {cfg.vocab, h});
+  if (!cfg.tie_embeddings) add("lm_head.weight", {cfg.vocab, h});
   return out;
 }
 
@@ -220,7 +221,7 @@ void GptModel<Scalar, Exec>::run_forward(typename V::CTokens inputs, int64_t b) 
   }
   typename V::Vec rf(rstdf.data(), static_cast<size_t>(t));
   Norm::forward(buf(x_final, t, h), param("final_norm.weight"), buf(nf, t, h), rf);
-  Lin::forward(buf(nf, t, h), mat("lm_head.weight"), buf(logits, t, cfg_.vocab));
+  Lin::forward(buf(nf, t, h), mat(head_name()), buf(logits, t, cfg_.vocab));
 }
 
 template <class Scalar, class Exec>
@@ -251,8 +252,8 @@ double GptModel<Scalar, Exec>::forward_backward(typename V::CTokens inputs, type
       CrossEntropy<Scalar, Exec>::forward_backward(lg, targets, grad_scale, lg, rm, buf(stats, t, 2));
   auto dxm = buf(dx, t, h), dnm = buf(dn, t, h);
   // head and final norm
-  Lin::backward_weight(lg, buf(nf, t, h), gmat("lm_head.weight"), acc);
-  Lin::backward_input(lg, mat("lm_head.weight"), dnm);
+  Lin::backward_weight(lg, buf(nf, t, h), gmat(head_name()), acc);
+  Lin::backward_input(lg, mat(head_name()), dnm);
   typename V::Vec rf(rstdf.data(), static_cast<size_t>(t));
   Norm::backward(dnm, buf(x_final, t, h), param("final_norm.weight"), rf, dxm, grad("final_norm.weight"), false,
                  acc);
@@ -293,7 +294,8 @@ double GptModel<Scalar, Exec>::forward_backward(typename V::CTokens inputs, type
     }
     Norm::backward(dnm, x_in, param(p + "attn_norm.weight"), rstd1, dxm, grad(p + "attn_norm.weight"), true, acc);
   }
-  Embedding<Scalar, Exec>::backward(inputs, dxm, 0, gmat("embed.weight"), embed_scratch_, acc);
+  // tied: the head's gradient is already in embed's (accumulate onto it)
+  Embedding<Scalar, Exec>::backward(inputs, dxm, 0, gmat("embed.weight"), embed_scratch_, acc || cfg_.tie_embeddings);
   if (!cfg_.llama) PositionEmbedding<Scalar, Exec>::backward(dxm, gmat("pos_embed.weight"), acc);
   return loss_sum / static_cast<double>(t);
 }

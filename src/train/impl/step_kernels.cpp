@@ -327,7 +327,7 @@ void Trainer::Impl::head_norm(int act_slot, int ring) {
 void Trainer::Impl::head_a(int ring) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
-  const Param& lm = P("lm_head.weight");
+  const Param& lm = P(prog.shape.tied ? "embed.weight" : "lm_head.weight");
   Linear<float, Exec>::forward(cmat(nf.data(), T, H), cmat(weight16(lm, ring, 0, V_l * H), V_l, H),
                                mat(logits.data(), T, V_l));
   CrossEntropy<float, Exec>::local_max(cmat(logits.data(), T, V_l), vec(row_max.data(), T));
@@ -342,7 +342,7 @@ void Trainer::Impl::head_b(int j) {
 void Trainer::Impl::head_c(int j, int ring, int gring, bool acc) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden;
-  const Param& lm = P("lm_head.weight");
+  const Param& lm = P(prog.shape.tied ? "embed.weight" : "lm_head.weight");
   // f16: the loss gradient is multiplied by the loss scale (update() divides it out)
   // context parallel: this rank's tokens are 1/cp of its sequences', and the gradients are
   // averaged over batch + context, so the context ranks' shares are scaled to sum
@@ -480,8 +480,9 @@ void Trainer::Impl::embed_bwd(int j, int act_slot, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden;
   const Param& e = P("embed.weight");
   const float* dx = dx_full(act_slot);
+  // tied: the head's gradient (this micro-batch's, written first) is already there
   nn::Embedding<float, Exec>::backward(inputs[static_cast<size_t>(j)], cmat(dx, T, H), v0, mat(gptr(e, gring), V_l, H),
-                                       *escratch, accum(e, acc));
+                                       *escratch, accum(e, acc || prog.shape.tied));
   if (llama) return;  // RoPE has no parameters
   const Param& pe = P("pos_embed.weight");
   nn::PositionEmbedding<float, Exec>::backward(cmat(dx, T, H), mat(gptr(pe, gring), cfg.seq, H), accum(pe, acc), cp,
