@@ -273,6 +273,29 @@ TEST(NnLlama, GroupedQueryAttentionIsMhaWithSharedKvHeads) {
   }
 }
 
+// kv_heads = heads: the grouped-query machinery (a KvMap naming every kv head) is plain
+// multi-head attention, forward and backward, bit for bit.
+TEST(NnLlama, KvHeadsEqualToHeadsIsMhaBitForBit) {
+  const int64_t S = 9, D = 4, A = 3, b = 2, T = b * S;
+  std::mt19937_64 rng(19);
+  HMat qkv = rand_mat(T, 3 * A * D, rng), dout = rand_mat(T, A * D, rng);
+  using Ten3 = Kokkos::View<double***, Kokkos::LayoutRight, Kokkos::HostSpace>;
+  Ten3 p1("p1", b * A, S, S), p2("p2", b * A, S, S);
+  HMat o1("o1", T, A * D), o2("o2", T, A * D), d1("d1", T, 3 * A * D), d2("d2", T, 3 * A * D), dp("dp", S, S);
+  Attention<double>::forward(qkv, A, p1, o1);
+  Attention<double>::forward(qkv, A, p2, o2, shardflow::DType::F32, KvMap{A, 1, 0, 0});
+  Attention<double>::backward(dout, qkv, p1, A, dp, d1);
+  Attention<double>::backward(dout, qkv, p2, A, dp, d2, false, shardflow::DType::F32, KvMap{A, 1, 0, 0});
+  EXPECT_EQ(max_abs_diff(o1, o2), 0.0);
+  EXPECT_EQ(max_abs_diff(d1, d2), 0.0);
+  // and a Llama with kv_heads = heads runs the gpt's attention: the same loss as kv_heads unset
+  GptModel<double> m1(tiny_llama(4, 4), 2), m2(tiny_llama(4, 0), 2);
+  randomise(m1, 23);
+  Kokkos::deep_copy(m2.params_flat(), m1.params_flat());
+  Tokens tk = make_tokens(10, 7, 24);
+  EXPECT_EQ(m1.forward_backward(tk.in, tk.tg), m2.forward_backward(tk.in, tk.tg));
+}
+
 // Tensor parallelism's pieces: a contiguous range of query heads with the kv heads it uses
 // (aligned: its own kv range; replicated: all K) gives the unsharded output's columns, and
 // its dK/dV summed over the ranges gives the unsharded kv gradients.
