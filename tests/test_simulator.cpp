@@ -197,8 +197,21 @@ TEST(Search, RanksValidConfigurationsThatFit) {
   o.top = 5;
   const sim::SearchResult r = sim::search(d, c, 4, o);
   EXPECT_GT(r.enumerated, 50);
-  EXPECT_EQ(r.enumerated, r.invalid + r.pruned_memory + r.simulated);
+  EXPECT_EQ(r.enumerated, r.invalid + r.pruned_memory + r.simulated + r.bounded);
   ASSERT_EQ(r.best.size(), 5u);
+  // the bound prunes, and the list is the exhaustive search's; every bound is a lower bound
+  o.exhaustive = true;
+  o.top = 1000;
+  const sim::SearchResult all = sim::search(d, c, 4, o);
+  EXPECT_EQ(all.bounded, 0);
+  EXPECT_GT(r.bounded, 0);
+  EXPECT_LT(r.simulated, all.simulated);
+  ASSERT_GE(all.best.size(), r.best.size());
+  for (size_t i = 0; i < r.best.size(); ++i) {
+    EXPECT_EQ(r.best[i].sets, all.best[i].sets);
+    EXPECT_EQ(r.best[i].result.tokens_per_s, all.best[i].result.tokens_per_s);
+  }
+  for (const auto& cand : all.best) EXPECT_LE(cand.bound_s, cand.result.step_time_s * (1 + 1e-12)) << cand.sets;
   for (size_t i = 1; i < r.best.size(); ++i)
     EXPECT_GE(r.best[i - 1].result.tokens_per_s, r.best[i].result.tokens_per_s);
   for (const auto& cand : r.best) {

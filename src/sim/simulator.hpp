@@ -16,10 +16,13 @@
 //    run the same program at the same time (the uneven rule makes them differ by one row at
 //    most), so one rank stands for its stage.
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "compile/step_program.hpp"
 #include "config/deck.hpp"
+#include "parallel/layout_plan.hpp"
 #include "sim/cluster.hpp"
 
 namespace shardflow::sim {
@@ -27,6 +30,10 @@ namespace shardflow::sim {
 struct SimOptions {
   std::string trace_file;  // write a Chrome trace of the simulated step (one process per stage)
 };
+
+/// Programs already compiled for some stages (the search's memory check compiles the first
+/// and the last), by stage; simulate compiles the others.
+using CompiledStages = std::map<int, std::shared_ptr<const compile::StepProgram>>;
 
 struct MemoryEstimate {
   double params = 0, grads = 0, optimizer = 0, activations = 0, transient = 0, peak = 0;  // bytes
@@ -50,15 +57,21 @@ struct SimResult {
 /// Simulates the deck's step (its mesh as given) on `cluster`. Throws InputError for a deck
 /// the compiler refuses or a mesh larger than the cluster model allows.
 SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& options = {});
+/// The same with the deck's LayoutPlan and some stages' programs given (their compile is not
+/// repeated; they must be the deck's).
+SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::LayoutPlan& plan,
+                   const CompiledStages& given, const SimOptions& options = {});
 
 /// `simulate --search`: every valid configuration of the deck's model, global batch and
 /// precision on `devices` devices, pruned by memory, simulated, ranked by tokens/s.
 struct SearchOptions {
   int top = 10;
+  bool exhaustive = false;  // simulate every configuration that fits the memory check (no bound)
 };
 struct SearchCandidate {
   std::string sets;  // the --set overrides that give it (mesh, strategy, micro-batches)
   SimResult result;
+  double bound_s = 0;  // its lower bound (SearchResult::bounded), <= result.step_time_s
 };
 struct SearchResult {
   std::vector<SearchCandidate> best;  // the fastest that fit, fastest first (at most top)
@@ -67,7 +80,13 @@ struct SearchResult {
   std::map<std::string, int> invalid_reasons;  // the compiler's message (its first 160 characters) -> count
   int pruned_memory = 0;   // predicted peak above the device's memory (first and last stage compiled)
   int simulated = 0;
+  /// Not simulated: their lower bound (the longest path of their first or last stage over its
+  /// dependencies, compute stream and communicators' orders, pipeline messages free) is not
+  /// below the top-th fastest simulated step, so they cannot be among the best (the list is
+  /// the exhaustive search's).
+  int bounded = 0;
   double seconds = 0;
+  double memory_check_s = 0, simulate_s = 0;  // of which: compiling for the memory check, simulating
 };
 /// Enumerates tensor (divides the heads, at most a node), pipeline (at most the layers),
 /// the rest as data with ZeRO 0/1/2 or as fsdp with ZeRO 3, micro-batch size 1/2/4/8,

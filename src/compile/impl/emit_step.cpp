@@ -165,6 +165,11 @@ void StepBuilder::plan_uses() {
 
 void StepBuilder::build() {
   plan_uses();
+  // a few tasks per use and per parameter (the simulator's search compiles thousands of
+  // programs: growing these vectors was a good part of its time)
+  const size_t guess = uses_.size() * (s.cp > 1 ? 6 + 4 * static_cast<size_t>(s.cp) : 6) + s.params.size() * 4 + 64;
+  prog_.tasks.reserve(guess);
+  prog_.edges.reserve(3 * guess);
   chain(emit_compute({ComputeOp{StepOp::Begin}}, "step.begin"));
   if (s.zero == 3) emit_gathers_upto(s.prefetch);
   pipeline_begin();

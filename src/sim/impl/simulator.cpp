@@ -7,10 +7,9 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "compile/compiler.hpp"
 #include "compile/summary.hpp"
@@ -91,19 +90,28 @@ double param_elems(const StepShape& s) {
 
 Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec& t) {
   KernelModel k{c, s, s.precision, static_cast<double>(dtype_size(s.precision))};
-  const double T = static_cast<double>(s.tokens_mb), H = static_cast<double>(s.hidden),
-               Hl = static_cast<double>(s.H_l), Fl = static_cast<double>(s.F_l), Vl = static_cast<double>(s.V_l),
-               Tr = static_cast<double>(s.Tr), e = k.elem;
+  const double T = static_cast<double>(s.tokens_mb), H = static_cast<double>(s.hidden), Hl = static_cast<double>(s.H_l),
+               Fl = static_cast<double>(s.F_l), Vl = static_cast<double>(s.V_l), Tr = static_cast<double>(s.Tr),
+               e = k.elem;
   const double E = static_cast<double>(s.experts), topk = static_cast<double>(s.top_k);
   const double QKV = static_cast<double>(s.qkv_cols()), stats = static_cast<double>(s.mb_seqs * s.A_l * s.seq_local);
   const bool ring = s.cp > 1;
   for (const compile::ComputeOp& o : t.ops) {
     switch (o.op) {
-      case StepOp::Begin: break;
-      case StepOp::Copy: k.bytes(2.0 * static_cast<double>(o.n) * 4); break;
-      case StepOp::Embed: k.bytes(T * H * 4 * 2); break;
-      case StepOp::PosEmbed: k.bytes(T * H * 4 * 3); break;
-      case StepOp::AttnNorm: k.bytes(Tr * H * 4 * 4 + Tr * H * e); break;
+      case StepOp::Begin:
+        break;
+      case StepOp::Copy:
+        k.bytes(2.0 * static_cast<double>(o.n) * 4);
+        break;
+      case StepOp::Embed:
+        k.bytes(T * H * 4 * 2);
+        break;
+      case StepOp::PosEmbed:
+        k.bytes(T * H * 4 * 3);
+        break;
+      case StepOp::AttnNorm:
+        k.bytes(Tr * H * 4 * 4 + Tr * H * e);
+        break;
       case StepOp::Attn:
         k.linear_fwd(T, QKV, H);
         if (ring) {  // own block out, the softmax state and the output zeroed
@@ -113,47 +121,90 @@ Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec&
         k.core_fwd();
         k.linear_fwd(T, H, Hl);
         break;
-      case StepOp::AttnRing: k.ring_fwd(o.step == 0 ? 3 : 2); break;
-      case StepOp::AttnOut: k.bytes(T * Hl * 4 * 2 + stats * 4); k.linear_fwd(T, H, Hl); break;
-      case StepOp::AttnRingBwd: k.ring_bwd(o.step == 0 ? 3 : 2); break;
-      case StepOp::AttnQkvBwd: k.bytes(T * (QKV - Hl) * 4 * 2); k.linear_bwd(T, QKV, H); break;
-      case StepOp::MlpNorm: k.bytes(Tr * H * 4 * 5 + Tr * H * e); break;
+      case StepOp::AttnRing:
+        k.ring_fwd(o.step == 0 ? 3 : 2);
+        break;
+      case StepOp::AttnOut:
+        k.bytes(T * Hl * 4 * 2 + stats * 4);
+        k.linear_fwd(T, H, Hl);
+        break;
+      case StepOp::AttnRingBwd:
+        k.ring_bwd(o.step == 0 ? 3 : 2);
+        break;
+      case StepOp::AttnQkvBwd:
+        k.bytes(T * (QKV - Hl) * 4 * 2);
+        k.linear_bwd(T, QKV, H);
+        break;
+      case StepOp::MlpNorm:
+        k.bytes(Tr * H * 4 * 5 + Tr * H * e);
+        break;
       case StepOp::Mlp:
         if (s.moe_layer(o.layer)) break;
         k.linear_fwd(T, 2 * Fl, H);
         k.bytes(T * Fl * e * 3);
         k.linear_fwd(T, H, Fl);
         break;
-      case StepOp::Residual: k.bytes(Tr * H * 4 * 3); break;
-      case StepOp::MoeRoute: k.linear_fwd(T, E, H); k.bytes(T * topk * H * e * 2); break;
-      case StepOp::MoePlan: break;
+      case StepOp::Residual:
+        k.bytes(Tr * H * 4 * 3);
+        break;
+      case StepOp::MoeRoute:
+        k.linear_fwd(T, E, H);
+        k.bytes(T * topk * H * e * 2);
+        break;
+      case StepOp::MoePlan:
+        break;
       case StepOp::MoeExperts:  // the routed rows, as if the experts were balanced
         k.linear_fwd(T * topk, 2 * Fl, H);
         k.bytes(T * topk * Fl * e * 3);
         k.linear_fwd(T * topk, H, Fl);
         break;
-      case StepOp::MoeCombine: k.bytes(T * topk * H * e * 2); break;
-      case StepOp::FinalNorm: k.bytes(Tr * H * 4 * 3); break;
-      case StepOp::Logits: k.linear_fwd(T, Vl, H); k.bytes(T * Vl * 4); break;
-      case StepOp::SumExp: k.bytes(T * Vl * 4); break;
-      case StepOp::Loss: k.bytes(T * Vl * 4 * 2); k.linear_bwd(T, Vl, H); break;
-      case StepOp::LossValue: k.bytes(T * Vl * 4); break;
-      case StepOp::FinalNormBwd: k.bytes(Tr * H * 4 * 5); break;
-      case StepOp::MoeCombineBwd: k.bytes(T * topk * H * e * 3); break;
+      case StepOp::MoeCombine:
+        k.bytes(T * topk * H * e * 2);
+        break;
+      case StepOp::FinalNorm:
+        k.bytes(Tr * H * 4 * 3);
+        break;
+      case StepOp::Logits:
+        k.linear_fwd(T, Vl, H);
+        k.bytes(T * Vl * 4);
+        break;
+      case StepOp::SumExp:
+        k.bytes(T * Vl * 4);
+        break;
+      case StepOp::Loss:
+        k.bytes(T * Vl * 4 * 2);
+        k.linear_bwd(T, Vl, H);
+        break;
+      case StepOp::LossValue:
+        k.bytes(T * Vl * 4);
+        break;
+      case StepOp::FinalNormBwd:
+        k.bytes(Tr * H * 4 * 5);
+        break;
+      case StepOp::MoeCombineBwd:
+        k.bytes(T * topk * H * e * 3);
+        break;
       case StepOp::MoeExpertsBwd:
         k.linear_bwd(T * topk, H, Fl);
         k.bytes(T * topk * Fl * e * 5);
         k.linear_bwd(T * topk, 2 * Fl, H);
         break;
-      case StepOp::MoeRouterBwd: k.linear_bwd(T, E, H); k.bytes(T * topk * H * e * 2); break;
+      case StepOp::MoeRouterBwd:
+        k.linear_bwd(T, E, H);
+        k.bytes(T * topk * H * e * 2);
+        break;
       case StepOp::MlpBwd:
         k.linear_bwd(T, H, Fl);
         k.bytes(T * Fl * e * 5);
         k.linear_bwd(T, 2 * Fl, H);
         break;
       case StepOp::MlpNormBwd:
-      case StepOp::AttnNormBwd: k.bytes(Tr * H * 4 * 6); break;
-      case StepOp::AttnCore: k.core_fwd(); break;
+      case StepOp::AttnNormBwd:
+        k.bytes(Tr * H * 4 * 6);
+        break;
+      case StepOp::AttnCore:
+        k.core_fwd();
+        break;
       case StepOp::AttnBwd:
         k.linear_bwd(T, H, Hl);
         if (ring) {  // D, own block out, dq and dkv zeroed
@@ -163,9 +214,15 @@ Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec&
         k.core_bwd();
         k.linear_bwd(T, QKV, H);
         break;
-      case StepOp::EmbedBwd: k.bytes(T * H * 4 * 3); break;
-      case StepOp::GradNormLocal: k.bytes(param_elems(s) * 4); break;
-      case StepOp::AdamW: k.bytes(param_elems(s) * 4 * 7); break;
+      case StepOp::EmbedBwd:
+        k.bytes(T * H * 4 * 3);
+        break;
+      case StepOp::GradNormLocal:
+        k.bytes(param_elems(s) * 4);
+        break;
+      case StepOp::AdamW:
+        k.bytes(param_elems(s) * 4 * 7);
+        break;
     }
   }
   return {k.seconds, k.flops};
@@ -189,10 +246,13 @@ double collective_seconds(const Cluster& c, const GroupInfo& g, comm::Collective
   if (g.n <= 1) return 0;
   auto flat = [&](const Link& l, double m, double b, K k) {
     switch (k) {
-      case K::AllReduce: return ring_seconds(l, m, b, 2 * (m - 1), 2 * (m - 1) / m);
+      case K::AllReduce:
+        return ring_seconds(l, m, b, 2 * (m - 1), 2 * (m - 1) / m);
       case K::AllGather:
-      case K::ReduceScatter: return ring_seconds(l, m, b, m - 1, (m - 1) / m);
-      default: return ring_seconds(l, m, b, m - 1, (m - 1) / m);  // all-to-all(v), broadcast
+      case K::ReduceScatter:
+        return ring_seconds(l, m, b, m - 1, (m - 1) / m);
+      default:
+        return ring_seconds(l, m, b, m - 1, (m - 1) / m);  // all-to-all(v), broadcast
     }
   };
   if (g.nodes <= 1) return flat(c.intra, n, bytes, kind);
@@ -204,8 +264,10 @@ double collective_seconds(const Cluster& c, const GroupInfo& g, comm::Collective
       return flat(c.intra, L, bytes, K::ReduceScatter) + flat(c.inter, N, bytes / L, K::AllReduce) +
              flat(c.intra, L, bytes, K::AllGather);
     case K::AllGather:
-    case K::ReduceScatter: return flat(c.inter, N, bytes / L, kind) + flat(c.intra, L, bytes, kind);
-    default: return flat(c.inter, n, bytes, kind);
+    case K::ReduceScatter:
+      return flat(c.inter, N, bytes / L, kind) + flat(c.intra, L, bytes, kind);
+    default:
+      return flat(c.inter, n, bytes, kind);
   }
 }
 
@@ -213,22 +275,132 @@ double collective_seconds(const Cluster& c, const GroupInfo& g, comm::Collective
 
 struct Role {
   int rank = 0, stage = 0;
-  compile::StepProgram prog;
+  std::shared_ptr<const compile::StepProgram> prog_ptr;
+  const compile::StepProgram& prog() const { return *prog_ptr; }
   std::vector<double> dur, flops, start, end;
   std::vector<std::vector<int>> preds;
   std::vector<int> chain_prev;    // the previous task of its compute chain / communicator / p2p channel (-1)
   std::vector<int> partner;       // p2p: the matching task's index on its role
   std::vector<int> partner_role;  // p2p: the peer's stage
-  std::vector<std::string> key;  // communicator key of a comm task
+  std::vector<std::string> key;   // communicator key of a comm task
   std::vector<bool> p2p;
 };
+
+// A rank's groups: their sizes and node spans (collective costs) and members (p2p peers).
+struct GroupCache {
+  const MeshShape& mesh;
+  const Cluster& cluster;
+  std::map<std::pair<int, parallel::Axes>, GroupInfo> groups;
+  std::map<std::pair<int, parallel::Axes>, std::vector<int>> members;
+  const std::vector<int>& members_of(int rank, const parallel::Axes& axes) {
+    auto it = members.find({rank, axes});
+    if (it == members.end()) it = members.emplace(std::make_pair(rank, axes), mesh.group_ranks(rank, axes)).first;
+    return it->second;
+  }
+  GroupInfo group_of(int rank, const parallel::Axes& axes) {
+    auto it = groups.find({rank, axes});
+    if (it != groups.end()) return it->second;
+    GroupInfo g;
+    const std::vector<int>& m = members_of(rank, axes);
+    std::set<int> nodes;
+    for (int x : m) nodes.insert(cluster.node_of(x));
+    g.n = static_cast<int>(m.size());
+    g.nodes = static_cast<int>(nodes.size());
+    g.local = std::max(1, g.n / g.nodes);
+    groups.emplace(std::make_pair(rank, axes), g);
+    return g;
+  }
+};
+
+// The role's task costs, dependencies and chains (compute stream, each communicator, each
+// point-to-point channel).
+void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, GroupCache& gc) {
+  using K = comm::CollectiveKind;
+  const auto& tasks = r.prog().tasks;
+  const size_t n = tasks.size();
+  r.dur.assign(n, 0);
+  r.flops.assign(n, 0);
+  r.start.assign(n, -1);
+  r.end.assign(n, -1);
+  r.preds.assign(n, {});
+  r.chain_prev.assign(n, -1);
+  r.partner.assign(n, -1);
+  r.partner_role.assign(n, -1);
+  r.key.assign(n, "");
+  r.p2p.assign(n, false);
+  for (const auto& [a, b] : r.prog().edges) r.preds[static_cast<size_t>(b)].push_back(a);
+  int last_compute = -1;
+  std::map<std::string, int> last_on;
+  for (size_t i = 0; i < n; ++i) {
+    const compile::TaskSpec& t = tasks[i];
+    if (!t.is_comm) {
+      const Cost c = compute_cost(cluster, r.prog().shape, t);
+      r.dur[i] = c.seconds;
+      r.flops[i] = c.flops;
+      r.chain_prev[i] = last_compute;
+      last_compute = static_cast<int>(i);
+      continue;
+    }
+    const compile::CommOp& o = t.comm;
+    r.key[i] = o.desc.comm;  // parallel::group_key(o.axes), made by the compiler
+    const double bytes = static_cast<double>(o.tensor_bytes());
+    if (o.kind == K::Send || o.kind == K::Recv) {
+      r.p2p[i] = true;
+      const int peer_rank = gc.members_of(r.rank, o.axes).at(static_cast<size_t>(o.peer));
+      const bool same_node = cluster.node_of(peer_rank) == cluster.node_of(r.rank);
+      const Link& l = same_node ? cluster.intra : cluster.inter;
+      r.dur[i] = l.latency_us * 1e-6 + bytes / (l.bandwidth_gbs * 1e9 * l.efficiency);
+      // a pipeline peer is its stage's role; a context peer (the ring) is symmetric with
+      // this rank: its own role, whose k-th receive stands for the peer's
+      r.partner_role[i] = pp > 1 ? mesh.coord(peer_rank, "pipeline") : r.stage;
+      const std::string channel = (o.kind == K::Send ? "send>" : "recv<") + std::to_string(r.partner_role[i]);
+      auto it = last_on.find(channel);
+      r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
+      last_on[channel] = static_cast<int>(i);
+      continue;
+    }
+    r.dur[i] = collective_seconds(cluster, gc.group_of(r.rank, o.axes), o.kind, bytes);
+    // a shard collective's pack and unpack through its staging (the copies, both ways)
+    r.dur[i] += cluster.bytes_seconds(2.0 * static_cast<double>(o.staging_bytes));
+    if (cluster.comm_on_compute_core) continue;  // chained on the compute stream below
+    auto it = last_on.find(r.key[i]);
+    r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
+    last_on[r.key[i]] = static_cast<int>(i);
+  }
+}
+
+// A lower bound of the step from one stage's program: the longest path over its dependencies,
+// its compute stream and each communicator's order, point-to-point messages free (the real
+// step also waits for the other stages).
+double stage_bound(const Cluster& cluster, const MeshShape& mesh, int rank, int stage,
+                   std::shared_ptr<const compile::StepProgram> prog, GroupCache& gc) {
+  Role r;
+  r.rank = rank;
+  r.stage = stage;
+  r.prog_ptr = std::move(prog);
+  cost_role(r, cluster, mesh, mesh.axis_size_or_1("pipeline"), gc);
+  double step = 0;
+  for (size_t i = 0; i < r.dur.size(); ++i) {
+    double at = 0;
+    for (int p : r.preds[i]) at = std::max(at, r.end[static_cast<size_t>(p)]);
+    if (r.chain_prev[i] >= 0) at = std::max(at, r.end[static_cast<size_t>(r.chain_prev[i])]);
+    r.end[i] = at + (r.p2p[i] ? 0.0 : r.dur[i]);
+    step = std::max(step, r.end[i]);
+  }
+  return step;
+}
 
 }  // namespace
 
 SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& options) {
-  const auto t0 = std::chrono::steady_clock::now();
   const MeshShape mesh = deck.mesh.to_mesh_shape();
-  const parallel::LayoutPlan plan = compile::layout_plan(deck, mesh);
+  return simulate(deck, cluster, compile::layout_plan(deck, mesh), {}, options);
+}
+
+SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::LayoutPlan& plan,
+                   const CompiledStages& given, const SimOptions& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const MeshShape& mesh = plan.mesh();
   const int pp = mesh.axis_size_or_1("pipeline");
   // one representative per stage: every other coordinate 0
   std::vector<Role> roles(static_cast<size_t>(pp));
@@ -238,87 +410,22 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
     Role& r = roles[static_cast<size_t>(st)];
     r.rank = mesh.rank_of(co);
     r.stage = st;
-    r.prog = compile::compile_step(deck, plan, r.rank);
+    auto it = given.find(st);
+    r.prog_ptr = it != given.end()
+                     ? it->second
+                     : std::make_shared<const compile::StepProgram>(compile::compile_step(deck, plan, r.rank));
   }
   const auto t1 = std::chrono::steady_clock::now();
-  std::map<std::string, GroupInfo> groups;  // by communicator key, for representative rank's group
-  auto group_of = [&](int rank, const parallel::Axes& axes) {
-    const std::string key = parallel::group_key(axes) + "@" + std::to_string(rank);
-    auto it = groups.find(key);
-    if (it != groups.end()) return it->second;
-    GroupInfo g;
-    const std::vector<int> members = mesh.group_ranks(rank, axes);
-    std::set<int> nodes;
-    for (int m : members) nodes.insert(cluster.node_of(m));
-    g.n = static_cast<int>(members.size());
-    g.nodes = static_cast<int>(nodes.size());
-    g.local = std::max(1, g.n / g.nodes);
-    groups.emplace(key, g);
-    return g;
-  };
-  // costs, dependencies and chains
+  GroupCache gc{mesh, cluster, {}, {}};
+  for (Role& r : roles) cost_role(r, cluster, mesh, pp, gc);
   using K = comm::CollectiveKind;
-  for (Role& r : roles) {
-    const auto& tasks = r.prog.tasks;
-    const size_t n = tasks.size();
-    r.dur.assign(n, 0);
-    r.flops.assign(n, 0);
-    r.start.assign(n, -1);
-    r.end.assign(n, -1);
-    r.preds.assign(n, {});
-    r.chain_prev.assign(n, -1);
-    r.partner.assign(n, -1);
-    r.partner_role.assign(n, -1);
-    r.key.assign(n, "");
-    r.p2p.assign(n, false);
-    for (const auto& [a, b] : r.prog.edges) r.preds[static_cast<size_t>(b)].push_back(a);
-    int last_compute = -1;
-    std::map<std::string, int> last_on;
-    for (size_t i = 0; i < n; ++i) {
-      const compile::TaskSpec& t = tasks[i];
-      if (!t.is_comm) {
-        const Cost c = compute_cost(cluster, r.prog.shape, t);
-        r.dur[i] = c.seconds;
-        r.flops[i] = c.flops;
-        r.chain_prev[i] = last_compute;
-        last_compute = static_cast<int>(i);
-        continue;
-      }
-      const compile::CommOp& o = t.comm;
-      r.key[i] = parallel::group_key(o.axes);
-      const double bytes = static_cast<double>(o.tensor_bytes());
-      if (o.kind == K::Send || o.kind == K::Recv) {
-        r.p2p[i] = true;
-        const std::vector<int> members = mesh.group_ranks(r.rank, o.axes);
-        const int peer_rank = members.at(static_cast<size_t>(o.peer));
-        const bool same_node = cluster.node_of(peer_rank) == cluster.node_of(r.rank);
-        const Link& l = same_node ? cluster.intra : cluster.inter;
-        r.dur[i] = l.latency_us * 1e-6 + bytes / (l.bandwidth_gbs * 1e9 * l.efficiency);
-        // a pipeline peer is its stage's role; a context peer (the ring) is symmetric with
-        // this rank: its own role, whose k-th receive stands for the peer's
-        r.partner_role[i] = pp > 1 ? mesh.coord(peer_rank, "pipeline") : r.stage;
-        const std::string channel = (o.kind == K::Send ? "send>" : "recv<") + std::to_string(r.partner_role[i]);
-        auto it = last_on.find(channel);
-        r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
-        last_on[channel] = static_cast<int>(i);
-        continue;
-      }
-      r.dur[i] = collective_seconds(cluster, group_of(r.rank, o.axes), o.kind, bytes);
-      // a shard collective's pack and unpack through its staging (the copies, both ways)
-      r.dur[i] += cluster.bytes_seconds(2.0 * static_cast<double>(o.staging_bytes));
-      if (cluster.comm_on_compute_core) continue;  // chained on the compute stream below
-      auto it = last_on.find(r.key[i]);
-      r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
-      last_on[r.key[i]] = static_cast<int>(i);
-    }
-  }
   // Communication on the compute core: the stream runs what the executor's thread runs, in
   // its order: before each compute task (emission order) every collective whose inputs are
   // done, earliest emitted first (the executor issues them and progresses them while it
   // polls). Pipeline sends and receives stay off the stream.
   if (cluster.comm_on_compute_core)
     for (Role& r : roles) {
-      const size_t n = r.prog.tasks.size();
+      const size_t n = r.prog().tasks.size();
       std::vector<std::vector<int>> succs(n);
       std::vector<int> left(n, 0);
       for (size_t i = 0; i < n; ++i) {
@@ -328,7 +435,7 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
       std::set<int> ready_comm;  // off-stream or collective tasks whose inputs are placed
       std::vector<bool> placed(n, false);
       for (size_t i = 0; i < n; ++i)
-        if (r.prog.tasks[i].is_comm && left[i] == 0) ready_comm.insert(static_cast<int>(i));
+        if (r.prog().tasks[i].is_comm && left[i] == 0) ready_comm.insert(static_cast<int>(i));
       int last = -1;
       auto place = [&](int i) {
         placed[static_cast<size_t>(i)] = true;
@@ -337,7 +444,8 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
           last = i;
         }
         for (int t : succs[static_cast<size_t>(i)])
-          if (--left[static_cast<size_t>(t)] == 0 && r.prog.tasks[static_cast<size_t>(t)].is_comm) ready_comm.insert(t);
+          if (--left[static_cast<size_t>(t)] == 0 && r.prog().tasks[static_cast<size_t>(t)].is_comm)
+            ready_comm.insert(t);
       };
       size_t next = 0;  // the next compute task in emission order
       size_t placed_n = 0;
@@ -350,7 +458,7 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
           ++placed_n;
           moved = true;
         }
-        while (next < n && r.prog.tasks[next].is_comm) ++next;
+        while (next < n && r.prog().tasks[next].is_comm) ++next;
         if (next < n && left[next] == 0) {
           place(static_cast<int>(next));
           ++placed_n;
@@ -364,9 +472,9 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
   {
     std::map<std::pair<int, int>, std::vector<int>> sends, recvs;  // (from, to) -> task indices
     for (Role& r : roles)
-      for (size_t i = 0; i < r.prog.tasks.size(); ++i) {
+      for (size_t i = 0; i < r.prog().tasks.size(); ++i) {
         if (!r.p2p[i]) continue;
-        if (r.prog.tasks[i].comm.kind == K::Send)
+        if (r.prog().tasks[i].comm.kind == K::Send)
           sends[{r.stage, r.partner_role[i]}].push_back(static_cast<int>(i));
         else
           recvs[{r.partner_role[i], r.stage}].push_back(static_cast<int>(i));
@@ -394,7 +502,7 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
   size_t remaining = 0;
   for (size_t q = 0; q < roles.size(); ++q) {
     const Role& r = roles[q];
-    const size_t n = r.prog.tasks.size();
+    const size_t n = r.prog().tasks.size();
     remaining += n;
     succ[q].assign(n, {});
     indeg[q].assign(n, 0);
@@ -438,14 +546,14 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
   if (remaining != 0) {
     std::string first;
     for (size_t q = 0; q < roles.size() && first.empty(); ++q)
-      for (size_t i = 0; i < roles[q].prog.tasks.size(); ++i)
+      for (size_t i = 0; i < roles[q].prog().tasks.size(); ++i)
         if (roles[q].end[i] < 0) {
-          first = "stage " + std::to_string(q) + " task " + std::to_string(i) + " '" + roles[q].prog.tasks[i].name +
+          first = "stage " + std::to_string(q) + " task " + std::to_string(i) + " '" + roles[q].prog().tasks[i].name +
                   "' (chained after " + std::to_string(roles[q].chain_prev[i]) + ")";
           break;
         }
-    throw Error("simulate: " + std::to_string(remaining) + " tasks of the step wait on each other, the first " +
-                first + ": the compiled program would deadlock");
+    throw Error("simulate: " + std::to_string(remaining) + " tasks of the step wait on each other, the first " + first +
+                ": the compiled program would deadlock");
   }
   // results
   SimResult res;
@@ -463,7 +571,8 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
   const double tokens = static_cast<double>(deck.train.global_batch * deck.model.seq);
   res.tokens_per_s = step > 0 ? tokens / step : 0;
   res.achieved_tflops_per_gpu = step > 0 ? flops / static_cast<double>(roles.size()) / step / 1e12 : 0;
-  const double model_flops = nn::gpt_model_flops(nn::GptConfig::from(deck.model), deck.train.global_batch * deck.model.seq);
+  const double model_flops =
+      nn::gpt_model_flops(nn::GptConfig::from(deck.model), deck.train.global_batch * deck.model.seq);
   res.model_tflops_per_gpu = step > 0 ? model_flops / static_cast<double>(res.devices) / step / 1e12 : 0;
   res.mfu = res.model_tflops_per_gpu * 1e12 / cluster.peak_flops(deck.train.precision);
   // exposed communication: the idle time before each compute task, charged to the
@@ -472,20 +581,20 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
     std::map<std::string, double> exposed, busy;
     double prev_end = 0, pipeline_wait = 0;
     std::vector<size_t> stream;  // the compute stream's tasks in the order they ran
-    for (size_t i = 0; i < r.prog.tasks.size(); ++i) {
-      if (r.prog.tasks[i].is_comm) busy[r.key[i]] += r.end[i] - r.start[i];
-      if (!r.prog.tasks[i].is_comm || (cluster.comm_on_compute_core && !r.p2p[i])) stream.push_back(i);
+    for (size_t i = 0; i < r.prog().tasks.size(); ++i) {
+      if (r.prog().tasks[i].is_comm) busy[r.key[i]] += r.end[i] - r.start[i];
+      if (!r.prog().tasks[i].is_comm || (cluster.comm_on_compute_core && !r.p2p[i])) stream.push_back(i);
     }
     std::stable_sort(stream.begin(), stream.end(), [&](size_t x, size_t y) { return r.start[x] < r.start[y]; });
     for (size_t i : stream) {
-      if (r.prog.tasks[i].is_comm) exposed[r.key[i]] += r.end[i] - r.start[i];  // it held the compute stream
+      if (r.prog().tasks[i].is_comm) exposed[r.key[i]] += r.end[i] - r.start[i];  // it held the compute stream
       const double gap = r.start[i] - prev_end;
       prev_end = r.end[i];
       if (gap <= 1e-15) continue;
       int binding = -1;
       for (int p : r.preds[i])
         if (binding < 0 || r.end[static_cast<size_t>(p)] > r.end[static_cast<size_t>(binding)]) binding = p;
-      if (binding < 0 || !r.prog.tasks[static_cast<size_t>(binding)].is_comm) continue;
+      if (binding < 0 || !r.prog().tasks[static_cast<size_t>(binding)].is_comm) continue;
       exposed[r.key[static_cast<size_t>(binding)]] += gap;
       if (r.p2p[static_cast<size_t>(binding)]) pipeline_wait += gap;
     }
@@ -495,14 +604,16 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
   }
   // memory: the stage with the largest predicted peak
   for (const Role& r : roles) {
-    const compile::PeakPrediction pp_ = compile::predict_peak(r.prog, 0, 0);
+    const compile::PeakPrediction pp_ =
+        compile::predict_peak(r.prog(), 0, 0);  // (stages differ in layers and schedule)
     const double peak = static_cast<double>(pp_.peak());
     if (peak <= res.memory.peak) continue;
     using compile::BufferClass;
-    auto b = [&](BufferClass c) { return compile::step_bytes(r.prog, c); };
-    res.memory = {b(BufferClass::Params), b(BufferClass::Grads), b(BufferClass::Optimizer),
-                  b(BufferClass::Activations) + b(BufferClass::Inputs) + b(BufferClass::Scalars),
-                  b(BufferClass::Transient), peak};
+    auto b = [&](BufferClass c) { return compile::step_bytes(r.prog(), c); };
+    res.memory = {
+        b(BufferClass::Params),    b(BufferClass::Grads),
+        b(BufferClass::Optimizer), b(BufferClass::Activations) + b(BufferClass::Inputs) + b(BufferClass::Scalars),
+        b(BufferClass::Transient), peak};
   }
   res.fits = res.memory.peak <= cluster.memory_gib * 1073741824.0;
   const auto t2 = std::chrono::steady_clock::now();
@@ -511,19 +622,29 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& o
   if (!options.trace_file.empty()) {
     nlohmann::json ev = nlohmann::json::array();
     for (const Role& r : roles) {
-      ev.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", r.stage},
-                    {"args", {{"name", "stage " + std::to_string(r.stage) + " (rank " + std::to_string(r.rank) + ")"}}}});
+      ev.push_back(
+          {{"name", "process_name"},
+           {"ph", "M"},
+           {"pid", r.stage},
+           {"args", {{"name", "stage " + std::to_string(r.stage) + " (rank " + std::to_string(r.rank) + ")"}}}});
       std::map<std::string, int> tid{{"compute", 0}};
-      for (size_t i = 0; i < r.prog.tasks.size(); ++i) {
-        const std::string lane = r.prog.tasks[i].is_comm ? r.key[i] : "compute";
+      for (size_t i = 0; i < r.prog().tasks.size(); ++i) {
+        const std::string lane = r.prog().tasks[i].is_comm ? r.key[i] : "compute";
         auto it = tid.find(lane);
         if (it == tid.end()) {
           it = tid.emplace(lane, static_cast<int>(tid.size())).first;
-          ev.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", r.stage}, {"tid", it->second},
+          ev.push_back({{"name", "thread_name"},
+                        {"ph", "M"},
+                        {"pid", r.stage},
+                        {"tid", it->second},
                         {"args", {{"name", lane}}}});
         }
-        ev.push_back({{"name", r.prog.tasks[i].name}, {"ph", "X"}, {"pid", r.stage}, {"tid", it->second},
-                      {"ts", r.start[i] * 1e6}, {"dur", (r.end[i] - r.start[i]) * 1e6}});
+        ev.push_back({{"name", r.prog().tasks[i].name},
+                      {"ph", "X"},
+                      {"pid", r.stage},
+                      {"tid", it->second},
+                      {"ts", r.start[i] * 1e6},
+                      {"dur", (r.end[i] - r.start[i]) * 1e6}});
       }
     }
     std::ofstream f(options.trace_file);
@@ -605,6 +726,12 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
   SHARDFLOW_REQUIRE_INPUT(devices >= 1, "simulate --search: --devices ", devices, " must be >= 1");
   SearchResult out;
   std::vector<SearchCandidate> fits;
+  struct Candidate {
+    Deck deck;
+    std::string sets;
+    double bound;  // seconds: the larger of the first and last stage's stage_bound
+  };
+  std::vector<Candidate> candidates;  // fit the memory check
   const double capacity = cluster.memory_gib * 1073741824.0;
   const ModelConfig& m = base.model;
   const bool moe = m.experts > 0;
@@ -650,29 +777,36 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
                 dk.train.micro_batches = micro;
                 std::ostringstream sets;
                 sets << "mesh.data=" << dl.data << " mesh.fsdp=" << dl.fsdp << " mesh.tensor=" << t
-                     << " mesh.pipeline=" << p << " strategy.zero_stage=" << dl.zero
-                     << " train.micro_batches=" << micro << " strategy.virtual_stages=" << v
-                     << " strategy.recompute=" << recompute_name(rc)
+                     << " mesh.pipeline=" << p << " strategy.zero_stage=" << dl.zero << " train.micro_batches=" << micro
+                     << " strategy.virtual_stages=" << v << " strategy.recompute=" << recompute_name(rc)
                      << " strategy.sequence_parallel=" << (sp ? "true" : "false");
                 try {
-                  // memory first: the first and the last stage (the largest in practice)
+                  // memory first: the first and the last stage (the largest in practice); the
+                  // same programs give the configuration's lower bound (stage_bound)
+                  const auto tm = std::chrono::steady_clock::now();
                   const MeshShape mesh = dk.mesh.to_mesh_shape();
                   const parallel::LayoutPlan plan = compile::layout_plan(dk, mesh);
                   bool over = false;
+                  double bound = 0;
                   for (int st : {0, p - 1}) {
                     std::vector<int> co(static_cast<size_t>(mesh.ndim()), 0);
                     if (p > 1) co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
-                    const auto prog = compile::compile_step(dk, plan, mesh.rank_of(co));
-                    if (static_cast<double>(compile::predict_peak(prog, 0, 0).peak()) > capacity) over = true;
+                    auto prog =
+                        std::make_shared<const compile::StepProgram>(compile::compile_step(dk, plan, mesh.rank_of(co)));
+                    if (static_cast<double>(compile::predict_peak(*prog, 0, 0).peak()) > capacity) {
+                      over = true;
+                      break;
+                    }
+                    GroupCache gc{mesh, cluster, {}, {}};
+                    bound = std::max(bound, stage_bound(cluster, mesh, mesh.rank_of(co), st, std::move(prog), gc));
                     if (p == 1) break;
                   }
+                  out.memory_check_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - tm).count();
                   if (over) {
                     ++out.pruned_memory;
                     continue;
                   }
-                  SimResult r = simulate(dk, cluster);
-                  ++out.simulated;
-                  if (r.fits) fits.push_back({sets.str(), std::move(r)});
+                  candidates.push_back({std::move(dk), sets.str(), bound});
                 } catch (const InputError& e) {
                   ++out.invalid;
                   ++out.invalid_reasons[std::string(e.what()).substr(0, 160)];
@@ -683,6 +817,36 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
         }
       }
     }
+  }
+  // Simulate the candidates from the lowest bound up. Once `top` fitting configurations are
+  // known, a candidate whose bound is not below the slowest of them cannot enter the list
+  // (its step is at least its bound), nor can any after it: the list is the exhaustive
+  // search's, with far fewer simulations.
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate& a, const Candidate& b) { return a.bound < b.bound; });
+  const size_t keep = static_cast<size_t>(std::max(0, options.top));
+  auto kth_step = [&]() {
+    std::vector<double> steps;
+    for (const auto& f : fits) steps.push_back(f.result.step_time_s);
+    std::sort(steps.begin(), steps.end());
+    return steps.size() >= keep && keep > 0 ? steps[keep - 1] : std::numeric_limits<double>::infinity();
+  };
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    Candidate& cand = candidates[i];
+    if (!options.exhaustive && keep > 0 && cand.bound >= kth_step()) {
+      out.bounded = static_cast<int>(candidates.size() - i);
+      break;
+    }
+    const auto ts = std::chrono::steady_clock::now();
+    try {
+      SimResult r = simulate(cand.deck, cluster);
+      ++out.simulated;
+      if (r.fits) fits.push_back({cand.sets, std::move(r), cand.bound});
+    } catch (const InputError& e) {
+      ++out.invalid;
+      ++out.invalid_reasons[std::string(e.what()).substr(0, 160)];
+    }
+    out.simulate_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
   }
   std::sort(fits.begin(), fits.end(), [](const SearchCandidate& a, const SearchCandidate& b) {
     return a.result.tokens_per_s > b.result.tokens_per_s;
@@ -698,9 +862,18 @@ std::string search_text(const SearchResult& r) {
   char line[768];
   std::snprintf(line, sizeof line,
                 "searched %d configurations in %.2f s (%.1f per second): %d refused by the compiler, %d over the "
-                "device's memory, %d simulated\n",
+                "device's memory, %d simulated (%.2f s compiling for the memory check, %.2f s simulating)\n",
                 r.enumerated, r.seconds, r.seconds > 0 ? r.enumerated / r.seconds : 0.0, r.invalid, r.pruned_memory,
-                r.simulated);
+                r.simulated, r.memory_check_s, r.simulate_s);
+  os << line;
+  if (r.bounded > 0) {
+    std::snprintf(line, sizeof line,
+                  "  %d fitting the memory check were not simulated: their first or last stage alone (its "
+                  "compute and collectives in order, pipeline messages free) is slower than the %zu-th fastest step\n",
+                  r.bounded, r.best.size());
+  } else {
+    line[0] = 0;
+  }
   os << line;
   for (size_t i = 0; i < r.best.size(); ++i) {
     const SimResult& s = r.best[i].result;
@@ -727,7 +900,10 @@ std::string search_json(const SearchResult& r) {
   j["invalid"] = r.invalid;
   j["pruned_memory"] = r.pruned_memory;
   j["simulated"] = r.simulated;
+  j["bounded"] = r.bounded;
   j["seconds"] = r.seconds;
+  j["memory_check_s"] = r.memory_check_s;
+  j["simulate_s"] = r.simulate_s;
   j["configurations_per_second"] = r.seconds > 0 ? r.enumerated / r.seconds : 0.0;
   nlohmann::json best = nlohmann::json::array();
   for (const auto& c : r.best) {
