@@ -67,6 +67,7 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
 struct SearchOptions {
   int top = 10;
   bool exhaustive = false;  // simulate every configuration that fits the memory check (no bound)
+  int threads = 0;          // workers (0: the machine's hardware threads)
 };
 struct SearchCandidate {
   std::string sets;  // the --set overrides that give it (mesh, strategy, micro-batches)
@@ -86,7 +87,8 @@ struct SearchResult {
   /// the exhaustive search's).
   int bounded = 0;
   double seconds = 0;
-  double memory_check_s = 0, simulate_s = 0;  // of which: compiling for the memory check, simulating
+  double memory_check_s = 0, simulate_s = 0;  // thread-seconds: compiling for the memory check, simulating
+  int threads = 1;
 };
 /// Enumerates tensor (divides the heads, at most a node), pipeline (at most the layers),
 /// the rest as data with ZeRO 0/1/2 or as fsdp with ZeRO 3, micro-batch size 1/2/4/8,

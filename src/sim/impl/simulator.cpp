@@ -3,13 +3,17 @@
 #include "sim/simulator.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <limits>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "compile/compiler.hpp"
 #include "compile/summary.hpp"
@@ -725,14 +729,12 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
   const auto t0 = std::chrono::steady_clock::now();
   SHARDFLOW_REQUIRE_INPUT(devices >= 1, "simulate --search: --devices ", devices, " must be >= 1");
   SearchResult out;
-  std::vector<SearchCandidate> fits;
-  struct Candidate {
+  // 1. enumerate
+  struct Config {
     Deck deck;
     std::string sets;
-    double bound;  // seconds: the larger of the first and last stage's stage_bound
   };
-  std::vector<Candidate> candidates;  // fit the memory check
-  const double capacity = cluster.memory_gib * 1073741824.0;
+  std::vector<Config> configs;
   const ModelConfig& m = base.model;
   const bool moe = m.experts > 0;
   for (int t : divisors(devices)) {
@@ -762,13 +764,13 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
               if (rc == Recompute::Full && moe) continue;
               for (bool sp : {false, true}) {
                 if (sp && t == 1) continue;
-                ++out.enumerated;
                 Deck dk = base;
                 dk.mesh.data = dl.data;
                 dk.mesh.fsdp = dl.fsdp;
                 dk.mesh.tensor = t;
                 dk.mesh.pipeline = p;
                 dk.mesh.expert = 1;
+                dk.mesh.context = 1;
                 dk.strategy.zero_stage = dl.zero;
                 dk.strategy.virtual_stages = v;
                 dk.strategy.schedule = PipelineSchedule::OneFOneB;
@@ -780,37 +782,7 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
                      << " mesh.pipeline=" << p << " strategy.zero_stage=" << dl.zero << " train.micro_batches=" << micro
                      << " strategy.virtual_stages=" << v << " strategy.recompute=" << recompute_name(rc)
                      << " strategy.sequence_parallel=" << (sp ? "true" : "false");
-                try {
-                  // memory first: the first and the last stage (the largest in practice); the
-                  // same programs give the configuration's lower bound (stage_bound)
-                  const auto tm = std::chrono::steady_clock::now();
-                  const MeshShape mesh = dk.mesh.to_mesh_shape();
-                  const parallel::LayoutPlan plan = compile::layout_plan(dk, mesh);
-                  bool over = false;
-                  double bound = 0;
-                  for (int st : {0, p - 1}) {
-                    std::vector<int> co(static_cast<size_t>(mesh.ndim()), 0);
-                    if (p > 1) co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
-                    auto prog =
-                        std::make_shared<const compile::StepProgram>(compile::compile_step(dk, plan, mesh.rank_of(co)));
-                    if (static_cast<double>(compile::predict_peak(*prog, 0, 0).peak()) > capacity) {
-                      over = true;
-                      break;
-                    }
-                    GroupCache gc{mesh, cluster, {}, {}};
-                    bound = std::max(bound, stage_bound(cluster, mesh, mesh.rank_of(co), st, std::move(prog), gc));
-                    if (p == 1) break;
-                  }
-                  out.memory_check_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - tm).count();
-                  if (over) {
-                    ++out.pruned_memory;
-                    continue;
-                  }
-                  candidates.push_back({std::move(dk), sets.str(), bound});
-                } catch (const InputError& e) {
-                  ++out.invalid;
-                  ++out.invalid_reasons[std::string(e.what()).substr(0, 160)];
-                }
+                configs.push_back({std::move(dk), sets.str()});
               }
             }
           }
@@ -818,40 +790,139 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
       }
     }
   }
-  // Simulate the candidates from the lowest bound up. Once `top` fitting configurations are
-  // known, a candidate whose bound is not below the slowest of them cannot enter the list
-  // (its step is at least its bound), nor can any after it: the list is the exhaustive
-  // search's, with far fewer simulations.
-  std::stable_sort(candidates.begin(), candidates.end(),
-                   [](const Candidate& a, const Candidate& b) { return a.bound < b.bound; });
-  const size_t keep = static_cast<size_t>(std::max(0, options.top));
-  auto kth_step = [&]() {
-    std::vector<double> steps;
-    for (const auto& f : fits) steps.push_back(f.result.step_time_s);
-    std::sort(steps.begin(), steps.end());
-    return steps.size() >= keep && keep > 0 ? steps[keep - 1] : std::numeric_limits<double>::infinity();
+  out.enumerated = static_cast<int>(configs.size());
+  const int threads =
+      std::max(1, options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency()));
+  out.threads = threads;
+  // each of `threads` workers takes the next index until `n` (or until work(i) says stop)
+  auto in_parallel = [&](size_t n, const std::function<bool(size_t)>& work) {
+    std::atomic<size_t> next{0};
+    std::atomic<bool> stop{false};
+    auto worker = [&] {
+      for (size_t i; !stop && (i = next++) < n;)
+        if (!work(i)) stop = true;
+    };
+    std::vector<std::thread> pool;
+    for (int k = 1; k < threads; ++k) pool.emplace_back(worker);
+    worker();
+    for (auto& th : pool) th.join();
   };
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    Candidate& cand = candidates[i];
-    if (!options.exhaustive && keep > 0 && cand.bound >= kth_step()) {
-      out.bounded = static_cast<int>(candidates.size() - i);
-      break;
+  // 2. memory check and lower bound, every configuration
+  const double capacity = cluster.memory_gib * 1073741824.0;
+  struct Checked {
+    enum { Invalid, Over, Fits } status = Invalid;
+    std::string reason;  // Invalid: the compiler's message
+    double bound = 0;    // seconds: the larger of the first and last stage's stage_bound
+    double seconds = 0;
+  };
+  std::vector<Checked> checked(configs.size());
+  in_parallel(configs.size(), [&](size_t i) {
+    const auto tm = std::chrono::steady_clock::now();
+    Checked& c = checked[i];
+    const Deck& dk = configs[i].deck;
+    const int p = dk.mesh.pipeline;
+    try {
+      const MeshShape mesh = dk.mesh.to_mesh_shape();
+      const parallel::LayoutPlan plan = compile::layout_plan(dk, mesh);
+      auto rank_of_stage = [&](int st) {
+        std::vector<int> co(static_cast<size_t>(mesh.ndim()), 0);
+        if (p > 1) co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
+        return mesh.rank_of(co);
+      };
+      c.status = Checked::Fits;
+      // the buffers alone (no tasks: cheap) over the memory already? (the peak is at least
+      // the buffers); then the first and the last stage compiled (the largest in practice),
+      // whose programs also give the lower bound
+      for (int st : {0, p - 1}) {
+        compile::StepProgram bare;
+        bare.shape = compile::make_step_shape(dk, plan, rank_of_stage(st));
+        bare.buffers = compile::plan_buffers(bare.shape);
+        if (static_cast<double>(compile::predict_peak(bare, 0, 0).peak()) > capacity) c.status = Checked::Over;
+        if (p == 1 || c.status == Checked::Over) break;
+      }
+      for (int st : {0, p - 1}) {
+        if (c.status == Checked::Over) break;
+        auto prog = std::make_shared<const compile::StepProgram>(compile::compile_step(dk, plan, rank_of_stage(st)));
+        if (static_cast<double>(compile::predict_peak(*prog, 0, 0).peak()) > capacity) {
+          c.status = Checked::Over;
+          break;
+        }
+        GroupCache gc{mesh, cluster, {}, {}};
+        c.bound = std::max(c.bound, stage_bound(cluster, mesh, rank_of_stage(st), st, std::move(prog), gc));
+        if (p == 1) break;
+      }
+    } catch (const InputError& e) {
+      c.status = Checked::Invalid;
+      c.reason = std::string(e.what()).substr(0, 160);
+    }
+    c.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tm).count();
+    return true;
+  });
+  std::vector<size_t> candidates;  // fit the memory check
+  for (size_t i = 0; i < checked.size(); ++i) {
+    out.memory_check_s += checked[i].seconds;
+    if (checked[i].status == Checked::Invalid) {
+      ++out.invalid;
+      ++out.invalid_reasons[checked[i].reason];
+    } else if (checked[i].status == Checked::Over) {
+      ++out.pruned_memory;
+    } else {
+      candidates.push_back(i);
+    }
+  }
+  // 3. Simulate the candidates from the lowest bound up. Once `top` fitting configurations
+  // are known, a candidate whose bound is not below the slowest of them cannot enter the list
+  // (its step is at least its bound), nor can any after it: the list is the exhaustive
+  // search's, with far fewer simulations. (Workers in parallel may simulate a few more than
+  // one would; never fewer.)
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [&](size_t a, size_t b) { return checked[a].bound < checked[b].bound; });
+  const size_t keep = static_cast<size_t>(std::max(0, options.top));
+  std::mutex mu;
+  std::vector<SearchCandidate> fits;
+  std::multiset<double> best_steps;  // the `keep` fastest fitting steps so far
+  std::vector<char> done(candidates.size(), 0);
+  in_parallel(candidates.size(), [&](size_t k) {
+    const size_t i = candidates[k];
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!options.exhaustive && keep > 0 && best_steps.size() >= keep &&
+          checked[i].bound >= *std::prev(best_steps.end()))
+        return false;
     }
     const auto ts = std::chrono::steady_clock::now();
+    std::string reason;
+    bool ok = true;
+    SimResult r;
     try {
-      SimResult r = simulate(cand.deck, cluster);
-      ++out.simulated;
-      if (r.fits) fits.push_back({cand.sets, std::move(r), cand.bound});
+      r = simulate(configs[i].deck, cluster);
     } catch (const InputError& e) {
-      ++out.invalid;
-      ++out.invalid_reasons[std::string(e.what()).substr(0, 160)];
+      ok = false;
+      reason = std::string(e.what()).substr(0, 160);
     }
-    out.simulate_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
-  }
-  std::sort(fits.begin(), fits.end(), [](const SearchCandidate& a, const SearchCandidate& b) {
-    return a.result.tokens_per_s > b.result.tokens_per_s;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+    std::lock_guard<std::mutex> lock(mu);
+    done[k] = 1;
+    out.simulate_s += secs;
+    if (!ok) {
+      ++out.invalid;
+      ++out.invalid_reasons[reason];
+      return true;
+    }
+    ++out.simulated;
+    if (r.fits) {
+      best_steps.insert(r.step_time_s);
+      if (keep > 0 && best_steps.size() > keep) best_steps.erase(std::prev(best_steps.end()));
+      fits.push_back({configs[i].sets, std::move(r), checked[i].bound});
+    }
+    return true;
   });
-  if (static_cast<int>(fits.size()) > options.top) fits.resize(static_cast<size_t>(std::max(0, options.top)));
+  for (char d : done) out.bounded += d ? 0 : 1;
+  std::sort(fits.begin(), fits.end(), [](const SearchCandidate& a, const SearchCandidate& b) {
+    return a.result.tokens_per_s > b.result.tokens_per_s ||
+           (a.result.tokens_per_s == b.result.tokens_per_s && a.sets < b.sets);
+  });
+  if (fits.size() > keep) fits.resize(keep);
   out.best = std::move(fits);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
@@ -861,10 +932,11 @@ std::string search_text(const SearchResult& r) {
   std::ostringstream os;
   char line[768];
   std::snprintf(line, sizeof line,
-                "searched %d configurations in %.2f s (%.1f per second): %d refused by the compiler, %d over the "
-                "device's memory, %d simulated (%.2f s compiling for the memory check, %.2f s simulating)\n",
-                r.enumerated, r.seconds, r.seconds > 0 ? r.enumerated / r.seconds : 0.0, r.invalid, r.pruned_memory,
-                r.simulated, r.memory_check_s, r.simulate_s);
+                "searched %d configurations in %.2f s (%.1f per second, %d threads): %d refused by the compiler, %d "
+                "over the device's memory, %d simulated (thread-seconds: %.2f compiling for the memory check, %.2f "
+                "simulating)\n",
+                r.enumerated, r.seconds, r.seconds > 0 ? r.enumerated / r.seconds : 0.0, r.threads, r.invalid,
+                r.pruned_memory, r.simulated, r.memory_check_s, r.simulate_s);
   os << line;
   if (r.bounded > 0) {
     std::snprintf(line, sizeof line,
@@ -903,6 +975,7 @@ std::string search_json(const SearchResult& r) {
   j["bounded"] = r.bounded;
   j["seconds"] = r.seconds;
   j["memory_check_s"] = r.memory_check_s;
+  j["threads"] = r.threads;
   j["simulate_s"] = r.simulate_s;
   j["configurations_per_second"] = r.seconds > 0 ? r.enumerated / r.seconds : 0.0;
   nlohmann::json best = nlohmann::json::array();
