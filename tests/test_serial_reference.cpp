@@ -120,6 +120,19 @@ void expect_equal_to_serial(const Case& c) {
   }
 }
 
+// the cases of this world size (at least one when it is 1, 2 or 4)
+void expect_cases_equal_to_serial(const std::vector<Case>& cases) {
+  int ran = 0;
+  for (const auto& c : cases) {
+    if (c.ranks != test::world_size()) continue;
+    ++ran;
+    expect_equal_to_serial(c);
+  }
+  if (test::world_size() <= 4) {
+    EXPECT_GT(ran, 0);
+  }
+}
+
 TEST(SerialReference, EveryMeshEqualsTheSerialModel) {
   const std::vector<Case> cases = {
       {1, "data = 1", 0, 1, ""},
@@ -133,15 +146,7 @@ TEST(SerialReference, EveryMeshEqualsTheSerialModel) {
       {4, "fsdp = 2\npipeline = 2", 3, 2, ""},
       {4, "data = 2\npipeline = 2", 0, 2, "virtual_stages = 2\n"},
   };
-  int ran = 0;
-  for (const auto& c : cases) {
-    if (c.ranks != test::world_size()) continue;
-    ++ran;
-    expect_equal_to_serial(c);
-  }
-  if (test::world_size() <= 4) {
-    EXPECT_GT(ran, 0);
-  }
+  expect_cases_equal_to_serial(cases);
 }
 
 }  // namespace
@@ -187,13 +192,5 @@ TEST(SerialReference, EveryLlamaMeshEqualsTheSerialModel) {
       {2, "context = 2", 0, 1, "", llama(4, 2) + "tie_embeddings = true\n"},
       {4, "data = 2\ntensor = 2", 1, 1, "", llama(4, 1) + "tie_embeddings = true\n"},
   };
-  int ran = 0;
-  for (const auto& c : cases) {
-    if (c.ranks != test::world_size()) continue;
-    ++ran;
-    expect_equal_to_serial(c);
-  }
-  if (test::world_size() <= 4) {
-    EXPECT_GT(ran, 0);
-  }
+  expect_cases_equal_to_serial(cases);
 }

@@ -5,13 +5,7 @@
 # loss from the consolidated file (check_llama_cli.py).
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
-function(run)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  message("${out}")
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "${ARGN} failed (${rc}):\n${out}\n${err}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_run.cmake)
 run(${MPIEXEC} -n 2 ${APP} train ${DECK} --set train.steps=${STEPS} checkpoint.dir=${WORK}/ck --summary ${WORK}/train.json --quiet)
 run(${APP} ckpt consolidate ${WORK}/ck ${WORK}/model.h5)
 # four sequences of S + 1 bytes from the corpus

@@ -129,6 +129,7 @@ class StepBuilder {
   // context parallel (emit_block.cpp): the ring steps of a layer's attention forward and
   // backward; `step_op` makes the ComputeOp of one ring step
   int ring_message(bool send, int buf, const std::string& what);
+  int ring_pass(int from, int into, int ready, int prev, const std::string& what);
   void ring_forward(UseCtx& u, const std::function<ComputeOp(int)>& step_op, const std::string& what);
   void ring_backward(UseCtx& u, const std::function<ComputeOp(int)>& step_op, const std::string& what);
   int ring_reader_[6] = {kNone, kNone, kNone, kNone, kNone, kNone};  // last send reading each ring buffer

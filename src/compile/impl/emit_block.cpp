@@ -134,6 +134,19 @@ int ring_slot(const BufferPlan& b, int buf) {
 }
 }  // namespace
 
+// One ring message: `from` to the next context rank once `ready` is done, and from the
+// previous one into `into` once `prev` (the compute that last read it) and the last send of
+// it are done. Returns the receive.
+int StepBuilder::ring_pass(int from, int into, int ready, int prev, const std::string& what) {
+  const int send = ring_message(true, from, what);
+  edge(ready, send);
+  const int recv = ring_message(false, into, what);
+  edge(prev, recv);
+  edge(ring_reader_[ring_slot(b, into)], recv);
+  ring_reader_[ring_slot(b, from)] = send;
+  return recv;
+}
+
 void StepBuilder::ring_forward(UseCtx& u, const std::function<ComputeOp(int)>& step_op, const std::string& what) {
   // the qkv segment writes this rank's own block into kv_ring[0]: not before the last send
   // that reads it (an earlier layer's or micro-batch's) has completed
@@ -146,13 +159,7 @@ void StepBuilder::ring_forward(UseCtx& u, const std::function<ComputeOp(int)>& s
     const int cur = b.kv_ring[r % 2], nxt = b.kv_ring[(r + 1) % 2];
     int recv = kNone;
     if (r + 1 < s.cp) {
-      const std::string w = what + ".kv" + std::to_string(r + 1) + u.mbs;
-      const int send = ring_message(true, cur, w);
-      edge(have, send);
-      recv = ring_message(false, nxt, w);
-      edge(prev, recv);
-      edge(ring_reader_[ring_slot(b, nxt)], recv);
-      ring_reader_[ring_slot(b, cur)] = send;
+      recv = ring_pass(cur, nxt, have, prev, what + ".kv" + std::to_string(r + 1) + u.mbs);
     }
     const int c = emit_compute({step_op(r)}, u.prefix + what + ".ring" + std::to_string(r) + u.mbs);
     chain(c);
@@ -177,13 +184,7 @@ void StepBuilder::ring_backward(UseCtx& u, const std::function<ComputeOp(int)>& 
     const int dcur = b.dkv_ring[r % 2], dnxt = r + 1 < s.cp ? b.dkv_ring[(r + 1) % 2] : b.dkv_home;
     int kv_recv = kNone;
     if (r + 1 < s.cp) {  // the next block's keys and values, while this one computes
-      const std::string w = what + ".kv" + std::to_string(r + 1) + u.mbs;
-      const int send = ring_message(true, kcur, w);
-      edge(have_kv, send);
-      kv_recv = ring_message(false, knxt, w);
-      edge(prev, kv_recv);
-      edge(ring_reader_[ring_slot(b, knxt)], kv_recv);
-      ring_reader_[ring_slot(b, kcur)] = send;
+      kv_recv = ring_pass(kcur, knxt, have_kv, prev, what + ".kv" + std::to_string(r + 1) + u.mbs);
     }
     const int c = emit_compute({step_op(r)}, u.prefix + what + ".ring_bwd" + std::to_string(r) + u.mbs);
     chain(c);
@@ -191,13 +192,7 @@ void StepBuilder::ring_backward(UseCtx& u, const std::function<ComputeOp(int)>& 
     edge(have_dkv, c);
     u.segs.push_back(c);
     // the block's gradient so far goes on with the block (after the last step: home)
-    const std::string w = what + ".dkv" + std::to_string(r + 1) + u.mbs;
-    const int send = ring_message(true, dcur, w);
-    edge(c, send);
-    const int recv = ring_message(false, dnxt, w);
-    edge(prev, recv);
-    edge(ring_reader_[ring_slot(b, dnxt)], recv);
-    ring_reader_[ring_slot(b, dcur)] = send;
+    const int recv = ring_pass(dcur, dnxt, c, prev, what + ".dkv" + std::to_string(r + 1) + u.mbs);
     prev = c;
     have_kv = kv_recv;
     have_dkv = recv;

@@ -23,8 +23,8 @@ template <class Q, class KV>
 RingDims ring_dims(const char* op, const Q& qkv, int64_t heads, const KV& kv, const KvMap& map, int64_t seq_local,
                    int cp, int q_rank, int k_rank) {
   RingDims g{};
-  SHARDFLOW_REQUIRE(cp >= 2 && q_rank >= 0 && q_rank < cp && k_rank >= 0 && k_rank < cp, op, ": context ranks ",
-                    q_rank, " and ", k_rank, " of ", cp);
+  SHARDFLOW_REQUIRE(cp >= 2 && q_rank >= 0 && q_rank < cp && k_rank >= 0 && k_rank < cp, op, ": context ranks ", q_rank,
+                    " and ", k_rank, " of ", cp);
   g.t = static_cast<int64_t>(qkv.extent(0));
   g.sl = seq_local;
   SHARDFLOW_REQUIRE(seq_local > 0 && seq_local % 2 == 0 && g.t % seq_local == 0, op, ": ", g.t,
@@ -52,6 +52,29 @@ void require_stats(const char* op, const RingDims& g, const Vw& v, const char* n
 
 // the global chunk of local chunk lc (0 or 1) of context rank r
 inline int64_t chunk_of(int r, int lc, int cp) { return lc == 0 ? r : 2 * cp - 1 - r; }
+
+// One unmasked (query chunk, key chunk) pair of a (sequence, head): its rows, the kv head,
+// whether it is causal (the same chunk) and where its rows' statistics start.
+struct ChunkPair {
+  int64_t bi, a, kh;
+  Range qrows, krows;
+  bool diag;
+  int64_t base;  // (bi·A + a)·S_l + first query row
+};
+// fn(pair) for every pair of the block that is not masked, in a fixed order
+template <class Fn>
+void for_each_pair(const RingDims& g, const KvMap& map, int cp, int q_rank, int k_rank, Fn&& fn) {
+  for (int64_t bi = 0; bi < g.b; ++bi)
+    for (int64_t a = 0; a < g.a; ++a)
+      for (int lq = 0; lq < 2; ++lq)
+        for (int lk = 0; lk < 2; ++lk) {
+          const int64_t gq = chunk_of(q_rank, lq, cp), gk = chunk_of(k_rank, lk, cp);
+          if (gq < gk) continue;  // the key chunk comes later: masked
+          fn(ChunkPair{bi, a, map.kv_of(a), Range(bi * g.sl + lq * g.c, bi * g.sl + (lq + 1) * g.c),
+                       Range(bi * g.sl + lk * g.c, bi * g.sl + (lk + 1) * g.c), gq == gk,
+                       (bi * g.a + a) * g.sl + lq * g.c});
+        }
+}
 
 // Row reductions in eight fixed lanes (lane j % 8, then the lanes in order): the same result
 // whatever the machine, and loops GCC vectorises without reassociating (an ordered scalar
@@ -107,54 +130,45 @@ void RingAttention<Scalar, Exec>::forward_block(typename V::CMat qkv, int64_t he
   const int64_t C = g.c, d = g.d, kvh = g.kvh;
   typename V::Mat sc(scratch.data(), static_cast<size_t>(C), static_cast<size_t>(C));
   const Scalar ninf = -std::numeric_limits<Scalar>::infinity();
-  for (int64_t bi = 0; bi < g.b; ++bi)
-    for (int64_t a = 0; a < g.a; ++a) {
-      const int64_t kh = map.kv_of(a);
-      for (int lq = 0; lq < 2; ++lq)
-        for (int lk = 0; lk < 2; ++lk) {
-          const int64_t gq = chunk_of(q_rank, lq, cp), gk = chunk_of(k_rank, lk, cp);
-          if (gq < gk) continue;  // the key chunk comes later: masked
-          const bool diag = gq == gk;
-          const Range qrows(bi * g.sl + lq * C, bi * g.sl + (lq + 1) * C);
-          const Range krows(bi * g.sl + lk * C, bi * g.sl + (lk + 1) * C);
-          auto q = Kokkos::subview(qkv, qrows, Range(a * d, (a + 1) * d));
-          auto k = Kokkos::subview(kv, krows, Range(kh * d, (kh + 1) * d));
-          auto v = Kokkos::subview(kv, krows, Range((kvh + kh) * d, (kvh + kh + 1) * d));
-          auto o = Kokkos::subview(acc, qrows, Range(a * d, (a + 1) * d));
-          detail::gemm("N", "T", scale, q, k, 0.0, sc);
-          const int64_t base = (bi * g.a + a) * g.sl + lq * C;
-          Kokkos::parallel_for(
-              "nn::ring_attn_online_softmax", Kokkos::RangePolicy<Exec>(0, C), KOKKOS_LAMBDA(const int64_t i) {
-                const int64_t lim = diag ? i + 1 : C;
-                auto row = Kokkos::subview(sc, i, Kokkos::ALL());
-                const Scalar mx = row_max(row, lim);
-                const Scalar mo = m(base + i);
-                const Scalar mn = mo > mx ? mo : mx;
-                const Scalar corr = mo == ninf ? Scalar(0) : math::exp(mo - mn);
-                for (int64_t j = 0; j < lim; ++j) row(j) = math::exp(row(j) - mn);
-                const Scalar sum = row_sum(row, lim);
-                if (round16 != DType::F32)
-                  for (int64_t j = 0; j < lim; ++j)
-                    row(j) = static_cast<Scalar>(round_to(static_cast<float>(row(j)), round16));
-                for (int64_t j = lim; j < C; ++j) row(j) = Scalar(0);
-                l(base + i) = l(base + i) * corr + sum;
-                m(base + i) = mn;
-                for (int64_t e = 0; e < d; ++e) o(i, e) *= corr;
-              });
-          detail::gemm("N", "N", 1.0, sc, v, 1.0, o);
-        }
-    }
+  for_each_pair(g, map, cp, q_rank, k_rank, [&](const ChunkPair& pr) {
+    const int64_t a = pr.a, kh = pr.kh, base = pr.base;
+    const bool diag = pr.diag;
+    auto q = Kokkos::subview(qkv, pr.qrows, Range(a * d, (a + 1) * d));
+    auto k = Kokkos::subview(kv, pr.krows, Range(kh * d, (kh + 1) * d));
+    auto v = Kokkos::subview(kv, pr.krows, Range((kvh + kh) * d, (kvh + kh + 1) * d));
+    auto o = Kokkos::subview(acc, pr.qrows, Range(a * d, (a + 1) * d));
+    detail::gemm("N", "T", scale, q, k, 0.0, sc);
+    Kokkos::parallel_for(
+        "nn::ring_attn_online_softmax", Kokkos::RangePolicy<Exec>(0, C), KOKKOS_LAMBDA(const int64_t i) {
+          const int64_t lim = diag ? i + 1 : C;
+          auto row = Kokkos::subview(sc, i, Kokkos::ALL());
+          const Scalar mx = row_max(row, lim);
+          const Scalar mo = m(base + i);
+          const Scalar mn = mo > mx ? mo : mx;
+          const Scalar corr = mo == ninf ? Scalar(0) : math::exp(mo - mn);
+          for (int64_t j = 0; j < lim; ++j) row(j) = math::exp(row(j) - mn);
+          const Scalar sum = row_sum(row, lim);
+          if (round16 != DType::F32)
+            for (int64_t j = 0; j < lim; ++j)
+              row(j) = static_cast<Scalar>(round_to(static_cast<float>(row(j)), round16));
+          for (int64_t j = lim; j < C; ++j) row(j) = Scalar(0);
+          l(base + i) = l(base + i) * corr + sum;
+          m(base + i) = mn;
+          for (int64_t e = 0; e < d; ++e) o(i, e) *= corr;
+        });
+    detail::gemm("N", "N", 1.0, sc, v, 1.0, o);
+  });
 }
 
 template <class Scalar, class Exec>
 void RingAttention<Scalar, Exec>::finish(typename V::CVec m, typename V::CVec l, int64_t heads, int64_t seq_local,
                                          typename V::Mat acc, typename V::Vec lse) {
   const int64_t t = static_cast<int64_t>(acc.extent(0));
-  SHARDFLOW_REQUIRE(heads > 0 && seq_local > 0 && t % seq_local == 0 && static_cast<int64_t>(acc.extent(1)) % heads == 0 &&
-                        static_cast<int64_t>(m.extent(0)) == t * heads && l.extent(0) == m.extent(0) &&
-                        lse.extent(0) == m.extent(0),
-                    "RingAttention::finish: acc [", acc.extent(0), ", ", acc.extent(1), "], m ", m.extent(0), ", l ",
-                    l.extent(0), ", lse ", lse.extent(0), " for ", heads, " heads");
+  SHARDFLOW_REQUIRE(
+      heads > 0 && seq_local > 0 && t % seq_local == 0 && static_cast<int64_t>(acc.extent(1)) % heads == 0 &&
+          static_cast<int64_t>(m.extent(0)) == t * heads && l.extent(0) == m.extent(0) && lse.extent(0) == m.extent(0),
+      "RingAttention::finish: acc [", acc.extent(0), ", ", acc.extent(1), "], m ", m.extent(0), ", l ", l.extent(0),
+      ", lse ", lse.extent(0), " for ", heads, " heads");
   const int64_t d = static_cast<int64_t>(acc.extent(1)) / heads, sl = seq_local, A = heads;
   Kokkos::parallel_for(
       "nn::ring_attn_finish", Kokkos::RangePolicy<Exec>(0, t * heads), KOKKOS_LAMBDA(const int64_t r) {
@@ -205,50 +219,42 @@ void RingAttention<Scalar, Exec>::backward_block(typename V::CMat dout, typename
   const int64_t C = g.c, d = g.d, kvh = g.kvh;
   typename V::Mat p(scratch.data(), static_cast<size_t>(C), static_cast<size_t>(C));
   typename V::Mat dp(scratch.data() + C * C, static_cast<size_t>(C), static_cast<size_t>(C));
-  for (int64_t bi = 0; bi < g.b; ++bi)
-    for (int64_t a = 0; a < g.a; ++a) {
-      const int64_t kh = map.kv_of(a);
-      for (int lq = 0; lq < 2; ++lq)
-        for (int lk = 0; lk < 2; ++lk) {
-          const int64_t gq = chunk_of(q_rank, lq, cp), gk = chunk_of(k_rank, lk, cp);
-          if (gq < gk) continue;
-          const bool diag = gq == gk;
-          const Range qrows(bi * g.sl + lq * C, bi * g.sl + (lq + 1) * C);
-          const Range krows(bi * g.sl + lk * C, bi * g.sl + (lk + 1) * C);
-          const Range ch(a * d, (a + 1) * d), ck(kh * d, (kh + 1) * d), cv((kvh + kh) * d, (kvh + kh + 1) * d);
-          auto q = Kokkos::subview(qkv, qrows, ch);
-          auto k = Kokkos::subview(kv, krows, ck);
-          auto v = Kokkos::subview(kv, krows, cv);
-          auto dO = Kokkos::subview(dout, qrows, ch);
-          const int64_t base = (bi * g.a + a) * g.sl + lq * C;
-          // P = exp(scale · Q Kᵀ − lse), zero where masked
-          detail::gemm("N", "T", scale, q, k, 0.0, p);
-          Kokkos::parallel_for(
-              "nn::ring_attn_bwd_p", Kokkos::RangePolicy<Exec>(0, C), KOKKOS_LAMBDA(const int64_t i) {
-                const int64_t lim = diag ? i + 1 : C;
-                const Scalar z = lse(base + i);
-                for (int64_t j = 0; j < lim; ++j) p(i, j) = math::exp(p(i, j) - z);
-                if (round16 != DType::F32)
-                  for (int64_t j = 0; j < lim; ++j)
-                    p(i, j) = static_cast<Scalar>(round_to(static_cast<float>(p(i, j)), round16));
-                for (int64_t j = lim; j < C; ++j) p(i, j) = Scalar(0);
-              });
-          // dV += Pᵀ dO ; dP = dO Vᵀ ; dS = P ⊙ (dP − D)
-          detail::gemm("T", "N", 1.0, p, dO, 1.0, Kokkos::subview(dkv, krows, cv));
-          detail::gemm("N", "T", 1.0, dO, v, 0.0, dp);
-          Kokkos::parallel_for(
-              "nn::ring_attn_bwd_ds", Kokkos::RangePolicy<Exec>(0, C), KOKKOS_LAMBDA(const int64_t i) {
-                const Scalar dv = dvec(base + i);
-                for (int64_t j = 0; j < C; ++j) dp(i, j) = p(i, j) * (dp(i, j) - dv);
-                if (round16 != DType::F32)
-                  for (int64_t j = 0; j < C; ++j)
-                    dp(i, j) = static_cast<Scalar>(round_to(static_cast<float>(dp(i, j)), round16));
-              });
-          // dQ += scale · dS K ; dK += scale · dSᵀ Q
-          detail::gemm("N", "N", scale, dp, k, 1.0, Kokkos::subview(dqkv, qrows, ch));
-          detail::gemm("T", "N", scale, dp, q, 1.0, Kokkos::subview(dkv, krows, ck));
-        }
-    }
+  for_each_pair(g, map, cp, q_rank, k_rank, [&](const ChunkPair& pr) {
+    const int64_t a = pr.a, kh = pr.kh, base = pr.base;
+    const bool diag = pr.diag;
+    const Range qrows = pr.qrows, krows = pr.krows;
+    const Range ch(a * d, (a + 1) * d), ck(kh * d, (kh + 1) * d), cv((kvh + kh) * d, (kvh + kh + 1) * d);
+    auto q = Kokkos::subview(qkv, qrows, ch);
+    auto k = Kokkos::subview(kv, krows, ck);
+    auto v = Kokkos::subview(kv, krows, cv);
+    auto dO = Kokkos::subview(dout, qrows, ch);
+    // P = exp(scale · Q Kᵀ − lse), zero where masked
+    detail::gemm("N", "T", scale, q, k, 0.0, p);
+    Kokkos::parallel_for(
+        "nn::ring_attn_bwd_p", Kokkos::RangePolicy<Exec>(0, C), KOKKOS_LAMBDA(const int64_t i) {
+          const int64_t lim = diag ? i + 1 : C;
+          const Scalar z = lse(base + i);
+          for (int64_t j = 0; j < lim; ++j) p(i, j) = math::exp(p(i, j) - z);
+          if (round16 != DType::F32)
+            for (int64_t j = 0; j < lim; ++j)
+              p(i, j) = static_cast<Scalar>(round_to(static_cast<float>(p(i, j)), round16));
+          for (int64_t j = lim; j < C; ++j) p(i, j) = Scalar(0);
+        });
+    // dV += Pᵀ dO ; dP = dO Vᵀ ; dS = P ⊙ (dP − D)
+    detail::gemm("T", "N", 1.0, p, dO, 1.0, Kokkos::subview(dkv, krows, cv));
+    detail::gemm("N", "T", 1.0, dO, v, 0.0, dp);
+    Kokkos::parallel_for(
+        "nn::ring_attn_bwd_ds", Kokkos::RangePolicy<Exec>(0, C), KOKKOS_LAMBDA(const int64_t i) {
+          const Scalar dv = dvec(base + i);
+          for (int64_t j = 0; j < C; ++j) dp(i, j) = p(i, j) * (dp(i, j) - dv);
+          if (round16 != DType::F32)
+            for (int64_t j = 0; j < C; ++j)
+              dp(i, j) = static_cast<Scalar>(round_to(static_cast<float>(dp(i, j)), round16));
+        });
+    // dQ += scale · dS K ; dK += scale · dSᵀ Q
+    detail::gemm("N", "N", scale, dp, k, 1.0, Kokkos::subview(dqkv, qrows, ch));
+    detail::gemm("T", "N", scale, dp, q, 1.0, Kokkos::subview(dkv, krows, ck));
+  });
 }
 
 template struct RingAttention<float>;
