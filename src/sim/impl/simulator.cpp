@@ -741,48 +741,56 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
     if (t > cluster.devices_per_node || m.heads % t != 0) continue;
     for (int p : divisors(devices / t)) {
       if (p > m.layers) continue;
-      const int d = devices / (t * p);
-      struct DataLayout {
-        int data, fsdp, zero;
-      };
-      std::vector<DataLayout> layouts;
-      if (d == 1) {
-        layouts.push_back({1, 1, 0});
-      } else {
-        for (int z : {0, 1, 2}) layouts.push_back({d, 1, z});
-        layouts.push_back({1, d, 3});
-      }
-      for (const DataLayout& dl : layouts) {
-        if (base.train.global_batch % d != 0) continue;
-        const int64_t per_replica = base.train.global_batch / d;
-        for (int64_t mbs : {1, 2, 4, 8}) {
-          if (per_replica % mbs != 0) continue;
-          const int64_t micro = per_replica / mbs;
-          for (int v : {1, 2, 3, 4}) {
-            if (v > 1 && (p == 1 || m.layers % (p * v) != 0)) continue;
-            for (Recompute rc : {Recompute::None, Recompute::Selective, Recompute::Full}) {
-              if (rc == Recompute::Full && moe) continue;
-              for (bool sp : {false, true}) {
-                if (sp && t == 1) continue;
-                Deck dk = base;
-                dk.mesh.data = dl.data;
-                dk.mesh.fsdp = dl.fsdp;
-                dk.mesh.tensor = t;
-                dk.mesh.pipeline = p;
-                dk.mesh.expert = 1;
-                dk.mesh.context = 1;
-                dk.strategy.zero_stage = dl.zero;
-                dk.strategy.virtual_stages = v;
-                dk.strategy.schedule = PipelineSchedule::OneFOneB;
-                dk.strategy.recompute = rc;
-                dk.strategy.sequence_parallel = sp;
-                dk.train.micro_batches = micro;
-                std::ostringstream sets;
-                sets << "mesh.data=" << dl.data << " mesh.fsdp=" << dl.fsdp << " mesh.tensor=" << t
-                     << " mesh.pipeline=" << p << " strategy.zero_stage=" << dl.zero << " train.micro_batches=" << micro
-                     << " strategy.virtual_stages=" << v << " strategy.recompute=" << recompute_name(rc)
-                     << " strategy.sequence_parallel=" << (sp ? "true" : "false");
-                configs.push_back({std::move(dk), sets.str()});
+      // context parallelism for long sequences: c ranks each keep at least 4,096 positions
+      for (int cx : divisors(devices / (t * p))) {
+        if (cx > 1 && (m.seq / cx < 4096 || m.seq % (2 * cx) != 0 || moe)) continue;
+        const int d = devices / (t * p * cx);
+        struct DataLayout {
+          int data, fsdp, zero;
+        };
+        std::vector<DataLayout> layouts;
+        if (d == 1) {
+          layouts.push_back({1, 1, 0});
+        } else {
+          for (int z : {0, 1, 2}) layouts.push_back({d, 1, z});
+          layouts.push_back({1, d, 3});
+        }
+        for (const DataLayout& dl : layouts) {
+          if (base.train.global_batch % d != 0) continue;
+          const int64_t per_replica = base.train.global_batch / d;
+          for (int64_t mbs : {1, 2, 4, 8}) {
+            if (per_replica % mbs != 0) continue;
+            const int64_t micro = per_replica / mbs;
+            for (int v : {1, 2, 3, 4}) {
+              if (v > 1 && (p == 1 || m.layers % (p * v) != 0)) continue;
+              for (Recompute rc : {Recompute::None, Recompute::Selective, Recompute::Full}) {
+                if (rc == Recompute::Full && moe) continue;
+                // the ring keeps no probabilities: selective recomputation is no recomputation
+                if (rc == Recompute::Selective && cx > 1) continue;
+
+                for (bool sp : {false, true}) {
+                  if (sp && t == 1) continue;
+                  Deck dk = base;
+                  dk.mesh.data = dl.data;
+                  dk.mesh.fsdp = dl.fsdp;
+                  dk.mesh.tensor = t;
+                  dk.mesh.pipeline = p;
+                  dk.mesh.expert = 1;
+                  dk.mesh.context = cx;
+                  dk.strategy.zero_stage = dl.zero;
+                  dk.strategy.virtual_stages = v;
+                  dk.strategy.schedule = PipelineSchedule::OneFOneB;
+                  dk.strategy.recompute = rc;
+                  dk.strategy.sequence_parallel = sp;
+                  dk.train.micro_batches = micro;
+                  std::ostringstream sets;
+                  sets << "mesh.data=" << dl.data << " mesh.fsdp=" << dl.fsdp << " mesh.tensor=" << t
+                       << " mesh.pipeline=" << p << " mesh.context=" << cx << " strategy.zero_stage=" << dl.zero
+                       << " train.micro_batches=" << micro << " strategy.virtual_stages=" << v
+                       << " strategy.recompute=" << recompute_name(rc)
+                       << " strategy.sequence_parallel=" << (sp ? "true" : "false");
+                  configs.push_back({std::move(dk), sets.str()});
+                }
               }
             }
           }
