@@ -272,3 +272,30 @@ TEST(Simulate, LlamaContextParallelRingIsCostedAndHidden) {
   EXPECT_LT(r.step_time_s, r1.step_time_s);
   EXPECT_GT(r.step_time_s, r1.step_time_s / 2);  // the ring's diagonal pairs are whole C x C products
 }
+
+// An MoE model's search also splits the batch over an expert axis (up to the experts), and
+// each such entry's --set reproduces it.
+TEST(Search, MixtureOfExpertsTriesTheExpertAxis) {
+  std::string text = deck_text("data = 4");
+  text.insert(text.find("layers"), "experts = 4\ntop_k = 2\nmoe_every = 2\n");
+  const Deck d = deck_of(text);
+  const sim::Cluster c = sim::parse_cluster(cluster_text(100, 10, 4, 5), "t.toml");
+  sim::SearchOptions o;
+  o.top = 1000;
+  o.exhaustive = true;
+  const sim::SearchResult r = sim::search(d, c, 4, o);
+  int expert = 0;
+  for (const auto& cand : r.best) {
+    if (cand.sets.find("mesh.expert=1") != std::string::npos) continue;
+    ++expert;
+    EXPECT_TRUE(cand.sets.find("mesh.expert=2") != std::string::npos || cand.sets.find("mesh.expert=4") != std::string::npos)
+        << cand.sets;
+    std::vector<std::string> sets;
+    std::istringstream in(cand.sets);
+    for (std::string kv; in >> kv;) sets.push_back(kv);
+    EXPECT_DOUBLE_EQ(sim::simulate(parse_deck(text, "test-deck", ".", sets), c).tokens_per_s,
+                     cand.result.tokens_per_s)
+        << cand.sets;
+  }
+  EXPECT_GT(expert, 0);
+}

@@ -744,16 +744,21 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
       // context parallelism for long sequences: c ranks each keep at least 4,096 positions
       for (int cx : divisors(devices / (t * p))) {
         if (cx > 1 && (m.seq / cx < 4096 || m.seq % (2 * cx) != 0 || moe)) continue;
-        const int d = devices / (t * p * cx);
+        const int d = devices / (t * p * cx);  // the sequences' split: data × fsdp × expert
         struct DataLayout {
-          int data, fsdp, zero;
+          int data, fsdp, expert, zero;
         };
         std::vector<DataLayout> layouts;
-        if (d == 1) {
-          layouts.push_back({1, 1, 0});
-        } else {
-          for (int z : {0, 1, 2}) layouts.push_back({d, 1, z});
-          layouts.push_back({1, d, 3});
+        // MoE: an expert axis of e ranks (at most the experts) is part of the batch split
+        for (int e : divisors(d)) {
+          if (e > 1 && (!moe || e > m.experts)) continue;
+          const int rest = d / e;
+          if (rest == 1) {
+            layouts.push_back({1, 1, e, 0});
+          } else {
+            for (int z : {0, 1, 2}) layouts.push_back({rest, 1, e, z});
+            layouts.push_back({1, rest, e, 3});
+          }
         }
         for (const DataLayout& dl : layouts) {
           if (base.train.global_batch % d != 0) continue;
@@ -775,7 +780,7 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
                   dk.mesh.fsdp = dl.fsdp;
                   dk.mesh.tensor = t;
                   dk.mesh.pipeline = p;
-                  dk.mesh.expert = 1;
+                  dk.mesh.expert = dl.expert;
                   dk.mesh.context = cx;
                   dk.strategy.zero_stage = dl.zero;
                   dk.strategy.virtual_stages = v;
@@ -785,9 +790,9 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
                   dk.train.micro_batches = micro;
                   std::ostringstream sets;
                   sets << "mesh.data=" << dl.data << " mesh.fsdp=" << dl.fsdp << " mesh.tensor=" << t
-                       << " mesh.pipeline=" << p << " mesh.context=" << cx << " strategy.zero_stage=" << dl.zero
-                       << " train.micro_batches=" << micro << " strategy.virtual_stages=" << v
-                       << " strategy.recompute=" << recompute_name(rc)
+                       << " mesh.pipeline=" << p << " mesh.expert=" << dl.expert << " mesh.context=" << cx
+                       << " strategy.zero_stage=" << dl.zero << " train.micro_batches=" << micro
+                       << " strategy.virtual_stages=" << v << " strategy.recompute=" << recompute_name(rc)
                        << " strategy.sequence_parallel=" << (sp ? "true" : "false");
                   configs.push_back({std::move(dk), sets.str()});
                 }
