@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   std::string dir = (fs::temp_directory_path() / "shardflow_bench_ckpt").string();
   double mib = 64;
-  int ntensors = 8, iters = 3;
+  int ntensors = 8, iters = 3, profile_in_place = 1;
   long long ncols = 4096;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -114,6 +114,7 @@ int main(int argc, char** argv) {
     else if (a == "--tensors") ntensors = std::atoi(argv[i + 1]);
     else if (a == "--iters") iters = std::atoi(argv[i + 1]);
     else if (a == "--cols") ncols = std::atoll(argv[i + 1]);
+    else if (a == "--profile-in-place") profile_in_place = std::atoi(argv[i + 1]);  // repeat it (for perf record)
     else {
       if (rank == 0) std::fprintf(stderr, "bench_ckpt: unknown option '%s'\n", a.c_str());
       MPI_Abort(MPI_COMM_WORLD, 2);
@@ -212,7 +213,8 @@ int main(int argc, char** argv) {
         ckpt::RestoreOptions ip;
         ip.in_place = true;
         for (auto& v : back) std::fill(v.begin(), v.end(), -1.f);
-        t_same_ip = std::min(t_same_ip, timed([&] { ckpt::restore(MPI_COMM_WORLD, root, states(by_rows, back), ip); }));
+        for (int k = 0; k < std::max(1, profile_in_place); ++k)
+          t_same_ip = std::min(t_same_ip, timed([&] { ckpt::restore(MPI_COMM_WORLD, root, states(by_rows, back), ip); }));
         wrong += check(by_rows, back);
         for (int t = 0; t < ntensors; ++t)
           back[static_cast<size_t>(t)].assign(static_cast<size_t>(by_cols[static_cast<size_t>(t)].local_numel(rank)), -1.f);

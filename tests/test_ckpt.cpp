@@ -284,7 +284,13 @@ TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
   if (rank == 0) {
     const ShardRecord sh = read_manifest(dir).tensors.at(0).shards.at(0);  // a copy: the manifest is a temporary
     std::fstream io((fs::path(dir) / sh.file).string(), std::ios::in | std::ios::out | std::ios::binary);
-    io.seekp(static_cast<std::streamoff>(sh.file_offset + (2 * 4096 + 4095) * 4));  // row 2, last column
+    // row 2, last column: in the last tile of the first row block (format 3: tiles stored one
+    // after another, each [block_rows, block_cols] row-major)
+    ASSERT_TRUE(sh.tiled);
+    const std::int64_t tile = sh.col_blocks() - 1;
+    const std::int64_t col_in_tile = 4095 - tile * sh.cols_per_block();
+    io.seekp(static_cast<std::streamoff>(sh.file_offset + tile * sh.tile_bytes(4) +
+                                         (2 * sh.cols_per_block() + col_in_tile) * 4));
     io.put('\x55');
   }
   MPI_Barrier(MPI_COMM_WORLD);
@@ -556,6 +562,25 @@ std::string with_valid_checksum(const std::string& text) {
   return j.dump(1);
 }
 
+/// Where HDF5 says the raw data of `dataset` in `file` starts (its first tile, format 3),
+/// independently of the manifest.
+std::int64_t hdf5_data_offset(const std::string& file, const std::string& dataset) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t d = H5Dopen2(f, dataset.c_str(), H5P_DEFAULT);
+  hid_t space = H5Dget_space(d);
+  std::vector<hsize_t> origin(static_cast<size_t>(H5Sget_simple_extent_ndims(space)), 0);
+  H5Sclose(space);
+  unsigned mask = 0;
+  haddr_t addr = HADDR_UNDEF;
+  hsize_t bytes = 0;
+  const herr_t rc = H5Dget_chunk_info_by_coord(d, origin.data(), &mask, &addr, &bytes);
+  H5Dclose(d);
+  H5Fclose(f);
+  EXPECT_GE(rc, 0);
+  EXPECT_NE(addr, HADDR_UNDEF);
+  return static_cast<std::int64_t>(addr);
+}
+
 const ShardRecord& shard_of(const Manifest& m, const std::string& tensor) {
   for (const auto& t : m.tensors)
     if (t.name == tensor) return t.shards.at(0);
@@ -566,11 +591,8 @@ TEST(CheckpointCorruption, FlippedByte) {
   expect_refused("flip", [](const std::string& dir, const Manifest& m) {
     const ShardRecord& s = shard_of(m, "big");
     const std::string file = (fs::path(dir) / s.file).string();
-    hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-    hid_t d = H5Dopen2(f, "/big", H5P_DEFAULT);
-    haddr_t off = H5Dget_offset(d);
-    H5Dclose(d);
-    H5Fclose(f);
+    const std::int64_t off = hdf5_data_offset(file, "/big");
+    EXPECT_EQ(off, s.file_offset);
     std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
     io.seekg(static_cast<std::streamoff>(off + 1000));
     char c = 0;
@@ -711,11 +733,7 @@ TEST(CheckpointCorruption, VerifyReportsEveryProblem) {
   if (rank == 0) {
     Manifest m = read_manifest(dir);
     const std::string file = (fs::path(dir) / shard_of(m, "big").file).string();
-    hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-    hid_t d = H5Dopen2(f, "/big", H5P_DEFAULT);
-    haddr_t off = H5Dget_offset(d);
-    H5Dclose(d);
-    H5Fclose(f);
+    const std::int64_t off = hdf5_data_offset(file, "/big");
     std::fstream io(file, std::ios::in | std::ios::out | std::ios::binary);
     io.seekp(static_cast<std::streamoff>(off + 5));
     io.put('\x7f');

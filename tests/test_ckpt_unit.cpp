@@ -73,6 +73,32 @@ TEST(Crc32c, ThreeStreamsEqualThreeCrcs) {
   }
 }
 
+// The strided CRC (carry-less-multiply folding along row segments where the CPU has it)
+// equals the CRC of the segments gathered; shown failing with a fold constant changed.
+TEST(Crc32c, StridedEqualsGatheredSegments) {
+  std::mt19937 rng(23);
+  std::vector<unsigned char> buf(64 * 4096 + 512);
+  for (auto& b : buf) b = static_cast<unsigned char>(rng());
+  for (size_t seg : {size_t(256), size_t(512), size_t(768), size_t(4096), size_t(100), size_t(8)})
+    for (size_t count : {size_t(1), size_t(2), size_t(3), size_t(17)}) {
+      const size_t stride = seg + 64 * (rng() % 4);
+      const size_t off = rng() % 64;
+      if (off + count * stride > buf.size()) continue;
+      std::vector<unsigned char> gathered;
+      for (size_t i = 0; i < count; ++i)
+        gathered.insert(gathered.end(), buf.begin() + static_cast<long>(off + i * stride),
+                        buf.begin() + static_cast<long>(off + i * stride + seg));
+      const std::uint32_t init = static_cast<std::uint32_t>(rng());
+      EXPECT_EQ(crc32c_strided(buf.data() + off, stride, seg, count, init),
+                crc32c_portable(gathered.data(), gathered.size(), init))
+          << "seg " << seg << " count " << count << " stride " << stride;
+    }
+  for (size_t len : {size_t(255), size_t(256), size_t(511), size_t(512), size_t(513), size_t(767), size_t(4096),
+                     size_t(65536 + 77)})
+    EXPECT_EQ(crc32c(buf.data() + 3, len, 0xabcdefu), crc32c_portable(buf.data() + 3, len, 0xabcdefu)) << len;
+  std::printf("crc32c implementation: %s\n", crc32c_implementation());
+}
+
 TEST(Crc32c, Combine) {
   std::mt19937 rng(3);
   std::vector<unsigned char> buf(70000);
@@ -169,8 +195,9 @@ Manifest sample() {
   t.mesh = MeshShape({"data"}, {2});
   ShardRecord a{Box{{0, 0}, {3, 3}}, "shard-0.h5", "/w", 2, {0xdeadbeef, 1}, 0};
   ShardRecord b{Box{{3, 0}, {2, 3}}, "shard-1.h5", "/w", 2, {7}, 1};
-  a.file_offset = 100;  // 18 bytes of bf16
+  a.file_offset = 100;  // 2 tiles of 2 x 3 bf16 (the second padded): 24 bytes
   b.file_offset = 100;
+  a.tiled = b.tiled = true;
   t.shards = {a, b};
   m.tensors.push_back(t);
   TensorRecord s;
@@ -179,7 +206,7 @@ Manifest sample() {
   s.spec = "PartitionSpec()";
   s.mesh = MeshShape({"data"}, {2});
   s.shards = {ShardRecord{Box{}, "shard-0.h5", "/scalar", 1, {3}, 0}};
-  s.shards[0].file_offset = 118;  // 8 bytes, right after w's
+  s.shards[0].file_offset = 124;  // 8 bytes, right after w's (0-d: contiguous)
   m.tensors.push_back(s);
   m.files = {FileRecord{"shard-0.h5", 1000, 0xabcdef01u}, FileRecord{"shard-1.h5", 112, 5}};
   return m;
@@ -199,9 +226,18 @@ TEST(Manifest, JsonRoundTrip) {
   ASSERT_EQ(back.files.size(), 2u);
   EXPECT_EQ(back.files[0].meta_crc32c, 0xabcdef01u);
   EXPECT_EQ(back.files[1].size, 112);
-  EXPECT_EQ(back.data_ranges("shard-0.h5"), (std::vector<ByteRange>{{100, 18}, {118, 8}}));
+  EXPECT_EQ(back.data_ranges("shard-0.h5"), (std::vector<ByteRange>{{100, 24}, {124, 8}}));
+  EXPECT_TRUE(back.tensors[0].shards[0].tiled);
+  EXPECT_FALSE(back.tensors[1].shards[0].tiled);
   EXPECT_TRUE(coverage_problem(back.tensors[0]).empty());
   EXPECT_TRUE(coverage_problem(back.tensors[1]).empty());
+  // format 2 (still read): contiguous datasets, numel x dtype size each
+  Manifest v2 = sample();
+  v2.version = 2;
+  const Manifest back2 = Manifest::parse(v2.to_json(), "mem");
+  EXPECT_EQ(back2.version, 2);
+  EXPECT_FALSE(back2.tensors[0].shards[0].tiled);
+  EXPECT_EQ(back2.data_ranges("shard-0.h5"), (std::vector<ByteRange>{{100, 18}, {124, 8}}));
 }
 
 TEST(Manifest, ValidationNamesTensorAndValue) {
@@ -255,6 +291,8 @@ TEST(Manifest, ValidationNamesTensorAndValue) {
   m.tensors[0].shards[0].block_cols = 2;  // 2 column tiles: 4 checksums needed
   expect_bad(m, "checksums");
   m.tensors[0].shards[0].crc32c = {1, 2, 3, 4};
+  expect_bad(m, "overlap");  // 4 tiles of 2 x 2: 32 bytes, into the scalar's
+  m.tensors[1].shards[0].file_offset = 132;
   m.validate("ok");
   m = sample();
   m.tensors[1].shards[0].block_cols = 2;  // a 0-d shard has one column tile

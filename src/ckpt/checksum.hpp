@@ -2,7 +2,8 @@
 // CRC-32C (Castagnoli, reflected polynomial 0x82F63B78, initial value and final xor
 // 0xFFFFFFFF): the checksum of checkpoint blocks. The same function as iSCSI/ext4/
 // Python's `crc32c` package, so a checkpoint can be checked without shardflow.
-// Uses the SSE4.2 crc32 instruction when the CPU has it, a table otherwise.
+// Uses carry-less multiplication (AVX-512 VPCLMULQDQ) folding when the CPU has it, else the
+// SSE4.2 crc32 instruction, else a table.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -16,6 +17,16 @@ std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc = 0);
 
 /// The table-driven implementation (for tests: must equal crc32c on every input).
 std::uint32_t crc32c_portable(const void* data, std::size_t n, std::uint32_t crc = 0);
+
+/// CRC-32C of `count` segments of `seg` bytes, segment i at base + i * stride, as if they
+/// were adjacent (a column tile of a row-major array): one pass, no gathering copy.
+std::uint32_t crc32c_strided(const void* base, std::size_t stride, std::size_t seg, std::size_t count,
+                             std::uint32_t crc = 0);
+/// Whether crc32c_strided runs at full speed for segments of `seg` bytes (carry-less
+/// multiply folding available and seg a multiple of 256); else it chains one CRC per segment.
+bool crc32c_strided_is_fast(std::size_t seg);
+/// The implementation crc32c runs on this CPU, in words.
+const char* crc32c_implementation();
 
 /// Three independent CRC-32Cs of `n` bytes each, interleaved (as fast as one CRC of 3n
 /// bytes): crc[k] = crc32c(p[k], n, crc[k]) for k = 0, 1, 2.

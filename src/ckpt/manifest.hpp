@@ -27,7 +27,7 @@ struct Metadata {
   }
 };
 
-/// One saved shard: a box of the tensor stored as one contiguous dataset of one file. The
+/// One saved shard: a box of the tensor stored as one dataset of one file. The
 /// data is checksummed in tiles, one CRC-32C per tile, so that a partial read can still be
 /// verified: tile (i, j) is rows [i*block_rows, (i+1)*block_rows) of the box's first
 /// dimension times indices [j*block_cols, (j+1)*block_cols) of its second (clipped to the
@@ -43,10 +43,19 @@ struct ShardRecord {
   int writer = -1;  // the rank that wrote it
   /// Indices of the second dimension per tile; 0 = the whole extent (one column tile).
   std::int64_t block_cols = 0;
-  /// Byte offset of the dataset's contiguous raw data in its file; -1 when it has none
-  /// (an empty box). The data is [file_offset, file_offset + numel * dtype size).
+  /// Byte offset of the dataset's raw data in its file; -1 when it has none (an empty box).
+  /// The data is [file_offset, file_offset + stored_bytes(dtype size)).
   std::int64_t file_offset = -1;
+  /// Format 3: the dataset is stored in tiles (HDF5 chunks of block_rows x block_cols x the
+  /// further dimensions, each one contiguous run, padded at the box's far edges), tile
+  /// (i, j) at file_offset + (i * col_blocks() + j) * tile_bytes: a restore reads any tile
+  /// with one read. Format 2 (and 0-d boxes): one contiguous row-major dataset.
+  bool tiled = false;
   std::int64_t numel() const { return box.numel(); }
+  /// Bytes of one stored tile (format 3; padding included).
+  std::int64_t tile_bytes(std::size_t elem_size) const;
+  /// Bytes of raw data the shard occupies in its file (0 for an empty box).
+  std::int64_t stored_bytes(std::size_t elem_size) const;
   /// block_cols as stored: >= 1 (the second extent, or 1, when block_cols is 0).
   std::int64_t cols_per_block() const;
   /// Number of column tiles (1 for 0-d and 1-d boxes).
@@ -74,10 +83,12 @@ struct TensorRecord {
 };
 
 struct Manifest {
-  /// 2: shard files carry a size and metadata checksum ("files"), shards a file_offset and
-  /// column tiles (block_cols). Version 1 manifests are refused (their shard files cannot be
-  /// checked before HDF5 parses them).
-  static constexpr int kVersion = 2;
+  /// 3: shards of rank >= 1 are stored tile by tile (ShardRecord::tiled). 2: shard files
+  /// carry a size and metadata checksum ("files"), shards a file_offset and column tiles
+  /// (block_cols), datasets contiguous; still read. Version 1 manifests are refused (their
+  /// shard files cannot be checked before HDF5 parses them).
+  static constexpr int kVersion = 3;
+  int version = kVersion;  // of the parsed text
   std::int64_t step = 0;
   int world_size = 1;
   std::string created;  // UTC time, ISO 8601

@@ -55,6 +55,7 @@ struct ShardJob {
   detail::HostBuffer owned;  // async: the snapshot `data` points into
   // results
   std::int64_t block_rows = 1, block_cols = 1, file_offset = -1;
+  bool tiled = false;  // stored tile by tile (format 3): every non-empty box of rank >= 1
   std::vector<std::uint32_t> crc;
 };
 
@@ -98,10 +99,13 @@ class SpaceReserve {
   std::string path_;
 };
 
-/// Writes the jobs into `path` (one HDF5 file, contiguous datasets, no timestamps: the same
-/// state gives the same bytes); each row block's tiles are checksummed right before the
-/// block is written, while in cache. Then computes the file's size and metadata checksum
-/// (every byte outside the datasets' raw data), reading it back from the page cache.
+/// Writes the jobs into `path`: one HDF5 file (no timestamps: the same state gives the same
+/// bytes) whose datasets of rank >= 1 are stored in tiles, HDF5 chunks of one checksum tile
+/// each, allocated in tile order when the dataset is created; 0-d and empty ones contiguous.
+/// HDF5 writes the metadata and closes the file; then every tile is written with one
+/// pwritev straight from the rows of the box, each row block's tiles checksummed right
+/// before, while in cache. Then computes the file's size and metadata checksum (every byte
+/// outside the datasets' raw data), reading it back from the page cache.
 FileRecord write_shard_file(const std::string& path, const std::string& rel, std::vector<ShardJob>& jobs,
                             std::int64_t block_bytes) {
   std::lock_guard<std::recursive_mutex> lock(h5::mutex());
@@ -136,6 +140,8 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
       const std::int64_t row_bytes = row_numel(j.box.extent) * static_cast<std::int64_t>(esize);
       j.block_cols = block_cols_for(j.box.extent, esize, std::max(std::min(kTileRunBytes, block_bytes), row_bytes / kMaxColTiles));
       j.block_rows = j.box.extent.empty() ? 1 : block_rows_for(j.box.extent, esize, block_bytes);
+      j.tiled = !j.box.extent.empty() && j.bytes > 0;
+      if (j.tiled) j.block_rows = std::min(j.block_rows, j.box.extent[0]);  // an HDF5 chunk fits in its dataset
       const detail::TileGeometry g = detail::tile_geometry(j.box.extent, esize, j.block_rows, j.block_cols);
       j.crc.assign(static_cast<size_t>(num_blocks(j.box.extent, j.block_rows, j.block_cols)), 0u);
       h5::Handle space;
@@ -143,14 +149,44 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
       if (dims.empty()) space = h5::Handle(CHECK_HDF5(H5Screate(H5S_SCALAR)), H5Sclose);
       else space = h5::Handle(CHECK_HDF5(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr)), H5Sclose);
       h5::Handle ftype = h5::file_type(j.dtype);
-      ds = h5::Handle(CHECK_HDF5(H5Dcreate2(file, ("/" + j.name).c_str(), ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)),
+      h5::Handle tiles;
+      if (j.tiled) {  // one chunk per tile, all allocated now (in tile order), never filled by HDF5
+        tiles = h5::Handle(CHECK_HDF5(H5Pcreate(H5P_DATASET_CREATE)), H5Pclose);
+        std::vector<hsize_t> chunk(dims);
+        chunk[0] = static_cast<hsize_t>(j.block_rows);
+        if (chunk.size() >= 2) chunk[1] = static_cast<hsize_t>(j.block_cols);
+        CHECK_HDF5(H5Pset_chunk(tiles, static_cast<int>(chunk.size()), chunk.data()));
+        CHECK_HDF5(H5Pset_alloc_time(tiles, H5D_ALLOC_TIME_EARLY));
+        CHECK_HDF5(H5Pset_fill_time(tiles, H5D_FILL_TIME_NEVER));
+        CHECK_HDF5(H5Pset_obj_track_times(tiles, 0));
+      }
+      ds = h5::Handle(CHECK_HDF5(H5Dcreate2(file, ("/" + j.name).c_str(), ftype, space, H5P_DEFAULT,
+                                            j.tiled ? tiles.id() : dcpl.id(), H5P_DEFAULT)),
                       H5Dclose);
       h5::Handle mtype = h5::memory_type(j.dtype);
-      if (dims.empty()) {
+      if (j.tiled) {
+        // where HDF5 put the tiles: one run in tile order (the manifest records its start)
+        const std::int64_t tb = static_cast<std::int64_t>(g.block_cols * g.col_bytes) * j.block_rows;
+        for (std::int64_t k = 0; k < g.row_blocks * g.col_blocks; ++k) {
+          std::vector<hsize_t> at(dims.size(), 0);
+          at[0] = static_cast<hsize_t>(k / g.col_blocks * j.block_rows);
+          if (at.size() >= 2) at[1] = static_cast<hsize_t>(k % g.col_blocks * j.block_cols);
+          unsigned mask = 0;
+          haddr_t addr = HADDR_UNDEF;
+          hsize_t bytes = 0;
+          CHECK_HDF5(H5Dget_chunk_info_by_coord(ds, at.data(), &mask, &addr, &bytes));
+          SHARDFLOW_REQUIRE(addr != HADDR_UNDEF && static_cast<std::int64_t>(bytes) == tb, "checkpoint save: dataset '/",
+                            j.name, "' in '", path, "': tile ", k, " has no storage of ", tb, " bytes");
+          if (k == 0) j.file_offset = static_cast<std::int64_t>(addr);
+          SHARDFLOW_REQUIRE(static_cast<std::int64_t>(addr) == j.file_offset + k * tb, "checkpoint save: dataset '/",
+                            j.name, "' in '", path, "': HDF5 placed tile ", k, " at byte ", addr, ", not at ",
+                            j.file_offset + k * tb, " (the tiles are not one run)");
+        }
+      } else if (dims.empty()) {
         j.crc[0] = crc32c(j.data, j.bytes);
         CHECK_HDF5(H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, j.data));
       }
-      for (std::int64_t b = 0; b < g.row_blocks && !dims.empty() && j.bytes > 0; ++b) {
+      for (std::int64_t b = 0; b < g.row_blocks && !dims.empty() && j.bytes > 0 && !j.tiled; ++b) {
         const std::int64_t r0 = b * j.block_rows;
         const std::int64_t r1 = std::min(g.n0, r0 + j.block_rows);
         const unsigned char* p = j.data + static_cast<std::size_t>(r0) * g.row_bytes;
@@ -166,7 +202,7 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
       h5::write_attr_string(ds, "tensor", j.name);
       h5::write_attr_string(ds, "dtype", dtype_name(j.dtype));
       h5::write_attr_i64(ds, "offset", std::vector<long long>(j.box.offset.begin(), j.box.offset.end()));
-      if (j.bytes > 0) {
+      if (j.bytes > 0 && !j.tiled) {
         const haddr_t at = H5Dget_offset(ds);
         SHARDFLOW_REQUIRE(at != HADDR_UNDEF, "checkpoint save: dataset '/", j.name, "' in '", path,
                           "' has no contiguous storage");
@@ -183,6 +219,42 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
     reserve.release();
     throw;
   }
+  // the tiles, with plain POSIX writes into the space HDF5 allocated for them
+  {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    SHARDFLOW_REQUIRE(fd >= 0, "checkpoint save: cannot open '", path, "' to write its tiles: ", std::strerror(errno));
+    try {
+      // every tile of a dataset is one run of the file in tile order: the whole run goes
+      // out as one stream of pieces straight from the rows of the box (few, large writes),
+      // each row block's tiles checksummed right before they are queued, while in cache
+      for (auto& j : jobs) {
+        if (!j.tiled) continue;
+        const detail::TileGeometry g = detail::tile_geometry(j.box.extent, dtype_size(j.dtype), j.block_rows, j.block_cols);
+        const std::size_t chunk_row = static_cast<std::size_t>(g.block_cols) * g.col_bytes;
+        detail::IoStream out(fd, true, j.file_offset, concat("checkpoint save: '", path, "' dataset '/", j.name, "'"));
+        for (std::int64_t b = 0; b < g.row_blocks; ++b) {
+          const std::int64_t r0 = b * j.block_rows, r1 = std::min(g.n0, r0 + j.block_rows);
+          // pwritev only reads the rows: the const_cast is for the iovec type
+          unsigned char* p = const_cast<unsigned char*>(j.data) + static_cast<std::size_t>(r0) * g.row_bytes;
+          detail::tile_crcs(g, p, g.row_bytes, r1 - r0, 0, 0, g.col_blocks, j.crc.data() + b * g.col_blocks);
+          for (std::int64_t c = 0; c < g.col_blocks; ++c) {
+            const std::int64_t ca = c * g.block_cols, ce = std::min(g.n1, ca + g.block_cols);
+            const std::size_t seg = static_cast<std::size_t>(ce - ca) * g.col_bytes;
+            for (std::int64_t r = 0; r < r1 - r0; ++r) {
+              out.add(p + static_cast<std::size_t>(r) * g.row_bytes + static_cast<std::size_t>(ca) * g.col_bytes, seg);
+              out.pad(chunk_row - seg);
+            }
+            out.pad(static_cast<std::size_t>(j.block_rows - (r1 - r0)) * chunk_row);  // rows past the box
+          }
+        }
+        out.flush();
+      }
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    SHARDFLOW_REQUIRE(::close(fd) == 0, "checkpoint save: closing '", path, "' failed: ", std::strerror(errno));
+  }
   FileRecord rec;
   rec.name = rel;
   std::error_code ec;
@@ -190,7 +262,14 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
   SHARDFLOW_REQUIRE(!ec, "checkpoint save: cannot stat '", path, "': ", ec.message());
   std::vector<ByteRange> data;
   for (const auto& j : jobs)
-    if (j.file_offset >= 0) data.push_back(ByteRange{j.file_offset, static_cast<std::int64_t>(j.bytes)});
+    if (j.file_offset >= 0) {
+      ShardRecord sr;  // the stored size (tiles padded at the box's far edges)
+      sr.box = j.box;
+      sr.block_rows = j.block_rows;
+      sr.block_cols = j.block_cols;
+      sr.tiled = j.tiled;
+      data.push_back(ByteRange{j.file_offset, sr.stored_bytes(dtype_size(j.dtype))});
+    }
   std::sort(data.begin(), data.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
   rec.meta_crc32c = file_crc32c_outside(path, rec.size, data);
   return rec;  // the caller fsyncs it
@@ -465,6 +544,7 @@ void Checkpointer::commit(Pending& p) {
           s.block_rows = sr.at("block_rows").get<std::int64_t>();
           s.block_cols = sr.at("block_cols").get<std::int64_t>();
           s.file_offset = sr.at("file_offset").get<std::int64_t>();
+          s.tiled = !s.box.extent.empty() && s.box.numel() > 0;  // what this version writes (format 3)
           s.crc32c = sr.at("crc").get<std::vector<std::uint32_t>>();
           s.writer = writer;
           m.tensors.at(ti).shards.push_back(std::move(s));

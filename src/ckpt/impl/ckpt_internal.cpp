@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <Kokkos_Core.hpp>
@@ -177,7 +178,35 @@ h5::Handle open_shard_dataset(FileCache& files, const TensorRecord& t, const Sha
                             " but the manifest says ", shape_to_string(s.box.extent));
     SHARDFLOW_REQUIRE_INPUT(h5::type_matches(ds, t.dtype), where, ": dataset '", s.dataset,
                             "' does not hold the manifest's dtype ", dtype_name(t.dtype));
-    if (s.numel() > 0) {
+    if (s.tiled) {
+      // the tiles where the manifest says: HDF5 chunks of the tile's shape, the first and
+      // the last at their places in the run of tiles (the file's metadata checksum, checked
+      // before, covers HDF5's chunk index)
+      const size_t nd = s.box.extent.size();
+      h5::Handle dcpl(CHECK_HDF5(H5Dget_create_plist(ds)), H5Pclose);
+      std::vector<hsize_t> chunk(nd, 0), want(s.box.extent.begin(), s.box.extent.end());
+      want[0] = static_cast<hsize_t>(s.block_rows);
+      if (nd >= 2) want[1] = static_cast<hsize_t>(s.cols_per_block());
+      const bool chunked = H5Pget_layout(dcpl) == H5D_CHUNKED &&
+                           H5Pget_chunk(dcpl, static_cast<int>(nd), chunk.data()) == static_cast<int>(nd) && chunk == want;
+      SHARDFLOW_REQUIRE_INPUT(chunked, where, ": dataset '", s.dataset, "' is not stored in tiles of ",
+                              s.block_rows, " x ", s.cols_per_block(), " as the manifest says");
+      const TileGeometry g = tile_geometry(t, s);
+      const std::int64_t tb = s.tile_bytes(dtype_size(t.dtype)), last = g.row_blocks * g.col_blocks - 1;
+      for (const std::int64_t k : {std::int64_t(0), last}) {
+        std::vector<hsize_t> at(nd, 0);
+        at[0] = static_cast<hsize_t>(k / g.col_blocks * g.block_rows);
+        if (nd >= 2) at[1] = static_cast<hsize_t>(k % g.col_blocks * g.block_cols);
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        hsize_t bytes = 0;
+        const bool ok = H5Dget_chunk_info_by_coord(ds, at.data(), &mask, &addr, &bytes) >= 0 && mask == 0 &&
+                        addr != HADDR_UNDEF && static_cast<std::int64_t>(addr) == s.file_offset + k * tb &&
+                        static_cast<std::int64_t>(bytes) == tb;
+        SHARDFLOW_REQUIRE_INPUT(ok, where, ": dataset '", s.dataset, "': tile ", k, " is not stored at byte ",
+                                s.file_offset + k * tb, " as the manifest says");
+      }
+    } else if (s.numel() > 0) {
       const haddr_t at = H5Dget_offset(ds);
       SHARDFLOW_REQUIRE_INPUT(at != HADDR_UNDEF && static_cast<std::int64_t>(at) == s.file_offset, where, ": dataset '",
                               s.dataset, "' is not stored contiguously at byte ", s.file_offset, " as the manifest says");
@@ -217,6 +246,13 @@ void tile_crcs(const TileGeometry& g, const unsigned char* base, std::size_t str
   for (std::int64_t j = j_lo; j < j_hi; ++j) out[j - j_lo] = 0;
   if (j_hi - j_lo == 1 && seg_len(j_lo) == stride) {  // one tile of whole, adjacent rows
     out[0] = crc32c(base + seg_begin(j_lo), stride * static_cast<std::size_t>(rows));
+    return;
+  }
+  if (crc32c_strided_is_fast(static_cast<std::size_t>(g.block_cols) * g.col_bytes)) {
+    // carry-less-multiply folding runs at full speed along each tile's row segments
+    for (std::int64_t j = j_lo; j < j_hi; ++j)
+      if (seg_len(j) % 256 == 0) out[j - j_lo] = crc32c_strided(base + seg_begin(j), stride, seg_len(j), static_cast<std::size_t>(rows));
+      else for (std::int64_t r = 0; r < rows; ++r) out[j - j_lo] = crc32c(base + seg_begin(j) + static_cast<std::size_t>(r) * stride, seg_len(j), out[j - j_lo]);
     return;
   }
   // The crc32 instruction has a latency of 3 cycles: three independent streams run at
@@ -267,6 +303,95 @@ Box tile_cover(const TensorRecord& t, const ShardRecord& s, const Box& want) {
   return rb;
 }
 
+int dataset_fd(hid_t dataset) {
+  const hid_t file = CHECK_HDF5(H5Iget_file_id(dataset));
+  void* handle = nullptr;
+  const herr_t rc = H5Fget_vfd_handle(file, H5P_DEFAULT, &handle);
+  H5Fclose(file);
+  SHARDFLOW_REQUIRE(rc >= 0 && handle != nullptr, "ckpt: no file descriptor for an HDF5 dataset");
+  return *static_cast<int*>(handle);  // the sec2 driver's handle is its descriptor
+}
+
+namespace {
+void io_all(int fd, bool write, std::vector<iovec>& iov, std::int64_t at, const std::string& what) {
+  std::size_t k = 0;
+  while (k < iov.size()) {
+    const int cnt = static_cast<int>(std::min<std::size_t>(iov.size() - k, IOV_MAX));
+    const ssize_t n = write ? ::pwritev(fd, &iov[k], cnt, static_cast<off_t>(at)) : ::preadv(fd, &iov[k], cnt, static_cast<off_t>(at));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      throw Error(::shardflow::detail::concat(what, ": ", write ? "write" : "read", " at byte ", at, " failed: ",
+                                              std::strerror(errno)));
+    if (n == 0) throw Error(::shardflow::detail::concat(what, ": the file ends at byte ", at));
+    at += n;
+    auto left = static_cast<std::size_t>(n);
+    while (left > 0) {
+      if (left >= iov[k].iov_len) {
+        left -= iov[k].iov_len;
+        ++k;
+      } else {
+        iov[k].iov_base = static_cast<unsigned char*>(iov[k].iov_base) + left;
+        iov[k].iov_len -= left;
+        left = 0;
+      }
+    }
+  }
+}
+
+/// CRC-32C of `rows` segments of `seg` bytes, `stride` apart.
+std::uint32_t rows_crc(const unsigned char* first, std::size_t stride, std::size_t seg, std::int64_t rows) {
+  if (rows <= 0) return 0;
+  if (stride == seg) return crc32c(first, seg * static_cast<std::size_t>(rows));
+  return crc32c_strided(first, stride, seg, static_cast<std::size_t>(rows));
+}
+}  // namespace
+
+void pwrite_all(int fd, const void* data, std::size_t n, std::int64_t at, const std::string& what) {
+  std::vector<iovec> one{iovec{const_cast<void*>(data), n}};  // pwritev only reads it
+  if (n > 0) io_all(fd, true, one, at, what);
+}
+
+void IoStream::add(unsigned char* p, std::size_t n) {
+  if (n == 0) return;
+  if (!iov_.empty() && static_cast<unsigned char*>(iov_.back().iov_base) + iov_.back().iov_len == p &&
+      (zeros_.empty() || iov_.back().iov_base < zeros_.data() || iov_.back().iov_base >= zeros_.data() + zeros_.size()))
+    iov_.back().iov_len += n;
+  else
+    iov_.push_back(iovec{p, n});
+  queued_ += n;
+  if (iov_.size() >= static_cast<std::size_t>(IOV_MAX) || queued_ >= kMaxBytes) flush();
+}
+
+void IoStream::pad(std::size_t n) {
+  if (n == 0) return;
+  if (zeros_.size() < n) {
+    flush();  // queued pieces may point into the old buffer
+    zeros_.assign(std::max(n, std::size_t(4096)), 0);
+  }
+  iov_.push_back(iovec{zeros_.data(), n});
+  queued_ += n;
+  if (iov_.size() >= static_cast<std::size_t>(IOV_MAX) || queued_ >= kMaxBytes) flush();
+}
+
+void IoStream::flush() {
+  if (iov_.empty()) return;
+  io_all(fd_, write_, iov_, at_, what_);
+  at_ += static_cast<std::int64_t>(queued_);
+  queued_ = 0;
+  iov_.clear();
+  if (!write_ && !zeros_.empty()) std::fill(zeros_.begin(), zeros_.end(), 0);  // reads landed in it
+}
+
+void tile_io(int fd, bool write, std::int64_t chunk_at, unsigned char* first, std::size_t stride, std::size_t seg,
+             std::size_t chunk_row, std::int64_t rows, const std::string& what) {
+  IoStream io(fd, write, chunk_at, what);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    io.add(first + static_cast<std::size_t>(r) * stride, seg);
+    if (r + 1 < rows) io.pad(chunk_row - seg);
+  }
+  io.flush();
+}
+
 std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord& s, const Box& rb, unsigned char* mem,
                         const Shape& mem_shape, const Shape& mem_start, const std::string& dir) {
   using ::shardflow::detail::concat;
@@ -292,6 +417,37 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
                                         static_cast<std::size_t>(mem_start[1])) * g.col_bytes
                                      : nd == 1 ? static_cast<std::size_t>(mem_start[0]) * g.col_bytes : 0;
   const bool empty = s.numel() == 0 || rb.numel() == 0;
+  if (s.tiled && !empty) {
+    // one read per tile straight into place, its CRC-32C right after (still in cache)
+    const int fd = dataset_fd(dataset);
+    const std::int64_t tb = s.tile_bytes(dtype_size(t.dtype));
+    const std::size_t chunk_row = static_cast<std::size_t>(g.block_cols) * g.col_bytes;
+    std::int64_t bytes = 0;
+    for (std::int64_t b = a0 / g.block_rows; b * g.block_rows < a1; ++b) {
+      const std::int64_t ra = b * g.block_rows, re = std::min(a1, ra + g.block_rows);
+      for (std::int64_t j = j_lo; j < j_hi; ++j) {
+        const std::int64_t ca = j * g.block_cols, ce = std::min(g.n1, ca + g.block_cols);
+        const std::size_t seg = static_cast<std::size_t>(ce - ca) * g.col_bytes;
+        unsigned char* first = mem + origin + static_cast<std::size_t>(ra - a0) * stride + static_cast<std::size_t>(ca - c0) * g.col_bytes;
+        try {
+          tile_io(fd, false, s.file_offset + (b * g.col_blocks + j) * tb, first, stride, seg, chunk_row, re - ra, "");
+        } catch (const Error& err) {
+          throw InputError(concat(where, ": read of block ", b * g.col_blocks + j, " failed", err.what()));
+        }
+        bytes += (re - ra) * static_cast<std::int64_t>(seg);
+        const std::uint32_t got = rows_crc(first, stride, seg, re - ra);
+        const std::uint32_t want = s.crc32c[static_cast<size_t>(b * g.col_blocks + j)];
+        if (got != want) {
+          char buf[64];
+          std::snprintf(buf, sizeof buf, "stored %08x, computed %08x", want, got);
+          throw InputError(concat(where, ": checksum mismatch in block ", b * g.col_blocks + j, " (rows [", ra, ", ", re,
+                                  ")", nd >= 2 ? concat(", columns [", ca, ", ", ce, ")") : std::string(), "): ", buf,
+                                  "; the file is corrupt"));
+        }
+      }
+    }
+    return bytes;
+  }
   // rows of the read adjacent in memory: each row block lands as one contiguous run (a 1-d
   // memory space, which HDF5 copies fastest); else an N-d hyperslab of the memory array
   const bool adjacent = nd < 2 || (mem_shape[1] == rb.extent[1] && mem_start[1] == 0);

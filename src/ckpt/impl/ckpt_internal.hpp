@@ -1,6 +1,7 @@
 #pragma once
 // Internals shared by the checkpoint save/restore and the tools (verify, consolidate).
 #include <mpi.h>
+#include <sys/uio.h>
 
 #include <cstdint>
 #include <map>
@@ -92,13 +93,53 @@ void tile_crcs(const TileGeometry& g, const unsigned char* base, std::size_t str
 /// and columns rounded out to tile bounds, further dimensions whole.
 Box tile_cover(const TensorRecord& t, const ShardRecord& s, const Box& want);
 
-/// Reads the shard-local box `rb` (from tile_cover) of the shard's dataset with one HDF5
-/// hyperslab read per row block and verifies every tile's CRC-32C (InputError naming
+/// Reads the shard-local box `rb` (from tile_cover) of the shard's dataset, tile by tile
+/// with one read each (format 3) or with one HDF5 hyperslab read per row block (format 2),
+/// and verifies every tile's CRC-32C right after it arrives, while in cache (InputError naming
 /// tensor, file and tile on mismatch). The data lands in `mem`, a row-major array of shape
 /// `mem_shape` (the manifest's dtype), at `mem_start`; dimensions from the third on must be
 /// whole in `mem` (mem_shape[d] == rb.extent[d], mem_start[d] == 0). Returns the bytes read.
 std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord& s, const Box& rb, unsigned char* mem,
                         const Shape& mem_shape, const Shape& mem_start, const std::string& dir);
+
+/// The file descriptor HDF5's sec2 driver holds for `dataset`'s file.
+int dataset_fd(hid_t dataset);
+
+/// Consecutive bytes of a file moved to or from scattered memory with few large
+/// preadv/pwritev calls: pieces are queued in file order and go out when IOV_MAX pieces or
+/// kMaxBytes are queued, and at flush(). Large writes matter beyond the system calls: the
+/// page cache then holds the file in large folios, which every later read copies faster.
+class IoStream {
+ public:
+  static constexpr std::size_t kMaxBytes = std::size_t(8) << 20;
+  IoStream(int fd, bool write, std::int64_t at, std::string what)
+      : fd_(fd), write_(write), at_(at), what_(std::move(what)) {}
+  /// The next n bytes of the file from / into p.
+  void add(unsigned char* p, std::size_t n);
+  /// The next n bytes of the file are padding: written as zeros, dropped when read.
+  void pad(std::size_t n);
+  void flush();
+
+ private:
+  int fd_;
+  bool write_;
+  std::int64_t at_;
+  std::string what_;
+  std::vector<iovec> iov_;
+  std::size_t queued_ = 0;
+  std::vector<unsigned char> zeros_;  // every pad piece points into it
+};
+
+/// Moves one stored tile between the file and a row-major array with one preadv/pwritev
+/// (more past IOV_MAX segments): the tile's `rows` row segments of `seg` bytes are at
+/// `first + r * stride` in memory and `chunk_row` bytes apart from `chunk_at` in the file
+/// (chunk_row >= seg; the padding after each segment but the last is discarded on read,
+/// written as zeros). Throws Error naming `what` and the byte on failure or a short file.
+void tile_io(int fd, bool write, std::int64_t chunk_at, unsigned char* first, std::size_t stride, std::size_t seg,
+             std::size_t chunk_row, std::int64_t rows, const std::string& what);
+
+/// pwrite of all `n` bytes at `at` (retrying short writes); Error naming `what` otherwise.
+void pwrite_all(int fd, const void* data, std::size_t n, std::int64_t at, const std::string& what);
 
 /// Copies box `src_box` of a row-major array `src` (shape src_shape, dtype st) into box
 /// `dst_box` of a row-major array `dst` (shape dst_shape, dtype dt), converting elements.

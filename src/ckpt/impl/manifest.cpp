@@ -154,6 +154,18 @@ std::int64_t ShardRecord::cols_per_block() const {
 
 std::int64_t ShardRecord::col_blocks() const { return col_tiles(box.extent, cols_per_block()); }
 
+std::int64_t ShardRecord::tile_bytes(std::size_t elem_size) const {
+  std::int64_t b = block_rows * cols_per_block() * static_cast<std::int64_t>(elem_size);
+  for (size_t d = 2; d < box.extent.size(); ++d) b *= box.extent[d];
+  return b;
+}
+
+std::int64_t ShardRecord::stored_bytes(std::size_t elem_size) const {
+  if (numel() == 0) return 0;
+  if (!tiled) return numel() * static_cast<std::int64_t>(elem_size);
+  return num_blocks(box.extent, block_rows, cols_per_block()) * tile_bytes(elem_size);
+}
+
 bool is_safe_relative_path(const std::string& p) {
   if (p.empty() || p[0] == '/' || p.find('\\') != std::string::npos || p.find('\0') != std::string::npos) return false;
   std::istringstream is(p);
@@ -171,7 +183,7 @@ bool is_valid_tensor_name(const std::string& name) {
 std::string Manifest::to_json() const {
   json j;
   j["format"] = "shardflow-checkpoint";
-  j["version"] = kVersion;
+  j["version"] = version;
   j["step"] = step;
   j["world_size"] = world_size;
   j["created"] = created;
@@ -257,8 +269,9 @@ Manifest Manifest::parse(const std::string& text, const std::string& where) {
                             ": manifest version 1 is no longer read: its shard files carry no size and metadata "
                             "checksum, so they cannot be checked before HDF5 parses them (format ", kVersion,
                             " does); restore it with the shardflow that wrote it and save it again");
-    SHARDFLOW_REQUIRE_INPUT(version == kVersion, where, ": manifest version ", version, " is not supported (expected ",
-                            kVersion, ")");
+    SHARDFLOW_REQUIRE_INPUT(version == 2 || version == kVersion, where, ": manifest version ", version,
+                            " is not supported (expected 2 or ", kVersion, ")");
+    m.version = version;
     SHARDFLOW_REQUIRE_INPUT(j.value("checksum", std::string("crc32c")) == "crc32c", where, ": unknown checksum '",
                             j.value("checksum", std::string()), "'");
     m.step = get_int<std::int64_t>(j.at("step"), where, "step");
@@ -294,6 +307,7 @@ Manifest Manifest::parse(const std::string& text, const std::string& where) {
         s.block_cols = get_int<std::int64_t>(js.at("block_cols"), where, "tensor '" + t.name + "' block_cols");
         SHARDFLOW_REQUIRE_INPUT(s.block_cols >= 1, where, ": tensor '", t.name, "': block_cols ", s.block_cols, " < 1");
         s.file_offset = get_int<std::int64_t>(js.at("file_offset"), where, "tensor '" + t.name + "' file_offset");
+        s.tiled = version >= 3 && !s.box.extent.empty() && s.box.numel() > 0;
         for (const json& c : js.at("crc32c"))
           s.crc32c.push_back(parse_hex32(c.get<std::string>(), where, "tensor '" + t.name + "'"));
         t.shards.push_back(std::move(s));
@@ -367,7 +381,12 @@ void Manifest::validate(const std::string& where) const {
       const FileRecord* f = fi == file_index.end() ? nullptr : fi->second;
       SHARDFLOW_REQUIRE_INPUT(f != nullptr, where, ": tensor '", t.name, "': shard file '", s.file,
                               "' has no entry in \"files\" (size and metadata checksum)");
-      const std::int64_t bytes = s.numel() * static_cast<std::int64_t>(dtype_size(t.dtype));
+      // the stored size: a tile's bytes and the tile count are each bounded by the shard's
+      // elements (tiles are no larger than a padded box of at most 2 x its extents)
+      SHARDFLOW_REQUIRE_INPUT(!s.tiled || (s.block_rows <= s.box.extent[0] && s.cols_per_block() <= (s.box.extent.size() >= 2 ? s.box.extent[1] : 1)),
+                              where, ": tensor '", t.name, "': tile of ", s.block_rows, " x ", s.cols_per_block(),
+                              " is larger than the shard box ", s.box.to_string());
+      const std::int64_t bytes = s.stored_bytes(dtype_size(t.dtype));
       if (bytes == 0) {
         SHARDFLOW_REQUIRE_INPUT(s.file_offset == -1, where, ": tensor '", t.name, "': empty shard in file '", s.file,
                                 "' has file_offset ", s.file_offset, " (must be -1)");
@@ -400,8 +419,7 @@ std::vector<ByteRange> Manifest::data_ranges(const std::string& file) const {
   std::vector<ByteRange> r;
   for (const auto& t : tensors)
     for (const auto& s : t.shards)
-      if (s.file == file && s.file_offset >= 0)
-        r.push_back(ByteRange{s.file_offset, s.numel() * static_cast<std::int64_t>(dtype_size(t.dtype))});
+      if (s.file == file && s.file_offset >= 0) r.push_back(ByteRange{s.file_offset, s.stored_bytes(dtype_size(t.dtype))});
   std::sort(r.begin(), r.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
   return r;
 }
