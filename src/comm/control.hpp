@@ -76,6 +76,9 @@ bool mpi_finalized();
 // The process's MPI environment (the CLI's main).
 /// MPI_Init (throws Error when it fails).
 void mpi_init(int& argc, char**& argv);
+/// Whether mpi_init found more ranks on this node than CPUs online: Control's collectives
+/// then wait with MPI_Test and short sleeps instead of spinning (see control.cpp).
+bool oversubscribed();
 /// MPI_Finalize, when MPI is initialized and not yet finalized.
 void mpi_finalize();
 /// Aborts every rank of the job with `code` (does not return).

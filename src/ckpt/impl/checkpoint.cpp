@@ -720,19 +720,29 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
                  const RestoreOptions& options) {
   const comm::Control control(comm);
   const int rank = control.rank(), size = control.size();
-  // rank 0 finds the checkpoint and reads the manifest; everyone parses the same text
+  // rank 0 finds the checkpoint and reads the manifest; everyone parses the same text. One
+  // broadcast carries the outcome, the directory and the text (or rank 0's error).
   std::string err, dir, text;
-  if (rank == 0) {
-    try {
-      dir = resolve_checkpoint_dir(path);
-      text = detail::read_text_file(detail::join(dir, "manifest.json"));
-    } catch (const std::exception& e) {
-      err = e.what();
+  {
+    std::string blob;
+    if (rank == 0) {
+      try {
+        dir = resolve_checkpoint_dir(path);
+        text = detail::read_text_file(detail::join(dir, "manifest.json"));
+        blob = "+" + std::to_string(dir.size()) + ":" + dir + text;
+      } catch (const std::exception& e) {
+        blob = "!" + std::string(e.what());
+      }
     }
+    blob = detail::bcast_string(comm, blob, 0);
+    SHARDFLOW_REQUIRE(!blob.empty(), "checkpoint restore: empty broadcast");
+    if (blob[0] == '!') throw InputError(size > 1 ? concat(blob.substr(1), " (rank 0)") : blob.substr(1));
+    const size_t colon = blob.find(':');
+    SHARDFLOW_REQUIRE(colon != std::string::npos, "checkpoint restore: malformed broadcast");
+    const size_t n = static_cast<size_t>(std::stoull(blob.substr(1, colon - 1)));
+    dir = blob.substr(colon + 1, n);
+    text = blob.substr(colon + 1 + n);
   }
-  detail::agree(comm, err);
-  dir = detail::bcast_string(comm, dir, 0);
-  text = detail::bcast_string(comm, text, 0);
   const std::string where = detail::join(dir, "manifest.json");
   Manifest m = Manifest::parse(text, where);
   m.validate(where);
@@ -768,12 +778,14 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
   } catch (const std::exception& e) {
     err = e.what();
   }
-  detail::agree(comm, err);
+  // No agreement here (a collective costs much where ranks share CPUs): a rank whose
+  // request failed reads nothing, and the agreement after the reads reports it. The
+  // request is the same on every rank but for its buffers, so a bad request fails on all.
 
   // read the checksum tiles overlapping every needed box into staging buffers, verifying them
   std::vector<detail::HostBuffer> staging(tensors.size());
   std::int64_t bytes_read = 0;
-  try {
+  if (err.empty()) try {
     std::lock_guard<std::recursive_mutex> lock(h5::mutex());
     h5::init();
     detail::FileCache files(dir, m);
