@@ -76,6 +76,7 @@ int run_eval(const EvalOptions& o) {
   }
   ckpt::RestoreOptions ro;
   ro.allow_extra = true;
+  ro.in_place = true;  // fresh buffers: nothing to keep on a failure (which ends the run)
   ckpt::restore(MPI_COMM_WORLD, dir, wanted, ro);
 
   const auto corpus = data::Corpus::load(o.tokens);

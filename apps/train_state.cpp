@@ -73,7 +73,9 @@ void reshard_checkpoint(const std::string& dir, const std::string& out, const st
   Mesh mesh(deck.mesh.to_mesh_shape());
   comm::CommSet comms(mesh, comm::Backend::Mpi);
   train::Trainer trainer(deck, mesh, comms);  // its layouts are the target layouts
-  const auto meta = ckpt::restore(mesh.world(), step_dir, checkpoint_tensors(trainer));
+  ckpt::RestoreOptions ro;
+  ro.in_place = true;  // fresh buffers (initial values only): nothing to keep on a failure
+  const auto meta = ckpt::restore(mesh.world(), step_dir, checkpoint_tensors(trainer), ro);
   restore_trainer_state(trainer, meta);
   const double loss = meta.reals.count("loss") ? meta.reals.at("loss") : 0.0;
   ckpt::Checkpointer cp(mesh.world(), out);

@@ -23,6 +23,7 @@
 
 #include "ckpt/checkpoint.hpp"
 #include "ckpt/checksum.hpp"
+#include "ckpt/impl/ckpt_internal.hpp"
 #include "ckpt/tools.hpp"
 #include "core/error.hpp"
 #include "core/half.hpp"
@@ -226,6 +227,96 @@ long long rchar() {
 // A tensor saved split by rows and restored split by columns (tensor-parallel column
 // weights): each rank reads only the column tiles it needs, 1/n of the tensor, from every
 // row shard; the bytes counted by restore match what the process read from files.
+// Format 2 (contiguous row-major datasets, written by shardflow before format 3) is still
+// read: a checkpoint written here the way format 2 wrote it (HDF5's default file format,
+// one contiguous dataset, tile CRCs over row-major tiles, manifest version 2) restores onto
+// a row split and a column split on every rank; one flipped data byte is still found.
+TEST(Checkpoint, FormatTwoCheckpointsStillRestore) {
+  const int n = world_size(), rank = world_rank();
+  const std::string root = shared_tmpdir(MPI_COMM_WORLD, "format2");
+  const std::string dir = (fs::path(root) / "step-00000003").string();
+  const Shape shape{6, 40};
+  std::vector<float> w(240);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i) * 0.25f - 7.0f;
+  std::int64_t data_at = 0;
+  if (rank == 0) {
+    fs::create_directories(dir);
+    const std::string file = (fs::path(dir) / "shard-0.h5").string();
+    hid_t f = H5Fcreate(file.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t dims[2] = {6, 40};
+    hid_t space = H5Screate_simple(2, dims, nullptr);
+    hid_t d = H5Dcreate2(f, "/w", H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, w.data());
+    data_at = static_cast<std::int64_t>(H5Dget_offset(d));
+    H5Dclose(d);
+    H5Sclose(space);
+    H5Fclose(f);
+    ShardRecord sh;
+    sh.box = Box{{0, 0}, shape};
+    sh.file = "shard-0.h5";
+    sh.dataset = "/w";
+    sh.block_rows = 2;
+    sh.block_cols = 16;  // tiles of 2 rows x 16 columns (the last 8 wide)
+    sh.writer = 0;
+    sh.file_offset = data_at;
+    const ckpt::detail::TileGeometry g = ckpt::detail::tile_geometry(shape, 4, 2, 16);
+    sh.crc32c.assign(static_cast<size_t>(g.row_blocks * g.col_blocks), 0u);
+    for (std::int64_t b = 0; b < g.row_blocks; ++b)
+      ckpt::detail::tile_crcs(g, reinterpret_cast<const unsigned char*>(w.data()) + b * 2 * g.row_bytes, g.row_bytes, 2, 0, 0,
+                        g.col_blocks, sh.crc32c.data() + b * g.col_blocks);
+    TensorRecord t;
+    t.name = "w";
+    t.shape = shape;
+    t.dtype = DType::F32;
+    t.spec = "PartitionSpec()";
+    t.mesh = MeshShape({"data"}, {1});
+    t.shards = {sh};
+    Manifest m;
+    m.version = 2;
+    m.step = 3;
+    m.world_size = 1;
+    m.meta.step = 3;
+    m.tensors = {t};
+    FileRecord fr;
+    fr.name = "shard-0.h5";
+    fr.size = static_cast<std::int64_t>(fs::file_size(file));
+    fr.meta_crc32c = file_crc32c_outside(file, fr.size, {ByteRange{data_at, 240 * 4}});
+    m.files = {fr};
+    std::ofstream(fs::path(dir) / "manifest.json") << m.to_json();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT_EQ(read_manifest(dir).version, 2);
+  EXPECT_FALSE(read_manifest(dir).tensors.at(0).shards.at(0).tiled);
+  MeshShape mesh({"data"}, {n});
+  for (const PartitionSpec& spec : {PartitionSpec{{"data"}, {}}, PartitionSpec{{}, {"data"}}}) {
+    const Layout lay(shape, spec, mesh);
+    const Box b = lay.box(rank);
+    std::vector<float> got(static_cast<size_t>(b.numel()), -1.f), want;
+    for (std::int64_t i = 0; i < b.extent[0]; ++i)
+      for (std::int64_t j = 0; j < b.extent[1]; ++j)
+        want.push_back(w[static_cast<size_t>((b.offset[0] + i) * 40 + b.offset[1] + j)]);
+    restore(MPI_COMM_WORLD, dir, {TensorState{"w", lay, DType::F32, got.data()}});
+    EXPECT_EQ(got, want) << spec.to_string();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) {
+    std::fstream io((fs::path(dir) / "shard-0.h5").string(), std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(static_cast<std::streamoff>(data_at + (5 * 40 + 39) * 4));  // row 5, column 39: tile (2, 2)
+    io.put('\x55');
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  std::vector<float> all(240);
+  try {
+    restore(MPI_COMM_WORLD, dir, {TensorState{"w", Layout::replicated(shape, mesh), DType::F32, all.data()}});
+    ADD_FAILURE() << "a damaged format 2 tile was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("checksum mismatch in block 8 (rows [4, 6), columns [32, 40))"), std::string::npos)
+        << e.what();
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) fs::remove_all(root);
+}
+
 TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
   const int n = world_size(), rank = world_rank();
   const std::string root = shared_tmpdir(MPI_COMM_WORLD, "columns");

@@ -302,7 +302,10 @@ std::uint32_t file_crc32c_outside(const std::string& path, std::int64_t size, co
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     throw Error(::shardflow::detail::concat("cannot open '", path, "' to check it: ", std::strerror(errno)));
-  std::vector<unsigned char> buf(std::size_t(1) << 20);
+  // a buffer of what is to be read (the metadata: kilobytes), at most 1 MiB
+  std::int64_t outside = size;
+  for (const auto& r : skip) outside -= r.length;
+  std::vector<unsigned char> buf(static_cast<std::size_t>(std::clamp<std::int64_t>(outside, 1, std::int64_t(1) << 20)));
   std::uint32_t crc = 0;
   std::int64_t pos = 0;
   size_t k = 0;

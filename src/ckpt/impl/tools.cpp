@@ -196,6 +196,7 @@ void consolidate(MPI_Comm comm, const std::string& path, const std::string& out_
         TensorState ts{t.name, Layout::replicated(t.shape, MeshShape()), dt, data.data()};
         RestoreOptions ro;
         ro.allow_extra = true;
+        ro.in_place = true;  // a fresh buffer of this loop
         restore(MPI_COMM_SELF, dir, {ts}, ro);
         h5::Handle space;
         if (out_shape.empty()) {
