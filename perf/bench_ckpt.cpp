@@ -246,13 +246,14 @@ int main(int argc, char** argv) {
       std::printf("  %-22s %10.2f %9s %8.3f   (of save time; %lld metadata bytes hashed in all)\n", "metadata check",
                   t_meta * 1e3, "-", t_meta / t_save, meta_bytes);
       std::printf("  %-22s %10.1f %9.3f %8s\n", "raw read", t_rr * 1e3, gbs(t_rr), "1.00");
-      std::printf("  %-22s %10.1f %9.3f %8.2f\n", "restore same layout", t_same * 1e3, gbs(t_same), t_rr / t_same);
-      std::printf("  %-22s %10.1f %9.3f %8.2f   (in place: no staging copy; what train --resume does)\n",
+      std::printf("  %-22s %10.1f %9.3f %8.2f   (in place: what train --resume, eval, ckpt reshard do)\n",
                   "restore same, in place", t_same_ip * 1e3, gbs(t_same_ip), t_rr / t_same_ip);
-      std::printf("  %-22s %10.1f %9.3f %8.2f\n", "restore resh., in place", t_resh_ip * 1e3, gbs(t_resh_ip),
-                  t_rr / t_resh_ip);
+      std::printf("  %-22s %10.1f %9.3f %8.2f   (column split: each rank reads 1/%d of every shard)\n",
+                  "restore resh., in place", t_resh_ip * 1e3, gbs(t_resh_ip), t_rr / t_resh_ip, size);
+      std::printf("  %-22s %10.1f %9.3f %8.2f   (staged: caller's buffers untouched on a failure; one more copy)\n",
+                  "restore same, staged", t_same * 1e3, gbs(t_same), t_rr / t_same);
       std::printf("  %-22s %10.1f %9.3f %8.2f   (bytes read by all ranks / tensor bytes: %.3f; whole rows: %d)\n",
-                  "restore resharded", t_resh * 1e3, gbs(t_resh), t_rr / t_resh,
+                  "restore resh., staged", t_resh * 1e3, gbs(t_resh), t_rr / t_resh,
                   static_cast<double>(resh_read) / bytes_all, size);
       std::printf("  %-22s %10.1f %9s %8.2f   (blocking time / sync save time)\n", "async save: blocking", t_async * 1e3,
                   "-", t_async / t_save);

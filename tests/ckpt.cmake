@@ -32,6 +32,12 @@ set_tests_properties(ckpt_cli_verify_np_2 PROPERTIES FIXTURES_REQUIRED ckpt_cli_
   PASS_REGULAR_EXPRESSION ": OK \\(3 tensors")
 set_tests_properties(ckpt_cli_consolidate PROPERTIES FIXTURES_REQUIRED ckpt_cli_saved FIXTURES_SETUP ckpt_cli_full LABELS "unit")
 set_tests_properties(ckpt_cli_h5dump PROPERTIES FIXTURES_REQUIRED ckpt_cli_full LABELS "unit")
+# the shard files as docs/checkpoint.md tells a reader without shardflow (format 3 tiles:
+# h5py, sizes, metadata CRC-32C by the documented stored-bytes formula)
+add_test(NAME ckpt_cli_python_reader
+  COMMAND ${SHARDFLOW_SYSTEM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/support/check_shard_files.py ${_ckpt_cli_dir} ${_ckpt_cli_dir}/full.h5)
+set_tests_properties(ckpt_cli_python_reader PROPERTIES FIXTURES_REQUIRED "ckpt_cli_saved;ckpt_cli_full" LABELS "unit"
+  PASS_REGULAR_EXPRESSION "padded tiles.*OK")
 
 # ckpt reshard through the command line (train on 2 ranks, reshard onto 4, compare)
 add_test(NAME ckpt_cli_reshard
