@@ -853,6 +853,7 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
         if (static_cast<double>(compile::predict_peak(bare, 0, 0).peak()) > capacity) c.status = Checked::Over;
         if (p == 1 || c.status == Checked::Over) break;
       }
+      GroupCache gc{mesh, cluster, {}, {}};  // one per configuration: the stages share groups
       for (int st : {0, p - 1}) {
         if (c.status == Checked::Over) break;
         auto prog = std::make_shared<const compile::StepProgram>(compile::compile_step(dk, plan, rank_of_stage(st)));
@@ -860,7 +861,6 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
           c.status = Checked::Over;
           break;
         }
-        GroupCache gc{mesh, cluster, {}, {}};
         c.bound = std::max(c.bound, stage_bound(cluster, mesh, rank_of_stage(st), st, std::move(prog), gc));
         if (p == 1) break;
       }

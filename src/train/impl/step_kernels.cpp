@@ -443,7 +443,16 @@ void Trainer::Impl::ring_bwd_begin(int l, int act_slot, int ring, int gring, boo
   round16(datt.data(), T * H_l);
   nn::RingAttention<float, Exec>::backward_prep(cmat(datt.data(), T, H_l), cmat(a.att.data(), T, H_l), A_l, seq_local,
                                                 vec(ring_dvec.data(), stats));
-  Kokkos::deep_copy(dqkv, 0.0f);
+  {  // dQ accumulates over the ring steps: zero its columns (the dK|dV columns are written
+     // whole from dkv_home by ring_bwd_qkv)
+    const int64_t W = QKV_l, q = H_l;
+    float* d = dqkv.data();
+    Kokkos::parallel_for(
+        "shardflow::train::zero_dq", Kokkos::RangePolicy<Exec>(0, T),
+        KOKKOS_LAMBDA(int64_t t) {
+          for (int64_t j = 0; j < q; ++j) d[t * W + j] = 0.0f;
+        });
+  }
   own_kv(l, act_slot, kv_ring[0].data());
   Kokkos::deep_copy(dkv_ring[0], 0.0f);
 }
