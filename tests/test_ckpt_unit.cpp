@@ -99,6 +99,43 @@ TEST(Crc32c, StridedEqualsGatheredSegments) {
   std::printf("crc32c implementation: %s\n", crc32c_implementation());
 }
 
+// One stored tile moved with preadv/pwritev: more rows than IOV_MAX pieces (several system
+// calls), padding after each row segment written as zeros and dropped on read, rows
+// scattered in memory; and a stream of pieces merged where they are adjacent.
+TEST(TileIo, RoundTripsPastIovMaxWithPadding) {
+  char path[] = "/tmp/sf_tile_io_XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const std::int64_t rows = 3000;
+  const std::size_t seg = 16, chunk_row = 24, stride = 40;
+  std::vector<unsigned char> mem(static_cast<size_t>(rows) * stride), back(mem.size(), 0xEE);
+  for (size_t i = 0; i < mem.size(); ++i) mem[i] = static_cast<unsigned char>(i * 7 + 3);
+  ckpt::detail::tile_io(fd, true, 4096, mem.data(), stride, seg, chunk_row, rows, "test");
+  // the file holds the segments chunk_row apart, zeros between
+  std::vector<unsigned char> file(static_cast<size_t>(rows) * chunk_row);
+  ASSERT_EQ(pread(fd, file.data(), file.size(), 4096), static_cast<ssize_t>(file.size() - (chunk_row - seg)));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    ASSERT_EQ(std::memcmp(file.data() + r * chunk_row, mem.data() + r * stride, seg), 0) << r;
+    if (r + 1 < rows) {
+      for (size_t k = seg; k < chunk_row; ++k) ASSERT_EQ(file[static_cast<size_t>(r) * chunk_row + k], 0) << r;
+    }
+  }
+  ckpt::detail::tile_io(fd, false, 4096, back.data(), stride, seg, chunk_row, rows, "test");
+  for (std::int64_t r = 0; r < rows; ++r) {
+    ASSERT_EQ(std::memcmp(back.data() + r * stride, mem.data() + r * stride, seg), 0) << r;
+    ASSERT_EQ(back[static_cast<size_t>(r) * stride + seg], 0xEE) << r;  // nothing written between rows
+  }
+  // reading past the end of the file is an error naming the byte
+  try {
+    ckpt::detail::tile_io(fd, false, 1 << 20, back.data(), stride, seg, chunk_row, 2, "tile 7");
+    ADD_FAILURE() << "a read past the end was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tile 7: the file ends at byte"), std::string::npos) << e.what();
+  }
+  close(fd);
+  unlink(path);
+}
+
 TEST(Crc32c, Combine) {
   std::mt19937 rng(3);
   std::vector<unsigned char> buf(70000);
