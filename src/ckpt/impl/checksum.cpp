@@ -50,15 +50,16 @@ std::uint32_t gf2_mul(std::uint32_t a, std::uint32_t b) {
   }
   return r;
 }
-std::uint32_t x8n(std::size_t len) {  // x^(8*len) mod P
-  std::uint32_t result = 0x80000000u, power = 0x00800000u;
-  while (len) {
-    if (len & 1) result = gf2_mul(result, power);
+std::uint32_t xpow(std::uint64_t k) {  // x^k mod P, reflected
+  std::uint32_t result = 0x80000000u, power = 0x40000000u;
+  while (k) {
+    if (k & 1) result = gf2_mul(result, power);
     power = gf2_mul(power, power);
-    len >>= 1;
+    k >>= 1;
   }
   return result;
 }
+std::uint32_t x8n(std::size_t len) { return xpow(8 * static_cast<std::uint64_t>(len)); }  // x^(8*len) mod P
 
 std::uint32_t portable_raw(const unsigned char* p, std::size_t n, std::uint32_t c) {
   const auto& t = tables().t;
@@ -159,15 +160,6 @@ bool have_sse42() {
 // Four 512-bit registers (16 lanes, 256 bytes) fold 2048 bits per round; at the end the
 // lanes fold into one, and the CRC state of R is R * x^32 mod P: the crc32 instruction over
 // its 16 bytes from state 0. The initial state enters xored into the first 4 bytes.
-std::uint32_t xpow(std::uint64_t k) {  // x^k mod P, reflected
-  std::uint32_t result = 0x80000000u, power = 0x40000000u;
-  while (k) {
-    if (k & 1) result = gf2_mul(result, power);
-    power = gf2_mul(power, power);
-    k >>= 1;
-  }
-  return result;
-}
 struct FoldConstants {
   // per 128-bit lane {x^(D+31), x^(D-33)} mod P for D = 2048, 512, and the lane offsets
   // 384, 256, 128 (lane 3: none) of the final reduction
