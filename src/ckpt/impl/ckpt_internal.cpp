@@ -378,8 +378,7 @@ void IoStream::flush() {
   io_all(fd_, write_, iov_, at_, what_);
   at_ += static_cast<std::int64_t>(queued_);
   queued_ = 0;
-  iov_.clear();
-  if (!write_ && !zeros_.empty()) std::fill(zeros_.begin(), zeros_.end(), 0);  // reads landed in it
+  iov_.clear();  // (a read stream's padding landed in zeros_: a sink it never reads back)
 }
 
 void tile_io(int fd, bool write, std::int64_t chunk_at, unsigned char* first, std::size_t stride, std::size_t seg,

@@ -127,7 +127,7 @@ class IoStream {
   std::string what_;
   std::vector<iovec> iov_;
   std::size_t queued_ = 0;
-  std::vector<unsigned char> zeros_;  // every pad piece points into it
+  std::vector<unsigned char> zeros_;  // every pad piece points into it (a sink when reading)
 };
 
 /// Moves one stored tile between the file and a row-major array with one preadv/pwritev
