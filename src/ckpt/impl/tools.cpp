@@ -24,7 +24,8 @@ std::string describe(const std::string& path) {
   Manifest m = read_manifest(dir);
   std::ostringstream os;
   os << "checkpoint " << dir << "\n";
-  os << "  step " << m.step << ", saved by " << m.world_size << " ranks at " << m.created << "\n";
+  os << "  step " << m.step << ", saved by " << m.world_size << " ranks at " << m.created << ", format " << m.version
+     << (m.version >= 3 ? " (tiles stored whole)" : " (contiguous datasets)") << "\n";
   for (auto& [k, v] : m.meta.ints) os << "  int    " << k << " = " << v << "\n";
   for (auto& [k, v] : m.meta.reals) os << "  real   " << k << " = " << v << "\n";
   for (auto& [k, v] : m.meta.strings) {
