@@ -16,11 +16,12 @@
 // background thread; the next save(), wait() (both collective) finishes and commits it.
 //
 // Restore (collective, any mesh, any world size): each rank checks the size and metadata
-// checksum of every shard file it needs before HDF5 opens it, reads (HDF5 hyperslabs) only
-// the checksum tiles (row blocks x column ranges) of the saved shards that overlap the box
-// its new layout needs, verifies their CRC-32C, converts the dtype when asked to (float
-// types among themselves), and only when every rank has everything does anyone write the
-// caller's buffers. Every failure is reported on every rank, naming the tensor and the file.
+// checksum of every shard file it needs before HDF5 opens it, reads only the checksum tiles
+// (row blocks x column ranges) of the saved shards that overlap the box its new layout
+// needs (format 3: each tile one contiguous HDF5 chunk, one preadv each), verifies their
+// CRC-32C, converts the dtype when asked to (float types among themselves), and only when
+// every rank has everything does anyone write the caller's buffers (unless in_place).
+// Every failure is reported on every rank, naming the tensor and the file.
 //
 // One writer per checkpoint root at a time. Files are opened per rank with HDF5's sec2
 // driver (independent POSIX I/O; no MPI-IO), so any shared or local file system works.

@@ -186,23 +186,10 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
         j.crc[0] = crc32c(j.data, j.bytes);
         CHECK_HDF5(H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, j.data));
       }
-      for (std::int64_t b = 0; b < g.row_blocks && !dims.empty() && j.bytes > 0 && !j.tiled; ++b) {
-        const std::int64_t r0 = b * j.block_rows;
-        const std::int64_t r1 = std::min(g.n0, r0 + j.block_rows);
-        const unsigned char* p = j.data + static_cast<std::size_t>(r0) * g.row_bytes;
-        detail::tile_crcs(g, p, g.row_bytes, r1 - r0, 0, 0, g.col_blocks, j.crc.data() + b * g.col_blocks);
-        std::vector<hsize_t> start(dims.size(), 0), cnt(dims);
-        start[0] = static_cast<hsize_t>(r0);
-        cnt[0] = static_cast<hsize_t>(r1 - r0);
-        CHECK_HDF5(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, cnt.data(), nullptr));
-        hsize_t n = static_cast<hsize_t>((r1 - r0) * row_numel(j.box.extent));
-        h5::Handle mspace(CHECK_HDF5(H5Screate_simple(1, &n, nullptr)), H5Sclose);
-        CHECK_HDF5(H5Dwrite(ds, mtype, mspace, space, H5P_DEFAULT, p));
-      }
       h5::write_attr_string(ds, "tensor", j.name);
       h5::write_attr_string(ds, "dtype", dtype_name(j.dtype));
       h5::write_attr_i64(ds, "offset", std::vector<long long>(j.box.offset.begin(), j.box.offset.end()));
-      if (j.bytes > 0 && !j.tiled) {
+      if (j.bytes > 0 && !j.tiled) {  // a 0-d dataset: contiguous
         const haddr_t at = H5Dget_offset(ds);
         SHARDFLOW_REQUIRE(at != HADDR_UNDEF, "checkpoint save: dataset '/", j.name, "' in '", path,
                           "' has no contiguous storage");
