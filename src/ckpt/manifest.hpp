@@ -51,6 +51,8 @@ struct ShardRecord {
   /// (i, j) at file_offset + (i * col_blocks() + j) * tile_bytes: a restore reads any tile
   /// with one read. Format 2 (and 0-d boxes): one contiguous row-major dataset.
   bool tiled = false;
+  /// Whether format 3 stores a shard of this box in tiles (rank >= 1 and not empty).
+  static bool tiles(const Box& b) { return !b.extent.empty() && b.numel() > 0; }
   std::int64_t numel() const { return box.numel(); }
   /// Bytes of one stored tile (format 3; padding included).
   std::int64_t tile_bytes(std::size_t elem_size) const;

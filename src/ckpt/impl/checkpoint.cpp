@@ -55,8 +55,17 @@ struct ShardJob {
   detail::HostBuffer owned;  // async: the snapshot `data` points into
   // results
   std::int64_t block_rows = 1, block_cols = 1, file_offset = -1;
-  bool tiled = false;  // stored tile by tile (format 3): every non-empty box of rank >= 1
+  bool tiled = false;  // stored tile by tile (format 3): ShardRecord::tiles(box)
   std::vector<std::uint32_t> crc;
+  /// The storage part of its manifest record (tile sizes, stored bytes).
+  ShardRecord storage() const {
+    ShardRecord r;
+    r.box = box;
+    r.block_rows = block_rows;
+    r.block_cols = block_cols;
+    r.tiled = tiled;
+    return r;
+  }
 };
 
 /// Row segment of a checksum tile: tiles this wide (4 KiB, narrower when block_bytes is
@@ -140,7 +149,7 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
       const std::int64_t row_bytes = row_numel(j.box.extent) * static_cast<std::int64_t>(esize);
       j.block_cols = block_cols_for(j.box.extent, esize, std::max(std::min(kTileRunBytes, block_bytes), row_bytes / kMaxColTiles));
       j.block_rows = j.box.extent.empty() ? 1 : block_rows_for(j.box.extent, esize, block_bytes);
-      j.tiled = !j.box.extent.empty() && j.bytes > 0;
+      j.tiled = ShardRecord::tiles(j.box);
       if (j.tiled) j.block_rows = std::min(j.block_rows, j.box.extent[0]);  // an HDF5 chunk fits in its dataset
       const detail::TileGeometry g = detail::tile_geometry(j.box.extent, esize, j.block_rows, j.block_cols);
       j.crc.assign(static_cast<size_t>(num_blocks(j.box.extent, j.block_rows, j.block_cols)), 0u);
@@ -166,21 +175,15 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
       h5::Handle mtype = h5::memory_type(j.dtype);
       if (j.tiled) {
         // where HDF5 put the tiles: one run in tile order (the manifest records its start)
-        const std::int64_t tb = static_cast<std::int64_t>(g.block_cols * g.col_bytes) * j.block_rows;
+        const std::int64_t tb = j.storage().tile_bytes(esize);
         for (std::int64_t k = 0; k < g.row_blocks * g.col_blocks; ++k) {
-          std::vector<hsize_t> at(dims.size(), 0);
-          at[0] = static_cast<hsize_t>(k / g.col_blocks * j.block_rows);
-          if (at.size() >= 2) at[1] = static_cast<hsize_t>(k % g.col_blocks * j.block_cols);
-          unsigned mask = 0;
-          haddr_t addr = HADDR_UNDEF;
-          hsize_t bytes = 0;
-          CHECK_HDF5(H5Dget_chunk_info_by_coord(ds, at.data(), &mask, &addr, &bytes));
-          SHARDFLOW_REQUIRE(addr != HADDR_UNDEF && static_cast<std::int64_t>(bytes) == tb, "checkpoint save: dataset '/",
-                            j.name, "' in '", path, "': tile ", k, " has no storage of ", tb, " bytes");
-          if (k == 0) j.file_offset = static_cast<std::int64_t>(addr);
-          SHARDFLOW_REQUIRE(static_cast<std::int64_t>(addr) == j.file_offset + k * tb, "checkpoint save: dataset '/",
-                            j.name, "' in '", path, "': HDF5 placed tile ", k, " at byte ", addr, ", not at ",
-                            j.file_offset + k * tb, " (the tiles are not one run)");
+          const detail::TileStorage at = detail::tile_storage(ds, g, dims.size(), k);
+          SHARDFLOW_REQUIRE(at.found && at.bytes == tb, "checkpoint save: dataset '/", j.name, "' in '", path, "': tile ",
+                            k, " has no storage of ", tb, " bytes");
+          if (k == 0) j.file_offset = at.offset;
+          SHARDFLOW_REQUIRE(at.offset == j.file_offset + k * tb, "checkpoint save: dataset '/", j.name, "' in '", path,
+                            "': HDF5 placed tile ", k, " at byte ", at.offset, ", not at ", j.file_offset + k * tb,
+                            " (the tiles are not one run)");
         }
       } else if (dims.empty()) {
         j.crc[0] = crc32c(j.data, j.bytes);
@@ -249,14 +252,8 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
   SHARDFLOW_REQUIRE(!ec, "checkpoint save: cannot stat '", path, "': ", ec.message());
   std::vector<ByteRange> data;
   for (const auto& j : jobs)
-    if (j.file_offset >= 0) {
-      ShardRecord sr;  // the stored size (tiles padded at the box's far edges)
-      sr.box = j.box;
-      sr.block_rows = j.block_rows;
-      sr.block_cols = j.block_cols;
-      sr.tiled = j.tiled;
-      data.push_back(ByteRange{j.file_offset, sr.stored_bytes(dtype_size(j.dtype))});
-    }
+    if (j.file_offset >= 0)  // the stored size (tiles padded at the box's far edges)
+      data.push_back(ByteRange{j.file_offset, j.storage().stored_bytes(dtype_size(j.dtype))});
   std::sort(data.begin(), data.end(), [](const ByteRange& a, const ByteRange& b) { return a.offset < b.offset; });
   rec.meta_crc32c = file_crc32c_outside(path, rec.size, data);
   return rec;  // the caller fsyncs it
@@ -531,7 +528,7 @@ void Checkpointer::commit(Pending& p) {
           s.block_rows = sr.at("block_rows").get<std::int64_t>();
           s.block_cols = sr.at("block_cols").get<std::int64_t>();
           s.file_offset = sr.at("file_offset").get<std::int64_t>();
-          s.tiled = !s.box.extent.empty() && s.box.numel() > 0;  // what this version writes (format 3)
+          s.tiled = ShardRecord::tiles(s.box);  // what this version writes (format 3)
           s.crc32c = sr.at("crc").get<std::vector<std::uint32_t>>();
           s.writer = writer;
           m.tensors.at(ti).shards.push_back(std::move(s));

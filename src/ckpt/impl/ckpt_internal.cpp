@@ -165,6 +165,22 @@ hid_t FileCache::open(const std::string& rel, const std::string& tensor) {
   return id;
 }
 
+TileStorage tile_storage(hid_t dataset, const TileGeometry& g, std::size_t nd, std::int64_t k) {
+  std::vector<hsize_t> at(nd, 0);
+  at[0] = static_cast<hsize_t>(k / g.col_blocks * g.block_rows);
+  if (nd >= 2) at[1] = static_cast<hsize_t>(k % g.col_blocks * g.block_cols);
+  unsigned mask = 0;
+  haddr_t addr = HADDR_UNDEF;
+  hsize_t bytes = 0;
+  TileStorage r;
+  r.found = H5Dget_chunk_info_by_coord(dataset, at.data(), &mask, &addr, &bytes) >= 0 && mask == 0 && addr != HADDR_UNDEF;
+  if (r.found) {
+    r.offset = static_cast<std::int64_t>(addr);
+    r.bytes = static_cast<std::int64_t>(bytes);
+  }
+  return r;
+}
+
 h5::Handle open_shard_dataset(FileCache& files, const TensorRecord& t, const ShardRecord& s) {
   hid_t file = files.open(s.file, t.name);
   const std::string where = ::shardflow::detail::concat("checkpoint ", files.dir(), ": tensor '", t.name, "': file '",
@@ -194,15 +210,8 @@ h5::Handle open_shard_dataset(FileCache& files, const TensorRecord& t, const Sha
       const TileGeometry g = tile_geometry(t, s);
       const std::int64_t tb = s.tile_bytes(dtype_size(t.dtype)), last = g.row_blocks * g.col_blocks - 1;
       for (const std::int64_t k : {std::int64_t(0), last}) {
-        std::vector<hsize_t> at(nd, 0);
-        at[0] = static_cast<hsize_t>(k / g.col_blocks * g.block_rows);
-        if (nd >= 2) at[1] = static_cast<hsize_t>(k % g.col_blocks * g.block_cols);
-        unsigned mask = 0;
-        haddr_t addr = HADDR_UNDEF;
-        hsize_t bytes = 0;
-        const bool ok = H5Dget_chunk_info_by_coord(ds, at.data(), &mask, &addr, &bytes) >= 0 && mask == 0 &&
-                        addr != HADDR_UNDEF && static_cast<std::int64_t>(addr) == s.file_offset + k * tb &&
-                        static_cast<std::int64_t>(bytes) == tb;
+        const TileStorage at = tile_storage(ds, g, nd, k);
+        const bool ok = at.found && at.offset == s.file_offset + k * tb && at.bytes == tb;
         SHARDFLOW_REQUIRE_INPUT(ok, where, ": dataset '", s.dataset, "': tile ", k, " is not stored at byte ",
                                 s.file_offset + k * tb, " as the manifest says");
       }
@@ -250,9 +259,9 @@ void tile_crcs(const TileGeometry& g, const unsigned char* base, std::size_t str
   }
   if (crc32c_strided_is_fast(static_cast<std::size_t>(g.block_cols) * g.col_bytes)) {
     // carry-less-multiply folding runs at full speed along each tile's row segments
+    // (crc32c_strided chains one CRC per segment for a narrower last tile)
     for (std::int64_t j = j_lo; j < j_hi; ++j)
-      if (seg_len(j) % 256 == 0) out[j - j_lo] = crc32c_strided(base + seg_begin(j), stride, seg_len(j), static_cast<std::size_t>(rows));
-      else for (std::int64_t r = 0; r < rows; ++r) out[j - j_lo] = crc32c(base + seg_begin(j) + static_cast<std::size_t>(r) * stride, seg_len(j), out[j - j_lo]);
+      out[j - j_lo] = crc32c_strided(base + seg_begin(j), stride, seg_len(j), static_cast<std::size_t>(rows));
     return;
   }
   // The crc32 instruction has a latency of 3 cycles: three independent streams run at
@@ -346,11 +355,6 @@ std::uint32_t rows_crc(const unsigned char* first, std::size_t stride, std::size
 }
 }  // namespace
 
-void pwrite_all(int fd, const void* data, std::size_t n, std::int64_t at, const std::string& what) {
-  std::vector<iovec> one{iovec{const_cast<void*>(data), n}};  // pwritev only reads it
-  if (n > 0) io_all(fd, true, one, at, what);
-}
-
 void IoStream::add(unsigned char* p, std::size_t n) {
   if (n == 0) return;
   if (!iov_.empty() && static_cast<unsigned char*>(iov_.back().iov_base) + iov_.back().iov_len == p &&
@@ -416,6 +420,17 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
                                         static_cast<std::size_t>(mem_start[1])) * g.col_bytes
                                      : nd == 1 ? static_cast<std::size_t>(mem_start[0]) * g.col_bytes : 0;
   const bool empty = s.numel() == 0 || rb.numel() == 0;
+  // tile (b, j) of rows [ra, re) must hash to its recorded CRC
+  auto check = [&](std::int64_t b, std::int64_t j, std::int64_t ra, std::int64_t re, std::uint32_t got) {
+    const std::uint32_t want = s.crc32c[static_cast<size_t>(b * g.col_blocks + j)];
+    if (got == want) return;
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "stored %08x, computed %08x", want, got);
+    const std::int64_t ca = j * g.block_cols, ce = std::min(g.n1, ca + g.block_cols);
+    throw InputError(concat(where, ": checksum mismatch in block ", b * g.col_blocks + j, " (rows [", ra, ", ", re, ")",
+                            nd >= 2 ? concat(", columns [", ca, ", ", ce, ")") : std::string(), "): ", buf,
+                            "; the file is corrupt"));
+  };
   if (s.tiled && !empty) {
     // one read per tile straight into place, its CRC-32C right after (still in cache)
     const int fd = dataset_fd(dataset);
@@ -434,15 +449,7 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
           throw InputError(concat(where, ": read of block ", b * g.col_blocks + j, " failed", err.what()));
         }
         bytes += (re - ra) * static_cast<std::int64_t>(seg);
-        const std::uint32_t got = rows_crc(first, stride, seg, re - ra);
-        const std::uint32_t want = s.crc32c[static_cast<size_t>(b * g.col_blocks + j)];
-        if (got != want) {
-          char buf[64];
-          std::snprintf(buf, sizeof buf, "stored %08x, computed %08x", want, got);
-          throw InputError(concat(where, ": checksum mismatch in block ", b * g.col_blocks + j, " (rows [", ra, ", ", re,
-                                  ")", nd >= 2 ? concat(", columns [", ca, ", ", ce, ")") : std::string(), "): ", buf,
-                                  "; the file is corrupt"));
-        }
+        check(b, j, ra, re, rows_crc(first, stride, seg, re - ra));
       }
     }
     return bytes;
@@ -501,17 +508,7 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
     } else {
       std::fill(got.begin(), got.end(), 0u);  // tiles without bytes: the CRC of nothing
     }
-    for (std::int64_t j = j_lo; j < j_hi; ++j) {
-      const std::uint32_t want = s.crc32c[static_cast<size_t>(b * g.col_blocks + j)];
-      if (got[static_cast<size_t>(j - j_lo)] != want) {
-        char buf[64];
-        std::snprintf(buf, sizeof buf, "stored %08x, computed %08x", want, got[static_cast<size_t>(j - j_lo)]);
-        const std::int64_t ca = j * g.block_cols, ce = std::min(g.n1, ca + g.block_cols);
-        throw InputError(concat(where, ": checksum mismatch in block ", b * g.col_blocks + j, " (rows [", ra, ", ", re,
-                                ")", nd >= 2 ? concat(", columns [", ca, ", ", ce, ")") : std::string(), "): ", buf,
-                                "; the file is corrupt"));
-      }
-    }
+    for (std::int64_t j = j_lo; j < j_hi; ++j) check(b, j, ra, re, got[static_cast<size_t>(j - j_lo)]);
   }
   return bytes;
 }

@@ -84,6 +84,14 @@ struct TileGeometry {
 TileGeometry tile_geometry(const Shape& extent, std::size_t elem_size, std::int64_t block_rows, std::int64_t block_cols);
 TileGeometry tile_geometry(const TensorRecord& t, const ShardRecord& s);
 
+/// Where HDF5 stores tile k (row-major tile order) of a tiled dataset of rank nd: its chunk's
+/// byte offset and size; found = false when HDF5 reports none (or a filtered chunk).
+struct TileStorage {
+  bool found = false;
+  std::int64_t offset = -1, bytes = 0;
+};
+TileStorage tile_storage(hid_t dataset, const TileGeometry& g, std::size_t nd, std::int64_t k);
+
 /// CRC-32C of column tiles j_lo..j_hi-1 over `rows` rows (of one row block): row r starts at
 /// base + r*stride with the byte of shard column col0 (<= j_lo*block_cols). out[j - j_lo].
 void tile_crcs(const TileGeometry& g, const unsigned char* base, std::size_t stride, std::int64_t rows,
@@ -137,9 +145,6 @@ class IoStream {
 /// written as zeros). Throws Error naming `what` and the byte on failure or a short file.
 void tile_io(int fd, bool write, std::int64_t chunk_at, unsigned char* first, std::size_t stride, std::size_t seg,
              std::size_t chunk_row, std::int64_t rows, const std::string& what);
-
-/// pwrite of all `n` bytes at `at` (retrying short writes); Error naming `what` otherwise.
-void pwrite_all(int fd, const void* data, std::size_t n, std::int64_t at, const std::string& what);
 
 /// Copies box `src_box` of a row-major array `src` (shape src_shape, dtype st) into box
 /// `dst_box` of a row-major array `dst` (shape dst_shape, dtype dt), converting elements.

@@ -307,7 +307,7 @@ Manifest Manifest::parse(const std::string& text, const std::string& where) {
         s.block_cols = get_int<std::int64_t>(js.at("block_cols"), where, "tensor '" + t.name + "' block_cols");
         SHARDFLOW_REQUIRE_INPUT(s.block_cols >= 1, where, ": tensor '", t.name, "': block_cols ", s.block_cols, " < 1");
         s.file_offset = get_int<std::int64_t>(js.at("file_offset"), where, "tensor '" + t.name + "' file_offset");
-        s.tiled = version >= 3 && !s.box.extent.empty() && s.box.numel() > 0;
+        s.tiled = version >= 3 && ShardRecord::tiles(s.box);
         for (const json& c : js.at("crc32c"))
           s.crc32c.push_back(parse_hex32(c.get<std::string>(), where, "tensor '" + t.name + "'"));
         t.shards.push_back(std::move(s));
