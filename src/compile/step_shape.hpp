@@ -85,6 +85,7 @@ struct StepShape {
   // strategy
   int zero = 0, prefetch = 1;
   DType gather_dtype = DType::F32, scatter_dtype = DType::F32;
+  DType act_comm_dtype = DType::F32;  // strategy.activation_comm_dtype (tensor-parallel activations)
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;
   // tensor / sequence parallel
   int tp = 1, tc = 0;

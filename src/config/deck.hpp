@@ -68,6 +68,9 @@ struct StrategySection {
   int64_t fsdp_min_weight_size = 1024;
   DType gather_dtype = DType::F32;
   DType grad_scatter_dtype = DType::F32;
+  /// The wire dtype of the activations and their gradients that tensor parallelism moves
+  /// (the partial-sum all-reduces and reduce-scatters, the sequence-parallel all-gathers).
+  DType activation_comm_dtype = DType::F32;
   int prefetch = 1;
   PipelineSchedule schedule = PipelineSchedule::OneFOneB;
   /// Virtual stages per pipeline rank: > 1 interleaves the 1f1b schedule (layers in

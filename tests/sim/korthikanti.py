@@ -56,6 +56,7 @@ global_batch = {r['global_batch']}
 micro_batches = {int(r['global_batch']) // int(r['micro_batch'])}
 precision = "f16"
 [strategy]
+activation_comm_dtype = "f16"
 schedule = "1f1b"
 virtual_stages = {r['interleave']}
 recompute = "{r['recompute']}"

@@ -45,21 +45,22 @@ void StepBuilder::comm_then(UseCtx& u, int t) {
   u.pending->push_back(t);
 }
 
-void StepBuilder::tp_all_reduce(UseCtx& u, BufRef buf, int64_t n, comm::ReduceOp op, const std::string& what) {
+void StepBuilder::tp_all_reduce(UseCtx& u, BufRef buf, int64_t n, comm::ReduceOp op, DType dt,
+                                const std::string& what) {
   const std::string w = what + u.mbs;
-  comm_then(u, emit_comm(all_reduce(s.groups.tensor, buf, n, op, DType::F32, w), "all_reduce " + w));
+  comm_then(u, emit_comm(all_reduce(s.groups.tensor, buf, n, op, dt, w), "all_reduce " + w));
 }
 
 void StepBuilder::tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what) {
   const std::string w = what + u.mbs;
   const int64_t T = s.tokens_mb, H = s.hidden;
-  comm_then(u, emit_comm(shard_gather(s.groups.tensor, 1, T, H, DType::F32, rows, full, T * H, w), "all_gather " + w));
+  comm_then(u, emit_comm(shard_gather(s.groups.tensor, 1, T, H, s.act_comm_dtype, rows, full, T * H, w), "all_gather " + w));
 }
 
 void StepBuilder::tp_reduce_scatter(UseCtx& u, BufRef full, BufRef rows, const std::string& what) {
   const std::string w = what + u.mbs;
   const int64_t T = s.tokens_mb, H = s.hidden;
-  comm_then(u, emit_comm(shard_scatter(s.groups.tensor, 1, T, H, DType::F32, full, rows, false, comm::ReduceOp::Sum,
+  comm_then(u, emit_comm(shard_scatter(s.groups.tensor, 1, T, H, s.act_comm_dtype, full, rows, false, comm::ReduceOp::Sum,
                                        T * H, w),
                          "reduce_scatter " + w));
 }
@@ -70,7 +71,7 @@ void StepBuilder::tp_sum(UseCtx& u, int full, int rows, const std::string& what)
   if (s.sp)
     tp_reduce_scatter(u, {full}, {rows}, what);
   else if (s.tp > 1)
-    tp_all_reduce(u, {full}, s.tokens_mb * s.hidden, comm::ReduceOp::Sum, what);
+    tp_all_reduce(u, {full}, s.tokens_mb * s.hidden, comm::ReduceOp::Sum, s.act_comm_dtype, what);
 }
 
 // sequence parallel: the whole dx before a row-parallel backward
@@ -250,7 +251,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       if (s.sp) {  // the positions joined the partial sums on tensor rank 0
         tp_reduce_scatter(u, {b.y}, {b.x[static_cast<size_t>(xsl)]}, "embed");
       } else {
-        if (tp) tp_all_reduce(u, {b.x[static_cast<size_t>(xsl)]}, T * H, comm::ReduceOp::Sum, "embed");
+        if (tp) tp_all_reduce(u, {b.x[static_cast<size_t>(xsl)]}, T * H, comm::ReduceOp::Sum, s.act_comm_dtype, "embed");
         if (!s.llama) run(u, op(StepOp::PosEmbed), "pos_embed");  // llama: RoPE, in attention
       }
       break;
@@ -279,9 +280,9 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       run(u, op(StepOp::FinalNorm), "final_norm");
       if (s.sp) tp_all_gather(u, {b.nf, s.t0 * H}, {b.nf}, "final_norm.out");
       run(u, op(StepOp::Logits), "logits");
-      if (tp) tp_all_reduce(u, {b.row_max}, T, comm::ReduceOp::Max, "loss.row_max");
+      if (tp) tp_all_reduce(u, {b.row_max}, T, comm::ReduceOp::Max, DType::F32, "loss.row_max");
       run(u, op(StepOp::SumExp), "sumexp");
-      if (tp) tp_all_reduce(u, {b.stats}, 2 * T, comm::ReduceOp::Sum, "loss.stats");
+      if (tp) tp_all_reduce(u, {b.stats}, 2 * T, comm::ReduceOp::Sum, DType::F32, "loss.stats");
       if (s.evaluate) {
         run(u, op(StepOp::LossValue), "loss");
         break;
@@ -302,7 +303,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       if (s.moe_layer(l)) {
         const MoeBuffers& m = moe(l, xsl);
         run(u, op(StepOp::MoeCombineBwd, l), "combine");
-        if (tp) tp_all_reduce(u, {b.moe_dgate}, T * s.top_k, comm::ReduceOp::Sum, lp + ".experts.dgate");
+        if (tp) tp_all_reduce(u, {b.moe_dgate}, T * s.top_k, comm::ReduceOp::Sum, DType::F32, lp + ".experts.dgate");
         if (ep) ep_rows(u, l, xsl, true, m.y_send, m.y_recv, lp + ".experts.dy");
         run(u, op(StepOp::MoeExpertsBwd, l), "experts");
         if (ep) ep_rows(u, l, xsl, false, m.y_recv, m.x_send, lp + ".experts.dx");

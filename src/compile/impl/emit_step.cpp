@@ -44,8 +44,9 @@ void pool_staging(StepProgram& prog) {
   for (int i = 0; i < static_cast<int>(prog.tasks.size()); ++i) {
     CommOp& c = prog.tasks[static_cast<size_t>(i)].comm;
     if (!prog.tasks[static_cast<size_t>(i)].is_comm || c.staging_bytes == 0) continue;
-    SHARDFLOW_REQUIRE(c.kind == comm::CollectiveKind::AllGather || c.kind == comm::CollectiveKind::ReduceScatter,
-                      "step compiler: only shard collectives stage, not task ", i);
+    SHARDFLOW_REQUIRE(c.kind == comm::CollectiveKind::AllGather || c.kind == comm::CollectiveKind::ReduceScatter ||
+                          c.kind == comm::CollectiveKind::AllReduce,
+                      "step compiler: only shard collectives and cast all-reduces stage, not task ", i);
     const auto key = std::make_pair(parallel::group_key(c.axes), static_cast<int>(c.kind));
     auto it = pools.find(key);
     if (it == pools.end()) {
@@ -102,6 +103,9 @@ CommOp StepBuilder::all_reduce(const parallel::Axes& axes, BufRef buf, int64_t n
   c.src = buf;
   c.dst = out.valid() ? out : buf;
   c.count = n;
+  // f32 and f64 reduce in place; a 16-bit wire (of f32 data) casts into staging, reduces
+  // there and casts back
+  if (dt == DType::BF16 || dt == DType::F16) c.staging_bytes = n * static_cast<int64_t>(dtype_size(dt));
   return c;
 }
 

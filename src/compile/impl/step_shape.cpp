@@ -156,6 +156,7 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
                           deck.where("strategy.prefetch"), ")");
   s.gather_dtype = deck.strategy.gather_dtype;
   s.scatter_dtype = deck.strategy.grad_scatter_dtype;
+  s.act_comm_dtype = deck.strategy.activation_comm_dtype;
   s.schedule = deck.strategy.schedule;
   s.micro = deck.train.micro_batches;
   SHARDFLOW_REQUIRE_INPUT(s.micro >= 1, "train.micro_batches = ", s.micro, " must be >= 1");

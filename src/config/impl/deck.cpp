@@ -70,6 +70,7 @@ const std::vector<KeySpec>& schema() {
       {"strategy", "fsdp_min_weight_size", KeyType::Int},
       {"strategy", "gather_dtype", KeyType::String},
       {"strategy", "grad_scatter_dtype", KeyType::String},
+      {"strategy", "activation_comm_dtype", KeyType::String},
       {"strategy", "prefetch", KeyType::Int},
       {"strategy", "schedule", KeyType::String},
       {"strategy", "virtual_stages", KeyType::Int},
@@ -383,6 +384,8 @@ class DeckBuilder {
     get_i64("strategy.fsdp_min_weight_size", d.strategy.fsdp_min_weight_size, 0);
     d.strategy.gather_dtype = float_dtype("strategy.gather_dtype", d.strategy.gather_dtype);
     d.strategy.grad_scatter_dtype = float_dtype("strategy.grad_scatter_dtype", d.strategy.grad_scatter_dtype);
+    d.strategy.activation_comm_dtype =
+        float_dtype("strategy.activation_comm_dtype", d.strategy.activation_comm_dtype);
     get_int("strategy.prefetch", d.strategy.prefetch, 0);
     if (auto* v = find("strategy.schedule")) {
       if (v->s == "gpipe")
@@ -669,7 +672,8 @@ std::string deck_to_toml(const Deck& d) {
   os << "[strategy]\nzero_stage = " << d.strategy.zero_stage
      << "\nfsdp_min_weight_size = " << d.strategy.fsdp_min_weight_size << "\ngather_dtype = \""
      << dtype_name(d.strategy.gather_dtype) << "\"\ngrad_scatter_dtype = \""
-     << dtype_name(d.strategy.grad_scatter_dtype) << "\"\nprefetch = " << d.strategy.prefetch << "\nschedule = \""
+     << dtype_name(d.strategy.grad_scatter_dtype) << "\"\nactivation_comm_dtype = \""
+     << dtype_name(d.strategy.activation_comm_dtype) << "\"\nprefetch = " << d.strategy.prefetch << "\nschedule = \""
      << schedule_name(d.strategy.schedule) << "\"\nvirtual_stages = " << d.strategy.virtual_stages
      << "\nsequence_parallel = " << (d.strategy.sequence_parallel ? "true" : "false") << "\nrecompute = \""
      << recompute_name(d.strategy.recompute) << "\"\n\n";

@@ -464,7 +464,23 @@ graph::CommStartFn Trainer::Impl::bind_comm(const compile::TaskSpec& t) {
       const auto n = static_cast<size_t>(o.count);
       const DType dt = o.dtype;
       const comm::ReduceOp op = o.op;
-      return [c, src, dst, n, dt, op] { return as_poller(c->all_reduce(src, dst, n, dt, op)); };
+      if (o.staging_bytes == 0) return [c, src, dst, n, dt, op] { return as_poller(c->all_reduce(src, dst, n, dt, op)); };
+      // f32 data on a 16-bit wire (strategy.activation_comm_dtype): cast into the staging,
+      // reduce it there, cast the result back when it completes
+      SHARDFLOW_REQUIRE(o.staging_bytes == static_cast<int64_t>(n * dtype_size(dt)), "step program: '", t.name,
+                        "' needs ", n * dtype_size(dt), " staging bytes, the compiler counted ", o.staging_bytes);
+      char* st = arena(o);
+      const auto* fsrc = static_cast<const float*>(src);
+      auto* fdst = static_cast<float*>(dst);
+      return [c, fsrc, fdst, st, n, dt, op]() -> std::function<bool()> {
+        detail::cast_out(fsrc, st, static_cast<int64_t>(n), dt);
+        auto done = as_poller(c->all_reduce(st, st, n, dt, op));
+        return [done, st, fdst, n, dt] {
+          if (!done()) return false;
+          detail::cast_in(st, fdst, static_cast<int64_t>(n), dt);
+          return true;
+        };
+      };
     }
     case K::AllGather:
     case K::ReduceScatter: {
