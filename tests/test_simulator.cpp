@@ -148,6 +148,45 @@ TEST(Simulate, DataParallelAllReduceCostsTheRingFormula) {
   EXPECT_NEAR(node.comm_busy_s.at("data"), bytes / 100e9, 1e-9 * bytes / 100e9);
 }
 
+// strategy.activation_comm_dtype: the tensor axis's activation all-reduces move half the
+// bytes on a bf16 wire and pay their casts through staging at memory speed; the loss
+// statistics stay f32. Two tensor ranks in one node, no latency: each all-reduce costs its
+// bytes over the link, plus twice its staging over the memory bandwidth.
+TEST(Simulate, TensorActivationsOnASixteenBitWire) {
+  const std::string mesh = "data = 1\ntensor = 2";
+  const Deck f32 = deck_of(deck_text(mesh, "precision = \"bf16\"\n"));
+  const Deck b16 = deck_of(deck_text(mesh, "precision = \"bf16\"\n", "activation_comm_dtype = \"bf16\"\n"));
+  const sim::Cluster c = sim::parse_cluster(cluster_text(100, 1, 2), "t.toml");
+  auto expected = [&](const Deck& d, double* act_bytes) {
+    const auto prog = compile::compile_step(d, compile::layout_plan(d, d.mesh.to_mesh_shape()), 0);
+    double seconds = 0;
+    *act_bytes = 0;
+    for (const auto& t : prog.tasks) {
+      if (!t.is_comm || t.comm.axes != parallel::Axes{"tensor"}) continue;
+      EXPECT_EQ(t.comm.kind, comm::CollectiveKind::AllReduce) << t.name;
+      const double bytes = static_cast<double>(t.comm.tensor_bytes());
+      if (t.comm.dtype == DType::F64) {  // the loss and gradient-norm sums
+        seconds += bytes / 100e9;
+        continue;
+      }
+      const bool stats = t.name.find("loss.") != std::string::npos;
+      EXPECT_EQ(t.comm.dtype, stats ? DType::F32 : d.strategy.activation_comm_dtype) << t.name;
+      if (!stats) *act_bytes += bytes;
+      seconds += bytes / 100e9 + 2.0 * static_cast<double>(t.comm.staging_bytes) / 1000e9;
+    }
+    return seconds;
+  };
+  double a32 = 0, a16 = 0;
+  const double want32 = expected(f32, &a32), want16 = expected(b16, &a16);
+  ASSERT_GT(a32, 1e6);
+  EXPECT_DOUBLE_EQ(a16, a32 / 2);
+  const sim::SimResult r32 = sim::simulate(f32, c), r16 = sim::simulate(b16, c);
+  EXPECT_NEAR(r32.comm_busy_s.at("tensor"), want32, 1e-9 * want32);
+  EXPECT_NEAR(r16.comm_busy_s.at("tensor"), want16, 1e-9 * want16);
+  EXPECT_LT(r16.comm_busy_s.at("tensor"), 0.8 * r32.comm_busy_s.at("tensor"));
+  EXPECT_LT(r16.step_time_s, r32.step_time_s);
+}
+
 // The pipeline bubble of 1F1B and GPipe on p stages and m micro-batches is about
 // (p − 1) / (m + p − 1) when the links are free; interleaving shrinks it.
 TEST(Simulate, PipelineBubbleFollowsTheSchedule) {

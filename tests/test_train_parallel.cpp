@@ -254,6 +254,10 @@ TEST_P(Precision, MatchesOneRankOfTheSamePrecision) {
 }
 
 const char* kSelective = "recompute = \"selective\"\n";
+const char* kCommBf16 = "activation_comm_dtype = \"bf16\"\n";
+const char* kCommF16 = "activation_comm_dtype = \"f16\"\n";
+const char* kSpCommBf16 = "sequence_parallel = true\nactivation_comm_dtype = \"bf16\"\n";
+const char* kPpSpCommBf16 = "schedule = \"1f1b\"\nsequence_parallel = true\nactivation_comm_dtype = \"bf16\"\n";
 const char* kFull = "recompute = \"full\"\n";
 
 INSTANTIATE_TEST_SUITE_P(
@@ -268,7 +272,13 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"f16_dp2", 2, "data = 2", 0, 1, "", 0, "f16"},
                       Case{"f16_tp2", 2, "data = 1\ntensor = 2", 0, 2, "", 0, "f16"},
                       Case{"bf16_fsdp2_tp2", 4, "data = 1\nfsdp = 2\ntensor = 2", 3, 1, "", 0, "bf16"},
-                      Case{"bf16_pp2_tp2", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 4, k1F1B, 0, "bf16"}),
+                      Case{"bf16_pp2_tp2", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 4, k1F1B, 0, "bf16"},
+                      // strategy.activation_comm_dtype: the tensor axis's activations on a 16-bit wire
+                      Case{"bf16_tp2_comm16", 2, "data = 1\ntensor = 2", 0, 1, kCommBf16, 0, "bf16"},
+                      Case{"bf16_tp2_sp_comm16", 2, "data = 1\ntensor = 2", 0, 2, kSpCommBf16, 0, "bf16"},
+                      Case{"f16_tp2_comm16", 2, "data = 1\ntensor = 2", 0, 2, kCommF16, 0, "f16"},
+                      Case{"bf16_pp2_tp2_sp_comm16", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 4, kPpSpCommBf16, 0,
+                           "bf16"}),
     [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });
 
 TEST(Precision, SixteenBitsRoundButStayCloseToF32) {
@@ -287,6 +297,19 @@ TEST(Precision, SixteenBitsRoundButStayCloseToF32) {
       EXPECT_EQ(q.losses, r.losses) << p << " " << rc;
     }
   }
+}
+
+// strategy.activation_comm_dtype rounds on the wire: the same tensor-parallel run with the
+// partial sums all-reduced in bf16 is not the f32-wire run bit for bit (it stays within the
+// Precision suite's tolerance of one rank above), and is the same run again.
+TEST(Precision, SixteenBitActivationCommRoundsTheTensorSums) {
+  if (test::world_size() != 2) GTEST_SKIP() << "runs on 2 ranks";
+  const std::string f32 = with_train(deck_text("data = 1\ntensor = 2", 0, 1), "precision = \"bf16\"\n");
+  const std::string b16 =
+      with_train(deck_text("data = 1\ntensor = 2", 0, 1, kCommBf16), "precision = \"bf16\"\n");
+  const TrainRun a = run_training(f32, MPI_COMM_WORLD, 5), b = run_training(b16, MPI_COMM_WORLD, 5);
+  EXPECT_NE(a.losses, b.losses) << "a bf16 wire gives the f32 wire's losses bit for bit: nothing was rounded";
+  EXPECT_EQ(b.losses, run_training(b16, MPI_COMM_WORLD, 5).losses) << "not bitwise reproducible";
 }
 
 // f16's dynamic loss scale: a start far too large overflows, the step is skipped (the

@@ -34,6 +34,10 @@ CASES = [
                                          "strategy.recompute=\"full\"", "train.precision=\"bf16\""]),
     ("tp2 sp selective bf16", ["mesh.data=1", "mesh.tensor=2", "strategy.sequence_parallel=true",
                                "strategy.recompute=\"selective\"", "train.precision=\"bf16\""]),
+    ("tp2 bf16 activation comm", ["mesh.data=1", "mesh.tensor=2", "train.precision=\"bf16\"",
+                                  "strategy.activation_comm_dtype=\"bf16\""]),
+    ("tp2 sp f16 activation comm", ["mesh.data=1", "mesh.tensor=2", "strategy.sequence_parallel=true",
+                                    "train.precision=\"f16\"", "strategy.activation_comm_dtype=\"f16\""]),
     # the Llama family (issue 16): GQA split and replicated over tensor, context parallelism
     ("llama tp2 kv1", ["model.family=\"llama\"", "model.kv_heads=1", "mesh.data=1", "mesh.tensor=2"]),
     ("llama cp2", ["model.family=\"llama\"", "model.kv_heads=2", "mesh.data=1", "mesh.context=2"]),
