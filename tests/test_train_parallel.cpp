@@ -257,6 +257,7 @@ const char* kSelective = "recompute = \"selective\"\n";
 const char* kCommBf16 = "activation_comm_dtype = \"bf16\"\n";
 const char* kCommF16 = "activation_comm_dtype = \"f16\"\n";
 const char* kSpCommBf16 = "sequence_parallel = true\nactivation_comm_dtype = \"bf16\"\n";
+const char* kPpCommBf16 = "schedule = \"1f1b\"\nactivation_comm_dtype = \"bf16\"\n";
 const char* kPpSpCommBf16 = "schedule = \"1f1b\"\nsequence_parallel = true\nactivation_comm_dtype = \"bf16\"\n";
 const char* kFull = "recompute = \"full\"\n";
 
@@ -277,6 +278,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"bf16_tp2_comm16", 2, "data = 1\ntensor = 2", 0, 1, kCommBf16, 0, "bf16"},
                       Case{"bf16_tp2_sp_comm16", 2, "data = 1\ntensor = 2", 0, 2, kSpCommBf16, 0, "bf16"},
                       Case{"f16_tp2_comm16", 2, "data = 1\ntensor = 2", 0, 2, kCommF16, 0, "f16"},
+                      // ... and the pipeline's x and dx through 16-bit send and receive rings
+                      Case{"bf16_pp2_comm16", 2, "data = 1\npipeline = 2", 0, 4, kPpCommBf16, 0, "bf16"},
                       Case{"bf16_pp2_tp2_sp_comm16", 4, "data = 1\npipeline = 2\ntensor = 2", 0, 4, kPpSpCommBf16, 0,
                            "bf16"}),
     [](const ::testing::TestParamInfo<Case>& pinfo) { return std::string(pinfo.param.name); });

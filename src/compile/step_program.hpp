@@ -76,6 +76,9 @@ struct BufferPlan {
   std::vector<std::vector<MoeBuffers>> moes;  // [local layer][act slot]; empty for a dense layer
   int moe_dgate = -1, moe_dh = -1, moe_dgu = -1, moe_dlogits = -1;
   std::vector<int> x, dx, x_recv, dx_recv;  // per act slot: residual stream, its gradient, pipeline receive rings
+  /// strategy.activation_comm_dtype of 16 bits: the receive rings hold that dtype, and x / dx
+  /// are narrowed into these send rings before they go (per act slot; empty for an f32 wire)
+  std::vector<int> x_send, dx_send;
   int y_rows = -1, dn_rows = -1, dx_full = -1;  // sequence parallel
   int y = -1, dn = -1, dh = -1, dgu = -1, datt = -1, dqkv = -1, dprobs = -1;
   ActBuffers work;          // mixed precision: f32 work set of the 16-bit kept activations (qkv .. h)
@@ -152,6 +155,7 @@ struct ComputeOp {
   int step = -1;      // AttnRing / AttnRingBwd: the ring step (block of context rank cc − step)
   BufRef src, dst;    // Copy
   int64_t n = 0;      // Copy
+  DType cast = DType::F32;  // Copy: the dtype of its 16-bit side (a pipeline wire ring), f32 for a plain copy
 };
 
 struct CommOp {

@@ -36,6 +36,8 @@ CASES = [
                                "strategy.recompute=\"selective\"", "train.precision=\"bf16\""]),
     ("tp2 bf16 activation comm", ["mesh.data=1", "mesh.tensor=2", "train.precision=\"bf16\"",
                                   "strategy.activation_comm_dtype=\"bf16\""]),
+    ("pp2 1f1b m4 bf16 activation comm", ["mesh.data=1", "mesh.pipeline=2", "train.micro_batches=4",
+                                         "train.precision=\"bf16\"", "strategy.activation_comm_dtype=\"bf16\""]),
     ("tp2 sp f16 activation comm", ["mesh.data=1", "mesh.tensor=2", "strategy.sequence_parallel=true",
                                     "train.precision=\"f16\"", "strategy.activation_comm_dtype=\"f16\""]),
     # the Llama family (issue 16): GQA split and replicated over tensor, context parallelism

@@ -170,8 +170,19 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
     for (int k = 0; k < c.slots; ++k) {
       b.x.push_back(act("x", Tr * H));
       b.dx.push_back(act("dx", Tr * H));
-      b.x_recv.push_back(c.gc > 0 ? act("x_recv", Tr * H) : -1);
-      b.dx_recv.push_back(c.gc < s.nchunks - 1 ? act("dx_recv", Tr * H) : -1);
+      if (s.act_comm_dtype == DType::F32) {
+        b.x_recv.push_back(c.gc > 0 ? act("x_recv", Tr * H) : -1);
+        b.dx_recv.push_back(c.gc < s.nchunks - 1 ? act("dx_recv", Tr * H) : -1);
+        continue;
+      }
+      // a 16-bit wire: x and dx travel through rings of that dtype on both sides
+      auto wire = [&](const char* n, bool used) {
+        return used ? b.add(n, Tr * H, s.act_comm_dtype, BufferClass::Activations) : -1;
+      };
+      b.x_recv.push_back(wire("x_recv", c.gc > 0));
+      b.dx_recv.push_back(wire("dx_recv", c.gc < s.nchunks - 1));
+      b.x_send.push_back(wire("x_send", c.gc < s.nchunks - 1));
+      b.dx_send.push_back(wire("dx_send", c.gc > 0 && !s.evaluate));
     }
   }
   if (s.sp) {

@@ -14,11 +14,12 @@ namespace shardflow::compile::detail {
 
 namespace {
 // x or dx of one micro-batch to (send) or from (recv) the neighbour stage `peer`
-CommOp pipeline_message(bool send, const std::string& what, BufRef buf, int64_t n, int peer) {
+CommOp pipeline_message(bool send, const std::string& what, BufRef buf, int64_t n, int peer, DType dt) {
   CommOp c;
   c.kind = send ? comm::CollectiveKind::Send : comm::CollectiveKind::Recv;
   c.axes = {axis::pipeline};
-  c.desc = {parallel::group_key(c.axes), send ? "send" : "recv", what, n, "f32", peer};
+  c.dtype = dt;
+  c.desc = {parallel::group_key(c.axes), send ? "send" : "recv", what, n, dtype_name(dt), peer};
   (send ? c.src : c.dst) = buf;
   c.count = n;
   c.peer = peer;
@@ -66,7 +67,7 @@ void StepBuilder::post_ready(int after) {
       const int act_slot = s.slot_of(msg.vc, msg.mb);
       const std::string what = msg_name(msg.fwd, msg.vc * s.pp + s.stage, msg.mb);
       const BufRef ring{(msg.fwd ? b.x_recv : b.dx_recv)[static_cast<size_t>(act_slot)]};
-      const int t = emit_comm(pipeline_message(false, what, ring, n, q), "recv " + what);
+      const int t = emit_comm(pipeline_message(false, what, ring, n, q, s.act_comm_dtype), "recv " + what);
       edge(after, t);
       (msg.fwd ? recv_x_ : recv_dx_)[gidx(msg.vc, msg.mb)] = t;
     }
@@ -90,6 +91,7 @@ void StepBuilder::emit_recv_copy(size_t gi) {
   cp.src = {(grp.forward ? b.x_recv : b.dx_recv)[static_cast<size_t>(xsl)]};
   cp.dst = {(grp.forward ? b.x : b.dx)[static_cast<size_t>(xsl)]};
   cp.n = s.Tr * s.hidden;
+  cp.cast = s.act_comm_dtype;  // a 16-bit ring widens into the act slot
   const int t = emit_compute({cp}, (grp.forward ? "recv.x" : "recv.dx") + mbs);
   chain(t);
   edge(rv, t);
@@ -107,8 +109,24 @@ void StepBuilder::emit_send(size_t gi, const std::vector<int>& pending) {
   const int64_t n = s.Tr * s.hidden;
   const int peer = grp.forward ? (s.stage + 1) % s.pp : (s.stage - 1 + s.pp) % s.pp;
   const std::string what = msg_name(grp.forward, grp.forward ? ch.gc + 1 : ch.gc - 1, j);
-  const BufRef out{(grp.forward ? b.x : b.dx)[static_cast<size_t>(xsl)]};
-  const int t = emit_comm(pipeline_message(true, what, out, n, peer), "send " + what);
+  BufRef out{(grp.forward ? b.x : b.dx)[static_cast<size_t>(xsl)]};
+  const std::vector<int>& wire = grp.forward ? b.x_send : b.dx_send;
+  if (!wire.empty()) {  // a 16-bit wire: narrow into the send ring once its last send is done
+    ComputeOp cp{StepOp::Copy};
+    cp.act_slot = xsl;
+    cp.src = out;
+    out = {wire[static_cast<size_t>(xsl)]};
+    cp.dst = out;
+    cp.n = n;
+    cp.cast = s.act_comm_dtype;
+    const std::string mbs = (s.vstages > 1 ? ".v" + std::to_string(vc) : "") + ".mb" + std::to_string(j);
+    const int c = emit_compute({cp}, (grp.forward ? "send.x" : "send.dx") + mbs);
+    chain(c);
+    for (int p : pending) edge(p, c);
+    const int K = ch.slots;
+    if (j >= K) edge((grp.forward ? send_x_ : send_dx_)[gidx(vc, j - K)], c);
+  }
+  const int t = emit_comm(pipeline_message(true, what, out, n, peer, s.act_comm_dtype), "send " + what);
   edge(last_, t);
   for (int p : pending) edge(p, t);
   (grp.forward ? send_x_ : send_dx_)[gidx(vc, j)] = t;

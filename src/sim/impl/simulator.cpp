@@ -104,8 +104,8 @@ Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec&
     switch (o.op) {
       case StepOp::Begin:
         break;
-      case StepOp::Copy:
-        k.bytes(2.0 * static_cast<double>(o.n) * 4);
+      case StepOp::Copy:  // f32 both sides, or one side a 16-bit pipeline wire ring
+        k.bytes(static_cast<double>(o.n) * static_cast<double>(4 + dtype_size(o.cast)));
         break;
       case StepOp::Embed:
         k.bytes(T * H * 4 * 2);

@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "core/half.hpp"
+#include "train/impl/shard_collectives.hpp"
 #include "train/impl/trainer_impl.hpp"
 
 namespace shardflow::train {
@@ -107,7 +108,13 @@ void Trainer::Impl::run_op(const compile::ComputeOp& o) {
   switch (o.op) {
     case StepOp::Begin: sums_local[0] = sums_local[1] = sums_local[2] = 0; return;
     case StepOp::Copy:
-      nn::Residual<float, Exec>::copy(cmat(F(o.src), Tr, cfg.hidden), mat(F(o.dst), Tr, cfg.hidden));
+      if (o.cast == DType::F32) {
+        nn::Residual<float, Exec>::copy(cmat(F(o.src), Tr, cfg.hidden), mat(F(o.dst), Tr, cfg.hidden));
+      } else if (prog.buffers.spec(o.dst.buf).dtype == o.cast) {  // narrow into a pipeline send ring
+        detail::cast_out(F(o.src), resolve(o.dst), o.n, o.cast);
+      } else {  // widen a pipeline receive ring into the act slot
+        detail::cast_in(resolve(o.src), F(o.dst), o.n, o.cast);
+      }
       return;
     case StepOp::Embed: embed_fwd_a(j, x, s); return;
     case StepOp::PosEmbed: embed_fwd_b(x, s); return;

@@ -394,6 +394,9 @@ void Trainer::Impl::allocate() {
     rxs.push_back(f(b.x_recv[k]));
     rdxs.push_back(f(b.dx_recv[k]));
   }
+  for (const auto* ring : {&b.x_recv, &b.dx_recv, &b.x_send, &b.dx_send})  // a 16-bit pipeline wire
+    for (int id : *ring)
+      if (id >= 0 && b.spec(id).dtype != DType::F32) wire16.push_back(hbuf[static_cast<size_t>(id)]);
   yl = f(b.y_rows);
   dnl = f(b.dn_rows);
   dxfull = f(b.dx_full);
@@ -435,6 +438,8 @@ void* Trainer::Impl::resolve(const compile::BufRef& r) {
   if (r.buf == b.norm_local) return &sq_local;
   if (r.buf == b.norm_total) return &sq_total;
   const auto& spec = b.spec(r.buf);
+  if (spec.dtype == DType::BF16 || spec.dtype == DType::F16)  // a pipeline wire ring
+    return hbuf[static_cast<size_t>(r.buf)].data() + r.off;
   SHARDFLOW_REQUIRE(spec.dtype == DType::F32, "step program: buffer '", spec.name, "' of dtype ",
                     dtype_name(spec.dtype), " cannot be a collective's operand");
   return F(r);
@@ -503,17 +508,16 @@ graph::CommStartFn Trainer::Impl::bind_comm(const compile::TaskSpec& t) {
                         " staging bytes, the compiler counted ", o.staging_bytes);
       return start;
     }
-    case K::Send: {
-      const float* buf = F(o.src);
-      return [c, buf, n = static_cast<size_t>(o.count), peer = o.peer] {
-        return as_poller(c->send(buf, n, DType::F32, peer));
-      };
-    }
+    case K::Send:
     case K::Recv: {
-      float* buf = F(o.dst);
-      return [c, buf, n = static_cast<size_t>(o.count), peer = o.peer] {
-        return as_poller(c->recv(buf, n, DType::F32, peer));
-      };
+      void* buf = resolve(o.kind == K::Send ? o.src : o.dst);
+      const auto& spec = prog.buffers.spec((o.kind == K::Send ? o.src : o.dst).buf);
+      SHARDFLOW_REQUIRE(spec.dtype == o.dtype, "step program: '", t.name, "' moves ", dtype_name(o.dtype),
+                        " through buffer '", spec.name, "' of ", dtype_name(spec.dtype));
+      const auto n = static_cast<size_t>(o.count);
+      if (o.kind == K::Send)
+        return [c, buf, n, dt = o.dtype, peer = o.peer] { return as_poller(c->send(buf, n, dt, peer)); };
+      return [c, buf, n, dt = o.dtype, peer = o.peer] { return as_poller(c->recv(buf, n, dt, peer)); };
     }
     case K::AllToAll: {
       MoeState* mst = &ms(o.moe_layer, o.moe_slot);
@@ -747,6 +751,7 @@ MemoryStats Trainer::memory() const {
   for (const auto& v : I.dxs) m.activations += view_bytes(v);
   for (const auto& v : I.rxs) m.activations += view_bytes(v);
   for (const auto& v : I.rdxs) m.activations += view_bytes(v);
+  for (const auto& v : I.wire16) m.activations += view_bytes(v);
   for (const FVec* v : {&I.yl, &I.dnl, &I.dxfull, &I.ybuf, &I.dn, &I.dh, &I.dgu, &I.datt, &I.dqkv, &I.dprobs, &I.rope, &I.kv_ring[0], &I.kv_ring[1], &I.dkv_ring[0],
                         &I.dkv_ring[1], &I.dkv_home, &I.ring_m, &I.ring_l, &I.ring_dvec, &I.ring_scratch, &I.nf,
                         &I.rstdf, &I.logits, &I.row_max, &I.stats})

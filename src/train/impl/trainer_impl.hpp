@@ -103,6 +103,7 @@ struct Trainer::Impl {
   std::vector<std::vector<MoeState>> moes;  // [local layer][act ring]; empty for dense layers
   FVec moe_dgate, moe_dh, moe_dgu, moe_dlogits;
   std::vector<FVec> xs, dxs, rxs, rdxs;  // per act ring: residual stream, its gradient, receive rings
+  std::vector<kern::HVec> wire16;        // a 16-bit pipeline wire: its receive and send rings
   FVec yl, dnl, dxfull;                  // sequence parallel: reduce-scattered rows, gathered dx
   FVec ybuf, dn, dh, dgu, datt, dqkv, dprobs, nf, rstdf, logits, row_max, stats;
   FVec rope;  // llama: the RoPE table [S, D]
