@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <map>
+#include <set>
 
 #include "compile/compiler.hpp"
 #include "compile/summary.hpp"
@@ -192,7 +193,10 @@ TEST(Compile, RecomputeKeepsOnlyWhatItShould) {
         const compile::StepShape& sh = with[r].shape;
         const int64_t T = sh.tokens_mb, H = sh.hidden, Tr = sh.Tr, S = sh.seq;
         const int64_t probs = sh.mb_seqs * sh.A_l * S * S;
-        const int64_t per_pair = full ? T * H + Tr + T * 3 * sh.H_l + probs + T * sh.H_l + Tr * H + T * H + Tr +
+        // a norm output per pair: its full rows, or under sequence parallelism the rows this
+        // rank made (the gathered copy is one buffer for all pairs, with or without recompute)
+        const int64_t nrm = sh.sp ? Tr * H : T * H;
+        const int64_t per_pair = full ? nrm + Tr + T * 3 * sh.H_l + probs + T * sh.H_l + Tr * H + nrm + Tr +
                                             T * 2 * sh.F_l + T * sh.F_l
                                       : probs;
         const double saved = compile::step_bytes(none[r], compile::BufferClass::Activations) -
@@ -209,6 +213,45 @@ TEST(Compile, RecomputeKeepsOnlyWhatItShould) {
     ADD_FAILURE() << "recompute with MoE accepted";
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("not available for MoE models yet"), std::string::npos) << e.what();
+  }
+}
+
+// Sequence parallelism keeps, per (layer, act slot), only the rows of the two norm outputs
+// that this rank made; the all-gathered n1 and n2 are one buffer each for the whole step,
+// gathered again from the kept rows before the backward reads them (not under full
+// recomputation, whose re-run forward has just gathered them). The f32 bytes this saves
+// against keeping the gathered copies are 2 · (pairs · T·H − pairs · Tr·H − T·H).
+TEST(Compile, SequenceParallelKeepsOnlyItsNormRows) {
+  for (const char* rc : {"none", "selective", "full"}) {
+    const auto progs = compile_all(deck_with({"mesh.tensor=4", "strategy.sequence_parallel=true",
+                                              std::string("strategy.recompute=\"") + rc + "\""}));
+    EXPECT_EQ(disagreement(progs), "") << rc;
+    for (const auto& p : progs) {
+      const auto& sh = p.shape;
+      const int64_t T = sh.tokens_mb, H = sh.hidden, Tr = sh.Tr;
+      ASSERT_LT(Tr, T);
+      std::map<std::string, std::set<int>> ids;  // buffer name -> distinct buffers
+      int64_t pairs = 0;
+      for (const auto& per : p.buffers.acts)
+        for (const auto& a : per) {
+          if (a.x_in < 0) continue;
+          ++pairs;
+          for (const auto& [name, id] : {std::make_pair("n1", a.n1), std::make_pair("n2", a.n2),
+                                         std::make_pair("n1_rows", a.n1_rows), std::make_pair("n2_rows", a.n2_rows)}) {
+            ASSERT_GE(id, 0) << rc << " " << name;
+            ids[name].insert(id);
+            EXPECT_EQ(p.buffers.spec(id).numel, std::string(name).find("rows") != std::string::npos ? Tr * H : T * H);
+          }
+        }
+      const bool full = std::string(rc) == "full";
+      EXPECT_EQ(ids["n1"].size(), 1u) << rc;
+      EXPECT_EQ(ids["n2"].size(), 1u) << rc;
+      EXPECT_EQ(static_cast<int64_t>(ids["n1_rows"].size()), full ? 1 : pairs) << rc;
+      int64_t again = 0;
+      for (const auto& t : p.tasks) again += t.is_comm && t.name.find("norm.out.again") != std::string::npos;
+      const int64_t layer_mbs = static_cast<int64_t>(p.buffers.acts.size()) * sh.micro;
+      EXPECT_EQ(again, full ? 0 : 2 * layer_mbs) << rc << ": one n1 and one n2 gather per layer backward";
+    }
   }
 }
 
@@ -274,8 +317,8 @@ TEST(Compile, RankOutsideTheMeshIsAnInputError) {
 
 // Rank 12345 of 16,384 devices: data 128 x tensor 8 x pipeline 16 (2 virtual stages), 96
 // layers, sequence parallel, ZeRO-1, 16 micro-batches. Counts per micro-batch and local
-// layer: sequence parallelism gathers 2 norm outputs forward and 2 dx backward, and
-// reduce-scatters 2 partial sums each way; pipeline: one send and one receive per chunk,
+// layer: sequence parallelism gathers 2 norm outputs forward, the same 2 again backward
+// (from the kept rows) and 2 dx, and reduce-scatters 2 partial sums each way; pipeline: one send and one receive per chunk,
 // direction and micro-batch, except at the pipeline's two ends.
 TEST(Compile, SixteenThousandDevicesInSeconds) {
   const Deck d = load_deck(SHARDFLOW_SOURCE_DIR "/inputs/cluster_175b.toml", {"mesh.data=128"});
@@ -296,7 +339,7 @@ TEST(Compile, SixteenThousandDevicesInSeconds) {
   for (const auto& c : sum.collectives) n[c.group + " " + c.kind] = c.count;
   const int64_t m = s.micro;
   const int64_t first = s.first_stage ? 1 : 0, last = s.last_stage ? 1 : 0;
-  EXPECT_EQ(n["tensor all_gather"], 4 * local_layers * m + (first + last) * m);
+  EXPECT_EQ(n["tensor all_gather"], 6 * local_layers * m + (first + last) * m);
   EXPECT_EQ(n["tensor reduce_scatter"], 4 * local_layers * m + first * m + last * m);
   EXPECT_EQ(n["pipeline send"], 2 * s.vstages * m - (first + last) * m);
   EXPECT_EQ(n["pipeline recv"], n["pipeline send"]);

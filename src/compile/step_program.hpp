@@ -58,6 +58,10 @@ struct ActBuffers {
   int x_in = -1, n1 = -1, rstd1 = -1, qkv = -1, probs = -1, att = -1, x_mid = -1, n2 = -1, rstd2 = -1, gu = -1,
       h = -1;
   int lse = -1;  // context parallel: the attention rows' log-sum-exp (instead of probs)
+  /// Sequence parallel: the norms' rows [Tr, H] this rank made, kept for the backward; n1 and
+  /// n2 are then one all-gathered copy that every layer shares (gathered again before the
+  /// backward reads it, as Megatron-LM does)
+  int n1_rows = -1, n2_rows = -1;
 };
 /// An MoE layer's routing and dispatch state per act slot. x_recv aliases x_send and
 /// y_send aliases y_recv when the expert axis has one rank.

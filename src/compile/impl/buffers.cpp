@@ -95,8 +95,18 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
   // rows' log-sum-exp, which is kept instead).
   const bool ring = s.cp > 1;
   const int64_t stats = s.mb_seqs * s.A_l * s.seq_local;  // one value per (sequence, head, row)
+  // Sequence parallel: a layer keeps the rows of its norm outputs that this rank made; the
+  // all-gathered n1 and n2 are one pair of buffers for every layer and slot, filled right
+  // before each reader (the forward's matmul, the backward's weight gradients).
+  int sp_n1 = -1, sp_n2 = -1;
+  auto norm_out = [&](const char* full, const char* rows, int& shared, int& kept_rows) {
+    if (!s.sp) return act(full, T * H);
+    if (shared < 0) shared = act(full, T * H);
+    kept_rows = act(rows, Tr * H);
+    return shared;
+  };
   auto fill = [&](ActBuffers& a, bool own_probs, bool per_slot) {
-    a.n1 = act("n1", T * H);
+    a.n1 = norm_out("n1", "n1_rows", sp_n1, a.n1_rows);
     a.rstd1 = act("rstd1", Tr);
     a.qkv = kept("qkv", T * s.qkv_cols(), per_slot);
     if (ring) {
@@ -109,7 +119,7 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
     }
     a.att = kept("att", T * s.H_l, per_slot);
     a.x_mid = act("x_mid", Tr * H);
-    a.n2 = act("n2", T * H);
+    a.n2 = norm_out("n2", "n2_rows", sp_n2, a.n2_rows);
     a.rstd2 = act("rstd2", Tr);
     a.gu = kept("gu", T * 2 * s.F_l, per_slot);
     a.h = kept("h", T * s.F_l, per_slot);

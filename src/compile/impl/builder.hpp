@@ -121,7 +121,7 @@ class StepBuilder {
   // the tensor axis's collectives: activations and their gradients travel in
   // strategy.activation_comm_dtype (s.act_comm_dtype), the loss statistics in f32
   void tp_all_reduce(UseCtx& u, BufRef buf, int64_t n, comm::ReduceOp op, DType dt, const std::string& what);
-  void tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what);
+  int tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what);  // its task
   void tp_reduce_scatter(UseCtx& u, BufRef full, BufRef rows, const std::string& what);
   void tp_sum(UseCtx& u, int full, int rows, const std::string& what);
   void dx_gather(UseCtx& u, int xsl, const std::string& what);

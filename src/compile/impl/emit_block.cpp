@@ -13,6 +13,7 @@
 // columns. The cross-entropy over the vocabulary slices all-reduces the row maxima and
 // (Σ exp, target logit).
 #include "compile/impl/builder.hpp"
+#include "core/error.hpp"
 #include "mesh/axes.hpp"
 
 namespace shardflow::compile::detail {
@@ -51,10 +52,12 @@ void StepBuilder::tp_all_reduce(UseCtx& u, BufRef buf, int64_t n, comm::ReduceOp
   comm_then(u, emit_comm(all_reduce(s.groups.tensor, buf, n, op, dt, w), "all_reduce " + w));
 }
 
-void StepBuilder::tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what) {
+int StepBuilder::tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what) {
   const std::string w = what + u.mbs;
   const int64_t T = s.tokens_mb, H = s.hidden;
-  comm_then(u, emit_comm(shard_gather(s.groups.tensor, 1, T, H, s.act_comm_dtype, rows, full, T * H, w), "all_gather " + w));
+  const int t = emit_comm(shard_gather(s.groups.tensor, 1, T, H, s.act_comm_dtype, rows, full, T * H, w), "all_gather " + w);
+  comm_then(u, t);
+  return t;
 }
 
 void StepBuilder::tp_reduce_scatter(UseCtx& u, BufRef full, BufRef rows, const std::string& what) {
@@ -228,7 +231,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
     ComputeOp norm1 = op(StepOp::AttnNorm, l);
     norm1.recompute = again;
     run(u, norm1, again ? "recompute.attn_norm" : "attn_norm");
-    if (s.sp) tp_all_gather(u, {a.n1, s.t0 * H}, {a.n1}, cp + ".attn_norm.out");
+    if (s.sp) tp_all_gather(u, {a.n1_rows}, {a.n1}, cp + ".attn_norm.out");
     run(u, op(StepOp::Attn, l), again ? "recompute.attn" : "attn");
     if (s.cp > 1) {
       ring_forward(
@@ -243,7 +246,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
     }
     tp_sum(u, b.y, b.y_rows, cp + ".attn.out");
     run(u, op(StepOp::MlpNorm, l), again ? "recompute.mlp_norm" : "mlp_norm");
-    if (s.sp) tp_all_gather(u, {a.n2, s.t0 * H}, {a.n2}, cp + ".mlp_norm.out");
+    if (s.sp) tp_all_gather(u, {a.n2_rows}, {a.n2}, cp + ".mlp_norm.out");
   };
   switch (use.kind) {
     case Fe:
@@ -300,6 +303,18 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
         run(u, op(StepOp::Mlp, l), "recompute.mlp");
       }
       dx_gather(u, xsl, lp + ".dx");
+      // sequence parallel: the norm outputs again, from the kept rows (full recomputation of a
+      // dense layer has just gathered them). n2 first, for the MLP's weight gradients; n1's
+      // gather overlaps the MLP backward, and only the attention backward waits for it.
+      int n1_again = kNone;
+      if (s.sp && !(s.recompute == Recompute::Full && !s.moe_layer(l))) {
+        const ActBuffers& a = act(l, xsl);
+        tp_all_gather(u, {a.n2_rows}, {a.n2}, lp + ".mlp_norm.out.again");
+        n1_again = tp_all_gather(u, {a.n1_rows}, {a.n1}, lp + ".attn_norm.out.again");
+        SHARDFLOW_REQUIRE(!u.pending->empty() && u.pending->back() == n1_again, "step compiler: ", lp,
+                          ": the n1 gather is not the last pending collective");
+        u.pending->pop_back();
+      }
       if (s.moe_layer(l)) {
         const MoeBuffers& m = moe(l, xsl);
         run(u, op(StepOp::MoeCombineBwd, l), "combine");
@@ -314,6 +329,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       tp_sum(u, b.dn, b.dn_rows, lp + ".mlp_norm.dout");
       run(u, op(StepOp::MlpNormBwd, l), "mlp_norm");
       dx_gather(u, xsl, lp + ".mlp.dx");
+      if (n1_again != kNone) u.pending->push_back(n1_again);
       if (s.recompute == Recompute::Selective && s.cp == 1) run(u, op(StepOp::AttnCore, l), "recompute.attn_core");
       run(u, op(StepOp::AttnBwd, l), "attn");
       if (s.cp > 1) {

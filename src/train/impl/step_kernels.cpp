@@ -181,11 +181,12 @@ void Trainer::Impl::embed_fwd_b(int act_slot, int ring) {
                                               cc);
 }
 
-// rmsnorm of this rank's residual rows x [Tr, H] into rows [t0, t0 + Tr) of `out` [T, H]
-void Trainer::Impl::norm_fwd(const Param& g, const float* x, float* out, float* rstd, int ring) {
+// rmsnorm of this rank's residual rows x [Tr, H] into `rows` [Tr, H] (rows [t0, t0 + Tr) of
+// the full output, or under sequence parallelism the kept rows that an all-gather spreads)
+void Trainer::Impl::norm_fwd(const Param& g, const float* x, float* rows, float* rstd, int ring) {
   const int64_t H = cfg.hidden;
-  nn::RmsNorm<float, Exec>::forward(cmat(x, Tr, H), cvec(pptr(g, ring), H), mat(out + t0 * H, Tr, H), vec(rstd, Tr));
-  round16(out + t0 * H, Tr * H);  // a matmul's input (the other rows: the ranks that made them)
+  nn::RmsNorm<float, Exec>::forward(cmat(x, Tr, H), cvec(pptr(g, ring), H), mat(rows, Tr, H), vec(rstd, Tr));
+  round16(rows, Tr * H);  // a matmul's input (the other rows: the ranks that made them)
 }
 
 // dx (+)= the rmsnorm backward of this rank's rows of dn (dnl under sp), gain gradient (+)=
@@ -209,7 +210,7 @@ void Trainer::Impl::layer_fwd_norm1(int l, int act_slot, int ring, bool recomput
   Acts& a = act(l, act_slot);
   if (!recompute)  // a re-run forward starts from the kept input
     nn::Residual<float, Exec>::copy(cmat(xs[static_cast<size_t>(act_slot)].data(), Tr, H), mat(a.x_in.data(), Tr, H));
-  norm_fwd(lw(l, 0), a.x_in.data(), a.n1.data(), a.rstd1.data(), ring);
+  norm_fwd(lw(l, 0), a.x_in.data(), sp ? a.n1r.data() : a.n1.data() + t0 * cfg.hidden, a.rstd1.data(), ring);
 }
 
 // qkv = n1 · [q | kv]ᵀ for this rank's heads, then (llama) RoPE on the query and key heads;
@@ -303,7 +304,7 @@ void Trainer::Impl::layer_fwd_norm2(int l, int act_slot, int ring) {
   Acts& a = act(l, act_slot);
   nn::Residual<float, Exec>::copy(cmat(a.x_in.data(), Tr, H), mat(a.x_mid.data(), Tr, H));
   nn::Residual<float, Exec>::add(mat(a.x_mid.data(), Tr, H), cmat(sp ? yl.data() : ybuf.data(), Tr, H));
-  norm_fwd(lw(l, 3), a.x_mid.data(), a.n2.data(), a.rstd2.data(), ring);
+  norm_fwd(lw(l, 3), a.x_mid.data(), sp ? a.n2r.data() : a.n2.data() + t0 * H, a.rstd2.data(), ring);
 }
 
 void Trainer::Impl::layer_fwd_mlp(int l, int act_slot, int ring) {
@@ -328,7 +329,8 @@ void Trainer::Impl::layer_fwd_end(int l, int act_slot) {
 }
 
 void Trainer::Impl::head_norm(int act_slot, int ring) {
-  norm_fwd(P("final_norm.weight"), xs[static_cast<size_t>(act_slot)].data(), nf.data(), rstdf.data(), ring);
+  norm_fwd(P("final_norm.weight"), xs[static_cast<size_t>(act_slot)].data(), nf.data() + t0 * cfg.hidden,
+           rstdf.data(), ring);
 }
 
 void Trainer::Impl::head_a(int ring) {

@@ -351,6 +351,8 @@ void Trainer::Impl::allocate() {
       o.rstd1 = f(a.rstd1);
       o.x_mid = f(a.x_mid);
       o.n2 = f(a.n2);
+      o.n1r = f(a.n1_rows);
+      o.n2r = f(a.n2_rows);
       o.rstd2 = f(a.rstd2);
       o.lse = f(a.lse);
       kept(a.qkv, b.work.qkv, o.qkv, o.qkv16);
@@ -733,7 +735,8 @@ MemoryStats Trainer::memory() const {
   for (const auto& per : I.acts)
     for (const auto& a : per)
       for (const FVec* v :
-           {&a.x_in, &a.n1, &a.rstd1, &a.qkv, &a.probs, &a.att, &a.x_mid, &a.n2, &a.rstd2, &a.gu, &a.h, &a.lse})
+           {&a.x_in, &a.n1, &a.rstd1, &a.qkv, &a.probs, &a.att, &a.x_mid, &a.n2, &a.rstd2, &a.gu, &a.h, &a.lse,
+            &a.n1r, &a.n2r})
         if (v->data() == nullptr || counted.insert(v->data()).second) m.activations += view_bytes(*v);
   for (const auto& per : I.acts)  // mixed precision's 16-bit kept activations (one set per slot)
     for (const auto& a : per)

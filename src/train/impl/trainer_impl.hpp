@@ -83,6 +83,7 @@ struct Trainer::Impl {
   struct Acts {
     FVec x_in, n1, rstd1, qkv, probs, att, x_mid, n2, rstd2, gu, h;
     FVec lse;  // context parallel: the attention rows' log-sum-exp
+    FVec n1r, n2r;  // sequence parallel: the norms' kept rows (n1, n2: the shared gathered copies)
     // Mixed precision: the 16-bit copies kept for the backward (empty when the activation is
     // kept in f32); qkv .. h above are then the shared f32 work set (prog.buffers.work).
     kern::HVec qkv16, probs16, att16, gu16, h16;
@@ -192,7 +193,7 @@ struct Trainer::Impl {
 
   void embed_fwd_a(int j, int act_slot, int ring);
   void embed_fwd_b(int act_slot, int ring);
-  void norm_fwd(const Param& g, const float* x, float* out, float* rstd, int ring);
+  void norm_fwd(const Param& g, const float* x, float* rows, float* rstd, int ring);
   void norm_bwd(const Param& g, const float* x, const float* rstd, int act_slot, int ring, int gring, bool acc,
                 bool acc_dx);
   void linear_backward(const float* dy, const float* x, const Param& w, int ring, int gring, bool acc, int64_t rows,
