@@ -50,7 +50,7 @@ def deck(r):
             f"hidden = {h}\nheads = {r['heads']}\nffn = {int(round(8 * h / 3 / 64)) * 64}\nlayers = {r['layers']}\n"
             f"[train]\nsteps = 1\nglobal_batch = {r['global_batch']}\n"
             f"micro_batches = {int(r['global_batch']) // int(r['micro_batch'])}\nprecision = \"f16\"\n"
-            f"[strategy]\nschedule = \"1f1b\"\nvirtual_stages = {r['interleave']}\nrecompute = \"{r['recompute']}\"\n"
+            f"[strategy]\nactivation_comm_dtype = \"f16\"\nschedule = \"1f1b\"\nvirtual_stages = {r['interleave']}\nrecompute = \"{r['recompute']}\"\n"
             f"sequence_parallel = {'true' if sel else 'false'}\n")
 
 print("# shardflow simulate (a100-80gb) and Calculon (systems/a100_80g.json) against Korthikanti et al. 2022 "
