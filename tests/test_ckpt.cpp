@@ -15,6 +15,7 @@
 #include <functional>
 #include <iterator>
 #include <set>
+#include <fcntl.h>
 #include <unistd.h>
 #include <cstring>
 #include <sstream>
@@ -215,13 +216,41 @@ TEST(Checkpoint, RestoresOntoEveryLayout) {
 
 /// Bytes this process has read with read()/pread() so far (/proc/self/io rchar; -1 when
 /// the kernel does not provide it).
-long long rchar() {
+long long proc_io(const char* what) {
   std::ifstream in("/proc/self/io");
   std::string key;
   long long v = -1;
   while (in >> key >> v)
-    if (key == "rchar:") return v;
+    if (key == what) return v;
   return -1;
+}
+long long rchar() { return proc_io("rchar:"); }  // bytes read by system calls
+
+// Drops the files of a checkpoint directory from the page cache (written back first), so
+// that the next read of them comes from storage and counts in /proc/self/io read_bytes.
+void evict_from_page_cache(const std::string& dir) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    const int fd = ::open(e.path().c_str(), O_RDONLY);
+    if (fd < 0) continue;
+    ::fdatasync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+}
+
+// Runs f with SHARDFLOW_CKPT_MMAP set to v (restore's tile reads: "1" through a memory map,
+// "0" with preadv), then restores the variable's previous state.
+template <class F>
+void with_tile_reads(const char* v, F&& f) {
+  const char* old = std::getenv("SHARDFLOW_CKPT_MMAP");
+  const std::string saved = old ? old : "";
+  ::setenv("SHARDFLOW_CKPT_MMAP", v, 1);
+  f();
+  if (old)
+    ::setenv("SHARDFLOW_CKPT_MMAP", saved.c_str(), 1);
+  else
+    ::unsetenv("SHARDFLOW_CKPT_MMAP");
 }
 
 // A tensor saved split by rows and restored split by columns (tensor-parallel column
@@ -343,9 +372,13 @@ TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
   RestoreStats st;
   RestoreOptions ro;
   ro.stats = &st;
-  const long long before = rchar();
-  restore(MPI_COMM_WORLD, root, {TensorState{"w", cols, DType::F32, got.data()}}, ro);
-  const long long after = rchar();
+  // tiles read with preadv: the process's read system calls carry the data
+  long long before = 0, after = 0;
+  with_tile_reads("0", [&] {
+    before = rchar();
+    restore(MPI_COMM_WORLD, root, {TensorState{"w", cols, DType::F32, got.data()}}, ro);
+    after = rchar();
+  });
   EXPECT_EQ(got, fill(cols, false));
   EXPECT_EQ(st.bytes_read, total / n) << "rank " << rank;
   if (before >= 0 && after >= 0) {
@@ -353,6 +386,29 @@ TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
     // on rank 0, the manifest: a few KiB per file
     EXPECT_GE(after - before, total / n);
     EXPECT_LE(after - before, total / n + 64 * 1024 * n) << "rank " << rank;
+  }
+  // tiles copied from a memory map: read from storage (cold page cache), only the pages of
+  // the ranks' column tiles come in (counted over all ranks: a page one rank's request
+  // brings in is in the cache for the others)
+  got = fill(cols, true);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) evict_from_page_cache(dir);
+  MPI_Barrier(MPI_COMM_WORLD);
+  with_tile_reads("1", [&] {
+    before = proc_io("read_bytes:");
+    restore(MPI_COMM_WORLD, root, {TensorState{"w", cols, DType::F32, got.data()}}, ro);
+    after = proc_io("read_bytes:");
+  });
+  EXPECT_EQ(got, fill(cols, false));
+  EXPECT_EQ(st.bytes_read, total / n) << "rank " << rank;
+  long long from_storage = before >= 0 ? after - before : -1, sum = 0, least = 0;
+  MPI_Allreduce(&from_storage, &sum, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+  MPI_Allreduce(&from_storage, &least, 1, MPI_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
+  if (least >= 0 && sum > 0) {  // (0: storage reads not accounted on this machine)
+    std::printf("rank %d: %lld bytes from storage, %lld over all ranks (tensor: %lld)\n", rank, from_storage, sum,
+                static_cast<long long>(total));
+    EXPECT_GE(sum, total);
+    EXPECT_LE(sum, total + 64 * 1024 * n * n) << "read-around into columns no rank needs";
   }
   // restoring the saved layout reads exactly this rank's rows
   std::vector<float> same = fill(rows, true);
@@ -387,16 +443,21 @@ TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
   MPI_Barrier(MPI_COMM_WORLD);
   std::vector<float> bad = fill(cols, true);
   const std::vector<float> untouched = bad;
-  try {
-    restore(MPI_COMM_WORLD, root, {TensorState{"w", cols, DType::F32, bad.data()}});
-    ADD_FAILURE() << "a damaged column tile was accepted";
-  } catch (const InputError& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find("'w'"), std::string::npos) << msg;
-    const std::string tile = "checksum mismatch in block 3 (rows [0, " + std::to_string(64 / n) + "), columns [3072, 4096))";
-    EXPECT_NE(msg.find(tile), std::string::npos) << msg;
+  for (const char* mapped : {"1", "0"}) {  // tiles copied from a map, and read with preadv
+    with_tile_reads(mapped, [&] {
+      try {
+        restore(MPI_COMM_WORLD, root, {TensorState{"w", cols, DType::F32, bad.data()}});
+        ADD_FAILURE() << "a damaged column tile was accepted (SHARDFLOW_CKPT_MMAP=" << mapped << ")";
+      } catch (const InputError& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("'w'"), std::string::npos) << msg;
+        const std::string tile =
+            "checksum mismatch in block 3 (rows [0, " + std::to_string(64 / n) + "), columns [3072, 4096))";
+        EXPECT_NE(msg.find(tile), std::string::npos) << msg;
+      }
+    });
+    EXPECT_EQ(bad, untouched);
   }
-  EXPECT_EQ(bad, untouched);
   // in place, the damage is found the same way, and every rank throws
   try {
     RestoreOptions ipb;
@@ -408,6 +469,21 @@ TEST(Checkpoint, ColumnRestoreReadsOnlyItsColumns) {
     const std::string tile = "checksum mismatch in block 3 (rows [0, " + std::to_string(64 / n) + "), columns [3072, 4096))";
     EXPECT_NE(msg.find(tile), std::string::npos) << msg;
   }
+  // a shard file cut short inside its tiles: a clear error naming the file on every rank,
+  // by either read path (never a fault on a mapped page past the end)
+  MPI_Barrier(MPI_COMM_WORLD);
+  const ShardRecord cut = read_manifest(dir).tensors.at(0).shards.at(0);
+  if (rank == 0) fs::resize_file(fs::path(dir) / cut.file, static_cast<std::uintmax_t>(cut.file_offset + cut.tile_bytes(4) / 2));
+  MPI_Barrier(MPI_COMM_WORLD);
+  for (const char* mapped : {"1", "0"})
+    with_tile_reads(mapped, [&] {
+      try {
+        restore(MPI_COMM_WORLD, root, {TensorState{"w", cols, DType::F32, bad.data()}});
+        ADD_FAILURE() << "a truncated shard file was accepted (SHARDFLOW_CKPT_MMAP=" << mapped << ")";
+      } catch (const InputError& e) {
+        EXPECT_NE(std::string(e.what()).find(cut.file), std::string::npos) << e.what();
+      }
+    });
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) fs::remove_all(root);
 }

@@ -25,6 +25,13 @@ std::uint32_t crc32c_strided(const void* base, std::size_t stride, std::size_t s
 /// Whether crc32c_strided runs at full speed for segments of `seg` bytes (carry-less
 /// multiply folding available and seg a multiple of 256); else it chains one CRC per segment.
 bool crc32c_strided_is_fast(std::size_t seg);
+/// Copies `count` segments of `seg` bytes, segment i from src + i * src_stride to
+/// dst + i * dst_stride, and returns the CRC-32C of the copied bytes in order (chained from
+/// `crc`): one pass, each byte loaded once, stored and folded from the same register, so the
+/// checksum is of exactly the bytes that were stored. Full speed when crc32c_strided_is_fast
+/// (seg); else a copy and a CRC per segment. The ranges must not overlap.
+std::uint32_t crc32c_copy_strided(void* dst, std::size_t dst_stride, const void* src, std::size_t src_stride,
+                                  std::size_t seg, std::size_t count, std::uint32_t crc = 0);
 /// The implementation crc32c runs on this CPU, in words.
 const char* crc32c_implementation();
 

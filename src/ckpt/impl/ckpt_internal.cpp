@@ -2,12 +2,16 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <Kokkos_Core.hpp>
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
+#include <memory>
 #include <cstdio>
 #include <ctime>
 #include <random>
@@ -312,6 +316,66 @@ Box tile_cover(const TensorRecord& t, const ShardRecord& s, const Box& want) {
   return rb;
 }
 
+namespace {
+// Whether a restore reads its tiles through a memory map of the shard file (one pass: each
+// byte copied into place and checksummed from the same register, no kernel copy before it)
+// or with preadv. SHARDFLOW_CKPT_MMAP=0 or 1 decides; otherwise the map, except on network
+// file systems, where each page fault becomes a round trip that one large read avoids.
+bool map_tiles(int fd) {
+  if (const char* e = std::getenv("SHARDFLOW_CKPT_MMAP")) return std::strcmp(e, "0") != 0;
+  struct statfs sf {};
+  if (::fstatfs(fd, &sf) != 0) return false;
+  switch (static_cast<unsigned long>(sf.f_type)) {
+    case 0x6969UL:      // NFS
+    case 0x0BD00BD0UL:  // Lustre
+    case 0x47504653UL:  // GPFS
+    case 0xFF534D42UL:  // CIFS
+    case 0xFE534D42UL:  // SMB2
+    case 0x65735546UL:  // FUSE
+    case 0x00C36400UL:  // Ceph
+    case 0x19830326UL:  // BeeGFS
+      return false;
+    default:
+      return true;
+  }
+}
+
+// A read-only map of [lo, hi) of a file (page-aligned below lo); at(off) is file byte off.
+struct FileMap {
+  void* base = MAP_FAILED;
+  std::size_t len = 0;
+  std::int64_t start = 0;
+  FileMap(int fd, std::int64_t lo, std::int64_t hi) {
+    const std::int64_t page = ::sysconf(_SC_PAGESIZE);
+    start = lo / page * page;
+    len = static_cast<std::size_t>(hi - start);
+    base = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(start));
+  }
+  ~FileMap() {
+    if (base != MAP_FAILED) ::munmap(base, len);
+  }
+  FileMap(const FileMap&) = delete;
+  FileMap& operator=(const FileMap&) = delete;
+  bool ok() const { return base != MAP_FAILED; }
+  const unsigned char* at(std::int64_t off) const { return static_cast<const unsigned char*>(base) + (off - start); }
+  // Brings [off, off + n) of the file into the page tables, reading from storage exactly
+  // the pages the page cache lacks (a partial read stays partial): first asked for as one
+  // readahead each (MADV_WILLNEED, asynchronous, no read-around), then faulted in
+  // (MADV_POPULATE_READ, Linux 5.14; where the kernel lacks it the copy faults them in).
+  void prefetch(const std::vector<std::pair<std::int64_t, std::int64_t>>& ranges) const {
+#ifndef MADV_POPULATE_READ
+    constexpr int MADV_POPULATE_READ = 22;  // (older headers lack it)
+#endif
+    const std::int64_t page = ::sysconf(_SC_PAGESIZE);
+    for (int advice : {MADV_WILLNEED, static_cast<int>(MADV_POPULATE_READ)})
+      for (const auto& [off, n] : ranges) {
+        const std::int64_t a = off / page * page;
+        ::madvise(const_cast<unsigned char*>(at(a)), static_cast<std::size_t>(off + n - a), advice);
+      }
+  }
+};
+}  // namespace
+
 int dataset_fd(hid_t dataset) {
   const hid_t file = CHECK_HDF5(H5Iget_file_id(dataset));
   void* handle = nullptr;
@@ -432,10 +496,36 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
                             "; the file is corrupt"));
   };
   if (s.tiled && !empty) {
-    // one read per tile straight into place, its CRC-32C right after (still in cache)
+    // Each tile straight into place and checked: copied from a map of the file with its
+    // CRC-32C folded on the way (crc32c_copy_strided), or read with one preadv and its CRC
+    // taken right after, while the bytes are still in cache.
     const int fd = dataset_fd(dataset);
     const std::int64_t tb = s.tile_bytes(dtype_size(t.dtype));
     const std::size_t chunk_row = static_cast<std::size_t>(g.block_cols) * g.col_bytes;
+    std::unique_ptr<FileMap> map;
+    if (map_tiles(fd)) {
+      const std::int64_t b_lo = a0 / g.block_rows, b_hi = (a1 + g.block_rows - 1) / g.block_rows;
+      const std::int64_t lo = s.file_offset + (b_lo * g.col_blocks + j_lo) * tb;
+      const std::int64_t hi = s.file_offset + ((b_hi - 1) * g.col_blocks + j_hi) * tb;
+      struct stat st {};
+      SHARDFLOW_REQUIRE(::fstat(fd, &st) == 0, where, ": fstat failed: ", std::strerror(errno));
+      if (static_cast<std::int64_t>(st.st_size) < hi)
+        throw InputError(concat(where, ": the file holds ", static_cast<std::int64_t>(st.st_size),
+                                " bytes but its tiles reach byte ", hi, "; the file is truncated"));
+      map = std::make_unique<FileMap>(fd, lo, hi);
+      if (!map->ok()) {
+        map.reset();  // (a file system that cannot map: read instead)
+      } else {
+        // every column block: the run [lo, hi) is all needed; else the tiles of each row block
+        std::vector<std::pair<std::int64_t, std::int64_t>> need;
+        if (j_lo == 0 && j_hi == g.col_blocks)
+          need.emplace_back(lo, hi - lo);
+        else
+          for (std::int64_t b = b_lo; b < b_hi; ++b)
+            need.emplace_back(s.file_offset + (b * g.col_blocks + j_lo) * tb, (j_hi - j_lo) * tb);
+        map->prefetch(need);
+      }
+    }
     std::int64_t bytes = 0;
     for (std::int64_t b = a0 / g.block_rows; b * g.block_rows < a1; ++b) {
       const std::int64_t ra = b * g.block_rows, re = std::min(a1, ra + g.block_rows);
@@ -443,8 +533,15 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
         const std::int64_t ca = j * g.block_cols, ce = std::min(g.n1, ca + g.block_cols);
         const std::size_t seg = static_cast<std::size_t>(ce - ca) * g.col_bytes;
         unsigned char* first = mem + origin + static_cast<std::size_t>(ra - a0) * stride + static_cast<std::size_t>(ca - c0) * g.col_bytes;
+        const std::int64_t chunk_at = s.file_offset + (b * g.col_blocks + j) * tb;
+        if (map) {
+          bytes += (re - ra) * static_cast<std::int64_t>(seg);
+          check(b, j, ra, re,
+                crc32c_copy_strided(first, stride, map->at(chunk_at), chunk_row, seg, static_cast<std::size_t>(re - ra)));
+          continue;
+        }
         try {
-          tile_io(fd, false, s.file_offset + (b * g.col_blocks + j) * tb, first, stride, seg, chunk_row, re - ra, "");
+          tile_io(fd, false, chunk_at, first, stride, seg, chunk_row, re - ra, "");
         } catch (const Error& err) {
           throw InputError(concat(where, ": read of block ", b * g.col_blocks + j, " failed", err.what()));
         }
