@@ -194,6 +194,22 @@ SHARDFLOW_FOLD_TARGET inline __m512i fold_by(__m512i x, __m512i k, __m512i data)
                                    0x96);  // a ^ b ^ c
 }
 
+/// The raw CRC state of four 512-bit fold registers (16 lanes, in stream order x0 .. x3).
+SHARDFLOW_FOLD_TARGET inline std::uint32_t fold_finish(__m512i x0, __m512i x1, __m512i x2, __m512i x3) {
+  const FoldConstants& kc = fold_constants();
+  const __m512i k512 = _mm512_load_si512(kc.k512);
+  __m512i y = fold_by(x0, k512, x1);
+  y = fold_by(y, k512, x2);
+  y = fold_by(y, k512, x3);
+  // lanes 0..2 moved to the end of lane 3 (lane 3 times the zero constant is 0), then xored
+  const __m512i moved = fold_by(y, _mm512_load_si512(kc.lanes), _mm512_setzero_si512());
+  alignas(64) std::uint64_t ys[8], ms[8];
+  _mm512_store_si512(ys, y);
+  _mm512_store_si512(ms, moved);
+  const std::uint64_t lo = ys[6] ^ ms[0] ^ ms[2] ^ ms[4], hi = ys[7] ^ ms[1] ^ ms[3] ^ ms[5];
+  return static_cast<std::uint32_t>(_mm_crc32_u64(_mm_crc32_u64(0, lo), hi));
+}
+
 /// Raw CRC state after `count` segments of `seg` bytes (seg a multiple of 256, count >= 1),
 /// segment i at base + i * stride, from raw state c.
 SHARDFLOW_FOLD_TARGET std::uint32_t fold_raw(const unsigned char* base, std::size_t stride, std::size_t seg,
@@ -212,17 +228,7 @@ SHARDFLOW_FOLD_TARGET std::uint32_t fold_raw(const unsigned char* base, std::siz
       x3 = fold_by(x3, k2048, _mm512_loadu_si512(p + i + 192));
     }
   }
-  const __m512i k512 = _mm512_load_si512(kc.k512);
-  __m512i y = fold_by(x0, k512, x1);
-  y = fold_by(y, k512, x2);
-  y = fold_by(y, k512, x3);
-  // lanes 0..2 moved to the end of lane 3 (lane 3 times the zero constant is 0), then xored
-  const __m512i moved = fold_by(y, _mm512_load_si512(kc.lanes), _mm512_setzero_si512());
-  alignas(64) std::uint64_t ys[8], ms[8];
-  _mm512_store_si512(ys, y);
-  _mm512_store_si512(ms, moved);
-  const std::uint64_t lo = ys[6] ^ ms[0] ^ ms[2] ^ ms[4], hi = ys[7] ^ ms[1] ^ ms[3] ^ ms[5];
-  return static_cast<std::uint32_t>(_mm_crc32_u64(_mm_crc32_u64(0, lo), hi));
+  return fold_finish(x0, x1, x2, x3);
 }
 
 /// One segment of fold_copy: its 256-byte blocks loaded once, folded into x0..x3 (or, for the
@@ -311,16 +317,7 @@ SHARDFLOW_FOLD_TARGET std::uint32_t fold_copy(unsigned char* dst, std::size_t ds
       default: fold_copy_segment<-1>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
     }
   }
-  const __m512i k512 = _mm512_load_si512(kc.k512);
-  __m512i y = fold_by(x0, k512, x1);
-  y = fold_by(y, k512, x2);
-  y = fold_by(y, k512, x3);
-  const __m512i moved = fold_by(y, _mm512_load_si512(kc.lanes), _mm512_setzero_si512());
-  alignas(64) std::uint64_t ys[8], ms[8];
-  _mm512_store_si512(ys, y);
-  _mm512_store_si512(ms, moved);
-  const std::uint64_t lo = ys[6] ^ ms[0] ^ ms[2] ^ ms[4], hi = ys[7] ^ ms[1] ^ ms[3] ^ ms[5];
-  return static_cast<std::uint32_t>(_mm_crc32_u64(_mm_crc32_u64(0, lo), hi));
+  return fold_finish(x0, x1, x2, x3);
 }
 #endif
 
