@@ -255,6 +255,66 @@ TEST(Compile, SequenceParallelKeepsOnlyItsNormRows) {
   }
 }
 
+// strategy.activation_comm_dtype on a pipeline: every send and receive moves the 16-bit
+// type through a ring buffer of that type (half the bytes of an f32 message); each send
+// reads a ring that a narrowing copy filled, after that copy; each receive ring is widened
+// into the act slot. The tensor axis's activation collectives carry the type too, the loss
+// statistics stay f32.
+TEST(Compile, SixteenBitWireOnThePipelineAndTensorAxes) {
+  for (const char* v : {"1", "2"}) {
+    const auto f32 = compile_all(deck_with({"mesh.pipeline=2", "mesh.tensor=2", std::string("strategy.virtual_stages=") + v}));
+    const auto b16 = compile_all(deck_with({"mesh.pipeline=2", "mesh.tensor=2", std::string("strategy.virtual_stages=") + v,
+                                            "strategy.activation_comm_dtype=\"bf16\""}));
+    EXPECT_EQ(disagreement(b16), "") << v;
+    for (size_t r = 0; r < b16.size(); ++r) {
+      const auto& p = b16[r];
+      int64_t sends = 0, recvs = 0, narrow = 0, widen = 0, p2p16 = 0, p2p32 = 0;
+      std::map<int, int> ring_writer;  // send ring buffer -> the last narrowing copy into it
+      for (size_t i = 0; i < p.tasks.size(); ++i) {
+        const auto& t = p.tasks[i];
+        if (!t.is_comm) {
+          for (const auto& o : t.ops)
+            if (o.op == compile::StepOp::Copy && o.cast != DType::F32) {
+              const bool to16 = p.buffers.spec(o.dst.buf).dtype == DType::BF16;
+              (to16 ? narrow : widen) += 1;
+              if (to16) ring_writer[o.dst.buf] = static_cast<int>(i);
+            }
+          continue;
+        }
+        const auto& c = t.comm;
+        if (c.kind == comm::CollectiveKind::Send || c.kind == comm::CollectiveKind::Recv) {
+          const int buf = (c.kind == comm::CollectiveKind::Send ? c.src : c.dst).buf;
+          EXPECT_EQ(c.dtype, DType::BF16) << t.name;
+          EXPECT_EQ(p.buffers.spec(buf).dtype, DType::BF16) << t.name;
+          EXPECT_EQ(c.tensor_bytes(), 2 * c.count) << t.name;
+          if (c.kind == comm::CollectiveKind::Send) {
+            ++sends;
+            ASSERT_TRUE(ring_writer.count(buf)) << t.name << ": no narrowing copy before it";
+            bool after = false;
+            for (const auto& e : p.edges) after = after || (e.first == ring_writer[buf] && e.second == static_cast<int>(i));
+            EXPECT_TRUE(after) << t.name << " does not wait for the copy that filled its ring";
+          } else {
+            ++recvs;
+          }
+        } else if (c.axes == parallel::Axes{"tensor"} && c.dtype != DType::F64) {
+          const bool stats = t.name.find("loss.") != std::string::npos;
+          EXPECT_EQ(c.dtype, stats ? DType::F32 : DType::BF16) << t.name;
+        }
+      }
+      for (const auto& t : f32[r].tasks)
+        if (t.is_comm && (t.comm.kind == comm::CollectiveKind::Send || t.comm.kind == comm::CollectiveKind::Recv))
+          p2p32 += t.comm.tensor_bytes();
+      for (const auto& t : p.tasks)
+        if (t.is_comm && (t.comm.kind == comm::CollectiveKind::Send || t.comm.kind == comm::CollectiveKind::Recv))
+          p2p16 += t.comm.tensor_bytes();
+      EXPECT_GT(sends, 0);
+      EXPECT_EQ(narrow, sends) << "rank " << r;
+      EXPECT_EQ(widen, recvs) << "rank " << r;
+      EXPECT_EQ(2 * p2p16, p2p32) << "rank " << r;
+    }
+  }
+}
+
 TEST(Compile, ModelStateEqualsTheLayoutPlanOnEveryRank) {
   for (const auto& c : cases()) {
     const Deck d = deck_with(c.sets);
