@@ -534,8 +534,8 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
         const std::size_t seg = static_cast<std::size_t>(ce - ca) * g.col_bytes;
         unsigned char* first = mem + origin + static_cast<std::size_t>(ra - a0) * stride + static_cast<std::size_t>(ca - c0) * g.col_bytes;
         const std::int64_t chunk_at = s.file_offset + (b * g.col_blocks + j) * tb;
+        bytes += (re - ra) * static_cast<std::int64_t>(seg);
         if (map) {
-          bytes += (re - ra) * static_cast<std::int64_t>(seg);
           check(b, j, ra, re,
                 crc32c_copy_strided(first, stride, map->at(chunk_at), chunk_row, seg, static_cast<std::size_t>(re - ra)));
           continue;
@@ -545,7 +545,6 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
         } catch (const Error& err) {
           throw InputError(concat(where, ": read of block ", b * g.col_blocks + j, " failed", err.what()));
         }
-        bytes += (re - ra) * static_cast<std::int64_t>(seg);
         check(b, j, ra, re, rows_crc(first, stride, seg, re - ra));
       }
     }

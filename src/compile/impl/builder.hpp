@@ -117,11 +117,13 @@ class StepBuilder {
   };
   void run(UseCtx& u, ComputeOp op, const char* part);
   void flush(UseCtx& u);
-  void comm_then(UseCtx& u, int t);
+  void comm_then(UseCtx& u, int t, bool next_waits = true);
   // the tensor axis's collectives: activations and their gradients travel in
   // strategy.activation_comm_dtype (s.act_comm_dtype), the loss statistics in f32
   void tp_all_reduce(UseCtx& u, BufRef buf, int64_t n, comm::ReduceOp op, DType dt, const std::string& what);
-  int tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what);  // its task
+  // its task; with next_waits false the next segment does not wait for it (the caller adds
+  // it to u.pending before the segment that reads it)
+  int tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what, bool next_waits = true);
   void tp_reduce_scatter(UseCtx& u, BufRef full, BufRef rows, const std::string& what);
   void tp_sum(UseCtx& u, int full, int rows, const std::string& what);
   void dx_gather(UseCtx& u, int xsl, const std::string& what);

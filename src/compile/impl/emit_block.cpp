@@ -13,7 +13,6 @@
 // columns. The cross-entropy over the vocabulary slices all-reduces the row maxima and
 // (Σ exp, target logit).
 #include "compile/impl/builder.hpp"
-#include "core/error.hpp"
 #include "mesh/axes.hpp"
 
 namespace shardflow::compile::detail {
@@ -36,14 +35,14 @@ void StepBuilder::flush(UseCtx& u) {
 }
 
 // a collective t (already emitted) after the work so far (this use's last segment, else the
-// step's last compute task); the next segment waits for it
-void StepBuilder::comm_then(UseCtx& u, int t) {
+// step's last compute task); the next segment waits for it unless next_waits is false
+void StepBuilder::comm_then(UseCtx& u, int t, bool next_waits) {
   flush(u);
   if (!u.segs.empty())
     edge(u.segs.back(), t);
   else
     edge(last_, t);
-  u.pending->push_back(t);
+  if (next_waits) u.pending->push_back(t);
 }
 
 void StepBuilder::tp_all_reduce(UseCtx& u, BufRef buf, int64_t n, comm::ReduceOp op, DType dt,
@@ -52,11 +51,11 @@ void StepBuilder::tp_all_reduce(UseCtx& u, BufRef buf, int64_t n, comm::ReduceOp
   comm_then(u, emit_comm(all_reduce(s.groups.tensor, buf, n, op, dt, w), "all_reduce " + w));
 }
 
-int StepBuilder::tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what) {
+int StepBuilder::tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what, bool next_waits) {
   const std::string w = what + u.mbs;
   const int64_t T = s.tokens_mb, H = s.hidden;
   const int t = emit_comm(shard_gather(s.groups.tensor, 1, T, H, s.act_comm_dtype, rows, full, T * H, w), "all_gather " + w);
-  comm_then(u, t);
+  comm_then(u, t, next_waits);
   return t;
 }
 
@@ -310,10 +309,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       if (s.sp && !(s.recompute == Recompute::Full && !s.moe_layer(l))) {
         const ActBuffers& a = act(l, xsl);
         tp_all_gather(u, {a.n2_rows}, {a.n2}, lp + ".mlp_norm.out.again");
-        n1_again = tp_all_gather(u, {a.n1_rows}, {a.n1}, lp + ".attn_norm.out.again");
-        SHARDFLOW_REQUIRE(!u.pending->empty() && u.pending->back() == n1_again, "step compiler: ", lp,
-                          ": the n1 gather is not the last pending collective");
-        u.pending->pop_back();
+        n1_again = tp_all_gather(u, {a.n1_rows}, {a.n1}, lp + ".attn_norm.out.again", false);
       }
       if (s.moe_layer(l)) {
         const MoeBuffers& m = moe(l, xsl);
