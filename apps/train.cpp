@@ -10,7 +10,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include <KokkosBlas3_gemm.hpp>
 #include <Kokkos_Core.hpp>
 
 #include <csignal>
@@ -23,6 +22,7 @@
 #include "comm/comm_set.hpp"
 #include "config/deck.hpp"
 #include "core/blas.hpp"
+#include "core/gemm.hpp"
 #include "core/error.hpp"
 #include "graph/observer.hpp"
 #include "comm/mesh.hpp"
@@ -47,21 +47,14 @@ struct TrainOptions {
   double peak_gflops = 0;  // per-rank peak for model-FLOPs utilisation; 0: measure sgemm
 };
 
-/// Single-core sgemm rate (GFLOP/s) through the same KokkosBlas path the model uses.
-double measure_sgemm_gflops() {
-  const int n = 512;
-  Kokkos::View<float**, Kokkos::LayoutRight> a("a", n, n), b("b", n, n), c("c", n, n);
-  Kokkos::deep_copy(a, 1.0f);
-  Kokkos::deep_copy(b, 0.5f);
-  KokkosBlas::gemm("N", "T", 1.0f, a, b, 0.0f, c);  // warm-up
-  double best = 1e30;
-  for (int r = 0; r < 5; ++r) {
-    auto t0 = std::chrono::steady_clock::now();
-    KokkosBlas::gemm("N", "T", 1.0f, a, b, 0.0f, c);
-    Kokkos::fence();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return 2.0 * n * n * n / best / 1e9;
+/// The best single-core sgemm rate (GFLOP/s) this process can reach: 512³ through each host
+/// GEMM library the build has (core/gemm.hpp), the faster one. The MFU denominator is the
+/// best sgemm on the CPU, not the rate of whichever library the model happens to use.
+double best_sgemm_gflops() {
+  double best = shardflow::measure_sgemm_gflops(GemmLibrary::OpenBlas);
+  const GemmPolicy& g = gemm_policy();
+  if (g.onednn_built && g.onednn_verified) best = std::max(best, shardflow::measure_sgemm_gflops(GemmLibrary::OneDnn));
+  return best;
 }
 
 int64_t max_rss_bytes() {
@@ -188,7 +181,7 @@ int run_train(const TrainOptions& o) {
   // measured before the trainer exists, so that its buffers are not in the trainer's peak
   double peak = o.peak_gflops;
   if (peak <= 0) {
-    double local = measure_sgemm_gflops();
+    double local = best_sgemm_gflops();
     peak = control.min(local);
   }
   Mesh mesh(deck.mesh.to_mesh_shape());

@@ -29,7 +29,11 @@ shardflow::app::CommandRegistration reg("version", "print the version and the en
     std::printf("cpu: %s (%s): %s\n", b.cpu.brand.c_str(), b.cpu.vendor.c_str(), b.cpu.to_string().c_str());
     std::printf("blas verification: %s (max relative error %.2g, bound %.0e)\n", b.verified ? "ok" : "FAILED",
                 b.max_rel_error, shardflow::kBlasVerifyTolerance);
-    std::printf("sgemm: %.1f GFLOP/s (one thread, 512^3)\n", b.sgemm_gflops);
+    std::printf("gemm: %s\n", b.gemm.c_str());
+    std::printf("sgemm: %.1f GFLOP/s (one thread, 512^3 A·Bᵀ, the library shardflow uses for it)\n", b.sgemm_gflops);
+    std::printf("sgemm openblas: %.1f GFLOP/s\n", b.sgemm_gflops_openblas);
+    std::printf("sgemm onednn: %.1f GFLOP/s%s\n", b.sgemm_gflops_onednn,
+                b.sgemm_gflops_onednn > 0 ? "" : " (not in this build, or it failed verification)");
     return 0;
   };
 });

@@ -103,12 +103,15 @@ print(2.0 * n ** 3 / best / 1e9)
 def sgemm_table(app, py, log):
     """Single-core 512^3 sgemm GFLOP/s: shardflow by default, each OpenBLAS core the CPU runs,
     PyTorch's MKL. Same size and timing rule (best call over >= 50 ms after a warm-up)."""
-    def shardflow_rate(env):
+    def shardflow_rate(env, key="sgemm:"):
         best = ("?", 0.0)
         for _ in range(3):  # best of three processes: a core of these VMs can run slow for seconds
             _, o = sh([app, "version"], log, env=env)
             kernel = next((l.split(":", 1)[1].strip() for l in o.splitlines() if l.startswith("blas kernel:")), "?")
-            rate = next((float(l.split()[1]) for l in o.splitlines() if l.startswith("sgemm:")), 0.0)
+            if key == "sgemm:":  # the library shardflow uses for A·Bᵀ (core/gemm.hpp)
+                gemm = next((l.split(":", 1)[1].strip() for l in o.splitlines() if l.startswith("gemm:")), "")
+                kernel = gemm.split(" ")[0] + " / " + kernel if gemm.startswith("onednn") else kernel
+            rate = next((float(l.split(":", 1)[1].split()[0]) for l in o.splitlines() if l.startswith(key)), 0.0)
             best = max(best, (kernel, rate), key=lambda x: x[1])
         return best
     env_default = {"OPENBLAS_CORETYPE": os.environ["OPENBLAS_CORETYPE"]} if "OPENBLAS_CORETYPE" in os.environ else {}
@@ -121,7 +124,10 @@ def sgemm_table(app, py, log):
         cores = ["Haswell"] + (["SkylakeX"] if " avx512f" in cpu else []) + (
             ["Cooperlake"] if " avx512_bf16" in cpu else [])
         for core in cores:
-            rows["OpenBLAS " + core] = shardflow_rate({"OPENBLAS_CORETYPE": core})[1]
+            rows["OpenBLAS " + core] = shardflow_rate({"OPENBLAS_CORETYPE": core}, "sgemm openblas:")[1]
+        onednn = shardflow_rate(env_default, "sgemm onednn:")[1]
+        if onednn > 0:
+            rows["oneDNN (dnnl_sgemm)"] = onednn
     finally:
         if saved is not None:
             os.environ["OPENBLAS_CORETYPE"] = saved
@@ -172,7 +178,9 @@ def main():
         print(json.dumps(R["sgemm"], indent=2), flush=True)
 
     if "train" not in a.skip:
-        kinds = ("dp", "ddp", "compile", "fsdp", "fsdp2")
+        # dp_openblas: shardflow DP with every product through OpenBLAS (SHARDFLOW_GEMM=openblas),
+        # the same round's measure of what the host GEMM's library choice gains
+        kinds = ("dp", "ddp", "compile", "fsdp", "fsdp2", "dp_openblas")
         runs = {k: [] for k in kinds}
         for r in range(a.rounds):
             for kind in kinds:
@@ -185,8 +193,9 @@ def main():
                     # `shardflow train` saves a checkpoint at the end: into a scratch directory
                     ck = os.path.join(out, "ckpt-scratch")
                     shutil.rmtree(ck, ignore_errors=True)
-                    sh(mpi + [app, "train", a.deck, "--set"] + (dp_set if kind == "dp" else fsdp_set) +
-                       ["checkpoint.dir=" + ck, "--summary", j, "--quiet"], log)
+                    sh(mpi + [app, "train", a.deck, "--set"] + (fsdp_set if kind == "fsdp" else dp_set) +
+                       ["checkpoint.dir=" + ck, "--summary", j, "--quiet"], log,
+                       env={"SHARDFLOW_GEMM": "openblas"} if kind == "dp_openblas" else None)
                     shutil.rmtree(ck, ignore_errors=True)
                 with open(j) as f:
                     runs[kind].append(json.load(f))
@@ -194,7 +203,7 @@ def main():
         res = {}
         flops = runs["dp"][0]["model_flops_per_step"]
         # MFU of every run against the best single-core sgemm rate the shardflow runs measured
-        peak = max(x["peak_gflops_per_rank"] for k in ("dp", "fsdp") for x in runs[k])
+        peak = max(x["peak_gflops_per_rank"] for k in ("dp", "fsdp", "dp_openblas") for x in runs[k])
         for kind, rs in runs.items():
             meds = [median_after(x["steps"], a.warmup) for x in rs]
             best = min(range(len(rs)), key=lambda i: meds[i])
@@ -220,6 +229,7 @@ def main():
             "zero3_mfu": res["fsdp"]["mfu"],
             "zero3_step_over_dp_step": res["fsdp"]["median_step_time_s"] / res["dp"]["median_step_time_s"],
             "zero3_model_state_over_dp": max(res["fsdp"]["model_state_bytes"]) / max(res["dp"]["model_state_bytes"]),
+            "dp_default_gemm_vs_openblas_only": tps["dp"] / tps["dp_openblas"],
         }
         # the same ratios round by round: each round's runs are minutes apart at most, so the
         # slow swings of these VMs' core rates (seen: a config's median step 122-153 ms from
@@ -232,6 +242,7 @@ def main():
             "dp_vs_torch_ddp_eager": per_round("dp", "ddp"),
             "dp_vs_torch_ddp_compile": per_round("dp", "compile"),
             "zero3_vs_torch_fsdp2": per_round("fsdp", "fsdp2"),
+            "dp_default_gemm_vs_openblas_only": per_round("dp", "dp_openblas"),
         }
         R["train"] = res
         print(json.dumps({k: {kk: v for kk, v in res[k].items() if kk in ("tokens_per_s", "mfu",

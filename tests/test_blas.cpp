@@ -1,14 +1,26 @@
 // BLAS kernel selection (core/blas.hpp): cpuid features agree with /proc/cpuinfo, the
 // choice of core, the verification gemm, and `shardflow version` in a child process with
 // OPENBLAS_CORETYPE unset (must not run Prescott on an avx512f CPU), set by the user
-// (respected), and with the testing hooks that exercise the re-exec and its fallback.
+// (respected), and with the testing hooks that exercise the re-exec and its fallback. The
+// host GEMM (core/gemm.hpp): both libraries against a double reference on every
+// transposition, the policy from SHARDFLOW_GEMM, oneDNN's verification and its fallback.
 #include <gtest/gtest.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <KokkosBlas3_gemm.hpp>
 #include <Kokkos_Core.hpp>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <thread>
+#include <tuple>
 #include <cstring>
+#include <limits>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -16,6 +28,8 @@
 #include <vector>
 
 #include "core/blas.hpp"
+#include "core/error.hpp"
+#include "core/gemm.hpp"
 
 extern char** environ;
 
@@ -57,7 +71,7 @@ Child run_version(const std::vector<std::string>& extra) {
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string s = *e;
     static const char* drop[] = {
-        "OPENBLAS_CORETYPE=", "SHARDFLOW_BLAS_", "PMI_", "PMIX_", "HYDI_", "HYDRA_", "MPIR_", "OMPI_"};
+        "OPENBLAS_CORETYPE=", "SHARDFLOW_BLAS_", "SHARDFLOW_GEMM", "PMI_", "PMIX_", "HYDI_", "HYDRA_", "MPIR_", "OMPI_"};
     bool keep = true;
     for (const char* d : drop) keep = keep && s.rfind(d, 0) != 0;
     if (keep) envs.push_back(s);
@@ -190,6 +204,146 @@ TEST(Blas, VersionFallsBackWhenTheChosenKernelFailsVerification) {
   EXPECT_NE(c.field("blas kernel source").find("failed verification"), std::string::npos) << c.out;
   EXPECT_NE(c.out.find("FAILED verification"), std::string::npos) << "no warning on stderr:\n" << c.out;
   EXPECT_EQ(c.field("blas verification").rfind("ok", 0), 0u) << c.out;
+}
+
+using shardflow::GemmLibrary;
+
+/// Row-major op(A)·op(B) in double, plus beta·C0 (C0 unread when beta is 0).
+std::vector<double> reference(char ta, char tb, int m, int n, int k, const std::vector<float>& a, int lda,
+                              const std::vector<float>& b, int ldb, float beta, const std::vector<float>& c0, int ldc) {
+  std::vector<double> r(static_cast<size_t>(m) * n);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      double s = beta == 0.0f ? 0.0 : static_cast<double>(beta) * c0[static_cast<size_t>(i) * ldc + j];
+      for (int q = 0; q < k; ++q) {
+        const double av = ta == 'N' ? a[static_cast<size_t>(i) * lda + q] : a[static_cast<size_t>(q) * lda + i];
+        const double bv = tb == 'N' ? b[static_cast<size_t>(q) * ldb + j] : b[static_cast<size_t>(j) * ldb + q];
+        s += av * bv;
+      }
+      r[static_cast<size_t>(i) * n + j] = s;
+    }
+  return r;
+}
+
+// Every library the build has, every transposition, padded leading dimensions (a row stride
+// past the matrix: the padding must stay untouched), beta 0 over NaN and beta 1, k = 0.
+TEST(Gemm, EveryLibraryAndTranspositionMatchesTheReference) {
+  std::vector<GemmLibrary> libs = {GemmLibrary::OpenBlas};
+  if (shardflow::gemm_policy().onednn_built) libs.push_back(GemmLibrary::OneDnn);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (GemmLibrary lib : libs)
+    for (char ta : {'N', 'T'})
+      for (char tb : {'N', 'T'})
+        for (float beta : {0.0f, 1.0f})
+          for (int k : {0, 1, 70}) {
+            const int m = 45, n = 38, pad = 3;
+            const int ar = ta == 'N' ? m : k, ac = ta == 'N' ? k : m, br = tb == 'N' ? k : n, bc = tb == 'N' ? n : k;
+            const int lda = ac + pad, ldb = bc + pad, ldc = n + pad;
+            std::vector<float> a(static_cast<size_t>(std::max(ar, 1)) * lda), b(static_cast<size_t>(std::max(br, 1)) * ldb),
+                c0(static_cast<size_t>(m) * ldc);
+            for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(static_cast<int>((i * 29 + 3) % 61) - 30) / 16.0f;
+            for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(static_cast<int>((i * 41 + 7) % 53) - 26) / 8.0f;
+            for (int i = 0; i < m; ++i)
+              for (int j = 0; j < ldc; ++j)
+                c0[static_cast<size_t>(i) * ldc + j] = j >= n ? -77.0f : (beta == 0.0f ? nan : static_cast<float>(i - j));
+            std::vector<float> c = c0;
+            shardflow::host_sgemm_with(lib, ta, tb, m, n, k, 1.0f, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+            const auto want = reference(ta, tb, m, n, k, a, lda, b, ldb, beta, c0, ldc);
+            const std::string label = std::string(shardflow::to_string(lib)) + " " + ta + tb + " beta " +
+                                      std::to_string(beta) + " k " + std::to_string(k);
+            int bad = 0;
+            for (int i = 0; i < m; ++i)
+              for (int j = 0; j < ldc; ++j) {
+                const float got = c[static_cast<size_t>(i) * ldc + j];
+                if (j >= n) {
+                  bad += got != -77.0f;  // the padding past each row is not written
+                  continue;
+                }
+                // the data are multiples of 1/128 with small sums: every product is exact in f32
+                bad += static_cast<double>(got) != want[static_cast<size_t>(i) * n + j];
+              }
+            EXPECT_EQ(bad, 0) << label;
+          }
+}
+
+TEST(Gemm, PolicyFollowsTheEnvironment) {
+  const auto& p = shardflow::gemm_policy();
+  if (p.setting == "auto" && p.onednn_built && p.onednn_verified) {
+    // oneDNN where it is faster on the model's shapes; OpenBLAS for the weight gradient Aᵀ·B
+    EXPECT_EQ(shardflow::gemm_library_for('N', 'T'), GemmLibrary::OneDnn);
+    EXPECT_EQ(shardflow::gemm_library_for('N', 'N'), GemmLibrary::OneDnn);
+    EXPECT_EQ(shardflow::gemm_library_for('T', 'N'), GemmLibrary::OpenBlas);
+  }
+  Child c = run_version({"SHARDFLOW_GEMM=openblas"});
+  ASSERT_EQ(c.status, 0) << c.out;
+  EXPECT_EQ(c.field("gemm").rfind("openblas for every product (SHARDFLOW_GEMM=openblas)", 0), 0u) << c.out;
+  c = run_version({"SHARDFLOW_GEMM=fastest"});
+  EXPECT_NE(c.status, 0) << c.out;
+  EXPECT_NE(c.out.find("SHARDFLOW_GEMM='fastest' is not one of auto, onednn, openblas"), std::string::npos) << c.out;
+  if (!p.onednn_built) GTEST_SKIP() << "this build has no oneDNN";
+  c = run_version({});
+  ASSERT_EQ(c.status, 0) << c.out;
+  EXPECT_EQ(c.field("gemm").rfind("onednn " + p.onednn_version, 0), 0u) << c.out;
+  EXPECT_NE(c.field("gemm").find("; openblas for Aᵀ·B (SHARDFLOW_GEMM=auto)"), std::string::npos) << c.out;
+  c = run_version({"SHARDFLOW_GEMM=onednn"});
+  ASSERT_EQ(c.status, 0) << c.out;
+  EXPECT_NE(c.field("gemm").find("for A·B, A·Bᵀ, Aᵀ·B, Aᵀ·Bᵀ (SHARDFLOW_GEMM=onednn)"), std::string::npos) << c.out;
+  EXPECT_GT(std::stod(c.field("sgemm onednn")), 0.0) << c.out;
+  // a oneDNN that gets a product wrong is not used, and says so
+  c = run_version({"SHARDFLOW_GEMM_TEST_FAIL_VERIFY=1"});
+  ASSERT_EQ(c.status, 0) << c.out;
+  EXPECT_NE(c.out.find("sgemm FAILED verification"), std::string::npos) << c.out;
+  EXPECT_EQ(c.field("gemm").rfind("openblas for every product (SHARDFLOW_GEMM=auto)", 0), 0u) << c.out;
+}
+
+volatile std::sig_atomic_t g_signals_handled = 0;
+extern "C" void count_signal(int) { g_signals_handled = g_signals_handled + 1; }
+
+// Signals that arrive while oneDNN multiplies must not corrupt the heap (oneDNN < 3.11 points
+// rsp into the heap inside its JIT GEMM kernels, issue #4845): a thread signals this one every
+// few µs while it runs the model's product shapes on freshly allocated buffers for 1.5 s. With
+// host_sgemm's signal mask taken out, glibc aborts it ("corrupted size vs. prev_size").
+TEST(Gemm, SignalsDuringOneDnnProductsLeaveTheHeapIntact) {
+  if (!shardflow::gemm_policy().onednn_built) GTEST_SKIP() << "this build has no oneDNN";
+  // oneDNN's workspace in the brk heap, as in a training process whose many frees have
+  // raised glibc's dynamic mmap threshold (a fresh process maps it, and the frame lands
+  // outside the heap's bookkeeping)
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  struct sigaction sa {}, old {};
+  sa.sa_handler = count_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;  // on the interrupted stack, as std::signal installs handlers
+  ASSERT_EQ(sigaction(SIGUSR2, &sa, &old), 0);
+  const pthread_t self = pthread_self();
+  std::atomic<bool> stop{false};
+  std::thread pinger([&] {
+    while (!stop.load()) {
+      pthread_kill(self, SIGUSR2);
+      const auto t = std::chrono::steady_clock::now();  // ~2 µs apart: a sleep comes back too late
+      while (std::chrono::steady_clock::now() - t < std::chrono::microseconds(2)) {
+      }
+    }
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  int products = 0;
+  double checksum = 0;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(1500)) {
+    for (const auto& [ta, tb, m, n, k] : std::vector<std::tuple<char, char, int, int, int>>{
+             {'N', 'T', 256, 384, 128}, {'N', 'N', 256, 128, 384}, {'N', 'T', 64, 64, 32}}) {
+      std::vector<float> a(static_cast<size_t>(m) * k, 0.5f), b(static_cast<size_t>(k) * n, 0.25f),
+          c(static_cast<size_t>(m) * n);
+      shardflow::host_sgemm_with(GemmLibrary::OneDnn, ta, tb, m, n, k, 1.0f, a.data(), ta == 'N' ? k : m, b.data(),
+                                 tb == 'N' ? n : k, 0.0f, c.data(), n);
+      checksum += c[c.size() / 2];
+      ++products;
+    }
+  }
+  stop = true;
+  pinger.join();
+  sigaction(SIGUSR2, &old, nullptr);
+  EXPECT_GT(g_signals_handled, 100) << "the signals did not arrive";
+  EXPECT_GT(products, 30);
+  EXPECT_GT(checksum, 0.0);
 }
 
 }  // namespace

@@ -4,12 +4,13 @@
 // any result, and this test holds it.
 //
 // Results depend on the BLAS kernel (OpenBLAS picks one per CPU; OPENBLAS_CORETYPE forces
-// one), so each line names the kernel it was recorded with: "golden <kernel> <case> <hex
+// one) and on the products oneDNN multiplies (core/gemm.hpp: SHARDFLOW_GEMM, oneDNN's version
+// and ISA), so each line names the kernel it was recorded with: "golden <kernel> <case> <hex
 // losses...>". The test compares bitwise with the lines of the kernel that runs; a kernel
 // with no lines is compared with every recorded kernel at 1e-5 relative (and says so).
 //
 // Re-record (only when a change is *meant* to change results, and say so in the commit):
-//   SHARDFLOW_GOLDEN_RECORD=1 [OPENBLAS_CORETYPE=K] mpiexec -n N build/release/tests/test_golden_losses
+//   SHARDFLOW_GOLDEN_RECORD=1 [OPENBLAS_CORETYPE=K] [SHARDFLOW_GEMM=G] mpiexec -n N build/release/tests/test_golden_losses
 // for N = 1, 2, 4 prints the lines for that world size and kernel.
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -24,6 +25,7 @@
 #include <sstream>
 
 #include "comm/comm_set.hpp"
+#include "core/gemm.hpp"
 #include "config/deck.hpp"
 #include "comm/mesh.hpp"
 #include "support/test_util.hpp"
@@ -101,7 +103,15 @@ std::string blas_kernel() {
   std::string k = f();
   for (auto& ch : k)
     if (ch == ' ') ch = '_';
-  return k.empty() ? "unknown" : k;
+  if (k.empty()) k = "unknown";
+  // oneDNN multiplies some products (core/gemm.hpp): its version, ISA and the policy name the
+  // results too, e.g. "Cooperlake+onednn-2.6.3-avx512_core_bf16-auto"
+  const GemmPolicy& p = gemm_policy();
+  bool any = false;
+  for (const auto& row : p.use)
+    for (GemmLibrary lib : row) any = any || lib == GemmLibrary::OneDnn;
+  if (any) k += "+onednn-" + p.onednn_version + "-" + p.onednn_isa + "-" + p.setting;
+  return k;
 }
 
 using Losses = std::vector<double>;

@@ -75,11 +75,16 @@ struct BlasInfo {
   std::string source;   ///< "detected by OpenBLAS", "chosen by shardflow for avx512_bf16 ...",
                         ///< "OPENBLAS_CORETYPE set in the environment", or the fallback's story
   CpuFeatures cpu;
-  double sgemm_gflops = 0;  ///< single-thread 512^3 sgemm, best call over >= 50 ms
+  /// Single-thread 512^3 C = A·Bᵀ, best call over >= 50 ms: through the library shardflow's
+  /// host GEMM uses for that product (core/gemm.hpp), and through each library.
+  double sgemm_gflops = 0;
+  double sgemm_gflops_openblas = 0;
+  double sgemm_gflops_onednn = 0;  ///< 0 when the build has no oneDNN or it failed verification
+  std::string gemm;                ///< GemmPolicy::summary(): which library multiplies what
   bool verified = false;
   double max_rel_error = 0;
-  /// One line for run headers: "blas Cooperlake (detected by OpenBLAS) | 93.1 GFLOP/s
-  /// single-core sgemm | verified | cpu ...".
+  /// One line for run headers: "blas Cooperlake (detected by OpenBLAS) | gemm onednn ... |
+  /// 150.1 GFLOP/s single-core sgemm (openblas 140.2, onednn 150.1) | verified | cpu ...".
   std::string summary() const;
 };
 

@@ -3,7 +3,8 @@
 // library must not start its own thread pool (OpenBLAS's pthread build defaults to one
 // thread per core, which oversubscribes the machine as soon as there are several ranks).
 namespace shardflow {
-/// Limits the BLAS library to one thread unless OPENBLAS_NUM_THREADS (or
-/// SHARDFLOW_BLAS_THREADS) says otherwise. Call once at start-up.
+/// Limits the BLAS library (OpenBLAS) and oneDNN's OpenMP pool to one thread each, unless
+/// SHARDFLOW_BLAS_THREADS, or for each library its own variable (OPENBLAS_NUM_THREADS,
+/// OMP_NUM_THREADS), says otherwise. Call once at start-up.
 void limit_blas_threads();
 }  // namespace shardflow

@@ -1,4 +1,5 @@
 #include "core/blas.hpp"
+#include "core/gemm.hpp"
 #include "core/process.hpp"
 
 #include <cpuid.h>
@@ -283,10 +284,14 @@ void ensure_best_blas_kernel(int /*argc*/, char** argv) {
 }
 
 std::string BlasInfo::summary() const {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, " | %.1f GFLOP/s single-core sgemm | ", sgemm_gflops);
-  return "blas " + kernel + " (" + source + ")" + buf + (verified ? "verified" : "VERIFICATION FAILED") + " | cpu " +
-         cpu.to_string();
+  char buf[200];
+  if (sgemm_gflops_onednn > 0)
+    std::snprintf(buf, sizeof buf, " | %.1f GFLOP/s single-core sgemm (openblas %.1f, onednn %.1f) | ", sgemm_gflops,
+                  sgemm_gflops_openblas, sgemm_gflops_onednn);
+  else
+    std::snprintf(buf, sizeof buf, " | %.1f GFLOP/s single-core sgemm | ", sgemm_gflops);
+  return "blas " + kernel + " (" + source + ") | gemm " + gemm + buf + (verified ? "verified" : "VERIFICATION FAILED") +
+         " | cpu " + cpu.to_string();
 }
 
 const BlasInfo& blas_info() {
@@ -336,8 +341,13 @@ const BlasInfo& blas_info() {
         best = std::min(best, elapsed_s(t0));
       }
       if (set_threads != nullptr) set_threads(threads);
-      b.sgemm_gflops = 2.0 * n * n * n / best / 1e9;
+      b.sgemm_gflops_openblas = 2.0 * n * n * n / best / 1e9;
     }
+    const GemmPolicy& gp = gemm_policy();
+    b.gemm = gp.summary();
+    if (gp.onednn_built && gp.onednn_verified) b.sgemm_gflops_onednn = measure_sgemm_gflops(GemmLibrary::OneDnn);
+    b.sgemm_gflops =
+        gemm_library_for('N', 'T') == GemmLibrary::OneDnn ? b.sgemm_gflops_onednn : b.sgemm_gflops_openblas;
     return b;
   }();
   return info;

@@ -1,12 +1,14 @@
 #pragma once
-// Private: the one place the model math calls KokkosBlas::gemm. Row-major (LayoutRight)
-// operands only, so that host f32/f64 goes to the BLAS TPL (sgemm/dgemm) and a CUDA build
-// to cuBLAS; empty extents are handled here (BLAS is not asked about them).
+// Private: the one place the model math multiplies matrices. Row-major (LayoutRight)
+// operands only. Host f32 goes to core/gemm.hpp's host_sgemm (oneDNN or OpenBLAS by
+// transposition); host f64 and a CUDA build go through KokkosBlas::gemm (the BLAS TPL's
+// dgemm, cuBLAS); empty extents are handled here (no library is asked about them).
 #include <KokkosBlas3_gemm.hpp>
 #include <Kokkos_Core.hpp>
 #include <type_traits>
 
 #include "core/error.hpp"
+#include "core/gemm.hpp"
 
 namespace shardflow::nn::detail {
 
@@ -37,7 +39,18 @@ void gemm(const char* ta, const char* tb, double alpha, const AV& a, const BV& b
     }
     return;
   }
-  KokkosBlas::gemm(ta, tb, static_cast<Scalar>(alpha), a, b, static_cast<Scalar>(beta), c);
+  if constexpr (std::is_same<Scalar, float>::value &&
+                std::is_same<typename CV::memory_space, Kokkos::HostSpace>::value) {
+    // row strides: LayoutRight views of the model are contiguous rows (checked)
+    SHARDFLOW_REQUIRE(a.stride(1) == 1 && b.stride(1) == 1 && c.stride(1) == 1,
+                      "gemm: host f32 operands must have unit column stride");
+    host_sgemm(ta[0], tb[0], static_cast<std::int64_t>(m), static_cast<std::int64_t>(n),
+               static_cast<std::int64_t>(ak), static_cast<float>(alpha), a.data(),
+               static_cast<std::int64_t>(a.stride(0)), b.data(), static_cast<std::int64_t>(b.stride(0)),
+               static_cast<float>(beta), c.data(), static_cast<std::int64_t>(c.stride(0)));
+  } else {
+    KokkosBlas::gemm(ta, tb, static_cast<Scalar>(alpha), a, b, static_cast<Scalar>(beta), c);
+  }
 }
 
 }  // namespace shardflow::nn::detail

@@ -1,0 +1,65 @@
+#pragma once
+// The host f32 GEMM: which library multiplies the model's f32 matrices on a CPU.
+//
+// Two libraries from Debian can: OpenBLAS (through sgemm_, with the kernel core/blas.hpp
+// chooses) and oneDNN (dnnl_sgemm, which detects the CPU's ISA itself and JIT-compiles its
+// kernels). Measured on the model's shapes (docs/perf.md, "The host GEMM"), oneDNN is
+// faster at C = A·Bᵀ and C = A·B (the forward and the input gradient: 1.06-1.10x) and at
+// the attention core's small products (1.2-1.3x), and not faster at C = Aᵀ·B (the weight
+// gradient: 0.90-1.03x). The choice is fixed per transposition, never timed at run time,
+// so that a run's results do not depend on how fast the machine happened to be.
+//
+// Environment: SHARDFLOW_GEMM = auto (default: oneDNN except op(A) = Aᵀ, where OpenBLAS),
+// onednn (every product) or openblas (every product). oneDNN is checked against a
+// double-precision reference once per process, on every transposition; a mismatch falls
+// back to OpenBLAS with a warning. Testing hook: SHARDFLOW_GEMM_TEST_FAIL_VERIFY=1 makes
+// that check fail. A build without oneDNN (SHARDFLOW_WITH_ONEDNN=OFF or libdnnl-dev
+// absent) uses OpenBLAS for everything and says so.
+#include <cstdint>
+#include <string>
+
+namespace shardflow {
+
+enum class GemmLibrary { OpenBlas, OneDnn };
+
+const char* to_string(GemmLibrary lib);
+
+/// Row-major C[m, n] = alpha · op(A) · op(B) + beta · C with op = identity ('N') or
+/// transpose ('T'); lda, ldb, ldc are row strides in elements. With beta == 0, C is not
+/// read (NaNs in it do not propagate). Single-threaded per rank (core/threads.hpp).
+void host_sgemm(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
+
+/// The same through one library, whatever the policy (tests and benchmarks). Throws
+/// InputError when oneDNN is asked for and the build has none.
+void host_sgemm_with(GemmLibrary lib, char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+                     const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+                     std::int64_t ldc);
+
+struct GemmPolicy {
+  std::string setting;         ///< "auto", "onednn" or "openblas" (SHARDFLOW_GEMM)
+  bool onednn_built = false;   ///< compiled with oneDNN
+  bool onednn_verified = false;
+  double onednn_max_rel_error = 0;
+  std::string onednn_version;  ///< "2.6.3"
+  std::string onednn_isa;      ///< the ISA oneDNN runs ("avx512_core_bf16", ...)
+  std::string detail;          ///< why oneDNN is not used, when it is not
+  /// The library each transposition of row-major op(A) uses: [ta == 'T'][tb == 'T'].
+  GemmLibrary use[2][2] = {{GemmLibrary::OpenBlas, GemmLibrary::OpenBlas},
+                           {GemmLibrary::OpenBlas, GemmLibrary::OpenBlas}};
+  /// "onednn 2.6.3 (avx512_core_bf16) for A·B, A·Bᵀ, Aᵀ·Bᵀ; openblas for Aᵀ·B (auto)".
+  std::string summary() const;
+};
+
+/// Read once per process (SHARDFLOW_GEMM, oneDNN's verification), then cached. Throws
+/// InputError naming the value when SHARDFLOW_GEMM is none of the three.
+const GemmPolicy& gemm_policy();
+
+/// The library host_sgemm() uses for this transposition.
+GemmLibrary gemm_library_for(char ta, char tb);
+
+/// Single-thread 512³ C = A·Bᵀ through one library: the best call over at least 5 calls
+/// and 50 ms, in GFLOP/s (0 when the library is not available).
+double measure_sgemm_gflops(GemmLibrary lib);
+
+}  // namespace shardflow

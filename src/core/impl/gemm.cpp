@@ -1,0 +1,260 @@
+#include "core/gemm.hpp"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "core/error.hpp"
+
+#if SHARDFLOW_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+#endif
+
+namespace shardflow {
+
+namespace {
+
+// OpenBLAS is loaded behind libblas.so.3 (Debian's alternatives): look sgemm_ up at run time,
+// as core/blas.cpp does, so that the BLAS shardflow verified is the one it calls.
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                         const int*, const float*, const int*, const float*, float*, const int*);
+
+SgemmFn blas_sgemm() {
+  static const SgemmFn f = reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
+  return f;
+}
+
+const char* env(const char* name) {
+  const char* v = std::getenv(name);
+  return (v != nullptr && v[0] != '\0') ? v : nullptr;
+}
+
+int as_int(std::int64_t v, const char* what) {
+  SHARDFLOW_REQUIRE(v >= 0 && v <= std::numeric_limits<int>::max(), "host_sgemm: ", what, " = ", v,
+                    " does not fit the BLAS's 32-bit integer");
+  return static_cast<int>(v);
+}
+
+void sgemm_openblas(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                    std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  SgemmFn f = blas_sgemm();
+  SHARDFLOW_REQUIRE(f != nullptr, "host_sgemm: the loaded BLAS has no sgemm_");
+  // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands.
+  const int im = as_int(m, "m"), in = as_int(n, "n"), ik = as_int(k, "k");
+  const int ila = as_int(lda, "lda"), ilb = as_int(ldb, "ldb"), ilc = as_int(ldc, "ldc");
+  const char sa[2] = {ta, 0}, sb[2] = {tb, 0};
+  f(sb, sa, &in, &im, &ik, &alpha, b, &ilb, a, &ila, &beta, c, &ilc);
+}
+
+#if SHARDFLOW_HAVE_ONEDNN
+void sgemm_onednn(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                  std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  // oneDNN before 3.11 points rsp into the heap inside its JIT-compiled f32 GEMM kernels
+  // (oneDNN issue #4845, fixed by PR #4855): a signal handled on this thread meanwhile pushes
+  // its frame there and corrupts the heap. Seen here: `shardflow train`'s SIGTERM handler
+  // aborted 2 of 5 runs with "corrupted size vs. prev_size" inside a later dnnl_sgemm. So
+  // every signal waits until the product is done (process signals go to another thread or
+  // are delivered right after); two rt_sigprocmask calls cost ~0.5 µs against ≥ 10 µs.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  const dnnl_status_t s = dnnl_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  SHARDFLOW_REQUIRE(s == dnnl_success, "host_sgemm: oneDNN's dnnl_sgemm('", ta, "', '", tb, "', m ", m, ", n ", n,
+                    ", k ", k, ", lda ", lda, ", ldb ", ldb, ", ldc ", ldc, ") failed with status ",
+                    static_cast<int>(s));
+}
+
+const char* isa_name(dnnl_cpu_isa_t isa) {
+  switch (isa) {
+    case dnnl_cpu_isa_sse41: return "sse41";
+    case dnnl_cpu_isa_avx: return "avx";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx512_mic: return "avx512_mic";
+    case dnnl_cpu_isa_avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    default: return "all";
+  }
+}
+#endif
+
+/// oneDNN's dnnl_sgemm against a double-precision reference: every transposition, sizes off
+/// the kernels' blocking, beta 0 over a C full of NaN (must not leak) and beta 1.
+void verify_onednn(GemmPolicy& p) {
+  struct Case {
+    char ta, tb;
+    int m, n, k;
+    float beta;
+  };
+  const Case cases[] = {{'N', 'N', 37, 29, 53, 0.0f}, {'N', 'T', 61, 77, 45, 1.0f}, {'T', 'N', 33, 95, 17, 0.0f},
+                        {'T', 'T', 40, 23, 66, 1.0f}};
+  const bool corrupt = env("SHARDFLOW_GEMM_TEST_FAIL_VERIFY") != nullptr;
+  p.onednn_verified = true;
+  for (const Case& t : cases) {
+    const int ar = t.ta == 'N' ? t.m : t.k, ac = t.ta == 'N' ? t.k : t.m;
+    const int br = t.tb == 'N' ? t.k : t.n, bc = t.tb == 'N' ? t.n : t.k;
+    std::vector<float> a(static_cast<size_t>(ar) * ac), b(static_cast<size_t>(br) * bc),
+        c0(static_cast<size_t>(t.m) * t.n);
+    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(static_cast<int>((i * 37 + 11) % 101) - 50) / 50.0f;
+    for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(static_cast<int>((i * 53 + 5) % 89) - 44) / 44.0f;
+    for (size_t i = 0; i < c0.size(); ++i)
+      c0[i] = t.beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(i % 7) - 3.0f;
+    std::vector<float> c = c0;
+    try {
+      host_sgemm_with(GemmLibrary::OneDnn, t.ta, t.tb, t.m, t.n, t.k, 1.0f, a.data(), ac, b.data(), bc, t.beta,
+                      c.data(), t.n);
+    } catch (const std::exception& e) {
+      p.onednn_verified = false;
+      p.detail = e.what();
+      return;
+    }
+    if (corrupt) c[c.size() / 2] += 1.0f;
+    for (int i = 0; i < t.m; ++i) {
+      for (int j = 0; j < t.n; ++j) {
+        double ref = t.beta == 0.0f ? 0.0 : static_cast<double>(c0[static_cast<size_t>(i) * t.n + j]);
+        double mag = std::fabs(ref);
+        for (int q = 0; q < t.k; ++q) {
+          const double av = t.ta == 'N' ? a[static_cast<size_t>(i) * ac + q] : a[static_cast<size_t>(q) * ac + i];
+          const double bv = t.tb == 'N' ? b[static_cast<size_t>(q) * bc + j] : b[static_cast<size_t>(j) * bc + q];
+          ref += av * bv;
+          mag += std::fabs(av * bv);
+        }
+        const double got = c[static_cast<size_t>(i) * t.n + j];
+        const double err = std::isfinite(got) ? std::fabs(got - ref) / std::max(mag, 1e-30) : HUGE_VAL;
+        p.onednn_max_rel_error = std::max(p.onednn_max_rel_error, err);
+        if (err > 1e-4 && p.onednn_verified) {
+          p.onednn_verified = false;
+          char buf[200];
+          std::snprintf(buf, sizeof buf, "dnnl_sgemm('%c', '%c') %dx%dx%d, beta %g: C(%d, %d) = %.7g, reference %.7g",
+                        t.ta, t.tb, t.m, t.n, t.k, static_cast<double>(t.beta), i, j, got, ref);
+          p.detail = buf;
+        }
+      }
+    }
+  }
+}
+
+const char* product_name(int ta, int tb) {
+  static const char* names[2][2] = {{"A·B", "A·Bᵀ"}, {"Aᵀ·B", "Aᵀ·Bᵀ"}};
+  return names[ta][tb];
+}
+
+}  // namespace
+
+const char* to_string(GemmLibrary lib) { return lib == GemmLibrary::OneDnn ? "onednn" : "openblas"; }
+
+void host_sgemm_with(GemmLibrary lib, char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+                     const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+                     std::int64_t ldc) {
+  SHARDFLOW_REQUIRE((ta == 'N' || ta == 'T') && (tb == 'N' || tb == 'T'), "host_sgemm: transposition flags '", ta,
+                    "', '", tb, "' (want 'N' or 'T')");
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta · C, and beta 0 writes zeros without reading C
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  if (lib == GemmLibrary::OneDnn) {
+#if SHARDFLOW_HAVE_ONEDNN
+    sgemm_onednn(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+#else
+    SHARDFLOW_REQUIRE_INPUT(false, "host_sgemm: this build has no oneDNN (configure with libdnnl-dev installed)");
+#endif
+  }
+  sgemm_openblas(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+const GemmPolicy& gemm_policy() {
+  static const GemmPolicy policy = [] {
+    GemmPolicy p;
+    const char* s = env("SHARDFLOW_GEMM");
+    p.setting = s != nullptr ? s : "auto";
+    SHARDFLOW_REQUIRE_INPUT(p.setting == "auto" || p.setting == "onednn" || p.setting == "openblas",
+                          "SHARDFLOW_GEMM='", p.setting, "' is not one of auto, onednn, openblas");
+#if SHARDFLOW_HAVE_ONEDNN
+    p.onednn_built = true;
+    const dnnl_version_t* v = dnnl_version();
+    p.onednn_version = std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+    p.onednn_isa = isa_name(dnnl_get_effective_cpu_isa());
+    if (p.setting != "openblas") {
+      verify_onednn(p);
+      if (!p.onednn_verified)
+        std::fprintf(stderr, "shardflow: warning: oneDNN %s's sgemm FAILED verification (%s); using OpenBLAS for every "
+                             "f32 product\n", p.onednn_version.c_str(), p.detail.c_str());
+    }
+#else
+    p.detail = "this build has no oneDNN";
+    if (p.setting == "onednn")
+      std::fprintf(stderr, "shardflow: warning: SHARDFLOW_GEMM=onednn, but %s; using OpenBLAS\n", p.detail.c_str());
+#endif
+    const bool dnnl = p.onednn_built && p.onednn_verified && p.setting != "openblas";
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        // auto: OpenBLAS where oneDNN is not faster on the model's shapes (Aᵀ·B, the weight gradient)
+        const bool one = dnnl && !(p.setting == "auto" && ta == 1 && tb == 0);
+        p.use[ta][tb] = one ? GemmLibrary::OneDnn : GemmLibrary::OpenBlas;
+      }
+    if (p.setting == "openblas") p.detail = "SHARDFLOW_GEMM=openblas";
+    return p;
+  }();
+  return policy;
+}
+
+std::string GemmPolicy::summary() const {
+  std::string one, open;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      std::string& s = use[ta][tb] == GemmLibrary::OneDnn ? one : open;
+      s += (s.empty() ? "" : ", ") + std::string(product_name(ta, tb));
+    }
+  std::string out;
+  if (!one.empty()) out = "onednn " + onednn_version + " (" + onednn_isa + ") for " + one;
+  if (!open.empty()) out += (out.empty() ? "" : "; ") + std::string("openblas for ") + (one.empty() ? "every product" : open);
+  out += " (SHARDFLOW_GEMM=" + setting + ")";
+  if (!detail.empty() && use[0][0] == GemmLibrary::OpenBlas) out += ": " + detail;
+  return out;
+}
+
+GemmLibrary gemm_library_for(char ta, char tb) {
+  const GemmPolicy& p = gemm_policy();
+  return p.use[ta == 'T' ? 1 : 0][tb == 'T' ? 1 : 0];
+}
+
+void host_sgemm(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  host_sgemm_with(gemm_library_for(ta, tb), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+double measure_sgemm_gflops(GemmLibrary lib) {
+  if (lib == GemmLibrary::OneDnn && !gemm_policy().onednn_built) return 0.0;
+  if (lib == GemmLibrary::OpenBlas && blas_sgemm() == nullptr) return 0.0;
+  const int n = 512;
+  std::vector<float> a(static_cast<size_t>(n) * n, 1.0f), b(a.size(), 0.5f), c(a.size());
+  auto run = [&] { host_sgemm_with(lib, 'N', 'T', n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); };
+  run();  // warm-up (oneDNN compiles its kernel here)
+  using clock = std::chrono::steady_clock;
+  double best = HUGE_VAL;
+  const auto start = clock::now();
+  for (int r = 0; r < 5 || (std::chrono::duration<double>(clock::now() - start).count() < 0.05 && r < 1000); ++r) {
+    const auto t0 = clock::now();
+    run();
+    best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count());
+  }
+  return 2.0 * n * n * n / best / 1e9;
+}
+
+}  // namespace shardflow
