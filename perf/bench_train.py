@@ -2,15 +2,17 @@
 """End-to-end training benchmarks of shardflow, each a ratio against a peer or a limit
 measured in the same run:
 
-  1. sgemm: the single-core sgemm rate shardflow runs at by default (`shardflow version`)
-     against the best kernel on this CPU: every OpenBLAS core the CPU can run
-     (OPENBLAS_CORETYPE=Haswell/SkylakeX/Cooperlake) and the PyTorch peer's MKL.
+  1. sgemm: the single-core sgemm rate shardflow runs at by default (`shardflow version`: the
+     library its host GEMM uses, core/gemm.hpp) against the best kernel on this CPU: every
+     OpenBLAS core the CPU can run (OPENBLAS_CORETYPE=Haswell/SkylakeX/Cooperlake), oneDNN's
+     dnnl_sgemm and the PyTorch peer's MKL.
   2. tokens/s of `shardflow train` on N ranks, DP and ZeRO-3 (fsdp axis), against a current
      PyTorch from PyPI (perf/torch_peer.py, in the venv perf/peer_env.sh makes), gloo, N
      processes x 1 thread, same deck, same steps, warm-up excluded, median step: DDP eager,
      DDP + torch.compile, FSDP2 (fully_shard per block). MFU of every run against the
      single-core sgemm rate the shardflow DP run measured; per-rank model state of ZeRO-3
-     against DP.
+     against DP. Each round also runs shardflow DP with SHARDFLOW_GEMM=openblas (every product
+     through OpenBLAS), so the host GEMM's library choice gets its own same-round ratio.
   3. Overlap: the step run full / with blocking comm / compute alone / comm alone
      (build/perf/bench_overlap).
   4. Executor overhead per empty task vs oneTBB flow_graph (build/perf/bench_executor).

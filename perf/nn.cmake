@@ -11,3 +11,13 @@ if(SHARDFLOW_BUILD_TESTS)
   set_tests_properties(perf_bench_nn_smoke PROPERTIES LABELS "perf" TIMEOUT 120
     ENVIRONMENT "OPENBLAS_NUM_THREADS=1")
 endif()
+
+# bench_gemm: the host f32 GEMM libraries (OpenBLAS, oneDNN) on one step's products, side by
+# side (core/gemm.hpp). Run: build/perf/bench_gemm [--batch 4]
+add_executable(bench_gemm ${CMAKE_CURRENT_LIST_DIR}/bench_gemm.cpp)
+target_link_libraries(bench_gemm PRIVATE shardflow)
+shardflow_target_options(bench_gemm)
+if(SHARDFLOW_BUILD_TESTS)
+  add_test(NAME perf_bench_gemm_smoke COMMAND bench_gemm --batch 1 --seq 64 --reps 2)
+  set_tests_properties(perf_bench_gemm_smoke PROPERTIES LABELS "perf" TIMEOUT 120)
+endif()

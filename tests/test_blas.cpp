@@ -269,10 +269,8 @@ TEST(Gemm, EveryLibraryAndTranspositionMatchesTheReference) {
 TEST(Gemm, PolicyFollowsTheEnvironment) {
   const auto& p = shardflow::gemm_policy();
   if (p.setting == "auto" && p.onednn_built && p.onednn_verified) {
-    // oneDNN where it is faster on the model's shapes; OpenBLAS for the weight gradient Aᵀ·B
-    EXPECT_EQ(shardflow::gemm_library_for('N', 'T'), GemmLibrary::OneDnn);
-    EXPECT_EQ(shardflow::gemm_library_for('N', 'N'), GemmLibrary::OneDnn);
-    EXPECT_EQ(shardflow::gemm_library_for('T', 'N'), GemmLibrary::OpenBlas);
+    for (char ta : {'N', 'T'})
+      for (char tb : {'N', 'T'}) EXPECT_EQ(shardflow::gemm_library_for(ta, tb), GemmLibrary::OneDnn) << ta << tb;
   }
   Child c = run_version({"SHARDFLOW_GEMM=openblas"});
   ASSERT_EQ(c.status, 0) << c.out;
@@ -284,7 +282,7 @@ TEST(Gemm, PolicyFollowsTheEnvironment) {
   c = run_version({});
   ASSERT_EQ(c.status, 0) << c.out;
   EXPECT_EQ(c.field("gemm").rfind("onednn " + p.onednn_version, 0), 0u) << c.out;
-  EXPECT_NE(c.field("gemm").find("; openblas for Aᵀ·B (SHARDFLOW_GEMM=auto)"), std::string::npos) << c.out;
+  EXPECT_NE(c.field("gemm").find("for A·B, A·Bᵀ, Aᵀ·B, Aᵀ·Bᵀ (SHARDFLOW_GEMM=auto)"), std::string::npos) << c.out;
   c = run_version({"SHARDFLOW_GEMM=onednn"});
   ASSERT_EQ(c.status, 0) << c.out;
   EXPECT_NE(c.field("gemm").find("for A·B, A·Bᵀ, Aᵀ·B, Aᵀ·Bᵀ (SHARDFLOW_GEMM=onednn)"), std::string::npos) << c.out;
@@ -294,6 +292,12 @@ TEST(Gemm, PolicyFollowsTheEnvironment) {
   ASSERT_EQ(c.status, 0) << c.out;
   EXPECT_NE(c.out.find("sgemm FAILED verification"), std::string::npos) << c.out;
   EXPECT_EQ(c.field("gemm").rfind("openblas for every product (SHARDFLOW_GEMM=auto)", 0), 0u) << c.out;
+  // asked for by name, it is an error instead
+  c = run_version({"SHARDFLOW_GEMM=onednn", "SHARDFLOW_GEMM_TEST_FAIL_VERIFY=1"});
+  EXPECT_NE(c.status, 0) << c.out;
+  EXPECT_NE(c.out.find("SHARDFLOW_GEMM='onednn', but oneDNN " + p.onednn_version + "'s sgemm FAILED verification"),
+            std::string::npos)
+      << c.out;
 }
 
 volatile std::sig_atomic_t g_signals_handled = 0;

@@ -3,18 +3,21 @@
 //
 // Two libraries from Debian can: OpenBLAS (through sgemm_, with the kernel core/blas.hpp
 // chooses) and oneDNN (dnnl_sgemm, which detects the CPU's ISA itself and JIT-compiles its
-// kernels). Measured on the model's shapes (docs/perf.md, "The host GEMM"), oneDNN is
-// faster at C = A·Bᵀ and C = A·B (the forward and the input gradient: 1.06-1.10x) and at
-// the attention core's small products (1.2-1.3x), and not faster at C = Aᵀ·B (the weight
-// gradient: 0.90-1.03x). The choice is fixed per transposition, never timed at run time,
-// so that a run's results do not depend on how fast the machine happened to be.
+// kernels). Measured on one step's products of the bench model, side by side
+// (perf/bench_gemm, docs/perf.md "The host GEMM"), oneDNN is 1.04-1.14x OpenBLAS per
+// transposition and 1.2-1.4x on the attention core's small products. The choice is fixed,
+// never timed at run time, so that a run's results do not depend on how fast the machine
+// happened to be.
 //
-// Environment: SHARDFLOW_GEMM = auto (default: oneDNN except op(A) = Aᵀ, where OpenBLAS),
-// onednn (every product) or openblas (every product). oneDNN is checked against a
-// double-precision reference once per process, on every transposition; a mismatch falls
-// back to OpenBLAS with a warning. Testing hook: SHARDFLOW_GEMM_TEST_FAIL_VERIFY=1 makes
-// that check fail. A build without oneDNN (SHARDFLOW_WITH_ONEDNN=OFF or libdnnl-dev
-// absent) uses OpenBLAS for everything and says so.
+// Environment: SHARDFLOW_GEMM = auto (default: oneDNN for every product when the build has it
+// and it passes its check, else OpenBLAS), onednn (the same, but an error when oneDNN cannot
+// be used) or openblas (every product through OpenBLAS: the results of builds before oneDNN).
+// oneDNN is checked against a double-precision reference once per process, on every
+// transposition; under auto a mismatch falls back to OpenBLAS with a warning. Testing hook:
+// SHARDFLOW_GEMM_TEST_FAIL_VERIFY=1 makes that check fail.
+//
+// oneDNN before 3.11 points rsp into the heap inside its JIT GEMM kernels (oneDNN issue
+// #4845): host_sgemm blocks signals for the duration of each oneDNN product.
 #include <cstdint>
 #include <string>
 
@@ -47,12 +50,13 @@ struct GemmPolicy {
   /// The library each transposition of row-major op(A) uses: [ta == 'T'][tb == 'T'].
   GemmLibrary use[2][2] = {{GemmLibrary::OpenBlas, GemmLibrary::OpenBlas},
                            {GemmLibrary::OpenBlas, GemmLibrary::OpenBlas}};
-  /// "onednn 2.6.3 (avx512_core_bf16) for A·B, A·Bᵀ, Aᵀ·Bᵀ; openblas for Aᵀ·B (auto)".
+  /// "onednn 2.6.3 (avx512_core_bf16) for A·B, A·Bᵀ, Aᵀ·B, Aᵀ·Bᵀ (SHARDFLOW_GEMM=auto)".
   std::string summary() const;
 };
 
 /// Read once per process (SHARDFLOW_GEMM, oneDNN's verification), then cached. Throws
-/// InputError naming the value when SHARDFLOW_GEMM is none of the three.
+/// InputError naming the value when SHARDFLOW_GEMM is none of the three, or is onednn and
+/// oneDNN is not built or fails its check.
 const GemmPolicy& gemm_policy();
 
 /// The library host_sgemm() uses for this transposition.

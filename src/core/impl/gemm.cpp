@@ -1,6 +1,5 @@
 #include "core/gemm.hpp"
 
-#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/threads.hpp"
 
 #if SHARDFLOW_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
@@ -23,15 +23,15 @@ namespace shardflow {
 
 namespace {
 
-// OpenBLAS is loaded behind libblas.so.3 (Debian's alternatives): look sgemm_ up at run time,
-// as core/blas.cpp does, so that the BLAS shardflow verified is the one it calls.
 using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                          const int*, const float*, const int*, const float*, float*, const int*);
 
-SgemmFn blas_sgemm() {
-  static const SgemmFn f = reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
-  return f;
-}
+// The BLAS (OpenBLAS behind Debian's libblas.so.3) is linked through KokkosKernels' BLAS TPL;
+// referencing sgemm_ here keeps it linked into programs that call no KokkosBlas function.
+extern "C" void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                       const int*, const float*, const int*, const float*, float*, const int*);
+
+SgemmFn blas_sgemm() { return &sgemm_; }
 
 const char* env(const char* name) {
   const char* v = std::getenv(name);
@@ -181,10 +181,13 @@ void host_sgemm_with(GemmLibrary lib, char ta, char tb, std::int64_t m, std::int
 const GemmPolicy& gemm_policy() {
   static const GemmPolicy policy = [] {
     GemmPolicy p;
+    // one thread per rank unless the user says otherwise, also in programs that never called
+    // limit_blas_threads(): oneDNN's OpenMP pool would otherwise take every core
+    limit_blas_threads();
     const char* s = env("SHARDFLOW_GEMM");
     p.setting = s != nullptr ? s : "auto";
     SHARDFLOW_REQUIRE_INPUT(p.setting == "auto" || p.setting == "onednn" || p.setting == "openblas",
-                          "SHARDFLOW_GEMM='", p.setting, "' is not one of auto, onednn, openblas");
+                            "SHARDFLOW_GEMM='", p.setting, "' is not one of auto, onednn, openblas");
 #if SHARDFLOW_HAVE_ONEDNN
     p.onednn_built = true;
     const dnnl_version_t* v = dnnl_version();
@@ -192,22 +195,22 @@ const GemmPolicy& gemm_policy() {
     p.onednn_isa = isa_name(dnnl_get_effective_cpu_isa());
     if (p.setting != "openblas") {
       verify_onednn(p);
+      SHARDFLOW_REQUIRE_INPUT(p.onednn_verified || p.setting != "onednn", "SHARDFLOW_GEMM='onednn', but oneDNN ",
+                              p.onednn_version, "'s sgemm FAILED verification: ", p.detail);
       if (!p.onednn_verified)
         std::fprintf(stderr, "shardflow: warning: oneDNN %s's sgemm FAILED verification (%s); using OpenBLAS for every "
                              "f32 product\n", p.onednn_version.c_str(), p.detail.c_str());
     }
 #else
     p.detail = "this build has no oneDNN";
-    if (p.setting == "onednn")
-      std::fprintf(stderr, "shardflow: warning: SHARDFLOW_GEMM=onednn, but %s; using OpenBLAS\n", p.detail.c_str());
+    SHARDFLOW_REQUIRE_INPUT(p.setting != "onednn", "SHARDFLOW_GEMM='onednn', but ", p.detail,
+                            " (configure with libdnnl-dev installed)");
 #endif
+    // oneDNN for every product when it is there and right (bench_gemm: 1.04-1.14x OpenBLAS per
+    // transposition on the model's products); the table allows a per-transposition choice
     const bool dnnl = p.onednn_built && p.onednn_verified && p.setting != "openblas";
-    for (int ta = 0; ta < 2; ++ta)
-      for (int tb = 0; tb < 2; ++tb) {
-        // auto: OpenBLAS where oneDNN is not faster on the model's shapes (Aᵀ·B, the weight gradient)
-        const bool one = dnnl && !(p.setting == "auto" && ta == 1 && tb == 0);
-        p.use[ta][tb] = one ? GemmLibrary::OneDnn : GemmLibrary::OpenBlas;
-      }
+    for (auto& row : p.use)
+      for (GemmLibrary& lib : row) lib = dnnl ? GemmLibrary::OneDnn : GemmLibrary::OpenBlas;
     if (p.setting == "openblas") p.detail = "SHARDFLOW_GEMM=openblas";
     return p;
   }();

@@ -1,5 +1,6 @@
 // RMSNorm, SwiGLU, residual adds and position embeddings: the row-wise and elementwise
-// kernels of the model. Reductions along a row run sequentially inside one work item, and
+// kernels of the model. Reductions along a row run inside one work item in a fixed order
+// (math::row_sum_squares: eight interleaved partial sums joined in a fixed tree), and
 // reductions over rows (the gain and position gradients) run in row order per column, so
 // results are bitwise reproducible on any backend.
 #include "nn/impl/math.hpp"
@@ -28,8 +29,7 @@ void RmsNorm<Scalar, Exec>::forward(typename V::CMat x, typename V::CVec g, type
   const double inv_h = 1.0 / static_cast<double>(h);
   Kokkos::parallel_for(
       "nn::rmsnorm_fwd", Kokkos::RangePolicy<Exec>(0, x.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
-        double ss = 0;
-        for (int64_t j = 0; j < h; ++j) ss += static_cast<double>(x(t, j)) * static_cast<double>(x(t, j));
+        const double ss = math::row_sum_squares(&x(t, 0), h);
         const Scalar r = static_cast<Scalar>(1.0 / math::sqrt(ss * inv_h + eps));
         rstd(t) = r;
         for (int64_t j = 0; j < h; ++j) y(t, j) = x(t, j) * r * g(j);
@@ -49,9 +49,7 @@ void RmsNorm<Scalar, Exec>::backward(typename V::CMat dy, typename V::CMat x, ty
   const double inv_h = 1.0 / static_cast<double>(h);
   Kokkos::parallel_for(
       "nn::rmsnorm_bwd_x", Kokkos::RangePolicy<Exec>(0, x.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
-        double c = 0;
-        for (int64_t j = 0; j < h; ++j)
-          c += static_cast<double>(g(j)) * static_cast<double>(dy(t, j)) * static_cast<double>(x(t, j));
+        const double c = math::row_dot3(&g(0), &dy(t, 0), &x(t, 0), h);
         const double r = rstd(t);
         const Scalar k = static_cast<Scalar>(r * r * r * c * inv_h);
         const Scalar rs = static_cast<Scalar>(r);
@@ -112,11 +110,16 @@ void SwiGlu<Scalar, Exec>::backward(typename V::CMat dh, typename V::CMat gu, ty
   const int64_t f = static_cast<int64_t>(dh.extent(1));
   Kokkos::parallel_for(
       "nn::swiglu_bwd", Kokkos::RangePolicy<Exec>(0, dh.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
+        // plain row pointers, as in the forward: through View accessors the loop stayed scalar
+        const Scalar* __restrict__ g = &gu(t, 0);
+        const Scalar* __restrict__ u = g + f;
+        const Scalar* __restrict__ d = &dh(t, 0);
+        Scalar* __restrict__ dg = &dgu(t, 0);
+        Scalar* __restrict__ du = dg + f;
         for (int64_t j = 0; j < f; ++j) {
-          const Scalar z = gu(t, j), u = gu(t, f + j), d = dh(t, j);
-          const Scalar s = math::sigmoid(z);
-          dgu(t, j) = d * u * s * (Scalar(1) + z * (Scalar(1) - s));
-          dgu(t, f + j) = d * z * s;
+          const Scalar z = g[j], s = math::sigmoid(z);
+          dg[j] = d[j] * u[j] * s * (Scalar(1) + z * (Scalar(1) - s));
+          du[j] = d[j] * z * s;
         }
       });
 }

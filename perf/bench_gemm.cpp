@@ -1,0 +1,159 @@
+// bench_gemm: the host f32 GEMM libraries (core/gemm.hpp) on the products one training step
+// of a deck's model runs on one rank, side by side in the same process: OpenBLAS (the
+// kernel core/blas.hpp chose) against oneDNN's dnnl_sgemm, per product and per transposition,
+// and what shardflow's policy (SHARDFLOW_GEMM, default auto) makes of them.
+//
+// The products, for T = b·S tokens per rank (b = --batch sequences): per layer the four
+// linear layers (qkv [3H, H], out [H, H], gate_up [2F, H], down [H, F]), each forward
+// (T×out×in, A·Bᵀ), input gradient (T×in×out, A·B) and weight gradient (out×in×T, Aᵀ·B,
+// accumulated: beta 1), and the attention core per (sequence, head): scores (S×S×D, A·Bᵀ),
+// context (S×D×S, A·B) and their four backward products; once per step the head
+// (T×V×H and its two gradients). Samples alternate between the libraries (best of --reps
+// per product and library), so a slow phase of the machine hits both.
+//
+// Checks (#wrong): every product of both libraries against the other within 1e-5 relative
+// of Σ|a·b|, on the same random operands.
+//
+// Usage: bench_gemm [--batch B] [--seq S] [--hidden H] [--heads A] [--ffn F] [--vocab V]
+//                   [--reps N]      (defaults: inputs/bench.toml's model, 4 sequences)
+#include <Kokkos_Core.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/blas.hpp"
+#include "core/gemm.hpp"
+#include "core/threads.hpp"
+
+using namespace shardflow;
+
+namespace {
+
+struct Product {
+  std::string what;
+  char ta, tb;
+  int m, n, k;
+  float beta;
+  int count;  // how many times one step runs it
+};
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ensure_best_blas_kernel(argc, argv);  // may re-execute: first thing
+  limit_blas_threads();
+  int batch = 4, seq = 128, hidden = 256, heads = 4, ffn = 688, vocab = 256, reps = 30;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i];
+    const int v = std::atoi(argv[i + 1]);
+    if (k == "--batch") batch = v;
+    else if (k == "--seq") seq = v;
+    else if (k == "--hidden") hidden = v;
+    else if (k == "--heads") heads = v;
+    else if (k == "--ffn") ffn = v;
+    else if (k == "--vocab") vocab = v;
+    else if (k == "--reps") reps = v;
+    else {
+      std::fprintf(stderr, "bench_gemm: unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  const GemmPolicy& pol = gemm_policy();
+  if (!pol.onednn_built || !pol.onednn_verified) {
+    std::printf("# bench_gemm: no verified oneDNN in this build (%s): nothing to compare\n", pol.summary().c_str());
+    return 0;
+  }
+  const int T = batch * seq, H = hidden, D = hidden / heads, F = ffn, V = vocab, SH = batch * heads;
+  std::vector<Product> ps;
+  auto linear = [&](const std::string& name, int out, int in, int per_step) {
+    ps.push_back({name + " fwd", 'N', 'T', T, out, in, 0.0f, per_step});
+    ps.push_back({name + " dx", 'N', 'N', T, in, out, 0.0f, per_step});
+    ps.push_back({name + " dw", 'T', 'N', out, in, T, 1.0f, per_step});
+  };
+  const int layers = 1;  // per layer; the step runs L of them, the ratios do not depend on L
+  linear("qkv", 3 * H, H, layers);
+  linear("out", H, H, layers);
+  linear("gate_up", 2 * F, H, layers);
+  linear("down", H, F, layers);
+  ps.push_back({"scores q·kᵀ", 'N', 'T', seq, seq, D, 0.0f, SH * layers});
+  ps.push_back({"context p·v", 'N', 'N', seq, D, seq, 0.0f, SH * layers});
+  ps.push_back({"d(p) = do·vᵀ", 'N', 'T', seq, seq, D, 0.0f, SH * layers});
+  ps.push_back({"d(v) = pᵀ·do", 'T', 'N', seq, D, seq, 0.0f, SH * layers});
+  ps.push_back({"d(q) = ds·k", 'N', 'N', seq, D, seq, 0.0f, SH * layers});
+  ps.push_back({"d(k) = dsᵀ·q", 'T', 'N', seq, D, seq, 0.0f, SH * layers});
+  linear("head", V, H, 1);
+
+  std::printf("# bench_gemm: the host f32 products of one step per rank, OpenBLAS vs oneDNN, one thread\n");
+  std::printf("# model T=%d tokens per rank (batch %d x seq %d), H=%d, heads %d, F=%d, V=%d; best of %d alternating samples\n",
+              T, batch, seq, H, heads, F, V, reps);
+  std::printf("# %s\n", blas_info().summary().c_str());
+  std::printf("#%-15s %2s %6s %6s %6s %5s %10s %10s %10s %7s\n", "product", "op", "m", "n", "k", "x", "openblas",
+              "onednn", "policy", "dnnl/ob");
+  std::printf("#%-15s %2s %6s %6s %6s %5s %10s %10s %10s %7s\n", "", "", "", "", "", "", "GFLOP/s", "GFLOP/s", "uses",
+              "speed");
+  std::mt19937 rng(42);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  double t_ob = 0, t_dn = 0, t_pol = 0;
+  double tt_ob[2][2] = {{0, 0}, {0, 0}}, tt_dn[2][2] = {{0, 0}, {0, 0}};
+  long wrong = 0;
+  for (const Product& p : ps) {
+    const int ar = p.ta == 'N' ? p.m : p.k, ac = p.ta == 'N' ? p.k : p.m;
+    const int br = p.tb == 'N' ? p.k : p.n, bc = p.tb == 'N' ? p.n : p.k;
+    std::vector<float> a(static_cast<size_t>(ar) * ac), b(static_cast<size_t>(br) * bc),
+        c0(static_cast<size_t>(p.m) * p.n);
+    for (auto& x : a) x = u(rng);
+    for (auto& x : b) x = u(rng);
+    for (auto& x : c0) x = u(rng);
+    std::vector<float> c[2] = {c0, c0};
+    const GemmLibrary libs[2] = {GemmLibrary::OpenBlas, GemmLibrary::OneDnn};
+    double best[2] = {HUGE_VAL, HUGE_VAL};
+    for (int r = 0; r < reps; ++r)
+      for (int l = 0; l < 2; ++l) {
+        std::copy(c0.begin(), c0.end(), c[l].begin());
+        const double t0 = now();
+        host_sgemm_with(libs[l], p.ta, p.tb, p.m, p.n, p.k, 1.0f, a.data(), ac, b.data(), bc, p.beta, c[l].data(), p.n);
+        best[l] = std::min(best[l], now() - t0);
+      }
+    // the two libraries agree (and so each is right to f32 rounding)
+    for (int i = 0; i < p.m; ++i)
+      for (int j = 0; j < p.n; ++j) {
+        double mag = p.beta != 0.0f ? std::fabs(c0[static_cast<size_t>(i) * p.n + j]) : 0.0;
+        for (int q = 0; q < p.k; ++q) {
+          const double av = p.ta == 'N' ? a[static_cast<size_t>(i) * ac + q] : a[static_cast<size_t>(q) * ac + i];
+          const double bv = p.tb == 'N' ? b[static_cast<size_t>(q) * bc + j] : b[static_cast<size_t>(j) * bc + q];
+          mag += std::fabs(av * bv);
+        }
+        const size_t e = static_cast<size_t>(i) * p.n + j;
+        if (!(std::fabs(static_cast<double>(c[0][e]) - c[1][e]) <= 1e-5 * mag)) ++wrong;
+      }
+    const double flop = 2.0 * p.m * p.n * p.k;
+    const GemmLibrary use = gemm_library_for(p.ta, p.tb);
+    const int ui = use == GemmLibrary::OneDnn ? 1 : 0;
+    t_ob += best[0] * p.count;
+    t_dn += best[1] * p.count;
+    t_pol += best[ui] * p.count;
+    tt_ob[p.ta == 'T'][p.tb == 'T'] += best[0] * p.count;
+    tt_dn[p.ta == 'T'][p.tb == 'T'] += best[1] * p.count;
+    const char op[3] = {p.ta == 'N' ? 'N' : 'T', p.tb == 'N' ? 'N' : 'T', 0};
+    std::printf(" %-15s %2s %6d %6d %6d %5d %10.1f %10.1f %10s %7.2f\n", p.what.c_str(), op, p.m, p.n, p.k, p.count,
+                flop / best[0] / 1e9, flop / best[1] / 1e9, to_string(use), best[0] / best[1]);
+  }
+  std::printf("# per transposition (time-weighted over the step's products), oneDNN speed / OpenBLAS:");
+  const char* names[2][2] = {{"A·B", "A·Bᵀ"}, {"Aᵀ·B", "Aᵀ·Bᵀ"}};
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j)
+      if (tt_dn[i][j] > 0) std::printf(" %s %.3f", names[i][j], tt_ob[i][j] / tt_dn[i][j]);
+  std::printf("\n# one layer + head, summed as one step runs them: openblas %.3f ms, onednn %.3f ms, policy (%s) %.3f ms\n",
+              t_ob * 1e3, t_dn * 1e3, pol.setting.c_str(), t_pol * 1e3);
+  std::printf("# policy speed / openblas only: %.3f   onednn only / openblas only: %.3f\n", t_ob / t_pol, t_ob / t_dn);
+  std::printf("# #wrong %ld\n", wrong);
+  return wrong == 0 ? 0 : 1;
+}
