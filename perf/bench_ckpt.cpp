@@ -4,7 +4,10 @@
 // data and reports #wrong).
 //
 //   mpiexec -n R bench_ckpt [--dir D] [--mib-per-rank N] [--tensors K] [--cols C] [--iters I]
+//                           [--profile-in-place P] [--profile-resh-in-place P]
 //
+// (the last two repeat the in-place restore, same layout or column split, P times per
+// iteration: something for `perf record` to sample)
 // Each of K f32 tensors [rows, C] (C = 4096 by default: 16 KiB rows) is split along rows
 // over a `data` mesh of R ranks, so every rank holds N MiB. raw write: each rank write()s N
 // MiB to its own file in 8 MiB chunks and fsyncs it and the directory (the durability a
@@ -105,7 +108,7 @@ int main(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   std::string dir = (fs::temp_directory_path() / "shardflow_bench_ckpt").string();
   double mib = 64;
-  int ntensors = 8, iters = 3, profile_in_place = 1;
+  int ntensors = 8, iters = 3, profile_in_place = 1, profile_resh = 1;
   long long ncols = 4096;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -115,6 +118,7 @@ int main(int argc, char** argv) {
     else if (a == "--iters") iters = std::atoi(argv[i + 1]);
     else if (a == "--cols") ncols = std::atoll(argv[i + 1]);
     else if (a == "--profile-in-place") profile_in_place = std::atoi(argv[i + 1]);  // repeat it (for perf record)
+    else if (a == "--profile-resh-in-place") profile_resh = std::atoi(argv[i + 1]);  // the column split's, likewise
     else {
       if (rank == 0) std::fprintf(stderr, "bench_ckpt: unknown option '%s'\n", a.c_str());
       MPI_Abort(MPI_COMM_WORLD, 2);
@@ -224,7 +228,8 @@ int main(int argc, char** argv) {
         wrong += check(by_rows, back);
         for (int t = 0; t < ntensors; ++t)
           back[static_cast<size_t>(t)].assign(static_cast<size_t>(by_cols[static_cast<size_t>(t)].local_numel(rank)), -1.f);
-        t_resh_ip = std::min(t_resh_ip, timed([&] { ckpt::restore(MPI_COMM_WORLD, root, states(by_cols, back), ip); }));
+        for (int k = 0; k < std::max(1, profile_resh); ++k)
+          t_resh_ip = std::min(t_resh_ip, timed([&] { ckpt::restore(MPI_COMM_WORLD, root, states(by_cols, back), ip); }));
         wrong += check(by_cols, back);
       }
       for (int t = 0; t < ntensors; ++t)
