@@ -48,13 +48,12 @@ struct TrainOptions {
 };
 
 /// The best single-core sgemm rate (GFLOP/s) this process can reach: 512³ through each host
-/// GEMM library the build has (core/gemm.hpp), the faster one. The MFU denominator is the
-/// best sgemm on the CPU, not the rate of whichever library the model happens to use.
+/// GEMM library the build has (measured once by blas_info(), whose line the header prints),
+/// the faster one. The MFU denominator is the best sgemm on the CPU, not the rate of
+/// whichever library the model happens to use.
 double best_sgemm_gflops() {
-  double best = shardflow::measure_sgemm_gflops(GemmLibrary::OpenBlas);
-  const GemmPolicy& g = gemm_policy();
-  if (g.onednn_built && g.onednn_verified) best = std::max(best, shardflow::measure_sgemm_gflops(GemmLibrary::OneDnn));
-  return best;
+  const BlasInfo& b = blas_info();
+  return std::max(b.sgemm_gflops_openblas, b.sgemm_gflops_onednn);
 }
 
 int64_t max_rss_bytes() {

@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
         if (!(std::fabs(static_cast<double>(c[0][e]) - c[1][e]) <= 1e-5 * mag)) ++wrong;
       }
     const double flop = 2.0 * p.m * p.n * p.k;
-    const GemmLibrary use = gemm_library_for(p.ta, p.tb);
+    const GemmLibrary use = gemm_library();
     const int ui = use == GemmLibrary::OneDnn ? 1 : 0;
     t_ob += best[0] * p.count;
     t_dn += best[1] * p.count;

@@ -269,8 +269,7 @@ TEST(Gemm, EveryLibraryAndTranspositionMatchesTheReference) {
 TEST(Gemm, PolicyFollowsTheEnvironment) {
   const auto& p = shardflow::gemm_policy();
   if (p.setting == "auto" && p.onednn_built && p.onednn_verified) {
-    for (char ta : {'N', 'T'})
-      for (char tb : {'N', 'T'}) EXPECT_EQ(shardflow::gemm_library_for(ta, tb), GemmLibrary::OneDnn) << ta << tb;
+    EXPECT_EQ(shardflow::gemm_library(), GemmLibrary::OneDnn);
   }
   Child c = run_version({"SHARDFLOW_GEMM=openblas"});
   ASSERT_EQ(c.status, 0) << c.out;

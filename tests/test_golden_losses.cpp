@@ -107,10 +107,7 @@ std::string blas_kernel() {
   // oneDNN multiplies some products (core/gemm.hpp): its version, ISA and the policy name the
   // results too, e.g. "Cooperlake+onednn-2.6.3-avx512_core_bf16-auto"
   const GemmPolicy& p = gemm_policy();
-  bool any = false;
-  for (const auto& row : p.use)
-    for (GemmLibrary lib : row) any = any || lib == GemmLibrary::OneDnn;
-  if (any) k += "+onednn-" + p.onednn_version + "-" + p.onednn_isa + "-" + p.setting;
+  if (p.library == GemmLibrary::OneDnn) k += "+onednn-" + p.onednn_version + "-" + p.onednn_isa + "-" + p.setting;
   return k;
 }
 

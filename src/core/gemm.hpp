@@ -47,9 +47,7 @@ struct GemmPolicy {
   std::string onednn_version;  ///< "2.6.3"
   std::string onednn_isa;      ///< the ISA oneDNN runs ("avx512_core_bf16", ...)
   std::string detail;          ///< why oneDNN is not used, when it is not
-  /// The library each transposition of row-major op(A) uses: [ta == 'T'][tb == 'T'].
-  GemmLibrary use[2][2] = {{GemmLibrary::OpenBlas, GemmLibrary::OpenBlas},
-                           {GemmLibrary::OpenBlas, GemmLibrary::OpenBlas}};
+  GemmLibrary library = GemmLibrary::OpenBlas;  ///< the library of every host f32 product
   /// "onednn 2.6.3 (avx512_core_bf16) for A·B, A·Bᵀ, Aᵀ·B, Aᵀ·Bᵀ (SHARDFLOW_GEMM=auto)".
   std::string summary() const;
 };
@@ -59,11 +57,12 @@ struct GemmPolicy {
 /// oneDNN is not built or fails its check.
 const GemmPolicy& gemm_policy();
 
-/// The library host_sgemm() uses for this transposition.
-GemmLibrary gemm_library_for(char ta, char tb);
+/// The library host_sgemm() uses (gemm_policy().library).
+GemmLibrary gemm_library();
 
 /// Single-thread 512³ C = A·Bᵀ through one library: the best call over at least 5 calls
-/// and 50 ms, in GFLOP/s (0 when the library is not available).
+/// and 50 ms after a warm-up call, in GFLOP/s (0 when the build has no oneDNN and it is
+/// asked for). OpenBLAS runs one thread for it; the process's setting is restored after.
 double measure_sgemm_gflops(GemmLibrary lib);
 
 }  // namespace shardflow

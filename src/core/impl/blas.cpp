@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -23,8 +22,6 @@ namespace {
 // OpenBLAS is loaded behind libblas.so.3 (Debian's alternatives), so look it up at run time.
 using CoreNameFn = char* (*)();
 using ConfigFn = char* (*)();
-using GetThreadsFn = int (*)();
-using SetThreadsFn = void (*)(int);
 using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                          const int*, const float*, const int*, const float*, float*, const int*);
 
@@ -70,10 +67,6 @@ std::string trim(std::string s) {
 void warn(const std::string& what) {
   std::fprintf(stderr, "shardflow: warning: %s\n", what.c_str());
   std::fflush(stderr);
-}
-
-double elapsed_s(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace
@@ -320,34 +313,15 @@ const BlasInfo& blas_info() {
     const bool loaded = lookup<SgemmFn>("sgemm_") != nullptr;
     if (!loaded) b.library = "no BLAS loaded in this process";
     if (!v.ok && loaded) warn("BLAS kernel " + b.kernel + " FAILED verification: " + v.detail);
-    // Single-thread 512^3 sgemm: the best call after a warm-up call, over at least 5 calls
-    // and 50 ms (a few calls alone catch a core that is still clocking up or briefly
-    // shared, and read 0.7 of its rate on the 2-core VMs this was written on).
-    auto sgemm = lookup<SgemmFn>("sgemm_");
-    if (sgemm != nullptr) {
-      auto get_threads = lookup<GetThreadsFn>("openblas_get_num_threads");
-      auto set_threads = lookup<SetThreadsFn>("openblas_set_num_threads");
-      const int threads = get_threads != nullptr ? get_threads() : 1;
-      if (set_threads != nullptr) set_threads(1);
-      const int n = 512;
-      std::vector<float> a(static_cast<size_t>(n) * n, 1.0f), bm(a.size(), 0.5f), c(a.size());
-      const float alpha = 1.0f, beta = 0.0f;
-      double best = HUGE_VAL;
-      sgemm("N", "T", &n, &n, &n, &alpha, a.data(), &n, bm.data(), &n, &beta, c.data(), &n);
-      const auto start = std::chrono::steady_clock::now();
-      for (int r = 0; r < 5 || (elapsed_s(start) < 0.05 && r < 1000); ++r) {
-        const auto t0 = std::chrono::steady_clock::now();
-        sgemm("N", "T", &n, &n, &n, &alpha, a.data(), &n, bm.data(), &n, &beta, c.data(), &n);
-        best = std::min(best, elapsed_s(t0));
-      }
-      if (set_threads != nullptr) set_threads(threads);
-      b.sgemm_gflops_openblas = 2.0 * n * n * n / best / 1e9;
-    }
+    // Single-thread 512^3 sgemm through each library (core/gemm.hpp): the best call after a
+    // warm-up call, over at least 5 calls and 50 ms (a few calls alone catch a core that is
+    // still clocking up or briefly shared, and read 0.7 of its rate on the 2-core VMs this
+    // was written on).
+    if (loaded) b.sgemm_gflops_openblas = measure_sgemm_gflops(GemmLibrary::OpenBlas);
     const GemmPolicy& gp = gemm_policy();
     b.gemm = gp.summary();
     if (gp.onednn_built && gp.onednn_verified) b.sgemm_gflops_onednn = measure_sgemm_gflops(GemmLibrary::OneDnn);
-    b.sgemm_gflops =
-        gemm_library_for('N', 'T') == GemmLibrary::OneDnn ? b.sgemm_gflops_onednn : b.sgemm_gflops_openblas;
+    b.sgemm_gflops = gemm_library() == GemmLibrary::OneDnn ? b.sgemm_gflops_onednn : b.sgemm_gflops_openblas;
     return b;
   }();
   return info;

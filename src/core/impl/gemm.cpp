@@ -23,15 +23,14 @@ namespace shardflow {
 
 namespace {
 
-using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
-                         const int*, const float*, const int*, const float*, float*, const int*);
-
-// The BLAS (OpenBLAS behind Debian's libblas.so.3) is linked through KokkosKernels' BLAS TPL;
-// referencing sgemm_ here keeps it linked into programs that call no KokkosBlas function.
+// The BLAS (OpenBLAS behind Debian's libblas.so.3), linked directly (CMakeLists.txt): this
+// reference keeps it linked into programs that call no KokkosBlas function.
 extern "C" void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
                        const int*, const float*, const int*, const float*, float*, const int*);
-
-SgemmFn blas_sgemm() { return &sgemm_; }
+extern "C" {
+int openblas_get_num_threads() __attribute__((weak));
+void openblas_set_num_threads(int) __attribute__((weak));
+}
 
 const char* env(const char* name) {
   const char* v = std::getenv(name);
@@ -46,13 +45,11 @@ int as_int(std::int64_t v, const char* what) {
 
 void sgemm_openblas(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
                     std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
-  SgemmFn f = blas_sgemm();
-  SHARDFLOW_REQUIRE(f != nullptr, "host_sgemm: the loaded BLAS has no sgemm_");
   // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands.
   const int im = as_int(m, "m"), in = as_int(n, "n"), ik = as_int(k, "k");
   const int ila = as_int(lda, "lda"), ilb = as_int(ldb, "ldb"), ilc = as_int(ldc, "ldc");
   const char sa[2] = {ta, 0}, sb[2] = {tb, 0};
-  f(sb, sa, &in, &im, &ik, &alpha, b, &ilb, a, &ila, &beta, c, &ilc);
+  sgemm_(sb, sa, &in, &im, &ik, &alpha, b, &ilb, a, &ila, &beta, c, &ilc);
 }
 
 #if SHARDFLOW_HAVE_ONEDNN
@@ -147,11 +144,6 @@ void verify_onednn(GemmPolicy& p) {
   }
 }
 
-const char* product_name(int ta, int tb) {
-  static const char* names[2][2] = {{"A·B", "A·Bᵀ"}, {"Aᵀ·B", "Aᵀ·Bᵀ"}};
-  return names[ta][tb];
-}
-
 }  // namespace
 
 const char* to_string(GemmLibrary lib) { return lib == GemmLibrary::OneDnn ? "onednn" : "openblas"; }
@@ -207,10 +199,9 @@ const GemmPolicy& gemm_policy() {
                             " (configure with libdnnl-dev installed)");
 #endif
     // oneDNN for every product when it is there and right (bench_gemm: 1.04-1.14x OpenBLAS per
-    // transposition on the model's products); the table allows a per-transposition choice
+    // transposition on the model's products)
     const bool dnnl = p.onednn_built && p.onednn_verified && p.setting != "openblas";
-    for (auto& row : p.use)
-      for (GemmLibrary& lib : row) lib = dnnl ? GemmLibrary::OneDnn : GemmLibrary::OpenBlas;
+    p.library = dnnl ? GemmLibrary::OneDnn : GemmLibrary::OpenBlas;
     if (p.setting == "openblas") p.detail = "SHARDFLOW_GEMM=openblas";
     return p;
   }();
@@ -218,33 +209,26 @@ const GemmPolicy& gemm_policy() {
 }
 
 std::string GemmPolicy::summary() const {
-  std::string one, open;
-  for (int ta = 0; ta < 2; ++ta)
-    for (int tb = 0; tb < 2; ++tb) {
-      std::string& s = use[ta][tb] == GemmLibrary::OneDnn ? one : open;
-      s += (s.empty() ? "" : ", ") + std::string(product_name(ta, tb));
-    }
-  std::string out;
-  if (!one.empty()) out = "onednn " + onednn_version + " (" + onednn_isa + ") for " + one;
-  if (!open.empty()) out += (out.empty() ? "" : "; ") + std::string("openblas for ") + (one.empty() ? "every product" : open);
+  std::string out = library == GemmLibrary::OneDnn
+                        ? "onednn " + onednn_version + " (" + onednn_isa + ") for A·B, A·Bᵀ, Aᵀ·B, Aᵀ·Bᵀ"
+                        : std::string("openblas for every product");
   out += " (SHARDFLOW_GEMM=" + setting + ")";
-  if (!detail.empty() && use[0][0] == GemmLibrary::OpenBlas) out += ": " + detail;
+  if (!detail.empty() && library == GemmLibrary::OpenBlas) out += ": " + detail;
   return out;
 }
 
-GemmLibrary gemm_library_for(char ta, char tb) {
-  const GemmPolicy& p = gemm_policy();
-  return p.use[ta == 'T' ? 1 : 0][tb == 'T' ? 1 : 0];
-}
+GemmLibrary gemm_library() { return gemm_policy().library; }
 
 void host_sgemm(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
                 std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
-  host_sgemm_with(gemm_library_for(ta, tb), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  host_sgemm_with(gemm_library(), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 double measure_sgemm_gflops(GemmLibrary lib) {
   if (lib == GemmLibrary::OneDnn && !gemm_policy().onednn_built) return 0.0;
-  if (lib == GemmLibrary::OpenBlas && blas_sgemm() == nullptr) return 0.0;
+  // one OpenBLAS thread for the measurement, whatever the process set (restored after)
+  const int threads = openblas_get_num_threads ? openblas_get_num_threads() : 1;
+  if (lib == GemmLibrary::OpenBlas && openblas_set_num_threads) openblas_set_num_threads(1);
   const int n = 512;
   std::vector<float> a(static_cast<size_t>(n) * n, 1.0f), b(a.size(), 0.5f), c(a.size());
   auto run = [&] { host_sgemm_with(lib, 'N', 'T', n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); };
@@ -257,6 +241,7 @@ double measure_sgemm_gflops(GemmLibrary lib) {
     run();
     best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count());
   }
+  if (lib == GemmLibrary::OpenBlas && openblas_set_num_threads) openblas_set_num_threads(threads);
   return 2.0 * n * n * n / best / 1e9;
 }
 
