@@ -6,6 +6,7 @@
 // device space).
 #include <Kokkos_Core.hpp>
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 
 #include "core/error.hpp"
@@ -94,6 +95,27 @@ void cast(const ExecSpace& exec, const DstView& dst, const SrcView& src) {
       "shardflow::kernels::cast",
       Kokkos::RangePolicy<ExecSpace, Kokkos::IndexType<std::int64_t>>(exec, 0, static_cast<std::int64_t>(dst.extent(0))),
       KOKKOS_LAMBDA(std::int64_t i) { d[i] = Convert<S, D>::apply(s[i]); });
+}
+
+/// Σ x[i]² over [0, n) in double: eight accumulators (i mod 8; the tail into the first)
+/// joined pairwise. One fixed order, so the result depends only on the data, never on the
+/// schedule or the vector width, and eight independent add chains instead of one. Used by
+/// the gradient norm (optim) and RMSNorm (nn).
+template <class T>
+KOKKOS_INLINE_FUNCTION double sum_squares_f64(const T* __restrict__ x, int64_t n) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const double x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3];
+    const double x4 = x[i + 4], x5 = x[i + 5], x6 = x[i + 6], x7 = x[i + 7];
+    a0 += x0 * x0; a1 += x1 * x1; a2 += x2 * x2; a3 += x3 * x3;
+    a4 += x4 * x4; a5 += x5 * x5; a6 += x6 * x6; a7 += x7 * x7;
+  }
+  for (; i < n; ++i) {
+    const double v = x[i];
+    a0 += v * v;
+  }
+  return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
 }
 
 }  // namespace shardflow::kernels

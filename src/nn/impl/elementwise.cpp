@@ -1,8 +1,9 @@
 // RMSNorm, SwiGLU, residual adds and position embeddings: the row-wise and elementwise
 // kernels of the model. Reductions along a row run inside one work item in a fixed order
-// (math::row_sum_squares: eight interleaved partial sums joined in a fixed tree), and
+// (kernels::sum_squares_f64, math::row_dot3: eight partial sums joined in a fixed tree), and
 // reductions over rows (the gain and position gradients) run in row order per column, so
 // results are bitwise reproducible on any backend.
+#include "kernels/elementwise.hpp"
 #include "nn/impl/math.hpp"
 #include "nn/kernels.hpp"
 #include "core/error.hpp"
@@ -29,7 +30,7 @@ void RmsNorm<Scalar, Exec>::forward(typename V::CMat x, typename V::CVec g, type
   const double inv_h = 1.0 / static_cast<double>(h);
   Kokkos::parallel_for(
       "nn::rmsnorm_fwd", Kokkos::RangePolicy<Exec>(0, x.extent(0)), KOKKOS_LAMBDA(const int64_t t) {
-        const double ss = math::row_sum_squares(&x(t, 0), h);
+        const double ss = kernels::sum_squares_f64(&x(t, 0), h);
         const Scalar r = static_cast<Scalar>(1.0 / math::sqrt(ss * inv_h + eps));
         rstd(t) = r;
         for (int64_t j = 0; j < h; ++j) y(t, j) = x(t, j) * r * g(j);

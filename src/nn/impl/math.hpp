@@ -58,20 +58,9 @@ template <class T>
 KOKKOS_INLINE_FUNCTION T sigmoid(T z) {
   return T(1) / (T(1) + math::exp(-z));
 }
-/// Σ_j x[j]² over a row, in double, as eight interleaved partial sums (j mod 8) joined in a
-/// fixed tree: one order on every backend and vector width, and eight independent add
-/// chains instead of one (a strict left-to-right double sum costs a 4-cycle add per element).
-template <class T>
-KOKKOS_INLINE_FUNCTION double row_sum_squares(const T* __restrict__ x, int64_t n) {
-  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int k = 0; k < 8; ++k) a[k] += static_cast<double>(x[j + k]) * static_cast<double>(x[j + k]);
-  for (int k = 0; j < n; ++j, ++k) a[k] += static_cast<double>(x[j]) * static_cast<double>(x[j]);
-  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-
-/// Σ_j a[j]·b[j]·c[j] over a row, in double, in the same eight partial sums and tree.
+/// Σ_j a[j]·b[j]·c[j] over a row, in double, as eight interleaved partial sums (j mod 8)
+/// joined in a fixed tree, as kernels::sum_squares_f64: one order on every backend and
+/// vector width, and eight independent add chains instead of one.
 template <class T>
 KOKKOS_INLINE_FUNCTION double row_dot3(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ c,
                                        int64_t n) {

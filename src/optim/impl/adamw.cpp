@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "kernels/elementwise.hpp"
 
 namespace shardflow::optim {
 
@@ -65,25 +66,6 @@ template <class T>
 KOKKOS_INLINE_FUNCTION T sqrt_of(T x) { return Kokkos::Experimental::sqrt(x); }
 #endif
 
-/// Σ g[i]² over [lo, hi), eight double accumulators summed pairwise: a fixed order, so the
-/// result depends only on the data and the block boundaries, never on the schedule.
-template <class Scalar>
-KOKKOS_INLINE_FUNCTION double block_sum_of_squares(const Scalar* __restrict__ g, int64_t lo, int64_t hi) {
-  double a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-  int64_t i = lo;
-  for (; i + 8 <= hi; i += 8) {
-    const double x0 = g[i], x1 = g[i + 1], x2 = g[i + 2], x3 = g[i + 3];
-    const double x4 = g[i + 4], x5 = g[i + 5], x6 = g[i + 6], x7 = g[i + 7];
-    a0 += x0 * x0; a1 += x1 * x1; a2 += x2 * x2; a3 += x3 * x3;
-    a4 += x4 * x4; a5 += x5 * x5; a6 += x6 * x6; a7 += x7 * x7;
-  }
-  for (; i < hi; ++i) {
-    const double x = g[i];
-    a0 += x * x;
-  }
-  return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
-}
-
 /// The scalars of one update in the working precision of the tensor.
 template <class Scalar>
 struct UpdateScalars {
@@ -119,7 +101,7 @@ double AdamW<Scalar, Exec>::sum_of_squares(typename V::CVec g) {
       "optim::sum_of_squares", Kokkos::RangePolicy<Exec>(0, (n + bs - 1) / bs),
       KOKKOS_LAMBDA(const int64_t b, double& acc) {
         const int64_t lo = b * bs, hi = lo + bs < n ? lo + bs : n;
-        acc += block_sum_of_squares(gp, lo, hi);
+        acc += kernels::sum_squares_f64(gp + lo, hi - lo);
       },
       total);
   return total;
