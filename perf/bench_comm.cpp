@@ -4,6 +4,7 @@
 // MPI_Alltoallv of the same bytes. Every run checks its own results (#wrong).
 //
 //   mpiexec -n 2 build/perf/bench_comm [--min-bytes B] [--max-bytes B] [--rounds R]
+//                                      [--only collectives|reshard]
 //
 // size: nccl-tests convention (all_reduce / broadcast: the buffer; all_gather: the
 // gathered output; reduce_scatter / all_to_all: the input). algbw = size / time; busbw =
@@ -42,9 +43,11 @@ struct Result {
 /// Median seconds per iteration of fw() and raw(): the two alternate iteration by
 /// iteration (which goes first alternates too), each sample is the slowest rank's time
 /// after a barrier, so load from other processes on a shared machine hits both alike.
-template <class F, class G>
-void time_pair(Result& res, int iters, int rounds, F&& fw, G&& raw) {
+/// prep_raw() runs untimed before each raw sample.
+template <class F, class G, class P>
+void time_pair(Result& res, int iters, int rounds, F&& fw, G&& raw, P&& prep_raw) {
   fw();
+  prep_raw();
   raw();  // warm up both
   const int samples = iters * rounds;
   std::vector<double> tf(static_cast<std::size_t>(samples)), tr(tf.size());
@@ -58,8 +61,10 @@ void time_pair(Result& res, int iters, int rounds, F&& fw, G&& raw) {
     const auto ui = static_cast<std::size_t>(i);
     if (i % 2 == 0) {
       tf[ui] = timed(fw);
+      prep_raw();
       tr[ui] = timed(raw);
     } else {
+      prep_raw();
       tr[ui] = timed(raw);
       tf[ui] = timed(fw);
     }
@@ -72,6 +77,11 @@ void time_pair(Result& res, int iters, int rounds, F&& fw, G&& raw) {
   };
   res.fw_s = median(tf);
   res.raw_s = median(tr);
+}
+
+template <class F, class G>
+void time_pair(Result& res, int iters, int rounds, F&& fw, G&& raw) {
+  time_pair(res, iters, rounds, fw, raw, [] {});
 }
 
 void print_row(const char* op, std::size_t bytes, double factor, const Result& r) {
@@ -259,18 +269,26 @@ void bench_reshard(CommSet& comms, std::size_t bytes, int rounds) {
       rrecv(static_cast<std::size_t>(op.plan().recv_elems() + keep));
   using CV = shard::Resharder<float>::ConstView;
   using V = shard::Resharder<float>::View;
-  Result r;
-  time_pair(
-      r, iterations(bytes), rounds, [&] { op.run(CV(src.data(), src.size()), V(dst.data(), dst.size())); },
-      [&] {
-        MPI_Request q;
-        MPI_Ialltoallv(rsend.data(), sc.data(), sd.data(), MPI_FLOAT, rrecv.data(), rc.data(), rd.data(), MPI_FLOAT,
-                       comms.world().mpi_comm(), &q);
-        MPI_Wait(&q, MPI_STATUS_IGNORE);
-      });
-  r.wrong += count_wrong(dst, want);
+  auto fw = [&] { op.run(CV(src.data(), src.size()), V(dst.data(), dst.size())); };
+  auto raw = [&] {
+    MPI_Request q;
+    MPI_Ialltoallv(rsend.data(), sc.data(), sd.data(), MPI_FLOAT, rrecv.data(), rc.data(), rd.data(), MPI_FLOAT,
+                   comms.world().mpi_comm(), &q);
+    MPI_Wait(&q, MPI_STATUS_IGNORE);
+  };
   const double nn = static_cast<double>(n);
+  Result r;
+  time_pair(r, iterations(bytes), rounds, fw, raw);
+  r.wrong += count_wrong(dst, want);
   print_row("reshard", bytes, (nn - 1) / nn, r);
+  // The same, with the raw peer's send buffer written (untimed) before each of its samples,
+  // as a program that packed its bytes would have just done: the peer then reads lines
+  // another core holds modified, as the reshard's exchange does after its pack.
+  float v = 0.f;
+  Result rf;
+  time_pair(rf, iterations(bytes), rounds, fw, raw, [&] { std::fill(rsend.begin(), rsend.end(), v += 1.f); });
+  rf.wrong += count_wrong(dst, want);
+  print_row("reshard/fresh", bytes, (nn - 1) / nn, rf);
 }
 
 }  // namespace
@@ -282,6 +300,7 @@ int main(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);
   std::size_t min_bytes = 1024, max_bytes = std::size_t(64) << 20;
   int rounds = 5;
+  std::string only;  // "collectives" or "reshard": run one group
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--min-bytes")
@@ -290,6 +309,8 @@ int main(int argc, char** argv) {
       max_bytes = std::strtoull(argv[i + 1], nullptr, 10);
     else if (a == "--rounds")
       rounds = std::atoi(argv[i + 1]);
+    else if (a == "--only")
+      only = argv[i + 1];
   }
   {
     Mesh mesh(MeshShape({"data"}, {g_size}));
@@ -300,8 +321,10 @@ int main(int argc, char** argv) {
       std::printf("%-15s %10s %10s %8s %8s %10s %8s %8s %6s %7s\n", "# op", "size(B)", "fw(us)", "algbw", "busbw",
                   "raw(us)", "algbw", "busbw", "ratio", "#wrong");
     }
-    for (std::size_t b = min_bytes; b <= max_bytes; b *= 4) bench_collectives(comms, b, rounds);
-    for (std::size_t b = min_bytes; b <= max_bytes; b *= 4) bench_reshard(comms, b, rounds);
+    if (only.empty() || only == "collectives")
+      for (std::size_t b = min_bytes; b <= max_bytes; b *= 4) bench_collectives(comms, b, rounds);
+    if (only.empty() || only == "reshard")
+      for (std::size_t b = min_bytes; b <= max_bytes; b *= 4) bench_reshard(comms, b, rounds);
   }
   if (g_rank == 0) std::printf("# total #wrong: %ld\n", g_wrong);
   Kokkos::finalize();

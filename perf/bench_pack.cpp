@@ -14,6 +14,7 @@
 //
 //   bench_pack [--min-bytes N] [--max-bytes N] [--min-run N] [--max-run N] [--iters N]
 //              [--cast bf16|f16]   (fused cast-and-pack / unpack-and-cast instead of f32)
+//              [--impl avx2|generic]   (the host run copy; default: the fastest the CPU runs)
 // Exit code 1 when any row has #wrong > 0.
 #include <Kokkos_Core.hpp>
 #include <algorithm>
@@ -39,6 +40,7 @@ struct Options {
   std::int64_t min_run = 64, max_run = 64 << 10;
   int iters = 0;  // 0: chosen per size
   std::string cast;
+  std::string impl;  // host run copy; empty: the default
 };
 
 std::int64_t parse_size(const char* s) {
@@ -186,8 +188,10 @@ int main(int argc, char** argv) {
     else if (a == "--max-run") o.max_run = parse_size(next());
     else if (a == "--iters") o.iters = std::atoi(next());
     else if (a == "--cast") o.cast = next();
+    else if (a == "--impl") o.impl = next();
     else if (a == "--help" || a == "-h") {
-      std::printf("bench_pack [--min-bytes N] [--max-bytes N] [--min-run N] [--max-run N] [--iters N] [--cast bf16|f16]\n");
+      std::printf("bench_pack [--min-bytes N] [--max-bytes N] [--min-run N] [--max-run N] [--iters N] [--cast bf16|f16]\n"
+                  "           [--impl avx2|generic]\n");
       return 0;
     } else {
       std::fprintf(stderr, "bench_pack: unknown option '%s'\n", a.c_str());
@@ -201,6 +205,14 @@ int main(int argc, char** argv) {
   if (!o.cast.empty() && o.cast != "bf16" && o.cast != "f16") {
     std::fprintf(stderr, "bench_pack: --cast takes bf16 or f16, not '%s'\n", o.cast.c_str());
     return 2;
+  }
+  if (!o.impl.empty()) {
+    try {
+      kernels::detail::set_host_copy_impl(o.impl);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_pack: --impl: %s\n", e.what());
+      return 2;
+    }
   }
   Kokkos::initialize(argc, argv);
   int failures = 0;

@@ -342,26 +342,42 @@ TEST(Pack, ErrorsNameTheValues) {
   EXPECT_THROW(StridedBox::row_major(Shape(9, 1), Box{Shape(9, 0), Shape(9, 1)}), InputError);
 }
 
-// The batched host run copy (AVX2 or generic, whichever this CPU takes) against a byte loop:
-// every run length 0..300 (all tails and block counts), odd steps and misaligned starts,
-// and nothing written outside the runs.
+// The batched host run copy, every implementation this CPU runs (AVX2, generic), against
+// a byte loop: every run length 0..600 (all tails and block counts), odd steps and misaligned starts, and nothing written outside the runs.
 TEST(Pack, HostCopyRunsEveryLengthAndAlignment) {
-  std::mt19937 g(7);
-  for (std::size_t bytes = 0; bytes <= 300; ++bytes) {
-    const std::int64_t cnt = 1 + static_cast<std::int64_t>(bytes % 5);
-    const std::int64_t src_step = static_cast<std::int64_t>(bytes) + 3 + static_cast<std::int64_t>(bytes % 7);
-    const std::int64_t dst_step = static_cast<std::int64_t>(bytes) + static_cast<std::int64_t>(bytes % 3);
-    std::vector<char> src(static_cast<std::size_t>(cnt * src_step + 64)), dst(static_cast<std::size_t>(cnt * dst_step + 64));
-    for (auto& c : src) c = static_cast<char>(g());
-    std::fill(dst.begin(), dst.end(), char(0x5a));
-    std::vector<char> want = dst;
-    const std::size_t so = bytes % 13, doff = bytes % 11;
-    for (std::int64_t r = 0; r < cnt; ++r)
-      for (std::size_t b = 0; b < bytes; ++b)
-        want[doff + static_cast<std::size_t>(r * dst_step) + b] = src[so + static_cast<std::size_t>(r * src_step) + b];
-    shardflow::kernels::detail::host_copy_runs(dst.data() + doff, src.data() + so, cnt, bytes, dst_step, src_step);
-    ASSERT_EQ(dst, want) << "bytes " << bytes << " (" << shardflow::kernels::detail::host_copy_impl() << ")";
+  namespace d = shardflow::kernels::detail;
+  const std::string chosen = d::host_copy_impl();
+  const auto impls = d::host_copy_impls();
+  ASSERT_EQ(impls.front(), chosen) << "the fastest implementation is the default";
+  EXPECT_EQ(impls.back(), "generic");
+  for (const std::string& impl : impls) {
+    d::set_host_copy_impl(impl);
+    std::mt19937 g(7);
+    for (std::size_t bytes = 0; bytes <= 600; ++bytes) {
+      const std::int64_t cnt = 1 + static_cast<std::int64_t>(bytes % 5);
+      const std::int64_t src_step = static_cast<std::int64_t>(bytes) + 3 + static_cast<std::int64_t>(bytes % 7);
+      const std::int64_t dst_step = static_cast<std::int64_t>(bytes) + static_cast<std::int64_t>(bytes % 3);
+      std::vector<char> src(static_cast<std::size_t>(cnt * src_step + 64)),
+          dst(static_cast<std::size_t>(cnt * dst_step + 64));
+      for (auto& c : src) c = static_cast<char>(g());
+      std::fill(dst.begin(), dst.end(), char(0x5a));
+      std::vector<char> want = dst;
+      const std::size_t so = bytes % 13, doff = bytes % 11;
+      for (std::int64_t r = 0; r < cnt; ++r)
+        for (std::size_t b = 0; b < bytes; ++b)
+          want[doff + static_cast<std::size_t>(r * dst_step) + b] = src[so + static_cast<std::size_t>(r * src_step) + b];
+      d::host_copy_runs(dst.data() + doff, src.data() + so, cnt, bytes, dst_step, src_step);
+      ASSERT_EQ(dst, want) << "bytes " << bytes << " (" << d::host_copy_impl() << ")";
+    }
   }
+  d::set_host_copy_impl(chosen);
+  try {
+    d::set_host_copy_impl("sse9");
+    FAIL() << "an unknown implementation was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'sse9'"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(d::host_copy_impl(), chosen);
 }
 
 TEST(StridedBoxTest, Simplify) {

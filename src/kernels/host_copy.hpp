@@ -8,9 +8,14 @@
 // blocks and runs of 256 bytes or more go to memcpy. Library memcpy pays a call, a size
 // dispatch and, from a few KiB, the start-up of `rep movsb` on every run: measured on this
 // machine (bench_pack), 256-byte and 4-KiB runs in 1 MiB boxes reached 0.80 and 0.75 of
-// one contiguous memcpy through it, against 0.94 and 0.92 inline.
+// one contiguous memcpy through it, against 0.94 and 0.92 inline. A 64-byte (AVX-512)
+// variant was tried and measured no faster in bench_pack (256 KiB to 16 MiB boxes, 256- and
+// 1024-byte runs, three alternating runs each): the copies run at the cache's and memory's
+// rate, not the load/store ports'.
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace shardflow::kernels::detail {
 
@@ -19,5 +24,12 @@ void host_copy_runs(char* dst, const char* src, std::int64_t cnt, std::size_t by
 
 /// Which implementation host_copy_runs uses ("avx2" or "generic").
 const char* host_copy_impl();
+
+/// The implementations this CPU can run, fastest first (tests and benchmarks).
+std::vector<std::string> host_copy_impls();
+
+/// Makes host_copy_runs use `impl` from now on (tests and benchmarks; not thread-safe
+/// against concurrent copies). Throws InputError naming it when this CPU cannot run it.
+void set_host_copy_impl(const std::string& impl);
 
 }  // namespace shardflow::kernels::detail

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "core/error.hpp"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define SHARDFLOW_HOST_COPY_AVX2 1
@@ -66,32 +68,55 @@ __attribute__((target("avx2"))) void copy_runs_avx2(char* dst, const char* src, 
     }
   }
 }
+
 #endif
 
 using CopyRuns = void (*)(char*, const char*, std::int64_t, std::size_t, std::int64_t, std::int64_t);
 
-CopyRuns pick() {
+struct Impl {
+  const char* name;
+  CopyRuns fn;
+};
+
+/// Every implementation this CPU runs, fastest first.
+std::vector<Impl> available() {
+  std::vector<Impl> v;
 #ifdef SHARDFLOW_HOST_COPY_AVX2
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2")) return copy_runs_avx2;
+  if (__builtin_cpu_supports("avx2")) v.push_back({"avx2", copy_runs_avx2});
 #endif
-  return copy_runs_generic;
+  v.push_back({"generic", copy_runs_generic});
+  return v;
 }
 
-const CopyRuns g_copy_runs = pick();
+Impl g_copy_runs = available().front();
 
 }  // namespace
 
 void host_copy_runs(char* dst, const char* src, std::int64_t cnt, std::size_t bytes, std::int64_t dst_step,
                     std::int64_t src_step) {
-  g_copy_runs(dst, src, cnt, bytes, dst_step, src_step);
+  g_copy_runs.fn(dst, src, cnt, bytes, dst_step, src_step);
 }
 
-const char* host_copy_impl() {
-#ifdef SHARDFLOW_HOST_COPY_AVX2
-  if (g_copy_runs == copy_runs_avx2) return "avx2";
-#endif
-  return "generic";
+const char* host_copy_impl() { return g_copy_runs.name; }
+
+std::vector<std::string> host_copy_impls() {
+  std::vector<std::string> names;
+  for (const Impl& i : available()) names.emplace_back(i.name);
+  return names;
+}
+
+void set_host_copy_impl(const std::string& impl) {
+  std::string have;
+  for (const Impl& i : available()) {
+    if (impl == i.name) {
+      g_copy_runs = i;
+      return;
+    }
+    have += have.empty() ? i.name : std::string(", ") + i.name;
+  }
+  SHARDFLOW_REQUIRE_INPUT(false, "host copy implementation '", impl, "' is not available on this CPU (have: ", have,
+                          ")");
 }
 
 }  // namespace shardflow::kernels::detail
