@@ -14,3 +14,8 @@ add_test(NAME simulate_search_cli
     --search --top 3)
 set_tests_properties(simulate_search_cli PROPERTIES LABELS "sim" TIMEOUT 120
   PASS_REGULAR_EXPRESSION "searched [0-9]+ configurations.*1\\. +[0-9]+ tokens/s")
+# `shardflow calibrate` on two ranks (--quick, about 2 s): a cluster file that simulate reads
+add_test(NAME calibrate_local_cli
+  COMMAND ${SHARDFLOW_SYSTEM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/sim/calibrate_local.py --app $<TARGET_FILE:shardflow_cli>
+    --mpiexec ${MPIEXEC_EXECUTABLE} --deck ${PROJECT_SOURCE_DIR}/inputs/bench.toml)
+set_tests_properties(calibrate_local_cli PROPERTIES LABELS "sim" TIMEOUT 120)

@@ -1,8 +1,13 @@
 #pragma once
 // `shardflow calibrate`: measures this machine and writes a cluster file (`--cluster local`).
 //  * GEMM: the model's own gemm path (nn::Linear's forward, input-gradient and weight-gradient
-//    products, the BLAS shardflow chose) on one core at square sizes 32 … 1024; the best rate
-//    is the peak, each size's share of it the curve.
+//    products, the BLAS shardflow chose) on one core at square sizes 32 … 1024; the highest
+//    size's rate is the peak, each size's share of it the curve.
+//  * Every measurement runs on every rank at once (the ranks of a step compute at once and
+//    share the memory system) and takes the median call, each call on the next of several
+//    operand sets that together exceed the caches (a step's kernels read what other kernels
+//    touched last): the simulation is compared with median steps, not with the fastest
+//    moment of warm caches. The file has the mean over ranks.
 //  * Memory: a memcpy of 64 MiB (read + write bytes per second) is the bandwidth; the
 //    model's SwiGLU, RmsNorm, attention softmax and AdamW kernels, each charged the bytes
 //    the simulator counts for it, against it are the elementwise efficiency.

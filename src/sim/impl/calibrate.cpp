@@ -6,6 +6,7 @@
 
 #include <Kokkos_Core.hpp>
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -40,6 +41,31 @@ double best_of(F&& fn, int reps, double min_s) {
   return best;
 }
 
+// The median time of fn(set) over at least `reps` calls and `min_s` seconds, the call i
+// on operand set i mod sets: a step's kernels read operands that other kernels touched
+// last (not the warm caches of one call repeated), and a step's median time is what the
+// simulation is compared with (not the fastest moment of a VM whose cores change speed).
+template <class F>
+double typical_of(F&& fn, int sets, int reps, double min_s) {
+  std::vector<double> t;
+  fn(0);  // first touch
+  const double t_end = now() + min_s;
+  for (int r = 0; r < reps || now() < t_end; ++r) {
+    const double t0 = now();
+    fn((r + 1) % sets);
+    t.push_back(now() - t0);
+    if (r > 10000) break;
+  }
+  std::nth_element(t.begin(), t.begin() + static_cast<long>(t.size() / 2), t.end());
+  return t[t.size() / 2];
+}
+
+// Operand sets that together exceed the caches a core can keep warm between kernels
+// (this CPU's L2 is 2 MiB; 24 MiB is several times any core's), 2 to 32 of them.
+int sets_for(double bytes_per_set) {
+  return static_cast<int>(std::clamp(std::ceil(24.0 * (1 << 20) / std::max(bytes_per_set, 1.0)), 2.0, 32.0));
+}
+
 double mem_total_gib() {
   std::ifstream f("/proc/meminfo");
   std::string key;
@@ -68,68 +94,118 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
   const int reps = options.quick ? 3 : 10;
   const double min_s = options.quick ? 0.02 : 0.1;
   std::ostringstream os;
-  if (rank == 0) {
-    using V = nn::ViewTypes<float, Kokkos::DefaultExecutionSpace>;
-    // GEMM by size, through the model's gemm path
-    std::vector<std::pair<int, double>> rate;
-    double peak = 0;
-    for (int n : {32, 64, 128, 256, 512, 1024}) {
-      Kokkos::View<float**, Kokkos::LayoutRight> x("x", n, n), w("w", n, n), y("y", n, n);
-      Kokkos::deep_copy(x, 0.5f);
-      Kokkos::deep_copy(w, 0.25f);
-      // the three products of a linear layer: forward (x·wᵀ), input gradient (dy·w) and
-      // weight gradient (dyᵀ·x), as the step runs them
-      const double t =
-          best_of([&] { nn::Linear<float>::forward(typename V::CMat(x), typename V::CMat(w), y); }, reps, min_s) +
-          best_of([&] { nn::Linear<float>::backward_input(typename V::CMat(x), typename V::CMat(w), y); }, reps,
-                  min_s) +
-          best_of([&] { nn::Linear<float>::backward_weight(typename V::CMat(x), typename V::CMat(w), y); }, reps,
-                  min_s);
-      const double r = 3 * 2.0 * n * n * n / t;
-      rate.emplace_back(n, r);
-      peak = std::max(peak, r);
+  // Every rank measures at once, as every rank computes at once in a step (they share the
+  // memory system and, on a VM, the host); the file takes the mean over ranks.
+  auto mean_over_ranks = [&](double v) {
+    MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, comm);
+    return v / size;
+  };
+  using V = nn::ViewTypes<float, Kokkos::DefaultExecutionSpace>;
+  using Mat = Kokkos::View<float**, Kokkos::LayoutRight>;
+  // GEMM by size, through the model's gemm path
+  std::vector<std::pair<int, double>> rate;
+  double peak = 0;
+  for (int n : {32, 64, 128, 256, 512, 1024}) {
+    const int sets = sets_for(3.0 * n * n * sizeof(float));
+    std::vector<Mat> x, w, y;
+    for (int i = 0; i < sets; ++i) {
+      x.emplace_back("x", n, n);
+      w.emplace_back("w", n, n);
+      y.emplace_back("y", n, n);
+      Kokkos::deep_copy(x.back(), 0.5f);
+      Kokkos::deep_copy(w.back(), 0.25f);
     }
-    // memory: memcpy of 64 MiB, and the residual add on the same bytes
-    const size_t n = size_t{16} << 20;  // floats
-    Kokkos::View<float*> a("a", n), b("b", n);
-    Kokkos::deep_copy(a, 1.0f);
-    Kokkos::deep_copy(b, 2.0f);
-    const double tc = best_of([&] { std::memcpy(b.data(), a.data(), n * sizeof(float)); }, reps, min_s);
-    const double bw = 2.0 * static_cast<double>(n * sizeof(float)) / tc;  // read + write
-    // the model's non-GEMM kernels at a micro-batch of the bench deck's size (512 tokens,
-    // H = 256, F = 688, 4 heads of 128 positions), each charged the bytes the simulator
-    // counts for it: their total over their total time, against memcpy
-    const int64_t T = 512, H = 256, F = 688, A = 4, S = 128;
-    Kokkos::View<float**, Kokkos::LayoutRight> gu("gu", T, 2 * F), hh("h", T, F), xs("x", T, H), ns("n", T, H);
-    Kokkos::View<float*> g("g", H), rstd("rstd", T);
-    Kokkos::View<float**, Kokkos::LayoutRight> qkv("qkv", T, 3 * H), att("att", T, H);
-    Kokkos::View<float***, Kokkos::LayoutRight> probs("probs", T / S * A, S, S);
-    Kokkos::deep_copy(gu, 0.3f);
-    Kokkos::deep_copy(xs, 0.7f);
-    Kokkos::deep_copy(g, 1.0f);
-    Kokkos::deep_copy(qkv, 0.01f);
-    const size_t pn = size_t{1} << 20;
-    Kokkos::View<float*> pp("p", pn), pg("g", pn), pm("m", pn), pv("v", pn);
-    Kokkos::deep_copy(pg, 1e-3f);
-    optim::AdamWStep st;
-    st.step = 1;
-    st.lr = 1e-3;
-    double bytes = 0, secs = 0;
-    // SwiGLU: T·F·3 elements
-    secs += best_of([&] { nn::SwiGlu<float>::forward(gu, hh); }, reps, min_s);
-    bytes += static_cast<double>(T * F) * 4 * 3;
-    // RmsNorm: 5 · T·H elements
-    secs += best_of([&] { nn::RmsNorm<float>::forward(xs, g, ns, rstd); }, reps, min_s);
-    bytes += static_cast<double>(T * H) * 4 * 5;
-    // the attention core's softmax and its two products, less the products' GEMM time at the peak
-    const double tcore = best_of([&] { nn::Attention<float>::forward(qkv, A, probs, att); }, reps, min_s);
-    const double core_gemm = 2.0 * (T / S) * A * 2.0 * S * S * (H / A) / peak;
-    secs += std::max(0.0, tcore - core_gemm);
-    bytes += static_cast<double>((T / S) * A * S * S) * 4 * 3;
-    // AdamW: 7 · n elements
-    secs += best_of([&] { optim::AdamW<float>::update(pp, pg, pm, pv, st, true); }, reps, min_s);
-    bytes += static_cast<double>(pn) * 4 * 7;
-    const double elem_eff = std::min(1.0, bytes / secs / bw);
+    MPI_Barrier(comm);
+    // the three products of a linear layer: forward (x·wᵀ), input gradient (dy·w) and
+    // weight gradient (dyᵀ·x), as the step runs them
+    const double t =
+        typical_of([&](int i) { nn::Linear<float>::forward(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
+                   sets, reps, min_s) +
+        typical_of(
+            [&](int i) { nn::Linear<float>::backward_input(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
+            sets, reps, min_s) +
+        typical_of(
+            [&](int i) { nn::Linear<float>::backward_weight(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
+            sets, reps, min_s);
+    const double r = mean_over_ranks(3 * 2.0 * n * n * n / t);
+    rate.emplace_back(n, r);
+    peak = std::max(peak, r);
+  }
+  // memory: STREAM's triad (McCalpin) a = b + s·c on 64 MiB arrays, the bytes of its
+  // two reads and one write; the model's elementwise kernels stream several operands too
+  // (a single memcpy here gets less: about 0.7 of the triad's bytes per second)
+  const size_t n = size_t{16} << 20;  // floats
+  Kokkos::View<float*> a("a", n), b("b", n), c("c", n);
+  Kokkos::deep_copy(a, 1.0f);
+  Kokkos::deep_copy(b, 2.0f);
+  Kokkos::deep_copy(c, 3.0f);
+  MPI_Barrier(comm);
+  const double tc = typical_of(
+      [&](int) {
+        float* __restrict__ pa = a.data();
+        const float* __restrict__ pb = b.data();
+        const float* __restrict__ pc = c.data();
+        for (size_t i = 0; i < n; ++i) pa[i] = pb[i] + 0.5f * pc[i];
+      },
+      1, reps, min_s);
+  const double bw = mean_over_ranks(3.0 * static_cast<double>(n * sizeof(float)) / tc);
+  // the model's non-GEMM kernels at a micro-batch of the bench deck's size (512 tokens,
+  // H = 256, F = 688, 4 heads of 128 positions), each charged the bytes the simulator
+  // counts for it: their total over their total time, against the triad
+  const int64_t T = 512, H = 256, F = 688, A = 4, S = 128;
+  const int sets = sets_for(static_cast<double>(T * (2 * F + F + 2 * H + 4 * H) + (T / S) * A * S * S) * 4);
+  std::vector<Mat> gu, hh, xs, ns, qkv, att;
+  std::vector<Kokkos::View<float*>> rstd;
+  std::vector<Kokkos::View<float***, Kokkos::LayoutRight>> probs;
+  Kokkos::View<float*> g("g", H);
+  Kokkos::deep_copy(g, 1.0f);
+  for (int i = 0; i < sets; ++i) {
+    gu.emplace_back("gu", T, 2 * F);
+    hh.emplace_back("h", T, F);
+    xs.emplace_back("x", T, H);
+    ns.emplace_back("n", T, H);
+    qkv.emplace_back("qkv", T, 3 * H);
+    att.emplace_back("att", T, H);
+    rstd.emplace_back("rstd", T);
+    probs.emplace_back("probs", T / S * A, S, S);
+    Kokkos::deep_copy(gu.back(), 0.3f);
+    Kokkos::deep_copy(xs.back(), 0.7f);
+    Kokkos::deep_copy(qkv.back(), 0.01f);
+  }
+  const size_t pn = size_t{1} << 20;
+  Kokkos::View<float*> pp("p", pn), pg("g", pn), pm("m", pn), pv("v", pn);
+  Kokkos::deep_copy(pg, 1e-3f);
+  optim::AdamWStep st;
+  st.step = 1;
+  st.lr = 1e-3;
+  double bytes = 0, secs = 0;
+  MPI_Barrier(comm);
+  // SwiGLU: T·F·3 elements
+  secs += typical_of([&](int i) { nn::SwiGlu<float>::forward(gu[i], hh[i]); }, sets, reps, min_s);
+  bytes += static_cast<double>(T * F) * 4 * 3;
+  // RmsNorm: 5 · T·H elements
+  secs += typical_of([&](int i) { nn::RmsNorm<float>::forward(xs[i], g, ns[i], rstd[i]); }, sets, reps, min_s);
+  bytes += static_cast<double>(T * H) * 4 * 5;
+  // the attention core's softmax and its two products, less the products' GEMM time at the
+  // rate the curve gives their size
+  const double tcore =
+      typical_of([&](int i) { nn::Attention<float>::forward(qkv[i], A, probs[i], att[i]); }, sets, reps, min_s);
+  double core_rate = rate.front().second;  // the curve at the products' size, S·S·(H/A)
+  const double core_size = std::cbrt(static_cast<double>(S * S * (H / A)));
+  for (size_t i = 1; i < rate.size(); ++i)
+    if (rate[i - 1].first <= core_size && core_size <= rate[i].first) {
+      const double f = std::log(core_size / rate[i - 1].first) / std::log(double(rate[i].first) / rate[i - 1].first);
+      core_rate = rate[i - 1].second + f * (rate[i].second - rate[i - 1].second);
+    }
+  const double core_gemm = 2.0 * (T / S) * A * 2.0 * S * S * (H / A) / core_rate;
+  secs += std::max(0.0, tcore - core_gemm);
+  bytes += static_cast<double>((T / S) * A * S * S) * 4 * 3;
+  // AdamW: 7 · n elements (28 MiB: beyond the caches already)
+  secs += typical_of([&](int) { optim::AdamW<float>::update(pp, pg, pm, pv, st, true); }, 1, reps, min_s);
+  bytes += static_cast<double>(pn) * 4 * 7;
+  const double elem_raw = mean_over_ranks(bytes / secs / bw);
+  const double elem_eff = std::min(1.0, elem_raw);
+  if (rank == 0) {
     const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     const int devices = static_cast<int>(std::max(1L, cpus));
     const BlasInfo& bi = blas_info();
@@ -141,8 +217,9 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
     os << "name = \"local\"\n";
     os << "description = \"" << (bi.cpu.brand.empty() ? std::string("this machine") : bi.cpu.brand) << ", "
        << devices << " cores, one rank per core\"\n\n[device]\n";
-    os << "# f32: the best single-core rate of the model's gemm path (nn::Linear forward, input and weight\n"
-       << "# gradients, each size's three products together) over square sizes 32-1024.\n"
+    os << "# f32: the highest rate over square sizes 32-1024 of the model's gemm path (nn::Linear forward,\n"
+       << "# input and weight gradients, each size's three products together), one core per rank, every\n"
+       << "# rank at once: median times, operands rotated through sets larger than the caches.\n"
        << "# bf16 / f16 run the same sgemm on 16-bit values here (docs/parallelism.md, mixed precision).\n";
     char line[256];
     std::snprintf(line, sizeof line, "peak_tflops = { f32 = %.6f, bf16 = %.6f, f16 = %.6f }\n", peak / 1e12,
@@ -151,7 +228,7 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
     std::snprintf(line, sizeof line, "memory_gib = %.3f  # MemTotal shared by the cores\n",
                   mem_total_gib() / devices);
     os << line;
-    std::snprintf(line, sizeof line, "memory_bandwidth_gbs = %.3f  # memcpy of 64 MiB, read + write bytes\n",
+    std::snprintf(line, sizeof line, "memory_bandwidth_gbs = %.3f  # STREAM triad on 64 MiB arrays (2 reads + 1 write), every rank at once\n",
                   bw / 1e9);
     os << line;
     os << "# each size's rate / the peak\ngemm_efficiency = [";
@@ -163,8 +240,8 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
     os << "]\n";
     std::snprintf(line, sizeof line,
                   "elementwise_efficiency = %.4f  # SwiGLU, RmsNorm, softmax, AdamW: bytes as simulated / time, "
-                  "against memcpy\n\n",
-                  std::max(1e-3, elem_eff));
+                  "against the triad (measured %.4f; at most 1)\n\n",
+                  std::max(1e-3, elem_eff), elem_raw);
     os << line;
     std::snprintf(line, sizeof line,
                   "[node]\ndevices = %d\n# MPI moves the bytes with the core that computes (no copy engine)\n"
@@ -177,37 +254,33 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
   std::string how;
   if (size >= 2) {
     std::vector<char> buf(size_t{16} << 20);
-    auto pingpong = [&](int bytes, int iters) {
+    auto pingpong = [&](int nbytes, int iters) {
       MPI_Barrier(comm);
       const double t = now();
       for (int i = 0; i < iters; ++i) {
         if (rank == 0) {
-          MPI_Send(buf.data(), bytes, MPI_BYTE, 1, 7, comm);
-          MPI_Recv(buf.data(), bytes, MPI_BYTE, 1, 7, comm, MPI_STATUS_IGNORE);
+          MPI_Send(buf.data(), nbytes, MPI_BYTE, 1, 7, comm);
+          MPI_Recv(buf.data(), nbytes, MPI_BYTE, 1, 7, comm, MPI_STATUS_IGNORE);
         } else if (rank == 1) {
-          MPI_Recv(buf.data(), bytes, MPI_BYTE, 0, 7, comm, MPI_STATUS_IGNORE);
-          MPI_Send(buf.data(), bytes, MPI_BYTE, 0, 7, comm);
+          MPI_Recv(buf.data(), nbytes, MPI_BYTE, 0, 7, comm, MPI_STATUS_IGNORE);
+          MPI_Send(buf.data(), nbytes, MPI_BYTE, 0, 7, comm);
         }
       }
       return (now() - t) / iters / 2;  // one way
     };
     (void)pingpong(8, 10);
     lat_us = pingpong(8, options.quick ? 200 : 2000) * 1e6;
-    double best = 1e30;
-    for (int r = 0; r < (options.quick ? 3 : 10); ++r) best = std::min(best, pingpong(16 << 20, 1));
-    link_gbs = static_cast<double>(16 << 20) / best / 1e9;
+    std::vector<double> t;
+    for (int r = 0; r < (options.quick ? 3 : 11); ++r) t.push_back(pingpong(16 << 20, 1));
+    std::nth_element(t.begin(), t.begin() + static_cast<long>(t.size() / 2), t.end());
+    link_gbs = static_cast<double>(16 << 20) / t[t.size() / 2] / 1e9;  // the median, as above
     how = "MPI ping-pong between ranks 0 and 1: 8 B for the latency, 16 MiB for the bandwidth";
   }
   if (rank == 0) {
     char line[512];
     if (size < 2) {
       // no peer: MPI's shared-memory transport copies through a shared buffer (two copies)
-      double bw = 0;
-      std::istringstream in(os.str());
-      std::string l;
-      while (std::getline(in, l))
-        if (l.rfind("memory_bandwidth_gbs = ", 0) == 0) bw = std::atof(l.c_str() + 23);
-      link_gbs = bw / 2 / 2;  // a copy moves each byte twice (read + write), two copies
+      link_gbs = bw / 1e9 / 2 / 2;  // a copy moves each byte twice (read + write), two copies
       lat_us = 1.0;
       how = "ESTIMATED, not measured (one process, no peer): half a memcpy's rate, 1 us; run "
             "`mpiexec -n 2 shardflow calibrate` to measure MPI";
