@@ -2,19 +2,17 @@
 """The simulator against real runs on this machine (issue 13 item 3): calibrates this machine
 (`mpiexec -n 2 shardflow calibrate`), then, in paired rounds, trains the bench deck on 2 ranks
 in several configurations and simulates the same decks with `--cluster` set to the calibrated
-file. Reports each configuration's simulated step time against the measured median and fastest step
-per round (the calibration takes best-of rates, the VM's fast phase), the same simulation with
-the cluster's peak set to the sgemm rate `train` measured at its start ("phased": this run's VM
-phase), the
-calibration's sgemm peak, and the sgemm rate `train` measured in the same run (this VM's
-cores change speed by tens of percent between runs: compare the two).
+file. Reports each configuration's simulated step time against the measured median and fastest
+step per round, and the same simulation on a quick calibration (`calibrate --quick`, about a
+second) taken right before that run ("recal"): this VM's cores change speed by tens of percent
+from one minute to the next, so a calibration made minutes earlier may have seen another
+speed. The sgemm rate `train` measured at its start is printed beside it.
 
   python3 perf/bench_simulate.py [--app build/release/apps/shardflow] [--rounds 3] [--steps 12]
 """
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -47,7 +45,7 @@ peak = [l for l in open(cluster) if l.startswith("peak_tflops")][0].split("f32 =
 print(f"# bench_simulate: {a.deck}, 2 ranks, {a.rounds} rounds x {a.steps} steps; calibrated sgemm peak "
       f"{float(peak) * 1e3:.1f} GFLOP/s ({cluster})")
 print(f"# {'config':<20} {'round':>5} {'median_ms':>10} {'fastest_ms':>11} {'simulated_ms':>13} {'sim/median':>11} "
-      f"{'sim/fastest':>12} {'train_sgemm_GF':>15} {'phased_ms':>12} {'phased/med':>11}")
+      f"{'sim/fastest':>12} {'train_sgemm_GF':>15} {'recal_ms':>12} {'recal/med':>11}")
 ratios = {name: [] for name, _ in CONFIGS}
 fastest = {name: [] for name, _ in CONFIGS}
 phase = {name: [] for name, _ in CONFIGS}
@@ -56,23 +54,20 @@ for r in range(a.rounds):
         ck = os.path.join(work, "ck")
         shutil.rmtree(ck, ignore_errors=True)
         js = os.path.join(work, "train.json")
+        # a quick calibration right before the run: the VM's speed of this minute
+        recal = os.path.join(work, "recal.toml")
+        subprocess.run([a.mpiexec, "-n", "2", a.app, "calibrate", "--quick", "--output", recal], check=True,
+                       capture_output=True)
         subprocess.run([a.mpiexec, "-n", "2", a.app, "train", a.deck, "--set", f"train.steps={a.steps}"] + sets +
                        [f"checkpoint.dir={ck}", "--quiet", "--summary", js], check=True, capture_output=True)
         t = json.load(open(js))
-        sim = subprocess.run([a.app, "simulate", a.deck, "--cluster", cluster, "--json", "--set"] + sets,
-                             check=True, capture_output=True, text=True)
-        s = json.loads(sim.stdout)
-        # the same cluster at the sgemm rate `train` measured at its start (this run's VM phase)
-        text = open(cluster).read()
-        g = t["peak_gflops_per_rank"] / 1e3
-        text = re.sub(r"peak_tflops = \{[^}]*\}", f"peak_tflops = {{ f32 = {g:.6f}, bf16 = {g:.6f}, f16 = {g:.6f} }}", text)
-        phased = os.path.join(work, "phase.toml")
-        open(phased, "w").write(text)
-        sim2 = subprocess.run([a.app, "simulate", a.deck, "--cluster", phased, "--json", "--set"] + sets,
-                              check=True, capture_output=True, text=True)
-        q2 = json.loads(sim2.stdout)["step_time_s"]
-        m, q = t["median_step_time_s"], s["step_time_s"]
-        f = min(st["step_time_s"] for st in t["steps"][1:])  # the VM's fast phase, as the calibration's best-of
+        def simulate(cl):
+            out = subprocess.run([a.app, "simulate", a.deck, "--cluster", cl, "--json", "--set"] + sets,
+                                 check=True, capture_output=True, text=True).stdout
+            return json.loads(out)["step_time_s"]
+        q, q2 = simulate(cluster), simulate(recal)
+        m = t["median_step_time_s"]
+        f = min(st["step_time_s"] for st in t["steps"][1:])  # the fastest step (the first one warms up)
         ratios[name].append(q / m)
         fastest[name].append(q / f)
         phase[name].append(q2 / m)
@@ -82,6 +77,6 @@ print("# median over rounds of sim/median step: " +
       ", ".join(f"{n} {statistics.median(v):.3f}" for n, v in ratios.items()))
 print("# median over rounds of sim/fastest step: " +
       ", ".join(f"{n} {statistics.median(v):.3f}" for n, v in fastest.items()))
-print("# median over rounds of phased sim/median step (cluster peak = the run's own sgemm rate): " +
+print("# median over rounds of recal sim/median step (calibrated right before the run): " +
       ", ".join(f"{n} {statistics.median(v):.3f}" for n, v in phase.items()))
 shutil.rmtree(work, ignore_errors=True)

@@ -7,7 +7,8 @@
 //    share the memory system) and takes the median call, each call on the next of several
 //    operand sets that together exceed the caches (a step's kernels read what other kernels
 //    touched last): the simulation is compared with median steps, not with the fastest
-//    moment of warm caches. The file has the mean over ranks.
+//    moment of warm caches. The file has the slowest rank's figures: a synchronous step
+//    waits for its slowest rank at every collective.
 //  * Memory: a memcpy of 64 MiB (read + write bytes per second) is the bandwidth; the
 //    model's SwiGLU, RmsNorm, attention softmax and AdamW kernels, each charged the bytes
 //    the simulator counts for it, against it are the elementwise efficiency.

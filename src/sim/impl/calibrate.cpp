@@ -27,20 +27,6 @@ namespace {
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-// best time of fn over at least `reps` calls and `min_s` seconds
-template <class F>
-double best_of(F&& fn, int reps, double min_s) {
-  double best = 1e30;
-  const double t_end = now() + min_s;
-  for (int r = 0; r < reps || now() < t_end; ++r) {
-    const double t = now();
-    fn();
-    best = std::min(best, now() - t);
-    if (r > 10000) break;
-  }
-  return best;
-}
-
 // The median time of fn(set) over at least `reps` calls and `min_s` seconds, the call i
 // on operand set i mod sets: a step's kernels read operands that other kernels touched
 // last (not the warm caches of one call repeated), and a step's median time is what the
@@ -95,10 +81,12 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
   const double min_s = options.quick ? 0.02 : 0.1;
   std::ostringstream os;
   // Every rank measures at once, as every rank computes at once in a step (they share the
-  // memory system and, on a VM, the host); the file takes the mean over ranks.
-  auto mean_over_ranks = [&](double v) {
-    MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, comm);
-    return v / size;
+  // memory system and, on a VM, the host), and the file takes the slowest rank's figure: a
+  // synchronous step waits for its slowest rank at every collective (on this VM the two
+  // cores' speeds differ by up to a third at a time, and trade places).
+  auto slowest_rank = [&](double rate) {
+    MPI_Allreduce(MPI_IN_PLACE, &rate, 1, MPI_DOUBLE, MPI_MIN, comm);
+    return rate;
   };
   using V = nn::ViewTypes<float, Kokkos::DefaultExecutionSpace>;
   using Mat = Kokkos::View<float**, Kokkos::LayoutRight>;
@@ -127,7 +115,7 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
         typical_of(
             [&](int i) { nn::Linear<float>::backward_weight(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
             sets, reps, min_s);
-    const double r = mean_over_ranks(3 * 2.0 * n * n * n / t);
+    const double r = slowest_rank(3 * 2.0 * n * n * n / t);
     rate.emplace_back(n, r);
     peak = std::max(peak, r);
   }
@@ -148,7 +136,7 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
         for (size_t i = 0; i < n; ++i) pa[i] = pb[i] + 0.5f * pc[i];
       },
       1, reps, min_s);
-  const double bw = mean_over_ranks(3.0 * static_cast<double>(n * sizeof(float)) / tc);
+  const double bw = slowest_rank(3.0 * static_cast<double>(n * sizeof(float)) / tc);
   // the model's non-GEMM kernels at a micro-batch of the bench deck's size (512 tokens,
   // H = 256, F = 688, 4 heads of 128 positions), each charged the bytes the simulator
   // counts for it: their total over their total time, against the triad
@@ -203,7 +191,7 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
   // AdamW: 7 · n elements (28 MiB: beyond the caches already)
   secs += typical_of([&](int) { optim::AdamW<float>::update(pp, pg, pm, pv, st, true); }, 1, reps, min_s);
   bytes += static_cast<double>(pn) * 4 * 7;
-  const double elem_raw = mean_over_ranks(bytes / secs / bw);
+  const double elem_raw = slowest_rank(bytes / secs / bw);
   const double elem_eff = std::min(1.0, elem_raw);
   if (rank == 0) {
     const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -219,7 +207,7 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
        << devices << " cores, one rank per core\"\n\n[device]\n";
     os << "# f32: the highest rate over square sizes 32-1024 of the model's gemm path (nn::Linear forward,\n"
        << "# input and weight gradients, each size's three products together), one core per rank, every\n"
-       << "# rank at once: median times, operands rotated through sets larger than the caches.\n"
+       << "# rank at once (the slowest rank's): median times, operands rotated through sets larger than the caches.\n"
        << "# bf16 / f16 run the same sgemm on 16-bit values here (docs/parallelism.md, mixed precision).\n";
     char line[256];
     std::snprintf(line, sizeof line, "peak_tflops = { f32 = %.6f, bf16 = %.6f, f16 = %.6f }\n", peak / 1e12,
@@ -228,7 +216,7 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
     std::snprintf(line, sizeof line, "memory_gib = %.3f  # MemTotal shared by the cores\n",
                   mem_total_gib() / devices);
     os << line;
-    std::snprintf(line, sizeof line, "memory_bandwidth_gbs = %.3f  # STREAM triad on 64 MiB arrays (2 reads + 1 write), every rank at once\n",
+    std::snprintf(line, sizeof line, "memory_bandwidth_gbs = %.3f  # STREAM triad on 64 MiB arrays (2 reads + 1 write), every rank at once, the slowest\n",
                   bw / 1e9);
     os << line;
     os << "# each size's rate / the peak\ngemm_efficiency = [";
