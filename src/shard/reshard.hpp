@@ -87,7 +87,8 @@ class Resharder {
         recv_("shardflow::reshard::recv",
               recv_offsets_.empty() ? static_cast<std::size_t>(plan_.recv_elems()) : std::size_t(0)),
         exchange_(check_comm(world, plan_), direct_plan(plan_, send_offsets_, recv_offsets_), send_.data(),
-                  recv_.data()) {}
+                  recv_.data()),
+        copies_(plan_) {}
 
   /// True when the exchange reads the source in place (every piece sent is one contiguous
   /// run of this rank's source box: no pack) / writes the destination in place (every piece
@@ -101,29 +102,22 @@ class Resharder {
   /// the piece this rank keeps straight into `dst` (this rank's box of `to`, row-major)
   /// while the exchange is in flight. Complete it with finish().
   comm::Request start(ConstView src, View dst) {
-    const Box mine = plan_.from().box(plan_.rank()), theirs = plan_.to().box(plan_.rank());
-    SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(src.extent(0)) >= mine.numel(), "reshard: source has ",
-                            src.extent(0), " elements but rank ", plan_.rank(), " holds ", mine.numel(), " of ",
+    SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(src.extent(0)) >= copies_.src_elems, "reshard: source has ",
+                            src.extent(0), " elements but rank ", plan_.rank(), " holds ", copies_.src_elems, " of ",
                             plan_.from().to_string());
-    SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(dst.extent(0)) >= theirs.numel(), "reshard: destination has ",
-                            dst.extent(0), " elements but rank ", plan_.rank(), " holds ", theirs.numel(), " of ",
+    SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(dst.extent(0)) >= copies_.dst_elems, "reshard: destination has ",
+                            dst.extent(0), " elements but rank ", plan_.rank(), " holds ", copies_.dst_elems, " of ",
                             plan_.to().to_string());
     if (!direct_send()) {
-      std::size_t off = 0;
-      for (const auto& piece : plan_.sends()) {
-        kernels::pack_box<ExecSpace, T>(exec_, src, mine.extent, relative(piece.box, mine),
-                                        View(send_.data(), send_.extent(0)), off);
-        off += static_cast<std::size_t>(piece.box.numel());
-      }
+      const View stage(send_.data(), send_.extent(0));
+      for (const auto& c : copies_.pack) kernels::copy_box(exec_, src, c.first, stage, c.second);
       exec_.fence();
     }
     exchange_.rebind(direct_send() ? static_cast<const void*>(src.data()) : send_.data(),
                      direct_recv() ? static_cast<void*>(dst.data()) : recv_.data());
     comm::Request req = exchange_.start();
-    const Box& keep = plan_.local_piece();
-    if (keep.numel() > 0) {
-      kernels::copy_box(exec_, src, kernels::StridedBox::row_major(mine.extent, relative(keep, mine)), dst,
-                        kernels::StridedBox::row_major(theirs.extent, relative(keep, theirs)));
+    if (copies_.keep) {
+      kernels::copy_box(exec_, src, copies_.keep_src, dst, copies_.keep_dst);
       exec_.fence();
     }
     dst_ = dst;
@@ -134,14 +128,8 @@ class Resharder {
   void finish(comm::Request& req) {
     req.wait();
     if (direct_recv()) return;  // the exchange wrote the pieces into place
-    View dst = dst_;
-    const Box mine = plan_.to().box(plan_.rank());
-    std::size_t off = 0;
-    for (const auto& piece : plan_.recvs()) {
-      kernels::unpack_box<ExecSpace, T>(exec_, ConstView(recv_.data(), recv_.extent(0)), off, dst, mine.extent,
-                                        relative(piece.box, mine));
-      off += static_cast<std::size_t>(piece.box.numel());
-    }
+    const ConstView staged(recv_.data(), recv_.extent(0));
+    for (const auto& c : copies_.unpack) kernels::copy_box(exec_, staged, c.first, dst_, c.second);
     exec_.fence();
   }
 
@@ -180,6 +168,41 @@ class Resharder {
       x.recv_displs[static_cast<std::size_t>(p.recvs()[i].peer)] = recv_at[i];
     return x;
   }
+  /// The copies of a start() and finish(), worked out once from the plan: each a pair of
+  /// strided boxes (from, to) in the buffers' elements. A call then allocates nothing and
+  /// computes no layout box.
+  struct Copies {
+    std::int64_t src_elems = 0, dst_elems = 0;  // this rank's boxes of `from` and `to`
+    std::vector<std::pair<kernels::StridedBox, kernels::StridedBox>> pack;    // source -> staging
+    std::vector<std::pair<kernels::StridedBox, kernels::StridedBox>> unpack;  // staging -> destination
+    bool keep = false;
+    kernels::StridedBox keep_src, keep_dst;  // the kept piece, source -> destination
+
+    explicit Copies(const ReshardPlan& p) {
+      const Box mine = p.from().box(p.rank()), theirs = p.to().box(p.rank());
+      src_elems = mine.numel();
+      dst_elems = theirs.numel();
+      auto packed = [](const Box& b, std::size_t at) {
+        return kernels::StridedBox::of_array(b.extent, row_major_strides(b.extent), static_cast<std::int64_t>(at));
+      };
+      std::size_t off = 0;
+      for (const auto& piece : p.sends()) {
+        pack.emplace_back(kernels::StridedBox::row_major(mine.extent, relative(piece.box, mine)), packed(piece.box, off));
+        off += static_cast<std::size_t>(piece.box.numel());
+      }
+      off = 0;
+      for (const auto& piece : p.recvs()) {
+        unpack.emplace_back(packed(piece.box, off), kernels::StridedBox::row_major(theirs.extent, relative(piece.box, theirs)));
+        off += static_cast<std::size_t>(piece.box.numel());
+      }
+      keep = p.local_piece().numel() > 0;
+      if (keep) {
+        keep_src = kernels::StridedBox::row_major(mine.extent, relative(p.local_piece(), mine));
+        keep_dst = kernels::StridedBox::row_major(theirs.extent, relative(p.local_piece(), theirs));
+      }
+    }
+  };
+
   static Box relative(const Box& b, const Box& frame) {
     Box r = b;
     for (std::size_t d = 0; d < r.ndim(); ++d) r.offset[d] -= frame.offset[d];
@@ -192,6 +215,7 @@ class Resharder {
   Kokkos::View<T*, memory_space> send_, recv_;
   View dst_;
   comm::Collective exchange_;
+  Copies copies_;
 };
 
 /// One-shot reshard of this rank's box of `from` into its box of `to` (host vectors).
