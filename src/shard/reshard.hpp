@@ -5,8 +5,9 @@
 //   ReshardPlan   (plan)       built once per layout pair on each rank: which boxes go to and
 //                              come from which peer, and the all_to_allv counts.
 //   Resharder<T>  (operation)  the plan bound to a world communicator and persistent
-//                              staging buffers: pack (kernels::pack_box), exchange, unpack
-//                              (kernels::unpack_box), step after step without allocating.
+//                              staging buffers: pack, exchange, unpack (kernels::copy_box
+//                              with strided boxes worked out once from the plan), step after
+//                              step without allocating.
 //                              A side whose pieces are each one contiguous run of the rank's
 //                              box (e.g. rows moving between row splits) skips its staging:
 //                              the exchange reads the source or writes the destination in
