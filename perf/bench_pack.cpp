@@ -190,8 +190,9 @@ int main(int argc, char** argv) {
     else if (a == "--cast") o.cast = next();
     else if (a == "--impl") o.impl = next();
     else if (a == "--help" || a == "-h") {
-      std::printf("bench_pack [--min-bytes N] [--max-bytes N] [--min-run N] [--max-run N] [--iters N] [--cast bf16|f16]\n"
-                  "           [--impl avx2|generic]\n");
+      std::printf(
+          "bench_pack [--min-bytes N] [--max-bytes N] [--min-run N] [--max-run N] [--iters N] [--cast bf16|f16]\n"
+          "           [--impl avx2|generic]\n");
       return 0;
     } else {
       std::fprintf(stderr, "bench_pack: unknown option '%s'\n", a.c_str());

@@ -343,7 +343,8 @@ TEST(Pack, ErrorsNameTheValues) {
 }
 
 // The batched host run copy, every implementation this CPU runs (AVX2, generic), against
-// a byte loop: every run length 0..600 (all tails and block counts), odd steps and misaligned starts, and nothing written outside the runs.
+// a byte loop: every run length 0..600 (all tails and block counts), odd steps and
+// misaligned starts, and nothing written outside the runs.
 TEST(Pack, HostCopyRunsEveryLengthAndAlignment) {
   namespace d = shardflow::kernels::detail;
   const std::string chosen = d::host_copy_impl();
@@ -365,7 +366,8 @@ TEST(Pack, HostCopyRunsEveryLengthAndAlignment) {
       const std::size_t so = bytes % 13, doff = bytes % 11;
       for (std::int64_t r = 0; r < cnt; ++r)
         for (std::size_t b = 0; b < bytes; ++b)
-          want[doff + static_cast<std::size_t>(r * dst_step) + b] = src[so + static_cast<std::size_t>(r * src_step) + b];
+          want[doff + static_cast<std::size_t>(r * dst_step) + b] =
+              src[so + static_cast<std::size_t>(r * src_step) + b];
       d::host_copy_runs(dst.data() + doff, src.data() + so, cnt, bytes, dst_step, src_step);
       ASSERT_EQ(dst, want) << "bytes " << bytes << " (" << d::host_copy_impl() << ")";
     }

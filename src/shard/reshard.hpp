@@ -173,7 +173,7 @@ class Resharder {
   /// strided boxes (from, to) in the buffers' elements. A call then allocates nothing and
   /// computes no layout box.
   struct Copies {
-    std::int64_t src_elems = 0, dst_elems = 0;  // this rank's boxes of `from` and `to`
+    std::int64_t src_elems = 0, dst_elems = 0;                                // this rank's boxes of `from` and `to`
     std::vector<std::pair<kernels::StridedBox, kernels::StridedBox>> pack;    // source -> staging
     std::vector<std::pair<kernels::StridedBox, kernels::StridedBox>> unpack;  // staging -> destination
     bool keep = false;
@@ -188,12 +188,14 @@ class Resharder {
       };
       std::size_t off = 0;
       for (const auto& piece : p.sends()) {
-        pack.emplace_back(kernels::StridedBox::row_major(mine.extent, relative(piece.box, mine)), packed(piece.box, off));
+        pack.emplace_back(kernels::StridedBox::row_major(mine.extent, relative(piece.box, mine)),
+                          packed(piece.box, off));
         off += static_cast<std::size_t>(piece.box.numel());
       }
       off = 0;
       for (const auto& piece : p.recvs()) {
-        unpack.emplace_back(packed(piece.box, off), kernels::StridedBox::row_major(theirs.extent, relative(piece.box, theirs)));
+        unpack.emplace_back(packed(piece.box, off),
+                            kernels::StridedBox::row_major(theirs.extent, relative(piece.box, theirs)));
         off += static_cast<std::size_t>(piece.box.numel());
       }
       keep = p.local_piece().numel() > 0;

@@ -6,8 +6,8 @@
 
 #include <Kokkos_Core.hpp>
 #include <algorithm>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -216,7 +216,9 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
     std::snprintf(line, sizeof line, "memory_gib = %.3f  # MemTotal shared by the cores\n",
                   mem_total_gib() / devices);
     os << line;
-    std::snprintf(line, sizeof line, "memory_bandwidth_gbs = %.3f  # STREAM triad on 64 MiB arrays (2 reads + 1 write), every rank at once, the slowest\n",
+    std::snprintf(line, sizeof line,
+                  "memory_bandwidth_gbs = %.3f  # STREAM triad on 64 MiB arrays (2 reads + 1 write), every rank at "
+                  "once, the slowest\n",
                   bw / 1e9);
     os << line;
     os << "# each size's rate / the peak\ngemm_efficiency = [";
