@@ -63,6 +63,7 @@ int run_simulate(const SimulateOptions& o) {
   }
   sim::SimOptions so;
   so.trace_file = o.trace;
+  so.threads = 0;  // the stages compiled on every hardware thread
   const sim::SimResult r = sim::simulate(deck, cluster, so);
   if (app::world_rank() == 0) {
     const std::string text = o.json ? sim::sim_json(r) + "\n" : sim::sim_text(r);

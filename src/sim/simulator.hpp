@@ -29,6 +29,9 @@ namespace shardflow::sim {
 
 struct SimOptions {
   std::string trace_file;  // write a Chrome trace of the simulated step (one process per stage)
+  /// Stages compiled at once (0: the machine's hardware threads). The search simulates one
+  /// configuration per worker and keeps the default, 1.
+  int threads = 1;
 };
 
 /// Programs already compiled for some stages (the search's memory check compiles the first

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -415,9 +416,34 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
     r.rank = mesh.rank_of(co);
     r.stage = st;
     auto it = given.find(st);
-    r.prog_ptr = it != given.end()
-                     ? it->second
-                     : std::make_shared<const compile::StepProgram>(compile::compile_step(deck, plan, r.rank));
+    if (it != given.end()) r.prog_ptr = it->second;
+  }
+  // the stages not given, compiled on up to options.threads threads (each stage's program
+  // is its own; the deck and the plan are only read); the lowest stage's error is thrown
+  {
+    std::vector<int> todo;
+    for (int st = 0; st < pp; ++st)
+      if (!roles[static_cast<size_t>(st)].prog_ptr) todo.push_back(st);
+    std::vector<std::exception_ptr> errors(todo.size());
+    std::atomic<size_t> next{0};
+    auto worker = [&] {
+      for (size_t i; (i = next++) < todo.size();) {
+        Role& r = roles[static_cast<size_t>(todo[i])];
+        try {
+          r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(deck, plan, r.rank));
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+      }
+    };
+    const int hw = static_cast<int>(std::thread::hardware_concurrency());
+    const int threads = std::min(static_cast<int>(todo.size()), options.threads > 0 ? options.threads : std::max(1, hw));
+    std::vector<std::thread> pool;
+    for (int k = 1; k < threads; ++k) pool.emplace_back(worker);
+    worker();
+    for (auto& th : pool) th.join();
+    for (const auto& e : errors)
+      if (e) std::rethrow_exception(e);
   }
   const auto t1 = std::chrono::steady_clock::now();
   GroupCache gc{mesh, cluster, {}, {}};
