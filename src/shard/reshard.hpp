@@ -81,15 +81,15 @@ class Resharder {
   Resharder(comm::Communicator& world, ReshardPlan plan, ExecSpace exec = ExecSpace())
       : plan_(std::move(plan)),
         exec_(exec),
-        send_offsets_(runs_in_frame(plan_.sends(), plan_.from().box(plan_.rank()))),
-        recv_offsets_(runs_in_frame(plan_.recvs(), plan_.to().box(plan_.rank()))),
+        copies_(plan_),
+        send_offsets_(runs_in_frame(copies_.pack, true)),
+        recv_offsets_(runs_in_frame(copies_.unpack, false)),
         send_("shardflow::reshard::send",
               send_offsets_.empty() ? static_cast<std::size_t>(plan_.send_elems()) : std::size_t(0)),
         recv_("shardflow::reshard::recv",
               recv_offsets_.empty() ? static_cast<std::size_t>(plan_.recv_elems()) : std::size_t(0)),
         exchange_(check_comm(world, plan_), direct_plan(plan_, send_offsets_, recv_offsets_), send_.data(),
-                  recv_.data()),
-        copies_(plan_) {}
+                  recv_.data()) {}
 
   /// True when the exchange reads the source in place (every piece sent is one contiguous
   /// run of this rank's source box: no pack) / writes the destination in place (every piece
@@ -147,12 +147,14 @@ class Resharder {
                             " of '", c.name(), "'");
     return c;
   }
-  /// Where each piece starts in its frame (the rank's box, row-major) when every piece is
-  /// one contiguous run of it; empty otherwise (and when there are no pieces).
-  static std::vector<std::size_t> runs_in_frame(const std::vector<ReshardPiece>& pieces, const Box& frame) {
+  using CopyList = std::vector<std::pair<kernels::StridedBox, kernels::StridedBox>>;
+  /// Where each piece starts in its frame (the rank's box, row-major: the copies' source
+  /// side for the pieces sent, their destination side for those received) when every piece
+  /// is one contiguous run of it; empty otherwise (and when there are no pieces).
+  static std::vector<std::size_t> runs_in_frame(const CopyList& copies, bool source_side) {
     std::vector<std::size_t> offsets;
-    for (const auto& piece : pieces) {
-      const auto sb = kernels::StridedBox::row_major(frame.extent, relative(piece.box, frame)).simplified();
+    for (const auto& c : copies) {
+      const auto sb = (source_side ? c.first : c.second).simplified();
       if (sb.ndim != 1 || sb.stride[0] != 1) return {};
       offsets.push_back(static_cast<std::size_t>(sb.offset));
     }
@@ -174,8 +176,8 @@ class Resharder {
   /// computes no layout box.
   struct Copies {
     std::int64_t src_elems = 0, dst_elems = 0;                                // this rank's boxes of `from` and `to`
-    std::vector<std::pair<kernels::StridedBox, kernels::StridedBox>> pack;    // source -> staging
-    std::vector<std::pair<kernels::StridedBox, kernels::StridedBox>> unpack;  // staging -> destination
+    CopyList pack;    // source -> staging
+    CopyList unpack;  // staging -> destination
     bool keep = false;
     kernels::StridedBox keep_src, keep_dst;  // the kept piece, source -> destination
 
@@ -214,11 +216,11 @@ class Resharder {
 
   ReshardPlan plan_;
   ExecSpace exec_;
+  Copies copies_;
   std::vector<std::size_t> send_offsets_, recv_offsets_;  // direct paths (see direct_send())
   Kokkos::View<T*, memory_space> send_, recv_;
   View dst_;
   comm::Collective exchange_;
-  Copies copies_;
 };
 
 /// One-shot reshard of this rank's box of `from` into its box of `to` (host vectors).

@@ -2,16 +2,17 @@
 // `shardflow calibrate`: measures this machine and writes a cluster file (`--cluster local`).
 //  * GEMM: the model's own gemm path (nn::Linear's forward, input-gradient and weight-gradient
 //    products, the BLAS shardflow chose) on one core at square sizes 32 … 1024; the highest
-//    size's rate is the peak, each size's share of it the curve.
+//    of the sizes' rates is the peak, each size's share of it the curve.
 //  * Every measurement runs on every rank at once (the ranks of a step compute at once and
 //    share the memory system) and takes the median call, each call on the next of several
 //    operand sets that together exceed the caches (a step's kernels read what other kernels
 //    touched last): the simulation is compared with median steps, not with the fastest
 //    moment of warm caches. The file has the slowest rank's figures: a synchronous step
 //    waits for its slowest rank at every collective.
-//  * Memory: a memcpy of 64 MiB (read + write bytes per second) is the bandwidth; the
-//    model's SwiGLU, RmsNorm, attention softmax and AdamW kernels, each charged the bytes
-//    the simulator counts for it, against it are the elementwise efficiency.
+//  * Memory: STREAM's triad on 64 MiB arrays (two reads and one write per element) is the
+//    bandwidth; the model's SwiGLU, RmsNorm, attention softmax and AdamW kernels, each
+//    charged the bytes the simulator counts for it, against it are the elementwise
+//    efficiency (capped at 1; the file has the measured value beside it).
 //  * Links: with two or more MPI ranks, a ping-pong between ranks 0 and 1 (8 B for the
 //    latency, 16 MiB for the bandwidth). A single process has no peer: it estimates MPI's
 //    shared-memory transport as two copies through a shared buffer (half the memcpy rate)

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <sstream>
@@ -121,7 +120,6 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
   }
   // memory: STREAM's triad (McCalpin) a = b + s·c on 64 MiB arrays, the bytes of its
   // two reads and one write; the model's elementwise kernels stream several operands too
-  // (a single memcpy here gets less: about 0.7 of the triad's bytes per second)
   const size_t n = size_t{16} << 20;  // floats
   Kokkos::View<float*> a("a", n), b("b", n), c("c", n);
   Kokkos::deep_copy(a, 1.0f);
@@ -174,18 +172,14 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
   // RmsNorm: 5 · T·H elements
   secs += typical_of([&](int i) { nn::RmsNorm<float>::forward(xs[i], g, ns[i], rstd[i]); }, sets, reps, min_s);
   bytes += static_cast<double>(T * H) * 4 * 5;
-  // the attention core's softmax and its two products, less the products' GEMM time at the
-  // rate the curve gives their size
+  // the attention core's softmax and its two products, less the products' GEMM time as the
+  // simulator charges it on the curve just measured
   const double tcore =
       typical_of([&](int i) { nn::Attention<float>::forward(qkv[i], A, probs[i], att[i]); }, sets, reps, min_s);
-  double core_rate = rate.front().second;  // the curve at the products' size, S·S·(H/A)
-  const double core_size = std::cbrt(static_cast<double>(S * S * (H / A)));
-  for (size_t i = 1; i < rate.size(); ++i)
-    if (rate[i - 1].first <= core_size && core_size <= rate[i].first) {
-      const double f = std::log(core_size / rate[i - 1].first) / std::log(double(rate[i].first) / rate[i - 1].first);
-      core_rate = rate[i - 1].second + f * (rate[i].second - rate[i - 1].second);
-    }
-  const double core_gemm = 2.0 * (T / S) * A * 2.0 * S * S * (H / A) / core_rate;
+  Cluster curve;
+  curve.peak_f32 = peak / 1e12;
+  for (const auto& [edge, r] : rate) curve.gemm_efficiency.emplace_back(edge, r / peak);
+  const double core_gemm = (T / S) * A * 2 * curve.gemm_seconds(S, S, H / A, DType::F32);
   secs += std::max(0.0, tcore - core_gemm);
   bytes += static_cast<double>((T / S) * A * S * S) * 4 * 3;
   // AdamW: 7 · n elements (28 MiB: beyond the caches already)

@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <exception>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -395,6 +395,23 @@ double stage_bound(const Cluster& cluster, const MeshShape& mesh, int rank, int 
   return step;
 }
 
+/// Workers (`threads`; 0: the machine's hardware threads), each taking the next index until
+/// `n` or until work(i) says stop; the calling thread is one of them.
+void in_parallel(size_t n, int threads, const std::function<bool(size_t)>& work) {
+  if (threads <= 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  threads = static_cast<int>(std::min<size_t>(static_cast<size_t>(threads), std::max<size_t>(n, 1)));
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  auto worker = [&] {
+    for (size_t i; !stop && (i = next++) < n;)
+      if (!work(i)) stop = true;
+  };
+  std::vector<std::thread> pool;
+  for (int k = 1; k < threads; ++k) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+}
+
 }  // namespace
 
 SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& options) {
@@ -425,23 +442,15 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
     for (int st = 0; st < pp; ++st)
       if (!roles[static_cast<size_t>(st)].prog_ptr) todo.push_back(st);
     std::vector<std::exception_ptr> errors(todo.size());
-    std::atomic<size_t> next{0};
-    auto worker = [&] {
-      for (size_t i; (i = next++) < todo.size();) {
-        Role& r = roles[static_cast<size_t>(todo[i])];
-        try {
-          r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(deck, plan, r.rank));
-        } catch (...) {
-          errors[i] = std::current_exception();
-        }
+    in_parallel(todo.size(), options.threads, [&](size_t i) {
+      Role& r = roles[static_cast<size_t>(todo[i])];
+      try {
+        r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(deck, plan, r.rank));
+      } catch (...) {
+        errors[i] = std::current_exception();
       }
-    };
-    const int hw = static_cast<int>(std::thread::hardware_concurrency());
-    const int threads = std::min(static_cast<int>(todo.size()), options.threads > 0 ? options.threads : std::max(1, hw));
-    std::vector<std::thread> pool;
-    for (int k = 1; k < threads; ++k) pool.emplace_back(worker);
-    worker();
-    for (auto& th : pool) th.join();
+      return true;
+    });
     for (const auto& e : errors)
       if (e) std::rethrow_exception(e);
   }
@@ -833,19 +842,6 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
   const int threads =
       std::max(1, options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency()));
   out.threads = threads;
-  // each of `threads` workers takes the next index until `n` (or until work(i) says stop)
-  auto in_parallel = [&](size_t n, const std::function<bool(size_t)>& work) {
-    std::atomic<size_t> next{0};
-    std::atomic<bool> stop{false};
-    auto worker = [&] {
-      for (size_t i; !stop && (i = next++) < n;)
-        if (!work(i)) stop = true;
-    };
-    std::vector<std::thread> pool;
-    for (int k = 1; k < threads; ++k) pool.emplace_back(worker);
-    worker();
-    for (auto& th : pool) th.join();
-  };
   // 2. memory check and lower bound, every configuration
   const double capacity = cluster.memory_gib * 1073741824.0;
   struct Checked {
@@ -855,7 +851,7 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
     double seconds = 0;
   };
   std::vector<Checked> checked(configs.size());
-  in_parallel(configs.size(), [&](size_t i) {
+  in_parallel(configs.size(), threads, [&](size_t i) {
     const auto tm = std::chrono::steady_clock::now();
     Checked& c = checked[i];
     const Deck& dk = configs[i].deck;
@@ -921,7 +917,7 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
   std::vector<SearchCandidate> fits;
   std::multiset<double> best_steps;  // the `keep` fastest fitting steps so far
   std::vector<char> done(candidates.size(), 0);
-  in_parallel(candidates.size(), [&](size_t k) {
+  in_parallel(candidates.size(), threads, [&](size_t k) {
     const size_t i = candidates[k];
     {
       std::lock_guard<std::mutex> lock(mu);
