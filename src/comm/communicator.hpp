@@ -43,6 +43,8 @@ class Communicator {
   Communicator& operator=(const Communicator&) = delete;
 
   virtual Backend backend() const = 0;
+  /// True when the backend binds all_to_allw plans (strided pieces moved in place).
+  virtual bool strided_pieces() const { return false; }
   int size() const { return size_; }
   int rank() const { return rank_; }
   /// e.g. "fsdp" or "data+fsdp" or "world".

@@ -11,12 +11,16 @@
 //   broadcast       send `count` (root only), recv `count` (every rank, root included)
 //   send / recv     `count` to / from `peer` with `tag`
 //   all_to_all      send `count * n`,        recv `count * n` (block j goes to rank j)
-//   all_to_allv     send_counts/displs and recv_counts/displs, one per rank
+//   all_to_allv     send_counts/displs and recv_counts/displs, one per rank; or, built by
+//                   all_to_allw, one strided box per rank on each side (the pieces are read
+//                   and written in place, in the box's row-major order, by the Mpi backend's
+//                   derived datatypes: no pack, no unpack)
 #include <cstddef>
 #include <string>
 #include <vector>
 
 #include "comm/types.hpp"
+#include "kernels/strided_box.hpp"
 
 namespace shardflow::comm {
 
@@ -28,6 +32,9 @@ struct CollectivePlan {
   int root = 0;                                                                 // broadcast root; peer of send/recv
   int tag = 0;                                                                  // send/recv
   std::vector<std::size_t> send_counts, send_displs, recv_counts, recv_displs;  // all_to_allv
+  /// all_to_allv with strided pieces (all_to_allw): the box of the send / recv buffer that
+  /// goes to / comes from each rank, in elements; empty for contiguous pieces at the displs.
+  std::vector<kernels::StridedBox> send_boxes, recv_boxes;
 
   static CollectivePlan all_gather(DType t, std::size_t count);
   static CollectivePlan reduce_scatter(DType t, std::size_t count, ReduceOp op);
@@ -40,6 +47,14 @@ struct CollectivePlan {
   static CollectivePlan all_to_allv(DType t, std::vector<std::size_t> send_counts, std::vector<std::size_t> recv_counts,
                                     std::vector<std::size_t> send_displs = {},
                                     std::vector<std::size_t> recv_displs = {});
+
+  /// An all_to_allv whose piece for rank q is box send_boxes[q] of the send buffer and whose
+  /// piece from rank q lands in box recv_boxes[q] of the receive buffer (element strides,
+  /// any order of dimensions; an empty box for no piece). The counts are the boxes' sizes.
+  /// Only backends whose Communicator::strided_pieces() is true can bind it.
+  static CollectivePlan all_to_allw(DType t, std::vector<kernels::StridedBox> send_boxes,
+                                    std::vector<kernels::StridedBox> recv_boxes);
+  bool strided() const { return !send_boxes.empty() || !recv_boxes.empty(); }
 
   /// Elements the send / recv buffer must hold on rank `rank` of a group of `n`.
   std::size_t send_elems(int n, int rank) const;

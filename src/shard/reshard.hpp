@@ -14,13 +14,23 @@
 //                              place.
 //                              The piece a rank keeps is copied src -> dst directly
 //                              (kernels::copy_box) while the exchange is in flight.
+//                              On a backend that moves strided pieces (Mpi), pieces of up
+//                              to kInPlaceBytes are not staged at all: the exchange is an
+//                              all_to_allw whose derived datatypes read each piece from the
+//                              source and write it into the destination in place (MPI packs
+//                              them in cache-sized fragments as it sends). Above that, MPI's
+//                              datatype engine is slower than packing here (docs/comm.md),
+//                              and sources of kFuseBytes or more are packed and kept in one
+//                              walk (pack_and_keep).
 //   reshard(...)               the one-shot convenience.
 //
 // Replicas: a piece held by several ranks of the source layout is sent by exactly one of
 // them: the destination itself when it holds the piece, else replica (dest % replicas).
 // Ranks of the communicator must be the mesh ranks (CommSet::world()).
 #include <Kokkos_Core.hpp>
+#include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "comm/communicator.hpp"
@@ -69,6 +79,11 @@ class ReshardPlan {
   std::int64_t send_elems_ = 0, recv_elems_ = 0;
 };
 
+/// How a Resharder moves its pieces: Auto chooses (see the header comment); Staged packs and
+/// unpacks through staging buffers (any backend); InPlace moves strided pieces in place
+/// (host spaces on a backend whose Communicator::strided_pieces() is true).
+enum class ReshardPath { Auto, Staged, InPlace };
+
 /// The operation: a plan bound to a communicator and persistent staging buffers.
 template <class T, class ExecSpace = Kokkos::DefaultHostExecutionSpace>
 class Resharder {
@@ -78,18 +93,28 @@ class Resharder {
   using View = Kokkos::View<T*, memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
 
   /// `world` must have the mesh's ranks in mesh order (CommSet::world()).
-  Resharder(comm::Communicator& world, ReshardPlan plan, ExecSpace exec = ExecSpace())
+  /// Throws InputError when `path` is InPlace and the backend or space cannot.
+  Resharder(comm::Communicator& world, ReshardPlan plan, ExecSpace exec = ExecSpace(),
+            ReshardPath path = ReshardPath::Auto)
       : plan_(std::move(plan)),
         exec_(exec),
         copies_(plan_),
         send_offsets_(runs_in_frame(copies_.pack, true)),
         recv_offsets_(runs_in_frame(copies_.unpack, false)),
-        send_("shardflow::reshard::send",
-              send_offsets_.empty() ? static_cast<std::size_t>(plan_.send_elems()) : std::size_t(0)),
-        recv_("shardflow::reshard::recv",
-              recv_offsets_.empty() ? static_cast<std::size_t>(plan_.recv_elems()) : std::size_t(0)),
-        exchange_(check_comm(world, plan_), direct_plan(plan_, send_offsets_, recv_offsets_), send_.data(),
-                  recv_.data()) {}
+        in_place_(choose_in_place(check_comm(world, plan_), path)),
+        send_("shardflow::reshard::send", send_offsets_.empty() && !in_place_
+                                              ? static_cast<std::size_t>(plan_.send_elems())
+                                              : std::size_t(0)),
+        recv_("shardflow::reshard::recv", recv_offsets_.empty() && !in_place_
+                                              ? static_cast<std::size_t>(plan_.recv_elems())
+                                              : std::size_t(0)),
+        exchange_(world, in_place_ ? in_place_plan() : direct_plan(plan_, send_offsets_, recv_offsets_),
+                  send_.data(), recv_.data()) {}
+
+  /// Pieces of at most this many bytes move in place on a backend that can (Auto).
+  static constexpr std::int64_t kInPlaceBytes = std::int64_t(512) << 10;
+  /// True when the exchange moves the strided pieces in place (no staging at all).
+  bool in_place() const { return in_place_; }
 
   /// True when the exchange reads the source in place (every piece sent is one contiguous
   /// run of this rank's source box: no pack) / writes the destination in place (every piece
@@ -109,7 +134,20 @@ class Resharder {
     SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(dst.extent(0)) >= copies_.dst_elems, "reshard: destination has ",
                             dst.extent(0), " elements but rank ", plan_.rank(), " holds ", copies_.dst_elems, " of ",
                             plan_.to().to_string());
-    if (!direct_send()) {
+    if (in_place_) {
+      exchange_.rebind(src.data(), dst.data());
+      comm::Request req = exchange_.start();
+      if (copies_.keep) {
+        kernels::copy_box(exec_, src, copies_.keep_src, dst, copies_.keep_dst);
+        exec_.fence();
+      }
+      dst_ = dst;
+      return req;
+    }
+    const bool fused = fused_walk();
+    if (fused) {
+      pack_and_keep(src, dst);
+    } else if (!direct_send()) {
       const View stage(send_.data(), send_.extent(0));
       for (const auto& c : copies_.pack) kernels::copy_box(exec_, src, c.first, stage, c.second);
       exec_.fence();
@@ -117,7 +155,7 @@ class Resharder {
     exchange_.rebind(direct_send() ? static_cast<const void*>(src.data()) : send_.data(),
                      direct_recv() ? static_cast<void*>(dst.data()) : recv_.data());
     comm::Request req = exchange_.start();
-    if (copies_.keep) {
+    if (copies_.keep && !fused) {
       kernels::copy_box(exec_, src, copies_.keep_src, dst, copies_.keep_dst);
       exec_.fence();
     }
@@ -128,7 +166,7 @@ class Resharder {
   /// Waits for the exchange started by start() and unpacks what arrived into its `dst`.
   void finish(comm::Request& req) {
     req.wait();
-    if (direct_recv()) return;  // the exchange wrote the pieces into place
+    if (in_place_ || direct_recv()) return;  // the exchange wrote the pieces into place
     const ConstView staged(recv_.data(), recv_.extent(0));
     for (const auto& c : copies_.unpack) kernels::copy_box(exec_, staged, c.first, dst_, c.second);
     exec_.fence();
@@ -139,6 +177,18 @@ class Resharder {
     finish(r);
   }
 
+  /// Source boxes of at least this many bytes are packed and kept in one walk (below).
+  static constexpr std::int64_t kFuseBytes = std::int64_t(4) << 20;
+  /// Bytes of source per slab of that walk.
+  static constexpr std::int64_t kSlabBytes = std::int64_t(256) << 10;
+  /// True when start() packs the sent pieces and copies the kept one in one walk over the
+  /// source (host spaces, a source box of kFuseBytes or more, something packed and kept).
+  bool fused_walk() const {
+    return kernels::is_host_space_v<ExecSpace> && !in_place_ && !direct_send() && !copies_.pack.empty() &&
+           copies_.keep &&
+           copies_.src_elems * static_cast<std::int64_t>(sizeof(T)) >= kFuseBytes;
+  }
+
  private:
   static comm::Communicator& check_comm(comm::Communicator& c, const ReshardPlan& p) {
     SHARDFLOW_REQUIRE_INPUT(c.size() == p.from().mesh().size(), "reshard: communicator '", c.name(), "' has ", c.size(),
@@ -146,6 +196,38 @@ class Resharder {
     SHARDFLOW_REQUIRE_INPUT(c.rank() == p.rank(), "reshard: plan built for rank ", p.rank(), " used on rank ", c.rank(),
                             " of '", c.name(), "'");
     return c;
+  }
+  /// Auto: in place when the backend and space can, some piece is strided, and every piece
+  /// is at most kInPlaceBytes.
+  bool choose_in_place(const comm::Communicator& world, ReshardPath path) const {
+    const bool can = kernels::is_host_space_v<ExecSpace> && world.strided_pieces();
+    if (path == ReshardPath::InPlace) {
+      SHARDFLOW_REQUIRE_INPUT(can, "reshard: in-place pieces need a host execution space and a backend that moves "
+                                   "strided pieces; communicator '",
+                              world.name(), "' cannot");
+      return true;
+    }
+    if (path == ReshardPath::Staged || !can) return false;
+    const bool pieces = !plan_.sends().empty() || !plan_.recvs().empty();
+    const bool strided = (!plan_.sends().empty() && send_offsets_.empty()) ||
+                         (!plan_.recvs().empty() && recv_offsets_.empty());
+    std::int64_t largest = 0;
+    for (const auto* list : {&plan_.sends(), &plan_.recvs()})
+      for (const auto& piece : *list) largest = std::max(largest, piece.box.numel());
+    return pieces && strided && largest * static_cast<std::int64_t>(sizeof(T)) <= kInPlaceBytes;
+  }
+  /// The all_to_allw of the in-place path: each piece's box in the source / destination.
+  comm::CollectivePlan in_place_plan() const {
+    kernels::StridedBox none;
+    none.ndim = 1;
+    none.stride[0] = 1;  // extent 0: no piece
+    const auto n = static_cast<std::size_t>(plan_.from().mesh().size());
+    std::vector<kernels::StridedBox> sends(n, none), recvs(n, none);
+    for (std::size_t i = 0; i < copies_.pack.size(); ++i)
+      sends[static_cast<std::size_t>(plan_.sends()[i].peer)] = copies_.pack[i].first;
+    for (std::size_t i = 0; i < copies_.unpack.size(); ++i)
+      recvs[static_cast<std::size_t>(plan_.recvs()[i].peer)] = copies_.unpack[i].second;
+    return comm::CollectivePlan::all_to_allw(dtype_of<T>(), std::move(sends), std::move(recvs));
   }
   using CopyList = std::vector<std::pair<kernels::StridedBox, kernels::StridedBox>>;
   /// Where each piece starts in its frame (the rank's box, row-major: the copies' source
@@ -176,7 +258,10 @@ class Resharder {
   /// computes no layout box.
   struct Copies {
     std::int64_t src_elems = 0, dst_elems = 0;                                // this rank's boxes of `from` and `to`
+    std::int64_t src_rows = 0;                // the source box's first extent (1 for a scalar)
     CopyList pack;    // source -> staging
+    std::vector<std::int64_t> pack_row0;      // the source row each pack's box starts at
+    std::int64_t keep_row0 = 0;
     CopyList unpack;  // staging -> destination
     bool keep = false;
     kernels::StridedBox keep_src, keep_dst;  // the kept piece, source -> destination
@@ -185,6 +270,7 @@ class Resharder {
       const Box mine = p.from().box(p.rank()), theirs = p.to().box(p.rank());
       src_elems = mine.numel();
       dst_elems = theirs.numel();
+      src_rows = mine.ndim() > 0 ? mine.extent[0] : 1;
       auto packed = [](const Box& b, std::size_t at) {
         return kernels::StridedBox::of_array(b.extent, row_major_strides(b.extent), static_cast<std::int64_t>(at));
       };
@@ -192,6 +278,7 @@ class Resharder {
       for (const auto& piece : p.sends()) {
         pack.emplace_back(kernels::StridedBox::row_major(mine.extent, relative(piece.box, mine)),
                           packed(piece.box, off));
+        pack_row0.push_back(piece.box.ndim() > 0 ? piece.box.offset[0] - mine.offset[0] : 0);
         off += static_cast<std::size_t>(piece.box.numel());
       }
       off = 0;
@@ -204,9 +291,46 @@ class Resharder {
       if (keep) {
         keep_src = kernels::StridedBox::row_major(mine.extent, relative(p.local_piece(), mine));
         keep_dst = kernels::StridedBox::row_major(theirs.extent, relative(p.local_piece(), theirs));
+        keep_row0 = p.local_piece().ndim() > 0 ? p.local_piece().offset[0] - mine.offset[0] : 0;
       }
     }
   };
+
+  /// Packs the sent pieces and copies the kept one slab by slab of the source's outermost
+  /// dimension. Each piece takes part of every source row (e.g. a row split becoming a
+  /// column split), and the hardware fetches whole neighbourhoods of the lines a copy reads:
+  /// a source larger than the cache walked once per piece is read from memory once per
+  /// piece. Walked once, the second piece's lines of a slab are still in cache.
+  void pack_and_keep(const ConstView& src, const View& dst) {
+    const View stage(send_.data(), send_.extent(0));
+    const std::int64_t rows = copies_.src_rows;
+    const std::int64_t row_bytes = std::max<std::int64_t>(1, copies_.src_elems / std::max<std::int64_t>(rows, 1)) *
+                                   static_cast<std::int64_t>(sizeof(T));
+    const std::int64_t per = std::max<std::int64_t>(1, kSlabBytes / row_bytes);
+    for (std::int64_t a = 0; a < rows; a += per) {
+      const std::int64_t b = std::min(rows, a + per);
+      for (std::size_t i = 0; i < copies_.pack.size(); ++i) {
+        auto part = slab(copies_.pack[i], copies_.pack_row0[i], a, b);
+        if (part.first.numel() > 0) kernels::copy_box(exec_, src, part.first, stage, part.second);
+      }
+      auto part = slab({copies_.keep_src, copies_.keep_dst}, copies_.keep_row0, a, b);
+      if (part.first.numel() > 0) kernels::copy_box(exec_, src, part.first, dst, part.second);
+    }
+    exec_.fence();
+  }
+  /// The part of copy `c` (whose source box starts at source row `row0`) in source rows
+  /// [a, b): both boxes cut along their first dimension (empty extents when none).
+  static std::pair<kernels::StridedBox, kernels::StridedBox> slab(
+      const std::pair<kernels::StridedBox, kernels::StridedBox>& c, std::int64_t row0, std::int64_t a, std::int64_t b) {
+    auto part = c;
+    const std::int64_t lo = std::max(a, row0), hi = std::min(b, row0 + c.first.extent[0]);
+    part.first.extent[0] = part.second.extent[0] = std::max<std::int64_t>(0, hi - lo);
+    if (hi > lo) {
+      part.first.offset += (lo - row0) * c.first.stride[0];
+      part.second.offset += (lo - row0) * c.second.stride[0];
+    }
+    return part;
+  }
 
   static Box relative(const Box& b, const Box& frame) {
     Box r = b;
@@ -218,6 +342,7 @@ class Resharder {
   ExecSpace exec_;
   Copies copies_;
   std::vector<std::size_t> send_offsets_, recv_offsets_;  // direct paths (see direct_send())
+  bool in_place_ = false;                                  // see in_place()
   Kokkos::View<T*, memory_space> send_, recv_;
   View dst_;
   comm::Collective exchange_;

@@ -1,5 +1,6 @@
 // Backend-independent parts of the communication layer: names, Request, CollectivePlan,
 // the Communicator base and its one-shot calls, Collective, CommSet.
+#include <algorithm>
 #include "comm/communicator.hpp"
 
 #include <climits>
@@ -190,6 +191,34 @@ CollectivePlan CollectivePlan::all_to_allv(DType t, std::vector<std::size_t> sen
   return p;
 }
 
+CollectivePlan CollectivePlan::all_to_allw(DType t, std::vector<kernels::StridedBox> send_boxes,
+                                           std::vector<kernels::StridedBox> recv_boxes) {
+  CollectivePlan p;
+  p.kind = CollectiveKind::AllToAllv;
+  p.dtype = t;
+  for (const auto& b : send_boxes) {
+    p.send_counts.push_back(static_cast<std::size_t>(b.numel()));
+    p.send_displs.push_back(0);
+  }
+  for (const auto& b : recv_boxes) {
+    p.recv_counts.push_back(static_cast<std::size_t>(b.numel()));
+    p.recv_displs.push_back(0);
+  }
+  p.send_boxes = std::move(send_boxes);
+  p.recv_boxes = std::move(recv_boxes);
+  return p;
+}
+
+namespace {
+/// One past the largest element any non-empty box touches.
+std::size_t span_of(const std::vector<kernels::StridedBox>& boxes) {
+  std::size_t e = 0;
+  for (const auto& b : boxes)
+    if (b.numel() > 0) e = std::max(e, static_cast<std::size_t>(b.span_end()));
+  return e;
+}
+}  // namespace
+
 std::size_t CollectivePlan::send_elems(int n, int rank) const {
   const auto un = static_cast<std::size_t>(n);
   switch (kind) {
@@ -208,7 +237,7 @@ std::size_t CollectivePlan::send_elems(int n, int rank) const {
     case CollectiveKind::AllToAll:
       return count * un;
     case CollectiveKind::AllToAllv:
-      return extent_of(send_counts, send_displs);
+      return strided() ? span_of(send_boxes) : extent_of(send_counts, send_displs);
   }
   return 0;
 }
@@ -231,7 +260,7 @@ std::size_t CollectivePlan::recv_elems(int n, int rank) const {
     case CollectiveKind::AllToAll:
       return count * un;
     case CollectiveKind::AllToAllv:
-      return extent_of(recv_counts, recv_displs);
+      return strided() ? span_of(recv_boxes) : extent_of(recv_counts, recv_displs);
   }
   return 0;
 }
@@ -255,6 +284,20 @@ void CollectivePlan::validate(int n, int rank) const {
         send_counts.size() == un && recv_counts.size() == un && send_displs.size() == un && recv_displs.size() == un,
         what, ": counts/displacements have lengths ", send_counts.size(), "/", send_displs.size(), " (send) and ",
         recv_counts.size(), "/", recv_displs.size(), " (recv) but the group has ", n, " ranks");
+    if (strided()) {
+      SHARDFLOW_REQUIRE_INPUT(send_boxes.size() == un && recv_boxes.size() == un, what, ": ", send_boxes.size(),
+                              " send and ", recv_boxes.size(), " receive boxes but the group has ", n, " ranks");
+      for (std::size_t i = 0; i < un; ++i) {
+        SHARDFLOW_REQUIRE_INPUT(send_counts[i] == static_cast<std::size_t>(send_boxes[i].numel()) &&
+                                    recv_counts[i] == static_cast<std::size_t>(recv_boxes[i].numel()),
+                                what, ": the counts for peer ", i, " differ from its boxes ",
+                                send_boxes[i].to_string(), " and ", recv_boxes[i].to_string());
+        for (const auto* b : {&send_boxes[i], &recv_boxes[i]})
+          for (int d = 0; d < b->ndim; ++d)
+            SHARDFLOW_REQUIRE_INPUT(b->extent[d] >= 0 && b->stride[d] >= 0 && b->offset >= 0, what, ": box ",
+                                    b->to_string(), " for peer ", i, " has a negative extent, stride or offset");
+      }
+    }
     for (std::size_t i = 0; i < un; ++i) {
       SHARDFLOW_REQUIRE_INPUT(send_counts[i] <= int_max && recv_counts[i] <= int_max && send_displs[i] <= int_max &&
                                   recv_displs[i] <= int_max,
@@ -274,6 +317,7 @@ std::string CollectivePlan::to_string() const {
     std::size_t tot = 0;
     for (auto c : send_counts) tot += c;
     s += ", send total " + std::to_string(tot);
+    if (strided()) s += ", strided pieces";
   } else {
     s += ", count " + std::to_string(count);
   }
@@ -294,6 +338,8 @@ void Communicator::barrier() const { CHECK_MPI(MPI_Barrier(mpi_comm_)); }
 
 Request Communicator::start(const CollectivePlan& plan, const void* send, void* recv) {
   plan.validate(size_, rank_);
+  SHARDFLOW_REQUIRE_INPUT(!plan.strided() || strided_pieces(), plan.to_string(), " on communicator '", name_,
+                          "': its backend moves contiguous pieces only (pack them first)");
   auto impl = bind(plan, send, recv);
   impl->start();
   return Request(std::unique_ptr<detail::Pending>(std::move(impl)));
@@ -330,6 +376,8 @@ Request Communicator::all_to_allv(const void* send, void* recv, const Collective
 Collective::Collective(Communicator& comm, CollectivePlan plan, const void* send, void* recv)
     : comm_(&comm), plan_(std::move(plan)) {
   plan_.validate(comm.size(), comm.rank());
+  SHARDFLOW_REQUIRE_INPUT(!plan_.strided() || comm.strided_pieces(), plan_.to_string(), " on communicator '",
+                          comm.name(), "': its backend moves contiguous pieces only (pack them first)");
   impl_ = comm.bind(plan_, send, recv);
 }
 

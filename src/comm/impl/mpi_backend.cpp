@@ -44,13 +44,53 @@ std::vector<int> to_int(const std::vector<std::size_t>& v) {
   return r;
 }
 
+/// The derived datatype of `box` (elements of `base`, `esize` bytes each), its offset
+/// included, committed: the box's elements in its row-major order.
+MPI_Datatype box_type(const kernels::StridedBox& box, MPI_Datatype base, std::size_t esize) {
+  const kernels::StridedBox b = box.simplified();
+  const auto es = static_cast<MPI_Aint>(esize);
+  MPI_Datatype t = base;
+  for (int d = b.ndim - 1; d >= 0; --d) {
+    MPI_Datatype next = MPI_DATATYPE_NULL;
+    if (d == b.ndim - 1 && b.stride[d] == 1)
+      CHECK_MPI(MPI_Type_contiguous(static_cast<int>(b.extent[d]), t, &next));
+    else
+      CHECK_MPI(MPI_Type_create_hvector(static_cast<int>(b.extent[d]), 1, static_cast<MPI_Aint>(b.stride[d]) * es, t,
+                                        &next));
+    if (t != base) CHECK_MPI(MPI_Type_free(&t));
+    t = next;
+  }
+  MPI_Aint at = static_cast<MPI_Aint>(b.offset) * es;
+  MPI_Datatype placed = MPI_DATATYPE_NULL;
+  CHECK_MPI(MPI_Type_create_hindexed_block(1, 1, &at, t, &placed));
+  if (t != base) CHECK_MPI(MPI_Type_free(&t));
+  CHECK_MPI(MPI_Type_commit(&placed));
+  return placed;
+}
+
 class MpiCollective final : public CollectiveImpl {
  public:
   MpiCollective(MPI_Comm comm, int n, int rank, const CollectivePlan& plan, const void* send, void* recv)
       : comm_(comm), n_(n), rank_(rank), plan_(plan), send_(send), recv_(recv), esize_(dtype_size(plan.dtype)) {
     const bool reduces = plan.kind == CollectiveKind::AllReduce || plan.kind == CollectiveKind::ReduceScatter;
     wide_ = reduces && is_16bit(plan.dtype);
-    if (plan.kind == CollectiveKind::AllToAllv) {
+    if (plan.kind == CollectiveKind::AllToAllv && plan.strided()) {
+      // one derived datatype per non-empty piece (count 1, displacement 0: the type holds it)
+      const MPI_Datatype base = mpi_type(plan.dtype);
+      auto types = [&](const std::vector<kernels::StridedBox>& boxes, std::vector<int>& counts,
+                       std::vector<MPI_Datatype>& out) {
+        for (const auto& b : boxes) {
+          const bool some = b.numel() > 0;
+          counts.push_back(some ? 1 : 0);
+          out.push_back(some ? box_type(b, base, esize_) : base);
+          owned_.push_back(some ? out.back() : MPI_DATATYPE_NULL);
+        }
+      };
+      types(plan.send_boxes, scounts_, stypes_);
+      types(plan.recv_boxes, rcounts_, rtypes_);
+      sdispls_.assign(static_cast<std::size_t>(n_), 0);
+      rdispls_.assign(static_cast<std::size_t>(n_), 0);
+    } else if (plan.kind == CollectiveKind::AllToAllv) {
       scounts_ = to_int(plan.send_counts);
       sdispls_ = to_int(plan.send_displs);
       rcounts_ = to_int(plan.recv_counts);
@@ -75,7 +115,11 @@ class MpiCollective final : public CollectiveImpl {
     if (req_ != MPI_REQUEST_NULL) {
       MPI_Wait(&req_, MPI_STATUS_IGNORE);
     }
+    for (MPI_Datatype& t : owned_)
+      if (t != MPI_DATATYPE_NULL) MPI_Type_free(&t);
   }
+  MpiCollective(const MpiCollective&) = delete;
+  MpiCollective& operator=(const MpiCollective&) = delete;
 
   void rebind(const void* send, void* recv) override {
     send_ = send;
@@ -127,6 +171,11 @@ class MpiCollective final : public CollectiveImpl {
         CHECK_MPI(MPI_Ialltoall(send_, cnt, dt, recv_, cnt, dt, comm_, &req_));
         break;
       case CollectiveKind::AllToAllv:
+        if (p.strided()) {
+          CHECK_MPI(MPI_Ialltoallw(send_, scounts_.data(), sdispls_.data(), stypes_.data(), recv_, rcounts_.data(),
+                                   rdispls_.data(), rtypes_.data(), comm_, &req_));
+          break;
+        }
         CHECK_MPI(MPI_Ialltoallv(send_, scounts_.data(), sdispls_.data(), dt, recv_, rcounts_.data(), rdispls_.data(),
                                  dt, comm_, &req_));
         break;
@@ -184,12 +233,14 @@ class MpiCollective final : public CollectiveImpl {
   MPI_Request req_ = MPI_REQUEST_NULL;
   std::vector<float> acc_, block_;                          // f32 scratch of 16-bit reductions
   std::vector<int> scounts_, sdispls_, rcounts_, rdispls_;  // int arrays MPI wants
+  std::vector<MPI_Datatype> stypes_, rtypes_, owned_;       // all_to_allw: per-peer types, those to free
 };
 
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(MPI_Comm comm, const std::string& name) : Communicator(comm, name) {}
   Backend backend() const override { return Backend::Mpi; }
+  bool strided_pieces() const override { return true; }
   std::unique_ptr<CollectiveImpl> bind(const CollectivePlan& plan, const void* send, void* recv) override {
     return std::make_unique<MpiCollective>(mpi_comm(), size(), rank(), plan, send, recv);
   }
