@@ -278,12 +278,47 @@ double collective_seconds(const Cluster& c, const GroupInfo& g, comm::Collective
 
 // ---- the replay -------------------------------------------------------------------------------
 
+/// A program's buffers by class and its predicted peak (compile::predict_peak).
+MemoryEstimate memory_of(const compile::StepProgram& prog) {
+  using compile::BufferClass;
+  auto b = [&](BufferClass c) { return compile::step_bytes(prog, c); };
+  return {b(BufferClass::Params),    b(BufferClass::Grads),
+          b(BufferClass::Optimizer), b(BufferClass::Activations) + b(BufferClass::Inputs) + b(BufferClass::Scalars),
+          b(BufferClass::Transient), static_cast<double>(compile::predict_peak(prog, 0, 0).peak())};
+}
+
+/// Lists of ints for n tasks in one array: list i is idx[off[i] .. off[i+1]), each in the
+/// order its items were added (one allocation per graph instead of one per task).
+struct Adjacency {
+  std::vector<int> off, idx;
+  struct Range {
+    const int *b, *e;
+    const int* begin() const { return b; }
+    const int* end() const { return e; }
+    size_t size() const { return static_cast<size_t>(e - b); }
+  };
+  Range operator[](size_t i) const { return {idx.data() + off[i], idx.data() + off[i + 1]}; }
+  /// From (list, item) pairs, in their order.
+  void build(size_t n, const std::vector<std::pair<int, int>>& pairs) {
+    off.assign(n + 1, 0);
+    for (const auto& pr : pairs) ++off[static_cast<size_t>(pr.first) + 1];
+    for (size_t i = 0; i < n; ++i) off[i + 1] += off[i];
+    idx.resize(pairs.size());
+    std::vector<int> at(off.begin(), off.end() - 1);
+    for (const auto& pr : pairs) idx[static_cast<size_t>(at[static_cast<size_t>(pr.first)]++)] = pr.second;
+  }
+};
+
 struct Role {
   int rank = 0, stage = 0;
+  /// The stage's program: released once it is costed (the replay needs only what cost_role
+  /// takes from it) unless a trace wants the task names.
   std::shared_ptr<const compile::StepProgram> prog_ptr;
   const compile::StepProgram& prog() const { return *prog_ptr; }
   std::vector<double> dur, flops, start, end;
-  std::vector<std::vector<int>> preds;
+  Adjacency preds;
+  std::vector<char> comm, send;   // a communication task; a pipeline / ring send
+  MemoryEstimate memory;          // the program's buffers and predicted peak
   std::vector<int> chain_prev;    // the previous task of its compute chain / communicator / p2p channel (-1)
   std::vector<int> partner;       // p2p: the matching task's index on its role
   std::vector<int> partner_role;  // p2p: the peer's stage
@@ -327,13 +362,19 @@ void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, G
   r.flops.assign(n, 0);
   r.start.assign(n, -1);
   r.end.assign(n, -1);
-  r.preds.assign(n, {});
   r.chain_prev.assign(n, -1);
   r.partner.assign(n, -1);
   r.partner_role.assign(n, -1);
   r.key.assign(n, "");
   r.p2p.assign(n, false);
-  for (const auto& [a, b] : r.prog().edges) r.preds[static_cast<size_t>(b)].push_back(a);
+  r.comm.assign(n, 0);
+  r.send.assign(n, 0);
+  {
+    std::vector<std::pair<int, int>> to_from;
+    to_from.reserve(r.prog().edges.size());
+    for (const auto& [a, b] : r.prog().edges) to_from.emplace_back(b, a);
+    r.preds.build(n, to_from);
+  }
   int last_compute = -1;
   std::map<std::string, int> last_on;
   for (size_t i = 0; i < n; ++i) {
@@ -347,6 +388,8 @@ void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, G
       continue;
     }
     const compile::CommOp& o = t.comm;
+    r.comm[i] = 1;
+    r.send[i] = o.kind == K::Send ? 1 : 0;
     r.key[i] = o.desc.comm;  // parallel::group_key(o.axes), made by the compiler
     const double bytes = static_cast<double>(o.tensor_bytes());
     if (o.kind == K::Send || o.kind == K::Recv) {
@@ -435,17 +478,23 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
     auto it = given.find(st);
     if (it != given.end()) r.prog_ptr = it->second;
   }
-  // the stages not given, compiled on up to options.threads threads (each stage's program
-  // is its own; the deck and the plan are only read); the lowest stage's error is thrown
+  // the stages not given compiled, and every stage costed, on up to options.threads threads
+  // (each stage's program is its own; the deck and the plan are only read); a program is
+  // released as soon as its costs and memory are taken, so that at most one per thread is
+  // alive (64 stages of the 1T row held at once took 1.1 GB); the lowest stage's error is
+  // thrown
+  const bool keep_programs = !options.trace_file.empty();
   {
-    std::vector<int> todo;
-    for (int st = 0; st < pp; ++st)
-      if (!roles[static_cast<size_t>(st)].prog_ptr) todo.push_back(st);
-    std::vector<std::exception_ptr> errors(todo.size());
-    in_parallel(todo.size(), options.threads, [&](size_t i) {
-      Role& r = roles[static_cast<size_t>(todo[i])];
+    std::vector<std::exception_ptr> errors(roles.size());
+    in_parallel(roles.size(), options.threads, [&](size_t i) {
+      Role& r = roles[i];
       try {
-        r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(deck, plan, r.rank));
+        if (!r.prog_ptr)
+          r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(deck, plan, r.rank));
+        GroupCache gc{mesh, cluster, {}, {}};
+        cost_role(r, cluster, mesh, pp, gc);
+        r.memory = memory_of(r.prog());
+        if (!keep_programs) r.prog_ptr.reset();
       } catch (...) {
         errors[i] = std::current_exception();
       }
@@ -455,26 +504,28 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
       if (e) std::rethrow_exception(e);
   }
   const auto t1 = std::chrono::steady_clock::now();
-  GroupCache gc{mesh, cluster, {}, {}};
-  for (Role& r : roles) cost_role(r, cluster, mesh, pp, gc);
-  using K = comm::CollectiveKind;
   // Communication on the compute core: the stream runs what the executor's thread runs, in
   // its order: before each compute task (emission order) every collective whose inputs are
   // done, earliest emitted first (the executor issues them and progresses them while it
   // polls). Pipeline sends and receives stay off the stream.
   if (cluster.comm_on_compute_core)
     for (Role& r : roles) {
-      const size_t n = r.prog().tasks.size();
-      std::vector<std::vector<int>> succs(n);
+      const size_t n = r.dur.size();
+      Adjacency succs;
       std::vector<int> left(n, 0);
-      for (size_t i = 0; i < n; ++i) {
-        left[i] = static_cast<int>(r.preds[i].size());
-        for (int p : r.preds[i]) succs[static_cast<size_t>(p)].push_back(static_cast<int>(i));
+      {
+        std::vector<std::pair<int, int>> from_to;
+        from_to.reserve(r.preds.idx.size());
+        for (size_t i = 0; i < n; ++i) {
+          left[i] = static_cast<int>(r.preds[i].size());
+          for (int p : r.preds[i]) from_to.emplace_back(p, static_cast<int>(i));
+        }
+        succs.build(n, from_to);
       }
       std::set<int> ready_comm;  // off-stream or collective tasks whose inputs are placed
       std::vector<bool> placed(n, false);
       for (size_t i = 0; i < n; ++i)
-        if (r.prog().tasks[i].is_comm && left[i] == 0) ready_comm.insert(static_cast<int>(i));
+        if (r.comm[i] && left[i] == 0) ready_comm.insert(static_cast<int>(i));
       int last = -1;
       auto place = [&](int i) {
         placed[static_cast<size_t>(i)] = true;
@@ -483,8 +534,7 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
           last = i;
         }
         for (int t : succs[static_cast<size_t>(i)])
-          if (--left[static_cast<size_t>(t)] == 0 && r.prog().tasks[static_cast<size_t>(t)].is_comm)
-            ready_comm.insert(t);
+          if (--left[static_cast<size_t>(t)] == 0 && r.comm[static_cast<size_t>(t)]) ready_comm.insert(t);
       };
       size_t next = 0;  // the next compute task in emission order
       size_t placed_n = 0;
@@ -497,7 +547,7 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
           ++placed_n;
           moved = true;
         }
-        while (next < n && r.prog().tasks[next].is_comm) ++next;
+        while (next < n && r.comm[next]) ++next;
         if (next < n && left[next] == 0) {
           place(static_cast<int>(next));
           ++placed_n;
@@ -511,9 +561,9 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
   {
     std::map<std::pair<int, int>, std::vector<int>> sends, recvs;  // (from, to) -> task indices
     for (Role& r : roles)
-      for (size_t i = 0; i < r.prog().tasks.size(); ++i) {
+      for (size_t i = 0; i < r.dur.size(); ++i) {
         if (!r.p2p[i]) continue;
-        if (r.prog().tasks[i].comm.kind == K::Send)
+        if (r.send[i])
           sends[{r.stage, r.partner_role[i]}].push_back(static_cast<int>(i));
         else
           recvs[{r.partner_role[i], r.stage}].push_back(static_cast<int>(i));
@@ -534,24 +584,26 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
   // longest paths over the step's dependencies, the compute chain, each communicator's
   // order and each pipeline channel's order; a send and its receive start together when
   // both are posted (a worklist of tasks whose inputs are all known)
-  std::vector<std::vector<std::vector<int>>> succ(roles.size());
+  std::vector<Adjacency> succ(roles.size());
   std::vector<std::vector<int>> indeg(roles.size());
   std::vector<std::vector<double>> ready(roles.size());
   std::vector<std::pair<int, int>> work;
   size_t remaining = 0;
   for (size_t q = 0; q < roles.size(); ++q) {
     const Role& r = roles[q];
-    const size_t n = r.prog().tasks.size();
+    const size_t n = r.dur.size();
     remaining += n;
-    succ[q].assign(n, {});
     indeg[q].assign(n, 0);
     ready[q].assign(n, -1);
+    std::vector<std::pair<int, int>> from_to;
+    from_to.reserve(r.preds.idx.size() + n);
     for (size_t i = 0; i < n; ++i) {
-      for (int p : r.preds[i]) succ[q][static_cast<size_t>(p)].push_back(static_cast<int>(i));
-      if (r.chain_prev[i] >= 0) succ[q][static_cast<size_t>(r.chain_prev[i])].push_back(static_cast<int>(i));
+      for (int p : r.preds[i]) from_to.emplace_back(p, static_cast<int>(i));
+      if (r.chain_prev[i] >= 0) from_to.emplace_back(r.chain_prev[i], static_cast<int>(i));
       indeg[q][i] = static_cast<int>(r.preds[i].size()) + (r.chain_prev[i] >= 0 ? 1 : 0);
       if (indeg[q][i] == 0) work.emplace_back(static_cast<int>(q), static_cast<int>(i));
     }
+    succ[q].build(n, from_to);
   }
   auto finish = [&](size_t q, size_t i, double begin, double d) {
     Role& r = roles[q];
@@ -585,10 +637,18 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
   if (remaining != 0) {
     std::string first;
     for (size_t q = 0; q < roles.size() && first.empty(); ++q)
-      for (size_t i = 0; i < roles[q].prog().tasks.size(); ++i)
+      for (size_t i = 0; i < roles[q].dur.size(); ++i)
         if (roles[q].end[i] < 0) {
-          first = "stage " + std::to_string(q) + " task " + std::to_string(i) + " '" + roles[q].prog().tasks[i].name +
-                  "' (chained after " + std::to_string(roles[q].chain_prev[i]) + ")";
+          // the name from the program (compiled again when it was released: an error path)
+          std::string name;
+          try {
+            name = roles[q].prog_ptr ? roles[q].prog().tasks[i].name
+                                     : compile::compile_step(deck, plan, roles[q].rank).tasks.at(i).name;
+          } catch (...) {
+            name = "?";
+          }
+          first = "stage " + std::to_string(q) + " task " + std::to_string(i) + " '" + name + "' (chained after " +
+                  std::to_string(roles[q].chain_prev[i]) + ")";
           break;
         }
     throw Error("simulate: " + std::to_string(remaining) + " tasks of the step wait on each other, the first " + first +
@@ -620,20 +680,20 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
     std::map<std::string, double> exposed, busy;
     double prev_end = 0, pipeline_wait = 0;
     std::vector<size_t> stream;  // the compute stream's tasks in the order they ran
-    for (size_t i = 0; i < r.prog().tasks.size(); ++i) {
-      if (r.prog().tasks[i].is_comm) busy[r.key[i]] += r.end[i] - r.start[i];
-      if (!r.prog().tasks[i].is_comm || (cluster.comm_on_compute_core && !r.p2p[i])) stream.push_back(i);
+    for (size_t i = 0; i < r.dur.size(); ++i) {
+      if (r.comm[i]) busy[r.key[i]] += r.end[i] - r.start[i];
+      if (!r.comm[i] || (cluster.comm_on_compute_core && !r.p2p[i])) stream.push_back(i);
     }
     std::stable_sort(stream.begin(), stream.end(), [&](size_t x, size_t y) { return r.start[x] < r.start[y]; });
     for (size_t i : stream) {
-      if (r.prog().tasks[i].is_comm) exposed[r.key[i]] += r.end[i] - r.start[i];  // it held the compute stream
+      if (r.comm[i]) exposed[r.key[i]] += r.end[i] - r.start[i];  // it held the compute stream
       const double gap = r.start[i] - prev_end;
       prev_end = r.end[i];
       if (gap <= 1e-15) continue;
       int binding = -1;
       for (int p : r.preds[i])
         if (binding < 0 || r.end[static_cast<size_t>(p)] > r.end[static_cast<size_t>(binding)]) binding = p;
-      if (binding < 0 || !r.prog().tasks[static_cast<size_t>(binding)].is_comm) continue;
+      if (binding < 0 || !r.comm[static_cast<size_t>(binding)]) continue;
       exposed[r.key[static_cast<size_t>(binding)]] += gap;
       if (r.p2p[static_cast<size_t>(binding)]) pipeline_wait += gap;
     }
@@ -642,18 +702,8 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
     if (step > 0) res.bubble_fraction = std::max(res.bubble_fraction, pipeline_wait / step);
   }
   // memory: the stage with the largest predicted peak
-  for (const Role& r : roles) {
-    const compile::PeakPrediction pp_ =
-        compile::predict_peak(r.prog(), 0, 0);  // (stages differ in layers and schedule)
-    const double peak = static_cast<double>(pp_.peak());
-    if (peak <= res.memory.peak) continue;
-    using compile::BufferClass;
-    auto b = [&](BufferClass c) { return compile::step_bytes(r.prog(), c); };
-    res.memory = {
-        b(BufferClass::Params),    b(BufferClass::Grads),
-        b(BufferClass::Optimizer), b(BufferClass::Activations) + b(BufferClass::Inputs) + b(BufferClass::Scalars),
-        b(BufferClass::Transient), peak};
-  }
+  for (const Role& r : roles)  // (stages differ in layers and schedule)
+    if (r.memory.peak > res.memory.peak) res.memory = r.memory;
   res.fits = res.memory.peak <= cluster.memory_gib * 1073741824.0;
   const auto t2 = std::chrono::steady_clock::now();
   res.compile_s = std::chrono::duration<double>(t1 - t0).count();
@@ -667,8 +717,8 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
            {"pid", r.stage},
            {"args", {{"name", "stage " + std::to_string(r.stage) + " (rank " + std::to_string(r.rank) + ")"}}}});
       std::map<std::string, int> tid{{"compute", 0}};
-      for (size_t i = 0; i < r.prog().tasks.size(); ++i) {
-        const std::string lane = r.prog().tasks[i].is_comm ? r.key[i] : "compute";
+      for (size_t i = 0; i < r.dur.size(); ++i) {
+        const std::string lane = r.comm[i] ? r.key[i] : "compute";
         auto it = tid.find(lane);
         if (it == tid.end()) {
           it = tid.emplace(lane, static_cast<int>(tid.size())).first;
