@@ -228,6 +228,43 @@ TYPED_TEST(CommTyped, BroadcastSendRecvAllToAll) {
           ASSERT_TRUE(same_bits(recv[plan.recv_displs[static_cast<std::size_t>(j)] + k], theirs[off_at_j + k]));
       }
     }
+    {  // all_to_allw: rank i's send buffer is [n, 4, 6]; it sends peer p the 4 x 3 columns
+       // p % 3 .. p % 3 + 2 of block p, and peer p stores them transposed ([3, 4], element
+       // (a, b) at b * 4 + a) in block i of its receive buffer; nothing to peer (i + 1) % n
+      const auto un = static_cast<std::size_t>(n);
+      auto box = [](std::int64_t offset, std::int64_t e0, std::int64_t e1, std::int64_t s0, std::int64_t s1) {
+        kernels::StridedBox b;
+        b.ndim = 2;
+        b.offset = offset;
+        b.extent[0] = e0;
+        b.extent[1] = e1;
+        b.stride[0] = s0;
+        b.stride[1] = s1;
+        return b;
+      };
+      std::vector<kernels::StridedBox> sb, rb;
+      for (int p = 0; p < n; ++p) {
+        const bool none_to = p == (me + 1) % n, none_from = me == (p + 1) % n;
+        sb.push_back(box(p * 24 + p % 3, 4, none_to ? 0 : 3, 6, 1));
+        rb.push_back(box(p * 12, 4, none_from ? 0 : 3, 1, 4));
+      }
+      auto plan = CollectivePlan::all_to_allw(dtype_of<T>(), sb, rb);
+      EXPECT_LE(plan.send_elems(n, me), 24 * un);
+      auto send = rank_data<T>(f.mesh.rank(), 24 * un, 7);
+      std::vector<T> recv(12 * un, T(0));
+      const std::vector<T> before = recv;
+      c.all_to_allv(send.data(), recv.data(), plan).wait();
+      for (int j = 0; j < n; ++j) {
+        auto theirs = rank_data<T>(mem[static_cast<std::size_t>(j)], 24 * un, 7);
+        const bool none = me == (j + 1) % n;
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 3; ++b) {
+            const auto at = static_cast<std::size_t>(j * 12 + b * 4 + a);
+            const T want = none ? before[at] : theirs[static_cast<std::size_t>(me * 24 + a * 6 + me % 3 + b)];
+            ASSERT_TRUE(same_bits(recv[at], want)) << "from rank " << j << " element (" << a << ", " << b << ")";
+          }
+      }
+    }
   }
 }
 
@@ -326,6 +363,21 @@ TEST(Comm, ErrorsNameTheValue) {
                                          std::vector<std::size_t>(static_cast<std::size_t>(n) + 1, 1));
   const std::string m = message_of([&] { c.all_to_allv(a.data(), b.data(), bad); });
   EXPECT_NE(m.find("lengths " + std::to_string(n + 1)), std::string::npos) << m;
+  {  // all_to_allw: one box too many; a negative stride
+    kernels::StridedBox one;
+    one.ndim = 1;
+    one.extent[0] = 1;
+    one.stride[0] = 1;
+    std::vector<kernels::StridedBox> boxes(static_cast<std::size_t>(n) + 1, one);
+    const std::string w =
+        message_of([&] { c.all_to_allv(a.data(), b.data(), CollectivePlan::all_to_allw(DType::I32, boxes, boxes)); });
+    EXPECT_NE(w.find("lengths " + std::to_string(n + 1)), std::string::npos) << w;
+    boxes.pop_back();
+    boxes[0].stride[0] = -1;
+    const std::string neg =
+        message_of([&] { c.all_to_allv(a.data(), b.data(), CollectivePlan::all_to_allw(DType::I32, boxes, boxes)); });
+    EXPECT_NE(neg.find("negative"), std::string::npos) << neg;
+  }
   EXPECT_NE(message_of([&] { f.comms.axis("tensor"); }).find("'tensor'"), std::string::npos);
   EXPECT_NE(message_of([&] { f.comms.group({"data", "expert"}); }).find("'expert'"), std::string::npos);
   EXPECT_THROW(parse_backend("gloo"), InputError);
