@@ -208,13 +208,12 @@ class Resharder {
       return true;
     }
     if (path == ReshardPath::Staged || !can) return false;
-    const bool pieces = !plan_.sends().empty() || !plan_.recvs().empty();
     const bool strided = (!plan_.sends().empty() && send_offsets_.empty()) ||
                          (!plan_.recvs().empty() && recv_offsets_.empty());
     std::int64_t largest = 0;
     for (const auto* list : {&plan_.sends(), &plan_.recvs()})
       for (const auto& piece : *list) largest = std::max(largest, piece.box.numel());
-    return pieces && strided && largest * static_cast<std::int64_t>(sizeof(T)) <= kInPlaceBytes;
+    return strided && largest * static_cast<std::int64_t>(sizeof(T)) <= kInPlaceBytes;
   }
   /// The all_to_allw of the in-place path: each piece's box in the source / destination.
   comm::CollectivePlan in_place_plan() const {

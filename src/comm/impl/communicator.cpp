@@ -1,13 +1,13 @@
 // Backend-independent parts of the communication layer: names, Request, CollectivePlan,
 // the Communicator base and its one-shot calls, Collective, CommSet.
-#include <algorithm>
 #include "comm/communicator.hpp"
 
+#include <algorithm>
 #include <climits>
 
 #include "comm/comm_set.hpp"
-#include "core/error.hpp"
 #include "comm/mpi_check.hpp"
+#include "core/error.hpp"
 
 namespace shardflow::comm {
 
@@ -292,10 +292,12 @@ void CollectivePlan::validate(int n, int rank) const {
                                     recv_counts[i] == static_cast<std::size_t>(recv_boxes[i].numel()),
                                 what, ": the counts for peer ", i, " differ from its boxes ",
                                 send_boxes[i].to_string(), " and ", recv_boxes[i].to_string());
-        for (const auto* b : {&send_boxes[i], &recv_boxes[i]})
-          for (int d = 0; d < b->ndim; ++d)
-            SHARDFLOW_REQUIRE_INPUT(b->extent[d] >= 0 && b->stride[d] >= 0 && b->offset >= 0, what, ": box ",
-                                    b->to_string(), " for peer ", i, " has a negative extent, stride or offset");
+        for (const auto* b : {&send_boxes[i], &recv_boxes[i]}) {
+          bool ok = b->offset >= 0;
+          for (int d = 0; d < b->ndim; ++d) ok = ok && b->extent[d] >= 0 && b->stride[d] >= 0;
+          SHARDFLOW_REQUIRE_INPUT(ok, what, ": box ", b->to_string(), " for peer ", i,
+                                  " has a negative extent, stride or offset");
+        }
       }
     }
     for (std::size_t i = 0; i < un; ++i) {
@@ -327,6 +329,15 @@ std::string CollectivePlan::to_string() const {
   return s + ")";
 }
 
+namespace {
+/// The plan is valid for the communicator's group and its backend can bind it (InputError).
+void check_bindable(const CollectivePlan& plan, const Communicator& comm) {
+  plan.validate(comm.size(), comm.rank());
+  SHARDFLOW_REQUIRE_INPUT(!plan.strided() || comm.strided_pieces(), plan.to_string(), " on communicator '", comm.name(),
+                          "': its backend moves contiguous pieces only (pack them first)");
+}
+}  // namespace
+
 // ---- Communicator ------------------------------------------------------------------------
 Communicator::Communicator(MPI_Comm comm, std::string name) : mpi_comm_(comm), name_(std::move(name)) {
   SHARDFLOW_REQUIRE(comm != MPI_COMM_NULL, "Communicator '", name_, "': MPI communicator is MPI_COMM_NULL");
@@ -337,9 +348,7 @@ Communicator::Communicator(MPI_Comm comm, std::string name) : mpi_comm_(comm), n
 void Communicator::barrier() const { CHECK_MPI(MPI_Barrier(mpi_comm_)); }
 
 Request Communicator::start(const CollectivePlan& plan, const void* send, void* recv) {
-  plan.validate(size_, rank_);
-  SHARDFLOW_REQUIRE_INPUT(!plan.strided() || strided_pieces(), plan.to_string(), " on communicator '", name_,
-                          "': its backend moves contiguous pieces only (pack them first)");
+  check_bindable(plan, *this);
   auto impl = bind(plan, send, recv);
   impl->start();
   return Request(std::unique_ptr<detail::Pending>(std::move(impl)));
@@ -375,9 +384,7 @@ Request Communicator::all_to_allv(const void* send, void* recv, const Collective
 // ---- Collective --------------------------------------------------------------------------
 Collective::Collective(Communicator& comm, CollectivePlan plan, const void* send, void* recv)
     : comm_(&comm), plan_(std::move(plan)) {
-  plan_.validate(comm.size(), comm.rank());
-  SHARDFLOW_REQUIRE_INPUT(!plan_.strided() || comm.strided_pieces(), plan_.to_string(), " on communicator '",
-                          comm.name(), "': its backend moves contiguous pieces only (pack them first)");
+  check_bindable(plan_, comm);
   impl_ = comm.bind(plan_, send, recv);
 }
 

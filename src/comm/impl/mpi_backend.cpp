@@ -83,7 +83,7 @@ class MpiCollective final : public CollectiveImpl {
           const bool some = b.numel() > 0;
           counts.push_back(some ? 1 : 0);
           out.push_back(some ? box_type(b, base, esize_) : base);
-          owned_.push_back(some ? out.back() : MPI_DATATYPE_NULL);
+          if (some) owned_.push_back(out.back());
         }
       };
       types(plan.send_boxes, scounts_, stypes_);
@@ -115,8 +115,7 @@ class MpiCollective final : public CollectiveImpl {
     if (req_ != MPI_REQUEST_NULL) {
       MPI_Wait(&req_, MPI_STATUS_IGNORE);
     }
-    for (MPI_Datatype& t : owned_)
-      if (t != MPI_DATATYPE_NULL) MPI_Type_free(&t);
+    for (MPI_Datatype& t : owned_) MPI_Type_free(&t);
   }
   MpiCollective(const MpiCollective&) = delete;
   MpiCollective& operator=(const MpiCollective&) = delete;
