@@ -172,7 +172,7 @@ TEST(Reshard, LargeSourcesPackAndKeepInOneWalk) {
   std::mt19937 g(20261204);
   const std::vector<std::string> names{"data", "fsdp", "tensor"};
   const std::vector<Shape> shapes{{2051, 2563}, {13, 411, 977}, {5 * 1024 * 1024 + 5}, {1543, 3, 1117}};
-  int fused = 0;
+  int fused = 0, rows = 0;
   for (int k : {1, 2}) {
     for (auto sizes : test::factorisations(n, k)) {
       MeshShape ms(std::vector<std::string>(names.begin(), names.begin() + k), sizes);
@@ -183,24 +183,63 @@ TEST(Reshard, LargeSourcesPackAndKeepInOneWalk) {
           Layout a = random_layout(g, shape, ms), b = random_layout(g, shape, ms);
           shard::Resharder<float> op(comms.world(), shard::ReshardPlan(a, b, mesh.rank()));
           fused += op.fused_walk() ? 1 : 0;
+          rows += op.row_walk() ? 1 : 0;
           const auto src = fill_local<float>(a, mesh.rank());
           const auto want = fill_local<float>(b, mesh.rank());
           std::vector<float> dst(want.size(), -1.f);
           for (int rep = 0; rep < 2; ++rep) {
             op.run(shard::Resharder<float>::ConstView(src.data(), src.size()),
                    shard::Resharder<float>::View(dst.data(), dst.size()));
-            ASSERT_TRUE(dst == want) << a.to_string() << " -> " << b.to_string() << " (fused walk "
-                                     << op.fused_walk() << ", run " << rep << ")";
+            ASSERT_TRUE(dst == want) << a.to_string() << " -> " << b.to_string() << " (fused walk " << op.fused_walk()
+                                     << ", row walk " << op.row_walk() << ", run " << rep << ")";
             std::fill(dst.begin(), dst.end(), -1.f);
           }
         }
       }
     }
   }
-  int any = 0;
+  int any = 0, any_rows = 0;
   MPI_Allreduce(&fused, &any, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  MPI_Allreduce(&rows, &any_rows, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   if (n > 1) {
     EXPECT_GT(any, 0) << "no pair took the fused walk";
+    EXPECT_GT(any_rows, 0) << "no pair took the row walk";
+    EXPECT_LT(any_rows, any) << "every fused pair took the row walk: the slab walk went untested";
+  }
+}
+
+// The row walk (Resharder::row_walk): each source row read once, its runs copied to the
+// staging buffer and the destination in ascending order. Row splits becoming column
+// splits (uneven, with several pieces per row at 4 ranks), a split of the middle
+// dimension of a 3-D tensor, and f64 (runs scaled by the element size).
+template <class T>
+void row_walk_case(const Shape& shape, const PartitionSpec& from, const PartitionSpec& to, const MeshShape& ms) {
+  Mesh mesh(ms);
+  comm::CommSet comms(mesh, comm::Backend::Mpi);
+  Layout a(shape, from, ms), b(shape, to, ms);
+  shard::Resharder<T> op(comms.world(), shard::ReshardPlan(a, b, mesh.rank()));
+  const auto src = fill_local<T>(a, mesh.rank());
+  const auto want = fill_local<T>(b, mesh.rank());
+  std::vector<T> dst(want.size(), T(-1));
+  op.run(typename shard::Resharder<T>::ConstView(src.data(), src.size()),
+         typename shard::Resharder<T>::View(dst.data(), dst.size()));
+  EXPECT_TRUE(dst == want) << a.to_string() << " -> " << b.to_string() << " (row walk " << op.row_walk() << ")";
+  // (a column split becoming a row split sends contiguous runs of the source: no pack, no walk)
+  if (mesh.size() > 1 && !op.direct_send() && !op.plan().sends().empty() && op.plan().local_piece().numel() > 0) {
+    EXPECT_TRUE(op.row_walk()) << a.to_string() << " -> " << b.to_string();
+  }
+}
+
+TEST(Reshard, RowSplitsWalkTheSourceOnceInOrder) {
+  const int n = test::world_size();
+  const MeshShape flat({"data"}, {n});
+  row_walk_case<float>({1031 * n + 3, 777}, PartitionSpec{{"data"}, {}}, PartitionSpec{{}, {"data"}}, flat);
+  row_walk_case<float>({1031 * n + 3, 777}, PartitionSpec{{}, {"data"}}, PartitionSpec{{"data"}, {}}, flat);
+  row_walk_case<double>({517 * n + 1, 611}, PartitionSpec{{"data"}, {}}, PartitionSpec{{}, {"data"}}, flat);
+  row_walk_case<float>({301, 4 * n + 1, 457}, PartitionSpec{{"data"}, {}, {}}, PartitionSpec{{}, {"data"}, {}}, flat);
+  if (n == 4) {
+    const MeshShape two({"data", "tensor"}, {2, 2});
+    row_walk_case<float>({2053, 769}, PartitionSpec{{"data", "tensor"}, {}}, PartitionSpec{{"data"}, {"tensor"}}, two);
   }
 }
 

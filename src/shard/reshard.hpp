@@ -179,14 +179,22 @@ class Resharder {
 
   /// Source boxes of at least this many bytes are packed and kept in one walk (below).
   static constexpr std::int64_t kFuseBytes = std::int64_t(4) << 20;
+  /// The same when each copy is one run of every source row (the row walk): from this size.
+  static constexpr std::int64_t kRowWalkBytes = std::int64_t(1) << 20;
   /// Bytes of source per slab of that walk.
   static constexpr std::int64_t kSlabBytes = std::int64_t(256) << 10;
+  /// True when that walk reads the source rows once, in order, each row's runs copied to
+  /// their pieces before the next row (every copy one contiguous run of each source row, on
+  /// both sides, of kRowRunBytes or more on average): kernels::detail::host_copy_row_runs.
+  bool row_walk() const { return fused_walk() && !copies_.row_runs.empty(); }
   /// True when start() packs the sent pieces and copies the kept one in one walk over the
-  /// source (host spaces, a source box of kFuseBytes or more, something packed and kept).
+  /// source (host spaces, a source box of kFuseBytes or more, or kRowWalkBytes for the row
+  /// walk, something packed and kept).
   bool fused_walk() const {
     return kernels::is_host_space_v<ExecSpace> && !in_place_ && !direct_send() && !copies_.pack.empty() &&
            copies_.keep &&
-           copies_.src_elems * static_cast<std::int64_t>(sizeof(T)) >= kFuseBytes;
+           copies_.src_elems * static_cast<std::int64_t>(sizeof(T)) >=
+               (copies_.row_runs.empty() ? kFuseBytes : kRowWalkBytes);
   }
 
  private:
@@ -252,12 +260,26 @@ class Resharder {
       x.recv_displs[static_cast<std::size_t>(p.recvs()[i].peer)] = recv_at[i];
     return x;
   }
+  /// One copy of pack_and_keep's row walk: in source rows [row0, row0 + rows), `run`
+  /// elements at src_off of each row, to the staging buffer (to_stage) or the destination
+  /// at dst_off + (r - row0) * dst_step (elements).
+  struct RowRunSpec {
+    std::int64_t row0 = 0, rows = 0, src_off = 0, run = 0, dst_off = 0, dst_step = 0;
+    bool to_stage = false;
+  };
+  /// Runs of fewer bytes than this (on average) are walked slab by slab instead: a call
+  /// per run per row would cost more than the ordered reads save.
+  static constexpr std::int64_t kRowRunBytes = 256;
   /// The copies of a start() and finish(), worked out once from the plan: each a pair of
   /// strided boxes (from, to) in the buffers' elements. A call then allocates nothing and
   /// computes no layout box.
   struct Copies {
     std::int64_t src_elems = 0, dst_elems = 0;                                // this rank's boxes of `from` and `to`
     std::int64_t src_rows = 0;                // the source box's first extent (1 for a scalar)
+    std::int64_t src_row = 0;                 // elements per source row
+    /// pack_and_keep's row walk, ascending by src_off; empty when some copy is not one
+    /// contiguous run of each source row on both sides, or the runs are short
+    std::vector<RowRunSpec> row_runs;
     CopyList pack;    // source -> staging
     std::vector<std::int64_t> pack_row0;      // the source row each pack's box starts at
     std::int64_t keep_row0 = 0;
@@ -292,6 +314,50 @@ class Resharder {
         keep_dst = kernels::StridedBox::row_major(theirs.extent, relative(p.local_piece(), theirs));
         keep_row0 = p.local_piece().ndim() > 0 ? p.local_piece().offset[0] - mine.offset[0] : 0;
       }
+      src_row = src_rows > 0 ? src_elems / src_rows : 0;
+      if (mine.ndim() >= 2 && src_row > 0) {
+        bool ok = true;
+        std::int64_t bytes = 0;
+        for (std::size_t i = 0; ok && i < pack.size(); ++i)
+          ok = add_row_run(pack[i].first, pack[i].second, pack_row0[i], true, bytes);
+        if (ok && keep) ok = add_row_run(keep_src, keep_dst, keep_row0, false, bytes);
+        if (ok && !row_runs.empty() &&
+            bytes >= kRowRunBytes * static_cast<std::int64_t>(row_runs.size()) / static_cast<std::int64_t>(sizeof(T))) {
+          std::sort(row_runs.begin(), row_runs.end(),
+                    [](const RowRunSpec& a, const RowRunSpec& b) { return a.src_off < b.src_off; });
+        } else {
+          row_runs.clear();
+        }
+      }
+    }
+    /// Adds copy (s -> d), whose source box starts at source row row0, to row_runs when each
+    /// of its source rows is one contiguous run on both sides; false otherwise. `elems` sums
+    /// the runs' lengths.
+    bool add_row_run(const kernels::StridedBox& s, const kernels::StridedBox& d, std::int64_t row0, bool to_stage,
+                     std::int64_t& elems) {
+      if (s.numel() == 0) return true;
+      if (s.ndim < 2 || s.stride[0] != src_row) return false;
+      kernels::StridedBox si, di;  // the dimensions after the first
+      si.ndim = di.ndim = s.ndim - 1;
+      for (int k = 1; k < s.ndim; ++k) {
+        si.extent[k - 1] = di.extent[k - 1] = s.extent[k];
+        si.stride[k - 1] = s.stride[k];
+        di.stride[k - 1] = d.stride[k];
+      }
+      const kernels::detail::BoxPair q = kernels::detail::simplify_pair(si, di);
+      if (q.ndim != 1 || q.src_stride[0] != 1 || q.dst_stride[0] != 1) return false;
+      RowRunSpec r;
+      r.row0 = row0;
+      r.rows = s.extent[0];
+      r.src_off = s.offset - row0 * src_row;
+      r.run = q.extent[0];
+      r.dst_off = d.offset;
+      r.dst_step = d.stride[0];
+      r.to_stage = to_stage;
+      if (r.src_off < 0 || r.src_off + r.run > src_row || r.row0 < 0 || r.row0 + r.rows > src_rows) return false;
+      row_runs.push_back(r);
+      elems += r.run;
+      return true;
     }
   };
 
@@ -301,6 +367,22 @@ class Resharder {
   /// a source larger than the cache walked once per piece is read from memory once per
   /// piece. Walked once, the second piece's lines of a slab are still in cache.
   void pack_and_keep(const ConstView& src, const View& dst) {
+    if (!copies_.row_runs.empty()) {  // one ascending pass over the source rows (host_copy_row_runs)
+      for (std::size_t k = 0; k < copies_.row_runs.size(); ++k) {
+        const RowRunSpec& q = copies_.row_runs[k];
+        kernels::detail::RowRun& r = row_runs_[k];
+        r.row0 = q.row0;
+        r.rows = q.rows;
+        r.src_off = static_cast<std::size_t>(q.src_off) * sizeof(T);
+        r.bytes = static_cast<std::size_t>(q.run) * sizeof(T);
+        r.dst = reinterpret_cast<char*>((q.to_stage ? send_.data() : dst.data()) + q.dst_off);
+        r.dst_step = q.dst_step * static_cast<std::int64_t>(sizeof(T));
+      }
+      kernels::detail::host_copy_row_runs(reinterpret_cast<const char*>(src.data()),
+                                          copies_.src_row * static_cast<std::int64_t>(sizeof(T)), copies_.src_rows,
+                                          row_runs_.data(), row_runs_.size());
+      return;
+    }
     const View stage(send_.data(), send_.extent(0));
     const std::int64_t rows = copies_.src_rows;
     const std::int64_t row_bytes = std::max<std::int64_t>(1, copies_.src_elems / std::max<std::int64_t>(rows, 1)) *
@@ -340,6 +422,7 @@ class Resharder {
   ReshardPlan plan_;
   ExecSpace exec_;
   Copies copies_;
+  std::vector<kernels::detail::RowRun> row_runs_ = std::vector<kernels::detail::RowRun>(copies_.row_runs.size());
   std::vector<std::size_t> send_offsets_, recv_offsets_;  // direct paths (see direct_send())
   bool in_place_ = false;                                  // see in_place()
   Kokkos::View<T*, memory_space> send_, recv_;

@@ -40,42 +40,72 @@ void copy_runs_generic(char* dst, const char* src, std::int64_t cnt, std::size_t
 }
 
 #ifdef SHARDFLOW_HOST_COPY_AVX2
+/// One run of at least 32 bytes: 32-byte loads and stores, four in flight.
+__attribute__((target("avx2"))) inline void copy_run_avx2(char* __restrict__ b, const char* __restrict__ a,
+                                                          std::size_t bytes) {
+  std::size_t i = 0;
+  for (; i + 128 <= bytes; i += 128) {
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
+    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 32));
+    const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 64));
+    const __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 96));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), x0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 32), x1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 64), x2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 96), x3);
+  }
+  for (; i + 32 <= bytes; i += 32)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
+  if (i < bytes) {  // the last 32 bytes again, overlapping what is already copied
+    const std::size_t t = bytes - 32;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + t), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + t)));
+  }
+}
+
 __attribute__((target("avx2"))) void copy_runs_avx2(char* dst, const char* src, std::int64_t cnt, std::size_t bytes,
                                                     std::int64_t dst_step, std::int64_t src_step) {
   if (bytes < 32) {
     copy_runs_generic(dst, src, cnt, bytes, dst_step, src_step);
     return;
   }
-  for (std::int64_t r = 0; r < cnt; ++r) {
-    const char* a = src + r * src_step;
-    char* b = dst + r * dst_step;
-    std::size_t i = 0;
-    for (; i + 128 <= bytes; i += 128) {
-      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
-      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 32));
-      const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 64));
-      const __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 96));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), x0);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 32), x1);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 64), x2);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 96), x3);
-    }
-    for (; i + 32 <= bytes; i += 32)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
-    if (i < bytes) {  // the last 32 bytes again, overlapping what is already copied
-      const std::size_t t = bytes - 32;
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + t), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + t)));
+  for (std::int64_t r = 0; r < cnt; ++r) copy_run_avx2(dst + r * dst_step, src + r * src_step, bytes);
+}
+
+__attribute__((target("avx2"))) void copy_row_runs_avx2(const char* src, std::int64_t src_step, std::int64_t rows,
+                                                        const RowRun* runs, std::size_t nruns) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const char* row = src + r * src_step;
+    for (std::size_t k = 0; k < nruns; ++k) {
+      const RowRun& q = runs[k];
+      if (r < q.row0 || r >= q.row0 + q.rows) continue;
+      char* d = q.dst + (r - q.row0) * q.dst_step;
+      if (q.bytes >= 32)
+        copy_run_avx2(d, row + q.src_off, q.bytes);
+      else
+        copy_run_generic(d, row + q.src_off, q.bytes);
     }
   }
 }
 
 #endif
 
+void copy_row_runs_generic(const char* src, std::int64_t src_step, std::int64_t rows, const RowRun* runs,
+                           std::size_t nruns) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::size_t k = 0; k < nruns; ++k) {
+      const RowRun& q = runs[k];
+      if (r >= q.row0 && r < q.row0 + q.rows)
+        copy_run_generic(q.dst + (r - q.row0) * q.dst_step, src + r * src_step + q.src_off, q.bytes);
+    }
+}
+
 using CopyRuns = void (*)(char*, const char*, std::int64_t, std::size_t, std::int64_t, std::int64_t);
+using CopyRowRuns = void (*)(const char*, std::int64_t, std::int64_t, const RowRun*, std::size_t);
 
 struct Impl {
   const char* name;
   CopyRuns fn;
+  CopyRowRuns rows;
 };
 
 /// Every implementation this CPU runs, fastest first.
@@ -83,9 +113,9 @@ std::vector<Impl> available() {
   std::vector<Impl> v;
 #ifdef SHARDFLOW_HOST_COPY_AVX2
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2")) v.push_back({"avx2", copy_runs_avx2});
+  if (__builtin_cpu_supports("avx2")) v.push_back({"avx2", copy_runs_avx2, copy_row_runs_avx2});
 #endif
-  v.push_back({"generic", copy_runs_generic});
+  v.push_back({"generic", copy_runs_generic, copy_row_runs_generic});
   return v;
 }
 
@@ -96,6 +126,11 @@ Impl g_copy_runs = available().front();
 void host_copy_runs(char* dst, const char* src, std::int64_t cnt, std::size_t bytes, std::int64_t dst_step,
                     std::int64_t src_step) {
   g_copy_runs.fn(dst, src, cnt, bytes, dst_step, src_step);
+}
+
+void host_copy_row_runs(const char* src, std::int64_t src_step, std::int64_t rows, const RowRun* runs,
+                        std::size_t nruns) {
+  g_copy_runs.rows(src, src_step, rows, runs, nruns);
 }
 
 const char* host_copy_impl() { return g_copy_runs.name; }
