@@ -227,8 +227,10 @@ void bench_collectives(CommSet& comms, std::size_t bytes, int rounds) {
   }
 }
 
-/// Reshard a [rows, 256] f32 tensor from rows split over the mesh to columns split; the raw
-/// peer moves the same bytes with MPI_Alltoallv on already-packed buffers (no pack/unpack).
+/// Reshard a [rows, 256] f32 tensor from rows split over the mesh to columns split
+/// ("reshard"), and back ("reshard/back": the pieces then leave the source as contiguous rows
+/// and land strided in the destination); the raw peer moves the same bytes with
+/// MPI_Alltoallv on already-packed buffers (no pack/unpack).
 void bench_reshard(CommSet& comms, std::size_t bytes, int rounds) {
   const Mesh& mesh = comms.mesh();
   const int n = mesh.size(), me = mesh.rank();
@@ -236,59 +238,66 @@ void bench_reshard(CommSet& comms, std::size_t bytes, int rounds) {
   const std::int64_t rows = static_cast<std::int64_t>(bytes / sizeof(float)) / cols;
   if (rows < n) return;
   const Shape shape{rows, cols};
-  Layout from(shape, PartitionSpec{{"data"}, {}}, mesh.shape());
-  Layout to(shape, PartitionSpec{{}, {"data"}}, mesh.shape());
-  shard::Resharder<float> op(comms.world(), shard::ReshardPlan(from, to, me));
-  const Box fb = from.box(me), tb = to.box(me);
-  std::vector<float> src(static_cast<std::size_t>(fb.numel())), dst(static_cast<std::size_t>(tb.numel())),
-      want(dst.size());
-  for (std::int64_t i = 0; i < fb.extent[0]; ++i)
-    for (std::int64_t j = 0; j < cols; ++j)
-      src[static_cast<std::size_t>(i * cols + j)] = static_cast<float>((fb.offset[0] + i) * cols + j);
-  for (std::int64_t i = 0; i < tb.extent[0]; ++i)
-    for (std::int64_t j = 0; j < tb.extent[1]; ++j)
-      want[static_cast<std::size_t>(i * tb.extent[1] + j)] = static_cast<float>(i * cols + tb.offset[1] + j);
-  const auto plan = op.plan().exchange_plan(DType::F32);
-  std::vector<int> sc, sd, rc, rd;
-  for (int q = 0; q < n; ++q) {
-    const auto uq = static_cast<std::size_t>(q);
-    sc.push_back(static_cast<int>(plan.send_counts[uq]));
-    sd.push_back(static_cast<int>(plan.send_displs[uq]));
-    rc.push_back(static_cast<int>(plan.recv_counts[uq]));
-    rd.push_back(static_cast<int>(plan.recv_displs[uq]));
+  Layout by_rows(shape, PartitionSpec{{"data"}, {}}, mesh.shape());
+  Layout by_cols(shape, PartitionSpec{{}, {"data"}}, mesh.shape());
+  for (const bool back : {false, true}) {
+    const Layout& from = back ? by_cols : by_rows;
+    const Layout& to = back ? by_rows : by_cols;
+    shard::Resharder<float> op(comms.world(), shard::ReshardPlan(from, to, me));
+    const Box fb = from.box(me), tb = to.box(me);
+    std::vector<float> src(static_cast<std::size_t>(fb.numel())), dst(static_cast<std::size_t>(tb.numel())),
+        want(dst.size());
+    for (std::int64_t i = 0; i < fb.extent[0]; ++i)
+      for (std::int64_t j = 0; j < fb.extent[1]; ++j)
+        src[static_cast<std::size_t>(i * fb.extent[1] + j)] =
+            static_cast<float>((fb.offset[0] + i) * cols + fb.offset[1] + j);
+    for (std::int64_t i = 0; i < tb.extent[0]; ++i)
+      for (std::int64_t j = 0; j < tb.extent[1]; ++j)
+        want[static_cast<std::size_t>(i * tb.extent[1] + j)] =
+            static_cast<float>((tb.offset[0] + i) * cols + tb.offset[1] + j);
+    const auto plan = op.plan().exchange_plan(DType::F32);
+    std::vector<int> sc, sd, rc, rd;
+    for (int q = 0; q < n; ++q) {
+      const auto uq = static_cast<std::size_t>(q);
+      sc.push_back(static_cast<int>(plan.send_counts[uq]));
+      sd.push_back(static_cast<int>(plan.send_displs[uq]));
+      rc.push_back(static_cast<int>(plan.recv_counts[uq]));
+      rd.push_back(static_cast<int>(plan.recv_displs[uq]));
+    }
+    // the raw peer moves every piece, the kept one included, through MPI_Alltoallv
+    const int keep = static_cast<int>(op.plan().local_piece().numel());
+    const auto ume = static_cast<std::size_t>(me);
+    sc[ume] = rc[ume] = keep;
+    for (int q = me + 1; q < n; ++q) {
+      sd[static_cast<std::size_t>(q)] += keep;
+      rd[static_cast<std::size_t>(q)] += keep;
+    }
+    std::vector<float> rsend(static_cast<std::size_t>(op.plan().send_elems() + keep)),
+        rrecv(static_cast<std::size_t>(op.plan().recv_elems() + keep));
+    using CV = shard::Resharder<float>::ConstView;
+    using V = shard::Resharder<float>::View;
+    auto fw = [&] { op.run(CV(src.data(), src.size()), V(dst.data(), dst.size())); };
+    auto raw = [&] {
+      MPI_Request q;
+      MPI_Ialltoallv(rsend.data(), sc.data(), sd.data(), MPI_FLOAT, rrecv.data(), rc.data(), rd.data(), MPI_FLOAT,
+                     comms.world().mpi_comm(), &q);
+      MPI_Wait(&q, MPI_STATUS_IGNORE);
+    };
+    const double nn = static_cast<double>(n);
+    Result r;
+    time_pair(r, iterations(bytes), rounds, fw, raw);
+    r.wrong += count_wrong(dst, want);
+    print_row(back ? "reshard/back" : "reshard", bytes, (nn - 1) / nn, r);
+    if (back) continue;
+    // The same, with the raw peer's send buffer written (untimed) before each of its samples,
+    // as a program that packed its bytes would have just done: the peer then reads lines
+    // another core holds modified, as the reshard's exchange does after its pack.
+    float v = 0.f;
+    Result rf;
+    time_pair(rf, iterations(bytes), rounds, fw, raw, [&] { std::fill(rsend.begin(), rsend.end(), v += 1.f); });
+    rf.wrong += count_wrong(dst, want);
+    print_row("reshard/fresh", bytes, (nn - 1) / nn, rf);
   }
-  // the raw peer moves every piece, the kept one included, through MPI_Alltoallv
-  const int keep = static_cast<int>(op.plan().local_piece().numel());
-  const auto ume = static_cast<std::size_t>(me);
-  sc[ume] = rc[ume] = keep;
-  for (int q = me + 1; q < n; ++q) {
-    sd[static_cast<std::size_t>(q)] += keep;
-    rd[static_cast<std::size_t>(q)] += keep;
-  }
-  std::vector<float> rsend(static_cast<std::size_t>(op.plan().send_elems() + keep)),
-      rrecv(static_cast<std::size_t>(op.plan().recv_elems() + keep));
-  using CV = shard::Resharder<float>::ConstView;
-  using V = shard::Resharder<float>::View;
-  auto fw = [&] { op.run(CV(src.data(), src.size()), V(dst.data(), dst.size())); };
-  auto raw = [&] {
-    MPI_Request q;
-    MPI_Ialltoallv(rsend.data(), sc.data(), sd.data(), MPI_FLOAT, rrecv.data(), rc.data(), rd.data(), MPI_FLOAT,
-                   comms.world().mpi_comm(), &q);
-    MPI_Wait(&q, MPI_STATUS_IGNORE);
-  };
-  const double nn = static_cast<double>(n);
-  Result r;
-  time_pair(r, iterations(bytes), rounds, fw, raw);
-  r.wrong += count_wrong(dst, want);
-  print_row("reshard", bytes, (nn - 1) / nn, r);
-  // The same, with the raw peer's send buffer written (untimed) before each of its samples,
-  // as a program that packed its bytes would have just done: the peer then reads lines
-  // another core holds modified, as the reshard's exchange does after its pack.
-  float v = 0.f;
-  Result rf;
-  time_pair(rf, iterations(bytes), rounds, fw, raw, [&] { std::fill(rsend.begin(), rsend.end(), v += 1.f); });
-  rf.wrong += count_wrong(dst, want);
-  print_row("reshard/fresh", bytes, (nn - 1) / nn, rf);
 }
 
 }  // namespace

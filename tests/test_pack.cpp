@@ -382,43 +382,55 @@ TEST(Pack, HostCopyRunsEveryLengthAndAlignment) {
   EXPECT_EQ(d::host_copy_impl(), chosen);
 }
 
-// The row walk (host_copy_row_runs), every implementation: three runs per source row of
-// lengths 0..300 bytes, each over its own range of rows (one starting late, one ending
-// early), to destinations with their own steps, against a byte loop; nothing written
-// outside the runs.
+// The row walk (host_copy_row_runs), every implementation, both directions: three runs
+// per walked row of lengths 0..300 bytes, each over its own range of rows (one starting
+// late, one ending early), with their other sides at their own steps, against a byte loop;
+// nothing written outside the runs.
 TEST(Pack, HostCopyRowRunsEveryLengthAndRowRange) {
   namespace d = shardflow::kernels::detail;
   const std::string chosen = d::host_copy_impl();
   for (const std::string& impl : d::host_copy_impls()) {
     d::set_host_copy_impl(impl);
-    std::mt19937 g(11);
-    for (std::size_t bytes = 0; bytes <= 300; ++bytes) {
-      const std::int64_t rows = 1 + static_cast<std::int64_t>(bytes % 6);
-      const std::size_t len[3] = {bytes, (bytes * 7) % 97, bytes / 2 + 1};
-      const std::size_t off[3] = {bytes % 5, bytes % 5 + len[0] + 1, bytes % 5 + len[0] + len[1] + 3};
-      const std::int64_t src_step = static_cast<std::int64_t>(off[2] + len[2] + bytes % 9);
-      std::vector<char> src(static_cast<std::size_t>(rows * src_step + 16));
-      for (auto& c : src) c = static_cast<char>(g());
-      std::vector<std::vector<char>> dst(3), want(3);
-      d::RowRun runs[3];
-      for (int k = 0; k < 3; ++k) {
-        d::RowRun& q = runs[k];
-        q.row0 = k == 1 ? rows / 2 : 0;
-        q.rows = k == 2 ? std::max<std::int64_t>(0, rows - 1) : rows - q.row0;
-        q.src_off = off[k];
-        q.bytes = len[k];
-        q.dst_step = static_cast<std::int64_t>(len[k] + static_cast<std::size_t>(k) * 3);
-        dst[k].assign(static_cast<std::size_t>(rows * q.dst_step + 40), char(0x5a));
-        want[k] = dst[k];
-        for (std::int64_t r = q.row0; r < q.row0 + q.rows; ++r)
-          for (std::size_t b = 0; b < len[k]; ++b)
-            want[k][static_cast<std::size_t>(k + (r - q.row0) * q.dst_step) + b] =
-                src[static_cast<std::size_t>(r * src_step) + off[k] + b];
-        q.dst = dst[k].data() + k;
+    for (const d::RowWalk dir : {d::RowWalk::FromRows, d::RowWalk::IntoRows}) {
+      const bool from = dir == d::RowWalk::FromRows;
+      std::mt19937 g(11);
+      for (std::size_t bytes = 0; bytes <= 300; ++bytes) {
+        const std::int64_t rows = 1 + static_cast<std::int64_t>(bytes % 6);
+        const std::size_t len[3] = {bytes, (bytes * 7) % 97, bytes / 2 + 1};
+        const std::size_t off[3] = {bytes % 5, bytes % 5 + len[0] + 1, bytes % 5 + len[0] + len[1] + 3};
+        const std::int64_t row_step = static_cast<std::int64_t>(off[2] + len[2] + bytes % 9);
+        std::vector<char> base(static_cast<std::size_t>(rows * row_step + 16));
+        for (auto& c : base) c = static_cast<char>(g());
+        std::vector<char> base_want = base;
+        std::vector<std::vector<char>> other(3), want(3);
+        d::RowRun runs[3];
+        for (int k = 0; k < 3; ++k) {
+          d::RowRun& q = runs[k];
+          q.row0 = k == 1 ? rows / 2 : 0;
+          q.rows = k == 2 ? std::max<std::int64_t>(0, rows - 1) : rows - q.row0;
+          q.row_off = off[k];
+          q.bytes = len[k];
+          q.other_step = static_cast<std::int64_t>(len[k] + static_cast<std::size_t>(k) * 3);
+          other[k].resize(static_cast<std::size_t>(rows * q.other_step + 40));
+          for (auto& c : other[k]) c = static_cast<char>(g());
+          want[k] = other[k];
+          for (std::int64_t r = q.row0; r < q.row0 + q.rows; ++r)
+            for (std::size_t b = 0; b < len[k]; ++b) {
+              const auto o = static_cast<std::size_t>(k + (r - q.row0) * q.other_step) + b;
+              const auto w = static_cast<std::size_t>(r * row_step) + off[k] + b;
+              if (from)
+                want[k][o] = base[w];
+              else
+                base_want[w] = other[k][o];
+            }
+          q.other = other[k].data() + k;
+        }
+        d::host_copy_row_runs(base.data(), row_step, rows, runs, 3, dir);
+        ASSERT_EQ(base, base_want) << "bytes " << bytes << (from ? " from" : " into") << " rows (" << impl << ")";
+        for (int k = 0; k < 3; ++k)
+          ASSERT_EQ(other[k], want[k]) << "bytes " << bytes << ", run " << k << (from ? " from" : " into") << " rows ("
+                                       << impl << ")";
       }
-      d::host_copy_row_runs(src.data(), src_step, rows, runs, 3);
-      for (int k = 0; k < 3; ++k)
-        ASSERT_EQ(dst[k], want[k]) << "bytes " << bytes << ", run " << k << " (" << d::host_copy_impl() << ")";
     }
   }
   d::set_host_copy_impl(chosen);

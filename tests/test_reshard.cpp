@@ -172,7 +172,7 @@ TEST(Reshard, LargeSourcesPackAndKeepInOneWalk) {
   std::mt19937 g(20261204);
   const std::vector<std::string> names{"data", "fsdp", "tensor"};
   const std::vector<Shape> shapes{{2051, 2563}, {13, 411, 977}, {5 * 1024 * 1024 + 5}, {1543, 3, 1117}};
-  int fused = 0, rows = 0;
+  int fused = 0, rows = 0, unpacks = 0;
   for (int k : {1, 2}) {
     for (auto sizes : test::factorisations(n, k)) {
       MeshShape ms(std::vector<std::string>(names.begin(), names.begin() + k), sizes);
@@ -184,24 +184,33 @@ TEST(Reshard, LargeSourcesPackAndKeepInOneWalk) {
           shard::Resharder<float> op(comms.world(), shard::ReshardPlan(a, b, mesh.rank()));
           fused += op.fused_walk() ? 1 : 0;
           rows += op.row_walk() ? 1 : 0;
+          unpacks += op.unpack_walk() ? 1 : 0;
           const auto src = fill_local<float>(a, mesh.rank());
           const auto want = fill_local<float>(b, mesh.rank());
           std::vector<float> dst(want.size(), -1.f);
           for (int rep = 0; rep < 2; ++rep) {
             op.run(shard::Resharder<float>::ConstView(src.data(), src.size()),
                    shard::Resharder<float>::View(dst.data(), dst.size()));
-            ASSERT_TRUE(dst == want) << a.to_string() << " -> " << b.to_string() << " (fused walk " << op.fused_walk()
-                                     << ", row walk " << op.row_walk() << ", run " << rep << ")";
+            // every rank learns whether any rank's result was wrong (a rank returning alone
+            // would leave the others waiting in the next exchange)
+            int bad = dst == want ? 0 : 1, any_bad = 0;
+            MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+            EXPECT_TRUE(dst == want) << a.to_string() << " -> " << b.to_string() << " (fused walk " << op.fused_walk()
+                                     << ", row walk " << op.row_walk() << ", unpack walk " << op.unpack_walk()
+                                     << ", run " << rep << ")";
+            ASSERT_EQ(any_bad, 0) << "a rank's result was wrong";
             std::fill(dst.begin(), dst.end(), -1.f);
           }
         }
       }
     }
   }
-  int any = 0, any_rows = 0;
+  int any = 0, any_rows = 0, any_unpacks = 0;
   MPI_Allreduce(&fused, &any, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   MPI_Allreduce(&rows, &any_rows, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  MPI_Allreduce(&unpacks, &any_unpacks, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   if (n > 1) {
+    EXPECT_GT(any_unpacks, 0) << "no pair took the destination's row walk";
     EXPECT_GT(any, 0) << "no pair took the fused walk";
     EXPECT_GT(any_rows, 0) << "no pair took the row walk";
     EXPECT_LT(any_rows, any) << "every fused pair took the row walk: the slab walk went untested";
@@ -223,11 +232,24 @@ void row_walk_case(const Shape& shape, const PartitionSpec& from, const Partitio
   std::vector<T> dst(want.size(), T(-1));
   op.run(typename shard::Resharder<T>::ConstView(src.data(), src.size()),
          typename shard::Resharder<T>::View(dst.data(), dst.size()));
-  EXPECT_TRUE(dst == want) << a.to_string() << " -> " << b.to_string() << " (row walk " << op.row_walk() << ")";
-  // (a column split becoming a row split sends contiguous runs of the source: no pack, no walk)
-  if (mesh.size() > 1 && !op.direct_send() && !op.plan().sends().empty() && op.plan().local_piece().numel() > 0) {
-    EXPECT_TRUE(op.row_walk()) << a.to_string() << " -> " << b.to_string();
+  EXPECT_TRUE(dst == want) << a.to_string() << " -> " << b.to_string() << " (row walk " << op.row_walk()
+                           << ", unpack walk " << op.unpack_walk() << ")";
+  // a row split becoming a column split packs strided pieces (the source's row walk); the
+  // other way round the pieces leave as contiguous runs of the source and land strided in
+  // the destination (the destination's row walk)
+  if (mesh.size() > 1 && op.plan().local_piece().numel() > 0) {
+    if (!op.direct_send() && !op.plan().sends().empty()) {
+      EXPECT_TRUE(op.row_walk()) << a.to_string() << " -> " << b.to_string();
+    }
+    if (!op.direct_recv() && !op.plan().recvs().empty()) {
+      EXPECT_TRUE(op.unpack_walk()) << a.to_string() << " -> " << b.to_string();
+    }
   }
+  // run again into a dirty destination: every element is written
+  std::fill(dst.begin(), dst.end(), T(-2));
+  op.run(typename shard::Resharder<T>::ConstView(src.data(), src.size()),
+         typename shard::Resharder<T>::View(dst.data(), dst.size()));
+  EXPECT_TRUE(dst == want) << a.to_string() << " -> " << b.to_string() << " (second run)";
 }
 
 TEST(Reshard, RowSplitsWalkTheSourceOnceInOrder) {

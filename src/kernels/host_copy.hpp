@@ -22,24 +22,30 @@ namespace shardflow::kernels::detail {
 void host_copy_runs(char* dst, const char* src, std::int64_t cnt, std::size_t bytes, std::int64_t dst_step,
                     std::int64_t src_step);
 
-/// One run of every row of a row walk (host_copy_row_runs): in source rows [row0, row0 +
-/// rows), the `bytes` bytes at src_off of the row, to dst + (r - row0) * dst_step.
+/// One run of every row of a row walk (host_copy_row_runs): in the walked rows [row0, row0 +
+/// rows), the `bytes` bytes at row_off of the row; the other side of row r's run is at
+/// other + (r - row0) * other_step.
 struct RowRun {
   std::int64_t row0 = 0, rows = 0;
-  std::size_t src_off = 0, bytes = 0;
-  char* dst = nullptr;
-  std::int64_t dst_step = 0;
+  std::size_t row_off = 0, bytes = 0;
+  char* other = nullptr;
+  std::int64_t other_step = 0;
 };
 
-/// Walks the source rows r = 0 .. rows-1 (row r at src + r * src_step) once, in order, and
-/// copies each row's part of every run in `runs` (given in ascending src_off) before moving
-/// to the next row: the source is read as one ascending stream. Splitting each row among
-/// several destinations one piece at a time (every row's first part, then every row's
-/// second part) reads the source out of order, and the hardware prefetchers then fetch
-/// the whole rows once per piece (docs/comm.md: 1.7-2x slower for 512-byte halves of
-/// 1 KiB rows of a 32 MiB source). Runs must not overlap in their destinations.
-void host_copy_row_runs(const char* src, std::int64_t src_step, std::int64_t rows, const RowRun* runs,
-                        std::size_t nruns);
+/// Which side of the copies the walked rows are.
+enum class RowWalk { FromRows, IntoRows };
+
+/// Walks the rows r = 0 .. rows-1 (row r at base + r * row_step) once, in order, and copies
+/// each row's part of every run in `runs` (given in ascending row_off) before moving to the
+/// next row: the rows are one ascending stream. FromRows copies each row's runs out to
+/// their `other` side (e.g. a source row split among several pieces); IntoRows fills each
+/// row's runs from theirs (a destination row assembled from several pieces). Splitting
+/// rows among pieces one piece at a time (every row's first part, then every row's second
+/// part) touches each row out of order, and the hardware prefetchers then fetch memory as
+/// if the rows were read twice (docs/comm.md: 1.7-2x slower for 512-byte halves of 1 KiB
+/// rows of a 32 MiB source). Runs must not overlap where they are written.
+void host_copy_row_runs(char* base, std::int64_t row_step, std::int64_t rows, const RowRun* runs, std::size_t nruns,
+                        RowWalk dir);
 
 /// Which implementation host_copy_runs uses ("avx2" or "generic").
 const char* host_copy_impl();

@@ -155,10 +155,11 @@ class Resharder {
     exchange_.rebind(direct_send() ? static_cast<const void*>(src.data()) : send_.data(),
                      direct_recv() ? static_cast<void*>(dst.data()) : recv_.data());
     comm::Request req = exchange_.start();
-    if (copies_.keep && !fused) {
+    if (copies_.keep && !fused && !unpack_walk()) {  // (the unpack walk copies it with the pieces received)
       kernels::copy_box(exec_, src, copies_.keep_src, dst, copies_.keep_dst);
       exec_.fence();
     }
+    src_ = src;
     dst_ = dst;
     return req;
   }
@@ -167,11 +168,19 @@ class Resharder {
   void finish(comm::Request& req) {
     req.wait();
     if (in_place_ || direct_recv()) return;  // the exchange wrote the pieces into place
+    if (unpack_walk()) {                     // one ascending pass over the destination rows
+      walk_rows(copies_.unpack_runs, reinterpret_cast<char*>(dst_.data()), copies_.dst_row, copies_.dst_rows,
+                kernels::detail::RowWalk::IntoRows, /*skip_keep=*/fused_walk());
+      return;
+    }
     const ConstView staged(recv_.data(), recv_.extent(0));
     for (const auto& c : copies_.unpack) kernels::copy_box(exec_, staged, c.first, dst_, c.second);
     exec_.fence();
   }
 
+  /// Runs start() and finish(). Between the two, `src` must stay as it was and `dst` must
+  /// not be read: the exchange may read the source in place, and the kept piece may be
+  /// copied in finish().
   void run(ConstView src, View dst) {
     comm::Request r = start(src, dst);
     finish(r);
@@ -187,6 +196,15 @@ class Resharder {
   /// their pieces before the next row (every copy one contiguous run of each source row, on
   /// both sides, of kRowRunBytes or more on average): kernels::detail::host_copy_row_runs.
   bool row_walk() const { return fused_walk() && !copies_.row_runs.empty(); }
+  /// The receiving side's row walk: finish() writes each destination row once, in order,
+  /// from the pieces received and the kept piece (unless the source's walk copied it), when
+  /// the received pieces are staged (not direct), every copy into the destination is one
+  /// run of each destination row on both sides (a column split becoming a row split), the
+  /// runs average kRowRunBytes or more, and the destination box is kRowWalkBytes or more.
+  bool unpack_walk() const {
+    return kernels::is_host_space_v<ExecSpace> && !in_place_ && !direct_recv() && !copies_.unpack_runs.empty() &&
+           copies_.dst_elems * static_cast<std::int64_t>(sizeof(T)) >= kRowWalkBytes;
+  }
   /// True when start() packs the sent pieces and copies the kept one in one walk over the
   /// source (host spaces, a source box of kFuseBytes or more, or kRowWalkBytes for the row
   /// walk, something packed and kept).
@@ -260,12 +278,14 @@ class Resharder {
       x.recv_displs[static_cast<std::size_t>(p.recvs()[i].peer)] = recv_at[i];
     return x;
   }
-  /// One copy of pack_and_keep's row walk: in source rows [row0, row0 + rows), `run`
-  /// elements at src_off of each row, to the staging buffer (to_stage) or the destination
-  /// at dst_off + (r - row0) * dst_step (elements).
+  /// One copy of a row walk (kernels::detail::RowRun in elements): in the walked rows
+  /// [row0, row0 + rows), `run` elements at row_off of each row; the other side at
+  /// other_off + (r - row0) * other_step of the staging buffer (staged) or of the caller's
+  /// other buffer (the kept piece: the destination of the source's walk, the source of the
+  /// destination's).
   struct RowRunSpec {
-    std::int64_t row0 = 0, rows = 0, src_off = 0, run = 0, dst_off = 0, dst_step = 0;
-    bool to_stage = false;
+    std::int64_t row0 = 0, rows = 0, row_off = 0, run = 0, other_off = 0, other_step = 0;
+    bool staged = false;
   };
   /// Runs of fewer bytes than this (on average) are walked slab by slab instead: a call
   /// per run per row would cost more than the ordered reads save.
@@ -277,9 +297,11 @@ class Resharder {
     std::int64_t src_elems = 0, dst_elems = 0;                                // this rank's boxes of `from` and `to`
     std::int64_t src_rows = 0;                // the source box's first extent (1 for a scalar)
     std::int64_t src_row = 0;                 // elements per source row
-    /// pack_and_keep's row walk, ascending by src_off; empty when some copy is not one
-    /// contiguous run of each source row on both sides, or the runs are short
-    std::vector<RowRunSpec> row_runs;
+    std::int64_t dst_rows = 0, dst_row = 0;   // the destination box's, likewise
+    /// pack_and_keep's row walk over the source rows and finish()'s over the destination
+    /// rows, each ascending by row_off; empty when some copy is not one contiguous run of
+    /// each row on both sides, or the runs are short
+    std::vector<RowRunSpec> row_runs, unpack_runs;
     CopyList pack;    // source -> staging
     std::vector<std::int64_t> pack_row0;      // the source row each pack's box starts at
     std::int64_t keep_row0 = 0;
@@ -315,48 +337,66 @@ class Resharder {
         keep_row0 = p.local_piece().ndim() > 0 ? p.local_piece().offset[0] - mine.offset[0] : 0;
       }
       src_row = src_rows > 0 ? src_elems / src_rows : 0;
+      dst_rows = theirs.ndim() > 0 ? theirs.extent[0] : 1;
+      dst_row = dst_rows > 0 ? dst_elems / dst_rows : 0;
       if (mine.ndim() >= 2 && src_row > 0) {
+        std::vector<RowRunSpec> runs;
         bool ok = true;
-        std::int64_t bytes = 0;
         for (std::size_t i = 0; ok && i < pack.size(); ++i)
-          ok = add_row_run(pack[i].first, pack[i].second, pack_row0[i], true, bytes);
-        if (ok && keep) ok = add_row_run(keep_src, keep_dst, keep_row0, false, bytes);
-        if (ok && !row_runs.empty() &&
-            bytes >= kRowRunBytes * static_cast<std::int64_t>(row_runs.size()) / static_cast<std::int64_t>(sizeof(T))) {
-          std::sort(row_runs.begin(), row_runs.end(),
-                    [](const RowRunSpec& a, const RowRunSpec& b) { return a.src_off < b.src_off; });
-        } else {
-          row_runs.clear();
+          ok = add_row_run(runs, pack[i].first, pack[i].second, pack_row0[i], src_row, src_rows, true);
+        if (ok && keep) ok = add_row_run(runs, keep_src, keep_dst, keep_row0, src_row, src_rows, false);
+        if (ok) row_runs = ordered(std::move(runs));
+      }
+      if (theirs.ndim() >= 2 && dst_row > 0 && !unpack.empty()) {
+        std::vector<RowRunSpec> runs;
+        bool ok = true;
+        for (std::size_t i = 0; ok && i < unpack.size(); ++i) {
+          const std::int64_t row0 = p.recvs()[i].box.offset[0] - theirs.offset[0];
+          ok = add_row_run(runs, unpack[i].second, unpack[i].first, row0, dst_row, dst_rows, true);
         }
+        if (ok && keep)
+          ok = add_row_run(runs, keep_dst, keep_src, p.local_piece().offset[0] - theirs.offset[0], dst_row, dst_rows,
+                           false);
+        if (ok) unpack_runs = ordered(std::move(runs));
       }
     }
-    /// Adds copy (s -> d), whose source box starts at source row row0, to row_runs when each
-    /// of its source rows is one contiguous run on both sides; false otherwise. `elems` sums
-    /// the runs' lengths.
-    bool add_row_run(const kernels::StridedBox& s, const kernels::StridedBox& d, std::int64_t row0, bool to_stage,
-                     std::int64_t& elems) {
-      if (s.numel() == 0) return true;
-      if (s.ndim < 2 || s.stride[0] != src_row) return false;
-      kernels::StridedBox si, di;  // the dimensions after the first
-      si.ndim = di.ndim = s.ndim - 1;
-      for (int k = 1; k < s.ndim; ++k) {
-        si.extent[k - 1] = di.extent[k - 1] = s.extent[k];
-        si.stride[k - 1] = s.stride[k];
-        di.stride[k - 1] = d.stride[k];
+    /// The runs ascending by row_off, or none when they average under kRowRunBytes.
+    static std::vector<RowRunSpec> ordered(std::vector<RowRunSpec> runs) {
+      std::int64_t elems = 0;
+      for (const auto& r : runs) elems += r.run;
+      if (runs.empty() ||
+          elems * static_cast<std::int64_t>(sizeof(T)) < kRowRunBytes * static_cast<std::int64_t>(runs.size()))
+        return {};
+      std::sort(runs.begin(), runs.end(),
+                [](const RowRunSpec& a, const RowRunSpec& b) { return a.row_off < b.row_off; });
+      return runs;
+    }
+    /// Adds copy w <-> o to `runs` when each row of the walked box w (whose rows are `row`
+    /// elements of a frame of `nrows` rows, the box starting at row row0) is one contiguous
+    /// run on both sides; false otherwise (an empty copy is skipped).
+    static bool add_row_run(std::vector<RowRunSpec>& runs, const kernels::StridedBox& w, const kernels::StridedBox& o,
+                            std::int64_t row0, std::int64_t row, std::int64_t nrows, bool staged) {
+      if (w.numel() == 0) return true;
+      if (w.ndim < 2 || w.stride[0] != row) return false;
+      kernels::StridedBox wi, oi;  // the dimensions after the first
+      wi.ndim = oi.ndim = w.ndim - 1;
+      for (int k = 1; k < w.ndim; ++k) {
+        wi.extent[k - 1] = oi.extent[k - 1] = w.extent[k];
+        wi.stride[k - 1] = w.stride[k];
+        oi.stride[k - 1] = o.stride[k];
       }
-      const kernels::detail::BoxPair q = kernels::detail::simplify_pair(si, di);
+      const kernels::detail::BoxPair q = kernels::detail::simplify_pair(wi, oi);
       if (q.ndim != 1 || q.src_stride[0] != 1 || q.dst_stride[0] != 1) return false;
       RowRunSpec r;
       r.row0 = row0;
-      r.rows = s.extent[0];
-      r.src_off = s.offset - row0 * src_row;
+      r.rows = w.extent[0];
+      r.row_off = w.offset - row0 * row;
       r.run = q.extent[0];
-      r.dst_off = d.offset;
-      r.dst_step = d.stride[0];
-      r.to_stage = to_stage;
-      if (r.src_off < 0 || r.src_off + r.run > src_row || r.row0 < 0 || r.row0 + r.rows > src_rows) return false;
-      row_runs.push_back(r);
-      elems += r.run;
+      r.other_off = o.offset;
+      r.other_step = o.stride[0];
+      r.staged = staged;
+      if (r.row_off < 0 || r.row_off + r.run > row || r.row0 < 0 || r.row0 + r.rows > nrows) return false;
+      runs.push_back(r);
       return true;
     }
   };
@@ -367,20 +407,9 @@ class Resharder {
   /// a source larger than the cache walked once per piece is read from memory once per
   /// piece. Walked once, the second piece's lines of a slab are still in cache.
   void pack_and_keep(const ConstView& src, const View& dst) {
-    if (!copies_.row_runs.empty()) {  // one ascending pass over the source rows (host_copy_row_runs)
-      for (std::size_t k = 0; k < copies_.row_runs.size(); ++k) {
-        const RowRunSpec& q = copies_.row_runs[k];
-        kernels::detail::RowRun& r = row_runs_[k];
-        r.row0 = q.row0;
-        r.rows = q.rows;
-        r.src_off = static_cast<std::size_t>(q.src_off) * sizeof(T);
-        r.bytes = static_cast<std::size_t>(q.run) * sizeof(T);
-        r.dst = reinterpret_cast<char*>((q.to_stage ? send_.data() : dst.data()) + q.dst_off);
-        r.dst_step = q.dst_step * static_cast<std::int64_t>(sizeof(T));
-      }
-      kernels::detail::host_copy_row_runs(reinterpret_cast<const char*>(src.data()),
-                                          copies_.src_row * static_cast<std::int64_t>(sizeof(T)), copies_.src_rows,
-                                          row_runs_.data(), row_runs_.size());
+    if (!copies_.row_runs.empty()) {  // one ascending pass over the source rows
+      walk_rows(copies_.row_runs, const_cast<char*>(reinterpret_cast<const char*>(src.data())), copies_.src_row,
+                copies_.src_rows, kernels::detail::RowWalk::FromRows, false, dst.data());
       return;
     }
     const View stage(send_.data(), send_.extent(0));
@@ -398,6 +427,29 @@ class Resharder {
       if (part.first.numel() > 0) kernels::copy_box(exec_, src, part.first, dst, part.second);
     }
     exec_.fence();
+  }
+  /// Runs the row walk `runs` over `rows` rows of `row` elements at `base` (the source's
+  /// rows, FromRows: the staging side is send_; the destination's, IntoRows: recv_). The kept
+  /// piece's other side is `keep_other` (FromRows: the destination) or src_ (IntoRows); it
+  /// is left out when skip_keep.
+  void walk_rows(const std::vector<RowRunSpec>& runs, char* base, std::int64_t row, std::int64_t rows,
+                 kernels::detail::RowWalk dir, bool skip_keep, T* keep_other = nullptr) {
+    const bool from = dir == kernels::detail::RowWalk::FromRows;
+    T* staging = from ? send_.data() : recv_.data();
+    T* other_keep = from ? keep_other : const_cast<T*>(src_.data());
+    std::size_t n = 0;
+    for (const RowRunSpec& q : runs) {
+      if (skip_keep && !q.staged) continue;
+      kernels::detail::RowRun& r = row_runs_[n++];
+      r.row0 = q.row0;
+      r.rows = q.rows;
+      r.row_off = static_cast<std::size_t>(q.row_off) * sizeof(T);
+      r.bytes = static_cast<std::size_t>(q.run) * sizeof(T);
+      r.other = reinterpret_cast<char*>((q.staged ? staging : other_keep) + q.other_off);
+      r.other_step = q.other_step * static_cast<std::int64_t>(sizeof(T));
+    }
+    kernels::detail::host_copy_row_runs(base, row * static_cast<std::int64_t>(sizeof(T)), rows, row_runs_.data(), n,
+                                        dir);
   }
   /// The part of copy `c` (whose source box starts at source row `row0`) in source rows
   /// [a, b): both boxes cut along their first dimension (empty extents when none).
@@ -422,10 +474,12 @@ class Resharder {
   ReshardPlan plan_;
   ExecSpace exec_;
   Copies copies_;
-  std::vector<kernels::detail::RowRun> row_runs_ = std::vector<kernels::detail::RowRun>(copies_.row_runs.size());
+  std::vector<kernels::detail::RowRun> row_runs_ =
+      std::vector<kernels::detail::RowRun>(std::max(copies_.row_runs.size(), copies_.unpack_runs.size()));
   std::vector<std::size_t> send_offsets_, recv_offsets_;  // direct paths (see direct_send())
   bool in_place_ = false;                                  // see in_place()
   Kokkos::View<T*, memory_space> send_, recv_;
+  ConstView src_;
   View dst_;
   comm::Collective exchange_;
 };

@@ -71,36 +71,45 @@ __attribute__((target("avx2"))) void copy_runs_avx2(char* dst, const char* src, 
   for (std::int64_t r = 0; r < cnt; ++r) copy_run_avx2(dst + r * dst_step, src + r * src_step, bytes);
 }
 
-__attribute__((target("avx2"))) void copy_row_runs_avx2(const char* src, std::int64_t src_step, std::int64_t rows,
-                                                        const RowRun* runs, std::size_t nruns) {
+__attribute__((target("avx2"))) void copy_row_runs_avx2(char* base, std::int64_t row_step, std::int64_t rows,
+                                                        const RowRun* runs, std::size_t nruns, RowWalk dir) {
+  const bool from = dir == RowWalk::FromRows;
   for (std::int64_t r = 0; r < rows; ++r) {
-    const char* row = src + r * src_step;
+    char* row = base + r * row_step;
     for (std::size_t k = 0; k < nruns; ++k) {
       const RowRun& q = runs[k];
       if (r < q.row0 || r >= q.row0 + q.rows) continue;
-      char* d = q.dst + (r - q.row0) * q.dst_step;
+      char* a = row + q.row_off;
+      char* b = q.other + (r - q.row0) * q.other_step;
+      char* d = from ? b : a;
+      const char* s = from ? a : b;
       if (q.bytes >= 32)
-        copy_run_avx2(d, row + q.src_off, q.bytes);
+        copy_run_avx2(d, s, q.bytes);
       else
-        copy_run_generic(d, row + q.src_off, q.bytes);
+        copy_run_generic(d, s, q.bytes);
     }
   }
 }
 
 #endif
 
-void copy_row_runs_generic(const char* src, std::int64_t src_step, std::int64_t rows, const RowRun* runs,
-                           std::size_t nruns) {
+void copy_row_runs_generic(char* base, std::int64_t row_step, std::int64_t rows, const RowRun* runs, std::size_t nruns,
+                           RowWalk dir) {
   for (std::int64_t r = 0; r < rows; ++r)
     for (std::size_t k = 0; k < nruns; ++k) {
       const RowRun& q = runs[k];
-      if (r >= q.row0 && r < q.row0 + q.rows)
-        copy_run_generic(q.dst + (r - q.row0) * q.dst_step, src + r * src_step + q.src_off, q.bytes);
+      if (r < q.row0 || r >= q.row0 + q.rows) continue;
+      char* a = base + r * row_step + q.row_off;
+      char* b = q.other + (r - q.row0) * q.other_step;
+      if (dir == RowWalk::FromRows)
+        copy_run_generic(b, a, q.bytes);
+      else
+        copy_run_generic(a, b, q.bytes);
     }
 }
 
 using CopyRuns = void (*)(char*, const char*, std::int64_t, std::size_t, std::int64_t, std::int64_t);
-using CopyRowRuns = void (*)(const char*, std::int64_t, std::int64_t, const RowRun*, std::size_t);
+using CopyRowRuns = void (*)(char*, std::int64_t, std::int64_t, const RowRun*, std::size_t, RowWalk);
 
 struct Impl {
   const char* name;
@@ -128,9 +137,9 @@ void host_copy_runs(char* dst, const char* src, std::int64_t cnt, std::size_t by
   g_copy_runs.fn(dst, src, cnt, bytes, dst_step, src_step);
 }
 
-void host_copy_row_runs(const char* src, std::int64_t src_step, std::int64_t rows, const RowRun* runs,
-                        std::size_t nruns) {
-  g_copy_runs.rows(src, src_step, rows, runs, nruns);
+void host_copy_row_runs(char* base, std::int64_t row_step, std::int64_t rows, const RowRun* runs, std::size_t nruns,
+                        RowWalk dir) {
+  g_copy_runs.rows(base, row_step, rows, runs, nruns, dir);
 }
 
 const char* host_copy_impl() { return g_copy_runs.name; }
