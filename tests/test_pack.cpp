@@ -382,7 +382,8 @@ TEST(Pack, HostCopyRunsEveryLengthAndAlignment) {
   EXPECT_EQ(d::host_copy_impl(), chosen);
 }
 
-// The row walk (host_copy_row_runs), every implementation, both directions: three runs
+// The row walk (host_copy_row_runs), every implementation, both directions (FromRows with and
+// without non-temporal stores): three runs
 // per walked row of lengths 0..300 bytes, each over its own range of rows (one starting
 // late, one ending early), with their other sides at their own steps, against a byte loop;
 // nothing written outside the runs.
@@ -424,6 +425,7 @@ TEST(Pack, HostCopyRowRunsEveryLengthAndRowRange) {
                 base_want[w] = other[k][o];
             }
           q.other = other[k].data() + k;
+          q.stream = from && k != 0;  // non-temporal stores for two of the three (heads of 1 and 2 bytes)
         }
         d::host_copy_row_runs(base.data(), row_step, rows, runs, 3, dir);
         ASSERT_EQ(base, base_want) << "bytes " << bytes << (from ? " from" : " into") << " rows (" << impl << ")";

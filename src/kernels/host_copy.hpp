@@ -30,6 +30,10 @@ struct RowRun {
   std::size_t row_off = 0, bytes = 0;
   char* other = nullptr;
   std::int64_t other_step = 0;
+  /// FromRows: write the other side with non-temporal stores (AVX2 builds; the bytes are
+  /// read next by another core, as a staging buffer a peer's exchange reads, not by this
+  /// one: they then come from memory instead of from this core's cache)
+  bool stream = false;
 };
 
 /// Which side of the copies the walked rows are.

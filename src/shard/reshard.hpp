@@ -190,6 +190,10 @@ class Resharder {
   static constexpr std::int64_t kFuseBytes = std::int64_t(4) << 20;
   /// The same when each copy is one run of every source row (the row walk): from this size.
   static constexpr std::int64_t kRowWalkBytes = std::int64_t(1) << 20;
+  /// The source's row walk writes a staging buffer of this many bytes or more with
+  /// non-temporal stores: the exchange reads it next, on the peer's core, and the bytes then
+  /// come from memory instead of from this core's cache.
+  static constexpr std::int64_t kStreamBytes = std::int64_t(4) << 20;
   /// Bytes of source per slab of that walk.
   static constexpr std::int64_t kSlabBytes = std::int64_t(256) << 10;
   /// True when that walk reads the source rows once, in order, each row's runs copied to
@@ -447,6 +451,7 @@ class Resharder {
       r.bytes = static_cast<std::size_t>(q.run) * sizeof(T);
       r.other = reinterpret_cast<char*>((q.staged ? staging : other_keep) + q.other_off);
       r.other_step = q.other_step * static_cast<std::int64_t>(sizeof(T));
+      r.stream = from && q.staged && plan_.send_elems() * static_cast<std::int64_t>(sizeof(T)) >= kStreamBytes;
     }
     kernels::detail::host_copy_row_runs(base, row * static_cast<std::int64_t>(sizeof(T)), rows, row_runs_.data(), n,
                                         dir);

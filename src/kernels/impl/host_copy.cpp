@@ -71,9 +71,39 @@ __attribute__((target("avx2"))) void copy_runs_avx2(char* dst, const char* src, 
   for (std::int64_t r = 0; r < cnt; ++r) copy_run_avx2(dst + r * dst_step, src + r * src_step, bytes);
 }
 
+/// One run with non-temporal stores where the destination is 32-byte aligned (the head
+/// up to that alignment and the tail with ordinary stores). The caller fences.
+__attribute__((target("avx2"))) inline void stream_run_avx2(char* __restrict__ b, const char* __restrict__ a,
+                                                            std::size_t bytes) {
+  std::size_t head = (32 - (reinterpret_cast<std::uintptr_t>(b) & 31)) & 31;
+  if (bytes < head + 128) {
+    if (bytes >= 32)
+      copy_run_avx2(b, a, bytes);
+    else
+      copy_run_generic(b, a, bytes);
+    return;
+  }
+  if (head) copy_run_generic(b, a, head);
+  std::size_t i = head;
+  for (; i + 128 <= bytes; i += 128) {
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
+    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 32));
+    const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 64));
+    const __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 96));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(b + i), x0);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(b + i + 32), x1);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(b + i + 64), x2);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(b + i + 96), x3);
+  }
+  for (; i + 32 <= bytes; i += 32)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(b + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
+  if (i < bytes) copy_run_generic(b + i, a + i, bytes - i);
+}
+
 __attribute__((target("avx2"))) void copy_row_runs_avx2(char* base, std::int64_t row_step, std::int64_t rows,
                                                         const RowRun* runs, std::size_t nruns, RowWalk dir) {
   const bool from = dir == RowWalk::FromRows;
+  bool streamed = false;
   for (std::int64_t r = 0; r < rows; ++r) {
     char* row = base + r * row_step;
     for (std::size_t k = 0; k < nruns; ++k) {
@@ -83,12 +113,17 @@ __attribute__((target("avx2"))) void copy_row_runs_avx2(char* base, std::int64_t
       char* b = q.other + (r - q.row0) * q.other_step;
       char* d = from ? b : a;
       const char* s = from ? a : b;
-      if (q.bytes >= 32)
+      if (from && q.stream) {
+        stream_run_avx2(d, s, q.bytes);
+        streamed = true;
+      } else if (q.bytes >= 32) {
         copy_run_avx2(d, s, q.bytes);
-      else
+      } else {
         copy_run_generic(d, s, q.bytes);
+      }
     }
   }
+  if (streamed) _mm_sfence();  // the non-temporal stores are visible before the caller goes on
 }
 
 #endif
