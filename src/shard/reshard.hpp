@@ -21,7 +21,10 @@
 //                              them in cache-sized fragments as it sends). Above that, MPI's
 //                              datatype engine is slower than packing here (docs/comm.md),
 //                              and sources of kFuseBytes or more are packed and kept in one
-//                              walk (pack_and_keep).
+//                              walk (pack_and_keep). When every piece is one run of each row
+//                              (a row split becoming a column split, or back), the rows are
+//                              walked once, in order: the source's from 1 MiB (row_walk()),
+//                              the destination's in finish() (unpack_walk()).
 //   reshard(...)               the one-shot convenience.
 //
 // Replicas: a piece held by several ranks of the source layout is sent by exactly one of
