@@ -40,23 +40,39 @@ void copy_runs_generic(char* dst, const char* src, std::int64_t cnt, std::size_t
 }
 
 #ifdef SHARDFLOW_HOST_COPY_AVX2
-/// One run of at least 32 bytes: 32-byte loads and stores, four in flight.
-__attribute__((target("avx2"))) inline void copy_run_avx2(char* __restrict__ b, const char* __restrict__ a,
-                                                          std::size_t bytes) {
-  std::size_t i = 0;
+template <bool Stream>
+__attribute__((target("avx2"))) inline void store_avx2(char* p, __m256i x) {
+  if constexpr (Stream)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), x);
+  else
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x);
+}
+
+/// Bytes [i, ...) of a run in whole 32-byte blocks, four in flight, with ordinary stores or
+/// (Stream) non-temporal ones (then b + i must be 32-byte aligned); returns where the blocks
+/// end (fewer than 32 bytes remain).
+template <bool Stream>
+__attribute__((target("avx2"))) inline std::size_t copy_blocks_avx2(char* __restrict__ b, const char* __restrict__ a,
+                                                                    std::size_t i, std::size_t bytes) {
   for (; i + 128 <= bytes; i += 128) {
     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
     const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 32));
     const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 64));
     const __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 96));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), x0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 32), x1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 64), x2);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i + 96), x3);
+    store_avx2<Stream>(b + i, x0);
+    store_avx2<Stream>(b + i + 32, x1);
+    store_avx2<Stream>(b + i + 64, x2);
+    store_avx2<Stream>(b + i + 96, x3);
   }
   for (; i + 32 <= bytes; i += 32)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
-  if (i < bytes) {  // the last 32 bytes again, overlapping what is already copied
+    store_avx2<Stream>(b + i, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
+  return i;
+}
+
+/// One run of at least 32 bytes.
+__attribute__((target("avx2"))) inline void copy_run_avx2(char* __restrict__ b, const char* __restrict__ a,
+                                                          std::size_t bytes) {
+  if (copy_blocks_avx2<false>(b, a, 0, bytes) < bytes) {  // the last 32 bytes again, overlapping what is copied
     const std::size_t t = bytes - 32;
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + t), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + t)));
   }
@@ -84,19 +100,7 @@ __attribute__((target("avx2"))) inline void stream_run_avx2(char* __restrict__ b
     return;
   }
   if (head) copy_run_generic(b, a, head);
-  std::size_t i = head;
-  for (; i + 128 <= bytes; i += 128) {
-    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
-    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 32));
-    const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 64));
-    const __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 96));
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(b + i), x0);
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(b + i + 32), x1);
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(b + i + 64), x2);
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(b + i + 96), x3);
-  }
-  for (; i + 32 <= bytes; i += 32)
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(b + i), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
+  const std::size_t i = copy_blocks_avx2<true>(b, a, head, bytes);
   if (i < bytes) copy_run_generic(b + i, a + i, bytes - i);
 }
 
