@@ -330,6 +330,56 @@ TEST(Compile, ModelStateEqualsTheLayoutPlanOnEveryRank) {
   }
 }
 
+// A layer's MLP-half gradients (MLP norm gain, gate_up/down or router/experts) are synced as
+// soon as the MLP backward has written them: the sync's compute predecessor is the segment
+// that ends with the MLP norm's backward, so it overlaps the attention backward (DDP's
+// bucket hooks do the same). The attention half's sync follows the attention backward.
+// Checked on data, ZeRO-2/3, sequence-parallel and MoE meshes; fails when the MLP half
+// waits for the whole layer again.
+TEST(Compile, MlpHalfGradientsSyncBeforeTheAttentionBackward) {
+  const std::vector<Case> mine = {
+      {"dp4", {"mesh.data=4"}},
+      {"hsdp 2x2 zero2", {"mesh.data=2", "mesh.fsdp=2", "strategy.zero_stage=2"}},
+      {"fsdp4 zero3", {"mesh.fsdp=4", "strategy.zero_stage=3"}},
+      {"dp2 tp2 sp", {"mesh.data=2", "mesh.tensor=2", "strategy.sequence_parallel=true"}},
+      {"moe ep2 dp2", {"model.experts=4", "model.top_k=2", "model.moe_every=2", "mesh.expert=2", "mesh.data=2"}},
+  };
+  for (const auto& c : mine) {
+    const Deck d = deck_with(c.sets);
+    const MeshShape mesh = d.mesh.to_mesh_shape();
+    const parallel::LayoutPlan plan = compile::layout_plan(d, mesh);
+    const compile::StepProgram prog = compile::compile_step(d, plan, 0);
+    std::vector<std::vector<int>> preds(prog.tasks.size());
+    for (const auto& [a, b] : prog.edges) preds[static_cast<size_t>(b)].push_back(a);
+    int mlp_syncs = 0, attn_syncs = 0;
+    for (size_t t = 0; t < prog.tasks.size(); ++t) {
+      const auto& task = prog.tasks[t];
+      if (!task.is_comm) continue;
+      const std::string& what = task.comm.desc.tensor;
+      if (what.rfind("layers.", 0) != 0 || what.find(".grad") == std::string::npos) continue;
+      const std::string layer = what.substr(0, what.find('.', 7) + 1);  // "layers.L."
+      const bool mlp = what.find(".mlp.") != std::string::npos || what.find(".mlp_norm.") != std::string::npos;
+      // the compute task this sync waits for (the first collective of a chain waits for one)
+      std::string seg;
+      for (int q : preds[t])
+        if (!prog.tasks[static_cast<size_t>(q)].is_comm) seg = prog.tasks[static_cast<size_t>(q)].name;
+      if (seg.empty()) continue;  // waits for another collective of the same gradient
+      const std::string bwd = "bwd." + layer.substr(0, layer.size() - 1).replace(0, 7, "layer") + ".";
+      EXPECT_EQ(seg.rfind(bwd, 0), 0u) << c.label << ": " << what << " waits for '" << seg << "'";
+      if (mlp) {
+        ++mlp_syncs;
+        EXPECT_NE(seg.find("mlp_norm"), std::string::npos) << c.label << ": " << what << " waits for '" << seg << "'";
+        EXPECT_EQ(seg.find("attn"), std::string::npos) << c.label << ": " << what << " waits for '" << seg << "'";
+      } else {
+        ++attn_syncs;
+        EXPECT_NE(seg.find("attn_norm"), std::string::npos) << c.label << ": " << what << " waits for '" << seg << "'";
+      }
+    }
+    EXPECT_GT(mlp_syncs, 0) << c.label;
+    EXPECT_GT(attn_syncs, 0) << c.label;
+  }
+}
+
 // Per-rank model state (params + grads + AdamW moments, f32) relative to DP on N ranks is
 // what the ZeRO paper says: ZeRO-1 (8 + 8/N)/16, ZeRO-2 (4 + 12/N)/16 (the full gradient is
 // never held: it passes through the grad ring into the shard), ZeRO-3 16/N/16. Before

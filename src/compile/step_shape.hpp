@@ -43,6 +43,10 @@ struct ParamShape {
   /// the tensor split cannot align with the query heads (kv_heads_aligned).
   bool tensor_partial = false;
   bool expert = false;  // an expert weight [E, ...]
+  /// Its gradient is final once the layer's backward has passed its MLP half (the MLP norm
+  /// gain, the MLP's or the experts' and router's weights): its sync can start while the
+  /// attention half's backward runs.
+  bool mlp_half = false;
   int de = -1;          // view dim split over expert
   int unit = 0, stage = 0;
   bool here = true;      // this rank's pipeline stage holds it

@@ -87,7 +87,13 @@ class StepBuilder {
   bool unit_has_sharded(int unit) const;
   void emit_gathers_upto(int upto);
   void emit_use_waits(size_t k, int first_segment);
-  void emit_grad_sync(size_t k, int last_segment, const std::string& mbs);
+  // which of a use's parameters a grad sync covers: all, or a layer's MLP half (started
+  // after the MLP backward) and the rest (after the whole layer's backward)
+  enum class GradPart { All, MlpHalf, Rest };
+  // whether use u syncs the gradient of parameter p (a collective of this rank)
+  bool syncs_grad(const Use& u, const ParamShape& p) const;
+  bool syncs_mlp_half(const Use& u) const;
+  void emit_grad_sync(size_t k, int last_segment, const std::string& mbs, GradPart part = GradPart::All);
   void emit_zero12_gathers(int update);
 
   // ---- pipeline (emit_pipeline.cpp) ------------------------------------------------------------
@@ -114,6 +120,8 @@ class StepBuilder {
     std::string work_name;
     std::vector<int> segs;
     std::vector<int>* pending;
+    size_t use = 0;           // index into uses_
+    bool mlp_synced = false;  // the MLP half's gradient sync is emitted (a layer's backward)
   };
   void run(UseCtx& u, ComputeOp op, const char* part);
   void flush(UseCtx& u);

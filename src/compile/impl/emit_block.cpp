@@ -324,6 +324,13 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
       }
       tp_sum(u, b.dn, b.dn_rows, lp + ".mlp_norm.dout");
       run(u, op(StepOp::MlpNormBwd, l), "mlp_norm");
+      // the MLP half's gradients are final: their sync overlaps the attention backward (and
+      // progresses at its task boundaries) instead of waiting for the whole layer
+      if (syncs_mlp_half(use)) {
+        flush(u);
+        emit_grad_sync(u.use, u.segs.back(), u.mbs, GradPart::MlpHalf);
+        u.mlp_synced = true;
+      }
       dx_gather(u, xsl, lp + ".mlp.dx");
       if (n1_again != kNone) u.pending->push_back(n1_again);
       if (s.recompute == Recompute::Selective && s.cp == 1) run(u, op(StepOp::AttnCore, l), "recompute.attn_core");

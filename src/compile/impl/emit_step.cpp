@@ -202,6 +202,7 @@ void StepBuilder::emit_group(size_t gi) {
                                                                       : "bwd.";
     ctx.mbs = mbs;
     ctx.pending = &pending;
+    ctx.use = k;
     emit_use_compute(ctx, u, xsl);
     flush(ctx);
     const int c0 = ctx.segs.front(), c = ctx.segs.back();
@@ -217,7 +218,7 @@ void StepBuilder::emit_group(size_t gi) {
       }
     }
     emit_use_waits(k, c0);
-    if (is_bwd(u.kind) && !s.evaluate) emit_grad_sync(k, c, mbs);
+    if (is_bwd(u.kind) && !s.evaluate) emit_grad_sync(k, c, mbs, ctx.mlp_synced ? GradPart::Rest : GradPart::All);
   }
   if (grp.forward ? ch.gc < s.nchunks - 1 : ch.gc > 0) emit_send(gi, pending);
 }

@@ -58,13 +58,29 @@ void StepBuilder::emit_use_waits(size_t k, int first_segment) {
   }
 }
 
-void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& mbs) {
+bool StepBuilder::syncs_grad(const Use& u, const ParamShape& p) const {
+  if (s.evaluate) return false;
+  const bool last_mb = u.mb == s.micro - 1;
+  const int pdp_size = p.expert ? s.dpx_size : s.dp_size;
+  return p.grad_shard_stored(s.zero) || (p.tensor_partial && last_mb) || (last_mb && pdp_size > 1);
+}
+
+bool StepBuilder::syncs_mlp_half(const Use& u) const {
+  for (int pi : s.units[static_cast<size_t>(u.unit)]) {
+    const ParamShape& p = s.params[static_cast<size_t>(pi)];
+    if (p.mlp_half && syncs_grad(u, p)) return true;
+  }
+  return false;
+}
+
+void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& mbs, GradPart part) {
   const Use u = uses_[k];
   const bool acc = u.mb > 0;
   const bool last_mb = u.mb == s.micro - 1;
   const parallel::AxisGroups& g = s.groups;
   for (int pi : s.units[static_cast<size_t>(u.unit)]) {
     const ParamShape& p = s.params[static_cast<size_t>(pi)];
+    if (part != GradPart::All && p.mlp_half != (part == GradPart::MlpHalf)) continue;
     const ParamBuffers& pb = b.params[static_cast<size_t>(pi)];
     int ready = last_segment;
     // expert weights are synchronised over the data-parallel axes other than expert

@@ -80,6 +80,14 @@ void shape_params(const parallel::LayoutPlan& plan, StepShape& s) {
     p.gain = info.kind == ParamKind::NormGain;
     p.tensor_partial = (p.gain && s.sp) || (info.kind == ParamKind::KeyValue && s.tp > 1 && p.dt < 0);
     p.expert = pl.is_expert_weight;
+    {
+      const ParamKind k = info.kind;
+      const std::string gain_suffix = ".mlp_norm.weight";
+      p.mlp_half = k == ParamKind::GateUp || k == ParamKind::Down || k == ParamKind::Router ||
+                   k == ParamKind::ExpertGateUp || k == ParamKind::ExpertDown ||
+                   (k == ParamKind::NormGain && p.name.size() > gain_suffix.size() &&
+                    p.name.compare(p.name.size() - gain_suffix.size(), gain_suffix.size(), gain_suffix) == 0);
+    }
     p.de = pl.expert_dim;
     if (p.de >= 0) {
       p.lext[0] = s.E_l;
