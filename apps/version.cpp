@@ -1,10 +1,10 @@
 // `shardflow version`: the build's configuration.
-#include <cstdio>
-
 #include <Kokkos_Core.hpp>
+#include <cstdio>
 
 #include "command.hpp"
 #include "core/blas.hpp"
+#include "core/gemm.hpp"
 
 namespace {
 shardflow::app::CommandRegistration reg("version", "print the version and the enabled backends", [](CLI::App&) {
@@ -34,6 +34,7 @@ shardflow::app::CommandRegistration reg("version", "print the version and the en
     std::printf("sgemm openblas: %.1f GFLOP/s\n", b.sgemm_gflops_openblas);
     std::printf("sgemm onednn: %.1f GFLOP/s%s\n", b.sgemm_gflops_onednn,
                 b.sgemm_gflops_onednn > 0 ? "" : " (not in this build, or it failed verification)");
+    std::printf("bf16 gemm: %s\n", shardflow::bf16_gemm_summary().c_str());
     return 0;
   };
 });

@@ -11,8 +11,14 @@
 // (T×V×H and its two gradients). Samples alternate between the libraries (best of --reps
 // per product and library), so a slow phase of the machine hits both.
 //
+// The third column is what train.precision = bf16 multiplies with where oneDNN's bf16 matmul
+// is used (core/gemm.hpp, SHARDFLOW_GEMM_BF16): the same operands rounded to bf16 and
+// multiplied by host_gemm_bf16_native (rounding included in its time), with its speed over
+// oneDNN's sgemm (what a bf16 step multiplies with otherwise).
+//
 // Checks (#wrong): every product of both libraries against the other within 1e-5 relative
-// of Σ|a·b|, on the same random operands.
+// of Σ|a·b|, on the same random operands; the bf16 matmul against a double product of the
+// rounded operands, within the same bound.
 //
 // Usage: bench_gemm [--batch B] [--seq S] [--hidden H] [--heads A] [--ffn F] [--vocab V]
 //                   [--reps N]      (defaults: inputs/bench.toml's model, 4 sequences)
@@ -29,6 +35,7 @@
 
 #include "core/blas.hpp"
 #include "core/gemm.hpp"
+#include "core/half.hpp"
 #include "core/threads.hpp"
 
 using namespace shardflow;
@@ -95,13 +102,13 @@ int main(int argc, char** argv) {
   std::printf("# model T=%d tokens per rank (batch %d x seq %d), H=%d, heads %d, F=%d, V=%d; best of %d alternating samples\n",
               T, batch, seq, H, heads, F, V, reps);
   std::printf("# %s\n", blas_info().summary().c_str());
-  std::printf("#%-15s %2s %6s %6s %6s %5s %10s %10s %10s %7s\n", "product", "op", "m", "n", "k", "x", "openblas",
-              "onednn", "policy", "dnnl/ob");
-  std::printf("#%-15s %2s %6s %6s %6s %5s %10s %10s %10s %7s\n", "", "", "", "", "", "", "GFLOP/s", "GFLOP/s", "uses",
-              "speed");
+  std::printf("#%-15s %2s %6s %6s %6s %5s %10s %10s %10s %7s %10s %7s\n", "product", "op", "m", "n", "k", "x",
+              "openblas", "onednn", "policy", "dnnl/ob", "bf16", "bf/dnnl");
+  std::printf("#%-15s %2s %6s %6s %6s %5s %10s %10s %10s %7s %10s %7s\n", "", "", "", "", "", "", "GFLOP/s", "GFLOP/s",
+              "uses", "speed", "GFLOP/s", "speed");
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  double t_ob = 0, t_dn = 0, t_pol = 0;
+  double t_ob = 0, t_dn = 0, t_pol = 0, t_bf = 0;
   double tt_ob[2][2] = {{0, 0}, {0, 0}}, tt_dn[2][2] = {{0, 0}, {0, 0}};
   long wrong = 0;
   for (const Product& p : ps) {
@@ -112,14 +119,18 @@ int main(int argc, char** argv) {
     for (auto& x : a) x = u(rng);
     for (auto& x : b) x = u(rng);
     for (auto& x : c0) x = u(rng);
-    std::vector<float> c[2] = {c0, c0};
+    std::vector<float> c[3] = {c0, c0, c0};
     const GemmLibrary libs[2] = {GemmLibrary::OpenBlas, GemmLibrary::OneDnn};
-    double best[2] = {HUGE_VAL, HUGE_VAL};
+    double best[3] = {HUGE_VAL, HUGE_VAL, HUGE_VAL};
     for (int r = 0; r < reps; ++r)
-      for (int l = 0; l < 2; ++l) {
+      for (int l = 0; l < 3; ++l) {
         std::copy(c0.begin(), c0.end(), c[l].begin());
         const double t0 = now();
-        host_sgemm_with(libs[l], p.ta, p.tb, p.m, p.n, p.k, 1.0f, a.data(), ac, b.data(), bc, p.beta, c[l].data(), p.n);
+        if (l < 2)
+          host_sgemm_with(libs[l], p.ta, p.tb, p.m, p.n, p.k, 1.0f, a.data(), ac, b.data(), bc, p.beta, c[l].data(),
+                          p.n);
+        else
+          host_gemm_bf16_native(p.ta, p.tb, p.m, p.n, p.k, 1.0f, a.data(), ac, b.data(), bc, p.beta, c[2].data(), p.n);
         best[l] = std::min(best[l], now() - t0);
       }
     // the two libraries agree (and so each is right to f32 rounding)
@@ -134,17 +145,33 @@ int main(int argc, char** argv) {
         const size_t e = static_cast<size_t>(i) * p.n + j;
         if (!(std::fabs(static_cast<double>(c[0][e]) - c[1][e]) <= 1e-5 * mag)) ++wrong;
       }
+    // the bf16 matmul: a double product of the operands rounded to bf16
+    auto r16 = [](float x) { return static_cast<double>(static_cast<float>(bf16(x))); };
+    for (int i = 0; i < p.m; ++i)
+      for (int j = 0; j < p.n; ++j) {
+        const size_t e = static_cast<size_t>(i) * p.n + j;
+        double ref = p.beta != 0.0f ? static_cast<double>(c0[e]) : 0.0, mag = std::fabs(ref);
+        for (int q = 0; q < p.k; ++q) {
+          const double av = r16(p.ta == 'N' ? a[static_cast<size_t>(i) * ac + q] : a[static_cast<size_t>(q) * ac + i]);
+          const double bv = r16(p.tb == 'N' ? b[static_cast<size_t>(q) * bc + j] : b[static_cast<size_t>(j) * bc + q]);
+          ref += av * bv;
+          mag += std::fabs(av * bv);
+        }
+        if (!(std::fabs(static_cast<double>(c[2][e]) - ref) <= 1e-5 * mag)) ++wrong;
+      }
     const double flop = 2.0 * p.m * p.n * p.k;
     const GemmLibrary use = gemm_library();
     const int ui = use == GemmLibrary::OneDnn ? 1 : 0;
     t_ob += best[0] * p.count;
     t_dn += best[1] * p.count;
     t_pol += best[ui] * p.count;
+    t_bf += best[2] * p.count;
     tt_ob[p.ta == 'T'][p.tb == 'T'] += best[0] * p.count;
     tt_dn[p.ta == 'T'][p.tb == 'T'] += best[1] * p.count;
     const char op[3] = {p.ta == 'N' ? 'N' : 'T', p.tb == 'N' ? 'N' : 'T', 0};
-    std::printf(" %-15s %2s %6d %6d %6d %5d %10.1f %10.1f %10s %7.2f\n", p.what.c_str(), op, p.m, p.n, p.k, p.count,
-                flop / best[0] / 1e9, flop / best[1] / 1e9, to_string(use), best[0] / best[1]);
+    std::printf(" %-15s %2s %6d %6d %6d %5d %10.1f %10.1f %10s %7.2f %10.1f %7.2f\n", p.what.c_str(), op, p.m, p.n, p.k,
+                p.count, flop / best[0] / 1e9, flop / best[1] / 1e9, to_string(use), best[0] / best[1],
+                flop / best[2] / 1e9, best[1] / best[2]);
   }
   std::printf("# per transposition (time-weighted over the step's products), oneDNN speed / OpenBLAS:");
   const char* names[2][2] = {{"A·B", "A·Bᵀ"}, {"Aᵀ·B", "Aᵀ·Bᵀ"}};
@@ -154,6 +181,8 @@ int main(int argc, char** argv) {
   std::printf("\n# one layer + head, summed as one step runs them: openblas %.3f ms, onednn %.3f ms, policy (%s) %.3f ms\n",
               t_ob * 1e3, t_dn * 1e3, pol.setting.c_str(), t_pol * 1e3);
   std::printf("# policy speed / openblas only: %.3f   onednn only / openblas only: %.3f\n", t_ob / t_pol, t_ob / t_dn);
+  std::printf("# bf16 operands: onednn bf16 matmul %.3f ms, speed / onednn sgemm %.3f (%s)\n", t_bf * 1e3, t_dn / t_bf,
+              bf16_gemm_summary().c_str());
   std::printf("# #wrong %ld\n", wrong);
   return wrong == 0 ? 0 : 1;
 }

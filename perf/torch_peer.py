@@ -15,6 +15,10 @@ lm_head [V, H], mean cross entropy over all B*S positions; AdamW beta (0.9, 0.95
 eps 1e-8, weight decay 0.1 on 2-D tensors except embed / pos_embed, gradient clipping to
 a global L2 norm of 1.0, linear warm-up then constant learning rate.
 
+--precision bf16 runs the forward (and the loss) under torch.autocast("cpu", bfloat16): the
+matmuls take bf16 operands and oneDNN's bf16 kernels, the master weights, gradients and
+AdamW state stay f32 -- the peer of shardflow's train.precision = "bf16".
+
 Timing matches the shardflow app: each rank times its step (data already in memory,
 forward + backward + DDP all-reduce + clip + AdamW); the slowest rank's time counts; the
 summary JSON has the same keys (steps[].step_time_s, median_step_time_s over the steps
@@ -186,7 +190,11 @@ def worker(rank, args, cfg, corpus_path, port, result_path):
         dist.barrier()
         c0 = time.process_time()  # CPU time of the whole process (gloo's threads included)
         t0 = time.perf_counter()
-        loss = model(x, y)
+        if args.precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(x, y)
+        else:
+            loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()  # DDP all-reduces / FSDP2 reduce-scatters (averaging) the gradients during backward
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -215,8 +223,9 @@ def worker(rank, args, cfg, corpus_path, port, result_path):
         cpus = sorted(s["cpu_s"] for s in steps[args.warmup_steps:])
         flops = model_flops_per_step(V, S, H, A, F_, L, B * S)
         out = {
-            "peer": f"pytorch {torch.__version__} {MODES[args.mode]}, gloo, {args.nproc} processes x 1 thread",
-            "mode": args.mode, "torch_version": torch.__version__,
+            "peer": f"pytorch {torch.__version__} {MODES[args.mode]}"
+                    f"{', autocast bf16' if args.precision == 'bf16' else ''}, gloo, {args.nproc} processes x 1 thread",
+            "mode": args.mode, "precision": args.precision, "torch_version": torch.__version__,
             "world_size": args.nproc, "steps": steps, "warmup_steps": args.warmup_steps,
             "final_loss": steps[-1]["loss"], "median_step_time_s": med, "tokens_per_s": B * S / med,
             "median_step_cpu_s": cpus[len(cpus) // 2],
@@ -250,6 +259,8 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], help="override section.key=value (model/train keys)")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--mode", choices=sorted(MODES), default="ddp")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: the forward and loss under torch.autocast (cpu, bfloat16)")
     ap.add_argument("--steps", type=int, default=0, help="default: the deck's train.steps")
     ap.add_argument("--warmup-steps", type=int, default=1, help="steps left out of the median")
     ap.add_argument("--peak-gflops", type=float, default=0.0, help="per-rank sgemm rate for MFU")

@@ -299,6 +299,148 @@ TEST(Gemm, PolicyFollowsTheEnvironment) {
       << c.out;
 }
 
+// oneDNN's bf16 matmul (core/gemm.hpp, train.precision = bf16): every transposition, padded
+// leading dimensions (the padding stays untouched), beta 0 over NaN and beta 1, alpha 1 and
+// 1/2, k = 0. The operands are bf16 values with small exact sums, so the result must equal the
+// double reference exactly; one operand that is not a bf16 value must be rounded to the
+// nearest (1 + 2^-8 + 2^-10 -> 1 + 2^-7), not truncated (-> 1).
+TEST(Gemm, Bf16MatmulMatchesTheReference) {
+  if (!shardflow::gemm_policy().onednn_built) GTEST_SKIP() << "this build has no oneDNN";
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (char ta : {'N', 'T'})
+    for (char tb : {'N', 'T'})
+      for (float beta : {0.0f, 1.0f})
+        for (float alpha : {1.0f, 0.5f})
+          for (int k : {0, 1, 70}) {
+            const int m = 45, n = 38, pad = 3;
+            const int ar = ta == 'N' ? m : k, ac = ta == 'N' ? k : m, br = tb == 'N' ? k : n, bc = tb == 'N' ? n : k;
+            const int lda = ac + pad, ldb = bc + pad, ldc = n + pad;
+            std::vector<float> a(static_cast<size_t>(std::max(ar, 1)) * lda),
+                b(static_cast<size_t>(std::max(br, 1)) * ldb), c0(static_cast<size_t>(m) * ldc);
+            for (size_t i = 0; i < a.size(); ++i)
+              a[i] = static_cast<float>(static_cast<int>((i * 29 + 3) % 61) - 30) / 16.0f;
+            for (size_t i = 0; i < b.size(); ++i)
+              b[i] = static_cast<float>(static_cast<int>((i * 41 + 7) % 53) - 26) / 8.0f;
+            std::vector<float> a_rounded = a;
+            if (k > 0) {
+              a[0] = 1.0f + 1.0f / 256 + 1.0f / 1024;  // op(A)(0, 0) in every transposition
+              a_rounded[0] = 1.0f + 1.0f / 128;
+            }
+            for (int i = 0; i < m; ++i)
+              for (int j = 0; j < ldc; ++j)
+                c0[static_cast<size_t>(i) * ldc + j] =
+                    j >= n ? -77.0f : (beta == 0.0f ? nan : static_cast<float>(i - j));
+            std::vector<float> c = c0;
+            shardflow::host_gemm_bf16_native(ta, tb, m, n, k, alpha, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+            std::vector<float> c_half = c0;  // beta · C, for alpha · A·B + beta · C
+            const auto ab = reference(ta, tb, m, n, k, a_rounded, lda, b, ldb, 0.0f, c_half, ldc);
+            const std::string label = std::string(1, ta) + tb + " beta " + std::to_string(beta) + " alpha " +
+                                      std::to_string(alpha) + " k " + std::to_string(k);
+            int bad = 0;
+            for (int i = 0; i < m; ++i)
+              for (int j = 0; j < ldc; ++j) {
+                const float got = c[static_cast<size_t>(i) * ldc + j];
+                if (j >= n) {
+                  bad += got != -77.0f;
+                  continue;
+                }
+                const double want =
+                    alpha * ab[static_cast<size_t>(i) * n + j] +
+                    (beta == 0.0f ? 0.0 : beta * static_cast<double>(c0[static_cast<size_t>(i) * ldc + j]));
+                bad += static_cast<double>(got) != want;
+              }
+            EXPECT_EQ(bad, 0) << label;
+          }
+}
+
+// Inside a GemmOperandScope(BF16) host_sgemm multiplies through the bf16 matmul when the
+// policy uses it (the same bits as host_gemm_bf16_native; an operand that is not a bf16
+// value is rounded, so the f32 product differs), else as before; outside, always as before.
+TEST(Gemm, Bf16ScopeRoutesTheProducts) {
+  const int m = 33, n = 29, k = 47;
+  std::vector<float> a(static_cast<size_t>(m) * k), b(static_cast<size_t>(k) * n);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = 1.0f / static_cast<float>(3 + i % 11);  // not bf16 values
+  for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(static_cast<int>(i % 13) - 6) / 7.0f;
+  auto product = [&](auto gemm) {
+    std::vector<float> c(static_cast<size_t>(m) * n, 0.0f);
+    gemm(c.data());
+    return c;
+  };
+  const auto f32 = product([&](float* c) {
+    shardflow::host_sgemm_with(shardflow::gemm_library(), 'N', 'N', m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c,
+                               n);
+  });
+  const auto plain =
+      product([&](float* c) { shardflow::host_sgemm('N', 'N', m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c, n); });
+  EXPECT_EQ(plain, f32) << "outside a bf16 scope";
+  std::vector<float> scoped;
+  {
+    const shardflow::GemmOperandScope outer(shardflow::DType::BF16);
+    {
+      const shardflow::GemmOperandScope inner(shardflow::DType::F32);
+      EXPECT_EQ(product([&](float* c) {
+                  shardflow::host_sgemm('N', 'N', m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c, n);
+                }),
+                f32)
+          << "an inner f32 scope";
+    }
+    scoped = product(
+        [&](float* c) { shardflow::host_sgemm('N', 'N', m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c, n); });
+  }
+  EXPECT_EQ(
+      product([&](float* c) { shardflow::host_sgemm('N', 'N', m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c, n); }),
+      f32)
+      << "after the scope closed";
+  if (!shardflow::bf16_gemm_native()) {
+    EXPECT_EQ(scoped, f32) << shardflow::bf16_gemm_summary();
+    GTEST_SKIP() << "the bf16 matmul is not used here: " << shardflow::bf16_gemm_summary();
+  }
+  const auto native = product([&](float* c) {
+    shardflow::host_gemm_bf16_native('N', 'N', m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c, n);
+  });
+  EXPECT_EQ(scoped, native);
+  EXPECT_NE(scoped, f32) << "the scoped product did not round its operands";
+}
+
+// SHARDFLOW_GEMM_BF16 in `shardflow version`'s "bf16 gemm" line, its errors, and the check's
+// fallback.
+TEST(Gemm, Bf16PolicyFollowsTheEnvironment) {
+  Child c = run_version({"SHARDFLOW_GEMM_BF16=off"});
+  ASSERT_EQ(c.status, 0) << c.out;
+  EXPECT_EQ(c.field("bf16 gemm").rfind("bf16 products: f32 sgemm of the rounded values (SHARDFLOW_GEMM_BF16=off)", 0),
+            0u)
+      << c.out;
+  c = run_version({"SHARDFLOW_GEMM_BF16=fastest"});
+  EXPECT_NE(c.status, 0) << c.out;
+  EXPECT_NE(c.out.find("SHARDFLOW_GEMM_BF16='fastest' is not one of auto, on, off"), std::string::npos) << c.out;
+  c = run_version({"SHARDFLOW_GEMM=openblas", "SHARDFLOW_GEMM_BF16=on"});
+  EXPECT_NE(c.status, 0) << c.out;
+  EXPECT_NE(c.out.find("SHARDFLOW_GEMM_BF16=on, but the f32 products do not go through oneDNN"), std::string::npos)
+      << c.out;
+  if (!shardflow::gemm_policy().onednn_built) GTEST_SKIP() << "this build has no oneDNN";
+  c = run_version({"SHARDFLOW_GEMM_BF16=on"});
+  ASSERT_EQ(c.status, 0) << c.out;
+  EXPECT_EQ(c.field("bf16 gemm").rfind("bf16 products: onednn bf16 matmul (", 0), 0u) << c.out;
+  EXPECT_NE(c.field("bf16 gemm").find("(SHARDFLOW_GEMM_BF16=on)"), std::string::npos) << c.out;
+  // auto: the matmul exactly when it measured at least kBf16Margin times the sgemm
+  c = run_version({});
+  ASSERT_EQ(c.status, 0) << c.out;
+  const std::string line = c.field("bf16 gemm");
+  double bf = 0, f32 = 0;
+  ASSERT_EQ(std::sscanf(line.c_str() + line.find('(') + 1, "%lf GFLOP/s against sgemm %lf", &bf, &f32), 2) << line;
+  const bool native = line.rfind("bf16 products: onednn bf16 matmul", 0) == 0;
+  EXPECT_EQ(native, bf >= shardflow::kBf16Margin * f32) << line;
+  // a bf16 matmul that gets a product wrong is not used under auto, and is an error under on
+  c = run_version({"SHARDFLOW_GEMM_BF16_TEST_FAIL_VERIFY=1"});
+  ASSERT_EQ(c.status, 0) << c.out;
+  EXPECT_NE(c.field("bf16 gemm").find("FAILED verification"), std::string::npos) << c.out;
+  EXPECT_EQ(c.field("bf16 gemm").rfind("bf16 products: f32 sgemm of the rounded values", 0), 0u) << c.out;
+  c = run_version({"SHARDFLOW_GEMM_BF16=on", "SHARDFLOW_GEMM_BF16_TEST_FAIL_VERIFY=1"});
+  EXPECT_NE(c.status, 0) << c.out;
+  EXPECT_NE(c.out.find("SHARDFLOW_GEMM_BF16=on, but oneDNN's bf16 matmul FAILED verification"), std::string::npos)
+      << c.out;
+}
+
 volatile std::sig_atomic_t g_signals_handled = 0;
 extern "C" void count_signal(int) { g_signals_handled = g_signals_handled + 1; }
 

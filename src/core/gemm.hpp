@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dtype.hpp"
+
 namespace shardflow {
 
 enum class GemmLibrary { OpenBlas, OneDnn };
@@ -59,6 +61,73 @@ const GemmPolicy& gemm_policy();
 
 /// The library host_sgemm() uses (gemm_policy().library).
 GemmLibrary gemm_library();
+
+// ---- 16-bit operands (train.precision = bf16) ----------------------------------------------
+// Mixed precision rounds every matmul operand to a 16-bit value but holds it in f32
+// (docs/memory.md), so an f32 sgemm multiplies it: the products are exact and they
+// accumulate in f32. oneDNN's bf16 matmul computes the same thing from bf16 storage (exact
+// products, f32 accumulation, in its own order) with the CPU's bf16 dot-product
+// instructions: on a 2-core AMD EPYC VM (avx512_bf16) about twice the rate of its f32 sgemm,
+// on the 2-core Xeon VM of session 7 about 0.55 of it (docs/perf.md). So it is used only
+// where it is measured faster, and only inside a GemmOperandScope(BF16), which the trainer
+// opens for a bf16 step's kernels: there host_sgemm rounds A and B to bf16 (round to nearest
+// even; values that already are bf16 stay exact) and runs the bf16 matmul.
+//
+// Environment: SHARDFLOW_GEMM_BF16 = auto (default: oneDNN's bf16 matmul when the f32
+// products go through oneDNN, it passes its check, and it runs at least kBf16Margin times
+// its sgemm on one 512³ product, measured once per process at the first bf16 product), on
+// (whenever oneDNN has it and it passes its check; an error otherwise) or off (the f32
+// sgemm of the rounded values, as before). Pin it with on or off for results that cannot
+// depend on that measurement (the two paths round the same sums in different orders).
+// Testing hook: SHARDFLOW_GEMM_BF16_TEST_FAIL_VERIFY=1 makes the bf16 matmul's check fail.
+
+/// While alive, host_sgemm on this thread multiplies operands that are 16-bit values of
+/// `operands` held in f32 (F32: ordinary f32 operands). Nests; restores the outer scope.
+class GemmOperandScope {
+ public:
+  explicit GemmOperandScope(DType operands);
+  ~GemmOperandScope();
+  GemmOperandScope(const GemmOperandScope&) = delete;
+  GemmOperandScope& operator=(const GemmOperandScope&) = delete;
+
+ private:
+  DType previous_;
+};
+
+struct Bf16GemmPolicy {
+  std::string setting;     ///< "auto", "on" or "off" (SHARDFLOW_GEMM_BF16)
+  bool available = false;  ///< oneDNN is built, used for f32, and has a bf16 matmul
+  bool verified = false;   ///< its results matched a double-precision reference
+  double max_rel_error = 0;
+  double bf16_gflops = 0;  ///< 512³ through the bf16 matmul (auto and on: measured)
+  double f32_gflops = 0;   ///< the same product through the f32 host GEMM
+  bool native = false;     ///< bf16-scoped products go through the bf16 matmul
+  std::string detail;      ///< why not, when not
+  /// "bf16 matmul: onednn (226.7 GFLOP/s against sgemm 110.2, SHARDFLOW_GEMM_BF16=auto)".
+  std::string summary() const;
+};
+/// The native bf16 path needs at least this speed-up over sgemm under auto.
+constexpr double kBf16Margin = 1.25;
+
+/// Decided once per process at its first call (then cached): the check and, under auto,
+/// the measurement (about 0.1 s). Throws InputError naming the value when SHARDFLOW_GEMM_BF16
+/// is none of the three, or is on and the bf16 matmul cannot be used.
+const Bf16GemmPolicy& bf16_gemm_policy();
+
+/// Turns the bf16 matmul off in this process from now on (the trainer: another rank of the
+/// job does not use it, so that no two ranks multiply the same product two ways).
+void veto_bf16_gemm(const std::string& why);
+/// Whether bf16-scoped products go through the bf16 matmul now: the policy, less a veto.
+bool bf16_gemm_native();
+/// bf16_gemm_policy().summary(), with the veto when there is one.
+std::string bf16_gemm_summary();
+
+/// Row-major C = alpha · op(A) · op(B) + beta · C through oneDNN's bf16 matmul, A and B
+/// rounded to bf16 (tests and benchmarks; host_sgemm uses it as described above). Throws
+/// InputError when the build has no oneDNN.
+void host_gemm_bf16_native(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+                           const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+                           std::int64_t ldc);
 
 /// Single-thread 512³ C = A·Bᵀ through one library: the best call over at least 5 calls
 /// and 50 ms after a warm-up call, in GFLOP/s (0 when the build has no oneDNN and it is

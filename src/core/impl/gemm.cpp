@@ -4,19 +4,25 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <tuple>
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/half.hpp"
 #include "core/threads.hpp"
 
 #if SHARDFLOW_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
+
+#include <oneapi/dnnl/dnnl.hpp>
 #endif
 
 namespace shardflow {
@@ -69,6 +75,91 @@ void sgemm_onednn(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t
   SHARDFLOW_REQUIRE(s == dnnl_success, "host_sgemm: oneDNN's dnnl_sgemm('", ta, "', '", tb, "', m ", m, ", n ", n,
                     ", k ", k, ", lda ", lda, ", ldb ", ldb, ", ldc ", ldc, ") failed with status ",
                     static_cast<int>(s));
+}
+
+// ---- oneDNN's bf16 matmul (16-bit operands held in f32) ------------------------------------
+// A and B are rounded into this thread's bf16 scratch, dense in their stored orientation;
+// one matmul primitive per (transpositions, m, n, k, ldc, alpha, beta) is created on first
+// use and kept (a training step multiplies a few dozen shapes, again every step).
+struct Bf16Key {
+  char ta, tb;
+  std::int64_t m, n, k, ldc;
+  float alpha, beta;
+  bool operator<(const Bf16Key& o) const {
+    return std::tie(ta, tb, m, n, k, ldc, alpha, beta) < std::tie(o.ta, o.tb, o.m, o.n, o.k, o.ldc, o.alpha, o.beta);
+  }
+};
+struct Bf16Prim {
+  dnnl::matmul prim;
+  dnnl::memory::desc a, b, c;
+};
+struct Bf16State {
+  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+  dnnl::stream st{eng};
+  std::map<Bf16Key, Bf16Prim> prims;
+  std::vector<std::uint16_t> a16, b16;
+};
+Bf16State& bf16_state() {
+  thread_local Bf16State s;
+  return s;
+}
+
+// rows x cols of a row-major matrix with row stride ld, rounded to bf16 (nearest even), dense
+void round_rows_bf16(const float* src, std::int64_t rows, std::int64_t cols, std::int64_t ld, std::uint16_t* dst) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* in = src + r * ld;
+    std::uint16_t* out = dst + r * cols;
+    for (std::int64_t c = 0; c < cols; ++c) out[c] = bf16(in[c]).bits;
+  }
+}
+
+void gemm_bf16_onednn(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                      std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  Bf16State& s = bf16_state();
+  const std::int64_t ar = ta == 'N' ? m : k, ac = ta == 'N' ? k : m;
+  const std::int64_t br = tb == 'N' ? k : n, bc = tb == 'N' ? n : k;
+  s.a16.resize(static_cast<std::size_t>(ar * ac));
+  s.b16.resize(static_cast<std::size_t>(br * bc));
+  round_rows_bf16(a, ar, ac, lda, s.a16.data());
+  round_rows_bf16(b, br, bc, ldb, s.b16.data());
+  try {
+    const Bf16Key key{ta, tb, m, n, k, ldc, alpha, beta};
+    auto it = s.prims.find(key);
+    if (it == s.prims.end()) {
+      using md = dnnl::memory::desc;
+      using dt = dnnl::memory::data_type;
+      using dims = dnnl::memory::dims;
+      const md amd({m, k}, dt::bf16, ta == 'N' ? dims{k, 1} : dims{1, m});
+      const md bmd({k, n}, dt::bf16, tb == 'N' ? dims{n, 1} : dims{1, k});
+      const md cmd({m, n}, dt::f32, dims{ldc, 1});
+      dnnl::primitive_attr attr;
+      if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+      if (beta != 0.0f) {  // C = alpha·A·B + beta·C; beta 0 never reads C
+        dnnl::post_ops po;
+        po.append_sum(beta);
+        attr.set_post_ops(po);
+      }
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(amd, bmd, cmd), attr, s.eng);
+      it = s.prims.emplace(key, Bf16Prim{dnnl::matmul(pd), amd, bmd, cmd}).first;
+    }
+    const Bf16Prim& p = it->second;
+    dnnl::memory am(p.a, s.eng, s.a16.data()), bm(p.b, s.eng, s.b16.data()), cm(p.c, s.eng, c);
+    // as for dnnl_sgemm (sgemm_onednn): no signal handler runs on this thread inside the kernel
+    struct SignalsHeld {
+      sigset_t old;
+      SignalsHeld() {
+        sigset_t all;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+      }
+      ~SignalsHeld() { pthread_sigmask(SIG_SETMASK, &old, nullptr); }
+    } held;
+    p.prim.execute(s.st, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    s.st.wait();
+  } catch (const dnnl::error& e) {
+    throw Error(::shardflow::detail::concat("host_gemm_bf16: oneDNN's bf16 matmul ('", ta, "', '", tb, "', m ", m,
+                                            ", n ", n, ", k ", k, ", ldc ", ldc, ") failed: ", e.what()));
+  }
 }
 
 const char* isa_name(dnnl_cpu_isa_t isa) {
@@ -144,7 +235,200 @@ void verify_onednn(GemmPolicy& p) {
   }
 }
 
+thread_local DType t_operands = DType::F32;
+
+// The bf16 matmul against a double-precision reference on bf16 values (their products are
+// exact in f32, so only the f32 accumulation differs): every transposition, sizes off the
+// kernels' blocking, beta 0 over NaN, beta 1, alpha != 1; and a non-bf16 input must come out
+// rounded (to nearest even), not truncated. Empty when right, else what went wrong.
+std::string verify_bf16(double& max_rel_error) {
+  struct Case {
+    char ta, tb;
+    int m, n, k;
+    float alpha, beta;
+  };
+  const Case cases[] = {{'N', 'N', 37, 29, 53, 1.0f, 0.0f},
+                        {'N', 'T', 61, 77, 45, 1.0f, 1.0f},
+                        {'T', 'N', 33, 95, 17, 0.125f, 0.0f},
+                        {'T', 'T', 40, 23, 66, 1.0f, 1.0f},
+                        {'N', 'T', 64, 128, 64, 0.5f, 0.0f}};
+  const bool corrupt = env("SHARDFLOW_GEMM_BF16_TEST_FAIL_VERIFY") != nullptr;
+  for (const Case& t : cases) {
+    const int ar = t.ta == 'N' ? t.m : t.k, ac = t.ta == 'N' ? t.k : t.m;
+    const int br = t.tb == 'N' ? t.k : t.n, bc = t.tb == 'N' ? t.n : t.k;
+    std::vector<float> a(static_cast<size_t>(ar) * ac), b(static_cast<size_t>(br) * bc),
+        c0(static_cast<size_t>(t.m) * t.n);
+    // multiples of 1/32 below 2 in magnitude: bf16 values (8 significant bits)
+    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(static_cast<int>((i * 37 + 11) % 101) - 50) / 32.0f;
+    for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(static_cast<int>((i * 53 + 5) % 89) - 44) / 32.0f;
+    // one element that is not a bf16 value: 1 + 2^-8 + 2^-10 rounds up to 1 + 2^-7
+    a[a.size() / 3] = 1.0f + 1.0f / 256 + 1.0f / 1024;
+    for (size_t i = 0; i < c0.size(); ++i)
+      c0[i] = t.beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(i % 7) - 3.0f;
+    std::vector<float> c = c0;
+    try {
+      host_gemm_bf16_native(t.ta, t.tb, t.m, t.n, t.k, t.alpha, a.data(), ac, b.data(), bc, t.beta, c.data(), t.n);
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    if (corrupt) c[c.size() / 2] += 1.0f;
+    a[a.size() / 3] = 1.0f + 1.0f / 128;  // what the reference multiplies
+    for (int i = 0; i < t.m; ++i) {
+      for (int j = 0; j < t.n; ++j) {
+        double ref = 0.0, mag = 0.0;
+        for (int q = 0; q < t.k; ++q) {
+          const double av = t.ta == 'N' ? a[static_cast<size_t>(i) * ac + q] : a[static_cast<size_t>(q) * ac + i];
+          const double bv = t.tb == 'N' ? b[static_cast<size_t>(q) * bc + j] : b[static_cast<size_t>(j) * bc + q];
+          ref += av * bv;
+          mag += std::fabs(av * bv);
+        }
+        ref *= t.alpha;
+        mag *= std::fabs(t.alpha);
+        if (t.beta != 0.0f) {
+          ref += t.beta * static_cast<double>(c0[static_cast<size_t>(i) * t.n + j]);
+          mag += std::fabs(t.beta * static_cast<double>(c0[static_cast<size_t>(i) * t.n + j]));
+        }
+        const double got = c[static_cast<size_t>(i) * t.n + j];
+        const double err = std::isfinite(got) ? std::fabs(got - ref) / std::max(mag, 1e-30) : HUGE_VAL;
+        max_rel_error = std::max(max_rel_error, err);
+        if (err > 1e-5) {
+          char buf[220];
+          std::snprintf(buf, sizeof buf,
+                        "bf16 matmul('%c', '%c') %dx%dx%d, alpha %g, beta %g: C(%d, %d) = %.7g, "
+                        "reference %.7g",
+                        t.ta, t.tb, t.m, t.n, t.k, static_cast<double>(t.alpha), static_cast<double>(t.beta), i, j, got,
+                        ref);
+          return buf;
+        }
+      }
+    }
+  }
+  return "";
+}
+
+// Single-thread 512³ C = A·Bᵀ through `run`: the best call over at least 5 calls and 50 ms
+// after a warm-up call, in GFLOP/s.
+template <class F>
+double best_gflops_512(F run) {
+  run();
+  using clock = std::chrono::steady_clock;
+  double best = HUGE_VAL;
+  const auto start = clock::now();
+  for (int r = 0; r < 5 || (std::chrono::duration<double>(clock::now() - start).count() < 0.05 && r < 1000); ++r) {
+    const auto t0 = clock::now();
+    run();
+    best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count());
+  }
+  return 2.0 * 512 * 512 * 512 / best / 1e9;
+}
+
 }  // namespace
+
+GemmOperandScope::GemmOperandScope(DType operands) : previous_(t_operands) { t_operands = operands; }
+GemmOperandScope::~GemmOperandScope() { t_operands = previous_; }
+
+void host_gemm_bf16_native(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+                           const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
+                           std::int64_t ldc) {
+  SHARDFLOW_REQUIRE((ta == 'N' || ta == 'T') && (tb == 'N' || tb == 'T'), "host_gemm_bf16: transposition flags '", ta,
+                    "', '", tb, "' (want 'N' or 'T')");
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+#if SHARDFLOW_HAVE_ONEDNN
+  gemm_bf16_onednn(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+#else
+  (void)alpha, (void)a, (void)lda, (void)b, (void)ldb;
+  SHARDFLOW_REQUIRE_INPUT(false, "host_gemm_bf16: this build has no oneDNN (configure with libdnnl-dev installed)");
+#endif
+}
+
+const Bf16GemmPolicy& bf16_gemm_policy() {
+  static const Bf16GemmPolicy policy = [] {
+    Bf16GemmPolicy p;
+    const char* s = env("SHARDFLOW_GEMM_BF16");
+    p.setting = s != nullptr ? s : "auto";
+    SHARDFLOW_REQUIRE_INPUT(p.setting == "auto" || p.setting == "on" || p.setting == "off", "SHARDFLOW_GEMM_BF16='",
+                            p.setting, "' is not one of auto, on, off");
+    if (p.setting == "off") {
+      p.detail = "SHARDFLOW_GEMM_BF16=off";
+      return p;
+    }
+#if SHARDFLOW_HAVE_ONEDNN
+    if (gemm_library() != GemmLibrary::OneDnn) {
+      p.detail = "the f32 products do not go through oneDNN (" + gemm_policy().summary() + ")";
+      SHARDFLOW_REQUIRE_INPUT(p.setting != "on", "SHARDFLOW_GEMM_BF16=on, but ", p.detail);
+      return p;
+    }
+    p.available = true;
+    const std::string bad = verify_bf16(p.max_rel_error);
+    p.verified = bad.empty();
+    SHARDFLOW_REQUIRE_INPUT(p.verified || p.setting != "on",
+                            "SHARDFLOW_GEMM_BF16=on, but oneDNN's bf16 matmul FAILED "
+                            "verification: ",
+                            bad);
+    if (!p.verified) {
+      p.detail = "FAILED verification: " + bad;
+      std::fprintf(stderr, "shardflow: warning: oneDNN's bf16 matmul %s; bf16 products use the f32 sgemm\n",
+                   p.detail.c_str());
+      return p;
+    }
+    const int n = 512;
+    std::vector<float> a(static_cast<size_t>(n) * n, 1.0f), b(a.size(), 0.5f), c(a.size());
+    p.bf16_gflops = best_gflops_512(
+        [&] { host_gemm_bf16_native('N', 'T', n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); });
+    p.f32_gflops = best_gflops_512([&] {
+      host_sgemm_with(GemmLibrary::OneDnn, 'N', 'T', n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    });
+    p.native = p.setting == "on" || p.bf16_gflops >= kBf16Margin * p.f32_gflops;
+    if (!p.native) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "measured %.2fx the sgemm, under the %.2fx it must gain",
+                    p.bf16_gflops / p.f32_gflops, kBf16Margin);
+      p.detail = buf;
+    }
+#else
+    p.detail = "this build has no oneDNN";
+    SHARDFLOW_REQUIRE_INPUT(p.setting != "on", "SHARDFLOW_GEMM_BF16=on, but ", p.detail);
+#endif
+    return p;
+  }();
+  return policy;
+}
+
+namespace {
+std::atomic<bool> g_bf16_vetoed{false};
+std::string g_bf16_veto;  // written once, before the veto flag
+}  // namespace
+
+void veto_bf16_gemm(const std::string& why) {
+  if (g_bf16_vetoed.exchange(true)) return;
+  g_bf16_veto = why;
+}
+
+bool bf16_gemm_native() { return bf16_gemm_policy().native && !g_bf16_vetoed.load(std::memory_order_relaxed); }
+
+std::string bf16_gemm_summary() {
+  std::string s = bf16_gemm_policy().summary();
+  if (bf16_gemm_policy().native && g_bf16_vetoed.load()) s += "; NOT USED: " + g_bf16_veto;
+  return s;
+}
+
+std::string Bf16GemmPolicy::summary() const {
+  char buf[160];
+  if (bf16_gflops > 0)
+    std::snprintf(buf, sizeof buf, " (%.1f GFLOP/s against sgemm %.1f)", bf16_gflops, f32_gflops);
+  else
+    buf[0] = '\0';
+  std::string out = native ? std::string("bf16 products: onednn bf16 matmul") + buf
+                           : std::string("bf16 products: f32 sgemm of the rounded values") + buf;
+  out += " (SHARDFLOW_GEMM_BF16=" + setting + ")";
+  if (!native && !detail.empty()) out += ": " + detail;
+  return out;
+}
 
 const char* to_string(GemmLibrary lib) { return lib == GemmLibrary::OneDnn ? "onednn" : "openblas"; }
 
@@ -221,6 +505,10 @@ GemmLibrary gemm_library() { return gemm_policy().library; }
 
 void host_sgemm(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
                 std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  if (t_operands == DType::BF16 && bf16_gemm_native()) {
+    host_gemm_bf16_native(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
   host_sgemm_with(gemm_library(), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 

@@ -17,6 +17,7 @@
 
 #include "core/blas.hpp"
 #include "core/error.hpp"
+#include "core/gemm.hpp"
 #include "nn/kernels.hpp"
 #include "optim/adamw.hpp"
 
@@ -91,7 +92,11 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
   using Mat = Kokkos::View<float**, Kokkos::LayoutRight>;
   // GEMM by size, through the model's gemm path
   std::vector<std::pair<int, double>> rate;
-  double peak = 0;
+  double peak = 0, peak16 = 0;
+  // bf16 operands: the same products inside a GemmOperandScope(BF16), as a bf16 step runs
+  // them (oneDNN's bf16 matmul where it is faster, core/gemm.hpp; else the same sgemm)
+  // (every rank or none, as the trainer agrees: the measurements below are collective)
+  const bool bf16_matmul = slowest_rank(bf16_gemm_native() ? 1.0 : 0.0) > 0;
   for (int n : {32, 64, 128, 256, 512, 1024}) {
     const int sets = sets_for(3.0 * n * n * sizeof(float));
     std::vector<Mat> x, w, y;
@@ -117,7 +122,21 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
     const double r = slowest_rank(3 * 2.0 * n * n * n / t);
     rate.emplace_back(n, r);
     peak = std::max(peak, r);
+    if (bf16_matmul) {
+      const GemmOperandScope bf16_operands(DType::BF16);
+      const double t16 =
+          typical_of([&](int i) { nn::Linear<float>::forward(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
+                     sets, reps, min_s) +
+          typical_of(
+              [&](int i) { nn::Linear<float>::backward_input(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
+              sets, reps, min_s) +
+          typical_of(
+              [&](int i) { nn::Linear<float>::backward_weight(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
+              sets, reps, min_s);
+      peak16 = std::max(peak16, slowest_rank(3 * 2.0 * n * n * n / t16));
+    }
   }
+  if (!bf16_matmul) peak16 = peak;  // bf16 operands go through the same sgemm
   // memory: STREAM's triad (McCalpin) a = b + s·c on 64 MiB arrays, the bytes of its
   // two reads and one write; the model's elementwise kernels stream several operands too
   const size_t n = size_t{16} << 20;  // floats
@@ -202,10 +221,11 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
     os << "# f32: the highest rate over square sizes 32-1024 of the model's gemm path (nn::Linear forward,\n"
        << "# input and weight gradients, each size's three products together), one core per rank, every\n"
        << "# rank at once (the slowest rank's): median times, operands rotated through sets larger than the caches.\n"
-       << "# bf16 / f16 run the same sgemm on 16-bit values here (docs/parallelism.md, mixed precision).\n";
+       << "# f16 runs the same sgemm on 16-bit values (docs/parallelism.md, mixed precision); bf16 the same\n"
+       << "# products inside a bf16 operand scope: " << bf16_gemm_summary() << ".\n";
     char line[256];
     std::snprintf(line, sizeof line, "peak_tflops = { f32 = %.6f, bf16 = %.6f, f16 = %.6f }\n", peak / 1e12,
-                  peak / 1e12, peak / 1e12);
+                  peak16 / 1e12, peak / 1e12);
     os << line;
     std::snprintf(line, sizeof line, "memory_gib = %.3f  # MemTotal shared by the cores\n",
                   mem_total_gib() / devices);

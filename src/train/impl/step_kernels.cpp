@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "core/gemm.hpp"
 #include "core/half.hpp"
 #include "train/impl/shard_collectives.hpp"
 #include "train/impl/trainer_impl.hpp"
@@ -103,6 +104,9 @@ const float* Trainer::Impl::dy_rounded(const float* dy, int64_t n) {
 
 void Trainer::Impl::run_op(const compile::ComputeOp& o) {
   using compile::StepOp;
+  // bf16: every matmul operand is a bf16 value (above), which lets the host GEMM use a bf16
+  // matmul where one is faster (core/gemm.hpp, SHARDFLOW_GEMM_BF16)
+  const GemmOperandScope operands(prec == DType::BF16 ? DType::BF16 : DType::F32);
   const int l = o.layer, j = o.mb, x = o.act_slot, s = o.ring, g = o.grad_ring;
   const bool a = o.acc;
   switch (o.op) {

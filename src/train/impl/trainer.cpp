@@ -5,17 +5,18 @@
 
 #include <Kokkos_Core.hpp>
 #include <algorithm>
-#include <set>
 #include <chrono>
-#include <map>
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <set>
 
 #include "comm/control.hpp"
 #include "comm/plan.hpp"
 #include "comm/request.hpp"
 #include "compile/summary.hpp"
 #include "core/error.hpp"
+#include "core/gemm.hpp"
 #include "core/memory.hpp"
 #include "graph/verify.hpp"
 #include "mesh/axes.hpp"
@@ -116,6 +117,7 @@ Trainer::Impl::Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluat
   slice = data::replica_slice(s.global_batch, s.sample_size,
                               batch.empty() ? 0 : m.shape().group_index(m.rank(), m.canonical_axes(batch)));
   check_memory();
+  agree_gemm16();
   allocate();
   if (!evaluate)
     loader = std::make_unique<data::DataLoader>(data::Corpus::load(deck.train.data),
@@ -293,6 +295,24 @@ void Trainer::Impl::check_memory() {
   if (limit > 0 && need > limit) err = memory_message("step needs", need, limit, source);
   const comm::Control control(mesh->world());
   control.agree(err);
+}
+
+// bf16: the host GEMM may multiply the rounded operands with a bf16 matmul where it measured
+// one faster (core/gemm.hpp, SHARDFLOW_GEMM_BF16). Every rank of the job then does, or none
+// does, so that no two ranks multiply the same kind of product two ways. Collective.
+void Trainer::Impl::agree_gemm16() {
+  if (prec != DType::BF16) return;
+  std::string err;
+  bool mine = false;
+  try {
+    mine = bf16_gemm_native();
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  const comm::Control control(mesh->world());
+  control.agree(err);
+  if (control.min(mine ? 1 : 0) == 0 && mine)
+    veto_bf16_gemm("another rank of the job measured it under the margin or cannot use it");
 }
 
 // Allocates every buffer of the plan and hands each to the kernels' names for it.

@@ -151,6 +151,7 @@ struct Trainer::Impl {
 
   Impl(const Deck& d, const Mesh& m, comm::CommSet& c, bool evaluate);
   void check_memory();
+  void agree_gemm16();
   double memory_limit(std::string* source) const;
   std::string memory_message(const std::string& what, double bytes, double limit, const std::string& source) const;
   std::string configuration_that_fits(double limit) const;
