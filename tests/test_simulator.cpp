@@ -79,6 +79,7 @@ TEST(ClusterFiles, BadValuesAreRefusedByName) {
   refused(cluster_text(10, 10, 0), "devices");
   refused(cluster_text(10, 10, 8, 0, "gemm_efficiency = [[100, 0.5], [50, 0.6]]\n"), "gemm_efficiency");
   refused(cluster_text(10, 10, 8, 0, "gemm_efficiency = [[100, 1.5]]\n"), "gemm_efficiency");
+  refused(cluster_text(10, 10, 8, 0, "sixteen_bit_as_f32 = 1\n"), "sixteen_bit_as_f32 must be true or false");
   refused("name = \"x\"\n", "[device]");
   refused("name = ", "bad.toml");
   try {
@@ -323,6 +324,39 @@ TEST(Simulate, CommunicationOnTheComputeCoreIsAllExposed) {
   EXPECT_NEAR(core.comm_busy_s.at("data"), overlap.comm_busy_s.at("data"), 1e-12);
   EXPECT_LT(overlap.exposed_comm_s.at("data"), overlap.comm_busy_s.at("data"));
   EXPECT_GT(core.step_time_s, overlap.step_time_s);
+}
+
+// [device] sixteen_bit_as_f32 (what `calibrate` writes for this machine's kernels): a bf16
+// step costs the f32 step's elementwise bytes plus its rounding passes (every weight per use
+// and every matmul output, 8 bytes an element; backward: the weight, dy and dx), the packs
+// of what a layer keeps (qkv, probabilities, attention output, gate_up output and h: 10
+// bytes) and their unpacks (6 bytes). With GEMMs free, the difference to f32 is exactly those
+// bytes over the bandwidth; without the key a bf16 step moves 2-byte activations, and an f32
+// step is the same either way.
+TEST(Simulate, SixteenBitAsRoundedF32CostsItsPasses) {
+  const std::string free_gemm = "f32 = 1e9, bf16 = 1e9, f16 = 1e9";
+  std::string gpu = cluster_text(100, 100, 8);
+  gpu.replace(gpu.find("f32 = 10.0, bf16 = 100.0, f16 = 100.0"), 37, free_gemm);
+  std::string host = gpu;
+  host.replace(host.find("[node]"), 6, "sixteen_bit_as_f32 = true\n[node]");
+  const sim::Cluster cg = sim::parse_cluster(gpu, "gpu.toml"), ch = sim::parse_cluster(host, "host.toml");
+  EXPECT_FALSE(cg.sixteen_bit_as_f32);
+  ASSERT_TRUE(ch.sixteen_bit_as_f32);
+  const Deck f32 = deck_of(deck_text("data = 1")), bf16 = deck_of(deck_text("data = 1", "precision = \"bf16\"\n"));
+  const double t32 = sim::simulate(f32, ch).step_time_s;
+  EXPECT_EQ(t32, sim::simulate(f32, cg).step_time_s);
+  const double bf_gpu = sim::simulate(bf16, cg).step_time_s, bf_host = sim::simulate(bf16, ch).step_time_s;
+  EXPECT_LT(bf_gpu, t32);  // 2-byte activations
+  // deck_text: T = 16 · 128 tokens, H = 256, F = 688, V = 256, 4 heads, 4 layers, one micro-batch
+  const double T = 16 * 128, H = 256, F = 688, V = 256, P = 16 * 4 * 128.0 * 128, L = 4;
+  auto fwd = [&](double out, double in) { return 8 * (out * in + T * out); };
+  auto bwd = [&](double out, double in) { return 8 * (out * in + T * out + T * in); };
+  const double layer = fwd(3 * H, H) + fwd(H, H) + fwd(2 * F, H) + fwd(H, F) +  // forward roundings
+                       10 * (T * 3 * H + P + T * H + T * 3 * F) +               // packs
+                       bwd(H, F) + bwd(2 * F, H) + bwd(H, H) + bwd(3 * H, H) +  // backward roundings
+                       6 * (T * 3 * H + P + T * H + T * 3 * F);                 // unpacks
+  const double bytes = L * layer + fwd(V, H) + bwd(V, H);                       // and the head
+  EXPECT_NEAR(bf_host - t32, bytes / 1000e9, 1e-9 * t32) << "host bf16 " << bf_host << " s, f32 " << t32 << " s";
 }
 
 // The Llama family and context parallelism go through the same compiled step: on c context

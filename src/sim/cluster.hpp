@@ -29,6 +29,12 @@ struct Cluster {
   /// executor polls between tasks), so collectives take their time out of the compute
   /// stream instead of overlapping it. [node] comm_on_compute_core; default false (GPUs).
   bool comm_on_compute_core = false;
+  /// 16-bit precision runs as rounded f32 (shardflow's host kernels, docs/parallelism.md):
+  /// the elementwise kernels move f32, every weight is rounded per use, every matmul output
+  /// (forward) or gradient (backward) in a rounding pass, and what a layer keeps is packed
+  /// to 16 bits and unpacked in its backward. [device] sixteen_bit_as_f32; default false
+  /// (GPU files: 16-bit kernels on 16-bit tensors, as Megatron-LM's are).
+  bool sixteen_bit_as_f32 = false;
   Link intra, inter;
   std::string intra_algo = "ring", inter_algo = "hierarchical";
 

@@ -235,6 +235,8 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
                   "once, the slowest\n",
                   bw / 1e9);
     os << line;
+    os << "# bf16 / f16 steps run as rounded f32 here: f32 kernels, rounding passes, 16-bit packs of what a\n"
+       << "# layer keeps (docs/parallelism.md, mixed precision)\nsixteen_bit_as_f32 = true\n";
     os << "# each size's rate / the peak\ngemm_efficiency = [";
     for (size_t i = 0; i < rate.size(); ++i) {
       std::snprintf(line, sizeof line, "%s[%d, %.4f]", i ? ", " : "", rate[i].first,

@@ -40,6 +40,10 @@ struct KernelModel {
   const StepShape& s;
   DType mm;     // GEMM operand type
   double elem;  // bytes per activation element
+  // 16-bit as rounded f32 (Cluster::sixteen_bit_as_f32): bytes per element of a rounding
+  // pass (f32 read and written), of a pack (f32 read, rounded f32 and 16-bit written) and
+  // of an unpack (16-bit read, f32 written); 0 otherwise
+  double round = 0, pack = 0, unpack = 0;
   double seconds = 0, flops = 0;
 
   void gemm(double m, double n, double k, double count = 1) {
@@ -49,10 +53,16 @@ struct KernelModel {
   }
   void bytes(double b) { seconds += c.bytes_seconds(b); }
   // a linear layer's forward (y = x·wᵀ, x [rows, in]) or its backward (dx and dw)
-  void linear_fwd(double rows, double out, double in) { gemm(rows, out, in); }
+  // (16-bit as rounded f32: the weight rounded for this use, the output rounded where it is
+  // made; backward: the weight again, dy, and dx)
+  void linear_fwd(double rows, double out, double in) {
+    gemm(rows, out, in);
+    bytes(round * (out * in + rows * out));
+  }
   void linear_bwd(double rows, double out, double in) {
     gemm(rows, in, out);
     gemm(out, in, rows);
+    bytes(round * (out * in + rows * out + rows * in));
   }
   // the attention core of b sequences × A heads: QKᵀ, softmax, P·V (full S × S, as the model
   // FLOPs count it)
@@ -95,6 +105,13 @@ double param_elems(const StepShape& s) {
 
 Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec& t) {
   KernelModel k{c, s, s.precision, static_cast<double>(dtype_size(s.precision))};
+  const bool as_f32 = c.sixteen_bit_as_f32 && s.precision != DType::F32;
+  if (as_f32) {
+    k.elem = 4;
+    k.round = 8;
+    k.pack = 4 + 4 + 2;
+    k.unpack = 2 + 4;
+  }
   const double T = static_cast<double>(s.tokens_mb), H = static_cast<double>(s.hidden), Hl = static_cast<double>(s.H_l),
                Fl = static_cast<double>(s.F_l), Vl = static_cast<double>(s.V_l), Tr = static_cast<double>(s.Tr),
                e = k.elem;
@@ -125,6 +142,7 @@ Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec&
         }
         k.core_fwd();
         k.linear_fwd(T, H, Hl);
+        k.bytes(k.pack * (T * QKV + static_cast<double>(s.mb_seqs * s.A_l) * s.seq * s.seq + T * Hl));
         break;
       case StepOp::AttnRing:
         k.ring_fwd(o.step == 0 ? 3 : 2);
@@ -148,6 +166,7 @@ Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec&
         k.linear_fwd(T, 2 * Fl, H);
         k.bytes(T * Fl * e * 3);
         k.linear_fwd(T, H, Fl);
+        k.bytes(k.pack * T * 3 * Fl);  // gu and h kept in 16 bits
         break;
       case StepOp::Residual:
         k.bytes(Tr * H * 4 * 3);
@@ -199,6 +218,7 @@ Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec&
         k.bytes(T * topk * H * e * 2);
         break;
       case StepOp::MlpBwd:
+        k.bytes(k.unpack * T * 3 * Fl);
         k.linear_bwd(T, H, Fl);
         k.bytes(T * Fl * e * 5);
         k.linear_bwd(T, 2 * Fl, H);
@@ -218,6 +238,7 @@ Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec&
         }
         k.core_bwd();
         k.linear_bwd(T, QKV, H);
+        k.bytes(k.unpack * (T * QKV + static_cast<double>(s.mb_seqs * s.A_l) * s.seq * s.seq + T * Hl));
         break;
       case StepOp::EmbedBwd:
         k.bytes(T * H * 4 * 3);
