@@ -179,6 +179,26 @@ const char* isa_name(dnnl_cpu_isa_t isa) {
 }
 #endif
 
+// The operands of a verification product: op(A) m × k and op(B) k × n stored row-major in
+// their transposition, entries (i·37 + 11) mod 101 − 50 and (i·53 + 5) mod 89 − 44 over the
+// given divisors, and C full of NaN (beta 0, must not leak) or of small integers.
+struct VerifyOperands {
+  int ac = 0, bc = 0;
+  std::vector<float> a, b, c0;
+  VerifyOperands(char ta, char tb, int m, int n, int k, float beta, float a_div, float b_div) {
+    const int ar = ta == 'N' ? m : k, br = tb == 'N' ? k : n;
+    ac = ta == 'N' ? k : m;
+    bc = tb == 'N' ? n : k;
+    a.resize(static_cast<size_t>(ar) * ac);
+    b.resize(static_cast<size_t>(br) * bc);
+    c0.resize(static_cast<size_t>(m) * n);
+    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(static_cast<int>((i * 37 + 11) % 101) - 50) / a_div;
+    for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(static_cast<int>((i * 53 + 5) % 89) - 44) / b_div;
+    for (size_t i = 0; i < c0.size(); ++i)
+      c0[i] = beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(i % 7) - 3.0f;
+  }
+};
+
 /// oneDNN's dnnl_sgemm against a double-precision reference: every transposition, sizes off
 /// the kernels' blocking, beta 0 over a C full of NaN (must not leak) and beta 1.
 void verify_onednn(GemmPolicy& p) {
@@ -192,14 +212,9 @@ void verify_onednn(GemmPolicy& p) {
   const bool corrupt = env("SHARDFLOW_GEMM_TEST_FAIL_VERIFY") != nullptr;
   p.onednn_verified = true;
   for (const Case& t : cases) {
-    const int ar = t.ta == 'N' ? t.m : t.k, ac = t.ta == 'N' ? t.k : t.m;
-    const int br = t.tb == 'N' ? t.k : t.n, bc = t.tb == 'N' ? t.n : t.k;
-    std::vector<float> a(static_cast<size_t>(ar) * ac), b(static_cast<size_t>(br) * bc),
-        c0(static_cast<size_t>(t.m) * t.n);
-    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(static_cast<int>((i * 37 + 11) % 101) - 50) / 50.0f;
-    for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(static_cast<int>((i * 53 + 5) % 89) - 44) / 44.0f;
-    for (size_t i = 0; i < c0.size(); ++i)
-      c0[i] = t.beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(i % 7) - 3.0f;
+    VerifyOperands o(t.ta, t.tb, t.m, t.n, t.k, t.beta, 50.0f, 44.0f);
+    const int ac = o.ac, bc = o.bc;
+    const std::vector<float>&a = o.a, &b = o.b, &c0 = o.c0;
     std::vector<float> c = c0;
     try {
       host_sgemm_with(GemmLibrary::OneDnn, t.ta, t.tb, t.m, t.n, t.k, 1.0f, a.data(), ac, b.data(), bc, t.beta,
@@ -254,17 +269,13 @@ std::string verify_bf16(double& max_rel_error) {
                         {'N', 'T', 64, 128, 64, 0.5f, 0.0f}};
   const bool corrupt = env("SHARDFLOW_GEMM_BF16_TEST_FAIL_VERIFY") != nullptr;
   for (const Case& t : cases) {
-    const int ar = t.ta == 'N' ? t.m : t.k, ac = t.ta == 'N' ? t.k : t.m;
-    const int br = t.tb == 'N' ? t.k : t.n, bc = t.tb == 'N' ? t.n : t.k;
-    std::vector<float> a(static_cast<size_t>(ar) * ac), b(static_cast<size_t>(br) * bc),
-        c0(static_cast<size_t>(t.m) * t.n);
     // multiples of 1/32 below 2 in magnitude: bf16 values (8 significant bits)
-    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(static_cast<int>((i * 37 + 11) % 101) - 50) / 32.0f;
-    for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(static_cast<int>((i * 53 + 5) % 89) - 44) / 32.0f;
+    VerifyOperands o(t.ta, t.tb, t.m, t.n, t.k, t.beta, 32.0f, 32.0f);
+    const int ac = o.ac, bc = o.bc;
+    std::vector<float>&a = o.a, &b = o.b;
+    const std::vector<float>& c0 = o.c0;
     // one element that is not a bf16 value: 1 + 2^-8 + 2^-10 rounds up to 1 + 2^-7
     a[a.size() / 3] = 1.0f + 1.0f / 256 + 1.0f / 1024;
-    for (size_t i = 0; i < c0.size(); ++i)
-      c0[i] = t.beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(i % 7) - 3.0f;
     std::vector<float> c = c0;
     try {
       host_gemm_bf16_native(t.ta, t.tb, t.m, t.n, t.k, t.alpha, a.data(), ac, b.data(), bc, t.beta, c.data(), t.n);
@@ -519,18 +530,11 @@ double measure_sgemm_gflops(GemmLibrary lib) {
   if (lib == GemmLibrary::OpenBlas && openblas_set_num_threads) openblas_set_num_threads(1);
   const int n = 512;
   std::vector<float> a(static_cast<size_t>(n) * n, 1.0f), b(a.size(), 0.5f), c(a.size());
-  auto run = [&] { host_sgemm_with(lib, 'N', 'T', n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); };
-  run();  // warm-up (oneDNN compiles its kernel here)
-  using clock = std::chrono::steady_clock;
-  double best = HUGE_VAL;
-  const auto start = clock::now();
-  for (int r = 0; r < 5 || (std::chrono::duration<double>(clock::now() - start).count() < 0.05 && r < 1000); ++r) {
-    const auto t0 = clock::now();
-    run();
-    best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count());
-  }
+  // (the warm-up call is where oneDNN compiles its kernel)
+  const double gflops = best_gflops_512(
+      [&] { host_sgemm_with(lib, 'N', 'T', n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); });
   if (lib == GemmLibrary::OpenBlas && openblas_set_num_threads) openblas_set_num_threads(threads);
-  return 2.0 * n * n * n / best / 1e9;
+  return gflops;
 }
 
 }  // namespace shardflow

@@ -109,22 +109,9 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
     }
     MPI_Barrier(comm);
     // the three products of a linear layer: forward (x·wᵀ), input gradient (dy·w) and
-    // weight gradient (dyᵀ·x), as the step runs them
-    const double t =
-        typical_of([&](int i) { nn::Linear<float>::forward(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
-                   sets, reps, min_s) +
-        typical_of(
-            [&](int i) { nn::Linear<float>::backward_input(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
-            sets, reps, min_s) +
-        typical_of(
-            [&](int i) { nn::Linear<float>::backward_weight(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
-            sets, reps, min_s);
-    const double r = slowest_rank(3 * 2.0 * n * n * n / t);
-    rate.emplace_back(n, r);
-    peak = std::max(peak, r);
-    if (bf16_matmul) {
-      const GemmOperandScope bf16_operands(DType::BF16);
-      const double t16 =
+    // weight gradient (dyᵀ·x), as the step runs them; their rate (the slowest rank's)
+    auto linear_rate = [&] {
+      const double t =
           typical_of([&](int i) { nn::Linear<float>::forward(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
                      sets, reps, min_s) +
           typical_of(
@@ -133,7 +120,14 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
           typical_of(
               [&](int i) { nn::Linear<float>::backward_weight(typename V::CMat(x[i]), typename V::CMat(w[i]), y[i]); },
               sets, reps, min_s);
-      peak16 = std::max(peak16, slowest_rank(3 * 2.0 * n * n * n / t16));
+      return slowest_rank(3 * 2.0 * n * n * n / t);
+    };
+    const double r = linear_rate();
+    rate.emplace_back(n, r);
+    peak = std::max(peak, r);
+    if (bf16_matmul) {
+      const GemmOperandScope bf16_operands(DType::BF16);
+      peak16 = std::max(peak16, linear_rate());
     }
   }
   if (!bf16_matmul) peak16 = peak;  // bf16 operands go through the same sgemm
