@@ -75,3 +75,5 @@ shardflow_cli_script_test(output_paths_checked_first_np_2 check_output_paths.cma
 shardflow_cli_script_test(oversized_steps_refused_np_2 check_sizes_refused.cmake 2 train)
 # Async checkpoints say when they are committed; the summary names the last committed step.
 shardflow_cli_script_test(async_commit_confirmed_np_2 check_async_commit.cmake 2 ckpt)
+# bf16 products: ranks that disagree on oneDNN's bf16 matmul all run the sgemm path.
+shardflow_cli_script_test(bf16_gemm_agreed_np_2 check_bf16_agree.cmake 2 train)

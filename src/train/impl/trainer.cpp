@@ -301,7 +301,7 @@ void Trainer::Impl::check_memory() {
 // one faster (core/gemm.hpp, SHARDFLOW_GEMM_BF16). Every rank of the job then does, or none
 // does, so that no two ranks multiply the same kind of product two ways. Collective.
 void Trainer::Impl::agree_gemm16() {
-  if (prec != DType::BF16) return;
+  if (prog.shape.precision != DType::BF16) return;  // (prec is set later, in allocate())
   std::string err;
   bool mine = false;
   try {
