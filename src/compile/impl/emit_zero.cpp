@@ -81,6 +81,7 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
   for (int pi : s.units[static_cast<size_t>(u.unit)]) {
     const ParamShape& p = s.params[static_cast<size_t>(pi)];
     if (part != GradPart::All && p.mlp_half != (part == GradPart::MlpHalf)) continue;
+    if (!syncs_grad(u, p)) continue;  // (the one test of whether anything below is emitted)
     const ParamBuffers& pb = b.params[static_cast<size_t>(pi)];
     int ready = last_segment;
     // expert weights are synchronised over the data-parallel axes other than expert

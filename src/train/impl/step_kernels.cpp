@@ -79,9 +79,9 @@ void Trainer::Impl::unpack16(const kern::HVec& h, float* p, int64_t n) const {
 const float* Trainer::Impl::weight16(const Param& w, int ring, int64_t off, int64_t n) {
   float* src = pptr(w, ring) + off;
   if (prec == DType::F32) return src;
-  // the bf16 matmul rounds its operands to bf16 itself, the same rounding (and rounding is
-  // idempotent): a pass here would only repeat it
-  if (gemm16_rounds) return src;
+  // the bf16 matmul (every rank uses it or none: agree_gemm16) rounds its operands to bf16
+  // itself, the same rounding (and rounding is idempotent): a pass here would only repeat it
+  if (gemm16_rounds()) return src;
   // a gathered ZeRO-3 weight is this step's copy: round it where it is (idempotent, so a
   // second use, a later micro-batch, or a bf16 gather changes nothing)
   const bool in_ring = w.shard_stored(zero);
@@ -96,7 +96,7 @@ const float* Trainer::Impl::weight16(const Param& w, int ring, int64_t off, int6
 }
 
 const float* Trainer::Impl::dy_rounded(const float* dy, int64_t n) {
-  if (prec == DType::F32 || gemm16_rounds) return dy;  // (as in weight16)
+  if (prec == DType::F32 || gemm16_rounds()) return dy;  // (as in weight16)
   // dn is free here: each backward op writes it with its last matmul, after dy's last use
   float* dst = dn.data();
   const DType d = prec;

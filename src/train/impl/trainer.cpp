@@ -311,9 +311,8 @@ void Trainer::Impl::agree_gemm16() {
   }
   const comm::Control control(mesh->world());
   control.agree(err);
-  const bool all = control.min(mine ? 1 : 0) == 1;
-  if (!all && mine) veto_bf16_gemm("another rank of the job measured it under the margin or cannot use it");
-  gemm16_rounds = all;
+  if (control.min(mine ? 1 : 0) == 0 && mine)
+    veto_bf16_gemm("another rank of the job measured it under the margin or cannot use it");
 }
 
 // Allocates every buffer of the plan and hands each to the kernels' names for it.

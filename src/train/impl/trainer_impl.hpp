@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "compile/compiler.hpp"
+#include "core/gemm.hpp"
 #include "data/loader.hpp"
 #include "model/model_description.hpp"
 #include "nn/gpt.hpp"
@@ -121,9 +122,10 @@ struct Trainer::Impl {
   void ring_bwd_qkv(int l, int act_slot, int ring, int gring, bool acc);
   // ---- mixed precision (train.precision) ---------------------------------------------------
   DType prec = DType::F32;  // F32: every round16 below is a no-op and nothing is packed
-  // bf16 products go through the bf16 matmul on every rank (agree_gemm16), which rounds its
-  // operands itself: weight16 and dy_rounded pass their input through
-  bool gemm16_rounds = false;
+  // bf16 products go through the bf16 matmul (on every rank: agree_gemm16), which rounds its
+  // operands itself: weight16 and dy_rounded pass their input through. The same test as
+  // host_sgemm's inside run_op's GemmOperandScope, so the two cannot disagree.
+  bool gemm16_rounds() const { return prec == DType::BF16 && bf16_gemm_native(); }
   FVec w16;                 // a weight rounded for its matmul (one not in the gather ring)
   // dynamic loss scaling (F16): the scale the loss gradient is multiplied by, clean steps
   // since it last changed, steps skipped for non-finite gradients
