@@ -1,12 +1,16 @@
 // The Nccl backend on one rank and one GPU: each collective on device buffers against the
-// host reference (bf16 sums accumulate in f32 and round once). Skips cleanly without a GPU.
+// host reference (bf16 sums accumulate in f32 and round once), and the backend's device
+// casts (widen, divide-and-round, divide) bit for bit against the host's rounding over more
+// elements than one grid covers. Skips cleanly without a GPU.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "comm/comm_set.hpp"
+#include "comm/impl/cuda_kernels.hpp"
 #include "core/half.hpp"
 
 using namespace shardflow;
@@ -89,6 +93,84 @@ TEST(CommNccl, CollectivesOnOneGpu) {
     Collective op(c, CollectivePlan::all_reduce(DType::F32, n, ReduceOp::Sum), in.p, out.p);
     for (int step = 0; step < 3; ++step) op.start().wait();
     EXPECT_EQ(out.host(), x);
+  }
+}
+
+// Finite f32 values over a wide exponent range (normals, values that round to 16-bit
+// subnormals, overflow and exact ties), from a fixed hash: the same on every run.
+std::vector<float> cast_inputs(std::size_t n) {
+  std::vector<float> v(n);
+  std::uint64_t h = 0x9e3779b97f4a7c15ull;
+  for (std::size_t i = 0; i < n; ++i) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 29;
+    std::uint32_t bits = static_cast<std::uint32_t>(h >> 11);
+    const std::uint32_t exp = 96u + static_cast<std::uint32_t>((h >> 3) % 64u);  // 2^-31 .. 2^32
+    bits = (bits & 0x807fffffu) | (exp << 23);
+    if (i % 7 == 3) bits &= 0xffff8000u;  // an exact bf16 tie (or a value that is one)
+    std::memcpy(&v[i], &bits, 4);
+  }
+  return v;
+}
+
+template <class H>
+void check_narrow(DType t, const std::vector<float>& x, float divisor) {
+  const std::size_t n = x.size();
+  Dev<float> in(x);
+  Dev<H> out(n);
+  detail::cuda_narrow_from_f32(in.p, divisor, t, out.p, n, nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto got = out.host();
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const H want(divisor == 1.0f ? x[i] : x[i] / divisor);
+    if (got[i].bits != want.bits && bad++ < 5)
+      ADD_FAILURE() << dtype_name(t) << " element " << i << " of " << n << ": " << x[i] << " / " << divisor
+                    << " gave bits " << got[i].bits << ", the host rounds to " << want.bits;
+  }
+  EXPECT_EQ(bad, 0u) << dtype_name(t) << " / " << divisor;
+  // widen back: exact
+  Dev<float> wide(n);
+  detail::cuda_widen_to_f32(out.p, t, wide.p, n, nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto w = wide.host();
+  bad = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float back = static_cast<float>(got[i]);
+    if (std::memcmp(&w[i], &back, 4) != 0 && bad++ < 5)
+      ADD_FAILURE() << dtype_name(t) << " widen element " << i << ": " << w[i] << " != " << back;
+  }
+  EXPECT_EQ(bad, 0u) << dtype_name(t) << " widen";
+}
+
+TEST(CommNccl, DeviceCastsMatchTheHostRounding) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device visible";
+  // 65535 blocks x 256 threads = 16.8 M: more elements than that exercise the grid-stride loop
+  const std::size_t n = 20'000'000;
+  const auto x = cast_inputs(n);
+  for (float divisor : {1.0f, 3.0f}) {
+    check_narrow<bf16>(DType::BF16, x, divisor);
+    check_narrow<f16>(DType::F16, x, divisor);
+  }
+  {  // f32 / f64 Mean: divide in place
+    Dev<float> f(x);
+    detail::cuda_divide(f.p, DType::F32, n, 3, nullptr);
+    std::vector<double> xd(x.begin(), x.end());
+    Dev<double> d(xd);
+    detail::cuda_divide(d.p, DType::F64, n, 3, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const auto gf = f.host();
+    const auto gd = d.host();
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const float wf = x[i] / 3.0f;
+      const double wd = xd[i] / 3.0;
+      if ((std::memcmp(&gf[i], &wf, 4) != 0 || std::memcmp(&gd[i], &wd, 8) != 0) && bad++ < 5)
+        ADD_FAILURE() << "divide element " << i << ": " << x[i] << " / 3 gave " << gf[i] << " (f32) " << gd[i]
+                      << " (f64)";
+    }
+    EXPECT_EQ(bad, 0u);
   }
 }
 

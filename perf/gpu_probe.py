@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Measure one GPU the way the simulator's cluster files describe it, and time real training
+steps of MODEL.md's model on it, so that `shardflow simulate --cluster FILE --devices 1` can be
+set against a measured step on the same kind of device.
+
+Three parts, each printed and written to the summary JSON (--summary):
+  gemm       matrix products by size (square n x n x n, n = 64 .. 16384) in bf16, tf32 and f32
+             (tf32 off), plus the products of each training configuration's layers: TFLOP/s and
+             the fraction of the datasheet peak (--peak-*), i.e. the cluster file's
+             gemm_efficiency points (size = cube root of m*n*k).
+  bandwidth  device copy and a two-input add over 2 GiB: GB/s counting bytes read and written,
+             and the fraction of --memory-bandwidth-gbs (the cluster file's elementwise_efficiency).
+  train      one-GPU training steps of MODEL.md's model (perf/torch_peer.py's Gpt: explicit causal
+             softmax attention, as shardflow computes it) under torch.autocast(bfloat16) with
+             f32 master weights and AdamW (torch's default foreach implementation), gradient
+             clipping to 1.0: forward + backward + clip + AdamW, synchronised, median over the
+             steps after the warm-up; the peak of torch.cuda.max_memory_allocated. Each
+             configuration is also run with scaled_dot_product_attention (flash attention) to show
+             what materialising the scores costs.
+
+PyTorch's cuBLAS is the GEMM here, not shardflow's (shardflow's compute runs on the host): the
+figures describe the device, and the step is the peer that a simulated step is compared with.
+
+Usage (a machine with a CUDA GPU and PyTorch): python3 perf/gpu_probe.py --summary probe.json
+       --device cpu --quick runs every code path on tiny sizes (a check of this script only).
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")  # torch_peer re-executes itself unless these are 1
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import torch_peer  # noqa: E402  (MODEL.md's model: Gpt, Layer, rmsnorm, param_groups, model_flops_per_step)
+
+# The configurations trained (vocab 51200 as in the GPT-3 mapping of MODEL.md; ffn ~ 8H/3).
+CONFIGS = [
+    dict(name="h4096_l8_b2", vocab=51200, seq=2048, hidden=4096, heads=32, ffn=10944, layers=8, batch=2),
+    dict(name="h2048_l8_b4", vocab=51200, seq=2048, hidden=2048, heads=16, ffn=5472, layers=8, batch=4),
+    dict(name="h8192_l4_b1", vocab=51200, seq=2048, hidden=8192, heads=64, ffn=21888, layers=4, batch=1),
+]
+QUICK = [dict(name="tiny", vocab=256, seq=64, hidden=64, heads=4, ffn=176, layers=2, batch=2)]
+
+
+class Timer:
+    def __init__(self, dev):
+        self.dev = dev
+
+    def sync(self):
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+
+    def run(self, fn, min_s=0.02, batches=5):
+        """Median seconds per call over `batches` batches, each of enough calls to last min_s."""
+        fn()
+        self.sync()
+        t0 = time.perf_counter()
+        fn()
+        self.sync()
+        one = max(time.perf_counter() - t0, 1e-7)
+        reps = max(1, min(1000, int(min_s / one)))
+        out = []
+        for _ in range(batches):
+            self.sync()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            self.sync()
+            out.append((time.perf_counter() - t0) / reps)
+        return statistics.median(out)
+
+
+def gemm_part(dev, timer, args, configs):
+    res = {"square": [], "model": []}
+    kinds = [("bf16", torch.bfloat16, False, args.peak_bf16), ("tf32", torch.float32, True, args.peak_tf32),
+             ("f32", torch.float32, False, args.peak_f32)]
+    sizes = [16, 32] if args.quick else [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+    for kind, dt, tf32, peak in kinds:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        for n in sizes:
+            if kind == "f32" and n > 8192:
+                continue  # 16384^3 in f32 takes 0.13 s a product; the curve is flat by then
+            a = torch.randn(n, n, device=dev, dtype=dt)
+            b = torch.randn(n, n, device=dev, dtype=dt)
+            s = timer.run(lambda: torch.mm(a, b))
+            tf = 2.0 * n ** 3 / s / 1e12
+            res["square"].append({"dtype": kind, "n": n, "seconds": s, "tflops": tf, "fraction_of_peak": tf / peak})
+            print(f"gemm {kind:4s} n={n:6d}  {s * 1e6:10.1f} us  {tf:7.1f} TFLOP/s  {tf / peak:5.3f} of peak", flush=True)
+            del a, b
+    torch.backends.cuda.matmul.allow_tf32 = False
+    # the linear layers of each configuration, forward (x W^T) shapes, bf16
+    for c in configs:
+        T, H, F_, V = c["batch"] * c["seq"], c["hidden"], c["ffn"], c["vocab"]
+        for what, m, n, k in (("qkv", T, 3 * H, H), ("out", T, H, H), ("gate_up", T, 2 * F_, H), ("down", T, H, F_),
+                              ("lm_head", T, V, H), ("scores", c["seq"], c["seq"], H // c["heads"])):
+            a = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            w = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
+            s = timer.run(lambda: F.linear(a, w))
+            tf = 2.0 * m * n * k / s / 1e12
+            res["model"].append({"config": c["name"], "product": what, "m": m, "n": n, "k": k,
+                                 "cube_root": (m * n * k) ** (1 / 3), "seconds": s, "tflops": tf,
+                                 "fraction_of_peak": tf / args.peak_bf16})
+            print(f"gemm bf16 {c['name']:12s} {what:8s} {m}x{n}x{k}  {s * 1e6:9.1f} us  {tf:7.1f} TFLOP/s "
+                  f"{tf / args.peak_bf16:5.3f}", flush=True)
+            del a, w
+    return res
+
+
+def bandwidth_part(dev, timer, args):
+    n = (1 << 16) if args.quick else (1 << 29)  # f32 elements: 2 GiB
+    x = torch.empty(n, device=dev, dtype=torch.float32).fill_(1.0)
+    y = torch.empty_like(x)
+    z = torch.empty_like(x).fill_(2.0)
+    out = []
+    for what, fn, nbytes in (("copy", lambda: y.copy_(x), 8 * n), ("add", lambda: torch.add(x, z, out=y), 12 * n)):
+        s = timer.run(fn, min_s=0.05)
+        gbs = nbytes / s / 1e9
+        out.append({"kernel": what, "bytes": nbytes, "seconds": s, "gbs": gbs,
+                    "fraction_of_datasheet": gbs / args.memory_bandwidth_gbs})
+        print(f"bandwidth {what:5s} {nbytes / 2**30:5.2f} GiB  {gbs:8.1f} GB/s  "
+              f"{gbs / args.memory_bandwidth_gbs:5.3f} of {args.memory_bandwidth_gbs:.0f}", flush=True)
+    del x, y, z
+    return out
+
+
+def sdpa_forward(self, x, mask):
+    """torch_peer.Layer.forward with the attention core replaced by scaled_dot_product_attention."""
+    B, S, H = x.shape
+    A, D = self.A, self.D
+    n = torch_peer.rmsnorm(x, self.attn_norm)
+    q, k, v = F.linear(n, self.qkv).split(H, dim=-1)
+    q, k, v = (t.view(B, S, A, D).transpose(1, 2) for t in (q, k, v))
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, S, H)
+    x = x + F.linear(o, self.out)
+    n = torch_peer.rmsnorm(x, self.mlp_norm)
+    g, u = F.linear(n, self.gate_up).split(self.F, dim=-1)
+    return x + F.linear(F.silu(g) * u, self.down)
+
+
+def train_part(dev, args, configs):
+    out = []
+    explicit_forward = torch_peer.Layer.forward
+    for c in configs:
+        for attention in ("explicit", "sdpa"):
+            torch_peer.Layer.forward = explicit_forward if attention == "explicit" else sdpa_forward
+            V, S, H, A, F_, L, B = (c[k] for k in ("vocab", "seq", "hidden", "heads", "ffn", "layers", "batch"))
+            torch.manual_seed(1234)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(dev)
+            with dev:
+                net = torch_peer.Gpt(V, S, H, A, F_, L)
+            opt = torch.optim.AdamW(torch_peer.param_groups(net), lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+            times, losses = [], []
+            for step in range(args.steps):
+                x = torch.randint(0, V, (B, S), device=dev)
+                y = torch.randint(0, V, (B, S), device=dev)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
+                    loss = net(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                times.append(time.perf_counter() - t0)
+                losses.append(loss.item())
+            med = statistics.median(times[args.warmup:])
+            flops = torch_peer.model_flops_per_step(V, S, H, A, F_, L, B * S)
+            peak_mem = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
+            r = {"config": c["name"], "attention": attention, "model": {k: c[k] for k in c if k != "name"},
+                 "n_params": sum(p.numel() for p in net.parameters()), "steps": args.steps, "warmup": args.warmup,
+                 "step_times_s": times, "median_step_time_s": med, "tokens_per_s": B * S / med,
+                 "model_flops_per_step": flops, "model_tflops": flops / med / 1e12,
+                 "mfu": flops / med / (args.peak_bf16 * 1e12), "peak_memory_bytes": peak_mem,
+                 "first_loss": losses[0], "last_loss": losses[-1]}
+            out.append(r)
+            print(f"train {c['name']:12s} {attention:8s} median step {med * 1e3:8.2f} ms  "
+                  f"{r['model_tflops']:6.1f} model TFLOP/s  MFU {r['mfu']:.3f}  peak memory {peak_mem / 2**30:6.2f} GiB  "
+                  f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+            del net, opt, x, y, loss
+    torch_peer.Layer.forward = explicit_forward
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--summary", required=True, help="write the results here (JSON)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
+    ap.add_argument("--parts", nargs="*", default=["gemm", "bandwidth", "train"])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
+    # H200 SXM datasheet, dense: BF16 989.5, TF32 494.5, FP32 67 TFLOPS; HBM3e 4.8 TB/s
+    ap.add_argument("--peak-bf16", type=float, default=989.5)
+    ap.add_argument("--peak-tf32", type=float, default=494.5)
+    ap.add_argument("--peak-f32", type=float, default=67.0)
+    ap.add_argument("--memory-bandwidth-gbs", type=float, default=4800.0)
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_probe: torch sees no CUDA device (torch.cuda.is_available() is False)")
+    configs = QUICK if args.quick else CONFIGS
+    info = {"torch": torch.__version__, "device": args.device, "quick": args.quick}
+    if dev.type == "cuda":
+        p = torch.cuda.get_device_properties(dev)
+        info.update(name=p.name, multiprocessors=p.multi_processor_count, memory_bytes=p.total_memory,
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    print("gpu_probe:", json.dumps(info), flush=True)
+    timer = Timer(dev)
+    res = {"info": info, "peaks": {"bf16": args.peak_bf16, "tf32": args.peak_tf32, "f32": args.peak_f32,
+                                   "memory_bandwidth_gbs": args.memory_bandwidth_gbs}}
+    t0 = time.perf_counter()
+    if "gemm" in args.parts:
+        res["gemm"] = gemm_part(dev, timer, args, configs)
+    if "bandwidth" in args.parts:
+        res["bandwidth"] = bandwidth_part(dev, timer, args)
+    if "train" in args.parts:
+        res["train"] = train_part(dev, args, configs)
+    res["probe_seconds"] = time.perf_counter() - t0
+    with open(args.summary, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"gpu_probe: wrote {args.summary} in {res['probe_seconds']:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
