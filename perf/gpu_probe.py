@@ -3,11 +3,13 @@
 steps of MODEL.md's model on it, so that `shardflow simulate --cluster FILE --devices 1` can be
 set against a measured step on the same kind of device.
 
-Three parts, each printed and written to the summary JSON (--summary):
+Five parts, each printed and written to the summary JSON (--summary):
   gemm       matrix products by size (square n x n x n, n = 64 .. 16384) in bf16, tf32 and f32
              (tf32 off), plus the products of each training configuration's layers: TFLOP/s and
              the fraction of the datasheet peak (--peak-*), i.e. the cluster file's
              gemm_efficiency points (size = cube root of m*n*k).
+  graph_gemm the same square products replayed from a CUDA graph: the device's own time, which
+             the eager loop's host dispatch (about 20 us a call) hides below n ~ 2048.
   bandwidth  device copy and a two-input add over 2 GiB: GB/s counting bytes read and written,
              and the fraction of --memory-bandwidth-gbs (the cluster file's elementwise_efficiency).
   train      one-GPU training steps of MODEL.md's model (perf/torch_peer.py's Gpt: explicit causal
@@ -17,6 +19,8 @@ Three parts, each printed and written to the summary JSON (--summary):
              steps after the warm-up; the peak of torch.cuda.max_memory_allocated. Each
              configuration is also run with scaled_dot_product_attention (flash attention) to show
              what materialising the scores costs.
+  profile    one profiled step of the first configuration (both attentions): GPU time by kernel
+             kind (GEMM, softmax, elementwise, optimizer, ...), and the GPU's busy time.
 
 PyTorch's cuBLAS is the GEMM here, not shardflow's (shardflow's compute runs on the host): the
 figures describe the device, and the step is the peer that a simulated step is compared with.
@@ -114,6 +118,131 @@ def gemm_part(dev, timer, args, configs):
     return res
 
 
+def graph_gemm_part(dev, args):
+    """Device time of back-to-back products replayed from a CUDA graph (no host dispatch between
+    them): what the GPU itself takes, which the eager loop above hides below ~2048."""
+    out = []
+    sizes = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    for kind, dt, tf32, peak in (("bf16", torch.bfloat16, False, args.peak_bf16),
+                                 ("tf32", torch.float32, True, args.peak_tf32),
+                                 ("f32", torch.float32, False, args.peak_f32)):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        for n in sizes:
+            reps = 200 if n <= 1024 else 20 if n <= 4096 else 4
+            a = torch.randn(n, n, device=dev, dtype=dt)
+            b = torch.randn(n, n, device=dev, dtype=dt)
+            c = torch.empty(n, n, device=dev, dtype=dt)
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    torch.mm(a, b, out=c)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(reps):
+                    torch.mm(a, b, out=c)
+            g.replay()
+            torch.cuda.synchronize(dev)
+            times = []
+            for _ in range(5):
+                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                e0.record()
+                g.replay()
+                e1.record()
+                torch.cuda.synchronize(dev)
+                times.append(e0.elapsed_time(e1) / 1e3 / reps)
+            sec = statistics.median(times)
+            tf = 2.0 * n ** 3 / sec / 1e12
+            out.append({"dtype": kind, "n": n, "seconds": sec, "tflops": tf, "fraction_of_peak": tf / peak})
+            print(f"graph gemm {kind:4s} n={n:6d}  {sec * 1e6:10.2f} us  {tf:7.1f} TFLOP/s  {tf / peak:5.3f} of peak",
+                  flush=True)
+            del g, a, b, c
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return out
+
+
+def kernel_category(name):
+    n = name.lower()
+    for cat, keys in (("attention (flash)", ("flash", "fmha", "attention")), ("softmax", ("softmax",)),
+                      ("cross entropy", ("nll_loss", "log_softmax", "cross_entropy")),
+                      ("optimizer / clip (multi-tensor)", ("multi_tensor_apply", "foreach")),
+                      ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk")),
+                      ("reduce", ("reduce",)), ("embedding / index", ("index", "embedding", "scatter", "gather")),
+                      ("copy / cast", ("copy", "memcpy", "memset", "fill")),
+                      ("elementwise", ("elementwise", "vectorized", "unrolled"))):
+        if any(k in n for k in keys):
+            return cat
+    return "other"
+
+
+def profile_part(dev, args, configs):
+    """One profiled step of each configuration after the warm-up: the GPU time by kernel kind,
+    the sum of kernel times and the GPU's busy time (the union of its kernels) against the step."""
+    import tempfile
+    from torch.profiler import ProfilerActivity, profile
+    out = []
+    explicit_forward = torch_peer.Layer.forward
+    for c in configs[:1] if not args.quick else configs:
+        for attention in ("explicit", "sdpa"):
+            torch_peer.Layer.forward = explicit_forward if attention == "explicit" else sdpa_forward
+            V, S, H, A, F_, L, B = (c[k] for k in ("vocab", "seq", "hidden", "heads", "ffn", "layers", "batch"))
+            torch.manual_seed(1234)
+            with dev:
+                net = torch_peer.Gpt(V, S, H, A, F_, L)
+            opt = torch.optim.AdamW(torch_peer.param_groups(net), lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+
+            def step():
+                x = torch.randint(0, V, (B, S), device=dev)
+                y = torch.randint(0, V, (B, S), device=dev)
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
+                    loss = net(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+
+            for _ in range(3):
+                step()
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+            with profile(activities=acts) as prof:
+                t0 = time.perf_counter()
+                step()
+                wall = time.perf_counter() - t0
+            with tempfile.NamedTemporaryFile(suffix=".json") as tf:
+                prof.export_chrome_trace(tf.name)
+                with open(tf.name) as f:
+                    trace = json.load(f)
+            want = ("kernel", "gpu_memcpy", "gpu_memset") if dev.type == "cuda" else ("cpu_op",)
+            kern = [e for e in trace["traceEvents"] if e.get("ph") == "X" and e.get("cat") in want]
+            cats, names = {}, {}
+            for e in kern:
+                k = kernel_category(e["name"])
+                cats[k] = cats.get(k, 0.0) + e["dur"] / 1e6
+                names[e["name"][:90]] = names.get(e["name"][:90], 0.0) + e["dur"] / 1e6
+            spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in kern)
+            busy, end = 0.0, -1e30
+            for a0, a1 in spans:
+                if a1 > end:
+                    busy += a1 - max(a0, end)
+                    end = a1
+            r = {"config": c["name"], "attention": attention, "wall_s": wall, "kernels": len(kern),
+                 "kernel_sum_s": sum(cats.values()), "busy_s": busy / 1e6, "by_kind_s": cats,
+                 "top": sorted(names.items(), key=lambda kv: -kv[1])[:15]}
+            out.append(r)
+            print(f"profile {c['name']} {attention}: step {wall * 1e3:.1f} ms (profiled), {len(kern)} kernels, "
+                  f"sum {r['kernel_sum_s'] * 1e3:.1f} ms, GPU busy {r['busy_s'] * 1e3:.1f} ms", flush=True)
+            for k, v in sorted(cats.items(), key=lambda kv: -kv[1]):
+                print(f"   {k:32s} {v * 1e3:8.2f} ms", flush=True)
+            for k, v in r["top"][:8]:
+                print(f"   top {v * 1e3:8.2f} ms  {k}", flush=True)
+            del net, opt
+    torch_peer.Layer.forward = explicit_forward
+    return out
+
+
 def bandwidth_part(dev, timer, args):
     n = (1 << 16) if args.quick else (1 << 29)  # f32 elements: 2 GiB
     x = torch.empty(n, device=dev, dtype=torch.float32).fill_(1.0)
@@ -199,7 +328,8 @@ def main():
     ap.add_argument("--summary", required=True, help="write the results here (JSON)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
-    ap.add_argument("--parts", nargs="*", default=["gemm", "bandwidth", "train"])
+    ap.add_argument("--parts", nargs="*", default=["gemm", "graph_gemm", "bandwidth", "train", "profile"],
+                    help="any of gemm graph_gemm bandwidth train profile")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     # H200 SXM datasheet, dense: BF16 989.5, TF32 494.5, FP32 67 TFLOPS; HBM3e 4.8 TB/s
@@ -226,8 +356,12 @@ def main():
         res["gemm"] = gemm_part(dev, timer, args, configs)
     if "bandwidth" in args.parts:
         res["bandwidth"] = bandwidth_part(dev, timer, args)
+    if "graph_gemm" in args.parts and dev.type == "cuda":
+        res["graph_gemm"] = graph_gemm_part(dev, args)
     if "train" in args.parts:
         res["train"] = train_part(dev, args, configs)
+    if "profile" in args.parts:
+        res["profile"] = profile_part(dev, args, configs)
     res["probe_seconds"] = time.perf_counter() - t0
     with open(args.summary, "w") as f:
         json.dump(res, f, indent=1)
