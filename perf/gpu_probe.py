@@ -14,7 +14,7 @@ Five parts, each printed and written to the summary JSON (--summary):
              and the fraction of --memory-bandwidth-gbs (the cluster file's elementwise_efficiency).
   train      one-GPU training steps of MODEL.md's model (perf/torch_peer.py's Gpt: explicit causal
              softmax attention, as shardflow computes it) under torch.autocast(bfloat16) with
-             f32 master weights and AdamW (torch's default foreach implementation), gradient
+             f32 master weights and AdamW (--optimizer: fused, the default, or foreach), gradient
              clipping to 1.0: forward + backward + clip + AdamW, synchronised, median over the
              steps after the warm-up; the peak of torch.cuda.max_memory_allocated. Each
              configuration is also run with scaled_dot_product_attention (flash attention) to show
@@ -118,7 +118,7 @@ def gemm_part(dev, timer, args, configs):
     return res
 
 
-def graph_gemm_part(dev, args):
+def graph_gemm_part(dev, args, configs):
     """Device time of back-to-back products replayed from a CUDA graph (no host dispatch between
     them): what the GPU itself takes, which the eager loop above hides below ~2048."""
     out = []
@@ -159,6 +159,35 @@ def graph_gemm_part(dev, args):
                   flush=True)
             del g, a, b, c
     torch.backends.cuda.matmul.allow_tf32 = False
+    # the attention core's per-head products as PyTorch issues them: one strided-batched
+    # product over batch x heads (scores Q K^T, then P V), bf16
+    for c in configs:
+        BA, S, D = c["batch"] * c["heads"], c["seq"], c["hidden"] // c["heads"]
+        for what, (m, n, k) in (("scores", (S, S, D)), ("context", (S, D, S))):
+            a = torch.randn(BA, m, k, device=dev, dtype=torch.bfloat16)
+            b = torch.randn(BA, k, n, device=dev, dtype=torch.bfloat16)
+            o = torch.empty(BA, m, n, device=dev, dtype=torch.bfloat16)
+            torch.bmm(a, b, out=o)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(10):
+                    torch.bmm(a, b, out=o)
+            times = []
+            for _ in range(5):
+                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                e0.record()
+                g.replay()
+                e1.record()
+                torch.cuda.synchronize(dev)
+                times.append(e0.elapsed_time(e1) / 1e3 / 10)
+            sec = statistics.median(times)
+            tf = 2.0 * BA * m * n * k / sec / 1e12
+            out.append({"dtype": "bf16", "batched": BA, "m": m, "n": n, "k": k, "config": c["name"], "product": what,
+                        "seconds": sec, "tflops": tf, "fraction_of_peak": tf / args.peak_bf16,
+                        "cube_root_one": (m * n * k) ** (1 / 3), "cube_root_batch": (BA * m * n * k) ** (1 / 3)})
+            print(f"graph bmm  bf16 {c['name']:12s} {what:8s} {BA} x {m}x{n}x{k}  {sec * 1e6:9.1f} us  {tf:7.1f} TFLOP/s "
+                  f"{tf / args.peak_bf16:5.3f} of peak", flush=True)
+            del g, a, b, o
     return out
 
 
@@ -190,7 +219,7 @@ def profile_part(dev, args, configs):
             torch.manual_seed(1234)
             with dev:
                 net = torch_peer.Gpt(V, S, H, A, F_, L)
-            opt = torch.optim.AdamW(torch_peer.param_groups(net), lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+            opt = make_adamw(net, dev, args)
 
             def step():
                 x = torch.randint(0, V, (B, S), device=dev)
@@ -228,11 +257,11 @@ def profile_part(dev, args, configs):
                 if a1 > end:
                     busy += a1 - max(a0, end)
                     end = a1
-            r = {"config": c["name"], "attention": attention, "wall_s": wall, "kernels": len(kern),
+            r = {"config": c["name"], "attention": attention, "optimizer": args.optimizer, "wall_s": wall, "kernels": len(kern),
                  "kernel_sum_s": sum(cats.values()), "busy_s": busy / 1e6, "by_kind_s": cats,
                  "top": sorted(names.items(), key=lambda kv: -kv[1])[:15]}
             out.append(r)
-            print(f"profile {c['name']} {attention}: step {wall * 1e3:.1f} ms (profiled), {len(kern)} kernels, "
+            print(f"profile {c['name']} {attention} {args.optimizer}: step {wall * 1e3:.1f} ms (profiled), {len(kern)} kernels, "
                   f"sum {r['kernel_sum_s'] * 1e3:.1f} ms, GPU busy {r['busy_s'] * 1e3:.1f} ms", flush=True)
             for k, v in sorted(cats.items(), key=lambda kv: -kv[1]):
                 print(f"   {k:32s} {v * 1e3:8.2f} ms", flush=True)
@@ -274,6 +303,13 @@ def sdpa_forward(self, x, mask):
     return x + F.linear(F.silu(g) * u, self.down)
 
 
+def make_adamw(net, dev, args):
+    """AdamW as MODEL.md has it; --optimizer fused is one CUDA kernel pass over the tensors (what
+    torchtitan uses), foreach torch's default multi-tensor passes."""
+    kw = {"fused": True} if args.optimizer == "fused" and dev.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(torch_peer.param_groups(net), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, **kw)
+
+
 def train_part(dev, args, configs):
     out = []
     explicit_forward = torch_peer.Layer.forward
@@ -287,7 +323,7 @@ def train_part(dev, args, configs):
                 torch.cuda.reset_peak_memory_stats(dev)
             with dev:
                 net = torch_peer.Gpt(V, S, H, A, F_, L)
-            opt = torch.optim.AdamW(torch_peer.param_groups(net), lr=3e-4, betas=(0.9, 0.95), eps=1e-8)
+            opt = make_adamw(net, dev, args)
             times, losses = [], []
             for step in range(args.steps):
                 x = torch.randint(0, V, (B, S), device=dev)
@@ -308,14 +344,14 @@ def train_part(dev, args, configs):
             med = statistics.median(times[args.warmup:])
             flops = torch_peer.model_flops_per_step(V, S, H, A, F_, L, B * S)
             peak_mem = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
-            r = {"config": c["name"], "attention": attention, "model": {k: c[k] for k in c if k != "name"},
+            r = {"config": c["name"], "attention": attention, "optimizer": args.optimizer, "model": {k: c[k] for k in c if k != "name"},
                  "n_params": sum(p.numel() for p in net.parameters()), "steps": args.steps, "warmup": args.warmup,
                  "step_times_s": times, "median_step_time_s": med, "tokens_per_s": B * S / med,
                  "model_flops_per_step": flops, "model_tflops": flops / med / 1e12,
                  "mfu": flops / med / (args.peak_bf16 * 1e12), "peak_memory_bytes": peak_mem,
                  "first_loss": losses[0], "last_loss": losses[-1]}
             out.append(r)
-            print(f"train {c['name']:12s} {attention:8s} median step {med * 1e3:8.2f} ms  "
+            print(f"train {c['name']:12s} {attention:8s} {args.optimizer:7s} median step {med * 1e3:8.2f} ms  "
                   f"{r['model_tflops']:6.1f} model TFLOP/s  MFU {r['mfu']:.3f}  peak memory {peak_mem / 2**30:6.2f} GiB  "
                   f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
             del net, opt, x, y, loss
@@ -330,6 +366,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
     ap.add_argument("--parts", nargs="*", default=["gemm", "graph_gemm", "bandwidth", "train", "profile"],
                     help="any of gemm graph_gemm bandwidth train profile")
+    ap.add_argument("--optimizer", choices=["fused", "foreach"], default="fused", help="AdamW's implementation")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     # H200 SXM datasheet, dense: BF16 989.5, TF32 494.5, FP32 67 TFLOPS; HBM3e 4.8 TB/s
@@ -357,7 +394,7 @@ def main():
     if "bandwidth" in args.parts:
         res["bandwidth"] = bandwidth_part(dev, timer, args)
     if "graph_gemm" in args.parts and dev.type == "cuda":
-        res["graph_gemm"] = graph_gemm_part(dev, args)
+        res["graph_gemm"] = graph_gemm_part(dev, args, configs)
     if "train" in args.parts:
         res["train"] = train_part(dev, args, configs)
     if "profile" in args.parts:
