@@ -195,7 +195,7 @@ def kernel_category(name):
     n = name.lower()
     for cat, keys in (("attention (flash)", ("flash", "fmha", "attention")), ("softmax", ("softmax",)),
                       ("cross entropy", ("nll_loss", "log_softmax", "cross_entropy")),
-                      ("optimizer / clip (multi-tensor)", ("multi_tensor_apply", "foreach")),
+                      ("optimizer / clip (multi-tensor)", ("multi_tensor_apply", "foreach", "adam")),
                       ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk")),
                       ("reduce", ("reduce",)), ("embedding / index", ("index", "embedding", "scatter", "gather")),
                       ("copy / cast", ("copy", "memcpy", "memset", "fill")),
