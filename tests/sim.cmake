@@ -15,6 +15,12 @@ add_test(NAME simulate_h200_measured
   COMMAND ${SHARDFLOW_SYSTEM_PYTHON} ${PROJECT_SOURCE_DIR}/perf/gpu_validate.py --app $<TARGET_FILE:shardflow_cli>
     --probe ${PROJECT_SOURCE_DIR}/perf/measured/h200-2026-12-04/probe3.json --max-ratio-error 0.25)
 set_tests_properties(simulate_h200_measured PROPERTIES LABELS "sim" TIMEOUT 120)
+# perf/gpu_cluster.py writes h200.toml's GEMM curve from the committed probe runs, and refuses
+# probes and bases that do not fit
+add_test(NAME gpu_cluster_reproduces_h200
+  COMMAND ${SHARDFLOW_SYSTEM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/sim/gpu_cluster_check.py --app $<TARGET_FILE:shardflow_cli>
+    --root ${PROJECT_SOURCE_DIR})
+set_tests_properties(gpu_cluster_reproduces_h200 PROPERTIES LABELS "sim" TIMEOUT 60)
 # `simulate --search` through the CLI: the 22B model of Table 5 on one DGX A100 (about 600
 # configurations in 2 s)
 add_test(NAME simulate_search_cli
