@@ -96,7 +96,8 @@ int run_plan(const PlanOptions& o) {
 }
 
 shardflow::app::CommandRegistration reg(
-    "plan", "recommend a mesh and show partition specs and memory per device (DP, ZeRO-1/2/3)", [](CLI::App& sub) {
+    "plan", "recommend a mesh and show partition specs and memory per device (DP, ZeRO-1/2/3)",
+    [](CLI::App& sub) {
       auto o = std::make_shared<PlanOptions>();
       sub.add_option("deck", o->deck, "input deck (TOML); its model, mesh and strategy are planned");
       sub.add_option("--set", o->sets, "override a deck key: section.key=value (repeatable)");
@@ -122,6 +123,7 @@ shardflow::app::CommandRegistration reg(
       sub.add_flag("--all-layers", o->all_layers, "list the parameters of every layer, not only layers.{l}");
       sub.add_flag("--json", o->json, "print a JSON object");
       return [o]() { return run_plan(*o); };
-    });
+    },
+    /*needs_mpi=*/false);
 
 }  // namespace

@@ -484,23 +484,24 @@ int run_report(const ReportOptions& o) {
   return 0;
 }
 
-app::CommandRegistration reg("report", "collect a study's run records into a CSV, efficiency statement and plots",
-                             [](CLI::App& sub) {
-                               auto o = std::make_shared<ReportOptions>();
-                               sub.add_option("dir", o->dir, "study directory (made by shardflow submit)")->required();
-                               sub.add_option(
-                                   "--baseline", o->baseline,
-                                   "configuration the efficiency is measured against (default: fewest ranks)");
-                               sub.add_flag("--no-plots", o->no_plots, "write the CSV and the statement only");
-                               sub.add_option("--gnuplot", o->gnuplot, "the gnuplot command (default: gnuplot)");
-                               sub.add_option("--simulate", o->simulate,
-                                              "predict every configuration on a cluster model (simulate --cluster: "
-                                              "a100-80gb, h100-80gb, h200, local or a file) beside the measurement");
-                               sub.add_option("--extend", o->extend,
-                                              "with --simulate: also predict each family at these rank counts "
-                                              "(grown along its first axis)")
-                                   ->delimiter(',');
-                               return [o] { return run_report(*o); };
-                             });
+app::CommandRegistration reg(
+    "report", "collect a study's run records into a CSV, efficiency statement and plots",
+    [](CLI::App& sub) {
+      auto o = std::make_shared<ReportOptions>();
+      sub.add_option("dir", o->dir, "study directory (made by shardflow submit)")->required();
+      sub.add_option("--baseline", o->baseline,
+                     "configuration the efficiency is measured against (default: fewest ranks)");
+      sub.add_flag("--no-plots", o->no_plots, "write the CSV and the statement only");
+      sub.add_option("--gnuplot", o->gnuplot, "the gnuplot command (default: gnuplot)");
+      sub.add_option("--simulate", o->simulate,
+                     "predict every configuration on a cluster model (simulate --cluster: "
+                     "a100-80gb, h100-80gb, h200, local or a file) beside the measurement");
+      sub.add_option("--extend", o->extend,
+                     "with --simulate: also predict each family at these rank counts "
+                     "(grown along its first axis)")
+          ->delimiter(',');
+      return [o] { return run_report(*o); };
+    },
+    /*needs_mpi=*/false);
 
 }  // namespace

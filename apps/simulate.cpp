@@ -36,6 +36,7 @@ int run_simulate(const SimulateOptions& o) {
   const Deck deck = app::load_deck_on_devices(o.deck, o.sets, o.devices, "simulate");
   if (o.cluster == "local" && !std::filesystem::exists(sim::local_cluster_path())) {
     // calibrating on first use (one process: the link is estimated, the file says so)
+    app::ensure_mpi();
     const std::string text = sim::calibrate_local(MPI_COMM_WORLD);
     if (app::world_rank() == 0) {
       const std::filesystem::path p(sim::local_cluster_path());
@@ -90,6 +91,7 @@ shardflow::app::CommandRegistration reg(
                    "deck's mesh size), prune by memory, rank by simulated tokens/s");
       sub.add_option("--top", o->top, "--search: how many configurations to print (default 10)");
       return [o]() { return run_simulate(*o); };
-    });
+    },
+    /*needs_mpi=*/false);
 
 }  // namespace

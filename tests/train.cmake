@@ -59,6 +59,12 @@ shardflow_add_test(test_evaluate MPI TIMEOUT 300)
 target_compile_definitions(test_evaluate PRIVATE SHARDFLOW_CORPUS="${PROJECT_SOURCE_DIR}/inputs/corpus.txt")
 # shardflow_cli_script_test(NAME SCRIPT NP LABEL): a CLI test script of support/ run with
 # the app, the quickstart deck, the corpus, Debian's python and a work directory of its own.
+# version, plan, simulate and report run without MPI_Init (one process, not launched as one of
+# several ranks); train and simulate's first-use calibration still start MPI
+add_test(NAME cli_without_mpi
+  COMMAND ${SHARDFLOW_SYSTEM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/support/check_cli_without_mpi.py
+    $<TARGET_FILE:shardflow_cli> ${PROJECT_SOURCE_DIR}/inputs/quickstart.toml ${CMAKE_CURRENT_BINARY_DIR}/cli_without_mpi)
+set_tests_properties(cli_without_mpi PROPERTIES LABELS "unit" TIMEOUT 300)
 function(shardflow_cli_script_test name script np label)
   add_test(NAME ${name}
     COMMAND ${CMAKE_COMMAND} -DMPIEXEC=${MPIEXEC_EXECUTABLE} -DAPP=$<TARGET_FILE:shardflow_cli>

@@ -76,17 +76,24 @@ bool mpi_finalized();
 // The process's MPI environment (the CLI's main).
 /// MPI_Init (throws Error when it fails).
 void mpi_init(int& argc, char**& argv);
+/// Whether MPI is initialized and not finalized (a subcommand that needs no MPI runs without it).
+bool mpi_up();
+/// Whether this process was started as one of several ranks of a job: a launcher (mpiexec,
+/// srun) says so in the environment (PMI_SIZE, PMIX_SIZE, OMPI_COMM_WORLD_SIZE, SLURM_NTASKS
+/// under srun) with a size above 1.
+bool launched_as_one_of_many();
 /// Whether mpi_init found more ranks on this node than CPUs online: Control's collectives
 /// then wait with MPI_Test and short sleeps instead of spinning (see control.cpp).
 bool oversubscribed();
 /// MPI_Finalize, when MPI is initialized and not yet finalized.
 void mpi_finalize();
-/// Aborts every rank of the job with `code` (does not return).
+/// Aborts every rank of the job with `code` (does not return; without MPI: exits).
 [[noreturn]] void mpi_abort(int code);
 /// This process's rank in MPI_COMM_WORLD (0 before MPI_Init).
 int world_rank();
 /// Waits up to `seconds` for every rank of MPI_COMM_WORLD to arrive here (a non-blocking
 /// barrier). True when all did: a failure every rank shares, so all can exit cleanly.
+/// True at once without MPI (one process).
 bool all_ranks_arrive(double seconds);
 
 }  // namespace shardflow::comm

@@ -217,6 +217,9 @@ void mpi_init(int& argc, char**& argv) {
     setenv("UCX_MEM_EVENTS", "no", 1);
     reexec_self(argv, "with UCX_MEM_EVENTS=no");
   }
+  // a test hook: the commands that need no MPI must run with MPI_Init failing
+  SHARDFLOW_REQUIRE(std::getenv("SHARDFLOW_TEST_FAIL_MPI_INIT") == nullptr,
+                    "MPI_Init: refused (SHARDFLOW_TEST_FAIL_MPI_INIT is set)");
   CHECK_MPI(MPI_Init(&argc, &argv));
   // oversubscribed: more ranks on this node than CPUs online (see finish())
   MPI_Comm node = MPI_COMM_NULL;
@@ -236,7 +239,26 @@ void mpi_finalize() {
   if (init && !mpi_finalized()) CHECK_MPI(MPI_Finalize());
 }
 
+bool mpi_up() {
+  int init = 0;
+  CHECK_MPI(MPI_Initialized(&init));
+  return init && !mpi_finalized();
+}
+
+bool launched_as_one_of_many() {
+  for (const char* v : {"PMI_SIZE", "PMIX_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"}) {
+    const char* s = std::getenv(v);
+    if (s != nullptr && std::atol(s) > 1) return true;
+  }
+  // srun starts each task with SLURM_STEP_ID set; sbatch's batch script has SLURM_NTASKS
+  // (the allocation's) but is one process
+  const char* step = std::getenv("SLURM_STEP_ID");
+  const char* ntasks = std::getenv("SLURM_STEP_NUM_TASKS");
+  return step != nullptr && ntasks != nullptr && std::atol(ntasks) > 1;
+}
+
 void mpi_abort(int code) {
+  if (!mpi_up()) std::_Exit(code);
   (void)MPI_Abort(MPI_COMM_WORLD, code);  // does not return when it works
   std::_Exit(code);
 }
@@ -249,6 +271,7 @@ int world_rank() {
 }
 
 bool all_ranks_arrive(double seconds) {
+  if (!mpi_up()) return true;
   MPI_Request req;
   CHECK_MPI(MPI_Ibarrier(MPI_COMM_WORLD, &req));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
