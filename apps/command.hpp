@@ -32,7 +32,9 @@ struct CommandRegistration {
 int world_rank();
 
 /// Starts MPI if main() did not (a subcommand registered with needs_mpi = false that reaches
-/// a collective part, e.g. simulate --cluster local calibrating on first use).
+/// a collective part, e.g. simulate --cluster local calibrating on first use). It may
+/// re-execute the whole process first (comm::mpi_init sets UCX_MEM_EVENTS), so call it
+/// before printing anything.
 void ensure_mpi();
 
 }  // namespace shardflow::app

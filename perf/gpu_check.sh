@@ -15,8 +15,9 @@ out=${1:?usage: gpu_check.sh OUT_DIR [--no-probe]}
 probe=1
 [ "${2:-}" = "--no-probe" ] && probe=0
 mkdir -p "$out"
-exec > >(tee -a "$out/check.log") 2>&1
+exec > >(tee "$out/check.log") 2>&1
 stage=$(mktemp -d /tmp/shardflow-gpu.XXXXXX)
+trap 'rm -rf "$stage"' EXIT
 tar -C "$stage" -xJf "$here/bundle.tar.xz" || { echo "gpu_check: cannot unpack $here/bundle.tar.xz"; exit 2; }
 
 find_lib() {  # find_lib SONAME DIR...: the first folder holding SONAME
@@ -43,12 +44,12 @@ libpath="$stage/lib:$nccl:$cudart"
 echo "gpu_check: NCCL from $nccl, CUDA runtime from $cudart"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
 run() { env LD_LIBRARY_PATH="$libpath" PATH="$stage/bin:$PATH" "$@"; }
-run "$stage/bin/shardflow" version
-
 fails=0
+run "$stage/bin/shardflow" version || { echo "gpu_check: shardflow version failed"; fails=$((fails + 1)); }
 for t in "$stage"/tests/*; do
   name=$(basename "$t")
   echo "gpu_check: $name (mpiexec -n 1)"
+  rm -f "$out/$name.json"
   start=$SECONDS
   run timeout 300 "$stage/bin/mpiexec" -n 1 -genv NCCL_DEBUG VERSION "$t" --gtest_output="json:$out/$name.json"
   rc=$?
@@ -69,6 +70,5 @@ if [ $probe -eq 1 ]; then
     fails=$((fails + 1))
   }
 fi
-rm -rf "$stage"
 echo "gpu_check: $fails failure(s)"
 [ $fails -eq 0 ]

@@ -193,8 +193,8 @@ def graph_gemm_part(dev, args, configs):
 
 def kernel_category(name):
     n = name.lower()
-    for cat, keys in (("attention (flash)", ("flash", "fmha", "attention")), ("softmax", ("softmax",)),
-                      ("cross entropy", ("nll_loss", "log_softmax", "cross_entropy")),
+    for cat, keys in (("attention (flash)", ("flash", "fmha", "attention")),
+                      ("cross entropy", ("nll_loss", "log_softmax", "cross_entropy")), ("softmax", ("softmax",)),
                       ("optimizer / clip (multi-tensor)", ("multi_tensor_apply", "foreach", "adam")),
                       ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk")),
                       ("reduce", ("reduce",)), ("embedding / index", ("index", "embedding", "scatter", "gather")),

@@ -79,6 +79,13 @@ def main():
     gemm_only = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     gemm_only.write(re.sub(r"memory_bandwidth_gbs\s*=\s*[0-9.]+", "memory_bandwidth_gbs = 1e12", text, count=1))
     gemm_only.close()
+    try:
+        return compare(a, probe, gemm_only.name)
+    finally:
+        os.unlink(gemm_only.name)
+
+
+def compare(a, probe, gemm_only_path):
 
     sims, rows, bad = {}, [], []
     print(f"{'config':14s} {'attention':9s} {'adamw':7s} {'measured ms':>11s} {'simulated ms':>12s} {'sim/meas':>8s} "
@@ -87,7 +94,7 @@ def main():
         m = t["model"]
         key = json.dumps(m, sort_keys=True)
         if key not in sims:
-            sims[key] = (simulate(a.app, a.cluster, m), simulate(a.app, gemm_only.name, m))
+            sims[key] = (simulate(a.app, a.cluster, m), simulate(a.app, gemm_only_path, m))
         s, _ = sims[key]
         ratio = s["step_time_s"] / t["median_step_time_s"]
         mem_meas = t["peak_memory_bytes"] / 2 ** 30
@@ -112,7 +119,6 @@ def main():
               f" GEMM + attention kernels {gemm * 1e3:.1f}, optimizer + clip {opt * 1e3:.1f}, the rest "
               f"{(p['kernel_sum_s'] - gemm - opt) * 1e3:.1f} ms; simulated: GEMM {g['step_time_s'] * 1e3:.1f}, "
               f"AdamW + gradient norm {sim_opt * 1e3:.1f}, the rest {(s['step_time_s'] - g['step_time_s'] - sim_opt) * 1e3:.1f} ms")
-    os.unlink(gemm_only.name)
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -78,9 +78,10 @@ bool mpi_finalized();
 void mpi_init(int& argc, char**& argv);
 /// Whether MPI is initialized and not finalized (a subcommand that needs no MPI runs without it).
 bool mpi_up();
-/// Whether this process was started as one of several ranks of a job: a launcher (mpiexec,
-/// srun) says so in the environment (PMI_SIZE, PMIX_SIZE, OMPI_COMM_WORLD_SIZE, SLURM_NTASKS
-/// under srun) with a size above 1.
+/// Whether this process was started as one of several ranks of a job: a launcher says so in
+/// the environment with a size above 1 (PMI_SIZE or MPI_LOCALNRANKS: MPICH's mpiexec and PMI
+/// launchers; OMPI_COMM_WORLD_SIZE: Open MPI; MV2_COMM_WORLD_SIZE: MVAPICH2; JSM_NAMESPACE_SIZE:
+/// jsrun; SLURM_STEP_NUM_TASKS inside an srun step).
 bool launched_as_one_of_many();
 /// Whether mpi_init found more ranks on this node than CPUs online: Control's collectives
 /// then wait with MPI_Test and short sleeps instead of spinning (see control.cpp).

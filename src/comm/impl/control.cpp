@@ -246,7 +246,9 @@ bool mpi_up() {
 }
 
 bool launched_as_one_of_many() {
-  for (const char* v : {"PMI_SIZE", "PMIX_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"}) {
+  // MPICH's hydra and PMI launchers, Open MPI, MVAPICH2's mpirun_rsh, IBM's jsrun
+  for (const char* v :
+       {"PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE", "JSM_NAMESPACE_SIZE"}) {
     const char* s = std::getenv(v);
     if (s != nullptr && std::atol(s) > 1) return true;
   }
