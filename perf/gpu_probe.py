@@ -118,6 +118,26 @@ def gemm_part(dev, timer, args, configs):
     return res
 
 
+def graph_seconds(dev, fn, reps):
+    """Seconds per call of fn on the device: `reps` calls captured in one CUDA graph, the median
+    of 5 replays timed with CUDA events (after one untimed replay)."""
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    g.replay()
+    torch.cuda.synchronize(dev)
+    times = []
+    for _ in range(5):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        g.replay()
+        e1.record()
+        torch.cuda.synchronize(dev)
+        times.append(e0.elapsed_time(e1) / 1e3 / reps)
+    return statistics.median(times)
+
+
 def graph_gemm_part(dev, args, configs):
     """Device time of back-to-back products replayed from a CUDA graph (no host dispatch between
     them): what the GPU itself takes, which the eager loop above hides below ~2048."""
@@ -138,26 +158,12 @@ def graph_gemm_part(dev, args, configs):
                 for _ in range(3):
                     torch.mm(a, b, out=c)
             torch.cuda.current_stream(dev).wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                for _ in range(reps):
-                    torch.mm(a, b, out=c)
-            g.replay()
-            torch.cuda.synchronize(dev)
-            times = []
-            for _ in range(5):
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
-                g.replay()
-                e1.record()
-                torch.cuda.synchronize(dev)
-                times.append(e0.elapsed_time(e1) / 1e3 / reps)
-            sec = statistics.median(times)
+            sec = graph_seconds(dev, lambda: torch.mm(a, b, out=c), reps)
             tf = 2.0 * n ** 3 / sec / 1e12
             out.append({"dtype": kind, "n": n, "seconds": sec, "tflops": tf, "fraction_of_peak": tf / peak})
             print(f"graph gemm {kind:4s} n={n:6d}  {sec * 1e6:10.2f} us  {tf:7.1f} TFLOP/s  {tf / peak:5.3f} of peak",
                   flush=True)
-            del g, a, b, c
+            del a, b, c
     torch.backends.cuda.matmul.allow_tf32 = False
     # the attention core's per-head products as PyTorch issues them: one strided-batched
     # product over batch x heads (scores Q K^T, then P V), bf16
@@ -168,26 +174,14 @@ def graph_gemm_part(dev, args, configs):
             b = torch.randn(BA, k, n, device=dev, dtype=torch.bfloat16)
             o = torch.empty(BA, m, n, device=dev, dtype=torch.bfloat16)
             torch.bmm(a, b, out=o)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                for _ in range(10):
-                    torch.bmm(a, b, out=o)
-            times = []
-            for _ in range(5):
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
-                g.replay()
-                e1.record()
-                torch.cuda.synchronize(dev)
-                times.append(e0.elapsed_time(e1) / 1e3 / 10)
-            sec = statistics.median(times)
+            sec = graph_seconds(dev, lambda: torch.bmm(a, b, out=o), 10)
             tf = 2.0 * BA * m * n * k / sec / 1e12
             out.append({"dtype": "bf16", "batched": BA, "m": m, "n": n, "k": k, "config": c["name"], "product": what,
                         "seconds": sec, "tflops": tf, "fraction_of_peak": tf / args.peak_bf16,
                         "cube_root_one": (m * n * k) ** (1 / 3), "cube_root_batch": (BA * m * n * k) ** (1 / 3)})
             print(f"graph bmm  bf16 {c['name']:12s} {what:8s} {BA} x {m}x{n}x{k}  {sec * 1e6:9.1f} us  {tf:7.1f} TFLOP/s "
                   f"{tf / args.peak_bf16:5.3f} of peak", flush=True)
-            del g, a, b, o
+            del a, b, o
     return out
 
 
@@ -222,16 +216,7 @@ def profile_part(dev, args, configs):
             opt = make_adamw(net, dev, args)
 
             def step():
-                x = torch.randint(0, V, (B, S), device=dev)
-                y = torch.randint(0, V, (B, S), device=dev)
-                with torch.autocast(dev.type, dtype=torch.bfloat16):
-                    loss = net(x, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                opt.step()
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
+                train_step(net, opt, dev, V, B, S)
 
             for _ in range(3):
                 step()
@@ -310,6 +295,22 @@ def make_adamw(net, dev, args):
     return torch.optim.AdamW(torch_peer.param_groups(net), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, **kw)
 
 
+def train_step(net, opt, dev, V, B, S):
+    """One training step on random tokens (forward under bf16 autocast, backward, clip, AdamW),
+    synchronised; returns the loss tensor."""
+    x = torch.randint(0, V, (B, S), device=dev)
+    y = torch.randint(0, V, (B, S), device=dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+        loss = net(x, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return loss
+
+
 def train_part(dev, args, configs):
     out = []
     explicit_forward = torch_peer.Layer.forward
@@ -326,19 +327,10 @@ def train_part(dev, args, configs):
             opt = make_adamw(net, dev, args)
             times, losses = [], []
             for step in range(args.steps):
-                x = torch.randint(0, V, (B, S), device=dev)
-                y = torch.randint(0, V, (B, S), device=dev)
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                 t0 = time.perf_counter()
-                with torch.autocast(dev.type, dtype=torch.bfloat16):
-                    loss = net(x, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                opt.step()
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
+                loss = train_step(net, opt, dev, V, B, S)  # (its random tokens timed too: tiny)
                 times.append(time.perf_counter() - t0)
                 losses.append(loss.item())
             med = statistics.median(times[args.warmup:])
@@ -354,7 +346,7 @@ def train_part(dev, args, configs):
             print(f"train {c['name']:12s} {attention:8s} {args.optimizer:7s} median step {med * 1e3:8.2f} ms  "
                   f"{r['model_tflops']:6.1f} model TFLOP/s  MFU {r['mfu']:.3f}  peak memory {peak_mem / 2**30:6.2f} GiB  "
                   f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
-            del net, opt, x, y, loss
+            del net, opt, loss
     torch_peer.Layer.forward = explicit_forward
     return out
 
