@@ -15,7 +15,8 @@ app, deck, work = sys.argv[1:4]
 shutil.rmtree(work, ignore_errors=True)
 os.makedirs(work)
 env = dict(os.environ, SHARDFLOW_TEST_FAIL_MPI_INIT="1", SHARDFLOW_CLUSTERS=work)
-for v in ("PMI_SIZE", "PMIX_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SLURM_STEP_ID"):
+for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE", "JSM_NAMESPACE_SIZE",
+          "SLURM_STEP_ID", "SLURM_STEP_NUM_TASKS"):
     env.pop(v, None)
 fails = []
 
@@ -47,8 +48,12 @@ run(["report", os.path.join(work, "no-such-study")], expect_ok=False, expect_tex
 run(["train", deck, "--set", "train.steps=1", "checkpoint.dir=" + os.path.join(work, "ck")], expect_ok=False,
     expect_text="SHARDFLOW_TEST_FAIL_MPI_INIT")
 run(["simulate", deck, "--cluster", "local"], expect_ok=False, expect_text="SHARDFLOW_TEST_FAIL_MPI_INIT")
-run(["simulate", deck, "--cluster", "a100-80gb", "--devices", "8"], extra={"PMI_SIZE": "2"}, expect_ok=False,
-    expect_text="SHARDFLOW_TEST_FAIL_MPI_INIT")
+for launcher in ({"PMI_SIZE": "2"}, {"OMPI_COMM_WORLD_SIZE": "4"}, {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2"}):
+    run(["simulate", deck, "--cluster", "a100-80gb", "--devices", "8"], extra=launcher, expect_ok=False,
+        expect_text="SHARDFLOW_TEST_FAIL_MPI_INIT")
+# one rank of a launcher (mpiexec -n 1, srun -n 1) is alone: no MPI
+for launcher in ({"PMI_SIZE": "1"}, {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "1"}):
+    run(["simulate", deck, "--cluster", "a100-80gb", "--devices", "8"], extra=launcher, expect_text="step")
 for f in fails:
     print("FAIL:", f)
 print("check_cli_without_mpi:", "ok" if not fails else f"{len(fails)} failure(s)")
