@@ -40,17 +40,18 @@ def simulate(app, cluster, m, extra=()):
     return json.loads(p.stdout)
 
 
-def simulated_optimizer_s(app, cluster, m):
-    """The simulated step's AdamW and gradient-norm tasks (from its --trace), seconds."""
+def simulate_traced(app, cluster, m):
+    """simulate(), and the simulated step's AdamW and gradient-norm tasks (from the same run's
+    --trace), seconds."""
     with tempfile.NamedTemporaryFile(suffix=".json") as tr:
-        simulate(app, cluster, m, ("--trace", tr.name))
+        s = simulate(app, cluster, m, ("--trace", tr.name))
         with open(tr.name) as f:
             ev = json.load(f)
     ev = ev["traceEvents"] if isinstance(ev, dict) else ev
-    return sum(e["dur"] for e in ev if e.get("ph") == "X" and e["name"].split(".")[0] in ("adamw", "grad_norm")) / 1e6
+    return s, sum(e["dur"] for e in ev if e.get("ph") == "X" and e["name"].split(".")[0] in ("adamw", "grad_norm")) / 1e6
 
 
-def cluster_path(app, cluster):
+def cluster_path(cluster):
     if os.path.exists(cluster):
         return cluster
     path = os.path.join(ROOT, "inputs", "clusters", cluster + ".toml")
@@ -74,7 +75,7 @@ def main():
     print(f"measured on {probe['info'].get('name', '?')} (torch {probe['info']['torch']}); "
           f"simulated on --cluster {a.cluster}")
     # the same cluster with unbounded memory bandwidth: what is left is the GEMM time
-    with open(cluster_path(a.app, a.cluster)) as f:
+    with open(cluster_path(a.cluster)) as f:
         text = f.read()
     gemm_only = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     gemm_only.write(re.sub(r"memory_bandwidth_gbs\s*=\s*[0-9.]+", "memory_bandwidth_gbs = 1e12", text, count=1))
@@ -86,16 +87,15 @@ def main():
 
 
 def compare(a, probe, gemm_only_path):
-
-    sims, rows, bad = {}, [], []
+    sims, rows, bad = {}, [], []  # per model: (simulation, its AdamW + norm seconds, GEMM-only simulation)
     print(f"{'config':14s} {'attention':9s} {'adamw':7s} {'measured ms':>11s} {'simulated ms':>12s} {'sim/meas':>8s} "
           f"{'meas GiB':>8s} {'sim GiB':>8s}")
     for t in probe["train"]:
         m = t["model"]
         key = json.dumps(m, sort_keys=True)
         if key not in sims:
-            sims[key] = (simulate(a.app, a.cluster, m), simulate(a.app, gemm_only_path, m))
-        s, _ = sims[key]
+            sims[key] = (*simulate_traced(a.app, a.cluster, m), simulate(a.app, gemm_only_path, m))
+        s = sims[key][0]
         ratio = s["step_time_s"] / t["median_step_time_s"]
         mem_meas = t["peak_memory_bytes"] / 2 ** 30
         mem_sim = s["memory_bytes_per_device"]["peak"] / 2 ** 30
@@ -110,11 +110,10 @@ def compare(a, probe, gemm_only_path):
             bad.append(f"{t['config']} {t['attention']} {opt}: {ratio:.3f}")
     for p in probe.get("profile", []):
         m = next(t["model"] for t in probe["train"] if t["config"] == p["config"])
-        s, g = sims[json.dumps(m, sort_keys=True)]
+        s, sim_opt, g = sims[json.dumps(m, sort_keys=True)]
         kinds = p["by_kind_s"]
         gemm = kinds.get("gemm", 0) + kinds.get("attention (flash)", 0)
         opt = kinds.get("optimizer / clip (multi-tensor)", 0)
-        sim_opt = simulated_optimizer_s(a.app, a.cluster, m)
         print(f"profile {p['config']} {p['attention']} {p.get('optimizer', 'foreach')}: GPU busy {p['busy_s'] * 1e3:.1f} ms:"
               f" GEMM + attention kernels {gemm * 1e3:.1f}, optimizer + clip {opt * 1e3:.1f}, the rest "
               f"{(p['kernel_sum_s'] - gemm - opt) * 1e3:.1f} ms; simulated: GEMM {g['step_time_s'] * 1e3:.1f}, "

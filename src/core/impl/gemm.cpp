@@ -317,22 +317,6 @@ std::string verify_bf16(double& max_rel_error) {
   return "";
 }
 
-// Single-thread 512³ C = A·Bᵀ through `run`: the best call over at least 5 calls and 50 ms
-// after a warm-up call, in GFLOP/s.
-template <class F>
-double best_gflops_512(F run) {
-  run();
-  using clock = std::chrono::steady_clock;
-  double best = HUGE_VAL;
-  const auto start = clock::now();
-  for (int r = 0; r < 5 || (std::chrono::duration<double>(clock::now() - start).count() < 0.05 && r < 1000); ++r) {
-    const auto t0 = clock::now();
-    run();
-    best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count());
-  }
-  return 2.0 * 512 * 512 * 512 / best / 1e9;
-}
-
 }  // namespace
 
 GemmOperandScope::GemmOperandScope(DType operands) : previous_(t_operands) { t_operands = operands; }
@@ -548,11 +532,18 @@ double measure_sgemm_gflops(GemmLibrary lib) {
   if (lib == GemmLibrary::OpenBlas && openblas_set_num_threads) openblas_set_num_threads(1);
   const int n = 512;
   std::vector<float> a(static_cast<size_t>(n) * n, 1.0f), b(a.size(), 0.5f), c(a.size());
-  // (the warm-up call is where oneDNN compiles its kernel)
-  const double gflops = best_gflops_512(
-      [&] { host_sgemm_with(lib, 'N', 'T', n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); });
+  auto run = [&] { host_sgemm_with(lib, 'N', 'T', n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n); };
+  run();  // warm-up (oneDNN compiles its kernel here)
+  using clock = std::chrono::steady_clock;
+  double best = HUGE_VAL;
+  const auto start = clock::now();
+  for (int r = 0; r < 5 || (std::chrono::duration<double>(clock::now() - start).count() < 0.05 && r < 1000); ++r) {
+    const auto t0 = clock::now();
+    run();
+    best = std::min(best, std::chrono::duration<double>(clock::now() - t0).count());
+  }
   if (lib == GemmLibrary::OpenBlas && openblas_set_num_threads) openblas_set_num_threads(threads);
-  return gflops;
+  return 2.0 * n * n * n / best / 1e9;
 }
 
 }  // namespace shardflow
