@@ -205,10 +205,10 @@ def profile_part(dev, args, configs):
     import tempfile
     from torch.profiler import ProfilerActivity, profile
     out = []
-    explicit_forward = torch_peer.Layer.forward
+    explicit_core = torch_peer.Layer.__dict__["core"]  # the staticmethod itself
     for c in configs[:1] if not args.quick else configs:
         for attention in ("explicit", "sdpa"):
-            torch_peer.Layer.forward = explicit_forward if attention == "explicit" else sdpa_forward
+            torch_peer.Layer.core = explicit_core if attention == "explicit" else staticmethod(sdpa_core)
             V, S, H, A, F_, L, B = (c[k] for k in ("vocab", "seq", "hidden", "heads", "ffn", "layers", "batch"))
             torch.manual_seed(1234)
             with dev:
@@ -253,7 +253,7 @@ def profile_part(dev, args, configs):
             for k, v in r["top"][:8]:
                 print(f"   top {v * 1e3:8.2f} ms  {k}", flush=True)
             del net, opt
-    torch_peer.Layer.forward = explicit_forward
+    torch_peer.Layer.core = explicit_core
     return out
 
 
@@ -274,18 +274,10 @@ def bandwidth_part(dev, timer, args):
     return out
 
 
-def sdpa_forward(self, x, mask):
-    """torch_peer.Layer.forward with the attention core replaced by scaled_dot_product_attention."""
-    B, S, H = x.shape
-    A, D = self.A, self.D
-    n = torch_peer.rmsnorm(x, self.attn_norm)
-    q, k, v = F.linear(n, self.qkv).split(H, dim=-1)
-    q, k, v = (t.view(B, S, A, D).transpose(1, 2) for t in (q, k, v))
-    o = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, S, H)
-    x = x + F.linear(o, self.out)
-    n = torch_peer.rmsnorm(x, self.mlp_norm)
-    g, u = F.linear(n, self.gate_up).split(self.F, dim=-1)
-    return x + F.linear(F.silu(g) * u, self.down)
+def sdpa_core(q, k, v, mask):
+    """torch_peer.Layer.core by scaled_dot_product_attention (flash attention; causal, so the
+    additive mask is not needed)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 def make_adamw(net, dev, args):
@@ -313,10 +305,10 @@ def train_step(net, opt, dev, V, B, S):
 
 def train_part(dev, args, configs):
     out = []
-    explicit_forward = torch_peer.Layer.forward
+    explicit_core = torch_peer.Layer.__dict__["core"]  # the staticmethod itself
     for c in configs:
         for attention in ("explicit", "sdpa"):
-            torch_peer.Layer.forward = explicit_forward if attention == "explicit" else sdpa_forward
+            torch_peer.Layer.core = explicit_core if attention == "explicit" else staticmethod(sdpa_core)
             V, S, H, A, F_, L, B = (c[k] for k in ("vocab", "seq", "hidden", "heads", "ffn", "layers", "batch"))
             torch.manual_seed(1234)
             if dev.type == "cuda":
@@ -347,7 +339,7 @@ def train_part(dev, args, configs):
                   f"{r['model_tflops']:6.1f} model TFLOP/s  MFU {r['mfu']:.3f}  peak memory {peak_mem / 2**30:6.2f} GiB  "
                   f"loss {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
             del net, opt, loss
-    torch_peer.Layer.forward = explicit_forward
+    torch_peer.Layer.core = explicit_core
     return out
 
 

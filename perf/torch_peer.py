@@ -86,13 +86,17 @@ class Layer(nn.Module):
         q = q.view(B, S, A, D).transpose(1, 2)
         k = k.view(B, S, A, D).transpose(1, 2)
         v = v.view(B, S, A, D).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(D) + mask
-        o = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, A, S, D]
-        o = o.transpose(1, 2).reshape(B, S, H)  # concat heads
+        o = self.core(q, k, v, mask).transpose(1, 2).reshape(B, S, H)  # concat heads
         x = x + F.linear(o, self.out)
         n = rmsnorm(x, self.mlp_norm)
         g, u = F.linear(n, self.gate_up).split(self.F, dim=-1)
         return x + F.linear(F.silu(g) * u, self.down)
+
+    @staticmethod
+    def core(q, k, v, mask):
+        """The attention core, [B, A, S, D] each: causal softmax(q kᵀ / √D) v, materialised."""
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + mask
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 class Gpt(nn.Module):
