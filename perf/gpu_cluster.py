@@ -26,6 +26,17 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cluster_file(name_or_path, who):
+    """A cluster file's path: the argument when it is a file, else the bundled
+    inputs/clusters/NAME.toml; exits naming both when neither exists."""
+    if os.path.exists(name_or_path):
+        return name_or_path
+    path = os.path.join(ROOT, "inputs", "clusters", name_or_path + ".toml")
+    if not os.path.exists(path):
+        sys.exit(f"{who}: no cluster file '{name_or_path}' (neither a path nor inputs/clusters/{name_or_path}.toml)")
+    return path
+
+
 def curve(probes):
     """[(n, mean fraction of peak)] over the probes' bf16 graph-replayed square products."""
     points = {}
@@ -58,9 +69,7 @@ def main():
     ap.add_argument("--name", required=True, help="the new cluster's name")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    base = a.base if os.path.exists(a.base) else os.path.join(ROOT, "inputs", "clusters", a.base + ".toml")
-    if not os.path.exists(base):
-        sys.exit(f"gpu_cluster: no base cluster file '{a.base}' (neither a path nor inputs/clusters/{a.base}.toml)")
+    base = cluster_file(a.base, "gpu_cluster")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", a.name):
         sys.exit(f"gpu_cluster: --name '{a.name}' must be letters, digits, '.', '_' or '-'")
     probes = []

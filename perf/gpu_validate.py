@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 
+from gpu_cluster import cluster_file  # perf/, beside this script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -51,15 +53,6 @@ def simulate_traced(app, cluster, m):
     return s, sum(e["dur"] for e in ev if e.get("ph") == "X" and e["name"].split(".")[0] in ("adamw", "grad_norm")) / 1e6
 
 
-def cluster_path(cluster):
-    if os.path.exists(cluster):
-        return cluster
-    path = os.path.join(ROOT, "inputs", "clusters", cluster + ".toml")
-    if not os.path.exists(path):
-        sys.exit(f"gpu_validate: no cluster file {path}")
-    return path
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--probe", required=True, help="gpu_probe.py's summary JSON")
@@ -75,7 +68,7 @@ def main():
     print(f"measured on {probe['info'].get('name', '?')} (torch {probe['info']['torch']}); "
           f"simulated on --cluster {a.cluster}")
     # the same cluster with unbounded memory bandwidth: what is left is the GEMM time
-    with open(cluster_path(a.cluster)) as f:
+    with open(cluster_file(a.cluster, "gpu_validate")) as f:
         text = f.read()
     gemm_only = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     gemm_only.write(re.sub(r"memory_bandwidth_gbs\s*=\s*[0-9.]+", "memory_bandwidth_gbs = 1e12", text, count=1))
