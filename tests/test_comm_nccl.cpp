@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "comm/comm_set.hpp"
@@ -172,6 +173,111 @@ TEST(CommNccl, DeviceCastsMatchTheHostRounding) {
     }
     EXPECT_EQ(bad, 0u);
   }
+}
+
+// Every 16-bit upper half of an f32 (every sign, exponent and bf16 mantissa: zeros, f32
+// subnormals, the largest finite values, infinities, NaNs) with lower halves that round
+// down, tie, round up or carry: the cases the hashed inputs above never reach for bf16.
+std::vector<float> special_inputs() {
+  std::vector<float> v;
+  const std::uint32_t lows[] = {0x0000u, 0x0001u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu};
+  v.reserve(65536u * std::size(lows));
+  for (std::uint32_t hi = 0; hi < 65536u; ++hi)
+    for (std::uint32_t lo : lows) {
+      const std::uint32_t bits = (hi << 16) | lo;
+      float f;
+      std::memcpy(&f, &bits, 4);
+      v.push_back(f);
+    }
+  return v;
+}
+
+template <class T>
+bool same_value(T a, T b) {  // bit for bit, except that any NaN equals any NaN
+  if (a != a && b != b) return true;
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
+
+template <class H>
+bool is_nan16(H h, DType t) {
+  const unsigned e = t == DType::BF16 ? (h.bits >> 7) & 0xffu : (h.bits >> 10) & 0x1fu;
+  const unsigned m = t == DType::BF16 ? h.bits & 0x7fu : h.bits & 0x3ffu;
+  return e == (t == DType::BF16 ? 0xffu : 0x1fu) && m != 0;
+}
+
+// Narrow, widen and divide every special input. The device and the host round the same way
+// bit for bit, subnormals included (no flush to zero); a NaN stays a NaN, but the device
+// writes CUDA's canonical NaN where the host keeps the sign and payload, so NaNs compare by
+// class only.
+template <class H>
+std::size_t narrow_special_mismatches(DType t, const std::vector<float>& x, float divisor) {
+  const std::size_t n = x.size();
+  Dev<float> in(x);
+  Dev<H> out(n);
+  detail::cuda_narrow_from_f32(in.p, divisor, t, out.p, n, nullptr);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto got = out.host();
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const H want(divisor == 1.0f ? x[i] : x[i] / divisor);
+    const bool ok = got[i].bits == want.bits || (is_nan16(got[i], t) && is_nan16(want, t));
+    std::uint32_t xb;
+    std::memcpy(&xb, &x[i], 4);
+    if (!ok && bad++ < 5)
+      ADD_FAILURE() << dtype_name(t) << " / " << divisor << ": f32 bits 0x" << std::hex << xb << " gave 0x"
+                    << got[i].bits << ", the host rounds to 0x" << want.bits << std::dec;
+  }
+  return bad;
+}
+
+TEST(CommNccl, DeviceCastsOfSpecialValues) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device visible";
+  const auto x = special_inputs();
+  for (float divisor : {1.0f, 3.0f}) {
+    EXPECT_EQ(narrow_special_mismatches<bf16>(DType::BF16, x, divisor), 0u) << "bf16 / " << divisor;
+    EXPECT_EQ(narrow_special_mismatches<f16>(DType::F16, x, divisor), 0u) << "f16 / " << divisor;
+  }
+  // widen every 16-bit pattern
+  std::vector<bf16> hb(65536);
+  std::vector<f16> hh(65536);
+  for (std::uint32_t i = 0; i < 65536u; ++i) {
+    hb[i].bits = static_cast<std::uint16_t>(i);
+    hh[i].bits = static_cast<std::uint16_t>(i);
+  }
+  Dev<bf16> db(hb);
+  Dev<f16> dh(hh);
+  Dev<float> wb(65536), wh(65536);
+  detail::cuda_widen_to_f32(db.p, DType::BF16, wb.p, 65536, nullptr);
+  detail::cuda_widen_to_f32(dh.p, DType::F16, wh.p, 65536, nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto gb = wb.host();
+  const auto gh = wh.host();
+  std::size_t bad = 0;
+  for (std::uint32_t i = 0; i < 65536u; ++i) {
+    const float b = static_cast<float>(hb[i]);
+    const float h = static_cast<float>(hh[i]);
+    if (!same_value(gb[i], b) && bad++ < 5)
+      ADD_FAILURE() << "bf16 0x" << std::hex << i << std::dec << " widened to " << gb[i];
+    if (!same_value(gh[i], h) && bad++ < 5)
+      ADD_FAILURE() << "f16 0x" << std::hex << i << std::dec << " widened to " << gh[i];
+  }
+  EXPECT_EQ(bad, 0u) << "widen";
+  // f32 / f64 Mean division of the same inputs: subnormal quotients, infinities, NaNs
+  Dev<float> f(x);
+  std::vector<double> xd(x.begin(), x.end());
+  Dev<double> d(xd);
+  detail::cuda_divide(f.p, DType::F32, x.size(), 3, nullptr);
+  detail::cuda_divide(d.p, DType::F64, x.size(), 3, nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto gf = f.host();
+  const auto gd = d.host();
+  bad = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    if ((!same_value(gf[i], x[i] / 3.0f) || !same_value(gd[i], xd[i] / 3.0)) && bad++ < 5)
+      ADD_FAILURE() << "divide element " << i << ": " << x[i] << " / 3 gave " << gf[i] << " (f32) " << gd[i]
+                    << " (f64)";
+  }
+  EXPECT_EQ(bad, 0u) << "divide";
 }
 
 }  // namespace
