@@ -36,6 +36,16 @@ done | sort -u | while read -r name path; do
   [[ $name =~ $skip ]] && continue
   cp -L "$path" "$stage/lib/$name"
 done
+# UCX (MPICH's ch4:ucx) loads its transports as modules from ucx/ beside libucs at run time,
+# which ldd does not see: without libuct_cma its large messages between ranks of one node
+# go through shared-memory copies instead of single-copy CMA. (The InfiniBand modules need
+# the machine's verbs libraries and are left out.)
+ucx_dir=$(dirname "$(readlink -f "$(ldconfig -p | awk '/libucs\.so\.0 /{print $NF; exit}')")")/ucx
+if [ -e "$ucx_dir/libuct_cma.so.0" ]; then
+  mkdir -p "$stage/lib/ucx"
+  cp -L "$ucx_dir/libuct_cma.so.0" "$stage/lib/ucx/"
+  ln -s libuct_cma.so.0 "$stage/lib/ucx/libuct_cma.so"
+fi
 mkdir -p "$out"
 tar -C "$stage" -cf - bin lib tests | xz -T2 -6 >"$out/bundle.tar.xz"
 cp "$root/perf/gpu_check.sh" "$root/perf/gpu_probe.py" "$root/perf/torch_peer.py" "$out/"

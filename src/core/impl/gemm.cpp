@@ -98,6 +98,7 @@ struct Bf16State {
   dnnl::stream st{eng};
   std::map<Bf16Key, Bf16Prim> prims;
   std::vector<std::uint16_t> a16, b16;
+  std::vector<float> c32;  // a dense product for a C with ldc > n (see gemm_bf16_onednn)
 };
 Bf16State& bf16_state() {
   thread_local Bf16State s;
@@ -122,8 +123,18 @@ void gemm_bf16_onednn(char ta, char tb, std::int64_t m, std::int64_t n, std::int
   s.b16.resize(static_cast<std::size_t>(br * bc));
   round_rows_bf16(a, ar, ac, lda, s.a16.data());
   round_rows_bf16(b, br, bc, ldb, s.b16.data());
+  // oneDNN 2.6 runs its brgemm kernels (AMX where the CPU has it) only into a dense C; a C
+  // with rows further apart (a window of a wider matrix: attention's per-head products) got
+  // its reference-era gemm:jit kernel. Such a product goes into dense scratch and is then
+  // added (beta) or copied into C.
+  const bool dense_c = ldc == n;
+  float* out = c;
+  if (!dense_c) {
+    s.c32.resize(static_cast<std::size_t>(m * n));
+    out = s.c32.data();
+  }
   try {
-    const Bf16Key key{ta, tb, m, n, k, ldc, alpha, beta};
+    const Bf16Key key{ta, tb, m, n, k, dense_c ? ldc : n, alpha, dense_c ? beta : 0.0f};
     auto it = s.prims.find(key);
     if (it == s.prims.end()) {
       using md = dnnl::memory::desc;
@@ -131,19 +142,19 @@ void gemm_bf16_onednn(char ta, char tb, std::int64_t m, std::int64_t n, std::int
       using dims = dnnl::memory::dims;
       const md amd({m, k}, dt::bf16, ta == 'N' ? dims{k, 1} : dims{1, m});
       const md bmd({k, n}, dt::bf16, tb == 'N' ? dims{n, 1} : dims{1, k});
-      const md cmd({m, n}, dt::f32, dims{ldc, 1});
+      const md cmd({m, n}, dt::f32, dims{key.ldc, 1});
       dnnl::primitive_attr attr;
       if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-      if (beta != 0.0f) {  // C = alpha·A·B + beta·C; beta 0 never reads C
+      if (key.beta != 0.0f) {  // C = alpha·A·B + beta·C; beta 0 never reads C
         dnnl::post_ops po;
-        po.append_sum(beta);
+        po.append_sum(key.beta);
         attr.set_post_ops(po);
       }
       const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(amd, bmd, cmd), attr, s.eng);
       it = s.prims.emplace(key, Bf16Prim{dnnl::matmul(pd), amd, bmd, cmd}).first;
     }
     const Bf16Prim& p = it->second;
-    dnnl::memory am(p.a, s.eng, s.a16.data()), bm(p.b, s.eng, s.b16.data()), cm(p.c, s.eng, c);
+    dnnl::memory am(p.a, s.eng, s.a16.data()), bm(p.b, s.eng, s.b16.data()), cm(p.c, s.eng, out);
     // as for dnnl_sgemm (sgemm_onednn): no signal handler runs on this thread inside the kernel
     struct SignalsHeld {
       sigset_t old;
@@ -156,6 +167,17 @@ void gemm_bf16_onednn(char ta, char tb, std::int64_t m, std::int64_t n, std::int
     } held;
     p.prim.execute(s.st, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
     s.st.wait();
+    if (!dense_c)
+      for (std::int64_t r = 0; r < m; ++r) {
+        const float* t = out + r * n;
+        float* row = c + r * ldc;
+        if (beta == 0.0f)  // beta 0 never reads C (it may hold NaN)
+          std::memcpy(row, t, static_cast<std::size_t>(n) * sizeof(float));
+        else if (beta == 1.0f)
+          for (std::int64_t j = 0; j < n; ++j) row[j] += t[j];
+        else
+          for (std::int64_t j = 0; j < n; ++j) row[j] = beta * row[j] + t[j];
+      }
   } catch (const dnnl::error& e) {
     throw Error(::shardflow::detail::concat("host_gemm_bf16: oneDNN's bf16 matmul ('", ta, "', '", tb, "', m ", m,
                                             ", n ", n, ", k ", k, ", ldc ", ldc, ") failed: ", e.what()));
@@ -255,18 +277,20 @@ thread_local DType t_operands = DType::F32;
 // The bf16 matmul against a double-precision reference on bf16 values (their products are
 // exact in f32, so only the f32 accumulation differs): every transposition, sizes off the
 // kernels' blocking, beta 0 over NaN, beta 1, alpha != 1; and a non-bf16 input must come out
-// rounded (to nearest even), not truncated. Empty when right, else what went wrong.
+// rounded (to nearest even), not truncated. C is also a window of a wider matrix (ldc > n,
+// as attention's per-head products write it: the dense-scratch path), whose columns past n
+// must stay as they were. Empty when right, else what went wrong.
 std::string verify_bf16(double& max_rel_error) {
   struct Case {
     char ta, tb;
     int m, n, k;
     float alpha, beta;
+    int ldc_extra;  // ldc = n + ldc_extra
   };
-  const Case cases[] = {{'N', 'N', 37, 29, 53, 1.0f, 0.0f},
-                        {'N', 'T', 61, 77, 45, 1.0f, 1.0f},
-                        {'T', 'N', 33, 95, 17, 0.125f, 0.0f},
-                        {'T', 'T', 40, 23, 66, 1.0f, 1.0f},
-                        {'N', 'T', 64, 128, 64, 0.5f, 0.0f}};
+  const Case cases[] = {{'N', 'N', 37, 29, 53, 1.0f, 0.0f, 0},     {'N', 'T', 61, 77, 45, 1.0f, 1.0f, 0},
+                        {'T', 'N', 33, 95, 17, 0.125f, 0.0f, 0},   {'T', 'T', 40, 23, 66, 1.0f, 1.0f, 0},
+                        {'N', 'T', 64, 128, 64, 0.5f, 0.0f, 0},    {'N', 'N', 64, 64, 128, 0.125f, 0.0f, 192},
+                        {'T', 'N', 128, 64, 64, 0.125f, 1.0f, 13}, {'N', 'T', 37, 29, 53, 1.0f, 0.5f, 3}};
   const bool corrupt = env("SHARDFLOW_GEMM_BF16_TEST_FAIL_VERIFY") != nullptr;
   for (const Case& t : cases) {
     // multiples of 1/32 below 2 in magnitude: bf16 values (8 significant bits)
@@ -276,13 +300,31 @@ std::string verify_bf16(double& max_rel_error) {
     const std::vector<float>& c0 = o.c0;
     // one element that is not a bf16 value: 1 + 2^-8 + 2^-10 rounds up to 1 + 2^-7
     a[a.size() / 3] = 1.0f + 1.0f / 256 + 1.0f / 1024;
-    std::vector<float> c = c0;
+    const int ldc = t.n + t.ldc_extra;
+    constexpr float kGap = -7.25f;  // the window's neighbours: must not change
+    std::vector<float> cw(static_cast<size_t>(t.m) * ldc, kGap);
+    for (int i = 0; i < t.m; ++i)
+      std::copy_n(c0.begin() + static_cast<std::ptrdiff_t>(i) * t.n, t.n,
+                  cw.begin() + static_cast<std::ptrdiff_t>(i) * ldc);
     try {
-      host_gemm_bf16_native(t.ta, t.tb, t.m, t.n, t.k, t.alpha, a.data(), ac, b.data(), bc, t.beta, c.data(), t.n);
+      host_gemm_bf16_native(t.ta, t.tb, t.m, t.n, t.k, t.alpha, a.data(), ac, b.data(), bc, t.beta, cw.data(), ldc);
     } catch (const std::exception& e) {
       return e.what();
     }
-    if (corrupt) c[c.size() / 2] += 1.0f;
+    if (corrupt) cw[cw.size() / 2] += 1.0f;
+    std::vector<float> c(static_cast<size_t>(t.m) * t.n);
+    for (int i = 0; i < t.m; ++i) {
+      std::copy_n(cw.begin() + static_cast<std::ptrdiff_t>(i) * ldc, t.n,
+                  c.begin() + static_cast<std::ptrdiff_t>(i) * t.n);
+      for (int j = t.n; j < ldc; ++j)
+        if (cw[static_cast<size_t>(i) * ldc + j] != kGap) {
+          char buf[200];
+          std::snprintf(buf, sizeof buf,
+                        "bf16 matmul('%c', '%c') %dx%dx%d into a window of ldc %d wrote C(%d, %d) = %.7g", t.ta, t.tb,
+                        t.m, t.n, t.k, ldc, i, j, static_cast<double>(cw[static_cast<size_t>(i) * ldc + j]));
+          return buf;
+        }
+    }
     a[a.size() / 3] = 1.0f + 1.0f / 128;  // what the reference multiplies
     for (int i = 0; i < t.m; ++i) {
       for (int j = 0; j < t.n; ++j) {
@@ -305,10 +347,10 @@ std::string verify_bf16(double& max_rel_error) {
         if (err > 1e-5) {
           char buf[220];
           std::snprintf(buf, sizeof buf,
-                        "bf16 matmul('%c', '%c') %dx%dx%d, alpha %g, beta %g: C(%d, %d) = %.7g, "
+                        "bf16 matmul('%c', '%c') %dx%dx%d, alpha %g, beta %g, ldc %d: C(%d, %d) = %.7g, "
                         "reference %.7g",
-                        t.ta, t.tb, t.m, t.n, t.k, static_cast<double>(t.alpha), static_cast<double>(t.beta), i, j, got,
-                        ref);
+                        t.ta, t.tb, t.m, t.n, t.k, static_cast<double>(t.alpha), static_cast<double>(t.beta), ldc, i, j,
+                        got, ref);
           return buf;
         }
       }
