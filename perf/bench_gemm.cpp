@@ -6,9 +6,13 @@
 // The products, for T = b·S tokens per rank (b = --batch sequences): per layer the four
 // linear layers (qkv [3H, H], out [H, H], gate_up [2F, H], down [H, F]), each forward
 // (T×out×in, A·Bᵀ), input gradient (T×in×out, A·B) and weight gradient (out×in×T, Aᵀ·B,
-// accumulated: beta 1), and the attention core per (sequence, head): scores (S×S×D, A·Bᵀ),
-// context (S×D×S, A·B) and their four backward products; once per step the head
-// (T×V×H and its two gradients). Samples alternate between the libraries (best of --reps
+// accumulated: beta 1), and the attention core per (sequence, head) as nn::Attention runs it:
+// per causal block of 64 query rows (rows [r0, r1) see keys [0, r1)) the scores (A·Bᵀ, scaled,
+// into the block's window of the S×S probabilities), the context (A·B, into the head's D
+// columns of the output, ldc H) and the four backward products (dV, dK, dQ into the head's
+// columns of dqkv, ldc 3H; dP into the S×S scratch), with the step's alpha and beta; once per
+// step the head (T×V×H and its two gradients). Column ldc: C's row stride where the step
+// writes into a window of a wider matrix (else n). Samples alternate between the libraries (best of --reps
 // per product and library), so a slow phase of the machine hits both.
 //
 // The third column is what train.precision = bf16 multiplies with where oneDNN's bf16 matmul
@@ -48,6 +52,8 @@ struct Product {
   int m, n, k;
   float beta;
   int count;  // how many times one step runs it
+  int ldc = 0;  // C's row stride (0: n, a dense C)
+  float alpha = 1.0f;
 };
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
@@ -90,22 +96,34 @@ int main(int argc, char** argv) {
   linear("out", H, H, layers);
   linear("gate_up", 2 * F, H, layers);
   linear("down", H, F, layers);
-  ps.push_back({"scores q·kᵀ", 'N', 'T', seq, seq, D, 0.0f, SH * layers});
-  ps.push_back({"context p·v", 'N', 'N', seq, D, seq, 0.0f, SH * layers});
-  ps.push_back({"d(p) = do·vᵀ", 'N', 'T', seq, seq, D, 0.0f, SH * layers});
-  ps.push_back({"d(v) = pᵀ·do", 'T', 'N', seq, D, seq, 0.0f, SH * layers});
-  ps.push_back({"d(q) = ds·k", 'N', 'N', seq, D, seq, 0.0f, SH * layers});
-  ps.push_back({"d(k) = dsᵀ·q", 'T', 'N', seq, D, seq, 0.0f, SH * layers});
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  constexpr int kBlock = 64;  // nn::Attention's causal block
+  const int nblk = (seq + kBlock - 1) / kBlock;
+  for (int blk = 0; blk < nblk; ++blk) {  // forward
+    const int r0 = blk * kBlock, r1 = std::min(seq, r0 + kBlock), rows = r1 - r0;
+    const std::string b = " b" + std::to_string(blk);
+    ps.push_back({"scores q·kᵀ" + b, 'N', 'T', rows, r1, D, 0.0f, SH * layers, seq, scale});
+    ps.push_back({"context p·v" + b, 'N', 'N', rows, D, r1, 0.0f, SH * layers, H});
+  }
+  for (int blk = nblk - 1; blk >= 0; --blk) {  // backward, last block first; the first dV/dK of a head set
+    const int r0 = blk * kBlock, r1 = std::min(seq, r0 + kBlock), rows = r1 - r0;
+    const std::string b = " b" + std::to_string(blk);
+    const float beta_kv = blk == nblk - 1 ? 0.0f : 1.0f;
+    ps.push_back({"d(v) = pᵀ·do" + b, 'T', 'N', r1, D, rows, beta_kv, SH * layers, 3 * H});
+    ps.push_back({"d(p) = do·vᵀ" + b, 'N', 'T', rows, r1, D, 0.0f, SH * layers, seq});
+    ps.push_back({"d(q) = ds·k" + b, 'N', 'N', rows, D, r1, 0.0f, SH * layers, 3 * H, scale});
+    ps.push_back({"d(k) = dsᵀ·q" + b, 'T', 'N', r1, D, rows, beta_kv, SH * layers, 3 * H, scale});
+  }
   linear("head", V, H, 1);
 
   std::printf("# bench_gemm: the host f32 products of one step per rank, OpenBLAS vs oneDNN, one thread\n");
   std::printf("# model T=%d tokens per rank (batch %d x seq %d), H=%d, heads %d, F=%d, V=%d; best of %d alternating samples\n",
               T, batch, seq, H, heads, F, V, reps);
   std::printf("# %s\n", blas_info().summary().c_str());
-  std::printf("#%-15s %2s %6s %6s %6s %5s %10s %10s %10s %7s %10s %7s\n", "product", "op", "m", "n", "k", "x",
-              "openblas", "onednn", "policy", "dnnl/ob", "bf16", "bf/dnnl");
-  std::printf("#%-15s %2s %6s %6s %6s %5s %10s %10s %10s %7s %10s %7s\n", "", "", "", "", "", "", "GFLOP/s", "GFLOP/s",
-              "uses", "speed", "GFLOP/s", "speed");
+  std::printf("#%-17s %2s %6s %6s %6s %6s %5s %10s %10s %10s %7s %10s %7s\n", "product", "op", "m", "n", "k", "ldc",
+              "x", "openblas", "onednn", "policy", "dnnl/ob", "bf16", "bf/dnnl");
+  std::printf("#%-17s %2s %6s %6s %6s %6s %5s %10s %10s %10s %7s %10s %7s\n", "", "", "", "", "", "", "", "GFLOP/s",
+              "GFLOP/s", "uses", "speed", "GFLOP/s", "speed");
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   double t_ob = 0, t_dn = 0, t_pol = 0, t_bf = 0;
@@ -114,8 +132,9 @@ int main(int argc, char** argv) {
   for (const Product& p : ps) {
     const int ar = p.ta == 'N' ? p.m : p.k, ac = p.ta == 'N' ? p.k : p.m;
     const int br = p.tb == 'N' ? p.k : p.n, bc = p.tb == 'N' ? p.n : p.k;
+    const int ldc = p.ldc > 0 ? p.ldc : p.n;
     std::vector<float> a(static_cast<size_t>(ar) * ac), b(static_cast<size_t>(br) * bc),
-        c0(static_cast<size_t>(p.m) * p.n);
+        c0(static_cast<size_t>(p.m) * ldc);
     for (auto& x : a) x = u(rng);
     for (auto& x : b) x = u(rng);
     for (auto& x : c0) x = u(rng);
@@ -127,35 +146,36 @@ int main(int argc, char** argv) {
         std::copy(c0.begin(), c0.end(), c[l].begin());
         const double t0 = now();
         if (l < 2)
-          host_sgemm_with(libs[l], p.ta, p.tb, p.m, p.n, p.k, 1.0f, a.data(), ac, b.data(), bc, p.beta, c[l].data(),
-                          p.n);
+          host_sgemm_with(libs[l], p.ta, p.tb, p.m, p.n, p.k, p.alpha, a.data(), ac, b.data(), bc, p.beta, c[l].data(),
+                          ldc);
         else
-          host_gemm_bf16_native(p.ta, p.tb, p.m, p.n, p.k, 1.0f, a.data(), ac, b.data(), bc, p.beta, c[2].data(), p.n);
+          host_gemm_bf16_native(p.ta, p.tb, p.m, p.n, p.k, p.alpha, a.data(), ac, b.data(), bc, p.beta, c[2].data(),
+                                ldc);
         best[l] = std::min(best[l], now() - t0);
       }
     // the two libraries agree (and so each is right to f32 rounding)
     for (int i = 0; i < p.m; ++i)
       for (int j = 0; j < p.n; ++j) {
-        double mag = p.beta != 0.0f ? std::fabs(c0[static_cast<size_t>(i) * p.n + j]) : 0.0;
+        double mag = p.beta != 0.0f ? std::fabs(c0[static_cast<size_t>(i) * ldc + j]) : 0.0;
         for (int q = 0; q < p.k; ++q) {
           const double av = p.ta == 'N' ? a[static_cast<size_t>(i) * ac + q] : a[static_cast<size_t>(q) * ac + i];
           const double bv = p.tb == 'N' ? b[static_cast<size_t>(q) * bc + j] : b[static_cast<size_t>(j) * bc + q];
-          mag += std::fabs(av * bv);
+          mag += std::fabs(p.alpha * av * bv);
         }
-        const size_t e = static_cast<size_t>(i) * p.n + j;
+        const size_t e = static_cast<size_t>(i) * ldc + j;
         if (!(std::fabs(static_cast<double>(c[0][e]) - c[1][e]) <= 1e-5 * mag)) ++wrong;
       }
     // the bf16 matmul: a double product of the operands rounded to bf16
     auto r16 = [](float x) { return static_cast<double>(static_cast<float>(bf16(x))); };
     for (int i = 0; i < p.m; ++i)
       for (int j = 0; j < p.n; ++j) {
-        const size_t e = static_cast<size_t>(i) * p.n + j;
+        const size_t e = static_cast<size_t>(i) * ldc + j;
         double ref = p.beta != 0.0f ? static_cast<double>(c0[e]) : 0.0, mag = std::fabs(ref);
         for (int q = 0; q < p.k; ++q) {
           const double av = r16(p.ta == 'N' ? a[static_cast<size_t>(i) * ac + q] : a[static_cast<size_t>(q) * ac + i]);
           const double bv = r16(p.tb == 'N' ? b[static_cast<size_t>(q) * bc + j] : b[static_cast<size_t>(j) * bc + q]);
-          ref += av * bv;
-          mag += std::fabs(av * bv);
+          ref += static_cast<double>(p.alpha) * av * bv;
+          mag += std::fabs(static_cast<double>(p.alpha) * av * bv);
         }
         if (!(std::fabs(static_cast<double>(c[2][e]) - ref) <= 1e-5 * mag)) ++wrong;
       }
@@ -169,8 +189,8 @@ int main(int argc, char** argv) {
     tt_ob[p.ta == 'T'][p.tb == 'T'] += best[0] * p.count;
     tt_dn[p.ta == 'T'][p.tb == 'T'] += best[1] * p.count;
     const char op[3] = {p.ta == 'N' ? 'N' : 'T', p.tb == 'N' ? 'N' : 'T', 0};
-    std::printf(" %-15s %2s %6d %6d %6d %5d %10.1f %10.1f %10s %7.2f %10.1f %7.2f\n", p.what.c_str(), op, p.m, p.n, p.k,
-                p.count, flop / best[0] / 1e9, flop / best[1] / 1e9, to_string(use), best[0] / best[1],
+    std::printf(" %-17s %2s %6d %6d %6d %6d %5d %10.1f %10.1f %10s %7.2f %10.1f %7.2f\n", p.what.c_str(), op, p.m, p.n,
+                p.k, ldc, p.count, flop / best[0] / 1e9, flop / best[1] / 1e9, to_string(use), best[0] / best[1],
                 flop / best[2] / 1e9, best[1] / best[2]);
   }
   std::printf("# per transposition (time-weighted over the step's products), oneDNN speed / OpenBLAS:");

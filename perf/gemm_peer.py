@@ -13,8 +13,12 @@ samples of `count` calls each:
   - torch bf16+cast: the f32 operands converted to bf16 inside the timed call, then the matmul
                  (autocast's cast of an f32 weight or activation, then the product): the
                  same work as bench_gemm's bf16 column, which rounds both operands in its call.
-It prints GFLOP/s per product, the step's products summed as bench_gemm sums them (each
-product's count x its time), and the ratios to bench_gemm's columns.
+PyTorch's operands and outputs are dense: where bench_gemm's product writes into a window of a
+wider C (its ldc column), PyTorch's eager attention instead multiplies every head of the
+micro-batch in one batched call over the full S x S, so its attention rows here time a product
+that PyTorch's step does not run one by one. It prints GFLOP/s per product, the step's products
+summed as bench_gemm sums them (each product's count x its time), and the ratios to
+bench_gemm's columns.
 
 Run it in the PyTorch peer's venv (perf/peer_env.sh): $(perf/peer_env.sh) perf/gemm_peer.py
 --bench-gemm build/release/perf/bench_gemm. ONEDNN_VERBOSE=1 in the environment makes both
@@ -47,12 +51,17 @@ rows = []
 for line in text.splitlines():
     if line.startswith("#") or not line.strip():
         continue
-    t = line.split()  # name (may hold spaces) op m n k count openblas onednn policy dnnl/ob bf16 bf/dnnl
-    if len(t) < 12 or t[-11] not in ("NN", "NT", "TN", "TT"):
+    t = line.split()  # name (may hold spaces) op m n k [ldc] count openblas onednn policy dnnl/ob bf16 bf/dnnl
+    ops = ("NN", "NT", "TN", "TT")
+    if len(t) >= 13 and t[-12] in ops:
+        at = -12  # with the ldc column (bench_gemm since session 17)
+    elif len(t) >= 12 and t[-11] in ops:
+        at = -11
+    else:
         continue
     try:
-        rows.append({"name": " ".join(t[:-11]), "op": t[-11], "m": int(t[-10]), "n": int(t[-9]), "k": int(t[-8]),
-                     "count": int(t[-7]), "sf_sgemm": float(t[-5] if t[-4] == "onednn" else t[-6]),
+        rows.append({"name": " ".join(t[:at]), "op": t[at], "m": int(t[at + 1]), "n": int(t[at + 2]),
+                     "k": int(t[at + 3]), "count": int(t[-7]), "sf_sgemm": float(t[-5] if t[-4] == "onednn" else t[-6]),
                      "sf_bf16": float(t[-2])})
     except ValueError:
         continue
