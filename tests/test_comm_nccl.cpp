@@ -115,14 +115,20 @@ std::vector<float> cast_inputs(std::size_t n) {
   return v;
 }
 
+// x / divisor rounded to H by the backend's device kernel
+template <class H>
+std::vector<H> device_narrow(DType t, const std::vector<float>& x, float divisor) {
+  Dev<float> in(x);
+  Dev<H> out(x.size());
+  detail::cuda_narrow_from_f32(in.p, divisor, t, out.p, x.size(), nullptr);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  return out.host();
+}
+
 template <class H>
 void check_narrow(DType t, const std::vector<float>& x, float divisor) {
   const std::size_t n = x.size();
-  Dev<float> in(x);
-  Dev<H> out(n);
-  detail::cuda_narrow_from_f32(in.p, divisor, t, out.p, n, nullptr);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const auto got = out.host();
+  const auto got = device_narrow<H>(t, x, divisor);
   std::size_t bad = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const H want(divisor == 1.0f ? x[i] : x[i] / divisor);
@@ -132,8 +138,9 @@ void check_narrow(DType t, const std::vector<float>& x, float divisor) {
   }
   EXPECT_EQ(bad, 0u) << dtype_name(t) << " / " << divisor;
   // widen back: exact
+  Dev<H> narrow(got);
   Dev<float> wide(n);
-  detail::cuda_widen_to_f32(out.p, t, wide.p, n, nullptr);
+  detail::cuda_widen_to_f32(narrow.p, t, wide.p, n, nullptr);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const auto w = wide.host();
   bad = 0;
@@ -211,14 +218,9 @@ bool is_nan16(H h, DType t) {
 // class only.
 template <class H>
 std::size_t narrow_special_mismatches(DType t, const std::vector<float>& x, float divisor) {
-  const std::size_t n = x.size();
-  Dev<float> in(x);
-  Dev<H> out(n);
-  detail::cuda_narrow_from_f32(in.p, divisor, t, out.p, n, nullptr);
-  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const auto got = out.host();
+  const auto got = device_narrow<H>(t, x, divisor);
   std::size_t bad = 0;
-  for (std::size_t i = 0; i < n; ++i) {
+  for (std::size_t i = 0; i < x.size(); ++i) {
     const H want(divisor == 1.0f ? x[i] : x[i] / divisor);
     const bool ok = got[i].bits == want.bits || (is_nan16(got[i], t) && is_nan16(want, t));
     std::uint32_t xb;
