@@ -12,7 +12,10 @@
 // columns of the output, ldc H) and the four backward products (dV, dK, dQ into the head's
 // columns of dqkv, ldc 3H; dP into the S×S scratch), with the step's alpha and beta; once per
 // step the head (T×V×H and its two gradients). Column ldc: C's row stride where the step
-// writes into a window of a wider matrix (else n). Samples alternate between the libraries (best of --reps
+// writes into a window of a wider matrix (else n); the attention products' A and B are
+// windows too (of qkv, the output gradient and the probabilities), with their strides.
+// Where beta is 0 the window of C starts as NaN (it must not leak), and the columns past
+// n must come out unchanged; both count in #wrong. Samples alternate between the libraries (best of --reps
 // per product and library), so a slow phase of the machine hits both.
 //
 // The third column is what train.precision = bf16 multiplies with where oneDNN's bf16 matmul
@@ -33,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -54,6 +58,7 @@ struct Product {
   int count;  // how many times one step runs it
   int ldc = 0;  // C's row stride (0: n, a dense C)
   float alpha = 1.0f;
+  int lda = 0, ldb = 0;  // A's and B's row strides (0: dense)
 };
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
@@ -102,17 +107,19 @@ int main(int argc, char** argv) {
   for (int blk = 0; blk < nblk; ++blk) {  // forward
     const int r0 = blk * kBlock, r1 = std::min(seq, r0 + kBlock), rows = r1 - r0;
     const std::string b = " b" + std::to_string(blk);
-    ps.push_back({"scores q·kᵀ" + b, 'N', 'T', rows, r1, D, 0.0f, SH * layers, seq, scale});
-    ps.push_back({"context p·v" + b, 'N', 'N', rows, D, r1, 0.0f, SH * layers, H});
+    // q, k, v are a head's columns of qkv (3H wide), p a window of the S x S probabilities
+    ps.push_back({"scores q·kᵀ" + b, 'N', 'T', rows, r1, D, 0.0f, SH * layers, seq, scale, 3 * H, 3 * H});
+    ps.push_back({"context p·v" + b, 'N', 'N', rows, D, r1, 0.0f, SH * layers, H, 1.0f, seq, 3 * H});
   }
   for (int blk = nblk - 1; blk >= 0; --blk) {  // backward, last block first; the first dV/dK of a head set
     const int r0 = blk * kBlock, r1 = std::min(seq, r0 + kBlock), rows = r1 - r0;
     const std::string b = " b" + std::to_string(blk);
     const float beta_kv = blk == nblk - 1 ? 0.0f : 1.0f;
-    ps.push_back({"d(v) = pᵀ·do" + b, 'T', 'N', r1, D, rows, beta_kv, SH * layers, 3 * H});
-    ps.push_back({"d(p) = do·vᵀ" + b, 'N', 'T', rows, r1, D, 0.0f, SH * layers, seq});
-    ps.push_back({"d(q) = ds·k" + b, 'N', 'N', rows, D, r1, 0.0f, SH * layers, 3 * H, scale});
-    ps.push_back({"d(k) = dsᵀ·q" + b, 'T', 'N', r1, D, rows, beta_kv, SH * layers, 3 * H, scale});
+    // dO is a head's columns of the output gradient (H wide), dS a window of the S x S scratch
+    ps.push_back({"d(v) = pᵀ·do" + b, 'T', 'N', r1, D, rows, beta_kv, SH * layers, 3 * H, 1.0f, seq, H});
+    ps.push_back({"d(p) = do·vᵀ" + b, 'N', 'T', rows, r1, D, 0.0f, SH * layers, seq, 1.0f, H, 3 * H});
+    ps.push_back({"d(q) = ds·k" + b, 'N', 'N', rows, D, r1, 0.0f, SH * layers, 3 * H, scale, seq, 3 * H});
+    ps.push_back({"d(k) = dsᵀ·q" + b, 'T', 'N', r1, D, rows, beta_kv, SH * layers, 3 * H, scale, seq, 3 * H});
   }
   linear("head", V, H, 1);
 
@@ -132,12 +139,18 @@ int main(int argc, char** argv) {
   for (const Product& p : ps) {
     const int ar = p.ta == 'N' ? p.m : p.k, ac = p.ta == 'N' ? p.k : p.m;
     const int br = p.tb == 'N' ? p.k : p.n, bc = p.tb == 'N' ? p.n : p.k;
-    const int ldc = p.ldc > 0 ? p.ldc : p.n;
-    std::vector<float> a(static_cast<size_t>(ar) * ac), b(static_cast<size_t>(br) * bc),
+    const int ldc = p.ldc > 0 ? p.ldc : p.n, lda = p.lda > 0 ? p.lda : ac, ldb = p.ldb > 0 ? p.ldb : bc;
+    std::vector<float> a(static_cast<size_t>(ar) * lda), b(static_cast<size_t>(br) * ldb),
         c0(static_cast<size_t>(p.m) * ldc);
     for (auto& x : a) x = u(rng);
     for (auto& x : b) x = u(rng);
-    for (auto& x : c0) x = u(rng);
+    // C's window: NaN where beta is 0 (never read, must not leak), else random; its
+    // neighbours past column n: kGap, which no product may change
+    constexpr float kGap = -7.25f;
+    for (int i = 0; i < p.m; ++i)
+      for (int j = 0; j < ldc; ++j)
+        c0[static_cast<size_t>(i) * ldc + j] =
+            j >= p.n ? kGap : (p.beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : u(rng));
     std::vector<float> c[3] = {c0, c0, c0};
     const GemmLibrary libs[2] = {GemmLibrary::OpenBlas, GemmLibrary::OneDnn};
     double best[3] = {HUGE_VAL, HUGE_VAL, HUGE_VAL};
@@ -146,10 +159,10 @@ int main(int argc, char** argv) {
         std::copy(c0.begin(), c0.end(), c[l].begin());
         const double t0 = now();
         if (l < 2)
-          host_sgemm_with(libs[l], p.ta, p.tb, p.m, p.n, p.k, p.alpha, a.data(), ac, b.data(), bc, p.beta, c[l].data(),
-                          ldc);
+          host_sgemm_with(libs[l], p.ta, p.tb, p.m, p.n, p.k, p.alpha, a.data(), lda, b.data(), ldb, p.beta,
+                          c[l].data(), ldc);
         else
-          host_gemm_bf16_native(p.ta, p.tb, p.m, p.n, p.k, p.alpha, a.data(), ac, b.data(), bc, p.beta, c[2].data(),
+          host_gemm_bf16_native(p.ta, p.tb, p.m, p.n, p.k, p.alpha, a.data(), lda, b.data(), ldb, p.beta, c[2].data(),
                                 ldc);
         best[l] = std::min(best[l], now() - t0);
       }
@@ -158,8 +171,8 @@ int main(int argc, char** argv) {
       for (int j = 0; j < p.n; ++j) {
         double mag = p.beta != 0.0f ? std::fabs(c0[static_cast<size_t>(i) * ldc + j]) : 0.0;
         for (int q = 0; q < p.k; ++q) {
-          const double av = p.ta == 'N' ? a[static_cast<size_t>(i) * ac + q] : a[static_cast<size_t>(q) * ac + i];
-          const double bv = p.tb == 'N' ? b[static_cast<size_t>(q) * bc + j] : b[static_cast<size_t>(j) * bc + q];
+          const double av = p.ta == 'N' ? a[static_cast<size_t>(i) * lda + q] : a[static_cast<size_t>(q) * lda + i];
+          const double bv = p.tb == 'N' ? b[static_cast<size_t>(q) * ldb + j] : b[static_cast<size_t>(j) * ldb + q];
           mag += std::fabs(p.alpha * av * bv);
         }
         const size_t e = static_cast<size_t>(i) * ldc + j;
@@ -170,15 +183,20 @@ int main(int argc, char** argv) {
     for (int i = 0; i < p.m; ++i)
       for (int j = 0; j < p.n; ++j) {
         const size_t e = static_cast<size_t>(i) * ldc + j;
-        double ref = p.beta != 0.0f ? static_cast<double>(c0[e]) : 0.0, mag = std::fabs(ref);
+        double ref = p.beta != 0.0f ? static_cast<double>(p.beta) * c0[e] : 0.0, mag = std::fabs(ref);
         for (int q = 0; q < p.k; ++q) {
-          const double av = r16(p.ta == 'N' ? a[static_cast<size_t>(i) * ac + q] : a[static_cast<size_t>(q) * ac + i]);
-          const double bv = r16(p.tb == 'N' ? b[static_cast<size_t>(q) * bc + j] : b[static_cast<size_t>(j) * bc + q]);
+          const double av =
+              r16(p.ta == 'N' ? a[static_cast<size_t>(i) * lda + q] : a[static_cast<size_t>(q) * lda + i]);
+          const double bv =
+              r16(p.tb == 'N' ? b[static_cast<size_t>(q) * ldb + j] : b[static_cast<size_t>(j) * ldb + q]);
           ref += static_cast<double>(p.alpha) * av * bv;
           mag += std::fabs(static_cast<double>(p.alpha) * av * bv);
         }
         if (!(std::fabs(static_cast<double>(c[2][e]) - ref) <= 1e-5 * mag)) ++wrong;
       }
+    for (const auto& out : c)  // the window's neighbours are as they were
+      for (int i = 0; i < p.m; ++i)
+        for (int j = p.n; j < ldc; ++j) wrong += out[static_cast<size_t>(i) * ldc + j] != kGap;
     const double flop = 2.0 * p.m * p.n * p.k;
     const GemmLibrary use = gemm_library();
     const int ui = use == GemmLibrary::OneDnn ? 1 : 0;

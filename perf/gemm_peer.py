@@ -2,8 +2,8 @@
 PyTorch peer, product by product, beside shardflow's (bench_gemm's onednn sgemm and bf16 matmul
 columns).
 
-bench_gemm prints one row per product of one training step per rank (name, op, m, n, k, count,
-then its GFLOP/s columns). This script reads that table (`--table FILE`, or runs `--bench-gemm
+bench_gemm prints one row per product of one training step per rank (name, op, m, n, k, ldc,
+count, then its GFLOP/s columns; tables from before session 17 have no ldc column). This script reads that table (`--table FILE`, or runs `--bench-gemm
 PATH` itself), builds the same operands in their stored orientation (op NT: A [m, k], B [n, k];
 NN: A [m, k], B [k, n]; TN: A [k, m], B [k, n]) and times, best of `--samples` alternating
 samples of `count` calls each:
@@ -66,7 +66,7 @@ for line in text.splitlines():
     except ValueError:
         continue
 if not rows:
-    sys.exit("gemm_peer: no product rows in bench_gemm's table (columns: name op m n k count openblas onednn "
+    sys.exit("gemm_peer: no product rows in bench_gemm's table (columns: name op m n k [ldc] count openblas onednn "
              "policy dnnl/ob bf16 bf/dnnl)")
 
 import torch  # noqa: E402  (after the table: a missing table fails fast without loading torch)

@@ -40,11 +40,13 @@ done
 # which ldd does not see: without libuct_cma its large messages between ranks of one node
 # go through shared-memory copies instead of single-copy CMA. (The InfiniBand modules need
 # the machine's verbs libraries and are left out.)
-ucx_dir=$(dirname "$(readlink -f "$(ldconfig -p | awk '/libucs\.so\.0 /{print $NF; exit}')")")/ucx
-if [ -e "$ucx_dir/libuct_cma.so.0" ]; then
+ucs=$(ldd "$stage/bin/shardflow" | awk '/libucs\.so/{print $3; exit}')
+if [ -n "$ucs" ] && [ -e "$(dirname "$(readlink -f "$ucs")")/ucx/libuct_cma.so.0" ]; then
   mkdir -p "$stage/lib/ucx"
-  cp -L "$ucx_dir/libuct_cma.so.0" "$stage/lib/ucx/"
+  cp -L "$(dirname "$(readlink -f "$ucs")")/ucx/libuct_cma.so.0" "$stage/lib/ucx/"
   ln -s libuct_cma.so.0 "$stage/lib/ucx/libuct_cma.so"
+elif [ -n "$ucs" ]; then
+  echo "gpu_bundle: warning: no ucx/libuct_cma.so.0 beside $ucs; the bundle's MPI moves large messages without CMA" >&2
 fi
 mkdir -p "$out"
 tar -C "$stage" -cf - bin lib tests | xz -T2 -6 >"$out/bundle.tar.xz"

@@ -80,7 +80,9 @@ void sgemm_onednn(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t
 // ---- oneDNN's bf16 matmul (16-bit operands held in f32) ------------------------------------
 // A and B are rounded into this thread's bf16 scratch, dense in their stored orientation;
 // one matmul primitive per (transpositions, m, n, k, ldc, alpha, beta) is created on first
-// use and kept (a training step multiplies a few dozen shapes, again every step).
+// use and kept (a training step multiplies a few dozen shapes, again every step). A product
+// into a window of a wider C (ldc > n) uses the primitive of the dense product (ldc = n,
+// beta 0) into scratch, so the two share one cache entry.
 struct Bf16Key {
   char ta, tb;
   std::int64_t m, n, k, ldc;
@@ -290,7 +292,8 @@ std::string verify_bf16(double& max_rel_error) {
   const Case cases[] = {{'N', 'N', 37, 29, 53, 1.0f, 0.0f, 0},     {'N', 'T', 61, 77, 45, 1.0f, 1.0f, 0},
                         {'T', 'N', 33, 95, 17, 0.125f, 0.0f, 0},   {'T', 'T', 40, 23, 66, 1.0f, 1.0f, 0},
                         {'N', 'T', 64, 128, 64, 0.5f, 0.0f, 0},    {'N', 'N', 64, 64, 128, 0.125f, 0.0f, 192},
-                        {'T', 'N', 128, 64, 64, 0.125f, 1.0f, 13}, {'N', 'T', 37, 29, 53, 1.0f, 0.5f, 3}};
+                        {'T', 'N', 128, 64, 64, 0.125f, 1.0f, 13}, {'N', 'T', 37, 29, 53, 1.0f, 0.5f, 3},
+                        {'N', 'T', 64, 128, 64, 0.5f, 1.0f, 64}};  // reuses the dense 64x128x64 case's primitive
   const bool corrupt = env("SHARDFLOW_GEMM_BF16_TEST_FAIL_VERIFY") != nullptr;
   for (const Case& t : cases) {
     // multiples of 1/32 below 2 in magnitude: bf16 values (8 significant bits)
@@ -369,6 +372,7 @@ void host_gemm_bf16_native(char ta, char tb, std::int64_t m, std::int64_t n, std
                            std::int64_t ldc) {
   SHARDFLOW_REQUIRE((ta == 'N' || ta == 'T') && (tb == 'N' || tb == 'T'), "host_gemm_bf16: transposition flags '", ta,
                     "', '", tb, "' (want 'N' or 'T')");
+  SHARDFLOW_REQUIRE(ldc >= n, "host_gemm_bf16: ldc ", ldc, " is below n ", n, " (C's rows would overlap)");
   if (m == 0 || n == 0) return;
   if (k == 0) {
     for (std::int64_t i = 0; i < m; ++i)
