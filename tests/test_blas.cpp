@@ -4,6 +4,7 @@
 // (respected), and with the testing hooks that exercise the re-exec and its fallback. The
 // host GEMM (core/gemm.hpp): both libraries against a double reference on every
 // transposition, the policy from SHARDFLOW_GEMM, oneDNN's verification and its fallback.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -17,19 +18,21 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
-#include <thread>
-#include <tuple>
 #include <cstring>
-#include <limits>
+#include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include "core/blas.hpp"
 #include "core/error.hpp"
 #include "core/gemm.hpp"
+#include "core/threads.hpp"
 
 extern char** environ;
 
@@ -101,6 +104,35 @@ Child run_version(const std::vector<std::string>& extra) {
   close(fd[0]);
   waitpid(pid, &c.status, 0);
   return c;
+}
+
+// Runs first in this binary, right after the test main's limit_blas_threads() (the call
+// every shardflow program makes first). OpenBLAS's pthread build starts its worker threads
+// when it is loaded, one per core less one, and each idle worker spins in sched_yield for
+// about 0.1 s before it sleeps; with one BLAS thread they are never used, so
+// limit_blas_threads() joins them: no thread but the main one carries the program's name.
+TEST(BlasThreads, NoIdleOpenBlasWorkersAfterStartUp) {
+  if (std::getenv("OPENBLAS_NUM_THREADS") || std::getenv("SHARDFLOW_BLAS_THREADS"))
+    GTEST_SKIP() << "OPENBLAS_NUM_THREADS or SHARDFLOW_BLAS_THREADS is set: the user's choice stands";
+  if (dlsym(RTLD_DEFAULT, "openblas_get_num_threads") == nullptr) GTEST_SKIP() << "no OpenBLAS in this process";
+  if (std::thread::hardware_concurrency() < 2) GTEST_SKIP() << "one core: OpenBLAS starts no workers";
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(e.path() / "comm");
+    std::string n;
+    std::getline(comm, n);
+    names.push_back(e.path().filename().string() + ":" + n);
+  }
+  // OpenBLAS's workers carry the program's name; other libraries name theirs (UCX: "async")
+  std::ifstream self("/proc/self/comm");
+  std::string me, all;
+  std::getline(self, me);
+  std::size_t unnamed = 0;
+  for (const auto& n : names) {
+    all += " " + n;
+    unnamed += n.substr(n.find(':') + 1) == me ? 1 : 0;
+  }
+  EXPECT_EQ(unnamed, 1u) << "threads named '" << me << "' (tid:name):" << all;
 }
 
 TEST(Blas, FeaturesAgreeWithProcCpuinfo) {
