@@ -41,9 +41,10 @@ done
 # go through shared-memory copies instead of single-copy CMA. (The InfiniBand modules need
 # the machine's verbs libraries and are left out.)
 ucs=$(ldd "$stage/bin/shardflow" | awk '/libucs\.so/{print $3; exit}')
-if [ -n "$ucs" ] && [ -e "$(dirname "$(readlink -f "$ucs")")/ucx/libuct_cma.so.0" ]; then
+cma=${ucs:+$(dirname "$(readlink -f "$ucs")")/ucx/libuct_cma.so.0}
+if [ -n "$ucs" ] && [ -e "$cma" ]; then
   mkdir -p "$stage/lib/ucx"
-  cp -L "$(dirname "$(readlink -f "$ucs")")/ucx/libuct_cma.so.0" "$stage/lib/ucx/"
+  cp -L "$cma" "$stage/lib/ucx/"
   ln -s libuct_cma.so.0 "$stage/lib/ucx/libuct_cma.so"
 elif [ -n "$ucs" ]; then
   echo "gpu_bundle: warning: no ucx/libuct_cma.so.0 beside $ucs; the bundle's MPI moves large messages without CMA" >&2

@@ -158,6 +158,35 @@ void check_narrow(DType t, const std::vector<float>& x, float divisor) {
   EXPECT_EQ(bad, 0u) << dtype_name(t) << " widen";
 }
 
+template <class T>
+bool same_value(T a, T b) {  // bit for bit, except that any NaN equals any NaN
+  if (a != a && b != b) return true;
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
+
+// x / 3 divided in place on the device in f32 and in f64 (a Mean over three ranks), against
+// the host's division: the mismatches (the first five reported)
+std::size_t divide_mismatches(const std::vector<float>& x) {
+  Dev<float> f(x);
+  std::vector<double> xd(x.begin(), x.end());
+  Dev<double> d(xd);
+  detail::cuda_divide(f.p, DType::F32, x.size(), 3, nullptr);
+  detail::cuda_divide(d.p, DType::F64, x.size(), 3, nullptr);
+  const cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) {
+    ADD_FAILURE() << "divide kernel: " << cudaGetErrorString(e);
+    return x.size();
+  }
+  const auto gf = f.host();
+  const auto gd = d.host();
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if ((!same_value(gf[i], x[i] / 3.0f) || !same_value(gd[i], xd[i] / 3.0)) && bad++ < 5)
+      ADD_FAILURE() << "divide element " << i << ": " << x[i] << " / 3 gave " << gf[i] << " (f32) " << gd[i]
+                    << " (f64)";
+  return bad;
+}
+
 TEST(CommNccl, DeviceCastsMatchTheHostRounding) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device visible";
   // 65535 blocks x 256 threads = 16.8 M: more elements than that exercise the grid-stride loop
@@ -167,25 +196,8 @@ TEST(CommNccl, DeviceCastsMatchTheHostRounding) {
     check_narrow<bf16>(DType::BF16, x, divisor);
     check_narrow<f16>(DType::F16, x, divisor);
   }
-  {  // f32 / f64 Mean: divide in place
-    Dev<float> f(x);
-    detail::cuda_divide(f.p, DType::F32, n, 3, nullptr);
-    std::vector<double> xd(x.begin(), x.end());
-    Dev<double> d(xd);
-    detail::cuda_divide(d.p, DType::F64, n, 3, nullptr);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const auto gf = f.host();
-    const auto gd = d.host();
-    std::size_t bad = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      const float wf = x[i] / 3.0f;
-      const double wd = xd[i] / 3.0;
-      if ((std::memcmp(&gf[i], &wf, 4) != 0 || std::memcmp(&gd[i], &wd, 8) != 0) && bad++ < 5)
-        ADD_FAILURE() << "divide element " << i << ": " << x[i] << " / 3 gave " << gf[i] << " (f32) " << gd[i]
-                      << " (f64)";
-    }
-    EXPECT_EQ(bad, 0u);
-  }
+  // f32 / f64 Mean: divide in place (finite inputs and quotients: bit for bit)
+  EXPECT_EQ(divide_mismatches(x), 0u) << "divide";
 }
 
 // Every 16-bit upper half of an f32 (every sign, exponent and bf16 mantissa: zeros, f32
@@ -203,12 +215,6 @@ std::vector<float> special_inputs() {
       v.push_back(f);
     }
   return v;
-}
-
-template <class T>
-bool same_value(T a, T b) {  // bit for bit, except that any NaN equals any NaN
-  if (a != a && b != b) return true;
-  return std::memcmp(&a, &b, sizeof(T)) == 0;
 }
 
 template <class H>
@@ -272,21 +278,7 @@ TEST(CommNccl, DeviceCastsOfSpecialValues) {
   }
   EXPECT_EQ(bad, 0u) << "widen";
   // f32 / f64 Mean division of the same inputs: subnormal quotients, infinities, NaNs
-  Dev<float> f(x);
-  std::vector<double> xd(x.begin(), x.end());
-  Dev<double> d(xd);
-  detail::cuda_divide(f.p, DType::F32, x.size(), 3, nullptr);
-  detail::cuda_divide(d.p, DType::F64, x.size(), 3, nullptr);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const auto gf = f.host();
-  const auto gd = d.host();
-  bad = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    if ((!same_value(gf[i], x[i] / 3.0f) || !same_value(gd[i], xd[i] / 3.0)) && bad++ < 5)
-      ADD_FAILURE() << "divide element " << i << ": " << x[i] << " / 3 gave " << gf[i] << " (f32) " << gd[i]
-                    << " (f64)";
-  }
-  EXPECT_EQ(bad, 0u) << "divide";
+  EXPECT_EQ(divide_mismatches(x), 0u) << "divide";
 }
 
 }  // namespace
