@@ -1,9 +1,9 @@
 // shardflow: the command-line front end. Every subcommand runs under MPI (a singleton
 // without mpiexec/srun), except those registered with needs_mpi = false (simulate, plan,
 // report, version), which start MPI only when launched as one of several ranks or when
-// they reach a collective part (ensure_mpi). Errors are printed once (by rank 0, or by the failing rank when
-// rank 0 did not fail) and every rank exits non-zero; when only some ranks failed, the
-// job is aborted so that no rank hangs waiting for one that already failed.
+// they reach a collective part (ensure_mpi). Errors are printed once (by rank 0, or by the
+// failing rank when rank 0 did not fail) and every rank exits non-zero; when only some ranks
+// failed, the job is aborted so that no rank hangs waiting for one that already failed.
 #include <mpi.h>
 
 #include "core/blas.hpp"

@@ -15,8 +15,8 @@
 // writes into a window of a wider matrix (else n); the attention products' A and B are
 // windows too (of qkv, the output gradient and the probabilities), with their strides.
 // Where beta is 0 the window of C starts as NaN (it must not leak), and the columns past
-// n must come out unchanged; both count in #wrong. Samples alternate between the libraries (best of --reps
-// per product and library), so a slow phase of the machine hits both.
+// n must come out unchanged; both count in #wrong. Samples alternate between the libraries
+// (best of --reps per product and library), so a slow phase of the machine hits both.
 //
 // The third column is what train.precision = bf16 multiplies with where oneDNN's bf16 matmul
 // is used (core/gemm.hpp, SHARDFLOW_GEMM_BF16): the same operands rounded to bf16 and

@@ -127,8 +127,8 @@ void gemm_bf16_onednn(char ta, char tb, std::int64_t m, std::int64_t n, std::int
   round_rows_bf16(b, br, bc, ldb, s.b16.data());
   // oneDNN 2.6 runs its brgemm kernels (AMX where the CPU has it) only into a dense C; a C
   // with rows further apart (a window of a wider matrix: attention's per-head products) got
-  // its reference-era gemm:jit kernel. Such a product goes into dense scratch and is then
-  // added (beta) or copied into C.
+  // its gemm:jit kernel instead. Such a product goes into dense scratch and is then added
+  // (beta) or copied into C.
   const bool dense_c = ldc == n;
   float* out = c;
   if (!dense_c) {
