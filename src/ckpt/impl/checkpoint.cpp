@@ -222,6 +222,7 @@ FileRecord write_shard_file(const std::string& path, const std::string& rel, std
         const detail::TileGeometry g = detail::tile_geometry(j.box.extent, dtype_size(j.dtype), j.block_rows, j.block_cols);
         const std::size_t chunk_row = static_cast<std::size_t>(g.block_cols) * g.col_bytes;
         detail::IoStream out(fd, true, j.file_offset, concat("checkpoint save: '", path, "' dataset '/", j.name, "'"));
+        out.write_behind();
         for (std::int64_t b = 0; b < g.row_blocks; ++b) {
           const std::int64_t r0 = b * j.block_rows, r1 = std::min(g.n0, r0 + j.block_rows);
           // pwritev only reads the rows: the const_cast is for the iovec type

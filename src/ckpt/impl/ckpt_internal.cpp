@@ -444,6 +444,11 @@ void IoStream::pad(std::size_t n) {
 void IoStream::flush() {
   if (iov_.empty()) return;
   io_all(fd_, write_, iov_, at_, what_);
+#ifdef __linux__
+  // a hint: a file system without it (or an error here) leaves the writeback to fsync
+  if (write_ && write_behind_)
+    (void)::sync_file_range(fd_, static_cast<off_t>(at_), static_cast<off_t>(queued_), SYNC_FILE_RANGE_WRITE);
+#endif
   at_ += static_cast<std::int64_t>(queued_);
   queued_ = 0;
   iov_.clear();  // (a read stream's padding landed in zeros_: a sink it never reads back)

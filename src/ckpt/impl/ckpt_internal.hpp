@@ -127,10 +127,16 @@ class IoStream {
   /// The next n bytes of the file are padding: written as zeros, dropped when read.
   void pad(std::size_t n);
   void flush();
+  /// Writing: from now on, each flush also starts the device writeback of the bytes it just
+  /// wrote (Linux sync_file_range, SYNC_FILE_RANGE_WRITE; it does not wait for it), so the
+  /// disk works while the next pieces are checksummed and copied. Only a head start: the
+  /// caller's fsync is still what makes the file durable and reports a failed write.
+  void write_behind() { write_behind_ = true; }
 
  private:
   int fd_;
   bool write_;
+  bool write_behind_ = false;
   std::int64_t at_;
   std::string what_;
   std::vector<iovec> iov_;
