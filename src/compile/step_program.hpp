@@ -183,6 +183,10 @@ struct CommOp {
 
 struct TaskSpec {
   std::string name;
+  /// The schedule group (index into StepShape::order) whose emission made the task: -1 before
+  /// the first group (the step's start, ZeRO-3's first gathers), order.size() after the last
+  /// (loss, gradient norm, update). The simulator's block replay costs a stage group by group.
+  int group = -1;
   bool is_comm = false;
   std::vector<ComputeOp> ops;  // compute task: run in order
   CommOp comm;                 // communication task

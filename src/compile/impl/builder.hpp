@@ -42,6 +42,7 @@ class StepBuilder {
     last_ = t;
   }
   int last_ = kNone;
+  int group_ = -1;  // the group being emitted (TaskSpec::group)
 
   // collectives (emit_step.cpp)
   CommOp all_reduce(const parallel::Axes& axes, BufRef buf, int64_t n, comm::ReduceOp op, DType dt,

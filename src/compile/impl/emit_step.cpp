@@ -78,6 +78,7 @@ int StepBuilder::emit_compute(std::vector<ComputeOp> ops, std::string name) {
   TaskSpec t;
   t.name = std::move(name);
   t.ops = std::move(ops);
+  t.group = group_;
   prog_.tasks.push_back(std::move(t));
   return static_cast<int>(prog_.tasks.size()) - 1;
 }
@@ -87,6 +88,7 @@ int StepBuilder::emit_comm(CommOp op, std::string name) {
   TaskSpec t;
   t.name = std::move(name);
   t.is_comm = true;
+  t.group = group_;
   t.comm = std::move(op);
   prog_.tasks.push_back(std::move(t));
   return static_cast<int>(prog_.tasks.size()) - 1;
@@ -177,7 +179,11 @@ void StepBuilder::build() {
   chain(emit_compute({ComputeOp{StepOp::Begin}}, "step.begin"));
   if (s.zero == 3) emit_gathers_upto(s.prefetch);
   pipeline_begin();
-  for (size_t gi = 0; gi < s.order.size(); ++gi) emit_group(gi);
+  for (size_t gi = 0; gi < s.order.size(); ++gi) {
+    group_ = static_cast<int>(gi);
+    emit_group(gi);
+  }
+  group_ = static_cast<int>(s.order.size());
   emit_loss_norm_update();
 }
 

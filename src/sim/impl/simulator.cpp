@@ -345,6 +345,7 @@ struct Role {
   std::vector<int> partner_role;  // p2p: the peer's stage
   std::vector<std::string> key;   // communicator key of a comm task
   std::vector<bool> p2p;
+  std::vector<int> group;  // the task's schedule group (compile::TaskSpec::group)
 };
 
 // A rank's groups: their sizes and node spans (collective costs) and members (p2p peers).
@@ -390,6 +391,8 @@ void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, G
   r.p2p.assign(n, false);
   r.comm.assign(n, 0);
   r.send.assign(n, 0);
+  r.group.resize(n);
+  for (size_t i = 0; i < n; ++i) r.group[i] = tasks[i].group;
   {
     std::vector<std::pair<int, int>> to_from;
     to_from.reserve(r.prog().edges.size());
@@ -476,6 +479,153 @@ void in_parallel(size_t n, int threads, const std::function<bool(size_t)>& work)
   for (auto& th : pool) th.join();
 }
 
+  // Communication on the compute core: the stream runs what the executor's thread runs, in
+  // its order: before each compute task (emission order) every collective whose inputs are
+  // done, earliest emitted first (the executor issues them and progresses them while it
+  // polls). Pipeline sends and receives stay off the stream.
+void place_comm_on_core(Role& r) {
+  {
+    const size_t n = r.dur.size();
+    Adjacency succs;
+    std::vector<int> left(n, 0);
+    {
+      std::vector<std::pair<int, int>> from_to;
+      from_to.reserve(r.preds.idx.size());
+      for (size_t i = 0; i < n; ++i) {
+        left[i] = static_cast<int>(r.preds[i].size());
+        for (int p : r.preds[i]) from_to.emplace_back(p, static_cast<int>(i));
+      }
+      succs.build(n, from_to);
+    }
+    std::set<int> ready_comm;  // off-stream or collective tasks whose inputs are placed
+    std::vector<bool> placed(n, false);
+    for (size_t i = 0; i < n; ++i)
+      if (r.comm[i] && left[i] == 0) ready_comm.insert(static_cast<int>(i));
+    int last = -1;
+    auto place = [&](int i) {
+      placed[static_cast<size_t>(i)] = true;
+      if (!r.p2p[static_cast<size_t>(i)]) {
+        r.chain_prev[static_cast<size_t>(i)] = last;
+        last = i;
+      }
+      for (int t : succs[static_cast<size_t>(i)])
+        if (--left[static_cast<size_t>(t)] == 0 && r.comm[static_cast<size_t>(t)]) ready_comm.insert(t);
+    };
+    size_t next = 0;  // the next compute task in emission order
+    size_t placed_n = 0;
+    while (placed_n < n) {
+      bool moved = false;
+      while (!ready_comm.empty()) {
+        const int i = *ready_comm.begin();
+        ready_comm.erase(ready_comm.begin());
+        place(i);
+        ++placed_n;
+        moved = true;
+      }
+      while (next < n && r.comm[next]) ++next;
+      if (next < n && left[next] == 0) {
+        place(static_cast<int>(next));
+        ++placed_n;
+        ++next;
+        moved = true;
+      }
+      if (!moved) break;  // what is left waits on another stage (the replay resolves it)
+    }
+  }
+}
+
+// Matches pipeline sends and receives: the k-th send a -> b meets b's k-th receive from a.
+// Isolated (one stage replayed alone): only a role's messages to itself (the context ring)
+// are matched; its pipeline messages stay unmatched and cost nothing in replay().
+void match_p2p(std::vector<Role>& roles, bool isolated) {
+  {
+    std::map<std::pair<int, int>, std::vector<int>> sends, recvs;  // (from, to) -> task indices
+    for (Role& r : roles)
+      for (size_t i = 0; i < r.dur.size(); ++i) {
+        if (!r.p2p[i] || (isolated && r.partner_role[i] != r.stage)) continue;
+        if (r.send[i])
+          sends[{r.stage, r.partner_role[i]}].push_back(static_cast<int>(i));
+        else
+          recvs[{r.partner_role[i], r.stage}].push_back(static_cast<int>(i));
+      }
+    for (const auto& [pair, s] : sends) {
+      const auto& rv = recvs[pair];
+      SHARDFLOW_REQUIRE(rv.size() == s.size(), "simulate: stage ", pair.first, " sends ", s.size(),
+                        " messages to stage ", pair.second, ", which receives ", rv.size());
+      for (size_t k = 0; k < s.size(); ++k) {
+        roles[static_cast<size_t>(isolated ? 0 : pair.first)].partner[static_cast<size_t>(s[k])] = rv[k];
+        roles[static_cast<size_t>(isolated ? 0 : pair.second)].partner[static_cast<size_t>(rv[k])] = s[k];
+      }
+    }
+    for (const auto& [pair, rv] : recvs)
+      SHARDFLOW_REQUIRE(sends.count(pair) || rv.empty(), "simulate: stage ", pair.second, " receives ", rv.size(),
+                        " messages from stage ", pair.first, ", which sends none");
+  }
+}
+
+// Longest paths over the step's dependencies, the compute chain, each communicator's order
+// and each pipeline channel's order; a send and its receive start together when both are
+// posted (a worklist of tasks whose inputs are all known); an unmatched message (an isolated
+// stage's pipeline message) is done when it is posted. Returns how many tasks never ran
+// (they wait on each other: a deadlock).
+size_t replay(std::vector<Role>& roles) {
+  std::vector<Adjacency> succ(roles.size());
+  std::vector<std::vector<int>> indeg(roles.size());
+  std::vector<std::vector<double>> ready(roles.size());
+  std::vector<std::pair<int, int>> work;
+  size_t remaining = 0;
+  for (size_t q = 0; q < roles.size(); ++q) {
+    const Role& r = roles[q];
+    const size_t n = r.dur.size();
+    remaining += n;
+    indeg[q].assign(n, 0);
+    ready[q].assign(n, -1);
+    std::vector<std::pair<int, int>> from_to;
+    from_to.reserve(r.preds.idx.size() + n);
+    for (size_t i = 0; i < n; ++i) {
+      for (int p : r.preds[i]) from_to.emplace_back(p, static_cast<int>(i));
+      if (r.chain_prev[i] >= 0) from_to.emplace_back(r.chain_prev[i], static_cast<int>(i));
+      indeg[q][i] = static_cast<int>(r.preds[i].size()) + (r.chain_prev[i] >= 0 ? 1 : 0);
+      if (indeg[q][i] == 0) work.emplace_back(static_cast<int>(q), static_cast<int>(i));
+    }
+    succ[q].build(n, from_to);
+  }
+  auto finish = [&](size_t q, size_t i, double begin, double d) {
+    Role& r = roles[q];
+    r.start[i] = begin;
+    r.end[i] = begin + d;
+    --remaining;
+    for (int t : succ[q][i])
+      if (--indeg[q][static_cast<size_t>(t)] == 0) work.emplace_back(static_cast<int>(q), t);
+  };
+  while (!work.empty()) {
+    const auto [qi, ii] = work.back();
+    work.pop_back();
+    const auto q = static_cast<size_t>(qi), i = static_cast<size_t>(ii);
+    Role& r = roles[q];
+    double at = 0;
+    for (int p : r.preds[i]) at = std::max(at, r.end[static_cast<size_t>(p)]);
+    if (r.chain_prev[i] >= 0) at = std::max(at, r.end[static_cast<size_t>(r.chain_prev[i])]);
+    if (!r.p2p[i]) {
+      finish(q, i, at, r.dur[i]);
+      continue;
+    }
+    if (r.partner[i] < 0) {
+      finish(q, i, at, 0.0);
+      continue;
+    }
+    ready[q][i] = at;
+    const auto qo = r.partner_role[i] == r.stage ? q : static_cast<size_t>(r.partner_role[i]);  // (a ring: itself)
+    const auto j = static_cast<size_t>(r.partner[i]);
+    if (ready[qo][j] < 0) continue;  // the partner finishes both when it is posted
+    const double begin = std::max(at, ready[qo][j]);
+    const double d = std::max(r.dur[i], roles[qo].dur[j]);
+    finish(q, i, begin, d);
+    finish(qo, j, begin, d);
+  }
+  return remaining;
+}
+
 }  // namespace
 
 SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& options) {
@@ -525,136 +675,10 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
       if (e) std::rethrow_exception(e);
   }
   const auto t1 = std::chrono::steady_clock::now();
-  // Communication on the compute core: the stream runs what the executor's thread runs, in
-  // its order: before each compute task (emission order) every collective whose inputs are
-  // done, earliest emitted first (the executor issues them and progresses them while it
-  // polls). Pipeline sends and receives stay off the stream.
   if (cluster.comm_on_compute_core)
-    for (Role& r : roles) {
-      const size_t n = r.dur.size();
-      Adjacency succs;
-      std::vector<int> left(n, 0);
-      {
-        std::vector<std::pair<int, int>> from_to;
-        from_to.reserve(r.preds.idx.size());
-        for (size_t i = 0; i < n; ++i) {
-          left[i] = static_cast<int>(r.preds[i].size());
-          for (int p : r.preds[i]) from_to.emplace_back(p, static_cast<int>(i));
-        }
-        succs.build(n, from_to);
-      }
-      std::set<int> ready_comm;  // off-stream or collective tasks whose inputs are placed
-      std::vector<bool> placed(n, false);
-      for (size_t i = 0; i < n; ++i)
-        if (r.comm[i] && left[i] == 0) ready_comm.insert(static_cast<int>(i));
-      int last = -1;
-      auto place = [&](int i) {
-        placed[static_cast<size_t>(i)] = true;
-        if (!r.p2p[static_cast<size_t>(i)]) {
-          r.chain_prev[static_cast<size_t>(i)] = last;
-          last = i;
-        }
-        for (int t : succs[static_cast<size_t>(i)])
-          if (--left[static_cast<size_t>(t)] == 0 && r.comm[static_cast<size_t>(t)]) ready_comm.insert(t);
-      };
-      size_t next = 0;  // the next compute task in emission order
-      size_t placed_n = 0;
-      while (placed_n < n) {
-        bool moved = false;
-        while (!ready_comm.empty()) {
-          const int i = *ready_comm.begin();
-          ready_comm.erase(ready_comm.begin());
-          place(i);
-          ++placed_n;
-          moved = true;
-        }
-        while (next < n && r.comm[next]) ++next;
-        if (next < n && left[next] == 0) {
-          place(static_cast<int>(next));
-          ++placed_n;
-          ++next;
-          moved = true;
-        }
-        if (!moved) break;  // what is left waits on another stage (the replay resolves it)
-      }
-    }
-  // match pipeline sends and receives: the k-th send a -> b meets b's k-th receive from a
-  {
-    std::map<std::pair<int, int>, std::vector<int>> sends, recvs;  // (from, to) -> task indices
-    for (Role& r : roles)
-      for (size_t i = 0; i < r.dur.size(); ++i) {
-        if (!r.p2p[i]) continue;
-        if (r.send[i])
-          sends[{r.stage, r.partner_role[i]}].push_back(static_cast<int>(i));
-        else
-          recvs[{r.partner_role[i], r.stage}].push_back(static_cast<int>(i));
-      }
-    for (const auto& [pair, s] : sends) {
-      const auto& rv = recvs[pair];
-      SHARDFLOW_REQUIRE(rv.size() == s.size(), "simulate: stage ", pair.first, " sends ", s.size(),
-                        " messages to stage ", pair.second, ", which receives ", rv.size());
-      for (size_t k = 0; k < s.size(); ++k) {
-        roles[static_cast<size_t>(pair.first)].partner[static_cast<size_t>(s[k])] = rv[k];
-        roles[static_cast<size_t>(pair.second)].partner[static_cast<size_t>(rv[k])] = s[k];
-      }
-    }
-    for (const auto& [pair, rv] : recvs)
-      SHARDFLOW_REQUIRE(sends.count(pair) || rv.empty(), "simulate: stage ", pair.second, " receives ", rv.size(),
-                        " messages from stage ", pair.first, ", which sends none");
-  }
-  // longest paths over the step's dependencies, the compute chain, each communicator's
-  // order and each pipeline channel's order; a send and its receive start together when
-  // both are posted (a worklist of tasks whose inputs are all known)
-  std::vector<Adjacency> succ(roles.size());
-  std::vector<std::vector<int>> indeg(roles.size());
-  std::vector<std::vector<double>> ready(roles.size());
-  std::vector<std::pair<int, int>> work;
-  size_t remaining = 0;
-  for (size_t q = 0; q < roles.size(); ++q) {
-    const Role& r = roles[q];
-    const size_t n = r.dur.size();
-    remaining += n;
-    indeg[q].assign(n, 0);
-    ready[q].assign(n, -1);
-    std::vector<std::pair<int, int>> from_to;
-    from_to.reserve(r.preds.idx.size() + n);
-    for (size_t i = 0; i < n; ++i) {
-      for (int p : r.preds[i]) from_to.emplace_back(p, static_cast<int>(i));
-      if (r.chain_prev[i] >= 0) from_to.emplace_back(r.chain_prev[i], static_cast<int>(i));
-      indeg[q][i] = static_cast<int>(r.preds[i].size()) + (r.chain_prev[i] >= 0 ? 1 : 0);
-      if (indeg[q][i] == 0) work.emplace_back(static_cast<int>(q), static_cast<int>(i));
-    }
-    succ[q].build(n, from_to);
-  }
-  auto finish = [&](size_t q, size_t i, double begin, double d) {
-    Role& r = roles[q];
-    r.start[i] = begin;
-    r.end[i] = begin + d;
-    --remaining;
-    for (int t : succ[q][i])
-      if (--indeg[q][static_cast<size_t>(t)] == 0) work.emplace_back(static_cast<int>(q), t);
-  };
-  while (!work.empty()) {
-    const auto [qi, ii] = work.back();
-    work.pop_back();
-    const auto q = static_cast<size_t>(qi), i = static_cast<size_t>(ii);
-    Role& r = roles[q];
-    double at = 0;
-    for (int p : r.preds[i]) at = std::max(at, r.end[static_cast<size_t>(p)]);
-    if (r.chain_prev[i] >= 0) at = std::max(at, r.end[static_cast<size_t>(r.chain_prev[i])]);
-    if (!r.p2p[i]) {
-      finish(q, i, at, r.dur[i]);
-      continue;
-    }
-    ready[q][i] = at;
-    const auto qo = static_cast<size_t>(r.partner_role[i]);
-    const auto j = static_cast<size_t>(r.partner[i]);
-    if (ready[qo][j] < 0) continue;  // the partner finishes both when it is posted
-    const double begin = std::max(at, ready[qo][j]);
-    const double d = std::max(r.dur[i], roles[qo].dur[j]);
-    finish(q, i, begin, d);
-    finish(qo, j, begin, d);
-  }
+    for (Role& r : roles) place_comm_on_core(r);
+  match_p2p(roles, false);
+  const size_t remaining = replay(roles);
   if (remaining != 0) {
     std::string first;
     for (size_t q = 0; q < roles.size() && first.empty(); ++q)
