@@ -23,7 +23,7 @@
 namespace {
 
 struct SimulateOptions {
-  std::string deck, cluster, trace;
+  std::string deck, cluster, trace, replay = "auto";
   std::vector<std::string> sets;
   int devices = 0;
   bool json = false;
@@ -65,6 +65,9 @@ int run_simulate(const SimulateOptions& o) {
   sim::SimOptions so;
   so.trace_file = o.trace;
   so.threads = 0;  // the stages compiled on every hardware thread
+  so.replay = o.replay == "tasks"    ? sim::SimOptions::Replay::Tasks
+              : o.replay == "blocks" ? sim::SimOptions::Replay::Blocks
+                                     : sim::SimOptions::Replay::Auto;
   const sim::SimResult r = sim::simulate(deck, cluster, so);
   if (app::world_rank() == 0) {
     const std::string text = o.json ? sim::sim_json(r) + "\n" : sim::sim_text(r);
@@ -86,6 +89,11 @@ shardflow::app::CommandRegistration reg(
       sub.add_option("--devices", o->devices, "grow (or shrink) the deck's data axis to this many devices in all");
       sub.add_flag("--json", o->json, "print a JSON object");
       sub.add_option("--trace", o->trace, "write a Chrome trace of the simulated step (one process per stage)");
+      sub.add_option("--replay", o->replay,
+                     "how a pipelined step is replayed: tasks (every task of every stage), blocks (group by group, "
+                     "each stage class compiled with fewer micro-batches), auto (blocks where that compiles less, "
+                     "tasks with --trace; the default)")
+          ->check(CLI::IsMember({"auto", "tasks", "blocks"}));
       sub.add_flag("--search", o->search,
                    "search every valid configuration of the model and batch on the devices (--devices, else the "
                    "deck's mesh size), prune by memory, rank by simulated tokens/s");

@@ -228,6 +228,60 @@ TEST(Simulate, TraceHasEveryTaskOfEveryStage) {
   EXPECT_EQ(r.roles, 2);
 }
 
+// The block replay (SimOptions::Replay::Blocks: each class of alike stages compiled once with
+// few micro-batches, the schedule replayed group by group) against the task replay of every
+// task of every stage: the same step within 0.5 %, the same memory, the same bubble within
+// 0.02, on 1F1B, interleaved, GPipe, data-parallel (ZeRO-0 and 1), tensor with sequence
+// parallelism, expert and context-parallel pipelines; Auto takes it there, and keeps the task
+// replay for a trace and for ZeRO-3.
+TEST(Simulate, BlockReplayMatchesTheTaskReplay) {
+  const sim::Cluster c = sim::parse_cluster(cluster_text(100, 10, 2, 5), "t.toml");
+  const std::string llama = "family = \"llama\"\nkv_heads = 2\n";
+  auto with_model = [](std::string text, const std::string& extra) { return text.insert(text.find("vocab"), extra); };
+  const std::vector<std::pair<std::string, std::string>> decks = {
+      {"1f1b pp4 m16", deck_text("data = 1\npipeline = 4", "micro_batches = 16\n", "", 8)},
+      {"1f1b pp3 uneven layers m16", deck_text("data = 1\npipeline = 3", "micro_batches = 16\n", "", 7)},
+      {"interleaved pp4 v2 m16",
+       deck_text("data = 1\npipeline = 4", "micro_batches = 16\n", "virtual_stages = 2\n", 8)},
+      {"gpipe pp4 m16", deck_text("data = 1\npipeline = 4", "micro_batches = 16\n", "schedule = \"gpipe\"\n", 8)},
+      {"dp2 pp4 m8", deck_text("data = 2\npipeline = 4", "micro_batches = 8\n", "", 8)},
+      {"dp2 pp4 zero1 full recompute m8",
+       deck_text("data = 2\npipeline = 4", "micro_batches = 8\n", "zero_stage = 1\nrecompute = \"full\"\n", 8)},
+      {"tp2 sp pp4 selective m16", deck_text("tensor = 2\npipeline = 4", "micro_batches = 16\n",
+                                             "sequence_parallel = true\nrecompute = \"selective\"\n", 8)},
+      {"ep2 pp4 m8", with_model(deck_text("expert = 2\npipeline = 4", "micro_batches = 8\n", "", 8),
+                                "experts = 4\ntop_k = 2\nmoe_every = 2\n")},
+      {"llama cp2 pp4 m16", with_model(deck_text("context = 2\npipeline = 4", "micro_batches = 16\n", "", 8), llama)},
+  };
+  for (const auto& [what, text] : decks) {
+    const Deck d = deck_of(text);
+    sim::SimOptions tasks, blocks;
+    tasks.replay = sim::SimOptions::Replay::Tasks;
+    blocks.replay = sim::SimOptions::Replay::Blocks;
+    const sim::SimResult t = sim::simulate(d, c, tasks), b = sim::simulate(d, c, blocks), a = sim::simulate(d, c);
+    EXPECT_EQ(t.replay, "tasks") << what;
+    EXPECT_EQ(b.replay, "blocks") << what;
+    EXPECT_EQ(a.replay, "blocks") << what << ": Auto";
+    EXPECT_LE(b.stages_compiled, 3) << what << ": first, middle and last stage";
+    EXPECT_NEAR(b.step_time_s / t.step_time_s, 1.0, 0.005) << what;
+    EXPECT_EQ(b.memory.peak, t.memory.peak) << what;
+    EXPECT_EQ(b.memory.activations, t.memory.activations) << what;
+    EXPECT_EQ(b.fits, t.fits) << what;
+    EXPECT_NEAR(b.bubble_fraction, t.bubble_fraction, 0.02) << what;
+    EXPECT_NEAR(b.achieved_tflops_per_gpu / t.achieved_tflops_per_gpu, 1.0, 0.005) << what;
+    for (const auto& [key, s] : t.exposed_comm_s)
+      EXPECT_NEAR(b.exposed_comm_s.count(key) ? b.exposed_comm_s.at(key) : 0.0, s, 0.05 * t.step_time_s)
+          << what << " exposed " << key;
+  }
+  // Auto: a trace needs the tasks; ZeRO-3 moves parameters and gradients in every group
+  const Deck d = deck_of(decks[0].second);
+  sim::SimOptions traced;
+  traced.trace_file = ::testing::TempDir() + "sim_blocks_trace.json";
+  EXPECT_EQ(sim::simulate(d, c, traced).replay, "tasks");
+  const Deck z3 = deck_of(deck_text("data = 2\npipeline = 4", "micro_batches = 8\n", "zero_stage = 3\n", 8));
+  EXPECT_EQ(sim::simulate(z3, c).replay, "tasks");
+}
+
 // The stages compiled on several threads: the same step, memory and trace as one thread,
 // and a stage the compiler refuses is refused with the same message.
 TEST(Simulate, StagesCompiledOnThreadsGiveTheSameStep) {

@@ -32,6 +32,13 @@ struct SimOptions {
   /// Stages compiled at once (0: the machine's hardware threads). The search simulates one
   /// configuration per worker and keeps the default, 1.
   int threads = 1;
+  /// How the pipelined step is replayed (docs/simulator.md, "Block replay"): Tasks replays
+  /// every task of every stage; Blocks replays the schedule group by group, each group's
+  /// time taken from its stage class's program compiled with fewer micro-batches and replayed
+  /// alone; Auto takes Blocks for a pipelined step with many more groups than the reduced
+  /// program has, unless a trace is asked for (it needs the tasks).
+  enum class Replay { Auto, Tasks, Blocks };
+  Replay replay = Replay::Auto;
 };
 
 /// Programs already compiled for some stages (the search's memory check compiles the first
@@ -55,6 +62,8 @@ struct SimResult {
   MemoryEstimate memory;  // the stage with the largest predicted peak (compile::predict_peak)
   bool fits = false;      // memory.peak <= the device's memory
   double compile_s = 0, simulate_s = 0;
+  std::string replay = "tasks";  // "tasks" or "blocks" (SimOptions::Replay)
+  int stages_compiled = 0;       // programs compiled (blocks: one per stage class)
 };
 
 /// Simulates the deck's step (its mesh as given) on `cluster`. Throws InputError for a deck

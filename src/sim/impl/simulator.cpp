@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <fstream>
 #include <functional>
@@ -15,6 +17,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "compile/compiler.hpp"
 #include "compile/summary.hpp"
@@ -345,7 +348,9 @@ struct Role {
   std::vector<int> partner_role;  // p2p: the peer's stage
   std::vector<std::string> key;   // communicator key of a comm task
   std::vector<bool> p2p;
-  std::vector<int> group;  // the task's schedule group (compile::TaskSpec::group)
+  std::vector<int> group;    // the task's schedule group (compile::TaskSpec::group)
+  double msg_bytes = 0;      // the largest pipeline message (x or dx of a micro-batch)
+  std::string pipeline_key;  // the pipeline messages' communicator key
 };
 
 // A rank's groups: their sizes and node spans (collective costs) and members (p2p peers).
@@ -425,6 +430,10 @@ void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, G
       // a pipeline peer is its stage's role; a context peer (the ring) is symmetric with
       // this rank: its own role, whose k-th receive stands for the peer's
       r.partner_role[i] = pp > 1 ? mesh.coord(peer_rank, "pipeline") : r.stage;
+      if (r.partner_role[i] != r.stage) {
+        r.msg_bytes = std::max(r.msg_bytes, bytes);
+        r.pipeline_key = r.key[i];
+      }
       const std::string channel = (o.kind == K::Send ? "send>" : "recv<") + std::to_string(r.partner_role[i]);
       auto it = last_on.find(channel);
       r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
@@ -626,6 +635,371 @@ size_t replay(std::vector<Role>& roles) {
   return remaining;
 }
 
+/// What a role's communication cost it: each communicator's busy time; the compute stream's
+/// idle time before each compute task, charged to the dependency that arrived last when that
+/// is a communication task (collectives on the compute core also charge the time they held
+/// it); the part of that idle time spent on pipeline messages. With `by_group`, the same per
+/// schedule group (entry group + 1: before the first group, each group, after the last), with
+/// each group's compute span, its idle time before its first compute task and its FLOPs.
+struct Usage {
+  std::map<std::string, double> exposed, busy;
+  double pipeline_wait = 0;
+  double begin = -1, end = -1, gap = 0, flops = 0;  // by group only
+};
+void usage_of(const Role& r, bool comm_on_core, Usage& total, std::vector<Usage>* by_group) {
+  auto at = [&](size_t i) -> Usage* {
+    if (!by_group) return nullptr;
+    const auto g = static_cast<size_t>(r.group[i] + 1);
+    if (by_group->size() <= g) by_group->resize(g + 1);
+    return &(*by_group)[g];
+  };
+  double prev_end = 0;
+  std::vector<size_t> stream;  // the compute stream's tasks in the order they ran
+  for (size_t i = 0; i < r.dur.size(); ++i) {
+    if (r.comm[i]) {
+      total.busy[r.key[i]] += r.end[i] - r.start[i];
+      if (Usage* u = at(i)) u->busy[r.key[i]] += r.end[i] - r.start[i];
+    }
+    if (Usage* u = at(i)) u->flops += r.flops[i];
+    if (!r.comm[i] || (comm_on_core && !r.p2p[i])) stream.push_back(i);
+  }
+  std::stable_sort(stream.begin(), stream.end(), [&](size_t x, size_t y) { return r.start[x] < r.start[y]; });
+  for (size_t i : stream) {
+    Usage* u = at(i);
+    if (u) {
+      if (u->begin < 0) u->gap = std::max(0.0, r.start[i] - prev_end);
+      if (u->begin < 0 || r.start[i] < u->begin) u->begin = r.start[i];
+      u->end = std::max(u->end, r.end[i]);
+    }
+    if (r.comm[i]) {  // it held the compute stream
+      total.exposed[r.key[i]] += r.end[i] - r.start[i];
+      if (u) u->exposed[r.key[i]] += r.end[i] - r.start[i];
+    }
+    const double gap = r.start[i] - prev_end;
+    prev_end = r.end[i];
+    if (gap <= 1e-15) continue;
+    int binding = -1;
+    for (int p : r.preds[i])
+      if (binding < 0 || r.end[static_cast<size_t>(p)] > r.end[static_cast<size_t>(binding)]) binding = p;
+    if (binding < 0 || !r.comm[static_cast<size_t>(binding)]) continue;
+    total.exposed[r.key[static_cast<size_t>(binding)]] += gap;
+    if (u) u->exposed[r.key[static_cast<size_t>(binding)]] += gap;
+    if (r.p2p[static_cast<size_t>(binding)] && r.partner_role[static_cast<size_t>(binding)] != r.stage) {
+      total.pipeline_wait += gap;
+      if (u) u->pipeline_wait += gap;
+    }
+  }
+}
+
+// ---- block replay (docs/simulator.md, "Block replay") -----------------------------------------
+
+/// One class of alike stages (the same layers per chunk, embedding and head, act slots, group
+/// sizes and node spans): its lowest stage compiled with fewer micro-batches (as many act
+/// slots as the deck's), replayed alone (pipeline messages free), measured group by group.
+struct BlockClass {
+  int stage = 0, rank = 0;
+  std::vector<compile::PipelineStep> order;  // the representative's schedule, fewer micro-batches
+  std::vector<Usage> by_group;               // entry g + 1 (usage_of's by_group)
+  std::vector<int> index;                    // (backward, chunk, micro-batch) -> group, flat (-1: none)
+  MemoryEstimate memory;
+  double step_end = 0, msg_bytes = 0;
+  std::string pipeline_key;
+};
+
+/// Micro-batches of a class program in the block replay (without interleaving).
+constexpr int kBlockMicroBatches = 8;
+
+/// The block replay of `deck`'s pipelined step into `res`; false when it does not apply (no
+/// fewer programs or micro-batches than the task replay, or a class program that deadlocks
+/// alone): the caller replays the tasks.
+bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::LayoutPlan& plan,
+                     const SimOptions& options, SimResult& res) {
+  using compile::PipelineStep;
+  const auto t0 = std::chrono::steady_clock::now();
+  const MeshShape& mesh = plan.mesh();
+  const int pp = mesh.axis_size_or_1("pipeline");
+  auto rank_of_stage = [&](int st) {
+    std::vector<int> co(static_cast<size_t>(mesh.ndim()), 0);
+    co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
+    return mesh.rank_of(co);
+  };
+  StepShape shape0 = compile::make_step_shape(deck, plan, rank_of_stage(0));
+  // Auto leaves to the task replay the steps whose groups share a stream across groups: ZeRO-2
+  // and 3 move gradients (and gather parameters) on the data axes in every group, and on the
+  // compute core (CPU clusters) every collective waits its turn on the compute stream. There the
+  // groups replayed alone differed from the task replay by 2-10 % (docs/simulator.md).
+  if (options.replay != SimOptions::Replay::Blocks && (shape0.zero >= 2 || cluster.comm_on_compute_core)) return false;
+  // the stages' classes, from their shapes (no tasks) and their groups' sizes and node spans
+  std::vector<parallel::Axes> subsets;  // every set of the other axes of size > 1
+  {
+    std::vector<std::string> axes;
+    for (const auto& a : mesh.axis_names())
+      if (a != "pipeline" && mesh.axis_size(a) > 1) axes.push_back(a);
+    for (size_t bits = 1; bits < (size_t(1) << axes.size()); ++bits) {
+      parallel::Axes sub;
+      for (size_t k = 0; k < axes.size(); ++k)
+        if (bits & (size_t(1) << k)) sub.push_back(axes[k]);
+      subsets.push_back(sub);
+    }
+  }
+  GroupCache gc0{mesh, cluster, {}, {}};
+  std::map<std::vector<int64_t>, int> class_of_sig;
+  std::vector<int> cls(static_cast<size_t>(pp));
+  std::vector<BlockClass> classes;
+  // every stage's chunks from stage 0's map of layers to chunks (chunk gc on stage gc % pp)
+  std::vector<std::vector<int>> chunk_layers(static_cast<size_t>(shape0.nchunks));
+  for (size_t l = 0; l < shape0.layer_chunk.size(); ++l)
+    chunk_layers[static_cast<size_t>(shape0.layer_chunk[l])].push_back(static_cast<int>(l));
+  for (int st = 0; st < pp; ++st) {
+    const int rank = rank_of_stage(st);
+    std::vector<int64_t> sig{st == 0, st == pp - 1};
+    for (int gcx = st; gcx < shape0.nchunks; gcx += pp) {
+      sig.push_back(static_cast<int64_t>(chunk_layers[static_cast<size_t>(gcx)].size()));
+      for (int l : chunk_layers[static_cast<size_t>(gcx)]) sig.push_back(shape0.moe_layer(l));
+    }
+    for (const auto& sub : subsets) {
+      const GroupInfo g = gc0.group_of(rank, sub);
+      sig.insert(sig.end(), {g.n, g.nodes, g.local});
+    }
+    auto it = class_of_sig.find(sig);
+    if (it == class_of_sig.end()) {
+      it = class_of_sig.emplace(sig, static_cast<int>(classes.size())).first;
+      BlockClass c;
+      c.stage = st;
+      c.rank = rank;
+      classes.push_back(std::move(c));
+    }
+    cls[static_cast<size_t>(st)] = it->second;
+  }
+  // The classes' programs with few micro-batches (a multiple of the stages when interleaved):
+  // replayed alone, with free pipeline messages, a group's time does not depend on where the
+  // schedule puts it; its first and last few micro-batches are kept apart (their groups can
+  // differ: the first gathers, the last micro-batch's gradient synchronization). The memory
+  // is the deck's: its buffers (every act slot, every micro-batch's inputs) with the staging
+  // of the reduced program's collectives.
+  const int v = shape0.vstages, m = static_cast<int>(shape0.micro), nch = shape0.nchunks;
+  const auto kind = shape0.schedule;
+  const int mr = v > 1 ? std::min(m, pp) : std::min(m, kBlockMicroBatches);
+  if (mr == m && static_cast<int>(classes.size()) == pp) return false;  // nothing saved
+  SHARDFLOW_REQUIRE(shape0.global_batch % m == 0, "simulate: global batch ", shape0.global_batch,
+                    " is not a multiple of the micro-batches ", m);
+  Deck reduced = deck;
+  reduced.train.micro_batches = mr;
+  reduced.train.global_batch = shape0.global_batch / m * mr;
+  // each class compiled, costed and replayed alone
+  std::vector<std::exception_ptr> errors(classes.size());
+  std::vector<char> stuck(classes.size(), 0);
+  in_parallel(classes.size(), options.threads, [&](size_t k) {
+    BlockClass& c = classes[k];
+    try {
+      std::vector<Role> one(1);
+      Role& r = one[0];
+      r.rank = c.rank;
+      r.stage = c.stage;
+      r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(reduced, plan, r.rank));
+      GroupCache gc{mesh, cluster, {}, {}};
+      cost_role(r, cluster, mesh, pp, gc);
+      {  // the deck's buffers (the inputs of every micro-batch), the reduced program's staging
+        compile::StepProgram bare;
+        bare.shape = compile::make_step_shape(deck, plan, r.rank);
+        bare.buffers = compile::plan_buffers(bare.shape);
+        bare.staging_slots = r.prog().staging_slots;
+        r.memory = memory_of(bare);
+      }
+      c.order = r.prog().shape.order;
+      r.prog_ptr.reset();
+      if (cluster.comm_on_compute_core) place_comm_on_core(r);
+      match_p2p(one, true);
+      if (replay(one) != 0) {
+        stuck[k] = 1;
+        return true;
+      }
+      Usage total;
+      c.by_group.assign(c.order.size() + 2, Usage{});
+      usage_of(r, cluster.comm_on_compute_core, total, &c.by_group);
+      c.index.assign(2 * static_cast<size_t>(shape0.vstages) * static_cast<size_t>(reduced.train.micro_batches), -1);
+      for (size_t g = 0; g < c.order.size(); ++g)
+        c.index[(static_cast<size_t>(!c.order[g].forward) * static_cast<size_t>(shape0.vstages) +
+                 static_cast<size_t>(c.order[g].chunk)) *
+                    static_cast<size_t>(reduced.train.micro_batches) +
+                static_cast<size_t>(c.order[g].micro_batch)] = static_cast<int>(g);
+      for (double e : r.end) c.step_end = std::max(c.step_end, e);
+      c.memory = r.memory;
+      c.msg_bytes = r.msg_bytes;
+      c.pipeline_key = r.pipeline_key;
+    } catch (...) {
+      errors[k] = std::current_exception();
+    }
+    return true;
+  });
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  for (char x : stuck)
+    if (x) return false;  // the task replay names the deadlock
+  const auto t1 = std::chrono::steady_clock::now();
+  // The schedule, group by group, on every stage. A group starts when its stage is done with
+  // the previous one (and the idle time before the group in its class's replay, waiting on
+  // collectives, has passed), when its input has arrived, and when the send that last read
+  // its act slot (micro-batch j - K of its chunk) is done, as the compiled step orders them.
+  // A message leaves when its group is done and the receiver has posted its receive (the
+  // receiver's group j - K of its chunk has started: the compiled step posts a receive once
+  // its act slot is free) and takes its time on the link between the two stages.
+  const int h = mr / 2;
+  auto class_mb = [&](int j) { return j < h ? j : (j >= m - (mr - h) ? j - (m - mr) : h); };
+  auto at = [&](int st, bool fwd, int vc, int j) {
+    return ((static_cast<size_t>(st) * 2 + (fwd ? 0 : 1)) * static_cast<size_t>(v) + static_cast<size_t>(vc)) *
+               static_cast<size_t>(m) +
+           static_cast<size_t>(j);
+  };
+  const size_t cells = static_cast<size_t>(pp) * 2 * static_cast<size_t>(v) * static_cast<size_t>(m);
+  std::vector<double> begin_at(cells, -1), end(cells, -1), sent(cells, -1);
+  std::vector<std::vector<PipelineStep>> order(static_cast<size_t>(pp));
+  std::vector<size_t> pos(static_cast<size_t>(pp), 0);
+  std::vector<double> clock(static_cast<size_t>(pp)), wait(static_cast<size_t>(pp), 0);
+  std::vector<std::vector<int>> ran(static_cast<size_t>(pp));          // stage -> how often each class group ran
+  std::vector<std::vector<int>> stage_slots(static_cast<size_t>(pp));  // act slots by stage and chunk
+  size_t left = 0;
+  for (int st = 0; st < pp; ++st) {
+    order[static_cast<size_t>(st)] = compile::pipeline_schedule(kind, pp, st, m, v);
+    stage_slots[static_cast<size_t>(st)] = compile::in_flight(order[static_cast<size_t>(st)], v);
+    left += order[static_cast<size_t>(st)].size();
+    const BlockClass& c = classes[static_cast<size_t>(cls[static_cast<size_t>(st)])];
+    clock[static_cast<size_t>(st)] = std::max(0.0, c.by_group[0].end);
+    ran[static_cast<size_t>(st)].assign(c.by_group.size(), 0);
+  }
+  // a message's time from stage `from` to its neighbour `to` (up: to = from + 1, else from - 1)
+  std::vector<double> up(static_cast<size_t>(pp)), down(static_cast<size_t>(pp));
+  {
+    std::vector<int> node(static_cast<size_t>(pp));
+    for (int st = 0; st < pp; ++st) node[static_cast<size_t>(st)] = cluster.node_of(rank_of_stage(st));
+    for (int st = 0; st < pp; ++st) {
+      const double bytes = classes[static_cast<size_t>(cls[static_cast<size_t>(st)])].msg_bytes;
+      auto link = [&](int to) {
+        const Link& l = node[static_cast<size_t>(st)] == node[static_cast<size_t>(to)] ? cluster.intra : cluster.inter;
+        return l.latency_us * 1e-6 + bytes / (l.bandwidth_gbs * 1e9 * l.efficiency);
+      };
+      up[static_cast<size_t>(st)] = link((st + 1) % pp);
+      down[static_cast<size_t>(st)] = link((st + pp - 1) % pp);
+    }
+  }
+  auto transfer = [&](int from, int to) {
+    return to == (from + 1) % pp ? up[static_cast<size_t>(from)] : down[static_cast<size_t>(from)];
+  };
+  auto slots = [&](int st, int vc) { return stage_slots[static_cast<size_t>(st)][static_cast<size_t>(vc)]; };
+  // when the message of group (st, fwd, vc, j) has arrived; -1: not known yet
+  auto sent_at = [&](int st, bool fwd, int vc, int j) -> double {
+    const size_t k = at(st, fwd, vc, j);
+    if (sent[k] >= 0) return sent[k];
+    if (end[k] < 0) return -1;
+    const int gcx = vc * pp + st, rg = fwd ? gcx + 1 : gcx - 1, rs = rg % pp, rvc = rg / pp;
+    const int rk = slots(rs, rvc);
+    const double posted = j >= rk ? begin_at[at(rs, fwd, rvc, j - rk)] : 0.0;
+    if (posted < 0) return -1;
+    return sent[k] = std::max(end[k], posted) + transfer(st, rs);
+  };
+  for (int sweep = 0; left > 0; ++sweep) {
+    bool moved = false;
+    for (int k = 0; k < pp; ++k) {
+      const int st = sweep % 2 == 0 ? k : pp - 1 - k;  // alternate directions: x flows up, dx down
+      auto& o = order[static_cast<size_t>(st)];
+      const BlockClass& c = classes[static_cast<size_t>(cls[static_cast<size_t>(st)])];
+      for (size_t& q = pos[static_cast<size_t>(st)]; q < o.size(); ++q) {
+        const PipelineStep g = o[q];
+        const int vc = g.chunk, j = g.micro_batch, gcx = vc * pp + st, kk = slots(st, vc);
+        double ready = 0;  // input arrived, act slot free
+        bool known = true;
+        auto need = [&](double t) {
+          if (t < 0) known = false;
+          ready = std::max(ready, t);
+        };
+        if (g.forward ? gcx > 0 : gcx < nch - 1) {
+          const int sg = g.forward ? gcx - 1 : gcx + 1;
+          need(sent_at(sg % pp, g.forward, sg / pp, j));
+        }
+        if (j >= kk) {
+          if (g.forward && gcx < nch - 1) need(sent_at(st, true, vc, j - kk));
+          if (g.forward && gcx == nch - 1 && gcx > 0) need(sent_at(st, false, vc, j - kk));
+          if (!g.forward && gcx > 0 && gcx < nch - 1) need(sent_at(st, false, vc, j - kk));
+        }
+        if (!known) break;
+        const int gi = c.index[(static_cast<size_t>(!g.forward) * static_cast<size_t>(v) + static_cast<size_t>(vc)) *
+                                   static_cast<size_t>(mr) +
+                               static_cast<size_t>(class_mb(j))];
+        SHARDFLOW_REQUIRE(gi >= 0, "simulate: stage ", c.stage, " has no group for micro-batch ", class_mb(j));
+        const Usage& u = c.by_group[static_cast<size_t>(gi) + 1];
+        double& t = clock[static_cast<size_t>(st)];
+        const double own = t + u.gap;
+        if (ready > own) wait[static_cast<size_t>(st)] += ready - own;
+        begin_at[at(st, g.forward, vc, j)] = std::max(own, ready);
+        t = std::max(own, ready) + std::max(0.0, u.end - u.begin);
+        end[at(st, g.forward, vc, j)] = t;
+        ++ran[static_cast<size_t>(st)][static_cast<size_t>(gi) + 1];
+        --left;
+        moved = true;
+      }
+    }
+    if (!moved) return false;  // the task replay names the deadlock
+  }
+  // results, stage by stage: the groups it ran, what comes before and after them
+  res.cluster = cluster.name;
+  res.mesh = mesh.to_string();
+  res.model = deck.model.to_string();
+  res.devices = mesh.size();
+  res.roles = pp;
+  res.replay = "blocks";
+  res.stages_compiled = static_cast<int>(classes.size());
+  double step = 0, flops = 0;
+  std::vector<Usage> per_stage(static_cast<size_t>(pp));
+  for (int st = 0; st < pp; ++st) {
+    const BlockClass& c = classes[static_cast<size_t>(cls[static_cast<size_t>(st)])];
+    const double last_end = c.order.empty() ? 0 : c.by_group[c.order.size()].end;
+    step = std::max(step, clock[static_cast<size_t>(st)] + std::max(0.0, c.step_end - last_end));
+    Usage& u = per_stage[static_cast<size_t>(st)];
+    auto add = [&](const Usage& x, int times) {
+      if (times == 0) return;
+      for (const auto& [k, val] : x.exposed) u.exposed[k] += times * val;
+      for (const auto& [k, val] : x.busy) u.busy[k] += times * val;
+      flops += times * x.flops;
+    };
+    add(c.by_group.front(), 1);
+    for (size_t g = 1; g + 1 < c.by_group.size(); ++g) add(c.by_group[g], ran[static_cast<size_t>(st)][g]);
+    add(c.by_group.back(), 1);
+    if (!c.pipeline_key.empty()) {
+      u.exposed[c.pipeline_key] += wait[static_cast<size_t>(st)];
+      // each message it sends or receives, on its link (the task replay also counts the time
+      // a send waits for its receive)
+      double link = 0;
+      for (const PipelineStep& g : order[static_cast<size_t>(st)]) {
+        const int gcx = g.chunk * pp + st;
+        if (g.forward ? gcx > 0 : gcx < nch - 1) link += transfer(g.forward ? (st + pp - 1) % pp : (st + 1) % pp, st);
+        if (g.forward ? gcx < nch - 1 : gcx > 0) link += transfer(st, g.forward ? (st + 1) % pp : (st + pp - 1) % pp);
+      }
+      u.busy[c.pipeline_key] += link;
+    }
+    u.pipeline_wait = wait[static_cast<size_t>(st)];
+  }
+  res.step_time_s = step;
+  const double tokens = static_cast<double>(deck.train.global_batch * deck.model.seq);
+  res.tokens_per_s = step > 0 ? tokens / step : 0;
+  res.achieved_tflops_per_gpu = step > 0 ? flops / static_cast<double>(pp) / step / 1e12 : 0;
+  const double model_flops =
+      nn::gpt_model_flops(nn::GptConfig::from(deck.model), deck.train.global_batch * deck.model.seq);
+  res.model_tflops_per_gpu = step > 0 ? model_flops / static_cast<double>(res.devices) / step / 1e12 : 0;
+  res.mfu = res.model_tflops_per_gpu * 1e12 / cluster.peak_flops(deck.train.precision);
+  for (const Usage& u : per_stage) {
+    for (const auto& [k, val] : u.exposed) res.exposed_comm_s[k] = std::max(res.exposed_comm_s[k], val);
+    for (const auto& [k, val] : u.busy) res.comm_busy_s[k] = std::max(res.comm_busy_s[k], val);
+    if (step > 0) res.bubble_fraction = std::max(res.bubble_fraction, u.pipeline_wait / step);
+  }
+  for (const BlockClass& c : classes)  // the lowest stage of a class has its most act slots
+    if (c.memory.peak > res.memory.peak) res.memory = c.memory;
+  res.fits = res.memory.peak <= cluster.memory_gib * 1073741824.0;
+  const auto t2 = std::chrono::steady_clock::now();
+  res.compile_s = std::chrono::duration<double>(t1 - t0).count();
+  res.simulate_s = std::chrono::duration<double>(t2 - t1).count();
+  return true;
+}
+
 }  // namespace
 
 SimResult simulate(const Deck& deck, const Cluster& cluster, const SimOptions& options) {
@@ -638,6 +1012,10 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
   const auto t0 = std::chrono::steady_clock::now();
   const MeshShape& mesh = plan.mesh();
   const int pp = mesh.axis_size_or_1("pipeline");
+  if (pp > 1 && options.trace_file.empty() && options.replay != SimOptions::Replay::Tasks) {
+    SimResult res;
+    if (simulate_blocks(deck, cluster, plan, options, res)) return res;
+  }
   // one representative per stage: every other coordinate 0
   std::vector<Role> roles(static_cast<size_t>(pp));
   for (int st = 0; st < pp; ++st) {
@@ -706,6 +1084,7 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
   res.model = deck.model.to_string();
   res.devices = mesh.size();
   res.roles = static_cast<int>(roles.size());
+  res.stages_compiled = static_cast<int>(roles.size() - given.size());
   double step = 0, flops = 0;
   for (const Role& r : roles) {
     for (size_t i = 0; i < r.end.size(); ++i) step = std::max(step, r.end[i]);
@@ -719,32 +1098,12 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
       nn::gpt_model_flops(nn::GptConfig::from(deck.model), deck.train.global_batch * deck.model.seq);
   res.model_tflops_per_gpu = step > 0 ? model_flops / static_cast<double>(res.devices) / step / 1e12 : 0;
   res.mfu = res.model_tflops_per_gpu * 1e12 / cluster.peak_flops(deck.train.precision);
-  // exposed communication: the idle time before each compute task, charged to the
-  // dependency that arrived last when that is a communication task
   for (const Role& r : roles) {
-    std::map<std::string, double> exposed, busy;
-    double prev_end = 0, pipeline_wait = 0;
-    std::vector<size_t> stream;  // the compute stream's tasks in the order they ran
-    for (size_t i = 0; i < r.dur.size(); ++i) {
-      if (r.comm[i]) busy[r.key[i]] += r.end[i] - r.start[i];
-      if (!r.comm[i] || (cluster.comm_on_compute_core && !r.p2p[i])) stream.push_back(i);
-    }
-    std::stable_sort(stream.begin(), stream.end(), [&](size_t x, size_t y) { return r.start[x] < r.start[y]; });
-    for (size_t i : stream) {
-      if (r.comm[i]) exposed[r.key[i]] += r.end[i] - r.start[i];  // it held the compute stream
-      const double gap = r.start[i] - prev_end;
-      prev_end = r.end[i];
-      if (gap <= 1e-15) continue;
-      int binding = -1;
-      for (int p : r.preds[i])
-        if (binding < 0 || r.end[static_cast<size_t>(p)] > r.end[static_cast<size_t>(binding)]) binding = p;
-      if (binding < 0 || !r.comm[static_cast<size_t>(binding)]) continue;
-      exposed[r.key[static_cast<size_t>(binding)]] += gap;
-      if (r.p2p[static_cast<size_t>(binding)]) pipeline_wait += gap;
-    }
-    for (const auto& [k, v] : exposed) res.exposed_comm_s[k] = std::max(res.exposed_comm_s[k], v);
-    for (const auto& [k, v] : busy) res.comm_busy_s[k] = std::max(res.comm_busy_s[k], v);
-    if (step > 0) res.bubble_fraction = std::max(res.bubble_fraction, pipeline_wait / step);
+    Usage u;
+    usage_of(r, cluster.comm_on_compute_core, u, nullptr);
+    for (const auto& [k, v] : u.exposed) res.exposed_comm_s[k] = std::max(res.exposed_comm_s[k], v);
+    for (const auto& [k, v] : u.busy) res.comm_busy_s[k] = std::max(res.comm_busy_s[k], v);
+    if (step > 0) res.bubble_fraction = std::max(res.bubble_fraction, u.pipeline_wait / step);
   }
   // memory: the stage with the largest predicted peak
   for (const Role& r : roles)  // (stages differ in layers and schedule)
@@ -796,6 +1155,8 @@ std::string sim_json(const SimResult& r) {
   j["model"] = r.model;
   j["devices"] = r.devices;
   j["stages_simulated"] = r.roles;
+  j["stages_compiled"] = r.stages_compiled;
+  j["replay"] = r.replay;
   j["step_time_s"] = r.step_time_s;
   j["tokens_per_s"] = r.tokens_per_s;
   j["achieved_tflops_per_gpu"] = r.achieved_tflops_per_gpu;
