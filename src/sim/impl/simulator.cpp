@@ -693,6 +693,9 @@ void usage_of(const Role& r, bool comm_on_core, Usage& total, std::vector<Usage>
 
 // ---- block replay (docs/simulator.md, "Block replay") -----------------------------------------
 
+/// Micro-batches of a class program in the block replay (without interleaving).
+constexpr int kBlockMicroBatches = 8;
+
 /// One class of alike stages (the same layers per chunk, embedding and head, act slots, group
 /// sizes and node spans): its lowest stage compiled with fewer micro-batches (as many act
 /// slots as the deck's), replayed alone (pipeline messages free), measured group by group.
@@ -704,10 +707,91 @@ struct BlockClass {
   MemoryEstimate memory;
   double step_end = 0, msg_bytes = 0;
   std::string pipeline_key;
+  int vstages = 1, micro = 1;  // of the class program
+  /// The group that stands for micro-batch j of m (the first and last few are their own).
+  const Usage& group(bool forward, int chunk, int j, int m) const {
+    const int h = micro / 2, jr = j < h ? j : (j >= m - (micro - h) ? j - (m - micro) : h);
+    const int g = index[(static_cast<size_t>(!forward) * static_cast<size_t>(vstages) + static_cast<size_t>(chunk)) *
+                            static_cast<size_t>(micro) +
+                        static_cast<size_t>(jr)];
+    SHARDFLOW_REQUIRE(g >= 0, "simulate: stage ", stage, " has no group for micro-batch ", jr);
+    return by_group[static_cast<size_t>(g) + 1];
+  }
 };
 
-/// Micro-batches of a class program in the block replay (without interleaving).
-constexpr int kBlockMicroBatches = 8;
+/// Whether Auto replays a pipelined step by blocks: not where groups share a stream across
+/// groups (ZeRO-2 and 3 move gradients and parameters on the data axes in every group; on the
+/// compute core every collective waits its turn on the compute stream): there the groups
+/// replayed alone differed from the task replay by 2-10 % (docs/simulator.md).
+bool blocks_apply(const StepShape& s, const Cluster& c) { return s.pp > 1 && s.zero < 2 && !c.comm_on_compute_core; }
+
+/// The deck with the class programs' micro-batches (a multiple of the stages when interleaved),
+/// each of the same size as the deck's.
+Deck block_deck(const Deck& deck, const StepShape& s) {
+  const int m = static_cast<int>(s.micro);
+  const int mr = s.vstages > 1 ? std::min(m, s.pp) : std::min(m, kBlockMicroBatches);
+  SHARDFLOW_REQUIRE(s.global_batch % m == 0, "simulate: global batch ", s.global_batch,
+                    " is not a multiple of the micro-batches ", m);
+  Deck reduced = deck;
+  reduced.train.micro_batches = mr;
+  reduced.train.global_batch = s.global_batch / m * mr;
+  return reduced;
+}
+
+/// Class c (its stage and rank set): compiled from `reduced`, costed, replayed alone (pipeline
+/// messages free) and measured group by group; its memory is the deck's buffers (every act
+/// slot, every micro-batch's inputs) with the reduced program's staging. False when the
+/// program deadlocks alone.
+bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const parallel::LayoutPlan& plan,
+                 const Cluster& cluster, GroupCache& gc) {
+  const MeshShape& mesh = plan.mesh();
+  std::vector<Role> one(1);
+  Role& r = one[0];
+  r.rank = c.rank;
+  r.stage = c.stage;
+  r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(reduced, plan, r.rank));
+  cost_role(r, cluster, mesh, mesh.axis_size_or_1("pipeline"), gc);
+  {
+    compile::StepProgram bare;
+    bare.shape = compile::make_step_shape(deck, plan, r.rank);
+    bare.buffers = compile::plan_buffers(bare.shape);
+    bare.staging_slots = r.prog().staging_slots;
+    c.memory = memory_of(bare);
+  }
+  c.order = r.prog().shape.order;
+  c.vstages = r.prog().shape.vstages;
+  c.micro = static_cast<int>(r.prog().shape.micro);
+  r.prog_ptr.reset();
+  if (cluster.comm_on_compute_core) place_comm_on_core(r);
+  match_p2p(one, true);
+  if (replay(one) != 0) return false;
+  Usage total;
+  c.by_group.assign(c.order.size() + 2, Usage{});
+  usage_of(r, cluster.comm_on_compute_core, total, &c.by_group);
+  c.index.assign(2 * static_cast<size_t>(c.vstages) * static_cast<size_t>(c.micro), -1);
+  for (size_t g = 0; g < c.order.size(); ++g)
+    c.index[(static_cast<size_t>(!c.order[g].forward) * static_cast<size_t>(c.vstages) +
+             static_cast<size_t>(c.order[g].chunk)) *
+                static_cast<size_t>(c.micro) +
+            static_cast<size_t>(c.order[g].micro_batch)] = static_cast<int>(g);
+  for (double e : r.end) c.step_end = std::max(c.step_end, e);
+  c.msg_bytes = r.msg_bytes;
+  c.pipeline_key = r.pipeline_key;
+  return true;
+}
+
+/// Stage `order`'s whole schedule (m micro-batches) from class c alone, pipeline messages free:
+/// a lower bound of its step in the block replay (each group starts no earlier than its own
+/// idle time after the previous one).
+double class_alone(const BlockClass& c, const std::vector<compile::PipelineStep>& order, int m) {
+  double t = std::max(0.0, c.by_group.front().end);
+  for (const compile::PipelineStep& g : order) {
+    const Usage& u = c.group(g.forward, g.chunk, g.micro_batch, m);
+    t += u.gap + std::max(0.0, u.end - u.begin);
+  }
+  const double last_end = c.order.empty() ? 0 : c.by_group[c.order.size()].end;
+  return t + std::max(0.0, c.step_end - last_end);
+}
 
 /// The block replay of `deck`'s pipelined step into `res`; false when it does not apply (no
 /// fewer programs or micro-batches than the task replay, or a class program that deadlocks
@@ -723,12 +807,8 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
     return mesh.rank_of(co);
   };
-  StepShape shape0 = compile::make_step_shape(deck, plan, rank_of_stage(0));
-  // Auto leaves to the task replay the steps whose groups share a stream across groups: ZeRO-2
-  // and 3 move gradients (and gather parameters) on the data axes in every group, and on the
-  // compute core (CPU clusters) every collective waits its turn on the compute stream. There the
-  // groups replayed alone differed from the task replay by 2-10 % (docs/simulator.md).
-  if (options.replay != SimOptions::Replay::Blocks && (shape0.zero >= 2 || cluster.comm_on_compute_core)) return false;
+  const StepShape shape0 = compile::make_step_shape(deck, plan, rank_of_stage(0));
+  if (options.replay != SimOptions::Replay::Blocks && !blocks_apply(shape0, cluster)) return false;
   // the stages' classes, from their shapes (no tasks) and their groups' sizes and node spans
   std::vector<parallel::Axes> subsets;  // every set of the other axes of size > 1
   {
@@ -771,62 +851,21 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     }
     cls[static_cast<size_t>(st)] = it->second;
   }
-  // The classes' programs with few micro-batches (a multiple of the stages when interleaved):
-  // replayed alone, with free pipeline messages, a group's time does not depend on where the
-  // schedule puts it; its first and last few micro-batches are kept apart (their groups can
-  // differ: the first gathers, the last micro-batch's gradient synchronization). The memory
-  // is the deck's: its buffers (every act slot, every micro-batch's inputs) with the staging
-  // of the reduced program's collectives.
+  // Each class's program with few micro-batches (block_deck), replayed alone: with free
+  // pipeline messages, a group's time does not depend on where the schedule puts it; the
+  // first and last few micro-batches are kept apart (their groups can differ: the first
+  // gathers, the last micro-batch's gradient synchronization).
   const int v = shape0.vstages, m = static_cast<int>(shape0.micro), nch = shape0.nchunks;
   const auto kind = shape0.schedule;
-  const int mr = v > 1 ? std::min(m, pp) : std::min(m, kBlockMicroBatches);
+  const Deck reduced = block_deck(deck, shape0);
+  const int mr = reduced.train.micro_batches;
   if (mr == m && static_cast<int>(classes.size()) == pp) return false;  // nothing saved
-  SHARDFLOW_REQUIRE(shape0.global_batch % m == 0, "simulate: global batch ", shape0.global_batch,
-                    " is not a multiple of the micro-batches ", m);
-  Deck reduced = deck;
-  reduced.train.micro_batches = mr;
-  reduced.train.global_batch = shape0.global_batch / m * mr;
-  // each class compiled, costed and replayed alone
   std::vector<std::exception_ptr> errors(classes.size());
   std::vector<char> stuck(classes.size(), 0);
   in_parallel(classes.size(), options.threads, [&](size_t k) {
-    BlockClass& c = classes[k];
     try {
-      std::vector<Role> one(1);
-      Role& r = one[0];
-      r.rank = c.rank;
-      r.stage = c.stage;
-      r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(reduced, plan, r.rank));
       GroupCache gc{mesh, cluster, {}, {}};
-      cost_role(r, cluster, mesh, pp, gc);
-      {  // the deck's buffers (the inputs of every micro-batch), the reduced program's staging
-        compile::StepProgram bare;
-        bare.shape = compile::make_step_shape(deck, plan, r.rank);
-        bare.buffers = compile::plan_buffers(bare.shape);
-        bare.staging_slots = r.prog().staging_slots;
-        r.memory = memory_of(bare);
-      }
-      c.order = r.prog().shape.order;
-      r.prog_ptr.reset();
-      if (cluster.comm_on_compute_core) place_comm_on_core(r);
-      match_p2p(one, true);
-      if (replay(one) != 0) {
-        stuck[k] = 1;
-        return true;
-      }
-      Usage total;
-      c.by_group.assign(c.order.size() + 2, Usage{});
-      usage_of(r, cluster.comm_on_compute_core, total, &c.by_group);
-      c.index.assign(2 * static_cast<size_t>(shape0.vstages) * static_cast<size_t>(reduced.train.micro_batches), -1);
-      for (size_t g = 0; g < c.order.size(); ++g)
-        c.index[(static_cast<size_t>(!c.order[g].forward) * static_cast<size_t>(shape0.vstages) +
-                 static_cast<size_t>(c.order[g].chunk)) *
-                    static_cast<size_t>(reduced.train.micro_batches) +
-                static_cast<size_t>(c.order[g].micro_batch)] = static_cast<int>(g);
-      for (double e : r.end) c.step_end = std::max(c.step_end, e);
-      c.memory = r.memory;
-      c.msg_bytes = r.msg_bytes;
-      c.pipeline_key = r.pipeline_key;
+      stuck[k] = build_class(classes[k], deck, reduced, plan, cluster, gc) ? 0 : 1;
     } catch (...) {
       errors[k] = std::current_exception();
     }
@@ -844,8 +883,6 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   // A message leaves when its group is done and the receiver has posted its receive (the
   // receiver's group j - K of its chunk has started: the compiled step posts a receive once
   // its act slot is free) and takes its time on the link between the two stages.
-  const int h = mr / 2;
-  auto class_mb = [&](int j) { return j < h ? j : (j >= m - (mr - h) ? j - (m - mr) : h); };
   auto at = [&](int st, bool fwd, int vc, int j) {
     return ((static_cast<size_t>(st) * 2 + (fwd ? 0 : 1)) * static_cast<size_t>(v) + static_cast<size_t>(vc)) *
                static_cast<size_t>(m) +
@@ -922,18 +959,14 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
           if (!g.forward && gcx > 0 && gcx < nch - 1) need(sent_at(st, false, vc, j - kk));
         }
         if (!known) break;
-        const int gi = c.index[(static_cast<size_t>(!g.forward) * static_cast<size_t>(v) + static_cast<size_t>(vc)) *
-                                   static_cast<size_t>(mr) +
-                               static_cast<size_t>(class_mb(j))];
-        SHARDFLOW_REQUIRE(gi >= 0, "simulate: stage ", c.stage, " has no group for micro-batch ", class_mb(j));
-        const Usage& u = c.by_group[static_cast<size_t>(gi) + 1];
+        const Usage& u = c.group(g.forward, vc, j, m);
         double& t = clock[static_cast<size_t>(st)];
         const double own = t + u.gap;
         if (ready > own) wait[static_cast<size_t>(st)] += ready - own;
         begin_at[at(st, g.forward, vc, j)] = std::max(own, ready);
         t = std::max(own, ready) + std::max(0.0, u.end - u.begin);
         end[at(st, g.forward, vc, j)] = t;
-        ++ran[static_cast<size_t>(st)][static_cast<size_t>(gi) + 1];
+        ++ran[static_cast<size_t>(st)][static_cast<size_t>(&u - c.by_group.data())];
         --left;
         moved = true;
       }
@@ -1332,8 +1365,36 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
         if (p == 1 || c.status == Checked::Over) break;
       }
       GroupCache gc{mesh, cluster, {}, {}};  // one per configuration: the stages share groups
+      // a step simulate replays by blocks: the first and last stage's classes, compiled with
+      // few micro-batches; the bound is their schedule alone (class_alone)
+      bool by_blocks = false;
+      if (p > 1 && c.status != Checked::Over) {
+        const StepShape sh0 = compile::make_step_shape(dk, plan, rank_of_stage(0));
+        if (blocks_apply(sh0, cluster)) {
+          const Deck reduced = block_deck(dk, sh0);
+          by_blocks = true;
+          double bound = 0;
+          for (int st : {0, p - 1}) {
+            BlockClass bc;
+            bc.stage = st;
+            bc.rank = rank_of_stage(st);
+            if (!build_class(bc, dk, reduced, plan, cluster, gc)) {
+              by_blocks = false;  // simulate replays its tasks (and names the deadlock)
+              break;
+            }
+            if (bc.memory.peak > capacity) {
+              c.status = Checked::Over;
+              break;
+            }
+            const int mb = static_cast<int>(sh0.micro);
+            bound =
+                std::max(bound, class_alone(bc, compile::pipeline_schedule(sh0.schedule, p, st, mb, sh0.vstages), mb));
+          }
+          if (by_blocks) c.bound = bound;
+        }
+      }
       for (int st : {0, p - 1}) {
-        if (c.status == Checked::Over) break;
+        if (c.status == Checked::Over || by_blocks) break;
         auto prog = std::make_shared<const compile::StepProgram>(compile::compile_step(dk, plan, rank_of_stage(st)));
         if (static_cast<double>(compile::predict_peak(*prog, 0, 0).peak()) > capacity) {
           c.status = Checked::Over;
