@@ -91,8 +91,8 @@ shardflow::app::CommandRegistration reg(
       sub.add_option("--trace", o->trace, "write a Chrome trace of the simulated step (one process per stage)");
       sub.add_option("--replay", o->replay,
                      "how a pipelined step is replayed: tasks (every task of every stage), blocks (group by group, "
-                     "each stage class compiled with fewer micro-batches), auto (blocks where that compiles less, "
-                     "tasks with --trace; the default)")
+                     "each stage class compiled with fewer micro-batches; tasks where it does not apply), auto "
+                     "(blocks for ZeRO-0/1 off the compute core, tasks with --trace; the default)")
           ->check(CLI::IsMember({"auto", "tasks", "blocks"}));
       sub.add_flag("--search", o->search,
                    "search every valid configuration of the model and batch on the devices (--devices, else the "

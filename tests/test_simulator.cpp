@@ -243,6 +243,10 @@ TEST(Simulate, BlockReplayMatchesTheTaskReplay) {
       {"1f1b pp3 uneven layers m16", deck_text("data = 1\npipeline = 3", "micro_batches = 16\n", "", 7)},
       {"interleaved pp4 v2 m16",
        deck_text("data = 1\npipeline = 4", "micro_batches = 16\n", "virtual_stages = 2\n", 8)},
+      {"interleaved pp2 v2 m16 (x and dx share one peer)",
+       deck_text("data = 1\npipeline = 2", "micro_batches = 16\n", "virtual_stages = 2\n", 8)},
+      {"1f1b pp12 m16 (class programs all warm-up)",
+       deck_text("data = 1\npipeline = 12", "micro_batches = 16\n", "", 12)},
       {"gpipe pp4 m16", deck_text("data = 1\npipeline = 4", "micro_batches = 16\n", "schedule = \"gpipe\"\n", 8)},
       {"dp2 pp4 m8", deck_text("data = 2\npipeline = 4", "micro_batches = 8\n", "", 8)},
       {"dp2 pp4 zero1 full recompute m8",
@@ -272,6 +276,10 @@ TEST(Simulate, BlockReplayMatchesTheTaskReplay) {
     for (const auto& [key, s] : t.exposed_comm_s)
       EXPECT_NEAR(b.exposed_comm_s.count(key) ? b.exposed_comm_s.at(key) : 0.0, s, 0.05 * t.step_time_s)
           << what << " exposed " << key;
+    for (const auto& [key, s] : t.comm_busy_s)  // the pipeline's: its messages' link time (docs)
+      if (key != "pipeline") {
+        EXPECT_NEAR(b.comm_busy_s.count(key) ? b.comm_busy_s.at(key) : 0.0, s, 1e-3 * s) << what << " busy " << key;
+      }
   }
   // Auto: a trace needs the tasks; ZeRO-3 moves parameters and gradients in every group
   const Deck d = deck_of(decks[0].second);

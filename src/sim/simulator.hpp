@@ -35,8 +35,10 @@ struct SimOptions {
   /// How the pipelined step is replayed (docs/simulator.md, "Block replay"): Tasks replays
   /// every task of every stage; Blocks replays the schedule group by group, each group's
   /// time taken from its stage class's program compiled with fewer micro-batches and replayed
-  /// alone; Auto takes Blocks for a pipelined step with many more groups than the reduced
-  /// program has, unless a trace is asked for (it needs the tasks).
+  /// alone; Auto takes Blocks for a pipelined step with ZeRO-0 or 1 off the compute core,
+  /// unless a trace is asked for (it needs the tasks). Blocks falls back to Tasks where it
+  /// does not apply (one stage; as many classes as stages and no fewer micro-batches; a class
+  /// program that deadlocks alone): SimResult::replay says which ran.
   enum class Replay { Auto, Tasks, Blocks };
   Replay replay = Replay::Auto;
 };
@@ -94,7 +96,8 @@ struct SearchResult {
   int pruned_memory = 0;   // predicted peak above the device's memory (first and last stage compiled)
   int simulated = 0;
   /// Not simulated: their lower bound (the longest path of their first or last stage over its
-  /// dependencies, compute stream and communicators' orders, pipeline messages free) is not
+  /// dependencies, compute stream and communicators' orders, pipeline messages free; for a
+  /// step replayed by blocks, that stage's schedule from its class program alone) is not
   /// below the top-th fastest simulated step, so they cannot be among the best (the list is
   /// the exhaustive search's).
   int bounded = 0;

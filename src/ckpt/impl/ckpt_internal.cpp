@@ -3,28 +3,29 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/vfs.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <Kokkos_Core.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <climits>
-#include <cstdlib>
-#include <memory>
 #include <cstdio>
-#include <ctime>
-#include <random>
+#include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <random>
 #include <sstream>
 
 #include "ckpt/checksum.hpp"
+#include "comm/control.hpp"
+#include "comm/mpi_check.hpp"
 #include "core/half.hpp"
 #include "core/memory.hpp"
-#include "comm/mpi_check.hpp"
-#include "comm/control.hpp"
 #include "kernels/pack.hpp"
 
 namespace shardflow::ckpt::detail {
@@ -445,9 +446,19 @@ void IoStream::flush() {
   if (iov_.empty()) return;
   io_all(fd_, write_, iov_, at_, what_);
 #ifdef __linux__
-  // a hint: a file system without it (or an error here) leaves the writeback to fsync
-  if (write_ && write_behind_)
-    (void)::sync_file_range(fd_, static_cast<off_t>(at_), static_cast<off_t>(queued_), SYNC_FILE_RANGE_WRITE);
+  // a hint: a file system without it (or an error here) leaves the writeback to fsync. Whole
+  // pages only: the last, partial page is written again by the next flush, and a page under
+  // writeback would make that write wait (file systems that keep pages stable while written)
+  if (write_ && write_behind_) {
+    static const std::int64_t page = std::max<std::int64_t>(4096, ::sysconf(_SC_PAGESIZE));
+    if (behind_ < 0) behind_ = at_ / page * page;
+    const std::int64_t end = (at_ + static_cast<std::int64_t>(queued_)) / page * page;
+    if (end > behind_) {
+      (void)::sync_file_range(fd_, static_cast<off_t>(behind_), static_cast<off_t>(end - behind_),
+                              SYNC_FILE_RANGE_WRITE);
+      behind_ = end;
+    }
+  }
 #endif
   at_ += static_cast<std::int64_t>(queued_);
   queued_ = 0;

@@ -137,6 +137,7 @@ class IoStream {
   int fd_;
   bool write_;
   bool write_behind_ = false;
+  std::int64_t behind_ = -1;  // the file's writeback has been started up to here (write_behind)
   std::int64_t at_;
   std::string what_;
   std::vector<iovec> iov_;

@@ -696,9 +696,9 @@ void usage_of(const Role& r, bool comm_on_core, Usage& total, std::vector<Usage>
 /// Micro-batches of a class program in the block replay (without interleaving).
 constexpr int kBlockMicroBatches = 8;
 
-/// One class of alike stages (the same layers per chunk, embedding and head, act slots, group
-/// sizes and node spans): its lowest stage compiled with fewer micro-batches (as many act
-/// slots as the deck's), replayed alone (pipeline messages free), measured group by group.
+/// One class of alike stages (the same layers per chunk, MoE layers, embedding and head, group
+/// sizes and node spans; their act slots differ): its lowest stage compiled with fewer
+/// micro-batches (block_deck), replayed alone (pipeline messages free), measured group by group.
 struct BlockClass {
   int stage = 0, rank = 0;
   std::vector<compile::PipelineStep> order;  // the representative's schedule, fewer micro-batches
@@ -787,7 +787,7 @@ double class_alone(const BlockClass& c, const std::vector<compile::PipelineStep>
   double t = std::max(0.0, c.by_group.front().end);
   for (const compile::PipelineStep& g : order) {
     const Usage& u = c.group(g.forward, g.chunk, g.micro_batch, m);
-    t += u.gap + std::max(0.0, u.end - u.begin);
+    t = (t + u.gap) + std::max(0.0, u.end - u.begin);  // the replay's own order of additions
   }
   const double last_end = c.order.empty() ? 0 : c.by_group[c.order.size()].end;
   return t + std::max(0.0, c.step_end - last_end);
@@ -999,8 +999,7 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     add(c.by_group.back(), 1);
     if (!c.pipeline_key.empty()) {
       u.exposed[c.pipeline_key] += wait[static_cast<size_t>(st)];
-      // each message it sends or receives, on its link (the task replay also counts the time
-      // a send waits for its receive)
+      // each message it sends or receives, on its link
       double link = 0;
       for (const PipelineStep& g : order[static_cast<size_t>(st)]) {
         const int gcx = g.chunk * pp + st;
@@ -1340,6 +1339,8 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
     double seconds = 0;
   };
   std::vector<Checked> checked(configs.size());
+  std::mutex fault_mu;
+  std::exception_ptr fault;
   in_parallel(configs.size(), threads, [&](size_t i) {
     const auto tm = std::chrono::steady_clock::now();
     Checked& c = checked[i];
@@ -1406,10 +1407,15 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
     } catch (const InputError& e) {
       c.status = Checked::Invalid;
       c.reason = std::string(e.what()).substr(0, 160);
+    } catch (...) {  // a fault of shardflow's own: thrown on the calling thread below
+      std::lock_guard<std::mutex> lock(fault_mu);
+      if (!fault) fault = std::current_exception();
+      return false;
     }
     c.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tm).count();
     return true;
   });
+  if (fault) std::rethrow_exception(fault);
   std::vector<size_t> candidates;  // fit the memory check
   for (size_t i = 0; i < checked.size(); ++i) {
     out.memory_check_s += checked[i].seconds;
@@ -1451,6 +1457,10 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
     } catch (const InputError& e) {
       ok = false;
       reason = std::string(e.what()).substr(0, 160);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(fault_mu);
+      if (!fault) fault = std::current_exception();
+      return false;
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     std::lock_guard<std::mutex> lock(mu);
@@ -1469,6 +1479,7 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
     }
     return true;
   });
+  if (fault) std::rethrow_exception(fault);
   for (char d : done) out.bounded += d ? 0 : 1;
   std::sort(fits.begin(), fits.end(), [](const SearchCandidate& a, const SearchCandidate& b) {
     return a.result.tokens_per_s > b.result.tokens_per_s ||
