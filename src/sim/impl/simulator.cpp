@@ -1209,10 +1209,18 @@ std::string sim_json(const SimResult& r) {
 std::string sim_text(const SimResult& r) {
   std::ostringstream os;
   char line[512];
-  std::snprintf(line, sizeof line,
-                "simulated on %s: %d devices, mesh %s, model %s (%d stage%s compiled in %.3f s, simulated in %.3f s)\n",
-                r.cluster.c_str(), r.devices, r.mesh.c_str(), r.model.c_str(), r.roles, r.roles == 1 ? "" : "s",
-                r.compile_s, r.simulate_s);
+  if (r.replay == "blocks")
+    std::snprintf(line, sizeof line,
+                  "simulated on %s: %d devices, mesh %s, model %s (%d stages replayed by blocks: %d stage class%s "
+                  "compiled in %.3f s, simulated in %.3f s)\n",
+                  r.cluster.c_str(), r.devices, r.mesh.c_str(), r.model.c_str(), r.roles, r.stages_compiled,
+                  r.stages_compiled == 1 ? "" : "es", r.compile_s, r.simulate_s);
+  else
+    std::snprintf(
+        line, sizeof line,
+        "simulated on %s: %d devices, mesh %s, model %s (%d stage%s compiled in %.3f s, simulated in %.3f s)\n",
+        r.cluster.c_str(), r.devices, r.mesh.c_str(), r.model.c_str(), r.roles, r.roles == 1 ? "" : "s", r.compile_s,
+        r.simulate_s);
   os << line;
   std::snprintf(line, sizeof line,
                 "step %.4g s, %.0f tokens/s, %.4g TFLOP/s per GPU executed, %.4g model TFLOP/s per GPU, MFU %.3f, "
