@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
 #include <fstream>
 #include <functional>
@@ -17,7 +16,6 @@
 #include <set>
 #include <sstream>
 #include <thread>
-#include <tuple>
 
 #include "compile/compiler.hpp"
 #include "compile/summary.hpp"
@@ -488,58 +486,54 @@ void in_parallel(size_t n, int threads, const std::function<bool(size_t)>& work)
   for (auto& th : pool) th.join();
 }
 
-  // Communication on the compute core: the stream runs what the executor's thread runs, in
-  // its order: before each compute task (emission order) every collective whose inputs are
-  // done, earliest emitted first (the executor issues them and progresses them while it
-  // polls). Pipeline sends and receives stay off the stream.
+// Communication on the compute core: the stream runs what the executor's thread runs, in
+// its order: before each compute task (emission order) every collective whose inputs are
+// done, earliest emitted first (the executor issues them and progresses them while it
+// polls). Pipeline sends and receives stay off the stream.
 void place_comm_on_core(Role& r) {
+  const size_t n = r.dur.size();
+  Adjacency succs;
+  std::vector<int> left(n, 0);
   {
-    const size_t n = r.dur.size();
-    Adjacency succs;
-    std::vector<int> left(n, 0);
-    {
-      std::vector<std::pair<int, int>> from_to;
-      from_to.reserve(r.preds.idx.size());
-      for (size_t i = 0; i < n; ++i) {
-        left[i] = static_cast<int>(r.preds[i].size());
-        for (int p : r.preds[i]) from_to.emplace_back(p, static_cast<int>(i));
-      }
-      succs.build(n, from_to);
+    std::vector<std::pair<int, int>> from_to;
+    from_to.reserve(r.preds.idx.size());
+    for (size_t i = 0; i < n; ++i) {
+      left[i] = static_cast<int>(r.preds[i].size());
+      for (int p : r.preds[i]) from_to.emplace_back(p, static_cast<int>(i));
     }
-    std::set<int> ready_comm;  // off-stream or collective tasks whose inputs are placed
-    std::vector<bool> placed(n, false);
-    for (size_t i = 0; i < n; ++i)
-      if (r.comm[i] && left[i] == 0) ready_comm.insert(static_cast<int>(i));
-    int last = -1;
-    auto place = [&](int i) {
-      placed[static_cast<size_t>(i)] = true;
-      if (!r.p2p[static_cast<size_t>(i)]) {
-        r.chain_prev[static_cast<size_t>(i)] = last;
-        last = i;
-      }
-      for (int t : succs[static_cast<size_t>(i)])
-        if (--left[static_cast<size_t>(t)] == 0 && r.comm[static_cast<size_t>(t)]) ready_comm.insert(t);
-    };
-    size_t next = 0;  // the next compute task in emission order
-    size_t placed_n = 0;
-    while (placed_n < n) {
-      bool moved = false;
-      while (!ready_comm.empty()) {
-        const int i = *ready_comm.begin();
-        ready_comm.erase(ready_comm.begin());
-        place(i);
-        ++placed_n;
-        moved = true;
-      }
-      while (next < n && r.comm[next]) ++next;
-      if (next < n && left[next] == 0) {
-        place(static_cast<int>(next));
-        ++placed_n;
-        ++next;
-        moved = true;
-      }
-      if (!moved) break;  // what is left waits on another stage (the replay resolves it)
+    succs.build(n, from_to);
+  }
+  std::set<int> ready_comm;  // off-stream or collective tasks whose inputs are placed
+  for (size_t i = 0; i < n; ++i)
+    if (r.comm[i] && left[i] == 0) ready_comm.insert(static_cast<int>(i));
+  int last = -1;
+  auto place = [&](int i) {
+    if (!r.p2p[static_cast<size_t>(i)]) {
+      r.chain_prev[static_cast<size_t>(i)] = last;
+      last = i;
     }
+    for (int t : succs[static_cast<size_t>(i)])
+      if (--left[static_cast<size_t>(t)] == 0 && r.comm[static_cast<size_t>(t)]) ready_comm.insert(t);
+  };
+  size_t next = 0;  // the next compute task in emission order
+  size_t placed_n = 0;
+  while (placed_n < n) {
+    bool moved = false;
+    while (!ready_comm.empty()) {
+      const int i = *ready_comm.begin();
+      ready_comm.erase(ready_comm.begin());
+      place(i);
+      ++placed_n;
+      moved = true;
+    }
+    while (next < n && r.comm[next]) ++next;
+    if (next < n && left[next] == 0) {
+      place(static_cast<int>(next));
+      ++placed_n;
+      ++next;
+      moved = true;
+    }
+    if (!moved) break;  // what is left waits on another stage (the replay resolves it)
   }
 }
 
@@ -547,29 +541,27 @@ void place_comm_on_core(Role& r) {
 // Isolated (one stage replayed alone): only a role's messages to itself (the context ring)
 // are matched; its pipeline messages stay unmatched and cost nothing in replay().
 void match_p2p(std::vector<Role>& roles, bool isolated) {
-  {
-    std::map<std::pair<int, int>, std::vector<int>> sends, recvs;  // (from, to) -> task indices
-    for (Role& r : roles)
-      for (size_t i = 0; i < r.dur.size(); ++i) {
-        if (!r.p2p[i] || (isolated && r.partner_role[i] != r.stage)) continue;
-        if (r.send[i])
-          sends[{r.stage, r.partner_role[i]}].push_back(static_cast<int>(i));
-        else
-          recvs[{r.partner_role[i], r.stage}].push_back(static_cast<int>(i));
-      }
-    for (const auto& [pair, s] : sends) {
-      const auto& rv = recvs[pair];
-      SHARDFLOW_REQUIRE(rv.size() == s.size(), "simulate: stage ", pair.first, " sends ", s.size(),
-                        " messages to stage ", pair.second, ", which receives ", rv.size());
-      for (size_t k = 0; k < s.size(); ++k) {
-        roles[static_cast<size_t>(isolated ? 0 : pair.first)].partner[static_cast<size_t>(s[k])] = rv[k];
-        roles[static_cast<size_t>(isolated ? 0 : pair.second)].partner[static_cast<size_t>(rv[k])] = s[k];
-      }
+  std::map<std::pair<int, int>, std::vector<int>> sends, recvs;  // (from, to) -> task indices
+  for (Role& r : roles)
+    for (size_t i = 0; i < r.dur.size(); ++i) {
+      if (!r.p2p[i] || (isolated && r.partner_role[i] != r.stage)) continue;
+      if (r.send[i])
+        sends[{r.stage, r.partner_role[i]}].push_back(static_cast<int>(i));
+      else
+        recvs[{r.partner_role[i], r.stage}].push_back(static_cast<int>(i));
     }
-    for (const auto& [pair, rv] : recvs)
-      SHARDFLOW_REQUIRE(sends.count(pair) || rv.empty(), "simulate: stage ", pair.second, " receives ", rv.size(),
-                        " messages from stage ", pair.first, ", which sends none");
+  for (const auto& [pair, s] : sends) {
+    const auto& rv = recvs[pair];
+    SHARDFLOW_REQUIRE(rv.size() == s.size(), "simulate: stage ", pair.first, " sends ", s.size(), " messages to stage ",
+                      pair.second, ", which receives ", rv.size());
+    for (size_t k = 0; k < s.size(); ++k) {
+      roles[static_cast<size_t>(isolated ? 0 : pair.first)].partner[static_cast<size_t>(s[k])] = rv[k];
+      roles[static_cast<size_t>(isolated ? 0 : pair.second)].partner[static_cast<size_t>(rv[k])] = s[k];
+    }
   }
+  for (const auto& [pair, rv] : recvs)
+    SHARDFLOW_REQUIRE(sends.count(pair) || rv.empty(), "simulate: stage ", pair.second, " receives ", rv.size(),
+                      " messages from stage ", pair.first, ", which sends none");
 }
 
 // Longest paths over the step's dependencies, the compute chain, each communicator's order
