@@ -683,6 +683,42 @@ void usage_of(const Role& r, bool comm_on_core, Usage& total, std::vector<Usage>
   }
 }
 
+/// The representative rank of pipeline stage `st`: every other coordinate 0.
+int stage_rank(const MeshShape& mesh, int st) {
+  std::vector<int> co(static_cast<size_t>(mesh.ndim()), 0);
+  if (mesh.axis_size_or_1("pipeline") > 1) co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
+  return mesh.rank_of(co);
+}
+
+/// The result's figures from a replayed step, by either replay: its time, the FLOPs executed
+/// on all `stages` simulated stages, each stage's communication (usage_of) and the memory of
+/// the programs compiled (the largest peak is the device's).
+void fill_result(SimResult& res, const Deck& deck, const Cluster& cluster, const MeshShape& mesh, int stages,
+                 double step, double flops, const std::vector<Usage>& usage,
+                 const std::vector<MemoryEstimate>& memory) {
+  res.cluster = cluster.name;
+  res.mesh = mesh.to_string();
+  res.model = deck.model.to_string();
+  res.devices = mesh.size();
+  res.roles = stages;
+  res.step_time_s = step;
+  const double tokens = static_cast<double>(deck.train.global_batch * deck.model.seq);
+  res.tokens_per_s = step > 0 ? tokens / step : 0;
+  res.achieved_tflops_per_gpu = step > 0 ? flops / static_cast<double>(stages) / step / 1e12 : 0;
+  const double model_flops =
+      nn::gpt_model_flops(nn::GptConfig::from(deck.model), deck.train.global_batch * deck.model.seq);
+  res.model_tflops_per_gpu = step > 0 ? model_flops / static_cast<double>(res.devices) / step / 1e12 : 0;
+  res.mfu = res.model_tflops_per_gpu * 1e12 / cluster.peak_flops(deck.train.precision);
+  for (const Usage& u : usage) {
+    for (const auto& [k, v] : u.exposed) res.exposed_comm_s[k] = std::max(res.exposed_comm_s[k], v);
+    for (const auto& [k, v] : u.busy) res.comm_busy_s[k] = std::max(res.comm_busy_s[k], v);
+    if (step > 0) res.bubble_fraction = std::max(res.bubble_fraction, u.pipeline_wait / step);
+  }
+  for (const MemoryEstimate& m : memory)  // (stages differ in layers and schedule)
+    if (m.peak > res.memory.peak) res.memory = m;
+  res.fits = res.memory.peak <= cluster.memory_gib * 1073741824.0;
+}
+
 // ---- block replay (docs/simulator.md, "Block replay") -----------------------------------------
 
 /// Micro-batches of a class program in the block replay (without interleaving).
@@ -732,10 +768,11 @@ Deck block_deck(const Deck& deck, const StepShape& s) {
 
 /// Class c (its stage and rank set): compiled from `reduced`, costed, replayed alone (pipeline
 /// messages free) and measured group by group; its memory is the deck's buffers (every act
-/// slot, every micro-batch's inputs) with the reduced program's staging. False when the
-/// program deadlocks alone.
+/// slot, every micro-batch's inputs) with the reduced program's staging; `deck_bare`, when
+/// given, is that shape and those buffers made already (moved from). False when the program
+/// deadlocks alone.
 bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const parallel::LayoutPlan& plan,
-                 const Cluster& cluster, GroupCache& gc) {
+                 const Cluster& cluster, GroupCache& gc, compile::StepProgram* deck_bare = nullptr) {
   const MeshShape& mesh = plan.mesh();
   std::vector<Role> one(1);
   Role& r = one[0];
@@ -743,10 +780,14 @@ bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const par
   r.stage = c.stage;
   r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(reduced, plan, r.rank));
   cost_role(r, cluster, mesh, mesh.axis_size_or_1("pipeline"), gc);
-  {
+  {  // (deck_bare: the deck's shape and buffers of this rank, made already: taken)
     compile::StepProgram bare;
-    bare.shape = compile::make_step_shape(deck, plan, r.rank);
-    bare.buffers = compile::plan_buffers(bare.shape);
+    if (deck_bare) {
+      bare = std::move(*deck_bare);
+    } else {
+      bare.shape = compile::make_step_shape(deck, plan, r.rank);
+      bare.buffers = compile::plan_buffers(bare.shape);
+    }
     bare.staging_slots = r.prog().staging_slots;
     c.memory = memory_of(bare);
   }
@@ -794,12 +835,7 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   const auto t0 = std::chrono::steady_clock::now();
   const MeshShape& mesh = plan.mesh();
   const int pp = mesh.axis_size_or_1("pipeline");
-  auto rank_of_stage = [&](int st) {
-    std::vector<int> co(static_cast<size_t>(mesh.ndim()), 0);
-    co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
-    return mesh.rank_of(co);
-  };
-  const StepShape shape0 = compile::make_step_shape(deck, plan, rank_of_stage(0));
+  const StepShape shape0 = compile::make_step_shape(deck, plan, stage_rank(mesh, 0));
   if (options.replay != SimOptions::Replay::Blocks && !blocks_apply(shape0, cluster)) return false;
   // the stages' classes, from their shapes (no tasks) and their groups' sizes and node spans
   std::vector<parallel::Axes> subsets;  // every set of the other axes of size > 1
@@ -823,7 +859,7 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   for (size_t l = 0; l < shape0.layer_chunk.size(); ++l)
     chunk_layers[static_cast<size_t>(shape0.layer_chunk[l])].push_back(static_cast<int>(l));
   for (int st = 0; st < pp; ++st) {
-    const int rank = rank_of_stage(st);
+    const int rank = stage_rank(mesh, st);
     std::vector<int64_t> sig{st == 0, st == pp - 1};
     for (int gcx = st; gcx < shape0.nchunks; gcx += pp) {
       sig.push_back(static_cast<int64_t>(chunk_layers[static_cast<size_t>(gcx)].size()));
@@ -900,7 +936,7 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   std::vector<double> up(static_cast<size_t>(pp)), down(static_cast<size_t>(pp));
   {
     std::vector<int> node(static_cast<size_t>(pp));
-    for (int st = 0; st < pp; ++st) node[static_cast<size_t>(st)] = cluster.node_of(rank_of_stage(st));
+    for (int st = 0; st < pp; ++st) node[static_cast<size_t>(st)] = cluster.node_of(stage_rank(mesh, st));
     for (int st = 0; st < pp; ++st) {
       const double bytes = classes[static_cast<size_t>(cls[static_cast<size_t>(st)])].msg_bytes;
       auto link = [&](int to) {
@@ -966,13 +1002,6 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     if (!moved) return false;  // the task replay names the deadlock
   }
   // results, stage by stage: the groups it ran, what comes before and after them
-  res.cluster = cluster.name;
-  res.mesh = mesh.to_string();
-  res.model = deck.model.to_string();
-  res.devices = mesh.size();
-  res.roles = pp;
-  res.replay = "blocks";
-  res.stages_compiled = static_cast<int>(classes.size());
   double step = 0, flops = 0;
   std::vector<Usage> per_stage(static_cast<size_t>(pp));
   for (int st = 0; st < pp; ++st) {
@@ -1002,22 +1031,11 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     }
     u.pipeline_wait = wait[static_cast<size_t>(st)];
   }
-  res.step_time_s = step;
-  const double tokens = static_cast<double>(deck.train.global_batch * deck.model.seq);
-  res.tokens_per_s = step > 0 ? tokens / step : 0;
-  res.achieved_tflops_per_gpu = step > 0 ? flops / static_cast<double>(pp) / step / 1e12 : 0;
-  const double model_flops =
-      nn::gpt_model_flops(nn::GptConfig::from(deck.model), deck.train.global_batch * deck.model.seq);
-  res.model_tflops_per_gpu = step > 0 ? model_flops / static_cast<double>(res.devices) / step / 1e12 : 0;
-  res.mfu = res.model_tflops_per_gpu * 1e12 / cluster.peak_flops(deck.train.precision);
-  for (const Usage& u : per_stage) {
-    for (const auto& [k, val] : u.exposed) res.exposed_comm_s[k] = std::max(res.exposed_comm_s[k], val);
-    for (const auto& [k, val] : u.busy) res.comm_busy_s[k] = std::max(res.comm_busy_s[k], val);
-    if (step > 0) res.bubble_fraction = std::max(res.bubble_fraction, u.pipeline_wait / step);
-  }
-  for (const BlockClass& c : classes)  // the lowest stage of a class has its most act slots
-    if (c.memory.peak > res.memory.peak) res.memory = c.memory;
-  res.fits = res.memory.peak <= cluster.memory_gib * 1073741824.0;
+  std::vector<MemoryEstimate> memory;  // the lowest stage of a class has its most act slots
+  for (const BlockClass& c : classes) memory.push_back(c.memory);
+  fill_result(res, deck, cluster, mesh, pp, step, flops, per_stage, memory);
+  res.replay = "blocks";
+  res.stages_compiled = static_cast<int>(classes.size());
   const auto t2 = std::chrono::steady_clock::now();
   res.compile_s = std::chrono::duration<double>(t1 - t0).count();
   res.simulate_s = std::chrono::duration<double>(t2 - t1).count();
@@ -1043,10 +1061,8 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
   // one representative per stage: every other coordinate 0
   std::vector<Role> roles(static_cast<size_t>(pp));
   for (int st = 0; st < pp; ++st) {
-    std::vector<int> co(static_cast<size_t>(mesh.ndim()), 0);
-    if (pp > 1) co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
     Role& r = roles[static_cast<size_t>(st)];
-    r.rank = mesh.rank_of(co);
+    r.rank = stage_rank(mesh, st);
     r.stage = st;
     auto it = given.find(st);
     if (it != given.end()) r.prog_ptr = it->second;
@@ -1102,37 +1118,19 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
                 ": the compiled program would deadlock");
   }
   // results
-  SimResult res;
-  res.cluster = cluster.name;
-  res.mesh = mesh.to_string();
-  res.model = deck.model.to_string();
-  res.devices = mesh.size();
-  res.roles = static_cast<int>(roles.size());
-  res.stages_compiled = static_cast<int>(roles.size() - given.size());
   double step = 0, flops = 0;
-  for (const Role& r : roles) {
+  std::vector<Usage> usage(roles.size());
+  std::vector<MemoryEstimate> memory;
+  for (size_t q = 0; q < roles.size(); ++q) {
+    const Role& r = roles[q];
     for (size_t i = 0; i < r.end.size(); ++i) step = std::max(step, r.end[i]);
     for (double f : r.flops) flops += f;
+    usage_of(r, cluster.comm_on_compute_core, usage[q], nullptr);
+    memory.push_back(r.memory);
   }
-  res.step_time_s = step;
-  const double tokens = static_cast<double>(deck.train.global_batch * deck.model.seq);
-  res.tokens_per_s = step > 0 ? tokens / step : 0;
-  res.achieved_tflops_per_gpu = step > 0 ? flops / static_cast<double>(roles.size()) / step / 1e12 : 0;
-  const double model_flops =
-      nn::gpt_model_flops(nn::GptConfig::from(deck.model), deck.train.global_batch * deck.model.seq);
-  res.model_tflops_per_gpu = step > 0 ? model_flops / static_cast<double>(res.devices) / step / 1e12 : 0;
-  res.mfu = res.model_tflops_per_gpu * 1e12 / cluster.peak_flops(deck.train.precision);
-  for (const Role& r : roles) {
-    Usage u;
-    usage_of(r, cluster.comm_on_compute_core, u, nullptr);
-    for (const auto& [k, v] : u.exposed) res.exposed_comm_s[k] = std::max(res.exposed_comm_s[k], v);
-    for (const auto& [k, v] : u.busy) res.comm_busy_s[k] = std::max(res.comm_busy_s[k], v);
-    if (step > 0) res.bubble_fraction = std::max(res.bubble_fraction, u.pipeline_wait / step);
-  }
-  // memory: the stage with the largest predicted peak
-  for (const Role& r : roles)  // (stages differ in layers and schedule)
-    if (r.memory.peak > res.memory.peak) res.memory = r.memory;
-  res.fits = res.memory.peak <= cluster.memory_gib * 1073741824.0;
+  SimResult res;
+  fill_result(res, deck, cluster, mesh, static_cast<int>(roles.size()), step, flops, usage, memory);
+  res.stages_compiled = static_cast<int>(roles.size() - given.size());
   const auto t2 = std::chrono::steady_clock::now();
   res.compile_s = std::chrono::duration<double>(t1 - t0).count();
   res.simulate_s = std::chrono::duration<double>(t2 - t1).count();
@@ -1349,20 +1347,16 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
     try {
       const MeshShape mesh = dk.mesh.to_mesh_shape();
       const parallel::LayoutPlan plan = compile::layout_plan(dk, mesh);
-      auto rank_of_stage = [&](int st) {
-        std::vector<int> co(static_cast<size_t>(mesh.ndim()), 0);
-        if (p > 1) co[static_cast<size_t>(mesh.axis_index("pipeline"))] = st;
-        return mesh.rank_of(co);
-      };
+      auto rank_of_stage = [&](int st) { return stage_rank(mesh, st); };
       c.status = Checked::Fits;
       // the buffers alone (no tasks: cheap) over the memory already? (the peak is at least
       // the buffers); then the first and the last stage compiled (the largest in practice),
       // whose programs also give the lower bound
-      for (int st : {0, p - 1}) {
-        compile::StepProgram bare;
-        bare.shape = compile::make_step_shape(dk, plan, rank_of_stage(st));
-        bare.buffers = compile::plan_buffers(bare.shape);
-        if (static_cast<double>(compile::predict_peak(bare, 0, 0).peak()) > capacity) c.status = Checked::Over;
+      compile::StepProgram bare[2];  // the first and last stage's shapes and buffers
+      for (int k = 0; k < 2; ++k) {
+        bare[k].shape = compile::make_step_shape(dk, plan, rank_of_stage(k == 0 ? 0 : p - 1));
+        bare[k].buffers = compile::plan_buffers(bare[k].shape);
+        if (static_cast<double>(compile::predict_peak(bare[k], 0, 0).peak()) > capacity) c.status = Checked::Over;
         if (p == 1 || c.status == Checked::Over) break;
       }
       GroupCache gc{mesh, cluster, {}, {}};  // one per configuration: the stages share groups
@@ -1370,16 +1364,17 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
       // few micro-batches; the bound is their schedule alone (class_alone)
       bool by_blocks = false;
       if (p > 1 && c.status != Checked::Over) {
-        const StepShape sh0 = compile::make_step_shape(dk, plan, rank_of_stage(0));
+        const StepShape& sh0 = bare[0].shape;
         if (blocks_apply(sh0, cluster)) {
           const Deck reduced = block_deck(dk, sh0);
           by_blocks = true;
           double bound = 0;
-          for (int st : {0, p - 1}) {
+          for (int k = 0; k < 2; ++k) {
+            const int st = k == 0 ? 0 : p - 1;
             BlockClass bc;
             bc.stage = st;
             bc.rank = rank_of_stage(st);
-            if (!build_class(bc, dk, reduced, plan, cluster, gc)) {
+            if (!build_class(bc, dk, reduced, plan, cluster, gc, &bare[k])) {
               by_blocks = false;  // simulate replays its tasks (and names the deadlock)
               break;
             }
