@@ -27,6 +27,8 @@ p.add_argument("--calculon", required=True, help="a checkout of github.com/calcu
 p.add_argument("--app", default=os.path.join(ROOT, "build", "release", "apps", "shardflow"))
 p.add_argument("--csv", default=os.path.join(ROOT, "tests", "sim", "korthikanti2022_table5.csv"))
 p.add_argument("--repeat", type=int, default=3, help="best wall time of this many runs per tool and row")
+p.add_argument("--attention-dropout", type=float, default=0.1,
+               help="model.attention_dropout of the decks (tests/sim/korthikanti.py: the paper's models drop 0.1)")
 a = p.parse_args()
 
 sys.path.insert(0, a.calculon)
@@ -48,6 +50,7 @@ def deck(r):
     sel = r["recompute"] == "selective"
     return (f"[mesh]\ndata = 1\ntensor = {r['tp']}\npipeline = {r['pp']}\n[model]\nvocab = 51200\nseq = 2048\n"
             f"hidden = {h}\nheads = {r['heads']}\nffn = {int(round(8 * h / 3 / 64)) * 64}\nlayers = {r['layers']}\n"
+            f"attention_dropout = {a.attention_dropout}\n"
             f"[train]\nsteps = 1\nglobal_batch = {r['global_batch']}\n"
             f"micro_batches = {int(r['global_batch']) // int(r['micro_batch'])}\nprecision = \"f16\"\n"
             f"[strategy]\nactivation_comm_dtype = \"f16\"\nschedule = \"1f1b\"\nvirtual_stages = {r['interleave']}\nrecompute = \"{r['recompute']}\"\n"
@@ -58,6 +61,7 @@ print("# shardflow simulate (a100-80gb) and Calculon (systems/a100_80g.json) aga
 print(f"# {'model':>5} {'recompute':<9} {'published_s':>11} {'shardflow_s':>11} {'error':>7} {'calculon_s':>10} "
       f"{'error':>7} {'shardflow_wall_s':>16} {'shardflow_in_s':>14} {'calculon_wall_s':>15}")
 errs = {"shardflow": [], "calculon": []}
+modes = []
 walls = {"shardflow": [], "calculon": []}
 inproc = []
 for r in rows:
@@ -90,6 +94,7 @@ for r in rows:
     e_sf, e_c = sf / pub - 1, ca / pub - 1
     errs["shardflow"].append(abs(e_sf))
     errs["calculon"].append(abs(e_c))
+    modes.append(r["recompute"])
     walls["shardflow"].append(best_sf)
     walls["calculon"].append(best_c)
     inproc.append(best_in)
@@ -100,3 +105,7 @@ for tool in ("shardflow", "calculon"):
     print(f"# {tool}: mean |error| {100 * sum(e) / len(e):.1f} %, max {100 * max(e):.1f} %, "
           f"wall {sum(walls[tool]):.3f} s for the {len(e)} rows"
           + (f" ({sum(inproc):.3f} s compiling and simulating)" if tool == "shardflow" else ""))
+    for mode in ("full", "selective"):
+        em = [x for x, md in zip(e, modes) if md == mode]
+        if em:
+            print(f"#   {mode}: mean |error| {100 * sum(em) / len(em):.1f} %, max {100 * max(em):.1f} %")

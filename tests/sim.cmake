@@ -1,11 +1,12 @@
 # The simulator (src/sim/, `shardflow simulate`): its cost model and replay on hand-checkable
 # cases, and its step times against Korthikanti et al. 2022's published Table 5 on the
-# bundled a100-80gb model (fails above 10 % mean or 15 % on a row; measured: 4.7 % / 8.8 %).
+# bundled a100-80gb model, attention dropout 0.1 as in the paper (fails above 5 % mean or 10 % on
+# a row; measured since session 19: 3.0 % / 6.7 %).
 shardflow_add_test(test_simulator LABELS sim)
 target_compile_definitions(test_simulator PRIVATE SHARDFLOW_CLUSTERS_DIR="${PROJECT_SOURCE_DIR}/inputs/clusters")
 add_test(NAME simulate_korthikanti_table5
   COMMAND ${SHARDFLOW_SYSTEM_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/sim/korthikanti.py --app $<TARGET_FILE:shardflow_cli>
-    --csv ${CMAKE_CURRENT_SOURCE_DIR}/sim/korthikanti2022_table5.csv --max-mean 0.10 --max-row 0.15)
+    --csv ${CMAKE_CURRENT_SOURCE_DIR}/sim/korthikanti2022_table5.csv --max-mean 0.05 --max-row 0.10)
 set_tests_properties(simulate_korthikanti_table5 PROPERTIES LABELS "sim" TIMEOUT 300)
 # `simulate --cluster h200 --devices 1` against one-GPU training steps measured on a real H200
 # (perf/measured/h200-2026-12-04, docs/gpu.md: PyTorch, flash attention, fused AdamW): fails

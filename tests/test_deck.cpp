@@ -161,6 +161,23 @@ TEST(Deck, ErrorsNameKeyValueAndLine) {
   EXPECT_NE(m.find("model.top_k = 0"), std::string::npos) << m;
 }
 
+// model.attention_dropout: read, written out and read back, validated with the key, the value
+// and the line; a checkpoint's model check ignores it (it is not a shape).
+TEST(Deck, AttentionDropout) {
+  Deck d = parse_deck("[model]\nattention_dropout = 0.1\n", "deck.toml", "/decks");
+  EXPECT_DOUBLE_EQ(d.model.attention_dropout, 0.1);
+  EXPECT_DOUBLE_EQ(parse_deck(deck_to_toml(d), "again.toml", "/decks").model.attention_dropout, 0.1);
+  EXPECT_EQ(parse_deck("", "empty.toml", "/decks").model.attention_dropout, 0.0);
+  EXPECT_EQ(error_of("[model]\nattention_dropout = 1.0\n"),
+            "deck.toml:2: model.attention_dropout = 1 must be a number in [0, 1)");
+  EXPECT_EQ(error_of("[model]\nattention_dropout = -0.1\n"),
+            "deck.toml:2: model.attention_dropout = -0.1 must be a number in [0, 1)");
+  EXPECT_EQ(error_of("", {"model.attention_dropout=nan"}).rfind("--set model.attention_dropout=nan:", 0), 0u);
+  Deck plain = parse_deck("", "empty.toml", "/decks");
+  EXPECT_EQ(plain.model, d.model);
+  EXPECT_NE(d.model.to_string().find("attention_dropout=0.1"), std::string::npos) << d.model.to_string();
+}
+
 // The MoE capacity factor and load-balancing coefficient: read, round-tripped, validated
 // with the key, the value and the line, and refused on a dense model.
 TEST(Deck, MoeKeys) {

@@ -421,6 +421,28 @@ TEST(Simulate, SixteenBitAsRoundedF32CostsItsPasses) {
   EXPECT_NEAR(bf_host - t32, bytes / 1000e9, 1e-9 * t32) << "host bf16 " << bf_host << " s, f32 " << t32 << " s";
 }
 
+// Attention dropout costs the compiled step's passes over the probabilities: the dropped P'
+// made from P in every attention forward (P read, P' written: 2 elements) and again in the
+// backward for dV (2 more); selective recomputation runs the attention core forward twice.
+TEST(Simulate, AttentionDropoutCostsItsPasses) {
+  std::string text = cluster_text(100, 100, 8);
+  text.replace(text.find("f32 = 10.0, bf16 = 100.0, f16 = 100.0"), 37, "f32 = 1e9, bf16 = 1e9, f16 = 1e9");
+  const sim::Cluster c = sim::parse_cluster(text, "free-gemm.toml");
+  // deck_text: 16 sequences × 4 heads of 128 × 128 probabilities per layer, 4 layers, f32
+  const double P = 16 * 4 * 128.0 * 128, L = 4;
+  for (const std::string recompute : {"none", "selective"}) {
+    const std::string strategy = "recompute = \"" + recompute + "\"\n";
+    const double plain = sim::simulate(deck_of(deck_text("data = 1", "", strategy)), c).step_time_s;
+    const std::string drop = deck_text("data = 1", "", strategy);
+    const double dropped = sim::simulate(deck_of(drop.substr(0, drop.find("[train]")) + "attention_dropout = 0.1\n" +
+                                                 drop.substr(drop.find("[train]"))),
+                                         c)
+                               .step_time_s;
+    const double forwards = recompute == "selective" ? 2 : 1;
+    EXPECT_NEAR(dropped - plain, L * P * 4 * 2 * (forwards + 1) / 1000e9, 1e-9 * plain) << recompute;
+  }
+}
+
 // The Llama family and context parallelism go through the same compiled step: on c context
 // ranks each rank's attention work is its share of the causal square (3 of the (2c)² chunk
 // pairs for its own block, 2 for every other), its ring messages are the key/value blocks

@@ -85,6 +85,7 @@ struct StepShape {
   bool tied = false;         // model.tie_embeddings: the head is embed.weight
   int layers = 0;
   int64_t experts = 0, top_k = 0, moe_every = 0;
+  double attention_dropout = 0;  // in training (0 when evaluating)
   bool moe_layer(int l) const { return experts > 0 && moe_every > 0 && (l + 1) % moe_every == 0; }
   // strategy
   int zero = 0, prefetch = 1;

@@ -41,8 +41,13 @@ struct ModelConfig {
   double aux_loss_coef = 0.01;
   static constexpr double default_capacity_factor = 1.25;
   static constexpr double default_aux_loss_coef = 0.01;
+  /// Dropout on the attention probabilities in training, as Megatron-LM's attention_dropout
+  /// (nn::AttnDropout; 0: none, MODEL.md's model). Not a shape: it is not part of operator==
+  /// (a checkpoint restores under any value).
+  double attention_dropout = 0;
 
   int64_t head_dim() const { return hidden / heads; }
+  bool has_dropout() const { return attention_dropout > 0; }
   bool is_llama() const { return family == ModelFamily::Llama; }
   /// K: the key/value heads (A for the GPT and for kv_heads = 0).
   int64_t kv_head_count() const { return kv_heads > 0 ? kv_heads : heads; }

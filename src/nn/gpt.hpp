@@ -28,6 +28,7 @@ struct GptConfig {
   int64_t kv_heads = 0;
   double rope_theta = 10000.0;
   bool tie_embeddings = false;  // llama: the head is embed.weight
+  double attention_dropout = 0;  // training only (AttnDropout); 0: MODEL.md's model
   int64_t head_dim() const { return hidden / heads; }
   int64_t kv_count() const { return kv_heads > 0 ? kv_heads : heads; }
   /// Columns of the q|k|v activation: (A + 2K) · D.
@@ -36,8 +37,17 @@ struct GptConfig {
   void validate() const;
   /// The dense sizes and the family of a deck's [model] section.
   static GptConfig from(const ModelConfig& m) {
-    return GptConfig{m.vocab,    m.seq,           m.hidden,          m.heads,       m.ffn,
-                     m.layers,   m.is_llama(),    m.kv_head_count(), m.rope_theta,  m.tie_embeddings};
+    return GptConfig{m.vocab,
+                     m.seq,
+                     m.hidden,
+                     m.heads,
+                     m.ffn,
+                     m.layers,
+                     m.is_llama(),
+                     m.kv_head_count(),
+                     m.rope_theta,
+                     m.tie_embeddings,
+                     m.attention_dropout};
   }
 };
 
@@ -90,15 +100,20 @@ class GptModel {
   /// i.e. the gradient of this micro-batch's mean loss.
   double forward_backward(typename V::CTokens inputs, typename V::CTokens targets, bool accumulate = false,
                           double grad_scale = -1.0);
-  /// The mean loss only.
+  /// The mean loss only (never drops: evaluation).
   double forward(typename V::CTokens inputs, typename V::CTokens targets);
+  /// With cfg.attention_dropout > 0 (required before forward_backward then): the following
+  /// calls are training step `step` of a run seeded with `seed` (attention_dropout_key), and
+  /// their first sequence is sequence `seq0` of that step's global batch.
+  void set_dropout_step(uint64_t seed, int64_t step, int64_t seq0 = 0);
 
  private:
   int64_t check_batch(typename V::CTokens inputs, typename V::CTokens targets) const;
   /// Query head a uses kv head a / (A / K).
   const char* head_name() const { return cfg_.tie_embeddings ? "embed.weight" : "lm_head.weight"; }
   KvMap kv_map() const { return KvMap{cfg_.kv_count(), cfg_.heads / cfg_.kv_count(), 0, 0}; }
-  void run_forward(typename V::CTokens inputs, int64_t b);
+  void run_forward(typename V::CTokens inputs, int64_t b, bool train);
+  AttnDropout dropout(int64_t layer) const;
   typename V::Mat mat(const std::string& name) const;
   typename V::Mat gmat(const std::string& name) const;
   typename V::Mat buf(const typename V::OwnedVec& flat, int64_t rows, int64_t cols) const;
@@ -115,6 +130,8 @@ class GptModel {
   // backward scratch
   typename V::OwnedVec dx, dn, dh, dgu, datt, dqkv, dprobs;
   typename Embedding<Scalar, Exec>::Scratch embed_scratch_;
+  uint64_t drop_seed_ = 0;
+  int64_t drop_step_ = 0, drop_seq0_ = 0;  // drop_step_ 0: not set
 };
 
 extern template class GptModel<float>;

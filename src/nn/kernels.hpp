@@ -22,6 +22,7 @@
 //  * All reductions run in a fixed order: the same inputs give bitwise identical outputs.
 //  * Shape mismatches throw shardflow::Error naming the op, the operand and the extents.
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.hpp"
 #include "nn/types.hpp"
@@ -92,6 +93,29 @@ struct KvMap {
   int64_t kv_of(int64_t a) const { return kv_heads == 0 ? a : (a0 + a) / group - k0; }
 };
 
+/// Dropout on the attention probabilities (Megatron-LM's attention_dropout; MODEL.md has
+/// none, p = 0). Element (i, j) of query row i and key column j, of global sequence g and
+/// global query head h, is kept iff word (i·S + j) mod 4 of Philox4x32-10 with counter
+/// ((i·S + j) / 4, g·2³² + h) and the stream's key is >= round(p·2³²), and a kept element is
+/// scaled by 1 / (1 − p). The mask depends on those global coordinates and the key only, so
+/// every mesh, micro-batching and recomputation drops the same elements as one process does;
+/// it is made again where it is needed, never stored.
+struct AttnDropout {
+  double p = 0;       // in [0, 1)
+  uint64_t key = 0;   // the stream (attention_dropout_key: seed, step, layer)
+  int64_t seq0 = 0;   // global index of the micro-batch's first sequence in the step's batch
+  int64_t head0 = 0;  // global index of the first local query head
+  bool active() const { return p > 0; }
+  /// Keep iff the word is >= this.
+  uint32_t threshold() const;
+};
+/// The key of layer `layer`'s attention dropout at training step `step` (1-based) of a run
+/// seeded with `seed`.
+uint64_t attention_dropout_key(uint64_t seed, int64_t step, int64_t layer);
+/// The mask of one (sequence, head) as 0 / 1 (row-major [S, S], every element, the causal
+/// mask not applied): the definition above, one element at a time (tests).
+std::vector<uint8_t> attention_dropout_mask(const AttnDropout& d, int64_t seq, int64_t head, int64_t S);
+
 /// Causal self-attention on a contiguous range of query heads:
 ///   o[a] = softmax(q[a] · k[kv(a)]ᵀ / sqrt(D) + causal mask) · v[kv(a)].
 /// qkv [T, (A_l + 2·K_l)·D] holds [Q | K | V]: the A_l local query heads, then the K_l local
@@ -100,7 +124,10 @@ struct KvMap {
 /// concat_heads(o). The score and context products run as one gemm per (sequence, head) on
 /// row/column windows of qkv, out, dout and dqkv (LayoutRight views with a leading
 /// dimension), so nothing is repacked.
-/// Saved for the backward: qkv itself and probs [b·A_l, S, S] (zero above the diagonal).
+/// Saved for the backward: qkv itself and probs [b·A_l, S, S] (zero above the diagonal), the
+/// probabilities before dropout.
+/// With `drop` active, the products with v use the dropped probabilities (AttnDropout),
+/// made per (sequence, head) in `scratch` [S, S] (the backward's dprobs scratch will do).
 template <class Scalar, class Exec = Kokkos::DefaultExecutionSpace>
 struct Attention {
   using V = ViewTypes<Scalar, Exec>;
@@ -109,15 +136,17 @@ struct Attention {
   /// With round16 = BF16 or F16 (mixed precision) the probabilities are rounded to that
   /// type before they multiply v, as a 16-bit step stores them.
   static void forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs, typename V::Mat out,
-                      DType round16 = DType::F32, const KvMap& kv = KvMap{});
+                      DType round16 = DType::F32, const KvMap& kv = KvMap{}, const AttnDropout& drop = AttnDropout{},
+                      typename V::Mat scratch = typename V::Mat{});
   /// dqkv (+)= ∂/∂qkv given dout [T, A_l·D], the saved qkv and probs; dprobs [S, S] is
   /// scratch. With round16 = BF16 or F16 the score gradient is rounded to that type before
   /// its two products (every gemm operand of a mixed-precision step is 16-bit). A kv head
   /// shared by several query heads sums their contributions in increasing query head order;
   /// a local kv head no local query head uses gets zero (or keeps its value, accumulating).
+  /// `drop` must be the forward's: the dropped probabilities are made again in dprobs.
   static void backward(typename V::CMat dout, typename V::CMat qkv, typename V::CTen3 probs, int64_t heads,
                        typename V::Mat dprobs, typename V::Mat dqkv, bool accumulate = false,
-                       DType round16 = DType::F32, const KvMap& kv = KvMap{});
+                       DType round16 = DType::F32, const KvMap& kv = KvMap{}, const AttnDropout& drop = AttnDropout{});
 };
 
 /// Ring attention (context parallelism): this context rank's query rows against one key/value

@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "nn/kernels.hpp"
 #include "nn/nn_test_util.hpp"
+#include "nn/philox.hpp"
 
 namespace {
 using namespace shardflow::test::nn;
@@ -303,6 +304,150 @@ TEST(NnAttention, HeadRangeShardsEqualUnsharded) {
     for (int t = 0; t < T; ++t)
       for (int blk = 0; blk < 3; ++blk)
         for (int c = 0; c < al * D; ++c) EXPECT_NEAR(dql(t, blk * al * D + c), dqkv(t, blk * HD + a0 * D + c), 1e-14);
+  }
+}
+
+// ---- Attention dropout -------------------------------------------------------------------
+/// The documented mask, one Philox call per element: keep (i, j) of sequence g, head h iff
+/// word (i·S + j) mod 4 of Philox4x32-10(((i·S + j) / 4, g·2³² + h), key) >= round(p·2³²).
+bool keep_ref(double p, uint64_t key, int64_t g, int64_t h, int64_t S, int64_t i, int64_t j) {
+  const uint64_t e = static_cast<uint64_t>(i * S + j), blk = e / 4;
+  const uint32_t c[4] = {static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32), static_cast<uint32_t>(h),
+                         static_cast<uint32_t>(g)};
+  const uint32_t k[2] = {static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32)};
+  uint32_t w[4];
+  shardflow::nn::Philox4x32::generate(c, k, w);
+  return static_cast<double>(w[e % 4]) >= std::round(p * 4294967296.0);
+}
+
+/// Plain-loop causal attention with dropout on the probabilities (heads [0, A), global
+/// sequence seq0 + b, global head head0 + a).
+HMat attention_dropout_reference(const HMat& qkv, int S, int A, int D, const shardflow::nn::AttnDropout& d) {
+  const int T = static_cast<int>(qkv.extent(0)), HD = A * D;
+  HMat out("ref", T, HD);
+  for (int b = 0; b < T / S; ++b)
+    for (int a = 0; a < A; ++a)
+      for (int i = 0; i < S; ++i) {
+        std::vector<double> s(static_cast<size_t>(i + 1));
+        double m = -1e300;
+        for (int j = 0; j <= i; ++j) {
+          double dd = 0;
+          for (int e = 0; e < D; ++e) dd += qkv(b * S + i, a * D + e) * qkv(b * S + j, HD + a * D + e);
+          s[static_cast<size_t>(j)] = dd / std::sqrt(static_cast<double>(D));
+          m = std::max(m, s[static_cast<size_t>(j)]);
+        }
+        double z = 0;
+        for (auto& v : s) z += (v = std::exp(v - m));
+        for (int e = 0; e < D; ++e) {
+          double o = 0;
+          for (int j = 0; j <= i; ++j)
+            if (keep_ref(d.p, d.key, d.seq0 + b, d.head0 + a, S, i, j))
+              o += s[static_cast<size_t>(j)] / z / (1 - d.p) * qkv(b * S + j, 2 * HD + a * D + e);
+          out(b * S + i, a * D + e) = o;
+        }
+      }
+  return out;
+}
+
+TEST(NnAttention, DropoutForwardMatchesReference) {
+  // S = 131: causal blocks of 64 with a ragged last one, rows that start inside a 4-element
+  // Philox block; global sequence and head offsets as on a sharded rank
+  std::mt19937_64 rng(31);
+  const int B = 2, S = 131, A = 2, D = 3, T = B * S;
+  const shardflow::nn::AttnDropout d{0.3, shardflow::nn::attention_dropout_key(7, 3, 2), 5, 3};
+  HMat qkv = rand_mat(T, 3 * A * D, rng, 1.5), out("out", T, A * D), scratch("scratch", S, S);
+  HTen3 probs("probs", B * A, S, S);
+  Attn::forward(qkv, A, probs, out, shardflow::DType::F32, shardflow::nn::KvMap{}, d, scratch);
+  EXPECT_LT(max_abs_diff(out, attention_dropout_reference(qkv, S, A, D, d)), 1e-12);
+  // probs keeps the probabilities before dropout (the backward's softmax needs them)
+  HMat plain("plain", T, A * D);
+  HTen3 pp("pp", B * A, S, S);
+  Attn::forward(qkv, A, pp, plain);
+  for (int i = 0; i < B * A; ++i)
+    for (int r = 0; r < S; ++r)
+      for (int c = 0; c < S; ++c) ASSERT_EQ(probs(i, r, c), pp(i, r, c));
+  EXPECT_GT(max_abs_diff(out, plain), 1e-3);
+  // the element-at-a-time mask helper is the same mask
+  const auto m = shardflow::nn::attention_dropout_mask(d, 1, 1, S);
+  for (int i = 0; i < S; ++i)
+    for (int j = 0; j < S; ++j)
+      ASSERT_EQ(m[static_cast<size_t>(i * S + j)], keep_ref(d.p, d.key, d.seq0 + 1, d.head0 + 1, S, i, j) ? 1 : 0);
+}
+
+TEST(NnAttention, DropoutBackwardMatchesFiniteDifferences) {
+  std::mt19937_64 rng(32);
+  const int B = 2, S = 70, A = 2, D = 2, T = B * S;
+  const shardflow::nn::AttnDropout d{0.25, shardflow::nn::attention_dropout_key(1, 1, 0), 0, 1};
+  HMat qkv = rand_mat(T, 3 * A * D, rng), out("out", T, A * D), wy = rand_mat(T, A * D, rng);
+  HMat dqkv("dqkv", T, 3 * A * D), dprobs("dprobs", S, S);
+  HTen3 probs("probs", B * A, S, S);
+  const shardflow::nn::KvMap mha{};
+  Attn::forward(qkv, A, probs, out, shardflow::DType::F32, mha, d, dprobs);
+  Attn::backward(wy, qkv, probs, A, dprobs, dqkv, false, shardflow::DType::F32, mha, d);
+  check_fd("attention dqkv with dropout", qkv, dqkv, [&] {
+    Attn::forward(qkv, A, probs, out, shardflow::DType::F32, mha, d, dprobs);
+    return dot(wy, out);
+  });
+}
+
+TEST(NnAttention, DropoutKeepsOneMinusPOfEachStream) {
+  // every (sequence, head) stream and step keeps about 1 - p (5 sigma), and the streams differ
+  const int S = 256;
+  for (double p : {0.1, 0.5}) {
+    std::vector<std::vector<uint8_t>> masks;
+    for (int64_t step : {1, 2})
+      for (int64_t g : {0, 1})
+        for (int64_t h : {0, 1}) {
+          const shardflow::nn::AttnDropout d{p, shardflow::nn::attention_dropout_key(11, step, 0), 0, 0};
+          masks.push_back(shardflow::nn::attention_dropout_mask(d, g, h, S));
+          double kept = 0;
+          for (uint8_t k : masks.back()) kept += k;
+          const double n = S * S, sigma = std::sqrt(n * p * (1 - p));
+          EXPECT_NEAR(kept, n * (1 - p), 5 * sigma) << "p " << p << " step " << step << " seq " << g << " head " << h;
+        }
+    for (size_t a = 0; a < masks.size(); ++a)
+      for (size_t b = a + 1; b < masks.size(); ++b) EXPECT_NE(masks[a], masks[b]) << "streams " << a << " and " << b;
+  }
+}
+
+TEST(NnAttention, DropoutHeadRangeShardsEqualUnsharded) {
+  std::mt19937_64 rng(33);
+  const int B = 2, S = 9, A = 5, D = 3, T = B * S, HD = A * D;
+  const auto key = shardflow::nn::attention_dropout_key(3, 4, 1);
+  const shardflow::nn::KvMap mha{};
+  HMat qkv = rand_mat(T, 3 * HD, rng), out("out", T, HD), dout = rand_mat(T, HD, rng), dqkv("dqkv", T, 3 * HD);
+  HTen3 probs("probs", B * A, S, S);
+  HMat dprobs("dprobs", S, S);
+  Attn::forward(qkv, A, probs, out, shardflow::DType::F32, mha, {0.2, key, 0, 0}, dprobs);
+  Attn::backward(dout, qkv, probs, A, dprobs, dqkv, false, shardflow::DType::F32, mha, {0.2, key, 0, 0});
+  for (auto [a0, a1] : std::vector<std::pair<int, int>>{{0, 3}, {3, 5}}) {
+    const int al = a1 - a0;
+    const shardflow::nn::AttnDropout d{0.2, key, 0, a0};
+    HMat ql("ql", T, 3 * al * D), ol("ol", T, al * D), dql("dql", T, 3 * al * D);
+    for (int t = 0; t < T; ++t)
+      for (int blk = 0; blk < 3; ++blk)
+        for (int c = 0; c < al * D; ++c) ql(t, blk * al * D + c) = qkv(t, blk * HD + a0 * D + c);
+    HTen3 pl("pl", B * al, S, S);
+    Attn::forward(ql, al, pl, ol, shardflow::DType::F32, mha, d, dprobs);
+    EXPECT_LT(max_abs_diff(ol, cols(out, a0 * D, a1 * D)), 1e-14);
+    Attn::backward(cols(dout, a0 * D, a1 * D), ql, pl, al, dprobs, dql, false, shardflow::DType::F32, mha, d);
+    for (int t = 0; t < T; ++t)
+      for (int blk = 0; blk < 3; ++blk)
+        for (int c = 0; c < al * D; ++c) EXPECT_NEAR(dql(t, blk * al * D + c), dqkv(t, blk * HD + a0 * D + c), 1e-14);
+  }
+}
+
+TEST(NnAttention, DropoutRejectsBadProbabilityAndMissingScratch) {
+  const int S = 4, A = 1, D = 2;
+  HMat qkv("qkv", S, 3 * A * D), out("out", S, A * D), small("small", 2, 2);
+  HTen3 probs("probs", A, S, S);
+  const shardflow::nn::KvMap mha{};
+  EXPECT_THROW(Attn::forward(qkv, A, probs, out, shardflow::DType::F32, mha, {1.0, 1, 0, 0}, small), shardflow::Error);
+  try {
+    Attn::forward(qkv, A, probs, out, shardflow::DType::F32, mha, {0.1, 1, 0, 0}, small);
+    FAIL() << "no error";
+  } catch (const shardflow::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("scratch"), std::string::npos) << e.what();
   }
 }
 

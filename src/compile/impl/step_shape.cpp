@@ -156,6 +156,7 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   s.tied = mc.tie_embeddings;
   s.layers = static_cast<int>(mc.layers);
   s.experts = mc.experts;
+  s.attention_dropout = s.evaluate ? 0.0 : mc.attention_dropout;
   s.top_k = mc.top_k;
   s.moe_every = mc.moe_every;
   s.zero = deck.strategy.zero_stage;  // 0..3: the LayoutPlan (AxisGroups) refused anything else
@@ -219,6 +220,9 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   SHARDFLOW_REQUIRE_INPUT(s.cp == 1 || s.experts == 0, "mesh.context = ", s.cp,
                           " with a mixture of experts (model.experts = ", s.experts,
                           ") is not supported: the load-balancing loss needs whole sequences");
+  SHARDFLOW_REQUIRE_INPUT(s.cp == 1 || deck.model.attention_dropout == 0, "mesh.context = ", s.cp,
+                          " with model.attention_dropout = ", deck.model.attention_dropout,
+                          " is not supported: ring attention has no dropout (", deck.where("mesh.context"), ")");
   s.seq_local = s.seq / s.cp;
   SHARDFLOW_REQUIRE_INPUT(!s.tied || (s.pp == 1 && s.zero <= 1), "model.tie_embeddings = true needs mesh.pipeline = 1 "
                           "and strategy.zero_stage <= 1 (the mesh has pipeline = ", s.pp, ", zero_stage = ", s.zero,

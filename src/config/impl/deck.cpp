@@ -55,6 +55,7 @@ const std::vector<KeySpec>& schema() {
       {"model", "moe_every", KeyType::Int},
       {"model", "capacity_factor", KeyType::Float},
       {"model", "aux_loss_coef", KeyType::Float},
+      {"model", "attention_dropout", KeyType::Float},
       {"train", "steps", KeyType::Int},
       {"train", "global_batch", KeyType::Int},
       {"train", "micro_batches", KeyType::Int},
@@ -335,6 +336,11 @@ class DeckBuilder {
     };
     moe_float("model.capacity_factor", d.model.capacity_factor, 0.0, true, ModelConfig::default_capacity_factor);
     moe_float("model.aux_loss_coef", d.model.aux_loss_coef, 0.0, false, ModelConfig::default_aux_loss_coef);
+    if (auto* v = find("model.attention_dropout")) {
+      SHARDFLOW_REQUIRE_INPUT(std::isfinite(v->f) && v->f >= 0 && v->f < 1, v->where,
+                              ": model.attention_dropout = ", v->text, " must be a number in [0, 1)");
+      d.model.attention_dropout = v->f;
+    }
     SHARDFLOW_REQUIRE_INPUT(d.model.hidden % d.model.heads == 0, loc_of("model.heads"),
                             ": model.heads = ", d.model.heads, " does not divide model.hidden = ", d.model.hidden);
     try {
@@ -661,7 +667,8 @@ std::string deck_to_toml(const Deck& d) {
      << "\nheads = " << d.model.heads << "\nffn = " << d.model.ffn << "\nlayers = " << d.model.layers
      << "\nexperts = " << d.model.experts << "\ntop_k = " << d.model.top_k << "\nmoe_every = " << d.model.moe_every
      << "\ncapacity_factor = " << toml::value<double>(d.model.capacity_factor)
-     << "\naux_loss_coef = " << toml::value<double>(d.model.aux_loss_coef) << "\n\n";
+     << "\naux_loss_coef = " << toml::value<double>(d.model.aux_loss_coef)
+     << "\nattention_dropout = " << toml::value<double>(d.model.attention_dropout) << "\n\n";
   os << "[train]\nsteps = " << d.train.steps << "\nglobal_batch = " << d.train.global_batch
      << "\nmicro_batches = " << d.train.micro_batches << "\nlr = " << toml::value<double>(d.train.lr)
      << "\nwarmup = " << d.train.warmup << "\nseed = " << d.train.seed

@@ -42,6 +42,8 @@ void ModelConfig::validate() const {
     SHARDFLOW_REQUIRE_INPUT(head_dim() % 2 == 0, "model.family = \"llama\": the head size model.hidden / model.heads = ",
                             head_dim(), " must be even (RoPE rotates pairs)");
   }
+  SHARDFLOW_REQUIRE_INPUT(std::isfinite(attention_dropout) && attention_dropout >= 0 && attention_dropout < 1,
+                          "model.attention_dropout = ", attention_dropout, " must be a number in [0, 1)");
   SHARDFLOW_REQUIRE_INPUT(experts >= 0, "model.experts = ", experts, " must be >= 0");
   SHARDFLOW_REQUIRE_INPUT(top_k >= 0, "model.top_k = ", top_k, " must be >= 0");
   SHARDFLOW_REQUIRE_INPUT(moe_every >= 0, "model.moe_every = ", moe_every, " must be >= 0");
@@ -71,6 +73,7 @@ std::string ModelConfig::to_string() const {
   if (experts > 0)
     os << " E=" << experts << " top_k=" << top_k << " moe_every=" << moe_every << " capacity_factor=" << capacity_factor
        << " aux_loss_coef=" << aux_loss_coef;
+  if (attention_dropout > 0) os << " attention_dropout=" << attention_dropout;
   return os.str();
 }
 

@@ -8,6 +8,7 @@
 #include "nn/impl/gemm.hpp"
 #include "nn/impl/math.hpp"
 #include "nn/kernels.hpp"
+#include "nn/philox.hpp"
 
 namespace shardflow::nn {
 
@@ -45,15 +46,96 @@ using Range = Kokkos::pair<int64_t, int64_t>;
 /// Query rows per causal block: a block of rows [r0, r1) only multiplies keys [0, r1), so
 /// the products skip most of the masked upper triangle (S = 128: 3/4 of the square).
 constexpr int64_t kCausalBlock = 64;
+
+/// AttnDropout's mask of one (sequence, head): keep(row, col) for a row's columns in order
+/// (one Philox call per 4 elements).
+struct DropMask {
+  uint32_t key[2];
+  uint32_t hi[2];  // counter words 2 and 3: g·2³² + h
+  int64_t S;
+  uint32_t thr;
+  DropMask(const AttnDropout& d, int64_t g, int64_t h, int64_t s) : S(s), thr(d.threshold()) {
+    key[0] = static_cast<uint32_t>(d.key);
+    key[1] = static_cast<uint32_t>(d.key >> 32);
+    hi[0] = static_cast<uint32_t>(h);
+    hi[1] = static_cast<uint32_t>(g);
+  }
+  /// f(col, keep) for col in [0, n) of `row`.
+  template <class F>
+  KOKKOS_INLINE_FUNCTION void row(int64_t row_, int64_t n, F&& f) const {
+    uint64_t block = ~uint64_t(0);
+    uint32_t w[4] = {0, 0, 0, 0};
+    for (int64_t j = 0; j < n; ++j) {
+      const uint64_t e = static_cast<uint64_t>(row_ * S + j), b = e >> 2;
+      if (b != block) {
+        const uint32_t c[4] = {static_cast<uint32_t>(b), static_cast<uint32_t>(b >> 32), hi[0], hi[1]};
+        Philox4x32::generate(c, key, w);
+        block = b;
+      }
+      f(j, w[e & 3] >= thr);
+    }
+  }
+};
+
+/// out(i, j) = the dropped probability of p(i, j) (row r0 + i), j <= r0 + i; 0 above the
+/// diagonal, up to `cols` columns. With round16, rounded as a 16-bit step stores it.
+template <class Scalar, class Exec, class P, class O>
+void dropped(const AttnDropout& d, int64_t g, int64_t h, int64_t S, P p, O out, int64_t r0, int64_t r1, int64_t cols,
+             DType round16) {
+  const DropMask mask(d, g, h, S);
+  const Scalar scale = static_cast<Scalar>(1.0 / (1.0 - d.p));
+  Kokkos::parallel_for(
+      "nn::attn_dropout", Kokkos::RangePolicy<Exec>(0, r1 - r0), KOKKOS_LAMBDA(const int64_t i) {
+        const int64_t row = r0 + i;
+        mask.row(row, row + 1, [&](int64_t j, bool keep) {
+          Scalar v = keep ? p(i, j) * scale : Scalar(0);
+          if (round16 != DType::F32) v = static_cast<Scalar>(round_to(static_cast<float>(v), round16));
+          out(i, j) = v;
+        });
+        for (int64_t j = row + 1; j < cols; ++j) out(i, j) = Scalar(0);
+      });
+}
 }  // namespace
 
+uint32_t AttnDropout::threshold() const {
+  const double t = std::round(p * 4294967296.0);
+  return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(t);
+}
+
+uint64_t attention_dropout_key(uint64_t seed, int64_t step, int64_t layer) {
+  uint64_t k = mix64(seed ^ 0x6174746E64726F70ull);  // "attndrop"
+  k = mix64(k ^ static_cast<uint64_t>(step));
+  return mix64(k ^ (static_cast<uint64_t>(layer) * 0x9E3779B97F4A7C15ull));
+}
+
+std::vector<uint8_t> attention_dropout_mask(const AttnDropout& d, int64_t seq, int64_t head, int64_t S) {
+  std::vector<uint8_t> m(static_cast<size_t>(S * S));
+  const uint32_t k[2] = {static_cast<uint32_t>(d.key), static_cast<uint32_t>(d.key >> 32)};
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t j = 0; j < S; ++j) {
+      const uint64_t e = static_cast<uint64_t>(i * S + j);
+      const uint32_t c[4] = {static_cast<uint32_t>(e / 4), static_cast<uint32_t>((e / 4) >> 32),
+                             static_cast<uint32_t>(d.head0 + head), static_cast<uint32_t>(d.seq0 + seq)};
+      uint32_t w[4];
+      Philox4x32::generate(c, k, w);
+      m[static_cast<size_t>(i * S + j)] = w[e % 4] >= d.threshold() ? 1 : 0;
+    }
+  return m;
+}
+
 template <class Scalar, class Exec>
-void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs,
-                                      typename V::Mat out, DType round16, const KvMap& kv) {
+void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typename V::Ten3 probs, typename V::Mat out,
+                                      DType round16, const KvMap& kv, const AttnDropout& drop,
+                                      typename V::Mat scratch) {
   const AttnDims g = attn_dims("Attention::forward", qkv, heads, probs, kv);
   SHARDFLOW_REQUIRE(static_cast<int64_t>(out.extent(0)) == g.t && static_cast<int64_t>(out.extent(1)) == g.a * g.d,
                     "Attention::forward: out is [", out.extent(0), ", ", out.extent(1), "], want [", g.t, ", ",
                     g.a * g.d, "]");
+  SHARDFLOW_REQUIRE(drop.p >= 0 && drop.p < 1, "Attention::forward: dropout probability ", drop.p, " is not in [0, 1)");
+  SHARDFLOW_REQUIRE(!drop.active() || (static_cast<int64_t>(scratch.extent(0)) >= g.s &&
+                                       static_cast<int64_t>(scratch.extent(1)) >= g.s),
+                    "Attention::forward: dropout needs a scratch of [", g.s, ", ", g.s, "], it has [",
+                    scratch.extent(0), ", ", scratch.extent(1), "]");
   const double scale = 1.0 / std::sqrt(static_cast<double>(g.d));
   const int64_t nblk = (g.s + kCausalBlock - 1) / kCausalBlock;
   for (int64_t bi = 0; bi < g.b; ++bi) {
@@ -88,12 +170,18 @@ void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typen
   for (int64_t bi = 0; bi < g.b; ++bi) {
     for (int64_t a = 0; a < g.a; ++a) {
       const int64_t vc = g.vo + kv.kv_of(a) * g.d;
+      if (drop.active())
+        dropped<Scalar, Exec>(drop, drop.seq0 + bi, drop.head0 + a, g.s,
+                              Kokkos::subview(probs, bi * g.a + a, Kokkos::ALL(), Kokkos::ALL()), scratch, 0, g.s, g.s,
+                              round16);
       for (int64_t blk = 0; blk < nblk; ++blk) {
         const int64_t r0 = blk * kCausalBlock, r1 = std::min(g.s, r0 + kCausalBlock);
         auto v = Kokkos::subview(qkv, Range(bi * g.s, bi * g.s + r1), Range(vc, vc + g.d));
-        auto p = Kokkos::subview(probs, bi * g.a + a, Range(r0, r1), Range(0, r1));
         auto o = Kokkos::subview(out, Range(bi * g.s + r0, bi * g.s + r1), Range(a * g.d, (a + 1) * g.d));
-        detail::gemm("N", "N", 1.0, p, v, 0.0, o);
+        if (drop.active())
+          detail::gemm("N", "N", 1.0, Kokkos::subview(scratch, Range(r0, r1), Range(0, r1)), v, 0.0, o);
+        else
+          detail::gemm("N", "N", 1.0, Kokkos::subview(probs, bi * g.a + a, Range(r0, r1), Range(0, r1)), v, 0.0, o);
       }
     }
   }
@@ -101,8 +189,8 @@ void Attention<Scalar, Exec>::forward(typename V::CMat qkv, int64_t heads, typen
 
 template <class Scalar, class Exec>
 void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat qkv, typename V::CTen3 probs,
-                                       int64_t heads, typename V::Mat dprobs, typename V::Mat dqkv,
-                                       bool accumulate, DType round16, const KvMap& kv) {
+                                       int64_t heads, typename V::Mat dprobs, typename V::Mat dqkv, bool accumulate,
+                                       DType round16, const KvMap& kv, const AttnDropout& drop) {
   const AttnDims g = attn_dims("Attention::backward", qkv, heads, probs, kv);
   SHARDFLOW_REQUIRE(static_cast<int64_t>(dout.extent(0)) == g.t && static_cast<int64_t>(dout.extent(1)) == g.a * g.d,
                     "Attention::backward: dout is [", dout.extent(0), ", ", dout.extent(1), "], want [", g.t, ", ",
@@ -113,8 +201,12 @@ void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat q
   SHARDFLOW_REQUIRE(static_cast<int64_t>(dprobs.extent(0)) == g.s && static_cast<int64_t>(dprobs.extent(1)) == g.s,
                     "Attention::backward: dprobs scratch is [", dprobs.extent(0), ", ", dprobs.extent(1), "], want [",
                     g.s, ", ", g.s, "]");
+  SHARDFLOW_REQUIRE(drop.p >= 0 && drop.p < 1, "Attention::backward: dropout probability ", drop.p,
+                    " is not in [0, 1)");
   const double scale = 1.0 / std::sqrt(static_cast<double>(g.d));
   const double beta = accumulate ? 1.0 : 0.0;
+  const bool dropping = drop.active();
+  const Scalar keep_scale = static_cast<Scalar>(dropping ? 1.0 / (1.0 - drop.p) : 1.0);
   // Grouped-query attention: several query heads add into one kv head's dK and dV, so the
   // kv columns start from zero (unless accumulating) and every product adds.
   const bool mha = kv.is_mha(heads);
@@ -136,13 +228,23 @@ void Attention<Scalar, Exec>::backward(typename V::CMat dout, typename V::CMat q
         auto p = Kokkos::subview(probs, bi * g.a + a, Range(r0, r1), Range(0, r1));
         auto dp = Kokkos::subview(dprobs, Range(r0, r1), Range(0, r1));
         auto dout_h = Kokkos::subview(dout, qrows, cq);
-        // dV = Pᵀ · dO ; dP = dO · Vᵀ
-        detail::gemm("T", "N", 1.0, p, dout_h, beta_kv, Kokkos::subview(dqkv, krows, cv));
+        // dV = Pᵀ · dO ; dP = dO · Vᵀ (dropout: dV = P'ᵀ · dO with the dropped P' made again in
+        // dp, and dP = mask ⊙ dP' / (1 − p) with dP' = dO · Vᵀ)
+        if (dropping) {
+          dropped<Scalar, Exec>(drop, drop.seq0 + bi, drop.head0 + a, g.s, p, dp, r0, r1, r1, round16);
+          detail::gemm("T", "N", 1.0, dp, dout_h, beta_kv, Kokkos::subview(dqkv, krows, cv));
+        } else {
+          detail::gemm("T", "N", 1.0, p, dout_h, beta_kv, Kokkos::subview(dqkv, krows, cv));
+        }
         detail::gemm("N", "T", 1.0, dout_h, Kokkos::subview(qkv, krows, cv), 0.0, dp);
+        const DropMask mask(drop, drop.seq0 + bi, drop.head0 + a, g.s);
         // dS = P ⊙ (dP − rowsum(P ⊙ dP)), zero above the diagonal because P is.
         Kokkos::parallel_for(
             "nn::attn_softmax_bwd", Kokkos::RangePolicy<Exec>(0, r1 - r0), KOKKOS_LAMBDA(const int64_t i) {
               const int64_t row = r0 + i;
+              if (dropping)
+                mask.row(row, row + 1,
+                         [&](int64_t j, bool keep) { dp(i, j) = keep ? dp(i, j) * keep_scale : Scalar(0); });
               Scalar dot = 0;
               for (int64_t j = 0; j <= row; ++j) dot += p(i, j) * dp(i, j);
               for (int64_t j = 0; j <= row; ++j) dp(i, j) = p(i, j) * (dp(i, j) - dot);

@@ -1,6 +1,8 @@
 // The reference GPT: forward and backward of the whole model on one rank.
 #include "nn/gpt.hpp"
 
+#include <cmath>
+
 #include "core/error.hpp"
 #include "nn/init.hpp"
 
@@ -14,6 +16,8 @@ void GptConfig::validate() const {
                           ", got ", heads);
   SHARDFLOW_REQUIRE_INPUT(ffn >= 1, "model: ffn must be >= 1, got ", ffn);
   SHARDFLOW_REQUIRE_INPUT(layers >= 1, "model: layers must be >= 1, got ", layers);
+  SHARDFLOW_REQUIRE_INPUT(std::isfinite(attention_dropout) && attention_dropout >= 0 && attention_dropout < 1,
+                          "model: attention_dropout must be in [0, 1), got ", attention_dropout);
   SHARDFLOW_REQUIRE_INPUT(kv_heads >= 0 && kv_heads <= heads && heads % kv_count() == 0,
                           "model: kv_heads must divide heads = ", heads, ", got ", kv_heads);
   SHARDFLOW_REQUIRE_INPUT(llama || kv_count() == heads, "model: kv_heads = ", kv_heads, " needs the llama family");
@@ -185,7 +189,24 @@ int64_t GptModel<Scalar, Exec>::check_batch(typename V::CTokens inputs, typename
 }
 
 template <class Scalar, class Exec>
-void GptModel<Scalar, Exec>::run_forward(typename V::CTokens inputs, int64_t b) {
+void GptModel<Scalar, Exec>::set_dropout_step(uint64_t seed, int64_t step, int64_t seq0) {
+  SHARDFLOW_REQUIRE(step >= 1 && seq0 >= 0, "GptModel::set_dropout_step: step ", step, " and first sequence ", seq0,
+                    " must be >= 1 and >= 0");
+  drop_seed_ = seed;
+  drop_step_ = step;
+  drop_seq0_ = seq0;
+}
+
+template <class Scalar, class Exec>
+AttnDropout GptModel<Scalar, Exec>::dropout(int64_t layer) const {
+  if (cfg_.attention_dropout <= 0) return AttnDropout{};
+  SHARDFLOW_REQUIRE(drop_step_ >= 1, "GptModel: attention_dropout = ", cfg_.attention_dropout,
+                    " needs set_dropout_step before a training forward");
+  return AttnDropout{cfg_.attention_dropout, attention_dropout_key(drop_seed_, drop_step_, layer), drop_seq0_, 0};
+}
+
+template <class Scalar, class Exec>
+void GptModel<Scalar, Exec>::run_forward(typename V::CTokens inputs, int64_t b, bool train) {
   using Lin = Linear<Scalar, Exec>;
   using Norm = RmsNorm<Scalar, Exec>;
   const int64_t t = b * cfg_.seq, h = cfg_.hidden, f = cfg_.ffn;
@@ -210,7 +231,8 @@ void GptModel<Scalar, Exec>::run_forward(typename V::CTokens inputs, int64_t b) 
     } else {
       Lin::forward(n1, mat(p + "attn.qkv.weight"), qkv);
     }
-    Attention<Scalar, Exec>::forward(qkv, cfg_.heads, probs, att, DType::F32, kv_map());
+    Attention<Scalar, Exec>::forward(qkv, cfg_.heads, probs, att, DType::F32, kv_map(),
+                                     train ? dropout(l) : AttnDropout{}, buf(dprobs, cfg_.seq, cfg_.seq));
     Residual<Scalar, Exec>::copy(x_in, x_mid);
     Lin::forward(att, mat(p + "attn.out.weight"), x_mid, /*accumulate=*/true);
     Norm::forward(x_mid, param(p + "mlp_norm.weight"), n2, rstd2);
@@ -227,7 +249,7 @@ void GptModel<Scalar, Exec>::run_forward(typename V::CTokens inputs, int64_t b) 
 template <class Scalar, class Exec>
 double GptModel<Scalar, Exec>::forward(typename V::CTokens inputs, typename V::CTokens targets) {
   const int64_t b = check_batch(inputs, targets), t = b * cfg_.seq;
-  run_forward(inputs, b);
+  run_forward(inputs, b, false);
   using CE = CrossEntropy<Scalar, Exec>;
   typename V::Vec rm(row_max.data(), static_cast<size_t>(t));
   auto st = buf(stats, t, 2);
@@ -244,7 +266,7 @@ double GptModel<Scalar, Exec>::forward_backward(typename V::CTokens inputs, type
   using Norm = RmsNorm<Scalar, Exec>;
   const int64_t b = check_batch(inputs, targets), t = b * cfg_.seq, h = cfg_.hidden, f = cfg_.ffn;
   if (grad_scale < 0) grad_scale = 1.0 / static_cast<double>(t);
-  run_forward(inputs, b);
+  run_forward(inputs, b, true);
   const bool acc = accumulate;
   auto lg = buf(logits, t, cfg_.vocab);
   typename V::Vec rm(row_max.data(), static_cast<size_t>(t));
@@ -278,7 +300,7 @@ double GptModel<Scalar, Exec>::forward_backward(typename V::CTokens inputs, type
     Lin::backward_weight(dxm, att, gmat(p + "attn.out.weight"), acc);
     Lin::backward_input(dxm, mat(p + "attn.out.weight"), dattm);
     Attention<Scalar, Exec>::backward(dattm, qkv, probs, cfg_.heads, buf(dprobs, cfg_.seq, cfg_.seq), dqkvm, false,
-                                      DType::F32, kv_map());
+                                      DType::F32, kv_map(), dropout(l));
     if (cfg_.llama) {
       Rope<Scalar, Exec>::backward(dqkvm, cfg_.heads + cfg_.kv_count(), cfg_.seq, buf(rope, cfg_.seq, cfg_.head_dim()));
       using Cols = Kokkos::pair<int64_t, int64_t>;

@@ -66,13 +66,14 @@ struct KernelModel {
     bytes(round * (out * in + rows * out + rows * in));
   }
   // the attention core of b sequences × A heads: QKᵀ, softmax, P·V (full S × S, as the model
-  // FLOPs count it)
+  // FLOPs count it); with attention dropout, the dropped P' made from P (P read, P' written;
+  // the product reads P' instead of P; the mask is made, not read)
   void core_fwd() {
     const double b = static_cast<double>(s.mb_seqs), A = static_cast<double>(s.A_l), S = static_cast<double>(s.seq),
                  D = static_cast<double>(s.head_dim);
     gemm(S, S, D, b * A);
     gemm(S, D, S, b * A);
-    bytes(b * A * S * S * elem * 3);
+    bytes(b * A * S * S * elem * (s.attention_dropout > 0 ? 5 : 3));
   }
   // context parallel: one ring step's (query chunk, key chunk) pairs of C × C, `pairs` of
   // them for each of b sequences × A heads (3 with this rank's own block, else 2)
@@ -89,11 +90,13 @@ struct KernelModel {
     gemm(C, C, D, 5 * pairs * b * A);  // S again, dV, dP, dQ, dK
     bytes(pairs * b * A * C * C * elem * 5);
   }
+  // (attention dropout: P' made again from P for dV, P read and P' written; dP' masked in the
+  // softmax's backward pass, which reads and writes it anyway)
   void core_bwd() {
     const double b = static_cast<double>(s.mb_seqs), A = static_cast<double>(s.A_l), S = static_cast<double>(s.seq),
                  D = static_cast<double>(s.head_dim);
     gemm(S, D, S, 4 * b * A);  // dV, dP, dQ, dK
-    bytes(b * A * S * S * elem * 4);
+    bytes(b * A * S * S * elem * (s.attention_dropout > 0 ? 6 : 4));
   }
 };
 

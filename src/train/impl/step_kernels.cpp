@@ -126,7 +126,9 @@ void Trainer::Impl::run_op(const compile::ComputeOp& o) {
     case StepOp::Embed: embed_fwd_a(j, x, s); return;
     case StepOp::PosEmbed: embed_fwd_b(x, s); return;
     case StepOp::AttnNorm: layer_fwd_norm1(l, x, s, o.recompute); return;
-    case StepOp::Attn: layer_fwd_attn(l, x, s); return;
+    case StepOp::Attn:
+      layer_fwd_attn(l, j, x, s);
+      return;
     case StepOp::AttnRing: ring_fwd_step(l, x, o.step); return;
     case StepOp::AttnOut: ring_fwd_out(l, x, s); return;
     case StepOp::AttnRingBwd: ring_bwd_step(l, x, o.step); return;
@@ -149,8 +151,12 @@ void Trainer::Impl::run_op(const compile::ComputeOp& o) {
     case StepOp::MoeRouterBwd: moe_router_bwd(l, x, s, g, a); return;
     case StepOp::MlpBwd: layer_bwd_mlp(l, x, s, g, a); return;
     case StepOp::MlpNormBwd: layer_bwd_norm(l, true, x, s, g, a); return;
-    case StepOp::AttnCore: layer_attn_core(l, x); return;
-    case StepOp::AttnBwd: layer_bwd_attn(l, x, s, g, a); return;
+    case StepOp::AttnCore:
+      layer_attn_core(l, j, x);
+      return;
+    case StepOp::AttnBwd:
+      layer_bwd_attn(l, j, x, s, g, a);
+      return;
     case StepOp::AttnNormBwd: layer_bwd_norm(l, false, x, s, g, a); return;
     case StepOp::EmbedBwd: embed_bwd(j, x, g, a); return;
     case StepOp::GradNormLocal: norm_local(); return;
@@ -273,7 +279,14 @@ void Trainer::Impl::qkv_backward(int l, int act_slot, int ring, int gring, bool 
   }
 }
 
-void Trainer::Impl::layer_fwd_attn(int l, int act_slot, int ring) {
+nn::AttnDropout Trainer::Impl::attn_dropout(int l, int j) const {
+  if (prog.shape.evaluate || deck.model.attention_dropout <= 0) return nn::AttnDropout{};
+  return nn::AttnDropout{deck.model.attention_dropout,
+                         nn::attention_dropout_key(static_cast<uint64_t>(deck.train.seed), completed + 1, l),
+                         slice.begin + j * mb_seqs, kvmap.a0};
+}
+
+void Trainer::Impl::layer_fwd_attn(int l, int j, int act_slot, int ring) {
   using namespace nn;
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
   const Param& wout = lw(l, 2);
@@ -287,7 +300,8 @@ void Trainer::Impl::layer_fwd_attn(int l, int act_slot, int ring) {
     return;
   }
   VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
-  Attention<float, Exec>::forward(cmat(a.qkv.data(), T, QKV_l), A_l, probs, mat(a.att.data(), T, H_l), prec, kvmap);
+  Attention<float, Exec>::forward(cmat(a.qkv.data(), T, QKV_l), A_l, probs, mat(a.att.data(), T, H_l), prec, kvmap,
+                                  attn_dropout(l, j), mat(dprobs.data(), S, S));
   pack16(a.probs.data(), a.probs16, mb_seqs * A_l * S * S);
   pack16(a.att.data(), a.att16, T * H_l);
   Linear<float, Exec>::forward(cmat(a.att.data(), T, H_l), cmat(weight16(wout, ring, 0, H * H_l), H, H_l),
@@ -295,13 +309,13 @@ void Trainer::Impl::layer_fwd_attn(int l, int act_slot, int ring) {
 }
 
 // selective recomputation: the attention core again (probs, and att with the same values)
-void Trainer::Impl::layer_attn_core(int l, int act_slot) {
+void Trainer::Impl::layer_attn_core(int l, int j, int act_slot) {
   const int64_t T = tokens_mb, S = cfg.seq;
   Acts& a = act(l, act_slot);
   unpack16(a.qkv16, a.qkv.data(), T * QKV_l);
   VT::Ten3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
-  nn::Attention<float, Exec>::forward(cmat(a.qkv.data(), T, QKV_l), A_l, probs, mat(a.att.data(), T, H_l), prec,
-                                      kvmap);
+  nn::Attention<float, Exec>::forward(cmat(a.qkv.data(), T, QKV_l), A_l, probs, mat(a.att.data(), T, H_l), prec, kvmap,
+                                      attn_dropout(l, j), mat(dprobs.data(), S, S));
   pack16(a.probs.data(), a.probs16, mb_seqs * A_l * S * S);
   pack16(a.att.data(), a.att16, T * H_l);
 }
@@ -395,7 +409,7 @@ void Trainer::Impl::layer_bwd_mlp(int l, int act_slot, int ring, int gring, bool
   linear_backward(dgu.data(), a.n2.data(), lw(l, 4), ring, gring, acc, T, 2 * F_l, H, dn.data(), false);
 }
 
-void Trainer::Impl::layer_bwd_attn(int l, int act_slot, int ring, int gring, bool acc) {
+void Trainer::Impl::layer_bwd_attn(int l, int j, int act_slot, int ring, int gring, bool acc) {
   const int64_t T = tokens_mb, H = cfg.hidden, S = cfg.seq;
   Acts& a = act(l, act_slot);
   unpack16(a.att16, a.att.data(), T * H_l);
@@ -410,7 +424,8 @@ void Trainer::Impl::layer_bwd_attn(int l, int act_slot, int ring, int gring, boo
   round16(datt.data(), T * H_l);
   VT::CTen3 probs(a.probs.data(), static_cast<size_t>(mb_seqs * A_l), static_cast<size_t>(S), static_cast<size_t>(S));
   nn::Attention<float, Exec>::backward(cmat(datt.data(), T, H_l), cmat(a.qkv.data(), T, QKV_l), probs, A_l,
-                                       mat(dprobs.data(), S, S), mat(dqkv.data(), T, QKV_l), false, prec, kvmap);
+                                       mat(dprobs.data(), S, S), mat(dqkv.data(), T, QKV_l), false, prec, kvmap,
+                                       attn_dropout(l, j));
   qkv_backward(l, act_slot, ring, gring, acc);
 }
 

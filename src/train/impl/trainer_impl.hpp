@@ -205,8 +205,10 @@ struct Trainer::Impl {
   void linear_backward(const float* dy, const float* x, const Param& w, int ring, int gring, bool acc, int64_t rows,
                        int64_t out, int64_t in, float* dx, bool acc_dx);
   void layer_fwd_norm1(int l, int act_slot, int ring, bool recompute);
-  void layer_attn_core(int l, int act_slot);
-  void layer_fwd_attn(int l, int act_slot, int ring);
+  /// Layer l's attention dropout in micro-batch j of the running step (none when evaluating).
+  nn::AttnDropout attn_dropout(int l, int j) const;
+  void layer_attn_core(int l, int j, int act_slot);
+  void layer_fwd_attn(int l, int j, int act_slot, int ring);
   void layer_fwd_norm2(int l, int act_slot, int ring);
   void layer_fwd_mlp(int l, int act_slot, int ring);
   void layer_fwd_end(int l, int act_slot);
@@ -217,7 +219,7 @@ struct Trainer::Impl {
   void head_d(int act_slot, int ring, int gring, bool acc);
   void head_loss_value(int j);
   void layer_bwd_mlp(int l, int act_slot, int ring, int gring, bool acc);
-  void layer_bwd_attn(int l, int act_slot, int ring, int gring, bool acc);
+  void layer_bwd_attn(int l, int j, int act_slot, int ring, int gring, bool acc);
   void layer_bwd_norm(int l, bool mlp, int act_slot, int ring, int gring, bool acc);
   void embed_bwd(int j, int act_slot, int gring, bool acc);
   void moe_route_fwd(int l, int act_slot, int ring);
