@@ -118,3 +118,32 @@ TEST(Evaluate, EqualsTheTrainingForwardAndTheSerialModel) {
     EXPECT_GT(ran, 0);
   }
 }
+
+// Evaluation never drops: with model.attention_dropout the evaluation equals the one without
+// (bitwise) and the serial model's forward, while the training step's forward does drop.
+TEST(Evaluate, NeverDropsAttention) {
+  const int n = test::world_size();
+  if (n != 1 && n != 2 && n != 4) GTEST_SKIP() << "cases for 1, 2 and 4 ranks";
+  const std::string mesh = n == 1 ? "data = 1" : n == 2 ? "tensor = 2" : "data = 2\npipeline = 2";
+  const int micro = n == 4 ? 2 : 1;
+  const Deck drop = parse_deck(deck_text(mesh, 0, micro, "attention_dropout = 0.3\n", ""), "evaluate-dropout");
+  const Deck plain = parse_deck(deck_text(mesh, 0, micro, "", ""), "evaluate");
+  Mesh m(drop.mesh.to_mesh_shape(), MPI_COMM_WORLD);
+  comm::CommSet comms(m, comm::Backend::Mpi);
+  const Batch b = step_batch(drop, 1);
+  const double tokens = static_cast<double>(drop.train.global_batch * drop.model.seq);
+  double with = 0, without = 0;
+  {
+    train::Trainer ev(drop, m, comms, /*evaluate=*/true);
+    with = ev.evaluate(b.in, b.tg);
+  }
+  {
+    train::Trainer ev(plain, m, comms, /*evaluate=*/true);
+    without = ev.evaluate(b.in, b.tg);
+  }
+  EXPECT_EQ(with, without) << mesh;
+  const double ref = serial_loss(drop, b);
+  EXPECT_NEAR(with / tokens, ref, 1e-5 * ref) << mesh;
+  train::Trainer tr(drop, m, comms);
+  EXPECT_NE(tr.train_step().loss, with / tokens) << mesh;
+}
