@@ -1,7 +1,7 @@
 # The simulator (src/sim/, `shardflow simulate`): its cost model and replay on hand-checkable
 # cases, and its step times against Korthikanti et al. 2022's published Table 5 on the
 # bundled a100-80gb model, attention dropout 0.1 as in the paper (fails above 5 % mean or 10 % on
-# a row; measured since session 19: 3.0 % / 6.7 %).
+# a row; measured since session 19: 3.0 % / 6.8 %).
 shardflow_add_test(test_simulator LABELS sim)
 target_compile_definitions(test_simulator PRIVATE SHARDFLOW_CLUSTERS_DIR="${PROJECT_SOURCE_DIR}/inputs/clusters")
 add_test(NAME simulate_korthikanti_table5

@@ -425,6 +425,21 @@ TEST(Compile, RankOutsideTheMeshIsAnInputError) {
   }
 }
 
+// Attention dropout with context parallelism is refused naming both keys (ring attention has no
+// dropout); evaluation, which never drops, compiles.
+TEST(Compile, AttentionDropoutWithContextParallelismIsRefused) {
+  const Deck d = deck_with({"mesh.data=1", "mesh.context=2", "model.attention_dropout=0.1"});
+  const auto plan = compile::layout_plan(d, d.mesh.to_mesh_shape());
+  try {
+    compile::compile_step(d, plan, 0);
+    FAIL() << "compiled";
+  } catch (const InputError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("mesh.context = 2 with model.attention_dropout = 0.1 is not supported"), std::string::npos) << m;
+  }
+  EXPECT_NO_THROW(compile::make_step_shape(d, plan, 0, compile::StepMode::Evaluate));
+}
+
 // Rank 12345 of 16,384 devices: data 128 x tensor 8 x pipeline 16 (2 virtual stages), 96
 // layers, sequence parallel, ZeRO-1, 16 micro-batches. Counts per micro-batch and local
 // layer: sequence parallelism gathers 2 norm outputs forward, the same 2 again backward

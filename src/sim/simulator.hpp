@@ -106,7 +106,7 @@ struct SearchResult {
   int threads = 1;
 };
 /// Enumerates tensor (divides the heads, at most a node), pipeline (at most the layers),
-/// context (dense models whose ranks keep at least 4,096 positions each), expert (MoE: up
+/// context (dense models without attention dropout whose ranks keep at least 4,096 positions each), expert (MoE: up
 /// to the experts, part of the batch split), the rest as data with ZeRO 0/1/2 or as fsdp
 /// with ZeRO 3, micro-batch size 1/2/4/8, interleaving 1-4,
 /// recompute none/selective/full and sequence parallelism (tensor > 1).

@@ -220,8 +220,8 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   SHARDFLOW_REQUIRE_INPUT(s.cp == 1 || s.experts == 0, "mesh.context = ", s.cp,
                           " with a mixture of experts (model.experts = ", s.experts,
                           ") is not supported: the load-balancing loss needs whole sequences");
-  SHARDFLOW_REQUIRE_INPUT(s.cp == 1 || deck.model.attention_dropout == 0, "mesh.context = ", s.cp,
-                          " with model.attention_dropout = ", deck.model.attention_dropout,
+  SHARDFLOW_REQUIRE_INPUT(s.cp == 1 || s.attention_dropout == 0, "mesh.context = ", s.cp,
+                          " with model.attention_dropout = ", s.attention_dropout,
                           " is not supported: ring attention has no dropout (", deck.where("mesh.context"), ")");
   s.seq_local = s.seq / s.cp;
   SHARDFLOW_REQUIRE_INPUT(!s.tied || (s.pp == 1 && s.zero <= 1), "model.tie_embeddings = true needs mesh.pipeline = 1 "

@@ -1267,7 +1267,7 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
       if (p > m.layers) continue;
       // context parallelism for long sequences: c ranks each keep at least 4,096 positions
       for (int cx : divisors(devices / (t * p))) {
-        if (cx > 1 && (m.seq / cx < 4096 || m.seq % (2 * cx) != 0 || moe)) continue;
+        if (cx > 1 && (m.seq / cx < 4096 || m.seq % (2 * cx) != 0 || moe || m.attention_dropout > 0)) continue;
         const int d = devices / (t * p * cx);  // the sequences' split: data × fsdp × expert
         struct DataLayout {
           int data, fsdp, expert, zero;
