@@ -37,6 +37,7 @@ CONFIGS = [
     ("pp2 interleaved v2", ["mesh.data=1", "mesh.pipeline=2", "train.micro_batches=4", "strategy.virtual_stages=2"]),
     ("ep2 moe", ["mesh.data=1", "mesh.expert=2", "model.experts=4", "model.top_k=2", "model.moe_every=2"]),
     ("dp2 bf16", ["mesh.data=2", 'train.precision="bf16"']),
+    ("dp2 attention dropout", ["mesh.data=2", "model.attention_dropout=0.1"]),
 ]
 work = tempfile.mkdtemp(prefix="shardflow-bench-simulate-")
 cluster = os.path.join(work, "local.toml")

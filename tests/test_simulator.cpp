@@ -440,7 +440,23 @@ TEST(Simulate, AttentionDropoutCostsItsPasses) {
                                .step_time_s;
     const double forwards = recompute == "selective" ? 2 : 1;
     EXPECT_NEAR(dropped - plain, L * P * 4 * 2 * (forwards + 1) / 1000e9, 1e-9 * plain) << recompute;
+    // a CPU file's mask cost (dropout_mask_ns): each causal triangle's elements, once per
+    // forward and twice in the backward
+    std::string cpu = text;
+    cpu.replace(cpu.find("[node]"), 6, "dropout_mask_ns = 2.5\n[node]");
+    const sim::Cluster cc = sim::parse_cluster(cpu, "cpu.toml");
+    EXPECT_EQ(cc.dropout_mask_ns, 2.5);
+    EXPECT_EQ(sim::simulate(deck_of(deck_text("data = 1", "", strategy)), cc).step_time_s, plain);
+    const double masked = sim::simulate(deck_of(drop.substr(0, drop.find("[train]")) + "attention_dropout = 0.1\n" +
+                                                drop.substr(drop.find("[train]"))),
+                                        cc)
+                              .step_time_s;
+    const double triangle = 16 * 4 * 128.0 * 129 / 2;
+    EXPECT_NEAR(masked - dropped, L * triangle * 2.5e-9 * (forwards + 2), 1e-9 * plain) << recompute;
   }
+  std::string bad = text;
+  bad.replace(bad.find("[node]"), 6, "dropout_mask_ns = -1\n[node]");
+  EXPECT_THROW(sim::parse_cluster(bad, "bad.toml"), InputError);
 }
 
 // The Llama family and context parallelism go through the same compiled step: on c context

@@ -112,6 +112,9 @@ struct AttnDropout {
 /// The key of layer `layer`'s attention dropout at training step `step` (1-based) of a run
 /// seeded with `seed`.
 uint64_t attention_dropout_key(uint64_t seed, int64_t step, int64_t layer);
+/// Kept elements of one (sequence, head)'s causal triangle (rows i, columns j <= i), the mask
+/// made row by row as the attention kernels make it (calibrate times it).
+int64_t attention_dropout_kept(const AttnDropout& d, int64_t seq, int64_t head, int64_t S);
 /// The mask of one (sequence, head) as 0 / 1 (row-major [S, S], every element, the causal
 /// mask not applied): the definition above, one element at a time (tests).
 std::vector<uint8_t> attention_dropout_mask(const AttnDropout& d, int64_t seq, int64_t head, int64_t S);

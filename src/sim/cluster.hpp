@@ -35,6 +35,11 @@ struct Cluster {
   /// to 16 bits and unpacked in its backward. [device] sixteen_bit_as_f32; default false
   /// (GPU files: 16-bit kernels on 16-bit tensors, as Megatron-LM's are).
   bool sixteen_bit_as_f32 = false;
+  /// Nanoseconds to make one attention-dropout mask element (Philox rounds), charged per
+  /// element each time a step makes the mask (nn::AttnDropout: forward, twice in the
+  /// backward). [device] dropout_mask_ns; default 0 (GPU files: the mask is made inside
+  /// memory-bound passes); `calibrate` measures it on CPUs.
+  double dropout_mask_ns = 0;
   Link intra, inter;
   std::string intra_algo = "ring", inter_algo = "hierarchical";
 

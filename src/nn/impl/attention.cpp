@@ -108,6 +108,13 @@ uint64_t attention_dropout_key(uint64_t seed, int64_t step, int64_t layer) {
   return mix64(k ^ (static_cast<uint64_t>(layer) * 0x9E3779B97F4A7C15ull));
 }
 
+int64_t attention_dropout_kept(const AttnDropout& d, int64_t seq, int64_t head, int64_t S) {
+  const DropMask mask(d, d.seq0 + seq, d.head0 + head, S);
+  int64_t kept = 0;
+  for (int64_t i = 0; i < S; ++i) mask.row(i, i + 1, [&](int64_t, bool keep) { kept += keep ? 1 : 0; });
+  return kept;
+}
+
 std::vector<uint8_t> attention_dropout_mask(const AttnDropout& d, int64_t seq, int64_t head, int64_t S) {
   std::vector<uint8_t> m(static_cast<size_t>(S * S));
   const uint32_t k[2] = {static_cast<uint32_t>(d.key), static_cast<uint32_t>(d.key >> 32)};

@@ -118,6 +118,8 @@ Cluster parse_cluster(const std::string& text, const std::string& where) {
   c.elementwise_efficiency = number(dev, "elementwise_efficiency", wd, false, 1);
   SHARDFLOW_REQUIRE_INPUT(c.elementwise_efficiency > 0 && c.elementwise_efficiency <= 1, wd,
                           ": elementwise_efficiency = ", c.elementwise_efficiency, " must be in (0, 1]");
+  c.dropout_mask_ns = number(dev, "dropout_mask_ns", wd, false, 0);
+  SHARDFLOW_REQUIRE_INPUT(c.dropout_mask_ns >= 0, wd, ": dropout_mask_ns = ", c.dropout_mask_ns, " must be >= 0");
   if (const auto* v = dev.get("sixteen_bit_as_f32")) {
     SHARDFLOW_REQUIRE_INPUT(v->is_boolean(), wd, ": sixteen_bit_as_f32 must be true or false");
     c.sixteen_bit_as_f32 = *v->value<bool>();

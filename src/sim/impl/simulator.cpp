@@ -74,6 +74,13 @@ struct KernelModel {
     gemm(S, S, D, b * A);
     gemm(S, D, S, b * A);
     bytes(b * A * S * S * elem * (s.attention_dropout > 0 ? 5 : 3));
+    dropout_masks(1);
+  }
+  // attention dropout: `times` masks of the causal triangle of b sequences × A heads
+  void dropout_masks(double times) {
+    if (s.attention_dropout <= 0) return;
+    const double S = static_cast<double>(s.seq);
+    seconds += times * static_cast<double>(s.mb_seqs * s.A_l) * S * (S + 1) / 2 * c.dropout_mask_ns * 1e-9;
   }
   // context parallel: one ring step's (query chunk, key chunk) pairs of C × C, `pairs` of
   // them for each of b sequences × A heads (3 with this rank's own block, else 2)
@@ -97,6 +104,7 @@ struct KernelModel {
                  D = static_cast<double>(s.head_dim);
     gemm(S, D, S, 4 * b * A);  // dV, dP, dQ, dK
     bytes(b * A * S * S * elem * (s.attention_dropout > 0 ? 6 : 4));
+    dropout_masks(2);  // for P' and for dP
   }
 };
 
