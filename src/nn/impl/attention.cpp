@@ -2,6 +2,9 @@
 // activations (LayoutRight subviews keep a leading dimension, which the BLAS TPL passes as
 // lda/ldb/ldc), and a numerically stable softmax (row max subtracted) in between.
 #include <algorithm>
+#if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 
 #include "core/half.hpp"
@@ -60,19 +63,72 @@ struct DropMask {
     hi[0] = static_cast<uint32_t>(h);
     hi[1] = static_cast<uint32_t>(g);
   }
-  /// f(col, keep) for col in [0, n) of `row`.
+  /// Blocks per batch: Philox4x32-10 of kLanes consecutive counters at once, the same words
+  /// as Philox4x32::generate block by block (the kernel tests compare every element with it).
+  /// With AVX-512 one vector of 16 counters per word, the 32 × 32 → 64-bit products of the
+  /// even and odd lanes taken apart; elsewhere a loop over lanes.
+  static constexpr int kLanes = 16;
+  KOKKOS_INLINE_FUNCTION void blocks(uint64_t b, uint32_t (&w)[4][kLanes]) const {
+#if defined(__AVX512F__) && !defined(__CUDA_ARCH__)
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    // counters b + i: low words, and high words (+1 where the low word wrapped)
+    const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b))), lane);
+    const __mmask16 wrapped = _mm512_cmplt_epu32_mask(lo, lane);
+    const __m512i hi1 = _mm512_mask_add_epi32(
+        _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b >> 32))), wrapped,
+        _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b >> 32))), _mm512_set1_epi32(1));
+    __m512i c0 = lo, c1 = hi1, c2 = _mm512_set1_epi32(static_cast<int>(hi[0])),
+            c3 = _mm512_set1_epi32(static_cast<int>(hi[1]));
+    const __m512i m0 = _mm512_set1_epi64(0xD2511F53ll), m1 = _mm512_set1_epi64(0xCD9E8D57ll);
+    uint32_t k0 = key[0], k1 = key[1];
+    for (int round = 0; round < 10; ++round) {
+      // products of the even lanes (low 32 bits of each 64-bit lane) and of the odd ones (the
+      // all-lanes mask forms: the plain ones pass an undefined vector that GCC 12 warns about)
+      const __mmask8 all8 = 0xFF;
+      const __m512i p0e = _mm512_maskz_mul_epu32(all8, c0, m0);
+      const __m512i p0o = _mm512_maskz_mul_epu32(all8, _mm512_maskz_srli_epi64(all8, c0, 32), m0);
+      const __m512i p1e = _mm512_maskz_mul_epu32(all8, c2, m1);
+      const __m512i p1o = _mm512_maskz_mul_epu32(all8, _mm512_maskz_srli_epi64(all8, c2, 32), m1);
+      const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_maskz_srli_epi64(all8, p0e, 32), p0o);
+      const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, p0e, _mm512_maskz_slli_epi64(all8, p0o, 32));
+      const __m512i hi1p = _mm512_mask_blend_epi32(0xAAAA, _mm512_maskz_srli_epi64(all8, p1e, 32), p1o);
+      const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, p1e, _mm512_maskz_slli_epi64(all8, p1o, 32));
+      const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1p, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+      const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+      c1 = lo1;
+      c3 = lo0;
+      c0 = n0;
+      c2 = n2;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm512_storeu_si512(w[0], c0);
+    _mm512_storeu_si512(w[1], c1);
+    _mm512_storeu_si512(w[2], c2);
+    _mm512_storeu_si512(w[3], c3);
+#else
+    for (int i = 0; i < kLanes; ++i) {
+      const uint64_t bi = b + static_cast<uint64_t>(i);
+      const uint32_t c[4] = {static_cast<uint32_t>(bi), static_cast<uint32_t>(bi >> 32), hi[0], hi[1]};
+      uint32_t o[4];
+      Philox4x32::generate(c, key, o);
+      for (int k = 0; k < 4; ++k) w[k][i] = o[k];
+    }
+#endif
+  }
+  /// f(col, keep) for col in [0, n) of `row`, in order.
   template <class F>
   KOKKOS_INLINE_FUNCTION void row(int64_t row_, int64_t n, F&& f) const {
-    uint64_t block = ~uint64_t(0);
-    uint32_t w[4] = {0, 0, 0, 0};
-    for (int64_t j = 0; j < n; ++j) {
-      const uint64_t e = static_cast<uint64_t>(row_ * S + j), b = e >> 2;
-      if (b != block) {
-        const uint32_t c[4] = {static_cast<uint32_t>(b), static_cast<uint32_t>(b >> 32), hi[0], hi[1]};
-        Philox4x32::generate(c, key, w);
-        block = b;
+    if (n <= 0) return;
+    const uint64_t e0 = static_cast<uint64_t>(row_ * S), e1 = e0 + static_cast<uint64_t>(n);
+    uint32_t w[4][kLanes];
+    for (uint64_t b = e0 >> 2; b < (e1 + 3) >> 2; b += kLanes) {
+      blocks(b, w);
+      const uint64_t first = b << 2, last = (b + kLanes) << 2;
+      for (uint64_t e = first > e0 ? first : e0; e < (last < e1 ? last : e1); ++e) {
+        const uint64_t k = e - first;
+        f(static_cast<int64_t>(e - e0), w[k & 3][k >> 2] >= thr);
       }
-      f(j, w[e & 3] >= thr);
     }
   }
 };
