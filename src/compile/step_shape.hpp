@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "compile/schedule.hpp"
@@ -132,7 +133,7 @@ struct StepShape {
   int dp_size = 1, dpx_size = 1, shard_size = 1, shard_index = 0, repl_size = 1, replx_size = 1;
   // parameters, in ModelDescription order
   std::vector<ParamShape> params;
-  std::map<std::string, int> index;
+  std::unordered_map<std::string, int> index;  // name -> params index (hashed: 768 names of a 128-layer model)
   std::vector<std::vector<int>> units;  // unit -> parameter indices
   int64_t ring_numel = 0;               // ZeRO-2/3: one ring buffer (the largest unit on this rank)
   const ParamShape& param(const std::string& n) const { return params[static_cast<size_t>(index.at(n))]; }

@@ -61,6 +61,8 @@ void shape_pipeline(const Deck& deck, const parallel::LayoutPlan& plan, StepShap
 void shape_params(const parallel::LayoutPlan& plan, StepShape& s) {
   const int L = s.layers;
   s.units.assign(static_cast<size_t>(L + 2), {});
+  s.params.reserve(plan.params().size());
+  s.index.reserve(plan.params().size());
   std::vector<int64_t> unit_numel(static_cast<size_t>(L + 2), 0);
   for (const auto& pl : plan.params()) {
     const ParamInfo& info = pl.info;

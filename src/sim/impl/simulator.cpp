@@ -1015,20 +1015,36 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   // results, stage by stage: the groups it ran, what comes before and after them
   double step = 0, flops = 0;
   std::vector<Usage> per_stage(static_cast<size_t>(pp));
+  // A class's groups add up to the same on each of its stages when they ran as often (every
+  // stage runs every (chunk, micro-batch) once, so they do): summed once per class and copied.
+  std::vector<int> summed_by(classes.size(), -1);  // the stage whose counts made the class's sum
+  std::vector<Usage> class_sum(classes.size());
+  std::vector<double> class_flops(classes.size(), 0);
   for (int st = 0; st < pp; ++st) {
-    const BlockClass& c = classes[static_cast<size_t>(cls[static_cast<size_t>(st)])];
+    const size_t k = static_cast<size_t>(cls[static_cast<size_t>(st)]);
+    const BlockClass& c = classes[k];
     const double last_end = c.order.empty() ? 0 : c.by_group[c.order.size()].end;
     step = std::max(step, clock[static_cast<size_t>(st)] + std::max(0.0, c.step_end - last_end));
+    if (summed_by[k] < 0 || ran[static_cast<size_t>(st)] != ran[static_cast<size_t>(summed_by[k])]) {
+      Usage& sum = class_sum[k];
+      sum = Usage{};
+      double fl = 0;
+      auto add = [&](const Usage& x, int times) {
+        if (times == 0) return;
+        for (const auto& [key, val] : x.exposed) sum.exposed[key] += times * val;
+        for (const auto& [key, val] : x.busy) sum.busy[key] += times * val;
+        fl += times * x.flops;
+      };
+      add(c.by_group.front(), 1);
+      for (size_t g = 1; g + 1 < c.by_group.size(); ++g) add(c.by_group[g], ran[static_cast<size_t>(st)][g]);
+      add(c.by_group.back(), 1);
+      class_flops[k] = fl;
+      summed_by[k] = st;
+    }
     Usage& u = per_stage[static_cast<size_t>(st)];
-    auto add = [&](const Usage& x, int times) {
-      if (times == 0) return;
-      for (const auto& [k, val] : x.exposed) u.exposed[k] += times * val;
-      for (const auto& [k, val] : x.busy) u.busy[k] += times * val;
-      flops += times * x.flops;
-    };
-    add(c.by_group.front(), 1);
-    for (size_t g = 1; g + 1 < c.by_group.size(); ++g) add(c.by_group[g], ran[static_cast<size_t>(st)][g]);
-    add(c.by_group.back(), 1);
+    u.exposed = class_sum[k].exposed;
+    u.busy = class_sum[k].busy;
+    flops += class_flops[k];
     if (!c.pipeline_key.empty()) {
       u.exposed[c.pipeline_key] += wait[static_cast<size_t>(st)];
       // each message it sends or receives, on its link

@@ -5,6 +5,7 @@
 #include <Kokkos_Core.hpp>
 #include <map>
 #include <memory>
+#include <unordered_map>
 
 #include "compile/compiler.hpp"
 #include "core/gemm.hpp"
@@ -76,7 +77,7 @@ struct Trainer::Impl {
     FVec param, grad, m, v;
   };
   std::vector<Param> params;
-  std::map<std::string, int> index;
+  std::unordered_map<std::string, int> index;
   std::vector<std::vector<int>> units;  // unit -> param indices
   std::vector<FVec> gather_ring, grad_ring;     // ZeRO-3 gather ring, ZeRO-2/3 grad ring
   FVec grad_pack;                               // ZeRO-1: a non-contiguous gradient shard, packed for the norm
