@@ -846,7 +846,7 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   const auto t0 = std::chrono::steady_clock::now();
   const MeshShape& mesh = plan.mesh();
   const int pp = mesh.axis_size_or_1("pipeline");
-  const StepShape shape0 = compile::make_step_shape(deck, plan, stage_rank(mesh, 0));
+  StepShape shape0 = compile::make_step_shape(deck, plan, stage_rank(mesh, 0));
   if (options.replay != SimOptions::Replay::Blocks && !blocks_apply(shape0, cluster)) return false;
   // the stages' classes, from their shapes (no tasks) and their groups' sizes and node spans
   std::vector<parallel::Axes> subsets;  // every set of the other axes of size > 1
@@ -901,10 +901,14 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   if (mr == m && static_cast<int>(classes.size()) == pp) return false;  // nothing saved
   std::vector<std::exception_ptr> errors(classes.size());
   std::vector<char> stuck(classes.size(), 0);
+  compile::StepProgram bare0;  // stage 0's deck shape, made above: its class's memory figure
+  bare0.shape = std::move(shape0);
   in_parallel(classes.size(), options.threads, [&](size_t k) {
     try {
       GroupCache gc{mesh, cluster, {}, {}};
-      stuck[k] = build_class(classes[k], deck, reduced, plan, cluster, gc) ? 0 : 1;
+      if (classes[k].stage == 0) bare0.buffers = compile::plan_buffers(bare0.shape);
+      stuck[k] =
+          build_class(classes[k], deck, reduced, plan, cluster, gc, classes[k].stage == 0 ? &bare0 : nullptr) ? 0 : 1;
     } catch (...) {
       errors[k] = std::current_exception();
     }
