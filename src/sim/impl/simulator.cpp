@@ -926,11 +926,16 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   // A message leaves when its group is done and the receiver has posted its receive (the
   // receiver's group j - K of its chunk has started: the compiled step posts a receive once
   // its act slot is free) and takes its time on the link between the two stages.
+  // (micro-batch major: the cells a group reads, its neighbour stages' of about the same
+  // micro-batch, lie close together)
   auto at = [&](int st, bool fwd, int vc, int j) {
-    return ((static_cast<size_t>(st) * 2 + (fwd ? 0 : 1)) * static_cast<size_t>(v) + static_cast<size_t>(vc)) *
-               static_cast<size_t>(m) +
-           static_cast<size_t>(j);
+    return ((static_cast<size_t>(j) * static_cast<size_t>(pp) + static_cast<size_t>(st)) * 2 + (fwd ? 0 : 1)) *
+               static_cast<size_t>(v) +
+           static_cast<size_t>(vc);
   };
+  // the stage and chunk of global chunk gcx ± 1 of (st, vc), gcx = vc · pp + st
+  auto up_of = [&](int st, int vc) { return st + 1 < pp ? std::make_pair(st + 1, vc) : std::make_pair(0, vc + 1); };
+  auto down_of = [&](int st, int vc) { return st > 0 ? std::make_pair(st - 1, vc) : std::make_pair(pp - 1, vc - 1); };
   const size_t cells = static_cast<size_t>(pp) * 2 * static_cast<size_t>(v) * static_cast<size_t>(m);
   std::vector<double> begin_at(cells, -1), end(cells, -1), sent(cells, -1);
   std::vector<std::vector<PipelineStep>> order(static_cast<size_t>(pp));
@@ -971,11 +976,11 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     const size_t k = at(st, fwd, vc, j);
     if (sent[k] >= 0) return sent[k];
     if (end[k] < 0) return -1;
-    const int gcx = vc * pp + st, rg = fwd ? gcx + 1 : gcx - 1, rs = rg % pp, rvc = rg / pp;
+    const auto [rs, rvc] = fwd ? up_of(st, vc) : down_of(st, vc);
     const int rk = slots(rs, rvc);
     const double posted = j >= rk ? begin_at[at(rs, fwd, rvc, j - rk)] : 0.0;
     if (posted < 0) return -1;
-    return sent[k] = std::max(end[k], posted) + transfer(st, rs);
+    return sent[k] = std::max(end[k], posted) + (fwd ? up : down)[static_cast<size_t>(st)];  // to rs
   };
   for (int sweep = 0; left > 0; ++sweep) {
     bool moved = false;
@@ -993,8 +998,8 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
           ready = std::max(ready, t);
         };
         if (g.forward ? gcx > 0 : gcx < nch - 1) {
-          const int sg = g.forward ? gcx - 1 : gcx + 1;
-          need(sent_at(sg % pp, g.forward, sg / pp, j));
+          const auto [ss, svc] = g.forward ? down_of(st, vc) : up_of(st, vc);
+          need(sent_at(ss, g.forward, svc, j));
         }
         if (j >= kk) {
           if (g.forward && gcx < nch - 1) need(sent_at(st, true, vc, j - kk));
