@@ -132,15 +132,8 @@ TEST(Evaluate, NeverDropsAttention) {
   comm::CommSet comms(m, comm::Backend::Mpi);
   const Batch b = step_batch(drop, 1);
   const double tokens = static_cast<double>(drop.train.global_batch * drop.model.seq);
-  double with = 0, without = 0;
-  {
-    train::Trainer ev(drop, m, comms, /*evaluate=*/true);
-    with = ev.evaluate(b.in, b.tg);
-  }
-  {
-    train::Trainer ev(plain, m, comms, /*evaluate=*/true);
-    without = ev.evaluate(b.in, b.tg);
-  }
+  auto evaluate = [&](const Deck& d) { return train::Trainer(d, m, comms, /*evaluate=*/true).evaluate(b.in, b.tg); };
+  const double with = evaluate(drop), without = evaluate(plain);
   EXPECT_EQ(with, without) << mesh;
   const double ref = serial_loss(drop, b);
   EXPECT_NEAR(with / tokens, ref, 1e-5 * ref) << mesh;

@@ -189,8 +189,21 @@ TEST(NnSwiGlu, ForwardBackwardAndShards) {
 }
 
 // ---- Attention ---------------------------------------------------------------------------
-/// Plain-loop causal attention for heads [0, A) of a [T, 3·A·D] qkv.
-HMat attention_reference(const HMat& qkv, int S, int A, int D) {
+/// The documented mask, one Philox call per element: keep (i, j) of sequence g, head h iff
+/// word (i·S + j) mod 4 of Philox4x32-10(((i·S + j) / 4, g·2³² + h), key) >= round(p·2³²).
+bool keep_ref(double p, uint64_t key, int64_t g, int64_t h, int64_t S, int64_t i, int64_t j) {
+  const uint64_t e = static_cast<uint64_t>(i * S + j), blk = e / 4;
+  const uint32_t c[4] = {static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32), static_cast<uint32_t>(h),
+                         static_cast<uint32_t>(g)};
+  const uint32_t k[2] = {static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32)};
+  uint32_t w[4];
+  shardflow::nn::Philox4x32::generate(c, k, w);
+  return static_cast<double>(w[e % 4]) >= std::round(p * 4294967296.0);
+}
+
+/// Plain-loop causal attention for heads [0, A) of a [T, 3·A·D] qkv; with `d`, dropout on the
+/// probabilities (global sequence d->seq0 + b, global head d->head0 + a).
+HMat attention_reference(const HMat& qkv, int S, int A, int D, const shardflow::nn::AttnDropout* d = nullptr) {
   const int T = static_cast<int>(qkv.extent(0)), HD = A * D;
   HMat out("ref", T, HD);
   for (int b = 0; b < T / S; ++b)
@@ -199,13 +212,17 @@ HMat attention_reference(const HMat& qkv, int S, int A, int D) {
         std::vector<double> s(static_cast<size_t>(i + 1));
         double m = -1e300;
         for (int j = 0; j <= i; ++j) {
-          double d = 0;
-          for (int e = 0; e < D; ++e) d += qkv(b * S + i, a * D + e) * qkv(b * S + j, HD + a * D + e);
-          s[static_cast<size_t>(j)] = d / std::sqrt(static_cast<double>(D));
+          double dot = 0;
+          for (int e = 0; e < D; ++e) dot += qkv(b * S + i, a * D + e) * qkv(b * S + j, HD + a * D + e);
+          s[static_cast<size_t>(j)] = dot / std::sqrt(static_cast<double>(D));
           m = std::max(m, s[static_cast<size_t>(j)]);
         }
         double z = 0;
         for (auto& v : s) z += (v = std::exp(v - m));
+        for (int j = 0; j <= i; ++j)
+          if (d)
+            s[static_cast<size_t>(j)] *=
+                keep_ref(d->p, d->key, d->seq0 + b, d->head0 + a, S, i, j) ? 1 / (1 - d->p) : 0;
         for (int e = 0; e < D; ++e) {
           double o = 0;
           for (int j = 0; j <= i; ++j) o += s[static_cast<size_t>(j)] / z * qkv(b * S + j, 2 * HD + a * D + e);
@@ -308,47 +325,6 @@ TEST(NnAttention, HeadRangeShardsEqualUnsharded) {
 }
 
 // ---- Attention dropout -------------------------------------------------------------------
-/// The documented mask, one Philox call per element: keep (i, j) of sequence g, head h iff
-/// word (i·S + j) mod 4 of Philox4x32-10(((i·S + j) / 4, g·2³² + h), key) >= round(p·2³²).
-bool keep_ref(double p, uint64_t key, int64_t g, int64_t h, int64_t S, int64_t i, int64_t j) {
-  const uint64_t e = static_cast<uint64_t>(i * S + j), blk = e / 4;
-  const uint32_t c[4] = {static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32), static_cast<uint32_t>(h),
-                         static_cast<uint32_t>(g)};
-  const uint32_t k[2] = {static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32)};
-  uint32_t w[4];
-  shardflow::nn::Philox4x32::generate(c, k, w);
-  return static_cast<double>(w[e % 4]) >= std::round(p * 4294967296.0);
-}
-
-/// Plain-loop causal attention with dropout on the probabilities (heads [0, A), global
-/// sequence seq0 + b, global head head0 + a).
-HMat attention_dropout_reference(const HMat& qkv, int S, int A, int D, const shardflow::nn::AttnDropout& d) {
-  const int T = static_cast<int>(qkv.extent(0)), HD = A * D;
-  HMat out("ref", T, HD);
-  for (int b = 0; b < T / S; ++b)
-    for (int a = 0; a < A; ++a)
-      for (int i = 0; i < S; ++i) {
-        std::vector<double> s(static_cast<size_t>(i + 1));
-        double m = -1e300;
-        for (int j = 0; j <= i; ++j) {
-          double dd = 0;
-          for (int e = 0; e < D; ++e) dd += qkv(b * S + i, a * D + e) * qkv(b * S + j, HD + a * D + e);
-          s[static_cast<size_t>(j)] = dd / std::sqrt(static_cast<double>(D));
-          m = std::max(m, s[static_cast<size_t>(j)]);
-        }
-        double z = 0;
-        for (auto& v : s) z += (v = std::exp(v - m));
-        for (int e = 0; e < D; ++e) {
-          double o = 0;
-          for (int j = 0; j <= i; ++j)
-            if (keep_ref(d.p, d.key, d.seq0 + b, d.head0 + a, S, i, j))
-              o += s[static_cast<size_t>(j)] / z / (1 - d.p) * qkv(b * S + j, 2 * HD + a * D + e);
-          out(b * S + i, a * D + e) = o;
-        }
-      }
-  return out;
-}
-
 TEST(NnAttention, DropoutForwardMatchesReference) {
   // S = 131: causal blocks of 64 with a ragged last one, rows that start inside a 4-element
   // Philox block; global sequence and head offsets as on a sharded rank
@@ -358,7 +334,7 @@ TEST(NnAttention, DropoutForwardMatchesReference) {
   HMat qkv = rand_mat(T, 3 * A * D, rng, 1.5), out("out", T, A * D), scratch("scratch", S, S);
   HTen3 probs("probs", B * A, S, S);
   Attn::forward(qkv, A, probs, out, shardflow::DType::F32, shardflow::nn::KvMap{}, d, scratch);
-  EXPECT_LT(max_abs_diff(out, attention_dropout_reference(qkv, S, A, D, d)), 1e-12);
+  EXPECT_LT(max_abs_diff(out, attention_reference(qkv, S, A, D, &d)), 1e-12);
   // probs keeps the probabilities before dropout (the backward's softmax needs them)
   HMat plain("plain", T, A * D);
   HTen3 pp("pp", B * A, S, S);
