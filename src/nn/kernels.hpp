@@ -115,6 +115,11 @@ uint64_t attention_dropout_key(uint64_t seed, int64_t step, int64_t layer);
 /// Kept elements of one (sequence, head)'s causal triangle (rows i, columns j <= i), the mask
 /// made row by row as the attention kernels make it (calibrate times it).
 int64_t attention_dropout_kept(const AttnDropout& d, int64_t seq, int64_t head, int64_t S);
+/// Elements whose mask words the kernels make for one causal triangle of S rows: each row's
+/// columns [0, i] in whole batches of 16 Philox blocks (64 elements), so more than S(S+1)/2
+/// (S = 128: 12,288 against 8,256; S = 2048: 1.03 times). What calibrate's and the
+/// simulator's dropout_mask_ns counts.
+int64_t attention_dropout_generated(int64_t S);
 /// The mask of one (sequence, head) as 0 / 1 (row-major [S, S], every element, the causal
 /// mask not applied): the definition above, one element at a time (tests).
 std::vector<uint8_t> attention_dropout_mask(const AttnDropout& d, int64_t seq, int64_t head, int64_t S);

@@ -386,6 +386,15 @@ TEST(NnAttention, DropoutKeepsOneMinusPOfEachStream) {
   }
 }
 
+TEST(NnAttention, DropoutMasksAreMadeInBatchesOf64) {
+  // rows 0-63 of a 128-row triangle need one batch of 16 Philox blocks, rows 64-127 two
+  EXPECT_EQ(shardflow::nn::attention_dropout_generated(128), 64 * 64 + 64 * 128);
+  EXPECT_EQ(shardflow::nn::attention_dropout_generated(1), 64);
+  const double S = 2048, made = static_cast<double>(shardflow::nn::attention_dropout_generated(2048));
+  EXPECT_GT(made, S * (S + 1) / 2);
+  EXPECT_LT(made, 1.04 * S * (S + 1) / 2);
+}
+
 TEST(NnAttention, DropoutHeadRangeShardsEqualUnsharded) {
   std::mt19937_64 rng(33);
   const int B = 2, S = 9, A = 5, D = 3, T = B * S, HD = A * D;

@@ -171,6 +171,16 @@ int64_t attention_dropout_kept(const AttnDropout& d, int64_t seq, int64_t head, 
   return kept;
 }
 
+int64_t attention_dropout_generated(int64_t S) {
+  constexpr int64_t lanes = DropMask::kLanes;
+  int64_t made = 0;
+  for (int64_t i = 0; i < S; ++i) {  // DropMask::row(i, i + 1): blocks [e0 / 4, ceil(e1 / 4))
+    const int64_t e0 = i * S, e1 = e0 + i + 1, blocks = (e1 + 3) / 4 - e0 / 4;
+    made += (blocks + lanes - 1) / lanes * lanes * 4;
+  }
+  return made;
+}
+
 std::vector<uint8_t> attention_dropout_mask(const AttnDropout& d, int64_t seq, int64_t head, int64_t S) {
   std::vector<uint8_t> m(static_cast<size_t>(S * S));
   const uint32_t k[2] = {static_cast<uint32_t>(d.key), static_cast<uint32_t>(d.key >> 32)};

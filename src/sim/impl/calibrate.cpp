@@ -209,7 +209,10 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
         for (int64_t q = 0; q < (T / S) * A; ++q) kept_sink += nn::attention_dropout_kept(drop, q / A, q % A, S);
       },
       1, reps, min_s);
-  const double mask_ns = slowest_rank(tmask / static_cast<double>((T / S) * A * S * (S + 1) / 2) * 1e9);
+  // per element made (whole batches of 64: nn::attention_dropout_generated); as a rate, so that
+  // slowest_rank keeps the slowest rank's
+  const double made = static_cast<double>((T / S) * A * nn::attention_dropout_generated(S));
+  const double mask_ns = 1e9 / slowest_rank(made / tmask);
   SHARDFLOW_REQUIRE(kept_sink > 0, "calibrate: the dropout mask kept nothing");
   if (rank == 0) {
     const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -255,8 +258,8 @@ std::string calibrate_local(MPI_Comm comm, const CalibrationOptions& options) {
                   std::max(1e-3, elem_eff), elem_raw);
     os << line;
     std::snprintf(line, sizeof line,
-                  "dropout_mask_ns = %.4f  # one attention-dropout mask element (Philox4x32-10, 4 a call), per "
-                  "element made\n\n",
+                  "dropout_mask_ns = %.4f  # one attention-dropout mask element (Philox4x32-10, 4 a call; made 64 "
+                  "at a time)\n\n",
                   mask_ns);
     os << line;
     std::snprintf(line, sizeof line,

@@ -21,6 +21,7 @@
 #include "compile/summary.hpp"
 #include "core/error.hpp"
 #include "nn/gpt.hpp"
+#include "nn/kernels.hpp"
 #include "parallel/axis_groups.hpp"
 
 namespace shardflow::sim {
@@ -76,11 +77,17 @@ struct KernelModel {
     bytes(b * A * S * S * elem * (s.attention_dropout > 0 ? 5 : 3));
     dropout_masks(1);
   }
-  // attention dropout: `times` masks of the causal triangle of b sequences × A heads
+  // attention dropout: `times` masks of the causal triangle of b sequences × A heads, made in
+  // whole batches of 64 elements as the kernels make them
   void dropout_masks(double times) {
-    if (s.attention_dropout <= 0) return;
-    const double S = static_cast<double>(s.seq);
-    seconds += times * static_cast<double>(s.mb_seqs * s.A_l) * S * (S + 1) / 2 * c.dropout_mask_ns * 1e-9;
+    if (s.attention_dropout <= 0 || c.dropout_mask_ns <= 0) return;
+    thread_local int64_t last_seq = -1;
+    thread_local double made = 0;
+    if (last_seq != s.seq) {
+      made = static_cast<double>(nn::attention_dropout_generated(s.seq));
+      last_seq = s.seq;
+    }
+    seconds += times * static_cast<double>(s.mb_seqs * s.A_l) * made * c.dropout_mask_ns * 1e-9;
   }
   // context parallel: one ring step's (query chunk, key chunk) pairs of C × C, `pairs` of
   // them for each of b sequences × A heads (3 with this rank's own block, else 2)
