@@ -47,7 +47,6 @@ struct ModelConfig {
   double attention_dropout = 0;
 
   int64_t head_dim() const { return hidden / heads; }
-  bool has_dropout() const { return attention_dropout > 0; }
   bool is_llama() const { return family == ModelFamily::Llama; }
   /// K: the key/value heads (A for the GPT and for kv_heads = 0).
   int64_t kv_head_count() const { return kv_heads > 0 ? kv_heads : heads; }

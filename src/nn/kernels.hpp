@@ -121,7 +121,8 @@ int64_t attention_dropout_kept(const AttnDropout& d, int64_t seq, int64_t head, 
 /// simulator's dropout_mask_ns counts.
 int64_t attention_dropout_generated(int64_t S);
 /// The mask of one (sequence, head) as 0 / 1 (row-major [S, S], every element, the causal
-/// mask not applied): the definition above, one element at a time (tests).
+/// mask not applied), made as the kernels make it, whole rows (tests compare it with the
+/// definition above, one Philox call per element).
 std::vector<uint8_t> attention_dropout_mask(const AttnDropout& d, int64_t seq, int64_t head, int64_t S);
 
 /// Causal self-attention on a contiguous range of query heads:

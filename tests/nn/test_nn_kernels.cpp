@@ -343,7 +343,7 @@ TEST(NnAttention, DropoutForwardMatchesReference) {
     for (int r = 0; r < S; ++r)
       for (int c = 0; c < S; ++c) ASSERT_EQ(probs(i, r, c), pp(i, r, c));
   EXPECT_GT(max_abs_diff(out, plain), 1e-3);
-  // the element-at-a-time mask helper is the same mask
+  // the mask as the kernels make it, whole rows crossing Philox blocks, is the definition's
   const auto m = shardflow::nn::attention_dropout_mask(d, 1, 1, S);
   for (int i = 0; i < S; ++i)
     for (int j = 0; j < S; ++j)

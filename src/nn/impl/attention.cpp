@@ -74,9 +74,8 @@ struct DropMask {
     // counters b + i: low words, and high words (+1 where the low word wrapped)
     const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b))), lane);
     const __mmask16 wrapped = _mm512_cmplt_epu32_mask(lo, lane);
-    const __m512i hi1 = _mm512_mask_add_epi32(
-        _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b >> 32))), wrapped,
-        _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b >> 32))), _mm512_set1_epi32(1));
+    const __m512i high = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b >> 32)));
+    const __m512i hi1 = _mm512_mask_add_epi32(high, wrapped, high, _mm512_set1_epi32(1));
     __m512i c0 = lo, c1 = hi1, c2 = _mm512_set1_epi32(static_cast<int>(hi[0])),
             c3 = _mm512_set1_epi32(static_cast<int>(hi[1]));
     const __m512i m0 = _mm512_set1_epi64(0xD2511F53ll), m1 = _mm512_set1_epi64(0xCD9E8D57ll);
@@ -183,16 +182,9 @@ int64_t attention_dropout_generated(int64_t S) {
 
 std::vector<uint8_t> attention_dropout_mask(const AttnDropout& d, int64_t seq, int64_t head, int64_t S) {
   std::vector<uint8_t> m(static_cast<size_t>(S * S));
-  const uint32_t k[2] = {static_cast<uint32_t>(d.key), static_cast<uint32_t>(d.key >> 32)};
+  const DropMask mask(d, d.seq0 + seq, d.head0 + head, S);
   for (int64_t i = 0; i < S; ++i)
-    for (int64_t j = 0; j < S; ++j) {
-      const uint64_t e = static_cast<uint64_t>(i * S + j);
-      const uint32_t c[4] = {static_cast<uint32_t>(e / 4), static_cast<uint32_t>((e / 4) >> 32),
-                             static_cast<uint32_t>(d.head0 + head), static_cast<uint32_t>(d.seq0 + seq)};
-      uint32_t w[4];
-      Philox4x32::generate(c, k, w);
-      m[static_cast<size_t>(i * S + j)] = w[e % 4] >= d.threshold() ? 1 : 0;
-    }
+    mask.row(i, S, [&](int64_t j, bool keep) { m[static_cast<size_t>(i * S + j)] = keep ? 1 : 0; });
   return m;
 }
 

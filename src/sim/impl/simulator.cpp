@@ -81,6 +81,7 @@ struct KernelModel {
   // whole batches of 64 elements as the kernels make them
   void dropout_masks(double times) {
     if (s.attention_dropout <= 0 || c.dropout_mask_ns <= 0) return;
+    // (the count takes a pass over the S rows: kept for the last S, per thread)
     thread_local int64_t last_seq = -1;
     thread_local double made = 0;
     if (last_seq != s.seq) {
@@ -654,7 +655,7 @@ size_t replay(std::vector<Role>& roles) {
 struct Usage {
   std::map<std::string, double> exposed, busy;
   double pipeline_wait = 0;
-  double begin = -1, end = -1, gap = 0, flops = 0;  // by group only
+  double begin = -1, end = -1, gap = 0, flops = 0;  // by group (flops: also a class's sum, simulate_blocks)
 };
 void usage_of(const Role& r, bool comm_on_core, Usage& total, std::vector<Usage>* by_group) {
   auto at = [&](size_t i) -> Usage* {
@@ -1034,8 +1035,7 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   // A class's groups add up to the same on each of its stages when they ran as often (every
   // stage runs every (chunk, micro-batch) once, so they do): summed once per class and copied.
   std::vector<int> summed_by(classes.size(), -1);  // the stage whose counts made the class's sum
-  std::vector<Usage> class_sum(classes.size());
-  std::vector<double> class_flops(classes.size(), 0);
+  std::vector<Usage> class_sum(classes.size());    // (its flops: the class's, per stage)
   for (int st = 0; st < pp; ++st) {
     const size_t k = static_cast<size_t>(cls[static_cast<size_t>(st)]);
     const BlockClass& c = classes[k];
@@ -1044,23 +1044,21 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     if (summed_by[k] < 0 || ran[static_cast<size_t>(st)] != ran[static_cast<size_t>(summed_by[k])]) {
       Usage& sum = class_sum[k];
       sum = Usage{};
-      double fl = 0;
       auto add = [&](const Usage& x, int times) {
         if (times == 0) return;
         for (const auto& [key, val] : x.exposed) sum.exposed[key] += times * val;
         for (const auto& [key, val] : x.busy) sum.busy[key] += times * val;
-        fl += times * x.flops;
+        sum.flops += times * x.flops;
       };
       add(c.by_group.front(), 1);
       for (size_t g = 1; g + 1 < c.by_group.size(); ++g) add(c.by_group[g], ran[static_cast<size_t>(st)][g]);
       add(c.by_group.back(), 1);
-      class_flops[k] = fl;
       summed_by[k] = st;
     }
     Usage& u = per_stage[static_cast<size_t>(st)];
     u.exposed = class_sum[k].exposed;
     u.busy = class_sum[k].busy;
-    flops += class_flops[k];
+    flops += class_sum[k].flops;
     if (!c.pipeline_key.empty()) {
       u.exposed[c.pipeline_key] += wait[static_cast<size_t>(st)];
       // each message it sends or receives, on its link
