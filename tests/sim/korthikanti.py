@@ -29,6 +29,8 @@ p.add_argument("--max-mean", type=float, default=1.0)
 p.add_argument("--max-row", type=float, default=1.0)
 p.add_argument("--json-out", default="")
 p.add_argument("--attention-dropout", type=float, default=0.1)
+p.add_argument("--out-dir", default="",
+               help="write the decks here and keep them (default: a temporary directory, removed at the end)")
 a = p.parse_args()
 
 rows = []
@@ -36,7 +38,9 @@ with open(a.csv) as f:
     for r in csv.DictReader(line for line in f if not line.startswith("#")):
         rows.append(r)
 
-work = tempfile.mkdtemp(prefix="shardflow-korthikanti-")
+tmp = None if a.out_dir else tempfile.TemporaryDirectory(prefix="shardflow-korthikanti-")
+work = a.out_dir or tmp.name
+os.makedirs(work, exist_ok=True)
 out = []
 errs = []
 for r in rows:
