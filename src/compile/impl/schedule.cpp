@@ -16,6 +16,7 @@ std::vector<PipelineStep> pipeline_schedule(PipelineSchedule kind, int stages, i
   SHARDFLOW_REQUIRE_INPUT(v == 1 || m % p == 0, "pipeline schedule: interleaved 1f1b needs train.micro_batches = ",
                           m, " to be a multiple of mesh.pipeline = ", p);
   std::vector<PipelineStep> out;
+  out.reserve(2 * static_cast<size_t>(m) * static_cast<size_t>(kind == PipelineSchedule::GPipe && p > 1 ? 1 : v));
   if (kind == PipelineSchedule::GPipe && p > 1) {
     for (int j = 0; j < m; ++j) out.push_back({true, 0, j});
     for (int j = 0; j < m; ++j) out.push_back({false, 0, j});

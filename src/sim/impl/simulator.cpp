@@ -937,19 +937,21 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   // (micro-batch major: the cells a group reads, its neighbour stages' of about the same
   // micro-batch, lie close together)
   auto at = [&](int st, bool fwd, int vc, int j) {
-    return ((static_cast<size_t>(j) * static_cast<size_t>(pp) + static_cast<size_t>(st)) * 2 + (fwd ? 0 : 1)) *
-               static_cast<size_t>(v) +
-           static_cast<size_t>(vc);
+    return ((static_cast<size_t>(st) * 2 + (fwd ? 0 : 1)) * static_cast<size_t>(v) + static_cast<size_t>(vc)) *
+               static_cast<size_t>(m) +
+           static_cast<size_t>(j);
   };
   // the stage and chunk of global chunk gcx ± 1 of (st, vc), gcx = vc · pp + st
   auto up_of = [&](int st, int vc) { return st + 1 < pp ? std::make_pair(st + 1, vc) : std::make_pair(0, vc + 1); };
   auto down_of = [&](int st, int vc) { return st > 0 ? std::make_pair(st - 1, vc) : std::make_pair(pp - 1, vc - 1); };
   const size_t cells = static_cast<size_t>(pp) * 2 * static_cast<size_t>(v) * static_cast<size_t>(m);
-  std::vector<double> begin_at(cells, -1), end(cells, -1), sent(cells, -1);
+  struct Cell {  // -1: not known yet
+    double begin = -1, end = -1, sent = -1;
+  };
+  std::vector<Cell> cell(cells);
   std::vector<std::vector<PipelineStep>> order(static_cast<size_t>(pp));
   std::vector<size_t> pos(static_cast<size_t>(pp), 0);
   std::vector<double> clock(static_cast<size_t>(pp)), wait(static_cast<size_t>(pp), 0);
-  std::vector<std::vector<int>> ran(static_cast<size_t>(pp));          // stage -> how often each class group ran
   std::vector<std::vector<int>> stage_slots(static_cast<size_t>(pp));  // act slots by stage and chunk
   size_t left = 0;
   for (int st = 0; st < pp; ++st) {
@@ -958,7 +960,26 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     left += order[static_cast<size_t>(st)].size();
     const BlockClass& c = classes[static_cast<size_t>(cls[static_cast<size_t>(st)])];
     clock[static_cast<size_t>(st)] = std::max(0.0, c.by_group[0].end);
-    ran[static_cast<size_t>(st)].assign(c.by_group.size(), 0);
+  }
+  // each class's group for every cell (direction, chunk, micro-batch) of a stage, flat: its
+  // idle time before it and its span (what the sweep reads of c.group's Usage)
+  struct Span {
+    double gap = 0, dur = 0;
+  };
+  auto cell_of = [&](bool fwd, int vc, int j) {
+    return (static_cast<size_t>(!fwd) * static_cast<size_t>(v) + static_cast<size_t>(vc)) * static_cast<size_t>(m) +
+           static_cast<size_t>(j);
+  };
+  std::vector<std::vector<Span>> spans(classes.size());
+  for (size_t k = 0; k < classes.size(); ++k) {
+    const BlockClass& c = classes[k];
+    spans[k].resize(2 * static_cast<size_t>(v) * static_cast<size_t>(m));
+    for (int b = 0; b < 2; ++b)
+      for (int vc = 0; vc < v; ++vc)
+        for (int j = 0; j < m; ++j) {
+          const Usage& u = c.group(b == 0, vc, j, m);
+          spans[k][cell_of(b == 0, vc, j)] = {u.gap, std::max(0.0, u.end - u.begin)};
+        }
   }
   // a message's time from stage `from` to its neighbour `to` (up: to = from + 1, else from - 1)
   std::vector<double> up(static_cast<size_t>(pp)), down(static_cast<size_t>(pp));
@@ -982,20 +1003,21 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   // when the message of group (st, fwd, vc, j) has arrived; -1: not known yet
   auto sent_at = [&](int st, bool fwd, int vc, int j) -> double {
     const size_t k = at(st, fwd, vc, j);
-    if (sent[k] >= 0) return sent[k];
-    if (end[k] < 0) return -1;
+    Cell& x = cell[k];
+    if (x.sent >= 0) return x.sent;
+    if (x.end < 0) return -1;
     const auto [rs, rvc] = fwd ? up_of(st, vc) : down_of(st, vc);
     const int rk = slots(rs, rvc);
-    const double posted = j >= rk ? begin_at[at(rs, fwd, rvc, j - rk)] : 0.0;
+    const double posted = j >= rk ? cell[at(rs, fwd, rvc, j - rk)].begin : 0.0;
     if (posted < 0) return -1;
-    return sent[k] = std::max(end[k], posted) + (fwd ? up : down)[static_cast<size_t>(st)];  // to rs
+    return x.sent = std::max(x.end, posted) + (fwd ? up : down)[static_cast<size_t>(st)];  // to rs
   };
   for (int sweep = 0; left > 0; ++sweep) {
     bool moved = false;
     for (int k = 0; k < pp; ++k) {
       const int st = sweep % 2 == 0 ? k : pp - 1 - k;  // alternate directions: x flows up, dx down
       auto& o = order[static_cast<size_t>(st)];
-      const BlockClass& c = classes[static_cast<size_t>(cls[static_cast<size_t>(st)])];
+      const Span* span = spans[static_cast<size_t>(cls[static_cast<size_t>(st)])].data();
       for (size_t& q = pos[static_cast<size_t>(st)]; q < o.size(); ++q) {
         const PipelineStep g = o[q];
         const int vc = g.chunk, j = g.micro_batch, gcx = vc * pp + st, kk = slots(st, vc);
@@ -1015,14 +1037,14 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
           if (!g.forward && gcx > 0 && gcx < nch - 1) need(sent_at(st, false, vc, j - kk));
         }
         if (!known) break;
-        const Usage& u = c.group(g.forward, vc, j, m);
+        const Span& u = span[cell_of(g.forward, vc, j)];
         double& t = clock[static_cast<size_t>(st)];
         const double own = t + u.gap;
         if (ready > own) wait[static_cast<size_t>(st)] += ready - own;
-        begin_at[at(st, g.forward, vc, j)] = std::max(own, ready);
-        t = std::max(own, ready) + std::max(0.0, u.end - u.begin);
-        end[at(st, g.forward, vc, j)] = t;
-        ++ran[static_cast<size_t>(st)][static_cast<size_t>(&u - c.by_group.data())];
+        const size_t here = at(st, g.forward, vc, j);
+        cell[here].begin = std::max(own, ready);
+        t = std::max(own, ready) + u.dur;
+        cell[here].end = t;
         --left;
         moved = true;
       }
@@ -1032,16 +1054,20 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   // results, stage by stage: the groups it ran, what comes before and after them
   double step = 0, flops = 0;
   std::vector<Usage> per_stage(static_cast<size_t>(pp));
-  // A class's groups add up to the same on each of its stages when they ran as often (every
-  // stage runs every (chunk, micro-batch) once, so they do): summed once per class and copied.
-  std::vector<int> summed_by(classes.size(), -1);  // the stage whose counts made the class's sum
-  std::vector<Usage> class_sum(classes.size());    // (its flops: the class's, per stage)
+  // A class's groups add up to the same on each of its stages: every stage runs every cell
+  // (direction, chunk, micro-batch) once, so each group as often as cells stand for it;
+  // summed once per class and copied.
+  std::vector<char> summed(classes.size(), 0);
+  std::vector<Usage> class_sum(classes.size());  // (its flops: the class's, per stage)
   for (int st = 0; st < pp; ++st) {
     const size_t k = static_cast<size_t>(cls[static_cast<size_t>(st)]);
     const BlockClass& c = classes[k];
     const double last_end = c.order.empty() ? 0 : c.by_group[c.order.size()].end;
     step = std::max(step, clock[static_cast<size_t>(st)] + std::max(0.0, c.step_end - last_end));
-    if (summed_by[k] < 0 || ran[static_cast<size_t>(st)] != ran[static_cast<size_t>(summed_by[k])]) {
+    if (!summed[k]) {
+      std::vector<int> ran(c.by_group.size(), 0);  // how often each group runs on the stage
+      for (const PipelineStep& g : order[static_cast<size_t>(st)])
+        ++ran[static_cast<size_t>(&c.group(g.forward, g.chunk, g.micro_batch, m) - c.by_group.data())];
       Usage& sum = class_sum[k];
       sum = Usage{};
       auto add = [&](const Usage& x, int times) {
@@ -1051,9 +1077,9 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
         sum.flops += times * x.flops;
       };
       add(c.by_group.front(), 1);
-      for (size_t g = 1; g + 1 < c.by_group.size(); ++g) add(c.by_group[g], ran[static_cast<size_t>(st)][g]);
+      for (size_t g = 1; g + 1 < c.by_group.size(); ++g) add(c.by_group[g], ran[g]);
       add(c.by_group.back(), 1);
-      summed_by[k] = st;
+      summed[k] = 1;
     }
     Usage& u = per_stage[static_cast<size_t>(st)];
     u.exposed = class_sum[k].exposed;
@@ -1062,11 +1088,14 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     if (!c.pipeline_key.empty()) {
       u.exposed[c.pipeline_key] += wait[static_cast<size_t>(st)];
       // each message it sends or receives, on its link
+      const int below = (st + pp - 1) % pp, above = (st + 1) % pp;
+      const double recv_x = transfer(below, st), recv_dx = transfer(above, st), send_x = transfer(st, above),
+                   send_dx = transfer(st, below);
       double link = 0;
       for (const PipelineStep& g : order[static_cast<size_t>(st)]) {
         const int gcx = g.chunk * pp + st;
-        if (g.forward ? gcx > 0 : gcx < nch - 1) link += transfer(g.forward ? (st + pp - 1) % pp : (st + 1) % pp, st);
-        if (g.forward ? gcx < nch - 1 : gcx > 0) link += transfer(st, g.forward ? (st + 1) % pp : (st + pp - 1) % pp);
+        if (g.forward ? gcx > 0 : gcx < nch - 1) link += g.forward ? recv_x : recv_dx;
+        if (g.forward ? gcx < nch - 1 : gcx > 0) link += g.forward ? send_x : send_dx;
       }
       u.busy[c.pipeline_key] += link;
     }
