@@ -1,9 +1,11 @@
 #include "parallel/layout_plan.hpp"
 
+#include <map>
+#include <memory>
+#include <tuple>
+
 #include "core/error.hpp"
 #include "mesh/axes.hpp"
-#include <memory>
-
 #include "strategy/sharding_strategy.hpp"
 #include "strategy/weight_sharding.hpp"
 
@@ -84,10 +86,33 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
     for (int k = 0; k < counts[static_cast<size_t>(c)]; ++k) layer_chunk_.push_back(c);
 
   const SeedStrategies seeds = seed_strategies(mesh, groups_, options, pp);
+  // The splits depend on a parameter's kind and shapes only (every layer's parameter of a
+  // kind is split alike): worked out for the first of each, which also raises any error
+  // under its name, and copied to the others.
+  struct Splits {
+    int tensor_dim = -1, zero_dim = -1, expert_dim = -1;
+  };
+  std::map<std::tuple<ParamKind, Shape, Shape>, Splits> done;
   for (const auto& info : model.params()) {
     ParamPlacement p;
     p.info = info;
     p.is_expert_weight = is_expert_kind(info.kind);
+    p.unit = info.layer >= 0
+                 ? 1 + info.layer
+                 : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
+    // a layer's stage is its chunk's; the embeddings go first, the head last
+    p.stage = info.layer >= 0 ? layer_chunk_[static_cast<size_t>(info.layer)] % pp
+              : (info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0
+                                                                                            : pp - 1;
+    const auto key = std::make_tuple(info.kind, info.shape, info.view_shape);
+    if (const auto it = done.find(key); it != done.end()) {
+      p.tensor_dim = it->second.tensor_dim;
+      p.zero_dim = it->second.zero_dim;
+      p.expert_dim = it->second.expert_dim;
+      index_[info.name] = params_.size();
+      params_.push_back(std::move(p));
+      continue;
+    }
     // the kind's view is the per-weight strategy's view (Modular MAX's stacked_qkv,
     // head_aware_columnwise, gate_up, rowwise, columnwise, ...)
     const WeightSharding ws =
@@ -112,12 +137,6 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
                               " experts");
       p.expert_dim = 0;
     }
-    p.unit = info.layer >= 0 ? 1 + info.layer
-                             : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
-    // a layer's stage is its chunk's; the embeddings go first, the head last
-    p.stage = info.layer >= 0 ? layer_chunk_[static_cast<size_t>(info.layer)] % pp
-              : (info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0
-                                                                                             : pp - 1;
     // ZeRO: the FSDP strategy's dimension rule (xlstm-jax) among the view dims the tensor
     // and expert splits left
     if (seeds.zero && seeds.zero->should_shard_weight(info.shape)) {
@@ -135,6 +154,7 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
       p.tensor_dim = dim_with(merged, axis::tensor);
       if (seeds.zero) p.zero_dim = dim_with(merged, seeds.zero->axis_name());
     }
+    done.emplace(key, Splits{p.tensor_dim, p.zero_dim, p.expert_dim});
     index_[info.name] = params_.size();
     params_.push_back(std::move(p));
   }
