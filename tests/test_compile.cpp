@@ -10,6 +10,7 @@
 #include <chrono>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include "compile/compiler.hpp"
 #include "compile/summary.hpp"
@@ -147,6 +148,67 @@ TEST(Compile, EveryGroupAgreesOnItsCollectives) {
   for (const auto& c : cases()) {
     const auto progs = compile_all(deck_with(c.sets));
     EXPECT_EQ(disagreement(progs), "") << c.label;
+  }
+}
+
+namespace {
+// Everything a program runs, in order, without the task names and the collectives' tensor
+// names (what CompileOptions::names leaves out).
+std::string what_runs(const compile::StepProgram& p) {
+  std::ostringstream o;
+  auto ref = [&](const compile::BufRef& r) { o << r.buf << '@' << r.off << ' '; };
+  for (const auto& t : p.tasks) {
+    o << t.group << (t.is_comm ? " C " : " K ");
+    for (const auto& c : t.ops) {
+      o << static_cast<int>(c.op) << ' ' << c.layer << ' ' << c.mb << ' ' << c.act_slot << ' ' << c.ring << ' '
+        << c.grad_ring << ' ' << c.acc << c.recompute << ' ' << c.step << ' ' << c.n << ' ' << static_cast<int>(c.cast)
+        << ' ';
+      ref(c.src);
+      ref(c.dst);
+    }
+    if (t.is_comm) {
+      const compile::CommOp& c = t.comm;
+      o << static_cast<int>(c.kind) << ' ' << parallel::group_key(c.axes) << ' ' << c.desc.comm << ' ' << c.desc.kind
+        << ' ' << c.desc.count << ' ' << c.desc.dtype << ' ' << c.desc.peer << ' ' << static_cast<int>(c.op) << ' '
+        << static_cast<int>(c.dtype) << ' ' << c.count << ' ' << c.outer << ' ' << c.rows << ' ' << c.inner << ' '
+        << c.accumulate << ' ' << c.peer << ' ' << c.moe_layer << ' ' << c.moe_slot << ' ' << c.moe_out << ' '
+        << c.staging_bytes << ' ' << c.staging_slot << ' ';
+      ref(c.src);
+      ref(c.dst);
+    }
+    o << '\n';
+  }
+  for (const auto& [a, b] : p.edges) o << a << '>' << b << ' ';
+  for (int64_t b : p.staging_slots) o << b << ' ';
+  for (const auto& b : p.buffers.specs) o << b.name << ' ' << b.numel << ' ' << static_cast<int>(b.dtype) << ' ';
+  return o.str();
+}
+}  // namespace
+
+// The simulator compiles without names (CompileOptions::names = false): the same program,
+// task for task, edge for edge, on every rank of every mesh above and a context-parallel,
+// fully recomputed one; only the names are empty.
+TEST(Compile, WithoutNamesTheSameProgram) {
+  std::vector<Case> all = cases();
+  all.push_back({"cp2 pp2 full recompute", {"mesh.context=2", "mesh.pipeline=2", "strategy.recompute=\"full\""}});
+  compile::CompileOptions unnamed;
+  unnamed.names = false;
+  for (const auto& c : all) {
+    const Deck d = deck_with(c.sets);
+    const MeshShape mesh = d.mesh.to_mesh_shape();
+    const parallel::LayoutPlan plan = compile::layout_plan(d, mesh);
+    for (int r = 0; r < mesh.size(); ++r) {
+      const auto named = compile::compile_step(d, plan, r);
+      const auto bare = compile::compile_step(d, plan, r, compile::StepMode::Train, unnamed);
+      ASSERT_EQ(what_runs(named), what_runs(bare)) << c.label << " rank " << r;
+      size_t names = 0, empty = 0;
+      for (size_t i = 0; i < named.tasks.size(); ++i) {
+        names += !named.tasks[i].name.empty();
+        empty += bare.tasks[i].name.empty() && bare.tasks[i].comm.desc.tensor.empty();
+      }
+      EXPECT_EQ(names, named.tasks.size()) << c.label << " rank " << r;
+      EXPECT_EQ(empty, bare.tasks.size()) << c.label << " rank " << r;
+    }
   }
 }
 

@@ -21,9 +21,18 @@ namespace shardflow::compile {
 /// The deck's LayoutPlan on `mesh` (the one every consumer of a deck uses).
 parallel::LayoutPlan layout_plan(const Deck& deck, const MeshShape& mesh);
 
+/// What a compiled program carries besides what runs.
+struct CompileOptions {
+  /// Task names (TaskSpec::name) and the collectives' tensor names (CollectiveDesc::tensor):
+  /// what traces, deadlock messages, `compile --tasks` and the graph's verification show.
+  /// The simulator compiles without them unless it writes a trace (their strings were most
+  /// of compile_step's time); the program is otherwise the same, task for task.
+  bool names = true;
+};
+
 /// Rank `rank`'s step. Throws InputError naming the deck key for a step that cannot be built.
-StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank,
-                         StepMode mode = StepMode::Train);
+StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode = StepMode::Train,
+                         CompileOptions options = {});
 
 /// Pools the staging of prog's shard collectives (StepProgram::staging_slots): chains each
 /// staged all-gather / reduce-scatter after the previous one of its communicator and kind

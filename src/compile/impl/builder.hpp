@@ -23,13 +23,19 @@ constexpr int kNone = -1;
 
 class StepBuilder {
  public:
-  StepBuilder(StepProgram& prog) : prog_(prog), s(prog.shape), b(prog.buffers) {}
+  StepBuilder(StepProgram& prog, bool names = true) : prog_(prog), s(prog.shape), b(prog.buffers), names_(names) {}
   void build();
 
  private:
   StepProgram& prog_;
   const StepShape& s;
   const BufferPlan& b;
+  const bool names_;  // CompileOptions::names
+  /// A task or tensor name, made only when the program keeps names (else empty).
+  template <class F>
+  std::string named(F&& make) const {
+    return names_ ? std::string(make()) : std::string();
+  }
 
   // ---- emission ----------------------------------------------------------------------------
   int emit_compute(std::vector<ComputeOp> ops, std::string name);

@@ -19,13 +19,13 @@ namespace shardflow::compile::detail {
 
 void StepBuilder::run(UseCtx& u, ComputeOp op, const char* part) {
   u.work.push_back(op);
-  u.work_name += (u.work_name.empty() ? "" : "+") + std::string(part);
+  if (names_) u.work_name += (u.work_name.empty() ? "" : "+") + std::string(part);
 }
 
 // Compute is gathered into one segment until a collective needs what it wrote.
 void StepBuilder::flush(UseCtx& u) {
   if (u.work.empty()) return;
-  const int c = emit_compute(std::move(u.work), u.prefix + u.work_name + u.mbs);
+  const int c = emit_compute(std::move(u.work), named([&] { return u.prefix + u.work_name + u.mbs; }));
   u.work.clear();
   u.work_name.clear();
   chain(c);
@@ -47,24 +47,25 @@ void StepBuilder::comm_then(UseCtx& u, int t, bool next_waits) {
 
 void StepBuilder::tp_all_reduce(UseCtx& u, BufRef buf, int64_t n, comm::ReduceOp op, DType dt,
                                 const std::string& what) {
-  const std::string w = what + u.mbs;
-  comm_then(u, emit_comm(all_reduce(s.groups.tensor, buf, n, op, dt, w), "all_reduce " + w));
+  const std::string w = named([&] { return what + u.mbs; });
+  comm_then(u, emit_comm(all_reduce(s.groups.tensor, buf, n, op, dt, w), named([&] { return "all_reduce " + w; })));
 }
 
 int StepBuilder::tp_all_gather(UseCtx& u, BufRef rows, BufRef full, const std::string& what, bool next_waits) {
-  const std::string w = what + u.mbs;
+  const std::string w = named([&] { return what + u.mbs; });
   const int64_t T = s.tokens_mb, H = s.hidden;
-  const int t = emit_comm(shard_gather(s.groups.tensor, 1, T, H, s.act_comm_dtype, rows, full, T * H, w), "all_gather " + w);
+  const int t = emit_comm(shard_gather(s.groups.tensor, 1, T, H, s.act_comm_dtype, rows, full, T * H, w),
+                          named([&] { return "all_gather " + w; }));
   comm_then(u, t, next_waits);
   return t;
 }
 
 void StepBuilder::tp_reduce_scatter(UseCtx& u, BufRef full, BufRef rows, const std::string& what) {
-  const std::string w = what + u.mbs;
+  const std::string w = named([&] { return what + u.mbs; });
   const int64_t T = s.tokens_mb, H = s.hidden;
-  comm_then(u, emit_comm(shard_scatter(s.groups.tensor, 1, T, H, s.act_comm_dtype, full, rows, false, comm::ReduceOp::Sum,
-                                       T * H, w),
-                         "reduce_scatter " + w));
+  comm_then(u, emit_comm(shard_scatter(s.groups.tensor, 1, T, H, s.act_comm_dtype, full, rows, false,
+                                       comm::ReduceOp::Sum, T * H, w),
+                         named([&] { return "reduce_scatter " + w; })));
 }
 
 // the partial sums of a row-parallel block: all-reduced, or reduce-scattered to this rank's
@@ -85,13 +86,13 @@ void StepBuilder::ep_counts(UseCtx& u, int layer, int xsl, const std::string& wh
   CommOp c;
   c.kind = comm::CollectiveKind::AllToAll;
   c.axes = s.groups.expert;
-  const std::string w = what + u.mbs;
+  const std::string w = named([&] { return what + u.mbs; });
   c.desc = {parallel::group_key(c.axes), "all_to_all", w, s.experts, "i32"};
   c.dtype = DType::I32;
   c.count = s.experts;
   c.moe_layer = layer;
   c.moe_slot = xsl;
-  comm_then(u, emit_comm(std::move(c), "all_to_all " + w));
+  comm_then(u, emit_comm(std::move(c), named([&] { return "all_to_all " + w; })));
 }
 
 // rows of the dispatch order to the experts (out) or back (!out)
@@ -99,7 +100,7 @@ void StepBuilder::ep_rows(UseCtx& u, int layer, int xsl, bool out, int src, int 
   CommOp c;
   c.kind = comm::CollectiveKind::AllToAllv;
   c.axes = s.groups.expert;
-  const std::string w = what + u.mbs;
+  const std::string w = named([&] { return what + u.mbs; });
   c.desc = {parallel::group_key(c.axes), "all_to_allv", w, s.tokens_mb * s.top_k * s.hidden, "f32"};
   c.src = {src};
   c.dst = {dst};
@@ -107,7 +108,7 @@ void StepBuilder::ep_rows(UseCtx& u, int layer, int xsl, bool out, int src, int 
   c.moe_layer = layer;
   c.moe_slot = xsl;
   c.moe_out = out;
-  comm_then(u, emit_comm(std::move(c), "all_to_allv " + w));
+  comm_then(u, emit_comm(std::move(c), named([&] { return "all_to_allv " + w; })));
 }
 
 // ---- context parallelism: ring attention ------------------------------------------------------
@@ -124,7 +125,7 @@ int StepBuilder::ring_message(bool send, int buf, const std::string& what) {
   c.count = s.tokens_mb * 2 * s.K_l * s.head_dim;
   c.desc = {parallel::group_key(c.axes), send ? "send" : "recv", what, c.count, "f32", c.peer};
   (send ? c.src : c.dst) = {buf};
-  return emit_comm(std::move(c), std::string(send ? "send " : "recv ") + what);
+  return emit_comm(std::move(c), named([&] { return std::string(send ? "send " : "recv ") + what; }));
 }
 
 // which of kv_ring[0..1], dkv_ring[0..1], dkv_home a buffer is (for ring_reader_)
@@ -164,7 +165,8 @@ void StepBuilder::ring_forward(UseCtx& u, const std::function<ComputeOp(int)>& s
     if (r + 1 < s.cp) {
       recv = ring_pass(cur, nxt, have, prev, what + ".kv" + std::to_string(r + 1) + u.mbs);
     }
-    const int c = emit_compute({step_op(r)}, u.prefix + what + ".ring" + std::to_string(r) + u.mbs);
+    const int c =
+        emit_compute({step_op(r)}, named([&] { return u.prefix + what + ".ring" + std::to_string(r) + u.mbs; }));
     chain(c);
     edge(have, c);
     u.segs.push_back(c);
@@ -189,7 +191,8 @@ void StepBuilder::ring_backward(UseCtx& u, const std::function<ComputeOp(int)>& 
     if (r + 1 < s.cp) {  // the next block's keys and values, while this one computes
       kv_recv = ring_pass(kcur, knxt, have_kv, prev, what + ".kv" + std::to_string(r + 1) + u.mbs);
     }
-    const int c = emit_compute({step_op(r)}, u.prefix + what + ".ring_bwd" + std::to_string(r) + u.mbs);
+    const int c =
+        emit_compute({step_op(r)}, named([&] { return u.prefix + what + ".ring_bwd" + std::to_string(r) + u.mbs; }));
     chain(c);
     edge(have_kv, c);
     edge(have_dkv, c);
@@ -221,7 +224,7 @@ void StepBuilder::emit_use_compute(UseCtx& u, const Use& use, int xsl) {
     return c;
   };
   const int l = use.unit - 1;
-  const std::string lp = "layers." + std::to_string(l);
+  const std::string lp = named([&] { return "layers." + std::to_string(l); });
   // A layer's forward from its attention norm to its MLP norm; `again`: its re-run from the
   // kept input under full recomputation (the same ops and collectives, named apart).
   auto attention_to_mlp_norm = [&](bool again) {

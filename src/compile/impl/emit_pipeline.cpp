@@ -65,9 +65,10 @@ void StepBuilder::post_ready(int after) {
       // the copy that empties the act slot: not emitted yet, so later messages from q wait too
       if (msg.mb >= K && (msg.fwd ? copied_x_ : copied_dx_)[gidx(msg.vc, msg.mb - K)] == kNone) break;
       const int act_slot = s.slot_of(msg.vc, msg.mb);
-      const std::string what = msg_name(msg.fwd, msg.vc * s.pp + s.stage, msg.mb);
+      const std::string what = named([&] { return msg_name(msg.fwd, msg.vc * s.pp + s.stage, msg.mb); });
       const BufRef ring{(msg.fwd ? b.x_recv : b.dx_recv)[static_cast<size_t>(act_slot)]};
-      const int t = emit_comm(pipeline_message(false, what, ring, n, q, s.act_comm_dtype), "recv " + what);
+      const int t =
+          emit_comm(pipeline_message(false, what, ring, n, q, s.act_comm_dtype), named([&] { return "recv " + what; }));
       edge(after, t);
       (msg.fwd ? recv_x_ : recv_dx_)[gidx(msg.vc, msg.mb)] = t;
     }
@@ -92,7 +93,7 @@ void StepBuilder::emit_recv_copy(size_t gi) {
   cp.dst = {(grp.forward ? b.x : b.dx)[static_cast<size_t>(xsl)]};
   cp.n = s.Tr * s.hidden;
   cp.cast = s.act_comm_dtype;  // a 16-bit ring widens into the act slot
-  const int t = emit_compute({cp}, (grp.forward ? "recv.x" : "recv.dx") + mbs);
+  const int t = emit_compute({cp}, named([&] { return (grp.forward ? "recv.x" : "recv.dx") + mbs; }));
   chain(t);
   edge(rv, t);
   if (j >= K) edge((grp.forward ? send_x_ : send_dx_)[gidx(vc, j - K)], t);
@@ -108,7 +109,7 @@ void StepBuilder::emit_send(size_t gi, const std::vector<int>& pending) {
   const int xsl = s.slot_of(vc, j);
   const int64_t n = s.Tr * s.hidden;
   const int peer = grp.forward ? (s.stage + 1) % s.pp : (s.stage - 1 + s.pp) % s.pp;
-  const std::string what = msg_name(grp.forward, grp.forward ? ch.gc + 1 : ch.gc - 1, j);
+  const std::string what = named([&] { return msg_name(grp.forward, grp.forward ? ch.gc + 1 : ch.gc - 1, j); });
   BufRef out{(grp.forward ? b.x : b.dx)[static_cast<size_t>(xsl)]};
   const std::vector<int>& wire = grp.forward ? b.x_send : b.dx_send;
   if (!wire.empty()) {  // a 16-bit wire: narrow into the send ring once its last send is done
@@ -120,13 +121,14 @@ void StepBuilder::emit_send(size_t gi, const std::vector<int>& pending) {
     cp.n = n;
     cp.cast = s.act_comm_dtype;
     const std::string mbs = (s.vstages > 1 ? ".v" + std::to_string(vc) : "") + ".mb" + std::to_string(j);
-    const int c = emit_compute({cp}, (grp.forward ? "send.x" : "send.dx") + mbs);
+    const int c = emit_compute({cp}, named([&] { return (grp.forward ? "send.x" : "send.dx") + mbs; }));
     chain(c);
     for (int p : pending) edge(p, c);
     const int K = ch.slots;
     if (j >= K) edge((grp.forward ? send_x_ : send_dx_)[gidx(vc, j - K)], c);
   }
-  const int t = emit_comm(pipeline_message(true, what, out, n, peer, s.act_comm_dtype), "send " + what);
+  const int t =
+      emit_comm(pipeline_message(true, what, out, n, peer, s.act_comm_dtype), named([&] { return "send " + what; }));
   edge(last_, t);
   for (int p : pending) edge(p, t);
   (grp.forward ? send_x_ : send_dx_)[gidx(vc, j)] = t;

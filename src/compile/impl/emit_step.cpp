@@ -20,11 +20,12 @@ parallel::LayoutPlan layout_plan(const Deck& deck, const MeshShape& mesh) {
                               deck.strategy.virtual_stages);
 }
 
-StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode) {
+StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode,
+                         CompileOptions options) {
   StepProgram prog;
   prog.shape = make_step_shape(deck, plan, rank, mode);
   prog.buffers = plan_buffers(prog.shape);
-  detail::StepBuilder(prog).build();
+  detail::StepBuilder(prog, options.names).build();
   pool_staging(prog);
   return prog;
 }
@@ -76,7 +77,7 @@ int64_t shard_staging(int64_t outer, int64_t rows, int64_t inner, DType dt, int6
 
 int StepBuilder::emit_compute(std::vector<ComputeOp> ops, std::string name) {
   TaskSpec t;
-  t.name = std::move(name);
+  if (names_) t.name = std::move(name);  // (the hot paths make none: named())
   t.ops = std::move(ops);
   t.group = group_;
   prog_.tasks.push_back(std::move(t));
@@ -86,10 +87,11 @@ int StepBuilder::emit_compute(std::vector<ComputeOp> ops, std::string name) {
 int StepBuilder::emit_comm(CommOp op, std::string name) {
   SHARDFLOW_REQUIRE(!op.axes.empty(), "step compiler: collective '", name, "' has no communicator axes");
   TaskSpec t;
-  t.name = std::move(name);
+  if (names_) t.name = std::move(name);
   t.is_comm = true;
   t.group = group_;
   t.comm = std::move(op);
+  if (!names_) t.comm.desc.tensor.clear();
   prog_.tasks.push_back(std::move(t));
   return static_cast<int>(prog_.tasks.size()) - 1;
 }
@@ -201,11 +203,15 @@ void StepBuilder::emit_group(size_t gi) {
   for (size_t k = group_uses_[gi].first; k < group_uses_[gi].second; ++k) {
     const Use u = uses_[k];
     if (s.zero == 3 && u.gather >= 0) emit_gathers_upto(u.gather + s.prefetch);
-    const std::string ls = u.unit >= 1 && u.unit <= L ? std::to_string(u.unit - 1) : "";
     UseCtx ctx;
-    ctx.prefix = u.kind == Fl ? "fwd.layer" + ls + "." : u.kind == Bl ? "bwd.layer" + ls + "." : u.kind == Hd ? "head."
-                 : u.kind == Fe                                       ? "fwd."
-                                                                      : "bwd.";
+    ctx.prefix = named([&] {
+      const std::string ls = u.unit >= 1 && u.unit <= L ? std::to_string(u.unit - 1) : "";
+      return u.kind == Fl   ? "fwd.layer" + ls + "."
+             : u.kind == Bl ? "bwd.layer" + ls + "."
+             : u.kind == Hd ? "head."
+             : u.kind == Fe ? "fwd."
+                            : "bwd.";
+    });
     ctx.mbs = mbs;
     ctx.pending = &pending;
     ctx.use = k;

@@ -32,8 +32,8 @@ void StepBuilder::emit_gathers_upto(int upto) {
       const int t = emit_comm(
           shard_gather(s.groups.zero, p.O, p.R, p.I, s.gather_dtype, {b.params[static_cast<size_t>(pi)].param},
                        {b.gather_ring[static_cast<size_t>(ring)], p.ring_offset}, p.lnumel,
-                       p.name + "@use" + std::to_string(g)),
-          "gather " + p.name + " #" + std::to_string(g));
+                       named([&] { return p.name + "@use" + std::to_string(g); })),
+          named([&] { return "gather " + p.name + " #" + std::to_string(g); }));
       // the buffer is free once the use that last held it has run
       if (g >= nslots) edge(last_of_use_[static_cast<size_t>(gather_use_[static_cast<size_t>(g - nslots)])], t);
       gathers_of_[static_cast<size_t>(g)].push_back(t);
@@ -92,9 +92,9 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
     // replicas of the shard group (HSDP) when there are any
     auto shard_done = [&](int t, int shard) {
       if (prp_size > 1) {
-        const int a = emit_comm(
-            all_reduce(prp, {shard}, p.shard_numel(), comm::ReduceOp::Mean, DType::F32, p.name + ".grad_shard"),
-            "all_reduce " + p.name + ".grad_shard");
+        const int a = emit_comm(all_reduce(prp, {shard}, p.shard_numel(), comm::ReduceOp::Mean, DType::F32,
+                                           named([&] { return p.name + ".grad_shard"; })),
+                                named([&] { return "all_reduce " + p.name + ".grad_shard"; }));
         edge(t, a);
         grad_sync_.push_back(a);
       } else {
@@ -106,9 +106,9 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
     // weight replicated over tensor: over this rank's query heads only
     if (p.tensor_partial && (ring || last_mb)) {
       const BufRef grad = ring ? BufRef{b.grad_ring[static_cast<size_t>(u.grad_ring)], p.ring_offset} : BufRef{pb.grad};
-      const std::string what = p.name + ".grad_rows" + mbs;
+      const std::string what = named([&] { return p.name + ".grad_rows" + mbs; });
       ready = emit_comm(all_reduce(g.tensor, grad, p.lnumel, comm::ReduceOp::Sum, DType::F32, what),
-                        "all_reduce " + what);
+                        named([&] { return "all_reduce " + what; }));
       edge(last_segment, ready);
       if (ring)
         grad_comm_of_use_[k].push_back(ready);
@@ -116,10 +116,11 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
         grad_sync_.push_back(ready);
     }
     if (ring) {
-      const int t = emit_comm(shard_scatter(g.zero, p.O, p.R, p.I, s.scatter_dtype,
-                                            {b.grad_ring[static_cast<size_t>(u.grad_ring)], p.ring_offset}, {pb.grad},
-                                            acc, comm::ReduceOp::Mean, p.lnumel, p.name + ".grad" + mbs),
-                              "reduce_scatter " + p.name + mbs);
+      const int t =
+          emit_comm(shard_scatter(g.zero, p.O, p.R, p.I, s.scatter_dtype,
+                                  {b.grad_ring[static_cast<size_t>(u.grad_ring)], p.ring_offset}, {pb.grad}, acc,
+                                  comm::ReduceOp::Mean, p.lnumel, named([&] { return p.name + ".grad" + mbs; })),
+                    named([&] { return "reduce_scatter " + p.name + mbs; }));
       edge(ready, t);
       // two reduce-scatters into one shard add when they complete: in issue order
       int& prev = last_scatter_[static_cast<size_t>(pi)];
@@ -130,8 +131,9 @@ void StepBuilder::emit_grad_sync(size_t k, int last_segment, const std::string& 
       continue;
     }
     if (!last_mb || pdp_size == 1) continue;
-    const int a = emit_comm(all_reduce(pdp, {pb.grad}, p.lnumel, comm::ReduceOp::Mean, DType::F32, p.name + ".grad"),
-                            "all_reduce " + p.name + ".grad");
+    const int a = emit_comm(
+        all_reduce(pdp, {pb.grad}, p.lnumel, comm::ReduceOp::Mean, DType::F32, named([&] { return p.name + ".grad"; })),
+        named([&] { return "all_reduce " + p.name + ".grad"; }));
     edge(ready, a);
     grad_sync_.push_back(a);
   }

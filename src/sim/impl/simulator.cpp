@@ -28,6 +28,14 @@ namespace shardflow::sim {
 
 namespace {
 
+/// The simulator's programs carry no task names unless a trace or an error message shows
+/// them (compile::CompileOptions::names).
+compile::CompileOptions unnamed() {
+  compile::CompileOptions o;
+  o.names = false;
+  return o;
+}
+
 using compile::StepOp;
 using compile::StepShape;
 
@@ -797,7 +805,8 @@ bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const par
   Role& r = one[0];
   r.rank = c.rank;
   r.stage = c.stage;
-  r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(reduced, plan, r.rank));
+  r.prog_ptr = std::make_shared<const compile::StepProgram>(
+      compile::compile_step(reduced, plan, r.rank, compile::StepMode::Train, unnamed()));
   cost_role(r, cluster, mesh, mesh.axis_size_or_1("pipeline"), gc);
   {  // (deck_bare: the deck's shape and buffers of this rank, made already: taken)
     compile::StepProgram bare;
@@ -1148,8 +1157,12 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
     in_parallel(roles.size(), options.threads, [&](size_t i) {
       Role& r = roles[i];
       try {
-        if (!r.prog_ptr)
-          r.prog_ptr = std::make_shared<const compile::StepProgram>(compile::compile_step(deck, plan, r.rank));
+        if (!r.prog_ptr) {
+          compile::CompileOptions co;
+          co.names = keep_programs;  // a trace shows the task names
+          r.prog_ptr = std::make_shared<const compile::StepProgram>(
+              compile::compile_step(deck, plan, r.rank, compile::StepMode::Train, co));
+        }
         GroupCache gc{mesh, cluster, {}, {}};
         cost_role(r, cluster, mesh, pp, gc);
         r.memory = memory_of(r.prog());
@@ -1175,8 +1188,8 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
           // the name from the program (compiled again when it was released: an error path)
           std::string name;
           try {
-            name = roles[q].prog_ptr ? roles[q].prog().tasks[i].name
-                                     : compile::compile_step(deck, plan, roles[q].rank).tasks.at(i).name;
+            if (roles[q].prog_ptr) name = roles[q].prog().tasks[i].name;
+            if (name.empty()) name = compile::compile_step(deck, plan, roles[q].rank).tasks.at(i).name;
           } catch (...) {
             name = "?";
           }
@@ -1461,7 +1474,8 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
       }
       for (int st : {0, p - 1}) {
         if (c.status == Checked::Over || by_blocks) break;
-        auto prog = std::make_shared<const compile::StepProgram>(compile::compile_step(dk, plan, rank_of_stage(st)));
+        auto prog = std::make_shared<const compile::StepProgram>(
+            compile::compile_step(dk, plan, rank_of_stage(st), compile::StepMode::Train, unnamed()));
         if (static_cast<double>(compile::predict_peak(*prog, 0, 0).peak()) > capacity) {
           c.status = Checked::Over;
           break;
