@@ -212,6 +212,52 @@ TEST(Compile, WithoutNamesTheSameProgram) {
   }
 }
 
+// The simulator makes the deck's shape without parameters and moves them in from the
+// program it compiled with fewer micro-batches (compile::take_params): the result is the
+// deck's own shape, parameter for parameter, on every rank of every mesh above; shapes of
+// two ranks are refused.
+TEST(Compile, ParametersOfAnotherBatchAreTheDecksOwn) {
+  auto text = [](const compile::StepShape& s) {
+    std::ostringstream o;
+    for (const auto& p : s.params) {
+      o << p.name << ' ' << p.dt << ' ' << p.lnumel << ' ' << p.decay << p.gain << p.tensor_partial << p.expert
+        << p.mlp_half << ' ' << p.de << ' ' << p.unit << ' ' << p.stage << ' ' << p.here << p.zero_split << ' ' << p.dz
+        << ' ' << p.O << ' ' << p.R << ' ' << p.I << ' ' << p.r0 << ' ' << p.nr << ' ' << p.ring_offset << ' '
+        << s.index.at(p.name) << ':';
+      for (const auto* v : {&p.shape, &p.view, &p.lext, &p.loff})
+        for (int64_t x : *v) o << x << ',';
+      o << '\n';
+    }
+    for (const auto& u : s.units) {
+      for (int i : u) o << i << ',';
+      o << ';';
+    }
+    o << s.ring_numel << ' ' << s.index.size();
+    return o.str();
+  };
+  for (const auto& c : cases()) {
+    const Deck d = deck_with(c.sets);
+    std::vector<std::string> fewer = c.sets;
+    fewer.push_back("train.micro_batches=2");
+    fewer.push_back("train.global_batch=32");
+    const Deck small = deck_with(fewer);
+    const MeshShape mesh = d.mesh.to_mesh_shape();
+    const parallel::LayoutPlan plan = compile::layout_plan(d, mesh);
+    for (int r = 0; r < mesh.size(); ++r) {
+      const auto want = compile::make_step_shape(d, plan, r);
+      auto got = compile::make_step_shape(d, plan, r, compile::StepMode::Train, false);
+      EXPECT_TRUE(got.params.empty() && got.index.empty()) << c.label;
+      compile::take_params(got, compile::make_step_shape(small, plan, r));
+      ASSERT_EQ(text(got), text(want)) << c.label << " rank " << r;
+      EXPECT_EQ(got.micro, want.micro);
+    }
+    if (mesh.size() > 1) {
+      auto other = compile::make_step_shape(d, plan, 0, compile::StepMode::Train, false);
+      EXPECT_THROW(compile::take_params(other, compile::make_step_shape(d, plan, 1)), Error) << c.label;
+    }
+  }
+}
+
 // A deliberate mismatch (one rank loses a collective) is found and named.
 TEST(Compile, AgreementCheckFindsAMissingCollective) {
   auto progs = compile_all(deck_with({"mesh.data=2", "mesh.tensor=2"}));

@@ -49,6 +49,35 @@ bool runs_to_completion(PipelineSchedule kind, int p, int m, int v) {
 
 }  // namespace
 
+// The schedule is Megatron-LM's: the k-th forward is chunk (k / p) mod v of micro-batch
+// (k / (p·v))·p + k mod p, after w warm-up forwards one forward and one backward alternate
+// (written here from that definition, with divisions; the library counts up).
+TEST(Schedule, OneFOneBIsTheDefinition) {
+  for (int p : {1, 2, 3, 4, 8}) {
+    for (int v : {1, 2, 3}) {
+      for (int m : {1, 2, 3, 4, 8, 12, 16}) {
+        if (v > 1 && m % p != 0) continue;
+        for (int st = 0; st < p; ++st) {
+          const int total = m * v;
+          const int w = v == 1 ? std::min(p - st - 1, m) : std::min((p - st - 1) * 2 + (v - 1) * p, total);
+          auto fwd = [&](int k) { return compile::PipelineStep{true, (k / p) % v, (k / (p * v)) * p + k % p}; };
+          auto bwd = [&](int k) {
+            return compile::PipelineStep{false, v - 1 - (k / p) % v, (k / (p * v)) * p + k % p};
+          };
+          std::vector<compile::PipelineStep> want;
+          for (int k = 0; k < w; ++k) want.push_back(fwd(k));
+          for (int k = 0; k < total; ++k) {
+            if (w + k < total) want.push_back(fwd(w + k));
+            want.push_back(bwd(k));
+          }
+          EXPECT_EQ(compile::pipeline_schedule(PipelineSchedule::OneFOneB, p, st, m, v), want)
+              << "p " << p << " v " << v << " m " << m << " stage " << st;
+        }
+      }
+    }
+  }
+}
+
 TEST(Schedule, EveryStepOnceAndBackwardAfterForward) {
   for (auto kind : {PipelineSchedule::GPipe, PipelineSchedule::OneFOneB})
     for (int p : {1, 2, 3, 4})

@@ -145,7 +145,15 @@ StrategyOptions strategy_options(const Deck& deck);
 /// Rank `rank`'s step. `plan` must be the deck's (LayoutPlan(ModelDescription(deck.model),
 /// mesh, strategy_options(deck), deck.strategy.virtual_stages)). Throws InputError naming
 /// the deck key and value when the step cannot be built (batch not divisible, ...).
-StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank,
-                          StepMode mode = StepMode::Train);
+/// Without `with_params`, the parameters (params, index, units, ring_numel) are left empty:
+/// take_params moves them in from another shape of the same rank and plan.
+StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode = StepMode::Train,
+                          bool with_params = true);
+
+/// Moves `from`'s parameters into `to` (the simulator's shape of the deck for its memory
+/// figure, from the program it compiled with fewer micro-batches). They depend only on the
+/// rank and the plan (its mesh, splits and ZeRO stage), never on the batch or the schedule;
+/// the two shapes must be of the same rank, tensor and expert coordinates and ZeRO shard.
+void take_params(StepShape& to, StepShape&& from);
 
 }  // namespace shardflow::compile

@@ -24,12 +24,29 @@ std::vector<PipelineStep> pipeline_schedule(PipelineSchedule kind, int stages, i
   }
   const int total = m * v;
   const int w = v == 1 ? std::min(p - stage - 1, m) : std::min((p - stage - 1) * 2 + (v - 1) * p, total);
-  auto fwd = [&](int k) { return PipelineStep{true, (k / p) % v, (k / (p * v)) * p + k % p}; };
-  auto bwd = [&](int k) { return PipelineStep{false, v - 1 - (k / p) % v, (k / (p * v)) * p + k % p}; };
-  for (int k = 0; k < w; ++k) out.push_back(fwd(k));
-  for (int k = 0; k < total; ++k) {
-    if (w + k < total) out.push_back(fwd(w + k));
-    out.push_back(bwd(k));
+  // The k-th forward runs chunk (k / p) mod v of micro-batch (k / (p·v))·p + k mod p (Megatron's
+  // interleaved order; chunk 0 and micro-batch k without interleaving), the k-th backward
+  // the chunks in reverse. Counted up step by step (the simulator makes a schedule per stage
+  // of thousands of micro-batches: no divisions).
+  struct Walk {
+    int p, v, r = 0, chunk = 0, round = 0;  // k = (round·v + chunk)·p + r
+    int micro_batch() const { return round * p + r; }
+    void next() {
+      if (++r < p) return;
+      r = 0;
+      if (++chunk < v) return;
+      chunk = 0;
+      ++round;
+    }
+  };
+  Walk f{p, v}, b{p, v};
+  for (int k = 0; k < w; ++k, f.next()) out.push_back({true, f.chunk, f.micro_batch()});
+  for (int k = 0; k < total; ++k, b.next()) {
+    if (w + k < total) {
+      out.push_back({true, f.chunk, f.micro_batch()});
+      f.next();
+    }
+    out.push_back({false, v - 1 - b.chunk, b.micro_batch()});
   }
   return out;
 }

@@ -135,7 +135,8 @@ StrategyOptions strategy_options(const Deck& deck) {
   return so;
 }
 
-StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode) {
+StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode,
+                          bool with_params) {
   StepShape s;
   s.evaluate = mode == StepMode::Evaluate;
   const MeshShape& shape = plan.mesh();
@@ -238,8 +239,19 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
                           " tokens, fewer than the ", s.tp, " tensor ranks that split them");
   s.Tr = s.sp ? split_extent(s.tokens_mb, s.tp, s.tc) : s.tokens_mb;
   s.t0 = s.sp ? split_offset(s.tokens_mb, s.tp, s.tc) : 0;
-  shape_params(plan, s);
+  if (with_params) shape_params(plan, s);
   return s;
+}
+
+void take_params(StepShape& to, StepShape&& from) {
+  SHARDFLOW_REQUIRE(to.rank == from.rank && to.world == from.world && to.tc == from.tc && to.sp == from.sp &&
+                        to.ec == from.ec && to.stage == from.stage && to.zero == from.zero &&
+                        to.shard_index == from.shard_index && to.layers == from.layers,
+                    "take_params: the shapes of rank ", to.rank, " and rank ", from.rank, " differ");
+  to.params = std::move(from.params);
+  to.index = std::move(from.index);
+  to.units = std::move(from.units);
+  to.ring_numel = from.ring_numel;
 }
 
 }  // namespace shardflow::compile

@@ -795,9 +795,9 @@ Deck block_deck(const Deck& deck, const StepShape& s) {
 
 /// Class c (its stage and rank set): compiled from `reduced`, costed, replayed alone (pipeline
 /// messages free) and measured group by group; its memory is the deck's buffers (every act
-/// slot, every micro-batch's inputs) with the reduced program's staging; `deck_bare`, when
-/// given, is that shape and those buffers made already (moved from). False when the program
-/// deadlocks alone.
+/// slot, every micro-batch's inputs) with the reduced program's staging and parameters (the
+/// deck's shape is made without them: compile::take_params); `deck_bare`, when given, holds
+/// that shape made already (moved from). False when the program deadlocks alone.
 bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const parallel::LayoutPlan& plan,
                  const Cluster& cluster, GroupCache& gc, compile::StepProgram* deck_bare = nullptr) {
   const MeshShape& mesh = plan.mesh();
@@ -805,24 +805,27 @@ bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const par
   Role& r = one[0];
   r.rank = c.rank;
   r.stage = c.stage;
-  r.prog_ptr = std::make_shared<const compile::StepProgram>(
+  auto prog = std::make_shared<compile::StepProgram>(
       compile::compile_step(reduced, plan, r.rank, compile::StepMode::Train, unnamed()));
+  r.prog_ptr = prog;
   cost_role(r, cluster, mesh, mesh.axis_size_or_1("pipeline"), gc);
-  {  // (deck_bare: the deck's shape and buffers of this rank, made already: taken)
+  c.order = prog->shape.order;
+  c.vstages = prog->shape.vstages;
+  c.micro = static_cast<int>(prog->shape.micro);
+  {  // the deck's shape of this rank (deck_bare: made already, taken), with the reduced
+     // program's parameters (the same rank: the same parameters), and its buffers
     compile::StepProgram bare;
-    if (deck_bare) {
-      bare = std::move(*deck_bare);
-    } else {
-      bare.shape = compile::make_step_shape(deck, plan, r.rank);
-      bare.buffers = compile::plan_buffers(bare.shape);
-    }
-    bare.staging_slots = r.prog().staging_slots;
+    if (deck_bare)
+      bare.shape = std::move(deck_bare->shape);
+    else
+      bare.shape = compile::make_step_shape(deck, plan, r.rank, compile::StepMode::Train, false);
+    compile::take_params(bare.shape, std::move(prog->shape));
+    bare.buffers = compile::plan_buffers(bare.shape);
+    bare.staging_slots = prog->staging_slots;
     c.memory = memory_of(bare);
   }
-  c.order = r.prog().shape.order;
-  c.vstages = r.prog().shape.vstages;
-  c.micro = static_cast<int>(r.prog().shape.micro);
   r.prog_ptr.reset();
+  prog.reset();
   if (cluster.comm_on_compute_core) place_comm_on_core(r);
   match_p2p(one, true);
   if (replay(one) != 0) return false;
@@ -863,7 +866,7 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   const auto t0 = std::chrono::steady_clock::now();
   const MeshShape& mesh = plan.mesh();
   const int pp = mesh.axis_size_or_1("pipeline");
-  StepShape shape0 = compile::make_step_shape(deck, plan, stage_rank(mesh, 0));
+  StepShape shape0 = compile::make_step_shape(deck, plan, stage_rank(mesh, 0), compile::StepMode::Train, false);
   if (options.replay != SimOptions::Replay::Blocks && !blocks_apply(shape0, cluster)) return false;
   // the stages' classes, from their shapes (no tasks) and their groups' sizes and node spans
   std::vector<parallel::Axes> subsets;  // every set of the other axes of size > 1
@@ -918,12 +921,11 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   if (mr == m && static_cast<int>(classes.size()) == pp) return false;  // nothing saved
   std::vector<std::exception_ptr> errors(classes.size());
   std::vector<char> stuck(classes.size(), 0);
-  compile::StepProgram bare0;  // stage 0's deck shape, made above: its class's memory figure
+  compile::StepProgram bare0;  // stage 0's deck shape (without parameters), made above: its class's memory figure
   bare0.shape = std::move(shape0);
   in_parallel(classes.size(), options.threads, [&](size_t k) {
     try {
       GroupCache gc{mesh, cluster, {}, {}};
-      if (classes[k].stage == 0) bare0.buffers = compile::plan_buffers(bare0.shape);
       stuck[k] =
           build_class(classes[k], deck, reduced, plan, cluster, gc, classes[k].stage == 0 ? &bare0 : nullptr) ? 0 : 1;
     } catch (...) {
