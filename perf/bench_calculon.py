@@ -27,6 +27,8 @@ p.add_argument("--calculon", required=True, help="a checkout of github.com/calcu
 p.add_argument("--app", default=os.path.join(ROOT, "build", "release", "apps", "shardflow"))
 p.add_argument("--csv", default=os.path.join(ROOT, "tests", "sim", "korthikanti2022_table5.csv"))
 p.add_argument("--repeat", type=int, default=3, help="best wall time of this many runs per tool and row")
+p.add_argument("--warm", default=os.path.join(ROOT, "build", "release", "perf", "bench_sim_warm"),
+               help="perf/bench_sim_warm: simulate's work timed in one warm process, as Calculon is timed here")
 p.add_argument("--attention-dropout", type=float, default=0.1,
                help="model.attention_dropout of the decks (tests/sim/korthikanti.py: the paper's models drop 0.1)")
 a = p.parse_args()
@@ -42,7 +44,8 @@ CALCULON_MODE = {"full": "full", "selective": "seqsel"}
 rows = list(csv.DictReader(line for line in open(a.csv) if not line.startswith("#")))
 syst = System(calculon.io.read_json_file(os.path.join(a.calculon, "systems", "a100_80g.json")))
 logger = logging.getLogger("calculon")
-work = tempfile.mkdtemp(prefix="shardflow-calculon-")
+tmp = tempfile.TemporaryDirectory(prefix="shardflow-calculon-")
+work = tmp.name
 
 # shardflow's decks: the same mapping as tests/sim/korthikanti.py
 def deck(r):
@@ -58,12 +61,16 @@ def deck(r):
 
 print("# shardflow simulate (a100-80gb) and Calculon (systems/a100_80g.json) against Korthikanti et al. 2022 "
       f"Table 5; wall time: best of {a.repeat} runs per tool and row")
+print("# shardflow_wall_s: the CLI's process; shardflow_in_s: its compile_s + simulate_s (a fresh process: first "
+      "touch of heap and code);\n# shardflow_warm_s: sim::simulate with its layout plan, called again in one process "
+      "(perf/bench_sim_warm), as Calculon's calls are timed")
 print(f"# {'model':>5} {'recompute':<9} {'published_s':>11} {'shardflow_s':>11} {'error':>7} {'calculon_s':>10} "
-      f"{'error':>7} {'shardflow_wall_s':>16} {'shardflow_in_s':>14} {'calculon_wall_s':>15}")
+      f"{'error':>7} {'shardflow_wall_s':>16} {'shardflow_in_s':>14} {'shardflow_warm_s':>16} {'calculon_wall_s':>15}")
 errs = {"shardflow": [], "calculon": []}
 modes = []
 walls = {"shardflow": [], "calculon": []}
 inproc = []
+warm = []
 for r in rows:
     pub = float(r["iteration_s"])
     path = os.path.join(work, f"{r['model']}_{r['recompute']}.toml")
@@ -79,6 +86,11 @@ for r in rows:
         # inside the process, like Calculon's calls: compiling the stages and simulating them
         # (not the process start, MPI's singleton init, reading the deck and the cluster file)
         best_in = min(best_in, js["compile_s"] + js["simulate_s"])
+    wj = json.loads(subprocess.run([a.warm, path, "--cluster", "a100-80gb", "--repeat", str(max(a.repeat, 3))],
+                                   check=True, capture_output=True, text=True).stdout)
+    if wj["wrong"] or wj["step_time_s"] != sf:
+        sys.exit(f"bench_sim_warm on {path}: step {wj['step_time_s']} (CLI {sf}), {wj['wrong']} calls differ")
+    warm.append(wj["best_s"])
     m, mode = CALCULON_MODEL[r["model"]], CALCULON_MODE[r["recompute"]]
     app = Llm.Application(calculon.io.read_json_file(os.path.join(a.calculon, "models", f"{m}.json")))
     exe = Llm.Execution.from_json(
@@ -99,13 +111,16 @@ for r in rows:
     walls["calculon"].append(best_c)
     inproc.append(best_in)
     print(f"  {r['model']:>5} {r['recompute']:<9} {pub:11.2f} {sf:11.2f} {100 * e_sf:+6.1f}% {ca:10.2f} "
-          f"{100 * e_c:+6.1f}% {best_sf:16.3f} {best_in:14.4f} {best_c:15.4f}", flush=True)
+          f"{100 * e_c:+6.1f}% {best_sf:16.3f} {best_in:14.4f} {warm[-1]:16.4f} {best_c:15.4f}", flush=True)
 for tool in ("shardflow", "calculon"):
     e = errs[tool]
     print(f"# {tool}: mean |error| {100 * sum(e) / len(e):.1f} %, max {100 * max(e):.1f} %, "
           f"wall {sum(walls[tool]):.3f} s for the {len(e)} rows"
-          + (f" ({sum(inproc):.3f} s compiling and simulating)" if tool == "shardflow" else ""))
+          + (f" ({sum(inproc):.3f} s compiling and simulating, {sum(warm):.4f} s warm)" if tool == "shardflow" else ""))
     for mode in ("full", "selective"):
         em = [x for x, md in zip(e, modes) if md == mode]
         if em:
             print(f"#   {mode}: mean |error| {100 * sum(em) / len(em):.1f} %, max {100 * max(em):.1f} %")
+faster = sum(1 for w, c in zip(warm, walls["calculon"]) if w <= c)
+print(f"# warm, in the process: shardflow at least as fast as Calculon on {faster} of {len(warm)} rows; "
+      "Calculon / shardflow per row: " + " ".join(f"{c / w:.2f}" for w, c in zip(warm, walls["calculon"])))

@@ -51,7 +51,8 @@ bool runs_to_completion(PipelineSchedule kind, int p, int m, int v) {
 
 // The schedule is Megatron-LM's: the k-th forward is chunk (k / p) mod v of micro-batch
 // (k / (p·v))·p + k mod p, after w warm-up forwards one forward and one backward alternate
-// (written here from that definition, with divisions; the library counts up).
+// (written here from that definition, with divisions; the library counts up); gpipe's is
+// every forward, then every backward.
 TEST(Schedule, OneFOneBIsTheDefinition) {
   for (int p : {1, 2, 3, 4, 8}) {
     for (int v : {1, 2, 3}) {
@@ -72,6 +73,14 @@ TEST(Schedule, OneFOneBIsTheDefinition) {
           }
           EXPECT_EQ(compile::pipeline_schedule(PipelineSchedule::OneFOneB, p, st, m, v), want)
               << "p " << p << " v " << v << " m " << m << " stage " << st;
+          if (v > 1) continue;
+          if (p > 1) {  // gpipe: every forward, then every backward (one stage: as 1f1b)
+            want.clear();
+            for (int j = 0; j < m; ++j) want.push_back({true, 0, j});
+            for (int j = 0; j < m; ++j) want.push_back({false, 0, j});
+          }
+          EXPECT_EQ(compile::pipeline_schedule(PipelineSchedule::GPipe, p, st, m), want)
+              << "gpipe p " << p << " m " << m << " stage " << st;
         }
       }
     }

@@ -39,8 +39,54 @@ struct PipelineStep {
 std::vector<PipelineStep> pipeline_schedule(PipelineSchedule kind, int stages, int stage, int micro_batches,
                                             int virtual_stages = 1);
 
+/// pipeline_schedule's steps one at a time, without storing them (the simulator walks the
+/// schedules of thousands of stages): `for (ScheduleWalk w(...); !w.done(); w.next()) w.step()`.
+/// Throws as pipeline_schedule does.
+class ScheduleWalk {
+ public:
+  ScheduleWalk(PipelineSchedule kind, int stages, int stage, int micro_batches, int virtual_stages = 1);
+  bool done() const { return fdone_ == total_ && bdone_ == total_; }
+  PipelineStep step() const {
+    return fwd_ ? PipelineStep{true, f_.chunk, f_.micro_batch()}
+                : PipelineStep{false, v_ - 1 - b_.chunk, b_.micro_batch()};
+  }
+  void next() {
+    if (fwd_) {
+      f_.next();
+      ++fdone_;
+    } else {
+      b_.next();
+      ++bdone_;
+    }
+    decide();
+  }
+  size_t size() const { return 2 * static_cast<size_t>(total_); }  // steps in all
+
+ private:
+  // the k-th forward (or backward) of the interleaved order, k = (round·v + chunk)·p + r,
+  // counted up (no divisions)
+  struct Count {
+    int p = 1, v = 1, r = 0, chunk = 0, round = 0;
+    int micro_batch() const { return round * p + r; }
+    void next() {
+      if (++r < p) return;
+      r = 0;
+      if (++chunk < v) return;
+      chunk = 0;
+      ++round;
+    }
+  };
+  // a forward next: a warm-up one, or the one after each backward (while there is one)
+  void decide() { fwd_ = fdone_ < warm_ || (fdone_ < total_ && fdone_ == warm_ + bdone_); }
+  int v_ = 1, total_ = 0, warm_ = 0, fdone_ = 0, bdone_ = 0;
+  bool fwd_ = true;
+  Count f_, b_;
+};
+
 /// For each virtual stage, the most micro-batches between their forward and their backward at
 /// any point of `steps` (at least 1): how many activation slots that chunk needs.
 std::vector<int> in_flight(const std::vector<PipelineStep>& steps, int virtual_stages);
+/// The same of the schedule `walk` walks (from its start; `walk` is taken by value).
+std::vector<int> in_flight(ScheduleWalk walk, int virtual_stages);
 
 }  // namespace shardflow::compile

@@ -960,15 +960,16 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     double begin = -1, end = -1, sent = -1;
   };
   std::vector<Cell> cell(cells);
-  std::vector<std::vector<PipelineStep>> order(static_cast<size_t>(pp));
-  std::vector<size_t> pos(static_cast<size_t>(pp), 0);
+  std::vector<compile::ScheduleWalk> walk;  // each stage's schedule, walked as it runs
   std::vector<double> clock(static_cast<size_t>(pp)), wait(static_cast<size_t>(pp), 0);
+  std::vector<double> link(static_cast<size_t>(pp), 0);  // the messages it sends and receives, on their links
   std::vector<std::vector<int>> stage_slots(static_cast<size_t>(pp));  // act slots by stage and chunk
   size_t left = 0;
+  walk.reserve(static_cast<size_t>(pp));
   for (int st = 0; st < pp; ++st) {
-    order[static_cast<size_t>(st)] = compile::pipeline_schedule(kind, pp, st, m, v);
-    stage_slots[static_cast<size_t>(st)] = compile::in_flight(order[static_cast<size_t>(st)], v);
-    left += order[static_cast<size_t>(st)].size();
+    walk.emplace_back(kind, pp, st, m, v);
+    stage_slots[static_cast<size_t>(st)] = compile::in_flight(walk.back(), v);
+    left += walk.back().size();
     const BlockClass& c = classes[static_cast<size_t>(cls[static_cast<size_t>(st)])];
     clock[static_cast<size_t>(st)] = std::max(0.0, c.by_group[0].end);
   }
@@ -999,12 +1000,12 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     for (int st = 0; st < pp; ++st) node[static_cast<size_t>(st)] = cluster.node_of(stage_rank(mesh, st));
     for (int st = 0; st < pp; ++st) {
       const double bytes = classes[static_cast<size_t>(cls[static_cast<size_t>(st)])].msg_bytes;
-      auto link = [&](int to) {
+      auto message = [&](int to) {
         const Link& l = node[static_cast<size_t>(st)] == node[static_cast<size_t>(to)] ? cluster.intra : cluster.inter;
         return l.latency_us * 1e-6 + bytes / (l.bandwidth_gbs * 1e9 * l.efficiency);
       };
-      up[static_cast<size_t>(st)] = link((st + 1) % pp);
-      down[static_cast<size_t>(st)] = link((st + pp - 1) % pp);
+      up[static_cast<size_t>(st)] = message((st + 1) % pp);
+      down[static_cast<size_t>(st)] = message((st + pp - 1) % pp);
     }
   }
   auto transfer = [&](int from, int to) {
@@ -1027,10 +1028,13 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     bool moved = false;
     for (int k = 0; k < pp; ++k) {
       const int st = sweep % 2 == 0 ? k : pp - 1 - k;  // alternate directions: x flows up, dx down
-      auto& o = order[static_cast<size_t>(st)];
+      compile::ScheduleWalk& w = walk[static_cast<size_t>(st)];
       const Span* span = spans[static_cast<size_t>(cls[static_cast<size_t>(st)])].data();
-      for (size_t& q = pos[static_cast<size_t>(st)]; q < o.size(); ++q) {
-        const PipelineStep g = o[q];
+      const int below = (st + pp - 1) % pp, above = (st + 1) % pp;
+      const double recv_x = transfer(below, st), recv_dx = transfer(above, st), send_x = transfer(st, above),
+                   send_dx = transfer(st, below);
+      for (; !w.done(); w.next()) {
+        const PipelineStep g = w.step();
         const int vc = g.chunk, j = g.micro_batch, gcx = vc * pp + st, kk = slots(st, vc);
         double ready = 0;  // input arrived, act slot free
         bool known = true;
@@ -1056,6 +1060,8 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
         cell[here].begin = std::max(own, ready);
         t = std::max(own, ready) + u.dur;
         cell[here].end = t;
+        if (g.forward ? gcx > 0 : gcx < nch - 1) link[static_cast<size_t>(st)] += g.forward ? recv_x : recv_dx;
+        if (g.forward ? gcx < nch - 1 : gcx > 0) link[static_cast<size_t>(st)] += g.forward ? send_x : send_dx;
         --left;
         moved = true;
       }
@@ -1077,8 +1083,10 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     step = std::max(step, clock[static_cast<size_t>(st)] + std::max(0.0, c.step_end - last_end));
     if (!summed[k]) {
       std::vector<int> ran(c.by_group.size(), 0);  // how often each group runs on the stage
-      for (const PipelineStep& g : order[static_cast<size_t>(st)])
+      for (compile::ScheduleWalk w(kind, pp, st, m, v); !w.done(); w.next()) {
+        const PipelineStep g = w.step();
         ++ran[static_cast<size_t>(&c.group(g.forward, g.chunk, g.micro_batch, m) - c.by_group.data())];
+      }
       Usage& sum = class_sum[k];
       sum = Usage{};
       auto add = [&](const Usage& x, int times) {
@@ -1098,17 +1106,7 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     flops += class_sum[k].flops;
     if (!c.pipeline_key.empty()) {
       u.exposed[c.pipeline_key] += wait[static_cast<size_t>(st)];
-      // each message it sends or receives, on its link
-      const int below = (st + pp - 1) % pp, above = (st + 1) % pp;
-      const double recv_x = transfer(below, st), recv_dx = transfer(above, st), send_x = transfer(st, above),
-                   send_dx = transfer(st, below);
-      double link = 0;
-      for (const PipelineStep& g : order[static_cast<size_t>(st)]) {
-        const int gcx = g.chunk * pp + st;
-        if (g.forward ? gcx > 0 : gcx < nch - 1) link += g.forward ? recv_x : recv_dx;
-        if (g.forward ? gcx < nch - 1 : gcx > 0) link += g.forward ? send_x : send_dx;
-      }
-      u.busy[c.pipeline_key] += link;
+      u.busy[c.pipeline_key] += link[static_cast<size_t>(st)];
     }
     u.pipeline_wait = wait[static_cast<size_t>(st)];
   }
