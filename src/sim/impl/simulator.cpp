@@ -371,7 +371,8 @@ struct Role {
   std::vector<int> chain_prev;    // the previous task of its compute chain / communicator / p2p channel (-1)
   std::vector<int> partner;       // p2p: the matching task's index on its role
   std::vector<int> partner_role;  // p2p: the peer's stage
-  std::vector<std::string> key;   // communicator key of a comm task
+  std::vector<std::string> keys;  // the communicator keys of its comm tasks (parallel::group_key)
+  std::vector<int> key;           // a comm task's index into keys (-1: a compute task)
   std::vector<bool> p2p;
   std::vector<int> group;    // the task's schedule group (compile::TaskSpec::group)
   double msg_bytes = 0;      // the largest pipeline message (x or dx of a micro-batch)
@@ -417,7 +418,8 @@ void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, G
   r.chain_prev.assign(n, -1);
   r.partner.assign(n, -1);
   r.partner_role.assign(n, -1);
-  r.key.assign(n, "");
+  r.key.assign(n, -1);
+  r.keys.clear();
   r.p2p.assign(n, false);
   r.comm.assign(n, 0);
   r.send.assign(n, 0);
@@ -430,7 +432,15 @@ void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, G
     r.preds.build(n, to_from);
   }
   int last_compute = -1;
-  std::map<std::string, int> last_on;
+  // per communicator key: its axes' group and members (looked up once), its last task
+  struct Key {
+    GroupInfo group;
+    bool grouped = false;
+    const std::vector<int>* members = nullptr;
+    int last = -1;
+  };
+  std::vector<Key> by_key;
+  std::map<std::pair<bool, int>, int> last_on_channel;  // (send?, peer stage) -> its last task
   for (size_t i = 0; i < n; ++i) {
     const compile::TaskSpec& t = tasks[i];
     if (!t.is_comm) {
@@ -444,11 +454,21 @@ void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, G
     const compile::CommOp& o = t.comm;
     r.comm[i] = 1;
     r.send[i] = o.kind == K::Send ? 1 : 0;
-    r.key[i] = o.desc.comm;  // parallel::group_key(o.axes), made by the compiler
+    {  // desc.comm: parallel::group_key(o.axes), made by the compiler
+      size_t k = 0;
+      while (k < r.keys.size() && r.keys[k] != o.desc.comm) ++k;
+      if (k == r.keys.size()) {
+        r.keys.push_back(o.desc.comm);
+        by_key.push_back({});
+      }
+      r.key[i] = static_cast<int>(k);
+    }
+    Key& key = by_key[static_cast<size_t>(r.key[i])];
     const double bytes = static_cast<double>(o.tensor_bytes());
     if (o.kind == K::Send || o.kind == K::Recv) {
       r.p2p[i] = true;
-      const int peer_rank = gc.members_of(r.rank, o.axes).at(static_cast<size_t>(o.peer));
+      if (!key.members) key.members = &gc.members_of(r.rank, o.axes);
+      const int peer_rank = key.members->at(static_cast<size_t>(o.peer));
       const bool same_node = cluster.node_of(peer_rank) == cluster.node_of(r.rank);
       const Link& l = same_node ? cluster.intra : cluster.inter;
       r.dur[i] = l.latency_us * 1e-6 + bytes / (l.bandwidth_gbs * 1e9 * l.efficiency);
@@ -457,21 +477,24 @@ void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, G
       r.partner_role[i] = pp > 1 ? mesh.coord(peer_rank, "pipeline") : r.stage;
       if (r.partner_role[i] != r.stage) {
         r.msg_bytes = std::max(r.msg_bytes, bytes);
-        r.pipeline_key = r.key[i];
+        r.pipeline_key = o.desc.comm;
       }
-      const std::string channel = (o.kind == K::Send ? "send>" : "recv<") + std::to_string(r.partner_role[i]);
-      auto it = last_on.find(channel);
-      r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
-      last_on[channel] = static_cast<int>(i);
+      auto [it, added] =
+          last_on_channel.try_emplace(std::make_pair(o.kind == K::Send, r.partner_role[i]), static_cast<int>(i));
+      r.chain_prev[i] = added ? -1 : it->second;
+      it->second = static_cast<int>(i);
       continue;
     }
-    r.dur[i] = collective_seconds(cluster, gc.group_of(r.rank, o.axes), o.kind, bytes);
+    if (!key.grouped) {
+      key.group = gc.group_of(r.rank, o.axes);
+      key.grouped = true;
+    }
+    r.dur[i] = collective_seconds(cluster, key.group, o.kind, bytes);
     // a shard collective's pack and unpack through its staging (the copies, both ways)
     r.dur[i] += cluster.bytes_seconds(2.0 * static_cast<double>(o.staging_bytes));
     if (cluster.comm_on_compute_core) continue;  // chained on the compute stream below
-    auto it = last_on.find(r.key[i]);
-    r.chain_prev[i] = it == last_on.end() ? -1 : it->second;
-    last_on[r.key[i]] = static_cast<int>(i);
+    r.chain_prev[i] = key.last;
+    key.last = static_cast<int>(i);
   }
 }
 
@@ -666,18 +689,34 @@ struct Usage {
   double begin = -1, end = -1, gap = 0, flops = 0;  // by group (flops: also a class's sum, simulate_blocks)
 };
 void usage_of(const Role& r, bool comm_on_core, Usage& total, std::vector<Usage>* by_group) {
-  auto at = [&](size_t i) -> Usage* {
-    if (!by_group) return nullptr;
-    const auto g = static_cast<size_t>(r.group[i] + 1);
-    if (by_group->size() <= g) by_group->resize(g + 1);
-    return &(*by_group)[g];
+  // the sums by communicator (Role::keys), each in the order of its additions, made into
+  // the usages' maps at the end (total's and every group's are empty when called)
+  const size_t nk = r.keys.size();
+  struct Sums {
+    std::vector<double> v;
+    std::vector<char> used;
+    void add(size_t k, double x) {
+      v[k] += x;
+      used[k] = 1;
+    }
   };
+  auto sums = [&](size_t n) { return Sums{std::vector<double>(n * nk, 0.0), std::vector<char>(n * nk, 0)}; };
+  size_t groups = 0;
+  if (by_group) {
+    for (int g : r.group) groups = std::max(groups, static_cast<size_t>(g + 2));
+    if (by_group->size() < groups) by_group->resize(groups);
+    groups = by_group->size();
+  }
+  Sums busy = sums(1), exposed = sums(1), group_busy = sums(groups), group_exposed = sums(groups);
+  auto at = [&](size_t i) -> Usage* { return by_group ? &(*by_group)[static_cast<size_t>(r.group[i] + 1)] : nullptr; };
+  auto slot = [&](size_t i, size_t k) { return static_cast<size_t>(r.group[i] + 1) * nk + k; };
   double prev_end = 0;
   std::vector<size_t> stream;  // the compute stream's tasks in the order they ran
   for (size_t i = 0; i < r.dur.size(); ++i) {
     if (r.comm[i]) {
-      total.busy[r.key[i]] += r.end[i] - r.start[i];
-      if (Usage* u = at(i)) u->busy[r.key[i]] += r.end[i] - r.start[i];
+      const auto k = static_cast<size_t>(r.key[i]);
+      busy.add(k, r.end[i] - r.start[i]);
+      if (by_group) group_busy.add(slot(i, k), r.end[i] - r.start[i]);
     }
     if (Usage* u = at(i)) u->flops += r.flops[i];
     if (!r.comm[i] || (comm_on_core && !r.p2p[i])) stream.push_back(i);
@@ -691,8 +730,9 @@ void usage_of(const Role& r, bool comm_on_core, Usage& total, std::vector<Usage>
       u->end = std::max(u->end, r.end[i]);
     }
     if (r.comm[i]) {  // it held the compute stream
-      total.exposed[r.key[i]] += r.end[i] - r.start[i];
-      if (u) u->exposed[r.key[i]] += r.end[i] - r.start[i];
+      const auto k = static_cast<size_t>(r.key[i]);
+      exposed.add(k, r.end[i] - r.start[i]);
+      if (u) group_exposed.add(slot(i, k), r.end[i] - r.start[i]);
     }
     const double gap = r.start[i] - prev_end;
     prev_end = r.end[i];
@@ -701,12 +741,23 @@ void usage_of(const Role& r, bool comm_on_core, Usage& total, std::vector<Usage>
     for (int p : r.preds[i])
       if (binding < 0 || r.end[static_cast<size_t>(p)] > r.end[static_cast<size_t>(binding)]) binding = p;
     if (binding < 0 || !r.comm[static_cast<size_t>(binding)]) continue;
-    total.exposed[r.key[static_cast<size_t>(binding)]] += gap;
-    if (u) u->exposed[r.key[static_cast<size_t>(binding)]] += gap;
+    const auto k = static_cast<size_t>(r.key[static_cast<size_t>(binding)]);
+    exposed.add(k, gap);
+    if (u) group_exposed.add(slot(i, k), gap);
     if (r.p2p[static_cast<size_t>(binding)] && r.partner_role[static_cast<size_t>(binding)] != r.stage) {
       total.pipeline_wait += gap;
       if (u) u->pipeline_wait += gap;
     }
+  }
+  auto into = [&](const Sums& x, size_t base, std::map<std::string, double>& m) {
+    for (size_t k = 0; k < nk; ++k)
+      if (x.used[base + k]) m[r.keys[k]] += x.v[base + k];
+  };
+  into(busy, 0, total.busy);
+  into(exposed, 0, total.exposed);
+  for (size_t g = 0; g < groups; ++g) {
+    into(group_busy, g * nk, (*by_group)[g].busy);
+    into(group_exposed, g * nk, (*by_group)[g].exposed);
   }
 }
 
@@ -1227,7 +1278,7 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
            {"args", {{"name", "stage " + std::to_string(r.stage) + " (rank " + std::to_string(r.rank) + ")"}}}});
       std::map<std::string, int> tid{{"compute", 0}};
       for (size_t i = 0; i < r.dur.size(); ++i) {
-        const std::string lane = r.comm[i] ? r.key[i] : "compute";
+        const std::string lane = r.comm[i] ? r.keys[static_cast<size_t>(r.key[i])] : "compute";
         auto it = tid.find(lane);
         if (it == tid.end()) {
           it = tid.emplace(lane, static_cast<int>(tid.size())).first;
