@@ -1063,6 +1063,14 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     return to == (from + 1) % pp ? up[static_cast<size_t>(from)] : down[static_cast<size_t>(from)];
   };
   auto slots = [&](int st, int vc) { return stage_slots[static_cast<size_t>(st)][static_cast<size_t>(vc)]; };
+  struct Links {  // a stage's messages' times: x and dx in, x and dx out
+    double recv_x, recv_dx, send_x, send_dx;
+  };
+  std::vector<Links> links;
+  for (int st = 0; st < pp; ++st) {
+    const int below = (st + pp - 1) % pp, above = (st + 1) % pp;
+    links.push_back({transfer(below, st), transfer(above, st), transfer(st, above), transfer(st, below)});
+  }
   // when the message of group (st, fwd, vc, j) has arrived; -1: not known yet
   auto sent_at = [&](int st, bool fwd, int vc, int j) -> double {
     const size_t k = at(st, fwd, vc, j);
@@ -1081,38 +1089,37 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
       const int st = sweep % 2 == 0 ? k : pp - 1 - k;  // alternate directions: x flows up, dx down
       compile::ScheduleWalk& w = walk[static_cast<size_t>(st)];
       const Span* span = spans[static_cast<size_t>(cls[static_cast<size_t>(st)])].data();
-      const int below = (st + pp - 1) % pp, above = (st + 1) % pp;
-      const double recv_x = transfer(below, st), recv_dx = transfer(above, st), send_x = transfer(st, above),
-                   send_dx = transfer(st, below);
+      const Links& lk = links[static_cast<size_t>(st)];
+      const int* own_slots = stage_slots[static_cast<size_t>(st)].data();
+      double& t = clock[static_cast<size_t>(st)];
       for (; !w.done(); w.next()) {
         const PipelineStep g = w.step();
-        const int vc = g.chunk, j = g.micro_batch, gcx = vc * pp + st, kk = slots(st, vc);
-        double ready = 0;  // input arrived, act slot free
-        bool known = true;
-        auto need = [&](double t) {
-          if (t < 0) known = false;
-          ready = std::max(ready, t);
-        };
-        if (g.forward ? gcx > 0 : gcx < nch - 1) {
+        const int vc = g.chunk, j = g.micro_batch, gcx = vc * pp + st, kk = own_slots[vc];
+        const bool in = g.forward ? gcx > 0 : gcx < nch - 1;   // its input arrives from a neighbour
+        const bool out = g.forward ? gcx < nch - 1 : gcx > 0;  // it sends its output on
+        double ready = 0;                                      // input arrived, act slot free (-1: not known yet)
+        if (in) {
           const auto [ss, svc] = g.forward ? down_of(st, vc) : up_of(st, vc);
-          need(sent_at(ss, g.forward, svc, j));
+          ready = sent_at(ss, g.forward, svc, j);
+          if (ready < 0) break;
         }
-        if (j >= kk) {
-          if (g.forward && gcx < nch - 1) need(sent_at(st, true, vc, j - kk));
-          if (g.forward && gcx == nch - 1 && gcx > 0) need(sent_at(st, false, vc, j - kk));
-          if (!g.forward && gcx > 0 && gcx < nch - 1) need(sent_at(st, false, vc, j - kk));
+        // the act slot is free once the send that last read it (micro-batch j - kk of the
+        // chunk) is done: its x (a forward that sends x on), else its dx (the last chunk's
+        // forward, whose act slot the head's dx reused; a middle chunk's backward)
+        if (j >= kk && (g.forward ? gcx > 0 || gcx < nch - 1 : gcx > 0 && gcx < nch - 1)) {
+          const double x = sent_at(st, g.forward && gcx < nch - 1, vc, j - kk);
+          if (x < 0) break;
+          ready = std::max(ready, x);
         }
-        if (!known) break;
         const Span& u = span[cell_of(g.forward, vc, j)];
-        double& t = clock[static_cast<size_t>(st)];
         const double own = t + u.gap;
         if (ready > own) wait[static_cast<size_t>(st)] += ready - own;
         const size_t here = at(st, g.forward, vc, j);
         cell[here].begin = std::max(own, ready);
         t = std::max(own, ready) + u.dur;
         cell[here].end = t;
-        if (g.forward ? gcx > 0 : gcx < nch - 1) link[static_cast<size_t>(st)] += g.forward ? recv_x : recv_dx;
-        if (g.forward ? gcx < nch - 1 : gcx > 0) link[static_cast<size_t>(st)] += g.forward ? send_x : send_dx;
+        if (in) link[static_cast<size_t>(st)] += g.forward ? lk.recv_x : lk.recv_dx;
+        if (out) link[static_cast<size_t>(st)] += g.forward ? lk.send_x : lk.send_dx;
         --left;
         moved = true;
       }
