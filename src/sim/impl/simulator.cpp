@@ -814,6 +814,10 @@ struct BlockClass {
   double step_end = 0, msg_bytes = 0;
   std::string pipeline_key;
   int vstages = 1, micro = 1;  // of the class program
+  /// build_class without its memory figure: the reduced program and the deck's shape (without
+  /// parameters) that class_memory makes it from, then frees
+  std::shared_ptr<compile::StepProgram> prog;
+  compile::StepShape deck_shape;
   /// The group that stands for micro-batch j of m (the first and last few are their own).
   const Usage& group(bool forward, int chunk, int j, int m) const {
     const int h = micro / 2, jr = j < h ? j : (j >= m - (micro - h) ? j - (m - micro) : h);
@@ -848,9 +852,23 @@ Deck block_deck(const Deck& deck, const StepShape& s) {
 /// messages free) and measured group by group; its memory is the deck's buffers (every act
 /// slot, every micro-batch's inputs) with the reduced program's staging and parameters (the
 /// deck's shape is made without them: compile::take_params); `deck_bare`, when given, holds
-/// that shape made already (moved from). False when the program deadlocks alone.
+/// that shape made already (moved from); `memory_later`: class_memory makes it. False when
+/// the program deadlocks alone.
+/// The memory figure of class c whose build_class left it for later (c.prog, c.deck_shape),
+/// which it frees.
+void class_memory(BlockClass& c) {
+  compile::StepProgram bare;
+  bare.shape = std::move(c.deck_shape);
+  compile::take_params(bare.shape, std::move(c.prog->shape));
+  bare.buffers = compile::plan_buffers(bare.shape);
+  bare.staging_slots = c.prog->staging_slots;
+  c.memory = memory_of(bare);
+  c.prog.reset();
+}
+
 bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const parallel::LayoutPlan& plan,
-                 const Cluster& cluster, GroupCache& gc, compile::StepProgram* deck_bare = nullptr) {
+                 const Cluster& cluster, GroupCache& gc, compile::StepProgram* deck_bare = nullptr,
+                 bool memory_later = false) {
   const MeshShape& mesh = plan.mesh();
   std::vector<Role> one(1);
   Role& r = one[0];
@@ -863,20 +881,15 @@ bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const par
   c.order = prog->shape.order;
   c.vstages = prog->shape.vstages;
   c.micro = static_cast<int>(prog->shape.micro);
-  {  // the deck's shape of this rank (deck_bare: made already, taken), with the reduced
-     // program's parameters (the same rank: the same parameters), and its buffers
-    compile::StepProgram bare;
-    if (deck_bare)
-      bare.shape = std::move(deck_bare->shape);
-    else
-      bare.shape = compile::make_step_shape(deck, plan, r.rank, compile::StepMode::Train, false);
-    compile::take_params(bare.shape, std::move(prog->shape));
-    bare.buffers = compile::plan_buffers(bare.shape);
-    bare.staging_slots = prog->staging_slots;
-    c.memory = memory_of(bare);
-  }
+  // the deck's shape of this rank (deck_bare: made already, taken), with the reduced
+  // program's parameters (the same rank: the same parameters), and its buffers
+  if (deck_bare)
+    c.deck_shape = std::move(deck_bare->shape);
+  else
+    c.deck_shape = compile::make_step_shape(deck, plan, r.rank, compile::StepMode::Train, false);
   r.prog_ptr.reset();
-  prog.reset();
+  c.prog = std::move(prog);
+  if (!memory_later) class_memory(c);
   if (cluster.comm_on_compute_core) place_comm_on_core(r);
   match_p2p(one, true);
   if (replay(one) != 0) return false;
@@ -978,7 +991,8 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     try {
       GroupCache gc{mesh, cluster, {}, {}};
       stuck[k] =
-          build_class(classes[k], deck, reduced, plan, cluster, gc, classes[k].stage == 0 ? &bare0 : nullptr) ? 0 : 1;
+          build_class(classes[k], deck, reduced, plan, cluster, gc, classes[k].stage == 0 ? &bare0 : nullptr, true) ? 0
+                                                                                                                    : 1;
     } catch (...) {
       errors[k] = std::current_exception();
     }
@@ -988,6 +1002,28 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     if (e) std::rethrow_exception(e);
   for (char x : stuck)
     if (x) return false;  // the task replay names the deadlock
+  // The classes' memory figures (the deck's buffers) and freeing their programs need nothing
+  // of the schedule: on another thread while this one sweeps, when there is one.
+  std::exception_ptr memory_error;
+  auto memories = [&] {
+    try {
+      for (BlockClass& c : classes) class_memory(c);
+    } catch (...) {
+      memory_error = std::current_exception();
+    }
+  };
+  const int hw = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
+  std::thread memory_thread;
+  if (hw > 1)
+    memory_thread = std::thread(memories);
+  else
+    memories();
+  struct Join {  // (joined on every way out, the deadlock's early return included)
+    std::thread& t;
+    ~Join() {
+      if (t.joinable()) t.join();
+    }
+  } join{memory_thread};
   const auto t1 = std::chrono::steady_clock::now();
   // The schedule, group by group, on every stage. A group starts when its stage is done with
   // the previous one (and the idle time before the group in its class's replay, waiting on
@@ -1168,6 +1204,8 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     }
     u.pipeline_wait = wait[static_cast<size_t>(st)];
   }
+  if (memory_thread.joinable()) memory_thread.join();
+  if (memory_error) std::rethrow_exception(memory_error);
   std::vector<MemoryEstimate> memory;  // the lowest stage of a class has its most act slots
   for (const BlockClass& c : classes) memory.push_back(c.memory);
   fill_result(res, deck, cluster, mesh, pp, step, flops, per_stage, memory);
