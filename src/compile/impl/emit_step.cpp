@@ -41,17 +41,21 @@ int64_t StepProgram::staging_total() const {
 // next starts). Edges run forward in emission order and each communicator's collectives are
 // issued in that order on every rank, so the step stays acyclic and deadlock-free.
 void pool_staging(StepProgram& prog) {
-  std::map<std::pair<std::string, int>, std::pair<int, int>> pools;  // key -> (last task, slot)
+  // (communicator key, kind) -> (last task, slot); a handful of pools, searched in order
+  std::vector<std::pair<std::pair<std::string, int>, std::pair<int, int>>> pools;
   for (int i = 0; i < static_cast<int>(prog.tasks.size()); ++i) {
     CommOp& c = prog.tasks[static_cast<size_t>(i)].comm;
     if (!prog.tasks[static_cast<size_t>(i)].is_comm || c.staging_bytes == 0) continue;
     SHARDFLOW_REQUIRE(c.kind == comm::CollectiveKind::AllGather || c.kind == comm::CollectiveKind::ReduceScatter ||
                           c.kind == comm::CollectiveKind::AllReduce,
                       "step compiler: only shard collectives and cast all-reduces stage, not task ", i);
-    const auto key = std::make_pair(parallel::group_key(c.axes), static_cast<int>(c.kind));
-    auto it = pools.find(key);
+    // (desc.comm is parallel::group_key(c.axes), made with the operation)
+    auto it = std::find_if(pools.begin(), pools.end(), [&](const auto& pl) {
+      return pl.first.second == static_cast<int>(c.kind) && pl.first.first == c.desc.comm;
+    });
     if (it == pools.end()) {
-      it = pools.emplace(key, std::make_pair(i, static_cast<int>(prog.staging_slots.size()))).first;
+      pools.push_back({{c.desc.comm, static_cast<int>(c.kind)}, {i, static_cast<int>(prog.staging_slots.size())}});
+      it = pools.end() - 1;
       prog.staging_slots.push_back(0);
     } else {
       prog.edges.emplace_back(it->second.first, i);

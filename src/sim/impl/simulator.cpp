@@ -45,8 +45,32 @@ struct Cost {
 
 // ---- kernels ------------------------------------------------------------------------------
 
+/// Cluster::gemm_seconds of the shapes a program has met (a pure function of the shape and
+/// dtype: a program has a few dozen shapes over thousands of tasks; the efficiency curve's
+/// interpolation takes a cube root and logarithms).
+class GemmTimes {
+ public:
+  explicit GemmTimes(const Cluster& c) : c_(c) {}
+  double operator()(double m, double n, double k, DType dt) {
+    for (const Entry& e : seen_)
+      if (e.m == m && e.n == n && e.k == k && e.dt == dt) return e.seconds;
+    seen_.push_back({m, n, k, dt, c_.gemm_seconds(m, n, k, dt)});
+    return seen_.back().seconds;
+  }
+
+ private:
+  struct Entry {
+    double m, n, k;
+    DType dt;
+    double seconds;
+  };
+  const Cluster& c_;
+  std::vector<Entry> seen_;
+};
+
 struct KernelModel {
   const Cluster& c;
+  GemmTimes& gemm_times;
   const StepShape& s;
   DType mm;     // GEMM operand type
   double elem;  // bytes per activation element
@@ -58,7 +82,7 @@ struct KernelModel {
 
   void gemm(double m, double n, double k, double count = 1) {
     if (m <= 0 || n <= 0 || k <= 0 || count <= 0) return;
-    seconds += count * c.gemm_seconds(m, n, k, mm);
+    seconds += count * gemm_times(m, n, k, mm);
     flops += count * 2 * m * n * k;
   }
   void bytes(double b) { seconds += c.bytes_seconds(b); }
@@ -131,8 +155,8 @@ double param_elems(const StepShape& s) {
   return n;
 }
 
-Cost compute_cost(const Cluster& c, const StepShape& s, const compile::TaskSpec& t) {
-  KernelModel k{c, s, s.precision, static_cast<double>(dtype_size(s.precision))};
+Cost compute_cost(const Cluster& c, GemmTimes& gemm_times, const StepShape& s, const compile::TaskSpec& t) {
+  KernelModel k{c, gemm_times, s, s.precision, static_cast<double>(dtype_size(s.precision))};
   const bool as_f32 = c.sixteen_bit_as_f32 && s.precision != DType::F32;
   if (as_f32) {
     k.elem = 4;
@@ -432,6 +456,7 @@ void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, G
     r.preds.build(n, to_from);
   }
   int last_compute = -1;
+  GemmTimes gemm_times(cluster);
   // per communicator key: its axes' group and members (looked up once), its last task
   struct Key {
     GroupInfo group;
@@ -444,7 +469,7 @@ void cost_role(Role& r, const Cluster& cluster, const MeshShape& mesh, int pp, G
   for (size_t i = 0; i < n; ++i) {
     const compile::TaskSpec& t = tasks[i];
     if (!t.is_comm) {
-      const Cost c = compute_cost(cluster, r.prog().shape, t);
+      const Cost c = compute_cost(cluster, gemm_times, r.prog().shape, t);
       r.dur[i] = c.seconds;
       r.flops[i] = c.flops;
       r.chain_prev[i] = last_compute;
