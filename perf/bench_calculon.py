@@ -26,7 +26,8 @@ p = argparse.ArgumentParser()
 p.add_argument("--calculon", required=True, help="a checkout of github.com/calculon-ai/calculon")
 p.add_argument("--app", default=os.path.join(ROOT, "build", "release", "apps", "shardflow"))
 p.add_argument("--csv", default=os.path.join(ROOT, "tests", "sim", "korthikanti2022_table5.csv"))
-p.add_argument("--repeat", type=int, default=3, help="best wall time of this many runs per tool and row")
+p.add_argument("--repeat", type=int, default=10,
+               help="best wall time of this many runs per tool and row (each tool's calls reach their steady state)")
 p.add_argument("--warm", default=os.path.join(ROOT, "build", "release", "perf", "bench_sim_warm"),
                help="perf/bench_sim_warm: simulate's work timed in one warm process, as Calculon is timed here")
 p.add_argument("--attention-dropout", type=float, default=0.1,
@@ -86,7 +87,7 @@ for r in rows:
         # inside the process, like Calculon's calls: compiling the stages and simulating them
         # (not the process start, MPI's singleton init, reading the deck and the cluster file)
         best_in = min(best_in, js["compile_s"] + js["simulate_s"])
-    wj = json.loads(subprocess.run([a.warm, path, "--cluster", "a100-80gb", "--repeat", str(max(a.repeat, 3))],
+    wj = json.loads(subprocess.run([a.warm, path, "--cluster", "a100-80gb", "--repeat", str(a.repeat)],
                                    check=True, capture_output=True, text=True).stdout)
     if wj["wrong"] or wj["step_time_s"] != sf:
         sys.exit(f"bench_sim_warm on {path}: step {wj['step_time_s']} (CLI {sf}), {wj['wrong']} calls differ")
