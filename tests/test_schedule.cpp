@@ -73,6 +73,9 @@ TEST(Schedule, OneFOneBIsTheDefinition) {
           }
           EXPECT_EQ(compile::pipeline_schedule(PipelineSchedule::OneFOneB, p, st, m, v), want)
               << "p " << p << " v " << v << " m " << m << " stage " << st;
+          EXPECT_EQ(compile::in_flight(compile::ScheduleWalk(PipelineSchedule::OneFOneB, p, st, m, v), v),
+                    compile::in_flight(want, v))
+              << "p " << p << " v " << v << " m " << m << " stage " << st;
           if (v > 1) continue;
           if (p > 1) {  // gpipe: every forward, then every backward (one stage: as 1f1b)
             want.clear();
@@ -80,6 +83,9 @@ TEST(Schedule, OneFOneBIsTheDefinition) {
             for (int j = 0; j < m; ++j) want.push_back({false, 0, j});
           }
           EXPECT_EQ(compile::pipeline_schedule(PipelineSchedule::GPipe, p, st, m), want)
+              << "gpipe p " << p << " m " << m << " stage " << st;
+          EXPECT_EQ(compile::in_flight(compile::ScheduleWalk(PipelineSchedule::GPipe, p, st, m), 1),
+                    compile::in_flight(want, 1))
               << "gpipe p " << p << " m " << m << " stage " << st;
         }
       }

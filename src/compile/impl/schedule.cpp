@@ -61,6 +61,12 @@ std::vector<int> in_flight(const std::vector<PipelineStep>& steps, int virtual_s
 }
 
 std::vector<int> in_flight(ScheduleWalk walk, int virtual_stages) {
+  if (virtual_stages == 1 && walk.chunks() == 1) {
+    // one chunk: the warm-up forwards, then one more before the first backward when there
+    // is one left (the steps alternate from there)
+    const int w = walk.warm_up(), total = static_cast<int>(walk.size() / 2);
+    return {std::max(1, w < total ? w + 1 : w)};
+  }
   InFlight f(virtual_stages);
   for (; !walk.done(); walk.next()) f.add(walk.step());
   return f.most;
