@@ -873,12 +873,6 @@ Deck block_deck(const Deck& deck, const StepShape& s) {
   return reduced;
 }
 
-/// Class c (its stage and rank set): compiled from `reduced`, costed, replayed alone (pipeline
-/// messages free) and measured group by group; its memory is the deck's buffers (every act
-/// slot, every micro-batch's inputs) with the reduced program's staging and parameters (the
-/// deck's shape is made without them: compile::take_params); `deck_bare`, when given, holds
-/// that shape made already (moved from); `memory_later`: class_memory makes it. False when
-/// the program deadlocks alone.
 /// The memory figure of class c whose build_class left it for later (c.prog, c.deck_shape),
 /// which it frees.
 void class_memory(BlockClass& c) {
@@ -891,6 +885,12 @@ void class_memory(BlockClass& c) {
   c.prog.reset();
 }
 
+/// Class c (its stage and rank set): compiled from `reduced`, costed, replayed alone (pipeline
+/// messages free) and measured group by group; its memory is the deck's buffers (every act
+/// slot, every micro-batch's inputs) with the reduced program's staging and parameters (the
+/// deck's shape is made without them: compile::take_params); `deck_bare`, when given, holds
+/// that shape made already (moved from); `memory_later`: class_memory makes it. False when
+/// the program deadlocks alone.
 bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const parallel::LayoutPlan& plan,
                  const Cluster& cluster, GroupCache& gc, compile::StepProgram* deck_bare = nullptr,
                  bool memory_later = false) {
@@ -1057,8 +1057,8 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   // A message leaves when its group is done and the receiver has posted its receive (the
   // receiver's group j - K of its chunk has started: the compiled step posts a receive once
   // its act slot is free) and takes its time on the link between the two stages.
-  // (micro-batch major: the cells a group reads, its neighbour stages' of about the same
-  // micro-batch, lie close together)
+  // (stage major: a stage's cells of one direction and chunk in micro-batch order, which its
+  // sweep walks forward)
   auto at = [&](int st, bool fwd, int vc, int j) {
     return ((static_cast<size_t>(st) * 2 + (fwd ? 0 : 1)) * static_cast<size_t>(v) + static_cast<size_t>(vc)) *
                static_cast<size_t>(m) +
