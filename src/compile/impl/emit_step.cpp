@@ -79,24 +79,23 @@ int64_t shard_staging(int64_t outer, int64_t rows, int64_t inner, DType dt, int6
 }
 }  // namespace
 
+// (each task made in place at the end of the list: a TaskSpec is a few hundred bytes)
 int StepBuilder::emit_compute(std::vector<ComputeOp> ops, std::string name) {
-  TaskSpec t;
+  TaskSpec& t = prog_.tasks.emplace_back();
   if (names_) t.name = std::move(name);  // (the hot paths make none: named())
   t.ops = std::move(ops);
   t.group = group_;
-  prog_.tasks.push_back(std::move(t));
   return static_cast<int>(prog_.tasks.size()) - 1;
 }
 
 int StepBuilder::emit_comm(CommOp op, std::string name) {
   SHARDFLOW_REQUIRE(!op.axes.empty(), "step compiler: collective '", name, "' has no communicator axes");
-  TaskSpec t;
+  TaskSpec& t = prog_.tasks.emplace_back();
   if (names_) t.name = std::move(name);
   t.is_comm = true;
   t.group = group_;
   t.comm = std::move(op);
   if (!names_) t.comm.desc.tensor.clear();
-  prog_.tasks.push_back(std::move(t));
   return static_cast<int>(prog_.tasks.size()) - 1;
 }
 
