@@ -185,8 +185,9 @@ std::string what_runs(const compile::StepProgram& p) {
 }
 }  // namespace
 
-// The simulator compiles without names (CompileOptions::names = false): the same program,
-// task for task, edge for edge, on every rank of every mesh above and a context-parallel,
+// The simulator compiles without names (CompileOptions::names = false) and with only the
+// stage's parameters in the shape (ShapeParams::Stage): the same program, task for task,
+// edge for edge, buffer for buffer, on every rank of every mesh above and a context-parallel,
 // fully recomputed one; only the names are empty.
 TEST(Compile, WithoutNamesTheSameProgram) {
   std::vector<Case> all = cases();
@@ -201,6 +202,10 @@ TEST(Compile, WithoutNamesTheSameProgram) {
       const auto named = compile::compile_step(d, plan, r);
       const auto bare = compile::compile_step(d, plan, r, compile::StepMode::Train, unnamed);
       ASSERT_EQ(what_runs(named), what_runs(bare)) << c.label << " rank " << r;
+      compile::CompileOptions stage_only = unnamed;  // and with only the stage's parameters
+      stage_only.params = compile::ShapeParams::Stage;
+      const auto lean = compile::compile_step(d, plan, r, compile::StepMode::Train, stage_only);
+      ASSERT_EQ(what_runs(named), what_runs(lean)) << c.label << " rank " << r << " (stage's parameters)";
       size_t names = 0, empty = 0;
       for (size_t i = 0; i < named.tasks.size(); ++i) {
         names += !named.tasks[i].name.empty();
@@ -245,14 +250,39 @@ TEST(Compile, ParametersOfAnotherBatchAreTheDecksOwn) {
     const parallel::LayoutPlan plan = compile::layout_plan(d, mesh);
     for (int r = 0; r < mesh.size(); ++r) {
       const auto want = compile::make_step_shape(d, plan, r);
-      auto got = compile::make_step_shape(d, plan, r, compile::StepMode::Train, false);
+      auto got = compile::make_step_shape(d, plan, r, compile::StepMode::Train, compile::ShapeParams::None);
       EXPECT_TRUE(got.params.empty() && got.index.empty()) << c.label;
       compile::take_params(got, compile::make_step_shape(small, plan, r));
       ASSERT_EQ(text(got), text(want)) << c.label << " rank " << r;
       EXPECT_EQ(got.micro, want.micro);
+      // only the stage's parameters: the deck's own that are `here`, in order, and each
+      // unit's by name; the same ZeRO ring
+      const auto stage = compile::make_step_shape(d, plan, r, compile::StepMode::Train, compile::ShapeParams::Stage);
+      compile::StepShape here = want;
+      here.params.clear();
+      for (const auto& p : want.params)
+        if (p.here) here.params.push_back(p);
+      auto names = [](const compile::StepShape& x) {  // each unit's parameters of the stage
+        std::string o;
+        for (const auto& u : x.units) {
+          for (int i : u)
+            if (x.params[static_cast<size_t>(i)].here) o += x.params[static_cast<size_t>(i)].name + ",";
+          o += ";";
+        }
+        return o;
+      };
+      auto fields = [&](const compile::StepShape& x) {  // text() without the index and units
+        std::string t = text(x);
+        return t.substr(0, t.rfind('\n') + 1);
+      };
+      here.index.clear();
+      for (size_t i = 0; i < here.params.size(); ++i) here.index[here.params[i].name] = static_cast<int>(i);
+      EXPECT_EQ(fields(stage), fields(here)) << c.label << " rank " << r;
+      EXPECT_EQ(names(stage), names(want)) << c.label << " rank " << r;
+      EXPECT_EQ(stage.ring_numel, want.ring_numel) << c.label << " rank " << r;
     }
     if (mesh.size() > 1) {
-      auto other = compile::make_step_shape(d, plan, 0, compile::StepMode::Train, false);
+      auto other = compile::make_step_shape(d, plan, 0, compile::StepMode::Train, compile::ShapeParams::None);
       EXPECT_THROW(compile::take_params(other, compile::make_step_shape(d, plan, 1)), Error) << c.label;
     }
   }

@@ -28,6 +28,10 @@ struct CompileOptions {
   /// The simulator compiles without them unless it writes a trace (their strings were most
   /// of compile_step's time); the program is otherwise the same, task for task.
   bool names = true;
+  /// The shape's parameters (compile::ShapeParams): every parameter of the model, or only
+  /// the rank's pipeline stage's, all that the program's tasks and buffers use (the
+  /// simulator's programs; the same program otherwise, task for task).
+  ShapeParams params = ShapeParams::All;
 };
 
 /// Rank `rank`'s step. Throws InputError naming the deck key for a step that cannot be built.

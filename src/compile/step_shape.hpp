@@ -139,16 +139,21 @@ struct StepShape {
   const ParamShape& param(const std::string& n) const { return params[static_cast<size_t>(index.at(n))]; }
 };
 
+/// Which parameters a shape describes: every parameter of the model (what the trainer and
+/// its checkpoints use), only its pipeline stage's (`here`: all that the step's program and
+/// its buffers use; the simulator's shapes), or none (params, index, units and ring_numel
+/// left empty: take_params moves them in from another shape of the same rank and plan).
+enum class ShapeParams { All, Stage, None };
+
 /// The strategy options of a deck (zero stage, fsdp_min_weight_size) as the LayoutPlan takes them.
 StrategyOptions strategy_options(const Deck& deck);
 
 /// Rank `rank`'s step. `plan` must be the deck's (LayoutPlan(ModelDescription(deck.model),
 /// mesh, strategy_options(deck), deck.strategy.virtual_stages)). Throws InputError naming
 /// the deck key and value when the step cannot be built (batch not divisible, ...).
-/// Without `with_params`, the parameters (params, index, units, ring_numel) are left empty:
-/// take_params moves them in from another shape of the same rank and plan.
+/// `params`: which parameters it describes (ShapeParams).
 StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode = StepMode::Train,
-                          bool with_params = true);
+                          ShapeParams params = ShapeParams::All);
 
 /// Moves `from`'s parameters into `to` (the simulator's shape of the deck for its memory
 /// figure, from the program it compiled with fewer micro-batches). They depend only on the

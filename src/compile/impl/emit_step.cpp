@@ -23,7 +23,7 @@ parallel::LayoutPlan layout_plan(const Deck& deck, const MeshShape& mesh) {
 StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode,
                          CompileOptions options) {
   StepProgram prog;
-  prog.shape = make_step_shape(deck, plan, rank, mode);
+  prog.shape = make_step_shape(deck, plan, rank, mode, options.params);
   prog.buffers = plan_buffers(prog.shape);
   detail::StepBuilder(prog, options.names).build();
   pool_staging(prog);
@@ -176,9 +176,11 @@ void StepBuilder::plan_uses() {
 
 void StepBuilder::build() {
   plan_uses();
-  // a few tasks per use and per parameter (the simulator's search compiles thousands of
-  // programs: growing these vectors was a good part of its time)
-  const size_t guess = uses_.size() * (s.cp > 1 ? 6 + 4 * static_cast<size_t>(s.cp) : 6) + s.params.size() * 4 + 64;
+  // a few tasks per use, per group (its messages) and per parameter, generously: growing
+  // the list moves every task made so far (the simulator's search compiles thousands of
+  // programs), while reserved pages that stay unused cost nothing
+  const size_t guess = uses_.size() * (s.cp > 1 ? 12 + 4 * static_cast<size_t>(s.cp) : 16) + s.order.size() * 4 +
+                       s.params.size() * 4 + 64;
   prog_.tasks.reserve(guess);
   prog_.edges.reserve(3 * guess);
   chain(emit_compute({ComputeOp{StepOp::Begin}}, "step.begin"));

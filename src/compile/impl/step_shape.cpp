@@ -57,14 +57,16 @@ void shape_pipeline(const Deck& deck, const parallel::LayoutPlan& plan, StepShap
   }
 }
 
-// Every parameter's box on this rank, its ZeRO rows and its place in the ZeRO-3 rings.
-void shape_params(const parallel::LayoutPlan& plan, StepShape& s) {
+// Every parameter's box on this rank (or only its stage's), its ZeRO rows and its place in
+// the ZeRO-3 rings.
+void shape_params(const parallel::LayoutPlan& plan, StepShape& s, bool stage_only) {
   const int L = s.layers;
   s.units.assign(static_cast<size_t>(L + 2), {});
   s.params.reserve(plan.params().size());
   s.index.reserve(plan.params().size());
   std::vector<int64_t> unit_numel(static_cast<size_t>(L + 2), 0);
   for (const auto& pl : plan.params()) {
+    if (stage_only && pl.stage != s.stage) continue;
     const ParamInfo& info = pl.info;
     ParamShape p;
     p.name = info.name;
@@ -136,7 +138,7 @@ StrategyOptions strategy_options(const Deck& deck) {
 }
 
 StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode,
-                          bool with_params) {
+                          ShapeParams params) {
   StepShape s;
   s.evaluate = mode == StepMode::Evaluate;
   const MeshShape& shape = plan.mesh();
@@ -239,7 +241,7 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
                           " tokens, fewer than the ", s.tp, " tensor ranks that split them");
   s.Tr = s.sp ? split_extent(s.tokens_mb, s.tp, s.tc) : s.tokens_mb;
   s.t0 = s.sp ? split_offset(s.tokens_mb, s.tp, s.tc) : 0;
-  if (with_params) shape_params(plan, s);
+  if (params != ShapeParams::None) shape_params(plan, s, params == ShapeParams::Stage);
   return s;
 }
 

@@ -33,6 +33,7 @@ namespace {
 compile::CompileOptions unnamed() {
   compile::CompileOptions o;
   o.names = false;
+  o.params = compile::ShapeParams::Stage;  // (the other stages' parameters make nothing here)
   return o;
 }
 
@@ -911,7 +912,7 @@ bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const par
   if (deck_bare)
     c.deck_shape = std::move(deck_bare->shape);
   else
-    c.deck_shape = compile::make_step_shape(deck, plan, r.rank, compile::StepMode::Train, false);
+    c.deck_shape = compile::make_step_shape(deck, plan, r.rank, compile::StepMode::Train, compile::ShapeParams::None);
   r.prog_ptr.reset();
   c.prog = std::move(prog);
   if (!memory_later) class_memory(c);
@@ -955,7 +956,8 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   const auto t0 = std::chrono::steady_clock::now();
   const MeshShape& mesh = plan.mesh();
   const int pp = mesh.axis_size_or_1("pipeline");
-  StepShape shape0 = compile::make_step_shape(deck, plan, stage_rank(mesh, 0), compile::StepMode::Train, false);
+  StepShape shape0 =
+      compile::make_step_shape(deck, plan, stage_rank(mesh, 0), compile::StepMode::Train, compile::ShapeParams::None);
   if (options.replay != SimOptions::Replay::Blocks && !blocks_apply(shape0, cluster)) return false;
   // the stages' classes, from their shapes (no tasks) and their groups' sizes and node spans
   std::vector<parallel::Axes> subsets;  // every set of the other axes of size > 1
@@ -1281,6 +1283,7 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
         if (!r.prog_ptr) {
           compile::CompileOptions co;
           co.names = keep_programs;  // a trace shows the task names
+          co.params = compile::ShapeParams::Stage;
           r.prog_ptr = std::make_shared<const compile::StepProgram>(
               compile::compile_step(deck, plan, r.rank, compile::StepMode::Train, co));
         }
@@ -1558,7 +1561,8 @@ SearchResult search(const Deck& base, const Cluster& cluster, int devices, const
       // whose programs also give the lower bound
       compile::StepProgram bare[2];  // the first and last stage's shapes and buffers
       for (int k = 0; k < 2; ++k) {
-        bare[k].shape = compile::make_step_shape(dk, plan, rank_of_stage(k == 0 ? 0 : p - 1));
+        bare[k].shape = compile::make_step_shape(dk, plan, rank_of_stage(k == 0 ? 0 : p - 1), compile::StepMode::Train,
+                                                 compile::ShapeParams::Stage);
         bare[k].buffers = compile::plan_buffers(bare[k].shape);
         if (static_cast<double>(compile::predict_peak(bare[k], 0, 0).peak()) > capacity) c.status = Checked::Over;
         if (p == 1 || c.status == Checked::Over) break;
