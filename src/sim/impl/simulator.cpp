@@ -1135,16 +1135,46 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     links.push_back({transfer(below, st), transfer(above, st), transfer(st, above), transfer(st, below)});
   }
   // when the message of group (st, fwd, vc, j) has arrived; -1: not known yet
-  auto sent_at = [&](int st, bool fwd, int vc, int j) -> double {
-    const size_t k = at(st, fwd, vc, j);
-    Cell& x = cell[k];
+  // Each (stage, direction, chunk)'s cells by micro-batch, where their messages go (the
+  // receiver's cells of the same direction, its act slots and the link's time), and where
+  // their inputs come from: indexed (st · 2 + backward) · v + chunk.
+  struct Channel {
+    Cell* own = nullptr;
+    const Cell* receiver = nullptr;  // (none: the last chunk's x, the first chunk's dx)
+    int receiver_slots = 0;
+    double transfer = 0;
+    const Channel* input = nullptr;  // the sender of its input (none: the first chunk's x, the last chunk's dx)
+  };
+  std::vector<Channel> channels(static_cast<size_t>(pp) * 2 * static_cast<size_t>(v));
+  auto channel_of = [&](int st, bool fwd, int vc) -> Channel& {
+    return channels[(static_cast<size_t>(st) * 2 + (fwd ? 0 : 1)) * static_cast<size_t>(v) + static_cast<size_t>(vc)];
+  };
+  for (int st = 0; st < pp; ++st)
+    for (bool fwd : {true, false})
+      for (int vc = 0; vc < v; ++vc) {
+        Channel& ch = channel_of(st, fwd, vc);
+        ch.own = &cell[at(st, fwd, vc, 0)];
+        const int gcx = vc * pp + st;
+        if (fwd ? gcx < nch - 1 : gcx > 0) {
+          const auto [rs, rvc] = fwd ? up_of(st, vc) : down_of(st, vc);
+          ch.receiver = &cell[at(rs, fwd, rvc, 0)];
+          ch.receiver_slots = slots(rs, rvc);
+          ch.transfer = (fwd ? up : down)[static_cast<size_t>(st)];  // to rs
+        }
+        if (fwd ? gcx > 0 : gcx < nch - 1) {
+          const auto [ss, svc] = fwd ? down_of(st, vc) : up_of(st, vc);
+          ch.input = &channel_of(ss, fwd, svc);
+        }
+      }
+  // when the message of cell j of channel ch has arrived; -1: not known yet
+  auto sent_at = [](const Channel& ch, int j) -> double {
+    Cell& x = ch.own[j];
     if (x.sent >= 0) return x.sent;
     if (x.end < 0) return -1;
-    const auto [rs, rvc] = fwd ? up_of(st, vc) : down_of(st, vc);
-    const int rk = slots(rs, rvc);
-    const double posted = j >= rk ? cell[at(rs, fwd, rvc, j - rk)].begin : 0.0;
+    const int rk = ch.receiver_slots;
+    const double posted = j >= rk ? ch.receiver[j - rk].begin : 0.0;
     if (posted < 0) return -1;
-    return x.sent = std::max(x.end, posted) + (fwd ? up : down)[static_cast<size_t>(st)];  // to rs
+    return x.sent = std::max(x.end, posted) + ch.transfer;
   };
   for (int sweep = 0; left > 0; ++sweep) {
     bool moved = false;
@@ -1154,33 +1184,35 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
       const Span* span = spans[static_cast<size_t>(cls[static_cast<size_t>(st)])].data();
       const Links& lk = links[static_cast<size_t>(st)];
       const int* own_slots = stage_slots[static_cast<size_t>(st)].data();
+      const Channel* fwd_ch = &channel_of(st, true, 0);
+      const Channel* bwd_ch = &channel_of(st, false, 0);
       double& t = clock[static_cast<size_t>(st)];
       for (; !w.done(); w.next()) {
         const PipelineStep g = w.step();
         const int vc = g.chunk, j = g.micro_batch, gcx = vc * pp + st, kk = own_slots[vc];
         const bool in = g.forward ? gcx > 0 : gcx < nch - 1;   // its input arrives from a neighbour
         const bool out = g.forward ? gcx < nch - 1 : gcx > 0;  // it sends its output on
-        double ready = 0;                                      // input arrived, act slot free (-1: not known yet)
+        const Channel& ch = (g.forward ? fwd_ch : bwd_ch)[vc];
+        double ready = 0;  // input arrived, act slot free (-1: not known yet)
         if (in) {
-          const auto [ss, svc] = g.forward ? down_of(st, vc) : up_of(st, vc);
-          ready = sent_at(ss, g.forward, svc, j);
+          ready = sent_at(*ch.input, j);
           if (ready < 0) break;
         }
         // the act slot is free once the send that last read it (micro-batch j - kk of the
         // chunk) is done: its x (a forward that sends x on), else its dx (the last chunk's
         // forward, whose act slot the head's dx reused; a middle chunk's backward)
         if (j >= kk && (g.forward ? gcx > 0 || gcx < nch - 1 : gcx > 0 && gcx < nch - 1)) {
-          const double x = sent_at(st, g.forward && gcx < nch - 1, vc, j - kk);
+          const double x = sent_at((g.forward && gcx < nch - 1 ? fwd_ch : bwd_ch)[vc], j - kk);
           if (x < 0) break;
           ready = std::max(ready, x);
         }
         const Span& u = span[cell_of(g.forward, vc, j)];
         const double own = t + u.gap;
         if (ready > own) wait[static_cast<size_t>(st)] += ready - own;
-        const size_t here = at(st, g.forward, vc, j);
-        cell[here].begin = std::max(own, ready);
+        Cell& here = ch.own[j];
+        here.begin = std::max(own, ready);
         t = std::max(own, ready) + u.dur;
-        cell[here].end = t;
+        here.end = t;
         if (in) link[static_cast<size_t>(st)] += g.forward ? lk.recv_x : lk.recv_dx;
         if (out) link[static_cast<size_t>(st)] += g.forward ? lk.send_x : lk.send_dx;
         --left;
