@@ -1144,6 +1144,12 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     int receiver_slots = 0;
     double transfer = 0;
     const Channel* input = nullptr;  // the sender of its input (none: the first chunk's x, the last chunk's dx)
+    /// the act slot of micro-batch j is free once the message of cell j - slots of this
+    /// channel is sent (null: nothing to wait for)
+    const Channel* slot_send = nullptr;
+    int slots = 1;
+    const Span* span = nullptr;        // its class's groups by micro-batch
+    double link_in = 0, link_out = 0;  // its messages' time on the stage's links (0: none)
   };
   std::vector<Channel> channels(static_cast<size_t>(pp) * 2 * static_cast<size_t>(v));
   auto channel_of = [&](int st, bool fwd, int vc) -> Channel& {
@@ -1165,6 +1171,16 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
           const auto [ss, svc] = fwd ? down_of(st, vc) : up_of(st, vc);
           ch.input = &channel_of(ss, fwd, svc);
         }
+        // the act slot is free once the send that last read it (micro-batch j - slots of the
+        // chunk) is done: its x (a forward that sends x on), else its dx (the last chunk's
+        // forward, whose act slot the head's dx reused; a middle chunk's backward)
+        if (fwd ? gcx > 0 || gcx < nch - 1 : gcx > 0 && gcx < nch - 1)
+          ch.slot_send = &channel_of(st, fwd && gcx < nch - 1, vc);
+        ch.slots = slots(st, vc);
+        ch.span = spans[static_cast<size_t>(cls[static_cast<size_t>(st)])].data() + cell_of(fwd, vc, 0);
+        const Links& lk = links[static_cast<size_t>(st)];
+        if (ch.input) ch.link_in = fwd ? lk.recv_x : lk.recv_dx;
+        if (ch.receiver) ch.link_out = fwd ? lk.send_x : lk.send_dx;
       }
   // when the message of cell j of channel ch has arrived; -1: not known yet
   auto sent_at = [](const Channel& ch, int j) -> double {
@@ -1181,40 +1197,32 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     for (int k = 0; k < pp; ++k) {
       const int st = sweep % 2 == 0 ? k : pp - 1 - k;  // alternate directions: x flows up, dx down
       compile::ScheduleWalk& w = walk[static_cast<size_t>(st)];
-      const Span* span = spans[static_cast<size_t>(cls[static_cast<size_t>(st)])].data();
-      const Links& lk = links[static_cast<size_t>(st)];
-      const int* own_slots = stage_slots[static_cast<size_t>(st)].data();
       const Channel* fwd_ch = &channel_of(st, true, 0);
       const Channel* bwd_ch = &channel_of(st, false, 0);
       double& t = clock[static_cast<size_t>(st)];
       for (; !w.done(); w.next()) {
         const PipelineStep g = w.step();
-        const int vc = g.chunk, j = g.micro_batch, gcx = vc * pp + st, kk = own_slots[vc];
-        const bool in = g.forward ? gcx > 0 : gcx < nch - 1;   // its input arrives from a neighbour
-        const bool out = g.forward ? gcx < nch - 1 : gcx > 0;  // it sends its output on
-        const Channel& ch = (g.forward ? fwd_ch : bwd_ch)[vc];
+        const int j = g.micro_batch;
+        const Channel& ch = (g.forward ? fwd_ch : bwd_ch)[g.chunk];
         double ready = 0;  // input arrived, act slot free (-1: not known yet)
-        if (in) {
+        if (ch.input) {
           ready = sent_at(*ch.input, j);
           if (ready < 0) break;
         }
-        // the act slot is free once the send that last read it (micro-batch j - kk of the
-        // chunk) is done: its x (a forward that sends x on), else its dx (the last chunk's
-        // forward, whose act slot the head's dx reused; a middle chunk's backward)
-        if (j >= kk && (g.forward ? gcx > 0 || gcx < nch - 1 : gcx > 0 && gcx < nch - 1)) {
-          const double x = sent_at((g.forward && gcx < nch - 1 ? fwd_ch : bwd_ch)[vc], j - kk);
+        if (ch.slot_send && j >= ch.slots) {
+          const double x = sent_at(*ch.slot_send, j - ch.slots);
           if (x < 0) break;
           ready = std::max(ready, x);
         }
-        const Span& u = span[cell_of(g.forward, vc, j)];
+        const Span& u = ch.span[j];
         const double own = t + u.gap;
         if (ready > own) wait[static_cast<size_t>(st)] += ready - own;
         Cell& here = ch.own[j];
         here.begin = std::max(own, ready);
         t = std::max(own, ready) + u.dur;
         here.end = t;
-        if (in) link[static_cast<size_t>(st)] += g.forward ? lk.recv_x : lk.recv_dx;
-        if (out) link[static_cast<size_t>(st)] += g.forward ? lk.send_x : lk.send_dx;
+        link[static_cast<size_t>(st)] += ch.link_in;  // (+ 0 where it has none: exact)
+        link[static_cast<size_t>(st)] += ch.link_out;
         --left;
         moved = true;
       }
