@@ -1030,14 +1030,16 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   for (char x : stuck)
     if (x) return false;  // the task replay names the deadlock
   // The classes' memory figures (the deck's buffers) and freeing their programs need nothing
-  // of the schedule: on another thread while this one sweeps, when there is one.
-  std::exception_ptr memory_error;
+  // of the schedule: on another thread while this one sweeps, when there is one; this one
+  // takes what is left once it has swept.
+  std::vector<std::exception_ptr> memory_errors(classes.size());
+  std::atomic<size_t> next_memory{0};
   auto memories = [&] {
-    try {
-      for (BlockClass& c : classes) class_memory(c);
-    } catch (...) {
-      memory_error = std::current_exception();
-    }
+    for (size_t k; (k = next_memory++) < classes.size();) try {
+        class_memory(classes[k]);
+      } catch (...) {
+        memory_errors[k] = std::current_exception();
+      }
   };
   const int hw = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
   std::thread memory_thread;
@@ -1271,8 +1273,10 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
     }
     u.pipeline_wait = wait[static_cast<size_t>(st)];
   }
+  memories();
   if (memory_thread.joinable()) memory_thread.join();
-  if (memory_error) std::rethrow_exception(memory_error);
+  for (const auto& e : memory_errors)
+    if (e) std::rethrow_exception(e);
   std::vector<MemoryEstimate> memory;  // the lowest stage of a class has its most act slots
   for (const BlockClass& c : classes) memory.push_back(c.memory);
   fill_result(res, deck, cluster, mesh, pp, step, flops, per_stage, memory);
