@@ -257,6 +257,13 @@ void plan_acts(const StepShape& s, BufferPlan& b) {
 
 BufferPlan plan_buffers(const StepShape& s) {
   BufferPlan b;
+  // (generously: four per parameter of the stage, up to 16 per local layer and act slot, the
+  // rings and the inputs; growing the list moves every buffer made so far)
+  size_t here = 0, layers = 0;
+  for (const auto& p : s.params) here += p.here ? 1 : 0;
+  for (int l : s.local_layer) layers += l >= 0 ? 1 : 0;
+  const auto slots = static_cast<size_t>(std::max(1, s.total_slots));
+  b.specs.reserve(4 * here + 16 * layers * slots + 8 * slots + 2 * static_cast<size_t>(s.micro) + 64);
   plan_params(s, b);
   plan_acts(s, b);
   return b;

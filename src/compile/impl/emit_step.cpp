@@ -205,10 +205,12 @@ void StepBuilder::emit_group(size_t gi) {
   if (grp.forward ? ch.gc > 0 : ch.gc < s.nchunks - 1) emit_recv_copy(gi);
   bool group_first = true;
   std::vector<int> pending;  // collectives the next compute segment (or the send) waits for
+  pending.reserve(8);
   for (size_t k = group_uses_[gi].first; k < group_uses_[gi].second; ++k) {
     const Use u = uses_[k];
     if (s.zero == 3 && u.gather >= 0) emit_gathers_upto(u.gather + s.prefetch);
     UseCtx ctx;
+    ctx.segs.reserve(16);
     ctx.prefix = named([&] {
       const std::string ls = u.unit >= 1 && u.unit <= L ? std::to_string(u.unit - 1) : "";
       return u.kind == Fl   ? "fwd.layer" + ls + "."

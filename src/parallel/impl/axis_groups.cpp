@@ -61,8 +61,15 @@ AxisGroups AxisGroups::make(const MeshShape& mesh, int zero_stage) {
 }
 
 std::string group_key(const Axes& axes) {
+  if (axes.size() == 1) return axes.front();  // (the compiler asks for one per collective)
   std::string k;
-  for (size_t i = 0; i < axes.size(); ++i) k += (i ? "+" : "") + axes[i];
+  size_t n = 0;
+  for (const auto& a : axes) n += a.size() + 1;
+  k.reserve(n);
+  for (size_t i = 0; i < axes.size(); ++i) {
+    if (i) k += '+';
+    k += axes[i];
+  }
   return k;
 }
 
