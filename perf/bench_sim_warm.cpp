@@ -7,7 +7,6 @@
 //
 //   bench_sim_warm DECK [--cluster NAME|FILE] [--repeat N] [--threads N] [--set k=v ...]
 // prints one JSON line: step_time_s, first_s, best_s, median_s, repeat, threads, wrong.
-#include <mpi.h>
 
 #include <algorithm>
 #include <chrono>
@@ -17,13 +16,16 @@
 
 #include "compile/compiler.hpp"
 #include "config/deck.hpp"
+#include "core/threads.hpp"
 #include "sim/cluster.hpp"
 #include "sim/simulator.hpp"
 
 using namespace shardflow;
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);  // (the simulator needs none; the library's MPI symbols do)
+  // As `shardflow simulate` starts: without MPI (MPICH's start leaves a thread that spins in
+  // sched_yield beside the simulator's threads), OpenBLAS's idle workers stopped.
+  limit_blas_threads();
   std::string deck_path, cluster_name = "a100-80gb";
   std::vector<std::string> sets;
   int repeat = 20, threads = 0;
@@ -44,7 +46,6 @@ int main(int argc, char** argv) {
   if (deck_path.empty()) {
     std::fprintf(stderr,
                  "usage: bench_sim_warm DECK [--cluster NAME|FILE] [--repeat N] [--threads N] [--set k=v ...]\n");
-    MPI_Finalize();
     return 2;
   }
   const Deck deck = load_deck(deck_path, sets);
@@ -70,6 +71,5 @@ int main(int argc, char** argv) {
       "{\"step_time_s\": %.17g, \"first_s\": %.6g, \"best_s\": %.6g, \"median_s\": %.6g, \"repeat\": %d, "
       "\"threads\": %d, \"wrong\": %d}\n",
       step, first, warm.front(), warm[warm.size() / 2], repeat, threads, wrong);
-  MPI_Finalize();
   return wrong == 0 ? 0 : 1;
 }
