@@ -176,10 +176,11 @@ void StepBuilder::plan_uses() {
 
 void StepBuilder::build() {
   plan_uses();
-  // a few tasks per use, per group (its messages) and per parameter, generously: growing
-  // the list moves every task made so far (the simulator's search compiles thousands of
-  // programs), while reserved pages that stay unused cost nothing
-  const size_t guess = uses_.size() * (s.cp > 1 ? 12 + 4 * static_cast<size_t>(s.cp) : 16) + s.order.size() * 4 +
+  // the tasks per use, per group (its messages) and per parameter: at most about 24 per use,
+  // and 6 more per context rank (ring steps), on the decks of the simulator's checks and
+  // searches (tensor, sequence and context parallel, ZeRO-3, recomputation); growing the list
+  // moves every task made so far (the search compiles thousands of programs)
+  const size_t guess = uses_.size() * (s.cp > 1 ? 24 + 6 * static_cast<size_t>(s.cp) : 26) + s.order.size() * 4 +
                        s.params.size() * 4 + 64;
   prog_.tasks.reserve(guess);
   prog_.edges.reserve(3 * guess);
