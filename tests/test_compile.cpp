@@ -220,7 +220,8 @@ TEST(Compile, WithoutNamesTheSameProgram) {
 // The simulator makes the deck's shape without parameters and moves them in from the
 // program it compiled with fewer micro-batches (compile::take_params): the result is the
 // deck's own shape, parameter for parameter, on every rank of every mesh above; shapes of
-// two ranks are refused.
+// two ranks are refused. A shape of only the stage's parameters (ShapeParams::Stage) holds
+// the deck's that are here, in order, unit by unit, with the same ZeRO ring.
 TEST(Compile, ParametersOfAnotherBatchAreTheDecksOwn) {
   auto text = [](const compile::StepShape& s) {
     std::ostringstream o;
