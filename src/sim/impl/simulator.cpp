@@ -892,16 +892,21 @@ void class_memory(BlockClass& c) {
 /// deck's shape is made without them: compile::take_params); `deck_bare`, when given, holds
 /// that shape made already (moved from); `memory_later`: class_memory makes it. False when
 /// the program deadlocks alone.
-bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const parallel::LayoutPlan& plan,
-                 const Cluster& cluster, GroupCache& gc, compile::StepProgram* deck_bare = nullptr,
-                 bool memory_later = false) {
+/// build_class's first half: class c's program compiled from `reduced` (c.prog).
+void compile_class(BlockClass& c, const Deck& reduced, const parallel::LayoutPlan& plan) {
+  c.prog = std::make_shared<compile::StepProgram>(
+      compile::compile_step(reduced, plan, c.rank, compile::StepMode::Train, unnamed()));
+}
+
+/// build_class's second half, from c.prog (compile_class).
+bool finish_class(BlockClass& c, const Deck& deck, const parallel::LayoutPlan& plan, const Cluster& cluster,
+                  GroupCache& gc, compile::StepProgram* deck_bare, bool memory_later) {
   const MeshShape& mesh = plan.mesh();
   std::vector<Role> one(1);
   Role& r = one[0];
   r.rank = c.rank;
   r.stage = c.stage;
-  auto prog = std::make_shared<compile::StepProgram>(
-      compile::compile_step(reduced, plan, r.rank, compile::StepMode::Train, unnamed()));
+  std::shared_ptr<compile::StepProgram> prog = std::move(c.prog);
   r.prog_ptr = prog;
   cost_role(r, cluster, mesh, mesh.axis_size_or_1("pipeline"), gc);
   c.order = prog->shape.order;
@@ -932,6 +937,13 @@ bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const par
   c.msg_bytes = r.msg_bytes;
   c.pipeline_key = r.pipeline_key;
   return true;
+}
+
+bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const parallel::LayoutPlan& plan,
+                 const Cluster& cluster, GroupCache& gc, compile::StepProgram* deck_bare = nullptr,
+                 bool memory_later = false) {
+  compile_class(c, reduced, plan);
+  return finish_class(c, deck, plan, cluster, gc, deck_bare, memory_later);
 }
 
 /// Stage `order`'s whole schedule (m micro-batches) from class c alone, pipeline messages free:
@@ -1014,12 +1026,29 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
   std::vector<char> stuck(classes.size(), 0);
   compile::StepProgram bare0;  // stage 0's deck shape (without parameters), made above: its class's memory figure
   bare0.shape = std::move(shape0);
-  in_parallel(classes.size(), options.threads, [&](size_t k) {
+  // In two halves, every class's program first, then costing and replaying them: the
+  // threads take the pieces in that order, so three classes on two threads end together
+  // (a second half waits for its class's first).
+  const size_t nc = classes.size();
+  std::vector<std::atomic<bool>> compiled(nc);
+  for (auto& x : compiled) x = false;
+  in_parallel(2 * nc, options.threads, [&](size_t piece) {
+    const size_t k = piece % nc;
+    if (piece < nc) {
+      try {
+        compile_class(classes[k], reduced, plan);
+      } catch (...) {
+        errors[k] = std::current_exception();
+      }
+      compiled[k] = true;
+      return true;
+    }
+    while (!compiled[k]) std::this_thread::yield();
+    if (errors[k]) return true;
     try {
       GroupCache gc{mesh, cluster, {}, {}};
       stuck[k] =
-          build_class(classes[k], deck, reduced, plan, cluster, gc, classes[k].stage == 0 ? &bare0 : nullptr, true) ? 0
-                                                                                                                    : 1;
+          finish_class(classes[k], deck, plan, cluster, gc, classes[k].stage == 0 ? &bare0 : nullptr, true) ? 0 : 1;
     } catch (...) {
       errors[k] = std::current_exception();
     }
