@@ -64,14 +64,16 @@ print("# shardflow simulate (a100-80gb) and Calculon (systems/a100_80g.json) aga
       f"Table 5; wall time: best of {a.repeat} runs per tool and row")
 print("# shardflow_wall_s: the CLI's process; shardflow_in_s: its compile_s + simulate_s (a fresh process: first "
       "touch of heap and code);\n# shardflow_warm_s: sim::simulate with its layout plan, called again in one process "
-      "(perf/bench_sim_warm), as Calculon's calls are timed")
+      "(perf/bench_sim_warm), as Calculon's calls are timed, on every hardware thread (simulate's default) / on one")
 print(f"# {'model':>5} {'recompute':<9} {'published_s':>11} {'shardflow_s':>11} {'error':>7} {'calculon_s':>10} "
-      f"{'error':>7} {'shardflow_wall_s':>16} {'shardflow_in_s':>14} {'shardflow_warm_s':>16} {'calculon_wall_s':>15}")
+      f"{'error':>7} {'shardflow_wall_s':>16} {'shardflow_in_s':>14} {'shardflow_warm_s':>16} {'warm_1_thread_s':>15} "
+      f"{'calculon_wall_s':>15}")
 errs = {"shardflow": [], "calculon": []}
 modes = []
 walls = {"shardflow": [], "calculon": []}
 inproc = []
 warm = []
+warm1 = []
 for r in rows:
     pub = float(r["iteration_s"])
     path = os.path.join(work, f"{r['model']}_{r['recompute']}.toml")
@@ -87,11 +89,12 @@ for r in rows:
         # inside the process, like Calculon's calls: compiling the stages and simulating them
         # (not the process start, MPI's singleton init, reading the deck and the cluster file)
         best_in = min(best_in, js["compile_s"] + js["simulate_s"])
-    wj = json.loads(subprocess.run([a.warm, path, "--cluster", "a100-80gb", "--repeat", str(a.repeat)],
-                                   check=True, capture_output=True, text=True).stdout)
-    if wj["wrong"] or wj["step_time_s"] != sf:
-        sys.exit(f"bench_sim_warm on {path}: step {wj['step_time_s']} (CLI {sf}), {wj['wrong']} calls differ")
-    warm.append(wj["best_s"])
+    for threads, out in ((0, warm), (1, warm1)):  # every hardware thread (simulate's default), one
+        wj = json.loads(subprocess.run([a.warm, path, "--cluster", "a100-80gb", "--repeat", str(a.repeat),
+                                        "--threads", str(threads)], check=True, capture_output=True, text=True).stdout)
+        if wj["wrong"] or wj["step_time_s"] != sf:
+            sys.exit(f"bench_sim_warm on {path}: step {wj['step_time_s']} (CLI {sf}), {wj['wrong']} calls differ")
+        out.append(wj["best_s"])
     m, mode = CALCULON_MODEL[r["model"]], CALCULON_MODE[r["recompute"]]
     app = Llm.Application(calculon.io.read_json_file(os.path.join(a.calculon, "models", f"{m}.json")))
     exe = Llm.Execution.from_json(
@@ -112,7 +115,7 @@ for r in rows:
     walls["calculon"].append(best_c)
     inproc.append(best_in)
     print(f"  {r['model']:>5} {r['recompute']:<9} {pub:11.2f} {sf:11.2f} {100 * e_sf:+6.1f}% {ca:10.2f} "
-          f"{100 * e_c:+6.1f}% {best_sf:16.3f} {best_in:14.4f} {warm[-1]:16.4f} {best_c:15.4f}", flush=True)
+          f"{100 * e_c:+6.1f}% {best_sf:16.3f} {best_in:14.4f} {warm[-1]:16.4f} {warm1[-1]:15.4f} {best_c:15.4f}", flush=True)
 for tool in ("shardflow", "calculon"):
     e = errs[tool]
     print(f"# {tool}: mean |error| {100 * sum(e) / len(e):.1f} %, max {100 * max(e):.1f} %, "
@@ -122,6 +125,8 @@ for tool in ("shardflow", "calculon"):
         em = [x for x, md in zip(e, modes) if md == mode]
         if em:
             print(f"#   {mode}: mean |error| {100 * sum(em) / len(em):.1f} %, max {100 * max(em):.1f} %")
-faster = sum(1 for w, c in zip(warm, walls["calculon"]) if w <= c)
-print(f"# warm, in the process: shardflow at least as fast as Calculon on {faster} of {len(warm)} rows; "
-      "Calculon / shardflow per row: " + " ".join(f"{c / w:.2f}" for w, c in zip(warm, walls["calculon"])))
+for label, ws in (("all hardware threads", warm), ("one thread", warm1)):
+    faster = sum(1 for w, c in zip(ws, walls["calculon"]) if w <= c)
+    print(f"# warm, in the process, {label}: shardflow at least as fast as Calculon on {faster} of {len(ws)} rows "
+          f"({1e3 * sum(ws):.1f} ms against {1e3 * sum(walls['calculon']):.1f} ms); Calculon / shardflow per row: "
+          + " ".join(f"{c / w:.2f}" for w, c in zip(ws, walls["calculon"])))
