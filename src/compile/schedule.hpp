@@ -63,6 +63,7 @@ class ScheduleWalk {
   size_t size() const { return 2 * static_cast<size_t>(total_); }  // steps in all
   int chunks() const { return v_; }                                // 1 for gpipe
   int warm_up() const { return warm_; }                            // forwards before the first backward
+  int round() const { return f_.p * v_; }  // forwards of one round through every chunk (stages · chunks)
 
  private:
   // the k-th forward (or backward) of the interleaved order, k = (round·v + chunk)·p + r,

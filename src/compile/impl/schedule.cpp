@@ -67,8 +67,13 @@ std::vector<int> in_flight(ScheduleWalk walk, int virtual_stages) {
     const int w = walk.warm_up(), total = static_cast<int>(walk.size() / 2);
     return {std::max(1, w < total ? w + 1 : w)};
   }
+  // After the warm-up a forward and a backward alternate, each round of them running every
+  // chunk p times, so every chunk's count repeats from one round to the next until the
+  // forwards run out, and falls from there: its most is reached within the warm-up and
+  // one round of pairs.
   InFlight f(virtual_stages);
-  for (; !walk.done(); walk.next()) f.add(walk.step());
+  const size_t enough = static_cast<size_t>(walk.warm_up()) + 2 * static_cast<size_t>(walk.round());
+  for (size_t k = 0; k < enough && !walk.done(); ++k, walk.next()) f.add(walk.step());
   return f.most;
 }
 
