@@ -93,6 +93,8 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
     int tensor_dim = -1, zero_dim = -1, expert_dim = -1;
   };
   std::map<std::tuple<ParamKind, Shape, Shape>, Splits> done;
+  params_.reserve(model.params().size());
+  index_.reserve(model.params().size());
   for (const auto& info : model.params()) {
     ParamPlacement p;
     p.info = info;
