@@ -886,12 +886,6 @@ void class_memory(BlockClass& c) {
   c.prog.reset();
 }
 
-/// Class c (its stage and rank set): compiled from `reduced`, costed, replayed alone (pipeline
-/// messages free) and measured group by group; its memory is the deck's buffers (every act
-/// slot, every micro-batch's inputs) with the reduced program's staging and parameters (the
-/// deck's shape is made without them: compile::take_params); `deck_bare`, when given, holds
-/// that shape made already (moved from); `memory_later`: class_memory makes it. False when
-/// the program deadlocks alone.
 /// build_class's first half: class c's program compiled from `reduced` (c.prog).
 void compile_class(BlockClass& c, const Deck& reduced, const parallel::LayoutPlan& plan) {
   c.prog = std::make_shared<compile::StepProgram>(
@@ -939,6 +933,12 @@ bool finish_class(BlockClass& c, const Deck& deck, const parallel::LayoutPlan& p
   return true;
 }
 
+/// Class c (its stage and rank set): compiled from `reduced`, costed, replayed alone (pipeline
+/// messages free) and measured group by group; its memory is the deck's buffers (every act
+/// slot, every micro-batch's inputs) with the reduced program's staging and parameters (the
+/// deck's shape is made without them: compile::take_params); `deck_bare`, when given, holds
+/// that shape made already (moved from); `memory_later`: class_memory makes it. False when
+/// the program deadlocks alone.
 bool build_class(BlockClass& c, const Deck& deck, const Deck& reduced, const parallel::LayoutPlan& plan,
                  const Cluster& cluster, GroupCache& gc, compile::StepProgram* deck_bare = nullptr,
                  bool memory_later = false) {
@@ -1153,19 +1153,7 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
       down[static_cast<size_t>(st)] = message((st + pp - 1) % pp);
     }
   }
-  auto transfer = [&](int from, int to) {
-    return to == (from + 1) % pp ? up[static_cast<size_t>(from)] : down[static_cast<size_t>(from)];
-  };
   auto slots = [&](int st, int vc) { return stage_slots[static_cast<size_t>(st)][static_cast<size_t>(vc)]; };
-  struct Links {  // a stage's messages' times: x and dx in, x and dx out
-    double recv_x, recv_dx, send_x, send_dx;
-  };
-  std::vector<Links> links;
-  for (int st = 0; st < pp; ++st) {
-    const int below = (st + pp - 1) % pp, above = (st + 1) % pp;
-    links.push_back({transfer(below, st), transfer(above, st), transfer(st, above), transfer(st, below)});
-  }
-  // when the message of group (st, fwd, vc, j) has arrived; -1: not known yet
   // Each (stage, direction, chunk)'s cells by micro-batch, where their messages go (the
   // receiver's cells of the same direction, its act slots and the link's time), and where
   // their inputs come from: indexed (st · 2 + backward) · v + chunk.
@@ -1209,10 +1197,11 @@ bool simulate_blocks(const Deck& deck, const Cluster& cluster, const parallel::L
           ch.slot_send = &channel_of(st, fwd && gcx < nch - 1, vc);
         ch.slots = slots(st, vc);
         ch.span = spans[static_cast<size_t>(cls[static_cast<size_t>(st)])].data() + cell_of(fwd, vc, 0);
-        const Links& lk = links[static_cast<size_t>(st)];
-        if (ch.input) ch.link_in = fwd ? lk.recv_x : lk.recv_dx;
-        if (ch.receiver) ch.link_out = fwd ? lk.send_x : lk.send_dx;
       }
+  for (Channel& ch : channels) {  // (its input's sender's link time and its own)
+    if (ch.input) ch.link_in = ch.input->transfer;
+    if (ch.receiver) ch.link_out = ch.transfer;
+  }
   // when the message of cell j of channel ch has arrived; -1: not known yet
   auto sent_at = [](const Channel& ch, int j) -> double {
     Cell& x = ch.own[j];
@@ -1354,9 +1343,8 @@ SimResult simulate(const Deck& deck, const Cluster& cluster, const parallel::Lay
       Role& r = roles[i];
       try {
         if (!r.prog_ptr) {
-          compile::CompileOptions co;
+          compile::CompileOptions co = unnamed();
           co.names = keep_programs;  // a trace shows the task names
-          co.params = compile::ShapeParams::Stage;
           r.prog_ptr = std::make_shared<const compile::StepProgram>(
               compile::compile_step(deck, plan, r.rank, compile::StepMode::Train, co));
         }
