@@ -14,7 +14,6 @@
 #include <string>
 #include <vector>
 
-#include "compile/compiler.hpp"
 #include "config/deck.hpp"
 #include "core/threads.hpp"
 #include "sim/cluster.hpp"

@@ -19,7 +19,6 @@
 //   stage         pipeline stage holding the parameter (chunk mod p, interleaved 1F1B).
 // Roles: Param is ZeRO-split only at stage 3, Grad at stage >= 2, OptimizerState at >= 1.
 #include <cstdint>
-#include <map>
 #include <string>
 #include <unordered_map>
 #include <vector>

@@ -92,29 +92,8 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
   struct Splits {
     int tensor_dim = -1, zero_dim = -1, expert_dim = -1;
   };
-  std::map<std::tuple<ParamKind, Shape, Shape>, Splits> done;
-  params_.reserve(model.params().size());
-  index_.reserve(model.params().size());
-  for (const auto& info : model.params()) {
-    ParamPlacement p;
-    p.info = info;
-    p.is_expert_weight = is_expert_kind(info.kind);
-    p.unit = info.layer >= 0
-                 ? 1 + info.layer
-                 : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
-    // a layer's stage is its chunk's; the embeddings go first, the head last
-    p.stage = info.layer >= 0 ? layer_chunk_[static_cast<size_t>(info.layer)] % pp
-              : (info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0
-                                                                                            : pp - 1;
-    const auto key = std::make_tuple(info.kind, info.shape, info.view_shape);
-    if (const auto it = done.find(key); it != done.end()) {
-      p.tensor_dim = it->second.tensor_dim;
-      p.zero_dim = it->second.zero_dim;
-      p.expert_dim = it->second.expert_dim;
-      index_[info.name] = params_.size();
-      params_.push_back(std::move(p));
-      continue;
-    }
+  auto splits_of = [&](const ParamInfo& info) {
+    Splits sp;
     // the kind's view is the per-weight strategy's view (Modular MAX's stacked_qkv,
     // head_aware_columnwise, gate_up, rowwise, columnwise, ...)
     const WeightSharding ws =
@@ -134,17 +113,17 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
       }
       proposed.emplace_back("tensor", tensor_spec);
     }
-    if (p.is_expert_weight && ep > 1) {
+    if (is_expert_kind(info.kind) && ep > 1) {
       SHARDFLOW_REQUIRE_INPUT(ep <= cfg.experts, info.name, ": expert axis of size ", ep, " but only ", cfg.experts,
                               " experts");
-      p.expert_dim = 0;
+      sp.expert_dim = 0;
     }
     // ZeRO: the FSDP strategy's dimension rule (xlstm-jax) among the view dims the tensor
     // and expert splits left
     if (seeds.zero && seeds.zero->should_shard_weight(info.shape)) {
       std::vector<bool> excluded(info.view_shape.size(), false);
       for (size_t d = 0; d < excluded.size(); ++d) excluded[d] = !tensor_spec[d].empty();
-      if (p.expert_dim >= 0) excluded[static_cast<size_t>(p.expert_dim)] = true;
+      if (sp.expert_dim >= 0) excluded[static_cast<size_t>(sp.expert_dim)] = true;
       const int d = FSDPStrategy::choose_shard_dim(info.view_shape, mesh.group_size(groups_.zero), excluded);
       PartitionSpec z = PartitionSpec::replicated(info.view_shape.size());
       if (d >= 0) z[static_cast<size_t>(d)] = {seeds.zero->axis_name()};
@@ -153,10 +132,31 @@ LayoutPlan::LayoutPlan(const ModelDescription& model, const MeshShape& mesh, con
     // the MultiDimensionalStrategy merges the proposals (and refuses a conflict)
     if (!proposed.empty()) {
       const PartitionSpec merged = seeds.combined->resolve_sharding_conflicts(info.name, proposed);
-      p.tensor_dim = dim_with(merged, axis::tensor);
-      if (seeds.zero) p.zero_dim = dim_with(merged, seeds.zero->axis_name());
+      sp.tensor_dim = dim_with(merged, axis::tensor);
+      if (seeds.zero) sp.zero_dim = dim_with(merged, seeds.zero->axis_name());
     }
-    done.emplace(key, Splits{p.tensor_dim, p.zero_dim, p.expert_dim});
+    return sp;
+  };
+  std::map<std::tuple<ParamKind, Shape, Shape>, Splits> done;
+  params_.reserve(model.params().size());
+  index_.reserve(model.params().size());
+  for (const auto& info : model.params()) {
+    ParamPlacement p;
+    p.info = info;
+    p.is_expert_weight = is_expert_kind(info.kind);
+    p.unit = info.layer >= 0
+                 ? 1 + info.layer
+                 : ((info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0 : L + 1);
+    // a layer's stage is its chunk's; the embeddings go first, the head last
+    p.stage = info.layer >= 0 ? layer_chunk_[static_cast<size_t>(info.layer)] % pp
+              : (info.kind == ParamKind::Embedding || info.kind == ParamKind::PosEmbedding) ? 0
+                                                                                            : pp - 1;
+    const auto key = std::make_tuple(info.kind, info.shape, info.view_shape);
+    auto it = done.find(key);
+    if (it == done.end()) it = done.emplace(key, splits_of(info)).first;
+    p.tensor_dim = it->second.tensor_dim;
+    p.zero_dim = it->second.zero_dim;
+    p.expert_dim = it->second.expert_dim;
     index_[info.name] = params_.size();
     params_.push_back(std::move(p));
   }
