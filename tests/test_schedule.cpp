@@ -93,6 +93,56 @@ TEST(Schedule, OneFOneBIsTheDefinition) {
   }
 }
 
+// Interleaved in rounds of g micro-batches (`group`, the simulator's class programs with fewer
+// micro-batches than stages): the definition above with g in place of p; g = p is the
+// default order; every step once, each backward after its forward; a walk's in-flight
+// counts are the list's; a micro-batch count that is not a multiple of g is refused by name.
+TEST(Schedule, InterleavedInRoundsOfAnotherSize) {
+  for (int p : {2, 4, 12, 35})
+    for (int v : {2, 3})
+      for (int g : {1, 2, 4, 8})
+        for (int m : {g, 2 * g, 3 * g})
+          for (int st = 0; st < p; ++st) {
+            const int total = m * v, w = std::min((p - st - 1) * 2 + (v - 1) * g, total);
+            auto mb = [&](int k) { return (k / (g * v)) * g + k % g; };
+            std::vector<PipelineStep> want;
+            for (int k = 0; k < w; ++k) want.push_back({true, (k / g) % v, mb(k)});
+            for (int k = 0; k < total; ++k) {
+              if (w + k < total) want.push_back({true, ((w + k) / g) % v, mb(w + k)});
+              want.push_back({false, v - 1 - (k / g) % v, mb(k)});
+            }
+            const auto got = compile::pipeline_schedule(PipelineSchedule::OneFOneB, p, st, m, v, g);
+            ASSERT_EQ(got, want) << "p " << p << " v " << v << " g " << g << " m " << m << " stage " << st;
+            EXPECT_EQ(compile::in_flight(compile::ScheduleWalk(PipelineSchedule::OneFOneB, p, st, m, v, g), v),
+                      compile::in_flight(want, v))
+                << "p " << p << " v " << v << " g " << g << " m " << m << " stage " << st;
+            std::set<std::pair<int, int>> fwd, bwd;
+            for (const auto& x : got) {
+              ASSERT_LT(x.micro_batch, m);
+              if (x.forward) {
+                EXPECT_TRUE(fwd.insert({x.chunk, x.micro_batch}).second);
+              } else {
+                EXPECT_TRUE(fwd.count({x.chunk, x.micro_batch})) << "backward before forward";
+                EXPECT_TRUE(bwd.insert({x.chunk, x.micro_batch}).second);
+              }
+            }
+            EXPECT_EQ(bwd.size(), static_cast<size_t>(total));
+            if (g == p) {
+              EXPECT_EQ(got, compile::pipeline_schedule(PipelineSchedule::OneFOneB, p, st, m, v)) << p << " " << m;
+            }
+          }
+  // without interleaving the round does not change the order
+  EXPECT_EQ(compile::pipeline_schedule(PipelineSchedule::OneFOneB, 8, 1, 6, 1, 4),
+            compile::pipeline_schedule(PipelineSchedule::OneFOneB, 8, 1, 6, 1));
+  try {
+    compile::pipeline_schedule(PipelineSchedule::OneFOneB, 12, 0, 6, 2, 4);
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("rounds of 4 needs micro-batches = 6"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(compile::pipeline_schedule(PipelineSchedule::OneFOneB, 12, 0, 8, 2, -1), InputError);
+}
+
 TEST(Schedule, EveryStepOnceAndBackwardAfterForward) {
   for (auto kind : {PipelineSchedule::GPipe, PipelineSchedule::OneFOneB})
     for (int p : {1, 2, 3, 4})

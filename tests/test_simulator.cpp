@@ -232,13 +232,18 @@ TEST(Simulate, TraceHasEveryTaskOfEveryStage) {
 // The block replay (SimOptions::Replay::Blocks: each class of alike stages compiled once with
 // few micro-batches, the schedule replayed group by group) against the task replay of every
 // task of every stage: the same step within 0.5 %, the same memory, the same bubble within
-// 0.02, on 1F1B, interleaved, GPipe, data-parallel (ZeRO-0 and 1), tensor with sequence
-// parallelism, expert and context-parallel pipelines; Auto takes it there, and keeps the task
-// replay for a trace and for ZeRO-3.
+// 0.02, on 1F1B, interleaved (with more stages than a class program's micro-batches too),
+// GPipe, data-parallel (ZeRO-0 and 1), tensor with sequence parallelism, expert and
+// context-parallel pipelines; Auto takes it there, and keeps the task replay for a trace and
+// for ZeRO-3.
 TEST(Simulate, BlockReplayMatchesTheTaskReplay) {
   const sim::Cluster c = sim::parse_cluster(cluster_text(100, 10, 2, 5), "t.toml");
   const std::string llama = "family = \"llama\"\nkv_heads = 2\n";
   auto with_model = [](std::string text, const std::string& extra) { return text.insert(text.find("vocab"), extra); };
+  auto batch = [](std::string text, int global) {
+    const std::string key = "global_batch = 16";
+    return text.replace(text.find(key), key.size(), "global_batch = " + std::to_string(global));
+  };
   const std::vector<std::pair<std::string, std::string>> decks = {
       {"1f1b pp4 m16", deck_text("data = 1\npipeline = 4", "micro_batches = 16\n", "", 8)},
       {"1f1b pp3 uneven layers m16", deck_text("data = 1\npipeline = 3", "micro_batches = 16\n", "", 7)},
@@ -257,6 +262,15 @@ TEST(Simulate, BlockReplayMatchesTheTaskReplay) {
       {"ep2 pp4 m8", with_model(deck_text("expert = 2\npipeline = 4", "micro_batches = 8\n", "", 8),
                                 "experts = 4\ntop_k = 2\nmoe_every = 2\n")},
       {"llama cp2 pp4 m16", with_model(deck_text("context = 2\npipeline = 4", "micro_batches = 16\n", "", 8), llama)},
+      // more stages than kBlockMicroBatches: class programs of 8 micro-batches in one round
+      {"interleaved pp12 v2 m24 (class programs in one round of 8)",
+       batch(deck_text("data = 1\npipeline = 12", "micro_batches = 24\n", "virtual_stages = 2\n", 24), 24)},
+      {"dp2 interleaved pp12 v2 m24",
+       batch(deck_text("data = 2\npipeline = 12", "micro_batches = 24\n", "virtual_stages = 2\n", 24), 48)},
+      {"tp2 sp interleaved pp10 v3 m20 selective",
+       batch(deck_text("tensor = 2\npipeline = 10", "micro_batches = 20\n",
+                       "virtual_stages = 3\nsequence_parallel = true\nrecompute = \"selective\"\n", 30),
+             20)},
   };
   for (const auto& [what, text] : decks) {
     const Deck d = deck_of(text);

@@ -32,6 +32,11 @@ struct CompileOptions {
   /// the rank's pipeline stage's, all that the program's tasks and buffers use (the
   /// simulator's programs; the same program otherwise, task for task).
   ShapeParams params = ShapeParams::All;
+  /// Micro-batches per round of an interleaved schedule (compile::pipeline_schedule's
+  /// `group`): 0 is mesh.pipeline, the schedule training runs, and the deck's micro-batches
+  /// must be a multiple of it; the simulator's class programs, replayed alone with free
+  /// pipeline messages, run a few micro-batches in one round of their own (docs/simulator.md).
+  int mb_group = 0;
 };
 
 /// Rank `rank`'s step. Throws InputError naming the deck key for a step that cannot be built.

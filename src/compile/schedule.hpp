@@ -17,6 +17,10 @@
 //                     runs virtual stage (k / p) mod v of micro-batch (k / (p·v))·p + k mod p,
 //                     the k-th backward virtual stage v − 1 − (k / p) mod v of the same
 //                     micro-batch; (p − s − 1)·2 + (v − 1)·p warm-up forwards (at most m·v).
+//                     In rounds of g micro-batches (`group`; g = p unless given): g in place
+//                     of p in both formulas, every other rule the same. Training runs g = p;
+//                     the simulator's class programs, replayed alone, run fewer micro-batches
+//                     in rounds of g < p (docs/simulator.md, "Block replay").
 #include <vector>
 
 #include "config/deck.hpp"
@@ -34,17 +38,18 @@ struct PipelineStep {
 
 /// The steps stage `stage` of `stages` runs, in order. With one stage every schedule is
 /// 1F1B's degenerate form (forward then backward of each micro-batch); gpipe with one stage
-/// is all forwards then all backwards. Throws InputError for sizes < 1, stage outside
-/// [0, stages), or an interleaved schedule whose micro-batches are not a multiple of stages.
+/// is all forwards then all backwards. `group`: micro-batches per round of the interleaved
+/// order (0: `stages`). Throws InputError for sizes < 1, stage outside [0, stages), or an
+/// interleaved schedule whose micro-batches are not a multiple of the round's.
 std::vector<PipelineStep> pipeline_schedule(PipelineSchedule kind, int stages, int stage, int micro_batches,
-                                            int virtual_stages = 1);
+                                            int virtual_stages = 1, int group = 0);
 
 /// pipeline_schedule's steps one at a time, without storing them (the simulator walks the
 /// schedules of thousands of stages): `for (ScheduleWalk w(...); !w.done(); w.next()) w.step()`.
 /// Throws as pipeline_schedule does.
 class ScheduleWalk {
  public:
-  ScheduleWalk(PipelineSchedule kind, int stages, int stage, int micro_batches, int virtual_stages = 1);
+  ScheduleWalk(PipelineSchedule kind, int stages, int stage, int micro_batches, int virtual_stages = 1, int group = 0);
   bool done() const { return fdone_ == total_ && bdone_ == total_; }
   PipelineStep step() const {
     return fwd_ ? PipelineStep{true, f_.chunk, f_.micro_batch()}
@@ -63,11 +68,11 @@ class ScheduleWalk {
   size_t size() const { return 2 * static_cast<size_t>(total_); }  // steps in all
   int chunks() const { return v_; }                                // 1 for gpipe
   int warm_up() const { return warm_; }                            // forwards before the first backward
-  int round() const { return f_.p * v_; }  // forwards of one round through every chunk (stages · chunks)
+  int round() const { return f_.p * v_; }  // forwards of one round through every chunk (group · chunks)
 
  private:
   // the k-th forward (or backward) of the interleaved order, k = (round·v + chunk)·p + r,
-  // counted up (no divisions)
+  // counted up (no divisions); p: micro-batches per round
   struct Count {
     int p = 1, v = 1, r = 0, chunk = 0, round = 0;
     int micro_batch() const { return round * p + r; }

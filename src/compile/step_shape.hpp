@@ -111,6 +111,7 @@ struct StepShape {
   int pp = 1, stage = 0;
   bool first_stage = true, last_stage = true;
   int vstages = 1, nchunks = 1;
+  int mb_group = 0;                // micro-batches per round of the interleaved order (0: pp; CompileOptions::mb_group)
   std::vector<ChunkShape> chunks;  // this rank's, by virtual stage
   std::vector<int> layer_chunk;    // global layer -> global chunk
   std::vector<int> local_layer;    // global layer -> local layer index (-1: on another stage)
@@ -151,9 +152,10 @@ StrategyOptions strategy_options(const Deck& deck);
 /// Rank `rank`'s step. `plan` must be the deck's (LayoutPlan(ModelDescription(deck.model),
 /// mesh, strategy_options(deck), deck.strategy.virtual_stages)). Throws InputError naming
 /// the deck key and value when the step cannot be built (batch not divisible, ...).
-/// `params`: which parameters it describes (ShapeParams).
+/// `params`: which parameters it describes (ShapeParams); `mb_group`: micro-batches per round
+/// of an interleaved schedule (CompileOptions::mb_group).
 StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode = StepMode::Train,
-                          ShapeParams params = ShapeParams::All);
+                          ShapeParams params = ShapeParams::All, int mb_group = 0);
 
 /// Moves `from`'s parameters into `to` (the simulator's shape of the deck for its memory
 /// figure, from the program it compiled with fewer micro-batches). They depend only on the

@@ -42,7 +42,8 @@ void StepBuilder::pipeline_begin() {
       if (inbox_.count(q)) continue;
       auto& box = inbox_[q];
       posted_[q] = 0;
-      for (const PipelineStep& g : pipeline_schedule(s.schedule, s.pp, q, static_cast<int>(s.micro), s.vstages)) {
+      for (const PipelineStep& g :
+           pipeline_schedule(s.schedule, s.pp, q, static_cast<int>(s.micro), s.vstages, s.mb_group)) {
         const int gq = g.chunk * s.pp + q;  // the sender's chunk
         if (g.forward && gq < s.nchunks - 1 && (gq + 1) % s.pp == s.stage)
           box.push_back({true, (gq + 1) / s.pp, g.micro_batch});

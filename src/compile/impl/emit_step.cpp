@@ -23,7 +23,7 @@ parallel::LayoutPlan layout_plan(const Deck& deck, const MeshShape& mesh) {
 StepProgram compile_step(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode,
                          CompileOptions options) {
   StepProgram prog;
-  prog.shape = make_step_shape(deck, plan, rank, mode, options.params);
+  prog.shape = make_step_shape(deck, plan, rank, mode, options.params, options.mb_group);
   prog.buffers = plan_buffers(prog.shape);
   detail::StepBuilder(prog, options.names).build();
   pool_staging(prog);

@@ -6,34 +6,40 @@
 
 namespace shardflow::compile {
 
-ScheduleWalk::ScheduleWalk(PipelineSchedule kind, int stages, int stage, int micro_batches, int virtual_stages) {
-  const int p = stages, m = micro_batches, v = virtual_stages;
+ScheduleWalk::ScheduleWalk(PipelineSchedule kind, int stages, int stage, int micro_batches, int virtual_stages,
+                           int group) {
+  const int p = stages, m = micro_batches, v = virtual_stages, g = group > 0 ? group : stages;
   SHARDFLOW_REQUIRE_INPUT(p >= 1, "pipeline schedule: mesh.pipeline = ", p, " must be >= 1");
   SHARDFLOW_REQUIRE_INPUT(stage >= 0 && stage < p, "pipeline schedule: stage ", stage, " is outside [0, ", p, ")");
   SHARDFLOW_REQUIRE_INPUT(m >= 1, "pipeline schedule: train.micro_batches = ", m, " must be >= 1");
   SHARDFLOW_REQUIRE_INPUT(v >= 1, "pipeline schedule: strategy.virtual_stages = ", v, " must be >= 1");
-  SHARDFLOW_REQUIRE_INPUT(v == 1 || m % p == 0, "pipeline schedule: interleaved 1f1b needs train.micro_batches = ",
-                          m, " to be a multiple of mesh.pipeline = ", p);
+  SHARDFLOW_REQUIRE_INPUT(group >= 0, "pipeline schedule: ", group, " micro-batches per round");
+  if (group == 0)
+    SHARDFLOW_REQUIRE_INPUT(v == 1 || m % p == 0, "pipeline schedule: interleaved 1f1b needs train.micro_batches = ", m,
+                            " to be a multiple of mesh.pipeline = ", p);
+  else
+    SHARDFLOW_REQUIRE_INPUT(v == 1 || m % g == 0, "pipeline schedule: interleaved 1f1b in rounds of ", g,
+                            " needs micro-batches = ", m, " to be a multiple of ", g);
   if (kind == PipelineSchedule::GPipe && p > 1) {  // every forward (chunk 0), then every backward
     v_ = 1;
     total_ = m;
     warm_ = m;
     f_ = b_ = Count{m, 1};
   } else {
-    // the k-th forward runs chunk (k / p) mod v of micro-batch (k / (p·v))·p + k mod p, the
+    // the k-th forward runs chunk (k / g) mod v of micro-batch (k / (g·v))·g + k mod g, the
     // k-th backward the chunks in reverse; w warm-up forwards, then the k-th backward after
     // forward w + k (while there is one)
     v_ = v;
     total_ = m * v;
-    warm_ = v == 1 ? std::min(p - stage - 1, m) : std::min((p - stage - 1) * 2 + (v - 1) * p, total_);
-    f_ = b_ = Count{p, v};
+    warm_ = v == 1 ? std::min(p - stage - 1, m) : std::min((p - stage - 1) * 2 + (v - 1) * g, total_);
+    f_ = b_ = Count{v == 1 ? p : g, v};
   }
   decide();
 }
 
 std::vector<PipelineStep> pipeline_schedule(PipelineSchedule kind, int stages, int stage, int micro_batches,
-                                            int virtual_stages) {
-  ScheduleWalk w(kind, stages, stage, micro_batches, virtual_stages);
+                                            int virtual_stages, int group) {
+  ScheduleWalk w(kind, stages, stage, micro_batches, virtual_stages, group);
   std::vector<PipelineStep> out;
   out.reserve(w.size());
   for (; !w.done(); w.next()) out.push_back(w.step());

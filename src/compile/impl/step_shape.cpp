@@ -11,7 +11,7 @@ namespace shardflow::compile {
 namespace {
 
 // The pipeline: this rank's chunks, its schedule and the act slots each chunk needs.
-void shape_pipeline(const Deck& deck, const parallel::LayoutPlan& plan, StepShape& s) {
+void shape_pipeline(const Deck& deck, const parallel::LayoutPlan& plan, StepShape& s, int mb_group) {
   const int L = s.layers;
   s.vstages = deck.strategy.virtual_stages;
   SHARDFLOW_REQUIRE_INPUT(s.vstages >= 1, "strategy.virtual_stages = ", s.vstages, " must be >= 1");
@@ -21,8 +21,9 @@ void shape_pipeline(const Deck& deck, const parallel::LayoutPlan& plan, StepShap
     SHARDFLOW_REQUIRE_INPUT(deck.strategy.schedule == PipelineSchedule::OneFOneB, "strategy.virtual_stages = ",
                             s.vstages, " interleaves the 1f1b schedule, not ", schedule_name(deck.strategy.schedule),
                             at);
-    SHARDFLOW_REQUIRE_INPUT(s.micro % s.pp == 0, "strategy.virtual_stages = ", s.vstages, ": train.micro_batches = ",
-                            s.micro, " must be a multiple of mesh.pipeline = ", s.pp, at);
+    SHARDFLOW_REQUIRE_INPUT(mb_group > 0 || s.micro % s.pp == 0, "strategy.virtual_stages = ", s.vstages,
+                            ": train.micro_batches = ", s.micro, " must be a multiple of mesh.pipeline = ", s.pp, at);
+    s.mb_group = mb_group;  // (a round of another size: the schedule checks it)
     SHARDFLOW_REQUIRE_INPUT(s.pp * s.vstages <= L, "strategy.virtual_stages = ", s.vstages, ": mesh.pipeline = ", s.pp,
                             " x ", s.vstages, " chunks but only model.layers = ", L, at);
   }
@@ -43,7 +44,7 @@ void shape_pipeline(const Deck& deck, const parallel::LayoutPlan& plan, StepShap
     for (int l = c.layer_begin; l < c.layer_end; ++l) s.local_layer[static_cast<size_t>(l)] = nlocal++;
     s.chunks.push_back(c);
   }
-  s.order = pipeline_schedule(s.schedule, s.pp, s.stage, static_cast<int>(s.micro), s.vstages);
+  s.order = pipeline_schedule(s.schedule, s.pp, s.stage, static_cast<int>(s.micro), s.vstages, s.mb_group);
   const auto slots = in_flight(s.order, s.vstages);
   if (s.evaluate)  // the forwards only, in the schedule's order
     s.order.erase(std::remove_if(s.order.begin(), s.order.end(), [](const PipelineStep& st) { return !st.forward; }),
@@ -138,7 +139,7 @@ StrategyOptions strategy_options(const Deck& deck) {
 }
 
 StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, int rank, StepMode mode,
-                          ShapeParams params) {
+                          ShapeParams params, int mb_group) {
   StepShape s;
   s.evaluate = mode == StepMode::Evaluate;
   const MeshShape& shape = plan.mesh();
@@ -195,7 +196,7 @@ StepShape make_step_shape(const Deck& deck, const parallel::LayoutPlan& plan, in
   }
   s.pp = shape.axis_size_or_1(axis::pipeline);
   if (s.pp > 1) s.stage = shape.coord(rank, axis::pipeline);
-  shape_pipeline(deck, plan, s);
+  shape_pipeline(deck, plan, s, mb_group);
 
   s.A_l = split_extent(s.heads, s.tp, s.tc);
   s.H_l = s.A_l * s.head_dim;

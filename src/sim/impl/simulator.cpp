@@ -861,11 +861,12 @@ struct BlockClass {
 /// replayed alone differed from the task replay by 2-10 % (docs/simulator.md).
 bool blocks_apply(const StepShape& s, const Cluster& c) { return s.pp > 1 && s.zero < 2 && !c.comm_on_compute_core; }
 
-/// The deck with the class programs' micro-batches (a multiple of the stages when interleaved),
-/// each of the same size as the deck's.
+/// The deck with the class programs' micro-batches, each of the same size as the deck's: at
+/// most kBlockMicroBatches; interleaved, one round of the stages where there are no more
+/// stages than that, else one round of its own (class_options).
 Deck block_deck(const Deck& deck, const StepShape& s) {
   const int m = static_cast<int>(s.micro);
-  const int mr = s.vstages > 1 ? std::min(m, s.pp) : std::min(m, kBlockMicroBatches);
+  const int mr = s.vstages > 1 && s.pp <= kBlockMicroBatches ? std::min(m, s.pp) : std::min(m, kBlockMicroBatches);
   SHARDFLOW_REQUIRE(s.global_batch % m == 0, "simulate: global batch ", s.global_batch,
                     " is not a multiple of the micro-batches ", m);
   Deck reduced = deck;
@@ -886,10 +887,23 @@ void class_memory(BlockClass& c) {
   c.prog.reset();
 }
 
+/// How a class program compiles: unnamed; interleaved with fewer micro-batches than stages
+/// (block_deck), all of them in one round. Replayed alone with free pipeline messages, a
+/// group's time does not depend on where the schedule puts it, and the groups stand for the
+/// deck's first and last micro-batches as in any other class program (BlockClass::group);
+/// with one round of the stages (Megatron-LM's order) a class program of 35 stages ran 35
+/// micro-batches.
+compile::CompileOptions class_options(const Deck& reduced, const parallel::LayoutPlan& plan) {
+  compile::CompileOptions o = unnamed();
+  const int mr = reduced.train.micro_batches;
+  if (reduced.strategy.virtual_stages > 1 && mr < plan.mesh().axis_size_or_1("pipeline")) o.mb_group = mr;
+  return o;
+}
+
 /// build_class's first half: class c's program compiled from `reduced` (c.prog).
 void compile_class(BlockClass& c, const Deck& reduced, const parallel::LayoutPlan& plan) {
   c.prog = std::make_shared<compile::StepProgram>(
-      compile::compile_step(reduced, plan, c.rank, compile::StepMode::Train, unnamed()));
+      compile::compile_step(reduced, plan, c.rank, compile::StepMode::Train, class_options(reduced, plan)));
 }
 
 /// build_class's second half, from c.prog (compile_class).
