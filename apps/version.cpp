@@ -6,6 +6,10 @@
 #include "core/blas.hpp"
 #include "core/gemm.hpp"
 
+#ifdef SHARDFLOW_HAVE_TCMALLOC
+extern "C" const char* tc_version(int* major, int* minor, const char** patch);  // (gperftools/tcmalloc.h)
+#endif
+
 namespace {
 shardflow::app::CommandRegistration reg(
     "version", "print the version and the enabled backends",
@@ -38,6 +42,13 @@ shardflow::app::CommandRegistration reg(
         std::printf("sgemm onednn: %.1f GFLOP/s%s\n", b.sgemm_gflops_onednn,
                     b.sgemm_gflops_onednn > 0 ? "" : " (not in this build, or it failed verification)");
         std::printf("bf16 gemm: %s\n", shardflow::bf16_gemm_summary().c_str());
+#ifdef SHARDFLOW_HAVE_TCMALLOC
+        int major = 0, minor = 0;
+        const char* patch = "";
+        std::printf("malloc: tcmalloc_minimal (%s)\n", tc_version(&major, &minor, &patch));
+#else
+        std::printf("malloc: the C library's\n");
+#endif
         return 0;
       };
     },

@@ -4,3 +4,4 @@
 add_executable(bench_sim_warm ${CMAKE_CURRENT_LIST_DIR}/bench_sim_warm.cpp)
 target_link_libraries(bench_sim_warm PRIVATE shardflow)
 shardflow_target_options(bench_sim_warm)
+shardflow_link_allocator(bench_sim_warm)  # (the allocator the shardflow command runs with)
