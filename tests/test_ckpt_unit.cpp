@@ -103,39 +103,42 @@ TEST(Crc32c, StridedEqualsGatheredSegments) {
 // nothing between them or around them) and returns the CRC of the gathered segments; fast
 // (folding) and fallback segment sizes alike, and every destination alignment the folding
 // copy treats apart (each 8-byte offset in a cache line: aligned stores with masked ends;
-// any other: unaligned stores).
+// any other: unaligned stores), with plain and with streaming (non-temporal) stores.
 TEST(Crc32c, CopyStridedCopiesAndHashesTheSegments) {
   std::mt19937 rng(29);
   std::vector<unsigned char> src(64 * 4096 + 512);
   for (auto& b : src) b = static_cast<unsigned char>(rng());
-  for (size_t doff : {size_t(0), size_t(8), size_t(16), size_t(24), size_t(32), size_t(40), size_t(48), size_t(56),
-                      size_t(4), size_t(7)})
-  for (size_t seg : {size_t(256), size_t(512), size_t(4096), size_t(100), size_t(8)})
-    for (size_t count : {size_t(1), size_t(2), size_t(17)}) {
-      const size_t src_stride = seg + 64 * (rng() % 4), dst_stride = seg + 8 * (rng() % 9);
-      const size_t off = rng() % 64;
-      if (off + count * src_stride > src.size()) continue;
-      std::vector<unsigned char> dst_buf(count * dst_stride + 192, 0xA5), gathered;
-      // dst: doff bytes past a 64-byte boundary, 64 guard bytes before it
-      const size_t lead = 64 + (64 - reinterpret_cast<std::uintptr_t>(dst_buf.data()) % 64) % 64 + doff;
-      unsigned char* dst = dst_buf.data() + lead;
-      for (size_t i = 0; i < count; ++i)
-        gathered.insert(gathered.end(), src.begin() + static_cast<long>(off + i * src_stride),
-                        src.begin() + static_cast<long>(off + i * src_stride + seg));
-      const std::uint32_t init = static_cast<std::uint32_t>(rng());
-      const std::uint32_t got = crc32c_copy_strided(dst, dst_stride, src.data() + off, src_stride, seg, count, init);
-      EXPECT_EQ(got, crc32c_portable(gathered.data(), gathered.size(), init))
-          << "seg " << seg << " count " << count << " dst offset " << doff;
-      for (size_t i = 0; i < count; ++i) {
-        EXPECT_EQ(std::memcmp(dst + i * dst_stride, gathered.data() + i * seg, seg), 0)
-            << "seg " << seg << " row " << i << " dst offset " << doff;
-        for (size_t k = seg; k < dst_stride && i + 1 < count; ++k)
-          ASSERT_EQ(dst[i * dst_stride + k], 0xA5) << "seg " << seg << " dst offset " << doff << ": wrote between rows";
-      }
-      for (size_t k = 0; k < lead; ++k) ASSERT_EQ(dst_buf[k], 0xA5) << "dst offset " << doff << ": wrote before";
-      for (size_t k = lead + (count - 1) * dst_stride + seg; k < dst_buf.size(); ++k)
-        ASSERT_EQ(dst_buf[k], 0xA5) << "dst offset " << doff << ": wrote after";
-    }
+  for (CopyStores stores : {CopyStores::Cached, CopyStores::Streaming})
+    for (size_t doff : {size_t(0), size_t(8), size_t(16), size_t(24), size_t(32), size_t(40), size_t(48), size_t(56),
+                        size_t(4), size_t(7)})
+      for (size_t seg : {size_t(256), size_t(512), size_t(4096), size_t(100), size_t(8)})
+        for (size_t count : {size_t(1), size_t(2), size_t(17)}) {
+          const size_t src_stride = seg + 64 * (rng() % 4), dst_stride = seg + 8 * (rng() % 9);
+          const size_t off = rng() % 64;
+          if (off + count * src_stride > src.size()) continue;
+          std::vector<unsigned char> dst_buf(count * dst_stride + 192, 0xA5), gathered;
+          // dst: doff bytes past a 64-byte boundary, 64 guard bytes before it
+          const size_t lead = 64 + (64 - reinterpret_cast<std::uintptr_t>(dst_buf.data()) % 64) % 64 + doff;
+          unsigned char* dst = dst_buf.data() + lead;
+          for (size_t i = 0; i < count; ++i)
+            gathered.insert(gathered.end(), src.begin() + static_cast<long>(off + i * src_stride),
+                            src.begin() + static_cast<long>(off + i * src_stride + seg));
+          const std::uint32_t init = static_cast<std::uint32_t>(rng());
+          const std::uint32_t got =
+              crc32c_copy_strided(dst, dst_stride, src.data() + off, src_stride, seg, count, init, stores);
+          EXPECT_EQ(got, crc32c_portable(gathered.data(), gathered.size(), init))
+              << "seg " << seg << " count " << count << " dst offset " << doff;
+          for (size_t i = 0; i < count; ++i) {
+            EXPECT_EQ(std::memcmp(dst + i * dst_stride, gathered.data() + i * seg, seg), 0)
+                << "seg " << seg << " row " << i << " dst offset " << doff;
+            for (size_t k = seg; k < dst_stride && i + 1 < count; ++k)
+              ASSERT_EQ(dst[i * dst_stride + k], 0xA5)
+                  << "seg " << seg << " dst offset " << doff << ": wrote between rows";
+          }
+          for (size_t k = 0; k < lead; ++k) ASSERT_EQ(dst_buf[k], 0xA5) << "dst offset " << doff << ": wrote before";
+          for (size_t k = lead + (count - 1) * dst_stride + seg; k < dst_buf.size(); ++k)
+            ASSERT_EQ(dst_buf[k], 0xA5) << "dst offset " << doff << ": wrote after";
+        }
 }
 
 // One stored tile moved with preadv/pwritev: more rows than IOV_MAX pieces (several system

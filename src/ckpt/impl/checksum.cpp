@@ -243,10 +243,19 @@ SHARDFLOW_FOLD_TARGET inline __m512i join_qwords(__m512i hi, __m512i lo) {
   return _mm512_mask_alignr_epi64(_mm512_setzero_si512(), static_cast<__mmask8>(0xFF), hi, lo, K);
 }
 
-template <int Q>
+// one whole, aligned 64-byte store: non-temporal when NT
+template <bool NT>
+SHARDFLOW_FOLD_TARGET inline void store_line(unsigned char* a, __m512i v) {
+  if constexpr (NT)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(a), v);
+  else
+    _mm512_store_si512(a, v);
+}
+
+template <int Q, bool NT>
 SHARDFLOW_FOLD_TARGET inline void fold_copy_segment(const unsigned char* p, unsigned char* q, std::size_t seg,
-                                                    __m512i& x0, __m512i& x1, __m512i& x2, __m512i& x3,
-                                                    bool& seeded, std::uint32_t c, __m512i k2048) {
+                                                    __m512i& x0, __m512i& x1, __m512i& x2, __m512i& x3, bool& seeded,
+                                                    std::uint32_t c, __m512i k2048) {
   __m512i prev = _mm512_setzero_si512();
   unsigned char* base = q - 8 * (Q > 0 ? Q : 0);  // the 64-byte boundary below q
   for (std::size_t i = 0; i < seg; i += 256) {
@@ -258,18 +267,18 @@ SHARDFLOW_FOLD_TARGET inline void fold_copy_segment(const unsigned char* p, unsi
       _mm512_storeu_si512(q + i + 128, d2);
       _mm512_storeu_si512(q + i + 192, d3);
     } else if constexpr (Q == 0) {
-      _mm512_store_si512(q + i, d0);
-      _mm512_store_si512(q + i + 64, d1);
-      _mm512_store_si512(q + i + 128, d2);
-      _mm512_store_si512(q + i + 192, d3);
+      store_line<NT>(q + i, d0);
+      store_line<NT>(q + i + 64, d1);
+      store_line<NT>(q + i + 128, d2);
+      store_line<NT>(q + i + 192, d3);
     } else {
       if (i == 0)
         _mm512_mask_storeu_epi64(q, static_cast<__mmask8>((1u << (8 - Q)) - 1), d0);  // the head, up to the boundary
       else
-        _mm512_store_si512(base + i, join_qwords<8 - Q>(d0, prev));
-      _mm512_store_si512(base + i + 64, join_qwords<8 - Q>(d1, d0));
-      _mm512_store_si512(base + i + 128, join_qwords<8 - Q>(d2, d1));
-      _mm512_store_si512(base + i + 192, join_qwords<8 - Q>(d3, d2));
+        store_line<NT>(base + i, join_qwords<8 - Q>(d0, prev));
+      store_line<NT>(base + i + 64, join_qwords<8 - Q>(d1, d0));
+      store_line<NT>(base + i + 128, join_qwords<8 - Q>(d2, d1));
+      store_line<NT>(base + i + 192, join_qwords<8 - Q>(d3, d2));
       prev = d3;
     }
     if (!seeded) {
@@ -293,7 +302,9 @@ SHARDFLOW_FOLD_TARGET inline void fold_copy_segment(const unsigned char* p, unsi
 /// fold_raw over segments copied on the way: each 256-byte block is loaded once, stored to
 /// dst and folded from the same registers (seg a multiple of 256, count >= 1). Stores are
 /// kept 64-byte aligned where the destination allows (a destination 16 bytes off a cache
-/// line, as malloc returns, otherwise splits every store: 25 % slower measured).
+/// line, as malloc returns, otherwise splits every store: 25 % slower measured). NT: the
+/// whole lines' stores non-temporal (the masked ends and unaligned destinations stay plain).
+template <bool NT>
 SHARDFLOW_FOLD_TARGET std::uint32_t fold_copy(unsigned char* dst, std::size_t dst_stride, const unsigned char* src,
                                               std::size_t src_stride, std::size_t seg, std::size_t count,
                                               std::uint32_t c) {
@@ -306,17 +317,36 @@ SHARDFLOW_FOLD_TARGET std::uint32_t fold_copy(unsigned char* dst, std::size_t ds
     unsigned char* q = dst + s * dst_stride;
     const auto m = reinterpret_cast<std::uintptr_t>(q) & 63;
     switch (m % 8 != 0 ? -1 : static_cast<int>(m / 8)) {
-      case 0: fold_copy_segment<0>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
-      case 1: fold_copy_segment<1>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
-      case 2: fold_copy_segment<2>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
-      case 3: fold_copy_segment<3>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
-      case 4: fold_copy_segment<4>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
-      case 5: fold_copy_segment<5>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
-      case 6: fold_copy_segment<6>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
-      case 7: fold_copy_segment<7>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
-      default: fold_copy_segment<-1>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
+      case 0:
+        fold_copy_segment<0, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
+        break;
+      case 1:
+        fold_copy_segment<1, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
+        break;
+      case 2:
+        fold_copy_segment<2, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
+        break;
+      case 3:
+        fold_copy_segment<3, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
+        break;
+      case 4:
+        fold_copy_segment<4, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
+        break;
+      case 5:
+        fold_copy_segment<5, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
+        break;
+      case 6:
+        fold_copy_segment<6, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
+        break;
+      case 7:
+        fold_copy_segment<7, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
+        break;
+      default:
+        fold_copy_segment<-1, false>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
+        break;
     }
   }
+  if constexpr (NT) _mm_sfence();  // the streamed lines are visible before the caller goes on
   return fold_finish(x0, x1, x2, x3);
 }
 #endif
@@ -355,12 +385,15 @@ std::uint32_t crc32c_strided(const void* base, std::size_t stride, std::size_t s
 }
 
 std::uint32_t crc32c_copy_strided(void* dst, std::size_t dst_stride, const void* src, std::size_t src_stride,
-                                  std::size_t seg, std::size_t count, std::uint32_t crc) {
+                                  std::size_t seg, std::size_t count, std::uint32_t crc, CopyStores stores) {
   auto* q = static_cast<unsigned char*>(dst);
   const auto* p = static_cast<const unsigned char*>(src);
 #ifdef SHARDFLOW_CRC32C_X86
   if (seg % 256 == 0 && seg > 0 && count > 0 && have_vpclmul())
-    return ~fold_copy(q, dst_stride, p, src_stride, seg, count, ~crc);
+    return ~(stores == CopyStores::Streaming ? fold_copy<true>(q, dst_stride, p, src_stride, seg, count, ~crc)
+                                             : fold_copy<false>(q, dst_stride, p, src_stride, seg, count, ~crc));
+#else
+  (void)stores;
 #endif
   for (std::size_t i = 0; i < count; ++i) {
     std::memcpy(q + i * dst_stride, p + i * src_stride, seg);

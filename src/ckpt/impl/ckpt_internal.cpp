@@ -476,7 +476,7 @@ void tile_io(int fd, bool write, std::int64_t chunk_at, unsigned char* first, st
 }
 
 std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord& s, const Box& rb, unsigned char* mem,
-                        const Shape& mem_shape, const Shape& mem_start, const std::string& dir) {
+                        const Shape& mem_shape, const Shape& mem_start, const std::string& dir, CopyStores stores) {
   using ::shardflow::detail::concat;
   const TileGeometry g = tile_geometry(t, s);
   const Shape& ext = s.box.extent;
@@ -553,7 +553,8 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
         bytes += (re - ra) * static_cast<std::int64_t>(seg);
         if (map) {
           check(b, j, ra, re,
-                crc32c_copy_strided(first, stride, map->at(chunk_at), chunk_row, seg, static_cast<std::size_t>(re - ra)));
+                crc32c_copy_strided(first, stride, map->at(chunk_at), chunk_row, seg, static_cast<std::size_t>(re - ra),
+                                    0, stores));
           continue;
         }
         try {

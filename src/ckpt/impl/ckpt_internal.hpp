@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/checksum.hpp"
 #include "ckpt/impl/hdf5_util.hpp"
 #include "ckpt/manifest.hpp"
 
@@ -107,8 +108,11 @@ Box tile_cover(const TensorRecord& t, const ShardRecord& s, const Box& want);
 /// tensor, file and tile on mismatch). The data lands in `mem`, a row-major array of shape
 /// `mem_shape` (the manifest's dtype), at `mem_start`; dimensions from the third on must be
 /// whole in `mem` (mem_shape[d] == rb.extent[d], mem_start[d] == 0). Returns the bytes read.
+/// `stores`: how tiles copied from a map of the file are stored (crc32c_copy_strided):
+/// Streaming for a caller's own tensor restored in place, Cached for a buffer read next.
 std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord& s, const Box& rb, unsigned char* mem,
-                        const Shape& mem_shape, const Shape& mem_start, const std::string& dir);
+                        const Shape& mem_shape, const Shape& mem_start, const std::string& dir,
+                        CopyStores stores = CopyStores::Cached);
 
 /// The file descriptor HDF5's sec2 driver holds for `dataset`'s file.
 int dataset_fd(hid_t dataset);
