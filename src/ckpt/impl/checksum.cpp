@@ -316,35 +316,19 @@ SHARDFLOW_FOLD_TARGET std::uint32_t fold_copy(unsigned char* dst, std::size_t ds
     const unsigned char* p = src + s * src_stride;
     unsigned char* q = dst + s * dst_stride;
     const auto m = reinterpret_cast<std::uintptr_t>(q) & 63;
+    // clang-format off
     switch (m % 8 != 0 ? -1 : static_cast<int>(m / 8)) {
-      case 0:
-        fold_copy_segment<0, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
-        break;
-      case 1:
-        fold_copy_segment<1, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
-        break;
-      case 2:
-        fold_copy_segment<2, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
-        break;
-      case 3:
-        fold_copy_segment<3, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
-        break;
-      case 4:
-        fold_copy_segment<4, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
-        break;
-      case 5:
-        fold_copy_segment<5, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
-        break;
-      case 6:
-        fold_copy_segment<6, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
-        break;
-      case 7:
-        fold_copy_segment<7, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
-        break;
-      default:
-        fold_copy_segment<-1, false>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048);
-        break;
+      case 0: fold_copy_segment<0, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
+      case 1: fold_copy_segment<1, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
+      case 2: fold_copy_segment<2, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
+      case 3: fold_copy_segment<3, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
+      case 4: fold_copy_segment<4, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
+      case 5: fold_copy_segment<5, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
+      case 6: fold_copy_segment<6, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
+      case 7: fold_copy_segment<7, NT>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
+      default: fold_copy_segment<-1, false>(p, q, seg, x0, x1, x2, x3, seeded, c, k2048); break;
     }
+    // clang-format on
   }
   if constexpr (NT) _mm_sfence();  // the streamed lines are visible before the caller goes on
   return fold_finish(x0, x1, x2, x3);
