@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <set>
+#include <string>
 #include <tuple>
 
 #include "compile/schedule.hpp"
@@ -45,6 +46,24 @@ bool runs_to_completion(PipelineSchedule kind, int p, int m, int v) {
   for (int s = 0; s < p; ++s)
     if (next[static_cast<size_t>(s)] != order[static_cast<size_t>(s)].size()) return false;
   return true;
+}
+
+// Every forward and every backward of `steps` once, micro-batches in [0, m), each backward
+// after its forward, `each` of either.
+void expect_each_step_once(const std::vector<PipelineStep>& steps, int m, size_t each, const std::string& what) {
+  std::set<std::pair<int, int>> fwd, bwd;
+  for (const auto& st : steps) {
+    ASSERT_GE(st.micro_batch, 0) << what;
+    ASSERT_LT(st.micro_batch, m) << what;
+    if (st.forward) {
+      EXPECT_TRUE(fwd.insert({st.chunk, st.micro_batch}).second) << what;
+    } else {
+      EXPECT_TRUE(fwd.count({st.chunk, st.micro_batch})) << what << ": backward before forward";
+      EXPECT_TRUE(bwd.insert({st.chunk, st.micro_batch}).second) << what;
+    }
+  }
+  EXPECT_EQ(fwd.size(), each) << what;
+  EXPECT_EQ(bwd.size(), each) << what;
 }
 
 }  // namespace
@@ -116,17 +135,8 @@ TEST(Schedule, InterleavedInRoundsOfAnotherSize) {
             EXPECT_EQ(compile::in_flight(compile::ScheduleWalk(PipelineSchedule::OneFOneB, p, st, m, v, g), v),
                       compile::in_flight(want, v))
                 << "p " << p << " v " << v << " g " << g << " m " << m << " stage " << st;
-            std::set<std::pair<int, int>> fwd, bwd;
-            for (const auto& x : got) {
-              ASSERT_LT(x.micro_batch, m);
-              if (x.forward) {
-                EXPECT_TRUE(fwd.insert({x.chunk, x.micro_batch}).second);
-              } else {
-                EXPECT_TRUE(fwd.count({x.chunk, x.micro_batch})) << "backward before forward";
-                EXPECT_TRUE(bwd.insert({x.chunk, x.micro_batch}).second);
-              }
-            }
-            EXPECT_EQ(bwd.size(), static_cast<size_t>(total));
+            expect_each_step_once(got, m, static_cast<size_t>(total),
+                                  "p " + std::to_string(p) + " g " + std::to_string(g));
             if (g == p) {
               EXPECT_EQ(got, compile::pipeline_schedule(PipelineSchedule::OneFOneB, p, st, m, v)) << p << " " << m;
             }
@@ -153,18 +163,8 @@ TEST(Schedule, EveryStepOnceAndBackwardAfterForward) {
             const auto steps = compile::pipeline_schedule(kind, p, s, m, v);
             const int vv = kind == PipelineSchedule::GPipe ? 1 : v;
             ASSERT_EQ(steps.size(), static_cast<size_t>(2 * m * vv)) << p << " " << v << " " << m;
-            std::set<std::pair<int, int>> fwd, bwd;
-            for (const auto& st : steps) {
-              ASSERT_GE(st.micro_batch, 0);
-              ASSERT_LT(st.micro_batch, m);
-              if (st.forward) {
-                EXPECT_TRUE(fwd.insert({st.chunk, st.micro_batch}).second);
-              } else {
-                EXPECT_TRUE(fwd.count({st.chunk, st.micro_batch})) << "backward before forward";
-                EXPECT_TRUE(bwd.insert({st.chunk, st.micro_batch}).second);
-              }
-            }
-            EXPECT_EQ(fwd.size(), bwd.size());
+            expect_each_step_once(steps, m, static_cast<size_t>(m * vv),
+                                  "p " + std::to_string(p) + " v " + std::to_string(v) + " m " + std::to_string(m));
           }
         }
 }

@@ -32,7 +32,7 @@ ScheduleWalk::ScheduleWalk(PipelineSchedule kind, int stages, int stage, int mic
     v_ = v;
     total_ = m * v;
     warm_ = v == 1 ? std::min(p - stage - 1, m) : std::min((p - stage - 1) * 2 + (v - 1) * g, total_);
-    f_ = b_ = Count{v == 1 ? p : g, v};
+    f_ = b_ = Count{g, v};  // (one chunk: the k-th step is micro-batch k whatever the round)
   }
   decide();
 }
