@@ -76,7 +76,7 @@ TEST(Reshard, RandomLayoutPairsRoundTripExactly) {
   Kokkos::DefaultHostExecutionSpace exec;
   std::mt19937 g(20261121);
   const std::vector<std::string> names{"data", "fsdp", "tensor"};
-  int pairs = 0;
+  int pairs = 0, pipelined = 0;
   for (int k : {2, 3}) {
     for (auto sizes : test::factorisations(n, k)) {
       MeshShape ms(std::vector<std::string>(names.begin(), names.begin() + k), sizes);
@@ -106,10 +106,14 @@ TEST(Reshard, RandomLayoutPairsRoundTripExactly) {
             check_pair<double>(comms.world(), a, b);
             break;
         }
-        // and back, through a persistent operation run twice, staged and in place
-        for (auto path : {shard::ReshardPath::Staged, shard::ReshardPath::InPlace}) {
-          shard::Resharder<float> back(comms.world(), shard::ReshardPlan(b, a, mesh.rank()), exec, path);
-          EXPECT_EQ(back.in_place(), path == shard::ReshardPath::InPlace);
+        // and back, through a persistent operation run twice, staged, in place, and with
+        // every piece that can sent in rounds of one row (many rounds: the slots reused)
+        for (auto path : {shard::ReshardPath::Staged, shard::ReshardPath::InPlace, shard::ReshardPath::Pipelined}) {
+          shard::Resharder<float> back(comms.world(), shard::ReshardPlan(b, a, mesh.rank()), exec, path, 1);
+          if (path != shard::ReshardPath::Pipelined) {
+            EXPECT_EQ(back.in_place(), path == shard::ReshardPath::InPlace);
+          }
+          pipelined += static_cast<int>(back.pipelined_sends());
           auto src = fill_local<float>(b, mesh.rank());
           std::vector<float> dst(static_cast<std::size_t>(a.local_numel(mesh.rank())), -1.f);
           for (int rep = 0; rep < 2; ++rep) {
@@ -125,6 +129,11 @@ TEST(Reshard, RandomLayoutPairsRoundTripExactly) {
     }
   }
   EXPECT_GT(pairs, 0);
+  int any = 0;
+  MPI_Allreduce(&pipelined, &any, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  if (n > 1) {
+    EXPECT_GT(any, 0) << "no random pair sent a piece in rounds";
+  }
 }
 
 // Rows -> columns: each piece received is a row block of the target (contiguous: written in
@@ -238,8 +247,9 @@ void row_walk_case(const Shape& shape, const PartitionSpec& from, const Partitio
   // other way round the pieces leave as contiguous runs of the source and land strided in
   // the destination (the destination's row walk)
   if (mesh.size() > 1 && op.plan().local_piece().numel() > 0) {
-    if (!op.direct_send() && !op.plan().sends().empty()) {
-      EXPECT_TRUE(op.row_walk()) << a.to_string() << " -> " << b.to_string();
+    if (!op.direct_send() && !op.plan().sends().empty()) {  // (or in rounds: each a walk of its rows)
+      EXPECT_TRUE(op.row_walk() || op.pipelined_sends() == op.plan().sends().size())
+          << a.to_string() << " -> " << b.to_string();
     }
     if (!op.direct_recv() && !op.plan().recvs().empty()) {
       EXPECT_TRUE(op.unpack_walk()) << a.to_string() << " -> " << b.to_string();
@@ -263,6 +273,87 @@ TEST(Reshard, RowSplitsWalkTheSourceOnceInOrder) {
     const MeshShape two({"data", "tensor"}, {2, 2});
     row_walk_case<float>({2053, 769}, PartitionSpec{{"data", "tensor"}, {}}, PartitionSpec{{"data"}, {"tensor"}}, two);
   }
+}
+
+// Pieces moved in rounds (Resharder::pipelined_piece): a row split becoming a column split
+// (uneven; f32 and f64; a 3-D middle split; a 2 x 2 mesh) packs each piece in rounds of a
+// few source rows through the slots, reused many times over, and each round lands in place
+// (Out); a column split becoming a row split sends each piece straight from the source and
+// receives it in rounds of a few target rows through the slots, each round walked into the
+// destination rows (In). The kept piece is copied in the same walks. Exact twice (the second
+// time into a dirty destination), with the source untouched and work done between start()
+// and finish(). Auto takes the rounds from a walked box of kPipeBytes, not below.
+enum class Walked { None, Out, In };
+template <class T>
+void pipelined_case(const Shape& shape, const PartitionSpec& from, const PartitionSpec& to, const MeshShape& ms,
+                    std::int64_t round_bytes, Walked expect, shard::ReshardPath path) {
+  Mesh mesh(ms);
+  comm::CommSet comms(mesh, comm::Backend::Mpi);
+  Layout a(shape, from, ms), b(shape, to, ms);
+  shard::Resharder<T> op(comms.world(), shard::ReshardPlan(a, b, mesh.rank()), Kokkos::DefaultHostExecutionSpace(),
+                         path, round_bytes);
+  const std::string what = a.to_string() + " -> " + b.to_string();
+  const auto src = fill_local<T>(a, mesh.rank());
+  const auto keep = src;
+  const auto want = fill_local<T>(b, mesh.rank());
+  if (expect != Walked::None && mesh.size() > 1) {
+    EXPECT_EQ(op.pipelined_sends(), op.plan().sends().size()) << what;
+    EXPECT_EQ(op.pipelined_recvs(), op.plan().recvs().size()) << what;
+    const Box walked = expect == Walked::Out ? a.box(mesh.rank()) : b.box(mesh.rank());
+    const std::int64_t row_bytes = walked.numel() / walked.extent[0] * static_cast<std::int64_t>(sizeof(T));
+    const std::int64_t per = std::max<std::int64_t>(1, round_bytes / row_bytes);
+    EXPECT_EQ(expect == Walked::Out ? op.pipeline_rounds() : op.pipeline_in_rounds(),
+              (walked.extent[0] + per - 1) / per)
+        << what;
+    EXPECT_EQ(expect == Walked::Out ? op.pipeline_in_rounds() : op.pipeline_rounds(), 0) << what;
+  } else {
+    EXPECT_EQ(op.pipelined_sends(), 0u) << what;
+    EXPECT_EQ(op.pipelined_recvs(), 0u) << what;
+  }
+  std::vector<T> dst(want.size(), T(-1));
+  for (int rep = 0; rep < 2; ++rep) {
+    comm::Request r = op.start(typename shard::Resharder<T>::ConstView(src.data(), src.size()),
+                               typename shard::Resharder<T>::View(dst.data(), dst.size()));
+    volatile double busy = 0;  // the caller computes while the first rounds are in flight
+    for (int i = 0; i < 20000; ++i) busy = busy + 1.0;
+    op.finish(r);
+    int bad = dst == want ? 0 : 1, any_bad = 0;
+    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    EXPECT_TRUE(dst == want) << what << " (run " << rep << ", " << op.pipeline_rounds() << " rounds)";
+    ASSERT_EQ(any_bad, 0) << "a rank's result was wrong";
+    EXPECT_TRUE(src == keep) << what << ": the source changed";
+    std::fill(dst.begin(), dst.end(), T(-2));
+  }
+}
+
+TEST(Reshard, PipelinedPiecesMoveInRoundsExactly) {
+  const int n = test::world_size();
+  const MeshShape flat({"data"}, {n});
+  const auto forced = shard::ReshardPath::Pipelined;
+  const PartitionSpec r2{{"data"}, {}}, c2{{}, {"data"}};
+  const PartitionSpec r3{{"data"}, {}, {}}, m3{{}, {"data"}, {}};
+  for (const bool out : {true, false}) {
+    const Walked w = out ? Walked::Out : Walked::In;
+    const PartitionSpec &f2 = out ? r2 : c2, &t2 = out ? c2 : r2, &f3 = out ? r3 : m3, &t3 = out ? m3 : r3;
+    pipelined_case<float>({97 * n + 3, 777}, f2, t2, flat, 16 << 10, w, forced);  // 5 rows a round
+    pipelined_case<float>({97 * n + 3, 777}, f2, t2, flat, 1, w, forced);         // 1 row a round
+    pipelined_case<float>({97 * n + 3, 777}, f2, t2, flat, 1 << 30, w, forced);   // one round
+    pipelined_case<double>({59 * n + 1, 611}, f2, t2, flat, 20000, w, forced);
+    pipelined_case<float>({31, 4 * n + 1, 457}, f3, t3, flat, 8 << 10, w, forced);
+    if (n == 4) {
+      const MeshShape two({"data", "tensor"}, {2, 2});
+      const PartitionSpec rows2{{"data", "tensor"}, {}}, mixed{{"tensor"}, {"data"}};
+      pipelined_case<float>({203, 769}, out ? rows2 : mixed, out ? mixed : rows2, two, 16 << 10, w, forced);
+    }
+    // Auto: rounds from a walked box of kPipeBytes (1 KiB rows), none below
+    const auto rows = [&](std::int64_t bytes) { return bytes / 1024 * n; };
+    pipelined_case<float>({rows(shard::Resharder<float>::kPipeBytes), 256}, f2, t2, flat,
+                          shard::Resharder<float>::kPipeRoundBytes, w, shard::ReshardPath::Auto);
+    pipelined_case<float>({rows(shard::Resharder<float>::kPipeBytes / 2), 256}, f2, t2, flat,
+                          shard::Resharder<float>::kPipeRoundBytes, Walked::None, shard::ReshardPath::Auto);
+  }
+  // a row split gathered whole moves whole rows: nothing in rounds
+  pipelined_case<float>({97 * n + 3, 777}, r2, PartitionSpec{{}, {}}, flat, 16 << 10, Walked::None, forced);
 }
 
 // Replicated -> sharded moves no data between ranks (each takes its piece of its own copy).

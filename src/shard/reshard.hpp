@@ -73,6 +73,10 @@ class ReshardPlan {
   comm::CollectivePlan exchange_plan(DType t) const;
   /// The rank that sends piece `shard_of_from_rank`'s data to `dest` (replica choice).
   static int sender(const Layout& from, int holder, int dest);
+  /// This plan without the sends and receives flagged (by index in sends() / recvs()) and,
+  /// when drop_local, without the kept piece: the part a Resharder moves by its other paths
+  /// when it sends some pieces in rounds. (Its counts then no longer cover the target box.)
+  ReshardPlan without(const std::vector<bool>& drop_sends, const std::vector<bool>& drop_recvs, bool drop_local) const;
 
  private:
   Layout from_, to_;
@@ -84,8 +88,10 @@ class ReshardPlan {
 
 /// How a Resharder moves its pieces: Auto chooses (see the header comment); Staged packs and
 /// unpacks through staging buffers (any backend); InPlace moves strided pieces in place
-/// (host spaces on a backend whose Communicator::strided_pieces() is true).
-enum class ReshardPath { Auto, Staged, InPlace };
+/// (host spaces on a backend whose Communicator::strided_pieces() is true); Pipelined sends
+/// every piece that can go in rounds (Resharder::pipelined_piece) in rounds whatever its
+/// size, and the others as Auto would. Every rank must give the same path.
+enum class ReshardPath { Auto, Staged, InPlace, Pipelined };
 
 /// The operation: a plan bound to a communicator and persistent staging buffers.
 template <class T, class ExecSpace = Kokkos::DefaultHostExecutionSpace>
@@ -97,27 +103,80 @@ class Resharder {
 
   /// `world` must have the mesh's ranks in mesh order (CommSet::world()).
   /// Throws InputError when `path` is InPlace and the backend or space cannot.
+  /// `pipe_round_bytes`: the source bytes per round of the pieces sent in rounds (see
+  /// pipelined_piece()); every rank must give the same value (tests make it small).
   Resharder(comm::Communicator& world, ReshardPlan plan, ExecSpace exec = ExecSpace(),
-            ReshardPath path = ReshardPath::Auto)
+            ReshardPath path = ReshardPath::Auto, std::int64_t pipe_round_bytes = kPipeRoundBytes)
       : plan_(std::move(plan)),
         exec_(exec),
-        copies_(plan_),
+        pipe_(make_pipe(check_comm(world, plan_), plan_, path, pipe_round_bytes)),
+        base_(plan_.without(pipe_.drop_sends, pipe_.drop_recvs, pipe_.keep_in_rounds)),
+        copies_(base_),
         send_offsets_(runs_in_frame(copies_.pack, true)),
         recv_offsets_(runs_in_frame(copies_.unpack, false)),
-        in_place_(choose_in_place(check_comm(world, plan_), path)),
-        send_("shardflow::reshard::send", send_offsets_.empty() && !in_place_
-                                              ? static_cast<std::size_t>(plan_.send_elems())
-                                              : std::size_t(0)),
-        recv_("shardflow::reshard::recv", recv_offsets_.empty() && !in_place_
-                                              ? static_cast<std::size_t>(plan_.recv_elems())
-                                              : std::size_t(0)),
-        exchange_(world, in_place_ ? in_place_plan() : direct_plan(plan_, send_offsets_, recv_offsets_),
-                  send_.data(), recv_.data()) {}
+        in_place_(choose_in_place(world, path == ReshardPath::Pipelined ? ReshardPath::Auto : path)),
+        send_("shardflow::reshard::send",
+              send_offsets_.empty() && !in_place_ ? static_cast<std::size_t>(base_.send_elems()) : std::size_t(0)),
+        recv_("shardflow::reshard::recv",
+              recv_offsets_.empty() && !in_place_ ? static_cast<std::size_t>(base_.recv_elems()) : std::size_t(0)),
+        out_slots_("shardflow::reshard::out_slots", static_cast<std::size_t>(kPipeSlots * pipe_.out.slot_elems)),
+        in_slots_("shardflow::reshard::in_slots", static_cast<std::size_t>(kPipeSlots * pipe_.in.slot_elems)),
+        exchange_(world, in_place_ ? in_place_plan() : direct_plan(base_, send_offsets_, recv_offsets_), send_.data(),
+                  recv_.data()) {
+    bind_pipe(world);
+  }
 
   /// Pieces of at most this many bytes move in place on a backend that can (Auto).
   static constexpr std::int64_t kInPlaceBytes = std::int64_t(512) << 10;
   /// True when the exchange moves the strided pieces in place (no staging at all).
   bool in_place() const { return in_place_; }
+
+  /// Pieces whose sender's source box is this many bytes or more are sent in rounds when
+  /// they can (pipelined_piece(); Auto).
+  static constexpr std::int64_t kPipeBytes = std::int64_t(4) << 20;
+  /// Source bytes per round: a round is as many rows of the sender's source box as fit.
+  static constexpr std::int64_t kPipeRoundBytes = std::int64_t(1) << 20;
+  /// Staging slots the rounds cycle through (a slot is packed again once its round is sent).
+  static constexpr int kPipeSlots = 3;
+  /// The tag of the rounds' messages on `world`: two Resharders that send pieces in rounds
+  /// must not be in flight on one communicator at once.
+  static constexpr int kPipeTag = 24229;
+  /// Whether piece `b` (global coordinates) that rank `sender` sends to rank `receiver` goes
+  /// in rounds: each of its rows one run of a row of the sender's box but not the whole row
+  /// (it must be packed), whole rows of the receiver's box (it lands in place, one run), and
+  /// (unless forced) a sender's box of kPipeBytes or more and rows of kRowRunBytes or more.
+  /// A function of the layouts alone, so that the sender and the receiver agree on it.
+  /// Such a piece is not packed whole into a staging buffer for the exchange: the sender
+  /// walks its source rows in rounds of kPipeRoundBytes, packs each round's part of every
+  /// such piece into one of kPipeSlots small slots (the kept piece copied in the same walk)
+  /// and sends it at once, point to point; the receiver posts every round's receive straight
+  /// into its destination. What a peer's core copies out of a slot is then still in cache,
+  /// where a whole staging buffer larger than the caches costs a write to memory and a read
+  /// back (docs/comm.md). A round's slot is packed again once the round kPipeSlots before it
+  /// has been sent, so finish() packs the rounds start() could not.
+  static bool pipelined_piece(const Layout& from, const Layout& to, int sender, int receiver, const Box& b,
+                              bool forced) {
+    if (b.ndim() < 2 || b.numel() == 0) return false;
+    const Box s = from.box(sender), t = to.box(receiver);
+    for (std::size_t d = 2; d < b.ndim(); ++d)
+      if (b.extent[d] != s.extent[d]) return false;
+    if (b.extent[1] == s.extent[1]) return false;
+    for (std::size_t d = 1; d < b.ndim(); ++d)
+      if (b.extent[d] != t.extent[d]) return false;
+    if (forced) return true;
+    const auto esize = static_cast<std::int64_t>(sizeof(T));
+    return s.numel() * esize >= kPipeBytes && b.numel() / b.extent[0] * esize >= kRowRunBytes;
+  }
+  /// Pieces this rank sends / receives in rounds, and the rounds of its source rows.
+  std::size_t pipelined_sends() const {
+    return static_cast<std::size_t>(std::count(pipe_.drop_sends.begin(), pipe_.drop_sends.end(), true));
+  }
+  std::size_t pipelined_recvs() const {
+    return static_cast<std::size_t>(std::count(pipe_.drop_recvs.begin(), pipe_.drop_recvs.end(), true));
+  }
+  std::int64_t pipeline_rounds() const { return pipe_.out.rounds; }
+  /// The rounds of this rank's target rows that receive pieces in rounds.
+  std::int64_t pipeline_in_rounds() const { return pipe_.in.rounds; }
 
   /// True when the exchange reads the source in place (every piece sent is one contiguous
   /// run of this rank's source box: no pack) / writes the destination in place (every piece
@@ -137,6 +196,9 @@ class Resharder {
     SHARDFLOW_REQUIRE_INPUT(static_cast<std::int64_t>(dst.extent(0)) >= copies_.dst_elems, "reshard: destination has ",
                             dst.extent(0), " elements but rank ", plan_.rank(), " holds ", copies_.dst_elems, " of ",
                             plan_.to().to_string());
+    src_ = src;
+    dst_ = dst;
+    pipe_start();  // the rounds' receives and direct sends, before anything waits
     if (in_place_) {
       exchange_.rebind(src.data(), dst.data());
       comm::Request req = exchange_.start();
@@ -144,7 +206,7 @@ class Resharder {
         kernels::copy_box(exec_, src, copies_.keep_src, dst, copies_.keep_dst);
         exec_.fence();
       }
-      dst_ = dst;
+      pipe_out(kPipeSlots);
       return req;
     }
     const bool fused = fused_walk();
@@ -162,13 +224,13 @@ class Resharder {
       kernels::copy_box(exec_, src, copies_.keep_src, dst, copies_.keep_dst);
       exec_.fence();
     }
-    src_ = src;
-    dst_ = dst;
+    pipe_out(kPipeSlots);  // as many rounds as there are slots
     return req;
   }
 
   /// Waits for the exchange started by start() and unpacks what arrived into its `dst`.
   void finish(comm::Request& req) {
+    pipe_finish();  // the rest of the rounds, then every round's messages
     req.wait();
     if (in_place_ || direct_recv()) return;  // the exchange wrote the pieces into place
     if (unpack_walk()) {                     // one ascending pass over the destination rows
@@ -232,7 +294,7 @@ class Resharder {
   }
   /// Auto: in place when the backend and space can, some piece is strided, and every piece
   /// is at most kInPlaceBytes.
-  bool choose_in_place(const comm::Communicator& world, ReshardPath path) const {
+  bool choose_in_place(const comm::Communicator& world, ReshardPath path) const {  // (base_'s pieces)
     const bool can = kernels::is_host_space_v<ExecSpace> && world.strided_pieces();
     if (path == ReshardPath::InPlace) {
       SHARDFLOW_REQUIRE_INPUT(can, "reshard: in-place pieces need a host execution space and a backend that moves "
@@ -241,10 +303,10 @@ class Resharder {
       return true;
     }
     if (path == ReshardPath::Staged || !can) return false;
-    const bool strided = (!plan_.sends().empty() && send_offsets_.empty()) ||
-                         (!plan_.recvs().empty() && recv_offsets_.empty());
+    const bool strided =
+        (!base_.sends().empty() && send_offsets_.empty()) || (!base_.recvs().empty() && recv_offsets_.empty());
     std::int64_t largest = 0;
-    for (const auto* list : {&plan_.sends(), &plan_.recvs()})
+    for (const auto* list : {&base_.sends(), &base_.recvs()})
       for (const auto& piece : *list) largest = std::max(largest, piece.box.numel());
     return strided && largest * static_cast<std::int64_t>(sizeof(T)) <= kInPlaceBytes;
   }
@@ -253,12 +315,12 @@ class Resharder {
     kernels::StridedBox none;
     none.ndim = 1;
     none.stride[0] = 1;  // extent 0: no piece
-    const auto n = static_cast<std::size_t>(plan_.from().mesh().size());
+    const auto n = static_cast<std::size_t>(base_.from().mesh().size());
     std::vector<kernels::StridedBox> sends(n, none), recvs(n, none);
     for (std::size_t i = 0; i < copies_.pack.size(); ++i)
-      sends[static_cast<std::size_t>(plan_.sends()[i].peer)] = copies_.pack[i].first;
+      sends[static_cast<std::size_t>(base_.sends()[i].peer)] = copies_.pack[i].first;
     for (std::size_t i = 0; i < copies_.unpack.size(); ++i)
-      recvs[static_cast<std::size_t>(plan_.recvs()[i].peer)] = copies_.unpack[i].second;
+      recvs[static_cast<std::size_t>(base_.recvs()[i].peer)] = copies_.unpack[i].second;
     return comm::CollectivePlan::all_to_allw(dtype_of<T>(), std::move(sends), std::move(recvs));
   }
   using CopyList = std::vector<std::pair<kernels::StridedBox, kernels::StridedBox>>;
@@ -408,6 +470,268 @@ class Resharder {
     }
   };
 
+  /// The pieces that move in rounds (pipelined_piece()), worked out once from the plan.
+  /// A walked side: the rows of this rank's source box that its rounds pack (Out: pieces it
+  /// sends in rounds) or of its target box that they fill (In: pieces it receives in
+  /// rounds), each round through one of kPipeSlots slots.
+  struct Rounds {
+    /// A round's walk over its rows: the runs of the pieces moved in rounds (staged: their
+    /// other side is the round's slot, each piece's part after the previous one's) and the
+    /// kept piece's run (its other side the destination, Out, or the source, In), ascending
+    /// by row_off
+    std::vector<RowRunSpec> runs;
+    std::int64_t rows = 0;        // rows per round
+    std::int64_t rounds = 0;      // 0: nothing moves in rounds on this side
+    std::int64_t slot_elems = 0;  // the largest round's staged elements
+    /// round k's messages (staged runs with rows in it) are [first[k], first[k + 1]): the
+    /// peer, the offset in the slot and the count of each
+    std::vector<std::size_t> first;
+    std::vector<int> peer;
+    std::vector<std::int64_t> at, count;
+  };
+  /// Messages straight between the caller's buffers and a peer's rounds: into the
+  /// destination (lands: a piece a peer sends in rounds) or out of the source (leaves: a
+  /// piece a peer receives in rounds), in the peer's round order; `at` in the buffer.
+  struct Direct {
+    std::vector<int> peer;
+    std::vector<std::int64_t> at, count;
+    void add(int p, std::int64_t a, std::int64_t c) {
+      peer.push_back(p);
+      at.push_back(a);
+      count.push_back(c);
+    }
+  };
+  struct Pipe {
+    std::vector<bool> drop_sends, drop_recvs;  // by index in the plan's sends() / recvs()
+    bool keep_in_rounds = false;               // the kept piece is copied in out's or in's walk
+    Rounds out, in;
+    Direct lands, leaves;
+  };
+  /// Rows per round of a box `b` walked in rounds.
+  static std::int64_t round_rows(const Box& b, std::int64_t round_bytes) {
+    const std::int64_t row_bytes = b.extent[0] > 0 ? b.numel() / b.extent[0] * static_cast<std::int64_t>(sizeof(T)) : 1;
+    return std::max<std::int64_t>(1, round_bytes / std::max<std::int64_t>(1, row_bytes));
+  }
+  /// The rows [lo, hi) of a piece spanning rows [b0, b0 + n) of a box walked `g` rows a round,
+  /// round by round: f(round, lo, hi).
+  template <class F>
+  static void by_round(std::int64_t b0, std::int64_t n, std::int64_t g, F&& f) {
+    for (std::int64_t k = b0 / g; k * g < b0 + n; ++k) f(k, std::max(k * g, b0), std::min(k * g + g, b0 + n));
+  }
+  /// Lays out side `r` (its staged runs' `other_off` hold their peers until here): rounds of
+  /// round_rows(walked) rows, each round's messages, the slot size.
+  static void lay_out(Rounds& r, const Box& walked, std::int64_t round_bytes) {
+    std::stable_sort(r.runs.begin(), r.runs.end(),
+                     [](const RowRunSpec& a, const RowRunSpec& b) { return a.row_off < b.row_off; });
+    r.rows = round_rows(walked, round_bytes);
+    r.rounds = (walked.extent[0] + r.rows - 1) / r.rows;
+    for (std::int64_t k = 0; k < r.rounds; ++k) {
+      r.first.push_back(r.peer.size());
+      const std::int64_t a = k * r.rows, b = a + r.rows;
+      std::int64_t at = 0;
+      for (const RowRunSpec& q : r.runs) {
+        const std::int64_t lo = std::max(a, q.row0), hi = std::min(b, q.row0 + q.rows);
+        if (!q.staged || hi <= lo) continue;
+        r.peer.push_back(static_cast<int>(q.other_off));
+        r.at.push_back(at);
+        r.count.push_back((hi - lo) * q.run);
+        at += (hi - lo) * q.run;
+      }
+      r.slot_elems = std::max(r.slot_elems, at);
+    }
+    r.first.push_back(r.peer.size());
+    for (RowRunSpec& q : r.runs)
+      if (q.staged) q.other_off = 0;
+  }
+  static Pipe make_pipe(const comm::Communicator& world, const ReshardPlan& p, ReshardPath path,
+                        std::int64_t round_bytes) {
+    Pipe pp;
+    pp.drop_sends.assign(p.sends().size(), false);
+    pp.drop_recvs.assign(p.recvs().size(), false);
+    SHARDFLOW_REQUIRE_INPUT(round_bytes > 0, "reshard: bytes per round must be positive, not ", round_bytes);
+    const Layout& from = p.from();
+    const Layout& to = p.to();
+    if (!kernels::is_host_space_v<ExecSpace> || !world.strided_pieces() || from.ndim() < 2 ||
+        (path != ReshardPath::Auto && path != ReshardPath::Pipelined))
+      return pp;
+    const bool forced = path == ReshardPath::Pipelined;
+    const int me = p.rank();
+    const auto packed = [](const Box& b) {
+      return kernels::StridedBox::of_array(b.extent, row_major_strides(b.extent), 0);
+    };
+    const auto row_of = [](const Box& b) { return b.numel() / b.extent[0]; };
+    // what this rank sends: packed in its rounds (out), or straight from the source into a
+    // receiver's rounds (leaves)
+    for (std::size_t i = 0; i < p.sends().size(); ++i) {
+      const ReshardPiece& piece = p.sends()[i];
+      const Box mine = from.box(me), theirs = to.box(piece.peer);
+      if (pipelined_piece(from, to, me, piece.peer, piece.box, forced)) {
+        const bool ok = Copies::add_row_run(
+            pp.out.runs, kernels::StridedBox::row_major(mine.extent, relative(piece.box, mine)), packed(piece.box),
+            piece.box.offset[0] - mine.offset[0], row_of(mine), mine.extent[0], true);
+        SHARDFLOW_REQUIRE(ok, "reshard: internal error: piece ", piece.box.to_string(), " of source box ",
+                          mine.to_string(), " is not one run of each source row");
+        pp.out.runs.back().other_off = piece.peer;
+        pp.drop_sends[i] = true;
+      } else if (pipelined_piece(to, from, piece.peer, me, piece.box, forced)) {
+        const std::int64_t per_row = row_of(piece.box), b0 = piece.box.offset[0] - theirs.offset[0];
+        const std::int64_t at = (piece.box.offset[0] - mine.offset[0]) * per_row;  // whole rows of my box
+        by_round(b0, piece.box.extent[0], round_rows(theirs, round_bytes),
+                 [&](std::int64_t, std::int64_t lo, std::int64_t hi) {
+                   pp.leaves.add(piece.peer, at + (lo - b0) * per_row, (hi - lo) * per_row);
+                 });
+        pp.drop_sends[i] = true;
+      }
+    }
+    // what this rank receives: straight into the destination from a sender's rounds
+    // (lands), or into its own rounds' slots and walked into the destination rows (in)
+    for (std::size_t j = 0; j < p.recvs().size(); ++j) {
+      const ReshardPiece& piece = p.recvs()[j];
+      const Box s = from.box(piece.peer), mine = to.box(me);
+      if (pipelined_piece(from, to, piece.peer, me, piece.box, forced)) {
+        const std::int64_t per_row = row_of(piece.box), b0 = piece.box.offset[0] - s.offset[0];
+        const std::int64_t at = (piece.box.offset[0] - mine.offset[0]) * per_row;  // whole rows of my box
+        by_round(b0, piece.box.extent[0], round_rows(s, round_bytes),
+                 [&](std::int64_t, std::int64_t lo, std::int64_t hi) {
+                   pp.lands.add(piece.peer, at + (lo - b0) * per_row, (hi - lo) * per_row);
+                 });
+        pp.drop_recvs[j] = true;
+      } else if (pipelined_piece(to, from, me, piece.peer, piece.box, forced)) {
+        const bool ok = Copies::add_row_run(
+            pp.in.runs, kernels::StridedBox::row_major(mine.extent, relative(piece.box, mine)), packed(piece.box),
+            piece.box.offset[0] - mine.offset[0], row_of(mine), mine.extent[0], true);
+        SHARDFLOW_REQUIRE(ok, "reshard: internal error: piece ", piece.box.to_string(), " of target box ",
+                          mine.to_string(), " is not one run of each target row");
+        pp.in.runs.back().other_off = piece.peer;
+        pp.drop_recvs[j] = true;
+      }
+    }
+    // the kept piece goes in one side's walk when it is one run of each of its rows
+    const Box& kept = p.local_piece();
+    if (kept.numel() > 0 && (!pp.out.runs.empty() || !pp.in.runs.empty())) {
+      const Box mine = from.box(me), theirs = to.box(me);
+      const auto ks = kernels::StridedBox::row_major(mine.extent, relative(kept, mine));
+      const auto kd = kernels::StridedBox::row_major(theirs.extent, relative(kept, theirs));
+      pp.keep_in_rounds = !pp.out.runs.empty()
+                              ? Copies::add_row_run(pp.out.runs, ks, kd, kept.offset[0] - mine.offset[0], row_of(mine),
+                                                    mine.extent[0], false)
+                              : Copies::add_row_run(pp.in.runs, kd, ks, kept.offset[0] - theirs.offset[0],
+                                                    row_of(theirs), theirs.extent[0], false);
+    }
+    if (!pp.out.runs.empty()) lay_out(pp.out, from.box(me), round_bytes);
+    if (!pp.in.runs.empty()) lay_out(pp.in, to.box(me), round_bytes);
+    return pp;
+  }
+  /// The rounds' messages bound once: out's sends and in's receives to their parts of their
+  /// slots; the direct ones (lands, leaves) rebound to the caller's buffers at every start().
+  void bind_pipe(comm::Communicator& world) {
+    const DType t = dtype_of<T>();
+    const auto n = [](std::int64_t c) { return static_cast<std::size_t>(c); };
+    for (std::int64_t k = 0; k < pipe_.out.rounds; ++k)
+      for (std::size_t i = pipe_.out.first[n(k)]; i < pipe_.out.first[n(k + 1)]; ++i)
+        out_ops_.emplace_back(world, comm::CollectivePlan::send(t, n(pipe_.out.count[i]), pipe_.out.peer[i], kPipeTag),
+                              out_slots_.data() + (k % kPipeSlots) * pipe_.out.slot_elems + pipe_.out.at[i], nullptr);
+    for (std::int64_t k = 0; k < pipe_.in.rounds; ++k)
+      for (std::size_t i = pipe_.in.first[n(k)]; i < pipe_.in.first[n(k + 1)]; ++i)
+        in_ops_.emplace_back(world, comm::CollectivePlan::recv(t, n(pipe_.in.count[i]), pipe_.in.peer[i], kPipeTag),
+                             nullptr, in_slots_.data() + (k % kPipeSlots) * pipe_.in.slot_elems + pipe_.in.at[i]);
+    for (std::size_t i = 0; i < pipe_.lands.peer.size(); ++i)
+      land_ops_.emplace_back(world,
+                             comm::CollectivePlan::recv(t, n(pipe_.lands.count[i]), pipe_.lands.peer[i], kPipeTag),
+                             nullptr, nullptr);
+    for (std::size_t i = 0; i < pipe_.leaves.peer.size(); ++i)
+      leave_ops_.emplace_back(world,
+                              comm::CollectivePlan::send(t, n(pipe_.leaves.count[i]), pipe_.leaves.peer[i], kPipeTag),
+                              nullptr, nullptr);
+    out_reqs_.resize(out_ops_.size());
+    in_reqs_.resize(in_ops_.size());
+    land_reqs_.resize(land_ops_.size());
+    leave_reqs_.resize(leave_ops_.size());
+    pipe_row_runs_.resize(std::max(pipe_.out.runs.size(), pipe_.in.runs.size()));
+  }
+  /// start(): posts what lands in the destination and in's first rounds, sends what leaves
+  /// the source, and rewinds the rounds (src_ and dst_ set).
+  void pipe_start() {
+    for (std::size_t i = 0; i < land_ops_.size(); ++i) {
+      land_ops_[i].rebind(nullptr, dst_.data() + pipe_.lands.at[i]);
+      land_reqs_[i] = land_ops_[i].start();
+    }
+    out_next_ = in_next_ = in_posted_ = 0;
+    post_in(kPipeSlots);
+    for (std::size_t i = 0; i < leave_ops_.size(); ++i) {
+      leave_ops_[i].rebind(src_.data() + pipe_.leaves.at[i], nullptr);
+      leave_reqs_[i] = leave_ops_[i].start();
+    }
+  }
+  /// Posts in's receives of the rounds before `upto` (each into its round's slot).
+  void post_in(std::int64_t upto) {
+    for (; in_posted_ < std::min(upto, pipe_.in.rounds); ++in_posted_)
+      for (std::size_t i = pipe_.in.first[static_cast<std::size_t>(in_posted_)];
+           i < pipe_.in.first[static_cast<std::size_t>(in_posted_ + 1)]; ++i)
+        in_reqs_[i] = in_ops_[i].start();
+  }
+  /// Round k's walk of side `r` over `base` (rows of `row_bytes`); slot: its slot; keep: the
+  /// kept piece's other buffer.
+  void walk_round(const Rounds& r, std::int64_t k, char* base, std::int64_t row_bytes, std::int64_t nrows, T* slot,
+                  T* keep, kernels::detail::RowWalk dir) {
+    const std::int64_t a = k * r.rows, b = std::min(nrows, a + r.rows);
+    std::int64_t at = 0;
+    std::size_t n = 0;
+    for (const RowRunSpec& q : r.runs) {
+      const std::int64_t lo = std::max(a, q.row0), hi = std::min(b, q.row0 + q.rows);
+      if (hi <= lo) continue;
+      kernels::detail::RowRun& x = pipe_row_runs_[n++];
+      x.row0 = lo - a;
+      x.rows = hi - lo;
+      x.row_off = static_cast<std::size_t>(q.row_off) * sizeof(T);
+      x.bytes = static_cast<std::size_t>(q.run) * sizeof(T);
+      x.other_step = q.other_step * static_cast<std::int64_t>(sizeof(T));
+      x.stream = false;
+      if (q.staged) {
+        x.other = reinterpret_cast<char*>(slot + at);
+        at += (hi - lo) * q.run;
+      } else {
+        x.other = reinterpret_cast<char*>(keep + q.other_off + (lo - q.row0) * q.other_step);
+      }
+    }
+    kernels::detail::host_copy_row_runs(base + a * row_bytes, row_bytes, b - a, pipe_row_runs_.data(), n, dir);
+  }
+  /// Packs and sends out's rounds until `upto` have been (each waits until its slot is free).
+  void pipe_out(std::int64_t upto) {
+    const Rounds& r = pipe_.out;
+    for (; out_next_ < std::min(upto, r.rounds); ++out_next_) {
+      const auto k = static_cast<std::size_t>(out_next_);
+      if (k >= kPipeSlots)  // the slot's previous round must have left
+        for (std::size_t i = r.first[k - kPipeSlots]; i < r.first[k - kPipeSlots + 1]; ++i) out_reqs_[i].wait();
+      walk_round(r, out_next_, const_cast<char*>(reinterpret_cast<const char*>(src_.data())),
+                 copies_.src_row * static_cast<std::int64_t>(sizeof(T)), copies_.src_rows,
+                 out_slots_.data() + (out_next_ % kPipeSlots) * r.slot_elems, dst_.data(),
+                 kernels::detail::RowWalk::FromRows);
+      for (std::size_t i = r.first[k]; i < r.first[k + 1]; ++i) out_reqs_[i] = out_ops_[i].start();
+      // progress: the peers' rounds run now too, and their messages are copied in MPI calls
+      for (auto* reqs : {&land_reqs_, &in_reqs_})
+        for (auto& q : *reqs)
+          if (q.pending()) q.test();
+    }
+  }
+  /// finish(): the rest of out's rounds; in's rounds as they arrive, each walked into the
+  /// destination rows and its slot posted again; then every round's messages.
+  void pipe_finish() {
+    pipe_out(pipe_.out.rounds);
+    const Rounds& r = pipe_.in;
+    for (; in_next_ < r.rounds; ++in_next_) {
+      const auto k = static_cast<std::size_t>(in_next_);
+      for (std::size_t i = r.first[k]; i < r.first[k + 1]; ++i) in_reqs_[i].wait();
+      walk_round(r, in_next_, reinterpret_cast<char*>(dst_.data()),
+                 copies_.dst_row * static_cast<std::int64_t>(sizeof(T)), copies_.dst_rows,
+                 in_slots_.data() + (in_next_ % kPipeSlots) * r.slot_elems, const_cast<T*>(src_.data()),
+                 kernels::detail::RowWalk::IntoRows);
+      post_in(in_next_ + 1 + kPipeSlots);
+    }
+    for (auto* reqs : {&land_reqs_, &leave_reqs_, &out_reqs_})
+      for (auto& q : *reqs) q.wait();
+  }
+
   /// Packs the sent pieces and copies the kept one slab by slab of the source's outermost
   /// dimension. Each piece takes part of every source row (e.g. a row split becoming a
   /// column split), and the hardware fetches whole neighbourhoods of the lines a copy reads:
@@ -454,7 +778,7 @@ class Resharder {
       r.bytes = static_cast<std::size_t>(q.run) * sizeof(T);
       r.other = reinterpret_cast<char*>((q.staged ? staging : other_keep) + q.other_off);
       r.other_step = q.other_step * static_cast<std::int64_t>(sizeof(T));
-      r.stream = from && q.staged && plan_.send_elems() * static_cast<std::int64_t>(sizeof(T)) >= kStreamBytes;
+      r.stream = from && q.staged && base_.send_elems() * static_cast<std::int64_t>(sizeof(T)) >= kStreamBytes;
     }
     kernels::detail::host_copy_row_runs(base, row * static_cast<std::int64_t>(sizeof(T)), rows, row_runs_.data(), n,
                                         dir);
@@ -481,15 +805,22 @@ class Resharder {
 
   ReshardPlan plan_;
   ExecSpace exec_;
+  Pipe pipe_;         // the pieces moved in rounds
+  ReshardPlan base_;  // the rest: plan_ without them
   Copies copies_;
   std::vector<kernels::detail::RowRun> row_runs_ =
       std::vector<kernels::detail::RowRun>(std::max(copies_.row_runs.size(), copies_.unpack_runs.size()));
   std::vector<std::size_t> send_offsets_, recv_offsets_;  // direct paths (see direct_send())
   bool in_place_ = false;                                  // see in_place()
   Kokkos::View<T*, memory_space> send_, recv_;
+  Kokkos::View<T*, memory_space> out_slots_, in_slots_;  // kPipeSlots slots of each side's slot_elems
   ConstView src_;
   View dst_;
   comm::Collective exchange_;
+  std::vector<comm::Collective> out_ops_, in_ops_, land_ops_, leave_ops_;
+  std::vector<comm::Request> out_reqs_, in_reqs_, land_reqs_, leave_reqs_;
+  std::vector<kernels::detail::RowRun> pipe_row_runs_;
+  std::int64_t out_next_ = 0, in_next_ = 0, in_posted_ = 0;  // out's next round; in's next and first unposted
 };
 
 /// One-shot reshard of this rank's box of `from` into its box of `to` (host vectors).

@@ -55,6 +55,28 @@ ReshardPlan::ReshardPlan(const Layout& from, const Layout& to, int rank) : from_
                     to.local_numel(rank));
 }
 
+ReshardPlan ReshardPlan::without(const std::vector<bool>& drop_sends, const std::vector<bool>& drop_recvs,
+                                 bool drop_local) const {
+  SHARDFLOW_REQUIRE(drop_sends.size() == sends_.size() && drop_recvs.size() == recvs_.size(),
+                    "reshard: internal error: piece flags do not match the plan");
+  ReshardPlan p = *this;
+  p.sends_.clear();
+  p.recvs_.clear();
+  p.send_elems_ = p.recv_elems_ = 0;
+  for (std::size_t i = 0; i < sends_.size(); ++i)
+    if (!drop_sends[i]) {
+      p.sends_.push_back(sends_[i]);
+      p.send_elems_ += sends_[i].box.numel();
+    }
+  for (std::size_t i = 0; i < recvs_.size(); ++i)
+    if (!drop_recvs[i]) {
+      p.recvs_.push_back(recvs_[i]);
+      p.recv_elems_ += recvs_[i].box.numel();
+    }
+  if (drop_local) p.local_ = Box{Shape(from_.ndim(), 0), Shape(from_.ndim(), 0)};
+  return p;
+}
+
 comm::CollectivePlan ReshardPlan::exchange_plan(DType t) const {
   const auto n = static_cast<std::size_t>(from_.mesh().size());
   std::vector<std::size_t> sc(n, 0), rc(n, 0), sd(n, 0), rd(n, 0);
