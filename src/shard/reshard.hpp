@@ -25,6 +25,11 @@
 //                              (a row split becoming a column split, or back), the rows are
 //                              walked once, in order: the source's from 1 MiB (row_walk()),
 //                              the destination's in finish() (unpack_walk()).
+//                              Pieces that are runs of the rows walked on one side and
+//                              whole rows on the other, in boxes of kPipeBytes or more, move
+//                              in rounds instead (pipelined_piece()): a few rows at a time
+//                              through small slots, point to point, so that what one core
+//                              packs another copies while it is still in cache.
 //   reshard(...)               the one-shot convenience.
 //
 // Replicas: a piece held by several ranks of the source layout is sent by exactly one of
