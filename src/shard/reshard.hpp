@@ -159,6 +159,13 @@ class Resharder {
   /// where a whole staging buffer larger than the caches costs a write to memory and a read
   /// back (docs/comm.md). A round's slot is packed again once the round kPipeSlots before it
   /// has been sent, so finish() packs the rounds start() could not.
+  /// The mirror, pipelined_piece(to, from, receiver, sender, b) (whole rows of the sender's
+  /// box, runs of the receiver's rows: a column split becoming a row split), is received in
+  /// rounds: the sender posts every round's part straight from its source, the receiver
+  /// takes them round by round into its slots and walks each round into its destination
+  /// rows (with the kept piece) in finish().
+  /// With pieces in rounds, a rank that called start() must call finish(): its peers'
+  /// receives of the rounds it has not packed yet wait for it.
   static bool pipelined_piece(const Layout& from, const Layout& to, int sender, int receiver, const Box& b,
                               bool forced) {
     if (b.ndim() < 2 || b.numel() == 0) return false;
