@@ -251,8 +251,9 @@ void row_walk_case(const Shape& shape, const PartitionSpec& from, const Partitio
       EXPECT_TRUE(op.row_walk() || op.pipelined_sends() == op.plan().sends().size())
           << a.to_string() << " -> " << b.to_string();
     }
-    if (!op.direct_recv() && !op.plan().recvs().empty()) {
-      EXPECT_TRUE(op.unpack_walk()) << a.to_string() << " -> " << b.to_string();
+    if (!op.direct_recv() && !op.plan().recvs().empty()) {  // (or in rounds: each walked into its rows)
+      EXPECT_TRUE(op.unpack_walk() || op.pipelined_recvs() == op.plan().recvs().size())
+          << a.to_string() << " -> " << b.to_string();
     }
   }
   // run again into a dirty destination: every element is written
@@ -345,12 +346,16 @@ TEST(Reshard, PipelinedPiecesMoveInRoundsExactly) {
       const PartitionSpec rows2{{"data", "tensor"}, {}}, mixed{{"tensor"}, {"data"}};
       pipelined_case<float>({203, 769}, out ? rows2 : mixed, out ? mixed : rows2, two, 16 << 10, w, forced);
     }
-    // Auto: rounds from a walked box of kPipeBytes (1 KiB rows), none below
+    // Auto: Out from a walked box of kPipeBytes (1 KiB rows), not below; In at every size;
+    // neither for runs under kRowRunBytes (128-byte runs of 256-byte rows at 2 ranks)
     const auto rows = [&](std::int64_t bytes) { return bytes / 1024 * n; };
-    pipelined_case<float>({rows(shard::Resharder<float>::kPipeBytes), 256}, f2, t2, flat,
-                          shard::Resharder<float>::kPipeRoundBytes, w, shard::ReshardPath::Auto);
-    pipelined_case<float>({rows(shard::Resharder<float>::kPipeBytes / 2), 256}, f2, t2, flat,
-                          shard::Resharder<float>::kPipeRoundBytes, Walked::None, shard::ReshardPath::Auto);
+    using R = shard::Resharder<float>;
+    pipelined_case<float>({rows(R::kPipeBytes), 256}, f2, t2, flat, R::kPipeRoundBytes, w, shard::ReshardPath::Auto);
+    pipelined_case<float>({rows(R::kPipeBytes / 2), 256}, f2, t2, flat, R::kPipeRoundBytes,
+                          out ? Walked::None : Walked::In, shard::ReshardPath::Auto);
+    if (n == 2) {
+      pipelined_case<float>({4099, 64}, f2, t2, flat, R::kPipeRoundBytes, Walked::None, shard::ReshardPath::Auto);
+    }
   }
   // a row split gathered whole moves whole rows: nothing in rounds
   pipelined_case<float>({97 * n + 3, 777}, r2, PartitionSpec{{}, {}}, flat, 16 << 10, Walked::None, forced);

@@ -26,8 +26,9 @@
 //                              walked once, in order: the source's from 1 MiB (row_walk()),
 //                              the destination's in finish() (unpack_walk()).
 //                              Pieces that are runs of the rows walked on one side and
-//                              whole rows on the other, in boxes of kPipeBytes or more, move
-//                              in rounds instead (pipelined_piece()): a few rows at a time
+//                              whole rows on the other move in rounds instead
+//                              (piece_rounds(); sent from a source box of kPipeBytes or
+//                              more, received into any box): a few rows at a time
 //                              through small slots, point to point, so that what one core
 //                              packs another copies while it is still in cache.
 //   reshard(...)               the one-shot convenience.
@@ -108,8 +109,8 @@ class Resharder {
 
   /// `world` must have the mesh's ranks in mesh order (CommSet::world()).
   /// Throws InputError when `path` is InPlace and the backend or space cannot.
-  /// `pipe_round_bytes`: the source bytes per round of the pieces sent in rounds (see
-  /// pipelined_piece()); every rank must give the same value (tests make it small).
+  /// `pipe_round_bytes`: the bytes of the walked box per round of the pieces moved in rounds
+  /// (see piece_rounds()); every rank must give the same value (tests make it small).
   Resharder(comm::Communicator& world, ReshardPlan plan, ExecSpace exec = ExecSpace(),
             ReshardPath path = ReshardPath::Auto, std::int64_t pipe_round_bytes = kPipeRoundBytes)
       : plan_(std::move(plan)),
@@ -136,48 +137,53 @@ class Resharder {
   /// True when the exchange moves the strided pieces in place (no staging at all).
   bool in_place() const { return in_place_; }
 
-  /// Pieces whose sender's source box is this many bytes or more are sent in rounds when
-  /// they can (pipelined_piece(); Auto).
+  /// Pieces packed out of the rows of a sender's box of this many bytes or more go in rounds
+  /// (PieceRounds::Out, Auto).
   static constexpr std::int64_t kPipeBytes = std::int64_t(4) << 20;
-  /// Source bytes per round: a round is as many rows of the sender's source box as fit.
+  /// Pieces walked into the rows of a receiver's box of this many bytes or more go in rounds
+  /// (PieceRounds::In, Auto): every size (docs/comm.md, session 22: faster than the in-place
+  /// and staged paths from 2 KiB up on the Xeon VM).
+  static constexpr std::int64_t kPipeInBytes = 0;
+  /// Bytes of the walked box per round: a round is as many of its rows as fit.
   static constexpr std::int64_t kPipeRoundBytes = std::int64_t(1) << 20;
-  /// Staging slots the rounds cycle through (a slot is packed again once its round is sent).
+  /// Staging slots the rounds cycle through (a slot is used again once its round has left /
+  /// arrived).
   static constexpr int kPipeSlots = 3;
-  /// The tag of the rounds' messages on `world`: two Resharders that send pieces in rounds
+  /// The tag of the rounds' messages on `world`: two Resharders that move pieces in rounds
   /// must not be in flight on one communicator at once.
   static constexpr int kPipeTag = 24229;
-  /// Whether piece `b` (global coordinates) that rank `sender` sends to rank `receiver` goes
-  /// in rounds: each of its rows one run of a row of the sender's box but not the whole row
-  /// (it must be packed), whole rows of the receiver's box (it lands in place, one run), and
-  /// (unless forced) a sender's box of kPipeBytes or more and rows of kRowRunBytes or more.
-  /// A function of the layouts alone, so that the sender and the receiver agree on it.
-  /// Such a piece is not packed whole into a staging buffer for the exchange: the sender
-  /// walks its source rows in rounds of kPipeRoundBytes, packs each round's part of every
-  /// such piece into one of kPipeSlots small slots (the kept piece copied in the same walk)
-  /// and sends it at once, point to point; the receiver posts every round's receive straight
-  /// into its destination. What a peer's core copies out of a slot is then still in cache,
-  /// where a whole staging buffer larger than the caches costs a write to memory and a read
-  /// back (docs/comm.md). A round's slot is packed again once the round kPipeSlots before it
-  /// has been sent, so finish() packs the rounds start() could not.
-  /// The mirror, pipelined_piece(to, from, receiver, sender, b) (whole rows of the sender's
-  /// box, runs of the receiver's rows: a column split becoming a row split), is received in
-  /// rounds: the sender posts every round's part straight from its source, the receiver
-  /// takes them round by round into its slots and walks each round into its destination
-  /// rows (with the kept piece) in finish().
-  /// With pieces in rounds, a rank that called start() must call finish(): its peers'
-  /// receives of the rounds it has not packed yet wait for it.
+  /// How a piece moves in rounds (piece_rounds()).
+  enum class PieceRounds { None, Out, In };
+  /// Whether piece `b` (global coordinates) that rank `sender` sends to rank `receiver`
+  /// moves in rounds, and how. A function of the layouts alone, so that the sender and the
+  /// receiver agree on it without a message.
+  ///   Out: each of its rows is one run of a row of the sender's box but not the whole row
+  ///   (it must be packed) and it is whole rows of the receiver's box (it lands in place, one
+  ///   run): a row split becoming a column split. The sender walks its source rows in rounds
+  ///   of kPipeRoundBytes, packs each round's part of every such piece into one of kPipeSlots
+  ///   small slots (the kept piece copied in the same walk) and sends it at once, point to
+  ///   point; the receiver posts every round's receive straight into its destination. What
+  ///   a peer's core copies out of a slot is then still in cache, where a whole staging
+  ///   buffer larger than the caches costs a write to memory and a read back. A slot is
+  ///   packed again once the round kPipeSlots before it has been sent, so finish() packs the
+  ///   rounds start() could not.
+  ///   In, the mirror: whole rows of the sender's box, one run of each row of the receiver's
+  ///   (a column split becoming a row split). The sender posts every round's part straight
+  ///   from its source; the receiver takes them round by round into its slots and walks each
+  ///   round into its destination rows (with the kept piece) in finish().
+  /// Unless forced (ReshardPath::Pipelined), the walked box (the sender's for Out, the
+  /// receiver's for In) must be kPipeBytes / kPipeInBytes or more and the piece's rows
+  /// kRowRunBytes or more. With pieces in rounds, a rank that called start() must call
+  /// finish(): its peers' receives of the rounds it has not packed yet wait for it.
+  static PieceRounds piece_rounds(const Layout& from, const Layout& to, int sender, int receiver, const Box& b,
+                                  bool forced) {
+    if (runs_of_rows(from, to, sender, receiver, b, forced, kPipeBytes)) return PieceRounds::Out;
+    if (runs_of_rows(to, from, receiver, sender, b, forced, kPipeInBytes)) return PieceRounds::In;
+    return PieceRounds::None;
+  }
   static bool pipelined_piece(const Layout& from, const Layout& to, int sender, int receiver, const Box& b,
                               bool forced) {
-    if (b.ndim() < 2 || b.numel() == 0) return false;
-    const Box s = from.box(sender), t = to.box(receiver);
-    for (std::size_t d = 2; d < b.ndim(); ++d)
-      if (b.extent[d] != s.extent[d]) return false;
-    if (b.extent[1] == s.extent[1]) return false;
-    for (std::size_t d = 1; d < b.ndim(); ++d)
-      if (b.extent[d] != t.extent[d]) return false;
-    if (forced) return true;
-    const auto esize = static_cast<std::int64_t>(sizeof(T));
-    return s.numel() * esize >= kPipeBytes && b.numel() / b.extent[0] * esize >= kRowRunBytes;
+    return piece_rounds(from, to, sender, receiver, b, forced) != PieceRounds::None;
   }
   /// Pieces this rank sends / receives in rounds, and the rounds of its source rows.
   std::size_t pipelined_sends() const {
@@ -482,7 +488,23 @@ class Resharder {
     }
   };
 
-  /// The pieces that move in rounds (pipelined_piece()), worked out once from the plan.
+  /// Each row of piece `b` one run of a row of `walker`'s box of `walked` but not the whole
+  /// row, and `b` whole rows of `other`'s box of `whole` (and, unless forced, the walked box
+  /// min_bytes or more, the runs kRowRunBytes or more).
+  static bool runs_of_rows(const Layout& walked, const Layout& whole, int walker, int other, const Box& b, bool forced,
+                           std::int64_t min_bytes) {
+    if (b.ndim() < 2 || b.numel() == 0) return false;
+    const Box s = walked.box(walker), t = whole.box(other);
+    for (std::size_t d = 2; d < b.ndim(); ++d)
+      if (b.extent[d] != s.extent[d]) return false;
+    if (b.extent[1] == s.extent[1]) return false;
+    for (std::size_t d = 1; d < b.ndim(); ++d)
+      if (b.extent[d] != t.extent[d]) return false;
+    if (forced) return true;
+    const auto esize = static_cast<std::int64_t>(sizeof(T));
+    return s.numel() * esize >= min_bytes && b.numel() / b.extent[0] * esize >= kRowRunBytes;
+  }
+  /// The pieces that move in rounds (piece_rounds()), worked out once from the plan.
   /// A walked side: the rows of this rank's source box that its rounds pack (Out: pieces it
   /// sends in rounds) or of its target box that they fill (In: pieces it receives in
   /// rounds), each round through one of kPipeSlots slots.
@@ -577,7 +599,8 @@ class Resharder {
     for (std::size_t i = 0; i < p.sends().size(); ++i) {
       const ReshardPiece& piece = p.sends()[i];
       const Box mine = from.box(me), theirs = to.box(piece.peer);
-      if (pipelined_piece(from, to, me, piece.peer, piece.box, forced)) {
+      const PieceRounds how = piece_rounds(from, to, me, piece.peer, piece.box, forced);
+      if (how == PieceRounds::Out) {
         const bool ok = Copies::add_row_run(
             pp.out.runs, kernels::StridedBox::row_major(mine.extent, relative(piece.box, mine)), packed(piece.box),
             piece.box.offset[0] - mine.offset[0], row_of(mine), mine.extent[0], true);
@@ -585,7 +608,7 @@ class Resharder {
                           mine.to_string(), " is not one run of each source row");
         pp.out.runs.back().other_off = piece.peer;
         pp.drop_sends[i] = true;
-      } else if (pipelined_piece(to, from, piece.peer, me, piece.box, forced)) {
+      } else if (how == PieceRounds::In) {
         const std::int64_t per_row = row_of(piece.box), b0 = piece.box.offset[0] - theirs.offset[0];
         const std::int64_t at = (piece.box.offset[0] - mine.offset[0]) * per_row;  // whole rows of my box
         by_round(b0, piece.box.extent[0], round_rows(theirs, round_bytes),
@@ -600,7 +623,8 @@ class Resharder {
     for (std::size_t j = 0; j < p.recvs().size(); ++j) {
       const ReshardPiece& piece = p.recvs()[j];
       const Box s = from.box(piece.peer), mine = to.box(me);
-      if (pipelined_piece(from, to, piece.peer, me, piece.box, forced)) {
+      const PieceRounds how = piece_rounds(from, to, piece.peer, me, piece.box, forced);
+      if (how == PieceRounds::Out) {
         const std::int64_t per_row = row_of(piece.box), b0 = piece.box.offset[0] - s.offset[0];
         const std::int64_t at = (piece.box.offset[0] - mine.offset[0]) * per_row;  // whole rows of my box
         by_round(b0, piece.box.extent[0], round_rows(s, round_bytes),
@@ -608,7 +632,7 @@ class Resharder {
                    pp.lands.add(piece.peer, at + (lo - b0) * per_row, (hi - lo) * per_row);
                  });
         pp.drop_recvs[j] = true;
-      } else if (pipelined_piece(to, from, me, piece.peer, piece.box, forced)) {
+      } else if (how == PieceRounds::In) {
         const bool ok = Copies::add_row_run(
             pp.in.runs, kernels::StridedBox::row_major(mine.extent, relative(piece.box, mine)), packed(piece.box),
             piece.box.offset[0] - mine.offset[0], row_of(mine), mine.extent[0], true);
