@@ -594,53 +594,43 @@ class Resharder {
       return kernels::StridedBox::of_array(b.extent, row_major_strides(b.extent), 0);
     };
     const auto row_of = [](const Box& b) { return b.numel() / b.extent[0]; };
+    // a piece walked in this rank's rounds (one run of each row of my box `walked`), its
+    // other side the slot
+    const auto walk = [&](Rounds& r, const Box& walked, const ReshardPiece& piece) {
+      const bool ok = Copies::add_row_run(
+          r.runs, kernels::StridedBox::row_major(walked.extent, relative(piece.box, walked)), packed(piece.box),
+          piece.box.offset[0] - walked.offset[0], row_of(walked), walked.extent[0], true);
+      SHARDFLOW_REQUIRE(ok, "reshard: internal error: piece ", piece.box.to_string(), " of box ", walked.to_string(),
+                        " is not one run of each of its rows");
+      r.runs.back().other_off = piece.peer;
+    };
+    // a piece moved straight between whole rows of my box `mine` and the rounds of the
+    // peer's walk over its box `theirs`, one message a round
+    const auto direct = [&](Direct& d, const Box& mine, const Box& theirs, const ReshardPiece& piece) {
+      const std::int64_t per_row = row_of(piece.box), b0 = piece.box.offset[0] - theirs.offset[0];
+      const std::int64_t at = (piece.box.offset[0] - mine.offset[0]) * per_row;
+      by_round(b0, piece.box.extent[0], round_rows(theirs, round_bytes),
+               [&](std::int64_t, std::int64_t lo, std::int64_t hi) {
+                 d.add(piece.peer, at + (lo - b0) * per_row, (hi - lo) * per_row);
+               });
+    };
     // what this rank sends: packed in its rounds (out), or straight from the source into a
     // receiver's rounds (leaves)
     for (std::size_t i = 0; i < p.sends().size(); ++i) {
       const ReshardPiece& piece = p.sends()[i];
-      const Box mine = from.box(me), theirs = to.box(piece.peer);
       const PieceRounds how = piece_rounds(from, to, me, piece.peer, piece.box, forced);
-      if (how == PieceRounds::Out) {
-        const bool ok = Copies::add_row_run(
-            pp.out.runs, kernels::StridedBox::row_major(mine.extent, relative(piece.box, mine)), packed(piece.box),
-            piece.box.offset[0] - mine.offset[0], row_of(mine), mine.extent[0], true);
-        SHARDFLOW_REQUIRE(ok, "reshard: internal error: piece ", piece.box.to_string(), " of source box ",
-                          mine.to_string(), " is not one run of each source row");
-        pp.out.runs.back().other_off = piece.peer;
-        pp.drop_sends[i] = true;
-      } else if (how == PieceRounds::In) {
-        const std::int64_t per_row = row_of(piece.box), b0 = piece.box.offset[0] - theirs.offset[0];
-        const std::int64_t at = (piece.box.offset[0] - mine.offset[0]) * per_row;  // whole rows of my box
-        by_round(b0, piece.box.extent[0], round_rows(theirs, round_bytes),
-                 [&](std::int64_t, std::int64_t lo, std::int64_t hi) {
-                   pp.leaves.add(piece.peer, at + (lo - b0) * per_row, (hi - lo) * per_row);
-                 });
-        pp.drop_sends[i] = true;
-      }
+      if (how == PieceRounds::Out) walk(pp.out, from.box(me), piece);
+      if (how == PieceRounds::In) direct(pp.leaves, from.box(me), to.box(piece.peer), piece);
+      pp.drop_sends[i] = how != PieceRounds::None;
     }
     // what this rank receives: straight into the destination from a sender's rounds
     // (lands), or into its own rounds' slots and walked into the destination rows (in)
     for (std::size_t j = 0; j < p.recvs().size(); ++j) {
       const ReshardPiece& piece = p.recvs()[j];
-      const Box s = from.box(piece.peer), mine = to.box(me);
       const PieceRounds how = piece_rounds(from, to, piece.peer, me, piece.box, forced);
-      if (how == PieceRounds::Out) {
-        const std::int64_t per_row = row_of(piece.box), b0 = piece.box.offset[0] - s.offset[0];
-        const std::int64_t at = (piece.box.offset[0] - mine.offset[0]) * per_row;  // whole rows of my box
-        by_round(b0, piece.box.extent[0], round_rows(s, round_bytes),
-                 [&](std::int64_t, std::int64_t lo, std::int64_t hi) {
-                   pp.lands.add(piece.peer, at + (lo - b0) * per_row, (hi - lo) * per_row);
-                 });
-        pp.drop_recvs[j] = true;
-      } else if (how == PieceRounds::In) {
-        const bool ok = Copies::add_row_run(
-            pp.in.runs, kernels::StridedBox::row_major(mine.extent, relative(piece.box, mine)), packed(piece.box),
-            piece.box.offset[0] - mine.offset[0], row_of(mine), mine.extent[0], true);
-        SHARDFLOW_REQUIRE(ok, "reshard: internal error: piece ", piece.box.to_string(), " of target box ",
-                          mine.to_string(), " is not one run of each target row");
-        pp.in.runs.back().other_off = piece.peer;
-        pp.drop_recvs[j] = true;
-      }
+      if (how == PieceRounds::Out) direct(pp.lands, to.box(me), from.box(piece.peer), piece);
+      if (how == PieceRounds::In) walk(pp.in, to.box(me), piece);
+      pp.drop_recvs[j] = how != PieceRounds::None;
     }
     // the kept piece goes in one side's walk when it is one run of each of its rows
     const Box& kept = p.local_piece();
