@@ -107,7 +107,7 @@ TEST(Reshard, RandomLayoutPairsRoundTripExactly) {
             break;
         }
         // and back, through a persistent operation run twice, staged, in place, and with
-        // every piece that can sent in rounds of one row (many rounds: the slots reused)
+        // every piece that can go in rounds moved in rounds of one row (the slots reused)
         for (auto path : {shard::ReshardPath::Staged, shard::ReshardPath::InPlace, shard::ReshardPath::Pipelined}) {
           shard::Resharder<float> back(comms.world(), shard::ReshardPlan(b, a, mesh.rank()), exec, path, 1);
           if (path != shard::ReshardPath::Pipelined) {
@@ -276,14 +276,14 @@ TEST(Reshard, RowSplitsWalkTheSourceOnceInOrder) {
   }
 }
 
-// Pieces moved in rounds (Resharder::pipelined_piece): a row split becoming a column split
+// Pieces moved in rounds (Resharder::piece_rounds): a row split becoming a column split
 // (uneven; f32 and f64; a 3-D middle split; a 2 x 2 mesh) packs each piece in rounds of a
 // few source rows through the slots, reused many times over, and each round lands in place
 // (Out); a column split becoming a row split sends each piece straight from the source and
 // receives it in rounds of a few target rows through the slots, each round walked into the
 // destination rows (In). The kept piece is copied in the same walks. Exact twice (the second
 // time into a dirty destination), with the source untouched and work done between start()
-// and finish(). Auto takes the rounds from a walked box of kPipeBytes, not below.
+// and finish(). Auto: Out from a sender's box of kPipeBytes, In at every size.
 enum class Walked { None, Out, In };
 template <class T>
 void pipelined_case(const Shape& shape, const PartitionSpec& from, const PartitionSpec& to, const MeshShape& ms,
