@@ -94,9 +94,9 @@ class ReshardPlan {
 
 /// How a Resharder moves its pieces: Auto chooses (see the header comment); Staged packs and
 /// unpacks through staging buffers (any backend); InPlace moves strided pieces in place
-/// (host spaces on a backend whose Communicator::strided_pieces() is true); Pipelined sends
-/// every piece that can go in rounds (Resharder::pipelined_piece) in rounds whatever its
-/// size, and the others as Auto would. Every rank must give the same path.
+/// (host spaces on a backend whose Communicator::strided_pieces() is true); Pipelined moves
+/// every piece that can go in rounds (Resharder::piece_rounds) in rounds whatever its size,
+/// and the others as Auto would. Every rank must give the same path.
 enum class ReshardPath { Auto, Staged, InPlace, Pipelined };
 
 /// The operation: a plan bound to a communicator and persistent staging buffers.
@@ -180,10 +180,6 @@ class Resharder {
     if (runs_of_rows(from, to, sender, receiver, b, forced, kPipeBytes)) return PieceRounds::Out;
     if (runs_of_rows(to, from, receiver, sender, b, forced, kPipeInBytes)) return PieceRounds::In;
     return PieceRounds::None;
-  }
-  static bool pipelined_piece(const Layout& from, const Layout& to, int sender, int receiver, const Box& b,
-                              bool forced) {
-    return piece_rounds(from, to, sender, receiver, b, forced) != PieceRounds::None;
   }
   /// Pieces this rank sends / receives in rounds, and the rounds of its source rows.
   std::size_t pipelined_sends() const {
@@ -673,7 +669,6 @@ class Resharder {
     in_reqs_.resize(in_ops_.size());
     land_reqs_.resize(land_ops_.size());
     leave_reqs_.resize(leave_ops_.size());
-    pipe_row_runs_.resize(std::max(pipe_.out.runs.size(), pipe_.in.runs.size()));
   }
   /// start(): posts what lands in the destination and in's first rounds, sends what leaves
   /// the source, and rewinds the rounds (src_ and dst_ set).
@@ -696,6 +691,19 @@ class Resharder {
            i < pipe_.in.first[static_cast<std::size_t>(in_posted_ + 1)]; ++i)
         in_reqs_[i] = in_ops_[i].start();
   }
+  /// The row walk's copy of spec `q` over its walked rows [lo, hi) of a walk starting at row
+  /// `a`; `other` is the other side of row lo's run.
+  static kernels::detail::RowRun row_run(const RowRunSpec& q, std::int64_t a, std::int64_t lo, std::int64_t hi,
+                                         T* other) {
+    kernels::detail::RowRun r;
+    r.row0 = lo - a;
+    r.rows = hi - lo;
+    r.row_off = static_cast<std::size_t>(q.row_off) * sizeof(T);
+    r.bytes = static_cast<std::size_t>(q.run) * sizeof(T);
+    r.other = reinterpret_cast<char*>(other);
+    r.other_step = q.other_step * static_cast<std::int64_t>(sizeof(T));
+    return r;
+  }
   /// Round k's walk of side `r` over `base` (rows of `row_bytes`); slot: its slot; keep: the
   /// kept piece's other buffer.
   void walk_round(const Rounds& r, std::int64_t k, char* base, std::int64_t row_bytes, std::int64_t nrows, T* slot,
@@ -706,21 +714,10 @@ class Resharder {
     for (const RowRunSpec& q : r.runs) {
       const std::int64_t lo = std::max(a, q.row0), hi = std::min(b, q.row0 + q.rows);
       if (hi <= lo) continue;
-      kernels::detail::RowRun& x = pipe_row_runs_[n++];
-      x.row0 = lo - a;
-      x.rows = hi - lo;
-      x.row_off = static_cast<std::size_t>(q.row_off) * sizeof(T);
-      x.bytes = static_cast<std::size_t>(q.run) * sizeof(T);
-      x.other_step = q.other_step * static_cast<std::int64_t>(sizeof(T));
-      x.stream = false;
-      if (q.staged) {
-        x.other = reinterpret_cast<char*>(slot + at);
-        at += (hi - lo) * q.run;
-      } else {
-        x.other = reinterpret_cast<char*>(keep + q.other_off + (lo - q.row0) * q.other_step);
-      }
+      row_runs_[n++] = row_run(q, a, lo, hi, q.staged ? slot + at : keep + q.other_off + (lo - q.row0) * q.other_step);
+      if (q.staged) at += (hi - lo) * q.run;
     }
-    kernels::detail::host_copy_row_runs(base + a * row_bytes, row_bytes, b - a, pipe_row_runs_.data(), n, dir);
+    kernels::detail::host_copy_row_runs(base + a * row_bytes, row_bytes, b - a, row_runs_.data(), n, dir);
   }
   /// Packs and sends out's rounds until `upto` have been (each waits until its slot is free).
   void pipe_out(std::int64_t upto) {
@@ -735,10 +732,17 @@ class Resharder {
                  kernels::detail::RowWalk::FromRows);
       for (std::size_t i = r.first[k]; i < r.first[k + 1]; ++i) out_reqs_[i] = out_ops_[i].start();
       // progress: the peers' rounds run now too, and their messages are copied in MPI calls
-      for (auto* reqs : {&land_reqs_, &in_reqs_})
-        for (auto& q : *reqs)
-          if (q.pending()) q.test();
+      // (testing one pending receive drives MPI's progress for all)
+      test_first_pending();
     }
+  }
+  void test_first_pending() {
+    for (auto* reqs : {&land_reqs_, &in_reqs_})
+      for (auto& q : *reqs)
+        if (q.pending()) {
+          q.test();
+          return;
+        }
   }
   /// finish(): the rest of out's rounds; in's rounds as they arrive, each walked into the
   /// destination rows and its slot posted again; then every round's messages.
@@ -797,13 +801,8 @@ class Resharder {
     std::size_t n = 0;
     for (const RowRunSpec& q : runs) {
       if (skip_keep && !q.staged) continue;
-      kernels::detail::RowRun& r = row_runs_[n++];
-      r.row0 = q.row0;
-      r.rows = q.rows;
-      r.row_off = static_cast<std::size_t>(q.row_off) * sizeof(T);
-      r.bytes = static_cast<std::size_t>(q.run) * sizeof(T);
-      r.other = reinterpret_cast<char*>((q.staged ? staging : other_keep) + q.other_off);
-      r.other_step = q.other_step * static_cast<std::int64_t>(sizeof(T));
+      kernels::detail::RowRun& r = row_runs_[n++] =
+          row_run(q, 0, q.row0, q.row0 + q.rows, (q.staged ? staging : other_keep) + q.other_off);
       r.stream = from && q.staged && base_.send_elems() * static_cast<std::int64_t>(sizeof(T)) >= kStreamBytes;
     }
     kernels::detail::host_copy_row_runs(base, row * static_cast<std::int64_t>(sizeof(T)), rows, row_runs_.data(), n,
@@ -834,8 +833,9 @@ class Resharder {
   Pipe pipe_;         // the pieces moved in rounds
   ReshardPlan base_;  // the rest: plan_ without them
   Copies copies_;
-  std::vector<kernels::detail::RowRun> row_runs_ =
-      std::vector<kernels::detail::RowRun>(std::max(copies_.row_runs.size(), copies_.unpack_runs.size()));
+  std::vector<kernels::detail::RowRun> row_runs_ =  // scratch of every row walk
+      std::vector<kernels::detail::RowRun>(
+          std::max({copies_.row_runs.size(), copies_.unpack_runs.size(), pipe_.out.runs.size(), pipe_.in.runs.size()}));
   std::vector<std::size_t> send_offsets_, recv_offsets_;  // direct paths (see direct_send())
   bool in_place_ = false;                                  // see in_place()
   Kokkos::View<T*, memory_space> send_, recv_;
@@ -845,7 +845,6 @@ class Resharder {
   comm::Collective exchange_;
   std::vector<comm::Collective> out_ops_, in_ops_, land_ops_, leave_ops_;
   std::vector<comm::Request> out_reqs_, in_reqs_, land_reqs_, leave_reqs_;
-  std::vector<kernels::detail::RowRun> pipe_row_runs_;
   std::int64_t out_next_ = 0, in_next_ = 0, in_posted_ = 0;  // out's next round; in's next and first unposted
 };
 
