@@ -3,8 +3,10 @@
 // 16-bit exact data bitwise; f32/f64 within a computed tolerance).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -413,6 +415,78 @@ TEST(Comm, RestartWhilePendingThrows) {
     c.barrier();
     if (c.rank() == 1) c.send(src.data(), 16, DType::I64, 0, 3).wait();
   }
+}
+
+// Peer copies (Communicator::copy_peer): each rank writes a pattern into its right
+// neighbour's buffer through runs that differ on the two sides (4 local runs, 3 remote), then
+// reads its left neighbour's buffer back through other runs, each checked; a copy of more
+// local than remote bytes and one to a rank out of range are refused naming the values.
+// SHARDFLOW_PEER_COPY=0 while a communicator is made turns peer copies off for its group.
+TEST(Comm, PeerCopiesMoveRunsBetweenRanks) {
+  const int n = test::world_size();
+  auto comm = make_communicator(Backend::Mpi, MPI_COMM_WORLD, "world");
+  if (n == 1 || !comm->peer_copies()) {
+    EXPECT_EQ(n, 1) << "ranks of one node that cannot copy each other's memory";
+    return;
+  }
+  const int me = comm->rank(), right = (me + 1) % n, left = (me + n - 1) % n;
+  std::vector<std::uint8_t> inbox(64, 0), mine(64);
+  for (int i = 0; i < 64; ++i) mine[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(me * 64 + i);
+  // everyone's inbox address
+  std::vector<std::uint64_t> inboxes(static_cast<std::size_t>(n));
+  const auto at = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(inbox.data()));
+  MPI_Allgather(&at, 1, MPI_UINT64_T, inboxes.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
+  using Run = Communicator::PeerRun;
+  const auto addr = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+  const std::uintptr_t theirs = static_cast<std::uintptr_t>(inboxes[static_cast<std::size_t>(right)]);
+  // mine[0..10) [20..30) [40..45) [50..60) -> their inbox [5..15) [30..45) [48..58)
+  const Run local[4] = {{addr(&mine[0]), 10}, {addr(&mine[20]), 10}, {addr(&mine[40]), 5}, {addr(&mine[50]), 10}};
+  const Run remote[3] = {{theirs + 5, 10}, {theirs + 30, 15}, {theirs + 48, 10}};
+  comm->copy_peer(right, true, local, 4, remote, 3);
+  MPI_Barrier(MPI_COMM_WORLD);
+  std::vector<std::uint8_t> want(64, 0);
+  const auto from = [&](int i) { return static_cast<std::uint8_t>(left * 64 + i); };
+  for (int i = 0; i < 10; ++i) want[static_cast<std::size_t>(5 + i)] = from(i);
+  for (int i = 0; i < 10; ++i) want[static_cast<std::size_t>(30 + i)] = from(20 + i);
+  for (int i = 0; i < 5; ++i) want[static_cast<std::size_t>(40 + i)] = from(40 + i);
+  for (int i = 0; i < 10; ++i) want[static_cast<std::size_t>(48 + i)] = from(50 + i);
+  EXPECT_EQ(inbox, want);
+  // read the left neighbour's inbox (written by its own left neighbour) in two local runs
+  std::vector<std::uint8_t> back(64, 0);
+  const std::uintptr_t lefts = static_cast<std::uintptr_t>(inboxes[static_cast<std::size_t>(left)]);
+  const Run into[2] = {{addr(&back[0]), 32}, {addr(&back[40]), 24}};
+  const Run out[1] = {{lefts, 56}};
+  comm->copy_peer(left, false, into, 2, out, 1);
+  const int ll = (left + n - 1) % n;
+  std::vector<std::uint8_t> want_back(64, 0), lefts_inbox(64, 0);
+  const auto from_ll = [&](int i) { return static_cast<std::uint8_t>(ll * 64 + i); };
+  for (int i = 0; i < 10; ++i) lefts_inbox[static_cast<std::size_t>(5 + i)] = from_ll(i);
+  for (int i = 0; i < 10; ++i) lefts_inbox[static_cast<std::size_t>(30 + i)] = from_ll(20 + i);
+  for (int i = 0; i < 5; ++i) lefts_inbox[static_cast<std::size_t>(40 + i)] = from_ll(40 + i);
+  for (int i = 0; i < 10; ++i) lefts_inbox[static_cast<std::size_t>(48 + i)] = from_ll(50 + i);
+  std::copy(lefts_inbox.begin(), lefts_inbox.begin() + 32, want_back.begin());
+  std::copy(lefts_inbox.begin() + 32, lefts_inbox.begin() + 56, want_back.begin() + 40);
+  EXPECT_EQ(back, want_back);
+  MPI_Barrier(MPI_COMM_WORLD);
+  // refusals
+  const Run more[1] = {{addr(&mine[0]), 11}};
+  const Run fewer[1] = {{theirs, 10}};
+  try {
+    comm->copy_peer(right, true, more, 1, fewer, 1);
+    ADD_FAILURE() << "no throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("11 local bytes but 10 remote"), std::string::npos) << e.what();
+  }
+  try {
+    comm->copy_peer(n, true, more, 1, fewer, 1);
+    ADD_FAILURE() << "no throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rank " + std::to_string(n)), std::string::npos) << e.what();
+  }
+  ::setenv("SHARDFLOW_PEER_COPY", "0", 1);
+  auto off = make_communicator(Backend::Mpi, MPI_COMM_WORLD, "off");
+  ::unsetenv("SHARDFLOW_PEER_COPY");
+  EXPECT_FALSE(off->peer_copies());
 }
 
 TEST(Comm, DefaultRequestIsComplete) {

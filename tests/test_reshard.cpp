@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
 #include <random>
 
 #include "comm/comm_set.hpp"
@@ -60,6 +62,17 @@ Layout random_layout(std::mt19937& g, const Shape& shape, const MeshShape& mesh)
   return Layout(shape, PartitionSpec(dims), mesh, pinned);
 }
 
+/// The communicators of `mesh`, made with peer copies turned off (SHARDFLOW_PEER_COPY=0 while
+/// they are made), as across nodes: the tests of the MPI paths' own choices use them, since
+/// Auto prefers peer copies where the ranks can make them.
+std::unique_ptr<comm::CommSet> comms_without_peer_copies(const Mesh& mesh) {
+  ::setenv("SHARDFLOW_PEER_COPY", "0", 1);
+  auto comms = std::make_unique<comm::CommSet>(mesh, comm::Backend::Mpi);
+  ::unsetenv("SHARDFLOW_PEER_COPY");
+  EXPECT_FALSE(comms->world().peer_copies());
+  return comms;
+}
+
 template <class T>
 void check_pair(comm::Communicator& world, const Layout& from, const Layout& to) {
   const int me = world.rank();
@@ -106,13 +119,17 @@ TEST(Reshard, RandomLayoutPairsRoundTripExactly) {
             check_pair<double>(comms.world(), a, b);
             break;
         }
-        // and back, through a persistent operation run twice, staged, in place, and with
-        // every piece that can go in rounds moved in rounds of one row (the slots reused)
-        for (auto path : {shard::ReshardPath::Staged, shard::ReshardPath::InPlace, shard::ReshardPath::Pipelined}) {
+        // and back, through a persistent operation run twice, staged, in place, with every
+        // piece that can go in rounds moved in rounds of one row (the slots reused), and with
+        // every piece copied straight between the ranks' buffers (when they can)
+        for (auto path : {shard::ReshardPath::Staged, shard::ReshardPath::InPlace, shard::ReshardPath::Pipelined,
+                          shard::ReshardPath::PeerCopy}) {
+          if (path == shard::ReshardPath::PeerCopy && !comms.world().peer_copies()) continue;
           shard::Resharder<float> back(comms.world(), shard::ReshardPlan(b, a, mesh.rank()), exec, path, 1);
           if (path != shard::ReshardPath::Pipelined) {
             EXPECT_EQ(back.in_place(), path == shard::ReshardPath::InPlace);
           }
+          EXPECT_EQ(back.peer_copy(), path == shard::ReshardPath::PeerCopy);
           pipelined += static_cast<int>(back.pipelined_sends());
           auto src = fill_local<float>(b, mesh.rank());
           std::vector<float> dst(static_cast<std::size_t>(a.local_numel(mesh.rank())), -1.f);
@@ -120,7 +137,8 @@ TEST(Reshard, RandomLayoutPairsRoundTripExactly) {
             back.run(shard::Resharder<float>::ConstView(src.data(), src.size()),
                      shard::Resharder<float>::View(dst.data(), dst.size()));
             EXPECT_EQ(dst, fill_local<float>(a, mesh.rank()))
-                << b.to_string() << " -> " << a.to_string() << (back.in_place() ? " in place" : " staged");
+                << b.to_string() << " -> " << a.to_string() << " path " << static_cast<int>(path)
+                << (back.in_place() ? " in place" : "") << (back.peer_copy() ? " peer copy" : "");
             std::fill(dst.begin(), dst.end(), -1.f);
           }
         }
@@ -175,7 +193,8 @@ TEST(Reshard, ContiguousPiecesMoveInPlaceAndEqualTheStagedPath) {
 
 // Sources of 4 MiB and more are packed and kept in one walk over the source rows, slab by
 // slab (Resharder::fused_walk): random layout pairs of tensors of 21 MB, uneven splits,
-// replicas and pinned axes among them, reproduce the data exactly, run twice each.
+// replicas and pinned axes among them, reproduce the data exactly, run twice each (peer
+// copies off).
 TEST(Reshard, LargeSourcesPackAndKeepInOneWalk) {
   const int n = test::world_size();
   std::mt19937 g(20261204);
@@ -186,7 +205,8 @@ TEST(Reshard, LargeSourcesPackAndKeepInOneWalk) {
     for (auto sizes : test::factorisations(n, k)) {
       MeshShape ms(std::vector<std::string>(names.begin(), names.begin() + k), sizes);
       Mesh mesh(ms);
-      comm::CommSet comms(mesh, comm::Backend::Mpi);
+      const auto comms_off = comms_without_peer_copies(mesh);
+      comm::CommSet& comms = *comms_off;
       for (const Shape& shape : shapes) {
         for (int trial = 0; trial < 3; ++trial) {
           Layout a = random_layout(g, shape, ms), b = random_layout(g, shape, ms);
@@ -229,11 +249,12 @@ TEST(Reshard, LargeSourcesPackAndKeepInOneWalk) {
 // The row walk (Resharder::row_walk): each source row read once, its runs copied to the
 // staging buffer and the destination in ascending order. Row splits becoming column
 // splits (uneven, with several pieces per row at 4 ranks), a split of the middle
-// dimension of a 3-D tensor, and f64 (runs scaled by the element size).
+// dimension of a 3-D tensor, and f64 (runs scaled by the element size). Peer copies off.
 template <class T>
 void row_walk_case(const Shape& shape, const PartitionSpec& from, const PartitionSpec& to, const MeshShape& ms) {
   Mesh mesh(ms);
-  comm::CommSet comms(mesh, comm::Backend::Mpi);
+  const auto comms_off = comms_without_peer_copies(mesh);
+  comm::CommSet& comms = *comms_off;
   Layout a(shape, from, ms), b(shape, to, ms);
   shard::Resharder<T> op(comms.world(), shard::ReshardPlan(a, b, mesh.rank()));
   const auto src = fill_local<T>(a, mesh.rank());
@@ -283,13 +304,14 @@ TEST(Reshard, RowSplitsWalkTheSourceOnceInOrder) {
 // receives it in rounds of a few target rows through the slots, each round walked into the
 // destination rows (In). The kept piece is copied in the same walks. Exact twice (the second
 // time into a dirty destination), with the source untouched and work done between start()
-// and finish(). Auto: Out from a sender's box of kPipeBytes, In at every size.
+// and finish(). Auto: Out from a sender's box of kPipeBytes, In at every size. Peer copies off.
 enum class Walked { None, Out, In };
 template <class T>
 void pipelined_case(const Shape& shape, const PartitionSpec& from, const PartitionSpec& to, const MeshShape& ms,
                     std::int64_t round_bytes, Walked expect, shard::ReshardPath path) {
   Mesh mesh(ms);
-  comm::CommSet comms(mesh, comm::Backend::Mpi);
+  const auto comms_off = comms_without_peer_copies(mesh);
+  comm::CommSet& comms = *comms_off;
   Layout a(shape, from, ms), b(shape, to, ms);
   shard::Resharder<T> op(comms.world(), shard::ReshardPlan(a, b, mesh.rank()), Kokkos::DefaultHostExecutionSpace(),
                          path, round_bytes);
@@ -359,6 +381,91 @@ TEST(Reshard, PipelinedPiecesMoveInRoundsExactly) {
   }
   // a row split gathered whole moves whole rows: nothing in rounds
   pipelined_case<float>({97 * n + 3, 777}, r2, PartitionSpec{{}, {}}, flat, 16 << 10, Walked::None, forced);
+}
+
+// Peer copies (Resharder::peer_copy): every piece copied straight between the ranks' buffers
+// by one of them. Row splits becoming column splits (the senders write: short runs through
+// the slot, several slots and several calls per piece) and back (the receivers read into
+// short runs directly, more runs than one call takes); rows of 8 KiB (written directly); a
+// 3-D middle split; f64; a 2 x 2 mesh at 4 ranks; an uneven row split gathered whole (one
+// run on both sides). Exact twice (the second time into a dirty destination), the source
+// untouched, work done between start() and finish(). Auto's rule: from kPeerCopyBytes when
+// a sender writes, from kPeerReadBytes when every piece is read; without peer copies
+// (SHARDFLOW_PEER_COPY=0) the forced path is refused naming the communicator.
+template <class T>
+void peer_case(comm::CommSet& comms, const Shape& shape, const PartitionSpec& from, const PartitionSpec& to,
+               shard::ReshardPath path, bool expect) {
+  const Mesh& mesh = comms.mesh();
+  Layout a(shape, from, mesh.shape()), b(shape, to, mesh.shape());
+  shard::Resharder<T> op(comms.world(), shard::ReshardPlan(a, b, mesh.rank()), Kokkos::DefaultHostExecutionSpace(),
+                         path);
+  const std::string what = a.to_string() + " -> " + b.to_string();
+  EXPECT_EQ(op.peer_copy(), expect) << what;
+  const auto src = fill_local<T>(a, mesh.rank());
+  const auto keep = src;
+  const auto want = fill_local<T>(b, mesh.rank());
+  std::vector<T> dst(want.size(), T(-1));
+  for (int rep = 0; rep < 2; ++rep) {
+    comm::Request r = op.start(typename shard::Resharder<T>::ConstView(src.data(), src.size()),
+                               typename shard::Resharder<T>::View(dst.data(), dst.size()));
+    volatile double busy = 0;
+    for (int i = 0; i < 20000; ++i) busy = busy + 1.0;
+    op.finish(r);
+    int bad = dst == want ? 0 : 1, any_bad = 0;
+    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    EXPECT_TRUE(dst == want) << what << " (run " << rep << ", peer copy " << op.peer_copy() << ")";
+    ASSERT_EQ(any_bad, 0) << "a rank's result was wrong";
+    EXPECT_TRUE(src == keep) << what << ": the source changed";
+    std::fill(dst.begin(), dst.end(), T(-2));
+  }
+}
+
+TEST(Reshard, PeerCopiesMovePiecesExactly) {
+  const int n = test::world_size();
+  const MeshShape flat({"data"}, {n});
+  Mesh mesh(flat);
+  comm::CommSet comms(mesh, comm::Backend::Mpi);
+  if (n > 1) {
+    EXPECT_TRUE(comms.world().peer_copies()) << "ranks of one node that cannot copy each other's memory";
+  }
+  const bool can = comms.world().peer_copies() && n > 1;
+  const auto forced = shard::ReshardPath::PeerCopy;
+  using R = shard::Resharder<float>;
+  const PartitionSpec r2{{"data"}, {}}, c2{{}, {"data"}};
+  const PartitionSpec r3{{"data"}, {}, {}}, m3{{}, {"data"}, {}};
+  if (can) {
+    for (const bool out : {true, false}) {
+      const PartitionSpec &f2 = out ? r2 : c2, &t2 = out ? c2 : r2, &f3 = out ? r3 : m3, &t3 = out ? m3 : r3;
+      peer_case<float>(comms, {1031 * n + 3, 777}, f2, t2, forced, true);         // > 1 slot, > 1024 runs a piece
+      peer_case<float>(comms, {67 * n + 1, 4096 * n + 4}, f2, t2, forced, true);  // runs of 16 KiB
+      peer_case<double>(comms, {517 * n + 1, 611}, f2, t2, forced, true);
+      peer_case<float>(comms, {301, 4 * n + 1, 457}, f3, t3, forced, true);
+      // Auto: 1 KiB rows (512-byte runs at 2 ranks)
+      const auto rows = [&](std::int64_t bytes) { return bytes / 1024; };
+      peer_case<float>(comms, {rows(R::kPeerCopyBytes), 256}, f2, t2, shard::ReshardPath::Auto, out);
+      peer_case<float>(comms, {rows(R::kPeerCopyBytes / 2), 256}, f2, t2, shard::ReshardPath::Auto, false);
+      peer_case<float>(comms, {rows(R::kPeerReadBytes), 256}, f2, t2, shard::ReshardPath::Auto, true);
+    }
+    // an uneven row split gathered whole: one run on both sides
+    peer_case<float>(comms, {1031 * n + 3, 77}, r2, PartitionSpec{{}, {}}, forced, true);
+    if (n == 4) {
+      Mesh m22(MeshShape({"data", "tensor"}, {2, 2}));
+      comm::CommSet c22(m22, comm::Backend::Mpi);
+      const PartitionSpec rows2{{"data", "tensor"}, {}}, mixed{{"tensor"}, {"data"}};
+      peer_case<float>(c22, {2053, 769}, rows2, mixed, forced, true);
+      peer_case<float>(c22, {2053, 769}, mixed, rows2, forced, true);
+    }
+  }
+  // refused without peer copies, naming the communicator
+  const auto off = comms_without_peer_copies(mesh);
+  Layout a({8 * n, 8}, r2, flat), b({8 * n, 8}, c2, flat);
+  try {
+    R op(off->world(), shard::ReshardPlan(a, b, mesh.rank()), Kokkos::DefaultHostExecutionSpace(), forced);
+    ADD_FAILURE() << "no throw";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'world'"), std::string::npos) << e.what();
+  }
+  peer_case<float>(*off, {1031 * n + 3, 777}, r2, c2, shard::ReshardPath::Auto, false);
 }
 
 // Replicated -> sharded moves no data between ranks (each takes its piece of its own copy).

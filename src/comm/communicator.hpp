@@ -17,8 +17,10 @@
 #include <mpi.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "comm/plan.hpp"
 #include "comm/request.hpp"
@@ -47,6 +49,29 @@ class Communicator {
   virtual bool strided_pieces() const { return false; }
   int size() const { return size_; }
   int rank() const { return rank_; }
+
+  /// True when this rank can copy to and from the host memory of every other rank of the
+  /// group directly, with one copy and no message (Linux cross-memory attach,
+  /// process_vm_readv / process_vm_writev): every rank of the group is on this node and
+  /// reading a word of each peer worked. Probed collectively when the communicator is made
+  /// (the Mpi backend); the same on every rank. SHARDFLOW_PEER_COPY=0 in the environment of
+  /// any rank turns it off for the group.
+  bool peer_copies() const { return peer_copies_; }
+  /// Most runs on either side of one copy_peer() call (the kernel's IOV_MAX).
+  static constexpr std::size_t kMaxPeerRuns = 1024;
+  /// One contiguous run of bytes in a process's address space.
+  struct PeerRun {
+    std::uintptr_t addr = 0;
+    std::size_t bytes = 0;
+  };
+  /// One copy between this rank's memory and rank `peer`'s (peer_copies() must be true):
+  /// `write`: the bytes of the `local` runs, in order, into the `remote` runs (addresses in
+  /// the peer's address space); else the remote runs' bytes into the local runs. Both lists
+  /// hold at most kMaxPeerRuns runs and the same number of bytes. The peer takes no part:
+  /// the caller's protocol makes sure its memory is there and may be read or written.
+  /// Throws Error naming the peer and the system's reason when the copy fails.
+  void copy_peer(int peer, bool write, const PeerRun* local, std::size_t nlocal, const PeerRun* remote,
+                 std::size_t nremote) const;
   /// e.g. "fsdp" or "data+fsdp" or "world".
   const std::string& name() const { return name_; }
   /// The MPI communicator of the group (the Nccl backend bootstraps from it).
@@ -72,12 +97,17 @@ class Communicator {
 
  protected:
   Communicator(MPI_Comm comm, std::string name);
+  /// Sets peer_copies() (collective over the group): a backend on host memory calls it from
+  /// its constructor.
+  void probe_peer_copies();
 
  private:
   MPI_Comm mpi_comm_;
   std::string name_;
   int size_ = 1;
   int rank_ = 0;
+  bool peer_copies_ = false;
+  std::vector<long> pids_;  // by rank, when peer_copies_
 };
 
 /// The operation layer: a plan bound once to persistent buffers.

@@ -31,6 +31,11 @@
 //                              more, received into any box): a few rows at a time
 //                              through small slots, point to point, so that what one core
 //                              packs another copies while it is still in cache.
+//                              Where the ranks are on one node and may copy each other's
+//                              memory (Communicator::peer_copies()), every piece is instead
+//                              copied once, straight from the sender's source into the
+//                              receiver's destination, by one of the two ranks (peer_copy();
+//                              Auto from 64 KiB / 4 MiB): no exchange, no staging.
 //   reshard(...)               the one-shot convenience.
 //
 // Replicas: a piece held by several ranks of the source layout is sent by exactly one of
@@ -39,6 +44,7 @@
 #include <Kokkos_Core.hpp>
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -96,8 +102,10 @@ class ReshardPlan {
 /// unpacks through staging buffers (any backend); InPlace moves strided pieces in place
 /// (host spaces on a backend whose Communicator::strided_pieces() is true); Pipelined moves
 /// every piece that can go in rounds (Resharder::piece_rounds) in rounds whatever its size,
-/// and the others as Auto would. Every rank must give the same path.
-enum class ReshardPath { Auto, Staged, InPlace, Pipelined };
+/// and the others as Auto would; PeerCopy copies every piece straight between the ranks'
+/// buffers (Resharder::peer_copy(): host spaces on a communicator whose peer_copies() is
+/// true, whatever the pieces' runs). Every rank must give the same path.
+enum class ReshardPath { Auto, Staged, InPlace, Pipelined, PeerCopy };
 
 /// The operation: a plan bound to a communicator and persistent staging buffers.
 template <class T, class ExecSpace = Kokkos::DefaultHostExecutionSpace>
@@ -115,12 +123,14 @@ class Resharder {
             ReshardPath path = ReshardPath::Auto, std::int64_t pipe_round_bytes = kPipeRoundBytes)
       : plan_(std::move(plan)),
         exec_(exec),
-        pipe_(make_pipe(check_comm(world, plan_), plan_, path, pipe_round_bytes)),
+        peer_(make_peer(check_comm(world, plan_), plan_, path)),
+        pipe_(make_pipe(world, plan_, path, pipe_round_bytes, peer_.on)),
         base_(plan_.without(pipe_.drop_sends, pipe_.drop_recvs, pipe_.keep_in_rounds)),
         copies_(base_),
         send_offsets_(runs_in_frame(copies_.pack, true)),
         recv_offsets_(runs_in_frame(copies_.unpack, false)),
-        in_place_(choose_in_place(world, path == ReshardPath::Pipelined ? ReshardPath::Auto : path)),
+        in_place_(choose_in_place(
+            world, path == ReshardPath::Pipelined || path == ReshardPath::PeerCopy ? ReshardPath::Auto : path)),
         send_("shardflow::reshard::send",
               send_offsets_.empty() && !in_place_ ? static_cast<std::size_t>(base_.send_elems()) : std::size_t(0)),
         recv_("shardflow::reshard::recv",
@@ -130,6 +140,17 @@ class Resharder {
         exchange_(world, in_place_ ? in_place_plan() : direct_plan(base_, send_offsets_, recv_offsets_), send_.data(),
                   recv_.data()) {
     bind_pipe(world);
+    bind_peer(world);
+    if (peer_.walk != PeerWalk::None && copies_.keep) {
+      const Box& kept = plan_.local_piece();
+      peer_keep_row0_ = kept.ndim() > 0 ? kept.offset[0] - plan_.to().box(plan_.rank()).offset[0] : 0;
+      if (peer_.walk == PeerWalk::Source)
+        Copies::add_row_run(peer_keep_, copies_.keep_src, copies_.keep_dst, copies_.keep_row0, copies_.src_row,
+                            copies_.src_rows, false);
+      else
+        Copies::add_row_run(peer_keep_, copies_.keep_dst, copies_.keep_src, peer_keep_row0_, copies_.dst_row,
+                            copies_.dst_rows, false);
+    }
   }
 
   /// Pieces of at most this many bytes move in place on a backend that can (Auto).
@@ -192,6 +213,31 @@ class Resharder {
   /// The rounds of this rank's target rows that receive pieces in rounds.
   std::int64_t pipeline_in_rounds() const { return pipe_.in.rounds; }
 
+  /// True when every piece is copied straight from the sender's source into the receiver's
+  /// destination by one of the two ranks, with one copy (Communicator::copy_peer(): the
+  /// ranks are on one node and may copy each other's memory), instead of being packed,
+  /// exchanged and unpacked. The side whose part of a piece is one contiguous run is the
+  /// remote one, so that the copy's many runs are on the copier's own side: the receiver
+  /// reads the piece when the sender's part is one run, else the sender writes it when the
+  /// receiver's part is one run (forced: whichever side has fewer runs). Per exchange, the
+  /// other rank sends the copier its buffer's address in start() and waits in finish() for
+  /// the copier's word that the copy is done, so a rank's source is read and its
+  /// destination written only between its own start() and finish().
+  /// Auto: when the communicator can, the host space, every piece of the whole reshard
+  /// (every rank's) has a side of one run and runs of kRowRunBytes or more on the other, and
+  /// the tensor is kPeerCopyBytes or more when some piece is written by its sender, or
+  /// kPeerReadBytes or more when every piece is read by its receiver. The rule depends on
+  /// the layouts alone, so every rank agrees without a message.
+  bool peer_copy() const { return peer_.on; }
+  /// Auto's smallest tensors for peer copies (docs/comm.md, session 23 on the Xeon VM: below
+  /// them the handshake costs more than it saves, and pieces read by their receivers moved
+  /// faster in rounds up to 1 MiB).
+  static constexpr std::int64_t kPeerCopyBytes = std::int64_t(64) << 10;
+  static constexpr std::int64_t kPeerReadBytes = std::int64_t(4) << 20;
+  /// The tags of the peer copies' messages on `world`: a source's address, a destination's
+  /// (two pieces between two ranks, one each way, may both be copied by one of them), done.
+  static constexpr int kPeerSrcTag = 24230, kPeerDoneTag = 24231, kPeerDstTag = 24232;
+
   /// True when the exchange reads the source in place (every piece sent is one contiguous
   /// run of this rank's source box: no pack) / writes the destination in place (every piece
   /// received is one contiguous run of its target box: no unpack).
@@ -212,6 +258,14 @@ class Resharder {
                             plan_.to().to_string());
     src_ = src;
     dst_ = dst;
+    if (peer_.on) {  // the pieces move in finish(); the kept one now unless finish() walks it
+      peer_start();
+      if (copies_.keep && peer_.walk == PeerWalk::None) {
+        kernels::copy_box(exec_, src, copies_.keep_src, dst, copies_.keep_dst);
+        exec_.fence();
+      }
+      return comm::Request();
+    }
     pipe_start();  // the rounds' receives and direct sends, before anything waits
     if (in_place_) {
       exchange_.rebind(src.data(), dst.data());
@@ -244,6 +298,11 @@ class Resharder {
 
   /// Waits for the exchange started by start() and unpacks what arrived into its `dst`.
   void finish(comm::Request& req) {
+    if (peer_.on) {
+      peer_finish();
+      req.wait();
+      return;
+    }
     pipe_finish();  // the rest of the rounds, then every round's messages
     req.wait();
     if (in_place_ || direct_recv()) return;  // the exchange wrote the pieces into place
@@ -574,11 +633,12 @@ class Resharder {
       if (q.staged) q.other_off = 0;
   }
   static Pipe make_pipe(const comm::Communicator& world, const ReshardPlan& p, ReshardPath path,
-                        std::int64_t round_bytes) {
+                        std::int64_t round_bytes, bool peer_copy) {
     Pipe pp;
-    pp.drop_sends.assign(p.sends().size(), false);
-    pp.drop_recvs.assign(p.recvs().size(), false);
+    pp.drop_sends.assign(p.sends().size(), peer_copy);  // (every piece is copied by a peer)
+    pp.drop_recvs.assign(p.recvs().size(), peer_copy);
     SHARDFLOW_REQUIRE_INPUT(round_bytes > 0, "reshard: bytes per round must be positive, not ", round_bytes);
+    if (peer_copy) return pp;
     const Layout& from = p.from();
     const Layout& to = p.to();
     if (!kernels::is_host_space_v<ExecSpace> || !world.strided_pieces() || from.ndim() < 2 ||
@@ -762,6 +822,273 @@ class Resharder {
       for (auto& q : *reqs) q.wait();
   }
 
+  /// A piece copied between this rank's buffer and a peer's (peer_copy()).
+  struct PeerPiece {
+    int peer = 0;
+    bool sent = false;    // this rank sends it (its source is read), else receives it
+    bool copier = false;  // this rank makes the copy; else the peer does, with this rank's buffer
+    /// copier: the piece in this rank's buffer (its frame: the rank's source box when sent,
+    /// its target box when received; starting at row row0 of it) and in the peer's
+    kernels::StridedBox local, remote;
+    std::int64_t row0 = 0;
+  };
+  enum class PeerWalk { None, Source, Target };
+  struct Peer {
+    bool on = false;
+    std::vector<PeerPiece> pieces;
+    /// finish() walks this rank's source rows (the pieces it writes to its peers) or its
+    /// target rows (those it reads from them) slab by slab, each slab's part of those pieces
+    /// copied with the kept piece's before the next slab: rows split on one side and not
+    /// the other are then read (written) once, in order, instead of half by half in two
+    /// passes. None: the kept piece is copied in start().
+    PeerWalk walk = PeerWalk::None;
+  };
+  /// A piece its sender writes whose runs in the source are shorter than this goes through
+  /// a slot of kPeerSlotBytes: packed there (in this core's cache) and written to the peer
+  /// as one run. Written straight from short runs, the kernel's cost per run made the copy
+  /// about half as fast (docs/comm.md). A receiver reads into its short runs directly:
+  /// through the slot it was slower from 16 MiB.
+  static constexpr std::size_t kPeerDirectRunBytes = 4096, kPeerSlotBytes = std::size_t(256) << 10;
+  /// Rows of a peer walk's slab: as many as fit in this many bytes.
+  static constexpr std::int64_t kPeerSlabBytes = std::int64_t(256) << 10;
+  /// The piece's runs in the sender's source box and the receiver's target box (elements).
+  static std::pair<kernels::StridedBox, kernels::StridedBox> piece_frames(const Layout& from, const Layout& to,
+                                                                          int sender, int receiver, const Box& b) {
+    const Box s = from.box(sender), t = to.box(receiver);
+    return {kernels::StridedBox::row_major(s.extent, relative(b, s)).simplified(),
+            kernels::StridedBox::row_major(t.extent, relative(b, t)).simplified()};
+  }
+  static std::int64_t runs_of(const kernels::StridedBox& b) { return b.numel() / b.contiguous_run(); }
+  /// The rank that copies piece `b` (the receiver or the sender), or -1 when neither may
+  /// under Auto's rule (see peer_copy()).
+  static int peer_copier(const Layout& from, const Layout& to, int sender, int receiver, const Box& b, bool forced) {
+    const auto f = piece_frames(from, to, sender, receiver, b);
+    const std::int64_t rs = runs_of(f.first), rr = runs_of(f.second);
+    if (forced) return rs <= rr ? receiver : sender;
+    const auto esize = static_cast<std::int64_t>(sizeof(T));
+    if (rs == 1 && (rr == 1 || f.second.contiguous_run() * esize >= kRowRunBytes)) return receiver;
+    if (rr == 1 && f.first.contiguous_run() * esize >= kRowRunBytes) return sender;
+    return -1;
+  }
+  static Peer make_peer(const comm::Communicator& world, const ReshardPlan& p, ReshardPath path) {
+    Peer peer;
+    const bool forced = path == ReshardPath::PeerCopy;
+    const bool can = kernels::is_host_space_v<ExecSpace> && world.peer_copies();
+    if (forced)
+      SHARDFLOW_REQUIRE_INPUT(can,
+                              "reshard: peer copies need a host execution space and a communicator whose ranks "
+                              "can copy each other's memory; communicator '",
+                              world.name(), "' cannot");
+    const Layout& from = p.from();
+    const Layout& to = p.to();
+    if (!can || (path != ReshardPath::Auto && !forced)) return peer;
+    if (!forced) {  // every piece of every rank must qualify
+      std::int64_t bytes = static_cast<std::int64_t>(sizeof(T));
+      for (std::int64_t e : from.global_shape()) bytes *= e;
+      if (bytes < kPeerCopyBytes) return peer;
+      bool writes = false;
+      for (int q = 0; q < from.mesh().size(); ++q) {
+        const ReshardPlan pq = q == p.rank() ? p : ReshardPlan(from, to, q);
+        for (const ReshardPiece& piece : pq.sends()) {
+          const int copier = peer_copier(from, to, q, piece.peer, piece.box, false);
+          if (copier < 0) return peer;
+          writes = writes || copier == q;
+        }
+      }
+      if (!writes && bytes < kPeerReadBytes) return peer;
+    }
+    const int me = p.rank();
+    const auto add = [&](const ReshardPiece& piece, bool sent) {
+      const int sender = sent ? me : piece.peer, receiver = sent ? piece.peer : me;
+      PeerPiece pp;
+      pp.peer = piece.peer;
+      pp.sent = sent;
+      pp.copier = peer_copier(from, to, sender, receiver, piece.box, forced) == me;
+      const Box s = from.box(sender), t = to.box(receiver);
+      const auto in_s = kernels::StridedBox::row_major(s.extent, relative(piece.box, s));
+      const auto in_t = kernels::StridedBox::row_major(t.extent, relative(piece.box, t));
+      pp.local = sent ? in_s : in_t;
+      pp.remote = sent ? in_t : in_s;
+      pp.row0 = piece.box.ndim() > 0 ? piece.box.offset[0] - (sent ? s : t).offset[0] : 0;
+      peer.pieces.push_back(pp);
+    };
+    for (const ReshardPiece& piece : p.sends()) add(piece, true);
+    for (const ReshardPiece& piece : p.recvs()) add(piece, false);
+    peer.on = true;
+    if (from.ndim() > 0)
+      for (const PeerPiece& q : peer.pieces)
+        if (q.copier) {
+          peer.walk = q.sent ? PeerWalk::Source : PeerWalk::Target;
+          break;
+        }
+    return peer;
+  }
+  /// Each piece's two messages, bound once: the copier receives the other rank's buffer
+  /// address into peer_words_[2 i] and sends its done word from peer_words_[2 i + 1]; the
+  /// other rank sends the address and receives the done word.
+  void bind_peer(comm::Communicator& world) {
+    world_ = &world;
+    peer_words_.assign(2 * peer_.pieces.size(), 0);
+    for (std::size_t i = 0; i < peer_.pieces.size(); ++i) {
+      const PeerPiece& q = peer_.pieces[i];
+      std::int64_t* addr = &peer_words_[2 * i];
+      std::int64_t* done = &peer_words_[2 * i + 1];
+      // the address of the sender's source or of the receiver's destination
+      const int tag = q.sent == q.copier ? kPeerDstTag : kPeerSrcTag;
+      if (q.copier) {
+        peer_addr_ops_.emplace_back(world, comm::CollectivePlan::recv(DType::I64, 1, q.peer, tag), nullptr, addr);
+        peer_done_ops_.emplace_back(world, comm::CollectivePlan::send(DType::I64, 1, q.peer, kPeerDoneTag), done,
+                                    nullptr);
+      } else {
+        peer_addr_ops_.emplace_back(world, comm::CollectivePlan::send(DType::I64, 1, q.peer, tag), addr, nullptr);
+        peer_done_ops_.emplace_back(world, comm::CollectivePlan::recv(DType::I64, 1, q.peer, kPeerDoneTag), nullptr,
+                                    done);
+      }
+    }
+    peer_addr_reqs_.resize(peer_addr_ops_.size());
+    peer_done_reqs_.resize(peer_done_ops_.size());
+  }
+  /// start(): the copier's receives of the addresses and the others' of the done words, then
+  /// this rank's buffer addresses to the pieces' copiers.
+  void peer_start() {
+    for (std::size_t i = 0; i < peer_.pieces.size(); ++i)
+      if (peer_.pieces[i].copier)
+        peer_addr_reqs_[i] = peer_addr_ops_[i].start();
+      else
+        peer_done_reqs_[i] = peer_done_ops_[i].start();
+    for (std::size_t i = 0; i < peer_.pieces.size(); ++i) {
+      const PeerPiece& q = peer_.pieces[i];
+      if (q.copier) continue;
+      peer_words_[2 * i] = static_cast<std::int64_t>(q.sent ? reinterpret_cast<std::uintptr_t>(src_.data())
+                                                            : reinterpret_cast<std::uintptr_t>(dst_.data()));
+      peer_addr_reqs_[i] = peer_addr_ops_[i].start();
+    }
+  }
+  /// The address of this rank's buffer that piece `q` is in.
+  std::uintptr_t peer_mine(const PeerPiece& q) const {
+    return q.sent ? reinterpret_cast<std::uintptr_t>(src_.data()) : reinterpret_cast<std::uintptr_t>(dst_.data());
+  }
+  /// finish(): the walk (see Peer::walk), then each other piece this rank copies, each once
+  /// its peer's address has come, then the done words; then the done words of the pieces
+  /// the peers copy.
+  void peer_finish() {
+    const bool walk_src = peer_.walk == PeerWalk::Source;
+    const auto walked = [&](const PeerPiece& q) {
+      return q.copier && peer_.walk != PeerWalk::None && q.sent == walk_src;
+    };
+    if (peer_.walk != PeerWalk::None) {
+      for (std::size_t i = 0; i < peer_.pieces.size(); ++i)
+        if (walked(peer_.pieces[i])) peer_addr_reqs_[i].wait();
+      const std::int64_t rows = walk_src ? copies_.src_rows : copies_.dst_rows;
+      const std::int64_t row_bytes = std::max<std::int64_t>(1, walk_src ? copies_.src_row : copies_.dst_row) *
+                                     static_cast<std::int64_t>(sizeof(T));
+      const std::int64_t per = std::max<std::int64_t>(1, kPeerSlabBytes / row_bytes);
+      char* base = walk_src ? const_cast<char*>(reinterpret_cast<const char*>(src_.data()))
+                            : reinterpret_cast<char*>(dst_.data());
+      for (std::int64_t a = 0; a < rows; a += per) {
+        const std::int64_t b = std::min(rows, a + per);
+        for (std::size_t i = 0; i < peer_.pieces.size(); ++i) {
+          const PeerPiece& q = peer_.pieces[i];
+          if (!walked(q)) continue;
+          const auto part = slab({q.local, q.remote}, q.row0, a, b);
+          if (part.first.numel() > 0)
+            copy_piece(q, part.first, part.second, peer_mine(q), static_cast<std::uintptr_t>(peer_words_[2 * i]));
+        }
+        if (!copies_.keep) continue;
+        if (!peer_keep_.empty()) {  // the kept piece is one run of each walked row
+          const RowRunSpec& k = peer_keep_.front();
+          const std::int64_t lo = std::max(a, k.row0), hi = std::min(b, k.row0 + k.rows);
+          if (hi <= lo) continue;
+          T* other = walk_src ? dst_.data() : const_cast<T*>(src_.data());
+          const kernels::detail::RowRun r = row_run(k, a, lo, hi, other + k.other_off + (lo - k.row0) * k.other_step);
+          kernels::detail::host_copy_row_runs(
+              base + a * row_bytes, row_bytes, b - a, &r, 1,
+              walk_src ? kernels::detail::RowWalk::FromRows : kernels::detail::RowWalk::IntoRows);
+        } else if (walk_src) {
+          const auto part = slab({copies_.keep_src, copies_.keep_dst}, copies_.keep_row0, a, b);
+          if (part.first.numel() > 0) kernels::copy_box(exec_, src_, part.first, dst_, part.second);
+        } else {
+          const auto part = slab({copies_.keep_dst, copies_.keep_src}, peer_keep_row0_, a, b);
+          if (part.first.numel() > 0) kernels::copy_box(exec_, src_, part.second, dst_, part.first);
+        }
+      }
+      exec_.fence();
+    }
+    for (std::size_t i = 0; i < peer_.pieces.size(); ++i) {
+      const PeerPiece& q = peer_.pieces[i];
+      if (!q.copier) continue;
+      if (!walked(q)) {
+        peer_addr_reqs_[i].wait();
+        copy_piece(q, q.local, q.remote, peer_mine(q), static_cast<std::uintptr_t>(peer_words_[2 * i]));
+      }
+      peer_done_reqs_[i] = peer_done_ops_[i].start();
+    }
+    for (auto* reqs : {&peer_addr_reqs_, &peer_done_reqs_})
+      for (auto& r : *reqs) r.wait();
+  }
+  /// Copies box `local` of this rank's buffer at `mine` to or from box `remote` of the
+  /// peer's at `theirs` (piece `q`'s direction), in calls of at most kMaxPeerRuns runs on
+  /// either side (adjacent runs merged).
+  void copy_piece(const PeerPiece& q, const kernels::StridedBox& local, const kernels::StridedBox& remote,
+                  std::uintptr_t mine, std::uintptr_t theirs) {
+    using Run = comm::Communicator::PeerRun;
+    const kernels::detail::BoxPair p = kernels::detail::simplify_pair(local, remote);
+    const int nd = p.ndim;
+    const bool unit = p.src_stride[nd - 1] == 1 && p.dst_stride[nd - 1] == 1;
+    const std::int64_t run = unit ? p.extent[nd - 1] : 1;  // elements per common run
+    const int outer = unit ? nd - 1 : nd;                  // dimensions walked run by run
+    const auto esize = sizeof(T);
+    std::int64_t idx[kernels::kMaxBoxDims] = {};
+    std::int64_t runs = 1;
+    for (int d = 0; d < outer; ++d) runs *= p.extent[d];
+    std::size_t nl = 0, nr = 0;
+    const std::size_t bytes = static_cast<std::size_t>(run) * esize;
+    // a write whose local runs are short is packed into the slot and written from there
+    const bool bounce = q.sent && bytes < kPeerDirectRunBytes;
+    std::size_t in_slot = 0;
+    char* slot = peer_slot_.data();
+    const auto flush = [&] {
+      if (nl == 0) return;
+      if (bounce) {
+        for (std::size_t i = 0, at = 0; i < nl; at += peer_local_[i].bytes, ++i)
+          std::memcpy(slot + at, reinterpret_cast<const void*>(peer_local_[i].addr), peer_local_[i].bytes);
+        const Run whole{reinterpret_cast<std::uintptr_t>(slot), in_slot};
+        world_->copy_peer(q.peer, /*write=*/true, &whole, 1, peer_remote_.data(), nr);
+      } else {
+        world_->copy_peer(q.peer, /*write=*/q.sent, peer_local_.data(), nl, peer_remote_.data(), nr);
+      }
+      nl = nr = 0;
+      in_slot = 0;
+    };
+    const auto merges = [](const std::vector<Run>& v, std::size_t n, std::uintptr_t a) {
+      return n > 0 && v[n - 1].addr + v[n - 1].bytes == a;
+    };
+    const auto append = [&](std::vector<Run>& v, std::size_t& n, std::uintptr_t a, std::size_t len) {
+      if (merges(v, n, a))
+        v[n - 1].bytes += len;
+      else
+        v[n++] = Run{a, len};
+    };
+    for (std::int64_t k = 0; k < runs; ++k) {
+      std::int64_t lo = p.src_offset, ro = p.dst_offset;
+      for (int d = 0; d < outer; ++d) {
+        lo += idx[d] * p.src_stride[d];
+        ro += idx[d] * p.dst_stride[d];
+      }
+      const std::uintptr_t la = mine + static_cast<std::uintptr_t>(lo) * esize;
+      const std::uintptr_t ra = theirs + static_cast<std::uintptr_t>(ro) * esize;
+      if ((nl == comm::Communicator::kMaxPeerRuns && !merges(peer_local_, nl, la)) ||
+          (nr == comm::Communicator::kMaxPeerRuns && !merges(peer_remote_, nr, ra)) ||
+          (bounce && in_slot + bytes > peer_slot_.size()))
+        flush();
+      in_slot += bytes;
+      append(peer_local_, nl, la, bytes);
+      append(peer_remote_, nr, ra, bytes);
+      for (int d = outer - 1; d >= 0 && ++idx[d] == p.extent[d]; --d) idx[d] = 0;
+    }
+    flush();
+  }
+
   /// Packs the sent pieces and copies the kept one slab by slab of the source's outermost
   /// dimension. Each piece takes part of every source row (e.g. a row split becoming a
   /// column split), and the hardware fetches whole neighbourhoods of the lines a copy reads:
@@ -830,6 +1157,7 @@ class Resharder {
 
   ReshardPlan plan_;
   ExecSpace exec_;
+  Peer peer_;         // the pieces copied by a peer (peer_copy())
   Pipe pipe_;         // the pieces moved in rounds
   ReshardPlan base_;  // the rest: plan_ without them
   Copies copies_;
@@ -846,6 +1174,16 @@ class Resharder {
   std::vector<comm::Collective> out_ops_, in_ops_, land_ops_, leave_ops_;
   std::vector<comm::Request> out_reqs_, in_reqs_, land_reqs_, leave_reqs_;
   std::int64_t out_next_ = 0, in_next_ = 0, in_posted_ = 0;  // out's next round; in's next and first unposted
+  comm::Communicator* world_ = nullptr;
+  std::vector<RowRunSpec> peer_keep_;  // the kept piece's run of each row of the peer walk, when it is one
+  std::int64_t peer_keep_row0_ = 0;    // the kept piece's first row in the target box
+  std::vector<char> peer_slot_ = std::vector<char>(peer_.on ? kPeerSlotBytes : 0);
+  std::vector<std::int64_t> peer_words_;  // see bind_peer()
+  std::vector<comm::Collective> peer_addr_ops_, peer_done_ops_;
+  std::vector<comm::Request> peer_addr_reqs_, peer_done_reqs_;
+  std::vector<comm::Communicator::PeerRun> peer_local_ = std::vector<comm::Communicator::PeerRun>(
+                                               peer_.on ? comm::Communicator::kMaxPeerRuns : 0),
+                                           peer_remote_ = peer_local_;
 };
 
 /// One-shot reshard of this rank's box of `from` into its box of `to` (host vectors).

@@ -3,7 +3,15 @@
 #include "comm/communicator.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
+
+#ifdef __linux__
+#include <sys/uio.h>
+#include <unistd.h>
+#endif
 
 #include "comm/comm_set.hpp"
 #include "comm/mpi_check.hpp"
@@ -346,6 +354,100 @@ Communicator::Communicator(MPI_Comm comm, std::string name) : mpi_comm_(comm), n
 }
 
 void Communicator::barrier() const { CHECK_MPI(MPI_Barrier(mpi_comm_)); }
+
+namespace {
+/// A word each process holds at a known address: a peer that reads it back through
+/// cross-memory attach and finds the value derived from this process's id can copy.
+volatile std::uint64_t peer_probe_word = 0;
+constexpr std::uint64_t kPeerProbeMagic = 0x53484152444650ull;  // "SHARDFP"
+}  // namespace
+
+void Communicator::probe_peer_copies() {
+  peer_copies_ = false;
+  pids_.clear();
+#ifdef __linux__
+  const char* env = std::getenv("SHARDFLOW_PEER_COPY");
+  int ok = env != nullptr && std::string(env) == "0" ? 0 : 1;
+  MPI_Comm node = MPI_COMM_NULL;  // the ranks of the group on this node
+  CHECK_MPI(MPI_Comm_split_type(mpi_comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
+  int on_node = 0;
+  CHECK_MPI(MPI_Comm_size(node, &on_node));
+  CHECK_MPI(MPI_Comm_free(&node));
+  if (on_node != size_) ok = 0;
+  const auto pid = static_cast<std::uint64_t>(::getpid());
+  peer_probe_word = kPeerProbeMagic ^ pid;
+  const std::uint64_t mine[2] = {pid, static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(&peer_probe_word))};
+  std::vector<std::uint64_t> all(2 * static_cast<std::size_t>(size_));
+  CHECK_MPI(MPI_Allgather(mine, 2, MPI_UINT64_T, all.data(), 2, MPI_UINT64_T, mpi_comm_));
+  for (int q = 0; ok && q < size_; ++q) {
+    if (q == rank_) continue;
+    std::uint64_t word = 0;
+    const auto uq = static_cast<std::size_t>(q);
+    struct iovec local {
+      &word, sizeof word
+    };
+    struct iovec remote {
+      reinterpret_cast<void*>(static_cast<std::uintptr_t>(all[2 * uq + 1])), sizeof word
+    };
+    const ssize_t n = ::process_vm_readv(static_cast<pid_t>(all[2 * uq]), &local, 1, &remote, 1, 0);
+    ok = n == static_cast<ssize_t>(sizeof word) && word == (kPeerProbeMagic ^ all[2 * uq]) ? 1 : 0;
+  }
+  CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_LAND, mpi_comm_));
+  if (!ok) return;
+  for (int q = 0; q < size_; ++q) pids_.push_back(static_cast<long>(all[2 * static_cast<std::size_t>(q)]));
+  peer_copies_ = true;
+#endif
+}
+
+void Communicator::copy_peer(int peer, bool write, const PeerRun* local, std::size_t nlocal, const PeerRun* remote,
+                             std::size_t nremote) const {
+  SHARDFLOW_REQUIRE(peer_copies_, "communicator '", name_, "': copy_peer to rank ", peer,
+                    " but its ranks cannot copy each other's memory (peer_copies() is false)");
+  SHARDFLOW_REQUIRE(peer >= 0 && peer < size_ && peer != rank_, "communicator '", name_, "': copy_peer to rank ", peer,
+                    " (rank ", rank_, " of ", size_, ")");
+  SHARDFLOW_REQUIRE(nlocal <= kMaxPeerRuns && nremote <= kMaxPeerRuns, "communicator '", name_, "': copy_peer with ",
+                    nlocal, " local and ", nremote, " remote runs (at most ", kMaxPeerRuns, " each)");
+#ifdef __linux__
+  std::size_t total = 0, rtotal = 0;
+  struct iovec lv[kMaxPeerRuns], rv[kMaxPeerRuns];
+  for (std::size_t i = 0; i < nlocal; ++i) {
+    lv[i] = {reinterpret_cast<void*>(local[i].addr), local[i].bytes};
+    total += local[i].bytes;
+  }
+  for (std::size_t i = 0; i < nremote; ++i) {
+    rv[i] = {reinterpret_cast<void*>(remote[i].addr), remote[i].bytes};
+    rtotal += remote[i].bytes;
+  }
+  SHARDFLOW_REQUIRE(total == rtotal, "communicator '", name_, "': copy_peer to rank ", peer, " with ", total,
+                    " local bytes but ", rtotal, " remote");
+  // a copy may stop short (at a run's end); go on from there
+  std::size_t li = 0, ri = 0, done = 0;
+  while (done < total) {
+    const auto pid = static_cast<pid_t>(pids_[static_cast<std::size_t>(peer)]);
+    const ssize_t n = write ? ::process_vm_writev(pid, lv + li, nlocal - li, rv + ri, nremote - ri, 0)
+                            : ::process_vm_readv(pid, lv + li, nlocal - li, rv + ri, nremote - ri, 0);
+    if (n <= 0) {
+      const int err = errno;
+      throw Error("communicator '" + name_ + "': " + (write ? "writing " : "reading ") + std::to_string(total - done) +
+                  " bytes " + (write ? "to" : "from") + " the memory of rank " + std::to_string(peer) +
+                  " failed: " + (n < 0 ? std::strerror(err) : "nothing copied"));
+    }
+    done += static_cast<std::size_t>(n);
+    std::size_t left = static_cast<std::size_t>(n);
+    for (auto [v, i] : {std::make_pair(lv, &li), std::make_pair(rv, &ri)}) {
+      std::size_t m = left;
+      while (m > 0 && m >= v[*i].iov_len) m -= v[(*i)++].iov_len;
+      if (m > 0) {
+        v[*i].iov_base = static_cast<char*>(v[*i].iov_base) + m;
+        v[*i].iov_len -= m;
+      }
+    }
+  }
+#else
+  (void)write, (void)local, (void)remote;
+  throw Error("communicator '" + name_ + "': copy_peer needs Linux");
+#endif
+}
 
 Request Communicator::start(const CollectivePlan& plan, const void* send, void* recv) {
   check_bindable(plan, *this);

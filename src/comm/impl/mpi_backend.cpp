@@ -237,7 +237,7 @@ class MpiCollective final : public CollectiveImpl {
 
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator(MPI_Comm comm, const std::string& name) : Communicator(comm, name) {}
+  MpiCommunicator(MPI_Comm comm, const std::string& name) : Communicator(comm, name) { probe_peer_copies(); }
   Backend backend() const override { return Backend::Mpi; }
   bool strided_pieces() const override { return true; }
   std::unique_ptr<CollectiveImpl> bind(const CollectivePlan& plan, const void* send, void* recv) override {
