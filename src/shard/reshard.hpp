@@ -35,7 +35,7 @@
 //                              memory (Communicator::peer_copies()), every piece is instead
 //                              copied once, straight from the sender's source into the
 //                              receiver's destination, by one of the two ranks (peer_copy();
-//                              Auto from 64 KiB / 4 MiB): no exchange, no staging.
+//                              Auto from 64 KiB / 16 MiB): no exchange, no staging.
 //   reshard(...)               the one-shot convenience.
 //
 // Replicas: a piece held by several ranks of the source layout is sent by exactly one of
@@ -231,9 +231,9 @@ class Resharder {
   bool peer_copy() const { return peer_.on; }
   /// Auto's smallest tensors for peer copies (docs/comm.md, session 23 on the Xeon VM: below
   /// them the handshake costs more than it saves, and pieces read by their receivers moved
-  /// faster in rounds up to 1 MiB).
+  /// as fast or faster in rounds up to 4 MiB).
   static constexpr std::int64_t kPeerCopyBytes = std::int64_t(64) << 10;
-  static constexpr std::int64_t kPeerReadBytes = std::int64_t(4) << 20;
+  static constexpr std::int64_t kPeerReadBytes = std::int64_t(16) << 20;
   /// The tags of the peer copies' messages on `world`: a source's address, a destination's
   /// (two pieces between two ranks, one each way, may both be copied by one of them), done.
   static constexpr int kPeerSrcTag = 24230, kPeerDoneTag = 24231, kPeerDstTag = 24232;
