@@ -305,6 +305,28 @@ TEST(Reshard, RowSplitsWalkTheSourceOnceInOrder) {
 // destination rows (In). The kept piece is copied in the same walks. Exact twice (the second
 // time into a dirty destination), with the source untouched and work done between start()
 // and finish(). Auto: Out from a sender's box of kPipeBytes, In at every size. Peer copies off.
+/// Runs `op` from `src` twice as start() + work + finish() (the second time into a dirty
+/// destination): the result equals `want` on every rank, and the source is unchanged.
+template <class T>
+void run_split_twice(shard::Resharder<T>& op, const std::vector<T>& src, const std::vector<T>& want,
+                     const std::string& what) {
+  const auto keep = src;
+  std::vector<T> dst(want.size(), T(-1));
+  for (int rep = 0; rep < 2; ++rep) {
+    comm::Request r = op.start(typename shard::Resharder<T>::ConstView(src.data(), src.size()),
+                               typename shard::Resharder<T>::View(dst.data(), dst.size()));
+    volatile double busy = 0;  // the caller computes while the exchange is in flight
+    for (int i = 0; i < 20000; ++i) busy = busy + 1.0;
+    op.finish(r);
+    int bad = dst == want ? 0 : 1, any_bad = 0;
+    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    EXPECT_TRUE(dst == want) << what << " (run " << rep << ")";
+    ASSERT_EQ(any_bad, 0) << "a rank's result was wrong";
+    EXPECT_TRUE(src == keep) << what << ": the source changed";
+    std::fill(dst.begin(), dst.end(), T(-2));
+  }
+}
+
 enum class Walked { None, Out, In };
 template <class T>
 void pipelined_case(const Shape& shape, const PartitionSpec& from, const PartitionSpec& to, const MeshShape& ms,
@@ -317,7 +339,6 @@ void pipelined_case(const Shape& shape, const PartitionSpec& from, const Partiti
                          path, round_bytes);
   const std::string what = a.to_string() + " -> " + b.to_string();
   const auto src = fill_local<T>(a, mesh.rank());
-  const auto keep = src;
   const auto want = fill_local<T>(b, mesh.rank());
   if (expect != Walked::None && mesh.size() > 1) {
     EXPECT_EQ(op.pipelined_sends(), op.plan().sends().size()) << what;
@@ -333,20 +354,7 @@ void pipelined_case(const Shape& shape, const PartitionSpec& from, const Partiti
     EXPECT_EQ(op.pipelined_sends(), 0u) << what;
     EXPECT_EQ(op.pipelined_recvs(), 0u) << what;
   }
-  std::vector<T> dst(want.size(), T(-1));
-  for (int rep = 0; rep < 2; ++rep) {
-    comm::Request r = op.start(typename shard::Resharder<T>::ConstView(src.data(), src.size()),
-                               typename shard::Resharder<T>::View(dst.data(), dst.size()));
-    volatile double busy = 0;  // the caller computes while the first rounds are in flight
-    for (int i = 0; i < 20000; ++i) busy = busy + 1.0;
-    op.finish(r);
-    int bad = dst == want ? 0 : 1, any_bad = 0;
-    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    EXPECT_TRUE(dst == want) << what << " (run " << rep << ", " << op.pipeline_rounds() << " rounds)";
-    ASSERT_EQ(any_bad, 0) << "a rank's result was wrong";
-    EXPECT_TRUE(src == keep) << what << ": the source changed";
-    std::fill(dst.begin(), dst.end(), T(-2));
-  }
+  run_split_twice(op, src, want, what + " (" + std::to_string(op.pipeline_rounds()) + " rounds)");
 }
 
 TEST(Reshard, PipelinedPiecesMoveInRoundsExactly) {
@@ -402,22 +410,8 @@ void peer_case(comm::CommSet& comms, const Shape& shape, const PartitionSpec& fr
   const std::string what = a.to_string() + " -> " + b.to_string();
   EXPECT_EQ(op.peer_copy(), expect) << what;
   const auto src = fill_local<T>(a, mesh.rank());
-  const auto keep = src;
   const auto want = fill_local<T>(b, mesh.rank());
-  std::vector<T> dst(want.size(), T(-1));
-  for (int rep = 0; rep < 2; ++rep) {
-    comm::Request r = op.start(typename shard::Resharder<T>::ConstView(src.data(), src.size()),
-                               typename shard::Resharder<T>::View(dst.data(), dst.size()));
-    volatile double busy = 0;
-    for (int i = 0; i < 20000; ++i) busy = busy + 1.0;
-    op.finish(r);
-    int bad = dst == want ? 0 : 1, any_bad = 0;
-    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    EXPECT_TRUE(dst == want) << what << " (run " << rep << ", peer copy " << op.peer_copy() << ")";
-    ASSERT_EQ(any_bad, 0) << "a rank's result was wrong";
-    EXPECT_TRUE(src == keep) << what << ": the source changed";
-    std::fill(dst.begin(), dst.end(), T(-2));
-  }
+  run_split_twice(op, src, want, what + (op.peer_copy() ? " (peer copy)" : ""));
 }
 
 TEST(Reshard, PeerCopiesMovePiecesExactly) {
