@@ -151,6 +151,7 @@ class Resharder {
         Copies::add_row_run(peer_keep_, copies_.keep_dst, copies_.keep_src, peer_keep_row0_, copies_.dst_row,
                             copies_.dst_rows, false);
     }
+    bind_fused();
   }
 
   /// Pieces of at most this many bytes move in place on a backend that can (Auto).
@@ -837,17 +838,19 @@ class Resharder {
     bool on = false;
     std::vector<PeerPiece> pieces;
     /// finish() walks this rank's source rows (the pieces it writes to its peers) or its
-    /// target rows (those it reads from them) slab by slab, each slab's part of those pieces
-    /// copied with the kept piece's before the next slab: rows split on one side and not
-    /// the other are then read (written) once, in order, instead of half by half in two
-    /// passes. None: the kept piece is copied in start().
+    /// target rows (those it reads from them) slab by slab (kPeerSlabBytes), each slab's
+    /// part of those pieces copied with the kept piece's before the next slab: rows split on
+    /// one side and not the other are then read (written) once, in order, instead of half by
+    /// half in two passes. When the walk is fused (fused_slab()), each slab's rows are
+    /// copied in one ordered pass to (from) the slot and the kept piece's other side. None:
+    /// the kept piece is copied in start().
     PeerWalk walk = PeerWalk::None;
   };
-  /// A piece its sender writes whose runs in the source are shorter than this goes through
-  /// a slot of kPeerSlotBytes: packed there (in this core's cache) and written to the peer
-  /// as one run. Written straight from short runs, the kernel's cost per run made the copy
-  /// about half as fast (docs/comm.md). A receiver reads into its short runs directly:
-  /// through the slot it was slower from 16 MiB.
+  /// Pieces whose runs on the copier's side are shorter than this go through a slot of
+  /// kPeerSlotBytes in the copier's cache, one run each way between the slot and the peer:
+  /// copied straight from or into short runs, the kernel's cost per run made the copy about
+  /// half as fast (docs/comm.md). With the walk fused (see bind_fused()) the slot is filled
+  /// from (emptied into) the walked rows in the same pass as the kept piece.
   static constexpr std::size_t kPeerDirectRunBytes = 4096, kPeerSlotBytes = std::size_t(256) << 10;
   /// Rows of a peer walk's slab: as many as fit in this many bytes.
   static constexpr std::int64_t kPeerSlabBytes = std::int64_t(256) << 10;
@@ -964,6 +967,29 @@ class Resharder {
       peer_addr_reqs_[i] = peer_addr_ops_[i].start();
     }
   }
+  /// Works out the fused walk (peer_fused_): when every piece this rank's walk copies is one
+  /// run of each walked row, shorter than kPeerDirectRunBytes, the kept piece (if any) one
+  /// run of each row too, and a row fits the slot.
+  void bind_fused() {
+    if (peer_.walk == PeerWalk::None || (copies_.keep && peer_keep_.empty())) return;
+    const bool walk_src = peer_.walk == PeerWalk::Source;
+    const std::int64_t row = walk_src ? copies_.src_row : copies_.dst_row;
+    const std::int64_t rows = walk_src ? copies_.src_rows : copies_.dst_rows;
+    if (row * static_cast<std::int64_t>(sizeof(T)) > static_cast<std::int64_t>(kPeerSlotBytes)) return;
+    for (std::size_t i = 0; i < peer_.pieces.size(); ++i) {
+      const PeerPiece& q = peer_.pieces[i];
+      if (!q.copier || q.sent != walk_src) continue;
+      std::vector<RowRunSpec> one;
+      if (!Copies::add_row_run(one, q.local, packed_like(q.local, 0), q.row0, row, rows, true) || one.size() != 1 ||
+          one[0].run * static_cast<std::int64_t>(sizeof(T)) >= static_cast<std::int64_t>(kPeerDirectRunBytes)) {
+        peer_fused_.clear();
+        return;
+      }
+      peer_fused_.emplace_back(i, one[0]);
+    }
+    peer_parts_.resize(peer_fused_.size());
+    if (row_runs_.size() < peer_fused_.size() + 1) row_runs_.resize(peer_fused_.size() + 1);
+  }
   /// The address of this rank's buffer that piece `q` is in.
   std::uintptr_t peer_mine(const PeerPiece& q) const {
     return q.sent ? reinterpret_cast<std::uintptr_t>(src_.data()) : reinterpret_cast<std::uintptr_t>(dst_.data());
@@ -985,8 +1011,13 @@ class Resharder {
       const std::int64_t per = std::max<std::int64_t>(1, kPeerSlabBytes / row_bytes);
       char* base = walk_src ? const_cast<char*>(reinterpret_cast<const char*>(src_.data()))
                             : reinterpret_cast<char*>(dst_.data());
+      const bool fused = !peer_fused_.empty();
       for (std::int64_t a = 0; a < rows; a += per) {
         const std::int64_t b = std::min(rows, a + per);
+        if (fused) {
+          fused_slab(a, b, base, row_bytes, walk_src);
+          continue;
+        }
         for (std::size_t i = 0; i < peer_.pieces.size(); ++i) {
           const PeerPiece& q = peer_.pieces[i];
           if (!walked(q)) continue;
@@ -1026,11 +1057,62 @@ class Resharder {
     for (auto* reqs : {&peer_addr_reqs_, &peer_done_reqs_})
       for (auto& r : *reqs) r.wait();
   }
+  /// Box `b`'s extents packed row-major from element `offset` (a slot's layout).
+  static kernels::StridedBox packed_like(const kernels::StridedBox& b, std::int64_t offset) {
+    kernels::StridedBox p = b;
+    std::int64_t step = 1;
+    for (int d = p.ndim - 1; d >= 0; --d) {
+      p.stride[d] = step;
+      step *= p.extent[d];
+    }
+    p.offset = offset;
+    return p;
+  }
+  /// Rows [a, b) of the fused peer walk (peer_fused_). Source: the rows are read once, in
+  /// order, each row's runs copied to the slot (the pieces this rank writes, one after the
+  /// other) and to the destination (the kept piece); then each piece's part is written to
+  /// its peer from the slot as one run. Target: each piece's part is read from its peer into
+  /// the slot as one run; then the rows are written once, in order, from the slot and from
+  /// the source (the kept piece).
+  void fused_slab(std::int64_t a, std::int64_t b, char* base, std::int64_t row_bytes, bool walk_src) {
+    T* slot = reinterpret_cast<T*>(peer_slot_.data());
+    std::size_t n = 0, parts = 0;
+    std::int64_t at = 0;
+    for (const auto& f : peer_fused_) {
+      const std::int64_t lo = std::max(a, f.second.row0), hi = std::min(b, f.second.row0 + f.second.rows);
+      if (hi <= lo) continue;
+      row_runs_[n++] = row_run(f.second, a, lo, hi, slot + at);
+      peer_parts_[parts++] = {f.first, at};
+      at += (hi - lo) * f.second.run;
+    }
+    if (copies_.keep) {
+      const RowRunSpec& k = peer_keep_.front();
+      const std::int64_t lo = std::max(a, k.row0), hi = std::min(b, k.row0 + k.rows);
+      T* other = walk_src ? dst_.data() : const_cast<T*>(src_.data());
+      if (hi > lo) row_runs_[n++] = row_run(k, a, lo, hi, other + k.other_off + (lo - k.row0) * k.other_step);
+    }
+    std::sort(row_runs_.begin(), row_runs_.begin() + static_cast<std::ptrdiff_t>(n),
+              [](const kernels::detail::RowRun& x, const kernels::detail::RowRun& y) { return x.row_off < y.row_off; });
+    const auto move_parts = [&] {
+      for (std::size_t m = 0; m < parts; ++m) {
+        const PeerPiece& q = peer_.pieces[peer_parts_[m].first];
+        const auto part = slab({q.local, q.remote}, q.row0, a, b);
+        copy_piece(q, packed_like(part.second, peer_parts_[m].second), part.second,
+                   reinterpret_cast<std::uintptr_t>(slot),
+                   static_cast<std::uintptr_t>(peer_words_[2 * peer_parts_[m].first]), /*packed=*/true);
+      }
+    };
+    if (!walk_src) move_parts();
+    kernels::detail::host_copy_row_runs(
+        base + a * row_bytes, row_bytes, b - a, row_runs_.data(), n,
+        walk_src ? kernels::detail::RowWalk::FromRows : kernels::detail::RowWalk::IntoRows);
+    if (walk_src) move_parts();
+  }
   /// Copies box `local` of this rank's buffer at `mine` to or from box `remote` of the
   /// peer's at `theirs` (piece `q`'s direction), in calls of at most kMaxPeerRuns runs on
   /// either side (adjacent runs merged).
   void copy_piece(const PeerPiece& q, const kernels::StridedBox& local, const kernels::StridedBox& remote,
-                  std::uintptr_t mine, std::uintptr_t theirs) {
+                  std::uintptr_t mine, std::uintptr_t theirs, bool packed = false) {
     using Run = comm::Communicator::PeerRun;
     const kernels::detail::BoxPair p = kernels::detail::simplify_pair(local, remote);
     const int nd = p.ndim;
@@ -1044,7 +1126,7 @@ class Resharder {
     std::size_t nl = 0, nr = 0;
     const std::size_t bytes = static_cast<std::size_t>(run) * esize;
     // a write whose local runs are short is packed into the slot and written from there
-    const bool bounce = q.sent && bytes < kPeerDirectRunBytes;
+    const bool bounce = !packed && q.sent && bytes < kPeerDirectRunBytes;
     std::size_t in_slot = 0;
     char* slot = peer_slot_.data();
     const auto flush = [&] {
@@ -1175,6 +1257,10 @@ class Resharder {
   std::vector<comm::Request> out_reqs_, in_reqs_, land_reqs_, leave_reqs_;
   std::int64_t out_next_ = 0, in_next_ = 0, in_posted_ = 0;  // out's next round; in's next and first unposted
   comm::Communicator* world_ = nullptr;
+  /// the fused walk's pieces (index in peer_.pieces, the run of each walked row, into the
+  /// slot) and each slab's parts (index, offset in the slot); empty: not fused
+  std::vector<std::pair<std::size_t, RowRunSpec>> peer_fused_;
+  std::vector<std::pair<std::size_t, std::int64_t>> peer_parts_;
   std::vector<RowRunSpec> peer_keep_;  // the kept piece's run of each row of the peer walk, when it is one
   std::int64_t peer_keep_row0_ = 0;    // the kept piece's first row in the target box
   std::vector<char> peer_slot_ = std::vector<char>(peer_.on ? kPeerSlotBytes : 0);
