@@ -237,6 +237,7 @@ class Resharder {
   static constexpr std::int64_t kPeerReadBytes = std::int64_t(16) << 20;
   /// The tags of the peer copies' messages on `world`: a source's address, a destination's
   /// (two pieces between two ranks, one each way, may both be copied by one of them), done.
+  /// Two Resharders with peer copies must not be in flight on one communicator at once.
   static constexpr int kPeerSrcTag = 24230, kPeerDoneTag = 24231, kPeerDstTag = 24232;
 
   /// True when the exchange reads the source in place (every piece sent is one contiguous
