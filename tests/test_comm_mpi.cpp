@@ -447,26 +447,28 @@ TEST(Comm, PeerCopiesMoveRunsBetweenRanks) {
   const Run remote[3] = {{theirs + 5, 10}, {theirs + 30, 15}, {theirs + 48, 10}};
   comm->copy_peer(right, true, local, 4, remote, 3);
   MPI_Barrier(MPI_COMM_WORLD);
-  std::vector<std::uint8_t> want(64, 0);
-  const auto from = [&](int i) { return static_cast<std::uint8_t>(left * 64 + i); };
-  for (int i = 0; i < 10; ++i) want[static_cast<std::size_t>(5 + i)] = from(i);
-  for (int i = 0; i < 10; ++i) want[static_cast<std::size_t>(30 + i)] = from(20 + i);
-  for (int i = 0; i < 5; ++i) want[static_cast<std::size_t>(40 + i)] = from(40 + i);
-  for (int i = 0; i < 10; ++i) want[static_cast<std::size_t>(48 + i)] = from(50 + i);
-  EXPECT_EQ(inbox, want);
+  // the inbox a rank holds after rank `src` wrote it as above
+  const auto inbox_from = [](int src) {
+    std::vector<std::uint8_t> v(64, 0);
+    const auto put = [&](int to, int from, int len) {
+      for (int i = 0; i < len; ++i)
+        v[static_cast<std::size_t>(to + i)] = static_cast<std::uint8_t>(src * 64 + from + i);
+    };
+    put(5, 0, 10);
+    put(30, 20, 10);
+    put(40, 40, 5);
+    put(48, 50, 10);
+    return v;
+  };
+  EXPECT_EQ(inbox, inbox_from(left));
   // read the left neighbour's inbox (written by its own left neighbour) in two local runs
   std::vector<std::uint8_t> back(64, 0);
   const std::uintptr_t lefts = static_cast<std::uintptr_t>(inboxes[static_cast<std::size_t>(left)]);
   const Run into[2] = {{addr(&back[0]), 32}, {addr(&back[40]), 24}};
   const Run out[1] = {{lefts, 56}};
   comm->copy_peer(left, false, into, 2, out, 1);
-  const int ll = (left + n - 1) % n;
-  std::vector<std::uint8_t> want_back(64, 0), lefts_inbox(64, 0);
-  const auto from_ll = [&](int i) { return static_cast<std::uint8_t>(ll * 64 + i); };
-  for (int i = 0; i < 10; ++i) lefts_inbox[static_cast<std::size_t>(5 + i)] = from_ll(i);
-  for (int i = 0; i < 10; ++i) lefts_inbox[static_cast<std::size_t>(30 + i)] = from_ll(20 + i);
-  for (int i = 0; i < 5; ++i) lefts_inbox[static_cast<std::size_t>(40 + i)] = from_ll(40 + i);
-  for (int i = 0; i < 10; ++i) lefts_inbox[static_cast<std::size_t>(48 + i)] = from_ll(50 + i);
+  const std::vector<std::uint8_t> lefts_inbox = inbox_from((left + n - 1) % n);
+  std::vector<std::uint8_t> want_back(64, 0);
   std::copy(lefts_inbox.begin(), lefts_inbox.begin() + 32, want_back.begin());
   std::copy(lefts_inbox.begin() + 32, lefts_inbox.begin() + 56, want_back.begin() + 40);
   EXPECT_EQ(back, want_back);

@@ -141,17 +141,7 @@ class Resharder {
                   recv_.data()) {
     bind_pipe(world);
     bind_peer(world);
-    if (peer_.walk != PeerWalk::None && copies_.keep) {
-      const Box& kept = plan_.local_piece();
-      peer_keep_row0_ = kept.ndim() > 0 ? kept.offset[0] - plan_.to().box(plan_.rank()).offset[0] : 0;
-      if (peer_.walk == PeerWalk::Source)
-        Copies::add_row_run(peer_keep_, copies_.keep_src, copies_.keep_dst, copies_.keep_row0, copies_.src_row,
-                            copies_.src_rows, false);
-      else
-        Copies::add_row_run(peer_keep_, copies_.keep_dst, copies_.keep_src, peer_keep_row0_, copies_.dst_row,
-                            copies_.dst_rows, false);
-    }
-    bind_fused();
+    bind_peer_walk();
   }
 
   /// Pieces of at most this many bytes move in place on a backend that can (Auto).
@@ -842,7 +832,7 @@ class Resharder {
     /// target rows (those it reads from them) slab by slab (kPeerSlabBytes), each slab's
     /// part of those pieces copied with the kept piece's before the next slab: rows split on
     /// one side and not the other are then read (written) once, in order, instead of half by
-    /// half in two passes. When the walk is fused (fused_slab()), each slab's rows are
+    /// half in two passes. When the walk is fused (bind_peer_walk(), fused_slab()), each slab's rows are
     /// copied in one ordered pass to (from) the slot and the kept piece's other side. None:
     /// the kept piece is copied in start().
     PeerWalk walk = PeerWalk::None;
@@ -850,7 +840,7 @@ class Resharder {
   /// Pieces whose runs on the copier's side are shorter than this go through a slot of
   /// kPeerSlotBytes in the copier's cache, one run each way between the slot and the peer:
   /// copied straight from or into short runs, the kernel's cost per run made the copy about
-  /// half as fast (docs/comm.md). With the walk fused (see bind_fused()) the slot is filled
+  /// half as fast (docs/comm.md). With the walk fused (see bind_peer_walk()) the slot is filled
   /// from (emptied into) the walked rows in the same pass as the kept piece.
   static constexpr std::size_t kPeerDirectRunBytes = 4096, kPeerSlotBytes = std::size_t(256) << 10;
   /// Rows of a peer walk's slab: as many as fit in this many bytes.
@@ -968,11 +958,23 @@ class Resharder {
       peer_addr_reqs_[i] = peer_addr_ops_[i].start();
     }
   }
-  /// Works out the fused walk (peer_fused_): when every piece this rank's walk copies is one
-  /// run of each walked row, shorter than kPeerDirectRunBytes, the kept piece (if any) one
-  /// run of each row too, and a row fits the slot.
-  void bind_fused() {
-    if (peer_.walk == PeerWalk::None || (copies_.keep && peer_keep_.empty())) return;
+  /// Works out the peer walk's kept piece (peer_keep_, peer_keep_row0_) and whether the walk
+  /// is fused (peer_fused_): when every piece this rank's walk copies is one run of each
+  /// walked row, shorter than kPeerDirectRunBytes, the kept piece (if any) one run of each
+  /// row too, and a row fits the slot.
+  void bind_peer_walk() {
+    if (peer_.walk == PeerWalk::None) return;
+    if (copies_.keep) {
+      const Box& kept = plan_.local_piece();
+      peer_keep_row0_ = kept.ndim() > 0 ? kept.offset[0] - plan_.to().box(plan_.rank()).offset[0] : 0;
+      if (peer_.walk == PeerWalk::Source)
+        Copies::add_row_run(peer_keep_, copies_.keep_src, copies_.keep_dst, copies_.keep_row0, copies_.src_row,
+                            copies_.src_rows, false);
+      else
+        Copies::add_row_run(peer_keep_, copies_.keep_dst, copies_.keep_src, peer_keep_row0_, copies_.dst_row,
+                            copies_.dst_rows, false);
+      if (peer_keep_.empty()) return;  // not one run of each row: the walk is not fused
+    }
     const bool walk_src = peer_.walk == PeerWalk::Source;
     const std::int64_t row = walk_src ? copies_.src_row : copies_.dst_row;
     const std::int64_t rows = walk_src ? copies_.src_rows : copies_.dst_rows;

@@ -14,6 +14,7 @@
 #endif
 
 #include "comm/comm_set.hpp"
+#include "comm/control.hpp"
 #include "comm/mpi_check.hpp"
 #include "core/error.hpp"
 
@@ -368,12 +369,7 @@ void Communicator::probe_peer_copies() {
 #ifdef __linux__
   const char* env = std::getenv("SHARDFLOW_PEER_COPY");
   int ok = env != nullptr && std::string(env) == "0" ? 0 : 1;
-  MPI_Comm node = MPI_COMM_NULL;  // the ranks of the group on this node
-  CHECK_MPI(MPI_Comm_split_type(mpi_comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
-  int on_node = 0;
-  CHECK_MPI(MPI_Comm_size(node, &on_node));
-  CHECK_MPI(MPI_Comm_free(&node));
-  if (on_node != size_) ok = 0;
+  if (Control(mpi_comm_).node_ranks() != size_) ok = 0;  // some rank of the group is on another node
   const auto pid = static_cast<std::uint64_t>(::getpid());
   peer_probe_word = kPeerProbeMagic ^ pid;
   const std::uint64_t mine[2] = {pid, static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(&peer_probe_word))};
@@ -433,9 +429,8 @@ void Communicator::copy_peer(int peer, bool write, const PeerRun* local, std::si
                   " failed: " + (n < 0 ? std::strerror(err) : "nothing copied"));
     }
     done += static_cast<std::size_t>(n);
-    std::size_t left = static_cast<std::size_t>(n);
-    for (auto [v, i] : {std::make_pair(lv, &li), std::make_pair(rv, &ri)}) {
-      std::size_t m = left;
+    for (auto [v, i] : {std::make_pair(lv, &li), std::make_pair(rv, &ri)}) {  // past the n bytes copied
+      auto m = static_cast<std::size_t>(n);
       while (m > 0 && m >= v[*i].iov_len) m -= v[(*i)++].iov_len;
       if (m > 0) {
         v[*i].iov_base = static_cast<char*>(v[*i].iov_base) + m;
