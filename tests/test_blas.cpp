@@ -298,6 +298,45 @@ TEST(Gemm, EveryLibraryAndTranspositionMatchesTheReference) {
           }
 }
 
+// A GemmTally counts exactly the products host_sgemm runs on its own thread while it lives:
+// the calls, their 2·m·n·k FLOPs, time that adds up; nested tallies both count, a product on
+// another thread or after the tally ended does not, and the results are the untallied ones.
+TEST(Gemm, TallyCountsThisThreadsProducts) {
+  const int m = 64, n = 48, k = 40;
+  std::vector<float> a(static_cast<size_t>(m) * k, 0.5f), b(static_cast<size_t>(k) * n, 0.25f),
+      c(static_cast<size_t>(m) * n, 0.f), plain = c, cm(static_cast<size_t>(m) * m), ck(static_cast<size_t>(k) * n);
+  shardflow::host_sgemm('N', 'N', m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, plain.data(), n);
+  const double one = 2.0 * m * n * k, two = 2.0 * m * m * k + 2.0 * k * n * m;
+  shardflow::GemmTally outer;
+  shardflow::host_sgemm('N', 'N', m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n);
+  EXPECT_EQ(c, plain);  // a tally changes no result
+  {
+    shardflow::GemmTally inner;
+    shardflow::host_sgemm('N', 'T', m, m, k, 1.0f, a.data(), k, a.data(), k, 0.0f, cm.data(), m);  // A·Aᵀ
+    shardflow::host_sgemm('T', 'N', k, n, m, 1.0f, a.data(), k, c.data(), n, 0.0f, ck.data(), n);  // Aᵀ·C
+    std::thread([&] {  // a product on another thread: counted by neither
+      std::vector<float> d(static_cast<size_t>(m) * n);
+      shardflow::host_sgemm('N', 'N', m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, d.data(), n);
+    })
+        .join();
+    EXPECT_EQ(inner.calls(), 2);
+    EXPECT_EQ(inner.flops(), two);
+    EXPECT_GT(inner.seconds(), 0.0);
+    EXPECT_GE(outer.seconds(), inner.seconds());
+  }
+  EXPECT_EQ(outer.calls(), 3);
+  EXPECT_EQ(outer.flops(), one + two);
+  const double s3 = outer.seconds();
+  {
+    shardflow::GemmTally later;  // the inner tally ended: a product counts here and in `outer`
+    shardflow::host_sgemm('N', 'N', m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n);
+    EXPECT_EQ(later.calls(), 1);
+    EXPECT_EQ(later.flops(), one);
+    EXPECT_DOUBLE_EQ(outer.seconds(), s3 + later.seconds());
+  }
+  EXPECT_EQ(outer.calls(), 4);
+}
+
 TEST(Gemm, PolicyFollowsTheEnvironment) {
   const auto& p = shardflow::gemm_policy();
   if (p.setting == "auto" && p.onednn_built && p.onednn_verified) {

@@ -41,6 +41,28 @@ void host_sgemm_with(GemmLibrary lib, char ta, char tb, std::int64_t m, std::int
                      const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
                      std::int64_t ldc);
 
+/// While alive, counts the products host_sgemm runs on this thread: how many, their FLOPs
+/// (2·m·n·k each) and the wall time inside them, so that a benchmark can see the products'
+/// share of a step as the step runs them (perf/bench_nn). Off, host_sgemm pays one
+/// thread-local load. Tallies nest: each running tally counts every product of its thread.
+class GemmTally {
+ public:
+  GemmTally();
+  ~GemmTally();
+  GemmTally(const GemmTally&) = delete;
+  GemmTally& operator=(const GemmTally&) = delete;
+  std::int64_t calls() const { return calls_; }
+  double flops() const { return flops_; }
+  double seconds() const { return seconds_; }
+  /// (host_sgemm) adds one product to this tally and to the tallies it nests in
+  void add(double flops, double seconds);
+
+ private:
+  GemmTally* outer_;
+  std::int64_t calls_ = 0;
+  double flops_ = 0, seconds_ = 0;
+};
+
 struct GemmPolicy {
   std::string setting;         ///< "auto", "onednn" or "openblas" (SHARDFLOW_GEMM)
   bool onednn_built = false;   ///< compiled with oneDNN

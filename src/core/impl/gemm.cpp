@@ -559,13 +559,42 @@ std::string GemmPolicy::summary() const {
 
 GemmLibrary gemm_library() { return gemm_policy().library; }
 
-void host_sgemm(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
-                std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+namespace {
+thread_local GemmTally* t_tally = nullptr;
+}  // namespace
+
+GemmTally::GemmTally() : outer_(t_tally) { t_tally = this; }
+GemmTally::~GemmTally() { t_tally = outer_; }
+void GemmTally::add(double flops, double seconds) {
+  for (GemmTally* t = this; t != nullptr; t = t->outer_) {
+    ++t->calls_;
+    t->flops_ += flops;
+    t->seconds_ += seconds;
+  }
+}
+
+namespace {
+void host_sgemm_untallied(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                          std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
   if (t_operands == DType::BF16 && bf16_gemm_native()) {
     host_gemm_bf16_native(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
   host_sgemm_with(gemm_library(), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+}  // namespace
+
+void host_sgemm(char ta, char tb, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+                std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  GemmTally* tally = t_tally;
+  if (tally == nullptr) {
+    host_sgemm_untallied(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  host_sgemm_untallied(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  tally->add(2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k),
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
 double measure_sgemm_gflops(GemmLibrary lib) {
