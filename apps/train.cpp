@@ -313,21 +313,29 @@ int run_train(const TrainOptions& o) {
   int64_t steps_run = 0;
   const int64_t total = deck.train.steps;
   for (int64_t s = trainer.step(); s < total; s = trainer.step()) {
+    // the host products of the step as it ran them: time, and their FLOPs for the rate
+    GemmTally products;
     auto st = trainer.train_step();
     trainer.check_measured_memory();  // with train.memory_limit_gib: stop cleanly past it
     total_time += st.step_time_s;
     final_loss = st.loss;
     last_loss = st.loss;
-    // slowest rank's time and the largest footprint decide what the job sees
-    double t_local[3] = {st.step_time_s, st.comm_wait_s, st.compute_s}, t_max[3];
-    std::copy(t_local, t_local + 3, t_max);
-    control.max(t_max, 3);
+    // slowest rank's time and the largest footprint decide what the job sees; the products'
+    // rate is the slowest rank's (max of its negative)
+    const double products_rate = products.seconds() > 0 ? products.flops() / products.seconds() / 1e9 : 0.0;
+    double t_local[5] = {st.step_time_s, st.comm_wait_s, st.compute_s, products.seconds(), -products_rate}, t_max[5];
+    std::copy(t_local, t_local + 5, t_max);
+    control.max(t_max, 5);
     const int64_t rss_max = control.max(static_cast<int64_t>(max_rss_bytes()));
     const double tps = static_cast<double>(deck.train.global_batch * deck.model.seq) / t_max[0];
     steps.push_back({{"step", st.step}, {"loss", st.loss}, {"step_time_s", t_max[0]}, {"tokens_per_s", tps},
                      {"comm_wait_s", t_max[1]}, {"compute_s", t_max[2]},
                      {"mfu", trainer.model_flops_per_step() / t_max[0] / (peak * 1e9 * world)},
                      {"grad_norm", st.grad_norm}});
+    if (t_max[3] > 0) {  // host products ran (not on a device)
+      steps.back()["products_s"] = t_max[3];
+      steps.back()["products_gflops_per_rank"] = -t_max[4];
+    }
     if (deck.train.precision == DType::F16) {
       steps.back()["loss_scale"] = st.loss_scale;
       steps.back()["skipped"] = st.skipped;
@@ -413,6 +421,23 @@ int run_train(const TrainOptions& o) {
       j["median_step_time_s"] = med;
       j["tokens_per_s"] = static_cast<double>(deck.train.global_batch * deck.model.seq) / med;
       j["mfu"] = trainer.model_flops_per_step() / med / (peak * 1e9 * world);
+    }
+    // the host products in the steady state: their time per step and their rate against
+    // the peak (MFU counts every FLOP against the step; this says how much of the gap is
+    // the products' own speed and how much the rest of the step)
+    std::vector<double> ps, pr;
+    for (size_t i = steps.size() > 1 ? 1 : 0; i < steps.size(); ++i)
+      if (steps[i].contains("products_s")) {
+        ps.push_back(steps[i]["products_s"].get<double>());
+        pr.push_back(steps[i]["products_gflops_per_rank"].get<double>());
+      }
+    if (!ps.empty()) {
+      const auto median = [](std::vector<double> v) {
+        std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 2), v.end());
+        return v[v.size() / 2];
+      };
+      j["median_products_s"] = median(ps);
+      j["products_vs_peak"] = median(pr) / peak;
     }
     const auto tot = trainer.executor().totals();
     j["breakdown_s"] = {{"total", tot.total_s}, {"compute", tot.compute_s}, {"comm_wait", tot.comm_wait_s},

@@ -14,3 +14,12 @@ message(STATUS "first loss ${first}, final loss ${final} after ${STEPS} steps (m
 if(final GREATER_EQUAL ${MAX_LOSS} OR final GREATER_EQUAL first)
   message(FATAL_ERROR "the quickstart loss did not fall: first ${first}, final ${final}, bound ${MAX_LOSS}")
 endif()
+# The host products' time (GemmTally around each step) sits inside the step's compute, and
+# their rate against the measured peak is a rate a core can reach (0 < rate <= 1.5 x peak).
+string(JSON prod GET "${summary}" steps 1 products_s)
+string(JSON comp GET "${summary}" steps 1 compute_s)
+string(JSON pvp GET "${summary}" products_vs_peak)
+message(STATUS "step 2: products ${prod} s of compute ${comp} s; products at ${pvp} of the peak")
+if(NOT prod GREATER 0 OR prod GREATER comp OR NOT pvp GREATER 0 OR pvp GREATER 1.5)
+  message(FATAL_ERROR "implausible products in the summary: products_s ${prod}, compute_s ${comp}, products_vs_peak ${pvp}")
+endif()
