@@ -228,6 +228,9 @@ def main():
                 res[kind].update({"peak_gflops_per_rank": x["peak_gflops_per_rank"],
                                   "model_state_bytes": x["model_state_bytes"], "breakdown_s": x["breakdown_s"],
                                   "memory_bytes_rank0": x["memory_bytes_rank0"]})
+                if "median_products_s" in x:  # the host products' share of the step and their own rate
+                    res[kind].update({"median_products_s": x["median_products_s"],
+                                      "products_vs_peak": x["products_vs_peak"]})
         res["mfu_peak_gflops_per_rank"] = peak
         res["mfu_peak_gflops_per_rank_bf16"] = peak16
         tps = {k: res[k]["tokens_per_s"] for k in kinds}
@@ -236,6 +239,9 @@ def main():
             "dp_vs_torch_ddp_compile": tps["dp"] / tps["compile"],
             "zero3_vs_torch_fsdp2": tps["fsdp"] / tps["fsdp2"],
             "dp_mfu": res["dp"]["mfu"],
+            # what bounds the MFU: the products' own rate, and their time over the step's
+            "dp_products_vs_peak": res["dp"].get("products_vs_peak"),
+            "dp_products_share_of_step": res["dp"].get("median_products_s", 0) / res["dp"]["median_step_time_s"],
             "zero3_mfu": res["fsdp"]["mfu"],
             "zero3_step_over_dp_step": res["fsdp"]["median_step_time_s"] / res["dp"]["median_step_time_s"],
             "zero3_model_state_over_dp": max(res["fsdp"]["model_state_bytes"]) / max(res["dp"]["model_state_bytes"]),
