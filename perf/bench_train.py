@@ -228,9 +228,11 @@ def main():
                 res[kind].update({"peak_gflops_per_rank": x["peak_gflops_per_rank"],
                                   "model_state_bytes": x["model_state_bytes"], "breakdown_s": x["breakdown_s"],
                                   "memory_bytes_rank0": x["memory_bytes_rank0"]})
-                if "median_products_s" in x:  # the host products' share of the step and their own rate
-                    res[kind].update({"median_products_s": x["median_products_s"],
-                                      "products_vs_peak": x["products_vs_peak"]})
+                if "median_products_s" in x:  # the host products' share of the step and their own rate,
+                    # against the same peak as every run's MFU (the summary's is against its own run's)
+                    rate = x["products_vs_peak"] * x["peak_gflops_per_rank"]
+                    res[kind].update({"median_products_s": x["median_products_s"], "products_gflops_per_rank": rate,
+                                      "products_vs_peak": rate / (peak16 if kind.endswith("_bf16") else peak)})
         res["mfu_peak_gflops_per_rank"] = peak
         res["mfu_peak_gflops_per_rank_bf16"] = peak16
         tps = {k: res[k]["tokens_per_s"] for k in kinds}
