@@ -411,31 +411,29 @@ int run_train(const TrainOptions& o) {
     j["peak_gflops_source"] = o.peak_gflops > 0                     ? "--peak-gflops"
                               : deck.train.precision == DType::BF16 ? "measured single-core sgemm and bf16 matmul"
                                                                     : "measured single-core sgemm";
-    // steady state: the median over the steps after the first (warm-up) one
-    std::vector<double> times;
-    for (size_t i = 1; i < steps.size(); ++i) times.push_back(steps[i]["step_time_s"].get<double>());
-    if (times.empty() && !steps.empty()) times.push_back(steps[0]["step_time_s"].get<double>());
-    if (!times.empty()) {
-      std::nth_element(times.begin(), times.begin() + static_cast<long>(times.size() / 2), times.end());
-      const double med = times[times.size() / 2];
-      j["median_step_time_s"] = med;
-      j["tokens_per_s"] = static_cast<double>(deck.train.global_batch * deck.model.seq) / med;
-      j["mfu"] = trainer.model_flops_per_step() / med / (peak * 1e9 * world);
-    }
-    // the host products in the steady state: their time per step and their rate against
-    // the peak (MFU counts every FLOP against the step; this says how much of the gap is
-    // the products' own speed and how much the rest of the step)
-    std::vector<double> ps, pr;
-    for (size_t i = steps.size() > 1 ? 1 : 0; i < steps.size(); ++i)
+    // steady state: the median over the steps after the first (warm-up) one (the only
+    // step, when there is one), of the step and, where the products ran on the host, of
+    // their time and rate (MFU counts every FLOP against the step; the products' rate
+    // against the peak says how much of the gap is their own speed)
+    std::vector<double> times, ps, pr;
+    for (size_t i = steps.size() > 1 ? 1 : 0; i < steps.size(); ++i) {
+      times.push_back(steps[i]["step_time_s"].get<double>());
       if (steps[i].contains("products_s")) {
         ps.push_back(steps[i]["products_s"].get<double>());
         pr.push_back(steps[i]["products_gflops_per_rank"].get<double>());
       }
+    }
+    const auto median = [](std::vector<double>& v) {
+      std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 2), v.end());
+      return v[v.size() / 2];
+    };
+    if (!times.empty()) {
+      const double med = median(times);
+      j["median_step_time_s"] = med;
+      j["tokens_per_s"] = static_cast<double>(deck.train.global_batch * deck.model.seq) / med;
+      j["mfu"] = trainer.model_flops_per_step() / med / (peak * 1e9 * world);
+    }
     if (!ps.empty()) {
-      const auto median = [](std::vector<double> v) {
-        std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 2), v.end());
-        return v[v.size() / 2];
-      };
       j["median_products_s"] = median(ps);
       j["products_vs_peak"] = median(pr) / peak;
     }

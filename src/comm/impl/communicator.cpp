@@ -367,9 +367,11 @@ void Communicator::probe_peer_copies() {
   peer_copies_ = false;
   pids_.clear();
 #ifdef __linux__
+  // some rank of the group is on another node: every rank finds the same, so all stop here
+  // (no allgather of every rank's address over a large group)
+  if (Control(mpi_comm_).node_ranks() != size_) return;
   const char* env = std::getenv("SHARDFLOW_PEER_COPY");
   int ok = env != nullptr && std::string(env) == "0" ? 0 : 1;
-  if (Control(mpi_comm_).node_ranks() != size_) ok = 0;  // some rank of the group is on another node
   const auto pid = static_cast<std::uint64_t>(::getpid());
   peer_probe_word = kPeerProbeMagic ^ pid;
   const std::uint64_t mine[2] = {pid, static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(&peer_probe_word))};
