@@ -52,7 +52,9 @@ double max_over_ranks(double t) { return shardflow::comm::Control(MPI_COMM_WORLD
 
 template <class F>
 double timed(F&& f) {
-  MPI_Barrier(MPI_COMM_WORLD);
+  // the start, politely too: a rank spinning in MPI_Barrier while another is still
+  // descheduled takes the CPU the first ranks to leave it then time their work on
+  shardflow::comm::Control(MPI_COMM_WORLD).max(0);
   double t0 = now();
   f();
   double t = now() - t0;

@@ -61,5 +61,8 @@ struct ByteRange {
 /// opened or holds fewer than `size` bytes. This is the metadata checksum of a shard file
 /// (skip = the raw data of its datasets).
 std::uint32_t file_crc32c_outside(const std::string& path, std::int64_t size, const std::vector<ByteRange>& skip);
+/// The same through an open descriptor `fd` of that file (`path` names it in errors).
+std::uint32_t file_crc32c_outside(int fd, const std::string& path, std::int64_t size,
+                                  const std::vector<ByteRange>& skip);
 
 }  // namespace shardflow::ckpt

@@ -10,6 +10,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -774,6 +775,21 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
     std::lock_guard<std::recursive_mutex> lock(h5::mutex());
     h5::init();
     detail::FileCache files(dir, m);
+    // HDF5's view of every shard dataset asked for (shape, dtype, tiles where the manifest
+    // says), checked once in all: the datasets of the manifest's file k by rank k % size. The
+    // reads below do not need HDF5 for a tiled shard (FileCache::checked_fd); a dataset that
+    // disagrees with the manifest fails the restore on every rank through the agreement after
+    // the reads.
+    {
+      std::map<std::string, std::size_t> file_index;
+      for (std::size_t k = 0; k < m.files.size(); ++k) file_index.emplace(m.files[k].name, k);
+      for (const TensorRecord* r : recs)
+        for (const ShardRecord& s : r->shards) {
+          const auto k = file_index.find(s.file);
+          if (k == file_index.end() || static_cast<int>(k->second % static_cast<std::size_t>(size)) == rank)
+            detail::open_shard_dataset(files, *r, s);
+        }
+    }
     std::vector<unsigned char> buf;
     for (size_t i = 0; i < tensors.size(); ++i) {
       const TensorState& t = tensors[i];
@@ -789,7 +805,10 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
       for (const ShardRecord& s : r.shards) {
         const Box x = Box::intersect(need, s.box);
         if (x.empty()) continue;
-        h5::Handle ds = detail::open_shard_dataset(files, r, s);
+        // a tiled shard: its tiles straight from the checked file; any other through HDF5
+        const int fd = files.checked_fd(s.file, r.name);
+        h5::Handle ds;
+        if (!s.tiled) ds = detail::open_shard_dataset(files, r, s);
         const size_t nd = x.ndim();
         Box want{x.offset, x.extent};  // x in the shard's coordinates
         Shape at_need(nd), zero(nd, 0);  // x in the need box's coordinates
@@ -799,7 +818,7 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
         }
         const Box rb = detail::tile_cover(r, s, want);
         // fast path: the tiles are exactly the overlap, same dtype, and dimensions from the
-        // third on whole in the need box: HDF5 reads straight into the staging buffer
+        // third on whole in the need box: the tiles are read straight into the buffer
         bool direct = r.dtype == t.dtype && rb.offset == want.offset && rb.extent == want.extent;
         for (size_t d = 2; d < nd && direct; ++d) direct = need.extent[d] == x.extent[d];
         if (direct) {
@@ -808,11 +827,11 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
           // caller's buffers reads it next
           const bool stream = options.in_place &&
                               need.numel() * static_cast<std::int64_t>(dtype_size(t.dtype)) >= (std::int64_t(1) << 20);
-          bytes_read += detail::read_tiles(ds, r, s, rb, dst, need.extent, at_need, dir,
+          bytes_read += detail::read_tiles(fd, ds, r, s, rb, dst, need.extent, at_need, dir,
                                            stream ? CopyStores::Streaming : CopyStores::Cached);
         } else {
           buf.resize(static_cast<size_t>(rb.numel()) * dtype_size(r.dtype));
-          bytes_read += detail::read_tiles(ds, r, s, rb, buf.data(), rb.extent, zero, dir);
+          bytes_read += detail::read_tiles(fd, ds, r, s, rb, buf.data(), rb.extent, zero, dir);
           Box in_read{want.offset, want.extent};
           for (size_t d = 0; d < nd; ++d) in_read.offset[d] -= rb.offset[d];
           detail::copy_convert(buf.data(), r.dtype, rb.extent, in_read, dst, t.dtype, need.extent,

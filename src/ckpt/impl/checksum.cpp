@@ -421,6 +421,18 @@ std::uint32_t file_crc32c_outside(const std::string& path, std::int64_t size, co
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     throw Error(::shardflow::detail::concat("cannot open '", path, "' to check it: ", std::strerror(errno)));
+  try {
+    const std::uint32_t crc = file_crc32c_outside(fd, path, size, skip);
+    ::close(fd);
+    return crc;
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+}
+
+std::uint32_t file_crc32c_outside(int fd, const std::string& path, std::int64_t size,
+                                  const std::vector<ByteRange>& skip) {
   // a buffer of what is to be read (the metadata: kilobytes), at most 1 MiB
   std::int64_t outside = size;
   for (const auto& r : skip) outside -= r.length;
@@ -446,7 +458,6 @@ std::uint32_t file_crc32c_outside(const std::string& path, std::int64_t size, co
       pos += r;
     }
   }
-  ::close(fd);
   if (!failure.empty()) throw Error(failure);
   return crc;
 }

@@ -127,43 +127,78 @@ HostBuffer& HostBuffer::operator=(HostBuffer&& o) noexcept {
   return *this;
 }
 
+FileCache::~FileCache() {
+  for (const auto& f : fds_) ::close(f.second);
+}
+
+std::string FileCache::where(const std::string& rel, const std::string& tensor) const {
+  return ::shardflow::detail::concat("checkpoint ", dir_, ": tensor '", tensor, "': shard file '", join(dir_, rel),
+                                     "'");
+}
+
+int FileCache::checked_fd(const std::string& rel, const std::string& tensor) {
+  auto it = fds_.find(rel);
+  if (it != fds_.end()) return it->second;
+  using ::shardflow::detail::concat;
+  const std::string path = join(dir_, rel);
+  auto bad = failed_.find(rel);
+  if (bad != failed_.end()) throw InputError(concat(where(rel, tensor), bad->second));
+  auto refuse = [&](const std::string& why) {
+    failed_[rel] = why;
+    throw InputError(concat(where(rel, tensor), why));
+  };
+  const FileRecord* rec = manifest_->find_file(rel);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    refuse(errno == ENOENT ? std::string(" is missing") : concat(" cannot be opened: ", std::strerror(errno)));
+  // The file is checked before anything trusts its metadata (HDF5 would: a damaged size or
+  // address field can make it read or allocate out of bounds; restore maps tiles where the
+  // manifest says they are).
+  std::string why;
+  struct stat st {};
+  if (!rec) {
+    why = " has no size and metadata checksum in the manifest";
+  } else if (::fstat(fd, &st) != 0) {
+    why = concat(" cannot be examined: ", std::strerror(errno));
+  } else if (!S_ISREG(st.st_mode)) {
+    why = " is not a regular file";
+  } else if (static_cast<std::int64_t>(st.st_size) != rec->size) {
+    why = concat(" has size ", static_cast<std::int64_t>(st.st_size), " bytes but the manifest says ", rec->size,
+                 " (truncated or replaced?)");
+  } else {
+    std::uint32_t crc = 0;
+    try {
+      crc = file_crc32c_outside(fd, path, rec->size, manifest_->data_ranges(rel));
+      if (crc != rec->meta_crc32c) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "stored %08x, computed %08x", rec->meta_crc32c, crc);
+        why = concat(": metadata checksum mismatch (", buf, "): the HDF5 structure of the file is damaged");
+      }
+    } catch (const Error& e) {
+      why = concat(": ", e.what());
+    }
+  }
+  if (!why.empty()) {
+    ::close(fd);
+    refuse(why);
+  }
+  fds_.emplace(rel, fd);
+  return fd;
+}
+
 hid_t FileCache::open(const std::string& rel, const std::string& tensor) {
+  checked_fd(rel, tensor);
   auto it = files_.find(rel);
   if (it != files_.end()) return it->second.id();
   using ::shardflow::detail::concat;
-  const std::string path = join(dir_, rel);
-  const std::string where = concat("checkpoint ", dir_, ": tensor '", tensor, "': shard file '", path, "'");
-  auto bad = failed_.find(rel);
-  if (bad != failed_.end()) throw InputError(concat(where, bad->second));
-  auto refuse = [&](const std::string& why) {
-    failed_[rel] = why;
-    throw InputError(concat(where, why));
-  };
-  std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) refuse(" is missing");
-  const FileRecord* rec = manifest_->find_file(rel);
-  if (!rec) refuse(" has no size and metadata checksum in the manifest");
-  // The file is checked before HDF5 parses any of it: HDF5 trusts its metadata (a damaged
-  // size or address field can make it read or allocate out of bounds).
-  const auto size = static_cast<std::int64_t>(fs::file_size(path, ec));
-  if (ec) refuse(concat(" cannot be examined: ", ec.message()));
-  if (size != rec->size) refuse(concat(" has size ", size, " bytes but the manifest says ", rec->size, " (truncated or replaced?)"));
-  std::uint32_t crc = 0;
-  try {
-    crc = file_crc32c_outside(path, size, manifest_->data_ranges(rel));
-  } catch (const Error& e) {
-    refuse(concat(": ", e.what()));
-  }
-  if (crc != rec->meta_crc32c) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "stored %08x, computed %08x", rec->meta_crc32c, crc);
-    refuse(concat(": metadata checksum mismatch (", buf, "): the HDF5 structure of the file is damaged"));
-  }
+  auto bad = h5_failed_.find(rel);
+  if (bad != h5_failed_.end()) throw InputError(concat(where(rel, tensor), bad->second));
   h5::Handle f;
   try {
-    f = h5::file_open_read(path);
+    f = h5::file_open_read(join(dir_, rel));
   } catch (const Error& e) {
-    refuse(concat(" cannot be opened (not HDF5?): ", e.what()));
+    h5_failed_[rel] = concat(" cannot be opened (not HDF5?): ", e.what());
+    throw InputError(concat(where(rel, tensor), h5_failed_[rel]));
   }
   hid_t id = f.id();
   files_.emplace(rel, std::move(f));
@@ -377,15 +412,6 @@ struct FileMap {
 };
 }  // namespace
 
-int dataset_fd(hid_t dataset) {
-  const hid_t file = CHECK_HDF5(H5Iget_file_id(dataset));
-  void* handle = nullptr;
-  const herr_t rc = H5Fget_vfd_handle(file, H5P_DEFAULT, &handle);
-  H5Fclose(file);
-  SHARDFLOW_REQUIRE(rc >= 0 && handle != nullptr, "ckpt: no file descriptor for an HDF5 dataset");
-  return *static_cast<int*>(handle);  // the sec2 driver's handle is its descriptor
-}
-
 namespace {
 void io_all(int fd, bool write, std::vector<iovec>& iov, std::int64_t at, const std::string& what) {
   std::size_t k = 0;
@@ -475,8 +501,9 @@ void tile_io(int fd, bool write, std::int64_t chunk_at, unsigned char* first, st
   io.flush();
 }
 
-std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord& s, const Box& rb, unsigned char* mem,
-                        const Shape& mem_shape, const Shape& mem_start, const std::string& dir, CopyStores stores) {
+std::int64_t read_tiles(int fd, hid_t dataset, const TensorRecord& t, const ShardRecord& s, const Box& rb,
+                        unsigned char* mem, const Shape& mem_shape, const Shape& mem_start, const std::string& dir,
+                        CopyStores stores) {
   using ::shardflow::detail::concat;
   const TileGeometry g = tile_geometry(t, s);
   const Shape& ext = s.box.extent;
@@ -515,7 +542,6 @@ std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord&
     // Each tile straight into place and checked: copied from a map of the file with its
     // CRC-32C folded on the way (crc32c_copy_strided), or read with one preadv and its CRC
     // taken right after, while the bytes are still in cache.
-    const int fd = dataset_fd(dataset);
     const std::int64_t tb = s.tile_bytes(dtype_size(t.dtype));
     const std::size_t chunk_row = static_cast<std::size_t>(g.block_cols) * g.col_bytes;
     std::unique_ptr<FileMap> map;

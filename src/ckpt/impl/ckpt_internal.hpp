@@ -52,22 +52,33 @@ class HostBuffer {
   std::size_t mapped_ = 0;
 };
 
-/// Open shard files of one step directory, by relative path (each opened once).
+/// Open shard files of one step directory, by relative path (each opened and checked once).
 class FileCache {
  public:
   FileCache(std::string dir, const Manifest& manifest) : dir_(std::move(dir)), manifest_(&manifest) {}
-  /// Opens (once) `rel`. Before HDF5 sees the file, checks with plain POSIX reads that its
-  /// size and metadata checksum (every byte outside the raw data of its datasets) are the
-  /// manifest's. Throws InputError naming the tensor and the file when it is missing, has
-  /// another size, fails that checksum, or is not a readable HDF5 file.
+  ~FileCache();
+  FileCache(const FileCache&) = delete;
+  FileCache& operator=(const FileCache&) = delete;
+  /// Opens (once) `rel` with POSIX I/O and checks through that descriptor that the file's
+  /// size and metadata checksum (every byte outside the raw data of its datasets, HDF5's
+  /// headers and chunk indexes included) are the manifest's. Returns the descriptor (the
+  /// cache's). Throws InputError naming the tensor and the file when it is missing, has
+  /// another size or fails that checksum. A file that passes has, byte for byte, the HDF5
+  /// structure save wrote and checked against the manifest (datasets, shapes, dtypes, where
+  /// every tile is): restore reads tiled shards through this descriptor without HDF5.
+  int checked_fd(const std::string& rel, const std::string& tensor);
+  /// checked_fd, then (once) the file opened by HDF5. Throws InputError as checked_fd does,
+  /// or when it is not a readable HDF5 file.
   hid_t open(const std::string& rel, const std::string& tensor);
   const std::string& dir() const { return dir_; }
 
  private:
+  std::string where(const std::string& rel, const std::string& tensor) const;
   std::string dir_;
   const Manifest* manifest_;
+  std::map<std::string, int> fds_;
   std::map<std::string, h5::Handle> files_;
-  std::map<std::string, std::string> failed_;  // rel -> why (a damaged file is checked once)
+  std::map<std::string, std::string> failed_, h5_failed_;  // rel -> why (a damaged file is checked once)
 };
 
 /// Checks that the shard's dataset exists with the recorded extent, dtype and raw data
@@ -110,12 +121,12 @@ Box tile_cover(const TensorRecord& t, const ShardRecord& s, const Box& want);
 /// whole in `mem` (mem_shape[d] == rb.extent[d], mem_start[d] == 0). Returns the bytes read.
 /// `stores`: how tiles copied from a map of the file are stored (crc32c_copy_strided):
 /// Streaming for a caller's own tensor restored in place, Cached for a buffer read next.
-std::int64_t read_tiles(hid_t dataset, const TensorRecord& t, const ShardRecord& s, const Box& rb, unsigned char* mem,
-                        const Shape& mem_shape, const Shape& mem_start, const std::string& dir,
+/// A tiled shard (format 3) is read through `fd` (FileCache::checked_fd: its tiles where the
+/// manifest says; `dataset` is not used and may be H5I_INVALID_HID); any other through HDF5's
+/// `dataset` (open_shard_dataset).
+std::int64_t read_tiles(int fd, hid_t dataset, const TensorRecord& t, const ShardRecord& s, const Box& rb,
+                        unsigned char* mem, const Shape& mem_shape, const Shape& mem_start, const std::string& dir,
                         CopyStores stores = CopyStores::Cached);
-
-/// The file descriptor HDF5's sec2 driver holds for `dataset`'s file.
-int dataset_fd(hid_t dataset);
 
 /// Consecutive bytes of a file moved to or from scattered memory with few large
 /// preadv/pwritev calls: pieces are queued in file order and go out when IOV_MAX pieces or
