@@ -178,6 +178,41 @@ TEST(TileIo, RoundTripsPastIovMaxWithPadding) {
   unlink(path);
 }
 
+// A write stream past IOV_MAX pieces and kMaxBytes goes out up to a 2 MiB boundary of the
+// file and keeps the rest queued (a piece split there): the file holds every piece and
+// every padding byte where it belongs.
+TEST(TileIo, StreamSplitAtBoundariesWritesEveryByte) {
+  char path[] = "/tmp/sf_io_stream_XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const std::size_t piece = 4093, gap = 7, pad = 3, pieces = 2600;  // about 10.6 MiB
+  const std::int64_t at = 12345;
+  std::vector<unsigned char> mem(pieces * (piece + gap));
+  for (size_t i = 0; i < mem.size(); ++i) mem[i] = static_cast<unsigned char>(i * 13 + 5);
+  std::vector<unsigned char> want;
+  {
+    ckpt::detail::IoStream out(fd, true, at, "stream");
+    out.write_behind();
+    for (size_t k = 0; k < pieces; ++k) {
+      out.add(mem.data() + k * (piece + gap), piece);  // not adjacent: one piece each
+      want.insert(want.end(), mem.begin() + static_cast<std::ptrdiff_t>(k * (piece + gap)),
+                  mem.begin() + static_cast<std::ptrdiff_t>(k * (piece + gap) + piece));
+      if (k % 5 == 4) {
+        out.pad(pad);
+        want.insert(want.end(), pad, 0);
+      }
+    }
+    out.flush();
+  }
+  std::vector<unsigned char> file(want.size() + 1, 0xEE);
+  ASSERT_EQ(pread(fd, file.data(), file.size(), at), static_cast<ssize_t>(want.size()));  // nothing after
+  file.pop_back();
+  for (size_t i = 0; i < want.size(); ++i)
+    ASSERT_EQ(file[i], want[i]) << "file byte " << at + static_cast<std::int64_t>(i);
+  close(fd);
+  unlink(path);
+}
+
 TEST(Crc32c, Combine) {
   std::mt19937 rng(3);
   std::vector<unsigned char> buf(70000);

@@ -454,7 +454,7 @@ void IoStream::add(unsigned char* p, std::size_t n) {
   else
     iov_.push_back(iovec{p, n});
   queued_ += n;
-  if (iov_.size() >= static_cast<std::size_t>(IOV_MAX) || queued_ >= kMaxBytes) flush();
+  if (iov_.size() >= static_cast<std::size_t>(IOV_MAX) || queued_ >= kMaxBytes) flush_queue();
 }
 
 void IoStream::pad(std::size_t n) {
@@ -465,11 +465,35 @@ void IoStream::pad(std::size_t n) {
   }
   iov_.push_back(iovec{zeros_.data(), n});
   queued_ += n;
-  if (iov_.size() >= static_cast<std::size_t>(IOV_MAX) || queued_ >= kMaxBytes) flush();
+  if (iov_.size() >= static_cast<std::size_t>(IOV_MAX) || queued_ >= kMaxBytes) flush_queue();
 }
 
-void IoStream::flush() {
-  if (iov_.empty()) return;
+void IoStream::flush_queue() {
+  const std::int64_t cut = (at_ + static_cast<std::int64_t>(queued_)) / kAlignBytes * kAlignBytes;
+  if (write_ && cut > at_) {
+    flush_first(static_cast<std::size_t>(cut - at_));
+    if (iov_.size() < static_cast<std::size_t>(IOV_MAX)) return;
+  }
+  flush();
+}
+
+void IoStream::flush() { flush_first(queued_); }
+
+void IoStream::flush_first(std::size_t bytes) {
+  if (iov_.empty() || bytes == 0) return;
+  std::vector<iovec> rest;
+  if (bytes < queued_) {  // split at `bytes`: the first pieces go now, the others wait
+    std::size_t k = 0, sum = 0;
+    while (sum + iov_[k].iov_len <= bytes) sum += iov_[k++].iov_len;
+    const std::size_t part = bytes - sum;
+    rest.assign(iov_.begin() + static_cast<std::ptrdiff_t>(k), iov_.end());
+    iov_.resize(k);
+    if (part > 0) {
+      iov_.push_back(iovec{rest.front().iov_base, part});
+      rest.front().iov_base = static_cast<unsigned char*>(rest.front().iov_base) + part;
+      rest.front().iov_len -= part;
+    }
+  }
   io_all(fd_, write_, iov_, at_, what_);
 #ifdef __linux__
   // a hint: a file system without it (or an error here) leaves the writeback to fsync. Whole
@@ -478,7 +502,7 @@ void IoStream::flush() {
   if (write_ && write_behind_) {
     static const std::int64_t page = std::max<std::int64_t>(4096, ::sysconf(_SC_PAGESIZE));
     if (behind_ < 0) behind_ = at_ / page * page;
-    const std::int64_t end = (at_ + static_cast<std::int64_t>(queued_)) / page * page;
+    const std::int64_t end = (at_ + static_cast<std::int64_t>(bytes)) / page * page;
     if (end > behind_) {
       (void)::sync_file_range(fd_, static_cast<off_t>(behind_), static_cast<off_t>(end - behind_),
                               SYNC_FILE_RANGE_WRITE);
@@ -486,9 +510,9 @@ void IoStream::flush() {
     }
   }
 #endif
-  at_ += static_cast<std::int64_t>(queued_);
-  queued_ = 0;
-  iov_.clear();  // (a read stream's padding landed in zeros_: a sink it never reads back)
+  at_ += static_cast<std::int64_t>(bytes);
+  queued_ -= bytes;
+  iov_ = std::move(rest);  // (a read stream's padding landed in zeros_: a sink it never reads back)
 }
 
 void tile_io(int fd, bool write, std::int64_t chunk_at, unsigned char* first, std::size_t stride, std::size_t seg,

@@ -141,6 +141,7 @@ class IoStream {
   void add(unsigned char* p, std::size_t n);
   /// The next n bytes of the file are padding: written as zeros, dropped when read.
   void pad(std::size_t n);
+  /// Everything queued.
   void flush();
   /// Writing: from now on, each flush also starts the device writeback of the bytes it just
   /// wrote (Linux sync_file_range, SYNC_FILE_RANGE_WRITE; it does not wait for it), so the
@@ -158,6 +159,14 @@ class IoStream {
   std::vector<iovec> iov_;
   std::size_t queued_ = 0;
   std::vector<unsigned char> zeros_;  // every pad piece points into it (a sink when reading)
+  /// A write queued past kMaxBytes or IOV_MAX pieces goes out up to the last kAlignBytes
+  /// boundary of the file, the rest stays queued: each 2 MiB of the file is then written by
+  /// one call, and the page cache can hold it in one huge folio, which a restore's map takes
+  /// with one page-table entry instead of 512 (a write ending inside it leaves small ones).
+  static constexpr std::int64_t kAlignBytes = std::int64_t(2) << 20;
+  void flush_queue();
+  /// The first `bytes` bytes queued (a piece split where needed).
+  void flush_first(std::size_t bytes);
 };
 
 /// Moves one stored tile between the file and a row-major array with one preadv/pwritev
