@@ -386,54 +386,63 @@ TEST(Pack, HostCopyRunsEveryLengthAndAlignment) {
 // without non-temporal stores): three runs
 // per walked row of lengths 0..300 bytes, each over its own range of rows (one starting
 // late, one ending early), with their other sides at their own steps, against a byte loop;
-// nothing written outside the runs.
+// nothing written outside the runs. Run 0's other side is contiguous (each row's run lands
+// right after the last one's) at every offset from a 64-byte line, so that its non-temporal
+// stores complete lines across rows; run 1's has gaps. Then again with the runs covering the
+// rows and the rows adjacent, at every offset of the rows from a line (IntoRows: one stream
+// across runs and rows).
 TEST(Pack, HostCopyRowRunsEveryLengthAndRowRange) {
   namespace d = shardflow::kernels::detail;
   const std::string chosen = d::host_copy_impl();
   for (const std::string& impl : d::host_copy_impls()) {
     d::set_host_copy_impl(impl);
-    for (const d::RowWalk dir : {d::RowWalk::FromRows, d::RowWalk::IntoRows}) {
-      const bool from = dir == d::RowWalk::FromRows;
-      std::mt19937 g(11);
-      for (std::size_t bytes = 0; bytes <= 300; ++bytes) {
-        const std::int64_t rows = 1 + static_cast<std::int64_t>(bytes % 6);
-        const std::size_t len[3] = {bytes, (bytes * 7) % 97, bytes / 2 + 1};
-        const std::size_t off[3] = {bytes % 5, bytes % 5 + len[0] + 1, bytes % 5 + len[0] + len[1] + 3};
-        const std::int64_t row_step = static_cast<std::int64_t>(off[2] + len[2] + bytes % 9);
-        std::vector<char> base(static_cast<std::size_t>(rows * row_step + 16));
-        for (auto& c : base) c = static_cast<char>(g());
-        std::vector<char> base_want = base;
-        std::vector<std::vector<char>> other(3), want(3);
-        d::RowRun runs[3];
-        for (int k = 0; k < 3; ++k) {
-          d::RowRun& q = runs[k];
-          q.row0 = k == 1 ? rows / 2 : 0;
-          q.rows = k == 2 ? std::max<std::int64_t>(0, rows - 1) : rows - q.row0;
-          q.row_off = off[k];
-          q.bytes = len[k];
-          q.other_step = static_cast<std::int64_t>(len[k] + static_cast<std::size_t>(k) * 3);
-          other[k].resize(static_cast<std::size_t>(rows * q.other_step + 40));
-          for (auto& c : other[k]) c = static_cast<char>(g());
-          want[k] = other[k];
-          for (std::int64_t r = q.row0; r < q.row0 + q.rows; ++r)
-            for (std::size_t b = 0; b < len[k]; ++b) {
-              const auto o = static_cast<std::size_t>(k + (r - q.row0) * q.other_step) + b;
-              const auto w = static_cast<std::size_t>(r * row_step) + off[k] + b;
-              if (from)
-                want[k][o] = base[w];
-              else
-                base_want[w] = other[k][o];
-            }
-          q.other = other[k].data() + k;
-          q.stream = from && k != 0;  // non-temporal stores for two of the three (heads of 1 and 2 bytes)
+    for (const d::RowWalk dir : {d::RowWalk::FromRows, d::RowWalk::IntoRows})
+      for (const bool tiled : {false, true}) {  // tiled: the runs cover the rows, rows adjacent
+        const bool from = dir == d::RowWalk::FromRows;
+        std::mt19937 g(11);
+        for (std::size_t bytes = 0; bytes <= 300; ++bytes) {
+          const std::int64_t rows = 1 + static_cast<std::int64_t>(bytes % 6);
+          const std::size_t len[3] = {bytes, (bytes * 7) % 97, bytes / 2 + 1};
+          const std::size_t gap = tiled ? 0 : 1, at = tiled ? 0 : bytes % 5;
+          const std::size_t off[3] = {at, at + len[0] + gap, at + len[0] + len[1] + 3 * gap};
+          const std::int64_t row_step = static_cast<std::int64_t>(off[2] + len[2] + (tiled ? 0 : bytes % 9));
+          const std::size_t bshift = (bytes * 3) % 64;  // where the walked rows start in `base`
+          std::vector<char> base(static_cast<std::size_t>(rows * row_step + 80));
+          for (auto& c : base) c = static_cast<char>(g());
+          std::vector<char> base_want = base;
+          std::vector<std::vector<char>> other(3), want(3);
+          d::RowRun runs[3];
+          // where each other side starts in its buffer: run 0 at every offset 0..63 over the lengths
+          const std::size_t shift[3] = {(bytes * 5) % 64, 1 + bytes % 7, 2};
+          for (int k = 0; k < 3; ++k) {
+            d::RowRun& q = runs[k];
+            q.row0 = k == 1 ? rows / 2 : 0;
+            q.rows = k == 2 ? std::max<std::int64_t>(0, rows - 1) : rows - q.row0;
+            q.row_off = off[k];
+            q.bytes = len[k];
+            q.other_step = static_cast<std::int64_t>(len[k] + static_cast<std::size_t>(k) * 3);
+            other[k].resize(static_cast<std::size_t>(rows * q.other_step + 104));
+            for (auto& c : other[k]) c = static_cast<char>(g());
+            want[k] = other[k];
+            for (std::int64_t r = q.row0; r < q.row0 + q.rows; ++r)
+              for (std::size_t b = 0; b < len[k]; ++b) {
+                const auto o = shift[k] + static_cast<std::size_t>((r - q.row0) * q.other_step) + b;
+                const auto w = bshift + static_cast<std::size_t>(r * row_step) + off[k] + b;
+                if (from)
+                  want[k][o] = base[w];
+                else
+                  base_want[w] = other[k][o];
+              }
+            q.other = other[k].data() + shift[k];
+            q.stream = k != 2;  // non-temporal stores for two of the three
+          }
+          d::host_copy_row_runs(base.data() + bshift, row_step, rows, runs, 3, dir);
+          const std::string what =
+              (from ? " from" : " into") + std::string(tiled ? " tiled" : "") + " rows (" + impl + ")";
+          ASSERT_EQ(base, base_want) << "bytes " << bytes << what;
+          for (int k = 0; k < 3; ++k) ASSERT_EQ(other[k], want[k]) << "bytes " << bytes << ", run " << k << what;
         }
-        d::host_copy_row_runs(base.data(), row_step, rows, runs, 3, dir);
-        ASSERT_EQ(base, base_want) << "bytes " << bytes << (from ? " from" : " into") << " rows (" << impl << ")";
-        for (int k = 0; k < 3; ++k)
-          ASSERT_EQ(other[k], want[k]) << "bytes " << bytes << ", run " << k << (from ? " from" : " into") << " rows ("
-                                       << impl << ")";
       }
-    }
   }
   d::set_host_copy_impl(chosen);
 }

@@ -30,9 +30,13 @@ struct RowRun {
   std::size_t row_off = 0, bytes = 0;
   char* other = nullptr;
   std::int64_t other_step = 0;
-  /// FromRows: write the other side with non-temporal stores (AVX2 builds; the bytes are
-  /// read next by another core, as a staging buffer a peer's exchange reads, not by this
-  /// one: they then come from memory instead of from this core's cache)
+  /// Write with non-temporal stores (AVX2 and AVX-512 implementations): FromRows the other
+  /// side, IntoRows the walked rows. For bytes not read next by this core (a staging buffer
+  /// a peer's exchange reads; a large destination): they go to memory without the ordinary
+  /// store's read of each line first. Whole 64-byte lines only: a line a run only begins is
+  /// completed by the next streamed run that writes right after it (FromRows the same run
+  /// in the next row, when its other side is contiguous; IntoRows the next streamed run of
+  /// the walk), else written with ordinary stores.
   bool stream = false;
 };
 

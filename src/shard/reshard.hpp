@@ -324,6 +324,14 @@ class Resharder {
   /// non-temporal stores: the exchange reads it next, on the peer's core, and the bytes then
   /// come from memory instead of from this core's cache.
   static constexpr std::int64_t kStreamBytes = std::int64_t(4) << 20;
+  /// The fused peer walk (fused_slab()) writes its rank's destination with non-temporal
+  /// stores from this many bytes: a sender the kept piece's, a receiver its whole target box
+  /// (kernels::detail::RowRun::stream). Those bytes are not read again by the walk, and the
+  /// ordinary store's read of each line first is a third stream of memory traffic the raw
+  /// peer (the kernel's copies) does not have: at 64 MiB rows -> columns took 8.2-8.4 ms
+  /// against 6.2-6.7 for the raw all_to_allv, 6.7-7.0 streamed (docs/comm.md, session 25).
+  /// Below about 1 MiB the destination stays in cache and streaming is slower.
+  static constexpr std::int64_t kStreamDstBytes = std::int64_t(1) << 20;
   /// Bytes of source per slab of that walk.
   static constexpr std::int64_t kSlabBytes = std::int64_t(256) << 10;
   /// True when that walk reads the source rows once, in order, each row's runs copied to
@@ -1092,10 +1100,17 @@ class Resharder {
       const RowRunSpec& k = peer_keep_.front();
       const std::int64_t lo = std::max(a, k.row0), hi = std::min(b, k.row0 + k.rows);
       T* other = walk_src ? dst_.data() : const_cast<T*>(src_.data());
-      if (hi > lo) row_runs_[n++] = row_run(k, a, lo, hi, other + k.other_off + (lo - k.row0) * k.other_step);
+      if (hi > lo) {
+        row_runs_[n++] = row_run(k, a, lo, hi, other + k.other_off + (lo - k.row0) * k.other_step);
+        // a sender's kept piece: its destination (see kStreamDstBytes)
+        row_runs_[n - 1].stream =
+            walk_src && plan_.local_piece().numel() * static_cast<std::int64_t>(sizeof(T)) >= kStreamDstBytes;
+      }
     }
     std::sort(row_runs_.begin(), row_runs_.begin() + static_cast<std::ptrdiff_t>(n),
               [](const kernels::detail::RowRun& x, const kernels::detail::RowRun& y) { return x.row_off < y.row_off; });
+    if (!walk_src && copies_.dst_rows * row_bytes >= kStreamDstBytes)  // the destination rows (see kStreamDstBytes)
+      for (std::size_t i = 0; i < n; ++i) row_runs_[i].stream = true;
     const auto move_parts = [&] {
       for (std::size_t m = 0; m < parts; ++m) {
         const PeerPiece& q = peer_.pieces[peer_parts_[m].first];
