@@ -10,11 +10,11 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "ckpt/checksum.hpp"
 #include "ckpt/impl/ckpt_internal.hpp"
@@ -781,7 +781,7 @@ Metadata restore(MPI_Comm comm, const std::string& path, const std::vector<Tenso
     // disagrees with the manifest fails the restore on every rank through the agreement after
     // the reads.
     {
-      std::map<std::string, std::size_t> file_index;
+      std::unordered_map<std::string, std::size_t> file_index;
       for (std::size_t k = 0; k < m.files.size(); ++k) file_index.emplace(m.files[k].name, k);
       for (const TensorRecord* r : recs)
         for (const ShardRecord& s : r->shards) {
