@@ -44,12 +44,6 @@ namespace fs = std::filesystem;
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-// Through comm::Control, which waits politely when the node has more ranks than CPUs (as
-// the library's own agreements do): a blocking MPI_Allreduce spins, and the ranks done first
-// then take the CPUs the others still time their work on (4 ranks on 2 cores: an uneven
-// operation, such as the column-split restore, read 10-20 % slower through the spin).
-double max_over_ranks(double t) { return shardflow::comm::Control(MPI_COMM_WORLD).max(t); }
-
 bool g_one_node = true;  // every rank on this node (set in main)
 
 // The operation's wall time: from the first rank's start to the last rank's end. Each rank
@@ -58,8 +52,11 @@ bool g_one_node = true;  // every rank on this node (set in main)
 // while the other two wait for a CPU before they start their clocks, and the longest
 // rank's own time was then 2-9 ms under the 23-27 ms the raw read took (session 25). On one
 // node steady_clock is one clock for every rank; across nodes each rank times until a
-// barrier after the last has finished. The barriers are polite (comm::Control): a rank
-// spinning in MPI_Barrier takes the CPU the others time their work on.
+// barrier after the last has finished. The barriers and reductions go through
+// comm::Control, which waits politely when the node has more ranks than CPUs (as the
+// library's own agreements do): a rank spinning in MPI_Barrier or a blocking MPI_Allreduce
+// takes the CPU the others still time their work on (4 ranks on 2 cores: an uneven
+// operation, such as the column-split restore, read 10-20 % slower through the spin).
 template <class F>
 double timed(F&& f) {
   const shardflow::comm::Control control(MPI_COMM_WORLD);
@@ -69,7 +66,7 @@ double timed(F&& f) {
   const double t1 = now();
   if (g_one_node) return control.max(t1) - control.min(t0);
   control.max(0);
-  return max_over_ranks(now() - t0);
+  return control.max(now() - t0);
 }
 
 void die(const char* what, const std::string& path) {

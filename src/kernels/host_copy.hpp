@@ -30,7 +30,7 @@ struct RowRun {
   std::size_t row_off = 0, bytes = 0;
   char* other = nullptr;
   std::int64_t other_step = 0;
-  /// Write with non-temporal stores (AVX2 and AVX-512 implementations): FromRows the other
+  /// Write with non-temporal stores (the AVX2 implementation): FromRows the other
   /// side, IntoRows the walked rows. For bytes not read next by this core (a staging buffer
   /// a peer's exchange reads; a large destination): they go to memory without the ordinary
   /// store's read of each line first. Whole 64-byte lines only: a line a run only begins is

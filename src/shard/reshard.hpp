@@ -1000,6 +1000,9 @@ class Resharder {
     }
     peer_parts_.resize(peer_fused_.size());
     if (row_runs_.size() < peer_fused_.size() + 1) row_runs_.resize(peer_fused_.size() + 1);
+    // the destination the walk writes: a sender's kept piece, a receiver's target rows
+    const std::int64_t dst_bytes = walk_src ? plan_.local_piece().numel() : copies_.dst_rows * copies_.dst_row;
+    peer_stream_dst_ = dst_bytes * static_cast<std::int64_t>(sizeof(T)) >= kStreamDstBytes;
   }
   /// The address of this rank's buffer that piece `q` is in.
   std::uintptr_t peer_mine(const PeerPiece& q) const {
@@ -1102,14 +1105,12 @@ class Resharder {
       T* other = walk_src ? dst_.data() : const_cast<T*>(src_.data());
       if (hi > lo) {
         row_runs_[n++] = row_run(k, a, lo, hi, other + k.other_off + (lo - k.row0) * k.other_step);
-        // a sender's kept piece: its destination (see kStreamDstBytes)
-        row_runs_[n - 1].stream =
-            walk_src && plan_.local_piece().numel() * static_cast<std::int64_t>(sizeof(T)) >= kStreamDstBytes;
+        row_runs_[n - 1].stream = walk_src && peer_stream_dst_;  // a sender's kept piece: its destination
       }
     }
     std::sort(row_runs_.begin(), row_runs_.begin() + static_cast<std::ptrdiff_t>(n),
               [](const kernels::detail::RowRun& x, const kernels::detail::RowRun& y) { return x.row_off < y.row_off; });
-    if (!walk_src && copies_.dst_rows * row_bytes >= kStreamDstBytes)  // the destination rows (see kStreamDstBytes)
+    if (!walk_src && peer_stream_dst_)  // a receiver's destination rows, every run into them
       for (std::size_t i = 0; i < n; ++i) row_runs_[i].stream = true;
     const auto move_parts = [&] {
       for (std::size_t m = 0; m < parts; ++m) {
@@ -1281,6 +1282,7 @@ class Resharder {
   std::vector<std::pair<std::size_t, std::int64_t>> peer_parts_;
   std::vector<RowRunSpec> peer_keep_;  // the kept piece's run of each row of the peer walk, when it is one
   std::int64_t peer_keep_row0_ = 0;    // the kept piece's first row in the target box
+  bool peer_stream_dst_ = false;       // the fused walk streams its destination (kStreamDstBytes)
   std::vector<char> peer_slot_ = std::vector<char>(peer_.on ? kPeerSlotBytes : 0);
   std::vector<std::int64_t> peer_words_;  // see bind_peer()
   std::vector<comm::Collective> peer_addr_ops_, peer_done_ops_;
