@@ -1,7 +1,9 @@
 // bench_comm: each collective through shardflow's communicator (a persistent Collective:
 // start + wait) against the raw MPI_I* call + MPI_Wait on the same buffers, in the same
 // run, sizes 1 KiB ... 64 MiB; and reshard (pack + all_to_allv + unpack) against a raw
-// MPI_Alltoallv of the same bytes. Every run checks its own results (#wrong).
+// MPI_Alltoallv of the same bytes; "reshard/node" the same reshard with the tensor's source
+// and destination in comm::NodeBuffers (a peer copies through a mapping of them), against
+// the same raw peer on plain memory. Every run checks its own results (#wrong).
 //
 //   mpiexec -n 2 build/perf/bench_comm [--min-bytes B] [--max-bytes B] [--rounds R]
 //                                      [--only collectives|reshard]
@@ -21,8 +23,9 @@
 #include <string>
 #include <vector>
 
-#include "comm/control.hpp"
 #include "comm/comm_set.hpp"
+#include "comm/control.hpp"
+#include "comm/node_buffer.hpp"
 #include "shard/reshard.hpp"
 
 using namespace shardflow;
@@ -288,6 +291,18 @@ void bench_reshard(CommSet& comms, std::size_t bytes, int rounds) {
     time_pair(r, iterations(bytes), rounds, fw, raw);
     r.wrong += count_wrong(dst, want);
     print_row(back ? "reshard/back" : "reshard", bytes, (nn - 1) / nn, r);
+    {  // the same with source and destination in node buffers: a peer copies through a mapping
+      comm::NodeBuffer nsrc(src.size() * sizeof(float)), ndst(dst.size() * sizeof(float));
+      std::copy(src.begin(), src.end(), nsrc.as<float>());
+      const CV nsv(nsrc.as<float>(), src.size());
+      const V ndv(ndst.as<float>(), dst.size());
+      Result rn;
+      time_pair(
+          rn, iterations(bytes), rounds, [&] { op.run(nsv, ndv); }, raw);
+      const std::vector<float> got(ndst.as<float>(), ndst.as<float>() + dst.size());
+      rn.wrong += count_wrong(got, want);
+      print_row(back ? "reshard/node/back" : "reshard/node", bytes, (nn - 1) / nn, rn);
+    }
     if (back) continue;
     // The same, with the raw peer's send buffer written (untimed) before each of its samples,
     // as a program that packed its bytes would have just done: the peer then reads lines

@@ -468,6 +468,126 @@ TEST(Reshard, PeerCopiesMovePiecesExactly) {
   peer_case<float>(*off, {1031 * n + 3, 777}, r2, c2, shard::ReshardPath::Auto, false);
 }
 
+// Node buffers (comm::NodeBuffer): the ranks' sources and destinations in memory the other
+// ranks of the node map, so that each piece a rank copies goes through a mapping of its
+// peer's buffer (one pass, no kernel copy): the senders write into the mapped destinations
+// (row splits becoming column splits, short runs, fused with the kept piece), the receivers
+// read the mapped sources (back); 8 KiB rows; f64; a 3-D middle split; an uneven row split
+// gathered whole; a 2 x 2 mesh at 4 ranks. Exact twice, the source untouched, and every piece
+// of every rank copied through a mapping (the sum of node_copies() over the ranks is the
+// number of pieces). Then half the ranks with node buffers (the pieces into the others'
+// memory go through the kernel), and buffers replaced between runs (the new ones mapped, not
+// the old).
+template <class T>
+std::size_t node_case(comm::CommSet& comms, const Shape& shape, const PartitionSpec& from, const PartitionSpec& to,
+                      shard::ReshardPath path, bool node_here = true) {
+  const Mesh& mesh = comms.mesh();
+  Layout a(shape, from, mesh.shape()), b(shape, to, mesh.shape());
+  shard::Resharder<T> op(comms.world(), shard::ReshardPlan(a, b, mesh.rank()), Kokkos::DefaultHostExecutionSpace(),
+                         path);
+  const std::string what = a.to_string() + " -> " + b.to_string() + (node_here ? " (node buffers)" : " (vectors)");
+  EXPECT_TRUE(op.peer_copy()) << what;
+  const auto src = fill_local<T>(a, mesh.rank());
+  const auto want = fill_local<T>(b, mesh.rank());
+  std::vector<T> vsrc = src, vdst(want.size());
+  std::size_t copies = 0;
+  for (int rep = 0; rep < 2; ++rep) {
+    // fresh buffers each time: the second run's are new memory files (and, once the first
+    // are freed, likely the same descriptors)
+    // the views start inside the buffers (not at a line), the destination's further in
+    comm::NodeBuffer nsrc((src.size() + 3) * sizeof(T)), ndst((want.size() + 21) * sizeof(T));
+    T* s = node_here ? nsrc.as<T>() + 3 : vsrc.data();
+    T* d = node_here ? ndst.as<T>() + 21 : vdst.data();
+    std::copy(src.begin(), src.end(), s);
+    std::fill(d, d + want.size(), T(-1));
+    comm::Request r = op.start(typename shard::Resharder<T>::ConstView(s, src.size()),
+                               typename shard::Resharder<T>::View(d, want.size()));
+    volatile double busy = 0;
+    for (int i = 0; i < 20000; ++i) busy = busy + 1.0;
+    op.finish(r);
+    const bool ok = std::equal(d, d + want.size(), want.begin());
+    int bad = ok ? 0 : 1, any_bad = 0;
+    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    EXPECT_TRUE(ok) << what << " (run " << rep << ")";
+    EXPECT_EQ(any_bad, 0) << what << ": a rank's result was wrong (run " << rep << ")";
+    EXPECT_TRUE(std::equal(s, s + src.size(), src.begin())) << what << ": the source changed";
+    copies = op.node_copies();
+  }
+  return copies;
+}
+
+std::size_t sum_over_ranks(std::size_t v) {
+  unsigned long x = v, all = 0;
+  MPI_Allreduce(&x, &all, 1, MPI_UNSIGNED_LONG, MPI_SUM, MPI_COMM_WORLD);
+  return static_cast<std::size_t>(all);
+}
+
+TEST(NodeBuffer, FindNamesTheBufferHoldingARange) {
+  comm::NodeBuffer none;
+  EXPECT_EQ(none.data(), nullptr);
+  comm::NodeBuffer b(3 * 4096 + 100);
+  ASSERT_NE(b.data(), nullptr);
+  char* p = b.as<char>();
+  p[0] = 1;
+  p[b.bytes() - 1] = 2;  // the whole size is usable
+  const comm::NodeRef whole = comm::NodeBuffer::find(p, b.bytes());
+  EXPECT_GT(whole.id, 0);
+  EXPECT_GE(whole.fd, 0);
+  EXPECT_EQ(whole.bytes, static_cast<std::int64_t>(b.bytes()));
+  EXPECT_EQ(whole.offset, 0);
+  const comm::NodeRef inner = comm::NodeBuffer::find(p + 4100, 8000);
+  EXPECT_EQ(inner.id, whole.id);
+  EXPECT_EQ(inner.offset, 4100);
+  EXPECT_EQ(comm::NodeBuffer::find(p + 4100, b.bytes() - 4099).id, 0) << "a range past the end";
+  std::vector<char> other(64);
+  EXPECT_EQ(comm::NodeBuffer::find(other.data(), other.size()).id, 0) << "memory of no node buffer";
+  comm::NodeBuffer c(100);
+  EXPECT_NE(comm::NodeBuffer::find(c.data(), 100).id, whole.id);
+  comm::NodeBuffer moved = std::move(b);  // the registration moves with the memory
+  EXPECT_EQ(comm::NodeBuffer::find(p, 10).id, whole.id);
+  moved = comm::NodeBuffer();
+  EXPECT_EQ(comm::NodeBuffer::find(p, 10).id, 0) << "a freed buffer";
+}
+
+TEST(Reshard, NodeBuffersAreCopiedThroughMappings) {
+  const int n = test::world_size();
+  Mesh mesh(MeshShape({"data"}, {n}));
+  comm::CommSet comms(mesh, comm::Backend::Mpi);
+  if (n == 1 || !comms.world().peer_copies()) GTEST_SKIP() << "no peer copies between the ranks";
+  const auto forced = shard::ReshardPath::PeerCopy;
+  const PartitionSpec r2{{"data"}, {}}, c2{{}, {"data"}};
+  const PartitionSpec r3{{"data"}, {}, {}}, m3{{}, {"data"}, {}};
+  const std::size_t pieces = static_cast<std::size_t>(n) * static_cast<std::size_t>(n - 1);
+  for (const bool out : {true, false}) {
+    const PartitionSpec &f2 = out ? r2 : c2, &t2 = out ? c2 : r2, &f3 = out ? r3 : m3, &t3 = out ? m3 : r3;
+    EXPECT_EQ(sum_over_ranks(node_case<float>(comms, {1031 * n + 3, 777}, f2, t2, forced)), pieces);
+    EXPECT_EQ(sum_over_ranks(node_case<float>(comms, {67 * n + 1, 4096 * n + 4}, f2, t2, forced)), pieces);
+    EXPECT_EQ(sum_over_ranks(node_case<double>(comms, {517 * n + 1, 611}, f2, t2, forced)), pieces);
+    EXPECT_EQ(sum_over_ranks(node_case<float>(comms, {301, 4 * n + 1, 457}, f3, t3, forced)), pieces);
+    // Auto: 1 KiB rows (512-byte runs at 2 ranks), 16 MiB (read by the receivers from kPeerReadBytes)
+    EXPECT_EQ(sum_over_ranks(node_case<float>(comms, {16384, 256}, f2, t2, shard::ReshardPath::Auto)), pieces);
+  }
+  EXPECT_EQ(sum_over_ranks(node_case<float>(comms, {1031 * n + 3, 77}, r2, PartitionSpec{{}, {}}, forced)), pieces);
+  if (n == 4) {
+    Mesh m22(MeshShape({"data", "tensor"}, {2, 2}));
+    comm::CommSet c22(m22, comm::Backend::Mpi);
+    const PartitionSpec rows2{{"data", "tensor"}, {}}, mixed{{"tensor"}, {"data"}};
+    const std::size_t p22 = sum_over_ranks(
+        shard::ReshardPlan(Layout({2053, 769}, rows2, m22.shape()), Layout({2053, 769}, mixed, m22.shape()), m22.rank())
+            .sends()
+            .size());
+    EXPECT_EQ(sum_over_ranks(node_case<float>(c22, {2053, 769}, rows2, mixed, forced)), p22);
+    EXPECT_EQ(sum_over_ranks(node_case<float>(c22, {2053, 769}, mixed, rows2, forced)), p22);
+  }
+  // the even ranks' buffers node buffers, the odd ranks' vectors: rows -> columns is written
+  // by the senders, so the pieces into the even ranks' destinations go through mappings
+  const bool even = comms.world().rank() % 2 == 0;
+  const std::size_t into_even = static_cast<std::size_t>((n + 1) / 2) * static_cast<std::size_t>(n - 1);
+  EXPECT_EQ(sum_over_ranks(node_case<float>(comms, {1031 * n + 3, 777}, r2, c2, forced, even)), into_even);
+  // without node buffers nothing is mapped
+  EXPECT_EQ(sum_over_ranks(node_case<float>(comms, {1031 * n + 3, 777}, r2, c2, forced, false)), 0u);
+}
+
 // Replicated -> sharded moves no data between ranks (each takes its piece of its own copy).
 TEST(Reshard, ReplicatedToShardedIsLocal) {
   const int n = test::world_size();

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/node_buffer.hpp"
 #include "comm/plan.hpp"
 #include "comm/request.hpp"
 #include "comm/types.hpp"
@@ -72,6 +73,12 @@ class Communicator {
   /// Throws Error naming the peer and the system's reason when the copy fails.
   void copy_peer(int peer, bool write, const PeerRun* local, std::size_t nlocal, const PeerRun* remote,
                  std::size_t nremote) const;
+  /// Maps rank `peer`'s node buffer `ref` (NodeBuffer::find() on the peer, sent here) into
+  /// this process, so that this rank copies to and from it with ordinary loads and stores.
+  /// The mapping is empty (data() null) when it cannot be made: peer_copies() false, `ref`
+  /// names no buffer, or the system refuses (then copy with copy_peer()). The peer's buffer
+  /// must be alive while this runs (the caller's protocol, as for copy_peer()).
+  PeerMapping map_peer(int peer, const NodeRef& ref) const;
   /// e.g. "fsdp" or "data+fsdp" or "world".
   const std::string& name() const { return name_; }
   /// The MPI communicator of the group (the Nccl backend bootstraps from it).

@@ -36,6 +36,11 @@
 //                              copied once, straight from the sender's source into the
 //                              receiver's destination, by one of the two ranks (peer_copy();
 //                              Auto from 64 KiB / 16 MiB): no exchange, no staging.
+//                              The copy goes through the kernel (cross-memory attach), or,
+//                              when the peer's buffer is a comm::NodeBuffer, through a
+//                              mapping of it with ordinary loads and stores: a sender's
+//                              walk then writes each row's runs straight into the peer's
+//                              destination, one pass over the source (node_copies()).
 //   reshard(...)               the one-shot convenience.
 //
 // Replicas: a piece held by several ranks of the source layout is sent by exactly one of
@@ -43,6 +48,7 @@
 // Ranks of the communicator must be the mesh ranks (CommSet::world()).
 #include <Kokkos_Core.hpp>
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <utility>
@@ -220,6 +226,10 @@ class Resharder {
   /// kPeerReadBytes or more when every piece is read by its receiver. The rule depends on
   /// the layouts alone, so every rank agrees without a message.
   bool peer_copy() const { return peer_.on; }
+  /// The pieces the last finish() on this rank copied through a mapping of the peer's
+  /// buffer (a comm::NodeBuffer on the peer: one pass, no kernel copy); the other pieces
+  /// this rank copied went through the kernel.
+  std::size_t node_copies() const { return peer_node_copies_; }
   /// Auto's smallest tensors for peer copies (docs/comm.md, session 23 on the Xeon VM: below
   /// them the handshake costs more than it saves, and pieces read by their receivers moved
   /// as fast or faster in rounds up to 4 MiB).
@@ -926,23 +936,29 @@ class Resharder {
     return peer;
   }
   /// Each piece's two messages, bound once: the copier receives the other rank's buffer
-  /// address into peer_words_[2 i] and sends its done word from peer_words_[2 i + 1]; the
+  /// address and its node buffer (comm::NodeRef, id 0 when none) into the kRecWords words
+  /// at peer_words_[kPieceWords i] and sends its done word from the word after them; the
   /// other rank sends the address and receives the done word.
+  static constexpr std::size_t kRecWords = 1 + comm::NodeRef::kWords, kPieceWords = kRecWords + 1;
   void bind_peer(comm::Communicator& world) {
     world_ = &world;
-    peer_words_.assign(2 * peer_.pieces.size(), 0);
+    peer_words_.assign(kPieceWords * peer_.pieces.size(), 0);
+    peer_maps_.resize(peer_.pieces.size());
+    peer_mapped_.assign(peer_.pieces.size(), nullptr);
     for (std::size_t i = 0; i < peer_.pieces.size(); ++i) {
       const PeerPiece& q = peer_.pieces[i];
-      std::int64_t* addr = &peer_words_[2 * i];
-      std::int64_t* done = &peer_words_[2 * i + 1];
+      std::int64_t* addr = &peer_words_[kPieceWords * i];
+      std::int64_t* done = &peer_words_[kPieceWords * i + kRecWords];
       // the address of the sender's source or of the receiver's destination
       const int tag = q.sent == q.copier ? kPeerDstTag : kPeerSrcTag;
       if (q.copier) {
-        peer_addr_ops_.emplace_back(world, comm::CollectivePlan::recv(DType::I64, 1, q.peer, tag), nullptr, addr);
+        peer_addr_ops_.emplace_back(world, comm::CollectivePlan::recv(DType::I64, kRecWords, q.peer, tag), nullptr,
+                                    addr);
         peer_done_ops_.emplace_back(world, comm::CollectivePlan::send(DType::I64, 1, q.peer, kPeerDoneTag), done,
                                     nullptr);
       } else {
-        peer_addr_ops_.emplace_back(world, comm::CollectivePlan::send(DType::I64, 1, q.peer, tag), addr, nullptr);
+        peer_addr_ops_.emplace_back(world, comm::CollectivePlan::send(DType::I64, kRecWords, q.peer, tag), addr,
+                                    nullptr);
         peer_done_ops_.emplace_back(world, comm::CollectivePlan::recv(DType::I64, 1, q.peer, kPeerDoneTag), nullptr,
                                     done);
       }
@@ -951,7 +967,7 @@ class Resharder {
     peer_done_reqs_.resize(peer_done_ops_.size());
   }
   /// start(): the copier's receives of the addresses and the others' of the done words, then
-  /// this rank's buffer addresses to the pieces' copiers.
+  /// this rank's buffer addresses (and node buffers) to the pieces' copiers.
   void peer_start() {
     for (std::size_t i = 0; i < peer_.pieces.size(); ++i)
       if (peer_.pieces[i].copier)
@@ -961,10 +977,38 @@ class Resharder {
     for (std::size_t i = 0; i < peer_.pieces.size(); ++i) {
       const PeerPiece& q = peer_.pieces[i];
       if (q.copier) continue;
-      peer_words_[2 * i] = static_cast<std::int64_t>(q.sent ? reinterpret_cast<std::uintptr_t>(src_.data())
-                                                            : reinterpret_cast<std::uintptr_t>(dst_.data()));
+      std::int64_t* rec = &peer_words_[kPieceWords * i];
+      const void* mine = q.sent ? static_cast<const void*>(src_.data()) : static_cast<const void*>(dst_.data());
+      const auto elems = q.sent ? copies_.src_elems : copies_.dst_elems;
+      const comm::NodeRef ref = comm::NodeBuffer::find(mine, static_cast<std::size_t>(elems) * sizeof(T));
+      rec[0] = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(mine));
+      rec[1] = ref.id;
+      rec[2] = ref.fd;
+      rec[3] = ref.ino;
+      rec[4] = ref.bytes;
+      rec[5] = ref.offset;
       peer_addr_reqs_[i] = peer_addr_ops_[i].start();
     }
+  }
+  /// The address piece `i`'s peer sent (its source's or destination's first element).
+  std::uintptr_t peer_addr(std::size_t i) const { return static_cast<std::uintptr_t>(peer_words_[kPieceWords * i]); }
+  /// Waits for piece `i`'s address and maps the peer's buffer when it is a node buffer
+  /// (peer_mapped_[i]: its first element here; null: copy through the kernel). A mapping is
+  /// kept while the same buffer comes back, and replaced when another does.
+  void wait_peer_addr(std::size_t i) {
+    peer_addr_reqs_[i].wait();
+    const std::int64_t* rec = &peer_words_[kPieceWords * i];
+    comm::NodeRef ref;
+    ref.id = rec[1];
+    ref.fd = rec[2];
+    ref.ino = rec[3];
+    ref.bytes = rec[4];
+    ref.offset = rec[5];
+    peer_mapped_[i] = nullptr;
+    if (ref.id == 0) return;
+    const int peer = peer_.pieces[i].peer;
+    if (!peer_maps_[i].same(peer, ref)) peer_maps_[i] = world_->map_peer(peer, ref);
+    if (peer_maps_[i].data() != nullptr) peer_mapped_[i] = static_cast<char*>(peer_maps_[i].data()) + ref.offset;
   }
   /// Works out the peer walk's kept piece (peer_keep_, peer_keep_row0_) and whether the walk
   /// is fused (peer_fused_): when every piece this rank's walk copies is one run of each
@@ -994,9 +1038,18 @@ class Resharder {
       if (!Copies::add_row_run(one, q.local, packed_like(q.local, 0), q.row0, row, rows, true) || one.size() != 1 ||
           one[0].run * static_cast<std::int64_t>(sizeof(T)) >= static_cast<std::int64_t>(kPeerDirectRunBytes)) {
         peer_fused_.clear();
+        peer_direct_.clear();
+        peer_direct_ok_.clear();
+        peer_direct_stream_.clear();
         return;
       }
       peer_fused_.emplace_back(i, one[0]);
+      // the same rows straight into (out of) the peer's buffer, when it is mapped
+      std::vector<RowRunSpec> direct;
+      const bool ok = Copies::add_row_run(direct, q.local, q.remote, q.row0, row, rows, false) && direct.size() == 1;
+      peer_direct_.push_back(ok ? direct[0] : RowRunSpec{});
+      peer_direct_ok_.push_back(ok);
+      peer_direct_stream_.push_back(q.local.numel() * static_cast<std::int64_t>(sizeof(T)) >= kStreamDstBytes);
     }
     peer_parts_.resize(peer_fused_.size());
     if (row_runs_.size() < peer_fused_.size() + 1) row_runs_.resize(peer_fused_.size() + 1);
@@ -1018,7 +1071,7 @@ class Resharder {
     };
     if (peer_.walk != PeerWalk::None) {
       for (std::size_t i = 0; i < peer_.pieces.size(); ++i)
-        if (walked(peer_.pieces[i])) peer_addr_reqs_[i].wait();
+        if (walked(peer_.pieces[i])) wait_peer_addr(i);
       const std::int64_t rows = walk_src ? copies_.src_rows : copies_.dst_rows;
       const std::int64_t row_bytes = std::max<std::int64_t>(1, walk_src ? copies_.src_row : copies_.dst_row) *
                                      static_cast<std::int64_t>(sizeof(T));
@@ -1036,8 +1089,7 @@ class Resharder {
           const PeerPiece& q = peer_.pieces[i];
           if (!walked(q)) continue;
           const auto part = slab({q.local, q.remote}, q.row0, a, b);
-          if (part.first.numel() > 0)
-            copy_piece(q, part.first, part.second, peer_mine(q), static_cast<std::uintptr_t>(peer_words_[2 * i]));
+          if (part.first.numel() > 0) copy_piece(q, part.first, part.second, peer_mine(q), i);
         }
         if (!copies_.keep) continue;
         if (!peer_keep_.empty()) {  // the kept piece is one run of each walked row
@@ -1063,13 +1115,18 @@ class Resharder {
       const PeerPiece& q = peer_.pieces[i];
       if (!q.copier) continue;
       if (!walked(q)) {
-        peer_addr_reqs_[i].wait();
-        copy_piece(q, q.local, q.remote, peer_mine(q), static_cast<std::uintptr_t>(peer_words_[2 * i]));
+        wait_peer_addr(i);
+        copy_piece(q, q.local, q.remote, peer_mine(q), i);
       }
+      // this rank's stores into the peer's memory (the mapping's) are seen before the word
+      std::atomic_thread_fence(std::memory_order_seq_cst);
       peer_done_reqs_[i] = peer_done_ops_[i].start();
     }
     for (auto* reqs : {&peer_addr_reqs_, &peer_done_reqs_})
       for (auto& r : *reqs) r.wait();
+    peer_node_copies_ = 0;
+    for (std::size_t i = 0; i < peer_.pieces.size(); ++i)
+      peer_node_copies_ += peer_.pieces[i].copier && peer_mapped_[i] != nullptr ? 1 : 0;
   }
   /// Box `b`'s extents packed row-major from element `offset` (a slot's layout).
   static kernels::StridedBox packed_like(const kernels::StridedBox& b, std::int64_t offset) {
@@ -1092,9 +1149,17 @@ class Resharder {
     T* slot = reinterpret_cast<T*>(peer_slot_.data());
     std::size_t n = 0, parts = 0;
     std::int64_t at = 0;
-    for (const auto& f : peer_fused_) {
+    for (std::size_t k = 0; k < peer_fused_.size(); ++k) {
+      const auto& f = peer_fused_[k];
       const std::int64_t lo = std::max(a, f.second.row0), hi = std::min(b, f.second.row0 + f.second.rows);
       if (hi <= lo) continue;
+      if (peer_mapped_[f.first] != nullptr && peer_direct_ok_[k]) {  // the peer's node buffer: no slot
+        const RowRunSpec& d = peer_direct_[k];
+        T* other = reinterpret_cast<T*>(peer_mapped_[f.first]);
+        row_runs_[n] = row_run(d, a, lo, hi, other + d.other_off + (lo - d.row0) * d.other_step);
+        row_runs_[n++].stream = walk_src && peer_direct_stream_[k];  // a sender's writes into the peer's destination
+        continue;
+      }
       row_runs_[n++] = row_run(f.second, a, lo, hi, slot + at);
       peer_parts_[parts++] = {f.first, at};
       at += (hi - lo) * f.second.run;
@@ -1117,8 +1182,7 @@ class Resharder {
         const PeerPiece& q = peer_.pieces[peer_parts_[m].first];
         const auto part = slab({q.local, q.remote}, q.row0, a, b);
         copy_piece(q, packed_like(part.second, peer_parts_[m].second), part.second,
-                   reinterpret_cast<std::uintptr_t>(slot),
-                   static_cast<std::uintptr_t>(peer_words_[2 * peer_parts_[m].first]), /*packed=*/true);
+                   reinterpret_cast<std::uintptr_t>(slot), peer_parts_[m].first, /*packed=*/true);
       }
     };
     if (!walk_src) move_parts();
@@ -1128,10 +1192,28 @@ class Resharder {
     if (walk_src) move_parts();
   }
   /// Copies box `local` of this rank's buffer at `mine` to or from box `remote` of the
-  /// peer's at `theirs` (piece `q`'s direction), in calls of at most kMaxPeerRuns runs on
-  /// either side (adjacent runs merged).
+  /// buffer piece `i`'s peer sent (piece `q`'s direction): through the mapping of it when it
+  /// is a node buffer, with ordinary loads and stores; else through the kernel, in calls of
+  /// at most kMaxPeerRuns runs on either side (adjacent runs merged).
   void copy_piece(const PeerPiece& q, const kernels::StridedBox& local, const kernels::StridedBox& remote,
-                  std::uintptr_t mine, std::uintptr_t theirs, bool packed = false) {
+                  std::uintptr_t mine, std::size_t i, bool packed = false) {
+    if (local.numel() == 0) return;
+    if (peer_mapped_[i] != nullptr) {
+      const auto far = static_cast<std::size_t>(remote.span_end()), near = static_cast<std::size_t>(local.span_end());
+      const std::int64_t* rec = &peer_words_[kPieceWords * i];
+      SHARDFLOW_REQUIRE(static_cast<std::int64_t>(far * sizeof(T)) <= rec[4] - rec[5], "reshard: rank ", plan_.rank(),
+                        "'s piece with rank ", q.peer, " reaches byte ", far * sizeof(T), " of a node buffer of ",
+                        rec[4] - rec[5], " bytes from its start");
+      T* theirs = reinterpret_cast<T*>(peer_mapped_[i]);
+      T* here = reinterpret_cast<T*>(mine);
+      if (q.sent)
+        kernels::copy_box(exec_, ConstView(here, near), local, View(theirs, far), remote);
+      else
+        kernels::copy_box(exec_, ConstView(theirs, far), remote, View(here, near), local);
+      exec_.fence();
+      return;
+    }
+    const std::uintptr_t theirs = peer_addr(i);
     using Run = comm::Communicator::PeerRun;
     const kernels::detail::BoxPair p = kernels::detail::simplify_pair(local, remote);
     const int nd = p.ndim;
@@ -1151,8 +1233,8 @@ class Resharder {
     const auto flush = [&] {
       if (nl == 0) return;
       if (bounce) {
-        for (std::size_t i = 0, at = 0; i < nl; at += peer_local_[i].bytes, ++i)
-          std::memcpy(slot + at, reinterpret_cast<const void*>(peer_local_[i].addr), peer_local_[i].bytes);
+        for (std::size_t j = 0, at = 0; j < nl; at += peer_local_[j].bytes, ++j)
+          std::memcpy(slot + at, reinterpret_cast<const void*>(peer_local_[j].addr), peer_local_[j].bytes);
         const Run whole{reinterpret_cast<std::uintptr_t>(slot), in_slot};
         world_->copy_peer(q.peer, /*write=*/true, &whole, 1, peer_remote_.data(), nr);
       } else {
@@ -1285,6 +1367,13 @@ class Resharder {
   bool peer_stream_dst_ = false;       // the fused walk streams its destination (kStreamDstBytes)
   std::vector<char> peer_slot_ = std::vector<char>(peer_.on ? kPeerSlotBytes : 0);
   std::vector<std::int64_t> peer_words_;  // see bind_peer()
+  /// the fused walk's pieces (as peer_fused_) straight between the walked rows and the
+  /// peer's mapped node buffer: the run of each row, whether it can, whether it streams
+  std::vector<RowRunSpec> peer_direct_;
+  std::vector<bool> peer_direct_ok_, peer_direct_stream_;
+  std::vector<comm::PeerMapping> peer_maps_;  // by piece: the peer's node buffer, mapped (see wait_peer_addr())
+  std::vector<char*> peer_mapped_;            // by piece, this run: the peer's buffer here, or null
+  std::size_t peer_node_copies_ = 0;          // see node_copies()
   std::vector<comm::Collective> peer_addr_ops_, peer_done_ops_;
   std::vector<comm::Request> peer_addr_reqs_, peer_done_reqs_;
   std::vector<comm::Communicator::PeerRun> peer_local_ = std::vector<comm::Communicator::PeerRun>(
