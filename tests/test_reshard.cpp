@@ -586,6 +586,12 @@ TEST(Reshard, NodeBuffersAreCopiedThroughMappings) {
   EXPECT_EQ(sum_over_ranks(node_case<float>(comms, {1031 * n + 3, 777}, r2, c2, forced, even)), into_even);
   // without node buffers nothing is mapped
   EXPECT_EQ(sum_over_ranks(node_case<float>(comms, {1031 * n + 3, 777}, r2, c2, forced, false)), 0u);
+  // node buffers that may not be mapped (SHARDFLOW_NODE_MAP=0, as where the system refuses):
+  // every piece through the kernel, exact
+  ::setenv("SHARDFLOW_NODE_MAP", "0", 1);
+  for (const bool out : {true, false})
+    EXPECT_EQ(sum_over_ranks(node_case<float>(comms, {1031 * n + 3, 777}, out ? r2 : c2, out ? c2 : r2, forced)), 0u);
+  ::unsetenv("SHARDFLOW_NODE_MAP");
 }
 
 // Replicated -> sharded moves no data between ranks (each takes its piece of its own copy).

@@ -76,7 +76,8 @@ class Communicator {
   /// Maps rank `peer`'s node buffer `ref` (NodeBuffer::find() on the peer, sent here) into
   /// this process, so that this rank copies to and from it with ordinary loads and stores.
   /// The mapping is empty (data() null) when it cannot be made: peer_copies() false, `ref`
-  /// names no buffer, or the system refuses (then copy with copy_peer()). The peer's buffer
+  /// names no buffer, SHARDFLOW_NODE_MAP=0 in this rank's environment, or the system
+  /// refuses (then copy with copy_peer()). The peer's buffer
   /// must be alive while this runs (the caller's protocol, as for copy_peer()).
   PeerMapping map_peer(int peer, const NodeRef& ref) const;
   /// e.g. "fsdp" or "data+fsdp" or "world".

@@ -1,6 +1,7 @@
 #include "comm/node_buffer.hpp"
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <map>
@@ -170,6 +171,8 @@ PeerMapping Communicator::map_peer(int peer, const NodeRef& ref) const {
   m.ino_ = ref.ino;
   m.ref_bytes_ = ref.bytes;
   if (!peer_copies_ || peer < 0 || peer >= size_ || peer == rank_ || ref.id == 0 || ref.bytes <= 0) return m;
+  const char* env = std::getenv("SHARDFLOW_NODE_MAP");
+  if (env != nullptr && std::string(env) == "0") return m;
 #if defined(__linux__) && defined(SYS_pidfd_open) && defined(SYS_pidfd_getfd)
   const auto pid = static_cast<pid_t>(pids_[static_cast<std::size_t>(peer)]);
   const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
