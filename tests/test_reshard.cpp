@@ -310,24 +310,33 @@ TEST(Reshard, RowSplitsWalkTheSourceOnceInOrder) {
 // destination rows (In). The kept piece is copied in the same walks. Exact twice (the second
 // time into a dirty destination), with the source untouched and work done between start()
 // and finish(). Auto: Out from a sender's box of kPipeBytes, In at every size. Peer copies off.
-/// Runs `op` from `src` twice as start() + work + finish() (the second time into a dirty
-/// destination): the result equals `want` on every rank, and the source is unchanged.
+/// Runs `op` once as start() + work + finish() from `s` (which holds `src`) into `d`: the
+/// result equals `want` on every rank, and `s` still holds `src`.
+template <class T>
+void run_checked(shard::Resharder<T>& op, const T* s, const std::vector<T>& src, T* d, const std::vector<T>& want,
+                 const std::string& what) {
+  comm::Request r = op.start(typename shard::Resharder<T>::ConstView(s, src.size()),
+                             typename shard::Resharder<T>::View(d, want.size()));
+  volatile double busy = 0;  // the caller computes while the exchange is in flight
+  for (int i = 0; i < 20000; ++i) busy = busy + 1.0;
+  op.finish(r);
+  const bool ok = std::equal(d, d + want.size(), want.begin());
+  int bad = ok ? 0 : 1, any_bad = 0;
+  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  EXPECT_TRUE(ok) << what;
+  ASSERT_EQ(any_bad, 0) << what << ": a rank's result was wrong";
+  EXPECT_TRUE(std::equal(s, s + src.size(), src.begin())) << what << ": the source changed";
+}
+
+/// Runs `op` from `src` twice (run_checked; the second time into a dirty destination).
 template <class T>
 void run_split_twice(shard::Resharder<T>& op, const std::vector<T>& src, const std::vector<T>& want,
                      const std::string& what) {
   const auto keep = src;
   std::vector<T> dst(want.size(), T(-1));
   for (int rep = 0; rep < 2; ++rep) {
-    comm::Request r = op.start(typename shard::Resharder<T>::ConstView(src.data(), src.size()),
-                               typename shard::Resharder<T>::View(dst.data(), dst.size()));
-    volatile double busy = 0;  // the caller computes while the exchange is in flight
-    for (int i = 0; i < 20000; ++i) busy = busy + 1.0;
-    op.finish(r);
-    int bad = dst == want ? 0 : 1, any_bad = 0;
-    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    EXPECT_TRUE(dst == want) << what << " (run " << rep << ")";
-    ASSERT_EQ(any_bad, 0) << "a rank's result was wrong";
-    EXPECT_TRUE(src == keep) << what << ": the source changed";
+    run_checked(op, src.data(), keep, dst.data(), want, what + " (run " + std::to_string(rep) + ")");
+    if (::testing::Test::HasFatalFailure()) return;
     std::fill(dst.begin(), dst.end(), T(-2));
   }
 }
@@ -500,17 +509,7 @@ std::size_t node_case(comm::CommSet& comms, const Shape& shape, const PartitionS
     T* d = node_here ? ndst.as<T>() + 21 : vdst.data();
     std::copy(src.begin(), src.end(), s);
     std::fill(d, d + want.size(), T(-1));
-    comm::Request r = op.start(typename shard::Resharder<T>::ConstView(s, src.size()),
-                               typename shard::Resharder<T>::View(d, want.size()));
-    volatile double busy = 0;
-    for (int i = 0; i < 20000; ++i) busy = busy + 1.0;
-    op.finish(r);
-    const bool ok = std::equal(d, d + want.size(), want.begin());
-    int bad = ok ? 0 : 1, any_bad = 0;
-    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    EXPECT_TRUE(ok) << what << " (run " << rep << ")";
-    EXPECT_EQ(any_bad, 0) << what << ": a rank's result was wrong (run " << rep << ")";
-    EXPECT_TRUE(std::equal(s, s + src.size(), src.begin())) << what << ": the source changed";
+    run_checked(op, s, src, d, want, what + " (run " + std::to_string(rep) + ")");
     copies = op.node_copies();
   }
   return copies;

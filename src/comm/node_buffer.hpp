@@ -23,7 +23,16 @@ struct NodeRef {
   std::int64_t ino = 0;     // the descriptor's inode, checked by the peer after taking it
   std::int64_t bytes = 0;   // the buffer's size
   std::int64_t offset = 0;  // the range's first byte in the buffer
+  /// As kWords words of a message (a peer sends it, the other rank reads it back).
   static constexpr std::size_t kWords = 5;
+  void to_words(std::int64_t* w) const {
+    w[0] = id;
+    w[1] = fd;
+    w[2] = ino;
+    w[3] = bytes;
+    w[4] = offset;
+  }
+  static NodeRef from_words(const std::int64_t* w) { return NodeRef{w[0], w[1], w[2], w[3], w[4]}; }
 };
 
 class NodeBuffer {

@@ -982,28 +982,20 @@ class Resharder {
       const auto elems = q.sent ? copies_.src_elems : copies_.dst_elems;
       const comm::NodeRef ref = comm::NodeBuffer::find(mine, static_cast<std::size_t>(elems) * sizeof(T));
       rec[0] = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(mine));
-      rec[1] = ref.id;
-      rec[2] = ref.fd;
-      rec[3] = ref.ino;
-      rec[4] = ref.bytes;
-      rec[5] = ref.offset;
+      ref.to_words(rec + 1);
       peer_addr_reqs_[i] = peer_addr_ops_[i].start();
     }
   }
   /// The address piece `i`'s peer sent (its source's or destination's first element).
   std::uintptr_t peer_addr(std::size_t i) const { return static_cast<std::uintptr_t>(peer_words_[kPieceWords * i]); }
+  /// The node buffer piece `i`'s peer sent with it (id 0: none).
+  comm::NodeRef peer_ref(std::size_t i) const { return comm::NodeRef::from_words(&peer_words_[kPieceWords * i + 1]); }
   /// Waits for piece `i`'s address and maps the peer's buffer when it is a node buffer
   /// (peer_mapped_[i]: its first element here; null: copy through the kernel). A mapping is
   /// kept while the same buffer comes back, and replaced when another does.
   void wait_peer_addr(std::size_t i) {
     peer_addr_reqs_[i].wait();
-    const std::int64_t* rec = &peer_words_[kPieceWords * i];
-    comm::NodeRef ref;
-    ref.id = rec[1];
-    ref.fd = rec[2];
-    ref.ino = rec[3];
-    ref.bytes = rec[4];
-    ref.offset = rec[5];
+    const comm::NodeRef ref = peer_ref(i);
     peer_mapped_[i] = nullptr;
     if (ref.id == 0) return;
     const int peer = peer_.pieces[i].peer;
@@ -1039,17 +1031,14 @@ class Resharder {
           one[0].run * static_cast<std::int64_t>(sizeof(T)) >= static_cast<std::int64_t>(kPeerDirectRunBytes)) {
         peer_fused_.clear();
         peer_direct_.clear();
-        peer_direct_ok_.clear();
-        peer_direct_stream_.clear();
         return;
       }
       peer_fused_.emplace_back(i, one[0]);
       // the same rows straight into (out of) the peer's buffer, when it is mapped
       std::vector<RowRunSpec> direct;
       const bool ok = Copies::add_row_run(direct, q.local, q.remote, q.row0, row, rows, false) && direct.size() == 1;
-      peer_direct_.push_back(ok ? direct[0] : RowRunSpec{});
-      peer_direct_ok_.push_back(ok);
-      peer_direct_stream_.push_back(q.local.numel() * static_cast<std::int64_t>(sizeof(T)) >= kStreamDstBytes);
+      peer_direct_.push_back({ok ? direct[0] : RowRunSpec{}, ok,
+                              q.local.numel() * static_cast<std::int64_t>(sizeof(T)) >= kStreamDstBytes});
     }
     peer_parts_.resize(peer_fused_.size());
     if (row_runs_.size() < peer_fused_.size() + 1) row_runs_.resize(peer_fused_.size() + 1);
@@ -1153,11 +1142,11 @@ class Resharder {
       const auto& f = peer_fused_[k];
       const std::int64_t lo = std::max(a, f.second.row0), hi = std::min(b, f.second.row0 + f.second.rows);
       if (hi <= lo) continue;
-      if (peer_mapped_[f.first] != nullptr && peer_direct_ok_[k]) {  // the peer's node buffer: no slot
-        const RowRunSpec& d = peer_direct_[k];
+      if (peer_mapped_[f.first] != nullptr && peer_direct_[k].ok) {  // the peer's node buffer: no slot
+        const RowRunSpec& d = peer_direct_[k].run;
         T* other = reinterpret_cast<T*>(peer_mapped_[f.first]);
         row_runs_[n] = row_run(d, a, lo, hi, other + d.other_off + (lo - d.row0) * d.other_step);
-        row_runs_[n++].stream = walk_src && peer_direct_stream_[k];  // a sender's writes into the peer's destination
+        row_runs_[n++].stream = walk_src && peer_direct_[k].stream;  // a sender's writes into the peer's destination
         continue;
       }
       row_runs_[n++] = row_run(f.second, a, lo, hi, slot + at);
@@ -1200,10 +1189,10 @@ class Resharder {
     if (local.numel() == 0) return;
     if (peer_mapped_[i] != nullptr) {
       const auto far = static_cast<std::size_t>(remote.span_end()), near = static_cast<std::size_t>(local.span_end());
-      const std::int64_t* rec = &peer_words_[kPieceWords * i];
-      SHARDFLOW_REQUIRE(static_cast<std::int64_t>(far * sizeof(T)) <= rec[4] - rec[5], "reshard: rank ", plan_.rank(),
-                        "'s piece with rank ", q.peer, " reaches byte ", far * sizeof(T), " of a node buffer of ",
-                        rec[4] - rec[5], " bytes from its start");
+      const comm::NodeRef ref = peer_ref(i);
+      SHARDFLOW_REQUIRE(static_cast<std::int64_t>(far * sizeof(T)) <= ref.bytes - ref.offset, "reshard: rank ",
+                        plan_.rank(), "'s piece with rank ", q.peer, " reaches byte ", far * sizeof(T),
+                        " of a node buffer of ", ref.bytes - ref.offset, " bytes from its start");
       T* theirs = reinterpret_cast<T*>(peer_mapped_[i]);
       T* here = reinterpret_cast<T*>(mine);
       if (q.sent)
@@ -1369,8 +1358,11 @@ class Resharder {
   std::vector<std::int64_t> peer_words_;  // see bind_peer()
   /// the fused walk's pieces (as peer_fused_) straight between the walked rows and the
   /// peer's mapped node buffer: the run of each row, whether it can, whether it streams
-  std::vector<RowRunSpec> peer_direct_;
-  std::vector<bool> peer_direct_ok_, peer_direct_stream_;
+  struct DirectRun {
+    RowRunSpec run;
+    bool ok = false, stream = false;
+  };
+  std::vector<DirectRun> peer_direct_;
   std::vector<comm::PeerMapping> peer_maps_;  // by piece: the peer's node buffer, mapped (see wait_peer_addr())
   std::vector<char*> peer_mapped_;            // by piece, this run: the peer's buffer here, or null
   std::size_t peer_node_copies_ = 0;          // see node_copies()
